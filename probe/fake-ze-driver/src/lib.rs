@@ -1,0 +1,1 @@
+//! A fake Level Zero driver for tests.

@@ -1,0 +1,1 @@
+//! `xpu-probe`: hardware facts for local inference.

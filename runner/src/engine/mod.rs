@@ -1,0 +1,24 @@
+//! The engine boundary: everything the generation loop needs from a compute backend.
+//!
+//! An engine owns the weights of one model on one device plus the KV cache of one
+//! sequence. The generation loop (tokenizing, sampling, stopping) is shared by all
+//! engines and never touches a device directly. Implementations: `candle` (CPU, and
+//! CUDA behind the `cuda` feature) and `vulkan` (behind the `vulkan` feature).
+
+/// What every compute backend offers the generation loop.
+pub trait Engine: Send {
+    /// Runs `tokens`, which sit at positions `start..start + tokens.len()` of the
+    /// current sequence, appends their keys and values to the KV cache, and returns the
+    /// logits of the last token (one `f32` per vocabulary entry).
+    fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>>;
+
+    /// Forgets the KV cache so that a new sequence can start at position 0.
+    fn reset(&mut self) -> anyhow::Result<()>;
+
+    /// The longest sequence (prompt plus generated tokens) the engine can hold.
+    fn context_length(&self) -> usize;
+
+    /// A short description of the device for logs, `/health` and metrics, such as
+    /// `cpu (2 threads, avx2)` or `vulkan: Intel(R) Arc(TM) A770 Graphics`.
+    fn device_description(&self) -> String;
+}

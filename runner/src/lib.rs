@@ -1,0 +1,4 @@
+//! `xpu-runner`: load a model, pick a device, generate text, and serve it over an
+//! OpenAI-compatible HTTP API.
+
+pub mod engine;

@@ -1,0 +1,1 @@
+//! Vulkan compute engine for llama-architecture GGUF models.
