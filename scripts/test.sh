@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the project. This is the command README.md gives and .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+XPU_TEST_MODEL=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
+export XPU_TEST_MODEL
+
+# Model tests need optimised candle kernels, so the whole suite runs in release mode.
+cargo test --workspace --release --locked --features xpu-runner/vulkan
+
+# Suites outside cargo: Nix evaluation and the HTTP API with real clients.
+for suite in scripts/test-nix.sh scripts/test-api.sh; do
+    if [ -x "$suite" ]; then
+        echo "== $suite" >&2
+        "$suite"
+    fi
+done
