@@ -1,1 +1,2 @@
 //! `xpu-probe`: hardware facts for local inference.
+pub mod level_zero;
