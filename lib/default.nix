@@ -320,6 +320,8 @@ let
         s =
           if isString arg then
             arg
+          else if builtins.isPath arg then
+            "${arg}"
           else if isInt arg || isBool arg then
             toJSON arg
           else if isAttrs arg && arg ? outPath then

@@ -1,0 +1,133 @@
+# Stub declarations of the NixOS options the xpu module sets or reads, with the merge types of
+# the real declarations (nixpkgs nixos/modules/...), so lib.evalModules can run the module
+# without NixOS. This proves our logic against these stubs, not against NixOS itself; the
+# flake's nixos-* checks evaluate the real thing where nixpkgs is available.
+{ lib, ... }:
+let
+  inherit (lib) mkOption types;
+  # nixos/lib/systemd-lib.nix `unitOption`: list definitions concatenate, others must agree.
+  unitOption = lib.mkOptionType {
+    name = "systemd option";
+    merge =
+      loc: defs:
+      let
+        defs' = lib.filterOverrides defs;
+      in
+      if lib.any (def: lib.isList def.value) defs' then
+        lib.concatMap (def: lib.toList def.value) defs'
+      else
+        lib.mergeEqualOption loc defs';
+  };
+  # nixos/modules/misc/nixpkgs.nix `overlayType`.
+  overlayType = lib.mkOptionType {
+    name = "nixpkgs-overlay";
+    check = lib.isFunction;
+    merge = lib.mergeOneOption;
+  };
+  listOfStr = mkOption {
+    type = types.listOf types.str;
+    default = [ ];
+  };
+in
+{
+  options = {
+    # nixos/modules/misc/assertions.nix
+    assertions = mkOption {
+      type = types.listOf types.unspecified;
+      default = [ ];
+    };
+    warnings = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+
+    nixpkgs.overlays = mkOption {
+      type = types.listOf overlayType;
+      default = [ ];
+    };
+
+    # nixos/modules/system/boot/kernel.nix
+    boot.kernelParams = mkOption {
+      type = types.listOf (types.strMatching ''([^"[:space:]]|"[^"]*")+'');
+      default = [ ];
+    };
+    boot.kernelPackages = mkOption {
+      type = types.raw;
+      default = {
+        kernel.version = "6.12.8";
+      };
+    };
+
+    # nixos/modules/hardware/graphics.nix
+    hardware.graphics.enable = mkOption {
+      type = types.bool;
+      default = false;
+    };
+    hardware.graphics.extraPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+    };
+    # nixos/modules/hardware/all-firmware.nix
+    hardware.enableRedistributableFirmware = mkOption {
+      type = types.bool;
+      default = false;
+    };
+    # nixos/modules/hardware/video/nvidia.nix
+    hardware.nvidia.datacenter.enable = mkOption {
+      type = types.bool;
+      default = false;
+    };
+    # nixos/modules/services/x11/xserver.nix
+    services.xserver.videoDrivers = mkOption {
+      type = types.listOf types.str;
+      default = [
+        "modesetting"
+        "fbdev"
+      ];
+    };
+
+    # nixos/modules/system/boot/systemd.nix (the parts a service uses here)
+    systemd.services = mkOption {
+      default = { };
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            description = mkOption {
+              type = types.str;
+              default = "";
+            };
+            documentation = listOfStr;
+            wantedBy = listOfStr;
+            wants = listOfStr;
+            after = listOfStr;
+            environment = mkOption {
+              type = types.attrsOf (
+                types.nullOr (
+                  types.oneOf [
+                    types.str
+                    types.path
+                    types.package
+                  ]
+                )
+              );
+              default = { };
+            };
+            serviceConfig = mkOption {
+              type = types.attrsOf unitOption;
+              default = { };
+            };
+          };
+        }
+      );
+    };
+
+    networking.firewall.allowedTCPPorts = mkOption {
+      type = types.listOf types.port;
+      default = [ ];
+    };
+    environment.systemPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+    };
+  };
+}
