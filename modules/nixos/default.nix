@@ -9,12 +9,21 @@
 # exo-cpu, xpu-probe, xpu-default-model.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
 }:
 let
   xpu = import ../../lib;
+
+  overlay = import ../../overlays/default.nix;
+  # nixpkgs' readOnlyPkgs module (also used by runNixOSTest) turns nixpkgs.overlays into a
+  # single-definition option; there the given pkgs must already carry the overlay, or the
+  # packages are built from it below.
+  pkgsReadOnly = (options.nixpkgs.overlays.type.name or "") == "unique";
+  ourPackages = overlay pkgs pkgs;
+  package = name: pkgs.${name} or ourPackages.${name};
   inherit (lib)
     literalExpression
     mkDefault
@@ -135,7 +144,7 @@ in
 
     package = mkOption {
       type = types.package;
-      default = pkgs.${hw.variant};
+      default = package hw.variant;
       defaultText = literalExpression "pkgs.\${config.hardware.xpu.variant}";
       description = ''
         The runner package. Its `passthru.acceleration` (`intel`, `cuda` or `cpu`) decides
@@ -145,7 +154,7 @@ in
 
     model = mkOption {
       type = types.path;
-      default = pkgs.xpu-default-model;
+      default = package "xpu-default-model";
       defaultText = literalExpression "pkgs.xpu-default-model";
       example = "/var/lib/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf";
       description = ''
@@ -240,7 +249,7 @@ in
       # Our packages under their names: pkgs.exo-intel, pkgs.exo-cuda, pkgs.exo-cpu,
       # pkgs.xpu-probe, pkgs.xpu-default-model. (With an externally built nixpkgs.pkgs, apply
       # the flake's overlays.default to it yourself.)
-      nixpkgs.overlays = [ (import ../../overlays/default.nix) ];
+      nixpkgs.overlays = lib.mkIf (!pkgsReadOnly) [ overlay ];
     }
 
     (mkIf hw.enable {
@@ -291,7 +300,7 @@ in
         inherit (hw) facts variant;
       };
 
-      environment.systemPackages = [ pkgs.xpu-probe ];
+      environment.systemPackages = [ (package "xpu-probe") ];
     })
 
     (mkIf cfg.enable {

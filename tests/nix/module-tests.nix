@@ -9,10 +9,11 @@ let
     {
       config ? { },
       pkgsArgs ? { },
+      readOnlyPkgs ? false,
     }:
     (lib.evalModules {
       modules = [
-        ./stubs/nixos-options.nix
+        (import ./stubs/nixos-options.nix { inherit readOnlyPkgs; })
         ../../modules/nixos/default.nix
         { _module.args.pkgs = import ./stubs/pkgs.nix pkgsArgs; }
         config
@@ -209,6 +210,25 @@ in
   testOverlayApplied = {
     expr = map builtins.isFunction intel.nixpkgs.overlays;
     expected = [ true ];
+  };
+  # Under nixpkgs' readOnlyPkgs (and runNixOSTest) nixpkgs.overlays takes one definition only:
+  # the module must not add one, and still find its packages.
+  testReadOnlyPkgsLeavesOverlaysAlone = {
+    expr =
+      let
+        c = evalNixos {
+          config = withFacts "intel-dgpu" { };
+          readOnlyPkgs = true;
+        };
+      in
+      {
+        overlays = c.nixpkgs.overlays;
+        package = hasSubstring "-exo-intel-0.1.0/bin/xpu-runner" c.systemd.services.xpu-runner.serviceConfig.ExecStart;
+      };
+    expected = {
+      overlays = [ ];
+      package = true;
+    };
   };
 
   # --- NVIDIA ------------------------------------------------------------------------------

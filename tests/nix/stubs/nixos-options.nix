@@ -2,6 +2,12 @@
 # the real declarations (nixpkgs nixos/modules/...), so lib.evalModules can run the module
 # without NixOS. This proves our logic against these stubs, not against NixOS itself; the
 # flake's nixos-* checks evaluate the real thing where nixpkgs is available.
+#
+# `readOnlyPkgs = true` declares nixpkgs.overlays as nixpkgs' read-only.nix does (one
+# definition only, the one that module makes itself).
+{
+  readOnlyPkgs ? false,
+}:
 { lib, ... }:
 let
   inherit (lib) mkOption types;
@@ -30,6 +36,7 @@ let
   };
 in
 {
+  config = lib.optionalAttrs readOnlyPkgs { nixpkgs.overlays = [ ]; };
   options = {
     # nixos/modules/misc/assertions.nix
     assertions = mkOption {
@@ -41,10 +48,14 @@ in
       default = [ ];
     };
 
-    nixpkgs.overlays = mkOption {
-      type = types.listOf overlayType;
-      default = [ ];
-    };
+    nixpkgs.overlays =
+      if readOnlyPkgs then
+        mkOption { type = types.unique { message = "nixpkgs.overlays is set to read-only"; } types.anything; }
+      else
+        mkOption {
+          type = types.listOf overlayType;
+          default = [ ];
+        };
 
     # nixos/modules/system/boot/kernel.nix
     boot.kernelParams = mkOption {

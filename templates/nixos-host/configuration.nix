@@ -1,0 +1,25 @@
+{ ... }:
+{
+  # Written by `xpu-probe -o facts.json` on this machine. It picks the variant (exo-intel,
+  # exo-cuda or exo-cpu), the Intel compute runtime, kernel parameters and device access.
+  hardware.xpu.factsFile = ./facts.json;
+  # hardware.xpu.variant = "exo-cpu";   # overrides the probe's recommendation
+  # hardware.xpu.media.enable = true;   # VA-API / oneVPL drivers as well
+
+  services.xpu-runner = {
+    enable = true;
+    # model = "/var/lib/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf";  # default: SmolLM2-135M
+    # modelId = "llama-3.2-1b";
+    # host = "0.0.0.0";
+    # openFirewall = true;
+    # apiKeyFile = "/run/secrets/xpu-runner-api-keys";  # one key per line
+  };
+
+  # For exo-cuda (NVIDIA): the driver and CUDA are unfree.
+  # nixpkgs.config.allowUnfree = true;
+  # services.xserver.videoDrivers = [ "nvidia" ];
+  # hardware.nvidia.open = true;
+
+  networking.hostName = "llm-host";
+  system.stateVersion = "26.05";
+}
