@@ -409,6 +409,10 @@ in
     expr = (fixture "cpu").recommendation.variant;
     expected = "exo-cpu";
   };
+  testReadFactsTruncatedThrows = {
+    expr = fixture "truncated";
+    expectedError = true;
+  };
   testReadFactsTextFormatThrows = {
     expr = fixture "text-format";
     expectedError = true;

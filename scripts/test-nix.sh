@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Tests of the Nix side (flake, lib/, modules, templates) that run without nixpkgs and without
+# network, on Debian's nix-bin 2.8. scripts/test.sh runs it; docs/nix.md lists what runs where.
+#
+#   NIXPKGS_LIB=<nixpkgs>/lib  also runs the lib.evalModules module tests and evaluates the flake
+#                              against a stand-in nixpkgs built around that lib/.
+#   XPU_TEST_MODEL=<gguf>      the default model, to cross-check packages/default-model.nix
+#                              (scripts/fetch-model.sh provides it when unset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters ='
+# lib.warn aborts instead of printing (the abort-on-warn setting is unknown to Nix 2.8).
+export NIX_ABORT_ON_WARN=1
+
+fail() { echo "test-nix: FAIL: $*" >&2; exit 1; }
+pass() { echo "test-nix: ok: $*" >&2; }
+skip() { echo "test-nix: SKIPPED: $*" >&2; }
+
+command -v nix-instantiate >/dev/null || fail "nix-instantiate not found; install Debian's nix-bin (scripts/apt-packages.txt lists it)"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# Runs a test set (nix-unit shape) through tests/nix/run-tests.nix and fails on any failure.
+run_test_set() {
+    local label=$1 expr=$2 out
+    out=$(nix-instantiate --eval --strict --json -E "$expr") || fail "$label: evaluation failed"
+    python3 - "$label" "$out" <<'PY' || exit 1
+import json, sys
+label, result = sys.argv[1], json.loads(sys.argv[2])
+if result["total"] == 0:
+    sys.exit(f"test-nix: FAIL: {label}: no tests ran")
+for f in result["failures"]:
+    print(f"test-nix: FAIL: {label}: {f['name']}\n  expected: {json.dumps(f['expected'])}\n  got:      {json.dumps(f['result'])}", file=sys.stderr)
+if result["failures"]:
+    sys.exit(f"test-nix: FAIL: {label}: {len(result['failures'])} of {result['total']} failed")
+print(f"test-nix: ok: {label}: {result['total']} tests passed", file=sys.stderr)
+PY
+}
+
+# Expects evaluating $2 to fail with a message matching the regex $3.
+expect_eval_error() {
+    local label=$1 expr=$2 regex=$3 err
+    if err=$(nix-instantiate --eval --strict -E "$expr" 2>&1); then
+        fail "$label: evaluation succeeded, expected an error matching /$regex/"
+    fi
+    grep -Eq "$regex" <<<"$err" || fail "$label: error does not match /$regex/:\n$err"
+    pass "$label"
+}
+
+# 1. Every .nix file parses.
+mapfile -t nix_files < <(git ls-files --cached --others --exclude-standard -- '*.nix')
+[ ${#nix_files[@]} -gt 0 ] || fail "no .nix files found"
+for f in "${nix_files[@]}"; do
+    nix-instantiate --parse "$f" >/dev/null || fail "$f does not parse"
+done
+pass "${#nix_files[@]} .nix files parse"
+
+# 2. Pure functions of lib/.
+run_test_set "lib tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/lib-tests.nix)"
+
+# 3. The messages users see for broken facts files.
+expect_eval_error "text facts file" "(import ./lib).readFacts ./tests/nix/fixtures/facts-text-format.json" \
+    "facts-text-format.json is not a JSON object .*xpu-probe -o facts.json"
+expect_eval_error "truncated facts file" "(import ./lib).readFacts ./tests/nix/fixtures/facts-truncated.json" \
+    "facts-truncated.json does not end with '\}'"
+printf '' > "$work/empty.json"
+expect_eval_error "empty facts file" "(import ./lib).readFacts $work/empty.json" "empty.json is empty"
+expect_eval_error "unknown variant" "(import ./lib).variantAcceleration \"exo-rocm\"" \
+    "unknown variant 'exo-rocm'; expected one of: exo-intel, exo-cuda, exo-cpu"
+# A large facts file (many PCI functions) must not hit std::regex's recursion limit.
+python3 - "$work/big.json" <<'PY'
+import json, sys
+facts = json.load(open("tests/nix/fixtures/facts-intel-dgpu.json"))
+facts["pci"] = [dict(facts["pci"][0], address=f"0000:{i // 32:02x}:{i % 32:02x}.0") for i in range(3000)]
+json.dump(facts, open(sys.argv[1], "w"), indent=2)
+PY
+[ "$(nix-instantiate --eval -E "(import ./lib).recommendedVariant ((import ./lib).readFacts $work/big.json)")" = '"exo-intel"' ] \
+    || fail "a $(stat -c %s "$work/big.json")-byte facts file was not read"
+pass "large facts file ($(stat -c %s "$work/big.json") bytes)"
+
+# 4. The default model's hash is that of the model the tests use.
+model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
+want=$(sed -n 's/.*outputHash = "\([0-9a-f]\{64\}\)".*/\1/p' packages/default-model.nix)
+[ -n "$want" ] || fail "packages/default-model.nix has no sha256 outputHash"
+got=$(sha256sum "$model" | cut -d' ' -f1)
+[ "$got" = "$want" ] || fail "packages/default-model.nix says $want, the model $model has $got"
+pass "default-model sha256 matches $model"
+
+# 5. Templates: `nix flake init -t` into a temporary directory, then everything parses.
+mapfile -t templates < <(nix-instantiate --eval --json -E 'builtins.attrNames (import ./templates)' | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))')
+for t in "${templates[@]}"; do
+    dir="$work/template-$t"
+    mkdir -p "$dir"
+    (cd "$dir" && nix flake init -t "$repo#$t" >"$work/init.log" 2>&1) || { cat "$work/init.log" >&2; fail "nix flake init -t .#$t"; }
+    [ -f "$dir/flake.nix" ] || fail "template $t has no flake.nix"
+    while IFS= read -r -d '' f; do
+        nix-instantiate --parse "$f" >/dev/null || fail "template $t: $f does not parse"
+    done < <(find "$dir" -name '*.nix' -print0)
+    for f in $(find "$dir" -name '*.json'); do
+        python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$f" || fail "template $t: $f is not JSON"
+    done
+done
+[ ${#templates[@]} -ge 2 ] || fail "expected at least two templates, found ${#templates[@]}"
+# The placeholder facts of the host template are valid facts that warn until replaced.
+run_test_set "template facts" "let x = import ./lib; f = x.readFacts ./templates/nixos-host/facts.json; in import ./tests/nix/run-tests.nix {
+  testValid = { expr = x.factsErrors f; expected = [ ]; };
+  testWarns = { expr = builtins.length f.warnings; expected = 1; };
+}"
+pass "templates: ${templates[*]}"
+
+# 6. Module tests with lib.evalModules, and the flake against a stand-in nixpkgs.
+if [ -z "${NIXPKGS_LIB:-}" ]; then
+    skip "module tests and flake evaluation: set NIXPKGS_LIB to the lib/ directory of nixpkgs (e.g. a checkout of nix-community/nixpkgs.lib) to run them"
+    exit 0
+fi
+[ -f "$NIXPKGS_LIB/default.nix" ] || fail "NIXPKGS_LIB=$NIXPKGS_LIB is not nixpkgs' lib/ (no default.nix)"
+lib_abs=$(cd "$NIXPKGS_LIB" && pwd)
+run_test_set "module tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/module-tests.nix { lib = import $lib_abs; })"
+
+stand_in="$work/stand-in-nixpkgs"
+cp -r tests/nix/stand-in-nixpkgs "$stand_in"
+cp -r "$lib_abs" "$stand_in/lib"
+cp -r tests/nix/stubs "$stand_in/stubs"
+override=(--override-input nixpkgs "path:$stand_in")
+
+nix flake show "${override[@]}" . >"$work/show.log" 2>&1 || { cat "$work/show.log" >&2; fail "nix flake show"; }
+nix flake check --no-build "${override[@]}" . >"$work/check.log" 2>&1 || { cat "$work/check.log" >&2; fail "nix flake check --no-build (stand-in nixpkgs)"; }
+pass "nix flake show / check --no-build against the stand-in nixpkgs"
+
+flake_eval() { nix eval --json "${override[@]}" "$@" 2>"$work/eval.log" || { cat "$work/eval.log" >&2; fail "nix eval $*"; }; }
+packages=$(flake_eval .#packages.x86_64-linux --apply 'ps: builtins.mapAttrs (n: p: {
+  acceleration = p.passthru.acceleration or null;
+  mainProgram = p.meta.mainProgram or null;
+  hasDescription = (p.meta.description or "") != "";
+  features = p.standInArgs.buildFeatures or [ ];
+  postFixup = p.standInArgs.postFixup or "";
+  outputHash = p.standInArgs.outputHash or null;
+}) ps')
+apps=$(flake_eval .#apps.x86_64-linux --apply 'as: builtins.mapAttrs (n: a: { inherit (a) type program; }) as')
+overlay=$(flake_eval .#overlays.default --apply 'o: builtins.attrNames (o { } { })')
+python3 - "$packages" "$apps" "$overlay" <<'PY' || exit 1
+import json, sys
+packages, apps, overlay = (json.loads(a) for a in sys.argv[1:4])
+errors = []
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+for name, acc, feats in [("exo-cpu", "cpu", []), ("exo-intel", "intel", ["vulkan"]), ("exo-cuda", "cuda", ["cuda"]), ("runner", "cpu", [])]:
+    p = packages[name]
+    check(p["acceleration"] == acc, f"{name}: passthru.acceleration is {p['acceleration']!r}, want {acc!r}")
+    check(p["mainProgram"] == "xpu-runner", f"{name}: meta.mainProgram is {p['mainProgram']!r}")
+    check(p["features"] == feats, f"{name}: cargo features {p['features']}, want {feats}")
+intel = packages["exo-intel"]["postFixup"]
+for needle in ["ZES_ENABLE_SYSMAN 1", "vulkan-loader", "level-zero", "/run/opengl-driver/lib", "LD_LIBRARY_PATH"]:
+    check(needle in intel, f"exo-intel: the wrapper does not mention {needle!r}")
+check(packages["probe"]["mainProgram"] == "xpu-probe", "probe: meta.mainProgram")
+check(packages["default-model"]["outputHash"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "default-model: outputHash")
+for name, p in packages.items():
+    check(p["hasDescription"], f"{name}: no meta.description")
+for name in ["runner", "runner-intel", "probe", "default"]:
+    check(apps[name]["type"] == "app", f"apps.{name}: not an app")
+check(apps["runner"]["program"].endswith("/bin/xpu-runner-default"), f"apps.runner: {apps['runner']['program']}")
+check(apps["probe"]["program"].endswith("/bin/xpu-probe"), f"apps.probe: {apps['probe']['program']}")
+check(sorted(overlay) == sorted(["xpu-probe", "exo-cpu", "exo-intel", "exo-cuda", "xpu-default-model"]), f"overlay names: {overlay}")
+if errors:
+    sys.exit("test-nix: FAIL: flake outputs:\n  " + "\n  ".join(errors))
+print(f"test-nix: ok: flake outputs: {len(packages)} packages, {len(apps)} apps, overlay {sorted(overlay)}", file=sys.stderr)
+PY
+# The app serves the default model on 127.0.0.1:52415 when run without arguments.
+app=$(nix-instantiate --eval --strict --json -E "
+  let
+    lib = import $lib_abs;
+    fake = name: { type = \"derivation\"; outPath = \"/nix/store/00000000000000000000000000000000-\${name}\"; meta = { mainProgram = \"xpu-runner\"; description = \"d\"; }; };
+    apps = import ./packages/apps.nix {
+      inherit lib;
+      writeShellScriptBin = name: text: { inherit name text; overrideAttrs = f: { inherit name text; meta = (f { meta = { }; }).meta; }; };
+      exo-cpu = fake \"exo-cpu\";
+      exo-intel = fake \"exo-intel\";
+      xpu-default-model = fake \"model.gguf\" // { modelId = \"SmolLM2-135M-Instruct\"; };
+    };
+  in apps.runner.text") || fail "packages/apps.nix does not evaluate"
+for needle in '--host 127.0.0.1' '--port 52415' 'exo-cpu/bin/xpu-runner \"$@\"' 'model.gguf' 'if [ \"$#\" -eq 0 ]'; do
+    grep -qF -- "$needle" <<<"$app" || fail "apps.runner script lacks: $needle"
+done
+pass "apps.runner serves the default model on 127.0.0.1:52415 without arguments"
+pass "all Nix tests"
