@@ -85,8 +85,14 @@ fn config() -> &'static Result<Config, String> {
 fn enter(function: &str) {
     let Ok(config) = config() else { return };
     if config.crash_in.as_deref() == Some(function) {
-        // SAFETY: raising a signal is the point; the default action kills the process.
-        unsafe { libc::raise(libc::SIGSEGV) };
+        // The Rust runtime's SIGSEGV handler (stack-overflow detection) ignores a
+        // raised signal, so restore the default action first: then it kills the
+        // process like a real driver's bad pointer would.
+        // SAFETY: crashing is the point.
+        unsafe {
+            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+            libc::raise(libc::SIGSEGV);
+        }
     }
     if config.hang_in.as_deref() == Some(function) {
         loop {

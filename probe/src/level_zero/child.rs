@@ -1,0 +1,221 @@
+//! The parent side: starts the child, waits with a timeout, and reads its answer.
+//!
+//! A child that crashes, hangs, exits without an answer or cannot start becomes a
+//! [`LevelZeroError`] whose meaning names the last Level Zero call it entered; facts
+//! it reported before that are kept.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+
+use wait_timeout::ChildExt;
+
+use super::collect::{DONE, FACTS, STEP};
+use super::{codes, LevelZeroError, LevelZeroFacts, QueryOptions, Telemetry, CHILD_ENV};
+
+/// At most this much of the child's stderr is quoted in an error.
+const STDERR_QUOTE: usize = 600;
+
+/// What the child printed and how it ended.
+struct Outcome {
+    stdout: String,
+    stderr: String,
+    /// `None` when it was killed for running out of time.
+    status: Option<ExitStatus>,
+}
+
+impl Outcome {
+    fn last(&self, prefix: &str) -> Option<&str> {
+        self.stdout.lines().rev().find_map(|l| l.strip_prefix(prefix))
+    }
+
+    fn last_step(&self) -> Option<&str> {
+        self.last(STEP)
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = self.stderr.trim();
+        if text.is_empty() {
+            return String::new();
+        }
+        let start = text.len().saturating_sub(STDERR_QUOTE);
+        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+        format!("; its stderr ends with: {:?}", &text[start..])
+    }
+
+    /// The error for a child that gave no valid answer, or `None` if it did answer.
+    fn failure(&self, options: &QueryOptions, answered: bool) -> Option<LevelZeroError> {
+        let during = match self.last_step() {
+            Some(call) => format!(" during {call}"),
+            None => String::new(),
+        };
+        let Some(status) = self.status else {
+            return Some(LevelZeroError {
+                code: codes::CHILD_TIMEOUT,
+                name: "XPU_LEVEL_ZERO_CHILD_TIMEOUT".into(),
+                meaning: format!(
+                    "the Level Zero query did not finish within {:.1} s{during} and was killed; a driver is hanging (check dmesg for GPU errors, or raise {} if the machine is just slow){}",
+                    options.timeout.as_secs_f64(),
+                    super::TIMEOUT_ENV,
+                    self.stderr_tail()
+                ),
+            });
+        };
+        if let Some(signal) = status.signal() {
+            return Some(LevelZeroError {
+                code: codes::CHILD_CRASHED,
+                name: "XPU_LEVEL_ZERO_CHILD_CRASHED".into(),
+                meaning: format!(
+                    "the Level Zero query crashed with signal {signal} ({}){during}; the Level Zero loader or GPU driver is broken or mismatched (update intel-compute-runtime and level-zero together); the facts before the crash are kept{}",
+                    signal_name(signal),
+                    self.stderr_tail()
+                ),
+            });
+        }
+        if answered {
+            return None;
+        }
+        Some(LevelZeroError {
+            code: codes::CHILD_NO_ANSWER,
+            name: "XPU_LEVEL_ZERO_CHILD_NO_ANSWER".into(),
+            meaning: format!(
+                "the Level Zero query process exited with {status}{during} without an answer; if this is a program embedding xpu-probe, it must call xpu_probe::level_zero::run_child_if_requested() first in main{}",
+                self.stderr_tail()
+            ),
+        })
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGTRAP => "SIGTRAP",
+        _ => "signal",
+    }
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // A read error just ends the output early; the exit status tells the story.
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Starts the child in `mode` and collects its output, or says why it could not start.
+fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
+    let spawn_error = |what: String| LevelZeroError {
+        code: codes::CHILD_SPAWN_FAILED,
+        name: "XPU_LEVEL_ZERO_CHILD_SPAWN_FAILED".into(),
+        meaning: format!("could not start the Level Zero query process: {what}"),
+    };
+    let exe = match &options.exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().map_err(|e| spawn_error(format!("cannot find this executable: {e}")))?,
+    };
+    let mut command = Command::new(&exe);
+    command
+        .env(CHILD_ENV, mode)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| spawn_error(format!("{}: {e}", exe.display())))?;
+    let stdout = read_all(child.stdout.take().expect("stdout is piped"));
+    let stderr = read_all(child.stderr.take().expect("stderr is piped"));
+
+    let status = match child.wait_timeout(options.timeout) {
+        Ok(Some(status)) => Some(status),
+        Ok(None) | Err(_) => {
+            // Kill and reap; errors mean it is already gone.
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    // The pipes close when the child dies, unless it passed them to a process of its
+    // own (no driver does); the readers then end.
+    Ok(Outcome {
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        status,
+    })
+}
+
+pub(super) fn run_facts(options: &QueryOptions) -> LevelZeroFacts {
+    let outcome = match run(options, "facts") {
+        Ok(outcome) => outcome,
+        Err(error) => return LevelZeroFacts { error: Some(error), ..Default::default() },
+    };
+    let done: Option<LevelZeroFacts> = outcome.last(DONE).and_then(|json| serde_json::from_str(json).ok());
+    let answered = done.is_some();
+    let mut facts = done
+        .or_else(|| outcome.last(FACTS).and_then(|json| serde_json::from_str(json).ok()))
+        .unwrap_or_default();
+    if let Some(error) = outcome.failure(options, answered) {
+        // The child's own error (if any) came first and explains more.
+        facts.error.get_or_insert(error);
+    }
+    facts
+}
+
+pub(super) fn run_telemetry(options: &QueryOptions) -> Option<Telemetry> {
+    let outcome = run(options, "telemetry").ok()?;
+    let telemetry: Option<Telemetry> = serde_json::from_str(outcome.last(DONE)?).ok()?;
+    // A crash after the answer (in teardown) does not invalidate it.
+    telemetry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn outcome(stdout: &str, stderr: &str, status: Option<i32>) -> Outcome {
+        Outcome {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            status: status.map(ExitStatus::from_raw),
+        }
+    }
+
+    #[test]
+    fn a_signal_names_the_last_call() {
+        let o = outcome("xpu-level-zero:step zeInit\nnoise\nxpu-level-zero:step zeDeviceGet\n", "", Some(11));
+        let e = o.failure(&QueryOptions::default(), false).expect("an error");
+        assert_eq!(e.code, codes::CHILD_CRASHED);
+        assert!(e.meaning.contains("signal 11 (SIGSEGV) during zeDeviceGet"), "{}", e.meaning);
+    }
+
+    #[test]
+    fn a_timeout_says_how_long_and_quotes_stderr() {
+        let options = QueryOptions { timeout: Duration::from_millis(1500), ..Default::default() };
+        let e = outcome("", "driver: waiting for GuC\n", None).failure(&options, false).expect("an error");
+        assert_eq!(e.code, codes::CHILD_TIMEOUT);
+        assert!(e.meaning.contains("1.5 s"), "{}", e.meaning);
+        assert!(e.meaning.contains("waiting for GuC"), "{}", e.meaning);
+    }
+
+    #[test]
+    fn a_clean_exit_without_answer_explains_run_child_if_requested() {
+        let e = outcome("hello\n", "", Some(0)).failure(&QueryOptions::default(), false).expect("an error");
+        assert_eq!(e.code, codes::CHILD_NO_ANSWER);
+        assert!(e.meaning.contains("run_child_if_requested"));
+        assert!(outcome("", "", Some(0)).failure(&QueryOptions::default(), true).is_none());
+    }
+
+    #[test]
+    fn long_stderr_is_cut_on_a_char_boundary() {
+        let stderr = "é".repeat(1000);
+        let tail = outcome("", &stderr, Some(0)).stderr_tail();
+        assert!(tail.len() < STDERR_QUOTE + 80);
+    }
+}
