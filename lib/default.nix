@@ -374,6 +374,14 @@ let
       in
       escaped + (if apiKeyArg != null then " --api-key-file ${apiKeyArg}" else "") + extra;
 
+    # host:port for a systemd ListenStream=; IPv6 addresses get brackets.
+    listenAddress =
+      host: port:
+      let
+        bare = replaceStrings [ "[" "]" ] [ "" "" ] host;
+      in
+      if match ".*:.*" bare != null then "[${bare}]:${toString port}" else "${host}:${toString port}";
+
     isLoopbackHost = host: elem host [ "127.0.0.1" "::1" "localhost" "[::1]" ] || match "127[.].*" host != null;
 
     # Source filter for the Rust workspace: only what cargo needs, never build outputs or VCS

@@ -216,6 +216,16 @@ in
       '';
     };
 
+    socketActivation = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether systemd listens on {option}`services.xpu-runner.host`:{option}`services.xpu-runner.port`
+        (`xpu-runner.socket`) and starts the runner on the first connection, handing it the
+        socket. Connections made while the model loads wait instead of being refused.
+      '';
+    };
+
     watchdogSec = mkOption {
       type = types.ints.unsigned;
       default = 30;
@@ -335,9 +345,16 @@ in
           services.xpu-runner.openFirewall is set, but the runner only listens on ${cfg.host}; set services.xpu-runner.host too.
         '';
 
+      systemd.sockets.xpu-runner = mkIf cfg.socketActivation {
+        description = "Socket of xpu-runner";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ (xpu.listenAddress cfg.host cfg.port) ];
+      };
+
       systemd.services.xpu-runner = {
         description = "xpu-runner, OpenAI-compatible LLM inference (${acceleration})";
-        wantedBy = [ "multi-user.target" ];
+        wantedBy = lib.optional (!cfg.socketActivation) "multi-user.target";
+        requires = lib.optional cfg.socketActivation "xpu-runner.socket";
         wants = [ "network.target" ];
         after = [ "network.target" ];
         environment = {

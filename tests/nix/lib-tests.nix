@@ -383,6 +383,20 @@ in
     };
     expected = ''"serve" "--model" "/m.gguf" "--host" "::1" "--port" "8080" "--device" "cpu"'';
   };
+  testListenAddress = {
+    expr = [
+      (xpu.listenAddress "127.0.0.1" 52415)
+      (xpu.listenAddress "::" 80)
+      (xpu.listenAddress "[::1]" 8080)
+      (xpu.listenAddress "localhost" 1)
+    ];
+    expected = [
+      "127.0.0.1:52415"
+      "[::]:80"
+      "[::1]:8080"
+      "localhost:1"
+    ];
+  };
   testLoopbackHosts = {
     expr = map xpu.isLoopbackHost [
       "127.0.0.1"

@@ -547,6 +547,34 @@ in
       "char-accel"
     ];
   };
+  testSocketActivation = {
+    expr =
+      let
+        c = evalNixos {
+          config.services.xpu-runner = {
+            enable = true;
+            socketActivation = true;
+            host = "::1";
+            port = 8080;
+          };
+        };
+      in
+      {
+        inherit (c.systemd.sockets.xpu-runner) listenStreams wantedBy;
+        serviceWantedBy = c.systemd.services.xpu-runner.wantedBy;
+        requires = c.systemd.services.xpu-runner.requires;
+      };
+    expected = {
+      listenStreams = [ "[::1]:8080" ];
+      wantedBy = [ "sockets.target" ];
+      serviceWantedBy = [ ];
+      requires = [ "xpu-runner.socket" ];
+    };
+  };
+  testNoSocketByDefault = {
+    expr = cpu.systemd.sockets;
+    expected = { };
+  };
   testWatchdogOff = {
     expr =
       (evalNixos {

@@ -49,7 +49,15 @@ let
         args:
         assert lib.assertMsg (args ? cargoLock || args ? cargoHash) "buildRustPackage needs cargoLock or cargoHash";
         assert lib.assertMsg (builtins.pathExists args.cargoLock.lockFile) "cargoLock.lockFile does not exist";
-        assert lib.assertMsg (builtins.pathExists "${args.src}/Cargo.toml") "the source has no Cargo.toml";
+        # (Checked on the filter: `nix flake check` evaluates read-only and cannot add the
+        # filtered source to the store.)
+        assert lib.assertMsg (lib.all (f: args.src.filter "${toString args.src.origSrc}/${f}" "regular") [
+          "Cargo.toml"
+          "Cargo.lock"
+          "runner/src/main.rs"
+          "probe/src/main.rs"
+        ]) "the source filter drops workspace files";
+        assert lib.assertMsg (builtins.pathExists (args.src.origSrc + "/Cargo.toml")) "the source has no Cargo.toml";
         drv "${args.pname}-${args.version}" args;
       callPackage = f: extra: f ({ rustc.llvm.version = "21.1.8"; } // extra);
     };

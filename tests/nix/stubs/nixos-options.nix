@@ -109,6 +109,7 @@ in
             };
             documentation = listOfStr;
             wantedBy = listOfStr;
+            requires = listOfStr;
             wants = listOfStr;
             after = listOfStr;
             environment = mkOption {
@@ -124,6 +125,26 @@ in
               default = { };
             };
             serviceConfig = mkOption {
+              type = types.attrsOf unitOption;
+              default = { };
+            };
+          };
+        }
+      );
+    };
+
+    systemd.sockets = mkOption {
+      default = { };
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            description = mkOption {
+              type = types.str;
+              default = "";
+            };
+            wantedBy = listOfStr;
+            listenStreams = listOfStr;
+            socketConfig = mkOption {
               type = types.attrsOf unitOption;
               default = { };
             };
