@@ -1,0 +1,274 @@
+//! Level Zero through the real loader (Debian `libze1`, 1.8.12) and the fake driver
+//! from `probe/fake-ze-driver`, selected with `ZE_ENABLE_ALT_DRIVERS`.
+//!
+//! The child process is the real `xpu-probe` binary: these tests exercise the same
+//! re-exec path as production. The fake driver is built by [`fake_driver`] with
+//! `cargo build -p fake-ze-driver` into this test's own target directory and profile
+//! (a cdylib cannot be a Rust dependency, and `cargo test --workspace` does not
+//! promise to build it before this test runs). Set `FAKE_ZE_DRIVER=/abs/path.so` to
+//! use a prebuilt one instead.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use xpu_probe::level_zero::{codes, query_with, telemetry_with, LevelZeroFacts, QueryOptions};
+
+const GIB: u64 = 1 << 30;
+const PROBE: &str = env!("CARGO_BIN_EXE_xpu-probe");
+
+/// Builds (once per test binary) and returns the fake driver library.
+fn fake_driver() -> &'static Path {
+    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+    DRIVER.get_or_init(|| {
+        if let Some(path) = std::env::var_os("FAKE_ZE_DRIVER").filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "FAKE_ZE_DRIVER={} does not exist", path.display());
+            return path;
+        }
+        // PROBE is <target-dir>/<profile-dir>/xpu-probe.
+        let profile_dir = Path::new(PROBE).parent().expect("binary has a directory");
+        let target_dir = profile_dir.parent().expect("profile directory has a parent");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("cannot tell the cargo profile from {PROBE}"),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from(env!("CARGO")));
+        let status = Command::new(&cargo)
+            .args(["build", "--quiet", "-p", "fake-ze-driver", "--profile", profile, "--target-dir"])
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap_or_else(|e| panic!("could not run {cargo:?} to build the fake driver: {e}"));
+        assert!(status.success(), "cargo build -p fake-ze-driver failed ({status})");
+        let path = profile_dir.join("libfake_ze_driver.so");
+        assert!(path.is_file(), "{} was not built", path.display());
+        path
+    })
+}
+
+/// Options that run the real `xpu-probe` as the child with the fake driver and `env`.
+fn options(env: &[(&str, &str)]) -> QueryOptions {
+    let mut all: Vec<(OsString, OsString)> =
+        vec![("ZE_ENABLE_ALT_DRIVERS".into(), fake_driver().as_os_str().to_owned())];
+    all.extend(env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    QueryOptions { exe: Some(PROBE.into()), timeout: Duration::from_secs(20), env: all }
+}
+
+fn query(env: &[(&str, &str)]) -> LevelZeroFacts {
+    query_with(&options(env))
+}
+
+#[test]
+fn one_device_is_fully_described() {
+    let facts = query(&[("FAKE_ZE_DEVICES", "1")]);
+    assert_eq!(facts.error, None);
+    assert!(facts.loader_found);
+    assert!(!facts.skipped);
+    // Debian's libze1 1.8.12 installs libze_loader.so.1.8.0 and reports 1.8.0.
+    let version = facts.loader_version.as_deref().expect("a loader version");
+    assert!(version.starts_with("1."), "{version}");
+    assert_eq!(facts.drivers.len(), 1);
+    let driver = &facts.drivers[0];
+    assert_eq!(driver.version, "1.3.26918");
+    assert_eq!(driver.api_version, "1.3");
+    assert_eq!(driver.devices.len(), 1);
+    let d = &driver.devices[0];
+    assert_eq!(d.name, "Fake Intel(R) Arc(TM) A770 Graphics");
+    assert_eq!(d.r#type, "gpu");
+    assert_eq!((d.vendor_id.as_str(), d.device_id.as_str()), ("8086", "56a0"));
+    assert_eq!(d.uuid, "8680a056000000000300000000000000");
+    assert_eq!(d.pci_address.as_deref(), Some("0000:03:00.0"));
+    assert!(!d.integrated && !d.sub_device);
+    assert_eq!(d.eu_count, 512);
+    assert_eq!((d.threads_per_eu, d.eu_simd_width, d.core_clock_mhz), (8, 8, 2400));
+    assert_eq!(d.memory_bytes, 16 * GIB);
+    assert_eq!(d.max_alloc_bytes, 4 * GIB - 8 * 1024);
+    assert_eq!((d.max_group_size, d.shared_local_memory_bytes), (1024, 65536));
+    assert_eq!(d.sub_group_sizes, vec![8, 16, 32]);
+    assert_eq!(d.sub_devices, 0);
+}
+
+#[test]
+fn two_devices_with_tiles_and_an_integrated_one() {
+    let facts = query(&[("FAKE_ZE_DEVICES", "2")]);
+    assert_eq!(facts.error, None);
+    let devices = &facts.drivers[0].devices;
+    assert_eq!(devices.len(), 2);
+    let max = &devices[1];
+    assert_eq!(max.device_id, "0bd5");
+    assert_eq!(max.sub_devices, 2);
+    assert_eq!(max.memory_bytes, 128 * GIB, "the sum of both memory modules");
+    assert_eq!(max.eu_count, 2 * 64 * 8);
+
+    let facts = query(&[("FAKE_ZE_DEVICES", "3")]);
+    let igpu = &facts.drivers[0].devices[2];
+    assert!(igpu.integrated);
+    assert_eq!(igpu.device_id, "4680");
+}
+
+#[test]
+fn a_driver_without_devices_is_reported_empty_not_failed() {
+    let facts = query(&[("FAKE_ZE_DEVICES", "0")]);
+    assert_eq!(facts.error, None);
+    assert_eq!(facts.drivers.len(), 1);
+    assert!(facts.drivers[0].devices.is_empty());
+}
+
+#[test]
+fn a_failing_zeinit_reports_code_name_and_meaning_without_crashing() {
+    // After this failure loader 1.8.12 has unloaded the driver; any further call would
+    // segfault, so a clean error here also proves that none was made.
+    let facts = query(&[("FAKE_ZE_INIT_RESULT", "0x78000001")]);
+    assert!(facts.loader_found);
+    assert!(facts.drivers.is_empty());
+    let error = facts.error.expect("an error");
+    assert_eq!(error.code, 0x7800_0001);
+    assert_eq!(error.name, "ZE_RESULT_ERROR_UNINITIALIZED");
+    assert!(error.meaning.starts_with("zeInit failed: driver is not initialized"), "{}", error.meaning);
+    assert!(error.meaning.contains("compute-runtime"), "{}", error.meaning);
+}
+
+#[test]
+fn an_undefined_result_code_is_named_by_its_value() {
+    let error = query(&[("FAKE_ZE_INIT_RESULT", "0x7abc0001")]).error.expect("an error");
+    assert_eq!(error.code, 0x7abc_0001);
+    assert_eq!(error.name, "ZE_RESULT_0x7abc0001");
+    assert!(error.meaning.contains("not defined by the Level Zero 1.4 headers"), "{}", error.meaning);
+}
+
+#[test]
+fn a_missing_loader_is_a_normal_outcome() {
+    let facts = query(&[("XPU_LEVEL_ZERO_LOADER", "/nonexistent/libze_loader.so.1")]);
+    assert_eq!(
+        facts,
+        LevelZeroFacts { loader_found: false, ..Default::default() },
+        "no loader: no error, no drivers"
+    );
+}
+
+#[test]
+fn a_library_that_is_not_a_loader_is_an_error() {
+    let error = query(&[("XPU_LEVEL_ZERO_LOADER", "libc.so.6")]).error.expect("an error");
+    assert_eq!(error.code, codes::LOADER_INVALID);
+    assert!(error.meaning.contains("symbol zeInit is missing"), "{}", error.meaning);
+}
+
+#[test]
+fn a_driver_crash_is_contained_and_attributed() {
+    let facts = query(&[("FAKE_ZE_CRASH_IN", "zeDeviceGetProperties")]);
+    let error = facts.error.clone().expect("an error");
+    assert_eq!(error.code, codes::CHILD_CRASHED);
+    assert_eq!(error.name, "XPU_LEVEL_ZERO_CHILD_CRASHED");
+    assert!(error.meaning.contains("signal 11 (SIGSEGV) during zeDeviceGetProperties"), "{}", error.meaning);
+    // What was learnt before the crash is kept.
+    assert!(facts.loader_found);
+    assert_eq!(facts.drivers.len(), 1);
+    assert_eq!(facts.drivers[0].version, "1.3.26918");
+    assert!(facts.drivers[0].devices.is_empty());
+
+    let error = query(&[("FAKE_ZE_CRASH_IN", "zeInit")]).error.expect("an error");
+    assert!(error.meaning.contains("during zeInit"), "{}", error.meaning);
+}
+
+#[test]
+fn a_hanging_driver_is_killed_after_the_timeout() {
+    let mut options = options(&[("FAKE_ZE_HANG_IN", "zeDeviceGet")]);
+    options.timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let facts = query_with(&options);
+    let took = started.elapsed();
+    let error = facts.error.expect("an error");
+    assert_eq!(error.code, codes::CHILD_TIMEOUT);
+    assert!(error.meaning.contains("within 1.0 s during zeDeviceGet"), "{}", error.meaning);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(facts.drivers.len(), 1, "facts before the hang are kept");
+}
+
+#[test]
+fn driver_output_on_stdout_does_not_confuse_the_parent() {
+    let facts = query(&[("FAKE_ZE_STDOUT", "xpu-level-zero:done {\"bogus\": true}\nnoise")]);
+    // The driver prints during zeInit, before the child's real answer, which wins.
+    assert_eq!(facts.error, None);
+    assert_eq!(facts.drivers[0].devices.len(), 1);
+}
+
+#[test]
+fn a_child_that_ignores_the_protocol_or_cannot_start() {
+    let mut options = options(&[]);
+    options.exe = Some("/bin/true".into());
+    let error = query_with(&options).error.expect("an error");
+    assert_eq!(error.code, codes::CHILD_NO_ANSWER);
+    assert!(error.meaning.contains("run_child_if_requested"), "{}", error.meaning);
+
+    options.exe = Some("/nonexistent/xpu-probe".into());
+    let error = query_with(&options).error.expect("an error");
+    assert_eq!(error.code, codes::CHILD_SPAWN_FAILED);
+    assert!(error.meaning.contains("/nonexistent/xpu-probe"), "{}", error.meaning);
+}
+
+#[test]
+fn telemetry_sums_devices_and_measures_power() {
+    let t = telemetry_with(&options(&[("FAKE_ZE_DEVICES", "2")])).expect("telemetry");
+    assert_eq!(t.memory_total_bytes, Some(16 * GIB + 128 * GIB));
+    assert_eq!(t.memory_used_bytes, Some(4 * GIB + 28 * GIB));
+    assert_eq!(t.temperature_c, Some(60.0));
+    // The fake's counters grow at exactly 100 W and 400 W.
+    let watts = t.power_w.expect("a power reading");
+    assert!((watts - 500.0).abs() < 1.0, "{watts}");
+}
+
+#[test]
+fn telemetry_is_absent_without_a_loader_a_driver_or_a_device() {
+    assert_eq!(telemetry_with(&options(&[("XPU_LEVEL_ZERO_LOADER", "/nonexistent/libze.so.1")])), None);
+    assert_eq!(telemetry_with(&options(&[("FAKE_ZE_INIT_RESULT", "0x78000001")])), None);
+    assert_eq!(telemetry_with(&options(&[("FAKE_ZE_DEVICES", "0")])), None);
+    assert_eq!(telemetry_with(&options(&[("FAKE_ZE_CRASH_IN", "zesMemoryGetState")])), None);
+}
+
+/// The whole binary: `xpu-probe --root <fixture>` with the fake driver in its
+/// environment embeds the child's facts and warns when Level Zero fails.
+#[test]
+fn the_probe_binary_reports_level_zero_and_warns_on_failure() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc-b580-xe");
+    let run = |env: &[(&str, &str)]| -> serde_json::Value {
+        let output = Command::new(PROBE)
+            .arg("--root")
+            .arg(&fixture)
+            .env("ZE_ENABLE_ALT_DRIVERS", fake_driver())
+            .envs(env.iter().copied())
+            .output()
+            .expect("xpu-probe runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("facts JSON")
+    };
+    let all_warnings = |facts: &serde_json::Value| -> String {
+        let mut text = facts["warnings"].to_string();
+        text.push_str(&facts["recommendation"]["warnings"].to_string());
+        text
+    };
+
+    let good = run(&[("FAKE_ZE_DEVICES", "1")]);
+    assert_eq!(good["level_zero"]["drivers"][0]["devices"][0]["device_id"], "56a0");
+    assert_eq!(good["level_zero"]["error"], serde_json::Value::Null);
+    assert!(!all_warnings(&good).contains("Level Zero"), "{}", all_warnings(&good));
+
+    let failed = run(&[("FAKE_ZE_INIT_RESULT", "0x78000001")]);
+    assert_eq!(failed["level_zero"]["error"]["name"], "ZE_RESULT_ERROR_UNINITIALIZED");
+    assert!(all_warnings(&failed).contains("ZE_RESULT_ERROR_UNINITIALIZED"), "{}", all_warnings(&failed));
+
+    let skipped = Command::new(PROBE)
+        .arg("--no-level-zero")
+        .arg("--root")
+        .arg(&fixture)
+        .env("ZE_ENABLE_ALT_DRIVERS", fake_driver())
+        .env("FAKE_ZE_CRASH_IN", "zeInit")
+        .output()
+        .expect("xpu-probe runs");
+    let skipped: serde_json::Value = serde_json::from_slice(&skipped.stdout).expect("facts JSON");
+    assert_eq!(skipped["level_zero"]["skipped"], true);
+    assert_eq!(skipped["level_zero"]["error"], serde_json::Value::Null);
+}
