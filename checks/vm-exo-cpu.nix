@@ -41,7 +41,7 @@
         "RestrictAddressFamilies=AF_INET6",
         "SystemCallFilter=@system-service",
         "SystemCallFilter=~@privileged",
-        "ProcSubset=pid",
+        "ProtectProc=invisible",
         "PrivateDevices=true",
         '"--device" "cpu"',
         '"--facts"',

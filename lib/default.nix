@@ -274,8 +274,10 @@ let
         };
 
     # The hardening block shared by nixpkgs' ollama and llama-cpp services, adjusted per
-    # acceleration: GPU variants need all of /proc (drivers read /proc/meminfo and friends)
-    # and the @resources syscalls (memory locking and priorities of GPU runtimes).
+    # acceleration: GPU variants need the @resources syscalls (memory locking and priorities
+    # of GPU runtimes). ProcSubset stays "all" (as in ollama) for every variant: GPU drivers
+    # read /proc/meminfo, and candle sizes its CPU thread pool from /proc/cpuinfo (physical
+    # cores; without it, every SMT thread, which slows decoding down).
     hardening =
       acceleration:
       let
@@ -289,7 +291,7 @@ let
         PrivateMounts = true;
         PrivateTmp = true;
         PrivateUsers = true;
-        ProcSubset = if gpu then "all" else "pid";
+        ProcSubset = "all";
         ProtectClock = true;
         ProtectControlGroups = true;
         ProtectHome = true;

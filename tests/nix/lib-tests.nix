@@ -305,9 +305,20 @@ in
   };
 
   # --- hardening --------------------------------------------------------------------------
-  testHardeningCpuProcSubset = {
-    expr = (xpu.hardening "cpu").ProcSubset;
-    expected = "pid";
+  testHardeningProcSubset = {
+    expr = map (a: (xpu.hardening a).ProcSubset) xpu.accelerations;
+    expected = [
+      "all"
+      "all"
+      "all"
+    ];
+  };
+  testHardeningCpuHasNoResourcesSyscalls = {
+    expr = (xpu.hardening "cpu").SystemCallFilter;
+    expected = [
+      "@system-service"
+      "~@privileged"
+    ];
   };
   testHardeningGpuProcSubsetAndResources = {
     expr = {

@@ -321,7 +321,7 @@ in
       private = true;
       hasDeviceAllow = false;
       hasDevicePolicy = false;
-      procSubset = "pid";
+      procSubset = "all";
       graphics = false;
       kernelParams = [ ];
       device = true;
