@@ -105,16 +105,22 @@ pub enum FactsFileError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PciDevice {
     /// Domain:bus:device.function, e.g. `0000:03:00.0`.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))]
     pub address: String,
     /// PCI vendor id (`vendor`), e.g. `8086`.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
     pub vendor_id: Option<String>,
     /// PCI device id (`device`), e.g. `56a0`.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
     pub device_id: Option<String>,
     /// Subsystem (board maker) vendor id.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
     pub subsystem_vendor_id: Option<String>,
     /// Subsystem device id.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
     pub subsystem_device_id: Option<String>,
     /// Revision id, two hex digits.
+    #[schemars(regex(pattern = r"^[0-9a-f]{2}$"))]
     pub revision: Option<String>,
     /// Class code split into its three bytes.
     pub class: Option<PciClass>,
@@ -142,10 +148,13 @@ pub struct PciDevice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PciClass {
     /// Base class, e.g. `03` (display) or `12` (processing accelerator).
+    #[schemars(regex(pattern = r"^[0-9a-f]{2}$"))]
     pub base: String,
     /// Sub-class, e.g. `00` (VGA), `02` (3D), `80` (other).
+    #[schemars(regex(pattern = r"^[0-9a-f]{2}$"))]
     pub sub: String,
     /// Programming interface.
+    #[schemars(regex(pattern = r"^[0-9a-f]{2}$"))]
     pub prog_if: String,
 }
 
@@ -207,12 +216,15 @@ pub enum GpuVendor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Gpu {
     /// PCI address, the key into `pci`.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))]
     pub pci_address: String,
     /// Vendor family.
     pub vendor: GpuVendor,
     /// PCI vendor id.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
     pub vendor_id: Option<String>,
     /// PCI device id.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
     pub device_id: Option<String>,
     /// Marketing name: the Intel table's, else pci.ids', else `null`.
     pub name: Option<String>,
