@@ -344,7 +344,7 @@ mod tests {
         );
         assert!(resource("0x0 0x1\n").is_err());
         assert!(resource("0x10 0x1 0x0\n").is_err());
-        assert!(resource("a b c\n").is_err());
+        assert!(resource("x y z\n").is_err());
         assert_eq!(resource(""), Ok(vec![]));
     }
 
