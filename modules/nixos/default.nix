@@ -93,8 +93,8 @@ in
   options.hardware.xpu = {
     enable = mkOption {
       type = types.bool;
-      default = hw.factsFile != null || cfg.enable;
-      defaultText = literalExpression "config.hardware.xpu.factsFile != null || config.services.xpu-runner.enable";
+      default = hw.facts != { } || cfg.enable;
+      defaultText = literalExpression "config.hardware.xpu.facts != { } || config.services.xpu-runner.enable";
       description = ''
         Whether to configure drivers, firmware and kernel parameters for
         {option}`hardware.xpu.variant`.

@@ -377,6 +377,23 @@ in
       facts = false;
     };
   };
+  # Facts alone (no service) set up the drivers, e.g. for other tools on the machine.
+  testFactsWithoutServiceConfigureDrivers = {
+    expr =
+      let
+        c = evalNixos { config.hardware.xpu.factsFile = fixture "intel-dgpu"; };
+      in
+      {
+        inherit (c.hardware.graphics) enable;
+        inherit (c.boot) kernelParams;
+        services = builtins.attrNames c.systemd.services;
+      };
+    expected = {
+      enable = true;
+      kernelParams = [ "xe.force_probe=e20b" ];
+      services = [ ];
+    };
+  };
   testImportOnlyChangesNothing = {
     expr = {
       services = notEnabled.systemd.services;
