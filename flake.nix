@@ -87,6 +87,8 @@
 
       homeManagerModules.default = import ./modules/home-manager/default.nix;
       homeManagerModules.xpu = self.homeManagerModules.default;
+      # The name newer Home Manager documentation uses.
+      homeModules = self.homeManagerModules;
 
       devShells = forAllSystems (system: {
         default = (pkgsFor system).callPackage ./packages/dev-shell.nix { };

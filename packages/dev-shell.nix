@@ -17,7 +17,6 @@
   vulkan-tools,
   python3,
   nixfmt,
-  nix,
   unzip,
 }:
 mkShell {
@@ -34,7 +33,6 @@ mkShell {
     vulkan-tools
     python3
     nixfmt
-    nix
     unzip
   ];
   RUSTONIG_SYSTEM_LIBONIG = "1";
