@@ -272,3 +272,26 @@ fn the_probe_binary_reports_level_zero_and_warns_on_failure() {
     assert_eq!(skipped["level_zero"]["skipped"], true);
     assert_eq!(skipped["level_zero"]["error"], serde_json::Value::Null);
 }
+
+/// A process that is itself a query child must not start another (a test harness, or a
+/// binary that forgot `run_child_if_requested`, would otherwise re-run itself without
+/// end). This test re-runs itself as such a child to check the guard.
+#[test]
+fn a_query_child_does_not_start_children_of_its_own() {
+    const NAME: &str = "a_query_child_does_not_start_children_of_its_own";
+    if std::env::var_os("XPU_LEVEL_ZERO_CHILD").is_some() {
+        // Inside the re-run: the guard must answer at once, without starting anything.
+        let error = query_with(&QueryOptions::default()).error.expect("an error");
+        assert_eq!(error.code, codes::CHILD_SPAWN_FAILED);
+        assert!(error.meaning.contains("itself a Level Zero query child"), "{}", error.meaning);
+        return;
+    }
+    let output = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env("XPU_LEVEL_ZERO_CHILD", "facts")
+        .output()
+        .expect("the test binary re-runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}

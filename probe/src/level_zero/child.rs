@@ -5,9 +5,10 @@
 //! it reported before that are kept.
 
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
@@ -101,13 +102,19 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+/// How long to wait for the output pipes to close after the child ended. They stay
+/// open only if the child passed them to a process of its own that outlived it.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         // A read error just ends the output early; the exit status tells the story.
         let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
+        let _ = sender.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    receiver
 }
 
 /// Starts the child in `mode` and collects its output, or says why it could not start.
@@ -117,6 +124,13 @@ fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
         name: "XPU_LEVEL_ZERO_CHILD_SPAWN_FAILED".into(),
         meaning: format!("could not start the Level Zero query process: {what}"),
     };
+    // A child that queries again would start children of its own, without end (e.g. a
+    // test harness re-run as the child runs its tests again).
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return Err(spawn_error(format!(
+            "this process is itself a Level Zero query child ({CHILD_ENV} is set); its main must call xpu_probe::level_zero::run_child_if_requested() first"
+        )));
+    }
     let exe = match &options.exe {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().map_err(|e| spawn_error(format!("cannot find this executable: {e}")))?,
@@ -127,7 +141,17 @@ fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
         .envs(options.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group, so that a timeout kills whatever it started too.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // Die with the parent: an interrupted probe must not leave a hung driver behind.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = command.spawn().map_err(|e| spawn_error(format!("{}: {e}", exe.display())))?;
     let stdout = read_all(child.stdout.take().expect("stdout is piped"));
     let stderr = read_all(child.stderr.take().expect("stderr is piped"));
@@ -135,17 +159,18 @@ fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
     let status = match child.wait_timeout(options.timeout) {
         Ok(Some(status)) => Some(status),
         Ok(None) | Err(_) => {
-            // Kill and reap; errors mean it is already gone.
+            // Kill its whole group and reap it; errors mean it is already gone.
+            // SAFETY: kill has no memory-safety preconditions; the group id is the
+            // child's pid because of process_group(0).
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
             None
         }
     };
-    // The pipes close when the child dies, unless it passed them to a process of its
-    // own (no driver does); the readers then end.
     Ok(Outcome {
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+        stdout: stdout.recv_timeout(PIPE_GRACE).unwrap_or_default(),
+        stderr: stderr.recv_timeout(PIPE_GRACE).unwrap_or_default(),
         status,
     })
 }
@@ -177,7 +202,6 @@ pub(super) fn run_telemetry(options: &QueryOptions) -> Option<Telemetry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn outcome(stdout: &str, stderr: &str, status: Option<i32>) -> Outcome {
         Outcome {
