@@ -104,6 +104,12 @@ fn two_devices_with_tiles_and_an_integrated_one() {
     assert_eq!(max.memory_bytes, 128 * GIB, "the sum of both memory modules");
     assert_eq!(max.eu_count, 2 * 64 * 8);
 
+    // The probe asks for card-level devices; a user's FLAT setting is respected.
+    let flat = query(&[("FAKE_ZE_DEVICES", "2"), ("ZE_FLAT_DEVICE_HIERARCHY", "FLAT")]);
+    let names: Vec<(&str, bool)> =
+        flat.drivers[0].devices.iter().map(|d| (d.device_id.as_str(), d.sub_device)).collect();
+    assert_eq!(names, [("56a0", false), ("0bd5", true), ("0bd5", true)]);
+
     let facts = query(&[("FAKE_ZE_DEVICES", "3")]);
     let igpu = &facts.drivers[0].devices[2];
     assert!(igpu.integrated);

@@ -17,6 +17,9 @@
 //! - `FAKE_ZE_HANG_IN=<function>`: sleep forever in that entry point.
 //! - `FAKE_ZE_STDOUT=<text>`: print this line on stdout during `zeInit`, like a chatty
 //!   driver would.
+//! - `ZE_FLAT_DEVICE_HIERARCHY` (compute-runtime's own variable): unless it is
+//!   `COMPOSITE`, `zeDeviceGet` lists a multi-tile card as its tiles, like
+//!   compute-runtime's default `FLAT` mode.
 //!
 //! An invalid value makes `zeInit` print the problem on stderr and return
 //! `ZE_RESULT_ERROR_INVALID_ARGUMENT`.
@@ -40,6 +43,9 @@ struct Config {
     crash_in: Option<String>,
     hang_in: Option<String>,
     stdout: Option<String>,
+    /// `ZE_FLAT_DEVICE_HIERARCHY` is not `COMPOSITE`: multi-tile cards are listed as
+    /// their tiles, as compute-runtime does by default since 2023.
+    flat: bool,
 }
 
 fn parse_code(text: &str) -> Option<u32> {
@@ -72,6 +78,7 @@ impl Config {
             crash_in: var("FAKE_ZE_CRASH_IN"),
             hang_in: var("FAKE_ZE_HANG_IN"),
             stdout: var("FAKE_ZE_STDOUT"),
+            flat: var("ZE_FLAT_DEVICE_HIERARCHY").as_deref() != Some("COMPOSITE"),
         })
     }
 }
@@ -404,8 +411,16 @@ extern "C" fn zeDeviceGet(handle: DriverHandle, count: *mut u32, devices: *mut D
     if handle != driver_handle() {
         return ZeResult::ERROR_INVALID_NULL_HANDLE;
     }
-    let handles: Vec<DeviceHandle> =
-        driver().devices.iter().map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void)).collect();
+    let flat = config().as_ref().is_ok_and(|c| c.flat);
+    let handles: Vec<DeviceHandle> = driver()
+        .devices
+        .iter()
+        .flat_map(|card| {
+            let tiles: Vec<&FakeDevice> = card.sub_devices.iter().map(|t| &**t).collect();
+            if flat && !tiles.is_empty() { tiles } else { vec![card] }
+        })
+        .map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void))
+        .collect();
     // SAFETY: forwarded caller pointers.
     unsafe { fill(&handles, count, devices) }
 }

@@ -58,8 +58,18 @@ fn open_loader() -> Result<Loader, LoadError> {
     }
 }
 
+/// Card-level devices, with tiles as sub-devices: one Level Zero device per PCI
+/// function, as in `pci[]` and `gpus[]`. Newer drivers default to `FLAT` (each tile a
+/// device); a user's own setting is kept.
+fn prefer_composite_devices() {
+    if std::env::var_os("ZE_FLAT_DEVICE_HIERARCHY").is_none() {
+        std::env::set_var("ZE_FLAT_DEVICE_HIERARCHY", "COMPOSITE");
+    }
+}
+
 /// Child entry point for `facts`.
 pub(super) fn child_facts() -> ! {
+    prefer_composite_devices();
     let facts = collect_facts();
     json(DONE, &facts);
     exit_now(0)
@@ -71,6 +81,8 @@ pub(super) fn child_telemetry() -> ! {
     if std::env::var_os("ZES_ENABLE_SYSMAN").is_none() {
         std::env::set_var("ZES_ENABLE_SYSMAN", "1");
     }
+    // Per-card readings; a card's memory and power domains include its tiles'.
+    prefer_composite_devices();
     match collect_telemetry() {
         Some(telemetry) => json(DONE, &telemetry),
         None => line(DONE, "null"),
