@@ -434,6 +434,10 @@ in
     expr = (fixture "cpu").recommendation.variant;
     expected = "exo-cpu";
   };
+  testReadFactsNix = {
+    expr = xpu.recommendedVariant (xpu.readFacts ./fixtures/facts-nvidia.nix);
+    expected = "exo-cuda";
+  };
   testReadFactsTruncatedThrows = {
     expr = fixture "truncated";
     expectedError = true;

@@ -432,6 +432,29 @@ in
     expr = (evalNixos { config = withFacts "text-format" { }; }).hardware.xpu.variant;
     expectedError = true;
   };
+  # A facts file in Nix form is read as such; the runner still gets JSON.
+  testNixFactsFile = {
+    expr =
+      let
+        c = evalNixos {
+          config = {
+            hardware.xpu.factsFile = ./fixtures/facts-nvidia.nix;
+            hardware.nvidia.datacenter.enable = true;
+            services.xpu-runner.enable = true;
+          };
+        };
+      in
+      {
+        variant = c.hardware.xpu.variant;
+        failed = failedAssertions c;
+        facts = hasSubstring ''"--facts" "/nix/store/00000000000000000000000000000000-xpu-facts.json"'' c.systemd.services.xpu-runner.serviceConfig.ExecStart;
+      };
+    expected = {
+      variant = "exo-cuda";
+      failed = [ ];
+      facts = true;
+    };
+  };
   testInlineFactsGoToRunner = {
     expr =
       let
