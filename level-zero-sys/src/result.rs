@@ -51,7 +51,7 @@ result_codes! {
     WARNING_DROPPED_DATA = 0x7002_0001, "ZE_RESULT_WARNING_DROPPED_DATA",
         "data may have been dropped (Tools)";
     ERROR_UNINITIALIZED = 0x7800_0001, "ZE_RESULT_ERROR_UNINITIALIZED",
-        "driver is not initialized: no Level Zero driver could be loaded or none found a supported device; install Intel's compute-runtime (libze-intel-gpu1 / intel-level-zero-gpu, or hardware.graphics.extraPackages = [ pkgs.intel-compute-runtime ] on NixOS) and check that the GPU is bound to i915 or xe and that /dev/dri/renderD* is readable";
+        "driver is not initialized: no Level Zero driver could be loaded or none found a supported device; install Intel's compute-runtime (Debian/Ubuntu: libze-intel-gpu1, on Debian 12 intel-opencl-icd; NixOS: hardware.graphics.extraPackages = [ pkgs.intel-compute-runtime ]) and check that the GPU is bound to i915 or xe and that /dev/dri/renderD* is readable";
     ERROR_UNSUPPORTED_VERSION = 0x7800_0002, "ZE_RESULT_ERROR_UNSUPPORTED_VERSION",
         "generic error code for unsupported versions";
     ERROR_UNSUPPORTED_FEATURE = 0x7800_0003, "ZE_RESULT_ERROR_UNSUPPORTED_FEATURE",

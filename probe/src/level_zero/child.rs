@@ -176,10 +176,14 @@ fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
 }
 
 pub(super) fn run_facts(options: &QueryOptions) -> LevelZeroFacts {
-    let outcome = match run(options, "facts") {
-        Ok(outcome) => outcome,
-        Err(error) => return LevelZeroFacts { error: Some(error), ..Default::default() },
-    };
+    match run(options, "facts") {
+        Ok(outcome) => facts_from(&outcome, options),
+        Err(error) => LevelZeroFacts { error: Some(error), ..Default::default() },
+    }
+}
+
+/// The facts a finished child reported, with an error when it gave no valid answer.
+fn facts_from(outcome: &Outcome, options: &QueryOptions) -> LevelZeroFacts {
     let done: Option<LevelZeroFacts> = outcome.last(DONE).and_then(|json| serde_json::from_str(json).ok());
     let answered = done.is_some();
     let mut facts = done
@@ -234,6 +238,30 @@ mod tests {
         assert_eq!(e.code, codes::CHILD_NO_ANSWER);
         assert!(e.meaning.contains("run_child_if_requested"));
         assert!(outcome("", "", Some(0)).failure(&QueryOptions::default(), true).is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever the child prints and however it ends, the parent never panics, and
+        /// it reports an error exactly when there was no valid final answer.
+        #[test]
+        fn any_child_output_gives_facts_or_an_error(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    ".*",
+                    "xpu-level-zero:(step|facts|done) .*",
+                    proptest::strategy::Just(format!("{DONE}{{\"loader_found\":true,\"loader_version\":null,\"drivers\":[],\"error\":null,\"skipped\":false}}")),
+                ],
+                0..6,
+            ),
+            // Raw wait statuses: exit codes 0, 1, 2, or killed by SIGSEGV; None = timed out.
+            status in proptest::option::of(proptest::sample::select(vec![0, 1 << 8, 2 << 8, 11])),
+        ) {
+            let outcome = outcome(&lines.join("\n"), "", status);
+            let facts = facts_from(&outcome, &QueryOptions::default());
+            let answered = outcome.last(DONE).is_some_and(|j| serde_json::from_str::<LevelZeroFacts>(j).is_ok());
+            let exited = status.is_some_and(|s| s != 11);
+            proptest::prop_assert_eq!(facts.error.is_none(), answered && exited);
+        }
     }
 
     #[test]
