@@ -1,0 +1,105 @@
+//! WGSL compute kernels and their pipelines.
+//!
+//! The matrix kernels share one skeleton (`shaders/matmul.wgsl`) and differ only in the
+//! `load_unit` function that dequantizes 32 weights of one type; the module for each type is
+//! the skeleton followed by that type's function.
+
+use std::collections::HashMap;
+
+use crate::quant::WeightType;
+use crate::Gpu;
+
+/// Threads per workgroup of every kernel (a multiple of every common subgroup size: 8, 16, 32, 64).
+pub(crate) const WORKGROUP: u32 = 64;
+/// Tokens one matmul workgroup handles (`TB` in matmul.wgsl).
+pub(crate) const TOKENS_PER_GROUP: u32 = 8;
+/// Workgroups along x before a matmul dispatch wraps to y (`ROWS_PER_Y` in matmul.wgsl).
+pub(crate) const ROWS_PER_Y: u32 = 32768;
+/// Workgroups of the grid-stride elementwise kernels (rope, silu_mul).
+pub(crate) const ELEMENTWISE_GROUPS: u32 = 1024;
+
+const MATMUL: &str = include_str!("shaders/matmul.wgsl");
+
+fn load_unit_source(ty: WeightType) -> &'static str {
+    match ty {
+        WeightType::F32 => include_str!("shaders/f32.wgsl"),
+        WeightType::F16 => include_str!("shaders/f16.wgsl"),
+        WeightType::Q4_0 => include_str!("shaders/q4_0.wgsl"),
+        WeightType::Q4_1 => include_str!("shaders/q4_1.wgsl"),
+        WeightType::Q8_0 => include_str!("shaders/q8_0.wgsl"),
+        WeightType::Q4K => include_str!("shaders/q4_k.wgsl"),
+        WeightType::Q6K => include_str!("shaders/q6_k.wgsl"),
+    }
+}
+
+/// Compiled pipelines, built once per device.
+pub(crate) struct Kernels {
+    matmul: HashMap<WeightType, wgpu::ComputePipeline>,
+    get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
+    pub rmsnorm: wgpu::ComputePipeline,
+    pub rope: wgpu::ComputePipeline,
+    pub attention: wgpu::ComputePipeline,
+    pub silu_mul: wgpu::ComputePipeline,
+}
+
+fn pipeline(gpu: &Gpu, label: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+    let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: None,
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+impl Kernels {
+    /// Compiles every kernel; `types` are the weight types the model needs.
+    pub fn new(gpu: &Gpu, types: &[WeightType]) -> Result<Kernels, crate::VulkanError> {
+        let mut matmul = HashMap::new();
+        let mut get_rows = HashMap::new();
+        for &ty in types {
+            if matmul.contains_key(&ty) {
+                continue;
+            }
+            let source = format!("{MATMUL}\n{}", load_unit_source(ty));
+            matmul.insert(ty, pipeline(gpu, &format!("matmul {ty:?}"), &source, "matmul"));
+            get_rows.insert(ty, pipeline(gpu, &format!("get_rows {ty:?}"), &source, "get_rows"));
+        }
+        let kernels = Kernels {
+            matmul,
+            get_rows,
+            rmsnorm: pipeline(gpu, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
+            rope: pipeline(gpu, "rope", include_str!("shaders/rope.wgsl"), "rope"),
+            attention: pipeline(gpu, "attention", include_str!("shaders/attention.wgsl"), "attention"),
+            silu_mul: pipeline(gpu, "silu_mul", include_str!("shaders/silu_mul.wgsl"), "silu_mul"),
+        };
+        gpu.check("compiling the compute kernels")?;
+        Ok(kernels)
+    }
+
+    pub fn matmul(&self, ty: WeightType) -> &wgpu::ComputePipeline {
+        &self.matmul[&ty]
+    }
+
+    pub fn get_rows(&self, ty: WeightType) -> &wgpu::ComputePipeline {
+        &self.get_rows[&ty]
+    }
+}
+
+/// Creates a bind group for `pipeline` from `(binding, buffer)` pairs (whole buffers).
+pub(crate) fn bind(gpu: &Gpu, pipeline: &wgpu::ComputePipeline, label: &str, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() })
+        .collect();
+    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}

@@ -1,0 +1,572 @@
+//! A llama-architecture GGUF model on the GPU.
+//!
+//! Weights are uploaded once at load, in their quantized form. The KV cache lives on the GPU
+//! (one K and one V buffer per layer, f32). A forward pass writes the token ids and two
+//! counters, records every kernel of every layer into one command buffer, and reads back the
+//! logits of the last token: only ids and logits cross the bus.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+
+use crate::device::{DeviceOptions, Gpu};
+use crate::kernels::{self, Kernels};
+use crate::quant::{GetRowsOp, GpuWeight, MatmulMode, MatmulOp, WeightType};
+use crate::VulkanError;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Adapter selection and binding size.
+    pub device: DeviceOptions,
+    /// Context length (KV cache size) in tokens; `None`: the model's, capped at 4096.
+    pub ctx: Option<usize>,
+    /// Most tokens one GPU submission processes; longer prompts are split (prefill batch).
+    pub max_batch: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: DeviceOptions::default(), ctx: None, max_batch: 256 }
+    }
+}
+
+/// Default cap on the context when the caller gives none: the KV cache is f32.
+const DEFAULT_MAX_CTX: usize = 4096;
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub vocab: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// RoPE pairs (i, i + d/2) instead of (2i, 2i + 1).
+    pub rope_neox: bool,
+    /// Context length the model was trained for.
+    pub train_ctx: usize,
+}
+
+/// Uniform updated before each submission (`Step` in the shaders).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct StepParams {
+    pub n_tokens: u32,
+    pub start: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    n: u32,
+    eps: f32,
+    last_only: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RopeParams {
+    n_head: u32,
+    n_kv: u32,
+    hd: u32,
+    neox: u32,
+    cache_base: u32,
+    ctx: u32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttnParams {
+    n_head: u32,
+    n_kv: u32,
+    hd: u32,
+    cache_base: u32,
+    ctx: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct EltParams {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+struct LayerOps {
+    attn_norm: wgpu::BindGroup,
+    q: MatmulOp,
+    k: MatmulOp,
+    v: MatmulOp,
+    rope: wgpu::BindGroup,
+    attention: wgpu::BindGroup,
+    o: MatmulOp,
+    ffn_norm: wgpu::BindGroup,
+    gate: MatmulOp,
+    up: MatmulOp,
+    silu_mul: wgpu::BindGroup,
+    down: MatmulOp,
+}
+
+/// A llama model whose weights and KV cache live on a Vulkan device.
+pub struct LlamaModel {
+    gpu: Gpu,
+    kernels: Kernels,
+    cfg: LlamaConfig,
+    ctx: usize,
+    max_batch: usize,
+    ids: wgpu::Buffer,
+    step: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    embed: GetRowsOp,
+    layers: Vec<LayerOps>,
+    final_norm: wgpu::BindGroup,
+    output: MatmulOp,
+    /// Tokens currently in the KV cache.
+    cached: usize,
+    weight_bytes: u64,
+}
+
+/// Reads tensors of a GGUF file as raw bytes.
+struct GgufReader {
+    path: PathBuf,
+    file: File,
+    content: gguf_file::Content,
+}
+
+impl GgufReader {
+    fn open(path: &Path) -> Result<GgufReader, VulkanError> {
+        let ferr = |detail: String| VulkanError::ModelFile { path: path.to_path_buf(), detail };
+        let mut file = File::open(path).map_err(|e| ferr(e.to_string()))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| ferr(format!("not a readable GGUF file: {e}")))?;
+        Ok(GgufReader { path: path.to_path_buf(), file, content })
+    }
+
+    fn unsupported(&self, detail: String) -> VulkanError {
+        VulkanError::UnsupportedModel { path: self.path.clone(), detail }
+    }
+
+    fn meta_u32(&self, key: &str) -> Result<usize, VulkanError> {
+        let v = self.content.metadata.get(key).ok_or_else(|| self.unsupported(format!("metadata key {key} is missing")))?;
+        v.to_u32().map(|x| x as usize).map_err(|e| self.unsupported(format!("metadata key {key}: {e}")))
+    }
+
+    fn meta_f32(&self, key: &str) -> Result<Option<f32>, VulkanError> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => v.to_f32().map(Some).map_err(|e| self.unsupported(format!("metadata key {key}: {e}"))),
+        }
+    }
+
+    fn config(&self) -> Result<LlamaConfig, VulkanError> {
+        let arch = self
+            .content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(self.unsupported(format!(
+                "architecture '{arch}' is not supported by the Vulkan engine (only 'llama'); use --device cpu"
+            )));
+        }
+        let n_embd = self.meta_u32("llama.embedding_length")?;
+        let n_head = self.meta_u32("llama.attention.head_count")?;
+        let n_kv_head = self.meta_u32("llama.attention.head_count_kv").unwrap_or(n_head);
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || n_embd % n_head != 0 {
+            return Err(self.unsupported(format!("inconsistent heads: {n_head} heads, {n_kv_head} kv heads, width {n_embd}")));
+        }
+        let head_dim = n_embd / n_head;
+        if head_dim > 256 || head_dim % 2 != 0 {
+            return Err(self.unsupported(format!("head dimension {head_dim} (the kernels handle even sizes up to 256)")));
+        }
+        let rope_dim = self.meta_u32("llama.rope.dimension_count").unwrap_or(head_dim);
+        if rope_dim != head_dim {
+            return Err(self.unsupported(format!("partial rotary embedding ({rope_dim} of {head_dim} dims)")));
+        }
+        if self.content.metadata.contains_key("llama.expert_count") {
+            return Err(self.unsupported("mixture-of-experts models are not supported".into()));
+        }
+        let vocab = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| self.unsupported("tensor token_embd.weight is missing".into()))?;
+        Ok(LlamaConfig {
+            n_layer: self.meta_u32("llama.block_count")?,
+            n_embd,
+            n_head,
+            n_kv_head,
+            head_dim,
+            n_ff: self.meta_u32("llama.feed_forward_length")?,
+            vocab,
+            rms_eps: self.meta_f32("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope_base: self.meta_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
+            rope_neox: false,
+            train_ctx: self.meta_u32("llama.context_length").unwrap_or(DEFAULT_MAX_CTX),
+        })
+    }
+
+    fn raw(&mut self, name: &str) -> Result<(WeightType, Vec<usize>, Vec<u8>), VulkanError> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| VulkanError::UnsupportedModel { path: self.path.clone(), detail: format!("tensor {name} is missing") })?;
+        let dims = info.shape.dims().to_vec();
+        let dtype = info.ggml_dtype;
+        let ty = WeightType::from_ggml(dtype).ok_or_else(|| VulkanError::Tensor {
+            name: name.to_string(),
+            detail: format!("type {dtype:?} has no Vulkan kernel (supported: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)"),
+        })?;
+        let elems: usize = dims.iter().product();
+        let size = elems / dtype.block_size() * dtype.type_size();
+        let offset = self.content.tensor_data_offset + info.offset;
+        let mut buf = vec![0u8; size];
+        let ferr = |e: std::io::Error| VulkanError::ModelFile { path: self.path.clone(), detail: format!("reading tensor {name}: {e}") };
+        self.file.seek(SeekFrom::Start(offset)).map_err(ferr)?;
+        self.file.read_exact(&mut buf).map_err(ferr)?;
+        Ok((ty, dims, buf))
+    }
+
+    /// A 1-D tensor (norm weights) as f32 values.
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, VulkanError> {
+        let (ty, dims, raw) = self.raw(name)?;
+        if dims != [len] {
+            return Err(VulkanError::Tensor { name: name.into(), detail: format!("shape {dims:?}, expected [{len}]") });
+        }
+        match ty {
+            WeightType::F32 => Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            WeightType::F16 => Ok(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+            other => Err(VulkanError::Tensor { name: name.into(), detail: format!("norm weights of type {other:?} (expected F32 or F16)") }),
+        }
+    }
+
+    /// A 2-D weight `[rows, k]` uploaded to the GPU.
+    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: usize, k: usize) -> Result<GpuWeight, VulkanError> {
+        let (ty, dims, raw) = self.raw(name)?;
+        if dims != [rows, k] {
+            return Err(VulkanError::Tensor { name: name.into(), detail: format!("shape {dims:?}, expected [{rows}, {k}]") });
+        }
+        GpuWeight::upload(gpu, name, ty, rows, k, &raw)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn types(&self) -> Result<Vec<WeightType>, VulkanError> {
+        let mut out = Vec::new();
+        for (name, info) in &self.content.tensor_infos {
+            if info.shape.dims().len() != 2 {
+                continue;
+            }
+            let ty = WeightType::from_ggml(info.ggml_dtype).ok_or_else(|| VulkanError::Tensor {
+                name: name.clone(),
+                detail: format!("type {:?} has no Vulkan kernel (supported: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)", info.ggml_dtype),
+            })?;
+            if !out.contains(&ty) {
+                out.push(ty);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Cos/sin of every (position, pair), computed as candle's `precomput_freqs_cis` does (f32).
+fn rope_table(ctx: usize, head_dim: usize, base: f32) -> Vec<f32> {
+    let theta: Vec<f32> = (0..head_dim).step_by(2).map(|i| 1f32 / base.powf(i as f32 / head_dim as f32)).collect();
+    let mut out = Vec::with_capacity(ctx * head_dim);
+    for pos in 0..ctx {
+        for &t in &theta {
+            let a = pos as f32 * t;
+            out.push(a.cos());
+            out.push(a.sin());
+        }
+    }
+    out
+}
+
+fn elementwise_groups(total: usize) -> u32 {
+    (total.div_ceil(kernels::WORKGROUP as usize) as u32).clamp(1, kernels::ELEMENTWISE_GROUPS)
+}
+
+impl LlamaModel {
+    /// Loads a llama-architecture GGUF file onto the selected Vulkan device.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<LlamaModel, VulkanError> {
+        let mut gguf = GgufReader::open(path)?;
+        let cfg = gguf.config()?;
+        let types = gguf.types()?;
+        let ctx = opts.ctx.unwrap_or(cfg.train_ctx.min(DEFAULT_MAX_CTX));
+        if ctx == 0 {
+            return Err(VulkanError::InvalidInput("context length 0".into()));
+        }
+        let max_batch = opts.max_batch.clamp(1, ctx);
+        let gpu = Gpu::new(&opts.device)?;
+        let kernels = Kernels::new(&gpu, &types)?;
+        let (d, hd, nh, nkv, ff) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_kv_head, cfg.n_ff);
+
+        let f = 4u64;
+        let b = max_batch as u64;
+        let ids = gpu.storage("token ids", b * 4)?;
+        let step = gpu.uniform_init("step", bytemuck::bytes_of(&StepParams { n_tokens: 0, start: 0, _pad: [0; 2] }))?;
+        let hidden = gpu.storage("hidden", b * d as u64 * f)?;
+        let normed = gpu.storage("normed", b * d as u64 * f)?;
+        let q = gpu.storage("q", b * (nh * hd) as u64 * f)?;
+        let k = gpu.storage("k", b * (nkv * hd) as u64 * f)?;
+        let v = gpu.storage("v", b * (nkv * hd) as u64 * f)?;
+        let attn = gpu.storage("attention out", b * (nh * hd) as u64 * f)?;
+        let gate = gpu.storage("ffn gate", b * ff as u64 * f)?;
+        let up = gpu.storage("ffn up", b * ff as u64 * f)?;
+        let last = gpu.storage("last hidden", d as u64 * f)?;
+        let logits = gpu.storage("logits", cfg.vocab as u64 * f)?;
+        let staging = gpu.buffer_map_read("logits staging", cfg.vocab as u64 * f)?;
+        let table = rope_table(ctx, hd, cfg.rope_base);
+        let rope_table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&table))?;
+        let cache_bytes = (nkv * ctx * hd) as u64 * f;
+        if cache_bytes > gpu.max_binding() {
+            return Err(VulkanError::InvalidInput(format!(
+                "a context of {ctx} tokens needs {cache_bytes} bytes of KV cache per layer, more than one storage binding ({} bytes); use a smaller --ctx",
+                gpu.max_binding()
+            )));
+        }
+
+        let mut weight_bytes = 0u64;
+        let embd = gguf.matrix(&gpu, "token_embd.weight", cfg.vocab, d)?;
+        let embed = GetRowsOp::new(&gpu, &kernels, &embd, &ids, &hidden, &step)?;
+
+        let norm_op = |name: &str, weights: &[f32], x: &wgpu::Buffer, y: &wgpu::Buffer, last_only: bool| -> Result<wgpu::BindGroup, VulkanError> {
+            let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
+            let params = NormParams { n: d as u32, eps: cfg.rms_eps, last_only: last_only as u32, _pad: 0 };
+            let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
+            Ok(kernels::bind(&gpu, &kernels.rmsnorm, name, &[(0, x), (1, &wbuf), (2, y), (3, &ubuf), (4, &step)]))
+        };
+        let plain = MatmulMode::default();
+        let residual = MatmulMode { accumulate: true, last_only: false };
+
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{l}.{s}");
+            let attn_norm_w = gguf.vector(&p("attn_norm.weight"), d)?;
+            let ffn_norm_w = gguf.vector(&p("ffn_norm.weight"), d)?;
+            let wq = gguf.matrix(&gpu, &p("attn_q.weight"), nh * hd, d)?;
+            let wk = gguf.matrix(&gpu, &p("attn_k.weight"), nkv * hd, d)?;
+            let wv = gguf.matrix(&gpu, &p("attn_v.weight"), nkv * hd, d)?;
+            let wo = gguf.matrix(&gpu, &p("attn_output.weight"), d, nh * hd)?;
+            let wg = gguf.matrix(&gpu, &p("ffn_gate.weight"), ff, d)?;
+            let wu = gguf.matrix(&gpu, &p("ffn_up.weight"), ff, d)?;
+            let wd = gguf.matrix(&gpu, &p("ffn_down.weight"), d, ff)?;
+            for w in [&wq, &wk, &wv, &wo, &wg, &wu, &wd] {
+                weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
+            }
+            let kcache = gpu.storage(&format!("k cache {l}"), cache_bytes)?;
+            let vcache = gpu.storage(&format!("v cache {l}"), cache_bytes)?;
+            let rope_params = RopeParams {
+                n_head: nh as u32,
+                n_kv: nkv as u32,
+                hd: hd as u32,
+                neox: cfg.rope_neox as u32,
+                cache_base: 0,
+                ctx: ctx as u32,
+                _pad: [0; 2],
+            };
+            let rope_u = gpu.uniform_init("rope params", bytemuck::bytes_of(&rope_params))?;
+            let attn_params = AttnParams {
+                n_head: nh as u32,
+                n_kv: nkv as u32,
+                hd: hd as u32,
+                cache_base: 0,
+                ctx: ctx as u32,
+                scale: 1.0 / (hd as f32).sqrt(),
+                _pad: [0; 2],
+            };
+            let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
+            let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, _pad: [0; 3] }))?;
+            layers.push(LayerOps {
+                attn_norm: norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?,
+                q: MatmulOp::new(&gpu, &kernels, &wq, &normed, &q, &step, plain)?,
+                k: MatmulOp::new(&gpu, &kernels, &wk, &normed, &k, &step, plain)?,
+                v: MatmulOp::new(&gpu, &kernels, &wv, &normed, &v, &step, plain)?,
+                rope: kernels::bind(
+                    &gpu,
+                    &kernels.rope,
+                    "rope",
+                    &[(0, &q), (1, &k), (2, &v), (3, &kcache), (4, &vcache), (5, &rope_table), (6, &rope_u), (7, &step)],
+                ),
+                attention: kernels::bind(
+                    &gpu,
+                    &kernels.attention,
+                    "attention",
+                    &[(0, &q), (1, &kcache), (2, &vcache), (3, &attn), (4, &attn_u), (5, &step)],
+                ),
+                o: MatmulOp::new(&gpu, &kernels, &wo, &attn, &hidden, &step, residual)?,
+                ffn_norm: norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?,
+                gate: MatmulOp::new(&gpu, &kernels, &wg, &normed, &gate, &step, plain)?,
+                up: MatmulOp::new(&gpu, &kernels, &wu, &normed, &up, &step, plain)?,
+                silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate), (1, &up), (2, &silu_u), (3, &step)]),
+                down: MatmulOp::new(&gpu, &kernels, &wd, &gate, &hidden, &step, residual)?,
+            });
+        }
+        let out_norm_w = gguf.vector("output_norm.weight", d)?;
+        let final_norm = norm_op("output_norm", &out_norm_w, &hidden, &last, true)?;
+        // Models with tied embeddings (SmolLM2) have no output.weight.
+        let out_w = if gguf.has("output.weight") { gguf.matrix(&gpu, "output.weight", cfg.vocab, d)? } else { embd };
+        weight_bytes += (out_w.rows * out_w.ty.row_bytes(out_w.k)) as u64;
+        let output = MatmulOp::new(&gpu, &kernels, &out_w, &last, &logits, &step, MatmulMode { accumulate: false, last_only: true })?;
+        gpu.wait("uploading the weights")?;
+        tracing::info!(
+            adapter = %gpu.description(),
+            layers = cfg.n_layer,
+            ctx,
+            weight_bytes,
+            "model loaded on the Vulkan device"
+        );
+        Ok(LlamaModel {
+            gpu,
+            kernels,
+            cfg,
+            ctx,
+            max_batch,
+            ids,
+            step,
+            logits,
+            staging,
+            embed,
+            layers,
+            final_norm,
+            output,
+            cached: 0,
+            weight_bytes,
+        })
+    }
+
+    /// Runs `tokens` at positions `start..start + tokens.len()` and returns the logits of the
+    /// last one. The KV cache must hold positions `0..start` (from earlier calls).
+    pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, VulkanError> {
+        if tokens.is_empty() {
+            return Err(VulkanError::InvalidInput("no tokens to run".into()));
+        }
+        if start > self.cached {
+            return Err(VulkanError::InvalidInput(format!(
+                "start position {start} is past the {} tokens in the KV cache",
+                self.cached
+            )));
+        }
+        if start + tokens.len() > self.ctx {
+            return Err(VulkanError::InvalidInput(format!(
+                "{} tokens from position {start} exceed the context length of {}",
+                tokens.len(),
+                self.ctx
+            )));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(VulkanError::InvalidInput(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab)));
+        }
+        let batches: Vec<&[u32]> = tokens.chunks(self.max_batch).collect();
+        let mut pos = start;
+        // If a batch fails, only positions before `start` are known to be intact.
+        self.cached = self.cached.min(start);
+        for (i, batch) in batches.iter().enumerate() {
+            let is_last = i + 1 == batches.len();
+            self.submit_batch(batch, pos, is_last);
+            pos += batch.len();
+            self.gpu.check("running the model")?;
+        }
+        let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+        self.cached = start + tokens.len();
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn submit_batch(&self, batch: &[u32], start: usize, read_logits: bool) {
+        let n = batch.len() as u32;
+        let gpu = &self.gpu;
+        gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
+        let step = StepParams { n_tokens: n, start: start as u32, _pad: [0; 2] };
+        gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            let c = &self.cfg;
+            let rope_groups = elementwise_groups(batch.len() * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
+            let silu_groups = elementwise_groups(batch.len() * c.n_ff);
+            self.embed.record(&mut pass, n);
+            for layer in &self.layers {
+                pass.set_pipeline(&self.kernels.rmsnorm);
+                pass.set_bind_group(0, &layer.attn_norm, &[]);
+                pass.dispatch_workgroups(n, 1, 1);
+                layer.q.record(&mut pass, n);
+                layer.k.record(&mut pass, n);
+                layer.v.record(&mut pass, n);
+                pass.set_pipeline(&self.kernels.rope);
+                pass.set_bind_group(0, &layer.rope, &[]);
+                pass.dispatch_workgroups(rope_groups, 1, 1);
+                pass.set_pipeline(&self.kernels.attention);
+                pass.set_bind_group(0, &layer.attention, &[]);
+                pass.dispatch_workgroups(c.n_head as u32, n, 1);
+                layer.o.record(&mut pass, n);
+                pass.set_pipeline(&self.kernels.rmsnorm);
+                pass.set_bind_group(0, &layer.ffn_norm, &[]);
+                pass.dispatch_workgroups(n, 1, 1);
+                layer.gate.record(&mut pass, n);
+                layer.up.record(&mut pass, n);
+                pass.set_pipeline(&self.kernels.silu_mul);
+                pass.set_bind_group(0, &layer.silu_mul, &[]);
+                pass.dispatch_workgroups(silu_groups, 1, 1);
+                layer.down.record(&mut pass, n);
+            }
+            if read_logits {
+                pass.set_pipeline(&self.kernels.rmsnorm);
+                pass.set_bind_group(0, &self.final_norm, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+                self.output.record(&mut pass, 1);
+            }
+        }
+        if read_logits {
+            enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, self.cfg.vocab as u64 * 4);
+        }
+        gpu.queue.submit([enc.finish()]);
+    }
+
+    /// Forgets the KV cache; the next forward starts at position 0.
+    pub fn reset(&mut self) {
+        self.cached = 0;
+    }
+
+    /// Tokens the KV cache can hold.
+    pub fn context_length(&self) -> usize {
+        self.ctx
+    }
+
+    /// The adapter in use, e.g. `Intel(R) Arc(TM) A770 Graphics (DiscreteGpu, driver ...)`.
+    pub fn adapter_description(&self) -> String {
+        self.gpu.description()
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Bytes of weight matrices read per decoded token (all layers plus the output head), the
+    /// numerator of the memory-bandwidth bound.
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// The device the model runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+}

@@ -1,0 +1,28 @@
+// Q4_K, GGUF layout as is (144-byte super-blocks of 256 weights, word aligned): word 0 =
+// f16 d | f16 dmin << 16, words 1-3 = 12 bytes of packed 6-bit scales and mins, words 4-35 =
+// 128 quant bytes. Unit u is 32-weight sub-block s = u % 8 of super-block u / 8: bytes
+// 32*(s/2) .. +32, low nibbles for even s, high for odd; value = d*sc[s]*q - dmin*m[s].
+fn load_unit(row: u32, u: u32) {
+    let sb = row * (p.k / 256u) + u / 8u;
+    let s = u % 8u;
+    let base = sb * 36u;
+    let dm = unpack2x16float(w[base]);
+    var sc: u32;
+    var mn: u32;
+    if (s < 4u) {
+        sc = byte_at(base + 1u, s) & 63u;
+        mn = byte_at(base + 1u, s + 4u) & 63u;
+    } else {
+        sc = (byte_at(base + 1u, s + 4u) & 0xfu) | ((byte_at(base + 1u, s - 4u) >> 6u) << 4u);
+        mn = (byte_at(base + 1u, s + 4u) >> 4u) | ((byte_at(base + 1u, s) >> 6u) << 4u);
+    }
+    let d = dm.x * f32(sc);
+    let m = dm.y * f32(mn);
+    let qbase = base + 4u + (s / 2u) * 8u;
+    let shift = (s & 1u) * 4u;
+    for (var j = 0u; j < 8u; j++) {
+        let q = w[qbase + j] >> shift;
+        let v = vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu));
+        wv[j] = d * v - m;
+    }
+}

@@ -1,0 +1,27 @@
+// SwiGLU gate: g[i] = silu(g[i]) * u[i] over the first n_tokens * n elements.
+struct Params {
+    n: u32,   // elements per token
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+struct Step {
+    n_tokens: u32,
+    start: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+@group(0) @binding(0) var<storage, read_write> g: array<f32>;
+@group(0) @binding(1) var<storage, read> u: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(3) var<uniform> step: Step;
+
+@compute @workgroup_size(64)
+fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let total = step.n_tokens * p.n;
+    let stride = nwg.x * 64u;
+    for (var i = gid.x; i < total; i += stride) {
+        let a = g[i];
+        g[i] = a / (1.0 + exp(-a)) * u[i];
+    }
+}

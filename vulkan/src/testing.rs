@@ -1,0 +1,91 @@
+//! Single-kernel entry points, so that tests can compare each kernel with candle on the CPU.
+//! Each call compiles its pipeline and allocates its buffers: fine for tests, not for serving.
+
+use crate::kernels::Kernels;
+use crate::model::StepParams;
+use crate::quant::{GetRowsOp, GpuWeight, MatmulMode, MatmulOp};
+use crate::{Gpu, VulkanError};
+
+fn run(gpu: &Gpu, out: &wgpu::Buffer, out_len: usize, record: impl FnOnce(&mut wgpu::ComputePass<'_>)) -> Result<Vec<f32>, VulkanError> {
+    let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("test") });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("test"), timestamp_writes: None });
+        record(&mut pass);
+    }
+    gpu.queue.submit([enc.finish()]);
+    let bytes = gpu.read_back(out, (out_len * 4) as u64)?;
+    Ok(bytemuck::cast_slice(&bytes).to_vec())
+}
+
+fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> {
+    let step = StepParams { n_tokens: n_tokens as u32, start: 0, _pad: [0; 2] };
+    gpu.uniform_init("step", bytemuck::bytes_of(&step))
+}
+
+/// `y[t, r] = sum_k W[r, k] * x[t, k]` for `n_tokens` rows of `x` (`[n_tokens, k]`, row-major).
+/// The output buffer is filled with NaN first, so rows the kernel skips show up as NaN.
+pub fn matmul(gpu: &Gpu, weight: &GpuWeight, x: &[f32], n_tokens: usize) -> Result<Vec<f32>, VulkanError> {
+    if x.len() != n_tokens * weight.k {
+        return Err(VulkanError::InvalidInput(format!("x has {} values, expected {} x {}", x.len(), n_tokens, weight.k)));
+    }
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+    let out_len = n_tokens * weight.rows;
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; out_len]))?;
+    let step = step_buffer(gpu, n_tokens)?;
+    let op = MatmulOp::new(gpu, &kernels, weight, &xb, &yb, &step, MatmulMode::default())?;
+    run(gpu, &yb, out_len, |pass| op.record(pass, n_tokens as u32))
+}
+
+/// `y[t] = W[ids[t]]` (dequantized rows), output poisoned with NaN first.
+pub fn get_rows(gpu: &Gpu, weight: &GpuWeight, ids: &[u32]) -> Result<Vec<f32>, VulkanError> {
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let idb = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
+    let out_len = ids.len() * weight.k;
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; out_len]))?;
+    let step = step_buffer(gpu, ids.len())?;
+    let op = GetRowsOp::new(gpu, &kernels, weight, &idb, &yb, &step)?;
+    run(gpu, &yb, out_len, |pass| op.record(pass, ids.len() as u32))
+}
+
+/// Measures device-memory bandwidth with a copy kernel: copies a buffer of `bytes` (capped at
+/// the binding limit) `iterations` times in one submission and returns bytes read plus
+/// written per second. Used by the benchmark to put decode speed against the memory bound.
+pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, iterations: u32) -> Result<f64, VulkanError> {
+    let bytes = bytes.min(gpu.max_binding()) / 16 * 16;
+    let src = gpu.storage("copy src", bytes)?;
+    let dst = gpu.storage("copy dst", bytes)?;
+    let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("copy"),
+        source: wgpu::ShaderSource::Wgsl(include_str!("shaders/copy.wgsl").into()),
+    });
+    let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("copy"),
+        layout: None,
+        module: &module,
+        entry_point: Some("copy"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let bg = crate::kernels::bind(gpu, &pipeline, "copy", &[(0, &src), (1, &dst)]);
+    let groups = ((bytes / 16).div_ceil(256) as u32).clamp(1, 65535);
+    let record = |iters: u32| {
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: None });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            for _ in 0..iters {
+                pass.dispatch_workgroups(groups, 1, 1);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+    };
+    // Warm-up: pipeline creation and first-touch page mapping stay out of the timing.
+    record(2);
+    gpu.wait("copy warm-up")?;
+    let t = std::time::Instant::now();
+    record(iterations);
+    gpu.wait("copy benchmark")?;
+    Ok(2.0 * bytes as f64 * iterations as f64 / t.elapsed().as_secs_f64())
+}
