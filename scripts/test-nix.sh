@@ -89,7 +89,59 @@ got=$(sha256sum "$model" | cut -d' ' -f1)
 [ "$got" = "$want" ] || fail "packages/default-model.nix says $want, the model $model has $got"
 pass "default-model sha256 matches $model"
 
-# 5. Templates: `nix flake init -t` into a temporary directory, then everything parses.
+# 5. The contract with the probe: facts that xpu-probe writes on this machine pass the
+#    modules' validation, in JSON and in its Nix rendering, and both say the same.
+target_dir=${CARGO_TARGET_DIR:-target}
+cargo build --release --locked --quiet -p xpu-probe || fail "cargo build -p xpu-probe"
+probe="$target_dir/release/xpu-probe"
+[ -x "$probe" ] || fail "$probe was not built"
+"$probe" --no-level-zero --format json -o "$work/host-facts.json" || fail "xpu-probe --format json"
+"$probe" --no-level-zero --format nix -o "$work/host-facts.nix" || fail "xpu-probe --format nix"
+run_test_set "facts of this machine" "let
+  x = import ./lib;
+  json = x.readFacts $work/host-facts.json;
+  nix = x.readFacts $work/host-facts.nix;
+in import ./tests/nix/run-tests.nix {
+  testJsonValid = { expr = x.factsErrors json; expected = [ ]; };
+  testNixValid = { expr = x.factsErrors nix; expected = [ ]; };
+  testSameVariant = { expr = x.recommendedVariant nix; expected = x.recommendedVariant json; };
+  testSameRecommendation = { expr = nix.recommendation; expected = json.recommendation; };
+  testKnownVariant = { expr = builtins.elem (x.recommendedVariant json) x.variants; expected = true; };
+}"
+# The probe's own fixture trees (captured sysfs/proc of real machines) through the same path.
+probe_cases=0
+for tree in probe/tests/fixtures/*/; do
+    name=$(basename "$tree")
+    "$probe" --root "$tree" --no-level-zero --format json -o "$work/probe-$name.json" 2>/dev/null \
+        || fail "xpu-probe --root $tree"
+    case $name in
+        arc-b580-xe | arc-a770-igpu | max-1550) want='"exo-intel"' ;;
+        h100) want='"exo-cuda"' ;;
+        virtio-vm | aspeed-only | mi300x) want='"exo-cpu"' ;;
+        *) want=null ;;
+    esac
+    run_test_set "probe fixture $name" "let
+  x = import ./lib;
+  f = x.readFacts $work/probe-$name.json;
+  v = x.recommendedVariant f;
+in import ./tests/nix/run-tests.nix ({
+  testValid = { expr = x.factsErrors f; expected = [ ]; };
+  testDevicesFollowVariant = {
+    expr = (x.deviceAccess { acceleration = x.variantAcceleration v; facts = f; }).PrivateDevices;
+    expected = v == \"exo-cpu\";
+  };
+  testKernelParamsAreForceProbe = {
+    expr = builtins.all x.isForceProbeParam (x.kernelParams { facts = f; variant = v; });
+    expected = true;
+  };
+} // (if $want == null then { } else { testVariant = { expr = v; expected = $want; }; }))"
+    probe_cases=$((probe_cases + 1))
+done
+[ "$probe_cases" -ge 3 ] || fail "expected the probe's fixture trees under probe/tests/fixtures, found $probe_cases"
+
+echo "test-nix: this machine: $(nix-instantiate --eval -E "(import ./lib).recommendedVariant ((import ./lib).readFacts $work/host-facts.json)")" >&2
+
+# 6. Templates: `nix flake init -t` into a temporary directory, then everything parses.
 mapfile -t templates < <(nix-instantiate --eval --json -E 'builtins.attrNames (import ./templates)' | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))')
 for t in "${templates[@]}"; do
     dir="$work/template-$t"
@@ -111,7 +163,7 @@ run_test_set "template facts" "let x = import ./lib; f = x.readFacts ./templates
 }"
 pass "templates: ${templates[*]}"
 
-# 6. Module tests with lib.evalModules, and the flake against a stand-in nixpkgs.
+# 7. Module tests with lib.evalModules, and the flake against a stand-in nixpkgs.
 if [ -z "${NIXPKGS_LIB:-}" ]; then
     skip "module tests and flake evaluation: set NIXPKGS_LIB to the lib/ directory of nixpkgs (e.g. a checkout of nix-community/nixpkgs.lib) to run them"
     exit 0
