@@ -93,6 +93,12 @@ in
       description = "A file with the accepted API keys, one per line (outside the Nix store).";
     };
 
+    shutdownTimeoutSec = mkOption {
+      type = types.ints.positive;
+      default = 30;
+      description = "How long in-flight requests may run on after SIGTERM (`--shutdown-timeout`).";
+    };
+
     watchdogSec = mkOption {
       type = types.ints.unsigned;
       default = 30;
@@ -147,8 +153,12 @@ in
               host
               port
               device
-              extraArgs
               ;
+            extraArgs = [
+              "--shutdown-timeout"
+              (toString cfg.shutdownTimeoutSec)
+            ]
+            ++ cfg.extraArgs;
             factsFile = if cfg.factsFile != null && !(lib.hasSuffix ".nix" (toString cfg.factsFile)) then cfg.factsFile else null;
             apiKeyArg = if cfg.apiKeyFile != null then xpu.escapeSystemdExecArg cfg.apiKeyFile else null;
           }
@@ -156,6 +166,7 @@ in
         Restart = "on-failure";
         RestartSec = 5;
         TimeoutStartSec = "15min";
+        TimeoutStopSec = "${toString (cfg.shutdownTimeoutSec + 15)}s";
         WatchdogSec = cfg.watchdogSec;
         Environment = lib.mapAttrsToList (n: v: "${n}=${v}") cfg.environment;
         # What a user manager can enforce without extra privileges.

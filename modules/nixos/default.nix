@@ -216,6 +216,15 @@ in
       '';
     };
 
+    shutdownTimeoutSec = mkOption {
+      type = types.ints.positive;
+      default = 30;
+      description = ''
+        How long in-flight requests may run on after SIGTERM (`--shutdown-timeout`); systemd's
+        TimeoutStopSec= leaves 15 more seconds before it kills the runner.
+      '';
+    };
+
     socketActivation = mkOption {
       type = types.bool;
       default = false;
@@ -380,8 +389,12 @@ in
                   host
                   port
                   device
-                  extraArgs
                   ;
+                extraArgs = [
+                  "--shutdown-timeout"
+                  (toString cfg.shutdownTimeoutSec)
+                ]
+                ++ cfg.extraArgs;
                 factsFile = runnerFactsFile;
                 inherit apiKeyArg;
               }
@@ -390,6 +403,7 @@ in
             RestartSec = "5s";
             # Large models take a while to map and upload; READY=1 comes once they are loaded.
             TimeoutStartSec = "15min";
+            TimeoutStopSec = "${toString (cfg.shutdownTimeoutSec + 15)}s";
             WatchdogSec = toString cfg.watchdogSec;
 
             DynamicUser = true;

@@ -108,7 +108,7 @@ in
   };
   testIntelPackage = {
     expr = intelUnit.serviceConfig.ExecStart;
-    expected = ''/nix/store/00000000000000000000000000000000-exo-intel-0.1.0/bin/xpu-runner "serve" "--model" "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf" "--host" "127.0.0.1" "--port" "52415" "--device" "vulkan" "--facts" "${fixture "intel-dgpu"}"'';
+    expected = ''/nix/store/00000000000000000000000000000000-exo-intel-0.1.0/bin/xpu-runner "serve" "--model" "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf" "--host" "127.0.0.1" "--port" "52415" "--device" "vulkan" "--facts" "${fixture "intel-dgpu"}" "--shutdown-timeout" "30"'';
   };
   testIntelDeviceAccess = {
     expr = {
@@ -528,7 +528,7 @@ in
     {
       expr = {
         credential = unit.serviceConfig.LoadCredential;
-        args = hasSubstring ''"--model-id" "smollm2" "--host" "0.0.0.0" "--port" "8000" "--device" "cpu" --api-key-file %d/api-key "--max-queue" "8"'' unit.serviceConfig.ExecStart;
+        args = hasSubstring ''"--model-id" "smollm2" "--host" "0.0.0.0" "--port" "8000" "--device" "cpu" --api-key-file %d/api-key "--shutdown-timeout" "30" "--max-queue" "8"'' unit.serviceConfig.ExecStart;
         firewall = c.networking.firewall.allowedTCPPorts;
         log = unit.environment.RUST_LOG;
         warnings = c.warnings;
@@ -615,6 +615,26 @@ in
     expr = cpu.systemd.sockets;
     expected = { };
   };
+  testShutdownTimeout = {
+    expr =
+      let
+        unit =
+          (evalNixos {
+            config.services.xpu-runner = {
+              enable = true;
+              shutdownTimeoutSec = 120;
+            };
+          }).systemd.services.xpu-runner;
+      in
+      {
+        inherit (unit.serviceConfig) TimeoutStopSec;
+        arg = hasSubstring ''"--shutdown-timeout" "120"'' unit.serviceConfig.ExecStart;
+      };
+    expected = {
+      TimeoutStopSec = "135s";
+      arg = true;
+    };
+  };
   testWatchdogOff = {
     expr =
       (evalNixos {
@@ -656,7 +676,7 @@ in
         failed = [ ];
         type = "notify";
         execStart = [
-          ''/nix/store/00000000000000000000000000000000-exo-intel-0.1.0/bin/xpu-runner "serve" "--model" "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf" "--host" "127.0.0.1" "--port" "52415" "--device" "vulkan" "--facts" "${fixture "intel-dgpu"}" --api-key-file "/home/alice/.config/xpu/keys"''
+          ''/nix/store/00000000000000000000000000000000-exo-intel-0.1.0/bin/xpu-runner "serve" "--model" "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf" "--host" "127.0.0.1" "--port" "52415" "--device" "vulkan" "--facts" "${fixture "intel-dgpu"}" --api-key-file "/home/alice/.config/xpu/keys" "--shutdown-timeout" "30"''
         ];
         env = [ "RUST_LOG=info" ];
         wantedBy = [ "default.target" ];
