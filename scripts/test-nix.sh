@@ -221,6 +221,21 @@ if errors:
     sys.exit("test-nix: FAIL: flake outputs:\n  " + "\n  ".join(errors))
 print(f"test-nix: ok: flake outputs: {len(packages)} packages, {len(apps)} apps, overlay {sorted(overlay)}", file=sys.stderr)
 PY
+# The templates evaluate: the NixOS host (placeholder facts, our module, the stand-in's
+# nixosSystem, which fails on assertions) and the development shell.
+for t in nixos-host dev; do
+    dir="$work/eval-$t"
+    mkdir -p "$dir"
+    cp -r templates/$t/. "$dir/"
+    case $t in
+        nixos-host) attr=nixosConfigurations.llm-host.config.system.build.toplevel.drvPath ;;
+        dev) attr=devShells.x86_64-linux.default.drvPath ;;
+    esac
+    (cd "$dir" && nix eval --raw "${override[@]}" --override-input xpu "git+file://$repo" ".#$attr" >"$work/template-eval.log" 2>&1) \
+        || { cat "$work/template-eval.log" >&2; fail "template $t does not evaluate"; }
+done
+pass "templates nixos-host and dev evaluate against the stand-in nixpkgs"
+
 # The app serves the default model on 127.0.0.1:52415 when run without arguments.
 app=$(nix-instantiate --eval --strict --json -E "
   let

@@ -105,6 +105,9 @@ let
         "libcublas"
         "libcurand"
       ] (n: drv n { });
+    python3 = drv "python3" { } // {
+      withPackages = f: drv "python3-env" { packages = f (lib.genAttrs [ "openai" ] (n: drv n { })); };
+    };
     intel-compute-runtime = drv "intel-compute-runtime" { } // {
       drivers = drv "intel-compute-runtime-drivers" { };
     };
@@ -126,7 +129,6 @@ let
     "cargo-nextest"
     "cmake"
     "vulkan-tools"
-    "python3"
     "nixfmt"
     "nixfmt-tree"
     "nix"

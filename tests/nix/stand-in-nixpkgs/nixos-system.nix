@@ -32,6 +32,10 @@ lib.extend (
                     default = { };
                   };
                   system.stateVersion = lib.mkOption { type = lib.types.str; };
+                  networking.hostName = lib.mkOption {
+                    type = lib.types.str;
+                    default = "nixos";
+                  };
                   hardware.nvidia.open = lib.mkOption {
                     type = lib.types.nullOr lib.types.bool;
                     default = null;
