@@ -386,22 +386,26 @@ let
 
     isLoopbackHost = host: elem host [ "127.0.0.1" "::1" "localhost" "[::1]" ] || match "127[.].*" host != null;
 
-    # Source filter for the Rust workspace: only what cargo needs, never build outputs or VCS
-    # data. `root` is the repository root; the result is a `path: type: bool` predicate for
-    # `lib.cleanSourceWith` / `builtins.path` (Nix 2.8 has no lib.fileset).
-    rustSourceFilter =
-      root:
+    # Source filter for the Rust workspace: Cargo.toml, Cargo.lock and the top-level directories
+    # of the workspace members, never build outputs or VCS data. `root` is the repository root;
+    # the result is a `path: type: bool` predicate for `lib.cleanSourceWith` / `builtins.path`
+    # (Nix 2.8 has no lib.fileset). The members come from Cargo.toml, so a new crate is picked
+    # up without touching Nix code.
+    rustSourceFilter = root: rustSourceFilterWith {
+      inherit root;
+      members = workspaceMembers (root + "/Cargo.toml");
+    };
+
+    rustSourceFilterWith =
+      { root, members }:
       let
         rootStr = toString root;
         topLevel = [
           "Cargo.toml"
           "Cargo.lock"
-          "level-zero-sys"
-          "probe"
-          "runner"
-          "vulkan"
           ".cargo"
-        ];
+        ]
+        ++ unique (map (m: head (filter isString (builtins.split "/" m))) members);
       in
       path: type:
       let
@@ -415,6 +419,8 @@ let
       && match "result.*" base == null
       && !(elem base [ ".git" ".direnv" ])
       && match ".*~" base == null;
+
+    workspaceMembers = cargoToml: (builtins.fromTOML (readFile cargoToml)).workspace.members;
 
     # The workspace version, from Cargo.toml's [workspace.package] (single source of truth).
     workspaceVersion = cargoToml: (builtins.fromTOML (readFile cargoToml)).workspace.package.version;

@@ -451,7 +451,16 @@ in
   testSourceFilter =
     let
       root = /src/xpu;
-      keep = xpu.rustSourceFilter root;
+      keep = xpu.rustSourceFilterWith {
+        inherit root;
+        members = [
+          "level-zero-sys"
+          "probe"
+          "probe/fake-ze-driver"
+          "runner"
+          "vulkan"
+        ];
+      };
     in
     {
       expr = map (p: keep "/src/xpu/${p}" "regular") [
@@ -489,6 +498,37 @@ in
         false
         false
         false
+      ];
+    };
+  # Every workspace member of the real Cargo.toml survives the filter of the real root.
+  testSourceFilterKeepsEveryMember =
+    let
+      root = ../..;
+      keep = xpu.rustSourceFilter root;
+    in
+    {
+      expr = builtins.filter (m: !(keep "${toString root}/${m}/Cargo.toml" "regular")) (
+        xpu.workspaceMembers ../../Cargo.toml
+      );
+      expected = [ ];
+    };
+  testSourceFilterDropsNixAndDocs =
+    let
+      root = ../..;
+      keep = xpu.rustSourceFilter root;
+    in
+    {
+      expr = map (p: keep "${toString root}/${p}" "regular") [
+        "flake.nix"
+        "docs/nix.md"
+        "target/release/xpu-runner"
+        "Cargo.lock"
+      ];
+      expected = [
+        false
+        false
+        false
+        true
       ];
     };
   testWorkspaceVersion = {
