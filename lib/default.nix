@@ -7,8 +7,6 @@
 let
   inherit (builtins)
     all
-    any
-    attrNames
     concatLists
     concatStringsSep
     elem
@@ -21,7 +19,6 @@ let
     isInt
     isList
     isString
-    length
     match
     readFile
     replaceStrings
