@@ -9,12 +9,18 @@
 //!   calls that are only safe after a successful `zeInit`;
 //! - [`ddi`]: what a driver exports, for the fake driver used in tests.
 //!
+//! The `loader` feature (on by default) provides [`Loader`]; without it the crate is
+//! plain data (types, codes, DDI slots) with no dependencies, which is what a driver
+//! needs.
+//!
 //! Struct layouts are checked against the C headers by `tests/layout.rs`.
 
 pub mod ddi;
+#[cfg(feature = "loader")]
 pub mod loader;
 pub mod result;
 pub mod types;
 
+#[cfg(feature = "loader")]
 pub use loader::{Initialized, LoadError, Loader};
 pub use result::ZeResult;

@@ -1,5 +1,6 @@
 //! The bindings against the real system loader (Debian: `libze1`), without any driver.
 //! This file is its own test process, so setting the loader's environment is safe.
+#![cfg(feature = "loader")]
 
 use level_zero_sys::types::INIT_FLAG_GPU_ONLY;
 use level_zero_sys::{Loader, ZeResult};

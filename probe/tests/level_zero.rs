@@ -3,10 +3,9 @@
 //!
 //! The child process is the real `xpu-probe` binary: these tests exercise the same
 //! re-exec path as production. The fake driver is built by [`fake_driver`] with
-//! `cargo build -p fake-ze-driver` into this test's own target directory and profile
-//! (a cdylib cannot be a Rust dependency, and `cargo test --workspace` does not
-//! promise to build it before this test runs). Set `FAKE_ZE_DRIVER=/abs/path.so` to
-//! use a prebuilt one instead.
+//! `cargo build -p fake-ze-driver` into `<target>/fake-ze-driver` (a cdylib cannot be a
+//! Rust dependency, and `cargo test --workspace` does not promise to build it before
+//! this test runs). Set `FAKE_ZE_DRIVER=/abs/path.so` to use a prebuilt one instead.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,10 @@ const GIB: u64 = 1 << 30;
 const PROBE: &str = env!("CARGO_BIN_EXE_xpu-probe");
 
 /// Builds (once per test binary) and returns the fake driver library.
+///
+/// It is built in a target directory of its own (`<target>/fake-ze-driver`), so that
+/// this nested build never touches the artifacts of the `cargo test` run that started
+/// it (a rebuilt `level-zero-sys` there breaks the doctests that run afterwards).
 fn fake_driver() -> &'static Path {
     static DRIVER: OnceLock<PathBuf> = OnceLock::new();
     DRIVER.get_or_init(|| {
@@ -28,23 +31,26 @@ fn fake_driver() -> &'static Path {
             assert!(path.is_file(), "FAKE_ZE_DRIVER={} does not exist", path.display());
             return path;
         }
-        // PROBE is <target-dir>/<profile-dir>/xpu-probe.
-        let profile_dir = Path::new(PROBE).parent().expect("binary has a directory");
-        let target_dir = profile_dir.parent().expect("profile directory has a parent");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(other) => other,
-            None => panic!("cannot tell the cargo profile from {PROBE}"),
-        };
+        // PROBE is <target-dir>/<profile>/xpu-probe.
+        let target_dir = Path::new(PROBE)
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or_else(|| panic!("cannot find the target directory above {PROBE}"))
+            .join("fake-ze-driver");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from(env!("CARGO")));
-        let status = Command::new(&cargo)
-            .args(["build", "--quiet", "-p", "fake-ze-driver", "--profile", profile, "--target-dir"])
-            .arg(target_dir)
+        let output = Command::new(&cargo)
+            .args(["build", "--quiet", "-p", "fake-ze-driver", "--target-dir"])
+            .arg(&target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
+            .output()
             .unwrap_or_else(|e| panic!("could not run {cargo:?} to build the fake driver: {e}"));
-        assert!(status.success(), "cargo build -p fake-ze-driver failed ({status})");
-        let path = profile_dir.join("libfake_ze_driver.so");
+        assert!(
+            output.status.success(),
+            "cargo build -p fake-ze-driver failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = target_dir.join("debug/libfake_ze_driver.so");
         assert!(path.is_file(), "{} was not built", path.display());
         path
     })
