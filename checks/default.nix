@@ -2,7 +2,8 @@
 #   - package builds: probe, exo-cpu, exo-intel, exo-cuda, default-model;
 #   - lib-tests / module-tests: the offline test sets, evaluated against real nixpkgs lib;
 #   - nixos-exo-*: a NixOS system per variant, built from the fixture facts with the module;
-#   - vm-exo-cpu: a QEMU VM that serves the default model and answers a chat completion.
+#   - vm-exo-cpu: a QEMU VM that serves the default model and answers a chat completion;
+#   - vm-exo-intel: the Intel build in a VM without a GPU: drivers in place, CPU fallback, answers.
 # scripts/test-nix.sh runs the layers that need no nixpkgs on machines without it.
 {
   self,
@@ -68,4 +69,5 @@ in
   nixos-exo-cpu = host "cpu" { };
 
   vm-exo-cpu = pkgs.testers.runNixOSTest (import ./vm-exo-cpu.nix { inherit self fixture; });
+  vm-exo-intel = pkgs.testers.runNixOSTest (import ./vm-exo-intel.nix { inherit self fixture; });
 }
