@@ -7,6 +7,7 @@
 let
   inherit (builtins)
     all
+    any
     concatLists
     concatStringsSep
     elem
@@ -372,6 +373,21 @@ let
         extra = if extraArgs == [ ] then "" else " " + escapeSystemdExecArgs extraArgs;
       in
       escaped + (if apiKeyArg != null then " --api-key-file ${apiKeyArg}" else "") + extra;
+
+    # Why a model path cannot be read by the sandboxed service (ProtectHome=, PrivateTmp=), or
+    # null when it can.
+    modelPathProblem =
+      model:
+      let
+        p = toString model;
+        under = dir: p == dir || substring 0 (stringLength dir + 1) p == dir + "/";
+      in
+      if any under [ "/home" "/root" "/run/user" ] then
+        "is under a home directory, which ProtectHome=true hides from the service"
+      else if any under [ "/tmp" "/var/tmp" ] then
+        "is in /tmp or /var/tmp, which PrivateTmp=true replaces with an empty directory for the service"
+      else
+        null;
 
     # host:port for a systemd ListenStream=; IPv6 addresses get brackets.
     listenAddress =

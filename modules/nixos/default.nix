@@ -333,6 +333,13 @@ in
           '';
         }
         {
+          assertion = xpu.modelPathProblem cfg.model == null;
+          message = ''
+            services.xpu-runner.model (${toString cfg.model}) ${toString (xpu.modelPathProblem cfg.model)}.
+            Move the model to e.g. /var/lib/models (readable by all users), or use a path in the Nix store.
+          '';
+        }
+        {
           assertion = cfg.apiKeyFile == null || (lib.hasPrefix "/" cfg.apiKeyFile && !(lib.hasPrefix "/nix/store" cfg.apiKeyFile));
           message = ''
             services.xpu-runner.apiKeyFile must be an absolute path outside the Nix store (the store is world-readable),

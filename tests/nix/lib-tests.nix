@@ -408,6 +408,28 @@ in
       "localhost:1"
     ];
   };
+  testModelPathProblems = {
+    expr = map (p: xpu.modelPathProblem p != null) [
+      "/home/alice/models/x.gguf"
+      "/root/x.gguf"
+      "/tmp/x.gguf"
+      "/var/tmp/m"
+      "/var/lib/models/x.gguf"
+      "/nix/store/abc-x.gguf"
+      "/homework/x.gguf"
+      "/tmpfs/x.gguf"
+    ];
+    expected = [
+      true
+      true
+      true
+      true
+      false
+      false
+      false
+      false
+    ];
+  };
   testLoopbackHosts = {
     expr = map xpu.isLoopbackHost [
       "127.0.0.1"

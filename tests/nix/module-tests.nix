@@ -543,6 +543,17 @@ in
         failed = [ ];
       };
     };
+  testModelInHomeAsserts = {
+    expr = anyMatches ".*model [(]/home/alice/m.gguf[)] is under a home directory.*ProtectHome.*/var/lib/models.*" (
+      failedAssertions (evalNixos {
+        config.services.xpu-runner = {
+          enable = true;
+          model = "/home/alice/m.gguf";
+        };
+      })
+    );
+    expected = true;
+  };
   testApiKeyInStoreAsserts = {
     expr = anyMatches ".*apiKeyFile must be an absolute path outside the Nix store.*" (
       failedAssertions (evalNixos {
