@@ -25,6 +25,8 @@ let
   factsErrors = if facts == { } then [ ] else xpu.factsErrors facts;
 in
 {
+  _class = "homeManager";
+
   options.services.xpu-runner = {
     enable = lib.mkEnableOption "xpu-runner, the OpenAI-compatible local LLM inference service, as a user service";
 

@@ -90,6 +90,9 @@ let
   apiKeyArg = if cfg.apiKeyFile != null then "%d/api-key" else null;
 in
 {
+  # Importing this into Home Manager (or the reverse) fails with a clear message.
+  _class = "nixos";
+
   options.hardware.xpu = {
     enable = mkOption {
       type = types.bool;

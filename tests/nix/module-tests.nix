@@ -705,6 +705,39 @@ in
     );
     expected = true;
   };
+  # The NixOS module refuses to be a Home Manager module, and the reverse.
+  testModuleClasses = {
+    expr =
+      let
+        nixosStubs = import ./stubs/nixos-options.nix { };
+        homeStubs = ./stubs/home-manager-options.nix;
+        # The stubs declare every option the module sets, so only the class can fail.
+        evalAs =
+          class: stubs: module:
+          (builtins.tryEval (
+            (lib.evalModules {
+              inherit class;
+              modules = [
+                stubs
+                module
+                { _module.args.pkgs = import ./stubs/pkgs.nix { }; }
+              ];
+            }).config.assertions
+          )).success;
+      in
+      {
+        nixosAsNixos = evalAs "nixos" nixosStubs ../../modules/nixos/default.nix;
+        nixosAsHome = evalAs "homeManager" nixosStubs ../../modules/nixos/default.nix;
+        homeAsHome = evalAs "homeManager" homeStubs ../../modules/home-manager/default.nix;
+        homeAsNixos = evalAs "nixos" homeStubs ../../modules/home-manager/default.nix;
+      };
+    expected = {
+      nixosAsNixos = true;
+      nixosAsHome = false;
+      homeAsHome = true;
+      homeAsNixos = false;
+    };
+  };
   testHomeManagerCpuDefault = {
     expr = (evalHome { services.xpu-runner.enable = true; }).services.xpu-runner.package.name;
     expected = "exo-cpu-0.1.0";
