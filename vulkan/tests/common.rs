@@ -1,0 +1,43 @@
+//! Helpers shared by the test files: the device (lavapipe allowed) and the SmolLM2 model path.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use xpu_vulkan::{DeviceOptions, Gpu};
+
+/// Options that accept a CPU adapter, so that the tests run on lavapipe in CI.
+pub fn device_options(max_binding_bytes: Option<u64>) -> DeviceOptions {
+    DeviceOptions { allow_cpu_adapter: Some(true), max_binding_bytes }
+}
+
+pub fn gpu(max_binding_bytes: Option<u64>) -> Gpu {
+    Gpu::new(&device_options(max_binding_bytes)).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
+/// The SmolLM2 test model: `XPU_TEST_MODEL`, else whatever `scripts/fetch-model.sh` prints.
+pub fn model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("XPU_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
+    let out = std::process::Command::new(&script).output().expect("run scripts/fetch-model.sh");
+    assert!(out.status.success(), "fetch-model.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// ‖a − b‖ / ‖b‖ and max |a − b|, with the reference in f64. NaN never passes.
+pub fn compare(got: &[f32], want: &[f64]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len());
+    let mut num = 0.0;
+    let mut den = 0.0;
+    let mut max_abs: f64 = 0.0;
+    for (&g, &w) in got.iter().zip(want) {
+        assert!(g.is_finite(), "non-finite output {g} (reference {w})");
+        let d = g as f64 - w;
+        num += d * d;
+        den += w * w;
+        max_abs = max_abs.max(d.abs());
+    }
+    ((num / den.max(1e-300)).sqrt(), max_abs)
+}

@@ -1,0 +1,157 @@
+//! Every matrix kernel against candle on the CPU, on random blocks (made by candle's own
+//! quantizers) and on real blocks of SmolLM2, plus chunked bindings and bad input.
+//!
+//! Tolerance: the GPU dequantizes exactly as candle does (f32 products of the same scales
+//! and quants), so only the f32 summation order differs. We require a relative L2 error
+//! ‖gpu − ref‖/‖ref‖ below 1e-5 for every type (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K),
+//! against a reference accumulated in f64 from candle's dequantized weights.
+
+mod common;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use xpu_vulkan::{testing, GpuWeight, VulkanError, WeightType};
+
+const REL_TOL: f64 = 1e-5;
+
+fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Reference `y[t, r] = Σ_k W[r, k] x[t, k]` in f64 from candle's dequantized weights.
+fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Vec<f64> {
+    let mut y = vec![0.0; n_tokens * rows];
+    for t in 0..n_tokens {
+        for r in 0..rows {
+            y[t * rows + r] = (0..k).map(|i| w[r * k + i] as f64 * x[t * k + i] as f64).sum();
+        }
+    }
+    y
+}
+
+/// Uploads `qt` (`[rows, k]`) and checks the matmul for several token counts and the row
+/// lookup against candle's dequantization.
+fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> usize {
+    let (rows, k) = qt.shape().dims2().unwrap();
+    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
+    let raw = qt.data().unwrap();
+    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &raw).unwrap();
+    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // 1: decode; 3: fewer than one token group; 11: more than one group of 8.
+    for n_tokens in [1usize, 3, 11] {
+        let x = random(&mut rng, n_tokens * k);
+        let got = testing::matmul(gpu, &weight, &x, n_tokens).unwrap();
+        let (rel, max_abs) = common::compare(&got, &reference(&w, rows, k, &x, n_tokens));
+        println!("{label} {ty:?} [{rows}x{k}] tokens={n_tokens}: rel {rel:.2e} max_abs {max_abs:.2e}");
+        assert!(rel < REL_TOL, "{label}: relative error {rel} above {REL_TOL}");
+    }
+    let ids: Vec<u32> = vec![0, (rows - 1) as u32, (rows / 2) as u32];
+    let got = testing::get_rows(gpu, &weight, &ids).unwrap();
+    for (t, &id) in ids.iter().enumerate() {
+        let want = &w[id as usize * k..(id as usize + 1) * k];
+        assert_eq!(&got[t * k..(t + 1) * k], want, "{label}: row {id} differs");
+    }
+    weight.chunk_count()
+}
+
+fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let t = Tensor::from_vec(random(&mut rng, rows * k), (rows, k), &Device::Cpu).unwrap();
+    QTensor::quantize(&t, dtype).unwrap()
+}
+
+const ALL_TYPES: [GgmlDType; 7] =
+    [GgmlDType::F32, GgmlDType::F16, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
+
+#[test]
+fn every_type_on_random_blocks_matches_candle() {
+    let gpu = common::gpu(None);
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        // 512 = two K-quant super-blocks; 37 rows = an odd count, not a multiple of anything.
+        let qt = random_qtensor(dtype, 37, 512, i as u64);
+        assert_eq!(check_tensor(&gpu, "random", &qt, 100 + i as u64), 1);
+    }
+}
+
+#[test]
+fn chunked_bindings_match_candle() {
+    // A 4100-byte binding cap splits every matrix of 37 x 512 weights into several chunks.
+    let gpu = common::gpu(Some(4100));
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let qt = random_qtensor(dtype, 37, 512, 10 + i as u64);
+        let chunks = check_tensor(&gpu, "chunked", &qt, 200 + i as u64);
+        assert!(chunks > 1, "{dtype:?}: expected several chunks, got {chunks}");
+    }
+}
+
+#[test]
+fn real_smollm2_blocks_match_candle() {
+    let path = common::model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let gpu = common::gpu(None);
+    // Q4_1 projections of two layers and the Q8_0 embedding (first 300 rows).
+    for (name, max_rows) in [
+        ("blk.0.attn_q.weight", usize::MAX),
+        ("blk.0.attn_k.weight", usize::MAX),
+        ("blk.7.ffn_down.weight", usize::MAX),
+        ("blk.29.ffn_gate.weight", usize::MAX),
+        ("token_embd.weight", 300),
+    ] {
+        let qt = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+        let (rows, k) = qt.shape().dims2().unwrap();
+        let rows = rows.min(max_rows);
+        let row_bytes = k / qt.dtype().block_size() * qt.dtype().type_size();
+        let raw = qt.data().unwrap()[..rows * row_bytes].to_vec();
+        let sub = candle_core::quantized::ggml_file::qtensor_from_ggml(qt.dtype(), &raw, vec![rows, k], &Device::Cpu).unwrap();
+        check_tensor(&gpu, name, &sub, 7);
+    }
+}
+
+#[test]
+fn bad_weight_input_gives_clear_errors() {
+    let gpu = common::gpu(None);
+    let tensor_err = |r: Result<GpuWeight, VulkanError>| match r {
+        Err(VulkanError::Tensor { detail, .. }) => detail,
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("bad input accepted"),
+    };
+    // Wrong byte count.
+    let detail = tensor_err(GpuWeight::upload(&gpu, "w", WeightType::Q8_0, 2, 64, &[0u8; 10]));
+    assert!(detail.contains("bytes given"), "{detail}");
+    // Row length that is not a whole number of K-quant super-blocks.
+    let detail = tensor_err(GpuWeight::upload(&gpu, "w", WeightType::Q4K, 1, 128, &[0u8; 72]));
+    assert!(detail.contains("multiple of 256"), "{detail}");
+    // A row larger than the binding cap.
+    let small = common::gpu(Some(64));
+    let detail = tensor_err(GpuWeight::upload(&small, "w", WeightType::F32, 1, 64, &[0u8; 256]));
+    assert!(detail.contains("largest storage binding"), "{detail}");
+    // x of the wrong length.
+    let w = GpuWeight::upload(&gpu, "w", WeightType::F32, 1, 32, &[0u8; 128]).unwrap();
+    assert!(matches!(testing::matmul(&gpu, &w, &[0.0; 31], 1), Err(VulkanError::InvalidInput(_))));
+}
+
+#[test]
+fn cpu_adapter_is_skipped_unless_allowed() {
+    // On machines whose only Vulkan device is lavapipe (CI), refusing CPU adapters must give
+    // the typed error that lists what was found and why it was skipped.
+    let opts = xpu_vulkan::DeviceOptions { allow_cpu_adapter: Some(false), max_binding_bytes: None };
+    match xpu_vulkan::Gpu::new(&opts) {
+        Err(VulkanError::NoSuitableAdapter { found }) => {
+            let msg = VulkanError::NoSuitableAdapter { found: found.clone() }.to_string();
+            assert!(found.iter().any(|f| f.contains("skipped: CPU adapter")), "{msg}");
+            assert!(msg.contains("XPU_RUNNER_ALLOW_CPU_ADAPTER=1"), "{msg}");
+        }
+        Ok(gpu) => {
+            let info = gpu.adapter_info();
+            assert_ne!(info.device_type, wgpu_device_type_cpu(), "a CPU adapter was chosen although not allowed");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+fn wgpu_device_type_cpu() -> xpu_vulkan::device::DeviceType {
+    xpu_vulkan::device::DeviceType::Cpu
+}
