@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use xpu_probe::level_zero::{codes, query_with, telemetry_with, LevelZeroFacts, QueryOptions};
+use xpu_probe::level_zero::{codes, query_with, telemetry_with, LevelZeroFacts, QueryOptions, Telemetry, TelemetryMonitor};
 
 const GIB: u64 = 1 << 30;
 const PROBE: &str = env!("CARGO_BIN_EXE_xpu-probe");
@@ -306,4 +306,83 @@ fn a_query_child_does_not_start_children_of_its_own() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+/// Polls `monitor` until `accept` takes a reading, for at most 20 s.
+fn wait_for(monitor: &TelemetryMonitor, accept: impl Fn(&Telemetry) -> bool) -> Option<Telemetry> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(t) = monitor.latest().filter(|t| accept(t)) {
+            return Some(t);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+#[test]
+fn the_monitor_streams_readings_and_kills_its_child_when_dropped() {
+    let monitor = TelemetryMonitor::start(&options(&[("FAKE_ZE_DEVICES", "2")]), Duration::from_millis(100));
+    let t = wait_for(&monitor, |t| t.power_w.is_some()).expect("a reading with power");
+    assert_eq!(t.memory_total_bytes, Some(144 * GIB));
+    assert_eq!(t.temperature_c, Some(60.0));
+    let watts = t.power_w.unwrap();
+    assert!((watts - 500.0).abs() < 1.0, "{watts}");
+    let pid = monitor.child_id().expect("a running child");
+    assert!(process_exists(pid));
+    let started = Instant::now();
+    drop(monitor);
+    assert!(started.elapsed() < Duration::from_secs(5), "drop took {:?}", started.elapsed());
+    assert!(!process_exists(pid), "child {pid} outlived the monitor");
+}
+
+#[test]
+fn the_monitor_has_nothing_without_devices_or_with_a_crashing_driver() {
+    for env in [
+        [("FAKE_ZE_DEVICES", "0")],
+        [("FAKE_ZE_INIT_RESULT", "0x78000001")],
+        [("XPU_LEVEL_ZERO_LOADER", "/nonexistent/libze_loader.so.1")],
+        [("FAKE_ZE_CRASH_IN", "zesMemoryGetState")],
+    ] {
+        let monitor = TelemetryMonitor::start(&options(&env), Duration::from_millis(100));
+        // Wait for the child to start, fail and be reaped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (monitor.children_started() == 0 || monitor.child_id().is_some()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(monitor.children_started(), 1, "{env:?}: one child, no restart yet");
+        assert_eq!(monitor.child_id(), None, "{env:?}: the child should have ended");
+        assert_eq!(monitor.latest(), None, "{env:?}");
+        let started = Instant::now();
+        drop(monitor);
+        assert!(started.elapsed() < Duration::from_secs(5), "{env:?}: drop waited for the restart delay");
+    }
+}
+
+#[test]
+fn a_hung_monitor_child_is_killed_and_its_reading_goes_stale() {
+    // The driver hangs in its first Sysman call: no reading ever comes, and the child
+    // is killed once it has been quiet for longer than the limit.
+    let mut options = options(&[("FAKE_ZE_HANG_IN", "zesDeviceEnumMemoryModules")]);
+    options.timeout = Duration::from_millis(500);
+    let monitor = TelemetryMonitor::start(&options, Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut pid = None;
+    while pid.is_none() && Instant::now() < deadline {
+        pid = monitor.child_id();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = pid.expect("a child started");
+    // Quiet limit: 3 intervals + 1 s + the 0.5 s timeout = 1.8 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_exists(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!process_exists(pid), "the hung child was not killed");
+    assert_eq!(monitor.latest(), None);
 }

@@ -5,12 +5,13 @@
 //! - `xpu-level-zero:step <call>` before each call, so that a crash can be attributed;
 //! - `xpu-level-zero:facts <json>` after each milestone, so that a crash keeps what was
 //!   learnt before it;
-//! - `xpu-level-zero:done <json>` (facts or telemetry) once, at the end.
+//! - `xpu-level-zero:done <json>` (facts or telemetry) once, at the end;
+//! - `xpu-level-zero:telemetry <json>` once per interval (`telemetry-stream` mode).
 
 use std::io::Write;
 use std::time::Duration;
 
-use level_zero_sys::types::{self as ze, DeviceHandle};
+use level_zero_sys::types::{self as ze, DeviceHandle, PowerHandle};
 use level_zero_sys::{Initialized, LoadError, Loader, ZeResult};
 use serde::Serialize;
 
@@ -19,6 +20,7 @@ use super::{codes, LevelZeroDevice, LevelZeroDriver, LevelZeroError, LevelZeroFa
 pub(super) const STEP: &str = "xpu-level-zero:step ";
 pub(super) const FACTS: &str = "xpu-level-zero:facts ";
 pub(super) const DONE: &str = "xpu-level-zero:done ";
+pub(super) const TELEMETRY: &str = "xpu-level-zero:telemetry ";
 
 /// The gap between the two energy samples from which power is computed.
 const POWER_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
@@ -75,14 +77,18 @@ pub(super) fn child_facts() -> ! {
     exit_now(0)
 }
 
-/// Child entry point for `telemetry`.
-pub(super) fn child_telemetry() -> ! {
+fn prepare_sysman() {
     // Sysman needs this before zeInit with the 1.4 API (there is no zesInit yet).
     if std::env::var_os("ZES_ENABLE_SYSMAN").is_none() {
         std::env::set_var("ZES_ENABLE_SYSMAN", "1");
     }
     // Per-card readings; a card's memory and power domains include its tiles'.
     prefer_composite_devices();
+}
+
+/// Child entry point for `telemetry`.
+pub(super) fn child_telemetry() -> ! {
+    prepare_sysman();
     match collect_telemetry() {
         Some(telemetry) => json(DONE, &telemetry),
         None => line(DONE, "null"),
@@ -234,74 +240,124 @@ fn describe(l0: &Initialized<'_>, device: DeviceHandle) -> Result<LevelZeroDevic
     })
 }
 
-fn collect_telemetry() -> Option<Telemetry> {
-    let loader = open_loader().ok()?;
-    step("zeInit");
-    // On failure: no further call (see collect_facts).
-    let l0 = loader.init(ze::INIT_FLAG_GPU_ONLY).ok()?;
-    step("zeDriverGet");
-    let mut devices = Vec::new();
-    for driver in l0.drivers().ok()? {
-        step("zeDeviceGet");
-        devices.extend(l0.devices(driver).unwrap_or_default());
-    }
-    if devices.is_empty() {
-        return None;
+/// Reads telemetry repeatedly from the same devices. Power is the average since the
+/// previous reading (the first reading has none).
+struct Sampler<'l> {
+    l0: Initialized<'l>,
+    devices: Vec<DeviceHandle>,
+    last_energy: Vec<(PowerHandle, ze::ZesPowerEnergyCounter)>,
+}
+
+impl<'l> Sampler<'l> {
+    /// `None` when `zeInit` fails or there is no device.
+    fn new(loader: &'l Loader) -> Option<Sampler<'l>> {
+        step("zeInit");
+        // On failure: no further call (see collect_facts).
+        let l0 = loader.init(ze::INIT_FLAG_GPU_ONLY).ok()?;
+        step("zeDriverGet");
+        let mut devices = Vec::new();
+        for driver in l0.drivers().ok()? {
+            step("zeDeviceGet");
+            devices.extend(l0.devices(driver).unwrap_or_default());
+        }
+        (!devices.is_empty()).then_some(Sampler { l0, devices, last_energy: Vec::new() })
     }
 
-    let mut telemetry = Telemetry::default();
-    let mut first_energy = Vec::new();
-    for &device in &devices {
-        step("zesDeviceEnumMemoryModules");
-        for module in l0.memory_modules(device).and_then(Result::ok).unwrap_or_default() {
-            // Integrated GPUs report system memory modules; only device memory counts.
-            step("zesMemoryGetProperties");
-            let on_device = match l0.memory_module_properties(module) {
-                Some(Ok(props)) => props.location == ze::ZES_MEM_LOC_DEVICE,
-                _ => true,
-            };
-            step("zesMemoryGetState");
-            if let (true, Some(Ok(state))) = (on_device, l0.memory_state(module)) {
-                *telemetry.memory_total_bytes.get_or_insert(0) += state.size;
-                *telemetry.memory_used_bytes.get_or_insert(0) += state.size.saturating_sub(state.free);
+    fn read(&mut self) -> Telemetry {
+        let l0 = &self.l0;
+        let mut telemetry = Telemetry::default();
+        let mut energy = Vec::new();
+        for &device in &self.devices {
+            step("zesDeviceEnumMemoryModules");
+            for module in l0.memory_modules(device).and_then(Result::ok).unwrap_or_default() {
+                // Integrated GPUs report system memory modules; only device memory counts.
+                step("zesMemoryGetProperties");
+                let on_device = match l0.memory_module_properties(module) {
+                    Some(Ok(props)) => props.location == ze::ZES_MEM_LOC_DEVICE,
+                    _ => true,
+                };
+                step("zesMemoryGetState");
+                if let (true, Some(Ok(state))) = (on_device, l0.memory_state(module)) {
+                    *telemetry.memory_total_bytes.get_or_insert(0) += state.size;
+                    *telemetry.memory_used_bytes.get_or_insert(0) += state.size.saturating_sub(state.free);
+                }
             }
-        }
-        step("zesDeviceEnumTemperatureSensors");
-        for sensor in l0.temperature_sensors(device).and_then(Result::ok).unwrap_or_default() {
-            step("zesTemperatureGetState");
-            if let Some(Ok(celsius)) = l0.temperature(sensor) {
-                if celsius.is_finite() {
-                    telemetry.temperature_c = Some(telemetry.temperature_c.map_or(celsius, |t: f64| t.max(celsius)));
+            step("zesDeviceEnumTemperatureSensors");
+            for sensor in l0.temperature_sensors(device).and_then(Result::ok).unwrap_or_default() {
+                step("zesTemperatureGetState");
+                if let Some(Ok(celsius)) = l0.temperature(sensor) {
+                    if celsius.is_finite() {
+                        telemetry.temperature_c = Some(telemetry.temperature_c.map_or(celsius, |t: f64| t.max(celsius)));
+                    }
+                }
+            }
+            step("zesDeviceEnumPowerDomains");
+            for domain in l0.power_domains(device).and_then(Result::ok).unwrap_or_default() {
+                // Sub-device domains are already included in the card's own domain.
+                step("zesPowerGetProperties");
+                if let Some(Ok(props)) = l0.power_properties(domain) {
+                    if props.on_subdevice != 0 {
+                        continue;
+                    }
+                }
+                step("zesPowerGetEnergyCounter");
+                if let Some(Ok(counter)) = l0.energy_counter(domain) {
+                    energy.push((domain, counter));
                 }
             }
         }
-        step("zesDeviceEnumPowerDomains");
-        for domain in l0.power_domains(device).and_then(Result::ok).unwrap_or_default() {
-            // Sub-device domains are already included in the device's own domain.
-            step("zesPowerGetProperties");
-            if let Some(Ok(props)) = l0.power_properties(domain) {
-                if props.on_subdevice != 0 {
-                    continue;
-                }
-            }
-            step("zesPowerGetEnergyCounter");
-            if let Some(Ok(counter)) = l0.energy_counter(domain) {
-                first_energy.push((domain, counter));
+        for (domain, after) in &energy {
+            let before = self.last_energy.iter().find(|(d, _)| d == domain).map(|(_, c)| *c);
+            if let Some(watts) = before.and_then(|before| watts(before, *after)) {
+                *telemetry.power_w.get_or_insert(0.0) += watts;
             }
         }
+        self.last_energy = energy;
+        telemetry
     }
-    if !first_energy.is_empty() {
-        std::thread::sleep(POWER_SAMPLE_INTERVAL);
-        for (domain, before) in first_energy {
-            step("zesPowerGetEnergyCounter");
-            if let Some(Ok(after)) = l0.energy_counter(domain) {
-                if let Some(watts) = watts(before, after) {
-                    *telemetry.power_w.get_or_insert(0.0) += watts;
-                }
-            }
+}
+
+fn collect_telemetry() -> Option<Telemetry> {
+    let loader = open_loader().ok()?;
+    let mut sampler = Sampler::new(&loader)?;
+    sampler.read();
+    std::thread::sleep(POWER_SAMPLE_INTERVAL);
+    Some(sampler.read())
+}
+
+/// Child entry point for `telemetry-stream`: one `xpu-level-zero:telemetry` line per
+/// interval until the parent goes away (a failed write), or `done null` at once when
+/// there is nothing to read.
+pub(super) fn child_telemetry_stream() -> ! {
+    prepare_sysman();
+    let interval = std::env::var(super::INTERVAL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(super::monitor::DEFAULT_INTERVAL)
+        .max(POWER_SAMPLE_INTERVAL);
+    let Ok(loader) = open_loader() else {
+        line(DONE, "null");
+        exit_now(0)
+    };
+    let Some(mut sampler) = Sampler::new(&loader) else {
+        line(DONE, "null");
+        exit_now(0)
+    };
+    // Prime the energy counters so that the first line has a power reading.
+    sampler.read();
+    std::thread::sleep(POWER_SAMPLE_INTERVAL);
+    loop {
+        let telemetry = sampler.read();
+        let text = serde_json::to_string(&telemetry).unwrap_or_else(|_| "null".into());
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{TELEMETRY}{text}").and_then(|()| out.flush()).is_err() {
+            // The parent is gone.
+            exit_now(0)
         }
+        drop(out);
+        std::thread::sleep(interval);
     }
-    Some(telemetry)
 }
 
 /// Average power between two energy samples (µJ over µs = W); `None` when the counter

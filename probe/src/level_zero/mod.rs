@@ -8,7 +8,8 @@
 //! turns a crash, a hang or garbage into a [`LevelZeroError`] with a clear meaning.
 //!
 //! - [`query`]: the facts (loader version, drivers, devices) for `xpu-probe`.
-//! - [`telemetry`]: memory use, temperature and power, for the runner's `/metrics`.
+//! - [`telemetry`]: memory use, temperature and power, one reading per call;
+//! - [`TelemetryMonitor`]: the same from one long-lived child, for a server's `/metrics`.
 //!
 //! Environment variables (all optional):
 //! - `XPU_LEVEL_ZERO_LOADER=/path/libze_loader.so.1`: the loader to use instead of the
@@ -18,6 +19,9 @@
 
 mod child;
 mod collect;
+pub mod monitor;
+
+pub use monitor::TelemetryMonitor;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,12 +30,15 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Set in the child's environment to what it should do: `facts` or `telemetry`.
+/// Set in the child's environment to what it should do: `facts`, `telemetry` or
+/// `telemetry-stream`.
 pub const CHILD_ENV: &str = "XPU_LEVEL_ZERO_CHILD";
 /// Overrides the loader library the child opens.
 pub const LOADER_ENV: &str = "XPU_LEVEL_ZERO_LOADER";
 /// Overrides the child's timeout, in seconds.
 pub const TIMEOUT_ENV: &str = "XPU_LEVEL_ZERO_TIMEOUT_SECS";
+/// Tells a `telemetry-stream` child its interval, in milliseconds.
+pub const INTERVAL_ENV: &str = "XPU_LEVEL_ZERO_INTERVAL_MS";
 /// The child's default time limit. Real drivers initialise in well under a second per
 /// GPU; a hung driver must not hold the probe for long.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -224,8 +231,9 @@ pub fn run_child_if_requested() {
     match mode.to_str() {
         Some("facts") => collect::child_facts(),
         Some("telemetry") => collect::child_telemetry(),
+        Some("telemetry-stream") => collect::child_telemetry_stream(),
         _ => {
-            eprintln!("{CHILD_ENV}={mode:?}: expected \"facts\" or \"telemetry\"");
+            eprintln!("{CHILD_ENV}={mode:?}: expected \"facts\", \"telemetry\" or \"telemetry-stream\"");
             collect::exit_now(2)
         }
     }
