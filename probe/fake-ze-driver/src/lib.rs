@@ -114,7 +114,7 @@ struct FakeDevice {
     compute: DeviceComputeProperties,
     memory: Vec<DeviceMemoryProperties>,
     pci: PciAddress,
-    sub_devices: Vec<Box<FakeDevice>>,
+    sub_devices: Vec<FakeDevice>,
     memory_module: MemoryModule,
     temperature: TemperatureSensor,
     power: PowerDomain,
@@ -214,7 +214,7 @@ fn build(spec: &Spec) -> FakeDevice {
                 free: spec.free / spec.sub_devices as u64,
                 ..*spec
             };
-            Box::new(build(&tile))
+            build(&tile)
         })
         .collect();
 
@@ -308,7 +308,7 @@ fn driver_handle() -> DriverHandle {
 }
 
 fn all_devices() -> impl Iterator<Item = &'static FakeDevice> {
-    driver().devices.iter().flat_map(|d| std::iter::once(d).chain(d.sub_devices.iter().map(|s| &**s)))
+    driver().devices.iter().flat_map(|d| std::iter::once(d).chain(d.sub_devices.iter()))
 }
 
 /// Resolves a handle to one of our devices; anything else is rejected, never dereferenced.
@@ -416,7 +416,7 @@ extern "C" fn zeDeviceGet(handle: DriverHandle, count: *mut u32, devices: *mut D
         .devices
         .iter()
         .flat_map(|card| {
-            let tiles: Vec<&FakeDevice> = card.sub_devices.iter().map(|t| &**t).collect();
+            let tiles: Vec<&FakeDevice> = card.sub_devices.iter().collect();
             if flat && !tiles.is_empty() { tiles } else { vec![card] }
         })
         .map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void))
@@ -429,7 +429,7 @@ extern "C" fn zeDeviceGetSubDevices(handle: DeviceHandle, count: *mut u32, subs:
     enter("zeDeviceGetSubDevices");
     let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
     let handles: Vec<DeviceHandle> =
-        device.sub_devices.iter().map(|d| DeviceHandle(&**d as *const FakeDevice as *mut c_void)).collect();
+        device.sub_devices.iter().map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void)).collect();
     // SAFETY: forwarded caller pointers.
     unsafe { fill(&handles, count, subs) }
 }
@@ -596,6 +596,10 @@ unsafe fn fill_table(table: *mut *const c_void, entries: &[(usize, *const c_void
 
 macro_rules! table_getters {
     ($( $name:ident => [ $( $slot:expr => $function:ident ),* $(,)? ] ; )*) => {$(
+        /// Fills this DDI table with the functions the fake implements.
+        ///
+        /// # Safety
+        /// `table` must be null or point to the table type this getter is named after.
         #[no_mangle]
         pub unsafe extern "C" fn $name(_version: ApiVersion, table: *mut *const c_void) -> ZeResult {
             // SAFETY: the loader passes a table of the type this getter is named after.
