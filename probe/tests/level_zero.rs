@@ -245,7 +245,9 @@ fn telemetry_is_absent_without_a_loader_a_driver_or_a_device() {
 /// environment embeds the child's facts and warns when Level Zero fails.
 #[test]
 fn the_probe_binary_reports_level_zero_and_warns_on_failure() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc-b580-xe");
+    // An Arc A770 at 0000:03:00.0 and a UHD 770 at 0000:00:02.0, as the fake's first
+    // and third devices.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc-a770-igpu");
     let run = |env: &[(&str, &str)]| -> serde_json::Value {
         let output = Command::new(PROBE)
             .arg("--root")
@@ -263,10 +265,19 @@ fn the_probe_binary_reports_level_zero_and_warns_on_failure() {
         text
     };
 
-    let good = run(&[("FAKE_ZE_DEVICES", "1")]);
-    assert_eq!(good["level_zero"]["drivers"][0]["devices"][0]["device_id"], "56a0");
+    let good = run(&[("FAKE_ZE_DEVICES", "3")]);
+    let devices = &good["level_zero"]["drivers"][0]["devices"];
+    assert_eq!(devices[0]["device_id"], "56a0");
+    assert_eq!(devices[0]["pci_address"], "0000:03:00.0");
+    assert_eq!(devices[2]["pci_address"], "0000:00:02.0");
     assert_eq!(good["level_zero"]["error"], serde_json::Value::Null);
     assert!(!all_warnings(&good).contains("Level Zero"), "{}", all_warnings(&good));
+    let reasons = good["recommendation"]["reasons"].to_string();
+    assert!(reasons.contains("Fake Intel(R) Arc(TM) A770 Graphics"), "{reasons}");
+
+    // A driver without devices: the probe warns that the A770 is not usable.
+    let empty = run(&[("FAKE_ZE_DEVICES", "0")]);
+    assert!(all_warnings(&empty).contains("Level Zero"), "{}", all_warnings(&empty));
 
     let failed = run(&[("FAKE_ZE_INIT_RESULT", "0x78000001")]);
     assert_eq!(failed["level_zero"]["error"]["name"], "ZE_RESULT_ERROR_UNINITIALIZED");
