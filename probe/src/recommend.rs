@@ -178,8 +178,9 @@ fn intel_gpu(gpus: &[&Gpu], inputs: &Inputs, warnings: &mut Vec<String>) -> Reco
         }
         render_node_warnings(gpu, inputs.root, warnings);
     }
-    if let Some(warning) = level_zero_warning(inputs.level_zero) {
-        warnings.push(warning);
+    match level_zero_warning(inputs.level_zero) {
+        Some(warning) => warnings.push(warning),
+        None => match_level_zero_devices(gpus, inputs.level_zero, &mut reasons, warnings),
     }
     Recommendation {
         variant: Variant::ExoIntel,
@@ -274,6 +275,44 @@ fn current_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Pairs each chosen GPU with its Level Zero device (when Level Zero was queried and
+/// answered): by PCI address when the driver reports it, else by PCI device id. A listed GPU
+/// is a reason; an unlisted one a warning.
+fn match_level_zero_devices(
+    gpus: &[&Gpu],
+    level_zero: &LevelZeroFacts,
+    reasons: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    if level_zero.skipped {
+        return;
+    }
+    let devices: Vec<_> = level_zero
+        .drivers
+        .iter()
+        .flat_map(|driver| driver.devices.iter().map(move |device| (driver, device)))
+        .collect();
+    for gpu in gpus {
+        let listed = devices.iter().find(|(_, device)| match &device.pci_address {
+            Some(address) => address.eq_ignore_ascii_case(&gpu.pci_address),
+            None => {
+                device.vendor_id.eq_ignore_ascii_case(crate::gpu::INTEL)
+                    && Some(device.device_id.to_ascii_lowercase()) == gpu.device_id
+            }
+        });
+        match listed {
+            Some((driver, device)) => reasons.push(format!(
+                "Level Zero driver {} lists {} as \"{}\"",
+                driver.version, gpu.pci_address, device.name
+            )),
+            None => warnings.push(format!(
+                "Level Zero does not list {}: the installed compute runtime may not support it, or its render node cannot be opened",
+                describe(gpu)
+            )),
+        }
+    }
+}
+
 /// A warning when Intel compute cannot work through Level Zero.
 fn level_zero_warning(level_zero: &LevelZeroFacts) -> Option<String> {
     if level_zero.skipped {
@@ -293,4 +332,151 @@ fn level_zero_warning(level_zero: &LevelZeroFacts) -> Option<String> {
         return Some("Level Zero has no driver with a device for the Intel GPU; install intel-compute-runtime".into());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{ForceProbe, IntelDriverFacts, IntelKernelDriver};
+    use crate::level_zero::{LevelZeroDevice, LevelZeroDriver, LevelZeroError};
+
+    fn arc() -> Gpu {
+        Gpu {
+            pci_address: "0000:03:00.0".into(),
+            vendor: GpuVendor::Intel,
+            vendor_id: Some("8086".into()),
+            device_id: Some("56a0".into()),
+            name: Some("Arc A770".into()),
+            family: Some("Alchemist".into()),
+            integrated: false,
+            driver: Some("i915".into()),
+            card_node: Some("/dev/dri/card1".into()),
+            render_node: Some("/dev/dri/renderD129".into()),
+            compute_capable: true,
+            intel: Some(IntelDriverFacts {
+                required_driver: IntelKernelDriver::I915,
+                force_probe: ForceProbe {
+                    needed: false,
+                    param: "i915.force_probe=56a0".into(),
+                    present: false,
+                },
+            }),
+        }
+    }
+
+    fn recommend_with(gpus: &[Gpu], level_zero: &LevelZeroFacts) -> Recommendation {
+        // A root without dev/: device nodes are not checked.
+        let root = Path::new("/nonexistent-xpu-root");
+        recommend(&Inputs {
+            gpus,
+            nvidia: None,
+            level_zero,
+            root,
+        })
+    }
+
+    fn driver_with(device_id: &str) -> LevelZeroFacts {
+        LevelZeroFacts {
+            loader_found: true,
+            loader_version: Some("1.8.0".into()),
+            drivers: vec![LevelZeroDriver {
+                version: "1.3.26918".into(),
+                api_version: "1.3".into(),
+                devices: vec![LevelZeroDevice {
+                    name: "Intel(R) Arc(TM) A770 Graphics".into(),
+                    vendor_id: "8086".into(),
+                    device_id: device_id.into(),
+                    ..Default::default()
+                }],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn level_zero_listing_the_gpu_is_a_reason() {
+        let r = recommend_with(&[arc()], &driver_with("56a0"));
+        assert_eq!(r.variant, Variant::ExoIntel);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert!(r.reasons.iter().any(|s| s.contains("Level Zero driver 1.3.26918 lists 0000:03:00.0")));
+    }
+
+    #[test]
+    fn level_zero_not_listing_the_gpu_is_a_warning() {
+        let r = recommend_with(&[arc()], &driver_with("e20b"));
+        assert!(r.warnings.iter().any(|w| w.starts_with("Level Zero does not list Arc A770")), "{:?}", r.warnings);
+        assert!(!r.reasons.iter().any(|s| s.contains("Level Zero driver")), "{:?}", r.reasons);
+    }
+
+    #[test]
+    fn level_zero_devices_match_by_pci_address_first() {
+        let mut facts = driver_with("56a0");
+        facts.drivers[0].devices[0].pci_address = Some("0000:04:00.0".into());
+        let r = recommend_with(&[arc()], &facts);
+        assert!(r.warnings.iter().any(|w| w.starts_with("Level Zero does not list")), "{:?}", r.warnings);
+        facts.drivers[0].devices[0].pci_address = Some("0000:03:00.0".into());
+        let r = recommend_with(&[arc()], &facts);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn missing_loader_and_failed_init_are_warnings() {
+        let r = recommend_with(&[arc()], &LevelZeroFacts::default());
+        assert!(r.warnings.iter().any(|w| w.contains("loader (libze_loader.so.1) was not found")));
+        let failed = LevelZeroFacts {
+            loader_found: true,
+            error: Some(LevelZeroError {
+                code: 0x7800_0001,
+                name: "ZE_RESULT_ERROR_UNINITIALIZED".into(),
+                meaning: "no driver".into(),
+            }),
+            ..Default::default()
+        };
+        let r = recommend_with(&[arc()], &failed);
+        assert!(r.warnings.iter().any(|w| w.contains("ZE_RESULT_ERROR_UNINITIALIZED")), "{:?}", r.warnings);
+        let empty = LevelZeroFacts { loader_found: true, ..Default::default() };
+        let r = recommend_with(&[arc()], &empty);
+        assert!(r.warnings.iter().any(|w| w.contains("no driver with a device")), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn skipped_level_zero_and_other_variants_have_no_level_zero_warning() {
+        let r = recommend_with(&[arc()], &crate::level_zero::skipped());
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let r = recommend_with(&[], &LevelZeroFacts::default());
+        assert_eq!(r.variant, Variant::ExoCpu);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn nvidia_wins_over_intel_and_vfio_is_skipped() {
+        let h100 = Gpu {
+            pci_address: "0000:1b:00.0".into(),
+            vendor: GpuVendor::Nvidia,
+            vendor_id: Some("10de".into()),
+            device_id: Some("2330".into()),
+            name: Some("H100".into()),
+            family: Some("Hopper".into()),
+            integrated: false,
+            driver: Some("nvidia".into()),
+            card_node: None,
+            render_node: None,
+            compute_capable: true,
+            intel: None,
+        };
+        let r = recommend_with(&[arc(), h100.clone()], &crate::level_zero::skipped());
+        assert_eq!(r.variant, Variant::ExoCuda);
+        assert_eq!(r.device_allow, NVIDIA_DEVICE_ALLOW);
+        let reserved = Gpu { driver: Some("vfio-pci".into()), ..h100 };
+        let r = recommend_with(&[arc(), reserved], &crate::level_zero::skipped());
+        assert_eq!(r.variant, Variant::ExoIntel);
+        assert!(r.warnings.iter().any(|w| w.contains("vfio-pci")));
+    }
+
+    #[test]
+    fn wrong_intel_driver_is_a_warning() {
+        let gpu = Gpu { driver: Some("xe".into()), ..arc() };
+        let r = recommend_with(&[gpu], &crate::level_zero::skipped());
+        assert!(r.warnings.iter().any(|w| w.contains("bound to xe, but compute needs i915")), "{:?}", r.warnings);
+    }
 }
