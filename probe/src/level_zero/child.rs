@@ -15,6 +15,10 @@ use wait_timeout::ChildExt;
 use super::collect::{DONE, FACTS, STEP};
 use super::{codes, LevelZeroError, LevelZeroFacts, QueryOptions, Telemetry, CHILD_ENV};
 
+/// At most this much of each of the child's output streams is kept. A real answer is a
+/// few KiB per device.
+const OUTPUT_LIMIT: u64 = 16 << 20;
+
 /// At most this much of the child's stderr is quoted in an error.
 const STDERR_QUOTE: usize = 600;
 
@@ -111,7 +115,8 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         // A read error just ends the output early; the exit status tells the story.
-        let _ = pipe.read_to_end(&mut bytes);
+        // A child that floods the pipe past the limit blocks or fails on its next write.
+        let _ = (&mut pipe).take(OUTPUT_LIMIT).read_to_end(&mut bytes);
         let _ = sender.send(String::from_utf8_lossy(&bytes).into_owned());
     });
     receiver
