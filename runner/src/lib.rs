@@ -2,3 +2,4 @@
 //! OpenAI-compatible HTTP API.
 
 pub mod engine;
+pub mod model;

@@ -22,3 +22,55 @@ pub trait Engine: Send {
     /// `cpu (2 threads, avx2)` or `vulkan: Intel(R) Arc(TM) A770 Graphics`.
     fn device_description(&self) -> String;
 }
+
+pub mod candle;
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The compute device a user asks for (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    /// CUDA when this build has it and a GPU answers, otherwise the CPU.
+    #[default]
+    Auto,
+    /// candle on the CPU.
+    Cpu,
+    /// candle on NVIDIA GPU 0 (cargo feature `cuda`).
+    Cuda,
+    /// Our own Vulkan engine for Intel GPUs (cargo feature `vulkan`).
+    Vulkan,
+}
+
+impl DeviceKind {
+    /// The names accepted by `--device`.
+    pub const NAMES: &'static [&'static str] = &["auto", "cpu", "cuda", "vulkan"];
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Auto => "auto",
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Vulkan => "vulkan",
+        })
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceKind::Auto),
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" => Ok(DeviceKind::Cuda),
+            "vulkan" => Ok(DeviceKind::Vulkan),
+            other => Err(format!(
+                "unknown device `{other}`; expected one of: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}

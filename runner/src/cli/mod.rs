@@ -1,0 +1,81 @@
+//! Command-line interface: one clap subcommand per module. Each subcommand module
+//! only turns flags into library calls and prints results.
+
+mod bench;
+mod generate;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use xpu_runner::engine::DeviceKind;
+use xpu_runner::model::LoadOptions;
+
+/// Local LLM inference on CPU, NVIDIA (CUDA) and Intel GPUs (Vulkan).
+#[derive(Parser, Debug)]
+#[command(name = "xpu-runner", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text from a prompt or a chat message and stream it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode speed and time to first token.
+    Bench(bench::BenchArgs),
+    // `serve` (the OpenAI-compatible HTTP service, issue 4) is added here as
+    // `Serve(xpu_runner::server::config::ServeArgs)` with its arm in `run`.
+}
+
+impl Command {
+    /// The log level when `RUST_LOG` is not set.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Generate(_) | Command::Bench(_) => "warn",
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF file, or a directory with config.json, *.safetensors and tokenizer.json.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+
+    /// Where to run: auto (CUDA if built in and present, else CPU), cpu, cuda, vulkan.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceKind,
+
+    /// CPU threads (default: the number of physical cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Context length in tokens, prompt plus output (default: the model's maximum).
+    #[arg(long, value_name = "N")]
+    pub ctx: Option<usize>,
+
+    /// A tokenizer.json to use instead of the model's own tokenizer.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            device: self.device,
+            threads: self.threads,
+            ctx: self.ctx,
+            tokenizer: self.tokenizer.clone(),
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Model loading: turns a path (a GGUF file or a Hugging Face safetensors
+//! directory) into a [`LoadedModel`]: an engine with the weights on the chosen
+//! device, the tokenizer, the chat template and the end-of-sequence ids.
+//!
+//! Every way a user can get this wrong (missing file, truncated or corrupt GGUF,
+//! unsupported architecture or quantization, missing or mismatched tokenizer,
+//! a context the model cannot hold) is a [`LoadError`] with a one-line message.
+
+pub mod chat_template;
+pub mod gguf;
+pub mod safetensors;
+pub mod tokenizer;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
+pub use tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::engine::candle::{configure_cpu_threads, select_device, CandleEngine, GGUF_ARCHITECTURES};
+use crate::engine::{DeviceKind, Engine};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Where to run it.
+    pub device: DeviceKind,
+    /// CPU threads (None: candle's default, the physical cores).
+    pub threads: Option<usize>,
+    /// Context length (prompt plus generated tokens); None: the model's own limit.
+    pub ctx: Option<usize>,
+    /// A `tokenizer.json` to use instead of the one in the model.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// A model ready to generate.
+pub struct LoadedModel {
+    /// A short name: the file stem of a GGUF file or the directory name.
+    pub id: String,
+    pub tokenizer: Tokenizer,
+    /// None when the model ships no template; chat requests must then fail.
+    pub chat_template: Option<ChatTemplate>,
+    /// Generation stops at any of these ids.
+    pub eos_token_ids: Vec<u32>,
+    pub engine: Box<dyn Engine>,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("id", &self.id)
+            .field("tokenizer", &self.tokenizer)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .field("eos_token_ids", &self.eos_token_ids)
+            .field("device", &self.engine.device_description())
+            .field("context_length", &self.engine.context_length())
+            .finish()
+    }
+}
+
+impl LoadedModel {
+    /// The chat template, or the error to show when the model has none.
+    pub fn chat_template(&self) -> Result<&ChatTemplate, ChatTemplateError> {
+        self.chat_template.as_ref().ok_or(ChatTemplateError::Missing)
+    }
+
+    /// Renders a conversation and tokenizes it, ready for generation.
+    pub fn chat_prompt_tokens(&self, messages: &[ChatMessage]) -> anyhow::Result<Vec<u32>> {
+        let text = self.chat_template()?.render(messages, true)?;
+        // A template that writes the BOS token itself must not get a second one.
+        let starts_with_bos = self
+            .tokenizer
+            .bos_token()
+            .is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
+        self.tokenizer.encode(&text, !starts_with_bos)
+    }
+}
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model not found: {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a model: {reason}; expected a GGUF file or a directory with config.json, *.safetensors and tokenizer.json")]
+    NotAModel { path: PathBuf, reason: String },
+    #[error("{path} is a corrupt GGUF file: {reason}")]
+    InvalidGguf { path: PathBuf, reason: String },
+    #[error("{path} is truncated: {detail}; download it again")]
+    Truncated { path: PathBuf, detail: String },
+    #[error("unsupported model architecture `{architecture}` in {path}; supported: {supported}")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: String,
+    },
+    #[error("unsupported quantization {type_name} in {path}; supported tensor types: {}", gguf::SUPPORTED_TENSOR_TYPES)]
+    UnsupportedQuantization { path: PathBuf, type_name: String },
+    #[error("unsupported weight dtype {dtype} in {path}; supported: F32, F16, BF16")]
+    UnsupportedDtype { path: PathBuf, dtype: String },
+    #[error("invalid model config {path}: {reason}")]
+    InvalidConfig { path: PathBuf, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("tokenizer does not match the model: {0}")]
+    TokenizerMismatch(String),
+    #[error("--ctx {requested} is larger than this model supports ({max} tokens)")]
+    ContextTooLarge { requested: usize, max: usize },
+    #[error("device: {0}")]
+    Device(String),
+    #[error("cannot build the model from {path}: {reason}")]
+    Engine { path: PathBuf, reason: String },
+}
+
+impl LoadError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            LoadError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// Loads the model at `path` (a `.gguf` file or a safetensors directory).
+pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel, LoadError> {
+    configure_cpu_threads(options.threads);
+    let metadata = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
+    let (mut model, model_vocab) = if metadata.is_dir() {
+        safetensors::load_dir(path, options)?
+    } else {
+        load_gguf(path, options)?
+    };
+    if let Some(tokenizer_path) = &options.tokenizer {
+        let mut tokenizer =
+            Tokenizer::from_file(tokenizer_path).map_err(|e| LoadError::Tokenizer(e.0))?;
+        tokenizer.set_special_token_strings(
+            model.tokenizer.bos_token().map(str::to_string),
+            model.tokenizer.eos_token().map(str::to_string),
+        );
+        model.tokenizer = tokenizer;
+    }
+    check_tokenizer_fits(&model, model_vocab)?;
+    tracing::info!(
+        model = %model.id,
+        device = %model.engine.device_description(),
+        context = model.engine.context_length(),
+        eos = ?model.eos_token_ids,
+        "model loaded"
+    );
+    Ok(model)
+}
+
+/// A tokenizer whose ids run past the model's vocabulary, or whose vocabulary is
+/// far smaller than the model's, belongs to another model.
+fn check_tokenizer_fits(model: &LoadedModel, model_vocab: Option<usize>) -> Result<(), LoadError> {
+    let tokenizer_vocab = model.tokenizer.vocab_size();
+    if let Some(model_vocab) = model_vocab {
+        if tokenizer_vocab > model_vocab {
+            return Err(LoadError::TokenizerMismatch(format!(
+                "the tokenizer has {tokenizer_vocab} tokens but the model's vocabulary has only {model_vocab}"
+            )));
+        }
+        // Padding the embedding to a multiple of 64 or 128 is common; a tokenizer
+        // missing more than that is another model's.
+        if tokenizer_vocab + 1024 < model_vocab {
+            return Err(LoadError::TokenizerMismatch(format!(
+                "the tokenizer has {tokenizer_vocab} tokens but the model's vocabulary has {model_vocab}"
+            )));
+        }
+    }
+    if let Some(&bad) = model.eos_token_ids.iter().find(|&&id| id as usize >= tokenizer_vocab) {
+        return Err(LoadError::TokenizerMismatch(format!(
+            "end-of-sequence id {bad} is outside the tokenizer's {tokenizer_vocab} tokens"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn file_id(path: &Path) -> String {
+    path.file_stem()
+        .or_else(|| path.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string())
+}
+
+/// Resolves `--ctx` against the model's own limit.
+pub(crate) fn resolve_context(requested: Option<usize>, max: usize) -> Result<usize, LoadError> {
+    match requested {
+        Some(0) => Err(LoadError::ContextTooLarge { requested: 0, max }),
+        Some(n) if n > max => Err(LoadError::ContextTooLarge { requested: n, max }),
+        Some(n) => Ok(n),
+        None => Ok(max),
+    }
+}
+
+/// Loads a GGUF file; also returns the vocabulary size of the weights.
+fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<usize>), LoadError> {
+    let file = gguf::open(path)?;
+    let content = file.content;
+    let architecture = gguf::metadata_str(&content, "general.architecture")
+        .ok_or_else(|| LoadError::InvalidGguf {
+            path: path.to_path_buf(),
+            reason: "metadata lacks `general.architecture`".to_string(),
+        })?
+        .to_string();
+    if !GGUF_ARCHITECTURES.contains(&architecture.as_str()) {
+        return Err(LoadError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            architecture,
+            supported: format!("GGUF {}; safetensors llama, qwen2", GGUF_ARCHITECTURES.join(", ")),
+        });
+    }
+
+    let tokenizer = if options.tokenizer.is_some() {
+        // Replaced by the caller's tokenizer.json; keep the embedded one only for
+        // its BOS/EOS strings when present.
+        Tokenizer::from_gguf(&content).ok()
+    } else {
+        Some(Tokenizer::from_gguf(&content).map_err(|e| LoadError::Tokenizer(e.0))?)
+    };
+    let eos_token_ids = gguf_eos_ids(&content);
+    let chat_template = match gguf::metadata_str(&content, "tokenizer.chat_template") {
+        Some(source) => Some(
+            ChatTemplate::new(
+                source,
+                tokenizer.as_ref().and_then(|t| t.bos_token()).unwrap_or(""),
+                tokenizer.as_ref().and_then(|t| t.eos_token()).unwrap_or(""),
+            )
+            .map_err(|e| LoadError::InvalidGguf {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    // The embedding matrix has one row per vocabulary entry.
+    let model_vocab = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .and_then(|t| t.shape.dims().last().copied());
+    if let (Some(vocab), Some(tok)) = (model_vocab, tokenizer.as_ref()) {
+        if options.tokenizer.is_none() && tok.vocab_size() != vocab {
+            return Err(LoadError::TokenizerMismatch(format!(
+                "the embedded tokenizer has {} tokens but the model's embedding has {vocab} rows",
+                tok.vocab_size()
+            )));
+        }
+    }
+    let max_context = gguf::metadata_u64(&content, &format!("{architecture}.context_length"))
+        .map(|n| n as usize)
+        .unwrap_or(4096);
+
+    let engine: Box<dyn Engine> = match options.device {
+        // The Vulkan engine (`engine::vulkan`, feature `vulkan`) plugs in here: it
+        // takes the GGUF content and the mapped bytes, like the candle engine.
+        DeviceKind::Vulkan => return Err(vulkan_unavailable()),
+        kind => {
+            let device = select_device(kind).map_err(|e| LoadError::Device(format!("{e:#}")))?;
+            let mut engine = CandleEngine::from_gguf(
+                &architecture,
+                content,
+                &mut Cursor::new(&file.mmap[..]),
+                device,
+                max_context,
+            )
+            .map_err(|e| LoadError::Engine {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+            let ctx = resolve_context(options.ctx, engine.context_length())?;
+            engine.limit_context(ctx);
+            Box::new(engine)
+        }
+    };
+    let tokenizer = match tokenizer {
+        Some(t) => t,
+        // Placeholder until `load` installs the caller's tokenizer.json.
+        None => Tokenizer::from_file(options.tokenizer.as_deref().expect("tokenizer path"))
+            .map_err(|e| LoadError::Tokenizer(e.0))?,
+    };
+    let model = LoadedModel {
+        id: file_id(path),
+        tokenizer,
+        chat_template,
+        eos_token_ids,
+        engine,
+    };
+    Ok((model, model_vocab))
+}
+
+/// EOS, end-of-turn and end-of-message ids from the GGUF metadata.
+fn gguf_eos_ids(content: &candle_core::quantized::gguf_file::Content) -> Vec<u32> {
+    let mut ids: Vec<u32> = [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ]
+    .iter()
+    .filter_map(|key| gguf::metadata_u64(content, key))
+    .filter_map(|id| u32::try_from(id).ok())
+    .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The error for `--device vulkan` until the Vulkan engine is part of this build.
+pub(crate) fn vulkan_unavailable() -> LoadError {
+    if cfg!(feature = "vulkan") {
+        LoadError::Device("the Vulkan engine cannot run this model yet".to_string())
+    } else {
+        LoadError::Device(
+            "this xpu-runner was built without the `vulkan` feature; rebuild with `--features vulkan` or use --device cpu"
+                .to_string(),
+        )
+    }
+}
