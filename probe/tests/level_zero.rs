@@ -397,3 +397,48 @@ fn a_hung_monitor_child_is_killed_and_its_reading_goes_stale() {
     assert!(!process_exists(pid), "the hung child was not killed");
     assert_eq!(monitor.latest(), None);
 }
+
+/// Options with two drivers: the fake, and a copy tagged `second` that reads
+/// `FAKE_ZE_SECOND_*` first. The returned directory holds the copy; keep it alive.
+fn two_drivers(env: &[(&str, &str)]) -> (tempfile::TempDir, QueryOptions) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let second = dir.path().join("libfake_ze_driver.second.so");
+    std::fs::copy(fake_driver(), &second).expect("copy the fake driver");
+    let mut options = options(env);
+    let mut drivers = fake_driver().as_os_str().to_owned();
+    drivers.push(",");
+    drivers.push(&second);
+    options.env[0].1 = drivers;
+    (dir, options)
+}
+
+#[test]
+fn two_drivers_are_listed_and_their_telemetry_is_summed() {
+    // With two drivers loader 1.8.12 wraps every handle (its "intercept" mode), which
+    // the single-driver tests never exercise.
+    let (_dir, options) = two_drivers(&[("FAKE_ZE_SECOND_DEVICES", "2")]);
+    let facts = query_with(&options);
+    assert_eq!(facts.error, None);
+    let devices: Vec<Vec<&str>> = facts
+        .drivers
+        .iter()
+        .map(|d| d.devices.iter().map(|d| d.device_id.as_str()).collect())
+        .collect();
+    assert_eq!(devices, [vec!["56a0"], vec!["56a0", "0bd5"]]);
+    assert_eq!(facts.drivers[1].devices[1].sub_devices, 2);
+
+    let t = telemetry_with(&options).expect("telemetry");
+    assert_eq!(t.memory_total_bytes, Some((16 + 16 + 128) * GIB));
+    let watts = t.power_w.expect("a power reading");
+    assert!((watts - 600.0).abs() < 1.0, "{watts}");
+}
+
+#[test]
+fn a_second_driver_that_fails_init_is_dropped_and_the_first_still_reported() {
+    // Like an NPU driver that rejects ZE_INIT_FLAG_GPU_ONLY beside the GPU driver.
+    let (_dir, options) = two_drivers(&[("FAKE_ZE_SECOND_INIT_RESULT", "0x78000001")]);
+    let facts = query_with(&options);
+    assert_eq!(facts.error, None);
+    assert_eq!(facts.drivers.len(), 1);
+    assert_eq!(facts.drivers[0].devices[0].device_id, "56a0");
+}

@@ -23,6 +23,10 @@
 //!
 //! An invalid value makes `zeInit` print the problem on stderr and return
 //! `ZE_RESULT_ERROR_INVALID_ARGUMENT`.
+//!
+//! A copy of the library named `libfake_ze_driver.<tag>.so` reads
+//! `FAKE_ZE_<TAG>_<NAME>` before `FAKE_ZE_<NAME>` (tag uppercased), so that two
+//! differently configured drivers can be loaded side by side.
 
 #![allow(non_snake_case)] // exported names must be the C names
 
@@ -57,7 +61,13 @@ fn parse_code(text: &str) -> Option<u32> {
 
 impl Config {
     fn from_env() -> Result<Config, String> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let tag = own_tag();
+        // A copy tagged `<tag>` reads `FAKE_ZE_<TAG>_X` before `FAKE_ZE_X`.
+        let var = |name: &str| {
+            let get = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+            let tagged = tag.as_ref().and_then(|tag| get(&name.replacen("FAKE_ZE_", &format!("FAKE_ZE_{tag}_"), 1)));
+            tagged.or_else(|| get(name))
+        };
         let devices = match var("FAKE_ZE_DEVICES") {
             None => 1,
             Some(v) => match v.parse::<usize>() {
@@ -81,6 +91,22 @@ impl Config {
             flat: var("ZE_FLAT_DEVICE_HIERARCHY").as_deref() != Some("COMPOSITE"),
         })
     }
+}
+
+/// The tag of this copy of the library: `libfake_ze_driver.<tag>.so` → `<TAG>`
+/// (uppercased), so that tests can load two differently configured copies.
+fn own_tag() -> Option<String> {
+    // SAFETY: Dl_info is plain data; dladdr only writes into it.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: the address is a function of this library.
+    if unsafe { libc::dladdr(own_tag as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr returns a NUL-terminated path owned by the dynamic linker.
+    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
+    let name = path.rsplit('/').next()?;
+    let tag = name.strip_prefix("libfake_ze_driver.")?.strip_suffix(".so")?;
+    (!tag.is_empty()).then(|| tag.to_ascii_uppercase())
 }
 
 fn config() -> &'static Result<Config, String> {
