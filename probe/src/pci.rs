@@ -9,7 +9,7 @@ use pci_ids::FromId;
 
 use crate::facts::{DrmNodes, PciClass, PciDevice, PciLink, Sriov};
 use crate::parse::{self, ParseError};
-use crate::read::{excerpt, Reader};
+use crate::read::{excerpt, Dir, Reader};
 
 /// Where the kernel lists PCI functions, relative to the probe root.
 pub const PCI_DEVICES_DIR: &str = "sys/bus/pci/devices";
@@ -69,25 +69,29 @@ fn read_device(reader: &mut Reader, dir: &Path, address: String) -> Option<PciDe
         reader.warn(format!("ignoring {shown}: not a PCI address (dddd:bb:dd.f)"));
         return None;
     }
-    if let Err(err) = std::fs::metadata(&path) {
-        let shown = reader.display(&path);
-        let why = if path.is_symlink() {
-            "dangling link".to_string()
-        } else {
-            err.to_string()
-        };
-        reader.warn(format!("ignoring {shown}: {why}"));
-        return None;
-    }
+    let dir = match Dir::open(&path) {
+        Ok(dir) => dir,
+        Err(err) => {
+            let shown = reader.display(&path);
+            let why = if err.kind() == std::io::ErrorKind::NotFound && path.is_symlink() {
+                "dangling link".to_string()
+            } else {
+                err.to_string()
+            };
+            reader.warn(format!("ignoring {shown}: {why}"));
+            return None;
+        }
+    };
+    let path = &dir;
 
-    let vendor = hex_attribute(reader, &path, "vendor", true, parse::hex_u16);
-    let device = hex_attribute(reader, &path, "device", true, parse::hex_u16);
+    let vendor = hex_attribute(reader, path, "vendor", true, parse::hex_u16);
+    let device = hex_attribute(reader, path, "device", true, parse::hex_u16);
     let subsystem_vendor =
-        hex_attribute(reader, &path, "subsystem_vendor", false, parse::hex_u16);
+        hex_attribute(reader, path, "subsystem_vendor", false, parse::hex_u16);
     let subsystem_device =
-        hex_attribute(reader, &path, "subsystem_device", false, parse::hex_u16);
-    let revision = hex_attribute(reader, &path, "revision", false, parse::hex_u8);
-    let class = hex_attribute(reader, &path, "class", true, parse::pci_class);
+        hex_attribute(reader, path, "subsystem_device", false, parse::hex_u16);
+    let revision = hex_attribute(reader, path, "revision", false, parse::hex_u8);
+    let class = hex_attribute(reader, path, "class", true, parse::pci_class);
 
     let vendor_name = vendor
         .and_then(pci_ids::Vendor::from_id)
@@ -97,9 +101,9 @@ fn read_device(reader: &mut Reader, dir: &Path, address: String) -> Option<PciDe
         _ => None,
     };
 
-    let numa_node = hex_attribute(reader, &path, "numa_node", false, parse::numa_node).flatten();
-    let driver = reader.link_name(&path.join("driver"));
-    let iommu_group = iommu_group(reader, &path);
+    let numa_node = hex_attribute(reader, path, "numa_node", false, parse::numa_node).flatten();
+    let driver = reader.link_name_in(path, "driver");
+    let iommu_group = iommu_group(reader, path);
 
     Some(PciDevice {
         vendor_id: vendor.map(|v| format!("{v:04x}")),
@@ -116,11 +120,11 @@ fn read_device(reader: &mut Reader, dir: &Path, address: String) -> Option<PciDe
         device_name,
         driver,
         numa_node,
-        link: link(reader, &path),
-        drm: drm_nodes(reader, &path),
+        link: link(reader, path),
+        drm: drm_nodes(reader, path.path()),
         iommu_group,
-        sriov: sriov(reader, &path),
-        bars: hex_attribute(reader, &path, "resource", false, parse::resource).unwrap_or_default(),
+        sriov: sriov(reader, path),
+        bars: hex_attribute(reader, path, "resource", false, parse::resource).unwrap_or_default(),
         address,
     })
 }
@@ -128,35 +132,34 @@ fn read_device(reader: &mut Reader, dir: &Path, address: String) -> Option<PciDe
 /// Reads and parses one attribute; a parse failure becomes a warning naming file and value.
 fn hex_attribute<T>(
     reader: &mut Reader,
-    dir: &Path,
+    dir: &Dir,
     name: &str,
     required: bool,
     parser: impl Fn(&str) -> Result<T, ParseError>,
 ) -> Option<T> {
-    let path = dir.join(name);
     let text = if required {
-        reader.required(&path)?
+        reader.required_in(dir, name)?
     } else {
-        reader.optional(&path)?
+        reader.optional_in(dir, name)?
     };
     match parser(&text) {
         Ok(value) => Some(value),
         Err(err) => {
-            let shown = reader.display(&path);
+            let shown = reader.display(&dir.path().join(name));
             reader.warn(format!("{shown}: {err}, found {}", excerpt(&text)));
             None
         }
     }
 }
 
-fn link(reader: &mut Reader, dir: &Path) -> Option<PciLink> {
+fn link(reader: &mut Reader, dir: &Dir) -> Option<PciLink> {
     let names = [
         "current_link_speed",
         "current_link_width",
         "max_link_speed",
         "max_link_width",
     ];
-    if !names.iter().any(|name| dir.join(name).exists()) {
+    if !names.iter().any(|name| dir.contains(name)) {
         return None;
     }
     Some(PciLink {
@@ -200,13 +203,12 @@ fn drm_nodes(reader: &mut Reader, dir: &Path) -> Option<DrmNodes> {
     })
 }
 
-fn iommu_group(reader: &mut Reader, dir: &Path) -> Option<u32> {
-    let path = dir.join("iommu_group");
-    let name = reader.link_name(&path)?;
+fn iommu_group(reader: &mut Reader, dir: &Dir) -> Option<u32> {
+    let name = reader.link_name_in(dir, "iommu_group")?;
     match parse::decimal_u32(&name) {
         Ok(group) => Some(group),
         Err(_) => {
-            let shown = reader.display(&path);
+            let shown = reader.display(&dir.path().join("iommu_group"));
             reader.warn(format!(
                 "{shown}: expected a link to an IOMMU group number, found {}",
                 excerpt(&name)
@@ -216,7 +218,7 @@ fn iommu_group(reader: &mut Reader, dir: &Path) -> Option<u32> {
     }
 }
 
-fn sriov(reader: &mut Reader, dir: &Path) -> Option<Sriov> {
+fn sriov(reader: &mut Reader, dir: &Dir) -> Option<Sriov> {
     let total_vfs = hex_attribute(reader, dir, "sriov_totalvfs", false, parse::decimal_u32)?;
     let num_vfs = hex_attribute(reader, dir, "sriov_numvfs", false, parse::decimal_u32);
     Some(Sriov {
