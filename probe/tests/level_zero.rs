@@ -231,6 +231,21 @@ fn telemetry_sums_devices_and_measures_power() {
     // The fake's counters grow at exactly 100 W and 400 W.
     let watts = t.power_w.expect("a power reading");
     assert!((watts - 500.0).abs() < 1.0, "{watts}");
+
+    let per_device: Vec<(&str, Option<&str>, Option<u64>, Option<f64>)> = t
+        .devices
+        .iter()
+        .map(|d| (d.name.as_str(), d.pci_address.as_deref(), d.memory_used_bytes, d.temperature_c))
+        .collect();
+    assert_eq!(
+        per_device,
+        [
+            ("Fake Intel(R) Arc(TM) A770 Graphics", Some("0000:03:00.0"), Some(4 * GIB), Some(45.5)),
+            ("Fake Intel(R) Data Center GPU Max 1550", Some("0000:29:00.0"), Some(28 * GIB), Some(60.0)),
+        ]
+    );
+    let max_watts = t.devices[1].power_w.expect("a power reading");
+    assert!((max_watts - 400.0).abs() < 1.0, "{max_watts}");
 }
 
 #[test]

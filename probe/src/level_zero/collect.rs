@@ -15,7 +15,7 @@ use level_zero_sys::types::{self as ze, DeviceHandle, PowerHandle};
 use level_zero_sys::{Initialized, LoadError, Loader, ZeResult};
 use serde::Serialize;
 
-use super::{codes, LevelZeroDevice, LevelZeroDriver, LevelZeroError, LevelZeroFacts, Telemetry, LOADER_ENV};
+use super::{codes, DeviceTelemetry, LevelZeroDevice, LevelZeroDriver, LevelZeroError, LevelZeroFacts, Telemetry, LOADER_ENV};
 
 pub(super) const STEP: &str = "xpu-level-zero:step ";
 pub(super) const FACTS: &str = "xpu-level-zero:facts ";
@@ -183,6 +183,11 @@ fn note(error: &mut Option<LevelZeroError>, result: ZeResult, call: &str) {
     }
 }
 
+/// "DDDD:BB:DD.F", as sysfs writes PCI addresses.
+fn format_pci_address(a: ze::PciAddress) -> String {
+    format!("{:04x}:{:02x}:{:02x}.{:x}", a.domain, a.bus, a.device, a.function)
+}
+
 /// `driverVersion` → "major.minor.build" (compute-runtime: 0x01030000 + build).
 pub(super) fn driver_version(raw: u32) -> String {
     format!("{}.{}.{}", raw >> 24, (raw >> 16) & 0xff, raw & 0xffff)
@@ -211,10 +216,7 @@ fn describe(l0: &Initialized<'_>, device: DeviceHandle) -> Result<LevelZeroDevic
     step("zeDevicePciGetPropertiesExt");
     // An optional extension: older drivers lack it, so a failure is not an error.
     let pci_address = match l0.pci_properties(device) {
-        Some(Ok(pci)) => {
-            let a = pci.address;
-            Some(format!("{:04x}:{:02x}:{:02x}.{:x}", a.domain, a.bus, a.device, a.function))
-        }
+        Some(Ok(pci)) => Some(format_pci_address(pci.address)),
         _ => None,
     };
     let sizes = compute.num_sub_group_sizes.min(ze::SUBGROUPSIZE_COUNT as u32) as usize;
@@ -240,11 +242,18 @@ fn describe(l0: &Initialized<'_>, device: DeviceHandle) -> Result<LevelZeroDevic
     })
 }
 
+/// One device being sampled, with what identifies it in the readings.
+struct SampledDevice {
+    handle: DeviceHandle,
+    name: String,
+    pci_address: Option<String>,
+}
+
 /// Reads telemetry repeatedly from the same devices. Power is the average since the
 /// previous reading (the first reading has none).
 struct Sampler<'l> {
     l0: Initialized<'l>,
-    devices: Vec<DeviceHandle>,
+    devices: Vec<SampledDevice>,
     last_energy: Vec<(PowerHandle, ze::ZesPowerEnergyCounter)>,
 }
 
@@ -258,18 +267,32 @@ impl<'l> Sampler<'l> {
         let mut devices = Vec::new();
         for driver in l0.drivers().ok()? {
             step("zeDeviceGet");
-            devices.extend(l0.devices(driver).unwrap_or_default());
+            for handle in l0.devices(driver).unwrap_or_default() {
+                step("zeDeviceGetProperties");
+                let name = l0.device_properties(handle).map(|p| ze::c_chars_to_string(&p.name)).unwrap_or_default();
+                step("zeDevicePciGetPropertiesExt");
+                let pci_address = match l0.pci_properties(handle) {
+                    Some(Ok(pci)) => Some(format_pci_address(pci.address)),
+                    _ => None,
+                };
+                devices.push(SampledDevice { handle, name, pci_address });
+            }
         }
         (!devices.is_empty()).then_some(Sampler { l0, devices, last_energy: Vec::new() })
     }
 
     fn read(&mut self) -> Telemetry {
         let l0 = &self.l0;
-        let mut telemetry = Telemetry::default();
         let mut energy = Vec::new();
-        for &device in &self.devices {
+        let mut readings = Vec::new();
+        for device in &self.devices {
+            let mut reading = DeviceTelemetry {
+                name: device.name.clone(),
+                pci_address: device.pci_address.clone(),
+                ..Default::default()
+            };
             step("zesDeviceEnumMemoryModules");
-            for module in l0.memory_modules(device).and_then(Result::ok).unwrap_or_default() {
+            for module in l0.memory_modules(device.handle).and_then(Result::ok).unwrap_or_default() {
                 // Integrated GPUs report system memory modules; only device memory counts.
                 step("zesMemoryGetProperties");
                 let on_device = match l0.memory_module_properties(module) {
@@ -278,21 +301,19 @@ impl<'l> Sampler<'l> {
                 };
                 step("zesMemoryGetState");
                 if let (true, Some(Ok(state))) = (on_device, l0.memory_state(module)) {
-                    *telemetry.memory_total_bytes.get_or_insert(0) += state.size;
-                    *telemetry.memory_used_bytes.get_or_insert(0) += state.size.saturating_sub(state.free);
+                    *reading.memory_total_bytes.get_or_insert(0) += state.size;
+                    *reading.memory_used_bytes.get_or_insert(0) += state.size.saturating_sub(state.free);
                 }
             }
             step("zesDeviceEnumTemperatureSensors");
-            for sensor in l0.temperature_sensors(device).and_then(Result::ok).unwrap_or_default() {
+            for sensor in l0.temperature_sensors(device.handle).and_then(Result::ok).unwrap_or_default() {
                 step("zesTemperatureGetState");
                 if let Some(Ok(celsius)) = l0.temperature(sensor) {
-                    if celsius.is_finite() {
-                        telemetry.temperature_c = Some(telemetry.temperature_c.map_or(celsius, |t: f64| t.max(celsius)));
-                    }
+                    reading.temperature_c = max_celsius(reading.temperature_c, celsius);
                 }
             }
             step("zesDeviceEnumPowerDomains");
-            for domain in l0.power_domains(device).and_then(Result::ok).unwrap_or_default() {
+            for domain in l0.power_domains(device.handle).and_then(Result::ok).unwrap_or_default() {
                 // Sub-device domains are already included in the card's own domain.
                 step("zesPowerGetProperties");
                 if let Some(Ok(props)) = l0.power_properties(domain) {
@@ -301,20 +322,27 @@ impl<'l> Sampler<'l> {
                     }
                 }
                 step("zesPowerGetEnergyCounter");
-                if let Some(Ok(counter)) = l0.energy_counter(domain) {
-                    energy.push((domain, counter));
+                if let Some(Ok(after)) = l0.energy_counter(domain) {
+                    let before = self.last_energy.iter().find(|(d, _)| *d == domain).map(|(_, c)| *c);
+                    if let Some(watts) = before.and_then(|before| watts(before, after)) {
+                        *reading.power_w.get_or_insert(0.0) += watts;
+                    }
+                    energy.push((domain, after));
                 }
             }
-        }
-        for (domain, after) in &energy {
-            let before = self.last_energy.iter().find(|(d, _)| d == domain).map(|(_, c)| *c);
-            if let Some(watts) = before.and_then(|before| watts(before, *after)) {
-                *telemetry.power_w.get_or_insert(0.0) += watts;
-            }
+            readings.push(reading);
         }
         self.last_energy = energy;
-        telemetry
+        Telemetry::from_devices(readings)
     }
+}
+
+/// The larger of two temperatures; NaN and infinite readings are ignored.
+fn max_celsius(current: Option<f64>, reading: f64) -> Option<f64> {
+    if !reading.is_finite() {
+        return current;
+    }
+    Some(current.map_or(reading, |c| c.max(reading)))
 }
 
 fn collect_telemetry() -> Option<Telemetry> {
@@ -384,6 +412,21 @@ mod tests {
         assert_eq!(device_type(1), "gpu");
         assert_eq!(device_type(5), "vpu");
         assert_eq!(device_type(9), "unknown(9)");
+    }
+
+    #[test]
+    fn temperatures_keep_the_hottest_finite_reading() {
+        assert_eq!(max_celsius(None, 40.0), Some(40.0));
+        assert_eq!(max_celsius(Some(40.0), 55.5), Some(55.5));
+        assert_eq!(max_celsius(Some(40.0), 30.0), Some(40.0));
+        assert_eq!(max_celsius(None, f64::NAN), None);
+        assert_eq!(max_celsius(Some(40.0), f64::INFINITY), Some(40.0));
+    }
+
+    #[test]
+    fn pci_addresses_look_like_sysfs() {
+        let a = ze::PciAddress { domain: 0, bus: 0x4d, device: 2, function: 1 };
+        assert_eq!(format_pci_address(a), "0000:4d:02.1");
     }
 
     #[test]

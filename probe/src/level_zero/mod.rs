@@ -153,8 +153,9 @@ impl LevelZeroError {
     }
 }
 
-/// Live readings of the Intel GPUs, summed (memory, power) or maximised (temperature)
-/// over the top-level devices. A field is `None` when no device reports it.
+/// Live readings of the Intel GPUs: summed (memory, power) or maximised (temperature)
+/// over the card-level devices, and per device in `devices`. A field is `None` when no
+/// device reports it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Telemetry {
     /// Device memory in use, in bytes.
@@ -165,6 +166,44 @@ pub struct Telemetry {
     pub temperature_c: Option<f64>,
     /// Power draw in watts, from two energy-counter samples.
     pub power_w: Option<f64>,
+    /// The same readings for each device, in Level Zero's order.
+    #[serde(default)]
+    pub devices: Vec<DeviceTelemetry>,
+}
+
+/// Live readings of one device (a card; its tiles are included).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceTelemetry {
+    /// Device name, as in the facts.
+    pub name: String,
+    /// PCI address like "0000:03:00.0", when the driver reports it.
+    pub pci_address: Option<String>,
+    /// Device memory in use, in bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// Device memory in total, in bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// The hottest sensor, in degrees Celsius.
+    pub temperature_c: Option<f64>,
+    /// Power draw in watts.
+    pub power_w: Option<f64>,
+}
+
+impl Telemetry {
+    /// Aggregates per-device readings: sums memory and power, keeps the hottest
+    /// temperature.
+    pub fn from_devices(devices: Vec<DeviceTelemetry>) -> Telemetry {
+        fn sum<T: std::iter::Sum<T>>(values: impl Iterator<Item = Option<T>>) -> Option<T> {
+            let present: Vec<T> = values.flatten().collect();
+            (!present.is_empty()).then(|| present.into_iter().sum())
+        }
+        Telemetry {
+            memory_used_bytes: sum(devices.iter().map(|d| d.memory_used_bytes)),
+            memory_total_bytes: sum(devices.iter().map(|d| d.memory_total_bytes)),
+            temperature_c: devices.iter().filter_map(|d| d.temperature_c).reduce(f64::max),
+            power_w: sum(devices.iter().map(|d| d.power_w)),
+            devices,
+        }
+    }
 }
 
 /// How to run the child.
@@ -236,5 +275,29 @@ pub fn run_child_if_requested() {
             eprintln!("{CHILD_ENV}={mode:?}: expected \"facts\", \"telemetry\" or \"telemetry-stream\"");
             collect::exit_now(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_aggregates_what_devices_report() {
+        let a = DeviceTelemetry {
+            memory_used_bytes: Some(1),
+            memory_total_bytes: Some(10),
+            temperature_c: Some(50.0),
+            power_w: None,
+            ..Default::default()
+        };
+        let b = DeviceTelemetry { memory_used_bytes: Some(2), temperature_c: Some(70.0), power_w: Some(3.5), ..Default::default() };
+        let t = Telemetry::from_devices(vec![a, b]);
+        assert_eq!(t.memory_used_bytes, Some(3));
+        assert_eq!(t.memory_total_bytes, Some(10));
+        assert_eq!(t.temperature_c, Some(70.0));
+        assert_eq!(t.power_w, Some(3.5));
+        assert_eq!(t.devices.len(), 2);
+        assert_eq!(Telemetry::from_devices(Vec::new()), Telemetry::default());
     }
 }
