@@ -59,11 +59,10 @@ impl Facts {
             path: path.display().to_string(),
             source,
         })?;
-        let facts: Facts =
-            serde_json::from_str(&text).map_err(|source| FactsFileError::Parse {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let facts: Facts = serde_json::from_str(&text).map_err(|source| FactsFileError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
         if facts.schema_version != SCHEMA_VERSION {
             return Err(FactsFileError::SchemaVersion {
                 path: path.display().to_string(),

@@ -33,7 +33,10 @@ fn gpu(device: &PciDevice, cmdline: Option<&str>) -> Gpu {
         Some(AMD) => GpuVendor::Amd,
         _ => GpuVendor::Other,
     };
-    let display_class = device.class.as_ref().is_some_and(|class| class.base == "03");
+    let display_class = device
+        .class
+        .as_ref()
+        .is_some_and(|class| class.base == "03");
     let device_id = device
         .device_id
         .as_deref()
@@ -58,9 +61,9 @@ fn gpu(device: &PciDevice, cmdline: Option<&str>) -> Gpu {
         // BMC display chips (ASPEED, Matrox), virtual GPUs and the rest: no compute.
         GpuVendor::Other => (None, false, false),
     };
-    let intel = intel_family.zip(device.device_id.as_deref()).map(|(family, id)| {
-        intel_driver_facts(family, id, device.driver.as_deref(), cmdline)
-    });
+    let intel = intel_family
+        .zip(device.device_id.as_deref())
+        .map(|(family, id)| intel_driver_facts(family, id, device.driver.as_deref(), cmdline));
     Gpu {
         pci_address: device.address.clone(),
         vendor,
@@ -140,10 +143,19 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(marketing_name("DG2 [Arc A770]"), "Arc A770");
-        assert_eq!(marketing_name("ASPEED Graphics Family"), "ASPEED Graphics Family");
+        assert_eq!(
+            marketing_name("ASPEED Graphics Family"),
+            "ASPEED Graphics Family"
+        );
         assert_eq!(marketing_name("odd []"), "odd []");
-        assert_eq!(nvidia_family("GH100 [H100 SXM5 80GB]").as_deref(), Some("Hopper"));
-        assert_eq!(nvidia_family("AD102 [GeForce RTX 4090]").as_deref(), Some("Ada Lovelace"));
+        assert_eq!(
+            nvidia_family("GH100 [H100 SXM5 80GB]").as_deref(),
+            Some("Hopper")
+        );
+        assert_eq!(
+            nvidia_family("AD102 [GeForce RTX 4090]").as_deref(),
+            Some("Ada Lovelace")
+        );
         assert_eq!(nvidia_family("GTX 1080"), None);
     }
 }

@@ -32,7 +32,7 @@ pub struct IntelFamily {
     pub ids: &'static [u16],
 }
 
-use IntelKernelDriver::{I915, Xe};
+use IntelKernelDriver::{Xe, I915};
 
 const fn family(
     name: &'static str,
@@ -52,6 +52,7 @@ const fn family(
 }
 
 /// The table. Ids from pciids.h unless noted; see the module comment.
+#[rustfmt::skip]
 pub const FAMILIES: &[IntelFamily] = &[
     // Xe-LP (Gen12) integrated: i915 by default, xe only with force_probe.
     family("Tiger Lake", true, I915, false, &[
@@ -114,7 +115,9 @@ pub const FAMILIES: &[IntelFamily] = &[
 
 /// The family of an Intel device id, if the table knows it.
 pub fn family_of(device_id: u16) -> Option<&'static IntelFamily> {
-    FAMILIES.iter().find(|family| family.ids.contains(&device_id))
+    FAMILIES
+        .iter()
+        .find(|family| family.ids.contains(&device_id))
 }
 
 #[cfg(test)]

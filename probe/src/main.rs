@@ -77,7 +77,10 @@ fn main() -> ExitCode {
         }
         None => {
             let mut stdout = std::io::stdout().lock();
-            if let Err(err) = stdout.write_all(rendered.as_bytes()).and_then(|_| stdout.flush()) {
+            if let Err(err) = stdout
+                .write_all(rendered.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
                 // A closed pipe (`xpu-probe | head`) is not worth a message.
                 if err.kind() != std::io::ErrorKind::BrokenPipe {
                     eprintln!("xpu-probe: cannot write to standard output: {err}");

@@ -28,7 +28,7 @@ fn parse_hex(text: &str, max: u64, what: &str) -> Result<u64, ParseError> {
         .or_else(|| trimmed.strip_prefix("0X"))
         .unwrap_or(trimmed);
     if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(expected(format!("{what}")));
+        return Err(expected(what));
     }
     match u64::from_str_radix(digits, 16) {
         Ok(value) if value <= max => Ok(value),
@@ -91,7 +91,9 @@ pub fn decimal_u32(text: &str) -> Result<u32, ParseError> {
     if trimmed.is_empty() || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
         return Err(expected("a decimal number"));
     }
-    trimmed.parse().map_err(|_| expected("a decimal number below 2^32"))
+    trimmed
+        .parse()
+        .map_err(|_| expected("a decimal number below 2^32"))
 }
 
 /// The `numa_node` attribute: `-1` (no NUMA information) gives `None`.
@@ -338,8 +340,14 @@ mod tests {
         assert_eq!(
             resource(text),
             Ok(vec![
-                Bar { index: 0, size: 512 << 10 },
-                Bar { index: 2, size: 128 << 30 },
+                Bar {
+                    index: 0,
+                    size: 512 << 10
+                },
+                Bar {
+                    index: 2,
+                    size: 128 << 30
+                },
             ])
         );
         assert!(resource("0x0 0x1\n").is_err());
@@ -401,6 +409,9 @@ mod tests {
         let i915 = force_probe_ids(cmdline, "i915");
         assert!(!force_probe_allows(&i915, "e20b"));
         assert!(force_probe_allows(&["*".to_string()], "56c0"));
-        assert!(!force_probe_allows(&["*".to_string(), "!56c0".to_string()], "56c0"));
+        assert!(!force_probe_allows(
+            &["*".to_string(), "!56c0".to_string()],
+            "56c0"
+        ));
     }
 }

@@ -66,7 +66,9 @@ fn read_device(reader: &mut Reader, dir: &Path, address: String) -> Option<PciDe
     let path = dir.join(&address);
     if !is_pci_address(&address) {
         let shown = reader.display(&path);
-        reader.warn(format!("ignoring {shown}: not a PCI address (dddd:bb:dd.f)"));
+        reader.warn(format!(
+            "ignoring {shown}: not a PCI address (dddd:bb:dd.f)"
+        ));
         return None;
     }
     let dir = match Dir::open(&path) {
@@ -86,10 +88,8 @@ fn read_device(reader: &mut Reader, dir: &Path, address: String) -> Option<PciDe
 
     let vendor = hex_attribute(reader, path, "vendor", true, parse::hex_u16);
     let device = hex_attribute(reader, path, "device", true, parse::hex_u16);
-    let subsystem_vendor =
-        hex_attribute(reader, path, "subsystem_vendor", false, parse::hex_u16);
-    let subsystem_device =
-        hex_attribute(reader, path, "subsystem_device", false, parse::hex_u16);
+    let subsystem_vendor = hex_attribute(reader, path, "subsystem_vendor", false, parse::hex_u16);
+    let subsystem_device = hex_attribute(reader, path, "subsystem_device", false, parse::hex_u16);
     let revision = hex_attribute(reader, path, "revision", false, parse::hex_u8);
     let class = hex_attribute(reader, path, "class", true, parse::pci_class);
 

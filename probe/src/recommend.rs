@@ -163,7 +163,11 @@ fn intel_gpu(gpus: &[&Gpu], inputs: &Inputs, warnings: &mut Vec<String>) -> Reco
     let mut kernel_params = Vec::new();
     for gpu in gpus {
         let family = gpu.family.as_deref().unwrap_or("unknown family");
-        let kind = if gpu.integrated { "integrated" } else { "discrete" };
+        let kind = if gpu.integrated {
+            "integrated"
+        } else {
+            "discrete"
+        };
         reasons.push(format!("Intel {kind} GPU {} ({family})", describe(gpu)));
         if let Some(intel) = &gpu.intel {
             if intel.force_probe.needed && !kernel_params.contains(&intel.force_probe.param) {
@@ -293,13 +297,15 @@ fn match_level_zero_devices(
         .flat_map(|driver| driver.devices.iter().map(move |device| (driver, device)))
         .collect();
     for gpu in gpus {
-        let listed = devices.iter().find(|(_, device)| match &device.pci_address {
-            Some(address) => address.eq_ignore_ascii_case(&gpu.pci_address),
-            None => {
-                device.vendor_id.eq_ignore_ascii_case(crate::gpu::INTEL)
-                    && Some(device.device_id.to_ascii_lowercase()) == gpu.device_id
-            }
-        });
+        let listed = devices
+            .iter()
+            .find(|(_, device)| match &device.pci_address {
+                Some(address) => address.eq_ignore_ascii_case(&gpu.pci_address),
+                None => {
+                    device.vendor_id.eq_ignore_ascii_case(crate::gpu::INTEL)
+                        && Some(device.device_id.to_ascii_lowercase()) == gpu.device_id
+                }
+            });
         match listed {
             Some((driver, device)) => reasons.push(format!(
                 "Level Zero driver {} lists {} as \"{}\"",
@@ -398,14 +404,27 @@ mod tests {
         let r = recommend_with(&[arc()], &driver_with("56a0"));
         assert_eq!(r.variant, Variant::ExoIntel);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-        assert!(r.reasons.iter().any(|s| s.contains("Level Zero driver 1.3.26918 lists 0000:03:00.0")));
+        assert!(r
+            .reasons
+            .iter()
+            .any(|s| s.contains("Level Zero driver 1.3.26918 lists 0000:03:00.0")));
     }
 
     #[test]
     fn level_zero_not_listing_the_gpu_is_a_warning() {
         let r = recommend_with(&[arc()], &driver_with("e20b"));
-        assert!(r.warnings.iter().any(|w| w.starts_with("Level Zero does not list Arc A770")), "{:?}", r.warnings);
-        assert!(!r.reasons.iter().any(|s| s.contains("Level Zero driver")), "{:?}", r.reasons);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("Level Zero does not list Arc A770")),
+            "{:?}",
+            r.warnings
+        );
+        assert!(
+            !r.reasons.iter().any(|s| s.contains("Level Zero driver")),
+            "{:?}",
+            r.reasons
+        );
     }
 
     #[test]
@@ -413,7 +432,13 @@ mod tests {
         let mut facts = driver_with("56a0");
         facts.drivers[0].devices[0].pci_address = Some("0000:04:00.0".into());
         let r = recommend_with(&[arc()], &facts);
-        assert!(r.warnings.iter().any(|w| w.starts_with("Level Zero does not list")), "{:?}", r.warnings);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("Level Zero does not list")),
+            "{:?}",
+            r.warnings
+        );
         facts.drivers[0].devices[0].pci_address = Some("0000:03:00.0".into());
         let r = recommend_with(&[arc()], &facts);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
@@ -422,7 +447,10 @@ mod tests {
     #[test]
     fn missing_loader_and_failed_init_are_warnings() {
         let r = recommend_with(&[arc()], &LevelZeroFacts::default());
-        assert!(r.warnings.iter().any(|w| w.contains("loader (libze_loader.so.1) was not found")));
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.contains("loader (libze_loader.so.1) was not found")));
         let failed = LevelZeroFacts {
             loader_found: true,
             error: Some(LevelZeroError {
@@ -433,10 +461,25 @@ mod tests {
             ..Default::default()
         };
         let r = recommend_with(&[arc()], &failed);
-        assert!(r.warnings.iter().any(|w| w.contains("ZE_RESULT_ERROR_UNINITIALIZED")), "{:?}", r.warnings);
-        let empty = LevelZeroFacts { loader_found: true, ..Default::default() };
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("ZE_RESULT_ERROR_UNINITIALIZED")),
+            "{:?}",
+            r.warnings
+        );
+        let empty = LevelZeroFacts {
+            loader_found: true,
+            ..Default::default()
+        };
         let r = recommend_with(&[arc()], &empty);
-        assert!(r.warnings.iter().any(|w| w.contains("no driver with a device")), "{:?}", r.warnings);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("no driver with a device")),
+            "{:?}",
+            r.warnings
+        );
     }
 
     #[test]
@@ -467,7 +510,10 @@ mod tests {
         let r = recommend_with(&[arc(), h100.clone()], &crate::level_zero::skipped());
         assert_eq!(r.variant, Variant::ExoCuda);
         assert_eq!(r.device_allow, NVIDIA_DEVICE_ALLOW);
-        let reserved = Gpu { driver: Some("vfio-pci".into()), ..h100 };
+        let reserved = Gpu {
+            driver: Some("vfio-pci".into()),
+            ..h100
+        };
         let r = recommend_with(&[arc(), reserved], &crate::level_zero::skipped());
         assert_eq!(r.variant, Variant::ExoIntel);
         assert!(r.warnings.iter().any(|w| w.contains("vfio-pci")));
@@ -475,8 +521,17 @@ mod tests {
 
     #[test]
     fn wrong_intel_driver_is_a_warning() {
-        let gpu = Gpu { driver: Some("xe".into()), ..arc() };
+        let gpu = Gpu {
+            driver: Some("xe".into()),
+            ..arc()
+        };
         let r = recommend_with(&[gpu], &crate::level_zero::skipped());
-        assert!(r.warnings.iter().any(|w| w.contains("bound to xe, but compute needs i915")), "{:?}", r.warnings);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("bound to xe, but compute needs i915")),
+            "{:?}",
+            r.warnings
+        );
     }
 }

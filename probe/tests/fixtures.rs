@@ -36,14 +36,24 @@ fn arc_a770_on_i915_with_igpu() {
     assert_eq!(arc.subsystem_device_id.as_deref(), Some("1020"));
     assert_eq!(arc.revision.as_deref(), Some("08"));
     let class = arc.class.as_ref().unwrap();
-    assert_eq!((class.base.as_str(), class.sub.as_str(), class.prog_if.as_str()), ("03", "00", "00"));
+    assert_eq!(
+        (
+            class.base.as_str(),
+            class.sub.as_str(),
+            class.prog_if.as_str()
+        ),
+        ("03", "00", "00")
+    );
     assert_eq!(arc.vendor_name.as_deref(), Some("Intel Corporation"));
     assert_eq!(arc.device_name.as_deref(), Some("DG2 [Arc A770]"));
     assert_eq!(arc.driver.as_deref(), Some("i915"));
     assert_eq!(arc.numa_node, Some(0));
     assert_eq!(arc.iommu_group, Some(15));
     let link = arc.link.as_ref().unwrap();
-    assert_eq!((link.current_speed, link.current_width), (Some(2.5), Some(1)));
+    assert_eq!(
+        (link.current_speed, link.current_width),
+        (Some(2.5), Some(1))
+    );
     let drm = arc.drm.as_ref().unwrap();
     assert_eq!(drm.card.as_deref(), Some("/dev/dri/card1"));
     assert_eq!(drm.render.as_deref(), Some("/dev/dri/renderD129"));
@@ -104,7 +114,10 @@ fn arc_b580_on_xe() {
     assert_eq!(intel.force_probe.param, "xe.force_probe=e20b");
     assert!(!intel.force_probe.needed);
     let link = pci(&facts, "0000:03:00.0").link.clone().unwrap();
-    assert_eq!((link.current_speed, link.current_width, link.max_width), (Some(16.0), Some(8), Some(8)));
+    assert_eq!(
+        (link.current_speed, link.current_width, link.max_width),
+        (Some(16.0), Some(8), Some(8))
+    );
     assert_eq!(facts.recommendation.variant, Variant::ExoIntel);
     assert!(facts.recommendation.kernel_params.is_empty());
 }
@@ -117,19 +130,25 @@ fn data_center_max_1550() {
     assert_eq!(max.family.as_deref(), Some("Data Center Max"));
     assert_eq!(max.name.as_deref(), Some("Data Center GPU Max 1550"));
     assert!(max.compute_capable && !max.integrated);
-    assert_eq!(max.intel.as_ref().unwrap().required_driver, IntelKernelDriver::I915);
+    assert_eq!(
+        max.intel.as_ref().unwrap().required_driver,
+        IntelKernelDriver::I915
+    );
     let device = pci(&facts, "0000:4d:00.0");
     let class = device.class.as_ref().unwrap();
     assert_eq!((class.base.as_str(), class.sub.as_str()), ("03", "80"));
     let sriov = device.sriov.as_ref().unwrap();
     assert_eq!((sriov.total_vfs, sriov.num_vfs), (63, 0));
-    assert_eq!(device.bars.iter().find(|b| b.index == 2).unwrap().size, 128 << 30);
+    assert_eq!(
+        device.bars.iter().find(|b| b.index == 2).unwrap().size,
+        128 << 30
+    );
     // The BMC next to it is a GPU-class function but not for compute.
     let bmc = gpu(&facts, "0000:03:00.0");
     assert_eq!(bmc.vendor, GpuVendor::Other);
     assert!(!bmc.compute_capable);
     assert_eq!(facts.recommendation.variant, Variant::ExoIntel);
-    assert_eq!(facts.cpu.as_ref().unwrap().flags.amx_bf16, true);
+    assert!(facts.cpu.as_ref().unwrap().flags.amx_bf16);
 }
 
 #[test]
@@ -147,7 +166,11 @@ fn flex_170_bound_to_no_driver() {
     let r = &facts.recommendation;
     assert_eq!(r.variant, Variant::ExoIntel);
     assert_eq!(r.kernel_params, vec!["i915.force_probe=56c0"]);
-    assert!(has_warning(&facts, "bound to no kernel driver"), "{:?}", r.warnings);
+    assert!(
+        has_warning(&facts, "bound to no kernel driver"),
+        "{:?}",
+        r.warnings
+    );
     assert!(has_warning(&facts, "i915.force_probe=56c0"));
 }
 
@@ -174,7 +197,12 @@ fn nvidia_h100() {
     assert_eq!(r.variant, Variant::ExoCuda);
     assert_eq!(
         r.device_allow,
-        vec!["char-nvidiactl", "char-nvidia-caps", "char-nvidia-frontend", "char-nvidia-uvm"]
+        vec![
+            "char-nvidiactl",
+            "char-nvidia-caps",
+            "char-nvidia-frontend",
+            "char-nvidia-uvm"
+        ]
     );
     assert!(r.supplementary_groups.is_empty());
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
@@ -188,7 +216,10 @@ fn amd_mi300x_runs_on_cpu() {
     assert_eq!(mi.vendor, GpuVendor::Amd);
     assert_eq!(mi.name.as_deref(), Some("Instinct MI300X"));
     assert!(mi.compute_capable);
-    assert_eq!(pci(&facts, "0000:11:00.0").class.as_ref().unwrap().sub, "80");
+    assert_eq!(
+        pci(&facts, "0000:11:00.0").class.as_ref().unwrap().sub,
+        "80"
+    );
     let r = &facts.recommendation;
     assert_eq!(r.variant, Variant::ExoCpu);
     assert!(r.device_allow.is_empty());
@@ -218,7 +249,10 @@ fn virtio_only_vm() {
     assert!(facts.warnings.is_empty(), "{:?}", facts.warnings);
     assert_eq!(facts.virtualization.as_deref(), Some("qemu"));
     assert_eq!(facts.pci.len(), 5);
-    assert!(facts.pci.iter().all(|d| d.link.is_none() && d.numa_node.is_none()));
+    assert!(facts
+        .pci
+        .iter()
+        .all(|d| d.link.is_none() && d.numa_node.is_none()));
     let virtio_gpu = gpu(&facts, "0000:00:04.0");
     assert!(!virtio_gpu.compute_capable);
     assert_eq!(facts.recommendation.variant, Variant::ExoCpu);
@@ -226,9 +260,17 @@ fn virtio_only_vm() {
 
 #[test]
 fn broken_tree_gives_partial_facts_and_warnings() {
-    let output = common::run(&["--root", common::fixture("broken").to_str().unwrap(), "--no-level-zero"]);
+    let output = common::run(&[
+        "--root",
+        common::fixture("broken").to_str().unwrap(),
+        "--no-level-zero",
+    ]);
     assert_eq!(output.status.code(), Some(0));
-    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let facts: xpu_probe::Facts = serde_json::from_slice(&output.stdout).unwrap();
 
     // Garbage values: null fields, one warning each, naming file and value.
@@ -241,7 +283,10 @@ fn broken_tree_gives_partial_facts_and_warnings() {
     assert_eq!(garbage.sriov, None);
     assert!(garbage.bars.is_empty());
     let link = garbage.link.as_ref().unwrap();
-    assert_eq!((link.current_speed, link.current_width, link.max_speed), (None, None, Some(32.0)));
+    assert_eq!(
+        (link.current_speed, link.current_width, link.max_speed),
+        (None, None, Some(32.0))
+    );
     for needle in [
         "0000:00:02.0/vendor: expected a 16-bit hex id like 0x8086, found \"0xZZZZ\"",
         "0000:00:02.0/revision",
@@ -271,7 +316,12 @@ fn broken_tree_gives_partial_facts_and_warnings() {
     assert_eq!(pci(&facts, "0000:00:03.0").driver.as_deref(), Some("gone"));
     assert_eq!(pci(&facts, "0000:00:04.0").device_id, None);
     assert_eq!(facts.pci.len(), 3);
-    assert!(facts.cpu.is_none() && facts.memory.is_none() && facts.kernel.is_none() && facts.nvidia.is_none());
+    assert!(
+        facts.cpu.is_none()
+            && facts.memory.is_none()
+            && facts.kernel.is_none()
+            && facts.nvidia.is_none()
+    );
     assert_eq!(facts.recommendation.variant, Variant::ExoCpu);
 }
 
@@ -289,7 +339,11 @@ fn every_fixture_probes_cleanly() {
         assert_eq!(addresses, sorted, "{name}");
         // Every GPU is a PCI function.
         for gpu in &facts.gpus {
-            assert!(addresses.contains(&gpu.pci_address.as_str()), "{name}: {}", gpu.pci_address);
+            assert!(
+                addresses.contains(&gpu.pci_address.as_str()),
+                "{name}: {}",
+                gpu.pci_address
+            );
         }
     }
 }

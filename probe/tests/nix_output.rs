@@ -30,8 +30,16 @@ fn nix_output_parses_for_every_fixture() {
             "-o",
             file.to_str().unwrap(),
         ]);
-        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
-        let parsed = Command::new(nix).arg("--parse").arg(&file).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed = Command::new(nix)
+            .arg("--parse")
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(
             parsed.status.success(),
             "{name}: nix-instantiate --parse failed: {}\n{}",
@@ -55,10 +63,18 @@ fn nix_output_equals_json_output() {
             .arg(String::from_utf8(nix_text.stdout).unwrap())
             .output()
             .unwrap();
-        assert!(evaluated.status.success(), "{name}: {}", String::from_utf8_lossy(&evaluated.stderr));
+        assert!(
+            evaluated.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&evaluated.stderr)
+        );
         let from_nix: serde_json::Value = serde_json::from_slice(&evaluated.stdout).unwrap();
         let from_json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-        assert_eq!(numbers_as_floats(from_nix), numbers_as_floats(from_json), "{name}");
+        assert_eq!(
+            numbers_as_floats(from_nix),
+            numbers_as_floats(from_json),
+            "{name}"
+        );
     }
 }
 
@@ -68,7 +84,11 @@ fn numbers_as_floats(value: serde_json::Value) -> serde_json::Value {
     match value {
         Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
         Value::Array(items) => Value::Array(items.into_iter().map(numbers_as_floats).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, numbers_as_floats(v))).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, numbers_as_floats(v)))
+                .collect(),
+        ),
         other => other,
     }
 }

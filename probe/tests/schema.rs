@@ -45,14 +45,21 @@ fn assert_valid(validator: &jsonschema::Validator, json: &serde_json::Value, wha
         .iter_errors(json)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
-    assert!(errors.is_empty(), "{what} does not match the schema: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "{what} does not match the schema: {errors:#?}"
+    );
 }
 
 #[test]
 fn every_fixture_validates() {
     let validator = validator();
     for name in common::all_fixtures() {
-        let output = common::run(&["--root", common::fixture(&name).to_str().unwrap(), "--no-level-zero"]);
+        let output = common::run(&[
+            "--root",
+            common::fixture(&name).to_str().unwrap(),
+            "--no-level-zero",
+        ]);
         assert!(output.status.success());
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_valid(&validator, &json, &name);
@@ -62,17 +69,30 @@ fn every_fixture_validates() {
 #[test]
 fn schema_rejects_wrong_documents() {
     let validator = validator();
-    let output = common::run(&["--root", common::fixture("h100").to_str().unwrap(), "--no-level-zero"]);
+    let output = common::run(&[
+        "--root",
+        common::fixture("h100").to_str().unwrap(),
+        "--no-level-zero",
+    ]);
     let good: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let mut bad = good.clone();
     bad["recommendation"]["variant"] = "exo-rocm".into();
-    assert!(!validator.is_valid(&bad), "an unknown variant must not validate");
+    assert!(
+        !validator.is_valid(&bad),
+        "an unknown variant must not validate"
+    );
     let mut bad = good.clone();
     bad.as_object_mut().unwrap().remove("gpus");
-    assert!(!validator.is_valid(&bad), "a document without gpus must not validate");
+    assert!(
+        !validator.is_valid(&bad),
+        "a document without gpus must not validate"
+    );
     let mut bad = good.clone();
     bad["gpus"][0]["device_id"] = "0x2330".into();
-    assert!(!validator.is_valid(&bad), "ids are 4 lowercase hex digits without 0x");
+    assert!(
+        !validator.is_valid(&bad),
+        "ids are 4 lowercase hex digits without 0x"
+    );
     let mut bad = good;
     bad["pci"][0]["bars"] = "none".into();
     assert!(!validator.is_valid(&bad), "bars must be a list");
@@ -82,13 +102,30 @@ fn schema_rejects_wrong_documents() {
 #[test]
 fn this_machine() {
     let output = common::run(&["--root", "/"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_valid(&validator(), &json, "the facts of this machine");
     let facts: xpu_probe::Facts = serde_json::from_value(json).unwrap();
-    assert!(!facts.pci.is_empty() || facts.warnings.iter().any(|w| w.contains("/sys/bus/pci/devices")));
-    assert!(facts.cpu.is_some() && facts.memory.is_some() && facts.kernel.is_some(), "{:?}", facts.warnings);
-    assert!(!facts.level_zero.skipped, "Level Zero is queried unless --no-level-zero");
+    assert!(
+        !facts.pci.is_empty()
+            || facts
+                .warnings
+                .iter()
+                .any(|w| w.contains("/sys/bus/pci/devices"))
+    );
+    assert!(
+        facts.cpu.is_some() && facts.memory.is_some() && facts.kernel.is_some(),
+        "{:?}",
+        facts.warnings
+    );
+    assert!(
+        !facts.level_zero.skipped,
+        "Level Zero is queried unless --no-level-zero"
+    );
     if !facts.gpus.iter().any(|g| g.compute_capable) {
         assert_eq!(facts.recommendation.variant, xpu_probe::Variant::ExoCpu);
     }
@@ -111,13 +148,22 @@ fn facts_file_round_trip() {
     assert_eq!(facts.recommendation.variant, xpu_probe::Variant::ExoIntel);
 
     std::fs::write(&path, "{\"schema_version\": 1}").unwrap();
-    let err = xpu_probe::Facts::from_json_file(&path).unwrap_err().to_string();
-    assert!(err.contains("not a valid xpu-probe facts file") && err.contains("xpu-probe -o"), "{err}");
-    let err = xpu_probe::Facts::from_json_file(&dir.path().join("missing.json")).unwrap_err().to_string();
+    let err = xpu_probe::Facts::from_json_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not a valid xpu-probe facts file") && err.contains("xpu-probe -o"),
+        "{err}"
+    );
+    let err = xpu_probe::Facts::from_json_file(&dir.path().join("missing.json"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot read facts file"), "{err}");
     let mut value: serde_json::Value = serde_json::to_value(&facts).unwrap();
     value["schema_version"] = 2.into();
     std::fs::write(&path, value.to_string()).unwrap();
-    let err = xpu_probe::Facts::from_json_file(&path).unwrap_err().to_string();
+    let err = xpu_probe::Facts::from_json_file(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("schema_version 2"), "{err}");
 }

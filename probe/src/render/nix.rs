@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(render(json!(32.0)), "32.0");
         assert_eq!(render(json!(1e21)), "1.0e21");
         assert_eq!(render(json!(-2.5)), "(-2.5)");
-        assert_eq!(render(json!("a\"b\\c${d}$e\n")), "\"a\\\"b\\\\c\\${d}$e\\n\"");
+        assert_eq!(
+            render(json!("a\"b\\c${d}$e\n")),
+            "\"a\\\"b\\\\c\\${d}$e\\n\""
+        );
     }
 
     #[test]

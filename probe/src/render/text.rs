@@ -50,7 +50,11 @@ pub fn text(facts: &Facts) -> String {
                 cpu.model_name.as_deref().unwrap_or("unknown model"),
                 cpu.cores,
                 cpu.threads,
-                if present.is_empty() { "no SIMD extensions of interest".to_string() } else { present.join(" ") }
+                if present.is_empty() {
+                    "no SIMD extensions of interest".to_string()
+                } else {
+                    present.join(" ")
+                }
             );
         }
         None => {
@@ -67,7 +71,11 @@ pub fn text(facts: &Facts) -> String {
     let _ = writeln!(
         out,
         "Kernel: {}{}",
-        facts.kernel.as_ref().map(|k| k.release.as_str()).unwrap_or("unknown"),
+        facts
+            .kernel
+            .as_ref()
+            .map(|k| k.release.as_str())
+            .unwrap_or("unknown"),
         match (&facts.virtualization, &facts.container) {
             (Some(vm), Some(ct)) => format!(" (virtual machine: {vm}, container: {ct})"),
             (Some(vm), None) => format!(" (virtual machine: {vm})"),
@@ -120,11 +128,7 @@ fn gpu_line(gpu: &Gpu) -> String {
     if let Some(family) = &gpu.family {
         let _ = write!(line, " [{family}]");
     }
-    let _ = write!(
-        line,
-        ", driver {}",
-        gpu.driver.as_deref().unwrap_or("none")
-    );
+    let _ = write!(line, ", driver {}", gpu.driver.as_deref().unwrap_or("none"));
     if let Some(render) = &gpu.render_node {
         let _ = write!(line, ", {render}");
     }
