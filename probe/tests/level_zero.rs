@@ -232,7 +232,7 @@ fn telemetry_sums_devices_and_measures_power() {
     let watts = t.power_w.expect("a power reading");
     assert!((watts - 500.0).abs() < 1.0, "{watts}");
 
-    let per_device: Vec<(&str, Option<&str>, Option<u64>, Option<f64>)> = t
+    let per_device: Vec<_> = t
         .devices
         .iter()
         .map(|d| (d.name.as_str(), d.pci_address.as_deref(), d.memory_used_bytes, d.temperature_c))

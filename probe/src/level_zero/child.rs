@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use wait_timeout::ChildExt;
 
-use super::collect::{DONE, FACTS, STEP};
+use super::protocol::{DONE, FACTS, STEP};
 use super::{codes, LevelZeroError, LevelZeroFacts, QueryOptions, Telemetry, CHILD_ENV};
 
 /// At most this much of each of the child's output streams is kept. A real answer is a

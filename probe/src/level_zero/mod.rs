@@ -20,6 +20,8 @@
 mod child;
 mod collect;
 pub mod monitor;
+mod protocol;
+mod sample;
 
 pub use monitor::TelemetryMonitor;
 
@@ -269,11 +271,11 @@ pub fn run_child_if_requested() {
     let Some(mode) = std::env::var_os(CHILD_ENV) else { return };
     match mode.to_str() {
         Some("facts") => collect::child_facts(),
-        Some("telemetry") => collect::child_telemetry(),
-        Some("telemetry-stream") => collect::child_telemetry_stream(),
+        Some("telemetry") => sample::child_telemetry(),
+        Some("telemetry-stream") => sample::child_telemetry_stream(),
         _ => {
             eprintln!("{CHILD_ENV}={mode:?}: expected \"facts\", \"telemetry\" or \"telemetry-stream\"");
-            collect::exit_now(2)
+            protocol::exit_now(2)
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::collect::{DONE, TELEMETRY};
+use super::protocol::{DONE, TELEMETRY};
 use super::{QueryOptions, Telemetry, CHILD_ENV, INTERVAL_ENV};
 
 /// Default time between two readings.
