@@ -4,12 +4,16 @@
 //! after a failed `zeInit`, and a broken driver must not take the probe, or the runner
 //! that embeds it, down. The child is this same executable, re-started with the
 //! environment variable [`CHILD_ENV`] set; [`run_child_if_requested`] (called first
-//! thing in `main`) answers and exits. The parent ([`child`]) waits with a timeout and
+//! thing in `main`) answers and exits. The parent waits with a timeout and
 //! turns a crash, a hang or garbage into a [`LevelZeroError`] with a clear meaning.
 //!
-//! - [`query`]: the facts (loader version, drivers, devices) for `xpu-probe`.
+//! - [`query`]: the facts (loader version, drivers, devices) for `xpu-probe`;
 //! - [`telemetry`]: memory use, temperature and power, one reading per call;
 //! - [`TelemetryMonitor`]: the same from one long-lived child, for a server's `/metrics`.
+//!
+//! Inside: `child` (parent side: start, wait, interpret), `protocol` (the lines the
+//! child prints), `collect` (the child's facts queries), `sample` (the child's Sysman
+//! readings) and [`monitor`]. The calls themselves go through `level-zero-sys`.
 //!
 //! Environment variables (all optional):
 //! - `XPU_LEVEL_ZERO_LOADER=/path/libze_loader.so.1`: the loader to use instead of the
