@@ -70,7 +70,7 @@ pub struct LevelZeroFacts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LevelZeroDriver {
     /// Driver version as `major.minor.build` from the top, next and low 16 bits of
-    /// `driverVersion` (compute-runtime encodes 1.3.<NEO build>, e.g. "1.3.26918").
+    /// `driverVersion` (compute-runtime encodes `1.3.<NEO build>`, e.g. "1.3.26918").
     pub version: String,
     /// Level Zero API version the driver implements, e.g. "1.3".
     pub api_version: String,
@@ -85,7 +85,7 @@ pub struct LevelZeroDevice {
     pub name: String,
     /// Device UUID as 32 lowercase hex digits.
     pub uuid: String,
-    /// "gpu", "cpu", "fpga", "mca", "vpu" or "unknown(<n>)".
+    /// "gpu", "cpu", "fpga", "mca", "vpu" or `"unknown(<n>)"`.
     #[serde(rename = "type")]
     pub r#type: String,
     /// PCI vendor id, lowercase hex without `0x` ("8086").
