@@ -81,6 +81,14 @@ PY
     || fail "a $(stat -c %s "$work/big.json")-byte facts file was not read"
 pass "large facts file ($(stat -c %s "$work/big.json") bytes)"
 
+# The VM tests' Python scripts compile (the NixOS test driver runs them where KVM exists).
+for vm in checks/vm-*.nix; do
+    nix-instantiate --eval --strict --json -E "(import ./$vm { self = null; fixture = x: x; }).testScript" \
+        | python3 -c 'import json, sys; compile(json.load(sys.stdin), sys.argv[1], "exec")' "$vm" \
+        || fail "$vm: the test script is not valid Python"
+done
+pass "VM test scripts compile"
+
 # 4. The default model's hash is that of the model the tests use.
 model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
 want=$(sed -n 's/.*outputHash = "\([0-9a-f]\{64\}\)".*/\1/p' packages/default-model.nix)
