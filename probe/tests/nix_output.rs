@@ -1,4 +1,6 @@
 //! `--format nix` parses with `nix-instantiate --parse` and carries the same facts as JSON.
+//! The broken fixture puts `${builtins.abort ...}`, quotes and backslashes into a warning, so
+//! evaluating its Nix output checks the string escaping.
 
 mod common;
 
