@@ -205,3 +205,46 @@ fn result_codes_match_the_c_headers() {
         assert_eq!(c[*name], *value as usize, "{name}");
     }
 }
+
+/// The header's own text, found through the C preprocessor's include search.
+fn header_text(name: &str) -> String {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+    let output = Command::new(&cc)
+        .args(["-E", "-x", "c", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            writeln!(stdin, "#include <level_zero/{name}>")?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap_or_else(|e| panic!("could not run `{cc} -E`: {e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let marker = format!("/level_zero/{name}\"");
+    let path = text
+        .lines()
+        // Line markers look like `# 1 "/usr/include/level_zero/ze_api.h" 1`.
+        .filter(|l| l.starts_with('#') && l.contains(&marker))
+        .find_map(|l| l.split('"').nth(1))
+        .unwrap_or_else(|| panic!("<level_zero/{name}> not found; install libze-dev"));
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+#[test]
+fn every_result_code_of_the_headers_is_known() {
+    let text = header_text("ze_api.h");
+    let start = text.find("typedef enum _ze_result_t").expect("ze_result_t in ze_api.h");
+    let end = start + text[start..].find("} ze_result_t;").expect("end of ze_result_t");
+    let in_header: std::collections::BTreeSet<&str> = text[start..end]
+        .lines()
+        .filter_map(|l| l.trim().split_whitespace().next())
+        .filter(|w| w.starts_with("ZE_RESULT_") && *w != "ZE_RESULT_FORCE_UINT32")
+        .collect();
+    let known: std::collections::BTreeSet<&str> =
+        level_zero_sys::result::RESULT_CODES.iter().map(|(_, name, _)| *name).collect();
+    assert_eq!(in_header, known);
+    assert!(known.len() >= 44, "the 1.4 headers define 44 codes");
+}
