@@ -10,6 +10,9 @@ pub const INTEL: &str = "8086";
 pub const NVIDIA: &str = "10de";
 pub const AMD: &str = "1002";
 
+/// `family` of Intel NPUs (see [`intel::NPU_IDS`]).
+pub const NPU_FAMILY: &str = "NPU";
+
 /// PCI base classes that can hold an accelerator: display controller and processing accelerator.
 const GPU_BASE_CLASSES: [&str; 2] = ["03", "12"];
 
@@ -48,8 +51,14 @@ fn gpu(device: &PciDevice, cmdline: Option<&str>) -> Gpu {
     let (family, integrated, compute_capable) = match vendor {
         // Only ids from the table: older Intel graphics (Gen9/Gen11) and NPUs are not targets.
         GpuVendor::Intel => (
-            intel_family.map(|f| f.name.to_string()),
-            intel_family.is_some_and(|f| f.integrated),
+            match intel_family {
+                Some(family) => Some(family.name.to_string()),
+                None => device_id
+                    .filter(|id| intel::NPU_IDS.contains(id))
+                    .map(|_| NPU_FAMILY.to_string()),
+            },
+            intel_family.is_some_and(|f| f.integrated)
+                || device_id.is_some_and(|id| intel::NPU_IDS.contains(&id)),
             intel_family.is_some(),
         ),
         GpuVendor::Nvidia => (
@@ -139,6 +148,50 @@ fn nvidia_family(pci_ids_name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::PciClass;
+
+    fn device(vendor: &str, device: &str, class: (&str, &str)) -> PciDevice {
+        PciDevice {
+            address: "0000:00:0b.0".into(),
+            vendor_id: Some(vendor.into()),
+            device_id: Some(device.into()),
+            subsystem_vendor_id: None,
+            subsystem_device_id: None,
+            revision: None,
+            class: Some(PciClass {
+                base: class.0.into(),
+                sub: class.1.into(),
+                prog_if: "00".into(),
+            }),
+            vendor_name: None,
+            device_name: None,
+            driver: Some("intel_vpu".into()),
+            numa_node: None,
+            link: None,
+            drm: None,
+            iommu_group: None,
+            sriov: None,
+            bars: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn intel_npu_is_named_but_not_for_compute() {
+        let gpus = gpus(&[device("8086", "7d1d", ("12", "00"))], None);
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(gpus[0].family.as_deref(), Some(NPU_FAMILY));
+        assert!(!gpus[0].compute_capable && gpus[0].intel.is_none());
+    }
+
+    #[test]
+    fn only_display_and_accelerator_classes_are_gpus() {
+        let network = device("8086", "1593", ("02", "00"));
+        let old_igpu = device("8086", "3e92", ("03", "00"));
+        let gpus = gpus(&[network, old_igpu], Some("i915.force_probe=*"));
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(gpus[0].family, None);
+        assert!(!gpus[0].compute_capable);
+    }
 
     #[test]
     fn names() {

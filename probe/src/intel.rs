@@ -113,6 +113,11 @@ pub const FAMILIES: &[IntelFamily] = &[
     ]),
 ];
 
+/// Intel NPUs (class 0x1200, driven by `intel_vpu`): processing accelerators that xpu does
+/// not compute on. Listed so that they are named rather than reported as unknown devices.
+/// Source: Linux `drivers/accel/ivpu/ivpu_drv.h` (`PCI_DEVICE_ID_MTL`, `_ARL`, `_LNL`, `_PTL_P`).
+pub const NPU_IDS: &[u16] = &[0x7d1d, 0xad1d, 0x643e, 0xb03e];
+
 /// The family of an Intel device id, if the table knows it.
 pub fn family_of(device_id: u16) -> Option<&'static IntelFamily> {
     FAMILIES

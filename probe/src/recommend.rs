@@ -70,14 +70,16 @@ fn describe(gpu: &Gpu) -> String {
 
 fn gpu_warnings(gpu: &Gpu, warnings: &mut Vec<String>) {
     match gpu.vendor {
-        GpuVendor::Intel if !gpu.compute_capable => {
+        GpuVendor::Intel
+            if !gpu.compute_capable && gpu.family.as_deref() != Some(crate::gpu::NPU_FAMILY) =>
+        {
             let ids = format!(
                 "{}:{}",
                 gpu.vendor_id.as_deref().unwrap_or("?"),
                 gpu.device_id.as_deref().unwrap_or("?")
             );
             warnings.push(format!(
-                "Intel device {ids} at {} is not in the GPU family table (older than Gen12, an NPU, or newer than this probe); it is not used",
+                "Intel device {ids} at {} is not in the GPU family table (older than Gen12, or newer than this probe); it is not used",
                 gpu.pci_address
             ));
         }
