@@ -358,3 +358,78 @@ fn pipe_closed_early_is_not_an_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn containers_are_detected_from_their_marker_files() {
+    let tree = copy_fixture("virtio-vm");
+    assert_eq!(common::facts_of_root(tree.path()).container, None);
+    std::fs::write(tree.path().join(".dockerenv"), "").unwrap();
+    assert_eq!(
+        common::facts_of_root(tree.path()).container.as_deref(),
+        Some("docker")
+    );
+    std::fs::create_dir_all(tree.path().join("run/systemd")).unwrap();
+    std::fs::write(
+        tree.path().join("run/systemd/container"),
+        "systemd-nspawn\n",
+    )
+    .unwrap();
+    let facts = common::facts_of_root(tree.path());
+    assert_eq!(facts.container.as_deref(), Some("systemd-nspawn"));
+    // The hypervisor underneath is still reported.
+    assert_eq!(facts.virtualization.as_deref(), Some("qemu"));
+}
+
+#[test]
+fn bare_metal_has_no_virtualization() {
+    let tree = copy_fixture("virtio-vm");
+    std::fs::remove_dir_all(tree.path().join("sys/class/dmi")).unwrap();
+    let cpuinfo = std::fs::read_to_string(tree.path().join("proc/cpuinfo")).unwrap();
+    std::fs::write(
+        tree.path().join("proc/cpuinfo"),
+        cpuinfo.replace(" hypervisor", ""),
+    )
+    .unwrap();
+    assert_eq!(common::facts_of_root(tree.path()).virtualization, None);
+    std::fs::write(tree.path().join("proc/cpuinfo"), cpuinfo).unwrap();
+    assert_eq!(
+        common::facts_of_root(tree.path()).virtualization.as_deref(),
+        Some("vm-other")
+    );
+}
+
+#[test]
+fn text_format_for_cuda_and_cpu_hosts() {
+    let output = run(&[
+        "--root",
+        fixture("h100").to_str().unwrap(),
+        "--no-level-zero",
+        "--format",
+        "text",
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with("Recommended variant: exo-cuda\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "DeviceAllow: char-nvidiactl, char-nvidia-caps, char-nvidia-frontend, char-nvidia-uvm"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("NVIDIA driver: 580.159.04"), "{text}");
+    assert!(text.contains("(virtual machine: vm-other)"), "{text}");
+    assert!(!text.contains("Warnings:"), "{text}");
+
+    let output = run(&[
+        "--root",
+        fixture("aspeed-only").to_str().unwrap(),
+        "--no-level-zero",
+        "--format",
+        "text",
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("Recommended variant: exo-cpu\n"), "{text}");
+    assert!(!text.contains("DeviceAllow"), "{text}");
+}
