@@ -457,3 +457,47 @@ fn a_second_driver_that_fails_init_is_dropped_and_the_first_still_reported() {
     assert_eq!(facts.drivers.len(), 1);
     assert_eq!(facts.drivers[0].devices[0].device_id, "56a0");
 }
+
+/// The user-facing knobs of the binary: the timeout variable (valid and invalid) and a
+/// bogus child mode.
+#[test]
+fn the_binary_honours_the_timeout_variable_and_rejects_a_bogus_child_mode() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/virtio-vm");
+    let run = |timeout: &str| {
+        let started = Instant::now();
+        let output = Command::new(PROBE)
+            .arg("--root")
+            .arg(&fixture)
+            .env("ZE_ENABLE_ALT_DRIVERS", fake_driver())
+            .env("FAKE_ZE_HANG_IN", "zeDriverGet")
+            .env("XPU_LEVEL_ZERO_TIMEOUT_SECS", timeout)
+            .output()
+            .expect("xpu-probe runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let facts: serde_json::Value = serde_json::from_slice(&output.stdout).expect("facts JSON");
+        (started.elapsed(), facts)
+    };
+    let (took, facts) = run("0.5");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let meaning = facts["level_zero"]["error"]["meaning"].as_str().expect("an error").to_string();
+    assert!(meaning.contains("within 0.5 s during zeDriverGet"), "{meaning}");
+
+    // An invalid value is reported, not silently replaced (the query then runs with
+    // the 20 s default, so it must not hang here: use a driver that answers).
+    let output = Command::new(PROBE)
+        .arg("--root")
+        .arg(&fixture)
+        .env("ZE_ENABLE_ALT_DRIVERS", fake_driver())
+        .env("XPU_LEVEL_ZERO_TIMEOUT_SECS", "soon")
+        .output()
+        .expect("xpu-probe runs");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("XPU_LEVEL_ZERO_TIMEOUT_SECS=\"soon\" is not a number of seconds"), "{stderr}");
+
+    let output = Command::new(PROBE).env("XPU_LEVEL_ZERO_CHILD", "bogus").output().expect("xpu-probe runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("XPU_LEVEL_ZERO_CHILD=\"bogus\": expected"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}

@@ -228,14 +228,26 @@ pub struct QueryOptions {
 impl Default for QueryOptions {
     /// This executable, the timeout from `XPU_LEVEL_ZERO_TIMEOUT_SECS` or 20 s, no extra
     /// environment.
+    ///
+    /// An invalid `XPU_LEVEL_ZERO_TIMEOUT_SECS` is reported on stderr and the default
+    /// used: a typo must not disable the time limit or the query.
     fn default() -> Self {
-        let timeout = std::env::var(TIMEOUT_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|secs| secs.is_finite() && *secs > 0.0)
-            .map(Duration::from_secs_f64)
-            .unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = match std::env::var_os(TIMEOUT_ENV) {
+            None => DEFAULT_TIMEOUT,
+            Some(value) => parse_timeout(&value.to_string_lossy()).unwrap_or_else(|problem| {
+                eprintln!("warning: {problem}; using {} s", DEFAULT_TIMEOUT.as_secs());
+                DEFAULT_TIMEOUT
+            }),
+        };
         QueryOptions { exe: None, timeout, env: Vec::new() }
+    }
+}
+
+/// Parses a timeout in seconds (fractions allowed, at most a day).
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("{TIMEOUT_ENV}={value:?} is not a number of seconds between 0 and 86400")),
     }
 }
 
@@ -287,6 +299,16 @@ pub fn run_child_if_requested() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_timeout(" 60 "), Ok(Duration::from_secs(60)));
+        for bad in ["", "abc", "0", "-1", "inf", "NaN", "1e9"] {
+            let problem = parse_timeout(bad).expect_err(bad);
+            assert!(problem.starts_with("XPU_LEVEL_ZERO_TIMEOUT_SECS="), "{problem}");
+        }
+    }
 
     #[test]
     fn telemetry_aggregates_what_devices_report() {
