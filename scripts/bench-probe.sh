@@ -16,7 +16,7 @@ root=/
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) root=${2:?--root needs a directory}; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *[!0-9]*|'') echo "bench-probe.sh: unknown argument '$1' (expected RUNS or --root DIR)" >&2; exit 2 ;;
         *) runs=$1; shift ;;
     esac
