@@ -68,6 +68,7 @@ pub fn probe(options: &ProbeOptions) -> Facts {
     };
     let recommendation = recommend::recommend(&recommend::Inputs {
         gpus: &gpus,
+        pci: &pci,
         nvidia: nvidia.as_ref(),
         level_zero: &level_zero,
         root: &options.root,

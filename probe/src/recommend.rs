@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::facts::{Gpu, GpuVendor, NvidiaDriver, Recommendation, Variant};
+use crate::facts::{Gpu, GpuVendor, NvidiaDriver, PciDevice, Recommendation, Variant};
 use crate::level_zero::LevelZeroFacts;
 
 /// systemd `DeviceAllow=` entries for Intel compute: every DRM node (by device class).
@@ -28,6 +28,8 @@ const PASSTHROUGH_DRIVER: &str = "vfio-pci";
 /// What the recommendation looks at.
 pub struct Inputs<'a> {
     pub gpus: &'a [Gpu],
+    /// All PCI functions (for BAR sizes).
+    pub pci: &'a [PciDevice],
     pub nvidia: Option<&'a NvidiaDriver>,
     pub level_zero: &'a LevelZeroFacts,
     /// The probe root; device nodes are checked under `<root>/dev` when that exists.
@@ -183,6 +185,7 @@ fn intel_gpu(gpus: &[&Gpu], inputs: &Inputs, warnings: &mut Vec<String>) -> Reco
             ));
         }
         render_node_warnings(gpu, inputs.root, warnings);
+        small_bar_warning(gpu, inputs.pci, warnings);
     }
     match level_zero_warning(inputs.level_zero) {
         Some(warning) => warnings.push(warning),
@@ -225,6 +228,45 @@ fn cpu(gpus: &[Gpu], amd: &[&Gpu]) -> Recommendation {
         supplementary_groups: Vec::new(),
         warnings,
     }
+}
+
+/// Largest BAR of a discrete Intel GPU that still means "Resizable BAR is off": without it
+/// the VRAM aperture is the legacy 256 MiB window.
+const SMALL_BAR_BYTES: u64 = 256 << 20;
+
+/// Discrete Intel GPUs need Resizable BAR: compute-runtime refuses to start on xe without it
+/// (`isSmallBarConfigAllowed() == false`) and is slow on i915. With ReBAR on, the VRAM BAR
+/// (BAR2) spans the whole memory (gigabytes); off, every BAR is 256 MiB or less.
+fn small_bar_warning(gpu: &Gpu, pci: &[PciDevice], warnings: &mut Vec<String>) {
+    if gpu.integrated {
+        return;
+    }
+    let Some(device) = pci.iter().find(|d| d.address == gpu.pci_address) else {
+        return;
+    };
+    let Some(largest) = device
+        .bars
+        .iter()
+        .filter(|b| b.index < 6)
+        .map(|b| b.size)
+        .max()
+    else {
+        return;
+    };
+    if largest > SMALL_BAR_BYTES {
+        return;
+    }
+    let consequence = match &gpu.intel {
+        Some(intel) if intel.required_driver == crate::facts::IntelKernelDriver::Xe => {
+            "the compute runtime refuses to start on xe without it"
+        }
+        _ => "the compute runtime is slow without it",
+    };
+    warnings.push(format!(
+        "{} has no BAR larger than {} MiB, so Resizable BAR looks disabled; {consequence}. Enable \"Above 4G decoding\" and \"Re-Size BAR support\" in the firmware setup",
+        describe(gpu),
+        largest >> 20
+    ));
 }
 
 /// The render node must exist and be readable and writable by the current user (the service
@@ -377,6 +419,7 @@ mod tests {
         let root = Path::new("/nonexistent-xpu-root");
         recommend(&Inputs {
             gpus,
+            pci: &[],
             nvidia: None,
             level_zero,
             root,

@@ -433,3 +433,37 @@ fn text_format_for_cuda_and_cpu_hosts() {
     assert!(text.starts_with("Recommended variant: exo-cpu\n"), "{text}");
     assert!(!text.contains("DeviceAllow"), "{text}");
 }
+
+#[test]
+fn small_bar_on_a_discrete_intel_gpu_is_a_warning() {
+    let tree = copy_fixture("arc-b580-xe");
+    let resource = tree.path().join(
+        "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/0000:02:01.0/0000:03:00.0/resource",
+    );
+    let text = std::fs::read_to_string(&resource).unwrap();
+    // BAR2: 16 GiB with Resizable BAR, the legacy 256 MiB window without.
+    let small = text.replace(
+        "0x0000004000000000 0x00000043ffffffff",
+        "0x0000004000000000 0x000000400fffffff",
+    );
+    assert_ne!(
+        small, text,
+        "the fixture's BAR2 line changed; update this test"
+    );
+    assert!(common::facts_of_root(tree.path())
+        .recommendation
+        .warnings
+        .is_empty());
+    std::fs::write(&resource, small).unwrap();
+    let facts = common::facts_of_root(tree.path());
+    assert!(
+        facts
+            .recommendation
+            .warnings
+            .iter()
+            .any(|w| w.contains("Resizable BAR looks disabled")
+                && w.contains("refuses to start on xe")),
+        "{:?}",
+        facts.recommendation.warnings
+    );
+}
