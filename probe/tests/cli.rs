@@ -158,9 +158,15 @@ fn copy_fixture(name: &str) -> tempfile::TempDir {
 fn run_unprivileged(root: &std::path::Path) -> xpu_probe::Facts {
     let is_root = unsafe { libc::geteuid() } == 0;
     let mut command = if is_root {
+        // The build directory may sit where nobody cannot reach it (e.g. under /root):
+        // run a copy from the (traversable) tree's directory.
+        let binary = root.join("xpu-probe");
+        if !binary.exists() {
+            std::fs::copy(env!("CARGO_BIN_EXE_xpu-probe"), &binary).unwrap();
+        }
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-        c.arg(env!("CARGO_BIN_EXE_xpu-probe"));
+        c.arg(&binary);
         c
     } else {
         common::probe_command()
