@@ -1,0 +1,501 @@
+//! The generation handlers, `POST /v1/chat/completions` and `POST /v1/completions`:
+//! parse and validate the body (errors name the parameter), build the prompt off the
+//! async runtime, check it against the context, queue the job, then either collect
+//! the whole answer or stream it as server-sent events ending in `data: [DONE]`.
+//!
+//! A stream owns the job's event receiver; when the client disconnects, axum drops
+//! the stream, the receiver closes, and the worker stops the generation at its next
+//! token step.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::errors::ApiError;
+use super::metrics::Metrics;
+use super::openai::{
+    finish_reason_str, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
+    ChatMessageIn, ChunkChoice, CommonParams, Completion, CompletionChoice, Delta, PromptField,
+    PromptInput, Usage, ValidatedParams,
+};
+use super::queue::{Event, JobSpec, Outcome};
+use super::routes::{log_request, LoggedLater, TokenSummary};
+use super::state::{AppState, ServedModel};
+
+/// Seconds since the epoch, for `created`.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// The body bytes, or 413 / 400 in the OpenAI shape.
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::body_too_large(limit)
+        } else {
+            ApiError::invalid_request(format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    })
+}
+
+/// Parses the body into a JSON object; syntax errors say where.
+fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_request(
+            "the request body is empty; send a JSON object (Content-Type: application/json)",
+        ));
+    }
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::invalid_request(format!(
+            "the request body must be a JSON object, not {}",
+            json_kind(&other)
+        ))),
+        Err(e) => Err(ApiError::invalid_request(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// What a field must look like, for type errors of fields whose serde message is
+/// unhelpful (untagged enums).
+fn expected_shape(param: &str) -> Option<&'static str> {
+    let top = param.split(['.', '[']).next().unwrap_or(param);
+    match top {
+        "stop" => Some("a string or an array of strings"),
+        "prompt" => Some("a string, an array with one string, or an array of token ids"),
+        "messages" if param.ends_with(".content") => Some("a string or an array of content parts"),
+        _ => None,
+    }
+}
+
+/// Deserializes `value` as `T`; a type error names the parameter (`prefix` plus
+/// the path inside the value).
+fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner_path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let mut param = match (prefix.is_empty(), inner_path.as_str()) {
+            (true, ".") => String::new(),
+            (true, p) => p.to_owned(),
+            (false, ".") => prefix.to_owned(),
+            (false, p) if p.starts_with('[') => format!("{prefix}{p}"),
+            (false, p) => format!("{prefix}.{p}"),
+        };
+        // "missing field `role`" at messages[0] names messages[0].role.
+        if let Some(field) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            param = if param.is_empty() { field.to_owned() } else { format!("{param}.{field}") };
+        }
+        let message = match expected_shape(&param) {
+            Some(shape) if inner.contains("untagged enum") => format!("`{param}` must be {shape}"),
+            _ => format!("invalid `{param}`: {inner}"),
+        };
+        ApiError::invalid_param(if param.is_empty() { "body".into() } else { param }, message)
+    })
+}
+
+fn check_model_name(requested: &Option<String>, model: &ServedModel) -> Result<(), ApiError> {
+    match requested {
+        Some(name) if name != &model.id => Err(ApiError::model_not_found(name, &model.id)),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the prompt against the context and caps the new tokens to what fits.
+fn job_spec(prompt_tokens: Vec<u32>, params: &ValidatedParams, model: &ServedModel) -> Result<JobSpec, ApiError> {
+    let ctx = model.context_length;
+    if prompt_tokens.len() >= ctx {
+        return Err(ApiError::context_overflow(prompt_tokens.len(), ctx));
+    }
+    let room = ctx - prompt_tokens.len();
+    Ok(JobSpec {
+        max_new_tokens: params.max_tokens.map_or(room, |m| m.min(room)),
+        prompt_tokens,
+        sampling: params.sampling.clone(),
+        stop: params.stop.clone(),
+    })
+}
+
+/// Runs a prompt builder on the blocking pool.
+async fn build_prompt(
+    f: impl FnOnce() -> Result<Vec<u32>, ApiError> + Send + 'static,
+) -> Result<Vec<u32>, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("prompt building failed: {e}")))?
+}
+
+/// Keeps `xpu_requests_in_flight` up while a generation request lives.
+struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.requests_in_flight.inc();
+        InFlight(metrics.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.dec();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Chat,
+    Text,
+}
+
+/// Everything a response needs besides the events.
+struct ResponseContext {
+    flavor: Flavor,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    path: &'static str,
+    received: Instant,
+    _in_flight: InFlight,
+}
+
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let in_flight = InFlight::new(&state.metrics);
+    let bytes = body_bytes(body, state.max_body_bytes)?;
+    let mut object = parse_object(&bytes)?;
+    let messages: Vec<ChatMessageIn> = match object.remove("messages") {
+        None => return Err(ApiError::invalid_param("messages", "`messages` is required")),
+        Some(v) => from_value(v, "messages")?,
+    };
+    let common: CommonParams = from_value(serde_json::Value::Object(object), "")?;
+    let model = state.model()?;
+    check_model_name(&common.model, &model)?;
+    let params = common.validate()?;
+    let request = super::openai::ChatCompletionRequest { messages, common };
+    let messages = request.plain_messages()?;
+    let prompter = model.prompter.clone();
+    let tokens = build_prompt(move || prompter.chat(&messages)).await?;
+    let spec = job_spec(tokens, &params, &model)?;
+    let events = model.scheduler.submit(spec, received)?;
+    let context = ResponseContext {
+        flavor: Flavor::Chat,
+        id: new_id("chatcmpl"),
+        created: unix_now(),
+        model: model.id.clone(),
+        include_usage: params.include_usage,
+        path: "/v1/chat/completions",
+        received,
+        _in_flight: in_flight,
+    };
+    respond(context, events, params.stream).await
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let in_flight = InFlight::new(&state.metrics);
+    let bytes = body_bytes(body, state.max_body_bytes)?;
+    let mut object = parse_object(&bytes)?;
+    let prompt: PromptField = match object.remove("prompt") {
+        None => return Err(ApiError::invalid_param("prompt", "`prompt` is required")),
+        Some(v) => from_value(v, "prompt")?,
+    };
+    let common: CommonParams = from_value(serde_json::Value::Object(object), "")?;
+    let model = state.model()?;
+    check_model_name(&common.model, &model)?;
+    let params = common.validate()?;
+    let request = super::openai::CompletionRequest { prompt, common };
+    let tokens = match request.prompt_input()? {
+        PromptInput::Text(text) => {
+            let prompter = model.prompter.clone();
+            build_prompt(move || prompter.text(&text)).await?
+        }
+        PromptInput::Tokens(tokens) => {
+            let vocab = model.prompter.vocab_size();
+            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+                ));
+            }
+            tokens
+        }
+    };
+    if tokens.is_empty() {
+        return Err(ApiError::invalid_param("prompt", "`prompt` must not be empty"));
+    }
+    let spec = job_spec(tokens, &params, &model)?;
+    let events = model.scheduler.submit(spec, received)?;
+    let context = ResponseContext {
+        flavor: Flavor::Text,
+        id: new_id("cmpl"),
+        created: unix_now(),
+        model: model.id.clone(),
+        include_usage: params.include_usage,
+        path: "/v1/completions",
+        received,
+        _in_flight: in_flight,
+    };
+    respond(context, events, params.stream).await
+}
+
+async fn respond(
+    context: ResponseContext,
+    events: UnboundedReceiver<Event>,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    if stream {
+        let sse = Sse::new(sse_stream(context, events)).keep_alive(KeepAlive::default());
+        let mut response = sse.into_response();
+        response.extensions_mut().insert(LoggedLater);
+        Ok(response)
+    } else {
+        collect(context, events).await
+    }
+}
+
+/// Waits for the whole generation and answers with one JSON object.
+async fn collect(context: ResponseContext, mut events: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let outcome = loop {
+        match events.recv().await {
+            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Done(outcome)) => break outcome,
+            Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
+            None => return Err(ApiError::internal("the generation worker stopped unexpectedly")),
+        }
+    };
+    let usage = Usage::new(outcome.prompt_tokens, outcome.completion_tokens);
+    let finish_reason = finish_reason_str(outcome.finish_reason);
+    let mut response = match context.flavor {
+        Flavor::Chat => Json(ChatCompletion {
+            id: context.id,
+            object: "chat.completion",
+            created: context.created,
+            model: context.model,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage { role: "assistant", content: text },
+                finish_reason,
+                logprobs: None,
+            }],
+            usage,
+        })
+        .into_response(),
+        Flavor::Text => Json(Completion {
+            id: context.id,
+            object: "text_completion",
+            created: context.created,
+            model: context.model,
+            choices: vec![CompletionChoice { index: 0, text, finish_reason: Some(finish_reason), logprobs: None }],
+            usage: Some(Some(usage)),
+        })
+        .into_response(),
+    };
+    response.extensions_mut().insert(TokenSummary {
+        prompt_tokens: outcome.prompt_tokens,
+        completion_tokens: outcome.completion_tokens,
+    });
+    Ok(response)
+}
+
+/// State of one SSE stream. Dropping it (client gone) closes the receiver.
+struct StreamState {
+    context: ResponseContext,
+    events: UnboundedReceiver<Event>,
+    pending: VecDeque<String>,
+    started: bool,
+    finished: bool,
+    outcome: Option<Outcome>,
+    status: u16,
+}
+
+impl StreamState {
+    fn chunk_json(&self, content: Option<String>, role: bool, finish: Option<&'static str>) -> String {
+        let usage = self.context.include_usage.then_some(None);
+        match self.context.flavor {
+            Flavor::Chat => serde_json::to_string(&ChatCompletionChunk {
+                id: self.context.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.context.created,
+                model: self.context.model.clone(),
+                choices: vec![ChunkChoice {
+                    index: 0,
+                    delta: Delta { role: role.then_some("assistant"), content },
+                    finish_reason: finish,
+                    logprobs: None,
+                }],
+                usage,
+            }),
+            Flavor::Text => serde_json::to_string(&Completion {
+                id: self.context.id.clone(),
+                object: "text_completion",
+                created: self.context.created,
+                model: self.context.model.clone(),
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text: content.unwrap_or_default(),
+                    finish_reason: finish,
+                    logprobs: None,
+                }],
+                usage,
+            }),
+        }
+        .unwrap_or_default()
+    }
+
+    fn usage_json(&self, usage: Usage) -> String {
+        match self.context.flavor {
+            Flavor::Chat => serde_json::to_string(&ChatCompletionChunk {
+                id: self.context.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.context.created,
+                model: self.context.model.clone(),
+                choices: vec![],
+                usage: Some(Some(usage)),
+            }),
+            Flavor::Text => serde_json::to_string(&Completion {
+                id: self.context.id.clone(),
+                object: "text_completion",
+                created: self.context.created,
+                model: self.context.model.clone(),
+                choices: vec![],
+                usage: Some(Some(usage)),
+            }),
+        }
+        .unwrap_or_default()
+    }
+
+    /// The next `data:` payload, or None when the stream is over.
+    async fn next_data(&mut self) -> Option<String> {
+        if !self.started {
+            self.started = true;
+            if self.context.flavor == Flavor::Chat {
+                return Some(self.chunk_json(Some(String::new()), true, None));
+            }
+        }
+        if let Some(data) = self.pending.pop_front() {
+            return Some(data);
+        }
+        if self.finished {
+            return None;
+        }
+        loop {
+            match self.events.recv().await {
+                Some(Event::Text(t)) => return Some(self.chunk_json(Some(t), false, None)),
+                Some(Event::Done(outcome)) => {
+                    let finish = finish_reason_str(outcome.finish_reason);
+                    let last = match self.context.flavor {
+                        Flavor::Chat => self.chunk_json(None, false, Some(finish)),
+                        Flavor::Text => self.chunk_json(Some(String::new()), false, Some(finish)),
+                    };
+                    if self.context.include_usage {
+                        self.pending
+                            .push_back(self.usage_json(Usage::new(outcome.prompt_tokens, outcome.completion_tokens)));
+                    }
+                    self.pending.push_back("[DONE]".into());
+                    self.outcome = Some(outcome);
+                    self.finished = true;
+                    return Some(last);
+                }
+                Some(Event::Failed(message)) => {
+                    self.status = 500;
+                    self.finished = true;
+                    self.pending.push_back("[DONE]".into());
+                    return Some(ApiError::internal(message).to_json());
+                }
+                None => {
+                    self.status = 500;
+                    self.finished = true;
+                    self.pending.push_back("[DONE]".into());
+                    return Some(ApiError::internal("the generation worker stopped unexpectedly").to_json());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StreamState {
+    /// The request's log line, written when the stream ends or the client leaves.
+    fn drop(&mut self) {
+        let tokens = self.outcome.as_ref().map(|o| TokenSummary {
+            prompt_tokens: o.prompt_tokens,
+            completion_tokens: o.completion_tokens,
+        });
+        let status = if self.finished { self.status } else { 499 };
+        if status == 499 {
+            tracing::info!(target: "xpu_runner::request", "client closed the stream before it ended");
+        }
+        log_request(&Method::POST, self.context.path, status, self.context.received, tokens);
+    }
+}
+
+fn sse_stream(context: ResponseContext, events: UnboundedReceiver<Event>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let state = StreamState {
+        context,
+        events,
+        pending: VecDeque::new(),
+        started: false,
+        finished: false,
+        outcome: None,
+        status: 200,
+    };
+    stream::unfold(state, |mut state| async move {
+        let data = state.next_data().await?;
+        Some((Ok(SseEvent::default().data(data)), state))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_errors_name_the_parameter() {
+        let e = from_value::<CommonParams>(serde_json::json!({"temperature": "hot"}), "").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = from_value::<Vec<ChatMessageIn>>(serde_json::json!([{"content": "x"}]), "messages").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"), "{}", e.message);
+        let e = from_value::<CommonParams>(serde_json::json!({"stop": 5}), "").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        assert!(e.message.contains("array of strings"), "{}", e.message);
+    }
+
+    #[test]
+    fn bodies() {
+        assert!(parse_object(b"  ").unwrap_err().message.contains("empty"));
+        assert!(parse_object(b"[1]").unwrap_err().message.contains("an array"));
+        assert!(parse_object(b"{\"a\":").unwrap_err().message.contains("not valid JSON"));
+    }
+}

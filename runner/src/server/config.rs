@@ -1,0 +1,123 @@
+//! The `serve` command line: one typed struct, built by clap, where every option can
+//! also come from an `XPU_RUNNER_*` environment variable (what the NixOS module and
+//! systemd units set).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::device::DeviceChoice;
+
+/// Options of `xpu-runner serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// GGUF model file to serve.
+    #[arg(long, env = "XPU_RUNNER_MODEL", value_name = "PATH")]
+    pub model: PathBuf,
+
+    /// Name under which the model is listed in /v1/models and must be requested
+    /// (default: the model's own id, from its metadata or file name).
+    #[arg(long, env = "XPU_RUNNER_MODEL_ID", value_name = "ID")]
+    pub model_id: Option<String>,
+
+    /// Address to listen on. Keep the loopback default unless clients are remote;
+    /// then also set --api-key-file.
+    #[arg(long, env = "XPU_RUNNER_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// TCP port (0 picks a free one; the bound address is logged). Ignored when
+    /// systemd passes a listening socket (socket activation).
+    #[arg(long, env = "XPU_RUNNER_PORT", default_value_t = 52415)]
+    pub port: u16,
+
+    /// Compute device; `auto` decides from the hardware facts and falls back to the
+    /// CPU if the accelerator fails to initialise.
+    #[arg(long, env = "XPU_RUNNER_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+
+    /// Hardware facts JSON written by `xpu-probe` (default: probe the machine live).
+    #[arg(long, env = "XPU_RUNNER_FACTS", value_name = "FILE")]
+    pub facts: Option<PathBuf>,
+
+    /// File with the accepted API keys, one per line (empty lines and lines starting
+    /// with `#` are ignored). Without it, no key is required.
+    #[arg(long, env = "XPU_RUNNER_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Requests allowed to wait while one generates; more get 429 with Retry-After.
+    #[arg(long, env = "XPU_RUNNER_MAX_QUEUE", default_value_t = 16)]
+    pub max_queue: usize,
+
+    /// Context size in tokens (prompt plus generated); default: the model's own.
+    #[arg(long, env = "XPU_RUNNER_CTX", value_name = "TOKENS")]
+    pub ctx: Option<usize>,
+
+    /// Largest accepted request body; larger bodies get 413.
+    #[arg(long, env = "XPU_RUNNER_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds that in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "XPU_RUNNER_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// CPU threads for generation (default: the core's choice).
+    #[arg(long, env = "XPU_RUNNER_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Allow browsers on these origins to call the API (CORS); repeat or separate
+    /// with commas; `*` allows any origin. Off by default.
+    #[arg(long, env = "XPU_RUNNER_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Checks values that clap's types cannot express, with a message that says
+    /// what to change.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_queue == 0 {
+            anyhow::bail!("--max-queue must be at least 1 (requests that wait for the one running)");
+        }
+        if self.max_body_bytes < 1024 {
+            anyhow::bail!("--max-body-bytes must be at least 1024");
+        }
+        if let Some(0) = self.ctx {
+            anyhow::bail!("--ctx must be at least 1 token");
+        }
+        if let Some(0) = self.threads {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        if let Some(id) = &self.model_id {
+            if id.trim().is_empty() {
+                anyhow::bail!("--model-id must not be empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let cli = Cli::try_parse_from(["x", "--model", "m.gguf"]).unwrap();
+        assert_eq!(cli.serve.host.to_string(), "127.0.0.1");
+        assert_eq!(cli.serve.port, 52415);
+        assert!(cli.serve.cors_allow_origin.is_empty());
+        assert!(cli.serve.api_key_file.is_none());
+        cli.serve.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_queue_is_rejected() {
+        let cli = Cli::try_parse_from(["x", "--model", "m", "--max-queue", "0"]).unwrap();
+        assert!(cli.serve.validate().unwrap_err().to_string().contains("--max-queue"));
+    }
+}

@@ -1,0 +1,226 @@
+//! `xpu-runner serve`: the OpenAI-compatible HTTP service.
+//!
+//! Start-up order, chosen so that systemd and load balancers always see the truth:
+//! bind the listener (or take systemd's socket) first, answer `/health` with 503
+//! while the model loads on a blocking thread, then publish the model, send
+//! `READY=1` and answer 200. On SIGTERM/SIGINT the service sends `STOPPING=1`, stops
+//! accepting connections, answers new requests on open connections with 503, lets
+//! in-flight requests finish for up to `--shutdown-timeout` seconds and exits 0.
+//!
+//! Generation runs on one dedicated worker thread fed by a bounded queue (see
+//! `queue`): the engine holds one sequence, so one generation runs at a time.
+
+pub mod auth;
+pub mod backend;
+pub mod completions;
+pub mod config;
+pub mod device;
+pub mod errors;
+pub mod metrics;
+pub mod openai;
+pub mod queue;
+pub mod routes;
+pub mod shutdown;
+pub mod state;
+pub mod systemd;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use config::ServeArgs;
+
+use auth::ApiKeys;
+use device::{DeviceChoice, FactsSummary};
+use metrics::Metrics;
+use queue::Scheduler;
+use shutdown::Lifecycle;
+use state::{AppState, ServedModel};
+
+/// Runs the service until a termination signal; returns when it has drained.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xpu-http")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(args));
+    // Do not wait for a model load still running on the blocking pool.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let keys = args.api_key_file.as_deref().map(ApiKeys::from_file).transpose()?;
+    if let Some(keys) = &keys {
+        tracing::info!("API keys required ({} accepted keys)", keys.len());
+    }
+
+    let listener = match systemd::activated_listener()? {
+        Some(std_listener) => {
+            std_listener.set_nonblocking(true)?;
+            tracing::info!("using the socket passed by systemd (socket activation); --host/--port are ignored");
+            tokio::net::TcpListener::from_std(std_listener)?
+        }
+        None => {
+            let addr = SocketAddr::new(args.host, args.port);
+            tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr}; is another service using the port? choose another with --port")
+            })?
+        }
+    };
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() && keys.is_none() {
+        tracing::warn!(
+            "!!! listening on {local}, which other machines can reach, WITHOUT an API key: anyone on \
+             the network can use this server. Set --api-key-file, or bind 127.0.0.1 !!!"
+        );
+    }
+    tracing::info!("listening on http://{local}");
+
+    let lifecycle = Arc::new(Lifecycle::default());
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(AppState {
+        lifecycle: lifecycle.clone(),
+        metrics: metrics.clone(),
+        keys,
+        max_body_bytes: args.max_body_bytes,
+        model: OnceLock::new(),
+    });
+    let app = routes::router(state.clone(), &args.cors_allow_origin);
+    systemd::status(&format!("loading {} (listening on {local})", args.model.display()));
+
+    if let Some(interval) = systemd::watchdog_interval() {
+        tracing::info!("systemd watchdog enabled: pinging every {:?}", interval);
+        let state = state.clone();
+        tokio::spawn(systemd::watchdog_loop(interval, move || {
+            state.model.get().is_none_or(|m| m.scheduler.worker_alive())
+        }));
+    }
+
+    let (load_failed_tx, load_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    {
+        let state = state.clone();
+        let args = args.clone();
+        tokio::spawn(async move {
+            match load_and_publish(&args, &state, local).await {
+                Ok(()) => {}
+                Err(e) => {
+                    let _ = load_failed_tx.send(e);
+                }
+            }
+        });
+    }
+
+    let server = {
+        let lifecycle = lifecycle.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { lifecycle.drain_started().await })
+                .await
+        })
+    };
+    tokio::pin!(server);
+
+    tokio::select! {
+        signal = shutdown::first_signal() => {
+            let signal = signal.context("cannot install signal handlers")?;
+            tracing::info!("{signal} received: draining (up to {} s for in-flight requests)", args.shutdown_timeout);
+        }
+        Ok(error) = load_failed_rx => {
+            systemd::status(&format!("failed: {error:#}"));
+            return Err(error);
+        }
+        result = &mut server => {
+            return Err(anyhow::anyhow!("the HTTP server stopped unexpectedly: {:?}", result));
+        }
+    }
+
+    let in_flight = metrics.requests_in_flight.get();
+    systemd::stopping(&format!("draining: {in_flight} requests in flight"));
+    lifecycle.begin_drain();
+    match tokio::time::timeout(Duration::from_secs(args.shutdown_timeout), &mut server).await {
+        Ok(_) => tracing::info!("all requests finished; exiting"),
+        Err(_) => tracing::warn!(
+            "{} requests were still running after --shutdown-timeout {} s; exiting anyway",
+            metrics.requests_in_flight.get(),
+            args.shutdown_timeout
+        ),
+    }
+    Ok(())
+}
+
+/// Decides the device, loads the model off the runtime, starts its worker and
+/// marks the service ready.
+async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: SocketAddr) -> anyhow::Result<()> {
+    let facts = if args.device == DeviceChoice::Auto {
+        let facts_file = args.facts.clone();
+        let summary = tokio::task::spawn_blocking(move || read_facts(facts_file.as_deref())).await??;
+        Some(summary)
+    } else {
+        None
+    };
+    if let Some(facts) = &facts {
+        for warning in &facts.warnings {
+            tracing::warn!("hardware facts: {warning}");
+        }
+    }
+    let decision = device::decide(args.device, facts.as_ref());
+    tracing::info!(
+        "device {} chosen: {}",
+        decision.device.name(),
+        decision.reasons.join("; ")
+    );
+
+    let path = args.model.clone();
+    let (threads, ctx, fallback) = (args.threads, args.ctx, args.device == DeviceChoice::Auto);
+    let (loaded, device) = tokio::task::spawn_blocking(move || {
+        backend::load(&path, decision.device, fallback, threads, ctx)
+    })
+    .await??;
+
+    let id = args.model_id.clone().unwrap_or_else(|| loaded.id.clone());
+    let device_description = loaded.engine.device_description();
+    let context_length = loaded.engine.context_length();
+    let (prompter, worker) = backend::split(loaded);
+    let scheduler = Scheduler::start(worker, args.max_queue, state.metrics.clone())
+        .context("cannot start the generation thread")?;
+    state.metrics.set_device(&device_description, &id);
+    let served = ServedModel {
+        id: id.clone(),
+        device: device_description.clone(),
+        context_length,
+        created: completions::unix_now(),
+        prompter,
+        scheduler,
+    };
+    if state.model.set(Arc::new(served)).is_err() {
+        anyhow::bail!("the model was published twice");
+    }
+    state.lifecycle.set_ready();
+    let status = format!(
+        "serving {id} on {} ({device_description}, context {context_length}) at http://{local}",
+        device.name()
+    );
+    tracing::info!("{status}");
+    systemd::ready(&status);
+    Ok(())
+}
+
+/// The facts for `--device auto`: the file if given (a bad file is an error), else
+/// a live probe.
+fn read_facts(file: Option<&std::path::Path>) -> anyhow::Result<FactsSummary> {
+    match file {
+        Some(path) => FactsSummary::from_file(path),
+        None => {
+            tracing::info!("no --facts file: probing the hardware");
+            let facts = xpu_probe::probe(&xpu_probe::ProbeOptions { root: "/".into(), level_zero: true });
+            let value = serde_json::to_value(&facts).context("cannot serialise the probe's facts")?;
+            FactsSummary::from_json(&value)
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Shared state of the HTTP handlers: lifecycle, metrics, keys, limits and, once
+//! loaded, the served model (its prompt builder and its scheduler).
+
+use std::sync::{Arc, OnceLock};
+
+use super::auth::ApiKeys;
+use super::errors::ApiError;
+use super::metrics::Metrics;
+use super::openai::PlainMessage;
+use super::queue::Scheduler;
+use super::shutdown::Lifecycle;
+
+/// Turns request text into prompt tokens. Runs on the blocking pool (tokenizing a
+/// large prompt takes a while), never on the model's worker thread, so that
+/// context-size errors come back at once instead of after the queue.
+pub trait Prompter: Send + Sync + 'static {
+    /// Renders the chat template (with the generation prompt) and tokenizes it.
+    fn chat(&self, messages: &[PlainMessage]) -> Result<Vec<u32>, ApiError>;
+    /// Tokenizes raw completion text.
+    fn text(&self, text: &str) -> Result<Vec<u32>, ApiError>;
+    /// Vocabulary size, to check token-id prompts.
+    fn vocab_size(&self) -> usize;
+}
+
+/// The loaded model as the handlers see it.
+pub struct ServedModel {
+    pub id: String,
+    pub device: String,
+    pub context_length: usize,
+    pub created: u64,
+    pub prompter: Arc<dyn Prompter>,
+    pub scheduler: Scheduler,
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
+    pub keys: Option<ApiKeys>,
+    pub max_body_bytes: usize,
+    pub model: OnceLock<Arc<ServedModel>>,
+}
+
+impl AppState {
+    /// The model, or 503 while it loads.
+    pub fn model(&self) -> Result<Arc<ServedModel>, ApiError> {
+        self.model.get().cloned().ok_or_else(ApiError::loading)
+    }
+}
