@@ -105,15 +105,13 @@ struct EltParams {
 
 struct LayerOps {
     attn_norm: wgpu::BindGroup,
-    q: MatmulOp,
-    k: MatmulOp,
-    v: MatmulOp,
+    /// One op when q, k and v have the same type (fused at upload), else three.
+    qkv: Vec<MatmulOp>,
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     o: MatmulOp,
     ffn_norm: wgpu::BindGroup,
-    gate: MatmulOp,
-    up: MatmulOp,
+    gate_up: Vec<MatmulOp>,
     silu_mul: wgpu::BindGroup,
     down: MatmulOp,
 }
@@ -263,6 +261,36 @@ impl GgufReader {
         GpuWeight::upload(gpu, name, ty, rows, k, &raw)
     }
 
+    /// Matrices `[rows_i, k]` whose outputs go side by side in one output row. When all have
+    /// the same type they are uploaded as one matrix (one dispatch instead of several);
+    /// otherwise each is uploaded alone. Returns each uploaded matrix with its output offset.
+    fn side_by_side(&mut self, gpu: &Gpu, label: &str, parts: &[(String, usize)], k: usize) -> Result<Vec<(GpuWeight, u32)>, VulkanError> {
+        let mut raws = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            let (ty, dims, raw) = self.raw(name)?;
+            if dims != [*rows, k] {
+                return Err(VulkanError::Tensor { name: name.clone(), detail: format!("shape {dims:?}, expected [{rows}, {k}]") });
+            }
+            raws.push((name, ty, *rows, raw));
+        }
+        if raws.iter().all(|r| r.1 == raws[0].1) {
+            let ty = raws[0].1;
+            let rows: usize = raws.iter().map(|r| r.2).sum();
+            let mut all = Vec::with_capacity(raws.iter().map(|r| r.3.len()).sum());
+            for r in &raws {
+                all.extend_from_slice(&r.3);
+            }
+            return Ok(vec![(GpuWeight::upload(gpu, label, ty, rows, k, &all)?, 0)]);
+        }
+        let mut out = Vec::with_capacity(raws.len());
+        let mut offset = 0;
+        for (name, ty, rows, raw) in raws {
+            out.push((GpuWeight::upload(gpu, name, ty, rows, k, &raw)?, offset as u32));
+            offset += rows;
+        }
+        Ok(out)
+    }
+
     fn has(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
@@ -324,12 +352,11 @@ impl LlamaModel {
         let step = gpu.uniform_init("step", bytemuck::bytes_of(&StepParams { n_tokens: 0, start: 0, _pad: [0; 2] }))?;
         let hidden = gpu.storage("hidden", b * d as u64 * f)?;
         let normed = gpu.storage("normed", b * d as u64 * f)?;
-        let q = gpu.storage("q", b * (nh * hd) as u64 * f)?;
-        let k = gpu.storage("k", b * (nkv * hd) as u64 * f)?;
-        let v = gpu.storage("v", b * (nkv * hd) as u64 * f)?;
+        let qkv_width = (nh + 2 * nkv) * hd;
+        let qkv = gpu.storage("q|k|v", b * qkv_width as u64 * f)?;
         let attn = gpu.storage("attention out", b * (nh * hd) as u64 * f)?;
-        let gate = gpu.storage("ffn gate", b * ff as u64 * f)?;
-        let up = gpu.storage("ffn up", b * ff as u64 * f)?;
+        let gate_up = gpu.storage("ffn gate|up", b * 2 * ff as u64 * f)?;
+        let act = gpu.storage("ffn activation", b * ff as u64 * f)?;
         let last = gpu.storage("last hidden", d as u64 * f)?;
         let logits = gpu.storage("logits", cfg.vocab as u64 * f)?;
         let staging = gpu.buffer_map_read("logits staging", cfg.vocab as u64 * f)?;
@@ -353,24 +380,34 @@ impl LlamaModel {
             let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
             Ok(kernels::bind(&gpu, &kernels.rmsnorm, name, &[(0, x), (1, &wbuf), (2, y), (3, &ubuf), (4, &step)]))
         };
-        let plain = MatmulMode::default();
-        let residual = MatmulMode { accumulate: true, last_only: false };
+        let residual = MatmulMode { accumulate: true, ..MatmulMode::default() };
 
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{l}.{s}");
             let attn_norm_w = gguf.vector(&p("attn_norm.weight"), d)?;
             let ffn_norm_w = gguf.vector(&p("ffn_norm.weight"), d)?;
-            let wq = gguf.matrix(&gpu, &p("attn_q.weight"), nh * hd, d)?;
-            let wk = gguf.matrix(&gpu, &p("attn_k.weight"), nkv * hd, d)?;
-            let wv = gguf.matrix(&gpu, &p("attn_v.weight"), nkv * hd, d)?;
+            let qkv_w = gguf.side_by_side(
+                &gpu,
+                &p("attn_qkv"),
+                &[(p("attn_q.weight"), nh * hd), (p("attn_k.weight"), nkv * hd), (p("attn_v.weight"), nkv * hd)],
+                d,
+            )?;
             let wo = gguf.matrix(&gpu, &p("attn_output.weight"), d, nh * hd)?;
-            let wg = gguf.matrix(&gpu, &p("ffn_gate.weight"), ff, d)?;
-            let wu = gguf.matrix(&gpu, &p("ffn_up.weight"), ff, d)?;
+            let gate_up_w = gguf.side_by_side(&gpu, &p("ffn_gate_up"), &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)], d)?;
             let wd = gguf.matrix(&gpu, &p("ffn_down.weight"), d, ff)?;
-            for w in [&wq, &wk, &wv, &wo, &wg, &wu, &wd] {
+            for w in qkv_w.iter().chain(&gate_up_w).map(|(w, _)| w).chain([&wo, &wd]) {
                 weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
             }
+            let side_by_side_ops = |parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize| -> Result<Vec<MatmulOp>, VulkanError> {
+                parts
+                    .iter()
+                    .map(|(w, offset)| {
+                        let mode = MatmulMode { out_stride: stride as u32, out_offset: *offset, ..MatmulMode::default() };
+                        MatmulOp::new(&gpu, &kernels, w, &normed, y, &step, mode)
+                    })
+                    .collect()
+            };
             let kcache = gpu.storage(&format!("k cache {l}"), cache_bytes)?;
             let vcache = gpu.storage(&format!("v cache {l}"), cache_bytes)?;
             let rope_params = RopeParams {
@@ -396,27 +433,24 @@ impl LlamaModel {
             let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, _pad: [0; 3] }))?;
             layers.push(LayerOps {
                 attn_norm: norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?,
-                q: MatmulOp::new(&gpu, &kernels, &wq, &normed, &q, &step, plain)?,
-                k: MatmulOp::new(&gpu, &kernels, &wk, &normed, &k, &step, plain)?,
-                v: MatmulOp::new(&gpu, &kernels, &wv, &normed, &v, &step, plain)?,
+                qkv: side_by_side_ops(&qkv_w, &qkv, qkv_width)?,
                 rope: kernels::bind(
                     &gpu,
                     &kernels.rope,
                     "rope",
-                    &[(0, &q), (1, &k), (2, &v), (3, &kcache), (4, &vcache), (5, &rope_table), (6, &rope_u), (7, &step)],
+                    &[(0, &qkv), (1, &kcache), (2, &vcache), (3, &rope_table), (4, &rope_u), (5, &step)],
                 ),
                 attention: kernels::bind(
                     &gpu,
                     &kernels.attention,
                     "attention",
-                    &[(0, &q), (1, &kcache), (2, &vcache), (3, &attn), (4, &attn_u), (5, &step)],
+                    &[(0, &qkv), (1, &kcache), (2, &vcache), (3, &attn), (4, &attn_u), (5, &step)],
                 ),
                 o: MatmulOp::new(&gpu, &kernels, &wo, &attn, &hidden, &step, residual)?,
                 ffn_norm: norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?,
-                gate: MatmulOp::new(&gpu, &kernels, &wg, &normed, &gate, &step, plain)?,
-                up: MatmulOp::new(&gpu, &kernels, &wu, &normed, &up, &step, plain)?,
-                silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate), (1, &up), (2, &silu_u), (3, &step)]),
-                down: MatmulOp::new(&gpu, &kernels, &wd, &gate, &hidden, &step, residual)?,
+                gate_up: side_by_side_ops(&gate_up_w, &gate_up, 2 * ff)?,
+                silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)]),
+                down: MatmulOp::new(&gpu, &kernels, &wd, &act, &hidden, &step, residual)?,
             });
         }
         let out_norm_w = gguf.vector("output_norm.weight", d)?;
@@ -424,7 +458,7 @@ impl LlamaModel {
         // Models with tied embeddings (SmolLM2) have no output.weight.
         let out_w = if gguf.has("output.weight") { gguf.matrix(&gpu, "output.weight", cfg.vocab, d)? } else { embd };
         weight_bytes += (out_w.rows * out_w.ty.row_bytes(out_w.k)) as u64;
-        let output = MatmulOp::new(&gpu, &kernels, &out_w, &last, &logits, &step, MatmulMode { accumulate: false, last_only: true })?;
+        let output = MatmulOp::new(&gpu, &kernels, &out_w, &last, &logits, &step, MatmulMode { last_only: true, ..MatmulMode::default() })?;
         gpu.wait("uploading the weights")?;
         tracing::info!(
             adapter = %gpu.description(),
@@ -506,9 +540,9 @@ impl LlamaModel {
                 pass.set_pipeline(&self.kernels.rmsnorm);
                 pass.set_bind_group(0, &layer.attn_norm, &[]);
                 pass.dispatch_workgroups(n, 1, 1);
-                layer.q.record(&mut pass, n);
-                layer.k.record(&mut pass, n);
-                layer.v.record(&mut pass, n);
+                for op in &layer.qkv {
+                    op.record(&mut pass, n);
+                }
                 pass.set_pipeline(&self.kernels.rope);
                 pass.set_bind_group(0, &layer.rope, &[]);
                 pass.dispatch_workgroups(rope_groups, 1, 1);
@@ -519,8 +553,9 @@ impl LlamaModel {
                 pass.set_pipeline(&self.kernels.rmsnorm);
                 pass.set_bind_group(0, &layer.ffn_norm, &[]);
                 pass.dispatch_workgroups(n, 1, 1);
-                layer.gate.record(&mut pass, n);
-                layer.up.record(&mut pass, n);
+                for op in &layer.gate_up {
+                    op.record(&mut pass, n);
+                }
                 pass.set_pipeline(&self.kernels.silu_mul);
                 pass.set_bind_group(0, &layer.silu_mul, &[]);
                 pass.dispatch_workgroups(silu_groups, 1, 1);

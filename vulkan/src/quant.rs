@@ -188,25 +188,41 @@ struct MatmulParams {
     rows: u32,
     row_offset: u32,
     k: u32,
-    out_rows: u32,
+    out_stride: u32,
     aux: u32,
     accumulate: u32,
     last_only: u32,
-    x_offset: u32,
+    out_offset: u32,
+    lanes: u32,
+    _pad: [u32; 3],
 }
 
-/// How a matmul output is combined and which tokens it covers.
+/// Threads per row for rows of `k` weights: the largest power of two not above the number of
+/// 32-weight units, within 8..=64 (`lanes` in matmul.wgsl).
+fn lanes_for(k: usize) -> u32 {
+    let units = (k / 32).max(1) as u32;
+    let pow2 = if units.is_power_of_two() { units } else { units.next_power_of_two() / 2 };
+    pow2.clamp(8, kernels::WORKGROUP)
+}
+
+/// Where a matmul writes, how it combines, and which tokens it covers.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct MatmulMode {
     /// Add into the output (a fused residual add) instead of overwriting it.
     pub accumulate: bool,
     /// The input holds a single token (the last one): compute one column.
     pub last_only: bool,
+    /// Floats per token in the output; 0: the weight's row count. Larger when several
+    /// matmuls write side by side into one output row (q | k | v).
+    pub out_stride: u32,
+    /// Offset of this weight's first output within a token's output row.
+    pub out_offset: u32,
 }
 
 /// A matrix product with its bind groups prepared once: `y (+)= x · Wᵀ` per chunk.
 pub(crate) struct MatmulOp {
     pipeline: wgpu::ComputePipeline,
+    /// Bind group and workgroup count of each chunk.
     groups: Vec<(wgpu::BindGroup, u32)>,
     last_only: bool,
 }
@@ -228,15 +244,19 @@ impl MatmulOp {
                 rows: c.rows,
                 row_offset: c.row_offset,
                 k: weight.k as u32,
-                out_rows: weight.rows as u32,
+                out_stride: if mode.out_stride == 0 { weight.rows as u32 } else { mode.out_stride },
                 aux: c.aux,
                 accumulate: mode.accumulate as u32,
                 last_only: mode.last_only as u32,
-                x_offset: 0,
+                out_offset: mode.out_offset,
+                lanes: lanes_for(weight.k),
+                _pad: [0; 3],
             };
             let ubuf = gpu.uniform_init("matmul params", bytemuck::bytes_of(&params))?;
             let bg = kernels::bind(gpu, &pipeline, "matmul", &[(0, &c.buffer), (1, x), (2, y), (3, &ubuf), (4, step)]);
-            groups.push((bg, c.rows));
+            // Workgroups needed: each covers WORKGROUP / lanes rows.
+            let rows_per_group = kernels::WORKGROUP / lanes_for(weight.k);
+            groups.push((bg, c.rows.div_ceil(rows_per_group)));
         }
         Ok(MatmulOp { pipeline, groups, last_only: mode.last_only })
     }
@@ -245,10 +265,10 @@ impl MatmulOp {
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
         let n = if self.last_only { 1 } else { n_tokens };
         pass.set_pipeline(&self.pipeline);
-        for (bg, rows) in &self.groups {
+        for (bg, workgroups) in &self.groups {
             pass.set_bind_group(0, bg, &[]);
-            let x = (*rows).min(kernels::ROWS_PER_Y);
-            let y = rows.div_ceil(kernels::ROWS_PER_Y);
+            let x = (*workgroups).min(kernels::ROWS_PER_Y);
+            let y = workgroups.div_ceil(kernels::ROWS_PER_Y);
             pass.dispatch_workgroups(x, y, n.div_ceil(kernels::TOKENS_PER_GROUP));
         }
     }
@@ -276,11 +296,13 @@ impl GetRowsOp {
                 rows: c.rows,
                 row_offset: c.row_offset,
                 k: weight.k as u32,
-                out_rows: weight.rows as u32,
+                out_stride: weight.k as u32,
                 aux: c.aux,
                 accumulate: 0,
                 last_only: 0,
-                x_offset: 0,
+                out_offset: 0,
+                lanes: kernels::WORKGROUP,
+                _pad: [0; 3],
             };
             let ubuf = gpu.uniform_init("get_rows params", bytemuck::bytes_of(&params))?;
             groups.push(kernels::bind(gpu, &pipeline, "get_rows", &[(0, &c.buffer), (2, y), (3, &ubuf), (4, step), (5, ids)]));

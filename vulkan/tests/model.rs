@@ -2,9 +2,12 @@
 //! candle's `quantized_llama` on the CPU, greedy decoding of 32 tokens for 5 prompts, plus the
 //! errors a caller can cause.
 //!
-//! Candle's CPU matmul quantizes activations to 8 bits before the dot product, while the GPU
-//! keeps them in f32, so logits differ slightly (we print the max abs/rel difference) and a
-//! near-tie can flip a greedy token; the issue therefore asks for 4 of 5 prompts to match.
+//! The reference runs with `CANDLE_DEQUANTIZE_ALL=1`: candle then dequantizes every weight to
+//! f32 and multiplies in f32, which is the function the GPU computes (by default candle's CPU
+//! matmul also quantizes the activations to 8 bits, which moves logits by a few percent and
+//! would hide kernel errors of that size). Summation order still differs, so logits differ by
+//! float rounding (max abs/rel difference printed) and a near-tie could flip a greedy token;
+//! the issue asks for at least 4 of 5 prompts to match.
 
 mod common;
 
@@ -66,11 +69,13 @@ fn greedy_decoding_matches_candle() {
         .iter()
         .map(|v| v.to_string().unwrap().clone())
         .collect();
+    // Read by candle once per thread, when this thread builds its first QMatMul (just below).
+    std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
     let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
 
     // An 8 MiB binding cap splits the 28 MiB Q8_0 embedding (also the output head) into
     // chunks, and a batch of 4 tokens splits every prompt's prefill into several submissions.
-    let opts = LoadOptions { device: common::device_options(Some(8 << 20)), ctx: Some(256), max_batch: 4 };
+    let opts = LoadOptions { device: common::device_options(Some(8 << 20)), ctx: Some(64), max_batch: 4 };
     let mut gpu = LlamaModel::load(&path, &opts).unwrap();
     println!("adapter: {}", gpu.adapter_description());
 
@@ -103,8 +108,8 @@ fn greedy_decoding_matches_candle() {
             "{prompt:?}: {} | prompt logits max abs {abs0:.4} rel {rel0:.2e} | final logits max abs {abs1:.4} rel {rel1:.2e}",
             if same { "same 32 tokens".to_string() } else { format!("differs from token {}", g_out.iter().zip(&c_out).take_while(|(a, b)| a == b).count()) }
         );
-        // The first logits come from identical inputs: they must agree closely on every prompt.
-        assert!(rel0 < 0.05, "{prompt:?}: prompt logits differ by {abs0} ({rel0} of the largest)");
+        // The first logits come from identical inputs: they must agree to float rounding.
+        assert!(rel0 < 1e-3, "{prompt:?}: prompt logits differ by {abs0} ({rel0} of the largest)");
     }
     println!("{matching} of {} prompts gave the same {NEW_TOKENS} greedy tokens", PROMPTS.len());
     assert!(matching >= 4, "only {matching} of 5 prompts matched candle");

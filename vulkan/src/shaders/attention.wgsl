@@ -37,7 +37,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let t = wid.y;
     let kvh = h / (p.n_head / p.n_kv);
     let last = step.start + t; // attends positions 0..=last
-    let qb = (t * p.n_head + h) * p.hd;
+    // q of token t is the first n_head heads of its [q | k | v] row.
+    let qb = (t * (p.n_head + 2u * p.n_kv) + h) * p.hd;
     for (var i = lid.x; i < p.hd; i += WG) {
         qs[i] = q[qb + i] * p.scale;
     }

@@ -8,11 +8,15 @@ struct Params {
     rows: u32,        // rows of W in this chunk
     row_offset: u32,  // global index of the chunk's first row
     k: u32,           // elements per row (multiple of 32)
-    out_rows: u32,    // row stride of y (all rows of W)
+    out_stride: u32,  // floats per token in y
     aux: u32,         // type-specific: word offset of the scales section
     accumulate: u32,  // 1: add into y (fused residual add), 0: overwrite
     last_only: u32,   // 1: x holds one token (the last one); compute one column
-    x_offset: u32,    // float offset of x in its buffer
+    out_offset: u32,  // float offset of this weight's first row within a token of y
+    lanes: u32,       // threads per row (8, 16, 32 or 64)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 struct Step {
     n_tokens: u32,
@@ -46,10 +50,17 @@ fn f16_at(word_base: u32, half_index: u32) -> f32 {
 
 @compute @workgroup_size(64)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x + wid.y * ROWS_PER_Y;
-    if (row >= p.rows) {
+    // p.lanes threads share one row (a power of two, 8..64, about the number of 32-weight
+    // units in a row), so short rows do not leave most of the workgroup idle.
+    let lanes = p.lanes;
+    let rows_per_group = WG / lanes;
+    let first_row = (wid.x + wid.y * ROWS_PER_Y) * rows_per_group;
+    if (first_row >= p.rows) {
         return;
     }
+    let row = first_row + lid.x / lanes;
+    let lane = lid.x % lanes;
+    let valid = row < p.rows;
     let n = select(step.n_tokens, 1u, p.last_only != 0u);
     let t0 = wid.z * TB;
     let tn = min(TB, n - t0);
@@ -57,13 +68,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     for (var t = 0u; t < TB; t++) {
         acc[t] = 0.0;
     }
-    let units = p.k / 32u;
+    let units = select(0u, p.k / 32u, valid);
     let kv = p.k / 4u;
-    let xo = p.x_offset / 4u;
-    for (var u = lid.x; u < units; u += WG) {
+    for (var u = lane; u < units; u += lanes) {
         load_unit(row, u);
         for (var t = 0u; t < tn; t++) {
-            let xb = xo + (t0 + t) * kv + u * 8u;
+            let xb = (t0 + t) * kv + u * 8u;
             var s = dot(wv[0], x[xb]);
             s += dot(wv[1], x[xb + 1u]);
             s += dot(wv[2], x[xb + 2u]);
@@ -75,25 +85,27 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             acc[t] += s;
         }
     }
-    for (var t = 0u; t < TB; t++) {
+    // Only the tn columns in use are reduced: decode (tn = 1) pays for one column.
+    for (var t = 0u; t < tn; t++) {
         red[t * WG + lid.x] = acc[t];
     }
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            for (var t = 0u; t < TB; t++) {
+    for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            for (var t = 0u; t < tn; t++) {
                 red[t * WG + lid.x] += red[t * WG + lid.x + s];
             }
         }
         workgroupBarrier();
     }
-    if (lid.x < tn) {
-        let t = lid.x;
-        let o = (t0 + t) * p.out_rows + p.row_offset + row;
+    if (valid && lane < tn) {
+        let t = lane;
+        let sum = red[t * WG + lid.x - lane];
+        let o = (t0 + t) * p.out_stride + p.out_offset + p.row_offset + row;
         if (p.accumulate != 0u) {
-            y[o] += red[t * WG];
+            y[o] += sum;
         } else {
-            y[o] = red[t * WG];
+            y[o] = sum;
         }
     }
 }

@@ -1,4 +1,4 @@
-// SwiGLU gate: g[i] = silu(g[i]) * u[i] over the first n_tokens * n elements.
+// SwiGLU: act[t, i] = silu(gate[t, i]) * up[t, i], where token t's row of `gu` is [gate | up].
 struct Params {
     n: u32,   // elements per token
     _pad0: u32,
@@ -11,8 +11,8 @@ struct Step {
     _pad0: u32,
     _pad1: u32,
 }
-@group(0) @binding(0) var<storage, read_write> g: array<f32>;
-@group(0) @binding(1) var<storage, read> u: array<f32>;
+@group(0) @binding(0) var<storage, read> gu: array<f32>;
+@group(0) @binding(1) var<storage, read_write> act: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 @group(0) @binding(3) var<uniform> step: Step;
 
@@ -21,7 +21,9 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let total = step.n_tokens * p.n;
     let stride = nwg.x * 64u;
     for (var i = gid.x; i < total; i += stride) {
-        let a = g[i];
-        g[i] = a / (1.0 + exp(-a)) * u[i];
+        let t = i / p.n;
+        let j = i % p.n;
+        let a = gu[t * 2u * p.n + j];
+        act[i] = a / (1.0 + exp(-a)) * gu[t * 2u * p.n + p.n + j];
     }
 }

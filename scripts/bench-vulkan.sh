@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Benchmarks the Vulkan engine on the 1B-class random-weight GGUFs (scripts/make-bench-gguf.py):
+# decode and prefill tok/s, the device's copy bandwidth measured in the same run, and decode as
+# a percentage of the memory-bandwidth bound (bandwidth / weight bytes read per token). The CPU
+# engine (`xpu-runner bench --device cpu`) runs on the same files for the record.
+#
+# Usage:
+#   scripts/bench-vulkan.sh [--types q8_0,q4_0] [--bin DIR] [--models DIR] [--reference GGUF]
+#                           [--prompt N] [--decode N] [--runs N] [--cpu-decode N] [--no-cpu]
+#   scripts/bench-vulkan.sh --pack DIR
+#
+# --pack builds the release binaries here and copies them, stripped, into DIR together with a
+# tokenizer-only reference GGUF, so that a machine without Rust or the test model (a GPU
+# benchmark host) can run:  scripts/bench-vulkan.sh --bin DIR --reference DIR/reference.gguf
+# Lavapipe (CPU) timings say nothing about GPUs: the Vulkan figures only count on a real GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+types=q8_0,q4_0
+bin=
+models=
+reference=
+prompt=512
+decode=128
+runs=3
+cpu_decode=16
+cpu=1
+pack=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --types) types=$2; shift 2 ;;
+        --bin) bin=$2; shift 2 ;;
+        --models) models=$2; shift 2 ;;
+        --reference) reference=$2; shift 2 ;;
+        --prompt) prompt=$2; shift 2 ;;
+        --decode) decode=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
+        --cpu-decode) cpu_decode=$2; shift 2 ;;
+        --no-cpu) cpu=0; shift ;;
+        --pack) pack=$2; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench-vulkan: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+target=${CARGO_TARGET_DIR:-target}
+
+if [ -n "$pack" ]; then
+    cargo build --release -p xpu-vulkan --bin xpu-vulkan-bench
+    cargo build --release -p xpu-runner --features vulkan --bin xpu-runner
+    mkdir -p "$pack"
+    for b in xpu-vulkan-bench xpu-runner; do
+        strip -o "$pack/$b" "$target/release/$b"
+    done
+    model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
+    # The bench files copy SmolLM2's tokenizer; a GGUF holding only the tokenizer keys is
+    # ~2 MiB instead of the 94 MiB model.
+    python3 - "$model" "$pack/reference.gguf" <<'PY'
+import sys
+try:
+    import gguf
+except ImportError:
+    sys.exit("bench-vulkan: --pack needs the python package gguf (pip install gguf==0.19.0)")
+reader = gguf.GGUFReader(sys.argv[1])
+writer = gguf.GGUFWriter(sys.argv[2], "llama", use_temp_file=False)
+for name, field in reader.fields.items():
+    if not name.startswith("tokenizer."):
+        continue
+    main = field.types[0]
+    if main == gguf.GGUFValueType.ARRAY:
+        writer.add_key_value(name, field.contents(), main, sub_type=field.types[-1])
+    else:
+        writer.add_key_value(name, field.contents(), main)
+writer.write_header_to_file()
+writer.write_kv_data_to_file()
+writer.write_tensors_to_file(progress=False)
+writer.close()
+PY
+    ls -la "$pack"
+    exit 0
+fi
+
+if [ -z "$bin" ]; then
+    cargo build --release -p xpu-vulkan --bin xpu-vulkan-bench >&2
+    [ "$cpu" = 1 ] && cargo build --release -p xpu-runner --bin xpu-runner >&2
+    bin=$target/release
+fi
+
+gen_args=(--types "$types")
+[ -n "$models" ] && gen_args+=(--out "$models")
+[ -n "$reference" ] && gen_args+=(--reference "$reference")
+mapfile -t files < <(scripts/make-bench-gguf.py "${gen_args[@]}")
+
+summary=()
+for f in "${files[@]}"; do
+    echo "== vulkan: $f" >&2
+    out=$("$bin/xpu-vulkan-bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs")
+    echo "$out"
+    summary+=("$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')")
+    if [ "$cpu" = 1 ]; then
+        echo "== cpu: $f" >&2
+        cpu_json=$("$bin/xpu-runner" bench --model "$f" --device cpu --prompt-tokens 64 \
+            --gen-tokens "$cpu_decode" --repetitions 1 --json)
+        echo "cpu: $cpu_json"
+        summary+=("CPU $cpu_json")
+    fi
+done
+
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"
