@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks the Vulkan engine on the 1B-class random-weight GGUFs (scripts/make-bench-gguf.py):
 # decode and prefill tok/s, the device's copy bandwidth measured in the same run, and decode as
-# a percentage of the memory-bandwidth bound (bandwidth / weight bytes read per token). The CPU
-# engine (`xpu-runner bench --device cpu`) runs on the same files for the record.
+# a percentage of the memory-bandwidth bound (bandwidth / weight bytes read per token). Candle's
+# quantized llama on the CPU (the runner's CPU engine) runs on the same files for the record.
 #
 # Usage:
 #   scripts/bench-vulkan.sh [--types q8_0,q4_0] [--bin DIR] [--models DIR] [--reference GGUF]
@@ -46,16 +46,13 @@ done
 target=${CARGO_TARGET_DIR:-target}
 
 if [ -n "$pack" ]; then
-    cargo build --release -p xpu-vulkan --bin xpu-vulkan-bench
-    cargo build --release -p xpu-runner --features vulkan --bin xpu-runner
+    cargo build --release -p xpu-vulkan --example bench
     mkdir -p "$pack"
-    for b in xpu-vulkan-bench xpu-runner; do
-        strip -o "$pack/$b" "$target/release/$b"
-    done
+    strip -o "$pack/bench" "$target/release/examples/bench"
     model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
     # The bench files copy SmolLM2's tokenizer; a GGUF holding only the tokenizer keys is
     # ~2 MiB instead of the 94 MiB model.
-    python3 - "$model" "$pack/reference.gguf" <<'PY'
+    "${PYTHON:-python3}" - "$model" "$pack/reference.gguf" <<'PY'
 import sys
 try:
     import gguf
@@ -81,9 +78,8 @@ PY
 fi
 
 if [ -z "$bin" ]; then
-    cargo build --release -p xpu-vulkan --bin xpu-vulkan-bench >&2
-    [ "$cpu" = 1 ] && cargo build --release -p xpu-runner --bin xpu-runner >&2
-    bin=$target/release
+    cargo build --release -p xpu-vulkan --example bench >&2
+    bin=$target/release/examples
 fi
 
 gen_args=(--types "$types")
@@ -94,15 +90,12 @@ mapfile -t files < <(scripts/make-bench-gguf.py "${gen_args[@]}")
 summary=()
 for f in "${files[@]}"; do
     echo "== vulkan: $f" >&2
-    out=$("$bin/xpu-vulkan-bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs")
-    echo "$out"
+    out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" | tee /dev/stderr)
     summary+=("$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')")
     if [ "$cpu" = 1 ]; then
         echo "== cpu: $f" >&2
-        cpu_json=$("$bin/xpu-runner" bench --model "$f" --device cpu --prompt-tokens 64 \
-            --gen-tokens "$cpu_decode" --repetitions 1 --json)
-        echo "cpu: $cpu_json"
-        summary+=("CPU $cpu_json")
+        out=$("$bin/bench" "$f" --cpu --prompt 64 --decode "$cpu_decode" --runs 1 | tee /dev/stderr)
+        summary+=("$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')")
     fi
 done
 

@@ -1,14 +1,18 @@
 //! Decode and prefill speed of the Vulkan engine on one GGUF file, with decode put against
 //! the memory-bandwidth bound measured in the same run:
 //! bound (tok/s) = copy-kernel bandwidth ÷ weight bytes read per token.
+//! `--cpu` runs candle's quantized llama on the CPU on the same file instead, for the record.
 //!
-//! Usage: xpu-vulkan-bench MODEL.gguf [--prompt N] [--decode N] [--runs N]
+//! Usage: bench MODEL.gguf [--cpu] [--prompt N] [--decode N] [--runs N]
 //! Prints a human summary and one `RESULT {json}` line for scripts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{testing, LlamaModel, LoadOptions};
 
 struct Args {
@@ -16,11 +20,12 @@ struct Args {
     prompt: usize,
     decode: usize,
     runs: usize,
+    cpu: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let mut args = Args { model: PathBuf::new(), prompt: 512, decode: 128, runs: 3 };
+    let mut args = Args { model: PathBuf::new(), prompt: 512, decode: 128, runs: 3, cpu: false };
     let mut model = None;
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> Result<usize, String> {
@@ -30,6 +35,7 @@ fn parse() -> Result<Args, String> {
             "--prompt" => args.prompt = num("--prompt")?,
             "--decode" => args.decode = num("--decode")?,
             "--runs" => args.runs = num("--runs")?,
+            "--cpu" => args.cpu = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => model = Some(PathBuf::from(s)),
@@ -40,6 +46,53 @@ fn parse() -> Result<Args, String> {
         return Err("--prompt, --decode and --runs must be at least 1".into());
     }
     Ok(args)
+}
+
+/// Deterministic pseudo-random prompt: speed does not depend on which tokens.
+fn synthetic_prompt(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().fold(0, |b, (j, &x)| if x > v[b] { j } else { b }) as u32
+}
+
+/// Candle's quantized llama on the CPU (quantized matmuls), same prompt and decode lengths.
+fn run_cpu(args: &Args) -> Result<(), String> {
+    let e = |e: candle_core::Error| e.to_string();
+    let mut file = std::fs::File::open(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let content = gguf_file::Content::read(&mut file).map_err(e)?;
+    let vocab = content.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]).ok_or("no token_embd.weight")? as u32;
+    let t = Instant::now();
+    let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).map_err(e)?;
+    println!("load:               {:.1} s", t.elapsed().as_secs_f64());
+    let prompt = synthetic_prompt(args.prompt, vocab);
+    let forward = |model: &mut ModelWeights, tokens: &[u32], pos: usize| -> Result<Vec<f32>, String> {
+        let input = Tensor::new(tokens, &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(e)?;
+        model.forward(&input, pos).and_then(|l| l.squeeze(0)).and_then(|l| l.to_vec1()).map_err(e)
+    };
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        model.clear_kv_cache();
+        let t = Instant::now();
+        let mut logits = forward(&mut model, &prompt, 0)?;
+        prefill.push(args.prompt as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for i in 0..args.decode {
+            logits = forward(&mut model, &[argmax(&logits)], args.prompt + i)?;
+        }
+        decode.push(args.decode as f64 / t.elapsed().as_secs_f64());
+    }
+    let (prefill, decode) = (median(prefill), median(decode));
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("engine:             candle quantized_llama, CPU, {threads} threads");
+    println!("prefill:            {prefill:.1} tok/s ({} tokens, median of {})", args.prompt, args.runs);
+    println!("decode:             {decode:.1} tok/s ({} tokens after the prompt, median of {})", args.decode, args.runs);
+    println!(
+        "RESULT {{\"model\":\"{}\",\"engine\":\"candle-cpu\",\"threads\":{threads},\"prefill_tps\":{prefill:.2},\"decode_tps\":{decode:.2}}}",
+        args.model.display()
+    );
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -53,16 +106,17 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             if !e.is_empty() {
-                eprintln!("xpu-vulkan-bench: {e}");
+                eprintln!("bench: {e}");
             }
-            eprintln!("usage: xpu-vulkan-bench MODEL.gguf [--prompt N (512)] [--decode N (128)] [--runs N (3)]");
+            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)]");
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
+    let result = if args.cpu { run_cpu(&args) } else { run(&args).map_err(|e| e.to_string()) };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xpu-vulkan-bench: {e}");
+            eprintln!("bench: {e}");
             ExitCode::FAILURE
         }
     }
@@ -74,14 +128,18 @@ fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
     let t = Instant::now();
     let mut model = LlamaModel::load(&args.model, &LoadOptions { ctx: Some(ctx), ..LoadOptions::default() })?;
     let load_s = t.elapsed().as_secs_f64();
+    println!("adapter:            {}", model.adapter_description());
+    println!("load:               {load_s:.1} s");
     let vocab = model.config().vocab as u32;
     let bandwidth = testing::copy_bandwidth(model.gpu(), 1 << 30, 20)?;
-    // Deterministic pseudo-random prompt: speed does not depend on which tokens.
-    let prompt: Vec<u32> = (0..args.prompt as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect();
+    println!("copy bandwidth:     {:.1} GB/s (read + write)", bandwidth / 1e9);
+    let prompt = synthetic_prompt(args.prompt, vocab);
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     // One untimed warm-up pass compiles pipelines in the driver and touches every buffer.
+    let t = Instant::now();
     model.forward(&prompt[..8.min(prompt.len())], 0)?;
+    println!("warm-up (8 tokens): {:.2} s", t.elapsed().as_secs_f64());
     for _ in 0..args.runs {
         model.reset();
         let t = Instant::now();
@@ -89,18 +147,14 @@ fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
         prefill.push(args.prompt as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         for i in 0..args.decode {
-            let next = logits.iter().enumerate().fold(0, |b, (j, &x)| if x > logits[b] { j } else { b }) as u32;
-            logits = model.forward(&[next], args.prompt + i)?;
+            logits = model.forward(&[argmax(&logits)], args.prompt + i)?;
         }
         decode.push(args.decode as f64 / t.elapsed().as_secs_f64());
     }
     let (prefill, decode) = (median(prefill), median(decode));
     let bytes = model.weight_bytes_per_token();
     let bound = bandwidth / bytes as f64;
-    println!("adapter:            {}", model.adapter_description());
     println!("model:              {} ({:.1} MiB of weights read per token)", args.model.display(), bytes as f64 / 1048576.0);
-    println!("load:               {load_s:.1} s");
-    println!("copy bandwidth:     {:.1} GB/s (read + write)", bandwidth / 1e9);
     println!("prefill:            {prefill:.1} tok/s ({} tokens, median of {})", args.prompt, args.runs);
     println!("decode:             {decode:.1} tok/s ({} tokens after the prompt, median of {})", args.decode, args.runs);
     println!("bandwidth bound:    {bound:.1} tok/s");
