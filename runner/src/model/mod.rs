@@ -266,20 +266,37 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
         DeviceKind::Vulkan => return Err(vulkan_unavailable()),
         kind => {
             let device = select_device(kind).map_err(|e| LoadError::Device(format!("{e:#}")))?;
-            let mut engine = CandleEngine::from_gguf(
-                &architecture,
-                content,
-                &mut Cursor::new(&file.mmap[..]),
-                device,
-                max_context,
-            )
-            .map_err(|e| LoadError::Engine {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
-            let ctx = resolve_context(options.ctx, engine.context_length())?;
-            engine.limit_context(ctx);
-            Box::new(engine)
+            // GGUF llama on the CPU runs on our own engine (engine/cpu: AVX2 kernels on the
+            // mapped weights, same greedy tokens as candle's quantized_llama, see
+            // tests/cpu_engine.rs); XPU_CPU_ENGINE=candle selects candle instead.
+            if device.is_cpu()
+                && architecture == "llama"
+                && crate::engine::cpu::selected().map_err(LoadError::Device)?
+            {
+                let ctx = resolve_context(options.ctx, max_context)?;
+                let engine = crate::engine::cpu::CpuLlamaEngine::load(path, Some(ctx)).map_err(|e| {
+                    LoadError::Engine {
+                        path: path.to_path_buf(),
+                        reason: format!("{e:#}"),
+                    }
+                })?;
+                Box::new(engine)
+            } else {
+                let mut engine = CandleEngine::from_gguf(
+                    &architecture,
+                    content,
+                    &mut Cursor::new(&file.mmap[..]),
+                    device,
+                    max_context,
+                )
+                .map_err(|e| LoadError::Engine {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
+                let ctx = resolve_context(options.ctx, engine.context_length())?;
+                engine.limit_context(ctx);
+                Box::new(engine)
+            }
         }
     };
     let tokenizer = match tokenizer {

@@ -1,0 +1,509 @@
+//! Our own forward pass of the GGUF `llama` architecture on the CPU (SmolLM2,
+//! Llama 2/3, Mistral, TinyLlama...), on memory-mapped weights.
+//!
+//! Why not candle's `quantized_llama`: its Q4_1 dot product is scalar, its KV cache
+//! grows with `Tensor::cat` (a copy of the whole cache per token) and each op is a
+//! separate tensor allocation. Here the KV cache is preallocated, Q/K/V and gate/up
+//! are one parallel pass each, and weights in Q4_0/Q4_1/Q8_0 go through our AVX2
+//! kernels ([`super::kernels`]). Weights in any other GGUF type use candle's quantized
+//! matmul for that matrix, so every file candle loads still runs. candle remains
+//! the numerical reference: the tests compare logits with `quantized_llama`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
+use candle_core::{Device, Module, Tensor};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub n_layer: usize,
+    pub dim: usize,
+    pub ffn: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+    pub vocab: usize,
+    pub context_length: usize,
+}
+
+/// Where a matrix's weights live: our kernels on the mapped bytes, or candle.
+enum Linear {
+    Own { format: WeightFormat, rows: usize, cols: usize, offset: usize },
+    Candle { rows: usize, matmul: QMatMul },
+}
+
+impl Linear {
+    fn rows(&self) -> usize {
+        match self {
+            Linear::Own { rows, .. } | Linear::Candle { rows, .. } => *rows,
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Token embeddings: rows dequantized on lookup.
+enum Embeddings {
+    Quantized { format: WeightFormat, offset: usize },
+    Dense(Vec<f32>),
+}
+
+/// The model: configuration, weights (mapped) and the KV cache of one sequence.
+pub struct LlamaModel {
+    pub config: Config,
+    mmap: Mmap,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    output: Linear,
+    /// cos/sin of each position and rotary pair: [pos][rope_dim / 2].
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    /// Keys and values per layer: [kv_head][position][head_dim].
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    /// Positions the cache holds (allocated lazily up to `context_length`).
+    cache_capacity: usize,
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    xq: Vec<BlockQ8>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+fn own_format(dtype: GgmlDType) -> Option<WeightFormat> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(WeightFormat::Q4_0),
+        GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
+        GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
+        _ => None,
+    }
+}
+
+impl LlamaModel {
+    /// Maps `path` and builds the model. `max_context` caps the model's context length.
+    pub fn load(path: &Path, max_context: Option<usize>) -> anyhow::Result<Self> {
+        let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+        // SAFETY: the file is opened read-only; like every GGUF runtime we assume it is
+        // not truncated or modified while the model is loaded.
+        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+
+        let md = |key: &str| content.metadata.get(key);
+        let arch = md("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if arch != "llama" {
+            bail!("the CPU llama engine runs `llama` GGUF files, not `{arch}`");
+        }
+        let get_u = |key: &str| -> anyhow::Result<usize> {
+            Ok(md(key).with_context(|| format!("GGUF metadata lacks {key}"))?.to_u32()? as usize)
+        };
+        let dim = get_u("llama.embedding_length")?;
+        let n_head = get_u("llama.attention.head_count")?;
+        let n_kv_head = get_u("llama.attention.head_count_kv").unwrap_or(n_head);
+        if n_head == 0 || n_kv_head == 0 || dim % n_head != 0 || n_head % n_kv_head != 0 {
+            bail!("invalid attention shape: {n_head} heads, {n_kv_head} KV heads, dimension {dim}");
+        }
+        let head_dim = dim / n_head;
+        let rope_dim = get_u("llama.rope.dimension_count").unwrap_or(head_dim);
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            bail!("invalid rope dimension {rope_dim} for head dimension {head_dim}");
+        }
+        let n_layer = get_u("llama.block_count")?;
+        let model_context = get_u("llama.context_length").unwrap_or(4096);
+        let context_length = max_context.map_or(model_context, |c| c.min(model_context)).max(1);
+        let rope_base = md("llama.rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10000.0);
+        let rms_eps = md("llama.attention.layer_norm_rms_epsilon").and_then(|v| v.to_f32().ok()).unwrap_or(1e-5);
+
+        let data_offset = content.tensor_data_offset as usize;
+        let tensor = |name: &str| -> anyhow::Result<(&gguf_file::TensorInfo, usize, usize)> {
+            let info = content.tensor_infos.get(name).with_context(|| format!("GGUF file lacks tensor {name}"))?;
+            let elems = info.shape.elem_count();
+            let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let start = data_offset + info.offset as usize;
+            if start + bytes > mmap.len() {
+                bail!("tensor {name} needs bytes up to {}, but the file has {} (truncated file?)", start + bytes, mmap.len());
+            }
+            Ok((info, start, bytes))
+        };
+        let vector = |name: &str, len: usize| -> anyhow::Result<Vec<f32>> {
+            let (info, start, bytes) = tensor(name)?;
+            if info.shape.elem_count() != len {
+                bail!("tensor {name} has {} elements, expected {len}", info.shape.elem_count());
+            }
+            let raw = &mmap[start..start + bytes];
+            match info.ggml_dtype {
+                GgmlDType::F32 => Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+                GgmlDType::F16 => Ok(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+                other => bail!("tensor {name} has type {other:?}; expected F32 or F16"),
+            }
+        };
+        let linear = |name: &str, rows: usize, cols: usize| -> anyhow::Result<Linear> {
+            let (info, start, bytes) = tensor(name)?;
+            let dims = info.shape.dims();
+            if dims != [rows, cols] {
+                bail!("tensor {name} has shape {dims:?}, expected [{rows}, {cols}]");
+            }
+            if let Some(format) = own_format(info.ggml_dtype).filter(|_| cols % QK == 0) {
+                QMatrix::new(format, rows, cols, &mmap[start..start + bytes]).map_err(anyhow::Error::msg)?;
+                return Ok(Linear::Own { format, rows, cols, offset: start });
+            }
+            let mut reader = std::io::Cursor::new(&mmap[..]);
+            let qt = info.read(&mut reader, content.tensor_data_offset, &Device::Cpu)?;
+            Ok(Linear::Candle { rows, matmul: QMatMul::from_qtensor(qt)? })
+        };
+
+        let (emb_info, emb_start, emb_bytes) = tensor("token_embd.weight")?;
+        let emb_dims = emb_info.shape.dims().to_vec();
+        if emb_dims.len() != 2 || emb_dims[1] != dim {
+            bail!("token_embd.weight has shape {emb_dims:?}, expected [vocab, {dim}]");
+        }
+        let vocab = emb_dims[0];
+        let embeddings = match own_format(emb_info.ggml_dtype) {
+            Some(format) => {
+                QMatrix::new(format, vocab, dim, &mmap[emb_start..emb_start + emb_bytes]).map_err(anyhow::Error::msg)?;
+                Embeddings::Quantized { format, offset: emb_start }
+            }
+            None => {
+                let mut reader = std::io::Cursor::new(&mmap[..]);
+                let qt = emb_info.read(&mut reader, content.tensor_data_offset, &Device::Cpu)?;
+                Embeddings::Dense(qt.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+        };
+
+        let kv_dim = n_kv_head * head_dim;
+        let ffn = get_u("llama.feed_forward_length")?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = format!("blk.{i}.");
+            layers.push(Layer {
+                attn_norm: vector(&format!("{p}attn_norm.weight"), dim)?,
+                wq: linear(&format!("{p}attn_q.weight"), dim, dim)?,
+                wk: linear(&format!("{p}attn_k.weight"), kv_dim, dim)?,
+                wv: linear(&format!("{p}attn_v.weight"), kv_dim, dim)?,
+                wo: linear(&format!("{p}attn_output.weight"), dim, dim)?,
+                ffn_norm: vector(&format!("{p}ffn_norm.weight"), dim)?,
+                gate: linear(&format!("{p}ffn_gate.weight"), ffn, dim)?,
+                up: linear(&format!("{p}ffn_up.weight"), ffn, dim)?,
+                down: linear(&format!("{p}ffn_down.weight"), dim, ffn)?,
+            });
+        }
+        let output_norm = vector("output_norm.weight", dim)?;
+        // Tied embeddings: without output.weight, the embedding matrix is the output.
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            linear("output.weight", vocab, dim)?
+        } else {
+            linear("token_embd.weight", vocab, dim)?
+        };
+
+        // Llama 3 files carry per-pair frequency divisors for long contexts.
+        let freq_factors = if content.tensor_infos.contains_key("rope_freqs.weight") {
+            Some(vector("rope_freqs.weight", rope_dim / 2)?)
+        } else {
+            None
+        };
+        let half = rope_dim / 2;
+        let mut rope_cos = Vec::with_capacity(context_length * half);
+        let mut rope_sin = Vec::with_capacity(context_length * half);
+        for pos in 0..context_length {
+            for i in 0..half {
+                let mut theta = rope_base.powf(-((2 * i) as f32) / rope_dim as f32);
+                if let Some(f) = &freq_factors {
+                    theta /= f[i];
+                }
+                let angle = pos as f32 * theta;
+                rope_cos.push(angle.cos());
+                rope_sin.push(angle.sin());
+            }
+        }
+
+        let config = Config {
+            n_layer,
+            dim,
+            ffn,
+            n_head,
+            n_kv_head,
+            head_dim,
+            rope_dim,
+            rope_base,
+            rms_eps,
+            vocab,
+            context_length,
+        };
+        Ok(LlamaModel {
+            config,
+            mmap,
+            embeddings,
+            layers,
+            output_norm,
+            output,
+            rope_cos,
+            rope_sin,
+            k_cache: vec![Vec::new(); n_layer],
+            v_cache: vec![Vec::new(); n_layer],
+            cache_capacity: 0,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// Grows the KV cache (geometrically, up to the context length) to hold `needed`
+    /// positions, keeping what it holds.
+    fn reserve_cache(&mut self, needed: usize) {
+        if needed <= self.cache_capacity {
+            return;
+        }
+        let c = &self.config;
+        let new_cap = needed.max(self.cache_capacity * 2).max(256).min(c.context_length);
+        let hd = c.head_dim;
+        for cache in self.k_cache.iter_mut().chain(self.v_cache.iter_mut()) {
+            let mut grown = vec![0f32; c.n_kv_head * new_cap * hd];
+            for h in 0..c.n_kv_head {
+                let old = &cache[h * self.cache_capacity * hd..(h * self.cache_capacity + self.cache_capacity) * hd];
+                grown[h * new_cap * hd..h * new_cap * hd + old.len()].copy_from_slice(old);
+            }
+            *cache = grown;
+        }
+        self.cache_capacity = new_cap;
+    }
+
+    /// Runs `tokens` at positions `start..` and returns the logits of the last one.
+    pub fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>> {
+        let c = self.config.clone();
+        if tokens.is_empty() {
+            bail!("forward needs at least one token");
+        }
+        let end = start + tokens.len();
+        if end > c.context_length {
+            bail!("{end} positions exceed the context length {}", c.context_length);
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            bail!("token id {bad} is outside the vocabulary ({} tokens)", c.vocab);
+        }
+        self.reserve_cache(end);
+        let m = tokens.len();
+        let (dim, kv_dim, hd) = (c.dim, c.n_kv_head * c.head_dim, c.head_dim);
+        let mut s = std::mem::take(&mut self.scratch);
+        s.x.resize(m * dim, 0.0);
+        for (row, &t) in s.x.chunks_exact_mut(dim).zip(tokens) {
+            match &self.embeddings {
+                Embeddings::Quantized { format, offset } => {
+                    let bytes = c.vocab * dim / QK * format.block_bytes();
+                    let w = QMatrix { format: *format, rows: c.vocab, cols: dim, data: &self.mmap[*offset..*offset + bytes] };
+                    w.dequantize_row(t as usize, row);
+                }
+                Embeddings::Dense(e) => row.copy_from_slice(&e[t as usize * dim..(t as usize + 1) * dim]),
+            }
+        }
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            rms_norm(&s.x, &layer.attn_norm, c.rms_eps, dim, &mut s.xn);
+            s.q.resize(m * dim, 0.0);
+            s.k.resize(m * kv_dim, 0.0);
+            s.v.resize(m * kv_dim, 0.0);
+            run_linears(
+                &self.mmap,
+                &s.xn,
+                dim,
+                m,
+                &mut s.xq,
+                &mut [(&layer.wq, &mut s.q[..]), (&layer.wk, &mut s.k[..]), (&layer.wv, &mut s.v[..])],
+            )?;
+            for (i, pos) in (start..end).enumerate() {
+                let cos = &self.rope_cos[pos * c.rope_dim / 2..(pos + 1) * c.rope_dim / 2];
+                let sin = &self.rope_sin[pos * c.rope_dim / 2..(pos + 1) * c.rope_dim / 2];
+                for head in s.q[i * dim..(i + 1) * dim].chunks_exact_mut(hd) {
+                    rope(head, cos, sin);
+                }
+                for head in s.k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
+                    rope(head, cos, sin);
+                }
+            }
+            let cap = self.cache_capacity;
+            let (kc, vc) = (&mut self.k_cache[li], &mut self.v_cache[li]);
+            for (i, pos) in (start..end).enumerate() {
+                for h in 0..c.n_kv_head {
+                    let dst = (h * cap + pos) * hd;
+                    kc[dst..dst + hd].copy_from_slice(&s.k[i * kv_dim + h * hd..i * kv_dim + (h + 1) * hd]);
+                    vc[dst..dst + hd].copy_from_slice(&s.v[i * kv_dim + h * hd..i * kv_dim + (h + 1) * hd]);
+                }
+            }
+            s.attn.resize(m * dim, 0.0);
+            attention(&c, &s.q, kc, vc, cap, start, m, &mut s.attn);
+            s.proj.resize(m * dim, 0.0);
+            run_linears(&self.mmap, &s.attn, dim, m, &mut s.xq, &mut [(&layer.wo, &mut s.proj[..])])?;
+            for (x, p) in s.x.iter_mut().zip(&s.proj) {
+                *x += p;
+            }
+
+            // Feed-forward block.
+            rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, dim, &mut s.xn);
+            s.gate.resize(m * c.ffn, 0.0);
+            s.up.resize(m * c.ffn, 0.0);
+            run_linears(
+                &self.mmap,
+                &s.xn,
+                dim,
+                m,
+                &mut s.xq,
+                &mut [(&layer.gate, &mut s.gate[..]), (&layer.up, &mut s.up[..])],
+            )?;
+            for (g, u) in s.gate.iter_mut().zip(&s.up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            run_linears(&self.mmap, &s.gate, c.ffn, m, &mut s.xq, &mut [(&layer.down, &mut s.proj[..])])?;
+            for (x, p) in s.x.iter_mut().zip(&s.proj) {
+                *x += p;
+            }
+        }
+
+        // Only the last position's logits are needed.
+        let last = &s.x[(m - 1) * dim..m * dim];
+        rms_norm(last, &self.output_norm, c.rms_eps, dim, &mut s.xn);
+        let mut logits = vec![0f32; self.output.rows()];
+        run_linears(&self.mmap, &s.xn, dim, 1, &mut s.xq, &mut [(&self.output, &mut logits[..])])?;
+        self.scratch = s;
+        Ok(logits)
+    }
+
+    /// Forgets the sequence. The cache memory is kept for the next one.
+    pub fn reset(&mut self) {
+        // Positions are always written before they are read, so nothing to clear.
+    }
+}
+
+/// `out[r] = x[r] / rms(x[r]) * weight` for each row of `dim` values.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, dim: usize, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    for (src, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let ss: f32 = src.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((d, s), w) in dst.iter_mut().zip(src).zip(weight) {
+            *d = s * scale * w;
+        }
+    }
+}
+
+/// Rotates the interleaved pairs (2i, 2i+1) of the first `2 * cos.len()` values
+/// (GGUF llama stores Q and K permuted for this "normal" RoPE).
+fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for (i, (c, s)) in cos.iter().zip(sin).enumerate() {
+        let (a, b) = (head[2 * i], head[2 * i + 1]);
+        head[2 * i] = a * c - b * s;
+        head[2 * i + 1] = a * s + b * c;
+    }
+}
+
+/// Causal attention of `m` queries at positions `start..start + m` over the cache.
+#[allow(clippy::too_many_arguments)]
+fn attention(c: &Config, q: &[f32], kc: &[f32], vc: &[f32], cap: usize, start: usize, m: usize, out: &mut [f32]) {
+    debug_assert_eq!(out.len(), m * c.dim);
+    let hd = c.head_dim;
+    let group = c.n_head / c.n_kv_head;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // One task per (query row, head): out[i][h*hd..] is written by that task only.
+    out.par_chunks_exact_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (task, dst)| {
+        let (i, h) = (task / c.n_head, task % c.n_head);
+        let kvh = h / group;
+        let qv = &q[i * c.dim + h * hd..i * c.dim + (h + 1) * hd];
+        let len = start + i + 1;
+        let keys = &kc[kvh * cap * hd..(kvh * cap + len) * hd];
+        let values = &vc[kvh * cap * hd..(kvh * cap + len) * hd];
+        scores.clear();
+        scores.extend(keys.chunks_exact(hd).map(|k| dot_f32(qv, k) * scale));
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        dst.fill(0.0);
+        for (w, v) in scores.iter().zip(values.chunks_exact(hd)) {
+            let w = w * inv;
+            for (d, x) in dst.iter_mut().zip(v) {
+                *d += w * x;
+            }
+        }
+    });
+}
+
+#[inline]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent sums so that the compiler vectorises the loop.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[i * 8 + l] * b[i * 8 + l];
+        }
+    }
+    let mut total: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        total += a[i] * b[i];
+    }
+    total
+}
+
+/// Multiplies the `m` rows of `x` (`cols` wide) by each weight matrix. Matrices on our
+/// kernels share one quantization of `x` and one parallel pass.
+fn run_linears(
+    mmap: &Mmap,
+    x: &[f32],
+    cols: usize,
+    m: usize,
+    xq: &mut Vec<BlockQ8>,
+    targets: &mut [(&Linear, &mut [f32])],
+) -> anyhow::Result<()> {
+    let x = &x[..m * cols];
+    let mut jobs = Vec::new();
+    for (linear, out) in targets.iter_mut() {
+        match linear {
+            Linear::Own { format, rows, cols: lc, offset } => {
+                debug_assert_eq!(*lc, cols);
+                let bytes = rows * lc / QK * format.block_bytes();
+                let weight = QMatrix { format: *format, rows: *rows, cols: *lc, data: &mmap[*offset..*offset + bytes] };
+                jobs.push(MatmulJob { weight, out: &mut out[..m * rows] });
+            }
+            Linear::Candle { rows, matmul } => {
+                let input = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
+                let y = matmul.forward(&input)?.flatten_all()?.to_vec1::<f32>()?;
+                out[..m * rows].copy_from_slice(&y);
+            }
+        }
+    }
+    if !jobs.is_empty() {
+        kernels::quantize_rows(x, cols, xq);
+        kernels::matmul(xq, m, &mut jobs);
+    }
+    Ok(())
+}
