@@ -24,6 +24,8 @@ pub trait Engine: Send {
 }
 
 pub mod candle;
+#[cfg(feature = "vulkan")]
+pub mod vulkan;
 // Our own CPU engine for GGUF llama (owned by the speed work; see engine/cpu/mod.rs).
 pub mod cpu;
 

@@ -261,8 +261,12 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
         .unwrap_or(4096);
 
     let engine: Box<dyn Engine> = match options.device {
-        // The Vulkan engine (`engine::vulkan`, feature `vulkan`) plugs in here: it
-        // takes the GGUF content and the mapped bytes, like the candle engine.
+        #[cfg(feature = "vulkan")]
+        DeviceKind::Vulkan => {
+            let ctx = resolve_context(options.ctx, max_context)?;
+            Box::new(crate::engine::vulkan::VulkanEngine::load(path, ctx)?)
+        }
+        #[cfg(not(feature = "vulkan"))]
         DeviceKind::Vulkan => return Err(vulkan_unavailable()),
         kind => {
             let device = select_device(kind).map_err(|e| LoadError::Device(format!("{e:#}")))?;
