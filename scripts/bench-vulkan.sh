@@ -85,7 +85,23 @@ fi
 gen_args=(--types "$types")
 [ -n "$models" ] && gen_args+=(--out "$models")
 [ -n "$reference" ] && gen_args+=(--reference "$reference")
-mapfile -t files < <(scripts/make-bench-gguf.py "${gen_args[@]}")
+if python3 -c 'import gguf, numpy' 2>/dev/null; then
+    # gguf is importable here (e.g. from wheels on PYTHONPATH on a host without an index):
+    # run the generator in this interpreter instead of its own virtual environment.
+    mapfile -t files < <(python3 - "${gen_args[@]}" <<'PY'
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("make_bench_gguf", "scripts/make-bench-gguf.py")
+gen = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gen)
+gen.ensure_gguf = lambda: None
+sys.argv = ["make-bench-gguf.py", *sys.argv[1:]]
+gen.main()
+PY
+)
+else
+    mapfile -t files < <(scripts/make-bench-gguf.py "${gen_args[@]}")
+fi
+[ "${#files[@]}" -gt 0 ] || { echo "bench-vulkan: no benchmark files were made" >&2; exit 1; }
 
 summary=()
 for f in "${files[@]}"; do
