@@ -1,1 +1,37 @@
-fn main() {}
+//! The `xpu-runner` binary: parses the command line and hands over to the library.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // When the probe re-executes this binary to query Level Zero in a child
+    // process, this call does that work and exits.
+    xpu_probe::level_zero::run_child_if_requested();
+
+    let args = cli::Cli::parse();
+    init_logging(args.command.default_log_level());
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the error and its causes, joined.
+            eprintln!("error: {}", format!("{error:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries generated text); colours only on a terminal.
+/// `RUST_LOG` overrides the command's default level.
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

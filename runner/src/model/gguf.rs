@@ -76,12 +76,12 @@ pub fn open(path: &Path) -> Result<GgufFile, LoadError> {
         });
     }
     let content = gguf_file::Content::read(&mut Cursor::new(&mmap[..]))
-        .map_err(|e| header_error(path, &e.to_string(), mmap.len()))?;
+        .map_err(|e| header_error(path, &first_line(&e), mmap.len()))?;
 
     for (name, info) in &content.tensor_infos {
         let elems = info.shape.elem_count();
         let block = info.ggml_dtype.block_size();
-        let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+        let bytes = (elems / block).saturating_mul(info.ggml_dtype.type_size()) as u64;
         let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
         if end > mmap.len() as u64 {
             return Err(LoadError::Truncated {
@@ -108,7 +108,7 @@ fn header_error(path: &Path, message: &str, file_len: usize) -> LoadError {
         };
     }
     let eof = message.contains("failed to fill whole buffer")
-        || message.contains("exceeds remaining file bytes")
+        || message.contains("remaining")
         || message.contains("UnexpectedEof");
     if eof {
         LoadError::Truncated {
@@ -121,6 +121,12 @@ fn header_error(path: &Path, message: &str, file_len: usize) -> LoadError {
             reason: message.replace('\n', " "),
         }
     }
+}
+
+/// The first line of an error: candle appends a backtrace when `RUST_BACKTRACE`
+/// is set, which has no place in a one-line message.
+pub fn first_line(error: &dyn std::fmt::Display) -> String {
+    error.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// A string metadata value.

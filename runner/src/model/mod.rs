@@ -247,7 +247,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
     let model_vocab = content
         .tensor_infos
         .get("token_embd.weight")
-        .and_then(|t| t.shape.dims().last().copied());
+        .and_then(|t| t.shape.dims().first().copied());
     if let (Some(vocab), Some(tok)) = (model_vocab, tokenizer.as_ref()) {
         if options.tokenizer.is_none() && tok.vocab_size() != vocab {
             return Err(LoadError::TokenizerMismatch(format!(

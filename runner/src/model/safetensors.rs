@@ -103,7 +103,7 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<(LoadedModel, Optio
     let mut engine = CandleEngine::from_safetensors(&architecture, &config_text, &files, dtype, device)
         .map_err(|e| LoadError::Engine {
             path: dir.to_path_buf(),
-            reason: format!("{e:#}"),
+            reason: super::gguf::first_line(&format!("{e:#}")),
         })?;
     let ctx = resolve_context(options.ctx, crate::engine::Engine::context_length(&engine))?;
     engine.limit_context(ctx);
@@ -145,7 +145,7 @@ fn weights_dtype(dir: &Path, files: &[PathBuf]) -> Result<DType, LoadError> {
     let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }.map_err(|e| {
         LoadError::InvalidConfig {
             path: dir.to_path_buf(),
-            reason: format!("cannot read the safetensors files: {e}"),
+            reason: format!("cannot read the safetensors files: {}", super::gguf::first_line(&e)),
         }
     })?;
     let mut found = None;

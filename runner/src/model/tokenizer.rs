@@ -65,7 +65,7 @@ impl Tokenizer {
         let tokens = string_array(content, "tokenizer.ggml.tokens")?;
         let inner = match kind.as_str() {
             "gpt2" => tokenizers::Tokenizer::from_gguf(content)
-                .map_err(|e| err(format!("cannot build the GGUF gpt2 tokenizer: {e}")))?,
+                .map_err(|e| err(format!("cannot build the GGUF gpt2 tokenizer: {}", e.to_string().lines().next().unwrap_or_default())))?,
             "llama" => sentencepiece_from_gguf(content, &tokens)?,
             other => {
                 return Err(err(format!(

@@ -1,0 +1,197 @@
+//! Every way a user can hand `xpu-runner` a bad model or request ends with one
+//! clear `error:` line and a non-zero exit, never a panic. Each case is built from
+//! the real test model, made broken.
+
+mod support;
+
+use candle_core::quantized::gguf_file::Value;
+use support::{assert_one_line_error, edited_model, runner, test_model};
+
+fn model_str() -> String {
+    test_model().to_string_lossy().into_owned()
+}
+
+fn generate(model: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["generate", "--model", model, "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"];
+    args.extend_from_slice(extra);
+    runner(&args)
+}
+
+#[test]
+fn missing_file() {
+    let out = generate("/nonexistent/model.gguf", &[]);
+    assert_one_line_error(&out, &["not found", "/nonexistent/model.gguf"]);
+}
+
+#[test]
+fn truncated_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("truncated.gguf");
+    let bytes = std::fs::read(test_model()).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["truncated", "download it again"]);
+}
+
+#[test]
+fn gguf_cut_inside_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("header-only.gguf");
+    let bytes = std::fs::read(test_model()).unwrap();
+    std::fs::write(&path, &bytes[..4096]).unwrap();
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["truncated"]);
+}
+
+#[test]
+fn corrupt_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corrupt.gguf");
+    let mut bytes = std::fs::read(test_model()).unwrap();
+    bytes[..4].copy_from_slice(b"GGML");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["not a model", "GGUF magic"]);
+}
+
+#[test]
+fn corrupt_header_value() {
+    // An absurd metadata count right after the version.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corrupt-header.gguf");
+    let mut bytes = std::fs::read(test_model()).unwrap();
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let out = generate(path.to_str().unwrap(), &[]);
+    let line = assert_one_line_error(&out, &[]);
+    assert!(line.contains("corrupt") || line.contains("truncated"), "{line}");
+}
+
+#[test]
+fn unsupported_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mamba.gguf");
+    edited_model(&path, |md| {
+        md.insert("general.architecture".into(), Value::String("mamba".into()));
+    });
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["unsupported model architecture `mamba`", "llama, qwen2, phi3"]);
+}
+
+#[test]
+fn unsupported_quantization() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iq4.gguf");
+    let mut bytes = std::fs::read(test_model()).unwrap();
+    let at = support::tensor_type_offset(&bytes, "blk.0.attn_q.weight");
+    bytes[at..at + 4].copy_from_slice(&20u32.to_le_bytes()); // IQ4_NL
+    std::fs::write(&path, &bytes).unwrap();
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["unsupported quantization IQ4_NL", "Q4_0"]);
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-tokenizer.gguf");
+    edited_model(&path, |md| md.retain(|k, _| !k.starts_with("tokenizer.")));
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["no embedded tokenizer", "--tokenizer"]);
+}
+
+#[test]
+fn embedded_tokenizer_does_not_match_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short-vocab.gguf");
+    edited_model(&path, |md| {
+        for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type"] {
+            if let Some(Value::Array(items)) = md.get_mut(key) {
+                items.truncate(1000);
+            }
+        }
+        // Merges that name dropped tokens would be rejected first.
+        md.insert("tokenizer.ggml.merges".into(), Value::Array(vec![]));
+    });
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["does not match", "1000 tokens", "49152"]);
+}
+
+#[test]
+fn external_tokenizer_of_another_model() {
+    use tokenizers::models::wordlevel::WordLevel;
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = (0..500).map(|i| (format!("w{i}"), i as u32)).collect();
+    let model = WordLevel::builder().vocab(vocab).unk_token("w0".into()).build().unwrap();
+    let tokenizer = tokenizers::Tokenizer::new(model);
+    let path = dir.path().join("tokenizer.json");
+    tokenizer.save(&path, false).unwrap();
+    let out = generate(&model_str(), &["--tokenizer", path.to_str().unwrap()]);
+    assert_one_line_error(&out, &["does not match", "500 tokens"]);
+}
+
+#[test]
+fn missing_external_tokenizer_file() {
+    let out = generate(&model_str(), &["--tokenizer", "/nonexistent/tokenizer.json"]);
+    assert_one_line_error(&out, &["tokenizer", "/nonexistent/tokenizer.json"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let prompt = "word ".repeat(100);
+    let out = runner(&[
+        "generate", "--model", &model_str(), "--prompt", &prompt, "--ctx", "32", "--max-tokens", "2",
+    ]);
+    assert_one_line_error(&out, &["exceeds the available context size (32 tokens)", "--ctx"]);
+}
+
+#[test]
+fn context_larger_than_the_model_supports() {
+    let out = generate(&model_str(), &["--ctx", "1000000"]);
+    assert_one_line_error(&out, &["--ctx 1000000", "larger than this model supports"]);
+}
+
+#[test]
+fn chat_without_a_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-template.gguf");
+    edited_model(&path, |md| {
+        md.remove("tokenizer.chat_template");
+    });
+    let out = runner(&["generate", "--model", path.to_str().unwrap(), "--chat", "Hi", "--max-tokens", "2"]);
+    assert_one_line_error(&out, &["no chat template", "plain prompt"]);
+}
+
+#[test]
+fn sampling_parameter_out_of_range() {
+    let out = generate(&model_str(), &["--top-p", "7"]);
+    assert_one_line_error(&out, &["top_p", "0 to 1"]);
+}
+
+#[test]
+fn unknown_device() {
+    let out = generate(&model_str(), &["--device", "tpu"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown device `tpu`"), "{stderr}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature() {
+    let out = generate(&model_str(), &["--device", "cuda"]);
+    assert_one_line_error(&out, &["without CUDA support", "--features cuda"]);
+}
+
+#[cfg(not(feature = "vulkan"))]
+#[test]
+fn vulkan_without_the_feature() {
+    let out = generate(&model_str(), &["--device", "vulkan"]);
+    assert_one_line_error(&out, &["without the `vulkan` feature"]);
+}
+
+#[test]
+fn directory_that_is_not_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = generate(dir.path().to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["not a model", "config.json"]);
+}
