@@ -130,3 +130,78 @@ fn non_llama_or_broken_files_are_refused() {
     let err = format!("{:#}", CpuLlamaEngine::load(&garbage, None).err().unwrap());
     assert!(err.contains("not a readable GGUF"), "{err}");
 }
+
+/// Writes a small random llama GGUF whose matrices are all of type `dtype`.
+fn write_small_llama(path: &std::path::Path, dtype: candle_core::quantized::GgmlDType) {
+    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+    let (dim, ffn, heads, kv_heads, layers, vocab) = (256usize, 512usize, 4u32, 2u32, 2u32, 300usize);
+    let kv_dim = dim / heads as usize * kv_heads as usize;
+    let mut seed = 7u64;
+    let mut random = |rows: usize, cols: usize, scale: f32| {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * scale
+            })
+            .collect();
+        Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
+    };
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut matrix = |name: String, rows: usize, cols: usize, t: &mut Vec<(String, QTensor)>| {
+        t.push((name, QTensor::quantize(&random(rows, cols, 0.2), dtype).unwrap()));
+    };
+    matrix("token_embd.weight".into(), vocab, dim, &mut tensors);
+    let ones = |n: usize| QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    for i in 0..layers {
+        let p = format!("blk.{i}.");
+        tensors.push((format!("{p}attn_norm.weight"), ones(dim)));
+        tensors.push((format!("{p}ffn_norm.weight"), ones(dim)));
+        matrix(format!("{p}attn_q.weight"), dim, dim, &mut tensors);
+        matrix(format!("{p}attn_k.weight"), kv_dim, dim, &mut tensors);
+        matrix(format!("{p}attn_v.weight"), kv_dim, dim, &mut tensors);
+        matrix(format!("{p}attn_output.weight"), dim, dim, &mut tensors);
+        matrix(format!("{p}ffn_gate.weight"), ffn, dim, &mut tensors);
+        matrix(format!("{p}ffn_up.weight"), ffn, dim, &mut tensors);
+        matrix(format!("{p}ffn_down.weight"), dim, ffn, &mut tensors);
+    }
+    tensors.push(("output_norm.weight".into(), ones(dim)));
+    matrix("output.weight".into(), vocab, dim, &mut tensors);
+    let metadata = [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.embedding_length", Value::U32(dim as u32)),
+        ("llama.feed_forward_length", Value::U32(ffn as u32)),
+        ("llama.attention.head_count", Value::U32(heads)),
+        ("llama.attention.head_count_kv", Value::U32(kv_heads)),
+        ("llama.block_count", Value::U32(layers)),
+        ("llama.rope.dimension_count", Value::U32(dim as u32 / heads)),
+        ("llama.context_length", Value::U32(64)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+    ];
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut file, &md, &ts).unwrap();
+}
+
+#[test]
+fn every_weight_type_matches_candle_including_the_candle_fallback() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    // Q4_0/Q4_1/Q8_0 run on our kernels; F32, F16, Q4K and Q6K on candle's, per matrix.
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F32, GgmlDType::F16, GgmlDType::Q4K, GgmlDType::Q6K] {
+        let path = dir.path().join(format!("{dtype:?}.gguf"));
+        write_small_llama(&path, dtype);
+        let mut ours = CpuLlamaEngine::load(&path, None).unwrap();
+        let mut reference = candle_model(&path);
+        let prompt = [5u32, 17, 42, 99, 250, 3];
+        let a = ours.forward(&prompt, 0).unwrap();
+        let b = candle_logits(&mut reference, &prompt, 0);
+        let err = relative_error(&a, &b);
+        assert!(err < MAX_ERROR, "{dtype:?}: prefill logits differ by {err} of their range");
+        let a = ours.forward(&[7], prompt.len()).unwrap();
+        let b = candle_logits(&mut reference, &[7], prompt.len());
+        let err = relative_error(&a, &b);
+        assert!(err < MAX_ERROR, "{dtype:?}: decode logits differ by {err} of their range");
+    }
+}
