@@ -133,6 +133,11 @@ fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
     let vocab = model.config().vocab as u32;
     let bandwidth = testing::copy_bandwidth(model.gpu(), 1 << 30, 20)?;
     println!("copy bandwidth:     {:.1} GB/s (read + write)", bandwidth / 1e9);
+    // 150 dependent copies of 4 KiB in one submission: the cost of one dispatch plus the
+    // barrier between dispatches, which a decode step pays about 150 times.
+    let tiny = 4096.0;
+    let per_dispatch = 2.0 * tiny / testing::copy_bandwidth(model.gpu(), tiny as u64, 150)?;
+    println!("dispatch + barrier: {:.1} us (150 dependent 4 KiB copies in one submission)", per_dispatch * 1e6);
     let prompt = synthetic_prompt(args.prompt, vocab);
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
@@ -146,9 +151,17 @@ fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
         let mut logits = model.forward(&prompt, 0)?;
         prefill.push(args.prompt as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
+        let (mut record_s, mut wait_s) = (0.0, 0.0);
         for i in 0..args.decode {
             logits = model.forward(&[argmax(&logits)], args.prompt + i)?;
+            record_s += model.last_timing().record_s;
+            wait_s += model.last_timing().wait_s;
         }
+        println!(
+            "decode step:        {:.2} ms recording + submitting, {:.2} ms waiting for the GPU + logits",
+            record_s * 1e3 / args.decode as f64,
+            wait_s * 1e3 / args.decode as f64
+        );
         decode.push(args.decode as f64 / t.elapsed().as_secs_f64());
     }
     let (prefill, decode) = (median(prefill), median(decode));

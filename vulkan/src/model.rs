@@ -134,6 +134,16 @@ pub struct LlamaModel {
     /// Tokens currently in the KV cache.
     cached: usize,
     weight_bytes: u64,
+    timing: ForwardTiming,
+}
+
+/// Where the host time of the last forward pass went (for benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardTiming {
+    /// Seconds spent recording and submitting the command buffers.
+    pub record_s: f64,
+    /// Seconds spent waiting for the GPU and reading the logits back.
+    pub wait_s: f64,
 }
 
 /// Reads tensors of a GGUF file as raw bytes.
@@ -186,8 +196,8 @@ impl GgufReader {
             return Err(self.unsupported(format!("inconsistent heads: {n_head} heads, {n_kv_head} kv heads, width {n_embd}")));
         }
         let head_dim = n_embd / n_head;
-        if head_dim > 256 || head_dim % 2 != 0 {
-            return Err(self.unsupported(format!("head dimension {head_dim} (the kernels handle even sizes up to 256)")));
+        if head_dim > 256 || head_dim % 4 != 0 {
+            return Err(self.unsupported(format!("head dimension {head_dim} (the kernels handle multiples of 4 up to 256)")));
         }
         let rope_dim = self.meta_u32("llama.rope.dimension_count").unwrap_or(head_dim);
         if rope_dim != head_dim {
@@ -483,6 +493,7 @@ impl LlamaModel {
             output,
             cached: 0,
             weight_bytes,
+            timing: ForwardTiming::default(),
         })
     }
 
@@ -509,6 +520,7 @@ impl LlamaModel {
             return Err(VulkanError::InvalidInput(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab)));
         }
         let batches: Vec<&[u32]> = tokens.chunks(self.max_batch).collect();
+        let started = std::time::Instant::now();
         let mut pos = start;
         // If a batch fails, only positions before `start` are known to be intact.
         self.cached = self.cached.min(start);
@@ -518,7 +530,12 @@ impl LlamaModel {
             pos += batch.len();
             self.gpu.check("running the model")?;
         }
+        let recorded = std::time::Instant::now();
         let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+        self.timing = ForwardTiming {
+            record_s: (recorded - started).as_secs_f64(),
+            wait_s: recorded.elapsed().as_secs_f64(),
+        };
         self.cached = start + tokens.len();
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
@@ -598,6 +615,11 @@ impl LlamaModel {
     /// numerator of the memory-bandwidth bound.
     pub fn weight_bytes_per_token(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Host time split of the last successful forward pass.
+    pub fn last_timing(&self) -> ForwardTiming {
+        self.timing
     }
 
     /// The device the model runs on.

@@ -55,12 +55,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let pos = tile * WG + lid.x;
         var s = NEG;
         if (pos <= last) {
+            // Four independent partial sums keep several loads in flight.
             let kb = cb + pos * p.hd;
-            var d = 0.0;
-            for (var i = 0u; i < p.hd; i++) {
-                d += qs[i] * kcache[kb + i];
+            var d = vec4<f32>(0.0);
+            for (var i = 0u; i < p.hd; i += 4u) {
+                d += vec4<f32>(qs[i], qs[i + 1u], qs[i + 2u], qs[i + 3u])
+                    * vec4<f32>(kcache[kb + i], kcache[kb + i + 1u], kcache[kb + i + 2u], kcache[kb + i + 3u]);
             }
-            s = d;
+            s = d.x + d.y + d.z + d.w;
         }
         pr[lid.x] = s;
         workgroupBarrier();
@@ -79,13 +81,15 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         }
         l = l * corr + tsum;
         m = new_m;
-        let n_valid = min(WG, last + 1u - tile * WG);
         for (var i = 0u; i < 4u; i++) {
             let dim = lid.x + i * WG;
             if (dim < p.hd) {
+                // A constant trip count lets the compiler unroll and overlap the loads;
+                // positions past `last` have weight 0 and read a valid row instead.
                 var a = acc[i] * corr;
-                for (var j = 0u; j < n_valid; j++) {
-                    a += pr[j] * vcache[cb + (tile * WG + j) * p.hd + dim];
+                for (var j = 0u; j < WG; j++) {
+                    let pos_j = min(tile * WG + j, last);
+                    a += pr[j] * vcache[cb + pos_j * p.hd + dim];
                 }
                 acc[i] = a;
             }

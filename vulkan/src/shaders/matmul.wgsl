@@ -70,9 +70,14 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     }
     let units = select(0u, p.k / 32u, valid);
     let kv = p.k / 4u;
+    // Loops over t run to the constant TB with a test inside, so that the compiler unrolls
+    // them and keeps acc in registers (a runtime bound makes acc a memory array).
     for (var u = lane; u < units; u += lanes) {
         load_unit(row, u);
-        for (var t = 0u; t < tn; t++) {
+        for (var t = 0u; t < TB; t++) {
+            if (t >= tn) {
+                break;
+            }
             let xb = (t0 + t) * kv + u * 8u;
             var s = dot(wv[0], x[xb]);
             s += dot(wv[1], x[xb + 1u]);
@@ -86,14 +91,18 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         }
     }
     // Only the tn columns in use are reduced: decode (tn = 1) pays for one column.
-    for (var t = 0u; t < tn; t++) {
-        red[t * WG + lid.x] = acc[t];
+    for (var t = 0u; t < TB; t++) {
+        if (t < tn) {
+            red[t * WG + lid.x] = acc[t];
+        }
     }
     workgroupBarrier();
     for (var s = lanes / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
-            for (var t = 0u; t < tn; t++) {
-                red[t * WG + lid.x] += red[t * WG + lid.x + s];
+            for (var t = 0u; t < TB; t++) {
+                if (t < tn) {
+                    red[t * WG + lid.x] += red[t * WG + lid.x + s];
+                }
             }
         }
         workgroupBarrier();
