@@ -7,6 +7,4 @@ pub mod stop;
 pub mod bench;
 pub mod generate;
 pub mod model;
-// Gated while the server is brought up, so that a half-done edit never breaks others' builds.
-#[cfg(feature = "serve-wip")]
 pub mod server;

@@ -24,8 +24,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed and time to first token.
     Bench(bench::BenchArgs),
-    // `serve` (the OpenAI-compatible HTTP service, issue 4) is added here as
-    // `Serve(xpu_runner::server::config::ServeArgs)` with its arm in `run`.
+    /// Serve the model over an OpenAI-compatible HTTP API (a systemd-ready service).
+    Serve(xpu_runner::server::ServeArgs),
 }
 
 impl Command {
@@ -33,6 +33,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Generate(_) | Command::Bench(_) => "warn",
+            Command::Serve(_) => "info",
         }
     }
 }
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => xpu_runner::server::run(args),
     }
 }
 
