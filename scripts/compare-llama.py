@@ -120,6 +120,9 @@ def main():
             prompt_ids = mine["prompt_tokens"]
             ref = theirs(port, prompt_ids, args.tokens)
             a, b = mine["tokens"][: args.tokens], ref[: args.tokens]
+            # llama.cpp lists the end-of-sequence token it stopped at; we do not.
+            if mine["finish_reason"] == "stop" and len(b) == len(a) + 1 and b[: len(a)] == a:
+                b = b[: len(a)]
             agree = 0
             for x, y in zip(a, b):
                 if x != y:

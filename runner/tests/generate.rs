@@ -24,7 +24,7 @@ fn run_generate(args: &[&str]) -> (String, String) {
 #[test]
 fn greedy_chat_answers_coherently() {
     let (stdout, stderr) = run_generate(&[
-        "--chat", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24",
+        "--chat", "What is the capital of France? Answer in one sentence.", "--temperature", "0", "--max-tokens", "24",
     ]);
     assert!(stdout.contains("Paris"), "unexpected answer: {stdout:?}");
     assert!(stderr.contains("prompt:") && stderr.contains("tok/s"), "{stderr}");
@@ -48,10 +48,10 @@ fn max_tokens_limits_the_output() {
 
 #[test]
 fn stop_string_ends_the_output_before_it() {
-    let (free, _) = run_generate(&["--chat", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24"]);
+    let (free, _) = run_generate(&["--chat", "What is the capital of France? Answer in one sentence.", "--temperature", "0", "--max-tokens", "24"]);
     let cut = free.find("Paris").expect("greedy answer names Paris");
     let (stopped, stderr) = run_generate(&[
-        "--chat", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24", "--stop", "Paris",
+        "--chat", "What is the capital of France? Answer in one sentence.", "--temperature", "0", "--max-tokens", "24", "--stop", "Paris",
     ]);
     assert_eq!(stopped.trim_end_matches('\n'), &free[..cut]);
     assert!(stderr.contains("finish: Stop"), "{stderr}");
@@ -100,4 +100,17 @@ fn library_generation_stops_at_eos_and_can_be_cancelled() {
     // The KV cache is reset between requests: the same greedy request gives the same text.
     let again = generate(&mut model, &request, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(again.text, streamed);
+}
+
+#[test]
+fn smollm2_tokenization_matches_llama_cpp() {
+    // Reference ids from llama.cpp b11434 (`llama-server` /tokenize) on the same GGUF:
+    // no space is added in front of the text, and digits are split one by one.
+    let model = model::load(&test_model(), &LoadOptions { threads: Some(2), ..Default::default() }).unwrap();
+    let t = &model.tokenizer;
+    assert_eq!(t.encode("The three primary colors are", true).unwrap(), vec![504, 1296, 3003, 4683, 359]);
+    assert_eq!(t.encode("a 12345 b", true).unwrap(), vec![81, 216, 33, 34, 35, 36, 37, 278]);
+    // After a special token the text is not prefixed with a space either.
+    let chat = t.encode("<|im_start|>user\nHi", true).unwrap();
+    assert_eq!(chat[..3], [1, 4093, 198]);
 }

@@ -17,7 +17,11 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, DecoderWrapper};
 
@@ -64,8 +68,24 @@ impl Tokenizer {
         };
         let tokens = string_array(content, "tokenizer.ggml.tokens")?;
         let inner = match kind.as_str() {
-            "gpt2" => tokenizers::Tokenizer::from_gguf(content)
-                .map_err(|e| err(format!("cannot build the GGUF gpt2 tokenizer: {}", e.to_string().lines().next().unwrap_or_default())))?,
+            "gpt2" => {
+                let mut tokenizer = tokenizers::Tokenizer::from_gguf(content).map_err(|e| {
+                    err(format!(
+                        "cannot build the GGUF gpt2 tokenizer: {}",
+                        e.to_string().lines().next().unwrap_or_default()
+                    ))
+                })?;
+                let pre = content
+                    .metadata
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.to_string().ok())
+                    .map(String::as_str)
+                    .unwrap_or("gpt2");
+                if let Some(pre_tokenizer) = llama_cpp_pre_tokenizer(pre) {
+                    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+                }
+                tokenizer
+            }
             "llama" => sentencepiece_from_gguf(content, &tokens)?,
             other => {
                 return Err(err(format!(
@@ -186,6 +206,25 @@ impl StreamDecoder {
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
+    }
+}
+
+/// The pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`, where candle's
+/// differs. candle handles `qwen2` and `llama3`-style pre-tokenizers exactly;
+/// for the others it falls back to a GPT-2 ByteLevel step that adds a space in
+/// front of every stretch of text, which llama.cpp never does, and it does not
+/// split digits for the `smollm` family.
+fn llama_cpp_pre_tokenizer(pre: &str) -> Option<PreTokenizerWrapper> {
+    // add_prefix_space = false, trim_offsets = true, use_regex = true (GPT-2 regex).
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        "qwen2" | "llama3" | "smaug-bpe" | "lfm2" => None,
+        // llama.cpp splits every digit out first (`\p{N}`), then applies GPT-2's regex.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => Some(
+            PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        ),
+        _ => Some(byte_level.into()),
     }
 }
 
