@@ -278,20 +278,26 @@ mod x86 {
         }
     }
 
-    /// One weight row against four activation rows (each `nb` blocks, `stride`
-    /// blocks apart in `x`): the weight blocks are unpacked once for all four.
-    pub unsafe fn dot_x4(format: super::WeightFormat, w: &[u8], x: &[BlockQ8], nb: usize, stride: usize) -> [f32; 4] {
+    /// One weight row against `N` activation rows (each `nb` blocks, `stride` blocks
+    /// apart in `x`): the weight blocks are unpacked once for all of them.
+    pub unsafe fn dot_xn<const N: usize>(
+        format: super::WeightFormat,
+        w: &[u8],
+        x: &[BlockQ8],
+        nb: usize,
+        stride: usize,
+    ) -> [f32; N] {
         match format {
-            super::WeightFormat::Q4_0 => dot_x4_for::<0>(w, x, nb, stride),
-            super::WeightFormat::Q4_1 => dot_x4_for::<1>(w, x, nb, stride),
-            super::WeightFormat::Q8_0 => dot_x4_for::<2>(w, x, nb, stride),
+            super::WeightFormat::Q4_0 => dot_xn_for::<0, N>(w, x, nb, stride),
+            super::WeightFormat::Q4_1 => dot_xn_for::<1, N>(w, x, nb, stride),
+            super::WeightFormat::Q8_0 => dot_xn_for::<2, N>(w, x, nb, stride),
         }
     }
 
-    /// [`dot_x4`] for one format (`F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0), so that the
+    /// [`dot_xn`] for one format (`F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0), so that the
     /// format checks fold away.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_x4_for<const F: u8>(w: &[u8], x: &[BlockQ8], nb: usize, stride: usize) -> [f32; 4] {
+    unsafe fn dot_xn_for<const F: u8, const N: usize>(w: &[u8], x: &[BlockQ8], nb: usize, stride: usize) -> [f32; N] {
         let format = match F {
             0 => super::WeightFormat::Q4_0,
             1 => super::WeightFormat::Q4_1,
@@ -300,14 +306,14 @@ mod x86 {
         let bb = format.block_bytes();
         let p = w.as_ptr();
         let xp = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut offset = [0f32; 4];
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offset = [0f32; N];
         let unsigned = format == super::WeightFormat::Q4_1;
         for i in 0..nb {
             let (qw, dw, mw) = weight_block(format, p.add(i * bb));
             // For signed weights, move the sign onto the activations once.
             let aw = if unsigned { qw } else { _mm256_sign_epi8(qw, qw) };
-            for r in 0..4 {
+            for r in 0..N {
                 let xb = &*xp.add(r * stride + i);
                 let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
                 let sx = if unsigned { qx } else { _mm256_sign_epi8(qx, qw) };
@@ -318,7 +324,11 @@ mod x86 {
                 }
             }
         }
-        [hsum(acc[0]) + offset[0], hsum(acc[1]) + offset[1], hsum(acc[2]) + offset[2], hsum(acc[3]) + offset[3]]
+        let mut out = [0f32; N];
+        for r in 0..N {
+            out[r] = hsum(acc[r]) + offset[r];
+        }
+        out
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -415,9 +425,19 @@ pub fn matmul(x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_>]) {
                 let row = w.row(j);
                 let mut r = r0;
                 #[cfg(target_arch = "x86_64")]
+                while avx2 && r + 8 <= r1 {
+                    // SAFETY: AVX2 was detected; rows r..r+8 exist in x (r + 8 <= m).
+                    let v = unsafe { x86::dot_xn::<8>(w.format, row, &x[r * nb..], nb, nb) };
+                    for (i, v) in v.into_iter().enumerate() {
+                        // SAFETY: as below.
+                        unsafe { *out.0.add((r + i) * n + j) = v };
+                    }
+                    r += 8;
+                }
+                #[cfg(target_arch = "x86_64")]
                 while avx2 && r + 4 <= r1 {
                     // SAFETY: AVX2 was detected; rows r..r+4 exist in x (r + 4 <= m).
-                    let v = unsafe { x86::dot_x4(w.format, row, &x[r * nb..], nb, nb) };
+                    let v = unsafe { x86::dot_xn::<4>(w.format, row, &x[r * nb..], nb, nb) };
                     for (i, v) in v.into_iter().enumerate() {
                         // SAFETY: as below.
                         unsafe { *out.0.add((r + i) * n + j) = v };
@@ -465,7 +485,8 @@ mod tests {
     #[test]
     fn kernels_match_float_reference() {
         let mut seed = 42;
-        let (rows, cols, m) = (37, 256, 11);
+        // m = 15 exercises the 8-row, 4-row and single-row paths.
+        let (rows, cols, m) = (37, 256, 15);
         for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
             let data = random_matrix(format, rows, cols, &mut seed);
             let w = QMatrix::new(format, rows, cols, &data).unwrap();
