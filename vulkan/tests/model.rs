@@ -105,7 +105,7 @@ fn greedy_decoding_matches_candle() {
         matching += same as usize;
         let (abs1, rel1) = diff(&g_logits, &c_logits);
         println!(
-            "{prompt:?}: {} | prompt logits max abs {abs0:.4} rel {rel0:.2e} | final logits max abs {abs1:.4} rel {rel1:.2e}",
+            "{prompt:?}: {} | prompt logits max abs {abs0:.2e} rel {rel0:.2e} | final logits max abs {abs1:.2e} rel {rel1:.2e}",
             if same { "same 32 tokens".to_string() } else { format!("differs from token {}", g_out.iter().zip(&c_out).take_while(|(a, b)| a == b).count()) }
         );
         // The first logits come from identical inputs: they must agree to float rounding.
