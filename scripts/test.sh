@@ -10,7 +10,10 @@ export XPU_TEST_MODEL
 # Model tests need optimised candle kernels, so the whole suite runs in release mode.
 cargo test --workspace --release --locked --features xpu-runner/vulkan
 
-# Suites outside cargo: Nix evaluation and the HTTP API with real clients.
+# Suites outside cargo: Nix evaluation and the HTTP API with real clients. The API
+# suite reuses the runner binary cargo just built (same features), instead of building
+# another one with different feature unification.
+export XPU_RUNNER_BIN=${XPU_RUNNER_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/xpu-runner}
 for suite in scripts/test-nix.sh scripts/test-api.sh; do
     if [ -x "$suite" ]; then
         echo "== $suite" >&2
