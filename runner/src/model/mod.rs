@@ -67,12 +67,7 @@ impl LoadedModel {
     /// Renders a conversation and tokenizes it, ready for generation.
     pub fn chat_prompt_tokens(&self, messages: &[ChatMessage]) -> anyhow::Result<Vec<u32>> {
         let text = self.chat_template()?.render(messages, true)?;
-        // A template that writes the BOS token itself must not get a second one.
-        let starts_with_bos = self
-            .tokenizer
-            .bos_token()
-            .is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
-        self.tokenizer.encode(&text, !starts_with_bos)
+        self.tokenizer.encode_chat_prompt(&text)
     }
 }
 

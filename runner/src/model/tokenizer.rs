@@ -155,6 +155,15 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Encodes a rendered chat template. A template that writes the BOS token itself
+    /// must not get a second one from the post-processor.
+    pub fn encode_chat_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let starts_with_bos = self
+            .bos_token()
+            .is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
+        self.encode(text, !starts_with_bos)
+    }
+
     /// Decodes ids to text, leaving out special tokens when `skip_special_tokens`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> anyhow::Result<String> {
         self.inner

@@ -94,14 +94,8 @@ impl Prompter for ModelPrompter {
         let text = template
             .render(&messages, true)
             .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-        // Same rule as the core's chat_prompt_tokens: a template that writes the
-        // BOS token itself must not get a second one.
-        let starts_with_bos = self
-            .tokenizer
-            .bos_token()
-            .is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
         self.tokenizer
-            .encode(&text, !starts_with_bos)
+            .encode_chat_prompt(&text)
             .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e:#}")))
     }
 
