@@ -4,6 +4,10 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::ArgAction;
 
 use super::device::DeviceChoice;
 
@@ -67,6 +71,35 @@ pub struct ServeArgs {
     /// with commas; `*` allows any origin. Off by default.
     #[arg(long, env = "XPU_RUNNER_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
     pub cors_allow_origin: Vec<String>,
+
+    /// Do not read Intel GPU telemetry (Level Zero Sysman: memory, temperature,
+    /// power) for /metrics and /health. Without an Intel GPU there is nothing to
+    /// read anyway; this also saves the one helper process.
+    #[arg(
+        long,
+        env = "XPU_RUNNER_NO_GPU_TELEMETRY",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub no_gpu_telemetry: bool,
+
+    /// Seconds between two GPU telemetry readings (fractions allowed, 0.1 to 3600).
+    #[arg(
+        long,
+        env = "XPU_RUNNER_GPU_TELEMETRY_INTERVAL",
+        value_name = "SECS",
+        default_value = "5",
+        value_parser = parse_interval
+    )]
+    pub gpu_telemetry_interval: Duration,
+}
+
+/// Parses `--gpu-telemetry-interval`: seconds, 0.1 to 3600.
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("{value:?} is not a number of seconds from 0.1 to 3600 (e.g. 5 or 0.5)")),
+    }
 }
 
 impl ServeArgs {
@@ -119,5 +152,29 @@ mod tests {
     fn zero_queue_is_rejected() {
         let cli = Cli::try_parse_from(["x", "--model", "m", "--max-queue", "0"]).unwrap();
         assert!(cli.serve.validate().unwrap_err().to_string().contains("--max-queue"));
+    }
+
+    #[test]
+    fn gpu_telemetry_is_on_every_5_s_by_default() {
+        let cli = Cli::try_parse_from(["x", "--model", "m"]).unwrap();
+        assert!(!cli.serve.no_gpu_telemetry);
+        assert_eq!(cli.serve.gpu_telemetry_interval, Duration::from_secs(5));
+        let cli = Cli::try_parse_from(["x", "--model", "m", "--no-gpu-telemetry", "--gpu-telemetry-interval", "0.5"])
+            .unwrap();
+        assert!(cli.serve.no_gpu_telemetry);
+        assert_eq!(cli.serve.gpu_telemetry_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_intervals_say_what_is_expected() {
+        for bad in ["0", "0.05", "-1", "abc", "", "3601", "NaN", "inf"] {
+            let option = format!("--gpu-telemetry-interval={bad}");
+            let error = Cli::try_parse_from(["x", "--model", "m", &option])
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"))
+                .to_string();
+            assert!(error.contains("--gpu-telemetry-interval"), "{error}");
+            assert!(error.contains("from 0.1 to 3600"), "{error}");
+        }
     }
 }

@@ -1,12 +1,18 @@
 //! Prometheus metrics for `GET /metrics` (OpenMetrics text format). Names follow the
-//! union of what vLLM, llama.cpp and TGI expose, with an `xpu_` prefix.
+//! union of what vLLM, llama.cpp and TGI expose, with an `xpu_` prefix. Intel GPU
+//! telemetry is rendered per scrape from the newest reading (see `telemetry`).
 
-use prometheus_client::encoding::text::encode;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::EncodeGaugeValue;
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{Atomic, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use xpu_probe::level_zero::{DeviceTelemetry, Telemetry};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -129,13 +135,107 @@ impl Metrics {
             .set(1);
     }
 
-    /// The exposition text.
+    /// The exposition text, without GPU telemetry.
     pub fn render(&self) -> String {
+        self.render_with_gpu(None)
+    }
+
+    /// The exposition text, with a family of gauges per GPU value when there is a
+    /// reading.
+    pub fn render_with_gpu(&self, gpu: Option<&Telemetry>) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        if let Some(reading) = gpu {
+            let _ = encode_registry(&mut out, &gpu_registry(reading));
+        }
+        let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// The GPU gauges of one reading, one sample per device and reported value: a value
+/// the driver does not report has no sample, and a family without samples is left out.
+/// Labels: `index` (Level Zero's device order, unique even for identical cards without
+/// a PCI address), `device` (the name) and `pci` (the address, empty when unknown).
+fn gpu_registry(reading: &Telemetry) -> Registry {
+    let bytes = |value: Option<u64>| value.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+    let mut registry = Registry::default();
+    let devices = &reading.devices;
+    register_per_device::<i64, AtomicI64>(
+        &mut registry,
+        "xpu_gpu_memory_used_bytes",
+        "Intel GPU device memory in use (Level Zero Sysman)",
+        devices,
+        |d| bytes(d.memory_used_bytes),
+    );
+    register_per_device::<i64, AtomicI64>(
+        &mut registry,
+        "xpu_gpu_memory_total_bytes",
+        "Intel GPU device memory in total (Level Zero Sysman)",
+        devices,
+        |d| bytes(d.memory_total_bytes),
+    );
+    register_per_device::<f64, AtomicU64>(
+        &mut registry,
+        "xpu_gpu_temperature_celsius",
+        "Intel GPU temperature, the hottest sensor (Level Zero Sysman)",
+        devices,
+        |d| d.temperature_c,
+    );
+    register_per_device::<f64, AtomicU64>(
+        &mut registry,
+        "xpu_gpu_power_watts",
+        "Intel GPU power draw over the last interval (Level Zero Sysman)",
+        devices,
+        |d| d.power_w,
+    );
+    registry
+}
+
+/// Registers gauge `name` with a sample for each device that has a `value`; nothing
+/// when none has.
+fn register_per_device<N, A>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    devices: &[DeviceTelemetry],
+    value: impl Fn(&DeviceTelemetry) -> Option<N>,
+) where
+    N: EncodeGaugeValue + std::fmt::Debug + Send + Sync + 'static,
+    A: Atomic<N> + Default + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<Labels, Gauge<N, A>>::default();
+    let mut any = false;
+    for (index, device) in devices.iter().enumerate() {
+        if let Some(v) = value(device) {
+            let labels: Labels = vec![
+                ("index", index.to_string()),
+                ("device", escape_label_value(&device.name)),
+                ("pci", escape_label_value(device.pci_address.as_deref().unwrap_or(""))),
+            ];
+            family.get_or_create(&labels).set(v);
+            any = true;
+        }
+    }
+    if any {
+        registry.register(name, help, family);
+    }
+}
+
+/// Escapes a label value for the text format (the encoder writes values as given):
+/// a driver's device name must not be able to break the exposition.
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -155,5 +255,114 @@ mod tests {
         assert!(text.contains(r#"xpu_device_info{device="cpu (2 threads)",model="smol"} 1"#));
         assert!(text.contains("xpu_time_to_first_token_seconds_bucket"));
         assert!(text.contains("xpu_queue_depth 0"));
+    }
+
+    fn two_devices() -> Telemetry {
+        Telemetry::from_devices(vec![
+            DeviceTelemetry {
+                name: "Intel(R) Arc(TM) A770 Graphics".into(),
+                pci_address: Some("0000:03:00.0".into()),
+                memory_used_bytes: Some(4 << 30),
+                memory_total_bytes: Some(16 << 30),
+                temperature_c: Some(45.5),
+                power_w: Some(100.25),
+            },
+            // A driver that reports only memory, under an awkward name.
+            DeviceTelemetry {
+                name: "Odd \"GPU\" \\ 2".into(),
+                pci_address: None,
+                memory_used_bytes: Some(0),
+                memory_total_bytes: Some(128 << 30),
+                temperature_c: None,
+                power_w: None,
+            },
+        ])
+    }
+
+    #[test]
+    fn gpu_gauges_per_device_with_help_and_type() {
+        let m = Metrics::new();
+        let text = m.render_with_gpu(Some(&two_devices()));
+        let a770 = r#"{index="0",device="Intel(R) Arc(TM) A770 Graphics",pci="0000:03:00.0"}"#;
+        let odd = r#"{index="1",device="Odd \"GPU\" \\ 2",pci=""}"#;
+        for line in [
+            format!("xpu_gpu_memory_used_bytes{a770} 4294967296"),
+            format!("xpu_gpu_memory_total_bytes{a770} 17179869184"),
+            format!("xpu_gpu_temperature_celsius{a770} 45.5"),
+            format!("xpu_gpu_power_watts{a770} 100.25"),
+            format!("xpu_gpu_memory_used_bytes{odd} 0"),
+            format!("xpu_gpu_memory_total_bytes{odd} 137438953472"),
+            "# TYPE xpu_gpu_memory_used_bytes gauge".into(),
+            "# HELP xpu_gpu_power_watts Intel GPU power draw over the last interval (Level Zero Sysman).".into(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // Values a device does not report have no sample.
+        assert!(!text.contains(&format!("xpu_gpu_temperature_celsius{odd}")), "{text}");
+        assert!(!text.contains(&format!("xpu_gpu_power_watts{odd}")), "{text}");
+        // The server's own metrics are still there, and the exposition ends once.
+        assert!(text.contains("xpu_queue_depth 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert_exposition_is_well_formed(&text);
+    }
+
+    #[test]
+    fn families_without_any_value_are_left_out() {
+        let only_memory = Telemetry::from_devices(vec![DeviceTelemetry {
+            name: "x".into(),
+            memory_used_bytes: Some(1),
+            ..Default::default()
+        }]);
+        let text = Metrics::new().render_with_gpu(Some(&only_memory));
+        assert!(text.contains(r#"xpu_gpu_memory_used_bytes{index="0",device="x",pci=""} 1"#), "{text}");
+        for absent in ["xpu_gpu_memory_total_bytes", "xpu_gpu_temperature_celsius", "xpu_gpu_power_watts"] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        assert_exposition_is_well_formed(&text);
+    }
+
+    #[test]
+    fn no_reading_no_gpu_lines() {
+        let m = Metrics::new();
+        let text = m.render_with_gpu(None);
+        assert!(!text.contains("xpu_gpu_"), "{text}");
+        assert_eq!(text, m.render());
+        // A reading without devices (an empty driver) adds nothing either.
+        assert_eq!(m.render_with_gpu(Some(&Telemetry::default())), text);
+        assert_exposition_is_well_formed(&text);
+    }
+
+    /// Every line is a comment (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`) or
+    /// `name{labels} value` with a number, every sample's family has a TYPE line
+    /// before it, and no family is declared twice.
+    fn assert_exposition_is_well_formed(text: &str) {
+        let mut declared: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!declared.contains(&name), "{name} declared twice");
+                declared.push(name);
+                continue;
+            }
+            if line.starts_with("# HELP ") || line.starts_with("# UNIT ") || line == "# EOF" {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+            assert!(value.parse::<f64>().is_ok(), "not a number in {line:?}");
+            let name = series.split('{').next().unwrap();
+            assert!(
+                declared.iter().any(|d| name.starts_with(d)),
+                "sample {name} before its TYPE line"
+            );
+            if let Some(labels) = series.strip_prefix(name) {
+                if !labels.is_empty() {
+                    assert!(labels.starts_with('{') && labels.ends_with('}'), "labels of {line:?}");
+                    // Quotes inside values are escaped: an even number of unescaped quotes.
+                    let unescaped = labels.replace("\\\\", "").replace("\\\"", "");
+                    assert_eq!(unescaped.matches('"').count() % 2, 0, "quotes in {line:?}");
+                }
+            }
+        }
     }
 }

@@ -23,6 +23,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod state;
 pub mod systemd;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -38,6 +39,7 @@ use metrics::Metrics;
 use queue::Scheduler;
 use shutdown::Lifecycle;
 use state::{AppState, ServedModel};
+use telemetry::GpuTelemetry;
 
 /// Runs the service until a termination signal; returns when it has drained.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -48,13 +50,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(args));
+    // Started before the listener so that the first reading is on its way while the
+    // model loads; it never blocks (the readings come from a child process).
+    let gpu = Arc::new(if args.no_gpu_telemetry {
+        GpuTelemetry::off()
+    } else {
+        GpuTelemetry::start(args.gpu_telemetry_interval)
+    });
+    let result = runtime.block_on(serve(args, gpu.clone()));
+    // Whatever ended the service (drained, or failed to start): kill the telemetry
+    // child now rather than leave it to the kernel when this process exits.
+    if gpu.stop() {
+        tracing::info!("GPU telemetry stopped");
+    }
     // Do not wait for a model load still running on the blocking pool.
     runtime.shutdown_timeout(Duration::from_millis(200));
     result
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
     let keys = args.api_key_file.as_deref().map(ApiKeys::from_file).transpose()?;
     if let Some(keys) = &keys {
         tracing::info!("API keys required ({} accepted keys)", keys.len());
@@ -90,7 +104,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         keys,
         max_body_bytes: args.max_body_bytes,
         model: OnceLock::new(),
+        gpu: gpu.clone(),
     });
+    tokio::spawn(telemetry::log_first_outcome(gpu));
     let app = routes::router(state.clone(), &args.cors_allow_origin);
     systemd::status(&format!("loading {} (listening on {local})", args.model.display()));
 

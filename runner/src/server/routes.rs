@@ -18,6 +18,7 @@ use super::errors::ApiError;
 use super::openai::{ModelList, ModelObject};
 use super::shutdown::Phase;
 use super::state::AppState;
+use super::telemetry;
 
 /// Attached by a handler whose request logs itself later (streams log when they end).
 #[derive(Clone, Copy)]
@@ -132,14 +133,20 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     match (state.lifecycle.phase(), state.model.get()) {
-        (Phase::Ready, Some(model)) => Json(serde_json::json!({
-            "status": "ok",
-            "model": model.id,
-            "device": model.device,
-            "context_length": model.context_length,
-            "queue_depth": model.scheduler.waiting(),
-        }))
-        .into_response(),
+        (Phase::Ready, Some(model)) => {
+            let mut body = serde_json::json!({
+                "status": "ok",
+                "model": model.id,
+                "device": model.device,
+                "context_length": model.context_length,
+                "queue_depth": model.scheduler.waiting(),
+            });
+            // Only when there is a reading: hosts without an Intel GPU see no field.
+            if let Some(reading) = state.gpu.latest() {
+                body["gpu"] = telemetry::health_json(&reading);
+            }
+            Json(body).into_response()
+        }
         (Phase::Draining, _) => {
             let mut response = ApiError::draining().into_response();
             *response.body_mut() = axum::body::Body::from(health_body("draining", &ApiError::draining()));
@@ -167,7 +174,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.render_with_gpu(state.gpu.latest().as_ref()),
     )
         .into_response()
 }
@@ -198,6 +205,7 @@ mod tests {
     use crate::server::auth::ApiKeys;
     use crate::server::metrics::Metrics;
     use crate::server::shutdown::Lifecycle;
+    use crate::server::telemetry::GpuTelemetry;
     use std::sync::OnceLock;
     use tower::ServiceExt;
 
@@ -214,6 +222,7 @@ mod tests {
             keys: keys.map(|k| ApiKeys::parse(k).unwrap()),
             max_body_bytes: 4096,
             model: OnceLock::new(),
+            gpu: Arc::new(GpuTelemetry::off()),
         })
     }
 

@@ -1,5 +1,5 @@
-//! Shared state of the HTTP handlers: lifecycle, metrics, keys, limits and, once
-//! loaded, the served model (its prompt builder and its scheduler).
+//! Shared state of the HTTP handlers: lifecycle, metrics, keys, limits, GPU telemetry
+//! and, once loaded, the served model (its prompt builder and its scheduler).
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,6 +9,7 @@ use super::metrics::Metrics;
 use super::openai::PlainMessage;
 use super::queue::Scheduler;
 use super::shutdown::Lifecycle;
+use super::telemetry::GpuTelemetry;
 
 /// Turns request text into prompt tokens. Runs on the blocking pool (tokenizing a
 /// large prompt takes a while), never on the model's worker thread, so that
@@ -39,6 +40,8 @@ pub struct AppState {
     pub keys: Option<ApiKeys>,
     pub max_body_bytes: usize,
     pub model: OnceLock<Arc<ServedModel>>,
+    /// Intel GPU readings for `/metrics` and `/health` (none without an Intel GPU).
+    pub gpu: Arc<GpuTelemetry>,
 }
 
 impl AppState {
