@@ -85,9 +85,15 @@ impl GpuTelemetry {
 /// Logs what the first attempt found, once: an operator should see at start-up
 /// whether `/metrics` will carry GPU values, and why not.
 pub async fn log_first_outcome(telemetry: std::sync::Arc<GpuTelemetry>) {
+    // Quick checks at first (a missing loader is known within milliseconds), then
+    // once a second while a slow or hung driver keeps the answer pending.
+    let mut pause = Duration::from_millis(50);
     loop {
         match telemetry.first_outcome() {
-            FirstOutcome::Pending => tokio::time::sleep(Duration::from_millis(100)).await,
+            FirstOutcome::Pending => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
             FirstOutcome::Reading(reading) => {
                 tracing::info!("GPU telemetry (Level Zero Sysman): {}", describe(&reading));
                 return;
