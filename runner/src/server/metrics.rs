@@ -2,15 +2,14 @@
 //! union of what vLLM, llama.cpp and TGI expose, with an `xpu_` prefix. Intel GPU
 //! telemetry is rendered per scrape from the newest reading (see `telemetry`).
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
-
-use prometheus_client::encoding::EncodeGaugeValue;
-
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{Atomic, Gauge};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use xpu_probe::level_zero::{DeviceTelemetry, Telemetry};
 
@@ -154,73 +153,85 @@ impl Metrics {
     }
 }
 
-/// The GPU gauges of one reading, one sample per device and reported value: a value
-/// the driver does not report has no sample, and a family without samples is left out.
-/// Labels: `index` (Level Zero's device order, unique even for identical cards without
-/// a PCI address), `device` (the name) and `pci` (the address, empty when unknown).
+/// The GPU gauges of one reading (see [`GpuSamples`]).
 fn gpu_registry(reading: &Telemetry) -> Registry {
-    let bytes = |value: Option<u64>| value.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
     let mut registry = Registry::default();
-    let devices = &reading.devices;
-    register_per_device::<i64, AtomicI64>(
-        &mut registry,
-        "xpu_gpu_memory_used_bytes",
-        "Intel GPU device memory in use (Level Zero Sysman)",
-        devices,
-        |d| bytes(d.memory_used_bytes),
-    );
-    register_per_device::<i64, AtomicI64>(
-        &mut registry,
-        "xpu_gpu_memory_total_bytes",
-        "Intel GPU device memory in total (Level Zero Sysman)",
-        devices,
-        |d| bytes(d.memory_total_bytes),
-    );
-    register_per_device::<f64, AtomicU64>(
-        &mut registry,
-        "xpu_gpu_temperature_celsius",
-        "Intel GPU temperature, the hottest sensor (Level Zero Sysman)",
-        devices,
-        |d| d.temperature_c,
-    );
-    register_per_device::<f64, AtomicU64>(
-        &mut registry,
-        "xpu_gpu_power_watts",
-        "Intel GPU power draw over the last interval (Level Zero Sysman)",
-        devices,
-        |d| d.power_w,
-    );
+    registry.register_collector(Box::new(GpuSamples(reading.clone())));
     registry
 }
 
-/// Registers gauge `name` with a sample for each device that has a `value`; nothing
+/// Encodes one reading as gauges, one sample per device (in Level Zero's order) and
+/// reported value: a value the driver does not report has no sample, and a family
+/// without samples is left out. Labels: `index` (Level Zero's device order, unique
+/// even for identical cards without a PCI address), `device` (the name) and `pci`
+/// (the address, empty when unknown).
+#[derive(Debug)]
+struct GpuSamples(Telemetry);
+
+impl Collector for GpuSamples {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let bytes = |value: Option<u64>| value.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let devices = &self.0.devices;
+        encode_per_device(
+            &mut encoder,
+            "xpu_gpu_memory_used_bytes",
+            "Intel GPU device memory in use (Level Zero Sysman).",
+            devices,
+            |d| bytes(d.memory_used_bytes),
+        )?;
+        encode_per_device(
+            &mut encoder,
+            "xpu_gpu_memory_total_bytes",
+            "Intel GPU device memory in total (Level Zero Sysman).",
+            devices,
+            |d| bytes(d.memory_total_bytes),
+        )?;
+        encode_per_device(
+            &mut encoder,
+            "xpu_gpu_temperature_celsius",
+            "Intel GPU temperature, the hottest sensor (Level Zero Sysman).",
+            devices,
+            |d| d.temperature_c,
+        )?;
+        encode_per_device(
+            &mut encoder,
+            "xpu_gpu_power_watts",
+            "Intel GPU power draw over the last interval (Level Zero Sysman).",
+            devices,
+            |d| d.power_w,
+        )
+    }
+}
+
+/// Encodes gauge `name` with a sample for each device that has a `value`; nothing
 /// when none has.
-fn register_per_device<N, A>(
-    registry: &mut Registry,
+fn encode_per_device<N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     devices: &[DeviceTelemetry],
     value: impl Fn(&DeviceTelemetry) -> Option<N>,
-) where
-    N: EncodeGaugeValue + std::fmt::Debug + Send + Sync + 'static,
-    A: Atomic<N> + Default + std::fmt::Debug + Send + Sync + 'static,
-{
-    let family = Family::<Labels, Gauge<N, A>>::default();
-    let mut any = false;
-    for (index, device) in devices.iter().enumerate() {
-        if let Some(v) = value(device) {
+) -> Result<(), std::fmt::Error> {
+    let samples: Vec<(Labels, N)> = devices
+        .iter()
+        .enumerate()
+        .filter_map(|(index, device)| {
             let labels: Labels = vec![
                 ("index", index.to_string()),
                 ("device", escape_label_value(&device.name)),
                 ("pci", escape_label_value(device.pci_address.as_deref().unwrap_or(""))),
             ];
-            family.get_or_create(&labels).set(v);
-            any = true;
-        }
+            Some((labels, value(device)?))
+        })
+        .collect();
+    if samples.is_empty() {
+        return Ok(());
     }
-    if any {
-        registry.register(name, help, family);
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
     }
+    Ok(())
 }
 
 /// Escapes a label value for the text format (the encoder writes values as given):
@@ -297,6 +308,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        // Samples come in device order.
+        let first = text.find(&format!("xpu_gpu_memory_used_bytes{a770}")).unwrap();
+        let second = text.find(&format!("xpu_gpu_memory_used_bytes{odd}")).unwrap();
+        assert!(first < second, "{text}");
         // Values a device does not report have no sample.
         assert!(!text.contains(&format!("xpu_gpu_temperature_celsius{odd}")), "{text}");
         assert!(!text.contains(&format!("xpu_gpu_power_watts{odd}")), "{text}");
