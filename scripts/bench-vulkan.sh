@@ -12,6 +12,8 @@
 # --pack builds the release binaries here and copies them, stripped, into DIR together with a
 # tokenizer-only reference GGUF, so that a machine without Rust or the test model (a GPU
 # benchmark host) can run:  scripts/bench-vulkan.sh --bin DIR --reference DIR/reference.gguf
+# When DIR holds the kernel tests (kernel-tests, also packed), they run first on that host's
+# GPU (all but the one that needs the SmolLM2 file).
 # Lavapipe (CPU) timings say nothing about GPUs: the Vulkan figures only count on a real GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,13 @@ if [ -n "$pack" ]; then
     cargo build --release -p xpu-vulkan --example bench
     mkdir -p "$pack"
     strip -o "$pack/bench" "$target/release/examples/bench"
+    tests=$(cargo test --release -p xpu-vulkan --test kernels --no-run --message-format=json \
+        | "${PYTHON:-python3}" -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "kernels":
+        print(m["executable"])')
+    strip -o "$pack/kernel-tests" "$tests"
     model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
     # The bench files copy SmolLM2's tokenizer; a GGUF holding only the tokenizer keys is
     # ~2 MiB instead of the 94 MiB model.
@@ -102,6 +111,11 @@ else
     mapfile -t files < <(scripts/make-bench-gguf.py "${gen_args[@]}")
 fi
 [ "${#files[@]}" -gt 0 ] || { echo "bench-vulkan: no benchmark files were made" >&2; exit 1; }
+
+if [ -x "$bin/kernel-tests" ]; then
+    echo "== kernel tests on this host's adapter" >&2
+    "$bin/kernel-tests" --skip real_smollm2 --test-threads 1 >&2
+fi
 
 summary=()
 for f in "${files[@]}"; do

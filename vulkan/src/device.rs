@@ -21,6 +21,9 @@ pub struct DeviceOptions {
     /// Cap on the bytes of one storage binding, below the device's limit. Weights larger than
     /// this are split into chunks. Tests lower it to exercise chunking on small tensors.
     pub max_binding_bytes: Option<u64>,
+    /// Use subgroup operations (wgpu `SUBGROUP`) in the reductions when the adapter has them.
+    /// `Some(false)` forces the workgroup-memory fallback (tests run both paths).
+    pub subgroups: Option<bool>,
 }
 
 /// The selected device with its queue and the error state reported by the driver.
@@ -30,6 +33,10 @@ pub struct Gpu {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     max_binding: u64,
+    /// The kernels reduce with subgroup operations (the adapter has them and they are wanted).
+    subgroups: bool,
+    /// Timestamp queries can be written between dispatches of one pass (per-kernel profiling).
+    timestamps: bool,
     /// First error wgpu reported outside of an error scope (validation, out of memory).
     errors: Arc<Mutex<Option<wgpu::Error>>>,
     /// Set by the device-lost callback.
@@ -107,9 +114,22 @@ impl Gpu {
 
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let available = adapter.features();
+        let subgroups = opts.subgroups.unwrap_or(true) && available.contains(wgpu::Features::SUBGROUP);
+        let timestamp_features = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let timestamps = available.contains(timestamp_features);
+        let mut features = wgpu::Features::empty();
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        if timestamps {
+            features |= timestamp_features;
+        }
         let device_desc = wgpu::DeviceDescriptor {
             label: Some("xpu-vulkan"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -145,9 +165,13 @@ impl Gpu {
             max_compute_workgroup_storage_size = limits.max_compute_workgroup_storage_size,
             max_storage_buffers_per_shader_stage = limits.max_storage_buffers_per_shader_stage,
             chunk_bytes = max_binding,
+            subgroups,
+            subgroup_size_min = info.subgroup_min_size,
+            subgroup_size_max = info.subgroup_max_size,
+            timestamps,
             "vulkan device selected"
         );
-        Ok(Gpu { device, queue, info, limits, max_binding, errors, lost })
+        Ok(Gpu { device, queue, info, limits, max_binding, subgroups, timestamps, errors, lost })
     }
 
     /// `name (type, driver ...)` of the selected adapter.
@@ -168,6 +192,16 @@ impl Gpu {
     /// Largest number of bytes one storage binding may cover (device limit, or the test cap).
     pub fn max_binding(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Whether the kernels use subgroup operations for their reductions.
+    pub fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// Whether per-kernel GPU timestamps can be recorded (see `LlamaModel::profile_step`).
+    pub fn timestamps(&self) -> bool {
+        self.timestamps
     }
 
     /// Turns an error reported by the driver since the last check into a typed error.
@@ -203,9 +237,10 @@ impl Gpu {
         self.buffer(label, size.max(4), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)
     }
 
-    /// Creates a storage buffer holding `data` (padded to a multiple of 4 bytes).
+    /// Creates a storage buffer holding `data` (padded to a multiple of 16 bytes, so that
+    /// kernels may read it as an array of vec4).
     pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer, VulkanError> {
-        let padded = (data.len() as u64).div_ceil(4) * 4;
+        let padded = (data.len() as u64).div_ceil(16) * 16;
         let buf = self.buffer_mapped(label, padded.max(4), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)?;
         {
             let mut view = buf.slice(..).get_mapped_range_mut().map_err(|e| VulkanError::Internal {
@@ -234,6 +269,11 @@ impl Gpu {
     /// Creates a host-readable buffer that results are copied into.
     pub(crate) fn buffer_map_read(&self, label: &str, size: u64) -> Result<wgpu::Buffer, VulkanError> {
         self.buffer(label, size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
+    }
+
+    /// Creates a buffer that timestamp queries are resolved into.
+    pub(crate) fn buffer_query_resolve(&self, label: &str, size: u64) -> Result<wgpu::Buffer, VulkanError> {
+        self.buffer(label, size, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)
     }
 
     fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, VulkanError> {

@@ -2,7 +2,8 @@
 //!
 //! The matrix kernels share one skeleton (`shaders/matmul.wgsl`) and differ only in the
 //! `load_unit` function that dequantizes 32 weights of one type; the module for each type is
-//! the skeleton followed by that type's function.
+//! the workgroup-reduction functions (`reduce_subgroup.wgsl` when the device has subgroup
+//! operations, else `reduce_shared.wgsl`), the skeleton, and that type's function.
 
 use std::collections::HashMap;
 
@@ -17,8 +18,37 @@ pub(crate) const TOKENS_PER_GROUP: u32 = 8;
 pub(crate) const ROWS_PER_Y: u32 = 32768;
 /// Workgroups of the grid-stride elementwise kernels (rope, silu_mul).
 pub(crate) const ELEMENTWISE_GROUPS: u32 = 1024;
+/// Rows one matrix-vector (decode) workgroup computes (`MV_ROWS` in matmul.wgsl): 4, or 16
+/// for matrices of at least TALL_MATVEC_ROWS rows, where the x reads of small workgroups
+/// would cost more than the weights (see matmul.wgsl).
+pub(crate) const MATVEC_ROWS: u32 = 4;
+pub(crate) const TALL_MATVEC_ROWS_PER_GROUP: u32 = 16;
+pub(crate) const TALL_MATVEC_ROWS: usize = 8192;
 
 const MATMUL: &str = include_str!("shaders/matmul.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
+const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
+
+/// How a decode matrix-vector product reads its input (the matvec entry points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum MatvecInput {
+    /// x as is.
+    Plain,
+    /// RMSNorm of x times a weight vector (the norm before the matrix, fused).
+    Norm,
+    /// silu(gate) * up from a [gate | up] row (the FFN activation, fused).
+    Glu,
+}
+
+impl MatvecInput {
+    fn entry(self) -> &'static str {
+        match self {
+            MatvecInput::Plain => "matvec",
+            MatvecInput::Norm => "matvec_norm",
+            MatvecInput::Glu => "matvec_glu",
+        }
+    }
+}
 
 fn load_unit_source(ty: WeightType) -> &'static str {
     match ty {
@@ -35,14 +65,22 @@ fn load_unit_source(ty: WeightType) -> &'static str {
 /// Compiled pipelines, built once per device.
 pub(crate) struct Kernels {
     matmul: HashMap<WeightType, wgpu::ComputePipeline>,
+    /// Keyed by type, input and whether the workgroup takes 16 rows (tall matrices).
+    matvec: HashMap<(WeightType, MatvecInput, bool), wgpu::ComputePipeline>,
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     pub rmsnorm: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
+    pub attention_combine: wgpu::ComputePipeline,
     pub silu_mul: wgpu::ComputePipeline,
 }
 
 fn pipeline(gpu: &Gpu, label: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+    pipeline_with(gpu, label, source, entry, &[])
+}
+
+/// A pipeline with values for the module's `override` constants.
+fn pipeline_with(gpu: &Gpu, label: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
     let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -52,7 +90,8 @@ fn pipeline(gpu: &Gpu, label: &str, source: &str, entry: &str) -> wgpu::ComputeP
         layout: None,
         module: &module,
         entry_point: Some(entry),
-        compilation_options: Default::default(),
+        // Every kernel writes workgroup memory before reading it.
+        compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
         cache: None,
     })
 }
@@ -61,21 +100,34 @@ impl Kernels {
     /// Compiles every kernel; `types` are the weight types the model needs.
     pub fn new(gpu: &Gpu, types: &[WeightType]) -> Result<Kernels, crate::VulkanError> {
         let mut matmul = HashMap::new();
+        let mut matvec = HashMap::new();
         let mut get_rows = HashMap::new();
+        let reduce = if gpu.subgroups() { REDUCE_SUBGROUP } else { REDUCE_SHARED };
         for &ty in types {
             if matmul.contains_key(&ty) {
                 continue;
             }
-            let source = format!("{MATMUL}\n{}", load_unit_source(ty));
+            let source = format!("{reduce}\n{MATMUL}\n{}", load_unit_source(ty));
             matmul.insert(ty, pipeline(gpu, &format!("matmul {ty:?}"), &source, "matmul"));
+            for input in [MatvecInput::Plain, MatvecInput::Norm, MatvecInput::Glu] {
+                for tall in [false, true] {
+                    let groups = if tall { TALL_MATVEC_ROWS_PER_GROUP } else { MATVEC_ROWS } / 4;
+                    let label = format!("{} {ty:?} x{}", input.entry(), 4 * groups);
+                    let p = pipeline_with(gpu, &label, &source, input.entry(), &[("ROW_GROUPS", groups as f64)]);
+                    matvec.insert((ty, input, tall), p);
+                }
+            }
             get_rows.insert(ty, pipeline(gpu, &format!("get_rows {ty:?}"), &source, "get_rows"));
         }
+        let attention = include_str!("shaders/attention.wgsl");
         let kernels = Kernels {
             matmul,
+            matvec,
             get_rows,
             rmsnorm: pipeline(gpu, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
             rope: pipeline(gpu, "rope", include_str!("shaders/rope.wgsl"), "rope"),
-            attention: pipeline(gpu, "attention", include_str!("shaders/attention.wgsl"), "attention"),
+            attention: pipeline(gpu, "attention", attention, "attention"),
+            attention_combine: pipeline(gpu, "attention combine", attention, "combine"),
             silu_mul: pipeline(gpu, "silu_mul", include_str!("shaders/silu_mul.wgsl"), "silu_mul"),
         };
         gpu.check("compiling the compute kernels")?;
@@ -84,6 +136,10 @@ impl Kernels {
 
     pub fn matmul(&self, ty: WeightType) -> &wgpu::ComputePipeline {
         &self.matmul[&ty]
+    }
+
+    pub fn matvec(&self, ty: WeightType, input: MatvecInput, tall: bool) -> &wgpu::ComputePipeline {
+        &self.matvec[&(ty, input, tall)]
     }
 
     pub fn get_rows(&self, ty: WeightType) -> &wgpu::ComputePipeline {

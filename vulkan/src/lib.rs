@@ -14,6 +14,7 @@ mod error;
 mod kernels;
 pub mod model;
 pub mod quant;
+mod record;
 pub mod testing;
 
 pub use device::{DeviceOptions, Gpu, ALLOW_CPU_ADAPTER_ENV};

@@ -13,7 +13,8 @@ use candle_core::quantized::gguf_file;
 
 use crate::device::{DeviceOptions, Gpu};
 use crate::kernels::{self, Kernels};
-use crate::quant::{GetRowsOp, GpuWeight, MatmulMode, MatmulOp, WeightType};
+use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp, WeightType};
+use crate::record::{Recorder, Timer};
 use crate::VulkanError;
 
 /// How to load a model.
@@ -60,8 +61,36 @@ pub struct LlamaConfig {
 pub(crate) struct StepParams {
     pub n_tokens: u32,
     pub start: u32,
-    pub _pad: [u32; 2],
+    /// Chunks of positions attention splits each (head, token) into, and their length.
+    pub attn_chunks: u32,
+    pub attn_chunk_len: u32,
 }
+
+/// Attention workgroups a step aims for: fewer leave a large GPU idle during attention.
+const ATTENTION_TARGET_GROUPS: usize = 1024;
+/// Most chunks per (head, token): each costs a partial result to write and to combine.
+const ATTENTION_MAX_CHUNKS: usize = 32;
+/// Positions per chunk are a multiple of this.
+const ATTENTION_CHUNK_ALIGN: usize = 16;
+
+/// How attention splits the positions `0..start + n` of a step of `n` tokens (flash-decoding):
+/// `(chunks, positions per chunk)`. Prompt batches already have a workgroup per (head, token)
+/// and get one chunk; a decoded token gets up to ATTENTION_MAX_CHUNKS.
+fn attention_split(n: usize, start: usize, n_head: usize) -> (usize, usize) {
+    let len = start + n;
+    let chunk_len = len.div_ceil(attention_chunks_wanted(n, n_head)).div_ceil(ATTENTION_CHUNK_ALIGN) * ATTENTION_CHUNK_ALIGN;
+    (len.div_ceil(chunk_len), chunk_len)
+}
+
+/// Chunks a step of `n` tokens aims for, an upper bound of what `attention_split` gives at
+/// any length (the size of the partial-results buffer depends on it).
+fn attention_chunks_wanted(n: usize, n_head: usize) -> usize {
+    ATTENTION_TARGET_GROUPS.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
+}
+
+/// Dispatches between two submissions of one forward pass: the GPU starts on the first
+/// layers while the host records the next ones.
+const LAYERS_PER_SUBMISSION: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -104,11 +133,13 @@ struct EltParams {
 }
 
 struct LayerOps {
+    /// RMSNorm of the prompt path; a decode step fuses it into the q|k|v product.
     attn_norm: wgpu::BindGroup,
     /// One op when q, k and v have the same type (fused at upload), else three.
     qkv: Vec<MatmulOp>,
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
+    attention_combine: wgpu::BindGroup,
     o: MatmulOp,
     ffn_norm: wgpu::BindGroup,
     gate_up: Vec<MatmulOp>,
@@ -131,6 +162,8 @@ pub struct LlamaModel {
     layers: Vec<LayerOps>,
     final_norm: wgpu::BindGroup,
     output: MatmulOp,
+    /// The output product for a one-token step: RMSNorm fused, reading the hidden state.
+    output_fused: MatmulOp,
     /// Tokens currently in the KV cache.
     cached: usize,
     weight_bytes: u64,
@@ -359,7 +392,7 @@ impl LlamaModel {
         let f = 4u64;
         let b = max_batch as u64;
         let ids = gpu.storage("token ids", b * 4)?;
-        let step = gpu.uniform_init("step", bytemuck::bytes_of(&StepParams { n_tokens: 0, start: 0, _pad: [0; 2] }))?;
+        let step = gpu.uniform_init("step", bytemuck::bytes_of(&StepParams { n_tokens: 0, start: 0, attn_chunks: 1, attn_chunk_len: 1 }))?;
         let hidden = gpu.storage("hidden", b * d as u64 * f)?;
         let normed = gpu.storage("normed", b * d as u64 * f)?;
         let qkv_width = (nh + 2 * nkv) * hd;
@@ -383,12 +416,17 @@ impl LlamaModel {
         let mut weight_bytes = 0u64;
         let embd = gguf.matrix(&gpu, "token_embd.weight", cfg.vocab, d)?;
         let embed = GetRowsOp::new(&gpu, &kernels, &embd, &ids, &hidden, &step)?;
+        // Partial results of split attention: (hd + 2) floats per (token, chunk, head) slot,
+        // for the largest number of slots any batch size can need.
+        let slots = (1..=max_batch).map(|n| n * attention_chunks_wanted(n, nh)).max().unwrap_or(1) * nh;
+        let attn_part = gpu.storage("attention partials", (slots * (hd + 2)) as u64 * f)?;
 
-        let norm_op = |name: &str, weights: &[f32], x: &wgpu::Buffer, y: &wgpu::Buffer, last_only: bool| -> Result<wgpu::BindGroup, VulkanError> {
+        let norm_op = |name: &str, weights: &[f32], x: &wgpu::Buffer, y: &wgpu::Buffer, last_only: bool| -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
             let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
             let params = NormParams { n: d as u32, eps: cfg.rms_eps, last_only: last_only as u32, _pad: 0 };
             let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
-            Ok(kernels::bind(&gpu, &kernels.rmsnorm, name, &[(0, x), (1, &wbuf), (2, y), (3, &ubuf), (4, &step)]))
+            let bg = kernels::bind(&gpu, &kernels.rmsnorm, name, &[(0, x), (1, &wbuf), (2, y), (3, &ubuf), (4, &step)]);
+            Ok((bg, wbuf))
         };
         let residual = MatmulMode { accumulate: true, ..MatmulMode::default() };
 
@@ -409,12 +447,15 @@ impl LlamaModel {
             for w in qkv_w.iter().chain(&gate_up_w).map(|(w, _)| w).chain([&wo, &wd]) {
                 weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
             }
-            let side_by_side_ops = |parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize| -> Result<Vec<MatmulOp>, VulkanError> {
+            let (attn_norm, attn_norm_buf) = norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
+            let (ffn_norm, ffn_norm_buf) = norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
+            let side_by_side_ops = |label: &'static str, parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize, norm_w: &wgpu::Buffer| -> Result<Vec<MatmulOp>, VulkanError> {
                 parts
                     .iter()
                     .map(|(w, offset)| {
                         let mode = MatmulMode { out_stride: stride as u32, out_offset: *offset, ..MatmulMode::default() };
-                        MatmulOp::new(&gpu, &kernels, w, &normed, y, &step, mode)
+                        let fused = FusedInput::Norm { x: &hidden, weight: norm_w, eps: cfg.rms_eps };
+                        MatmulOp::new(&gpu, &kernels, label, w, &normed, y, &step, mode, Some(fused))
                     })
                     .collect()
             };
@@ -442,8 +483,8 @@ impl LlamaModel {
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
             let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, _pad: [0; 3] }))?;
             layers.push(LayerOps {
-                attn_norm: norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?,
-                qkv: side_by_side_ops(&qkv_w, &qkv, qkv_width)?,
+                attn_norm,
+                qkv: side_by_side_ops("q|k|v", &qkv_w, &qkv, qkv_width, &attn_norm_buf)?,
                 rope: kernels::bind(
                     &gpu,
                     &kernels.rope,
@@ -454,21 +495,30 @@ impl LlamaModel {
                     &gpu,
                     &kernels.attention,
                     "attention",
-                    &[(0, &qkv), (1, &kcache), (2, &vcache), (3, &attn), (4, &attn_u), (5, &step)],
+                    &[(0, &qkv), (1, &kcache), (2, &vcache), (3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
                 ),
-                o: MatmulOp::new(&gpu, &kernels, &wo, &attn, &hidden, &step, residual)?,
-                ffn_norm: norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?,
-                gate_up: side_by_side_ops(&gate_up_w, &gate_up, 2 * ff)?,
+                attention_combine: kernels::bind(
+                    &gpu,
+                    &kernels.attention_combine,
+                    "attention combine",
+                    &[(3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
+                ),
+                o: MatmulOp::new(&gpu, &kernels, "attn_output", &wo, &attn, &hidden, &step, residual, None)?,
+                ffn_norm,
+                gate_up: side_by_side_ops("ffn gate|up", &gate_up_w, &gate_up, 2 * ff, &ffn_norm_buf)?,
                 silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)]),
-                down: MatmulOp::new(&gpu, &kernels, &wd, &act, &hidden, &step, residual)?,
+                down: MatmulOp::new(&gpu, &kernels, "ffn_down", &wd, &act, &hidden, &step, residual, Some(FusedInput::Glu { x: &gate_up }))?,
             });
         }
         let out_norm_w = gguf.vector("output_norm.weight", d)?;
-        let final_norm = norm_op("output_norm", &out_norm_w, &hidden, &last, true)?;
+        let (final_norm, final_norm_buf) = norm_op("output_norm", &out_norm_w, &hidden, &last, true)?;
         // Models with tied embeddings (SmolLM2) have no output.weight.
         let out_w = if gguf.has("output.weight") { gguf.matrix(&gpu, "output.weight", cfg.vocab, d)? } else { embd };
         weight_bytes += (out_w.rows * out_w.ty.row_bytes(out_w.k)) as u64;
-        let output = MatmulOp::new(&gpu, &kernels, &out_w, &last, &logits, &step, MatmulMode { last_only: true, ..MatmulMode::default() })?;
+        let head = MatmulMode { last_only: true, ..MatmulMode::default() };
+        let output = MatmulOp::new(&gpu, &kernels, "output", &out_w, &last, &logits, &step, head, None)?;
+        let fused = FusedInput::Norm { x: &hidden, weight: &final_norm_buf, eps: cfg.rms_eps };
+        let output_fused = MatmulOp::new(&gpu, &kernels, "output", &out_w, &hidden, &logits, &step, head, Some(fused))?;
         gpu.wait("uploading the weights")?;
         tracing::info!(
             adapter = %gpu.description(),
@@ -491,6 +541,7 @@ impl LlamaModel {
             layers,
             final_norm,
             output,
+            output_fused,
             cached: 0,
             weight_bytes,
             timing: ForwardTiming::default(),
@@ -500,6 +551,49 @@ impl LlamaModel {
     /// Runs `tokens` at positions `start..start + tokens.len()` and returns the logits of the
     /// last one. The KV cache must hold positions `0..start` (from earlier calls).
     pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, VulkanError> {
+        self.forward_checks(tokens, start)?;
+        let batches: Vec<&[u32]> = tokens.chunks(self.max_batch).collect();
+        let started = std::time::Instant::now();
+        let mut pos = start;
+        // If a batch fails, only positions before `start` are known to be intact.
+        self.cached = self.cached.min(start);
+        for (i, batch) in batches.iter().enumerate() {
+            let is_last = i + 1 == batches.len();
+            self.submit_batch(batch, pos, is_last, None);
+            pos += batch.len();
+            self.gpu.check("running the model")?;
+        }
+        let recorded = std::time::Instant::now();
+        let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+        self.timing = ForwardTiming {
+            record_s: (recorded - started).as_secs_f64(),
+            wait_s: recorded.elapsed().as_secs_f64(),
+        };
+        self.cached = start + tokens.len();
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Runs one decode step (`token` at position `pos`, as [`forward`](Self::forward) does)
+    /// with a GPU timestamp after every dispatch, and returns each dispatch's name and GPU
+    /// seconds in order, plus the logits. `None` when the device has no timestamp queries.
+    /// For benchmarks: the timestamps add a little GPU time of their own.
+    #[allow(clippy::type_complexity)]
+    pub fn profile_step(&mut self, token: u32, pos: usize) -> Result<Option<(Vec<(&'static str, f64)>, Vec<f32>)>, VulkanError> {
+        let Some(mut timer) = Timer::new(&self.gpu, 1024) else {
+            return Ok(None);
+        };
+        self.forward_checks(&[token], pos)?;
+        self.cached = self.cached.min(pos);
+        self.submit_batch(&[token], pos, true, Some(&mut timer));
+        self.gpu.check("running the model")?;
+        let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+        self.cached = pos + 1;
+        let times = timer.read(&self.gpu)?;
+        Ok(Some((times, bytemuck::cast_slice(&bytes).to_vec())))
+    }
+
+    /// The errors of `forward` for bad input, before anything is submitted.
+    fn forward_checks(&self, tokens: &[u32], start: usize) -> Result<(), VulkanError> {
         if tokens.is_empty() {
             return Err(VulkanError::InvalidInput("no tokens to run".into()));
         }
@@ -519,76 +613,75 @@ impl LlamaModel {
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
             return Err(VulkanError::InvalidInput(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab)));
         }
-        let batches: Vec<&[u32]> = tokens.chunks(self.max_batch).collect();
-        let started = std::time::Instant::now();
-        let mut pos = start;
-        // If a batch fails, only positions before `start` are known to be intact.
-        self.cached = self.cached.min(start);
-        for (i, batch) in batches.iter().enumerate() {
-            let is_last = i + 1 == batches.len();
-            self.submit_batch(batch, pos, is_last);
-            pos += batch.len();
-            self.gpu.check("running the model")?;
-        }
-        let recorded = std::time::Instant::now();
-        let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
-        self.timing = ForwardTiming {
-            record_s: (recorded - started).as_secs_f64(),
-            wait_s: recorded.elapsed().as_secs_f64(),
-        };
-        self.cached = start + tokens.len();
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        Ok(())
     }
 
-    fn submit_batch(&self, batch: &[u32], start: usize, read_logits: bool) {
+    /// Records and submits one batch of at most `max_batch` tokens, in several submissions so
+    /// that the GPU starts before the host has recorded the whole pass. A one-token batch
+    /// uses the decode kernels: matrix-vector products with the RMSNorm and the SiLU·mul
+    /// fused into their input, and attention split over positions.
+    fn submit_batch(&self, batch: &[u32], start: usize, read_logits: bool, mut timer: Option<&mut Timer>) {
         let n = batch.len() as u32;
+        let decode = n == 1;
         let gpu = &self.gpu;
+        let c = &self.cfg;
         gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
-        let step = StepParams { n_tokens: n, start: start as u32, _pad: [0; 2] };
+        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head);
+        let step = StepParams { n_tokens: n, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
         gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-            let c = &self.cfg;
-            let rope_groups = elementwise_groups(batch.len() * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
-            let silu_groups = elementwise_groups(batch.len() * c.n_ff);
-            self.embed.record(&mut pass, n);
-            for layer in &self.layers {
-                pass.set_pipeline(&self.kernels.rmsnorm);
-                pass.set_bind_group(0, &layer.attn_norm, &[]);
-                pass.dispatch_workgroups(n, 1, 1);
-                for op in &layer.qkv {
-                    op.record(&mut pass, n);
+        let rope_groups = elementwise_groups(batch.len() * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
+        let silu_groups = elementwise_groups(batch.len() * c.n_ff);
+        let groups: Vec<&[LayerOps]> = self.layers.chunks(LAYERS_PER_SUBMISSION).collect();
+        for (g, layers) in groups.iter().enumerate() {
+            let first = g == 0;
+            let last = g + 1 == groups.len();
+            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+                let mut rec = Recorder::new(&mut pass, timer.as_deref_mut(), if first { "start" } else { "host gap" });
+                if first {
+                    self.embed.record(&mut rec, n);
                 }
-                pass.set_pipeline(&self.kernels.rope);
-                pass.set_bind_group(0, &layer.rope, &[]);
-                pass.dispatch_workgroups(rope_groups, 1, 1);
-                pass.set_pipeline(&self.kernels.attention);
-                pass.set_bind_group(0, &layer.attention, &[]);
-                pass.dispatch_workgroups(c.n_head as u32, n, 1);
-                layer.o.record(&mut pass, n);
-                pass.set_pipeline(&self.kernels.rmsnorm);
-                pass.set_bind_group(0, &layer.ffn_norm, &[]);
-                pass.dispatch_workgroups(n, 1, 1);
-                for op in &layer.gate_up {
-                    op.record(&mut pass, n);
+                for layer in layers.iter() {
+                    let fuse_qkv = decode && layer.qkv.iter().all(MatmulOp::has_fused);
+                    if !fuse_qkv {
+                        rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &layer.attn_norm, [n, 1, 1]);
+                    }
+                    for op in &layer.qkv {
+                        op.record(&mut rec, n, fuse_qkv);
+                    }
+                    rec.dispatch("rope + kv store", &self.kernels.rope, &layer.rope, [rope_groups, 1, 1]);
+                    rec.dispatch("attention", &self.kernels.attention, &layer.attention, [c.n_head as u32, n, chunks as u32]);
+                    if chunks > 1 {
+                        rec.dispatch("attention combine", &self.kernels.attention_combine, &layer.attention_combine, [c.n_head as u32, n, 1]);
+                    }
+                    layer.o.record(&mut rec, n, false);
+                    let fuse_gate_up = decode && layer.gate_up.iter().all(MatmulOp::has_fused);
+                    if !fuse_gate_up {
+                        rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &layer.ffn_norm, [n, 1, 1]);
+                    }
+                    for op in &layer.gate_up {
+                        op.record(&mut rec, n, fuse_gate_up);
+                    }
+                    if !decode {
+                        rec.dispatch("silu_mul", &self.kernels.silu_mul, &layer.silu_mul, [silu_groups, 1, 1]);
+                    }
+                    layer.down.record(&mut rec, n, decode);
                 }
-                pass.set_pipeline(&self.kernels.silu_mul);
-                pass.set_bind_group(0, &layer.silu_mul, &[]);
-                pass.dispatch_workgroups(silu_groups, 1, 1);
-                layer.down.record(&mut pass, n);
+                if last && read_logits {
+                    if decode {
+                        self.output_fused.record(&mut rec, 1, true);
+                    } else {
+                        rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &self.final_norm, [1, 1, 1]);
+                        self.output.record(&mut rec, 1, false);
+                    }
+                }
             }
-            if read_logits {
-                pass.set_pipeline(&self.kernels.rmsnorm);
-                pass.set_bind_group(0, &self.final_norm, &[]);
-                pass.dispatch_workgroups(1, 1, 1);
-                self.output.record(&mut pass, 1);
+            if last && read_logits {
+                enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, self.cfg.vocab as u64 * 4);
             }
+            gpu.queue.submit([enc.finish()]);
         }
-        if read_logits {
-            enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, self.cfg.vocab as u64 * 4);
-        }
-        gpu.queue.submit([enc.finish()]);
     }
 
     /// Forgets the KV cache; the next forward starts at position 0.
@@ -625,5 +718,24 @@ impl LlamaModel {
     /// The device the model runs on.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_split_covers_every_position_within_the_wanted_chunks() {
+        for n_head in [9, 32] {
+            for n in [1, 2, 4, 8, 64, 256] {
+                for len in n..700 {
+                    let (chunks, chunk_len) = attention_split(n, len - n, n_head);
+                    assert!(chunks * chunk_len >= len && (chunks - 1) * chunk_len < len, "n {n} len {len}");
+                    assert!(chunks <= attention_chunks_wanted(n, n_head), "n {n} len {len}: {chunks} chunks");
+                    assert_eq!(chunk_len % ATTENTION_CHUNK_ALIGN, 0);
+                }
+            }
+        }
     }
 }

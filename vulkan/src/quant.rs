@@ -8,7 +8,8 @@
 
 use candle_core::quantized::GgmlDType;
 
-use crate::kernels::{self, Kernels};
+use crate::kernels::{self, Kernels, MatvecInput};
+use crate::record::Recorder;
 use crate::{Gpu, VulkanError};
 
 /// Weight formats the matrix kernels can read.
@@ -71,6 +72,12 @@ impl WeightType {
             WeightType::Q6K => k / 256 * 212,
             _ => self.row_bytes(k),
         }
+    }
+
+    /// Whether the kernels also read this type's buffer as vec4 words (binding 7 of
+    /// matmul.wgsl): its 32-weight units start on 16-byte boundaries.
+    fn vec4_view(self) -> bool {
+        matches!(self, WeightType::F32 | WeightType::F16 | WeightType::Q8_0 | WeightType::Q4_0 | WeightType::Q4K)
     }
 
     /// Row lengths the kernels accept: whole blocks and whole 32-weight units.
@@ -142,9 +149,9 @@ impl GpuWeight {
                 rows * ty.row_bytes(k)
             )));
         }
-        // Leave room for the 2-byte padding of the scales section.
+        // Leave room for the padding of the buffer to a multiple of 16 bytes.
         let row_gpu = ty.gpu_row_bytes(k) as u64;
-        let rows_per_chunk = ((gpu.max_binding().saturating_sub(4)) / row_gpu) as usize;
+        let rows_per_chunk = ((gpu.max_binding() / 16 * 16).saturating_sub(16) / row_gpu) as usize;
         if rows_per_chunk == 0 {
             return Err(terr(format!(
                 "one row takes {row_gpu} bytes, more than the largest storage binding of {} bytes",
@@ -194,7 +201,8 @@ struct MatmulParams {
     last_only: u32,
     out_offset: u32,
     lanes: u32,
-    _pad: [u32; 3],
+    eps: f32,
+    _pad: [u32; 2],
 }
 
 /// Threads per row for rows of `k` weights: the largest power of two not above a quarter of
@@ -221,26 +229,81 @@ pub(crate) struct MatmulMode {
     pub out_offset: u32,
 }
 
-/// A matrix product with its bind groups prepared once: `y (+)= x · Wᵀ` per chunk.
-pub(crate) struct MatmulOp {
+/// The input of a decode step's fused matrix-vector product, which replaces the separate
+/// RMSNorm or SiLU·mul dispatch before the matrix.
+pub(crate) enum FusedInput<'a> {
+    /// RMSNorm(x) * weight with this epsilon; x is the un-normalised hidden state.
+    Norm { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32 },
+    /// silu(gate) * up; x holds [gate | up] of the token (2 k values).
+    Glu { x: &'a wgpu::Buffer },
+}
+
+/// Binds the weight chunk as matmul.wgsl reads it: as words (binding 0) and/or as vec4 words
+/// (binding 7), whichever the type's kernels use (a binding the shader never reads must not
+/// be in the bind group). `entries` are the other bindings.
+fn with_weight_views<'b>(ty: WeightType, chunk: &'b wgpu::Buffer, mut entries: Vec<(u32, &'b wgpu::Buffer)>) -> Vec<(u32, &'b wgpu::Buffer)> {
+    if !matches!(ty, WeightType::F32 | WeightType::F16) {
+        entries.push((0, chunk));
+    }
+    if ty.vec4_view() {
+        entries.push((7, chunk));
+    }
+    entries
+}
+
+/// One pipeline with the bind group and workgroup count of each chunk.
+struct Dispatches {
     pipeline: wgpu::ComputePipeline,
-    /// Bind group and workgroup count of each chunk.
-    groups: Vec<(wgpu::BindGroup, u32)>,
+    chunks: Vec<(wgpu::BindGroup, u32)>,
+}
+
+impl Dispatches {
+    fn record(&self, rec: &mut Recorder<'_, '_>, label: &'static str, z: u32) {
+        for (bg, workgroups) in &self.chunks {
+            let x = (*workgroups).min(kernels::ROWS_PER_Y);
+            let y = workgroups.div_ceil(kernels::ROWS_PER_Y);
+            rec.dispatch(label, &self.pipeline, bg, [x, y, z]);
+        }
+    }
+}
+
+/// A matrix product with its bind groups prepared once: `y (+)= x · Wᵀ` per chunk. Several
+/// tokens use the batched kernel (`matmul`), one token the matrix-vector kernel (`matvec`),
+/// and a decode step may use the fused-input matrix-vector kernel instead (see `fused`).
+pub(crate) struct MatmulOp {
+    label: &'static str,
+    batch: Dispatches,
+    single: Dispatches,
+    fused: Option<Dispatches>,
     last_only: bool,
 }
 
 impl MatmulOp {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         gpu: &Gpu,
         kernels: &Kernels,
+        label: &'static str,
         weight: &GpuWeight,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         step: &wgpu::Buffer,
         mode: MatmulMode,
+        fused: Option<FusedInput<'_>>,
     ) -> Result<MatmulOp, VulkanError> {
-        let pipeline = kernels.matmul(weight.ty).clone();
-        let mut groups = Vec::new();
+        let batch_pipeline = kernels.matmul(weight.ty).clone();
+        let tall = weight.rows >= kernels::TALL_MATVEC_ROWS;
+        let mv_rows = if tall { kernels::TALL_MATVEC_ROWS_PER_GROUP } else { kernels::MATVEC_ROWS };
+        let single_pipeline = kernels.matvec(weight.ty, MatvecInput::Plain, tall).clone();
+        let (fused_pipeline, fused_x, norm_w, eps) = match &fused {
+            None => (None, x, x, 0.0),
+            Some(FusedInput::Norm { x, weight: nw, eps }) => (Some(kernels.matvec(weight.ty, MatvecInput::Norm, tall).clone()), *x, *nw, *eps),
+            Some(FusedInput::Glu { x }) => (Some(kernels.matvec(weight.ty, MatvecInput::Glu, tall).clone()), *x, *x, 0.0),
+        };
+        let mut batch = Dispatches { pipeline: batch_pipeline, chunks: Vec::new() };
+        let mut single = Dispatches { pipeline: single_pipeline, chunks: Vec::new() };
+        let mut fused = fused_pipeline.map(|pipeline| Dispatches { pipeline, chunks: Vec::new() });
+        let lanes = lanes_for(weight.k);
         for c in &weight.chunks {
             let params = MatmulParams {
                 rows: c.rows,
@@ -251,27 +314,40 @@ impl MatmulOp {
                 accumulate: mode.accumulate as u32,
                 last_only: mode.last_only as u32,
                 out_offset: mode.out_offset,
-                lanes: lanes_for(weight.k),
-                _pad: [0; 3],
+                lanes,
+                eps,
+                _pad: [0; 2],
             };
             let ubuf = gpu.uniform_init("matmul params", bytemuck::bytes_of(&params))?;
-            let bg = kernels::bind(gpu, &pipeline, "matmul", &[(0, &c.buffer), (1, x), (2, y), (3, &ubuf), (4, step)]);
+            let with_w4 = |entries| with_weight_views(weight.ty, &c.buffer, entries);
+            let bg = kernels::bind(gpu, &batch.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]));
             // Workgroups needed: each covers WORKGROUP / lanes rows.
-            let rows_per_group = kernels::WORKGROUP / lanes_for(weight.k);
-            groups.push((bg, c.rows.div_ceil(rows_per_group)));
+            batch.chunks.push((bg, c.rows.div_ceil(kernels::WORKGROUP / lanes)));
+            let mv_groups = c.rows.div_ceil(mv_rows);
+            // Binding 6 (the norm weights) is only read by matvec_norm; the others bind x there.
+            let bg = kernels::bind(gpu, &single.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]));
+            single.chunks.push((bg, mv_groups));
+            if let Some(f) = fused.as_mut() {
+                let bg = kernels::bind(gpu, &f.pipeline, label, &with_w4(vec![(1, fused_x), (2, y), (3, &ubuf), (6, norm_w)]));
+                f.chunks.push((bg, mv_groups));
+            }
         }
-        Ok(MatmulOp { pipeline, groups, last_only: mode.last_only })
+        Ok(MatmulOp { label, batch, single, fused, last_only: mode.last_only })
     }
 
-    /// Records the dispatches for `n_tokens` tokens.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
+    /// Whether a decode step can use the fused input (and skip the norm or SiLU before it).
+    pub fn has_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// Records the dispatches for `n_tokens` tokens; `fused`: a one-token step whose input is
+    /// the fused one given at creation (the op must have one).
+    pub fn record(&self, rec: &mut Recorder<'_, '_>, n_tokens: u32, fused: bool) {
         let n = if self.last_only { 1 } else { n_tokens };
-        pass.set_pipeline(&self.pipeline);
-        for (bg, workgroups) in &self.groups {
-            pass.set_bind_group(0, bg, &[]);
-            let x = (*workgroups).min(kernels::ROWS_PER_Y);
-            let y = workgroups.div_ceil(kernels::ROWS_PER_Y);
-            pass.dispatch_workgroups(x, y, n.div_ceil(kernels::TOKENS_PER_GROUP));
+        match (&self.fused, fused) {
+            (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
+            _ if n == 1 => self.single.record(rec, self.label, 1),
+            _ => self.batch.record(rec, self.label, n.div_ceil(kernels::TOKENS_PER_GROUP)),
         }
     }
 }
@@ -304,19 +380,19 @@ impl GetRowsOp {
                 last_only: 0,
                 out_offset: 0,
                 lanes: kernels::WORKGROUP,
-                _pad: [0; 3],
+                eps: 0.0,
+                _pad: [0; 2],
             };
             let ubuf = gpu.uniform_init("get_rows params", bytemuck::bytes_of(&params))?;
-            groups.push(kernels::bind(gpu, &pipeline, "get_rows", &[(0, &c.buffer), (2, y), (3, &ubuf), (4, step), (5, ids)]));
+            let entries = with_weight_views(weight.ty, &c.buffer, vec![(2, y), (3, &ubuf), (4, step), (5, ids)]);
+            groups.push(kernels::bind(gpu, &pipeline, "get_rows", &entries));
         }
         Ok(GetRowsOp { pipeline, groups })
     }
 
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
-        pass.set_pipeline(&self.pipeline);
+    pub fn record(&self, rec: &mut Recorder<'_, '_>, n_tokens: u32) {
         for bg in &self.groups {
-            pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(n_tokens, 1, 1);
+            rec.dispatch("embedding", &self.pipeline, bg, [n_tokens, 1, 1]);
         }
     }
 }

@@ -3,14 +3,16 @@
 
 use crate::kernels::Kernels;
 use crate::model::StepParams;
-use crate::quant::{GetRowsOp, GpuWeight, MatmulMode, MatmulOp};
+use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp};
+use crate::record::Recorder;
 use crate::{Gpu, VulkanError};
 
-fn run(gpu: &Gpu, out: &wgpu::Buffer, out_len: usize, record: impl FnOnce(&mut wgpu::ComputePass<'_>)) -> Result<Vec<f32>, VulkanError> {
+fn run(gpu: &Gpu, out: &wgpu::Buffer, out_len: usize, record: impl FnOnce(&mut Recorder<'_, '_>)) -> Result<Vec<f32>, VulkanError> {
     let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("test") });
     {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("test"), timestamp_writes: None });
-        record(&mut pass);
+        let mut rec = Recorder::new(&mut pass, None, "start");
+        record(&mut rec);
     }
     gpu.queue.submit([enc.finish()]);
     let bytes = gpu.read_back(out, (out_len * 4) as u64)?;
@@ -18,7 +20,7 @@ fn run(gpu: &Gpu, out: &wgpu::Buffer, out_len: usize, record: impl FnOnce(&mut w
 }
 
 fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> {
-    let step = StepParams { n_tokens: n_tokens as u32, start: 0, _pad: [0; 2] };
+    let step = StepParams { n_tokens: n_tokens as u32, start: 0, attn_chunks: 1, attn_chunk_len: 1 };
     gpu.uniform_init("step", bytemuck::bytes_of(&step))
 }
 
@@ -33,8 +35,45 @@ pub fn matmul(gpu: &Gpu, weight: &GpuWeight, x: &[f32], n_tokens: usize) -> Resu
     let out_len = n_tokens * weight.rows;
     let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; out_len]))?;
     let step = step_buffer(gpu, n_tokens)?;
-    let op = MatmulOp::new(gpu, &kernels, weight, &xb, &yb, &step, MatmulMode::default())?;
-    run(gpu, &yb, out_len, |pass| op.record(pass, n_tokens as u32))
+    let op = MatmulOp::new(gpu, &kernels, "matmul", weight, &xb, &yb, &step, MatmulMode::default(), None)?;
+    run(gpu, &yb, out_len, |rec| op.record(rec, n_tokens as u32, false))
+}
+
+/// The input transformation a decode step fuses into a matrix-vector product.
+pub enum Fused<'a> {
+    /// `x * norm_weight / sqrt(mean(x²) + eps)` (RMSNorm).
+    Norm { weight: &'a [f32], eps: f32 },
+    /// `silu(x[..k]) * x[k..]`; x has 2k values.
+    Glu,
+}
+
+/// `y[r] = sum_k W[r, k] * f(x)[k]` for one token with the fused input `f` (the decode
+/// kernels `matvec_norm` and `matvec_glu`), output poisoned with NaN first.
+pub fn matvec_fused(gpu: &Gpu, weight: &GpuWeight, x: &[f32], fused: Fused<'_>) -> Result<Vec<f32>, VulkanError> {
+    let want = match fused {
+        Fused::Norm { weight: nw, .. } if nw.len() != weight.k => {
+            return Err(VulkanError::InvalidInput(format!("norm weight has {} values, expected {}", nw.len(), weight.k)))
+        }
+        Fused::Norm { .. } => weight.k,
+        Fused::Glu => 2 * weight.k,
+    };
+    if x.len() != want {
+        return Err(VulkanError::InvalidInput(format!("x has {} values, expected {want}", x.len())));
+    }
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; weight.rows]))?;
+    let step = step_buffer(gpu, 1)?;
+    let nwb;
+    let input = match fused {
+        Fused::Norm { weight: nw, eps } => {
+            nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(nw))?;
+            FusedInput::Norm { x: &xb, weight: &nwb, eps }
+        }
+        Fused::Glu => FusedInput::Glu { x: &xb },
+    };
+    let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
+    run(gpu, &yb, weight.rows, |rec| op.record(rec, 1, true))
 }
 
 /// `y[t] = W[ids[t]]` (dequantized rows), output poisoned with NaN first.
@@ -45,7 +84,7 @@ pub fn get_rows(gpu: &Gpu, weight: &GpuWeight, ids: &[u32]) -> Result<Vec<f32>, 
     let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; out_len]))?;
     let step = step_buffer(gpu, ids.len())?;
     let op = GetRowsOp::new(gpu, &kernels, weight, &idb, &yb, &step)?;
-    run(gpu, &yb, out_len, |pass| op.record(pass, ids.len() as u32))
+    run(gpu, &yb, out_len, |rec| op.record(rec, ids.len() as u32))
 }
 
 /// Measures device-memory bandwidth with a copy kernel: copies a buffer of `bytes` (capped at

@@ -8,11 +8,17 @@ use xpu_vulkan::{DeviceOptions, Gpu};
 
 /// Options that accept a CPU adapter, so that the tests run on lavapipe in CI.
 pub fn device_options(max_binding_bytes: Option<u64>) -> DeviceOptions {
-    DeviceOptions { allow_cpu_adapter: Some(true), max_binding_bytes }
+    DeviceOptions { allow_cpu_adapter: Some(true), max_binding_bytes, subgroups: None }
 }
 
 pub fn gpu(max_binding_bytes: Option<u64>) -> Gpu {
     Gpu::new(&device_options(max_binding_bytes)).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
+/// The device with subgroup operations turned off: the kernels' workgroup-memory reductions.
+pub fn gpu_without_subgroups() -> Gpu {
+    let opts = DeviceOptions { subgroups: Some(false), ..device_options(None) };
+    Gpu::new(&opts).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
 /// The SmolLM2 test model: `XPU_TEST_MODEL`, else whatever `scripts/fetch-model.sh` prints.

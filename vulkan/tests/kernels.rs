@@ -76,6 +76,74 @@ fn every_type_on_random_blocks_matches_candle() {
 }
 
 #[test]
+fn workgroup_memory_reductions_match_candle() {
+    // The same kernels without subgroup operations (adapters that lack them).
+    let gpu = common::gpu_without_subgroups();
+    assert!(!gpu.subgroups());
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let qt = random_qtensor(dtype, 37, 512, 20 + i as u64);
+        check_tensor(&gpu, "no subgroups", &qt, 300 + i as u64);
+        check_fused(&gpu, "no subgroups", &qt, 400 + i as u64);
+    }
+    // 16 rows per matrix-vector workgroup.
+    let tall = random_qtensor(GgmlDType::Q4_0, 8197, 64, 43);
+    check_tensor(&gpu, "no subgroups tall", &tall, 605);
+    check_fused(&gpu, "no subgroups tall", &tall, 606);
+}
+
+/// The decode kernels with a fused input (RMSNorm, SiLU·mul) against the f64 reference of
+/// the same transformation followed by the product.
+fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
+    let (rows, k) = qt.shape().dims2().unwrap();
+    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
+    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
+    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let product = |x: &[f64]| -> Vec<f64> { (0..rows).map(|r| (0..k).map(|i| w[r * k + i] as f64 * x[i]).sum()).collect() };
+
+    let x = random(&mut rng, k);
+    let nw = random(&mut rng, k);
+    let eps = 1e-5f32;
+    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+    let normed: Vec<f64> = x.iter().zip(&nw).map(|(&v, &g)| v as f64 / (ms + eps as f64).sqrt() * g as f64).collect();
+    let got = testing::matvec_fused(gpu, &weight, &x, testing::Fused::Norm { weight: &nw, eps }).unwrap();
+    let (rel, _) = common::compare(&got, &product(&normed));
+    println!("{label} {ty:?} rmsnorm·matvec: rel {rel:.2e}");
+    assert!(rel < REL_TOL, "{label} {ty:?} rmsnorm·matvec: relative error {rel}");
+
+    let gate_up: Vec<f32> = (0..2 * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+    let act: Vec<f64> = (0..k)
+        .map(|i| {
+            let g = gate_up[i] as f64;
+            g / (1.0 + (-g).exp()) * gate_up[k + i] as f64
+        })
+        .collect();
+    let got = testing::matvec_fused(gpu, &weight, &gate_up, testing::Fused::Glu).unwrap();
+    let (rel, _) = common::compare(&got, &product(&act));
+    println!("{label} {ty:?} silu·mul·matvec: rel {rel:.2e}");
+    assert!(rel < REL_TOL, "{label} {ty:?} silu·mul·matvec: relative error {rel}");
+}
+
+#[test]
+fn fused_decode_inputs_match_reference() {
+    let gpu = common::gpu(None);
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        check_fused(&gpu, "fused", &random_qtensor(dtype, 37, 512, 30 + i as u64), 500 + i as u64);
+    }
+    // Rows longer than 64 units: each thread of a matrix-vector workgroup walks several units.
+    let long = random_qtensor(GgmlDType::Q4_0, 9, 4096, 41);
+    check_tensor(&gpu, "long rows", &long, 601);
+    check_fused(&gpu, "long rows", &long, 602);
+    // A tall matrix (16 rows per matrix-vector workgroup), 8197 rows: not a multiple of 16.
+    let tall = random_qtensor(GgmlDType::Q8_0, 8197, 64, 42);
+    check_tensor(&gpu, "tall", &tall, 603);
+    check_fused(&gpu, "tall", &tall, 604);
+    // Chunked: every chunk recomputes the norm of the whole input.
+    let gpu = common::gpu(Some(4100));
+    check_fused(&gpu, "fused chunked", &random_qtensor(GgmlDType::Q8_0, 37, 512, 40), 600);
+}
+
+#[test]
 fn chunked_bindings_match_candle() {
     // A 4100-byte binding cap splits every matrix of 37 x 512 weights into several chunks.
     let gpu = common::gpu(Some(4100));
@@ -137,7 +205,7 @@ fn bad_weight_input_gives_clear_errors() {
 fn cpu_adapter_is_skipped_unless_allowed() {
     // On machines whose only Vulkan device is lavapipe (CI), refusing CPU adapters must give
     // the typed error that lists what was found and why it was skipped.
-    let opts = xpu_vulkan::DeviceOptions { allow_cpu_adapter: Some(false), max_binding_bytes: None };
+    let opts = xpu_vulkan::DeviceOptions { allow_cpu_adapter: Some(false), max_binding_bytes: None, subgroups: None };
     match xpu_vulkan::Gpu::new(&opts) {
         Err(VulkanError::NoSuitableAdapter { found }) => {
             let msg = VulkanError::NoSuitableAdapter { found: found.clone() }.to_string();

@@ -1,9 +1,14 @@
-// F16: IEEE half floats, two per word, row-major.
-fn load_unit(row: u32, u: u32) {
-    let base = (row * p.k + u * 32u) / 2u;
-    for (var j = 0u; j < 8u; j++) {
-        let a = unpack2x16float(w[base + j * 2u]);
-        let b = unpack2x16float(w[base + j * 2u + 1u]);
-        wv[j] = vec4<f32>(a.x, a.y, b.x, b.y);
-    }
+// F16: IEEE half floats, two per word, row-major (a unit is 4 vec4 of words).
+fn f16_vec(a: u32, b: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(a), unpack2x16float(b));
+}
+
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let b = (row * p.k + u * 32u) / 8u;
+    let m0 = w4[b];
+    let m1 = w4[b + 1u];
+    let m2 = w4[b + 2u];
+    let m3 = w4[b + 3u];
+    return array<vec4<f32>, 8>(f16_vec(m0.x, m0.y), f16_vec(m0.z, m0.w), f16_vec(m1.x, m1.y), f16_vec(m1.z, m1.w),
+                               f16_vec(m2.x, m2.y), f16_vec(m2.z, m2.w), f16_vec(m3.x, m3.y), f16_vec(m3.z, m3.w));
 }

@@ -1,8 +1,7 @@
-// F32: plain little-endian floats, row-major.
-fn load_unit(row: u32, u: u32) {
-    let base = row * p.k + u * 32u;
-    for (var j = 0u; j < 8u; j++) {
-        let o = base + j * 4u;
-        wv[j] = vec4<f32>(bitcast<f32>(w[o]), bitcast<f32>(w[o + 1u]), bitcast<f32>(w[o + 2u]), bitcast<f32>(w[o + 3u]));
-    }
+// F32: plain little-endian floats, row-major (a unit is 8 vec4 of words).
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let b = (row * p.k + u * 32u) / 4u;
+    return array<vec4<f32>, 8>(bitcast<vec4<f32>>(w4[b]), bitcast<vec4<f32>>(w4[b + 1u]), bitcast<vec4<f32>>(w4[b + 2u]),
+                               bitcast<vec4<f32>>(w4[b + 3u]), bitcast<vec4<f32>>(w4[b + 4u]), bitcast<vec4<f32>>(w4[b + 5u]),
+                               bitcast<vec4<f32>>(w4[b + 6u]), bitcast<vec4<f32>>(w4[b + 7u]));
 }

@@ -2,7 +2,7 @@
 // f16 d | f16 dmin << 16, words 1-3 = 12 bytes of packed 6-bit scales and mins, words 4-35 =
 // 128 quant bytes. Unit u is 32-weight sub-block s = u % 8 of super-block u / 8: bytes
 // 32*(s/2) .. +32, low nibbles for even s, high for odd; value = d*sc[s]*q - dmin*m[s].
-fn load_unit(row: u32, u: u32) {
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let sb = row * (p.k / 256u) + u / 8u;
     let s = u % 8u;
     let base = sb * 36u;
@@ -18,11 +18,15 @@ fn load_unit(row: u32, u: u32) {
     }
     let d = dm.x * f32(sc);
     let m = dm.y * f32(mn);
-    let qbase = base + 4u + (s / 2u) * 8u;
+    // The 32 quant bytes of this sub-block: two vec4 of words (144-byte blocks keep them aligned).
+    let qv = (base + 4u + (s / 2u) * 8u) / 4u;
     let shift = (s & 1u) * 4u;
-    for (var j = 0u; j < 8u; j++) {
-        let q = w[qbase + j] >> shift;
-        let v = vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu));
-        wv[j] = d * v - m;
-    }
+    let a = w4[qv] >> vec4<u32>(shift);
+    let b = w4[qv + 1u] >> vec4<u32>(shift);
+    return array<vec4<f32>, 8>(q4k_vec(a.x, d, m), q4k_vec(a.y, d, m), q4k_vec(a.z, d, m), q4k_vec(a.w, d, m),
+                               q4k_vec(b.x, d, m), q4k_vec(b.y, d, m), q4k_vec(b.z, d, m), q4k_vec(b.w, d, m));
+}
+
+fn q4k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
+    return d * vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu)) - m;
 }

@@ -3,7 +3,7 @@
 // = f16 d. Unit u is sub-block s = u % 8 of super-block u / 8: half h = s / 4, quarter
 // c = s % 4; element l (0..31) uses ql byte 64h + 32(c & 1) + l (low nibble for c < 2),
 // qh byte 32h + l shifted by 2c, scale 8h + 2c + l / 16; value = d * scale * (q - 32).
-fn load_unit(row: u32, u: u32) {
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let sb = row * (p.k / 256u) + u / 8u;
     let s = u % 8u;
     let h = s / 4u;
@@ -16,6 +16,7 @@ fn load_unit(row: u32, u: u32) {
     let ql_shift = (c / 2u) * 4u;
     let qh_word = base + 32u + 8u * h;
     let qh_shift = 2u * c;
+    var out: array<vec4<f32>, 8>;
     for (var j = 0u; j < 8u; j++) {
         let lq = w[ql_word + j] >> ql_shift;
         let hq = w[qh_word + j] >> qh_shift;
@@ -25,6 +26,7 @@ fn load_unit(row: u32, u: u32) {
             f32(((lq >> 16u) & 0xfu) | (((hq >> 16u) & 3u) << 4u)),
             f32(((lq >> 24u) & 0xfu) | (((hq >> 24u) & 3u) << 4u))) - 32.0;
         let scale = select(sc_hi, sc_lo, j < 4u);
-        wv[j] = (d * scale) * q;
+        out[j] = (d * scale) * q;
     }
+    return out;
 }

@@ -1,12 +1,17 @@
-// Q8_0, repacked on upload: all blocks' 32 int8 quants (8 words per block), then all blocks'
-// f16 scales (two per word) starting at word p.aux. Value = d * q.
-fn load_unit(row: u32, u: u32) {
+// Q8_0, repacked on upload: all blocks' 32 int8 quants (8 words, two vec4 per block), then
+// all blocks' f16 scales (two per word) starting at word p.aux. Value = d * q. Loads are
+// written out (no loop) so that they are all in flight at once.
+fn q8_vec(q: u32, d: f32) -> vec4<f32> {
+    let s = bitcast<i32>(q);
+    return d * vec4<f32>(f32(extractBits(s, 0u, 8u)), f32(extractBits(s, 8u, 8u)),
+                         f32(extractBits(s, 16u, 8u)), f32(extractBits(s, 24u, 8u)));
+}
+
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let blk = row * (p.k / 32u) + u;
     let d = f16_at(p.aux, blk);
-    let base = blk * 8u;
-    for (var j = 0u; j < 8u; j++) {
-        let q = bitcast<i32>(w[base + j]);
-        wv[j] = d * vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)),
-                              f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u)));
-    }
+    let a = w4[blk * 2u];
+    let b = w4[blk * 2u + 1u];
+    return array<vec4<f32>, 8>(q8_vec(a.x, d), q8_vec(a.y, d), q8_vec(a.z, d), q8_vec(a.w, d),
+                               q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
 }
