@@ -16,6 +16,7 @@ llama.cpp build from scripts/build-llama-cpp.sh.
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -90,6 +91,14 @@ def theirs(port, prompt_ids, n):
     return post(port, "/completion", body)["tokens"]
 
 
+def top_probs(port, ids, k=3):
+    """llama.cpp's k most likely next tokens after `ids`, as (id, probability)."""
+    body = {"prompt": ids, "n_predict": 1, "temperature": 0.0, "top_k": 1, "samplers": ["top_k"],
+            "cache_prompt": False, "n_probs": k, "post_sampling_probs": False, "stream": False}
+    probs = post(port, "/completion", body)["completion_probabilities"][0]["top_logprobs"]
+    return [(p["id"], math.exp(p["logprob"])) for p in probs]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
@@ -98,6 +107,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-agree", type=int, default=4)
+    ap.add_argument("--llama-args", default="",
+                    help="extra llama-server arguments, e.g. '-fa off -ctk f32 -ctv f32'")
     args = ap.parse_args()
 
     model = args.model or run([os.path.join(ROOT, "scripts/fetch-model.sh")])
@@ -108,7 +119,7 @@ def main():
     port = free_port()
     server = subprocess.Popen(
         [os.path.join(llama_bin, "llama-server"), "-m", model, "--port", str(port), "--host", "127.0.0.1",
-         "-c", "2048", "-t", str(args.threads), "-np", "1", "--no-webui"],
+         "-c", "2048", "-t", str(args.threads), "-np", "1", "--no-webui"] + args.llama_args.split(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     full = 0
@@ -138,6 +149,15 @@ def main():
                   f"{' (full)' if complete else ''}; llama.cpp tokenizes the prompt the same: {same_tok}")
             if not complete:
                 print(f"  ours:      {a}\n  llama.cpp: {b}")
+                if agree < min(len(a), len(b)):
+                    # How close the decision was for llama.cpp at the first difference: a
+                    # near-tie means rounding noise, a clear margin means a real error.
+                    top = top_probs(port, prompt_ids + a[:agree])
+                    mine_p = dict(top).get(a[agree])
+                    print(f"  at token {agree}: llama.cpp's top probabilities "
+                          + ", ".join(f"{t}: {p:.3f}" for t, p in top)
+                          + f"; ours picked {a[agree]}"
+                          + (f" (llama.cpp p={mine_p:.3f})" if mine_p is not None else " (not in its top 3)"))
             print(f"  text: {mine['text']!r}")
     finally:
         server.terminate()

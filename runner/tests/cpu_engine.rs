@@ -44,10 +44,11 @@ fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {
 }
 
 /// Largest logit difference allowed, as a fraction of the logit range. Both engines
-/// quantize activations to int8 per block of 32, but candle (like ggml) rounds the
-/// block scales to f16 and we keep f32; over 30 layers of Q4_1 this moves logits by
-/// 1.5-4 % of their range (measured), while a real bug (RoPE, KV cache, norm) moves
-/// them by tens of percent and changes the greedy tokens.
+/// quantize activations to int8 per block of 32, but we follow ggml's arithmetic
+/// (f16 KV cache, f16 attention accumulation, its `exp` polynomial) where candle
+/// computes in f32; with int8 activations such last-bit differences flip roundings,
+/// and over 30 layers of Q4_1 they move logits by a few percent of their range, while
+/// a real bug (RoPE, KV cache, norm) moves them by tens of percent.
 const MAX_ERROR: f32 = 0.06;
 
 #[test]

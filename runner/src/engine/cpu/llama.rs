@@ -17,6 +17,10 @@ use candle_core::{Device, Module, Tensor};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
+use half::f16;
+
+use super::f16_vec;
+use super::swiglu::swiglu_in_place;
 use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
 
 /// Hyper-parameters read from the GGUF metadata.
@@ -78,9 +82,10 @@ pub struct LlamaModel {
     /// cos/sin of each position and rotary pair: [pos][rope_dim / 2].
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
-    /// Keys and values per layer: [kv_head][position][head_dim].
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
+    /// Keys and values per layer: [kv_head][position][head_dim], in f16 as in
+    /// llama.cpp's default cache (see [`f16_vec`]).
+    k_cache: Vec<Vec<f16>>,
+    v_cache: Vec<Vec<f16>>,
     /// Positions the cache holds (allocated lazily up to `context_length`).
     cache_capacity: usize,
     scratch: Scratch,
@@ -231,18 +236,22 @@ impl LlamaModel {
         } else {
             None
         };
+        // Angles computed as ggml's rope cache does (the position times repeated f32
+        // multiplications by base^(-2/dim)), so that they round the same way.
         let half = rope_dim / 2;
+        let theta_scale = rope_base.powf(-2.0 / rope_dim as f32);
         let mut rope_cos = Vec::with_capacity(context_length * half);
         let mut rope_sin = Vec::with_capacity(context_length * half);
         for pos in 0..context_length {
+            let mut theta = pos as f32;
             for i in 0..half {
-                let mut theta = rope_base.powf(-((2 * i) as f32) / rope_dim as f32);
-                if let Some(f) = &freq_factors {
-                    theta /= f[i];
-                }
-                let angle = pos as f32 * theta;
+                let angle = match &freq_factors {
+                    Some(f) => theta / f[i],
+                    None => theta,
+                };
                 rope_cos.push(angle.cos());
                 rope_sin.push(angle.sin());
+                theta *= theta_scale;
             }
         }
 
@@ -285,7 +294,7 @@ impl LlamaModel {
         let new_cap = needed.max(self.cache_capacity * 2).max(256).min(c.context_length);
         let hd = c.head_dim;
         for cache in self.k_cache.iter_mut().chain(self.v_cache.iter_mut()) {
-            let mut grown = vec![0f32; c.n_kv_head * new_cap * hd];
+            let mut grown = vec![f16::ZERO; c.n_kv_head * new_cap * hd];
             for h in 0..c.n_kv_head {
                 let old = &cache[h * self.cache_capacity * hd..(h * self.cache_capacity + self.cache_capacity) * hd];
                 grown[h * new_cap * hd..h * new_cap * hd + old.len()].copy_from_slice(old);
@@ -353,8 +362,13 @@ impl LlamaModel {
             for (i, pos) in (start..end).enumerate() {
                 for h in 0..c.n_kv_head {
                     let dst = (h * cap + pos) * hd;
-                    kc[dst..dst + hd].copy_from_slice(&s.k[i * kv_dim + h * hd..i * kv_dim + (h + 1) * hd]);
-                    vc[dst..dst + hd].copy_from_slice(&s.v[i * kv_dim + h * hd..i * kv_dim + (h + 1) * hd]);
+                    let src = i * kv_dim + h * hd..i * kv_dim + (h + 1) * hd;
+                    for (d, v) in kc[dst..dst + hd].iter_mut().zip(&s.k[src.clone()]) {
+                        *d = f16::from_f32(*v);
+                    }
+                    for (d, v) in vc[dst..dst + hd].iter_mut().zip(&s.v[src]) {
+                        *d = f16::from_f32(*v);
+                    }
                 }
             }
             s.attn.resize(m * dim, 0.0);
@@ -377,9 +391,7 @@ impl LlamaModel {
                 &mut s.xq,
                 &mut [(&layer.gate, &mut s.gate[..]), (&layer.up, &mut s.up[..])],
             )?;
-            for (g, u) in s.gate.iter_mut().zip(&s.up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            swiglu_in_place(&mut s.gate, &s.up);
             run_linears(&self.mmap, &s.gate, c.ffn, m, &mut s.xq, &mut [(&layer.down, &mut s.proj[..])])?;
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
@@ -401,12 +413,13 @@ impl LlamaModel {
     }
 }
 
-/// `out[r] = x[r] / rms(x[r]) * weight` for each row of `dim` values.
+/// `out[r] = x[r] / rms(x[r]) * weight` for each row of `dim` values. The sum of
+/// squares is kept in f64, as ggml does.
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, dim: usize, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
     for (src, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ss: f32 = src.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
+        let mean = (src.iter().map(|v| (v * v) as f64).sum::<f64>() / dim as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
         for ((d, s), w) in dst.iter_mut().zip(src).zip(weight) {
             *d = s * scale * w;
         }
@@ -414,47 +427,109 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, dim: usize, out: &mut Vec<f32>)
 }
 
 /// Rotates the interleaved pairs (2i, 2i+1) of the first `2 * cos.len()` values
-/// (GGUF llama stores Q and K permuted for this "normal" RoPE).
+/// (GGUF llama stores Q and K permuted for this "normal" RoPE). The products are
+/// fused as in llama.cpp's build, where the compiler contracts `a*c - b*s` into one
+/// FMA, so the rounding is the same.
 fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     for (i, (c, s)) in cos.iter().zip(sin).enumerate() {
         let (a, b) = (head[2 * i], head[2 * i + 1]);
-        head[2 * i] = a * c - b * s;
-        head[2 * i + 1] = a * s + b * c;
+        head[2 * i] = a.mul_add(*c, -(b * s));
+        head[2 * i + 1] = a.mul_add(*s, b * c);
     }
 }
 
+/// Batches of at least this many queries use f32 arithmetic on the f16 cache, as
+/// ggml's tiled flash attention does (`GGML_FA_TILE_Q`); smaller ones (decode) use
+/// ggml's one-query-at-a-time arithmetic with f16 accumulation ([`f16_vec`]).
+const F32_ATTENTION_MIN_QUERIES: usize = 64;
+
 /// Causal attention of `m` queries at positions `start..start + m` over the cache.
 #[allow(clippy::too_many_arguments)]
-fn attention(c: &Config, q: &[f32], kc: &[f32], vc: &[f32], cap: usize, start: usize, m: usize, out: &mut [f32]) {
+fn attention(c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: usize, m: usize, out: &mut [f32]) {
     debug_assert_eq!(out.len(), m * c.dim);
     let hd = c.head_dim;
     let group = c.n_head / c.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
+    let simd = f16_vec::simd();
+    let f32_path = m >= F32_ATTENTION_MIN_QUERIES;
     // One task per (query row, head): out[i][h*hd..] is written by that task only.
-    out.par_chunks_exact_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (task, dst)| {
+    out.par_chunks_exact_mut(hd).enumerate().for_each_init(Scores::default, |tmp: &mut Scores, (task, dst)| {
         let (i, h) = (task / c.n_head, task % c.n_head);
         let kvh = h / group;
         let qv = &q[i * c.dim + h * hd..i * c.dim + (h + 1) * hd];
         let len = start + i + 1;
         let keys = &kc[kvh * cap * hd..(kvh * cap + len) * hd];
         let values = &vc[kvh * cap * hd..(kvh * cap + len) * hd];
-        scores.clear();
-        scores.extend(keys.chunks_exact(hd).map(|k| dot_f32(qv, k) * scale));
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        dst.fill(0.0);
-        for (w, v) in scores.iter().zip(values.chunks_exact(hd)) {
-            let w = w * inv;
-            for (d, x) in dst.iter_mut().zip(v) {
-                *d += w * x;
-            }
+        if f32_path {
+            attend_f32(qv, keys, values, scale, tmp, dst);
+        } else {
+            attend_f16(qv, keys, values, scale, simd, tmp, dst);
         }
     });
+}
+
+/// Per-task scratch space of [`attention`].
+#[derive(Default)]
+struct Scores {
+    scores: Vec<f32>,
+    q16: Vec<f16>,
+    acc16: Vec<f16>,
+}
+
+/// One query over `len` keys/values in f32: scores, softmax, weighted sum.
+fn attend_f32(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, tmp: &mut Scores, dst: &mut [f32]) {
+    let hd = qv.len();
+    tmp.scores.clear();
+    let mut k32 = vec![0f32; hd];
+    for k in keys.chunks_exact(hd) {
+        for (d, v) in k32.iter_mut().zip(k) {
+            *d = v.to_f32();
+        }
+        tmp.scores.push(dot_f32(qv, &k32) * scale);
+    }
+    let max = tmp.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in tmp.scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    dst.fill(0.0);
+    for (w, v) in tmp.scores.iter().zip(values.chunks_exact(hd)) {
+        let w = w * inv;
+        for (d, x) in dst.iter_mut().zip(v) {
+            *d += w * x.to_f32();
+        }
+    }
+}
+
+/// One query over `len` keys/values as ggml's CPU flash attention computes it for a
+/// single query: f16 query, online softmax, f16 running sum of values.
+fn attend_f16(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, tmp: &mut Scores, dst: &mut [f32]) {
+    let hd = qv.len();
+    tmp.q16.clear();
+    tmp.q16.extend(qv.iter().map(|&v| f16::from_f32(v)));
+    tmp.acc16.clear();
+    tmp.acc16.resize(hd, f16::ZERO);
+    let (mut sum, mut max) = (0f32, f32::NEG_INFINITY);
+    for (k, v) in keys.chunks_exact(hd).zip(values.chunks_exact(hd)) {
+        let s = f16_vec::dot(k, &tmp.q16, simd) * scale;
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > max {
+            let old = max;
+            max = s;
+            ms = (old - max).exp();
+            f16_vec::scale(&mut tmp.acc16, ms, simd);
+        } else {
+            vs = (s - max).exp();
+        }
+        f16_vec::mad(&mut tmp.acc16, v, vs, simd);
+        sum = sum.mul_add(ms, vs); // fused, as llama.cpp's compiler emits it
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for (d, a) in dst.iter_mut().zip(&tmp.acc16) {
+        *d = a.to_f32() * inv;
+    }
 }
 
 #[inline]
