@@ -24,6 +24,38 @@ pub(crate) const ELEMENTWISE_GROUPS: u32 = 1024;
 pub(crate) const MATVEC_ROWS: u32 = 4;
 pub(crate) const TALL_MATVEC_ROWS_PER_GROUP: u32 = 16;
 pub(crate) const TALL_MATVEC_ROWS: usize = 8192;
+/// Decode-kernel tuning for benchmarks on a GPU host: `units=1|2` (32-weight units each
+/// thread takes per loop iteration, `MV_UNITS` in matmul.wgsl) and `tall=N` (the row count
+/// from which a matrix counts as tall), comma-separated, e.g. `units=1,tall=2048`.
+pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
+
+/// The decode-kernel settings (see MATVEC_TUNING_ENV).
+#[derive(Debug, Clone, Copy)]
+struct MatvecTuning {
+    units: u32,
+    tall_rows: usize,
+}
+
+impl MatvecTuning {
+    fn from_env() -> Result<MatvecTuning, crate::VulkanError> {
+        let mut t = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS };
+        let Ok(spec) = std::env::var(MATVEC_TUNING_ENV) else { return Ok(t) };
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = || {
+                crate::VulkanError::InvalidInput(format!(
+                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2 and/or tall=<rows>, e.g. units=1,tall=2048"
+                ))
+            };
+            let (key, value) = item.split_once('=').ok_or_else(bad)?;
+            match (key.trim(), value.trim().parse::<usize>()) {
+                ("units", Ok(n @ (1 | 2))) => t.units = n as u32,
+                ("tall", Ok(n)) if n > 0 => t.tall_rows = n,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(t)
+    }
+}
 
 const MATMUL: &str = include_str!("shaders/matmul.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
@@ -68,6 +100,8 @@ pub(crate) struct Kernels {
     /// Keyed by type, input and whether the workgroup takes 16 rows (tall matrices).
     matvec: HashMap<(WeightType, MatvecInput, bool), wgpu::ComputePipeline>,
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
+    /// Matrices of at least this many rows use the tall decode pipelines.
+    tall_rows: usize,
     pub rmsnorm: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
@@ -102,6 +136,7 @@ impl Kernels {
         let mut matmul = HashMap::new();
         let mut matvec = HashMap::new();
         let mut get_rows = HashMap::new();
+        let tuning = MatvecTuning::from_env()?;
         let reduce = if gpu.subgroups() { REDUCE_SUBGROUP } else { REDUCE_SHARED };
         for &ty in types {
             if matmul.contains_key(&ty) {
@@ -113,7 +148,7 @@ impl Kernels {
                 for tall in [false, true] {
                     let groups = if tall { TALL_MATVEC_ROWS_PER_GROUP } else { MATVEC_ROWS } / 4;
                     let label = format!("{} {ty:?} x{}", input.entry(), 4 * groups);
-                    let p = pipeline_with(gpu, &label, &source, input.entry(), &[("ROW_GROUPS", groups as f64)]);
+                    let p = pipeline_with(gpu, &label, &source, input.entry(), &[("ROW_GROUPS", groups as f64), ("MV_UNITS", tuning.units as f64)]);
                     matvec.insert((ty, input, tall), p);
                 }
             }
@@ -124,6 +159,7 @@ impl Kernels {
             matmul,
             matvec,
             get_rows,
+            tall_rows: tuning.tall_rows,
             rmsnorm: pipeline(gpu, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
             rope: pipeline(gpu, "rope", include_str!("shaders/rope.wgsl"), "rope"),
             attention: pipeline(gpu, "attention", attention, "attention"),
@@ -140,6 +176,11 @@ impl Kernels {
 
     pub fn matvec(&self, ty: WeightType, input: MatvecInput, tall: bool) -> &wgpu::ComputePipeline {
         &self.matvec[&(ty, input, tall)]
+    }
+
+    /// Whether a matrix of `rows` rows uses the tall (16 rows per workgroup) decode pipelines.
+    pub fn is_tall(&self, rows: usize) -> bool {
+        rows >= self.tall_rows
     }
 
     pub fn get_rows(&self, ty: WeightType) -> &wgpu::ComputePipeline {

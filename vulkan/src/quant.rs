@@ -292,7 +292,7 @@ impl MatmulOp {
         fused: Option<FusedInput<'_>>,
     ) -> Result<MatmulOp, VulkanError> {
         let batch_pipeline = kernels.matmul(weight.ty).clone();
-        let tall = weight.rows >= kernels::TALL_MATVEC_ROWS;
+        let tall = kernels.is_tall(weight.rows);
         let mv_rows = if tall { kernels::TALL_MATVEC_ROWS_PER_GROUP } else { kernels::MATVEC_ROWS };
         let single_pipeline = kernels.matvec(weight.ty, MatvecInput::Plain, tall).clone();
         let (fused_pipeline, fused_x, norm_w, eps) = match &fused {

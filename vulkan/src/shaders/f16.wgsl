@@ -12,3 +12,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(f16_vec(m0.x, m0.y), f16_vec(m0.z, m0.w), f16_vec(m1.x, m1.y), f16_vec(m1.z, m1.w),
                                f16_vec(m2.x, m2.y), f16_vec(m2.z, m2.w), f16_vec(m3.x, m3.y), f16_vec(m3.z, m3.w));
 }
+
+// The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
+fn unit_dot(row: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    return dot8(load_unit(row, u), xs);
+}

@@ -5,3 +5,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
                                bitcast<vec4<f32>>(w4[b + 3u]), bitcast<vec4<f32>>(w4[b + 4u]), bitcast<vec4<f32>>(w4[b + 5u]),
                                bitcast<vec4<f32>>(w4[b + 6u]), bitcast<vec4<f32>>(w4[b + 7u]));
 }
+
+// The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
+fn unit_dot(row: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    return dot8(load_unit(row, u), xs);
+}

@@ -164,8 +164,10 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 //   matvec_norm  RMSNorm(x) * norm_w, with the sum of squares computed by every workgroup;
 //   matvec_glu   silu(gate) * up, x holding [gate (k values) | up (k values)].
 
-// Groups of four rows per workgroup, 1 or 4 (a pipeline constant).
+// Groups of four rows per workgroup, 1, 2 or 4 (a pipeline constant).
 override ROW_GROUPS: u32 = 1u;
+// 32-weight units of a row each thread takes per loop iteration, 1 or 2 (a pipeline constant).
+override MV_UNITS: u32 = 1u;
 override MV_ROWS: u32 = 4u * ROW_GROUPS;
 var<private> mv_acc: array<f32, 16>;
 
@@ -182,9 +184,28 @@ fn x_at(mode: u32, i: u32, scale: f32) -> vec4<f32> {
     return v;
 }
 
+// The 32 x values of unit u, transformed as the entry point says.
+fn x_unit(mode: u32, u: u32, scale: f32) -> array<vec4<f32>, 8> {
+    let b = u * 8u;
+    return array<vec4<f32>, 8>(x_at(mode, b, scale), x_at(mode, b + 1u, scale), x_at(mode, b + 2u, scale),
+                               x_at(mode, b + 3u, scale), x_at(mode, b + 4u, scale), x_at(mode, b + 5u, scale),
+                               x_at(mode, b + 6u, scale), x_at(mode, b + 7u, scale));
+}
+
 fn dot8(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
     return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3])
         + dot(a[4], b[4]) + dot(a[5], b[5]) + dot(a[6], b[6]) + dot(a[7], b[7]);
+}
+
+// Four consecutive rows' dot products with one unit of x (rows past `last` read row `last`).
+// xsum is the sum of xs (for types with an offset, see unit_dot in q4_0.wgsl).
+fn group4(f: u32, last: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> vec4<f32> {
+    return vec4<f32>(unit_dot(min(f, last), u, xs, xsum), unit_dot(min(f + 1u, last), u, xs, xsum),
+                     unit_dot(min(f + 2u, last), u, xs, xsum), unit_dot(min(f + 3u, last), u, xs, xsum));
+}
+
+fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
+    return dot(xs[0] + xs[1] + xs[2] + xs[3] + xs[4] + xs[5] + xs[6] + xs[7], vec4<f32>(1.0));
 }
 
 fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
@@ -202,31 +223,50 @@ fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
         scale = 1.0 / sqrt(reduce_all(ss, l) / f32(p.k) + p.eps);
     }
     // Rows past the end recompute the last row (no branch around the loads) and are not
-    // written. Each group's four rows are written out so that their loads are in flight
-    // together, and dequantized where they are used, so that one row's 32 weights are live
-    // at a time.
+    // written. MV_UNITS = 2: every thread takes two 32-weight units per iteration while
+    // the row has them, so that twice the weight bytes are in flight. The accumulators are
+    // vec4 per group of four rows, indexed by constants only, so that they stay in
+    // registers (a dynamically indexed private array can live in local memory).
     let last = p.rows - 1u;
-    for (var r = 0u; r < MV_ROWS; r++) {
-        mv_acc[r] = 0.0;
-    }
     let units = p.k / 32u;
-    for (var u = l.li; u < units; u += WG) {
-        let b = u * 8u;
-        let xs = array<vec4<f32>, 8>(x_at(mode, b, scale), x_at(mode, b + 1u, scale), x_at(mode, b + 2u, scale),
-                                     x_at(mode, b + 3u, scale), x_at(mode, b + 4u, scale), x_at(mode, b + 5u, scale),
-                                     x_at(mode, b + 6u, scale), x_at(mode, b + 7u, scale));
-        for (var g = 0u; g < ROW_GROUPS; g++) {
-            let f = first + 4u * g;
-            let a0 = dot8(load_unit(min(f, last), u), xs);
-            let a1 = dot8(load_unit(min(f + 1u, last), u), xs);
-            let a2 = dot8(load_unit(min(f + 2u, last), u), xs);
-            let a3 = dot8(load_unit(min(f + 3u, last), u), xs);
-            mv_acc[4u * g] += a0;
-            mv_acc[4u * g + 1u] += a1;
-            mv_acc[4u * g + 2u] += a2;
-            mv_acc[4u * g + 3u] += a3;
+    var g0 = vec4<f32>(0.0);
+    var g1 = vec4<f32>(0.0);
+    var g2 = vec4<f32>(0.0);
+    var g3 = vec4<f32>(0.0);
+    // Pairs of units while both are in the row (MV_UNITS = 2), then single units.
+    var u = l.li;
+    if (MV_UNITS > 1u) {
+        for (; u + WG < units; u += 2u * WG) {
+            let xa = x_unit(mode, u, scale);
+            let xb = x_unit(mode, u + WG, scale);
+            let sa = sum8(xa);
+            let sb = sum8(xb);
+            g0 += group4(first, last, u, xa, sa) + group4(first, last, u + WG, xb, sb);
+            if (ROW_GROUPS > 1u) {
+                g1 += group4(first + 4u, last, u, xa, sa) + group4(first + 4u, last, u + WG, xb, sb);
+            }
+            if (ROW_GROUPS > 2u) {
+                g2 += group4(first + 8u, last, u, xa, sa) + group4(first + 8u, last, u + WG, xb, sb);
+                g3 += group4(first + 12u, last, u, xa, sa) + group4(first + 12u, last, u + WG, xb, sb);
+            }
         }
     }
+    for (; u < units; u += WG) {
+        let xs = x_unit(mode, u, scale);
+        let xsum = sum8(xs);
+        g0 += group4(first, last, u, xs, xsum);
+        if (ROW_GROUPS > 1u) {
+            g1 += group4(first + 4u, last, u, xs, xsum);
+        }
+        if (ROW_GROUPS > 2u) {
+            g2 += group4(first + 8u, last, u, xs, xsum);
+            g3 += group4(first + 12u, last, u, xs, xsum);
+        }
+    }
+    mv_acc[0] = g0.x; mv_acc[1] = g0.y; mv_acc[2] = g0.z; mv_acc[3] = g0.w;
+    mv_acc[4] = g1.x; mv_acc[5] = g1.y; mv_acc[6] = g1.z; mv_acc[7] = g1.w;
+    mv_acc[8] = g2.x; mv_acc[9] = g2.y; mv_acc[10] = g2.z; mv_acc[11] = g2.w;
+    mv_acc[12] = g3.x; mv_acc[13] = g3.y; mv_acc[14] = g3.z; mv_acc[15] = g3.w;
     let total = reduce_rows(l);
     let row = first + l.li;
     if (l.li < MV_ROWS && row < p.rows) {

@@ -15,3 +15,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(q4_1_vec(q0, dm), q4_1_vec(q1, dm), q4_1_vec(q2, dm), q4_1_vec(q3, dm),
                                q4_1_vec(q0 >> 4u, dm), q4_1_vec(q1 >> 4u, dm), q4_1_vec(q2 >> 4u, dm), q4_1_vec(q3 >> 4u, dm));
 }
+
+// The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
+fn unit_dot(row: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    return dot8(load_unit(row, u), xs);
+}

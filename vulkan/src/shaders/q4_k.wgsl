@@ -30,3 +30,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
 fn q4k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
     return d * vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu)) - m;
 }
+
+// The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
+fn unit_dot(row: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    return dot8(load_unit(row, u), xs);
+}

@@ -15,3 +15,21 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(q8_vec(a.x, d), q8_vec(a.y, d), q8_vec(a.z, d), q8_vec(a.w, d),
                                q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
 }
+
+// The decode product's dot product of one unit with x (xsum: the sum of the unit's x, used
+// by types with an offset). The scale multiplies the unit's sum once instead of every
+// weight: the decode products are bound by these ALU instructions, not by memory.
+fn q8_raw(q: u32) -> vec4<f32> {
+    let s = bitcast<i32>(q);
+    return vec4<f32>(f32(extractBits(s, 0u, 8u)), f32(extractBits(s, 8u, 8u)),
+                     f32(extractBits(s, 16u, 8u)), f32(extractBits(s, 24u, 8u)));
+}
+
+fn unit_dot(row: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    let blk = row * (p.k / 32u) + u;
+    let d = f16_at(p.aux, blk);
+    let a = w4[blk * 2u];
+    let b = w4[blk * 2u + 1u];
+    return d * (dot(q8_raw(a.x), xs[0]) + dot(q8_raw(a.y), xs[1]) + dot(q8_raw(a.z), xs[2]) + dot(q8_raw(a.w), xs[3])
+        + dot(q8_raw(b.x), xs[4]) + dot(q8_raw(b.y), xs[5]) + dot(q8_raw(b.z), xs[6]) + dot(q8_raw(b.w), xs[7]));
+}
