@@ -461,7 +461,7 @@ fn attention(c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: u
         let keys = &kc[kvh * cap * hd..(kvh * cap + len) * hd];
         let values = &vc[kvh * cap * hd..(kvh * cap + len) * hd];
         if f32_path {
-            attend_f32(qv, keys, values, scale, tmp, dst);
+            attend_f32(qv, keys, values, scale, simd, tmp, dst);
         } else {
             attend_f16(qv, keys, values, scale, simd, tmp, dst);
         }
@@ -477,16 +477,10 @@ struct Scores {
 }
 
 /// One query over `len` keys/values in f32: scores, softmax, weighted sum.
-fn attend_f32(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, tmp: &mut Scores, dst: &mut [f32]) {
+fn attend_f32(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, tmp: &mut Scores, dst: &mut [f32]) {
     let hd = qv.len();
     tmp.scores.clear();
-    let mut k32 = vec![0f32; hd];
-    for k in keys.chunks_exact(hd) {
-        for (d, v) in k32.iter_mut().zip(k) {
-            *d = v.to_f32();
-        }
-        tmp.scores.push(dot_f32(qv, &k32) * scale);
-    }
+    tmp.scores.extend(keys.chunks_exact(hd).map(|k| f16_vec::dot_f32(qv, k, simd) * scale));
     let max = tmp.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for s in tmp.scores.iter_mut() {
@@ -496,10 +490,7 @@ fn attend_f32(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, tmp: &mut Sc
     let inv = 1.0 / sum;
     dst.fill(0.0);
     for (w, v) in tmp.scores.iter().zip(values.chunks_exact(hd)) {
-        let w = w * inv;
-        for (d, x) in dst.iter_mut().zip(v) {
-            *d += w * x.to_f32();
-        }
+        f16_vec::axpy_f32(dst, v, w * inv, simd);
     }
 }
 
@@ -530,23 +521,6 @@ fn attend_f16(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, 
     for (d, a) in dst.iter_mut().zip(&tmp.acc16) {
         *d = a.to_f32() * inv;
     }
-}
-
-#[inline]
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent sums so that the compiler vectorises the loop.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[i * 8 + l] * b[i * 8 + l];
-        }
-    }
-    let mut total: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        total += a[i] * b[i];
-    }
-    total
 }
 
 /// Multiplies the `m` rows of `x` (`cols` wide) by each weight matrix. Matrices on our
