@@ -130,7 +130,7 @@ impl Metrics {
 
     pub fn set_device(&self, device: &str, model: &str) {
         self.device_info
-            .get_or_create(&vec![("device", device.to_owned()), ("model", model.to_owned())])
+            .get_or_create(&vec![("device", escape_label_value(device)), ("model", escape_label_value(model))])
             .set(1);
     }
 
@@ -266,6 +266,15 @@ mod tests {
         assert!(text.contains(r#"xpu_device_info{device="cpu (2 threads)",model="smol"} 1"#));
         assert!(text.contains("xpu_time_to_first_token_seconds_bucket"));
         assert!(text.contains("xpu_queue_depth 0"));
+    }
+
+    #[test]
+    fn model_ids_with_quotes_do_not_break_the_exposition() {
+        // `--model-id` is user input; a quote or backslash in it must be escaped.
+        let m = Metrics::new();
+        m.set_device("cpu", "my \"best\" model\\v2");
+        let text = m.render();
+        assert!(text.contains(r#"xpu_device_info{device="cpu",model="my \"best\" model\\v2"} 1"#), "{text}");
     }
 
     fn two_devices() -> Telemetry {
