@@ -15,19 +15,7 @@
 use half::f16;
 
 /// Whether the SIMD versions can run (checked once per call site by the caller).
-#[inline]
-pub fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+pub(crate) use super::kernels::has_avx2 as simd;
 
 /// Σ x[i]·y[i] in ggml's order: steps of 32 into four 8-lane FMA accumulators, the
 /// accumulators added pairwise (0+2, 1+3, then 0+1), the 8 lanes folded

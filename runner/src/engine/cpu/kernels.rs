@@ -164,8 +164,10 @@ pub fn simd_name() -> &'static str {
     }
 }
 
+/// Whether this CPU has AVX2, FMA and F16C, which all the SIMD kernels of the CPU
+/// engine need.
 #[inline]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")

@@ -9,8 +9,8 @@ pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA were detected just above.
+    if super::kernels::has_avx2() {
+        // SAFETY: has_avx2 found AVX2 and FMA.
         done = unsafe { x86::swiglu(gate, up) };
     }
     for (g, u) in gate[done..].iter_mut().zip(&up[done..]) {
