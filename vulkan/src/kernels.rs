@@ -38,8 +38,14 @@ struct MatvecTuning {
 
 impl MatvecTuning {
     fn from_env() -> Result<MatvecTuning, crate::VulkanError> {
-        let mut t = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS };
-        let Ok(spec) = std::env::var(MATVEC_TUNING_ENV) else { return Ok(t) };
+        std::env::var(MATVEC_TUNING_ENV).map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
+    }
+
+    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS };
+
+    /// Reads a MATVEC_TUNING_ENV value.
+    fn parse(spec: &str) -> Result<MatvecTuning, crate::VulkanError> {
+        let mut t = MatvecTuning::DEFAULT;
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 crate::VulkanError::InvalidInput(format!(
@@ -199,4 +205,21 @@ pub(crate) fn bind(gpu: &Gpu, pipeline: &wgpu::ComputePipeline, label: &str, buf
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     })
+}
+
+#[cfg(test)]
+mod tuning_tests {
+    use super::*;
+
+    #[test]
+    fn tuning_values_are_read_and_bad_ones_named() {
+        let t = MatvecTuning::parse(" units=2 , tall=2048").unwrap();
+        assert_eq!((t.units, t.tall_rows), (2, 2048));
+        let t = MatvecTuning::parse("").unwrap();
+        assert_eq!((t.units, t.tall_rows), (1, TALL_MATVEC_ROWS));
+        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1"] {
+            let err = MatvecTuning::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"), "{bad}: {err}");
+        }
+    }
 }
