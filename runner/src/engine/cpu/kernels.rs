@@ -15,11 +15,51 @@
 
 use rayon::prelude::*;
 
+use super::team::Team;
+
 /// Elements per quantization block (all supported types).
 pub const QK: usize = 32;
 
 /// How many activation rows share one pass over a weight row in prefill.
 const ROW_TILE: usize = 8;
+
+/// [`ROW_TILE`] activation rows of a prompt batch laid out for the batched kernel:
+/// the rows' blocks (padded with zero rows when fewer are left), and for each block
+/// index the rows' scale terms side by side, so that the kernel handles the eight
+/// rows' scales as one vector.
+pub(crate) struct RowTile<'x> {
+    /// Rows that are real (the rest is padding).
+    rows: usize,
+    /// Blocks per row.
+    nb: usize,
+    /// `ROW_TILE * nb` blocks, row after row.
+    x: std::borrow::Cow<'x, [BlockQ8]>,
+    /// Per block: each row's `d`.
+    d: Vec<[f32; ROW_TILE]>,
+    /// Per block: each row's `d * sum` (Q4_0's offset).
+    d_sum: Vec<[f32; ROW_TILE]>,
+    /// Per block: each row's `s` (Q4_1's min term).
+    s: Vec<[f32; ROW_TILE]>,
+}
+
+impl<'x> RowTile<'x> {
+    /// The tile of rows `r0..` of `x` (`m` rows of `nb` blocks).
+    fn new(x: &'x [BlockQ8], r0: usize, m: usize, nb: usize) -> Self {
+        let rows = (m - r0).min(ROW_TILE);
+        let x = if rows == ROW_TILE {
+            std::borrow::Cow::Borrowed(&x[r0 * nb..(r0 + ROW_TILE) * nb])
+        } else {
+            let mut padded = x[r0 * nb..(r0 + rows) * nb].to_vec();
+            padded.resize(ROW_TILE * nb, BlockQ8::default());
+            std::borrow::Cow::Owned(padded)
+        };
+        let column = |f: &dyn Fn(&BlockQ8) -> f32| -> Vec<[f32; ROW_TILE]> {
+            (0..nb).map(|i| std::array::from_fn(|r| f(&x[r * nb + i]))).collect()
+        };
+        let (d, d_sum, s) = (column(&|b| b.d), column(&|b| b.d * b.sum), column(&|b| b.s));
+        RowTile { rows, nb, x, d, d_sum, s }
+    }
+}
 
 /// Block formats of weight matrices that the CPU kernels handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +84,15 @@ impl WeightFormat {
 }
 
 /// One block of 32 quantized activations: `x[i] ≈ d * qs[i]`, `s = d * Σ qs` (both
-/// f16 values kept as f32, as in ggml's `block_q8_1`).
+/// f16 values kept as f32, as in ggml's `block_q8_1`), and `sum = Σ qs` exactly.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub struct BlockQ8 {
     pub d: f32,
     pub s: f32,
+    /// Σ qs (an integer, exact in f32): Q4_0's offset of 8 is `- 8 * d * sum`, which
+    /// lets the kernels multiply Q4_0's nibbles unsigned, as Q4_1's.
+    pub sum: f32,
     pub qs: [i8; QK],
 }
 
@@ -132,27 +175,50 @@ pub fn quantize_rows(x: &[f32], cols: usize, out: &mut Vec<BlockQ8>) {
     out.clear();
     out.resize(blocks, BlockQ8::default());
     debug_assert_eq!(cols % QK, 0);
-    // The same arithmetic as ggml's AVX2 `quantize_row_q8_0`/`q8_1`: scale rounded to
-    // f16, inverse scale 127/amax, ties rounded to even. Matching it bit for bit keeps
-    // greedy decoding on the same tokens as llama.cpp when two logits are nearly tied.
+    let avx2 = has_avx2();
     let quantize = |(src, dst): (&[f32], &mut BlockQ8)| {
-        let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in dst.qs.iter_mut().zip(src) {
-            let r = (v * id).round_ties_even() as i32;
-            *q = r as i8;
-            sum += r;
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: AVX2 was detected; src holds one block of QK floats.
+            unsafe { x86::quantize_block(src, dst) };
+            return;
         }
-        dst.d = round_f16(d);
-        dst.s = round_f16(d * sum as f32);
+        quantize_block_scalar(src, dst);
     };
     if blocks >= 4096 {
         x.par_chunks_exact(QK).zip(out.par_iter_mut()).for_each(quantize);
     } else {
         x.chunks_exact(QK).zip(out.iter_mut()).for_each(quantize);
     }
+}
+
+/// Quantizes one block of 32 activations. The same arithmetic as ggml's AVX2
+/// `quantize_row_q8_0`/`q8_1`: scale rounded to f16, inverse scale 127/amax, ties
+/// rounded to even. Matching it bit for bit keeps greedy decoding on the same tokens
+/// as llama.cpp when two logits are nearly tied.
+fn quantize_block_scalar(src: &[f32], dst: &mut BlockQ8) {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (d, id) = block_scales(amax);
+    let mut sum = 0i32;
+    for (q, v) in dst.qs.iter_mut().zip(src) {
+        let r = (v * id).round_ties_even() as i32;
+        *q = r as i8;
+        sum += r;
+    }
+    finish_block(dst, d, sum);
+}
+
+/// The scale and inverse scale of a block whose largest magnitude is `amax`.
+#[inline(always)]
+fn block_scales(amax: f32) -> (f32, f32) {
+    (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
+}
+
+#[inline(always)]
+fn finish_block(dst: &mut BlockQ8, d: f32, sum: i32) {
+    dst.d = round_f16(d);
+    dst.s = round_f16(d * sum as f32);
+    dst.sum = sum as f32;
 }
 
 /// Whether the AVX2 kernels can run on this CPU.
@@ -259,6 +325,34 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(v))
     }
 
+    /// [`super::quantize_block_scalar`] with AVX2 (the same results, bit for bit).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_block(src: &[f32], dst: &mut BlockQ8) {
+        debug_assert_eq!(src.len(), super::QK);
+        let p = src.as_ptr();
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for x in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let (d, id) = super::block_scales(amax);
+        let mul = _mm256_set1_ps(id);
+        let q = v.map(|x| _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, mul))));
+        let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        let t4 = _mm_add_epi32(t4, _mm_shuffle_epi32::<0b01_00_11_10>(t4));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32::<0b10_11_00_01>(t4)));
+        // Packing works per 128-bit lane; the permute restores element order.
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(dst.qs.as_mut_ptr() as *mut __m256i, ordered);
+        super::finish_block(dst, d, sum);
+    }
+
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
@@ -292,94 +386,121 @@ mod x86 {
         _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F))
     }
 
-    /// Unpacked weight block: signed bytes (or unsigned for Q4_1), scale, min.
+    /// One 8-lane vector with lane `r` of `v` (0..8) in every lane. `lo`/`hi` are `v`
+    /// with its lower/upper half in both halves; `r` is a constant after unrolling.
     #[inline(always)]
-    unsafe fn weight_block(format: super::WeightFormat, b: *const u8) -> (__m256i, f32, f32) {
-        match format {
-            super::WeightFormat::Q4_0 => (_mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)), f16(b), 0.0),
-            super::WeightFormat::Q4_1 => (nibbles(b.add(4)), f16(b), f16(b.add(2))),
-            super::WeightFormat::Q8_0 => (_mm256_loadu_si256(b.add(2) as *const __m256i), f16(b), 0.0),
+    unsafe fn splat(lo: __m256, hi: __m256, r: usize) -> __m256 {
+        match r {
+            0 => _mm256_shuffle_ps::<0x00>(lo, lo),
+            1 => _mm256_shuffle_ps::<0x55>(lo, lo),
+            2 => _mm256_shuffle_ps::<0xAA>(lo, lo),
+            3 => _mm256_shuffle_ps::<0xFF>(lo, lo),
+            4 => _mm256_shuffle_ps::<0x00>(hi, hi),
+            5 => _mm256_shuffle_ps::<0x55>(hi, hi),
+            6 => _mm256_shuffle_ps::<0xAA>(hi, hi),
+            _ => _mm256_shuffle_ps::<0xFF>(hi, hi),
         }
     }
 
-    /// One weight row against `N` activation rows (each `nb` blocks, `stride` blocks
-    /// apart in `x`): the weight blocks are unpacked once for all of them.
-    pub unsafe fn dot_xn<const N: usize>(
-        format: super::WeightFormat,
-        w: &[u8],
-        x: &[BlockQ8],
-        nb: usize,
-        stride: usize,
-    ) -> [f32; N] {
+    /// One weight row against the eight activation rows of `tile`: each weight block
+    /// is unpacked once for all of them, and the per-block scale products of the
+    /// eight rows are one vector multiply (and Q4_0's/Q4_1's offsets one vector FMA)
+    /// instead of eight scalar ones.
+    pub unsafe fn dot_tile(format: super::WeightFormat, w: &[u8], tile: &super::RowTile<'_>) -> [f32; 8] {
         match format {
-            super::WeightFormat::Q4_0 => dot_xn_for::<0, N>(w, x, nb, stride),
-            super::WeightFormat::Q4_1 => dot_xn_for::<1, N>(w, x, nb, stride),
-            super::WeightFormat::Q8_0 => dot_xn_for::<2, N>(w, x, nb, stride),
+            super::WeightFormat::Q4_0 => dot_tile_for::<0>(w, tile),
+            super::WeightFormat::Q4_1 => dot_tile_for::<1>(w, tile),
+            super::WeightFormat::Q8_0 => dot_tile_for::<2>(w, tile),
         }
     }
 
-    /// [`dot_xn`] for one format (`F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0), so that the
-    /// format checks fold away.
+    /// [`dot_tile`] for one format (`F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0), so that the
+    /// format checks fold away. For each row the operations and their order are those
+    /// of the single-row kernels `dot_q4_1`/`dot_q8_0` (scale product, FMA into one
+    /// accumulator, min term added after a separate multiply), so prompt rows get
+    /// the same bits as decode rows; Q4_0 has no order to keep (see `dot_q4_0`).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_xn_for<const F: u8, const N: usize>(w: &[u8], x: &[BlockQ8], nb: usize, stride: usize) -> [f32; N] {
+    unsafe fn dot_tile_for<const F: u8>(w: &[u8], tile: &super::RowTile<'_>) -> [f32; 8] {
         let format = match F {
             0 => super::WeightFormat::Q4_0,
             1 => super::WeightFormat::Q4_1,
             _ => super::WeightFormat::Q8_0,
         };
         let bb = format.block_bytes();
+        let nb = tile.nb;
         let p = w.as_ptr();
-        let xp = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offset = [0f32; N];
-        let unsigned = format == super::WeightFormat::Q4_1;
+        let xp = tile.x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut offset = _mm256_setzero_ps();
+        let signed = format == super::WeightFormat::Q8_0;
         for i in 0..nb {
-            let (qw, dw, mw) = weight_block(format, p.add(i * bb));
+            let b = p.add(i * bb);
+            let (dw, qw) = match format {
+                super::WeightFormat::Q4_0 => (f16(b), nibbles(b.add(2))),
+                super::WeightFormat::Q4_1 => (f16(b), nibbles(b.add(4))),
+                super::WeightFormat::Q8_0 => (f16(b), _mm256_loadu_si256(b.add(2) as *const __m256i)),
+            };
+            let d = _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(tile.d[i].as_ptr()));
+            let (dlo, dhi) = (_mm256_permute2f128_ps::<0x00>(d, d), _mm256_permute2f128_ps::<0x11>(d, d));
             // For signed weights, move the sign onto the activations once.
-            let aw = if unsigned { qw } else { _mm256_sign_epi8(qw, qw) };
-            for r in 0..N {
-                let xb = &*xp.add(r * stride + i);
-                let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                let sx = if unsigned { qx } else { _mm256_sign_epi8(qx, qw) };
-                let d = _mm256_set1_ps(dw * xb.d);
-                acc[r] = _mm256_fmadd_ps(d, unsigned_mul_sum(aw, sx), acc[r]);
-                if unsigned {
-                    offset[r] += mw * xb.s;
+            let aw = if signed { _mm256_sign_epi8(qw, qw) } else { qw };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let qx = _mm256_loadu_si256((*xp.add(r * nb + i)).qs.as_ptr() as *const __m256i);
+                let sx = if signed { _mm256_sign_epi8(qx, qw) } else { qx };
+                *acc = _mm256_fmadd_ps(splat(dlo, dhi, r), unsigned_mul_sum(aw, sx), *acc);
+            }
+            match format {
+                super::WeightFormat::Q4_0 => {
+                    offset = _mm256_fmadd_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(tile.d_sum.as_ptr().add(i) as *const f32), offset)
                 }
+                super::WeightFormat::Q4_1 => {
+                    let m = _mm256_set1_ps(f16(b.add(2)));
+                    offset = _mm256_add_ps(offset, _mm256_mul_ps(m, _mm256_loadu_ps(tile.s[i].as_ptr())));
+                }
+                super::WeightFormat::Q8_0 => {}
             }
         }
-        let mut out = [0f32; N];
-        for r in 0..N {
-            out[r] = hsum(acc[r]) + offset[r];
+        let mut offsets = [0f32; 8];
+        _mm256_storeu_ps(offsets.as_mut_ptr(), offset);
+        let mut out = [0f32; 8];
+        for r in 0..8 {
+            out[r] = match format {
+                super::WeightFormat::Q4_0 => hsum(acc[r]) - 8.0 * offsets[r],
+                _ => hsum(acc[r]) + offsets[r],
+            };
         }
         out
     }
 
-    /// Q4_0 uses two accumulators: with one, each block waits for the previous
-    /// block's FMA (4-cycle latency), which bounds this short loop. ggml runs Q4_0
-    /// through repacked 8-row kernels with their own summation order, so there is no
-    /// order to keep; Q4_1 and Q8_0 below keep ggml's single-accumulator order, which
-    /// makes each row's dot product bit-identical to llama.cpp's.
+    /// Q4_0 multiplies the nibbles unsigned (0..15, one `maddubs`, no sign moves) and
+    /// subtracts the offset of 8 as `8 * d * Σ qx` per block, a scalar FMA: two
+    /// vector instructions fewer per block in a loop that is bound by instructions,
+    /// not memory. It uses two accumulators: with one, each block waits for the
+    /// previous block's FMA (4-cycle latency). ggml runs Q4_0 through repacked 8-row
+    /// kernels with their own summation order, so there is no order to keep; Q4_1
+    /// and Q8_0 below keep ggml's single-accumulator order, which makes each row's
+    /// dot product bit-identical to llama.cpp's.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8]) -> f32 {
         #[inline(always)]
-        unsafe fn block(b: *const u8, xb: &BlockQ8, acc: __m256) -> __m256 {
-            let d = _mm256_set1_ps(f16(b) * xb.d);
-            let qw = _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8));
+        unsafe fn block(b: *const u8, xb: &BlockQ8, acc: __m256, offset: f32) -> (__m256, f32) {
+            let d = f16(b) * xb.d;
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            _mm256_fmadd_ps(d, mul_sum_i8(qw, qx), acc)
+            let acc = _mm256_fmadd_ps(_mm256_set1_ps(d), unsigned_mul_sum(nibbles(b.add(2)), qx), acc);
+            (acc, d.mul_add(xb.sum, offset))
         }
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut off0, mut off1) = (0f32, 0f32);
         let p = w.as_ptr();
         let pairs = x.len() / 2;
         for i in 0..pairs {
-            acc0 = block(p.add(2 * i * 18), &x[2 * i], acc0);
-            acc1 = block(p.add((2 * i + 1) * 18), &x[2 * i + 1], acc1);
+            (acc0, off0) = block(p.add(2 * i * 18), &x[2 * i], acc0, off0);
+            (acc1, off1) = block(p.add((2 * i + 1) * 18), &x[2 * i + 1], acc1, off1);
         }
         if x.len() % 2 == 1 {
-            acc0 = block(p.add(2 * pairs * 18), &x[2 * pairs], acc0);
+            (acc0, off0) = block(p.add(2 * pairs * 18), &x[2 * pairs], acc0, off0);
         }
-        hsum(_mm256_add_ps(acc0, acc1))
+        hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * (off0 + off1)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -428,11 +549,11 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// Runs all `jobs` (which share the same input activations `x`, `m` rows) in one
-/// parallel pass over the rayon pool of the caller.
-pub fn matmul(x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_>]) {
+/// parallel pass over `team`.
+pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_>]) {
     let avx2 = has_avx2();
     // Work items: (job, first weight row, end weight row).
-    let threads = rayon::current_num_threads().max(1);
+    let threads = team.threads();
     let total_rows: usize = jobs.iter().map(|j| j.weight.rows).sum();
     // Enough chunks for load balance, few enough that each is worth a task.
     let chunk = (total_rows / (threads * 8)).clamp(16, 1024).next_multiple_of(4);
@@ -450,43 +571,37 @@ pub fn matmul(x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_>]) {
         }
     }
     let jobs: &[MatmulJob<'_, '_>] = jobs;
-    items.par_iter().for_each(|&(ji, start, end)| {
+    let avx2_tiles = avx2 && cfg!(target_arch = "x86_64") && m > 1;
+    let nb = if m == 0 { 0 } else { x.len() / m };
+    let tiles: Vec<RowTile<'_>> =
+        if avx2_tiles { (0..m).step_by(ROW_TILE).map(|r0| RowTile::new(x, r0, m, nb)).collect() } else { Vec::new() };
+    team.run(items.len(), &|item, _| {
+        let (ji, start, end) = items[item];
         let w = &jobs[ji].weight;
         let n = w.rows;
-        let nb = w.cols / QK;
         let out = outs[ji];
-        for r0 in (0..m).step_by(ROW_TILE) {
-            let r1 = (r0 + ROW_TILE).min(m);
+        if avx2_tiles {
+            #[cfg(target_arch = "x86_64")]
+            for (t, tile) in tiles.iter().enumerate() {
+                for j in start..end {
+                    // SAFETY: AVX2 was detected; the tile holds ROW_TILE rows of nb
+                    // blocks and the weight row nb blocks (QMatrix::new, asserts above).
+                    let v = unsafe { x86::dot_tile(w.format, w.row(j), tile) };
+                    for (i, v) in v.into_iter().take(tile.rows).enumerate() {
+                        // SAFETY: cell (t * ROW_TILE + i, j) belongs to this item only;
+                        // it is inside out, which has m * n elements (asserted above).
+                        unsafe { *out.0.add((t * ROW_TILE + i) * n + j) = v };
+                    }
+                }
+            }
+            return;
+        }
+        for r in 0..m {
             for j in start..end {
-                let row = w.row(j);
-                let mut r = r0;
-                #[cfg(target_arch = "x86_64")]
-                while avx2 && r + 8 <= r1 {
-                    // SAFETY: AVX2 was detected; rows r..r+8 exist in x (r + 8 <= m).
-                    let v = unsafe { x86::dot_xn::<8>(w.format, row, &x[r * nb..], nb, nb) };
-                    for (i, v) in v.into_iter().enumerate() {
-                        // SAFETY: as below.
-                        unsafe { *out.0.add((r + i) * n + j) = v };
-                    }
-                    r += 8;
-                }
-                #[cfg(target_arch = "x86_64")]
-                while avx2 && r + 4 <= r1 {
-                    // SAFETY: AVX2 was detected; rows r..r+4 exist in x (r + 4 <= m).
-                    let v = unsafe { x86::dot_xn::<4>(w.format, row, &x[r * nb..], nb, nb) };
-                    for (i, v) in v.into_iter().enumerate() {
-                        // SAFETY: as below.
-                        unsafe { *out.0.add((r + i) * n + j) = v };
-                    }
-                    r += 4;
-                }
-                while r < r1 {
-                    let v = dot(w.format, row, &x[r * nb..(r + 1) * nb], avx2);
-                    // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
-                    // and out has m * n elements (asserted above).
-                    unsafe { *out.0.add(r * n + j) = v };
-                    r += 1;
-                }
+                let v = dot(w.format, w.row(j), &x[r * nb..(r + 1) * nb], avx2);
+                // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
+                // and out has m * n elements (asserted above).
+                unsafe { *out.0.add(r * n + j) = v };
             }
         }
     });
@@ -530,7 +645,7 @@ mod tests {
             let mut xq = Vec::new();
             quantize_rows(&x, cols, &mut xq);
             let mut out = vec![0f32; m * rows];
-            matmul(&xq, m, &mut [MatmulJob { weight: w, out: &mut out }]);
+            matmul(&Team::new(2), &xq, m, &mut [MatmulJob { weight: w, out: &mut out }]);
             let mut wrow = vec![0f32; cols];
             for j in 0..rows {
                 w.dequantize_row(j, &mut wrow);
@@ -543,6 +658,33 @@ mod tests {
                     assert!((got - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()), "{format:?} simd {got} vs scalar {scalar}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn simd_quantization_is_bit_identical_to_scalar() {
+        if !has_avx2() {
+            return;
+        }
+        let mut seed = 5;
+        let mut blocks: Vec<Vec<f32>> = (0..200)
+            .map(|k| {
+                let scale = [1e-3f32, 0.5, 3.0, 1e4][k % 4];
+                (0..QK).map(|_| ((lcg(&mut seed) % 20001) as f32 / 10000.0 - 1.0) * scale).collect()
+            })
+            .collect();
+        // All zero, ties at .5 after scaling, one large value.
+        blocks.push(vec![0.0; QK]);
+        blocks.push((0..QK).map(|i| (i as f32 - 16.0) * 0.5).collect());
+        blocks.push((0..QK).map(|i| if i == 7 { -127.0 } else { i as f32 + 0.5 }).collect());
+        for src in &blocks {
+            let (mut a, mut b) = (BlockQ8::default(), BlockQ8::default());
+            quantize_block_scalar(src, &mut a);
+            // SAFETY: AVX2 was detected above.
+            #[cfg(target_arch = "x86_64")]
+            unsafe { x86::quantize_block(src, &mut b) };
+            assert_eq!(a.qs, b.qs, "{src:?}");
+            assert_eq!((a.d.to_bits(), a.s.to_bits(), a.sum.to_bits()), (b.d.to_bits(), b.s.to_bits(), b.sum.to_bits()));
         }
     }
 

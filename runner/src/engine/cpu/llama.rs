@@ -10,17 +10,18 @@
 //! the numerical reference: the tests compare logits with `quantized_llama`.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context as _};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use memmap2::Mmap;
-use rayon::prelude::*;
 
 use half::f16;
 
 use super::f16_vec;
 use super::swiglu::swiglu_in_place;
+use super::team::Team;
 use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
 
 /// Hyper-parameters read from the GGUF metadata.
@@ -89,6 +90,8 @@ pub struct LlamaModel {
     /// Positions the cache holds (allocated lazily up to `context_length`).
     cache_capacity: usize,
     scratch: Scratch,
+    /// The threads that run the parallel steps (as many as rayon's pool has).
+    pub(crate) team: Team,
 }
 
 #[derive(Default)]
@@ -281,6 +284,7 @@ impl LlamaModel {
             v_cache: vec![Vec::new(); n_layer],
             cache_capacity: 0,
             scratch: Scratch::default(),
+            team: Team::new(rayon::current_num_threads()),
         })
     }
 
@@ -340,6 +344,7 @@ impl LlamaModel {
             s.k.resize(m * kv_dim, 0.0);
             s.v.resize(m * kv_dim, 0.0);
             run_linears(
+                &self.team,
                 &self.mmap,
                 &s.xn,
                 dim,
@@ -372,9 +377,9 @@ impl LlamaModel {
                 }
             }
             s.attn.resize(m * dim, 0.0);
-            attention(&c, &s.q, kc, vc, cap, start, m, &mut s.attn);
+            attention(&self.team, &c, &s.q, kc, vc, cap, start, m, &mut s.attn);
             s.proj.resize(m * dim, 0.0);
-            run_linears(&self.mmap, &s.attn, dim, m, &mut s.xq, &mut [(&layer.wo, &mut s.proj[..])])?;
+            run_linears(&self.team, &self.mmap, &s.attn, dim, m, &mut s.xq, &mut [(&layer.wo, &mut s.proj[..])])?;
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }
@@ -384,6 +389,7 @@ impl LlamaModel {
             s.gate.resize(m * c.ffn, 0.0);
             s.up.resize(m * c.ffn, 0.0);
             run_linears(
+                &self.team,
                 &self.mmap,
                 &s.xn,
                 dim,
@@ -392,7 +398,7 @@ impl LlamaModel {
                 &mut [(&layer.gate, &mut s.gate[..]), (&layer.up, &mut s.up[..])],
             )?;
             swiglu_in_place(&mut s.gate, &s.up);
-            run_linears(&self.mmap, &s.gate, c.ffn, m, &mut s.xq, &mut [(&layer.down, &mut s.proj[..])])?;
+            run_linears(&self.team, &self.mmap, &s.gate, c.ffn, m, &mut s.xq, &mut [(&layer.down, &mut s.proj[..])])?;
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }
@@ -402,7 +408,7 @@ impl LlamaModel {
         let last = &s.x[(m - 1) * dim..m * dim];
         rms_norm(last, &self.output_norm, c.rms_eps, dim, &mut s.xn);
         let mut logits = vec![0f32; self.output.rows()];
-        run_linears(&self.mmap, &s.xn, dim, 1, &mut s.xq, &mut [(&self.output, &mut logits[..])])?;
+        run_linears(&self.team, &self.mmap, &s.xn, dim, 1, &mut s.xq, &mut [(&self.output, &mut logits[..])])?;
         self.scratch = s;
         Ok(logits)
     }
@@ -445,7 +451,7 @@ const F32_ATTENTION_MIN_QUERIES: usize = 64;
 
 /// Causal attention of `m` queries at positions `start..start + m` over the cache.
 #[allow(clippy::too_many_arguments)]
-fn attention(c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: usize, m: usize, out: &mut [f32]) {
+fn attention(team: &Team, c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: usize, m: usize, out: &mut [f32]) {
     debug_assert_eq!(out.len(), m * c.dim);
     let hd = c.head_dim;
     let group = c.n_head / c.n_kv_head;
@@ -453,7 +459,9 @@ fn attention(c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: u
     let simd = f16_vec::simd();
     let f32_path = m >= F32_ATTENTION_MIN_QUERIES;
     // One task per (query row, head): out[i][h*hd..] is written by that task only.
-    out.par_chunks_exact_mut(hd).enumerate().for_each_init(Scores::default, |tmp: &mut Scores, (task, dst)| {
+    let scratch: Vec<Mutex<Scores>> = (0..team.threads()).map(|_| Mutex::default()).collect();
+    team.run_chunks_mut(out, hd, &|task, dst, thread| {
+        let tmp = &mut *scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
         let (i, h) = (task / c.n_head, task % c.n_head);
         let kvh = h / group;
         let qv = &q[i * c.dim + h * hd..i * c.dim + (h + 1) * hd];
@@ -526,6 +534,7 @@ fn attend_f16(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, 
 /// Multiplies the `m` rows of `x` (`cols` wide) by each weight matrix. Matrices on our
 /// kernels share one quantization of `x` and one parallel pass.
 fn run_linears(
+    team: &Team,
     mmap: &Mmap,
     x: &[f32],
     cols: usize,
@@ -552,7 +561,7 @@ fn run_linears(
     }
     if !jobs.is_empty() {
         kernels::quantize_rows(x, cols, xq);
-        kernels::matmul(xq, m, &mut jobs);
+        kernels::matmul(team, xq, m, &mut jobs);
     }
     Ok(())
 }

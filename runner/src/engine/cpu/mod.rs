@@ -10,6 +10,7 @@ pub mod f16_vec;
 pub mod kernels;
 pub mod llama;
 pub mod swiglu;
+pub mod team;
 
 use std::path::Path;
 
@@ -69,6 +70,6 @@ impl Engine for CpuLlamaEngine {
     }
 
     fn device_description(&self) -> String {
-        format!("cpu ({} threads, {}, xpu llama kernels)", rayon::current_num_threads(), kernels::simd_name())
+        format!("cpu ({} threads, {}, xpu llama kernels)", self.model.team.threads(), kernels::simd_name())
     }
 }
