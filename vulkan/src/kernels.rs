@@ -24,9 +24,15 @@ pub(crate) const ELEMENTWISE_GROUPS: u32 = 1024;
 pub(crate) const MATVEC_ROWS: u32 = 4;
 pub(crate) const TALL_MATVEC_ROWS_PER_GROUP: u32 = 16;
 pub(crate) const TALL_MATVEC_ROWS: usize = 8192;
+/// Layers per submission after the first one of a forward pass (the first has
+/// FIRST_SUBMIT_LAYERS, so that the GPU starts early).
+pub(crate) const SUBMIT_LAYERS: usize = 16;
+pub(crate) const FIRST_SUBMIT_LAYERS: usize = 4;
 /// Decode-kernel tuning for benchmarks on a GPU host: `units=1|2` (32-weight units each
-/// thread takes per loop iteration, `MV_UNITS` in matmul.wgsl) and `tall=N` (the row count
-/// from which a matrix counts as tall), comma-separated, e.g. `units=1,tall=2048`.
+/// thread takes per loop iteration, `MV_UNITS` in matmul.wgsl), `tall=N` (the row count
+/// from which a matrix counts as tall), `checks=0|1` (1: compile every kernel with wgpu's
+/// runtime checks, to measure what they cost), `submit=N` (layers per submission after
+/// the first one, see `LlamaModel::submit_batch`), comma-separated, e.g. `units=1,tall=2048`.
 pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 
 /// The decode-kernel settings (see MATVEC_TUNING_ENV).
@@ -34,6 +40,8 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 struct MatvecTuning {
     units: u32,
     tall_rows: usize,
+    checks: bool,
+    submit_layers: usize,
 }
 
 impl MatvecTuning {
@@ -41,7 +49,7 @@ impl MatvecTuning {
         std::env::var(MATVEC_TUNING_ENV).map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
     }
 
-    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS };
+    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS };
 
     /// Reads a MATVEC_TUNING_ENV value.
     fn parse(spec: &str) -> Result<MatvecTuning, crate::VulkanError> {
@@ -49,13 +57,15 @@ impl MatvecTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 crate::VulkanError::InvalidInput(format!(
-                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2 and/or tall=<rows>, e.g. units=1,tall=2048"
+                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1 and/or submit=<layers>, e.g. units=1,tall=2048"
                 ))
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
             match (key.trim(), value.trim().parse::<usize>()) {
                 ("units", Ok(n @ (1 | 2))) => t.units = n as u32,
                 ("tall", Ok(n)) if n > 0 => t.tall_rows = n,
+                ("checks", Ok(n @ (0 | 1))) => t.checks = n == 1,
+                ("submit", Ok(n)) if n > 0 => t.submit_layers = n,
                 _ => return Err(bad()),
             }
         }
@@ -76,6 +86,8 @@ pub(crate) enum MatvecInput {
     Norm,
     /// silu(gate) * up from a [gate | up] row (the FFN activation, fused).
     Glu,
+    /// As `Norm`, followed by RoPE and the K/V cache store (the q|k|v product of a layer).
+    NormRope,
 }
 
 impl MatvecInput {
@@ -84,6 +96,7 @@ impl MatvecInput {
             MatvecInput::Plain => "matvec",
             MatvecInput::Norm => "matvec_norm",
             MatvecInput::Glu => "matvec_glu",
+            MatvecInput::NormRope => "matvec_norm_rope",
         }
     }
 }
@@ -108,6 +121,8 @@ pub(crate) struct Kernels {
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Matrices of at least this many rows use the tall decode pipelines.
     tall_rows: usize,
+    /// Layers per submission after the first (see MATVEC_TUNING_ENV).
+    pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
@@ -115,16 +130,35 @@ pub(crate) struct Kernels {
     pub silu_mul: wgpu::ComputePipeline,
 }
 
-fn pipeline(gpu: &Gpu, label: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
-    pipeline_with(gpu, label, source, entry, &[])
+fn pipeline(gpu: &Gpu, checks: bool, label: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+    pipeline_with(gpu, checks, label, source, entry, &[])
 }
 
-/// A pipeline with values for the module's `override` constants.
-fn pipeline_with(gpu: &Gpu, label: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
-    let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
+/// A pipeline with values for the module's `override` constants; `checks`: with wgpu's
+/// runtime checks (only to measure them, see MATVEC_TUNING_ENV).
+///
+/// The modules are created without wgpu's runtime checks (index clamping on every array
+/// access, a counter in every loop), which add instructions to every weight load of the
+/// decode products.
+/// SAFETY: every index the kernels compute is in range for the buffers the host binds:
+/// - matrix products and lookups: rows, row lengths and chunk offsets come from `GpuWeight`
+///   (sizes checked at upload), token counts are at most the batch the activation buffers
+///   were sized for (`LlamaModel::forward_checks`, `max_batch`), token ids are below the
+///   vocabulary (checked in `forward_checks`) and the lookup skips ids outside its chunk;
+/// - RoPE, the KV store and attention: positions are below the context the caches and the
+///   cos/sin table were sized for (`forward_checks`), head counts and sizes come from the
+///   model's checked configuration; attention chunks are at most ATTENTION_MAX_CHUNKS and
+///   the partials buffer is sized for the largest split;
+/// - the test entry points (`testing`) check their inputs' lengths the same way;
+/// - workgroup and private arrays are indexed by thread ids and constants within their sizes;
+/// - every loop has a bound fixed by those sizes, so none is infinite.
+fn pipeline_with(gpu: &Gpu, checks: bool, label: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+    let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) };
+    let module = if checks {
+        gpu.device.create_shader_module(desc)
+    } else {
+        unsafe { gpu.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    };
     gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(label),
         layout: None,
@@ -149,16 +183,16 @@ impl Kernels {
                 continue;
             }
             let source = format!("{reduce}\n{MATMUL}\n{}", load_unit_source(ty));
-            matmul.insert(ty, pipeline(gpu, &format!("matmul {ty:?}"), &source, "matmul"));
-            for input in [MatvecInput::Plain, MatvecInput::Norm, MatvecInput::Glu] {
+            matmul.insert(ty, pipeline(gpu, tuning.checks, &format!("matmul {ty:?}"), &source, "matmul"));
+            for input in [MatvecInput::Plain, MatvecInput::Norm, MatvecInput::Glu, MatvecInput::NormRope] {
                 for tall in [false, true] {
                     let groups = if tall { TALL_MATVEC_ROWS_PER_GROUP } else { MATVEC_ROWS } / 4;
                     let label = format!("{} {ty:?} x{}", input.entry(), 4 * groups);
-                    let p = pipeline_with(gpu, &label, &source, input.entry(), &[("ROW_GROUPS", groups as f64), ("MV_UNITS", tuning.units as f64)]);
+                    let p = pipeline_with(gpu, tuning.checks, &label, &source, input.entry(), &[("ROW_GROUPS", groups as f64), ("MV_UNITS", tuning.units as f64)]);
                     matvec.insert((ty, input, tall), p);
                 }
             }
-            get_rows.insert(ty, pipeline(gpu, &format!("get_rows {ty:?}"), &source, "get_rows"));
+            get_rows.insert(ty, pipeline(gpu, tuning.checks, &format!("get_rows {ty:?}"), &source, "get_rows"));
         }
         let attention = include_str!("shaders/attention.wgsl");
         let kernels = Kernels {
@@ -166,11 +200,12 @@ impl Kernels {
             matvec,
             get_rows,
             tall_rows: tuning.tall_rows,
-            rmsnorm: pipeline(gpu, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
-            rope: pipeline(gpu, "rope", include_str!("shaders/rope.wgsl"), "rope"),
-            attention: pipeline(gpu, "attention", attention, "attention"),
-            attention_combine: pipeline(gpu, "attention combine", attention, "combine"),
-            silu_mul: pipeline(gpu, "silu_mul", include_str!("shaders/silu_mul.wgsl"), "silu_mul"),
+            submit_layers: tuning.submit_layers,
+            rmsnorm: pipeline(gpu, tuning.checks, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
+            rope: pipeline(gpu, tuning.checks, "rope", include_str!("shaders/rope.wgsl"), "rope"),
+            attention: pipeline(gpu, tuning.checks, "attention", attention, "attention"),
+            attention_combine: pipeline(gpu, tuning.checks, "attention combine", attention, "combine"),
+            silu_mul: pipeline(gpu, tuning.checks, "silu_mul", include_str!("shaders/silu_mul.wgsl"), "silu_mul"),
         };
         gpu.check("compiling the compute kernels")?;
         Ok(kernels)
@@ -182,6 +217,15 @@ impl Kernels {
 
     pub fn matvec(&self, ty: WeightType, input: MatvecInput, tall: bool) -> &wgpu::ComputePipeline {
         &self.matvec[&(ty, input, tall)]
+    }
+
+    /// Rows per workgroup of the decode pipelines (tall or not).
+    pub fn matvec_rows(&self, tall: bool) -> u32 {
+        if tall {
+            TALL_MATVEC_ROWS_PER_GROUP
+        } else {
+            MATVEC_ROWS
+        }
     }
 
     /// Whether a matrix of `rows` rows uses the tall (16 rows per workgroup) decode pipelines.
@@ -214,10 +258,12 @@ mod tuning_tests {
     #[test]
     fn tuning_values_are_read_and_bad_ones_named() {
         let t = MatvecTuning::parse(" units=2 , tall=2048").unwrap();
-        assert_eq!((t.units, t.tall_rows), (2, 2048));
+        assert_eq!((t.units, t.tall_rows, t.checks), (2, 2048, false));
+        let t = MatvecTuning::parse("checks=1,submit=16").unwrap();
+        assert_eq!((t.units, t.tall_rows, t.checks, t.submit_layers), (1, TALL_MATVEC_ROWS, true, 16));
         let t = MatvecTuning::parse("").unwrap();
-        assert_eq!((t.units, t.tall_rows), (1, TALL_MATVEC_ROWS));
-        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1"] {
+        assert_eq!((t.units, t.tall_rows, t.checks), (1, TALL_MATVEC_ROWS, false));
+        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0"] {
             let err = MatvecTuning::parse(bad).unwrap_err().to_string();
             assert!(err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"), "{bad}: {err}");
         }

@@ -13,7 +13,7 @@ use candle_core::quantized::gguf_file;
 
 use crate::device::{DeviceOptions, Gpu};
 use crate::kernels::{self, Kernels};
-use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp, WeightType};
+use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp, RopeBuffers, WeightType};
 use crate::record::{Recorder, Timer};
 use crate::VulkanError;
 
@@ -88,9 +88,6 @@ fn attention_chunks_wanted(n: usize, n_head: usize) -> usize {
     ATTENTION_TARGET_GROUPS.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
 }
 
-/// Dispatches between two submissions of one forward pass: the GPU starts on the first
-/// layers while the host records the next ones.
-const LAYERS_PER_SUBMISSION: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -101,16 +98,17 @@ struct NormParams {
     _pad: u32,
 }
 
+/// rope.wgsl's parameters (also read by `matvec_norm_rope` in matmul.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RopeParams {
-    n_head: u32,
-    n_kv: u32,
-    hd: u32,
-    neox: u32,
-    cache_base: u32,
-    ctx: u32,
-    _pad: [u32; 2],
+pub(crate) struct RopeParams {
+    pub n_head: u32,
+    pub n_kv: u32,
+    pub hd: u32,
+    pub neox: u32,
+    pub cache_base: u32,
+    pub ctx: u32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -137,6 +135,8 @@ struct LayerOps {
     attn_norm: wgpu::BindGroup,
     /// One op when q, k and v have the same type (fused at upload), else three.
     qkv: Vec<MatmulOp>,
+    /// The decode q|k|v product also does RoPE and the K/V store (one op, interleaved pairs).
+    qkv_rope: bool,
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     attention_combine: wgpu::BindGroup,
@@ -357,7 +357,7 @@ impl GgufReader {
 }
 
 /// Cos/sin of every (position, pair), computed as candle's `precomput_freqs_cis` does (f32).
-fn rope_table(ctx: usize, head_dim: usize, base: f32) -> Vec<f32> {
+pub(crate) fn rope_table(ctx: usize, head_dim: usize, base: f32) -> Vec<f32> {
     let theta: Vec<f32> = (0..head_dim).step_by(2).map(|i| 1f32 / base.powf(i as f32 / head_dim as f32)).collect();
     let mut out = Vec::with_capacity(ctx * head_dim);
     for pos in 0..ctx {
@@ -449,12 +449,15 @@ impl LlamaModel {
             }
             let (attn_norm, attn_norm_buf) = norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
             let (ffn_norm, ffn_norm_buf) = norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
-            let side_by_side_ops = |label: &'static str, parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize, norm_w: &wgpu::Buffer| -> Result<Vec<MatmulOp>, VulkanError> {
+            let side_by_side_ops = |label: &'static str, parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize, norm_w: &wgpu::Buffer, rope: Option<RopeBuffers<'_>>| -> Result<Vec<MatmulOp>, VulkanError> {
                 parts
                     .iter()
                     .map(|(w, offset)| {
                         let mode = MatmulMode { out_stride: stride as u32, out_offset: *offset, ..MatmulMode::default() };
-                        let fused = FusedInput::Norm { x: &hidden, weight: norm_w, eps: cfg.rms_eps };
+                        let fused = match rope {
+                            Some(rope) => FusedInput::NormRope { x: &hidden, weight: norm_w, eps: cfg.rms_eps, rope },
+                            None => FusedInput::Norm { x: &hidden, weight: norm_w, eps: cfg.rms_eps },
+                        };
                         MatmulOp::new(&gpu, &kernels, label, w, &normed, y, &step, mode, Some(fused))
                     })
                     .collect()
@@ -482,9 +485,14 @@ impl LlamaModel {
             };
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
             let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, _pad: [0; 3] }))?;
+            // A decode step rotates q and k and stores k and v in the q|k|v product itself when
+            // it is one matrix with interleaved pairs that never straddle a chunk.
+            let qkv_rope = !cfg.rope_neox && qkv_w.len() == 1 && qkv_w[0].0.pairs_in_chunks();
+            let rope_buffers = RopeBuffers { kcache: &kcache, vcache: &vcache, cos_sin: &rope_table, params: &rope_u };
             layers.push(LayerOps {
                 attn_norm,
-                qkv: side_by_side_ops("q|k|v", &qkv_w, &qkv, qkv_width, &attn_norm_buf)?,
+                qkv: side_by_side_ops("q|k|v", &qkv_w, &qkv, qkv_width, &attn_norm_buf, qkv_rope.then_some(rope_buffers))?,
+                qkv_rope,
                 rope: kernels::bind(
                     &gpu,
                     &kernels.rope,
@@ -505,7 +513,7 @@ impl LlamaModel {
                 ),
                 o: MatmulOp::new(&gpu, &kernels, "attn_output", &wo, &attn, &hidden, &step, residual, None)?,
                 ffn_norm,
-                gate_up: side_by_side_ops("ffn gate|up", &gate_up_w, &gate_up, 2 * ff, &ffn_norm_buf)?,
+                gate_up: side_by_side_ops("ffn gate|up", &gate_up_w, &gate_up, 2 * ff, &ffn_norm_buf, None)?,
                 silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)]),
                 down: MatmulOp::new(&gpu, &kernels, "ffn_down", &wd, &act, &hidden, &step, residual, Some(FusedInput::Glu { x: &gate_up }))?,
             });
@@ -631,7 +639,11 @@ impl LlamaModel {
         gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         let rope_groups = elementwise_groups(batch.len() * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let silu_groups = elementwise_groups(batch.len() * c.n_ff);
-        let groups: Vec<&[LayerOps]> = self.layers.chunks(LAYERS_PER_SUBMISSION).collect();
+        // Layers per submission: the GPU starts on the first kernels::FIRST_SUBMIT_LAYERS while
+        // the host records the next ones; each submission costs the GPU a gap.
+        let first_layers = kernels::FIRST_SUBMIT_LAYERS.min(self.layers.len());
+        let (head, rest) = self.layers.split_at(first_layers);
+        let groups: Vec<&[LayerOps]> = std::iter::once(head).chain(rest.chunks(self.kernels.submit_layers)).collect();
         for (g, layers) in groups.iter().enumerate() {
             let first = g == 0;
             let last = g + 1 == groups.len();
@@ -650,7 +662,9 @@ impl LlamaModel {
                     for op in &layer.qkv {
                         op.record(&mut rec, n, fuse_qkv);
                     }
-                    rec.dispatch("rope + kv store", &self.kernels.rope, &layer.rope, [rope_groups, 1, 1]);
+                    if !(fuse_qkv && layer.qkv_rope) {
+                        rec.dispatch("rope + kv store", &self.kernels.rope, &layer.rope, [rope_groups, 1, 1]);
+                    }
                     rec.dispatch("attention", &self.kernels.attention, &layer.attention, [c.n_head as u32, n, chunks as u32]);
                     if chunks > 1 {
                         rec.dispatch("attention combine", &self.kernels.attention_combine, &layer.attention_combine, [c.n_head as u32, n, 1]);

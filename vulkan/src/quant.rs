@@ -158,7 +158,9 @@ impl GpuWeight {
                 gpu.max_binding()
             )));
         }
-        let rows_per_chunk = rows_per_chunk.min(u32::MAX as usize);
+        // An even number of rows per chunk where possible, so that RoPE pairs stay in one chunk.
+        let rows_per_chunk = rows_per_chunk.min(u32::MAX as usize - 1);
+        let rows_per_chunk = if rows_per_chunk > 1 { rows_per_chunk / 2 * 2 } else { rows_per_chunk };
         let row_raw = ty.row_bytes(k);
         let mut chunks = Vec::new();
         let mut r0 = 0;
@@ -170,6 +172,12 @@ impl GpuWeight {
             r0 += n;
         }
         Ok(GpuWeight { ty, rows, k, chunks })
+    }
+
+    /// Whether every chunk starts at an even row, so that rows 2i and 2i + 1 (a RoPE pair of
+    /// the q|k|v product) are always in the same chunk.
+    pub fn pairs_in_chunks(&self) -> bool {
+        self.chunks.iter().all(|c| c.row_offset % 2 == 0)
     }
 
     /// Number of chunks (bindings) the matrix was split into.
@@ -236,6 +244,21 @@ pub(crate) enum FusedInput<'a> {
     Norm { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32 },
     /// silu(gate) * up; x holds [gate | up] of the token (2 k values).
     Glu { x: &'a wgpu::Buffer },
+    /// RMSNorm as `Norm`, then RoPE with interleaved pairs and the K/V store of the token
+    /// (the q|k|v product; the rope kernel's work, see `matvec_norm_rope` in matmul.wgsl).
+    /// Only for a matrix whose chunks start at even rows ([`GpuWeight::pairs_in_chunks`]),
+    /// written at output offset 0 without accumulation.
+    NormRope { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32, rope: RopeBuffers<'a> },
+}
+
+/// The buffers the rope kernel binds (rope.wgsl), for `FusedInput::NormRope`.
+#[derive(Clone, Copy)]
+pub(crate) struct RopeBuffers<'a> {
+    pub kcache: &'a wgpu::Buffer,
+    pub vcache: &'a wgpu::Buffer,
+    pub cos_sin: &'a wgpu::Buffer,
+    /// rope.wgsl's `Params` uniform.
+    pub params: &'a wgpu::Buffer,
 }
 
 /// Binds the weight chunk as matmul.wgsl reads it: as words (binding 0) and/or as vec4 words
@@ -293,12 +316,24 @@ impl MatmulOp {
     ) -> Result<MatmulOp, VulkanError> {
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let tall = kernels.is_tall(weight.rows);
-        let mv_rows = if tall { kernels::TALL_MATVEC_ROWS_PER_GROUP } else { kernels::MATVEC_ROWS };
+        let mv_rows = kernels.matvec_rows(tall);
         let single_pipeline = kernels.matvec(weight.ty, MatvecInput::Plain, tall).clone();
         let (fused_pipeline, fused_x, norm_w, eps) = match &fused {
             None => (None, x, x, 0.0),
             Some(FusedInput::Norm { x, weight: nw, eps }) => (Some(kernels.matvec(weight.ty, MatvecInput::Norm, tall).clone()), *x, *nw, *eps),
             Some(FusedInput::Glu { x }) => (Some(kernels.matvec(weight.ty, MatvecInput::Glu, tall).clone()), *x, *x, 0.0),
+            Some(FusedInput::NormRope { x, weight: nw, eps, .. }) => {
+                if !weight.pairs_in_chunks() || mode.out_offset != 0 || mode.accumulate {
+                    return Err(VulkanError::InvalidInput(format!(
+                        "{label}: RoPE fused into the product needs chunks starting at even rows, output offset 0 and no accumulation"
+                    )));
+                }
+                (Some(kernels.matvec(weight.ty, MatvecInput::NormRope, tall).clone()), *x, *nw, *eps)
+            }
+        };
+        let rope = match &fused {
+            Some(FusedInput::NormRope { rope, .. }) => Some(*rope),
+            _ => None,
         };
         let mut batch = Dispatches { pipeline: batch_pipeline, chunks: Vec::new() };
         let mut single = Dispatches { pipeline: single_pipeline, chunks: Vec::new() };
@@ -328,7 +363,11 @@ impl MatmulOp {
             let bg = kernels::bind(gpu, &single.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]));
             single.chunks.push((bg, mv_groups));
             if let Some(f) = fused.as_mut() {
-                let bg = kernels::bind(gpu, &f.pipeline, label, &with_w4(vec![(1, fused_x), (2, y), (3, &ubuf), (6, norm_w)]));
+                let mut entries = vec![(1, fused_x), (2, y), (3, &ubuf), (6, norm_w)];
+                if let Some(r) = rope {
+                    entries.extend([(4, step), (8, r.kcache), (9, r.vcache), (10, r.cos_sin), (11, r.params)]);
+                }
+                let bg = kernels::bind(gpu, &f.pipeline, label, &with_w4(entries));
                 f.chunks.push((bg, mv_groups));
             }
         }

@@ -3,7 +3,7 @@
 
 use crate::kernels::Kernels;
 use crate::model::StepParams;
-use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp};
+use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp, RopeBuffers};
 use crate::record::Recorder;
 use crate::{Gpu, VulkanError};
 
@@ -74,6 +74,76 @@ pub fn matvec_fused(gpu: &Gpu, weight: &GpuWeight, x: &[f32], fused: Fused<'_>) 
     };
     let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
     run(gpu, &yb, weight.rows, |rec| op.record(rec, 1, true))
+}
+
+/// The layout of a q|k|v product for [`matvec_norm_rope`]: rows are `n_head` q heads, then
+/// `n_kv` k heads, then `n_kv` v heads of `head_dim` values.
+pub struct RopeShape {
+    pub n_head: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    /// Positions the caches hold.
+    pub ctx: usize,
+    /// The token's position.
+    pub pos: usize,
+    /// RoPE frequency base.
+    pub base: f32,
+}
+
+/// What [`matvec_norm_rope`] wrote: the rotated q (`n_head * head_dim` values) and the whole
+/// K and V caches (`[n_kv, ctx, head_dim]`), which start filled with NaN.
+pub struct QkvRope {
+    pub q: Vec<f32>,
+    pub kcache: Vec<f32>,
+    pub vcache: Vec<f32>,
+}
+
+/// The decode q|k|v product with RMSNorm, RoPE (interleaved pairs) and the K/V cache store
+/// fused (`matvec_norm_rope`) for one token at `shape.pos`.
+pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &[f32], eps: f32, shape: &RopeShape) -> Result<QkvRope, VulkanError> {
+    let (hd, ctx) = (shape.head_dim, shape.ctx);
+    if weight.rows != (shape.n_head + 2 * shape.n_kv) * hd || hd % 2 != 0 || shape.pos >= ctx {
+        return Err(VulkanError::InvalidInput(format!(
+            "{} rows do not hold {} q and 2 x {} k/v heads of {hd} (even) values, or position {} is outside {ctx}",
+            weight.rows, shape.n_head, shape.n_kv, shape.pos
+        )));
+    }
+    if x.len() != weight.k || norm_weight.len() != weight.k {
+        return Err(VulkanError::InvalidInput(format!(
+            "x has {} and the norm weight {} values, expected {}",
+            x.len(),
+            norm_weight.len(),
+            weight.k
+        )));
+    }
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+    let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; weight.rows]))?;
+    let cache_len = shape.n_kv * ctx * hd;
+    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(&vec![f32::NAN; cache_len]))?;
+    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(&vec![f32::NAN; cache_len]))?;
+    let table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&crate::model::rope_table(ctx, hd, shape.base)))?;
+    let params = crate::model::RopeParams {
+        n_head: shape.n_head as u32,
+        n_kv: shape.n_kv as u32,
+        hd: hd as u32,
+        neox: 0,
+        cache_base: 0,
+        ctx: ctx as u32,
+        _pad: [0; 2],
+    };
+    let pb = gpu.uniform_init("rope params", bytemuck::bytes_of(&params))?;
+    let step = StepParams { n_tokens: 1, start: shape.pos as u32, attn_chunks: 1, attn_chunk_len: 1 };
+    let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
+    let rope = RopeBuffers { kcache: &kb, vcache: &vb, cos_sin: &table, params: &pb };
+    let input = FusedInput::NormRope { x: &xb, weight: &nwb, eps, rope };
+    let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
+    let q_len = shape.n_head * hd;
+    let y = run(gpu, &yb, q_len, |rec| op.record(rec, 1, true))?;
+    let kcache = gpu.read_back(&kb, (cache_len * 4) as u64)?;
+    let vcache = gpu.read_back(&vb, (cache_len * 4) as u64)?;
+    Ok(QkvRope { q: y, kcache: bytemuck::cast_slice(&kcache).to_vec(), vcache: bytemuck::cast_slice(&vcache).to_vec() })
 }
 
 /// `y[t] = W[ids[t]]` (dequantized rows), output poisoned with NaN first.

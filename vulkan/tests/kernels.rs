@@ -143,6 +143,88 @@ fn fused_decode_inputs_match_reference() {
     check_fused(&gpu, "fused chunked", &random_qtensor(GgmlDType::Q8_0, 37, 512, 40), 600);
 }
 
+/// The q|k|v decode product with RMSNorm, RoPE and the K/V store fused, against the f64
+/// reference of RMSNorm, the product and rope.wgsl's rotation (cos/sin from the same f32
+/// table as the model's, built like candle's); every cache entry but the token's position
+/// must keep its NaN.
+fn check_qkv_rope(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, n_head: usize, n_kv: usize, pos: usize, seed: u64) -> usize {
+    let (rows, k) = qt.shape().dims2().unwrap();
+    let hd = rows / (n_head + 2 * n_kv);
+    let ctx = pos + 3;
+    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
+    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
+    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let x = random(&mut rng, k);
+    let nw = random(&mut rng, k);
+    let (eps, base) = (1e-5f32, 10000f32);
+    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+    let normed: Vec<f64> = x.iter().zip(&nw).map(|(&v, &g)| v as f64 / (ms + eps as f64).sqrt() * g as f64).collect();
+    let y: Vec<f64> = (0..rows).map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum()).collect();
+    // Row r of the product, rotated with its pair partner as rope.wgsl does (pairs 2j, 2j+1).
+    let rotated = |r: usize| -> f64 {
+        let j = (r % hd) / 2;
+        let angle = pos as f32 * (1f32 / base.powf((2 * j) as f32 / hd as f32));
+        let (c, s) = (angle.cos() as f64, angle.sin() as f64);
+        let (a0, a1) = (y[r & !1], y[r | 1]);
+        if r % 2 == 0 { a0 * c - a1 * s } else { a0 * s + a1 * c }
+    };
+    let shape = testing::RopeShape { n_head, n_kv, head_dim: hd, ctx, pos, base };
+    let got = testing::matvec_norm_rope(gpu, &weight, &x, &nw, eps, &shape).unwrap();
+    let want_q: Vec<f64> = (0..n_head * hd).map(rotated).collect();
+    let (rel_q, _) = common::compare(&got.q, &want_q);
+    let at = |cache: &[f32], h: usize| cache[(h * ctx + pos) * hd..(h * ctx + pos + 1) * hd].to_vec();
+    let mut got_k = Vec::new();
+    let mut got_v = Vec::new();
+    for h in 0..n_kv {
+        got_k.extend(at(&got.kcache, h));
+        got_v.extend(at(&got.vcache, h));
+    }
+    let want_k: Vec<f64> = (n_head * hd..(n_head + n_kv) * hd).map(rotated).collect();
+    let want_v: Vec<f64> = y[(n_head + n_kv) * hd..].to_vec();
+    let (rel_k, _) = common::compare(&got_k, &want_k);
+    let (rel_v, _) = common::compare(&got_v, &want_v);
+    println!("{label} {ty:?} rmsnorm·matvec·rope: rel q {rel_q:.2e} k {rel_k:.2e} v {rel_v:.2e}");
+    for (what, rel) in [("q", rel_q), ("k", rel_k), ("v", rel_v)] {
+        assert!(rel < REL_TOL, "{label} {ty:?} rmsnorm·matvec·rope: relative error of {what} {rel}");
+    }
+    for (name, cache) in [("k", &got.kcache), ("v", &got.vcache)] {
+        for (i, v) in cache.iter().enumerate() {
+            assert_eq!(v.is_nan(), (i / hd) % ctx != pos, "{label}: {name} cache entry {i} (position {}) wrongly written or left", (i / hd) % ctx);
+        }
+    }
+    weight.chunk_count()
+}
+
+#[test]
+fn fused_qkv_rope_matches_reference() {
+    let gpu = common::gpu(None);
+    // 4 q heads and 2 k/v heads of 64 dims.
+    check_qkv_rope(&gpu, "qkv rope", &random_qtensor(GgmlDType::Q8_0, 512, 512, 50), 4, 2, 7, 700);
+    check_qkv_rope(&gpu, "qkv rope", &random_qtensor(GgmlDType::Q4_0, 512, 512, 51), 4, 2, 0, 701);
+    check_qkv_rope(&gpu, "qkv rope", &random_qtensor(GgmlDType::Q4K, 256, 256, 52), 2, 1, 30, 702);
+    // Tall (16 rows per workgroup): 96 q and 16 k/v heads of 64 dims.
+    check_qkv_rope(&gpu, "qkv rope tall", &random_qtensor(GgmlDType::Q4_0, 8192, 64, 53), 96, 16, 5, 703);
+    // Chunked: chunks of an even number of rows, so pairs never straddle two.
+    let small = common::gpu(Some(4100));
+    let chunks = check_qkv_rope(&small, "qkv rope chunked", &random_qtensor(GgmlDType::Q8_0, 256, 64, 54), 4, 2, 11, 704);
+    assert!(chunks > 1, "expected several chunks, got {chunks}");
+    // Without subgroups: the workgroup-memory reductions.
+    let plain = common::gpu_without_subgroups();
+    check_qkv_rope(&plain, "qkv rope no subgroups", &random_qtensor(GgmlDType::Q8_0, 512, 512, 55), 4, 2, 9, 705);
+    // One row per chunk: a pair would straddle two chunks, so the fused kernel is refused.
+    let tiny = common::gpu(Some(100));
+    let qt = random_qtensor(GgmlDType::Q8_0, 8, 64, 56);
+    let weight = GpuWeight::upload(&tiny, "w", WeightType::Q8_0, 8, 64, &qt.data().unwrap()).unwrap();
+    assert!(!weight.pairs_in_chunks());
+    let shape = testing::RopeShape { n_head: 2, n_kv: 1, head_dim: 2, ctx: 4, pos: 1, base: 10000.0 };
+    match testing::matvec_norm_rope(&tiny, &weight, &[0.5; 64], &[1.0; 64], 1e-5, &shape) {
+        Err(VulkanError::InvalidInput(msg)) => assert!(msg.contains("even rows"), "{msg}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a chunking that splits RoPE pairs was accepted"),
+    }
+}
+
 #[test]
 fn chunked_bindings_match_candle() {
     // A 4100-byte binding cap splits every matrix of 37 x 512 weights into several chunks.

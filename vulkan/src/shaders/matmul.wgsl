@@ -154,15 +154,23 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 // rows' 32-weight units with a stride of WG: it loads the unit's 32 x values once and uses
 // them for every row (four rows' loads in flight at a time), and the per-thread sums are
 // reduced with `reduce_rows` (subgroup operations where the adapter has them). Every
-// workgroup reads all of x (and for matvec_norm the norm weights and x again), so tall
-// matrices use ROW_GROUPS = 4: x traffic from L2 per weight byte drops fourfold (measured
-// on the H200: with 4 rows per workgroup the FFN and output products took the same time
-// for Q4_0 as for Q8_0, bound by x reads). Three
-// entry points differ only in how x is read, so that the decode step needs no separate
-// RMSNorm or SiLU dispatch:
-//   matvec       x as is;
-//   matvec_norm  RMSNorm(x) * norm_w, with the sum of squares computed by every workgroup;
-//   matvec_glu   silu(gate) * up, x holding [gate (k values) | up (k values)].
+// workgroup reads all of x (and for matvec_norm the norm weights), so tall matrices use
+// ROW_GROUPS = 4: x traffic from L2 per weight byte drops fourfold (measured on the H200:
+// with 4 rows per workgroup the FFN and output products took the same time for Q4_0 as for
+// Q8_0, bound by x reads). The entry points differ only in how x is read and where the
+// result goes, so that the decode step needs no separate RMSNorm, SiLU or RoPE dispatch:
+//   matvec            x as is;
+//   matvec_norm       RMSNorm(x) * norm_w: the products use x * norm_w and the row sums are
+//                     multiplied by 1 / rms(x) at the end; the sum of squares comes from the
+//                     x values each thread loads for its units anyway (the units of a row
+//                     cover x exactly once per workgroup), so nothing waits for the norm
+//                     before the weight loads;
+//   matvec_glu        silu(gate) * up, x holding [gate (k values) | up (k values)];
+//   matvec_norm_rope  matvec_norm of the q|k|v matrix followed by RoPE and the K/V store of
+//                     rope.wgsl (interleaved pairs, one token): rotated q goes to y, rotated
+//                     k and v to the caches at position step.start. A workgroup's rows start
+//                     at an even row (MV_ROWS and the chunk offsets are even, checked on the
+//                     host), so both values of each rotated pair are in the same workgroup.
 
 // Groups of four rows per workgroup, 1, 2 or 4 (a pipeline constant).
 override ROW_GROUPS: u32 = 1u;
@@ -171,25 +179,35 @@ override MV_UNITS: u32 = 1u;
 override MV_ROWS: u32 = 4u * ROW_GROUPS;
 var<private> mv_acc: array<f32, 16>;
 
-// Four x values (one vec4) at vec4 index i, transformed as the entry point says.
-fn x_at(mode: u32, i: u32, scale: f32) -> vec4<f32> {
-    let v = x[i];
-    if (mode == 1u) {
-        return v * scale * norm_w[i];
-    }
-    if (mode == 2u) {
-        // As silu_mul.wgsl: a / (1 + exp(-a)) * up.
-        return v / (1.0 + exp(-v)) * x[p.k / 4u + i];
-    }
-    return v;
+// The 32 x values of one unit as the entry point transforms them, and (mode 1) the sum of
+// the squares of the untransformed values.
+struct XUnit {
+    v: array<vec4<f32>, 8>,
+    sq: f32,
 }
 
-// The 32 x values of unit u, transformed as the entry point says.
-fn x_unit(mode: u32, u: u32, scale: f32) -> array<vec4<f32>, 8> {
+fn silu4(a: vec4<f32>) -> vec4<f32> {
+    // As silu_mul.wgsl: a / (1 + exp(-a)).
+    return a / (1.0 + exp(-a));
+}
+
+fn x_unit(mode: u32, u: u32) -> XUnit {
     let b = u * 8u;
-    return array<vec4<f32>, 8>(x_at(mode, b, scale), x_at(mode, b + 1u, scale), x_at(mode, b + 2u, scale),
-                               x_at(mode, b + 3u, scale), x_at(mode, b + 4u, scale), x_at(mode, b + 5u, scale),
-                               x_at(mode, b + 6u, scale), x_at(mode, b + 7u, scale));
+    let r = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
+    if (mode == 1u) {
+        let sq = ((dot(r[0], r[0]) + dot(r[1], r[1])) + (dot(r[2], r[2]) + dot(r[3], r[3])))
+            + ((dot(r[4], r[4]) + dot(r[5], r[5])) + (dot(r[6], r[6]) + dot(r[7], r[7])));
+        return XUnit(array<vec4<f32>, 8>(r[0] * norm_w[b], r[1] * norm_w[b + 1u], r[2] * norm_w[b + 2u],
+                                         r[3] * norm_w[b + 3u], r[4] * norm_w[b + 4u], r[5] * norm_w[b + 5u],
+                                         r[6] * norm_w[b + 6u], r[7] * norm_w[b + 7u]), sq);
+    }
+    if (mode == 2u) {
+        let ub = p.k / 4u + b;
+        return XUnit(array<vec4<f32>, 8>(silu4(r[0]) * x[ub], silu4(r[1]) * x[ub + 1u], silu4(r[2]) * x[ub + 2u],
+                                         silu4(r[3]) * x[ub + 3u], silu4(r[4]) * x[ub + 4u], silu4(r[5]) * x[ub + 5u],
+                                         silu4(r[6]) * x[ub + 6u], silu4(r[7]) * x[ub + 7u]), 0.0);
+    }
+    return XUnit(r, 0.0);
 }
 
 fn dot8(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
@@ -208,20 +226,9 @@ fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
     return dot(xs[0] + xs[1] + xs[2] + xs[3] + xs[4] + xs[5] + xs[6] + xs[7], vec4<f32>(1.0));
 }
 
-fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
-    let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
-    if (first >= p.rows) {
-        return;
-    }
-    var scale = 1.0;
-    if (mode == 1u) {
-        var ss = 0.0;
-        for (var i = l.li; i < p.k / 4u; i += WG) {
-            let v = x[i];
-            ss += dot(v, v);
-        }
-        scale = 1.0 / sqrt(reduce_all(ss, l) / f32(p.k) + p.eps);
-    }
+// Thread r (< MV_ROWS) returns row first + r of the product; the others an unspecified value.
+// Call from uniform control flow.
+fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     // Rows past the end recompute the last row (no branch around the loads) and are not
     // written. MV_UNITS = 2: every thread takes two 32-weight units per iteration while
     // the row has them, so that twice the weight bytes are in flight. The accumulators are
@@ -233,12 +240,16 @@ fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
     var g1 = vec4<f32>(0.0);
     var g2 = vec4<f32>(0.0);
     var g3 = vec4<f32>(0.0);
+    var sq = 0.0;
     // Pairs of units while both are in the row (MV_UNITS = 2), then single units.
     var u = l.li;
     if (MV_UNITS > 1u) {
         for (; u + WG < units; u += 2u * WG) {
-            let xa = x_unit(mode, u, scale);
-            let xb = x_unit(mode, u + WG, scale);
+            let ua = x_unit(mode, u);
+            let ub = x_unit(mode, u + WG);
+            let xa = ua.v;
+            let xb = ub.v;
+            sq += ua.sq + ub.sq;
             let sa = sum8(xa);
             let sb = sum8(xb);
             g0 += group4(first, last, u, xa, sa) + group4(first, last, u + WG, xb, sb);
@@ -252,7 +263,9 @@ fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
         }
     }
     for (; u < units; u += WG) {
-        let xs = x_unit(mode, u, scale);
+        let xu = x_unit(mode, u);
+        let xs = xu.v;
+        sq += xu.sq;
         let xsum = sum8(xs);
         g0 += group4(first, last, u, xs, xsum);
         if (ROW_GROUPS > 1u) {
@@ -263,11 +276,23 @@ fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
             g3 += group4(first + 12u, last, u, xs, xsum);
         }
     }
+    var scale = 1.0;
+    if (mode == 1u) {
+        scale = 1.0 / sqrt(reduce_all(sq, l) / f32(p.k) + p.eps);
+    }
     mv_acc[0] = g0.x; mv_acc[1] = g0.y; mv_acc[2] = g0.z; mv_acc[3] = g0.w;
     mv_acc[4] = g1.x; mv_acc[5] = g1.y; mv_acc[6] = g1.z; mv_acc[7] = g1.w;
     mv_acc[8] = g2.x; mv_acc[9] = g2.y; mv_acc[10] = g2.z; mv_acc[11] = g2.w;
     mv_acc[12] = g3.x; mv_acc[13] = g3.y; mv_acc[14] = g3.z; mv_acc[15] = g3.w;
-    let total = reduce_rows(l);
+    return reduce_rows(l) * scale;
+}
+
+fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
+    let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
+    if (first >= p.rows) {
+        return;
+    }
+    let total = matvec_rows(first, l, mode);
     let row = first + l.li;
     if (l.li < MV_ROWS && row < p.rows) {
         let o = p.out_offset + p.row_offset + row;
@@ -292,4 +317,59 @@ fn matvec_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
 @compute @workgroup_size(64)
 fn matvec_glu(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     matvec_body(wid, l, 2u);
+}
+
+// matvec_norm_rope's extra bindings: the layer's caches, the cos/sin table and rope.wgsl's
+// parameters (the same buffers the rope kernel binds).
+struct RopeParams {
+    n_head: u32,
+    n_kv: u32,
+    hd: u32,
+    neox: u32,        // always 0 here (the host uses the rope kernel for NeoX pairs)
+    cache_base: u32,
+    ctx: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+@group(0) @binding(8) var<storage, read_write> kcache: array<f32>;
+@group(0) @binding(9) var<storage, read_write> vcache: array<f32>;
+@group(0) @binding(10) var<storage, read> cos_sin: array<vec2<f32>>; // [ctx, hd/2]
+@group(0) @binding(11) var<uniform> rp: RopeParams;
+// The workgroup's row results, so that each thread sees the other value of its pair.
+var<workgroup> mv_pair: array<f32, 16>;
+
+@compute @workgroup_size(64)
+fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
+    let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
+    if (first >= p.rows) {
+        return;
+    }
+    let total = matvec_rows(first, l, 1u);
+    if (l.li < MV_ROWS) {
+        mv_pair[l.li] = total;
+    }
+    workgroupBarrier();
+    let row = first + l.li;
+    if (l.li >= MV_ROWS || row >= p.rows) {
+        return;
+    }
+    // g: the row within the token's [q heads | k heads | v heads] output; i its dimension.
+    let g = p.row_offset + row;
+    let h = g / rp.hd;
+    let i = g % rp.hd;
+    let pos = step.start;
+    // Same arithmetic as rope.wgsl: pair (a0, a1) = (row i & ~1, row i | 1).
+    let other = mv_pair[l.li ^ 1u];
+    let even = (i & 1u) == 0u;
+    let a0 = select(other, total, even);
+    let a1 = select(total, other, even);
+    let cs = cos_sin[pos * (rp.hd / 2u) + i / 2u];
+    let rotated = select(a0 * cs.y + a1 * cs.x, a0 * cs.x - a1 * cs.y, even);
+    if (h < rp.n_head) {
+        y[g] = rotated;
+    } else if (h < rp.n_head + rp.n_kv) {
+        kcache[rp.cache_base + ((h - rp.n_head) * rp.ctx + pos) * rp.hd + i] = rotated;
+    } else {
+        vcache[rp.cache_base + ((h - rp.n_head - rp.n_kv) * rp.ctx + pos) * rp.hd + i] = total;
+    }
 }
