@@ -20,6 +20,13 @@ use super::team::Team;
 /// Elements per quantization block (all supported types).
 pub const QK: usize = 32;
 
+/// How far ahead (bytes) the decode dot products prefetch their weight row. The
+/// weights are a memory-mapped file, in 4 KiB pages scattered in physical memory, and
+/// the hardware prefetchers stop at each page boundary; a software prefetch this far
+/// ahead keeps DRAM busy across them. Measured on the 2-core EPYC (1B files, decode):
+/// Q8_0 10.4 -> 13.0 tok/s, Q4_0 17.5 -> 18-22; 1-4 KiB all helped, 3 KiB most often.
+const PREFETCH_AHEAD: usize = 3072;
+
 /// How many activation rows share one pass over a weight row in prefill.
 const ROW_TILE: usize = 8;
 
@@ -494,6 +501,8 @@ mod x86 {
         let p = w.as_ptr();
         let pairs = x.len() / 2;
         for i in 0..pairs {
+            // Prefetching never faults, also past the end of the mapping.
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * i * 18 + super::PREFETCH_AHEAD) as *const i8);
             (acc0, off0) = block(p.add(2 * i * 18), &x[2 * i], acc0, off0);
             (acc1, off1) = block(p.add((2 * i + 1) * 18), &x[2 * i + 1], acc1, off1);
         }
@@ -510,6 +519,9 @@ mod x86 {
         let p = w.as_ptr();
         for (i, xb) in x.iter().enumerate() {
             let b = p.add(i * 20);
+            if i % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
+            }
             let d = _mm256_set1_ps(f16(b) * xb.d);
             offset += f16(b.add(2)) * xb.s;
             let qw = nibbles(b.add(4));
@@ -525,6 +537,9 @@ mod x86 {
         let p = w.as_ptr();
         for (i, xb) in x.iter().enumerate() {
             let b = p.add(i * 34);
+            if i % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
+            }
             let d = _mm256_set1_ps(f16(b) * xb.d);
             let qw = _mm256_loadu_si256(b.add(2) as *const __m256i);
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
