@@ -28,11 +28,27 @@ pub(crate) const TALL_MATVEC_ROWS: usize = 8192;
 /// FIRST_SUBMIT_LAYERS, so that the GPU starts early).
 pub(crate) const SUBMIT_LAYERS: usize = 16;
 pub(crate) const FIRST_SUBMIT_LAYERS: usize = 4;
+/// Whether the Q8_0 and Q4_0 decode products quantize x to int8 and use integer dot
+/// products (`MV_DP4A` in matmul.wgsl).
+const DP4A: bool = true;
+
+/// Whether the decode products of `ty` quantize x to int8 per 32 values (see `MV_DP4A` in
+/// matmul.wgsl) with the settings of MATVEC_TUNING_ENV; for tests, whose reference must do
+/// the same.
+pub fn decode_quantizes_x(ty: WeightType) -> Result<bool, crate::VulkanError> {
+    Ok(MatvecTuning::from_env()?.dp4a && dp4a_type(ty))
+}
+
+fn dp4a_type(ty: WeightType) -> bool {
+    matches!(ty, WeightType::Q8_0 | WeightType::Q4_0)
+}
 /// Decode-kernel tuning for benchmarks on a GPU host: `units=1|2` (32-weight units each
 /// thread takes per loop iteration, `MV_UNITS` in matmul.wgsl), `tall=N` (the row count
 /// from which a matrix counts as tall), `checks=0|1` (1: compile every kernel with wgpu's
 /// runtime checks, to measure what they cost), `submit=N` (layers per submission after
-/// the first one, see `LlamaModel::submit_batch`), comma-separated, e.g. `units=1,tall=2048`.
+/// the first one, see `LlamaModel::submit_batch`) and `dp4a=0|1` (Q8_0 and Q4_0 decode
+/// products with int8 activations and integer dot products, `MV_DP4A` in matmul.wgsl),
+/// comma-separated, e.g. `units=1,tall=2048`.
 pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 
 /// The decode-kernel settings (see MATVEC_TUNING_ENV).
@@ -42,6 +58,7 @@ struct MatvecTuning {
     tall_rows: usize,
     checks: bool,
     submit_layers: usize,
+    dp4a: bool,
 }
 
 impl MatvecTuning {
@@ -49,7 +66,7 @@ impl MatvecTuning {
         std::env::var(MATVEC_TUNING_ENV).map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
     }
 
-    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS };
+    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS, dp4a: DP4A };
 
     /// Reads a MATVEC_TUNING_ENV value.
     fn parse(spec: &str) -> Result<MatvecTuning, crate::VulkanError> {
@@ -57,7 +74,7 @@ impl MatvecTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 crate::VulkanError::InvalidInput(format!(
-                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1 and/or submit=<layers>, e.g. units=1,tall=2048"
+                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers> and/or dp4a=0|1, e.g. units=1,tall=2048"
                 ))
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -66,6 +83,7 @@ impl MatvecTuning {
                 ("tall", Ok(n)) if n > 0 => t.tall_rows = n,
                 ("checks", Ok(n @ (0 | 1))) => t.checks = n == 1,
                 ("submit", Ok(n)) if n > 0 => t.submit_layers = n,
+                ("dp4a", Ok(n @ (0 | 1))) => t.dp4a = n == 1,
                 _ => return Err(bad()),
             }
         }
@@ -88,6 +106,8 @@ pub(crate) enum MatvecInput {
     Glu,
     /// As `Norm`, followed by RoPE and the K/V cache store (the q|k|v product of a layer).
     NormRope,
+    /// As `Norm` on a gate|up matrix with interleaved rows, followed by SiLU·mul.
+    NormGlu,
 }
 
 impl MatvecInput {
@@ -97,6 +117,7 @@ impl MatvecInput {
             MatvecInput::Norm => "matvec_norm",
             MatvecInput::Glu => "matvec_glu",
             MatvecInput::NormRope => "matvec_norm_rope",
+            MatvecInput::NormGlu => "matvec_norm_glu",
         }
     }
 }
@@ -116,8 +137,11 @@ fn load_unit_source(ty: WeightType) -> &'static str {
 /// Compiled pipelines, built once per device.
 pub(crate) struct Kernels {
     matmul: HashMap<WeightType, wgpu::ComputePipeline>,
-    /// Keyed by type, input and whether the workgroup takes 16 rows (tall matrices).
-    matvec: HashMap<(WeightType, MatvecInput, bool), wgpu::ComputePipeline>,
+    /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
+    /// whether x is quantized to int8 (`MV_DP4A`).
+    matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
+    /// Whether the Q8_0 and Q4_0 decode products quantize x (unless asked for exact input).
+    dp4a: bool,
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Matrices of at least this many rows use the tall decode pipelines.
     tall_rows: usize,
@@ -184,12 +208,18 @@ impl Kernels {
             }
             let source = format!("{reduce}\n{MATMUL}\n{}", load_unit_source(ty));
             matmul.insert(ty, pipeline(gpu, tuning.checks, &format!("matmul {ty:?}"), &source, "matmul"));
-            for input in [MatvecInput::Plain, MatvecInput::Norm, MatvecInput::Glu, MatvecInput::NormRope] {
+            for input in [MatvecInput::Plain, MatvecInput::Norm, MatvecInput::Glu, MatvecInput::NormRope, MatvecInput::NormGlu] {
                 for tall in [false, true] {
                     let groups = if tall { TALL_MATVEC_ROWS_PER_GROUP } else { MATVEC_ROWS } / 4;
                     let label = format!("{} {ty:?} x{}", input.entry(), 4 * groups);
-                    let p = pipeline_with(gpu, tuning.checks, &label, &source, input.entry(), &[("ROW_GROUPS", groups as f64), ("MV_UNITS", tuning.units as f64)]);
-                    matvec.insert((ty, input, tall), p);
+                    let int8 = tuning.dp4a && dp4a_type(ty);
+                    // The output head keeps x in f32 (`MatmulMode::exact_input`): plain and
+                    // RMSNorm inputs also get pipelines without int8 x.
+                    let variants: &[bool] = if int8 && matches!(input, MatvecInput::Plain | MatvecInput::Norm) { &[true, false] } else { &[int8] };
+                    for &q in variants {
+                        let constants = [("ROW_GROUPS", groups as f64), ("MV_UNITS", tuning.units as f64), ("MV_DP4A", q as u32 as f64)];
+                        matvec.insert((ty, input, tall, q), pipeline_with(gpu, tuning.checks, &label, &source, input.entry(), &constants));
+                    }
                 }
             }
             get_rows.insert(ty, pipeline(gpu, tuning.checks, &format!("get_rows {ty:?}"), &source, "get_rows"));
@@ -200,6 +230,7 @@ impl Kernels {
             matvec,
             get_rows,
             tall_rows: tuning.tall_rows,
+            dp4a: tuning.dp4a,
             submit_layers: tuning.submit_layers,
             rmsnorm: pipeline(gpu, tuning.checks, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
             rope: pipeline(gpu, tuning.checks, "rope", include_str!("shaders/rope.wgsl"), "rope"),
@@ -215,8 +246,10 @@ impl Kernels {
         &self.matmul[&ty]
     }
 
-    pub fn matvec(&self, ty: WeightType, input: MatvecInput, tall: bool) -> &wgpu::ComputePipeline {
-        &self.matvec[&(ty, input, tall)]
+    /// A decode pipeline; `exact`: x stays f32 even for the types whose products quantize it
+    /// (only the plain and RMSNorm inputs have such pipelines).
+    pub fn matvec(&self, ty: WeightType, input: MatvecInput, tall: bool, exact: bool) -> &wgpu::ComputePipeline {
+        &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
     }
 
     /// Rows per workgroup of the decode pipelines (tall or not).
@@ -259,11 +292,12 @@ mod tuning_tests {
     fn tuning_values_are_read_and_bad_ones_named() {
         let t = MatvecTuning::parse(" units=2 , tall=2048").unwrap();
         assert_eq!((t.units, t.tall_rows, t.checks), (2, 2048, false));
-        let t = MatvecTuning::parse("checks=1,submit=16").unwrap();
-        assert_eq!((t.units, t.tall_rows, t.checks, t.submit_layers), (1, TALL_MATVEC_ROWS, true, 16));
+        let t = MatvecTuning::parse("checks=1,submit=16,dp4a=1").unwrap();
+        assert_eq!((t.units, t.tall_rows, t.checks, t.submit_layers, t.dp4a), (1, TALL_MATVEC_ROWS, true, 16, true));
+        assert!(!MatvecTuning::parse("dp4a=0").unwrap().dp4a);
         let t = MatvecTuning::parse("").unwrap();
         assert_eq!((t.units, t.tall_rows, t.checks), (1, TALL_MATVEC_ROWS, false));
-        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0"] {
+        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0", "dp4a=2"] {
             let err = MatvecTuning::parse(bad).unwrap_err().to_string();
             assert!(err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"), "{bad}: {err}");
         }

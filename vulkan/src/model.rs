@@ -127,7 +127,9 @@ struct AttnParams {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct EltParams {
     n: u32,
-    _pad: [u32; 3],
+    /// silu_mul: the [gate | up] rows are interleaved (see `matvec_norm_glu`).
+    interleaved: u32,
+    _pad: [u32; 2],
 }
 
 struct LayerOps {
@@ -307,7 +309,9 @@ impl GgufReader {
     /// Matrices `[rows_i, k]` whose outputs go side by side in one output row. When all have
     /// the same type they are uploaded as one matrix (one dispatch instead of several);
     /// otherwise each is uploaded alone. Returns each uploaded matrix with its output offset.
-    fn side_by_side(&mut self, gpu: &Gpu, label: &str, parts: &[(String, usize)], k: usize) -> Result<Vec<(GpuWeight, u32)>, VulkanError> {
+    /// `interleave` (two parts of equal rows, uploaded as one): rows alternate, part 0's row
+    /// j at 2j and part 1's at 2j + 1 (the gate|up matrix, see `matvec_norm_glu`).
+    fn side_by_side(&mut self, gpu: &Gpu, label: &str, parts: &[(String, usize)], k: usize, interleave: bool) -> Result<Vec<(GpuWeight, u32)>, VulkanError> {
         let mut raws = Vec::with_capacity(parts.len());
         for (name, rows) in parts {
             let (ty, dims, raw) = self.raw(name)?;
@@ -320,8 +324,16 @@ impl GgufReader {
             let ty = raws[0].1;
             let rows: usize = raws.iter().map(|r| r.2).sum();
             let mut all = Vec::with_capacity(raws.iter().map(|r| r.3.len()).sum());
-            for r in &raws {
-                all.extend_from_slice(&r.3);
+            if interleave && raws.len() == 2 && raws[0].2 == raws[1].2 {
+                let row = ty.row_bytes(k);
+                for (a, b) in raws[0].3.chunks_exact(row).zip(raws[1].3.chunks_exact(row)) {
+                    all.extend_from_slice(a);
+                    all.extend_from_slice(b);
+                }
+            } else {
+                for r in &raws {
+                    all.extend_from_slice(&r.3);
+                }
             }
             return Ok(vec![(GpuWeight::upload(gpu, label, ty, rows, k, &all)?, 0)]);
         }
@@ -440,23 +452,35 @@ impl LlamaModel {
                 &p("attn_qkv"),
                 &[(p("attn_q.weight"), nh * hd), (p("attn_k.weight"), nkv * hd), (p("attn_v.weight"), nkv * hd)],
                 d,
+                false,
             )?;
             let wo = gguf.matrix(&gpu, &p("attn_output.weight"), d, nh * hd)?;
-            let gate_up_w = gguf.side_by_side(&gpu, &p("ffn_gate_up"), &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)], d)?;
+            // Interleaved rows when gate and up are one matrix: a decode step's gate|up product
+            // then does SiLU·mul itself (`matvec_norm_glu`).
+            let gate_up_w = gguf.side_by_side(&gpu, &p("ffn_gate_up"), &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)], d, true)?;
+            let glu_fused = gate_up_w.len() == 1 && gate_up_w[0].0.pairs_in_chunks();
             let wd = gguf.matrix(&gpu, &p("ffn_down.weight"), d, ff)?;
             for w in qkv_w.iter().chain(&gate_up_w).map(|(w, _)| w).chain([&wo, &wd]) {
                 weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
             }
             let (attn_norm, attn_norm_buf) = norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
             let (ffn_norm, ffn_norm_buf) = norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
-            let side_by_side_ops = |label: &'static str, parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize, norm_w: &wgpu::Buffer, rope: Option<RopeBuffers<'_>>| -> Result<Vec<MatmulOp>, VulkanError> {
+            // The epilogue a decode step's fused product adds after the RMSNorm and the product.
+            enum Epilogue<'b> {
+                None,
+                Rope(RopeBuffers<'b>),
+                Glu(&'b wgpu::Buffer),
+            }
+            let side_by_side_ops = |label: &'static str, parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize, norm_w: &wgpu::Buffer, epilogue: Epilogue<'_>| -> Result<Vec<MatmulOp>, VulkanError> {
                 parts
                     .iter()
                     .map(|(w, offset)| {
                         let mode = MatmulMode { out_stride: stride as u32, out_offset: *offset, ..MatmulMode::default() };
-                        let fused = match rope {
-                            Some(rope) => FusedInput::NormRope { x: &hidden, weight: norm_w, eps: cfg.rms_eps, rope },
-                            None => FusedInput::Norm { x: &hidden, weight: norm_w, eps: cfg.rms_eps },
+                        let (x, weight, eps) = (&hidden, norm_w, cfg.rms_eps);
+                        let fused = match epilogue {
+                            Epilogue::Rope(rope) => FusedInput::NormRope { x, weight, eps, rope },
+                            Epilogue::Glu(act) => FusedInput::NormGlu { x, weight, eps, act },
+                            Epilogue::None => FusedInput::Norm { x, weight, eps },
                         };
                         MatmulOp::new(&gpu, &kernels, label, w, &normed, y, &step, mode, Some(fused))
                     })
@@ -484,14 +508,15 @@ impl LlamaModel {
                 _pad: [0; 2],
             };
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
-            let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, _pad: [0; 3] }))?;
+            let interleaved = gate_up_w.len() == 1;
+            let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, interleaved: interleaved as u32, _pad: [0; 2] }))?;
             // A decode step rotates q and k and stores k and v in the q|k|v product itself when
             // it is one matrix with interleaved pairs that never straddle a chunk.
             let qkv_rope = !cfg.rope_neox && qkv_w.len() == 1 && qkv_w[0].0.pairs_in_chunks();
             let rope_buffers = RopeBuffers { kcache: &kcache, vcache: &vcache, cos_sin: &rope_table, params: &rope_u };
             layers.push(LayerOps {
                 attn_norm,
-                qkv: side_by_side_ops("q|k|v", &qkv_w, &qkv, qkv_width, &attn_norm_buf, qkv_rope.then_some(rope_buffers))?,
+                qkv: side_by_side_ops("q|k|v", &qkv_w, &qkv, qkv_width, &attn_norm_buf, if qkv_rope { Epilogue::Rope(rope_buffers) } else { Epilogue::None })?,
                 qkv_rope,
                 rope: kernels::bind(
                     &gpu,
@@ -513,9 +538,11 @@ impl LlamaModel {
                 ),
                 o: MatmulOp::new(&gpu, &kernels, "attn_output", &wo, &attn, &hidden, &step, residual, None)?,
                 ffn_norm,
-                gate_up: side_by_side_ops("ffn gate|up", &gate_up_w, &gate_up, 2 * ff, &ffn_norm_buf, None)?,
+                gate_up: side_by_side_ops("ffn gate|up", &gate_up_w, &gate_up, 2 * ff, &ffn_norm_buf, if glu_fused { Epilogue::Glu(&act) } else { Epilogue::None })?,
                 silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)]),
-                down: MatmulOp::new(&gpu, &kernels, "ffn_down", &wd, &act, &hidden, &step, residual, Some(FusedInput::Glu { x: &gate_up }))?,
+                // Without the SiLU·mul in the gate|up product, a decode step's down product reads
+                // [gate | up] and does it.
+                down: MatmulOp::new(&gpu, &kernels, "ffn_down", &wd, &act, &hidden, &step, residual, (!glu_fused).then_some(FusedInput::Glu { x: &gate_up }))?,
             });
         }
         let out_norm_w = gguf.vector("output_norm.weight", d)?;
@@ -523,7 +550,7 @@ impl LlamaModel {
         // Models with tied embeddings (SmolLM2) have no output.weight.
         let out_w = if gguf.has("output.weight") { gguf.matrix(&gpu, "output.weight", cfg.vocab, d)? } else { embd };
         weight_bytes += (out_w.rows * out_w.ty.row_bytes(out_w.k)) as u64;
-        let head = MatmulMode { last_only: true, ..MatmulMode::default() };
+        let head = MatmulMode { last_only: true, exact_input: true, ..MatmulMode::default() };
         let output = MatmulOp::new(&gpu, &kernels, "output", &out_w, &last, &logits, &step, head, None)?;
         let fused = FusedInput::Norm { x: &hidden, weight: &final_norm_buf, eps: cfg.rms_eps };
         let output_fused = MatmulOp::new(&gpu, &kernels, "output", &out_w, &hidden, &logits, &step, head, Some(fused))?;
@@ -680,7 +707,7 @@ impl LlamaModel {
                     if !decode {
                         rec.dispatch("silu_mul", &self.kernels.silu_mul, &layer.silu_mul, [silu_groups, 1, 1]);
                     }
-                    layer.down.record(&mut rec, n, decode);
+                    layer.down.record(&mut rec, n, decode && layer.down.has_fused());
                 }
                 if last && read_logits {
                     if decode {

@@ -235,6 +235,9 @@ pub(crate) struct MatmulMode {
     pub out_stride: u32,
     /// Offset of this weight's first output within a token's output row.
     pub out_offset: u32,
+    /// A decode product keeps x in f32 even for the types whose decode products quantize it
+    /// to int8 (`MV_DP4A` in matmul.wgsl): the output head, whose products are the logits.
+    pub exact_input: bool,
 }
 
 /// The input of a decode step's fused matrix-vector product, which replaces the separate
@@ -249,6 +252,10 @@ pub(crate) enum FusedInput<'a> {
     /// Only for a matrix whose chunks start at even rows ([`GpuWeight::pairs_in_chunks`]),
     /// written at output offset 0 without accumulation.
     NormRope { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32, rope: RopeBuffers<'a> },
+    /// RMSNorm as `Norm` into a gate|up matrix whose rows are interleaved (row 2j gate j,
+    /// row 2j + 1 up j), then SiLU·mul: `act[j] = silu(gate j) * up j` is written to `act`
+    /// instead of the product's output. Same conditions as `NormRope`.
+    NormGlu { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32, act: &'a wgpu::Buffer },
 }
 
 /// The buffers the rope kernel binds (rope.wgsl), for `FusedInput::NormRope`.
@@ -317,19 +324,25 @@ impl MatmulOp {
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let tall = kernels.is_tall(weight.rows);
         let mv_rows = kernels.matvec_rows(tall);
-        let single_pipeline = kernels.matvec(weight.ty, MatvecInput::Plain, tall).clone();
+        let single_pipeline = kernels.matvec(weight.ty, MatvecInput::Plain, tall, mode.exact_input).clone();
         let (fused_pipeline, fused_x, norm_w, eps) = match &fused {
             None => (None, x, x, 0.0),
-            Some(FusedInput::Norm { x, weight: nw, eps }) => (Some(kernels.matvec(weight.ty, MatvecInput::Norm, tall).clone()), *x, *nw, *eps),
-            Some(FusedInput::Glu { x }) => (Some(kernels.matvec(weight.ty, MatvecInput::Glu, tall).clone()), *x, *x, 0.0),
-            Some(FusedInput::NormRope { x, weight: nw, eps, .. }) => {
+            Some(FusedInput::Norm { x, weight: nw, eps }) => (Some(kernels.matvec(weight.ty, MatvecInput::Norm, tall, mode.exact_input).clone()), *x, *nw, *eps),
+            Some(FusedInput::Glu { x }) => (Some(kernels.matvec(weight.ty, MatvecInput::Glu, tall, false).clone()), *x, *x, 0.0),
+            Some(FusedInput::NormRope { x, weight: nw, eps, .. } | FusedInput::NormGlu { x, weight: nw, eps, .. }) => {
                 if !weight.pairs_in_chunks() || mode.out_offset != 0 || mode.accumulate {
                     return Err(VulkanError::InvalidInput(format!(
-                        "{label}: RoPE fused into the product needs chunks starting at even rows, output offset 0 and no accumulation"
+                        "{label}: RoPE or SiLU·mul fused into the product needs chunks starting at even rows, output offset 0 and no accumulation"
                     )));
                 }
-                (Some(kernels.matvec(weight.ty, MatvecInput::NormRope, tall).clone()), *x, *nw, *eps)
+                let input = if matches!(fused, Some(FusedInput::NormRope { .. })) { MatvecInput::NormRope } else { MatvecInput::NormGlu };
+                (Some(kernels.matvec(weight.ty, input, tall, false).clone()), *x, *nw, *eps)
             }
+        };
+        // The fused SiLU·mul writes the activation, not the product's output.
+        let fused_y = match &fused {
+            Some(FusedInput::NormGlu { act, .. }) => *act,
+            _ => y,
         };
         let rope = match &fused {
             Some(FusedInput::NormRope { rope, .. }) => Some(*rope),
@@ -363,7 +376,7 @@ impl MatmulOp {
             let bg = kernels::bind(gpu, &single.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]));
             single.chunks.push((bg, mv_groups));
             if let Some(f) = fused.as_mut() {
-                let mut entries = vec![(1, fused_x), (2, y), (3, &ubuf), (6, norm_w)];
+                let mut entries = vec![(1, fused_x), (2, fused_y), (3, &ubuf), (6, norm_w)];
                 if let Some(r) = rope {
                     entries.extend([(4, step), (8, r.kcache), (9, r.vcache), (10, r.cos_sin), (11, r.params)]);
                 }

@@ -24,6 +24,8 @@ fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> 
     gpu.uniform_init("step", bytemuck::bytes_of(&step))
 }
 
+pub use crate::kernels::decode_quantizes_x;
+
 /// `y[t, r] = sum_k W[r, k] * x[t, k]` for `n_tokens` rows of `x` (`[n_tokens, k]`, row-major).
 /// The output buffer is filled with NaN first, so rows the kernel skips show up as NaN.
 pub fn matmul(gpu: &Gpu, weight: &GpuWeight, x: &[f32], n_tokens: usize) -> Result<Vec<f32>, VulkanError> {
@@ -144,6 +146,30 @@ pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &
     let kcache = gpu.read_back(&kb, (cache_len * 4) as u64)?;
     let vcache = gpu.read_back(&vb, (cache_len * 4) as u64)?;
     Ok(QkvRope { q: y, kcache: bytemuck::cast_slice(&kcache).to_vec(), vcache: bytemuck::cast_slice(&vcache).to_vec() })
+}
+
+/// The gate|up decode product with RMSNorm and SiLU·mul fused (`matvec_norm_glu`):
+/// `weight` holds the gate and up rows interleaved (row 2j gate j, row 2j + 1 up j); returns
+/// `silu(gate j) * up j` for every j (`weight.rows / 2` values), output poisoned with NaN first.
+pub fn matvec_norm_glu(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &[f32], eps: f32) -> Result<Vec<f32>, VulkanError> {
+    if weight.rows % 2 != 0 || x.len() != weight.k || norm_weight.len() != weight.k {
+        return Err(VulkanError::InvalidInput(format!(
+            "{} rows (must be even: gate and up pairs), x {} and norm weight {} values (expected {})",
+            weight.rows,
+            x.len(),
+            norm_weight.len(),
+            weight.k
+        )));
+    }
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+    let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
+    let yb = gpu.storage_init("gate|up", bytemuck::cast_slice(&vec![f32::NAN; weight.rows]))?;
+    let act = gpu.storage_init("act", bytemuck::cast_slice(&vec![f32::NAN; weight.rows / 2]))?;
+    let step = step_buffer(gpu, 1)?;
+    let input = FusedInput::NormGlu { x: &xb, weight: &nwb, eps, act: &act };
+    let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
+    run(gpu, &act, weight.rows / 2, |rec| op.record(rec, 1, true))
 }
 
 /// `y[t] = W[ids[t]]` (dequantized rows), output poisoned with NaN first.

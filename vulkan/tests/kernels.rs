@@ -30,6 +30,23 @@ fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Ve
     y
 }
 
+/// The input of a decode product as the kernel uses it: for types whose decode products
+/// quantize x to int8 (`testing::decode_quantizes_x`), each 32 values become
+/// round(v * 127 / max|v|) times max|v| / 127 (computed in f32 as the kernel does); others as is.
+fn decode_input(ty: WeightType, v: &[f32]) -> Vec<f64> {
+    if !testing::decode_quantizes_x(ty).unwrap() {
+        return v.iter().map(|&x| x as f64).collect();
+    }
+    v.chunks(32)
+        .flat_map(|c| {
+            let amax = c.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let scale = amax / 127.0;
+            c.iter().map(move |&x| (x * inv).round_ties_even() as f64 * scale as f64)
+        })
+        .collect()
+}
+
 /// Uploads `qt` (`[rows, k]`) and checks the matmul for several token counts and the row
 /// lookup against candle's dequantization.
 fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> usize {
@@ -43,7 +60,9 @@ fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> 
     for n_tokens in [1usize, 3, 11] {
         let x = random(&mut rng, n_tokens * k);
         let got = testing::matmul(gpu, &weight, &x, n_tokens).unwrap();
-        let (rel, max_abs) = common::compare(&got, &reference(&w, rows, k, &x, n_tokens));
+        // One token: the decode product, whose input may be quantized (see decode_input).
+        let x_ref: Vec<f32> = if n_tokens == 1 { decode_input(ty, &x).iter().map(|&v| v as f32).collect() } else { x.clone() };
+        let (rel, max_abs) = common::compare(&got, &reference(&w, rows, k, &x_ref, n_tokens));
         println!("{label} {ty:?} [{rows}x{k}] tokens={n_tokens}: rel {rel:.2e} max_abs {max_abs:.2e}");
         assert!(rel < REL_TOL, "{label}: relative error {rel} above {REL_TOL}");
     }
@@ -105,19 +124,27 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let nw = random(&mut rng, k);
     let eps = 1e-5f32;
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
-    let normed: Vec<f64> = x.iter().zip(&nw).map(|(&v, &g)| v as f64 / (ms + eps as f64).sqrt() * g as f64).collect();
+    // The kernel multiplies x by the norm weights first and the row sums by 1/rms at the end.
+    let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
+    let normed: Vec<f64> = decode_input(ty, &weighted).iter().map(|&v| v / (ms + eps as f64).sqrt()).collect();
     let got = testing::matvec_fused(gpu, &weight, &x, testing::Fused::Norm { weight: &nw, eps }).unwrap();
     let (rel, _) = common::compare(&got, &product(&normed));
     println!("{label} {ty:?} rmsnorm·matvec: rel {rel:.2e}");
     assert!(rel < REL_TOL, "{label} {ty:?} rmsnorm·matvec: relative error {rel}");
 
     let gate_up: Vec<f32> = (0..2 * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
-    let act: Vec<f64> = (0..k)
-        .map(|i| {
-            let g = gate_up[i] as f64;
-            g / (1.0 + (-g).exp()) * gate_up[k + i] as f64
-        })
-        .collect();
+    let act: Vec<f64> = if testing::decode_quantizes_x(ty).unwrap() {
+        // In f32 as the kernel computes it before quantizing.
+        let act: Vec<f32> = (0..k).map(|i| gate_up[i] / (1.0 + (-gate_up[i]).exp()) * gate_up[k + i]).collect();
+        decode_input(ty, &act)
+    } else {
+        (0..k)
+            .map(|i| {
+                let g = gate_up[i] as f64;
+                g / (1.0 + (-g).exp()) * gate_up[k + i] as f64
+            })
+            .collect()
+    };
     let got = testing::matvec_fused(gpu, &weight, &gate_up, testing::Fused::Glu).unwrap();
     let (rel, _) = common::compare(&got, &product(&act));
     println!("{label} {ty:?} silu·mul·matvec: rel {rel:.2e}");
@@ -159,7 +186,8 @@ fn check_qkv_rope(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, n_head: usiz
     let nw = random(&mut rng, k);
     let (eps, base) = (1e-5f32, 10000f32);
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
-    let normed: Vec<f64> = x.iter().zip(&nw).map(|(&v, &g)| v as f64 / (ms + eps as f64).sqrt() * g as f64).collect();
+    let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
+    let normed: Vec<f64> = decode_input(ty, &weighted).iter().map(|&v| v / (ms + eps as f64).sqrt()).collect();
     let y: Vec<f64> = (0..rows).map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum()).collect();
     // Row r of the product, rotated with its pair partner as rope.wgsl does (pairs 2j, 2j+1).
     let rotated = |r: usize| -> f64 {
@@ -222,6 +250,54 @@ fn fused_qkv_rope_matches_reference() {
         Err(VulkanError::InvalidInput(msg)) => assert!(msg.contains("even rows"), "{msg}"),
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("a chunking that splits RoPE pairs was accepted"),
+    }
+}
+
+/// The gate|up decode product with RMSNorm and SiLU·mul fused, on a matrix whose rows are
+/// (gate j, up j) pairs, against the f64 reference of RMSNorm, the product and SiLU·mul.
+fn check_norm_glu(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> usize {
+    let (rows, k) = qt.shape().dims2().unwrap();
+    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
+    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
+    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let x = random(&mut rng, k);
+    let nw = random(&mut rng, k);
+    let eps = 1e-5f32;
+    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+    let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
+    let normed: Vec<f64> = decode_input(ty, &weighted).iter().map(|&v| v / (ms + eps as f64).sqrt()).collect();
+    let y: Vec<f64> = (0..rows).map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum()).collect();
+    let want: Vec<f64> = (0..rows / 2).map(|j| y[2 * j] / (1.0 + (-y[2 * j]).exp()) * y[2 * j + 1]).collect();
+    let got = testing::matvec_norm_glu(gpu, &weight, &x, &nw, eps).unwrap();
+    let (rel, _) = common::compare(&got, &want);
+    println!("{label} {ty:?} rmsnorm·matvec·silu·mul: rel {rel:.2e}");
+    assert!(rel < REL_TOL, "{label} {ty:?} rmsnorm·matvec·silu·mul: relative error {rel}");
+    weight.chunk_count()
+}
+
+#[test]
+fn fused_gate_up_glu_matches_reference() {
+    let gpu = common::gpu(None);
+    check_norm_glu(&gpu, "gate|up glu", &random_qtensor(GgmlDType::Q8_0, 64, 512, 60), 800);
+    check_norm_glu(&gpu, "gate|up glu", &random_qtensor(GgmlDType::Q4_0, 64, 512, 61), 801);
+    check_norm_glu(&gpu, "gate|up glu", &random_qtensor(GgmlDType::Q6K, 38, 256, 62), 802);
+    // Tall (16 rows per workgroup).
+    check_norm_glu(&gpu, "gate|up glu tall", &random_qtensor(GgmlDType::Q8_0, 8194, 64, 63), 803);
+    // Chunked: chunks of an even number of rows.
+    let small = common::gpu(Some(4100));
+    let chunks = check_norm_glu(&small, "gate|up glu chunked", &random_qtensor(GgmlDType::Q4_0, 256, 64, 64), 804);
+    assert!(chunks > 1, "expected several chunks, got {chunks}");
+    let plain = common::gpu_without_subgroups();
+    check_norm_glu(&plain, "gate|up glu no subgroups", &random_qtensor(GgmlDType::Q8_0, 64, 512, 65), 805);
+    // One row per chunk would split the pairs: refused.
+    let tiny = common::gpu(Some(100));
+    let qt = random_qtensor(GgmlDType::Q8_0, 8, 64, 66);
+    let weight = GpuWeight::upload(&tiny, "w", WeightType::Q8_0, 8, 64, &qt.data().unwrap()).unwrap();
+    match testing::matvec_norm_glu(&tiny, &weight, &[0.5; 64], &[1.0; 64], 1e-5) {
+        Err(VulkanError::InvalidInput(msg)) => assert!(msg.contains("even rows"), "{msg}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a chunking that splits gate/up pairs was accepted"),
     }
 }
 

@@ -14,6 +14,6 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
-fn unit_dot(row: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
-    return dot8(load_unit(row, u), xs);
+fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+    return dot8(load_unit(row, u), xu.v);
 }

@@ -170,7 +170,11 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 //                     rope.wgsl (interleaved pairs, one token): rotated q goes to y, rotated
 //                     k and v to the caches at position step.start. A workgroup's rows start
 //                     at an even row (MV_ROWS and the chunk offsets are even, checked on the
-//                     host), so both values of each rotated pair are in the same workgroup.
+//                     host), so both values of each rotated pair are in the same workgroup;
+//   matvec_norm_glu   matvec_norm of the FFN's gate|up matrix uploaded with its rows
+//                     interleaved (row 2j = gate j, row 2j + 1 = up j, pairs in one workgroup
+//                     as above), followed by SiLU·mul: y[j] = silu(gate j) * up j, so that the
+//                     down product reads the activation (half the x of [gate | up], no exp).
 
 // Groups of four rows per workgroup, 1, 2 or 4 (a pipeline constant).
 override ROW_GROUPS: u32 = 1u;
@@ -179,11 +183,50 @@ override MV_UNITS: u32 = 1u;
 override MV_ROWS: u32 = 4u * ROW_GROUPS;
 var<private> mv_acc: array<f32, 16>;
 
-// The 32 x values of one unit as the entry point transforms them, and (mode 1) the sum of
-// the squares of the untransformed values.
+// Q8_0 and Q4_0 products (a pipeline constant, set for those types only): x is quantized
+// to int8 per unit (scale = largest |x| / 127, round to nearest even) and each 4-weight
+// word is multiplied with integer dot products (dot4I8Packed, one DP4A instruction where
+// the device has VK_KHR_shader_integer_dot_product) instead of converting every weight to
+// float, as llama.cpp's and candle's quantized decode products do with their Q8 activations.
+override MV_DP4A: bool = false;
+
+// The 32 x values of one unit as the entry point transforms them, with what the products
+// of every row share: their sum, (mode 1) the sum of the squares of the untransformed
+// values, and (MV_DP4A) the values as int8, four per word, with their scale and sum.
 struct XUnit {
     v: array<vec4<f32>, 8>,
     sq: f32,
+    sum: f32,
+    q: array<u32, 8>,
+    qd: f32,
+    qsum: i32,
+}
+
+fn x_finish(v: array<vec4<f32>, 8>, sq: f32) -> XUnit {
+    var o: XUnit;
+    o.v = v;
+    o.sq = sq;
+    o.sum = sum8(v);
+    if (MV_DP4A) {
+        let m = max(max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3]))),
+                    max(max(abs(v[4]), abs(v[5])), max(abs(v[6]), abs(v[7]))));
+        let amax = max(max(m.x, m.y), max(m.z, m.w));
+        let inv = select(0.0, 127.0 / amax, amax > 0.0);
+        o.qd = amax / 127.0;
+        let q0 = vec4<i32>(round(v[0] * inv));
+        let q1 = vec4<i32>(round(v[1] * inv));
+        let q2 = vec4<i32>(round(v[2] * inv));
+        let q3 = vec4<i32>(round(v[3] * inv));
+        let q4 = vec4<i32>(round(v[4] * inv));
+        let q5 = vec4<i32>(round(v[5] * inv));
+        let q6 = vec4<i32>(round(v[6] * inv));
+        let q7 = vec4<i32>(round(v[7] * inv));
+        o.q = array<u32, 8>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3),
+                            pack4xI8(q4), pack4xI8(q5), pack4xI8(q6), pack4xI8(q7));
+        let t = ((q0 + q1) + (q2 + q3)) + ((q4 + q5) + (q6 + q7));
+        o.qsum = (t.x + t.y) + (t.z + t.w);
+    }
+    return o;
 }
 
 fn silu4(a: vec4<f32>) -> vec4<f32> {
@@ -197,17 +240,17 @@ fn x_unit(mode: u32, u: u32) -> XUnit {
     if (mode == 1u) {
         let sq = ((dot(r[0], r[0]) + dot(r[1], r[1])) + (dot(r[2], r[2]) + dot(r[3], r[3])))
             + ((dot(r[4], r[4]) + dot(r[5], r[5])) + (dot(r[6], r[6]) + dot(r[7], r[7])));
-        return XUnit(array<vec4<f32>, 8>(r[0] * norm_w[b], r[1] * norm_w[b + 1u], r[2] * norm_w[b + 2u],
-                                         r[3] * norm_w[b + 3u], r[4] * norm_w[b + 4u], r[5] * norm_w[b + 5u],
-                                         r[6] * norm_w[b + 6u], r[7] * norm_w[b + 7u]), sq);
+        return x_finish(array<vec4<f32>, 8>(r[0] * norm_w[b], r[1] * norm_w[b + 1u], r[2] * norm_w[b + 2u],
+                                            r[3] * norm_w[b + 3u], r[4] * norm_w[b + 4u], r[5] * norm_w[b + 5u],
+                                            r[6] * norm_w[b + 6u], r[7] * norm_w[b + 7u]), sq);
     }
     if (mode == 2u) {
         let ub = p.k / 4u + b;
-        return XUnit(array<vec4<f32>, 8>(silu4(r[0]) * x[ub], silu4(r[1]) * x[ub + 1u], silu4(r[2]) * x[ub + 2u],
-                                         silu4(r[3]) * x[ub + 3u], silu4(r[4]) * x[ub + 4u], silu4(r[5]) * x[ub + 5u],
-                                         silu4(r[6]) * x[ub + 6u], silu4(r[7]) * x[ub + 7u]), 0.0);
+        return x_finish(array<vec4<f32>, 8>(silu4(r[0]) * x[ub], silu4(r[1]) * x[ub + 1u], silu4(r[2]) * x[ub + 2u],
+                                            silu4(r[3]) * x[ub + 3u], silu4(r[4]) * x[ub + 4u], silu4(r[5]) * x[ub + 5u],
+                                            silu4(r[6]) * x[ub + 6u], silu4(r[7]) * x[ub + 7u]), 0.0);
     }
-    return XUnit(r, 0.0);
+    return x_finish(r, 0.0);
 }
 
 fn dot8(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
@@ -216,10 +259,9 @@ fn dot8(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
 }
 
 // Four consecutive rows' dot products with one unit of x (rows past `last` read row `last`).
-// xsum is the sum of xs (for types with an offset, see unit_dot in q4_0.wgsl).
-fn group4(f: u32, last: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> vec4<f32> {
-    return vec4<f32>(unit_dot(min(f, last), u, xs, xsum), unit_dot(min(f + 1u, last), u, xs, xsum),
-                     unit_dot(min(f + 2u, last), u, xs, xsum), unit_dot(min(f + 3u, last), u, xs, xsum));
+fn group4(f: u32, last: u32, u: u32, xu: XUnit) -> vec4<f32> {
+    return vec4<f32>(unit_dot(min(f, last), u, xu), unit_dot(min(f + 1u, last), u, xu),
+                     unit_dot(min(f + 2u, last), u, xu), unit_dot(min(f + 3u, last), u, xu));
 }
 
 fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
@@ -247,33 +289,27 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
         for (; u + WG < units; u += 2u * WG) {
             let ua = x_unit(mode, u);
             let ub = x_unit(mode, u + WG);
-            let xa = ua.v;
-            let xb = ub.v;
             sq += ua.sq + ub.sq;
-            let sa = sum8(xa);
-            let sb = sum8(xb);
-            g0 += group4(first, last, u, xa, sa) + group4(first, last, u + WG, xb, sb);
+            g0 += group4(first, last, u, ua) + group4(first, last, u + WG, ub);
             if (ROW_GROUPS > 1u) {
-                g1 += group4(first + 4u, last, u, xa, sa) + group4(first + 4u, last, u + WG, xb, sb);
+                g1 += group4(first + 4u, last, u, ua) + group4(first + 4u, last, u + WG, ub);
             }
             if (ROW_GROUPS > 2u) {
-                g2 += group4(first + 8u, last, u, xa, sa) + group4(first + 8u, last, u + WG, xb, sb);
-                g3 += group4(first + 12u, last, u, xa, sa) + group4(first + 12u, last, u + WG, xb, sb);
+                g2 += group4(first + 8u, last, u, ua) + group4(first + 8u, last, u + WG, ub);
+                g3 += group4(first + 12u, last, u, ua) + group4(first + 12u, last, u + WG, ub);
             }
         }
     }
     for (; u < units; u += WG) {
         let xu = x_unit(mode, u);
-        let xs = xu.v;
         sq += xu.sq;
-        let xsum = sum8(xs);
-        g0 += group4(first, last, u, xs, xsum);
+        g0 += group4(first, last, u, xu);
         if (ROW_GROUPS > 1u) {
-            g1 += group4(first + 4u, last, u, xs, xsum);
+            g1 += group4(first + 4u, last, u, xu);
         }
         if (ROW_GROUPS > 2u) {
-            g2 += group4(first + 8u, last, u, xs, xsum);
-            g3 += group4(first + 12u, last, u, xs, xsum);
+            g2 += group4(first + 8u, last, u, xu);
+            g3 += group4(first + 12u, last, u, xu);
         }
     }
     var scale = 1.0;
@@ -372,4 +408,23 @@ fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     } else {
         vcache[rp.cache_base + ((h - rp.n_head - rp.n_kv) * rp.ctx + pos) * rp.hd + i] = total;
     }
+}
+
+@compute @workgroup_size(64)
+fn matvec_norm_glu(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
+    let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
+    if (first >= p.rows) {
+        return;
+    }
+    let total = matvec_rows(first, l, 1u);
+    if (l.li < MV_ROWS) {
+        mv_pair[l.li] = total;
+    }
+    workgroupBarrier();
+    let row = first + l.li;
+    if (l.li >= MV_ROWS || row >= p.rows || (l.li & 1u) != 0u) {
+        return;
+    }
+    // As silu_mul.wgsl: a / (1 + exp(-a)) * up.
+    y[(p.row_offset + row) / 2u] = total / (1.0 + exp(-total)) * mv_pair[l.li + 1u];
 }

@@ -25,11 +25,19 @@ fn q8_raw(q: u32) -> vec4<f32> {
                      f32(extractBits(s, 16u, 8u)), f32(extractBits(s, 24u, 8u)));
 }
 
-fn unit_dot(row: u32, u: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
     let blk = row * (p.k / 32u) + u;
     let d = f16_at(p.aux, blk);
     let a = w4[blk * 2u];
     let b = w4[blk * 2u + 1u];
+    if (MV_DP4A) {
+        // Integer dot products with x as int8 (see MV_DP4A in matmul.wgsl): at most
+        // 32 * 128 * 127 in magnitude, no overflow.
+        let s = ((dot4I8Packed(a.x, xu.q[0]) + dot4I8Packed(a.y, xu.q[1])) + (dot4I8Packed(a.z, xu.q[2]) + dot4I8Packed(a.w, xu.q[3])))
+            + ((dot4I8Packed(b.x, xu.q[4]) + dot4I8Packed(b.y, xu.q[5])) + (dot4I8Packed(b.z, xu.q[6]) + dot4I8Packed(b.w, xu.q[7])));
+        return d * xu.qd * f32(s);
+    }
+    let xs = xu.v;
     return d * (dot(q8_raw(a.x), xs[0]) + dot(q8_raw(a.y), xs[1]) + dot(q8_raw(a.z), xs[2]) + dot(q8_raw(a.w), xs[3])
         + dot(q8_raw(b.x), xs[4]) + dot(q8_raw(b.y), xs[5]) + dot(q8_raw(b.z), xs[6]) + dot(q8_raw(b.w), xs[7]));
 }

@@ -1,7 +1,9 @@
-// SwiGLU: act[t, i] = silu(gate[t, i]) * up[t, i], where token t's row of `gu` is [gate | up].
+// SwiGLU: act[t, i] = silu(gate[t, i]) * up[t, i], where token t's row of `gu` is
+// [gate | up], or with p.interleaved [gate 0, up 0, gate 1, up 1, ...] (the gate|up matrix
+// uploaded with its rows interleaved, see `matvec_norm_glu` in matmul.wgsl).
 struct Params {
     n: u32,   // elements per token
-    _pad0: u32,
+    interleaved: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -23,7 +25,13 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     for (var i = gid.x; i < total; i += stride) {
         let t = i / p.n;
         let j = i % p.n;
-        let a = gu[t * 2u * p.n + j];
-        act[i] = a / (1.0 + exp(-a)) * gu[t * 2u * p.n + p.n + j];
+        var gi = t * 2u * p.n + j;
+        var ui = gi + p.n;
+        if (p.interleaved != 0u) {
+            gi = t * 2u * p.n + 2u * j;
+            ui = gi + 1u;
+        }
+        let a = gu[gi];
+        act[i] = a / (1.0 + exp(-a)) * gu[ui];
     }
 }
