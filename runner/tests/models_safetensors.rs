@@ -32,7 +32,9 @@ fn md_u32(md: &HashMap<String, Value>, key: &str) -> usize {
 }
 
 /// Writes the test model as a Hugging Face llama directory in `dtype`.
-fn write_hf_dir(dir: &Path, dtype: DType) {
+/// Writes the test model as a Hugging Face directory of `arch` (`llama`, or `qwen2`:
+/// the same weights plus zero q/k/v biases, which makes it the same function).
+fn write_hf_dir(dir: &Path, dtype: DType, arch: &str) {
     let (md, tensors) = read_gguf(&test_model());
     let heads = md_u32(&md, "llama.attention.head_count");
     let kv_heads = md_u32(&md, "llama.attention.head_count_kv");
@@ -71,12 +73,21 @@ fn write_hf_dir(dir: &Path, dtype: DType) {
         };
         out.insert(hf, t.to_dtype(dtype).unwrap());
     }
+    if arch == "qwen2" {
+        let biases: Vec<(String, Tensor)> = out
+            .iter()
+            .filter(|(name, _)| name.ends_with("_proj.weight") && name.contains("self_attn.") && !name.contains("o_proj"))
+            .map(|(name, w)| (name.replace(".weight", ".bias"), Tensor::zeros(w.dims()[0], dtype, &Device::Cpu).unwrap()))
+            .collect();
+        assert_eq!(biases.len(), 3 * md_u32(&md, "llama.block_count"));
+        out.extend(biases);
+    }
     let tied = !out.contains_key("lm_head.weight");
     candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
 
-    let config = serde_json::json!({
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+    let mut config = serde_json::json!({
+        "model_type": arch,
+        "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
         "hidden_size": md_u32(&md, "llama.embedding_length"),
         "intermediate_size": md_u32(&md, "llama.feed_forward_length"),
         "num_hidden_layers": md_u32(&md, "llama.block_count"),
@@ -90,6 +101,15 @@ fn write_hf_dir(dir: &Path, dtype: DType) {
         "bos_token_id": 1,
         "eos_token_id": 2,
     });
+    if arch == "qwen2" {
+        let extra = serde_json::json!({
+            "sliding_window": 4096,
+            "max_window_layers": 0,
+            "use_sliding_window": false,
+            "hidden_act": "silu",
+        });
+        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    }
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 
     let gguf = model::load(&test_model(), &LoadOptions::default()).unwrap();
@@ -133,7 +153,7 @@ fn safetensors_llama_generates_like_the_gguf() {
 
     for (dtype, agree) in [(DType::F32, 6), (DType::F16, 3), (DType::BF16, 1)] {
         let dir = tempfile::tempdir().unwrap();
-        write_hf_dir(dir.path(), dtype);
+        write_hf_dir(dir.path(), dtype, "llama");
         let mut st = model::load(dir.path(), &options).unwrap();
         assert_eq!(st.eos_token_ids, vec![2]);
         assert!(st.chat_template.is_some());
@@ -142,6 +162,20 @@ fn safetensors_llama_generates_like_the_gguf() {
         // first tokens must match exactly; fewer for the rounded half types.
         assert_eq!(got[..agree], expected[..agree], "{dtype:?}: {got:?} vs {expected:?}");
     }
+}
+
+#[test]
+fn safetensors_qwen2_generates_like_the_gguf() {
+    let options = LoadOptions { threads: Some(2), ..Default::default() };
+    let mut gguf = model::load(&test_model(), &options).unwrap();
+    let expected = greedy_ids(&mut gguf, 6);
+    drop(gguf);
+
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_dir(dir.path(), DType::F32, "qwen2");
+    let mut st = model::load(dir.path(), &options).unwrap();
+    let got = greedy_ids(&mut st, 6);
+    assert_eq!(got, expected, "qwen2 safetensors: {got:?} vs the GGUF's {expected:?}");
 }
 
 #[test]
