@@ -144,12 +144,16 @@ fn greedy_ids(model: &mut LoadedModel, n: usize) -> Vec<u32> {
     ids
 }
 
+/// The test model's first 6 greedy tokens from the GGUF file itself.
+fn gguf_greedy_ids(options: &LoadOptions) -> Vec<u32> {
+    let mut gguf = model::load(&test_model(), options).unwrap();
+    greedy_ids(&mut gguf, 6)
+}
+
 #[test]
 fn safetensors_llama_generates_like_the_gguf() {
     let options = LoadOptions { threads: Some(2), ..Default::default() };
-    let mut gguf = model::load(&test_model(), &options).unwrap();
-    let expected = greedy_ids(&mut gguf, 6);
-    drop(gguf);
+    let expected = gguf_greedy_ids(&options);
 
     for (dtype, agree) in [(DType::F32, 6), (DType::F16, 3), (DType::BF16, 1)] {
         let dir = tempfile::tempdir().unwrap();
@@ -167,9 +171,7 @@ fn safetensors_llama_generates_like_the_gguf() {
 #[test]
 fn safetensors_qwen2_generates_like_the_gguf() {
     let options = LoadOptions { threads: Some(2), ..Default::default() };
-    let mut gguf = model::load(&test_model(), &options).unwrap();
-    let expected = greedy_ids(&mut gguf, 6);
-    drop(gguf);
+    let expected = gguf_greedy_ids(&options);
 
     let dir = tempfile::tempdir().unwrap();
     write_hf_dir(dir.path(), DType::F32, "qwen2");

@@ -116,7 +116,8 @@ impl Team {
     /// Calls `job(item, thread)` for every item in `0..items`, spread over the team
     /// (`thread` is in `0..threads()`, each thread's calls run one after another, so
     /// per-thread scratch space can be indexed by it). Returns when all are done. A
-    /// panic in a job is re-raised here.
+    /// panic in a job is re-raised here. A job must not call `run` on the same team
+    /// (the team runs one job at a time, so that would wait forever).
     pub fn run(&self, items: usize, job: &(dyn Fn(usize, usize) + Sync)) {
         if items == 0 {
             return;
