@@ -31,6 +31,8 @@ pub(crate) const FIRST_SUBMIT_LAYERS: usize = 4;
 /// Whether the Q8_0 and Q4_0 decode products quantize x to int8 and use integer dot
 /// products (`MV_DP4A` in matmul.wgsl).
 const DP4A: bool = true;
+/// Attention workgroups a step aims for: fewer leave a large GPU idle during attention.
+pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
 
 /// Whether the decode products of `ty` quantize x to int8 per 32 values (see `MV_DP4A` in
 /// matmul.wgsl) with the settings of MATVEC_TUNING_ENV; for tests, whose reference must do
@@ -46,8 +48,9 @@ fn dp4a_type(ty: WeightType) -> bool {
 /// thread takes per loop iteration, `MV_UNITS` in matmul.wgsl), `tall=N` (the row count
 /// from which a matrix counts as tall), `checks=0|1` (1: compile every kernel with wgpu's
 /// runtime checks, to measure what they cost), `submit=N` (layers per submission after
-/// the first one, see `LlamaModel::submit_batch`) and `dp4a=0|1` (Q8_0 and Q4_0 decode
-/// products with int8 activations and integer dot products, `MV_DP4A` in matmul.wgsl),
+/// the first one, see `LlamaModel::submit_batch`), `dp4a=0|1` (Q8_0 and Q4_0 decode
+/// products with int8 activations and integer dot products, `MV_DP4A` in matmul.wgsl) and
+/// `attn=N` (attention workgroups a step aims for, see `attention_split` in model.rs),
 /// comma-separated, e.g. `units=1,tall=2048`.
 pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 
@@ -59,6 +62,7 @@ struct MatvecTuning {
     checks: bool,
     submit_layers: usize,
     dp4a: bool,
+    attn_groups: usize,
 }
 
 impl MatvecTuning {
@@ -66,7 +70,7 @@ impl MatvecTuning {
         std::env::var(MATVEC_TUNING_ENV).map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
     }
 
-    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS, dp4a: DP4A };
+    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS, dp4a: DP4A, attn_groups: ATTENTION_TARGET_GROUPS };
 
     /// Reads a MATVEC_TUNING_ENV value.
     fn parse(spec: &str) -> Result<MatvecTuning, crate::VulkanError> {
@@ -74,7 +78,7 @@ impl MatvecTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 crate::VulkanError::InvalidInput(format!(
-                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers> and/or dp4a=0|1, e.g. units=1,tall=2048"
+                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1 and/or attn=<workgroups>, e.g. units=1,tall=2048"
                 ))
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -84,6 +88,7 @@ impl MatvecTuning {
                 ("checks", Ok(n @ (0 | 1))) => t.checks = n == 1,
                 ("submit", Ok(n)) if n > 0 => t.submit_layers = n,
                 ("dp4a", Ok(n @ (0 | 1))) => t.dp4a = n == 1,
+                ("attn", Ok(n)) if n > 0 => t.attn_groups = n,
                 _ => return Err(bad()),
             }
         }
@@ -142,6 +147,7 @@ pub(crate) struct Kernels {
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
     /// Whether the Q8_0 and Q4_0 decode products quantize x (unless asked for exact input).
     dp4a: bool,
+    attn_groups: usize,
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Matrices of at least this many rows use the tall decode pipelines.
     tall_rows: usize,
@@ -231,6 +237,7 @@ impl Kernels {
             get_rows,
             tall_rows: tuning.tall_rows,
             dp4a: tuning.dp4a,
+            attn_groups: tuning.attn_groups,
             submit_layers: tuning.submit_layers,
             rmsnorm: pipeline(gpu, tuning.checks, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
             rope: pipeline(gpu, tuning.checks, "rope", include_str!("shaders/rope.wgsl"), "rope"),
@@ -250,6 +257,11 @@ impl Kernels {
     /// (only the plain and RMSNorm inputs have such pipelines).
     pub fn matvec(&self, ty: WeightType, input: MatvecInput, tall: bool, exact: bool) -> &wgpu::ComputePipeline {
         &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
+    }
+
+    /// Attention workgroups a step aims for (see MATVEC_TUNING_ENV).
+    pub fn attention_groups(&self) -> usize {
+        self.attn_groups
     }
 
     /// Rows per workgroup of the decode pipelines (tall or not).
@@ -295,9 +307,10 @@ mod tuning_tests {
         let t = MatvecTuning::parse("checks=1,submit=16,dp4a=1").unwrap();
         assert_eq!((t.units, t.tall_rows, t.checks, t.submit_layers, t.dp4a), (1, TALL_MATVEC_ROWS, true, 16, true));
         assert!(!MatvecTuning::parse("dp4a=0").unwrap().dp4a);
+        assert_eq!(MatvecTuning::parse("attn=512").unwrap().attn_groups, 512);
         let t = MatvecTuning::parse("").unwrap();
         assert_eq!((t.units, t.tall_rows, t.checks), (1, TALL_MATVEC_ROWS, false));
-        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0", "dp4a=2"] {
+        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0", "dp4a=2", "attn=0"] {
             let err = MatvecTuning::parse(bad).unwrap_err().to_string();
             assert!(err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"), "{bad}: {err}");
         }

@@ -66,8 +66,6 @@ pub(crate) struct StepParams {
     pub attn_chunk_len: u32,
 }
 
-/// Attention workgroups a step aims for: fewer leave a large GPU idle during attention.
-const ATTENTION_TARGET_GROUPS: usize = 1024;
 /// Most chunks per (head, token): each costs a partial result to write and to combine.
 const ATTENTION_MAX_CHUNKS: usize = 32;
 /// Positions per chunk are a multiple of this.
@@ -76,16 +74,17 @@ const ATTENTION_CHUNK_ALIGN: usize = 16;
 /// How attention splits the positions `0..start + n` of a step of `n` tokens (flash-decoding):
 /// `(chunks, positions per chunk)`. Prompt batches already have a workgroup per (head, token)
 /// and get one chunk; a decoded token gets up to ATTENTION_MAX_CHUNKS.
-fn attention_split(n: usize, start: usize, n_head: usize) -> (usize, usize) {
+/// `target`: the workgroups a step aims for (`Kernels::attention_groups`).
+fn attention_split(n: usize, start: usize, n_head: usize, target: usize) -> (usize, usize) {
     let len = start + n;
-    let chunk_len = len.div_ceil(attention_chunks_wanted(n, n_head)).div_ceil(ATTENTION_CHUNK_ALIGN) * ATTENTION_CHUNK_ALIGN;
+    let chunk_len = len.div_ceil(attention_chunks_wanted(n, n_head, target)).div_ceil(ATTENTION_CHUNK_ALIGN) * ATTENTION_CHUNK_ALIGN;
     (len.div_ceil(chunk_len), chunk_len)
 }
 
 /// Chunks a step of `n` tokens aims for, an upper bound of what `attention_split` gives at
 /// any length (the size of the partial-results buffer depends on it).
-fn attention_chunks_wanted(n: usize, n_head: usize) -> usize {
-    ATTENTION_TARGET_GROUPS.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
+fn attention_chunks_wanted(n: usize, n_head: usize, target: usize) -> usize {
+    target.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
 }
 
 
@@ -145,6 +144,9 @@ struct LayerOps {
     o: MatmulOp,
     ffn_norm: wgpu::BindGroup,
     gate_up: Vec<MatmulOp>,
+    /// The decode gate|up product also does SiLU·mul (one op, interleaved rows whose pairs
+    /// never straddle a chunk).
+    glu_fused: bool,
     silu_mul: wgpu::BindGroup,
     down: MatmulOp,
 }
@@ -430,7 +432,7 @@ impl LlamaModel {
         let embed = GetRowsOp::new(&gpu, &kernels, &embd, &ids, &hidden, &step)?;
         // Partial results of split attention: (hd + 2) floats per (token, chunk, head) slot,
         // for the largest number of slots any batch size can need.
-        let slots = (1..=max_batch).map(|n| n * attention_chunks_wanted(n, nh)).max().unwrap_or(1) * nh;
+        let slots = (1..=max_batch).map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups())).max().unwrap_or(1) * nh;
         let attn_part = gpu.storage("attention partials", (slots * (hd + 2)) as u64 * f)?;
 
         let norm_op = |name: &str, weights: &[f32], x: &wgpu::Buffer, y: &wgpu::Buffer, last_only: bool| -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
@@ -539,10 +541,11 @@ impl LlamaModel {
                 o: MatmulOp::new(&gpu, &kernels, "attn_output", &wo, &attn, &hidden, &step, residual, None)?,
                 ffn_norm,
                 gate_up: side_by_side_ops("ffn gate|up", &gate_up_w, &gate_up, 2 * ff, &ffn_norm_buf, if glu_fused { Epilogue::Glu(&act) } else { Epilogue::None })?,
+                glu_fused,
                 silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)]),
-                // Without the SiLU·mul in the gate|up product, a decode step's down product reads
-                // [gate | up] and does it.
-                down: MatmulOp::new(&gpu, &kernels, "ffn_down", &wd, &act, &hidden, &step, residual, (!glu_fused).then_some(FusedInput::Glu { x: &gate_up }))?,
+                // With gate and up as two matrices ([gate | up] side by side), a decode step's
+                // down product does the SiLU·mul on its input.
+                down: MatmulOp::new(&gpu, &kernels, "ffn_down", &wd, &act, &hidden, &step, residual, (!interleaved).then_some(FusedInput::Glu { x: &gate_up }))?,
             });
         }
         let out_norm_w = gguf.vector("output_norm.weight", d)?;
@@ -661,7 +664,7 @@ impl LlamaModel {
         let gpu = &self.gpu;
         let c = &self.cfg;
         gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
-        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head);
+        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head, self.kernels.attention_groups());
         let step = StepParams { n_tokens: n, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
         gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         let rope_groups = elementwise_groups(batch.len() * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
@@ -704,7 +707,9 @@ impl LlamaModel {
                     for op in &layer.gate_up {
                         op.record(&mut rec, n, fuse_gate_up);
                     }
-                    if !decode {
+                    // A decode step does SiLU·mul in the gate|up product or in the down product's
+                    // input, unless the interleaved gate|up matrix has a chunk splitting a pair.
+                    if !decode || !(layer.glu_fused || layer.down.has_fused()) {
                         rec.dispatch("silu_mul", &self.kernels.silu_mul, &layer.silu_mul, [silu_groups, 1, 1]);
                     }
                     layer.down.record(&mut rec, n, decode && layer.down.has_fused());
@@ -768,12 +773,12 @@ mod tests {
 
     #[test]
     fn attention_split_covers_every_position_within_the_wanted_chunks() {
-        for n_head in [9, 32] {
+        for (n_head, target) in [(9, 1024), (32, 1024), (32, 256), (32, 4096)] {
             for n in [1, 2, 4, 8, 64, 256] {
                 for len in n..700 {
-                    let (chunks, chunk_len) = attention_split(n, len - n, n_head);
+                    let (chunks, chunk_len) = attention_split(n, len - n, n_head, target);
                     assert!(chunks * chunk_len >= len && (chunks - 1) * chunk_len < len, "n {n} len {len}");
-                    assert!(chunks <= attention_chunks_wanted(n, n_head), "n {n} len {len}: {chunks} chunks");
+                    assert!(chunks <= attention_chunks_wanted(n, n_head, target), "n {n} len {len}: {chunks} chunks");
                     assert_eq!(chunk_len % ATTENTION_CHUNK_ALIGN, 0);
                 }
             }

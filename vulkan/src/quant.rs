@@ -158,7 +158,8 @@ impl GpuWeight {
                 gpu.max_binding()
             )));
         }
-        // An even number of rows per chunk where possible, so that RoPE pairs stay in one chunk.
+        // An even number of rows per chunk where possible, so that the row pairs of the fused
+        // decode epilogues (RoPE, gate/up) stay in one chunk.
         let rows_per_chunk = rows_per_chunk.min(u32::MAX as usize - 1);
         let rows_per_chunk = if rows_per_chunk > 1 { rows_per_chunk / 2 * 2 } else { rows_per_chunk };
         let row_raw = ty.row_bytes(k);
@@ -175,7 +176,8 @@ impl GpuWeight {
     }
 
     /// Whether every chunk starts at an even row, so that rows 2i and 2i + 1 (a RoPE pair of
-    /// the q|k|v product) are always in the same chunk.
+    /// the q|k|v product, a gate/up pair of the interleaved gate|up product) are always in
+    /// the same chunk.
     pub fn pairs_in_chunks(&self) -> bool {
         self.chunks.iter().all(|c| c.row_offset % 2 == 0)
     }
