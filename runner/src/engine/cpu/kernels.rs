@@ -253,23 +253,43 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
+/// The block scales of quantized activations side by side: `d` and `d * sum` of every
+/// block. The Q4_0 decode kernel reads four blocks' scales with one load.
+pub(crate) struct BlockScales {
+    d: Vec<f32>,
+    d_sum: Vec<f32>,
+}
+
+impl BlockScales {
+    fn new(x: &[BlockQ8]) -> Self {
+        BlockScales { d: x.iter().map(|b| b.d).collect(), d_sum: x.iter().map(|b| b.d * b.sum).collect() }
+    }
+}
+
 /// One weight row (raw blocks) · one quantized activation row.
-#[inline]
 pub fn dot(format: WeightFormat, w: &[u8], x: &[BlockQ8], avx2: bool) -> f32 {
+    let scales = BlockScales::new(x);
+    dot_with(format, w, x, &scales.d, &scales.d_sum, avx2)
+}
+
+/// [`dot`] with the activation row's [`BlockScales`] (`d`, `d_sum`) already laid out.
+#[inline]
+fn dot_with(format: WeightFormat, w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32], avx2: bool) -> f32 {
     debug_assert_eq!(w.len(), x.len() * format.block_bytes());
+    debug_assert!(d.len() == x.len() && d_sum.len() == x.len());
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is only true when has_avx2() found AVX2, FMA and F16C; the
         // slices have matching block counts (checked by QMatrix::new and the callers).
         return unsafe {
             match format {
-                WeightFormat::Q4_0 => x86::dot_q4_0(w, x),
+                WeightFormat::Q4_0 => x86::dot_q4_0(w, x, d, d_sum),
                 WeightFormat::Q4_1 => x86::dot_q4_1(w, x),
                 WeightFormat::Q8_0 => x86::dot_q8_0(w, x),
             }
         };
     }
-    let _ = avx2;
+    let _ = (avx2, d, d_sum);
     dot_scalar(format, w, x)
 }
 
@@ -358,6 +378,20 @@ mod x86 {
         let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(dst.qs.as_mut_ptr() as *mut __m256i, ordered);
         super::finish_block(dst, d, sum);
+    }
+
+    /// `bits` in the low half of a vector register, moved with `vmovq` written by hand
+    /// for the same reason as in [`f16`].
+    #[inline(always)]
+    unsafe fn vmovq(bits: u64) -> __m128i {
+        let v: __m128i;
+        std::arch::asm!(
+            "vmovq {v}, {bits}",
+            v = lateout(xmm_reg) v,
+            bits = in(reg) bits,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        v
     }
 
     #[inline(always)]
@@ -480,36 +514,53 @@ mod x86 {
     }
 
     /// Q4_0 multiplies the nibbles unsigned (0..15, one `maddubs`, no sign moves) and
-    /// subtracts the offset of 8 as `8 * d * Σ qx` per block, a scalar FMA: two
-    /// vector instructions fewer per block in a loop that is bound by instructions,
-    /// not memory. It uses two accumulators: with one, each block waits for the
-    /// previous block's FMA (4-cycle latency). ggml runs Q4_0 through repacked 8-row
-    /// kernels with their own summation order, so there is no order to keep; Q4_1
-    /// and Q8_0 below keep ggml's single-accumulator order, which makes each row's
-    /// dot product bit-identical to llama.cpp's.
+    /// subtracts the offset of 8 as `8 * d * Σ qx` per block. The loop is bound by
+    /// the per-block scale (f16 conversion and multiply), not by memory, so it takes
+    /// four blocks at a time: their four f16 weight scales are packed into one
+    /// register, converted and multiplied by the four activation scales (`d`, laid out
+    /// side by side) with one instruction each, and the four offsets are one FMA
+    /// (`d_sum` = activation `d * sum`). That ran 1.2x faster than one block at a time
+    /// on L2-resident rows. ggml runs Q4_0 through repacked 8-row kernels with their
+    /// own summation order, so there is no order to keep; Q4_1 and Q8_0 below keep
+    /// ggml's single-accumulator order, which makes each row's dot product
+    /// bit-identical to llama.cpp's.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+    pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32]) -> f32 {
         #[inline(always)]
-        unsafe fn block(b: *const u8, xb: &BlockQ8, acc: __m256, offset: f32) -> (__m256, f32) {
-            let d = f16(b) * xb.d;
+        unsafe fn block(b: *const u8, xb: &BlockQ8, d: __m256, acc: __m256) -> __m256 {
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            let acc = _mm256_fmadd_ps(_mm256_set1_ps(d), unsigned_mul_sum(nibbles(b.add(2)), qx), acc);
-            (acc, d.mul_add(xb.sum, offset))
+            _mm256_fmadd_ps(d, unsigned_mul_sum(nibbles(b.add(2)), qx), acc)
         }
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (mut off0, mut off1) = (0f32, 0f32);
+        let mut offsets = _mm_setzero_ps();
         let p = w.as_ptr();
-        let pairs = x.len() / 2;
-        for i in 0..pairs {
+        let quads = x.len() / 4;
+        for i in 0..quads {
+            let b = p.add(4 * i * 18);
             // Prefetching never faults, also past the end of the mapping.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * i * 18 + super::PREFETCH_AHEAD) as *const i8);
-            (acc0, off0) = block(p.add(2 * i * 18), &x[2 * i], acc0, off0);
-            (acc1, off1) = block(p.add((2 * i + 1) * 18), &x[2 * i + 1], acc1, off1);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
+            let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
+            let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
+            let dw = _mm_cvtph_ps(vmovq(packed));
+            let ds = _mm_mul_ps(dw, _mm_loadu_ps(d.as_ptr().add(4 * i)));
+            offsets = _mm_fmadd_ps(dw, _mm_loadu_ps(d_sum.as_ptr().add(4 * i)), offsets);
+            let ds = _mm256_set_m128(ds, ds);
+            let xb = &x[4 * i..4 * i + 4];
+            acc0 = block(b, &xb[0], _mm256_permute_ps::<0x00>(ds), acc0);
+            acc1 = block(b.add(18), &xb[1], _mm256_permute_ps::<0x55>(ds), acc1);
+            acc0 = block(b.add(36), &xb[2], _mm256_permute_ps::<0xAA>(ds), acc0);
+            acc1 = block(b.add(54), &xb[3], _mm256_permute_ps::<0xFF>(ds), acc1);
         }
-        if x.len() % 2 == 1 {
-            (acc0, off0) = block(p.add(2 * pairs * 18), &x[2 * pairs], acc0, off0);
+        let mut offset = 0f32;
+        for k in 4 * quads..x.len() {
+            let b = p.add(k * 18);
+            let dw = f16(b);
+            acc0 = block(b, &x[k], _mm256_set1_ps(dw * d[k]), acc0);
+            offset = dw.mul_add(d_sum[k], offset);
         }
-        hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * (off0 + off1)
+        let o = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
+        offset += _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
+        hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * offset
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -590,6 +641,7 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
     let nb = if m == 0 { 0 } else { x.len() / m };
     let tiles: Vec<RowTile<'_>> =
         if avx2_tiles { (0..m).step_by(ROW_TILE).map(|r0| RowTile::new(x, r0, m, nb)).collect() } else { Vec::new() };
+    let scales = if avx2_tiles { BlockScales::new(&[]) } else { BlockScales::new(x) };
     team.run(items.len(), &|item, _| {
         let (ji, start, end) = items[item];
         let w = &jobs[ji].weight;
@@ -612,8 +664,9 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
             return;
         }
         for r in 0..m {
+            let (d, d_sum) = (&scales.d[r * nb..(r + 1) * nb], &scales.d_sum[r * nb..(r + 1) * nb]);
             for j in start..end {
-                let v = dot(w.format, w.row(j), &x[r * nb..(r + 1) * nb], avx2);
+                let v = dot_with(w.format, w.row(j), &x[r * nb..(r + 1) * nb], d, d_sum, avx2);
                 // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
                 // and out has m * n elements (asserted above).
                 unsafe { *out.0.add(r * n + j) = v };
@@ -651,9 +704,13 @@ mod tests {
     #[test]
     fn kernels_match_float_reference() {
         let mut seed = 42;
-        // m = 15 exercises the 8-row, 4-row and single-row paths.
-        let (rows, cols, m) = (37, 256, 15);
-        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        // m = 15: a full and a padded tile of prompt rows; m = 1: the decode kernels,
+        // with 8 blocks per row (whole groups of four), 18 (two left over) and 3 (none
+        // whole).
+        for (format, (rows, cols, m)) in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0]
+            .into_iter()
+            .flat_map(|f| [(37, 256, 15), (37, 256, 1), (19, 576, 1), (23, 96, 1)].map(|shape| (f, shape)))
+        {
             let data = random_matrix(format, rows, cols, &mut seed);
             let w = QMatrix::new(format, rows, cols, &data).unwrap();
             let x: Vec<f32> = (0..m * cols).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
