@@ -266,15 +266,10 @@ impl BlockScales {
     }
 }
 
-/// One weight row (raw blocks) · one quantized activation row.
-pub fn dot(format: WeightFormat, w: &[u8], x: &[BlockQ8], avx2: bool) -> f32 {
-    let scales = BlockScales::new(x);
-    dot_with(format, w, x, &scales.d, &scales.d_sum, avx2)
-}
-
-/// [`dot`] with the activation row's [`BlockScales`] (`d`, `d_sum`) already laid out.
+/// One weight row (raw blocks) · one quantized activation row, whose [`BlockScales`]
+/// are `d` and `d_sum`.
 #[inline]
-fn dot_with(format: WeightFormat, w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32], avx2: bool) -> f32 {
+fn dot(format: WeightFormat, w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32], avx2: bool) -> f32 {
     debug_assert_eq!(w.len(), x.len() * format.block_bytes());
     debug_assert!(d.len() == x.len() && d_sum.len() == x.len());
     #[cfg(target_arch = "x86_64")]
@@ -666,7 +661,7 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
         for r in 0..m {
             let (d, d_sum) = (&scales.d[r * nb..(r + 1) * nb], &scales.d_sum[r * nb..(r + 1) * nb]);
             for j in start..end {
-                let v = dot_with(w.format, w.row(j), &x[r * nb..(r + 1) * nb], d, d_sum, avx2);
+                let v = dot(w.format, w.row(j), &x[r * nb..(r + 1) * nb], d, d_sum, avx2);
                 // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
                 // and out has m * n elements (asserted above).
                 unsafe { *out.0.add(r * n + j) = v };

@@ -106,6 +106,8 @@ struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Attention's per-thread scratch, kept between calls so its buffers are reused.
+    scores: Vec<Mutex<Scores>>,
 }
 
 fn own_format(dtype: GgmlDType) -> Option<WeightFormat> {
@@ -377,7 +379,8 @@ impl LlamaModel {
                 }
             }
             s.attn.resize(m * dim, 0.0);
-            attention(&self.team, &c, &s.q, kc, vc, cap, start, m, &mut s.attn);
+            s.scores.resize_with(self.team.threads(), Mutex::default);
+            attention(&self.team, &s.scores, &c, &s.q, kc, vc, cap, start, m, &mut s.attn);
             s.proj.resize(m * dim, 0.0);
             run_linears(&self.team, &self.mmap, &s.attn, dim, m, &mut s.xq, &mut [(&layer.wo, &mut s.proj[..])])?;
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
@@ -451,7 +454,7 @@ const F32_ATTENTION_MIN_QUERIES: usize = 64;
 
 /// Causal attention of `m` queries at positions `start..start + m` over the cache.
 #[allow(clippy::too_many_arguments)]
-fn attention(team: &Team, c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: usize, m: usize, out: &mut [f32]) {
+fn attention(team: &Team, scratch: &[Mutex<Scores>], c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: usize, m: usize, out: &mut [f32]) {
     debug_assert_eq!(out.len(), m * c.dim);
     let hd = c.head_dim;
     let group = c.n_head / c.n_kv_head;
@@ -459,7 +462,6 @@ fn attention(team: &Team, c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: us
     let simd = f16_vec::simd();
     let f32_path = m >= F32_ATTENTION_MIN_QUERIES;
     // One task per (query row, head): out[i][h*hd..] is written by that task only.
-    let scratch: Vec<Mutex<Scores>> = (0..team.threads()).map(|_| Mutex::default()).collect();
     team.run_chunks_mut(out, hd, &|task, dst, thread| {
         let tmp = &mut *scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
         let (i, h) = (task / c.n_head, task % c.n_head);
