@@ -47,3 +47,30 @@ pub fn compare(got: &[f32], want: &[f64]) -> (f64, f64) {
     }
     ((num / den.max(1e-300)).sqrt(), max_abs)
 }
+
+/// The token strings of a GGUF file's vocabulary.
+pub fn vocab(content: &candle_core::quantized::gguf_file::Content) -> Vec<String> {
+    content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap().iter().map(|v| v.to_string().unwrap().clone()).collect()
+}
+
+/// Splits on spaces and maps each word to its single gpt2-BPE token ("Ġword" after a space).
+/// A crude tokenizer, enough for fixed test prompts made of common words.
+pub fn tokenize(vocab: &[String], text: &str) -> Vec<u32> {
+    text.split(' ')
+        .enumerate()
+        .map(|(i, w)| {
+            let piece = if i == 0 { w.to_string() } else { format!("Ġ{w}") };
+            vocab.iter().position(|v| *v == piece).unwrap_or_else(|| panic!("'{piece}' is not one token")) as u32
+        })
+        .collect()
+}
+
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

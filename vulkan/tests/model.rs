@@ -25,28 +25,6 @@ const PROMPTS: [&str; 5] = [
 ];
 const NEW_TOKENS: usize = 32;
 
-/// Splits on spaces and maps each word to its single gpt2-BPE token ("Ġword" after a space).
-/// A crude tokenizer, enough for fixed test prompts made of common words.
-fn tokenize(vocab: &[String], text: &str) -> Vec<u32> {
-    text.split(' ')
-        .enumerate()
-        .map(|(i, w)| {
-            let piece = if i == 0 { w.to_string() } else { format!("Ġ{w}") };
-            vocab.iter().position(|v| *v == piece).unwrap_or_else(|| panic!("'{piece}' is not one token")) as u32
-        })
-        .collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     let max_abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
     let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
@@ -63,12 +41,7 @@ fn greedy_decoding_matches_candle() {
     let path = common::model_path();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
-    let vocab: Vec<String> = content.metadata["tokenizer.ggml.tokens"]
-        .to_vec()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string().unwrap().clone())
-        .collect();
+    let vocab: Vec<String> = common::vocab(&content);
     // Read by candle once per thread, when this thread builds its first QMatMul (just below).
     std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
     let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
@@ -81,14 +54,14 @@ fn greedy_decoding_matches_candle() {
 
     let mut matching = 0;
     for prompt in PROMPTS {
-        let tokens = tokenize(&vocab, prompt);
+        let tokens = common::tokenize(&vocab, prompt);
         gpu.reset();
         reference.clear_kv_cache();
         let mut g_logits = gpu.forward(&tokens, 0).unwrap();
         let mut c_logits = candle_logits(&mut reference, &tokens, 0);
         let (abs0, rel0) = diff(&g_logits, &c_logits);
         let (mut g_out, mut c_out) = (Vec::new(), Vec::new());
-        let (mut g_next, mut c_next) = (argmax(&g_logits), argmax(&c_logits));
+        let (mut g_next, mut c_next) = (common::argmax(&g_logits), common::argmax(&c_logits));
         for i in 0..NEW_TOKENS {
             g_out.push(g_next);
             c_out.push(c_next);
@@ -98,8 +71,8 @@ fn greedy_decoding_matches_candle() {
             let pos = tokens.len() + i;
             g_logits = gpu.forward(&[g_next], pos).unwrap();
             c_logits = candle_logits(&mut reference, &[c_next], pos);
-            g_next = argmax(&g_logits);
-            c_next = argmax(&c_logits);
+            g_next = common::argmax(&g_logits);
+            c_next = common::argmax(&c_logits);
         }
         let same = g_out == c_out;
         matching += same as usize;
@@ -123,7 +96,7 @@ fn greedy_decoding_matches_candle() {
     let too_long = vec![1u32; gpu.context_length() + 1];
     assert!(matches!(gpu.forward(&too_long, 0), Err(VulkanError::InvalidInput(m)) if m.contains("exceed the context")));
     // After errors, the model still works.
-    let again = gpu.forward(&tokenize(&vocab, PROMPTS[0]), 0).unwrap();
+    let again = gpu.forward(&common::tokenize(&vocab, PROMPTS[0]), 0).unwrap();
     assert!(again.iter().all(|x| x.is_finite()));
 }
 

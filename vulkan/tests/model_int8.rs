@@ -48,29 +48,6 @@ fn requantized(dtype: GgmlDType) -> PathBuf {
     out
 }
 
-/// Splits on spaces and maps each word to its single gpt2-BPE token ("Ġword" after a space),
-/// as tests/model.rs does.
-fn tokenize(content: &gguf_file::Content, text: &str) -> Vec<u32> {
-    let vocab = content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap();
-    text.split(' ')
-        .enumerate()
-        .map(|(i, w)| {
-            let piece = if i == 0 { w.to_string() } else { format!("Ġ{w}") };
-            vocab.iter().position(|v| v.to_string().unwrap() == &piece).unwrap_or_else(|| panic!("'{piece}' is not one token")) as u32
-        })
-        .collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// ‖a − b‖ / ‖b‖.
 fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
     let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
@@ -126,10 +103,10 @@ fn run(gpu: &mut LlamaModel, exact: &mut ModelWeights, int8: &mut ModelWeights, 
         assert!(g.iter().all(|x| x.is_finite()), "non-finite GPU logits at position {pos}");
         o.gpu_err = o.gpu_err.max(relative_l2(&g, &e));
         o.candle_int8_err = o.candle_int8_err.max(relative_l2(&c, &e));
-        next = if pos + 1 < prompt.len() { prompt[pos + 1] } else { argmax(&e) };
+        next = if pos + 1 < prompt.len() { prompt[pos + 1] } else { common::argmax(&e) };
         if pos + 1 >= prompt.len() {
-            o.gpu_tokens_agree &= argmax(&g) == next;
-            o.candle_int8_tokens_agree &= argmax(&c) == next;
+            o.gpu_tokens_agree &= common::argmax(&g) == next;
+            o.candle_int8_tokens_agree &= common::argmax(&c) == next;
         }
     }
     o
@@ -138,7 +115,8 @@ fn run(gpu: &mut LlamaModel, exact: &mut ModelWeights, int8: &mut ModelWeights, 
 fn check(path: &Path, label: &str) {
     let mut file = std::fs::File::open(path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
-    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| tokenize(&content, p)).collect();
+    let vocab: Vec<String> = common::vocab(&content);
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| common::tokenize(&vocab, p)).collect();
     let (mut exact, mut int8) = (candle_model(path, true), candle_model(path, false));
     let opts = LoadOptions { device: common::device_options(None), ctx: Some(64), max_batch: 4 };
     let mut gpu = LlamaModel::load(path, &opts).unwrap();

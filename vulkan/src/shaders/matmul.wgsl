@@ -374,17 +374,25 @@ struct RopeParams {
 // The workgroup's row results, so that each thread sees the other value of its pair.
 var<workgroup> mv_pair: array<f32, 16>;
 
+// The RMSNorm'd product's rows of this workgroup (`matvec_rows` mode 1), also written to
+// `mv_pair` so that each thread can read the other row of its pair. Call from uniform
+// control flow (it has a barrier).
+fn matvec_rows_shared(first: u32, l: Lanes) -> f32 {
+    let total = matvec_rows(first, l, 1u);
+    if (l.li < MV_ROWS) {
+        mv_pair[l.li] = total;
+    }
+    workgroupBarrier();
+    return total;
+}
+
 @compute @workgroup_size(64)
 fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
     if (first >= p.rows) {
         return;
     }
-    let total = matvec_rows(first, l, 1u);
-    if (l.li < MV_ROWS) {
-        mv_pair[l.li] = total;
-    }
-    workgroupBarrier();
+    let total = matvec_rows_shared(first, l);
     let row = first + l.li;
     if (l.li >= MV_ROWS || row >= p.rows) {
         return;
@@ -416,11 +424,7 @@ fn matvec_norm_glu(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     if (first >= p.rows) {
         return;
     }
-    let total = matvec_rows(first, l, 1u);
-    if (l.li < MV_ROWS) {
-        mv_pair[l.li] = total;
-    }
-    workgroupBarrier();
+    let total = matvec_rows_shared(first, l);
     let row = first + l.li;
     if (l.li >= MV_ROWS || row >= p.rows || (l.li & 1u) != 0u) {
         return;
