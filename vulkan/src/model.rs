@@ -67,17 +67,20 @@ pub(crate) struct StepParams {
 }
 
 /// Most chunks per (head, token): each costs a partial result to write and to combine.
-const ATTENTION_MAX_CHUNKS: usize = 32;
-/// Positions per chunk are a multiple of this.
-const ATTENTION_CHUNK_ALIGN: usize = 16;
+pub(crate) const ATTENTION_MAX_CHUNKS: usize = 32;
+/// Positions of one tile of the attention kernel (`tile_groups` in attention.wgsl): chunks
+/// are a multiple of it, so that no workgroup loads a tile of which it uses a few positions.
+fn attention_tile(head_dim: usize) -> usize {
+    8 * (64 / (head_dim / 4)).min(4)
+}
 
 /// How attention splits the positions `0..start + n` of a step of `n` tokens (flash-decoding):
 /// `(chunks, positions per chunk)`. Prompt batches already have a workgroup per (head, token)
 /// and get one chunk; a decoded token gets up to ATTENTION_MAX_CHUNKS.
 /// `target`: the workgroups a step aims for (`Kernels::attention_groups`).
-fn attention_split(n: usize, start: usize, n_head: usize, target: usize) -> (usize, usize) {
+fn attention_split(n: usize, start: usize, n_head: usize, target: usize, tile: usize) -> (usize, usize) {
     let len = start + n;
-    let chunk_len = len.div_ceil(attention_chunks_wanted(n, n_head, target)).div_ceil(ATTENTION_CHUNK_ALIGN) * ATTENTION_CHUNK_ALIGN;
+    let chunk_len = len.div_ceil(attention_chunks_wanted(n, n_head, target)).div_ceil(tile) * tile;
     (len.div_ceil(chunk_len), chunk_len)
 }
 
@@ -110,16 +113,17 @@ pub(crate) struct RopeParams {
     pub _pad: [u32; 2],
 }
 
+/// attention.wgsl's parameters.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AttnParams {
-    n_head: u32,
-    n_kv: u32,
-    hd: u32,
-    cache_base: u32,
-    ctx: u32,
-    scale: f32,
-    _pad: [u32; 2],
+pub(crate) struct AttnParams {
+    pub n_head: u32,
+    pub n_kv: u32,
+    pub hd: u32,
+    pub cache_base: u32,
+    pub ctx: u32,
+    pub scale: f32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -430,10 +434,11 @@ impl LlamaModel {
         let mut weight_bytes = 0u64;
         let embd = gguf.matrix(&gpu, "token_embd.weight", cfg.vocab, d)?;
         let embed = GetRowsOp::new(&gpu, &kernels, &embd, &ids, &hidden, &step)?;
-        // Partial results of split attention: (hd + 2) floats per (token, chunk, head) slot,
-        // for the largest number of slots any batch size can need.
+        // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
+        // output, then a vec4 holding its max and sum), for the largest number of slots any
+        // batch size can need.
         let slots = (1..=max_batch).map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups())).max().unwrap_or(1) * nh;
-        let attn_part = gpu.storage("attention partials", (slots * (hd + 2)) as u64 * f)?;
+        let attn_part = gpu.storage("attention partials", (slots * (hd + 4)) as u64 * f)?;
 
         let norm_op = |name: &str, weights: &[f32], x: &wgpu::Buffer, y: &wgpu::Buffer, last_only: bool| -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
             let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
@@ -664,7 +669,7 @@ impl LlamaModel {
         let gpu = &self.gpu;
         let c = &self.cfg;
         gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
-        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head, self.kernels.attention_groups());
+        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head, self.kernels.attention_groups(), attention_tile(c.head_dim));
         let step = StepParams { n_tokens: n, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
         gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         let rope_groups = elementwise_groups(batch.len() * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
@@ -773,15 +778,22 @@ mod tests {
 
     #[test]
     fn attention_split_covers_every_position_within_the_wanted_chunks() {
-        for (n_head, target) in [(9, 1024), (32, 1024), (32, 256), (32, 4096)] {
+        for (n_head, target, head_dim) in [(9, 1024, 64), (32, 1024, 64), (32, 256, 128), (32, 4096, 80), (8, 1024, 256)] {
+            let tile = attention_tile(head_dim);
             for n in [1, 2, 4, 8, 64, 256] {
                 for len in n..700 {
-                    let (chunks, chunk_len) = attention_split(n, len - n, n_head, target);
+                    let (chunks, chunk_len) = attention_split(n, len - n, n_head, target, tile);
                     assert!(chunks * chunk_len >= len && (chunks - 1) * chunk_len < len, "n {n} len {len}");
                     assert!(chunks <= attention_chunks_wanted(n, n_head, target), "n {n} len {len}: {chunks} chunks");
-                    assert_eq!(chunk_len % ATTENTION_CHUNK_ALIGN, 0);
+                    assert_eq!(chunk_len % tile, 0);
                 }
             }
         }
+    }
+
+    #[test]
+    fn attention_tiles_give_every_thread_eight_positions() {
+        // 64 threads: G groups of hd / 4 threads, a tile of 8 * G positions.
+        assert_eq!([32, 64, 80, 128, 256].map(attention_tile), [32, 32, 24, 16, 8]);
     }
 }

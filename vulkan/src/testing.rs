@@ -224,3 +224,71 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, iterations: u32) -> Result<f64, Vul
     gpu.wait("copy benchmark")?;
     Ok(2.0 * bytes as f64 * iterations as f64 / t.elapsed().as_secs_f64())
 }
+
+/// The shape of an attention call for [`attention`].
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    /// Positions the caches hold.
+    pub ctx: usize,
+}
+
+/// Causal attention (`attention`, then `combine` when there are several chunks) of
+/// `n_tokens` query tokens at positions `start..start + n_tokens` over the caches, with the
+/// positions split into chunks of `chunk_len` as a decode step splits them.
+/// `q`: `[n_tokens, n_head * head_dim]`; caches: `[n_kv, ctx, head_dim]`; returns
+/// `[n_tokens, n_head * head_dim]`, poisoned with NaN first.
+pub fn attention(gpu: &Gpu, shape: &AttentionShape, q: &[f32], kcache: &[f32], vcache: &[f32], start: usize, chunk_len: usize) -> Result<Vec<f32>, VulkanError> {
+    let (nh, nkv, hd, ctx) = (shape.n_head, shape.n_kv, shape.head_dim, shape.ctx);
+    let row = nh * hd;
+    let n = q.len() / row.max(1);
+    let chunks = (start + n).div_ceil(chunk_len.max(1));
+    if hd % 4 != 0 || hd > 256 || nkv == 0 || nh % nkv != 0 || n == 0 || q.len() != n * row || start + n > ctx {
+        return Err(VulkanError::InvalidInput(format!(
+            "q has {} values for {nh} heads of {hd} (a multiple of 4 up to 256) with {nkv} K/V heads, at positions {start}.. of {ctx}",
+            q.len()
+        )));
+    }
+    if kcache.len() != nkv * ctx * hd || vcache.len() != kcache.len() || chunk_len == 0 || chunks > crate::model::ATTENTION_MAX_CHUNKS {
+        return Err(VulkanError::InvalidInput(format!(
+            "caches of {} and {} values (expected {}), {chunks} chunks of {chunk_len} (at most {})",
+            kcache.len(),
+            vcache.len(),
+            nkv * ctx * hd,
+            crate::model::ATTENTION_MAX_CHUNKS
+        )));
+    }
+    let kernels = Kernels::new(gpu, &[])?;
+    // The kernel reads q from the [q | k | v] rows of the q|k|v product.
+    let qkv_row = (nh + 2 * nkv) * hd;
+    let mut qkv = vec![f32::NAN; n * qkv_row];
+    for t in 0..n {
+        qkv[t * qkv_row..t * qkv_row + row].copy_from_slice(&q[t * row..(t + 1) * row]);
+    }
+    let qb = gpu.storage_init("q|k|v", bytemuck::cast_slice(&qkv))?;
+    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(kcache))?;
+    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(vcache))?;
+    let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n * row]))?;
+    let part = gpu.storage("partials", (n * chunks * nh * (hd + 4) * 4) as u64)?;
+    let params = crate::model::AttnParams {
+        n_head: nh as u32,
+        n_kv: nkv as u32,
+        hd: hd as u32,
+        cache_base: 0,
+        ctx: ctx as u32,
+        scale: 1.0 / (hd as f32).sqrt(),
+        _pad: [0; 2],
+    };
+    let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;
+    let step = StepParams { n_tokens: n as u32, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
+    let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
+    let attn = crate::kernels::bind(gpu, &kernels.attention, "attention", &[(0, &qb), (1, &kb), (2, &vb), (3, &out), (4, &pb), (5, &step), (6, &part)]);
+    let combine = crate::kernels::bind(gpu, &kernels.attention_combine, "attention combine", &[(3, &out), (4, &pb), (5, &step), (6, &part)]);
+    run(gpu, &out, n * row, |rec| {
+        rec.dispatch("attention", &kernels.attention, &attn, [nh as u32, n as u32, chunks as u32]);
+        if chunks > 1 {
+            rec.dispatch("attention combine", &kernels.attention_combine, &combine, [nh as u32, n as u32, 1]);
+        }
+    })
+}

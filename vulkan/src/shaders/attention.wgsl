@@ -1,14 +1,16 @@
 // Causal attention of each query token over the KV cache, with grouped-query heads.
 // One workgroup per (query head, token, chunk of positions). Positions are split into
 // step.chunks chunks of step.chunk_len (flash-decoding), so that a single decoded token
-// still spreads over many workgroups. Inside a chunk, positions are visited in tiles of 64:
-// each thread scores one position, then the tile's softmax weights update a running (max,
-// sum, output) as in flash attention, so no score buffer of context length is needed.
+// still spreads over many workgroups. Inside a chunk, positions are visited in tiles of
+// T = 8 * G positions (`tile_groups`: G = 4 for head dimensions up to 64, 2 for 128, 1 for
+// 256), and each tile's softmax weights update a running (max, sum, output) as in flash
+// attention, so no score buffer of context length is needed.
+// A tile is one round of memory traffic: every thread issues all of its loads (8 V vectors,
+// and its share of q and the tile's K rows) before it uses any, because these kernels are
+// bound by the latency of dependent loads, not by bytes (a 512-position decode step reads
+// 2 MB of K/V per layer).
 // With one chunk the result is written to `out`; otherwise each chunk writes its (output,
 // max, sum) to `part` and `combine` merges the chunks of each (head, token).
-// The loops over positions and dimensions are written out in groups of four or eight
-// independent loads: the driver compilers do not unroll WGSL's loops by themselves, and one
-// dependent load per iteration leaves the memory system idle.
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -23,194 +25,241 @@ struct Step {
     n_tokens: u32,
     start: u32,
     chunks: u32,      // chunks of positions per (head, token)
-    chunk_len: u32,   // positions per chunk
+    chunk_len: u32,   // positions per chunk (a multiple of the tile, see `tile_groups`)
 }
-@group(0) @binding(0) var<storage, read> q: array<f32>;
-// Head dimensions are multiples of 4 (checked at load), so rows of K are whole vec4.
+// Head dimensions are multiples of 4 (checked at load), so q, K and V rows, the output rows
+// and the partial-result slots are whole vec4.
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> kcache: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> vcache: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> vcache: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> p: Params;
 @group(0) @binding(5) var<uniform> step: Step;
-// Per (token, chunk, head) slot: hd output values (not yet divided by the sum), max, sum.
-@group(0) @binding(6) var<storage, read_write> part: array<f32>;
+// Per (token, chunk, head) slot: hd output values (not yet divided by the sum), then one
+// vec4 holding (max, sum, 0, 0).
+@group(0) @binding(6) var<storage, read_write> part: array<vec4<f32>>;
 
 const WG: u32 = 64u;
-const MAX_HD: u32 = 256u;
 const NEG: f32 = -1.0e30;
-var<workgroup> qs: array<vec4<f32>, 64>;
-var<workgroup> pr: array<f32, 64>;
-// combine: each chunk's weight e^(m_c - M) and sum.
-var<workgroup> cw: array<f32, 64>;
-var<workgroup> cl: array<f32, 64>;
+// Per-thread partial scores (attention) and per-thread maxima (combine).
+var<workgroup> sc: array<f32, 64>;
+// The tile's scores (T <= 32 of them).
+var<workgroup> ss: array<f32, 32>;
+// Per-thread partial outputs and sums, merged over the thread groups at the end.
+var<workgroup> red: array<vec4<f32>, 64>;
+var<workgroup> redl: array<f32, 64>;
 
-// The largest (take_max) or the sum of the 64 values of pr, eight independent reads at a time.
-fn over_pr(take_max: bool) -> f32 {
-    var r = select(0.0, NEG, take_max);
-    for (var j = 0u; j < WG; j += 8u) {
-        if (take_max) {
-            r = max(r, max(max(max(pr[j], pr[j + 1u]), max(pr[j + 2u], pr[j + 3u])),
-                           max(max(pr[j + 4u], pr[j + 5u]), max(pr[j + 6u], pr[j + 7u]))));
-        } else {
-            r += ((pr[j] + pr[j + 1u]) + (pr[j + 2u] + pr[j + 3u])) + ((pr[j + 4u] + pr[j + 5u]) + (pr[j + 6u] + pr[j + 7u]));
-        }
-    }
-    return r;
+// Threads that share one output vec4 of a head's row, each with other positions (or
+// chunks): G = min(4, 64 / (hd / 4)). A tile has T = 8 * G positions, so that every thread
+// of a group weighs exactly 8 V rows per tile.
+fn tile_groups() -> u32 {
+    return min(4u, WG / (p.hd / 4u));
+}
+
+// sum_j q[qb + i + j] * K[kb + i + j] for the (up to) eight j with i + j < hi.
+fn qk8(qb: u32, kb: u32, i: u32, hi: u32) -> vec4<f32> {
+    let last = hi - 1u;
+    let i1 = min(i + 1u, last);
+    let i2 = min(i + 2u, last);
+    let i3 = min(i + 3u, last);
+    let i4 = min(i + 4u, last);
+    let i5 = min(i + 5u, last);
+    let i6 = min(i + 6u, last);
+    let i7 = min(i + 7u, last);
+    // Clamped duplicates count zero.
+    let keep = vec4<f32>(select(0.0, 1.0, i + 1u < hi), select(0.0, 1.0, i + 2u < hi), select(0.0, 1.0, i + 3u < hi), 0.0);
+    let keep2 = vec4<f32>(select(0.0, 1.0, i + 4u < hi), select(0.0, 1.0, i + 5u < hi), select(0.0, 1.0, i + 6u < hi), select(0.0, 1.0, i + 7u < hi));
+    return (q[qb + i] * kcache[kb + i] + keep.x * q[qb + i1] * kcache[kb + i1])
+        + (keep.y * q[qb + i2] * kcache[kb + i2] + keep.z * q[qb + i3] * kcache[kb + i3])
+        + ((keep2.x * q[qb + i4] * kcache[kb + i4] + keep2.y * q[qb + i5] * kcache[kb + i5])
+        + (keep2.z * q[qb + i6] * kcache[kb + i6] + keep2.w * q[qb + i7] * kcache[kb + i7]));
 }
 
 @compute @workgroup_size(64)
-fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wid.x;
     let t = wid.y;
     let c = wid.z;
     let kvh = h / (p.n_head / p.n_kv);
     let last = step.start + t; // attends positions 0..=last
     let hd4 = p.hd / 4u;
+    let gs = tile_groups();
+    let tile = 8u * gs;
     // q of token t is the first n_head heads of its [q | k | v] row.
-    let qb = (t * (p.n_head + 2u * p.n_kv) + h) * p.hd;
-    if (lid.x < hd4) {
-        let i = qb + 4u * lid.x;
-        qs[lid.x] = vec4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]) * p.scale;
-    }
-    workgroupBarrier();
-    let cb = p.cache_base + kvh * p.ctx * p.hd;
+    let qb = (t * (p.n_head + 2u * p.n_kv) + h) * hd4;
+    let cb = (p.cache_base + kvh * p.ctx * p.hd) / 4u;
+    // Scoring: thread li takes position li % T of the tile and the li / T-th of `parts`
+    // slices of the head's vec4s (threads past parts * T idle).
+    let parts = WG / tile;
+    let slice = (hd4 + parts - 1u) / parts;
+    let kpos = li % tile;
+    let kpart = li / tile;
+    let klo = min(kpart * slice, hd4);
+    let khi = min(klo + slice, hd4);
+    // Weighing: thread li owns output vec4 d4 for the positions g, g + G, ... of the tile.
+    let d4 = li % hd4;
+    let g = li / hd4;
+    let v_active = g < gs;
     var m = NEG;
-    var l = 0.0;
-    var acc0 = 0.0; // dims lid, lid+64, lid+128, lid+192
-    var acc1 = 0.0;
-    var acc2 = 0.0;
-    var acc3 = 0.0;
+    var l = 0.0; // the sum of this thread's group's weights
+    var acc = vec4<f32>(0.0);
     // Positions begin..=end of this chunk (none when the chunk starts past `last`).
     let begin = c * step.chunk_len;
     let end = min(begin + step.chunk_len - 1u, last);
-    for (var base = begin; base <= end; base += WG) {
-        let pos = base + lid.x;
-        var s = NEG;
-        if (pos <= end) {
-            let kb = (cb + pos * p.hd) / 4u;
-            var d = vec4<f32>(0.0);
-            var i = 0u;
-            for (; i + 8u <= hd4; i += 8u) {
-                d += ((qs[i] * kcache[kb + i] + qs[i + 1u] * kcache[kb + i + 1u])
-                    + (qs[i + 2u] * kcache[kb + i + 2u] + qs[i + 3u] * kcache[kb + i + 3u]))
-                    + ((qs[i + 4u] * kcache[kb + i + 4u] + qs[i + 5u] * kcache[kb + i + 5u])
-                    + (qs[i + 6u] * kcache[kb + i + 6u] + qs[i + 7u] * kcache[kb + i + 7u]));
-            }
-            for (; i < hd4; i++) {
-                d += qs[i] * kcache[kb + i];
-            }
-            s = d.x + d.y + d.z + d.w;
+    for (var base = begin; base <= end; base += tile) {
+        // The 8 V rows this thread weighs (past `end`: row `end`, weight 0), loaded first.
+        let vp = base + select(0u, g, v_active);
+        let vb = cb + d4;
+        let v0 = vcache[vb + min(vp, end) * hd4];
+        let v1 = vcache[vb + min(vp + gs, end) * hd4];
+        let v2 = vcache[vb + min(vp + 2u * gs, end) * hd4];
+        let v3 = vcache[vb + min(vp + 3u * gs, end) * hd4];
+        let v4 = vcache[vb + min(vp + 4u * gs, end) * hd4];
+        let v5 = vcache[vb + min(vp + 5u * gs, end) * hd4];
+        let v6 = vcache[vb + min(vp + 6u * gs, end) * hd4];
+        let v7 = vcache[vb + min(vp + 7u * gs, end) * hd4];
+        var d = vec4<f32>(0.0);
+        let kb = cb + min(base + kpos, end) * hd4;
+        for (var i = klo; i < khi; i += 8u) {
+            d += qk8(qb, kb, i, khi);
         }
-        pr[lid.x] = s;
+        sc[li] = (d.x + d.y) + (d.z + d.w);
         workgroupBarrier();
-        let new_m = max(m, over_pr(true));
+        if (li < tile) {
+            var s = 0.0;
+            for (var j = 0u; j < parts; j++) {
+                s += sc[j * tile + li];
+            }
+            ss[li] = select(NEG, s * p.scale, base + li <= end);
+        }
+        workgroupBarrier();
+        var tm = NEG;
+        for (var j = 0u; j < tile; j += 8u) {
+            tm = max(tm, max(max(max(ss[j], ss[j + 1u]), max(ss[j + 2u], ss[j + 3u])),
+                             max(max(ss[j + 4u], ss[j + 5u]), max(ss[j + 6u], ss[j + 7u]))));
+        }
+        let new_m = max(m, tm);
         let corr = exp(m - new_m);
-        workgroupBarrier();
-        pr[lid.x] = select(0.0, exp(s - new_m), pos <= end);
-        workgroupBarrier();
-        l = l * corr + over_pr(false);
         m = new_m;
-        // Weighted sum of V rows: thread lid owns dims lid + 64 i. Positions past `end`
-        // have weight 0 and read a valid row instead; eight rows' loads go out together.
-        acc0 *= corr;
-        acc1 *= corr;
-        acc2 *= corr;
-        acc3 *= corr;
-        // Only the tile's positions up to `end` (rounded up to 8) carry weight.
-        let n_pos = min(WG, end + 1u - base);
-        for (var j = 0u; j < n_pos; j += 8u) {
-            let b = cb + lid.x;
-            let rows = array<u32, 8>(
-                b + min(base + j, end) * p.hd, b + min(base + j + 1u, end) * p.hd,
-                b + min(base + j + 2u, end) * p.hd, b + min(base + j + 3u, end) * p.hd,
-                b + min(base + j + 4u, end) * p.hd, b + min(base + j + 5u, end) * p.hd,
-                b + min(base + j + 6u, end) * p.hd, b + min(base + j + 7u, end) * p.hd);
-            let wts = array<f32, 8>(pr[j], pr[j + 1u], pr[j + 2u], pr[j + 3u], pr[j + 4u], pr[j + 5u], pr[j + 6u], pr[j + 7u]);
-            acc0 += v8(rows, wts, 0u);
-            if (lid.x + 64u < p.hd) {
-                acc1 += v8(rows, wts, 64u);
-            }
-            if (lid.x + 128u < p.hd) {
-                acc2 += v8(rows, wts, 128u);
-            }
-            if (lid.x + 192u < p.hd) {
-                acc3 += v8(rows, wts, 192u);
-            }
-        }
-        workgroupBarrier();
+        // This thread's positions' weights (scores past `end` are NEG: weight 0).
+        let sg = select(0u, g, v_active);
+        let w0 = exp(ss[sg] - m);
+        let w1 = exp(ss[sg + gs] - m);
+        let w2 = exp(ss[sg + 2u * gs] - m);
+        let w3 = exp(ss[sg + 3u * gs] - m);
+        let w4 = exp(ss[sg + 4u * gs] - m);
+        let w5 = exp(ss[sg + 5u * gs] - m);
+        let w6 = exp(ss[sg + 6u * gs] - m);
+        let w7 = exp(ss[sg + 7u * gs] - m);
+        l = l * corr + (((w0 + w1) + (w2 + w3)) + ((w4 + w5) + (w6 + w7)));
+        acc = acc * corr + (((w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3)) + ((w4 * v4 + w5 * v5) + (w6 * v6 + w7 * v7)));
     }
-    let acc = array<f32, 4>(acc0, acc1, acc2, acc3);
+    // Merge the groups: every group saw the same running max, so their outputs and sums add.
+    red[li] = select(vec4<f32>(0.0), acc, v_active);
+    redl[li] = select(0.0, l, v_active);
+    workgroupBarrier();
+    if (li >= hd4) {
+        return;
+    }
+    var total = red[li];
+    var sum = redl[li];
+    for (var j = 1u; j < gs; j++) {
+        total += red[j * hd4 + li];
+        sum += redl[j * hd4 + li];
+    }
     if (step.chunks == 1u) {
-        let ob = (t * p.n_head + h) * p.hd;
-        for (var i = 0u; i < 4u; i++) {
-            let dim = lid.x + i * WG;
-            if (dim < p.hd) {
-                out[ob + dim] = acc[i] / l;
-            }
-        }
+        out[(t * p.n_head + h) * hd4 + li] = total / sum;
         return;
     }
     // An empty chunk writes max NEG and sum 0, which the combine weighs by exp(NEG - max) = 0.
-    let sb = ((t * step.chunks + c) * p.n_head + h) * (p.hd + 2u);
-    for (var i = 0u; i < 4u; i++) {
-        let dim = lid.x + i * WG;
-        if (dim < p.hd) {
-            part[sb + dim] = acc[i];
-        }
+    let sb = ((t * step.chunks + c) * p.n_head + h) * (hd4 + 1u);
+    part[sb + li] = total;
+    if (li == 0u) {
+        part[sb + hd4] = vec4<f32>(m, sum, 0.0, 0.0);
     }
-    if (lid.x == 0u) {
-        part[sb + p.hd] = m;
-        part[sb + p.hd + 1u] = l;
-    }
-}
-
-// sum_k wts[k] * V[rows[k] + off]: eight independent loads.
-fn v8(rows: array<u32, 8>, wts: array<f32, 8>, off: u32) -> f32 {
-    return ((wts[0] * vcache[rows[0] + off] + wts[1] * vcache[rows[1] + off])
-        + (wts[2] * vcache[rows[2] + off] + wts[3] * vcache[rows[3] + off]))
-        + ((wts[4] * vcache[rows[4] + off] + wts[5] * vcache[rows[5] + off])
-        + (wts[6] * vcache[rows[6] + off] + wts[7] * vcache[rows[7] + off]));
 }
 
 // Merges the chunks of one (head, token): out = sum_c acc_c e^(m_c - M) / sum_c l_c e^(m_c - M),
-// M the largest chunk max. One workgroup per (head, token), one thread per output dimension;
-// step.chunks is at most 64 (the host caps it lower).
+// M the largest chunk max. One workgroup per (head, token). As in `attention`, the G groups
+// of threads share the output vec4s and take every G-th chunk, eight chunks' loads at a
+// time, so that step.chunks <= 8 * G (the host's limit, ATTENTION_MAX_CHUNKS) is one round
+// of loads.
 @compute @workgroup_size(64)
-fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wid.x;
     let t = wid.y;
     let n = step.chunks;
-    let stride = p.n_head * (p.hd + 2u);
-    let first = (t * n * p.n_head + h) * (p.hd + 2u);
-    // Thread c reads chunk c's max and sum.
-    if (lid.x < n) {
-        pr[lid.x] = part[first + lid.x * stride + p.hd];
-        cl[lid.x] = part[first + lid.x * stride + p.hd + 1u];
-    } else {
-        pr[lid.x] = NEG;
-        cl[lid.x] = 0.0;
-    }
-    workgroupBarrier();
-    let mx = over_pr(true);
-    cw[lid.x] = select(0.0, exp(pr[lid.x] - mx), lid.x < n);
-    workgroupBarrier();
-    var total = 0.0;
-    for (var c = 0u; c < n; c++) {
-        total += cl[c] * cw[c];
-    }
-    let ob = (t * p.n_head + h) * p.hd;
-    for (var dim = lid.x; dim < p.hd; dim += WG) {
-        // Four chunks' loads at a time; chunks past n read chunk n - 1 with weight 0.
-        var a = 0.0;
-        for (var c = 0u; c < n; c += 4u) {
-            let c1 = min(c + 1u, n - 1u);
-            let c2 = min(c + 2u, n - 1u);
-            let c3 = min(c + 3u, n - 1u);
-            a += part[first + c * stride + dim] * cw[c]
-                + part[first + c1 * stride + dim] * select(0.0, cw[c1], c + 1u < n)
-                + part[first + c2 * stride + dim] * select(0.0, cw[c2], c + 2u < n)
-                + part[first + c3 * stride + dim] * select(0.0, cw[c3], c + 3u < n);
+    let hd4 = p.hd / 4u;
+    let gs = tile_groups();
+    let d4 = li % hd4;
+    let g = li / hd4;
+    let stride = p.n_head * (hd4 + 1u);
+    let first = (t * n * p.n_head + h) * (hd4 + 1u);
+    var m = NEG;
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    if (g < gs) {
+        for (var c0 = g; c0 < n; c0 += 8u * gs) {
+            // Chunks past n read chunk n - 1 with weight 0 (max NEG).
+            var cs = array<u32, 8>(c0, c0 + gs, c0 + 2u * gs, c0 + 3u * gs, c0 + 4u * gs, c0 + 5u * gs, c0 + 6u * gs, c0 + 7u * gs);
+            let s0 = part[first + min(cs[0], n - 1u) * stride + hd4];
+            let s1 = part[first + min(cs[1], n - 1u) * stride + hd4];
+            let s2 = part[first + min(cs[2], n - 1u) * stride + hd4];
+            let s3 = part[first + min(cs[3], n - 1u) * stride + hd4];
+            let s4 = part[first + min(cs[4], n - 1u) * stride + hd4];
+            let s5 = part[first + min(cs[5], n - 1u) * stride + hd4];
+            let s6 = part[first + min(cs[6], n - 1u) * stride + hd4];
+            let s7 = part[first + min(cs[7], n - 1u) * stride + hd4];
+            let a0 = part[first + min(cs[0], n - 1u) * stride + d4];
+            let a1 = part[first + min(cs[1], n - 1u) * stride + d4];
+            let a2 = part[first + min(cs[2], n - 1u) * stride + d4];
+            let a3 = part[first + min(cs[3], n - 1u) * stride + d4];
+            let a4 = part[first + min(cs[4], n - 1u) * stride + d4];
+            let a5 = part[first + min(cs[5], n - 1u) * stride + d4];
+            let a6 = part[first + min(cs[6], n - 1u) * stride + d4];
+            let a7 = part[first + min(cs[7], n - 1u) * stride + d4];
+            let m0 = select(NEG, s0.x, cs[0] < n);
+            let m1 = select(NEG, s1.x, cs[1] < n);
+            let m2 = select(NEG, s2.x, cs[2] < n);
+            let m3 = select(NEG, s3.x, cs[3] < n);
+            let m4 = select(NEG, s4.x, cs[4] < n);
+            let m5 = select(NEG, s5.x, cs[5] < n);
+            let m6 = select(NEG, s6.x, cs[6] < n);
+            let m7 = select(NEG, s7.x, cs[7] < n);
+            let new_m = max(m, max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7))));
+            let corr = exp(m - new_m);
+            m = new_m;
+            let e0 = exp(m0 - m);
+            let e1 = exp(m1 - m);
+            let e2 = exp(m2 - m);
+            let e3 = exp(m3 - m);
+            let e4 = exp(m4 - m);
+            let e5 = exp(m5 - m);
+            let e6 = exp(m6 - m);
+            let e7 = exp(m7 - m);
+            l = l * corr + (((e0 * s0.y + e1 * s1.y) + (e2 * s2.y + e3 * s3.y)) + ((e4 * s4.y + e5 * s5.y) + (e6 * s6.y + e7 * s7.y)));
+            acc = acc * corr + (((e0 * a0 + e1 * a1) + (e2 * a2 + e3 * a3)) + ((e4 * a4 + e5 * a5) + (e6 * a6 + e7 * a7)));
         }
-        out[ob + dim] = a / total;
     }
+    // Merge the groups, which saw different chunks: rescale each to the largest max.
+    sc[li] = m;
+    workgroupBarrier();
+    var mx = NEG;
+    for (var j = 0u; j < gs; j++) {
+        mx = max(mx, sc[j * hd4 + d4]);
+    }
+    let wgt = select(0.0, exp(m - mx), g < gs);
+    red[li] = acc * wgt;
+    redl[li] = l * wgt;
+    workgroupBarrier();
+    if (li >= hd4) {
+        return;
+    }
+    var total = red[li];
+    var sum = redl[li];
+    for (var j = 1u; j < gs; j++) {
+        total += red[j * hd4 + li];
+        sum += redl[j * hd4 + li];
+    }
+    out[(t * p.n_head + h) * hd4 + li] = total / sum;
 }
