@@ -3,8 +3,10 @@
 //! Quantized blocks stay quantized on the GPU. Where a GGUF block is not a whole number of
 //! 32-bit words the bytes are rearranged once at upload so that kernels read aligned words:
 //! Q8_0 and Q4_0 put all quants first and all f16 scales after them (no padding, so the bytes
-//! read per token equal the GGUF bytes); Q6_K pads each 210-byte block to 212. F32, F16, Q4_1
-//! and Q4_K are uploaded exactly as stored.
+//! read per token equal the GGUF bytes); within a row, Q8_0 puts the first 16 quant bytes of
+//! every block before the last 16 of every block, so that the threads of a decode product,
+//! which take consecutive blocks, read consecutive 16-byte words with each load. Q6_K pads each
+//! 210-byte block to 212. F32, F16, Q4_1 and Q4_K are uploaded exactly as stored.
 
 use candle_core::quantized::GgmlDType;
 
@@ -90,17 +92,27 @@ impl WeightType {
     }
 }
 
-/// Rearranges `rows` GGUF rows into the GPU layout. Returns the bytes and the word offset of
-/// the scales section (0 where the type has none).
-pub(crate) fn to_gpu_layout(ty: WeightType, raw: &[u8]) -> (Vec<u8>, u32) {
+/// Rearranges GGUF rows of `row_bytes` bytes into the GPU layout. Returns the bytes and the
+/// word offset of the scales section (0 where the type has none).
+pub(crate) fn to_gpu_layout(ty: WeightType, raw: &[u8], row_bytes: usize) -> (Vec<u8>, u32) {
     match ty {
         WeightType::Q8_0 | WeightType::Q4_0 => {
             let bb = ty.block_bytes();
             let qb = bb - 2;
             let blocks = raw.len() / bb;
             let mut out = Vec::with_capacity(blocks * bb + 2);
-            for b in raw.chunks_exact(bb) {
-                out.extend_from_slice(&b[2..]);
+            if ty == WeightType::Q8_0 {
+                for row in raw.chunks_exact(row_bytes) {
+                    for half in [2..18, 18..34] {
+                        for b in row.chunks_exact(bb) {
+                            out.extend_from_slice(&b[half.clone()]);
+                        }
+                    }
+                }
+            } else {
+                for b in raw.chunks_exact(bb) {
+                    out.extend_from_slice(&b[2..]);
+                }
             }
             let aux = (out.len() / 4) as u32;
             for b in raw.chunks_exact(bb) {
@@ -167,7 +179,7 @@ impl GpuWeight {
         let mut r0 = 0;
         while r0 < rows {
             let n = rows_per_chunk.min(rows - r0);
-            let (bytes, aux) = to_gpu_layout(ty, &raw[r0 * row_raw..(r0 + n) * row_raw]);
+            let (bytes, aux) = to_gpu_layout(ty, &raw[r0 * row_raw..(r0 + n) * row_raw], row_raw);
             let buffer = gpu.storage_init(&format!("{name}[{r0}..{}]", r0 + n), &bytes)?;
             chunks.push(Chunk { buffer, row_offset: r0 as u32, rows: n as u32, aux });
             r0 += n;

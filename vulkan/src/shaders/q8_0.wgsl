@@ -1,6 +1,13 @@
-// Q8_0, repacked on upload: all blocks' 32 int8 quants (8 words, two vec4 per block), then
-// all blocks' f16 scales (two per word) starting at word p.aux. Value = d * q. Loads are
-// written out (no loop) so that they are all in flight at once.
+// Q8_0, repacked on upload: each row's blocks' first 16 int8 quants (one vec4 each), then the
+// row's blocks' last 16 quants, so that threads taking consecutive blocks of a row read
+// consecutive words; after all rows, all blocks' f16 scales (two per word) starting at word
+// p.aux. Value = d * q. Loads are written out (no loop) so that they are all in flight at once.
+// The two vec4 of quants of block `blk` (= row * units + u) of row `row`.
+fn q8_halves(row: u32, blk: u32) -> array<vec4<u32>, 2> {
+    let units = p.k / 32u;
+    let first = blk + row * units;
+    return array<vec4<u32>, 2>(w4[first], w4[first + units]);
+}
 fn q8_vec(q: u32, d: f32) -> vec4<f32> {
     let s = bitcast<i32>(q);
     return d * vec4<f32>(f32(extractBits(s, 0u, 8u)), f32(extractBits(s, 8u, 8u)),
@@ -10,8 +17,9 @@ fn q8_vec(q: u32, d: f32) -> vec4<f32> {
 fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let blk = row * (p.k / 32u) + u;
     let d = f16_at(p.aux, blk);
-    let a = w4[blk * 2u];
-    let b = w4[blk * 2u + 1u];
+    let ab = q8_halves(row, blk);
+    let a = ab[0];
+    let b = ab[1];
     return array<vec4<f32>, 8>(q8_vec(a.x, d), q8_vec(a.y, d), q8_vec(a.z, d), q8_vec(a.w, d),
                                q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
 }
@@ -28,8 +36,9 @@ fn q8_raw(q: u32) -> vec4<f32> {
 fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
     let blk = row * (p.k / 32u) + u;
     let d = f16_at(p.aux, blk);
-    let a = w4[blk * 2u];
-    let b = w4[blk * 2u + 1u];
+    let ab = q8_halves(row, blk);
+    let a = ab[0];
+    let b = ab[1];
     if (MV_DP4A) {
         // Integer dot products with x as int8 (see MV_DP4A in matmul.wgsl): at most
         // 32 * 128 * 127 in magnitude, no overflow.
