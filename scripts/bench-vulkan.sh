@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Benchmarks the Vulkan engine on the 1B-class random-weight GGUFs (scripts/make-bench-gguf.py):
 # decode and prefill tok/s, the device's copy bandwidth measured in the same run, and decode as
-# a percentage of the memory-bandwidth bound (bandwidth / weight bytes read per token). Candle's
+# a percentage of the memory-bandwidth bound (bandwidth / weight bytes read per token). The peer,
+# llama.cpp's Vulkan backend (llama-bench), runs on the same files and GPU in the same run when
+# its binary is there, and the summary gives ours / llama.cpp for decode and prefill. Candle's
 # quantized llama on the CPU (the runner's CPU engine) runs on the same files for the record.
 #
 # Usage:
 #   scripts/bench-vulkan.sh [--types q8_0,q4_0] [--bin DIR] [--models DIR] [--reference GGUF]
 #                           [--prompt N] [--decode N] [--runs N] [--cpu-decode N] [--no-cpu]
-#   scripts/bench-vulkan.sh --pack DIR
+#                           [--llama PATH | --no-llama]
+#   scripts/bench-vulkan.sh --pack DIR [--with-llama]
 #
 # --pack builds the release binaries here and copies them, stripped, into DIR together with a
 # tokenizer-only reference GGUF, so that a machine without Rust or the test model (a GPU
 # benchmark host) can run:  scripts/bench-vulkan.sh --bin DIR --reference DIR/reference.gguf
 # When DIR holds the kernel tests (kernel-tests, also packed), they run first on that host's
-# GPU (all but the one that needs the SmolLM2 file).
+# GPU (all but the one that needs the SmolLM2 file). --with-llama also builds llama.cpp's
+# llama-bench with the Vulkan backend (scripts/build-llama-cpp.sh --vulkan, half an hour on two
+# cores the first time) and packs it as DIR/llama-bench-vulkan, the default --llama.
+# The peer's prefill is pp<prompt> from an empty cache, its decode tg<decode> after <prompt>
+# tokens (llama-bench -d), as ours: decode after the prompt.
 # Lavapipe (CPU) timings say nothing about GPUs: the Vulkan figures only count on a real GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +35,9 @@ runs=3
 cpu_decode=16
 cpu=1
 pack=
+with_llama=0
+llama=
+no_llama=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --types) types=$2; shift 2 ;;
@@ -40,7 +50,10 @@ while [ $# -gt 0 ]; do
         --cpu-decode) cpu_decode=$2; shift 2 ;;
         --no-cpu) cpu=0; shift ;;
         --pack) pack=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --with-llama) with_llama=1; shift ;;
+        --llama) llama=$2; shift 2 ;;
+        --no-llama) no_llama=1; shift ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-vulkan: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -51,13 +64,20 @@ if [ -n "$pack" ]; then
     cargo build --release -p xpu-vulkan --example bench
     mkdir -p "$pack"
     strip -o "$pack/bench" "$target/release/examples/bench"
-    tests=$(cargo test --release -p xpu-vulkan --test kernels --no-run --message-format=json \
-        | "${PYTHON:-python3}" -c 'import json, sys
+    # The kernel tests (matrix kernels, attention) run first on the GPU host.
+    for suite in kernels attention; do
+        tests=$(cargo test --release -p xpu-vulkan --test "$suite" --no-run --message-format=json \
+            | "${PYTHON:-python3}" -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "kernels":
-        print(m["executable"])')
-    strip -o "$pack/kernel-tests" "$tests"
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$suite")
+        strip -o "$pack/${suite%s}-tests" "$tests"
+    done
+    if [ "$with_llama" = 1 ]; then
+        llama_bin=$(scripts/build-llama-cpp.sh --vulkan)
+        strip -o "$pack/llama-bench-vulkan" "$llama_bin/llama-bench"
+    fi
     model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
     # The bench files copy SmolLM2's tokenizer; a GGUF holding only the tokenizer keys is
     # ~2 MiB instead of the 94 MiB model.
@@ -116,12 +136,44 @@ if [ -x "$bin/kernel-tests" ]; then
     echo "== kernel tests on this host's adapter" >&2
     "$bin/kernel-tests" --skip real_smollm2 --test-threads 1 >&2
 fi
+if [ -x "$bin/attention-tests" ]; then
+    echo "== attention tests on this host's adapter" >&2
+    "$bin/attention-tests" --test-threads 1 >&2
+fi
+
+[ -z "$llama" ] && [ -x "$bin/llama-bench-vulkan" ] && llama=$bin/llama-bench-vulkan
+[ "$no_llama" = 1 ] && llama=
+if [ -n "$llama" ] && [ ! -x "$llama" ]; then
+    echo "bench-vulkan: --llama $llama is not an executable (build it with scripts/build-llama-cpp.sh --vulkan)" >&2
+    exit 2
+fi
+
+# llama-bench's JSON for one test: prints its average tok/s.
+llama_tps() {
+    "$llama" "$@" -ngl 99 -r "$runs" -o json | "${PYTHON:-python3}" -c 'import json, sys
+print(json.load(sys.stdin)[0]["avg_ts"])'
+}
 
 summary=()
+ratios=()
 for f in "${files[@]}"; do
     echo "== vulkan: $f" >&2
     out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" | tee /dev/stderr)
-    summary+=("$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')")
+    ours=$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')
+    summary+=("$ours")
+    if [ -n "$llama" ]; then
+        echo "== llama.cpp vulkan: $f" >&2
+        pp=$(llama_tps -m "$f" -p "$prompt" -n 0)
+        tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt")
+        peer="{\"model\":\"$f\",\"engine\":\"llama.cpp-vulkan\",\"prefill_tps\":$pp,\"decode_tps\":$tg}"
+        echo "RESULT $peer" >&2
+        summary+=("$peer")
+        ratios+=("$("${PYTHON:-python3}" -c 'import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print("%s: ours / llama.cpp vulkan: decode %.2f (%.1f / %.1f tok/s), prefill %.2f (%.1f / %.1f tok/s)" % (
+    a["model"].rsplit("/", 1)[-1], a["decode_tps"] / b["decode_tps"], a["decode_tps"], b["decode_tps"],
+    a["prefill_tps"] / b["prefill_tps"], a["prefill_tps"], b["prefill_tps"]))' "$ours" "$peer")")
+    fi
     if [ "$cpu" = 1 ]; then
         echo "== cpu: $f" >&2
         out=$("$bin/bench" "$f" --cpu --prompt 64 --decode "$cpu_decode" --runs 1 | tee /dev/stderr)
@@ -132,3 +184,5 @@ done
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
+[ "${#ratios[@]}" -gt 0 ] && printf '%s\n' "${ratios[@]}"
+exit 0

@@ -4,31 +4,49 @@
 # prints the directory that holds its binaries. Idempotent: a finished build is
 # reused, an interrupted one is resumed.
 #
+# Usage: scripts/build-llama-cpp.sh            the CPU build (llama-server, -bench, -cli, -simple)
+#        scripts/build-llama-cpp.sh --vulkan   llama-bench with the Vulkan backend, the GPU
+#                                              benchmark's peer (scripts/bench-vulkan.sh); needs
+#                                              Debian's glslc, libvulkan-dev and spirv-headers
+#
 # Cache: ${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}/llama.cpp-b11434
 # Env:   XPU_BUILD_JOBS  parallel compile jobs (default 2)
 set -euo pipefail
+
+vulkan=0
+case "${1:-}" in
+    --vulkan) vulkan=1 ;;
+    "") ;;
+    *) echo "build-llama-cpp: unknown option $1 (expected --vulkan or nothing)" >&2; exit 2 ;;
+esac
 
 version=11434
 cache=${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}
 root=$cache/llama.cpp-b$version
 src=$root/src
 build=$root/build
-bin=$build/bin
 targets=(llama-server llama-bench llama-cli llama-simple)
+if [ "$vulkan" = 1 ]; then
+    build=$root/build-vulkan
+    targets=(llama-bench)
+fi
+bin=$build/bin
 jobs=${XPU_BUILD_JOBS:-2}
 
 have_all() {
     for t in "${targets[@]}"; do [ -x "$bin/$t" ] || return 1; done
 }
 
-if have_all && [ -f "$root/.complete" ]; then
+if have_all && [ -f "$build/.complete" ]; then
     echo "$bin"
     exit 0
 fi
 
-for tool in cmake python3 c++ make; do
+tools=(cmake python3 c++ make)
+[ "$vulkan" = 1 ] && tools+=(glslc)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || {
-        echo "build-llama-cpp: '$tool' is missing; install it (Debian: apt-get install -y cmake g++ make python3-pip)" >&2
+        echo "build-llama-cpp: '$tool' is missing; install it (Debian: apt-get install -y cmake g++ make python3-pip; for --vulkan also glslc libvulkan-dev spirv-headers)" >&2
         exit 1
     }
 done
@@ -52,9 +70,24 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
     mv "$(dirname "$top")" "$src"
 fi
 
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF >&2
+if [ "$vulkan" = 1 ]; then
+    # Debian 12's Vulkan headers (1.3.239) predate VK_EXT_layer_settings, which llama.cpp uses
+    # only to turn on the validation layers' best-practice checks (a debugging option). Without
+    # those headers, create the instance without the setting; nothing else changes.
+    vk=$src/ggml/src/ggml-vulkan/ggml-vulkan.cpp
+    if ! grep -qs LayerSettingEXT /usr/include/vulkan/vulkan_structs.hpp && grep -q 'layer_setting_info' "$vk"; then
+        sed -i '/VkBool32 enable_best_practice = layer_settings;/,/vk::LayerSettingsCreateInfoEXT layer_setting_info(settings);/d; s/layers, extensions, &layer_setting_info);/layers, extensions);/' "$vk"
+    fi
+    # A portable binary for the GPU host: AVX2 but not this CPU's other extensions, no OpenMP,
+    # the C++ runtime linked in; it needs only the Vulkan loader there.
+    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON \
+        -DGGML_F16C=ON -DGGML_VULKAN=ON -DGGML_OPENMP=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >&2
+else
+    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF >&2
+fi
 cmake --build "$build" -j"$jobs" --target "${targets[@]}" >&2
 have_all || { echo "build-llama-cpp: build finished but binaries are missing in $bin" >&2; exit 1; }
-touch "$root/.complete"
+touch "$build/.complete"
 echo "$bin"
