@@ -14,6 +14,12 @@ use crate::Gpu;
 pub(crate) const WORKGROUP: u32 = 64;
 /// Tokens one matmul workgroup handles (`TB` in matmul.wgsl).
 pub(crate) const TOKENS_PER_GROUP: u32 = 8;
+/// Rows and tokens of one tiled matmul workgroup (`TILE_ROWS`, `TILE_TOKENS` in matmul.wgsl).
+pub(crate) const TILE_ROWS: u32 = 64;
+pub(crate) const TILE_TOKENS: u32 = 32;
+/// Prompt batches of at least this many tokens use the tiled product: below it most of a
+/// tile's 32 token columns would be computed for nothing.
+pub(crate) const TILED_MIN_TOKENS: u32 = 16;
 /// Workgroups along x before a matmul dispatch wraps to y (`ROWS_PER_Y` in matmul.wgsl).
 pub(crate) const ROWS_PER_Y: u32 = 32768;
 /// Workgroups of the grid-stride elementwise kernels (rope, silu_mul).
@@ -44,17 +50,19 @@ pub fn decode_quantizes_x(ty: WeightType) -> Result<bool, crate::VulkanError> {
 fn dp4a_type(ty: WeightType) -> bool {
     matches!(ty, WeightType::Q8_0 | WeightType::Q4_0)
 }
-/// Decode-kernel tuning for benchmarks on a GPU host: `units=1|2` (32-weight units each
+/// Kernel tuning for benchmarks on a GPU host: `units=1|2` (32-weight units each
 /// thread takes per loop iteration, `MV_UNITS` in matmul.wgsl), `tall=N` (the row count
 /// from which a matrix counts as tall), `checks=0|1` (1: compile every kernel with wgpu's
 /// runtime checks, to measure what they cost), `submit=N` (layers per submission after
 /// the first one, see `LlamaModel::submit_batch`), `dp4a=0|1` (Q8_0 and Q4_0 decode
-/// products with int8 activations and integer dot products, `MV_DP4A` in matmul.wgsl) and
-/// `attn=N` (attention workgroups a step aims for, see `attention_split` in model.rs),
+/// products with int8 activations and integer dot products, `MV_DP4A` in matmul.wgsl),
+/// `attn=N` (attention workgroups a step aims for, see `attention_split` in model.rs) and
+/// `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens with the tiled
+/// product `matmul_tiled`, or every prompt batch with `matmul`, one row per workgroup),
 /// comma-separated, e.g. `units=1,tall=2048`.
 pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 
-/// The decode-kernel settings (see MATVEC_TUNING_ENV).
+/// The kernel settings (see MATVEC_TUNING_ENV).
 #[derive(Debug, Clone, Copy)]
 struct MatvecTuning {
     units: u32,
@@ -63,6 +71,7 @@ struct MatvecTuning {
     submit_layers: usize,
     dp4a: bool,
     attn_groups: usize,
+    tiled_prefill: bool,
 }
 
 impl MatvecTuning {
@@ -70,7 +79,7 @@ impl MatvecTuning {
         std::env::var(MATVEC_TUNING_ENV).map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
     }
 
-    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS, dp4a: DP4A, attn_groups: ATTENTION_TARGET_GROUPS };
+    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS, dp4a: DP4A, attn_groups: ATTENTION_TARGET_GROUPS, tiled_prefill: true };
 
     /// Reads a MATVEC_TUNING_ENV value.
     fn parse(spec: &str) -> Result<MatvecTuning, crate::VulkanError> {
@@ -78,17 +87,20 @@ impl MatvecTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 crate::VulkanError::InvalidInput(format!(
-                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1 and/or attn=<workgroups>, e.g. units=1,tall=2048"
+                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups> and/or prefill=tiled|rows, e.g. units=1,tall=2048"
                 ))
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
-            match (key.trim(), value.trim().parse::<usize>()) {
+            let value = value.trim();
+            match (key.trim(), value.parse::<usize>()) {
                 ("units", Ok(n @ (1 | 2))) => t.units = n as u32,
                 ("tall", Ok(n)) if n > 0 => t.tall_rows = n,
                 ("checks", Ok(n @ (0 | 1))) => t.checks = n == 1,
                 ("submit", Ok(n)) if n > 0 => t.submit_layers = n,
                 ("dp4a", Ok(n @ (0 | 1))) => t.dp4a = n == 1,
                 ("attn", Ok(n)) if n > 0 => t.attn_groups = n,
+                ("prefill", _) if value == "tiled" => t.tiled_prefill = true,
+                ("prefill", _) if value == "rows" => t.tiled_prefill = false,
                 _ => return Err(bad()),
             }
         }
@@ -142,6 +154,8 @@ fn load_unit_source(ty: WeightType) -> &'static str {
 /// Compiled pipelines, built once per device.
 pub(crate) struct Kernels {
     matmul: HashMap<WeightType, wgpu::ComputePipeline>,
+    /// Empty with `prefill=rows` (see MATVEC_TUNING_ENV).
+    matmul_tiled: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
@@ -204,6 +218,7 @@ impl Kernels {
     /// Compiles every kernel; `types` are the weight types the model needs.
     pub fn new(gpu: &Gpu, types: &[WeightType]) -> Result<Kernels, crate::VulkanError> {
         let mut matmul = HashMap::new();
+        let mut matmul_tiled = HashMap::new();
         let mut matvec = HashMap::new();
         let mut get_rows = HashMap::new();
         let tuning = MatvecTuning::from_env()?;
@@ -214,6 +229,9 @@ impl Kernels {
             }
             let source = format!("{reduce}\n{MATMUL}\n{}", load_unit_source(ty));
             matmul.insert(ty, pipeline(gpu, tuning.checks, &format!("matmul {ty:?}"), &source, "matmul"));
+            if tuning.tiled_prefill {
+                matmul_tiled.insert(ty, pipeline(gpu, tuning.checks, &format!("matmul_tiled {ty:?}"), &source, "matmul_tiled"));
+            }
             for input in [MatvecInput::Plain, MatvecInput::Norm, MatvecInput::Glu, MatvecInput::NormRope, MatvecInput::NormGlu] {
                 for tall in [false, true] {
                     let groups = if tall { TALL_MATVEC_ROWS_PER_GROUP } else { MATVEC_ROWS } / 4;
@@ -233,6 +251,7 @@ impl Kernels {
         let attention = include_str!("shaders/attention.wgsl");
         let kernels = Kernels {
             matmul,
+            matmul_tiled,
             matvec,
             get_rows,
             tall_rows: tuning.tall_rows,
@@ -251,6 +270,12 @@ impl Kernels {
 
     pub fn matmul(&self, ty: WeightType) -> &wgpu::ComputePipeline {
         &self.matmul[&ty]
+    }
+
+    /// The tiled prompt-batch pipeline, or `None` where prompt batches use `matmul` only
+    /// (`prefill=rows`).
+    pub fn matmul_tiled(&self, ty: WeightType) -> Option<&wgpu::ComputePipeline> {
+        self.matmul_tiled.get(&ty)
     }
 
     /// A decode pipeline; `exact`: x stays f32 even for the types whose products quantize it
@@ -308,9 +333,11 @@ mod tuning_tests {
         assert_eq!((t.units, t.tall_rows, t.checks, t.submit_layers, t.dp4a), (1, TALL_MATVEC_ROWS, true, 16, true));
         assert!(!MatvecTuning::parse("dp4a=0").unwrap().dp4a);
         assert_eq!(MatvecTuning::parse("attn=512").unwrap().attn_groups, 512);
+        assert!(!MatvecTuning::parse("prefill=rows").unwrap().tiled_prefill);
+        assert!(MatvecTuning::parse("prefill=rows, prefill = tiled").unwrap().tiled_prefill);
         let t = MatvecTuning::parse("").unwrap();
-        assert_eq!((t.units, t.tall_rows, t.checks), (1, TALL_MATVEC_ROWS, false));
-        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0", "dp4a=2", "attn=0"] {
+        assert_eq!((t.units, t.tall_rows, t.checks, t.tiled_prefill), (1, TALL_MATVEC_ROWS, false, true));
+        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0", "dp4a=2", "attn=0", "prefill=1", "prefill=tile", "prefill="] {
             let err = MatvecTuning::parse(bad).unwrap_err().to_string();
             assert!(err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"), "{bad}: {err}");
         }

@@ -312,11 +312,13 @@ impl Dispatches {
 }
 
 /// A matrix product with its bind groups prepared once: `y (+)= x · Wᵀ` per chunk. Several
-/// tokens use the batched kernel (`matmul`), one token the matrix-vector kernel (`matvec`),
+/// tokens use the batched kernel (`matmul`), at least TILED_MIN_TOKENS the tiled one
+/// (`matmul_tiled`) where the kernels have it, one token the matrix-vector kernel (`matvec`),
 /// and a decode step may use the fused-input matrix-vector kernel instead (see `fused`).
 pub(crate) struct MatmulOp {
     label: &'static str,
     batch: Dispatches,
+    tiled: Option<Dispatches>,
     single: Dispatches,
     fused: Option<Dispatches>,
     last_only: bool,
@@ -363,6 +365,7 @@ impl MatmulOp {
             _ => None,
         };
         let mut batch = Dispatches { pipeline: batch_pipeline, chunks: Vec::new() };
+        let mut tiled = kernels.matmul_tiled(weight.ty).map(|pipeline| Dispatches { pipeline: pipeline.clone(), chunks: Vec::new() });
         let mut single = Dispatches { pipeline: single_pipeline, chunks: Vec::new() };
         let mut fused = fused_pipeline.map(|pipeline| Dispatches { pipeline, chunks: Vec::new() });
         let lanes = lanes_for(weight.k);
@@ -385,6 +388,10 @@ impl MatmulOp {
             let bg = kernels::bind(gpu, &batch.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]));
             // Workgroups needed: each covers WORKGROUP / lanes rows.
             batch.chunks.push((bg, c.rows.div_ceil(kernels::WORKGROUP / lanes)));
+            if let Some(t) = tiled.as_mut() {
+                let bg = kernels::bind(gpu, &t.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]));
+                t.chunks.push((bg, c.rows.div_ceil(kernels::TILE_ROWS)));
+            }
             let mv_groups = c.rows.div_ceil(mv_rows);
             // Binding 6 (the norm weights) is only read by matvec_norm; the others bind x there.
             let bg = kernels::bind(gpu, &single.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]));
@@ -398,7 +405,7 @@ impl MatmulOp {
                 f.chunks.push((bg, mv_groups));
             }
         }
-        Ok(MatmulOp { label, batch, single, fused, last_only: mode.last_only })
+        Ok(MatmulOp { label, batch, tiled, single, fused, last_only: mode.last_only })
     }
 
     /// Whether a decode step can use the fused input (and skip the norm or SiLU before it).
@@ -413,7 +420,10 @@ impl MatmulOp {
         match (&self.fused, fused) {
             (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
             _ if n == 1 => self.single.record(rec, self.label, 1),
-            _ => self.batch.record(rec, self.label, n.div_ceil(kernels::TOKENS_PER_GROUP)),
+            _ => match &self.tiled {
+                Some(t) if n >= kernels::TILED_MIN_TOKENS => t.record(rec, self.label, n.div_ceil(kernels::TILE_TOKENS)),
+                _ => self.batch.record(rec, self.label, n.div_ceil(kernels::TOKENS_PER_GROUP)),
+            },
         }
     }
 }

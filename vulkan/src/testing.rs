@@ -41,6 +41,39 @@ pub fn matmul(gpu: &Gpu, weight: &GpuWeight, x: &[f32], n_tokens: usize) -> Resu
     run(gpu, &yb, out_len, |rec| op.record(rec, n_tokens as u32, false))
 }
 
+/// As [`matmul`], into an output of `out_stride` floats per token that starts as `initial`:
+/// token t's rows go to `out_offset..out_offset + rows` of its `out_stride` floats (products
+/// side by side, as q | k | v), added to what is there when `accumulate` (the fused residual
+/// add). Returns the whole output.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    x: &[f32],
+    n_tokens: usize,
+    initial: &[f32],
+    out_stride: usize,
+    out_offset: usize,
+    accumulate: bool,
+) -> Result<Vec<f32>, VulkanError> {
+    if x.len() != n_tokens * weight.k || initial.len() != n_tokens * out_stride || out_offset + weight.rows > out_stride {
+        return Err(VulkanError::InvalidInput(format!(
+            "x has {} values (expected {n_tokens} x {}), the output {} (expected {n_tokens} x {out_stride}, room for {} rows at {out_offset})",
+            x.len(),
+            weight.k,
+            initial.len(),
+            weight.rows
+        )));
+    }
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(initial))?;
+    let step = step_buffer(gpu, n_tokens)?;
+    let mode = MatmulMode { accumulate, out_stride: out_stride as u32, out_offset: out_offset as u32, ..MatmulMode::default() };
+    let op = MatmulOp::new(gpu, &kernels, "matmul", weight, &xb, &yb, &step, mode, None)?;
+    run(gpu, &yb, initial.len(), |rec| op.record(rec, n_tokens as u32, false))
+}
+
 /// The input transformation a decode step fuses into a matrix-vector product.
 pub enum Fused<'a> {
     /// `x * norm_weight / sqrt(mean(x²) + eps)` (RMSNorm).

@@ -56,8 +56,10 @@ fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> 
     let weight = GpuWeight::upload(gpu, label, ty, rows, k, &raw).unwrap();
     let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // 1: decode; 3: fewer than one token group; 11: more than one group of 8.
-    for n_tokens in [1usize, 3, 11] {
+    // 1: decode; 3: fewer than one token group; 11: more than one group of 8; 17, 40, 100:
+    // the tiled product (at least 16 tokens), one partial tile of 32 tokens, one full and one
+    // partial, three full and one partial.
+    for n_tokens in [1usize, 3, 11, 17, 40, 100] {
         let x = random(&mut rng, n_tokens * k);
         let got = testing::matmul(gpu, &weight, &x, n_tokens).unwrap();
         // One token: the decode product, whose input may be quantized (see decode_input).
@@ -91,6 +93,52 @@ fn every_type_on_random_blocks_matches_candle() {
         // 512 = two K-quant super-blocks; 37 rows = an odd count, not a multiple of anything.
         let qt = random_qtensor(dtype, 37, 512, i as u64);
         assert_eq!(check_tensor(&gpu, "random", &qt, 100 + i as u64), 1);
+    }
+}
+
+#[test]
+fn tiled_prefill_covers_several_row_tiles() {
+    // 150 rows: two full tiles of 64 rows and a partial one, for every type.
+    let gpu = common::gpu(None);
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let qt = random_qtensor(dtype, 150, 256, 70 + i as u64);
+        check_tensor(&gpu, "row tiles", &qt, 900 + i as u64);
+    }
+}
+
+#[test]
+fn outputs_side_by_side_and_accumulated() {
+    // 70 rows written at offset 5 of 80 floats per token, over and added to what is there:
+    // the decode, batched and tiled products (1, 3 and 40 tokens) each leave the other
+    // floats of a token exactly as they were. Q4_K: its decode product keeps x in f32.
+    let gpu = common::gpu(None);
+    let (rows, k, stride, offset) = (70, 256, 80, 5);
+    let qt = random_qtensor(GgmlDType::Q4K, rows, k, 80);
+    let weight = GpuWeight::upload(&gpu, "side by side", WeightType::Q4K, rows, k, &qt.data().unwrap()).unwrap();
+    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(81);
+    for n_tokens in [1usize, 3, 40] {
+        let x = random(&mut rng, n_tokens * k);
+        let product = reference(&w, rows, k, &x, n_tokens);
+        let initial = random(&mut rng, n_tokens * stride);
+        for accumulate in [false, true] {
+            let got = testing::matmul_into(&gpu, &weight, &x, n_tokens, &initial, stride, offset, accumulate).unwrap();
+            let mut got_rows = Vec::new();
+            let mut want_rows = Vec::new();
+            for t in 0..n_tokens {
+                for (i, (&g, &before)) in got[t * stride..(t + 1) * stride].iter().zip(&initial[t * stride..]).enumerate() {
+                    if (offset..offset + rows).contains(&i) {
+                        got_rows.push(g);
+                        want_rows.push(product[t * rows + i - offset] + if accumulate { before as f64 } else { 0.0 });
+                    } else {
+                        assert_eq!(g, before, "tokens={n_tokens} accumulate={accumulate}: token {t} float {i} outside the rows was changed");
+                    }
+                }
+            }
+            let (rel, _) = common::compare(&got_rows, &want_rows);
+            println!("side by side tokens={n_tokens} accumulate={accumulate}: rel {rel:.2e}");
+            assert!(rel < REL_TOL, "tokens={n_tokens} accumulate={accumulate}: relative error {rel}");
+        }
     }
 }
 

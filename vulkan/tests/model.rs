@@ -100,6 +100,30 @@ fn greedy_decoding_matches_candle() {
     assert!(again.iter().all(|x| x.is_finite()));
 }
 
+/// The five prompts as one batch of 33 tokens: every product of the layers runs the tiled
+/// prompt kernel (batches of at least 16 tokens) on one full tile of 32 tokens and a partial
+/// one holding the last token. Its logits must match those of the same tokens fed one at a
+/// time (the decode kernels, f32 activations for SmolLM2's Q4_1 weights) to float rounding.
+#[test]
+fn long_prompt_batch_matches_token_by_token() {
+    let path = common::model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let tokens = common::tokenize(&common::vocab(&content), &PROMPTS.join(" "));
+    assert!(tokens.len() > 32, "{} tokens do not fill more than one tile", tokens.len());
+    let opts = LoadOptions { device: common::device_options(None), ctx: Some(64), max_batch: 64 };
+    let mut gpu = LlamaModel::load(&path, &opts).unwrap();
+    let batched = gpu.forward(&tokens, 0).unwrap();
+    gpu.reset();
+    let mut stepped = Vec::new();
+    for (pos, &token) in tokens.iter().enumerate() {
+        stepped = gpu.forward(&[token], pos).unwrap();
+    }
+    let (abs, rel) = diff(&batched, &stepped);
+    println!("{} tokens in one batch against one at a time: logits max abs {abs:.2e} rel {rel:.2e}", tokens.len());
+    assert!(rel < 1e-3, "logits differ by {abs} ({rel} of the largest)");
+}
+
 #[test]
 fn bad_model_files_give_clear_errors() {
     let opts = LoadOptions { device: common::device_options(None), ..LoadOptions::default() };

@@ -3,8 +3,9 @@
 // here, 32 weights ("one unit") at a time, by the type-specific `load_unit` appended below.
 // The hot loops are written out by hand: the driver compilers seen so far do not unroll
 // the loops WGSL becomes, and a loop of dependent loads leaves the memory system idle.
-// One workgroup computes one row for up to TB tokens, so the row's bytes are read once per
-// TB tokens: TB = 1 token is the decode matrix-vector product, more is the prefill product.
+// `matmul`: one workgroup computes one row for up to TB tokens, so the row's bytes are read
+// once per TB tokens (small prompt batches). `matmul_tiled`: tiles of rows x tokens staged in
+// workgroup memory (prompt batches of many tokens). `matvec*`: one token (decode).
 
 struct Params {
     rows: u32,        // rows of W in this chunk
@@ -122,6 +123,135 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             y[o] = sum;
         }
     }
+}
+
+// ---- Prompt batches of many tokens: the tiled product ----
+// A workgroup computes a tile of TILE_ROWS = 64 rows by TILE_TOKENS = 32 tokens, walking k one
+// 32-weight unit at a time. Per unit, every thread dequantizes one row's unit (`load_unit`,
+// once per tile instead of once per token as in `matmul`) and loads four vec4 of x into
+// workgroup memory; then each thread accumulates 8 rows x 4 tokens from there: per vec4 of k,
+// 12 vec4 reads of workgroup memory for 32 dot products (128 FMAs), where `matmul` reads a
+// vec4 of x from the storage buffer for every 4 weights. Thread (tr, tc) = (lid % 8, lid / 8)
+// takes rows tr + 8i and tokens tc + 8m, so a subgroup's threads read 8 different rows and 4
+// different tokens at a time (the others are broadcasts), which TILE_STRIDE spreads over
+// different banks. The accumulators are vec4 per row (one component per token), indexed by
+// constants only so that they stay in registers.
+const TILE_ROWS: u32 = 64u;
+const TILE_TOKENS: u32 = 32u;
+// vec4 per row (token) in workgroup memory: the unit's 8 and one of padding, so that rows
+// (tokens) 36 floats apart start in different banks.
+const TILE_STRIDE: u32 = 9u;
+var<workgroup> tile_w: array<vec4<f32>, 576>; // TILE_ROWS * TILE_STRIDE
+var<workgroup> tile_x: array<vec4<f32>, 288>; // TILE_TOKENS * TILE_STRIDE
+
+// Writes v[m] as token t + 8m of `row` (rows past the chunk and tokens past the batch are
+// the recomputed or reread ones of the staging, not written).
+fn tiled_store(row: u32, t: u32, n: u32, v: vec4<f32>) {
+    if (row >= p.rows) {
+        return;
+    }
+    for (var m = 0u; m < 4u; m++) {
+        let tm = t + 8u * m;
+        if (tm < n) {
+            let o = tm * p.out_stride + p.out_offset + p.row_offset + row;
+            if (p.accumulate != 0u) {
+                y[o] += v[m];
+            } else {
+                y[o] = v[m];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let first_row = (wid.x + wid.y * ROWS_PER_Y) * TILE_ROWS;
+    if (first_row >= p.rows) {
+        return;
+    }
+    let n = select(step.n_tokens, 1u, p.last_only != 0u);
+    let t0 = wid.z * TILE_TOKENS;
+    let kv = p.k / 4u;
+    let units = p.k / 32u;
+    // Staging: thread i dequantizes row i of the tile (rows past the chunk recompute the last
+    // one) and loads vec4 i % 8 of the unit for tokens i / 8 + 8m (tokens past the batch
+    // reread the last one: x holds only n tokens), so 8 threads read a token's 128 bytes.
+    let i = lid.x;
+    let w_row = min(first_row + i, p.rows - 1u);
+    let xj = i % 8u;
+    let xt = i / 8u;
+    let xb0 = min(t0 + xt, n - 1u) * kv + xj;
+    let xb1 = min(t0 + xt + 8u, n - 1u) * kv + xj;
+    let xb2 = min(t0 + xt + 16u, n - 1u) * kv + xj;
+    let xb3 = min(t0 + xt + 24u, n - 1u) * kv + xj;
+    let ws = i * TILE_STRIDE;
+    let xs = xt * TILE_STRIDE + xj;
+    let tr = lid.x % 8u;
+    let tc = lid.x / 8u;
+    let wb = tr * TILE_STRIDE;
+    let xb = tc * TILE_STRIDE;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
+    var wv = load_unit(w_row, 0u);
+    var xv0 = x[xb0];
+    var xv1 = x[xb1];
+    var xv2 = x[xb2];
+    var xv3 = x[xb3];
+    for (var u = 0u; u < units; u++) {
+        // Every thread is done with the previous unit's tile before it is overwritten.
+        workgroupBarrier();
+        tile_w[ws] = wv[0];
+        tile_w[ws + 1u] = wv[1];
+        tile_w[ws + 2u] = wv[2];
+        tile_w[ws + 3u] = wv[3];
+        tile_w[ws + 4u] = wv[4];
+        tile_w[ws + 5u] = wv[5];
+        tile_w[ws + 6u] = wv[6];
+        tile_w[ws + 7u] = wv[7];
+        tile_x[xs] = xv0;
+        tile_x[xs + 8u * TILE_STRIDE] = xv1;
+        tile_x[xs + 16u * TILE_STRIDE] = xv2;
+        tile_x[xs + 24u * TILE_STRIDE] = xv3;
+        workgroupBarrier();
+        // The next unit's loads are in flight while this unit's products run.
+        if (u + 1u < units) {
+            wv = load_unit(w_row, u + 1u);
+            let o = (u + 1u) * 8u;
+            xv0 = x[xb0 + o];
+            xv1 = x[xb1 + o];
+            xv2 = x[xb2 + o];
+            xv3 = x[xb3 + o];
+        }
+        for (var j = 0u; j < 8u; j++) {
+            // Column m: tokens tc + 8m at k = 4j..4j+3; w * xm = the row's dot with each.
+            let xm = mat4x4<f32>(tile_x[xb + j], tile_x[xb + 8u * TILE_STRIDE + j],
+                                 tile_x[xb + 16u * TILE_STRIDE + j], tile_x[xb + 24u * TILE_STRIDE + j]);
+            a0 += tile_w[wb + j] * xm;
+            a1 += tile_w[wb + 8u * TILE_STRIDE + j] * xm;
+            a2 += tile_w[wb + 16u * TILE_STRIDE + j] * xm;
+            a3 += tile_w[wb + 24u * TILE_STRIDE + j] * xm;
+            a4 += tile_w[wb + 32u * TILE_STRIDE + j] * xm;
+            a5 += tile_w[wb + 40u * TILE_STRIDE + j] * xm;
+            a6 += tile_w[wb + 48u * TILE_STRIDE + j] * xm;
+            a7 += tile_w[wb + 56u * TILE_STRIDE + j] * xm;
+        }
+    }
+    let row = first_row + tr;
+    let t = t0 + tc;
+    tiled_store(row, t, n, a0);
+    tiled_store(row + 8u, t, n, a1);
+    tiled_store(row + 16u, t, n, a2);
+    tiled_store(row + 24u, t, n, a3);
+    tiled_store(row + 32u, t, n, a4);
+    tiled_store(row + 40u, t, n, a5);
+    tiled_store(row + 48u, t, n, a6);
+    tiled_store(row + 56u, t, n, a7);
 }
 
 // Embedding lookup: y[t, :] = W[ids[t], :] for the ids that fall in this chunk.
