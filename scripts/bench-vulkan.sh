@@ -148,10 +148,15 @@ if [ -n "$llama" ] && [ ! -x "$llama" ]; then
     exit 2
 fi
 
-# llama-bench's JSON for one test: prints its average tok/s.
+# llama-bench's JSON for one test: prints its average tok/s. Without a Vulkan device llama.cpp
+# quietly runs on the CPU; that is an error here.
 llama_tps() {
     "$llama" "$@" -ngl 99 -r "$runs" -o json | "${PYTHON:-python3}" -c 'import json, sys
-print(json.load(sys.stdin)[0]["avg_ts"])'
+test = json.load(sys.stdin)[0]
+if not test.get("gpu_info"):
+    sys.exit("bench-vulkan: llama-bench found no Vulkan GPU (it ran on the CPU)")
+print("llama-bench on %s: %.1f tok/s" % (test["gpu_info"], test["avg_ts"]), file=sys.stderr)
+print(test["avg_ts"])'
 }
 
 summary=()
@@ -163,16 +168,19 @@ for f in "${files[@]}"; do
     summary+=("$ours")
     if [ -n "$llama" ]; then
         echo "== llama.cpp vulkan: $f" >&2
-        pp=$(llama_tps -m "$f" -p "$prompt" -n 0)
-        tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt")
-        peer="{\"model\":\"$f\",\"engine\":\"llama.cpp-vulkan\",\"prefill_tps\":$pp,\"decode_tps\":$tg}"
-        echo "RESULT $peer" >&2
-        summary+=("$peer")
-        ratios+=("$("${PYTHON:-python3}" -c 'import json, sys
+        # A failing peer (e.g. a missing library on this host) is reported, not fatal.
+        if pp=$(llama_tps -m "$f" -p "$prompt" -n 0) && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt"); then
+            peer="{\"model\":\"$f\",\"engine\":\"llama.cpp-vulkan\",\"prefill_tps\":$pp,\"decode_tps\":$tg}"
+            echo "RESULT $peer" >&2
+            summary+=("$peer")
+            ratios+=("$("${PYTHON:-python3}" -c 'import json, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print("%s: ours / llama.cpp vulkan: decode %.2f (%.1f / %.1f tok/s), prefill %.2f (%.1f / %.1f tok/s)" % (
     a["model"].rsplit("/", 1)[-1], a["decode_tps"] / b["decode_tps"], a["decode_tps"], b["decode_tps"],
     a["prefill_tps"] / b["prefill_tps"], a["prefill_tps"], b["prefill_tps"]))' "$ours" "$peer")")
+        else
+            echo "bench-vulkan: llama-bench failed on $f; no ratio for it" >&2
+        fi
     fi
     if [ "$cpu" = 1 ]; then
         echo "== cpu: $f" >&2
