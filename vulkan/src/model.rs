@@ -174,6 +174,9 @@ pub struct LlamaModel {
     output_fused: MatmulOp,
     /// Tokens currently in the KV cache.
     cached: usize,
+    /// The work of a one-token step at this position, recorded ahead (see `forward`). Its
+    /// inputs (token id, step uniform) are written when it is submitted.
+    next_step: Option<(usize, wgpu::CommandBuffer)>,
     weight_bytes: u64,
     timing: ForwardTiming,
 }
@@ -181,7 +184,8 @@ pub struct LlamaModel {
 /// Where the host time of the last forward pass went (for benchmarks).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ForwardTiming {
-    /// Seconds spent recording and submitting the command buffers.
+    /// Seconds spent before waiting: writing the inputs, recording and submitting the
+    /// command buffers, and recording the next decode step ahead (see `forward`).
     pub record_s: f64,
     /// Seconds spent waiting for the GPU and reading the logits back.
     pub wait_s: f64,
@@ -588,6 +592,7 @@ impl LlamaModel {
             cached: 0,
             weight_bytes,
             timing: ForwardTiming::default(),
+            next_step: None,
         })
     }
 
@@ -602,9 +607,24 @@ impl LlamaModel {
         self.cached = self.cached.min(start);
         for (i, batch) in batches.iter().enumerate() {
             let is_last = i + 1 == batches.len();
-            self.submit_batch(batch, pos, is_last, None);
+            match self.next_step.take() {
+                Some((at, work)) if at == pos && batch.len() == 1 && is_last => {
+                    self.write_step(batch, pos);
+                    self.gpu.queue.submit([work]);
+                }
+                _ => self.submit_batch(batch, pos, is_last, None),
+            }
             pos += batch.len();
             self.gpu.check("running the model")?;
+        }
+        // While the GPU runs this pass, record the decode step that most likely comes next
+        // (one token at `pos`), so that its recording (about a quarter of a millisecond for a
+        // 16-layer model) is off the critical path; it is used only if that step comes.
+        self.next_step = None;
+        if pos < self.ctx {
+            let mut work = None;
+            self.record_batch(1, pos, true, false, None, |cb| work = Some(cb));
+            self.next_step = work.map(|w| (pos, w));
         }
         let recorded = std::time::Instant::now();
         let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
@@ -659,26 +679,49 @@ impl LlamaModel {
         Ok(())
     }
 
-    /// Records and submits one batch of at most `max_batch` tokens, in several submissions so
-    /// that the GPU starts before the host has recorded the whole pass. A one-token batch
-    /// uses the decode kernels: matrix-vector products with the RMSNorm and the SiLU·mul
-    /// fused into their input, and attention split over positions.
-    fn submit_batch(&self, batch: &[u32], start: usize, read_logits: bool, mut timer: Option<&mut Timer>) {
-        let n = batch.len() as u32;
+    /// Writes the token ids and the step uniform of a batch at `start`: the per-step inputs
+    /// of the recorded work, written before the submission that runs it.
+    fn write_step(&self, batch: &[u32], start: usize) {
+        let c = &self.cfg;
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
+        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head, self.kernels.attention_groups(), attention_tile(c.head_dim));
+        let step = StepParams { n_tokens: batch.len() as u32, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
+        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+    }
+
+    /// Writes the inputs of one batch of at most `max_batch` tokens and records and submits
+    /// its work, in several submissions so that the GPU starts before the host has recorded
+    /// the whole pass.
+    fn submit_batch(&self, batch: &[u32], start: usize, read_logits: bool, timer: Option<&mut Timer>) {
+        self.write_step(batch, start);
+        self.record_batch(batch.len(), start, read_logits, true, timer, |cb| {
+            self.gpu.queue.submit([cb]);
+        });
+    }
+
+    /// Records the work of a batch of `n` tokens at `start` (whose inputs `write_step` writes)
+    /// and hands each command buffer to `sink` as soon as it is finished. `split`: several
+    /// command buffers, the first one small, so that a caller submitting each at once gets the
+    /// GPU started early; otherwise one. A one-token batch uses the decode kernels:
+    /// matrix-vector products with the RMSNorm and the SiLU·mul fused into their input, and
+    /// attention split over positions.
+    fn record_batch(&self, n: usize, start: usize, read_logits: bool, split: bool, mut timer: Option<&mut Timer>, mut sink: impl FnMut(wgpu::CommandBuffer)) {
         let decode = n == 1;
         let gpu = &self.gpu;
         let c = &self.cfg;
-        gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
-        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head, self.kernels.attention_groups(), attention_tile(c.head_dim));
-        let step = StepParams { n_tokens: n, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
-        gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
-        let rope_groups = elementwise_groups(batch.len() * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
-        let silu_groups = elementwise_groups(batch.len() * c.n_ff);
-        // Layers per submission: the GPU starts on the first kernels::FIRST_SUBMIT_LAYERS while
-        // the host records the next ones; each submission costs the GPU a gap.
-        let first_layers = kernels::FIRST_SUBMIT_LAYERS.min(self.layers.len());
-        let (head, rest) = self.layers.split_at(first_layers);
-        let groups: Vec<&[LayerOps]> = std::iter::once(head).chain(rest.chunks(self.kernels.submit_layers)).collect();
+        let (chunks, _) = attention_split(n, start, c.n_head, self.kernels.attention_groups(), attention_tile(c.head_dim));
+        let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
+        let silu_groups = elementwise_groups(n * c.n_ff);
+        let n = n as u32;
+        // Layers per command buffer: the GPU starts on the first kernels::FIRST_SUBMIT_LAYERS
+        // while the host records the next ones; each submission costs the GPU a gap.
+        let groups: Vec<&[LayerOps]> = if split {
+            let first_layers = kernels::FIRST_SUBMIT_LAYERS.min(self.layers.len());
+            let (head, rest) = self.layers.split_at(first_layers);
+            std::iter::once(head).chain(rest.chunks(self.kernels.submit_layers)).collect()
+        } else {
+            vec![&self.layers[..]]
+        };
         for (g, layers) in groups.iter().enumerate() {
             let first = g == 0;
             let last = g + 1 == groups.len();
@@ -731,7 +774,7 @@ impl LlamaModel {
             if last && read_logits {
                 enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, self.cfg.vocab as u64 * 4);
             }
-            gpu.queue.submit([enc.finish()]);
+            sink(enc.finish());
         }
     }
 
