@@ -522,22 +522,24 @@ fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     if (first >= p.rows) {
         return;
     }
-    let total = matvec_rows_shared(first, l);
-    let row = first + l.li;
-    if (l.li >= MV_ROWS || row >= p.rows) {
-        return;
-    }
     // g: the row within the token's [q heads | k heads | v heads] output; i its dimension.
+    // The rotation's cos/sin is loaded before the product, so that its latency is not added
+    // after the product's barriers (threads past the workgroup's rows load a valid entry).
+    let row = first + l.li;
     let g = p.row_offset + row;
     let h = g / rp.hd;
     let i = g % rp.hd;
     let pos = step.start;
+    let cs = cos_sin[pos * (rp.hd / 2u) + i / 2u];
+    let total = matvec_rows_shared(first, l);
+    if (l.li >= MV_ROWS || row >= p.rows) {
+        return;
+    }
     // Same arithmetic as rope.wgsl: pair (a0, a1) = (row i & ~1, row i | 1).
     let other = mv_pair[l.li ^ 1u];
     let even = (i & 1u) == 0u;
     let a0 = select(other, total, even);
     let a1 = select(total, other, even);
-    let cs = cos_sin[pos * (rp.hd / 2u) + i / 2u];
     let rotated = select(a0 * cs.y + a1 * cs.x, a0 * cs.x - a1 * cs.y, even);
     if (h < rp.n_head) {
         y[g] = rotated;
