@@ -126,6 +126,21 @@ pub(crate) struct AttnParams {
     pub _pad: [u32; 2],
 }
 
+impl AttnParams {
+    /// The parameters of a model's attention over caches of `ctx` positions per K/V head.
+    pub fn new(n_head: usize, n_kv: usize, head_dim: usize, ctx: usize) -> AttnParams {
+        AttnParams {
+            n_head: n_head as u32,
+            n_kv: n_kv as u32,
+            hd: head_dim as u32,
+            cache_base: 0,
+            ctx: ctx as u32,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            _pad: [0; 2],
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct EltParams {
@@ -509,15 +524,7 @@ impl LlamaModel {
                 _pad: [0; 2],
             };
             let rope_u = gpu.uniform_init("rope params", bytemuck::bytes_of(&rope_params))?;
-            let attn_params = AttnParams {
-                n_head: nh as u32,
-                n_kv: nkv as u32,
-                hd: hd as u32,
-                cache_base: 0,
-                ctx: ctx as u32,
-                scale: 1.0 / (hd as f32).sqrt(),
-                _pad: [0; 2],
-            };
+            let attn_params = AttnParams::new(nh, nkv, hd, ctx);
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
             let interleaved = gate_up_w.len() == 1;
             let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, interleaved: interleaved as u32, _pad: [0; 2] }))?;

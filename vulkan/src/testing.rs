@@ -304,15 +304,7 @@ pub fn attention(gpu: &Gpu, shape: &AttentionShape, q: &[f32], kcache: &[f32], v
     let vb = gpu.storage_init("v cache", bytemuck::cast_slice(vcache))?;
     let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n * row]))?;
     let part = gpu.storage("partials", (n * chunks * nh * (hd + 4) * 4) as u64)?;
-    let params = crate::model::AttnParams {
-        n_head: nh as u32,
-        n_kv: nkv as u32,
-        hd: hd as u32,
-        cache_base: 0,
-        ctx: ctx as u32,
-        scale: 1.0 / (hd as f32).sqrt(),
-        _pad: [0; 2],
-    };
+    let params = crate::model::AttnParams::new(nh, nkv, hd, ctx);
     let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;
     let step = StepParams { n_tokens: n as u32, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;

@@ -161,22 +161,33 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     if (li >= hd4) {
         return;
     }
-    var total = red[li];
-    var sum = redl[li];
-    for (var j = 1u; j < gs; j++) {
-        total += red[j * hd4 + li];
-        sum += redl[j * hd4 + li];
-    }
+    let merged = merge_groups(li, hd4, gs);
     if (step.chunks == 1u) {
-        out[(t * p.n_head + h) * hd4 + li] = total / sum;
+        out[(t * p.n_head + h) * hd4 + li] = merged.total / merged.sum;
         return;
     }
     // An empty chunk writes max NEG and sum 0, which the combine weighs by exp(NEG - max) = 0.
     let sb = ((t * step.chunks + c) * p.n_head + h) * (hd4 + 1u);
-    part[sb + li] = total;
+    part[sb + li] = merged.total;
     if (li == 0u) {
-        part[sb + hd4] = vec4<f32>(m, sum, 0.0, 0.0);
+        part[sb + hd4] = vec4<f32>(m, merged.sum, 0.0, 0.0);
     }
+}
+
+struct Merged {
+    total: vec4<f32>,
+    sum: f32,
+}
+
+// Output vec4 `li` (< hd / 4) and the sum of weights, added over the thread groups from
+// `red` and `redl` (written by every thread before a barrier).
+fn merge_groups(li: u32, hd4: u32, gs: u32) -> Merged {
+    var o = Merged(red[li], redl[li]);
+    for (var j = 1u; j < gs; j++) {
+        o.total += red[j * hd4 + li];
+        o.sum += redl[j * hd4 + li];
+    }
+    return o;
 }
 
 // Merges the chunks of one (head, token): out = sum_c acc_c e^(m_c - M) / sum_c l_c e^(m_c - M),
@@ -255,11 +266,6 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     if (li >= hd4) {
         return;
     }
-    var total = red[li];
-    var sum = redl[li];
-    for (var j = 1u; j < gs; j++) {
-        total += red[j * hd4 + li];
-        sum += redl[j * hd4 + li];
-    }
-    out[(t * p.n_head + h) * hd4 + li] = total / sum;
+    let merged = merge_groups(li, hd4, gs);
+    out[(t * p.n_head + h) * hd4 + li] = merged.total / merged.sum;
 }
