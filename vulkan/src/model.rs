@@ -256,7 +256,7 @@ impl GgufReader {
             return Err(self.unsupported(format!("inconsistent heads: {n_head} heads, {n_kv_head} kv heads, width {n_embd}")));
         }
         let head_dim = n_embd / n_head;
-        if head_dim > 256 || head_dim % 4 != 0 {
+        if head_dim == 0 || head_dim > 256 || head_dim % 4 != 0 {
             return Err(self.unsupported(format!("head dimension {head_dim} (the kernels handle multiples of 4 up to 256)")));
         }
         let rope_dim = self.meta_u32("llama.rope.dimension_count").unwrap_or(head_dim);

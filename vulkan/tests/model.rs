@@ -140,5 +140,18 @@ fn bad_model_files_give_clear_errors() {
         Err(e @ VulkanError::ModelFile { .. }) => assert!(e.to_string().contains("not a readable GGUF file"), "{e}"),
         other => panic!("expected ModelFile error, got {:?}", other.err()),
     }
+    // A llama header whose width gives heads of no dimension.
+    let empty = dir.join("zero-width.gguf");
+    let metadata = [
+        ("general.architecture", gguf_file::Value::String("llama".into())),
+        ("llama.embedding_length", gguf_file::Value::U32(0)),
+        ("llama.attention.head_count", gguf_file::Value::U32(4)),
+    ];
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    gguf_file::write(&mut std::fs::File::create(&empty).unwrap(), &metadata, &[]).unwrap();
+    match LlamaModel::load(&empty, &opts) {
+        Err(e @ VulkanError::UnsupportedModel { .. }) => assert!(e.to_string().contains("head dimension 0"), "{e}"),
+        other => panic!("expected UnsupportedModel error, got {:?}", other.err()),
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
