@@ -329,22 +329,11 @@ mod x86 {
     use super::BlockQ8;
     use std::arch::x86_64::*;
 
-    /// The f16 at `p` as f32 (a block scale). The bits go into the vector register with
-    /// `vmovd` written by hand: from `_mm_cvtsi32_si128` (or any other intrinsic) LLVM
-    /// emits `vpinsrw` into a register whose upper lanes it considers free, usually
-    /// the loop's accumulator. That false dependency chained every block of a dot
-    /// product to the previous block's FMA and made decode about 3x slower.
+    /// The f16 at `p` as f32 (a block scale).
     #[inline(always)]
     unsafe fn f16(p: *const u8) -> f32 {
-        let bits = std::ptr::read_unaligned(p as *const u16) as u32;
-        let v: __m128i;
-        std::arch::asm!(
-            "vmovd {v}, {bits:e}",
-            v = lateout(xmm_reg) v,
-            bits = in(reg) bits,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-        _mm_cvtss_f32(_mm_cvtph_ps(v))
+        let bits = std::ptr::read_unaligned(p as *const u16) as u64;
+        _mm_cvtss_f32(_mm_cvtph_ps(vmovq(bits)))
     }
 
     /// [`super::quantize_block_scalar`] with AVX2 (the same results, bit for bit).
@@ -375,8 +364,11 @@ mod x86 {
         super::finish_block(dst, d, sum);
     }
 
-    /// `bits` in the low half of a vector register, moved with `vmovq` written by hand
-    /// for the same reason as in [`f16`].
+    /// `bits` in the low half of a vector register (the rest zero), moved with `vmovq`
+    /// written by hand: from `_mm_cvtsi64_si128` (or any other intrinsic) LLVM emits
+    /// `vpinsrw`/`vpinsrq` into a register whose upper lanes it considers free, usually
+    /// the loop's accumulator. That false dependency chained every block of a dot
+    /// product to the previous block's FMA and made decode about 3x slower.
     #[inline(always)]
     unsafe fn vmovq(bits: u64) -> __m128i {
         let v: __m128i;
