@@ -29,16 +29,7 @@ pub use crate::kernels::decode_quantizes_x;
 /// `y[t, r] = sum_k W[r, k] * x[t, k]` for `n_tokens` rows of `x` (`[n_tokens, k]`, row-major).
 /// The output buffer is filled with NaN first, so rows the kernel skips show up as NaN.
 pub fn matmul(gpu: &Gpu, weight: &GpuWeight, x: &[f32], n_tokens: usize) -> Result<Vec<f32>, VulkanError> {
-    if x.len() != n_tokens * weight.k {
-        return Err(VulkanError::InvalidInput(format!("x has {} values, expected {} x {}", x.len(), n_tokens, weight.k)));
-    }
-    let kernels = Kernels::new(gpu, &[weight.ty])?;
-    let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
-    let out_len = n_tokens * weight.rows;
-    let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; out_len]))?;
-    let step = step_buffer(gpu, n_tokens)?;
-    let op = MatmulOp::new(gpu, &kernels, "matmul", weight, &xb, &yb, &step, MatmulMode::default(), None)?;
-    run(gpu, &yb, out_len, |rec| op.record(rec, n_tokens as u32, false))
+    matmul_into(gpu, weight, x, n_tokens, &vec![f32::NAN; n_tokens * weight.rows], weight.rows, 0, false)
 }
 
 /// As [`matmul`], into an output of `out_stride` floats per token that starts as `initial`:
