@@ -626,8 +626,8 @@ impl LlamaModel {
         }
         // While the GPU runs this pass, record the decode step that most likely comes next
         // (one token at `pos`), so that its recording (about a quarter of a millisecond for a
-        // 16-layer model) is off the critical path; it is used only if that step comes.
-        self.next_step = None;
+        // 16-layer model) is off the critical path; it is used only if that step comes. (The
+        // loop above took any earlier recording.)
         if pos < self.ctx {
             let mut work = None;
             self.record_batch(1, pos, true, false, None, |cb| work = Some(cb));
