@@ -132,14 +132,13 @@ else
 fi
 [ "${#files[@]}" -gt 0 ] || { echo "bench-vulkan: no benchmark files were made" >&2; exit 1; }
 
-if [ -x "$bin/kernel-tests" ]; then
-    echo "== kernel tests on this host's adapter" >&2
-    "$bin/kernel-tests" --skip real_smollm2 --test-threads 1 >&2
-fi
-if [ -x "$bin/attention-tests" ]; then
-    echo "== attention tests on this host's adapter" >&2
-    "$bin/attention-tests" --test-threads 1 >&2
-fi
+# The packed kernel tests, all but the one that needs the SmolLM2 file.
+for suite in kernel attention; do
+    if [ -x "$bin/$suite-tests" ]; then
+        echo "== $suite tests on this host's adapter" >&2
+        "$bin/$suite-tests" --skip real_smollm2 --test-threads 1 >&2
+    fi
+done
 
 [ -z "$llama" ] && [ -x "$bin/llama-bench-vulkan" ] && llama=$bin/llama-bench-vulkan
 [ "$no_llama" = 1 ] && llama=
