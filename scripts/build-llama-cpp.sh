@@ -4,7 +4,8 @@
 # prints the directory that holds its binaries. Idempotent: a finished build is
 # reused, an interrupted one is resumed.
 #
-# Usage: scripts/build-llama-cpp.sh            the CPU build (llama-server, -bench, -cli, -simple)
+# Usage: scripts/build-llama-cpp.sh            the CPU build with the RPC backend (llama-server,
+#                                              -bench, -cli, -simple, -quantize, rpc-server)
 #        scripts/build-llama-cpp.sh --vulkan   llama-bench with the Vulkan backend, the GPU
 #                                              benchmark's peer (scripts/bench-vulkan.sh); needs
 #                                              Debian's glslc, libvulkan-dev and spirv-headers
@@ -25,7 +26,7 @@ cache=${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}
 root=$cache/llama.cpp-b$version
 src=$root/src
 build=$root/build
-targets=(llama-server llama-bench llama-cli llama-simple)
+targets=(llama-server llama-bench llama-cli llama-simple llama-quantize rpc-server)
 if [ "$vulkan" = 1 ]; then
     build=$root/build-vulkan
     targets=(llama-bench)
@@ -84,8 +85,8 @@ if [ "$vulkan" = 1 ]; then
         -DGGML_F16C=ON -DGGML_VULKAN=ON -DGGML_OPENMP=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >&2
 else
-    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF >&2
+    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_RPC=ON \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF >&2
 fi
 cmake --build "$build" -j"$jobs" --target "${targets[@]}" >&2
 have_all || { echo "build-llama-cpp: build finished but binaries are missing in $bin" >&2; exit 1; }

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 XPU_TEST_MODEL=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
 export XPU_TEST_MODEL
+# llama.cpp b11434 is the correctness reference (and the cluster's RPC backend); tests that
+# need it read its binaries' directory from XPU_LLAMA_CPP_BIN.
+XPU_LLAMA_CPP_BIN=${XPU_LLAMA_CPP_BIN:-$(scripts/build-llama-cpp.sh)}
+export XPU_LLAMA_CPP_BIN
 
 # Model tests need optimised candle kernels, so the whole suite runs in release mode.
 cargo test --workspace --release --locked --features xpu-runner/vulkan
