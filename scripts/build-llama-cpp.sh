@@ -5,7 +5,7 @@
 # reused, an interrupted one is resumed.
 #
 # Usage: scripts/build-llama-cpp.sh            the CPU build with the RPC backend (llama-server,
-#                                              -bench, -cli, -simple, -quantize, rpc-server)
+#                                              -bench, -cli, -simple, -quantize, ggml-rpc-server)
 #        scripts/build-llama-cpp.sh --vulkan   llama-bench with the Vulkan backend, the GPU
 #                                              benchmark's peer (scripts/bench-vulkan.sh); needs
 #                                              Debian's glslc, libvulkan-dev and spirv-headers
@@ -26,7 +26,7 @@ cache=${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}
 root=$cache/llama.cpp-b$version
 src=$root/src
 build=$root/build
-targets=(llama-server llama-bench llama-cli llama-simple llama-quantize rpc-server)
+targets=(llama-server llama-bench llama-cli llama-simple llama-quantize ggml-rpc-server)
 if [ "$vulkan" = 1 ]; then
     build=$root/build-vulkan
     targets=(llama-bench)
