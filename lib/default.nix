@@ -437,6 +437,9 @@ let
 
     # The workspace version, from Cargo.toml's [workspace.package] (single source of truth).
     workspaceVersion = cargoToml: (builtins.fromTOML (readFile cargoToml)).workspace.package.version;
+
+    # services.xpu-cluster: llama.cpp RPC workers and head (./cluster.nix).
+    cluster = import ./cluster.nix self;
   };
 in
 self

@@ -60,6 +60,7 @@ pass "${#nix_files[@]} .nix files parse"
 
 # 2. Pure functions of lib/.
 run_test_set "lib tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/lib-tests.nix)"
+run_test_set "cluster lib tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/cluster-lib-tests.nix)"
 
 # 3. The messages users see for broken facts files.
 expect_eval_error "text facts file" "(import ./lib).readFacts ./tests/nix/fixtures/facts-text-format.json" \
@@ -179,6 +180,7 @@ fi
 [ -f "$NIXPKGS_LIB/default.nix" ] || fail "NIXPKGS_LIB=$NIXPKGS_LIB is not nixpkgs' lib/ (no default.nix)"
 lib_abs=$(cd "$NIXPKGS_LIB" && pwd)
 run_test_set "module tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/module-tests.nix { lib = import $lib_abs; })"
+run_test_set "cluster module tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/cluster-module-tests.nix { lib = import $lib_abs; })"
 
 stand_in="$work/stand-in-nixpkgs"
 cp -r tests/nix/stand-in-nixpkgs "$stand_in"
@@ -243,6 +245,32 @@ for t in nixos-host dev; do
         || { cat "$work/template-eval.log" >&2; fail "template $t does not evaluate"; }
 done
 pass "templates nixos-host and dev evaluate against the stand-in nixpkgs"
+
+# The three-host cluster flake of docs/cluster.md evaluates, with fixture facts for its hosts.
+dir="$work/cluster-flake"
+mkdir -p "$dir"
+python3 - docs/cluster.md "$dir/flake.nix" <<'PY' || exit 1
+import re, sys
+blocks = re.findall(r"```nix\n(.*?)```", open(sys.argv[1]).read(), re.S)
+flakes = [b for b in blocks if "nixosConfigurations" in b]
+if len(flakes) != 1:
+    sys.exit(f"test-nix: FAIL: docs/cluster.md has {len(flakes)} nix blocks with nixosConfigurations, expected 1")
+open(sys.argv[2], "w").write(flakes[0])
+PY
+for host in head:cpu gpu-intel:intel-dgpu gpu-nvidia:nvidia; do
+    name=${host%%:*}
+    mkdir -p "$dir/$name"
+    cp "tests/nix/fixtures/facts-${host#*:}.json" "$dir/$name/facts.json"
+    # What nixos-generate-config writes, in short.
+    echo '{ nixpkgs.hostPlatform = "x86_64-linux"; boot.loader.grub.enable = false; fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; }; }' \
+        >"$dir/$name/hardware-configuration.nix"
+done
+for name in head gpu-intel gpu-nvidia; do
+    (cd "$dir" && nix eval --raw "${override[@]}" --override-input xpu "git+file://$repo" \
+        ".#nixosConfigurations.$name.config.system.build.toplevel.drvPath" >"$work/cluster-eval.log" 2>&1) \
+        || { cat "$work/cluster-eval.log" >&2; fail "the cluster flake of docs/cluster.md: $name does not evaluate"; }
+done
+pass "the three-host cluster flake of docs/cluster.md evaluates against the stand-in nixpkgs"
 
 # The app serves the default model on 127.0.0.1:52415 when run without arguments.
 app=$(nix-instantiate --eval --strict --json -E "

@@ -93,6 +93,9 @@ in
   # Importing this into Home Manager (or the reverse) fails with a clear message.
   _class = "nixos";
 
+  # services.xpu-cluster: llama.cpp RPC workers and head, chosen from the same facts.
+  imports = [ ./cluster.nix ];
+
   options.hardware.xpu = {
     enable = mkOption {
       type = types.bool;

@@ -108,6 +108,25 @@ let
     python3 = drv "python3" { } // {
       withPackages = f: drv "python3-env" { packages = f (lib.genAttrs [ "openai" ] (n: drv n { })); };
     };
+    # llama-cpp's backend arguments (pkgs/by-name/ll/llama-cpp/package.nix); any other
+    # argument is an error, as callPackage's override makes it.
+    llama-cpp =
+      let
+        known = [
+          "rpcSupport"
+          "vulkanSupport"
+          "cudaSupport"
+          "rocmSupport"
+        ];
+      in
+      drv "llama-cpp" { }
+      // {
+        override =
+          args:
+          assert lib.assertMsg (lib.all (n: lib.elem n known) (lib.attrNames args)) "llama-cpp has no argument ${toString (lib.subtractLists known (lib.attrNames args))}";
+          assert lib.assertMsg (!(args.cudaSupport or false) || unfreeAllowed) "stand-in: CUDA is unfree; this pkgs was imported without config.allowUnfree";
+          drv "llama-cpp" args;
+      };
     intel-compute-runtime = drv "intel-compute-runtime" { } // {
       drivers = drv "intel-compute-runtime-drivers" { };
     };

@@ -5,10 +5,14 @@
 #
 # `readOnlyPkgs = true` declares nixpkgs.overlays as nixpkgs' read-only.nix does (one
 # definition only, the one that module makes itself).
+#
+# `firewallBackendOption = false` leaves out networking.firewall.backend, as in nixpkgs before it
+# existed (the nftables firewall was chosen with networking.nftables.enable alone).
 {
   readOnlyPkgs ? false,
+  firewallBackendOption ? true,
 }:
-{ lib, ... }:
+{ config, lib, ... }:
 let
   inherit (lib) mkOption types;
   # nixos/lib/systemd-lib.nix `unitOption`: list definitions concatenate, others must agree.
@@ -37,7 +41,18 @@ let
 in
 {
   config = lib.optionalAttrs readOnlyPkgs { nixpkgs.overlays = [ ]; };
-  options = {
+  # recursiveUpdate: both sets declare options under `networking`.
+  options = lib.recursiveUpdate (lib.optionalAttrs firewallBackendOption {
+    # firewall.nix (newer nixpkgs)
+    networking.firewall.backend = mkOption {
+      type = types.enum [
+        "iptables"
+        "nftables"
+        "firewalld"
+      ];
+      default = if config.networking.nftables.enable then "nftables" else "iptables";
+    };
+  }) {
     # nixos/modules/misc/assertions.nix
     assertions = mkOption {
       type = types.listOf types.unspecified;
@@ -156,6 +171,26 @@ in
     networking.firewall.allowedTCPPorts = mkOption {
       type = types.listOf types.port;
       default = [ ];
+    };
+    # nixos/modules/services/networking/firewall.nix
+    networking.firewall.enable = mkOption {
+      type = types.bool;
+      default = true;
+    };
+    # firewall-iptables.nix
+    networking.firewall.extraCommands = mkOption {
+      type = types.lines;
+      default = "";
+    };
+    # firewall-nftables.nix
+    networking.firewall.extraInputRules = mkOption {
+      type = types.lines;
+      default = "";
+    };
+    # nixos/modules/services/networking/nftables.nix
+    networking.nftables.enable = mkOption {
+      type = types.bool;
+      default = false;
     };
     environment.systemPackages = mkOption {
       type = types.listOf types.package;

@@ -55,4 +55,13 @@ in
   # A package without the marker, as a user might pass.
   some-other-server = fake "some-other-server-1.0" { meta.mainProgram = "server"; };
   writeText = name: text: fake name { inherit text; };
+  # nixpkgs' llama-cpp: `override` records the arguments in the name and in `overrideArgs`.
+  llama-cpp = fake "llama-cpp-7000" {
+    override =
+      args:
+      let
+        on = builtins.filter (n: args.${n}) (builtins.attrNames args);
+      in
+      fake "llama-cpp-7000-${builtins.concatStringsSep "-" on}" { overrideArgs = args; };
+  };
 }
