@@ -43,6 +43,11 @@ in
             "worker2"
           ];
           parallel = 1;
+          # llama.cpp logs where the weights went ("RPC0[host:port] model buffer size") at 4.
+          extraFlags = [
+            "--log-verbosity"
+            "4"
+          ];
         };
       };
     worker1 = worker { };
@@ -51,6 +56,7 @@ in
 
   testScript = ''
     import json
+    import re
     import shlex
 
     start_all()
@@ -104,7 +110,8 @@ in
     # The weights went to the workers: llama.cpp names each RPC device with its endpoint.
     log = head.succeed("journalctl -u xpu-cluster-head.service --no-pager")
     for endpoint in ("192.168.1.2:${toString rpcPort}", "192.168.1.3:${toString rpcPort}"):
-        assert f"RPC" in log and endpoint in log, f"{endpoint} not in the head's log:\n{log}"
+        assert re.search(r"RPC[0-9]+\[" + re.escape(endpoint) + r"\] model buffer size", log), \
+            f"no model buffer on {endpoint} in the head's log:\n{log}"
 
     # Only the head reaches the RPC ports: iptables on worker1, nftables on worker2.
     probe = "timeout 5 bash -c '</dev/tcp/{}/${toString rpcPort}'"

@@ -14,11 +14,12 @@ export XPU_LLAMA_CPP_BIN
 # Model tests need optimised candle kernels, so the whole suite runs in release mode.
 cargo test --workspace --release --locked --features xpu-runner/vulkan
 
-# Suites outside cargo: Nix evaluation and the HTTP API with real clients. The API
+# Suites outside cargo: Nix evaluation, the HTTP API with real clients, and the llama.cpp RPC
+# cluster of services.xpu-cluster (scripts/test-cluster.sh, on the llama.cpp build above). The API
 # suite reuses the runner binary cargo just built (same features), instead of building
 # another one with different feature unification.
 export XPU_RUNNER_BIN=${XPU_RUNNER_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/xpu-runner}
-for suite in scripts/test-nix.sh scripts/test-api.sh; do
+for suite in scripts/test-nix.sh scripts/test-api.sh scripts/test-cluster.sh; do
     if [ -x "$suite" ]; then
         echo "== $suite" >&2
         "$suite"

@@ -555,7 +555,7 @@ in
     expected = {
       head = {
         failed = [ ];
-        ExecStart = ''${store}-llama-cpp-7000-rpcSupport/bin/llama-server "--model" "${store}-SmolLM2-135M-Instruct.Q4_1.gguf" "--rpc" "192.168.1.2:50052,192.168.1.3:50052" "--n-gpu-layers" "999" "--host" "127.0.0.1" "--port" "8080" "--parallel" "1"'';
+        ExecStart = ''${store}-llama-cpp-7000-rpcSupport/bin/llama-server "--model" "${store}-SmolLM2-135M-Instruct.Q4_1.gguf" "--rpc" "192.168.1.2:50052,192.168.1.3:50052" "--n-gpu-layers" "999" "--host" "127.0.0.1" "--port" "8080" "--parallel" "1" "--log-verbosity" "4"'';
         extraCommands = "";
         extraInputRules = "";
       };
