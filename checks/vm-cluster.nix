@@ -113,12 +113,13 @@ in
         assert re.search(r"RPC[0-9]+\[" + re.escape(endpoint) + r"\] model buffer size", log), \
             f"no model buffer on {endpoint} in the head's log:\n{log}"
 
-    # Only the head reaches the RPC ports: iptables on worker1, nftables on worker2.
+    # Only the head reaches the RPC ports: iptables on worker1, nftables on worker2. (IPv4
+    # addresses: the host names also resolve to IPv6, where the RPC server does not listen.)
     probe = "timeout 5 bash -c '</dev/tcp/{}/${toString rpcPort}'"
-    head.succeed(probe.format("worker1"))
-    head.succeed(probe.format("worker2"))
-    worker2.fail(probe.format("worker1"))
-    worker1.fail(probe.format("worker2"))
+    head.succeed(probe.format("192.168.1.2"))
+    head.succeed(probe.format("192.168.1.3"))
+    worker2.fail(probe.format("192.168.1.2"))
+    worker1.fail(probe.format("192.168.1.3"))
     worker1.succeed("iptables -S nixos-fw | grep -- '-s 192.168.1.1/32 .*--dport ${toString rpcPort}'")
     worker2.succeed("nft list chain inet nixos-fw input-allow | grep -E 'ip saddr [{ ]*192[.]168[.]1[.]1[ }]* tcp dport ${toString rpcPort} accept'")
   '';

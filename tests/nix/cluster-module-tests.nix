@@ -431,6 +431,25 @@ in
       PrivateDevices = false;
     };
   };
+  testNvidiaHead = {
+    expr =
+      let
+        c = evalNixos { config = head "nvidia" { hardware.nvidia.datacenter.enable = true; }; };
+      in
+      {
+        failed = failedAssertions c;
+        package = c.services.xpu-cluster.package.name;
+        inherit (c.systemd.services.xpu-cluster-head.serviceConfig) PrivateDevices DevicePolicy;
+        hasNvidiaCtl = builtins.elem "char-nvidiactl" c.systemd.services.xpu-cluster-head.serviceConfig.DeviceAllow;
+      };
+    expected = {
+      failed = [ ];
+      package = "llama-cpp-7000-cudaSupport-rpcSupport";
+      PrivateDevices = false;
+      DevicePolicy = "closed";
+      hasNvidiaCtl = true;
+    };
+  };
   testHeadPublicWithKey =
     let
       c = evalNixos {
