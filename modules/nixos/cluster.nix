@@ -76,11 +76,19 @@ let
         rawArgs = headApiKeyArgs;
       };
 
-  firewall = cluster.firewallRules {
-    backend = firewallBackend;
-    inherit (cfg.rpc) port;
-    peers = lib.filter (p: cluster.peerProblem p == null) cfg.allowedPeers;
-  };
+  # Invalid peers and other backends (firewalld) get no rules; the assertions explain them.
+  firewall =
+    if builtins.elem firewallBackend [ "iptables" "nftables" ] then
+      cluster.firewallRules {
+        backend = firewallBackend;
+        inherit (cfg.rpc) port;
+        peers = lib.filter (p: cluster.peerProblem p == null) cfg.allowedPeers;
+      }
+    else
+      {
+        extraCommands = "";
+        extraInputRules = "";
+      };
 in
 {
   _class = "nixos";
