@@ -10,7 +10,8 @@
     hardware.xpu.factsFile = fixture "cpu";
     services.xpu-runner = {
       enable = true;
-      modelId = "smollm2";
+      # No modelId: the default model is served under its package's passthru.modelId.
+      maxTokensDefault = 8;
     };
     virtualisation.memorySize = 2048;
     virtualisation.cores = 2;
@@ -41,10 +42,14 @@
         "RestrictAddressFamilies=AF_INET6",
         "SystemCallFilter=@system-service",
         "SystemCallFilter=~@privileged",
+        "SystemCallFilter=~@resources",
+        "SystemCallErrorNumber=EPERM",
         "ProtectProc=invisible",
         "PrivateDevices=true",
-        '"--device" "cpu"',
-        '"--facts"',
+        '"XPU_RUNNER_DEVICE=cpu"',
+        '"XPU_RUNNER_MODEL_ID=SmolLM2-135M-Instruct"',
+        '"XPU_RUNNER_FACTS=',
+        '"XPU_RUNNER_MAX_TOKENS_DEFAULT=8"',
     ]:
         assert directive in unit, f"{directive!r} missing from xpu-runner.service:\n{unit}"
     assert "DeviceAllow" not in unit, f"the CPU variant must not allow devices:\n{unit}"
@@ -53,11 +58,12 @@
     health = machine.succeed("curl -sf http://127.0.0.1:52415/health")
     print(health)
 
+    # The id clients must name: the model package's passthru.modelId, never the store file name.
     models = json.loads(machine.succeed("curl -sf http://127.0.0.1:52415/v1/models"))
-    assert [m["id"] for m in models["data"]] == ["smollm2"], models
+    assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct"], models
 
     request = json.dumps({
-        "model": "smollm2",
+        "model": "SmolLM2-135M-Instruct",
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 24,
         "temperature": 0,
@@ -71,6 +77,18 @@
     assert text.strip(), reply
     assert reply["usage"]["completion_tokens"] > 0, reply
     assert reply["usage"]["prompt_tokens"] > 0, reply
+
+    # A request without max_tokens stops at services.xpu-runner.maxTokensDefault.
+    request = json.dumps({
+        "model": "SmolLM2-135M-Instruct",
+        "messages": [{"role": "user", "content": "Tell me a very long story about a dragon."}],
+        "temperature": 0,
+    })
+    reply = json.loads(machine.succeed(
+        "curl -sf http://127.0.0.1:52415/v1/chat/completions"
+        " -H 'Content-Type: application/json' -d " + shlex.quote(request)
+    ))
+    assert 0 < reply["usage"]["completion_tokens"] <= 8, reply
 
     # The service runs as a dynamic user in its own /dev without GPU nodes.
     machine.succeed("systemctl show xpu-runner.service -p PrivateDevices | grep -qx PrivateDevices=yes")

@@ -12,7 +12,6 @@
     hardware.xpu.factsFile = fixture "intel-igpu";
     services.xpu-runner = {
       enable = true;
-      modelId = "smollm2";
       device = "auto";
     };
     virtualisation.memorySize = 2048;
@@ -35,12 +34,14 @@
         "DevicePolicy=closed",
         "DeviceAllow=char-drm",
         "SupplementaryGroups=render",
-        "SystemCallFilter=@system-service @resources",
+        "SystemCallFilter=@system-service",
         "-exo-intel-",
-        '"--device" "auto"',
+        '"XPU_RUNNER_DEVICE=auto"',
     ]:
         assert directive in unit, f"{directive!r} missing from xpu-runner.service:\n{unit}"
     assert "char-nvidia" not in unit, unit
+    # GPU runtimes keep what @system-service allows of @resources (priorities, affinity).
+    assert "~@resources" not in unit, unit
 
     # hardware.graphics got the compute runtime, its Level Zero driver and the loader.
     machine.succeed("test -e /run/opengl-driver/lib/libze_intel_gpu.so.1")
@@ -53,8 +54,11 @@
     print(health)
     assert "cpu" in health.lower(), health
 
+    models = json.loads(machine.succeed("curl -sf http://127.0.0.1:52415/v1/models"))
+    assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct"], models
+
     request = json.dumps({
-        "model": "smollm2",
+        "model": "SmolLM2-135M-Instruct",
         "messages": [{"role": "user", "content": "Say hello."}],
         "max_tokens": 16,
         "temperature": 0,

@@ -8,18 +8,23 @@ let
   inherit (builtins)
     all
     any
+    attrNames
     concatLists
     concatStringsSep
     elem
+    elemAt
     filter
     foldl'
     fromJSON
+    genList
     head
     isAttrs
     isBool
     isInt
     isList
     isString
+    length
+    listToAttrs
     match
     readFile
     replaceStrings
@@ -37,6 +42,12 @@ let
       lx = stringLength suffix;
     in
     ls >= lx && substring (ls - lx) lx s == suffix;
+  lastOf = list: elemAt list (length list - 1);
+  charsOf = s: genList (i: substring i 1 s) (stringLength s);
+  toLower = replaceStrings (charsOf "ABCDEFGHIJKLMNOPQRSTUVWXYZ") (charsOf "abcdefghijklmnopqrstuvwxyz");
+  # The value of one hex digit (lower case): its position in "0123456789abcdef".
+  hexDigit = c: stringLength (head (builtins.split c "0123456789abcdef"));
+  hexValue = s: foldl' (acc: c: acc * 16 + hexDigit (toLower c)) 0 (charsOf s);
   attrOr =
     set: name: default:
     if isAttrs set && set ? ${name} then set.${name} else default;
@@ -76,6 +87,15 @@ let
         cpu = "exo-cpu";
       }
       .${acceleration} or (throw "xpu: unknown acceleration '${toString acceleration}'; expected one of: ${concatStringsSep ", " accelerations}");
+
+    # The acceleration a runner package was built for (its `passthru.acceleration`); "cpu" for
+    # a package without a valid marker (the modules assert on that separately).
+    packageAcceleration =
+      package:
+      let
+        marker = attrOr (attrOr package "passthru" { }) "acceleration" null;
+      in
+      if elem marker accelerations then marker else "cpu";
 
     # The runner's `--device` for a package: the engine that package was built for.
     runnerDevice =
@@ -271,16 +291,13 @@ let
           SupplementaryGroups = unique (base.SupplementaryGroups ++ extraGroups);
         };
 
-    # The hardening block shared by nixpkgs' ollama and llama-cpp services, adjusted per
-    # acceleration: GPU variants need the @resources syscalls (memory locking and priorities
-    # of GPU runtimes). ProcSubset stays "all" (as in ollama) for every variant: GPU drivers
-    # read /proc/meminfo, and candle sizes its CPU thread pool from /proc/cpuinfo (physical
-    # cores; without it, every SMT thread, which slows decoding down).
+    # The hardening block shared by nixpkgs' ollama and llama-cpp services. ProcSubset stays
+    # "all" (as in ollama) for every variant: GPU drivers read /proc/meminfo, and candle sizes
+    # its CPU thread pool from /proc/cpuinfo (physical cores; without it, every SMT thread,
+    # which slows decoding down). The system call filter depends on the acceleration
+    # (`systemCallFilter`).
     hardening =
       acceleration:
-      let
-        gpu = acceleration != "cpu";
-      in
       {
         CapabilityBoundingSet = [ "" ];
         LockPersonality = true;
@@ -310,38 +327,62 @@ let
         RestrictSUIDSGID = true;
         SystemCallArchitectures = "native";
         SystemCallErrorNumber = "EPERM";
-        SystemCallFilter = [
-          (if gpu then "@system-service @resources" else "@system-service")
-          "~@privileged"
-        ];
+        SystemCallFilter = systemCallFilter acceleration;
         UMask = "0077";
       };
+
+    # systemd's SystemCallFilter= for the runner. `@system-service` already contains
+    # `@resources` (priorities, CPU affinity, NUMA memory policy, rlimits: setpriority,
+    # sched_setscheduler, sched_setaffinity, mbind, set_mempolicy, setrlimit, ...), so naming it
+    # again allows nothing more. The CPU build calls none of them, so it denies them, as nixpkgs'
+    # llama-cpp module does; a call made anyway fails with EPERM (SystemCallErrorNumber=)
+    # instead of killing the runner. GPU builds keep them: Mesa's driver threads (the Vulkan
+    # engine on Intel) lower their own priority (nice, SCHED_BATCH) and reset their CPU affinity
+    # (util/u_queue.c), and what the closed CUDA driver calls cannot be read.
+    systemCallFilter =
+      acceleration:
+      [
+        "@system-service"
+        "~@privileged"
+      ]
+      ++ (if acceleration == "cpu" then [ "~@resources" ] else [ ]);
+
+    # A Nix value (string, path, package, number, bool) as the string systemd should see.
+    toSystemdString =
+      value:
+      if isString value then
+        value
+      else if builtins.isPath value then
+        "${value}"
+      else if isInt value || isBool value then
+        toJSON value
+      else if isAttrs value && value ? outPath then
+        "${value}"
+      else
+        throw "xpu: cannot put a ${typeOf value} into a systemd unit";
 
     # Quotes one argument for an ExecStart= line: systemd unquotes C-style strings, and
     # expands `%` specifiers and `$` variables, so both are doubled (as nixpkgs'
     # utils.escapeSystemdExecArg does).
-    escapeSystemdExecArg =
-      arg:
-      let
-        s =
-          if isString arg then
-            arg
-          else if builtins.isPath arg then
-            "${arg}"
-          else if isInt arg || isBool arg then
-            toJSON arg
-          else if isAttrs arg && arg ? outPath then
-            "${arg}"
-          else
-            throw "xpu: cannot put a ${typeOf arg} into an ExecStart= line";
-      in
-      replaceStrings [ "%" "$" ] [ "%%" "$$" ] (toJSON s);
+    escapeSystemdExecArg = arg: replaceStrings [ "%" "$" ] [ "%%" "$$" ] (toJSON (toSystemdString arg));
 
     escapeSystemdExecArgs = args: concatStringsSep " " (map escapeSystemdExecArg args);
 
-    # Arguments of `xpu-runner serve` for the service units. `apiKeyArg` is inserted raw (it
-    # carries a systemd specifier such as `%d/api-key`).
-    serveArgs =
+    # `Environment=` assignments, one per variable, quoted as NixOS writes them
+    # (nixos/lib/systemd-lib.nix): systemd unquotes C-style double-quoted strings (backslash
+    # escapes), so spaces, quotes and backslashes survive. `$` is not special there; `%`
+    # specifiers are expanded, as in every NixOS unit (write `%%` for a literal `%`).
+    systemdEnvironment = env: map (name: toJSON "${name}=${toSystemdString env.${name}}") (attrNames env);
+
+    # A value for a unit setting that expands `%` specifiers, kept literal.
+    escapeSystemdSpecifiers = replaceStrings [ "%" ] [ "%%" ];
+
+    # The settings of `xpu-runner serve` as its XPU_RUNNER_* environment variables (see
+    # runner/src/server/config.rs), for a unit's environment. The modules pass their options
+    # this way, so that variables the user sets replace them and flags on the command line
+    # win over both (the runner's rule: command line > environment). Unset (null) settings
+    # are left out, so the runner's defaults apply. Values are literal: `%` is escaped.
+    runnerEnvironment =
       {
         model,
         modelId ? null,
@@ -349,30 +390,40 @@ let
         port,
         device,
         factsFile ? null,
-        apiKeyArg ? null,
-        extraArgs ? [ ],
+        apiKeyFile ? null,
+        shutdownTimeoutSec ? null,
+        contextSize ? null,
+        threads ? null,
+        maxQueue ? null,
+        maxTokensDefault ? null,
       }:
       let
-        escaped = escapeSystemdExecArgs (
-          [
-            "serve"
-            "--model"
-            model
-          ]
-          ++ (if modelId != null then [ "--model-id" modelId ] else [ ])
-          ++ [
-            "--host"
-            host
-            "--port"
-            port
-            "--device"
-            device
-          ]
-          ++ (if factsFile != null then [ "--facts" factsFile ] else [ ])
-        );
-        extra = if extraArgs == [ ] then "" else " " + escapeSystemdExecArgs extraArgs;
+        settings = {
+          XPU_RUNNER_MODEL = model;
+          XPU_RUNNER_MODEL_ID = modelId;
+          XPU_RUNNER_HOST = host;
+          XPU_RUNNER_PORT = port;
+          XPU_RUNNER_DEVICE = device;
+          XPU_RUNNER_FACTS = factsFile;
+          XPU_RUNNER_API_KEY_FILE = apiKeyFile;
+          XPU_RUNNER_SHUTDOWN_TIMEOUT = shutdownTimeoutSec;
+          XPU_RUNNER_CTX = contextSize;
+          XPU_RUNNER_THREADS = threads;
+          XPU_RUNNER_MAX_QUEUE = maxQueue;
+          XPU_RUNNER_MAX_TOKENS_DEFAULT = maxTokensDefault;
+        };
+        set = filter (name: settings.${name} != null) (attrNames settings);
       in
-      escaped + (if apiKeyArg != null then " --api-key-file ${apiKeyArg}" else "") + extra;
+      listToAttrs (
+        map (name: {
+          inherit name;
+          value = escapeSystemdSpecifiers (toSystemdString settings.${name});
+        }) set
+      );
+
+    # The id clients must name for a model: the package's `passthru.modelId` (the default
+    # model has one), else null and the runner derives it from the file.
+    modelIdOf = model: if isAttrs model then attrOr (attrOr model "passthru" { }) "modelId" null else null;
 
     # Why a model path cannot be read by the sandboxed service (ProtectHome=, PrivateTmp=), or
     # null when it can.
@@ -389,15 +440,93 @@ let
       else
         null;
 
-    # host:port for a systemd ListenStream=; IPv6 addresses get brackets.
+    # What `--host` (services.xpu-runner.host) accepts: the runner binds an IP address, or the
+    # addresses a host name resolves to.
+    #   IPv4: four decimal numbers 0-255 without leading zeros (as Rust's Ipv4Addr parses them;
+    #         "010.0.0.1" or "127.1" mean other addresses to the C resolver, so both are refused);
+    #   IPv6: RFC 4291 text form, optionally in brackets ("::1", "[::1]", "fe80::1", "::ffff:1.2.3.4");
+    #   host name: RFC 1123 labels of letters, digits and inner hyphens, at most 253 characters,
+    #         whose last label is not all digits (so it cannot be mistaken for an address).
+    isIPv4 =
+      s:
+      let
+        octets = match "([0-9]+)[.]([0-9]+)[.]([0-9]+)[.]([0-9]+)" s;
+      in
+      isString s && octets != null && all (o: match "0|[1-9][0-9]{0,2}" o != null && fromJSON o <= 255) octets;
+
+    # The eight 16-bit groups of an IPv6 address (with or without brackets), or null when `s`
+    # is not one.
+    ipv6Groups =
+      s:
+      let
+        bare = if match "\\[.*]" s != null then substring 1 (stringLength s - 2) s else s;
+        halves = filter isString (builtins.split "::" bare);
+        groupsOf = part: if part == "" then [ ] else filter isString (builtins.split ":" part);
+        parts = map groupsOf halves;
+        texts = concatLists parts;
+        # An embedded IPv4 address is two groups, and only allowed at the very end.
+        value =
+          g:
+          if isIPv4 g then
+            let
+              o = map fromJSON (match "([0-9]+)[.]([0-9]+)[.]([0-9]+)[.]([0-9]+)" g);
+            in
+            [
+              (elemAt o 0 * 256 + elemAt o 1)
+              (elemAt o 2 * 256 + elemAt o 3)
+            ]
+          else if match "[0-9A-Fa-f]{1,4}" g != null then
+            [ (hexValue g) ]
+          else
+            [ null ];
+        left = concatLists (map value (head parts));
+        right = if length parts == 2 then concatLists (map value (elemAt parts 1)) else [ ];
+        known = length left + length right;
+        ipv4Misplaced =
+          any isIPv4 (if texts == [ ] then [ ] else genList (elemAt texts) (length texts - 1))
+          || (texts != [ ] && isIPv4 (lastOf texts) && match ".*::" bare != null);
+      in
+      if !isString s || match "[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*" bare == null then
+        null
+      else if length parts > 2 || elem null (left ++ right) || ipv4Misplaced then
+        null
+      else if length parts == 2 && known <= 7 then
+        left ++ genList (_: 0) (8 - known) ++ right
+      else if length parts == 1 && known == 8 then
+        left
+      else
+        null;
+
+    isIPv6 = s: ipv6Groups s != null;
+
+    isHostName =
+      s:
+      let
+        labels = filter isString (builtins.split "[.]" s);
+      in
+      isString s
+      && stringLength s <= 253
+      && all (l: match "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?" l != null) labels
+      && match "[0-9]+" (lastOf labels) == null;
+
+    isHost = s: isIPv4 s || isIPv6 s || isHostName s;
+
+    # Loopback as the runner binds it: 127.0.0.0/8, ::1 (any spelling, with or without
+    # brackets), and `localhost`, which resolves to those.
+    isLoopbackHost =
+      host:
+      (isIPv4 host && match "127[.].*" host != null)
+      || ipv6Groups host == [ 0 0 0 0 0 0 0 1 ]
+      || (isString host && toLower host == "localhost");
+
+    # host:port for a systemd ListenStream=, which takes addresses only (no host names);
+    # IPv6 addresses get brackets.
     listenAddress =
       host: port:
       let
         bare = replaceStrings [ "[" "]" ] [ "" "" ] host;
       in
-      if match ".*:.*" bare != null then "[${bare}]:${toString port}" else "${host}:${toString port}";
-
-    isLoopbackHost = host: elem host [ "127.0.0.1" "::1" "localhost" "[::1]" ] || match "127[.].*" host != null;
+      if isIPv6 host then "[${bare}]:${toString port}" else "${host}:${toString port}";
 
     # Source filter for the Rust workspace: Cargo.toml, Cargo.lock and the top-level directories
     # of the workspace members, never build outputs or VCS data. `root` is the repository root;

@@ -82,6 +82,51 @@ PY
     || fail "a $(stat -c %s "$work/big.json")-byte facts file was not read"
 pass "large facts file ($(stat -c %s "$work/big.json") bytes)"
 
+# Environment= lines as lib/ quotes them (the Home Manager unit's) read back by systemd itself:
+# `systemd --test` loads a unit and dumps its parsed settings. It refuses to run as root, so
+# root runs it as nobody; machines without systemd skip this.
+systemd_bin=$(command -v /lib/systemd/systemd /usr/lib/systemd/systemd 2>/dev/null | head -n1 || true)
+if [ -z "$systemd_bin" ]; then
+    skip "Environment= quoting against systemd: no systemd binary on this machine"
+else
+    env_dir="$work/units"
+    mkdir -p "$env_dir"
+    env_case=$(nix-instantiate --eval --strict --json -E '
+      let
+        env = {
+          TRICKY = "two words \"quoted\" back\\slash $HOME \ttab é";
+          RUST_LOG = "xpu_runner=debug,tower_http=info";
+        };
+      in {
+        lines = (import ./lib).systemdEnvironment env;
+        expected = map (n: "${n}=${env.${n}}") (builtins.attrNames env);
+      }') || fail "lib.systemdEnvironment does not evaluate"
+    python3 - "$env_case" "$env_dir/xpu-env-check.service" <<'PY'
+import json, sys
+case = json.loads(sys.argv[1])
+lines = case["lines"]
+with open(sys.argv[2], "w") as unit:
+    unit.write("[Service]\nExecStart=/bin/true\n" + "".join(f"Environment={l}\n" for l in lines))
+PY
+    chmod 755 "$work" "$env_dir"
+    chmod 644 "$env_dir/xpu-env-check.service"
+    run_as=()
+    [ "$(id -u)" -eq 0 ] && run_as=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    env -i HOME=/nonexistent SYSTEMD_UNIT_PATH="$env_dir:" "${run_as[@]}" "$systemd_bin" --test --system \
+        --unit=xpu-env-check.service --no-pager >"$work/systemd-dump.txt" 2>/dev/null \
+        || fail "systemd --test could not load the Environment= check unit"
+    python3 - "$env_case" "$work/systemd-dump.txt" <<'PY' || exit 1
+import json, re, sys
+case, dump = json.loads(sys.argv[1]), open(sys.argv[2], encoding="utf-8").read()
+unit = dump.split("-> Unit xpu-env-check.service:", 1)[1].split("-> Unit ", 1)[0]
+got = sorted(re.findall(r"^\t\tEnvironment: (.*)$", unit, re.M))
+want = sorted(case["expected"])
+if got != want:
+    sys.exit(f"test-nix: FAIL: systemd reads the Environment= lines as\n  {got}\nnot\n  {want}")
+PY
+    pass "Environment= quoting: systemd $("$systemd_bin" --version | head -n1 | cut -d' ' -f2) reads back $(grep -c '^Environment=' "$env_dir/xpu-env-check.service") assignments whole"
+fi
+
 # The VM tests' Python scripts compile (the NixOS test driver runs them where KVM exists).
 for vm in checks/vm-*.nix; do
     nix-instantiate --eval --strict --json -E "(import ./$vm { self = null; fixture = x: x; }).testScript" \
@@ -181,6 +226,13 @@ fi
 lib_abs=$(cd "$NIXPKGS_LIB" && pwd)
 run_test_set "module tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/module-tests.nix { lib = import $lib_abs; })"
 run_test_set "cluster module tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/cluster-module-tests.nix { lib = import $lib_abs; })"
+# The message a user sees for a host the runner cannot bind says what to write.
+expect_eval_error "host with a port" "let lib = import $lib_abs; in (lib.evalModules { modules = [
+    (import ./tests/nix/stubs/nixos-options.nix { })
+    ./modules/nixos/default.nix
+    { _module.args.pkgs = import ./tests/nix/stubs/pkgs.nix { }; services.xpu-runner = { enable = true; host = \"127.0.0.1:8080\"; }; }
+  ]; }).config.systemd.services.xpu-runner.environment" \
+    "services.xpu-runner.host' is not of type .IP address or host name, e.g. \"127.0.0.1\", \"::1\", \"0.0.0.0\", \"::\" or \"localhost\" \(no port: set services.xpu-runner.port\)"
 
 stand_in="$work/stand-in-nixpkgs"
 cp -r tests/nix/stand-in-nixpkgs "$stand_in"

@@ -13,11 +13,7 @@ let
   xpu = import ../../lib;
   inherit (lib) literalExpression mkIf mkOption types;
   cfg = config.services.xpu-runner;
-
-  # The flake's packages: from pkgs when the overlay is applied there, else built from it here
-  # (Home Manager may share the system's pkgs, where it cannot add overlays).
-  ourPackages = import ../../overlays/default.nix pkgs pkgs;
-  package = name: pkgs.${name} or ourPackages.${name};
+  package = import ../package.nix pkgs;
 
   facts = if cfg.factsFile == null then { } else xpu.readFacts cfg.factsFile;
   acceleration = cfg.package.passthru.acceleration or null;
@@ -27,9 +23,12 @@ in
 {
   _class = "homeManager";
 
-  options.services.xpu-runner = {
-    enable = lib.mkEnableOption "xpu-runner, the OpenAI-compatible local LLM inference service, as a user service";
+  # The options shared with the NixOS module (model, host, port, typed runner settings,
+  # environmentVariables, extraFlags, ...). Not here: user/group (a user service runs as its
+  # user), openFirewall and socketActivation (system matters).
+  imports = [ ../runner-options.nix ];
 
+  options.services.xpu-runner = {
     factsFile = mkOption {
       type = types.nullOr types.path;
       default = null;
@@ -50,74 +49,6 @@ in
       defaultText = literalExpression "pkgs.\${config.services.xpu-runner.variant}";
       description = "The runner package; it must carry passthru.acceleration.";
     };
-
-    model = mkOption {
-      type = types.path;
-      default = package "xpu-default-model";
-      defaultText = literalExpression "pkgs.xpu-default-model";
-      description = "The model: a GGUF file or a safetensors directory. The default is SmolLM2-135M-Instruct (Q4_1).";
-    };
-
-    modelId = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      description = "The model name clients use; by default derived from the model file.";
-    };
-
-    host = mkOption {
-      type = types.str;
-      default = "127.0.0.1";
-      description = "The address to listen on.";
-    };
-
-    port = mkOption {
-      type = types.port;
-      default = 52415;
-      description = "The TCP port to listen on.";
-    };
-
-    device = mkOption {
-      type = types.enum [
-        "auto"
-        "cpu"
-        "cuda"
-        "vulkan"
-      ];
-      default = xpu.runnerDevice (if accelerationValid then acceleration else "cpu");
-      defaultText = "vulkan for exo-intel, cuda for exo-cuda, cpu for exo-cpu";
-      description = "The runner's `--device`.";
-    };
-
-    apiKeyFile = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "/home/alice/.config/xpu/api-keys";
-      description = "A file with the accepted API keys, one per line (outside the Nix store).";
-    };
-
-    shutdownTimeoutSec = mkOption {
-      type = types.ints.positive;
-      default = 30;
-      description = "How long in-flight requests may run on after SIGTERM (`--shutdown-timeout`).";
-    };
-
-    watchdogSec = mkOption {
-      type = types.ints.unsigned;
-      default = 30;
-      description = "systemd's WatchdogSec= for the service; 0 turns it off.";
-    };
-
-    extraArgs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      description = "More arguments for `xpu-runner serve`.";
-    };
-
-    environment = mkOption {
-      type = types.attrsOf types.str;
-      default = { };
-      description = "Environment variables of the service.";
-    };
   };
 
   config = mkIf cfg.enable {
@@ -133,7 +64,7 @@ in
         }
         {
           assertion = cfg.apiKeyFile == null || (lib.hasPrefix "/" cfg.apiKeyFile && !(lib.hasPrefix "/nix/store" cfg.apiKeyFile));
-          message = "services.xpu-runner.apiKeyFile must be an absolute path outside the Nix store.";
+          message = "services.xpu-runner.apiKeyFile must be an absolute path outside the Nix store (the store is world-readable), e.g. \"/home/alice/.config/xpu/api-keys\"; it is \"${toString cfg.apiKeyFile}\".";
         }
       ];
 
@@ -147,30 +78,43 @@ in
       Service = {
         Type = "notify";
         NotifyAccess = "main";
-        ExecStart = "${lib.getExe cfg.package} ${
-          xpu.serveArgs {
+        ExecStart = "${lib.getExe cfg.package} serve${
+          lib.optionalString (cfg.extraFlags != [ ]) " ${xpu.escapeSystemdExecArgs cfg.extraFlags}"
+        }";
+        # Home Manager writes each entry as it is: quote them as NixOS does, so values with
+        # spaces, quotes or backslashes arrive whole. The options reach the runner as
+        # XPU_RUNNER_* variables, so environmentVariables replace them and extraFlags win.
+        Environment = xpu.systemdEnvironment (
+          xpu.runnerEnvironment {
             inherit (cfg)
               model
               modelId
               host
               port
               device
+              apiKeyFile
+              shutdownTimeoutSec
+              contextSize
+              threads
+              maxQueue
+              maxTokensDefault
               ;
-            extraArgs = [
-              "--shutdown-timeout"
-              (toString cfg.shutdownTimeoutSec)
-            ]
-            ++ cfg.extraArgs;
-            factsFile = if cfg.factsFile != null && !(lib.hasSuffix ".nix" (toString cfg.factsFile)) then cfg.factsFile else null;
-            apiKeyArg = if cfg.apiKeyFile != null then xpu.escapeSystemdExecArg cfg.apiKeyFile else null;
+            # The runner reads JSON; facts written in Nix form are handed over as JSON.
+            factsFile =
+              if cfg.factsFile == null then
+                null
+              else if lib.hasSuffix ".nix" (toString cfg.factsFile) then
+                pkgs.writeText "xpu-facts.json" (builtins.toJSON facts)
+              else
+                cfg.factsFile;
           }
-        }";
+          // cfg.environmentVariables
+        );
         Restart = "on-failure";
         RestartSec = 5;
         TimeoutStartSec = "15min";
         TimeoutStopSec = "${toString (cfg.shutdownTimeoutSec + 15)}s";
         WatchdogSec = cfg.watchdogSec;
-        Environment = lib.mapAttrsToList (n: v: "${n}=${v}") cfg.environment;
         # What a user manager can enforce without extra privileges.
         NoNewPrivileges = true;
         LockPersonality = true;
@@ -178,10 +122,8 @@ in
         RestrictRealtime = true;
         RestrictSUIDSGID = true;
         SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
+        SystemCallErrorNumber = "EPERM";
+        SystemCallFilter = xpu.systemCallFilter (xpu.packageAcceleration cfg.package);
         UMask = "0077";
       };
       Install.WantedBy = [ "default.target" ];

@@ -5,8 +5,9 @@
 #   services.xpu-runner.enable = true;
 #
 # The decisions live in ../../lib (pure, unit-tested); this module only maps options to config.
-# It applies the flake's overlay and takes packages from `pkgs` by name: exo-intel, exo-cuda,
-# exo-cpu, xpu-probe, xpu-default-model.
+# The runner options it shares with the Home Manager module are declared in
+# ../runner-options.nix. It applies the flake's overlay and takes packages from `pkgs` by name:
+# exo-intel, exo-cuda, exo-cpu, xpu-probe, xpu-default-model.
 {
   config,
   options,
@@ -22,8 +23,7 @@ let
   # single-definition option; there the given pkgs must already carry the overlay, or the
   # packages are built from it below.
   pkgsReadOnly = (options.nixpkgs.overlays.type.name or "") == "unique";
-  ourPackages = overlay pkgs pkgs;
-  package = name: pkgs.${name} or ourPackages.${name};
+  package = import ../package.nix pkgs;
   inherit (lib)
     literalExpression
     mkDefault
@@ -45,7 +45,7 @@ let
   packageAccelerationValid = builtins.elem packageAcceleration xpu.accelerations;
   # Device rules follow the package actually run, so a user who swaps the package keeps a
   # correct sandbox.
-  acceleration = if packageAccelerationValid then packageAcceleration else "cpu";
+  acceleration = xpu.packageAcceleration cfg.package;
 
   # hardware.nvidia is enabled by the "nvidia" X11 driver or by the data-centre driver (and,
   # in newer nixpkgs, by hardware.nvidia.enable).
@@ -87,14 +87,22 @@ let
     else
       null;
 
-  apiKeyArg = if cfg.apiKeyFile != null then "%d/api-key" else null;
+  staticUser = cfg.user != null;
+  # An existing normal account (e.g. one whose files hold the model) is used as it is; any
+  # other user is declared here as a system user.
+  userIsNormal = staticUser && (config.users.users.${cfg.user}.isNormalUser or false);
+  hostIsAddress = xpu.isIPv4 cfg.host || xpu.isIPv6 cfg.host;
 in
 {
   # Importing this into Home Manager (or the reverse) fails with a clear message.
   _class = "nixos";
 
-  # services.xpu-cluster: llama.cpp RPC workers and head, chosen from the same facts.
-  imports = [ ./cluster.nix ];
+  imports = [
+    # The services.xpu-runner options shared with the Home Manager module.
+    ../runner-options.nix
+    # services.xpu-cluster: llama.cpp RPC workers and head, chosen from the same facts.
+    ./cluster.nix
+  ];
 
   options.hardware.xpu = {
     enable = mkOption {
@@ -146,8 +154,6 @@ in
   };
 
   options.services.xpu-runner = {
-    enable = lib.mkEnableOption "xpu-runner, the OpenAI-compatible local LLM inference service";
-
     package = mkOption {
       type = types.package;
       default = package hw.variant;
@@ -158,77 +164,33 @@ in
       '';
     };
 
-    model = mkOption {
-      type = types.path;
-      default = package "xpu-default-model";
-      defaultText = literalExpression "pkgs.xpu-default-model";
-      example = "/var/lib/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf";
+    user = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "xpu-runner";
       description = ''
-        The model: a GGUF file or a Hugging Face safetensors directory. The default is
-        SmolLM2-135M-Instruct (Q4_1). A path outside the Nix store must be readable by any
-        user (the service runs with a dynamic user) and must not be under /home.
+        The account the service runs as. `null` runs it as a transient user (`DynamicUser=`),
+        which can read only world-readable files; name a user to serve a model that only it (or
+        {option}`services.xpu-runner.group`) may read. A normal account (`isNormalUser`) is used
+        as it is; any other name is declared as a system user.
       '';
     };
 
-    modelId = mkOption {
+    group = mkOption {
       type = types.nullOr types.str;
       default = null;
-      example = "smollm2";
-      description = "The model name clients use in requests; by default the runner derives it from the model file.";
-    };
-
-    host = mkOption {
-      type = types.str;
-      default = "127.0.0.1";
-      example = "0.0.0.0";
-      description = "The address to listen on. Anything but loopback should come with an API key.";
-    };
-
-    port = mkOption {
-      type = types.port;
-      default = 52415;
-      description = "The TCP port to listen on (52415 is the port EXO clients expect).";
-    };
-
-    device = mkOption {
-      type = types.enum [
-        "auto"
-        "cpu"
-        "cuda"
-        "vulkan"
-      ];
-      default = xpu.runnerDevice acceleration;
-      defaultText = "vulkan for exo-intel, cuda for exo-cuda, cpu for exo-cpu";
+      example = "models";
       description = ''
-        The runner's `--device`. `auto` lets the runner decide from the facts and fall back to
-        the CPU when the accelerator fails to start.
+        The group the service runs as, with {option}`services.xpu-runner.user`. `null` keeps
+        the user's primary group (for a user this module declares: a group of the same name).
+        The group is declared if it does not exist.
       '';
     };
 
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Whether to open {option}`services.xpu-runner.port` in the firewall.";
-    };
-
-    apiKeyFile = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "/run/secrets/xpu-runner-api-keys";
-      description = ''
-        A file with the accepted API keys, one per line, outside the Nix store. systemd passes
-        it to the service as a credential (`LoadCredential`), so it can stay readable by root
-        only.
-      '';
-    };
-
-    shutdownTimeoutSec = mkOption {
-      type = types.ints.positive;
-      default = 30;
-      description = ''
-        How long in-flight requests may run on after SIGTERM (`--shutdown-timeout`); systemd's
-        TimeoutStopSec= leaves 15 more seconds before it kills the runner.
-      '';
+      description = "Whether to open {option}`services.xpu-runner.port` (TCP) in the firewall.";
     };
 
     socketActivation = mkOption {
@@ -237,35 +199,9 @@ in
       description = ''
         Whether systemd listens on {option}`services.xpu-runner.host`:{option}`services.xpu-runner.port`
         (`xpu-runner.socket`) and starts the runner on the first connection, handing it the
-        socket. Connections made while the model loads wait instead of being refused.
+        socket. Connections made while the model loads wait instead of being refused. The host
+        must then be an IP address: systemd's ListenStream= resolves no names.
       '';
-    };
-
-    watchdogSec = mkOption {
-      type = types.ints.unsigned;
-      default = 30;
-      description = "systemd's WatchdogSec= for the service; the runner pings at half this interval. 0 turns it off.";
-    };
-
-    extraArgs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [
-        "--ctx"
-        "8192"
-        "--max-queue"
-        "64"
-      ];
-      description = "More arguments for `xpu-runner serve`.";
-    };
-
-    environment = mkOption {
-      type = types.attrsOf types.str;
-      default = { };
-      example = {
-        RUST_LOG = "xpu_runner=debug";
-      };
-      description = "Environment variables of the service (the runner reads XPU_RUNNER_* options from here too).";
     };
   };
 
@@ -342,7 +278,7 @@ in
           assertion = xpu.modelPathProblem cfg.model == null;
           message = ''
             services.xpu-runner.model (${toString cfg.model}) ${toString (xpu.modelPathProblem cfg.model)}.
-            Move the model to e.g. /var/lib/models (readable by all users), or use a path in the Nix store.
+            Move the model to e.g. /var/lib/models, or use a path in the Nix store.
           '';
         }
         {
@@ -350,6 +286,21 @@ in
           message = ''
             services.xpu-runner.apiKeyFile must be an absolute path outside the Nix store (the store is world-readable),
             e.g. "/run/secrets/xpu-runner-api-keys"; it is "${toString cfg.apiKeyFile}".
+          '';
+        }
+        {
+          assertion = !cfg.socketActivation || hostIsAddress;
+          message = ''
+            services.xpu-runner.socketActivation needs an IP address in services.xpu-runner.host, but it is "${cfg.host}":
+            systemd's ListenStream= does not resolve host names. Write host = "127.0.0.1"; (or "::1") for localhost,
+            or the address of the interface to listen on.
+          '';
+        }
+        {
+          assertion = cfg.group == null || staticUser;
+          message = ''
+            services.xpu-runner.group is "${toString cfg.group}" but services.xpu-runner.user is not set; the service
+            would run as a transient user that ignores it. Set services.xpu-runner.user too (e.g. "xpu-runner").
           '';
         }
       ];
@@ -367,6 +318,17 @@ in
           services.xpu-runner.openFirewall is set, but the runner only listens on ${cfg.host}; set services.xpu-runner.host too.
         '';
 
+      # (optionalAttrs, not mkIf: the names are null when no user is set.)
+      users.users = lib.optionalAttrs staticUser {
+        ${cfg.user} = {
+          isSystemUser = mkIf (!userIsNormal) true;
+          group = mkIf (!userIsNormal) (mkDefault (if cfg.group != null then cfg.group else cfg.user));
+        };
+      };
+      users.groups =
+        lib.optionalAttrs (cfg.group != null) { ${cfg.group} = { }; }
+        // lib.optionalAttrs (staticUser && cfg.group == null && !userIsNormal) { ${cfg.user} = { }; };
+
       systemd.sockets.xpu-runner = mkIf cfg.socketActivation {
         description = "Socket of xpu-runner";
         wantedBy = [ "sockets.target" ];
@@ -379,11 +341,30 @@ in
         requires = lib.optional cfg.socketActivation "xpu-runner.socket";
         wants = [ "network.target" ];
         after = [ "network.target" ];
+        # The options reach the runner as XPU_RUNNER_* variables, so that
+        # environmentVariables replace them and extraFlags (command line) win over both.
         environment = {
           HOME = "/var/cache/xpu-runner";
           XDG_CACHE_HOME = "/var/cache/xpu-runner";
         }
-        // cfg.environment;
+        // xpu.runnerEnvironment {
+          inherit (cfg)
+            model
+            modelId
+            host
+            port
+            device
+            shutdownTimeoutSec
+            contextSize
+            threads
+            maxQueue
+            maxTokensDefault
+            ;
+          factsFile = runnerFactsFile;
+        }
+        # The credential's path: %d is systemd's credentials directory.
+        // lib.optionalAttrs (cfg.apiKeyFile != null) { XPU_RUNNER_API_KEY_FILE = "%d/api-key"; }
+        // cfg.environmentVariables;
 
         serviceConfig =
           xpu.hardening acceleration
@@ -394,23 +375,8 @@ in
           // {
             Type = "notify";
             NotifyAccess = "main";
-            ExecStart = "${lib.getExe cfg.package} ${
-              xpu.serveArgs {
-                inherit (cfg)
-                  model
-                  modelId
-                  host
-                  port
-                  device
-                  ;
-                extraArgs = [
-                  "--shutdown-timeout"
-                  (toString cfg.shutdownTimeoutSec)
-                ]
-                ++ cfg.extraArgs;
-                factsFile = runnerFactsFile;
-                inherit apiKeyArg;
-              }
+            ExecStart = "${lib.getExe cfg.package} serve${
+              lib.optionalString (cfg.extraFlags != [ ]) " ${xpu.escapeSystemdExecArgs cfg.extraFlags}"
             }";
             Restart = "on-failure";
             RestartSec = "5s";
@@ -419,14 +385,16 @@ in
             TimeoutStopSec = "${toString (cfg.shutdownTimeoutSec + 15)}s";
             WatchdogSec = toString cfg.watchdogSec;
 
-            DynamicUser = true;
+            DynamicUser = !staticUser;
             StateDirectory = "xpu-runner";
             StateDirectoryMode = "0700";
             CacheDirectory = "xpu-runner";
             CacheDirectoryMode = "0700";
             WorkingDirectory = "/var/lib/xpu-runner";
             LoadCredential = lib.optional (cfg.apiKeyFile != null) "api-key:${cfg.apiKeyFile}";
-          };
+          }
+          // lib.optionalAttrs staticUser { User = cfg.user; }
+          // lib.optionalAttrs (cfg.group != null) { Group = cfg.group; };
       };
 
       networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.port;

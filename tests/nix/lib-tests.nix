@@ -313,24 +313,39 @@ in
       "all"
     ];
   };
-  testHardeningCpuHasNoResourcesSyscalls = {
+  # @system-service already contains @resources: the CPU build denies it, GPU builds keep
+  # what @system-service allows, and no filter names @resources as an addition (a no-op).
+  testHardeningCpuDeniesResourcesSyscalls = {
     expr = (xpu.hardening "cpu").SystemCallFilter;
     expected = [
       "@system-service"
       "~@privileged"
+      "~@resources"
     ];
   };
-  testHardeningGpuProcSubsetAndResources = {
-    expr = {
-      inherit (xpu.hardening "intel") ProcSubset SystemCallFilter;
-    };
-    expected = {
-      ProcSubset = "all";
-      SystemCallFilter = [
-        "@system-service @resources"
+  testHardeningGpuKeepsResourcesSyscalls = {
+    expr = map (a: (xpu.hardening a).SystemCallFilter) [
+      "intel"
+      "cuda"
+    ];
+    expected = [
+      [
+        "@system-service"
         "~@privileged"
-      ];
-    };
+      ]
+      [
+        "@system-service"
+        "~@privileged"
+      ]
+    ];
+  };
+  testSystemCallFilterIsTheHardenings = {
+    expr = map (a: xpu.systemCallFilter a == (xpu.hardening a).SystemCallFilter) xpu.accelerations;
+    expected = [
+      true
+      true
+      true
+    ];
   };
   testHardeningCoreDirectives = {
     expr = {
@@ -369,43 +384,98 @@ in
     ];
     expected = ''"plain" "with space" "100%%" "$$HOME" "quote\"d" "52415"'';
   };
-  testServeArgsFull = {
-    expr = xpu.serveArgs {
+  # Settings go to the runner as XPU_RUNNER_* variables (so environmentVariables override
+  # them); null settings are left out, `%` is escaped so values stay literal.
+  testRunnerEnvironmentFull = {
+    expr = xpu.runnerEnvironment {
       model = "/nix/store/x-model.gguf";
-      modelId = "smollm2";
-      host = "127.0.0.1";
+      modelId = "SmolLM2-135M-Instruct";
+      host = "[::1]";
       port = 52415;
       device = "vulkan";
-      factsFile = "/nix/store/y-facts.json";
-      apiKeyArg = "%d/api-key";
-      extraArgs = [
-        "--ctx"
-        "4096"
-      ];
+      factsFile = ./fixtures/facts-cpu.json;
+      apiKeyFile = "/etc/xpu/100%keys";
+      shutdownTimeoutSec = 30;
+      contextSize = 8192;
+      threads = 4;
+      maxQueue = 64;
+      maxTokensDefault = 2048;
     };
-    expected = ''"serve" "--model" "/nix/store/x-model.gguf" "--model-id" "smollm2" "--host" "127.0.0.1" "--port" "52415" "--device" "vulkan" "--facts" "/nix/store/y-facts.json" --api-key-file %d/api-key "--ctx" "4096"'';
+    expected = {
+      XPU_RUNNER_MODEL = "/nix/store/x-model.gguf";
+      XPU_RUNNER_MODEL_ID = "SmolLM2-135M-Instruct";
+      XPU_RUNNER_HOST = "[::1]";
+      XPU_RUNNER_PORT = "52415";
+      XPU_RUNNER_DEVICE = "vulkan";
+      XPU_RUNNER_FACTS = "${./fixtures/facts-cpu.json}";
+      XPU_RUNNER_API_KEY_FILE = "/etc/xpu/100%%keys";
+      XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+      XPU_RUNNER_CTX = "8192";
+      XPU_RUNNER_THREADS = "4";
+      XPU_RUNNER_MAX_QUEUE = "64";
+      XPU_RUNNER_MAX_TOKENS_DEFAULT = "2048";
+    };
   };
-  testServeArgsMinimal = {
-    expr = xpu.serveArgs {
-      model = "/m.gguf";
-      host = "::1";
+  testRunnerEnvironmentMinimal = {
+    expr = xpu.runnerEnvironment {
+      model = {
+        outPath = "/nix/store/y-model.gguf";
+      };
+      host = "localhost";
       port = 8080;
       device = "cpu";
     };
-    expected = ''"serve" "--model" "/m.gguf" "--host" "::1" "--port" "8080" "--device" "cpu"'';
+    expected = {
+      XPU_RUNNER_MODEL = "/nix/store/y-model.gguf";
+      XPU_RUNNER_HOST = "localhost";
+      XPU_RUNNER_PORT = "8080";
+      XPU_RUNNER_DEVICE = "cpu";
+    };
+  };
+  # Environment= lines as systemd reads them (systemd.syntax(5)): each assignment one
+  # double-quoted word with C escapes, so spaces do not split it and quotes and backslashes
+  # survive. scripts/test-nix.sh feeds these lines to systemd itself where it can.
+  testSystemdEnvironmentQuoting = {
+    expr = xpu.systemdEnvironment {
+      RUST_LOG = "info";
+      TRICKY = ''two words "quoted" back\slash $HOME'';
+      PORT = 8080;
+    };
+    expected = [
+      ''"PORT=8080"''
+      ''"RUST_LOG=info"''
+      ''"TRICKY=two words \"quoted\" back\\slash $HOME"''
+    ];
+  };
+  testModelIdOf = {
+    expr = map xpu.modelIdOf [
+      {
+        outPath = "/nix/store/abc-SmolLM2-135M-Instruct.Q4_1.gguf";
+        passthru.modelId = "SmolLM2-135M-Instruct";
+      }
+      { outPath = "/nix/store/abc-other.gguf"; }
+      "/var/lib/models/m.gguf"
+      ./fixtures/facts-cpu.json
+    ];
+    expected = [
+      "SmolLM2-135M-Instruct"
+      null
+      null
+      null
+    ];
   };
   testListenAddress = {
     expr = [
       (xpu.listenAddress "127.0.0.1" 52415)
       (xpu.listenAddress "::" 80)
       (xpu.listenAddress "[::1]" 8080)
-      (xpu.listenAddress "localhost" 1)
+      (xpu.listenAddress "fe80::1" 1)
     ];
     expected = [
       "127.0.0.1:52415"
       "[::]:80"
       "[::1]:8080"
-      "localhost:1"
+      "[fe80::1]:1"
     ];
   };
   testModelPathProblems = {
@@ -430,24 +500,98 @@ in
       false
     ];
   };
+  # Loopback as the runner binds it; names that only look like loopback are not.
   testLoopbackHosts = {
     expr = map xpu.isLoopbackHost [
       "127.0.0.1"
       "127.0.1.1"
       "::1"
+      "[::1]"
+      "0:0:0:0:0:0:0:1"
       "localhost"
+      "LOCALHOST"
       "0.0.0.0"
       "::"
+      "[::]"
       "192.168.1.5"
+      "127.evil.example"
+      "localhost.example"
+      "::ffff:127.0.0.1"
     ];
     expected = [
       true
       true
       true
       true
+      true
+      true
+      true
       false
       false
       false
+      false
+      false
+      false
+      false
+    ];
+  };
+  # What services.xpu-runner.host accepts: what the runner can bind.
+  testHostsAccepted = {
+    expr = builtins.filter (h: !(xpu.isHost h)) [
+      "127.0.0.1"
+      "0.0.0.0"
+      "255.255.255.255"
+      "::"
+      "::1"
+      "[::1]"
+      "[::]"
+      "fe80::1"
+      "2001:db8::ff00:42:8329"
+      "::ffff:192.0.2.1"
+      "1:2:3:4:5:6:7:8"
+      "localhost"
+      "llm-host"
+      "llm-host.lan"
+      "a.b-c.example"
+    ];
+    expected = [ ];
+  };
+  testHostsRefused = {
+    expr = builtins.filter xpu.isHost [
+      ""
+      "256.0.0.1"
+      "127.1"
+      "010.0.0.1"
+      "1.2.3.4.5"
+      "127.0.0.1:8080"
+      "[::1]:8080"
+      "http://localhost"
+      "local host"
+      "-llm"
+      "llm-"
+      "a..b"
+      "my_host"
+      "1::2::3"
+      "1:2:3:4:5:6:7:8:9"
+      "12345::"
+      "1.2.3.4::"
+      "[::1"
+      "fe80::1%eth0"
+    ];
+    expected = [ ];
+  };
+  testIpv6Groups = {
+    expr = map xpu.ipv6Groups [
+      "::1"
+      "2001:db8::ff00:42:8329"
+      "::ffff:1.2.3.4"
+      "localhost"
+    ];
+    expected = [
+      [ 0 0 0 0 0 0 0 1 ]
+      [ 8193 3512 0 0 0 65280 66 33577 ]
+      [ 0 0 0 0 0 65535 258 772 ]
+      null
     ];
   };
 

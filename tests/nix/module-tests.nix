@@ -44,6 +44,11 @@ let
 
   intel = evalNixos { config = withFacts "intel-dgpu" { }; };
   intelUnit = intel.systemd.services.xpu-runner;
+  runnerPath = "/nix/store/00000000000000000000000000000000-exo-intel-0.1.0/bin/xpu-runner";
+  defaultModel = "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf";
+  # The unit's XPU_RUNNER_* variables: how the module hands its options to the runner.
+  runnerEnv = unit: lib.filterAttrs (n: _: lib.hasPrefix "XPU_RUNNER_" n) unit.environment;
+  service = config: (evalNixos { inherit config; }).systemd.services.xpu-runner;
   intelNoDrivers = evalNixos {
     config = withFacts "intel-dgpu" { };
     pkgsArgs.withDriversOutput = false;
@@ -106,9 +111,25 @@ in
     expr = failedAssertions intel;
     expected = [ ];
   };
+  # The options reach the runner as XPU_RUNNER_* variables; the command line stays bare, so
+  # that environmentVariables can replace any of them (see testPrecedence).
   testIntelPackage = {
-    expr = intelUnit.serviceConfig.ExecStart;
-    expected = ''/nix/store/00000000000000000000000000000000-exo-intel-0.1.0/bin/xpu-runner "serve" "--model" "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf" "--host" "127.0.0.1" "--port" "52415" "--device" "vulkan" "--facts" "${fixture "intel-dgpu"}" "--shutdown-timeout" "30"'';
+    expr = {
+      inherit (intelUnit.serviceConfig) ExecStart;
+      env = runnerEnv intelUnit;
+    };
+    expected = {
+      ExecStart = "${runnerPath} serve";
+      env = {
+        XPU_RUNNER_MODEL = defaultModel;
+        XPU_RUNNER_MODEL_ID = "SmolLM2-135M-Instruct";
+        XPU_RUNNER_HOST = "127.0.0.1";
+        XPU_RUNNER_PORT = "52415";
+        XPU_RUNNER_DEVICE = "vulkan";
+        XPU_RUNNER_FACTS = "${fixture "intel-dgpu"}";
+        XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+      };
+    };
   };
   testIntelDeviceAccess = {
     expr = {
@@ -130,8 +151,9 @@ in
         "video"
       ];
       ProcSubset = "all";
+      # @system-service already allows @resources; nothing is added, nothing denied.
       SystemCallFilter = [
-        "@system-service @resources"
+        "@system-service"
         "~@privileged"
       ];
     };
@@ -266,7 +288,7 @@ in
         DeviceAllow
         SupplementaryGroups
         ;
-      device = hasSubstring ''"--device" "cuda"'' nvidiaUnit.serviceConfig.ExecStart;
+      device = nvidiaUnit.environment.XPU_RUNNER_DEVICE;
       package = hasSubstring "-exo-cuda-0.1.0/bin/xpu-runner" nvidiaUnit.serviceConfig.ExecStart;
     };
     expected = {
@@ -280,7 +302,7 @@ in
         "/dev/nvidia0 rw"
       ];
       SupplementaryGroups = [ ];
-      device = true;
+      device = "cuda";
       package = true;
     };
   };
@@ -313,7 +335,9 @@ in
       procSubset = cpuUnit.serviceConfig.ProcSubset;
       graphics = cpu.hardware.graphics.enable;
       kernelParams = cpu.boot.kernelParams;
-      device = hasSubstring ''"--device" "cpu"'' cpuUnit.serviceConfig.ExecStart;
+      device = cpuUnit.environment.XPU_RUNNER_DEVICE;
+      inherit (cpuUnit.serviceConfig) SystemCallFilter SystemCallErrorNumber;
+      firewall = cpu.networking.firewall.allowedTCPPorts;
     };
     expected = {
       variant = "exo-cpu";
@@ -324,7 +348,15 @@ in
       procSubset = "all";
       graphics = false;
       kernelParams = [ ];
-      device = true;
+      device = "cpu";
+      # The CPU build changes no priorities, affinities or NUMA policies: denied, with EPERM.
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged"
+        "~@resources"
+      ];
+      SystemCallErrorNumber = "EPERM";
+      firewall = [ ];
     };
   };
   testCpuHardeningComplete = {
@@ -369,7 +401,7 @@ in
     expr = {
       variant = noFacts.hardware.xpu.variant;
       failed = failedAssertions noFacts;
-      facts = hasSubstring "--facts" noFacts.systemd.services.xpu-runner.serviceConfig.ExecStart;
+      facts = noFacts.systemd.services.xpu-runner.environment ? XPU_RUNNER_FACTS;
     };
     expected = {
       variant = "exo-cpu";
@@ -447,12 +479,12 @@ in
       {
         variant = c.hardware.xpu.variant;
         failed = failedAssertions c;
-        facts = hasSubstring ''"--facts" "/nix/store/00000000000000000000000000000000-xpu-facts.json"'' c.systemd.services.xpu-runner.serviceConfig.ExecStart;
+        facts = c.systemd.services.xpu-runner.environment.XPU_RUNNER_FACTS;
       };
     expected = {
       variant = "exo-cuda";
       failed = [ ];
-      facts = true;
+      facts = "/nix/store/00000000000000000000000000000000-xpu-facts.json";
     };
   };
   testInlineFactsGoToRunner = {
@@ -465,8 +497,8 @@ in
           };
         };
       in
-      hasSubstring ''"--facts" "/nix/store/00000000000000000000000000000000-xpu-facts.json"'' c.systemd.services.xpu-runner.serviceConfig.ExecStart;
-    expected = true;
+      c.systemd.services.xpu-runner.environment.XPU_RUNNER_FACTS;
+    expected = "/nix/store/00000000000000000000000000000000-xpu-facts.json";
   };
 
   # --- service options ---------------------------------------------------------------------
@@ -516,11 +548,7 @@ in
           openFirewall = true;
           port = 8000;
           modelId = "smollm2";
-          extraArgs = [
-            "--max-queue"
-            "8"
-          ];
-          environment.RUST_LOG = "debug";
+          environmentVariables.RUST_LOG = "debug";
         };
       };
       unit = c.systemd.services.xpu-runner;
@@ -528,7 +556,7 @@ in
     {
       expr = {
         credential = unit.serviceConfig.LoadCredential;
-        args = hasSubstring ''"--model-id" "smollm2" "--host" "0.0.0.0" "--port" "8000" "--device" "cpu" --api-key-file %d/api-key "--shutdown-timeout" "30" "--max-queue" "8"'' unit.serviceConfig.ExecStart;
+        env = runnerEnv unit;
         firewall = c.networking.firewall.allowedTCPPorts;
         log = unit.environment.RUST_LOG;
         warnings = c.warnings;
@@ -536,7 +564,16 @@ in
       };
       expected = {
         credential = [ "api-key:/run/secrets/xpu keys" ];
-        args = true;
+        # %d: systemd's credentials directory of the unit.
+        env = {
+          XPU_RUNNER_MODEL = "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf";
+          XPU_RUNNER_MODEL_ID = "smollm2";
+          XPU_RUNNER_HOST = "0.0.0.0";
+          XPU_RUNNER_PORT = "8000";
+          XPU_RUNNER_DEVICE = "cpu";
+          XPU_RUNNER_API_KEY_FILE = "%d/api-key";
+          XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+        };
         firewall = [ 8000 ];
         log = "debug";
         warnings = [ ];
@@ -639,11 +676,11 @@ in
       in
       {
         inherit (unit.serviceConfig) TimeoutStopSec;
-        arg = hasSubstring ''"--shutdown-timeout" "120"'' unit.serviceConfig.ExecStart;
+        env = unit.environment.XPU_RUNNER_SHUTDOWN_TIMEOUT;
       };
     expected = {
       TimeoutStopSec = "135s";
-      arg = true;
+      env = "120";
     };
   };
   testWatchdogOff = {
@@ -661,6 +698,328 @@ in
     expectedError = true;
   };
 
+  # --- runner settings, precedence -----------------------------------------------------------
+  # Clients must name the default model by its package's passthru.modelId, not by the file
+  # stem that carries the store hash.
+  testDefaultModelIdFromPackage = {
+    expr = {
+      default = cpuUnit.environment.XPU_RUNNER_MODEL_ID;
+      option = cpu.services.xpu-runner.modelId;
+      plainFile =
+        (service {
+          services.xpu-runner = {
+            enable = true;
+            model = "/var/lib/models/m.gguf";
+          };
+        }).environment ? XPU_RUNNER_MODEL_ID;
+      explicit =
+        (service {
+          services.xpu-runner = {
+            enable = true;
+            modelId = "tiny";
+          };
+        }).environment.XPU_RUNNER_MODEL_ID;
+    };
+    expected = {
+      default = "SmolLM2-135M-Instruct";
+      option = "SmolLM2-135M-Instruct";
+      plainFile = false;
+      explicit = "tiny";
+    };
+  };
+  testTypedRunnerOptions = {
+    expr = runnerEnv (service {
+      services.xpu-runner = {
+        enable = true;
+        contextSize = 8192;
+        threads = 6;
+        maxQueue = 64;
+        maxTokensDefault = 512;
+      };
+    });
+    expected = {
+      XPU_RUNNER_MODEL = defaultModel;
+      XPU_RUNNER_MODEL_ID = "SmolLM2-135M-Instruct";
+      XPU_RUNNER_HOST = "127.0.0.1";
+      XPU_RUNNER_PORT = "52415";
+      XPU_RUNNER_DEVICE = "cpu";
+      XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+      XPU_RUNNER_CTX = "8192";
+      XPU_RUNNER_THREADS = "6";
+      XPU_RUNNER_MAX_QUEUE = "64";
+      XPU_RUNNER_MAX_TOKENS_DEFAULT = "512";
+    };
+  };
+  testTypedRunnerOptionsRejectZero = {
+    expr =
+      (service {
+        services.xpu-runner = {
+          enable = true;
+          maxTokensDefault = 0;
+        };
+      }).environment;
+    expectedError = true;
+  };
+  # One rule: options -> XPU_RUNNER_* variables; environmentVariables replace them; extraFlags
+  # are on the command line, which the runner prefers to its environment.
+  testPrecedence = {
+    expr =
+      let
+        unit = service {
+          services.xpu-runner = {
+            enable = true;
+            port = 8000;
+            maxQueue = 4;
+            environmentVariables = {
+              XPU_RUNNER_PORT = "9000";
+              RUST_LOG = "xpu_runner=debug";
+            };
+            extraFlags = [
+              "--max-queue"
+              "32"
+              "--cors-allow-origin"
+              "http://a b"
+            ];
+          };
+        };
+      in
+      {
+        inherit (unit.serviceConfig) ExecStart;
+        port = unit.environment.XPU_RUNNER_PORT;
+        queue = unit.environment.XPU_RUNNER_MAX_QUEUE;
+        log = unit.environment.RUST_LOG;
+      };
+    expected = {
+      ExecStart = ''/nix/store/00000000000000000000000000000000-exo-cpu-0.1.0/bin/xpu-runner serve "--max-queue" "32" "--cors-allow-origin" "http://a b"'';
+      port = "9000";
+      queue = "4";
+      log = "xpu_runner=debug";
+    };
+  };
+  # The old names still work, with a warning that names the new ones.
+  testRenamedOptions = {
+    expr =
+      let
+        c = evalNixos {
+          config.services.xpu-runner = {
+            enable = true;
+            extraArgs = [ "--no-gpu-telemetry" ];
+            environment.RUST_LOG = "info";
+          };
+        };
+      in
+      {
+        inherit (c.systemd.services.xpu-runner.serviceConfig) ExecStart;
+        log = c.systemd.services.xpu-runner.environment.RUST_LOG;
+        warned = map (w: builtins.match ".*renamed to `services.xpu-runner.(extraFlags|environmentVariables)'.*" w != null) c.warnings;
+      };
+    expected = {
+      ExecStart = ''/nix/store/00000000000000000000000000000000-exo-cpu-0.1.0/bin/xpu-runner serve "--no-gpu-telemetry"'';
+      log = "info";
+      warned = [
+        true
+        true
+      ];
+    };
+  };
+
+  # --- host --------------------------------------------------------------------------------
+  # Host names and bracketed IPv6 are what the runner binds; loopback spellings count as
+  # loopback (no API key warning), other names do not.
+  testHostNamesAndBrackets = {
+    expr =
+      map
+        (
+          host:
+          let
+            c = evalNixos {
+              config.services.xpu-runner = {
+                enable = true;
+                inherit host;
+              };
+            };
+          in
+          {
+            env = c.systemd.services.xpu-runner.environment.XPU_RUNNER_HOST;
+            warned = anyMatches ".*without services.xpu-runner.apiKeyFile.*" c.warnings;
+            failed = failedAssertions c;
+          }
+        )
+        [
+          "localhost"
+          "[::1]"
+          "llm-host.lan"
+        ];
+    expected = [
+      {
+        env = "localhost";
+        warned = false;
+        failed = [ ];
+      }
+      {
+        env = "[::1]";
+        warned = false;
+        failed = [ ];
+      }
+      {
+        env = "llm-host.lan";
+        warned = true;
+        failed = [ ];
+      }
+    ];
+  };
+  # Not an address or name (a port, a URL, a space): refused by the option's type, whose
+  # message (scripts/test-nix.sh checks it) says what to write.
+  testBadHostsRejected = {
+    expr = map (
+      host:
+      (builtins.tryEval
+        (service {
+          services.xpu-runner = {
+            enable = true;
+            inherit host;
+          };
+        }).environment.XPU_RUNNER_HOST
+      ).success
+    ) [
+      "127.0.0.1:8080"
+      "http://localhost"
+      "local host"
+      "127.1"
+      ""
+    ];
+    expected = [
+      false
+      false
+      false
+      false
+      false
+    ];
+  };
+  testSocketActivationNeedsAddress = {
+    expr = anyMatches ".*socketActivation needs an IP address.*\"localhost\".*host = \"127.0.0.1\";.*" (
+      failedAssertions (evalNixos {
+        config.services.xpu-runner = {
+          enable = true;
+          socketActivation = true;
+          host = "localhost";
+        };
+      })
+    );
+    expected = true;
+  };
+
+  # --- user and group ----------------------------------------------------------------------
+  testDynamicUserByDefault = {
+    expr = {
+      inherit (cpuUnit.serviceConfig) DynamicUser;
+      user = cpuUnit.serviceConfig ? User;
+      group = cpuUnit.serviceConfig ? Group;
+      users = cpu.users.users;
+      groups = cpu.users.groups;
+    };
+    expected = {
+      DynamicUser = true;
+      user = false;
+      group = false;
+      users = { };
+      groups = { };
+    };
+  };
+  testStaticUserIsDeclared = {
+    expr =
+      let
+        c = evalNixos {
+          config.services.xpu-runner = {
+            enable = true;
+            user = "xpu-runner";
+          };
+        };
+      in
+      {
+        inherit (c.systemd.services.xpu-runner.serviceConfig) DynamicUser User;
+        group = c.systemd.services.xpu-runner.serviceConfig ? Group;
+        inherit (c.users.users.xpu-runner) isSystemUser;
+        primaryGroup = c.users.users.xpu-runner.group;
+        groups = builtins.attrNames c.users.groups;
+        failed = failedAssertions c;
+      };
+    expected = {
+      DynamicUser = false;
+      User = "xpu-runner";
+      group = false;
+      isSystemUser = true;
+      primaryGroup = "xpu-runner";
+      groups = [ "xpu-runner" ];
+      failed = [ ];
+    };
+  };
+  # A model readable only by the group "models": run as a user in that group.
+  testStaticUserWithGroup = {
+    expr =
+      let
+        c = evalNixos {
+          config.services.xpu-runner = {
+            enable = true;
+            user = "llm";
+            group = "models";
+          };
+        };
+      in
+      {
+        inherit (c.systemd.services.xpu-runner.serviceConfig) DynamicUser User Group;
+        primaryGroup = c.users.users.llm.group;
+        groups = builtins.attrNames c.users.groups;
+      };
+    expected = {
+      DynamicUser = false;
+      User = "llm";
+      Group = "models";
+      primaryGroup = "models";
+      groups = [ "models" ];
+    };
+  };
+  # An existing normal account is used as it is (no isSystemUser/isNormalUser conflict, its
+  # own primary group).
+  testNormalUserKeptAsIs = {
+    expr =
+      let
+        c = evalNixos {
+          config = {
+            users.users.alice.isNormalUser = true;
+            services.xpu-runner = {
+              enable = true;
+              user = "alice";
+            };
+          };
+        };
+      in
+      {
+        inherit (c.users.users.alice) isSystemUser isNormalUser group;
+        groups = builtins.attrNames c.users.groups;
+        inherit (c.systemd.services.xpu-runner.serviceConfig) User DynamicUser;
+      };
+    expected = {
+      isSystemUser = false;
+      isNormalUser = true;
+      group = "users";
+      groups = [ ];
+      User = "alice";
+      DynamicUser = false;
+    };
+  };
+  testGroupWithoutUserAsserts = {
+    expr = anyMatches ".*group is \"models\" but services.xpu-runner.user is not set.*" (
+      failedAssertions (evalNixos {
+        config.services.xpu-runner = {
+          enable = true;
+          group = "models";
+        };
+      })
+    );
+    expected = true;
+  };
+
   # --- Home Manager ------------------------------------------------------------------------
   testHomeManagerService =
     let
@@ -669,7 +1028,8 @@ in
           enable = true;
           factsFile = fixture "intel-dgpu";
           apiKeyFile = "/home/alice/.config/xpu/keys";
-          environment.RUST_LOG = "info";
+          maxTokensDefault = 1024;
+          environmentVariables.RUST_LOG = "info";
         };
       };
       svc = c.systemd.user.services.xpu-runner;
@@ -680,18 +1040,149 @@ in
         type = svc.Service.Type;
         execStart = svc.Service.ExecStart;
         env = svc.Service.Environment;
+        inherit (svc.Service) SystemCallFilter SystemCallErrorNumber;
         wantedBy = svc.Install.WantedBy;
         packages = map (p: p.name) c.home.packages;
       };
       expected = {
         failed = [ ];
         type = "notify";
-        execStart = [
-          ''/nix/store/00000000000000000000000000000000-exo-intel-0.1.0/bin/xpu-runner "serve" "--model" "/nix/store/00000000000000000000000000000000-SmolLM2-135M-Instruct.Q4_1.gguf" "--host" "127.0.0.1" "--port" "52415" "--device" "vulkan" "--facts" "${fixture "intel-dgpu"}" --api-key-file "/home/alice/.config/xpu/keys" "--shutdown-timeout" "30"''
+        execStart = [ "${runnerPath} serve" ];
+        env = [
+          ''"RUST_LOG=info"''
+          ''"XPU_RUNNER_API_KEY_FILE=/home/alice/.config/xpu/keys"''
+          ''"XPU_RUNNER_DEVICE=vulkan"''
+          ''"XPU_RUNNER_FACTS=${fixture "intel-dgpu"}"''
+          ''"XPU_RUNNER_HOST=127.0.0.1"''
+          ''"XPU_RUNNER_MAX_TOKENS_DEFAULT=1024"''
+          ''"XPU_RUNNER_MODEL=${defaultModel}"''
+          ''"XPU_RUNNER_MODEL_ID=SmolLM2-135M-Instruct"''
+          ''"XPU_RUNNER_PORT=52415"''
+          ''"XPU_RUNNER_SHUTDOWN_TIMEOUT=30"''
         ];
-        env = [ "RUST_LOG=info" ];
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        SystemCallErrorNumber = "EPERM";
         wantedBy = [ "default.target" ];
         packages = [ "exo-intel-0.1.0" ];
+      };
+    };
+  # Home Manager writes Environment= entries as given; unquoted, a value with spaces would
+  # split (systemd keeps "A=x" and drops the rest). Each entry is one quoted word.
+  testHomeManagerEnvironmentQuoting = {
+    expr =
+      builtins.filter (lib.hasPrefix ''"TRICKY'')
+        (evalHome {
+          services.xpu-runner = {
+            enable = true;
+            environmentVariables.TRICKY = ''two words "quoted" back\slash'';
+          };
+        }).systemd.user.services.xpu-runner.Service.Environment;
+    expected = [ ''"TRICKY=two words \"quoted\" back\\slash"'' ];
+  };
+  testHomeManagerPrecedence = {
+    expr =
+      let
+        svc =
+          (evalHome {
+            services.xpu-runner = {
+              enable = true;
+              port = 8000;
+              environmentVariables.XPU_RUNNER_PORT = "9000";
+              extraFlags = [
+                "--port"
+                "9100"
+              ];
+            };
+          }).systemd.user.services.xpu-runner.Service;
+      in
+      {
+        port = builtins.filter (lib.hasPrefix ''"XPU_RUNNER_PORT'') svc.Environment;
+        inherit (svc) ExecStart SystemCallFilter;
+      };
+    expected = {
+      port = [ ''"XPU_RUNNER_PORT=9000"'' ];
+      ExecStart = [ ''/nix/store/00000000000000000000000000000000-exo-cpu-0.1.0/bin/xpu-runner serve "--port" "9100"'' ];
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged"
+        "~@resources"
+      ];
+    };
+  };
+  testHomeManagerRenamedOptions = {
+    expr =
+      let
+        c = evalHome {
+          services.xpu-runner = {
+            enable = true;
+            extraArgs = [ "--no-gpu-telemetry" ];
+          };
+        };
+      in
+      {
+        inherit (c.systemd.user.services.xpu-runner.Service) ExecStart;
+        warned = anyMatches ".*extraArgs.*renamed to `services.xpu-runner.extraFlags'.*" c.warnings;
+      };
+    expected = {
+      ExecStart = [ ''/nix/store/00000000000000000000000000000000-exo-cpu-0.1.0/bin/xpu-runner serve "--no-gpu-telemetry"'' ];
+      warned = true;
+    };
+  };
+  testHomeManagerNixFactsAsJson = {
+    expr = builtins.filter (lib.hasPrefix ''"XPU_RUNNER_FACTS'') (evalHome {
+      services.xpu-runner = {
+        enable = true;
+        factsFile = ./fixtures/facts-nvidia.nix;
+      };
+    }).systemd.user.services.xpu-runner.Service.Environment;
+    expected = [ ''"XPU_RUNNER_FACTS=/nix/store/00000000000000000000000000000000-xpu-facts.json"'' ];
+  };
+  # One declaration of the shared options, used by both modules.
+  testSharedOptionsDeclaredOnce =
+    let
+      shared = [
+        "enable"
+        "model"
+        "modelId"
+        "host"
+        "port"
+        "device"
+        "apiKeyFile"
+        "contextSize"
+        "threads"
+        "maxQueue"
+        "maxTokensDefault"
+        "shutdownTimeoutSec"
+        "watchdogSec"
+        "environmentVariables"
+        "extraFlags"
+      ];
+      declarations =
+        stubs: module:
+        let
+          options =
+            (lib.evalModules {
+              modules = [
+                stubs
+                module
+                { _module.args.pkgs = import ./stubs/pkgs.nix { }; }
+              ];
+            }).options.services.xpu-runner;
+        in
+        map (name: map baseNameOf options.${name}.declarations) shared;
+      oneFile = map (_: [ "runner-options.nix" ]) shared;
+    in
+    {
+      expr = {
+        nixos = declarations (import ./stubs/nixos-options.nix { }) ../../modules/nixos/default.nix;
+        home = declarations ./stubs/home-manager-options.nix ../../modules/home-manager/default.nix;
+      };
+      expected = {
+        nixos = oneFile;
+        home = oneFile;
       };
     };
   testHomeManagerBrokenFacts = {

@@ -31,6 +31,10 @@ in
       type = types.listOf types.unspecified;
       default = [ ];
     };
+    warnings = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
     home.packages = mkOption {
       type = types.listOf types.package;
       default = [ ];

@@ -192,6 +192,43 @@ in
       type = types.bool;
       default = false;
     };
+    # nixos/modules/config/users-groups.nix (isNormalUser's mkDefault group, as there)
+    users.users = mkOption {
+      default = { };
+      type = types.attrsOf (
+        types.submodule (
+          { config, ... }:
+          {
+            options = {
+              isSystemUser = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              isNormalUser = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              group = mkOption {
+                type = types.str;
+                default = "";
+              };
+            };
+            config = lib.mkIf config.isNormalUser { group = lib.mkDefault "users"; };
+          }
+        )
+      );
+    };
+    users.groups = mkOption {
+      default = { };
+      type = types.attrsOf (
+        types.submodule {
+          options.gid = mkOption {
+            type = types.nullOr types.int;
+            default = null;
+          };
+        }
+      );
+    };
     environment.systemPackages = mkOption {
       type = types.listOf types.package;
       default = [ ];

@@ -47,7 +47,10 @@ in
   exo-cuda = runner "cuda";
   exo-cpu = runner "cpu";
   xpu-probe = fake "xpu-probe-0.1.0" { meta.mainProgram = "xpu-probe"; };
-  xpu-default-model = fake "SmolLM2-135M-Instruct.Q4_1.gguf" { };
+  # As packages/default-model.nix: the id clients name is in passthru.
+  xpu-default-model = fake "SmolLM2-135M-Instruct.Q4_1.gguf" {
+    passthru.modelId = "SmolLM2-135M-Instruct";
+  };
   intel-compute-runtime = icr;
   level-zero = fake "level-zero-1.28.0" { };
   intel-media-driver = fake "intel-media-driver-25.2" { };
