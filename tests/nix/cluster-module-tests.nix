@@ -222,9 +222,12 @@ in
       package = "llama-cpp-7000-rpcSupport";
       private = true;
       deviceAllow = false;
+      # xpu-runner's CPU hardening: no priority, affinity or NUMA changes (llama-server and
+      # ggml-rpc-server on the CPU make none).
       syscalls = [
         "@system-service"
         "~@privileged"
+        "~@resources"
       ];
       graphics = false;
       environment = {
