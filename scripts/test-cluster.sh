@@ -107,7 +107,7 @@ wait_for_port() {
 wait_for_health() {
     local name=$1 port=$2 limit=$3 pid_var="${1}_pid"
     local deadline=$((SECONDS + limit))
-    until curl -sf --max-time 5 "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
+    until python3 -c 'import sys, urllib.request; urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=5)' "$port" 2>/dev/null; do
         kill -0 "${!pid_var}" 2>/dev/null || { tail -n 40 "$work/$name.log" >&2; fail "$name exited before it was ready"; }
         [ "$SECONDS" -lt "$deadline" ] || { tail -n 40 "$work/$name.log" >&2; fail "$name was not ready within ${limit}s"; }
         sleep 1
