@@ -13,6 +13,8 @@
     # host = "0.0.0.0";
     # openFirewall = true;
     # apiKeyFile = "/run/secrets/xpu-runner-api-keys";  # one key per line
+    # maxTokensDefault = 1024;  # for requests without max_tokens (runner default: 2048)
+    # user = "xpu-runner"; group = "models";  # a fixed account, e.g. for a model only "models" may read
   };
 
   # For exo-cuda (NVIDIA): the driver and CUDA are unfree.
