@@ -34,6 +34,36 @@ fi
 bin=$build/bin
 jobs=${XPU_BUILD_JOBS:-2}
 
+# Whether an AMX tile instruction runs: ask the kernel for the tile state as ggml does, load
+# a tile configuration and zero a tile, in a throw-away program.
+amx_runs() {
+    local dir
+    dir=$(mktemp -d)
+    cat >"$dir/amx.c" <<'C'
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <immintrin.h>
+struct tile_config { uint8_t palette, start; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
+int main(void) {
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) return 1;
+    struct tile_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1; c.colsb[0] = 64; c.rows[0] = 16;
+    _tile_loadconfig(&c);
+    _tile_zero(0);
+    _tile_release();
+    return 0;
+}
+C
+    local ok=1
+    # The braces keep bash's "Illegal instruction" report out of the log.
+    cc -O1 -mamx-tile -o "$dir/amx" "$dir/amx.c" 2>/dev/null && { "$dir/amx"; } 2>/dev/null && ok=0
+    rm -rf "$dir"
+    return $ok
+}
+
 have_all() {
     for t in "${targets[@]}"; do [ -x "$bin/$t" ] || return 1; done
 }
@@ -85,8 +115,18 @@ if [ "$vulkan" = 1 ]; then
         -DGGML_F16C=ON -DGGML_VULKAN=ON -DGGML_OPENMP=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >&2
 else
+    # -march=native turns on AMX wherever the CPU advertises it, but some virtual machines
+    # advertise AMX without enabling its tile state: there ggml's AMX kernels die with
+    # SIGILL at the first matrix product. Build without AMX only where a tile instruction
+    # really faults, so the peer keeps every fast path the host can run.
+    no_amx=()
+    if grep -qw amx_tile /proc/cpuinfo && ! amx_runs; then
+        echo "build-llama-cpp: this CPU advertises AMX but its tile instructions fault here; building without AMX" >&2
+        no_amx=(-DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+                -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+    fi
     cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_RPC=ON \
-        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF >&2
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF "${no_amx[@]}" >&2
 fi
 cmake --build "$build" -j"$jobs" --target "${targets[@]}" >&2
 have_all || { echo "build-llama-cpp: build finished but binaries are missing in $bin" >&2; exit 1; }
