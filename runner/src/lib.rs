@@ -1,5 +1,10 @@
 //! `xpu-runner`: load a model, pick a device, generate text, and serve it over an
 //! OpenAI-compatible HTTP API.
+//!
+//! This crate has no `unsafe` code: memory maps, SIMD kernels and threads that share
+//! buffers live in `xpu-cpu` and `xpu-vulkan`, behind safe interfaces.
+
+#![forbid(unsafe_code)]
 
 pub mod engine;
 pub mod sampling;

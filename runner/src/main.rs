@@ -1,5 +1,7 @@
 //! The `xpu-runner` binary: parses the command line and hands over to the library.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::io::IsTerminal;

@@ -11,8 +11,10 @@ use std::sync::Once;
 
 use anyhow::{bail, Context as _};
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::safetensors::SliceSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
 use candle_transformers::models::{
     llama, qwen2, quantized_llama, quantized_phi3, quantized_qwen2,
 };
@@ -151,9 +153,18 @@ impl CandleEngine {
         dtype: DType,
         device: Device,
     ) -> anyhow::Result<Self> {
-        // SAFETY: the files are memory-mapped read-only; as with every mmap, a
-        // concurrent writer to the same file would corrupt what we read.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, &device)? };
+        let maps = files
+            .iter()
+            .map(|path| xpu_cpu::mapped::map_path(path).with_context(|| format!("cannot map {}", path.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let shards = maps
+            .iter()
+            .zip(files)
+            .map(|(map, path)| {
+                SliceSafetensors::new(map).with_context(|| format!("{} is not a safetensors file", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let vb = VarBuilder::from_backend(Box::new(Shards(shards)), dtype, device.clone());
         let (model, context_length) = match architecture {
             "llama" => {
                 let config: llama::LlamaConfig =
@@ -309,5 +320,30 @@ impl Engine for CandleEngine {
             Device::Cuda(_) => "cuda:0 (candle)".to_string(),
             other => format!("{other:?} (candle)"),
         }
+    }
+}
+
+/// The tensors of a model split over several mapped safetensors files. A name that
+/// appears in more than one file comes from the last, as with candle's own loader.
+struct Shards<'a>(Vec<SliceSafetensors<'a>>);
+
+impl Shards<'_> {
+    /// The file that holds `name`, or the first one, whose error then names the tensor.
+    fn holding(&self, name: &str) -> &SliceSafetensors<'_> {
+        self.0.iter().rev().find(|shard| shard.get(name).is_ok()).unwrap_or(&self.0[0])
+    }
+}
+
+impl SimpleBackend for Shards<'_> {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        SimpleBackend::get(self.holding(name), shape, name, init, dtype, device)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        SimpleBackend::get_unchecked(self.holding(name), name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.iter().any(|shard| shard.get(name).is_ok())
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! An engine owns the weights of one model on one device plus the KV cache of one
 //! sequence. The generation loop (tokenizing, sampling, stopping) is shared by all
-//! engines and never touches a device directly. Implementations: `candle` (CPU, and
-//! CUDA behind the `cuda` feature) and `vulkan` (behind the `vulkan` feature).
+//! engines and never touches a device directly. Implementations: `cpu` (our own, crate
+//! `xpu-cpu`, for GGUF `llama` on the CPU), `candle` (every other model on the CPU, and
+//! CUDA behind the `cuda` feature) and `vulkan` (crate `xpu-vulkan`, behind the `vulkan`
+//! feature).
 
 /// What every compute backend offers the generation loop.
 pub trait Engine: Send {
@@ -24,10 +26,9 @@ pub trait Engine: Send {
 }
 
 pub mod candle;
+pub mod cpu;
 #[cfg(feature = "vulkan")]
 pub mod vulkan;
-// Our own CPU engine for GGUF llama (owned by the speed work; see engine/cpu/mod.rs).
-pub mod cpu;
 
 use std::fmt;
 use std::str::FromStr;

@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use memmap2::Mmap;
+use xpu_cpu::mapped::{self, Mmap};
 
 use super::LoadError;
 
@@ -63,9 +63,7 @@ pub const SUPPORTED_TENSOR_TYPES: &str =
 /// Opens and validates a GGUF file.
 pub fn open(path: &Path) -> Result<GgufFile, LoadError> {
     let file = File::open(path).map_err(|source| LoadError::io(path, source))?;
-    // SAFETY: the file is mapped read-only. A concurrent writer could change the
-    // bytes under us, as with any mmap; model files are not written while served.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::io(path, source))?;
+    let mmap = mapped::map_file(&file).map_err(|source| LoadError::io(path, source))?;
     if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
         return Err(LoadError::NotAModel {
             path: path.to_path_buf(),

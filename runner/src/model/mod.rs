@@ -265,9 +265,9 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
         DeviceKind::Vulkan => return Err(vulkan_unavailable()),
         kind => {
             let device = select_device(kind).map_err(|e| LoadError::Device(format!("{e:#}")))?;
-            // GGUF llama on the CPU runs on our own engine (engine/cpu: AVX2 kernels on the
+            // GGUF llama on the CPU runs on our own engine (crate xpu-cpu: AVX2 kernels on the
             // mapped weights, same greedy tokens as candle's quantized_llama, see
-            // tests/cpu_engine.rs); XPU_CPU_ENGINE=candle selects candle instead.
+            // cpu/tests/cpu_engine.rs); XPU_CPU_ENGINE=candle selects candle instead.
             if device.is_cpu()
                 && architecture == "llama"
                 && crate::engine::cpu::selected().map_err(LoadError::Device)?

@@ -141,15 +141,20 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 /// The dtype of the weights, checked to be one we run.
 fn weights_dtype(dir: &Path, files: &[PathBuf]) -> Result<DType, LoadError> {
-    // SAFETY: read-only mapping of model files, see `gguf::open`.
-    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }.map_err(|e| {
-        LoadError::InvalidConfig {
-            path: dir.to_path_buf(),
-            reason: format!("cannot read the safetensors files: {}", super::gguf::first_line(&e)),
-        }
-    })?;
+    let unreadable = |e: &dyn std::fmt::Display| LoadError::InvalidConfig {
+        path: dir.to_path_buf(),
+        reason: format!("cannot read the safetensors files: {}", super::gguf::first_line(e)),
+    };
+    let maps = files
+        .iter()
+        .map(|path| xpu_cpu::mapped::map_path(path).map_err(|source| LoadError::io(path, source)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shards = maps
+        .iter()
+        .map(|map| candle_core::safetensors::SliceSafetensors::new(map).map_err(|e| unreadable(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut found = None;
-    for (name, view) in tensors.tensors() {
+    for (name, view) in shards.iter().flat_map(|shard| shard.tensors()) {
         let dtype = match view.dtype() {
             ::safetensors::Dtype::F32 => DType::F32,
             ::safetensors::Dtype::F16 => DType::F16,

@@ -9,27 +9,11 @@
 pub mod f16_vec;
 pub mod kernels;
 pub mod llama;
+pub mod mapped;
 pub mod swiglu;
 pub mod team;
 
 use std::path::Path;
-
-use super::Engine;
-
-/// Environment variable that picks the CPU engine for GGUF `llama` files: `xpu` (our
-/// own, the default) or `candle` (candle-transformers' `quantized_llama`).
-pub const ENGINE_ENV: &str = "XPU_CPU_ENGINE";
-
-/// Whether GGUF `llama` files on the CPU should use this engine, from
-/// [`ENGINE_ENV`]. An unknown value is an error that names the accepted ones.
-pub fn selected() -> Result<bool, String> {
-    match std::env::var(ENGINE_ENV) {
-        Err(_) => Ok(true),
-        Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("xpu") => Ok(true),
-        Ok(v) if v.eq_ignore_ascii_case("candle") => Ok(false),
-        Ok(v) => Err(format!("{ENGINE_ENV}={v} is not a CPU engine; use `xpu` (default) or `candle`")),
-    }
-}
 
 /// The CPU `llama` engine: one model and the KV cache of one sequence.
 pub struct CpuLlamaEngine {
@@ -55,21 +39,27 @@ impl std::fmt::Debug for CpuLlamaEngine {
     }
 }
 
-impl Engine for CpuLlamaEngine {
-    fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>> {
+/// What the runner's `Engine` boundary needs, with the same meaning (see
+/// `xpu_runner::engine::Engine`).
+impl CpuLlamaEngine {
+    /// Runs `tokens` at positions `start..start + tokens.len()`, appends their keys and
+    /// values to the KV cache and returns the logits of the last token.
+    pub fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>> {
         self.model.forward(tokens, start)
     }
 
-    fn reset(&mut self) -> anyhow::Result<()> {
+    /// Forgets the KV cache so that a new sequence can start at position 0.
+    pub fn reset(&mut self) {
         self.model.reset();
-        Ok(())
     }
 
-    fn context_length(&self) -> usize {
+    /// The longest sequence the KV cache holds.
+    pub fn context_length(&self) -> usize {
         self.model.config.context_length
     }
 
-    fn device_description(&self) -> String {
+    /// The threads and SIMD kernels in use, for logs and `/health`.
+    pub fn device_description(&self) -> String {
         format!("cpu ({} threads, {}, xpu llama kernels)", self.model.team.threads(), kernels::simd_name())
     }
 }
