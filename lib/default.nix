@@ -567,6 +567,79 @@ let
     # The workspace version, from Cargo.toml's [workspace.package] (single source of truth).
     workspaceVersion = cargoToml: (builtins.fromTOML (readFile cargoToml)).workspace.package.version;
 
+    # Models pinned by hash (`fetchModel`). The hub's default address; a mirror can be given
+    # as `endpoint`.
+    defaultHubEndpoint = "https://huggingface.co";
+
+    # The download URL of one file of a Hugging Face repository at a revision, as the hub's
+    # file-resolve endpoint serves it: `ENDPOINT/OWNER/REPO/resolve/REV/FILE`.
+    hubFileUrl =
+      {
+        repo,
+        file,
+        rev ? "main",
+        endpoint ? defaultHubEndpoint,
+      }:
+      let
+        namePart = "[A-Za-z0-9._-]+";
+        badPart = p: p == "" || p == "." || p == "..";
+        fileParts = filter isString (builtins.split "/" file);
+        revParts = filter isString (builtins.split "/" rev);
+      in
+      if match "${namePart}/${namePart}" repo == null || any badPart (filter isString (builtins.split "/" repo)) then
+        throw "xpu.lib.fetchModel: repo `${repo}` is not OWNER/REPO (letters, digits, `-`, `_`, `.`)"
+      else if any badPart fileParts || match ".*[[:space:]?#].*" file != null then
+        throw "xpu.lib.fetchModel: file `${file}` is not a path inside the repository (no empty, `.` or `..` parts, spaces, `?` or `#`)"
+      else if any badPart revParts || match ".*[[:space:]?#].*" rev != null then
+        throw "xpu.lib.fetchModel: rev `${rev}` is not a branch, tag or commit"
+      else
+        "${endpoint}/${repo}/resolve/${replaceStrings [ "/" ] [ "%2F" ] rev}/${file}";
+
+    # The arguments of nixpkgs' `fetchurl` for a model, from `{ url; hash; }` or
+    # `{ repo; file; rev ? "main"; hash; endpoint ? ...; }`. The store name is the file's
+    # own name, so the store path ends in e.g. `model-Q4_K_M.gguf`.
+    fetchModelArgs =
+      args:
+      let
+        known = [
+          "url"
+          "repo"
+          "file"
+          "rev"
+          "hash"
+          "endpoint"
+          "name"
+        ];
+        unknown = filter (n: !(elem n known)) (attrNames args);
+        url =
+          if args ? url then
+            (if args ? repo || args ? file || args ? rev then throw "xpu.lib.fetchModel: give either url, or repo and file (with rev), not both" else args.url)
+          else if args ? repo && args ? file then
+            hubFileUrl (builtins.intersectAttrs { repo = null; file = null; rev = null; endpoint = null; } args)
+          else
+            throw "xpu.lib.fetchModel: give url, or repo and file (with rev), of the model";
+        fileName = lastOf (filter isString (builtins.split "/" (head (filter isString (builtins.split "[?#]" url)))));
+        stem = match "(.*)[.]gguf" fileName;
+      in
+      if unknown != [ ] then
+        throw "xpu.lib.fetchModel: unknown argument(s) ${concatStringsSep ", " unknown}; known: ${concatStringsSep ", " known}"
+      else if !(args ? hash) || args.hash == "" then
+        throw "xpu.lib.fetchModel: hash is required (an SRI hash such as \"sha256-...\"; the hub lists each file's sha256)"
+      else
+        {
+          inherit url;
+          inherit (args) hash;
+          name = args.name or fileName;
+          # What the module offers clients as the model's name (`modelId`): the file name
+          # without `.gguf`.
+          passthru.modelId = if stem == null then fileName else head stem;
+        };
+
+    # A model file pinned by hash: a fixed-output derivation built with nixpkgs' `fetchurl`.
+    #   xpu.lib.fetchModel pkgs { repo = "OWNER/REPO"; file = "m.gguf"; rev = "<commit>"; hash = "sha256-..."; }
+    #   xpu.lib.fetchModel pkgs { url = "https://…/m.gguf"; hash = "sha256-..."; }
+    fetchModel = pkgs: args: pkgs.fetchurl (fetchModelArgs args);
+
     # services.xpu-cluster: llama.cpp RPC workers and head (./cluster.nix).
     cluster = import ./cluster.nix self;
   };

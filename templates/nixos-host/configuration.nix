@@ -1,4 +1,5 @@
-{ ... }:
+# `xpu` is this flake's input, passed by flake.nix (specialArgs).
+{ pkgs, xpu, ... }:
 {
   # Written by `xpu-probe -o facts.json` on this machine. It picks the variant (exo-intel,
   # exo-cuda or exo-cpu), the Intel compute runtime, kernel parameters and device access.
@@ -9,6 +10,14 @@
   services.xpu-runner = {
     enable = true;
     # model = "/var/lib/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf";  # default: SmolLM2-135M
+    # A model pinned by hash, fetched at build time (a fixed-output derivation):
+    # model = xpu.lib.fetchModel pkgs {
+    #   repo = "OWNER/REPO-GGUF";
+    #   file = "model-Q4_K_M.gguf";
+    #   rev = "<commit>";          # a commit keeps the URL's content fixed
+    #   hash = "sha256-...";       # the file's sha256, as the hub lists it, in SRI form
+    # };
+    # model = xpu.lib.fetchModel pkgs { url = "https://example.org/model.gguf"; hash = "sha256-..."; };
     # modelId = "llama-3.2-1b";
     # host = "0.0.0.0";
     # openFirewall = true;

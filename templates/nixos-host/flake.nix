@@ -12,6 +12,7 @@
     { nixpkgs, xpu, ... }:
     {
       nixosConfigurations.llm-host = nixpkgs.lib.nixosSystem {
+        specialArgs = { inherit xpu; };
         modules = [
           xpu.nixosModules.default
           ./hardware-configuration.nix

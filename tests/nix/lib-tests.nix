@@ -701,4 +701,97 @@ in
     expr = builtins.match "[0-9]+[.][0-9]+[.][0-9]+.*" (xpu.workspaceVersion ../../Cargo.toml) != null;
     expected = true;
   };
+
+  # --- fetchModel ---------------------------------------------------------------------------
+  testHubFileUrl = {
+    expr = xpu.hubFileUrl {
+      repo = "OWNER/REPO-GGUF";
+      file = "sub/model-Q4_K_M.gguf";
+      rev = "0123abc";
+    };
+    expected = "${xpu.defaultHubEndpoint}/OWNER/REPO-GGUF/resolve/0123abc/sub/model-Q4_K_M.gguf";
+  };
+  testHubFileUrlDefaultsAndMirror = {
+    expr = [
+      (xpu.hubFileUrl {
+        repo = "o/r";
+        file = "m.gguf";
+      })
+      (xpu.hubFileUrl {
+        repo = "o/r";
+        file = "m.gguf";
+        rev = "refs/pr/1";
+        endpoint = "http://mirror.local";
+      })
+    ];
+    expected = [
+      "${xpu.defaultHubEndpoint}/o/r/resolve/main/m.gguf"
+      "http://mirror.local/o/r/resolve/refs%2Fpr%2F1/m.gguf"
+    ];
+  };
+  # A fake fetchurl that returns its arguments shows what nixpkgs' fetchurl receives.
+  testFetchModelFromRepo = {
+    expr = xpu.fetchModel { fetchurl = args: args; } {
+      repo = "o/r";
+      file = "sub/m-Q4_1.gguf";
+      rev = "v1";
+      hash = "sha256-AAAA";
+    };
+    expected = {
+      url = "${xpu.defaultHubEndpoint}/o/r/resolve/v1/sub/m-Q4_1.gguf";
+      hash = "sha256-AAAA";
+      name = "m-Q4_1.gguf";
+      passthru.modelId = "m-Q4_1";
+    };
+  };
+  testFetchModelFromUrl = {
+    expr = xpu.fetchModel { fetchurl = args: args; } {
+      url = "https://example.org/models/m.gguf?download=true";
+      hash = "sha256-BBBB";
+    };
+    expected = {
+      url = "https://example.org/models/m.gguf?download=true";
+      hash = "sha256-BBBB";
+      name = "m.gguf";
+      passthru.modelId = "m";
+    };
+  };
+  testFetchModelNeedsHash = {
+    expr = xpu.fetchModelArgs { url = "https://example.org/m.gguf"; };
+    expectedError = true;
+  };
+  testFetchModelNeedsUrlOrRepo = {
+    expr = xpu.fetchModelArgs { hash = "sha256-AAAA"; };
+    expectedError = true;
+  };
+  testFetchModelRejectsBothForms = {
+    expr = (xpu.fetchModelArgs {
+      url = "https://example.org/m.gguf";
+      repo = "o/r";
+      file = "m.gguf";
+      hash = "sha256-AAAA";
+    }).url;
+    expectedError = true;
+  };
+  testFetchModelRejectsUnknownArguments = {
+    expr = xpu.fetchModelArgs {
+      url = "https://example.org/m.gguf";
+      sha256 = "x";
+      hash = "sha256-AAAA";
+    };
+    expectedError = true;
+  };
+  testHubFileUrlRejectsBadParts = {
+    expr = map (args: (builtins.tryEval (xpu.hubFileUrl args)).success) [
+      { repo = "o"; file = "m.gguf"; }
+      { repo = "o/r/x"; file = "m.gguf"; }
+      { repo = "o/.."; file = "m.gguf"; }
+      { repo = "o/r"; file = "../m.gguf"; }
+      { repo = "o/r"; file = "a//m.gguf"; }
+      { repo = "o/r"; file = "m.gguf"; rev = ""; }
+      { repo = "o/r"; file = "m.gguf"; rev = "a b"; }
+      { repo = "o/r"; file = "m.gguf"; rev = "main"; }
+    ];
+    expected = [ false false false false false false false true ];
+  };
 }

@@ -8,9 +8,14 @@ in
 lib.extend (
   final: prev: {
     nixosSystem =
-      { modules, ... }:
+      {
+        modules,
+        specialArgs ? { },
+        ...
+      }:
       let
         eval = lib.evalModules {
+          inherit specialArgs;
           modules = modules ++ [
             (import ./stubs/nixos-options.nix { })
             (
