@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the HTTP API suite (tests/api/) against the real `xpu-runner serve` binary
-# and the real test model, with the official `openai` Python client.
+# and the real test model, with the official `openai` Python client, and the dashboard
+# page in headless Chromium (Debian's chromium and chromium-driver, through Selenium).
 #
-# - Creates (once) a virtual environment with pinned pytest and openai outside the
-#   repository: ${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}/venv-api
+# - Creates (once) a virtual environment with pinned pytest, openai and selenium outside
+#   the repository: ${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}/venv-api
+# - The dashboard tests save screenshots under target/ (XPU_SCREENSHOT_DIR).
 # - Builds the release binary unless XPU_RUNNER_BIN points at one.
 # - Gets the model from XPU_TEST_MODEL or scripts/fetch-model.sh.
 # Extra arguments go to pytest (e.g. `scripts/test-api.sh -k bad_input -x`).
@@ -32,6 +34,16 @@ if [ -z "${XPU_RUNNER_BIN:-}" ]; then
     XPU_RUNNER_BIN=$PWD/target/release/xpu-runner
 fi
 export XPU_RUNNER_BIN
+# The dashboard tests write hardware facts for the probe's fixture trees with the real
+# probe; scripts/test.sh's cargo test has built it next to the runner.
+if [ -z "${XPU_PROBE_BIN:-}" ]; then
+    XPU_PROBE_BIN=$(dirname "$XPU_RUNNER_BIN")/xpu-probe
+    if [ ! -x "$XPU_PROBE_BIN" ]; then
+        cargo build --release --locked -p xpu-probe >&2
+        XPU_PROBE_BIN=$PWD/target/release/xpu-probe
+    fi
+fi
+export XPU_PROBE_BIN
 XPU_TEST_MODEL=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
 export XPU_TEST_MODEL
 

@@ -27,25 +27,24 @@ fn device_kind(device: Device) -> DeviceKind {
 }
 
 /// Loads the model. When `fallback` is set and the accelerator fails, logs a
-/// warning with the reason and loads on the CPU instead.
+/// warning with the reason and loads on the CPU instead; the reason comes back as the
+/// third value (for the dashboard).
 pub fn load(
     path: &Path,
     device: Device,
     fallback: bool,
     threads: Option<usize>,
     ctx: Option<usize>,
-) -> anyhow::Result<(LoadedModel, Device)> {
+) -> anyhow::Result<(LoadedModel, Device, Option<String>)> {
     let options = |device| LoadOptions { device: device_kind(device), threads, ctx, ..Default::default() };
     match model::load(path, &options(device)) {
-        Ok(m) => Ok((m, device)),
+        Ok(m) => Ok((m, device, None)),
         Err(e) if fallback && device != Device::Cpu && is_device_failure(&e) => {
-            tracing::warn!(
-                "the {} device failed to initialise ({e}); falling back to the CPU",
-                device.name()
-            );
+            let reason = format!("the {} device failed to initialise ({e})", device.name());
+            tracing::warn!("{reason}; falling back to the CPU");
             let m = model::load(path, &options(Device::Cpu))
                 .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?;
-            Ok((m, Device::Cpu))
+            Ok((m, Device::Cpu, Some(reason)))
         }
         Err(e) => Err(anyhow::anyhow!("cannot load {}: {e}", path.display())),
     }

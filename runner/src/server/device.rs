@@ -87,13 +87,12 @@ impl FactsSummary {
         })
     }
 
-    /// Reads a facts file written by `xpu-probe`.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+    /// The JSON of a facts file written by `xpu-probe`; [`Self::from_json`] checks it.
+    pub fn read_file(path: &Path) -> anyhow::Result<serde_json::Value> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read facts file {}: {e}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("facts file {} is not valid JSON: {e}", path.display()))?;
-        Self::from_json(&value).map_err(|e| anyhow::anyhow!("facts file {}: {e}", path.display()))
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("facts file {} is not valid JSON: {e}", path.display()))
     }
 }
 

@@ -13,6 +13,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use xpu_probe::level_zero::{DeviceTelemetry, Telemetry};
 
+use super::dashboard::LiveStats;
+
 type Labels = Vec<(&'static str, String)>;
 
 /// All metrics of one server. Cheap to update from any thread.
@@ -30,6 +32,8 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub queue_wait: Histogram,
     pub device_info: Family<Labels, Gauge>,
+    /// The dashboard's figures (token history, first-token times, requests by status).
+    pub live: LiveStats,
 }
 
 impl Default for Metrics {
@@ -119,6 +123,7 @@ impl Metrics {
             request_duration,
             queue_wait,
             device_info,
+            live: LiveStats::default(),
         }
     }
 
@@ -126,6 +131,7 @@ impl Metrics {
         self.requests
             .get_or_create(&vec![("route", route.to_owned()), ("status", status.to_string())])
             .inc();
+        self.live.count_request(route, status);
     }
 
     pub fn set_device(&self, device: &str, model: &str) {

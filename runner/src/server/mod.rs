@@ -14,6 +14,7 @@ pub mod auth;
 pub mod backend;
 pub mod completions;
 pub mod config;
+pub mod dashboard;
 pub mod device;
 pub mod errors;
 pub mod metrics;
@@ -105,6 +106,7 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         model: OnceLock::new(),
         gpu: gpu.clone(),
+        dashboard: Default::default(),
     });
     tokio::spawn(telemetry::log_first_outcome(gpu));
     let app = routes::router(state.clone(), &args.cors_allow_origin);
@@ -173,11 +175,27 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
 /// Decides the device, loads the model off the runtime, starts its worker and
 /// marks the service ready.
 async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: SocketAddr) -> anyhow::Result<()> {
+    // The facts are read whatever the device: `auto` decides from them, and the
+    // dashboard shows them. Only `auto` waits for them (and fails without them).
+    let facts_file = args.facts.clone();
+    let reading = tokio::task::spawn_blocking(move || read_facts(facts_file.as_deref()));
     let facts = if args.device == DeviceChoice::Auto {
-        let facts_file = args.facts.clone();
-        let summary = tokio::task::spawn_blocking(move || read_facts(facts_file.as_deref())).await??;
+        let (document, summary) = reading.await??;
+        state.dashboard.set_facts(Ok(document));
         Some(summary)
     } else {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let facts = match reading.await {
+                Ok(Ok((document, _))) => Ok(document),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = &facts {
+                tracing::warn!("dashboard: no hardware facts: {why}");
+            }
+            state.dashboard.set_facts(facts);
+        });
         None
     };
     if let Some(facts) = &facts {
@@ -194,10 +212,9 @@ async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: Socket
 
     let path = args.model.clone();
     let (threads, ctx, fallback) = (args.threads, args.ctx, args.device == DeviceChoice::Auto);
-    let (loaded, device) = tokio::task::spawn_blocking(move || {
-        backend::load(&path, decision.device, fallback, threads, ctx)
-    })
-    .await??;
+    let chosen = decision.device;
+    let (loaded, device, fallback_reason) =
+        tokio::task::spawn_blocking(move || backend::load(&path, chosen, fallback, threads, ctx)).await??;
 
     let id = args.model_id.clone().unwrap_or_else(|| loaded.id.clone());
     let device_description = loaded.engine.device_description();
@@ -206,6 +223,14 @@ async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: Socket
     let scheduler = Scheduler::start(worker, args.max_queue, state.metrics.clone())
         .context("cannot start the generation thread")?;
     state.metrics.set_device(&device_description, &id);
+    state.dashboard.set_engine(dashboard::EngineInfo {
+        requested: format!("{:?}", args.device).to_lowercase(),
+        device: device.name(),
+        description: device_description.clone(),
+        reasons: decision.reasons.clone(),
+        fallback_reason,
+    });
+    state.dashboard.read_model(args.model.clone()).await;
     let served = ServedModel {
         id: id.clone(),
         device: device_description.clone(),
@@ -227,16 +252,20 @@ async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: Socket
     Ok(())
 }
 
-/// The facts for `--device auto`: the file if given (a bad file is an error), else
-/// a live probe.
-fn read_facts(file: Option<&std::path::Path>) -> anyhow::Result<FactsSummary> {
-    match file {
-        Some(path) => FactsSummary::from_file(path),
+/// The facts document and its summary: the file if given (a bad file is an error),
+/// else a live probe.
+fn read_facts(file: Option<&std::path::Path>) -> anyhow::Result<(serde_json::Value, FactsSummary)> {
+    let value = match file {
+        Some(path) => FactsSummary::read_file(path)?,
         None => {
             tracing::info!("no --facts file: probing the hardware");
             let facts = xpu_probe::probe(&xpu_probe::ProbeOptions { root: "/".into(), level_zero: true });
-            let value = serde_json::to_value(&facts).context("cannot serialise the probe's facts")?;
-            FactsSummary::from_json(&value)
+            serde_json::to_value(&facts).context("cannot serialise the probe's facts")?
         }
-    }
+    };
+    let summary = FactsSummary::from_json(&value).map_err(|e| match file {
+        Some(path) => anyhow::anyhow!("facts file {}: {e}", path.display()),
+        None => e,
+    })?;
+    Ok((value, summary))
 }

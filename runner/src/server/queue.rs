@@ -189,6 +189,7 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
     }
     shared.running.store(true, Ordering::SeqCst);
     metrics.generations_running.inc();
+    metrics.live.generation_started(job.spec.prompt_tokens.len());
     let started = Instant::now();
     let mut last_token: Option<Instant> = None;
     let mut client_gone = false;
@@ -196,6 +197,7 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
     let result = {
         let mut on_token = |text: &str| -> ControlFlow<()> {
             let now = Instant::now();
+            metrics.live.token(now, last_token.is_none().then(|| now - job.received));
             match last_token {
                 None => metrics.time_to_first_token.observe((now - job.received).as_secs_f64()),
                 Some(prev) => metrics.time_per_output_token.observe((now - prev).as_secs_f64()),
@@ -222,6 +224,7 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
         .avg_job_seconds
         .store((0.7 * old + 0.3 * elapsed).to_bits(), Ordering::Relaxed);
     metrics.generations_running.dec();
+    metrics.live.generation_finished();
     shared.running.store(false, Ordering::SeqCst);
     metrics.request_duration.observe(job.received.elapsed().as_secs_f64());
     match result {

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use super::completions::{chat_completions, completions};
+use super::dashboard;
 use super::errors::ApiError;
 use super::openai::{ModelList, ModelObject};
 use super::shutdown::Phase;
@@ -40,6 +41,7 @@ pub fn router(state: Arc<AppState>, cors_allow_origin: &[String]) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
@@ -73,7 +75,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/health" => "/health",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
-        _ => "other",
+        p => dashboard::route_label(p).unwrap_or("other"),
     }
 }
 
@@ -84,7 +86,8 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = route_label(&path);
-    let public = path == "/health";
+    // The dashboard page holds no data; its document (/v1/dashboard) needs the key.
+    let public = path == "/health" || dashboard::is_page(&path);
     let response = if !public && path != "/metrics" && state.lifecycle.phase() == Phase::Draining {
         ApiError::draining().into_response()
     } else if let (false, Some(keys)) = (public, &state.keys) {
@@ -122,7 +125,7 @@ pub fn log_request(method: &Method, path: &str, status: u16, started: Instant, t
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no route for {method} {}; the API has POST /v1/chat/completions, POST /v1/completions, \
-         GET /v1/models, GET /health and GET /metrics",
+         GET /v1/models, GET /health, GET /metrics, GET /v1/dashboard and the dashboard page at /",
         uri.path()
     ))
 }
@@ -223,6 +226,7 @@ mod tests {
             max_body_bytes: 4096,
             model: OnceLock::new(),
             gpu: Arc::new(GpuTelemetry::off()),
+            dashboard: Default::default(),
         })
     }
 

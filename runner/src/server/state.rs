@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::auth::ApiKeys;
+use super::dashboard::Dashboard;
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::openai::PlainMessage;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub model: OnceLock<Arc<ServedModel>>,
     /// Intel GPU readings for `/metrics` and `/health` (none without an Intel GPU).
     pub gpu: Arc<GpuTelemetry>,
+    /// What the dashboard shows besides the metrics (facts, engine, model file).
+    pub dashboard: Dashboard,
 }
 
 impl AppState {
