@@ -14,8 +14,13 @@ use serve_support::{request, request_with_headers, serve_command, Server};
 
 /// Writes the facts the probe finds in fixture tree `name` (without Level Zero).
 fn fixture_facts(dir: &Path, name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../probe/tests/fixtures").join(name);
-    let facts = xpu_probe::probe(&xpu_probe::ProbeOptions { root, level_zero: false });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../probe/tests/fixtures")
+        .join(name);
+    let facts = xpu_probe::probe(&xpu_probe::ProbeOptions {
+        root,
+        level_zero: false,
+    });
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string(&facts).unwrap()).unwrap();
     path
@@ -30,7 +35,8 @@ fn start(extra: &[&str]) -> Server {
 }
 
 fn document(server: &Server, headers: &[(&str, &str)]) -> (u16, Value) {
-    let response = request_with_headers(server.port, "GET", "/v1/dashboard", headers, None).unwrap();
+    let response =
+        request_with_headers(server.port, "GET", "/v1/dashboard", headers, None).unwrap();
     let value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
     (response.status, value)
 }
@@ -44,7 +50,11 @@ fn document_with_facts(server: &Server) -> Value {
         if !doc["facts"].is_null() || !doc["facts_error"].is_null() {
             return doc;
         }
-        assert!(Instant::now() < deadline, "no facts in the document:\n{doc}\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "no facts in the document:\n{doc}\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -53,7 +63,12 @@ fn document_with_facts(server: &Server) -> Value {
 fn the_document_describes_machine_engine_model_and_load() {
     let dir = tempfile::tempdir().unwrap();
     let facts = fixture_facts(dir.path(), "arc-a770-igpu");
-    let server = start(&["--facts", facts.to_str().unwrap(), "--model-id", "smol <b>test</b>"]);
+    let server = start(&[
+        "--facts",
+        facts.to_str().unwrap(),
+        "--model-id",
+        "smol <b>test</b>",
+    ]);
     let doc = document_with_facts(&server);
 
     assert_eq!(doc["schema_version"], 1);
@@ -63,10 +78,19 @@ fn the_document_describes_machine_engine_model_and_load() {
 
     // The machine: the probe's own document, with the A770 and the iGPU.
     let gpus = doc["facts"]["gpus"].as_array().unwrap();
-    assert!(gpus.iter().any(|g| g["vendor"] == "intel" && g["family"] == "Alchemist"), "{gpus:?}");
+    assert!(
+        gpus.iter()
+            .any(|g| g["vendor"] == "intel" && g["family"] == "Alchemist"),
+        "{gpus:?}"
+    );
     assert_eq!(doc["facts"]["recommendation"]["variant"], "exo-intel");
     assert_eq!(doc["intel_gpu"], true);
-    let engines: Vec<&str> = doc["engines"].as_array().unwrap().iter().map(|e| e["device"].as_str().unwrap()).collect();
+    let engines: Vec<&str> = doc["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["device"].as_str().unwrap())
+        .collect();
     assert_eq!(engines, ["cpu", "vulkan"]);
     assert_eq!(doc["engines"][0]["in_use"], true);
     assert_eq!(doc["engines"][1]["in_use"], false);
@@ -75,7 +99,13 @@ fn the_document_describes_machine_engine_model_and_load() {
     // The engine: an explicit --device cpu, no fallback.
     assert_eq!(doc["engine"]["device"], "cpu");
     assert_eq!(doc["engine"]["requested"], "cpu");
-    assert!(doc["engine"]["description"].as_str().unwrap().starts_with("cpu"), "{doc}");
+    assert!(
+        doc["engine"]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("cpu"),
+        "{doc}"
+    );
     assert_eq!(doc["engine"]["fallback_reason"], Value::Null);
 
     // The model, from its GGUF header: SmolLM2-135M, Q4_1, 30 layers.
@@ -87,14 +117,22 @@ fn the_document_describes_machine_engine_model_and_load() {
     assert_eq!(model["layers"], 30);
     assert_eq!(model["context_length"], 512);
     let parameters = model["parameters"].as_u64().unwrap();
-    assert!((130_000_000..140_000_000).contains(&parameters), "{parameters}");
+    assert!(
+        (130_000_000..140_000_000).contains(&parameters),
+        "{parameters}"
+    );
     let needed = model["memory_needed_bytes"].as_u64().unwrap();
     assert!(needed > model["weights_bytes"].as_u64().unwrap(), "{model}");
     // A 135M model fits the fixture's system memory and the A770's 16 GiB BAR.
     let suits = model["suits"].as_array().unwrap();
     assert_eq!(suits[0]["device"], "cpu");
     assert_eq!(suits[0]["fits"], true, "{suits:?}");
-    assert!(suits.iter().any(|s| s["device"] == "vulkan" && s["fits"] == true), "{suits:?}");
+    assert!(
+        suits
+            .iter()
+            .any(|s| s["device"] == "vulkan" && s["fits"] == true),
+        "{suits:?}"
+    );
 
     // Live figures before any request.
     let live = &doc["live"];
@@ -127,7 +165,10 @@ fn the_document_describes_machine_engine_model_and_load() {
     // The tokens were made within the last five seconds.
     assert!(live["tokens_per_second"].as_f64().unwrap() > 0.0, "{live}");
     // The page's own polling is not counted.
-    assert_eq!(live["requests_total"], document(&server, &[]).1["live"]["requests_total"]);
+    assert_eq!(
+        live["requests_total"],
+        document(&server, &[]).1["live"]["requests_total"]
+    );
 }
 
 #[test]
@@ -158,13 +199,28 @@ fn the_page_is_public_and_the_document_needs_the_key() {
         assert_eq!(page.status, 200, "{path}");
         let head = page.head.to_ascii_lowercase();
         assert!(head.contains("content-type: text/html"), "{head}");
-        assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+            "{head}"
+        );
         assert!(page.body.contains("/dashboard/app.js"));
     }
     let script = request(server.port, "GET", "/dashboard/app.js", None).unwrap();
     assert_eq!(script.status, 200);
-    assert!(script.head.to_ascii_lowercase().contains("content-type: text/javascript"), "{}", script.head);
-    assert_eq!(request(server.port, "GET", "/dashboard/app.css", None).unwrap().status, 200);
+    assert!(
+        script
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: text/javascript"),
+        "{}",
+        script.head
+    );
+    assert_eq!(
+        request(server.port, "GET", "/dashboard/app.css", None)
+            .unwrap()
+            .status,
+        200
+    );
 
     let (status, body) = document(&server, &[]);
     assert_eq!(status, 401);
@@ -175,7 +231,12 @@ fn the_page_is_public_and_the_document_needs_the_key() {
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["server"]["api_key_required"], true);
     // Only the page's own files are public.
-    assert_eq!(request(server.port, "GET", "/dashboard/other", None).unwrap().status, 401);
+    assert_eq!(
+        request(server.port, "GET", "/dashboard/other", None)
+            .unwrap()
+            .status,
+        401
+    );
 }
 
 #[test]
@@ -187,9 +248,16 @@ fn an_unreadable_facts_file_is_reported_not_fatal_for_an_explicit_device() {
     let doc = document_with_facts(&server);
     assert_eq!(doc["facts"], Value::Null);
     let why = doc["facts_error"].as_str().unwrap();
-    assert!(why.contains("facts.json") && why.contains("not valid JSON"), "{why}");
+    assert!(
+        why.contains("facts.json") && why.contains("not valid JSON"),
+        "{why}"
+    );
     // Without facts only the CPU engine is listed, and the model still serves.
     assert_eq!(doc["engines"].as_array().unwrap().len(), 1);
     assert_eq!(doc["status"], "ready");
-    assert!(server.log().contains("dashboard: no hardware facts"), "{}", server.log());
+    assert!(
+        server.log().contains("dashboard: no hardware facts"),
+        "{}",
+        server.log()
+    );
 }

@@ -73,9 +73,11 @@ def probe_facts(facts_dir, fixture):
 def screenshot(driver, name):
     directory = pathlib.Path(os.environ.get("XPU_SCREENSHOT_DIR", REPO / "target"))
     directory.mkdir(parents=True, exist_ok=True)
-    # The whole page, not just the window.
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1440, max(900, height + 20))
+    # The whole page, not just the window: the window is the page's height plus the
+    # browser's own frame.
+    frame = driver.get_window_size()["height"] - driver.execute_script("return window.innerHeight")
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1440, max(900, height + frame))
     path = directory / name
     assert driver.save_screenshot(str(path)), f"cannot write {path}"
     return path
@@ -150,6 +152,9 @@ def test_page_shows_model_device_figures_and_streams_a_chat(browser, make_server
     # on a CPU-only machine (this one, CI) it is not in the page at all.
     doc = dashboard_doc(server)
     wait(browser, lambda d: d.find_elements(By.ID, "variant"), "the machine's facts never showed")
+    # No missing value is ever written as "null" or "undefined".
+    page_text = browser.find_element(By.TAG_NAME, "main").text
+    assert "null" not in page_text and "undefined" not in page_text, page_text
     intel = browser.find_elements(By.ID, "intel-engine")
     vulkan = browser.find_elements(By.CSS_SELECTOR, "#engines li[data-device=vulkan]")
     assert bool(intel) == bool(vulkan) == doc["intel_gpu"], doc["engines"]

@@ -337,10 +337,11 @@ function renderMachine(doc) {
   const warnings = r.warnings || [];
   const kernelParams = r.kernel_params || [];
   rec.append(
-    el("h3", {}, "Recommended variant ", el("span", { class: "badge info", id: "variant" }, r.variant || "none")),
-    el("ul", { class: "list" }, reasons.map((x) => el("li", {}, x))),
-    warnings.length ? el("ul", { class: "list warn-text" }, warnings.map((x) => el("li", {}, x))) : null,
-    kernelParams.length ? el("p", { class: "foot" }, "Kernel parameters to add: " + kernelParams.join(" ")) : null
+    el("div", {},
+      el("h3", {}, "Recommended variant ", el("span", { class: "badge info", id: "variant" }, r.variant || "none")),
+      el("ul", { class: "list" }, reasons.map((x) => el("li", {}, x))),
+      warnings.length ? el("ul", { class: "list warn-text" }, warnings.map((x) => el("li", {}, x))) : null,
+      kernelParams.length ? el("p", { class: "foot" }, "Kernel parameters to add: " + kernelParams.join(" ")) : null)
   );
 }
 

@@ -98,14 +98,19 @@ pub struct LiveSnapshot {
 
 impl Default for LiveStats {
     fn default() -> Self {
-        LiveStats { started: Instant::now(), inner: Mutex::new(Inner::default()) }
+        LiveStats {
+            started: Instant::now(),
+            inner: Mutex::new(Inner::default()),
+        }
     }
 }
 
 impl LiveStats {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Plain counters stay usable even if a holder panicked.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts an answered request of a generation route.
@@ -117,8 +122,12 @@ impl LiveStats {
 
     /// A generation starts on the engine.
     pub fn generation_started(&self, prompt_tokens: usize) {
-        self.lock().running =
-            Some(Running { prompt_tokens, generated: 0, first_token: None, ttft: None });
+        self.lock().running = Some(Running {
+            prompt_tokens,
+            generated: 0,
+            first_token: None,
+            ttft: None,
+        });
     }
 
     /// The engine produced a token; `since_arrival` is set for the first one.
@@ -129,7 +138,11 @@ impl LiveStats {
             Some((s, count)) if *s == second => *count += 1,
             _ => inner.buckets.push_back((second, 1)),
         }
-        while inner.buckets.front().is_some_and(|(s, _)| s + HISTORY_SECONDS + POINT_SECONDS < second) {
+        while inner
+            .buckets
+            .front()
+            .is_some_and(|(s, _)| s + HISTORY_SECONDS + POINT_SECONDS < second)
+        {
             inner.buckets.pop_front();
         }
         if let Some(ttft) = since_arrival {
@@ -154,7 +167,8 @@ impl LiveStats {
         if let Some(running) = inner.running.take() {
             let tokens_per_second = running.first_token.and_then(|first| {
                 let seconds = now.saturating_duration_since(first).as_secs_f64();
-                (running.generated > 1 && seconds > 0.0).then(|| (running.generated - 1) as f64 / seconds)
+                (running.generated > 1 && seconds > 0.0)
+                    .then(|| (running.generated - 1) as f64 / seconds)
             });
             inner.last_generation = Some(LastGeneration {
                 prompt_tokens: running.prompt_tokens,
@@ -175,7 +189,12 @@ impl LiveStats {
         let second = elapsed.as_secs();
         let inner = self.lock();
         let tokens_in = |from: u64, to: u64| -> u64 {
-            inner.buckets.iter().filter(|(s, _)| (from..to).contains(s)).map(|(_, c)| c).sum()
+            inner
+                .buckets
+                .iter()
+                .filter(|(s, _)| (from..to).contains(s))
+                .map(|(_, c)| c)
+                .sum()
         };
 
         // "Now": the last four whole seconds and the current partial one.
@@ -184,7 +203,10 @@ impl LiveStats {
         let tokens_per_second = tokens_in(from, second + 1) as f64 / window;
 
         // Chart points over whole, finished intervals ending at the last whole second.
-        let wall_ms = wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let wall_ms = wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         let end_ms = wall_ms.saturating_sub(elapsed.subsec_millis() as u64);
         let points = HISTORY_SECONDS / POINT_SECONDS;
         let history = (0..points)
@@ -209,7 +231,11 @@ impl LiveStats {
             history_interval_s: POINT_SECONDS,
             history,
             requests_total: inner.requests_by_status.values().sum(),
-            requests_by_status: inner.requests_by_status.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            requests_by_status: inner
+                .requests_by_status
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
             time_to_first_token: TtftFigures {
                 last_s: inner.ttft_last,
                 mean_s: (inner.ttft_count > 0).then(|| inner.ttft_sum / inner.ttft_count as f64),
@@ -250,7 +276,11 @@ mod tests {
         assert_eq!(last.t, 1_000_000_000 - 500);
         assert_eq!(before.t, last.t - 2000);
         // The window 2.0 .. 6.5 holds all 30 tokens.
-        assert!((snap.tokens_per_second - 30.0 / 4.5).abs() < 1e-9, "{}", snap.tokens_per_second);
+        assert!(
+            (snap.tokens_per_second - 30.0 / 4.5).abs() < 1e-9,
+            "{}",
+            snap.tokens_per_second
+        );
         // Later, everything has left the window and the chart.
         let snap = live.snapshot_at(t0 + Duration::from_secs(HISTORY_SECONDS + 10), wall);
         assert_eq!(snap.tokens_per_second, 0.0);
@@ -284,7 +314,14 @@ mod tests {
         assert_eq!((last.prompt_tokens, last.completion_tokens), (7, 3));
         assert_eq!(last.time_to_first_token_s, Some(0.25));
         assert!(last.tokens_per_second.unwrap() > 0.0);
-        assert_eq!(snap.time_to_first_token, TtftFigures { last_s: Some(0.25), mean_s: Some(0.25), count: 1 });
+        assert_eq!(
+            snap.time_to_first_token,
+            TtftFigures {
+                last_s: Some(0.25),
+                mean_s: Some(0.25),
+                count: 1
+            }
+        );
     }
 
     #[test]

@@ -76,12 +76,28 @@ pub fn engine_options(facts: Option<&Value>, in_use: Option<&str>) -> Vec<Engine
     }];
     let Some(facts) = facts else { return options };
     for (vendor, device, label, compiled_in) in [
-        ("intel", "vulkan", "Intel GPU (Vulkan)", cfg!(feature = "vulkan")),
-        ("nvidia", "cuda", "NVIDIA GPU (CUDA)", cfg!(feature = "cuda")),
+        (
+            "intel",
+            "vulkan",
+            "Intel GPU (Vulkan)",
+            cfg!(feature = "vulkan"),
+        ),
+        (
+            "nvidia",
+            "cuda",
+            "NVIDIA GPU (CUDA)",
+            cfg!(feature = "cuda"),
+        ),
     ] {
         let hardware: Vec<String> = gpus_of(facts, vendor).map(gpu_name).collect();
         if !hardware.is_empty() {
-            options.push(EngineOption { device, label, hardware, compiled_in, in_use: in_use == Some(device) });
+            options.push(EngineOption {
+                device,
+                label,
+                hardware,
+                compiled_in,
+                in_use: in_use == Some(device),
+            });
         }
     }
     options
@@ -96,7 +112,11 @@ pub fn memory_places(facts: &Value, telemetry: Option<&Value>) -> Vec<MemoryPlac
         device: Some("cpu"),
         name: "CPU (system memory)".into(),
         memory_bytes: system,
-        memory_source: if system.is_some() { "facts: memory" } else { "unknown" },
+        memory_source: if system.is_some() {
+            "facts: memory"
+        } else {
+            "unknown"
+        },
     }];
     for gpu in gpus(facts).filter(|g| g["compute_capable"] == true) {
         let device = match gpu["vendor"].as_str() {
@@ -116,7 +136,12 @@ pub fn memory_places(facts: &Value, telemetry: Option<&Value>) -> Vec<MemoryPlac
         } else {
             (None, "unknown")
         };
-        places.push(MemoryPlace { device, name: gpu_name(gpu), memory_bytes, memory_source });
+        places.push(MemoryPlace {
+            device,
+            name: gpu_name(gpu),
+            memory_bytes,
+            memory_source,
+        });
     }
     places
 }
@@ -183,7 +208,10 @@ mod tests {
         let devices: Vec<_> = options.iter().map(|o| o.device).collect();
         assert_eq!(devices, ["cpu", "vulkan"]);
         assert!(options[0].in_use);
-        assert_eq!(options[0].hardware, ["12th Gen Intel(R) Core(TM) i9-12900K"]);
+        assert_eq!(
+            options[0].hardware,
+            ["12th Gen Intel(R) Core(TM) i9-12900K"]
+        );
         assert_eq!(options[1].hardware.len(), 3);
         assert_eq!(options[1].compiled_in, cfg!(feature = "vulkan"));
         assert!(has_intel_gpu(&intel_facts()));
@@ -200,7 +228,13 @@ mod tests {
     #[test]
     fn gpu_memory_comes_from_the_best_source() {
         let places = memory_places(&intel_facts(), None);
-        let by_name = |n: &str| places.iter().find(|p| p.name.starts_with(n)).unwrap().clone();
+        let by_name = |n: &str| {
+            places
+                .iter()
+                .find(|p| p.name.starts_with(n))
+                .unwrap()
+                .clone()
+        };
         assert_eq!(by_name("CPU").memory_bytes, Some(64 << 30));
         assert_eq!(by_name("Intel Arc A770").memory_bytes, Some(16 << 30));
         assert_eq!(by_name("Intel Arc A770").memory_source, "PCI BAR size");
@@ -212,13 +246,23 @@ mod tests {
         // A small BAR says nothing; telemetry fills in.
         let mut facts = intel_facts();
         facts["level_zero"] = json!({"drivers": []});
-        assert_eq!(by_name_in(&memory_places(&facts, None), "Intel Arc B580").memory_bytes, None);
+        assert_eq!(
+            by_name_in(&memory_places(&facts, None), "Intel Arc B580").memory_bytes,
+            None
+        );
         let telemetry = json!({"devices": [{"pci_address": "0000:04:00.0", "memory_total_bytes": 11u64 << 30}]});
         let place = by_name_in(&memory_places(&facts, Some(&telemetry)), "Intel Arc B580");
-        assert_eq!((place.memory_bytes, place.memory_source), (Some(11 << 30), "Level Zero Sysman"));
+        assert_eq!(
+            (place.memory_bytes, place.memory_source),
+            (Some(11 << 30), "Level Zero Sysman")
+        );
     }
 
     fn by_name_in(places: &[MemoryPlace], name: &str) -> MemoryPlace {
-        places.iter().find(|p| p.name.starts_with(name)).unwrap().clone()
+        places
+            .iter()
+            .find(|p| p.name.starts_with(name))
+            .unwrap()
+            .clone()
     }
 }

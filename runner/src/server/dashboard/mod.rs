@@ -36,7 +36,13 @@ const STYLE: &str = include_str!("app.css");
 const ICON: &str = include_str!("icon.svg");
 
 /// Paths of the page and its assets: served without an API key.
-const PUBLIC_PATHS: &[&str] = &["/", "/dashboard", "/dashboard/app.js", "/dashboard/app.css", "/dashboard/icon.svg"];
+const PUBLIC_PATHS: &[&str] = &[
+    "/",
+    "/dashboard",
+    "/dashboard/app.js",
+    "/dashboard/app.css",
+    "/dashboard/icon.svg",
+];
 
 /// The policy for the page: nothing from other origins, no inline script or style,
 /// and no framing (the page has an API-key field).
@@ -93,7 +99,12 @@ pub struct Dashboard {
 
 impl Default for Dashboard {
     fn default() -> Self {
-        Dashboard { started: Instant::now(), facts: OnceLock::new(), engine: OnceLock::new(), model: OnceLock::new() }
+        Dashboard {
+            started: Instant::now(),
+            facts: OnceLock::new(),
+            engine: OnceLock::new(),
+            model: OnceLock::new(),
+        }
     }
 }
 
@@ -152,7 +163,10 @@ async fn icon() -> Response {
 
 async fn document(State(state): State<Arc<AppState>>) -> Response {
     let mut response = Json(build_document(&state)).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     response
 }
 
@@ -162,7 +176,10 @@ pub fn build_document(state: &AppState) -> Value {
     let facts = board.facts.get().and_then(|f| f.as_ref().ok());
     let engine = board.engine.get();
     let served = state.model.get();
-    let telemetry = state.gpu.latest().map(|reading| telemetry::health_json(&reading));
+    let telemetry = state
+        .gpu
+        .latest()
+        .map(|reading| telemetry::health_json(&reading));
     let metrics = &state.metrics;
     let live = metrics.live.snapshot();
 
@@ -175,7 +192,12 @@ pub fn build_document(state: &AppState) -> Value {
             Some(Ok(file)) => {
                 let needed = file.memory_needed(served.context_length);
                 let suits = facts
-                    .map(|f| model_info::suitability(needed, machine::memory_places(f, telemetry.as_ref())))
+                    .map(|f| {
+                        model_info::suitability(
+                            needed,
+                            machine::memory_places(f, telemetry.as_ref()),
+                        )
+                    })
                     .unwrap_or_default();
                 model["format"] = json!(file.format);
                 model["architecture"] = json!(file.architecture);
@@ -193,7 +215,9 @@ pub fn build_document(state: &AppState) -> Value {
     });
 
     let kv_cache = served.map(|served| {
-        let tokens = live.running_sequence.map_or(0, |s| s.prompt_tokens + s.generated_tokens);
+        let tokens = live
+            .running_sequence
+            .map_or(0, |s| s.prompt_tokens + s.generated_tokens);
         json!({
             "sequences": usize::from(live.running_sequence.is_some()),
             "max_sequences": 1,
@@ -245,18 +269,35 @@ mod tests {
 
     #[test]
     fn the_page_loads_its_assets_from_this_server_only() {
-        for path in ["/dashboard/app.js", "/dashboard/app.css", "/dashboard/icon.svg"] {
-            assert!(PAGE.contains(&format!("\"{path}\"")), "page.html does not load {path}");
+        for path in [
+            "/dashboard/app.js",
+            "/dashboard/app.css",
+            "/dashboard/icon.svg",
+        ] {
+            assert!(
+                PAGE.contains(&format!("\"{path}\"")),
+                "page.html does not load {path}"
+            );
         }
         // No inline script or style (the policy would block them) and no other origin.
-        assert!(!PAGE.contains("<script>") && !PAGE.contains("<style"), "inline code in page.html");
+        assert!(
+            !PAGE.contains("<script>") && !PAGE.contains("<style"),
+            "inline code in page.html"
+        );
         for text in [PAGE, SCRIPT, STYLE, ICON] {
             // The SVG namespace is a name, not an address.
             let text = text.replace("\"http://www.w3.org/2000/svg\"", "");
-            assert!(!text.contains("http://") && !text.contains("https://"), "an external URL in the page");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "an external URL in the page"
+            );
         }
         // Data goes into the page as text only.
-        assert!(!SCRIPT.contains("innerHTML") && !SCRIPT.contains("outerHTML") && !SCRIPT.contains("insertAdjacentHTML"));
+        assert!(
+            !SCRIPT.contains("innerHTML")
+                && !SCRIPT.contains("outerHTML")
+                && !SCRIPT.contains("insertAdjacentHTML")
+        );
         assert!(!SCRIPT.contains("document.write") && !SCRIPT.contains("eval("));
     }
 

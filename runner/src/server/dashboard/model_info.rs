@@ -58,7 +58,9 @@ fn read_gguf(path: &Path) -> anyhow::Result<ModelFacts> {
     let content = &file.content;
     let architecture = gguf::metadata_str(content, "general.architecture").map(str::to_owned);
     let key = |suffix: &str| {
-        architecture.as_deref().and_then(|a| gguf::metadata_u64(content, &format!("{a}.{suffix}")))
+        architecture
+            .as_deref()
+            .and_then(|a| gguf::metadata_u64(content, &format!("{a}.{suffix}")))
     };
     let mut by_type: HashMap<String, u64> = HashMap::new();
     let mut parameters = 0u64;
@@ -71,19 +73,21 @@ fn read_gguf(path: &Path) -> anyhow::Result<ModelFacts> {
     let kv_heads = key("attention.head_count_kv").or(heads);
     let head_size = key("attention.key_length")
         .or_else(|| Some(key("embedding_length")? / heads.filter(|&h| h > 0)?));
+    let layers = key("block_count");
     Ok(ModelFacts {
         format: "gguf",
         architecture,
         quantization: dominant(by_type),
         parameters,
         weights_bytes: file.mmap.len() as u64,
-        layers: key("block_count"),
+        layers,
         kv_width: kv_heads.zip(head_size).map(|(h, s)| h * s),
     })
 }
 
 fn read_safetensors(dir: &Path) -> anyhow::Result<ModelFacts> {
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
@@ -97,19 +101,28 @@ fn read_safetensors(dir: &Path) -> anyhow::Result<ModelFacts> {
         let elements = view.shape().iter().product::<usize>() as u64;
         parameters += elements;
         weights_bytes += view.data().len() as u64;
-        *by_type.entry(format!("{:?}", view.dtype()).to_uppercase()).or_default() += elements;
+        *by_type
+            .entry(format!("{:?}", view.dtype()).to_uppercase())
+            .or_default() += elements;
     }
     let get = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
     let heads = get("num_attention_heads");
-    let head_size = get("head_dim").or_else(|| Some(get("hidden_size")? / heads.filter(|&h| h > 0)?));
+    let head_size =
+        get("head_dim").or_else(|| Some(get("hidden_size")? / heads.filter(|&h| h > 0)?));
     Ok(ModelFacts {
         format: "safetensors",
-        architecture: config.get("model_type").and_then(|v| v.as_str()).map(str::to_owned),
+        architecture: config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
         quantization: dominant(by_type),
         parameters,
         weights_bytes,
         layers: get("num_hidden_layers"),
-        kv_width: get("num_key_value_heads").or(heads).zip(head_size).map(|(h, s)| h * s),
+        kv_width: get("num_key_value_heads")
+            .or(heads)
+            .zip(head_size)
+            .map(|(h, s)| h * s),
     })
 }
 
@@ -128,7 +141,10 @@ fn ggml_type_name(dtype: GgmlDType) -> String {
 
 /// The type with the most elements (ties broken by name, so the answer is stable).
 fn dominant(by_type: HashMap<String, u64>) -> Option<String> {
-    by_type.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(name, _)| name)
+    by_type
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(name, _)| name)
 }
 
 impl ModelFacts {
@@ -163,7 +179,11 @@ mod tests {
 
     #[test]
     fn the_dominant_type_has_most_elements() {
-        let types = HashMap::from([("F32".to_string(), 10), ("Q4_1".to_string(), 1000), ("Q6K".to_string(), 50)]);
+        let types = HashMap::from([
+            ("F32".to_string(), 10),
+            ("Q4_1".to_string(), 1000),
+            ("Q6K".to_string(), 50),
+        ]);
         assert_eq!(dominant(types).as_deref(), Some("Q4_1"));
         assert_eq!(dominant(HashMap::new()), None);
         assert_eq!(ggml_type_name(GgmlDType::Q6K), "Q6_K");
@@ -172,16 +192,35 @@ mod tests {
 
     #[test]
     fn memory_estimate_counts_the_cache_and_the_overhead() {
-        let facts = ModelFacts { weights_bytes: 1000, layers: Some(2), kv_width: Some(8), ..Default::default() };
+        let facts = ModelFacts {
+            weights_bytes: 1000,
+            layers: Some(2),
+            kv_width: Some(8),
+            ..Default::default()
+        };
         // 1000 + 2 (K, V) * 2 layers * 8 * 10 tokens * 4 bytes = 2280, plus 10 %.
         assert_eq!(facts.memory_needed(10), 2508);
         let places = vec![
-            MemoryPlace { device: Some("cpu"), name: "CPU".into(), memory_bytes: Some(4096), memory_source: "facts: memory" },
-            MemoryPlace { device: Some("vulkan"), name: "small".into(), memory_bytes: Some(2000), memory_source: "Level Zero" },
-            MemoryPlace { device: None, name: "unknown".into(), memory_bytes: None, memory_source: "unknown" },
+            MemoryPlace {
+                device: Some("cpu"),
+                name: "CPU".into(),
+                memory_bytes: Some(4096),
+                memory_source: "facts: memory",
+            },
+            MemoryPlace {
+                device: Some("vulkan"),
+                name: "small".into(),
+                memory_bytes: Some(2000),
+                memory_source: "Level Zero",
+            },
+            MemoryPlace {
+                device: None,
+                name: "unknown".into(),
+                memory_bytes: None,
+                memory_source: "unknown",
+            },
         ];
         let fits: Vec<_> = suitability(2508, places).iter().map(|s| s.fits).collect();
         assert_eq!(fits, [Some(true), Some(false), None]);
     }
-
 }
