@@ -167,8 +167,11 @@ impl LiveStats {
         if let Some(running) = inner.running.take() {
             let tokens_per_second = running.first_token.and_then(|first| {
                 let seconds = now.saturating_duration_since(first).as_secs_f64();
-                (running.generated > 1 && seconds > 0.0)
-                    .then(|| (running.generated - 1) as f64 / seconds)
+                if running.generated > 1 && seconds > 0.0 {
+                    Some((running.generated - 1) as f64 / seconds)
+                } else {
+                    None
+                }
             });
             inner.last_generation = Some(LastGeneration {
                 prompt_tokens: running.prompt_tokens,
@@ -238,7 +241,11 @@ impl LiveStats {
                 .collect(),
             time_to_first_token: TtftFigures {
                 last_s: inner.ttft_last,
-                mean_s: (inner.ttft_count > 0).then(|| inner.ttft_sum / inner.ttft_count as f64),
+                mean_s: if inner.ttft_count > 0 {
+                    Some(inner.ttft_sum / inner.ttft_count as f64)
+                } else {
+                    None
+                },
                 count: inner.ttft_count,
             },
             last_generation: inner.last_generation,

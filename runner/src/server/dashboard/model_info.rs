@@ -93,17 +93,21 @@ fn read_safetensors(dir: &Path) -> anyhow::Result<ModelFacts> {
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
     files.sort();
-    // SAFETY: read-only mapping of model files, see `gguf::open`.
-    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }?;
+    let maps = files
+        .iter()
+        .map(|path| xpu_cpu::mapped::map_path(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut by_type: HashMap<String, u64> = HashMap::new();
     let (mut parameters, mut weights_bytes) = (0u64, 0u64);
-    for (_, view) in tensors.tensors() {
-        let elements = view.shape().iter().product::<usize>() as u64;
-        parameters += elements;
-        weights_bytes += view.data().len() as u64;
-        *by_type
-            .entry(format!("{:?}", view.dtype()).to_uppercase())
-            .or_default() += elements;
+    for map in &maps {
+        for (_, view) in candle_core::safetensors::SliceSafetensors::new(map)?.tensors() {
+            let elements = view.shape().iter().product::<usize>() as u64;
+            parameters += elements;
+            weights_bytes += view.data().len() as u64;
+            *by_type
+                .entry(format!("{:?}", view.dtype()).to_uppercase())
+                .or_default() += elements;
+        }
     }
     let get = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
     let heads = get("num_attention_heads");
