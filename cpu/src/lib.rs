@@ -27,6 +27,11 @@ impl CpuLlamaEngine {
         Ok(CpuLlamaEngine { model: llama::LlamaModel::load(path, max_context)? })
     }
 
+    /// Builds the engine on a GGUF file the caller has opened (its header parsed once).
+    pub fn from_gguf(gguf: xpu_gguf::GgufFile, max_context: Option<usize>) -> anyhow::Result<Self> {
+        Ok(CpuLlamaEngine { model: llama::LlamaModel::from_gguf(gguf, max_context)? })
+    }
+
     /// The model's hyper-parameters.
     pub fn config(&self) -> &llama::Config {
         &self.model.config

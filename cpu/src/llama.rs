@@ -15,14 +15,14 @@ use std::sync::Mutex;
 use anyhow::{bail, Context as _};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
-use memmap2::Mmap;
+use xpu_gguf::{GgufError, GgufFile};
 
 use half::f16;
 
 use super::f16_vec;
+use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
 use super::swiglu::swiglu_in_place;
 use super::team::Team;
-use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -42,8 +42,16 @@ pub struct Config {
 
 /// Where a matrix's weights live: our kernels on the mapped bytes, or candle.
 enum Linear {
-    Own { format: WeightFormat, rows: usize, cols: usize, offset: usize },
-    Candle { rows: usize, matmul: QMatMul },
+    Own {
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        offset: usize,
+    },
+    Candle {
+        rows: usize,
+        matmul: QMatMul,
+    },
 }
 
 impl Linear {
@@ -75,7 +83,8 @@ enum Embeddings {
 /// The model: configuration, weights (mapped) and the KV cache of one sequence.
 pub struct LlamaModel {
     pub config: Config,
-    mmap: Mmap,
+    /// The mapped file: the weights our kernels read in place.
+    gguf: GgufFile,
     embeddings: Embeddings,
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
@@ -122,20 +131,36 @@ fn own_format(dtype: GgmlDType) -> Option<WeightFormat> {
 impl LlamaModel {
     /// Maps `path` and builds the model. `max_context` caps the model's context length.
     pub fn load(path: &Path, max_context: Option<usize>) -> anyhow::Result<Self> {
-        let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
-        // SAFETY: the file is opened read-only; like every GGUF runtime we assume it is
-        // not truncated or modified while the model is loaded.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let gguf = GgufFile::open(path).map_err(|e| match e {
+            GgufError::Io(e) => {
+                anyhow::Error::new(e).context(format!("cannot open {}", path.display()))
+            }
+            GgufError::Truncated(detail) => {
+                anyhow::anyhow!("{} is truncated: {detail}", path.display())
+            }
+            e => anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()),
+        })?;
+        Self::from_gguf(gguf, max_context)
+    }
+
+    /// Builds the model on a mapped GGUF file whose header the caller has parsed and
+    /// checked (tensor extents lie inside the file).
+    pub fn from_gguf(gguf: GgufFile, max_context: Option<usize>) -> anyhow::Result<Self> {
+        let content = &gguf.content;
+        let mmap = gguf.bytes();
 
         let md = |key: &str| content.metadata.get(key);
-        let arch = md("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        let arch = md("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
         if arch != "llama" {
             bail!("the CPU llama engine runs `llama` GGUF files, not `{arch}`");
         }
         let get_u = |key: &str| -> anyhow::Result<usize> {
-            Ok(md(key).with_context(|| format!("GGUF metadata lacks {key}"))?.to_u32()? as usize)
+            Ok(md(key)
+                .with_context(|| format!("GGUF metadata lacks {key}"))?
+                .to_u32()? as usize)
         };
         let dim = get_u("llama.embedding_length")?;
         let n_head = get_u("llama.attention.head_count")?;
@@ -150,30 +175,52 @@ impl LlamaModel {
         }
         let n_layer = get_u("llama.block_count")?;
         let model_context = get_u("llama.context_length").unwrap_or(4096);
-        let context_length = max_context.map_or(model_context, |c| c.min(model_context)).max(1);
-        let rope_base = md("llama.rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10000.0);
-        let rms_eps = md("llama.attention.layer_norm_rms_epsilon").and_then(|v| v.to_f32().ok()).unwrap_or(1e-5);
+        let context_length = max_context
+            .map_or(model_context, |c| c.min(model_context))
+            .max(1);
+        let rope_base = md("llama.rope.freq_base")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10000.0);
+        let rms_eps = md("llama.attention.layer_norm_rms_epsilon")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(1e-5);
 
         let data_offset = content.tensor_data_offset as usize;
         let tensor = |name: &str| -> anyhow::Result<(&gguf_file::TensorInfo, usize, usize)> {
-            let info = content.tensor_infos.get(name).with_context(|| format!("GGUF file lacks tensor {name}"))?;
+            let info = content
+                .tensor_infos
+                .get(name)
+                .with_context(|| format!("GGUF file lacks tensor {name}"))?;
             let elems = info.shape.elem_count();
             let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
             let start = data_offset + info.offset as usize;
             if start + bytes > mmap.len() {
-                bail!("tensor {name} needs bytes up to {}, but the file has {} (truncated file?)", start + bytes, mmap.len());
+                bail!(
+                    "tensor {name} needs bytes up to {}, but the file has {} (truncated file?)",
+                    start + bytes,
+                    mmap.len()
+                );
             }
             Ok((info, start, bytes))
         };
         let vector = |name: &str, len: usize| -> anyhow::Result<Vec<f32>> {
             let (info, start, bytes) = tensor(name)?;
             if info.shape.elem_count() != len {
-                bail!("tensor {name} has {} elements, expected {len}", info.shape.elem_count());
+                bail!(
+                    "tensor {name} has {} elements, expected {len}",
+                    info.shape.elem_count()
+                );
             }
             let raw = &mmap[start..start + bytes];
             match info.ggml_dtype {
-                GgmlDType::F32 => Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-                GgmlDType::F16 => Ok(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+                GgmlDType::F32 => Ok(raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()),
+                GgmlDType::F16 => Ok(raw
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect()),
                 other => bail!("tensor {name} has type {other:?}; expected F32 or F16"),
             }
         };
@@ -184,12 +231,21 @@ impl LlamaModel {
                 bail!("tensor {name} has shape {dims:?}, expected [{rows}, {cols}]");
             }
             if let Some(format) = own_format(info.ggml_dtype).filter(|_| cols % QK == 0) {
-                QMatrix::new(format, rows, cols, &mmap[start..start + bytes]).map_err(anyhow::Error::msg)?;
-                return Ok(Linear::Own { format, rows, cols, offset: start });
+                QMatrix::new(format, rows, cols, &mmap[start..start + bytes])
+                    .map_err(anyhow::Error::msg)?;
+                return Ok(Linear::Own {
+                    format,
+                    rows,
+                    cols,
+                    offset: start,
+                });
             }
             let mut reader = std::io::Cursor::new(&mmap[..]);
             let qt = info.read(&mut reader, content.tensor_data_offset, &Device::Cpu)?;
-            Ok(Linear::Candle { rows, matmul: QMatMul::from_qtensor(qt)? })
+            Ok(Linear::Candle {
+                rows,
+                matmul: QMatMul::from_qtensor(qt)?,
+            })
         };
 
         let (emb_info, emb_start, emb_bytes) = tensor("token_embd.weight")?;
@@ -200,13 +256,21 @@ impl LlamaModel {
         let vocab = emb_dims[0];
         let embeddings = match own_format(emb_info.ggml_dtype) {
             Some(format) => {
-                QMatrix::new(format, vocab, dim, &mmap[emb_start..emb_start + emb_bytes]).map_err(anyhow::Error::msg)?;
-                Embeddings::Quantized { format, offset: emb_start }
+                QMatrix::new(format, vocab, dim, &mmap[emb_start..emb_start + emb_bytes])
+                    .map_err(anyhow::Error::msg)?;
+                Embeddings::Quantized {
+                    format,
+                    offset: emb_start,
+                }
             }
             None => {
                 let mut reader = std::io::Cursor::new(&mmap[..]);
                 let qt = emb_info.read(&mut reader, content.tensor_data_offset, &Device::Cpu)?;
-                Embeddings::Dense(qt.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+                Embeddings::Dense(
+                    qt.dequantize(&Device::Cpu)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                )
             }
         };
 
@@ -275,7 +339,7 @@ impl LlamaModel {
         };
         Ok(LlamaModel {
             config,
-            mmap,
+            gguf,
             embeddings,
             layers,
             output_norm,
@@ -297,12 +361,16 @@ impl LlamaModel {
             return;
         }
         let c = &self.config;
-        let new_cap = needed.max(self.cache_capacity * 2).max(256).min(c.context_length);
+        let new_cap = needed
+            .max(self.cache_capacity * 2)
+            .max(256)
+            .min(c.context_length);
         let hd = c.head_dim;
         for cache in self.k_cache.iter_mut().chain(self.v_cache.iter_mut()) {
             let mut grown = vec![f16::ZERO; c.n_kv_head * new_cap * hd];
             for h in 0..c.n_kv_head {
-                let old = &cache[h * self.cache_capacity * hd..(h * self.cache_capacity + self.cache_capacity) * hd];
+                let old = &cache[h * self.cache_capacity * hd
+                    ..(h * self.cache_capacity + self.cache_capacity) * hd];
                 grown[h * new_cap * hd..h * new_cap * hd + old.len()].copy_from_slice(old);
             }
             *cache = grown;
@@ -318,10 +386,16 @@ impl LlamaModel {
         }
         let end = start + tokens.len();
         if end > c.context_length {
-            bail!("{end} positions exceed the context length {}", c.context_length);
+            bail!(
+                "{end} positions exceed the context length {}",
+                c.context_length
+            );
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-            bail!("token id {bad} is outside the vocabulary ({} tokens)", c.vocab);
+            bail!(
+                "token id {bad} is outside the vocabulary ({} tokens)",
+                c.vocab
+            );
         }
         self.reserve_cache(end);
         let m = tokens.len();
@@ -332,10 +406,17 @@ impl LlamaModel {
             match &self.embeddings {
                 Embeddings::Quantized { format, offset } => {
                     let bytes = c.vocab * dim / QK * format.block_bytes();
-                    let w = QMatrix { format: *format, rows: c.vocab, cols: dim, data: &self.mmap[*offset..*offset + bytes] };
+                    let w = QMatrix {
+                        format: *format,
+                        rows: c.vocab,
+                        cols: dim,
+                        data: &self.gguf.bytes()[*offset..*offset + bytes],
+                    };
                     w.dequantize_row(t as usize, row);
                 }
-                Embeddings::Dense(e) => row.copy_from_slice(&e[t as usize * dim..(t as usize + 1) * dim]),
+                Embeddings::Dense(e) => {
+                    row.copy_from_slice(&e[t as usize * dim..(t as usize + 1) * dim])
+                }
             }
         }
 
@@ -347,12 +428,16 @@ impl LlamaModel {
             s.v.resize(m * kv_dim, 0.0);
             run_linears(
                 &self.team,
-                &self.mmap,
+                self.gguf.bytes(),
                 &s.xn,
                 dim,
                 m,
                 &mut s.xq,
-                &mut [(&layer.wq, &mut s.q[..]), (&layer.wk, &mut s.k[..]), (&layer.wv, &mut s.v[..])],
+                &mut [
+                    (&layer.wq, &mut s.q[..]),
+                    (&layer.wk, &mut s.k[..]),
+                    (&layer.wv, &mut s.v[..]),
+                ],
             )?;
             for (i, pos) in (start..end).enumerate() {
                 let cos = &self.rope_cos[pos * c.rope_dim / 2..(pos + 1) * c.rope_dim / 2];
@@ -380,9 +465,28 @@ impl LlamaModel {
             }
             s.attn.resize(m * dim, 0.0);
             s.scores.resize_with(self.team.threads(), Mutex::default);
-            attention(&self.team, &s.scores, &c, &s.q, kc, vc, cap, start, m, &mut s.attn);
+            attention(
+                &self.team,
+                &s.scores,
+                &c,
+                &s.q,
+                kc,
+                vc,
+                cap,
+                start,
+                m,
+                &mut s.attn,
+            );
             s.proj.resize(m * dim, 0.0);
-            run_linears(&self.team, &self.mmap, &s.attn, dim, m, &mut s.xq, &mut [(&layer.wo, &mut s.proj[..])])?;
+            run_linears(
+                &self.team,
+                self.gguf.bytes(),
+                &s.attn,
+                dim,
+                m,
+                &mut s.xq,
+                &mut [(&layer.wo, &mut s.proj[..])],
+            )?;
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }
@@ -393,7 +497,7 @@ impl LlamaModel {
             s.up.resize(m * c.ffn, 0.0);
             run_linears(
                 &self.team,
-                &self.mmap,
+                self.gguf.bytes(),
                 &s.xn,
                 dim,
                 m,
@@ -401,7 +505,15 @@ impl LlamaModel {
                 &mut [(&layer.gate, &mut s.gate[..]), (&layer.up, &mut s.up[..])],
             )?;
             swiglu_in_place(&mut s.gate, &s.up);
-            run_linears(&self.team, &self.mmap, &s.gate, c.ffn, m, &mut s.xq, &mut [(&layer.down, &mut s.proj[..])])?;
+            run_linears(
+                &self.team,
+                self.gguf.bytes(),
+                &s.gate,
+                c.ffn,
+                m,
+                &mut s.xq,
+                &mut [(&layer.down, &mut s.proj[..])],
+            )?;
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }
@@ -411,7 +523,15 @@ impl LlamaModel {
         let last = &s.x[(m - 1) * dim..m * dim];
         rms_norm(last, &self.output_norm, c.rms_eps, dim, &mut s.xn);
         let mut logits = vec![0f32; self.output.rows()];
-        run_linears(&self.team, &self.mmap, &s.xn, dim, 1, &mut s.xq, &mut [(&self.output, &mut logits[..])])?;
+        run_linears(
+            &self.team,
+            self.gguf.bytes(),
+            &s.xn,
+            dim,
+            1,
+            &mut s.xq,
+            &mut [(&self.output, &mut logits[..])],
+        )?;
         self.scratch = s;
         Ok(logits)
     }
@@ -454,7 +574,18 @@ const F32_ATTENTION_MIN_QUERIES: usize = 64;
 
 /// Causal attention of `m` queries at positions `start..start + m` over the cache.
 #[allow(clippy::too_many_arguments)]
-fn attention(team: &Team, scratch: &[Mutex<Scores>], c: &Config, q: &[f32], kc: &[f16], vc: &[f16], cap: usize, start: usize, m: usize, out: &mut [f32]) {
+fn attention(
+    team: &Team,
+    scratch: &[Mutex<Scores>],
+    c: &Config,
+    q: &[f32],
+    kc: &[f16],
+    vc: &[f16],
+    cap: usize,
+    start: usize,
+    m: usize,
+    out: &mut [f32],
+) {
     debug_assert_eq!(out.len(), m * c.dim);
     let hd = c.head_dim;
     let group = c.n_head / c.n_kv_head;
@@ -487,10 +618,21 @@ struct Scores {
 }
 
 /// One query over `len` keys/values in f32: scores, softmax, weighted sum.
-fn attend_f32(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, tmp: &mut Scores, dst: &mut [f32]) {
+fn attend_f32(
+    qv: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    simd: bool,
+    tmp: &mut Scores,
+    dst: &mut [f32],
+) {
     let hd = qv.len();
     tmp.scores.clear();
-    tmp.scores.extend(keys.chunks_exact(hd).map(|k| f16_vec::dot_f32(qv, k, simd) * scale));
+    tmp.scores.extend(
+        keys.chunks_exact(hd)
+            .map(|k| f16_vec::dot_f32(qv, k, simd) * scale),
+    );
     let max = tmp.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for s in tmp.scores.iter_mut() {
@@ -506,7 +648,15 @@ fn attend_f32(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, 
 
 /// One query over `len` keys/values as ggml's CPU flash attention computes it for a
 /// single query: f16 query, online softmax, f16 running sum of values.
-fn attend_f16(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, tmp: &mut Scores, dst: &mut [f32]) {
+fn attend_f16(
+    qv: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    scale: f32,
+    simd: bool,
+    tmp: &mut Scores,
+    dst: &mut [f32],
+) {
     let hd = qv.len();
     tmp.q16.clear();
     tmp.q16.extend(qv.iter().map(|&v| f16::from_f32(v)));
@@ -537,7 +687,7 @@ fn attend_f16(qv: &[f32], keys: &[f16], values: &[f16], scale: f32, simd: bool, 
 /// kernels share one quantization of `x` and one parallel pass.
 fn run_linears(
     team: &Team,
-    mmap: &Mmap,
+    mmap: &[u8],
     x: &[f32],
     cols: usize,
     m: usize,
@@ -548,11 +698,24 @@ fn run_linears(
     let mut jobs = Vec::new();
     for (linear, out) in targets.iter_mut() {
         match linear {
-            Linear::Own { format, rows, cols: lc, offset } => {
+            Linear::Own {
+                format,
+                rows,
+                cols: lc,
+                offset,
+            } => {
                 debug_assert_eq!(*lc, cols);
                 let bytes = rows * lc / QK * format.block_bytes();
-                let weight = QMatrix { format: *format, rows: *rows, cols: *lc, data: &mmap[*offset..*offset + bytes] };
-                jobs.push(MatmulJob { weight, out: &mut out[..m * rows] });
+                let weight = QMatrix {
+                    format: *format,
+                    rows: *rows,
+                    cols: *lc,
+                    data: &mmap[*offset..*offset + bytes],
+                };
+                jobs.push(MatmulJob {
+                    weight,
+                    out: &mut out[..m * rows],
+                });
             }
             Linear::Candle { rows, matmul } => {
                 let input = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;

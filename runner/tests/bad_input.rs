@@ -12,7 +12,17 @@ fn model_str() -> String {
 }
 
 fn generate(model: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["generate", "--model", model, "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "2",
+        "--temperature",
+        "0",
+    ];
     args.extend_from_slice(extra);
     runner(&args)
 }
@@ -64,7 +74,10 @@ fn corrupt_header_value() {
     std::fs::write(&path, &bytes).unwrap();
     let out = generate(path.to_str().unwrap(), &[]);
     let line = assert_one_line_error(&out, &[]);
-    assert!(line.contains("corrupt") || line.contains("truncated"), "{line}");
+    assert!(
+        line.contains("corrupt") || line.contains("truncated"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -75,7 +88,13 @@ fn unsupported_architecture() {
         md.insert("general.architecture".into(), Value::String("mamba".into()));
     });
     let out = generate(path.to_str().unwrap(), &[]);
-    assert_one_line_error(&out, &["unsupported model architecture `mamba`", "llama, qwen2, phi3"]);
+    assert_one_line_error(
+        &out,
+        &[
+            "unsupported model architecture `mamba`",
+            "llama, qwen2, phi3",
+        ],
+    );
 }
 
 #[test]
@@ -121,7 +140,11 @@ fn external_tokenizer_of_another_model() {
     use tokenizers::models::wordlevel::WordLevel;
     let dir = tempfile::tempdir().unwrap();
     let vocab = (0..500).map(|i| (format!("w{i}"), i as u32)).collect();
-    let model = WordLevel::builder().vocab(vocab).unk_token("w0".into()).build().unwrap();
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("w0".into())
+        .build()
+        .unwrap();
     let tokenizer = tokenizers::Tokenizer::new(model);
     let path = dir.path().join("tokenizer.json");
     tokenizer.save(&path, false).unwrap();
@@ -131,7 +154,10 @@ fn external_tokenizer_of_another_model() {
 
 #[test]
 fn missing_external_tokenizer_file() {
-    let out = generate(&model_str(), &["--tokenizer", "/nonexistent/tokenizer.json"]);
+    let out = generate(
+        &model_str(),
+        &["--tokenizer", "/nonexistent/tokenizer.json"],
+    );
     assert_one_line_error(&out, &["tokenizer", "/nonexistent/tokenizer.json"]);
 }
 
@@ -139,9 +165,20 @@ fn missing_external_tokenizer_file() {
 fn prompt_longer_than_the_context() {
     let prompt = "word ".repeat(100);
     let out = runner(&[
-        "generate", "--model", &model_str(), "--prompt", &prompt, "--ctx", "32", "--max-tokens", "2",
+        "generate",
+        "--model",
+        &model_str(),
+        "--prompt",
+        &prompt,
+        "--ctx",
+        "32",
+        "--max-tokens",
+        "2",
     ]);
-    assert_one_line_error(&out, &["exceeds the available context size (32 tokens)", "--ctx"]);
+    assert_one_line_error(
+        &out,
+        &["exceeds the available context size (32 tokens)", "--ctx"],
+    );
 }
 
 #[test]
@@ -157,7 +194,15 @@ fn chat_without_a_template() {
     edited_model(&path, |md| {
         md.remove("tokenizer.chat_template");
     });
-    let out = runner(&["generate", "--model", path.to_str().unwrap(), "--chat", "Hi", "--max-tokens", "2"]);
+    let out = runner(&[
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "--chat",
+        "Hi",
+        "--max-tokens",
+        "2",
+    ]);
     assert_one_line_error(&out, &["no chat template", "plain prompt"]);
 }
 
@@ -194,4 +239,164 @@ fn directory_that_is_not_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let out = generate(dir.path().to_str().unwrap(), &[]);
     assert_one_line_error(&out, &["not a model", "config.json"]);
+}
+
+/// A copy of the test model with `patch` applied to its bytes.
+fn patched_model(dir: &tempfile::TempDir, name: &str, patch: impl FnOnce(&mut Vec<u8>)) -> String {
+    let path = dir.path().join(name);
+    let mut bytes = std::fs::read(test_model()).unwrap();
+    patch(&mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn gguf_alignment_of_zero() {
+    // candle's reader divides by it: this used to panic.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alignment-0.gguf");
+    edited_model(&path, |md| {
+        md.insert("general.alignment".into(), Value::U32(0));
+    });
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(
+        &out,
+        &[
+            "alignment-0.gguf",
+            "general.alignment",
+            "is 0",
+            "power of two",
+            "download",
+        ],
+    );
+}
+
+#[test]
+fn gguf_alignment_not_a_power_of_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alignment-48.gguf");
+    edited_model(&path, |md| {
+        md.insert("general.alignment".into(), Value::U32(48));
+    });
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(&out, &["general.alignment", "is 48", "power of two"]);
+}
+
+#[test]
+fn gguf_tensor_count_beyond_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = patched_model(&dir, "tensor-count.gguf", |b| {
+        b[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes())
+    });
+    let out = generate(&path, &[]);
+    assert_one_line_error(
+        &out,
+        &[
+            "truncated",
+            "declares 1099511627776 tensors",
+            "download it again",
+        ],
+    );
+}
+
+#[test]
+fn gguf_tensor_offset_outside_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = patched_model(&dir, "offset.gguf", |b| {
+        let at = support::tensor_type_offset(b, "blk.5.ffn_up.weight") + 4;
+        b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    });
+    let out = generate(&path, &[]);
+    assert_one_line_error(
+        &out,
+        &[
+            "truncated",
+            "tensor `blk.5.ffn_up.weight` ends at byte",
+            "download it again",
+        ],
+    );
+}
+
+#[test]
+fn gguf_dimensions_whose_product_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = patched_model(&dir, "overflow.gguf", |b| {
+        // The two dimensions of a matrix come just before its type field.
+        let at = support::tensor_type_offset(b, "blk.0.attn_q.weight");
+        b[at - 16..at - 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        b[at - 8..at].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    });
+    let out = generate(&path, &[]);
+    assert_one_line_error(
+        &out,
+        &["corrupt", "tensor `blk.0.attn_q.weight`", "overflows"],
+    );
+}
+
+#[test]
+fn gguf_missing_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = patched_model(&dir, "missing-tensor.gguf", |b| {
+        // Rename the tensor in the header (same length): the model then lacks it.
+        let name = b"blk.3.ffn_down.weight";
+        let at = b.windows(name.len()).position(|w| w == name).unwrap();
+        b[at + 14] = b'X';
+    });
+    let out = generate(&path, &[]);
+    assert_one_line_error(
+        &out,
+        &[
+            "missing-tensor.gguf",
+            "not a valid `llama` model",
+            "tensor `blk.3.ffn_down.weight` is missing",
+        ],
+    );
+}
+
+#[test]
+fn gguf_tensor_of_the_wrong_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = patched_model(&dir, "wrong-shape.gguf", |b| {
+        // attn_k is [192, 576] (rows, columns); halve its rows.
+        let at = support::tensor_type_offset(b, "blk.0.attn_k.weight");
+        b[at - 8..at].copy_from_slice(&96u64.to_le_bytes());
+    });
+    let out = generate(&path, &[]);
+    assert_one_line_error(
+        &out,
+        &["tensor `blk.0.attn_k.weight` has shape [96, 576], expected [192, 576]"],
+    );
+}
+
+#[test]
+fn inconsistent_head_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv-heads.gguf");
+    // 9 query heads cannot share 2 KV heads evenly.
+    edited_model(&path, |md| {
+        md.insert("llama.attention.head_count_kv".into(), Value::U32(2));
+    });
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(
+        &out,
+        &[
+            "`llama.attention.head_count` (9)",
+            "`llama.attention.head_count_kv` (2)",
+        ],
+    );
+
+    let path = dir.path().join("heads.gguf");
+    // 576 wide in 7 heads.
+    edited_model(&path, |md| {
+        md.insert("llama.attention.head_count".into(), Value::U32(7));
+        md.insert("llama.attention.head_count_kv".into(), Value::U32(7));
+    });
+    let out = generate(path.to_str().unwrap(), &[]);
+    assert_one_line_error(
+        &out,
+        &[
+            "`llama.embedding_length` (576)",
+            "`llama.attention.head_count` (7)",
+        ],
+    );
 }

@@ -39,8 +39,10 @@ def test_rejected(keyed, headers):
 @pytest.mark.parametrize("headers", [
     {"Authorization": "Bearer first-key"},
     {"Authorization": "Bearer second-key"},
+    {"Authorization": "bearer first-key"},
+    {"Authorization": "BEARER second-key"},
     {"X-Api-Key": "first-key"},
-], ids=["bearer-first", "bearer-second", "x-api-key"])
+], ids=["bearer-first", "bearer-second", "bearer-lower-case", "bearer-upper-case", "x-api-key"])
 def test_accepted(keyed, headers):
     status, _, got = keyed.request("POST", "/v1/chat/completions", BODY, headers=headers)
     assert status == 200, got

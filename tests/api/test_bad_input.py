@@ -34,7 +34,7 @@ CASES = [
     ("content-image-part", "POST", CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}, 400, "invalid_request_error", "messages[0].content[0].type"),
     ("temperature-string", "POST", CHAT, chat(temperature="hot"), 400, "invalid_request_error", "temperature"),
     ("temperature-too-high", "POST", CHAT, chat(temperature=5), 400, "invalid_request_error", "temperature"),
-    ("top-p-zero", "POST", CHAT, chat(top_p=0), 400, "invalid_request_error", "top_p"),
+    ("top-p-negative", "POST", CHAT, chat(top_p=-0.1), 400, "invalid_request_error", "top_p"),
     ("top-p-too-high", "POST", CHAT, chat(top_p=1.5), 400, "invalid_request_error", "top_p"),
     ("top-k-negative", "POST", CHAT, chat(top_k=-1), 400, "invalid_request_error", "top_k"),
     ("min-p-too-high", "POST", CHAT, chat(min_p=2), 400, "invalid_request_error", "min_p"),

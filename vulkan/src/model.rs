@@ -5,15 +5,16 @@
 //! counters, records every kernel of every layer into one command buffer, and reads back the
 //! logits of the last token: only ids and logits cross the bus.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
+use xpu_gguf::{GgufError, GgufFile};
 
 use crate::device::{DeviceOptions, Gpu};
 use crate::kernels::{self, Kernels};
-use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp, RopeBuffers, WeightType};
+use crate::quant::{
+    FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp, RopeBuffers, WeightType,
+};
 use crate::record::{Recorder, Timer};
 use crate::VulkanError;
 
@@ -30,7 +31,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: DeviceOptions::default(), ctx: None, max_batch: 256 }
+        LoadOptions {
+            device: DeviceOptions::default(),
+            ctx: None,
+            max_batch: 256,
+        }
     }
 }
 
@@ -78,9 +83,18 @@ fn attention_tile(head_dim: usize) -> usize {
 /// `(chunks, positions per chunk)`. Prompt batches already have a workgroup per (head, token)
 /// and get one chunk; a decoded token gets up to ATTENTION_MAX_CHUNKS.
 /// `target`: the workgroups a step aims for (`Kernels::attention_groups`).
-fn attention_split(n: usize, start: usize, n_head: usize, target: usize, tile: usize) -> (usize, usize) {
+fn attention_split(
+    n: usize,
+    start: usize,
+    n_head: usize,
+    target: usize,
+    tile: usize,
+) -> (usize, usize) {
     let len = start + n;
-    let chunk_len = len.div_ceil(attention_chunks_wanted(n, n_head, target)).div_ceil(tile) * tile;
+    let chunk_len = len
+        .div_ceil(attention_chunks_wanted(n, n_head, target))
+        .div_ceil(tile)
+        * tile;
     (len.div_ceil(chunk_len), chunk_len)
 }
 
@@ -89,7 +103,6 @@ fn attention_split(n: usize, start: usize, n_head: usize, target: usize, tile: u
 fn attention_chunks_wanted(n: usize, n_head: usize, target: usize) -> usize {
     target.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
 }
-
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -206,34 +219,47 @@ pub struct ForwardTiming {
     pub wait_s: f64,
 }
 
-/// Reads tensors of a GGUF file as raw bytes.
-struct GgufReader {
+/// The tensors of a mapped GGUF file, as raw bytes and checked against this engine's needs.
+struct GgufReader<'a> {
     path: PathBuf,
-    file: File,
-    content: gguf_file::Content,
+    gguf: &'a GgufFile,
+    content: &'a gguf_file::Content,
 }
 
-impl GgufReader {
-    fn open(path: &Path) -> Result<GgufReader, VulkanError> {
-        let ferr = |detail: String| VulkanError::ModelFile { path: path.to_path_buf(), detail };
-        let mut file = File::open(path).map_err(|e| ferr(e.to_string()))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| ferr(format!("not a readable GGUF file: {e}")))?;
-        Ok(GgufReader { path: path.to_path_buf(), file, content })
+impl<'a> GgufReader<'a> {
+    fn new(gguf: &'a GgufFile) -> GgufReader<'a> {
+        GgufReader {
+            path: gguf.path().to_path_buf(),
+            gguf,
+            content: &gguf.content,
+        }
     }
 
     fn unsupported(&self, detail: String) -> VulkanError {
-        VulkanError::UnsupportedModel { path: self.path.clone(), detail }
+        VulkanError::UnsupportedModel {
+            path: self.path.clone(),
+            detail,
+        }
     }
 
     fn meta_u32(&self, key: &str) -> Result<usize, VulkanError> {
-        let v = self.content.metadata.get(key).ok_or_else(|| self.unsupported(format!("metadata key {key} is missing")))?;
-        v.to_u32().map(|x| x as usize).map_err(|e| self.unsupported(format!("metadata key {key}: {e}")))
+        let v = self
+            .content
+            .metadata
+            .get(key)
+            .ok_or_else(|| self.unsupported(format!("metadata key {key} is missing")))?;
+        v.to_u32()
+            .map(|x| x as usize)
+            .map_err(|e| self.unsupported(format!("metadata key {key}: {e}")))
     }
 
     fn meta_f32(&self, key: &str) -> Result<Option<f32>, VulkanError> {
         match self.content.metadata.get(key) {
             None => Ok(None),
-            Some(v) => v.to_f32().map(Some).map_err(|e| self.unsupported(format!("metadata key {key}: {e}"))),
+            Some(v) => v
+                .to_f32()
+                .map(Some)
+                .map_err(|e| self.unsupported(format!("metadata key {key}: {e}"))),
         }
     }
 
@@ -251,17 +277,27 @@ impl GgufReader {
         }
         let n_embd = self.meta_u32("llama.embedding_length")?;
         let n_head = self.meta_u32("llama.attention.head_count")?;
-        let n_kv_head = self.meta_u32("llama.attention.head_count_kv").unwrap_or(n_head);
+        let n_kv_head = self
+            .meta_u32("llama.attention.head_count_kv")
+            .unwrap_or(n_head);
         if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || n_embd % n_head != 0 {
-            return Err(self.unsupported(format!("inconsistent heads: {n_head} heads, {n_kv_head} kv heads, width {n_embd}")));
+            return Err(self.unsupported(format!(
+                "inconsistent heads: {n_head} heads, {n_kv_head} kv heads, width {n_embd}"
+            )));
         }
         let head_dim = n_embd / n_head;
         if head_dim == 0 || head_dim > 256 || head_dim % 4 != 0 {
-            return Err(self.unsupported(format!("head dimension {head_dim} (the kernels handle multiples of 4 up to 256)")));
+            return Err(self.unsupported(format!(
+                "head dimension {head_dim} (the kernels handle multiples of 4 up to 256)"
+            )));
         }
-        let rope_dim = self.meta_u32("llama.rope.dimension_count").unwrap_or(head_dim);
+        let rope_dim = self
+            .meta_u32("llama.rope.dimension_count")
+            .unwrap_or(head_dim);
         if rope_dim != head_dim {
-            return Err(self.unsupported(format!("partial rotary embedding ({rope_dim} of {head_dim} dims)")));
+            return Err(self.unsupported(format!(
+                "partial rotary embedding ({rope_dim} of {head_dim} dims)"
+            )));
         }
         if self.content.metadata.contains_key("llama.expert_count") {
             return Err(self.unsupported("mixture-of-experts models are not supported".into()));
@@ -280,53 +316,74 @@ impl GgufReader {
             head_dim,
             n_ff: self.meta_u32("llama.feed_forward_length")?,
             vocab,
-            rms_eps: self.meta_f32("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rms_eps: self
+                .meta_f32("llama.attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-5),
             rope_base: self.meta_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
             rope_neox: false,
-            train_ctx: self.meta_u32("llama.context_length").unwrap_or(DEFAULT_MAX_CTX),
+            train_ctx: self
+                .meta_u32("llama.context_length")
+                .unwrap_or(DEFAULT_MAX_CTX),
         })
     }
 
-    fn raw(&mut self, name: &str) -> Result<(WeightType, Vec<usize>, Vec<u8>), VulkanError> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| VulkanError::UnsupportedModel { path: self.path.clone(), detail: format!("tensor {name} is missing") })?;
+    /// A tensor's type, shape and bytes (a slice of the mapped file).
+    fn raw(&self, name: &str) -> Result<(WeightType, Vec<usize>, &'a [u8]), VulkanError> {
+        let (info, data) = self
+            .gguf
+            .tensor(name)
+            .ok_or_else(|| VulkanError::UnsupportedModel {
+                path: self.path.clone(),
+                detail: format!("tensor {name} is missing"),
+            })?;
         let dims = info.shape.dims().to_vec();
         let dtype = info.ggml_dtype;
         let ty = WeightType::from_ggml(dtype).ok_or_else(|| VulkanError::Tensor {
             name: name.to_string(),
             detail: format!("type {dtype:?} has no Vulkan kernel (supported: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)"),
         })?;
-        let elems: usize = dims.iter().product();
-        let size = elems / dtype.block_size() * dtype.type_size();
-        let offset = self.content.tensor_data_offset + info.offset;
-        let mut buf = vec![0u8; size];
-        let ferr = |e: std::io::Error| VulkanError::ModelFile { path: self.path.clone(), detail: format!("reading tensor {name}: {e}") };
-        self.file.seek(SeekFrom::Start(offset)).map_err(ferr)?;
-        self.file.read_exact(&mut buf).map_err(ferr)?;
-        Ok((ty, dims, buf))
+        Ok((ty, dims, data))
     }
 
     /// A 1-D tensor (norm weights) as f32 values.
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, VulkanError> {
         let (ty, dims, raw) = self.raw(name)?;
         if dims != [len] {
-            return Err(VulkanError::Tensor { name: name.into(), detail: format!("shape {dims:?}, expected [{len}]") });
+            return Err(VulkanError::Tensor {
+                name: name.into(),
+                detail: format!("shape {dims:?}, expected [{len}]"),
+            });
         }
         match ty {
-            WeightType::F32 => Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-            WeightType::F16 => Ok(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
-            other => Err(VulkanError::Tensor { name: name.into(), detail: format!("norm weights of type {other:?} (expected F32 or F16)") }),
+            WeightType::F32 => Ok(raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()),
+            WeightType::F16 => Ok(raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            other => Err(VulkanError::Tensor {
+                name: name.into(),
+                detail: format!("norm weights of type {other:?} (expected F32 or F16)"),
+            }),
         }
     }
 
     /// A 2-D weight `[rows, k]` uploaded to the GPU.
-    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: usize, k: usize) -> Result<GpuWeight, VulkanError> {
+    fn matrix(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        rows: usize,
+        k: usize,
+    ) -> Result<GpuWeight, VulkanError> {
         let (ty, dims, raw) = self.raw(name)?;
         if dims != [rows, k] {
-            return Err(VulkanError::Tensor { name: name.into(), detail: format!("shape {dims:?}, expected [{rows}, {k}]") });
+            return Err(VulkanError::Tensor {
+                name: name.into(),
+                detail: format!("shape {dims:?}, expected [{rows}, {k}]"),
+            });
         }
         GpuWeight::upload(gpu, name, ty, rows, k, &raw)
     }
@@ -336,12 +393,22 @@ impl GgufReader {
     /// otherwise each is uploaded alone. Returns each uploaded matrix with its output offset.
     /// `interleave` (two parts of equal rows, uploaded as one): rows alternate, part 0's row
     /// j at 2j and part 1's at 2j + 1 (the gate|up matrix, see `matvec_norm_glu`).
-    fn side_by_side(&mut self, gpu: &Gpu, label: &str, parts: &[(String, usize)], k: usize, interleave: bool) -> Result<Vec<(GpuWeight, u32)>, VulkanError> {
+    fn side_by_side(
+        &mut self,
+        gpu: &Gpu,
+        label: &str,
+        parts: &[(String, usize)],
+        k: usize,
+        interleave: bool,
+    ) -> Result<Vec<(GpuWeight, u32)>, VulkanError> {
         let mut raws = Vec::with_capacity(parts.len());
         for (name, rows) in parts {
             let (ty, dims, raw) = self.raw(name)?;
             if dims != [*rows, k] {
-                return Err(VulkanError::Tensor { name: name.clone(), detail: format!("shape {dims:?}, expected [{rows}, {k}]") });
+                return Err(VulkanError::Tensor {
+                    name: name.clone(),
+                    detail: format!("shape {dims:?}, expected [{rows}, {k}]"),
+                });
             }
             raws.push((name, ty, *rows, raw));
         }
@@ -365,7 +432,10 @@ impl GgufReader {
         let mut out = Vec::with_capacity(raws.len());
         let mut offset = 0;
         for (name, ty, rows, raw) in raws {
-            out.push((GpuWeight::upload(gpu, name, ty, rows, k, &raw)?, offset as u32));
+            out.push((
+                GpuWeight::upload(gpu, name, ty, rows, k, &raw)?,
+                offset as u32,
+            ));
             offset += rows;
         }
         Ok(out)
@@ -395,7 +465,10 @@ impl GgufReader {
 
 /// Cos/sin of every (position, pair), computed as candle's `precomput_freqs_cis` does (f32).
 pub(crate) fn rope_table(ctx: usize, head_dim: usize, base: f32) -> Vec<f32> {
-    let theta: Vec<f32> = (0..head_dim).step_by(2).map(|i| 1f32 / base.powf(i as f32 / head_dim as f32)).collect();
+    let theta: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+        .collect();
     let mut out = Vec::with_capacity(ctx * head_dim);
     for pos in 0..ctx {
         for &t in &theta {
@@ -414,7 +487,20 @@ fn elementwise_groups(total: usize) -> u32 {
 impl LlamaModel {
     /// Loads a llama-architecture GGUF file onto the selected Vulkan device.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<LlamaModel, VulkanError> {
-        let mut gguf = GgufReader::open(path)?;
+        let gguf = GgufFile::open(path).map_err(|e| VulkanError::ModelFile {
+            path: path.to_path_buf(),
+            detail: match e {
+                GgufError::Io(e) => e.to_string(),
+                e => format!("not a readable GGUF file: {e}"),
+            },
+        })?;
+        Self::from_gguf(&gguf, opts)
+    }
+
+    /// Loads a GGUF file that the caller has opened (its header parsed and checked once,
+    /// by `xpu-gguf`) onto the selected Vulkan device.
+    pub fn from_gguf(gguf: &GgufFile, opts: &LoadOptions) -> Result<LlamaModel, VulkanError> {
+        let mut gguf = GgufReader::new(gguf);
         let cfg = gguf.config()?;
         let types = gguf.types()?;
         let ctx = opts.ctx.unwrap_or(cfg.train_ctx.min(DEFAULT_MAX_CTX));
@@ -424,12 +510,26 @@ impl LlamaModel {
         let max_batch = opts.max_batch.clamp(1, ctx);
         let gpu = Gpu::new(&opts.device)?;
         let kernels = Kernels::new(&gpu, &types)?;
-        let (d, hd, nh, nkv, ff) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_kv_head, cfg.n_ff);
+        let (d, hd, nh, nkv, ff) = (
+            cfg.n_embd,
+            cfg.head_dim,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.n_ff,
+        );
 
         let f = 4u64;
         let b = max_batch as u64;
         let ids = gpu.storage("token ids", b * 4)?;
-        let step = gpu.uniform_init("step", bytemuck::bytes_of(&StepParams { n_tokens: 0, start: 0, attn_chunks: 1, attn_chunk_len: 1 }))?;
+        let step = gpu.uniform_init(
+            "step",
+            bytemuck::bytes_of(&StepParams {
+                n_tokens: 0,
+                start: 0,
+                attn_chunks: 1,
+                attn_chunk_len: 1,
+            }),
+        )?;
         let hidden = gpu.storage("hidden", b * d as u64 * f)?;
         let normed = gpu.storage("normed", b * d as u64 * f)?;
         let qkv_width = (nh + 2 * nkv) * hd;
@@ -456,17 +556,39 @@ impl LlamaModel {
         // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
         // output, then a vec4 holding its max and sum), for the largest number of slots any
         // batch size can need.
-        let slots = (1..=max_batch).map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups())).max().unwrap_or(1) * nh;
+        let slots = (1..=max_batch)
+            .map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups()))
+            .max()
+            .unwrap_or(1)
+            * nh;
         let attn_part = gpu.storage("attention partials", (slots * (hd + 4)) as u64 * f)?;
 
-        let norm_op = |name: &str, weights: &[f32], x: &wgpu::Buffer, y: &wgpu::Buffer, last_only: bool| -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
+        let norm_op = |name: &str,
+                       weights: &[f32],
+                       x: &wgpu::Buffer,
+                       y: &wgpu::Buffer,
+                       last_only: bool|
+         -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
             let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
-            let params = NormParams { n: d as u32, eps: cfg.rms_eps, last_only: last_only as u32, _pad: 0 };
+            let params = NormParams {
+                n: d as u32,
+                eps: cfg.rms_eps,
+                last_only: last_only as u32,
+                _pad: 0,
+            };
             let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
-            let bg = kernels::bind(&gpu, &kernels.rmsnorm, name, &[(0, x), (1, &wbuf), (2, y), (3, &ubuf), (4, &step)]);
+            let bg = kernels::bind(
+                &gpu,
+                &kernels.rmsnorm,
+                name,
+                &[(0, x), (1, &wbuf), (2, y), (3, &ubuf), (4, &step)],
+            );
             Ok((bg, wbuf))
         };
-        let residual = MatmulMode { accumulate: true, ..MatmulMode::default() };
+        let residual = MatmulMode {
+            accumulate: true,
+            ..MatmulMode::default()
+        };
 
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
@@ -476,39 +598,86 @@ impl LlamaModel {
             let qkv_w = gguf.side_by_side(
                 &gpu,
                 &p("attn_qkv"),
-                &[(p("attn_q.weight"), nh * hd), (p("attn_k.weight"), nkv * hd), (p("attn_v.weight"), nkv * hd)],
+                &[
+                    (p("attn_q.weight"), nh * hd),
+                    (p("attn_k.weight"), nkv * hd),
+                    (p("attn_v.weight"), nkv * hd),
+                ],
                 d,
                 false,
             )?;
             let wo = gguf.matrix(&gpu, &p("attn_output.weight"), d, nh * hd)?;
             // Interleaved rows when gate and up are one matrix: a decode step's gate|up product
             // then does SiLU·mul itself (`matvec_norm_glu`).
-            let gate_up_w = gguf.side_by_side(&gpu, &p("ffn_gate_up"), &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)], d, true)?;
+            let gate_up_w = gguf.side_by_side(
+                &gpu,
+                &p("ffn_gate_up"),
+                &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)],
+                d,
+                true,
+            )?;
             let glu_fused = gate_up_w.len() == 1 && gate_up_w[0].0.pairs_in_chunks();
             let wd = gguf.matrix(&gpu, &p("ffn_down.weight"), d, ff)?;
-            for w in qkv_w.iter().chain(&gate_up_w).map(|(w, _)| w).chain([&wo, &wd]) {
+            for w in qkv_w
+                .iter()
+                .chain(&gate_up_w)
+                .map(|(w, _)| w)
+                .chain([&wo, &wd])
+            {
                 weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
             }
-            let (attn_norm, attn_norm_buf) = norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
-            let (ffn_norm, ffn_norm_buf) = norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
+            let (attn_norm, attn_norm_buf) =
+                norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
+            let (ffn_norm, ffn_norm_buf) =
+                norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
             // The epilogue a decode step's fused product adds after the RMSNorm and the product.
             enum Epilogue<'b> {
                 None,
                 Rope(RopeBuffers<'b>),
                 Glu(&'b wgpu::Buffer),
             }
-            let side_by_side_ops = |label: &'static str, parts: &[(GpuWeight, u32)], y: &wgpu::Buffer, stride: usize, norm_w: &wgpu::Buffer, epilogue: Epilogue<'_>| -> Result<Vec<MatmulOp>, VulkanError> {
+            let side_by_side_ops = |label: &'static str,
+                                    parts: &[(GpuWeight, u32)],
+                                    y: &wgpu::Buffer,
+                                    stride: usize,
+                                    norm_w: &wgpu::Buffer,
+                                    epilogue: Epilogue<'_>|
+             -> Result<Vec<MatmulOp>, VulkanError> {
                 parts
                     .iter()
                     .map(|(w, offset)| {
-                        let mode = MatmulMode { out_stride: stride as u32, out_offset: *offset, ..MatmulMode::default() };
+                        let mode = MatmulMode {
+                            out_stride: stride as u32,
+                            out_offset: *offset,
+                            ..MatmulMode::default()
+                        };
                         let (x, weight, eps) = (&hidden, norm_w, cfg.rms_eps);
                         let fused = match epilogue {
-                            Epilogue::Rope(rope) => FusedInput::NormRope { x, weight, eps, rope },
-                            Epilogue::Glu(act) => FusedInput::NormGlu { x, weight, eps, act },
+                            Epilogue::Rope(rope) => FusedInput::NormRope {
+                                x,
+                                weight,
+                                eps,
+                                rope,
+                            },
+                            Epilogue::Glu(act) => FusedInput::NormGlu {
+                                x,
+                                weight,
+                                eps,
+                                act,
+                            },
                             Epilogue::None => FusedInput::Norm { x, weight, eps },
                         };
-                        MatmulOp::new(&gpu, &kernels, label, w, &normed, y, &step, mode, Some(fused))
+                        MatmulOp::new(
+                            &gpu,
+                            &kernels,
+                            label,
+                            w,
+                            &normed,
+                            y,
+                            &step,
+                            mode,
+                            Some(fused),
+                        )
                     })
                     .collect()
             };
@@ -527,26 +696,64 @@ impl LlamaModel {
             let attn_params = AttnParams::new(nh, nkv, hd, ctx);
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
             let interleaved = gate_up_w.len() == 1;
-            let silu_u = gpu.uniform_init("silu params", bytemuck::bytes_of(&EltParams { n: ff as u32, interleaved: interleaved as u32, _pad: [0; 2] }))?;
+            let silu_u = gpu.uniform_init(
+                "silu params",
+                bytemuck::bytes_of(&EltParams {
+                    n: ff as u32,
+                    interleaved: interleaved as u32,
+                    _pad: [0; 2],
+                }),
+            )?;
             // A decode step rotates q and k and stores k and v in the q|k|v product itself when
             // it is one matrix with interleaved pairs that never straddle a chunk.
             let qkv_rope = !cfg.rope_neox && qkv_w.len() == 1 && qkv_w[0].0.pairs_in_chunks();
-            let rope_buffers = RopeBuffers { kcache: &kcache, vcache: &vcache, cos_sin: &rope_table, params: &rope_u };
+            let rope_buffers = RopeBuffers {
+                kcache: &kcache,
+                vcache: &vcache,
+                cos_sin: &rope_table,
+                params: &rope_u,
+            };
             layers.push(LayerOps {
                 attn_norm,
-                qkv: side_by_side_ops("q|k|v", &qkv_w, &qkv, qkv_width, &attn_norm_buf, if qkv_rope { Epilogue::Rope(rope_buffers) } else { Epilogue::None })?,
+                qkv: side_by_side_ops(
+                    "q|k|v",
+                    &qkv_w,
+                    &qkv,
+                    qkv_width,
+                    &attn_norm_buf,
+                    if qkv_rope {
+                        Epilogue::Rope(rope_buffers)
+                    } else {
+                        Epilogue::None
+                    },
+                )?,
                 qkv_rope,
                 rope: kernels::bind(
                     &gpu,
                     &kernels.rope,
                     "rope",
-                    &[(0, &qkv), (1, &kcache), (2, &vcache), (3, &rope_table), (4, &rope_u), (5, &step)],
+                    &[
+                        (0, &qkv),
+                        (1, &kcache),
+                        (2, &vcache),
+                        (3, &rope_table),
+                        (4, &rope_u),
+                        (5, &step),
+                    ],
                 ),
                 attention: kernels::bind(
                     &gpu,
                     &kernels.attention,
                     "attention",
-                    &[(0, &qkv), (1, &kcache), (2, &vcache), (3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
+                    &[
+                        (0, &qkv),
+                        (1, &kcache),
+                        (2, &vcache),
+                        (3, &attn),
+                        (4, &attn_u),
+                        (5, &step),
+                        (6, &attn_part),
+                    ],
                 ),
                 attention_combine: kernels::bind(
                     &gpu,
@@ -554,25 +761,86 @@ impl LlamaModel {
                     "attention combine",
                     &[(3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
                 ),
-                o: MatmulOp::new(&gpu, &kernels, "attn_output", &wo, &attn, &hidden, &step, residual, None)?,
+                o: MatmulOp::new(
+                    &gpu,
+                    &kernels,
+                    "attn_output",
+                    &wo,
+                    &attn,
+                    &hidden,
+                    &step,
+                    residual,
+                    None,
+                )?,
                 ffn_norm,
-                gate_up: side_by_side_ops("ffn gate|up", &gate_up_w, &gate_up, 2 * ff, &ffn_norm_buf, if glu_fused { Epilogue::Glu(&act) } else { Epilogue::None })?,
+                gate_up: side_by_side_ops(
+                    "ffn gate|up",
+                    &gate_up_w,
+                    &gate_up,
+                    2 * ff,
+                    &ffn_norm_buf,
+                    if glu_fused {
+                        Epilogue::Glu(&act)
+                    } else {
+                        Epilogue::None
+                    },
+                )?,
                 glu_fused,
-                silu_mul: kernels::bind(&gpu, &kernels.silu_mul, "silu_mul", &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)]),
+                silu_mul: kernels::bind(
+                    &gpu,
+                    &kernels.silu_mul,
+                    "silu_mul",
+                    &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)],
+                ),
                 // With gate and up as two matrices ([gate | up] side by side), a decode step's
                 // down product does the SiLU·mul on its input.
-                down: MatmulOp::new(&gpu, &kernels, "ffn_down", &wd, &act, &hidden, &step, residual, (!interleaved).then_some(FusedInput::Glu { x: &gate_up }))?,
+                down: MatmulOp::new(
+                    &gpu,
+                    &kernels,
+                    "ffn_down",
+                    &wd,
+                    &act,
+                    &hidden,
+                    &step,
+                    residual,
+                    (!interleaved).then_some(FusedInput::Glu { x: &gate_up }),
+                )?,
             });
         }
         let out_norm_w = gguf.vector("output_norm.weight", d)?;
-        let (final_norm, final_norm_buf) = norm_op("output_norm", &out_norm_w, &hidden, &last, true)?;
+        let (final_norm, final_norm_buf) =
+            norm_op("output_norm", &out_norm_w, &hidden, &last, true)?;
         // Models with tied embeddings (SmolLM2) have no output.weight.
-        let out_w = if gguf.has("output.weight") { gguf.matrix(&gpu, "output.weight", cfg.vocab, d)? } else { embd };
+        let out_w = if gguf.has("output.weight") {
+            gguf.matrix(&gpu, "output.weight", cfg.vocab, d)?
+        } else {
+            embd
+        };
         weight_bytes += (out_w.rows * out_w.ty.row_bytes(out_w.k)) as u64;
-        let head = MatmulMode { last_only: true, exact_input: true, ..MatmulMode::default() };
-        let output = MatmulOp::new(&gpu, &kernels, "output", &out_w, &last, &logits, &step, head, None)?;
-        let fused = FusedInput::Norm { x: &hidden, weight: &final_norm_buf, eps: cfg.rms_eps };
-        let output_fused = MatmulOp::new(&gpu, &kernels, "output", &out_w, &hidden, &logits, &step, head, Some(fused))?;
+        let head = MatmulMode {
+            last_only: true,
+            exact_input: true,
+            ..MatmulMode::default()
+        };
+        let output = MatmulOp::new(
+            &gpu, &kernels, "output", &out_w, &last, &logits, &step, head, None,
+        )?;
+        let fused = FusedInput::Norm {
+            x: &hidden,
+            weight: &final_norm_buf,
+            eps: cfg.rms_eps,
+        };
+        let output_fused = MatmulOp::new(
+            &gpu,
+            &kernels,
+            "output",
+            &out_w,
+            &hidden,
+            &logits,
+            &step,
+            head,
+            Some(fused),
+        )?;
         gpu.wait("uploading the weights")?;
         tracing::info!(
             adapter = %gpu.description(),
@@ -634,7 +902,9 @@ impl LlamaModel {
             self.next_step = work.map(|w| (pos, w));
         }
         let recorded = std::time::Instant::now();
-        let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+        let bytes = self
+            .gpu
+            .map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
         self.timing = ForwardTiming {
             record_s: (recorded - started).as_secs_f64(),
             wait_s: recorded.elapsed().as_secs_f64(),
@@ -648,7 +918,11 @@ impl LlamaModel {
     /// seconds in order, plus the logits. `None` when the device has no timestamp queries.
     /// For benchmarks: the timestamps add a little GPU time of their own.
     #[allow(clippy::type_complexity)]
-    pub fn profile_step(&mut self, token: u32, pos: usize) -> Result<Option<(Vec<(&'static str, f64)>, Vec<f32>)>, VulkanError> {
+    pub fn profile_step(
+        &mut self,
+        token: u32,
+        pos: usize,
+    ) -> Result<Option<(Vec<(&'static str, f64)>, Vec<f32>)>, VulkanError> {
         let Some(mut timer) = Timer::new(&self.gpu, 1024) else {
             return Ok(None);
         };
@@ -656,7 +930,9 @@ impl LlamaModel {
         self.cached = self.cached.min(pos);
         self.submit_batch(&[token], pos, true, Some(&mut timer));
         self.gpu.check("running the model")?;
-        let bytes = self.gpu.map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+        let bytes = self
+            .gpu
+            .map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
         self.cached = pos + 1;
         let times = timer.read(&self.gpu)?;
         Ok(Some((times, bytemuck::cast_slice(&bytes).to_vec())))
@@ -681,7 +957,10 @@ impl LlamaModel {
             )));
         }
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
-            return Err(VulkanError::InvalidInput(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab)));
+            return Err(VulkanError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab
+            )));
         }
         Ok(())
     }
@@ -690,16 +969,37 @@ impl LlamaModel {
     /// of the recorded work, written before the submission that runs it.
     fn write_step(&self, batch: &[u32], start: usize) {
         let c = &self.cfg;
-        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
-        let (chunks, chunk_len) = attention_split(batch.len(), start, c.n_head, self.kernels.attention_groups(), attention_tile(c.head_dim));
-        let step = StepParams { n_tokens: batch.len() as u32, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
-        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        self.gpu
+            .queue
+            .write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
+        let (chunks, chunk_len) = attention_split(
+            batch.len(),
+            start,
+            c.n_head,
+            self.kernels.attention_groups(),
+            attention_tile(c.head_dim),
+        );
+        let step = StepParams {
+            n_tokens: batch.len() as u32,
+            start: start as u32,
+            attn_chunks: chunks as u32,
+            attn_chunk_len: chunk_len as u32,
+        };
+        self.gpu
+            .queue
+            .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
     }
 
     /// Writes the inputs of one batch of at most `max_batch` tokens and records and submits
     /// its work, in several submissions so that the GPU starts before the host has recorded
     /// the whole pass.
-    fn submit_batch(&self, batch: &[u32], start: usize, read_logits: bool, timer: Option<&mut Timer>) {
+    fn submit_batch(
+        &self,
+        batch: &[u32],
+        start: usize,
+        read_logits: bool,
+        timer: Option<&mut Timer>,
+    ) {
         self.write_step(batch, start);
         self.record_batch(batch.len(), start, read_logits, true, timer, |cb| {
             self.gpu.queue.submit([cb]);
@@ -712,11 +1012,25 @@ impl LlamaModel {
     /// GPU started early; otherwise one. A one-token batch uses the decode kernels:
     /// matrix-vector products with the RMSNorm and the SiLU·mul fused into their input, and
     /// attention split over positions.
-    fn record_batch(&self, n: usize, start: usize, read_logits: bool, split: bool, mut timer: Option<&mut Timer>, mut sink: impl FnMut(wgpu::CommandBuffer)) {
+    fn record_batch(
+        &self,
+        n: usize,
+        start: usize,
+        read_logits: bool,
+        split: bool,
+        mut timer: Option<&mut Timer>,
+        mut sink: impl FnMut(wgpu::CommandBuffer),
+    ) {
         let decode = n == 1;
         let gpu = &self.gpu;
         let c = &self.cfg;
-        let (chunks, _) = attention_split(n, start, c.n_head, self.kernels.attention_groups(), attention_tile(c.head_dim));
+        let (chunks, _) = attention_split(
+            n,
+            start,
+            c.n_head,
+            self.kernels.attention_groups(),
+            attention_tile(c.head_dim),
+        );
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let silu_groups = elementwise_groups(n * c.n_ff);
         let n = n as u32;
@@ -725,34 +1039,67 @@ impl LlamaModel {
         let groups: Vec<&[LayerOps]> = if split {
             let first_layers = kernels::FIRST_SUBMIT_LAYERS.min(self.layers.len());
             let (head, rest) = self.layers.split_at(first_layers);
-            std::iter::once(head).chain(rest.chunks(self.kernels.submit_layers)).collect()
+            std::iter::once(head)
+                .chain(rest.chunks(self.kernels.submit_layers))
+                .collect()
         } else {
             vec![&self.layers[..]]
         };
         for (g, layers) in groups.iter().enumerate() {
             let first = g == 0;
             let last = g + 1 == groups.len();
-            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            let mut enc = gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("forward"),
+                });
             {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-                let mut rec = Recorder::new(&mut pass, timer.as_deref_mut(), if first { "start" } else { "host gap" });
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("forward"),
+                    timestamp_writes: None,
+                });
+                let mut rec = Recorder::new(
+                    &mut pass,
+                    timer.as_deref_mut(),
+                    if first { "start" } else { "host gap" },
+                );
                 if first {
                     self.embed.record(&mut rec, n);
                 }
                 for layer in layers.iter() {
                     let fuse_qkv = decode && layer.qkv.iter().all(MatmulOp::has_fused);
                     if !fuse_qkv {
-                        rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &layer.attn_norm, [n, 1, 1]);
+                        rec.dispatch(
+                            "rmsnorm",
+                            &self.kernels.rmsnorm,
+                            &layer.attn_norm,
+                            [n, 1, 1],
+                        );
                     }
                     for op in &layer.qkv {
                         op.record(&mut rec, n, fuse_qkv);
                     }
                     if !(fuse_qkv && layer.qkv_rope) {
-                        rec.dispatch("rope + kv store", &self.kernels.rope, &layer.rope, [rope_groups, 1, 1]);
+                        rec.dispatch(
+                            "rope + kv store",
+                            &self.kernels.rope,
+                            &layer.rope,
+                            [rope_groups, 1, 1],
+                        );
                     }
-                    rec.dispatch("attention", &self.kernels.attention, &layer.attention, [c.n_head as u32, n, chunks as u32]);
+                    rec.dispatch(
+                        "attention",
+                        &self.kernels.attention,
+                        &layer.attention,
+                        [c.n_head as u32, n, chunks as u32],
+                    );
                     if chunks > 1 {
-                        rec.dispatch("attention combine", &self.kernels.attention_combine, &layer.attention_combine, [c.n_head as u32, n, 1]);
+                        rec.dispatch(
+                            "attention combine",
+                            &self.kernels.attention_combine,
+                            &layer.attention_combine,
+                            [c.n_head as u32, n, 1],
+                        );
                     }
                     layer.o.record(&mut rec, n, false);
                     let fuse_gate_up = decode && layer.gate_up.iter().all(MatmulOp::has_fused);
@@ -765,21 +1112,39 @@ impl LlamaModel {
                     // A decode step does SiLU·mul in the gate|up product or in the down product's
                     // input, unless the interleaved gate|up matrix has a chunk splitting a pair.
                     if !decode || !(layer.glu_fused || layer.down.has_fused()) {
-                        rec.dispatch("silu_mul", &self.kernels.silu_mul, &layer.silu_mul, [silu_groups, 1, 1]);
+                        rec.dispatch(
+                            "silu_mul",
+                            &self.kernels.silu_mul,
+                            &layer.silu_mul,
+                            [silu_groups, 1, 1],
+                        );
                     }
-                    layer.down.record(&mut rec, n, decode && layer.down.has_fused());
+                    layer
+                        .down
+                        .record(&mut rec, n, decode && layer.down.has_fused());
                 }
                 if last && read_logits {
                     if decode {
                         self.output_fused.record(&mut rec, 1, true);
                     } else {
-                        rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &self.final_norm, [1, 1, 1]);
+                        rec.dispatch(
+                            "rmsnorm",
+                            &self.kernels.rmsnorm,
+                            &self.final_norm,
+                            [1, 1, 1],
+                        );
                         self.output.record(&mut rec, 1, false);
                     }
                 }
             }
             if last && read_logits {
-                enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, self.cfg.vocab as u64 * 4);
+                enc.copy_buffer_to_buffer(
+                    &self.logits,
+                    0,
+                    &self.staging,
+                    0,
+                    self.cfg.vocab as u64 * 4,
+                );
             }
             sink(enc.finish());
         }
@@ -828,13 +1193,25 @@ mod tests {
 
     #[test]
     fn attention_split_covers_every_position_within_the_wanted_chunks() {
-        for (n_head, target, head_dim) in [(9, 1024, 64), (32, 1024, 64), (32, 256, 128), (32, 4096, 80), (8, 1024, 256)] {
+        for (n_head, target, head_dim) in [
+            (9, 1024, 64),
+            (32, 1024, 64),
+            (32, 256, 128),
+            (32, 4096, 80),
+            (8, 1024, 256),
+        ] {
             let tile = attention_tile(head_dim);
             for n in [1, 2, 4, 8, 64, 256] {
                 for len in n..700 {
                     let (chunks, chunk_len) = attention_split(n, len - n, n_head, target, tile);
-                    assert!(chunks * chunk_len >= len && (chunks - 1) * chunk_len < len, "n {n} len {len}");
-                    assert!(chunks <= attention_chunks_wanted(n, n_head, target), "n {n} len {len}: {chunks} chunks");
+                    assert!(
+                        chunks * chunk_len >= len && (chunks - 1) * chunk_len < len,
+                        "n {n} len {len}"
+                    );
+                    assert!(
+                        chunks <= attention_chunks_wanted(n, n_head, target),
+                        "n {n} len {len}: {chunks} chunks"
+                    );
                     assert_eq!(chunk_len % tile, 0);
                 }
             }
@@ -844,6 +1221,9 @@ mod tests {
     #[test]
     fn attention_tiles_give_every_thread_eight_positions() {
         // 64 threads: G groups of hd / 4 threads, a tile of 8 * G positions.
-        assert_eq!([32, 64, 80, 128, 256].map(attention_tile), [32, 32, 24, 16, 8]);
+        assert_eq!(
+            [32, 64, 80, 128, 256].map(attention_tile),
+            [32, 32, 24, 16, 8]
+        );
     }
 }

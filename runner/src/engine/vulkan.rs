@@ -1,12 +1,11 @@
 //! The Vulkan engine behind the runner's [`Engine`] boundary: a thin adapter over
 //! [`xpu_vulkan::LlamaModel`], which keeps the weights and the KV cache on the GPU.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use xpu_vulkan::{LlamaModel, LoadOptions, VulkanError};
 
 use super::Engine;
+use crate::model::gguf::GgufFile;
 use crate::model::LoadError;
 
 /// A llama-architecture GGUF model running on a Vulkan device (Intel GPUs first).
@@ -15,14 +14,17 @@ pub struct VulkanEngine {
 }
 
 impl VulkanEngine {
-    /// Loads `path` onto the preferred Vulkan adapter (discrete, then integrated; CPU
-    /// adapters only with `XPU_RUNNER_ALLOW_CPU_ADAPTER=1`) with a KV cache of `ctx` tokens.
-    /// Problems with the device (no loader, no adapter, out of memory, lost device) are
-    /// [`LoadError::Device`], so that `--device auto` can fall back to the CPU; problems
-    /// with the model are [`LoadError::Engine`].
-    pub fn load(path: &Path, ctx: usize) -> Result<VulkanEngine, LoadError> {
-        let opts = LoadOptions { ctx: Some(ctx), ..LoadOptions::default() };
-        match LlamaModel::load(path, &opts) {
+    /// Loads the opened GGUF file onto the preferred Vulkan adapter (discrete, then
+    /// integrated; CPU adapters only with `XPU_RUNNER_ALLOW_CPU_ADAPTER=1`) with a KV cache
+    /// of `ctx` tokens. Problems with the device (no loader, no adapter, out of memory,
+    /// lost device) are [`LoadError::Device`], so that `--device auto` can fall back to the
+    /// CPU; problems with the model are [`LoadError::Engine`].
+    pub fn load(gguf: &GgufFile, ctx: usize) -> Result<VulkanEngine, LoadError> {
+        let opts = LoadOptions {
+            ctx: Some(ctx),
+            ..LoadOptions::default()
+        };
+        match LlamaModel::from_gguf(gguf, &opts) {
             Ok(model) => {
                 tracing::info!(adapter = %model.adapter_description(), ctx, "vulkan engine ready");
                 Ok(VulkanEngine { model })
@@ -34,14 +36,19 @@ impl VulkanEngine {
                 | VulkanError::OutOfDeviceMemory { .. }
                 | VulkanError::DeviceLost { .. }),
             ) => Err(LoadError::Device(format!("vulkan: {e}"))),
-            Err(e) => Err(LoadError::Engine { path: path.to_path_buf(), reason: e.to_string() }),
+            Err(e) => Err(LoadError::Engine {
+                path: gguf.path().to_path_buf(),
+                reason: e.to_string(),
+            }),
         }
     }
 }
 
 impl Engine for VulkanEngine {
     fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>> {
-        self.model.forward(tokens, start).context("Vulkan forward pass")
+        self.model
+            .forward(tokens, start)
+            .context("Vulkan forward pass")
     }
 
     fn reset(&mut self) -> anyhow::Result<()> {
@@ -62,14 +69,24 @@ impl Engine for VulkanEngine {
 mod tests {
     use super::*;
 
-    fn test_model() -> std::path::PathBuf {
-        if let Ok(p) = std::env::var("XPU_TEST_MODEL") {
-            return p.into();
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
-        let out = std::process::Command::new(script).output().expect("run scripts/fetch-model.sh");
-        assert!(out.status.success(), "fetch-model.sh: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().into()
+    fn test_model() -> GgufFile {
+        let path: std::path::PathBuf = match std::env::var("XPU_TEST_MODEL") {
+            Ok(p) => p.into(),
+            Err(_) => {
+                let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../scripts/fetch-model.sh");
+                let out = std::process::Command::new(script)
+                    .output()
+                    .expect("run scripts/fetch-model.sh");
+                assert!(
+                    out.status.success(),
+                    "fetch-model.sh: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).unwrap().trim().into()
+            }
+        };
+        GgufFile::open(&path).unwrap()
     }
 
     #[test]
@@ -82,7 +99,10 @@ mod tests {
         }
         match VulkanEngine::load(&test_model(), 64) {
             Err(LoadError::Device(m)) => {
-                assert!(m.contains("no suitable Vulkan adapter") || m.contains("no Vulkan loader"), "{m}");
+                assert!(
+                    m.contains("no suitable Vulkan adapter") || m.contains("no Vulkan loader"),
+                    "{m}"
+                );
             }
             Ok(engine) => assert!(engine.device_description().starts_with("vulkan: ")),
             Err(other) => panic!("expected a device error, got: {other}"),
@@ -90,16 +110,24 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_model_is_an_engine_error() {
-        let dir = std::env::temp_dir().join(format!("xpu-runner-vulkan-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let junk = dir.join("junk.gguf");
-        std::fs::write(&junk, b"not a gguf").unwrap();
-        let err = VulkanEngine::load(&junk, 64).err().expect("junk accepted");
-        std::fs::remove_dir_all(&dir).unwrap();
-        match err {
-            LoadError::Engine { reason, .. } => assert!(reason.contains("not a readable GGUF file"), "{reason}"),
-            other => panic!("expected an engine error, got: {other}"),
+    fn model_problems_are_engine_errors() {
+        use candle_core::quantized::gguf_file::{self, Value};
+        // A llama header whose width gives heads of no dimension.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zero-width.gguf");
+        let metadata = [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.embedding_length", Value::U32(0)),
+            ("llama.attention.head_count", Value::U32(4)),
+        ];
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &metadata, &[]).unwrap();
+        match VulkanEngine::load(&GgufFile::open(&path).unwrap(), 64) {
+            Err(LoadError::Engine { reason, .. }) => {
+                assert!(reason.contains("head dimension 0"), "{reason}")
+            }
+            Err(other) => panic!("expected an engine error, got: {other}"),
+            Ok(_) => panic!("a zero-width model loaded"),
         }
     }
 }

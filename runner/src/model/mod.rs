@@ -6,6 +6,7 @@
 //! unsupported architecture or quantization, missing or mismatched tokenizer,
 //! a context the model cannot hold) is a [`LoadError`] with a one-line message.
 
+pub mod architecture;
 pub mod chat_template;
 pub mod gguf;
 pub mod safetensors;
@@ -17,7 +18,9 @@ use std::path::{Path, PathBuf};
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
-use crate::engine::candle::{configure_cpu_threads, select_device, CandleEngine, GGUF_ARCHITECTURES};
+use crate::engine::candle::{
+    configure_cpu_threads, select_device, CandleEngine, GGUF_ARCHITECTURES,
+};
 use crate::engine::{DeviceKind, Engine};
 
 /// How to load a model.
@@ -35,7 +38,7 @@ pub struct LoadOptions {
 
 /// A model ready to generate.
 pub struct LoadedModel {
-    /// A short name: the file stem of a GGUF file or the directory name.
+    /// A short name: the file name without extension or Nix store hash (see [`model_id`]).
     pub id: String,
     pub tokenizer: Tokenizer,
     /// None when the model ships no template; chat requests must then fail.
@@ -61,7 +64,9 @@ impl std::fmt::Debug for LoadedModel {
 impl LoadedModel {
     /// The chat template, or the error to show when the model has none.
     pub fn chat_template(&self) -> Result<&ChatTemplate, ChatTemplateError> {
-        self.chat_template.as_ref().ok_or(ChatTemplateError::Missing)
+        self.chat_template
+            .as_ref()
+            .ok_or(ChatTemplateError::Missing)
     }
 
     /// Renders a conversation and tokenizes it, ready for generation.
@@ -93,8 +98,18 @@ pub enum LoadError {
         architecture: String,
         supported: String,
     },
-    #[error("unsupported quantization {type_name} in {path}; supported tensor types: {}", gguf::SUPPORTED_TENSOR_TYPES)]
-    UnsupportedQuantization { path: PathBuf, type_name: String },
+    #[error("unsupported quantization {type_name} (tensor `{tensor}`) in {path}; supported tensor types: {}", gguf::SUPPORTED_TENSOR_TYPES)]
+    UnsupportedQuantization {
+        path: PathBuf,
+        tensor: String,
+        type_name: String,
+    },
+    #[error("{path} is not a valid `{architecture}` model: {reason}; the file is damaged or was converted wrongly, download or convert it again")]
+    InvalidModel {
+        path: PathBuf,
+        architecture: String,
+        reason: String,
+    },
     #[error("unsupported weight dtype {dtype} in {path}; supported: F32, F16, BF16")]
     UnsupportedDtype { path: PathBuf, dtype: String },
     #[error("invalid model config {path}: {reason}")]
@@ -173,7 +188,11 @@ fn check_tokenizer_fits(model: &LoadedModel, model_vocab: Option<usize>) -> Resu
             )));
         }
     }
-    if let Some(&bad) = model.eos_token_ids.iter().find(|&&id| id as usize >= tokenizer_vocab) {
+    if let Some(&bad) = model
+        .eos_token_ids
+        .iter()
+        .find(|&&id| id as usize >= tokenizer_vocab)
+    {
         return Err(LoadError::TokenizerMismatch(format!(
             "end-of-sequence id {bad} is outside the tokenizer's {tokenizer_vocab} tokens"
         )));
@@ -181,11 +200,45 @@ fn check_tokenizer_fits(model: &LoadedModel, model_vocab: Option<usize>) -> Resu
     Ok(())
 }
 
-pub(crate) fn file_id(path: &Path) -> String {
-    path.file_stem()
-        .or_else(|| path.file_name())
+/// The model's id: the file name without its extension (a directory's whole name),
+/// and without the `<hash>-` prefix of a Nix store path, so that a file has the same
+/// id in `~/models` and in `/nix/store` (`SmolLM2-135M-Instruct.Q4_1` for both
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` and `/nix/store/<hash>-SmolLM2-135M-Instruct.Q4_1.gguf`).
+///
+/// The file name, not the GGUF's `general.name`, because clients (as with ollama)
+/// name models the way their files are named: `general.name` is free text
+/// ("SmolLM2 135M Instruct"), often the same for every quantization of a model, and
+/// absent from safetensors.
+pub(crate) fn model_id(path: &Path, is_dir: bool) -> String {
+    let name = if is_dir {
+        path.file_name()
+    } else {
+        path.file_stem().or_else(|| path.file_name())
+    };
+    let name = name
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".to_string())
+        .unwrap_or_default();
+    let name = strip_nix_store_hash(&name);
+    if name.is_empty() {
+        "model".to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Removes the `<32 base-32 characters>-` prefix that every Nix store path's first
+/// component has.
+fn strip_nix_store_hash(name: &str) -> &str {
+    // Nix's base-32 alphabet: digits and lower-case letters without e, o, u and t.
+    const NIX_BASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let bytes = name.as_bytes();
+    let has_hash =
+        bytes.len() > 33 && bytes[32] == b'-' && bytes[..32].iter().all(|b| NIX_BASE32.contains(b));
+    if has_hash {
+        &name[33..]
+    } else {
+        name
+    }
 }
 
 /// Resolves `--ctx` against the model's own limit.
@@ -199,9 +252,12 @@ pub(crate) fn resolve_context(requested: Option<usize>, max: usize) -> Result<us
 }
 
 /// Loads a GGUF file; also returns the vocabulary size of the weights.
-fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<usize>), LoadError> {
+fn load_gguf(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<(LoadedModel, Option<usize>), LoadError> {
     let file = gguf::open(path)?;
-    let content = file.content;
+    let content = &file.content;
     let architecture = gguf::metadata_str(&content, "general.architecture")
         .ok_or_else(|| LoadError::InvalidGguf {
             path: path.to_path_buf(),
@@ -212,19 +268,27 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
         return Err(LoadError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             architecture,
-            supported: format!("GGUF {}; safetensors llama, qwen2", GGUF_ARCHITECTURES.join(", ")),
+            supported: format!(
+                "GGUF {}; safetensors llama, qwen2",
+                GGUF_ARCHITECTURES.join(", ")
+            ),
         });
     }
+    architecture::check(content, &architecture).map_err(|reason| LoadError::InvalidModel {
+        path: path.to_path_buf(),
+        architecture: architecture.clone(),
+        reason,
+    })?;
 
     let tokenizer = if options.tokenizer.is_some() {
         // Replaced by the caller's tokenizer.json; keep the embedded one only for
         // its BOS/EOS strings when present.
-        Tokenizer::from_gguf(&content).ok()
+        Tokenizer::from_gguf(content).ok()
     } else {
-        Some(Tokenizer::from_gguf(&content).map_err(|e| LoadError::Tokenizer(e.0))?)
+        Some(Tokenizer::from_gguf(content).map_err(|e| LoadError::Tokenizer(e.0))?)
     };
-    let eos_token_ids = gguf_eos_ids(&content);
-    let chat_template = match gguf::metadata_str(&content, "tokenizer.chat_template") {
+    let eos_token_ids = gguf_eos_ids(content);
+    let chat_template = match gguf::metadata_str(content, "tokenizer.chat_template") {
         Some(source) => Some(
             ChatTemplate::new(
                 source,
@@ -251,7 +315,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
             )));
         }
     }
-    let max_context = gguf::metadata_u64(&content, &format!("{architecture}.context_length"))
+    let max_context = gguf::metadata_u64(content, &format!("{architecture}.context_length"))
         .map(|n| n as usize)
         .unwrap_or(4096);
 
@@ -259,7 +323,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
         #[cfg(feature = "vulkan")]
         DeviceKind::Vulkan => {
             let ctx = resolve_context(options.ctx, max_context)?;
-            Box::new(crate::engine::vulkan::VulkanEngine::load(path, ctx)?)
+            Box::new(crate::engine::vulkan::VulkanEngine::load(&file, ctx)?)
         }
         #[cfg(not(feature = "vulkan"))]
         DeviceKind::Vulkan => return Err(vulkan_unavailable()),
@@ -273,18 +337,18 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
                 && crate::engine::cpu::selected().map_err(LoadError::Device)?
             {
                 let ctx = resolve_context(options.ctx, max_context)?;
-                let engine = crate::engine::cpu::CpuLlamaEngine::load(path, Some(ctx)).map_err(|e| {
-                    LoadError::Engine {
+                let engine = crate::engine::cpu::CpuLlamaEngine::from_gguf(file, Some(ctx))
+                    .map_err(|e| LoadError::Engine {
                         path: path.to_path_buf(),
                         reason: format!("{e:#}"),
-                    }
-                })?;
+                    })?;
                 Box::new(engine)
             } else {
+                let (mmap, content) = file.into_parts();
                 let mut engine = CandleEngine::from_gguf(
                     &architecture,
                     content,
-                    &mut Cursor::new(&file.mmap[..]),
+                    &mut Cursor::new(&mmap[..]),
                     device,
                     max_context,
                 )
@@ -305,7 +369,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<
             .map_err(|e| LoadError::Tokenizer(e.0))?,
     };
     let model = LoadedModel {
-        id: file_id(path),
+        id: model_id(path, false),
         tokenizer,
         chat_template,
         eos_token_ids,
@@ -339,5 +403,42 @@ pub(crate) fn vulkan_unavailable() -> LoadError {
             "this xpu-runner was built without the `vulkan` feature; rebuild with `--features vulkan` or use --device cpu"
                 .to_string(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_are_file_names_without_the_store_hash() {
+        let id = |p: &str| model_id(Path::new(p), false);
+        assert_eq!(
+            id("/home/u/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(
+            id("/nix/store/0c7m4mcfkgjxn36pj0dyyh1ixq2hx5ij-SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        // Not a store hash: `e` is outside Nix's alphabet, or the name is too short.
+        assert_eq!(
+            id("/m/e0000000000000000000000000000000-x.gguf"),
+            "e0000000000000000000000000000000-x"
+        );
+        assert_eq!(id("/m/abc-x.gguf"), "abc-x");
+        assert_eq!(
+            id("/nix/store/0c7m4mcfkgjxn36pj0dyyh1ixq2hx5ij-.gguf"),
+            "0c7m4mcfkgjxn36pj0dyyh1ixq2hx5ij-"
+        );
+        let dir = |p: &str| model_id(Path::new(p), true);
+        assert_eq!(
+            dir("/nix/store/0c7m4mcfkgjxn36pj0dyyh1ixq2hx5ij-Qwen2.5-0.5B-Instruct"),
+            "Qwen2.5-0.5B-Instruct"
+        );
+        assert_eq!(
+            dir("/models/Qwen2.5-0.5B-Instruct/"),
+            "Qwen2.5-0.5B-Instruct"
+        );
     }
 }

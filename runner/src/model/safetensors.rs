@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use serde_json::Value;
 
-use super::{file_id, resolve_context, ChatTemplate, LoadError, LoadOptions, LoadedModel, Tokenizer};
+use super::{model_id, resolve_context, ChatTemplate, LoadError, LoadOptions, LoadedModel, Tokenizer};
 use crate::engine::candle::{select_device, CandleEngine, SAFETENSORS_ARCHITECTURES};
 use crate::engine::DeviceKind;
 
@@ -110,7 +110,7 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<(LoadedModel, Optio
 
     let model_vocab = config["vocab_size"].as_u64().map(|v| v as usize);
     let model = LoadedModel {
-        id: file_id(dir),
+        id: model_id(dir, true),
         tokenizer,
         chat_template,
         eos_token_ids,

@@ -70,16 +70,23 @@ impl ApiKeys {
     /// says which is missing or wrong, never the key.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         let presented = if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let value = value.to_str().map_err(|_| "the Authorization header is not valid text")?;
-            let Some(key) = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-            else {
-                return Err("the Authorization header must be `Bearer <key>`");
-            };
-            key.trim().to_owned()
+            let value = value
+                .to_str()
+                .map_err(|_| "the Authorization header is not valid text")?;
+            // RFC 9110 §11.1: the scheme is case-insensitive and one or more spaces
+            // separate it from the credentials.
+            match value.trim_start().split_once(' ') {
+                Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    key.trim().to_owned()
+                }
+                _ => return Err("the Authorization header must be `Bearer <key>`"),
+            }
         } else if let Some(value) = headers.get("x-api-key") {
-            value.to_str().map_err(|_| "the X-Api-Key header is not valid text")?.trim().to_owned()
+            value
+                .to_str()
+                .map_err(|_| "the X-Api-Key header is not valid text")?
+                .trim()
+                .to_owned()
         } else {
             return Err("an API key is required: send `Authorization: Bearer <key>`");
         };
@@ -119,6 +126,17 @@ mod tests {
         assert!(keys.check(&h).is_ok());
         h.insert(header::AUTHORIZATION, "Bearer k2".parse().unwrap());
         assert_eq!(keys.check(&h).unwrap_err(), "the API key is not valid");
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            h.insert(
+                header::AUTHORIZATION,
+                format!("{scheme} k1").parse().unwrap(),
+            );
+            assert!(keys.check(&h).is_ok(), "{scheme}");
+        }
+        h.insert(header::AUTHORIZATION, "Bearer   k1".parse().unwrap());
+        assert!(keys.check(&h).is_ok());
+        h.insert(header::AUTHORIZATION, "Bearerk1".parse().unwrap());
+        assert!(keys.check(&h).unwrap_err().contains("Bearer"));
         h.insert(header::AUTHORIZATION, "Basic k1".parse().unwrap());
         assert!(keys.check(&h).unwrap_err().contains("Bearer"));
         let mut h = HeaderMap::new();

@@ -1,7 +1,10 @@
-//! The generation handlers, `POST /v1/chat/completions` and `POST /v1/completions`:
-//! parse and validate the body (errors name the parameter), build the prompt off the
-//! async runtime, check it against the context, queue the job, then either collect
-//! the whole answer or stream it as server-sent events ending in `data: [DONE]`.
+//! The generation handlers, `POST /v1/chat/completions` and `POST /v1/completions`.
+//! Both start from one extractor, [`GenerationRequest`]: it parses and validates the
+//! body (errors name the parameter) and takes a place in the queue, so that a full
+//! queue refuses the request before any costly work. The handlers then build the
+//! prompt off the async runtime, check it against the context, queue the job, and
+//! either collect the whole answer or stream it as server-sent events ending in
+//! `data: [DONE]`.
 //!
 //! A stream owns the job's event receiver; when the client disconnects, axum drops
 //! the stream, the receiver closes, and the worker stops the generation at its next
@@ -14,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request};
 use axum::http::{Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -26,17 +29,20 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::openai::{
-    finish_reason_str, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
-    ChatMessageIn, ChunkChoice, CommonParams, Completion, CompletionChoice, Delta, PromptField,
-    PromptInput, Usage, ValidatedParams,
+    finish_reason_str, plain_messages, AssistantMessage, ChatChoice, ChatCompletion,
+    ChatCompletionChunk, ChatMessageIn, ChunkChoice, CommonParams, Completion, CompletionChoice,
+    Delta, PromptField, PromptInput, Usage, ValidatedParams,
 };
-use super::queue::{Event, JobSpec, Outcome};
+use super::queue::{Event, JobSpec, Outcome, QueueSlot};
 use super::routes::{log_request, LoggedLater, TokenSummary};
 use super::state::{AppState, ServedModel};
 
 /// Seconds since the epoch, for `created`.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn new_id(prefix: &str) -> String {
@@ -49,7 +55,10 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::body_too_large(limit)
         } else {
-            ApiError::invalid_request(format!("cannot read the request body: {}", rejection.body_text()))
+            ApiError::invalid_request(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            ))
         }
     })
 }
@@ -67,7 +76,9 @@ fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Valu
             "the request body must be a JSON object, not {}",
             json_kind(&other)
         ))),
-        Err(e) => Err(ApiError::invalid_request(format!("the request body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::invalid_request(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -108,14 +119,28 @@ fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Re
             (false, p) => format!("{prefix}.{p}"),
         };
         // "missing field `role`" at messages[0] names messages[0].role.
-        if let Some(field) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-            param = if param.is_empty() { field.to_owned() } else { format!("{param}.{field}") };
+        if let Some(field) = inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            param = if param.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{param}.{field}")
+            };
         }
         let message = match expected_shape(&param) {
             Some(shape) if inner.contains("untagged enum") => format!("`{param}` must be {shape}"),
             _ => format!("invalid `{param}`: {inner}"),
         };
-        ApiError::invalid_param(if param.is_empty() { "body".into() } else { param }, message)
+        ApiError::invalid_param(
+            if param.is_empty() {
+                "body".into()
+            } else {
+                param
+            },
+            message,
+        )
     })
 }
 
@@ -126,15 +151,23 @@ fn check_model_name(requested: &Option<String>, model: &ServedModel) -> Result<(
     }
 }
 
-/// Checks the prompt against the context and caps the new tokens to what fits.
-fn job_spec(prompt_tokens: Vec<u32>, params: &ValidatedParams, model: &ServedModel) -> Result<JobSpec, ApiError> {
+/// Checks the prompt against the context and caps the new tokens: the request's
+/// `max_tokens`, else `--max-tokens-default`, and never past the context.
+fn job_spec(
+    prompt_tokens: Vec<u32>,
+    params: &ValidatedParams,
+    model: &ServedModel,
+) -> Result<JobSpec, ApiError> {
     let ctx = model.context_length;
     if prompt_tokens.len() >= ctx {
         return Err(ApiError::context_overflow(prompt_tokens.len(), ctx));
     }
     let room = ctx - prompt_tokens.len();
     Ok(JobSpec {
-        max_new_tokens: params.max_tokens.map_or(room, |m| m.min(room)),
+        max_new_tokens: params
+            .max_tokens
+            .unwrap_or(model.max_tokens_default)
+            .min(room),
         prompt_tokens,
         sampling: params.sampling.clone(),
         stop: params.stop.clone(),
@@ -166,6 +199,93 @@ impl Drop for InFlight {
     }
 }
 
+/// The part of a request body that differs between the two routes.
+pub trait RouteInput: DeserializeOwned + Send {
+    /// The body field that holds it; it is required.
+    const FIELD: &'static str;
+}
+
+impl RouteInput for Vec<ChatMessageIn> {
+    const FIELD: &'static str = "messages";
+}
+
+impl RouteInput for PromptField {
+    const FIELD: &'static str = "prompt";
+}
+
+/// A generation request, parsed and validated, holding a place in the queue: what
+/// both generation handlers start from.
+pub struct GenerationRequest<T> {
+    /// `messages` or `prompt`.
+    input: T,
+    params: ValidatedParams,
+    model: Arc<ServedModel>,
+    slot: QueueSlot,
+    received: Instant,
+    in_flight: InFlight,
+}
+
+impl<T: RouteInput> FromRequest<Arc<AppState>> for GenerationRequest<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let received = Instant::now();
+        let in_flight = InFlight::new(&state.metrics);
+        let bytes = body_bytes(
+            Bytes::from_request(request, state).await,
+            state.max_body_bytes,
+        )?;
+        let mut object = parse_object(&bytes)?;
+        let input: T = match object.remove(T::FIELD) {
+            None => {
+                return Err(ApiError::invalid_param(
+                    T::FIELD,
+                    format!("`{}` is required", T::FIELD),
+                ))
+            }
+            Some(v) => from_value(v, T::FIELD)?,
+        };
+        let common: CommonParams = from_value(serde_json::Value::Object(object), "")?;
+        let model = state.model()?;
+        check_model_name(&common.model, &model)?;
+        let params = common.validate()?;
+        // Admission before templating and tokenizing: under overload a 429 costs a
+        // counter check, not a prompt's worth of work.
+        let slot = model.scheduler.reserve()?;
+        Ok(GenerationRequest {
+            input,
+            params,
+            model,
+            slot,
+            received,
+            in_flight,
+        })
+    }
+}
+
+impl<T> GenerationRequest<T> {
+    /// Queues the prompt in the request's place and answers, streaming or not.
+    async fn run(self, flavor: Flavor, prompt_tokens: Vec<u32>) -> Result<Response, ApiError> {
+        let spec = job_spec(prompt_tokens, &self.params, &self.model)?;
+        let events = self.slot.submit(spec, self.received)?;
+        let (prefix, path) = match flavor {
+            Flavor::Chat => ("chatcmpl", "/v1/chat/completions"),
+            Flavor::Text => ("cmpl", "/v1/completions"),
+        };
+        let context = ResponseContext {
+            flavor,
+            id: new_id(prefix),
+            created: unix_now(),
+            model: self.model.id.clone(),
+            include_usage: self.params.include_usage,
+            path,
+            received: self.received,
+            _in_flight: self.in_flight,
+        };
+        respond(context, events, self.params.stream).await
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flavor {
     Chat,
@@ -185,64 +305,22 @@ struct ResponseContext {
 }
 
 pub async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    request: GenerationRequest<Vec<ChatMessageIn>>,
 ) -> Result<Response, ApiError> {
-    let received = Instant::now();
-    let in_flight = InFlight::new(&state.metrics);
-    let bytes = body_bytes(body, state.max_body_bytes)?;
-    let mut object = parse_object(&bytes)?;
-    let messages: Vec<ChatMessageIn> = match object.remove("messages") {
-        None => return Err(ApiError::invalid_param("messages", "`messages` is required")),
-        Some(v) => from_value(v, "messages")?,
-    };
-    let common: CommonParams = from_value(serde_json::Value::Object(object), "")?;
-    let model = state.model()?;
-    check_model_name(&common.model, &model)?;
-    let params = common.validate()?;
-    let request = super::openai::ChatCompletionRequest { messages, common };
-    let messages = request.plain_messages()?;
-    let prompter = model.prompter.clone();
+    let messages = plain_messages(&request.input)?;
+    let prompter = request.model.prompter.clone();
     let tokens = build_prompt(move || prompter.chat(&messages)).await?;
-    let spec = job_spec(tokens, &params, &model)?;
-    let events = model.scheduler.submit(spec, received)?;
-    let context = ResponseContext {
-        flavor: Flavor::Chat,
-        id: new_id("chatcmpl"),
-        created: unix_now(),
-        model: model.id.clone(),
-        include_usage: params.include_usage,
-        path: "/v1/chat/completions",
-        received,
-        _in_flight: in_flight,
-    };
-    respond(context, events, params.stream).await
+    request.run(Flavor::Chat, tokens).await
 }
 
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let received = Instant::now();
-    let in_flight = InFlight::new(&state.metrics);
-    let bytes = body_bytes(body, state.max_body_bytes)?;
-    let mut object = parse_object(&bytes)?;
-    let prompt: PromptField = match object.remove("prompt") {
-        None => return Err(ApiError::invalid_param("prompt", "`prompt` is required")),
-        Some(v) => from_value(v, "prompt")?,
-    };
-    let common: CommonParams = from_value(serde_json::Value::Object(object), "")?;
-    let model = state.model()?;
-    check_model_name(&common.model, &model)?;
-    let params = common.validate()?;
-    let request = super::openai::CompletionRequest { prompt, common };
-    let tokens = match request.prompt_input()? {
+pub async fn completions(request: GenerationRequest<PromptField>) -> Result<Response, ApiError> {
+    let tokens = match request.input.prompt_input()? {
         PromptInput::Text(text) => {
-            let prompter = model.prompter.clone();
+            let prompter = request.model.prompter.clone();
             build_prompt(move || prompter.text(&text)).await?
         }
         PromptInput::Tokens(tokens) => {
-            let vocab = model.prompter.vocab_size();
+            let vocab = request.model.prompter.vocab_size();
             if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
                 return Err(ApiError::invalid_param(
                     "prompt",
@@ -253,21 +331,12 @@ pub async fn completions(
         }
     };
     if tokens.is_empty() {
-        return Err(ApiError::invalid_param("prompt", "`prompt` must not be empty"));
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "`prompt` must not be empty",
+        ));
     }
-    let spec = job_spec(tokens, &params, &model)?;
-    let events = model.scheduler.submit(spec, received)?;
-    let context = ResponseContext {
-        flavor: Flavor::Text,
-        id: new_id("cmpl"),
-        created: unix_now(),
-        model: model.id.clone(),
-        include_usage: params.include_usage,
-        path: "/v1/completions",
-        received,
-        _in_flight: in_flight,
-    };
-    respond(context, events, params.stream).await
+    request.run(Flavor::Text, tokens).await
 }
 
 async fn respond(
@@ -286,14 +355,21 @@ async fn respond(
 }
 
 /// Waits for the whole generation and answers with one JSON object.
-async fn collect(context: ResponseContext, mut events: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+async fn collect(
+    context: ResponseContext,
+    mut events: UnboundedReceiver<Event>,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
     let outcome = loop {
         match events.recv().await {
             Some(Event::Text(t)) => text.push_str(&t),
             Some(Event::Done(outcome)) => break outcome,
             Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
-            None => return Err(ApiError::internal("the generation worker stopped unexpectedly")),
+            None => {
+                return Err(ApiError::internal(
+                    "the generation worker stopped unexpectedly",
+                ))
+            }
         }
     };
     let usage = Usage::new(outcome.prompt_tokens, outcome.completion_tokens);
@@ -306,7 +382,10 @@ async fn collect(context: ResponseContext, mut events: UnboundedReceiver<Event>)
             model: context.model,
             choices: vec![ChatChoice {
                 index: 0,
-                message: AssistantMessage { role: "assistant", content: text },
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: text,
+                },
                 finish_reason,
                 logprobs: None,
             }],
@@ -318,7 +397,12 @@ async fn collect(context: ResponseContext, mut events: UnboundedReceiver<Event>)
             object: "text_completion",
             created: context.created,
             model: context.model,
-            choices: vec![CompletionChoice { index: 0, text, finish_reason: Some(finish_reason), logprobs: None }],
+            choices: vec![CompletionChoice {
+                index: 0,
+                text,
+                finish_reason: Some(finish_reason),
+                logprobs: None,
+            }],
             usage: Some(Some(usage)),
         })
         .into_response(),
@@ -342,7 +426,12 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn chunk_json(&self, content: Option<String>, role: bool, finish: Option<&'static str>) -> String {
+    fn chunk_json(
+        &self,
+        content: Option<String>,
+        role: bool,
+        finish: Option<&'static str>,
+    ) -> String {
         let usage = self.context.include_usage.then_some(None);
         match self.context.flavor {
             Flavor::Chat => serde_json::to_string(&ChatCompletionChunk {
@@ -352,7 +441,10 @@ impl StreamState {
                 model: self.context.model.clone(),
                 choices: vec![ChunkChoice {
                     index: 0,
-                    delta: Delta { role: role.then_some("assistant"), content },
+                    delta: Delta {
+                        role: role.then_some("assistant"),
+                        content,
+                    },
                     finish_reason: finish,
                     logprobs: None,
                 }],
@@ -421,8 +513,10 @@ impl StreamState {
                         Flavor::Text => self.chunk_json(Some(String::new()), false, Some(finish)),
                     };
                     if self.context.include_usage {
-                        self.pending
-                            .push_back(self.usage_json(Usage::new(outcome.prompt_tokens, outcome.completion_tokens)));
+                        self.pending.push_back(self.usage_json(Usage::new(
+                            outcome.prompt_tokens,
+                            outcome.completion_tokens,
+                        )));
                     }
                     self.pending.push_back("[DONE]".into());
                     self.outcome = Some(outcome);
@@ -439,7 +533,9 @@ impl StreamState {
                     self.status = 500;
                     self.finished = true;
                     self.pending.push_back("[DONE]".into());
-                    return Some(ApiError::internal("the generation worker stopped unexpectedly").to_json());
+                    return Some(
+                        ApiError::internal("the generation worker stopped unexpectedly").to_json(),
+                    );
                 }
             }
         }
@@ -457,11 +553,20 @@ impl Drop for StreamState {
         if status == 499 {
             tracing::info!(target: "xpu_runner::request", "client closed the stream before it ended");
         }
-        log_request(&Method::POST, self.context.path, status, self.context.received, tokens);
+        log_request(
+            &Method::POST,
+            self.context.path,
+            status,
+            self.context.received,
+            tokens,
+        );
     }
 }
 
-fn sse_stream(context: ResponseContext, events: UnboundedReceiver<Event>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn sse_stream(
+    context: ResponseContext,
+    events: UnboundedReceiver<Event>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let state = StreamState {
         context,
         events,
@@ -483,19 +588,190 @@ mod tests {
 
     #[test]
     fn type_errors_name_the_parameter() {
-        let e = from_value::<CommonParams>(serde_json::json!({"temperature": "hot"}), "").unwrap_err();
+        let e =
+            from_value::<CommonParams>(serde_json::json!({"temperature": "hot"}), "").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        let e = from_value::<Vec<ChatMessageIn>>(serde_json::json!([{"content": "x"}]), "messages").unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages[0].role"), "{}", e.message);
+        let e = from_value::<Vec<ChatMessageIn>>(serde_json::json!([{"content": "x"}]), "messages")
+            .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].role"),
+            "{}",
+            e.message
+        );
         let e = from_value::<CommonParams>(serde_json::json!({"stop": 5}), "").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stop"));
         assert!(e.message.contains("array of strings"), "{}", e.message);
     }
 
+    use std::ops::ControlFlow;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Mutex, OnceLock};
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    use crate::server::metrics::Metrics;
+    use crate::server::openai::PlainMessage;
+    use crate::server::queue::{Backend, FinishReason, Scheduler};
+    use crate::server::shutdown::Lifecycle;
+    use crate::server::state::Prompter;
+    use crate::server::telemetry::GpuTelemetry;
+
+    /// Counts how often a prompt is built.
+    #[derive(Default)]
+    struct CountingPrompter(AtomicUsize);
+
+    impl Prompter for CountingPrompter {
+        fn chat(&self, _: &[PlainMessage]) -> Result<Vec<u32>, ApiError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![1, 2, 3])
+        }
+        fn text(&self, _: &str) -> Result<Vec<u32>, ApiError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![1, 2, 3])
+        }
+        fn vocab_size(&self) -> usize {
+            100
+        }
+    }
+
+    /// Generates nothing, after a go signal per job.
+    struct Gated(Mutex<mpsc::Receiver<()>>);
+
+    impl Backend for Gated {
+        fn generate(
+            &mut self,
+            job: &JobSpec,
+            _: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        ) -> anyhow::Result<Outcome> {
+            let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            Ok(Outcome {
+                prompt_tokens: job.prompt_tokens.len(),
+                completion_tokens: 0,
+                finish_reason: FinishReason::Stop,
+            })
+        }
+    }
+
+    fn served(
+        prompter: Arc<CountingPrompter>,
+        scheduler: Scheduler,
+        max_tokens_default: usize,
+    ) -> ServedModel {
+        ServedModel {
+            id: "m".into(),
+            device: "test".into(),
+            context_length: 64,
+            max_tokens_default,
+            created: 0,
+            prompter,
+            scheduler,
+        }
+    }
+
+    async fn chat(app: &axum::Router) -> StatusCode {
+        let request = axum::http::Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .body(axum::body::Body::from(
+                r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            ))
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_before_the_prompt_is_built() {
+        let (go, gate) = mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let scheduler = Scheduler::start(Gated(Mutex::new(gate)), 1, metrics.clone()).unwrap();
+        let prompter = Arc::new(CountingPrompter::default());
+        let state = Arc::new(AppState {
+            lifecycle: Arc::new(Lifecycle::default()),
+            metrics,
+            keys: None,
+            max_body_bytes: 4096,
+            model: OnceLock::new(),
+            gpu: Arc::new(GpuTelemetry::off()),
+            dashboard: Default::default(),
+        });
+        let _ = state
+            .model
+            .set(Arc::new(served(prompter.clone(), scheduler.clone(), 16)));
+        state.lifecycle.set_ready();
+        let app = super::super::routes::router(state, &[]);
+
+        // With room, the prompt is built and the request served.
+        go.send(()).unwrap();
+        assert_eq!(chat(&app).await, StatusCode::OK);
+        assert_eq!(prompter.0.load(Ordering::SeqCst), 1);
+
+        // One job running, one waiting: the queue (1 place) is full.
+        let spec = || JobSpec {
+            prompt_tokens: vec![1],
+            sampling: Default::default(),
+            stop: vec![],
+            max_new_tokens: 1,
+        };
+        let _running = scheduler.submit(spec(), Instant::now()).unwrap();
+        while scheduler.waiting() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _waiting = scheduler.submit(spec(), Instant::now()).unwrap();
+        assert_eq!(chat(&app).await, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            prompter.0.load(Ordering::SeqCst),
+            1,
+            "the refused request's prompt was built"
+        );
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+    }
+
+    #[test]
+    fn requests_without_max_tokens_get_the_servers_default() {
+        let (_go, gate) = mpsc::channel();
+        let scheduler =
+            Scheduler::start(Gated(Mutex::new(gate)), 1, Arc::new(Metrics::new())).unwrap();
+        let model = served(Arc::new(CountingPrompter::default()), scheduler, 16);
+        let params = |json| {
+            serde_json::from_value::<CommonParams>(json)
+                .unwrap()
+                .validate()
+                .unwrap()
+        };
+        let unset = params(serde_json::json!({}));
+        assert_eq!(
+            job_spec(vec![1; 4], &unset, &model).unwrap().max_new_tokens,
+            16
+        );
+        // The context (64) still caps it.
+        assert_eq!(
+            job_spec(vec![1; 60], &unset, &model)
+                .unwrap()
+                .max_new_tokens,
+            4
+        );
+        // A request's own limit may exceed the default.
+        let own = params(serde_json::json!({"max_tokens": 40}));
+        assert_eq!(
+            job_spec(vec![1; 4], &own, &model).unwrap().max_new_tokens,
+            40
+        );
+    }
+
     #[test]
     fn bodies() {
         assert!(parse_object(b"  ").unwrap_err().message.contains("empty"));
-        assert!(parse_object(b"[1]").unwrap_err().message.contains("an array"));
-        assert!(parse_object(b"{\"a\":").unwrap_err().message.contains("not valid JSON"));
+        assert!(parse_object(b"[1]")
+            .unwrap_err()
+            .message
+            .contains("an array"));
+        assert!(parse_object(b"{\"a\":")
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
     }
 }

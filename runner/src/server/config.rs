@@ -2,7 +2,6 @@
 //! also come from an `XPU_RUNNER_*` environment variable (what the NixOS module and
 //! systemd units set).
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::ArgAction;
 
 use super::device::DeviceChoice;
+use super::listen::Host;
 
 /// Options of `xpu-runner serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -23,10 +23,11 @@ pub struct ServeArgs {
     #[arg(long, env = "XPU_RUNNER_MODEL_ID", value_name = "ID")]
     pub model_id: Option<String>,
 
-    /// Address to listen on. Keep the loopback default unless clients are remote;
-    /// then also set --api-key-file.
+    /// Address to listen on: an IP address (`127.0.0.1`, `::1`, `[::1]`, `0.0.0.0`) or a
+    /// host name (`localhost`), resolved at start-up. Keep the loopback default unless
+    /// clients are remote; then also set --api-key-file.
     #[arg(long, env = "XPU_RUNNER_HOST", default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    pub host: Host,
 
     /// TCP port (0 picks a free one; the bound address is logged). Ignored when
     /// systemd passes a listening socket (socket activation).
@@ -54,6 +55,17 @@ pub struct ServeArgs {
     /// Context size in tokens (prompt plus generated); default: the model's own.
     #[arg(long, env = "XPU_RUNNER_CTX", value_name = "TOKENS")]
     pub ctx: Option<usize>,
+
+    /// Most tokens generated for a request that sets neither `max_tokens` nor
+    /// `max_completion_tokens` (the context still caps it). A request's own limit may
+    /// be larger.
+    #[arg(
+        long,
+        env = "XPU_RUNNER_MAX_TOKENS_DEFAULT",
+        value_name = "TOKENS",
+        default_value_t = 2048
+    )]
+    pub max_tokens_default: usize,
 
     /// Largest accepted request body; larger bodies get 413.
     #[arg(long, env = "XPU_RUNNER_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
@@ -98,7 +110,9 @@ pub struct ServeArgs {
 fn parse_interval(value: &str) -> Result<Duration, String> {
     match value.trim().parse::<f64>() {
         Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(format!("{value:?} is not a number of seconds from 0.1 to 3600 (e.g. 5 or 0.5)")),
+        _ => Err(format!(
+            "{value:?} is not a number of seconds from 0.1 to 3600 (e.g. 5 or 0.5)"
+        )),
     }
 }
 
@@ -107,13 +121,18 @@ impl ServeArgs {
     /// what to change.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_queue == 0 {
-            anyhow::bail!("--max-queue must be at least 1 (requests that wait for the one running)");
+            anyhow::bail!(
+                "--max-queue must be at least 1 (requests that wait for the one running)"
+            );
         }
         if self.max_body_bytes < 1024 {
             anyhow::bail!("--max-body-bytes must be at least 1024");
         }
         if let Some(0) = self.ctx {
             anyhow::bail!("--ctx must be at least 1 token");
+        }
+        if self.max_tokens_default == 0 {
+            anyhow::bail!("--max-tokens-default must be at least 1 (tokens generated when a request sets no max_tokens)");
         }
         if let Some(0) = self.threads {
             anyhow::bail!("--threads must be at least 1");
@@ -145,13 +164,48 @@ mod tests {
         assert_eq!(cli.serve.port, 52415);
         assert!(cli.serve.cors_allow_origin.is_empty());
         assert!(cli.serve.api_key_file.is_none());
+        assert_eq!(cli.serve.max_tokens_default, 2048);
         cli.serve.validate().unwrap();
+    }
+
+    #[test]
+    fn hosts_take_names_and_bracketed_ipv6() {
+        for (value, shown) in [
+            ("localhost", "localhost"),
+            ("[::1]", "::1"),
+            ("::1", "::1"),
+            ("0.0.0.0", "0.0.0.0"),
+        ] {
+            let cli = Cli::try_parse_from(["x", "--model", "m", "--host", value]).unwrap();
+            assert_eq!(cli.serve.host.to_string(), shown);
+        }
+        let error = Cli::try_parse_from(["x", "--model", "m", "--host", "127.0.0.1:80"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("--port"), "{error}");
+    }
+
+    #[test]
+    fn zero_max_tokens_default_is_rejected() {
+        let cli = Cli::try_parse_from(["x", "--model", "m", "--max-tokens-default", "0"]).unwrap();
+        assert!(cli
+            .serve
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-tokens-default"));
     }
 
     #[test]
     fn zero_queue_is_rejected() {
         let cli = Cli::try_parse_from(["x", "--model", "m", "--max-queue", "0"]).unwrap();
-        assert!(cli.serve.validate().unwrap_err().to_string().contains("--max-queue"));
+        assert!(cli
+            .serve
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-queue"));
     }
 
     #[test]
@@ -159,8 +213,15 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--model", "m"]).unwrap();
         assert!(!cli.serve.no_gpu_telemetry);
         assert_eq!(cli.serve.gpu_telemetry_interval, Duration::from_secs(5));
-        let cli = Cli::try_parse_from(["x", "--model", "m", "--no-gpu-telemetry", "--gpu-telemetry-interval", "0.5"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--model",
+            "m",
+            "--no-gpu-telemetry",
+            "--gpu-telemetry-interval",
+            "0.5",
+        ])
+        .unwrap();
         assert!(cli.serve.no_gpu_telemetry);
         assert_eq!(cli.serve.gpu_telemetry_interval, Duration::from_millis(500));
     }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dashboard;
 pub mod device;
 pub mod errors;
+pub mod listen;
 pub mod metrics;
 pub mod openai;
 pub mod queue;
@@ -70,7 +71,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
-    let keys = args.api_key_file.as_deref().map(ApiKeys::from_file).transpose()?;
+    let keys = args
+        .api_key_file
+        .as_deref()
+        .map(ApiKeys::from_file)
+        .transpose()?;
     if let Some(keys) = &keys {
         tracing::info!("API keys required ({} accepted keys)", keys.len());
     }
@@ -78,15 +83,12 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
     let listener = match systemd::activated_listener()? {
         Some(std_listener) => {
             std_listener.set_nonblocking(true)?;
-            tracing::info!("using the socket passed by systemd (socket activation); --host/--port are ignored");
+            tracing::info!(
+                "using the socket passed by systemd (socket activation); --host/--port are ignored"
+            );
             tokio::net::TcpListener::from_std(std_listener)?
         }
-        None => {
-            let addr = SocketAddr::new(args.host, args.port);
-            tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr}; is another service using the port? choose another with --port")
-            })?
-        }
+        None => bind(&args.host, args.port).await?,
     };
     let local = listener.local_addr()?;
     if !local.ip().is_loopback() && keys.is_none() {
@@ -110,7 +112,10 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
     });
     tokio::spawn(telemetry::log_first_outcome(gpu));
     let app = routes::router(state.clone(), &args.cors_allow_origin);
-    systemd::status(&format!("loading {} (listening on {local})", args.model.display()));
+    systemd::status(&format!(
+        "loading {} (listening on {local})",
+        args.model.display()
+    ));
 
     if let Some(interval) = systemd::watchdog_interval() {
         tracing::info!("systemd watchdog enabled: pinging every {:?}", interval);
@@ -161,15 +166,55 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
     let in_flight = metrics.requests_in_flight.get();
     systemd::stopping(&format!("draining: {in_flight} requests in flight"));
     lifecycle.begin_drain();
-    match tokio::time::timeout(Duration::from_secs(args.shutdown_timeout), &mut server).await {
-        Ok(_) => tracing::info!("all requests finished; exiting"),
-        Err(_) => tracing::warn!(
-            "{} requests were still running after --shutdown-timeout {} s; exiting anyway",
-            metrics.requests_in_flight.get(),
-            args.shutdown_timeout
-        ),
+    if tokio::time::timeout(Duration::from_secs(args.shutdown_timeout), &mut server)
+        .await
+        .is_ok()
+    {
+        tracing::info!("all requests finished; exiting");
+        return Ok(());
+    }
+    tracing::warn!(
+        "{} requests were still running after --shutdown-timeout {} s; aborting them",
+        metrics.requests_in_flight.get(),
+        args.shutdown_timeout
+    );
+    // Generations end at their next token with finish_reason "abort"; give the
+    // answers a moment to reach their clients.
+    if let Some(model) = state.model.get() {
+        model.scheduler.abort_all();
+    }
+    if tokio::time::timeout(ABORT_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} requests did not end after the abort; exiting anyway",
+            metrics.requests_in_flight.get()
+        );
     }
     Ok(())
+}
+
+/// How long aborted requests may take to send their last answer after the
+/// shutdown timeout: one token step and the write.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
+/// Binds the first of `--host`'s addresses that can be bound.
+async fn bind(host: &listen::Host, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for addr in host.socket_addrs(port).await? {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => {
+                tracing::debug!("cannot bind {addr}: {e}");
+                last_error = Some((addr, e));
+            }
+        }
+    }
+    let (addr, error) = last_error.context("no address to bind")?;
+    Err(anyhow::Error::new(error).context(format!(
+        "cannot listen on {addr} (--host {host}); is another service using the port? choose another with --port"
+    )))
 }
 
 /// Decides the device, loads the model off the runtime, starts its worker and
@@ -235,6 +280,7 @@ async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: Socket
         id: id.clone(),
         device: device_description.clone(),
         context_length,
+        max_tokens_default: args.max_tokens_default,
         created: completions::unix_now(),
         prompter,
         scheduler,

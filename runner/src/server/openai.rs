@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::backend::sampling_params;
 use super::errors::ApiError;
 use super::queue::{FinishReason, SamplingRequest};
 
@@ -84,13 +85,6 @@ pub struct CommonParams {
     pub suffix: Option<String>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
-pub struct ChatCompletionRequest {
-    pub messages: Vec<ChatMessageIn>,
-    #[serde(flatten)]
-    pub common: CommonParams,
-}
-
 /// `prompt` of `/v1/completions`: a string, a list with one string, or token ids.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
@@ -99,13 +93,6 @@ pub enum PromptField {
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct CompletionRequest {
-    pub prompt: PromptField,
-    #[serde(flatten)]
-    pub common: CommonParams,
 }
 
 /// What a validated request asks the engine for (the prompt still to be tokenized).
@@ -120,18 +107,6 @@ pub struct ValidatedParams {
 }
 
 const MAX_STOP_STRINGS: usize = 4;
-
-fn check_range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
-    if let Some(v) = value {
-        if !v.is_finite() || v < lo || v > hi {
-            return Err(ApiError::invalid_param(
-                param,
-                format!("`{param}` must be between {lo} and {hi}, got {v}"),
-            ));
-        }
-    }
-    Ok(())
-}
 
 impl CommonParams {
     /// Checks every field and converts it; errors name the parameter.
@@ -194,17 +169,11 @@ impl CommonParams {
             return Err(ApiError::invalid_param("echo", "`echo` is not supported"));
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::invalid_param("suffix", "`suffix` (insertion) is not supported"));
+            return Err(ApiError::invalid_param(
+                "suffix",
+                "`suffix` (insertion) is not supported",
+            ));
         }
-        check_range("temperature", self.temperature, 0.0, 2.0)?;
-        check_range("top_p", self.top_p, 0.0, 1.0)?;
-        if self.top_p == Some(0.0) {
-            return Err(ApiError::invalid_param("top_p", "`top_p` must be greater than 0"));
-        }
-        check_range("min_p", self.min_p, 0.0, 1.0)?;
-        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
-        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
-        check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)?;
         let top_k = match self.top_k {
             None => None,
             Some(k) if k < 0 => {
@@ -245,16 +214,21 @@ impl CommonParams {
         if stop.len() > MAX_STOP_STRINGS {
             return Err(ApiError::invalid_param(
                 "stop",
-                format!("`stop` may hold at most {MAX_STOP_STRINGS} strings, got {}", stop.len()),
+                format!(
+                    "`stop` may hold at most {MAX_STOP_STRINGS} strings, got {}",
+                    stop.len()
+                ),
             ));
         }
         if stop.iter().any(|s| s.is_empty()) {
-            return Err(ApiError::invalid_param("stop", "`stop` strings must not be empty"));
+            return Err(ApiError::invalid_param(
+                "stop",
+                "`stop` strings must not be empty",
+            ));
         }
         let stream = self.stream.unwrap_or(false);
         let include_usage = match &self.stream_options {
-            Some(o) if !stream => {
-                let _ = o;
+            Some(_) if !stream => {
                 return Err(ApiError::invalid_param(
                     "stream_options",
                     "`stream_options` is only allowed when `stream` is true",
@@ -263,17 +237,22 @@ impl CommonParams {
             Some(o) => o.include_usage,
             None => false,
         };
+        let sampling = SamplingRequest {
+            temperature: self.temperature,
+            top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed,
+        };
+        // The ranges are the sampler's own, checked in one place for every front end.
+        sampling_params(&sampling).validate().map_err(|e| {
+            ApiError::invalid_param(e.name, format!("`{}` = {}: {}", e.name, e.value, e.allowed))
+        })?;
         Ok(ValidatedParams {
-            sampling: SamplingRequest {
-                temperature: self.temperature,
-                top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                repetition_penalty: self.repetition_penalty,
-                presence_penalty: self.presence_penalty,
-                frequency_penalty: self.frequency_penalty,
-                seed,
-            },
+            sampling,
             stop,
             max_tokens,
             stream,
@@ -291,24 +270,27 @@ pub struct PlainMessage {
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
-impl ChatCompletionRequest {
-    /// The messages as role + text; errors name the message (`messages[2].content`).
-    pub fn plain_messages(&self) -> Result<Vec<PlainMessage>, ApiError> {
-        if self.messages.is_empty() {
-            return Err(ApiError::invalid_param("messages", "`messages` must not be empty"));
+/// The messages as role + text; errors name the message (`messages[2].content`).
+pub fn plain_messages(messages: &[ChatMessageIn]) -> Result<Vec<PlainMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(ApiError::invalid_param(
+                format!("messages[{i}].role"),
+                format!(
+                    "unknown role `{}`; use one of system, developer, user, assistant, tool",
+                    m.role
+                ),
+            ));
         }
-        let mut out = Vec::with_capacity(self.messages.len());
-        for (i, m) in self.messages.iter().enumerate() {
-            if !ROLES.contains(&m.role.as_str()) {
-                return Err(ApiError::invalid_param(
-                    format!("messages[{i}].role"),
-                    format!(
-                        "unknown role `{}`; use one of system, developer, user, assistant, tool",
-                        m.role
-                    ),
-                ));
-            }
-            let content = match &m.content {
+        let content =
+            match &m.content {
                 None => String::new(),
                 Some(MessageContent::Text(t)) => t.clone(),
                 Some(MessageContent::Parts(parts)) => {
@@ -322,23 +304,26 @@ impl ChatCompletionRequest {
                                     "a text part needs a `text` field",
                                 ))
                             }
-                            (other, _) => {
-                                return Err(ApiError::invalid_param(
-                                    format!("messages[{i}].content[{j}].type"),
-                                    format!("content part type `{other}` is not supported; only `text` is"),
-                                ))
-                            }
+                            (other, _) => return Err(ApiError::invalid_param(
+                                format!("messages[{i}].content[{j}].type"),
+                                format!(
+                                    "content part type `{other}` is not supported; only `text` is"
+                                ),
+                            )),
                         }
                     }
                     text
                 }
             };
-            // `developer` is OpenAI's new name for `system`; templates know `system`.
-            let role = if m.role == "developer" { "system".to_owned() } else { m.role.clone() };
-            out.push(PlainMessage { role, content });
-        }
-        Ok(out)
+        // `developer` is OpenAI's new name for `system`; templates know `system`.
+        let role = if m.role == "developer" {
+            "system".to_owned()
+        } else {
+            m.role.clone()
+        };
+        out.push(PlainMessage { role, content });
     }
+    Ok(out)
 }
 
 /// A prompt for `/v1/completions`: text to tokenize, or ready token ids.
@@ -348,7 +333,7 @@ pub enum PromptInput {
     Tokens(Vec<u32>),
 }
 
-impl CompletionRequest {
+impl PromptField {
     pub fn prompt_input(&self) -> Result<PromptInput, ApiError> {
         let batch_error = || {
             ApiError::invalid_param(
@@ -356,12 +341,15 @@ impl CompletionRequest {
                 "`prompt` must be one prompt: batches of several prompts are not supported; send one request per prompt",
             )
         };
-        match &self.prompt {
+        match self {
             PromptField::Text(t) => Ok(PromptInput::Text(t.clone())),
             PromptField::Texts(v) if v.len() == 1 => Ok(PromptInput::Text(v[0].clone())),
             PromptField::Texts(_) => Err(batch_error()),
             PromptField::Tokens(t) if !t.is_empty() => Ok(PromptInput::Tokens(t.clone())),
-            PromptField::Tokens(_) => Err(ApiError::invalid_param("prompt", "`prompt` must not be empty")),
+            PromptField::Tokens(_) => Err(ApiError::invalid_param(
+                "prompt",
+                "`prompt` must not be empty",
+            )),
             PromptField::TokenLists(v) if v.len() == 1 && !v[0].is_empty() => {
                 Ok(PromptInput::Tokens(v[0].clone()))
             }
@@ -381,7 +369,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 }
 
@@ -484,57 +476,109 @@ pub struct ModelList {
 mod tests {
     use super::*;
 
-    fn chat(json: serde_json::Value) -> ChatCompletionRequest {
+    fn params(json: serde_json::Value) -> CommonParams {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn messages(json: serde_json::Value) -> Vec<ChatMessageIn> {
         serde_json::from_value(json).unwrap()
     }
 
     #[test]
     fn n_greater_than_one_is_explained() {
-        let r = chat(serde_json::json!({"messages":[{"role":"user","content":"hi"}],"n":2}));
-        let e = r.common.validate().unwrap_err();
+        let e = params(serde_json::json!({"n":2})).validate().unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
         assert!(e.message.contains("one choice"));
     }
 
     #[test]
     fn max_completion_tokens_wins_and_unknown_fields_are_ignored() {
-        let r = chat(serde_json::json!({"messages":[{"role":"user","content":"hi"}],
-            "max_tokens": 9, "max_completion_tokens": 3, "user": "u", "parallel_tool_calls": true}));
-        assert_eq!(r.common.validate().unwrap().max_tokens, Some(3));
+        let p = params(
+            serde_json::json!({"max_tokens": 9, "max_completion_tokens": 3, "user": "u",
+            "parallel_tool_calls": true}),
+        );
+        assert_eq!(p.validate().unwrap().max_tokens, Some(3));
     }
 
     #[test]
     fn ranges_name_the_parameter() {
-        for (field, value) in [("temperature", 3.0), ("top_p", 1.5), ("min_p", -0.1), ("presence_penalty", 2.5)] {
-            let mut j = serde_json::json!({"messages":[{"role":"user","content":"hi"}]});
+        for (field, value) in [
+            ("temperature", 3.0),
+            ("top_p", 1.5),
+            ("top_p", -0.1),
+            ("min_p", -0.1),
+            ("presence_penalty", 2.5),
+            ("frequency_penalty", -3.0),
+            ("repetition_penalty", 0.0),
+        ] {
+            let mut j = serde_json::json!({});
             j[field] = serde_json::json!(value);
-            assert_eq!(chat(j).common.validate().unwrap_err().param.as_deref(), Some(field));
+            let e = params(j).validate().unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field));
+            assert!(e.message.contains(field), "{}", e.message);
         }
     }
 
     #[test]
+    fn ranges_are_the_samplers() {
+        // The sampler documents top_p = 0 as "only the most probable token", and OpenAI
+        // accepts 0 to 1: the API must not be stricter than the sampler.
+        let p = params(serde_json::json!({"top_p": 0.0}))
+            .validate()
+            .unwrap();
+        assert_eq!(p.sampling.top_p, Some(0.0));
+        params(serde_json::json!({"top_p": 1.0, "temperature": 0.0, "min_p": 1.0}))
+            .validate()
+            .unwrap();
+        let e = params(serde_json::json!({"top_p": 1.5}))
+            .validate()
+            .unwrap_err();
+        assert!(e.message.contains("0 to 1"), "{}", e.message);
+    }
+
+    #[test]
     fn content_parts_and_roles() {
-        let r = chat(serde_json::json!({"messages":[
-            {"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}));
-        assert_eq!(r.plain_messages().unwrap(), vec![PlainMessage{role:"system".into(), content:"ab".into()}]);
-        let r = chat(serde_json::json!({"messages":[{"role":"wizard","content":"x"}]}));
-        assert_eq!(r.plain_messages().unwrap_err().param.as_deref(), Some("messages[0].role"));
-        let r = chat(serde_json::json!({"messages":[{"role":"user","content":[{"type":"image_url"}]}]}));
-        assert_eq!(r.plain_messages().unwrap_err().param.as_deref(), Some("messages[0].content[0].type"));
+        let m = messages(serde_json::json!([
+            {"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]));
+        assert_eq!(
+            plain_messages(&m).unwrap(),
+            vec![PlainMessage {
+                role: "system".into(),
+                content: "ab".into()
+            }]
+        );
+        let m = messages(serde_json::json!([{"role":"wizard","content":"x"}]));
+        assert_eq!(
+            plain_messages(&m).unwrap_err().param.as_deref(),
+            Some("messages[0].role")
+        );
+        let m = messages(serde_json::json!([{"role":"user","content":[{"type":"image_url"}]}]));
+        assert_eq!(
+            plain_messages(&m).unwrap_err().param.as_deref(),
+            Some("messages[0].content[0].type")
+        );
     }
 
     #[test]
     fn completion_prompts() {
-        let r: CompletionRequest = serde_json::from_value(serde_json::json!({"prompt":["a","b"]})).unwrap();
-        assert_eq!(r.prompt_input().unwrap_err().param.as_deref(), Some("prompt"));
-        let r: CompletionRequest = serde_json::from_value(serde_json::json!({"prompt":[1,2,3]})).unwrap();
-        assert_eq!(r.prompt_input().unwrap(), PromptInput::Tokens(vec![1, 2, 3]));
+        let p: PromptField = serde_json::from_value(serde_json::json!(["a", "b"])).unwrap();
+        assert_eq!(
+            p.prompt_input().unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
+        let p: PromptField = serde_json::from_value(serde_json::json!([1, 2, 3])).unwrap();
+        assert_eq!(
+            p.prompt_input().unwrap(),
+            PromptInput::Tokens(vec![1, 2, 3])
+        );
     }
 
     #[test]
     fn stream_options_need_stream() {
-        let r = chat(serde_json::json!({"messages":[{"role":"user","content":"hi"}],
-            "stream_options":{"include_usage":true}}));
-        assert_eq!(r.common.validate().unwrap_err().param.as_deref(), Some("stream_options"));
+        let p = params(serde_json::json!({"stream_options":{"include_usage":true}}));
+        assert_eq!(
+            p.validate().unwrap_err().param.as_deref(),
+            Some("stream_options")
+        );
     }
 }

@@ -4,6 +4,10 @@
 //! are refused at once (429 with a Retry-After estimated from recent request times)
 //! instead of piling up in memory.
 //!
+//! A request takes its place in the queue ([`Scheduler::reserve`]) before its prompt
+//! is templated and tokenized, so that a full queue refuses it at the cost of a
+//! counter check; the place is given back if the request fails before it is queued.
+//!
 //! Each job streams its tokens back through a channel. When the receiver is gone
 //! (the client disconnected and the HTTP layer dropped the stream), the next token
 //! step sees the closed channel and breaks the generation loop, and the cancellation
@@ -87,8 +91,13 @@ struct Job {
 
 /// Shared state between the scheduler handle, the worker and the watchdog.
 struct Shared {
+    /// Places taken in the queue: reserved ones (prompt still being built) and
+    /// queued jobs. The worker gives a place back when it takes the job.
     waiting: AtomicUsize,
     running: AtomicBool,
+    /// Set when the shutdown timeout ends: the running generation stops at its next
+    /// token and queued jobs end at once, all with the `abort` finish reason.
+    abort: AtomicBool,
     /// Smoothed seconds per job (f64 bits), for Retry-After.
     avg_job_seconds: AtomicU64,
 }
@@ -105,11 +114,16 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts the worker thread that owns `backend`.
-    pub fn start<B: Backend>(backend: B, max_queue: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn start<B: Backend>(
+        backend: B,
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel::<Job>(max_queue);
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
             running: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
             avg_job_seconds: AtomicU64::new(1.0f64.to_bits()),
         });
         let worker_shared = shared.clone();
@@ -133,26 +147,38 @@ impl Scheduler {
         })
     }
 
-    /// Queues a job; 429 when `max_queue` jobs are already waiting.
-    pub fn submit(&self, spec: JobSpec, received: Instant) -> Result<UnboundedReceiver<Event>, ApiError> {
-        let (events, receiver) = unbounded_channel();
-        // Count before sending so that the worker's decrement never goes below zero.
-        self.shared.waiting.fetch_add(1, Ordering::SeqCst);
-        self.metrics.queue_depth.inc();
-        let job = Job { spec, events, received, enqueued: Instant::now() };
-        match self.sender.try_send(job) {
-            Ok(()) => Ok(receiver),
-            Err(e) => {
-                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                self.metrics.queue_depth.dec();
-                match e {
-                    TrySendError::Full(_) => Err(ApiError::queue_full(self.max_queue, self.retry_after())),
-                    TrySendError::Disconnected(_) => {
-                        Err(ApiError::internal("the generation worker has stopped; restart the service"))
-                    }
-                }
-            }
+    /// Takes a place in the queue; 429 when `max_queue` places are taken. Nothing
+    /// else is done, so refusing costs next to nothing.
+    pub fn reserve(&self) -> Result<QueueSlot, ApiError> {
+        let taken =
+            self.shared
+                .waiting
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |waiting| {
+                    (waiting < self.max_queue).then_some(waiting + 1)
+                });
+        if taken.is_err() {
+            return Err(ApiError::queue_full(self.max_queue, self.retry_after()));
         }
+        self.metrics.queue_depth.inc();
+        Ok(QueueSlot {
+            scheduler: self.clone(),
+            queued: false,
+        })
+    }
+
+    /// Reserves a place and queues a job in it.
+    pub fn submit(
+        &self,
+        spec: JobSpec,
+        received: Instant,
+    ) -> Result<UnboundedReceiver<Event>, ApiError> {
+        self.reserve()?.submit(spec, received)
+    }
+
+    /// Ends every generation: the running one at its next token, queued ones at
+    /// once, each with [`FinishReason::Cancelled`] (`abort` in the API).
+    pub fn abort_all(&self) {
+        self.shared.abort.store(true, Ordering::SeqCst);
     }
 
     /// Seconds until a slot is likely free: waiting jobs times the average job time.
@@ -179,12 +205,72 @@ impl Scheduler {
     }
 }
 
+/// A place in the queue, held while the request's prompt is built. Dropping it
+/// without [`QueueSlot::submit`] gives the place back.
+pub struct QueueSlot {
+    scheduler: Scheduler,
+    queued: bool,
+}
+
+impl QueueSlot {
+    /// Queues the job in this place.
+    pub fn submit(
+        mut self,
+        spec: JobSpec,
+        received: Instant,
+    ) -> Result<UnboundedReceiver<Event>, ApiError> {
+        let (events, receiver) = unbounded_channel();
+        let job = Job {
+            spec,
+            events,
+            received,
+            enqueued: Instant::now(),
+        };
+        // The channel holds at most `max_queue` jobs and each one holds a place, so it
+        // is never full here.
+        match self.scheduler.sender.try_send(job) {
+            Ok(()) => {
+                // The worker gives the place back when it takes the job.
+                self.queued = true;
+                Ok(receiver)
+            }
+            Err(TrySendError::Full(_)) => Err(ApiError::queue_full(
+                self.scheduler.max_queue,
+                self.scheduler.retry_after(),
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(ApiError::internal(
+                "the generation worker has stopped; restart the service",
+            )),
+        }
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        if !self.queued {
+            self.scheduler.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.scheduler.metrics.queue_depth.dec();
+        }
+    }
+}
+
 fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Metrics) {
-    metrics.queue_wait.observe(job.enqueued.elapsed().as_secs_f64());
+    metrics
+        .queue_wait
+        .observe(job.enqueued.elapsed().as_secs_f64());
     if job.events.is_closed() {
         // The client left while the request waited.
         metrics.cancellations.inc();
         tracing::debug!("skipping a queued request whose client has gone");
+        return;
+    }
+    if shared.abort.load(Ordering::SeqCst) {
+        let outcome = Outcome {
+            prompt_tokens: job.spec.prompt_tokens.len(),
+            completion_tokens: 0,
+            finish_reason: FinishReason::Cancelled,
+        };
+        let _ = job.events.send(Event::Done(outcome));
         return;
     }
     shared.running.store(true, Ordering::SeqCst);
@@ -199,8 +285,12 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
             let now = Instant::now();
             metrics.live.token(now, last_token.is_none().then(|| now - job.received));
             match last_token {
-                None => metrics.time_to_first_token.observe((now - job.received).as_secs_f64()),
-                Some(prev) => metrics.time_per_output_token.observe((now - prev).as_secs_f64()),
+                None => metrics
+                    .time_to_first_token
+                    .observe((now - job.received).as_secs_f64()),
+                Some(prev) => metrics
+                    .time_per_output_token
+                    .observe((now - prev).as_secs_f64()),
             }
             last_token = Some(now);
             let gone = if text.is_empty() {
@@ -211,12 +301,16 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
             if gone {
                 client_gone = true;
                 ControlFlow::Break(())
+            } else if shared.abort.load(Ordering::SeqCst) {
+                ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
         };
         // A panic in the engine must not take the worker (and the service) down.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.generate(&job.spec, &mut on_token)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            backend.generate(&job.spec, &mut on_token)
+        }))
     };
     let elapsed = started.elapsed().as_secs_f64();
     let old = f64::from_bits(shared.avg_job_seconds.load(Ordering::Relaxed));
@@ -226,27 +320,42 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
     metrics.generations_running.dec();
     metrics.live.generation_finished();
     shared.running.store(false, Ordering::SeqCst);
-    metrics.request_duration.observe(job.received.elapsed().as_secs_f64());
+    metrics
+        .request_duration
+        .observe(job.received.elapsed().as_secs_f64());
     match result {
         Ok(Ok(outcome)) => {
             metrics.prompt_tokens.inc_by(outcome.prompt_tokens as u64);
-            metrics.generated_tokens.inc_by(outcome.completion_tokens as u64);
-            if client_gone || outcome.finish_reason == FinishReason::Cancelled {
+            metrics
+                .generated_tokens
+                .inc_by(outcome.completion_tokens as u64);
+            if client_gone {
                 metrics.cancellations.inc();
                 tracing::info!(
                     completion_tokens = outcome.completion_tokens,
                     "generation cancelled: the client disconnected"
+                );
+            } else if outcome.finish_reason == FinishReason::Cancelled {
+                tracing::info!(
+                    completion_tokens = outcome.completion_tokens,
+                    "generation aborted: the shutdown timeout ended"
                 );
             }
             let _ = job.events.send(Event::Done(outcome));
         }
         Ok(Err(e)) => {
             tracing::error!("generation failed: {e:#}");
-            let _ = job.events.send(Event::Failed(format!("generation failed: {e:#}")));
+            let _ = job
+                .events
+                .send(Event::Failed(format!("generation failed: {e:#}")));
         }
         Err(_) => {
-            tracing::error!("the engine panicked during generation; the request fails, the service goes on");
-            let _ = job.events.send(Event::Failed("the engine failed during generation (panic)".into()));
+            tracing::error!(
+                "the engine panicked during generation; the request fails, the service goes on"
+            );
+            let _ = job.events.send(Event::Failed(
+                "the engine failed during generation (panic)".into(),
+            ));
         }
     }
 }
@@ -263,22 +372,39 @@ mod tests {
     }
 
     impl Backend for Fake {
-        fn generate(&mut self, job: &JobSpec, on_token: &mut dyn FnMut(&str) -> ControlFlow<()>) -> anyhow::Result<Outcome> {
+        fn generate(
+            &mut self,
+            job: &JobSpec,
+            on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        ) -> anyhow::Result<Outcome> {
             let _ = self.gate.recv_timeout(Duration::from_secs(5));
             let mut n = 0;
             for _ in 0..job.max_new_tokens {
                 n += 1;
                 if on_token("t").is_break() {
-                    return Ok(Outcome { prompt_tokens: job.prompt_tokens.len(), completion_tokens: n, finish_reason: FinishReason::Cancelled });
+                    return Ok(Outcome {
+                        prompt_tokens: job.prompt_tokens.len(),
+                        completion_tokens: n,
+                        finish_reason: FinishReason::Cancelled,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Ok(Outcome { prompt_tokens: job.prompt_tokens.len(), completion_tokens: n, finish_reason: FinishReason::Length })
+            Ok(Outcome {
+                prompt_tokens: job.prompt_tokens.len(),
+                completion_tokens: n,
+                finish_reason: FinishReason::Length,
+            })
         }
     }
 
     fn spec(n: usize) -> JobSpec {
-        JobSpec { prompt_tokens: vec![1, 2], sampling: Default::default(), stop: vec![], max_new_tokens: n }
+        JobSpec {
+            prompt_tokens: vec![1, 2],
+            sampling: Default::default(),
+            stop: vec![],
+            max_new_tokens: n,
+        }
     }
 
     #[tokio::test]
@@ -302,7 +428,10 @@ mod tests {
             match first.recv().await.unwrap() {
                 Event::Text(_) => texts += 1,
                 Event::Done(o) => {
-                    assert_eq!((o.completion_tokens, o.finish_reason), (3, FinishReason::Length));
+                    assert_eq!(
+                        (o.completion_tokens, o.finish_reason),
+                        (3, FinishReason::Length)
+                    );
                     break;
                 }
                 Event::Failed(e) => panic!("{e}"),
@@ -319,6 +448,60 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(metrics.cancellations.get(), 2);
-        assert!(metrics.generated_tokens.get() < 100, "cancelled generation ran on");
+        assert!(
+            metrics.generated_tokens.get() < 100,
+            "cancelled generation ran on"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reserved_place_counts_until_queued_or_dropped() {
+        let (_go, gate) = mpsc::channel();
+        let s = Scheduler::start(Fake { gate }, 1, Arc::new(Metrics::new())).unwrap();
+        let slot = s.reserve().unwrap();
+        assert_eq!(s.waiting(), 1);
+        assert_eq!(s.reserve().err().unwrap().status.as_u16(), 429);
+        drop(slot);
+        assert_eq!(s.waiting(), 0);
+        let _events = s
+            .reserve()
+            .unwrap()
+            .submit(spec(1), Instant::now())
+            .unwrap();
+    }
+
+    /// Collects a job's events until its end.
+    async fn outcome(events: &mut UnboundedReceiver<Event>) -> Outcome {
+        loop {
+            match events.recv().await.unwrap() {
+                Event::Text(_) => {}
+                Event::Done(o) => return o,
+                Event::Failed(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn abort_ends_running_and_queued_jobs() {
+        let (go, gate) = mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let s = Scheduler::start(Fake { gate }, 2, metrics.clone()).unwrap();
+        let mut running = s.submit(spec(100_000), Instant::now()).unwrap();
+        while s.waiting() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut queued = s.submit(spec(100_000), Instant::now()).unwrap();
+        go.send(()).unwrap();
+        s.abort_all();
+        let first = outcome(&mut running).await;
+        assert_eq!(first.finish_reason, FinishReason::Cancelled);
+        assert!(first.completion_tokens < 100_000);
+        let second = outcome(&mut queued).await;
+        assert_eq!(
+            (second.finish_reason, second.completion_tokens),
+            (FinishReason::Cancelled, 0)
+        );
+        // Aborting is not a client leaving.
+        assert_eq!(metrics.cancellations.get(), 0);
     }
 }

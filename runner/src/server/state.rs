@@ -29,6 +29,8 @@ pub struct ServedModel {
     pub id: String,
     pub device: String,
     pub context_length: usize,
+    /// Tokens generated for a request without `max_tokens` (`--max-tokens-default`).
+    pub max_tokens_default: usize,
     pub created: u64,
     pub prompter: Arc<dyn Prompter>,
     pub scheduler: Scheduler,

@@ -79,7 +79,7 @@ fn read_gguf(path: &Path) -> anyhow::Result<ModelFacts> {
         architecture,
         quantization: dominant(by_type),
         parameters,
-        weights_bytes: file.mmap.len() as u64,
+        weights_bytes: file.bytes().len() as u64,
         layers,
         kv_width: kv_heads.zip(head_size).map(|(h, s)| h * s),
     })
