@@ -24,10 +24,13 @@ pub struct GenerationRequest {
     /// Generation ends before the first occurrence of any of these strings.
     pub stop: Vec<String>,
     pub max_new_tokens: usize,
+    /// With each token, report this many most likely tokens of the model's distribution
+    /// (before sampling) and their log-probabilities ([`TokenEvent::top_logprobs`]); 0: none.
+    pub top_logprobs: usize,
 }
 
 /// One generated token and the text that may be shown for it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenEvent {
     pub token_id: u32,
     /// The safe-to-emit text delta: complete characters, never part of a stop
@@ -37,6 +40,25 @@ pub struct TokenEvent {
     /// (a possible stop-string start, an unfinished character): it is not a new
     /// token and repeats the last token's id.
     pub flush: bool,
+    /// The `top_logprobs` most likely tokens at this step, most likely first, with their
+    /// natural-log probabilities (empty unless the request asked for them, and for flushes).
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// The `n` largest entries of `log_softmax(logits)`, largest first.
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = max + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(ids.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    ids.select_nth_unstable_by(n - 1, by_logit);
+    ids.truncate(n);
+    ids.sort_by(by_logit);
+    ids.into_iter().map(|id| (id, logits[id as usize] - log_sum)).collect()
 }
 
 /// Why generation ended.
@@ -125,6 +147,7 @@ pub fn generate(
     let mut generated: Vec<u32> = Vec::new();
     let mut position = prompt.len();
     loop {
+        let top = top_logprobs(&logits, request.top_logprobs);
         let token = sampler.sample(&mut logits, &generated);
         if model.eos_token_ids.contains(&token) {
             outcome.finish_reason = FinishReason::Stop;
@@ -140,6 +163,7 @@ pub fn generate(
             token_id: token,
             text: step.text,
             flush: false,
+            top_logprobs: top,
         };
         let flow = on_token(&event);
         if step.stopped {
@@ -175,6 +199,7 @@ pub fn generate(
                 token_id: last,
                 text: rest,
                 flush: true,
+                top_logprobs: Vec::new(),
             });
         }
     }

@@ -71,6 +71,7 @@ fn library_generation_stops_at_eos_and_can_be_cancelled() {
         sampling: SamplingParams::greedy(),
         stop: vec![],
         max_new_tokens: 200,
+        top_logprobs: 0,
     };
     let mut streamed = String::new();
     let outcome = generate(&mut model, &request, |e| {

@@ -132,6 +132,7 @@ fn greedy_ids(model: &mut LoadedModel, n: usize) -> Vec<u32> {
         sampling: SamplingParams::greedy(),
         stop: vec![],
         max_new_tokens: n,
+        top_logprobs: 0,
     };
     let mut ids = Vec::new();
     generate(model, &request, |e| {

@@ -77,6 +77,12 @@ pub struct GenerateArgs {
     /// text, finish reason, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+
+    /// With --json, list for each generated token the N most likely tokens of the model's
+    /// distribution (before sampling) with their log-probabilities, under `steps` (for
+    /// comparisons with other engines, such as scripts/compare-llama.py).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "json")]
+    pub logprobs: usize,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -121,12 +127,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         sampling,
         stop: args.stop,
         max_new_tokens: args.max_tokens,
+        top_logprobs: args.logprobs,
     };
     if args.json {
         let mut ids = Vec::new();
+        let mut steps = Vec::new();
         let outcome = generate(&mut model, &request, |event| {
             if !event.flush {
                 ids.push(event.token_id);
+                if args.logprobs > 0 {
+                    steps.push(serde_json::json!({"token": event.token_id, "top_logprobs": event.top_logprobs}));
+                }
             }
             ControlFlow::Continue(())
         })?;
@@ -138,6 +149,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             "finish_reason": outcome.finish_reason,
             "prefill_seconds": outcome.prefill_seconds,
             "decode_seconds": outcome.decode_seconds,
+            "device": model.engine.device_description(),
+            "context_length": model.engine.context_length(),
+            "steps": steps,
         });
         println!("{report}");
         return Ok(());

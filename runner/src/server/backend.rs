@@ -125,6 +125,7 @@ impl Backend for ModelBackend {
             sampling: sampling_params(&job.sampling),
             stop: job.stop.clone(),
             max_new_tokens: job.max_new_tokens,
+            top_logprobs: 0,
         };
         let outcome = generate(&mut self.model, &request, |event| on_token(&event.text))
             .map_err(|e| match e.downcast_ref::<GenerateError>() {
