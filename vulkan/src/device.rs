@@ -21,6 +21,9 @@ pub struct DeviceOptions {
     /// Cap on the bytes of one storage binding, below the device's limit. Weights larger than
     /// this are split into chunks. Tests lower it to exercise chunking on small tensors.
     pub max_binding_bytes: Option<u64>,
+    /// Use at most this many bytes of device memory (default: 90 % of the largest
+    /// device-local heap). Tests lower it to exercise the context choice and its errors.
+    pub memory_limit: Option<u64>,
     /// Use subgroup operations (wgpu `SUBGROUP`) in the reductions when the adapter has them.
     /// `Some(false)` forces the workgroup-memory fallback (tests run both paths).
     pub subgroups: Option<bool>,
@@ -41,6 +44,8 @@ pub struct Gpu {
     errors: Arc<Mutex<Option<wgpu::Error>>>,
     /// Set by the device-lost callback.
     lost: Arc<Mutex<Option<String>>>,
+    /// Bytes of the largest device-local memory heap, when the driver tells.
+    memory: Option<u64>,
 }
 
 fn allow_cpu_from_env() -> bool {
@@ -68,6 +73,20 @@ fn preference(t: wgpu::DeviceType) -> Option<u8> {
         wgpu::DeviceType::Other => Some(3),
         wgpu::DeviceType::Cpu => None,
     }
+}
+
+/// The size of the adapter's largest device-local memory heap (VRAM on a discrete GPU, the
+/// shared system memory on an integrated one or lavapipe), read from Vulkan's memory
+/// properties, which wgpu does not expose itself.
+fn device_local_heap(adapter: &wgpu::Adapter) -> Option<u64> {
+    // SAFETY: the hal adapter is only read (its instance and physical device handles), while
+    // `adapter` keeps it alive.
+    let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    let instance = hal.shared_instance().raw_instance();
+    // SAFETY: the physical device belongs to this instance.
+    let props = unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+    let heaps = &props.memory_heaps[..(props.memory_heap_count as usize).min(props.memory_heaps.len())];
+    heaps.iter().filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL)).map(|h| h.size).max()
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
@@ -114,6 +133,7 @@ impl Gpu {
 
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let memory = device_local_heap(&adapter);
         let available = adapter.features();
         let subgroups = opts.subgroups.unwrap_or(true) && available.contains(wgpu::Features::SUBGROUP);
         let timestamp_features = wgpu::Features::TIMESTAMP_QUERY
@@ -169,9 +189,10 @@ impl Gpu {
             subgroup_size_min = info.subgroup_min_size,
             subgroup_size_max = info.subgroup_max_size,
             timestamps,
+            device_local_memory = ?memory,
             "vulkan device selected"
         );
-        Ok(Gpu { device, queue, info, limits, max_binding, subgroups, timestamps, errors, lost })
+        Ok(Gpu { device, queue, info, limits, max_binding, subgroups, timestamps, errors, lost, memory })
     }
 
     /// `name (type, driver ...)` of the selected adapter.
@@ -192,6 +213,11 @@ impl Gpu {
     /// Largest number of bytes one storage binding may cover (device limit, or the test cap).
     pub fn max_binding(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Bytes of the device's largest device-local memory heap, when the driver reports it.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory
     }
 
     /// Whether the kernels use subgroup operations for their reductions.

@@ -1,7 +1,8 @@
 //! A llama-architecture GGUF model on the GPU.
 //!
 //! Weights are uploaded once at load, in their quantized form. The KV cache lives on the GPU
-//! (one K and one V buffer per layer, f32). A forward pass writes the token ids and two
+//! (one K and one V buffer per layer, f16 as in llama.cpp: half the memory of f32, and the
+//! same rounding of keys and values as the reference). A forward pass writes the token ids and two
 //! counters, records every kernel of every layer into one command buffer, and reads back the
 //! logits of the last token: only ids and logits cross the bus.
 
@@ -23,7 +24,8 @@ use crate::VulkanError;
 pub struct LoadOptions {
     /// Adapter selection and binding size.
     pub device: DeviceOptions,
-    /// Context length (KV cache size) in tokens; `None`: the model's, capped at 4096.
+    /// Context length (KV cache size) in tokens; `None`: the model's, capped at
+    /// [`DEFAULT_MAX_CTX`] and at what fits the device's memory (see [`choose_context`]).
     pub ctx: Option<usize>,
     /// Most tokens one GPU submission processes; longer prompts are split (prefill batch).
     pub max_batch: usize,
@@ -39,8 +41,14 @@ impl Default for LoadOptions {
     }
 }
 
-/// Default cap on the context when the caller gives none: the KV cache is f32.
-const DEFAULT_MAX_CTX: usize = 4096;
+/// Cap on the context when the caller gives none. Llama 3.x files declare 131072 tokens,
+/// whose KV cache alone would not fit most GPUs; few conversations need more than this.
+pub const DEFAULT_MAX_CTX: usize = 8192;
+/// Share of the device-local memory heap that the model may fill: the rest is left to the
+/// driver, the display and other programs.
+const MEMORY_SHARE: f64 = 0.9;
+/// A context chosen to fit the memory is rounded down to a multiple of this.
+const CTX_GRANULE: usize = 256;
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -54,6 +62,8 @@ pub struct LlamaConfig {
     pub vocab: usize,
     pub rms_eps: f32,
     pub rope_base: f32,
+    /// Per-pair divisors of the RoPE frequencies (`rope_freqs.weight`, Llama 3.1/3.2).
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// RoPE pairs (i, i + d/2) instead of (2i, 2i + 1).
     pub rope_neox: bool,
     /// Context length the model was trained for.
@@ -320,6 +330,7 @@ impl<'a> GgufReader<'a> {
                 .meta_f32("llama.attention.layer_norm_rms_epsilon")?
                 .unwrap_or(1e-5),
             rope_base: self.meta_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
+            rope_freq_factors: None,
             rope_neox: false,
             train_ctx: self
                 .meta_u32("llama.context_length")
@@ -441,6 +452,15 @@ impl<'a> GgufReader<'a> {
         Ok(out)
     }
 
+    /// Bytes of all tensors, the weights to upload.
+    fn tensor_bytes(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64)
+            .sum()
+    }
+
     fn has(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
@@ -463,21 +483,120 @@ impl<'a> GgufReader<'a> {
     }
 }
 
-/// Cos/sin of every (position, pair), computed as candle's `precomput_freqs_cis` does (f32).
-pub(crate) fn rope_table(ctx: usize, head_dim: usize, base: f32) -> Vec<f32> {
-    let theta: Vec<f32> = (0..head_dim)
-        .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
-        .collect();
+/// Cos/sin of every (position, pair), computed as ggml's rope does (and the CPU engine): the
+/// angle of pair i is the position times i repeated f32 multiplications by base^(-2/dim),
+/// divided by the pair's frequency factor when the model has them (`rope_freqs.weight`), so
+/// that the angles round as llama.cpp's do.
+pub(crate) fn rope_table(ctx: usize, head_dim: usize, base: f32, factors: Option<&[f32]>) -> Vec<f32> {
+    let half = head_dim / 2;
+    let theta_scale = base.powf(-2.0 / head_dim as f32);
     let mut out = Vec::with_capacity(ctx * head_dim);
     for pos in 0..ctx {
-        for &t in &theta {
-            let a = pos as f32 * t;
+        let mut theta = pos as f32;
+        for i in 0..half {
+            let a = factors.map_or(theta, |f| theta / f[i]);
             out.push(a.cos());
             out.push(a.sin());
+            theta *= theta_scale;
         }
     }
     out
+}
+
+/// What a model needs of the device's memory: the weights, the buffers of a forward pass,
+/// and the KV cache and RoPE table per context position.
+#[derive(Debug, Clone, Copy)]
+struct MemoryNeeds {
+    weights: u64,
+    activations: u64,
+    per_token: u64,
+    /// Bytes per context position of the largest single buffer (a layer's K or V cache, or
+    /// the RoPE table), which must fit one storage binding.
+    per_token_binding: u64,
+}
+
+impl MemoryNeeds {
+    fn new(cfg: &LlamaConfig, weights: u64, max_batch: usize) -> MemoryNeeds {
+        let (d, hd, nh, nkv, ff) = (cfg.n_embd as u64, cfg.head_dim as u64, cfg.n_head as u64, cfg.n_kv_head as u64, cfg.n_ff as u64);
+        let b = max_batch as u64;
+        // hidden, normed, q|k|v, attention out, gate|up, activation (f32) per batch token;
+        // logits and their staging copy; the attention partials (bounded by 32 chunks).
+        let activations = b * (2 * d + (nh + 2 * nkv) * hd + nh * hd + 3 * ff) * 4
+            + 2 * cfg.vocab as u64 * 4
+            + b * ATTENTION_MAX_CHUNKS as u64 * nh * (hd + 4) * 4;
+        // K and V in f16 for every layer, and the f32 cos/sin of every pair.
+        let kv_layer = nkv * hd * 2;
+        let rope = hd * 4;
+        MemoryNeeds { weights, activations, per_token: 2 * cfg.n_layer as u64 * kv_layer + rope, per_token_binding: kv_layer.max(rope) }
+    }
+
+    fn total(&self, ctx: usize) -> u64 {
+        self.weights + self.activations + ctx as u64 * self.per_token
+    }
+}
+
+/// The context length to allocate. `requested`: the caller's `--ctx`, which must fit;
+/// without it, the model's own context capped at [`DEFAULT_MAX_CTX`], and lower where the
+/// weights plus the KV cache would not fit `memory` (the bytes the model may use; `None`
+/// when the driver does not tell) or a layer's cache would not fit one storage binding
+/// (`max_binding`). Logs the choice and the reason. Weights that do not fit at all are an
+/// error whatever the context.
+fn choose_context(requested: Option<usize>, train_ctx: usize, needs: &MemoryNeeds, memory: Option<u64>, max_binding: u64) -> Result<usize, VulkanError> {
+    let fixed = needs.weights + needs.activations;
+    if let Some(available) = memory {
+        if fixed + CTX_GRANULE as u64 * needs.per_token > available {
+            return Err(VulkanError::DoesNotFit {
+                what: format!("the weights ({} bytes) and the buffers of a forward pass", needs.weights),
+                needed: needs.total(CTX_GRANULE),
+                available,
+                hint: "use a smaller or more quantized model, or --device cpu".into(),
+            });
+        }
+    }
+    let binding_ctx = (max_binding / needs.per_token_binding) as usize;
+    let memory_ctx = memory.map(|m| ((m - fixed) / needs.per_token) as usize);
+    if let Some(ctx) = requested {
+        if let Some(available) = memory.filter(|_| memory_ctx.is_some_and(|m| ctx > m)) {
+            return Err(VulkanError::DoesNotFit {
+                what: format!("--ctx {ctx} (weights plus a KV cache of {} bytes)", ctx as u64 * needs.per_token),
+                needed: needs.total(ctx),
+                available,
+                hint: format!("use --ctx {} or less", memory_ctx.unwrap_or(0)),
+            });
+        }
+        if ctx > binding_ctx {
+            return Err(VulkanError::DoesNotFit {
+                what: format!("--ctx {ctx} (one layer's K cache in one storage binding)"),
+                needed: ctx as u64 * needs.per_token_binding,
+                available: max_binding,
+                hint: format!("use --ctx {binding_ctx} or less"),
+            });
+        }
+        tracing::info!(ctx, needed = needs.total(ctx), available = ?memory, "context: --ctx as given");
+        return Ok(ctx);
+    }
+    let wanted = train_ctx.min(DEFAULT_MAX_CTX);
+    let fits = memory_ctx.unwrap_or(usize::MAX).min(binding_ctx);
+    let ctx = if wanted <= fits { wanted } else { fits / CTX_GRANULE * CTX_GRANULE };
+    if ctx == 0 {
+        return Err(VulkanError::DoesNotFit {
+            what: format!("a context of {CTX_GRANULE} tokens (one layer's K cache in one storage binding)"),
+            needed: CTX_GRANULE as u64 * needs.per_token_binding,
+            available: max_binding,
+            hint: "use --device cpu".into(),
+        });
+    }
+    let reason = if ctx == train_ctx {
+        "the model's own context".to_string()
+    } else if ctx == DEFAULT_MAX_CTX {
+        format!("the model's {train_ctx} capped at {DEFAULT_MAX_CTX}; pass --ctx for more")
+    } else if memory_ctx.is_some_and(|m| m < binding_ctx) {
+        format!("the most that fits the device's memory ({} bytes usable, {} of them for the weights)", memory.unwrap_or(0), needs.weights)
+    } else {
+        format!("the most whose per-layer K/V cache fits one storage binding ({max_binding} bytes)")
+    };
+    tracing::info!(ctx, model_ctx = train_ctx, kv_and_rope_bytes = ctx as u64 * needs.per_token, "context {ctx}: {reason}");
+    Ok(ctx)
 }
 
 fn elementwise_groups(total: usize) -> u32 {
@@ -501,14 +620,23 @@ impl LlamaModel {
     /// by `xpu-gguf`) onto the selected Vulkan device.
     pub fn from_gguf(gguf: &GgufFile, opts: &LoadOptions) -> Result<LlamaModel, VulkanError> {
         let mut gguf = GgufReader::new(gguf);
-        let cfg = gguf.config()?;
+        let mut cfg = gguf.config()?;
         let types = gguf.types()?;
-        let ctx = opts.ctx.unwrap_or(cfg.train_ctx.min(DEFAULT_MAX_CTX));
-        if ctx == 0 {
+        if opts.ctx == Some(0) {
             return Err(VulkanError::InvalidInput("context length 0".into()));
         }
-        let max_batch = opts.max_batch.clamp(1, ctx);
+        if gguf.has("rope_freqs.weight") {
+            cfg.rope_freq_factors = Some(gguf.vector("rope_freqs.weight", cfg.head_dim / 2)?);
+        }
         let gpu = Gpu::new(&opts.device)?;
+        // Check what the weights and the cache need before anything is uploaded.
+        let needs = MemoryNeeds::new(&cfg, gguf.tensor_bytes(), opts.max_batch.max(1));
+        let memory = match (gpu.memory_bytes(), opts.device.memory_limit) {
+            (Some(heap), limit) => Some(((heap as f64 * MEMORY_SHARE) as u64).min(limit.unwrap_or(u64::MAX))),
+            (None, limit) => limit,
+        };
+        let ctx = choose_context(opts.ctx, cfg.train_ctx, &needs, memory, gpu.max_binding())?;
+        let max_batch = opts.max_batch.clamp(1, ctx);
         let kernels = Kernels::new(&gpu, &types)?;
         let (d, hd, nh, nkv, ff) = (
             cfg.n_embd,
@@ -540,15 +668,10 @@ impl LlamaModel {
         let last = gpu.storage("last hidden", d as u64 * f)?;
         let logits = gpu.storage("logits", cfg.vocab as u64 * f)?;
         let staging = gpu.buffer_map_read("logits staging", cfg.vocab as u64 * f)?;
-        let table = rope_table(ctx, hd, cfg.rope_base);
+        let table = rope_table(ctx, hd, cfg.rope_base, cfg.rope_freq_factors.as_deref());
         let rope_table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&table))?;
-        let cache_bytes = (nkv * ctx * hd) as u64 * f;
-        if cache_bytes > gpu.max_binding() {
-            return Err(VulkanError::InvalidInput(format!(
-                "a context of {ctx} tokens needs {cache_bytes} bytes of KV cache per layer, more than one storage binding ({} bytes); use a smaller --ctx",
-                gpu.max_binding()
-            )));
-        }
+        // f16 K and V values.
+        let cache_bytes = (nkv * ctx * hd) as u64 * 2;
 
         let mut weight_bytes = 0u64;
         let embd = gguf.matrix(&gpu, "token_embd.weight", cfg.vocab, d)?;

@@ -117,7 +117,8 @@ pub struct RopeShape {
 }
 
 /// What [`matvec_norm_rope`] wrote: the rotated q (`n_head * head_dim` values) and the whole
-/// K and V caches (`[n_kv, ctx, head_dim]`), which start filled with NaN.
+/// K and V caches (`[n_kv, ctx, head_dim]`, f16 on the GPU, widened here), which start
+/// filled with NaN.
 pub struct QkvRope {
     pub q: Vec<f32>,
     pub kcache: Vec<f32>,
@@ -147,9 +148,9 @@ pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &
     let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
     let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; weight.rows]))?;
     let cache_len = shape.n_kv * ctx * hd;
-    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(&vec![f32::NAN; cache_len]))?;
-    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(&vec![f32::NAN; cache_len]))?;
-    let table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&crate::model::rope_table(ctx, hd, shape.base)))?;
+    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(&vec![half::f16::NAN; cache_len]))?;
+    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(&vec![half::f16::NAN; cache_len]))?;
+    let table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&crate::model::rope_table(ctx, hd, shape.base, None)))?;
     let params = crate::model::RopeParams {
         n_head: shape.n_head as u32,
         n_kv: shape.n_kv as u32,
@@ -167,9 +168,10 @@ pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &
     let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
     let q_len = shape.n_head * hd;
     let y = run(gpu, &yb, q_len, |rec| op.record(rec, 1, true))?;
-    let kcache = gpu.read_back(&kb, (cache_len * 4) as u64)?;
-    let vcache = gpu.read_back(&vb, (cache_len * 4) as u64)?;
-    Ok(QkvRope { q: y, kcache: bytemuck::cast_slice(&kcache).to_vec(), vcache: bytemuck::cast_slice(&vcache).to_vec() })
+    let widen = |bytes: Vec<u8>| bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    let kcache = widen(gpu.read_back(&kb, (cache_len * 2) as u64)?);
+    let vcache = widen(gpu.read_back(&vb, (cache_len * 2) as u64)?);
+    Ok(QkvRope { q: y, kcache, vcache })
 }
 
 /// The gate|up decode product with RMSNorm and SiLU·mul fused (`matvec_norm_glu`):
@@ -261,9 +263,10 @@ pub struct AttentionShape {
 /// Causal attention (`attention`, then `combine` when there are several chunks) of
 /// `n_tokens` query tokens at positions `start..start + n_tokens` over the caches, with the
 /// positions split into chunks of `chunk_len` as a decode step splits them.
-/// `q`: `[n_tokens, n_head * head_dim]`; caches: `[n_kv, ctx, head_dim]`; returns
+/// `q`: `[n_tokens, n_head * head_dim]`; caches: `[n_kv, ctx, head_dim]` in f16 (as the
+/// model keeps them); returns
 /// `[n_tokens, n_head * head_dim]`, poisoned with NaN first.
-pub fn attention(gpu: &Gpu, shape: &AttentionShape, q: &[f32], kcache: &[f32], vcache: &[f32], start: usize, chunk_len: usize) -> Result<Vec<f32>, VulkanError> {
+pub fn attention(gpu: &Gpu, shape: &AttentionShape, q: &[f32], kcache: &[half::f16], vcache: &[half::f16], start: usize, chunk_len: usize) -> Result<Vec<f32>, VulkanError> {
     let (nh, nkv, hd, ctx) = (shape.n_head, shape.n_kv, shape.head_dim, shape.ctx);
     let row = nh * hd;
     let n = q.len() / row.max(1);

@@ -4,18 +4,20 @@
 //! split into chunks (one, several, the most the host allows, chunks shorter than a tile,
 //! chunks past the last position) and prompt batches.
 //!
-//! Tolerance: relative L2 error below 1e-5 (only f32 summation order and `exp` differ;
-//! measured about 1e-7).
+//! The caches are f16, as the model keeps them; the reference reads the same f16 values
+//! (widened exactly), so the tolerance stays that of f32 arithmetic: relative L2 error below
+//! 1e-5 (only f32 summation order and `exp` differ; measured about 1e-7).
 
 mod common;
 
+use half::f16;
 use rand::{Rng, SeedableRng};
 use xpu_vulkan::testing::{self, AttentionShape};
 
 const REL_TOL: f64 = 1e-5;
 
 /// out[t, h] = softmax(q[t, h] · K[0..=start + t] / sqrt(hd)) · V, K/V of head h / (nh / nkv).
-fn reference(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], start: usize) -> Vec<f64> {
+fn reference(s: &AttentionShape, q: &[f32], k: &[f16], v: &[f16], start: usize) -> Vec<f64> {
     let (nh, hd, ctx) = (s.n_head, s.head_dim, s.ctx);
     let n = q.len() / (nh * hd);
     let mut out = vec![0.0; q.len()];
@@ -23,7 +25,7 @@ fn reference(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], start: usize) 
         for h in 0..nh {
             let kvh = h / (nh / s.n_kv);
             let qv = &q[(t * nh + h) * hd..][..hd];
-            let row = |cache: &[f32], pos: usize| cache[(kvh * ctx + pos) * hd..][..hd].iter().map(|&x| x as f64).collect::<Vec<_>>();
+            let row = |cache: &[f16], pos: usize| cache[(kvh * ctx + pos) * hd..][..hd].iter().map(|&x| x.to_f64()).collect::<Vec<_>>();
             let scores: Vec<f64> = (0..=start + t)
                 .map(|pos| row(k, pos).iter().zip(qv).map(|(a, &b)| a * b as f64).sum::<f64>() / (hd as f64).sqrt())
                 .collect();
@@ -49,8 +51,8 @@ fn attention_matches_reference() {
         let shape = AttentionShape { n_head: 8, n_kv: 2, head_dim, ctx: 700 };
         let cache = shape.n_kv * shape.ctx * head_dim;
         // Scores spread over a few units, so that the softmax is neither flat nor one-hot.
-        let k: Vec<f32> = (0..cache).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let v: Vec<f32> = (0..cache).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let k: Vec<f16> = (0..cache).map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
+        let v: Vec<f16> = (0..cache).map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
         // (tokens, start, chunk length): a first token; decode steps in one chunk, in chunks of
         // a tile, in 32 chunks, in chunks shorter than a tile and with the last chunks empty;
         // prompt batches in one chunk and split.
@@ -75,7 +77,7 @@ fn attention_matches_reference() {
 fn attention_rejects_bad_shapes() {
     let gpu = common::gpu(None);
     let shape = AttentionShape { n_head: 4, n_kv: 2, head_dim: 64, ctx: 64 };
-    let cache = vec![0.0f32; 2 * 64 * 64];
+    let cache = vec![f16::ZERO; 2 * 64 * 64];
     let q = vec![0.0f32; 4 * 64];
     for (q, start, chunk_len, what) in [
         (&q[..100], 0, 32, "q length"),
@@ -88,7 +90,7 @@ fn attention_rejects_bad_shapes() {
     }
     // A head dimension that is not a multiple of 4.
     let odd = AttentionShape { head_dim: 66, ..shape };
-    let odd_cache = vec![0.0f32; 2 * 64 * 66];
+    let odd_cache = vec![f16::ZERO; 2 * 64 * 66];
     let err = testing::attention(&gpu, &odd, &vec![0.0; 4 * 66], &odd_cache, &odd_cache, 0, 32).unwrap_err().to_string();
     assert!(err.contains("a multiple of 4"), "{err}");
 }

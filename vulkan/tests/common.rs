@@ -8,7 +8,7 @@ use xpu_vulkan::{DeviceOptions, Gpu};
 
 /// Options that accept a CPU adapter, so that the tests run on lavapipe in CI.
 pub fn device_options(max_binding_bytes: Option<u64>) -> DeviceOptions {
-    DeviceOptions { allow_cpu_adapter: Some(true), max_binding_bytes, subgroups: None }
+    DeviceOptions { allow_cpu_adapter: Some(true), max_binding_bytes, ..Default::default() }
 }
 
 pub fn gpu(max_binding_bytes: Option<u64>) -> Gpu {
@@ -73,4 +73,17 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// A random-weight test file of scripts/make-test-gguf.py (`arch` entry, `ty` F32, Q8_0 or
+/// Q4_K_M; the quantized ones need llama.cpp's llama-quantize), made once in the cache.
+pub fn test_file(arch: &str, ty: &str) -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-test-gguf.py");
+    let out = std::process::Command::new(&script)
+        .args(["--arch", arch, "--types", ty, "--reference"])
+        .arg(model_path())
+        .output()
+        .expect("run scripts/make-test-gguf.py");
+    assert!(out.status.success(), "make-test-gguf.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().expect("a path"))
 }

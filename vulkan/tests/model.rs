@@ -155,3 +155,64 @@ fn bad_model_files_give_clear_errors() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A Llama-3-shaped file (a 131072-token context in its metadata, rope_freqs, GQA) loads
+/// without a context: the model's own capped at 8192.
+#[test]
+fn llama3_shaped_file_loads_without_a_context() {
+    let path = common::test_file("llama3", "F32");
+    let opts = LoadOptions { device: common::device_options(None), ..LoadOptions::default() };
+    let mut model = LlamaModel::load(&path, &opts).unwrap();
+    assert_eq!(model.config().train_ctx, 131072);
+    assert_eq!(model.context_length(), xpu_vulkan::model::DEFAULT_MAX_CTX);
+    let factors = model.config().rope_freq_factors.clone().expect("rope_freqs.weight was read");
+    assert_eq!(factors.len(), model.config().head_dim / 2);
+    assert!(model.forward(&[1, 2, 3], 0).unwrap().iter().all(|x| x.is_finite()));
+}
+
+/// Bytes per context position the engine keeps: f16 K and V of every layer, and the f32
+/// cos/sin of every RoPE pair.
+fn per_token_bytes(model_cfg: &xpu_vulkan::LlamaConfig) -> u64 {
+    (2 * model_cfg.n_layer * model_cfg.n_kv_head * model_cfg.head_dim * 2 + model_cfg.head_dim * 4) as u64
+}
+
+/// Weights that do not fit the memory are refused before the upload; without --ctx the
+/// context shrinks to what fits; a --ctx that does not fit is refused with the bytes.
+#[test]
+fn context_and_weights_must_fit_the_device_memory() {
+    let path = common::model_path();
+    let limited = |limit: u64, ctx: Option<usize>| {
+        let device = xpu_vulkan::DeviceOptions { memory_limit: Some(limit), ..common::device_options(None) };
+        LlamaModel::load(&path, &LoadOptions { device, ctx, max_batch: 4 })
+    };
+    // 1 MiB: not even the weights.
+    let (needed_min, available) = match limited(1 << 20, None) {
+        Err(e @ VulkanError::DoesNotFit { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("the weights") && msg.contains("bytes of device memory") && msg.contains("--device cpu"), "{msg}");
+            let VulkanError::DoesNotFit { needed, available, .. } = e else { unreachable!() };
+            (needed, available)
+        }
+        other => panic!("expected DoesNotFit, got {:?}", other.err()),
+    };
+    assert_eq!(available, 1 << 20);
+    // Room for the weights and 1000 positions: the context is 768 (a multiple of 256).
+    let reference = LlamaModel::load(&path, &LoadOptions { device: common::device_options(None), ctx: Some(64), max_batch: 4 }).unwrap();
+    let per_token = per_token_bytes(reference.config());
+    drop(reference);
+    // needed_min is the need at 256 positions.
+    let limit = needed_min + (1000 - 256) * per_token;
+    let model = limited(limit, None).unwrap();
+    assert_eq!(model.context_length(), 768);
+    drop(model);
+    // An explicit --ctx beyond that is an error naming the bytes and the largest that fits.
+    match limited(limit, Some(2000)) {
+        Err(e @ VulkanError::DoesNotFit { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("--ctx 2000") && msg.contains(&limit.to_string()) && msg.contains("use --ctx 1000 or less"), "{msg}");
+        }
+        other => panic!("expected DoesNotFit, got {:?}", other.err()),
+    }
+    // One that fits is taken as given.
+    assert_eq!(limited(limit, Some(1000)).unwrap().context_length(), 1000);
+}

@@ -62,7 +62,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
-    /// Context length in tokens, prompt plus output (default: the model's maximum).
+    /// Context length in tokens, prompt plus output (default: the model's maximum, capped
+    /// at 8192, and on a GPU at what fits its memory).
     #[arg(long, value_name = "N")]
     pub ctx: Option<usize>,
 

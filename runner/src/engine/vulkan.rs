@@ -16,23 +16,23 @@ pub struct VulkanEngine {
 impl VulkanEngine {
     /// Loads the opened GGUF file onto the preferred Vulkan adapter (discrete, then
     /// integrated; CPU adapters only with `XPU_RUNNER_ALLOW_CPU_ADAPTER=1`) with a KV cache
-    /// of `ctx` tokens. Problems with the device (no loader, no adapter, out of memory,
-    /// lost device) are [`LoadError::Device`], so that `--device auto` can fall back to the
-    /// CPU; problems with the model are [`LoadError::Engine`].
-    pub fn load(gguf: &GgufFile, ctx: usize) -> Result<VulkanEngine, LoadError> {
-        let opts = LoadOptions {
-            ctx: Some(ctx),
-            ..LoadOptions::default()
-        };
+    /// of `ctx` tokens (`None`: the model's context, capped at 8192 and at what fits the
+    /// device's memory). Problems with the device (no loader, no adapter, weights or context
+    /// that do not fit its memory, out of memory, lost device) are [`LoadError::Device`], so
+    /// that `--device auto` can fall back to the CPU; problems with the model are
+    /// [`LoadError::Engine`].
+    pub fn load(gguf: &GgufFile, ctx: Option<usize>) -> Result<VulkanEngine, LoadError> {
+        let opts = LoadOptions { ctx, ..LoadOptions::default() };
         match LlamaModel::from_gguf(gguf, &opts) {
             Ok(model) => {
-                tracing::info!(adapter = %model.adapter_description(), ctx, "vulkan engine ready");
+                tracing::info!(adapter = %model.adapter_description(), ctx = model.context_length(), "vulkan engine ready");
                 Ok(VulkanEngine { model })
             }
             Err(
                 e @ (VulkanError::NoLoader { .. }
                 | VulkanError::NoSuitableAdapter { .. }
                 | VulkanError::RequestDevice { .. }
+                | VulkanError::DoesNotFit { .. }
                 | VulkanError::OutOfDeviceMemory { .. }
                 | VulkanError::DeviceLost { .. }),
             ) => Err(LoadError::Device(format!("vulkan: {e}"))),
@@ -97,7 +97,7 @@ mod tests {
         if std::env::var_os(xpu_vulkan::ALLOW_CPU_ADAPTER_ENV).is_some() {
             return; // the caller allowed CPU adapters; the other arm is then all we could test
         }
-        match VulkanEngine::load(&test_model(), 64) {
+        match VulkanEngine::load(&test_model(), Some(64)) {
             Err(LoadError::Device(m)) => {
                 assert!(
                     m.contains("no suitable Vulkan adapter") || m.contains("no Vulkan loader"),
@@ -122,7 +122,7 @@ mod tests {
         ];
         let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
         gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &metadata, &[]).unwrap();
-        match VulkanEngine::load(&GgufFile::open(&path).unwrap(), 64) {
+        match VulkanEngine::load(&GgufFile::open(&path).unwrap(), Some(64)) {
             Err(LoadError::Engine { reason, .. }) => {
                 assert!(reason.contains("head dimension 0"), "{reason}")
             }

@@ -30,7 +30,8 @@ pub struct LoadOptions {
     pub device: DeviceKind,
     /// CPU threads (None: candle's default, the physical cores).
     pub threads: Option<usize>,
-    /// Context length (prompt plus generated tokens); None: the model's own limit.
+    /// Context length (prompt plus generated tokens); None: the model's own limit, capped
+    /// at [`DEFAULT_MAX_CONTEXT`] (and on a GPU at what fits its memory).
     pub ctx: Option<usize>,
     /// A `tokenizer.json` to use instead of the one in the model.
     pub tokenizer: Option<PathBuf>,
@@ -241,12 +242,23 @@ fn strip_nix_store_hash(name: &str) -> &str {
     }
 }
 
-/// Resolves `--ctx` against the model's own limit.
+/// The context used without `--ctx`, at most: Llama 3.x files declare 131072 tokens, whose
+/// KV cache would take gigabytes that few conversations use. `--ctx` gives more.
+pub const DEFAULT_MAX_CONTEXT: usize = 8192;
+
+/// Resolves `--ctx` against the model's own limit; without it, the model's limit capped at
+/// [`DEFAULT_MAX_CONTEXT`] (logged).
 pub(crate) fn resolve_context(requested: Option<usize>, max: usize) -> Result<usize, LoadError> {
     match requested {
         Some(0) => Err(LoadError::ContextTooLarge { requested: 0, max }),
         Some(n) if n > max => Err(LoadError::ContextTooLarge { requested: n, max }),
         Some(n) => Ok(n),
+        None if max > DEFAULT_MAX_CONTEXT => {
+            tracing::info!(
+                "context {DEFAULT_MAX_CONTEXT}: the model's {max} capped at {DEFAULT_MAX_CONTEXT}; pass --ctx for more"
+            );
+            Ok(DEFAULT_MAX_CONTEXT)
+        }
         None => Ok(max),
     }
 }
@@ -322,8 +334,12 @@ fn load_gguf(
     let engine: Box<dyn Engine> = match options.device {
         #[cfg(feature = "vulkan")]
         DeviceKind::Vulkan => {
-            let ctx = resolve_context(options.ctx, max_context)?;
-            Box::new(crate::engine::vulkan::VulkanEngine::load(&file, ctx)?)
+            // Only a --ctx is checked here: without one the engine picks the context that
+            // fits the device (the model's, capped at DEFAULT_MAX_CONTEXT, or less).
+            if let Some(ctx) = options.ctx {
+                resolve_context(Some(ctx), max_context)?;
+            }
+            Box::new(crate::engine::vulkan::VulkanEngine::load(&file, options.ctx)?)
         }
         #[cfg(not(feature = "vulkan"))]
         DeviceKind::Vulkan => return Err(vulkan_unavailable()),

@@ -52,7 +52,8 @@ pub struct ServeArgs {
     #[arg(long, env = "XPU_RUNNER_MAX_QUEUE", default_value_t = 16)]
     pub max_queue: usize,
 
-    /// Context size in tokens (prompt plus generated); default: the model's own.
+    /// Context size in tokens (prompt plus generated); default: the model's own, capped at
+    /// 8192, and on a GPU at what fits its memory.
     #[arg(long, env = "XPU_RUNNER_CTX", value_name = "TOKENS")]
     pub ctx: Option<usize>,
 

@@ -30,8 +30,9 @@ struct Step {
 // Head dimensions are multiples of 4 (checked at load), so q, K and V rows, the output rows
 // and the partial-result slots are whole vec4.
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> kcache: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> vcache: array<vec4<f32>>;
+// The caches hold f16 values, four to a vec2<u32> (pack2x16float), read as vec4<f32>.
+@group(0) @binding(1) var<storage, read> kcache: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> vcache: array<vec2<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> p: Params;
 @group(0) @binding(5) var<uniform> step: Step;
@@ -56,6 +57,17 @@ fn tile_groups() -> u32 {
     return min(4u, WG / (p.hd / 4u));
 }
 
+// Four values of the K or V cache at vec4 index i.
+fn krow(i: u32) -> vec4<f32> {
+    let w = kcache[i];
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+
+fn vrow(i: u32) -> vec4<f32> {
+    let w = vcache[i];
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+
 // sum_j q[qb + i + j] * K[kb + i + j] for the (up to) eight j with i + j < hi.
 fn qk8(qb: u32, kb: u32, i: u32, hi: u32) -> vec4<f32> {
     let last = hi - 1u;
@@ -69,10 +81,10 @@ fn qk8(qb: u32, kb: u32, i: u32, hi: u32) -> vec4<f32> {
     // Clamped duplicates count zero.
     let keep = vec4<f32>(select(0.0, 1.0, i + 1u < hi), select(0.0, 1.0, i + 2u < hi), select(0.0, 1.0, i + 3u < hi), 0.0);
     let keep2 = vec4<f32>(select(0.0, 1.0, i + 4u < hi), select(0.0, 1.0, i + 5u < hi), select(0.0, 1.0, i + 6u < hi), select(0.0, 1.0, i + 7u < hi));
-    return (q[qb + i] * kcache[kb + i] + keep.x * q[qb + i1] * kcache[kb + i1])
-        + (keep.y * q[qb + i2] * kcache[kb + i2] + keep.z * q[qb + i3] * kcache[kb + i3])
-        + ((keep2.x * q[qb + i4] * kcache[kb + i4] + keep2.y * q[qb + i5] * kcache[kb + i5])
-        + (keep2.z * q[qb + i6] * kcache[kb + i6] + keep2.w * q[qb + i7] * kcache[kb + i7]));
+    return (q[qb + i] * krow(kb + i) + keep.x * q[qb + i1] * krow(kb + i1))
+        + (keep.y * q[qb + i2] * krow(kb + i2) + keep.z * q[qb + i3] * krow(kb + i3))
+        + ((keep2.x * q[qb + i4] * krow(kb + i4) + keep2.y * q[qb + i5] * krow(kb + i5))
+        + (keep2.z * q[qb + i6] * krow(kb + i6) + keep2.w * q[qb + i7] * krow(kb + i7)));
 }
 
 @compute @workgroup_size(64)
@@ -110,14 +122,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         // The 8 V rows this thread weighs (past `end`: row `end`, weight 0), loaded first.
         let vp = base + select(0u, g, v_active);
         let vb = cb + d4;
-        let v0 = vcache[vb + min(vp, end) * hd4];
-        let v1 = vcache[vb + min(vp + gs, end) * hd4];
-        let v2 = vcache[vb + min(vp + 2u * gs, end) * hd4];
-        let v3 = vcache[vb + min(vp + 3u * gs, end) * hd4];
-        let v4 = vcache[vb + min(vp + 4u * gs, end) * hd4];
-        let v5 = vcache[vb + min(vp + 5u * gs, end) * hd4];
-        let v6 = vcache[vb + min(vp + 6u * gs, end) * hd4];
-        let v7 = vcache[vb + min(vp + 7u * gs, end) * hd4];
+        let v0 = vrow(vb + min(vp, end) * hd4);
+        let v1 = vrow(vb + min(vp + gs, end) * hd4);
+        let v2 = vrow(vb + min(vp + 2u * gs, end) * hd4);
+        let v3 = vrow(vb + min(vp + 3u * gs, end) * hd4);
+        let v4 = vrow(vb + min(vp + 4u * gs, end) * hd4);
+        let v5 = vrow(vb + min(vp + 5u * gs, end) * hd4);
+        let v6 = vrow(vb + min(vp + 6u * gs, end) * hd4);
+        let v7 = vrow(vb + min(vp + 7u * gs, end) * hd4);
         var d = vec4<f32>(0.0);
         let kb = cb + min(base + kpos, end) * hd4;
         for (var i = klo; i < khi; i += 8u) {

@@ -497,8 +497,8 @@ struct RopeParams {
     _pad0: u32,
     _pad1: u32,
 }
-@group(0) @binding(8) var<storage, read_write> kcache: array<f32>;
-@group(0) @binding(9) var<storage, read_write> vcache: array<f32>;
+@group(0) @binding(8) var<storage, read_write> kcache: array<u32>;  // f16 pairs
+@group(0) @binding(9) var<storage, read_write> vcache: array<u32>;  // f16 pairs
 @group(0) @binding(10) var<storage, read> cos_sin: array<vec2<f32>>; // [ctx, hd/2]
 @group(0) @binding(11) var<uniform> rp: RopeParams;
 // The workgroup's row results, so that each thread sees the other value of its pair.
@@ -540,13 +540,20 @@ fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     let even = (i & 1u) == 0u;
     let a0 = select(other, total, even);
     let a1 = select(total, other, even);
-    let rotated = select(a0 * cs.y + a1 * cs.x, a0 * cs.x - a1 * cs.y, even);
+    let r0 = a0 * cs.x - a1 * cs.y;
+    let r1 = a0 * cs.y + a1 * cs.x;
     if (h < rp.n_head) {
-        y[g] = rotated;
-    } else if (h < rp.n_head + rp.n_kv) {
-        kcache[rp.cache_base + ((h - rp.n_head) * rp.ctx + pos) * rp.hd + i] = rotated;
+        y[g] = select(r1, r0, even);
+        return;
+    }
+    // The caches hold f16 pairs, one word per pair: the pair's even row writes it.
+    if (!even) {
+        return;
+    }
+    if (h < rp.n_head + rp.n_kv) {
+        kcache[(rp.cache_base + ((h - rp.n_head) * rp.ctx + pos) * rp.hd + i) / 2u] = pack2x16float(vec2<f32>(r0, r1));
     } else {
-        vcache[rp.cache_base + ((h - rp.n_head - rp.n_kv) * rp.ctx + pos) * rp.hd + i] = total;
+        vcache[(rp.cache_base + ((h - rp.n_head - rp.n_kv) * rp.ctx + pos) * rp.hd + i) / 2u] = pack2x16float(vec2<f32>(total, other));
     }
 }
 
