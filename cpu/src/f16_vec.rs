@@ -15,16 +15,20 @@
 use half::f16;
 
 /// Whether the SIMD versions can run (checked once per call site by the caller).
+///
+/// The `simd` argument of the functions below must come from this function: they
+/// run AVX2 code when it is true.
 pub(crate) use super::kernels::has_avx2 as simd;
 
 /// Σ x[i]·y[i] in ggml's order: steps of 32 into four 8-lane FMA accumulators, the
 /// accumulators added pairwise (0+2, 1+3, then 0+1), the 8 lanes folded
 /// (low + high half, then two horizontal adds), leftovers added one by one.
 pub fn dot(x: &[f16], y: &[f16], simd: bool) -> f32 {
-    debug_assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is only true when AVX2, FMA and F16C were detected.
+        // SAFETY: `simd` is only true when AVX2, FMA and F16C were detected, and the
+        // lengths are equal (asserted above).
         return unsafe { x86::dot(x, y) };
     }
     let _ = simd;
@@ -53,7 +57,7 @@ pub fn dot(x: &[f16], y: &[f16], simd: bool) -> f32 {
 
 /// y[i] = f16(y[i] + x[i]·v), one fused multiply-add per element.
 pub fn mad(y: &mut [f16], x: &[f16], v: f32, simd: bool) {
-    debug_assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: as in `dot`.
@@ -81,7 +85,7 @@ pub fn scale(y: &mut [f16], v: f32, simd: bool) {
 /// Σ q[i]·k[i] for an f32 query and an f16 key (the f32 prefill path; no particular
 /// summation order).
 pub fn dot_f32(q: &[f32], k: &[f16], simd: bool) -> f32 {
-    debug_assert_eq!(q.len(), k.len());
+    assert_eq!(q.len(), k.len());
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: as in `dot`.
@@ -93,7 +97,7 @@ pub fn dot_f32(q: &[f32], k: &[f16], simd: bool) -> f32 {
 
 /// y[i] += x[i]·w for an f32 accumulator and f16 values.
 pub fn axpy_f32(y: &mut [f32], x: &[f16], w: f32, simd: bool) {
-    debug_assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: as in `dot`.
@@ -107,19 +111,34 @@ pub fn axpy_f32(y: &mut [f32], x: &[f16], w: f32, simd: bool) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    //! The AVX2 versions. Every function may only run on a CPU with AVX2, FMA and
+    //! F16C, and those of two slices need them of equal length: the loads go through
+    //! raw pointers up to the first slice's length.
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// Eight f16 at `p` as f32.
+    ///
+    /// # Safety
+    /// The CPU has F16C and AVX, and `p` is valid for reading 8 values (any alignment).
     #[inline(always)]
     unsafe fn load(p: *const f16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
+    /// `v` rounded to eight f16 at `p`.
+    ///
+    /// # Safety
+    /// The CPU has F16C and AVX, and `p` is valid for writing 8 values (any alignment).
     #[inline(always)]
     unsafe fn store(p: *mut f16, v: __m256) {
         _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
     }
 
+    /// [`super::dot`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and `x.len() == y.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(x: &[f16], y: &[f16]) -> f32 {
         let n = x.len();
@@ -142,6 +161,10 @@ mod x86 {
         sum as f32
     }
 
+    /// [`super::dot_f32`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and `q.len() == k.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f32(q: &[f32], k: &[f16]) -> f32 {
         let n = q.len();
@@ -159,6 +182,10 @@ mod x86 {
         sum
     }
 
+    /// [`super::axpy_f32`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and `x.len() == y.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn axpy_f32(y: &mut [f32], x: &[f16], w: f32) {
         let n = y.len();
@@ -173,6 +200,10 @@ mod x86 {
         }
     }
 
+    /// [`super::mad`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and `x.len() == y.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mad(y: &mut [f16], x: &[f16], v: f32) {
         let n = y.len();
@@ -187,6 +218,10 @@ mod x86 {
         }
     }
 
+    /// [`super::scale`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scale(y: &mut [f16], v: f32) {
         let n = y.len();

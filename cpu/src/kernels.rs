@@ -115,7 +115,7 @@ pub struct QMatrix<'a> {
 impl<'a> QMatrix<'a> {
     /// Wraps `data`, checking that it holds exactly `rows` x `cols` weights.
     pub fn new(format: WeightFormat, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, String> {
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(format!("{cols} columns are not a multiple of the block size {QK}"));
         }
         let expected = rows * cols / QK * format.block_bytes();
@@ -186,7 +186,8 @@ pub fn quantize_rows(x: &[f32], cols: usize, out: &mut Vec<BlockQ8>) {
     let quantize = |(src, dst): (&[f32], &mut BlockQ8)| {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: AVX2 was detected; src holds one block of QK floats.
+            // SAFETY: AVX2, FMA and F16C were detected (`has_avx2`); `src` is one chunk
+            // of QK floats.
             unsafe { x86::quantize_block(src, dst) };
             return;
         }
@@ -326,10 +327,18 @@ fn dot_scalar(format: WeightFormat, w: &[u8], x: &[BlockQ8]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! AVX2 dot products after ggml's `ggml_vec_dot_q4_0_q8_0` family.
+    //!
+    //! Every function here is `unsafe` for the same two reasons, spelled out in each
+    //! one's `# Safety` section: it may only run on a CPU with AVX2, FMA and F16C
+    //! ([`super::has_avx2`]), and it reads through raw pointers, so its slices must
+    //! hold as many blocks as it is told.
     use super::BlockQ8;
     use std::arch::x86_64::*;
 
     /// The f16 at `p` as f32 (a block scale).
+    ///
+    /// # Safety
+    /// The CPU has F16C and AVX, and `p` is valid for reading 2 bytes (any alignment).
     #[inline(always)]
     unsafe fn f16(p: *const u8) -> f32 {
         let bits = std::ptr::read_unaligned(p as *const u16) as u64;
@@ -337,6 +346,9 @@ mod x86 {
     }
 
     /// [`super::quantize_block_scalar`] with AVX2 (the same results, bit for bit).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and `src` holds at least [`super::QK`] floats.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn quantize_block(src: &[f32], dst: &mut BlockQ8) {
         debug_assert_eq!(src.len(), super::QK);
@@ -369,9 +381,14 @@ mod x86 {
     /// `vpinsrw`/`vpinsrq` into a register whose upper lanes it considers free, usually
     /// the loop's accumulator. That false dependency chained every block of a dot
     /// product to the previous block's FMA and made decode about 3x slower.
+    ///
+    /// # Safety
+    /// The CPU has AVX (`vmovq` is VEX-encoded).
     #[inline(always)]
     unsafe fn vmovq(bits: u64) -> __m128i {
         let v: __m128i;
+        // SAFETY: the instruction only moves a general register into a vector register
+        // (the caller guarantees AVX); it touches no memory, stack or flags, as declared.
         std::arch::asm!(
             "vmovq {v}, {bits}",
             v = lateout(xmm_reg) v,
@@ -381,6 +398,10 @@ mod x86 {
         v
     }
 
+    /// The sum of the eight lanes of `v`.
+    ///
+    /// # Safety
+    /// The CPU has AVX.
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
@@ -392,6 +413,9 @@ mod x86 {
     }
 
     /// Σ x[i] * y[i] of signed bytes, as 8 f32 partial sums.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
     #[inline(always)]
     unsafe fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256 {
         let ax = _mm256_sign_epi8(x, x);
@@ -400,6 +424,9 @@ mod x86 {
     }
 
     /// Σ x[i] * y[i] of unsigned x and signed y bytes, as 8 f32 partial sums.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
     #[inline(always)]
     unsafe fn unsigned_mul_sum(x: __m256i, y: __m256i) -> __m256 {
         let dot = _mm256_maddubs_epi16(x, y);
@@ -407,6 +434,9 @@ mod x86 {
     }
 
     /// The 32 nibbles of a 4-bit block as bytes 0..15 in element order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, and `p` is valid for reading 16 bytes (any alignment).
     #[inline(always)]
     unsafe fn nibbles(p: *const u8) -> __m256i {
         let tmp = _mm_loadu_si128(p as *const __m128i);
@@ -416,6 +446,9 @@ mod x86 {
 
     /// One 8-lane vector with lane `r` of `v` (0..8) in every lane. `lo`/`hi` are `v`
     /// with its lower/upper half in both halves; `r` is a constant after unrolling.
+    ///
+    /// # Safety
+    /// The CPU has AVX.
     #[inline(always)]
     unsafe fn splat(lo: __m256, hi: __m256, r: usize) -> __m256 {
         match r {
@@ -434,6 +467,10 @@ mod x86 {
     /// is unpacked once for all of them, and the per-block scale products of the
     /// eight rows are one vector multiply (and Q4_0's/Q4_1's offsets one vector FMA)
     /// instead of eight scalar ones.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `w` holds `tile.nb` blocks of `format` and the
+    /// tile its `ROW_TILE` rows of `tile.nb` blocks (as [`super::RowTile::new`] builds it).
     pub unsafe fn dot_tile(format: super::WeightFormat, w: &[u8], tile: &super::RowTile<'_>) -> [f32; 8] {
         match format {
             super::WeightFormat::Q4_0 => dot_tile_for::<0>(w, tile),
@@ -447,6 +484,9 @@ mod x86 {
     /// of the single-row kernels `dot_q4_1`/`dot_q8_0` (scale product, FMA into one
     /// accumulator, min term added after a separate multiply), so prompt rows get
     /// the same bits as decode rows; Q4_0 has no order to keep (see `dot_q4_0`).
+    ///
+    /// # Safety
+    /// As for [`dot_tile`], with `F` naming the format of `w`.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_tile_for<const F: u8>(w: &[u8], tile: &super::RowTile<'_>) -> [f32; 8] {
         let format = match F {
@@ -511,8 +551,16 @@ mod x86 {
     /// own summation order, so there is no order to keep; Q4_1 and Q8_0 below keep
     /// ggml's single-accumulator order, which makes each row's dot product
     /// bit-identical to llama.cpp's.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `w` holds `x.len()` Q4_0 blocks, and `d` and
+    /// `d_sum` one value per block of `x`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32]) -> f32 {
+        /// One block's products added into `acc`.
+        ///
+        /// # Safety
+        /// The CPU has AVX2 and FMA, and `b` points to a whole Q4_0 block (18 bytes).
         #[inline(always)]
         unsafe fn block(b: *const u8, xb: &BlockQ8, d: __m256, acc: __m256) -> __m256 {
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
@@ -550,6 +598,10 @@ mod x86 {
         hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * offset
     }
 
+    /// One Q4_1 weight row · one activation row, in ggml's order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and `w` holds `x.len()` Q4_1 blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_1(w: &[u8], x: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
@@ -569,6 +621,10 @@ mod x86 {
         hsum(acc) + offset
     }
 
+    /// One Q8_0 weight row · one activation row, in ggml's order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and `w` holds `x.len()` Q8_0 blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8_0(w: &[u8], x: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
@@ -597,8 +653,10 @@ pub struct MatmulJob<'w, 'o> {
 /// A raw output pointer shared by workers that write disjoint elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint (row, column) cells; see `matmul`.
+// SAFETY: the pointer is only written through, by workers that write disjoint
+// (row, column) cells of an output that outlives them; see `matmul`.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: no two workers touch the same cell.
 unsafe impl Sync for OutPtr {}
 
 /// Runs all `jobs` (which share the same input activations `x`, `m` rows) in one
@@ -625,7 +683,7 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
     }
     let jobs: &[MatmulJob<'_, '_>] = jobs;
     let avx2_tiles = avx2 && cfg!(target_arch = "x86_64") && m > 1;
-    let nb = if m == 0 { 0 } else { x.len() / m };
+    let nb = x.len().checked_div(m).unwrap_or(0);
     let tiles: Vec<RowTile<'_>> =
         if avx2_tiles { (0..m).step_by(ROW_TILE).map(|r0| RowTile::new(x, r0, m, nb)).collect() } else { Vec::new() };
     let scales = if avx2_tiles { BlockScales::new(&[]) } else { BlockScales::new(x) };
@@ -739,7 +797,7 @@ mod tests {
         for src in &blocks {
             let (mut a, mut b) = (BlockQ8::default(), BlockQ8::default());
             quantize_block_scalar(src, &mut a);
-            // SAFETY: AVX2 was detected above.
+            // SAFETY: AVX2, FMA and F16C were detected above; `src` is one block of QK floats.
             #[cfg(target_arch = "x86_64")]
             unsafe { x86::quantize_block(src, &mut b) };
             assert_eq!(a.qs, b.qs, "{src:?}");

@@ -6,7 +6,8 @@
 //! docs/benchmarks.md for the figures. candle stays the reference: the tests check
 //! that this engine's logits match candle's `quantized_llama` on the real test model.
 
-pub mod f16_vec;
+// Private: its functions trust their `simd` argument (see `f16_vec::simd`).
+mod f16_vec;
 pub mod kernels;
 pub mod llama;
 pub mod mapped;

@@ -230,7 +230,7 @@ impl LlamaModel {
             if dims != [rows, cols] {
                 bail!("tensor {name} has shape {dims:?}, expected [{rows}, {cols}]");
             }
-            if let Some(format) = own_format(info.ggml_dtype).filter(|_| cols % QK == 0) {
+            if let Some(format) = own_format(info.ggml_dtype).filter(|_| cols.is_multiple_of(QK)) {
                 QMatrix::new(format, rows, cols, &mmap[start..start + bytes])
                     .map_err(anyhow::Error::msg)?;
                 return Ok(Linear::Own {

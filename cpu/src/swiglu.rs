@@ -6,11 +6,11 @@
 
 /// `gate[i] = silu(gate[i]) * up[i]`.
 pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
-    debug_assert_eq!(gate.len(), up.len());
+    assert_eq!(gate.len(), up.len());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if super::kernels::has_avx2() {
-        // SAFETY: has_avx2 found AVX2 and FMA.
+        // SAFETY: has_avx2 found AVX2 and FMA, and the lengths are equal (asserted above).
         done = unsafe { x86::swiglu(gate, up) };
     }
     for (g, u) in gate[done..].iter_mut().zip(&up[done..]) {
@@ -23,6 +23,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// ggml's `ggml_v_expf` (AVX2 + FMA), term for term.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[inline(always)]
     unsafe fn expf(x: __m256) -> __m256 {
         let r = _mm256_set1_ps(f32::from_bits(0x4b40_0000)); // 0x1.8p23
@@ -70,6 +73,9 @@ mod x86 {
     }
 
     /// SwiGLU on whole groups of 8; returns how many elements it did.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA, and `up` is at least as long as `gate`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) -> usize {
         let n = gate.len() & !7;

@@ -156,8 +156,10 @@ impl Team {
 
 /// A pointer that crosses to worker threads, for disjoint writes.
 struct SendPtr<T>(*mut T);
-// SAFETY: used only by `run_chunks_mut`, whose workers write disjoint ranges.
+// SAFETY: used only by `run_chunks_mut`, whose workers write disjoint ranges of a
+// slice of `T: Send` that stays borrowed until they are done.
 unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as for `Send`: shared only to hand each worker its own range.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
     fn get(&self) -> *mut T {
@@ -180,7 +182,7 @@ fn worker(s: &Shared, thread: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 {
+            if !spins.is_multiple_of(1024) {
                 std::hint::spin_loop();
                 continue;
             }

@@ -156,6 +156,7 @@ fn copy_fixture(name: &str) -> tempfile::TempDir {
 
 /// Runs the probe as an unprivileged user when this test runs as root (root reads everything).
 fn run_unprivileged(root: &std::path::Path) -> xpu_probe::Facts {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     let mut command = if is_root {
         // The build directory may sit where nobody cannot reach it (e.g. under /root):

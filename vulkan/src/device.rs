@@ -176,7 +176,7 @@ impl Gpu {
             }
         });
 
-        let device_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_binding = opts.max_binding_bytes.map_or(device_binding, |cap| cap.min(device_binding));
         tracing::info!(
             adapter = %describe(&info),

@@ -184,7 +184,8 @@ fn pipeline(gpu: &Gpu, checks: bool, label: &str, source: &str, entry: &str) -> 
 /// The modules are created without wgpu's runtime checks (index clamping on every array
 /// access, a counter in every loop), which add instructions to every weight load of the
 /// decode products.
-/// SAFETY: every index the kernels compute is in range for the buffers the host binds:
+///
+/// Why the unchecked modules are sound: every index the kernels compute is in range for the buffers the host binds:
 /// - matrix products and lookups: rows, row lengths and chunk offsets come from `GpuWeight`
 ///   (sizes checked at upload), token counts are at most the batch the activation buffers
 ///   were sized for (`LlamaModel::forward_checks`, `max_batch`), token ids are below the
@@ -201,6 +202,8 @@ fn pipeline_with(gpu: &Gpu, checks: bool, label: &str, source: &str, entry: &str
     let module = if checks {
         gpu.device.create_shader_module(desc)
     } else {
+        // SAFETY: the kernels never index out of bounds nor loop forever, as this
+        // function's documentation argues case by case.
         unsafe { gpu.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
     };
     gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -85,7 +85,7 @@ impl WeightType {
     /// Row lengths the kernels accept: whole blocks and whole 32-weight units.
     fn check_row_len(self, k: usize) -> Result<(), String> {
         let unit = self.block_elems().max(32);
-        if k == 0 || k % unit != 0 {
+        if k == 0 || !k.is_multiple_of(unit) {
             return Err(format!("row length {k} is not a positive multiple of {unit} for {self:?}"));
         }
         Ok(())

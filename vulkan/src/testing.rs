@@ -178,7 +178,7 @@ pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &
 /// `weight` holds the gate and up rows interleaved (row 2j gate j, row 2j + 1 up j); returns
 /// `silu(gate j) * up j` for every j (`weight.rows / 2` values), output poisoned with NaN first.
 pub fn matvec_norm_glu(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &[f32], eps: f32) -> Result<Vec<f32>, VulkanError> {
-    if weight.rows % 2 != 0 || x.len() != weight.k || norm_weight.len() != weight.k {
+    if !weight.rows.is_multiple_of(2) || x.len() != weight.k || norm_weight.len() != weight.k {
         return Err(VulkanError::InvalidInput(format!(
             "{} rows (must be even: gate and up pairs), x {} and norm weight {} values (expected {})",
             weight.rows,

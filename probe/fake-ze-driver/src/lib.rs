@@ -121,7 +121,8 @@ fn enter(function: &str) {
         // The Rust runtime's SIGSEGV handler (stack-overflow detection) ignores a
         // raised signal, so restore the default action first: then it kills the
         // process like a real driver's bad pointer would.
-        // SAFETY: crashing is the point.
+        // SAFETY: signal and raise take plain values and touch no memory of ours; the
+        // crash they cause is the point.
         unsafe {
             libc::signal(libc::SIGSEGV, libc::SIG_DFL);
             libc::raise(libc::SIGSEGV);
@@ -352,11 +353,16 @@ fn find<T>(handle: *mut c_void, field: impl Fn(&'static FakeDevice) -> &'static 
 
 /// The spec's `(pCount, phItems)` contract: a zero count or null array asks for the
 /// count; otherwise up to `*pCount` items are written and `*pCount` is updated.
+///
+/// # Safety
+/// `count` must be null or valid for reads and writes, and when `*count` is not zero,
+/// `out` must be null or valid for writes of `*count` items of `T`.
 unsafe fn fill<T: Copy>(items: &[T], count: *mut u32, out: *mut T) -> ZeResult {
     if count.is_null() {
         return ZeResult::ERROR_INVALID_NULL_POINTER;
     }
-    // SAFETY: the caller passes a valid count pointer and an array of *count items.
+    // SAFETY: `count` is not null, and the caller guarantees it and `out` are valid
+    // (see # Safety); we write at most `*count` items.
     unsafe {
         if *count == 0 || out.is_null() {
             *count = items.len() as u32;
@@ -370,12 +376,17 @@ unsafe fn fill<T: Copy>(items: &[T], count: *mut u32, out: *mut T) -> ZeResult {
 }
 
 /// Copies a properties struct out, keeping the caller's `stype` and `pNext`.
+///
+/// # Safety
+/// `T` must be a Level Zero typed struct (a `u32` stype and a `pNext` pointer in its
+/// first 16 bytes), and `out` must be null or valid for writes of one `T`.
 unsafe fn write_typed<T: Copy>(value: &T, out: *mut T) -> ZeResult {
     if out.is_null() {
         return ZeResult::ERROR_INVALID_NULL_POINTER;
     }
-    // SAFETY: `out` points to a caller-owned T whose first 16 bytes are stype + pNext
-    // (all Typed structs); we overwrite only what follows.
+    // SAFETY: `out` is not null and points to a caller-owned T whose first 16 bytes
+    // are stype + pNext (see # Safety); we overwrite only the bytes after them, from a
+    // `value` of the same type and size.
     unsafe {
         let header = 16;
         let dst = out.cast::<u8>().add(header);
@@ -406,7 +417,8 @@ extern "C" fn zeInit(_flags: u32) -> ZeResult {
 
 extern "C" fn zeDriverGet(count: *mut u32, drivers: *mut DriverHandle) -> ZeResult {
     enter("zeDriverGet");
-    // SAFETY: forwarded caller pointers.
+    // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
+    // array of that many items, which is `fill`'s contract.
     unsafe { fill(&[driver_handle()], count, drivers) }
 }
 
@@ -432,7 +444,8 @@ extern "C" fn zeDriverGetProperties(handle: DriverHandle, out: *mut DriverProper
     props.uuid = *b"fake-ze-driver\0\0";
     // compute-runtime's encoding: 0x01030000 + NEO build.
     props.driver_version = 0x0103_0000 + 26918;
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&props, out) }
 }
 
@@ -451,7 +464,8 @@ extern "C" fn zeDeviceGet(handle: DriverHandle, count: *mut u32, devices: *mut D
         })
         .map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void))
         .collect();
-    // SAFETY: forwarded caller pointers.
+    // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
+    // array of that many items, which is `fill`'s contract.
     unsafe { fill(&handles, count, devices) }
 }
 
@@ -460,21 +474,24 @@ extern "C" fn zeDeviceGetSubDevices(handle: DeviceHandle, count: *mut u32, subs:
     let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
     let handles: Vec<DeviceHandle> =
         device.sub_devices.iter().map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void)).collect();
-    // SAFETY: forwarded caller pointers.
+    // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
+    // array of that many items, which is `fill`'s contract.
     unsafe { fill(&handles, count, subs) }
 }
 
 extern "C" fn zeDeviceGetProperties(handle: DeviceHandle, out: *mut DeviceProperties) -> ZeResult {
     enter("zeDeviceGetProperties");
     let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&device.properties, out) }
 }
 
 extern "C" fn zeDeviceGetComputeProperties(handle: DeviceHandle, out: *mut DeviceComputeProperties) -> ZeResult {
     enter("zeDeviceGetComputeProperties");
     let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&device.compute, out) }
 }
 
@@ -509,7 +526,8 @@ extern "C" fn zeDevicePciGetPropertiesExt(handle: DeviceHandle, out: *mut PciExt
     let mut props = PciExtProperties::new_typed();
     props.address = device.pci;
     props.max_speed = PciSpeed { gen_version: 4, width: 16, max_bandwidth: 31_500_000_000 };
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&props, out) }
 }
 
@@ -519,7 +537,8 @@ extern "C" fn zesDeviceEnumMemoryModules(handle: DeviceHandle, count: *mut u32, 
     enter("zesDeviceEnumMemoryModules");
     let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
     let module = MemHandle(&device.memory_module as *const MemoryModule as *mut c_void);
-    // SAFETY: forwarded caller pointers.
+    // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
+    // array of that many items, which is `fill`'s contract.
     unsafe { fill(&[module], count, out) }
 }
 
@@ -531,7 +550,8 @@ extern "C" fn zesMemoryGetProperties(handle: MemHandle, out: *mut ZesMemProperti
     props.physical_size = module.size;
     props.bus_width = 256;
     props.num_channels = 8;
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&props, out) }
 }
 
@@ -542,7 +562,8 @@ extern "C" fn zesMemoryGetState(handle: MemHandle, out: *mut ZesMemState) -> ZeR
     state.health = 1; // ZES_MEM_HEALTH_OK
     state.free = module.free;
     state.size = module.size;
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&state, out) }
 }
 
@@ -550,7 +571,8 @@ extern "C" fn zesDeviceEnumTemperatureSensors(handle: DeviceHandle, count: *mut 
     enter("zesDeviceEnumTemperatureSensors");
     let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
     let sensor = TempHandle(&device.temperature as *const TemperatureSensor as *mut c_void);
-    // SAFETY: forwarded caller pointers.
+    // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
+    // array of that many items, which is `fill`'s contract.
     unsafe { fill(&[sensor], count, out) }
 }
 
@@ -562,7 +584,8 @@ extern "C" fn zesTemperatureGetProperties(handle: TempHandle, out: *mut ZesTempP
     let mut props = ZesTempProperties::new_typed();
     props.sensor_type = ZES_TEMP_SENSORS_GPU;
     props.max_temperature = 105.0;
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&props, out) }
 }
 
@@ -581,7 +604,8 @@ extern "C" fn zesDeviceEnumPowerDomains(handle: DeviceHandle, count: *mut u32, o
     enter("zesDeviceEnumPowerDomains");
     let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
     let domain = PowerHandle(&device.power as *const PowerDomain as *mut c_void);
-    // SAFETY: forwarded caller pointers.
+    // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
+    // array of that many items, which is `fill`'s contract.
     unsafe { fill(&[domain], count, out) }
 }
 
@@ -592,7 +616,8 @@ extern "C" fn zesPowerGetProperties(handle: PowerHandle, out: *mut ZesPowerPrope
     props.default_limit = (domain.watts * 1000) as i32;
     props.min_limit = -1;
     props.max_limit = -1;
-    // SAFETY: forwarded caller pointer.
+    // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
+    // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&props, out) }
 }
 
@@ -612,6 +637,9 @@ extern "C" fn zesPowerGetEnergyCounter(handle: PowerHandle, out: *mut ZesPowerEn
 // ---- the exported table getters --------------------------------------------------
 
 /// Writes `entries` (slot, function) into a DDI table of function pointers.
+///
+/// # Safety
+/// `table` must be null or valid for writes of every `slot` in `entries`.
 unsafe fn fill_table(table: *mut *const c_void, entries: &[(usize, *const c_void)]) -> ZeResult {
     if table.is_null() {
         return ZeResult::ERROR_INVALID_NULL_POINTER;
