@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     xpu_probe::level_zero::run_child_if_requested();
 
     let args = cli::Cli::parse();
+    if let Some(threads) = args.command.threads() {
+        size_candle_pools(threads);
+    }
     init_logging(args.command.default_log_level());
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -24,6 +27,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// candle sizes the thread pool of its quantized kernels only from these variables.
+/// Setting them is sound here because no other thread exists yet: `main` calls this
+/// right after parsing the command line, before logging, the model or the server start.
+fn size_candle_pools(threads: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
 }
 
 /// Logs go to stderr (stdout carries generated text); colours only on a terminal.

@@ -29,6 +29,16 @@ pub enum Command {
 }
 
 impl Command {
+    /// The CPU threads the user asked for, if any.
+    pub fn threads(&self) -> Option<usize> {
+        match self {
+            Command::Generate(args) => args.model.threads,
+            Command::Bench(args) => args.model.threads,
+            Command::Serve(args) => args.threads,
+        }
+        .filter(|n| *n > 0)
+    }
+
     /// The log level when `RUST_LOG` is not set.
     pub fn default_log_level(&self) -> &'static str {
         match self {

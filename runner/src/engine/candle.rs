@@ -25,18 +25,25 @@ use super::{DeviceKind, Engine};
 /// scores of a long prompt (heads × chunk × context floats) stay small.
 const PREFILL_CHUNK: usize = 512;
 
-/// Sets the number of CPU threads candle uses. Only the first call has an effect,
-/// and only if it happens before candle starts its thread pools, so binaries call
-/// it first thing (the model loader calls it too, which is harmless).
+/// Builds rayon's global pool, which the CPU engine and candle's tensor operations
+/// run on, with `threads` threads (default: `RAYON_NUM_THREADS`, else the physical
+/// cores, as candle chooses). Only the first call has an effect, so binaries call it
+/// before loading a model (the model loader calls it too, which is then harmless).
+///
+/// candle's quantized kernels use a second pool of their own, which candle sizes only
+/// from `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS`; the binary sets those before it starts
+/// any thread (see `main.rs`), since changing the environment of a running
+/// multi-threaded process is a data race.
 pub fn configure_cpu_threads(threads: Option<usize>) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if let Some(n) = threads.filter(|n| *n > 0) {
-            // candle sizes its rayon and barrier pools from these variables.
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-        }
-        candle_core::utils::init_global_threadpool();
+        let threads = threads.filter(|n| *n > 0).unwrap_or_else(candle_core::utils::get_num_threads);
+        // An error means the global pool already exists (started by some earlier rayon
+        // call); its size then stands.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .start_handler(|_| candle_core::utils::set_thread_affinity())
+            .build_global();
     });
 }
 
