@@ -32,11 +32,6 @@ impl CpuLlamaEngine {
     pub fn from_gguf(gguf: xpu_gguf::GgufFile, max_context: Option<usize>) -> anyhow::Result<Self> {
         Ok(CpuLlamaEngine { model: llama::LlamaModel::from_gguf(gguf, max_context)? })
     }
-
-    /// The model's hyper-parameters.
-    pub fn config(&self) -> &llama::Config {
-        &self.model.config
-    }
 }
 
 impl std::fmt::Debug for CpuLlamaEngine {

@@ -192,10 +192,6 @@ impl Scheduler {
         self.shared.waiting.load(Ordering::SeqCst)
     }
 
-    pub fn is_busy(&self) -> bool {
-        self.shared.running.load(Ordering::SeqCst) || self.waiting() > 0
-    }
-
     /// Whether the worker thread is alive (it only ends when every handle is gone).
     pub fn worker_alive(&self) -> bool {
         match self.worker.lock() {
