@@ -3,12 +3,14 @@
 //! The probe never fails because one file is odd: a missing optional file is simply absent,
 //! and an unreadable or garbage file becomes a line in the facts' top-level `warnings`.
 
-use std::ffi::CString;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{self, AtFlags, Mode, OFlags};
 
 /// Files larger than this are not sysfs/procfs attributes; refuse to read them whole.
 const MAX_ATTRIBUTE_BYTES: u64 = 4 << 20;
@@ -182,20 +184,9 @@ pub struct Dir {
 impl Dir {
     /// Opens the directory at `path` (following symlinks).
     pub fn open(path: &Path) -> std::io::Result<Dir> {
-        let c_path = c_string(path.as_os_str().as_bytes())?;
-        // SAFETY: a valid NUL-terminated path; the returned descriptor is owned below.
-        let fd = unsafe {
-            libc::open(
-                c_path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let fd = fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         Ok(Dir {
-            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             path: path.to_path_buf(),
         })
     }
@@ -207,62 +198,20 @@ impl Dir {
 
     /// Reads the entry `name` as text.
     pub fn read(&self, name: &str) -> std::io::Result<String> {
-        let c_name = c_string(name.as_bytes())?;
-        // SAFETY: a valid directory descriptor and NUL-terminated name.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c_name.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        read_to_text(unsafe { File::from_raw_fd(fd) })
+        let fd = fs::openat(&self.fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        read_to_text(File::from(fd))
     }
 
     /// The target of the symlink `name`.
     pub fn read_link(&self, name: &str) -> std::io::Result<PathBuf> {
-        let c_name = c_string(name.as_bytes())?;
-        let mut buffer = vec![0u8; libc::PATH_MAX as usize];
-        // SAFETY: the buffer is valid for its length; readlinkat writes at most that much.
-        let len = unsafe {
-            libc::readlinkat(
-                self.fd.as_raw_fd(),
-                c_name.as_ptr(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-            )
-        };
-        if len < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        buffer.truncate(len as usize);
-        Ok(PathBuf::from(std::ffi::OsString::from_vec(buffer)))
+        let target = fs::readlinkat(&self.fd, name, Vec::new())?;
+        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
     }
 
     /// Whether the entry `name` exists (a dangling symlink counts as existing).
     pub fn contains(&self, name: &str) -> bool {
-        let Ok(c_name) = c_string(name.as_bytes()) else {
-            return false;
-        };
-        // SAFETY: valid descriptor and name; `stat` is a plain output buffer.
-        unsafe {
-            let mut stat: libc::stat = std::mem::zeroed();
-            libc::fstatat(
-                self.fd.as_raw_fd(),
-                c_name.as_ptr(),
-                &mut stat,
-                libc::AT_SYMLINK_NOFOLLOW,
-            ) == 0
-        }
+        fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
-}
-
-fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
-    CString::new(bytes).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))
 }
 
 /// Shortens a garbage value for a warning message.
