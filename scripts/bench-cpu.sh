@@ -5,7 +5,9 @@
 # For each model it runs `xpu-runner bench --json` (for every CPU engine listed in
 # XPU_BENCH_ENGINES) and `llama-bench -p N -n N -r R`, and prints prefill and decode
 # tok/s and the ratio ours / llama.cpp. Models: SmolLM2-135M Q4_1 (the test model)
-# and the 1B-class random-weight Llama files in Q8_0 and Q4_0 (scripts/make-bench-gguf.py).
+# and the 1B-class random-weight Llama files in Q8_0 and Q4_0 (scripts/make-bench-gguf.py);
+# on request SmolLM2 requantized (smollm2-q4_k_m etc., scripts/make-test-models.sh) and
+# the 1B file requantized from Q8_0 to Q4_K_M (q4_k_m).
 #
 # Decode bound = measured memory read bandwidth / bytes of weights read per token.
 # The bandwidth comes from a small C program in this script (all threads summing a
@@ -16,7 +18,9 @@
 #   XPU_BENCH_PROMPT    prompt tokens (-p, default 128)
 #   XPU_BENCH_GEN       generated tokens (-n, default 64)
 #   XPU_BENCH_REPS      repetitions (-r, default 3)
-#   XPU_BENCH_MODELS    space-separated list: smollm2 q8_0 q4_0 q4_1 (default "smollm2 q8_0 q4_0")
+#   XPU_BENCH_MODELS    space-separated list: smollm2 q8_0 q4_0 q4_1 q4_k_m, smollm2-TYPE for
+#                       SmolLM2 requantized to a llama-quantize TYPE, e.g. smollm2-q4_k_m
+#                       (default "smollm2 q8_0 q4_0")
 #   XPU_BENCH_ENGINES   space-separated xpu-runner CPU engines: xpu candle (default "xpu candle")
 #   XPU_RUNNER_BIN      an xpu-runner binary to use instead of building one
 #   XPU_CACHE           cache directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/xpu)
@@ -103,7 +107,19 @@ model_path() {
     case $1 in
         smollm2) "$repo/scripts/fetch-model.sh" ;;
         q8_0 | q4_0 | q4_1) "$repo/scripts/make-bench-gguf.py" --types "$1" ;;
-        *) say "unknown model '$1' in XPU_BENCH_MODELS (use smollm2, q8_0, q4_0, q4_1)"; exit 1 ;;
+        smollm2-*) XPU_LLAMA_CPP_BIN=$llama_bin "$repo/scripts/make-test-models.sh" "$(echo "${1#smollm2-}" | tr a-z A-Z)" ;;
+        q4_k_m)
+            local src out
+            src=$("$repo/scripts/make-bench-gguf.py" --types q8_0)
+            out=${src%.Q8_0.gguf}.Q4_K_M.gguf
+            if [ ! -s "$out" ]; then
+                "$llama_bin/llama-quantize" --allow-requantize "$src" "$out.tmp" Q4_K_M "$(nproc)" >/dev/null 2>&1 \
+                    || { say "llama-quantize of $src to Q4_K_M failed"; rm -f "$out.tmp"; exit 1; }
+                mv "$out.tmp" "$out"
+            fi
+            echo "$out"
+            ;;
+        *) say "unknown model '$1' in XPU_BENCH_MODELS (use smollm2, smollm2-TYPE, q8_0, q4_0, q4_1, q4_k_m)"; exit 1 ;;
     esac
 }
 

@@ -1,7 +1,7 @@
 //! Quantized matrix kernels for the CPU engine, working directly on GGUF block bytes
 //! (memory-mapped, never copied).
 //!
-//! Weights stay in their GGUF block formats (Q4_0, Q4_1, Q8_0); activations are
+//! Weights stay in their GGUF block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); activations are
 //! quantized per row into [`BlockQ8`] blocks of 32 (an int8 vector with an f32 scale
 //! and the scaled sum that Q4_1's offset needs), so every product is an int8 dot
 //! product as in ggml. x86-64 CPUs with AVX2+FMA+F16C use `maddubs`-based SIMD
@@ -77,6 +77,10 @@ pub enum WeightFormat {
     Q4_1,
     /// f16 scale + 32 x int8, weight = d * q.
     Q8_0,
+    /// f16 scale + 32 high bits + 32 x 4-bit low bits, weight = d * (q - 16).
+    Q5_0,
+    /// f16 scale, f16 min + 32 high bits + 32 x 4-bit low bits, weight = d * q + m.
+    Q5_1,
 }
 
 impl WeightFormat {
@@ -86,6 +90,8 @@ impl WeightFormat {
             WeightFormat::Q4_0 => 18,
             WeightFormat::Q4_1 => 20,
             WeightFormat::Q8_0 => 34,
+            WeightFormat::Q5_0 => 22,
+            WeightFormat::Q5_1 => 24,
         }
     }
 }
@@ -160,9 +166,34 @@ impl<'a> QMatrix<'a> {
                         dst[j] = d * b[2 + j] as i8 as f32;
                     }
                 }
+                WeightFormat::Q5_0 => {
+                    let q = q5_values(b, 2);
+                    for j in 0..QK {
+                        dst[j] = d * (q[j] as f32 - 16.0);
+                    }
+                }
+                WeightFormat::Q5_1 => {
+                    let (m, q) = (f16_at(b, 2), q5_values(b, 4));
+                    for j in 0..QK {
+                        dst[j] = d * q[j] as f32 + m;
+                    }
+                }
             }
         }
     }
+}
+
+/// The 32 five-bit values (0..31) of a Q5_0/Q5_1 block whose high bits start at
+/// byte `qh` (the low nibbles follow them): bit `j` of the little-endian u32 is
+/// element `j`'s fifth bit.
+#[inline]
+fn q5_values(b: &[u8], qh: usize) -> [u8; QK] {
+    let high = u32::from_le_bytes([b[qh], b[qh + 1], b[qh + 2], b[qh + 3]]);
+    let low = &b[qh + 4..qh + 20];
+    std::array::from_fn(|j| {
+        let nibble = if j < 16 { low[j] & 0x0F } else { low[j - 16] >> 4 };
+        nibble | (((high >> j) & 1) as u8) << 4
+    })
 }
 
 /// `v` rounded to the nearest f16, as ggml stores activation block scales.
@@ -282,6 +313,8 @@ fn dot(format: WeightFormat, w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32], 
                 WeightFormat::Q4_0 => x86::dot_q4_0(w, x, d, d_sum),
                 WeightFormat::Q4_1 => x86::dot_q4_1(w, x),
                 WeightFormat::Q8_0 => x86::dot_q8_0(w, x),
+                WeightFormat::Q5_0 => x86::dot_q5_0(w, x),
+                WeightFormat::Q5_1 => x86::dot_q5_1(w, x),
             }
         };
     }
@@ -318,6 +351,16 @@ fn dot_scalar(format: WeightFormat, w: &[u8], x: &[BlockQ8]) -> f32 {
                     s += b[2 + j] as i8 as i32 * xb.qs[j] as i32;
                 }
                 total += d * xb.d * s as f32;
+            }
+            WeightFormat::Q5_0 => {
+                let q = q5_values(b, 2);
+                let s: i32 = q.iter().zip(&xb.qs).map(|(&q, &x)| (q as i32 - 16) * x as i32).sum();
+                total += d * xb.d * s as f32;
+            }
+            WeightFormat::Q5_1 => {
+                let q = q5_values(b, 4);
+                let s: i32 = q.iter().zip(&xb.qs).map(|(&q, &x)| q as i32 * x as i32).sum();
+                total += d * xb.d * s as f32 + f16_at(b, 2) * xb.s;
             }
         }
     }
@@ -476,10 +519,13 @@ mod x86 {
             super::WeightFormat::Q4_0 => dot_tile_for::<0>(w, tile),
             super::WeightFormat::Q4_1 => dot_tile_for::<1>(w, tile),
             super::WeightFormat::Q8_0 => dot_tile_for::<2>(w, tile),
+            super::WeightFormat::Q5_0 => dot_tile_for::<3>(w, tile),
+            super::WeightFormat::Q5_1 => dot_tile_for::<4>(w, tile),
         }
     }
 
-    /// [`dot_tile`] for one format (`F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0), so that the
+    /// [`dot_tile`] for one format (`F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0,
+    /// 4 = Q5_1), so that the
     /// format checks fold away. For each row the operations and their order are those
     /// of the single-row kernels `dot_q4_1`/`dot_q8_0` (scale product, FMA into one
     /// accumulator, min term added after a separate multiply), so prompt rows get
@@ -492,7 +538,9 @@ mod x86 {
         let format = match F {
             0 => super::WeightFormat::Q4_0,
             1 => super::WeightFormat::Q4_1,
-            _ => super::WeightFormat::Q8_0,
+            2 => super::WeightFormat::Q8_0,
+            3 => super::WeightFormat::Q5_0,
+            _ => super::WeightFormat::Q5_1,
         };
         let bb = format.block_bytes();
         let nb = tile.nb;
@@ -500,13 +548,15 @@ mod x86 {
         let xp = tile.x.as_ptr();
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut offset = _mm256_setzero_ps();
-        let signed = format == super::WeightFormat::Q8_0;
+        let signed = matches!(format, super::WeightFormat::Q8_0 | super::WeightFormat::Q5_0);
         for i in 0..nb {
             let b = p.add(i * bb);
             let (dw, qw) = match format {
                 super::WeightFormat::Q4_0 => (f16(b), nibbles(b.add(2))),
                 super::WeightFormat::Q4_1 => (f16(b), nibbles(b.add(4))),
                 super::WeightFormat::Q8_0 => (f16(b), _mm256_loadu_si256(b.add(2) as *const __m256i)),
+                super::WeightFormat::Q5_0 => (f16(b), q5_0_values(b)),
+                super::WeightFormat::Q5_1 => (f16(b), q5_1_values(b)),
             };
             let d = _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(tile.d[i].as_ptr()));
             let (dlo, dhi) = (_mm256_permute2f128_ps::<0x00>(d, d), _mm256_permute2f128_ps::<0x11>(d, d));
@@ -521,11 +571,11 @@ mod x86 {
                 super::WeightFormat::Q4_0 => {
                     offset = _mm256_fmadd_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(tile.d_sum.as_ptr().add(i) as *const f32), offset)
                 }
-                super::WeightFormat::Q4_1 => {
+                super::WeightFormat::Q4_1 | super::WeightFormat::Q5_1 => {
                     let m = _mm256_set1_ps(f16(b.add(2)));
                     offset = _mm256_add_ps(offset, _mm256_mul_ps(m, _mm256_loadu_ps(tile.s[i].as_ptr())));
                 }
-                super::WeightFormat::Q8_0 => {}
+                super::WeightFormat::Q8_0 | super::WeightFormat::Q5_0 => {}
             }
         }
         let mut offsets = [0f32; 8];
@@ -617,6 +667,70 @@ mod x86 {
             let qw = nibbles(b.add(4));
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
             acc = _mm256_fmadd_ps(d, unsigned_mul_sum(qw, qx), acc);
+        }
+        hsum(acc) + offset
+    }
+
+    /// The 32 fifth bits at `p` (a little-endian u32) as bytes of 0xFF (bit set) or 0,
+    /// in element order (ggml's `bytes_from_bits_32`).
+    #[inline(always)]
+    unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
+        let bits = std::ptr::read_unaligned(p as *const i32);
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits),
+            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        );
+        let others = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+        _mm256_cmpeq_epi8(others, _mm256_set1_epi64x(-1))
+    }
+
+    /// A Q5_0 block's 32 weights `q - 16` as signed bytes: the nibble where the fifth
+    /// bit is set, the nibble - 16 (high nibble all ones) where it is clear.
+    #[inline(always)]
+    unsafe fn q5_0_values(b: *const u8) -> __m256i {
+        let high = _mm256_andnot_si256(bytes_from_bits(b.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+        _mm256_or_si256(nibbles(b.add(6)), high)
+    }
+
+    /// A Q5_1 block's 32 unsigned five-bit weights.
+    #[inline(always)]
+    unsafe fn q5_1_values(b: *const u8) -> __m256i {
+        let high = _mm256_and_si256(bytes_from_bits(b.add(4)), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles(b.add(8)), high)
+    }
+
+    /// ggml's `ggml_vec_dot_q5_0_q8_0`: one accumulator, as [`dot_q8_0`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let p = w.as_ptr();
+        for (i, xb) in x.iter().enumerate() {
+            let b = p.add(i * 22);
+            if i % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
+            }
+            let d = _mm256_set1_ps(f16(b) * xb.d);
+            let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8(q5_0_values(b), qx), acc);
+        }
+        hsum(acc)
+    }
+
+    /// ggml's `ggml_vec_dot_q5_1_q8_1`: as [`dot_q4_1`] with a fifth bit.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_1(w: &[u8], x: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        let p = w.as_ptr();
+        for (i, xb) in x.iter().enumerate() {
+            let b = p.add(i * 24);
+            if i % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
+            }
+            let d = _mm256_set1_ps(f16(b) * xb.d);
+            offset += f16(b.add(2)) * xb.s;
+            let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, unsigned_mul_sum(q5_1_values(b), qx), acc);
         }
         hsum(acc) + offset
     }
@@ -738,7 +852,7 @@ mod tests {
             }
             let d = half::f16::from_f32(0.001 + (lcg(seed) % 100) as f32 * 1e-4);
             b[..2].copy_from_slice(&d.to_bits().to_le_bytes());
-            if format == WeightFormat::Q4_1 {
+            if matches!(format, WeightFormat::Q4_1 | WeightFormat::Q5_1) {
                 let m = half::f16::from_f32(-0.01 * (lcg(seed) % 10) as f32);
                 b[2..4].copy_from_slice(&m.to_bits().to_le_bytes());
             }
@@ -752,7 +866,8 @@ mod tests {
         // m = 15: a full and a padded tile of prompt rows; m = 1: the decode kernels,
         // with 8 blocks per row (whole groups of four), 18 (two left over) and 3 (none
         // whole).
-        for (format, (rows, cols, m)) in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0]
+        for (format, (rows, cols, m)) in
+            [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_0, WeightFormat::Q5_1]
             .into_iter()
             .flat_map(|f| [(37, 256, 15), (37, 256, 1), (19, 576, 1), (23, 96, 1)].map(|shape| (f, shape)))
         {
@@ -774,6 +889,31 @@ mod tests {
                     let scalar = dot_scalar(format, w.row(j), &xq[r * cols / QK..(r + 1) * cols / QK]);
                     assert!((got - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()), "{format:?} simd {got} vs scalar {scalar}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn dequantization_matches_candle() {
+        use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+        let mut seed = 9;
+        for (format, dtype) in [
+            (WeightFormat::Q4_0, GgmlDType::Q4_0),
+            (WeightFormat::Q4_1, GgmlDType::Q4_1),
+            (WeightFormat::Q5_0, GgmlDType::Q5_0),
+            (WeightFormat::Q5_1, GgmlDType::Q5_1),
+            (WeightFormat::Q8_0, GgmlDType::Q8_0),
+        ] {
+            let (rows, cols) = (3, 96);
+            let data = random_matrix(format, rows, cols, &mut seed);
+            let cpu = candle_core::Device::Cpu;
+            let t = qtensor_from_ggml(dtype, &data, vec![rows, cols], &cpu).unwrap();
+            let reference: Vec<f32> = t.dequantize(&cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let w = QMatrix::new(format, rows, cols, &data).unwrap();
+            let mut ours = vec![0f32; cols];
+            for r in 0..rows {
+                w.dequantize_row(r, &mut ours);
+                assert_eq!(ours, reference[r * cols..(r + 1) * cols], "{format:?} row {r}");
             }
         }
     }

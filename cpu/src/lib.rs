@@ -1,5 +1,7 @@
 //! Our own CPU engine for GGUF `llama` models: a hand-written forward pass
-//! ([`llama`]) on memory-mapped weights with AVX2 quantized kernels ([`kernels`]).
+//! ([`llama`]) on memory-mapped weights with AVX2 kernels, each with a portable
+//! fallback: [`kernels`] for 32-weight blocks, [`kquants`] and [`floats`] (through
+//! [`wide`]) for K-quants and float matrices.
 //!
 //! It exists because candle's CPU path is several times slower than llama.cpp on
 //! the same file (scalar Q4_1 dot product, KV cache copied every token); see
@@ -8,11 +10,14 @@
 
 // Private: its functions trust their `simd` argument (see `f16_vec::simd`).
 mod f16_vec;
+pub mod floats;
 pub mod kernels;
+pub mod kquants;
 pub mod llama;
 pub mod mapped;
 pub mod swiglu;
 pub mod team;
+pub mod wide;
 
 use std::path::Path;
 

@@ -4,17 +4,17 @@
 //! Why not candle's `quantized_llama`: its Q4_1 dot product is scalar, its KV cache
 //! grows with `Tensor::cat` (a copy of the whole cache per token) and each op is a
 //! separate tensor allocation. Here the KV cache is preallocated, Q/K/V and gate/up
-//! are one parallel pass each, and weights in Q4_0/Q4_1/Q8_0 go through our AVX2
-//! kernels ([`super::kernels`]). Weights in any other GGUF type use candle's quantized
-//! matmul for that matrix, so every file candle loads still runs. candle remains
-//! the numerical reference: the tests compare logits with `quantized_llama`.
+//! are one parallel pass each, and every matrix goes through our own kernels:
+//! Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 ([`super::kernels`]), Q4_K/Q5_K/Q6_K and F16/BF16/F32
+//! ([`super::wide`]). A matrix of any other type is refused at load with an error
+//! that names it ([`SUPPORTED_TYPES`]) rather than run on a slow fallback. candle
+//! remains a numerical reference: the tests compare logits with `quantized_llama`.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{bail, Context as _};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
-use candle_core::{Device, Module, Tensor};
+use candle_core::quantized::{gguf_file, GgmlDType};
 use xpu_gguf::{GgufError, GgufFile};
 
 use half::f16;
@@ -23,6 +23,9 @@ use super::f16_vec;
 use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
 use super::swiglu::swiglu_in_place;
 use super::team::Team;
+use super::floats::FloatFormat;
+use super::kquants::KFormat;
+use super::wide::{self, WideFormat, WideJob, WideMatrix};
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -40,24 +43,17 @@ pub struct Config {
     pub context_length: usize,
 }
 
-/// Where a matrix's weights live: our kernels on the mapped bytes, or candle.
+/// A weight matrix on the mapped bytes, in a 32-weight block format ([`kernels`])
+/// or a K-quant or float one ([`wide`]).
 enum Linear {
-    Own {
-        format: WeightFormat,
-        rows: usize,
-        cols: usize,
-        offset: usize,
-    },
-    Candle {
-        rows: usize,
-        matmul: QMatMul,
-    },
+    Own { format: WeightFormat, rows: usize, cols: usize, offset: usize },
+    Wide { format: WideFormat, rows: usize, cols: usize, offset: usize },
 }
 
 impl Linear {
     fn rows(&self) -> usize {
         match self {
-            Linear::Own { rows, .. } | Linear::Candle { rows, .. } => *rows,
+            Linear::Own { rows, .. } | Linear::Wide { rows, .. } => *rows,
         }
     }
 }
@@ -77,7 +73,7 @@ struct Layer {
 /// Token embeddings: rows dequantized on lookup.
 enum Embeddings {
     Quantized { format: WeightFormat, offset: usize },
-    Dense(Vec<f32>),
+    Wide { format: WideFormat, offset: usize },
 }
 
 /// The model: configuration, weights (mapped) and the KV cache of one sequence.
@@ -107,7 +103,7 @@ pub struct LlamaModel {
 struct Scratch {
     x: Vec<f32>,
     xn: Vec<f32>,
-    xq: Vec<BlockQ8>,
+    xq: PreparedInputs,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -119,13 +115,48 @@ struct Scratch {
     scores: Vec<Mutex<Scores>>,
 }
 
-fn own_format(dtype: GgmlDType) -> Option<WeightFormat> {
-    match dtype {
-        GgmlDType::Q4_0 => Some(WeightFormat::Q4_0),
-        GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
-        GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
-        _ => None,
-    }
+/// A matrix product's input rows in the forms the kernels take (kept between calls
+/// so the buffers are reused).
+#[derive(Default)]
+struct PreparedInputs {
+    /// Quantized per 32 ([`kernels`]).
+    q8: Vec<BlockQ8>,
+    /// Quantized per 256 or rounded ([`wide`]).
+    wide: wide::Activations,
+}
+
+/// The GGUF types of weight matrices that this engine has kernels for.
+pub const SUPPORTED_TYPES: &str = "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32";
+
+/// The kernel family of a weight matrix.
+#[derive(Debug, Clone, Copy)]
+enum MatrixFormat {
+    Own(WeightFormat),
+    Wide(WideFormat),
+}
+
+/// The kernels for tensor `name` of type `dtype`, or an error that names the tensor,
+/// its type and what to do.
+fn matrix_format(name: &str, dtype: GgmlDType) -> anyhow::Result<MatrixFormat> {
+    use MatrixFormat::{Own, Wide};
+    Ok(match dtype {
+        GgmlDType::Q4_0 => Own(WeightFormat::Q4_0),
+        GgmlDType::Q4_1 => Own(WeightFormat::Q4_1),
+        GgmlDType::Q5_0 => Own(WeightFormat::Q5_0),
+        GgmlDType::Q5_1 => Own(WeightFormat::Q5_1),
+        GgmlDType::Q8_0 => Own(WeightFormat::Q8_0),
+        GgmlDType::Q4K => Wide(WideFormat::K(KFormat::Q4K)),
+        GgmlDType::Q5K => Wide(WideFormat::K(KFormat::Q5K)),
+        GgmlDType::Q6K => Wide(WideFormat::K(KFormat::Q6K)),
+        GgmlDType::F16 => Wide(WideFormat::Float(FloatFormat::F16)),
+        GgmlDType::BF16 => Wide(WideFormat::Float(FloatFormat::BF16)),
+        GgmlDType::F32 => Wide(WideFormat::Float(FloatFormat::F32)),
+        other => bail!(
+            "tensor {name} has type {other:?}, which the xpu CPU engine has no kernel for (it runs \
+             {SUPPORTED_TYPES}); requantize the file to one of those (e.g. llama-quantize to Q4_K_M), \
+             or run it on candle's slower kernels with XPU_CPU_ENGINE=candle"
+        ),
+    })
 }
 
 impl LlamaModel {
@@ -230,21 +261,17 @@ impl LlamaModel {
             if dims != [rows, cols] {
                 bail!("tensor {name} has shape {dims:?}, expected [{rows}, {cols}]");
             }
-            if let Some(format) = own_format(info.ggml_dtype).filter(|_| cols.is_multiple_of(QK)) {
-                QMatrix::new(format, rows, cols, &mmap[start..start + bytes])
-                    .map_err(anyhow::Error::msg)?;
-                return Ok(Linear::Own {
-                    format,
-                    rows,
-                    cols,
-                    offset: start,
-                });
-            }
-            let mut reader = std::io::Cursor::new(&mmap[..]);
-            let qt = info.read(&mut reader, content.tensor_data_offset, &Device::Cpu)?;
-            Ok(Linear::Candle {
-                rows,
-                matmul: QMatMul::from_qtensor(qt)?,
+            let data = &mmap[start..start + bytes];
+            let bad = |e: String| anyhow::anyhow!("tensor {name}: {e}");
+            Ok(match matrix_format(name, info.ggml_dtype)? {
+                MatrixFormat::Own(format) => {
+                    QMatrix::new(format, rows, cols, data).map_err(bad)?;
+                    Linear::Own { format, rows, cols, offset: start }
+                }
+                MatrixFormat::Wide(format) => {
+                    WideMatrix::new(format, rows, cols, data).map_err(bad)?;
+                    Linear::Wide { format, rows, cols, offset: start }
+                }
             })
         };
 
@@ -254,23 +281,16 @@ impl LlamaModel {
             bail!("token_embd.weight has shape {emb_dims:?}, expected [vocab, {dim}]");
         }
         let vocab = emb_dims[0];
-        let embeddings = match own_format(emb_info.ggml_dtype) {
-            Some(format) => {
-                QMatrix::new(format, vocab, dim, &mmap[emb_start..emb_start + emb_bytes])
-                    .map_err(anyhow::Error::msg)?;
-                Embeddings::Quantized {
-                    format,
-                    offset: emb_start,
-                }
+        let emb_data = &mmap[emb_start..emb_start + emb_bytes];
+        let bad = |e: String| anyhow::anyhow!("tensor token_embd.weight: {e}");
+        let embeddings = match matrix_format("token_embd.weight", emb_info.ggml_dtype)? {
+            MatrixFormat::Own(format) => {
+                QMatrix::new(format, vocab, dim, emb_data).map_err(bad)?;
+                Embeddings::Quantized { format, offset: emb_start }
             }
-            None => {
-                let mut reader = std::io::Cursor::new(&mmap[..]);
-                let qt = emb_info.read(&mut reader, content.tensor_data_offset, &Device::Cpu)?;
-                Embeddings::Dense(
-                    qt.dequantize(&Device::Cpu)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
-                )
+            MatrixFormat::Wide(format) => {
+                WideMatrix::new(format, vocab, dim, emb_data).map_err(bad)?;
+                Embeddings::Wide { format, offset: emb_start }
             }
         };
 
@@ -414,8 +434,10 @@ impl LlamaModel {
                     };
                     w.dequantize_row(t as usize, row);
                 }
-                Embeddings::Dense(e) => {
-                    row.copy_from_slice(&e[t as usize * dim..(t as usize + 1) * dim])
+                Embeddings::Wide { format, offset } => {
+                    let bytes = c.vocab * format.row_bytes(dim);
+                    let data = &self.gguf.bytes()[*offset..*offset + bytes];
+                    WideMatrix { format: *format, rows: c.vocab, cols: dim, data }.dequantize_row(t as usize, row);
                 }
             }
         }
@@ -683,19 +705,20 @@ fn attend_f16(
     }
 }
 
-/// Multiplies the `m` rows of `x` (`cols` wide) by each weight matrix. Matrices on our
-/// kernels share one quantization of `x` and one parallel pass.
+/// Multiplies the `m` rows of `x` (`cols` wide) by each weight matrix. Matrices of one
+/// kernel family share one preparation of `x` and one parallel pass.
 fn run_linears(
     team: &Team,
     mmap: &[u8],
     x: &[f32],
     cols: usize,
     m: usize,
-    xq: &mut Vec<BlockQ8>,
+    xq: &mut PreparedInputs,
     targets: &mut [(&Linear, &mut [f32])],
 ) -> anyhow::Result<()> {
     let x = &x[..m * cols];
     let mut jobs = Vec::new();
+    let mut wide_jobs = Vec::new();
     for (linear, out) in targets.iter_mut() {
         match linear {
             Linear::Own {
@@ -717,16 +740,20 @@ fn run_linears(
                     out: &mut out[..m * rows],
                 });
             }
-            Linear::Candle { rows, matmul } => {
-                let input = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
-                let y = matmul.forward(&input)?.flatten_all()?.to_vec1::<f32>()?;
-                out[..m * rows].copy_from_slice(&y);
+            Linear::Wide { format, rows, cols: lc, offset } => {
+                debug_assert_eq!(*lc, cols);
+                let data = &mmap[*offset..*offset + rows * format.row_bytes(*lc)];
+                let weight = WideMatrix { format: *format, rows: *rows, cols: *lc, data };
+                wide_jobs.push(WideJob { weight, out: &mut out[..m * rows] });
             }
         }
     }
     if !jobs.is_empty() {
-        kernels::quantize_rows(x, cols, xq);
-        kernels::matmul(team, xq, m, &mut jobs);
+        kernels::quantize_rows(x, cols, &mut xq.q8);
+        kernels::matmul(team, &xq.q8, m, &mut jobs);
+    }
+    if !wide_jobs.is_empty() {
+        wide::matmul(team, x, cols, m, &mut xq.wide, &mut wide_jobs);
     }
     Ok(())
 }

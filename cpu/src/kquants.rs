@@ -1,0 +1,418 @@
+//! K-quant weight rows (GGUF Q4_K, Q5_K, Q6_K: super-blocks of 256 weights with
+//! per-sub-block scales) against activations quantized to [`BlockQ8K`].
+//!
+//! The arithmetic is ggml's: activations are quantized by `quantize_row_q8_K_ref`
+//! (one f32 scale per 256 values, sums of each 16 kept for the Q4_K/Q5_K minimums
+//! and Q6_K's offset of 32), products are exact integer sums per super-block, and the
+//! AVX2 kernels follow `ggml_vec_dot_q{4,5,6}_K_q8_K`'s AVX2 code (the portable ones
+//! its generic code), so that each super-block's float steps are the same.
+
+/// Weights per super-block.
+pub const QK_K: usize = 256;
+
+/// One super-block of 256 quantized activations: `x[i] ≈ d * qs[i]`, and `bsums[k]`
+/// the sum of `qs[16k..16k + 16]` (ggml's `block_q8_K`).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+impl Default for BlockQ8K {
+    fn default() -> Self {
+        BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] }
+    }
+}
+
+/// The K-quant block formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KFormat {
+    /// f16 d, f16 dmin, 12 bytes of 6-bit scales and mins (8 sub-blocks of 32),
+    /// 128 bytes of nibbles: weight = d * scale * q - dmin * min.
+    Q4K,
+    /// As Q4K plus 32 bytes holding each weight's fifth bit.
+    Q5K,
+    /// 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales
+    /// (sub-blocks of 16), f16 d: weight = d * scale * (q - 32).
+    Q6K,
+}
+
+impl KFormat {
+    /// Bytes of one super-block of 256 weights.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            KFormat::Q4K => 144,
+            KFormat::Q5K => 176,
+            KFormat::Q6K => 210,
+        }
+    }
+}
+
+/// ggml's `nearest_int`: rounds to nearest, ties to even, for |v| < 2^22.
+#[inline(always)]
+fn nearest_int(v: f32) -> i32 {
+    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Quantizes `x` (a multiple of 256 values) into `out`, as ggml's
+/// `quantize_row_q8_K_ref`: the scale comes from the value of largest magnitude,
+/// with its sign (so that value maps to -127 exactly).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8K]) {
+    debug_assert_eq!(x.len(), out.len() * QK_K);
+    for (src, dst) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in src {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *dst = BlockQ8K::default();
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in dst.qs.iter_mut().zip(src) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        for (sum, group) in dst.bsums.iter_mut().zip(dst.qs.chunks_exact(16)) {
+            *sum = group.iter().map(|&q| q as i16).sum();
+        }
+        dst.d = 1.0 / iscale;
+    }
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The 8 six-bit scales and 8 six-bit mins of a Q4_K/Q5_K super-block from its 12
+/// packed bytes, as ggml unpacks them: the scales in the first 8 bytes of the
+/// result, the mins in the last 8.
+#[inline(always)]
+fn scales_and_mins(packed: &[u8]) -> [u8; 16] {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let word = |k: usize| u32::from_le_bytes([packed[4 * k], packed[4 * k + 1], packed[4 * k + 2], packed[4 * k + 3]]);
+    let mut u = [word(0), word(1), word(2), 0];
+    u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+    let uaux = u[1] & KMASK1;
+    u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+    u[2] = uaux;
+    u[0] &= KMASK1;
+    let mut out = [0u8; 16];
+    for (k, w) in u.iter().enumerate() {
+        out[4 * k..4 * k + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// The 256 unsigned quants of a Q4_K (0..15) or Q5_K (0..31) super-block, in
+/// element order: each 64 elements are 32 low nibbles then 32 high nibbles of the
+/// same 32 bytes; Q5_K's fifth bit of element `64j + l` is bit `2j` of `qh[l]`, of
+/// element `64j + 32 + l` bit `2j + 1`.
+fn q45k_values(format: KFormat, b: &[u8]) -> [u8; QK_K] {
+    let (qs, qh) = match format {
+        KFormat::Q4K => (&b[16..144], None),
+        _ => (&b[48..176], Some(&b[16..48])),
+    };
+    let mut out = [0u8; QK_K];
+    for j in 0..4 {
+        for l in 0..32 {
+            let byte = qs[32 * j + l];
+            let (mut lo, mut hi) = (byte & 0x0F, byte >> 4);
+            if let Some(qh) = qh {
+                lo |= ((qh[l] >> (2 * j)) & 1) << 4;
+                hi |= ((qh[l] >> (2 * j + 1)) & 1) << 4;
+            }
+            out[64 * j + l] = lo;
+            out[64 * j + 32 + l] = hi;
+        }
+    }
+    out
+}
+
+/// The 256 signed quants (-32..31) of a Q6_K super-block in element order.
+fn q6k_values(b: &[u8]) -> [i8; QK_K] {
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    let mut out = [0i8; QK_K];
+    for half in 0..2 {
+        let (ql, qh, out) = (&ql[64 * half..], &qh[32 * half..], &mut out[128 * half..]);
+        for l in 0..32 {
+            out[l] = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
+            out[l + 32] = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+    out
+}
+
+/// Dequantizes one row (whole super-blocks) into `out`.
+pub fn dequantize_row(format: KFormat, row: &[u8], out: &mut [f32]) {
+    for (b, dst) in row.chunks_exact(format.block_bytes()).zip(out.chunks_exact_mut(QK_K)) {
+        match format {
+            KFormat::Q4K | KFormat::Q5K => {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let sm = scales_and_mins(&b[4..16]);
+                let q = q45k_values(format, b);
+                for (k, (dst, q)) in dst.chunks_exact_mut(32).zip(q.chunks_exact(32)).enumerate() {
+                    let (scale, min) = (d * sm[k] as f32, dmin * sm[8 + k] as f32);
+                    for (v, &q) in dst.iter_mut().zip(q) {
+                        *v = scale * q as f32 - min;
+                    }
+                }
+            }
+            KFormat::Q6K => {
+                let d = f16_at(b, 208);
+                let q = q6k_values(b);
+                for (k, (dst, q)) in dst.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+                    let scale = d * b[192 + k] as i8 as f32;
+                    for (v, &q) in dst.iter_mut().zip(q) {
+                        *v = scale * q as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One weight row · one activation row, on AVX2 when `avx2` (which must come from
+/// [`super::kernels::has_avx2`]), else portable.
+#[inline]
+pub fn dot(format: KFormat, w: &[u8], x: &[BlockQ8K], avx2: bool) -> f32 {
+    debug_assert_eq!(w.len(), x.len() * format.block_bytes());
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only true when AVX2, FMA and F16C were detected; the row
+        // holds one super-block per activation block (asserted by the callers).
+        return unsafe {
+            match format {
+                KFormat::Q4K => x86::dot_q4k(w, x),
+                KFormat::Q5K => x86::dot_q5k(w, x),
+                KFormat::Q6K => x86::dot_q6k(w, x),
+            }
+        };
+    }
+    let _ = avx2;
+    dot_scalar(format, w, x)
+}
+
+/// The portable dot product, in the order of ggml's generic code: per super-block,
+/// eight integer lanes (element index mod 8) of `scale * q * x`, then eight float
+/// lanes across super-blocks; the minimums' term is one float sum.
+pub fn dot_scalar(format: KFormat, w: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut total = 0f32;
+    for (b, xb) in w.chunks_exact(format.block_bytes()).zip(x) {
+        let mut sums = [0i32; 8];
+        let d;
+        match format {
+            KFormat::Q4K | KFormat::Q5K => {
+                let sm = scales_and_mins(&b[4..16]);
+                let q = q45k_values(format, b);
+                for (k, (q, qx)) in q.chunks_exact(32).zip(xb.qs.chunks_exact(32)).enumerate() {
+                    for (l, (&q, &qx)) in q.iter().zip(qx).enumerate() {
+                        sums[l % 8] += sm[k] as i32 * (q as i32 * qx as i32);
+                    }
+                }
+                let mins: i32 = xb.bsums.iter().enumerate().map(|(j, &s)| s as i32 * sm[8 + j / 2] as i32).sum();
+                d = f16_at(b, 0) * xb.d;
+                total -= f16_at(b, 2) * xb.d * mins as f32;
+            }
+            KFormat::Q6K => {
+                let q = q6k_values(b);
+                for (k, (q, qx)) in q.chunks_exact(16).zip(xb.qs.chunks_exact(16)).enumerate() {
+                    let scale = b[192 + k] as i8 as i32;
+                    for (l, (&q, &qx)) in q.iter().zip(qx).enumerate() {
+                        sums[l % 8] += scale * (q as i32 * qx as i32);
+                    }
+                }
+                d = f16_at(b, 208) * xb.d;
+            }
+        }
+        for (lane, s) in lanes.iter_mut().zip(sums) {
+            *lane += d * s as f32;
+        }
+    }
+    total + lanes.iter().sum::<f32>()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX2 dot products after ggml's `ggml_vec_dot_q{4,5,6}_K_q8_K`.
+    use super::{BlockQ8K, QK_K};
+    use std::arch::x86_64::*;
+
+    /// How far ahead (bytes) the weight row is prefetched: the same distance as the
+    /// 32-block kernels (see `kernels::PREFETCH_AHEAD`), which keeps the memory-mapped
+    /// pages streaming across page boundaries.
+    const PREFETCH_AHEAD: usize = 3072;
+
+    #[inline(always)]
+    unsafe fn f16(p: *const u8) -> f32 {
+        half::f16::from_bits(std::ptr::read_unaligned(p as *const u16)).to_f32()
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch(b: *const u8, bytes: usize) {
+        // Prefetching never faults, also past the end of the mapping.
+        let mut at = 0;
+        while at < bytes {
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH_AHEAD + at) as *const i8);
+            at += 64;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Σ over Q4_K/Q5_K sub-blocks of min * bsum pairs, as 4 i32 lanes (ggml's
+    /// `prod`), and the 8 scales widened to 16 bits in both halves of a register.
+    #[inline(always)]
+    unsafe fn mins_and_scales(b: *const u8, xb: &BlockQ8K) -> (__m128i, __m256i) {
+        let sm = super::scales_and_mins(std::slice::from_raw_parts(b.add(4), 12));
+        let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.as_ptr() as *const __m128i));
+        let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
+        let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+        let prod = _mm_madd_epi16(_mm256_extracti128_si256(wide, 1), q8s);
+        let sc = _mm256_castsi256_si128(wide);
+        (prod, _mm256_set_m128i(sc, sc))
+    }
+
+    /// The 16-bit scale of sub-block `k` (0..8) in every lane.
+    #[inline(always)]
+    unsafe fn scale_of(scales: __m256i, k: usize) -> __m256i {
+        let lo = (2 * k) as i8;
+        _mm256_shuffle_epi8(scales, _mm256_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1])))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4k(w: &[u8], x: &[BlockQ8K]) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_m = _mm_setzero_ps();
+        for (i, xb) in x.iter().enumerate() {
+            let b = w.as_ptr().add(i * 144);
+            prefetch(b, 144);
+            let d = xb.d * f16(b);
+            let dmin = -xb.d * f16(b.add(2));
+            let (prod, scales) = mins_and_scales(b, xb);
+            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+            let (mut q4, mut q8) = (b.add(16), xb.qs.as_ptr());
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 64 {
+                let bits = _mm256_loadu_si256(q4 as *const __m256i);
+                q4 = q4.add(32);
+                let lo = _mm256_and_si256(bits, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                let q8l = _mm256_loadu_si256(q8 as *const __m256i);
+                let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
+                q8 = q8.add(64);
+                let pl = _mm256_madd_epi16(scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
+                let ph = _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        hsum(acc) + _mm_cvtss_f32(m)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5k(w: &[u8], x: &[BlockQ8K]) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = 0f32;
+        for (i, xb) in x.iter().enumerate() {
+            let b = w.as_ptr().add(i * 176);
+            prefetch(b, 176);
+            let d = xb.d * f16(b);
+            let dmin = -xb.d * f16(b.add(2));
+            let (prod, scales) = mins_and_scales(b, xb);
+            let h = _mm_hadd_epi32(_mm_hadd_epi32(prod, _mm_setzero_si128()), _mm_setzero_si128());
+            summs += dmin * _mm_cvtsi128_si32(h) as f32;
+            // Shifted right by 2 per pair of sub-blocks, whose fifth bits are then
+            // bits 0 and 1 of each byte.
+            let mut hbits = _mm256_loadu_si256(b.add(16) as *const __m256i);
+            let (mut q5, mut q8) = (b.add(48), xb.qs.as_ptr());
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 64 {
+                let bits = _mm256_loadu_si256(q5 as *const __m256i);
+                q5 = q5.add(32);
+                let h0 = _mm256_and_si256(hbits, _mm256_set1_epi8(1));
+                let h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 1), _mm256_set1_epi8(1));
+                hbits = _mm256_srli_epi16(hbits, 2);
+                let lo = _mm256_add_epi8(_mm256_and_si256(bits, m4), _mm256_slli_epi16(h0, 4));
+                let hi = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
+                let q8l = _mm256_loadu_si256(q8 as *const __m256i);
+                let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
+                q8 = q8.add(64);
+                let pl = _mm256_madd_epi16(scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
+                let ph = _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum(acc) + summs
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
+        let m3 = _mm256_set1_epi8(3);
+        let m15 = _mm256_set1_epi8(15);
+        let mut acc = _mm256_setzero_ps();
+        for (i, xb) in x.iter().enumerate() {
+            let b = w.as_ptr().add(i * 210);
+            prefetch(b, 210);
+            let d = xb.d * f16(b.add(208));
+            let (mut ql, mut qh, mut q8) = (b, b.add(128), xb.qs.as_ptr());
+            let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
+            let scales = _mm_loadu_si128(b.add(192) as *const __m128i);
+            // The offset of 32 of every quant, times its scale: 32 * Σ scale * bsum.
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 128 {
+                let bits1 = _mm256_loadu_si256(ql as *const __m256i);
+                let bits2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                let bits_h = _mm256_loadu_si256(qh as *const __m256i);
+                ql = ql.add(64);
+                qh = qh.add(32);
+                let h0 = _mm256_slli_epi16(_mm256_and_si256(bits_h, m3), 4);
+                let h1 = _mm256_slli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(12)), 2);
+                let h2 = _mm256_and_si256(bits_h, _mm256_set1_epi8(48));
+                let h3 = _mm256_srli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(-64)), 2);
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(bits1, m15), h0),
+                    _mm256_or_si256(_mm256_and_si256(bits2, m15), h1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m15), h2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m15), h3),
+                ];
+                let mut p = [_mm256_setzero_si256(); 4];
+                for k in 0..4 {
+                    let qx = _mm256_loadu_si256(q8.add(32 * k) as *const __m256i);
+                    // Scales 2(4j + k) and 2(4j + k) + 1, each over 16 values.
+                    let s = (8 * j + 2 * k) as u8;
+                    let pick = _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
+                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+                    p[k] = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q[k], qx));
+                }
+                q8 = q8.add(128);
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[2], p[3]));
+            }
+            sumi = _mm256_sub_epi32(sumi, offset);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum(acc)
+    }
+}
