@@ -11,5 +11,6 @@ pub mod sampling;
 pub mod stop;
 pub mod bench;
 pub mod generate;
+pub mod hub;
 pub mod model;
 pub mod server;

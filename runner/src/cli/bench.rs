@@ -29,7 +29,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let mut model = model::load(&args.model.model, &args.model.load_options())?;
+    let mut model = model::load(&args.model.model_path()?, &args.model.load_options())?;
     let report = bench::run(
         &mut model,
         &BenchOptions {

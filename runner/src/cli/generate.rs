@@ -99,7 +99,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     // Bad flags fail before the model is loaded.
     sampling.validate()?;
 
-    let mut model = model::load(&args.model.model, &args.model.load_options())?;
+    let mut model = model::load(&args.model.model_path()?, &args.model.load_options())?;
     let (prompt_text, prompt_tokens) = match (&args.prompt, &args.chat, &args.prompt_ids) {
         (Some(prompt), _, _) => (Some(prompt.clone()), model.tokenizer.encode(prompt, true)?),
         (None, Some(chat), _) => {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod generate;
+mod models;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (a systemd-ready service).
     Serve(xpu_runner::server::ServeArgs),
+    /// Download a model from the Hugging Face hub into the model cache.
+    Pull(models::PullArgs),
+    /// List the models in the model cache.
+    List(models::ListArgs),
+    /// Remove a model from the model cache.
+    Rm(models::RmArgs),
 }
 
 impl Command {
@@ -42,8 +49,10 @@ impl Command {
     /// The log level when `RUST_LOG` is not set.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Generate(_) | Command::Bench(_) => "warn",
-            Command::Serve(_) => "info",
+            // Download progress is logged at info level when stderr is not a terminal.
+            Command::Generate(_) | Command::Bench(_) => "warn,xpu_runner::hub=info",
+            Command::Serve(_) | Command::Pull(_) => "info",
+            Command::List(_) | Command::Rm(_) => "warn",
         }
     }
 }
@@ -54,15 +63,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => xpu_runner::server::run(args),
+        Command::Pull(args) => models::pull(args),
+        Command::List(args) => models::list(args),
+        Command::Rm(args) => models::rm(args),
     }
 }
 
 /// Options shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// GGUF file, or a directory with config.json, *.safetensors and tokenizer.json.
-    #[arg(long, value_name = "PATH")]
-    pub model: PathBuf,
+    /// GGUF file, a directory with config.json, *.safetensors and tokenizer.json,
+    /// or a hub reference (hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT[@REV]),
+    /// downloaded into the model cache on first use.
+    #[arg(long, value_name = "REF")]
+    pub model: String,
 
     /// Where to run: auto (CUDA if built in and present, else CPU), cpu, cuda, vulkan.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
@@ -83,6 +97,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model's local path (a hub reference is fetched first).
+    pub fn model_path(&self) -> anyhow::Result<PathBuf> {
+        xpu_runner::hub::resolve_model(&self.model)
+    }
+
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             device: self.device,

@@ -14,9 +14,10 @@ use super::listen::Host;
 /// Options of `xpu-runner serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// GGUF model file to serve.
-    #[arg(long, env = "XPU_RUNNER_MODEL", value_name = "PATH")]
-    pub model: PathBuf,
+    /// GGUF model file to serve, or a hub reference (hf:OWNER/REPO/FILE.gguf[@REV],
+    /// hf:OWNER/REPO:QUANT[@REV]) fetched into the model cache before loading.
+    #[arg(long, env = "XPU_RUNNER_MODEL", value_name = "REF")]
+    pub model: String,
 
     /// Name under which the model is listed in /v1/models and must be requested
     /// (default: the model's own id, from its metadata or file name).

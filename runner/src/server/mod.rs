@@ -112,10 +112,7 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
     });
     tokio::spawn(telemetry::log_first_outcome(gpu));
     let app = routes::router(state.clone(), &args.cors_allow_origin);
-    systemd::status(&format!(
-        "loading {} (listening on {local})",
-        args.model.display()
-    ));
+    systemd::status(&format!("loading {} (listening on {local})", args.model));
 
     if let Some(interval) = systemd::watchdog_interval() {
         tracing::info!("systemd watchdog enabled: pinging every {:?}", interval);
@@ -255,11 +252,15 @@ async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: Socket
         decision.reasons.join("; ")
     );
 
-    let path = args.model.clone();
+    let reference = args.model.clone();
     let (threads, ctx, fallback) = (args.threads, args.ctx, args.device == DeviceChoice::Auto);
     let chosen = decision.device;
-    let (loaded, device, fallback_reason) =
-        tokio::task::spawn_blocking(move || backend::load(&path, chosen, fallback, threads, ctx)).await??;
+    let (path, (loaded, device, fallback_reason)) = tokio::task::spawn_blocking(move || {
+        let path = crate::hub::resolve_model(&reference)?;
+        let loaded = backend::load(&path, chosen, fallback, threads, ctx)?;
+        anyhow::Ok((path, loaded))
+    })
+    .await??;
 
     let id = args.model_id.clone().unwrap_or_else(|| loaded.id.clone());
     let device_description = loaded.engine.device_description();
@@ -275,7 +276,7 @@ async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: Socket
         reasons: decision.reasons.clone(),
         fallback_reason,
     });
-    state.dashboard.read_model(args.model.clone()).await;
+    state.dashboard.read_model(path).await;
     let served = ServedModel {
         id: id.clone(),
         device: device_description.clone(),
