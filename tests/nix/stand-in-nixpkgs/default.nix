@@ -66,6 +66,12 @@ let
       assert lib.assertMsg (args.format or "" == "wheel") "expected a wheel";
       assert lib.assertMsg (lib.hasPrefix "sha256-" args.hash) "fetchPypi needs an SRI hash";
       drv "${args.pname}-${args.version}-${args.python}-none-any.whl" args;
+    # nixpkgs' fetchurl takes url, hash (SRI), name and passthru, among others.
+    fetchurl =
+      args:
+      assert lib.assertMsg (lib.hasPrefix "sha256-" (args.hash or "")) "fetchurl needs an SRI hash";
+      assert lib.assertMsg (lib.isString args.url) "fetchurl needs a url";
+      drv (args.name or (baseNameOf args.url)) args;
     runCommand = name: env: command: drv name (env // { inherit command; });
     writeText = name: text: drv name { inherit text; };
     writeShellScriptBin =
