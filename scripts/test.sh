@@ -11,6 +11,9 @@ export XPU_TEST_MODEL
 XPU_LLAMA_CPP_BIN=${XPU_LLAMA_CPP_BIN:-$(scripts/build-llama-cpp.sh)}
 export XPU_LLAMA_CPP_BIN
 
+# Formatting is checked first: it is the cheapest failure to report.
+cargo fmt --all -- --check
+
 # Model tests need optimised candle kernels, so the whole suite runs in release mode.
 cargo test --workspace --release --locked --features xpu-runner/vulkan
 

@@ -132,7 +132,10 @@ mod x86 {
     /// The CPU has F16C and AVX, and `p` is valid for writing 8 values (any alignment).
     #[inline(always)]
     unsafe fn store(p: *mut f16, v: __m256) {
-        _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        _mm_storeu_si128(
+            p as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+        );
     }
 
     /// [`super::dot`].
@@ -171,7 +174,11 @@ mod x86 {
         let np = n & !7;
         let mut acc = _mm256_setzero_ps();
         for i in (0..np).step_by(8) {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), load(k.as_ptr().add(i)), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(q.as_ptr().add(i)),
+                load(k.as_ptr().add(i)),
+                acc,
+            );
         }
         let t0 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         let t1 = _mm_hadd_ps(t0, t0);
@@ -193,7 +200,10 @@ mod x86 {
         let wv = _mm256_set1_ps(w);
         let yp = y.as_mut_ptr();
         for i in (0..np).step_by(8) {
-            _mm256_storeu_ps(yp.add(i), _mm256_fmadd_ps(load(x.as_ptr().add(i)), wv, _mm256_loadu_ps(yp.add(i))));
+            _mm256_storeu_ps(
+                yp.add(i),
+                _mm256_fmadd_ps(load(x.as_ptr().add(i)), wv, _mm256_loadu_ps(yp.add(i))),
+            );
         }
         for i in np..n {
             y[i] += x[i].to_f32() * w;
@@ -211,7 +221,10 @@ mod x86 {
         let vv = _mm256_set1_ps(v);
         let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
         for i in (0..np).step_by(8) {
-            store(yp.add(i), _mm256_fmadd_ps(load(xp.add(i)), vv, load(yp.add(i))));
+            store(
+                yp.add(i),
+                _mm256_fmadd_ps(load(xp.add(i)), vv, load(yp.add(i))),
+            );
         }
         for i in np..n {
             y[i] = f16::from_f32(x[i].to_f32().mul_add(v, y[i].to_f32()));
@@ -242,7 +255,9 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f16> {
-        (0..n).map(|i| f16::from_f32((((i as u32 * 2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)).collect()
+        (0..n)
+            .map(|i| f16::from_f32((((i as u32 * 2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0))
+            .collect()
     }
 
     #[test]
@@ -252,9 +267,16 @@ mod tests {
         }
         for n in [64, 80, 128, 7] {
             let (x, y) = (data(n, 1), data(n, 2));
-            assert_eq!(dot(&x, &y, true).to_bits(), dot(&x, &y, false).to_bits(), "dot, n = {n}");
+            assert_eq!(
+                dot(&x, &y, true).to_bits(),
+                dot(&x, &y, false).to_bits(),
+                "dot, n = {n}"
+            );
             let exact: f64 = x.iter().zip(&y).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
-            assert!((dot(&x, &y, false) as f64 - exact).abs() < 1e-4, "dot is not a dot product");
+            assert!(
+                (dot(&x, &y, false) as f64 - exact).abs() < 1e-4,
+                "dot is not a dot product"
+            );
             let (mut a, mut b) = (y.clone(), y.clone());
             mad(&mut a, &x, 0.37, true);
             mad(&mut b, &x, 0.37, false);
@@ -262,11 +284,17 @@ mod tests {
             assert!((a[3].to_f32() - (y[3].to_f32() + x[3].to_f32() * 0.37)).abs() < 2e-3);
             let q: Vec<f32> = x.iter().map(|v| v.to_f32() * 1.5).collect();
             let (d1, d2) = (dot_f32(&q, &y, true), dot_f32(&q, &y, false));
-            assert!((d1 - d2).abs() < 1e-5 * (1.0 + d2.abs()), "dot_f32, n = {n}: {d1} vs {d2}");
+            assert!(
+                (d1 - d2).abs() < 1e-5 * (1.0 + d2.abs()),
+                "dot_f32, n = {n}: {d1} vs {d2}"
+            );
             let (mut p1, mut p2) = (q.clone(), q.clone());
             axpy_f32(&mut p1, &y, 0.25, true);
             axpy_f32(&mut p2, &y, 0.25, false);
-            assert!(p1.iter().zip(&p2).all(|(a, b)| (a - b).abs() < 1e-6), "axpy_f32, n = {n}");
+            assert!(
+                p1.iter().zip(&p2).all(|(a, b)| (a - b).abs() < 1e-6),
+                "axpy_f32, n = {n}"
+            );
             assert!((p2[1] - (q[1] + y[1].to_f32() * 0.25)).abs() < 1e-6);
             scale(&mut a, 0.5, true);
             scale(&mut b, 0.5, false);

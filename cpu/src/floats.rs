@@ -29,7 +29,9 @@ impl FloatFormat {
         match self {
             FloatFormat::F16 => half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32(),
             FloatFormat::BF16 => half::bf16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32(),
-            FloatFormat::F32 => f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]]),
+            FloatFormat::F32 => {
+                f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]])
+            }
         }
     }
 }
@@ -86,9 +88,10 @@ mod x86 {
     unsafe fn load(format: FloatFormat, p: *const u8) -> __m256 {
         match format {
             FloatFormat::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-            FloatFormat::BF16 => {
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
-            }
+            FloatFormat::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+                16,
+            )),
             FloatFormat::F32 => _mm256_loadu_ps(p as *const f32),
         }
     }
@@ -119,7 +122,11 @@ mod x86 {
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(i * size + 2048) as *const i8);
             for (k, acc) in acc.iter_mut().enumerate() {
                 let at = i + 8 * k;
-                *acc = _mm256_fmadd_ps(load(format, wp.add(at * size)), _mm256_loadu_ps(xp.add(at)), *acc);
+                *acc = _mm256_fmadd_ps(
+                    load(format, wp.add(at * size)),
+                    _mm256_loadu_ps(xp.add(at)),
+                    *acc,
+                );
             }
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));

@@ -61,10 +61,19 @@ impl<'x> RowTile<'x> {
             std::borrow::Cow::Owned(padded)
         };
         let column = |f: &dyn Fn(&BlockQ8) -> f32| -> Vec<[f32; ROW_TILE]> {
-            (0..nb).map(|i| std::array::from_fn(|r| f(&x[r * nb + i]))).collect()
+            (0..nb)
+                .map(|i| std::array::from_fn(|r| f(&x[r * nb + i])))
+                .collect()
         };
         let (d, d_sum, s) = (column(&|b| b.d), column(&|b| b.d * b.sum), column(&|b| b.s));
-        RowTile { rows, nb, x, d, d_sum, s }
+        RowTile {
+            rows,
+            nb,
+            x,
+            d,
+            d_sum,
+            s,
+        }
     }
 }
 
@@ -120,15 +129,30 @@ pub struct QMatrix<'a> {
 
 impl<'a> QMatrix<'a> {
     /// Wraps `data`, checking that it holds exactly `rows` x `cols` weights.
-    pub fn new(format: WeightFormat, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, String> {
+    pub fn new(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, String> {
         if !cols.is_multiple_of(QK) {
-            return Err(format!("{cols} columns are not a multiple of the block size {QK}"));
+            return Err(format!(
+                "{cols} columns are not a multiple of the block size {QK}"
+            ));
         }
         let expected = rows * cols / QK * format.block_bytes();
         if data.len() != expected {
-            return Err(format!("{rows}x{cols} {format:?} needs {expected} bytes, found {}", data.len()));
+            return Err(format!(
+                "{rows}x{cols} {format:?} needs {expected} bytes, found {}",
+                data.len()
+            ));
         }
-        Ok(QMatrix { format, rows, cols, data })
+        Ok(QMatrix {
+            format,
+            rows,
+            cols,
+            data,
+        })
     }
 
     fn row_bytes(&self) -> usize {
@@ -191,7 +215,11 @@ fn q5_values(b: &[u8], qh: usize) -> [u8; QK] {
     let high = u32::from_le_bytes([b[qh], b[qh + 1], b[qh + 2], b[qh + 3]]);
     let low = &b[qh + 4..qh + 20];
     std::array::from_fn(|j| {
-        let nibble = if j < 16 { low[j] & 0x0F } else { low[j - 16] >> 4 };
+        let nibble = if j < 16 {
+            low[j] & 0x0F
+        } else {
+            low[j - 16] >> 4
+        };
         nibble | (((high >> j) & 1) as u8) << 4
     })
 }
@@ -225,7 +253,9 @@ pub fn quantize_rows(x: &[f32], cols: usize, out: &mut Vec<BlockQ8>) {
         quantize_block_scalar(src, dst);
     };
     if blocks >= 4096 {
-        x.par_chunks_exact(QK).zip(out.par_iter_mut()).for_each(quantize);
+        x.par_chunks_exact(QK)
+            .zip(out.par_iter_mut())
+            .for_each(quantize);
     } else {
         x.chunks_exact(QK).zip(out.iter_mut()).for_each(quantize);
     }
@@ -294,7 +324,10 @@ pub(crate) struct BlockScales {
 
 impl BlockScales {
     fn new(x: &[BlockQ8]) -> Self {
-        BlockScales { d: x.iter().map(|b| b.d).collect(), d_sum: x.iter().map(|b| b.d * b.sum).collect() }
+        BlockScales {
+            d: x.iter().map(|b| b.d).collect(),
+            d_sum: x.iter().map(|b| b.d * b.sum).collect(),
+        }
     }
 }
 
@@ -354,12 +387,20 @@ fn dot_scalar(format: WeightFormat, w: &[u8], x: &[BlockQ8]) -> f32 {
             }
             WeightFormat::Q5_0 => {
                 let q = q5_values(b, 2);
-                let s: i32 = q.iter().zip(&xb.qs).map(|(&q, &x)| (q as i32 - 16) * x as i32).sum();
+                let s: i32 = q
+                    .iter()
+                    .zip(&xb.qs)
+                    .map(|(&q, &x)| (q as i32 - 16) * x as i32)
+                    .sum();
                 total += d * xb.d * s as f32;
             }
             WeightFormat::Q5_1 => {
                 let q = q5_values(b, 4);
-                let s: i32 = q.iter().zip(&xb.qs).map(|(&q, &x)| q as i32 * x as i32).sum();
+                let s: i32 = q
+                    .iter()
+                    .zip(&xb.qs)
+                    .map(|(&q, &x)| q as i32 * x as i32)
+                    .sum();
                 total += d * xb.d * s as f32 + f16_at(b, 2) * xb.s;
             }
         }
@@ -396,7 +437,12 @@ mod x86 {
     pub unsafe fn quantize_block(src: &[f32], dst: &mut BlockQ8) {
         debug_assert_eq!(src.len(), super::QK);
         let p = src.as_ptr();
-        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
         let sign = _mm256_set1_ps(-0.0);
         let mut m = _mm256_andnot_ps(sign, v[0]);
         for x in &v[1..] {
@@ -407,14 +453,25 @@ mod x86 {
         let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
         let (d, id) = super::block_scales(amax);
         let mul = _mm256_set1_ps(id);
-        let q = v.map(|x| _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, mul))));
+        let q = v.map(|x| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(_mm256_mul_ps(x, mul)))
+        });
         let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        let t4 = _mm_add_epi32(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256(total, 1),
+        );
         let t4 = _mm_add_epi32(t4, _mm_shuffle_epi32::<0b01_00_11_10>(t4));
         let sum = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32::<0b10_11_00_01>(t4)));
         // Packing works per 128-bit lane; the permute restores element order.
-        let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let ordered =
+            _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(dst.qs.as_mut_ptr() as *mut __m256i, ordered);
         super::finish_block(dst, d, sum);
     }
@@ -514,7 +571,11 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `w` holds `tile.nb` blocks of `format` and the
     /// tile its `ROW_TILE` rows of `tile.nb` blocks (as [`super::RowTile::new`] builds it).
-    pub unsafe fn dot_tile(format: super::WeightFormat, w: &[u8], tile: &super::RowTile<'_>) -> [f32; 8] {
+    pub unsafe fn dot_tile(
+        format: super::WeightFormat,
+        w: &[u8],
+        tile: &super::RowTile<'_>,
+    ) -> [f32; 8] {
         match format {
             super::WeightFormat::Q4_0 => dot_tile_for::<0>(w, tile),
             super::WeightFormat::Q4_1 => dot_tile_for::<1>(w, tile),
@@ -548,18 +609,26 @@ mod x86 {
         let xp = tile.x.as_ptr();
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut offset = _mm256_setzero_ps();
-        let signed = matches!(format, super::WeightFormat::Q8_0 | super::WeightFormat::Q5_0);
+        let signed = matches!(
+            format,
+            super::WeightFormat::Q8_0 | super::WeightFormat::Q5_0
+        );
         for i in 0..nb {
             let b = p.add(i * bb);
             let (dw, qw) = match format {
                 super::WeightFormat::Q4_0 => (f16(b), nibbles(b.add(2))),
                 super::WeightFormat::Q4_1 => (f16(b), nibbles(b.add(4))),
-                super::WeightFormat::Q8_0 => (f16(b), _mm256_loadu_si256(b.add(2) as *const __m256i)),
+                super::WeightFormat::Q8_0 => {
+                    (f16(b), _mm256_loadu_si256(b.add(2) as *const __m256i))
+                }
                 super::WeightFormat::Q5_0 => (f16(b), q5_0_values(b)),
                 super::WeightFormat::Q5_1 => (f16(b), q5_1_values(b)),
             };
             let d = _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(tile.d[i].as_ptr()));
-            let (dlo, dhi) = (_mm256_permute2f128_ps::<0x00>(d, d), _mm256_permute2f128_ps::<0x11>(d, d));
+            let (dlo, dhi) = (
+                _mm256_permute2f128_ps::<0x00>(d, d),
+                _mm256_permute2f128_ps::<0x11>(d, d),
+            );
             // For signed weights, move the sign onto the activations once.
             let aw = if signed { _mm256_sign_epi8(qw, qw) } else { qw };
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -569,11 +638,18 @@ mod x86 {
             }
             match format {
                 super::WeightFormat::Q4_0 => {
-                    offset = _mm256_fmadd_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(tile.d_sum.as_ptr().add(i) as *const f32), offset)
+                    offset = _mm256_fmadd_ps(
+                        _mm256_set1_ps(dw),
+                        _mm256_loadu_ps(tile.d_sum.as_ptr().add(i) as *const f32),
+                        offset,
+                    )
                 }
                 super::WeightFormat::Q4_1 | super::WeightFormat::Q5_1 => {
                     let m = _mm256_set1_ps(f16(b.add(2)));
-                    offset = _mm256_add_ps(offset, _mm256_mul_ps(m, _mm256_loadu_ps(tile.s[i].as_ptr())));
+                    offset = _mm256_add_ps(
+                        offset,
+                        _mm256_mul_ps(m, _mm256_loadu_ps(tile.s[i].as_ptr())),
+                    );
                 }
                 super::WeightFormat::Q8_0 | super::WeightFormat::Q5_0 => {}
             }
@@ -678,7 +754,12 @@ mod x86 {
         let bits = std::ptr::read_unaligned(p as *const i32);
         let spread = _mm256_shuffle_epi8(
             _mm256_set1_epi32(bits),
-            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+            _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0,
+            ),
         );
         let others = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
         _mm256_cmpeq_epi8(others, _mm256_set1_epi64x(-1))
@@ -781,7 +862,9 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
     let threads = team.threads();
     let total_rows: usize = jobs.iter().map(|j| j.weight.rows).sum();
     // Enough chunks for load balance, few enough that each is worth a task.
-    let chunk = (total_rows / (threads * 8)).clamp(16, 1024).next_multiple_of(4);
+    let chunk = (total_rows / (threads * 8))
+        .clamp(16, 1024)
+        .next_multiple_of(4);
     let mut items = Vec::new();
     let mut outs = Vec::with_capacity(jobs.len());
     for (ji, job) in jobs.iter_mut().enumerate() {
@@ -798,9 +881,19 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
     let jobs: &[MatmulJob<'_, '_>] = jobs;
     let avx2_tiles = avx2 && cfg!(target_arch = "x86_64") && m > 1;
     let nb = x.len().checked_div(m).unwrap_or(0);
-    let tiles: Vec<RowTile<'_>> =
-        if avx2_tiles { (0..m).step_by(ROW_TILE).map(|r0| RowTile::new(x, r0, m, nb)).collect() } else { Vec::new() };
-    let scales = if avx2_tiles { BlockScales::new(&[]) } else { BlockScales::new(x) };
+    let tiles: Vec<RowTile<'_>> = if avx2_tiles {
+        (0..m)
+            .step_by(ROW_TILE)
+            .map(|r0| RowTile::new(x, r0, m, nb))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let scales = if avx2_tiles {
+        BlockScales::new(&[])
+    } else {
+        BlockScales::new(x)
+    };
     team.run(items.len(), &|item, _| {
         let (ji, start, end) = items[item];
         let w = &jobs[ji].weight;
@@ -823,7 +916,10 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
             return;
         }
         for r in 0..m {
-            let (d, d_sum) = (&scales.d[r * nb..(r + 1) * nb], &scales.d_sum[r * nb..(r + 1) * nb]);
+            let (d, d_sum) = (
+                &scales.d[r * nb..(r + 1) * nb],
+                &scales.d_sum[r * nb..(r + 1) * nb],
+            );
             for j in start..end {
                 let v = dot(w.format, w.row(j), &x[r * nb..(r + 1) * nb], d, d_sum, avx2);
                 // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
@@ -840,7 +936,9 @@ mod tests {
 
     /// A deterministic pseudo-random generator for test data.
     fn lcg(seed: &mut u64) -> u32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (*seed >> 33) as u32
     }
 
@@ -866,28 +964,55 @@ mod tests {
         // m = 15: a full and a padded tile of prompt rows; m = 1: the decode kernels,
         // with 8 blocks per row (whole groups of four), 18 (two left over) and 3 (none
         // whole).
-        for (format, (rows, cols, m)) in
-            [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_0, WeightFormat::Q5_1]
-            .into_iter()
-            .flat_map(|f| [(37, 256, 15), (37, 256, 1), (19, 576, 1), (23, 96, 1)].map(|shape| (f, shape)))
-        {
+        for (format, (rows, cols, m)) in [
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+            WeightFormat::Q8_0,
+            WeightFormat::Q5_0,
+            WeightFormat::Q5_1,
+        ]
+        .into_iter()
+        .flat_map(|f| {
+            [(37, 256, 15), (37, 256, 1), (19, 576, 1), (23, 96, 1)].map(|shape| (f, shape))
+        }) {
             let data = random_matrix(format, rows, cols, &mut seed);
             let w = QMatrix::new(format, rows, cols, &data).unwrap();
-            let x: Vec<f32> = (0..m * cols).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+            let x: Vec<f32> = (0..m * cols)
+                .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
             let mut xq = Vec::new();
             quantize_rows(&x, cols, &mut xq);
             let mut out = vec![0f32; m * rows];
-            matmul(&Team::new(2), &xq, m, &mut [MatmulJob { weight: w, out: &mut out }]);
+            matmul(
+                &Team::new(2),
+                &xq,
+                m,
+                &mut [MatmulJob {
+                    weight: w,
+                    out: &mut out,
+                }],
+            );
             let mut wrow = vec![0f32; cols];
             for j in 0..rows {
                 w.dequantize_row(j, &mut wrow);
                 for r in 0..m {
-                    let exact: f32 = wrow.iter().zip(&x[r * cols..(r + 1) * cols]).map(|(a, b)| a * b).sum();
+                    let exact: f32 = wrow
+                        .iter()
+                        .zip(&x[r * cols..(r + 1) * cols])
+                        .map(|(a, b)| a * b)
+                        .sum();
                     let scale: f32 = wrow.iter().map(|v| v.abs()).sum::<f32>() / 64.0 + 1e-3;
                     let got = out[r * rows + j];
-                    assert!((got - exact).abs() < scale, "{format:?} ({r},{j}): {got} vs {exact}");
-                    let scalar = dot_scalar(format, w.row(j), &xq[r * cols / QK..(r + 1) * cols / QK]);
-                    assert!((got - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()), "{format:?} simd {got} vs scalar {scalar}");
+                    assert!(
+                        (got - exact).abs() < scale,
+                        "{format:?} ({r},{j}): {got} vs {exact}"
+                    );
+                    let scalar =
+                        dot_scalar(format, w.row(j), &xq[r * cols / QK..(r + 1) * cols / QK]);
+                    assert!(
+                        (got - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()),
+                        "{format:?} simd {got} vs scalar {scalar}"
+                    );
                 }
             }
         }
@@ -908,12 +1033,22 @@ mod tests {
             let data = random_matrix(format, rows, cols, &mut seed);
             let cpu = candle_core::Device::Cpu;
             let t = qtensor_from_ggml(dtype, &data, vec![rows, cols], &cpu).unwrap();
-            let reference: Vec<f32> = t.dequantize(&cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let reference: Vec<f32> = t
+                .dequantize(&cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let w = QMatrix::new(format, rows, cols, &data).unwrap();
             let mut ours = vec![0f32; cols];
             for r in 0..rows {
                 w.dequantize_row(r, &mut ours);
-                assert_eq!(ours, reference[r * cols..(r + 1) * cols], "{format:?} row {r}");
+                assert_eq!(
+                    ours,
+                    reference[r * cols..(r + 1) * cols],
+                    "{format:?} row {r}"
+                );
             }
         }
     }
@@ -927,21 +1062,32 @@ mod tests {
         let mut blocks: Vec<Vec<f32>> = (0..200)
             .map(|k| {
                 let scale = [1e-3f32, 0.5, 3.0, 1e4][k % 4];
-                (0..QK).map(|_| ((lcg(&mut seed) % 20001) as f32 / 10000.0 - 1.0) * scale).collect()
+                (0..QK)
+                    .map(|_| ((lcg(&mut seed) % 20001) as f32 / 10000.0 - 1.0) * scale)
+                    .collect()
             })
             .collect();
         // All zero, ties at .5 after scaling, one large value.
         blocks.push(vec![0.0; QK]);
         blocks.push((0..QK).map(|i| (i as f32 - 16.0) * 0.5).collect());
-        blocks.push((0..QK).map(|i| if i == 7 { -127.0 } else { i as f32 + 0.5 }).collect());
+        blocks.push(
+            (0..QK)
+                .map(|i| if i == 7 { -127.0 } else { i as f32 + 0.5 })
+                .collect(),
+        );
         for src in &blocks {
             let (mut a, mut b) = (BlockQ8::default(), BlockQ8::default());
             quantize_block_scalar(src, &mut a);
             // SAFETY: AVX2, FMA and F16C were detected above; `src` is one block of QK floats.
             #[cfg(target_arch = "x86_64")]
-            unsafe { x86::quantize_block(src, &mut b) };
+            unsafe {
+                x86::quantize_block(src, &mut b)
+            };
             assert_eq!(a.qs, b.qs, "{src:?}");
-            assert_eq!((a.d.to_bits(), a.s.to_bits(), a.sum.to_bits()), (b.d.to_bits(), b.s.to_bits(), b.sum.to_bits()));
+            assert_eq!(
+                (a.d.to_bits(), a.s.to_bits(), a.sum.to_bits()),
+                (b.d.to_bits(), b.s.to_bits(), b.sum.to_bits())
+            );
         }
     }
 

@@ -22,7 +22,11 @@ pub struct BlockQ8K {
 
 impl Default for BlockQ8K {
     fn default() -> Self {
-        BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] }
+        BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
     }
 }
 
@@ -97,7 +101,14 @@ fn scales_and_mins(packed: &[u8]) -> [u8; 16] {
     const KMASK1: u32 = 0x3f3f_3f3f;
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
-    let word = |k: usize| u32::from_le_bytes([packed[4 * k], packed[4 * k + 1], packed[4 * k + 2], packed[4 * k + 3]]);
+    let word = |k: usize| {
+        u32::from_le_bytes([
+            packed[4 * k],
+            packed[4 * k + 1],
+            packed[4 * k + 2],
+            packed[4 * k + 3],
+        ])
+    };
     let mut u = [word(0), word(1), word(2), 0];
     u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
     let uaux = u[1] & KMASK1;
@@ -154,7 +165,10 @@ fn q6k_values(b: &[u8]) -> [i8; QK_K] {
 
 /// Dequantizes one row (whole super-blocks) into `out`.
 pub fn dequantize_row(format: KFormat, row: &[u8], out: &mut [f32]) {
-    for (b, dst) in row.chunks_exact(format.block_bytes()).zip(out.chunks_exact_mut(QK_K)) {
+    for (b, dst) in row
+        .chunks_exact(format.block_bytes())
+        .zip(out.chunks_exact_mut(QK_K))
+    {
         match format {
             KFormat::Q4K | KFormat::Q5K => {
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -220,7 +234,12 @@ pub fn dot_scalar(format: KFormat, w: &[u8], x: &[BlockQ8K]) -> f32 {
                         sums[l % 8] += sm[k] as i32 * (q as i32 * qx as i32);
                     }
                 }
-                let mins: i32 = xb.bsums.iter().enumerate().map(|(j, &s)| s as i32 * sm[8 + j / 2] as i32).sum();
+                let mins: i32 = xb
+                    .bsums
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &s)| s as i32 * sm[8 + j / 2] as i32)
+                    .sum();
                 d = f16_at(b, 0) * xb.d;
                 total -= f16_at(b, 2) * xb.d * mins as f32;
             }
@@ -282,7 +301,10 @@ mod x86 {
         let sm = super::scales_and_mins(std::slice::from_raw_parts(b.add(4), 12));
         let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.as_ptr() as *const __m128i));
         let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
-        let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+        let q8s = _mm_hadd_epi16(
+            _mm256_castsi256_si128(q8sums),
+            _mm256_extracti128_si256(q8sums, 1),
+        );
         let prod = _mm_madd_epi16(_mm256_extracti128_si256(wide, 1), q8s);
         let sc = _mm256_castsi256_si128(wide);
         (prod, _mm256_set_m128i(sc, sc))
@@ -292,7 +314,10 @@ mod x86 {
     #[inline(always)]
     unsafe fn scale_of(scales: __m256i, k: usize) -> __m256i {
         let lo = (2 * k) as i8;
-        _mm256_shuffle_epi8(scales, _mm256_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1])))
+        _mm256_shuffle_epi8(
+            scales,
+            _mm256_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1])),
+        )
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -318,7 +343,8 @@ mod x86 {
                 let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
                 q8 = q8.add(64);
                 let pl = _mm256_madd_epi16(scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
-                let ph = _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
+                let ph =
+                    _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
@@ -339,7 +365,10 @@ mod x86 {
             let d = xb.d * f16(b);
             let dmin = -xb.d * f16(b.add(2));
             let (prod, scales) = mins_and_scales(b, xb);
-            let h = _mm_hadd_epi32(_mm_hadd_epi32(prod, _mm_setzero_si128()), _mm_setzero_si128());
+            let h = _mm_hadd_epi32(
+                _mm_hadd_epi32(prod, _mm_setzero_si128()),
+                _mm_setzero_si128(),
+            );
             summs += dmin * _mm_cvtsi128_si32(h) as f32;
             // Shifted right by 2 per pair of sub-blocks, whose fifth bits are then
             // bits 0 and 1 of each byte.
@@ -353,12 +382,16 @@ mod x86 {
                 let h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 1), _mm256_set1_epi8(1));
                 hbits = _mm256_srli_epi16(hbits, 2);
                 let lo = _mm256_add_epi8(_mm256_and_si256(bits, m4), _mm256_slli_epi16(h0, 4));
-                let hi = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
+                let hi = _mm256_add_epi8(
+                    _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+                    _mm256_slli_epi16(h1, 4),
+                );
                 let q8l = _mm256_loadu_si256(q8 as *const __m256i);
                 let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
                 q8 = q8.add(64);
                 let pl = _mm256_madd_epi16(scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
-                let ph = _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
+                let ph =
+                    _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
@@ -379,7 +412,8 @@ mod x86 {
             let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
             let scales = _mm_loadu_si128(b.add(192) as *const __m128i);
             // The offset of 32 of every quant, times its scale: 32 * Σ scale * bsum.
-            let offset = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
+            let offset =
+                _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
             let mut sumi = _mm256_setzero_si256();
             for j in 0..QK_K / 128 {
                 let bits1 = _mm256_loadu_si256(ql as *const __m256i);
@@ -402,7 +436,8 @@ mod x86 {
                     let qx = _mm256_loadu_si256(q8.add(32 * k) as *const __m256i);
                     // Scales 2(4j + k) and 2(4j + k) + 1, each over 16 values.
                     let s = (8 * j + 2 * k) as u8;
-                    let pick = _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
+                    let pick =
+                        _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
                     let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
                     p[k] = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q[k], qx));
                 }

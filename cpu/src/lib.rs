@@ -30,18 +30,24 @@ impl CpuLlamaEngine {
     /// Loads a GGUF `llama` file. `max_context` caps the context length (default: the
     /// model's own).
     pub fn load(path: &Path, max_context: Option<usize>) -> anyhow::Result<Self> {
-        Ok(CpuLlamaEngine { model: llama::LlamaModel::load(path, max_context)? })
+        Ok(CpuLlamaEngine {
+            model: llama::LlamaModel::load(path, max_context)?,
+        })
     }
 
     /// Builds the engine on a GGUF file the caller has opened (its header parsed once).
     pub fn from_gguf(gguf: xpu_gguf::GgufFile, max_context: Option<usize>) -> anyhow::Result<Self> {
-        Ok(CpuLlamaEngine { model: llama::LlamaModel::from_gguf(gguf, max_context)? })
+        Ok(CpuLlamaEngine {
+            model: llama::LlamaModel::from_gguf(gguf, max_context)?,
+        })
     }
 }
 
 impl std::fmt::Debug for CpuLlamaEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuLlamaEngine").field("config", &self.model.config).finish_non_exhaustive()
+        f.debug_struct("CpuLlamaEngine")
+            .field("config", &self.model.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,6 +72,10 @@ impl CpuLlamaEngine {
 
     /// The threads and SIMD kernels in use, for logs and `/health`.
     pub fn device_description(&self) -> String {
-        format!("cpu ({} threads, {}, xpu llama kernels)", self.model.team.threads(), kernels::simd_name())
+        format!(
+            "cpu ({} threads, {}, xpu llama kernels)",
+            self.model.team.threads(),
+            kernels::simd_name()
+        )
     }
 }

@@ -20,11 +20,11 @@ use xpu_gguf::{GgufError, GgufFile};
 use half::f16;
 
 use super::f16_vec;
+use super::floats::FloatFormat;
 use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
+use super::kquants::KFormat;
 use super::swiglu::swiglu_in_place;
 use super::team::Team;
-use super::floats::FloatFormat;
-use super::kquants::KFormat;
 use super::wide::{self, WideFormat, WideJob, WideMatrix};
 
 /// Hyper-parameters read from the GGUF metadata.
@@ -46,8 +46,18 @@ pub struct Config {
 /// A weight matrix on the mapped bytes, in a 32-weight block format ([`kernels`])
 /// or a K-quant or float one ([`wide`]).
 enum Linear {
-    Own { format: WeightFormat, rows: usize, cols: usize, offset: usize },
-    Wide { format: WideFormat, rows: usize, cols: usize, offset: usize },
+    Own {
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        offset: usize,
+    },
+    Wide {
+        format: WideFormat,
+        rows: usize,
+        cols: usize,
+        offset: usize,
+    },
 }
 
 impl Linear {
@@ -266,11 +276,21 @@ impl LlamaModel {
             Ok(match matrix_format(name, info.ggml_dtype)? {
                 MatrixFormat::Own(format) => {
                     QMatrix::new(format, rows, cols, data).map_err(bad)?;
-                    Linear::Own { format, rows, cols, offset: start }
+                    Linear::Own {
+                        format,
+                        rows,
+                        cols,
+                        offset: start,
+                    }
                 }
                 MatrixFormat::Wide(format) => {
                     WideMatrix::new(format, rows, cols, data).map_err(bad)?;
-                    Linear::Wide { format, rows, cols, offset: start }
+                    Linear::Wide {
+                        format,
+                        rows,
+                        cols,
+                        offset: start,
+                    }
                 }
             })
         };
@@ -286,11 +306,17 @@ impl LlamaModel {
         let embeddings = match matrix_format("token_embd.weight", emb_info.ggml_dtype)? {
             MatrixFormat::Own(format) => {
                 QMatrix::new(format, vocab, dim, emb_data).map_err(bad)?;
-                Embeddings::Quantized { format, offset: emb_start }
+                Embeddings::Quantized {
+                    format,
+                    offset: emb_start,
+                }
             }
             MatrixFormat::Wide(format) => {
                 WideMatrix::new(format, vocab, dim, emb_data).map_err(bad)?;
-                Embeddings::Wide { format, offset: emb_start }
+                Embeddings::Wide {
+                    format,
+                    offset: emb_start,
+                }
             }
         };
 
@@ -437,7 +463,13 @@ impl LlamaModel {
                 Embeddings::Wide { format, offset } => {
                     let bytes = c.vocab * format.row_bytes(dim);
                     let data = &self.gguf.bytes()[*offset..*offset + bytes];
-                    WideMatrix { format: *format, rows: c.vocab, cols: dim, data }.dequantize_row(t as usize, row);
+                    WideMatrix {
+                        format: *format,
+                        rows: c.vocab,
+                        cols: dim,
+                        data,
+                    }
+                    .dequantize_row(t as usize, row);
                 }
             }
         }
@@ -740,11 +772,24 @@ fn run_linears(
                     out: &mut out[..m * rows],
                 });
             }
-            Linear::Wide { format, rows, cols: lc, offset } => {
+            Linear::Wide {
+                format,
+                rows,
+                cols: lc,
+                offset,
+            } => {
                 debug_assert_eq!(*lc, cols);
                 let data = &mmap[*offset..*offset + rows * format.row_bytes(*lc)];
-                let weight = WideMatrix { format: *format, rows: *rows, cols: *lc, data };
-                wide_jobs.push(WideJob { weight, out: &mut out[..m * rows] });
+                let weight = WideMatrix {
+                    format: *format,
+                    rows: *rows,
+                    cols: *lc,
+                    data,
+                };
+                wide_jobs.push(WideJob {
+                    weight,
+                    out: &mut out[..m * rows],
+                });
             }
         }
     }

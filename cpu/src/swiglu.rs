@@ -37,15 +37,26 @@ mod x86 {
             _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x), // 0x1.62e4p-1
         );
         let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
-        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(
+            e,
+            _mm256_castps_si256(_mm256_set1_ps(1.0)),
+        ));
         let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
         let c = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0)));
         let u = _mm256_mul_ps(b, b);
         let j = _mm256_fmadd_ps(
             _mm256_fmadd_ps(
-                _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3c07_2010)), b, _mm256_set1_ps(f32::from_bits(0x3d2b_9f17))),
+                _mm256_fmadd_ps(
+                    _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
+                    b,
+                    _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
+                ),
                 u,
-                _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3e2a_af33)), b, _mm256_set1_ps(f32::from_bits(0x3eff_fedb))),
+                _mm256_fmadd_ps(
+                    _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
+                    b,
+                    _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
+                ),
             ),
             u,
             _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
@@ -65,7 +76,10 @@ mod x86 {
             _mm256_andnot_ps(
                 _mm256_castsi256_ps(d),
                 _mm256_or_ps(
-                    _mm256_and_ps(_mm256_castsi256_ps(c), _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                    _mm256_and_ps(
+                        _mm256_castsi256_ps(c),
+                        _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1),
+                    ),
                     _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)),
                 ),
             ),
@@ -82,7 +96,13 @@ mod x86 {
         let (gp, up) = (gate.as_mut_ptr(), up.as_ptr());
         for i in (0..n).step_by(8) {
             let x = _mm256_loadu_ps(gp.add(i));
-            let silu = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), expf(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+            let silu = _mm256_div_ps(
+                x,
+                _mm256_add_ps(
+                    _mm256_set1_ps(1.0),
+                    expf(_mm256_sub_ps(_mm256_setzero_ps(), x)),
+                ),
+            );
             _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.add(i))));
         }
         n
@@ -95,13 +115,19 @@ mod tests {
 
     #[test]
     fn matches_the_exact_function_closely_over_the_whole_range() {
-        let x: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.05).chain([-150.0, -100.0, 90.0, 200.0]).collect();
+        let x: Vec<f32> = (-2000..2000)
+            .map(|i| i as f32 * 0.05)
+            .chain([-150.0, -100.0, 90.0, 200.0])
+            .collect();
         let up: Vec<f32> = x.iter().map(|v| 0.5 + v.abs().sin()).collect();
         let mut got = x.clone();
         swiglu_in_place(&mut got, &up);
         for ((g, x), u) in got.iter().zip(&x).zip(&up) {
             let exact = (*x as f64 / (1.0 + (-*x as f64).exp()) * *u as f64) as f32;
-            assert!((g - exact).abs() <= 1e-5 * (1.0 + exact.abs()), "x = {x}: {g} vs {exact}");
+            assert!(
+                (g - exact).abs() <= 1e-5 * (1.0 + exact.abs()),
+                "x = {x}: {g} vs {exact}"
+            );
         }
     }
 }

@@ -89,12 +89,21 @@ impl Team {
                     .expect("spawning a CPU worker thread")
             })
             .collect();
-        Team { shared, workers, running: Mutex::new(()) }
+        Team {
+            shared,
+            workers,
+            running: Mutex::new(()),
+        }
     }
 
     /// Calls `job(index, chunk, thread)` for each `chunk`-long piece of `data` (the
     /// last may be shorter), spread over the team as [`Team::run`] does.
-    pub fn run_chunks_mut<T: Send>(&self, data: &mut [T], chunk: usize, job: &(dyn Fn(usize, &mut [T], usize) + Sync)) {
+    pub fn run_chunks_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk: usize,
+        job: &(dyn Fn(usize, &mut [T], usize) + Sync),
+    ) {
         assert!(chunk > 0, "chunk length must be positive");
         let len = data.len();
         let base = SendPtr(data.as_mut_ptr());
@@ -103,7 +112,8 @@ impl Team {
             let end = (start + chunk).min(len);
             // SAFETY: items are distinct, so their ranges are disjoint pieces of `data`,
             // which stays mutably borrowed until `run` has returned.
-            let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+            let piece =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
             job(i, piece, thread);
         });
     }
@@ -225,7 +235,9 @@ impl Drop for Team {
 
 impl std::fmt::Debug for Team {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Team").field("threads", &self.threads()).finish()
+        f.debug_struct("Team")
+            .field("threads", &self.threads())
+            .finish()
     }
 }
 
@@ -243,7 +255,10 @@ mod tests {
                     assert!(t < threads);
                     counts[i].fetch_add(1, Relaxed);
                 });
-                assert!(counts.iter().all(|c| c.load(Relaxed) == 1), "{threads} threads, {items} items");
+                assert!(
+                    counts.iter().all(|c| c.load(Relaxed) == 1),
+                    "{threads} threads, {items} items"
+                );
             }
         }
     }

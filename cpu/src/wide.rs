@@ -49,15 +49,31 @@ pub struct WideMatrix<'a> {
 
 impl<'a> WideMatrix<'a> {
     /// Wraps `data`, checking that it holds exactly `rows` x `cols` weights.
-    pub fn new(format: WideFormat, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, String> {
+    pub fn new(
+        format: WideFormat,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, String> {
         if cols % format.block_len() != 0 {
-            return Err(format!("{cols} columns are not a multiple of the block size {}", format.block_len()));
+            return Err(format!(
+                "{cols} columns are not a multiple of the block size {}",
+                format.block_len()
+            ));
         }
         let expected = rows * format.row_bytes(cols);
         if data.len() != expected {
-            return Err(format!("{rows}x{cols} {format:?} needs {expected} bytes, found {}", data.len()));
+            return Err(format!(
+                "{rows}x{cols} {format:?} needs {expected} bytes, found {}",
+                data.len()
+            ));
         }
-        Ok(WideMatrix { format, rows, cols, data })
+        Ok(WideMatrix {
+            format,
+            rows,
+            cols,
+            data,
+        })
     }
 
     /// The raw bytes of weight row `r`.
@@ -118,7 +134,14 @@ unsafe impl Sync for OutPtr {}
 
 /// Runs all `jobs`, which share the input `x` (`m` rows of `cols` floats), in one
 /// parallel pass over `team`.
-pub fn matmul(team: &Team, x: &[f32], cols: usize, m: usize, acts: &mut Activations, jobs: &mut [WideJob<'_, '_>]) {
+pub fn matmul(
+    team: &Team,
+    x: &[f32],
+    cols: usize,
+    m: usize,
+    acts: &mut Activations,
+    jobs: &mut [WideJob<'_, '_>],
+) {
     matmul_with(team, x, cols, m, acts, jobs, has_avx2());
 }
 
@@ -165,7 +188,9 @@ pub(crate) fn matmul_with(
             let row = w.row(j);
             for r in 0..m {
                 let v = match w.format {
-                    WideFormat::K(k) => kquants::dot(k, row, &acts.q8k[r * blocks..(r + 1) * blocks], avx2),
+                    WideFormat::K(k) => {
+                        kquants::dot(k, row, &acts.q8k[r * blocks..(r + 1) * blocks], avx2)
+                    }
                     WideFormat::Float(f) => {
                         let input = match f {
                             FloatFormat::F16 => &acts.f16,
@@ -191,7 +216,9 @@ mod tests {
 
     /// A deterministic pseudo-random generator for test data.
     fn lcg(seed: &mut u64) -> u32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (*seed >> 33) as u32
     }
 
@@ -211,10 +238,14 @@ mod tests {
     /// Random bytes for every quant and scale of a K-quant matrix, with small
     /// positive f16 super-block scales; random values in [-1, 1] for floats.
     fn random_matrix(format: WideFormat, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
-        let scale = |seed: &mut u64| half::f16::from_f32(0.0005 + (lcg(seed) % 100) as f32 * 2e-5).to_le_bytes();
+        let scale = |seed: &mut u64| {
+            half::f16::from_f32(0.0005 + (lcg(seed) % 100) as f32 * 2e-5).to_le_bytes()
+        };
         match format {
             WideFormat::K(k) => {
-                let mut data: Vec<u8> = (0..rows * format.row_bytes(cols)).map(|_| lcg(seed) as u8).collect();
+                let mut data: Vec<u8> = (0..rows * format.row_bytes(cols))
+                    .map(|_| lcg(seed) as u8)
+                    .collect();
                 for b in data.chunks_exact_mut(k.block_bytes()) {
                     match k {
                         KFormat::Q4K | KFormat::Q5K => {
@@ -243,7 +274,12 @@ mod tests {
     /// block layouts).
     fn candle_dequantize(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) -> Vec<f32> {
         let t = qtensor_from_ggml(dtype, data, vec![rows, cols], &Device::Cpu).unwrap();
-        t.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        t.dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     /// The activations as the kernels see them: Q8_K-quantized for K-quants, rounded
@@ -253,7 +289,9 @@ mod tests {
             WideFormat::K(_) => {
                 let mut q = vec![BlockQ8K::default(); x.len() / QK_K];
                 kquants::quantize_row(x, &mut q);
-                q.iter().flat_map(|b| b.qs.map(|v| b.d * v as f32)).collect()
+                q.iter()
+                    .flat_map(|b| b.qs.map(|v| b.d * v as f32))
+                    .collect()
             }
             WideFormat::Float(f) => {
                 let mut out = Vec::new();
@@ -274,7 +312,11 @@ mod tests {
             let mut ours = vec![0f32; cols];
             for r in 0..rows {
                 w.dequantize_row(r, &mut ours);
-                assert_eq!(ours, reference[r * cols..(r + 1) * cols], "{format:?} row {r}");
+                assert_eq!(
+                    ours,
+                    reference[r * cols..(r + 1) * cols],
+                    "{format:?} row {r}"
+                );
             }
         }
     }
@@ -293,7 +335,10 @@ mod tests {
                 for avx2 in [false, true] {
                     let mut out = vec![0f32; m * rows];
                     let mut acts = Activations::default();
-                    let job = WideJob { weight: w, out: &mut out };
+                    let job = WideJob {
+                        weight: w,
+                        out: &mut out,
+                    };
                     matmul_with(&team, &x, cols, m, &mut acts, &mut [job], avx2);
                     for r in 0..m {
                         let xr = &x[r * cols..(r + 1) * cols];
@@ -302,22 +347,30 @@ mod tests {
                             let wr = &weights[j * cols..(j + 1) * cols];
                             let got = out[r * rows + j] as f64;
                             // Against the inputs the kernel multiplies: float rounding only.
-                            let exact: f64 = wr.iter().zip(&xe).map(|(&a, &b)| a as f64 * b as f64).sum();
-                            let magnitude: f64 = wr.iter().zip(&xe).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                            let exact: f64 =
+                                wr.iter().zip(&xe).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let magnitude: f64 = wr
+                                .iter()
+                                .zip(&xe)
+                                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                                .sum();
                             assert!(
                                 (got - exact).abs() <= 1e-5 * magnitude + 1e-6,
                                 "{format:?} avx2={avx2} ({r},{j}): {got} vs {exact}"
                             );
                             // Against the unrounded input: within the activations'
                             // quantization step (half a step per value).
-                            let truth: f64 = wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let truth: f64 =
+                                wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
                             let step = match format {
                                 WideFormat::K(_) => xr
                                     .chunks(QK_K)
                                     .zip(wr.chunks(QK_K))
                                     .map(|(xb, wb)| {
-                                        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-                                        wb.iter().map(|w| w.abs() as f64).sum::<f64>() * amax / 254.0
+                                        let amax =
+                                            xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                                        wb.iter().map(|w| w.abs() as f64).sum::<f64>() * amax
+                                            / 254.0
                                     })
                                     .sum(),
                                 WideFormat::Float(_) => magnitude / 256.0,
@@ -365,7 +418,10 @@ mod tests {
     #[test]
     fn wrong_sizes_are_reported() {
         let err = WideMatrix::new(WideFormat::K(KFormat::Q4K), 2, 576, &[0; 288]).unwrap_err();
-        assert!(err.contains("not a multiple of the block size 256"), "{err}");
+        assert!(
+            err.contains("not a multiple of the block size 256"),
+            "{err}"
+        );
         let err = WideMatrix::new(WideFormat::K(KFormat::Q6K), 2, 256, &[0; 400]).unwrap_err();
         assert!(err.contains("needs 420 bytes"), "{err}");
     }

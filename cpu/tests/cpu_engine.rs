@@ -15,8 +15,14 @@ fn test_model() -> PathBuf {
         return PathBuf::from(path);
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-model.sh");
-    let out = Command::new(script).output().expect("run scripts/fetch-model.sh");
-    assert!(out.status.success(), "fetch-model.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(script)
+        .output()
+        .expect("run scripts/fetch-model.sh");
+    assert!(
+        out.status.success(),
+        "fetch-model.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -27,19 +33,38 @@ fn candle_model(path: &PathBuf) -> ModelWeights {
 }
 
 fn candle_logits(model: &mut ModelWeights, tokens: &[u32], start: usize) -> Vec<f32> {
-    let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    model.forward(&input, start).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&input, start)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn argmax(v: &[f32]) -> u32 {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0 as u32
 }
 
 /// Largest difference relative to the spread of the reference logits.
 fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {
     let spread = reference.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v))
         - reference.iter().fold(f32::INFINITY, |m, v| m.min(*v));
-    ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / spread
+    ours.iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+        / spread
 }
 
 /// Largest logit difference allowed, as a fraction of the logit range. Both engines
@@ -57,14 +82,23 @@ fn logits_and_greedy_tokens_match_candle() {
     let mut reference = candle_model(&path);
     // A chat-shaped prefix (<|im_start|> = 1, <|im_end|> = 2, "\n" = 198); the exact
     // words do not matter for comparing two implementations.
-    let prompt: Vec<u32> = vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198];
+    let prompt: Vec<u32> = vec![
+        1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
+    ];
 
     let a = ours.forward(&prompt, 0).unwrap();
     let b = candle_logits(&mut reference, &prompt, 0);
     assert_eq!(a.len(), b.len());
     let err = relative_error(&a, &b);
-    eprintln!("prefill: max difference {err} of the logit range, argmax {} vs {}", argmax(&a), argmax(&b));
-    assert!(err < MAX_ERROR, "prefill logits differ by {err} of their range");
+    eprintln!(
+        "prefill: max difference {err} of the logit range, argmax {} vs {}",
+        argmax(&a),
+        argmax(&b)
+    );
+    assert!(
+        err < MAX_ERROR,
+        "prefill logits differ by {err} of their range"
+    );
     assert_eq!(argmax(&a), argmax(&b));
 
     let mut pos = prompt.len();
@@ -73,8 +107,15 @@ fn logits_and_greedy_tokens_match_candle() {
         let a = ours.forward(&[next], pos).unwrap();
         let b = candle_logits(&mut reference, &[next], pos);
         let err = relative_error(&a, &b);
-        eprintln!("step {step}: max difference {err} of the logit range, argmax {} vs {}", argmax(&a), argmax(&b));
-        assert!(err < MAX_ERROR, "step {step}: logits differ by {err} of their range");
+        eprintln!(
+            "step {step}: max difference {err} of the logit range, argmax {} vs {}",
+            argmax(&a),
+            argmax(&b)
+        );
+        assert!(
+            err < MAX_ERROR,
+            "step {step}: logits differ by {err} of their range"
+        );
         assert_eq!(argmax(&a), argmax(&b), "step {step}: greedy tokens differ");
         next = argmax(&b);
         pos += 1;
@@ -83,7 +124,10 @@ fn logits_and_greedy_tokens_match_candle() {
     // After a reset, the same prompt gives the same logits again.
     ours.reset();
     let again = ours.forward(&prompt, 0).unwrap();
-    let first = CpuLlamaEngine::load(&path, Some(512)).unwrap().forward(&prompt, 0).unwrap();
+    let first = CpuLlamaEngine::load(&path, Some(512))
+        .unwrap()
+        .forward(&prompt, 0)
+        .unwrap();
     assert!(relative_error(&again, &first) < 1e-5);
 }
 
@@ -116,13 +160,19 @@ fn bad_requests_are_errors_not_panics() {
 fn non_llama_or_broken_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.gguf");
-    assert!(CpuLlamaEngine::load(&missing, None).unwrap_err().to_string().contains("cannot open"));
+    assert!(CpuLlamaEngine::load(&missing, None)
+        .unwrap_err()
+        .to_string()
+        .contains("cannot open"));
 
     // The real model cut in half: the tensor table points past the end of the file.
     let bytes = std::fs::read(test_model()).unwrap();
     let truncated = dir.path().join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let err = format!("{:#}", CpuLlamaEngine::load(&truncated, None).err().unwrap());
+    let err = format!(
+        "{:#}",
+        CpuLlamaEngine::load(&truncated, None).err().unwrap()
+    );
     assert!(err.contains("truncated"), "{err}");
 
     let garbage = dir.path().join("garbage.gguf");
@@ -134,13 +184,16 @@ fn non_llama_or_broken_files_are_refused() {
 /// Writes a small random llama GGUF whose matrices are all of type `dtype`.
 fn write_small_llama(path: &std::path::Path, dtype: candle_core::quantized::GgmlDType) {
     use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
-    let (dim, ffn, heads, kv_heads, layers, vocab) = (256usize, 512usize, 4u32, 2u32, 2u32, 300usize);
+    let (dim, ffn, heads, kv_heads, layers, vocab) =
+        (256usize, 512usize, 4u32, 2u32, 2u32, 300usize);
     let kv_dim = dim / heads as usize * kv_heads as usize;
     let mut seed = 7u64;
     let mut random = |rows: usize, cols: usize, scale: f32| {
         let data: Vec<f32> = (0..rows * cols)
             .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * scale
             })
             .collect();
@@ -148,10 +201,19 @@ fn write_small_llama(path: &std::path::Path, dtype: candle_core::quantized::Ggml
     };
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut matrix = |name: String, rows: usize, cols: usize, t: &mut Vec<(String, QTensor)>| {
-        t.push((name, QTensor::quantize(&random(rows, cols, 0.2), dtype).unwrap()));
+        t.push((
+            name,
+            QTensor::quantize(&random(rows, cols, 0.2), dtype).unwrap(),
+        ));
     };
     matrix("token_embd.weight".into(), vocab, dim, &mut tensors);
-    let ones = |n: usize| QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let ones = |n: usize| {
+        QTensor::quantize(
+            &Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap()
+    };
     for i in 0..layers {
         let p = format!("blk.{i}.");
         tensors.push((format!("{p}attn_norm.weight"), ones(dim)));
@@ -189,7 +251,15 @@ fn every_weight_type_matches_candle_including_the_candle_fallback() {
     use candle_core::quantized::GgmlDType;
     let dir = tempfile::tempdir().unwrap();
     // Q4_0/Q4_1/Q8_0 run on our kernels; F32, F16, Q4K and Q6K on candle's, per matrix.
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F32, GgmlDType::F16, GgmlDType::Q4K, GgmlDType::Q6K] {
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
         let path = dir.path().join(format!("{dtype:?}.gguf"));
         write_small_llama(&path, dtype);
         let mut ours = CpuLlamaEngine::load(&path, None).unwrap();
@@ -198,10 +268,16 @@ fn every_weight_type_matches_candle_including_the_candle_fallback() {
         let a = ours.forward(&prompt, 0).unwrap();
         let b = candle_logits(&mut reference, &prompt, 0);
         let err = relative_error(&a, &b);
-        assert!(err < MAX_ERROR, "{dtype:?}: prefill logits differ by {err} of their range");
+        assert!(
+            err < MAX_ERROR,
+            "{dtype:?}: prefill logits differ by {err} of their range"
+        );
         let a = ours.forward(&[7], prompt.len()).unwrap();
         let b = candle_logits(&mut reference, &[7], prompt.len());
         let err = relative_error(&a, &b);
-        assert!(err < MAX_ERROR, "{dtype:?}: decode logits differ by {err} of their range");
+        assert!(
+            err < MAX_ERROR,
+            "{dtype:?}: decode logits differ by {err} of their range"
+        );
     }
 }

@@ -228,9 +228,11 @@ impl<'a> Reader<'a> {
             7 => match self.array::<1>(&what)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(GgufError::Corrupt(format!(
+                b => {
+                    return Err(GgufError::Corrupt(format!(
                     "metadata `{key}` is a boolean of value {b} (only 0 and 1 are); {REDOWNLOAD}"
-                ))),
+                )))
+                }
             },
             8 => Value::String(self.string(&what)?),
             9 => {
@@ -255,9 +257,11 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64(&what)?),
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
-            other => return Err(GgufError::Corrupt(format!(
+            other => {
+                return Err(GgufError::Corrupt(format!(
                 "metadata `{key}` has value type {other}, which GGUF does not define; {REDOWNLOAD}"
-            ))),
+            )))
+            }
         })
     }
 

@@ -31,13 +31,15 @@ type FnDriverGet = unsafe extern "C" fn(*mut u32, *mut DriverHandle) -> ZeResult
 type FnDriverGetApiVersion = unsafe extern "C" fn(DriverHandle, *mut ApiVersion) -> ZeResult;
 type FnDriverGetProperties = unsafe extern "C" fn(DriverHandle, *mut DriverProperties) -> ZeResult;
 type FnDeviceGet = unsafe extern "C" fn(DriverHandle, *mut u32, *mut DeviceHandle) -> ZeResult;
-type FnDeviceGetSubDevices = unsafe extern "C" fn(DeviceHandle, *mut u32, *mut DeviceHandle) -> ZeResult;
+type FnDeviceGetSubDevices =
+    unsafe extern "C" fn(DeviceHandle, *mut u32, *mut DeviceHandle) -> ZeResult;
 type FnDeviceGetProperties = unsafe extern "C" fn(DeviceHandle, *mut DeviceProperties) -> ZeResult;
 type FnDeviceGetComputeProperties =
     unsafe extern "C" fn(DeviceHandle, *mut DeviceComputeProperties) -> ZeResult;
 type FnDeviceGetMemoryProperties =
     unsafe extern "C" fn(DeviceHandle, *mut u32, *mut DeviceMemoryProperties) -> ZeResult;
-type FnDevicePciGetPropertiesExt = unsafe extern "C" fn(DeviceHandle, *mut PciExtProperties) -> ZeResult;
+type FnDevicePciGetPropertiesExt =
+    unsafe extern "C" fn(DeviceHandle, *mut PciExtProperties) -> ZeResult;
 type FnLoaderGetVersions = unsafe extern "C" fn(*mut usize, *mut ZelComponentVersion) -> ZeResult;
 type FnEnum<H> = unsafe extern "C" fn(DeviceHandle, *mut u32, *mut H) -> ZeResult;
 type FnGet<H, T> = unsafe extern "C" fn(H, *mut T) -> ZeResult;
@@ -92,7 +94,10 @@ impl Loader {
                 Err(other) => return Err(other),
             }
         }
-        Err(LoadError::NotFound { tried: LOADER_NAMES.join(", "), reason: reasons.join("; ") })
+        Err(LoadError::NotFound {
+            tried: LOADER_NAMES.join(", "),
+            reason: reasons.join("; "),
+        })
     }
 
     /// Opens the loader at `path` (a file name is searched for like `dlopen` does).
@@ -100,22 +105,33 @@ impl Loader {
         let shown = path.display().to_string();
         // SAFETY: loading the Level Zero loader runs its constructors, which only set up
         // its own state; this is the library's documented way of being used.
-        let library = unsafe { libloading::Library::new(OsStr::new(path)) }
-            .map_err(|e| LoadError::NotFound { tried: shown.clone(), reason: e.to_string() })?;
+        let library = unsafe { libloading::Library::new(OsStr::new(path)) }.map_err(|e| {
+            LoadError::NotFound {
+                tried: shown.clone(),
+                reason: e.to_string(),
+            }
+        })?;
 
         macro_rules! required {
             ($name:literal) => {{
                 // SAFETY: the symbol is declared with this signature in the 1.4 headers.
                 match unsafe { library.get::<_>(concat!($name, "\0").as_bytes()) } {
                     Ok(symbol) => *symbol,
-                    Err(_) => return Err(LoadError::MissingSymbol { path: shown.clone(), symbol: $name }),
+                    Err(_) => {
+                        return Err(LoadError::MissingSymbol {
+                            path: shown.clone(),
+                            symbol: $name,
+                        })
+                    }
                 }
             }};
         }
         macro_rules! optional {
             ($name:literal) => {{
                 // SAFETY: as above; absent symbols are simply not used.
-                unsafe { library.get::<_>(concat!($name, "\0").as_bytes()) }.ok().map(|s| *s)
+                unsafe { library.get::<_>(concat!($name, "\0").as_bytes()) }
+                    .ok()
+                    .map(|s| *s)
             }};
         }
 
@@ -144,7 +160,12 @@ impl Loader {
             power_get_energy_counter: optional!("zesPowerGetEnergyCounter"),
         };
         let path = library_file(core.init as *const c_void).unwrap_or_else(|| path.to_path_buf());
-        Ok(Loader { core, optional, path, _library: library })
+        Ok(Loader {
+            core,
+            optional,
+            path,
+            _library: library,
+        })
     }
 
     /// The file the loader was loaded from (resolved through symlinks when possible),
@@ -178,7 +199,9 @@ fn library_file(address: *const c_void) -> Option<PathBuf> {
     }
     // SAFETY: dladdr returns a NUL-terminated path owned by the dynamic linker.
     let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
-    let path = PathBuf::from(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()));
+    let path = PathBuf::from(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+        name.to_bytes(),
+    ));
     Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
 
@@ -187,7 +210,9 @@ pub fn version_from_file_name(name: &OsStr) -> Option<String> {
     let name = name.to_str()?;
     let (_, suffix) = name.split_once(".so.")?;
     let parts: Vec<&str> = suffix.split('.').collect();
-    let numeric = parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let numeric = parts
+        .iter()
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     (numeric && parts.len() >= 2).then(|| suffix.to_string())
 }
 
@@ -241,7 +266,9 @@ impl Initialized<'_> {
     /// `zeDriverGet`.
     pub fn drivers(&self) -> Result<Vec<DriverHandle>, ZeResult> {
         // SAFETY: count/array pointers are valid for the sizes passed.
-        enumerate(DriverHandle::NULL, |n, h| unsafe { (self.loader.core.driver_get)(n, h) })
+        enumerate(DriverHandle::NULL, |n, h| unsafe {
+            (self.loader.core.driver_get)(n, h)
+        })
     }
 
     /// `zeDriverGetProperties`.
@@ -263,7 +290,9 @@ impl Initialized<'_> {
     /// `zeDeviceGet`.
     pub fn devices(&self, driver: DriverHandle) -> Result<Vec<DeviceHandle>, ZeResult> {
         // SAFETY: count/array pointers are valid for the sizes passed.
-        enumerate(DeviceHandle::NULL, |n, h| unsafe { (self.loader.core.device_get)(driver, n, h) })
+        enumerate(DeviceHandle::NULL, |n, h| unsafe {
+            (self.loader.core.device_get)(driver, n, h)
+        })
     }
 
     /// `zeDeviceGetSubDevices`.
@@ -283,7 +312,10 @@ impl Initialized<'_> {
     }
 
     /// `zeDeviceGetComputeProperties`.
-    pub fn compute_properties(&self, device: DeviceHandle) -> Result<DeviceComputeProperties, ZeResult> {
+    pub fn compute_properties(
+        &self,
+        device: DeviceHandle,
+    ) -> Result<DeviceComputeProperties, ZeResult> {
         let mut props = DeviceComputeProperties::new_typed();
         // SAFETY: `props` is a correctly typed, writable struct.
         unsafe { (self.loader.core.device_get_compute_properties)(device, &mut props) }.ok()?;
@@ -291,7 +323,10 @@ impl Initialized<'_> {
     }
 
     /// `zeDeviceGetMemoryProperties`: one entry per memory module.
-    pub fn memory_properties(&self, device: DeviceHandle) -> Result<Vec<DeviceMemoryProperties>, ZeResult> {
+    pub fn memory_properties(
+        &self,
+        device: DeviceHandle,
+    ) -> Result<Vec<DeviceMemoryProperties>, ZeResult> {
         let f = self.loader.core.device_get_memory_properties;
         let mut count = 0u32;
         // SAFETY: two-call pattern, null array first.
@@ -304,7 +339,10 @@ impl Initialized<'_> {
     }
 
     /// `zeDevicePciGetPropertiesExt`; `None` when the loader lacks the extension.
-    pub fn pci_properties(&self, device: DeviceHandle) -> Option<Result<PciExtProperties, ZeResult>> {
+    pub fn pci_properties(
+        &self,
+        device: DeviceHandle,
+    ) -> Option<Result<PciExtProperties, ZeResult>> {
         let f = self.loader.optional.device_pci_get_properties_ext?;
         let mut props = PciExtProperties::new_typed();
         // SAFETY: `props` is a correctly typed, writable struct.
@@ -315,11 +353,16 @@ impl Initialized<'_> {
     pub fn memory_modules(&self, device: DeviceHandle) -> Option<Result<Vec<MemHandle>, ZeResult>> {
         let f = self.loader.optional.enum_memory_modules?;
         // SAFETY: count/array pointers are valid for the sizes passed.
-        Some(enumerate(MemHandle::NULL, |n, h| unsafe { f(device, n, h) }))
+        Some(enumerate(MemHandle::NULL, |n, h| unsafe {
+            f(device, n, h)
+        }))
     }
 
     /// Sysman: `zesMemoryGetProperties`.
-    pub fn memory_module_properties(&self, module: MemHandle) -> Option<Result<ZesMemProperties, ZeResult>> {
+    pub fn memory_module_properties(
+        &self,
+        module: MemHandle,
+    ) -> Option<Result<ZesMemProperties, ZeResult>> {
         let f = self.loader.optional.memory_get_properties?;
         let mut props = ZesMemProperties::new_typed();
         // SAFETY: `props` is a correctly typed, writable struct.
@@ -335,14 +378,22 @@ impl Initialized<'_> {
     }
 
     /// Sysman: `zesDeviceEnumTemperatureSensors`.
-    pub fn temperature_sensors(&self, device: DeviceHandle) -> Option<Result<Vec<TempHandle>, ZeResult>> {
+    pub fn temperature_sensors(
+        &self,
+        device: DeviceHandle,
+    ) -> Option<Result<Vec<TempHandle>, ZeResult>> {
         let f = self.loader.optional.enum_temperature_sensors?;
         // SAFETY: count/array pointers are valid for the sizes passed.
-        Some(enumerate(TempHandle::NULL, |n, h| unsafe { f(device, n, h) }))
+        Some(enumerate(TempHandle::NULL, |n, h| unsafe {
+            f(device, n, h)
+        }))
     }
 
     /// Sysman: `zesTemperatureGetProperties`.
-    pub fn temperature_properties(&self, sensor: TempHandle) -> Option<Result<ZesTempProperties, ZeResult>> {
+    pub fn temperature_properties(
+        &self,
+        sensor: TempHandle,
+    ) -> Option<Result<ZesTempProperties, ZeResult>> {
         let f = self.loader.optional.temperature_get_properties?;
         let mut props = ZesTempProperties::new_typed();
         // SAFETY: `props` is a correctly typed, writable struct.
@@ -358,14 +409,22 @@ impl Initialized<'_> {
     }
 
     /// Sysman: `zesDeviceEnumPowerDomains`.
-    pub fn power_domains(&self, device: DeviceHandle) -> Option<Result<Vec<PowerHandle>, ZeResult>> {
+    pub fn power_domains(
+        &self,
+        device: DeviceHandle,
+    ) -> Option<Result<Vec<PowerHandle>, ZeResult>> {
         let f = self.loader.optional.enum_power_domains?;
         // SAFETY: count/array pointers are valid for the sizes passed.
-        Some(enumerate(PowerHandle::NULL, |n, h| unsafe { f(device, n, h) }))
+        Some(enumerate(PowerHandle::NULL, |n, h| unsafe {
+            f(device, n, h)
+        }))
     }
 
     /// Sysman: `zesPowerGetProperties`.
-    pub fn power_properties(&self, domain: PowerHandle) -> Option<Result<ZesPowerProperties, ZeResult>> {
+    pub fn power_properties(
+        &self,
+        domain: PowerHandle,
+    ) -> Option<Result<ZesPowerProperties, ZeResult>> {
         let f = self.loader.optional.power_get_properties?;
         let mut props = ZesPowerProperties::new_typed();
         // SAFETY: `props` is a correctly typed, writable struct.
@@ -373,7 +432,10 @@ impl Initialized<'_> {
     }
 
     /// Sysman: `zesPowerGetEnergyCounter`.
-    pub fn energy_counter(&self, domain: PowerHandle) -> Option<Result<ZesPowerEnergyCounter, ZeResult>> {
+    pub fn energy_counter(
+        &self,
+        domain: PowerHandle,
+    ) -> Option<Result<ZesPowerEnergyCounter, ZeResult>> {
         let f = self.loader.optional.power_get_energy_counter?;
         let mut counter = ZesPowerEnergyCounter::default();
         // SAFETY: writes one plain struct.
@@ -387,11 +449,23 @@ mod tests {
 
     #[test]
     fn versions_from_file_names() {
-        assert_eq!(version_from_file_name(OsStr::new("libze_loader.so.1.8.0")).as_deref(), Some("1.8.0"));
-        assert_eq!(version_from_file_name(OsStr::new("libze_loader.so.1.28.2")).as_deref(), Some("1.28.2"));
-        assert_eq!(version_from_file_name(OsStr::new("libze_loader.so.1")), None);
+        assert_eq!(
+            version_from_file_name(OsStr::new("libze_loader.so.1.8.0")).as_deref(),
+            Some("1.8.0")
+        );
+        assert_eq!(
+            version_from_file_name(OsStr::new("libze_loader.so.1.28.2")).as_deref(),
+            Some("1.28.2")
+        );
+        assert_eq!(
+            version_from_file_name(OsStr::new("libze_loader.so.1")),
+            None
+        );
         assert_eq!(version_from_file_name(OsStr::new("libze_loader.so")), None);
-        assert_eq!(version_from_file_name(OsStr::new("libze_loader.so.1.x")), None);
+        assert_eq!(
+            version_from_file_name(OsStr::new("libze_loader.so.1.x")),
+            None
+        );
     }
 
     #[test]

@@ -125,7 +125,10 @@ impl ZeResult {
     /// The C name, e.g. `ZE_RESULT_ERROR_UNINITIALIZED`, or `None` for a code the
     /// 1.4 headers do not define (newer drivers may return newer codes).
     pub fn name(self) -> Option<&'static str> {
-        RESULT_CODES.iter().find(|(v, _, _)| *v == self.0).map(|(_, n, _)| *n)
+        RESULT_CODES
+            .iter()
+            .find(|(v, _, _)| *v == self.0)
+            .map(|(_, n, _)| *n)
     }
 
     /// What the code means; for unknown codes, a sentence that says so.
@@ -141,7 +144,9 @@ impl ZeResult {
 
     /// The name, or `ZE_RESULT_<hex>` for codes the headers do not define.
     pub fn display_name(self) -> String {
-        self.name().map(str::to_string).unwrap_or_else(|| format!("ZE_RESULT_{:#010x}", self.0))
+        self.name()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("ZE_RESULT_{:#010x}", self.0))
     }
 }
 
@@ -153,7 +158,13 @@ impl fmt::Debug for ZeResult {
 
 impl fmt::Display for ZeResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:#010x}): {}", self.display_name(), self.0, self.meaning())
+        write!(
+            f,
+            "{} ({:#010x}): {}",
+            self.display_name(),
+            self.0,
+            self.meaning()
+        )
     }
 }
 

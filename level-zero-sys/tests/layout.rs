@@ -92,23 +92,87 @@ fn rust_layout() -> Vec<Check> {
     let slots: &[(&str, &str, usize)] = &[
         ("ze_global_dditable_t", "pfnInit", ddi::global::INIT),
         ("ze_driver_dditable_t", "pfnGet", ddi::driver::GET),
-        ("ze_driver_dditable_t", "pfnGetApiVersion", ddi::driver::GET_API_VERSION),
-        ("ze_driver_dditable_t", "pfnGetProperties", ddi::driver::GET_PROPERTIES),
+        (
+            "ze_driver_dditable_t",
+            "pfnGetApiVersion",
+            ddi::driver::GET_API_VERSION,
+        ),
+        (
+            "ze_driver_dditable_t",
+            "pfnGetProperties",
+            ddi::driver::GET_PROPERTIES,
+        ),
         ("ze_device_dditable_t", "pfnGet", ddi::device::GET),
-        ("ze_device_dditable_t", "pfnGetSubDevices", ddi::device::GET_SUB_DEVICES),
-        ("ze_device_dditable_t", "pfnGetProperties", ddi::device::GET_PROPERTIES),
-        ("ze_device_dditable_t", "pfnGetComputeProperties", ddi::device::GET_COMPUTE_PROPERTIES),
-        ("ze_device_dditable_t", "pfnGetMemoryProperties", ddi::device::GET_MEMORY_PROPERTIES),
-        ("ze_device_dditable_t", "pfnPciGetPropertiesExt", ddi::device::PCI_GET_PROPERTIES_EXT),
-        ("zes_device_dditable_t", "pfnEnumMemoryModules", ddi::zes_device::ENUM_MEMORY_MODULES),
-        ("zes_device_dditable_t", "pfnEnumPowerDomains", ddi::zes_device::ENUM_POWER_DOMAINS),
-        ("zes_device_dditable_t", "pfnEnumTemperatureSensors", ddi::zes_device::ENUM_TEMPERATURE_SENSORS),
-        ("zes_memory_dditable_t", "pfnGetProperties", ddi::zes_memory::GET_PROPERTIES),
-        ("zes_memory_dditable_t", "pfnGetState", ddi::zes_memory::GET_STATE),
-        ("zes_temperature_dditable_t", "pfnGetProperties", ddi::zes_temperature::GET_PROPERTIES),
-        ("zes_temperature_dditable_t", "pfnGetState", ddi::zes_temperature::GET_STATE),
-        ("zes_power_dditable_t", "pfnGetProperties", ddi::zes_power::GET_PROPERTIES),
-        ("zes_power_dditable_t", "pfnGetEnergyCounter", ddi::zes_power::GET_ENERGY_COUNTER),
+        (
+            "ze_device_dditable_t",
+            "pfnGetSubDevices",
+            ddi::device::GET_SUB_DEVICES,
+        ),
+        (
+            "ze_device_dditable_t",
+            "pfnGetProperties",
+            ddi::device::GET_PROPERTIES,
+        ),
+        (
+            "ze_device_dditable_t",
+            "pfnGetComputeProperties",
+            ddi::device::GET_COMPUTE_PROPERTIES,
+        ),
+        (
+            "ze_device_dditable_t",
+            "pfnGetMemoryProperties",
+            ddi::device::GET_MEMORY_PROPERTIES,
+        ),
+        (
+            "ze_device_dditable_t",
+            "pfnPciGetPropertiesExt",
+            ddi::device::PCI_GET_PROPERTIES_EXT,
+        ),
+        (
+            "zes_device_dditable_t",
+            "pfnEnumMemoryModules",
+            ddi::zes_device::ENUM_MEMORY_MODULES,
+        ),
+        (
+            "zes_device_dditable_t",
+            "pfnEnumPowerDomains",
+            ddi::zes_device::ENUM_POWER_DOMAINS,
+        ),
+        (
+            "zes_device_dditable_t",
+            "pfnEnumTemperatureSensors",
+            ddi::zes_device::ENUM_TEMPERATURE_SENSORS,
+        ),
+        (
+            "zes_memory_dditable_t",
+            "pfnGetProperties",
+            ddi::zes_memory::GET_PROPERTIES,
+        ),
+        (
+            "zes_memory_dditable_t",
+            "pfnGetState",
+            ddi::zes_memory::GET_STATE,
+        ),
+        (
+            "zes_temperature_dditable_t",
+            "pfnGetProperties",
+            ddi::zes_temperature::GET_PROPERTIES,
+        ),
+        (
+            "zes_temperature_dditable_t",
+            "pfnGetState",
+            ddi::zes_temperature::GET_STATE,
+        ),
+        (
+            "zes_power_dditable_t",
+            "pfnGetProperties",
+            ddi::zes_power::GET_PROPERTIES,
+        ),
+        (
+            "zes_power_dditable_t",
+            "pfnGetEnergyCounter",
+            ddi::zes_power::GET_ENERGY_COUNTER,
+        ),
     ];
     for (table, field, slot) in slots {
         checks.push((format!("offsetof({table}, {field})"), slot * ptr));
@@ -122,22 +186,59 @@ fn rust_layout() -> Vec<Check> {
         ("ZE_INIT_FLAG_GPU_ONLY", INIT_FLAG_GPU_ONLY as usize),
         ("ZE_DEVICE_TYPE_GPU", DEVICE_TYPE_GPU as usize),
         ("ZE_DEVICE_TYPE_VPU", DEVICE_TYPE_VPU as usize),
-        ("ZE_DEVICE_PROPERTY_FLAG_INTEGRATED", DEVICE_PROPERTY_FLAG_INTEGRATED as usize),
-        ("ZE_DEVICE_PROPERTY_FLAG_SUBDEVICE", DEVICE_PROPERTY_FLAG_SUBDEVICE as usize),
-        ("ZE_STRUCTURE_TYPE_DRIVER_PROPERTIES", STRUCTURE_TYPE_DRIVER_PROPERTIES as usize),
-        ("ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES", STRUCTURE_TYPE_DEVICE_PROPERTIES as usize),
-        ("ZE_STRUCTURE_TYPE_DEVICE_COMPUTE_PROPERTIES", STRUCTURE_TYPE_DEVICE_COMPUTE_PROPERTIES as usize),
-        ("ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES", STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES as usize),
-        ("ZE_STRUCTURE_TYPE_PCI_EXT_PROPERTIES", STRUCTURE_TYPE_PCI_EXT_PROPERTIES as usize),
-        ("ZES_STRUCTURE_TYPE_MEM_PROPERTIES", ZES_STRUCTURE_TYPE_MEM_PROPERTIES as usize),
-        ("ZES_STRUCTURE_TYPE_POWER_PROPERTIES", ZES_STRUCTURE_TYPE_POWER_PROPERTIES as usize),
-        ("ZES_STRUCTURE_TYPE_TEMP_PROPERTIES", ZES_STRUCTURE_TYPE_TEMP_PROPERTIES as usize),
-        ("ZES_STRUCTURE_TYPE_MEM_STATE", ZES_STRUCTURE_TYPE_MEM_STATE as usize),
+        (
+            "ZE_DEVICE_PROPERTY_FLAG_INTEGRATED",
+            DEVICE_PROPERTY_FLAG_INTEGRATED as usize,
+        ),
+        (
+            "ZE_DEVICE_PROPERTY_FLAG_SUBDEVICE",
+            DEVICE_PROPERTY_FLAG_SUBDEVICE as usize,
+        ),
+        (
+            "ZE_STRUCTURE_TYPE_DRIVER_PROPERTIES",
+            STRUCTURE_TYPE_DRIVER_PROPERTIES as usize,
+        ),
+        (
+            "ZE_STRUCTURE_TYPE_DEVICE_PROPERTIES",
+            STRUCTURE_TYPE_DEVICE_PROPERTIES as usize,
+        ),
+        (
+            "ZE_STRUCTURE_TYPE_DEVICE_COMPUTE_PROPERTIES",
+            STRUCTURE_TYPE_DEVICE_COMPUTE_PROPERTIES as usize,
+        ),
+        (
+            "ZE_STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES",
+            STRUCTURE_TYPE_DEVICE_MEMORY_PROPERTIES as usize,
+        ),
+        (
+            "ZE_STRUCTURE_TYPE_PCI_EXT_PROPERTIES",
+            STRUCTURE_TYPE_PCI_EXT_PROPERTIES as usize,
+        ),
+        (
+            "ZES_STRUCTURE_TYPE_MEM_PROPERTIES",
+            ZES_STRUCTURE_TYPE_MEM_PROPERTIES as usize,
+        ),
+        (
+            "ZES_STRUCTURE_TYPE_POWER_PROPERTIES",
+            ZES_STRUCTURE_TYPE_POWER_PROPERTIES as usize,
+        ),
+        (
+            "ZES_STRUCTURE_TYPE_TEMP_PROPERTIES",
+            ZES_STRUCTURE_TYPE_TEMP_PROPERTIES as usize,
+        ),
+        (
+            "ZES_STRUCTURE_TYPE_MEM_STATE",
+            ZES_STRUCTURE_TYPE_MEM_STATE as usize,
+        ),
         ("ZES_MEM_LOC_DEVICE", ZES_MEM_LOC_DEVICE as usize),
         ("ZES_TEMP_SENSORS_GPU", ZES_TEMP_SENSORS_GPU as usize),
         ("ZEL_COMPONENT_STRING_SIZE", ZEL_COMPONENT_STRING_SIZE),
     ];
-    checks.extend(constants.iter().map(|(name, value)| (name.to_string(), *value)));
+    checks.extend(
+        constants
+            .iter()
+            .map(|(name, value)| (name.to_string(), *value)),
+    );
     checks
 }
 
@@ -151,7 +252,9 @@ fn c_layout(expressions: &[String]) -> BTreeMap<String, usize> {
          #include <level_zero/loader/ze_loader.h>\nint main(void) {\n",
     );
     for expr in expressions {
-        program.push_str(&format!("  printf(\"%s=%zu\\n\", \"{expr}\", (size_t)({expr}));\n"));
+        program.push_str(&format!(
+            "  printf(\"%s=%zu\\n\", \"{expr}\", (size_t)({expr}));\n"
+        ));
     }
     program.push_str("  return 0;\n}\n");
     std::fs::write(&source, program).expect("write layout.c");
@@ -163,7 +266,11 @@ fn c_layout(expressions: &[String]) -> BTreeMap<String, usize> {
         .arg("-o")
         .arg(&exe)
         .output()
-        .unwrap_or_else(|e| panic!("could not run the C compiler `{cc}` ({e}); install gcc (Debian: build-essential)"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run the C compiler `{cc}` ({e}); install gcc (Debian: build-essential)"
+            )
+        });
     assert!(
         compiled.status.success(),
         "compiling the layout probe failed; are the Level Zero headers installed (Debian: libze-dev)?\n{}",
@@ -191,7 +298,11 @@ fn rust_mirrors_match_the_c_headers() {
         .filter(|(expr, value)| c.get(expr) != Some(value))
         .map(|(expr, value)| format!("{expr}: C says {:?}, Rust says {value}", c.get(expr)))
         .collect();
-    assert!(mismatches.is_empty(), "layout mismatches:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "layout mismatches:\n{}",
+        mismatches.join("\n")
+    );
     // Guard against the C program silently printing nothing.
     assert_eq!(c.len(), rust.len());
     assert_eq!(c["sizeof(ze_device_properties_t)"], 368);
@@ -199,7 +310,10 @@ fn rust_mirrors_match_the_c_headers() {
 
 #[test]
 fn result_codes_match_the_c_headers() {
-    let names: Vec<String> = level_zero_sys::result::RESULT_CODES.iter().map(|(_, n, _)| n.to_string()).collect();
+    let names: Vec<String> = level_zero_sys::result::RESULT_CODES
+        .iter()
+        .map(|(_, n, _)| n.to_string())
+        .collect();
     let c = c_layout(&names);
     for (value, name, _) in level_zero_sys::result::RESULT_CODES {
         assert_eq!(c[*name], *value as usize, "{name}");
@@ -236,15 +350,22 @@ fn header_text(name: &str) -> String {
 #[test]
 fn every_result_code_of_the_headers_is_known() {
     let text = header_text("ze_api.h");
-    let start = text.find("typedef enum _ze_result_t").expect("ze_result_t in ze_api.h");
-    let end = start + text[start..].find("} ze_result_t;").expect("end of ze_result_t");
+    let start = text
+        .find("typedef enum _ze_result_t")
+        .expect("ze_result_t in ze_api.h");
+    let end = start
+        + text[start..]
+            .find("} ze_result_t;")
+            .expect("end of ze_result_t");
     let in_header: std::collections::BTreeSet<&str> = text[start..end]
         .lines()
         .filter_map(|l| l.trim().split_whitespace().next())
         .filter(|w| w.starts_with("ZE_RESULT_") && *w != "ZE_RESULT_FORCE_UINT32")
         .collect();
-    let known: std::collections::BTreeSet<&str> =
-        level_zero_sys::result::RESULT_CODES.iter().map(|(_, name, _)| *name).collect();
+    let known: std::collections::BTreeSet<&str> = level_zero_sys::result::RESULT_CODES
+        .iter()
+        .map(|(_, name, _)| *name)
+        .collect();
     assert_eq!(in_header, known);
     assert!(known.len() >= 44, "the 1.4 headers define 44 codes");
 }

@@ -8,9 +8,16 @@ use level_zero_sys::{Loader, ZeResult};
 #[test]
 fn the_system_loader_opens_reports_its_version_and_fails_init_without_a_driver() {
     let loader = Loader::open().expect("the Level Zero loader is installed (Debian: libze1)");
-    let file = loader.path().file_name().and_then(|n| n.to_str()).expect("a file name").to_string();
+    let file = loader
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a file name")
+        .to_string();
     assert!(file.starts_with("libze_loader.so."), "{file}");
-    let version = loader.file_version().expect("a versioned file name such as libze_loader.so.1.8.0");
+    let version = loader
+        .file_version()
+        .expect("a versioned file name such as libze_loader.so.1.8.0");
     assert_eq!(file, format!("libze_loader.so.{version}"));
 
     // No driver at all: the loader must answer UNINITIALIZED. This is the last call we

@@ -184,7 +184,11 @@ pub struct Dir {
 impl Dir {
     /// Opens the directory at `path` (following symlinks).
     pub fn open(path: &Path) -> std::io::Result<Dir> {
-        let fd = fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
@@ -198,7 +202,12 @@ impl Dir {
 
     /// Reads the entry `name` as text.
     pub fn read(&self, name: &str) -> std::io::Result<String> {
-        let fd = fs::openat(&self.fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         read_to_text(File::from(fd))
     }
 

@@ -301,7 +301,12 @@ fn render_node_warnings(gpu: &Gpu, root: &Path, warnings: &mut Vec<String>) {
 fn access_read_write(path: &Path) -> std::io::Result<()> {
     use rustix::fs::{accessat, Access, AtFlags, CWD};
     // With the effective ids, as opening the node would use.
-    Ok(accessat(CWD, path, Access::READ_OK | Access::WRITE_OK, AtFlags::EACCESS)?)
+    Ok(accessat(
+        CWD,
+        path,
+        Access::READ_OK | Access::WRITE_OK,
+        AtFlags::EACCESS,
+    )?)
 }
 
 fn current_uid() -> u32 {

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use xpu_probe::level_zero::{codes, query_with, telemetry_with, LevelZeroFacts, QueryOptions, Telemetry, TelemetryMonitor};
+use xpu_probe::level_zero::{
+    codes, query_with, telemetry_with, LevelZeroFacts, QueryOptions, Telemetry, TelemetryMonitor,
+};
 
 const GIB: u64 = 1 << 30;
 const PROBE: &str = env!("CARGO_BIN_EXE_xpu-probe");
@@ -28,7 +30,11 @@ fn fake_driver() -> &'static Path {
     DRIVER.get_or_init(|| {
         if let Some(path) = std::env::var_os("FAKE_ZE_DRIVER").filter(|p| !p.is_empty()) {
             let path = PathBuf::from(path);
-            assert!(path.is_file(), "FAKE_ZE_DRIVER={} does not exist", path.display());
+            assert!(
+                path.is_file(),
+                "FAKE_ZE_DRIVER={} does not exist",
+                path.display()
+            );
             return path;
         }
         // PROBE is <target-dir>/<profile>/xpu-probe.
@@ -58,10 +64,19 @@ fn fake_driver() -> &'static Path {
 
 /// Options that run the real `xpu-probe` as the child with the fake driver and `env`.
 fn options(env: &[(&str, &str)]) -> QueryOptions {
-    let mut all: Vec<(OsString, OsString)> =
-        vec![("ZE_ENABLE_ALT_DRIVERS".into(), fake_driver().as_os_str().to_owned())];
-    all.extend(env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
-    QueryOptions { exe: Some(PROBE.into()), timeout: Duration::from_secs(20), env: all }
+    let mut all: Vec<(OsString, OsString)> = vec![(
+        "ZE_ENABLE_ALT_DRIVERS".into(),
+        fake_driver().as_os_str().to_owned(),
+    )];
+    all.extend(
+        env.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    QueryOptions {
+        exe: Some(PROBE.into()),
+        timeout: Duration::from_secs(20),
+        env: all,
+    }
 }
 
 fn query(env: &[(&str, &str)]) -> LevelZeroFacts {
@@ -85,15 +100,24 @@ fn one_device_is_fully_described() {
     let d = &driver.devices[0];
     assert_eq!(d.name, "Fake Intel(R) Arc(TM) A770 Graphics");
     assert_eq!(d.r#type, "gpu");
-    assert_eq!((d.vendor_id.as_str(), d.device_id.as_str()), ("8086", "56a0"));
+    assert_eq!(
+        (d.vendor_id.as_str(), d.device_id.as_str()),
+        ("8086", "56a0")
+    );
     assert_eq!(d.uuid, "8680a056000000000300000000000000");
     assert_eq!(d.pci_address.as_deref(), Some("0000:03:00.0"));
     assert!(!d.integrated && !d.sub_device);
     assert_eq!(d.eu_count, 512);
-    assert_eq!((d.threads_per_eu, d.eu_simd_width, d.core_clock_mhz), (8, 8, 2400));
+    assert_eq!(
+        (d.threads_per_eu, d.eu_simd_width, d.core_clock_mhz),
+        (8, 8, 2400)
+    );
     assert_eq!(d.memory_bytes, 16 * GIB);
     assert_eq!(d.max_alloc_bytes, 4 * GIB - 8 * 1024);
-    assert_eq!((d.max_group_size, d.shared_local_memory_bytes), (1024, 65536));
+    assert_eq!(
+        (d.max_group_size, d.shared_local_memory_bytes),
+        (1024, 65536)
+    );
     assert_eq!(d.sub_group_sizes, vec![8, 16, 32]);
     assert_eq!(d.sub_devices, 0);
 }
@@ -107,13 +131,23 @@ fn two_devices_with_tiles_and_an_integrated_one() {
     let max = &devices[1];
     assert_eq!(max.device_id, "0bd5");
     assert_eq!(max.sub_devices, 2);
-    assert_eq!(max.memory_bytes, 128 * GIB, "the sum of both memory modules");
+    assert_eq!(
+        max.memory_bytes,
+        128 * GIB,
+        "the sum of both memory modules"
+    );
     assert_eq!(max.eu_count, 2 * 64 * 8);
 
     // The probe asks for card-level devices; a user's FLAT setting is respected.
-    let flat = query(&[("FAKE_ZE_DEVICES", "2"), ("ZE_FLAT_DEVICE_HIERARCHY", "FLAT")]);
-    let names: Vec<(&str, bool)> =
-        flat.drivers[0].devices.iter().map(|d| (d.device_id.as_str(), d.sub_device)).collect();
+    let flat = query(&[
+        ("FAKE_ZE_DEVICES", "2"),
+        ("ZE_FLAT_DEVICE_HIERARCHY", "FLAT"),
+    ]);
+    let names: Vec<(&str, bool)> = flat.drivers[0]
+        .devices
+        .iter()
+        .map(|d| (d.device_id.as_str(), d.sub_device))
+        .collect();
     assert_eq!(names, [("56a0", false), ("0bd5", true), ("0bd5", true)]);
 
     let facts = query(&[("FAKE_ZE_DEVICES", "3")]);
@@ -140,16 +174,34 @@ fn a_failing_zeinit_reports_code_name_and_meaning_without_crashing() {
     let error = facts.error.expect("an error");
     assert_eq!(error.code, 0x7800_0001);
     assert_eq!(error.name, "ZE_RESULT_ERROR_UNINITIALIZED");
-    assert!(error.meaning.starts_with("zeInit failed: driver is not initialized"), "{}", error.meaning);
-    assert!(error.meaning.contains("compute-runtime"), "{}", error.meaning);
+    assert!(
+        error
+            .meaning
+            .starts_with("zeInit failed: driver is not initialized"),
+        "{}",
+        error.meaning
+    );
+    assert!(
+        error.meaning.contains("compute-runtime"),
+        "{}",
+        error.meaning
+    );
 }
 
 #[test]
 fn an_undefined_result_code_is_named_by_its_value() {
-    let error = query(&[("FAKE_ZE_INIT_RESULT", "0x7abc0001")]).error.expect("an error");
+    let error = query(&[("FAKE_ZE_INIT_RESULT", "0x7abc0001")])
+        .error
+        .expect("an error");
     assert_eq!(error.code, 0x7abc_0001);
     assert_eq!(error.name, "ZE_RESULT_0x7abc0001");
-    assert!(error.meaning.contains("not defined by the Level Zero 1.4 headers"), "{}", error.meaning);
+    assert!(
+        error
+            .meaning
+            .contains("not defined by the Level Zero 1.4 headers"),
+        "{}",
+        error.meaning
+    );
 }
 
 #[test]
@@ -157,16 +209,25 @@ fn a_missing_loader_is_a_normal_outcome() {
     let facts = query(&[("XPU_LEVEL_ZERO_LOADER", "/nonexistent/libze_loader.so.1")]);
     assert_eq!(
         facts,
-        LevelZeroFacts { loader_found: false, ..Default::default() },
+        LevelZeroFacts {
+            loader_found: false,
+            ..Default::default()
+        },
         "no loader: no error, no drivers"
     );
 }
 
 #[test]
 fn a_library_that_is_not_a_loader_is_an_error() {
-    let error = query(&[("XPU_LEVEL_ZERO_LOADER", "libc.so.6")]).error.expect("an error");
+    let error = query(&[("XPU_LEVEL_ZERO_LOADER", "libc.so.6")])
+        .error
+        .expect("an error");
     assert_eq!(error.code, codes::LOADER_INVALID);
-    assert!(error.meaning.contains("symbol zeInit is missing"), "{}", error.meaning);
+    assert!(
+        error.meaning.contains("symbol zeInit is missing"),
+        "{}",
+        error.meaning
+    );
 }
 
 #[test]
@@ -175,14 +236,22 @@ fn a_driver_crash_is_contained_and_attributed() {
     let error = facts.error.clone().expect("an error");
     assert_eq!(error.code, codes::CHILD_CRASHED);
     assert_eq!(error.name, "XPU_LEVEL_ZERO_CHILD_CRASHED");
-    assert!(error.meaning.contains("signal 11 (SIGSEGV) during zeDeviceGetProperties"), "{}", error.meaning);
+    assert!(
+        error
+            .meaning
+            .contains("signal 11 (SIGSEGV) during zeDeviceGetProperties"),
+        "{}",
+        error.meaning
+    );
     // What was learnt before the crash is kept.
     assert!(facts.loader_found);
     assert_eq!(facts.drivers.len(), 1);
     assert_eq!(facts.drivers[0].version, "1.3.26918");
     assert!(facts.drivers[0].devices.is_empty());
 
-    let error = query(&[("FAKE_ZE_CRASH_IN", "zeInit")]).error.expect("an error");
+    let error = query(&[("FAKE_ZE_CRASH_IN", "zeInit")])
+        .error
+        .expect("an error");
     assert!(error.meaning.contains("during zeInit"), "{}", error.meaning);
 }
 
@@ -195,14 +264,21 @@ fn a_hanging_driver_is_killed_after_the_timeout() {
     let took = started.elapsed();
     let error = facts.error.expect("an error");
     assert_eq!(error.code, codes::CHILD_TIMEOUT);
-    assert!(error.meaning.contains("within 1.0 s during zeDeviceGet"), "{}", error.meaning);
+    assert!(
+        error.meaning.contains("within 1.0 s during zeDeviceGet"),
+        "{}",
+        error.meaning
+    );
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert_eq!(facts.drivers.len(), 1, "facts before the hang are kept");
 }
 
 #[test]
 fn driver_output_on_stdout_does_not_confuse_the_parent() {
-    let facts = query(&[("FAKE_ZE_STDOUT", "xpu-level-zero:done {\"bogus\": true}\nnoise")]);
+    let facts = query(&[(
+        "FAKE_ZE_STDOUT",
+        "xpu-level-zero:done {\"bogus\": true}\nnoise",
+    )]);
     // The driver prints during zeInit, before the child's real answer, which wins.
     assert_eq!(facts.error, None);
     assert_eq!(facts.drivers[0].devices.len(), 1);
@@ -214,12 +290,20 @@ fn a_child_that_ignores_the_protocol_or_cannot_start() {
     options.exe = Some("/bin/true".into());
     let error = query_with(&options).error.expect("an error");
     assert_eq!(error.code, codes::CHILD_NO_ANSWER);
-    assert!(error.meaning.contains("run_child_if_requested"), "{}", error.meaning);
+    assert!(
+        error.meaning.contains("run_child_if_requested"),
+        "{}",
+        error.meaning
+    );
 
     options.exe = Some("/nonexistent/xpu-probe".into());
     let error = query_with(&options).error.expect("an error");
     assert_eq!(error.code, codes::CHILD_SPAWN_FAILED);
-    assert!(error.meaning.contains("/nonexistent/xpu-probe"), "{}", error.meaning);
+    assert!(
+        error.meaning.contains("/nonexistent/xpu-probe"),
+        "{}",
+        error.meaning
+    );
 }
 
 #[test]
@@ -235,13 +319,30 @@ fn telemetry_sums_devices_and_measures_power() {
     let per_device: Vec<_> = t
         .devices
         .iter()
-        .map(|d| (d.name.as_str(), d.pci_address.as_deref(), d.memory_used_bytes, d.temperature_c))
+        .map(|d| {
+            (
+                d.name.as_str(),
+                d.pci_address.as_deref(),
+                d.memory_used_bytes,
+                d.temperature_c,
+            )
+        })
         .collect();
     assert_eq!(
         per_device,
         [
-            ("Fake Intel(R) Arc(TM) A770 Graphics", Some("0000:03:00.0"), Some(4 * GIB), Some(45.5)),
-            ("Fake Intel(R) Data Center GPU Max 1550", Some("0000:29:00.0"), Some(28 * GIB), Some(60.0)),
+            (
+                "Fake Intel(R) Arc(TM) A770 Graphics",
+                Some("0000:03:00.0"),
+                Some(4 * GIB),
+                Some(45.5)
+            ),
+            (
+                "Fake Intel(R) Data Center GPU Max 1550",
+                Some("0000:29:00.0"),
+                Some(28 * GIB),
+                Some(60.0)
+            ),
         ]
     );
     let max_watts = t.devices[1].power_w.expect("a power reading");
@@ -250,10 +351,22 @@ fn telemetry_sums_devices_and_measures_power() {
 
 #[test]
 fn telemetry_is_absent_without_a_loader_a_driver_or_a_device() {
-    assert_eq!(telemetry_with(&options(&[("XPU_LEVEL_ZERO_LOADER", "/nonexistent/libze.so.1")])), None);
-    assert_eq!(telemetry_with(&options(&[("FAKE_ZE_INIT_RESULT", "0x78000001")])), None);
+    assert_eq!(
+        telemetry_with(&options(&[(
+            "XPU_LEVEL_ZERO_LOADER",
+            "/nonexistent/libze.so.1"
+        )])),
+        None
+    );
+    assert_eq!(
+        telemetry_with(&options(&[("FAKE_ZE_INIT_RESULT", "0x78000001")])),
+        None
+    );
     assert_eq!(telemetry_with(&options(&[("FAKE_ZE_DEVICES", "0")])), None);
-    assert_eq!(telemetry_with(&options(&[("FAKE_ZE_CRASH_IN", "zesMemoryGetState")])), None);
+    assert_eq!(
+        telemetry_with(&options(&[("FAKE_ZE_CRASH_IN", "zesMemoryGetState")])),
+        None
+    );
 }
 
 /// The whole binary: `xpu-probe --root <fixture>` with the fake driver in its
@@ -271,7 +384,11 @@ fn the_probe_binary_reports_level_zero_and_warns_on_failure() {
             .envs(env.iter().copied())
             .output()
             .expect("xpu-probe runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         serde_json::from_slice(&output.stdout).expect("facts JSON")
     };
     let all_warnings = |facts: &serde_json::Value| -> String {
@@ -286,17 +403,35 @@ fn the_probe_binary_reports_level_zero_and_warns_on_failure() {
     assert_eq!(devices[0]["pci_address"], "0000:03:00.0");
     assert_eq!(devices[2]["pci_address"], "0000:00:02.0");
     assert_eq!(good["level_zero"]["error"], serde_json::Value::Null);
-    assert!(!all_warnings(&good).contains("Level Zero"), "{}", all_warnings(&good));
+    assert!(
+        !all_warnings(&good).contains("Level Zero"),
+        "{}",
+        all_warnings(&good)
+    );
     let reasons = good["recommendation"]["reasons"].to_string();
-    assert!(reasons.contains("Fake Intel(R) Arc(TM) A770 Graphics"), "{reasons}");
+    assert!(
+        reasons.contains("Fake Intel(R) Arc(TM) A770 Graphics"),
+        "{reasons}"
+    );
 
     // A driver without devices: the probe warns that the A770 is not usable.
     let empty = run(&[("FAKE_ZE_DEVICES", "0")]);
-    assert!(all_warnings(&empty).contains("Level Zero"), "{}", all_warnings(&empty));
+    assert!(
+        all_warnings(&empty).contains("Level Zero"),
+        "{}",
+        all_warnings(&empty)
+    );
 
     let failed = run(&[("FAKE_ZE_INIT_RESULT", "0x78000001")]);
-    assert_eq!(failed["level_zero"]["error"]["name"], "ZE_RESULT_ERROR_UNINITIALIZED");
-    assert!(all_warnings(&failed).contains("ZE_RESULT_ERROR_UNINITIALIZED"), "{}", all_warnings(&failed));
+    assert_eq!(
+        failed["level_zero"]["error"]["name"],
+        "ZE_RESULT_ERROR_UNINITIALIZED"
+    );
+    assert!(
+        all_warnings(&failed).contains("ZE_RESULT_ERROR_UNINITIALIZED"),
+        "{}",
+        all_warnings(&failed)
+    );
 
     let skipped = Command::new(PROBE)
         .arg("--no-level-zero")
@@ -319,9 +454,15 @@ fn a_query_child_does_not_start_children_of_its_own() {
     const NAME: &str = "a_query_child_does_not_start_children_of_its_own";
     if std::env::var_os("XPU_LEVEL_ZERO_CHILD").is_some() {
         // Inside the re-run: the guard must answer at once, without starting anything.
-        let error = query_with(&QueryOptions::default()).error.expect("an error");
+        let error = query_with(&QueryOptions::default())
+            .error
+            .expect("an error");
         assert_eq!(error.code, codes::CHILD_SPAWN_FAILED);
-        assert!(error.meaning.contains("itself a Level Zero query child"), "{}", error.meaning);
+        assert!(
+            error.meaning.contains("itself a Level Zero query child"),
+            "{}",
+            error.meaning
+        );
         return;
     }
     let output = Command::new(std::env::current_exe().expect("test binary"))
@@ -330,7 +471,11 @@ fn a_query_child_does_not_start_children_of_its_own() {
         .output()
         .expect("the test binary re-runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
 
@@ -353,7 +498,10 @@ fn process_exists(pid: u32) -> bool {
 
 #[test]
 fn the_monitor_streams_readings_and_kills_its_child_when_dropped() {
-    let monitor = TelemetryMonitor::start(&options(&[("FAKE_ZE_DEVICES", "2")]), Duration::from_millis(100));
+    let monitor = TelemetryMonitor::start(
+        &options(&[("FAKE_ZE_DEVICES", "2")]),
+        Duration::from_millis(100),
+    );
     let t = wait_for(&monitor, |t| t.power_w.is_some()).expect("a reading with power");
     assert_eq!(t.memory_total_bytes, Some(144 * GIB));
     assert_eq!(t.temperature_c, Some(60.0));
@@ -363,7 +511,11 @@ fn the_monitor_streams_readings_and_kills_its_child_when_dropped() {
     assert!(process_exists(pid));
     let started = Instant::now();
     drop(monitor);
-    assert!(started.elapsed() < Duration::from_secs(5), "drop took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drop took {:?}",
+        started.elapsed()
+    );
     assert!(!process_exists(pid), "child {pid} outlived the monitor");
 }
 
@@ -378,15 +530,28 @@ fn the_monitor_has_nothing_without_devices_or_with_a_crashing_driver() {
         let monitor = TelemetryMonitor::start(&options(&env), Duration::from_millis(100));
         // Wait for the child to start, fail and be reaped.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while (monitor.children_started() == 0 || monitor.child_id().is_some()) && Instant::now() < deadline {
+        while (monitor.children_started() == 0 || monitor.child_id().is_some())
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(monitor.children_started(), 1, "{env:?}: one child, no restart yet");
-        assert_eq!(monitor.child_id(), None, "{env:?}: the child should have ended");
+        assert_eq!(
+            monitor.children_started(),
+            1,
+            "{env:?}: one child, no restart yet"
+        );
+        assert_eq!(
+            monitor.child_id(),
+            None,
+            "{env:?}: the child should have ended"
+        );
         assert_eq!(monitor.latest(), None, "{env:?}");
         let started = Instant::now();
         drop(monitor);
-        assert!(started.elapsed() < Duration::from_secs(5), "{env:?}: drop waited for the restart delay");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{env:?}: drop waited for the restart delay"
+        );
     }
 }
 
@@ -473,14 +638,24 @@ fn the_binary_honours_the_timeout_variable_and_rejects_a_bogus_child_mode() {
             .env("XPU_LEVEL_ZERO_TIMEOUT_SECS", timeout)
             .output()
             .expect("xpu-probe runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let facts: serde_json::Value = serde_json::from_slice(&output.stdout).expect("facts JSON");
         (started.elapsed(), facts)
     };
     let (took, facts) = run("0.5");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    let meaning = facts["level_zero"]["error"]["meaning"].as_str().expect("an error").to_string();
-    assert!(meaning.contains("within 0.5 s during zeDriverGet"), "{meaning}");
+    let meaning = facts["level_zero"]["error"]["meaning"]
+        .as_str()
+        .expect("an error")
+        .to_string();
+    assert!(
+        meaning.contains("within 0.5 s during zeDriverGet"),
+        "{meaning}"
+    );
 
     // An invalid value is reported, not silently replaced (the query then runs with
     // the 20 s default, so it must not hang here: use a driver that answers).
@@ -493,11 +668,20 @@ fn the_binary_honours_the_timeout_variable_and_rejects_a_bogus_child_mode() {
         .expect("xpu-probe runs");
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("XPU_LEVEL_ZERO_TIMEOUT_SECS=\"soon\" is not a number of seconds"), "{stderr}");
+    assert!(
+        stderr.contains("XPU_LEVEL_ZERO_TIMEOUT_SECS=\"soon\" is not a number of seconds"),
+        "{stderr}"
+    );
 
-    let output = Command::new(PROBE).env("XPU_LEVEL_ZERO_CHILD", "bogus").output().expect("xpu-probe runs");
+    let output = Command::new(PROBE)
+        .env("XPU_LEVEL_ZERO_CHILD", "bogus")
+        .output()
+        .expect("xpu-probe runs");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("XPU_LEVEL_ZERO_CHILD=\"bogus\": expected"), "{stderr}");
+    assert!(
+        stderr.contains("XPU_LEVEL_ZERO_CHILD=\"bogus\": expected"),
+        "{stderr}"
+    );
     assert!(output.stdout.is_empty());
 }

@@ -48,7 +48,12 @@ pub struct TokenEvent {
 /// The `n` largest entries of `log_softmax(logits)`, largest first.
 pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = max + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let log_sum = max
+        + logits
+            .iter()
+            .map(|&x| ((x - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     let n = n.min(ids.len());
     if n == 0 {
@@ -58,7 +63,9 @@ pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
     ids.select_nth_unstable_by(n - 1, by_logit);
     ids.truncate(n);
     ids.sort_by(by_logit);
-    ids.into_iter().map(|id| (id, logits[id as usize] - log_sum)).collect()
+    ids.into_iter()
+        .map(|id| (id, logits[id as usize] - log_sum))
+        .collect()
 }
 
 /// Why generation ended.
@@ -121,8 +128,8 @@ pub fn generate(
         }
         .into());
     }
-    let mut sampler =
-        Sampler::new(request.sampling.clone()).map_err(|e| GenerateError::Sampling(e.to_string()))?;
+    let mut sampler = Sampler::new(request.sampling.clone())
+        .map_err(|e| GenerateError::Sampling(e.to_string()))?;
     let mut stop = StopMatcher::new(request.stop.clone());
     let mut decoder = StreamDecoder::new();
 

@@ -6,11 +6,11 @@
 
 #![forbid(unsafe_code)]
 
-pub mod engine;
-pub mod sampling;
-pub mod stop;
 pub mod bench;
+pub mod engine;
 pub mod generate;
 pub mod hub;
 pub mod model;
+pub mod sampling;
 pub mod server;
+pub mod stop;

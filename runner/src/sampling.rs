@@ -87,7 +87,10 @@ pub struct SamplingError {
 impl SamplingParams {
     /// Greedy decoding: always the most probable token, no penalties.
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     /// Checks every parameter against its allowed range and names the first one that is
@@ -102,26 +105,62 @@ impl SamplingParams {
             if value.is_finite() && ok {
                 Ok(())
             } else {
-                Err(SamplingError { name, value: value.to_string(), allowed })
+                Err(SamplingError {
+                    name,
+                    value: value.to_string(),
+                    allowed,
+                })
             }
         }
         let t = self.temperature;
-        check("temperature", t, (0.0..=2.0).contains(&t), "allowed range is 0 to 2 (0 = greedy)")?;
+        check(
+            "temperature",
+            t,
+            (0.0..=2.0).contains(&t),
+            "allowed range is 0 to 2 (0 = greedy)",
+        )?;
         let p = self.top_p;
-        check("top_p", p, (0.0..=1.0).contains(&p), "allowed range is 0 to 1 (1 = off)")?;
+        check(
+            "top_p",
+            p,
+            (0.0..=1.0).contains(&p),
+            "allowed range is 0 to 1 (1 = off)",
+        )?;
         let m = self.min_p;
-        check("min_p", m, (0.0..=1.0).contains(&m), "allowed range is 0 to 1 (0 = off)")?;
+        check(
+            "min_p",
+            m,
+            (0.0..=1.0).contains(&m),
+            "allowed range is 0 to 1 (0 = off)",
+        )?;
         let r = self.repetition_penalty;
-        check("repetition_penalty", r, r > 0.0, "must be greater than 0 (1 = off)")?;
+        check(
+            "repetition_penalty",
+            r,
+            r > 0.0,
+            "must be greater than 0 (1 = off)",
+        )?;
         let pp = self.presence_penalty;
-        check("presence_penalty", pp, (-2.0..=2.0).contains(&pp), "allowed range is -2 to 2 (0 = off)")?;
+        check(
+            "presence_penalty",
+            pp,
+            (-2.0..=2.0).contains(&pp),
+            "allowed range is -2 to 2 (0 = off)",
+        )?;
         let fp = self.frequency_penalty;
-        check("frequency_penalty", fp, (-2.0..=2.0).contains(&fp), "allowed range is -2 to 2 (0 = off)")?;
+        check(
+            "frequency_penalty",
+            fp,
+            (-2.0..=2.0).contains(&fp),
+            "allowed range is -2 to 2 (0 = off)",
+        )?;
         Ok(())
     }
 
     fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 }
 
@@ -141,7 +180,9 @@ pub struct Sampler {
 
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sampler").field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("Sampler")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,7 +194,13 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Ok(Sampler { params, rng, candidates: Vec::new(), counts: Vec::new(), seen: Vec::new() })
+        Ok(Sampler {
+            params,
+            rng,
+            candidates: Vec::new(),
+            counts: Vec::new(),
+            seen: Vec::new(),
+        })
     }
 
     /// The parameters this sampler was built with.
@@ -186,7 +233,11 @@ impl Sampler {
         }
         self.seen.clear();
         for &t in previous_tokens {
-            let Some(count) = self.counts.get_mut(t as usize).filter(|_| (t as usize) < vocab) else {
+            let Some(count) = self
+                .counts
+                .get_mut(t as usize)
+                .filter(|_| (t as usize) < vocab)
+            else {
                 continue;
             };
             if *count == 0 {
@@ -194,7 +245,12 @@ impl Sampler {
             }
             *count += 1;
         }
-        let SamplingParams { repetition_penalty, presence_penalty, frequency_penalty, .. } = self.params;
+        let SamplingParams {
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            ..
+        } = self.params;
         for &t in &self.seen {
             let count = std::mem::take(&mut self.counts[t as usize]);
             let logit = &mut logits[t as usize];
@@ -210,10 +266,20 @@ impl Sampler {
     }
 
     fn sample_distribution(&mut self, logits: &mut [f32]) -> u32 {
-        let SamplingParams { temperature, top_k, top_p, min_p, .. } = self.params;
+        let SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            ..
+        } = self.params;
         let inv_t = 1.0 / temperature;
         for l in logits.iter_mut() {
-            *l = if l.is_nan() { f32::NEG_INFINITY } else { *l * inv_t };
+            *l = if l.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                *l * inv_t
+            };
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if max == f32::NEG_INFINITY {
@@ -273,7 +339,12 @@ impl Sampler {
             }
         }
         // Rounding left a sliver at the end: the last candidate with a non-zero weight.
-        candidates.iter().rev().copied().find(|&t| probs[t as usize] > 0.0).unwrap_or(candidates[0])
+        candidates
+            .iter()
+            .rev()
+            .copied()
+            .find(|&t| probs[t as usize] > 0.0)
+            .unwrap_or(candidates[0])
     }
 }
 
@@ -326,7 +397,10 @@ mod tests {
     }
 
     fn seeded(params: SamplingParams) -> Sampler {
-        sampler(SamplingParams { seed: Some(7), ..params })
+        sampler(SamplingParams {
+            seed: Some(7),
+            ..params
+        })
     }
 
     #[test]
@@ -348,21 +422,79 @@ mod tests {
     #[test]
     fn invalid_parameters_are_named_with_their_range() {
         let cases = [
-            (SamplingParams { temperature: -0.5, ..Default::default() }, "temperature"),
-            (SamplingParams { temperature: 2.5, ..Default::default() }, "temperature"),
-            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
-            (SamplingParams { min_p: -0.1, ..Default::default() }, "min_p"),
-            (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
-            (SamplingParams { repetition_penalty: f32::INFINITY, ..Default::default() }, "repetition_penalty"),
-            (SamplingParams { presence_penalty: 2.1, ..Default::default() }, "presence_penalty"),
-            (SamplingParams { frequency_penalty: -3.0, ..Default::default() }, "frequency_penalty"),
+            (
+                SamplingParams {
+                    temperature: -0.5,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: 2.5,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: -0.1,
+                    ..Default::default()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: f32::INFINITY,
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: 2.1,
+                    ..Default::default()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: -3.0,
+                    ..Default::default()
+                },
+                "frequency_penalty",
+            ),
         ];
         for (params, name) in cases {
             let err = Sampler::new(params).expect_err(name);
             assert_eq!(err.name, name);
             let text = err.to_string();
-            assert!(text.contains(name) && text.contains("allowed range") || text.contains("greater than"), "{text}");
+            assert!(
+                text.contains(name) && text.contains("allowed range")
+                    || text.contains("greater than"),
+                "{text}"
+            );
         }
     }
 
@@ -370,8 +502,13 @@ mod tests {
     fn the_same_seed_gives_the_same_tokens() {
         let logits: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32) / 20.0).collect();
         let run = |seed| {
-            let mut s = sampler(SamplingParams { seed: Some(seed), ..Default::default() });
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            let mut s = sampler(SamplingParams {
+                seed: Some(seed),
+                ..Default::default()
+            });
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
@@ -390,31 +527,47 @@ mod tests {
         for (i, &h) in hits.iter().enumerate() {
             let expected = (i + 1) as f64 / 10.0;
             let got = h as f64 / n as f64;
-            assert!((got - expected).abs() < 0.01, "token {i}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 0.01,
+                "token {i}: {got} vs {expected}"
+            );
         }
     }
 
     #[test]
     fn low_temperature_sharpens_the_distribution() {
         let logits = [0.0f32, 1.0];
-        let mut s = seeded(SamplingParams { temperature: 0.1, ..Default::default() });
+        let mut s = seeded(SamplingParams {
+            temperature: 0.1,
+            ..Default::default()
+        });
         // p(1) = 1 / (1 + e^-10) ≈ 0.99995
-        let ones = (0..2000).filter(|_| s.sample(&mut logits.clone(), &[]) == 1).count();
+        let ones = (0..2000)
+            .filter(|_| s.sample(&mut logits.clone(), &[]) == 1)
+            .count();
         assert!(ones >= 1995, "{ones}");
     }
 
     #[test]
     fn top_k_keeps_only_the_k_best() {
         // A permutation of 0..5000: no ties.
-        let logits: Vec<f32> = (0..5000u32).map(|i| (i * 7919 % 5000) as f32 / 1000.0).collect();
+        let logits: Vec<f32> = (0..5000u32)
+            .map(|i| (i * 7919 % 5000) as f32 / 1000.0)
+            .collect();
         let mut best: Vec<u32> = (0..5000).collect();
         best.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         let allowed: std::collections::HashSet<u32> = best[..3].iter().copied().collect();
-        let mut s = seeded(SamplingParams { top_k: 3, ..Default::default() });
+        let mut s = seeded(SamplingParams {
+            top_k: 3,
+            ..Default::default()
+        });
         for _ in 0..500 {
             assert!(allowed.contains(&s.sample(&mut logits.clone(), &[])));
         }
-        let mut one = seeded(SamplingParams { top_k: 1, ..Default::default() });
+        let mut one = seeded(SamplingParams {
+            top_k: 1,
+            ..Default::default()
+        });
         assert_eq!(one.sample(&mut logits.clone(), &[]), argmax(&logits));
     }
 
@@ -422,7 +575,10 @@ mod tests {
     fn top_p_keeps_the_smallest_nucleus() {
         // probabilities 0.5, 0.3, 0.15, 0.05
         let logits = [0.5f32.ln(), 0.3f32.ln(), 0.15f32.ln(), 0.05f32.ln()];
-        let mut s = seeded(SamplingParams { top_p: 0.75, ..Default::default() });
+        let mut s = seeded(SamplingParams {
+            top_p: 0.75,
+            ..Default::default()
+        });
         let mut hits = [0usize; 4];
         for _ in 0..4000 {
             hits[s.sample(&mut logits.clone(), &[]) as usize] += 1;
@@ -433,7 +589,10 @@ mod tests {
         let share = hits[0] as f64 / 4000.0;
         assert!((share - 0.625).abs() < 0.03, "{share}");
 
-        let mut zero = seeded(SamplingParams { top_p: 0.0, ..Default::default() });
+        let mut zero = seeded(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        });
         assert_eq!(zero.sample(&mut logits.clone(), &[]), 0);
     }
 
@@ -442,9 +601,13 @@ mod tests {
         // 10,000 equally likely tokens: the first 256 hold 2.56 % of the mass, so
         // top_p = 0.5 must look past the probe and keep about half of the vocabulary.
         let logits = vec![0.0f32; 10_000];
-        let mut s = seeded(SamplingParams { top_p: 0.5, ..Default::default() });
-        let distinct: std::collections::HashSet<u32> =
-            (0..3000).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        let mut s = seeded(SamplingParams {
+            top_p: 0.5,
+            ..Default::default()
+        });
+        let distinct: std::collections::HashSet<u32> = (0..3000)
+            .map(|_| s.sample(&mut logits.clone(), &[]))
+            .collect();
         assert!(distinct.len() > 1500, "{}", distinct.len());
     }
 
@@ -452,15 +615,24 @@ mod tests {
     fn min_p_drops_unlikely_tokens() {
         // probabilities relative to the best: 1, 0.5, 0.09
         let logits = [0.0f32, 0.5f32.ln(), 0.09f32.ln()];
-        let mut s = seeded(SamplingParams { min_p: 0.1, ..Default::default() });
-        let hits: Vec<u32> = (0..3000).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        let mut s = seeded(SamplingParams {
+            min_p: 0.1,
+            ..Default::default()
+        });
+        let hits: Vec<u32> = (0..3000)
+            .map(|_| s.sample(&mut logits.clone(), &[]))
+            .collect();
         assert!(!hits.contains(&2));
         assert!(hits.contains(&0) && hits.contains(&1));
     }
 
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
-        let mut s = sampler(SamplingParams { repetition_penalty: 2.0, temperature: 0.0, ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            repetition_penalty: 2.0,
+            temperature: 0.0,
+            ..Default::default()
+        });
         let mut logits = [4.0f32, -1.0, 3.0, 1.0];
         // Token 0 appears twice: still penalised once. 99 is out of range: ignored.
         let picked = s.sample(&mut logits, &[0, 1, 0, 99]);
@@ -487,14 +659,25 @@ mod tests {
 
     #[test]
     fn all_impossible_tokens_do_not_panic() {
-        let mut s = seeded(SamplingParams { top_p: 0.9, min_p: 0.1, ..Default::default() });
+        let mut s = seeded(SamplingParams {
+            top_p: 0.9,
+            min_p: 0.1,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&mut [f32::NEG_INFINITY, f32::NAN], &[]), 0);
     }
 
     #[test]
     fn serde_defaults_fill_missing_fields() {
         let p: SamplingParams = serde_json::from_str(r#"{"temperature":0.7,"seed":3}"#).unwrap();
-        assert_eq!(p, SamplingParams { temperature: 0.7, seed: Some(3), ..Default::default() });
+        assert_eq!(
+            p,
+            SamplingParams {
+                temperature: 0.7,
+                seed: Some(3),
+                ..Default::default()
+            }
+        );
         assert!(serde_json::from_str::<SamplingParams>(r#"{"temprature":0.7}"#).is_err());
     }
 }

@@ -37,8 +37,16 @@ impl StopMatcher {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let stops = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
-        StopMatcher { stops, pending: String::new(), stopped: false }
+        let stops = stops
+            .into_iter()
+            .map(Into::into)
+            .filter(|s: &String| !s.is_empty())
+            .collect();
+        StopMatcher {
+            stops,
+            pending: String::new(),
+            stopped: false,
+        }
     }
 
     /// The stop strings in use.
@@ -59,23 +67,35 @@ impl StopMatcher {
     /// Adds the next decoded text delta and returns the text that is now safe to emit.
     pub fn push(&mut self, delta: &str) -> StopStep {
         if self.stopped {
-            return StopStep { text: String::new(), stopped: true };
+            return StopStep {
+                text: String::new(),
+                stopped: true,
+            };
         }
         if self.stops.is_empty() {
-            return StopStep { text: delta.to_owned(), stopped: false };
+            return StopStep {
+                text: delta.to_owned(),
+                stopped: false,
+            };
         }
         self.pending.push_str(delta);
 
         if let Some(start) = self.first_completed_stop() {
             self.pending.truncate(start);
             self.stopped = true;
-            return StopStep { text: std::mem::take(&mut self.pending), stopped: true };
+            return StopStep {
+                text: std::mem::take(&mut self.pending),
+                stopped: true,
+            };
         }
 
         let hold_from = self.partial_stop_start();
         let rest = self.pending.split_off(hold_from);
         let text = std::mem::replace(&mut self.pending, rest);
-        StopStep { text, stopped: false }
+        StopStep {
+            text,
+            stopped: false,
+        }
     }
 
     /// Ends the stream without a stop string (end-of-sequence token, length limit,
@@ -88,7 +108,11 @@ impl StopMatcher {
     fn first_completed_stop(&self) -> Option<usize> {
         self.stops
             .iter()
-            .filter_map(|stop| self.pending.find(stop.as_str()).map(|start| (start + stop.len(), start)))
+            .filter_map(|stop| {
+                self.pending
+                    .find(stop.as_str())
+                    .map(|start| (start + stop.len(), start))
+            })
             .min_by_key(|&(end, start)| (end, start))
             .map(|(_, start)| start)
     }
@@ -97,12 +121,17 @@ impl StopMatcher {
     /// `pending.len()` when there is none.
     fn partial_stop_start(&self) -> usize {
         let longest_stop = self.stops.iter().map(String::len).max().unwrap_or(0);
-        let earliest = self.pending.len().saturating_sub(longest_stop.saturating_sub(1));
+        let earliest = self
+            .pending
+            .len()
+            .saturating_sub(longest_stop.saturating_sub(1));
         (earliest..self.pending.len())
             .filter(|&i| self.pending.is_char_boundary(i))
             .find(|&i| {
                 let tail = &self.pending[i..];
-                self.stops.iter().any(|stop| stop.len() > tail.len() && stop.starts_with(tail))
+                self.stops
+                    .iter()
+                    .any(|stop| stop.len() > tail.len() && stop.starts_with(tail))
             })
             .unwrap_or(self.pending.len())
     }
@@ -151,7 +180,13 @@ mod tests {
         assert_eq!(m.held_back(), "\n");
         assert_eq!(m.push("Us").text, "");
         let step = m.push("er: more");
-        assert_eq!(step, StopStep { text: String::new(), stopped: true });
+        assert_eq!(
+            step,
+            StopStep {
+                text: String::new(),
+                stopped: true
+            }
+        );
         assert!(m.is_stopped());
         assert_eq!(m.push("after").text, "");
     }
@@ -166,7 +201,10 @@ mod tests {
 
     #[test]
     fn held_back_text_is_flushed_at_the_end() {
-        assert_eq!(run(&["</s>"], &["answer", "</"]), ("answer</".into(), false));
+        assert_eq!(
+            run(&["</s>"], &["answer", "</"]),
+            ("answer</".into(), false)
+        );
     }
 
     #[test]
@@ -179,14 +217,20 @@ mod tests {
     fn the_stop_completed_first_wins() {
         // "bc" completes before "abcd" would.
         assert_eq!(run(&["abcd", "bc"], &["abcd"]), ("a".into(), true));
-        assert_eq!(run(&["abcd", "bc"], &["a", "b", "c", "d"]), ("a".into(), true));
+        assert_eq!(
+            run(&["abcd", "bc"], &["a", "b", "c", "d"]),
+            ("a".into(), true)
+        );
         // Same end: the longer one (earlier start) wins.
         assert_eq!(run(&["c", "abc"], &["xabc"]), ("x".into(), true));
     }
 
     #[test]
     fn multibyte_text_is_split_on_character_boundaries() {
-        assert_eq!(run(&["。终"], &["你好", "。", "终了"]), ("你好".into(), true));
+        assert_eq!(
+            run(&["。终"], &["你好", "。", "终了"]),
+            ("你好".into(), true)
+        );
         assert_eq!(run(&["éx"], &["café", " ok"]), ("café ok".into(), false));
     }
 
@@ -197,7 +241,11 @@ mod tests {
         for (i, c) in text.char_indices() {
             let end = i + c.len_utf8();
             let seen = &text[..end];
-            if let Some(stop) = stops.iter().filter(|s| seen.ends_with(s.as_str())).max_by_key(|s| s.len()) {
+            if let Some(stop) = stops
+                .iter()
+                .filter(|s| seen.ends_with(s.as_str()))
+                .max_by_key(|s| s.len())
+            {
                 return (seen[..end - stop.len()].to_owned(), true);
             }
         }
@@ -206,12 +254,18 @@ mod tests {
 
     /// Splits `text` at the given fractions, moved to character boundaries.
     fn split(text: &str, cuts: &[usize]) -> Vec<String> {
-        let mut points: Vec<usize> =
-            cuts.iter().map(|c| c % (text.len() + 1)).filter(|&c| text.is_char_boundary(c)).collect();
+        let mut points: Vec<usize> = cuts
+            .iter()
+            .map(|c| c % (text.len() + 1))
+            .filter(|&c| text.is_char_boundary(c))
+            .collect();
         points.push(0);
         points.push(text.len());
         points.sort_unstable();
-        points.windows(2).map(|w| text[w[0]..w[1]].to_owned()).collect()
+        points
+            .windows(2)
+            .map(|w| text[w[0]..w[1]].to_owned())
+            .collect()
     }
 
     proptest! {

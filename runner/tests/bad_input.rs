@@ -116,12 +116,24 @@ fn quantization_without_a_cpu_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q2k.gguf");
     let (metadata, mut tensors) = support::read_gguf(&test_model());
-    let (_, down) = tensors.iter_mut().find(|(name, _)| name == "blk.0.ffn_down.weight").unwrap();
+    let (_, down) = tensors
+        .iter_mut()
+        .find(|(name, _)| name == "blk.0.ffn_down.weight")
+        .unwrap();
     let weights = down.dequantize(&candle_core::Device::Cpu).unwrap();
-    *down = candle_core::quantized::QTensor::quantize(&weights, candle_core::quantized::GgmlDType::Q2K).unwrap();
+    *down =
+        candle_core::quantized::QTensor::quantize(&weights, candle_core::quantized::GgmlDType::Q2K)
+            .unwrap();
     support::write_gguf(&path, &metadata, &tensors);
     let out = generate(path.to_str().unwrap(), &["--device", "cpu"]);
-    assert_one_line_error(&out, &["tensor blk.0.ffn_down.weight has type Q2K", "Q4_K", "XPU_CPU_ENGINE=candle"]);
+    assert_one_line_error(
+        &out,
+        &[
+            "tensor blk.0.ffn_down.weight has type Q2K",
+            "Q4_K",
+            "XPU_CPU_ENGINE=candle",
+        ],
+    );
 }
 
 #[test]

@@ -37,8 +37,14 @@ fn smollm2() -> PathBuf {
     if let Ok(path) = std::env::var("XPU_TEST_MODEL") {
         return PathBuf::from(path);
     }
-    let out = Command::new(format!("{ROOT}/scripts/fetch-model.sh")).output().expect("run scripts/fetch-model.sh");
-    assert!(out.status.success(), "fetch-model.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(format!("{ROOT}/scripts/fetch-model.sh"))
+        .output()
+        .expect("run scripts/fetch-model.sh");
+    assert!(
+        out.status.success(),
+        "fetch-model.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -49,15 +55,37 @@ fn test_file(arch: &str, ty: &str) -> PathBuf {
         .arg(smollm2())
         .output()
         .expect("run scripts/make-test-gguf.py");
-    assert!(out.status.success(), "make-test-gguf.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    let path = String::from_utf8(out.stdout).unwrap().lines().last().expect("a path").to_string();
+    assert!(
+        out.status.success(),
+        "make-test-gguf.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .expect("a path")
+        .to_string();
     PathBuf::from(path)
 }
 
 /// Runs the comparison; returns whether it passed and its output.
-fn compare(model: &Path, llama_model: Option<&Path>, device: &str, extra: &[&str]) -> (bool, String) {
+fn compare(
+    model: &Path,
+    llama_model: Option<&Path>,
+    device: &str,
+    extra: &[&str],
+) -> (bool, String) {
     let mut cmd = Command::new(format!("{ROOT}/scripts/compare-llama.py"));
-    cmd.arg("--model").arg(model).args(["--device", device, "--runner", env!("CARGO_BIN_EXE_xpu-runner")]).args(extra);
+    cmd.arg("--model")
+        .arg(model)
+        .args([
+            "--device",
+            device,
+            "--runner",
+            env!("CARGO_BIN_EXE_xpu-runner"),
+        ])
+        .args(extra);
     if let Some(other) = llama_model {
         cmd.arg("--llama-model").arg(other);
     }
@@ -65,7 +93,11 @@ fn compare(model: &Path, llama_model: Option<&Path>, device: &str, extra: &[&str
         cmd.env("XPU_RUNNER_ALLOW_CPU_ADAPTER", "1");
     }
     let out = cmd.output().expect("run scripts/compare-llama.py");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("{text}");
     (out.status.success(), text)
 }
@@ -86,8 +118,16 @@ fn llama3_with_rope_freqs_matches_llama_cpp() {
     }
     let model = test_file("llama3", "F32");
     for device in devices() {
-        let (ok, out) = compare(&model, None, device, &["--min-agree", "5", "--tolerance", "0.02"]);
-        assert!(ok, "{device}: the Llama-3-shaped file differs from llama.cpp:\n{out}");
+        let (ok, out) = compare(
+            &model,
+            None,
+            device,
+            &["--min-agree", "5", "--tolerance", "0.02"],
+        );
+        assert!(
+            ok,
+            "{device}: the Llama-3-shaped file differs from llama.cpp:\n{out}"
+        );
     }
 }
 
@@ -103,8 +143,16 @@ fn dropped_rope_factors_are_caught() {
     let dir = tempfile::tempdir().unwrap();
     let ones = dir.path().join("llama3-rope-factors-ones.gguf");
     write_with_unit_rope_factors(&model, &ones);
-    let (ok, out) = compare(&ones, Some(&model), "cpu", &["--min-agree", "5", "--tolerance", "0.02"]);
-    assert!(!ok && out.contains("OVER TOLERANCE"), "dropping the RoPE factors went unnoticed:\n{out}");
+    let (ok, out) = compare(
+        &ones,
+        Some(&model),
+        "cpu",
+        &["--min-agree", "5", "--tolerance", "0.02"],
+    );
+    assert!(
+        !ok && out.contains("OVER TOLERANCE"),
+        "dropping the RoPE factors went unnoticed:\n{out}"
+    );
 }
 
 /// Copies `src` with every value of its F32 `rope_freqs.weight` set to 1.
@@ -117,8 +165,14 @@ fn write_with_unit_rope_factors(src: &Path, dst: &Path) {
     let start = (content.tensor_data_offset + info.offset) as usize;
     let mut bytes = std::fs::read(src).unwrap();
     let n = info.shape.elem_count();
-    let factors: Vec<f32> = bytes[start..start + 4 * n].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    assert!(factors.iter().any(|&f| f != 1.0), "the generated file's factors are already 1: {factors:?}");
+    let factors: Vec<f32> = bytes[start..start + 4 * n]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(
+        factors.iter().any(|&f| f != 1.0),
+        "the generated file's factors are already 1: {factors:?}"
+    );
     for chunk in bytes[start..start + 4 * n].chunks_exact_mut(4) {
         chunk.copy_from_slice(&1f32.to_le_bytes());
     }

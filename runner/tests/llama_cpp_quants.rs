@@ -18,9 +18,14 @@ fn greedy_tokens_match_llama_cpp_on_requantized_models() {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let made =
-        Command::new(root.join("scripts/make-test-models.sh")).output().expect("run scripts/make-test-models.sh");
-    assert!(made.status.success(), "make-test-models.sh failed: {}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new(root.join("scripts/make-test-models.sh"))
+        .output()
+        .expect("run scripts/make-test-models.sh");
+    assert!(
+        made.status.success(),
+        "make-test-models.sh failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let models = String::from_utf8(made.stdout).unwrap();
     let mut failed = Vec::new();
     for model in models.lines() {
@@ -41,10 +46,17 @@ fn greedy_tokens_match_llama_cpp_on_requantized_models() {
             .env("XPU_CPU_ENGINE", "xpu")
             .output()
             .expect("run scripts/compare-llama.py");
-        eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if !out.status.success() {
             failed.push(model.to_string());
         }
     }
-    assert!(failed.is_empty(), "fewer than 4 of 5 prompts agree with llama.cpp on: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "fewer than 4 of 5 prompts agree with llama.cpp on: {failed:?}"
+    );
 }

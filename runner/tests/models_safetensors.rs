@@ -76,8 +76,17 @@ fn write_hf_dir(dir: &Path, dtype: DType, arch: &str) {
     if arch == "qwen2" {
         let biases: Vec<(String, Tensor)> = out
             .iter()
-            .filter(|(name, _)| name.ends_with("_proj.weight") && name.contains("self_attn.") && !name.contains("o_proj"))
-            .map(|(name, w)| (name.replace(".weight", ".bias"), Tensor::zeros(w.dims()[0], dtype, &Device::Cpu).unwrap()))
+            .filter(|(name, _)| {
+                name.ends_with("_proj.weight")
+                    && name.contains("self_attn.")
+                    && !name.contains("o_proj")
+            })
+            .map(|(name, w)| {
+                (
+                    name.replace(".weight", ".bias"),
+                    Tensor::zeros(w.dims()[0], dtype, &Device::Cpu).unwrap(),
+                )
+            })
             .collect();
         assert_eq!(biases.len(), 3 * md_u32(&md, "llama.block_count"));
         out.extend(biases);
@@ -108,24 +117,37 @@ fn write_hf_dir(dir: &Path, dtype: DType, arch: &str) {
             "use_sliding_window": false,
             "hidden_act": "silu",
         });
-        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
     }
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 
     let gguf = model::load(&test_model(), &LoadOptions::default()).unwrap();
-    gguf.tokenizer.inner().save(dir.join("tokenizer.json"), false).unwrap();
+    gguf.tokenizer
+        .inner()
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
     let template = md["tokenizer.chat_template"].to_string().unwrap().clone();
     let tokenizer_config = serde_json::json!({
         "chat_template": template,
         "bos_token": "<|im_start|>",
         "eos_token": "<|im_end|>",
     });
-    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .unwrap();
 }
 
 fn greedy_ids(model: &mut LoadedModel, n: usize) -> Vec<u32> {
     let prompt_tokens = model
-        .chat_prompt_tokens(&[ChatMessage::new("user", "What is the capital of France? Answer in one sentence.")])
+        .chat_prompt_tokens(&[ChatMessage::new(
+            "user",
+            "What is the capital of France? Answer in one sentence.",
+        )])
         .unwrap();
     let request = GenerationRequest {
         prompt_tokens,
@@ -153,7 +175,10 @@ fn gguf_greedy_ids(options: &LoadOptions) -> Vec<u32> {
 
 #[test]
 fn safetensors_llama_generates_like_the_gguf() {
-    let options = LoadOptions { threads: Some(2), ..Default::default() };
+    let options = LoadOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
     let expected = gguf_greedy_ids(&options);
 
     for (dtype, agree) in [(DType::F32, 6), (DType::F16, 3), (DType::BF16, 1)] {
@@ -165,20 +190,30 @@ fn safetensors_llama_generates_like_the_gguf() {
         let got = greedy_ids(&mut st, 6);
         // The GGUF engine multiplies with 8-bit-quantized activations, so only the
         // first tokens must match exactly; fewer for the rounded half types.
-        assert_eq!(got[..agree], expected[..agree], "{dtype:?}: {got:?} vs {expected:?}");
+        assert_eq!(
+            got[..agree],
+            expected[..agree],
+            "{dtype:?}: {got:?} vs {expected:?}"
+        );
     }
 }
 
 #[test]
 fn safetensors_qwen2_generates_like_the_gguf() {
-    let options = LoadOptions { threads: Some(2), ..Default::default() };
+    let options = LoadOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
     let expected = gguf_greedy_ids(&options);
 
     let dir = tempfile::tempdir().unwrap();
     write_hf_dir(dir.path(), DType::F32, "qwen2");
     let mut st = model::load(dir.path(), &options).unwrap();
     let got = greedy_ids(&mut st, 6);
-    assert_eq!(got, expected, "qwen2 safetensors: {got:?} vs the GGUF's {expected:?}");
+    assert_eq!(
+        got, expected,
+        "qwen2 safetensors: {got:?} vs the GGUF's {expected:?}"
+    );
 }
 
 #[test]
@@ -194,7 +229,10 @@ fn safetensors_directory_without_tokenizer_or_weights() {
     support::assert_one_line_error(&out, &["no *.safetensors"]);
 
     let mut t = HashMap::new();
-    t.insert("x".to_string(), Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "x".to_string(),
+        Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&t, dir.path().join("model.safetensors")).unwrap();
     let out = runner(&["generate", "--model", model, "--prompt", "x"]);
     support::assert_one_line_error(&out, &["no tokenizer.json", "--tokenizer"]);
@@ -203,7 +241,23 @@ fn safetensors_directory_without_tokenizer_or_weights() {
 #[test]
 fn safetensors_unsupported_architecture() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), r#"{"model_type":"gpt_neox"}"#).unwrap();
-    let out = runner(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "x"]);
-    support::assert_one_line_error(&out, &["unsupported model architecture `gpt_neox`", "safetensors llama, qwen2"]);
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"model_type":"gpt_neox"}"#,
+    )
+    .unwrap();
+    let out = runner(&[
+        "generate",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    support::assert_one_line_error(
+        &out,
+        &[
+            "unsupported model architecture `gpt_neox`",
+            "safetensors llama, qwen2",
+        ],
+    );
 }

@@ -56,7 +56,12 @@ fn vocab() -> Vocab {
 fn tokenizer(v: &Vocab) -> Tokenizer {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spm.gguf");
-    let tokens = Value::Array(v.pieces.iter().map(|(p, _, _)| Value::String(p.clone())).collect());
+    let tokens = Value::Array(
+        v.pieces
+            .iter()
+            .map(|(p, _, _)| Value::String(p.clone()))
+            .collect(),
+    );
     let scores = Value::Array(v.pieces.iter().map(|(_, s, _)| Value::F32(*s)).collect());
     let types = Value::Array(v.pieces.iter().map(|(_, _, t)| Value::I32(*t)).collect());
     let md = vec![
@@ -87,7 +92,10 @@ fn merges_follow_piece_scores_and_add_bos() {
     // Without the BOS post-processor.
     assert_eq!(t.encode("hello", false).unwrap(), vec![v.id("▁hello")]);
     // A word without a whole piece stops at the best merges available.
-    assert_eq!(t.encode("hell", false).unwrap(), vec![v.id("▁he"), v.id("ll")]);
+    assert_eq!(
+        t.encode("hell", false).unwrap(),
+        vec![v.id("▁he"), v.id("ll")]
+    );
 }
 
 #[test]

@@ -29,10 +29,16 @@ impl NotifySocket {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = socket.recv(&mut buf) {
-                sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         });
-        NotifySocket { path, messages, _dir: dir }
+        NotifySocket {
+            path,
+            messages,
+            _dir: dir,
+        }
     }
 
     fn all(&self) -> Vec<String> {
@@ -56,34 +62,56 @@ impl NotifySocket {
 fn notify_ready_status_watchdog_and_stopping() {
     let notify = NotifySocket::new();
     let mut cmd = serve_command(&["--port", "0"]);
-    cmd.env("NOTIFY_SOCKET", &notify.path).env("WATCHDOG_USEC", "400000").env_remove("WATCHDOG_PID");
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID");
     let mut server = Server::spawn(cmd, None);
 
     let messages = notify.wait_for("READY=1", Duration::from_secs(120));
     // A loading status comes before readiness, and READY=1 carries the serving status.
     let ready_index = messages.iter().position(|m| m.contains("READY=1")).unwrap();
     assert!(
-        messages[..ready_index].iter().any(|m| m.starts_with("STATUS=loading")),
+        messages[..ready_index]
+            .iter()
+            .any(|m| m.starts_with("STATUS=loading")),
         "{messages:?}"
     );
     let ready = &messages[ready_index];
     assert!(ready.contains("STATUS=serving"), "{ready}");
     assert!(ready.contains(&format!(":{}", server.port)), "{ready}");
     // /health agrees with READY=1.
-    assert_eq!(request(server.port, "GET", "/health", None).unwrap().status, 200);
+    assert_eq!(
+        request(server.port, "GET", "/health", None).unwrap().status,
+        200
+    );
 
     // WATCHDOG_USEC=400000 means a ping at least every 200 ms.
     let start = Instant::now();
-    let count = || notify.all().iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
+    let count = || {
+        notify
+            .all()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+    };
     let before = count();
     while count() < before + 3 {
-        assert!(start.elapsed() < Duration::from_secs(5), "too few watchdog pings: {:?}", notify.all());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "too few watchdog pings: {:?}",
+            notify.all()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
     server.sigterm();
     let messages = notify.wait_for("STOPPING=1", Duration::from_secs(10));
-    assert!(messages.iter().any(|m| m.contains("STOPPING=1") && m.contains("STATUS=draining")), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("STOPPING=1") && m.contains("STATUS=draining")),
+        "{messages:?}"
+    );
     let (code, _) = server.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{}", server.log());
 }
@@ -92,24 +120,37 @@ fn notify_ready_status_watchdog_and_stopping() {
 fn no_watchdog_pings_when_not_asked() {
     let notify = NotifySocket::new();
     let mut cmd = serve_command(&["--port", "0"]);
-    cmd.env("NOTIFY_SOCKET", &notify.path).env_remove("WATCHDOG_USEC");
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("WATCHDOG_USEC");
     let mut server = Server::spawn(cmd, None);
     notify.wait_for("READY=1", Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!notify.all().iter().any(|m| m.contains("WATCHDOG=1")), "{:?}", notify.all());
+    assert!(
+        !notify.all().iter().any(|m| m.contains("WATCHDOG=1")),
+        "{:?}",
+        notify.all()
+    );
     server.sigterm();
     assert_eq!(server.wait_exit(Duration::from_secs(30)).0, Some(0));
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
 fn socket_activation_with_systemd_socket_activate() {
     let tool = "systemd-socket-activate";
     assert!(
-        Command::new(tool).arg("--help").stdout(Stdio::null()).status().is_ok(),
+        Command::new(tool)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok(),
         "{tool} is missing; install Debian's systemd package (scripts/apt-packages.txt)"
     );
     let port = free_port();
@@ -135,7 +176,11 @@ fn socket_activation_with_systemd_socket_activate() {
         assert!(Instant::now() < deadline, "never ready:\n{}", server.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(server.log().contains("socket activation"), "{}", server.log());
+    assert!(
+        server.log().contains("socket activation"),
+        "{}",
+        server.log()
+    );
     let r = request(
         port,
         "POST",
@@ -145,5 +190,10 @@ fn socket_activation_with_systemd_socket_activate() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     server.sigterm();
-    assert_eq!(server.wait_exit(Duration::from_secs(30)).0, Some(0), "{}", server.log());
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)).0,
+        Some(0),
+        "{}",
+        server.log()
+    );
 }

@@ -25,11 +25,19 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let mut args = Args { model: PathBuf::new(), prompt: 512, decode: 128, runs: 3, cpu: false };
+    let mut args = Args {
+        model: PathBuf::new(),
+        prompt: 512,
+        decode: 128,
+        runs: 3,
+        cpu: false,
+    };
     let mut model = None;
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> Result<usize, String> {
-            it.next().and_then(|v| v.parse().ok()).ok_or_else(|| format!("{name} needs a positive number"))
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{name} needs a positive number"))
         };
         match a.as_str() {
             "--prompt" => args.prompt = num("--prompt")?,
@@ -50,27 +58,43 @@ fn parse() -> Result<Args, String> {
 
 /// Deterministic pseudo-random prompt: speed does not depend on which tokens.
 fn synthetic_prompt(n: usize, vocab: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect()
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab)
+        .collect()
 }
 
 fn argmax(v: &[f32]) -> u32 {
-    v.iter().enumerate().fold(0, |b, (j, &x)| if x > v[b] { j } else { b }) as u32
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (j, &x)| if x > v[b] { j } else { b }) as u32
 }
 
 /// Candle's quantized llama on the CPU (quantized matmuls), same prompt and decode lengths.
 fn run_cpu(args: &Args) -> Result<(), String> {
     let e = |e: candle_core::Error| e.to_string();
-    let mut file = std::fs::File::open(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let mut file =
+        std::fs::File::open(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let content = gguf_file::Content::read(&mut file).map_err(e)?;
-    let vocab = content.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]).ok_or("no token_embd.weight")? as u32;
+    let vocab = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|t| t.shape.dims()[0])
+        .ok_or("no token_embd.weight")? as u32;
     let t = Instant::now();
     let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).map_err(e)?;
     println!("load:               {:.1} s", t.elapsed().as_secs_f64());
     let prompt = synthetic_prompt(args.prompt, vocab);
-    let forward = |model: &mut ModelWeights, tokens: &[u32], pos: usize| -> Result<Vec<f32>, String> {
-        let input = Tensor::new(tokens, &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(e)?;
-        model.forward(&input, pos).and_then(|l| l.squeeze(0)).and_then(|l| l.to_vec1()).map_err(e)
-    };
+    let forward =
+        |model: &mut ModelWeights, tokens: &[u32], pos: usize| -> Result<Vec<f32>, String> {
+            let input = Tensor::new(tokens, &Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(e)?;
+            model
+                .forward(&input, pos)
+                .and_then(|l| l.squeeze(0))
+                .and_then(|l| l.to_vec1())
+                .map_err(e)
+        };
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
         model.clear_kv_cache();
@@ -84,10 +108,18 @@ fn run_cpu(args: &Args) -> Result<(), String> {
         decode.push(args.decode as f64 / t.elapsed().as_secs_f64());
     }
     let (prefill, decode) = (median(prefill), median(decode));
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("engine:             candle quantized_llama, CPU, {threads} threads");
-    println!("prefill:            {prefill:.1} tok/s ({} tokens, median of {})", args.prompt, args.runs);
-    println!("decode:             {decode:.1} tok/s ({} tokens after the prompt, median of {})", args.decode, args.runs);
+    println!(
+        "prefill:            {prefill:.1} tok/s ({} tokens, median of {})",
+        args.prompt, args.runs
+    );
+    println!(
+        "decode:             {decode:.1} tok/s ({} tokens after the prompt, median of {})",
+        args.decode, args.runs
+    );
     println!(
         "RESULT {{\"model\":\"{}\",\"engine\":\"candle-cpu\",\"threads\":{threads},\"prefill_tps\":{prefill:.2},\"decode_tps\":{decode:.2}}}",
         args.model.display()
@@ -101,7 +133,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> ExitCode {
-
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -112,7 +143,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = if args.cpu { run_cpu(&args) } else { run(&args).map_err(|e| e.to_string()) };
+    let result = if args.cpu {
+        run_cpu(&args)
+    } else {
+        run(&args).map_err(|e| e.to_string())
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -122,9 +157,11 @@ fn main() -> ExitCode {
     }
 }
 
-
 /// Runs the prompt again and returns its logits (the state the decode runs started from).
-fn logits_after(model: &mut LlamaModel, prompt: &[u32]) -> Result<Vec<f32>, xpu_vulkan::VulkanError> {
+fn logits_after(
+    model: &mut LlamaModel,
+    prompt: &[u32],
+) -> Result<Vec<f32>, xpu_vulkan::VulkanError> {
     model.reset();
     model.forward(prompt, 0)
 }
@@ -151,14 +188,23 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
         }
     }
     println!("kernel profile:     decode step at position {pos}, GPU timestamps after each dispatch (median of {STEPS} steps)");
-    println!("  {:<22} {:>6} {:>10} {:>10}", "kernel", "count", "us/step", "us each");
+    println!(
+        "  {:<22} {:>6} {:>10} {:>10}",
+        "kernel", "count", "us/step", "us each"
+    );
     let mut total = 0.0;
     for name in names {
-        let sums: Vec<f64> = per_step.iter().map(|s| s.iter().filter(|(n, _)| *n == name).map(|(_, t)| t).sum()).collect();
+        let sums: Vec<f64> = per_step
+            .iter()
+            .map(|s| s.iter().filter(|(n, _)| *n == name).map(|(_, t)| t).sum())
+            .collect();
         let count = per_step[0].iter().filter(|(n, _)| *n == name).count();
         let us = median(sums) * 1e6;
         total += us;
-        println!("  {name:<22} {count:>6} {us:>10.1} {:>10.2}", us / count as f64);
+        println!(
+            "  {name:<22} {count:>6} {us:>10.1} {:>10.2}",
+            us / count as f64
+        );
     }
     println!("  {:<22} {:>6} {total:>10.1}", "total", per_step[0].len());
     Ok(())
@@ -167,13 +213,27 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
 fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
     let ctx = args.prompt + args.decode.max(16) + 1; // the kernel profile decodes 9 tokens
     let t = Instant::now();
-    let mut model = LlamaModel::load(&args.model, &LoadOptions { ctx: Some(ctx), ..LoadOptions::default() })?;
+    let mut model = LlamaModel::load(
+        &args.model,
+        &LoadOptions {
+            ctx: Some(ctx),
+            ..LoadOptions::default()
+        },
+    )?;
     let load_s = t.elapsed().as_secs_f64();
     println!("adapter:            {}", model.adapter_description());
     println!(
         "features:           subgroups {}, timestamps inside passes {}",
-        if model.gpu().subgroups() { "used" } else { "not available (workgroup-memory reductions)" },
-        if model.gpu().timestamps() { "yes" } else { "no" }
+        if model.gpu().subgroups() {
+            "used"
+        } else {
+            "not available (workgroup-memory reductions)"
+        },
+        if model.gpu().timestamps() {
+            "yes"
+        } else {
+            "no"
+        }
     );
     println!("load:               {load_s:.1} s");
     let vocab = model.config().vocab as u32;
@@ -183,12 +243,18 @@ fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
     for _ in 0..3 {
         bandwidth = bandwidth.max(testing::copy_bandwidth(model.gpu(), 1 << 30, 20)?);
     }
-    println!("copy bandwidth:     {:.1} GB/s (read + write)", bandwidth / 1e9);
+    println!(
+        "copy bandwidth:     {:.1} GB/s (read + write)",
+        bandwidth / 1e9
+    );
     // 150 dependent copies of 4 KiB in one submission: the cost of one dispatch plus the
     // barrier between dispatches, which a decode step pays about 117 times (1B model).
     let tiny = 4096.0;
     let per_dispatch = 2.0 * tiny / testing::copy_bandwidth(model.gpu(), tiny as u64, 150)?;
-    println!("dispatch + barrier: {:.1} us (150 dependent 4 KiB copies in one submission)", per_dispatch * 1e6);
+    println!(
+        "dispatch + barrier: {:.1} us (150 dependent 4 KiB copies in one submission)",
+        per_dispatch * 1e6
+    );
     let prompt = synthetic_prompt(args.prompt, vocab);
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
@@ -222,14 +288,27 @@ fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
     // have read 1.7 TB/s (clocks still ramping), which would make the bound far too low.
     let again = testing::copy_bandwidth(model.gpu(), 1 << 30, 20)?;
     if again > bandwidth * 1.05 {
-        println!("copy bandwidth:     {:.1} GB/s after the timed runs (used for the bound)", again / 1e9);
+        println!(
+            "copy bandwidth:     {:.1} GB/s after the timed runs (used for the bound)",
+            again / 1e9
+        );
         bandwidth = again;
     }
     let bytes = model.weight_bytes_per_token();
     let bound = bandwidth / bytes as f64;
-    println!("model:              {} ({:.1} MiB of weights read per token)", args.model.display(), bytes as f64 / 1048576.0);
-    println!("prefill:            {prefill:.1} tok/s ({} tokens, median of {})", args.prompt, args.runs);
-    println!("decode:             {decode:.1} tok/s ({} tokens after the prompt, median of {})", args.decode, args.runs);
+    println!(
+        "model:              {} ({:.1} MiB of weights read per token)",
+        args.model.display(),
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "prefill:            {prefill:.1} tok/s ({} tokens, median of {})",
+        args.prompt, args.runs
+    );
+    println!(
+        "decode:             {decode:.1} tok/s ({} tokens after the prompt, median of {})",
+        args.decode, args.runs
+    );
     println!("bandwidth bound:    {bound:.1} tok/s");
     println!("decode / bound:     {:.1} %", 100.0 * decode / bound);
     println!(

@@ -50,7 +50,10 @@ pub struct Gpu {
 
 fn allow_cpu_from_env() -> bool {
     matches!(
-        std::env::var(ALLOW_CPU_ADAPTER_ENV).ok().as_deref().map(str::trim),
+        std::env::var(ALLOW_CPU_ADAPTER_ENV)
+            .ok()
+            .as_deref()
+            .map(str::trim),
         Some("1") | Some("true") | Some("yes")
     )
 }
@@ -61,7 +64,9 @@ fn check_loader() -> Result<(), VulkanError> {
     // SAFETY: loading the Vulkan loader runs its initialisers, which is what wgpu does next anyway.
     match unsafe { libloading::Library::new("libvulkan.so.1") } {
         Ok(_) => Ok(()),
-        Err(e) => Err(VulkanError::NoLoader { detail: format!("cannot open libvulkan.so.1 ({e})") }),
+        Err(e) => Err(VulkanError::NoLoader {
+            detail: format!("cannot open libvulkan.so.1 ({e})"),
+        }),
     }
 }
 
@@ -84,13 +89,22 @@ fn device_local_heap(adapter: &wgpu::Adapter) -> Option<u64> {
     let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
     let instance = hal.shared_instance().raw_instance();
     // SAFETY: the physical device belongs to this instance.
-    let props = unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
-    let heaps = &props.memory_heaps[..(props.memory_heap_count as usize).min(props.memory_heaps.len())];
-    heaps.iter().filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL)).map(|h| h.size).max()
+    let props =
+        unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+    let heaps =
+        &props.memory_heaps[..(props.memory_heap_count as usize).min(props.memory_heaps.len())];
+    heaps
+        .iter()
+        .filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL))
+        .map(|h| h.size)
+        .max()
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
-    format!("{} ({:?}, driver {} {})", info.name, info.device_type, info.driver, info.driver_info)
+    format!(
+        "{} ({:?}, driver {} {})",
+        info.name, info.device_type, info.driver, info.driver_info
+    )
 }
 
 impl Gpu {
@@ -135,7 +149,8 @@ impl Gpu {
         let limits = adapter.limits();
         let memory = device_local_heap(&adapter);
         let available = adapter.features();
-        let subgroups = opts.subgroups.unwrap_or(true) && available.contains(wgpu::Features::SUBGROUP);
+        let subgroups =
+            opts.subgroups.unwrap_or(true) && available.contains(wgpu::Features::SUBGROUP);
         let timestamp_features = wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
@@ -155,9 +170,13 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&device_desc)).map_err(|e| {
-            VulkanError::RequestDevice { adapter: describe(&info), detail: e.to_string() }
-        })?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&device_desc)).map_err(|e| {
+                VulkanError::RequestDevice {
+                    adapter: describe(&info),
+                    detail: e.to_string(),
+                }
+            })?;
 
         let errors: Arc<Mutex<Option<wgpu::Error>>> = Arc::default();
         let sink = errors.clone();
@@ -172,12 +191,17 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             // Dropping the device also reports "lost" with reason Destroyed; that is not a failure.
             if reason != wgpu::DeviceLostReason::Destroyed {
-                *lost_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {message}"));
+                *lost_sink.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{reason:?}: {message}"));
             }
         });
 
-        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        let max_binding = opts.max_binding_bytes.map_or(device_binding, |cap| cap.min(device_binding));
+        let device_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_binding = opts
+            .max_binding_bytes
+            .map_or(device_binding, |cap| cap.min(device_binding));
         tracing::info!(
             adapter = %describe(&info),
             max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size,
@@ -192,7 +216,18 @@ impl Gpu {
             device_local_memory = ?memory,
             "vulkan device selected"
         );
-        Ok(Gpu { device, queue, info, limits, max_binding, subgroups, timestamps, errors, lost, memory })
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            max_binding,
+            subgroups,
+            timestamps,
+            errors,
+            lost,
+            memory,
+        })
     }
 
     /// `name (type, driver ...)` of the selected adapter.
@@ -243,7 +278,9 @@ impl Gpu {
                 what: what.to_string(),
                 detail: "the driver reported VK_ERROR_OUT_OF_DEVICE_MEMORY".to_string(),
             }),
-            Some(e) => Err(VulkanError::Internal { detail: format!("while {what}: {e}") }),
+            Some(e) => Err(VulkanError::Internal {
+                detail: format!("while {what}: {e}"),
+            }),
         }
     }
 
@@ -251,8 +288,12 @@ impl Gpu {
     pub(crate) fn wait(&self, what: &str) -> Result<(), VulkanError> {
         if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
             return match e {
-                wgpu::PollError::Timeout => Err(VulkanError::Internal { detail: format!("timeout while {what}") }),
-                other => Err(VulkanError::DeviceLost { detail: format!("while {what}: {other}") }),
+                wgpu::PollError::Timeout => Err(VulkanError::Internal {
+                    detail: format!("timeout while {what}"),
+                }),
+                other => Err(VulkanError::DeviceLost {
+                    detail: format!("while {what}: {other}"),
+                }),
             };
         }
         self.check(what)
@@ -260,18 +301,37 @@ impl Gpu {
 
     /// Creates a storage buffer of `size` bytes (at least 4), usable as copy source/destination.
     pub(crate) fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer, VulkanError> {
-        self.buffer(label, size.max(4), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)
+        self.buffer(
+            label,
+            size.max(4),
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )
     }
 
     /// Creates a storage buffer holding `data` (padded to a multiple of 16 bytes, so that
     /// kernels may read it as an array of vec4).
-    pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer, VulkanError> {
+    pub(crate) fn storage_init(
+        &self,
+        label: &str,
+        data: &[u8],
+    ) -> Result<wgpu::Buffer, VulkanError> {
         let padded = (data.len() as u64).div_ceil(16) * 16;
-        let buf = self.buffer_mapped(label, padded.max(4), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)?;
+        let buf = self.buffer_mapped(
+            label,
+            padded.max(4),
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )?;
         {
-            let mut view = buf.slice(..).get_mapped_range_mut().map_err(|e| VulkanError::Internal {
-                detail: format!("mapping {label}: {e}"),
-            })?;
+            let mut view =
+                buf.slice(..)
+                    .get_mapped_range_mut()
+                    .map_err(|e| VulkanError::Internal {
+                        detail: format!("mapping {label}: {e}"),
+                    })?;
             view.slice(..data.len()).copy_from_slice(data);
         }
         buf.unmap();
@@ -279,13 +339,24 @@ impl Gpu {
     }
 
     /// Creates a uniform buffer holding `data`.
-    pub(crate) fn uniform_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer, VulkanError> {
+    pub(crate) fn uniform_init(
+        &self,
+        label: &str,
+        data: &[u8],
+    ) -> Result<wgpu::Buffer, VulkanError> {
         let size = (data.len() as u64).div_ceil(16) * 16;
-        let buf = self.buffer_mapped(label, size.max(16), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let buf = self.buffer_mapped(
+            label,
+            size.max(16),
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
         {
-            let mut view = buf.slice(..).get_mapped_range_mut().map_err(|e| VulkanError::Internal {
-                detail: format!("mapping {label}: {e}"),
-            })?;
+            let mut view =
+                buf.slice(..)
+                    .get_mapped_range_mut()
+                    .map_err(|e| VulkanError::Internal {
+                        detail: format!("mapping {label}: {e}"),
+                    })?;
             view.slice(..data.len()).copy_from_slice(data);
         }
         buf.unmap();
@@ -293,28 +364,63 @@ impl Gpu {
     }
 
     /// Creates a host-readable buffer that results are copied into.
-    pub(crate) fn buffer_map_read(&self, label: &str, size: u64) -> Result<wgpu::Buffer, VulkanError> {
-        self.buffer(label, size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
+    pub(crate) fn buffer_map_read(
+        &self,
+        label: &str,
+        size: u64,
+    ) -> Result<wgpu::Buffer, VulkanError> {
+        self.buffer(
+            label,
+            size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )
     }
 
     /// Creates a buffer that timestamp queries are resolved into.
-    pub(crate) fn buffer_query_resolve(&self, label: &str, size: u64) -> Result<wgpu::Buffer, VulkanError> {
-        self.buffer(label, size, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)
+    pub(crate) fn buffer_query_resolve(
+        &self,
+        label: &str,
+        size: u64,
+    ) -> Result<wgpu::Buffer, VulkanError> {
+        self.buffer(
+            label,
+            size,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        )
     }
 
-    fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, VulkanError> {
+    fn buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, VulkanError> {
         self.alloc(label, size, usage, false)
     }
 
-    fn buffer_mapped(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, VulkanError> {
+    fn buffer_mapped(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, VulkanError> {
         self.alloc(label, size, usage, true)
     }
 
-    fn alloc(&self, label: &str, size: u64, usage: wgpu::BufferUsages, mapped: bool) -> Result<wgpu::Buffer, VulkanError> {
+    fn alloc(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        mapped: bool,
+    ) -> Result<wgpu::Buffer, VulkanError> {
         if size > self.limits.max_buffer_size {
             return Err(VulkanError::OutOfDeviceMemory {
                 what: format!("allocating {label}"),
-                detail: format!("{size} bytes exceed the device's max_buffer_size of {}", self.limits.max_buffer_size),
+                detail: format!(
+                    "{size} bytes exceed the device's max_buffer_size of {}",
+                    self.limits.max_buffer_size
+                ),
             });
         }
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -329,15 +435,27 @@ impl Gpu {
 
     /// Copies `size` bytes from a storage buffer back to the host.
     pub(crate) fn read_back(&self, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>, VulkanError> {
-        let staging = self.buffer("read-back staging", size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
+        let staging = self.buffer(
+            "read-back staging",
+            size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read-back"),
+            });
         enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
         self.queue.submit([enc.finish()]);
         self.map_read(&staging, size)
     }
 
     /// Maps a MAP_READ buffer after the submitted work finished and copies it out.
-    pub(crate) fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>, VulkanError> {
+    pub(crate) fn map_read(
+        &self,
+        staging: &wgpu::Buffer,
+        size: u64,
+    ) -> Result<Vec<u8>, VulkanError> {
         let slice = staging.slice(..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -346,11 +464,23 @@ impl Gpu {
         self.wait("waiting for the GPU")?;
         match rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(VulkanError::Internal { detail: format!("mapping results: {e}") }),
-            Err(_) => return Err(VulkanError::DeviceLost { detail: "the map callback never ran".into() }),
+            Ok(Err(e)) => {
+                return Err(VulkanError::Internal {
+                    detail: format!("mapping results: {e}"),
+                })
+            }
+            Err(_) => {
+                return Err(VulkanError::DeviceLost {
+                    detail: "the map callback never ran".into(),
+                })
+            }
         }
         let out = {
-            let view = slice.get_mapped_range().map_err(|e| VulkanError::Internal { detail: format!("mapping results: {e}") })?;
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| VulkanError::Internal {
+                    detail: format!("mapping results: {e}"),
+                })?;
             view.to_vec()
         };
         staging.unmap();

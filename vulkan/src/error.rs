@@ -33,8 +33,15 @@ pub enum VulkanError {
 
     /// The model (or the context asked for) needs more device memory than there is; checked
     /// before anything is uploaded.
-    #[error("{what} need {needed} bytes of device memory, but {available} bytes are available; {hint}")]
-    DoesNotFit { what: String, needed: u64, available: u64, hint: String },
+    #[error(
+        "{what} need {needed} bytes of device memory, but {available} bytes are available; {hint}"
+    )]
+    DoesNotFit {
+        what: String,
+        needed: u64,
+        available: u64,
+        hint: String,
+    },
 
     /// The device was lost (driver reset, GPU hang, hot-unplug); the engine cannot continue.
     #[error("the Vulkan device was lost: {detail}. Restart the service; if it repeats, check the kernel log (dmesg) for GPU resets")]

@@ -76,10 +76,19 @@ struct MatvecTuning {
 
 impl MatvecTuning {
     fn from_env() -> Result<MatvecTuning, crate::VulkanError> {
-        std::env::var(MATVEC_TUNING_ENV).map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
+        std::env::var(MATVEC_TUNING_ENV)
+            .map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
     }
 
-    const DEFAULT: MatvecTuning = MatvecTuning { units: 1, tall_rows: TALL_MATVEC_ROWS, checks: false, submit_layers: SUBMIT_LAYERS, dp4a: DP4A, attn_groups: ATTENTION_TARGET_GROUPS, tiled_prefill: true };
+    const DEFAULT: MatvecTuning = MatvecTuning {
+        units: 1,
+        tall_rows: TALL_MATVEC_ROWS,
+        checks: false,
+        submit_layers: SUBMIT_LAYERS,
+        dp4a: DP4A,
+        attn_groups: ATTENTION_TARGET_GROUPS,
+        tiled_prefill: true,
+    };
 
     /// Reads a MATVEC_TUNING_ENV value.
     fn parse(spec: &str) -> Result<MatvecTuning, crate::VulkanError> {
@@ -174,7 +183,13 @@ pub(crate) struct Kernels {
     pub silu_mul: wgpu::ComputePipeline,
 }
 
-fn pipeline(gpu: &Gpu, checks: bool, label: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+fn pipeline(
+    gpu: &Gpu,
+    checks: bool,
+    label: &str,
+    source: &str,
+    entry: &str,
+) -> wgpu::ComputePipeline {
     pipeline_with(gpu, checks, label, source, entry, &[])
 }
 
@@ -197,24 +212,41 @@ fn pipeline(gpu: &Gpu, checks: bool, label: &str, source: &str, entry: &str) -> 
 /// - the test entry points (`testing`) check their inputs' lengths the same way;
 /// - workgroup and private arrays are indexed by thread ids and constants within their sizes;
 /// - every loop has a bound fixed by those sizes, so none is infinite.
-fn pipeline_with(gpu: &Gpu, checks: bool, label: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
-    let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) };
+fn pipeline_with(
+    gpu: &Gpu,
+    checks: bool,
+    label: &str,
+    source: &str,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    };
     let module = if checks {
         gpu.device.create_shader_module(desc)
     } else {
         // SAFETY: the kernels never index out of bounds nor loop forever, as this
         // function's documentation argues case by case.
-        unsafe { gpu.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        unsafe {
+            gpu.device
+                .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        }
     };
-    gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(label),
-        layout: None,
-        module: &module,
-        entry_point: Some(entry),
-        // Every kernel writes workgroup memory before reading it.
-        compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
-        cache: None,
-    })
+    gpu.device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            // Every kernel writes workgroup memory before reading it.
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
 }
 
 impl Kernels {
@@ -225,31 +257,91 @@ impl Kernels {
         let mut matvec = HashMap::new();
         let mut get_rows = HashMap::new();
         let tuning = MatvecTuning::from_env()?;
-        let reduce = if gpu.subgroups() { REDUCE_SUBGROUP } else { REDUCE_SHARED };
+        let reduce = if gpu.subgroups() {
+            REDUCE_SUBGROUP
+        } else {
+            REDUCE_SHARED
+        };
         for &ty in types {
             if matmul.contains_key(&ty) {
                 continue;
             }
             let source = format!("{reduce}\n{MATMUL}\n{}", load_unit_source(ty));
-            matmul.insert(ty, pipeline(gpu, tuning.checks, &format!("matmul {ty:?}"), &source, "matmul"));
+            matmul.insert(
+                ty,
+                pipeline(
+                    gpu,
+                    tuning.checks,
+                    &format!("matmul {ty:?}"),
+                    &source,
+                    "matmul",
+                ),
+            );
             if tuning.tiled_prefill {
-                matmul_tiled.insert(ty, pipeline(gpu, tuning.checks, &format!("matmul_tiled {ty:?}"), &source, "matmul_tiled"));
+                matmul_tiled.insert(
+                    ty,
+                    pipeline(
+                        gpu,
+                        tuning.checks,
+                        &format!("matmul_tiled {ty:?}"),
+                        &source,
+                        "matmul_tiled",
+                    ),
+                );
             }
-            for input in [MatvecInput::Plain, MatvecInput::Norm, MatvecInput::Glu, MatvecInput::NormRope, MatvecInput::NormGlu] {
+            for input in [
+                MatvecInput::Plain,
+                MatvecInput::Norm,
+                MatvecInput::Glu,
+                MatvecInput::NormRope,
+                MatvecInput::NormGlu,
+            ] {
                 for tall in [false, true] {
-                    let groups = if tall { TALL_MATVEC_ROWS_PER_GROUP } else { MATVEC_ROWS } / 4;
+                    let groups = if tall {
+                        TALL_MATVEC_ROWS_PER_GROUP
+                    } else {
+                        MATVEC_ROWS
+                    } / 4;
                     let label = format!("{} {ty:?} x{}", input.entry(), 4 * groups);
                     let int8 = tuning.dp4a && dp4a_type(ty);
                     // The output head keeps x in f32 (`MatmulMode::exact_input`): plain and
                     // RMSNorm inputs also get pipelines without int8 x.
-                    let variants: &[bool] = if int8 && matches!(input, MatvecInput::Plain | MatvecInput::Norm) { &[true, false] } else { &[int8] };
+                    let variants: &[bool] =
+                        if int8 && matches!(input, MatvecInput::Plain | MatvecInput::Norm) {
+                            &[true, false]
+                        } else {
+                            &[int8]
+                        };
                     for &q in variants {
-                        let constants = [("ROW_GROUPS", groups as f64), ("MV_UNITS", tuning.units as f64), ("MV_DP4A", q as u32 as f64)];
-                        matvec.insert((ty, input, tall, q), pipeline_with(gpu, tuning.checks, &label, &source, input.entry(), &constants));
+                        let constants = [
+                            ("ROW_GROUPS", groups as f64),
+                            ("MV_UNITS", tuning.units as f64),
+                            ("MV_DP4A", q as u32 as f64),
+                        ];
+                        matvec.insert(
+                            (ty, input, tall, q),
+                            pipeline_with(
+                                gpu,
+                                tuning.checks,
+                                &label,
+                                &source,
+                                input.entry(),
+                                &constants,
+                            ),
+                        );
                     }
                 }
             }
-            get_rows.insert(ty, pipeline(gpu, tuning.checks, &format!("get_rows {ty:?}"), &source, "get_rows"));
+            get_rows.insert(
+                ty,
+                pipeline(
+                    gpu,
+                    tuning.checks,
+                    &format!("get_rows {ty:?}"),
+                    &source,
+                    "get_rows",
+                ),
+            );
         }
         let attention = include_str!("shaders/attention.wgsl");
         let kernels = Kernels {
@@ -261,11 +353,35 @@ impl Kernels {
             dp4a: tuning.dp4a,
             attn_groups: tuning.attn_groups,
             submit_layers: tuning.submit_layers,
-            rmsnorm: pipeline(gpu, tuning.checks, "rmsnorm", include_str!("shaders/rmsnorm.wgsl"), "rmsnorm"),
-            rope: pipeline(gpu, tuning.checks, "rope", include_str!("shaders/rope.wgsl"), "rope"),
+            rmsnorm: pipeline(
+                gpu,
+                tuning.checks,
+                "rmsnorm",
+                include_str!("shaders/rmsnorm.wgsl"),
+                "rmsnorm",
+            ),
+            rope: pipeline(
+                gpu,
+                tuning.checks,
+                "rope",
+                include_str!("shaders/rope.wgsl"),
+                "rope",
+            ),
             attention: pipeline(gpu, tuning.checks, "attention", attention, "attention"),
-            attention_combine: pipeline(gpu, tuning.checks, "attention combine", attention, "combine"),
-            silu_mul: pipeline(gpu, tuning.checks, "silu_mul", include_str!("shaders/silu_mul.wgsl"), "silu_mul"),
+            attention_combine: pipeline(
+                gpu,
+                tuning.checks,
+                "attention combine",
+                attention,
+                "combine",
+            ),
+            silu_mul: pipeline(
+                gpu,
+                tuning.checks,
+                "silu_mul",
+                include_str!("shaders/silu_mul.wgsl"),
+                "silu_mul",
+            ),
         };
         gpu.check("compiling the compute kernels")?;
         Ok(kernels)
@@ -283,7 +399,13 @@ impl Kernels {
 
     /// A decode pipeline; `exact`: x stays f32 even for the types whose products quantize it
     /// (only the plain and RMSNorm inputs have such pipelines).
-    pub fn matvec(&self, ty: WeightType, input: MatvecInput, tall: bool, exact: bool) -> &wgpu::ComputePipeline {
+    pub fn matvec(
+        &self,
+        ty: WeightType,
+        input: MatvecInput,
+        tall: bool,
+        exact: bool,
+    ) -> &wgpu::ComputePipeline {
         &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
     }
 
@@ -312,10 +434,18 @@ impl Kernels {
 }
 
 /// Creates a bind group for `pipeline` from `(binding, buffer)` pairs (whole buffers).
-pub(crate) fn bind(gpu: &Gpu, pipeline: &wgpu::ComputePipeline, label: &str, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+pub(crate) fn bind(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    buffers: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
     let entries: Vec<wgpu::BindGroupEntry> = buffers
         .iter()
-        .map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() })
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: *i,
+            resource: b.as_entire_binding(),
+        })
         .collect();
     gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(label),
@@ -333,16 +463,42 @@ mod tuning_tests {
         let t = MatvecTuning::parse(" units=2 , tall=2048").unwrap();
         assert_eq!((t.units, t.tall_rows, t.checks), (2, 2048, false));
         let t = MatvecTuning::parse("checks=1,submit=16,dp4a=1").unwrap();
-        assert_eq!((t.units, t.tall_rows, t.checks, t.submit_layers, t.dp4a), (1, TALL_MATVEC_ROWS, true, 16, true));
+        assert_eq!(
+            (t.units, t.tall_rows, t.checks, t.submit_layers, t.dp4a),
+            (1, TALL_MATVEC_ROWS, true, 16, true)
+        );
         assert!(!MatvecTuning::parse("dp4a=0").unwrap().dp4a);
         assert_eq!(MatvecTuning::parse("attn=512").unwrap().attn_groups, 512);
         assert!(!MatvecTuning::parse("prefill=rows").unwrap().tiled_prefill);
-        assert!(MatvecTuning::parse("prefill=rows, prefill = tiled").unwrap().tiled_prefill);
+        assert!(
+            MatvecTuning::parse("prefill=rows, prefill = tiled")
+                .unwrap()
+                .tiled_prefill
+        );
         let t = MatvecTuning::parse("").unwrap();
-        assert_eq!((t.units, t.tall_rows, t.checks, t.tiled_prefill), (1, TALL_MATVEC_ROWS, false, true));
-        for bad in ["units=3", "tall=0", "tall=x", "units", "speed=1", "checks=2", "submit=0", "dp4a=2", "attn=0", "prefill=1", "prefill=tile", "prefill="] {
+        assert_eq!(
+            (t.units, t.tall_rows, t.checks, t.tiled_prefill),
+            (1, TALL_MATVEC_ROWS, false, true)
+        );
+        for bad in [
+            "units=3",
+            "tall=0",
+            "tall=x",
+            "units",
+            "speed=1",
+            "checks=2",
+            "submit=0",
+            "dp4a=2",
+            "attn=0",
+            "prefill=1",
+            "prefill=tile",
+            "prefill=",
+        ] {
             let err = MatvecTuning::parse(bad).unwrap_err().to_string();
-            assert!(err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"), "{bad}: {err}");
+            assert!(
+                err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -457,7 +457,9 @@ impl<'a> GgufReader<'a> {
         self.content
             .tensor_infos
             .values()
-            .map(|t| (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64)
+            .map(|t| {
+                (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
+            })
             .sum()
     }
 
@@ -487,7 +489,12 @@ impl<'a> GgufReader<'a> {
 /// angle of pair i is the position times i repeated f32 multiplications by base^(-2/dim),
 /// divided by the pair's frequency factor when the model has them (`rope_freqs.weight`), so
 /// that the angles round as llama.cpp's do.
-pub(crate) fn rope_table(ctx: usize, head_dim: usize, base: f32, factors: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn rope_table(
+    ctx: usize,
+    head_dim: usize,
+    base: f32,
+    factors: Option<&[f32]>,
+) -> Vec<f32> {
     let half = head_dim / 2;
     let theta_scale = base.powf(-2.0 / head_dim as f32);
     let mut out = Vec::with_capacity(ctx * head_dim);
@@ -517,7 +524,13 @@ struct MemoryNeeds {
 
 impl MemoryNeeds {
     fn new(cfg: &LlamaConfig, weights: u64, max_batch: usize) -> MemoryNeeds {
-        let (d, hd, nh, nkv, ff) = (cfg.n_embd as u64, cfg.head_dim as u64, cfg.n_head as u64, cfg.n_kv_head as u64, cfg.n_ff as u64);
+        let (d, hd, nh, nkv, ff) = (
+            cfg.n_embd as u64,
+            cfg.head_dim as u64,
+            cfg.n_head as u64,
+            cfg.n_kv_head as u64,
+            cfg.n_ff as u64,
+        );
         let b = max_batch as u64;
         // hidden, normed, q|k|v, attention out, gate|up, activation (f32) per batch token;
         // logits and their staging copy; the attention partials (bounded by 32 chunks).
@@ -527,7 +540,12 @@ impl MemoryNeeds {
         // K and V in f16 for every layer, and the f32 cos/sin of every pair.
         let kv_layer = nkv * hd * 2;
         let rope = hd * 4;
-        MemoryNeeds { weights, activations, per_token: 2 * cfg.n_layer as u64 * kv_layer + rope, per_token_binding: kv_layer.max(rope) }
+        MemoryNeeds {
+            weights,
+            activations,
+            per_token: 2 * cfg.n_layer as u64 * kv_layer + rope,
+            per_token_binding: kv_layer.max(rope),
+        }
     }
 
     fn total(&self, ctx: usize) -> u64 {
@@ -541,12 +559,21 @@ impl MemoryNeeds {
 /// when the driver does not tell) or a layer's cache would not fit one storage binding
 /// (`max_binding`). Logs the choice and the reason. Weights that do not fit at all are an
 /// error whatever the context.
-fn choose_context(requested: Option<usize>, train_ctx: usize, needs: &MemoryNeeds, memory: Option<u64>, max_binding: u64) -> Result<usize, VulkanError> {
+fn choose_context(
+    requested: Option<usize>,
+    train_ctx: usize,
+    needs: &MemoryNeeds,
+    memory: Option<u64>,
+    max_binding: u64,
+) -> Result<usize, VulkanError> {
     let fixed = needs.weights + needs.activations;
     if let Some(available) = memory {
         if fixed + CTX_GRANULE as u64 * needs.per_token > available {
             return Err(VulkanError::DoesNotFit {
-                what: format!("the weights ({} bytes) and the buffers of a forward pass", needs.weights),
+                what: format!(
+                    "the weights ({} bytes) and the buffers of a forward pass",
+                    needs.weights
+                ),
                 needed: needs.total(CTX_GRANULE),
                 available,
                 hint: "use a smaller or more quantized model, or --device cpu".into(),
@@ -558,7 +585,10 @@ fn choose_context(requested: Option<usize>, train_ctx: usize, needs: &MemoryNeed
     if let Some(ctx) = requested {
         if let Some(available) = memory.filter(|_| memory_ctx.is_some_and(|m| ctx > m)) {
             return Err(VulkanError::DoesNotFit {
-                what: format!("--ctx {ctx} (weights plus a KV cache of {} bytes)", ctx as u64 * needs.per_token),
+                what: format!(
+                    "--ctx {ctx} (weights plus a KV cache of {} bytes)",
+                    ctx as u64 * needs.per_token
+                ),
                 needed: needs.total(ctx),
                 available,
                 hint: format!("use --ctx {} or less", memory_ctx.unwrap_or(0)),
@@ -577,10 +607,16 @@ fn choose_context(requested: Option<usize>, train_ctx: usize, needs: &MemoryNeed
     }
     let wanted = train_ctx.min(DEFAULT_MAX_CTX);
     let fits = memory_ctx.unwrap_or(usize::MAX).min(binding_ctx);
-    let ctx = if wanted <= fits { wanted } else { fits / CTX_GRANULE * CTX_GRANULE };
+    let ctx = if wanted <= fits {
+        wanted
+    } else {
+        fits / CTX_GRANULE * CTX_GRANULE
+    };
     if ctx == 0 {
         return Err(VulkanError::DoesNotFit {
-            what: format!("a context of {CTX_GRANULE} tokens (one layer's K cache in one storage binding)"),
+            what: format!(
+                "a context of {CTX_GRANULE} tokens (one layer's K cache in one storage binding)"
+            ),
             needed: CTX_GRANULE as u64 * needs.per_token_binding,
             available: max_binding,
             hint: "use --device cpu".into(),
@@ -591,11 +627,20 @@ fn choose_context(requested: Option<usize>, train_ctx: usize, needs: &MemoryNeed
     } else if ctx == DEFAULT_MAX_CTX {
         format!("the model's {train_ctx} capped at {DEFAULT_MAX_CTX}; pass --ctx for more")
     } else if memory_ctx.is_some_and(|m| m < binding_ctx) {
-        format!("the most that fits the device's memory ({} bytes usable, {} of them for the weights)", memory.unwrap_or(0), needs.weights)
+        format!(
+            "the most that fits the device's memory ({} bytes usable, {} of them for the weights)",
+            memory.unwrap_or(0),
+            needs.weights
+        )
     } else {
         format!("the most whose per-layer K/V cache fits one storage binding ({max_binding} bytes)")
     };
-    tracing::info!(ctx, model_ctx = train_ctx, kv_and_rope_bytes = ctx as u64 * needs.per_token, "context {ctx}: {reason}");
+    tracing::info!(
+        ctx,
+        model_ctx = train_ctx,
+        kv_and_rope_bytes = ctx as u64 * needs.per_token,
+        "context {ctx}: {reason}"
+    );
     Ok(ctx)
 }
 
@@ -632,7 +677,9 @@ impl LlamaModel {
         // Check what the weights and the cache need before anything is uploaded.
         let needs = MemoryNeeds::new(&cfg, gguf.tensor_bytes(), opts.max_batch.max(1));
         let memory = match (gpu.memory_bytes(), opts.device.memory_limit) {
-            (Some(heap), limit) => Some(((heap as f64 * MEMORY_SHARE) as u64).min(limit.unwrap_or(u64::MAX))),
+            (Some(heap), limit) => {
+                Some(((heap as f64 * MEMORY_SHARE) as u64).min(limit.unwrap_or(u64::MAX)))
+            }
             (None, limit) => limit,
         };
         let ctx = choose_context(opts.ctx, cfg.train_ctx, &needs, memory, gpu.max_binding())?;

@@ -79,14 +79,23 @@ impl WeightType {
     /// Whether the kernels also read this type's buffer as vec4 words (binding 7 of
     /// matmul.wgsl): its 32-weight units start on 16-byte boundaries.
     fn vec4_view(self) -> bool {
-        matches!(self, WeightType::F32 | WeightType::F16 | WeightType::Q8_0 | WeightType::Q4_0 | WeightType::Q4K)
+        matches!(
+            self,
+            WeightType::F32
+                | WeightType::F16
+                | WeightType::Q8_0
+                | WeightType::Q4_0
+                | WeightType::Q4K
+        )
     }
 
     /// Row lengths the kernels accept: whole blocks and whole 32-weight units.
     fn check_row_len(self, k: usize) -> Result<(), String> {
         let unit = self.block_elems().max(32);
         if k == 0 || !k.is_multiple_of(unit) {
-            return Err(format!("row length {k} is not a positive multiple of {unit} for {self:?}"));
+            return Err(format!(
+                "row length {k} is not a positive multiple of {unit} for {self:?}"
+            ));
         }
         Ok(())
     }
@@ -151,8 +160,18 @@ pub struct GpuWeight {
 
 impl GpuWeight {
     /// Uploads a `[rows, k]` matrix given as raw GGUF bytes of type `ty`.
-    pub fn upload(gpu: &Gpu, name: &str, ty: WeightType, rows: usize, k: usize, raw: &[u8]) -> Result<GpuWeight, VulkanError> {
-        let terr = |detail: String| VulkanError::Tensor { name: name.to_string(), detail };
+    pub fn upload(
+        gpu: &Gpu,
+        name: &str,
+        ty: WeightType,
+        rows: usize,
+        k: usize,
+        raw: &[u8],
+    ) -> Result<GpuWeight, VulkanError> {
+        let terr = |detail: String| VulkanError::Tensor {
+            name: name.to_string(),
+            detail,
+        };
         ty.check_row_len(k).map_err(terr)?;
         if raw.len() != rows * ty.row_bytes(k) {
             return Err(terr(format!(
@@ -173,7 +192,11 @@ impl GpuWeight {
         // An even number of rows per chunk where possible, so that the row pairs of the fused
         // decode epilogues (RoPE, gate/up) stay in one chunk.
         let rows_per_chunk = rows_per_chunk.min(u32::MAX as usize - 1);
-        let rows_per_chunk = if rows_per_chunk > 1 { rows_per_chunk / 2 * 2 } else { rows_per_chunk };
+        let rows_per_chunk = if rows_per_chunk > 1 {
+            rows_per_chunk / 2 * 2
+        } else {
+            rows_per_chunk
+        };
         let row_raw = ty.row_bytes(k);
         let mut chunks = Vec::new();
         let mut r0 = 0;
@@ -181,10 +204,20 @@ impl GpuWeight {
             let n = rows_per_chunk.min(rows - r0);
             let (bytes, aux) = to_gpu_layout(ty, &raw[r0 * row_raw..(r0 + n) * row_raw], row_raw);
             let buffer = gpu.storage_init(&format!("{name}[{r0}..{}]", r0 + n), &bytes)?;
-            chunks.push(Chunk { buffer, row_offset: r0 as u32, rows: n as u32, aux });
+            chunks.push(Chunk {
+                buffer,
+                row_offset: r0 as u32,
+                rows: n as u32,
+                aux,
+            });
             r0 += n;
         }
-        Ok(GpuWeight { ty, rows, k, chunks })
+        Ok(GpuWeight {
+            ty,
+            rows,
+            k,
+            chunks,
+        })
     }
 
     /// Whether every chunk starts at an even row, so that rows 2i and 2i + 1 (a RoPE pair of
@@ -233,7 +266,11 @@ struct MatmulParams {
 /// per thread left decode latency-bound).
 fn lanes_for(k: usize) -> u32 {
     let units = (k / 32 / 4).max(1) as u32;
-    let pow2 = if units.is_power_of_two() { units } else { units.next_power_of_two() / 2 };
+    let pow2 = if units.is_power_of_two() {
+        units
+    } else {
+        units.next_power_of_two() / 2
+    };
     pow2.clamp(8, kernels::WORKGROUP)
 }
 
@@ -258,18 +295,32 @@ pub(crate) struct MatmulMode {
 /// RMSNorm or SiLU·mul dispatch before the matrix.
 pub(crate) enum FusedInput<'a> {
     /// RMSNorm(x) * weight with this epsilon; x is the un-normalised hidden state.
-    Norm { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32 },
+    Norm {
+        x: &'a wgpu::Buffer,
+        weight: &'a wgpu::Buffer,
+        eps: f32,
+    },
     /// silu(gate) * up; x holds [gate | up] of the token (2 k values).
     Glu { x: &'a wgpu::Buffer },
     /// RMSNorm as `Norm`, then RoPE with interleaved pairs and the K/V store of the token
     /// (the q|k|v product; the rope kernel's work, see `matvec_norm_rope` in matmul.wgsl).
     /// Only for a matrix whose chunks start at even rows ([`GpuWeight::pairs_in_chunks`]),
     /// written at output offset 0 without accumulation.
-    NormRope { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32, rope: RopeBuffers<'a> },
+    NormRope {
+        x: &'a wgpu::Buffer,
+        weight: &'a wgpu::Buffer,
+        eps: f32,
+        rope: RopeBuffers<'a>,
+    },
     /// RMSNorm as `Norm` into a gate|up matrix whose rows are interleaved (row 2j gate j,
     /// row 2j + 1 up j), then SiLU·mul: `act[j] = silu(gate j) * up j` is written to `act`
     /// instead of the product's output. Same conditions as `NormRope`.
-    NormGlu { x: &'a wgpu::Buffer, weight: &'a wgpu::Buffer, eps: f32, act: &'a wgpu::Buffer },
+    NormGlu {
+        x: &'a wgpu::Buffer,
+        weight: &'a wgpu::Buffer,
+        eps: f32,
+        act: &'a wgpu::Buffer,
+    },
 }
 
 /// The buffers the rope kernel binds (rope.wgsl), for `FusedInput::NormRope`.
@@ -285,7 +336,11 @@ pub(crate) struct RopeBuffers<'a> {
 /// Binds the weight chunk as matmul.wgsl reads it: as words (binding 0) and/or as vec4 words
 /// (binding 7), whichever the type's kernels use (a binding the shader never reads must not
 /// be in the bind group). `entries` are the other bindings.
-fn with_weight_views<'b>(ty: WeightType, chunk: &'b wgpu::Buffer, mut entries: Vec<(u32, &'b wgpu::Buffer)>) -> Vec<(u32, &'b wgpu::Buffer)> {
+fn with_weight_views<'b>(
+    ty: WeightType,
+    chunk: &'b wgpu::Buffer,
+    mut entries: Vec<(u32, &'b wgpu::Buffer)>,
+) -> Vec<(u32, &'b wgpu::Buffer)> {
     if !matches!(ty, WeightType::F32 | WeightType::F16) {
         entries.push((0, chunk));
     }
@@ -340,19 +395,55 @@ impl MatmulOp {
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let tall = kernels.is_tall(weight.rows);
         let mv_rows = kernels.matvec_rows(tall);
-        let single_pipeline = kernels.matvec(weight.ty, MatvecInput::Plain, tall, mode.exact_input).clone();
+        let single_pipeline = kernels
+            .matvec(weight.ty, MatvecInput::Plain, tall, mode.exact_input)
+            .clone();
         let (fused_pipeline, fused_x, norm_w, eps) = match &fused {
             None => (None, x, x, 0.0),
-            Some(FusedInput::Norm { x, weight: nw, eps }) => (Some(kernels.matvec(weight.ty, MatvecInput::Norm, tall, mode.exact_input).clone()), *x, *nw, *eps),
-            Some(FusedInput::Glu { x }) => (Some(kernels.matvec(weight.ty, MatvecInput::Glu, tall, false).clone()), *x, *x, 0.0),
-            Some(FusedInput::NormRope { x, weight: nw, eps, .. } | FusedInput::NormGlu { x, weight: nw, eps, .. }) => {
+            Some(FusedInput::Norm { x, weight: nw, eps }) => (
+                Some(
+                    kernels
+                        .matvec(weight.ty, MatvecInput::Norm, tall, mode.exact_input)
+                        .clone(),
+                ),
+                *x,
+                *nw,
+                *eps,
+            ),
+            Some(FusedInput::Glu { x }) => (
+                Some(
+                    kernels
+                        .matvec(weight.ty, MatvecInput::Glu, tall, false)
+                        .clone(),
+                ),
+                *x,
+                *x,
+                0.0,
+            ),
+            Some(
+                FusedInput::NormRope {
+                    x, weight: nw, eps, ..
+                }
+                | FusedInput::NormGlu {
+                    x, weight: nw, eps, ..
+                },
+            ) => {
                 if !weight.pairs_in_chunks() || mode.out_offset != 0 || mode.accumulate {
                     return Err(VulkanError::InvalidInput(format!(
                         "{label}: RoPE or SiLU·mul fused into the product needs chunks starting at even rows, output offset 0 and no accumulation"
                     )));
                 }
-                let input = if matches!(fused, Some(FusedInput::NormRope { .. })) { MatvecInput::NormRope } else { MatvecInput::NormGlu };
-                (Some(kernels.matvec(weight.ty, input, tall, false).clone()), *x, *nw, *eps)
+                let input = if matches!(fused, Some(FusedInput::NormRope { .. })) {
+                    MatvecInput::NormRope
+                } else {
+                    MatvecInput::NormGlu
+                };
+                (
+                    Some(kernels.matvec(weight.ty, input, tall, false).clone()),
+                    *x,
+                    *nw,
+                    *eps,
+                )
             }
         };
         // The fused SiLU·mul writes the activation, not the product's output.
@@ -364,17 +455,33 @@ impl MatmulOp {
             Some(FusedInput::NormRope { rope, .. }) => Some(*rope),
             _ => None,
         };
-        let mut batch = Dispatches { pipeline: batch_pipeline, chunks: Vec::new() };
-        let mut tiled = kernels.matmul_tiled(weight.ty).map(|pipeline| Dispatches { pipeline: pipeline.clone(), chunks: Vec::new() });
-        let mut single = Dispatches { pipeline: single_pipeline, chunks: Vec::new() };
-        let mut fused = fused_pipeline.map(|pipeline| Dispatches { pipeline, chunks: Vec::new() });
+        let mut batch = Dispatches {
+            pipeline: batch_pipeline,
+            chunks: Vec::new(),
+        };
+        let mut tiled = kernels.matmul_tiled(weight.ty).map(|pipeline| Dispatches {
+            pipeline: pipeline.clone(),
+            chunks: Vec::new(),
+        });
+        let mut single = Dispatches {
+            pipeline: single_pipeline,
+            chunks: Vec::new(),
+        };
+        let mut fused = fused_pipeline.map(|pipeline| Dispatches {
+            pipeline,
+            chunks: Vec::new(),
+        });
         let lanes = lanes_for(weight.k);
         for c in &weight.chunks {
             let params = MatmulParams {
                 rows: c.rows,
                 row_offset: c.row_offset,
                 k: weight.k as u32,
-                out_stride: if mode.out_stride == 0 { weight.rows as u32 } else { mode.out_stride },
+                out_stride: if mode.out_stride == 0 {
+                    weight.rows as u32
+                } else {
+                    mode.out_stride
+                },
                 aux: c.aux,
                 accumulate: mode.accumulate as u32,
                 last_only: mode.last_only as u32,
@@ -385,27 +492,57 @@ impl MatmulOp {
             };
             let ubuf = gpu.uniform_init("matmul params", bytemuck::bytes_of(&params))?;
             let with_w4 = |entries| with_weight_views(weight.ty, &c.buffer, entries);
-            let bg = kernels::bind(gpu, &batch.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]));
+            let bg = kernels::bind(
+                gpu,
+                &batch.pipeline,
+                label,
+                &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]),
+            );
             // Workgroups needed: each covers WORKGROUP / lanes rows.
-            batch.chunks.push((bg, c.rows.div_ceil(kernels::WORKGROUP / lanes)));
+            batch
+                .chunks
+                .push((bg, c.rows.div_ceil(kernels::WORKGROUP / lanes)));
             if let Some(t) = tiled.as_mut() {
-                let bg = kernels::bind(gpu, &t.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]));
+                let bg = kernels::bind(
+                    gpu,
+                    &t.pipeline,
+                    label,
+                    &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]),
+                );
                 t.chunks.push((bg, c.rows.div_ceil(kernels::TILE_ROWS)));
             }
             let mv_groups = c.rows.div_ceil(mv_rows);
             // Binding 6 (the norm weights) is only read by matvec_norm; the others bind x there.
-            let bg = kernels::bind(gpu, &single.pipeline, label, &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]));
+            let bg = kernels::bind(
+                gpu,
+                &single.pipeline,
+                label,
+                &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]),
+            );
             single.chunks.push((bg, mv_groups));
             if let Some(f) = fused.as_mut() {
                 let mut entries = vec![(1, fused_x), (2, fused_y), (3, &ubuf), (6, norm_w)];
                 if let Some(r) = rope {
-                    entries.extend([(4, step), (8, r.kcache), (9, r.vcache), (10, r.cos_sin), (11, r.params)]);
+                    entries.extend([
+                        (4, step),
+                        (8, r.kcache),
+                        (9, r.vcache),
+                        (10, r.cos_sin),
+                        (11, r.params),
+                    ]);
                 }
                 let bg = kernels::bind(gpu, &f.pipeline, label, &with_w4(entries));
                 f.chunks.push((bg, mv_groups));
             }
         }
-        Ok(MatmulOp { label, batch, tiled, single, fused, last_only: mode.last_only })
+        Ok(MatmulOp {
+            label,
+            batch,
+            tiled,
+            single,
+            fused,
+            last_only: mode.last_only,
+        })
     }
 
     /// Whether a decode step can use the fused input (and skip the norm or SiLU before it).
@@ -421,8 +558,12 @@ impl MatmulOp {
             (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
             _ if n == 1 => self.single.record(rec, self.label, 1),
             _ => match &self.tiled {
-                Some(t) if n >= kernels::TILED_MIN_TOKENS => t.record(rec, self.label, n.div_ceil(kernels::TILE_TOKENS)),
-                _ => self.batch.record(rec, self.label, n.div_ceil(kernels::TOKENS_PER_GROUP)),
+                Some(t) if n >= kernels::TILED_MIN_TOKENS => {
+                    t.record(rec, self.label, n.div_ceil(kernels::TILE_TOKENS))
+                }
+                _ => self
+                    .batch
+                    .record(rec, self.label, n.div_ceil(kernels::TOKENS_PER_GROUP)),
             },
         }
     }
@@ -460,7 +601,11 @@ impl GetRowsOp {
                 _pad: [0; 2],
             };
             let ubuf = gpu.uniform_init("get_rows params", bytemuck::bytes_of(&params))?;
-            let entries = with_weight_views(weight.ty, &c.buffer, vec![(2, y), (3, &ubuf), (4, step), (5, ids)]);
+            let entries = with_weight_views(
+                weight.ty,
+                &c.buffer,
+                vec![(2, y), (3, &ubuf), (4, step), (5, ids)],
+            );
             groups.push(kernels::bind(gpu, &pipeline, "get_rows", &entries));
         }
         Ok(GetRowsOp { pipeline, groups })

@@ -27,7 +27,11 @@ impl Timer {
             ty: wgpu::QueryType::Timestamp,
             count: capacity,
         });
-        Some(Timer { set, capacity, labels: Vec::new() })
+        Some(Timer {
+            set,
+            capacity,
+            labels: Vec::new(),
+        })
     }
 
     fn mark(&mut self, pass: &mut wgpu::ComputePass<'_>, label: &'static str) {
@@ -47,14 +51,23 @@ impl Timer {
         }
         let bytes = n as u64 * 8;
         let resolved = gpu.buffer_query_resolve("timestamps", bytes)?;
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamps") });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("timestamps"),
+            });
         enc.resolve_query_set(&self.set, 0..n, &resolved, 0);
         gpu.queue.submit([enc.finish()]);
         let raw = gpu.read_back(&resolved, bytes)?;
         let ticks: &[u64] = bytemuck::cast_slice(&raw);
         let period_s = gpu.queue.get_timestamp_period() as f64 * 1e-9;
         Ok((1..n as usize)
-            .map(|i| (self.labels[i], ticks[i].saturating_sub(ticks[i - 1]) as f64 * period_s))
+            .map(|i| {
+                (
+                    self.labels[i],
+                    ticks[i].saturating_sub(ticks[i - 1]) as f64 * period_s,
+                )
+            })
             .collect())
     }
 }
@@ -68,7 +81,11 @@ pub(crate) struct Recorder<'a, 'p> {
 impl<'a, 'p> Recorder<'a, 'p> {
     /// Starts recording into `pass`; with a timer, writes the timestamp that the first
     /// dispatch's interval starts from (labelled `start`: the gap since the previous pass).
-    pub fn new(pass: &'a mut wgpu::ComputePass<'p>, mut timer: Option<&'a mut Timer>, start: &'static str) -> Recorder<'a, 'p> {
+    pub fn new(
+        pass: &'a mut wgpu::ComputePass<'p>,
+        mut timer: Option<&'a mut Timer>,
+        start: &'static str,
+    ) -> Recorder<'a, 'p> {
         if let Some(t) = timer.as_deref_mut() {
             t.mark(pass, start);
         }
@@ -76,10 +93,17 @@ impl<'a, 'p> Recorder<'a, 'p> {
     }
 
     /// Records one kernel launch named `label`.
-    pub fn dispatch(&mut self, label: &'static str, pipeline: &wgpu::ComputePipeline, bind_group: &wgpu::BindGroup, groups: [u32; 3]) {
+    pub fn dispatch(
+        &mut self,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        groups: [u32; 3],
+    ) {
         self.pass.set_pipeline(pipeline);
         self.pass.set_bind_group(0, bind_group, &[]);
-        self.pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.pass
+            .dispatch_workgroups(groups[0], groups[1], groups[2]);
         if let Some(t) = self.timer.as_deref_mut() {
             t.mark(self.pass, label);
         }

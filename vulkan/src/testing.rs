@@ -7,10 +7,22 @@ use crate::quant::{FusedInput, GetRowsOp, GpuWeight, MatmulMode, MatmulOp, RopeB
 use crate::record::Recorder;
 use crate::{Gpu, VulkanError};
 
-fn run(gpu: &Gpu, out: &wgpu::Buffer, out_len: usize, record: impl FnOnce(&mut Recorder<'_, '_>)) -> Result<Vec<f32>, VulkanError> {
-    let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("test") });
+fn run(
+    gpu: &Gpu,
+    out: &wgpu::Buffer,
+    out_len: usize,
+    record: impl FnOnce(&mut Recorder<'_, '_>),
+) -> Result<Vec<f32>, VulkanError> {
+    let mut enc = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("test"),
+        });
     {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("test"), timestamp_writes: None });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("test"),
+            timestamp_writes: None,
+        });
         let mut rec = Recorder::new(&mut pass, None, "start");
         record(&mut rec);
     }
@@ -20,7 +32,12 @@ fn run(gpu: &Gpu, out: &wgpu::Buffer, out_len: usize, record: impl FnOnce(&mut R
 }
 
 fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> {
-    let step = StepParams { n_tokens: n_tokens as u32, start: 0, attn_chunks: 1, attn_chunk_len: 1 };
+    let step = StepParams {
+        n_tokens: n_tokens as u32,
+        start: 0,
+        attn_chunks: 1,
+        attn_chunk_len: 1,
+    };
     gpu.uniform_init("step", bytemuck::bytes_of(&step))
 }
 
@@ -28,8 +45,22 @@ pub use crate::kernels::decode_quantizes_x;
 
 /// `y[t, r] = sum_k W[r, k] * x[t, k]` for `n_tokens` rows of `x` (`[n_tokens, k]`, row-major).
 /// The output buffer is filled with NaN first, so rows the kernel skips show up as NaN.
-pub fn matmul(gpu: &Gpu, weight: &GpuWeight, x: &[f32], n_tokens: usize) -> Result<Vec<f32>, VulkanError> {
-    matmul_into(gpu, weight, x, n_tokens, &vec![f32::NAN; n_tokens * weight.rows], weight.rows, 0, false)
+pub fn matmul(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    x: &[f32],
+    n_tokens: usize,
+) -> Result<Vec<f32>, VulkanError> {
+    matmul_into(
+        gpu,
+        weight,
+        x,
+        n_tokens,
+        &vec![f32::NAN; n_tokens * weight.rows],
+        weight.rows,
+        0,
+        false,
+    )
 }
 
 /// As [`matmul`], into an output of `out_stride` floats per token that starts as `initial`:
@@ -47,7 +78,10 @@ pub fn matmul_into(
     out_offset: usize,
     accumulate: bool,
 ) -> Result<Vec<f32>, VulkanError> {
-    if x.len() != n_tokens * weight.k || initial.len() != n_tokens * out_stride || out_offset + weight.rows > out_stride {
+    if x.len() != n_tokens * weight.k
+        || initial.len() != n_tokens * out_stride
+        || out_offset + weight.rows > out_stride
+    {
         return Err(VulkanError::InvalidInput(format!(
             "x has {} values (expected {n_tokens} x {}), the output {} (expected {n_tokens} x {out_stride}, room for {} rows at {out_offset})",
             x.len(),
@@ -60,9 +94,16 @@ pub fn matmul_into(
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
     let yb = gpu.storage_init("y", bytemuck::cast_slice(initial))?;
     let step = step_buffer(gpu, n_tokens)?;
-    let mode = MatmulMode { accumulate, out_stride: out_stride as u32, out_offset: out_offset as u32, ..MatmulMode::default() };
+    let mode = MatmulMode {
+        accumulate,
+        out_stride: out_stride as u32,
+        out_offset: out_offset as u32,
+        ..MatmulMode::default()
+    };
     let op = MatmulOp::new(gpu, &kernels, "matmul", weight, &xb, &yb, &step, mode, None)?;
-    run(gpu, &yb, initial.len(), |rec| op.record(rec, n_tokens as u32, false))
+    run(gpu, &yb, initial.len(), |rec| {
+        op.record(rec, n_tokens as u32, false)
+    })
 }
 
 /// The input transformation a decode step fuses into a matrix-vector product.
@@ -75,16 +116,28 @@ pub enum Fused<'a> {
 
 /// `y[r] = sum_k W[r, k] * f(x)[k]` for one token with the fused input `f` (the decode
 /// kernels `matvec_norm` and `matvec_glu`), output poisoned with NaN first.
-pub fn matvec_fused(gpu: &Gpu, weight: &GpuWeight, x: &[f32], fused: Fused<'_>) -> Result<Vec<f32>, VulkanError> {
+pub fn matvec_fused(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    x: &[f32],
+    fused: Fused<'_>,
+) -> Result<Vec<f32>, VulkanError> {
     let want = match fused {
         Fused::Norm { weight: nw, .. } if nw.len() != weight.k => {
-            return Err(VulkanError::InvalidInput(format!("norm weight has {} values, expected {}", nw.len(), weight.k)))
+            return Err(VulkanError::InvalidInput(format!(
+                "norm weight has {} values, expected {}",
+                nw.len(),
+                weight.k
+            )))
         }
         Fused::Norm { .. } => weight.k,
         Fused::Glu => 2 * weight.k,
     };
     if x.len() != want {
-        return Err(VulkanError::InvalidInput(format!("x has {} values, expected {want}", x.len())));
+        return Err(VulkanError::InvalidInput(format!(
+            "x has {} values, expected {want}",
+            x.len()
+        )));
     }
     let kernels = Kernels::new(gpu, &[weight.ty])?;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
@@ -94,11 +147,25 @@ pub fn matvec_fused(gpu: &Gpu, weight: &GpuWeight, x: &[f32], fused: Fused<'_>) 
     let input = match fused {
         Fused::Norm { weight: nw, eps } => {
             nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(nw))?;
-            FusedInput::Norm { x: &xb, weight: &nwb, eps }
+            FusedInput::Norm {
+                x: &xb,
+                weight: &nwb,
+                eps,
+            }
         }
         Fused::Glu => FusedInput::Glu { x: &xb },
     };
-    let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
+    let op = MatmulOp::new(
+        gpu,
+        &kernels,
+        "matvec",
+        weight,
+        &xb,
+        &yb,
+        &step,
+        MatmulMode::default(),
+        Some(input),
+    )?;
     run(gpu, &yb, weight.rows, |rec| op.record(rec, 1, true))
 }
 
@@ -127,7 +194,14 @@ pub struct QkvRope {
 
 /// The decode q|k|v product with RMSNorm, RoPE (interleaved pairs) and the K/V cache store
 /// fused (`matvec_norm_rope`) for one token at `shape.pos`.
-pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &[f32], eps: f32, shape: &RopeShape) -> Result<QkvRope, VulkanError> {
+pub fn matvec_norm_rope(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    x: &[f32],
+    norm_weight: &[f32],
+    eps: f32,
+    shape: &RopeShape,
+) -> Result<QkvRope, VulkanError> {
     let (hd, ctx) = (shape.head_dim, shape.ctx);
     if weight.rows != (shape.n_head + 2 * shape.n_kv) * hd || hd % 2 != 0 || shape.pos >= ctx {
         return Err(VulkanError::InvalidInput(format!(
@@ -148,9 +222,18 @@ pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &
     let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
     let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; weight.rows]))?;
     let cache_len = shape.n_kv * ctx * hd;
-    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(&vec![half::f16::NAN; cache_len]))?;
-    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(&vec![half::f16::NAN; cache_len]))?;
-    let table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&crate::model::rope_table(ctx, hd, shape.base, None)))?;
+    let kb = gpu.storage_init(
+        "k cache",
+        bytemuck::cast_slice(&vec![half::f16::NAN; cache_len]),
+    )?;
+    let vb = gpu.storage_init(
+        "v cache",
+        bytemuck::cast_slice(&vec![half::f16::NAN; cache_len]),
+    )?;
+    let table = gpu.storage_init(
+        "rope cos/sin",
+        bytemuck::cast_slice(&crate::model::rope_table(ctx, hd, shape.base, None)),
+    )?;
     let params = crate::model::RopeParams {
         n_head: shape.n_head as u32,
         n_kv: shape.n_kv as u32,
@@ -161,23 +244,63 @@ pub fn matvec_norm_rope(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &
         _pad: [0; 2],
     };
     let pb = gpu.uniform_init("rope params", bytemuck::bytes_of(&params))?;
-    let step = StepParams { n_tokens: 1, start: shape.pos as u32, attn_chunks: 1, attn_chunk_len: 1 };
+    let step = StepParams {
+        n_tokens: 1,
+        start: shape.pos as u32,
+        attn_chunks: 1,
+        attn_chunk_len: 1,
+    };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
-    let rope = RopeBuffers { kcache: &kb, vcache: &vb, cos_sin: &table, params: &pb };
-    let input = FusedInput::NormRope { x: &xb, weight: &nwb, eps, rope };
-    let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
+    let rope = RopeBuffers {
+        kcache: &kb,
+        vcache: &vb,
+        cos_sin: &table,
+        params: &pb,
+    };
+    let input = FusedInput::NormRope {
+        x: &xb,
+        weight: &nwb,
+        eps,
+        rope,
+    };
+    let op = MatmulOp::new(
+        gpu,
+        &kernels,
+        "matvec",
+        weight,
+        &xb,
+        &yb,
+        &step,
+        MatmulMode::default(),
+        Some(input),
+    )?;
     let q_len = shape.n_head * hd;
     let y = run(gpu, &yb, q_len, |rec| op.record(rec, 1, true))?;
-    let widen = |bytes: Vec<u8>| bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    let widen = |bytes: Vec<u8>| {
+        bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()
+    };
     let kcache = widen(gpu.read_back(&kb, (cache_len * 2) as u64)?);
     let vcache = widen(gpu.read_back(&vb, (cache_len * 2) as u64)?);
-    Ok(QkvRope { q: y, kcache, vcache })
+    Ok(QkvRope {
+        q: y,
+        kcache,
+        vcache,
+    })
 }
 
 /// The gate|up decode product with RMSNorm and SiLU·mul fused (`matvec_norm_glu`):
 /// `weight` holds the gate and up rows interleaved (row 2j gate j, row 2j + 1 up j); returns
 /// `silu(gate j) * up j` for every j (`weight.rows / 2` values), output poisoned with NaN first.
-pub fn matvec_norm_glu(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &[f32], eps: f32) -> Result<Vec<f32>, VulkanError> {
+pub fn matvec_norm_glu(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    x: &[f32],
+    norm_weight: &[f32],
+    eps: f32,
+) -> Result<Vec<f32>, VulkanError> {
     if !weight.rows.is_multiple_of(2) || x.len() != weight.k || norm_weight.len() != weight.k {
         return Err(VulkanError::InvalidInput(format!(
             "{} rows (must be even: gate and up pairs), x {} and norm weight {} values (expected {})",
@@ -190,11 +313,32 @@ pub fn matvec_norm_glu(gpu: &Gpu, weight: &GpuWeight, x: &[f32], norm_weight: &[
     let kernels = Kernels::new(gpu, &[weight.ty])?;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
     let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
-    let yb = gpu.storage_init("gate|up", bytemuck::cast_slice(&vec![f32::NAN; weight.rows]))?;
-    let act = gpu.storage_init("act", bytemuck::cast_slice(&vec![f32::NAN; weight.rows / 2]))?;
+    let yb = gpu.storage_init(
+        "gate|up",
+        bytemuck::cast_slice(&vec![f32::NAN; weight.rows]),
+    )?;
+    let act = gpu.storage_init(
+        "act",
+        bytemuck::cast_slice(&vec![f32::NAN; weight.rows / 2]),
+    )?;
     let step = step_buffer(gpu, 1)?;
-    let input = FusedInput::NormGlu { x: &xb, weight: &nwb, eps, act: &act };
-    let op = MatmulOp::new(gpu, &kernels, "matvec", weight, &xb, &yb, &step, MatmulMode::default(), Some(input))?;
+    let input = FusedInput::NormGlu {
+        x: &xb,
+        weight: &nwb,
+        eps,
+        act: &act,
+    };
+    let op = MatmulOp::new(
+        gpu,
+        &kernels,
+        "matvec",
+        weight,
+        &xb,
+        &yb,
+        &step,
+        MatmulMode::default(),
+        Some(input),
+    )?;
     run(gpu, &act, weight.rows / 2, |rec| op.record(rec, 1, true))
 }
 
@@ -216,24 +360,35 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, iterations: u32) -> Result<f64, Vul
     let bytes = bytes.min(gpu.max_binding()) / 16 * 16;
     let src = gpu.storage("copy src", bytes)?;
     let dst = gpu.storage("copy dst", bytes)?;
-    let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("copy"),
-        source: wgpu::ShaderSource::Wgsl(include_str!("shaders/copy.wgsl").into()),
-    });
-    let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("copy"),
-        layout: None,
-        module: &module,
-        entry_point: Some("copy"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("copy"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("shaders/copy.wgsl").into()),
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("copy"),
+            layout: None,
+            module: &module,
+            entry_point: Some("copy"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
     let bg = crate::kernels::bind(gpu, &pipeline, "copy", &[(0, &src), (1, &dst)]);
     let groups = ((bytes / 16).div_ceil(256) as u32).clamp(1, 65535);
     let record = |iters: u32| {
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("copy"),
+            });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("copy"),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bg, &[]);
             for _ in 0..iters {
@@ -266,18 +421,37 @@ pub struct AttentionShape {
 /// `q`: `[n_tokens, n_head * head_dim]`; caches: `[n_kv, ctx, head_dim]` in f16 (as the
 /// model keeps them); returns
 /// `[n_tokens, n_head * head_dim]`, poisoned with NaN first.
-pub fn attention(gpu: &Gpu, shape: &AttentionShape, q: &[f32], kcache: &[half::f16], vcache: &[half::f16], start: usize, chunk_len: usize) -> Result<Vec<f32>, VulkanError> {
+pub fn attention(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    q: &[f32],
+    kcache: &[half::f16],
+    vcache: &[half::f16],
+    start: usize,
+    chunk_len: usize,
+) -> Result<Vec<f32>, VulkanError> {
     let (nh, nkv, hd, ctx) = (shape.n_head, shape.n_kv, shape.head_dim, shape.ctx);
     let row = nh * hd;
     let n = q.len() / row.max(1);
     let chunks = (start + n).div_ceil(chunk_len.max(1));
-    if hd % 4 != 0 || hd > 256 || nkv == 0 || nh % nkv != 0 || n == 0 || q.len() != n * row || start + n > ctx {
+    if hd % 4 != 0
+        || hd > 256
+        || nkv == 0
+        || nh % nkv != 0
+        || n == 0
+        || q.len() != n * row
+        || start + n > ctx
+    {
         return Err(VulkanError::InvalidInput(format!(
             "q has {} values for {nh} heads of {hd} (a multiple of 4 up to 256) with {nkv} K/V heads, at positions {start}.. of {ctx}",
             q.len()
         )));
     }
-    if kcache.len() != nkv * ctx * hd || vcache.len() != kcache.len() || chunk_len == 0 || chunks > crate::model::ATTENTION_MAX_CHUNKS {
+    if kcache.len() != nkv * ctx * hd
+        || vcache.len() != kcache.len()
+        || chunk_len == 0
+        || chunks > crate::model::ATTENTION_MAX_CHUNKS
+    {
         return Err(VulkanError::InvalidInput(format!(
             "caches of {} and {} values (expected {}), {chunks} chunks of {chunk_len} (at most {})",
             kcache.len(),
@@ -300,14 +474,47 @@ pub fn attention(gpu: &Gpu, shape: &AttentionShape, q: &[f32], kcache: &[half::f
     let part = gpu.storage("partials", (n * chunks * nh * (hd + 4) * 4) as u64)?;
     let params = crate::model::AttnParams::new(nh, nkv, hd, ctx);
     let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;
-    let step = StepParams { n_tokens: n as u32, start: start as u32, attn_chunks: chunks as u32, attn_chunk_len: chunk_len as u32 };
+    let step = StepParams {
+        n_tokens: n as u32,
+        start: start as u32,
+        attn_chunks: chunks as u32,
+        attn_chunk_len: chunk_len as u32,
+    };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
-    let attn = crate::kernels::bind(gpu, &kernels.attention, "attention", &[(0, &qb), (1, &kb), (2, &vb), (3, &out), (4, &pb), (5, &step), (6, &part)]);
-    let combine = crate::kernels::bind(gpu, &kernels.attention_combine, "attention combine", &[(3, &out), (4, &pb), (5, &step), (6, &part)]);
+    let attn = crate::kernels::bind(
+        gpu,
+        &kernels.attention,
+        "attention",
+        &[
+            (0, &qb),
+            (1, &kb),
+            (2, &vb),
+            (3, &out),
+            (4, &pb),
+            (5, &step),
+            (6, &part),
+        ],
+    );
+    let combine = crate::kernels::bind(
+        gpu,
+        &kernels.attention_combine,
+        "attention combine",
+        &[(3, &out), (4, &pb), (5, &step), (6, &part)],
+    );
     run(gpu, &out, n * row, |rec| {
-        rec.dispatch("attention", &kernels.attention, &attn, [nh as u32, n as u32, chunks as u32]);
+        rec.dispatch(
+            "attention",
+            &kernels.attention,
+            &attn,
+            [nh as u32, n as u32, chunks as u32],
+        );
         if chunks > 1 {
-            rec.dispatch("attention combine", &kernels.attention_combine, &combine, [nh as u32, n as u32, 1]);
+            rec.dispatch(
+                "attention combine",
+                &kernels.attention_combine,
+                &combine,
+                [nh as u32, n as u32, 1],
+            );
         }
     })
 }

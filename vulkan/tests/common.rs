@@ -8,16 +8,24 @@ use xpu_vulkan::{DeviceOptions, Gpu};
 
 /// Options that accept a CPU adapter, so that the tests run on lavapipe in CI.
 pub fn device_options(max_binding_bytes: Option<u64>) -> DeviceOptions {
-    DeviceOptions { allow_cpu_adapter: Some(true), max_binding_bytes, ..Default::default() }
+    DeviceOptions {
+        allow_cpu_adapter: Some(true),
+        max_binding_bytes,
+        ..Default::default()
+    }
 }
 
 pub fn gpu(max_binding_bytes: Option<u64>) -> Gpu {
-    Gpu::new(&device_options(max_binding_bytes)).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
+    Gpu::new(&device_options(max_binding_bytes))
+        .expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
 /// The device with subgroup operations turned off: the kernels' workgroup-memory reductions.
 pub fn gpu_without_subgroups() -> Gpu {
-    let opts = DeviceOptions { subgroups: Some(false), ..device_options(None) };
+    let opts = DeviceOptions {
+        subgroups: Some(false),
+        ..device_options(None)
+    };
     Gpu::new(&opts).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
@@ -27,8 +35,14 @@ pub fn model_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
-    let out = std::process::Command::new(&script).output().expect("run scripts/fetch-model.sh");
-    assert!(out.status.success(), "fetch-model.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(&script)
+        .output()
+        .expect("run scripts/fetch-model.sh");
+    assert!(
+        out.status.success(),
+        "fetch-model.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -50,7 +64,12 @@ pub fn compare(got: &[f32], want: &[f64]) -> (f64, f64) {
 
 /// The token strings of a GGUF file's vocabulary.
 pub fn vocab(content: &candle_core::quantized::gguf_file::Content) -> Vec<String> {
-    content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap().iter().map(|v| v.to_string().unwrap().clone()).collect()
+    content.metadata["tokenizer.ggml.tokens"]
+        .to_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string().unwrap().clone())
+        .collect()
 }
 
 /// Splits on spaces and maps each word to its single gpt2-BPE token ("Ġword" after a space).
@@ -59,8 +78,15 @@ pub fn tokenize(vocab: &[String], text: &str) -> Vec<u32> {
     text.split(' ')
         .enumerate()
         .map(|(i, w)| {
-            let piece = if i == 0 { w.to_string() } else { format!("Ġ{w}") };
-            vocab.iter().position(|v| *v == piece).unwrap_or_else(|| panic!("'{piece}' is not one token")) as u32
+            let piece = if i == 0 {
+                w.to_string()
+            } else {
+                format!("Ġ{w}")
+            };
+            vocab
+                .iter()
+                .position(|v| *v == piece)
+                .unwrap_or_else(|| panic!("'{piece}' is not one token")) as u32
         })
         .collect()
 }
@@ -84,6 +110,16 @@ pub fn test_file(arch: &str, ty: &str) -> PathBuf {
         .arg(model_path())
         .output()
         .expect("run scripts/make-test-gguf.py");
-    assert!(out.status.success(), "make-test-gguf.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().expect("a path"))
+    assert!(
+        out.status.success(),
+        "make-test-gguf.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .expect("a path"),
+    )
 }

@@ -24,7 +24,9 @@ fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Ve
     let mut y = vec![0.0; n_tokens * rows];
     for t in 0..n_tokens {
         for r in 0..rows {
-            y[t * rows + r] = (0..k).map(|i| w[r * k + i] as f64 * x[t * k + i] as f64).sum();
+            y[t * rows + r] = (0..k)
+                .map(|i| w[r * k + i] as f64 * x[t * k + i] as f64)
+                .sum();
         }
     }
     y
@@ -42,7 +44,8 @@ fn decode_input(ty: WeightType, v: &[f32]) -> Vec<f64> {
             let amax = c.iter().fold(0f32, |m, &x| m.max(x.abs()));
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let scale = amax / 127.0;
-            c.iter().map(move |&x| (x * inv).round_ties_even() as f64 * scale as f64)
+            c.iter()
+                .map(move |&x| (x * inv).round_ties_even() as f64 * scale as f64)
         })
         .collect()
 }
@@ -54,7 +57,13 @@ fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> 
     let ty = WeightType::from_ggml(qt.dtype()).unwrap();
     let raw = qt.data().unwrap();
     let weight = GpuWeight::upload(gpu, label, ty, rows, k, &raw).unwrap();
-    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // 1: decode; 3: fewer than one token group; 11: more than one group of 8; 17, 40, 100:
     // the tiled product (at least 16 tokens), one partial tile of 32 tokens, one full and one
@@ -63,10 +72,19 @@ fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> 
         let x = random(&mut rng, n_tokens * k);
         let got = testing::matmul(gpu, &weight, &x, n_tokens).unwrap();
         // One token: the decode product, whose input may be quantized (see decode_input).
-        let x_ref: Vec<f32> = if n_tokens == 1 { decode_input(ty, &x).iter().map(|&v| v as f32).collect() } else { x.clone() };
+        let x_ref: Vec<f32> = if n_tokens == 1 {
+            decode_input(ty, &x).iter().map(|&v| v as f32).collect()
+        } else {
+            x.clone()
+        };
         let (rel, max_abs) = common::compare(&got, &reference(&w, rows, k, &x_ref, n_tokens));
-        println!("{label} {ty:?} [{rows}x{k}] tokens={n_tokens}: rel {rel:.2e} max_abs {max_abs:.2e}");
-        assert!(rel < REL_TOL, "{label}: relative error {rel} above {REL_TOL}");
+        println!(
+            "{label} {ty:?} [{rows}x{k}] tokens={n_tokens}: rel {rel:.2e} max_abs {max_abs:.2e}"
+        );
+        assert!(
+            rel < REL_TOL,
+            "{label}: relative error {rel} above {REL_TOL}"
+        );
     }
     let ids: Vec<u32> = vec![0, (rows - 1) as u32, (rows / 2) as u32];
     let got = testing::get_rows(gpu, &weight, &ids).unwrap();
@@ -83,8 +101,15 @@ fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor
     QTensor::quantize(&t, dtype).unwrap()
 }
 
-const ALL_TYPES: [GgmlDType; 7] =
-    [GgmlDType::F32, GgmlDType::F16, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
+const ALL_TYPES: [GgmlDType; 7] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
 
 #[test]
 fn every_type_on_random_blocks_matches_candle() {
@@ -114,22 +139,46 @@ fn outputs_side_by_side_and_accumulated() {
     let gpu = common::gpu(None);
     let (rows, k, stride, offset) = (70, 256, 80, 5);
     let qt = random_qtensor(GgmlDType::Q4K, rows, k, 80);
-    let weight = GpuWeight::upload(&gpu, "side by side", WeightType::Q4K, rows, k, &qt.data().unwrap()).unwrap();
-    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let weight = GpuWeight::upload(
+        &gpu,
+        "side by side",
+        WeightType::Q4K,
+        rows,
+        k,
+        &qt.data().unwrap(),
+    )
+    .unwrap();
+    let w: Vec<f32> = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(81);
     for n_tokens in [1usize, 3, 40] {
         let x = random(&mut rng, n_tokens * k);
         let product = reference(&w, rows, k, &x, n_tokens);
         let initial = random(&mut rng, n_tokens * stride);
         for accumulate in [false, true] {
-            let got = testing::matmul_into(&gpu, &weight, &x, n_tokens, &initial, stride, offset, accumulate).unwrap();
+            let got = testing::matmul_into(
+                &gpu, &weight, &x, n_tokens, &initial, stride, offset, accumulate,
+            )
+            .unwrap();
             let mut got_rows = Vec::new();
             let mut want_rows = Vec::new();
             for t in 0..n_tokens {
-                for (i, (&g, &before)) in got[t * stride..(t + 1) * stride].iter().zip(&initial[t * stride..]).enumerate() {
+                for (i, (&g, &before)) in got[t * stride..(t + 1) * stride]
+                    .iter()
+                    .zip(&initial[t * stride..])
+                    .enumerate()
+                {
                     if (offset..offset + rows).contains(&i) {
                         got_rows.push(g);
-                        want_rows.push(product[t * rows + i - offset] + if accumulate { before as f64 } else { 0.0 });
+                        want_rows.push(
+                            product[t * rows + i - offset]
+                                + if accumulate { before as f64 } else { 0.0 },
+                        );
                     } else {
                         assert_eq!(g, before, "tokens={n_tokens} accumulate={accumulate}: token {t} float {i} outside the rows was changed");
                     }
@@ -137,7 +186,10 @@ fn outputs_side_by_side_and_accumulated() {
             }
             let (rel, _) = common::compare(&got_rows, &want_rows);
             println!("side by side tokens={n_tokens} accumulate={accumulate}: rel {rel:.2e}");
-            assert!(rel < REL_TOL, "tokens={n_tokens} accumulate={accumulate}: relative error {rel}");
+            assert!(
+                rel < REL_TOL,
+                "tokens={n_tokens} accumulate={accumulate}: relative error {rel}"
+            );
         }
     }
 }
@@ -164,9 +216,19 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let (rows, k) = qt.shape().dims2().unwrap();
     let ty = WeightType::from_ggml(qt.dtype()).unwrap();
     let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let product = |x: &[f64]| -> Vec<f64> { (0..rows).map(|r| (0..k).map(|i| w[r * k + i] as f64 * x[i]).sum()).collect() };
+    let product = |x: &[f64]| -> Vec<f64> {
+        (0..rows)
+            .map(|r| (0..k).map(|i| w[r * k + i] as f64 * x[i]).sum())
+            .collect()
+    };
 
     let x = random(&mut rng, k);
     let nw = random(&mut rng, k);
@@ -174,16 +236,25 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
     // The kernel multiplies x by the norm weights first and the row sums by 1/rms at the end.
     let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
-    let normed: Vec<f64> = decode_input(ty, &weighted).iter().map(|&v| v / (ms + eps as f64).sqrt()).collect();
-    let got = testing::matvec_fused(gpu, &weight, &x, testing::Fused::Norm { weight: &nw, eps }).unwrap();
+    let normed: Vec<f64> = decode_input(ty, &weighted)
+        .iter()
+        .map(|&v| v / (ms + eps as f64).sqrt())
+        .collect();
+    let got =
+        testing::matvec_fused(gpu, &weight, &x, testing::Fused::Norm { weight: &nw, eps }).unwrap();
     let (rel, _) = common::compare(&got, &product(&normed));
     println!("{label} {ty:?} rmsnorm·matvec: rel {rel:.2e}");
-    assert!(rel < REL_TOL, "{label} {ty:?} rmsnorm·matvec: relative error {rel}");
+    assert!(
+        rel < REL_TOL,
+        "{label} {ty:?} rmsnorm·matvec: relative error {rel}"
+    );
 
     let gate_up: Vec<f32> = (0..2 * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
     let act: Vec<f64> = if testing::decode_quantizes_x(ty).unwrap() {
         // In f32 as the kernel computes it before quantizing.
-        let act: Vec<f32> = (0..k).map(|i| gate_up[i] / (1.0 + (-gate_up[i]).exp()) * gate_up[k + i]).collect();
+        let act: Vec<f32> = (0..k)
+            .map(|i| gate_up[i] / (1.0 + (-gate_up[i]).exp()) * gate_up[k + i])
+            .collect();
         decode_input(ty, &act)
     } else {
         (0..k)
@@ -196,14 +267,22 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let got = testing::matvec_fused(gpu, &weight, &gate_up, testing::Fused::Glu).unwrap();
     let (rel, _) = common::compare(&got, &product(&act));
     println!("{label} {ty:?} silu·mul·matvec: rel {rel:.2e}");
-    assert!(rel < REL_TOL, "{label} {ty:?} silu·mul·matvec: relative error {rel}");
+    assert!(
+        rel < REL_TOL,
+        "{label} {ty:?} silu·mul·matvec: relative error {rel}"
+    );
 }
 
 #[test]
 fn fused_decode_inputs_match_reference() {
     let gpu = common::gpu(None);
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
-        check_fused(&gpu, "fused", &random_qtensor(dtype, 37, 512, 30 + i as u64), 500 + i as u64);
+        check_fused(
+            &gpu,
+            "fused",
+            &random_qtensor(dtype, 37, 512, 30 + i as u64),
+            500 + i as u64,
+        );
     }
     // Rows longer than 64 units: each thread of a matrix-vector workgroup walks several units.
     let long = random_qtensor(GgmlDType::Q4_0, 9, 4096, 41);
@@ -215,7 +294,12 @@ fn fused_decode_inputs_match_reference() {
     check_fused(&gpu, "tall", &tall, 604);
     // Chunked: every chunk recomputes the norm of the whole input.
     let gpu = common::gpu(Some(4100));
-    check_fused(&gpu, "fused chunked", &random_qtensor(GgmlDType::Q8_0, 37, 512, 40), 600);
+    check_fused(
+        &gpu,
+        "fused chunked",
+        &random_qtensor(GgmlDType::Q8_0, 37, 512, 40),
+        600,
+    );
 }
 
 /// The q|k|v decode product with RMSNorm, RoPE and the K/V store fused, against the f64
@@ -225,21 +309,40 @@ fn fused_decode_inputs_match_reference() {
 /// f16 keeps 11 significant bits: a rounding error of at most 2^-12 relative per value.
 const KV_REL_TOL: f64 = 5e-4;
 
-fn check_qkv_rope(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, n_head: usize, n_kv: usize, pos: usize, seed: u64) -> usize {
+fn check_qkv_rope(
+    gpu: &xpu_vulkan::Gpu,
+    label: &str,
+    qt: &QTensor,
+    n_head: usize,
+    n_kv: usize,
+    pos: usize,
+    seed: u64,
+) -> usize {
     let (rows, k) = qt.shape().dims2().unwrap();
     let hd = rows / (n_head + 2 * n_kv);
     let ctx = pos + 3;
     let ty = WeightType::from_ggml(qt.dtype()).unwrap();
     let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let x = random(&mut rng, k);
     let nw = random(&mut rng, k);
     let (eps, base) = (1e-5f32, 10000f32);
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
     let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
-    let normed: Vec<f64> = decode_input(ty, &weighted).iter().map(|&v| v / (ms + eps as f64).sqrt()).collect();
-    let y: Vec<f64> = (0..rows).map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum()).collect();
+    let normed: Vec<f64> = decode_input(ty, &weighted)
+        .iter()
+        .map(|&v| v / (ms + eps as f64).sqrt())
+        .collect();
+    let y: Vec<f64> = (0..rows)
+        .map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum())
+        .collect();
     // Row r of the product, rotated with its pair partner as rope.wgsl does (pairs 2j, 2j+1).
     let rotated = |r: usize| -> f64 {
         let j = (r % hd) / 2;
@@ -247,13 +350,25 @@ fn check_qkv_rope(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, n_head: usiz
         let angle = (0..j).fold(pos as f32, |theta, _| theta * theta_scale);
         let (c, s) = (angle.cos() as f64, angle.sin() as f64);
         let (a0, a1) = (y[r & !1], y[r | 1]);
-        if r % 2 == 0 { a0 * c - a1 * s } else { a0 * s + a1 * c }
+        if r % 2 == 0 {
+            a0 * c - a1 * s
+        } else {
+            a0 * s + a1 * c
+        }
     };
-    let shape = testing::RopeShape { n_head, n_kv, head_dim: hd, ctx, pos, base };
+    let shape = testing::RopeShape {
+        n_head,
+        n_kv,
+        head_dim: hd,
+        ctx,
+        pos,
+        base,
+    };
     let got = testing::matvec_norm_rope(gpu, &weight, &x, &nw, eps, &shape).unwrap();
     let want_q: Vec<f64> = (0..n_head * hd).map(rotated).collect();
     let (rel_q, _) = common::compare(&got.q, &want_q);
-    let at = |cache: &[f32], h: usize| cache[(h * ctx + pos) * hd..(h * ctx + pos + 1) * hd].to_vec();
+    let at =
+        |cache: &[f32], h: usize| cache[(h * ctx + pos) * hd..(h * ctx + pos + 1) * hd].to_vec();
     let mut got_k = Vec::new();
     let mut got_v = Vec::new();
     for h in 0..n_kv {
@@ -265,12 +380,24 @@ fn check_qkv_rope(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, n_head: usiz
     let (rel_k, _) = common::compare(&got_k, &want_k);
     let (rel_v, _) = common::compare(&got_v, &want_v);
     println!("{label} {ty:?} rmsnorm·matvec·rope: rel q {rel_q:.2e} k {rel_k:.2e} v {rel_v:.2e}");
-    for (what, rel, tol) in [("q", rel_q, REL_TOL), ("k", rel_k, KV_REL_TOL), ("v", rel_v, KV_REL_TOL)] {
-        assert!(rel < tol, "{label} {ty:?} rmsnorm·matvec·rope: relative error of {what} {rel}");
+    for (what, rel, tol) in [
+        ("q", rel_q, REL_TOL),
+        ("k", rel_k, KV_REL_TOL),
+        ("v", rel_v, KV_REL_TOL),
+    ] {
+        assert!(
+            rel < tol,
+            "{label} {ty:?} rmsnorm·matvec·rope: relative error of {what} {rel}"
+        );
     }
     for (name, cache) in [("k", &got.kcache), ("v", &got.vcache)] {
         for (i, v) in cache.iter().enumerate() {
-            assert_eq!(v.is_nan(), (i / hd) % ctx != pos, "{label}: {name} cache entry {i} (position {}) wrongly written or left", (i / hd) % ctx);
+            assert_eq!(
+                v.is_nan(),
+                (i / hd) % ctx != pos,
+                "{label}: {name} cache entry {i} (position {}) wrongly written or left",
+                (i / hd) % ctx
+            );
         }
     }
     weight.chunk_count()
@@ -280,24 +407,80 @@ fn check_qkv_rope(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, n_head: usiz
 fn fused_qkv_rope_matches_reference() {
     let gpu = common::gpu(None);
     // 4 q heads and 2 k/v heads of 64 dims.
-    check_qkv_rope(&gpu, "qkv rope", &random_qtensor(GgmlDType::Q8_0, 512, 512, 50), 4, 2, 7, 700);
-    check_qkv_rope(&gpu, "qkv rope", &random_qtensor(GgmlDType::Q4_0, 512, 512, 51), 4, 2, 0, 701);
-    check_qkv_rope(&gpu, "qkv rope", &random_qtensor(GgmlDType::Q4K, 256, 256, 52), 2, 1, 30, 702);
+    check_qkv_rope(
+        &gpu,
+        "qkv rope",
+        &random_qtensor(GgmlDType::Q8_0, 512, 512, 50),
+        4,
+        2,
+        7,
+        700,
+    );
+    check_qkv_rope(
+        &gpu,
+        "qkv rope",
+        &random_qtensor(GgmlDType::Q4_0, 512, 512, 51),
+        4,
+        2,
+        0,
+        701,
+    );
+    check_qkv_rope(
+        &gpu,
+        "qkv rope",
+        &random_qtensor(GgmlDType::Q4K, 256, 256, 52),
+        2,
+        1,
+        30,
+        702,
+    );
     // Tall (16 rows per workgroup): 96 q and 16 k/v heads of 64 dims.
-    check_qkv_rope(&gpu, "qkv rope tall", &random_qtensor(GgmlDType::Q4_0, 8192, 64, 53), 96, 16, 5, 703);
+    check_qkv_rope(
+        &gpu,
+        "qkv rope tall",
+        &random_qtensor(GgmlDType::Q4_0, 8192, 64, 53),
+        96,
+        16,
+        5,
+        703,
+    );
     // Chunked: chunks of an even number of rows, so pairs never straddle two.
     let small = common::gpu(Some(4100));
-    let chunks = check_qkv_rope(&small, "qkv rope chunked", &random_qtensor(GgmlDType::Q8_0, 256, 64, 54), 4, 2, 11, 704);
+    let chunks = check_qkv_rope(
+        &small,
+        "qkv rope chunked",
+        &random_qtensor(GgmlDType::Q8_0, 256, 64, 54),
+        4,
+        2,
+        11,
+        704,
+    );
     assert!(chunks > 1, "expected several chunks, got {chunks}");
     // Without subgroups: the workgroup-memory reductions.
     let plain = common::gpu_without_subgroups();
-    check_qkv_rope(&plain, "qkv rope no subgroups", &random_qtensor(GgmlDType::Q8_0, 512, 512, 55), 4, 2, 9, 705);
+    check_qkv_rope(
+        &plain,
+        "qkv rope no subgroups",
+        &random_qtensor(GgmlDType::Q8_0, 512, 512, 55),
+        4,
+        2,
+        9,
+        705,
+    );
     // One row per chunk: a pair would straddle two chunks, so the fused kernel is refused.
     let tiny = common::gpu(Some(100));
     let qt = random_qtensor(GgmlDType::Q8_0, 8, 64, 56);
-    let weight = GpuWeight::upload(&tiny, "w", WeightType::Q8_0, 8, 64, &qt.data().unwrap()).unwrap();
+    let weight =
+        GpuWeight::upload(&tiny, "w", WeightType::Q8_0, 8, 64, &qt.data().unwrap()).unwrap();
     assert!(!weight.pairs_in_chunks());
-    let shape = testing::RopeShape { n_head: 2, n_kv: 1, head_dim: 2, ctx: 4, pos: 1, base: 10000.0 };
+    let shape = testing::RopeShape {
+        n_head: 2,
+        n_kv: 1,
+        head_dim: 2,
+        ctx: 4,
+        pos: 1,
+        base: 10000.0,
+    };
     match testing::matvec_norm_rope(&tiny, &weight, &[0.5; 64], &[1.0; 64], 1e-5, &shape) {
         Err(VulkanError::InvalidInput(msg)) => assert!(msg.contains("even rows"), "{msg}"),
         Err(other) => panic!("unexpected error {other}"),
@@ -311,41 +494,88 @@ fn check_norm_glu(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -
     let (rows, k) = qt.shape().dims2().unwrap();
     let ty = WeightType::from_ggml(qt.dtype()).unwrap();
     let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w: Vec<f32> = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let x = random(&mut rng, k);
     let nw = random(&mut rng, k);
     let eps = 1e-5f32;
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
     let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
-    let normed: Vec<f64> = decode_input(ty, &weighted).iter().map(|&v| v / (ms + eps as f64).sqrt()).collect();
-    let y: Vec<f64> = (0..rows).map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum()).collect();
-    let want: Vec<f64> = (0..rows / 2).map(|j| y[2 * j] / (1.0 + (-y[2 * j]).exp()) * y[2 * j + 1]).collect();
+    let normed: Vec<f64> = decode_input(ty, &weighted)
+        .iter()
+        .map(|&v| v / (ms + eps as f64).sqrt())
+        .collect();
+    let y: Vec<f64> = (0..rows)
+        .map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum())
+        .collect();
+    let want: Vec<f64> = (0..rows / 2)
+        .map(|j| y[2 * j] / (1.0 + (-y[2 * j]).exp()) * y[2 * j + 1])
+        .collect();
     let got = testing::matvec_norm_glu(gpu, &weight, &x, &nw, eps).unwrap();
     let (rel, _) = common::compare(&got, &want);
     println!("{label} {ty:?} rmsnorm·matvec·silu·mul: rel {rel:.2e}");
-    assert!(rel < REL_TOL, "{label} {ty:?} rmsnorm·matvec·silu·mul: relative error {rel}");
+    assert!(
+        rel < REL_TOL,
+        "{label} {ty:?} rmsnorm·matvec·silu·mul: relative error {rel}"
+    );
     weight.chunk_count()
 }
 
 #[test]
 fn fused_gate_up_glu_matches_reference() {
     let gpu = common::gpu(None);
-    check_norm_glu(&gpu, "gate|up glu", &random_qtensor(GgmlDType::Q8_0, 64, 512, 60), 800);
-    check_norm_glu(&gpu, "gate|up glu", &random_qtensor(GgmlDType::Q4_0, 64, 512, 61), 801);
-    check_norm_glu(&gpu, "gate|up glu", &random_qtensor(GgmlDType::Q6K, 38, 256, 62), 802);
+    check_norm_glu(
+        &gpu,
+        "gate|up glu",
+        &random_qtensor(GgmlDType::Q8_0, 64, 512, 60),
+        800,
+    );
+    check_norm_glu(
+        &gpu,
+        "gate|up glu",
+        &random_qtensor(GgmlDType::Q4_0, 64, 512, 61),
+        801,
+    );
+    check_norm_glu(
+        &gpu,
+        "gate|up glu",
+        &random_qtensor(GgmlDType::Q6K, 38, 256, 62),
+        802,
+    );
     // Tall (16 rows per workgroup).
-    check_norm_glu(&gpu, "gate|up glu tall", &random_qtensor(GgmlDType::Q8_0, 8194, 64, 63), 803);
+    check_norm_glu(
+        &gpu,
+        "gate|up glu tall",
+        &random_qtensor(GgmlDType::Q8_0, 8194, 64, 63),
+        803,
+    );
     // Chunked: chunks of an even number of rows.
     let small = common::gpu(Some(4100));
-    let chunks = check_norm_glu(&small, "gate|up glu chunked", &random_qtensor(GgmlDType::Q4_0, 256, 64, 64), 804);
+    let chunks = check_norm_glu(
+        &small,
+        "gate|up glu chunked",
+        &random_qtensor(GgmlDType::Q4_0, 256, 64, 64),
+        804,
+    );
     assert!(chunks > 1, "expected several chunks, got {chunks}");
     let plain = common::gpu_without_subgroups();
-    check_norm_glu(&plain, "gate|up glu no subgroups", &random_qtensor(GgmlDType::Q8_0, 64, 512, 65), 805);
+    check_norm_glu(
+        &plain,
+        "gate|up glu no subgroups",
+        &random_qtensor(GgmlDType::Q8_0, 64, 512, 65),
+        805,
+    );
     // One row per chunk would split the pairs: refused.
     let tiny = common::gpu(Some(100));
     let qt = random_qtensor(GgmlDType::Q8_0, 8, 64, 66);
-    let weight = GpuWeight::upload(&tiny, "w", WeightType::Q8_0, 8, 64, &qt.data().unwrap()).unwrap();
+    let weight =
+        GpuWeight::upload(&tiny, "w", WeightType::Q8_0, 8, 64, &qt.data().unwrap()).unwrap();
     match testing::matvec_norm_glu(&tiny, &weight, &[0.5; 64], &[1.0; 64], 1e-5) {
         Err(VulkanError::InvalidInput(msg)) => assert!(msg.contains("even rows"), "{msg}"),
         Err(other) => panic!("unexpected error {other}"),
@@ -360,7 +590,10 @@ fn chunked_bindings_match_candle() {
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
         let qt = random_qtensor(dtype, 37, 512, 10 + i as u64);
         let chunks = check_tensor(&gpu, "chunked", &qt, 200 + i as u64);
-        assert!(chunks > 1, "{dtype:?}: expected several chunks, got {chunks}");
+        assert!(
+            chunks > 1,
+            "{dtype:?}: expected several chunks, got {chunks}"
+        );
     }
 }
 
@@ -383,7 +616,13 @@ fn real_smollm2_blocks_match_candle() {
         let rows = rows.min(max_rows);
         let row_bytes = k / qt.dtype().block_size() * qt.dtype().type_size();
         let raw = qt.data().unwrap()[..rows * row_bytes].to_vec();
-        let sub = candle_core::quantized::ggml_file::qtensor_from_ggml(qt.dtype(), &raw, vec![rows, k], &Device::Cpu).unwrap();
+        let sub = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            qt.dtype(),
+            &raw,
+            vec![rows, k],
+            &Device::Cpu,
+        )
+        .unwrap();
         check_tensor(&gpu, name, &sub, 7);
     }
 }
@@ -397,34 +636,71 @@ fn bad_weight_input_gives_clear_errors() {
         Ok(_) => panic!("bad input accepted"),
     };
     // Wrong byte count.
-    let detail = tensor_err(GpuWeight::upload(&gpu, "w", WeightType::Q8_0, 2, 64, &[0u8; 10]));
+    let detail = tensor_err(GpuWeight::upload(
+        &gpu,
+        "w",
+        WeightType::Q8_0,
+        2,
+        64,
+        &[0u8; 10],
+    ));
     assert!(detail.contains("bytes given"), "{detail}");
     // Row length that is not a whole number of K-quant super-blocks.
-    let detail = tensor_err(GpuWeight::upload(&gpu, "w", WeightType::Q4K, 1, 128, &[0u8; 72]));
+    let detail = tensor_err(GpuWeight::upload(
+        &gpu,
+        "w",
+        WeightType::Q4K,
+        1,
+        128,
+        &[0u8; 72],
+    ));
     assert!(detail.contains("multiple of 256"), "{detail}");
     // A row larger than the binding cap.
     let small = common::gpu(Some(64));
-    let detail = tensor_err(GpuWeight::upload(&small, "w", WeightType::F32, 1, 64, &[0u8; 256]));
+    let detail = tensor_err(GpuWeight::upload(
+        &small,
+        "w",
+        WeightType::F32,
+        1,
+        64,
+        &[0u8; 256],
+    ));
     assert!(detail.contains("largest storage binding"), "{detail}");
     // x of the wrong length.
     let w = GpuWeight::upload(&gpu, "w", WeightType::F32, 1, 32, &[0u8; 128]).unwrap();
-    assert!(matches!(testing::matmul(&gpu, &w, &[0.0; 31], 1), Err(VulkanError::InvalidInput(_))));
+    assert!(matches!(
+        testing::matmul(&gpu, &w, &[0.0; 31], 1),
+        Err(VulkanError::InvalidInput(_))
+    ));
 }
 
 #[test]
 fn cpu_adapter_is_skipped_unless_allowed() {
     // On machines whose only Vulkan device is lavapipe (CI), refusing CPU adapters must give
     // the typed error that lists what was found and why it was skipped.
-    let opts = xpu_vulkan::DeviceOptions { allow_cpu_adapter: Some(false), ..Default::default() };
+    let opts = xpu_vulkan::DeviceOptions {
+        allow_cpu_adapter: Some(false),
+        ..Default::default()
+    };
     match xpu_vulkan::Gpu::new(&opts) {
         Err(VulkanError::NoSuitableAdapter { found }) => {
-            let msg = VulkanError::NoSuitableAdapter { found: found.clone() }.to_string();
-            assert!(found.iter().any(|f| f.contains("skipped: CPU adapter")), "{msg}");
+            let msg = VulkanError::NoSuitableAdapter {
+                found: found.clone(),
+            }
+            .to_string();
+            assert!(
+                found.iter().any(|f| f.contains("skipped: CPU adapter")),
+                "{msg}"
+            );
             assert!(msg.contains("XPU_RUNNER_ALLOW_CPU_ADAPTER=1"), "{msg}");
         }
         Ok(gpu) => {
             let info = gpu.adapter_info();
-            assert_ne!(info.device_type, wgpu_device_type_cpu(), "a CPU adapter was chosen although not allowed");
+            assert_ne!(
+                info.device_type,
+                wgpu_device_type_cpu(),
+                "a CPU adapter was chosen although not allowed"
+            );
         }
         Err(other) => panic!("unexpected error: {other}"),
     }

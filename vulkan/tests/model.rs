@@ -26,14 +26,27 @@ const PROMPTS: [&str; 5] = [
 const NEW_TOKENS: usize = 32;
 
 fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
-    let max_abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let max_abs = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
     (max_abs, max_abs / scale)
 }
 
 fn candle_logits(model: &mut ModelWeights, tokens: &[u32], start: usize) -> Vec<f32> {
-    let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    model.forward(&input, start).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&input, start)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -48,7 +61,11 @@ fn greedy_decoding_matches_candle() {
 
     // An 8 MiB binding cap splits the 28 MiB Q8_0 embedding (also the output head) into
     // chunks, and a batch of 4 tokens splits every prompt's prefill into several submissions.
-    let opts = LoadOptions { device: common::device_options(Some(8 << 20)), ctx: Some(64), max_batch: 4 };
+    let opts = LoadOptions {
+        device: common::device_options(Some(8 << 20)),
+        ctx: Some(64),
+        max_batch: 4,
+    };
     let mut gpu = LlamaModel::load(&path, &opts).unwrap();
     println!("adapter: {}", gpu.adapter_description());
 
@@ -82,21 +99,38 @@ fn greedy_decoding_matches_candle() {
             if same { "same 32 tokens".to_string() } else { format!("differs from token {}", g_out.iter().zip(&c_out).take_while(|(a, b)| a == b).count()) }
         );
         // The first logits come from identical inputs: they must agree to float rounding.
-        assert!(rel0 < 1e-3, "{prompt:?}: prompt logits differ by {abs0} ({rel0} of the largest)");
+        assert!(
+            rel0 < 1e-3,
+            "{prompt:?}: prompt logits differ by {abs0} ({rel0} of the largest)"
+        );
     }
-    println!("{matching} of {} prompts gave the same {NEW_TOKENS} greedy tokens", PROMPTS.len());
+    println!(
+        "{matching} of {} prompts gave the same {NEW_TOKENS} greedy tokens",
+        PROMPTS.len()
+    );
     assert!(matching >= 4, "only {matching} of 5 prompts matched candle");
 
     // Errors a caller can cause, on the same model.
     let vocab_len = gpu.config().vocab as u32;
-    assert!(matches!(gpu.forward(&[], 0), Err(VulkanError::InvalidInput(_))));
-    assert!(matches!(gpu.forward(&[vocab_len], 0), Err(VulkanError::InvalidInput(m)) if m.contains("outside the vocabulary")));
+    assert!(matches!(
+        gpu.forward(&[], 0),
+        Err(VulkanError::InvalidInput(_))
+    ));
+    assert!(
+        matches!(gpu.forward(&[vocab_len], 0), Err(VulkanError::InvalidInput(m)) if m.contains("outside the vocabulary"))
+    );
     gpu.reset();
-    assert!(matches!(gpu.forward(&[1], 5), Err(VulkanError::InvalidInput(m)) if m.contains("past the")));
+    assert!(
+        matches!(gpu.forward(&[1], 5), Err(VulkanError::InvalidInput(m)) if m.contains("past the"))
+    );
     let too_long = vec![1u32; gpu.context_length() + 1];
-    assert!(matches!(gpu.forward(&too_long, 0), Err(VulkanError::InvalidInput(m)) if m.contains("exceed the context")));
+    assert!(
+        matches!(gpu.forward(&too_long, 0), Err(VulkanError::InvalidInput(m)) if m.contains("exceed the context"))
+    );
     // After errors, the model still works.
-    let again = gpu.forward(&common::tokenize(&vocab, PROMPTS[0]), 0).unwrap();
+    let again = gpu
+        .forward(&common::tokenize(&vocab, PROMPTS[0]), 0)
+        .unwrap();
     assert!(again.iter().all(|x| x.is_finite()));
 }
 
@@ -110,8 +144,16 @@ fn long_prompt_batch_matches_token_by_token() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let tokens = common::tokenize(&common::vocab(&content), &PROMPTS.join(" "));
-    assert!(tokens.len() > 32, "{} tokens do not fill more than one tile", tokens.len());
-    let opts = LoadOptions { device: common::device_options(None), ctx: Some(64), max_batch: 64 };
+    assert!(
+        tokens.len() > 32,
+        "{} tokens do not fill more than one tile",
+        tokens.len()
+    );
+    let opts = LoadOptions {
+        device: common::device_options(None),
+        ctx: Some(64),
+        max_batch: 64,
+    };
     let mut gpu = LlamaModel::load(&path, &opts).unwrap();
     let batched = gpu.forward(&tokens, 0).unwrap();
     gpu.reset();
@@ -120,13 +162,19 @@ fn long_prompt_batch_matches_token_by_token() {
         stepped = gpu.forward(&[token], pos).unwrap();
     }
     let (abs, rel) = diff(&batched, &stepped);
-    println!("{} tokens in one batch against one at a time: logits max abs {abs:.2e} rel {rel:.2e}", tokens.len());
+    println!(
+        "{} tokens in one batch against one at a time: logits max abs {abs:.2e} rel {rel:.2e}",
+        tokens.len()
+    );
     assert!(rel < 1e-3, "logits differ by {abs} ({rel} of the largest)");
 }
 
 #[test]
 fn bad_model_files_give_clear_errors() {
-    let opts = LoadOptions { device: common::device_options(None), ..LoadOptions::default() };
+    let opts = LoadOptions {
+        device: common::device_options(None),
+        ..LoadOptions::default()
+    };
     let missing = std::path::Path::new("/nonexistent/model.gguf");
     match LlamaModel::load(missing, &opts) {
         Err(VulkanError::ModelFile { path, .. }) => assert_eq!(path, missing),
@@ -137,20 +185,27 @@ fn bad_model_files_give_clear_errors() {
     let junk = dir.join("junk.gguf");
     std::fs::write(&junk, b"this is not a gguf file").unwrap();
     match LlamaModel::load(&junk, &opts) {
-        Err(e @ VulkanError::ModelFile { .. }) => assert!(e.to_string().contains("not a readable GGUF file"), "{e}"),
+        Err(e @ VulkanError::ModelFile { .. }) => {
+            assert!(e.to_string().contains("not a readable GGUF file"), "{e}")
+        }
         other => panic!("expected ModelFile error, got {:?}", other.err()),
     }
     // A llama header whose width gives heads of no dimension.
     let empty = dir.join("zero-width.gguf");
     let metadata = [
-        ("general.architecture", gguf_file::Value::String("llama".into())),
+        (
+            "general.architecture",
+            gguf_file::Value::String("llama".into()),
+        ),
         ("llama.embedding_length", gguf_file::Value::U32(0)),
         ("llama.attention.head_count", gguf_file::Value::U32(4)),
     ];
     let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     gguf_file::write(&mut std::fs::File::create(&empty).unwrap(), &metadata, &[]).unwrap();
     match LlamaModel::load(&empty, &opts) {
-        Err(e @ VulkanError::UnsupportedModel { .. }) => assert!(e.to_string().contains("head dimension 0"), "{e}"),
+        Err(e @ VulkanError::UnsupportedModel { .. }) => {
+            assert!(e.to_string().contains("head dimension 0"), "{e}")
+        }
         other => panic!("expected UnsupportedModel error, got {:?}", other.err()),
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -161,19 +216,31 @@ fn bad_model_files_give_clear_errors() {
 #[test]
 fn llama3_shaped_file_loads_without_a_context() {
     let path = common::test_file("llama3", "F32");
-    let opts = LoadOptions { device: common::device_options(None), ..LoadOptions::default() };
+    let opts = LoadOptions {
+        device: common::device_options(None),
+        ..LoadOptions::default()
+    };
     let mut model = LlamaModel::load(&path, &opts).unwrap();
     assert_eq!(model.config().train_ctx, 131072);
     assert_eq!(model.context_length(), xpu_vulkan::model::DEFAULT_MAX_CTX);
-    let factors = model.config().rope_freq_factors.clone().expect("rope_freqs.weight was read");
+    let factors = model
+        .config()
+        .rope_freq_factors
+        .clone()
+        .expect("rope_freqs.weight was read");
     assert_eq!(factors.len(), model.config().head_dim / 2);
-    assert!(model.forward(&[1, 2, 3], 0).unwrap().iter().all(|x| x.is_finite()));
+    assert!(model
+        .forward(&[1, 2, 3], 0)
+        .unwrap()
+        .iter()
+        .all(|x| x.is_finite()));
 }
 
 /// Bytes per context position the engine keeps: f16 K and V of every layer, and the f32
 /// cos/sin of every RoPE pair.
 fn per_token_bytes(model_cfg: &xpu_vulkan::LlamaConfig) -> u64 {
-    (2 * model_cfg.n_layer * model_cfg.n_kv_head * model_cfg.head_dim * 2 + model_cfg.head_dim * 4) as u64
+    (2 * model_cfg.n_layer * model_cfg.n_kv_head * model_cfg.head_dim * 2 + model_cfg.head_dim * 4)
+        as u64
 }
 
 /// Weights that do not fit the memory are refused before the upload; without --ctx the
@@ -182,22 +249,50 @@ fn per_token_bytes(model_cfg: &xpu_vulkan::LlamaConfig) -> u64 {
 fn context_and_weights_must_fit_the_device_memory() {
     let path = common::model_path();
     let limited = |limit: u64, ctx: Option<usize>| {
-        let device = xpu_vulkan::DeviceOptions { memory_limit: Some(limit), ..common::device_options(None) };
-        LlamaModel::load(&path, &LoadOptions { device, ctx, max_batch: 4 })
+        let device = xpu_vulkan::DeviceOptions {
+            memory_limit: Some(limit),
+            ..common::device_options(None)
+        };
+        LlamaModel::load(
+            &path,
+            &LoadOptions {
+                device,
+                ctx,
+                max_batch: 4,
+            },
+        )
     };
     // 1 MiB: not even the weights.
     let (needed_min, available) = match limited(1 << 20, None) {
         Err(e @ VulkanError::DoesNotFit { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("the weights") && msg.contains("bytes of device memory") && msg.contains("--device cpu"), "{msg}");
-            let VulkanError::DoesNotFit { needed, available, .. } = e else { unreachable!() };
+            assert!(
+                msg.contains("the weights")
+                    && msg.contains("bytes of device memory")
+                    && msg.contains("--device cpu"),
+                "{msg}"
+            );
+            let VulkanError::DoesNotFit {
+                needed, available, ..
+            } = e
+            else {
+                unreachable!()
+            };
             (needed, available)
         }
         other => panic!("expected DoesNotFit, got {:?}", other.err()),
     };
     assert_eq!(available, 1 << 20);
     // Room for the weights and 1000 positions: the context is 768 (a multiple of 256).
-    let reference = LlamaModel::load(&path, &LoadOptions { device: common::device_options(None), ctx: Some(64), max_batch: 4 }).unwrap();
+    let reference = LlamaModel::load(
+        &path,
+        &LoadOptions {
+            device: common::device_options(None),
+            ctx: Some(64),
+            max_batch: 4,
+        },
+    )
+    .unwrap();
     let per_token = per_token_bytes(reference.config());
     drop(reference);
     // needed_min is the need at 256 positions.
@@ -209,7 +304,12 @@ fn context_and_weights_must_fit_the_device_memory() {
     match limited(limit, Some(2000)) {
         Err(e @ VulkanError::DoesNotFit { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("--ctx 2000") && msg.contains(&limit.to_string()) && msg.contains("use --ctx 1000 or less"), "{msg}");
+            assert!(
+                msg.contains("--ctx 2000")
+                    && msg.contains(&limit.to_string())
+                    && msg.contains("use --ctx 1000 or less"),
+                "{msg}"
+            );
         }
         other => panic!("expected DoesNotFit, got {:?}", other.err()),
     }

@@ -22,7 +22,11 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{LlamaModel, LoadOptions};
 
-const PROMPTS: [&str; 3] = ["The capital of France is", "Once upon a time there was a little", "Water is made of hydrogen and"];
+const PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "Once upon a time there was a little",
+    "Water is made of hydrogen and",
+];
 const NEW_TOKENS: usize = 12;
 
 /// The test model with every Q4_1 tensor requantized to `dtype`, written next to the
@@ -41,10 +45,22 @@ fn requantized(dtype: GgmlDType) -> PathBuf {
         };
         tensors.push((name.clone(), t));
     }
-    let out = std::env::temp_dir().join(format!("xpu-vulkan-smollm2-{dtype:?}-{}.gguf", std::process::id()));
-    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let out = std::env::temp_dir().join(format!(
+        "xpu-vulkan-smollm2-{dtype:?}-{}.gguf",
+        std::process::id()
+    ));
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    gguf_file::write(&mut std::fs::File::create(&out).unwrap(), &metadata, &tensor_refs).unwrap();
+    gguf_file::write(
+        &mut std::fs::File::create(&out).unwrap(),
+        &metadata,
+        &tensor_refs,
+    )
+    .unwrap();
     out
 }
 
@@ -76,8 +92,17 @@ fn candle_model(path: &Path, dequantize_all: bool) -> ModelWeights {
 }
 
 fn candle_logits(model: &mut ModelWeights, token: u32, pos: usize) -> Vec<f32> {
-    let input = Tensor::new(&[token], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    model.forward(&input, pos).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    let input = Tensor::new(&[token], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&input, pos)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Per-prompt figures: the relative L2 difference from the f32 reference, largest over the
@@ -90,20 +115,37 @@ struct Outcome {
     candle_int8_tokens_agree: bool,
 }
 
-fn run(gpu: &mut LlamaModel, exact: &mut ModelWeights, int8: &mut ModelWeights, prompt: &[u32]) -> Outcome {
+fn run(
+    gpu: &mut LlamaModel,
+    exact: &mut ModelWeights,
+    int8: &mut ModelWeights,
+    prompt: &[u32],
+) -> Outcome {
     gpu.reset();
     exact.clear_kv_cache();
     int8.clear_kv_cache();
-    let mut o = Outcome { gpu_err: 0.0, candle_int8_err: 0.0, gpu_tokens_agree: true, candle_int8_tokens_agree: true };
+    let mut o = Outcome {
+        gpu_err: 0.0,
+        candle_int8_err: 0.0,
+        gpu_tokens_agree: true,
+        candle_int8_tokens_agree: true,
+    };
     let mut next = prompt[0];
     for pos in 0..prompt.len() + NEW_TOKENS - 1 {
         let g = gpu.forward(&[next], pos).unwrap();
         let e = candle_logits(exact, next, pos);
         let c = candle_logits(int8, next, pos);
-        assert!(g.iter().all(|x| x.is_finite()), "non-finite GPU logits at position {pos}");
+        assert!(
+            g.iter().all(|x| x.is_finite()),
+            "non-finite GPU logits at position {pos}"
+        );
         o.gpu_err = o.gpu_err.max(relative_l2(&g, &e));
         o.candle_int8_err = o.candle_int8_err.max(relative_l2(&c, &e));
-        next = if pos + 1 < prompt.len() { prompt[pos + 1] } else { common::argmax(&e) };
+        next = if pos + 1 < prompt.len() {
+            prompt[pos + 1]
+        } else {
+            common::argmax(&e)
+        };
         if pos + 1 >= prompt.len() {
             o.gpu_tokens_agree &= common::argmax(&g) == next;
             o.candle_int8_tokens_agree &= common::argmax(&c) == next;
@@ -116,9 +158,16 @@ fn check(path: &Path, label: &str) {
     let mut file = std::fs::File::open(path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let vocab: Vec<String> = common::vocab(&content);
-    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| common::tokenize(&vocab, p)).collect();
+    let prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| common::tokenize(&vocab, p))
+        .collect();
     let (mut exact, mut int8) = (candle_model(path, true), candle_model(path, false));
-    let opts = LoadOptions { device: common::device_options(None), ctx: Some(64), max_batch: 4 };
+    let opts = LoadOptions {
+        device: common::device_options(None),
+        ctx: Some(64),
+        max_batch: 4,
+    };
     let mut gpu = LlamaModel::load(path, &opts).unwrap();
     let (mut gpu_agreeing, mut candle_agreeing) = (0, 0);
     for prompt in &prompts {

@@ -65,7 +65,9 @@ impl Config {
         // A copy tagged `<tag>` reads `FAKE_ZE_<TAG>_X` before `FAKE_ZE_X`.
         let var = |name: &str| {
             let get = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-            let tagged = tag.as_ref().and_then(|tag| get(&name.replacen("FAKE_ZE_", &format!("FAKE_ZE_{tag}_"), 1)));
+            let tagged = tag
+                .as_ref()
+                .and_then(|tag| get(&name.replacen("FAKE_ZE_", &format!("FAKE_ZE_{tag}_"), 1)));
             tagged.or_else(|| get(name))
         };
         let devices = match var("FAKE_ZE_DEVICES") {
@@ -77,10 +79,9 @@ impl Config {
         };
         let init_result = match var("FAKE_ZE_INIT_RESULT") {
             None => ZeResult::SUCCESS,
-            Some(v) => ZeResult(
-                parse_code(&v)
-                    .ok_or_else(|| format!("FAKE_ZE_INIT_RESULT={v:?}: expected a decimal or 0x-hex code"))?,
-            ),
+            Some(v) => ZeResult(parse_code(&v).ok_or_else(|| {
+                format!("FAKE_ZE_INIT_RESULT={v:?}: expected a decimal or 0x-hex code")
+            })?),
         };
         Ok(Config {
             devices,
@@ -99,13 +100,19 @@ fn own_tag() -> Option<String> {
     // SAFETY: Dl_info is plain data; dladdr only writes into it.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: the address is a function of this library.
-    if unsafe { libc::dladdr(own_tag as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+    if unsafe { libc::dladdr(own_tag as *const libc::c_void, &mut info) } == 0
+        || info.dli_fname.is_null()
+    {
         return None;
     }
     // SAFETY: dladdr returns a NUL-terminated path owned by the dynamic linker.
-    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned();
+    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }
+        .to_string_lossy()
+        .into_owned();
     let name = path.rsplit('/').next()?;
-    let tag = name.strip_prefix("libfake_ze_driver.")?.strip_suffix(".so")?;
+    let tag = name
+        .strip_prefix("libfake_ze_driver.")?
+        .strip_suffix(".so")?;
     (!tag.is_empty()).then(|| tag.to_ascii_uppercase())
 }
 
@@ -200,7 +207,12 @@ fn build(spec: &Spec) -> FakeDevice {
     uuid[0..2].copy_from_slice(&0x8086u16.to_le_bytes());
     uuid[2..4].copy_from_slice(&(spec.device_id as u16).to_le_bytes());
     uuid[8] = spec.pci_bus as u8;
-    uuid[15] = spec.subdevice_id as u8 + if spec.flags & DEVICE_PROPERTY_FLAG_SUBDEVICE != 0 { 1 } else { 0 };
+    uuid[15] = spec.subdevice_id as u8
+        + if spec.flags & DEVICE_PROPERTY_FLAG_SUBDEVICE != 0 {
+            1
+        } else {
+            0
+        };
     properties.uuid = uuid;
     string_to_c_chars(spec.name, &mut properties.name);
 
@@ -250,10 +262,20 @@ fn build(spec: &Spec) -> FakeDevice {
         properties,
         compute,
         memory,
-        pci: PciAddress { domain: 0, bus: spec.pci_bus, device: spec.pci_device, function: 0 },
+        pci: PciAddress {
+            domain: 0,
+            bus: spec.pci_bus,
+            device: spec.pci_device,
+            function: 0,
+        },
         sub_devices,
-        memory_module: MemoryModule { size: total, free: spec.free },
-        temperature: TemperatureSensor { celsius: spec.celsius },
+        memory_module: MemoryModule {
+            size: total,
+            free: spec.free,
+        },
+        temperature: TemperatureSensor {
+            celsius: spec.celsius,
+        },
         power: PowerDomain { watts: spec.watts },
     }
 }
@@ -325,7 +347,9 @@ fn driver() -> &'static FakeDriver {
     static DRIVER: OnceLock<FakeDriver> = OnceLock::new();
     DRIVER.get_or_init(|| {
         let count = config().as_ref().map(|c| c.devices).unwrap_or(0);
-        FakeDriver { devices: SPECS[..count].iter().map(build).collect() }
+        FakeDriver {
+            devices: SPECS[..count].iter().map(build).collect(),
+        }
     })
 }
 
@@ -339,7 +363,10 @@ fn driver_handle() -> DriverHandle {
 }
 
 fn all_devices() -> impl Iterator<Item = &'static FakeDevice> {
-    driver().devices.iter().flat_map(|d| std::iter::once(d).chain(d.sub_devices.iter()))
+    driver()
+        .devices
+        .iter()
+        .flat_map(|d| std::iter::once(d).chain(d.sub_devices.iter()))
 }
 
 /// Resolves a handle to one of our devices; anything else is rejected, never dereferenced.
@@ -347,8 +374,13 @@ fn device(handle: DeviceHandle) -> Option<&'static FakeDevice> {
     all_devices().find(|d| std::ptr::eq(*d, handle.0 as *const FakeDevice))
 }
 
-fn find<T>(handle: *mut c_void, field: impl Fn(&'static FakeDevice) -> &'static T) -> Option<&'static T> {
-    all_devices().map(field).find(|t| std::ptr::eq(*t, handle as *const T))
+fn find<T>(
+    handle: *mut c_void,
+    field: impl Fn(&'static FakeDevice) -> &'static T,
+) -> Option<&'static T> {
+    all_devices()
+        .map(field)
+        .find(|t| std::ptr::eq(*t, handle as *const T))
 }
 
 /// The spec's `(pCount, phItems)` contract: a zero count or null array asks for the
@@ -449,7 +481,11 @@ extern "C" fn zeDriverGetProperties(handle: DriverHandle, out: *mut DriverProper
     unsafe { write_typed(&props, out) }
 }
 
-extern "C" fn zeDeviceGet(handle: DriverHandle, count: *mut u32, devices: *mut DeviceHandle) -> ZeResult {
+extern "C" fn zeDeviceGet(
+    handle: DriverHandle,
+    count: *mut u32,
+    devices: *mut DeviceHandle,
+) -> ZeResult {
     enter("zeDeviceGet");
     if handle != driver_handle() {
         return ZeResult::ERROR_INVALID_NULL_HANDLE;
@@ -460,7 +496,11 @@ extern "C" fn zeDeviceGet(handle: DriverHandle, count: *mut u32, devices: *mut D
         .iter()
         .flat_map(|card| {
             let tiles: Vec<&FakeDevice> = card.sub_devices.iter().collect();
-            if flat && !tiles.is_empty() { tiles } else { vec![card] }
+            if flat && !tiles.is_empty() {
+                tiles
+            } else {
+                vec![card]
+            }
         })
         .map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void))
         .collect();
@@ -469,11 +509,20 @@ extern "C" fn zeDeviceGet(handle: DriverHandle, count: *mut u32, devices: *mut D
     unsafe { fill(&handles, count, devices) }
 }
 
-extern "C" fn zeDeviceGetSubDevices(handle: DeviceHandle, count: *mut u32, subs: *mut DeviceHandle) -> ZeResult {
+extern "C" fn zeDeviceGetSubDevices(
+    handle: DeviceHandle,
+    count: *mut u32,
+    subs: *mut DeviceHandle,
+) -> ZeResult {
     enter("zeDeviceGetSubDevices");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
-    let handles: Vec<DeviceHandle> =
-        device.sub_devices.iter().map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void)).collect();
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
+    let handles: Vec<DeviceHandle> = device
+        .sub_devices
+        .iter()
+        .map(|d| DeviceHandle(d as *const FakeDevice as *mut c_void))
+        .collect();
     // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
     // array of that many items, which is `fill`'s contract.
     unsafe { fill(&handles, count, subs) }
@@ -481,15 +530,22 @@ extern "C" fn zeDeviceGetSubDevices(handle: DeviceHandle, count: *mut u32, subs:
 
 extern "C" fn zeDeviceGetProperties(handle: DeviceHandle, out: *mut DeviceProperties) -> ZeResult {
     enter("zeDeviceGetProperties");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
     // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&device.properties, out) }
 }
 
-extern "C" fn zeDeviceGetComputeProperties(handle: DeviceHandle, out: *mut DeviceComputeProperties) -> ZeResult {
+extern "C" fn zeDeviceGetComputeProperties(
+    handle: DeviceHandle,
+    out: *mut DeviceComputeProperties,
+) -> ZeResult {
     enter("zeDeviceGetComputeProperties");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
     // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&device.compute, out) }
@@ -501,7 +557,9 @@ extern "C" fn zeDeviceGetMemoryProperties(
     out: *mut DeviceMemoryProperties,
 ) -> ZeResult {
     enter("zeDeviceGetMemoryProperties");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     if count.is_null() {
         return ZeResult::ERROR_INVALID_NULL_POINTER;
     }
@@ -520,12 +578,21 @@ extern "C" fn zeDeviceGetMemoryProperties(
     ZeResult::SUCCESS
 }
 
-extern "C" fn zeDevicePciGetPropertiesExt(handle: DeviceHandle, out: *mut PciExtProperties) -> ZeResult {
+extern "C" fn zeDevicePciGetPropertiesExt(
+    handle: DeviceHandle,
+    out: *mut PciExtProperties,
+) -> ZeResult {
     enter("zeDevicePciGetPropertiesExt");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     let mut props = PciExtProperties::new_typed();
     props.address = device.pci;
-    props.max_speed = PciSpeed { gen_version: 4, width: 16, max_bandwidth: 31_500_000_000 };
+    props.max_speed = PciSpeed {
+        gen_version: 4,
+        width: 16,
+        max_bandwidth: 31_500_000_000,
+    };
     // SAFETY: the Level Zero API requires `out` to be null or a writable struct of
     // this type, which is `write_typed`'s contract.
     unsafe { write_typed(&props, out) }
@@ -533,9 +600,15 @@ extern "C" fn zeDevicePciGetPropertiesExt(handle: DeviceHandle, out: *mut PciExt
 
 // ---- zes: the Sysman telemetry subset -------------------------------------------
 
-extern "C" fn zesDeviceEnumMemoryModules(handle: DeviceHandle, count: *mut u32, out: *mut MemHandle) -> ZeResult {
+extern "C" fn zesDeviceEnumMemoryModules(
+    handle: DeviceHandle,
+    count: *mut u32,
+    out: *mut MemHandle,
+) -> ZeResult {
     enter("zesDeviceEnumMemoryModules");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     let module = MemHandle(&device.memory_module as *const MemoryModule as *mut c_void);
     // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
     // array of that many items, which is `fill`'s contract.
@@ -544,7 +617,9 @@ extern "C" fn zesDeviceEnumMemoryModules(handle: DeviceHandle, count: *mut u32, 
 
 extern "C" fn zesMemoryGetProperties(handle: MemHandle, out: *mut ZesMemProperties) -> ZeResult {
     enter("zesMemoryGetProperties");
-    let Some(module) = find(handle.0, |d| &d.memory_module) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(module) = find(handle.0, |d| &d.memory_module) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     let mut props = ZesMemProperties::new_typed();
     props.location = ZES_MEM_LOC_DEVICE;
     props.physical_size = module.size;
@@ -557,7 +632,9 @@ extern "C" fn zesMemoryGetProperties(handle: MemHandle, out: *mut ZesMemProperti
 
 extern "C" fn zesMemoryGetState(handle: MemHandle, out: *mut ZesMemState) -> ZeResult {
     enter("zesMemoryGetState");
-    let Some(module) = find(handle.0, |d| &d.memory_module) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(module) = find(handle.0, |d| &d.memory_module) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     let mut state = ZesMemState::new_typed();
     state.health = 1; // ZES_MEM_HEALTH_OK
     state.free = module.free;
@@ -567,16 +644,25 @@ extern "C" fn zesMemoryGetState(handle: MemHandle, out: *mut ZesMemState) -> ZeR
     unsafe { write_typed(&state, out) }
 }
 
-extern "C" fn zesDeviceEnumTemperatureSensors(handle: DeviceHandle, count: *mut u32, out: *mut TempHandle) -> ZeResult {
+extern "C" fn zesDeviceEnumTemperatureSensors(
+    handle: DeviceHandle,
+    count: *mut u32,
+    out: *mut TempHandle,
+) -> ZeResult {
     enter("zesDeviceEnumTemperatureSensors");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     let sensor = TempHandle(&device.temperature as *const TemperatureSensor as *mut c_void);
     // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
     // array of that many items, which is `fill`'s contract.
     unsafe { fill(&[sensor], count, out) }
 }
 
-extern "C" fn zesTemperatureGetProperties(handle: TempHandle, out: *mut ZesTempProperties) -> ZeResult {
+extern "C" fn zesTemperatureGetProperties(
+    handle: TempHandle,
+    out: *mut ZesTempProperties,
+) -> ZeResult {
     enter("zesTemperatureGetProperties");
     if find(handle.0, |d| &d.temperature).is_none() {
         return ZeResult::ERROR_INVALID_NULL_HANDLE;
@@ -591,7 +677,9 @@ extern "C" fn zesTemperatureGetProperties(handle: TempHandle, out: *mut ZesTempP
 
 extern "C" fn zesTemperatureGetState(handle: TempHandle, out: *mut f64) -> ZeResult {
     enter("zesTemperatureGetState");
-    let Some(sensor) = find(handle.0, |d| &d.temperature) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(sensor) = find(handle.0, |d| &d.temperature) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     if out.is_null() {
         return ZeResult::ERROR_INVALID_NULL_POINTER;
     }
@@ -600,9 +688,15 @@ extern "C" fn zesTemperatureGetState(handle: TempHandle, out: *mut f64) -> ZeRes
     ZeResult::SUCCESS
 }
 
-extern "C" fn zesDeviceEnumPowerDomains(handle: DeviceHandle, count: *mut u32, out: *mut PowerHandle) -> ZeResult {
+extern "C" fn zesDeviceEnumPowerDomains(
+    handle: DeviceHandle,
+    count: *mut u32,
+    out: *mut PowerHandle,
+) -> ZeResult {
     enter("zesDeviceEnumPowerDomains");
-    let Some(device) = device(handle) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(device) = device(handle) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     let domain = PowerHandle(&device.power as *const PowerDomain as *mut c_void);
     // SAFETY: the Level Zero API requires callers to pass a valid count pointer and an
     // array of that many items, which is `fill`'s contract.
@@ -611,7 +705,9 @@ extern "C" fn zesDeviceEnumPowerDomains(handle: DeviceHandle, count: *mut u32, o
 
 extern "C" fn zesPowerGetProperties(handle: PowerHandle, out: *mut ZesPowerProperties) -> ZeResult {
     enter("zesPowerGetProperties");
-    let Some(domain) = find(handle.0, |d| &d.power) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(domain) = find(handle.0, |d| &d.power) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     let mut props = ZesPowerProperties::new_typed();
     props.default_limit = (domain.watts * 1000) as i32;
     props.min_limit = -1;
@@ -622,15 +718,25 @@ extern "C" fn zesPowerGetProperties(handle: PowerHandle, out: *mut ZesPowerPrope
 }
 
 /// A counter that grows at exactly the domain's wattage: energy in µJ = W × µs.
-extern "C" fn zesPowerGetEnergyCounter(handle: PowerHandle, out: *mut ZesPowerEnergyCounter) -> ZeResult {
+extern "C" fn zesPowerGetEnergyCounter(
+    handle: PowerHandle,
+    out: *mut ZesPowerEnergyCounter,
+) -> ZeResult {
     enter("zesPowerGetEnergyCounter");
-    let Some(domain) = find(handle.0, |d| &d.power) else { return ZeResult::ERROR_INVALID_NULL_HANDLE };
+    let Some(domain) = find(handle.0, |d| &d.power) else {
+        return ZeResult::ERROR_INVALID_NULL_HANDLE;
+    };
     if out.is_null() {
         return ZeResult::ERROR_INVALID_NULL_POINTER;
     }
     let micros = started().elapsed().as_micros() as u64;
     // SAFETY: checked non-null.
-    unsafe { *out = ZesPowerEnergyCounter { energy: micros * domain.watts, timestamp: micros } };
+    unsafe {
+        *out = ZesPowerEnergyCounter {
+            energy: micros * domain.watts,
+            timestamp: micros,
+        }
+    };
     ZeResult::SUCCESS
 }
 
@@ -756,10 +862,19 @@ mod tests {
     fn devices_report_eu_counts_and_tiles() {
         let a770 = build(&SPECS[0]);
         let p = a770.properties;
-        assert_eq!(p.num_slices * p.num_subslices_per_slice * p.num_eus_per_subslice, 512);
+        assert_eq!(
+            p.num_slices * p.num_subslices_per_slice * p.num_eus_per_subslice,
+            512
+        );
         let max = build(&SPECS[1]);
         assert_eq!(max.sub_devices.len(), 2);
-        assert_eq!(max.memory.iter().map(|m| m.total_size).sum::<u64>(), 128 * GIB);
-        assert!(max.sub_devices.iter().all(|s| s.properties.flags & DEVICE_PROPERTY_FLAG_SUBDEVICE != 0));
+        assert_eq!(
+            max.memory.iter().map(|m| m.total_size).sum::<u64>(),
+            128 * GIB
+        );
+        assert!(max
+            .sub_devices
+            .iter()
+            .all(|s| s.properties.flags & DEVICE_PROPERTY_FLAG_SUBDEVICE != 0));
     }
 }

@@ -32,7 +32,10 @@ struct Outcome {
 
 impl Outcome {
     fn last(&self, prefix: &str) -> Option<&str> {
-        self.stdout.lines().rev().find_map(|l| l.strip_prefix(prefix))
+        self.stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(prefix))
     }
 
     fn last_step(&self) -> Option<&str> {
@@ -45,7 +48,9 @@ impl Outcome {
             return String::new();
         }
         let start = text.len().saturating_sub(STDERR_QUOTE);
-        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
         format!("; its stderr ends with: {:?}", &text[start..])
     }
 
@@ -138,7 +143,8 @@ fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
     }
     let exe = match &options.exe {
         Some(exe) => exe.clone(),
-        None => std::env::current_exe().map_err(|e| spawn_error(format!("cannot find this executable: {e}")))?,
+        None => std::env::current_exe()
+            .map_err(|e| spawn_error(format!("cannot find this executable: {e}")))?,
     };
     let mut command = Command::new(&exe);
     command
@@ -157,7 +163,9 @@ fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| spawn_error(format!("{}: {e}", exe.display())))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| spawn_error(format!("{}: {e}", exe.display())))?;
     let stdout = read_all(child.stdout.take().expect("stdout is piped"));
     let stderr = read_all(child.stderr.take().expect("stderr is piped"));
 
@@ -183,16 +191,25 @@ fn run(options: &QueryOptions, mode: &str) -> Result<Outcome, LevelZeroError> {
 pub(super) fn run_facts(options: &QueryOptions) -> LevelZeroFacts {
     match run(options, "facts") {
         Ok(outcome) => facts_from(&outcome, options),
-        Err(error) => LevelZeroFacts { error: Some(error), ..Default::default() },
+        Err(error) => LevelZeroFacts {
+            error: Some(error),
+            ..Default::default()
+        },
     }
 }
 
 /// The facts a finished child reported, with an error when it gave no valid answer.
 fn facts_from(outcome: &Outcome, options: &QueryOptions) -> LevelZeroFacts {
-    let done: Option<LevelZeroFacts> = outcome.last(DONE).and_then(|json| serde_json::from_str(json).ok());
+    let done: Option<LevelZeroFacts> = outcome
+        .last(DONE)
+        .and_then(|json| serde_json::from_str(json).ok());
     let answered = done.is_some();
     let mut facts = done
-        .or_else(|| outcome.last(FACTS).and_then(|json| serde_json::from_str(json).ok()))
+        .or_else(|| {
+            outcome
+                .last(FACTS)
+                .and_then(|json| serde_json::from_str(json).ok())
+        })
         .unwrap_or_default();
     if let Some(error) = outcome.failure(options, answered) {
         // The child's own error (if any) came first and explains more.
@@ -222,16 +239,31 @@ mod tests {
 
     #[test]
     fn a_signal_names_the_last_call() {
-        let o = outcome("xpu-level-zero:step zeInit\nnoise\nxpu-level-zero:step zeDeviceGet\n", "", Some(11));
-        let e = o.failure(&QueryOptions::default(), false).expect("an error");
+        let o = outcome(
+            "xpu-level-zero:step zeInit\nnoise\nxpu-level-zero:step zeDeviceGet\n",
+            "",
+            Some(11),
+        );
+        let e = o
+            .failure(&QueryOptions::default(), false)
+            .expect("an error");
         assert_eq!(e.code, codes::CHILD_CRASHED);
-        assert!(e.meaning.contains("signal 11 (SIGSEGV) during zeDeviceGet"), "{}", e.meaning);
+        assert!(
+            e.meaning.contains("signal 11 (SIGSEGV) during zeDeviceGet"),
+            "{}",
+            e.meaning
+        );
     }
 
     #[test]
     fn a_timeout_says_how_long_and_quotes_stderr() {
-        let options = QueryOptions { timeout: Duration::from_millis(1500), ..Default::default() };
-        let e = outcome("", "driver: waiting for GuC\n", None).failure(&options, false).expect("an error");
+        let options = QueryOptions {
+            timeout: Duration::from_millis(1500),
+            ..Default::default()
+        };
+        let e = outcome("", "driver: waiting for GuC\n", None)
+            .failure(&options, false)
+            .expect("an error");
         assert_eq!(e.code, codes::CHILD_TIMEOUT);
         assert!(e.meaning.contains("1.5 s"), "{}", e.meaning);
         assert!(e.meaning.contains("waiting for GuC"), "{}", e.meaning);
@@ -239,10 +271,14 @@ mod tests {
 
     #[test]
     fn a_clean_exit_without_answer_explains_run_child_if_requested() {
-        let e = outcome("hello\n", "", Some(0)).failure(&QueryOptions::default(), false).expect("an error");
+        let e = outcome("hello\n", "", Some(0))
+            .failure(&QueryOptions::default(), false)
+            .expect("an error");
         assert_eq!(e.code, codes::CHILD_NO_ANSWER);
         assert!(e.meaning.contains("run_child_if_requested"));
-        assert!(outcome("", "", Some(0)).failure(&QueryOptions::default(), true).is_none());
+        assert!(outcome("", "", Some(0))
+            .failure(&QueryOptions::default(), true)
+            .is_none());
     }
 
     proptest::proptest! {

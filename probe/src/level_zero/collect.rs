@@ -63,7 +63,10 @@ fn collect_facts() -> LevelZeroFacts {
 
     step("zelLoaderGetVersions");
     if let Some(Ok(components)) = l0.loader_versions() {
-        if let Some(loader) = components.iter().find(|c| ze::c_chars_to_string(&c.component_name) == "loader") {
+        if let Some(loader) = components
+            .iter()
+            .find(|c| ze::c_chars_to_string(&c.component_name) == "loader")
+        {
             let v = loader.component_lib_version;
             facts.loader_version = Some(format!("{}.{}.{}", v.major, v.minor, v.patch));
         }
@@ -103,7 +106,12 @@ fn collect_facts() -> LevelZeroFacts {
         };
         for device in devices {
             match describe(&l0, device) {
-                Ok(d) => facts.drivers.last_mut().expect("pushed above").devices.push(d),
+                Ok(d) => facts
+                    .drivers
+                    .last_mut()
+                    .expect("pushed above")
+                    .devices
+                    .push(d),
                 Err((result, call)) => note(&mut facts.error, result, call),
             }
             json(FACTS, &facts);
@@ -121,7 +129,10 @@ fn note(error: &mut Option<LevelZeroError>, result: ZeResult, call: &str) {
 
 /// "DDDD:BB:DD.F", as sysfs writes PCI addresses.
 pub(super) fn format_pci_address(a: ze::PciAddress) -> String {
-    format!("{:04x}:{:02x}:{:02x}.{:x}", a.domain, a.bus, a.device, a.function)
+    format!(
+        "{:04x}:{:02x}:{:02x}.{:x}",
+        a.domain, a.bus, a.device, a.function
+    )
 }
 
 /// `driverVersion` → "major.minor.build" (compute-runtime: 0x01030000 + build).
@@ -140,22 +151,35 @@ fn device_type(raw: u32) -> String {
     }
 }
 
-fn describe(l0: &Initialized<'_>, device: DeviceHandle) -> Result<LevelZeroDevice, (ZeResult, &'static str)> {
+fn describe(
+    l0: &Initialized<'_>,
+    device: DeviceHandle,
+) -> Result<LevelZeroDevice, (ZeResult, &'static str)> {
     step("zeDeviceGetProperties");
-    let p = l0.device_properties(device).map_err(|r| (r, "zeDeviceGetProperties"))?;
+    let p = l0
+        .device_properties(device)
+        .map_err(|r| (r, "zeDeviceGetProperties"))?;
     step("zeDeviceGetComputeProperties");
-    let compute = l0.compute_properties(device).map_err(|r| (r, "zeDeviceGetComputeProperties"))?;
+    let compute = l0
+        .compute_properties(device)
+        .map_err(|r| (r, "zeDeviceGetComputeProperties"))?;
     step("zeDeviceGetMemoryProperties");
-    let memory = l0.memory_properties(device).map_err(|r| (r, "zeDeviceGetMemoryProperties"))?;
+    let memory = l0
+        .memory_properties(device)
+        .map_err(|r| (r, "zeDeviceGetMemoryProperties"))?;
     step("zeDeviceGetSubDevices");
-    let sub_devices = l0.sub_devices(device).map_err(|r| (r, "zeDeviceGetSubDevices"))?;
+    let sub_devices = l0
+        .sub_devices(device)
+        .map_err(|r| (r, "zeDeviceGetSubDevices"))?;
     step("zeDevicePciGetPropertiesExt");
     // An optional extension: older drivers lack it, so a failure is not an error.
     let pci_address = match l0.pci_properties(device) {
         Some(Ok(pci)) => Some(format_pci_address(pci.address)),
         _ => None,
     };
-    let sizes = compute.num_sub_group_sizes.min(ze::SUBGROUPSIZE_COUNT as u32) as usize;
+    let sizes = compute
+        .num_sub_group_sizes
+        .min(ze::SUBGROUPSIZE_COUNT as u32) as usize;
     Ok(LevelZeroDevice {
         name: ze::c_chars_to_string(&p.name),
         uuid: p.uuid.iter().map(|b| format!("{b:02x}")).collect(),
@@ -165,11 +189,16 @@ fn describe(l0: &Initialized<'_>, device: DeviceHandle) -> Result<LevelZeroDevic
         pci_address,
         integrated: p.flags & ze::DEVICE_PROPERTY_FLAG_INTEGRATED != 0,
         sub_device: p.flags & ze::DEVICE_PROPERTY_FLAG_SUBDEVICE != 0,
-        eu_count: u64::from(p.num_slices) * u64::from(p.num_subslices_per_slice) * u64::from(p.num_eus_per_subslice),
+        eu_count: u64::from(p.num_slices)
+            * u64::from(p.num_subslices_per_slice)
+            * u64::from(p.num_eus_per_subslice),
         threads_per_eu: p.num_threads_per_eu,
         eu_simd_width: p.physical_eu_simd_width,
         core_clock_mhz: p.core_clock_rate,
-        memory_bytes: memory.iter().map(|m| m.total_size).fold(0u64, u64::saturating_add),
+        memory_bytes: memory
+            .iter()
+            .map(|m| m.total_size)
+            .fold(0u64, u64::saturating_add),
         max_alloc_bytes: p.max_mem_alloc_size,
         max_group_size: compute.max_total_group_size,
         shared_local_memory_bytes: compute.max_shared_local_memory,
@@ -198,7 +227,12 @@ mod tests {
 
     #[test]
     fn pci_addresses_look_like_sysfs() {
-        let a = ze::PciAddress { domain: 0, bus: 0x4d, device: 2, function: 1 };
+        let a = ze::PciAddress {
+            domain: 0,
+            bus: 0x4d,
+            device: 2,
+            function: 1,
+        };
         assert_eq!(format_pci_address(a), "0000:4d:02.1");
     }
 }

@@ -205,7 +205,10 @@ impl Telemetry {
         Telemetry {
             memory_used_bytes: sum(devices.iter().map(|d| d.memory_used_bytes)),
             memory_total_bytes: sum(devices.iter().map(|d| d.memory_total_bytes)),
-            temperature_c: devices.iter().filter_map(|d| d.temperature_c).reduce(f64::max),
+            temperature_c: devices
+                .iter()
+                .filter_map(|d| d.temperature_c)
+                .reduce(f64::max),
             power_w: sum(devices.iter().map(|d| d.power_w)),
             devices,
         }
@@ -239,15 +242,23 @@ impl Default for QueryOptions {
                 DEFAULT_TIMEOUT
             }),
         };
-        QueryOptions { exe: None, timeout, env: Vec::new() }
+        QueryOptions {
+            exe: None,
+            timeout,
+            env: Vec::new(),
+        }
     }
 }
 
 /// Parses a timeout in seconds (fractions allowed, at most a day).
 fn parse_timeout(value: &str) -> Result<Duration, String> {
     match value.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(format!("{TIMEOUT_ENV}={value:?} is not a number of seconds between 0 and 86400")),
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!(
+            "{TIMEOUT_ENV}={value:?} is not a number of seconds between 0 and 86400"
+        )),
     }
 }
 
@@ -276,7 +287,10 @@ pub fn telemetry_with(options: &QueryOptions) -> Option<Telemetry> {
 
 /// Facts for a probe run with Level Zero disabled.
 pub fn skipped() -> LevelZeroFacts {
-    LevelZeroFacts { skipped: true, ..Default::default() }
+    LevelZeroFacts {
+        skipped: true,
+        ..Default::default()
+    }
 }
 
 /// Must be called first thing in `main` of every binary that uses [`query`] or
@@ -284,13 +298,17 @@ pub fn skipped() -> LevelZeroFacts {
 /// [`CHILD_ENV`] is set), it runs the query, prints the answer on stdout and exits
 /// without returning. Otherwise it returns at once.
 pub fn run_child_if_requested() {
-    let Some(mode) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(mode) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     match mode.to_str() {
         Some("facts") => collect::child_facts(),
         Some("telemetry") => sample::child_telemetry(),
         Some("telemetry-stream") => sample::child_telemetry_stream(),
         _ => {
-            eprintln!("{CHILD_ENV}={mode:?}: expected \"facts\", \"telemetry\" or \"telemetry-stream\"");
+            eprintln!(
+                "{CHILD_ENV}={mode:?}: expected \"facts\", \"telemetry\" or \"telemetry-stream\""
+            );
             protocol::exit_now(2)
         }
     }
@@ -306,7 +324,10 @@ mod tests {
         assert_eq!(parse_timeout(" 60 "), Ok(Duration::from_secs(60)));
         for bad in ["", "abc", "0", "-1", "inf", "NaN", "1e9"] {
             let problem = parse_timeout(bad).expect_err(bad);
-            assert!(problem.starts_with("XPU_LEVEL_ZERO_TIMEOUT_SECS="), "{problem}");
+            assert!(
+                problem.starts_with("XPU_LEVEL_ZERO_TIMEOUT_SECS="),
+                "{problem}"
+            );
         }
     }
 
@@ -319,7 +340,12 @@ mod tests {
             power_w: None,
             ..Default::default()
         };
-        let b = DeviceTelemetry { memory_used_bytes: Some(2), temperature_c: Some(70.0), power_w: Some(3.5), ..Default::default() };
+        let b = DeviceTelemetry {
+            memory_used_bytes: Some(2),
+            temperature_c: Some(70.0),
+            power_w: Some(3.5),
+            ..Default::default()
+        };
         let t = Telemetry::from_devices(vec![a, b]);
         assert_eq!(t.memory_used_bytes, Some(3));
         assert_eq!(t.memory_total_bytes, Some(10));

@@ -42,7 +42,9 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves plain data behind; keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn stale_after(&self) -> Duration {
@@ -62,7 +64,12 @@ impl TelemetryMonitor {
     /// Returns at once; [`latest`](Self::latest) is `None` until the first reading.
     pub fn start(options: &QueryOptions, interval: Duration) -> TelemetryMonitor {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { latest: None, child: None, started: 0, stop: false }),
+            state: Mutex::new(State {
+                latest: None,
+                child: None,
+                started: 0,
+                stop: false,
+            }),
             wake: Condvar::new(),
             interval: interval.max(Duration::from_millis(100)),
         });
@@ -125,7 +132,11 @@ fn supervise(shared: &Shared, options: &QueryOptions) {
             return;
         }
         let nothing_to_read = run_one(shared, options);
-        let delay = if nothing_to_read { RESTART_DELAY * 10 } else { RESTART_DELAY };
+        let delay = if nothing_to_read {
+            RESTART_DELAY * 10
+        } else {
+            RESTART_DELAY
+        };
         let state = shared.lock();
         let (state, _) = shared
             .wake
@@ -138,7 +149,10 @@ fn supervise(shared: &Shared, options: &QueryOptions) {
 }
 
 fn spawn(options: &QueryOptions, interval: Duration) -> Option<Child> {
-    let exe = options.exe.clone().or_else(|| std::env::current_exe().ok())?;
+    let exe = options
+        .exe
+        .clone()
+        .or_else(|| std::env::current_exe().ok())?;
     let mut command = Command::new(exe);
     command
         .env(CHILD_ENV, "telemetry-stream")
@@ -165,7 +179,9 @@ fn run_one(shared: &Shared, options: &QueryOptions) -> bool {
     if std::env::var_os(CHILD_ENV).is_some() {
         return true;
     }
-    let Some(mut child) = spawn(options, shared.interval) else { return true };
+    let Some(mut child) = spawn(options, shared.interval) else {
+        return true;
+    };
     let pid = child.id();
     {
         let mut state = shared.lock();
@@ -239,14 +255,25 @@ mod tests {
     #[test]
     fn readings_go_stale() {
         let shared = Shared {
-            state: Mutex::new(State { latest: None, child: None, started: 0, stop: true }),
+            state: Mutex::new(State {
+                latest: None,
+                child: None,
+                started: 0,
+                stop: true,
+            }),
             wake: Condvar::new(),
             interval: Duration::from_millis(100),
         };
         assert_eq!(shared.stale_after(), Duration::from_millis(1300));
-        let monitor = TelemetryMonitor { shared: Arc::new(shared), thread: None };
+        let monitor = TelemetryMonitor {
+            shared: Arc::new(shared),
+            thread: None,
+        };
         assert_eq!(monitor.latest(), None);
-        let reading = Telemetry { temperature_c: Some(50.0), ..Default::default() };
+        let reading = Telemetry {
+            temperature_c: Some(50.0),
+            ..Default::default()
+        };
         monitor.shared.lock().latest = Some((Instant::now(), reading.clone()));
         assert_eq!(monitor.latest(), Some(reading.clone()));
         monitor.shared.lock().latest = Some((Instant::now() - Duration::from_secs(2), reading));

@@ -22,7 +22,9 @@ pub(super) const TELEMETRY: &str = "xpu-level-zero:telemetry ";
 /// crashes. Returns false when stdout is closed (the parent is gone).
 pub(super) fn line(prefix: &str, text: &str) -> bool {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{prefix}{text}").and_then(|()| out.flush()).is_ok()
+    writeln!(out, "{prefix}{text}")
+        .and_then(|()| out.flush())
+        .is_ok()
 }
 
 /// Announces the Level Zero call about to be made.

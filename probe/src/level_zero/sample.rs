@@ -60,16 +60,27 @@ impl<'l> Sampler<'l> {
             step("zeDeviceGet");
             for handle in l0.devices(driver).unwrap_or_default() {
                 step("zeDeviceGetProperties");
-                let name = l0.device_properties(handle).map(|p| ze::c_chars_to_string(&p.name)).unwrap_or_default();
+                let name = l0
+                    .device_properties(handle)
+                    .map(|p| ze::c_chars_to_string(&p.name))
+                    .unwrap_or_default();
                 step("zeDevicePciGetPropertiesExt");
                 let pci_address = match l0.pci_properties(handle) {
                     Some(Ok(pci)) => Some(format_pci_address(pci.address)),
                     _ => None,
                 };
-                devices.push(SampledDevice { handle, name, pci_address });
+                devices.push(SampledDevice {
+                    handle,
+                    name,
+                    pci_address,
+                });
             }
         }
-        (!devices.is_empty()).then_some(Sampler { l0, devices, last_energy: Vec::new() })
+        (!devices.is_empty()).then_some(Sampler {
+            l0,
+            devices,
+            last_energy: Vec::new(),
+        })
     }
 
     fn read(&mut self) -> Telemetry {
@@ -83,7 +94,11 @@ impl<'l> Sampler<'l> {
                 ..Default::default()
             };
             step("zesDeviceEnumMemoryModules");
-            for module in l0.memory_modules(device.handle).and_then(Result::ok).unwrap_or_default() {
+            for module in l0
+                .memory_modules(device.handle)
+                .and_then(Result::ok)
+                .unwrap_or_default()
+            {
                 // Integrated GPUs report system memory modules; only device memory counts.
                 step("zesMemoryGetProperties");
                 let on_device = match l0.memory_module_properties(module) {
@@ -93,18 +108,27 @@ impl<'l> Sampler<'l> {
                 step("zesMemoryGetState");
                 if let (true, Some(Ok(state))) = (on_device, l0.memory_state(module)) {
                     *reading.memory_total_bytes.get_or_insert(0) += state.size;
-                    *reading.memory_used_bytes.get_or_insert(0) += state.size.saturating_sub(state.free);
+                    *reading.memory_used_bytes.get_or_insert(0) +=
+                        state.size.saturating_sub(state.free);
                 }
             }
             step("zesDeviceEnumTemperatureSensors");
-            for sensor in l0.temperature_sensors(device.handle).and_then(Result::ok).unwrap_or_default() {
+            for sensor in l0
+                .temperature_sensors(device.handle)
+                .and_then(Result::ok)
+                .unwrap_or_default()
+            {
                 step("zesTemperatureGetState");
                 if let Some(Ok(celsius)) = l0.temperature(sensor) {
                     reading.temperature_c = max_celsius(reading.temperature_c, celsius);
                 }
             }
             step("zesDeviceEnumPowerDomains");
-            for domain in l0.power_domains(device.handle).and_then(Result::ok).unwrap_or_default() {
+            for domain in l0
+                .power_domains(device.handle)
+                .and_then(Result::ok)
+                .unwrap_or_default()
+            {
                 // Sub-device domains are already included in the card's own domain.
                 step("zesPowerGetProperties");
                 if let Some(Ok(props)) = l0.power_properties(domain) {
@@ -114,7 +138,11 @@ impl<'l> Sampler<'l> {
                 }
                 step("zesPowerGetEnergyCounter");
                 if let Some(Ok(after)) = l0.energy_counter(domain) {
-                    let before = self.last_energy.iter().find(|(d, _)| *d == domain).map(|(_, c)| *c);
+                    let before = self
+                        .last_energy
+                        .iter()
+                        .find(|(d, _)| *d == domain)
+                        .map(|(_, c)| *c);
                     if let Some(watts) = before.and_then(|before| watts(before, after)) {
                         *reading.power_w.get_or_insert(0.0) += watts;
                     }
@@ -178,7 +206,10 @@ pub(super) fn child_telemetry_stream() -> ! {
 /// Average power between two energy samples (µJ over µs = W); `None` when the counter
 /// did not advance in time or went backwards (a reset).
 fn watts(before: ze::ZesPowerEnergyCounter, after: ze::ZesPowerEnergyCounter) -> Option<f64> {
-    let micros = after.timestamp.checked_sub(before.timestamp).filter(|&t| t > 0)?;
+    let micros = after
+        .timestamp
+        .checked_sub(before.timestamp)
+        .filter(|&t| t > 0)?;
     let microjoules = after.energy.checked_sub(before.energy)?;
     Some(microjoules as f64 / micros as f64)
 }

@@ -58,11 +58,21 @@ pub struct GenerateArgs {
     pub repeat_penalty: f32,
 
     /// OpenAI presence penalty, -2..2 (0: off).
-    #[arg(long, default_value_t = 0.0, value_name = "X", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "X",
+        allow_negative_numbers = true
+    )]
     pub presence_penalty: f32,
 
     /// OpenAI frequency penalty, -2..2 (0: off).
-    #[arg(long, default_value_t = 0.0, value_name = "X", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "X",
+        allow_negative_numbers = true
+    )]
     pub frequency_penalty: f32,
 
     /// Random seed; the same seed and settings give the same text.
@@ -114,7 +124,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (None, None, Some(ids)) => {
             let vocab = model.tokenizer.vocab_size();
             if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                anyhow::bail!("--prompt-ids: token id {bad} is outside the vocabulary ({vocab} tokens)");
+                anyhow::bail!(
+                    "--prompt-ids: token id {bad} is outside the vocabulary ({vocab} tokens)"
+                );
             }
             (None, ids.clone())
         }
@@ -160,7 +172,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
     let outcome = generate(&mut model, &request, |event| {
-        let result = stdout.write_all(event.text.as_bytes()).and_then(|_| stdout.flush());
+        let result = stdout
+            .write_all(event.text.as_bytes())
+            .and_then(|_| stdout.flush());
         match result {
             Ok(()) => ControlFlow::Continue(()),
             // A closed pipe (`| head`) ends generation quietly.

@@ -43,7 +43,12 @@ pub fn list(_: ListArgs) -> anyhow::Result<()> {
         eprintln!("no models in {}", fetcher.cache.root().display());
         return Ok(());
     }
-    let width = models.iter().map(|m| m.name.len()).max().unwrap_or(0).max(4);
+    let width = models
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     println!("{:<width$}  {:>10}  REFERENCE", "NAME", "SIZE");
     for model in models {
         println!(
@@ -61,9 +66,9 @@ pub fn rm(args: RmArgs) -> anyhow::Result<()> {
     let fetcher = Fetcher::from_env()?;
     let cache = &fetcher.cache;
     let found = match ModelRef::parse(&args.reference)? {
-        ModelRef::Hub(reference) => {
-            cache.find_hub(&reference).with_context(|| format!("{reference} in the model cache"))?
-        }
+        ModelRef::Hub(reference) => cache
+            .find_hub(&reference)
+            .with_context(|| format!("{reference} in the model cache"))?,
         ModelRef::Path(_) => cache.find_name(&args.reference),
     };
     let path = found.with_context(|| {

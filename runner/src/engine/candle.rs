@@ -15,9 +15,7 @@ use candle_core::safetensors::SliceSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use candle_transformers::models::{
-    llama, qwen2, quantized_llama, quantized_phi3, quantized_qwen2,
-};
+use candle_transformers::models::{llama, quantized_llama, quantized_phi3, quantized_qwen2, qwen2};
 
 use super::{DeviceKind, Engine};
 
@@ -37,7 +35,9 @@ const PREFILL_CHUNK: usize = 512;
 pub fn configure_cpu_threads(threads: Option<usize>) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let threads = threads.filter(|n| *n > 0).unwrap_or_else(candle_core::utils::get_num_threads);
+        let threads = threads
+            .filter(|n| *n > 0)
+            .unwrap_or_else(candle_core::utils::get_num_threads);
         // An error means the global pool already exists (started by some earlier rayon
         // call); its size then stands.
         let _ = rayon::ThreadPoolBuilder::new()
@@ -130,7 +130,8 @@ impl CandleEngine {
                 max_context,
             ),
             "phi3" => {
-                let model = quantized_phi3::ModelWeights::from_gguf(false, content, reader, &device)?;
+                let model =
+                    quantized_phi3::ModelWeights::from_gguf(false, content, reader, &device)?;
                 (
                     CandleModel::QuantPhi3 {
                         fresh: model.clone(),
@@ -162,20 +163,24 @@ impl CandleEngine {
     ) -> anyhow::Result<Self> {
         let maps = files
             .iter()
-            .map(|path| xpu_cpu::mapped::map_path(path).with_context(|| format!("cannot map {}", path.display())))
+            .map(|path| {
+                xpu_cpu::mapped::map_path(path)
+                    .with_context(|| format!("cannot map {}", path.display()))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let shards = maps
             .iter()
             .zip(files)
             .map(|(map, path)| {
-                SliceSafetensors::new(map).with_context(|| format!("{} is not a safetensors file", path.display()))
+                SliceSafetensors::new(map)
+                    .with_context(|| format!("{} is not a safetensors file", path.display()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let vb = VarBuilder::from_backend(Box::new(Shards(shards)), dtype, device.clone());
         let (model, context_length) = match architecture {
             "llama" => {
-                let config: llama::LlamaConfig =
-                    serde_json::from_str(config_json).context("config.json is not a valid llama config")?;
+                let config: llama::LlamaConfig = serde_json::from_str(config_json)
+                    .context("config.json is not a valid llama config")?;
                 let config = config.into_config(false);
                 check_llama_tensors(&vb, &config)?;
                 // `llama::Llama::load` unwraps per-layer errors; the check above
@@ -183,7 +188,9 @@ impl CandleEngine {
                 let model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     llama::Llama::load(vb, &config)
                 }))
-                .map_err(|_| anyhow::anyhow!("the safetensors weights do not match config.json"))??;
+                .map_err(|_| {
+                    anyhow::anyhow!("the safetensors weights do not match config.json")
+                })??;
                 let cache = llama::Cache::new(true, dtype, &config, &device)?;
                 let ctx = config.max_position_embeddings;
                 (
@@ -197,10 +204,13 @@ impl CandleEngine {
                 )
             }
             "qwen2" => {
-                let config: qwen2::Config =
-                    serde_json::from_str(config_json).context("config.json is not a valid qwen2 config")?;
+                let config: qwen2::Config = serde_json::from_str(config_json)
+                    .context("config.json is not a valid qwen2 config")?;
                 let ctx = config.max_position_embeddings;
-                (CandleModel::Qwen2(qwen2::ModelForCausalLM::new(&config, vb)?), ctx)
+                (
+                    CandleModel::Qwen2(qwen2::ModelForCausalLM::new(&config, vb)?),
+                    ctx,
+                )
             }
             other => bail!(
                 "unsupported safetensors architecture `{other}`; supported: {}",
@@ -235,7 +245,10 @@ impl CandleEngine {
 /// Checks that every tensor `llama::Llama::load` will ask for exists, so that a
 /// directory with missing layers gets an error naming the tensor.
 fn check_llama_tensors(vb: &VarBuilder, config: &llama::Config) -> anyhow::Result<()> {
-    let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+    let mut names = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
     if !config.tie_word_embeddings {
         names.push("lm_head.weight".to_string());
     }
@@ -281,7 +294,10 @@ impl Engine for CandleEngine {
             pos += chunk.len();
         }
         let logits = logits.expect("at least one chunk");
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        Ok(logits
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
     }
 
     fn reset(&mut self) -> anyhow::Result<()> {
@@ -337,16 +353,32 @@ struct Shards<'a>(Vec<SliceSafetensors<'a>>);
 impl Shards<'_> {
     /// The file that holds `name`, or the first one, whose error then names the tensor.
     fn holding(&self, name: &str) -> &SliceSafetensors<'_> {
-        self.0.iter().rev().find(|shard| shard.get(name).is_ok()).unwrap_or(&self.0[0])
+        self.0
+            .iter()
+            .rev()
+            .find(|shard| shard.get(name).is_ok())
+            .unwrap_or(&self.0[0])
     }
 }
 
 impl SimpleBackend for Shards<'_> {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         SimpleBackend::get(self.holding(name), shape, name, init, dtype, device)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         SimpleBackend::get_unchecked(self.holding(name), name, dtype, device)
     }
 

@@ -16,7 +16,9 @@ pub fn selected() -> Result<bool, String> {
         Err(_) => Ok(true),
         Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("xpu") => Ok(true),
         Ok(v) if v.eq_ignore_ascii_case("candle") => Ok(false),
-        Ok(v) => Err(format!("{ENGINE_ENV}={v} is not a CPU engine; use `xpu` (default) or `candle`")),
+        Ok(v) => Err(format!(
+            "{ENGINE_ENV}={v} is not a CPU engine; use `xpu` (default) or `candle`"
+        )),
     }
 }
 

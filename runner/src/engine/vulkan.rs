@@ -22,7 +22,10 @@ impl VulkanEngine {
     /// that `--device auto` can fall back to the CPU; problems with the model are
     /// [`LoadError::Engine`].
     pub fn load(gguf: &GgufFile, ctx: Option<usize>) -> Result<VulkanEngine, LoadError> {
-        let opts = LoadOptions { ctx, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            ctx,
+            ..LoadOptions::default()
+        };
         match LlamaModel::from_gguf(gguf, &opts) {
             Ok(model) => {
                 tracing::info!(adapter = %model.adapter_description(), ctx = model.context_length(), "vulkan engine ready");

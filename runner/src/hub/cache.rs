@@ -74,7 +74,10 @@ impl ModelCache {
 
     fn hub_revision_dir(&self, repo: &str, revision: &str) -> PathBuf {
         // A revision such as `refs/pr/1` stays one directory level.
-        self.root.join(HUB_DIR).join(repo).join(revision.replace('/', "%2F"))
+        self.root
+            .join(HUB_DIR)
+            .join(repo)
+            .join(revision.replace('/', "%2F"))
     }
 
     /// The cached file a hub reference names, if it is in the cache. A quantization
@@ -103,7 +106,9 @@ impl ModelCache {
     /// a file inside the cache.
     pub fn find_name(&self, name: &str) -> Option<PathBuf> {
         let relative = Path::new(name);
-        let inside = relative.components().all(|c| matches!(c, Component::Normal(_)));
+        let inside = relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
         let path = self.root.join(relative);
         (inside && !name.is_empty() && path.is_file()).then_some(path)
     }
@@ -131,7 +136,10 @@ impl ModelCache {
         let _ = std::fs::remove_file(part_path(path));
         let mut dir = path.parent();
         while let Some(current) = dir {
-            if current == self.root || !current.starts_with(&self.root) || std::fs::remove_dir(current).is_err() {
+            if current == self.root
+                || !current.starts_with(&self.root)
+                || std::fs::remove_dir(current).is_err()
+            {
                 break;
             }
             dir = current.parent();
@@ -151,9 +159,14 @@ pub fn part_path(path: &Path) -> PathBuf {
 fn hub_reference_of(name: &str) -> Option<String> {
     let rest = name.strip_prefix(HUB_DIR)?.strip_prefix('/')?;
     let mut parts = rest.splitn(4, '/');
-    let (owner, repo, revision, file) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (owner, repo, revision, file) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let revision = revision.replace("%2F", "/");
-    let at = if revision == super::reference::DEFAULT_REVISION { String::new() } else { format!("@{revision}") };
+    let at = if revision == super::reference::DEFAULT_REVISION {
+        String::new()
+    } else {
+        format!("@{revision}")
+    };
     Some(format!("hf:{owner}/{repo}/{file}{at}"))
 }
 
@@ -169,7 +182,11 @@ fn model_files(dir: &Path) -> Vec<(String, u64)> {
             if name.starts_with('.') || name.ends_with(PART_SUFFIX) {
                 continue;
             }
-            let relative = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let relative = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
             let Ok(metadata) = entry.metadata() else {
                 continue;
             };
@@ -191,15 +208,30 @@ mod tests {
     use crate::hub::reference::ModelRef;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn directory_precedence() {
-        let all = [("XPU_MODELS_DIR", "/m"), ("STATE_DIRECTORY", "/var/lib/x:/var/lib/y"), ("HOME", "/home/u")];
+        let all = [
+            ("XPU_MODELS_DIR", "/m"),
+            ("STATE_DIRECTORY", "/var/lib/x:/var/lib/y"),
+            ("HOME", "/home/u"),
+        ];
         assert_eq!(models_dir_from(env(&all)), Some("/m".into()));
-        assert_eq!(models_dir_from(env(&all[1..])), Some("/var/lib/x/models".into()));
-        assert_eq!(models_dir_from(env(&all[2..])), Some("/home/u/.cache/xpu/models".into()));
+        assert_eq!(
+            models_dir_from(env(&all[1..])),
+            Some("/var/lib/x/models".into())
+        );
+        assert_eq!(
+            models_dir_from(env(&all[2..])),
+            Some("/home/u/.cache/xpu/models".into())
+        );
         assert_eq!(
             models_dir_from(env(&[("XDG_CACHE_HOME", "/c"), ("HOME", "/home/u")])),
             Some("/c/xpu/models".into())
@@ -233,21 +265,38 @@ mod tests {
         std::fs::create_dir(dir.path().join(".fetch.1")).unwrap();
 
         let listed = cache.list();
-        let names: Vec<(&str, Option<&str>, u64)> =
-            listed.iter().map(|m| (m.name.as_str(), m.reference.as_deref(), m.size)).collect();
+        let names: Vec<(&str, Option<&str>, u64)> = listed
+            .iter()
+            .map(|m| (m.name.as_str(), m.reference.as_deref(), m.size))
+            .collect();
         assert_eq!(
             names,
             [
                 ("hf/o/r/main/m-Q4_0.gguf", Some("hf:o/r/m-Q4_0.gguf"), 3),
-                ("hf/o/r/refs%2Fpr%2F1/m-Q8_0.gguf", Some("hf:o/r/m-Q8_0.gguf@refs/pr/1"), 5),
+                (
+                    "hf/o/r/refs%2Fpr%2F1/m-Q8_0.gguf",
+                    Some("hf:o/r/m-Q8_0.gguf@refs/pr/1"),
+                    5
+                ),
                 ("local.gguf", None, 1),
             ]
         );
 
-        assert_eq!(cache.find_hub(&hub("hf:o/r:q4_0")).unwrap(), Some(pulled.clone()));
+        assert_eq!(
+            cache.find_hub(&hub("hf:o/r:q4_0")).unwrap(),
+            Some(pulled.clone())
+        );
         assert_eq!(cache.find_hub(&hub("hf:o/r:Q8_0")).unwrap(), None);
-        assert_eq!(cache.find_hub(&hub("hf:o/r/m-Q8_0.gguf@refs/pr/1")).unwrap(), Some(pinned.clone()));
-        assert_eq!(cache.find_name("local.gguf"), Some(dir.path().join("local.gguf")));
+        assert_eq!(
+            cache
+                .find_hub(&hub("hf:o/r/m-Q8_0.gguf@refs/pr/1"))
+                .unwrap(),
+            Some(pinned.clone())
+        );
+        assert_eq!(
+            cache.find_name("local.gguf"),
+            Some(dir.path().join("local.gguf"))
+        );
         assert_eq!(cache.find_name("../local.gguf"), None);
         assert_eq!(cache.find_name("half.gguf"), None);
 
@@ -256,7 +305,10 @@ mod tests {
         assert!(!part_path(&pulled).exists());
         assert!(pinned.exists());
         cache.remove(&pinned).unwrap();
-        assert!(!dir.path().join("hf").exists(), "empty hub directories are removed");
+        assert!(
+            !dir.path().join("hf").exists(),
+            "empty hub directories are removed"
+        );
         assert!(dir.path().exists());
     }
 }

@@ -49,9 +49,14 @@ impl HubSettings {
             let token = std::fs::read_to_string(home.join("token")).ok()?;
             Some(token.trim().to_string()).filter(|t| !t.is_empty())
         });
-        let offline = env("HF_HUB_OFFLINE")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
-        HubSettings { endpoint: endpoint.trim_end_matches('/').to_string(), token, offline }
+        let offline = env("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
+        HubSettings {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token,
+            offline,
+        }
     }
 }
 
@@ -61,7 +66,11 @@ pub enum HubError {
     #[error("cannot reach the model hub at {endpoint} ({detail}): check the network connection or HF_ENDPOINT; with HF_HUB_OFFLINE=1 only models already in the cache are used")]
     Unreachable { endpoint: String, detail: String },
     #[error("the hub refused access to {what} (HTTP {status}): {}", unauthorized_advice(*had_token))]
-    Unauthorized { what: String, status: u16, had_token: bool },
+    Unauthorized {
+        what: String,
+        status: u16,
+        had_token: bool,
+    },
     #[error(
         "{what} was not found on the hub (HTTP 404): check the owner/repository name, the file name and the revision"
     )]
@@ -73,15 +82,31 @@ pub enum HubError {
     #[error("the hub's file list for {what} is not what xpu-runner expects: {detail}")]
     BadFileList { what: String, detail: String },
     #[error("the download of {file} stopped after {got} of {total} bytes ({detail}); run the same command again to resume it")]
-    Interrupted { file: String, got: u64, total: u64, detail: String },
+    Interrupted {
+        file: String,
+        got: u64,
+        total: u64,
+        detail: String,
+    },
     #[error("the disk is full: cannot write {path} ({size} bytes needed in all); free some space and run the same command again to resume the download")]
     DiskFull { path: PathBuf, size: u64 },
     #[error("checksum mismatch for {file}: the hub reports sha256 {expected}, the download has {actual}; the download was deleted, run the command again")]
-    ChecksumMismatch { file: String, expected: String, actual: String },
+    ChecksumMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("size mismatch for {file}: the hub reports {expected} bytes, the server sent {actual}; the download was deleted, run the command again")]
-    SizeMismatch { file: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        file: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 fn unauthorized_advice(had_token: bool) -> &'static str {
@@ -137,7 +162,10 @@ impl HubClient {
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .user_agent(concat!("xpu-runner/", env!("CARGO_PKG_VERSION")))
             .build();
-        HubClient { settings, agent: config.into() }
+        HubClient {
+            settings,
+            agent: config.into(),
+        }
     }
 
     pub fn settings(&self) -> &HubSettings {
@@ -146,25 +174,42 @@ impl HubClient {
 
     /// The files of `repo` at `revision`, with sizes and (for LFS files) sha256.
     pub fn repo_files(&self, repo: &str, revision: &str) -> Result<Vec<RepoFile>, HubError> {
-        let url = format!("{}/api/models/{repo}/revision/{}?blobs=true", self.settings.endpoint, encode(revision));
+        let url = format!(
+            "{}/api/models/{repo}/revision/{}?blobs=true",
+            self.settings.endpoint,
+            encode(revision)
+        );
         let what = format!("repository {repo} at revision {revision}");
         let mut response = self.get(&url, None)?;
-        check_status(response.status().as_u16(), &what, self.settings.token.is_some())?;
+        check_status(
+            response.status().as_u16(),
+            &what,
+            self.settings.token.is_some(),
+        )?;
         let body = response
             .body_mut()
             .with_config()
             .limit(64 * 1024 * 1024)
             .read_to_string()
             .map_err(|e| self.transport_error(e))?;
-        let info: RevisionInfo = serde_json::from_str(&body)
-            .map_err(|e| HubError::BadFileList { what: what.clone(), detail: e.to_string() })?;
+        let info: RevisionInfo =
+            serde_json::from_str(&body).map_err(|e| HubError::BadFileList {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(info.siblings)
     }
 
     /// Downloads `file` of `repo` at `revision` to `dest`: into `dest.part`,
     /// resuming what a previous attempt left there, then checks the size and
     /// sha256 the hub reported and only then renames it to `dest`.
-    pub fn download(&self, repo: &str, revision: &str, file: &RepoFile, dest: &Path) -> Result<(), HubError> {
+    pub fn download(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &RepoFile,
+        dest: &Path,
+    ) -> Result<(), HubError> {
         let name = &file.rfilename;
         let url = format!(
             "{}/{repo}/resolve/{}/{}",
@@ -231,7 +276,11 @@ impl HubClient {
                         if expected_size.is_some_and(|size| hashed > size) {
                             drop(out);
                             let _ = std::fs::remove_file(&part);
-                            return Err(HubError::SizeMismatch { file: name.clone(), expected: total, actual: hashed });
+                            return Err(HubError::SizeMismatch {
+                                file: name.clone(),
+                                expected: total,
+                                actual: hashed,
+                            });
                         }
                     }
                     Err(error) if error.kind() == ErrorKind::Interrupted => {}
@@ -241,15 +290,24 @@ impl HubClient {
                     }
                 }
             }
-            out.flush().and_then(|_| out.sync_all()).map_err(|e| write_error(e, &part, total))?;
+            out.flush()
+                .and_then(|_| out.sync_all())
+                .map_err(|e| write_error(e, &part, total))?;
             let short = expected_size.is_some_and(|size| hashed < size);
             match cut.or_else(|| short.then(|| "the connection closed early".to_string())) {
                 None => break,
                 Some(detail) if attempt < RESUME_ATTEMPTS => {
-                    progress.note(&format!("download of {name} cut after {hashed} bytes ({detail}); resuming"));
+                    progress.note(&format!(
+                        "download of {name} cut after {hashed} bytes ({detail}); resuming"
+                    ));
                 }
                 Some(detail) => {
-                    return Err(HubError::Interrupted { file: name.clone(), got: hashed, total, detail });
+                    return Err(HubError::Interrupted {
+                        file: name.clone(),
+                        got: hashed,
+                        total,
+                        detail,
+                    });
                 }
             }
         }
@@ -275,18 +333,29 @@ impl HubClient {
         if let Some(expected) = file.expected_sha256() {
             if !actual.eq_ignore_ascii_case(expected) {
                 let _ = std::fs::remove_file(&part);
-                return Err(HubError::ChecksumMismatch { file: name.clone(), expected: expected.to_string(), actual });
+                return Err(HubError::ChecksumMismatch {
+                    file: name.clone(),
+                    expected: expected.to_string(),
+                    actual,
+                });
             }
         }
         std::fs::rename(&part, dest).map_err(|source| HubError::Io {
             context: format!("cannot move the finished download to {}", dest.display()),
             source,
         })?;
-        tracing::info!("downloaded {name} ({got} bytes, sha256 {actual}) to {}", dest.display());
+        tracing::info!(
+            "downloaded {name} ({got} bytes, sha256 {actual}) to {}",
+            dest.display()
+        );
         Ok(())
     }
 
-    fn get(&self, url: &str, from: Option<u64>) -> Result<ureq::http::Response<ureq::Body>, HubError> {
+    fn get(
+        &self,
+        url: &str,
+        from: Option<u64>,
+    ) -> Result<ureq::http::Response<ureq::Body>, HubError> {
         let mut request = self.agent.get(url);
         if let Some(token) = &self.settings.token {
             request = request.header("Authorization", &format!("Bearer {token}"));
@@ -298,7 +367,10 @@ impl HubClient {
     }
 
     fn transport_error(&self, error: ureq::Error) -> HubError {
-        HubError::Unreachable { endpoint: self.settings.endpoint.clone(), detail: error.to_string() }
+        HubError::Unreachable {
+            endpoint: self.settings.endpoint.clone(),
+            detail: error.to_string(),
+        }
     }
 }
 
@@ -314,7 +386,11 @@ fn check_status(status: u16, what: &str, had_token: bool) -> Result<(), HubError
     let what = what.to_string();
     match status {
         200..=299 => Ok(()),
-        401 | 403 => Err(HubError::Unauthorized { what, status, had_token }),
+        401 | 403 => Err(HubError::Unauthorized {
+            what,
+            status,
+            had_token,
+        }),
         404 => Err(HubError::NotFound { what }),
         500..=599 => Err(HubError::Server { what, status }),
         _ => Err(HubError::UnexpectedStatus { what, status }),
@@ -327,23 +403,34 @@ fn open_part(part: &Path, start: u64, total: u64) -> Result<File, HubError> {
         .create(true)
         .append(true)
         .open(part)
-        .map_err(|source| HubError::Io { context: format!("cannot write {}", part.display()), source })?;
+        .map_err(|source| HubError::Io {
+            context: format!("cannot write {}", part.display()),
+            source,
+        })?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if len != start && file.metadata().is_ok_and(|m| m.is_file()) {
-        file.set_len(start).map_err(|e| write_error(e, part, total))?;
+        file.set_len(start)
+            .map_err(|e| write_error(e, part, total))?;
     }
     Ok(file)
 }
 
 fn write_part(out: &mut File, part: &Path, bytes: &[u8], total: u64) -> Result<(), HubError> {
-    out.write_all(bytes).map_err(|e| write_error(e, part, total))
+    out.write_all(bytes)
+        .map_err(|e| write_error(e, part, total))
 }
 
 fn write_error(error: std::io::Error, part: &Path, total: u64) -> HubError {
     if error.kind() == ErrorKind::StorageFull {
-        HubError::DiskFull { path: part.to_path_buf(), size: total }
+        HubError::DiskFull {
+            path: part.to_path_buf(),
+            size: total,
+        }
     } else {
-        HubError::Io { context: format!("cannot write {}", part.display()), source: error }
+        HubError::Io {
+            context: format!("cannot write {}", part.display()),
+            source: error,
+        }
     }
 }
 
@@ -351,10 +438,15 @@ fn write_error(error: std::io::Error, part: &Path, total: u64) -> HubError {
 fn hash_prefix(part: &Path, len: u64) -> Result<(Sha256, u64), HubError> {
     let mut hasher = Sha256::new();
     if len > 0 {
-        let file = File::open(part)
-            .map_err(|source| HubError::Io { context: format!("cannot read {}", part.display()), source })?;
-        let copied = std::io::copy(&mut file.take(len), &mut hasher)
-            .map_err(|source| HubError::Io { context: format!("cannot read {}", part.display()), source })?;
+        let file = File::open(part).map_err(|source| HubError::Io {
+            context: format!("cannot read {}", part.display()),
+            source,
+        })?;
+        let copied =
+            std::io::copy(&mut file.take(len), &mut hasher).map_err(|source| HubError::Io {
+                context: format!("cannot read {}", part.display()),
+                source,
+            })?;
         return Ok((hasher, copied));
     }
     Ok((hasher, 0))
@@ -383,10 +475,22 @@ mod tests {
         std::fs::write(dir.path().join("token"), "hf_file\n").unwrap();
         let home = dir.path().to_str().unwrap().to_string();
         let env = |pairs: Vec<(&'static str, String)>| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            }
         };
         let plain = HubSettings::from_lookup(env(vec![]));
-        assert_eq!(plain, HubSettings { endpoint: DEFAULT_ENDPOINT.into(), token: None, offline: false });
+        assert_eq!(
+            plain,
+            HubSettings {
+                endpoint: DEFAULT_ENDPOINT.into(),
+                token: None,
+                offline: false
+            }
+        );
         let set = HubSettings::from_lookup(env(vec![
             ("HF_ENDPOINT", "http://127.0.0.1:9/".into()),
             ("HF_HOME", home.clone()),
@@ -394,9 +498,14 @@ mod tests {
         ]));
         assert_eq!(
             set,
-            HubSettings { endpoint: "http://127.0.0.1:9".into(), token: Some("hf_file".into()), offline: true }
+            HubSettings {
+                endpoint: "http://127.0.0.1:9".into(),
+                token: Some("hf_file".into()),
+                offline: true
+            }
         );
-        let explicit = HubSettings::from_lookup(env(vec![("HF_HOME", home), ("HF_TOKEN", "hf_env".into())]));
+        let explicit =
+            HubSettings::from_lookup(env(vec![("HF_HOME", home), ("HF_TOKEN", "hf_env".into())]));
         assert_eq!(explicit.token.as_deref(), Some("hf_env"));
     }
 

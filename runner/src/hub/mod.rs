@@ -33,7 +33,10 @@ pub struct Fetcher {
 impl Fetcher {
     /// The cache and hub settings the environment selects.
     pub fn from_env() -> anyhow::Result<Fetcher> {
-        Ok(Fetcher { cache: ModelCache::from_env()?, client: HubClient::new(HubSettings::from_env()) })
+        Ok(Fetcher {
+            cache: ModelCache::from_env()?,
+            client: HubClient::new(HubSettings::from_env()),
+        })
     }
 
     /// Any reference to a local path. A path that does not exist but names a file
@@ -54,7 +57,10 @@ impl Fetcher {
 
     /// The local path of a hub file, downloading it if needed.
     pub fn fetch(&self, reference: &HubRef, freshness: Freshness) -> anyhow::Result<PathBuf> {
-        let cached = self.cache.find_hub(reference).with_context(|| format!("{reference} in the model cache"))?;
+        let cached = self
+            .cache
+            .find_hub(reference)
+            .with_context(|| format!("{reference} in the model cache"))?;
         if self.client.settings().offline {
             return cached.with_context(|| {
                 format!(
@@ -70,44 +76,67 @@ impl Fetcher {
         let revision = reference.revision();
         let files = self.client.repo_files(&reference.repo, revision)?;
         let file = match &reference.target {
-            HubTarget::File(name) => files.iter().find(|f| &f.rfilename == name).cloned().ok_or_else(|| {
-                let ggufs: Vec<&str> = files
-                    .iter()
-                    .map(|f| f.rfilename.as_str())
-                    .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
-                    .collect();
-                HubError::NotFound {
-                    what: format!(
-                        "file {name} of {} at revision {revision} (its GGUF files: {})",
-                        reference.repo,
-                        if ggufs.is_empty() { "none".to_string() } else { ggufs.join(", ") }
-                    ),
-                }
-            })?,
+            HubTarget::File(name) => files
+                .iter()
+                .find(|f| &f.rfilename == name)
+                .cloned()
+                .ok_or_else(|| {
+                    let ggufs: Vec<&str> = files
+                        .iter()
+                        .map(|f| f.rfilename.as_str())
+                        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+                        .collect();
+                    HubError::NotFound {
+                        what: format!(
+                            "file {name} of {} at revision {revision} (its GGUF files: {})",
+                            reference.repo,
+                            if ggufs.is_empty() {
+                                "none".to_string()
+                            } else {
+                                ggufs.join(", ")
+                            }
+                        ),
+                    }
+                })?,
             HubTarget::Quant(quant) => {
                 let name = reference::pick_quant(files.iter().map(|f| f.rfilename.as_str()), quant)
-                    .with_context(|| format!("{reference}: in {} at revision {revision}", reference.repo))?;
-                files.iter().find(|f| f.rfilename == name).cloned().expect("picked from this list")
+                    .with_context(|| {
+                        format!("{reference}: in {} at revision {revision}", reference.repo)
+                    })?;
+                files
+                    .iter()
+                    .find(|f| f.rfilename == name)
+                    .cloned()
+                    .expect("picked from this list")
             }
         };
-        let dest = self.cache.hub_file(&reference.repo, revision, &file.rfilename);
+        let dest = self
+            .cache
+            .hub_file(&reference.repo, revision, &file.rfilename);
         if dest.is_file() && self.matches_hub(&dest, &file)? {
             tracing::info!("{} is up to date", dest.display());
             return Ok(dest);
         }
-        self.client.download(&reference.repo, revision, &file, &dest)?;
+        self.client
+            .download(&reference.repo, revision, &file, &dest)?;
         Ok(dest)
     }
 
     /// Whether a cached file has the size and sha256 the hub reports.
     fn matches_hub(&self, path: &std::path::Path, file: &client::RepoFile) -> anyhow::Result<bool> {
-        let size = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
-        if file.expected_size().is_some_and(|expected| expected != size) {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if file
+            .expected_size()
+            .is_some_and(|expected| expected != size)
+        {
             return Ok(false);
         }
         match file.expected_sha256() {
             Some(expected) => {
-                let actual = client::file_sha256(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let actual = client::file_sha256(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 Ok(actual.eq_ignore_ascii_case(expected))
             }
             None => Ok(true),

@@ -54,10 +54,14 @@ impl ModelRef {
         match reference.strip_prefix(HUB_PREFIX) {
             Some(rest) => HubRef::parse_after_prefix(rest)
                 .map(ModelRef::Hub)
-                .map_err(|reason| ReferenceError { reference: reference.to_string(), reason }),
-            None if reference.is_empty() => {
-                Err(ReferenceError { reference: String::new(), reason: "it is empty".into() })
-            }
+                .map_err(|reason| ReferenceError {
+                    reference: reference.to_string(),
+                    reason,
+                }),
+            None if reference.is_empty() => Err(ReferenceError {
+                reference: String::new(),
+                reason: "it is empty".into(),
+            }),
             None => Ok(ModelRef::Path(PathBuf::from(reference))),
         }
     }
@@ -71,17 +75,27 @@ impl HubRef {
 
     /// This reference with its target replaced by one file (after a quant pick).
     pub fn with_file(&self, file: &str) -> HubRef {
-        HubRef { target: HubTarget::File(file.to_string()), ..self.clone() }
+        HubRef {
+            target: HubTarget::File(file.to_string()),
+            ..self.clone()
+        }
     }
 
     fn parse_after_prefix(rest: &str) -> Result<HubRef, String> {
         let (body, revision) = match rest.rsplit_once('@') {
             Some((body, revision)) => {
                 if revision.is_empty() || revision.chars().any(|c| c.is_whitespace() || c == ':') {
-                    return Err(format!("the revision after `@` (`{revision}`) must be a branch, tag or commit"));
+                    return Err(format!(
+                        "the revision after `@` (`{revision}`) must be a branch, tag or commit"
+                    ));
                 }
-                if revision.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
-                    return Err(format!("the revision `{revision}` has an empty, `.` or `..` part"));
+                if revision
+                    .split('/')
+                    .any(|part| part.is_empty() || part == "." || part == "..")
+                {
+                    return Err(format!(
+                        "the revision `{revision}` has an empty, `.` or `..` part"
+                    ));
                 }
                 (body, Some(revision.to_string()))
             }
@@ -89,27 +103,50 @@ impl HubRef {
         };
         if let Some((repo, quant)) = body.split_once(':') {
             check_repo(repo)?;
-            if quant.is_empty() || !quant.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+            if quant.is_empty()
+                || !quant
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
                 return Err(format!(
                     "the quantization after `:` (`{quant}`) must be a name such as Q4_K_M (letters, digits, `_`, `-`, `.`)"
                 ));
             }
-            return Ok(HubRef { repo: repo.to_string(), target: HubTarget::Quant(quant.to_string()), revision });
+            return Ok(HubRef {
+                repo: repo.to_string(),
+                target: HubTarget::Quant(quant.to_string()),
+                revision,
+            });
         }
         let mut parts = body.splitn(3, '/');
-        let (owner, name, file) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (owner, name, file) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let repo = format!("{owner}/{name}");
         check_repo(&repo)?;
         if file.is_empty() {
             return Err("it names a repository but no file: add /FILE.gguf or :QUANT".into());
         }
-        if file.split('/').any(|part| part.is_empty() || part == "." || part == ".." || part.contains('\\')) {
-            return Err(format!("the file path `{file}` has an empty, `.`, `..` or `\\` part"));
+        if file
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == ".." || part.contains('\\'))
+        {
+            return Err(format!(
+                "the file path `{file}` has an empty, `.`, `..` or `\\` part"
+            ));
         }
         if !file.to_ascii_lowercase().ends_with(".gguf") {
-            return Err(format!("`{file}` is not a .gguf file; only GGUF files are fetched from the hub"));
+            return Err(format!(
+                "`{file}` is not a .gguf file; only GGUF files are fetched from the hub"
+            ));
         }
-        Ok(HubRef { repo, target: HubTarget::File(file.to_string()), revision })
+        Ok(HubRef {
+            repo,
+            target: HubTarget::File(file.to_string()),
+            revision,
+        })
     }
 }
 
@@ -119,7 +156,9 @@ fn check_repo(repo: &str) -> Result<(), String> {
         !part.is_empty()
             && part != "."
             && part != ".."
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     match repo.split_once('/') {
         Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(()),
@@ -143,10 +182,20 @@ impl fmt::Display for HubRef {
 /// Picks the one GGUF file of quantization `quant` among a repository's files.
 /// The quantization must appear in the file name as a whole part, delimited by
 /// `-`, `.` or the path's `/` (so `Q4_K` does not match `Q4_K_M`), in any case.
-pub fn pick_quant<'a>(files: impl IntoIterator<Item = &'a str>, quant: &str) -> Result<String, QuantPickError> {
-    let ggufs: Vec<&str> = files.into_iter().filter(|f| f.to_ascii_lowercase().ends_with(".gguf")).collect();
+pub fn pick_quant<'a>(
+    files: impl IntoIterator<Item = &'a str>,
+    quant: &str,
+) -> Result<String, QuantPickError> {
+    let ggufs: Vec<&str> = files
+        .into_iter()
+        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+        .collect();
     let wanted = quant.to_ascii_uppercase();
-    let matches: Vec<&str> = ggufs.iter().copied().filter(|file| names_quant(file, &wanted)).collect();
+    let matches: Vec<&str> = ggufs
+        .iter()
+        .copied()
+        .filter(|file| names_quant(file, &wanted))
+        .collect();
     match matches.as_slice() {
         [one] => Ok(one.to_string()),
         [] => Err(QuantPickError::Missing {
@@ -165,17 +214,30 @@ fn names_quant(file: &str, wanted_upper: &str) -> bool {
     let upper = stem.to_ascii_uppercase();
     let is_delimiter = |c: Option<char>| c.is_none_or(|c| "-./".contains(c));
     upper.match_indices(wanted_upper).any(|(at, found)| {
-        is_delimiter(upper[..at].chars().next_back()) && is_delimiter(upper[at + found.len()..].chars().next())
+        is_delimiter(upper[..at].chars().next_back())
+            && is_delimiter(upper[at + found.len()..].chars().next())
     })
 }
 
 /// Why a quantization did not name exactly one file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantPickError {
-    #[error("no GGUF file of quantization {quant}; the GGUF files there are: {}", list(candidates))]
-    Missing { quant: String, candidates: Vec<String> },
-    #[error("quantization {quant} matches several files: {}; name one as hf:OWNER/REPO/FILE", list(candidates))]
-    Ambiguous { quant: String, candidates: Vec<String> },
+    #[error(
+        "no GGUF file of quantization {quant}; the GGUF files there are: {}",
+        list(candidates)
+    )]
+    Missing {
+        quant: String,
+        candidates: Vec<String>,
+    },
+    #[error(
+        "quantization {quant} matches several files: {}; name one as hf:OWNER/REPO/FILE",
+        list(candidates)
+    )]
+    Ambiguous {
+        quant: String,
+        candidates: Vec<String>,
+    },
 }
 
 fn list(files: &[String]) -> String {
@@ -199,8 +261,14 @@ mod tests {
 
     #[test]
     fn paths_stay_paths() {
-        assert_eq!(ModelRef::parse("models/a.gguf").unwrap(), ModelRef::Path("models/a.gguf".into()));
-        assert_eq!(ModelRef::parse("/abs/dir").unwrap(), ModelRef::Path("/abs/dir".into()));
+        assert_eq!(
+            ModelRef::parse("models/a.gguf").unwrap(),
+            ModelRef::Path("models/a.gguf".into())
+        );
+        assert_eq!(
+            ModelRef::parse("/abs/dir").unwrap(),
+            ModelRef::Path("/abs/dir".into())
+        );
         assert!(ModelRef::parse("").is_err());
     }
 
@@ -242,19 +310,33 @@ mod tests {
             ("hf:owner/repo/x.gguf@a/../b", "revision"),
         ] {
             let error = ModelRef::parse(reference).unwrap_err().to_string();
-            assert!(error.contains(needle), "{reference}: `{needle}` missing from: {error}");
-            assert!(error.contains(reference), "{reference} missing from: {error}");
+            assert!(
+                error.contains(needle),
+                "{reference}: `{needle}` missing from: {error}"
+            );
+            assert!(
+                error.contains(reference),
+                "{reference} missing from: {error}"
+            );
         }
     }
 
     #[test]
     fn quant_pick_matches_whole_parts() {
-        let files = ["README.md", "model-Q4_K_M.gguf", "model-Q4_K_S.gguf", "model.Q8_0.gguf", "q4_k/model-q4_k.gguf"];
+        let files = [
+            "README.md",
+            "model-Q4_K_M.gguf",
+            "model-Q4_K_S.gguf",
+            "model.Q8_0.gguf",
+            "q4_k/model-q4_k.gguf",
+        ];
         assert_eq!(pick_quant(files, "Q4_K_M").unwrap(), "model-Q4_K_M.gguf");
         assert_eq!(pick_quant(files, "q8_0").unwrap(), "model.Q8_0.gguf");
         assert_eq!(pick_quant(files, "Q4_K").unwrap(), "q4_k/model-q4_k.gguf");
         let missing = pick_quant(files, "Q2_K").unwrap_err();
-        assert!(matches!(&missing, QuantPickError::Missing { candidates, .. } if candidates.len() == 4));
+        assert!(
+            matches!(&missing, QuantPickError::Missing { candidates, .. } if candidates.len() == 4)
+        );
         assert!(missing.to_string().contains("model.Q8_0.gguf"));
     }
 

@@ -135,9 +135,12 @@ mod tests {
 
     #[test]
     fn python_string_methods_and_bos() {
-        let src = "{{ bos_token }}{% for m in messages %}{{ m['content'].strip().upper() }}{% endfor %}";
+        let src =
+            "{{ bos_token }}{% for m in messages %}{{ m['content'].strip().upper() }}{% endfor %}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        let out = t.render(&[ChatMessage::new("user", "  hi  ")], true).unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "  hi  ")], true)
+            .unwrap();
         assert_eq!(out, "<s>HI");
     }
 
@@ -145,9 +148,18 @@ mod tests {
     fn raise_exception_becomes_a_render_error() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}ok";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        let err = t.render(&[ChatMessage::new("assistant", "x")], true).unwrap_err();
-        assert!(err.to_string().contains("Conversation roles must alternate"), "{err}");
-        assert_eq!(t.render(&[ChatMessage::new("user", "x")], true).unwrap(), "ok");
+        let err = t
+            .render(&[ChatMessage::new("assistant", "x")], true)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Conversation roles must alternate"),
+            "{err}"
+        );
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "x")], true).unwrap(),
+            "ok"
+        );
     }
 
     #[test]

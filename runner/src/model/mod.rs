@@ -339,7 +339,10 @@ fn load_gguf(
             if let Some(ctx) = options.ctx {
                 resolve_context(Some(ctx), max_context)?;
             }
-            Box::new(crate::engine::vulkan::VulkanEngine::load(&file, options.ctx)?)
+            Box::new(crate::engine::vulkan::VulkanEngine::load(
+                &file,
+                options.ctx,
+            )?)
         }
         #[cfg(not(feature = "vulkan"))]
         DeviceKind::Vulkan => return Err(vulkan_unavailable()),

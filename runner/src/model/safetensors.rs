@@ -7,12 +7,17 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use serde_json::Value;
 
-use super::{model_id, resolve_context, ChatTemplate, LoadError, LoadOptions, LoadedModel, Tokenizer};
+use super::{
+    model_id, resolve_context, ChatTemplate, LoadError, LoadOptions, LoadedModel, Tokenizer,
+};
 use crate::engine::candle::{select_device, CandleEngine, SAFETENSORS_ARCHITECTURES};
 use crate::engine::DeviceKind;
 
 /// Loads a safetensors directory; also returns the vocabulary size of the weights.
-pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<(LoadedModel, Option<usize>), LoadError> {
+pub fn load_dir(
+    dir: &Path,
+    options: &LoadOptions,
+) -> Result<(LoadedModel, Option<usize>), LoadError> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
         return Err(LoadError::NotAModel {
@@ -21,10 +26,11 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<(LoadedModel, Optio
         });
     }
     let config_text = read(&config_path)?;
-    let config: Value = serde_json::from_str(&config_text).map_err(|e| LoadError::InvalidConfig {
-        path: config_path.clone(),
-        reason: e.to_string(),
-    })?;
+    let config: Value =
+        serde_json::from_str(&config_text).map_err(|e| LoadError::InvalidConfig {
+            path: config_path.clone(),
+            reason: e.to_string(),
+        })?;
     let architecture = config
         .get("model_type")
         .and_then(Value::as_str)
@@ -47,14 +53,18 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<(LoadedModel, Optio
     let files = safetensors_files(dir)?;
     let file_dtype = weights_dtype(dir, &files)?;
 
-    let tokenizer_path = options.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+    let tokenizer_path = options
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| dir.join("tokenizer.json"));
     if !tokenizer_path.is_file() {
         return Err(LoadError::Tokenizer(format!(
             "{} has no tokenizer.json; pass --tokenizer with the model's tokenizer.json",
             dir.display()
         )));
     }
-    let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| LoadError::Tokenizer(e.0))?;
+    let mut tokenizer =
+        Tokenizer::from_file(&tokenizer_path).map_err(|e| LoadError::Tokenizer(e.0))?;
     let tokenizer_config: Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| LoadError::InvalidConfig {
             path: dir.join("tokenizer_config.json"),
@@ -99,12 +109,17 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<(LoadedModel, Optio
     let device = select_device(options.device).map_err(|e| LoadError::Device(format!("{e:#}")))?;
     // candle's CPU kernels are fastest and most complete in f32; GPUs keep the
     // file's half precision.
-    let dtype = if device.is_cpu() { DType::F32 } else { file_dtype };
-    let mut engine = CandleEngine::from_safetensors(&architecture, &config_text, &files, dtype, device)
-        .map_err(|e| LoadError::Engine {
-            path: dir.to_path_buf(),
-            reason: super::gguf::first_line(&format!("{e:#}")),
-        })?;
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        file_dtype
+    };
+    let mut engine =
+        CandleEngine::from_safetensors(&architecture, &config_text, &files, dtype, device)
+            .map_err(|e| LoadError::Engine {
+                path: dir.to_path_buf(),
+                reason: super::gguf::first_line(&format!("{e:#}")),
+            })?;
     let ctx = resolve_context(options.ctx, crate::engine::Engine::context_length(&engine))?;
     engine.limit_context(ctx);
 
@@ -143,7 +158,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 fn weights_dtype(dir: &Path, files: &[PathBuf]) -> Result<DType, LoadError> {
     let unreadable = |e: &dyn std::fmt::Display| LoadError::InvalidConfig {
         path: dir.to_path_buf(),
-        reason: format!("cannot read the safetensors files: {}", super::gguf::first_line(e)),
+        reason: format!(
+            "cannot read the safetensors files: {}",
+            super::gguf::first_line(e)
+        ),
     };
     let maps = files
         .iter()
@@ -207,7 +225,11 @@ fn chat_template_source(dir: &Path, tokenizer_config: &Value) -> Option<String> 
 fn eos_ids(value: &Value) -> Vec<u32> {
     match value {
         Value::Number(n) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-        Value::Array(items) => items.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -93,9 +93,8 @@ impl Tokenizer {
                 )))
             }
         };
-        let token_at = |key: &str| {
-            metadata_u32(content, key).and_then(|id| tokens.get(id as usize).cloned())
-        };
+        let token_at =
+            |key: &str| metadata_u32(content, key).and_then(|id| tokens.get(id as usize).cloned());
         Ok(Self {
             inner,
             bos_token: token_at("tokenizer.ggml.bos_token_id"),
@@ -197,7 +196,10 @@ impl StreamDecoder {
         self.ids.push(id);
         let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
             let delta = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -230,9 +232,9 @@ fn llama_cpp_pre_tokenizer(pre: &str) -> Option<PreTokenizerWrapper> {
         "qwen2" | "llama3" | "smaug-bpe" | "lfm2" => None,
         // llama.cpp splits every digit out first (`\p{N}`), then applies GPT-2's regex.
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
-        | "mellum2" => Some(
-            PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        ),
+        | "mellum2" => {
+            Some(PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into())
+        }
         _ => Some(byte_level.into()),
     }
 }
@@ -289,9 +291,16 @@ fn sentencepiece_from_gguf(
             .to_vec()
             .map_err(|_| err("GGUF key `tokenizer.ggml.scores` is not an array"))?
             .iter()
-            .map(|s| s.to_f32().map_err(|_| err("GGUF `tokenizer.ggml.scores` holds a non-f32")))
+            .map(|s| {
+                s.to_f32()
+                    .map_err(|_| err("GGUF `tokenizer.ggml.scores` holds a non-f32"))
+            })
             .collect::<Result<_, _>>()?,
-        None => return Err(err("SentencePiece GGUF tokenizer lacks `tokenizer.ggml.scores`")),
+        None => {
+            return Err(err(
+                "SentencePiece GGUF tokenizer lacks `tokenizer.ggml.scores`",
+            ))
+        }
     };
     if scores.len() != tokens.len() {
         return Err(err(format!(
@@ -305,7 +314,12 @@ fn sentencepiece_from_gguf(
             .to_vec()
             .map_err(|_| err("GGUF key `tokenizer.ggml.token_type` is not an array"))?
             .iter()
-            .map(|t| t.to_i32().map(|t| t as u32).or_else(|_| t.to_u32()).unwrap_or(1))
+            .map(|t| {
+                t.to_i32()
+                    .map(|t| t as u32)
+                    .or_else(|_| t.to_u32())
+                    .unwrap_or(1)
+            })
             .collect(),
         None => vec![1; tokens.len()],
     };
@@ -319,7 +333,10 @@ fn sentencepiece_from_gguf(
     // higher the merged piece's score, the earlier the merge applies.
     let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
-        if matches!(token_types.get(id), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)) {
+        if matches!(
+            token_types.get(id),
+            Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)
+        ) {
             continue;
         }
         for (split, _) in piece.char_indices().skip(1) {
@@ -349,7 +366,8 @@ fn sentencepiece_from_gguf(
     // `tokenizer.ggml.add_space_prefix`, default true). llama.cpp prefixes every
     // stretch of plain text that starts the input or follows a special token, which
     // is what `Always` does to the pieces between special tokens.
-    let add_space_prefix = metadata_bool(content, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let add_space_prefix =
+        metadata_bool(content, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
     let scheme = if add_space_prefix {
         PrependScheme::Always
     } else {

@@ -36,7 +36,12 @@ pub fn load(
     threads: Option<usize>,
     ctx: Option<usize>,
 ) -> anyhow::Result<(LoadedModel, Device, Option<String>)> {
-    let options = |device| LoadOptions { device: device_kind(device), threads, ctx, ..Default::default() };
+    let options = |device| LoadOptions {
+        device: device_kind(device),
+        threads,
+        ctx,
+        ..Default::default()
+    };
     match model::load(path, &options(device)) {
         Ok(m) => Ok((m, device, None)),
         Err(e) if fallback && device != Device::Cpu && is_device_failure(&e) => {
@@ -53,7 +58,10 @@ pub fn load(
 /// Errors about the model file itself would fail on the CPU too; only device
 /// and engine errors justify a fallback.
 fn is_device_failure(e: &model::LoadError) -> bool {
-    matches!(e, model::LoadError::Device(_) | model::LoadError::Engine { .. })
+    matches!(
+        e,
+        model::LoadError::Device(_) | model::LoadError::Engine { .. }
+    )
 }
 
 /// Maps request fields onto the core's parameters; unset fields keep the core's
@@ -86,8 +94,10 @@ impl Prompter for ModelPrompter {
                  use /v1/completions with a plain prompt",
             ));
         };
-        let messages: Vec<ChatMessage> =
-            messages.iter().map(|m| ChatMessage::new(m.role.clone(), m.content.clone())).collect();
+        let messages: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect();
         // A template error is usually the conversation's fault (raise_exception on
         // role order), so it is a 400 that quotes the template's message.
         let text = template
@@ -127,10 +137,12 @@ impl Backend for ModelBackend {
             max_new_tokens: job.max_new_tokens,
             top_logprobs: 0,
         };
-        let outcome = generate(&mut self.model, &request, |event| on_token(&event.text))
-            .map_err(|e| match e.downcast_ref::<GenerateError>() {
-                Some(g) => anyhow::anyhow!("{g}"),
-                None => e,
+        let outcome =
+            generate(&mut self.model, &request, |event| on_token(&event.text)).map_err(|e| {
+                match e.downcast_ref::<GenerateError>() {
+                    Some(g) => anyhow::anyhow!("{g}"),
+                    None => e,
+                }
             })?;
         Ok(Outcome {
             prompt_tokens: outcome.prompt_tokens,
@@ -146,6 +158,9 @@ impl Backend for ModelBackend {
 
 /// Splits a loaded model into the handlers' prompter and the worker's backend.
 pub fn split(mut model: LoadedModel) -> (Arc<dyn Prompter>, ModelBackend) {
-    let prompter = ModelPrompter { tokenizer: model.tokenizer.clone(), template: model.chat_template.take() };
+    let prompter = ModelPrompter {
+        tokenizer: model.tokenizer.clone(),
+        template: model.chat_template.take(),
+    };
     (Arc::new(prompter), ModelBackend { model })
 }

@@ -72,7 +72,11 @@ impl FactsSummary {
         let rec = value.get("recommendation");
         let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
             v.and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut warnings = strings(rec.and_then(|r| r.get("warnings")));
@@ -114,13 +118,19 @@ pub fn decide(choice: DeviceChoice, facts: Option<&FactsSummary>) -> DeviceDecis
             reasons: vec!["no hardware facts are available, so the CPU is used".into()],
         };
     };
-    let mut reasons: Vec<String> = facts.reasons.iter().map(|r| format!("probe: {r}")).collect();
+    let mut reasons: Vec<String> = facts
+        .reasons
+        .iter()
+        .map(|r| format!("probe: {r}"))
+        .collect();
     let wanted = match facts.variant.as_deref() {
         Some("exo-intel") => Device::Vulkan,
         Some("exo-cuda") => Device::Cuda,
         Some("exo-cpu") => Device::Cpu,
         Some(other) => {
-            reasons.push(format!("unknown recommended variant `{other}`, using the CPU"));
+            reasons.push(format!(
+                "unknown recommended variant `{other}`, using the CPU"
+            ));
             Device::Cpu
         }
         None => {
@@ -169,7 +179,11 @@ mod tests {
     #[test]
     fn auto_follows_the_recommendation_when_compiled_in() {
         let d = decide(DeviceChoice::Auto, Some(&facts("exo-cuda")));
-        let expected = if cfg!(feature = "cuda") { Device::Cuda } else { Device::Cpu };
+        let expected = if cfg!(feature = "cuda") {
+            Device::Cuda
+        } else {
+            Device::Cpu
+        };
         assert_eq!(d.device, expected);
         assert!(d.reasons.iter().any(|r| r.contains("found a GPU")));
         let d = decide(DeviceChoice::Auto, Some(&facts("exo-cpu")));
@@ -178,7 +192,10 @@ mod tests {
 
     #[test]
     fn explicit_choice_wins() {
-        assert_eq!(decide(DeviceChoice::Vulkan, Some(&facts("exo-cpu"))).device, Device::Vulkan);
+        assert_eq!(
+            decide(DeviceChoice::Vulkan, Some(&facts("exo-cpu"))).device,
+            Device::Vulkan
+        );
     }
 
     #[test]

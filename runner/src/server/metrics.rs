@@ -3,8 +3,8 @@
 //! telemetry is rendered per scrape from the newest reading (see `telemetry`).
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -52,9 +52,17 @@ impl Metrics {
             requests.clone(),
         );
         let prompt_tokens = Counter::default();
-        registry.register("xpu_prompt_tokens", "Prompt tokens processed", prompt_tokens.clone());
+        registry.register(
+            "xpu_prompt_tokens",
+            "Prompt tokens processed",
+            prompt_tokens.clone(),
+        );
         let generated_tokens = Counter::default();
-        registry.register("xpu_generated_tokens", "Tokens generated", generated_tokens.clone());
+        registry.register(
+            "xpu_generated_tokens",
+            "Tokens generated",
+            generated_tokens.clone(),
+        );
         let queue_depth = Gauge::default();
         registry.register(
             "xpu_queue_depth",
@@ -129,14 +137,20 @@ impl Metrics {
 
     pub fn count_request(&self, route: &str, status: u16) {
         self.requests
-            .get_or_create(&vec![("route", route.to_owned()), ("status", status.to_string())])
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ])
             .inc();
         self.live.count_request(route, status);
     }
 
     pub fn set_device(&self, device: &str, model: &str) {
         self.device_info
-            .get_or_create(&vec![("device", escape_label_value(device)), ("model", escape_label_value(model))])
+            .get_or_create(&vec![
+                ("device", escape_label_value(device)),
+                ("model", escape_label_value(model)),
+            ])
             .set(1);
     }
 
@@ -225,7 +239,10 @@ fn encode_per_device<N: EncodeGaugeValue>(
             let labels: Labels = vec![
                 ("index", index.to_string()),
                 ("device", escape_label_value(&device.name)),
-                ("pci", escape_label_value(device.pci_address.as_deref().unwrap_or(""))),
+                (
+                    "pci",
+                    escape_label_value(device.pci_address.as_deref().unwrap_or("")),
+                ),
             ];
             Some((labels, value(device)?))
         })
@@ -267,7 +284,10 @@ mod tests {
         m.cancellations.inc();
         m.time_to_first_token.observe(0.1);
         let text = m.render();
-        assert!(text.contains(r#"xpu_requests_total{route="/v1/chat/completions",status="200"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"xpu_requests_total{route="/v1/chat/completions",status="200"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("xpu_cancellations_total 1"));
         assert!(text.contains(r#"xpu_device_info{device="cpu (2 threads)",model="smol"} 1"#));
         assert!(text.contains("xpu_time_to_first_token_seconds_bucket"));
@@ -280,7 +300,10 @@ mod tests {
         let m = Metrics::new();
         m.set_device("cpu", "my \"best\" model\\v2");
         let text = m.render();
-        assert!(text.contains(r#"xpu_device_info{device="cpu",model="my \"best\" model\\v2"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"xpu_device_info{device="cpu",model="my \"best\" model\\v2"} 1"#),
+            "{text}"
+        );
     }
 
     fn two_devices() -> Telemetry {
@@ -324,12 +347,22 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         // Samples come in device order.
-        let first = text.find(&format!("xpu_gpu_memory_used_bytes{a770}")).unwrap();
-        let second = text.find(&format!("xpu_gpu_memory_used_bytes{odd}")).unwrap();
+        let first = text
+            .find(&format!("xpu_gpu_memory_used_bytes{a770}"))
+            .unwrap();
+        let second = text
+            .find(&format!("xpu_gpu_memory_used_bytes{odd}"))
+            .unwrap();
         assert!(first < second, "{text}");
         // Values a device does not report have no sample.
-        assert!(!text.contains(&format!("xpu_gpu_temperature_celsius{odd}")), "{text}");
-        assert!(!text.contains(&format!("xpu_gpu_power_watts{odd}")), "{text}");
+        assert!(
+            !text.contains(&format!("xpu_gpu_temperature_celsius{odd}")),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&format!("xpu_gpu_power_watts{odd}")),
+            "{text}"
+        );
         // The server's own metrics are still there, and the exposition ends once.
         assert!(text.contains("xpu_queue_depth 0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
@@ -345,8 +378,15 @@ mod tests {
             ..Default::default()
         }]);
         let text = Metrics::new().render_with_gpu(Some(&only_memory));
-        assert!(text.contains(r#"xpu_gpu_memory_used_bytes{index="0",device="x",pci=""} 1"#), "{text}");
-        for absent in ["xpu_gpu_memory_total_bytes", "xpu_gpu_temperature_celsius", "xpu_gpu_power_watts"] {
+        assert!(
+            text.contains(r#"xpu_gpu_memory_used_bytes{index="0",device="x",pci=""} 1"#),
+            "{text}"
+        );
+        for absent in [
+            "xpu_gpu_memory_total_bytes",
+            "xpu_gpu_temperature_celsius",
+            "xpu_gpu_power_watts",
+        ] {
             assert!(!text.contains(absent), "{absent} in\n{text}");
         }
         assert_exposition_is_well_formed(&text);
@@ -378,7 +418,9 @@ mod tests {
             if line.starts_with("# HELP ") || line.starts_with("# UNIT ") || line == "# EOF" {
                 continue;
             }
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("no value: {line:?}"));
             assert!(value.parse::<f64>().is_ok(), "not a number in {line:?}");
             let name = series.split('{').next().unwrap();
             assert!(
@@ -387,7 +429,10 @@ mod tests {
             );
             if let Some(labels) = series.strip_prefix(name) {
                 if !labels.is_empty() {
-                    assert!(labels.starts_with('{') && labels.ends_with('}'), "labels of {line:?}");
+                    assert!(
+                        labels.starts_with('{') && labels.ends_with('}'),
+                        "labels of {line:?}"
+                    );
                     // Quotes inside values are escaped: an even number of unescaped quotes.
                     let unescaped = labels.replace("\\\\", "").replace("\\\"", "");
                     assert_eq!(unescaped.matches('"').count() % 2, 0, "quotes in {line:?}");

@@ -216,7 +216,11 @@ async fn bind(host: &listen::Host, port: u16) -> anyhow::Result<tokio::net::TcpL
 
 /// Decides the device, loads the model off the runtime, starts its worker and
 /// marks the service ready.
-async fn load_and_publish(args: &ServeArgs, state: &Arc<AppState>, local: SocketAddr) -> anyhow::Result<()> {
+async fn load_and_publish(
+    args: &ServeArgs,
+    state: &Arc<AppState>,
+    local: SocketAddr,
+) -> anyhow::Result<()> {
     // The facts are read whatever the device: `auto` decides from them, and the
     // dashboard shows them. Only `auto` waits for them (and fails without them).
     let facts_file = args.facts.clone();
@@ -306,7 +310,10 @@ fn read_facts(file: Option<&std::path::Path>) -> anyhow::Result<(serde_json::Val
         Some(path) => FactsSummary::read_file(path)?,
         None => {
             tracing::info!("no --facts file: probing the hardware");
-            let facts = xpu_probe::probe(&xpu_probe::ProbeOptions { root: "/".into(), level_zero: true });
+            let facts = xpu_probe::probe(&xpu_probe::ProbeOptions {
+                root: "/".into(),
+                level_zero: true,
+            });
             serde_json::to_value(&facts).context("cannot serialise the probe's facts")?
         }
     };

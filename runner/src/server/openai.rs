@@ -289,32 +289,33 @@ pub fn plain_messages(messages: &[ChatMessageIn]) -> Result<Vec<PlainMessage>, A
                 ),
             ));
         }
-        let content =
-            match &m.content {
-                None => String::new(),
-                Some(MessageContent::Text(t)) => t.clone(),
-                Some(MessageContent::Parts(parts)) => {
-                    let mut text = String::new();
-                    for (j, p) in parts.iter().enumerate() {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => text.push_str(t),
-                            ("text", None) => {
-                                return Err(ApiError::invalid_param(
-                                    format!("messages[{i}].content[{j}].text"),
-                                    "a text part needs a `text` field",
-                                ))
-                            }
-                            (other, _) => return Err(ApiError::invalid_param(
+        let content = match &m.content {
+            None => String::new(),
+            Some(MessageContent::Text(t)) => t.clone(),
+            Some(MessageContent::Parts(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        ("text", None) => {
+                            return Err(ApiError::invalid_param(
+                                format!("messages[{i}].content[{j}].text"),
+                                "a text part needs a `text` field",
+                            ))
+                        }
+                        (other, _) => {
+                            return Err(ApiError::invalid_param(
                                 format!("messages[{i}].content[{j}].type"),
                                 format!(
                                     "content part type `{other}` is not supported; only `text` is"
                                 ),
-                            )),
+                            ))
                         }
                     }
-                    text
                 }
-            };
+                text
+            }
+        };
         // `developer` is OpenAI's new name for `system`; templates know `system`.
         let role = if m.role == "developer" {
             "system".to_owned()

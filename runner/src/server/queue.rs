@@ -271,7 +271,9 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
     }
     shared.running.store(true, Ordering::SeqCst);
     metrics.generations_running.inc();
-    metrics.live.generation_started(job.spec.prompt_tokens.len());
+    metrics
+        .live
+        .generation_started(job.spec.prompt_tokens.len());
     let started = Instant::now();
     let mut last_token: Option<Instant> = None;
     let mut client_gone = false;
@@ -279,7 +281,9 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
     let result = {
         let mut on_token = |text: &str| -> ControlFlow<()> {
             let now = Instant::now();
-            metrics.live.token(now, last_token.is_none().then(|| now - job.received));
+            metrics
+                .live
+                .token(now, last_token.is_none().then(|| now - job.received));
             match last_token {
                 None => metrics
                     .time_to_first_token

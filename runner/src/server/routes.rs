@@ -62,7 +62,11 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, "x-api-key".parse().unwrap()])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            "x-api-key".parse().unwrap(),
+        ])
 }
 
 /// The metrics label for a path: the route pattern, never the raw path (which a
@@ -108,7 +112,13 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
 }
 
 /// The one log line of a request.
-pub fn log_request(method: &Method, path: &str, status: u16, started: Instant, tokens: Option<TokenSummary>) {
+pub fn log_request(
+    method: &Method,
+    path: &str,
+    status: u16,
+    started: Instant,
+    tokens: Option<TokenSummary>,
+) {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let path = path.escape_debug().to_string();
     match tokens {
@@ -152,12 +162,14 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         }
         (Phase::Draining, _) => {
             let mut response = ApiError::draining().into_response();
-            *response.body_mut() = axum::body::Body::from(health_body("draining", &ApiError::draining()));
+            *response.body_mut() =
+                axum::body::Body::from(health_body("draining", &ApiError::draining()));
             response
         }
         _ => {
             let mut response = ApiError::loading().into_response();
-            *response.body_mut() = axum::body::Body::from(health_body("loading", &ApiError::loading()));
+            *response.body_mut() =
+                axum::body::Body::from(health_body("loading", &ApiError::loading()));
             response
         }
     }
@@ -184,11 +196,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 fn model_object(state: &AppState) -> Result<ModelObject, ApiError> {
     let model = state.model()?;
-    Ok(ModelObject { id: model.id.clone(), object: "model", created: model.created, owned_by: "xpu" })
+    Ok(ModelObject {
+        id: model.id.clone(),
+        object: "model",
+        created: model.created,
+        owned_by: "xpu",
+    })
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
-    Ok(Json(ModelList { object: "list", data: vec![model_object(&state)?] }))
+    Ok(Json(ModelList {
+        object: "list",
+        data: vec![model_object(&state)?],
+    }))
 }
 
 async fn get_model(
@@ -230,17 +250,39 @@ mod tests {
         })
     }
 
-    async fn call(app: &Router, method: &str, path: &str, key: Option<&str>) -> (StatusCode, serde_json::Value, Option<String>) {
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
         let mut builder = axum::http::Request::builder().method(method).uri(path);
         if let Some(key) = key {
             builder = builder.header("authorization", format!("Bearer {key}"));
         }
-        let body = if method == "POST" { r#"{"messages":[{"role":"user","content":"hi"}]}"# } else { "" };
-        let response = app.clone().oneshot(builder.body(axum::body::Body::from(body)).unwrap()).await.unwrap();
+        let body = if method == "POST" {
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#
+        } else {
+            ""
+        };
+        let response = app
+            .clone()
+            .oneshot(builder.body(axum::body::Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
-        let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null), retry)
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            retry,
+        )
     }
 
     #[tokio::test]
@@ -255,7 +297,10 @@ mod tests {
         let (status, body, _) = call(&app, "POST", "/v1/chat/completions", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["code"], "loading");
-        assert_eq!(call(&app, "GET", "/v1/models", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            call(&app, "GET", "/v1/models", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
 
         state.lifecycle.begin_drain();
         let (status, body, _) = call(&app, "GET", "/health", None).await;
@@ -267,7 +312,10 @@ mod tests {
         // Metrics stay readable while draining, for the last scrape.
         assert_eq!(call(&app, "GET", "/metrics", None).await.0, StatusCode::OK);
         let metrics = state.metrics.render();
-        assert!(metrics.contains(r#"xpu_requests_total{route="/health",status="503"} 2"#), "{metrics}");
+        assert!(
+            metrics.contains(r#"xpu_requests_total{route="/health",status="503"} 2"#),
+            "{metrics}"
+        );
     }
 
     #[tokio::test]
@@ -277,10 +325,19 @@ mod tests {
         let (status, body, _) = call(&app, "GET", "/metrics", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["type"], "authentication_error");
-        assert_eq!(call(&app, "GET", "/metrics", Some("secret")).await.0, StatusCode::OK);
-        assert_eq!(call(&app, "GET", "/health", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            call(&app, "GET", "/metrics", Some("secret")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "GET", "/health", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         // Unknown routes are not revealed to clients without a key.
-        assert_eq!(call(&app, "GET", "/nope", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(&app, "GET", "/nope", None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
         let (status, body, _) = call(&app, "GET", "/nope", Some("secret")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["error"]["type"], "not_found_error");

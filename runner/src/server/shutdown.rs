@@ -22,7 +22,10 @@ pub struct Lifecycle {
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Lifecycle { phase: AtomicU8::new(0), drain: tokio::sync::Notify::new() }
+        Lifecycle {
+            phase: AtomicU8::new(0),
+            drain: tokio::sync::Notify::new(),
+        }
     }
 }
 
@@ -37,7 +40,9 @@ impl Lifecycle {
 
     /// Loading -> Ready; a drain that began during loading wins.
     pub fn set_ready(&self) {
-        let _ = self.phase.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self
+            .phase
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Enters Draining and wakes whoever waits in [`Lifecycle::drained`].
@@ -92,6 +97,9 @@ mod tests {
         l.begin_drain();
         l.set_ready();
         assert_eq!(l.phase(), Phase::Draining);
-        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

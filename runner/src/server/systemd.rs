@@ -59,10 +59,13 @@ pub fn activated_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
         return Ok(None);
     }
     if fds.len() > 1 {
-        tracing::warn!("systemd passed {} sockets; only the first is used", fds.len());
+        tracing::warn!(
+            "systemd passed {} sockets; only the first is used",
+            fds.len()
+        );
     }
-    let listener = fds
-        .take_tcp_listener(0)
-        .map_err(|e| anyhow::anyhow!("the socket passed by systemd (LISTEN_FDS) is not a TCP listener: {e}"))?;
+    let listener = fds.take_tcp_listener(0).map_err(|e| {
+        anyhow::anyhow!("the socket passed by systemd (LISTEN_FDS) is not a TCP listener: {e}")
+    })?;
     Ok(listener)
 }

@@ -40,17 +40,23 @@ impl GpuTelemetry {
     /// Starts the monitor with a reading every `interval`; returns at once.
     pub fn start(interval: Duration) -> GpuTelemetry {
         let monitor = TelemetryMonitor::start(&QueryOptions::default(), interval);
-        GpuTelemetry { monitor: Mutex::new(Some(monitor)) }
+        GpuTelemetry {
+            monitor: Mutex::new(Some(monitor)),
+        }
     }
 
     /// No monitor: every answer is "no reading".
     pub fn off() -> GpuTelemetry {
-        GpuTelemetry { monitor: Mutex::new(None) }
+        GpuTelemetry {
+            monitor: Mutex::new(None),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<TelemetryMonitor>> {
         // The guarded value stays consistent even if a holder panicked.
-        self.monitor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.monitor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The newest reading; `None` when off, without an Intel GPU, before the first
@@ -62,7 +68,9 @@ impl GpuTelemetry {
     /// What the first attempt found so far.
     pub fn first_outcome(&self) -> FirstOutcome {
         let guard = self.lock();
-        let Some(monitor) = guard.as_ref() else { return FirstOutcome::Off };
+        let Some(monitor) = guard.as_ref() else {
+            return FirstOutcome::Off;
+        };
         if let Some(reading) = monitor.latest() {
             FirstOutcome::Reading(reading)
         } else if monitor.children_started() > 0 && monitor.child_id().is_none() {
@@ -122,7 +130,11 @@ pub fn describe(reading: &Telemetry) -> String {
                 text.push_str(&format!(" at {pci}"));
             }
             if let (Some(used), Some(total)) = (d.memory_used_bytes, d.memory_total_bytes) {
-                text.push_str(&format!(", {:.1} of {:.1} GiB in use", used as f64 / GIB, total as f64 / GIB));
+                text.push_str(&format!(
+                    ", {:.1} of {:.1} GiB in use",
+                    used as f64 / GIB,
+                    total as f64 / GIB
+                ));
             }
             text
         })
@@ -152,7 +164,11 @@ mod tests {
                 temperature_c: Some(45.5),
                 power_w: Some(100.0),
             },
-            DeviceTelemetry { name: "Tile-less".into(), temperature_c: Some(60.0), ..Default::default() },
+            DeviceTelemetry {
+                name: "Tile-less".into(),
+                temperature_c: Some(60.0),
+                ..Default::default()
+            },
         ])
     }
 
@@ -163,7 +179,10 @@ mod tests {
         assert_eq!(value["memory_total_bytes"], 16u64 << 30);
         assert_eq!(value["temperature_c"], 60.0);
         assert_eq!(value["power_w"], 100.0);
-        assert_eq!(value["devices"][0]["name"], "Intel(R) Arc(TM) A770 Graphics");
+        assert_eq!(
+            value["devices"][0]["name"],
+            "Intel(R) Arc(TM) A770 Graphics"
+        );
         assert_eq!(value["devices"][0]["pci_address"], "0000:03:00.0");
         assert_eq!(value["devices"][0]["temperature_c"], 45.5);
         // Values a driver does not report are null, not zero.

@@ -16,7 +16,9 @@ pub fn model_path() -> PathBuf {
         return PathBuf::from(path);
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
-    let out = Command::new(&script).output().expect("cannot run scripts/fetch-model.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("cannot run scripts/fetch-model.sh");
     assert!(
         out.status.success(),
         "scripts/fetch-model.sh failed: {}",
@@ -68,7 +70,11 @@ impl Server {
                 }
             });
         }
-        let mut server = Server { child, log, port: port.unwrap_or(0) };
+        let mut server = Server {
+            child,
+            log,
+            port: port.unwrap_or(0),
+        };
         if port.is_none() {
             server.port = server.wait_for_port();
         }
@@ -111,7 +117,10 @@ impl Server {
     }
 
     pub fn sigterm(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -145,7 +154,12 @@ pub struct Response {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; reads the whole answer.
-pub fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Response> {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<Response> {
     request_with_headers(port, method, path, &[], body)
 }
 
@@ -160,7 +174,10 @@ pub fn request_with_headers(
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.unwrap_or("");
-    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
@@ -175,7 +192,11 @@ pub fn request_with_headers(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    Ok(Response { status, head: head.to_owned(), body: body.to_owned() })
+    Ok(Response {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
 }
 
 /// The value of an unlabelled metric.

@@ -21,7 +21,9 @@ pub fn test_model() -> PathBuf {
                 return PathBuf::from(path);
             }
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
-            let out = Command::new(&script).output().expect("run scripts/fetch-model.sh");
+            let out = Command::new(&script)
+                .output()
+                .expect("run scripts/fetch-model.sh");
             assert!(
                 out.status.success(),
                 "scripts/fetch-model.sh failed: {}",
@@ -45,14 +47,24 @@ pub fn runner(args: &[&str]) -> Output {
 /// contains every one of `needles` (case-insensitive), and did not panic.
 pub fn assert_one_line_error(out: &Output, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "not an error line: {stderr}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "not an error line: {stderr}"
+    );
     let lower = lines[0].to_lowercase();
     for needle in needles {
-        assert!(lower.contains(&needle.to_lowercase()), "`{needle}` missing from: {}", lines[0]);
+        assert!(
+            lower.contains(&needle.to_lowercase()),
+            "`{needle}` missing from: {}",
+            lines[0]
+        );
     }
     lines[0].to_string()
 }
@@ -66,7 +78,12 @@ pub fn read_gguf(path: &Path) -> (HashMap<String, Value>, Vec<(String, QTensor)>
     names.sort();
     let tensors = names
         .into_iter()
-        .map(|name| (name.clone(), content.tensor(&mut reader, name, &Device::Cpu).unwrap()))
+        .map(|name| {
+            (
+                name.clone(),
+                content.tensor(&mut reader, name, &Device::Cpu).unwrap(),
+            )
+        })
         .collect();
     (content.metadata, tensors)
 }
@@ -122,7 +139,9 @@ pub fn tensor_type_offset(bytes: &[u8], name: &str) -> usize {
     }
     for _ in 0..n_tensors {
         let len = u64_at(pos) as usize;
-        let tensor_name = std::str::from_utf8(&bytes[pos + 8..pos + 8 + len]).unwrap().to_string();
+        let tensor_name = std::str::from_utf8(&bytes[pos + 8..pos + 8 + len])
+            .unwrap()
+            .to_string();
         pos += 8 + len;
         let n_dims = u32_at(pos) as usize;
         pos += 4 + 8 * n_dims;
