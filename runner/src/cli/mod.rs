@@ -42,6 +42,8 @@ impl Command {
             Command::Generate(args) => args.model.threads,
             Command::Bench(args) => args.model.threads,
             Command::Serve(args) => args.threads,
+            // Model-cache commands run no model.
+            Command::Pull(_) | Command::List(_) | Command::Rm(_) => None,
         }
         .filter(|n| *n > 0)
     }
