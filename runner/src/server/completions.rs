@@ -503,40 +503,41 @@ impl StreamState {
         if self.finished {
             return None;
         }
-        loop {
-            match self.events.recv().await {
-                Some(Event::Text(t)) => return Some(self.chunk_json(Some(t), false, None)),
-                Some(Event::Done(outcome)) => {
-                    let finish = finish_reason_str(outcome.finish_reason);
-                    let last = match self.context.flavor {
-                        Flavor::Chat => self.chunk_json(None, false, Some(finish)),
-                        Flavor::Text => self.chunk_json(Some(String::new()), false, Some(finish)),
-                    };
-                    if self.context.include_usage {
-                        self.pending.push_back(self.usage_json(Usage::new(
+        // Every event ends this call: a text chunk, the last chunk, or an error.
+        match self.events.recv().await {
+            Some(Event::Text(t)) => return Some(self.chunk_json(Some(t), false, None)),
+            Some(Event::Done(outcome)) => {
+                let finish = finish_reason_str(outcome.finish_reason);
+                let last = match self.context.flavor {
+                    Flavor::Chat => self.chunk_json(None, false, Some(finish)),
+                    Flavor::Text => self.chunk_json(Some(String::new()), false, Some(finish)),
+                };
+                if self.context.include_usage {
+                    self.pending.push_back(
+                        self.usage_json(Usage::new(
                             outcome.prompt_tokens,
                             outcome.completion_tokens,
-                        )));
-                    }
-                    self.pending.push_back("[DONE]".into());
-                    self.outcome = Some(outcome);
-                    self.finished = true;
-                    return Some(last);
-                }
-                Some(Event::Failed(message)) => {
-                    self.status = 500;
-                    self.finished = true;
-                    self.pending.push_back("[DONE]".into());
-                    return Some(ApiError::internal(message).to_json());
-                }
-                None => {
-                    self.status = 500;
-                    self.finished = true;
-                    self.pending.push_back("[DONE]".into());
-                    return Some(
-                        ApiError::internal("the generation worker stopped unexpectedly").to_json(),
+                        )),
                     );
                 }
+                self.pending.push_back("[DONE]".into());
+                self.outcome = Some(outcome);
+                self.finished = true;
+                return Some(last);
+            }
+            Some(Event::Failed(message)) => {
+                self.status = 500;
+                self.finished = true;
+                self.pending.push_back("[DONE]".into());
+                return Some(ApiError::internal(message).to_json());
+            }
+            None => {
+                self.status = 500;
+                self.finished = true;
+                self.pending.push_back("[DONE]".into());
+                return Some(
+                    ApiError::internal("the generation worker stopped unexpectedly").to_json(),
+                );
             }
         }
     }
