@@ -9,11 +9,15 @@
 //! data are plain slices of the mapping ([`GgufFile::tensor`]) that cannot be out of
 //! bounds.
 //!
+//! [`ModelDesc::read`] turns a header into the description of its model ([`arch`]):
+//! hyper-parameters and tensors by role, the same for every engine.
+//!
 //! The parsed header is candle's [`gguf_file::Content`] (its fields are public), so
 //! code written against candle's reader keeps working, and candle's model builders,
 //! which take a `Content` by value, get theirs from [`GgufFile::into_parts`] without
 //! reading the file again.
 
+pub mod arch;
 mod parse;
 mod types;
 
@@ -24,6 +28,7 @@ pub use candle_core::quantized::gguf_file::{self, Content, TensorInfo, Value};
 pub use candle_core::quantized::GgmlDType;
 use memmap2::Mmap;
 
+pub use arch::{ArchError, ModelDesc};
 pub use parse::parse;
 pub use types::{ggml_type_name, SUPPORTED_TENSOR_TYPES};
 
