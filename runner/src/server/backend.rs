@@ -2,21 +2,31 @@
 //! decided device (falling back to the CPU when `auto` chose an accelerator that
 //! fails), and splits the loaded model into the part the handlers share (tokenizer
 //! and chat template, for prompts) and the part the worker thread owns (engine).
+//! [`EngineLoader`] does all of it for the model pool.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context as _;
+
 use crate::engine::DeviceKind;
 use crate::generate::{generate, FinishReason as CoreFinish, GenerateError, GenerationRequest};
-use crate::model::{self, ChatMessage, ChatTemplate, LoadOptions, LoadedModel, Tokenizer};
+use crate::model::{
+    self, ChatMessage, ChatTemplate, LoadOptions, LoadedModel, Tokenizer, DEFAULT_MAX_CONTEXT,
+};
 use crate::sampling::SamplingParams;
 
+use super::dashboard::{model_info, EngineInfo};
 use super::device::Device;
 use super::errors::ApiError;
+use super::metrics::Metrics;
 use super::openai::PlainMessage;
-use super::queue::{Backend, FinishReason, JobSpec, Outcome, SamplingRequest};
-use super::state::Prompter;
+use super::pool::Loader;
+use super::queue::{
+    Backend, FinishReason, GenerationTurn, JobSpec, Outcome, SamplingRequest, Scheduler,
+};
+use super::state::{Prompter, ServedModel};
 
 fn device_kind(device: Device) -> DeviceKind {
     match device {
@@ -163,4 +173,67 @@ pub fn split(mut model: LoadedModel) -> (Arc<dyn Prompter>, ModelBackend) {
         template: model.chat_template.take(),
     };
     (Arc::new(prompter), ModelBackend { model })
+}
+
+/// Loads the pool's models on the decided device, each with its own worker thread;
+/// the workers share one generation turn.
+pub struct EngineLoader {
+    pub device: Device,
+    /// `--device auto`: fall back to the CPU when the accelerator fails.
+    pub fallback: bool,
+    /// The `--device` value, and why the device was chosen (for the dashboard).
+    pub requested: String,
+    pub reasons: Vec<String>,
+    pub threads: Option<usize>,
+    pub ctx: Option<usize>,
+    pub max_queue: usize,
+    pub max_tokens_default: usize,
+    pub metrics: Arc<Metrics>,
+    pub turn: GenerationTurn,
+}
+
+impl Loader for EngineLoader {
+    fn estimate(&self, _id: &str, path: &Path) -> anyhow::Result<u64> {
+        let facts = model_info::read(path)
+            .with_context(|| format!("cannot read {} to estimate its memory", path.display()))?;
+        // The context the engine will use: --ctx, else the model's own capped as the
+        // engines cap it.
+        let trained = facts
+            .context_length
+            .map_or(DEFAULT_MAX_CONTEXT, |c| c as usize);
+        let context = self.ctx.unwrap_or(trained.min(DEFAULT_MAX_CONTEXT));
+        Ok(facts.memory_needed(context))
+    }
+
+    fn load(&self, id: &str, path: &Path) -> anyhow::Result<ServedModel> {
+        let (loaded, device, fallback_reason) =
+            load(path, self.device, self.fallback, self.threads, self.ctx)?;
+        let description = loaded.engine.device_description();
+        let context_length = loaded.engine.context_length();
+        let (prompter, worker) = split(loaded);
+        let scheduler = Scheduler::start_sharing(
+            worker,
+            self.max_queue,
+            self.metrics.clone(),
+            self.turn.clone(),
+        )
+        .context("cannot start the generation thread")?;
+        self.metrics.set_device(&description, id);
+        Ok(ServedModel {
+            id: id.to_owned(),
+            device: description.clone(),
+            context_length,
+            max_tokens_default: self.max_tokens_default,
+            created: super::completions::unix_now(),
+            prompter,
+            scheduler,
+            engine: Some(EngineInfo {
+                requested: self.requested.clone(),
+                device: device.name(),
+                description,
+                reasons: self.reasons.clone(),
+                fallback_reason,
+            }),
+        })
+    }
 }

@@ -35,6 +35,7 @@ use super::openai::{
 };
 use super::queue::{Event, JobSpec, Outcome, QueueSlot};
 use super::routes::{log_request, LoggedLater, TokenSummary};
+use super::shutdown::Phase;
 use super::state::{AppState, ServedModel};
 
 /// Seconds since the epoch, for `created`.
@@ -144,13 +145,6 @@ fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Re
     })
 }
 
-fn check_model_name(requested: &Option<String>, model: &ServedModel) -> Result<(), ApiError> {
-    match requested {
-        Some(name) if name != &model.id => Err(ApiError::model_not_found(name, &model.id)),
-        _ => Ok(()),
-    }
-}
-
 /// Checks the prompt against the context and caps the new tokens: the request's
 /// `max_tokens`, else `--max-tokens-default`, and never past the context.
 fn job_spec(
@@ -231,6 +225,11 @@ impl<T: RouteInput> FromRequest<Arc<AppState>> for GenerationRequest<T> {
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let received = Instant::now();
         let in_flight = InFlight::new(&state.metrics);
+        // While the one model of a one-model server loads, answer at once (as
+        // /health does) rather than wait.
+        if state.lifecycle.phase() == Phase::Loading {
+            return Err(ApiError::loading());
+        }
         let bytes = body_bytes(
             Bytes::from_request(request, state).await,
             state.max_body_bytes,
@@ -246,9 +245,11 @@ impl<T: RouteInput> FromRequest<Arc<AppState>> for GenerationRequest<T> {
             Some(v) => from_value(v, T::FIELD)?,
         };
         let common: CommonParams = from_value(serde_json::Value::Object(object), "")?;
-        let model = state.model()?;
-        check_model_name(&common.model, &model)?;
+        let requested = common.model.clone();
         let params = common.validate()?;
+        // A model that is not in memory loads now; this request (and any other for
+        // it) waits for the load.
+        let model = state.models.get(requested.as_deref()).await?;
         // Admission before templating and tokenizing: under overload a 429 costs a
         // counter check, not a prompt's worth of work.
         let slot = model.scheduler.reserve()?;
@@ -607,7 +608,7 @@ mod tests {
 
     use std::ops::ControlFlow;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{mpsc, Mutex, OnceLock};
+    use std::sync::{mpsc, Mutex};
     use std::time::Duration;
 
     use axum::http::StatusCode;
@@ -615,6 +616,7 @@ mod tests {
 
     use crate::server::metrics::Metrics;
     use crate::server::openai::PlainMessage;
+    use crate::server::pool::ModelPool;
     use crate::server::queue::{Backend, FinishReason, Scheduler};
     use crate::server::shutdown::Lifecycle;
     use crate::server::state::Prompter;
@@ -669,6 +671,7 @@ mod tests {
             created: 0,
             prompter,
             scheduler,
+            engine: None,
         }
     }
 
@@ -694,13 +697,10 @@ mod tests {
             metrics,
             keys: None,
             max_body_bytes: 4096,
-            model: OnceLock::new(),
+            models: ModelPool::preloaded(served(prompter.clone(), scheduler.clone(), 16)),
             gpu: Arc::new(GpuTelemetry::off()),
             dashboard: Default::default(),
         });
-        let _ = state
-            .model
-            .set(Arc::new(served(prompter.clone(), scheduler.clone(), 16)));
         state.lifecycle.set_ready();
         let app = super::super::routes::router(state, &[]);
 

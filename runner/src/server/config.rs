@@ -14,15 +14,47 @@ use super::listen::Host;
 /// Options of `xpu-runner serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// GGUF model file to serve, or a hub reference (hf:OWNER/REPO/FILE.gguf[@REV],
-    /// hf:OWNER/REPO:QUANT[@REV]) fetched into the model cache before loading.
-    #[arg(long, env = "XPU_RUNNER_MODEL", value_name = "REF")]
-    pub model: String,
+    /// Model to serve: a GGUF file, a safetensors directory or a hub reference
+    /// (hf:OWNER/REPO/FILE.gguf[@REV], hf:OWNER/REPO:QUANT[@REV], fetched into the model
+    /// cache at start), optionally named `ID=REF`. Repeat, or separate with commas, to
+    /// serve several; then each is loaded on its first request. One model alone is
+    /// loaded at start.
+    #[arg(
+        long,
+        env = "XPU_RUNNER_MODEL",
+        value_name = "[ID=]REF",
+        value_delimiter = ',',
+        required_unless_present = "models_dir"
+    )]
+    pub model: Vec<String>,
 
-    /// Name under which the model is listed in /v1/models and must be requested
-    /// (default: the model's own id, from its metadata or file name).
+    /// Name under which the one model is listed in /v1/models and must be requested
+    /// (default: the model's own id, from its file name). With several models, name
+    /// each with `--model ID=REF` instead.
     #[arg(long, env = "XPU_RUNNER_MODEL_ID", value_name = "ID")]
     pub model_id: Option<String>,
+
+    /// Also serve every GGUF file under this directory (searched at start, with
+    /// subdirectories), each loaded on its first request and named after its file.
+    #[arg(long, env = "XPU_RUNNER_MODELS_DIR", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// Most models kept in memory at once; loading one more first unloads the least
+    /// recently used (default: no limit).
+    #[arg(long, env = "XPU_RUNNER_MAX_LOADED_MODELS", value_name = "N")]
+    pub max_loaded_models: Option<usize>,
+
+    /// Memory that loaded models may take together, in bytes or with a unit (`8G`,
+    /// `512M`, `1.5GiB`; K, M, G, T count in 1024s, KB, MB, GB, TB in 1000s). A model's
+    /// share is estimated from its weights plus its KV cache; loading one that would not
+    /// fit first unloads the least recently used (default: no limit).
+    #[arg(
+        long,
+        env = "XPU_RUNNER_MEMORY_BUDGET",
+        value_name = "SIZE",
+        value_parser = parse_size
+    )]
+    pub memory_budget: Option<u64>,
 
     /// Address to listen on: an IP address (`127.0.0.1`, `::1`, `[::1]`, `0.0.0.0`) or a
     /// host name (`localhost`), resolved at start-up. Keep the loopback default unless
@@ -108,6 +140,34 @@ pub struct ServeArgs {
     pub gpu_telemetry_interval: Duration,
 }
 
+/// Parses a size such as `8G`, `512MiB`, `1.5GB` or `1000000` into bytes.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KIB" => 1 << 10,
+        "M" | "MIB" => 1 << 20,
+        "G" | "GIB" => 1 << 30,
+        "T" | "TIB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => u64::MAX,
+    };
+    let bytes = number.parse::<f64>().ok().map(|n| n * factor as f64);
+    match bytes {
+        Some(b) if factor != u64::MAX && b >= 1.0 && b < u64::MAX as f64 => Ok(b as u64),
+        _ => Err(format!(
+            "{value:?} is not a size; write bytes or a number with a unit, e.g. 8G, 512M, 1.5GiB or 4000000000"
+        )),
+    }
+}
+
 /// Parses `--gpu-telemetry-interval`: seconds, 0.1 to 3600.
 fn parse_interval(value: &str) -> Result<Duration, String> {
     match value.trim().parse::<f64>() {
@@ -143,8 +203,25 @@ impl ServeArgs {
             if id.trim().is_empty() {
                 anyhow::bail!("--model-id must not be empty");
             }
+            if self.model.len() != 1 || self.models_dir.is_some() {
+                anyhow::bail!(
+                    "--model-id names the one model; with several, name each as --model ID=REF"
+                );
+            }
+        }
+        if self.model.iter().any(|m| m.trim().is_empty()) {
+            anyhow::bail!("--model must not be empty (a path, a hub reference or ID=REF)");
+        }
+        if let Some(0) = self.max_loaded_models {
+            anyhow::bail!("--max-loaded-models must be at least 1");
         }
         Ok(())
+    }
+
+    /// Whether the one model is loaded at start (exactly one --model and no
+    /// --models-dir); otherwise models load on their first request.
+    pub fn single_model(&self) -> bool {
+        self.model.len() == 1 && self.models_dir.is_none()
     }
 }
 
@@ -238,6 +315,66 @@ mod tests {
                 .to_string();
             assert!(error.contains("--gpu-telemetry-interval"), "{error}");
             assert!(error.contains("from 0.1 to 3600"), "{error}");
+        }
+    }
+
+    #[test]
+    fn several_models_repeat_or_split_at_commas() {
+        let cli =
+            Cli::try_parse_from(["x", "--model", "a=/m/a.gguf,/m/b.gguf", "--model", "c"]).unwrap();
+        assert_eq!(cli.serve.model, ["a=/m/a.gguf", "/m/b.gguf", "c"]);
+        assert!(!cli.serve.single_model());
+        cli.serve.validate().unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "--models-dir", "/m", "--memory-budget", "8G"]).unwrap();
+        assert!(cli.serve.model.is_empty());
+        assert_eq!(cli.serve.memory_budget, Some(8 << 30));
+        assert!(!cli.serve.single_model());
+        assert!(
+            Cli::try_parse_from(["x"]).is_err(),
+            "no model at all was accepted"
+        );
+    }
+
+    #[test]
+    fn model_id_names_only_a_single_model() {
+        let cli =
+            Cli::try_parse_from(["x", "--model", "a", "--model", "b", "--model-id", "m"]).unwrap();
+        let error = cli.serve.validate().unwrap_err().to_string();
+        assert!(error.contains("--model ID=REF"), "{error}");
+        let cli = Cli::try_parse_from(["x", "--model", "m", "--max-loaded-models", "0"]).unwrap();
+        assert!(cli
+            .serve
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-loaded-models"));
+        let error = Cli::try_parse_from(["x", "--model", "m", "--memory-budget", "lots"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("--memory-budget") && error.contains("e.g. 8G"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("8gib"), Ok(8 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 10 K "), Ok(10 << 10));
+    }
+
+    #[test]
+    fn bad_sizes_say_what_is_expected() {
+        for bad in ["", "G", "-1G", "8X", "0", "1.2.3M", "99999999999T"] {
+            let error = parse_size(bad).unwrap_err();
+            assert!(error.contains("e.g. 8G"), "{bad:?}: {error}");
         }
     }
 }

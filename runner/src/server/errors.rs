@@ -40,6 +40,12 @@ pub struct ErrorObject<'a> {
     pub n_ctx: Option<usize>,
 }
 
+/// `a`, `b`, `c`: ids as an error message lists them.
+fn quoted_list(ids: &[String]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|id| format!("`{id}`")).collect();
+    quoted.join(", ")
+}
+
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
@@ -94,12 +100,36 @@ impl ApiError {
         e
     }
 
-    pub fn model_not_found(requested: &str, served: &str) -> Self {
+    /// 404 for a model id the server does not serve; names the ones it does.
+    pub fn model_not_found(requested: &str, known: &[String]) -> Self {
         let mut e = Self::not_found(format!(
-            "the model `{requested}` does not exist; this server serves `{served}` (see GET /v1/models)"
+            "the model `{requested}` does not exist; this server serves {} (see GET /v1/models)",
+            quoted_list(known)
         ));
         e.param = Some("model".into());
         e.code = Some("model_not_found");
+        e
+    }
+
+    /// 400 for a request without `model` to a server with several models.
+    pub fn model_required(known: &[String]) -> Self {
+        let mut e = Self::invalid_param(
+            "model",
+            format!(
+                "`model` is required: this server serves several models, {} (see GET /v1/models)",
+                quoted_list(known)
+            ),
+        );
+        e.code = Some("model_required");
+        e
+    }
+
+    /// 500 for a model that could not be loaded; says why. The next request for it
+    /// tries again.
+    pub fn model_load_failed(id: &str, why: &str) -> Self {
+        let mut e = Self::internal(format!("the model `{id}` failed to load: {why}"));
+        e.param = Some("model".into());
+        e.code = Some("model_load_failed");
         e
     }
 

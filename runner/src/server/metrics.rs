@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use xpu_probe::level_zero::{DeviceTelemetry, Telemetry};
 
 use super::dashboard::LiveStats;
+use super::pool::ModelStatus;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -154,23 +155,72 @@ impl Metrics {
             .set(1);
     }
 
-    /// The exposition text, without GPU telemetry.
+    /// The exposition text, without GPU telemetry or models.
     pub fn render(&self) -> String {
-        self.render_with_gpu(None)
+        self.render_with(None, &[])
     }
 
     /// The exposition text, with a family of gauges per GPU value when there is a
-    /// reading.
-    pub fn render_with_gpu(&self, gpu: Option<&Telemetry>) -> String {
+    /// reading, and the served models' states.
+    pub fn render_with(&self, gpu: Option<&Telemetry>, models: &[ModelStatus]) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
+        if !models.is_empty() {
+            let _ = encode_registry(&mut out, &models_registry(models));
+        }
         if let Some(reading) = gpu {
             let _ = encode_registry(&mut out, &gpu_registry(reading));
         }
         let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// The served models: state (one sample per state, 1 for the current one), estimated
+/// memory, last use and loads, each labelled with the model id.
+fn models_registry(models: &[ModelStatus]) -> Registry {
+    let mut registry = Registry::default();
+    let state = Family::<Labels, Gauge>::default();
+    let bytes = Family::<Labels, Gauge>::default();
+    let last_used = Family::<Labels, Gauge>::default();
+    let loads = Family::<Labels, Counter>::default();
+    for model in models {
+        let id = || ("model", escape_label_value(&model.id));
+        for name in ["loaded", "loading", "unloaded"] {
+            state
+                .get_or_create(&vec![id(), ("state", name.to_owned())])
+                .set(i64::from(model.state == name));
+        }
+        if let Some(b) = model.bytes {
+            bytes
+                .get_or_create(&vec![id()])
+                .set(i64::try_from(b).unwrap_or(i64::MAX));
+        }
+        if let Some(t) = model.last_used {
+            last_used
+                .get_or_create(&vec![id()])
+                .set(i64::try_from(t).unwrap_or(i64::MAX));
+        }
+        loads.get_or_create(&vec![id()]).inc_by(model.loads);
+    }
+    registry.register(
+        "xpu_model_state",
+        "Each served model's state: 1 for the current one of loaded, loading, unloaded",
+        state,
+    );
+    registry.register(
+        "xpu_model_memory_bytes",
+        "Estimated memory of each model once loaded (weights plus KV cache)",
+        bytes,
+    );
+    registry.register(
+        "xpu_model_last_used_timestamp_seconds",
+        "Unix time of the last request for each model",
+        last_used,
+    );
+    registry.register("xpu_model_loads", "Completed loads of each model", loads);
+    registry
 }
 
 /// The GPU gauges of one reading (see [`GpuSamples`]).
@@ -331,7 +381,7 @@ mod tests {
     #[test]
     fn gpu_gauges_per_device_with_help_and_type() {
         let m = Metrics::new();
-        let text = m.render_with_gpu(Some(&two_devices()));
+        let text = m.render_with(Some(&two_devices()), &[]);
         let a770 = r#"{index="0",device="Intel(R) Arc(TM) A770 Graphics",pci="0000:03:00.0"}"#;
         let odd = r#"{index="1",device="Odd \"GPU\" \\ 2",pci=""}"#;
         for line in [
@@ -377,7 +427,7 @@ mod tests {
             memory_used_bytes: Some(1),
             ..Default::default()
         }]);
-        let text = Metrics::new().render_with_gpu(Some(&only_memory));
+        let text = Metrics::new().render_with(Some(&only_memory), &[]);
         assert!(
             text.contains(r#"xpu_gpu_memory_used_bytes{index="0",device="x",pci=""} 1"#),
             "{text}"
@@ -395,11 +445,11 @@ mod tests {
     #[test]
     fn no_reading_no_gpu_lines() {
         let m = Metrics::new();
-        let text = m.render_with_gpu(None);
+        let text = m.render_with(None, &[]);
         assert!(!text.contains("xpu_gpu_"), "{text}");
         assert_eq!(text, m.render());
         // A reading without devices (an empty driver) adds nothing either.
-        assert_eq!(m.render_with_gpu(Some(&Telemetry::default())), text);
+        assert_eq!(m.render_with(Some(&Telemetry::default()), &[]), text);
         assert_exposition_is_well_formed(&text);
     }
 

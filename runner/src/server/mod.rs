@@ -7,11 +7,15 @@
 //! accepting connections, answers new requests on open connections with 503, lets
 //! in-flight requests finish for up to `--shutdown-timeout` seconds and exits 0.
 //!
-//! Generation runs on one dedicated worker thread fed by a bounded queue (see
-//! `queue`): the engine holds one sequence, so one generation runs at a time.
+//! With several models (`--model` repeated, `--models-dir`), the service is ready
+//! once it knows them, and each loads on its first request (see `pool`).
+//!
+//! Generation runs on a dedicated worker thread per loaded model, fed by a bounded
+//! queue (see `queue`); the workers share one turn, so one generation runs at a time.
 
 pub mod auth;
 pub mod backend;
+pub mod catalog;
 pub mod completions;
 pub mod config;
 pub mod dashboard;
@@ -20,6 +24,7 @@ pub mod errors;
 pub mod listen;
 pub mod metrics;
 pub mod openai;
+pub mod pool;
 pub mod queue;
 pub mod routes;
 pub mod shutdown;
@@ -28,7 +33,7 @@ pub mod systemd;
 pub mod telemetry;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,9 +43,10 @@ pub use config::ServeArgs;
 use auth::ApiKeys;
 use device::{DeviceChoice, FactsSummary};
 use metrics::Metrics;
-use queue::Scheduler;
+use pool::Limits;
+use queue::GenerationTurn;
 use shutdown::Lifecycle;
-use state::{AppState, ServedModel};
+use state::AppState;
 use telemetry::GpuTelemetry;
 
 /// Runs the service until a termination signal; returns when it has drained.
@@ -106,19 +112,26 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         keys,
         max_body_bytes: args.max_body_bytes,
-        model: OnceLock::new(),
+        models: Default::default(),
         gpu: gpu.clone(),
         dashboard: Default::default(),
     });
     tokio::spawn(telemetry::log_first_outcome(gpu));
     let app = routes::router(state.clone(), &args.cors_allow_origin);
-    systemd::status(&format!("loading {} (listening on {local})", args.model));
+    systemd::status(&format!(
+        "loading {} (listening on {local})",
+        args.model.join(", ")
+    ));
 
     if let Some(interval) = systemd::watchdog_interval() {
         tracing::info!("systemd watchdog enabled: pinging every {:?}", interval);
         let state = state.clone();
         tokio::spawn(systemd::watchdog_loop(interval, move || {
-            state.model.get().is_none_or(|m| m.scheduler.worker_alive())
+            state
+                .models
+                .loaded()
+                .iter()
+                .all(|m| m.scheduler.worker_alive())
         }));
     }
 
@@ -177,7 +190,7 @@ async fn serve(args: ServeArgs, gpu: Arc<GpuTelemetry>) -> anyhow::Result<()> {
     );
     // Generations end at their next token with finish_reason "abort"; give the
     // answers a moment to reach their clients.
-    if let Some(model) = state.model.get() {
+    for model in state.models.loaded() {
         model.scheduler.abort_all();
     }
     if tokio::time::timeout(ABORT_GRACE, &mut server)
@@ -214,8 +227,8 @@ async fn bind(host: &listen::Host, port: u16) -> anyhow::Result<tokio::net::TcpL
     )))
 }
 
-/// Decides the device, loads the model off the runtime, starts its worker and
-/// marks the service ready.
+/// Decides the device, finds the models and, with one model, loads it; then marks
+/// the service ready.
 async fn load_and_publish(
     args: &ServeArgs,
     state: &Arc<AppState>,
@@ -256,48 +269,61 @@ async fn load_and_publish(
         decision.reasons.join("; ")
     );
 
-    let reference = args.model.clone();
-    let (threads, ctx, fallback) = (args.threads, args.ctx, args.device == DeviceChoice::Auto);
-    let chosen = decision.device;
-    let (path, (loaded, device, fallback_reason)) = tokio::task::spawn_blocking(move || {
-        let path = crate::hub::resolve_model(&reference)?;
-        let loaded = backend::load(&path, chosen, fallback, threads, ctx)?;
-        anyhow::Ok((path, loaded))
+    let (models, single_id, dir) = (
+        args.model.clone(),
+        args.model_id.clone(),
+        args.models_dir.clone(),
+    );
+    let entries = tokio::task::spawn_blocking(move || {
+        catalog::collect(
+            &models,
+            single_id.as_deref(),
+            dir.as_deref(),
+            crate::hub::resolve_model,
+        )
     })
     .await??;
-
-    let id = args.model_id.clone().unwrap_or_else(|| loaded.id.clone());
-    let device_description = loaded.engine.device_description();
-    let context_length = loaded.engine.context_length();
-    let (prompter, worker) = backend::split(loaded);
-    let scheduler = Scheduler::start(worker, args.max_queue, state.metrics.clone())
-        .context("cannot start the generation thread")?;
-    state.metrics.set_device(&device_description, &id);
-    state.dashboard.set_engine(dashboard::EngineInfo {
+    let loader = backend::EngineLoader {
+        device: decision.device,
+        fallback: args.device == DeviceChoice::Auto,
         requested: format!("{:?}", args.device).to_lowercase(),
-        device: device.name(),
-        description: device_description.clone(),
         reasons: decision.reasons.clone(),
-        fallback_reason,
-    });
-    state.dashboard.read_model(path).await;
-    let served = ServedModel {
-        id: id.clone(),
-        device: device_description.clone(),
-        context_length,
+        threads: args.threads,
+        ctx: args.ctx,
+        max_queue: args.max_queue,
         max_tokens_default: args.max_tokens_default,
-        created: completions::unix_now(),
-        prompter,
-        scheduler,
+        metrics: state.metrics.clone(),
+        turn: GenerationTurn::default(),
     };
-    if state.model.set(Arc::new(served)).is_err() {
-        anyhow::bail!("the model was published twice");
-    }
+    let limits = Limits {
+        max_loaded: args.max_loaded_models,
+        memory_budget: args.memory_budget,
+    };
+    let first_path = entries[0].path.clone();
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    state.models.configure(entries, Arc::new(loader), limits)?;
+
+    let status = if args.single_model() {
+        // Today's one-model service: loaded now, ready after.
+        let served = state
+            .models
+            .get(None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        state.dashboard.read_model(first_path).await;
+        let device = served.engine.as_ref().map_or("cpu", |e| e.device);
+        format!(
+            "serving {} on {device} ({}, context {}) at http://{local}",
+            served.id, served.device, served.context_length
+        )
+    } else {
+        format!(
+            "serving {} models, each loaded on its first request ({}) at http://{local}",
+            ids.len(),
+            ids.join(", ")
+        )
+    };
     state.lifecycle.set_ready();
-    let status = format!(
-        "serving {id} on {} ({device_description}, context {context_length}) at http://{local}",
-        device.name()
-    );
     tracing::info!("{status}");
     systemd::ready(&status);
     Ok(())

@@ -89,6 +89,20 @@ struct Job {
     enqueued: Instant,
 }
 
+/// One generation at a time in the whole process: every model's worker takes the
+/// turn for each job, so two loaded models never generate at once.
+#[derive(Clone, Default)]
+pub struct GenerationTurn(Arc<std::sync::Mutex<()>>);
+
+impl GenerationTurn {
+    fn take(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A worker that panicked mid-job leaves nothing to repair.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Shared state between the scheduler handle, the worker and the watchdog.
 struct Shared {
     /// Places taken in the queue: reserved ones (prompt still being built) and
@@ -113,11 +127,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the worker thread that owns `backend`.
+    /// Starts the worker thread that owns `backend`, with a turn of its own.
     pub fn start<B: Backend>(
         backend: B,
         max_queue: usize,
         metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        Self::start_sharing(backend, max_queue, metrics, GenerationTurn::default())
+    }
+
+    /// Starts the worker thread that owns `backend`; it runs a job only while it
+    /// holds `turn`, which other models' workers share.
+    pub fn start_sharing<B: Backend>(
+        backend: B,
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+        turn: GenerationTurn,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel::<Job>(max_queue);
         let shared = Arc::new(Shared {
@@ -133,6 +158,7 @@ impl Scheduler {
             .spawn(move || {
                 let mut backend = backend;
                 for job in receiver {
+                    let _turn = turn.take();
                     worker_shared.waiting.fetch_sub(1, Ordering::SeqCst);
                     worker_metrics.queue_depth.dec();
                     run_job(&mut backend, job, &worker_shared, &worker_metrics);

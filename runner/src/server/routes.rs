@@ -145,28 +145,33 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    match (state.lifecycle.phase(), state.model.get()) {
-        (Phase::Ready, Some(model)) => {
+    match state.lifecycle.phase() {
+        Phase::Ready => {
+            let loaded = state.models.loaded();
             let mut body = serde_json::json!({
                 "status": "ok",
-                "model": model.id,
-                "device": model.device,
-                "context_length": model.context_length,
-                "queue_depth": model.scheduler.waiting(),
+                "queue_depth": loaded.iter().map(|m| m.scheduler.waiting()).sum::<usize>(),
+                "models": state.models.status(),
             });
+            // One model: the fields every client of a one-model server reads.
+            if let ([id], Some(model)) = (&state.models.ids()[..], loaded.first()) {
+                body["model"] = serde_json::Value::from(id.as_str());
+                body["device"] = serde_json::Value::from(model.device.as_str());
+                body["context_length"] = serde_json::Value::from(model.context_length);
+            }
             // Only when there is a reading: hosts without an Intel GPU see no field.
             if let Some(reading) = state.gpu.latest() {
                 body["gpu"] = telemetry::health_json(&reading);
             }
             Json(body).into_response()
         }
-        (Phase::Draining, _) => {
+        Phase::Draining => {
             let mut response = ApiError::draining().into_response();
             *response.body_mut() =
                 axum::body::Body::from(health_body("draining", &ApiError::draining()));
             response
         }
-        _ => {
+        Phase::Loading => {
             let mut response = ApiError::loading().into_response();
             *response.body_mut() =
                 axum::body::Body::from(health_body("loading", &ApiError::loading()));
@@ -189,25 +194,39 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render_with_gpu(state.gpu.latest().as_ref()),
+        state
+            .metrics
+            .render_with(state.gpu.latest().as_ref(), &state.models.status()),
     )
         .into_response()
 }
 
-fn model_object(state: &AppState) -> Result<ModelObject, ApiError> {
-    let model = state.model()?;
-    Ok(ModelObject {
-        id: model.id.clone(),
+/// The served ids; 503 until the service is ready (the one model is loaded, or the
+/// several are known).
+fn served_ids(state: &AppState) -> Result<Vec<String>, ApiError> {
+    if state.lifecycle.phase() == Phase::Loading {
+        return Err(ApiError::loading());
+    }
+    Ok(state.models.ids())
+}
+
+fn model_object(state: &AppState, id: String) -> ModelObject {
+    ModelObject {
+        id,
         object: "model",
-        created: model.created,
+        created: state.models.created(),
         owned_by: "xpu",
-    })
+    }
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
+    let data = served_ids(&state)?
+        .into_iter()
+        .map(|id| model_object(&state, id))
+        .collect();
     Ok(Json(ModelList {
         object: "list",
-        data: vec![model_object(&state)?],
+        data,
     }))
 }
 
@@ -215,11 +234,11 @@ async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
-    let model = model_object(&state)?;
-    if id != model.id {
-        return Err(ApiError::model_not_found(&id, &model.id));
+    let ids = served_ids(&state)?;
+    if !ids.contains(&id) {
+        return Err(ApiError::model_not_found(&id, &ids));
     }
-    Ok(Json(model))
+    Ok(Json(model_object(&state, id)))
 }
 
 #[cfg(test)]
@@ -229,7 +248,6 @@ mod tests {
     use crate::server::metrics::Metrics;
     use crate::server::shutdown::Lifecycle;
     use crate::server::telemetry::GpuTelemetry;
-    use std::sync::OnceLock;
     use tower::ServiceExt;
 
     #[test]
@@ -244,7 +262,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             keys: keys.map(|k| ApiKeys::parse(k).unwrap()),
             max_body_bytes: 4096,
-            model: OnceLock::new(),
+            models: Default::default(),
             gpu: Arc::new(GpuTelemetry::off()),
             dashboard: Default::default(),
         })

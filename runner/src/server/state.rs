@@ -1,13 +1,14 @@
 //! Shared state of the HTTP handlers: lifecycle, metrics, keys, limits, GPU telemetry
-//! and, once loaded, the served model (its prompt builder and its scheduler).
+//! and the model pool (each loaded model: its prompt builder and its scheduler).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::auth::ApiKeys;
-use super::dashboard::Dashboard;
+use super::dashboard::{Dashboard, EngineInfo};
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::openai::PlainMessage;
+use super::pool::ModelPool;
 use super::queue::Scheduler;
 use super::shutdown::Lifecycle;
 use super::telemetry::GpuTelemetry;
@@ -34,6 +35,8 @@ pub struct ServedModel {
     pub created: u64,
     pub prompter: Arc<dyn Prompter>,
     pub scheduler: Scheduler,
+    /// How its device was chosen, for the dashboard.
+    pub engine: Option<EngineInfo>,
 }
 
 /// Everything the handlers share.
@@ -42,16 +45,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub keys: Option<ApiKeys>,
     pub max_body_bytes: usize,
-    pub model: OnceLock<Arc<ServedModel>>,
+    /// The served models, loaded at start (one model) or on first use (several).
+    pub models: ModelPool,
     /// Intel GPU readings for `/metrics` and `/health` (none without an Intel GPU).
     pub gpu: Arc<GpuTelemetry>,
     /// What the dashboard shows besides the metrics (facts, engine, model file).
     pub dashboard: Dashboard,
-}
-
-impl AppState {
-    /// The model, or 503 while it loads.
-    pub fn model(&self) -> Result<Arc<ServedModel>, ApiError> {
-        self.model.get().cloned().ok_or_else(ApiError::loading)
-    }
 }

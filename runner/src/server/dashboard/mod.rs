@@ -93,7 +93,6 @@ pub struct EngineInfo {
 pub struct Dashboard {
     started: Instant,
     facts: OnceLock<Result<Value, String>>,
-    engine: OnceLock<EngineInfo>,
     model: OnceLock<Result<ModelFacts, String>>,
 }
 
@@ -102,7 +101,6 @@ impl Default for Dashboard {
         Dashboard {
             started: Instant::now(),
             facts: OnceLock::new(),
-            engine: OnceLock::new(),
             model: OnceLock::new(),
         }
     }
@@ -112,10 +110,6 @@ impl Dashboard {
     /// Records the probe's facts document, or why there is none.
     pub fn set_facts(&self, facts: Result<Value, String>) {
         let _ = self.facts.set(facts);
-    }
-
-    pub fn set_engine(&self, engine: EngineInfo) {
-        let _ = self.engine.set(engine);
     }
 
     /// Reads the model file's header off the async runtime and records it.
@@ -174,8 +168,10 @@ async fn document(State(state): State<Arc<AppState>>) -> Response {
 pub fn build_document(state: &AppState) -> Value {
     let board = &state.dashboard;
     let facts = board.facts.get().and_then(|f| f.as_ref().ok());
-    let engine = board.engine.get();
-    let served = state.model.get();
+    // The model in use: the one served, or the one used last of several.
+    let served = state.models.latest();
+    let served = served.as_ref();
+    let engine = served.and_then(|served| served.engine.as_ref());
     let telemetry = state
         .gpu
         .latest()
@@ -244,6 +240,7 @@ pub fn build_document(state: &AppState) -> Value {
         "engines": machine::engine_options(facts, engine.map(|e| e.device)),
         "engine": engine,
         "model": model,
+        "models": state.models.status(),
         "live": {
             "tokens_per_second": live.tokens_per_second,
             "history_interval_s": live.history_interval_s,

@@ -31,6 +31,8 @@ pub struct ModelFacts {
     pub layers: Option<u64>,
     /// Key/value heads times head size: values per token and layer, for K and V each.
     pub kv_width: Option<u64>,
+    /// The context the model was trained for, in tokens.
+    pub context_length: Option<u64>,
 }
 
 /// Whether the model fits one place.
@@ -74,6 +76,7 @@ fn read_gguf(path: &Path) -> anyhow::Result<ModelFacts> {
     let head_size = key("attention.key_length")
         .or_else(|| Some(key("embedding_length")? / heads.filter(|&h| h > 0)?));
     let layers = key("block_count");
+    let context_length = key("context_length");
     Ok(ModelFacts {
         format: "gguf",
         architecture,
@@ -82,6 +85,7 @@ fn read_gguf(path: &Path) -> anyhow::Result<ModelFacts> {
         weights_bytes: file.bytes().len() as u64,
         layers,
         kv_width: kv_heads.zip(head_size).map(|(h, s)| h * s),
+        context_length,
     })
 }
 
@@ -127,6 +131,7 @@ fn read_safetensors(dir: &Path) -> anyhow::Result<ModelFacts> {
             .or(heads)
             .zip(head_size)
             .map(|(h, s)| h * s),
+        context_length: get("max_position_embeddings"),
     })
 }
 
