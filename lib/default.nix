@@ -386,6 +386,10 @@ let
       {
         model,
         modelId ? null,
+        models ? { },
+        modelsDir ? null,
+        maxLoadedModels ? null,
+        memoryBudget ? null,
         host,
         port,
         device,
@@ -398,9 +402,15 @@ let
         maxTokensDefault ? null,
       }:
       let
+        # Several models: `ID=PATH` each, comma-separated (the runner's `--model` list);
+        # they replace `model` and `modelId`.
+        several = models != { };
         settings = {
-          XPU_RUNNER_MODEL = model;
-          XPU_RUNNER_MODEL_ID = modelId;
+          XPU_RUNNER_MODEL = if several then modelList models else model;
+          XPU_RUNNER_MODEL_ID = if several then null else modelId;
+          XPU_RUNNER_MODELS_DIR = modelsDir;
+          XPU_RUNNER_MAX_LOADED_MODELS = maxLoadedModels;
+          XPU_RUNNER_MEMORY_BUDGET = memoryBudget;
           XPU_RUNNER_HOST = host;
           XPU_RUNNER_PORT = port;
           XPU_RUNNER_DEVICE = device;
@@ -420,6 +430,26 @@ let
           value = escapeSystemdSpecifiers (toSystemdString settings.${name});
         }) set
       );
+
+    # `services.xpu-runner.models` as the runner's `--model` list: `ID=PATH,ID=PATH`. An id
+    # must not hold what the list and `ID=` use (`,`, `=`) nor look like a path (`/`); a
+    # path must not hold `,`.
+    modelList =
+      models:
+      let
+        entry =
+          name:
+          let
+            path = toString models.${name};
+          in
+          if name == "" || match ".*[,=/[:space:]].*" name != null || substring 0 3 name == "hf:" then
+            throw "services.xpu-runner.models: the name `${name}` cannot be a model id; use letters, digits, `.`, `-`, `_` or `:` (no `,`, `=`, `/` or spaces, not starting with `hf:`)"
+          else if match ".*,.*" path != null then
+            throw "services.xpu-runner.models.${name}: the path `${path}` contains a comma, which the runner's model list cannot carry; rename the file"
+          else
+            "${name}=${path}";
+      in
+      concatStringsSep "," (map entry (attrNames models));
 
     # The id clients must name for a model: the package's `passthru.modelId` (the default
     # model has one), else null and the runner derives it from the file.
@@ -609,6 +639,7 @@ let
           "hash"
           "endpoint"
           "name"
+          "tokenEnvVar"
         ];
         unknown = filter (n: !(elem n known)) (attrNames args);
         url =
@@ -633,6 +664,36 @@ let
           # What the module offers clients as the model's name (`modelId`): the file name
           # without `.gguf`.
           passthru.modelId = if stem == null then fileName else head stem;
+        }
+        // (if args ? tokenEnvVar then hubTokenArgs args.tokenEnvVar else { });
+
+    # fetchurl arguments that send a Hugging Face token (gated or private files) read at
+    # build time from the environment variable `var` of the builder (the Nix daemon's
+    # environment on multi-user installs), so the token never enters the store or the
+    # derivation: only the variable's name does. nixpkgs' fetchurl passes
+    # `netrcImpureEnvVars` into the fixed-output build and runs `netrcPhase` before curl,
+    # adding `--netrc-file $PWD/netrc` to its options; the phase writes the header to a
+    # file that curl reads (`-H @FILE`), so the token is not on curl's command line either.
+    # curl sends such a header only to the first host, not to the CDN it is redirected to.
+    hubTokenArgs =
+      var:
+      if !(isString var) || match "[A-Za-z_][A-Za-z0-9_]*" var == null then
+        throw "xpu.lib.fetchModel: tokenEnvVar must be the name of an environment variable, e.g. \"HF_TOKEN\""
+      else
+        {
+          netrcImpureEnvVars = [ var ];
+          netrcPhase = ''
+            if [ -z "''${${var}:-}" ]; then
+              echo "xpu.lib.fetchModel: ${var} is not set in the builder's environment; on a multi-user Nix install set it for nix-daemon (e.g. an EnvironmentFile), see docs/nix.md" >&2
+              exit 1
+            fi
+            printf 'Authorization: Bearer %s\n' "''$${var}" > "$PWD/hub-auth-header"
+            : > "$PWD/netrc"
+            curlOpts="$curlOpts -H @$PWD/hub-auth-header"
+            # fetchurl falls back to the hashed mirrors when the download fails; the
+            # header must not go there, so there are none (a blank list).
+            NIX_HASHED_MIRRORS=" "
+          '';
         };
 
     # A model file pinned by hash: a fixed-output derivation built with nixpkgs' `fetchurl`.

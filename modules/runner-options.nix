@@ -69,6 +69,55 @@ in
       '';
     };
 
+    models = mkOption {
+      type = types.attrsOf types.path;
+      default = { };
+      example = literalExpression ''
+        {
+          smollm2 = pkgs.xpu-default-model;
+          qwen = xpu.lib.fetchModel pkgs {
+            repo = "Qwen/Qwen2.5-0.5B-Instruct-GGUF";
+            file = "qwen2.5-0.5b-instruct-q4_k_m.gguf";
+            rev = "<commit>";
+            hash = "sha256-...";
+          };
+        }
+      '';
+      description = ''
+        Several models in one service: id (what clients send as `model`) to a GGUF file or
+        safetensors directory, e.g. a model pinned by hash with `xpu.lib.fetchModel`. Each model
+        loads on its first request; {option}`services.xpu-runner.maxLoadedModels` and
+        {option}`services.xpu-runner.memoryBudget` bound how many stay loaded. When set, it
+        replaces {option}`services.xpu-runner.model` and {option}`services.xpu-runner.modelId`.
+      '';
+    };
+
+    modelsDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/models";
+      description = ''
+        Also serve every GGUF file under this directory (`--models-dir`, read at start), each
+        named after its file and loaded on its first request.
+      '';
+    };
+
+    maxLoadedModels = positiveOrNull "The most models kept loaded at once; loading one more unloads the least recently used, `--max-loaded-models`" "no limit";
+
+    memoryBudget = mkOption {
+      type = types.nullOr (
+        types.either types.ints.positive (types.strMatching "[0-9]+([.][0-9]+)?[[:space:]]*([KkMmGgTt]([Ii]?[Bb])?|[Bb])?")
+      );
+      default = null;
+      example = "8G";
+      description = ''
+        The memory that loaded models may take together (`--memory-budget`): bytes, or a number
+        with K, M, G, T (1024s) or KB, MB, GB, TB (1000s). A model counts its weights plus its
+        KV cache; loading one that does not fit first unloads the least recently used. `null`:
+        no limit.
+      '';
+    };
+
     host = mkOption {
       type = hostType;
       default = "127.0.0.1";

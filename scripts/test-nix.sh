@@ -62,6 +62,48 @@ pass "${#nix_files[@]} .nix files parse"
 run_test_set "lib tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/lib-tests.nix)"
 run_test_set "cluster lib tests" "import ./tests/nix/run-tests.nix (import ./tests/nix/cluster-lib-tests.nix)"
 
+# 2b. xpu.lib.fetchModel's token for gated files: run the fetchurl phase it adds, as
+# nixpkgs' fetchurl builder would (in the build directory, then curl with $curlOpts and the
+# netrc file), against a local server that reports the request's headers. The token must
+# arrive as a bearer header and appear in no argument of curl; without the variable the
+# phase stops with a message that names it.
+token_phase=$(nix-instantiate --eval --json -E \
+    '((import ./lib).fetchModelArgs { url = "http://127.0.0.1/m.gguf"; hash = "sha256-A"; tokenEnvVar = "XPU_TEST_HUB_TOKEN"; }).netrcPhase' \
+    2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin))')
+mkdir "$work/fetch"
+python3 - "$work/fetch/port" >"$work/fetch/headers" <<'PY' &
+import http.server, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print(self.headers.get("Authorization"), flush=True)
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args): pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Echo)
+open(sys.argv[1], "w").write(str(server.server_address[1]))
+server.handle_request()
+PY
+echo_server=$!
+for _ in $(seq 50); do [ -s "$work/fetch/port" ] && break; sleep 0.1; done
+(
+    cd "$work/fetch"
+    export XPU_TEST_HUB_TOKEN=hf_secret
+    curlOpts=""
+    eval "$token_phase"
+    case "$curlOpts" in *hf_secret*) echo "the token is on curl's command line: $curlOpts" >&2; exit 1 ;; esac
+    [ "$NIX_HASHED_MIRRORS" = " " ] || { echo "hashed mirrors left on" >&2; exit 1; }
+    # shellcheck disable=SC2086 # word splitting as fetchurl's builder does
+    curl --silent --fail $curlOpts --netrc-file "$PWD/netrc" -o body "http://127.0.0.1:$(cat port)/m.gguf"
+) || fail "fetchModel token phase did not run"
+wait "$echo_server"
+[ "$(cat "$work/fetch/headers")" = "Bearer hf_secret" ] \
+    || fail "fetchModel token: the server saw Authorization '$(cat "$work/fetch/headers")', expected 'Bearer hf_secret'"
+if out=$(cd "$work/fetch" && env -u XPU_TEST_HUB_TOKEN bash -c "curlOpts=; $token_phase" 2>&1); then
+    fail "fetchModel token phase ran without the variable"
+fi
+grep -q "XPU_TEST_HUB_TOKEN is not set" <<<"$out" || fail "fetchModel token: unclear message without the variable: $out"
+pass "fetchModel sends the token from the builder's environment as a bearer header"
+
 # 3. The messages users see for broken facts files.
 expect_eval_error "text facts file" "(import ./lib).readFacts ./tests/nix/fixtures/facts-text-format.json" \
     "facts-text-format.json is not a JSON object .*xpu-probe -o facts.json"

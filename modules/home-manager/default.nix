@@ -89,6 +89,10 @@ in
             inherit (cfg)
               model
               modelId
+              models
+              modelsDir
+              maxLoadedModels
+              memoryBudget
               host
               port
               device

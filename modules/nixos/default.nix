@@ -275,7 +275,8 @@ in
           '';
         }
         {
-          assertion = xpu.modelPathProblem cfg.model == null;
+          # `models` replaces `model`.
+          assertion = cfg.models != { } || xpu.modelPathProblem cfg.model == null;
           message = ''
             services.xpu-runner.model (${toString cfg.model}) ${toString (xpu.modelPathProblem cfg.model)}.
             Move the model to e.g. /var/lib/models, or use a path in the Nix store.
@@ -303,7 +304,14 @@ in
             would run as a transient user that ignores it. Set services.xpu-runner.user too (e.g. "xpu-runner").
           '';
         }
-      ];
+      ]
+      ++ map (name: {
+        assertion = xpu.modelPathProblem cfg.models.${name} == null;
+        message = ''
+          services.xpu-runner.models.${name} (${toString cfg.models.${name}}) ${toString (xpu.modelPathProblem cfg.models.${name})}.
+          Move the model to e.g. /var/lib/models, or use a path in the Nix store.
+        '';
+      }) (lib.attrNames cfg.models);
 
       warnings =
         lib.optional (packageAccelerationValid && packageAcceleration != variantAcceleration) ''
@@ -351,6 +359,10 @@ in
           inherit (cfg)
             model
             modelId
+            models
+            modelsDir
+            maxLoadedModels
+            memoryBudget
             host
             port
             device

@@ -19,6 +19,20 @@
     # };
     # model = xpu.lib.fetchModel pkgs { url = "https://example.org/model.gguf"; hash = "sha256-..."; };
     # modelId = "llama-3.2-1b";
+    # Several models in one service, each pinned by hash and loaded on its first request
+    # (clients pick one by name in `model`); they replace `model` above:
+    # models = {
+    #   smollm2 = pkgs.xpu-default-model;
+    #   llama = xpu.lib.fetchModel pkgs {
+    #     repo = "OWNER/REPO-GGUF";
+    #     file = "model-Q4_K_M.gguf";
+    #     rev = "<commit>";
+    #     hash = "sha256-...";
+    #     tokenEnvVar = "HF_TOKEN";  # a gated file: the token comes from nix-daemon's environment
+    #   };
+    # };
+    # maxLoadedModels = 1;     # unload the least recently used beyond this
+    # memoryBudget = "8G";     # or bound the memory the loaded models take together
     # host = "0.0.0.0";
     # openFirewall = true;
     # apiKeyFile = "/run/secrets/xpu-runner-api-keys";  # one key per line

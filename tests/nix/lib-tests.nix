@@ -432,6 +432,50 @@ in
       XPU_RUNNER_DEVICE = "cpu";
     };
   };
+  # Several models replace `model` and `modelId` with one `ID=PATH` list (sorted by id).
+  testRunnerEnvironmentSeveralModels = {
+    expr = xpu.runnerEnvironment {
+      model = "/nix/store/x-model.gguf";
+      modelId = "ignored";
+      models = {
+        b = "/nix/store/b.gguf";
+        "a.small:q4" = {
+          outPath = "/nix/store/a.gguf";
+        };
+      };
+      maxLoadedModels = 1;
+      memoryBudget = "1.5GiB";
+      host = "127.0.0.1";
+      port = 1;
+      device = "cpu";
+    };
+    expected = {
+      XPU_RUNNER_MODEL = "a.small:q4=/nix/store/a.gguf,b=/nix/store/b.gguf";
+      XPU_RUNNER_MAX_LOADED_MODELS = "1";
+      XPU_RUNNER_MEMORY_BUDGET = "1.5GiB";
+      XPU_RUNNER_HOST = "127.0.0.1";
+      XPU_RUNNER_PORT = "1";
+      XPU_RUNNER_DEVICE = "cpu";
+    };
+  };
+  testModelListRefusesIdsThatCannotBeParsed = {
+    expr = map (name: (builtins.tryEval (xpu.modelList { ${name} = "/m.gguf"; })).success) [
+      "a=b"
+      "a/b"
+      "a b"
+      "hf:x"
+      ""
+      "ok"
+    ];
+    expected = [
+      false
+      false
+      false
+      false
+      false
+      true
+    ];
+  };
   # Environment= lines as systemd reads them (systemd.syntax(5)): each assignment one
   # double-quoted word with C escapes, so spaces do not split it and quotes and backslashes
   # survive. scripts/test-nix.sh feeds these lines to systemd itself where it can.
@@ -755,6 +799,34 @@ in
       name = "m.gguf";
       passthru.modelId = "m";
     };
+  };
+  # A gated file: the token's variable name goes into the derivation, never the token.
+  testFetchModelWithToken = {
+    expr =
+      let
+        args = xpu.fetchModelArgs {
+          repo = "o/r";
+          file = "m.gguf";
+          hash = "sha256-AAAA";
+          tokenEnvVar = "HF_TOKEN";
+        };
+      in
+      {
+        inherit (args) netrcImpureEnvVars;
+        readsVar = builtins.match ".*Bearer %s.*[$]HF_TOKEN.*" args.netrcPhase != null;
+      };
+    expected = {
+      netrcImpureEnvVars = [ "HF_TOKEN" ];
+      readsVar = true;
+    };
+  };
+  testFetchModelTokenVarMustBeAName = {
+    expr = xpu.fetchModelArgs {
+      url = "https://example.org/m.gguf";
+      hash = "sha256-AAAA";
+      tokenEnvVar = "hf_abc def";
+    };
+    expectedError = true;
   };
   testFetchModelNeedsHash = {
     expr = xpu.fetchModelArgs { url = "https://example.org/m.gguf"; };

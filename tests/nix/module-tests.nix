@@ -750,6 +750,80 @@ in
       XPU_RUNNER_MAX_TOKENS_DEFAULT = "512";
     };
   };
+  # Several models pinned by the host: each an `ID=PATH` in the runner's --model list,
+  # replacing `model` and `modelId`, with the limits beside them.
+  testSeveralModels = {
+    expr = runnerEnv (service {
+      services.xpu-runner = {
+        enable = true;
+        models = {
+          small = /nix/store/11111111111111111111111111111111-small.gguf;
+          qwen = {
+            outPath = "/nix/store/22222222222222222222222222222222-qwen-Q4_K_M.gguf";
+          };
+        };
+        modelsDir = "/var/lib/models";
+        maxLoadedModels = 2;
+        memoryBudget = "8G";
+      };
+    });
+    expected = {
+      XPU_RUNNER_MODEL = "qwen=/nix/store/22222222222222222222222222222222-qwen-Q4_K_M.gguf,small=/nix/store/11111111111111111111111111111111-small.gguf";
+      XPU_RUNNER_MODELS_DIR = "/var/lib/models";
+      XPU_RUNNER_MAX_LOADED_MODELS = "2";
+      XPU_RUNNER_MEMORY_BUDGET = "8G";
+      XPU_RUNNER_HOST = "127.0.0.1";
+      XPU_RUNNER_PORT = "52415";
+      XPU_RUNNER_DEVICE = "cpu";
+      XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+    };
+  };
+  testSeveralModelsInHomeManager = {
+    expr =
+      builtins.filter (lib.hasPrefix ''"XPU_RUNNER_M'')
+        (evalHome {
+          services.xpu-runner = {
+            enable = true;
+            models.tiny = "/var/lib/models/tiny.gguf";
+            memoryBudget = 4000000000;
+          };
+        }).systemd.user.services.xpu-runner.Service.Environment;
+    expected = [
+      ''"XPU_RUNNER_MEMORY_BUDGET=4000000000"''
+      ''"XPU_RUNNER_MODEL=tiny=/var/lib/models/tiny.gguf"''
+    ];
+  };
+  testSeveralModelsBadNameIsRefused = {
+    expr =
+      (builtins.tryEval (builtins.deepSeq (service {
+        services.xpu-runner = {
+          enable = true;
+          models."a,b" = "/var/lib/models/a.gguf";
+        };
+      }).environment null)).success;
+    expected = false;
+  };
+  testSeveralModelsInHomeAsserts = {
+    expr = anyMatches ".*models[.]big [(]/home/alice/big.gguf[)] is under a home directory.*" (
+      failedAssertions (evalNixos {
+        config.services.xpu-runner = {
+          enable = true;
+          models.big = "/home/alice/big.gguf";
+        };
+      })
+    );
+    expected = true;
+  };
+  testMemoryBudgetIsASize = {
+    expr =
+      (builtins.tryEval (builtins.deepSeq (service {
+        services.xpu-runner = {
+          enable = true;
+          memoryBudget = "lots";
+        };
+      }).environment null)).success;
+    expected = false;
+  };
   testTypedRunnerOptionsRejectZero = {
     expr =
       (service {
