@@ -5,7 +5,8 @@
 //! quantized per row into [`BlockQ8`] blocks of 32 (an int8 vector with an f32 scale
 //! and the scaled sum that Q4_1's offset needs), so every product is an int8 dot
 //! product as in ggml. x86-64 CPUs with AVX2+FMA+F16C use `maddubs`-based SIMD
-//! dot products (checked once at run time); other CPUs use portable scalar code that
+//! dot products (checked once at run time), with AVX-VNNI `vpdpbusd` where the CPU
+//! has it (the same integer sums); other CPUs use portable scalar code that
 //! gives the same results up to float rounding.
 //!
 //! [`matmul`] computes `out[r][j] = dot(weight row j, activation row r)` for several
@@ -315,6 +316,20 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
+/// Whether this CPU also has AVX-VNNI, whose `vpdpbusd` replaces two instructions of
+/// every block product (the same sums; see `x86::unsigned_mul_sum`).
+#[inline]
+pub(crate) fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2() && std::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The block scales of quantized activations side by side: `d` and `d * sum` of every
 /// block. The Q4_0 decode kernel reads four blocks' scales with one load.
 pub(crate) struct BlockScales {
@@ -342,12 +357,10 @@ fn dot(format: WeightFormat, w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32], 
         // SAFETY: `avx2` is only true when has_avx2() found AVX2, FMA and F16C; the
         // slices have matching block counts (checked by QMatrix::new and the callers).
         return unsafe {
-            match format {
-                WeightFormat::Q4_0 => x86::dot_q4_0(w, x, d, d_sum),
-                WeightFormat::Q4_1 => x86::dot_q4_1(w, x),
-                WeightFormat::Q8_0 => x86::dot_q8_0(w, x),
-                WeightFormat::Q5_0 => x86::dot_q5_0(w, x),
-                WeightFormat::Q5_1 => x86::dot_q5_1(w, x),
+            if has_vnni() {
+                x86::dot_vnni(format, w, x, d, d_sum)
+            } else {
+                x86::dot(format, w, x, d, d_sum)
             }
         };
     }
@@ -409,7 +422,7 @@ fn dot_scalar(format: WeightFormat, w: &[u8], x: &[BlockQ8]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     //! AVX2 dot products after ggml's `ggml_vec_dot_q4_0_q8_0` family.
     //!
     //! Every function here is `unsafe` for the same two reasons, spelled out in each
@@ -424,7 +437,7 @@ mod x86 {
     /// # Safety
     /// The CPU has F16C and AVX, and `p` is valid for reading 2 bytes (any alignment).
     #[inline(always)]
-    unsafe fn f16(p: *const u8) -> f32 {
+    pub(crate) unsafe fn f16(p: *const u8) -> f32 {
         let bits = std::ptr::read_unaligned(p as *const u16) as u64;
         _mm_cvtss_f32(_mm_cvtph_ps(vmovq(bits)))
     }
@@ -517,18 +530,24 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2.
     #[inline(always)]
-    unsafe fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256 {
+    unsafe fn mul_sum_i8<const V: bool>(x: __m256i, y: __m256i) -> __m256 {
         let ax = _mm256_sign_epi8(x, x);
         let sy = _mm256_sign_epi8(y, x);
-        unsigned_mul_sum(ax, sy)
+        unsigned_mul_sum::<V>(ax, sy)
     }
 
-    /// Σ x[i] * y[i] of unsigned x and signed y bytes, as 8 f32 partial sums.
+    /// Σ x[i] * y[i] of unsigned x and signed y bytes, as 8 f32 partial sums: with
+    /// `V`, one AVX-VNNI `vpdpbusd`, else `maddubs` and `madd` (ggml's
+    /// `mul_sum_us8_pairs_float`). The sums are the same integers: no pair of products
+    /// of our operands reaches the 16-bit saturation of `maddubs` (at most 2 * 128 * 127).
     ///
     /// # Safety
-    /// The CPU has AVX2.
+    /// The CPU has AVX2, and AVX-VNNI if `V`.
     #[inline(always)]
-    unsafe fn unsigned_mul_sum(x: __m256i, y: __m256i) -> __m256 {
+    unsafe fn unsigned_mul_sum<const V: bool>(x: __m256i, y: __m256i) -> __m256 {
+        if V {
+            return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), x, y));
+        }
         let dot = _mm256_maddubs_epi16(x, y);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
     }
@@ -571,17 +590,88 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `w` holds `tile.nb` blocks of `format` and the
     /// tile its `ROW_TILE` rows of `tile.nb` blocks (as [`super::RowTile::new`] builds it).
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_tile(
         format: super::WeightFormat,
         w: &[u8],
         tile: &super::RowTile<'_>,
     ) -> [f32; 8] {
+        dot_tile_with::<false>(format, w, tile)
+    }
+
+    /// [`dot_tile`] with AVX-VNNI products.
+    ///
+    /// # Safety
+    /// As for [`dot_tile`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn dot_tile_vnni(
+        format: super::WeightFormat,
+        w: &[u8],
+        tile: &super::RowTile<'_>,
+    ) -> [f32; 8] {
+        dot_tile_with::<true>(format, w, tile)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_tile_with<const V: bool>(
+        format: super::WeightFormat,
+        w: &[u8],
+        tile: &super::RowTile<'_>,
+    ) -> [f32; 8] {
         match format {
-            super::WeightFormat::Q4_0 => dot_tile_for::<0>(w, tile),
-            super::WeightFormat::Q4_1 => dot_tile_for::<1>(w, tile),
-            super::WeightFormat::Q8_0 => dot_tile_for::<2>(w, tile),
-            super::WeightFormat::Q5_0 => dot_tile_for::<3>(w, tile),
-            super::WeightFormat::Q5_1 => dot_tile_for::<4>(w, tile),
+            super::WeightFormat::Q4_0 => dot_tile_for::<0, V>(w, tile),
+            super::WeightFormat::Q4_1 => dot_tile_for::<1, V>(w, tile),
+            super::WeightFormat::Q8_0 => dot_tile_for::<2, V>(w, tile),
+            super::WeightFormat::Q5_0 => dot_tile_for::<3, V>(w, tile),
+            super::WeightFormat::Q5_1 => dot_tile_for::<4, V>(w, tile),
+        }
+    }
+
+    /// One weight row · one activation row on the AVX2 kernels.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `w` holds `x.len()` blocks of `format`, and
+    /// `d` and `d_sum` one value per block of `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(
+        format: super::WeightFormat,
+        w: &[u8],
+        x: &[BlockQ8],
+        d: &[f32],
+        d_sum: &[f32],
+    ) -> f32 {
+        dot_with::<false>(format, w, x, d, d_sum)
+    }
+
+    /// [`dot`] with AVX-VNNI products.
+    ///
+    /// # Safety
+    /// As for [`dot`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn dot_vnni(
+        format: super::WeightFormat,
+        w: &[u8],
+        x: &[BlockQ8],
+        d: &[f32],
+        d_sum: &[f32],
+    ) -> f32 {
+        dot_with::<true>(format, w, x, d, d_sum)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_with<const V: bool>(
+        format: super::WeightFormat,
+        w: &[u8],
+        x: &[BlockQ8],
+        d: &[f32],
+        d_sum: &[f32],
+    ) -> f32 {
+        match format {
+            super::WeightFormat::Q4_0 => dot_q4_0::<V>(w, x, d, d_sum),
+            super::WeightFormat::Q4_1 => dot_q4_1::<V>(w, x),
+            super::WeightFormat::Q8_0 => dot_q8_0::<V>(w, x),
+            super::WeightFormat::Q5_0 => dot_q5_0::<V>(w, x),
+            super::WeightFormat::Q5_1 => dot_q5_1::<V>(w, x),
         }
     }
 
@@ -594,8 +684,11 @@ mod x86 {
     ///
     /// # Safety
     /// As for [`dot_tile`], with `F` naming the format of `w`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_tile_for<const F: u8>(w: &[u8], tile: &super::RowTile<'_>) -> [f32; 8] {
+    #[inline(always)]
+    unsafe fn dot_tile_for<const F: u8, const V: bool>(
+        w: &[u8],
+        tile: &super::RowTile<'_>,
+    ) -> [f32; 8] {
         let format = match F {
             0 => super::WeightFormat::Q4_0,
             1 => super::WeightFormat::Q4_1,
@@ -634,7 +727,7 @@ mod x86 {
             for (r, acc) in acc.iter_mut().enumerate() {
                 let qx = _mm256_loadu_si256((*xp.add(r * nb + i)).qs.as_ptr() as *const __m256i);
                 let sx = if signed { _mm256_sign_epi8(qx, qw) } else { qx };
-                *acc = _mm256_fmadd_ps(splat(dlo, dhi, r), unsigned_mul_sum(aw, sx), *acc);
+                *acc = _mm256_fmadd_ps(splat(dlo, dhi, r), unsigned_mul_sum::<V>(aw, sx), *acc);
             }
             match format {
                 super::WeightFormat::Q4_0 => {
@@ -681,16 +774,26 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `w` holds `x.len()` Q4_0 blocks, and `d` and
     /// `d_sum` one value per block of `x`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8], d: &[f32], d_sum: &[f32]) -> f32 {
+    #[inline(always)]
+    pub unsafe fn dot_q4_0<const V: bool>(
+        w: &[u8],
+        x: &[BlockQ8],
+        d: &[f32],
+        d_sum: &[f32],
+    ) -> f32 {
         /// One block's products added into `acc`.
         ///
         /// # Safety
         /// The CPU has AVX2 and FMA, and `b` points to a whole Q4_0 block (18 bytes).
         #[inline(always)]
-        unsafe fn block(b: *const u8, xb: &BlockQ8, d: __m256, acc: __m256) -> __m256 {
+        unsafe fn block<const V: bool>(
+            b: *const u8,
+            xb: &BlockQ8,
+            d: __m256,
+            acc: __m256,
+        ) -> __m256 {
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            _mm256_fmadd_ps(d, unsigned_mul_sum(nibbles(b.add(2)), qx), acc)
+            _mm256_fmadd_ps(d, unsigned_mul_sum::<V>(nibbles(b.add(2)), qx), acc)
         }
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut offsets = _mm_setzero_ps();
@@ -707,16 +810,16 @@ mod x86 {
             offsets = _mm_fmadd_ps(dw, _mm_loadu_ps(d_sum.as_ptr().add(4 * i)), offsets);
             let ds = _mm256_set_m128(ds, ds);
             let xb = &x[4 * i..4 * i + 4];
-            acc0 = block(b, &xb[0], _mm256_permute_ps::<0x00>(ds), acc0);
-            acc1 = block(b.add(18), &xb[1], _mm256_permute_ps::<0x55>(ds), acc1);
-            acc0 = block(b.add(36), &xb[2], _mm256_permute_ps::<0xAA>(ds), acc0);
-            acc1 = block(b.add(54), &xb[3], _mm256_permute_ps::<0xFF>(ds), acc1);
+            acc0 = block::<V>(b, &xb[0], _mm256_permute_ps::<0x00>(ds), acc0);
+            acc1 = block::<V>(b.add(18), &xb[1], _mm256_permute_ps::<0x55>(ds), acc1);
+            acc0 = block::<V>(b.add(36), &xb[2], _mm256_permute_ps::<0xAA>(ds), acc0);
+            acc1 = block::<V>(b.add(54), &xb[3], _mm256_permute_ps::<0xFF>(ds), acc1);
         }
         let mut offset = 0f32;
         for k in 4 * quads..x.len() {
             let b = p.add(k * 18);
             let dw = f16(b);
-            acc0 = block(b, &x[k], _mm256_set1_ps(dw * d[k]), acc0);
+            acc0 = block::<V>(b, &x[k], _mm256_set1_ps(dw * d[k]), acc0);
             offset = dw.mul_add(d_sum[k], offset);
         }
         let o = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
@@ -728,8 +831,8 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C, and `w` holds `x.len()` Q4_1 blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1(w: &[u8], x: &[BlockQ8]) -> f32 {
+    #[inline(always)]
+    pub unsafe fn dot_q4_1<const V: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
         let p = w.as_ptr();
@@ -742,7 +845,7 @@ mod x86 {
             offset += f16(b.add(2)) * xb.s;
             let qw = nibbles(b.add(4));
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            acc = _mm256_fmadd_ps(d, unsigned_mul_sum(qw, qx), acc);
+            acc = _mm256_fmadd_ps(d, unsigned_mul_sum::<V>(qw, qx), acc);
         }
         hsum(acc) + offset
     }
@@ -781,8 +884,8 @@ mod x86 {
     }
 
     /// ggml's `ggml_vec_dot_q5_0_q8_0`: one accumulator, as [`dot_q8_0`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q5_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+    #[inline(always)]
+    pub unsafe fn dot_q5_0<const V: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let p = w.as_ptr();
         for (i, xb) in x.iter().enumerate() {
@@ -792,14 +895,14 @@ mod x86 {
             }
             let d = _mm256_set1_ps(f16(b) * xb.d);
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            acc = _mm256_fmadd_ps(d, mul_sum_i8(q5_0_values(b), qx), acc);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8::<V>(q5_0_values(b), qx), acc);
         }
         hsum(acc)
     }
 
     /// ggml's `ggml_vec_dot_q5_1_q8_1`: as [`dot_q4_1`] with a fifth bit.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q5_1(w: &[u8], x: &[BlockQ8]) -> f32 {
+    #[inline(always)]
+    pub unsafe fn dot_q5_1<const V: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
         let p = w.as_ptr();
@@ -811,7 +914,7 @@ mod x86 {
             let d = _mm256_set1_ps(f16(b) * xb.d);
             offset += f16(b.add(2)) * xb.s;
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            acc = _mm256_fmadd_ps(d, unsigned_mul_sum(q5_1_values(b), qx), acc);
+            acc = _mm256_fmadd_ps(d, unsigned_mul_sum::<V>(q5_1_values(b), qx), acc);
         }
         hsum(acc) + offset
     }
@@ -820,8 +923,8 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C, and `w` holds `x.len()` Q8_0 blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+    #[inline(always)]
+    pub unsafe fn dot_q8_0<const V: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let p = w.as_ptr();
         for (i, xb) in x.iter().enumerate() {
@@ -832,7 +935,7 @@ mod x86 {
             let d = _mm256_set1_ps(f16(b) * xb.d);
             let qw = _mm256_loadu_si256(b.add(2) as *const __m256i);
             let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            acc = _mm256_fmadd_ps(d, mul_sum_i8(qw, qx), acc);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8::<V>(qw, qx), acc);
         }
         hsum(acc)
     }
@@ -858,6 +961,7 @@ unsafe impl Sync for OutPtr {}
 /// parallel pass over `team`.
 pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_>]) {
     let avx2 = has_avx2();
+    let vnni = has_vnni();
     // Work items: (job, first weight row, end weight row).
     let threads = team.threads();
     let total_rows: usize = jobs.iter().map(|j| j.weight.rows).sum();
@@ -905,7 +1009,13 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
                 for j in start..end {
                     // SAFETY: AVX2 was detected; the tile holds ROW_TILE rows of nb
                     // blocks and the weight row nb blocks (QMatrix::new, asserts above).
-                    let v = unsafe { x86::dot_tile(w.format, w.row(j), tile) };
+                    let v = unsafe {
+                        if vnni {
+                            x86::dot_tile_vnni(w.format, w.row(j), tile)
+                        } else {
+                            x86::dot_tile(w.format, w.row(j), tile)
+                        }
+                    };
                     for (i, v) in v.into_iter().take(tile.rows).enumerate() {
                         // SAFETY: cell (t * ROW_TILE + i, j) belongs to this item only;
                         // it is inside out, which has m * n elements (asserted above).
@@ -1015,6 +1125,69 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_products_are_bit_identical_to_avx2() {
+        if !has_vnni() {
+            eprintln!("skipped: this CPU has no AVX-VNNI");
+            return;
+        }
+        let mut seed = 77;
+        let (cols, m) = (576, 8);
+        for format in [
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+            WeightFormat::Q8_0,
+            WeightFormat::Q5_0,
+            WeightFormat::Q5_1,
+        ] {
+            let mut data = random_matrix(format, 1, cols, &mut seed);
+            if format == WeightFormat::Q8_0 {
+                // The extreme weight: -128 times the extreme activations.
+                data[2..6].fill(0x80);
+            }
+            let w = QMatrix::new(format, 1, cols, &data).unwrap();
+            let mut x: Vec<f32> = (0..m * cols)
+                .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            x[0] = -1.5;
+            x[1] = -1.5;
+            let mut xq = Vec::new();
+            quantize_rows(&x, cols, &mut xq);
+            let nb = cols / QK;
+            let scales = BlockScales::new(&xq);
+            for r in 0..m {
+                let (xr, d, ds) = (
+                    &xq[r * nb..(r + 1) * nb],
+                    &scales.d[r * nb..(r + 1) * nb],
+                    &scales.d_sum[r * nb..(r + 1) * nb],
+                );
+                // SAFETY: AVX2, FMA, F16C and AVX-VNNI were detected; one weight row of
+                // nb blocks against one activation row of nb blocks.
+                let (plain, vnni) = unsafe {
+                    (
+                        x86::dot(format, w.row(0), xr, d, ds),
+                        x86::dot_vnni(format, w.row(0), xr, d, ds),
+                    )
+                };
+                assert_eq!(plain.to_bits(), vnni.to_bits(), "{format:?} row {r}");
+            }
+            let tile = RowTile::new(&xq, 0, m, nb);
+            // SAFETY: as above; the tile holds ROW_TILE rows of nb blocks.
+            let (plain, vnni) = unsafe {
+                (
+                    x86::dot_tile(format, w.row(0), &tile),
+                    x86::dot_tile_vnni(format, w.row(0), &tile),
+                )
+            };
+            assert_eq!(
+                plain.map(f32::to_bits),
+                vnni.map(f32::to_bits),
+                "{format:?} tile"
+            );
         }
     }
 

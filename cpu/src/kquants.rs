@@ -216,6 +216,35 @@ pub fn dot(format: KFormat, w: &[u8], x: &[BlockQ8K], avx2: bool) -> f32 {
     dot_scalar(format, w, x)
 }
 
+/// Activation rows that share one pass over a weight row in [`dot_rows`].
+pub const ROW_TILE: usize = 4;
+
+/// One weight row · [`ROW_TILE`] activation rows: `out[r] = dot(format, w, x[r])`,
+/// bit for bit, but each super-block's scales and quants are unpacked once for all
+/// rows (prefill). `avx2` as for [`dot`].
+#[inline]
+pub fn dot_rows(
+    format: KFormat,
+    w: &[u8],
+    x: [&[BlockQ8K]; ROW_TILE],
+    avx2: bool,
+) -> [f32; ROW_TILE] {
+    debug_assert!(x.iter().all(|x| w.len() == x.len() * format.block_bytes()));
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: as in `dot`; every activation row holds one block per super-block.
+        return unsafe {
+            match format {
+                KFormat::Q4K => x86::dot_rows_q45k::<false>(w, x),
+                KFormat::Q5K => x86::dot_rows_q45k::<true>(w, x),
+                KFormat::Q6K => x86::dot_rows_q6k(w, x),
+            }
+        };
+    }
+    let _ = avx2;
+    x.map(|x| dot_scalar(format, w, x))
+}
+
 /// The portable dot product, in the order of ggml's generic code: per super-block,
 /// eight integer lanes (element index mod 8) of `scale * q * x`, then eight float
 /// lanes across super-blocks; the minimums' term is one float sum.
@@ -272,9 +301,11 @@ mod x86 {
     /// pages streaming across page boundaries.
     const PREFETCH_AHEAD: usize = 3072;
 
+    /// The f16 at `p` as f32, converted with F16C in the kernel itself (`half`'s
+    /// conversion checks the CPU's features at every call).
     #[inline(always)]
     unsafe fn f16(p: *const u8) -> f32 {
-        half::f16::from_bits(std::ptr::read_unaligned(p as *const u16)).to_f32()
+        crate::kernels::x86::f16(p)
     }
 
     #[inline(always)]
@@ -449,5 +480,146 @@ mod x86 {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum(acc)
+    }
+
+    /// Q4_K (`FIFTH` false) or Q5_K (`FIFTH` true) against [`super::ROW_TILE`] rows.
+    /// Per row, the float steps are those of [`dot_q4k`] / [`dot_q5k`] in the same
+    /// order (the integer sums are exact in any order), so the results are the same bits.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows_q45k<const FIFTH: bool>(
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        const R: usize = super::ROW_TILE;
+        let bb = if FIFTH { 176 } else { 144 };
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc_m = [_mm_setzero_ps(); R];
+        let mut summs = [0f32; R];
+        for i in 0..x[0].len() {
+            let b = w.as_ptr().add(i * bb);
+            let (dw, dminw) = (f16(b), f16(b.add(2)));
+            let sm = super::scales_and_mins(std::slice::from_raw_parts(b.add(4), 12));
+            let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.as_ptr() as *const __m128i));
+            let sc = _mm256_castsi256_si128(wide);
+            let scales = _mm256_set_m128i(sc, sc);
+            let mins = _mm256_extracti128_si256(wide, 1);
+            let mut hbits = if FIFTH {
+                _mm256_loadu_si256(b.add(16) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
+            let mut q = b.add(if FIFTH { 48 } else { 16 });
+            let mut sumi = [_mm256_setzero_si256(); R];
+            for j in 0..QK_K / 64 {
+                let bits = _mm256_loadu_si256(q as *const __m256i);
+                q = q.add(32);
+                let mut lo = _mm256_and_si256(bits, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                if FIFTH {
+                    let h0 = _mm256_and_si256(hbits, _mm256_set1_epi8(1));
+                    let h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 1), _mm256_set1_epi8(1));
+                    hbits = _mm256_srli_epi16(hbits, 2);
+                    lo = _mm256_add_epi8(lo, _mm256_slli_epi16(h0, 4));
+                    hi = _mm256_add_epi8(hi, _mm256_slli_epi16(h1, 4));
+                }
+                let (sl, sh) = (scale_of(scales, 2 * j), scale_of(scales, 2 * j + 1));
+                for r in 0..R {
+                    let q8 = x[r].get_unchecked(i).qs.as_ptr().add(64 * j);
+                    let q8l = _mm256_loadu_si256(q8 as *const __m256i);
+                    let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
+                    let pl = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(lo, q8l));
+                    let ph = _mm256_madd_epi16(sh, _mm256_maddubs_epi16(hi, q8h));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+                }
+            }
+            for r in 0..R {
+                let xb = x[r].get_unchecked(i);
+                let d = xb.d * dw;
+                let dmin = -xb.d * dminw;
+                let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
+                let q8s = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(q8sums),
+                    _mm256_extracti128_si256(q8sums, 1),
+                );
+                let prod = _mm_madd_epi16(mins, q8s);
+                if FIFTH {
+                    let h = _mm_hadd_epi32(
+                        _mm_hadd_epi32(prod, _mm_setzero_si128()),
+                        _mm_setzero_si128(),
+                    );
+                    summs[r] += dmin * _mm_cvtsi128_si32(h) as f32;
+                } else {
+                    acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
+                }
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| {
+            if FIFTH {
+                hsum(acc[r]) + summs[r]
+            } else {
+                let m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
+                let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                hsum(acc[r]) + _mm_cvtss_f32(m)
+            }
+        })
+    }
+
+    /// Q6_K against [`super::ROW_TILE`] rows, per row the float steps of [`dot_q6k`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows_q6k(
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        const R: usize = super::ROW_TILE;
+        let m3 = _mm256_set1_epi8(3);
+        let m15 = _mm256_set1_epi8(15);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..x[0].len() {
+            let b = w.as_ptr().add(i * 210);
+            let dw = f16(b.add(208));
+            let scales = _mm_loadu_si128(b.add(192) as *const __m128i);
+            let scales16 = _mm256_cvtepi8_epi16(scales);
+            let (mut ql, mut qh) = (b, b.add(128));
+            let mut sumi = [_mm256_setzero_si256(); R];
+            for j in 0..QK_K / 128 {
+                let bits1 = _mm256_loadu_si256(ql as *const __m256i);
+                let bits2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                let bits_h = _mm256_loadu_si256(qh as *const __m256i);
+                ql = ql.add(64);
+                qh = qh.add(32);
+                let h0 = _mm256_slli_epi16(_mm256_and_si256(bits_h, m3), 4);
+                let h1 = _mm256_slli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(12)), 2);
+                let h2 = _mm256_and_si256(bits_h, _mm256_set1_epi8(48));
+                let h3 = _mm256_srli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(-64)), 2);
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(bits1, m15), h0),
+                    _mm256_or_si256(_mm256_and_si256(bits2, m15), h1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m15), h2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m15), h3),
+                ];
+                for (k, &qk) in q.iter().enumerate() {
+                    let s = (8 * j + 2 * k) as u8;
+                    let pick =
+                        _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
+                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+                    for r in 0..R {
+                        let q8 = x[r].get_unchecked(i).qs.as_ptr().add(128 * j + 32 * k);
+                        let qx = _mm256_loadu_si256(q8 as *const __m256i);
+                        let p = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(qk, qx));
+                        sumi[r] = _mm256_add_epi32(sumi[r], p);
+                    }
+                }
+            }
+            for r in 0..R {
+                let xb = x[r].get_unchecked(i);
+                let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
+                let offset = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, scales16), 5);
+                let s = _mm256_sub_epi32(sumi[r], offset);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb.d * dw), _mm256_cvtepi32_ps(s), acc[r]);
+            }
+        }
+        acc.map(|a| hsum(a))
     }
 }

@@ -6,7 +6,8 @@
 //! as `kernels::matmul` does: the input rows are prepared once per form that the
 //! weights need (Q8_K blocks for K-quants, f16- or bf16-rounded floats), work is split
 //! over weight rows, and with several input rows (prefill) each weight row is used for
-//! all of them while it is in L1.
+//! all of them while it is in L1, K-quant rows unpacked once per tile of
+//! [`kquants::ROW_TILE`] input rows.
 
 use super::floats::{self, FloatFormat};
 use super::kernels::has_avx2;
@@ -186,7 +187,21 @@ pub(crate) fn matmul_with(
         let out = outs[ji];
         for j in start..end {
             let row = w.row(j);
-            for r in 0..m {
+            let mut first = 0;
+            if let WideFormat::K(k) = w.format {
+                // Prefill: whole tiles of activation rows share one unpacking of the row.
+                let act = |r: usize| &acts.q8k[r * blocks..(r + 1) * blocks];
+                while first + kquants::ROW_TILE <= m {
+                    let x = std::array::from_fn(|i| act(first + i));
+                    let v = kquants::dot_rows(k, row, x, avx2);
+                    for (i, v) in v.into_iter().enumerate() {
+                        // SAFETY: as below, for cell (first + i, j).
+                        unsafe { *out.0.add((first + i) * n + j) = v };
+                    }
+                    first += kquants::ROW_TILE;
+                }
+            }
+            for r in first..m {
                 let v = match w.format {
                     WideFormat::K(k) => {
                         kquants::dot(k, row, &acts.q8k[r * blocks..(r + 1) * blocks], avx2)
@@ -382,6 +397,36 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn row_tiles_give_the_single_row_bits() {
+        // Prefill rows must get exactly what decode would give them, so that a prompt
+        // token's logits do not depend on how many tokens came with it.
+        let mut seed = 5;
+        for (format, _) in &FORMATS[..3] {
+            let WideFormat::K(k) = *format else {
+                unreachable!()
+            };
+            let cols = 1024;
+            let data = random_matrix(*format, 1, cols, &mut seed);
+            let x: Vec<f32> = (0..kquants::ROW_TILE * cols)
+                .map(|_| uniform(&mut seed))
+                .collect();
+            let mut q = vec![BlockQ8K::default(); x.len() / QK_K];
+            kquants::quantize_row(&x, &mut q);
+            let rows: [&[BlockQ8K]; kquants::ROW_TILE] =
+                std::array::from_fn(|r| &q[r * cols / QK_K..(r + 1) * cols / QK_K]);
+            for avx2 in [false, has_avx2()] {
+                let tiled = kquants::dot_rows(k, &data, rows, avx2);
+                let single = rows.map(|x| kquants::dot(k, &data, x, avx2));
+                assert_eq!(
+                    tiled.map(f32::to_bits),
+                    single.map(f32::to_bits),
+                    "{k:?} avx2={avx2}"
+                );
             }
         }
     }
