@@ -18,6 +18,9 @@
 #   XPU_BENCH_PROMPT    prompt tokens (-p, default 128)
 #   XPU_BENCH_GEN       generated tokens (-n, default 64)
 #   XPU_BENCH_REPS      repetitions (-r, default 3)
+#   XPU_BENCH_ROUNDS    rounds (default 1): each round runs every engine on every model
+#                       once, alternating ours and llama.cpp; the report gives each
+#                       figure's median over the rounds and the median of the rounds' ratios
 #   XPU_BENCH_MODELS    space-separated list: smollm2 q8_0 q4_0 q4_1 q4_k_m, smollm2-TYPE for
 #                       SmolLM2 requantized to a llama-quantize TYPE, e.g. smollm2-q4_k_m
 #                       (default "smollm2 q8_0 q4_0")
@@ -32,6 +35,7 @@ threads=${XPU_BENCH_THREADS:-$(nproc)}
 prompt=${XPU_BENCH_PROMPT:-128}
 gen=${XPU_BENCH_GEN:-64}
 reps=${XPU_BENCH_REPS:-3}
+rounds=${XPU_BENCH_ROUNDS:-1}
 models=${XPU_BENCH_MODELS:-smollm2 q8_0 q4_0}
 engines=${XPU_BENCH_ENGINES:-xpu candle}
 
@@ -125,27 +129,37 @@ model_path() {
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
+declare -A paths
 for name in $models; do
-    path=$(model_path "$name")
-    say "$name: $path"
+    paths[$name]=$(model_path "$name")
+    say "$name: ${paths[$name]}"
+done
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for round in $(seq 1 "$rounds"); do
+for name in $models; do
+    path=${paths[$name]}
+    say "round $round/$rounds, $name"
     for engine in $engines; do
         say "  xpu-runner ($engine engine)"
         XPU_CPU_ENGINE=$engine "$runner" bench --model "$path" --device cpu --threads "$threads" \
             --prompt-tokens "$prompt" --gen-tokens "$gen" --repetitions "$reps" --json \
-            | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"kind":"ours","engine":sys.argv[1],"model":sys.argv[2],"path":sys.argv[3],"prefill":r["prefill_tokens_per_second"],"decode":r["decode_tokens_per_second"],"device":r.get("device","")}))' \
-                "$engine" "$name" "$path" >> "$results"
+            | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"kind":"ours","engine":sys.argv[1],"model":sys.argv[2],"path":sys.argv[3],"round":int(sys.argv[4]),"prefill":r["prefill_tokens_per_second"],"decode":r["decode_tokens_per_second"],"device":r.get("device","")}))' \
+                "$engine" "$name" "$path" "$round" >> "$results"
     done
     say "  llama-bench"
     "$llama_bench" -m "$path" -t "$threads" -p "$prompt" -n "$gen" -r "$reps" -o json 2>/dev/null \
         | python3 -c 'import json,sys
 rows=json.load(sys.stdin); pp=[r["avg_ts"] for r in rows if r["n_gen"]==0]; tg=[r["avg_ts"] for r in rows if r["n_prompt"]==0]
-print(json.dumps({"kind":"llama","model":sys.argv[1],"path":sys.argv[2],"prefill":pp[0],"decode":tg[0]}))' "$name" "$path" >> "$results"
+print(json.dumps({"kind":"llama","model":sys.argv[1],"path":sys.argv[2],"round":int(sys.argv[3]),"prefill":pp[0],"decode":tg[0]}))' "$name" "$path" "$round" >> "$results"
 done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report ---------------------------------------------------------------
-XPU_BW=$bandwidth XPU_THREADS=$threads XPU_P=$prompt XPU_N=$gen XPU_R=$reps \
+XPU_BW=$bandwidth XPU_THREADS=$threads XPU_P=$prompt XPU_N=$gen XPU_R=$reps XPU_ROUNDS=$rounds \
+    XPU_LOAD="$load_before -> $load_after" \
     "$cache/venv-gguf/bin/python" - "$results" <<'PY'
-import json, os, sys
+import json, os, statistics, sys
 import gguf
 
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -163,19 +177,31 @@ def bytes_per_token(path):
         total += int(t.n_bytes)
     return total
 
+rounds = int(os.environ["XPU_ROUNDS"])
 print(f"\nCPU benchmark: {os.environ['XPU_THREADS']} threads, -p {os.environ['XPU_P']} -n {os.environ['XPU_N']} -r {os.environ['XPU_R']}, "
-      f"memory read bandwidth {bw:.1f} GB/s (C AVX2 read loop, all threads)\n")
-hdr = f"{'model':<8} {'engine':<18} {'prefill tok/s':>13} {'ratio':>6} {'decode tok/s':>12} {'ratio':>6} {'% of bound':>10}"
+      f"{rounds} round(s) (medians), memory read bandwidth {bw:.1f} GB/s (C AVX2 read loop, all threads), "
+      f"load average (1, 5, 15 min) {os.environ['XPU_LOAD']}\n")
+hdr = f"{'model':<15} {'engine':<18} {'prefill tok/s':>13} {'ratio':>6} {'decode tok/s':>12} {'ratio':>6} {'% of bound':>10}"
 print(hdr)
 print("-" * len(hdr))
+median = statistics.median
 for model in dict.fromkeys(r["model"] for r in rows):
-    peer = next(r for r in rows if r["model"] == model and r["kind"] == "llama")
-    bound = bw * 1e9 / bytes_per_token(peer["path"])
-    for r in [x for x in rows if x["model"] == model and x["kind"] == "ours"] + [peer]:
-        label = f"xpu-runner/{r['engine']}" if r["kind"] == "ours" else "llama.cpp b11434"
-        rp = r["prefill"] / peer["prefill"]
-        rd = r["decode"] / peer["decode"]
-        print(f"{model:<8} {label:<18} {r['prefill']:>13.1f} {rp:>6.2f} {r['decode']:>12.1f} {rd:>6.2f} {100 * r['decode'] / bound:>9.0f}%")
-    print(f"{model:<8} {'bandwidth bound':<18} {'':>13} {'':>6} {bound:>12.1f}")
+    peers = {r["round"]: r for r in rows if r["model"] == model and r["kind"] == "llama"}
+    path = next(iter(peers.values()))["path"]
+    bound = bw * 1e9 / bytes_per_token(path)
+    engines = dict.fromkeys(r["engine"] for r in rows if r["model"] == model and r["kind"] == "ours")
+    for engine in [*engines, None]:
+        runs = [r for r in rows if r["model"] == model and (r["kind"] == "llama" if engine is None else r.get("engine") == engine)]
+        label = "llama.cpp b11434" if engine is None else f"xpu-runner/{engine}"
+        prefill = median(r["prefill"] for r in runs)
+        decode = median(r["decode"] for r in runs)
+        # Each round's ratio against the peer's run of the same round, then the median.
+        rp = median(r["prefill"] / peers[r["round"]]["prefill"] for r in runs)
+        rd = median(r["decode"] / peers[r["round"]]["decode"] for r in runs)
+        spread = ""
+        if rounds > 1:
+            spread = f"   decode ratios {min(r['decode'] / peers[r['round']]['decode'] for r in runs):.2f}-{max(r['decode'] / peers[r['round']]['decode'] for r in runs):.2f}"
+        print(f"{model:<15} {label:<18} {prefill:>13.1f} {rp:>6.2f} {decode:>12.1f} {rd:>6.2f} {100 * decode / bound:>9.0f}%{spread if engine else ''}")
+    print(f"{model:<15} {'bandwidth bound':<18} {'':>13} {'':>6} {bound:>12.1f}")
 print("\nratio = ours / llama.cpp (targets: decode >= 1.0, prefill >= 0.8)")
 PY
