@@ -304,6 +304,13 @@ in
             would run as a transient user that ignores it. Set services.xpu-runner.user too (e.g. "xpu-runner").
           '';
         }
+        {
+          assertion = cfg.modelsDir == null || xpu.modelPathProblem cfg.modelsDir == null;
+          message = ''
+            services.xpu-runner.modelsDir (${toString cfg.modelsDir}) ${toString (xpu.modelPathProblem cfg.modelsDir)}.
+            Move the models to e.g. /var/lib/models.
+          '';
+        }
       ]
       ++ map (name: {
         assertion = xpu.modelPathProblem cfg.models.${name} == null;

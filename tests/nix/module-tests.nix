@@ -814,6 +814,17 @@ in
     );
     expected = true;
   };
+  testModelsDirInTmpAsserts = {
+    expr = anyMatches ".*modelsDir [(]/tmp/models[)] is in /tmp.*PrivateTmp.*" (
+      failedAssertions (evalNixos {
+        config.services.xpu-runner = {
+          enable = true;
+          modelsDir = "/tmp/models";
+        };
+      })
+    );
+    expected = true;
+  };
   testMemoryBudgetIsASize = {
     expr =
       (builtins.tryEval (builtins.deepSeq (service {
