@@ -56,7 +56,7 @@ impl<'a> WideMatrix<'a> {
         cols: usize,
         data: &'a [u8],
     ) -> Result<Self, String> {
-        if cols % format.block_len() != 0 {
+        if !cols.is_multiple_of(format.block_len()) {
             return Err(format!(
                 "{cols} columns are not a multiple of the block size {}",
                 format.block_len()
@@ -131,6 +131,7 @@ impl Activations {
 struct OutPtr(*mut f32);
 // SAFETY: workers write disjoint (row, column) cells; see `matmul_with`.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: no two workers touch the same cell.
 unsafe impl Sync for OutPtr {}
 
 /// Runs all `jobs`, which share the input `x` (`m` rows of `cols` floats), in one

@@ -101,9 +101,8 @@ fn logits_and_greedy_tokens_match_candle() {
     );
     assert_eq!(argmax(&a), argmax(&b));
 
-    let mut pos = prompt.len();
     let mut next = argmax(&b);
-    for step in 0..12 {
+    for (step, pos) in (prompt.len()..).take(12).enumerate() {
         let a = ours.forward(&[next], pos).unwrap();
         let b = candle_logits(&mut reference, &[next], pos);
         let err = relative_error(&a, &b);
@@ -118,7 +117,6 @@ fn logits_and_greedy_tokens_match_candle() {
         );
         assert_eq!(argmax(&a), argmax(&b), "step {step}: greedy tokens differ");
         next = argmax(&b);
-        pos += 1;
     }
 
     // After a reset, the same prompt gives the same logits again.
