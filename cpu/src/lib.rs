@@ -14,7 +14,6 @@ pub mod floats;
 pub mod kernels;
 pub mod kquants;
 pub mod llama;
-pub mod mapped;
 pub mod swiglu;
 pub mod team;
 pub mod wide;

@@ -18,15 +18,15 @@
 //! reading the file again.
 
 pub mod arch;
+pub mod mapped;
 mod parse;
 mod types;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub use candle_core::quantized::gguf_file::{self, Content, TensorInfo, Value};
 pub use candle_core::quantized::GgmlDType;
-use memmap2::Mmap;
+pub use mapped::Mmap;
 
 pub use arch::{ArchError, ModelDesc};
 pub use parse::parse;
@@ -76,11 +76,9 @@ impl std::fmt::Debug for GgufFile {
 impl GgufFile {
     /// Maps `path` and parses and checks its header.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let file = File::open(path)?;
-        // SAFETY: the mapping is read-only. Like every GGUF runtime we rely on model
-        // files not being truncated or rewritten while they are loaded; the bounds
-        // checked here hold as long as the file stays as it was.
-        let mmap = unsafe { Mmap::map(&file) }?;
+        // The bounds checked by `parse` hold as long as the file stays as it was, which
+        // `mapped` relies on for every model file.
+        let mmap = mapped::map_path(path)?;
         let content = parse(&mmap)?;
         Ok(GgufFile {
             path: path.to_path_buf(),

@@ -2,11 +2,12 @@
 //! OpenAI-compatible HTTP API.
 //!
 //! This crate has no `unsafe` code: memory maps, SIMD kernels and threads that share
-//! buffers live in `xpu-cpu` and `xpu-vulkan`, behind safe interfaces.
+//! buffers live in `xpu-gguf`, `xpu-cpu` and `xpu-vulkan`, behind safe interfaces.
 
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod device;
 pub mod engine;
 pub mod generate;
 pub mod hub;

@@ -279,7 +279,8 @@ fn patched_model(dir: &tempfile::TempDir, name: &str, patch: impl FnOnce(&mut Ve
 
 #[test]
 fn gguf_alignment_of_zero() {
-    // candle's reader divides by it: this used to panic.
+    // candle's reader divides by it, so the loader must refuse it before candle reads
+    // the file.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("alignment-0.gguf");
     edited_model(&path, |md| {

@@ -13,7 +13,10 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use xpu_vulkan::{testing, LlamaModel, LoadOptions};
+use xpu_vulkan::{
+    testing, DeviceOptions, KernelTuning, LlamaModel, LoadOptions, VulkanError,
+    ALLOW_CPU_ADAPTER_ENV, MATVEC_TUNING_ENV,
+};
 
 struct Args {
     model: PathBuf,
@@ -210,13 +213,36 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
     Ok(())
 }
 
-fn run(args: &Args) -> Result<(), xpu_vulkan::VulkanError> {
+/// The device options the environment asks for: a CPU adapter (XPU_RUNNER_ALLOW_CPU_ADAPTER)
+/// and the kernel tuning (XPU_VULKAN_MATVEC).
+fn device_options() -> Result<DeviceOptions, VulkanError> {
+    let allow_cpu_adapter = matches!(
+        std::env::var(ALLOW_CPU_ADAPTER_ENV)
+            .as_deref()
+            .map(str::trim),
+        Ok("1" | "true" | "yes")
+    );
+    let tuning = match std::env::var(MATVEC_TUNING_ENV) {
+        Ok(spec) => spec
+            .parse::<KernelTuning>()
+            .map_err(|e| VulkanError::InvalidInput(format!("{MATVEC_TUNING_ENV}: {e}")))?,
+        Err(_) => KernelTuning::default(),
+    };
+    Ok(DeviceOptions {
+        allow_cpu_adapter,
+        tuning,
+        ..DeviceOptions::default()
+    })
+}
+
+fn run(args: &Args) -> Result<(), VulkanError> {
     let ctx = args.prompt + args.decode.max(16) + 1; // the kernel profile decodes 9 tokens
     let t = Instant::now();
     let mut model = LlamaModel::load(
         &args.model,
         &LoadOptions {
             ctx: Some(ctx),
+            device: device_options()?,
             ..LoadOptions::default()
         },
     )?;

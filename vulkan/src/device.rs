@@ -2,22 +2,25 @@
 //!
 //! Policy: Vulkan backend only; prefer a discrete GPU, then an integrated one, then a virtual one.
 //! CPU adapters (Mesa lavapipe/llvmpipe) run the same shaders but far slower than the CPU engine,
-//! so they are skipped unless `XPU_RUNNER_ALLOW_CPU_ADAPTER=1` (tests set it).
+//! so they are skipped unless [`DeviceOptions::allow_cpu_adapter`] is set (tests set it).
 
 use std::sync::{Arc, Mutex};
 
+use crate::kernels::KernelTuning;
 use crate::VulkanError;
 
 pub use wgpu::{AdapterInfo, DeviceType};
 
-/// Environment variable that lets a CPU adapter (lavapipe) be selected.
+/// Environment variable that the binaries read into [`DeviceOptions::allow_cpu_adapter`]
+/// (`1`, `true` or `yes` allow); the error for a skipped CPU adapter names it.
 pub const ALLOW_CPU_ADAPTER_ENV: &str = "XPU_RUNNER_ALLOW_CPU_ADAPTER";
 
 /// How to pick and configure the device.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceOptions {
-    /// Accept CPU adapters. `None` reads `XPU_RUNNER_ALLOW_CPU_ADAPTER` (`1` or `true` allow).
-    pub allow_cpu_adapter: Option<bool>,
+    /// Accept CPU adapters (lavapipe): correct but slower than the CPU engine, so only for
+    /// tests and debugging.
+    pub allow_cpu_adapter: bool,
     /// Cap on the bytes of one storage binding, below the device's limit. Weights larger than
     /// this are split into chunks. Tests lower it to exercise chunking on small tensors.
     pub max_binding_bytes: Option<u64>,
@@ -27,6 +30,8 @@ pub struct DeviceOptions {
     /// Use subgroup operations (wgpu `SUBGROUP`) in the reductions when the adapter has them.
     /// `Some(false)` forces the workgroup-memory fallback (tests run both paths).
     pub subgroups: Option<bool>,
+    /// Kernel settings for benchmarks (the default is what the engine runs).
+    pub tuning: KernelTuning,
 }
 
 /// The selected device with its queue and the error state reported by the driver.
@@ -46,16 +51,7 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
     /// Bytes of the largest device-local memory heap, when the driver tells.
     memory: Option<u64>,
-}
-
-fn allow_cpu_from_env() -> bool {
-    matches!(
-        std::env::var(ALLOW_CPU_ADAPTER_ENV)
-            .ok()
-            .as_deref()
-            .map(str::trim),
-        Some("1") | Some("true") | Some("yes")
-    )
+    tuning: KernelTuning,
 }
 
 /// Checks that the Vulkan loader library can be opened, so that "no loader" and "no adapter"
@@ -111,7 +107,7 @@ impl Gpu {
     /// Selects an adapter per the policy above and creates a device with the adapter's full limits.
     pub fn new(opts: &DeviceOptions) -> Result<Gpu, VulkanError> {
         check_loader()?;
-        let allow_cpu = opts.allow_cpu_adapter.unwrap_or_else(allow_cpu_from_env);
+        let allow_cpu = opts.allow_cpu_adapter;
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = wgpu::Backends::VULKAN;
         let instance = wgpu::Instance::new(desc);
@@ -227,7 +223,13 @@ impl Gpu {
             errors,
             lost,
             memory,
+            tuning: opts.tuning,
         })
+    }
+
+    /// The kernel settings every pipeline on this device is compiled with.
+    pub fn tuning(&self) -> &KernelTuning {
+        &self.tuning
     }
 
     /// `name (type, driver ...)` of the selected adapter.

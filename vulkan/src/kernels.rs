@@ -40,31 +40,28 @@ const DP4A: bool = true;
 /// Attention workgroups a step aims for: fewer leave a large GPU idle during attention.
 pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
 
-/// Whether the decode products of `ty` quantize x to int8 per 32 values (see `MV_DP4A` in
-/// matmul.wgsl) with the settings of MATVEC_TUNING_ENV; for tests, whose reference must do
-/// the same.
-pub fn decode_quantizes_x(ty: WeightType) -> Result<bool, crate::VulkanError> {
-    Ok(MatvecTuning::from_env()?.dp4a && dp4a_type(ty))
-}
-
 fn dp4a_type(ty: WeightType) -> bool {
     matches!(ty, WeightType::Q8_0 | WeightType::Q4_0)
 }
-/// Kernel tuning for benchmarks on a GPU host: `units=1|2` (32-weight units each
-/// thread takes per loop iteration, `MV_UNITS` in matmul.wgsl), `tall=N` (the row count
-/// from which a matrix counts as tall), `checks=0|1` (1: compile every kernel with wgpu's
-/// runtime checks, to measure what they cost), `submit=N` (layers per submission after
-/// the first one, see `LlamaModel::submit_batch`), `dp4a=0|1` (Q8_0 and Q4_0 decode
-/// products with int8 activations and integer dot products, `MV_DP4A` in matmul.wgsl),
-/// `attn=N` (attention workgroups a step aims for, see `attention_split` in model.rs) and
-/// `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens with the tiled
-/// product `matmul_tiled`, or every prompt batch with `matmul`, one row per workgroup),
-/// comma-separated, e.g. `units=1,tall=2048`.
+
+/// Environment variable that the binaries (the runner, the benchmark example, the tests)
+/// read into [`KernelTuning`]; the library itself never reads it.
 pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 
-/// The kernel settings (see MATVEC_TUNING_ENV).
-#[derive(Debug, Clone, Copy)]
-struct MatvecTuning {
+/// Kernel settings, for benchmarks on a GPU host; the default is what the engine runs.
+///
+/// Written as comma-separated `key=value` items, e.g. `units=1,tall=2048`: `units=1|2`
+/// (32-weight units each thread takes per loop iteration, `MV_UNITS` in matmul.wgsl),
+/// `tall=N` (the row count from which a matrix counts as tall), `checks=0|1` (1: compile
+/// every kernel with wgpu's runtime checks, to measure what they cost), `submit=N` (layers
+/// per submission after the first one, see `LlamaModel::submit_batch`), `dp4a=0|1` (Q8_0
+/// and Q4_0 decode products with int8 activations and integer dot products, `MV_DP4A` in
+/// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
+/// model.rs) and `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
+/// with the tiled product `matmul_tiled`, or every prompt batch with `matmul`, one row per
+/// workgroup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelTuning {
     units: u32,
     tall_rows: usize,
     checks: bool,
@@ -74,13 +71,14 @@ struct MatvecTuning {
     tiled_prefill: bool,
 }
 
-impl MatvecTuning {
-    fn from_env() -> Result<MatvecTuning, crate::VulkanError> {
-        std::env::var(MATVEC_TUNING_ENV)
-            .map_or(Ok(MatvecTuning::DEFAULT), |spec| MatvecTuning::parse(&spec))
+impl Default for KernelTuning {
+    fn default() -> Self {
+        KernelTuning::DEFAULT
     }
+}
 
-    const DEFAULT: MatvecTuning = MatvecTuning {
+impl KernelTuning {
+    const DEFAULT: KernelTuning = KernelTuning {
         units: 1,
         tall_rows: TALL_MATVEC_ROWS,
         checks: false,
@@ -90,14 +88,25 @@ impl MatvecTuning {
         tiled_prefill: true,
     };
 
-    /// Reads a MATVEC_TUNING_ENV value.
-    fn parse(spec: &str) -> Result<MatvecTuning, crate::VulkanError> {
-        let mut t = MatvecTuning::DEFAULT;
+    /// Whether the decode products of `ty` quantize x to int8 per 32 values (see `MV_DP4A`
+    /// in matmul.wgsl); for tests, whose reference must do the same.
+    pub fn decode_quantizes_x(&self, ty: WeightType) -> bool {
+        self.dp4a && dp4a_type(ty)
+    }
+}
+
+impl std::str::FromStr for KernelTuning {
+    type Err = String;
+
+    /// Reads the `key=value,...` form described on [`KernelTuning`]; unset keys keep
+    /// their defaults.
+    fn from_str(spec: &str) -> Result<KernelTuning, String> {
+        let mut t = KernelTuning::DEFAULT;
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
-                crate::VulkanError::InvalidInput(format!(
-                    "{MATVEC_TUNING_ENV}: cannot read {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups> and/or prefill=tiled|rows, e.g. units=1,tall=2048"
-                ))
+                format!(
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups> and/or prefill=tiled|rows, e.g. units=1,tall=2048"
+                )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
             let value = value.trim();
@@ -163,7 +172,7 @@ fn load_unit_source(ty: WeightType) -> &'static str {
 /// Compiled pipelines, built once per device.
 pub(crate) struct Kernels {
     matmul: HashMap<WeightType, wgpu::ComputePipeline>,
-    /// Empty with `prefill=rows` (see MATVEC_TUNING_ENV).
+    /// Empty with `prefill=rows` (see KernelTuning).
     matmul_tiled: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
@@ -174,7 +183,7 @@ pub(crate) struct Kernels {
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Matrices of at least this many rows use the tall decode pipelines.
     tall_rows: usize,
-    /// Layers per submission after the first (see MATVEC_TUNING_ENV).
+    /// Layers per submission after the first (see KernelTuning).
     pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
@@ -194,7 +203,7 @@ fn pipeline(
 }
 
 /// A pipeline with values for the module's `override` constants; `checks`: with wgpu's
-/// runtime checks (only to measure them, see MATVEC_TUNING_ENV).
+/// runtime checks (only to measure them, see KernelTuning).
 ///
 /// The modules are created without wgpu's runtime checks (index clamping on every array
 /// access, a counter in every loop), which add instructions to every weight load of the
@@ -256,7 +265,7 @@ impl Kernels {
         let mut matmul_tiled = HashMap::new();
         let mut matvec = HashMap::new();
         let mut get_rows = HashMap::new();
-        let tuning = MatvecTuning::from_env()?;
+        let tuning = *gpu.tuning();
         let reduce = if gpu.subgroups() {
             REDUCE_SUBGROUP
         } else {
@@ -409,7 +418,7 @@ impl Kernels {
         &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
     }
 
-    /// Attention workgroups a step aims for (see MATVEC_TUNING_ENV).
+    /// Attention workgroups a step aims for (see KernelTuning).
     pub fn attention_groups(&self) -> usize {
         self.attn_groups
     }
@@ -458,24 +467,28 @@ pub(crate) fn bind(
 mod tuning_tests {
     use super::*;
 
+    fn parse(spec: &str) -> Result<KernelTuning, String> {
+        spec.parse()
+    }
+
     #[test]
     fn tuning_values_are_read_and_bad_ones_named() {
-        let t = MatvecTuning::parse(" units=2 , tall=2048").unwrap();
+        let t = parse(" units=2 , tall=2048").unwrap();
         assert_eq!((t.units, t.tall_rows, t.checks), (2, 2048, false));
-        let t = MatvecTuning::parse("checks=1,submit=16,dp4a=1").unwrap();
+        let t = parse("checks=1,submit=16,dp4a=1").unwrap();
         assert_eq!(
             (t.units, t.tall_rows, t.checks, t.submit_layers, t.dp4a),
             (1, TALL_MATVEC_ROWS, true, 16, true)
         );
-        assert!(!MatvecTuning::parse("dp4a=0").unwrap().dp4a);
-        assert_eq!(MatvecTuning::parse("attn=512").unwrap().attn_groups, 512);
-        assert!(!MatvecTuning::parse("prefill=rows").unwrap().tiled_prefill);
+        assert!(!parse("dp4a=0").unwrap().dp4a);
+        assert_eq!(parse("attn=512").unwrap().attn_groups, 512);
+        assert!(!parse("prefill=rows").unwrap().tiled_prefill);
         assert!(
-            MatvecTuning::parse("prefill=rows, prefill = tiled")
+            parse("prefill=rows, prefill = tiled")
                 .unwrap()
                 .tiled_prefill
         );
-        let t = MatvecTuning::parse("").unwrap();
+        let t = parse("").unwrap();
         assert_eq!(
             (t.units, t.tall_rows, t.checks, t.tiled_prefill),
             (1, TALL_MATVEC_ROWS, false, true)
@@ -494,9 +507,9 @@ mod tuning_tests {
             "prefill=tile",
             "prefill=",
         ] {
-            let err = MatvecTuning::parse(bad).unwrap_err().to_string();
+            let err = parse(bad).unwrap_err();
             assert!(
-                err.contains(MATVEC_TUNING_ENV) && err.contains("expected units=1|2"),
+                err.contains("kernel setting") && err.contains("expected units=1|2"),
                 "{bad}: {err}"
             );
         }

@@ -19,5 +19,6 @@ pub mod testing;
 
 pub use device::{DeviceOptions, Gpu, ALLOW_CPU_ADAPTER_ENV};
 pub use error::VulkanError;
+pub use kernels::{KernelTuning, MATVEC_TUNING_ENV};
 pub use model::{LlamaConfig, LlamaModel, LoadOptions};
 pub use quant::{GpuWeight, WeightType};

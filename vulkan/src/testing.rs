@@ -41,8 +41,6 @@ fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> 
     gpu.uniform_init("step", bytemuck::bytes_of(&step))
 }
 
-pub use crate::kernels::decode_quantizes_x;
-
 /// `y[t, r] = sum_k W[r, k] * x[t, k]` for `n_tokens` rows of `x` (`[n_tokens, k]`, row-major).
 /// The output buffer is filled with NaN first, so rows the kernel skips show up as NaN.
 pub fn matmul(

@@ -4,15 +4,28 @@
 
 use std::path::PathBuf;
 
-use xpu_vulkan::{DeviceOptions, Gpu};
+use xpu_vulkan::{DeviceOptions, Gpu, KernelTuning, MATVEC_TUNING_ENV};
 
-/// Options that accept a CPU adapter, so that the tests run on lavapipe in CI.
+/// Options that accept a CPU adapter, so that the tests run on lavapipe in CI, with the
+/// kernel tuning of `XPU_VULKAN_MATVEC` when set (to test a tuning on a GPU host).
 pub fn device_options(max_binding_bytes: Option<u64>) -> DeviceOptions {
     DeviceOptions {
-        allow_cpu_adapter: Some(true),
+        allow_cpu_adapter: true,
         max_binding_bytes,
+        tuning: tuning(),
         ..Default::default()
     }
+}
+
+/// The kernel tuning of `XPU_VULKAN_MATVEC`, else the default.
+pub fn tuning() -> KernelTuning {
+    std::env::var(MATVEC_TUNING_ENV).map_or_else(
+        |_| KernelTuning::default(),
+        |spec| {
+            spec.parse()
+                .unwrap_or_else(|e| panic!("{MATVEC_TUNING_ENV}: {e}"))
+        },
+    )
 }
 
 pub fn gpu(max_binding_bytes: Option<u64>) -> Gpu {

@@ -33,10 +33,10 @@ fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Ve
 }
 
 /// The input of a decode product as the kernel uses it: for types whose decode products
-/// quantize x to int8 (`testing::decode_quantizes_x`), each 32 values become
+/// quantize x to int8 (`KernelTuning::decode_quantizes_x`), each 32 values become
 /// round(v * 127 / max|v|) times max|v| / 127 (computed in f32 as the kernel does); others as is.
 fn decode_input(ty: WeightType, v: &[f32]) -> Vec<f64> {
-    if !testing::decode_quantizes_x(ty).unwrap() {
+    if !common::tuning().decode_quantizes_x(ty) {
         return v.iter().map(|&x| x as f64).collect();
     }
     v.chunks(32)
@@ -250,7 +250,7 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     );
 
     let gate_up: Vec<f32> = (0..2 * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
-    let act: Vec<f64> = if testing::decode_quantizes_x(ty).unwrap() {
+    let act: Vec<f64> = if common::tuning().decode_quantizes_x(ty) {
         // In f32 as the kernel computes it before quantizing.
         let act: Vec<f32> = (0..k)
             .map(|i| gate_up[i] / (1.0 + (-gate_up[i]).exp()) * gate_up[k + i])
@@ -679,7 +679,7 @@ fn cpu_adapter_is_skipped_unless_allowed() {
     // On machines whose only Vulkan device is lavapipe (CI), refusing CPU adapters must give
     // the typed error that lists what was found and why it was skipped.
     let opts = xpu_vulkan::DeviceOptions {
-        allow_cpu_adapter: Some(false),
+        allow_cpu_adapter: false,
         ..Default::default()
     };
     match xpu_vulkan::Gpu::new(&opts) {

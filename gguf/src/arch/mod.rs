@@ -602,7 +602,7 @@ impl Block {
     }
 
     fn push_tensors<'a>(&'a self, all: &mut Vec<&'a TensorDesc>) {
-        let mut linear = |all: &mut Vec<&'a TensorDesc>, l: &'a Linear| {
+        let linear = |all: &mut Vec<&'a TensorDesc>, l: &'a Linear| {
             all.push(&l.weight);
             all.extend(&l.bias);
         };

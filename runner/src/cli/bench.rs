@@ -2,7 +2,6 @@
 
 use clap::Args;
 use xpu_runner::bench::{self, BenchOptions};
-use xpu_runner::model;
 
 use super::ModelArgs;
 
@@ -29,7 +28,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let mut model = model::load(&args.model.model_path()?, &args.model.load_options())?;
+    let mut model = args.model.load()?;
     let report = bench::run(
         &mut model,
         &BenchOptions {

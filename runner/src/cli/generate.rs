@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use clap::{ArgGroup, Args};
 use xpu_runner::generate::{generate, GenerationRequest};
-use xpu_runner::model::{self, ChatMessage};
+use xpu_runner::model::ChatMessage;
 use xpu_runner::sampling::SamplingParams;
 
 use super::ModelArgs;
@@ -109,7 +109,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     // Bad flags fail before the model is loaded.
     sampling.validate()?;
 
-    let mut model = model::load(&args.model.model_path()?, &args.model.load_options())?;
+    let mut model = args.model.load()?;
     let (prompt_text, prompt_tokens) = match (&args.prompt, &args.chat, &args.prompt_ids) {
         (Some(prompt), _, _) => (Some(prompt.clone()), model.tokenizer.encode(prompt, true)?),
         (None, Some(chat), _) => {

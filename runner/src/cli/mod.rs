@@ -8,8 +8,9 @@ mod models;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use xpu_runner::engine::DeviceKind;
-use xpu_runner::model::LoadOptions;
+use xpu_runner::device::DeviceChoice;
+use xpu_runner::model::{LoadOptions, LoadedModel};
+use xpu_runner::server::EngineArgs;
 
 /// Local LLM inference on CPU, NVIDIA (CUDA) and Intel GPUs (Vulkan).
 #[derive(Parser, Debug)]
@@ -80,9 +81,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "REF")]
     pub model: String,
 
-    /// Where to run: auto (CUDA if built in and present, else CPU), cpu, cuda, vulkan.
+    /// Where to run: auto, cpu, cuda or vulkan; `auto` decides from the hardware facts
+    /// (a live probe) and falls back to the CPU if the accelerator fails to initialise.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    pub device: DeviceKind,
+    pub device: DeviceChoice,
 
     /// CPU threads (default: the number of physical cores).
     #[arg(long, value_name = "N")]
@@ -96,6 +98,9 @@ pub struct ModelArgs {
     /// A tokenizer.json to use instead of the model's own tokenizer.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 impl ModelArgs {
@@ -104,12 +109,15 @@ impl ModelArgs {
         xpu_runner::hub::resolve_model(&self.model)
     }
 
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            device: self.device,
+    /// Fetches the model if needed and loads it on the device `--device` means.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        let options = LoadOptions {
             threads: self.threads,
             ctx: self.ctx,
             tokenizer: self.tokenizer.clone(),
-        }
+            engine: self.engine.options(),
+            ..LoadOptions::default()
+        };
+        xpu_runner::device::decide_and_load(&self.model_path()?, self.device, &options)
     }
 }

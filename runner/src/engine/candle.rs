@@ -5,7 +5,8 @@
 //! `llama` models come from `quantized_llama`, whose RoPE table stops at
 //! [`quantized_llama::MAX_SEQ_LEN`] (4096) and whose KV cache grows with
 //! `Tensor::cat` (a copy per step); that caps the context and costs a little speed
-//! on long generations, which is acceptable until we own the model code.
+//! on long generations. That is acceptable because candle only runs what our own
+//! engines do not: other architectures, safetensors, CUDA and `--cpu-engine candle`.
 
 use std::sync::Once;
 
@@ -17,7 +18,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use candle_transformers::models::{llama, quantized_llama, quantized_phi3, quantized_qwen2, qwen2};
 
-use super::{DeviceKind, Engine};
+use super::Engine;
 
 /// Prompt tokens are fed in chunks of at most this many, so that the attention
 /// scores of a long prompt (heads × chunk × context floats) stay small.
@@ -47,19 +48,12 @@ pub fn configure_cpu_threads(threads: Option<usize>) {
     });
 }
 
-/// Picks the candle device for a requested [`DeviceKind`].
-pub fn select_device(kind: DeviceKind) -> anyhow::Result<Device> {
-    match kind {
-        DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda => cuda_device(),
-        DeviceKind::Auto => {
-            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                cuda_device()
-            } else {
-                Ok(Device::Cpu)
-            }
-        }
-        DeviceKind::Vulkan => bail!("the candle engine does not run on Vulkan"),
+/// The candle device for one of ours.
+pub fn select_device(device: super::Device) -> anyhow::Result<Device> {
+    match device {
+        super::Device::Cpu => Ok(Device::Cpu),
+        super::Device::Cuda => cuda_device(),
+        super::Device::Vulkan => bail!("the candle engine does not run on Vulkan"),
     }
 }
 
@@ -164,7 +158,7 @@ impl CandleEngine {
         let maps = files
             .iter()
             .map(|path| {
-                xpu_cpu::mapped::map_path(path)
+                xpu_gguf::mapped::map_path(path)
                     .with_context(|| format!("cannot map {}", path.display()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

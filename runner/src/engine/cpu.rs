@@ -5,21 +5,15 @@ use super::Engine;
 
 pub use xpu_cpu::CpuLlamaEngine;
 
-/// Environment variable that picks the CPU engine for GGUF `llama` files: `xpu` (our
-/// own, the default) or `candle` (candle-transformers' `quantized_llama`).
-pub const ENGINE_ENV: &str = "XPU_CPU_ENGINE";
-
-/// Whether GGUF `llama` files on the CPU should use this engine, from
-/// [`ENGINE_ENV`]. An unknown value is an error that names the accepted ones.
-pub fn selected() -> Result<bool, String> {
-    match std::env::var(ENGINE_ENV) {
-        Err(_) => Ok(true),
-        Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("xpu") => Ok(true),
-        Ok(v) if v.eq_ignore_ascii_case("candle") => Ok(false),
-        Ok(v) => Err(format!(
-            "{ENGINE_ENV}={v} is not a CPU engine; use `xpu` (default) or `candle`"
-        )),
-    }
+/// The engine that runs GGUF `llama` files on the CPU (`--cpu-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CpuEngine {
+    /// Our own, [`xpu_cpu`]: several times faster than candle's.
+    #[default]
+    Xpu,
+    /// candle-transformers' `quantized_llama`, which also runs quantizations we have no
+    /// kernels for.
+    Candle,
 }
 
 impl Engine for CpuLlamaEngine {

@@ -33,13 +33,25 @@ pub mod vulkan;
 use std::fmt;
 use std::str::FromStr;
 
-/// The compute device a user asks for (`--device`).
+pub use cpu::CpuEngine;
+
+/// Engine settings beyond the device, for tests, benchmarks and debugging. The library
+/// never reads the environment: the binary fills these from flags and their variables.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Which engine runs GGUF `llama` files on the CPU.
+    pub cpu_engine: CpuEngine,
+    /// How the Vulkan engine picks and configures its device (CPU adapters, kernel tuning).
+    #[cfg(feature = "vulkan")]
+    pub vulkan: xpu_vulkan::DeviceOptions,
+}
+
+/// A compute device that an engine runs on. What `--device auto` means is decided in
+/// [`crate::device`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceKind {
-    /// CUDA when this build has it and a GPU answers, otherwise the CPU.
+pub enum Device {
+    /// Our own CPU engine for GGUF `llama`, candle for the rest.
     #[default]
-    Auto,
-    /// candle on the CPU.
     Cpu,
     /// candle on NVIDIA GPU 0 (cargo feature `cuda`).
     Cuda,
@@ -47,35 +59,40 @@ pub enum DeviceKind {
     Vulkan,
 }
 
-impl DeviceKind {
-    /// The names accepted by `--device`.
-    pub const NAMES: &'static [&'static str] = &["auto", "cpu", "cuda", "vulkan"];
-}
+impl Device {
+    pub const ALL: [Device; 3] = [Device::Cpu, Device::Cuda, Device::Vulkan];
 
-impl fmt::Display for DeviceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DeviceKind::Auto => "auto",
-            DeviceKind::Cpu => "cpu",
-            DeviceKind::Cuda => "cuda",
-            DeviceKind::Vulkan => "vulkan",
-        })
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Vulkan => "vulkan",
+        }
+    }
+
+    /// Whether this binary was built with the engine for the device.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            Device::Cpu => true,
+            Device::Cuda => cfg!(feature = "cuda"),
+            Device::Vulkan => cfg!(feature = "vulkan"),
+        }
     }
 }
 
-impl FromStr for DeviceKind {
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Device {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(DeviceKind::Auto),
-            "cpu" => Ok(DeviceKind::Cpu),
-            "cuda" => Ok(DeviceKind::Cuda),
-            "vulkan" => Ok(DeviceKind::Vulkan),
-            other => Err(format!(
-                "unknown device `{other}`; expected one of: {}",
-                Self::NAMES.join(", ")
-            )),
-        }
+        Device::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown device `{s}`; expected one of: cpu, cuda, vulkan"))
     }
 }

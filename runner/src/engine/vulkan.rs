@@ -2,7 +2,7 @@
 //! [`xpu_vulkan::LlamaModel`], which keeps the weights and the KV cache on the GPU.
 
 use anyhow::Context as _;
-use xpu_vulkan::{LlamaModel, LoadOptions, VulkanError};
+use xpu_vulkan::{DeviceOptions, LlamaModel, LoadOptions, VulkanError};
 
 use super::Engine;
 use crate::model::gguf::GgufFile;
@@ -15,15 +15,20 @@ pub struct VulkanEngine {
 
 impl VulkanEngine {
     /// Loads the opened GGUF file onto the preferred Vulkan adapter (discrete, then
-    /// integrated; CPU adapters only with `XPU_RUNNER_ALLOW_CPU_ADAPTER=1`) with a KV cache
+    /// integrated; CPU adapters only when `device` allows them) with a KV cache
     /// of `ctx` tokens (`None`: the model's context, capped at 8192 and at what fits the
     /// device's memory). Problems with the device (no loader, no adapter, weights or context
     /// that do not fit its memory, out of memory, lost device) are [`LoadError::Device`], so
     /// that `--device auto` can fall back to the CPU; problems with the model are
     /// [`LoadError::Engine`].
-    pub fn load(gguf: &GgufFile, ctx: Option<usize>) -> Result<VulkanEngine, LoadError> {
+    pub fn load(
+        gguf: &GgufFile,
+        ctx: Option<usize>,
+        device: &DeviceOptions,
+    ) -> Result<VulkanEngine, LoadError> {
         let opts = LoadOptions {
             ctx,
+            device: device.clone(),
             ..LoadOptions::default()
         };
         match LlamaModel::from_gguf(gguf, &opts) {
@@ -94,13 +99,10 @@ mod tests {
 
     #[test]
     fn device_problems_are_device_errors() {
-        // Without XPU_RUNNER_ALLOW_CPU_ADAPTER a host with only lavapipe (CI) has no usable
+        // Without allowing CPU adapters a host with only lavapipe (CI) has no usable
         // adapter: that must be a Device error (so `auto` can fall back) naming the fix.
         // On a host with a real GPU the engine loads instead.
-        if std::env::var_os(xpu_vulkan::ALLOW_CPU_ADAPTER_ENV).is_some() {
-            return; // the caller allowed CPU adapters; the other arm is then all we could test
-        }
-        match VulkanEngine::load(&test_model(), Some(64)) {
+        match VulkanEngine::load(&test_model(), Some(64), &DeviceOptions::default()) {
             Err(LoadError::Device(m)) => {
                 assert!(
                     m.contains("no suitable Vulkan adapter") || m.contains("no Vulkan loader"),
@@ -125,7 +127,11 @@ mod tests {
         ];
         let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
         gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &metadata, &[]).unwrap();
-        match VulkanEngine::load(&GgufFile::open(&path).unwrap(), Some(64)) {
+        match VulkanEngine::load(
+            &GgufFile::open(&path).unwrap(),
+            Some(64),
+            &DeviceOptions::default(),
+        ) {
             Err(LoadError::Engine { reason, .. }) => {
                 assert!(reason.contains("head dimension 0"), "{reason}")
             }

@@ -8,6 +8,7 @@
 
 pub mod architecture;
 pub mod chat_template;
+pub mod facts;
 pub mod gguf;
 pub mod safetensors;
 pub mod tokenizer;
@@ -16,18 +17,19 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
+pub use facts::ModelFacts;
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::engine::candle::{
     configure_cpu_threads, select_device, CandleEngine, GGUF_ARCHITECTURES,
 };
-use crate::engine::{DeviceKind, Engine};
+use crate::engine::{CpuEngine, Device, Engine, EngineOptions};
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Where to run it.
-    pub device: DeviceKind,
+    /// Where to run it (what `--device auto` means is decided in [`crate::device`]).
+    pub device: Device,
     /// CPU threads (None: candle's default, the physical cores).
     pub threads: Option<usize>,
     /// Context length (prompt plus generated tokens); None: the model's own limit, capped
@@ -35,6 +37,8 @@ pub struct LoadOptions {
     pub ctx: Option<usize>,
     /// A `tokenizer.json` to use instead of the one in the model.
     pub tokenizer: Option<PathBuf>,
+    /// Engine settings beyond the device.
+    pub engine: EngineOptions,
 }
 
 /// A model ready to generate.
@@ -47,6 +51,8 @@ pub struct LoadedModel {
     /// Generation stops at any of these ids.
     pub eos_token_ids: Vec<u32>,
     pub engine: Box<dyn Engine>,
+    /// What the files say about the model (size, type, shape), for the dashboard.
+    pub facts: ModelFacts,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -327,13 +333,14 @@ fn load_gguf(
             )));
         }
     }
+    let facts = ModelFacts::from_gguf(content, file.bytes().len() as u64);
     let max_context = gguf::metadata_u64(content, &format!("{architecture}.context_length"))
         .map(|n| n as usize)
         .unwrap_or(4096);
 
     let engine: Box<dyn Engine> = match options.device {
         #[cfg(feature = "vulkan")]
-        DeviceKind::Vulkan => {
+        Device::Vulkan => {
             // Only a --ctx is checked here: without one the engine picks the context that
             // fits the device (the model's, capped at DEFAULT_MAX_CONTEXT, or less).
             if let Some(ctx) = options.ctx {
@@ -342,18 +349,19 @@ fn load_gguf(
             Box::new(crate::engine::vulkan::VulkanEngine::load(
                 &file,
                 options.ctx,
+                &options.engine.vulkan,
             )?)
         }
         #[cfg(not(feature = "vulkan"))]
-        DeviceKind::Vulkan => return Err(vulkan_unavailable()),
-        kind => {
-            let device = select_device(kind).map_err(|e| LoadError::Device(format!("{e:#}")))?;
+        Device::Vulkan => return Err(vulkan_unavailable()),
+        device => {
+            let device = select_device(device).map_err(|e| LoadError::Device(format!("{e:#}")))?;
             // GGUF llama on the CPU runs on our own engine (crate xpu-cpu: AVX2 kernels on the
             // mapped weights, same greedy tokens as candle's quantized_llama, see
-            // cpu/tests/cpu_engine.rs); XPU_CPU_ENGINE=candle selects candle instead.
+            // cpu/tests/cpu_engine.rs); `--cpu-engine candle` selects candle instead.
             if device.is_cpu()
                 && architecture == "llama"
-                && crate::engine::cpu::selected().map_err(LoadError::Device)?
+                && options.engine.cpu_engine == CpuEngine::Xpu
             {
                 let ctx = resolve_context(options.ctx, max_context)?;
                 let engine = crate::engine::cpu::CpuLlamaEngine::from_gguf(file, Some(ctx))
@@ -393,6 +401,7 @@ fn load_gguf(
         chat_template,
         eos_token_ids,
         engine,
+        facts,
     };
     Ok((model, model_vocab))
 }

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use serde_json::Value;
 
+use super::facts::TypeCounts;
 use super::{
-    model_id, resolve_context, ChatTemplate, LoadError, LoadOptions, LoadedModel, Tokenizer,
+    model_id, resolve_context, ChatTemplate, LoadError, LoadOptions, LoadedModel, ModelFacts,
+    Tokenizer,
 };
 use crate::engine::candle::{select_device, CandleEngine, SAFETENSORS_ARCHITECTURES};
-use crate::engine::DeviceKind;
+use crate::engine::Device;
 
 /// Loads a safetensors directory; also returns the vocabulary size of the weights.
 pub fn load_dir(
@@ -51,7 +53,7 @@ pub fn load_dir(
     }
 
     let files = safetensors_files(dir)?;
-    let file_dtype = weights_dtype(dir, &files)?;
+    let (file_dtype, facts) = weights_dtype(dir, &files, &config)?;
 
     let tokenizer_path = options
         .tokenizer
@@ -103,7 +105,7 @@ pub fn load_dir(
     eos_token_ids.sort_unstable();
     eos_token_ids.dedup();
 
-    if options.device == DeviceKind::Vulkan {
+    if options.device == Device::Vulkan {
         return Err(super::vulkan_unavailable());
     }
     let device = select_device(options.device).map_err(|e| LoadError::Device(format!("{e:#}")))?;
@@ -130,6 +132,7 @@ pub fn load_dir(
         chat_template,
         eos_token_ids,
         engine: Box::new(engine),
+        facts,
     };
     Ok((model, model_vocab))
 }
@@ -154,8 +157,12 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(files)
 }
 
-/// The dtype of the weights, checked to be one we run.
-fn weights_dtype(dir: &Path, files: &[PathBuf]) -> Result<DType, LoadError> {
+/// The dtype of the weights, checked to be one we run, and the model's facts.
+fn weights_dtype(
+    dir: &Path,
+    files: &[PathBuf],
+    config: &Value,
+) -> Result<(DType, ModelFacts), LoadError> {
     let unreadable = |e: &dyn std::fmt::Display| LoadError::InvalidConfig {
         path: dir.to_path_buf(),
         reason: format!(
@@ -165,14 +172,20 @@ fn weights_dtype(dir: &Path, files: &[PathBuf]) -> Result<DType, LoadError> {
     };
     let maps = files
         .iter()
-        .map(|path| xpu_cpu::mapped::map_path(path).map_err(|source| LoadError::io(path, source)))
+        .map(|path| xpu_gguf::mapped::map_path(path).map_err(|source| LoadError::io(path, source)))
         .collect::<Result<Vec<_>, _>>()?;
     let shards = maps
         .iter()
         .map(|map| candle_core::safetensors::SliceSafetensors::new(map).map_err(|e| unreadable(&e)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut found = None;
+    let mut types = TypeCounts::default();
+    let (mut parameters, mut weights_bytes) = (0u64, 0u64);
     for (name, view) in shards.iter().flat_map(|shard| shard.tensors()) {
+        let elements = view.shape().iter().product::<usize>() as u64;
+        parameters += elements;
+        weights_bytes += view.data().len() as u64;
+        types.add(format!("{:?}", view.dtype()).to_uppercase(), elements);
         let dtype = match view.dtype() {
             ::safetensors::Dtype::F32 => DType::F32,
             ::safetensors::Dtype::F16 => DType::F16,
@@ -190,10 +203,12 @@ fn weights_dtype(dir: &Path, files: &[PathBuf]) -> Result<DType, LoadError> {
             found = Some(dtype);
         }
     }
-    found.ok_or_else(|| LoadError::NotAModel {
+    let dtype = found.ok_or_else(|| LoadError::NotAModel {
         path: dir.to_path_buf(),
         reason: "the safetensors files hold no tensors".to_string(),
-    })
+    })?;
+    let facts = ModelFacts::from_safetensors(config, types, parameters, weights_bytes);
+    Ok((dtype, facts))
 }
 
 /// `bos_token` / `eos_token` in tokenizer_config.json: a string or `{"content": …}`.

@@ -1,8 +1,8 @@
-//! The bridge between the server and the runner core: loads the model on the
-//! decided device (falling back to the CPU when `auto` chose an accelerator that
-//! fails), and splits the loaded model into the part the handlers share (tokenizer
-//! and chat template, for prompts) and the part the worker thread owns (engine).
-//! [`EngineLoader`] does all of it for the model pool.
+//! The bridge between the server and the runner core: loads a model on the decided
+//! device ([`crate::device::load`], which falls back to the CPU when `auto` chose an
+//! accelerator that fails), and splits the loaded model into the part the handlers
+//! share (tokenizer and chat template, for prompts) and the part the worker thread owns
+//! (engine). [`EngineLoader`] does all of it for the model pool.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -10,15 +10,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::engine::DeviceKind;
+use crate::device::{self, DeviceChoice, DeviceDecision};
 use crate::generate::{generate, FinishReason as CoreFinish, GenerateError, GenerationRequest};
 use crate::model::{
-    self, ChatMessage, ChatTemplate, LoadOptions, LoadedModel, Tokenizer, DEFAULT_MAX_CONTEXT,
+    ChatMessage, ChatTemplate, LoadOptions, LoadedModel, ModelFacts, Tokenizer, DEFAULT_MAX_CONTEXT,
 };
 use crate::sampling::SamplingParams;
 
-use super::dashboard::{model_info, EngineInfo};
-use super::device::Device;
+use super::dashboard::EngineInfo;
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::openai::PlainMessage;
@@ -27,52 +26,6 @@ use super::queue::{
     Backend, FinishReason, GenerationTurn, JobSpec, Outcome, SamplingRequest, Scheduler,
 };
 use super::state::{Prompter, ServedModel};
-
-fn device_kind(device: Device) -> DeviceKind {
-    match device {
-        Device::Cpu => DeviceKind::Cpu,
-        Device::Cuda => DeviceKind::Cuda,
-        Device::Vulkan => DeviceKind::Vulkan,
-    }
-}
-
-/// Loads the model. When `fallback` is set and the accelerator fails, logs a
-/// warning with the reason and loads on the CPU instead; the reason comes back as the
-/// third value (for the dashboard).
-pub fn load(
-    path: &Path,
-    device: Device,
-    fallback: bool,
-    threads: Option<usize>,
-    ctx: Option<usize>,
-) -> anyhow::Result<(LoadedModel, Device, Option<String>)> {
-    let options = |device| LoadOptions {
-        device: device_kind(device),
-        threads,
-        ctx,
-        ..Default::default()
-    };
-    match model::load(path, &options(device)) {
-        Ok(m) => Ok((m, device, None)),
-        Err(e) if fallback && device != Device::Cpu && is_device_failure(&e) => {
-            let reason = format!("the {} device failed to initialise ({e})", device.name());
-            tracing::warn!("{reason}; falling back to the CPU");
-            let m = model::load(path, &options(Device::Cpu))
-                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?;
-            Ok((m, Device::Cpu, Some(reason)))
-        }
-        Err(e) => Err(anyhow::anyhow!("cannot load {}: {e}", path.display())),
-    }
-}
-
-/// Errors about the model file itself would fail on the CPU too; only device
-/// and engine errors justify a fallback.
-fn is_device_failure(e: &model::LoadError) -> bool {
-    matches!(
-        e,
-        model::LoadError::Device(_) | model::LoadError::Engine { .. }
-    )
-}
 
 /// Maps request fields onto the core's parameters; unset fields keep the core's
 /// defaults.
@@ -178,14 +131,12 @@ pub fn split(mut model: LoadedModel) -> (Arc<dyn Prompter>, ModelBackend) {
 /// Loads the pool's models on the decided device, each with its own worker thread;
 /// the workers share one generation turn.
 pub struct EngineLoader {
-    pub device: Device,
-    /// `--device auto`: fall back to the CPU when the accelerator fails.
-    pub fallback: bool,
-    /// The `--device` value, and why the device was chosen (for the dashboard).
-    pub requested: String,
-    pub reasons: Vec<String>,
-    pub threads: Option<usize>,
-    pub ctx: Option<usize>,
+    /// The `--device` value (`auto` falls back to the CPU when the accelerator fails).
+    pub choice: DeviceChoice,
+    /// The device and why it was chosen (for the dashboard).
+    pub decision: DeviceDecision,
+    /// Threads, context and engine settings; the device comes from `decision`.
+    pub options: LoadOptions,
     pub max_queue: usize,
     pub max_tokens_default: usize,
     pub metrics: Arc<Metrics>,
@@ -194,22 +145,23 @@ pub struct EngineLoader {
 
 impl Loader for EngineLoader {
     fn estimate(&self, _id: &str, path: &Path) -> anyhow::Result<u64> {
-        let facts = model_info::read(path)
+        let facts = ModelFacts::read(path)
             .with_context(|| format!("cannot read {} to estimate its memory", path.display()))?;
         // The context the engine will use: --ctx, else the model's own capped as the
         // engines cap it.
         let trained = facts
             .context_length
             .map_or(DEFAULT_MAX_CONTEXT, |c| c as usize);
-        let context = self.ctx.unwrap_or(trained.min(DEFAULT_MAX_CONTEXT));
+        let context = self.options.ctx.unwrap_or(trained.min(DEFAULT_MAX_CONTEXT));
         Ok(facts.memory_needed(context))
     }
 
     fn load(&self, id: &str, path: &Path) -> anyhow::Result<ServedModel> {
         let (loaded, device, fallback_reason) =
-            load(path, self.device, self.fallback, self.threads, self.ctx)?;
+            device::load(path, self.choice, &self.decision, &self.options)?;
         let description = loaded.engine.device_description();
         let context_length = loaded.engine.context_length();
+        let facts = loaded.facts.clone();
         let (prompter, worker) = split(loaded);
         let scheduler = Scheduler::start_sharing(
             worker,
@@ -228,12 +180,13 @@ impl Loader for EngineLoader {
             prompter,
             scheduler,
             engine: Some(EngineInfo {
-                requested: self.requested.clone(),
+                requested: self.choice.to_string(),
                 device: device.name(),
                 description,
-                reasons: self.reasons.clone(),
+                reasons: self.decision.reasons.clone(),
                 fallback_reason,
             }),
+            facts,
         })
     }
 }

@@ -672,6 +672,7 @@ mod tests {
             prompter,
             scheduler,
             engine: None,
+            facts: Default::default(),
         }
     }
 

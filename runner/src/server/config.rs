@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::ArgAction;
 
-use super::device::DeviceChoice;
 use super::listen::Host;
+use crate::device::DeviceChoice;
+use crate::engine::{CpuEngine, EngineOptions};
 
 /// Options of `xpu-runner serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -67,9 +68,14 @@ pub struct ServeArgs {
     #[arg(long, env = "XPU_RUNNER_PORT", default_value_t = 52415)]
     pub port: u16,
 
-    /// Compute device; `auto` decides from the hardware facts and falls back to the
-    /// CPU if the accelerator fails to initialise.
-    #[arg(long, env = "XPU_RUNNER_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
+    /// Compute device: auto, cpu, cuda or vulkan; `auto` decides from the hardware facts
+    /// and falls back to the CPU if the accelerator fails to initialise.
+    #[arg(
+        long,
+        env = "XPU_RUNNER_DEVICE",
+        default_value = "auto",
+        value_name = "DEVICE"
+    )]
     pub device: DeviceChoice,
 
     /// Hardware facts JSON written by `xpu-probe` (default: probe the machine live).
@@ -138,6 +144,58 @@ pub struct ServeArgs {
         value_parser = parse_interval
     )]
     pub gpu_telemetry_interval: Duration,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Engine settings for tests, benchmarks and debugging, shared by every command that
+/// loads a model; each also comes from the environment variable it names.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EngineArgs {
+    /// The engine for GGUF llama files on the CPU: xpu (our own) or candle (candle's
+    /// quantized_llama, slower, but it also runs the quantizations ours refuses).
+    #[arg(
+        long,
+        env = "XPU_CPU_ENGINE",
+        value_enum,
+        ignore_case = true,
+        default_value_t = CpuEngine::Xpu,
+        value_name = "ENGINE"
+    )]
+    pub cpu_engine: CpuEngine,
+
+    /// Vulkan: accept a CPU adapter such as lavapipe (correct, but slower than the CPU
+    /// engine; for tests and debugging).
+    #[cfg(feature = "vulkan")]
+    #[arg(
+        long,
+        env = xpu_vulkan::ALLOW_CPU_ADAPTER_ENV,
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub allow_cpu_adapter: bool,
+
+    /// Vulkan kernel settings for benchmarks, comma-separated, e.g. units=2,tall=2048
+    /// (see docs/vulkan.md); the defaults are what the engine is tuned for.
+    #[cfg(feature = "vulkan")]
+    #[arg(long, env = xpu_vulkan::MATVEC_TUNING_ENV, value_name = "SETTINGS")]
+    pub vulkan_tuning: Option<xpu_vulkan::KernelTuning>,
+}
+
+impl EngineArgs {
+    /// The options the model loader takes.
+    pub fn options(&self) -> EngineOptions {
+        EngineOptions {
+            cpu_engine: self.cpu_engine,
+            #[cfg(feature = "vulkan")]
+            vulkan: xpu_vulkan::DeviceOptions {
+                allow_cpu_adapter: self.allow_cpu_adapter,
+                tuning: self.vulkan_tuning.unwrap_or_default(),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// Parses a size such as `8G`, `512MiB`, `1.5GB` or `1000000` into bytes.
@@ -263,6 +321,39 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("--port"), "{error}");
+    }
+
+    #[test]
+    fn engine_settings_are_read_and_bad_ones_named() {
+        let cli = Cli::try_parse_from(["x", "--model", "m", "--cpu-engine", "Candle"]).unwrap();
+        assert_eq!(cli.serve.engine.options().cpu_engine, CpuEngine::Candle);
+        let error = Cli::try_parse_from(["x", "--model", "m", "--cpu-engine", "fast"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("xpu") && error.contains("candle"), "{error}");
+        #[cfg(feature = "vulkan")]
+        {
+            let cli = Cli::try_parse_from([
+                "x",
+                "--model",
+                "m",
+                "--allow-cpu-adapter",
+                "--vulkan-tuning",
+                "dp4a=0",
+            ])
+            .unwrap();
+            let vulkan = cli.serve.engine.options().vulkan;
+            assert!(vulkan.allow_cpu_adapter);
+            assert!(!vulkan
+                .tuning
+                .decode_quantizes_x(xpu_vulkan::WeightType::Q8_0));
+            let error = Cli::try_parse_from(["x", "--model", "m", "--vulkan-tuning", "units=3"])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("expected units=1|2"), "{error}");
+        }
     }
 
     #[test]

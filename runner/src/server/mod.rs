@@ -19,7 +19,6 @@ pub mod catalog;
 pub mod completions;
 pub mod config;
 pub mod dashboard;
-pub mod device;
 pub mod errors;
 pub mod listen;
 pub mod metrics;
@@ -38,10 +37,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use config::ServeArgs;
+pub use config::{EngineArgs, ServeArgs};
 
+use crate::device::{self, read_facts, DeviceChoice};
+use crate::model::LoadOptions;
 use auth::ApiKeys;
-use device::{DeviceChoice, FactsSummary};
 use metrics::Metrics;
 use pool::Limits;
 use queue::GenerationTurn;
@@ -284,12 +284,14 @@ async fn load_and_publish(
     })
     .await??;
     let loader = backend::EngineLoader {
-        device: decision.device,
-        fallback: args.device == DeviceChoice::Auto,
-        requested: format!("{:?}", args.device).to_lowercase(),
-        reasons: decision.reasons.clone(),
-        threads: args.threads,
-        ctx: args.ctx,
+        choice: args.device,
+        decision,
+        options: LoadOptions {
+            threads: args.threads,
+            ctx: args.ctx,
+            engine: args.engine.options(),
+            ..LoadOptions::default()
+        },
         max_queue: args.max_queue,
         max_tokens_default: args.max_tokens_default,
         metrics: state.metrics.clone(),
@@ -299,7 +301,6 @@ async fn load_and_publish(
         max_loaded: args.max_loaded_models,
         memory_budget: args.memory_budget,
     };
-    let first_path = entries[0].path.clone();
     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
     state.models.configure(entries, Arc::new(loader), limits)?;
 
@@ -310,7 +311,6 @@ async fn load_and_publish(
             .get(None)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        state.dashboard.read_model(first_path).await;
         let device = served.engine.as_ref().map_or("cpu", |e| e.device);
         format!(
             "serving {} on {device} ({}, context {}) at http://{local}",
@@ -327,25 +327,4 @@ async fn load_and_publish(
     tracing::info!("{status}");
     systemd::ready(&status);
     Ok(())
-}
-
-/// The facts document and its summary: the file if given (a bad file is an error),
-/// else a live probe.
-fn read_facts(file: Option<&std::path::Path>) -> anyhow::Result<(serde_json::Value, FactsSummary)> {
-    let value = match file {
-        Some(path) => FactsSummary::read_file(path)?,
-        None => {
-            tracing::info!("no --facts file: probing the hardware");
-            let facts = xpu_probe::probe(&xpu_probe::ProbeOptions {
-                root: "/".into(),
-                level_zero: true,
-            });
-            serde_json::to_value(&facts).context("cannot serialise the probe's facts")?
-        }
-    };
-    let summary = FactsSummary::from_json(&value).map_err(|e| match file {
-        Some(path) => anyhow::anyhow!("facts file {}: {e}", path.display()),
-        None => e,
-    })?;
-    Ok((value, summary))
 }

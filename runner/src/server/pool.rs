@@ -504,6 +504,7 @@ mod tests {
                 prompter: Arc::new(NoPrompts),
                 scheduler: Scheduler::start(Idle, 1, Arc::new(Metrics::new()))?,
                 engine: None,
+                facts: Default::default(),
             })
         }
     }

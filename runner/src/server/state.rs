@@ -12,6 +12,7 @@ use super::pool::ModelPool;
 use super::queue::Scheduler;
 use super::shutdown::Lifecycle;
 use super::telemetry::GpuTelemetry;
+use crate::model::ModelFacts;
 
 /// Turns request text into prompt tokens. Runs on the blocking pool (tokenizing a
 /// large prompt takes a while), never on the model's worker thread, so that
@@ -37,6 +38,8 @@ pub struct ServedModel {
     pub scheduler: Scheduler,
     /// How its device was chosen, for the dashboard.
     pub engine: Option<EngineInfo>,
+    /// What its files say about it (from the loader), for the dashboard.
+    pub facts: ModelFacts,
 }
 
 /// Everything the handlers share.

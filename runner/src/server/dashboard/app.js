@@ -283,7 +283,6 @@ function renderModel(doc) {
     ["Layers", model.layers],
     ["Weights", bytes(model.weights_bytes)],
     ["Needs", model.memory_needed_bytes ? "≈ " + bytes(model.memory_needed_bytes) : null],
-    ["Header", model.error ? "cannot read: " + model.error : null],
   ]);
   for (const place of model.suits || []) {
     const fits = place.fits === true ? badge("fits", "good") : place.fits === false ? badge("too large", "bad") : badge("unknown", "plain");

@@ -11,7 +11,6 @@ pub mod live;
 pub mod machine;
 pub mod model_info;
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -28,7 +27,6 @@ use super::state::AppState;
 use super::telemetry;
 
 pub use live::LiveStats;
-use model_info::ModelFacts;
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("app.js");
@@ -93,7 +91,6 @@ pub struct EngineInfo {
 pub struct Dashboard {
     started: Instant,
     facts: OnceLock<Result<Value, String>>,
-    model: OnceLock<Result<ModelFacts, String>>,
 }
 
 impl Default for Dashboard {
@@ -101,7 +98,6 @@ impl Default for Dashboard {
         Dashboard {
             started: Instant::now(),
             facts: OnceLock::new(),
-            model: OnceLock::new(),
         }
     }
 }
@@ -110,18 +106,6 @@ impl Dashboard {
     /// Records the probe's facts document, or why there is none.
     pub fn set_facts(&self, facts: Result<Value, String>) {
         let _ = self.facts.set(facts);
-    }
-
-    /// Reads the model file's header off the async runtime and records it.
-    pub async fn read_model(&self, path: PathBuf) {
-        let facts = tokio::task::spawn_blocking(move || model_info::read(&path))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| format!("{e:#}")));
-        if let Err(why) = &facts {
-            tracing::warn!("dashboard: cannot read the model's header: {why}");
-        }
-        let _ = self.model.set(facts);
     }
 }
 
@@ -180,34 +164,23 @@ pub fn build_document(state: &AppState) -> Value {
     let live = metrics.live.snapshot();
 
     let model = served.map(|served| {
-        let mut model = json!({
+        let file = &served.facts;
+        let needed = file.memory_needed(served.context_length);
+        let suits = facts
+            .map(|f| model_info::suitability(needed, machine::memory_places(f, telemetry.as_ref())))
+            .unwrap_or_default();
+        json!({
             "id": served.id,
             "context_length": served.context_length,
-        });
-        match board.model.get() {
-            Some(Ok(file)) => {
-                let needed = file.memory_needed(served.context_length);
-                let suits = facts
-                    .map(|f| {
-                        model_info::suitability(
-                            needed,
-                            machine::memory_places(f, telemetry.as_ref()),
-                        )
-                    })
-                    .unwrap_or_default();
-                model["format"] = json!(file.format);
-                model["architecture"] = json!(file.architecture);
-                model["quantization"] = json!(file.quantization);
-                model["parameters"] = json!(file.parameters);
-                model["weights_bytes"] = json!(file.weights_bytes);
-                model["layers"] = json!(file.layers);
-                model["memory_needed_bytes"] = json!(needed);
-                model["suits"] = json!(suits);
-            }
-            Some(Err(why)) => model["error"] = json!(why),
-            None => {}
-        }
-        model
+            "format": file.format,
+            "architecture": file.architecture,
+            "quantization": file.quantization,
+            "parameters": file.parameters,
+            "weights_bytes": file.weights_bytes,
+            "layers": file.layers,
+            "memory_needed_bytes": needed,
+            "suits": suits,
+        })
     });
 
     let kv_cache = served.map(|served| {

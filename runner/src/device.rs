@@ -1,45 +1,49 @@
-//! Device choice for `serve`: `--device auto` decides from the hardware facts (the
-//! probe's JSON, from `--facts` or a live probe) and explains why; an explicit device
-//! is taken as given. The facts are read through their JSON contract
-//! (`schema_version: 1`, `recommendation.variant`), so that the runner accepts any
-//! file the probe writes, including one from another machine's probe version.
+//! The device a model runs on, and the one meaning of `--device auto` for every
+//! command: decide from the hardware facts (the probe's JSON, from `--facts` or a live
+//! probe) and explain why, then fall back to the CPU if the chosen accelerator fails to
+//! initialise. An explicit device is taken as given and never falls back. The facts
+//! are read through their JSON contract (`schema_version: 1`,
+//! `recommendation.variant`), so that the runner accepts any file the probe writes,
+//! including one from another machine's probe version.
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
-/// What the user asked for.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+use anyhow::Context as _;
+
+pub use crate::engine::Device;
+use crate::model::{self, LoadOptions, LoadedModel};
+
+/// What the user asks for with `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
-    /// Decide from the hardware facts.
+    /// Decide from the hardware facts; fall back to the CPU if the accelerator fails.
+    #[default]
     Auto,
-    Cpu,
-    Cuda,
-    Vulkan,
+    /// This device, or an error.
+    Given(Device),
 }
 
-/// A concrete device to load the model on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda,
-    Vulkan,
-}
-
-impl Device {
-    pub fn name(self) -> &'static str {
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-            Device::Vulkan => "vulkan",
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Given(device) => device.fmt(f),
         }
     }
+}
 
-    /// Whether this binary was built with the engine for the device.
-    pub fn compiled_in(self) -> bool {
-        match self {
-            Device::Cpu => true,
-            Device::Cuda => cfg!(feature = "cuda"),
-            Device::Vulkan => cfg!(feature = "vulkan"),
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(DeviceChoice::Auto);
         }
+        s.parse()
+            .map(DeviceChoice::Given)
+            .map_err(|_| format!("unknown device `{s}`; expected one of: auto, cpu, cuda, vulkan"))
     }
 }
 
@@ -106,11 +110,8 @@ pub fn decide(choice: DeviceChoice, facts: Option<&FactsSummary>) -> DeviceDecis
         device,
         reasons: vec![format!("--device {} was given", device.name())],
     };
-    match choice {
-        DeviceChoice::Cpu => return explicit(Device::Cpu),
-        DeviceChoice::Cuda => return explicit(Device::Cuda),
-        DeviceChoice::Vulkan => return explicit(Device::Vulkan),
-        DeviceChoice::Auto => {}
+    if let DeviceChoice::Given(device) = choice {
+        return explicit(device);
     }
     let Some(facts) = facts else {
         return DeviceDecision {
@@ -156,6 +157,84 @@ pub fn decide(choice: DeviceChoice, facts: Option<&FactsSummary>) -> DeviceDecis
     DeviceDecision { device, reasons }
 }
 
+/// The facts document and its summary: the file if given (a bad file is an error),
+/// else a live probe.
+pub fn read_facts(file: Option<&Path>) -> anyhow::Result<(serde_json::Value, FactsSummary)> {
+    let value = match file {
+        Some(path) => FactsSummary::read_file(path)?,
+        None => {
+            tracing::info!("no --facts file: probing the hardware");
+            let facts = xpu_probe::probe(&xpu_probe::ProbeOptions {
+                root: "/".into(),
+                level_zero: true,
+            });
+            serde_json::to_value(&facts).context("cannot serialise the probe's facts")?
+        }
+    };
+    let summary = FactsSummary::from_json(&value).map_err(|e| match file {
+        Some(path) => anyhow::anyhow!("facts file {}: {e}", path.display()),
+        None => e,
+    })?;
+    Ok((value, summary))
+}
+
+/// Loads the model on the decided device (`options.device` is set from it). When the
+/// user chose `auto` and the accelerator fails, logs a warning with the reason and
+/// loads on the CPU instead; the device used and that reason come back too.
+pub fn load(
+    path: &Path,
+    choice: DeviceChoice,
+    decision: &DeviceDecision,
+    options: &LoadOptions,
+) -> anyhow::Result<(LoadedModel, Device, Option<String>)> {
+    let on = |device| LoadOptions {
+        device,
+        ..options.clone()
+    };
+    let device = decision.device;
+    match model::load(path, &on(device)) {
+        Ok(m) => Ok((m, device, None)),
+        Err(e)
+            if choice == DeviceChoice::Auto && device != Device::Cpu && is_device_failure(&e) =>
+        {
+            let reason = format!("the {} device failed to initialise ({e})", device.name());
+            tracing::warn!("{reason}; falling back to the CPU");
+            let m = model::load(path, &on(Device::Cpu))?;
+            Ok((m, Device::Cpu, Some(reason)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// For `generate` and `bench`: decides (with a live probe for `auto`), logs why, and
+/// loads.
+pub fn decide_and_load(
+    path: &Path,
+    choice: DeviceChoice,
+    options: &LoadOptions,
+) -> anyhow::Result<LoadedModel> {
+    let facts = match choice {
+        DeviceChoice::Auto => Some(read_facts(None)?.1),
+        DeviceChoice::Given(_) => None,
+    };
+    let decision = decide(choice, facts.as_ref());
+    tracing::info!(
+        "device {} chosen: {}",
+        decision.device,
+        decision.reasons.join("; ")
+    );
+    Ok(load(path, choice, &decision, options)?.0)
+}
+
+/// Errors about the model file itself would fail on the CPU too; only device
+/// and engine errors justify a fallback.
+fn is_device_failure(e: &model::LoadError) -> bool {
+    matches!(
+        e,
+        model::LoadError::Device(_) | model::LoadError::Engine { .. }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,9 +272,20 @@ mod tests {
     #[test]
     fn explicit_choice_wins() {
         assert_eq!(
-            decide(DeviceChoice::Vulkan, Some(&facts("exo-cpu"))).device,
+            decide(DeviceChoice::Given(Device::Vulkan), Some(&facts("exo-cpu"))).device,
             Device::Vulkan
         );
+    }
+
+    #[test]
+    fn choices_parse_with_one_list_of_names() {
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        assert_eq!("Vulkan".parse(), Ok(DeviceChoice::Given(Device::Vulkan)));
+        let error = "gpu".parse::<DeviceChoice>().unwrap_err();
+        assert!(error.contains("auto, cpu, cuda, vulkan"), "{error}");
+        for choice in [DeviceChoice::Auto, DeviceChoice::Given(Device::Cuda)] {
+            assert_eq!(choice.to_string().parse(), Ok(choice));
+        }
     }
 
     #[test]

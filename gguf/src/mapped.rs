@@ -1,4 +1,5 @@
-//! Read-only memory maps of model files, for every loader in the workspace.
+//! Read-only memory maps of model files, for every loader in the workspace (GGUF files
+//! here, safetensors files in the runner).
 //!
 //! Mapping is the one `unsafe` step of loading a model: the bytes of a mapped file can
 //! change under the program if another process writes or truncates the file. Model
