@@ -1,5 +1,6 @@
-//! Our own CPU engine for GGUF `llama` models: a hand-written forward pass
-//! ([`llama`]) on memory-mapped weights with AVX2 kernels, each with a portable
+//! Our own CPU engine for GGUF models of the llama family (every architecture with a
+//! description in `xpu_gguf::arch`: llama, qwen2, qwen3, phi3, gemma3): a hand-written
+//! forward pass ([`llama`]) on memory-mapped weights with AVX2 kernels, each with a portable
 //! fallback: [`kernels`] for 32-weight blocks, [`kquants`] and [`floats`] (through
 //! [`wide`]) for K-quants and float matrices.
 //!
@@ -11,6 +12,7 @@
 // Private: its functions trust their `simd` argument (see `f16_vec::simd`).
 mod f16_vec;
 pub mod floats;
+pub mod geglu;
 pub mod kernels;
 pub mod kquants;
 pub mod llama;
@@ -20,13 +22,13 @@ pub mod wide;
 
 use std::path::Path;
 
-/// The CPU `llama` engine: one model and the KV cache of one sequence.
+/// The CPU engine: one model and the KV cache of one sequence.
 pub struct CpuLlamaEngine {
     model: llama::LlamaModel,
 }
 
 impl CpuLlamaEngine {
-    /// Loads a GGUF `llama` file. `max_context` caps the context length (default: the
+    /// Loads a GGUF file of an architecture with a model description. `max_context` caps the context length (default: the
     /// model's own).
     pub fn load(path: &Path, max_context: Option<usize>) -> anyhow::Result<Self> {
         Ok(CpuLlamaEngine {
@@ -72,9 +74,10 @@ impl CpuLlamaEngine {
     /// The threads and SIMD kernels in use, for logs and `/health`.
     pub fn device_description(&self) -> String {
         format!(
-            "cpu ({} threads, {}, xpu llama kernels)",
+            "cpu ({} threads, {}, xpu {} kernels)",
             self.model.team.threads(),
-            kernels::simd_name()
+            kernels::simd_name(),
+            self.model.config.arch
         )
     }
 }

@@ -1,5 +1,9 @@
-//! Our own forward pass of the GGUF `llama` architecture on the CPU (SmolLM2,
-//! Llama 2/3, Mistral, TinyLlama...), on memory-mapped weights.
+//! Our own forward pass of the llama family of transformers on the CPU, on
+//! memory-mapped weights: every architecture with a model description in
+//! [`xpu_gguf::arch`] (llama: Llama 2/3.x, Mistral, SmolLM2; qwen2; qwen3; phi3;
+//! gemma3). The description says what differs (biases, q/k norms, fused matrices,
+//! post-norms, GELU or SiLU, embedding scale, RoPE style, per-layer RoPE bases and
+//! sliding windows); this file runs it.
 //!
 //! Why not candle's `quantized_llama`: its Q4_1 dot product is scalar, its KV cache
 //! grows with `Tensor::cat` (a copy of the whole cache per token) and each op is a
@@ -7,40 +11,53 @@
 //! are one parallel pass each, and every matrix goes through our own kernels:
 //! Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 ([`super::kernels`]), Q4_K/Q5_K/Q6_K and F16/BF16/F32
 //! ([`super::wide`]). A matrix of any other type is refused at load with an error
-//! that names it ([`SUPPORTED_TYPES`]) rather than run on a slow fallback. candle
-//! remains a numerical reference: the tests compare logits with `quantized_llama`.
+//! that names it ([`SUPPORTED_TYPES`]) rather than run on a slow fallback. The
+//! arithmetic follows ggml's, so that greedy tokens match llama.cpp's.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::{bail, Context as _};
-use candle_core::quantized::{gguf_file, GgmlDType};
-use xpu_gguf::{GgufError, GgufFile};
+use anyhow::{anyhow, bail};
+use candle_core::quantized::GgmlDType;
+use xpu_gguf::arch::{
+    Activation, FeedForward, Linear as LinearDesc, QkvWeights, RopeStyle, TensorDesc,
+};
+use xpu_gguf::{GgufError, GgufFile, ModelDesc};
 
 use half::f16;
 
 use super::f16_vec;
 use super::floats::FloatFormat;
+use super::geglu::geglu_in_place;
 use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
 use super::kquants::KFormat;
 use super::swiglu::swiglu_in_place;
 use super::team::Team;
 use super::wide::{self, WideFormat, WideJob, WideMatrix};
 
-/// Hyper-parameters read from the GGUF metadata.
+/// Hyper-parameters, from the model description.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub arch: &'static str,
     pub n_layer: usize,
     pub dim: usize,
     pub ffn: usize,
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
+    /// Width of all query heads (`n_head * head_dim`, not always `dim`).
+    pub q_dim: usize,
+    pub kv_dim: usize,
     pub rope_dim: usize,
-    pub rope_base: f32,
+    pub rope_style: RopeStyle,
     pub rms_eps: f32,
     pub vocab: usize,
     pub context_length: usize,
+    pub embedding_scale: Option<f32>,
+    /// Factor of the attention scores (the architecture's query scale).
+    pub query_scale: f32,
+    pub logit_softcap: Option<f32>,
+    pub activation: Activation,
 }
 
 /// A weight matrix on the mapped bytes, in a 32-weight block format ([`kernels`])
@@ -68,16 +85,55 @@ impl Linear {
     }
 }
 
+/// A matrix and the bias added to each output row.
+struct Projection {
+    weight: Linear,
+    bias: Option<Vec<f32>>,
+}
+
+enum QkvProjection {
+    Separate {
+        q: Projection,
+        k: Projection,
+        v: Projection,
+    },
+    /// One matrix whose output rows are Q's, then K's, then V's.
+    Fused(Projection),
+}
+
+enum GateUp {
+    Separate {
+        gate: Projection,
+        up: Projection,
+    },
+    /// One matrix whose output rows are gate's, then up's.
+    Fused(Projection),
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
+    qkv: QkvProjection,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    wo: Projection,
+    post_attention_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate_up: GateUp,
+    down: Projection,
+    post_ffw_norm: Option<Vec<f32>>,
+    /// Keys a query sees, its own included, when the layer slides.
+    window: Option<usize>,
+    /// Index into [`LlamaModel::rope`].
+    rope: usize,
+}
+
+/// cos/sin of each position and rotary pair: [pos][rope_dim / 2], for one RoPE base
+/// and position scale.
+struct RopeTable {
+    base: f32,
+    freq_scale: f32,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 /// Token embeddings: rows dequantized on lookup.
@@ -94,10 +150,9 @@ pub struct LlamaModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
-    output: Linear,
-    /// cos/sin of each position and rotary pair: [pos][rope_dim / 2].
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
+    output: Projection,
+    /// One table per distinct RoPE base of the layers.
+    rope: Vec<RopeTable>,
     /// Keys and values per layer: [kv_head][position][head_dim], in f16 as in
     /// llama.cpp's default cache (see [`f16_vec`]).
     k_cache: Vec<Vec<f16>>,
@@ -117,6 +172,8 @@ struct Scratch {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Output of a fused matrix before it is split.
+    fused: Vec<f32>,
     attn: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
@@ -187,122 +244,17 @@ impl LlamaModel {
     /// Builds the model on a mapped GGUF file whose header the caller has parsed and
     /// checked (tensor extents lie inside the file).
     pub fn from_gguf(gguf: GgufFile, max_context: Option<usize>) -> anyhow::Result<Self> {
-        let content = &gguf.content;
-        let mmap = gguf.bytes();
-
-        let md = |key: &str| content.metadata.get(key);
-        let arch = md("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        if arch != "llama" {
-            bail!("the CPU llama engine runs `llama` GGUF files, not `{arch}`");
-        }
-        let get_u = |key: &str| -> anyhow::Result<usize> {
-            Ok(md(key)
-                .with_context(|| format!("GGUF metadata lacks {key}"))?
-                .to_u32()? as usize)
-        };
-        let dim = get_u("llama.embedding_length")?;
-        let n_head = get_u("llama.attention.head_count")?;
-        let n_kv_head = get_u("llama.attention.head_count_kv").unwrap_or(n_head);
-        if n_head == 0 || n_kv_head == 0 || dim % n_head != 0 || n_head % n_kv_head != 0 {
-            bail!("invalid attention shape: {n_head} heads, {n_kv_head} KV heads, dimension {dim}");
-        }
-        let head_dim = dim / n_head;
-        let rope_dim = get_u("llama.rope.dimension_count").unwrap_or(head_dim);
-        if rope_dim > head_dim || rope_dim % 2 != 0 {
-            bail!("invalid rope dimension {rope_dim} for head dimension {head_dim}");
-        }
-        let n_layer = get_u("llama.block_count")?;
-        let model_context = get_u("llama.context_length").unwrap_or(4096);
+        let desc = ModelDesc::read(&gguf.content).map_err(|e| anyhow!("{e}"))?;
+        let hp = &desc.hparams;
         let context_length = max_context
-            .map_or(model_context, |c| c.min(model_context))
+            .map_or(hp.context_length, |c| c.min(hp.context_length))
             .max(1);
-        let rope_base = md("llama.rope.freq_base")
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10000.0);
-        let rms_eps = md("llama.attention.layer_norm_rms_epsilon")
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(1e-5);
+        let loader = Loader { gguf: &gguf };
 
-        let data_offset = content.tensor_data_offset as usize;
-        let tensor = |name: &str| -> anyhow::Result<(&gguf_file::TensorInfo, usize, usize)> {
-            let info = content
-                .tensor_infos
-                .get(name)
-                .with_context(|| format!("GGUF file lacks tensor {name}"))?;
-            let elems = info.shape.elem_count();
-            let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-            let start = data_offset + info.offset as usize;
-            if start + bytes > mmap.len() {
-                bail!(
-                    "tensor {name} needs bytes up to {}, but the file has {} (truncated file?)",
-                    start + bytes,
-                    mmap.len()
-                );
-            }
-            Ok((info, start, bytes))
-        };
-        let vector = |name: &str, len: usize| -> anyhow::Result<Vec<f32>> {
-            let (info, start, bytes) = tensor(name)?;
-            if info.shape.elem_count() != len {
-                bail!(
-                    "tensor {name} has {} elements, expected {len}",
-                    info.shape.elem_count()
-                );
-            }
-            let raw = &mmap[start..start + bytes];
-            match info.ggml_dtype {
-                GgmlDType::F32 => Ok(raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()),
-                GgmlDType::F16 => Ok(raw
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect()),
-                other => bail!("tensor {name} has type {other:?}; expected F32 or F16"),
-            }
-        };
-        let linear = |name: &str, rows: usize, cols: usize| -> anyhow::Result<Linear> {
-            let (info, start, bytes) = tensor(name)?;
-            let dims = info.shape.dims();
-            if dims != [rows, cols] {
-                bail!("tensor {name} has shape {dims:?}, expected [{rows}, {cols}]");
-            }
-            let data = &mmap[start..start + bytes];
-            let bad = |e: String| anyhow::anyhow!("tensor {name}: {e}");
-            Ok(match matrix_format(name, info.ggml_dtype)? {
-                MatrixFormat::Own(format) => {
-                    QMatrix::new(format, rows, cols, data).map_err(bad)?;
-                    Linear::Own {
-                        format,
-                        rows,
-                        cols,
-                        offset: start,
-                    }
-                }
-                MatrixFormat::Wide(format) => {
-                    WideMatrix::new(format, rows, cols, data).map_err(bad)?;
-                    Linear::Wide {
-                        format,
-                        rows,
-                        cols,
-                        offset: start,
-                    }
-                }
-            })
-        };
-
-        let (emb_info, emb_start, emb_bytes) = tensor("token_embd.weight")?;
-        let emb_dims = emb_info.shape.dims().to_vec();
-        if emb_dims.len() != 2 || emb_dims[1] != dim {
-            bail!("token_embd.weight has shape {emb_dims:?}, expected [vocab, {dim}]");
-        }
-        let vocab = emb_dims[0];
-        let emb_data = &mmap[emb_start..emb_start + emb_bytes];
+        let (emb_info, emb_data) = loader.data(&desc.token_embd)?;
+        let (vocab, dim) = (hp.vocab, hp.n_embd);
         let bad = |e: String| anyhow::anyhow!("tensor token_embd.weight: {e}");
+        let emb_start = emb_data.as_ptr() as usize - gguf.bytes().as_ptr() as usize;
         let embeddings = match matrix_format("token_embd.weight", emb_info.ggml_dtype)? {
             MatrixFormat::Own(format) => {
                 QMatrix::new(format, vocab, dim, emb_data).map_err(bad)?;
@@ -320,80 +272,104 @@ impl LlamaModel {
             }
         };
 
-        let kv_dim = n_kv_head * head_dim;
-        let ffn = get_u("llama.feed_forward_length")?;
-        let mut layers = Vec::with_capacity(n_layer);
-        for i in 0..n_layer {
-            let p = format!("blk.{i}.");
+        let mut rope: Vec<RopeTable> = Vec::new();
+        let factors = match desc.rope_factors_for(context_length) {
+            Some(t) => Some(loader.vector(t)?),
+            None => None,
+        };
+        let mut layers = Vec::with_capacity(hp.n_layer);
+        for block in &desc.blocks {
+            let qkv = match &block.qkv {
+                QkvWeights::Separate { q, k, v } => QkvProjection::Separate {
+                    q: loader.projection(q)?,
+                    k: loader.projection(k)?,
+                    v: loader.projection(v)?,
+                },
+                QkvWeights::Fused(qkv) => QkvProjection::Fused(loader.projection(qkv)?),
+            };
+            let (gate_up, down) = match &block.ffn {
+                FeedForward::Gated { gate, up, down } => (
+                    GateUp::Separate {
+                        gate: loader.projection(gate)?,
+                        up: loader.projection(up)?,
+                    },
+                    down,
+                ),
+                FeedForward::FusedGateUp { gate_up, down } => {
+                    (GateUp::Fused(loader.projection(gate_up)?), down)
+                }
+                FeedForward::Experts { count, .. } => bail!(
+                    "this is a mixture of {count} experts, which the xpu CPU engine does not run; \
+                     run it on candle's kernels with XPU_CPU_ENGINE=candle"
+                ),
+            };
+            let optional =
+                |t: &Option<TensorDesc>| t.as_ref().map(|t| loader.vector(t)).transpose();
+            let table = match rope
+                .iter()
+                .position(|r| r.base == block.rope_base && r.freq_scale == block.rope_freq_scale)
+            {
+                Some(i) => i,
+                None => {
+                    rope.push(RopeTable::new(
+                        block.rope_base,
+                        block.rope_freq_scale,
+                        hp.rope.attn_factor,
+                        hp.rope.dim,
+                        factors.as_deref(),
+                        context_length,
+                    ));
+                    rope.len() - 1
+                }
+            };
             layers.push(Layer {
-                attn_norm: vector(&format!("{p}attn_norm.weight"), dim)?,
-                wq: linear(&format!("{p}attn_q.weight"), dim, dim)?,
-                wk: linear(&format!("{p}attn_k.weight"), kv_dim, dim)?,
-                wv: linear(&format!("{p}attn_v.weight"), kv_dim, dim)?,
-                wo: linear(&format!("{p}attn_output.weight"), dim, dim)?,
-                ffn_norm: vector(&format!("{p}ffn_norm.weight"), dim)?,
-                gate: linear(&format!("{p}ffn_gate.weight"), ffn, dim)?,
-                up: linear(&format!("{p}ffn_up.weight"), ffn, dim)?,
-                down: linear(&format!("{p}ffn_down.weight"), dim, ffn)?,
+                attn_norm: loader.vector(&block.attn_norm)?,
+                qkv,
+                q_norm: optional(&block.q_norm)?,
+                k_norm: optional(&block.k_norm)?,
+                wo: loader.projection(&block.attn_output)?,
+                post_attention_norm: optional(&block.post_attention_norm)?,
+                ffn_norm: loader.vector(&block.ffn_norm)?,
+                gate_up,
+                down: loader.projection(down)?,
+                post_ffw_norm: optional(&block.post_ffw_norm)?,
+                window: block.sliding_window,
+                rope: table,
             });
         }
-        let output_norm = vector("output_norm.weight", dim)?;
-        // Tied embeddings: without output.weight, the embedding matrix is the output.
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            linear("output.weight", vocab, dim)?
-        } else {
-            linear("token_embd.weight", vocab, dim)?
-        };
-
-        // Llama 3 files carry per-pair frequency divisors for long contexts.
-        let freq_factors = if content.tensor_infos.contains_key("rope_freqs.weight") {
-            Some(vector("rope_freqs.weight", rope_dim / 2)?)
-        } else {
-            None
-        };
-        // Angles computed as ggml's rope cache does (the position times repeated f32
-        // multiplications by base^(-2/dim)), so that they round the same way.
-        let half = rope_dim / 2;
-        let theta_scale = rope_base.powf(-2.0 / rope_dim as f32);
-        let mut rope_cos = Vec::with_capacity(context_length * half);
-        let mut rope_sin = Vec::with_capacity(context_length * half);
-        for pos in 0..context_length {
-            let mut theta = pos as f32;
-            for i in 0..half {
-                let angle = match &freq_factors {
-                    Some(f) => theta / f[i],
-                    None => theta,
-                };
-                rope_cos.push(angle.cos());
-                rope_sin.push(angle.sin());
-                theta *= theta_scale;
-            }
-        }
+        let output_norm = loader.vector(&desc.output_norm)?;
+        let output = loader.projection(&desc.output)?;
 
         let config = Config {
-            n_layer,
+            arch: desc.arch.name,
+            n_layer: hp.n_layer,
             dim,
-            ffn,
-            n_head,
-            n_kv_head,
-            head_dim,
-            rope_dim,
-            rope_base,
-            rms_eps,
+            ffn: hp.n_ff,
+            n_head: hp.n_head,
+            n_kv_head: hp.n_kv_head,
+            head_dim: hp.head_dim,
+            q_dim: hp.q_dim(),
+            kv_dim: hp.kv_dim(),
+            rope_dim: hp.rope.dim,
+            rope_style: hp.rope.style,
+            rms_eps: hp.rms_eps,
             vocab,
             context_length,
+            embedding_scale: hp.embedding_scale,
+            query_scale: hp.query_scale,
+            logit_softcap: hp.final_logit_softcap,
+            activation: hp.activation,
         };
         Ok(LlamaModel {
+            k_cache: vec![Vec::new(); config.n_layer],
+            v_cache: vec![Vec::new(); config.n_layer],
             config,
-            gguf,
             embeddings,
             layers,
             output_norm,
             output,
-            rope_cos,
-            rope_sin,
-            k_cache: vec![Vec::new(); n_layer],
-            v_cache: vec![Vec::new(); n_layer],
+            rope,
+            gguf,
             cache_capacity: 0,
             scratch: Scratch::default(),
             team: Team::new(rayon::current_num_threads()),
@@ -445,7 +421,8 @@ impl LlamaModel {
         }
         self.reserve_cache(end);
         let m = tokens.len();
-        let (dim, kv_dim, hd) = (c.dim, c.n_kv_head * c.head_dim, c.head_dim);
+        let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim, c.kv_dim, c.head_dim);
+        let mmap = self.gguf.bytes();
         let mut s = std::mem::take(&mut self.scratch);
         s.x.resize(m * dim, 0.0);
         for (row, &t) in s.x.chunks_exact_mut(dim).zip(tokens) {
@@ -456,13 +433,13 @@ impl LlamaModel {
                         format: *format,
                         rows: c.vocab,
                         cols: dim,
-                        data: &self.gguf.bytes()[*offset..*offset + bytes],
+                        data: &mmap[*offset..*offset + bytes],
                     };
                     w.dequantize_row(t as usize, row);
                 }
                 Embeddings::Wide { format, offset } => {
                     let bytes = c.vocab * format.row_bytes(dim);
-                    let data = &self.gguf.bytes()[*offset..*offset + bytes];
+                    let data = &mmap[*offset..*offset + bytes];
                     WideMatrix {
                         format: *format,
                         rows: c.vocab,
@@ -472,35 +449,63 @@ impl LlamaModel {
                     .dequantize_row(t as usize, row);
                 }
             }
+            if let Some(scale) = c.embedding_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
 
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
             rms_norm(&s.x, &layer.attn_norm, c.rms_eps, dim, &mut s.xn);
-            s.q.resize(m * dim, 0.0);
+            s.q.resize(m * q_dim, 0.0);
             s.k.resize(m * kv_dim, 0.0);
             s.v.resize(m * kv_dim, 0.0);
-            run_linears(
-                &self.team,
-                self.gguf.bytes(),
-                &s.xn,
-                dim,
-                m,
-                &mut s.xq,
-                &mut [
-                    (&layer.wq, &mut s.q[..]),
-                    (&layer.wk, &mut s.k[..]),
-                    (&layer.wv, &mut s.v[..]),
-                ],
-            )?;
-            for (i, pos) in (start..end).enumerate() {
-                let cos = &self.rope_cos[pos * c.rope_dim / 2..(pos + 1) * c.rope_dim / 2];
-                let sin = &self.rope_sin[pos * c.rope_dim / 2..(pos + 1) * c.rope_dim / 2];
-                for head in s.q[i * dim..(i + 1) * dim].chunks_exact_mut(hd) {
-                    rope(head, cos, sin);
+            match &layer.qkv {
+                QkvProjection::Separate { q, k, v } => project(
+                    &self.team,
+                    mmap,
+                    &s.xn,
+                    dim,
+                    m,
+                    &mut s.xq,
+                    &mut [(q, &mut s.q[..]), (k, &mut s.k[..]), (v, &mut s.v[..])],
+                )?,
+                QkvProjection::Fused(qkv) => {
+                    let width = q_dim + 2 * kv_dim;
+                    s.fused.resize(m * width, 0.0);
+                    project(
+                        &self.team,
+                        mmap,
+                        &s.xn,
+                        dim,
+                        m,
+                        &mut s.xq,
+                        &mut [(qkv, &mut s.fused[..])],
+                    )?;
+                    for (i, row) in s.fused.chunks_exact(width).enumerate() {
+                        s.q[i * q_dim..(i + 1) * q_dim].copy_from_slice(&row[..q_dim]);
+                        s.k[i * kv_dim..(i + 1) * kv_dim]
+                            .copy_from_slice(&row[q_dim..q_dim + kv_dim]);
+                        s.v[i * kv_dim..(i + 1) * kv_dim].copy_from_slice(&row[q_dim + kv_dim..]);
+                    }
                 }
-                for head in s.k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
-                    rope(head, cos, sin);
+            }
+            if let Some(w) = &layer.q_norm {
+                rms_norm_in_place(&mut s.q, w, c.rms_eps, hd);
+            }
+            if let Some(w) = &layer.k_norm {
+                rms_norm_in_place(&mut s.k, w, c.rms_eps, hd);
+            }
+            let table = &self.rope[layer.rope];
+            let half = c.rope_dim / 2;
+            for (i, pos) in (start..end).enumerate() {
+                let cos = &table.cos[pos * half..(pos + 1) * half];
+                let sin = &table.sin[pos * half..(pos + 1) * half];
+                let heads = s.q[i * q_dim..(i + 1) * q_dim]
+                    .chunks_exact_mut(hd)
+                    .chain(s.k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd));
+                for head in heads {
+                    rope(head, cos, sin, c.rope_style);
                 }
             }
             let cap = self.cache_capacity;
@@ -517,12 +522,13 @@ impl LlamaModel {
                     }
                 }
             }
-            s.attn.resize(m * dim, 0.0);
+            s.attn.resize(m * q_dim, 0.0);
             s.scores.resize_with(self.team.threads(), Mutex::default);
             attention(
                 &self.team,
                 &s.scores,
                 &c,
+                layer.window,
                 &s.q,
                 kc,
                 vc,
@@ -532,60 +538,97 @@ impl LlamaModel {
                 &mut s.attn,
             );
             s.proj.resize(m * dim, 0.0);
-            run_linears(
+            project(
                 &self.team,
-                self.gguf.bytes(),
+                mmap,
                 &s.attn,
-                dim,
+                q_dim,
                 m,
                 &mut s.xq,
                 &mut [(&layer.wo, &mut s.proj[..])],
             )?;
-            for (x, p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            add_residual(
+                &mut s.x,
+                &s.proj,
+                layer.post_attention_norm.as_deref(),
+                c.rms_eps,
+                dim,
+                &mut s.xn,
+            );
 
             // Feed-forward block.
             rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, dim, &mut s.xn);
             s.gate.resize(m * c.ffn, 0.0);
             s.up.resize(m * c.ffn, 0.0);
-            run_linears(
+            match &layer.gate_up {
+                GateUp::Separate { gate, up } => project(
+                    &self.team,
+                    mmap,
+                    &s.xn,
+                    dim,
+                    m,
+                    &mut s.xq,
+                    &mut [(gate, &mut s.gate[..]), (up, &mut s.up[..])],
+                )?,
+                GateUp::Fused(gate_up) => {
+                    let ffn = c.ffn;
+                    s.fused.resize(m * 2 * ffn, 0.0);
+                    project(
+                        &self.team,
+                        mmap,
+                        &s.xn,
+                        dim,
+                        m,
+                        &mut s.xq,
+                        &mut [(gate_up, &mut s.fused[..])],
+                    )?;
+                    for (i, row) in s.fused.chunks_exact(2 * ffn).enumerate() {
+                        s.gate[i * ffn..(i + 1) * ffn].copy_from_slice(&row[..ffn]);
+                        s.up[i * ffn..(i + 1) * ffn].copy_from_slice(&row[ffn..]);
+                    }
+                }
+            }
+            match c.activation {
+                Activation::Silu => swiglu_in_place(&mut s.gate, &s.up),
+                Activation::GeluTanh => geglu_in_place(&mut s.gate, &s.up),
+            }
+            project(
                 &self.team,
-                self.gguf.bytes(),
-                &s.xn,
-                dim,
-                m,
-                &mut s.xq,
-                &mut [(&layer.gate, &mut s.gate[..]), (&layer.up, &mut s.up[..])],
-            )?;
-            swiglu_in_place(&mut s.gate, &s.up);
-            run_linears(
-                &self.team,
-                self.gguf.bytes(),
+                mmap,
                 &s.gate,
                 c.ffn,
                 m,
                 &mut s.xq,
                 &mut [(&layer.down, &mut s.proj[..])],
             )?;
-            for (x, p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            add_residual(
+                &mut s.x,
+                &s.proj,
+                layer.post_ffw_norm.as_deref(),
+                c.rms_eps,
+                dim,
+                &mut s.xn,
+            );
         }
 
         // Only the last position's logits are needed.
         let last = &s.x[(m - 1) * dim..m * dim];
         rms_norm(last, &self.output_norm, c.rms_eps, dim, &mut s.xn);
-        let mut logits = vec![0f32; self.output.rows()];
-        run_linears(
+        let mut logits = vec![0f32; self.output.weight.rows()];
+        project(
             &self.team,
-            self.gguf.bytes(),
+            mmap,
             &s.xn,
             dim,
             1,
             &mut s.xq,
             &mut [(&self.output, &mut logits[..])],
         )?;
+        if let Some(cap) = c.logit_softcap {
+            // As ggml: scale by 1/cap, tanh, scale by cap.
+            let inv = 1.0 / cap;
+            logits.iter_mut().for_each(|l| *l = (*l * inv).tanh() * cap);
+        }
         self.scratch = s;
         Ok(logits)
     }
@@ -594,6 +637,159 @@ impl LlamaModel {
     pub fn reset(&mut self) {
         // Positions are always written before they are read, so nothing to clear.
     }
+}
+
+impl RopeTable {
+    /// Angles computed as ggml's rope cache does (the position times repeated f32
+    /// multiplications by base^(-2/dim), divided by the pair's frequency factor, times
+    /// the position scale), so that they round the same way; cos and sin are
+    /// multiplied by `attn_factor` as ggml's `rope_yarn` does.
+    fn new(
+        base: f32,
+        freq_scale: f32,
+        attn_factor: f32,
+        rope_dim: usize,
+        factors: Option<&[f32]>,
+        context_length: usize,
+    ) -> Self {
+        let half = rope_dim / 2;
+        let theta_scale = base.powf(-2.0 / rope_dim as f32);
+        let mut cos = Vec::with_capacity(context_length * half);
+        let mut sin = Vec::with_capacity(context_length * half);
+        for pos in 0..context_length {
+            let mut theta = pos as f32;
+            for i in 0..half {
+                let extrapolated = match factors {
+                    Some(f) => theta / f[i],
+                    None => theta,
+                };
+                let angle = freq_scale * extrapolated;
+                cos.push(angle.cos() * attn_factor);
+                sin.push(angle.sin() * attn_factor);
+                theta *= theta_scale;
+            }
+        }
+        RopeTable {
+            base,
+            freq_scale,
+            cos,
+            sin,
+        }
+    }
+}
+
+/// Reads the tensors a model description names from the mapped file.
+struct Loader<'a> {
+    gguf: &'a GgufFile,
+}
+
+impl Loader<'_> {
+    fn data(&self, t: &TensorDesc) -> anyhow::Result<(&xpu_gguf::TensorInfo, &[u8])> {
+        self.gguf
+            .tensor(&t.name)
+            .ok_or_else(|| anyhow!("tensor `{}` is missing", t.name))
+    }
+
+    /// A norm weight, bias or factor vector, as f32.
+    fn vector(&self, t: &TensorDesc) -> anyhow::Result<Vec<f32>> {
+        let (info, raw) = self.data(t)?;
+        let name = &t.name;
+        match info.ggml_dtype {
+            GgmlDType::F32 => Ok(raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()),
+            GgmlDType::F16 => Ok(raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            GgmlDType::BF16 => Ok(raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            other => bail!(
+                "tensor {name} has type {other:?}; the xpu CPU engine reads vectors of type F32, F16 or BF16"
+            ),
+        }
+    }
+
+    fn linear(&self, t: &TensorDesc) -> anyhow::Result<Linear> {
+        let (info, data) = self.data(t)?;
+        let (name, rows, cols) = (&t.name, t.rows(), t.cols());
+        let offset = data.as_ptr() as usize - self.gguf.bytes().as_ptr() as usize;
+        let bad = |e: String| anyhow::anyhow!("tensor {name}: {e}");
+        Ok(match matrix_format(name, info.ggml_dtype)? {
+            MatrixFormat::Own(format) => {
+                QMatrix::new(format, rows, cols, data).map_err(bad)?;
+                Linear::Own {
+                    format,
+                    rows,
+                    cols,
+                    offset,
+                }
+            }
+            MatrixFormat::Wide(format) => {
+                WideMatrix::new(format, rows, cols, data).map_err(bad)?;
+                Linear::Wide {
+                    format,
+                    rows,
+                    cols,
+                    offset,
+                }
+            }
+        })
+    }
+
+    fn projection(&self, l: &LinearDesc) -> anyhow::Result<Projection> {
+        Ok(Projection {
+            weight: self.linear(&l.weight)?,
+            bias: l.bias.as_ref().map(|b| self.vector(b)).transpose()?,
+        })
+    }
+}
+
+/// Multiplies the `m` rows of `x` by each projection's matrix and adds its bias.
+fn project(
+    team: &Team,
+    mmap: &[u8],
+    x: &[f32],
+    cols: usize,
+    m: usize,
+    xq: &mut PreparedInputs,
+    targets: &mut [(&Projection, &mut [f32])],
+) -> anyhow::Result<()> {
+    let mut linears: Vec<(&Linear, &mut [f32])> = targets
+        .iter_mut()
+        .map(|(p, out)| (&p.weight, &mut **out))
+        .collect();
+    run_linears(team, mmap, x, cols, m, xq, &mut linears)?;
+    for (p, out) in targets.iter_mut() {
+        if let Some(bias) = &p.bias {
+            for row in out[..m * bias.len()].chunks_exact_mut(bias.len()) {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `x += y`, or `x += rms_norm(y) * weight` with a post-norm.
+fn add_residual(
+    x: &mut [f32],
+    y: &[f32],
+    post_norm: Option<&[f32]>,
+    eps: f32,
+    dim: usize,
+    tmp: &mut Vec<f32>,
+) {
+    let y = match post_norm {
+        Some(w) => {
+            rms_norm(&y[..x.len()], w, eps, dim, tmp);
+            &tmp[..]
+        }
+        None => y,
+    };
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
 /// `out[r] = x[r] / rms(x[r]) * weight` for each row of `dim` values. The sum of
@@ -609,15 +805,33 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, dim: usize, out: &mut Vec<f32>)
     }
 }
 
-/// Rotates the interleaved pairs (2i, 2i+1) of the first `2 * cos.len()` values
-/// (GGUF llama stores Q and K permuted for this "normal" RoPE). The products are
-/// fused as in llama.cpp's build, where the compiler contracts `a*c - b*s` into one
-/// FMA, so the rounding is the same.
-fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+/// `x[r] = x[r] / rms(x[r]) * weight` for each row of `dim` values (a head, for the
+/// q/k norms).
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32, dim: usize) {
+    for row in x.chunks_exact_mut(dim) {
+        let mean = (row.iter().map(|v| (v * v) as f64).sum::<f64>() / dim as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (d, w) in row.iter_mut().zip(weight) {
+            *d = *d * scale * w;
+        }
+    }
+}
+
+/// Rotates the first `2 * cos.len()` values of a head: the adjacent pairs (2i, 2i+1)
+/// for [`RopeStyle::Normal`] (GGUF llama stores Q and K permuted for it), the pairs
+/// (i, i + cos.len()) for [`RopeStyle::Neox`]. The products are fused as in
+/// llama.cpp's build, where the compiler contracts `a*c - b*s` into one FMA, so the
+/// rounding is the same.
+fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = cos.len();
     for (i, (c, s)) in cos.iter().zip(sin).enumerate() {
-        let (a, b) = (head[2 * i], head[2 * i + 1]);
-        head[2 * i] = a.mul_add(*c, -(b * s));
-        head[2 * i + 1] = a.mul_add(*s, b * c);
+        let (i0, i1) = match style {
+            RopeStyle::Normal => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + half),
+        };
+        let (a, b) = (head[i0], head[i1]);
+        head[i0] = a.mul_add(*c, -(b * s));
+        head[i1] = a.mul_add(*s, b * c);
     }
 }
 
@@ -626,12 +840,15 @@ fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// ggml's one-query-at-a-time arithmetic with f16 accumulation ([`f16_vec`]).
 const F32_ATTENTION_MIN_QUERIES: usize = 64;
 
-/// Causal attention of `m` queries at positions `start..start + m` over the cache.
+/// Causal attention of `m` queries at positions `start..start + m` over the cache;
+/// with a `window`, a query sees only the `window` latest positions, its own included
+/// (llama.cpp's standard sliding window).
 #[allow(clippy::too_many_arguments)]
 fn attention(
     team: &Team,
     scratch: &[Mutex<Scores>],
     c: &Config,
+    window: Option<usize>,
     q: &[f32],
     kc: &[f16],
     vc: &[f16],
@@ -640,10 +857,10 @@ fn attention(
     m: usize,
     out: &mut [f32],
 ) {
-    debug_assert_eq!(out.len(), m * c.dim);
+    debug_assert_eq!(out.len(), m * c.q_dim);
     let hd = c.head_dim;
     let group = c.n_head / c.n_kv_head;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = c.query_scale;
     let simd = f16_vec::simd();
     let f32_path = m >= F32_ATTENTION_MIN_QUERIES;
     // One task per (query row, head): out[i][h*hd..] is written by that task only.
@@ -651,10 +868,11 @@ fn attention(
         let tmp = &mut *scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
         let (i, h) = (task / c.n_head, task % c.n_head);
         let kvh = h / group;
-        let qv = &q[i * c.dim + h * hd..i * c.dim + (h + 1) * hd];
-        let len = start + i + 1;
-        let keys = &kc[kvh * cap * hd..(kvh * cap + len) * hd];
-        let values = &vc[kvh * cap * hd..(kvh * cap + len) * hd];
+        let qv = &q[i * c.q_dim + h * hd..i * c.q_dim + (h + 1) * hd];
+        let end = start + i + 1;
+        let first = window.map_or(0, |w| end.saturating_sub(w));
+        let keys = &kc[(kvh * cap + first) * hd..(kvh * cap + end) * hd];
+        let values = &vc[(kvh * cap + first) * hd..(kvh * cap + end) * hd];
         if f32_path {
             attend_f32(qv, keys, values, scale, simd, tmp, dst);
         } else {

@@ -6,7 +6,6 @@
 //! unsupported architecture or quantization, missing or mismatched tokenizer,
 //! a context the model cannot hold) is a [`LoadError`] with a one-line message.
 
-pub mod architecture;
 pub mod chat_template;
 pub mod facts;
 pub mod gguf;
@@ -20,8 +19,10 @@ pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 pub use facts::ModelFacts;
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
+use xpu_gguf::arch::{self, ArchError, ModelDesc};
+
 use crate::engine::candle::{
-    configure_cpu_threads, select_device, CandleEngine, GGUF_ARCHITECTURES,
+    configure_cpu_threads, select_device, CandleEngine, SAFETENSORS_ARCHITECTURES,
 };
 use crate::engine::{CpuEngine, Device, Engine, EngineOptions};
 
@@ -117,6 +118,8 @@ pub enum LoadError {
         architecture: String,
         reason: String,
     },
+    #[error("{path} uses something xpu does not support yet: {reason}")]
+    UnsupportedModel { path: PathBuf, reason: String },
     #[error("unsupported weight dtype {dtype} in {path}; supported: F32, F16, BF16")]
     UnsupportedDtype { path: PathBuf, dtype: String },
     #[error("invalid model config {path}: {reason}")]
@@ -276,27 +279,8 @@ fn load_gguf(
 ) -> Result<(LoadedModel, Option<usize>), LoadError> {
     let file = gguf::open(path)?;
     let content = &file.content;
-    let architecture = gguf::metadata_str(&content, "general.architecture")
-        .ok_or_else(|| LoadError::InvalidGguf {
-            path: path.to_path_buf(),
-            reason: "metadata lacks `general.architecture`".to_string(),
-        })?
-        .to_string();
-    if !GGUF_ARCHITECTURES.contains(&architecture.as_str()) {
-        return Err(LoadError::UnsupportedArchitecture {
-            path: path.to_path_buf(),
-            architecture,
-            supported: format!(
-                "GGUF {}; safetensors llama, qwen2",
-                GGUF_ARCHITECTURES.join(", ")
-            ),
-        });
-    }
-    architecture::check(content, &architecture).map_err(|reason| LoadError::InvalidModel {
-        path: path.to_path_buf(),
-        architecture: architecture.clone(),
-        reason,
-    })?;
+    let description = describe(path, content)?;
+    let architecture = description.arch.name.to_string();
 
     let tokenizer = if options.tokenizer.is_some() {
         // Replaced by the caller's tokenizer.json; keep the embedded one only for
@@ -334,9 +318,7 @@ fn load_gguf(
         }
     }
     let facts = ModelFacts::from_gguf(content, file.bytes().len() as u64);
-    let max_context = gguf::metadata_u64(content, &format!("{architecture}.context_length"))
-        .map(|n| n as usize)
-        .unwrap_or(4096);
+    let max_context = description.hparams.context_length;
 
     let engine: Box<dyn Engine> = match options.device {
         #[cfg(feature = "vulkan")]
@@ -356,12 +338,15 @@ fn load_gguf(
         Device::Vulkan => return Err(vulkan_unavailable()),
         device => {
             let device = select_device(device).map_err(|e| LoadError::Device(format!("{e:#}")))?;
-            // GGUF llama on the CPU runs on our own engine (crate xpu-cpu: AVX2 kernels on the
-            // mapped weights, same greedy tokens as candle's quantized_llama, see
-            // cpu/tests/cpu_engine.rs); `--cpu-engine candle` selects candle instead.
-            if device.is_cpu()
-                && architecture == "llama"
-                && options.engine.cpu_engine == CpuEngine::Xpu
+            // Every described architecture runs on the CPU on our own engine (crate xpu-cpu:
+            // AVX2 kernels on the mapped weights, llama.cpp's greedy tokens, see
+            // runner/tests/llama_cpp.rs), except mixtures of experts, which it does not run;
+            // `--cpu-engine candle` selects candle instead (llama, qwen2, phi3 only).
+            let experts = description
+                .blocks
+                .iter()
+                .any(|b| matches!(b.ffn, arch::FeedForward::Experts { .. }));
+            if device.is_cpu() && !experts && options.engine.cpu_engine == CpuEngine::Xpu
             {
                 let ctx = resolve_context(options.ctx, max_context)?;
                 let engine = crate::engine::cpu::CpuLlamaEngine::from_gguf(file, Some(ctx))
@@ -404,6 +389,41 @@ fn load_gguf(
         facts,
     };
     Ok((model, model_vocab))
+}
+
+/// The model's description (`xpu_gguf::arch`): its hyper-parameters agree and every
+/// tensor an engine reads is there with its shape, whichever engine runs it (candle's
+/// builders would fail later, or only at the first token, or panic).
+fn describe(
+    path: &Path,
+    content: &candle_core::quantized::gguf_file::Content,
+) -> Result<ModelDesc, LoadError> {
+    ModelDesc::read(content).map_err(|e| match e {
+        ArchError::NoArchitecture => LoadError::InvalidGguf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+        ArchError::UnknownArchitecture(architecture) => LoadError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            architecture,
+            supported: format!(
+                "GGUF {}; safetensors {}",
+                arch::supported_architectures(),
+                SAFETENSORS_ARCHITECTURES.join(", ")
+            ),
+        },
+        ArchError::Unsupported(reason) => LoadError::UnsupportedModel {
+            path: path.to_path_buf(),
+            reason,
+        },
+        e => LoadError::InvalidModel {
+            path: path.to_path_buf(),
+            architecture: gguf::metadata_str(content, "general.architecture")
+                .unwrap_or_default()
+                .to_string(),
+            reason: e.to_string(),
+        },
+    })
 }
 
 /// EOS, end-of-turn and end-of-message ids from the GGUF metadata.
