@@ -19,7 +19,9 @@ above any rounding. The other logits (rank 2 and below, about -14 in log-probabi
 <normed hidden state, embedding of k> and carry everything the blocks computed (attention,
 RoPE, norms, the FFN), so the log-probability comparison checks them. Files with tied
 embeddings (no output.weight) cannot remap tokens: their most likely next token is the
-current one.
+current one, and their output_norm.weight is γ instead of 1, which gives the same margin
+(without it the current token's logit is about n_embd above the rest, every other token's
+probability underflows to 0 in llama.cpp, and its log-probabilities cannot be compared).
 
 RoPE frequency factors (`llama3`): rope_freqs.weight is computed with Llama 3.1's formula
 (factor 8, low/high frequency factors 1 and 4) but for an original context of 32 tokens
@@ -48,7 +50,7 @@ from pathlib import Path
 
 GGUF_VERSION = "0.19.0"
 # Part of every file name: bump it when a change here changes the files' contents.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 CACHE = Path(
     os.environ.get("XPU_CACHE")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xpu"
@@ -227,7 +229,8 @@ def write_f32(name, spec, path, reference):
     for i in range(s["n_layer"]):
         for tensor, shape, kind in s["layer"]:
             w.add_tensor(f"blk.{i}.{tensor}", init(kind, shapes[shape]))
-    w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
+    output_norm = s["gamma"] if s["tied"] else 1.0
+    w.add_tensor("output_norm.weight", np.full(d, output_norm, dtype=np.float32))
     if not s["tied"]:
         successor = rng.permutation(vocab)
         output = np.empty_like(embd)
