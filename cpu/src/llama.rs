@@ -300,7 +300,7 @@ impl LlamaModel {
                 }
                 FeedForward::Experts { count, .. } => bail!(
                     "this is a mixture of {count} experts, which the xpu CPU engine does not run; \
-                     run it on candle's kernels with XPU_CPU_ENGINE=candle"
+                     run it on candle's kernels with --cpu-engine candle"
                 ),
             };
             let optional =
