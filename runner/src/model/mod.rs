@@ -346,8 +346,7 @@ fn load_gguf(
                 .blocks
                 .iter()
                 .any(|b| matches!(b.ffn, arch::FeedForward::Experts { .. }));
-            if device.is_cpu() && !experts && options.engine.cpu_engine == CpuEngine::Xpu
-            {
+            if device.is_cpu() && !experts && options.engine.cpu_engine == CpuEngine::Xpu {
                 let ctx = resolve_context(options.ctx, max_context)?;
                 let engine = crate::engine::cpu::CpuLlamaEngine::from_gguf(file, Some(ctx))
                     .map_err(|e| LoadError::Engine {
