@@ -14,6 +14,10 @@ export XPU_LLAMA_CPP_BIN
 # Formatting is checked first: it is the cheapest failure to report.
 cargo fmt --all -- --check
 
+# Then clippy's lints over every target, warnings as errors. In release mode, so that the
+# build scripts and proc macros it compiles are the ones the tests below reuse.
+cargo clippy --workspace --all-targets --release --locked --features xpu-runner/vulkan -- -D warnings
+
 # Model tests need optimised candle kernels, so the whole suite runs in release mode.
 cargo test --workspace --release --locked --features xpu-runner/vulkan
 

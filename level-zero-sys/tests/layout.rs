@@ -359,7 +359,7 @@ fn every_result_code_of_the_headers_is_known() {
             .expect("end of ze_result_t");
     let in_header: std::collections::BTreeSet<&str> = text[start..end]
         .lines()
-        .filter_map(|l| l.trim().split_whitespace().next())
+        .filter_map(|l| l.split_whitespace().next())
         .filter(|w| w.starts_with("ZE_RESULT_") && *w != "ZE_RESULT_FORCE_UINT32")
         .collect();
     let known: std::collections::BTreeSet<&str> = level_zero_sys::result::RESULT_CODES

@@ -64,7 +64,7 @@ fn tokenizer(v: &Vocab) -> Tokenizer {
     );
     let scores = Value::Array(v.pieces.iter().map(|(_, s, _)| Value::F32(*s)).collect());
     let types = Value::Array(v.pieces.iter().map(|(_, _, t)| Value::I32(*t)).collect());
-    let md = vec![
+    let md = [
         ("general.architecture", Value::String("llama".into())),
         ("tokenizer.ggml.model", Value::String("llama".into())),
         ("tokenizer.ggml.tokens", tokens),

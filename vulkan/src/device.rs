@@ -117,11 +117,8 @@ impl Gpu {
         let mut candidates = Vec::new();
         for adapter in adapters {
             let info = adapter.get_info();
-            let rank = match preference(info.device_type) {
-                Some(r) => Some(r),
-                None if allow_cpu => Some(4),
-                None => None,
-            };
+            // CPU adapters rank last, and only when allowed.
+            let rank = preference(info.device_type).or(allow_cpu.then_some(4));
             match rank {
                 Some(r) => {
                     found.push(format!("{} [usable]", describe(&info)));

@@ -396,7 +396,7 @@ impl<'a> GgufReader<'a> {
                 detail: format!("shape {dims:?}, expected [{rows}, {k}]"),
             });
         }
-        GpuWeight::upload(gpu, name, ty, rows, k, &raw)
+        GpuWeight::upload(gpu, name, ty, rows, k, raw)
     }
 
     /// Matrices `[rows_i, k]` whose outputs go side by side in one output row. When all have
@@ -435,7 +435,7 @@ impl<'a> GgufReader<'a> {
                 }
             } else {
                 for r in &raws {
-                    all.extend_from_slice(&r.3);
+                    all.extend_from_slice(r.3);
                 }
             }
             return Ok(vec![(GpuWeight::upload(gpu, label, ty, rows, k, &all)?, 0)]);
@@ -444,7 +444,7 @@ impl<'a> GgufReader<'a> {
         let mut offset = 0;
         for (name, ty, rows, raw) in raws {
             out.push((
-                GpuWeight::upload(gpu, name, ty, rows, k, &raw)?,
+                GpuWeight::upload(gpu, name, ty, rows, k, raw)?,
                 offset as u32,
             ));
             offset += rows;

@@ -350,7 +350,7 @@ fn check_qkv_rope(
         let angle = (0..j).fold(pos as f32, |theta, _| theta * theta_scale);
         let (c, s) = (angle.cos() as f64, angle.sin() as f64);
         let (a0, a1) = (y[r & !1], y[r | 1]);
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             a0 * c - a1 * s
         } else {
             a0 * s + a1 * c

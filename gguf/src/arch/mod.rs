@@ -253,6 +253,9 @@ pub struct Linear {
 }
 
 /// The attention's input projections.
+// One value per layer, built once at load: the size difference costs nothing, and boxing
+// the separate projections would only add an indirection for every reader.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QkvWeights {
     Separate {

@@ -506,7 +506,7 @@ impl StreamState {
         }
         // Every event ends this call: a text chunk, the last chunk, or an error.
         match self.events.recv().await {
-            Some(Event::Text(t)) => return Some(self.chunk_json(Some(t), false, None)),
+            Some(Event::Text(t)) => Some(self.chunk_json(Some(t), false, None)),
             Some(Event::Done(outcome)) => {
                 let finish = finish_reason_str(outcome.finish_reason);
                 let last = match self.context.flavor {
@@ -524,21 +524,19 @@ impl StreamState {
                 self.pending.push_back("[DONE]".into());
                 self.outcome = Some(outcome);
                 self.finished = true;
-                return Some(last);
+                Some(last)
             }
             Some(Event::Failed(message)) => {
                 self.status = 500;
                 self.finished = true;
                 self.pending.push_back("[DONE]".into());
-                return Some(ApiError::internal(message).to_json());
+                Some(ApiError::internal(message).to_json())
             }
             None => {
                 self.status = 500;
                 self.finished = true;
                 self.pending.push_back("[DONE]".into());
-                return Some(
-                    ApiError::internal("the generation worker stopped unexpectedly").to_json(),
-                );
+                Some(ApiError::internal("the generation worker stopped unexpectedly").to_json())
             }
         }
     }

@@ -17,8 +17,9 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Seconds for the `Retry-After` header (429 and 503).
     pub retry_after: Option<u64>,
-    /// Extra fields for context overflow (llama.cpp's `n_prompt_tokens`, `n_ctx`).
-    pub context: Option<(usize, usize)>,
+    /// Extra fields for context overflow (llama.cpp's `n_prompt_tokens`, `n_ctx`); boxed,
+    /// because they are rare and every handler returns this type by value.
+    pub context: Option<Box<(usize, usize)>>,
 }
 
 /// The JSON body of an error, shared with SSE error chunks.
@@ -84,7 +85,7 @@ impl ApiError {
         );
         e.param = Some("messages".into());
         e.code = Some("context_length_exceeded");
-        e.context = Some((prompt_tokens, ctx));
+        e.context = Some(Box::new((prompt_tokens, ctx)));
         e
     }
 
@@ -201,8 +202,8 @@ impl ApiError {
                 kind: self.kind,
                 param: self.param.as_deref(),
                 code: self.code,
-                n_prompt_tokens: self.context.map(|c| c.0),
-                n_ctx: self.context.map(|c| c.1),
+                n_prompt_tokens: self.context.as_deref().map(|c| c.0),
+                n_ctx: self.context.as_deref().map(|c| c.1),
             },
         };
         serde_json::to_string(&body).unwrap_or_else(|_| {

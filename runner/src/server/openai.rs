@@ -185,12 +185,9 @@ impl CommonParams {
             Some(0) => None,
             Some(k) => Some(usize::try_from(k).unwrap_or(usize::MAX)),
         };
-        let seed = match self.seed {
-            None => None,
-            // Negative seeds are accepted as their two's-complement bit pattern, as
-            // the OpenAI API allows any 64-bit integer.
-            Some(s) => Some(s as u64),
-        };
+        // Negative seeds are accepted as their two's-complement bit pattern, as the
+        // OpenAI API allows any 64-bit integer.
+        let seed = self.seed.map(|s| s as u64);
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(v), _) => Some(("max_completion_tokens", v)),
             (None, Some(v)) => Some(("max_tokens", v)),

@@ -117,8 +117,8 @@ pub fn tensor_type_offset(bytes: &[u8], name: &str) -> usize {
         match ty {
             0 | 1 | 7 => *pos += 1,
             2 | 3 => *pos += 2,
-            4 | 5 | 6 => *pos += 4,
-            10 | 11 | 12 => *pos += 8,
+            4..=6 => *pos += 4,   // u32, i32, f32
+            10..=12 => *pos += 8, // u64, i64, f64
             8 => *pos += 8 + u64_at(*pos) as usize,
             9 => {
                 let inner = u32_at(*pos);
