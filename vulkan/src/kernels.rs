@@ -129,6 +129,7 @@ impl std::str::FromStr for KernelTuning {
 const MATMUL: &str = include_str!("shaders/matmul.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
 const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
+const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 
 /// How a decode matrix-vector product reads its input (the matvec entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,10 +162,12 @@ fn load_unit_source(ty: WeightType) -> &'static str {
     match ty {
         WeightType::F32 => include_str!("shaders/f32.wgsl"),
         WeightType::F16 => include_str!("shaders/f16.wgsl"),
+        WeightType::BF16 => include_str!("shaders/bf16.wgsl"),
         WeightType::Q4_0 => include_str!("shaders/q4_0.wgsl"),
         WeightType::Q4_1 => include_str!("shaders/q4_1.wgsl"),
         WeightType::Q8_0 => include_str!("shaders/q8_0.wgsl"),
         WeightType::Q4K => include_str!("shaders/q4_k.wgsl"),
+        WeightType::Q5K => include_str!("shaders/q5_k.wgsl"),
         WeightType::Q6K => include_str!("shaders/q6_k.wgsl"),
     }
 }
@@ -190,6 +193,11 @@ pub(crate) struct Kernels {
     pub attention: wgpu::ComputePipeline,
     pub attention_combine: wgpu::ComputePipeline,
     pub silu_mul: wgpu::ComputePipeline,
+    /// Per-head RMSNorm of q and k (head_norm.wgsl).
+    pub head_rmsnorm: wgpu::ComputePipeline,
+    /// Bias add and scaling (elementwise.wgsl).
+    pub add_bias: wgpu::ComputePipeline,
+    pub scale: wgpu::ComputePipeline,
 }
 
 fn pipeline(
@@ -391,6 +399,15 @@ impl Kernels {
                 include_str!("shaders/silu_mul.wgsl"),
                 "silu_mul",
             ),
+            head_rmsnorm: pipeline(
+                gpu,
+                tuning.checks,
+                "head rmsnorm",
+                include_str!("shaders/head_norm.wgsl"),
+                "head_rmsnorm",
+            ),
+            add_bias: pipeline(gpu, tuning.checks, "add bias", ELEMENTWISE, "add_bias"),
+            scale: pipeline(gpu, tuning.checks, "scale", ELEMENTWISE, "scale"),
         };
         gpu.check("compiling the compute kernels")?;
         Ok(kernels)

@@ -1,4 +1,5 @@
-//! A llama-architecture GGUF model on the GPU.
+//! A GGUF transformer (llama and the architectures built like it: qwen2, qwen3, phi3,
+//! gemma3) on the GPU.
 //!
 //! Weights are uploaded once at load, in their quantized form. The KV cache lives on the GPU
 //! (one K and one V buffer per layer, f16 as in llama.cpp: half the memory of f32, and the
@@ -68,7 +69,27 @@ pub struct LlamaConfig {
     pub rope_neox: bool,
     /// Context length the model was trained for.
     pub train_ctx: usize,
+    /// `general.architecture`.
+    pub arch: String,
+    /// The feed-forward activation is GELU (tanh approximation, GeGLU) instead of SiLU.
+    pub gelu: bool,
+    /// The token embeddings are multiplied by this (Gemma: sqrt(n_embd)).
+    pub embedding_scale: Option<f32>,
+    /// Interleaved sliding-window layers (Gemma 3).
+    pub sliding_window: Option<SlidingWindow>,
 }
+
+/// Layers that attend only the last `window` positions, with their own RoPE base.
+#[derive(Debug, Clone)]
+pub struct SlidingWindow {
+    pub window: usize,
+    /// Which layers slide (the others attend every position).
+    pub layers: Vec<bool>,
+    pub rope_base: f32,
+}
+
+/// The architectures this engine runs; others are refused by name at load.
+pub const ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "phi3", "gemma3"];
 
 /// Uniform updated before each submission (`Step` in the shaders).
 #[repr(C)]
@@ -120,7 +141,29 @@ struct NormParams {
     n: u32,
     eps: f32,
     last_only: u32,
-    _pad: u32,
+    accumulate: u32,
+}
+
+/// head_norm.wgsl's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct HeadNormParams {
+    hd: u32,
+    heads: u32,
+    offset: u32,
+    stride: u32,
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+/// elementwise.wgsl's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ElementwiseParams {
+    width: u32,
+    offset: u32,
+    stride: u32,
+    factor: f32,
 }
 
 /// rope.wgsl's parameters (also read by `matvec_norm_rope` in matmul.wgsl).
@@ -146,7 +189,9 @@ pub(crate) struct AttnParams {
     pub cache_base: u32,
     pub ctx: u32,
     pub scale: f32,
-    pub _pad: [u32; 2],
+    /// Sliding-window layers: positions attended per token; 0: all.
+    pub window: u32,
+    pub _pad: u32,
 }
 
 impl AttnParams {
@@ -159,7 +204,8 @@ impl AttnParams {
             cache_base: 0,
             ctx: ctx as u32,
             scale: 1.0 / (head_dim as f32).sqrt(),
-            _pad: [0; 2],
+            window: 0,
+            _pad: 0,
         }
     }
 }
@@ -170,7 +216,9 @@ struct EltParams {
     n: u32,
     /// silu_mul: the [gate | up] rows are interleaved (see `matvec_norm_glu`).
     interleaved: u32,
-    _pad: [u32; 2],
+    /// GELU instead of SiLU (GeGLU).
+    gelu: u32,
+    _pad: u32,
 }
 
 struct LayerOps {
@@ -178,6 +226,14 @@ struct LayerOps {
     attn_norm: wgpu::BindGroup,
     /// One op when q, k and v have the same type (fused at upload), else three.
     qkv: Vec<MatmulOp>,
+    /// Qwen2's q|k|v biases, added after the product.
+    qkv_bias: Option<wgpu::BindGroup>,
+    /// Per-head RMSNorm of q and of k (Qwen3, Gemma 3), before RoPE.
+    qk_norm: Option<[wgpu::BindGroup; 2]>,
+    /// Gemma's RMSNorms of the attention and FFN outputs, added into the residual stream
+    /// (the products then write `normed` instead of adding into the hidden state).
+    post_attn_norm: Option<wgpu::BindGroup>,
+    post_ffn_norm: Option<wgpu::BindGroup>,
     /// The decode q|k|v product also does RoPE and the K/V store (one op, interleaved pairs).
     qkv_rope: bool,
     rope: wgpu::BindGroup,
@@ -205,6 +261,8 @@ pub struct LlamaModel {
     logits: wgpu::Buffer,
     staging: wgpu::Buffer,
     embed: GetRowsOp,
+    /// Scaling of the embeddings (Gemma).
+    embed_scale: Option<wgpu::BindGroup>,
     layers: Vec<LayerOps>,
     final_norm: wgpu::BindGroup,
     output: MatmulOp,
@@ -280,36 +338,53 @@ impl<'a> GgufReader<'a> {
             .get("general.architecture")
             .and_then(|v| v.to_string().ok().cloned())
             .unwrap_or_default();
-        if arch != "llama" {
+        if !ARCHITECTURES.contains(&arch.as_str()) {
             return Err(self.unsupported(format!(
-                "architecture '{arch}' is not supported by the Vulkan engine (only 'llama'); use --device cpu"
+                "architecture '{arch}' is not supported by the Vulkan engine (supported: {}); use --device cpu",
+                ARCHITECTURES.join(", ")
             )));
         }
-        let n_embd = self.meta_u32("llama.embedding_length")?;
-        let n_head = self.meta_u32("llama.attention.head_count")?;
+        let key = |k: &str| format!("{arch}.{k}");
+        let n_embd = self.meta_u32(&key("embedding_length"))?;
+        let n_head = self.meta_u32(&key("attention.head_count"))?;
         let n_kv_head = self
-            .meta_u32("llama.attention.head_count_kv")
+            .meta_u32(&key("attention.head_count_kv"))
             .unwrap_or(n_head);
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || n_embd % n_head != 0 {
+        // Heads may be narrower or wider than n_embd / n_head where the file says so
+        // (attention.key_length, e.g. Gemma 3 and Qwen3).
+        let key_length = self.meta_u32(&key("attention.key_length")).ok();
+        if n_head == 0
+            || n_kv_head == 0
+            || n_head % n_kv_head != 0
+            || (key_length.is_none() && n_embd % n_head != 0)
+        {
             return Err(self.unsupported(format!(
                 "inconsistent heads: {n_head} heads, {n_kv_head} kv heads, width {n_embd}"
             )));
         }
-        let head_dim = n_embd / n_head;
+        let head_dim = key_length.unwrap_or(n_embd / n_head);
         if head_dim == 0 || head_dim > 256 || head_dim % 4 != 0 {
             return Err(self.unsupported(format!(
                 "head dimension {head_dim} (the kernels handle multiples of 4 up to 256)"
             )));
         }
+        let value_length = self
+            .meta_u32(&key("attention.value_length"))
+            .unwrap_or(head_dim);
+        if value_length != head_dim {
+            return Err(self.unsupported(format!(
+                "values of {value_length} dims with keys of {head_dim} (the kernels need them equal)"
+            )));
+        }
         let rope_dim = self
-            .meta_u32("llama.rope.dimension_count")
+            .meta_u32(&key("rope.dimension_count"))
             .unwrap_or(head_dim);
         if rope_dim != head_dim {
             return Err(self.unsupported(format!(
                 "partial rotary embedding ({rope_dim} of {head_dim} dims)"
             )));
         }
-        if self.content.metadata.contains_key("llama.expert_count") {
+        if self.content.metadata.contains_key(&key("expert_count")) {
             return Err(self.unsupported("mixture-of-experts models are not supported".into()));
         }
         let vocab = self
@@ -318,24 +393,80 @@ impl<'a> GgufReader<'a> {
             .get("token_embd.weight")
             .map(|t| t.shape.dims()[0])
             .ok_or_else(|| self.unsupported("tensor token_embd.weight is missing".into()))?;
+        let n_layer = self.meta_u32(&key("block_count"))?;
+        let gemma = arch == "gemma3";
         Ok(LlamaConfig {
-            n_layer: self.meta_u32("llama.block_count")?,
+            n_layer,
             n_embd,
             n_head,
             n_kv_head,
             head_dim,
-            n_ff: self.meta_u32("llama.feed_forward_length")?,
+            n_ff: self.meta_u32(&key("feed_forward_length"))?,
             vocab,
             rms_eps: self
-                .meta_f32("llama.attention.layer_norm_rms_epsilon")?
+                .meta_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5),
-            rope_base: self.meta_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
+            rope_base: self.meta_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
             rope_freq_factors: None,
-            rope_neox: false,
+            // llama.cpp rotates pairs (i, i + d/2) for every architecture here but llama.
+            rope_neox: arch != "llama",
             train_ctx: self
-                .meta_u32("llama.context_length")
+                .meta_u32(&key("context_length"))
                 .unwrap_or(DEFAULT_MAX_CTX),
+            gelu: gemma,
+            embedding_scale: gemma.then(|| (n_embd as f32).sqrt()),
+            sliding_window: if gemma {
+                self.sliding_window(&arch, n_layer)?
+            } else {
+                None
+            },
+            arch,
         })
+    }
+
+    /// Gemma 3's sliding-window layers, as llama.cpp reads them: a window of
+    /// `attention.sliding_window` positions (none: every layer is global) on the layers `l`
+    /// with `l % pattern < pattern - 1` (`attention.sliding_window_pattern`, default 6, or
+    /// one flag per layer), with RoPE base `rope.freq_base_swa` (default 10000).
+    fn sliding_window(
+        &self,
+        arch: &str,
+        n_layer: usize,
+    ) -> Result<Option<SlidingWindow>, VulkanError> {
+        let window = match self.meta_u32(&format!("{arch}.attention.sliding_window")) {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(w) => w,
+        };
+        let pattern_key = format!("{arch}.attention.sliding_window_pattern");
+        let layers = match self.content.metadata.get(&pattern_key) {
+            Some(gguf_file::Value::Array(flags)) => {
+                let flags: Vec<bool> = flags
+                    .iter()
+                    .map(|f| f.to_bool())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| self.unsupported(format!("metadata key {pattern_key}: {e}")))?;
+                if flags.len() != n_layer {
+                    return Err(self.unsupported(format!(
+                        "metadata key {pattern_key}: {} flags for {n_layer} layers",
+                        flags.len()
+                    )));
+                }
+                flags
+            }
+            _ => {
+                let pattern = self.meta_u32(&pattern_key).unwrap_or(6);
+                (0..n_layer)
+                    .map(|l| pattern == 0 || l % pattern < pattern - 1)
+                    .collect()
+            }
+        };
+        Ok(Some(SlidingWindow {
+            window,
+            layers,
+            rope_base: self
+                .meta_f32(&format!("{arch}.rope.freq_base_swa"))?
+                .unwrap_or(10000.0),
+        }))
     }
 
     /// A tensor's type, shape and bytes (a slice of the mapped file).
@@ -349,10 +480,7 @@ impl<'a> GgufReader<'a> {
             })?;
         let dims = info.shape.dims().to_vec();
         let dtype = info.ggml_dtype;
-        let ty = WeightType::from_ggml(dtype).ok_or_else(|| VulkanError::Tensor {
-            name: name.to_string(),
-            detail: format!("type {dtype:?} has no Vulkan kernel (supported: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)"),
-        })?;
+        let ty = WeightType::for_tensor(name, dtype)?;
         Ok((ty, dims, data))
     }
 
@@ -374,9 +502,13 @@ impl<'a> GgufReader<'a> {
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect()),
+            WeightType::BF16 => Ok(raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
             other => Err(VulkanError::Tensor {
                 name: name.into(),
-                detail: format!("norm weights of type {other:?} (expected F32 or F16)"),
+                detail: format!("norm weights of type {other:?} (expected F32, F16 or BF16)"),
             }),
         }
     }
@@ -452,6 +584,32 @@ impl<'a> GgufReader<'a> {
         Ok(out)
     }
 
+    /// A fused `[gate | up]` matrix (Phi-3's ffn_up: `2 * half` rows, gate first) uploaded
+    /// with its rows interleaved as `side_by_side` does for separate gate and up matrices.
+    fn interleaved_halves(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        half: usize,
+        k: usize,
+    ) -> Result<GpuWeight, VulkanError> {
+        let (ty, dims, raw) = self.raw(name)?;
+        if dims != [2 * half, k] {
+            return Err(VulkanError::Tensor {
+                name: name.into(),
+                detail: format!("shape {dims:?}, expected [{}, {k}]", 2 * half),
+            });
+        }
+        let row = ty.row_bytes(k);
+        let (gate, up) = raw.split_at(half * row);
+        let mut all = Vec::with_capacity(raw.len());
+        for (a, b) in gate.chunks_exact(row).zip(up.chunks_exact(row)) {
+            all.extend_from_slice(a);
+            all.extend_from_slice(b);
+        }
+        GpuWeight::upload(gpu, name, ty, 2 * half, k, &all)
+    }
+
     /// Bytes of all tensors, the weights to upload.
     fn tensor_bytes(&self) -> u64 {
         self.content
@@ -473,10 +631,7 @@ impl<'a> GgufReader<'a> {
             if info.shape.dims().len() != 2 {
                 continue;
             }
-            let ty = WeightType::from_ggml(info.ggml_dtype).ok_or_else(|| VulkanError::Tensor {
-                name: name.clone(),
-                detail: format!("type {:?} has no Vulkan kernel (supported: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)", info.ggml_dtype),
-            })?;
+            let ty = WeightType::for_tensor(name, info.ggml_dtype)?;
             if !out.contains(&ty) {
                 out.push(ty);
             }
@@ -539,7 +694,8 @@ impl MemoryNeeds {
             + b * ATTENTION_MAX_CHUNKS as u64 * nh * (hd + 4) * 4;
         // K and V in f16 for every layer, and the f32 cos/sin of every pair.
         let kv_layer = nkv * hd * 2;
-        let rope = hd * 4;
+        // Sliding-window layers have their own table.
+        let rope = hd * 4 * (1 + cfg.sliding_window.is_some() as u64);
         MemoryNeeds {
             weights,
             activations,
@@ -715,6 +871,14 @@ impl LlamaModel {
         let last = gpu.storage("last hidden", d as u64 * f)?;
         let logits = gpu.storage("logits", cfg.vocab as u64 * f)?;
         let staging = gpu.buffer_map_read("logits staging", cfg.vocab as u64 * f)?;
+        // Sliding-window layers rotate with their own base (and no frequency factors).
+        let swa_rope_table = match &cfg.sliding_window {
+            Some(swa) => Some(gpu.storage_init(
+                "rope cos/sin (sliding-window layers)",
+                bytemuck::cast_slice(&rope_table(ctx, hd, swa.rope_base, None)),
+            )?),
+            None => None,
+        };
         let table = rope_table(ctx, hd, cfg.rope_base, cfg.rope_freq_factors.as_deref());
         let rope_table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&table))?;
         // f16 K and V values.
@@ -723,6 +887,34 @@ impl LlamaModel {
         let mut weight_bytes = 0u64;
         let embd = gguf.matrix(&gpu, "token_embd.weight", cfg.vocab, d)?;
         let embed = GetRowsOp::new(&gpu, &kernels, &embd, &ids, &hidden, &step)?;
+        let elementwise = |label: &str,
+                           pipeline: &wgpu::ComputePipeline,
+                           x: &wgpu::Buffer,
+                           bias: Option<&wgpu::Buffer>,
+                           params: ElementwiseParams|
+         -> Result<wgpu::BindGroup, VulkanError> {
+            let ubuf = gpu.uniform_init(label, bytemuck::bytes_of(&params))?;
+            let mut entries = vec![(0, x), (2, &ubuf), (3, &step)];
+            if let Some(b) = bias {
+                entries.push((1, b));
+            }
+            Ok(kernels::bind(&gpu, pipeline, label, &entries))
+        };
+        let embed_scale = match cfg.embedding_scale {
+            Some(factor) => Some(elementwise(
+                "embedding scale",
+                &kernels.scale,
+                &hidden,
+                None,
+                ElementwiseParams {
+                    width: d as u32,
+                    offset: 0,
+                    stride: d as u32,
+                    factor,
+                },
+            )?),
+            None => None,
+        };
         // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
         // output, then a vec4 holding its max and sum), for the largest number of slots any
         // batch size can need.
@@ -737,14 +929,15 @@ impl LlamaModel {
                        weights: &[f32],
                        x: &wgpu::Buffer,
                        y: &wgpu::Buffer,
-                       last_only: bool|
+                       last_only: bool,
+                       accumulate: bool|
          -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
             let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
             let params = NormParams {
                 n: d as u32,
                 eps: cfg.rms_eps,
                 last_only: last_only as u32,
-                _pad: 0,
+                accumulate: accumulate as u32,
             };
             let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
             let bg = kernels::bind(
@@ -765,28 +958,119 @@ impl LlamaModel {
             let p = |s: &str| format!("blk.{l}.{s}");
             let attn_norm_w = gguf.vector(&p("attn_norm.weight"), d)?;
             let ffn_norm_w = gguf.vector(&p("ffn_norm.weight"), d)?;
-            let qkv_w = gguf.side_by_side(
-                &gpu,
-                &p("attn_qkv"),
-                &[
-                    (p("attn_q.weight"), nh * hd),
-                    (p("attn_k.weight"), nkv * hd),
-                    (p("attn_v.weight"), nkv * hd),
-                ],
-                d,
-                false,
-            )?;
+            // Phi-3 stores q|k|v as one matrix; the others as three, uploaded side by side.
+            let qkv_w = if gguf.has(&p("attn_qkv.weight")) {
+                vec![(gguf.matrix(&gpu, &p("attn_qkv.weight"), qkv_width, d)?, 0)]
+            } else {
+                gguf.side_by_side(
+                    &gpu,
+                    &p("attn_qkv"),
+                    &[
+                        (p("attn_q.weight"), nh * hd),
+                        (p("attn_k.weight"), nkv * hd),
+                        (p("attn_v.weight"), nkv * hd),
+                    ],
+                    d,
+                    false,
+                )?
+            };
+            // Qwen2's biases, as one [q | k | v] vector (a missing part is zero).
+            let qkv_bias = if gguf.has(&p("attn_q.bias")) {
+                let mut bias = Vec::with_capacity(qkv_width);
+                for (part, len) in [
+                    ("attn_q.bias", nh * hd),
+                    ("attn_k.bias", nkv * hd),
+                    ("attn_v.bias", nkv * hd),
+                ] {
+                    if gguf.has(&p(part)) {
+                        bias.extend(gguf.vector(&p(part), len)?);
+                    } else {
+                        bias.resize(bias.len() + len, 0.0);
+                    }
+                }
+                let buf = gpu.storage_init(&p("attn_qkv.bias"), bytemuck::cast_slice(&bias))?;
+                Some(elementwise(
+                    "q|k|v bias",
+                    &kernels.add_bias,
+                    &qkv,
+                    Some(&buf),
+                    ElementwiseParams {
+                        width: qkv_width as u32,
+                        offset: 0,
+                        stride: qkv_width as u32,
+                        factor: 1.0,
+                    },
+                )?)
+            } else {
+                None
+            };
+            // Per-head RMSNorm of q and k (Qwen3, Gemma 3), in place in the q|k|v rows.
+            let qk_norm = if gguf.has(&p("attn_q_norm.weight")) {
+                let mut groups = Vec::with_capacity(2);
+                for (part, offset, heads) in [
+                    ("attn_q_norm.weight", 0, nh),
+                    ("attn_k_norm.weight", nh * hd, nkv),
+                ] {
+                    let w = gguf.vector(&p(part), hd)?;
+                    let wbuf = gpu.storage_init(&p(part), bytemuck::cast_slice(&w))?;
+                    let params = HeadNormParams {
+                        hd: hd as u32,
+                        heads: heads as u32,
+                        offset: offset as u32,
+                        stride: qkv_width as u32,
+                        eps: cfg.rms_eps,
+                        _pad: [0; 3],
+                    };
+                    let ubuf = gpu.uniform_init("head norm params", bytemuck::bytes_of(&params))?;
+                    groups.push(kernels::bind(
+                        &gpu,
+                        &kernels.head_rmsnorm,
+                        part,
+                        &[(0, &qkv), (1, &wbuf), (2, &ubuf)],
+                    ));
+                }
+                let [q, k]: [wgpu::BindGroup; 2] = groups.try_into().expect("two norms");
+                Some([q, k])
+            } else {
+                None
+            };
+            // Gemma's norms of the attention and FFN outputs: the products then write
+            // `normed`, and the norm adds into the hidden state.
+            let post_norms = gguf.has(&p("post_attention_norm.weight"));
+            let (mut post_attn_norm, mut post_ffn_norm) = (None, None);
+            if post_norms {
+                for (name, slot) in [
+                    ("post_attention_norm.weight", &mut post_attn_norm),
+                    ("post_ffw_norm.weight", &mut post_ffn_norm),
+                ] {
+                    let w = gguf.vector(&p(name), d)?;
+                    *slot = Some(norm_op(&p(name), &w, &normed, &hidden, false, true)?.0);
+                }
+            }
+            let (out_target, out_mode) = if post_norms {
+                (&normed, MatmulMode::default())
+            } else {
+                (&hidden, residual)
+            };
             let wo = gguf.matrix(&gpu, &p("attn_output.weight"), d, nh * hd)?;
             // Interleaved rows when gate and up are one matrix: a decode step's gate|up product
-            // then does SiLU·mul itself (`matvec_norm_glu`).
-            let gate_up_w = gguf.side_by_side(
-                &gpu,
-                &p("ffn_gate_up"),
-                &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)],
-                d,
-                true,
-            )?;
-            let glu_fused = gate_up_w.len() == 1 && gate_up_w[0].0.pairs_in_chunks();
+            // then does SiLU·mul itself (`matvec_norm_glu`). Phi-3 stores them as one.
+            let gate_up_w = if gguf.has(&p("ffn_gate.weight")) {
+                gguf.side_by_side(
+                    &gpu,
+                    &p("ffn_gate_up"),
+                    &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)],
+                    d,
+                    true,
+                )?
+            } else {
+                vec![(
+                    gguf.interleaved_halves(&gpu, &p("ffn_up.weight"), ff, d)?,
+                    0,
+                )]
+            };
+            // The fused epilogues compute SiLU only; GeGLU runs its own kernel.
+            let glu_fused = !cfg.gelu && gate_up_w.len() == 1 && gate_up_w[0].0.pairs_in_chunks();
             let wd = gguf.matrix(&gpu, &p("ffn_down.weight"), d, ff)?;
             for w in qkv_w
                 .iter()
@@ -796,10 +1080,16 @@ impl LlamaModel {
             {
                 weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
             }
-            let (attn_norm, attn_norm_buf) =
-                norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
+            let (attn_norm, attn_norm_buf) = norm_op(
+                &p("attn_norm"),
+                &attn_norm_w,
+                &hidden,
+                &normed,
+                false,
+                false,
+            )?;
             let (ffn_norm, ffn_norm_buf) =
-                norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
+                norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false, false)?;
             // The epilogue a decode step's fused product adds after the RMSNorm and the product.
             enum Epilogue<'b> {
                 None,
@@ -863,7 +1153,13 @@ impl LlamaModel {
                 _pad: [0; 2],
             };
             let rope_u = gpu.uniform_init("rope params", bytemuck::bytes_of(&rope_params))?;
-            let attn_params = AttnParams::new(nh, nkv, hd, ctx);
+            let sliding = cfg.sliding_window.as_ref().filter(|swa| swa.layers[l]);
+            let layer_rope_table = match (sliding, &swa_rope_table) {
+                (Some(_), Some(table)) => table,
+                _ => &rope_table,
+            };
+            let mut attn_params = AttnParams::new(nh, nkv, hd, ctx);
+            attn_params.window = sliding.map_or(0, |swa| swa.window as u32);
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
             let interleaved = gate_up_w.len() == 1;
             let silu_u = gpu.uniform_init(
@@ -871,16 +1167,22 @@ impl LlamaModel {
                 bytemuck::bytes_of(&EltParams {
                     n: ff as u32,
                     interleaved: interleaved as u32,
-                    _pad: [0; 2],
+                    gelu: cfg.gelu as u32,
+                    _pad: 0,
                 }),
             )?;
             // A decode step rotates q and k and stores k and v in the q|k|v product itself when
             // it is one matrix with interleaved pairs that never straddle a chunk.
-            let qkv_rope = !cfg.rope_neox && qkv_w.len() == 1 && qkv_w[0].0.pairs_in_chunks();
+            // Biases and q/k norms come between the product and RoPE, so not then.
+            let qkv_rope = !cfg.rope_neox
+                && qkv_bias.is_none()
+                && qk_norm.is_none()
+                && qkv_w.len() == 1
+                && qkv_w[0].0.pairs_in_chunks();
             let rope_buffers = RopeBuffers {
                 kcache: &kcache,
                 vcache: &vcache,
-                cos_sin: &rope_table,
+                cos_sin: layer_rope_table,
                 params: &rope_u,
             };
             layers.push(LayerOps {
@@ -898,6 +1200,10 @@ impl LlamaModel {
                     },
                 )?,
                 qkv_rope,
+                qkv_bias,
+                qk_norm,
+                post_attn_norm,
+                post_ffn_norm,
                 rope: kernels::bind(
                     &gpu,
                     &kernels.rope,
@@ -906,7 +1212,7 @@ impl LlamaModel {
                         (0, &qkv),
                         (1, &kcache),
                         (2, &vcache),
-                        (3, &rope_table),
+                        (3, layer_rope_table),
                         (4, &rope_u),
                         (5, &step),
                     ],
@@ -937,9 +1243,9 @@ impl LlamaModel {
                     "attn_output",
                     &wo,
                     &attn,
-                    &hidden,
+                    out_target,
                     &step,
-                    residual,
+                    out_mode,
                     None,
                 )?,
                 ffn_norm,
@@ -970,16 +1276,16 @@ impl LlamaModel {
                     "ffn_down",
                     &wd,
                     &act,
-                    &hidden,
+                    out_target,
                     &step,
-                    residual,
-                    (!interleaved).then_some(FusedInput::Glu { x: &gate_up }),
+                    out_mode,
+                    (!interleaved && !cfg.gelu).then_some(FusedInput::Glu { x: &gate_up }),
                 )?,
             });
         }
         let out_norm_w = gguf.vector("output_norm.weight", d)?;
         let (final_norm, final_norm_buf) =
-            norm_op("output_norm", &out_norm_w, &hidden, &last, true)?;
+            norm_op("output_norm", &out_norm_w, &hidden, &last, true, false)?;
         // Models with tied embeddings (SmolLM2) have no output.weight.
         let out_w = if gguf.has("output.weight") {
             gguf.matrix(&gpu, "output.weight", cfg.vocab, d)?
@@ -1030,6 +1336,7 @@ impl LlamaModel {
             logits,
             staging,
             embed,
+            embed_scale,
             layers,
             final_norm,
             output,
@@ -1202,6 +1509,7 @@ impl LlamaModel {
             attention_tile(c.head_dim),
         );
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
+        let elt_groups = |width: usize| elementwise_groups(n * width);
         let silu_groups = elementwise_groups(n * c.n_ff);
         let n = n as u32;
         // Layers per command buffer: the GPU starts on the first kernels::FIRST_SUBMIT_LAYERS
@@ -1235,6 +1543,14 @@ impl LlamaModel {
                 );
                 if first {
                     self.embed.record(&mut rec, n);
+                    if let Some(bg) = &self.embed_scale {
+                        rec.dispatch(
+                            "embedding scale",
+                            &self.kernels.scale,
+                            bg,
+                            [elt_groups(c.n_embd), 1, 1],
+                        );
+                    }
                 }
                 for layer in layers.iter() {
                     let fuse_qkv = decode && layer.qkv.iter().all(MatmulOp::has_fused);
@@ -1248,6 +1564,29 @@ impl LlamaModel {
                     }
                     for op in &layer.qkv {
                         op.record(&mut rec, n, fuse_qkv);
+                    }
+                    if let Some(bg) = &layer.qkv_bias {
+                        let width = (c.n_head + 2 * c.n_kv_head) * c.head_dim;
+                        rec.dispatch(
+                            "q|k|v bias",
+                            &self.kernels.add_bias,
+                            bg,
+                            [elt_groups(width), 1, 1],
+                        );
+                    }
+                    if let Some([q_norm, k_norm]) = &layer.qk_norm {
+                        rec.dispatch(
+                            "q norm",
+                            &self.kernels.head_rmsnorm,
+                            q_norm,
+                            [c.n_head as u32, n, 1],
+                        );
+                        rec.dispatch(
+                            "k norm",
+                            &self.kernels.head_rmsnorm,
+                            k_norm,
+                            [c.n_kv_head as u32, n, 1],
+                        );
                     }
                     if !(fuse_qkv && layer.qkv_rope) {
                         rec.dispatch(
@@ -1272,6 +1611,9 @@ impl LlamaModel {
                         );
                     }
                     layer.o.record(&mut rec, n, false);
+                    if let Some(bg) = &layer.post_attn_norm {
+                        rec.dispatch("post-attention norm", &self.kernels.rmsnorm, bg, [n, 1, 1]);
+                    }
                     let fuse_gate_up = decode && layer.gate_up.iter().all(MatmulOp::has_fused);
                     if !fuse_gate_up {
                         rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &layer.ffn_norm, [n, 1, 1]);
@@ -1292,6 +1634,9 @@ impl LlamaModel {
                     layer
                         .down
                         .record(&mut rec, n, decode && layer.down.has_fused());
+                    if let Some(bg) = &layer.post_ffn_norm {
+                        rec.dispatch("post-FFN norm", &self.kernels.rmsnorm, bg, [n, 1, 1]);
+                    }
                 }
                 if last && read_logits {
                     if decode {

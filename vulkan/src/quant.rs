@@ -6,7 +6,7 @@
 //! read per token equal the GGUF bytes); within a row, Q8_0 puts the first 16 quant bytes of
 //! every block before the last 16 of every block, so that the threads of a decode product,
 //! which take consecutive blocks, read consecutive 16-byte words with each load. Q6_K pads each
-//! 210-byte block to 212. F32, F16, Q4_1 and Q4_K are uploaded exactly as stored.
+//! 210-byte block to 212. F32, F16, BF16, Q4_1, Q4_K and Q5_K are uploaded exactly as stored.
 
 use candle_core::quantized::GgmlDType;
 
@@ -19,10 +19,12 @@ use crate::{Gpu, VulkanError};
 pub enum WeightType {
     F32,
     F16,
+    BF16,
     Q4_0,
     Q4_1,
     Q8_0,
     Q4K,
+    Q5K,
     Q6K,
 }
 
@@ -32,21 +34,34 @@ impl WeightType {
         Some(match dtype {
             GgmlDType::F32 => WeightType::F32,
             GgmlDType::F16 => WeightType::F16,
+            GgmlDType::BF16 => WeightType::BF16,
             GgmlDType::Q4_0 => WeightType::Q4_0,
             GgmlDType::Q4_1 => WeightType::Q4_1,
             GgmlDType::Q8_0 => WeightType::Q8_0,
             GgmlDType::Q4K => WeightType::Q4K,
+            GgmlDType::Q5K => WeightType::Q5K,
             GgmlDType::Q6K => WeightType::Q6K,
             _ => return None,
+        })
+    }
+
+    /// The kernel format of tensor `name`, or the error that names the tensor, its type and
+    /// the types that have kernels.
+    pub fn for_tensor(name: &str, dtype: GgmlDType) -> Result<WeightType, VulkanError> {
+        WeightType::from_ggml(dtype).ok_or_else(|| VulkanError::Tensor {
+            name: name.to_string(),
+            detail: format!(
+                "type {dtype:?} has no Vulkan kernel (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K); requantize the file to one of these or use --device cpu"
+            ),
         })
     }
 
     /// Weights per GGUF block.
     pub fn block_elems(self) -> usize {
         match self {
-            WeightType::F32 | WeightType::F16 => 1,
+            WeightType::F32 | WeightType::F16 | WeightType::BF16 => 1,
             WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => 32,
-            WeightType::Q4K | WeightType::Q6K => 256,
+            WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => 256,
         }
     }
 
@@ -54,11 +69,12 @@ impl WeightType {
     pub fn block_bytes(self) -> usize {
         match self {
             WeightType::F32 => 4,
-            WeightType::F16 => 2,
+            WeightType::F16 | WeightType::BF16 => 2,
             WeightType::Q4_0 => 18,
             WeightType::Q4_1 => 20,
             WeightType::Q8_0 => 34,
             WeightType::Q4K => 144,
+            WeightType::Q5K => 176,
             WeightType::Q6K => 210,
         }
     }
@@ -83,9 +99,11 @@ impl WeightType {
             self,
             WeightType::F32
                 | WeightType::F16
+                | WeightType::BF16
                 | WeightType::Q8_0
                 | WeightType::Q4_0
                 | WeightType::Q4K
+                | WeightType::Q5K
         )
     }
 
@@ -341,7 +359,7 @@ fn with_weight_views<'b>(
     chunk: &'b wgpu::Buffer,
     mut entries: Vec<(u32, &'b wgpu::Buffer)>,
 ) -> Vec<(u32, &'b wgpu::Buffer)> {
-    if !matches!(ty, WeightType::F32 | WeightType::F16) {
+    if !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16) {
         entries.push((0, chunk));
     }
     if ty.vec4_view() {

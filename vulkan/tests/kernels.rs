@@ -3,7 +3,8 @@
 //!
 //! Tolerance: the GPU dequantizes exactly as candle does (f32 products of the same scales
 //! and quants), so only the f32 summation order differs. We require a relative L2 error
-//! ‖gpu − ref‖/‖ref‖ below 1e-5 for every type (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K),
+//! ‖gpu − ref‖/‖ref‖ below 1e-5 for every type (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K,
+//! Q6_K),
 //! against a reference accumulated in f64 from candle's dequantized weights.
 
 mod common;
@@ -50,20 +51,32 @@ fn decode_input(ty: WeightType, v: &[f32]) -> Vec<f64> {
         .collect()
 }
 
-/// Uploads `qt` (`[rows, k]`) and checks the matmul for several token counts and the row
-/// lookup against candle's dequantization.
-fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> usize {
+/// Uploads `qt` (`[rows, k]`) to the GPU in its own type and dequantizes it on the CPU with
+/// candle, the reference every check multiplies with.
+fn upload_with_reference(
+    gpu: &xpu_vulkan::Gpu,
+    label: &str,
+    qt: &QTensor,
+) -> (GpuWeight, Vec<f32>) {
     let (rows, k) = qt.shape().dims2().unwrap();
     let ty = WeightType::from_ggml(qt.dtype()).unwrap();
-    let raw = qt.data().unwrap();
-    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &raw).unwrap();
-    let w: Vec<f32> = qt
+    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
+    let w = qt
         .dequantize(&Device::Cpu)
         .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()
         .unwrap();
+    (weight, w)
+}
+
+/// Uploads `qt` (`[rows, k]`) and checks the matmul for several token counts and the row
+/// lookup against candle's dequantization.
+fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> usize {
+    let (rows, k) = qt.shape().dims2().unwrap();
+    let (weight, w) = upload_with_reference(gpu, label, qt);
+    let ty = weight.weight_type();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // 1: decode; 3: fewer than one token group; 11: more than one group of 8; 17, 40, 100:
     // the tiled product (at least 16 tokens), one partial tile of 32 tokens, one full and one
@@ -101,13 +114,15 @@ fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor
     QTensor::quantize(&t, dtype).unwrap()
 }
 
-const ALL_TYPES: [GgmlDType; 7] = [
+const ALL_TYPES: [GgmlDType; 9] = [
     GgmlDType::F32,
     GgmlDType::F16,
+    GgmlDType::BF16,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
     GgmlDType::Q8_0,
     GgmlDType::Q4K,
+    GgmlDType::Q5K,
     GgmlDType::Q6K,
 ];
 
@@ -139,22 +154,7 @@ fn outputs_side_by_side_and_accumulated() {
     let gpu = common::gpu(None);
     let (rows, k, stride, offset) = (70, 256, 80, 5);
     let qt = random_qtensor(GgmlDType::Q4K, rows, k, 80);
-    let weight = GpuWeight::upload(
-        &gpu,
-        "side by side",
-        WeightType::Q4K,
-        rows,
-        k,
-        &qt.data().unwrap(),
-    )
-    .unwrap();
-    let w: Vec<f32> = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (weight, w) = upload_with_reference(&gpu, "side by side", &qt);
     let mut rng = rand::rngs::StdRng::seed_from_u64(81);
     for n_tokens in [1usize, 3, 40] {
         let x = random(&mut rng, n_tokens * k);
@@ -214,15 +214,8 @@ fn workgroup_memory_reductions_match_candle() {
 /// the same transformation followed by the product.
 fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let (rows, k) = qt.shape().dims2().unwrap();
-    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
-    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w: Vec<f32> = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (weight, w) = upload_with_reference(gpu, label, qt);
+    let ty = weight.weight_type();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let product = |x: &[f64]| -> Vec<f64> {
         (0..rows)
@@ -321,15 +314,8 @@ fn check_qkv_rope(
     let (rows, k) = qt.shape().dims2().unwrap();
     let hd = rows / (n_head + 2 * n_kv);
     let ctx = pos + 3;
-    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
-    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w: Vec<f32> = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (weight, w) = upload_with_reference(gpu, label, qt);
+    let ty = weight.weight_type();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let x = random(&mut rng, k);
     let nw = random(&mut rng, k);
@@ -492,15 +478,8 @@ fn fused_qkv_rope_matches_reference() {
 /// (gate j, up j) pairs, against the f64 reference of RMSNorm, the product and SiLU·mul.
 fn check_norm_glu(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> usize {
     let (rows, k) = qt.shape().dims2().unwrap();
-    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
-    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w: Vec<f32> = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (weight, w) = upload_with_reference(gpu, label, qt);
+    let ty = weight.weight_type();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let x = random(&mut rng, k);
     let nw = random(&mut rng, k);
@@ -672,6 +651,28 @@ fn bad_weight_input_gives_clear_errors() {
         testing::matmul(&gpu, &w, &[0.0; 31], 1),
         Err(VulkanError::InvalidInput(_))
     ));
+}
+
+#[test]
+fn a_type_without_a_kernel_is_named_with_its_tensor() {
+    match WeightType::for_tensor("blk.3.ffn_down.weight", GgmlDType::Q2K) {
+        Err(e @ VulkanError::Tensor { .. }) => {
+            let msg = e.to_string();
+            for part in [
+                "blk.3.ffn_down.weight",
+                "Q2K",
+                "Q5_K",
+                "BF16",
+                "--device cpu",
+            ] {
+                assert!(msg.contains(part), "{part:?} missing from: {msg}");
+            }
+        }
+        other => panic!("expected a Tensor error, got {other:?}"),
+    }
+    for dtype in ALL_TYPES {
+        assert!(WeightType::for_tensor("w", dtype).is_ok(), "{dtype:?}");
+    }
 }
 
 #[test]

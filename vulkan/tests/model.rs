@@ -211,6 +211,62 @@ fn bad_model_files_give_clear_errors() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A weight of a type without a Vulkan kernel (Q2_K here) is refused at load, before any
+/// upload, by a message naming the tensor and its type: no slow path runs it.
+#[test]
+fn a_tensor_type_without_a_kernel_is_refused_by_name() {
+    let path = common::model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let mut qt = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+        if name == "blk.0.ffn_down.weight" {
+            let w = qt.dequantize(&Device::Cpu).unwrap();
+            qt = candle_core::quantized::QTensor::quantize(
+                &w,
+                candle_core::quantized::GgmlDType::Q2K,
+            )
+            .unwrap();
+        }
+        tensors.push((name.as_str(), qt));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensors: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let dir = std::env::temp_dir().join(format!("xpu-vulkan-q2k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let q2k = dir.join("q2k.gguf");
+    gguf_file::write(
+        &mut std::fs::File::create(&q2k).unwrap(),
+        &metadata,
+        &tensors,
+    )
+    .unwrap();
+    let loaded = LlamaModel::load(
+        &q2k,
+        &LoadOptions {
+            device: common::device_options(None),
+            ..LoadOptions::default()
+        },
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    match loaded {
+        Err(e @ VulkanError::Tensor { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("blk.0.ffn_down.weight") && msg.contains("Q2K"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a Tensor error, got {:?}", other.err()),
+    }
+}
+
 /// A Llama-3-shaped file (a 131072-token context in its metadata, rope_freqs, GQA) loads
 /// without a context: the model's own capped at 8192.
 #[test]

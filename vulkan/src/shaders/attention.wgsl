@@ -18,7 +18,7 @@ struct Params {
     cache_base: u32,
     ctx: u32,
     scale: f32,
-    _pad0: u32,
+    window: u32,      // sliding-window layers: a token attends its last `window` positions; 0: all
     _pad1: u32,
 }
 struct Step {
@@ -93,7 +93,11 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let t = wid.y;
     let c = wid.z;
     let kvh = h / (p.n_head / p.n_kv);
-    let last = step.start + t; // attends positions 0..=last
+    let last = step.start + t; // attends positions first..=last
+    var first = 0u;
+    if (p.window != 0u && last + 1u > p.window) {
+        first = last + 1u - p.window;
+    }
     let hd4 = p.hd / 4u;
     let gs = tile_groups();
     let tile = 8u * gs;
@@ -115,10 +119,17 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     var m = NEG;
     var l = 0.0; // the sum of this thread's group's weights
     var acc = vec4<f32>(0.0);
-    // Positions begin..=end of this chunk (none when the chunk starts past `last`).
+    // Positions begin..=end of this chunk (none when the chunk starts past `last`). Tiles
+    // wholly before `first` are skipped, so every tile visited has a position that counts
+    // (a tile of masked scores only would weigh them all 1 while the running max is NEG); a
+    // chunk wholly before `first` is empty.
     let begin = c * step.chunk_len;
     let end = min(begin + step.chunk_len - 1u, last);
-    for (var base = begin; base <= end; base += tile) {
+    var start_tile = begin;
+    if (first > begin) {
+        start_tile = begin + (first - begin) / tile * tile;
+    }
+    for (var base = start_tile; base <= end && first <= end; base += tile) {
         // The 8 V rows this thread weighs (past `end`: row `end`, weight 0), loaded first.
         let vp = base + select(0u, g, v_active);
         let vb = cb + d4;
@@ -142,7 +153,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             for (var j = 0u; j < parts; j++) {
                 s += sc[j * tile + li];
             }
-            ss[li] = select(NEG, s * p.scale, base + li <= end);
+            ss[li] = select(NEG, s * p.scale, base + li <= end && base + li >= first);
         }
         workgroupBarrier();
         var tm = NEG;

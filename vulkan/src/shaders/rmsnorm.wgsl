@@ -1,9 +1,10 @@
-// RMSNorm: y[t, i] = x[t, i] * weight[i] / sqrt(mean_i(x[t, i]^2) + eps), one workgroup per token.
+// RMSNorm: y[t, i] = x[t, i] * weight[i] / sqrt(mean_i(x[t, i]^2) + eps), one workgroup per token
+// (with p.accumulate, y += that: Gemma's norms after attention and FFN, before the residual add).
 struct Params {
     n: u32,          // elements per token
     eps: f32,
     last_only: u32,  // 1: normalise only the last token, written to row 0 of y
-    _pad: u32,
+    accumulate: u32, // 1: add into y
 }
 struct Step {
     n_tokens: u32,
@@ -45,6 +46,11 @@ fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let scale = 1.0 / sqrt(red[0] / f32(p.n) + p.eps);
     let yb = out_t * p.n;
     for (var i = lid.x; i < p.n; i += WG) {
-        y[yb + i] = x[xb + i] * scale * weight[i];
+        let v = x[xb + i] * scale * weight[i];
+        if (p.accumulate != 0u) {
+            y[yb + i] += v;
+        } else {
+            y[yb + i] = v;
+        }
     }
 }

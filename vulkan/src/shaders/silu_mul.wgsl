@@ -1,10 +1,11 @@
 // SwiGLU: act[t, i] = silu(gate[t, i]) * up[t, i], where token t's row of `gu` is
 // [gate | up], or with p.interleaved [gate 0, up 0, gate 1, up 1, ...] (the gate|up matrix
-// uploaded with its rows interleaved, see `matvec_norm_glu` in matmul.wgsl).
+// uploaded with its rows interleaved, see `matvec_norm_glu` in matmul.wgsl). With p.gelu,
+// GeGLU (Gemma): gelu(gate) * up, GELU with ggml's tanh approximation.
 struct Params {
     n: u32,   // elements per token
     interleaved: u32,
-    _pad1: u32,
+    gelu: u32,
     _pad2: u32,
 }
 struct Step {
@@ -32,6 +33,13 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             ui = gi + 1u;
         }
         let a = gu[gi];
-        act[i] = a / (1.0 + exp(-a)) * gu[ui];
+        if (p.gelu != 0u) {
+            // 0.5 a (1 + tanh(sqrt(2/pi) a (1 + 0.044715 a^2))); the argument is clamped where
+            // tanh is already +-1 in f32, so that no driver's tanh overflows.
+            let z = clamp(0.7978845608 * a * (1.0 + 0.044715 * a * a), -10.0, 10.0);
+            act[i] = 0.5 * a * (1.0 + tanh(z)) * gu[ui];
+        } else {
+            act[i] = a / (1.0 + exp(-a)) * gu[ui];
+        }
     }
 }

@@ -1,0 +1,42 @@
+// Q5_K, GGUF layout as is (176-byte super-blocks of 256 weights, 16-byte aligned): word 0 =
+// f16 d | f16 dmin << 16, words 1-3 = 12 bytes of packed 6-bit scales and mins (as Q4_K),
+// words 4-11 = 32 qh bytes, words 12-43 = 128 quant bytes. Unit u is 32-weight sub-block
+// s = u % 8 of super-block u / 8: element l takes the low (even s) or high (odd s) nibble of
+// quant byte 32*(s/2) + l and, as its fifth bit, bit s of qh byte l;
+// value = d*sc[s]*q - dmin*m[s].
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let sb = row * (p.k / 256u) + u / 8u;
+    let s = u % 8u;
+    let base = sb * 44u;
+    let dm = unpack2x16float(w[base]);
+    var sc: u32;
+    var mn: u32;
+    if (s < 4u) {
+        sc = byte_at(base + 1u, s) & 63u;
+        mn = byte_at(base + 1u, s + 4u) & 63u;
+    } else {
+        sc = (byte_at(base + 1u, s + 4u) & 0xfu) | ((byte_at(base + 1u, s - 4u) >> 6u) << 4u);
+        mn = (byte_at(base + 1u, s + 4u) >> 4u) | ((byte_at(base + 1u, s) >> 6u) << 4u);
+    }
+    let d = dm.x * f32(sc);
+    let m = dm.y * f32(mn);
+    // Each u32 of the result holds the 5-bit quants of four consecutive elements, one a byte.
+    let qv = sb * 11u + 3u + (s / 2u) * 2u;
+    let hv = sb * 11u + 1u;
+    let shift = vec4<u32>((s & 1u) * 4u);
+    let low = vec4<u32>(0x0f0f0f0fu);
+    let bit = vec4<u32>(0x01010101u);
+    let a = ((w4[qv] >> shift) & low) | (((w4[hv] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
+    let b = ((w4[qv + 1u] >> shift) & low) | (((w4[hv + 1u] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
+    return array<vec4<f32>, 8>(q5k_vec(a.x, d, m), q5k_vec(a.y, d, m), q5k_vec(a.z, d, m), q5k_vec(a.w, d, m),
+                               q5k_vec(b.x, d, m), q5k_vec(b.y, d, m), q5k_vec(b.z, d, m), q5k_vec(b.w, d, m));
+}
+
+fn q5k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
+    return d * vec4<f32>(f32(q & 0xffu), f32((q >> 8u) & 0xffu), f32((q >> 16u) & 0xffu), f32(q >> 24u)) - m;
+}
+
+// The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
+fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+    return dot8(load_unit(row, u), xu.v);
+}
