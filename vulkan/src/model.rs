@@ -363,7 +363,7 @@ impl<'a> GgufReader<'a> {
             )));
         }
         let head_dim = key_length.unwrap_or(n_embd / n_head);
-        if head_dim == 0 || head_dim > 256 || head_dim % 4 != 0 {
+        if head_dim == 0 || head_dim > 256 || !head_dim.is_multiple_of(4) {
             return Err(self.unsupported(format!(
                 "head dimension {head_dim} (the kernels handle multiples of 4 up to 256)"
             )));
