@@ -92,7 +92,7 @@ fn unsupported_architecture() {
         &out,
         &[
             "unsupported model architecture `mamba`",
-            "llama, qwen2, phi3",
+            "GGUF llama, qwen2, qwen3, phi3, gemma3",
         ],
     );
 }
