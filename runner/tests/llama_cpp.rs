@@ -12,7 +12,7 @@
 //! Needs llama.cpp's binaries in XPU_LLAMA_CPP_BIN (scripts/test.sh builds them with
 //! scripts/build-llama-cpp.sh and sets it); without it each test says so and passes. The
 //! Vulkan cases run on lavapipe where no GPU is present (XPU_RUNNER_ALLOW_CPU_ADAPTER=1) and
-//! only in builds with the `vulkan` feature.
+//! only in builds with the `vulkan` feature: every entry x F32, Q8_0, Q4_K_M, as on the CPU.
 //!
 //! Agreement: at least 4 of the 5 prompts give llama.cpp's 16 tokens. Tolerance (largest
 //! |log-probability difference| over a compared step, see docs/runner.md): 0.02 on the F32
@@ -181,8 +181,8 @@ fn gemma3_on_cpu() {
     cpu_rows("gemma3");
 }
 
-#[test]
-fn llama3_on_vulkan() {
+/// Every file type of `entry` on the Vulkan engine (lavapipe where no GPU is present).
+fn vulkan_rows(entry: &str) {
     if llama_bin().is_none() {
         return;
     }
@@ -190,7 +190,44 @@ fn llama3_on_vulkan() {
         eprintln!("this build has no `vulkan` feature: only the CPU engine is compared");
         return;
     }
-    agrees_with_llama_cpp("llama3", "F32", "vulkan");
+    for ty in ["F32", "Q8_0", "Q4_K_M"] {
+        agrees_with_llama_cpp(entry, ty, "vulkan");
+    }
+}
+
+#[test]
+fn llama3_on_vulkan() {
+    vulkan_rows("llama3");
+}
+
+#[test]
+fn llama3_tied_on_vulkan() {
+    vulkan_rows("llama3-tied");
+}
+
+#[test]
+fn mistral_on_vulkan() {
+    vulkan_rows("mistral");
+}
+
+#[test]
+fn qwen2_on_vulkan() {
+    vulkan_rows("qwen2");
+}
+
+#[test]
+fn qwen3_on_vulkan() {
+    vulkan_rows("qwen3");
+}
+
+#[test]
+fn phi3_on_vulkan() {
+    vulkan_rows("phi3");
+}
+
+#[test]
+fn gemma3_on_vulkan() {
+    vulkan_rows("gemma3");
 }
 
 /// The comparison must catch an engine that ignores rope_freqs: ours runs a copy of the
