@@ -29,12 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-GGUF_VERSION = "0.19.0"
-CACHE = Path(
-    os.environ.get("XPU_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xpu"
-)
-VENV = CACHE / "venv-gguf"
+from gguf_common import CACHE, copy_tokenizer, ensure_gguf
+
 SCRIPTS = Path(__file__).resolve().parent
 
 # Llama-3.2-1B's transformer shape.
@@ -50,24 +46,6 @@ SHAPE = dict(
     ctx=8192,
 )
 WEIGHT_STD = 0.02
-
-
-def ensure_gguf():
-    """Re-executes this script inside the cache venv that has `gguf` installed."""
-    in_venv = Path(sys.prefix).resolve() == VENV.resolve()
-    if in_venv:
-        return
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print(f"make-bench-gguf: creating {VENV}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    check = subprocess.run([str(python), "-c", f"import gguf, importlib.metadata as m; assert m.version('gguf') == '{GGUF_VERSION}'"],
-                           capture_output=True)
-    if check.returncode != 0:
-        r = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"gguf=={GGUF_VERSION}"])
-        if r.returncode != 0:
-            sys.exit(f"make-bench-gguf: pip could not install gguf=={GGUF_VERSION}; check that the PyPI index is reachable")
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
 
 
 def random_blocks(np, rng, rows, cols, qtype):
@@ -101,27 +79,6 @@ def random_blocks(np, rng, rows, cols, qtype):
     return out.reshape(rows, (cols // block) * type_size)
 
 
-def copy_tokenizer(writer, reader):
-    """Copies every tokenizer.* key of the reference model; returns the vocabulary size."""
-    import gguf
-
-    vocab = None
-    for name, field in reader.fields.items():
-        if not name.startswith("tokenizer."):
-            continue
-        main = field.types[0]
-        value = field.contents()
-        if main == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(name, value, main, sub_type=field.types[-1])
-        else:
-            writer.add_key_value(name, value, main)
-        if name == "tokenizer.ggml.tokens":
-            vocab = len(value)
-    if vocab is None:
-        sys.exit("make-bench-gguf: the reference model has no tokenizer.ggml.tokens")
-    return vocab
-
-
 def write_model(qtype_name, out_dir, reference, force):
     import gguf
     import numpy as np
@@ -137,7 +94,7 @@ def write_model(qtype_name, out_dir, reference, force):
     tmp = path.with_suffix(".tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama", use_temp_file=False)
     writer.add_name(f"{s['name']} random weights ({qtype.name})")
-    vocab = copy_tokenizer(writer, reader)
+    vocab = copy_tokenizer("make-bench-gguf", writer, reader)
     writer.add_vocab_size(vocab)
     writer.add_context_length(s["ctx"])
     writer.add_embedding_length(s["n_embd"])
@@ -199,7 +156,7 @@ def main():
     if bad or not types:
         sys.exit(f"make-bench-gguf: unsupported --types {','.join(bad) or '(none)'}; choose from q8_0, q4_0, q4_1")
 
-    ensure_gguf()
+    ensure_gguf("make-bench-gguf", __file__)
     reference = args.reference
     if reference is None:
         reference = Path(subprocess.run([str(SCRIPTS / "fetch-model.sh")], check=True,

@@ -48,14 +48,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-GGUF_VERSION = "0.19.0"
+from gguf_common import CACHE, copy_tokenizer, ensure_gguf
+
 # Part of every file name: bump it when a change here changes the files' contents.
 GENERATOR_VERSION = 3
-CACHE = Path(
-    os.environ.get("XPU_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xpu"
-)
-VENV = CACHE / "venv-gguf"
 SCRIPTS = Path(__file__).resolve().parent
 
 # The shared small shape: widths are multiples of 256 (the K-quant block) so that every
@@ -118,44 +114,6 @@ ARCHS = {
 TYPES = ("F32", "Q8_0", "Q4_K_M")
 
 
-def ensure_gguf():
-    """Re-executes this script inside the cache venv that has `gguf` installed."""
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print(f"make-test-gguf: creating {VENV}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    check = subprocess.run([str(python), "-c", f"import gguf, importlib.metadata as m; assert m.version('gguf') == '{GGUF_VERSION}'"],
-                           capture_output=True)
-    if check.returncode != 0:
-        r = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"gguf=={GGUF_VERSION}"])
-        if r.returncode != 0:
-            sys.exit(f"make-test-gguf: pip could not install gguf=={GGUF_VERSION}; check that the PyPI index is reachable")
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
-
-
-def copy_tokenizer(writer, reader):
-    """Copies every tokenizer.* key of the reference model; returns the vocabulary size."""
-    import gguf
-
-    vocab = None
-    for name, field in reader.fields.items():
-        if not name.startswith("tokenizer."):
-            continue
-        main = field.types[0]
-        value = field.contents()
-        if main == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(name, value, main, sub_type=field.types[-1])
-        else:
-            writer.add_key_value(name, value, main)
-        if name == "tokenizer.ggml.tokens":
-            vocab = len(value)
-    if vocab is None:
-        sys.exit("make-test-gguf: the reference model has no tokenizer.ggml.tokens")
-    return vocab
-
-
 def llama3_rope_factors(np, head_dim, base, factor=8.0, low=1.0, high=4.0, old_ctx=32):
     """Llama 3.1's per-pair divisors (as its converter computes them) for `old_ctx`."""
     freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
@@ -185,7 +143,7 @@ def write_f32(name, spec, path, reference):
     # No architecture name in general.name: llama.cpp sets token attributes by model name
     # (a "phi3" in it looks for Phi-3's special tokens, which SmolLM2's vocabulary lacks).
     w.add_name("xpu random-weight test model")
-    vocab = copy_tokenizer(w, reader)
+    vocab = copy_tokenizer("make-test-gguf", w, reader)
     w.add_vocab_size(vocab)
     w.add_context_length(s["ctx"])
     w.add_embedding_length(d)
@@ -274,7 +232,7 @@ def main():
         sys.exit(f"make-test-gguf: unknown --arch/--types {', '.join(bad) or '(none)'}; "
                  f"architectures: {', '.join(ARCHS)}; types: {', '.join(TYPES)}")
 
-    ensure_gguf()
+    ensure_gguf("make-test-gguf", __file__)
     reference = args.reference or Path(subprocess.run([str(SCRIPTS / "fetch-model.sh")], check=True,
                                                       capture_output=True, text=True).stdout.strip())
     if not reference.is_file():
