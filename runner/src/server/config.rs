@@ -153,8 +153,9 @@ pub struct ServeArgs {
 /// loads a model; each also comes from the environment variable it names.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct EngineArgs {
-    /// The engine for GGUF llama files on the CPU: xpu (our own) or candle (candle's
-    /// quantized_llama, slower, but it also runs the quantizations ours refuses).
+    /// The engine for GGUF files on the CPU: xpu (our own; every described architecture) or
+    /// candle (slower, llama/qwen2/phi3 only, but it also runs the quantizations and the
+    /// mixture-of-experts files ours refuses).
     #[arg(
         long,
         env = "XPU_CPU_ENGINE",
