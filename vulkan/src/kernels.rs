@@ -166,8 +166,15 @@ fn load_unit_source(ty: WeightType) -> &'static str {
         WeightType::Q4_0 => include_str!("shaders/q4_0.wgsl"),
         WeightType::Q4_1 => include_str!("shaders/q4_1.wgsl"),
         WeightType::Q8_0 => include_str!("shaders/q8_0.wgsl"),
-        WeightType::Q4K => include_str!("shaders/q4_k.wgsl"),
-        WeightType::Q5K => include_str!("shaders/q5_k.wgsl"),
+        // Q4_K and Q5_K share their packed sub-block scales (k_scales.wgsl).
+        WeightType::Q4K => concat!(
+            include_str!("shaders/k_scales.wgsl"),
+            include_str!("shaders/q4_k.wgsl")
+        ),
+        WeightType::Q5K => concat!(
+            include_str!("shaders/k_scales.wgsl"),
+            include_str!("shaders/q5_k.wgsl")
+        ),
         WeightType::Q6K => include_str!("shaders/q6_k.wgsl"),
     }
 }

@@ -6,18 +6,9 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let sb = row * (p.k / 256u) + u / 8u;
     let s = u % 8u;
     let base = sb * 36u;
-    let dm = unpack2x16float(w[base]);
-    var sc: u32;
-    var mn: u32;
-    if (s < 4u) {
-        sc = byte_at(base + 1u, s) & 63u;
-        mn = byte_at(base + 1u, s + 4u) & 63u;
-    } else {
-        sc = (byte_at(base + 1u, s + 4u) & 0xfu) | ((byte_at(base + 1u, s - 4u) >> 6u) << 4u);
-        mn = (byte_at(base + 1u, s + 4u) >> 4u) | ((byte_at(base + 1u, s) >> 6u) << 4u);
-    }
-    let d = dm.x * f32(sc);
-    let m = dm.y * f32(mn);
+    let dm = k_scale_min(base, s);
+    let d = dm.x;
+    let m = dm.y;
     // The 32 quant bytes of this sub-block: two vec4 of words (144-byte blocks keep them aligned).
     let qv = (base + 4u + (s / 2u) * 8u) / 4u;
     let shift = (s & 1u) * 4u;

@@ -8,18 +8,9 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let sb = row * (p.k / 256u) + u / 8u;
     let s = u % 8u;
     let base = sb * 44u;
-    let dm = unpack2x16float(w[base]);
-    var sc: u32;
-    var mn: u32;
-    if (s < 4u) {
-        sc = byte_at(base + 1u, s) & 63u;
-        mn = byte_at(base + 1u, s + 4u) & 63u;
-    } else {
-        sc = (byte_at(base + 1u, s + 4u) & 0xfu) | ((byte_at(base + 1u, s - 4u) >> 6u) << 4u);
-        mn = (byte_at(base + 1u, s + 4u) >> 4u) | ((byte_at(base + 1u, s) >> 6u) << 4u);
-    }
-    let d = dm.x * f32(sc);
-    let m = dm.y * f32(mn);
+    let dm = k_scale_min(base, s);
+    let d = dm.x;
+    let m = dm.y;
     // Each u32 of the result holds the 5-bit quants of four consecutive elements, one a byte.
     let qv = sb * 11u + 3u + (s / 2u) * 2u;
     let hv = sb * 11u + 1u;
