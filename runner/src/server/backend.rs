@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::openai::PlainMessage;
 use super::pool::Loader;
 use super::queue::{
-    Backend, FinishReason, GenerationTurn, JobSpec, Outcome, SamplingRequest, Scheduler,
+    Backend, Delta, FinishReason, GenerationTurn, JobSpec, Outcome, SamplingRequest, Scheduler,
 };
 use super::state::{Prompter, ServedModel};
 
@@ -91,7 +91,7 @@ impl Backend for ModelBackend {
     fn generate(
         &mut self,
         job: &JobSpec,
-        on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_token: &mut dyn FnMut(Delta<'_>) -> ControlFlow<()>,
     ) -> anyhow::Result<Outcome> {
         let request = GenerationRequest {
             prompt_tokens: job.prompt_tokens.clone(),
@@ -100,13 +100,16 @@ impl Backend for ModelBackend {
             max_new_tokens: job.max_new_tokens,
             top_logprobs: 0,
         };
-        let outcome =
-            generate(&mut self.model, &request, |event| on_token(&event.text)).map_err(|e| {
-                match e.downcast_ref::<GenerateError>() {
-                    Some(g) => anyhow::anyhow!("{g}"),
-                    None => e,
-                }
-            })?;
+        let outcome = generate(&mut self.model, &request, |event| {
+            on_token(Delta {
+                text: &event.text,
+                new_token: !event.flush,
+            })
+        })
+        .map_err(|e| match e.downcast_ref::<GenerateError>() {
+            Some(g) => anyhow::anyhow!("{g}"),
+            None => e,
+        })?;
         Ok(Outcome {
             prompt_tokens: outcome.prompt_tokens,
             completion_tokens: outcome.completion_tokens,

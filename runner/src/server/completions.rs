@@ -645,7 +645,7 @@ mod tests {
         fn generate(
             &mut self,
             job: &JobSpec,
-            _: &mut dyn FnMut(&str) -> ControlFlow<()>,
+            _: &mut dyn FnMut(crate::server::queue::Delta<'_>) -> ControlFlow<()>,
         ) -> anyhow::Result<Outcome> {
             let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(10));
             Ok(Outcome {

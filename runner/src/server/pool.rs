@@ -464,7 +464,7 @@ mod tests {
         fn generate(
             &mut self,
             job: &JobSpec,
-            _: &mut dyn FnMut(&str) -> ControlFlow<()>,
+            _: &mut dyn FnMut(crate::server::queue::Delta<'_>) -> ControlFlow<()>,
         ) -> anyhow::Result<Outcome> {
             Ok(Outcome {
                 prompt_tokens: job.prompt_tokens.len(),

@@ -71,14 +71,25 @@ pub enum Event {
     Failed(String),
 }
 
+/// A piece of a generation's text, as the backend hands it to the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Delta<'a> {
+    /// The text to send (possibly empty: a token whose text is held back).
+    pub text: &'a str,
+    /// False for the held-back text released when the generation ends, which is no new
+    /// token: the live token counts must match `completion_tokens`.
+    pub new_token: bool,
+}
+
 /// What the worker thread needs from a loaded model.
 pub trait Backend: Send + 'static {
     /// Generates for `job`, calling `on_token` once per generated token with its
-    /// text delta (possibly empty); `Break` stops within that step.
+    /// text delta (possibly empty), and once more for text held back to the end;
+    /// `Break` stops within that step.
     fn generate(
         &mut self,
         job: &JobSpec,
-        on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_token: &mut dyn FnMut(Delta<'_>) -> ControlFlow<()>,
     ) -> anyhow::Result<Outcome>;
 }
 
@@ -305,7 +316,17 @@ fn run_job<B: Backend>(backend: &mut B, job: Job, shared: &Shared, metrics: &Met
     let mut client_gone = false;
     let events = job.events.clone();
     let result = {
-        let mut on_token = |text: &str| -> ControlFlow<()> {
+        let mut on_token = |delta: Delta<'_>| -> ControlFlow<()> {
+            let text = delta.text;
+            if !delta.new_token {
+                // Held-back text at the end: send it, count nothing.
+                return if text.is_empty() || events.send(Event::Text(text.to_owned())).is_ok() {
+                    ControlFlow::Continue(())
+                } else {
+                    client_gone = true;
+                    ControlFlow::Break(())
+                };
+            }
             let now = Instant::now();
             metrics
                 .live
@@ -401,13 +422,17 @@ mod tests {
         fn generate(
             &mut self,
             job: &JobSpec,
-            on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+            on_token: &mut dyn FnMut(Delta<'_>) -> ControlFlow<()>,
         ) -> anyhow::Result<Outcome> {
             let _ = self.gate.recv_timeout(Duration::from_secs(5));
             let mut n = 0;
             for _ in 0..job.max_new_tokens {
                 n += 1;
-                if on_token("t").is_break() {
+                let delta = Delta {
+                    text: "t",
+                    new_token: true,
+                };
+                if on_token(delta).is_break() {
                     return Ok(Outcome {
                         prompt_tokens: job.prompt_tokens.len(),
                         completion_tokens: n,
@@ -416,6 +441,12 @@ mod tests {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
+            // Text held back to the end, as a tokenizer's unfinished character is.
+            let held_back = Delta {
+                text: "!",
+                new_token: false,
+            };
+            let _ = on_token(held_back);
             Ok(Outcome {
                 prompt_tokens: job.prompt_tokens.len(),
                 completion_tokens: n,
@@ -463,7 +494,11 @@ mod tests {
                 Event::Failed(e) => panic!("{e}"),
             }
         }
-        assert_eq!(texts, 3);
+        // Three tokens and the held-back text; only the tokens are counted as generated.
+        assert_eq!(texts, 4);
+        let live = metrics.live.snapshot();
+        let last = live.last_generation.unwrap();
+        assert_eq!(last.completion_tokens, 3);
         // The second client goes away: its generation must stop early and be counted.
         drop(second);
         drop(third);
