@@ -33,4 +33,9 @@ impl Engine for CpuLlamaEngine {
     fn device_description(&self) -> String {
         CpuLlamaEngine::device_description(self)
     }
+
+    // The cache is positional: a position is written before it is read.
+    fn rewinds(&self) -> bool {
+        true
+    }
 }

@@ -1,24 +1,70 @@
 //! The engine boundary: everything the generation loop needs from a compute backend.
 //!
-//! An engine owns the weights of one model on one device plus the KV cache of one
-//! sequence. The generation loop (tokenizing, sampling, stopping) is shared by all
-//! engines and never touches a device directly. Implementations: `cpu` (our own, crate
+//! An engine owns the weights of one model on one device plus a KV cache of one or more
+//! sequences (slots). The generation loop (tokenizing, sampling, stopping) is shared by all
+//! engines and never touches a device directly; the server's scheduler batches the steps
+//! of several sequences into one [`Engine::forward_batch`] call. Implementations: `cpu` (our own, crate
 //! `xpu-cpu`, for GGUF `llama` on the CPU), `candle` (every other model on the CPU, and
 //! CUDA behind the `cuda` feature) and `vulkan` (crate `xpu-vulkan`, behind the `vulkan`
 //! feature).
 
+/// One sequence's share of a batched forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqChunk<'a> {
+    /// The KV-cache slot that holds the sequence, `0..slots()`.
+    pub slot: usize,
+    /// Tokens at positions `start..start + tokens.len()` of that sequence (at least one).
+    pub tokens: &'a [u32],
+    pub start: usize,
+}
+
 /// What every compute backend offers the generation loop.
 pub trait Engine: Send {
     /// Runs `tokens`, which sit at positions `start..start + tokens.len()` of the
-    /// current sequence, appends their keys and values to the KV cache, and returns the
+    /// sequence in slot 0, writes their keys and values to the KV cache, and returns the
     /// logits of the last token (one `f32` per vocabulary entry).
     fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>>;
 
     /// Forgets the KV cache so that a new sequence can start at position 0.
     fn reset(&mut self) -> anyhow::Result<()>;
 
-    /// The longest sequence (prompt plus generated tokens) the engine can hold.
+    /// The longest sequence (prompt plus generated tokens) one slot can hold.
     fn context_length(&self) -> usize;
+
+    /// How many sequences the KV cache holds at once. An engine with one slot generates
+    /// one sequence at a time.
+    fn slots(&self) -> usize {
+        1
+    }
+
+    /// Whether a chunk may start before the end of what its slot holds, keeping positions
+    /// `0..start` and overwriting the rest: what reusing a cached prompt prefix needs. An
+    /// engine whose cache only appends says false, and must be [`reset`](Self::reset)
+    /// before each new sequence.
+    fn rewinds(&self) -> bool {
+        false
+    }
+
+    /// Runs one step for several sequences at once: every chunk's tokens go through one
+    /// pass (each weight read once for all of them), attention runs per sequence over its
+    /// own slot. Returns the logits of each chunk's last token, in chunk order. Chunks name
+    /// distinct slots; a slot keeps positions `0..start` from earlier calls. A sequence's
+    /// logits must not depend on which other chunks share the pass.
+    ///
+    /// The default runs the chunks one after another, for single-slot engines.
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        chunks
+            .iter()
+            .map(|c| {
+                anyhow::ensure!(
+                    c.slot == 0,
+                    "this engine holds one sequence; slot {} does not exist",
+                    c.slot
+                );
+                self.forward(c.tokens, c.start)
+            })
+            .collect()
+    }
 
     /// A short description of the device for logs, `/health` and metrics, such as
     /// `cpu (2 threads, avx2)` or `vulkan: Intel(R) Arc(TM) A770 Graphics`.

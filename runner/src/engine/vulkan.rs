@@ -71,6 +71,11 @@ impl Engine for VulkanEngine {
     fn device_description(&self) -> String {
         format!("vulkan: {}", self.model.adapter_description())
     }
+
+    // The cache is positional: a position is written before it is read.
+    fn rewinds(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

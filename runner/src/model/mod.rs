@@ -36,6 +36,9 @@ pub struct LoadOptions {
     /// Context length (prompt plus generated tokens); None: the model's own limit, capped
     /// at [`DEFAULT_MAX_CONTEXT`] (and on a GPU at what fits its memory).
     pub ctx: Option<usize>,
+    /// Sequences the KV cache holds at once (`serve --parallel`), each of `ctx` tokens;
+    /// 0 means 1. Engines that cannot batch hold one (see [`Engine::slots`]).
+    pub slots: usize,
     /// A `tokenizer.json` to use instead of the one in the model.
     pub tokenizer: Option<PathBuf>,
     /// Engine settings beyond the device.
