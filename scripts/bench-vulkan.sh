@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks the Vulkan engine on the 1B-class random-weight GGUFs (scripts/make-bench-gguf.py):
+# Benchmarks the Vulkan engine on random-weight GGUFs in real models' shapes (1B and 8B Llama;
+# scripts/make-bench-gguf.py):
 # decode and prefill tok/s, the device's copy bandwidth measured in the same run, and decode as
 # a percentage of the memory-bandwidth bound (bandwidth / weight bytes read per token). The peer,
 # llama.cpp's Vulkan backend (llama-bench), runs on the same files and GPU in the same run when
@@ -7,7 +8,8 @@
 # quantized llama on the CPU (the runner's CPU engine) runs on the same files for the record.
 #
 # Usage:
-#   scripts/bench-vulkan.sh [--types q8_0,q4_0] [--bin DIR] [--models DIR] [--reference GGUF]
+#   scripts/bench-vulkan.sh [--types q8_0,q4_0] [--shapes llama-1b,llama-8b]
+#                           [--bin DIR] [--models DIR] [--reference GGUF]
 #                           [--prompt N] [--decode N] [--runs N] [--cpu-decode N] [--no-cpu]
 #                           [--llama PATH | --no-llama]
 #   scripts/bench-vulkan.sh --pack DIR [--with-llama]
@@ -18,7 +20,9 @@
 # When DIR holds the kernel tests (kernel-tests, also packed), they run first on that host's
 # GPU (all but the one that needs the SmolLM2 file). --with-llama also builds llama.cpp's
 # llama-bench with the Vulkan backend (scripts/build-llama-cpp.sh --vulkan, half an hour on two
-# cores the first time) and packs it as DIR/llama-bench-vulkan, the default --llama.
+# cores the first time) and packs it as DIR/llama-bench-vulkan, the default --llama, with the
+# same build's llama-quantize (DIR/llama-quantize), which makes the K-quant files (q4_k_m,
+# q5_k_m, q6_k in --types) from the Q8_0 one on the GPU host.
 # The peer's prefill is pp<prompt> from an empty cache, its decode tg<decode> after <prompt>
 # tokens (llama-bench -d), as ours: decode after the prompt.
 # Lavapipe (CPU) timings say nothing about GPUs: the Vulkan figures only count on a real GPU.
@@ -26,6 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 types=q8_0,q4_0
+shapes=llama-1b
 bin=
 models=
 reference=
@@ -41,6 +46,7 @@ no_llama=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --types) types=$2; shift 2 ;;
+        --shapes) shapes=$2; shift 2 ;;
         --bin) bin=$2; shift 2 ;;
         --models) models=$2; shift 2 ;;
         --reference) reference=$2; shift 2 ;;
@@ -53,7 +59,7 @@ while [ $# -gt 0 ]; do
         --with-llama) with_llama=1; shift ;;
         --llama) llama=$2; shift 2 ;;
         --no-llama) no_llama=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-vulkan: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -77,6 +83,7 @@ for line in sys.stdin:
     if [ "$with_llama" = 1 ]; then
         llama_bin=$(scripts/build-llama-cpp.sh --vulkan)
         strip -o "$pack/llama-bench-vulkan" "$llama_bin/llama-bench"
+        strip -o "$pack/llama-quantize" "$llama_bin/llama-quantize"
     fi
     model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
     # The bench files copy SmolLM2's tokenizer; a GGUF holding only the tokenizer keys is
@@ -114,10 +121,13 @@ fi
 gen_args=(--types "$types")
 [ -n "$models" ] && gen_args+=(--out "$models")
 [ -n "$reference" ] && gen_args+=(--reference "$reference")
-if python3 -c 'import gguf, numpy' 2>/dev/null; then
-    # gguf is importable here (e.g. from wheels on PYTHONPATH on a host without an index):
-    # run the generator in this interpreter instead of its own virtual environment.
-    mapfile -t files < <(python3 - "${gen_args[@]}" <<'PY'
+[ -x "$bin/llama-quantize" ] && gen_args+=(--quantize "$bin/llama-quantize")
+files=()
+for shape in ${shapes//,/ }; do
+    if python3 -c 'import gguf, numpy' 2>/dev/null; then
+        # gguf is importable here (e.g. from wheels on PYTHONPATH on a host without an index):
+        # run the generator in this interpreter instead of its own virtual environment.
+        mapfile -t made < <(python3 - --shape "$shape" "${gen_args[@]}" <<'PY'
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("make_bench_gguf", "scripts/make-bench-gguf.py")
 gen = importlib.util.module_from_spec(spec)
@@ -127,9 +137,11 @@ sys.argv = ["make-bench-gguf.py", *sys.argv[1:]]
 gen.main()
 PY
 )
-else
-    mapfile -t files < <(scripts/make-bench-gguf.py "${gen_args[@]}")
-fi
+    else
+        mapfile -t made < <(scripts/make-bench-gguf.py --shape "$shape" "${gen_args[@]}")
+    fi
+    files+=("${made[@]}")
+done
 [ "${#files[@]}" -gt 0 ] || { echo "bench-vulkan: no benchmark files were made" >&2; exit 1; }
 
 # The packed kernel tests, all but the one that needs the SmolLM2 file.
@@ -162,7 +174,7 @@ summary=()
 ratios=()
 for f in "${files[@]}"; do
     echo "== vulkan: $f" >&2
-    out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" | tee /dev/stderr)
+    out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" | tee >(cat >&2))
     ours=$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')
     summary+=("$ours")
     if [ -n "$llama" ]; then
@@ -183,7 +195,7 @@ print("%s: ours / llama.cpp vulkan: decode %.2f (%.1f / %.1f tok/s), prefill %.2
     fi
     if [ "$cpu" = 1 ]; then
         echo "== cpu: $f" >&2
-        out=$("$bin/bench" "$f" --cpu --prompt 64 --decode "$cpu_decode" --runs 1 | tee /dev/stderr)
+        out=$("$bin/bench" "$f" --cpu --prompt 64 --decode "$cpu_decode" --runs 1 | tee >(cat >&2))
         summary+=("$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')")
     fi
 done

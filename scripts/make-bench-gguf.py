@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
-"""Writes random-weight GGUF files in the exact shape of a real 1B-class Llama, for
-decode/prefill benchmarks (decode speed does not depend on the weights' values).
+"""Writes random-weight GGUF files in the exact shape of a real Llama, for decode/prefill
+benchmarks (decode speed does not depend on the weights' values).
 
-Shape (`llama-1b`): Llama-3.2-1B's transformer (16 layers, dim 2048, FFN 8192, 32
-query heads, 8 KV heads, head dim 64, rope base 500000, RMS eps 1e-5) with an untied
-output matrix. The vocabulary is SmolLM2's gpt2-BPE vocabulary (49,152 tokens), whose
-tokenizer metadata (tokens, merges, token types, special ids, chat template) is copied
-from the default test model, so that llama.cpp and xpu-runner load and tokenize the
-files exactly as they do SmolLM2. Llama-3.2-1B's own vocabulary has 128,256 tokens;
-with 49,152 the model has 1.07 B parameters instead of 1.24 B (embedding and output
-matrices are smaller; the 16 transformer blocks are identical).
+Shapes (`--shape`):
+- `llama-1b` (default): Llama-3.2-1B's transformer (16 layers, dim 2048, FFN 8192, 32 query
+  heads, 8 KV heads, head dim 64, rope base 500000, RMS eps 1e-5) with an untied output matrix.
+- `llama-8b`: Llama-3.1-8B's transformer (32 layers, dim 4096, FFN 14336, 32 query heads,
+  8 KV heads, head dim 128, rope base 500000), the size class Arc users run.
+The vocabulary is SmolLM2's gpt2-BPE vocabulary (49,152 tokens), whose tokenizer metadata
+(tokens, merges, token types, special ids, chat template) is copied from the reference model,
+so that the engines tokenize these files exactly as they do SmolLM2. Llama 3's own vocabulary
+has 128,256 tokens; with 49,152 the embedding and output matrices are smaller (1.07 B instead
+of 1.24 B parameters at 1B, 7.4 B instead of 8.0 B at 8B); the transformer blocks are
+identical.
 
-Quantized blocks are written directly as random bytes with a fixed scale chosen so
-that weights have a standard deviation of about 0.02 (like a trained model), which
-keeps activations finite; norms are ones. Types: Q8_0, Q4_0, Q4_1 (default: all
-three).
+Q8_0, Q4_0 and Q4_1 blocks are written directly as random bytes with a fixed scale chosen so
+that weights have a standard deviation of about 0.02 (like a trained model), which keeps
+activations finite; norms are ones. The K-quant mixes users download (Q4_K_M, Q5_K_M, Q6_K)
+are made from the Q8_0 file with llama.cpp's llama-quantize (`--quantize`, default
+$XPU_LLAMA_CPP_BIN/llama-quantize), so their tensor types are exactly llama.cpp's.
 
-Usage: scripts/make-bench-gguf.py [--types q8_0,q4_0,q4_1] [--out DIR] [--force]
+Usage: scripts/make-bench-gguf.py [--shape llama-1b|llama-8b] [--types q8_0,q4_0,q4_1]
+                                  [--out DIR] [--quantize PATH] [--force]
 Prints the path of each file. Files go to
 ${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}/bench-models, never into the
 repository. The `gguf` package is installed into a virtual environment under the same
@@ -33,18 +38,17 @@ from gguf_common import CACHE, copy_tokenizer, ensure_gguf
 
 SCRIPTS = Path(__file__).resolve().parent
 
-# Llama-3.2-1B's transformer shape.
-SHAPE = dict(
-    name="llama-1b",
-    n_layer=16,
-    n_embd=2048,
-    n_ff=8192,
-    n_head=32,
-    n_head_kv=8,
-    rope_base=500000.0,
-    rms_eps=1e-5,
-    ctx=8192,
-)
+SHAPES = {
+    # Llama-3.2-1B's transformer.
+    "llama-1b": dict(name="llama-1b", n_layer=16, n_embd=2048, n_ff=8192, n_head=32,
+                     n_head_kv=8, rope_base=500000.0, rms_eps=1e-5, ctx=8192),
+    # Llama-3.1-8B's transformer.
+    "llama-8b": dict(name="llama-8b", n_layer=32, n_embd=4096, n_ff=14336, n_head=32,
+                     n_head_kv=8, rope_base=500000.0, rms_eps=1e-5, ctx=8192),
+}
+DIRECT_TYPES = ("q8_0", "q4_0", "q4_1")
+# llama-quantize's names for the mixes made from the Q8_0 file.
+QUANTIZED_TYPES = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K"}
 WEIGHT_STD = 0.02
 
 
@@ -79,16 +83,16 @@ def random_blocks(np, rng, rows, cols, qtype):
     return out.reshape(rows, (cols // block) * type_size)
 
 
-def write_model(qtype_name, out_dir, reference, force):
+def write_model(shape, qtype_name, out_dir, reference, force):
     import gguf
     import numpy as np
 
     Q = gguf.GGMLQuantizationType
     qtype = Q[qtype_name.upper()]
-    path = out_dir / f"{SHAPE['name']}-random.{qtype.name}.gguf"
+    s = SHAPES[shape]
+    path = out_dir / f"{s['name']}-random.{qtype.name}.gguf"
     if path.exists() and not force:
         return path
-    s = SHAPE
     head_dim = s["n_embd"] // s["n_head"]
     reader = gguf.GGUFReader(str(reference))
     tmp = path.with_suffix(".tmp")
@@ -140,10 +144,35 @@ def write_model(qtype_name, out_dir, reference, force):
     return path
 
 
+def quantize_model(shape, mix, out_dir, reference, force, quantize):
+    """Makes the `mix` file (a QUANTIZED_TYPES key) from the shape's Q8_0 file."""
+    s = SHAPES[shape]
+    path = out_dir / f"{s['name']}-random.{QUANTIZED_TYPES[mix]}.gguf"
+    if path.exists() and not force:
+        return path
+    source = write_model(shape, "q8_0", out_dir, reference, False)
+    tmp = path.with_suffix(".tmp")
+    # --allow-requantize: the source is already quantized (Q8_0), as llama.cpp's own
+    # benchmark files made from Q8_0 are.
+    done = subprocess.run([str(quantize), "--allow-requantize", str(source), str(tmp),
+                           QUANTIZED_TYPES[mix]], capture_output=True, text=True)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        sys.exit(f"make-bench-gguf: {quantize} failed on {source}:\n{done.stderr[-2000:]}")
+    tmp.rename(path)
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="llama-1b", choices=sorted(SHAPES),
+                        help="the model shape (default: llama-1b)")
     parser.add_argument("--types", default="q8_0,q4_0,q4_1",
-                        help="comma-separated quantization types: q8_0, q4_0, q4_1")
+                        help="comma-separated types: q8_0, q4_0, q4_1, and through llama-quantize "
+                             "q4_k_m, q5_k_m, q6_k")
+    parser.add_argument("--quantize", type=Path,
+                        help="llama-quantize for the K-quant types (default: "
+                             "$XPU_LLAMA_CPP_BIN/llama-quantize)")
     parser.add_argument("--out", type=Path, default=CACHE / "bench-models",
                         help="output directory (default: the cache directory)")
     parser.add_argument("--reference", type=Path,
@@ -152,9 +181,21 @@ def main():
     args = parser.parse_args()
 
     types = [t.strip().lower() for t in args.types.split(",") if t.strip()]
-    bad = [t for t in types if t not in ("q8_0", "q4_0", "q4_1")]
+    known = DIRECT_TYPES + tuple(QUANTIZED_TYPES)
+    bad = [t for t in types if t not in known]
     if bad or not types:
-        sys.exit(f"make-bench-gguf: unsupported --types {','.join(bad) or '(none)'}; choose from q8_0, q4_0, q4_1")
+        sys.exit(f"make-bench-gguf: unsupported --types {','.join(bad) or '(none)'}; "
+                 f"choose from {', '.join(known)}")
+    quantize = args.quantize
+    if any(t in QUANTIZED_TYPES for t in types):
+        if quantize is None:
+            bin_dir = os.environ.get("XPU_LLAMA_CPP_BIN")
+            if not bin_dir:
+                sys.exit("make-bench-gguf: the K-quant types need llama-quantize: pass --quantize "
+                         "PATH or set XPU_LLAMA_CPP_BIN (scripts/build-llama-cpp.sh prints it)")
+            quantize = Path(bin_dir) / "llama-quantize"
+        if not os.access(quantize, os.X_OK):
+            sys.exit(f"make-bench-gguf: {quantize} is not an executable llama-quantize")
 
     ensure_gguf("make-bench-gguf", __file__)
     reference = args.reference
@@ -165,7 +206,11 @@ def main():
         sys.exit(f"make-bench-gguf: reference model {reference} does not exist")
     args.out.mkdir(parents=True, exist_ok=True)
     for t in types:
-        print(write_model(t, args.out, reference, args.force), flush=True)
+        if t in QUANTIZED_TYPES:
+            path = quantize_model(args.shape, t, args.out, reference, args.force, quantize)
+        else:
+            path = write_model(args.shape, t, args.out, reference, args.force)
+        print(path, flush=True)
 
 
 if __name__ == "__main__":
