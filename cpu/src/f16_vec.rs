@@ -82,33 +82,6 @@ pub fn scale(y: &mut [f16], v: f32, simd: bool) {
     }
 }
 
-/// Σ q[i]·k[i] for an f32 query and an f16 key (the f32 prefill path; no particular
-/// summation order).
-pub fn dot_f32(q: &[f32], k: &[f16], simd: bool) -> f32 {
-    assert_eq!(q.len(), k.len());
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: as in `dot`.
-        return unsafe { x86::dot_f32(q, k) };
-    }
-    let _ = simd;
-    q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
-}
-
-/// y[i] += x[i]·w for an f32 accumulator and f16 values.
-pub fn axpy_f32(y: &mut [f32], x: &[f16], w: f32, simd: bool) {
-    assert_eq!(x.len(), y.len());
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: as in `dot`.
-        return unsafe { x86::axpy_f32(y, x, w) };
-    }
-    let _ = simd;
-    for (a, b) in y.iter_mut().zip(x) {
-        *a += b.to_f32() * w;
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! The AVX2 versions. Every function may only run on a CPU with AVX2, FMA and
@@ -162,52 +135,6 @@ mod x86 {
             sum += (x[i].to_f32() * y[i].to_f32()) as f64;
         }
         sum as f32
-    }
-
-    /// [`super::dot_f32`].
-    ///
-    /// # Safety
-    /// The CPU has AVX2, FMA and F16C, and `q.len() == k.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f32(q: &[f32], k: &[f16]) -> f32 {
-        let n = q.len();
-        let np = n & !7;
-        let mut acc = _mm256_setzero_ps();
-        for i in (0..np).step_by(8) {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(q.as_ptr().add(i)),
-                load(k.as_ptr().add(i)),
-                acc,
-            );
-        }
-        let t0 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let t1 = _mm_hadd_ps(t0, t0);
-        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
-        for i in np..n {
-            sum += q[i] * k[i].to_f32();
-        }
-        sum
-    }
-
-    /// [`super::axpy_f32`].
-    ///
-    /// # Safety
-    /// The CPU has AVX2, FMA and F16C, and `x.len() == y.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f32(y: &mut [f32], x: &[f16], w: f32) {
-        let n = y.len();
-        let np = n & !7;
-        let wv = _mm256_set1_ps(w);
-        let yp = y.as_mut_ptr();
-        for i in (0..np).step_by(8) {
-            _mm256_storeu_ps(
-                yp.add(i),
-                _mm256_fmadd_ps(load(x.as_ptr().add(i)), wv, _mm256_loadu_ps(yp.add(i))),
-            );
-        }
-        for i in np..n {
-            y[i] += x[i].to_f32() * w;
-        }
     }
 
     /// [`super::mad`].
@@ -282,20 +209,6 @@ mod tests {
             mad(&mut b, &x, 0.37, false);
             assert_eq!(a, b, "mad, n = {n}");
             assert!((a[3].to_f32() - (y[3].to_f32() + x[3].to_f32() * 0.37)).abs() < 2e-3);
-            let q: Vec<f32> = x.iter().map(|v| v.to_f32() * 1.5).collect();
-            let (d1, d2) = (dot_f32(&q, &y, true), dot_f32(&q, &y, false));
-            assert!(
-                (d1 - d2).abs() < 1e-5 * (1.0 + d2.abs()),
-                "dot_f32, n = {n}: {d1} vs {d2}"
-            );
-            let (mut p1, mut p2) = (q.clone(), q.clone());
-            axpy_f32(&mut p1, &y, 0.25, true);
-            axpy_f32(&mut p2, &y, 0.25, false);
-            assert!(
-                p1.iter().zip(&p2).all(|(a, b)| (a - b).abs() < 1e-6),
-                "axpy_f32, n = {n}"
-            );
-            assert!((p2[1] - (q[1] + y[1].to_f32() * 0.25)).abs() < 1e-6);
             scale(&mut a, 0.5, true);
             scale(&mut b, 0.5, false);
             assert_eq!(a, b, "scale, n = {n}");

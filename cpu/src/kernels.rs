@@ -627,6 +627,34 @@ pub(crate) mod x86 {
         }
     }
 
+    /// One Q4_0 weight row against `R` activation rows ([`dot_q4_0_rows`]).
+    ///
+    /// # Safety
+    /// As for [`dot_q4_0_rows`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_0_rows<const R: usize>(
+        w: &[u8],
+        x: [&[BlockQ8]; R],
+        d: [&[f32]; R],
+        d_sum: [&[f32]; R],
+    ) -> [f32; R] {
+        dot_q4_0_rows::<R, false>(w, x, d, d_sum)
+    }
+
+    /// [`q4_0_rows`] with AVX-VNNI products.
+    ///
+    /// # Safety
+    /// As for [`dot_q4_0_rows`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn q4_0_rows_vnni<const R: usize>(
+        w: &[u8],
+        x: [&[BlockQ8]; R],
+        d: [&[f32]; R],
+        d_sum: [&[f32]; R],
+    ) -> [f32; R] {
+        dot_q4_0_rows::<R, true>(w, x, d, d_sum)
+    }
+
     /// One weight row · one activation row on the AVX2 kernels.
     ///
     /// # Safety
@@ -781,24 +809,31 @@ pub(crate) mod x86 {
         d: &[f32],
         d_sum: &[f32],
     ) -> f32 {
-        /// One block's products added into `acc`.
-        ///
-        /// # Safety
-        /// The CPU has AVX2 and FMA, and `b` points to a whole Q4_0 block (18 bytes).
-        #[inline(always)]
-        unsafe fn block<const V: bool>(
-            b: *const u8,
-            xb: &BlockQ8,
-            d: __m256,
-            acc: __m256,
-        ) -> __m256 {
-            let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            _mm256_fmadd_ps(d, unsigned_mul_sum::<V>(nibbles(b.add(2)), qx), acc)
-        }
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut offsets = _mm_setzero_ps();
+        dot_q4_0_rows::<1, V>(w, [x], [d], [d_sum])[0]
+    }
+
+    /// [`dot_q4_0`] for `R` activation rows at once (prefill, batched decode): each
+    /// weight block is unpacked and its scales converted once for all of them, and
+    /// every row gets the operations of [`dot_q4_0`] in the same order, so its result
+    /// does not depend on `R` or on the other rows (a sequence's logits must not
+    /// depend on what shares its pass). `dot_q4_0` is this kernel with `R = 1`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `w` holds `x[r].len()` Q4_0 blocks and `d[r]`
+    /// and `d_sum[r]` one value per block of `x[r]`, for every row `r`.
+    #[inline(always)]
+    pub unsafe fn dot_q4_0_rows<const R: usize, const V: bool>(
+        w: &[u8],
+        x: [&[BlockQ8]; R],
+        d: [&[f32]; R],
+        d_sum: [&[f32]; R],
+    ) -> [f32; R] {
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        let mut offsets = [_mm_setzero_ps(); R];
         let p = w.as_ptr();
-        let quads = x.len() / 4;
+        let nb = x[0].len();
+        let quads = nb / 4;
         for i in 0..quads {
             let b = p.add(4 * i * 18);
             // Prefetching never faults, also past the end of the mapping.
@@ -806,25 +841,39 @@ pub(crate) mod x86 {
             let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
             let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
             let dw = _mm_cvtph_ps(vmovq(packed));
-            let ds = _mm_mul_ps(dw, _mm_loadu_ps(d.as_ptr().add(4 * i)));
-            offsets = _mm_fmadd_ps(dw, _mm_loadu_ps(d_sum.as_ptr().add(4 * i)), offsets);
-            let ds = _mm256_set_m128(ds, ds);
-            let xb = &x[4 * i..4 * i + 4];
-            acc0 = block::<V>(b, &xb[0], _mm256_permute_ps::<0x00>(ds), acc0);
-            acc1 = block::<V>(b.add(18), &xb[1], _mm256_permute_ps::<0x55>(ds), acc1);
-            acc0 = block::<V>(b.add(36), &xb[2], _mm256_permute_ps::<0xAA>(ds), acc0);
-            acc1 = block::<V>(b.add(54), &xb[3], _mm256_permute_ps::<0xFF>(ds), acc1);
+            let qw = [0, 1, 2, 3].map(|k| nibbles(b.add(k * 18 + 2)));
+            for r in 0..R {
+                let ds = _mm_mul_ps(dw, _mm_loadu_ps(d[r].as_ptr().add(4 * i)));
+                offsets[r] =
+                    _mm_fmadd_ps(dw, _mm_loadu_ps(d_sum[r].as_ptr().add(4 * i)), offsets[r]);
+                let ds = _mm256_set_m128(ds, ds);
+                let qx = |k: usize| {
+                    _mm256_loadu_si256(x[r].get_unchecked(4 * i + k).qs.as_ptr() as *const __m256i)
+                };
+                let product = |k: usize| unsigned_mul_sum::<V>(qw[k], qx(k));
+                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x00>(ds), product(0), acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x55>(ds), product(1), acc1[r]);
+                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xAA>(ds), product(2), acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xFF>(ds), product(3), acc1[r]);
+            }
         }
-        let mut offset = 0f32;
-        for k in 4 * quads..x.len() {
+        let mut offset = [0f32; R];
+        for k in 4 * quads..nb {
             let b = p.add(k * 18);
             let dw = f16(b);
-            acc0 = block::<V>(b, &x[k], _mm256_set1_ps(dw * d[k]), acc0);
-            offset = dw.mul_add(d_sum[k], offset);
+            let qw = nibbles(b.add(2));
+            for r in 0..R {
+                let qx = _mm256_loadu_si256(x[r].get_unchecked(k).qs.as_ptr() as *const __m256i);
+                let ds = _mm256_set1_ps(dw * *d[r].get_unchecked(k));
+                acc0[r] = _mm256_fmadd_ps(ds, unsigned_mul_sum::<V>(qw, qx), acc0[r]);
+                offset[r] = dw.mul_add(*d_sum[r].get_unchecked(k), offset[r]);
+            }
         }
-        let o = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
-        offset += _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
-        hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * offset
+        std::array::from_fn(|r| {
+            let o = _mm_add_ps(offsets[r], _mm_movehl_ps(offsets[r], offsets[r]));
+            let offset = offset[r] + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
+            hsum(_mm256_add_ps(acc0[r], acc1[r])) - 8.0 * offset
+        })
     }
 
     /// One Q4_1 weight row · one activation row, in ggml's order.
@@ -941,6 +990,36 @@ pub(crate) mod x86 {
     }
 }
 
+/// How many activation rows share one pass over a Q4_0 weight row ([`x86::dot_q4_0_rows`]
+/// keeps two accumulators per row, so more rows would not fit the 16 vector registers).
+const Q4_0_ROWS: usize = 4;
+
+/// One Q4_0 weight row `w` against activation rows `r0..r0 + R` (`row(r)` gives a row's
+/// blocks and block scales); `dst(r, value)` takes each row's result.
+#[cfg(target_arch = "x86_64")]
+fn q4_0_group<'a, const R: usize>(
+    w: &[u8],
+    r0: usize,
+    row: &dyn Fn(usize) -> (&'a [BlockQ8], &'a [f32], &'a [f32]),
+    vnni: bool,
+    dst: &mut dyn FnMut(usize, f32),
+) {
+    let rows: [_; R] = std::array::from_fn(|i| row(r0 + i));
+    let (x, d, d_sum) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
+    // SAFETY: only called when has_avx2() (and has_vnni() for `vnni`) found the
+    // features; every row has as many blocks as the weight row (asserted by `matmul`).
+    let v = unsafe {
+        if vnni {
+            x86::q4_0_rows_vnni::<R>(w, x, d, d_sum)
+        } else {
+            x86::q4_0_rows::<R>(w, x, d, d_sum)
+        }
+    };
+    for (i, v) in v.into_iter().enumerate() {
+        dst(r0 + i, v);
+    }
+}
+
 /// One product of a [`matmul`] pass: `out` (`m` x `weight.rows`, row-major) =
 /// activations (`m` rows of `weight.cols / 32` blocks) x weightᵀ.
 pub struct MatmulJob<'w, 'o> {
@@ -985,7 +1064,11 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
     let jobs: &[MatmulJob<'_, '_>] = jobs;
     let avx2_tiles = avx2 && cfg!(target_arch = "x86_64") && m > 1;
     let nb = x.len().checked_div(m).unwrap_or(0);
-    let tiles: Vec<RowTile<'_>> = if avx2_tiles {
+    let q4_0 = jobs
+        .iter()
+        .filter(|j| j.weight.format == WeightFormat::Q4_0)
+        .count();
+    let tiles: Vec<RowTile<'_>> = if avx2_tiles && q4_0 < jobs.len() {
         (0..m)
             .step_by(ROW_TILE)
             .map(|r0| RowTile::new(x, r0, m, nb))
@@ -993,7 +1076,7 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
     } else {
         Vec::new()
     };
-    let scales = if avx2_tiles {
+    let scales = if avx2_tiles && q4_0 == 0 {
         BlockScales::new(&[])
     } else {
         BlockScales::new(x)
@@ -1003,6 +1086,32 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
         let w = &jobs[ji].weight;
         let n = w.rows;
         let out = outs[ji];
+        #[cfg(target_arch = "x86_64")]
+        if avx2_tiles && w.format == WeightFormat::Q4_0 {
+            let row = |r: usize| {
+                (
+                    &x[r * nb..(r + 1) * nb],
+                    &scales.d[r * nb..(r + 1) * nb],
+                    &scales.d_sum[r * nb..(r + 1) * nb],
+                )
+            };
+            for r0 in (0..m).step_by(Q4_0_ROWS) {
+                let group = |j: usize, dst: &mut dyn FnMut(usize, f32)| match m - r0 {
+                    1 => q4_0_group::<1>(w.row(j), r0, &row, vnni, dst),
+                    2 => q4_0_group::<2>(w.row(j), r0, &row, vnni, dst),
+                    3 => q4_0_group::<3>(w.row(j), r0, &row, vnni, dst),
+                    _ => q4_0_group::<Q4_0_ROWS>(w.row(j), r0, &row, vnni, dst),
+                };
+                for j in start..end {
+                    group(j, &mut |r, v| {
+                        // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
+                        // and out has m * n elements (asserted above).
+                        unsafe { *out.0.add(r * n + j) = v };
+                    });
+                }
+            }
+            return;
+        }
         if avx2_tiles {
             #[cfg(target_arch = "x86_64")]
             for (t, tile) in tiles.iter().enumerate() {
@@ -1188,6 +1297,45 @@ mod tests {
                 vnni.map(f32::to_bits),
                 "{format:?} tile"
             );
+        }
+    }
+
+    #[test]
+    fn a_rows_result_does_not_depend_on_the_other_rows() {
+        // A sequence's logits must not depend on which other sequences share its pass
+        // nor on how its prompt was split: every row of a product gets the bits it gets
+        // alone (m = 1, the decode kernels), whatever m and the rows around it.
+        let mut seed = 31;
+        let (rows, cols) = (21, 576);
+        for format in [
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+            WeightFormat::Q8_0,
+            WeightFormat::Q5_0,
+            WeightFormat::Q5_1,
+        ] {
+            let data = random_matrix(format, rows, cols, &mut seed);
+            let w = QMatrix::new(format, rows, cols, &data).unwrap();
+            let x: Vec<f32> = (0..13 * cols)
+                .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let product = |x: &[f32]| {
+                let m = x.len() / cols;
+                let mut xq = Vec::new();
+                quantize_rows(x, cols, &mut xq);
+                let mut out = vec![0f32; m * rows];
+                let job = MatmulJob {
+                    weight: w,
+                    out: &mut out,
+                };
+                matmul(&Team::new(2), &xq, m, &mut [job]);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let alone: Vec<u32> = x.chunks(cols).flat_map(product).collect();
+            for m in [2, 3, 5, 8, 13] {
+                let together: Vec<u32> = x.chunks(m * cols).flat_map(product).collect();
+                assert_eq!(together, alone, "{format:?}, {m} rows at a time");
+            }
         }
     }
 

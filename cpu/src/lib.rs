@@ -15,6 +15,7 @@ pub mod floats;
 pub mod geglu;
 pub mod kernels;
 pub mod kquants;
+mod kv;
 pub mod llama;
 pub mod swiglu;
 pub mod team;
@@ -22,24 +23,32 @@ pub mod wide;
 
 use std::path::Path;
 
-/// The CPU engine: one model and the KV cache of one sequence.
+pub use llama::SeqChunk;
+
+/// The CPU engine: one model and the KV cache of its sequences (slots).
 pub struct CpuLlamaEngine {
     model: llama::LlamaModel,
 }
 
 impl CpuLlamaEngine {
-    /// Loads a GGUF file of an architecture with a model description. `max_context` caps the context length (default: the
-    /// model's own).
-    pub fn load(path: &Path, max_context: Option<usize>) -> anyhow::Result<Self> {
+    /// Loads a GGUF file of an architecture with a model description, with a KV cache
+    /// of `slots` sequences (0 means 1). `max_context` caps the context length of each
+    /// (default: the model's own).
+    pub fn load(path: &Path, max_context: Option<usize>, slots: usize) -> anyhow::Result<Self> {
         Ok(CpuLlamaEngine {
-            model: llama::LlamaModel::load(path, max_context)?,
+            model: llama::LlamaModel::load(path, max_context, slots)?,
         })
     }
 
-    /// Builds the engine on a GGUF file the caller has opened (its header parsed once).
-    pub fn from_gguf(gguf: xpu_gguf::GgufFile, max_context: Option<usize>) -> anyhow::Result<Self> {
+    /// Builds the engine on a GGUF file the caller has opened (its header parsed once),
+    /// with a KV cache of `slots` sequences (0 means 1).
+    pub fn from_gguf(
+        gguf: xpu_gguf::GgufFile,
+        max_context: Option<usize>,
+        slots: usize,
+    ) -> anyhow::Result<Self> {
         Ok(CpuLlamaEngine {
-            model: llama::LlamaModel::from_gguf(gguf, max_context)?,
+            model: llama::LlamaModel::from_gguf(gguf, max_context, slots)?,
         })
     }
 }
@@ -55,20 +64,35 @@ impl std::fmt::Debug for CpuLlamaEngine {
 /// What the runner's `Engine` boundary needs, with the same meaning (see
 /// `xpu_runner::engine::Engine`).
 impl CpuLlamaEngine {
-    /// Runs `tokens` at positions `start..start + tokens.len()`, appends their keys and
-    /// values to the KV cache and returns the logits of the last token.
+    /// Runs `tokens` at positions `start..start + tokens.len()` of the sequence in slot
+    /// 0, writes their keys and values to the KV cache and returns the logits of the
+    /// last token.
     pub fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>> {
         self.model.forward(tokens, start)
     }
 
-    /// Forgets the KV cache so that a new sequence can start at position 0.
+    /// Runs one step of several sequences in one pass (each weight read once for all
+    /// their tokens) and returns each chunk's last-token logits, in chunk order. Chunks
+    /// name distinct slots; a chunk may start at any position its slot holds (a cached
+    /// prefix), which drops what followed. A sequence's logits are bitwise the same
+    /// whatever shares the pass and however its prompt is chunked.
+    pub fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.model.forward_batch(chunks)
+    }
+
+    /// Forgets every slot's sequence so that new ones can start at position 0.
     pub fn reset(&mut self) {
         self.model.reset();
     }
 
-    /// The longest sequence the KV cache holds.
+    /// The longest sequence one slot holds.
     pub fn context_length(&self) -> usize {
         self.model.config.context_length
+    }
+
+    /// How many sequences the KV cache holds.
+    pub fn slots(&self) -> usize {
+        self.model.slots()
     }
 
     /// The threads and SIMD kernels in use, for logs and `/health`.

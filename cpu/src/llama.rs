@@ -31,6 +31,7 @@ use super::floats::FloatFormat;
 use super::geglu::geglu_in_place;
 use super::kernels::{self, BlockQ8, MatmulJob, QMatrix, WeightFormat, QK};
 use super::kquants::KFormat;
+use super::kv::KvCache;
 use super::swiglu::swiglu_in_place;
 use super::team::Team;
 use super::wide::{self, WideFormat, WideJob, WideMatrix};
@@ -142,7 +143,17 @@ enum Embeddings {
     Wide { format: WideFormat, offset: usize },
 }
 
-/// The model: configuration, weights (mapped) and the KV cache of one sequence.
+/// One sequence's share of a batched forward pass ([`LlamaModel::forward_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqChunk<'a> {
+    /// The KV-cache slot that holds the sequence, `0..slots`.
+    pub slot: usize,
+    /// Tokens at positions `start..start + tokens.len()` of that sequence (at least one).
+    pub tokens: &'a [u32],
+    pub start: usize,
+}
+
+/// The model: configuration, weights (mapped) and the KV cache of its sequences.
 pub struct LlamaModel {
     pub config: Config,
     /// The mapped file: the weights our kernels read in place.
@@ -153,12 +164,8 @@ pub struct LlamaModel {
     output: Projection,
     /// One table per distinct RoPE base of the layers.
     rope: Vec<RopeTable>,
-    /// Keys and values per layer: [kv_head][position][head_dim], in f16 as in
-    /// llama.cpp's default cache (see [`f16_vec`]).
-    k_cache: Vec<Vec<f16>>,
-    v_cache: Vec<Vec<f16>>,
-    /// Positions the cache holds (allocated lazily up to `context_length`).
-    cache_capacity: usize,
+    /// Keys and values of every slot's sequence.
+    kv: KvCache,
     scratch: Scratch,
     /// The threads that run the parallel steps (as many as rayon's pool has).
     pub(crate) team: Team,
@@ -166,6 +173,8 @@ pub struct LlamaModel {
 
 #[derive(Default)]
 struct Scratch {
+    /// The slot and position of each row of the pass.
+    rows: Vec<Row>,
     x: Vec<f32>,
     xn: Vec<f32>,
     xq: PreparedInputs,
@@ -180,6 +189,16 @@ struct Scratch {
     up: Vec<f32>,
     /// Attention's per-thread scratch, kept between calls so its buffers are reused.
     scores: Vec<Mutex<Scores>>,
+    /// The last row of each chunk (the rows whose logits are returned).
+    last: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// Where a row of a pass belongs: its sequence's slot and its position there.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    slot: usize,
+    pos: usize,
 }
 
 /// A matrix product's input rows in the forms the kernels take (kept between calls
@@ -227,8 +246,9 @@ fn matrix_format(name: &str, dtype: GgmlDType) -> anyhow::Result<MatrixFormat> {
 }
 
 impl LlamaModel {
-    /// Maps `path` and builds the model. `max_context` caps the model's context length.
-    pub fn load(path: &Path, max_context: Option<usize>) -> anyhow::Result<Self> {
+    /// Maps `path` and builds the model with a KV cache of `slots` sequences (0 means
+    /// 1). `max_context` caps the model's context length, which each slot holds.
+    pub fn load(path: &Path, max_context: Option<usize>, slots: usize) -> anyhow::Result<Self> {
         let gguf = GgufFile::open(path).map_err(|e| match e {
             GgufError::Io(e) => {
                 anyhow::Error::new(e).context(format!("cannot open {}", path.display()))
@@ -238,12 +258,17 @@ impl LlamaModel {
             }
             e => anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()),
         })?;
-        Self::from_gguf(gguf, max_context)
+        Self::from_gguf(gguf, max_context, slots)
     }
 
     /// Builds the model on a mapped GGUF file whose header the caller has parsed and
-    /// checked (tensor extents lie inside the file).
-    pub fn from_gguf(gguf: GgufFile, max_context: Option<usize>) -> anyhow::Result<Self> {
+    /// checked (tensor extents lie inside the file), with a KV cache of `slots`
+    /// sequences (0 means 1) of up to `max_context` (default: the model's) positions.
+    pub fn from_gguf(
+        gguf: GgufFile,
+        max_context: Option<usize>,
+        slots: usize,
+    ) -> anyhow::Result<Self> {
         let desc = ModelDesc::read(&gguf.content).map_err(|e| anyhow!("{e}"))?;
         let hp = &desc.hparams;
         let context_length = max_context
@@ -361,8 +386,13 @@ impl LlamaModel {
             activation: hp.activation,
         };
         Ok(LlamaModel {
-            k_cache: vec![Vec::new(); config.n_layer],
-            v_cache: vec![Vec::new(); config.n_layer],
+            kv: KvCache::new(
+                config.n_layer,
+                config.n_kv_head,
+                config.head_dim,
+                config.context_length,
+                slots,
+            ),
             config,
             embeddings,
             layers,
@@ -370,60 +400,53 @@ impl LlamaModel {
             output,
             rope,
             gguf,
-            cache_capacity: 0,
             scratch: Scratch::default(),
             team: Team::new(rayon::current_num_threads()),
         })
     }
 
-    /// Grows the KV cache (geometrically, up to the context length) to hold `needed`
-    /// positions, keeping what it holds.
-    fn reserve_cache(&mut self, needed: usize) {
-        if needed <= self.cache_capacity {
-            return;
-        }
-        let c = &self.config;
-        let new_cap = needed
-            .max(self.cache_capacity * 2)
-            .max(256)
-            .min(c.context_length);
-        let hd = c.head_dim;
-        for cache in self.k_cache.iter_mut().chain(self.v_cache.iter_mut()) {
-            let mut grown = vec![f16::ZERO; c.n_kv_head * new_cap * hd];
-            for h in 0..c.n_kv_head {
-                let old = &cache[h * self.cache_capacity * hd
-                    ..(h * self.cache_capacity + self.cache_capacity) * hd];
-                grown[h * new_cap * hd..h * new_cap * hd + old.len()].copy_from_slice(old);
-            }
-            *cache = grown;
-        }
-        self.cache_capacity = new_cap;
+    /// How many sequences the KV cache holds.
+    pub fn slots(&self) -> usize {
+        self.kv.slots()
     }
 
-    /// Runs `tokens` at positions `start..` and returns the logits of the last one.
+    /// Runs `tokens` at positions `start..` of the sequence in slot 0 and returns the
+    /// logits of the last one.
     pub fn forward(&mut self, tokens: &[u32], start: usize) -> anyhow::Result<Vec<f32>> {
+        let chunk = SeqChunk {
+            slot: 0,
+            tokens,
+            start,
+        };
+        Ok(self.forward_batch(&[chunk])?.remove(0))
+    }
+
+    /// Runs one step of several sequences in one pass and returns the logits of each
+    /// chunk's last token, in chunk order. The rows of all chunks go through each
+    /// weight matrix together (one product, the weights read once); RoPE, the KV cache
+    /// and attention use each row's own slot and position. A row's result does not
+    /// depend on the other rows (every kernel gives a row the bits it gets alone), so a
+    /// sequence's logits are the same whatever shares its pass and however its prompt
+    /// was split into chunks.
+    pub fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.check(chunks)?;
         let c = self.config.clone();
-        if tokens.is_empty() {
-            bail!("forward needs at least one token");
+        for chunk in chunks {
+            self.kv
+                .reserve(chunk.slot, chunk.start + chunk.tokens.len());
         }
-        let end = start + tokens.len();
-        if end > c.context_length {
-            bail!(
-                "{end} positions exceed the context length {}",
-                c.context_length
-            );
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-            bail!(
-                "token id {bad} is outside the vocabulary ({} tokens)",
-                c.vocab
-            );
-        }
-        self.reserve_cache(end);
-        let m = tokens.len();
         let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim, c.kv_dim, c.head_dim);
         let mmap = self.gguf.bytes();
         let mut s = std::mem::take(&mut self.scratch);
+        s.rows.clear();
+        for chunk in chunks {
+            s.rows.extend((0..chunk.tokens.len()).map(|i| Row {
+                slot: chunk.slot,
+                pos: chunk.start + i,
+            }));
+        }
+        let m = s.rows.len();
+        let tokens = chunks.iter().flat_map(|chunk| chunk.tokens);
         s.x.resize(m * dim, 0.0);
         for (row, &t) in s.x.chunks_exact_mut(dim).zip(tokens) {
             match &self.embeddings {
@@ -498,7 +521,7 @@ impl LlamaModel {
             }
             let table = &self.rope[layer.rope];
             let half = c.rope_dim / 2;
-            for (i, pos) in (start..end).enumerate() {
+            for (i, &Row { pos, .. }) in s.rows.iter().enumerate() {
                 let cos = &table.cos[pos * half..(pos + 1) * half];
                 let sin = &table.sin[pos * half..(pos + 1) * half];
                 let heads = s.q[i * q_dim..(i + 1) * q_dim]
@@ -508,19 +531,12 @@ impl LlamaModel {
                     rope(head, cos, sin, c.rope_style);
                 }
             }
-            let cap = self.cache_capacity;
-            let (kc, vc) = (&mut self.k_cache[li], &mut self.v_cache[li]);
-            for (i, pos) in (start..end).enumerate() {
-                for h in 0..c.n_kv_head {
-                    let dst = (h * cap + pos) * hd;
-                    let src = i * kv_dim + h * hd..i * kv_dim + (h + 1) * hd;
-                    for (d, v) in kc[dst..dst + hd].iter_mut().zip(&s.k[src.clone()]) {
-                        *d = f16::from_f32(*v);
-                    }
-                    for (d, v) in vc[dst..dst + hd].iter_mut().zip(&s.v[src]) {
-                        *d = f16::from_f32(*v);
-                    }
-                }
+            for (i, row) in s.rows.iter().enumerate() {
+                let (k, v) = (
+                    &s.k[i * kv_dim..(i + 1) * kv_dim],
+                    &s.v[i * kv_dim..(i + 1) * kv_dim],
+                );
+                self.kv.write(li, row.slot, row.pos, k, v);
             }
             s.attn.resize(m * q_dim, 0.0);
             s.scores.resize_with(self.team.threads(), Mutex::default);
@@ -530,11 +546,9 @@ impl LlamaModel {
                 &c,
                 layer.window,
                 &s.q,
-                kc,
-                vc,
-                cap,
-                start,
-                m,
+                &self.kv,
+                li,
+                &s.rows,
                 &mut s.attn,
             );
             s.proj.resize(m * dim, 0.0);
@@ -611,31 +625,95 @@ impl LlamaModel {
             );
         }
 
-        // Only the last position's logits are needed.
-        let last = &s.x[(m - 1) * dim..m * dim];
-        rms_norm(last, &self.output_norm, c.rms_eps, dim, &mut s.xn);
-        let mut logits = vec![0f32; self.output.weight.rows()];
+        // Only each chunk's last row's logits are needed: one product of those rows.
+        s.last.clear();
+        let mut end = 0;
+        for chunk in chunks {
+            end += chunk.tokens.len();
+            s.last.extend_from_slice(&s.x[(end - 1) * dim..end * dim]);
+        }
+        let outputs = chunks.len();
+        rms_norm(&s.last, &self.output_norm, c.rms_eps, dim, &mut s.xn);
+        let vocab = self.output.weight.rows();
+        s.logits.resize(outputs * vocab, 0.0);
         project(
             &self.team,
             mmap,
             &s.xn,
             dim,
-            1,
+            outputs,
             &mut s.xq,
-            &mut [(&self.output, &mut logits[..])],
+            &mut [(&self.output, &mut s.logits[..])],
         )?;
         if let Some(cap) = c.logit_softcap {
             // As ggml: scale by 1/cap, tanh, scale by cap.
             let inv = 1.0 / cap;
-            logits.iter_mut().for_each(|l| *l = (*l * inv).tanh() * cap);
+            s.logits
+                .iter_mut()
+                .for_each(|l| *l = (*l * inv).tanh() * cap);
+        }
+        let logits = s.logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect();
+        for chunk in chunks {
+            self.kv
+                .set_len(chunk.slot, chunk.start + chunk.tokens.len());
         }
         self.scratch = s;
         Ok(logits)
     }
 
-    /// Forgets the sequence. The cache memory is kept for the next one.
+    /// Checks a pass before it touches the cache: each chunk names its own existing
+    /// slot, continues from a position the slot holds, fits the context and has
+    /// tokens of the vocabulary.
+    fn check(&self, chunks: &[SeqChunk<'_>]) -> anyhow::Result<()> {
+        let c = &self.config;
+        let slots = self.kv.slots();
+        if chunks.is_empty() {
+            bail!("a forward pass needs at least one sequence chunk");
+        }
+        let mut seen = vec![false; slots];
+        for chunk in chunks {
+            let slot = chunk.slot;
+            if slot >= slots {
+                bail!(
+                    "slot {slot} does not exist: the KV cache holds {slots} sequence(s), slots 0 to {}; \
+                     load the engine with more slots",
+                    slots - 1
+                );
+            }
+            if std::mem::replace(&mut seen[slot], true) {
+                bail!("slot {slot} appears in two chunks of one pass; each chunk must name its own slot");
+            }
+            if chunk.tokens.is_empty() {
+                bail!("the chunk for slot {slot} has no tokens; a forward pass needs at least one token per chunk");
+            }
+            let held = self.kv.len(slot);
+            if chunk.start > held {
+                bail!(
+                    "slot {slot} holds positions 0..{held}, so a chunk cannot start at position {}: \
+                     the positions in between were never computed",
+                    chunk.start
+                );
+            }
+            let end = chunk.start + chunk.tokens.len();
+            if end > c.context_length {
+                bail!(
+                    "{end} positions exceed the context length {} of slot {slot}",
+                    c.context_length
+                );
+            }
+            if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                bail!(
+                    "token id {bad} is outside the vocabulary ({} tokens)",
+                    c.vocab
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every slot's sequence. The cache memory is kept for the next ones.
     pub fn reset(&mut self) {
-        // Positions are always written before they are read, so nothing to clear.
+        self.kv.clear();
     }
 }
 
@@ -835,14 +913,12 @@ fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
     }
 }
 
-/// Batches of at least this many queries use f32 arithmetic on the f16 cache, as
-/// ggml's tiled flash attention does (`GGML_FA_TILE_Q`); smaller ones (decode) use
-/// ggml's one-query-at-a-time arithmetic with f16 accumulation ([`f16_vec`]).
-const F32_ATTENTION_MIN_QUERIES: usize = 64;
-
-/// Causal attention of `m` queries at positions `start..start + m` over the cache;
-/// with a `window`, a query sees only the `window` latest positions, its own included
-/// (llama.cpp's standard sliding window).
+/// Causal attention of each row's query over its slot's positions `0..=pos`; with a
+/// `window`, a query sees only the `window` latest positions, its own included
+/// (llama.cpp's standard sliding window). Every query uses ggml's one-query arithmetic
+/// ([`attend_f16`]), whatever the number of rows: llama.cpp switches to f32 tiles for
+/// batches of 64 queries or more, but then a sequence's logits would depend on how its
+/// prompt was chunked and on what shared its pass.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     team: &Team,
@@ -850,72 +926,34 @@ fn attention(
     c: &Config,
     window: Option<usize>,
     q: &[f32],
-    kc: &[f16],
-    vc: &[f16],
-    cap: usize,
-    start: usize,
-    m: usize,
+    kv: &KvCache,
+    layer: usize,
+    rows: &[Row],
     out: &mut [f32],
 ) {
-    debug_assert_eq!(out.len(), m * c.q_dim);
+    debug_assert_eq!(out.len(), rows.len() * c.q_dim);
     let hd = c.head_dim;
     let group = c.n_head / c.n_kv_head;
     let scale = c.query_scale;
     let simd = f16_vec::simd();
-    let f32_path = m >= F32_ATTENTION_MIN_QUERIES;
-    // One task per (query row, head): out[i][h*hd..] is written by that task only.
+    // One task per (row, head): out[i][h*hd..] is written by that task only.
     team.run_chunks_mut(out, hd, &|task, dst, thread| {
         let tmp = &mut *scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
         let (i, h) = (task / c.n_head, task % c.n_head);
-        let kvh = h / group;
+        let Row { slot, pos } = rows[i];
         let qv = &q[i * c.q_dim + h * hd..i * c.q_dim + (h + 1) * hd];
-        let end = start + i + 1;
+        let end = pos + 1;
         let first = window.map_or(0, |w| end.saturating_sub(w));
-        let keys = &kc[(kvh * cap + first) * hd..(kvh * cap + end) * hd];
-        let values = &vc[(kvh * cap + first) * hd..(kvh * cap + end) * hd];
-        if f32_path {
-            attend_f32(qv, keys, values, scale, simd, tmp, dst);
-        } else {
-            attend_f16(qv, keys, values, scale, simd, tmp, dst);
-        }
+        let (keys, values) = kv.head(layer, slot, h / group, first..end);
+        attend_f16(qv, keys, values, scale, simd, tmp, dst);
     });
 }
 
 /// Per-task scratch space of [`attention`].
 #[derive(Default)]
 struct Scores {
-    scores: Vec<f32>,
     q16: Vec<f16>,
     acc16: Vec<f16>,
-}
-
-/// One query over `len` keys/values in f32: scores, softmax, weighted sum.
-fn attend_f32(
-    qv: &[f32],
-    keys: &[f16],
-    values: &[f16],
-    scale: f32,
-    simd: bool,
-    tmp: &mut Scores,
-    dst: &mut [f32],
-) {
-    let hd = qv.len();
-    tmp.scores.clear();
-    tmp.scores.extend(
-        keys.chunks_exact(hd)
-            .map(|k| f16_vec::dot_f32(qv, k, simd) * scale),
-    );
-    let max = tmp.scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in tmp.scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
-    dst.fill(0.0);
-    for (w, v) in tmp.scores.iter().zip(values.chunks_exact(hd)) {
-        f16_vec::axpy_f32(dst, v, w * inv, simd);
-    }
 }
 
 /// One query over `len` keys/values as ggml's CPU flash attention computes it for a

@@ -1,30 +1,15 @@
 //! The CPU llama engine against candle's `quantized_llama` (the numerical reference)
 //! on the real test model, SmolLM2-135M-Instruct Q4_1.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use common::{test_model, write_small_llama};
 use xpu_cpu::CpuLlamaEngine;
-
-/// The test model: `XPU_TEST_MODEL`, else what scripts/fetch-model.sh prints.
-fn test_model() -> PathBuf {
-    if let Ok(path) = std::env::var("XPU_TEST_MODEL") {
-        return PathBuf::from(path);
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-model.sh");
-    let out = Command::new(script)
-        .output()
-        .expect("run scripts/fetch-model.sh");
-    assert!(
-        out.status.success(),
-        "fetch-model.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 fn candle_model(path: &PathBuf) -> ModelWeights {
     let mut file = std::fs::File::open(path).unwrap();
@@ -78,7 +63,7 @@ const MAX_ERROR: f32 = 0.06;
 #[test]
 fn logits_and_greedy_tokens_match_candle() {
     let path = test_model();
-    let mut ours = CpuLlamaEngine::load(&path, Some(512)).unwrap();
+    let mut ours = CpuLlamaEngine::load(&path, Some(512), 1).unwrap();
     let mut reference = candle_model(&path);
     // A chat-shaped prefix (<|im_start|> = 1, <|im_end|> = 2, "\n" = 198); the exact
     // words do not matter for comparing two implementations.
@@ -122,7 +107,7 @@ fn logits_and_greedy_tokens_match_candle() {
     // After a reset, the same prompt gives the same logits again.
     ours.reset();
     let again = ours.forward(&prompt, 0).unwrap();
-    let first = CpuLlamaEngine::load(&path, Some(512))
+    let first = CpuLlamaEngine::load(&path, Some(512), 1)
         .unwrap()
         .forward(&prompt, 0)
         .unwrap();
@@ -133,9 +118,9 @@ fn logits_and_greedy_tokens_match_candle() {
 fn chunked_prefill_equals_one_shot_prefill() {
     let path = test_model();
     let prompt: Vec<u32> = (0..40).map(|i| 100 + i * 37).collect();
-    let mut one = CpuLlamaEngine::load(&path, Some(128)).unwrap();
+    let mut one = CpuLlamaEngine::load(&path, Some(128), 1).unwrap();
     let whole = one.forward(&prompt, 0).unwrap();
-    let mut chunked = CpuLlamaEngine::load(&path, Some(128)).unwrap();
+    let mut chunked = CpuLlamaEngine::load(&path, Some(128), 1).unwrap();
     chunked.forward(&prompt[..17], 0).unwrap();
     chunked.forward(&prompt[17..33], 17).unwrap();
     let parts = chunked.forward(&prompt[33..], 33).unwrap();
@@ -145,7 +130,7 @@ fn chunked_prefill_equals_one_shot_prefill() {
 #[test]
 fn bad_requests_are_errors_not_panics() {
     let path = test_model();
-    let mut engine = CpuLlamaEngine::load(&path, Some(16)).unwrap();
+    let mut engine = CpuLlamaEngine::load(&path, Some(16), 1).unwrap();
     assert_eq!(engine.context_length(), 16);
     let err = engine.forward(&[1; 17], 0).unwrap_err().to_string();
     assert!(err.contains("context length 16"), "{err}");
@@ -158,7 +143,7 @@ fn bad_requests_are_errors_not_panics() {
 fn non_llama_or_broken_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.gguf");
-    assert!(CpuLlamaEngine::load(&missing, None)
+    assert!(CpuLlamaEngine::load(&missing, None, 1)
         .unwrap_err()
         .to_string()
         .contains("cannot open"));
@@ -169,79 +154,17 @@ fn non_llama_or_broken_files_are_refused() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = format!(
         "{:#}",
-        CpuLlamaEngine::load(&truncated, None).err().unwrap()
+        CpuLlamaEngine::load(&truncated, None, 1).err().unwrap()
     );
     assert!(err.contains("truncated"), "{err}");
 
     let garbage = dir.path().join("garbage.gguf");
     std::fs::write(&garbage, b"not a gguf file at all").unwrap();
-    let err = format!("{:#}", CpuLlamaEngine::load(&garbage, None).err().unwrap());
+    let err = format!(
+        "{:#}",
+        CpuLlamaEngine::load(&garbage, None, 1).err().unwrap()
+    );
     assert!(err.contains("not a readable GGUF"), "{err}");
-}
-
-/// Writes a small random llama GGUF whose matrices are all of type `dtype`.
-fn write_small_llama(path: &std::path::Path, dtype: candle_core::quantized::GgmlDType) {
-    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
-    let (dim, ffn, heads, kv_heads, layers, vocab) =
-        (256usize, 512usize, 4u32, 2u32, 2u32, 300usize);
-    let kv_dim = dim / heads as usize * kv_heads as usize;
-    let mut seed = 7u64;
-    let mut random = |rows: usize, cols: usize, scale: f32| {
-        let data: Vec<f32> = (0..rows * cols)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * scale
-            })
-            .collect();
-        Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
-    };
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut matrix = |name: String, rows: usize, cols: usize, t: &mut Vec<(String, QTensor)>| {
-        t.push((
-            name,
-            QTensor::quantize(&random(rows, cols, 0.2), dtype).unwrap(),
-        ));
-    };
-    matrix("token_embd.weight".into(), vocab, dim, &mut tensors);
-    let ones = |n: usize| {
-        QTensor::quantize(
-            &Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap(),
-            GgmlDType::F32,
-        )
-        .unwrap()
-    };
-    for i in 0..layers {
-        let p = format!("blk.{i}.");
-        tensors.push((format!("{p}attn_norm.weight"), ones(dim)));
-        tensors.push((format!("{p}ffn_norm.weight"), ones(dim)));
-        matrix(format!("{p}attn_q.weight"), dim, dim, &mut tensors);
-        matrix(format!("{p}attn_k.weight"), kv_dim, dim, &mut tensors);
-        matrix(format!("{p}attn_v.weight"), kv_dim, dim, &mut tensors);
-        matrix(format!("{p}attn_output.weight"), dim, dim, &mut tensors);
-        matrix(format!("{p}ffn_gate.weight"), ffn, dim, &mut tensors);
-        matrix(format!("{p}ffn_up.weight"), ffn, dim, &mut tensors);
-        matrix(format!("{p}ffn_down.weight"), dim, ffn, &mut tensors);
-    }
-    tensors.push(("output_norm.weight".into(), ones(dim)));
-    matrix("output.weight".into(), vocab, dim, &mut tensors);
-    let metadata = [
-        ("general.architecture", Value::String("llama".into())),
-        ("llama.embedding_length", Value::U32(dim as u32)),
-        ("llama.feed_forward_length", Value::U32(ffn as u32)),
-        ("llama.attention.head_count", Value::U32(heads)),
-        ("llama.attention.head_count_kv", Value::U32(kv_heads)),
-        ("llama.block_count", Value::U32(layers)),
-        ("llama.rope.dimension_count", Value::U32(dim as u32 / heads)),
-        ("llama.context_length", Value::U32(64)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.rope.freq_base", Value::F32(10000.0)),
-    ];
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut file, &md, &ts).unwrap();
 }
 
 #[test]
@@ -260,7 +183,7 @@ fn every_weight_type_matches_candle_including_the_candle_fallback() {
     ] {
         let path = dir.path().join(format!("{dtype:?}.gguf"));
         write_small_llama(&path, dtype);
-        let mut ours = CpuLlamaEngine::load(&path, None).unwrap();
+        let mut ours = CpuLlamaEngine::load(&path, None, 1).unwrap();
         let mut reference = candle_model(&path);
         let prompt = [5u32, 17, 42, 99, 250, 3];
         let a = ours.forward(&prompt, 0).unwrap();

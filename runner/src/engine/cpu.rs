@@ -1,7 +1,7 @@
 //! Our own CPU engine ([`xpu_cpu`]) behind the runner's [`Engine`] boundary, and the
 //! choice between it and candle for GGUF `llama` files.
 
-use super::Engine;
+use super::{Engine, SeqChunk};
 
 pub use xpu_cpu::CpuLlamaEngine;
 
@@ -28,6 +28,22 @@ impl Engine for CpuLlamaEngine {
 
     fn context_length(&self) -> usize {
         CpuLlamaEngine::context_length(self)
+    }
+
+    fn slots(&self) -> usize {
+        CpuLlamaEngine::slots(self)
+    }
+
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let chunks: Vec<xpu_cpu::SeqChunk<'_>> = chunks
+            .iter()
+            .map(|c| xpu_cpu::SeqChunk {
+                slot: c.slot,
+                tokens: c.tokens,
+                start: c.start,
+            })
+            .collect();
+        CpuLlamaEngine::forward_batch(self, &chunks)
     }
 
     fn device_description(&self) -> String {

@@ -351,8 +351,9 @@ fn load_gguf(
                 .any(|b| matches!(b.ffn, arch::FeedForward::Experts { .. }));
             if device.is_cpu() && !experts && options.engine.cpu_engine == CpuEngine::Xpu {
                 let ctx = resolve_context(options.ctx, max_context)?;
-                let engine = crate::engine::cpu::CpuLlamaEngine::from_gguf(file, Some(ctx))
-                    .map_err(|e| LoadError::Engine {
+                let engine =
+                    crate::engine::cpu::CpuLlamaEngine::from_gguf(file, Some(ctx), options.slots)
+                        .map_err(|e| LoadError::Engine {
                         path: path.to_path_buf(),
                         reason: format!("{e:#}"),
                     })?;
