@@ -12,7 +12,7 @@
 #                           [--bin DIR] [--models DIR] [--reference GGUF]
 #                           [--prompt N] [--decode N] [--runs N] [--cpu-decode N] [--no-cpu]
 #                           [--llama PATH | --no-llama]
-#   scripts/bench-vulkan.sh --pack DIR [--with-llama]
+#   scripts/bench-vulkan.sh --pack DIR [--with-llama | --with-llama-source]
 #
 # --pack builds the release binaries here and copies them, stripped, into DIR together with a
 # tokenizer-only reference GGUF, so that a machine without Rust or the test model (a GPU
@@ -22,7 +22,10 @@
 # llama-bench with the Vulkan backend (scripts/build-llama-cpp.sh --vulkan, half an hour on two
 # cores the first time) and packs it as DIR/llama-bench-vulkan, the default --llama, with the
 # same build's llama-quantize (DIR/llama-quantize), which makes the K-quant files (q4_k_m,
-# q5_k_m, q6_k in --types) from the Q8_0 one on the GPU host.
+# q5_k_m, q6_k in --types) from the Q8_0 one on the GPU host. --with-llama-source packs instead
+# what building that peer needs (DIR/peer-sources.tar.xz: llama.cpp's sources, the glslc and
+# Vulkan headers of scripts/build-vulkan-tools.sh), and the GPU host builds it on its own cores
+# (CMake and a C++ compiler there) before the first benchmark.
 # The peer's prefill is pp<prompt> from an empty cache, its decode tg<decode> after <prompt>
 # tokens (llama-bench -d), as ours: decode after the prompt.
 # Lavapipe (CPU) timings say nothing about GPUs: the Vulkan figures only count on a real GPU.
@@ -41,6 +44,7 @@ cpu_decode=16
 cpu=1
 pack=
 with_llama=0
+with_llama_source=0
 llama=
 no_llama=0
 while [ $# -gt 0 ]; do
@@ -57,6 +61,7 @@ while [ $# -gt 0 ]; do
         --no-cpu) cpu=0; shift ;;
         --pack) pack=$2; shift 2 ;;
         --with-llama) with_llama=1; shift ;;
+        --with-llama-source) with_llama_source=1; shift ;;
         --llama) llama=$2; shift 2 ;;
         --no-llama) no_llama=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -80,6 +85,19 @@ for line in sys.stdin:
         print(m["executable"])' "$suite")
         strip -o "$pack/${suite%s}-tests" "$tests"
     done
+    if [ "$with_llama_source" = 1 ]; then
+        mapfile -t vk_tools < <(scripts/build-vulkan-tools.sh)
+        cache=${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}
+        llama_src=$(dirname "$(scripts/build-llama-cpp.sh --print-source)")
+        # Only what a llama-bench/llama-quantize build reads: no models, docs or web UI.
+        tar -C "$cache" -cJf "$pack/peer-sources.tar.xz" \
+            --exclude='*/src/models' --exclude='*/src/docs' --exclude='*/src/media' \
+            --exclude='*/src/tools/server/public*' --exclude='*/src/tools/server/webui' \
+            --exclude='*/src/tests' --exclude='*/src/benches' --exclude='*/src/examples' \
+            --exclude='*/src/gguf-py' --exclude='*/src/conversion' \
+            "${vk_tools[0]#"$cache"/}" "${vk_tools[1]#"$cache"/}" "${vk_tools[2]#"$cache"/}" \
+            "${llama_src#"$cache"/}/src"
+    fi
     if [ "$with_llama" = 1 ]; then
         llama_bin=$(scripts/build-llama-cpp.sh --vulkan)
         strip -o "$pack/llama-bench-vulkan" "$llama_bin/llama-bench"
@@ -118,6 +136,15 @@ if [ -z "$bin" ]; then
     bin=$target/release/examples
 fi
 
+# The peer from packed sources (--pack --with-llama-source), built once on this host.
+if [ -f "$bin/peer-sources.tar.xz" ] && [ ! -x "$bin/llama-bench-vulkan" ] && [ "$no_llama" = 0 ]; then
+    echo "== building llama.cpp's Vulkan backend from the packed sources" >&2
+    mkdir -p "$bin/cache"
+    tar -C "$bin/cache" -xJf "$bin/peer-sources.tar.xz"
+    peer_bin=$(XPU_CACHE=$bin/cache XPU_BUILD_JOBS=${XPU_BUILD_JOBS:-$(nproc)} scripts/build-llama-cpp.sh --vulkan)
+    cp "$peer_bin/llama-bench" "$bin/llama-bench-vulkan"
+    cp "$peer_bin/llama-quantize" "$bin/llama-quantize"
+fi
 gen_args=(--types "$types")
 [ -n "$models" ] && gen_args+=(--out "$models")
 [ -n "$reference" ] && gen_args+=(--reference "$reference")

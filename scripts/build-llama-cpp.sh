@@ -7,18 +7,26 @@
 # Usage: scripts/build-llama-cpp.sh            the CPU build with the RPC backend (llama-server,
 #                                              -bench, -cli, -simple, -quantize, ggml-rpc-server)
 #        scripts/build-llama-cpp.sh --vulkan   llama-bench with the Vulkan backend, the GPU
-#                                              benchmark's peer (scripts/bench-vulkan.sh); needs
-#                                              Debian's glslc, libvulkan-dev and spirv-headers
+#                                              benchmark's peer (scripts/bench-vulkan.sh), at full
+#                                              strength: its integer-dot-product and
+#                                              cooperative-matrix shaders are compiled with the
+#                                              glslc and Vulkan headers of
+#                                              scripts/build-vulkan-tools.sh (Debian 12's glslc
+#                                              lacks those extensions); needs libvulkan1
+#        scripts/build-llama-cpp.sh --print-source  fetches the sources only and prints their
+#                                              directory
 #
 # Cache: ${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}/llama.cpp-b11434
 # Env:   XPU_BUILD_JOBS  parallel compile jobs (default 2)
 set -euo pipefail
 
 vulkan=0
+print_source=0
 case "${1:-}" in
     --vulkan) vulkan=1 ;;
+    --print-source) print_source=1 ;;
     "") ;;
-    *) echo "build-llama-cpp: unknown option $1 (expected --vulkan or nothing)" >&2; exit 2 ;;
+    *) echo "build-llama-cpp: unknown option $1 (expected --vulkan, --print-source or nothing)" >&2; exit 2 ;;
 esac
 
 version=11434
@@ -29,7 +37,7 @@ build=$root/build
 targets=(llama-server llama-bench llama-cli llama-simple llama-quantize ggml-rpc-server)
 if [ "$vulkan" = 1 ]; then
     build=$root/build-vulkan
-    targets=(llama-bench)
+    targets=(llama-bench llama-quantize)
 fi
 bin=$build/bin
 jobs=${XPU_BUILD_JOBS:-2}
@@ -68,16 +76,15 @@ have_all() {
     for t in "${targets[@]}"; do [ -x "$bin/$t" ] || return 1; done
 }
 
-if have_all && [ -f "$build/.complete" ]; then
+if [ "$print_source" = 0 ] && have_all && [ -f "$build/.complete" ]; then
     echo "$bin"
     exit 0
 fi
 
 tools=(cmake python3 c++ make)
-[ "$vulkan" = 1 ] && tools+=(glslc)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || {
-        echo "build-llama-cpp: '$tool' is missing; install it (Debian: apt-get install -y cmake g++ make python3-pip; for --vulkan also glslc libvulkan-dev spirv-headers)" >&2
+        echo "build-llama-cpp: '$tool' is missing; install it (Debian: apt-get install -y cmake g++ make python3-pip; for --vulkan also libvulkan1)" >&2
         exit 1
     }
 done
@@ -101,19 +108,31 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
     mv "$(dirname "$top")" "$src"
 fi
 
+if [ "$print_source" = 1 ]; then
+    echo "$src"
+    exit 0
+fi
+
 if [ "$vulkan" = 1 ]; then
-    # Debian 12's Vulkan headers (1.3.239) predate VK_EXT_layer_settings, which llama.cpp uses
-    # only to turn on the validation layers' best-practice checks (a debugging option). Without
-    # those headers, create the instance without the setting; nothing else changes.
-    vk=$src/ggml/src/ggml-vulkan/ggml-vulkan.cpp
-    if ! grep -qs LayerSettingEXT /usr/include/vulkan/vulkan_structs.hpp && grep -q 'layer_setting_info' "$vk"; then
-        sed -i '/VkBool32 enable_best_practice = layer_settings;/,/vk::LayerSettingsCreateInfoEXT layer_setting_info(settings);/d; s/layers, extensions, &layer_setting_info);/layers, extensions);/' "$vk"
-    fi
+    mapfile -t vk_tools < <(scripts/build-vulkan-tools.sh)
+    glslc=${vk_tools[0]}
+    vk_include=${vk_tools[1]}
+    spirv=${vk_tools[2]}
+    loader=$(ldconfig -p | awk '/libvulkan\.so\.1 .*x86-64/ {print $NF; exit}')
+    [ -n "$loader" ] || { echo "build-llama-cpp: no Vulkan loader (libvulkan.so.1) to link; apt-get install -y libvulkan1" >&2; exit 1; }
     # A portable binary for the GPU host: AVX2 but not this CPU's other extensions, no OpenMP,
     # the C++ runtime linked in; it needs only the Vulkan loader there.
     cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON \
         -DGGML_F16C=ON -DGGML_VULKAN=ON -DGGML_OPENMP=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >&2
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" \
+        -DVulkan_GLSLC_EXECUTABLE="$glslc" -DVulkan_INCLUDE_DIR="$vk_include" -DVulkan_LIBRARY="$loader" \
+        -DCMAKE_PREFIX_PATH="$spirv" >"$root/configure-vulkan.log" 2>&1 || {
+        cat "$root/configure-vulkan.log" >&2
+        exit 1
+    }
+    # The shader extensions the build found: each missing one is a fast path the peer lacks.
+    grep 'by glslc' "$root/configure-vulkan.log" | sed 's/^-- /build-llama-cpp: /' >&2
 else
     # -march=native turns on AMX wherever the CPU advertises it, but some virtual machines
     # advertise AMX without enabling its tile state: there ggml's AMX kernels die with
