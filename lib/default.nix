@@ -400,6 +400,9 @@ let
         threads ? null,
         maxQueue ? null,
         maxTokensDefault ? null,
+        parallel ? null,
+        kvCacheTokens ? null,
+        prefillChunk ? null,
       }:
       let
         # Several models: `ID=PATH` each, comma-separated (the runner's `--model` list);
@@ -421,6 +424,9 @@ let
           XPU_RUNNER_THREADS = threads;
           XPU_RUNNER_MAX_QUEUE = maxQueue;
           XPU_RUNNER_MAX_TOKENS_DEFAULT = maxTokensDefault;
+          XPU_RUNNER_PARALLEL = parallel;
+          XPU_RUNNER_KV_CACHE_TOKENS = kvCacheTokens;
+          XPU_RUNNER_PREFILL_CHUNK = prefillChunk;
         };
         set = filter (name: settings.${name} != null) (attrNames settings);
       in

@@ -172,6 +172,32 @@ in
       Requests that set `max_tokens` are not limited by it''
       "2048";
 
+    parallel = mkOption {
+      type = types.ints.positive;
+      default = 4;
+      description = ''
+        How many requests generate at the same time (`--parallel`): the KV cache holds this many
+        sequences, and each step of the engine serves all of them at once. Engines that cannot
+        batch serve one at a time. Requests beyond it wait in the queue
+        ({option}`services.xpu-runner.maxQueue`).
+      '';
+    };
+
+    kvCacheTokens = positiveOrNull ''
+      The KV cache's total size in tokens, shared by the parallel sequences
+      (`--kv-cache-tokens`): each then holds `min(contextSize, kvCacheTokens / parallel)`
+      tokens''
+      "each sequence holds the full context";
+
+    prefillChunk = mkOption {
+      type = types.ints.positive;
+      default = 512;
+      description = ''
+        The most prompt tokens one step prefills (`--prefill-chunk`), so that a long prompt
+        holds up the running streams for at most one chunk.
+      '';
+    };
+
     shutdownTimeoutSec = mkOption {
       type = types.ints.positive;
       default = 30;

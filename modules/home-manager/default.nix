@@ -102,6 +102,9 @@ in
               threads
               maxQueue
               maxTokensDefault
+              parallel
+              kvCacheTokens
+              prefillChunk
               ;
             # The runner reads JSON; facts written in Nix form are handed over as JSON.
             factsFile =

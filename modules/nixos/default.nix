@@ -378,6 +378,9 @@ in
             threads
             maxQueue
             maxTokensDefault
+            parallel
+            kvCacheTokens
+            prefillChunk
             ;
           factsFile = runnerFactsFile;
         }

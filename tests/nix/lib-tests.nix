@@ -400,6 +400,9 @@ in
       threads = 4;
       maxQueue = 64;
       maxTokensDefault = 2048;
+      parallel = 8;
+      kvCacheTokens = 16384;
+      prefillChunk = 256;
     };
     expected = {
       XPU_RUNNER_MODEL = "/nix/store/x-model.gguf";
@@ -414,6 +417,9 @@ in
       XPU_RUNNER_THREADS = "4";
       XPU_RUNNER_MAX_QUEUE = "64";
       XPU_RUNNER_MAX_TOKENS_DEFAULT = "2048";
+      XPU_RUNNER_PARALLEL = "8";
+      XPU_RUNNER_KV_CACHE_TOKENS = "16384";
+      XPU_RUNNER_PREFILL_CHUNK = "256";
     };
   };
   testRunnerEnvironmentMinimal = {

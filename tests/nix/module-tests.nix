@@ -128,6 +128,8 @@ in
         XPU_RUNNER_DEVICE = "vulkan";
         XPU_RUNNER_FACTS = "${fixture "intel-dgpu"}";
         XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+        XPU_RUNNER_PARALLEL = "4";
+        XPU_RUNNER_PREFILL_CHUNK = "512";
       };
     };
   };
@@ -573,6 +575,8 @@ in
           XPU_RUNNER_DEVICE = "cpu";
           XPU_RUNNER_API_KEY_FILE = "%d/api-key";
           XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+          XPU_RUNNER_PARALLEL = "4";
+          XPU_RUNNER_PREFILL_CHUNK = "512";
         };
         firewall = [ 8000 ];
         log = "debug";
@@ -735,6 +739,9 @@ in
         threads = 6;
         maxQueue = 64;
         maxTokensDefault = 512;
+        parallel = 8;
+        kvCacheTokens = 16384;
+        prefillChunk = 256;
       };
     });
     expected = {
@@ -744,11 +751,37 @@ in
       XPU_RUNNER_PORT = "52415";
       XPU_RUNNER_DEVICE = "cpu";
       XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+      XPU_RUNNER_PARALLEL = "8";
+      XPU_RUNNER_KV_CACHE_TOKENS = "16384";
+      XPU_RUNNER_PREFILL_CHUNK = "256";
       XPU_RUNNER_CTX = "8192";
       XPU_RUNNER_THREADS = "6";
       XPU_RUNNER_MAX_QUEUE = "64";
       XPU_RUNNER_MAX_TOKENS_DEFAULT = "512";
     };
+  };
+  # Batching settings are positive integers: 0 (or a negative) is refused at evaluation.
+  testBatchingOptionsMustBePositive = {
+    expr = map (
+      settings:
+      (builtins.tryEval (builtins.deepSeq (runnerEnv (service {
+        services.xpu-runner = {
+          enable = true;
+        }
+        // settings;
+      })) true)).success
+    ) [
+      { parallel = 0; }
+      { kvCacheTokens = 0; }
+      { prefillChunk = -1; }
+      { parallel = 1; kvCacheTokens = 1; prefillChunk = 1; }
+    ];
+    expected = [
+      false
+      false
+      false
+      true
+    ];
   };
   # Several models pinned by the host: each an `ID=PATH` in the runner's --model list,
   # replacing `model` and `modelId`, with the limits beside them.
@@ -776,6 +809,8 @@ in
       XPU_RUNNER_PORT = "52415";
       XPU_RUNNER_DEVICE = "cpu";
       XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
+      XPU_RUNNER_PARALLEL = "4";
+      XPU_RUNNER_PREFILL_CHUNK = "512";
     };
   };
   testSeveralModelsInHomeManager = {
@@ -1142,7 +1177,9 @@ in
           ''"XPU_RUNNER_MAX_TOKENS_DEFAULT=1024"''
           ''"XPU_RUNNER_MODEL=${defaultModel}"''
           ''"XPU_RUNNER_MODEL_ID=SmolLM2-135M-Instruct"''
+          ''"XPU_RUNNER_PARALLEL=4"''
           ''"XPU_RUNNER_PORT=52415"''
+          ''"XPU_RUNNER_PREFILL_CHUNK=512"''
           ''"XPU_RUNNER_SHUTDOWN_TIMEOUT=30"''
         ];
         SystemCallFilter = [
@@ -1240,6 +1277,9 @@ in
         "threads"
         "maxQueue"
         "maxTokensDefault"
+        "parallel"
+        "kvCacheTokens"
+        "prefillChunk"
         "shutdownTimeoutSec"
         "watchdogSec"
         "environmentVariables"
