@@ -5,9 +5,22 @@
 //! microseconds each (every matrix product, the attention). With rayon, idle
 //! workers go to sleep after a few yields and each step pays for waking them
 //! through the kernel: on SmolLM2 that was about a tenth of the CPU time. The team's
-//! workers spin on an atomic counter between steps, as llama.cpp's thread pool does,
+//! workers spin on an atomic word between steps, as llama.cpp's thread pool does,
 //! and only go to sleep (on a condition variable) after [`SPIN`] without work, so an
 //! idle server does not burn its cores.
+//!
+//! A server shares its machine with other programs, so any worker may lose its core
+//! for a scheduler time slice (milliseconds, hundreds of steps). A step therefore
+//! never waits for a worker to *arrive*: items are claimed one at a time from a
+//! shared counter, the caller takes whatever is left, and a step ends when every
+//! item is done, not when every worker has checked in. A worker that arrives late
+//! finds nothing to claim. The counter carries the step's generation, so a late
+//! worker cannot claim an item of a later step either. Only an item that a worker
+//! claimed and then lost its core in the middle of is waited for; items are small
+//! (the products split into several per thread), so that costs a fraction of a
+//! step, not a time slice per step. While the caller waits for such an item, and
+//! while an idle worker spins, they yield their core every so often, so that a
+//! descheduled team mate sharing it gets to run.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,22 +29,32 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long a worker spins without work before it sleeps.
+/// How long a worker waits for work before it sleeps.
 const SPIN: Duration = Duration::from_millis(5);
+
+/// How long a thread spins on a word before it starts yielding its core between
+/// checks: longer than the gaps between the steps of a forward pass on an idle
+/// machine, far shorter than a scheduler time slice.
+const YIELD_AFTER: Duration = Duration::from_micros(50);
+
+/// The `next` half of [`Shared::claims`] of a finished step: no item to claim.
+const CLOSED: u64 = u32::MAX as u64;
 
 /// The current job: a function of (item, thread) for items `0..items`.
 type JobFn<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 struct Shared {
-    /// Bumped to hand out a new job.
-    generation: AtomicU64,
-    /// The job of the current generation (erased lifetime: `run` waits until every
-    /// worker is done with it before it returns).
-    job: UnsafeCell<Option<JobFn<'static>>>,
+    /// The step's generation (high 32 bits) and its next unclaimed item (low 32
+    /// bits, [`CLOSED`] between steps). Items are claimed by a compare-and-swap of
+    /// the whole word, so a claim made with a stale view of the step fails.
+    claims: AtomicU64,
+    /// The number of items of the open step. Written only while the step is closed.
     items: AtomicUsize,
-    next: AtomicUsize,
-    /// Workers that have not finished the current job.
-    pending: AtomicUsize,
+    /// The job of the open step (erased lifetime: `run` waits until every claimed
+    /// item is done before it returns, and only a claimed item reads it).
+    job: UnsafeCell<Option<JobFn<'static>>>,
+    /// Items of the open step not done yet.
+    unfinished: AtomicUsize,
     panicked: AtomicBool,
     stop: AtomicBool,
     sleeping: AtomicUsize,
@@ -39,21 +62,80 @@ struct Shared {
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by `run` while no worker reads it (before the
-// generation is bumped, after `pending` reached zero); workers only read it between.
+// SAFETY: `job` is written only by `run` while the step is closed and every item of
+// the last step is done, so no worker reads it then; a worker reads it only after
+// claiming an item of the open step, which keeps the step open until that item is done.
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// Takes items until none is left.
-    fn work(&self, job: JobFn<'_>, thread: usize) {
-        let items = self.items.load(Acquire);
+    /// Claims the next item of the open step, if any is left.
+    fn claim(&self) -> Option<usize> {
+        let mut word = self.claims.load(Acquire);
         loop {
-            let i = self.next.fetch_add(1, Relaxed);
-            if i >= items {
-                break;
+            let next = (word & CLOSED) as usize;
+            // `items` is rewritten only after the step of `word` was closed, which
+            // happens before this read if it sees the new value; then the exchange
+            // below fails, as `claims` no longer holds `word`.
+            if next >= self.items.load(Acquire) {
+                return None;
             }
-            job(i, thread);
+            match self
+                .claims
+                .compare_exchange_weak(word, word + 1, Acquire, Acquire)
+            {
+                Ok(_) => return Some(next),
+                Err(now) => word = now,
+            }
         }
+    }
+
+    /// Whether the open step has an item left to claim.
+    fn has_work(&self) -> bool {
+        ((self.claims.load(SeqCst) & CLOSED) as usize) < self.items.load(SeqCst)
+    }
+
+    /// Runs claimed `item` of the open step on `thread`; a panic is recorded, not
+    /// propagated, so the item still counts as done.
+    fn run_item(&self, item: usize, thread: usize) -> std::thread::Result<()> {
+        // SAFETY: the item was claimed from the open step, whose job `run` set before
+        // opening it and clears only after this item is counted as done.
+        let job = unsafe { *self.job.get() }.expect("an open step has a job");
+        catch_unwind(AssertUnwindSafe(|| job(item, thread)))
+    }
+}
+
+/// Spins, then yields the core, between checks of a condition.
+struct Backoff {
+    since: Option<Instant>,
+    spins: u32,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            since: None,
+            spins: 0,
+        }
+    }
+
+    /// Waits a little; returns how long this backoff has waited so far (measured only
+    /// every so often, so the fast path stays a pause instruction).
+    fn pause(&mut self) -> Duration {
+        self.spins = self.spins.wrapping_add(1);
+        let Some(since) = self.since else {
+            if self.spins.is_multiple_of(256) {
+                self.since = Some(Instant::now());
+            }
+            std::hint::spin_loop();
+            return Duration::ZERO;
+        };
+        let waited = since.elapsed();
+        if waited < YIELD_AFTER {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+        waited
     }
 }
 
@@ -69,11 +151,10 @@ impl Team {
     /// A team of `threads` (at least 1) threads.
     pub fn new(threads: usize) -> Team {
         let shared = Arc::new(Shared {
-            generation: AtomicU64::new(0),
-            job: UnsafeCell::new(None),
+            claims: AtomicU64::new(CLOSED),
             items: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            job: UnsafeCell::new(None),
+            unfinished: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             sleeping: AtomicUsize::new(0),
@@ -128,6 +209,8 @@ impl Team {
     /// per-thread scratch space can be indexed by it). Returns when all are done. A
     /// panic in a job is re-raised here. A job must not call `run` on the same team
     /// (the team runs one job at a time, so that would wait forever).
+    ///
+    /// Which thread runs which item depends on timing; every item runs exactly once.
     pub fn run(&self, items: usize, job: &(dyn Fn(usize, usize) + Sync)) {
         if items == 0 {
             return;
@@ -138,24 +221,40 @@ impl Team {
             (0..items).for_each(|i| job(i, 0));
             return;
         }
-        // SAFETY: no worker reads `job` now (the last run waited for all of them), and
-        // this run waits for all of them before the borrow it erases ends.
+        assert!((items as u64) < CLOSED, "too many items for one step");
+        // SAFETY: the step is closed and every item of the last one is done, so no
+        // worker reads `job`; this run waits for all of its items before the borrow it
+        // erases ends.
         unsafe { *s.job.get() = Some(std::mem::transmute::<JobFn<'_>, JobFn<'static>>(job)) };
-        s.items.store(items, Relaxed);
-        s.next.store(0, Relaxed);
-        s.pending.store(self.workers.len(), Relaxed);
-        s.generation.fetch_add(1, SeqCst);
+        s.unfinished.store(items, Relaxed);
+        s.items.store(items, Release);
+        // Open the step: the next generation, item 0.
+        let generation = (s.claims.load(Relaxed) >> 32).wrapping_add(1) & CLOSED;
+        s.claims.store(generation << 32, SeqCst);
         if s.sleeping.load(SeqCst) > 0 {
             let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| s.work(job, 0)));
-        while s.pending.load(Acquire) != 0 {
-            std::hint::spin_loop();
+
+        let mut panic = None;
+        let mut done = 0;
+        while let Some(item) = s.claim() {
+            if let Err(p) = s.run_item(item, 0) {
+                panic.get_or_insert(p);
+            }
+            done += 1;
         }
-        // SAFETY: every worker is done with the job.
+        s.unfinished.fetch_sub(done, AcqRel);
+        let mut backoff = Backoff::new();
+        while s.unfinished.load(Acquire) != 0 {
+            backoff.pause();
+        }
+        // Close the step before anything of the next one is written (see `claim`).
+        s.claims.store((generation << 32) | CLOSED, SeqCst);
+        // SAFETY: every item is done and none can be claimed any more.
         unsafe { *s.job.get() = None };
-        if let Err(panic) = mine {
+        if let Some(panic) = panic {
+            s.panicked.store(false, Relaxed);
             std::panic::resume_unwind(panic);
         }
         if s.panicked.swap(false, Relaxed) {
@@ -178,45 +277,31 @@ impl<T> SendPtr<T> {
 }
 
 fn worker(s: &Shared, thread: usize) {
-    let mut seen = 0;
+    let mut backoff = Backoff::new();
     loop {
-        let mut idle_since: Option<Instant> = None;
-        let mut spins = 0u32;
-        loop {
-            if s.stop.load(Acquire) {
-                return;
-            }
-            let generation = s.generation.load(Acquire);
-            if generation != seen {
-                seen = generation;
-                break;
-            }
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(1024) {
-                std::hint::spin_loop();
-                continue;
-            }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < SPIN {
-                continue;
-            }
-            let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.sleeping.fetch_add(1, SeqCst);
-            if s.generation.load(SeqCst) == seen && !s.stop.load(SeqCst) {
-                drop(s.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
-            }
-            s.sleeping.fetch_sub(1, SeqCst);
-            idle_since = None;
+        if s.stop.load(Acquire) {
+            return;
         }
-        // SAFETY: `run` set the job before bumping the generation and clears it only
-        // after `pending` reaches zero, which this worker has not signalled yet.
-        let job = unsafe { *s.job.get() };
-        if let Some(job) = job {
-            if catch_unwind(AssertUnwindSafe(|| s.work(job, thread))).is_err() {
+        if let Some(item) = s.claim() {
+            if s.run_item(item, thread).is_err() {
                 s.panicked.store(true, Relaxed);
             }
+            s.unfinished.fetch_sub(1, Release);
+            backoff = Backoff::new();
+            continue;
         }
-        s.pending.fetch_sub(1, Release);
+        if backoff.pause() < SPIN {
+            continue;
+        }
+        let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+        s.sleeping.fetch_add(1, SeqCst);
+        // `run` opens a step before it reads `sleeping`, and this worker counts
+        // itself before it checks for work: one of the two sees the other.
+        if !s.has_work() && !s.stop.load(SeqCst) {
+            drop(s.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+        }
+        s.sleeping.fetch_sub(1, SeqCst);
+        backoff = Backoff::new();
     }
 }
 
@@ -304,5 +389,105 @@ mod tests {
             done.fetch_add(1, Relaxed);
         });
         assert_eq!(done.load(Relaxed), 10);
+    }
+
+    /// Busy threads that compete with the team for the cores until dropped, as other
+    /// programs on a server do (more of them than this machine has cores, so that
+    /// the team's threads lose their cores now and then).
+    struct BackgroundLoad {
+        stop: Arc<AtomicBool>,
+        threads: Vec<JoinHandle<()>>,
+    }
+
+    impl BackgroundLoad {
+        fn start() -> BackgroundLoad {
+            let stop = Arc::new(AtomicBool::new(false));
+            let n = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+            let threads = (0..n)
+                .map(|_| {
+                    let stop = Arc::clone(&stop);
+                    std::thread::spawn(move || {
+                        let mut x = 0u64;
+                        while !stop.load(Relaxed) {
+                            x = std::hint::black_box(
+                                x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                            );
+                        }
+                    })
+                })
+                .collect();
+            BackgroundLoad { stop, threads }
+        }
+    }
+
+    impl Drop for BackgroundLoad {
+        fn drop(&mut self) {
+            self.stop.store(true, Relaxed);
+            for t in self.threads.drain(..) {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    /// Some arithmetic whose result depends on every bit of its input.
+    fn mix(i: usize, step: usize) -> f32 {
+        let mut v = (i * 31 + step) as f32 * 0.001;
+        for _ in 0..64 {
+            v = (v * 1.000_1).sin() + 0.5;
+        }
+        v
+    }
+
+    #[test]
+    fn under_background_load_every_item_runs_once_with_the_same_results() {
+        let _load = BackgroundLoad::start();
+        for threads in [2, 3] {
+            let team = Team::new(threads);
+            // Every step's counts stay alive to the end, so an item that ran for a
+            // step that had already finished (a late worker claiming from a stale
+            // view) would show as a second run there.
+            let steps = 3000;
+            let counts: Vec<Vec<AtomicUsize>> = (0..steps)
+                .map(|step| (0..1 + step % 37).map(|_| AtomicUsize::new(0)).collect())
+                .collect();
+            for (step, counts) in counts.iter().enumerate() {
+                let mut out = vec![0f32; counts.len()];
+                team.run_chunks_mut(&mut out, 1, &|i, piece, t| {
+                    assert!(t < threads);
+                    counts[i].fetch_add(1, Relaxed);
+                    piece[0] = mix(i, step);
+                });
+                let alone: Vec<f32> = (0..counts.len()).map(|i| mix(i, step)).collect();
+                assert_eq!(out, alone, "{threads} threads, step {step}");
+            }
+            for (step, counts) in counts.iter().enumerate() {
+                assert!(
+                    counts.iter().all(|c| c.load(Relaxed) == 1),
+                    "{threads} threads, step {step}: {:?}",
+                    counts.iter().map(|c| c.load(Relaxed)).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn under_background_load_a_panic_is_still_reported_and_the_team_goes_on() {
+        let _load = BackgroundLoad::start();
+        let team = Team::new(2);
+        for round in 0..200 {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                team.run(16, &|i, _| {
+                    if i == round % 16 {
+                        panic!("item {i}");
+                    }
+                })
+            }));
+            assert!(r.is_err(), "round {round}");
+            let done = AtomicUsize::new(0);
+            team.run(16, &|_, _| {
+                done.fetch_add(1, Relaxed);
+            });
+            assert_eq!(done.load(Relaxed), 16, "round {round}");
+        }
     }
 }
