@@ -3,8 +3,11 @@
 
 Starts one server command, waits for its /health, runs N concurrent streaming
 chat clients for D seconds, and prints one JSON line of figures: TTFT p50/p99,
-aggregate generated tokens per second, count per status, and the server's memory
-(VmRSS and RssAnon+VmSwap) at start and end.
+aggregate generated tokens per second, count per status, how many answered
+responses were incomplete (no `finish_reason`, or a stream without `data: [DONE]`),
+and the server's memory (VmRSS and RssAnon+VmSwap) at start and end. With
+`--rss-every S` it also samples VmRSS every S seconds, and with `--warmup W` it
+reports the RSS at W seconds into the load (scripts/soak.sh uses both).
 """
 
 import argparse
@@ -58,6 +61,8 @@ def client(port, model, args, stop_at, results, lock):
         ttft = None
         tokens = 0
         usage_tokens = None
+        finished = False
+        done = False
         status = "error"
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -71,21 +76,29 @@ def client(port, model, args, stop_at, results, lock):
             else:
                 for raw in resp:
                     line = raw.decode("utf-8", "replace").strip()
-                    if not line.startswith("data: ") or line == "data: [DONE]":
+                    if line == "data: [DONE]":
+                        done = True
+                        continue
+                    if not line.startswith("data: "):
                         continue
                     chunk = json.loads(line[6:])
                     if chunk.get("usage"):
                         usage_tokens = chunk["usage"]["completion_tokens"]
                     for choice in chunk.get("choices") or []:
+                        if choice.get("finish_reason"):
+                            finished = True
                         if (choice.get("delta") or {}).get("content"):
                             tokens += 1
                             if ttft is None:
                                 ttft = time.time() - sent
             conn.close()
-        except OSError:
+        except (OSError, http.client.HTTPException, ValueError):
             status = "error"
+            time.sleep(0.5)
         with lock:
             results["status"][status] = results["status"].get(status, 0) + 1
+            if status == "200" and not (finished and done):
+                results["incomplete"] += 1
             if status == "200":
                 results["tokens"] += usage_tokens if usage_tokens is not None else tokens
                 if ttft is not None:
@@ -108,6 +121,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt", default="Write a short story about a lighthouse keeper.")
+    ap.add_argument("--rss-every", type=float, default=0, help="sample VmRSS every S seconds (0: off)")
+    ap.add_argument("--warmup", type=float, default=0, help="report the RSS this many seconds into the load")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -117,7 +132,7 @@ def main():
     try:
         wait_health(args.port, proc)
         rss_start, anon_start = memory_kib(proc.pid)
-        results = {"status": {}, "tokens": 0, "ttft": []}
+        results = {"status": {}, "tokens": 0, "ttft": [], "incomplete": 0}
         lock = threading.Lock()
         started = time.time()
         stop_at = started + args.seconds
@@ -125,6 +140,15 @@ def main():
                    for _ in range(args.clients)]
         for t in threads:
             t.start()
+        samples = []
+        rss_warm = None
+        while any(t.is_alive() for t in threads):
+            now = time.time() - started
+            if args.rss_every and (not samples or now - samples[-1][0] >= args.rss_every):
+                samples.append((round(now, 1), round(memory_kib(proc.pid)[0] / 1024, 1)))
+            if args.warmup and rss_warm is None and now >= args.warmup:
+                rss_warm = round(memory_kib(proc.pid)[0] / 1024, 1)
+            time.sleep(0.1)
         for t in threads:
             t.join()
         elapsed = time.time() - started
@@ -144,10 +168,14 @@ def main():
         "generated_tokens": results["tokens"],
         "tokens_per_s": round(results["tokens"] / elapsed, 1),
         "status": results["status"],
+        "errors": sum(n for status, n in results["status"].items() if status != "200"),
+        "incomplete": results["incomplete"],
         "rss_start_mib": round(rss_start / 1024, 1),
         "rss_end_mib": round(rss_end / 1024, 1),
         "anon_swap_start_mib": round(anon_start / 1024, 1),
         "anon_swap_end_mib": round(anon_end / 1024, 1),
+        "rss_after_warmup_mib": rss_warm,
+        "rss_samples_mib": samples,
     }))
 
 
