@@ -1316,7 +1316,7 @@ mod tests {
         ] {
             let data = random_matrix(format, rows, cols, &mut seed);
             let w = QMatrix::new(format, rows, cols, &data).unwrap();
-            let x: Vec<f32> = (0..13 * cols)
+            let x: Vec<f32> = (0..64 * cols)
                 .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
             let product = |x: &[f32]| {
@@ -1332,7 +1332,7 @@ mod tests {
                 out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             };
             let alone: Vec<u32> = x.chunks(cols).flat_map(product).collect();
-            for m in [2, 3, 5, 8, 13] {
+            for m in [2, 3, 5, 7, 8, 13, 64] {
                 let together: Vec<u32> = x.chunks(m * cols).flat_map(product).collect();
                 assert_eq!(together, alone, "{format:?}, {m} rows at a time");
             }

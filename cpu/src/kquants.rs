@@ -11,13 +11,16 @@
 pub const QK_K: usize = 256;
 
 /// One super-block of 256 quantized activations: `x[i] ≈ d * qs[i]`, and `bsums[k]`
-/// the sum of `qs[16k..16k + 16]` (ggml's `block_q8_K`).
+/// the sum of `qs[16k..16k + 16]` (ggml's `block_q8_K`), plus `pair_sums[k]` =
+/// `bsums[2k] + bsums[2k + 1]`, the sum over Q4_K/Q5_K sub-block `k`, which their
+/// kernels would otherwise add up again for every weight row.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; QK_K],
     pub bsums: [i16; QK_K / 16],
+    pub pair_sums: [i16; QK_K / 32],
 }
 
 impl Default for BlockQ8K {
@@ -26,6 +29,7 @@ impl Default for BlockQ8K {
             d: 0.0,
             qs: [0; QK_K],
             bsums: [0; QK_K / 16],
+            pair_sums: [0; QK_K / 32],
         }
     }
 }
@@ -83,6 +87,9 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8K]) {
         }
         for (sum, group) in dst.bsums.iter_mut().zip(dst.qs.chunks_exact(16)) {
             *sum = group.iter().map(|&q| q as i16).sum();
+        }
+        for (sum, pair) in dst.pair_sums.iter_mut().zip(dst.bsums.chunks_exact(2)) {
+            *sum = pair[0] + pair[1];
         }
         dst.d = 1.0 / iscale;
     }
@@ -202,13 +209,14 @@ pub fn dot(format: KFormat, w: &[u8], x: &[BlockQ8K], avx2: bool) -> f32 {
     debug_assert_eq!(w.len(), x.len() * format.block_bytes());
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: `avx2` is only true when AVX2, FMA and F16C were detected; the row
-        // holds one super-block per activation block (asserted by the callers).
+        // SAFETY: `avx2` is only true when AVX2, FMA and F16C were detected, and
+        // `has_vnni` checks AVX-VNNI; the row holds one super-block per activation
+        // block (asserted by the callers).
         return unsafe {
-            match format {
-                KFormat::Q4K => x86::dot_q4k(w, x),
-                KFormat::Q5K => x86::dot_q5k(w, x),
-                KFormat::Q6K => x86::dot_q6k(w, x),
+            if super::kernels::has_vnni() {
+                x86::dot_vnni(format, w, x)
+            } else {
+                x86::dot_avx2(format, w, x)
             }
         };
     }
@@ -234,10 +242,10 @@ pub fn dot_rows(
     if avx2 {
         // SAFETY: as in `dot`; every activation row holds one block per super-block.
         return unsafe {
-            match format {
-                KFormat::Q4K => x86::dot_rows_q45k::<false>(w, x),
-                KFormat::Q5K => x86::dot_rows_q45k::<true>(w, x),
-                KFormat::Q6K => x86::dot_rows_q6k(w, x),
+            if super::kernels::has_vnni() {
+                x86::dot_rows_vnni(format, w, x)
+            } else {
+                x86::dot_rows_avx2(format, w, x)
             }
         };
     }
@@ -329,16 +337,19 @@ mod x86 {
     /// `prod`), and the 8 scales widened to 16 bits in both halves of a register.
     #[inline(always)]
     unsafe fn mins_and_scales(b: *const u8, xb: &BlockQ8K) -> (__m128i, __m256i) {
+        let (scales, mins) = unpack_scales(b);
+        let q8s = _mm_loadu_si128(xb.pair_sums.as_ptr() as *const __m128i);
+        (_mm_madd_epi16(mins, q8s), scales)
+    }
+
+    /// A Q4_K/Q5_K super-block's 8 scales widened to 16 bits in both halves of a
+    /// register, and its 8 mins widened to 16 bits.
+    #[inline(always)]
+    unsafe fn unpack_scales(b: *const u8) -> (__m256i, __m128i) {
         let sm = super::scales_and_mins(std::slice::from_raw_parts(b.add(4), 12));
         let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.as_ptr() as *const __m128i));
-        let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
-        let q8s = _mm_hadd_epi16(
-            _mm256_castsi256_si128(q8sums),
-            _mm256_extracti128_si256(q8sums, 1),
-        );
-        let prod = _mm_madd_epi16(_mm256_extracti128_si256(wide, 1), q8s);
         let sc = _mm256_castsi256_si128(wide);
-        (prod, _mm256_set_m128i(sc, sc))
+        (_mm256_set_m128i(sc, sc), _mm256_extracti128_si256(wide, 1))
     }
 
     /// The 16-bit scale of sub-block `k` (0..8) in every lane.
@@ -351,8 +362,96 @@ mod x86 {
         )
     }
 
+    /// `sumi + madd(scale, products)`: with `V` one AVX-VNNI `vpdpwssd`, else `madd`
+    /// and `add`. The same integers: no pair of our 16-bit products overflows 32 bits.
+    #[inline(always)]
+    unsafe fn scaled_add<const V: bool>(
+        sumi: __m256i,
+        scale: __m256i,
+        products: __m256i,
+    ) -> __m256i {
+        if V {
+            _mm256_dpwssd_avx_epi32(sumi, scale, products)
+        } else {
+            _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, products))
+        }
+    }
+
+    /// One weight row · one activation row on the AVX2 kernels.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `w` holds one super-block per block of `x`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4k(w: &[u8], x: &[BlockQ8K]) -> f32 {
+    pub unsafe fn dot_avx2(format: super::KFormat, w: &[u8], x: &[BlockQ8K]) -> f32 {
+        dot_with::<false>(format, w, x)
+    }
+
+    /// [`dot_avx2`] with AVX-VNNI: the same results, bit for bit.
+    ///
+    /// # Safety
+    /// As for [`dot_avx2`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn dot_vnni(format: super::KFormat, w: &[u8], x: &[BlockQ8K]) -> f32 {
+        dot_with::<true>(format, w, x)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_with<const V: bool>(format: super::KFormat, w: &[u8], x: &[BlockQ8K]) -> f32 {
+        match format {
+            super::KFormat::Q4K => dot_q4k::<V>(w, x),
+            super::KFormat::Q5K => dot_q5k::<V>(w, x),
+            super::KFormat::Q6K => dot_q6k::<V>(w, x),
+        }
+    }
+
+    /// One weight row · [`super::ROW_TILE`] activation rows on the AVX2 kernels.
+    ///
+    /// # Safety
+    /// As for [`dot_avx2`], for every row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows_avx2(
+        format: super::KFormat,
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        dot_rows_with::<false>(format, w, x)
+    }
+
+    /// [`dot_rows_avx2`] with AVX-VNNI: the same results, bit for bit.
+    ///
+    /// # Safety
+    /// As for [`dot_rows_avx2`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn dot_rows_vnni(
+        format: super::KFormat,
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        dot_rows_with::<true>(format, w, x)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_rows_with<const V: bool>(
+        format: super::KFormat,
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        match format {
+            super::KFormat::Q4K => dot_rows_q4k::<V>(w, x),
+            super::KFormat::Q5K => dot_rows_q5k::<V>(w, x),
+            super::KFormat::Q6K => dot_rows_q6k::<V>(w, x),
+        }
+    }
+
+    /// The sum of the 4 lanes of `m` as ggml adds them: (0 + 2) + (1 + 3).
+    #[inline(always)]
+    unsafe fn hsum4(m: __m128) -> f32 {
+        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)))
+    }
+
+    #[inline(always)]
+    unsafe fn dot_q4k<const V: bool>(w: &[u8], x: &[BlockQ8K]) -> f32 {
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = _mm256_setzero_ps();
         let mut acc_m = _mm_setzero_ps();
@@ -373,20 +472,21 @@ mod x86 {
                 let q8l = _mm256_loadu_si256(q8 as *const __m256i);
                 let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
                 q8 = q8.add(64);
-                let pl = _mm256_madd_epi16(scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
-                let ph =
-                    _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+                sumi =
+                    scaled_add::<V>(sumi, scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
+                sumi = scaled_add::<V>(
+                    sumi,
+                    scale_of(scales, 2 * j + 1),
+                    _mm256_maddubs_epi16(hi, q8h),
+                );
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
-        let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        hsum(acc) + _mm_cvtss_f32(m)
+        hsum(acc) + hsum4(acc_m)
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q5k(w: &[u8], x: &[BlockQ8K]) -> f32 {
+    #[inline(always)]
+    unsafe fn dot_q5k<const V: bool>(w: &[u8], x: &[BlockQ8K]) -> f32 {
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
@@ -420,26 +520,55 @@ mod x86 {
                 let q8l = _mm256_loadu_si256(q8 as *const __m256i);
                 let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
                 q8 = q8.add(64);
-                let pl = _mm256_madd_epi16(scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
-                let ph =
-                    _mm256_madd_epi16(scale_of(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, q8h));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+                sumi =
+                    scaled_add::<V>(sumi, scale_of(scales, 2 * j), _mm256_maddubs_epi16(lo, q8l));
+                sumi = scaled_add::<V>(
+                    sumi,
+                    scale_of(scales, 2 * j + 1),
+                    _mm256_maddubs_epi16(hi, q8h),
+                );
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum(acc) + summs
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
+    /// Q6_K's 64 weights of bytes `ql`, `ql + 32` and `qh` (the 2-bit high parts),
+    /// as four vectors of 32 unsigned quants (0..63).
+    #[inline(always)]
+    unsafe fn q6k_quants(ql: *const u8, qh: *const u8) -> [__m256i; 4] {
         let m3 = _mm256_set1_epi8(3);
         let m15 = _mm256_set1_epi8(15);
+        let bits1 = _mm256_loadu_si256(ql as *const __m256i);
+        let bits2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+        let bits_h = _mm256_loadu_si256(qh as *const __m256i);
+        let h0 = _mm256_slli_epi16(_mm256_and_si256(bits_h, m3), 4);
+        let h1 = _mm256_slli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(12)), 2);
+        let h2 = _mm256_and_si256(bits_h, _mm256_set1_epi8(48));
+        let h3 = _mm256_srli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(-64)), 2);
+        [
+            _mm256_or_si256(_mm256_and_si256(bits1, m15), h0),
+            _mm256_or_si256(_mm256_and_si256(bits2, m15), h1),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m15), h2),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m15), h3),
+        ]
+    }
+
+    /// Q6_K scales 2(4j + k) and 2(4j + k) + 1 (each over 16 values), widened.
+    #[inline(always)]
+    unsafe fn q6k_scale(scales: __m128i, j: usize, k: usize) -> __m256i {
+        let s = (8 * j + 2 * k) as u8;
+        let pick = _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick))
+    }
+
+    #[inline(always)]
+    unsafe fn dot_q6k<const V: bool>(w: &[u8], x: &[BlockQ8K]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (i, xb) in x.iter().enumerate() {
             let b = w.as_ptr().add(i * 210);
             prefetch(b, 210);
             let d = xb.d * f16(b.add(208));
-            let (mut ql, mut qh, mut q8) = (b, b.add(128), xb.qs.as_ptr());
             let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
             let scales = _mm_loadu_si128(b.add(192) as *const __m128i);
             // The offset of 32 of every quant, times its scale: 32 * Σ scale * bsum.
@@ -447,34 +576,16 @@ mod x86 {
                 _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
             let mut sumi = _mm256_setzero_si256();
             for j in 0..QK_K / 128 {
-                let bits1 = _mm256_loadu_si256(ql as *const __m256i);
-                let bits2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                let bits_h = _mm256_loadu_si256(qh as *const __m256i);
-                ql = ql.add(64);
-                qh = qh.add(32);
-                let h0 = _mm256_slli_epi16(_mm256_and_si256(bits_h, m3), 4);
-                let h1 = _mm256_slli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(12)), 2);
-                let h2 = _mm256_and_si256(bits_h, _mm256_set1_epi8(48));
-                let h3 = _mm256_srli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(-64)), 2);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(bits1, m15), h0),
-                    _mm256_or_si256(_mm256_and_si256(bits2, m15), h1),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m15), h2),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m15), h3),
-                ];
-                let mut p = [_mm256_setzero_si256(); 4];
-                for k in 0..4 {
-                    let qx = _mm256_loadu_si256(q8.add(32 * k) as *const __m256i);
-                    // Scales 2(4j + k) and 2(4j + k) + 1, each over 16 values.
-                    let s = (8 * j + 2 * k) as u8;
-                    let pick =
-                        _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
-                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                    p[k] = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q[k], qx));
+                let q = q6k_quants(b.add(64 * j), b.add(128 + 32 * j));
+                for (k, &qk) in q.iter().enumerate() {
+                    let qx =
+                        _mm256_loadu_si256(xb.qs.as_ptr().add(128 * j + 32 * k) as *const __m256i);
+                    sumi = scaled_add::<V>(
+                        sumi,
+                        q6k_scale(scales, j, k),
+                        _mm256_maddubs_epi16(qk, qx),
+                    );
                 }
-                q8 = q8.add(128);
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[2], p[3]));
             }
             sumi = _mm256_sub_epi32(sumi, offset);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
@@ -482,133 +593,143 @@ mod x86 {
         hsum(acc)
     }
 
-    /// Q4_K (`FIFTH` false) or Q5_K (`FIFTH` true) against [`super::ROW_TILE`] rows.
-    /// Per row, the float steps are those of [`dot_q4k`] / [`dot_q5k`] in the same
-    /// order (the integer sums are exact in any order), so the results are the same bits.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows_q45k<const FIFTH: bool>(
+    /// The integer sums of one Q4_K/Q5_K super-block (`b`) against [`super::ROW_TILE`]
+    /// activation blocks: per row the 8 lanes of [`dot_q4k`]'s `sumi`, the weights
+    /// unpacked once for all rows.
+    #[inline(always)]
+    unsafe fn q45k_sums<const FIFTH: bool, const V: bool>(
+        b: *const u8,
+        xb: [&BlockQ8K; super::ROW_TILE],
+        scales: __m256i,
+    ) -> [__m256i; super::ROW_TILE] {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut hbits = if FIFTH {
+            _mm256_loadu_si256(b.add(16) as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
+        let mut q = b.add(if FIFTH { 48 } else { 16 });
+        let mut sumi = [_mm256_setzero_si256(); super::ROW_TILE];
+        for j in 0..QK_K / 64 {
+            let bits = _mm256_loadu_si256(q as *const __m256i);
+            q = q.add(32);
+            let mut lo = _mm256_and_si256(bits, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            if FIFTH {
+                let h0 = _mm256_and_si256(hbits, _mm256_set1_epi8(1));
+                let h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 1), _mm256_set1_epi8(1));
+                hbits = _mm256_srli_epi16(hbits, 2);
+                lo = _mm256_add_epi8(lo, _mm256_slli_epi16(h0, 4));
+                hi = _mm256_add_epi8(hi, _mm256_slli_epi16(h1, 4));
+            }
+            let (sl, sh) = (scale_of(scales, 2 * j), scale_of(scales, 2 * j + 1));
+            for (sumi, xb) in sumi.iter_mut().zip(xb) {
+                let q8 = xb.qs.as_ptr().add(64 * j);
+                let q8l = _mm256_loadu_si256(q8 as *const __m256i);
+                let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
+                *sumi = scaled_add::<V>(*sumi, sl, _mm256_maddubs_epi16(lo, q8l));
+                *sumi = scaled_add::<V>(*sumi, sh, _mm256_maddubs_epi16(hi, q8h));
+            }
+        }
+        sumi
+    }
+
+    /// Q4_K against [`super::ROW_TILE`] rows. Per row the float steps are those of
+    /// [`dot_q4k`] in the same order (the integer sums are exact in any order), so the
+    /// results are the same bits; the minimums of two rows share one register.
+    #[inline(always)]
+    unsafe fn dot_rows_q4k<const V: bool>(
         w: &[u8],
         x: [&[BlockQ8K]; super::ROW_TILE],
     ) -> [f32; super::ROW_TILE] {
         const R: usize = super::ROW_TILE;
-        let bb = if FIFTH { 176 } else { 144 };
-        let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); R];
-        let mut acc_m = [_mm_setzero_ps(); R];
-        let mut summs = [0f32; R];
+        let mut acc_m = [_mm256_setzero_ps(); R / 2];
         for i in 0..x[0].len() {
-            let b = w.as_ptr().add(i * bb);
+            let b = w.as_ptr().add(i * 144);
             let (dw, dminw) = (f16(b), f16(b.add(2)));
-            let sm = super::scales_and_mins(std::slice::from_raw_parts(b.add(4), 12));
-            let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.as_ptr() as *const __m128i));
-            let sc = _mm256_castsi256_si128(wide);
-            let scales = _mm256_set_m128i(sc, sc);
-            let mins = _mm256_extracti128_si256(wide, 1);
-            let mut hbits = if FIFTH {
-                _mm256_loadu_si256(b.add(16) as *const __m256i)
-            } else {
-                _mm256_setzero_si256()
-            };
-            let mut q = b.add(if FIFTH { 48 } else { 16 });
-            let mut sumi = [_mm256_setzero_si256(); R];
-            for j in 0..QK_K / 64 {
-                let bits = _mm256_loadu_si256(q as *const __m256i);
-                q = q.add(32);
-                let mut lo = _mm256_and_si256(bits, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-                if FIFTH {
-                    let h0 = _mm256_and_si256(hbits, _mm256_set1_epi8(1));
-                    let h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 1), _mm256_set1_epi8(1));
-                    hbits = _mm256_srli_epi16(hbits, 2);
-                    lo = _mm256_add_epi8(lo, _mm256_slli_epi16(h0, 4));
-                    hi = _mm256_add_epi8(hi, _mm256_slli_epi16(h1, 4));
-                }
-                let (sl, sh) = (scale_of(scales, 2 * j), scale_of(scales, 2 * j + 1));
-                for r in 0..R {
-                    let q8 = x[r].get_unchecked(i).qs.as_ptr().add(64 * j);
-                    let q8l = _mm256_loadu_si256(q8 as *const __m256i);
-                    let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
-                    let pl = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(lo, q8l));
-                    let ph = _mm256_madd_epi16(sh, _mm256_maddubs_epi16(hi, q8h));
-                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
-                }
+            let (scales, mins) = unpack_scales(b);
+            let xb: [&BlockQ8K; R] = std::array::from_fn(|r| x[r].get_unchecked(i));
+            let sumi = q45k_sums::<false, V>(b, xb, scales);
+            let mins = _mm256_set_m128i(mins, mins);
+            for p in 0..R / 2 {
+                let (x0, x1) = (xb[2 * p], xb[2 * p + 1]);
+                let q8s = _mm256_set_m128i(
+                    _mm_loadu_si128(x1.pair_sums.as_ptr() as *const __m128i),
+                    _mm_loadu_si128(x0.pair_sums.as_ptr() as *const __m128i),
+                );
+                let dmin = _mm256_set_m128(_mm_set1_ps(-x1.d * dminw), _mm_set1_ps(-x0.d * dminw));
+                let prod = _mm256_madd_epi16(mins, q8s);
+                acc_m[p] = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod), acc_m[p]);
             }
             for r in 0..R {
-                let xb = x[r].get_unchecked(i);
-                let d = xb.d * dw;
-                let dmin = -xb.d * dminw;
-                let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
-                let q8s = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(q8sums),
-                    _mm256_extracti128_si256(q8sums, 1),
-                );
-                let prod = _mm_madd_epi16(mins, q8s);
-                if FIFTH {
-                    let h = _mm_hadd_epi32(
-                        _mm_hadd_epi32(prod, _mm_setzero_si128()),
-                        _mm_setzero_si128(),
-                    );
-                    summs[r] += dmin * _mm_cvtsi128_si32(h) as f32;
-                } else {
-                    acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
-                }
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                let d = _mm256_set1_ps(xb[r].d * dw);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
             }
         }
         std::array::from_fn(|r| {
-            if FIFTH {
-                hsum(acc[r]) + summs[r]
+            let m = acc_m[r / 2];
+            let m = if r % 2 == 0 {
+                _mm256_castps256_ps128(m)
             } else {
-                let m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
-                let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-                hsum(acc[r]) + _mm_cvtss_f32(m)
-            }
+                _mm256_extractf128_ps(m, 1)
+            };
+            hsum(acc[r]) + hsum4(m)
         })
     }
 
-    /// Q6_K against [`super::ROW_TILE`] rows, per row the float steps of [`dot_q6k`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows_q6k(
+    /// Q5_K against [`super::ROW_TILE`] rows, per row the float steps of [`dot_q5k`].
+    #[inline(always)]
+    unsafe fn dot_rows_q5k<const V: bool>(
         w: &[u8],
         x: [&[BlockQ8K]; super::ROW_TILE],
     ) -> [f32; super::ROW_TILE] {
         const R: usize = super::ROW_TILE;
-        let m3 = _mm256_set1_epi8(3);
-        let m15 = _mm256_set1_epi8(15);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut summs = [0f32; R];
+        for i in 0..x[0].len() {
+            let b = w.as_ptr().add(i * 176);
+            let (dw, dminw) = (f16(b), f16(b.add(2)));
+            let (scales, mins) = unpack_scales(b);
+            let xb: [&BlockQ8K; R] = std::array::from_fn(|r| x[r].get_unchecked(i));
+            let sumi = q45k_sums::<true, V>(b, xb, scales);
+            for r in 0..R {
+                let q8s = _mm_loadu_si128(xb[r].pair_sums.as_ptr() as *const __m128i);
+                let prod = _mm_madd_epi16(mins, q8s);
+                let h = _mm_hadd_epi32(
+                    _mm_hadd_epi32(prod, _mm_setzero_si128()),
+                    _mm_setzero_si128(),
+                );
+                summs[r] += -xb[r].d * dminw * _mm_cvtsi128_si32(h) as f32;
+                let d = _mm256_set1_ps(xb[r].d * dw);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum(acc[r]) + summs[r])
+    }
+
+    /// Q6_K against [`super::ROW_TILE`] rows, per row the float steps of [`dot_q6k`].
+    #[inline(always)]
+    unsafe fn dot_rows_q6k<const V: bool>(
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        const R: usize = super::ROW_TILE;
         let mut acc = [_mm256_setzero_ps(); R];
         for i in 0..x[0].len() {
             let b = w.as_ptr().add(i * 210);
             let dw = f16(b.add(208));
             let scales = _mm_loadu_si128(b.add(192) as *const __m128i);
             let scales16 = _mm256_cvtepi8_epi16(scales);
-            let (mut ql, mut qh) = (b, b.add(128));
             let mut sumi = [_mm256_setzero_si256(); R];
             for j in 0..QK_K / 128 {
-                let bits1 = _mm256_loadu_si256(ql as *const __m256i);
-                let bits2 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                let bits_h = _mm256_loadu_si256(qh as *const __m256i);
-                ql = ql.add(64);
-                qh = qh.add(32);
-                let h0 = _mm256_slli_epi16(_mm256_and_si256(bits_h, m3), 4);
-                let h1 = _mm256_slli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(12)), 2);
-                let h2 = _mm256_and_si256(bits_h, _mm256_set1_epi8(48));
-                let h3 = _mm256_srli_epi16(_mm256_and_si256(bits_h, _mm256_set1_epi8(-64)), 2);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(bits1, m15), h0),
-                    _mm256_or_si256(_mm256_and_si256(bits2, m15), h1),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m15), h2),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m15), h3),
-                ];
+                let q = q6k_quants(b.add(64 * j), b.add(128 + 32 * j));
                 for (k, &qk) in q.iter().enumerate() {
-                    let s = (8 * j + 2 * k) as u8;
-                    let pick =
-                        _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
-                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                    for r in 0..R {
+                    let scale = q6k_scale(scales, j, k);
+                    for (r, sumi) in sumi.iter_mut().enumerate() {
                         let q8 = x[r].get_unchecked(i).qs.as_ptr().add(128 * j + 32 * k);
                         let qx = _mm256_loadu_si256(q8 as *const __m256i);
-                        let p = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(qk, qx));
-                        sumi[r] = _mm256_add_epi32(sumi[r], p);
+                        *sumi = scaled_add::<V>(*sumi, scale, _mm256_maddubs_epi16(qk, qx));
                     }
                 }
             }
@@ -621,5 +742,64 @@ mod x86 {
             }
         }
         acc.map(|a| hsum(a))
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The AVX-VNNI kernels give the AVX2 kernels' bits (CI machines without AVX-VNNI
+    /// run the AVX2 ones, which must agree with what was measured here).
+    #[test]
+    fn vnni_kernels_are_bit_identical_to_avx2() {
+        if !crate::kernels::has_vnni() {
+            eprintln!("skipped: this CPU has no AVX-VNNI");
+            return;
+        }
+        let mut seed = 99u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let blocks = 4;
+        for format in [KFormat::Q4K, KFormat::Q5K, KFormat::Q6K] {
+            let mut w: Vec<u8> = (0..blocks * format.block_bytes())
+                .map(|_| next() as u8)
+                .collect();
+            let scale = half::f16::from_f32(0.001).to_le_bytes();
+            for b in w.chunks_exact_mut(format.block_bytes()) {
+                match format {
+                    KFormat::Q4K | KFormat::Q5K => {
+                        b[0..2].copy_from_slice(&scale);
+                        b[2..4].copy_from_slice(&scale);
+                    }
+                    KFormat::Q6K => b[208..210].copy_from_slice(&scale),
+                }
+            }
+            let x: Vec<f32> = (0..ROW_TILE * blocks * QK_K)
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut q = vec![BlockQ8K::default(); ROW_TILE * blocks];
+            quantize_row(&x, &mut q);
+            let rows: [&[BlockQ8K]; ROW_TILE] =
+                std::array::from_fn(|r| &q[r * blocks..(r + 1) * blocks]);
+            // SAFETY: AVX2, FMA, F16C and AVX-VNNI were detected; every row holds one
+            // block per super-block of `w`.
+            let (plain, vnni, plain_rows, vnni_rows) = unsafe {
+                (
+                    rows.map(|x| x86::dot_avx2(format, &w, x)),
+                    rows.map(|x| x86::dot_vnni(format, &w, x)),
+                    x86::dot_rows_avx2(format, &w, rows),
+                    x86::dot_rows_vnni(format, &w, rows),
+                )
+            };
+            let bits = |v: [f32; ROW_TILE]| v.map(f32::to_bits);
+            assert_eq!(bits(plain), bits(vnni), "{format:?} single rows");
+            assert_eq!(bits(plain), bits(plain_rows), "{format:?} AVX2 tile");
+            assert_eq!(bits(plain), bits(vnni_rows), "{format:?} VNNI tile");
+        }
     }
 }

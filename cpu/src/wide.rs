@@ -134,6 +134,10 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as for `Send`: no two workers touch the same cell.
 unsafe impl Sync for OutPtr {}
 
+/// Bytes of weight rows that prefill sweeps for each tile of activation rows: well
+/// inside a core's L2, with room left for the activations.
+const BAND_BYTES: usize = 256 * 1024;
+
 /// Runs all `jobs`, which share the input `x` (`m` rows of `cols` floats), in one
 /// parallel pass over `team`.
 pub fn matmul(
@@ -186,40 +190,53 @@ pub(crate) fn matmul_with(
         let w = &jobs[ji].weight;
         let n = w.rows;
         let out = outs[ji];
-        for j in start..end {
-            let row = w.row(j);
+        // Every write below is of a cell (r, j) with j in start..end and r < m.
+        let put = |r: usize, j: usize, v: f32| {
+            // SAFETY: cell (r, j) belongs to this item only (j is in its start..end);
+            // r < m and j < n, and out has m * n elements (asserted above).
+            unsafe { *out.0.add(r * n + j) = v }
+        };
+        let one_row = |r: usize, j: usize| match w.format {
+            WideFormat::K(k) => {
+                kquants::dot(k, w.row(j), &acts.q8k[r * blocks..(r + 1) * blocks], avx2)
+            }
+            WideFormat::Float(f) => {
+                let input = match f {
+                    FloatFormat::F16 => &acts.f16,
+                    FloatFormat::BF16 => &acts.bf16,
+                    FloatFormat::F32 => x,
+                };
+                floats::dot(f, w.row(j), &input[r * cols..(r + 1) * cols], avx2)
+            }
+        };
+        // Prefill: a band of weight rows small enough to stay in L2 is swept once per
+        // tile of activation rows, which stays in L1 meanwhile; each tile shares one
+        // unpacking of a weight row. Every cell is the same call on the same data as
+        // in decode order, so the order of the loops does not change any result.
+        let band = (BAND_BYTES / w.format.row_bytes(cols)).max(1);
+        let mut b0 = start;
+        while b0 < end {
+            let b1 = (b0 + band).min(end);
             let mut first = 0;
             if let WideFormat::K(k) = w.format {
-                // Prefill: whole tiles of activation rows share one unpacking of the row.
                 let act = |r: usize| &acts.q8k[r * blocks..(r + 1) * blocks];
                 while first + kquants::ROW_TILE <= m {
                     let x = std::array::from_fn(|i| act(first + i));
-                    let v = kquants::dot_rows(k, row, x, avx2);
-                    for (i, v) in v.into_iter().enumerate() {
-                        // SAFETY: as below, for cell (first + i, j).
-                        unsafe { *out.0.add((first + i) * n + j) = v };
+                    for j in b0..b1 {
+                        let v = kquants::dot_rows(k, w.row(j), x, avx2);
+                        for (i, v) in v.into_iter().enumerate() {
+                            put(first + i, j, v);
+                        }
                     }
                     first += kquants::ROW_TILE;
                 }
             }
             for r in first..m {
-                let v = match w.format {
-                    WideFormat::K(k) => {
-                        kquants::dot(k, row, &acts.q8k[r * blocks..(r + 1) * blocks], avx2)
-                    }
-                    WideFormat::Float(f) => {
-                        let input = match f {
-                            FloatFormat::F16 => &acts.f16,
-                            FloatFormat::BF16 => &acts.bf16,
-                            FloatFormat::F32 => x,
-                        };
-                        floats::dot(f, row, &input[r * cols..(r + 1) * cols], avx2)
-                    }
-                };
-                // SAFETY: cell (r, j) belongs to this item only; r < m and j < n, and
-                // out has m * n elements (asserted above).
-                unsafe { *out.0.add(r * n + j) = v };
+                for j in b0..b1 {
+                    put(r, j, one_row(r, j));
+                }
             }
+            b0 = b1;
         }
     });
 }
@@ -397,6 +414,44 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Every row's product is the same bits whatever `m` (rows in the product) and
+    /// whatever the other rows are, so a sequence's logits depend neither on the
+    /// sequences that share its pass nor on how its prompt was chunked.
+    #[test]
+    fn rows_get_the_same_bits_whatever_m() {
+        let mut seed = 23;
+        let team = Team::new(2);
+        let (rows, cols) = (21, 768);
+        for (format, _) in FORMATS {
+            let data = random_matrix(format, rows, cols, &mut seed);
+            let w = WideMatrix::new(format, rows, cols, &data).unwrap();
+            let x: Vec<f32> = (0..64 * cols).map(|_| uniform(&mut seed)).collect();
+            for avx2 in [false, has_avx2()] {
+                // Rows `first..first + m` of x as one product.
+                let product = |first: usize, m: usize| {
+                    let mut out = vec![0f32; m * rows];
+                    let job = WideJob {
+                        weight: w,
+                        out: &mut out,
+                    };
+                    let x = &x[first * cols..(first + m) * cols];
+                    let mut acts = Activations::default();
+                    matmul_with(&team, x, cols, m, &mut acts, &mut [job], avx2);
+                    out.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+                };
+                let all = product(0, 64);
+                for (first, m) in [(0, 1), (5, 1), (63, 1), (0, 7), (3, 7), (57, 7)] {
+                    assert_eq!(
+                        product(first, m),
+                        all[first * rows..(first + m) * rows],
+                        "{format:?} avx2={avx2}: rows {first}..{} alone vs in the 64-row product",
+                        first + m
+                    );
                 }
             }
         }
