@@ -3,7 +3,11 @@
 //! bound (tok/s) = copy-kernel bandwidth ÷ weight bytes read per token.
 //! `--cpu` runs candle's quantized llama on the CPU on the same file instead, for the record.
 //!
-//! Usage: bench MODEL.gguf [--cpu] [--prompt N] [--decode N] [--runs N]
+//! `--sequences N` decodes N sequences together instead (one `forward_batch` per step, each
+//! sequence after its own prompt) and puts the aggregate against one sequence decoded alone
+//! in the same run.
+//!
+//! Usage: bench MODEL.gguf [--cpu] [--prompt N] [--decode N] [--runs N] [--sequences N]
 //! Prints a human summary and one `RESULT {json}` line for scripts.
 
 use std::path::PathBuf;
@@ -14,7 +18,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{
-    testing, DeviceOptions, KernelTuning, LlamaModel, LoadOptions, VulkanError,
+    testing, DeviceOptions, KernelTuning, LlamaModel, LoadOptions, SeqChunk, VulkanError,
     ALLOW_CPU_ADAPTER_ENV, MATVEC_TUNING_ENV,
 };
 
@@ -24,6 +28,8 @@ struct Args {
     decode: usize,
     runs: usize,
     cpu: bool,
+    /// Sequences decoded together (`--sequences`); `None`: the single-sequence benchmark.
+    sequences: Option<usize>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -34,6 +40,7 @@ fn parse() -> Result<Args, String> {
         decode: 128,
         runs: 3,
         cpu: false,
+        sequences: None,
     };
     let mut model = None;
     while let Some(a) = it.next() {
@@ -46,6 +53,7 @@ fn parse() -> Result<Args, String> {
             "--prompt" => args.prompt = num("--prompt")?,
             "--decode" => args.decode = num("--decode")?,
             "--runs" => args.runs = num("--runs")?,
+            "--sequences" => args.sequences = Some(num("--sequences")?),
             "--cpu" => args.cpu = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
@@ -53,8 +61,8 @@ fn parse() -> Result<Args, String> {
         }
     }
     args.model = model.ok_or("missing MODEL.gguf")?;
-    if args.prompt == 0 || args.decode == 0 || args.runs == 0 {
-        return Err("--prompt, --decode and --runs must be at least 1".into());
+    if args.prompt == 0 || args.decode == 0 || args.runs == 0 || args.sequences == Some(0) {
+        return Err("--prompt, --decode, --runs and --sequences must be at least 1".into());
     }
     Ok(args)
 }
@@ -142,14 +150,14 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("bench: {e}");
             }
-            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)]");
+            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N]");
             return ExitCode::from(2);
         }
     };
-    let result = if args.cpu {
-        run_cpu(&args)
-    } else {
-        run(&args).map_err(|e| e.to_string())
+    let result = match (args.cpu, args.sequences) {
+        (true, _) => run_cpu(&args),
+        (false, Some(n)) => run_sequences(&args, n).map_err(|e| e.to_string()),
+        (false, None) => run(&args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,6 +241,87 @@ fn device_options() -> Result<DeviceOptions, VulkanError> {
         tuning,
         ..DeviceOptions::default()
     })
+}
+
+/// Decode tok/s of `n` sequences together (aggregate) and of one alone, each after a prompt
+/// of `args.prompt` tokens, medians of `args.runs`.
+fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
+    let ctx = args.prompt + args.decode + 1;
+    let t = Instant::now();
+    let mut model = LlamaModel::load(
+        &args.model,
+        &LoadOptions {
+            ctx: Some(ctx),
+            device: device_options()?,
+            slots: n,
+            ..LoadOptions::default()
+        },
+    )?;
+    println!("adapter:            {}", model.adapter_description());
+    println!(
+        "load:               {:.1} s ({n} slots of {ctx} tokens)",
+        t.elapsed().as_secs_f64()
+    );
+    let vocab = model.config().vocab as u32;
+    // Each sequence its own prompt, so that the sequences pick different tokens.
+    let prompts: Vec<Vec<u32>> = (0..n)
+        .map(|s| synthetic_prompt(args.prompt + s, vocab).split_off(s))
+        .collect();
+    let t = Instant::now();
+    model.forward(&prompts[0][..8.min(args.prompt)], 0)?;
+    println!("warm-up (8 tokens): {:.2} s", t.elapsed().as_secs_f64());
+    // Decodes `count` sequences from their prompts; returns the aggregate decode tok/s.
+    let decode = |model: &mut LlamaModel, count: usize| -> Result<f64, VulkanError> {
+        model.reset();
+        let mut next = Vec::with_capacity(count);
+        for (slot, prompt) in prompts[..count].iter().enumerate() {
+            let chunk = SeqChunk {
+                slot,
+                tokens: prompt,
+                start: 0,
+            };
+            next.push(argmax(&model.forward_batch(&[chunk])?[0]));
+        }
+        let t = Instant::now();
+        for i in 0..args.decode {
+            let ids = next.clone();
+            let chunks: Vec<SeqChunk<'_>> = ids
+                .iter()
+                .enumerate()
+                .map(|(slot, id)| SeqChunk {
+                    slot,
+                    tokens: std::slice::from_ref(id),
+                    start: args.prompt + i,
+                })
+                .collect();
+            let logits = model.forward_batch(&chunks)?;
+            next = logits.iter().map(|l| argmax(l)).collect();
+        }
+        Ok((count * args.decode) as f64 / t.elapsed().as_secs_f64())
+    };
+    let (mut one, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        one.push(decode(&mut model, 1)?);
+        all.push(decode(&mut model, n)?);
+    }
+    let (one, all) = (median(one), median(all));
+    println!("model:              {}", args.model.display());
+    println!(
+        "decode, 1 sequence: {one:.1} tok/s ({} tokens after a {}-token prompt, median of {})",
+        args.decode, args.prompt, args.runs
+    );
+    println!(
+        "decode, {n} together: {all:.1} tok/s in all ({:.1} per sequence), {:.2} x one sequence",
+        all / n as f64,
+        all / one
+    );
+    println!(
+        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"sequences\":{n},\"decode_tps_one\":{one:.2},\"decode_tps_all\":{all:.2},\"ratio\":{:.2}}}",
+        args.model.display(),
+        model.adapter_description().replace('"', "'"),
+        all / one
+    );
+    Ok(())
 }
 
 fn run(args: &Args) -> Result<(), VulkanError> {

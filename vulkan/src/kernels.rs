@@ -54,7 +54,7 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// (32-weight units each thread takes per loop iteration, `MV_UNITS` in matmul.wgsl),
 /// `tall=N` (the row count from which a matrix counts as tall), `checks=0|1` (1: compile
 /// every kernel with wgpu's runtime checks, to measure what they cost), `submit=N` (layers
-/// per submission after the first one, see `LlamaModel::submit_batch`), `dp4a=0|1` (Q8_0
+/// per submission after the first one, see `LlamaModel::record_pass`), `dp4a=0|1` (Q8_0
 /// and Q4_0 decode products with int8 activations and integer dot products, `MV_DP4A` in
 /// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
 /// model.rs) and `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
@@ -196,6 +196,8 @@ pub(crate) struct Kernels {
     /// Layers per submission after the first (see KernelTuning).
     pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
+    /// The final RMSNorm of the rows whose logits are wanted (one per sequence).
+    pub rmsnorm_rows: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
     pub attention_combine: wgpu::ComputePipeline,
@@ -227,11 +229,13 @@ fn pipeline(
 /// Why the unchecked modules are sound: every index the kernels compute is in range for the buffers the host binds:
 /// - matrix products and lookups: rows, row lengths and chunk offsets come from `GpuWeight`
 ///   (sizes checked at upload), token counts are at most the batch the activation buffers
-///   were sized for (`LlamaModel::forward_checks`, `max_batch`), token ids are below the
-///   vocabulary (checked in `forward_checks`) and the lookup skips ids outside its chunk;
-/// - RoPE, the KV store and attention: positions are below the context the caches and the
-///   cos/sin table were sized for (`forward_checks`), head counts and sizes come from the
-///   model's checked configuration; attention chunks are at most ATTENTION_MAX_CHUNKS and
+///   were sized for (`LlamaModel::check_chunks`, `max_batch`), token ids are below the
+///   vocabulary (checked in `check_chunks`) and the lookup skips ids outside its chunk;
+/// - RoPE, the KV store and attention: every token's position is below the context of one
+///   slot, which the cos/sin table was sized for, and its slot below the slots the caches
+///   were sized for (`LlamaModel::check_chunks`, which also bounds the rows of the final
+///   norm by the step's tokens); head counts and sizes come from the model's checked
+///   configuration; attention chunks are at most ATTENTION_MAX_CHUNKS and
 ///   the partials buffer is sized for the largest split;
 /// - the test entry points (`testing`) check their inputs' lengths the same way;
 /// - workgroup and private arrays are indexed by thread ids and constants within their sizes;
@@ -383,6 +387,13 @@ impl Kernels {
                 "rmsnorm",
                 include_str!("shaders/rmsnorm.wgsl"),
                 "rmsnorm",
+            ),
+            rmsnorm_rows: pipeline(
+                gpu,
+                tuning.checks,
+                "rmsnorm rows",
+                include_str!("shaders/rmsnorm.wgsl"),
+                "rmsnorm_rows",
             ),
             rope: pipeline(
                 gpu,

@@ -20,5 +20,5 @@ pub mod testing;
 pub use device::{DeviceOptions, Gpu, ALLOW_CPU_ADAPTER_ENV};
 pub use error::VulkanError;
 pub use kernels::{KernelTuning, MATVEC_TUNING_ENV};
-pub use model::{LlamaConfig, LlamaModel, LoadOptions};
+pub use model::{LlamaConfig, LlamaModel, LoadOptions, SeqChunk};
 pub use quant::{GpuWeight, WeightType};

@@ -3,9 +3,11 @@
 //!
 //! Weights are uploaded once at load, in their quantized form. The KV cache lives on the GPU
 //! (one K and one V buffer per layer, f16 as in llama.cpp: half the memory of f32, and the
-//! same rounding of keys and values as the reference). A forward pass writes the token ids and two
-//! counters, records every kernel of every layer into one command buffer, and reads back the
-//! logits of the last token: only ids and logits cross the bus.
+//! same rounding of keys and values as the reference) and holds several sequences, one per
+//! slot of `ctx` positions. A forward pass runs the tokens of one or more sequences as the
+//! rows of one batch: it writes the token ids, each row's position and slot and a few
+//! counters, records every kernel of every layer, and reads back the logits of each
+//! sequence's last token: only ids, positions and logits cross the bus.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,8 @@ pub struct LoadOptions {
     pub ctx: Option<usize>,
     /// Most tokens one GPU submission processes; longer prompts are split (prefill batch).
     pub max_batch: usize,
+    /// Sequences the KV cache holds at once (slots of `ctx` positions each); 0 counts as 1.
+    pub slots: usize,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +42,7 @@ impl Default for LoadOptions {
             device: DeviceOptions::default(),
             ctx: None,
             max_batch: 256,
+            slots: 1,
         }
     }
 }
@@ -96,7 +101,8 @@ pub const ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "phi3", "gemma3
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct StepParams {
     pub n_tokens: u32,
-    pub start: u32,
+    /// Rows whose logits the step computes (one per sequence: its last token).
+    pub out_rows: u32,
     /// Chunks of positions attention splits each (head, token) into, and their length.
     pub attn_chunks: u32,
     pub attn_chunk_len: u32,
@@ -110,18 +116,19 @@ fn attention_tile(head_dim: usize) -> usize {
     8 * (64 / (head_dim / 4)).min(4)
 }
 
-/// How attention splits the positions `0..start + n` of a step of `n` tokens (flash-decoding):
-/// `(chunks, positions per chunk)`. Prompt batches already have a workgroup per (head, token)
-/// and get one chunk; a decoded token gets up to ATTENTION_MAX_CHUNKS.
-/// `target`: the workgroups a step aims for (`Kernels::attention_groups`).
+/// How attention splits the positions of a step of `n` tokens whose longest sequence holds
+/// `len` positions (flash-decoding): `(chunks, positions per chunk)`, the same for every
+/// token (a token's chunks past its own position are empty). Prompt batches already have a
+/// workgroup per (head, token) and get one chunk; a decoded token gets up to
+/// ATTENTION_MAX_CHUNKS. `target`: the workgroups a step aims for
+/// (`Kernels::attention_groups`).
 fn attention_split(
     n: usize,
-    start: usize,
+    len: usize,
     n_head: usize,
     target: usize,
     tile: usize,
 ) -> (usize, usize) {
-    let len = start + n;
     let chunk_len = len
         .div_ceil(attention_chunks_wanted(n, n_head, target))
         .div_ceil(tile)
@@ -140,7 +147,7 @@ fn attention_chunks_wanted(n: usize, n_head: usize, target: usize) -> usize {
 struct NormParams {
     n: u32,
     eps: f32,
-    last_only: u32,
+    _pad: u32,
     accumulate: u32,
 }
 
@@ -175,6 +182,7 @@ pub(crate) struct RopeParams {
     pub hd: u32,
     pub neox: u32,
     pub cache_base: u32,
+    /// Positions per K/V head in the caches: every slot's.
     pub ctx: u32,
     pub _pad: [u32; 2],
 }
@@ -195,7 +203,8 @@ pub(crate) struct AttnParams {
 }
 
 impl AttnParams {
-    /// The parameters of a model's attention over caches of `ctx` positions per K/V head.
+    /// The parameters of a model's attention over caches of `ctx` positions per K/V head (all
+    /// slots together).
     pub fn new(n_head: usize, n_kv: usize, head_dim: usize, ctx: usize) -> AttnParams {
         AttnParams {
             n_head: n_head as u32,
@@ -254,9 +263,15 @@ pub struct LlamaModel {
     gpu: Gpu,
     kernels: Kernels,
     cfg: LlamaConfig,
+    /// Positions per slot.
     ctx: usize,
+    slots: usize,
     max_batch: usize,
     ids: wgpu::Buffer,
+    /// Per token of a step: (position in its sequence, first cache position of its slot).
+    rows: wgpu::Buffer,
+    /// The tokens whose logits a step computes (each sequence's last), as indices into the step.
+    logit_rows: wgpu::Buffer,
     step: wgpu::Buffer,
     logits: wgpu::Buffer,
     staging: wgpu::Buffer,
@@ -268,13 +283,58 @@ pub struct LlamaModel {
     output: MatmulOp,
     /// The output product for a one-token step: RMSNorm fused, reading the hidden state.
     output_fused: MatmulOp,
-    /// Tokens currently in the KV cache.
-    cached: usize,
-    /// The work of a one-token step at this position, recorded ahead (see `forward`). Its
-    /// inputs (token id, step uniform) are written when it is submitted.
-    next_step: Option<(usize, wgpu::CommandBuffer)>,
+    /// Tokens currently in each slot of the KV cache.
+    cached: Vec<usize>,
+    /// The work of a step of this shape, recorded ahead (see `forward_batch`). Its inputs
+    /// (token ids, rows, step uniform) are written when it is submitted.
+    next_step: Option<(PassShape, wgpu::CommandBuffer)>,
     weight_bytes: u64,
     timing: ForwardTiming,
+}
+
+/// One sequence's share of a batched forward pass ([`LlamaModel::forward_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqChunk<'a> {
+    /// The KV-cache slot that holds the sequence, `0..slots()`.
+    pub slot: usize,
+    /// Tokens at positions `start..start + tokens.len()` of that sequence (at least one).
+    pub tokens: &'a [u32],
+    pub start: usize,
+}
+
+/// What the recorded commands of one GPU pass depend on: its token count, the positions of
+/// its longest sequence (the attention split) and how many rows of logits it computes. Two
+/// passes of one shape run the same commands on other inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassShape {
+    tokens: usize,
+    len: usize,
+    logit_rows: usize,
+}
+
+/// The inputs of one GPU pass: at most `max_batch` tokens of one or more sequences.
+#[derive(Default)]
+struct PassInputs {
+    ids: Vec<u32>,
+    /// Per token: (position in its sequence, first cache position of its slot).
+    rows: Vec<[u32; 2]>,
+    /// Tokens (indices into this pass) whose logits are read: each chunk's last.
+    logit_rows: Vec<u32>,
+}
+
+impl PassInputs {
+    fn shape(&self) -> PassShape {
+        PassShape {
+            tokens: self.ids.len(),
+            len: self
+                .rows
+                .iter()
+                .map(|r| r[0] as usize + 1)
+                .max()
+                .unwrap_or(0),
+            logit_rows: self.logit_rows.len(),
+        }
+    }
 }
 
 /// Where the host time of the last forward pass went (for benchmarks).
@@ -666,19 +726,24 @@ pub(crate) fn rope_table(
 }
 
 /// What a model needs of the device's memory: the weights, the buffers of a forward pass,
-/// and the KV cache and RoPE table per context position.
+/// the KV cache per position of every slot, and the RoPE table per context position.
 #[derive(Debug, Clone, Copy)]
 struct MemoryNeeds {
     weights: u64,
     activations: u64,
-    per_token: u64,
-    /// Bytes per context position of the largest single buffer (a layer's K or V cache, or
-    /// the RoPE table), which must fit one storage binding.
-    per_token_binding: u64,
+    /// K and V of every layer for one position of one slot.
+    kv_per_token: u64,
+    /// The cos/sin tables for one context position (shared by the slots).
+    rope_per_token: u64,
+    /// One layer's K (or V) cache for one position of one slot, and the RoPE table's bytes
+    /// for one position: each of these buffers must fit one storage binding.
+    kv_layer_per_token: u64,
+    rope_table_per_token: u64,
+    slots: u64,
 }
 
 impl MemoryNeeds {
-    fn new(cfg: &LlamaConfig, weights: u64, max_batch: usize) -> MemoryNeeds {
+    fn new(cfg: &LlamaConfig, weights: u64, max_batch: usize, slots: usize) -> MemoryNeeds {
         let (d, hd, nh, nkv, ff) = (
             cfg.n_embd as u64,
             cfg.head_dim as u64,
@@ -686,35 +751,62 @@ impl MemoryNeeds {
             cfg.n_kv_head as u64,
             cfg.n_ff as u64,
         );
-        let b = max_batch as u64;
+        let (b, s) = (max_batch as u64, slots as u64);
         // hidden, normed, q|k|v, attention out, gate|up, activation (f32) per batch token;
-        // logits and their staging copy; the attention partials (bounded by 32 chunks).
+        // per slot the last hidden state, the logits and their staging copy; the attention
+        // partials (bounded by 32 chunks).
         let activations = b * (2 * d + (nh + 2 * nkv) * hd + nh * hd + 3 * ff) * 4
-            + 2 * cfg.vocab as u64 * 4
+            + s * (d + 2 * cfg.vocab as u64) * 4
             + b * ATTENTION_MAX_CHUNKS as u64 * nh * (hd + 4) * 4;
         // K and V in f16 for every layer, and the f32 cos/sin of every pair.
         let kv_layer = nkv * hd * 2;
-        // Sliding-window layers have their own table.
-        let rope = hd * 4 * (1 + cfg.sliding_window.is_some() as u64);
+        let rope_table = hd * 4;
         MemoryNeeds {
             weights,
             activations,
-            per_token: 2 * cfg.n_layer as u64 * kv_layer + rope,
-            per_token_binding: kv_layer.max(rope),
+            kv_per_token: 2 * cfg.n_layer as u64 * kv_layer,
+            // Sliding-window layers have their own table.
+            rope_per_token: rope_table * (1 + cfg.sliding_window.is_some() as u64),
+            kv_layer_per_token: kv_layer,
+            rope_table_per_token: rope_table,
+            slots: s,
         }
     }
 
+    /// Bytes per position of a slot's context: every slot's K and V, and the RoPE tables.
+    fn per_token(&self) -> u64 {
+        self.slots * self.kv_per_token + self.rope_per_token
+    }
+
+    /// Bytes per context position of the largest single buffer, which must fit one binding.
+    fn per_token_binding(&self) -> u64 {
+        (self.slots * self.kv_layer_per_token).max(self.rope_table_per_token)
+    }
+
     fn total(&self, ctx: usize) -> u64 {
-        self.weights + self.activations + ctx as u64 * self.per_token
+        self.weights + self.activations + ctx as u64 * self.per_token()
+    }
+
+    /// What to lower when `ctx` positions per slot do not fit (`fits`: the most that do).
+    fn lower_hint(&self, fits: usize) -> String {
+        if self.slots == 1 {
+            format!("use --ctx {fits} or less")
+        } else {
+            format!(
+                "use --ctx {fits} or less for {} sequences (or --kv-cache-tokens {} or less), or fewer sequences (--parallel)",
+                self.slots,
+                fits as u64 * self.slots
+            )
+        }
     }
 }
 
-/// The context length to allocate. `requested`: the caller's `--ctx`, which must fit;
-/// without it, the model's own context capped at [`DEFAULT_MAX_CTX`], and lower where the
-/// weights plus the KV cache would not fit `memory` (the bytes the model may use; `None`
-/// when the driver does not tell) or a layer's cache would not fit one storage binding
-/// (`max_binding`). Logs the choice and the reason. Weights that do not fit at all are an
-/// error whatever the context.
+/// The context length per slot to allocate. `requested`: the caller's `--ctx`, which must
+/// fit; without it, the model's own context capped at [`DEFAULT_MAX_CTX`], and lower where
+/// the weights plus the KV cache of every slot would not fit `memory` (the bytes the model
+/// may use; `None` when the driver does not tell) or a layer's cache would not fit one
+/// storage binding (`max_binding`). Logs the choice and the reason. Weights that do not fit
+/// at all are an error whatever the context.
 fn choose_context(
     requested: Option<usize>,
     train_ctx: usize,
@@ -723,42 +815,72 @@ fn choose_context(
     max_binding: u64,
 ) -> Result<usize, VulkanError> {
     let fixed = needs.weights + needs.activations;
+    let per_token = needs.per_token();
+    let slots = needs.slots;
     if let Some(available) = memory {
-        if fixed + CTX_GRANULE as u64 * needs.per_token > available {
+        if fixed + CTX_GRANULE as u64 * per_token > available {
+            let (what, hint) = if fixed + CTX_GRANULE as u64 * needs.rope_per_token > available
+                || slots == 1
+            {
+                (
+                    format!(
+                        "the weights ({} bytes) and the buffers of a forward pass",
+                        needs.weights
+                    ),
+                    "use a smaller or more quantized model, or --device cpu".to_string(),
+                )
+            } else {
+                (
+                    format!(
+                        "the weights ({} bytes) and the KV cache of {slots} sequences of {CTX_GRANULE} tokens",
+                        needs.weights
+                    ),
+                    "serve fewer sequences at once (--parallel), or use a smaller model or --device cpu".to_string(),
+                )
+            };
             return Err(VulkanError::DoesNotFit {
-                what: format!(
-                    "the weights ({} bytes) and the buffers of a forward pass",
-                    needs.weights
-                ),
+                what,
                 needed: needs.total(CTX_GRANULE),
                 available,
-                hint: "use a smaller or more quantized model, or --device cpu".into(),
+                hint,
             });
         }
     }
-    let binding_ctx = (max_binding / needs.per_token_binding) as usize;
-    let memory_ctx = memory.map(|m| ((m - fixed) / needs.per_token) as usize);
+    let binding_ctx = (max_binding / needs.per_token_binding()) as usize;
+    let memory_ctx = memory.map(|m| ((m - fixed) / per_token) as usize);
     if let Some(ctx) = requested {
         if let Some(available) = memory.filter(|_| memory_ctx.is_some_and(|m| ctx > m)) {
-            return Err(VulkanError::DoesNotFit {
-                what: format!(
+            let what = if slots == 1 {
+                format!(
                     "--ctx {ctx} (weights plus a KV cache of {} bytes)",
-                    ctx as u64 * needs.per_token
-                ),
+                    ctx as u64 * per_token
+                )
+            } else {
+                format!(
+                    "--ctx {ctx} for each of {slots} sequences (weights plus a KV cache of {} bytes)",
+                    ctx as u64 * per_token
+                )
+            };
+            return Err(VulkanError::DoesNotFit {
+                what,
                 needed: needs.total(ctx),
                 available,
-                hint: format!("use --ctx {} or less", memory_ctx.unwrap_or(0)),
+                hint: needs.lower_hint(memory_ctx.unwrap_or(0)),
             });
         }
         if ctx > binding_ctx {
             return Err(VulkanError::DoesNotFit {
-                what: format!("--ctx {ctx} (one layer's K cache in one storage binding)"),
-                needed: ctx as u64 * needs.per_token_binding,
+                what: if slots == 1 {
+                    format!("--ctx {ctx} (one layer's K cache in one storage binding)")
+                } else {
+                    format!("--ctx {ctx} for each of {slots} sequences (one layer's K cache of every sequence in one storage binding)")
+                },
+                needed: ctx as u64 * needs.per_token_binding(),
                 available: max_binding,
-                hint: format!("use --ctx {binding_ctx} or less"),
+                hint: needs.lower_hint(binding_ctx),
             });
         }
-        tracing::info!(ctx, needed = needs.total(ctx), available = ?memory, "context: --ctx as given");
+        tracing::info!(ctx, slots, needed = needs.total(ctx), available = ?memory, "context: --ctx as given");
         return Ok(ctx);
     }
     let wanted = train_ctx.min(DEFAULT_MAX_CTX);
@@ -771,11 +893,15 @@ fn choose_context(
     if ctx == 0 {
         return Err(VulkanError::DoesNotFit {
             what: format!(
-                "a context of {CTX_GRANULE} tokens (one layer's K cache in one storage binding)"
+                "a context of {CTX_GRANULE} tokens for each of {slots} sequences (one layer's K cache of every sequence in one storage binding)"
             ),
-            needed: CTX_GRANULE as u64 * needs.per_token_binding,
+            needed: CTX_GRANULE as u64 * needs.per_token_binding(),
             available: max_binding,
-            hint: "use --device cpu".into(),
+            hint: if slots == 1 {
+                "use --device cpu".into()
+            } else {
+                "serve fewer sequences at once (--parallel), or use --device cpu".into()
+            },
         });
     }
     let reason = if ctx == train_ctx {
@@ -784,17 +910,18 @@ fn choose_context(
         format!("the model's {train_ctx} capped at {DEFAULT_MAX_CTX}; pass --ctx for more")
     } else if memory_ctx.is_some_and(|m| m < binding_ctx) {
         format!(
-            "the most that fits the device's memory ({} bytes usable, {} of them for the weights)",
+            "the most that fits the device's memory for {slots} sequences ({} bytes usable, {} of them for the weights)",
             memory.unwrap_or(0),
             needs.weights
         )
     } else {
-        format!("the most whose per-layer K/V cache fits one storage binding ({max_binding} bytes)")
+        format!("the most whose per-layer K/V cache of {slots} sequences fits one storage binding ({max_binding} bytes)")
     };
     tracing::info!(
         ctx,
+        slots,
         model_ctx = train_ctx,
-        kv_and_rope_bytes = ctx as u64 * needs.per_token,
+        kv_and_rope_bytes = ctx as u64 * per_token,
         "context {ctx}: {reason}"
     );
     Ok(ctx)
@@ -831,7 +958,8 @@ impl LlamaModel {
         }
         let gpu = Gpu::new(&opts.device)?;
         // Check what the weights and the cache need before anything is uploaded.
-        let needs = MemoryNeeds::new(&cfg, gguf.tensor_bytes(), opts.max_batch.max(1));
+        let slots = opts.slots.max(1);
+        let needs = MemoryNeeds::new(&cfg, gguf.tensor_bytes(), opts.max_batch.max(1), slots);
         let memory = match (gpu.memory_bytes(), opts.device.memory_limit) {
             (Some(heap), limit) => {
                 Some(((heap as f64 * MEMORY_SHARE) as u64).min(limit.unwrap_or(u64::MAX)))
@@ -852,11 +980,13 @@ impl LlamaModel {
         let f = 4u64;
         let b = max_batch as u64;
         let ids = gpu.storage("token ids", b * 4)?;
+        let rows = gpu.storage("token positions and slots", b * 8)?;
+        let logit_rows = gpu.storage("logit rows", slots as u64 * 4)?;
         let step = gpu.uniform_init(
             "step",
             bytemuck::bytes_of(&StepParams {
                 n_tokens: 0,
-                start: 0,
+                out_rows: 0,
                 attn_chunks: 1,
                 attn_chunk_len: 1,
             }),
@@ -868,9 +998,11 @@ impl LlamaModel {
         let attn = gpu.storage("attention out", b * (nh * hd) as u64 * f)?;
         let gate_up = gpu.storage("ffn gate|up", b * 2 * ff as u64 * f)?;
         let act = gpu.storage("ffn activation", b * ff as u64 * f)?;
-        let last = gpu.storage("last hidden", d as u64 * f)?;
-        let logits = gpu.storage("logits", cfg.vocab as u64 * f)?;
-        let staging = gpu.buffer_map_read("logits staging", cfg.vocab as u64 * f)?;
+        // Per sequence of a step: its last token's normalised hidden state and logits.
+        let s = slots as u64;
+        let last = gpu.storage("last hidden", s * d as u64 * f)?;
+        let logits = gpu.storage("logits", s * cfg.vocab as u64 * f)?;
+        let staging = gpu.buffer_map_read("logits staging", s * cfg.vocab as u64 * f)?;
         // Sliding-window layers rotate with their own base (and no frequency factors).
         let swa_rope_table = match &cfg.sliding_window {
             Some(swa) => Some(gpu.storage_init(
@@ -881,8 +1013,9 @@ impl LlamaModel {
         };
         let table = rope_table(ctx, hd, cfg.rope_base, cfg.rope_freq_factors.as_deref());
         let rope_table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&table))?;
-        // f16 K and V values.
-        let cache_bytes = (nkv * ctx * hd) as u64 * 2;
+        // f16 K and V values: per K/V head, the slots' positions one after another.
+        let cache_positions = slots * ctx;
+        let cache_bytes = (nkv * cache_positions * hd) as u64 * 2;
 
         let mut weight_bytes = 0u64;
         let embd = gguf.matrix(&gpu, "token_embd.weight", cfg.vocab, d)?;
@@ -918,25 +1051,24 @@ impl LlamaModel {
         // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
         // output, then a vec4 holding its max and sum), for the largest number of slots any
         // batch size can need.
-        let slots = (1..=max_batch)
+        let part_slots = (1..=max_batch)
             .map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups()))
             .max()
             .unwrap_or(1)
             * nh;
-        let attn_part = gpu.storage("attention partials", (slots * (hd + 4)) as u64 * f)?;
+        let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
 
         let norm_op = |name: &str,
                        weights: &[f32],
                        x: &wgpu::Buffer,
                        y: &wgpu::Buffer,
-                       last_only: bool,
                        accumulate: bool|
          -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
             let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
             let params = NormParams {
                 n: d as u32,
                 eps: cfg.rms_eps,
-                last_only: last_only as u32,
+                _pad: 0,
                 accumulate: accumulate as u32,
             };
             let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
@@ -944,7 +1076,7 @@ impl LlamaModel {
                 &gpu,
                 &kernels.rmsnorm,
                 name,
-                &[(0, x), (1, &wbuf), (2, y), (3, &ubuf), (4, &step)],
+                &[(0, x), (1, &wbuf), (2, y), (3, &ubuf)],
             );
             Ok((bg, wbuf))
         };
@@ -1044,7 +1176,7 @@ impl LlamaModel {
                     ("post_ffw_norm.weight", &mut post_ffn_norm),
                 ] {
                     let w = gguf.vector(&p(name), d)?;
-                    *slot = Some(norm_op(&p(name), &w, &normed, &hidden, false, true)?.0);
+                    *slot = Some(norm_op(&p(name), &w, &normed, &hidden, true)?.0);
                 }
             }
             let (out_target, out_mode) = if post_norms {
@@ -1080,16 +1212,10 @@ impl LlamaModel {
             {
                 weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
             }
-            let (attn_norm, attn_norm_buf) = norm_op(
-                &p("attn_norm"),
-                &attn_norm_w,
-                &hidden,
-                &normed,
-                false,
-                false,
-            )?;
+            let (attn_norm, attn_norm_buf) =
+                norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
             let (ffn_norm, ffn_norm_buf) =
-                norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false, false)?;
+                norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
             // The epilogue a decode step's fused product adds after the RMSNorm and the product.
             enum Epilogue<'b> {
                 None,
@@ -1149,7 +1275,7 @@ impl LlamaModel {
                 hd: hd as u32,
                 neox: cfg.rope_neox as u32,
                 cache_base: 0,
-                ctx: ctx as u32,
+                ctx: cache_positions as u32,
                 _pad: [0; 2],
             };
             let rope_u = gpu.uniform_init("rope params", bytemuck::bytes_of(&rope_params))?;
@@ -1158,7 +1284,7 @@ impl LlamaModel {
                 (Some(_), Some(table)) => table,
                 _ => &rope_table,
             };
-            let mut attn_params = AttnParams::new(nh, nkv, hd, ctx);
+            let mut attn_params = AttnParams::new(nh, nkv, hd, cache_positions);
             attn_params.window = sliding.map_or(0, |swa| swa.window as u32);
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
             let interleaved = gate_up_w.len() == 1;
@@ -1184,6 +1310,7 @@ impl LlamaModel {
                 vcache: &vcache,
                 cos_sin: layer_rope_table,
                 params: &rope_u,
+                rows: &rows,
             };
             layers.push(LayerOps {
                 attn_norm,
@@ -1215,6 +1342,7 @@ impl LlamaModel {
                         (3, layer_rope_table),
                         (4, &rope_u),
                         (5, &step),
+                        (6, &rows),
                     ],
                 ),
                 attention: kernels::bind(
@@ -1229,6 +1357,7 @@ impl LlamaModel {
                         (4, &attn_u),
                         (5, &step),
                         (6, &attn_part),
+                        (7, &rows),
                     ],
                 ),
                 attention_combine: kernels::bind(
@@ -1284,8 +1413,29 @@ impl LlamaModel {
             });
         }
         let out_norm_w = gguf.vector("output_norm.weight", d)?;
-        let (final_norm, final_norm_buf) =
-            norm_op("output_norm", &out_norm_w, &hidden, &last, true, false)?;
+        let final_norm_buf = gpu.storage_init("output_norm", bytemuck::cast_slice(&out_norm_w))?;
+        let final_norm_u = gpu.uniform_init(
+            "norm params",
+            bytemuck::bytes_of(&NormParams {
+                n: d as u32,
+                eps: cfg.rms_eps,
+                _pad: 0,
+                accumulate: 0,
+            }),
+        )?;
+        // The final norm of the rows whose logits are wanted, into `last` in their order.
+        let final_norm = kernels::bind(
+            &gpu,
+            &kernels.rmsnorm_rows,
+            "output_norm",
+            &[
+                (0, &hidden),
+                (1, &final_norm_buf),
+                (2, &last),
+                (3, &final_norm_u),
+                (5, &logit_rows),
+            ],
+        );
         // Models with tied embeddings (SmolLM2) have no output.weight.
         let out_w = if gguf.has("output.weight") {
             gguf.matrix(&gpu, "output.weight", cfg.vocab, d)?
@@ -1294,7 +1444,7 @@ impl LlamaModel {
         };
         weight_bytes += (out_w.rows * out_w.ty.row_bytes(out_w.k)) as u64;
         let head = MatmulMode {
-            last_only: true,
+            logit_rows: true,
             exact_input: true,
             ..MatmulMode::default()
         };
@@ -1322,6 +1472,7 @@ impl LlamaModel {
             adapter = %gpu.description(),
             layers = cfg.n_layer,
             ctx,
+            slots,
             weight_bytes,
             "model loaded on the Vulkan device"
         );
@@ -1330,8 +1481,11 @@ impl LlamaModel {
             kernels,
             cfg,
             ctx,
+            slots,
             max_batch,
             ids,
+            rows,
+            logit_rows,
             step,
             logits,
             staging,
@@ -1341,59 +1495,98 @@ impl LlamaModel {
             final_norm,
             output,
             output_fused,
-            cached: 0,
+            cached: vec![0; slots],
             weight_bytes,
             timing: ForwardTiming::default(),
             next_step: None,
         })
     }
 
-    /// Runs `tokens` at positions `start..start + tokens.len()` and returns the logits of the
-    /// last one. The KV cache must hold positions `0..start` (from earlier calls).
+    /// Runs `tokens` at positions `start..start + tokens.len()` of the sequence in slot 0 and
+    /// returns the logits of the last one. The slot must hold positions `0..start` (from
+    /// earlier calls).
     pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, VulkanError> {
-        self.forward_checks(tokens, start)?;
-        let batches: Vec<&[u32]> = tokens.chunks(self.max_batch).collect();
+        let chunk = SeqChunk {
+            slot: 0,
+            tokens,
+            start,
+        };
+        Ok(self.forward_batch(&[chunk])?.remove(0))
+    }
+
+    /// Runs the tokens of several sequences as one batch and returns the logits of each
+    /// chunk's last token, in chunk order. Every matrix product takes the tokens of all
+    /// chunks as its rows (each weight is read once per pass), RoPE and the K/V store use
+    /// each token's own position and slot, and attention runs per token over its own slot's
+    /// positions `0..=position`. Chunks name distinct slots, and each slot must hold the
+    /// positions `0..start` of its chunk from earlier calls; what it held from `start` on is
+    /// overwritten. More than `max_batch` tokens in all run as several passes in order.
+    ///
+    /// A sequence's logits do not depend on the other chunks beyond the float rounding of the
+    /// kernels: a pass of one token uses the matrix-vector kernels, a pass of several the
+    /// batched or tiled products, which sum in another order (see docs/vulkan.md).
+    pub fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, VulkanError> {
+        self.check_chunks(chunks)?;
         let started = std::time::Instant::now();
-        let mut pos = start;
-        // If a batch fails, only positions before `start` are known to be intact.
-        self.cached = self.cached.min(start);
-        for (i, batch) in batches.iter().enumerate() {
-            let is_last = i + 1 == batches.len();
+        // If a pass fails, only the positions before each chunk's start are known intact.
+        for c in chunks {
+            self.cached[c.slot] = self.cached[c.slot].min(c.start);
+        }
+        let passes = self.plan_passes(chunks);
+        let mut logit_rows = 0;
+        for pass in &passes {
+            let shape = pass.shape();
+            self.write_step(pass);
             match self.next_step.take() {
-                Some((at, work)) if at == pos && batch.len() == 1 && is_last => {
-                    self.write_step(batch, pos);
+                Some((recorded, work)) if recorded == shape && logit_rows == 0 => {
                     self.gpu.queue.submit([work]);
                 }
-                _ => self.submit_batch(batch, pos, is_last, None),
+                _ => self.record_pass(shape, logit_rows, true, None, |cb| {
+                    self.gpu.queue.submit([cb]);
+                }),
             }
-            pos += batch.len();
+            logit_rows += shape.logit_rows;
             self.gpu.check("running the model")?;
         }
-        // While the GPU runs this pass, record the decode step that most likely comes next
-        // (one token at `pos`), so that its recording (about a quarter of a millisecond for a
-        // 16-layer model) is off the critical path; it is used only if that step comes. (The
-        // loop above took any earlier recording.)
-        if pos < self.ctx {
+        // While the GPU runs this pass, record the step that most likely comes next (every
+        // sequence one token further), so that its recording (about a quarter of a
+        // millisecond for a 16-layer model) is off the critical path; it is used only if a
+        // step of that shape comes. (The loop above took any earlier recording.)
+        let next = PassShape {
+            tokens: chunks.len(),
+            len: chunks
+                .iter()
+                .map(|c| c.start + c.tokens.len() + 1)
+                .max()
+                .unwrap_or(0),
+            logit_rows: chunks.len(),
+        };
+        if next.len <= self.ctx && next.tokens <= self.max_batch {
             let mut work = None;
-            self.record_batch(1, pos, true, false, None, |cb| work = Some(cb));
-            self.next_step = work.map(|w| (pos, w));
+            self.record_pass(next, 0, false, None, |cb| work = Some(cb));
+            self.next_step = work.map(|w| (next, w));
         }
         let recorded = std::time::Instant::now();
+        let vocab = self.cfg.vocab;
         let bytes = self
             .gpu
-            .map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+            .map_read(&self.staging, (logit_rows * vocab * 4) as u64)?;
         self.timing = ForwardTiming {
             record_s: (recorded - started).as_secs_f64(),
             wait_s: recorded.elapsed().as_secs_f64(),
         };
-        self.cached = start + tokens.len();
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        for c in chunks {
+            self.cached[c.slot] = c.start + c.tokens.len();
+        }
+        let logits: &[f32] = bytemuck::cast_slice(&bytes);
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// Runs one decode step (`token` at position `pos`, as [`forward`](Self::forward) does)
-    /// with a GPU timestamp after every dispatch, and returns each dispatch's name and GPU
-    /// seconds in order, plus the logits. `None` when the device has no timestamp queries.
-    /// For benchmarks: the timestamps add a little GPU time of their own.
+    /// Runs one decode step (`token` at position `pos` of slot 0, as
+    /// [`forward`](Self::forward) does) with a GPU timestamp after every dispatch, and returns
+    /// each dispatch's name and GPU seconds in order, plus the logits. `None` when the device
+    /// has no timestamp queries. For benchmarks: the timestamps add a little GPU time of
+    /// their own.
     #[allow(clippy::type_complexity)]
     pub fn profile_step(
         &mut self,
@@ -1403,107 +1596,147 @@ impl LlamaModel {
         let Some(mut timer) = Timer::new(&self.gpu, 1024) else {
             return Ok(None);
         };
-        self.forward_checks(&[token], pos)?;
-        self.cached = self.cached.min(pos);
-        self.submit_batch(&[token], pos, true, Some(&mut timer));
+        let chunks = [SeqChunk {
+            slot: 0,
+            tokens: &[token],
+            start: pos,
+        }];
+        self.check_chunks(&chunks)?;
+        self.cached[0] = self.cached[0].min(pos);
+        let passes = self.plan_passes(&chunks);
+        self.write_step(&passes[0]);
+        self.record_pass(passes[0].shape(), 0, true, Some(&mut timer), |cb| {
+            self.gpu.queue.submit([cb]);
+        });
         self.gpu.check("running the model")?;
         let bytes = self
             .gpu
             .map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
-        self.cached = pos + 1;
+        self.cached[0] = pos + 1;
         let times = timer.read(&self.gpu)?;
         Ok(Some((times, bytemuck::cast_slice(&bytes).to_vec())))
     }
 
-    /// The errors of `forward` for bad input, before anything is submitted.
-    fn forward_checks(&self, tokens: &[u32], start: usize) -> Result<(), VulkanError> {
-        if tokens.is_empty() {
-            return Err(VulkanError::InvalidInput("no tokens to run".into()));
+    /// The errors of `forward_batch` for bad input, before anything is submitted.
+    fn check_chunks(&self, chunks: &[SeqChunk<'_>]) -> Result<(), VulkanError> {
+        if chunks.is_empty() {
+            return Err(VulkanError::InvalidInput("no sequences to run".into()));
         }
-        if start > self.cached {
-            return Err(VulkanError::InvalidInput(format!(
-                "start position {start} is past the {} tokens in the KV cache",
-                self.cached
-            )));
-        }
-        if start + tokens.len() > self.ctx {
-            return Err(VulkanError::InvalidInput(format!(
-                "{} tokens from position {start} exceed the context length of {}",
-                tokens.len(),
-                self.ctx
-            )));
-        }
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
-            return Err(VulkanError::InvalidInput(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab
-            )));
+        let mut seen = vec![false; self.slots];
+        for c in chunks {
+            let slot = c.slot;
+            if slot >= self.slots {
+                return Err(VulkanError::InvalidInput(format!(
+                    "slot {slot} does not exist: the KV cache holds {} sequences (slots 0..{})",
+                    self.slots,
+                    self.slots - 1
+                )));
+            }
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(VulkanError::InvalidInput(format!(
+                    "slot {slot} appears in more than one chunk of the batch; a sequence runs once per pass"
+                )));
+            }
+            if c.tokens.is_empty() {
+                return Err(VulkanError::InvalidInput(format!(
+                    "no tokens to run for slot {slot}"
+                )));
+            }
+            if c.start > self.cached[slot] {
+                return Err(VulkanError::InvalidInput(format!(
+                    "start position {} is past the {} tokens in the KV cache of slot {slot}",
+                    c.start, self.cached[slot]
+                )));
+            }
+            if c.start + c.tokens.len() > self.ctx {
+                return Err(VulkanError::InvalidInput(format!(
+                    "{} tokens from position {} exceed the context length of {} (slot {slot})",
+                    c.tokens.len(),
+                    c.start,
+                    self.ctx
+                )));
+            }
+            if let Some(bad) = c.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+                return Err(VulkanError::InvalidInput(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.cfg.vocab
+                )));
+            }
         }
         Ok(())
     }
 
-    /// Writes the token ids and the step uniform of a batch at `start`: the per-step inputs
-    /// of the recorded work, written before the submission that runs it.
-    fn write_step(&self, batch: &[u32], start: usize) {
+    /// The chunks' tokens in order, cut into passes of at most `max_batch` tokens; a chunk's
+    /// last token is a logit row of the pass it falls in.
+    fn plan_passes(&self, chunks: &[SeqChunk<'_>]) -> Vec<PassInputs> {
+        let mut passes = vec![PassInputs::default()];
+        for c in chunks {
+            let slot_base = (c.slot * self.ctx) as u32;
+            for (i, &id) in c.tokens.iter().enumerate() {
+                if passes.last().is_some_and(|p| p.ids.len() == self.max_batch) {
+                    passes.push(PassInputs::default());
+                }
+                let pass = passes.last_mut().expect("at least one pass");
+                if i + 1 == c.tokens.len() {
+                    pass.logit_rows.push(pass.ids.len() as u32);
+                }
+                pass.ids.push(id);
+                pass.rows.push([(c.start + i) as u32, slot_base]);
+            }
+        }
+        passes
+    }
+
+    /// Writes the inputs of a pass (token ids, rows, logit rows, step uniform): the per-step
+    /// inputs of the recorded work, written before the submission that runs it.
+    fn write_step(&self, pass: &PassInputs) {
         let c = &self.cfg;
-        self.gpu
-            .queue
-            .write_buffer(&self.ids, 0, bytemuck::cast_slice(batch));
+        let shape = pass.shape();
+        let queue = &self.gpu.queue;
+        queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&pass.ids));
+        queue.write_buffer(&self.rows, 0, bytemuck::cast_slice(&pass.rows));
+        if !pass.logit_rows.is_empty() {
+            queue.write_buffer(&self.logit_rows, 0, bytemuck::cast_slice(&pass.logit_rows));
+        }
         let (chunks, chunk_len) = attention_split(
-            batch.len(),
-            start,
+            shape.tokens,
+            shape.len,
             c.n_head,
             self.kernels.attention_groups(),
             attention_tile(c.head_dim),
         );
         let step = StepParams {
-            n_tokens: batch.len() as u32,
-            start: start as u32,
+            n_tokens: shape.tokens as u32,
+            out_rows: shape.logit_rows as u32,
             attn_chunks: chunks as u32,
             attn_chunk_len: chunk_len as u32,
         };
-        self.gpu
-            .queue
-            .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
     }
 
-    /// Writes the inputs of one batch of at most `max_batch` tokens and records and submits
-    /// its work, in several submissions so that the GPU starts before the host has recorded
-    /// the whole pass.
-    fn submit_batch(
+    /// Records the work of a pass of this shape (whose inputs `write_step` writes) and hands
+    /// each command buffer to `sink` as soon as it is finished. Its logits are copied to the
+    /// staging buffer from row `staging_row` on. `split`: several command buffers, the first
+    /// one small, so that a caller submitting each at once gets the GPU started early;
+    /// otherwise one. A one-token pass uses the decode kernels: matrix-vector products with
+    /// the RMSNorm and the SiLU·mul fused into their input, and attention split over
+    /// positions.
+    fn record_pass(
         &self,
-        batch: &[u32],
-        start: usize,
-        read_logits: bool,
-        timer: Option<&mut Timer>,
-    ) {
-        self.write_step(batch, start);
-        self.record_batch(batch.len(), start, read_logits, true, timer, |cb| {
-            self.gpu.queue.submit([cb]);
-        });
-    }
-
-    /// Records the work of a batch of `n` tokens at `start` (whose inputs `write_step` writes)
-    /// and hands each command buffer to `sink` as soon as it is finished. `split`: several
-    /// command buffers, the first one small, so that a caller submitting each at once gets the
-    /// GPU started early; otherwise one. A one-token batch uses the decode kernels:
-    /// matrix-vector products with the RMSNorm and the SiLU·mul fused into their input, and
-    /// attention split over positions.
-    fn record_batch(
-        &self,
-        n: usize,
-        start: usize,
-        read_logits: bool,
+        shape: PassShape,
+        staging_row: usize,
         split: bool,
         mut timer: Option<&mut Timer>,
         mut sink: impl FnMut(wgpu::CommandBuffer),
     ) {
+        let n = shape.tokens;
+        let read_logits = shape.logit_rows > 0;
         let decode = n == 1;
         let gpu = &self.gpu;
         let c = &self.cfg;
         let (chunks, _) = attention_split(
             n,
-            start,
+            shape.len,
             c.n_head,
             self.kernels.attention_groups(),
             attention_tile(c.head_dim),
@@ -1639,40 +1872,47 @@ impl LlamaModel {
                     }
                 }
                 if last && read_logits {
+                    let rows = shape.logit_rows as u32;
                     if decode {
                         self.output_fused.record(&mut rec, 1, true);
                     } else {
                         rec.dispatch(
                             "rmsnorm",
-                            &self.kernels.rmsnorm,
+                            &self.kernels.rmsnorm_rows,
                             &self.final_norm,
-                            [1, 1, 1],
+                            [rows, 1, 1],
                         );
-                        self.output.record(&mut rec, 1, false);
+                        self.output.record(&mut rec, rows, false);
                     }
                 }
             }
             if last && read_logits {
+                let row_bytes = self.cfg.vocab as u64 * 4;
                 enc.copy_buffer_to_buffer(
                     &self.logits,
                     0,
                     &self.staging,
-                    0,
-                    self.cfg.vocab as u64 * 4,
+                    staging_row as u64 * row_bytes,
+                    shape.logit_rows as u64 * row_bytes,
                 );
             }
             sink(enc.finish());
         }
     }
 
-    /// Forgets the KV cache; the next forward starts at position 0.
+    /// Forgets the KV cache of every slot; the next forward of each starts at position 0.
     pub fn reset(&mut self) {
-        self.cached = 0;
+        self.cached.fill(0);
     }
 
-    /// Tokens the KV cache can hold.
+    /// Tokens one slot of the KV cache can hold.
     pub fn context_length(&self) -> usize {
         self.ctx
+    }
+
+    /// Sequences the KV cache holds at once.
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     /// The adapter in use, e.g. `Intel(R) Arc(TM) A770 Graphics (DiscreteGpu, driver ...)`.
@@ -1718,7 +1958,7 @@ mod tests {
             let tile = attention_tile(head_dim);
             for n in [1, 2, 4, 8, 64, 256] {
                 for len in n..700 {
-                    let (chunks, chunk_len) = attention_split(n, len - n, n_head, target, tile);
+                    let (chunks, chunk_len) = attention_split(n, len, n_head, target, tile);
                     assert!(
                         chunks * chunk_len >= len && (chunks - 1) * chunk_len < len,
                         "n {n} len {len}"

@@ -271,7 +271,7 @@ struct MatmulParams {
     out_stride: u32,
     aux: u32,
     accumulate: u32,
-    last_only: u32,
+    logit_rows: u32,
     out_offset: u32,
     lanes: u32,
     eps: f32,
@@ -297,8 +297,9 @@ fn lanes_for(k: usize) -> u32 {
 pub(crate) struct MatmulMode {
     /// Add into the output (a fused residual add) instead of overwriting it.
     pub accumulate: bool,
-    /// The input holds a single token (the last one): compute one column.
-    pub last_only: bool,
+    /// The input holds the rows whose logits are wanted (`out_rows` in the step uniform, one
+    /// per sequence of the step), not one row per token: the output head.
+    pub logit_rows: bool,
     /// Floats per token in the output; 0: the weight's row count. Larger when several
     /// matmuls write side by side into one output row (q | k | v).
     pub out_stride: u32,
@@ -349,6 +350,8 @@ pub(crate) struct RopeBuffers<'a> {
     pub cos_sin: &'a wgpu::Buffer,
     /// rope.wgsl's `Params` uniform.
     pub params: &'a wgpu::Buffer,
+    /// The step's per-token (position, slot's first cache position) table.
+    pub rows: &'a wgpu::Buffer,
 }
 
 /// Binds the weight chunk as matmul.wgsl reads it: as words (binding 0) and/or as vec4 words
@@ -394,7 +397,6 @@ pub(crate) struct MatmulOp {
     tiled: Option<Dispatches>,
     single: Dispatches,
     fused: Option<Dispatches>,
-    last_only: bool,
 }
 
 impl MatmulOp {
@@ -502,7 +504,7 @@ impl MatmulOp {
                 },
                 aux: c.aux,
                 accumulate: mode.accumulate as u32,
-                last_only: mode.last_only as u32,
+                logit_rows: mode.logit_rows as u32,
                 out_offset: mode.out_offset,
                 lanes,
                 eps,
@@ -542,7 +544,7 @@ impl MatmulOp {
                 let mut entries = vec![(1, fused_x), (2, fused_y), (3, &ubuf), (6, norm_w)];
                 if let Some(r) = rope {
                     entries.extend([
-                        (4, step),
+                        (12, r.rows),
                         (8, r.kcache),
                         (9, r.vcache),
                         (10, r.cos_sin),
@@ -559,7 +561,6 @@ impl MatmulOp {
             tiled,
             single,
             fused,
-            last_only: mode.last_only,
         })
     }
 
@@ -568,10 +569,10 @@ impl MatmulOp {
         self.fused.is_some()
     }
 
-    /// Records the dispatches for `n_tokens` tokens; `fused`: a one-token step whose input is
-    /// the fused one given at creation (the op must have one).
-    pub fn record(&self, rec: &mut Recorder<'_, '_>, n_tokens: u32, fused: bool) {
-        let n = if self.last_only { 1 } else { n_tokens };
+    /// Records the dispatches for `n` input rows (the step's tokens, or its logit rows for an
+    /// op made with `MatmulMode::logit_rows`); `fused`: a one-token step whose input is the
+    /// fused one given at creation (the op must have one).
+    pub fn record(&self, rec: &mut Recorder<'_, '_>, n: u32, fused: bool) {
         match (&self.fused, fused) {
             (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
             _ if n == 1 => self.single.record(rec, self.label, 1),
@@ -612,7 +613,7 @@ impl GetRowsOp {
                 out_stride: weight.k as u32,
                 aux: c.aux,
                 accumulate: 0,
-                last_only: 0,
+                logit_rows: 0,
                 out_offset: 0,
                 lanes: kernels::WORKGROUP,
                 eps: 0.0,

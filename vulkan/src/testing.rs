@@ -31,10 +31,17 @@ fn run(
     Ok(bytemuck::cast_slice(&bytes).to_vec())
 }
 
+/// The per-token (position, slot's first cache position) table of tokens at positions
+/// `start..start + n` of one sequence in the cache's only slot.
+fn rows_buffer(gpu: &Gpu, start: usize, n: usize) -> Result<wgpu::Buffer, VulkanError> {
+    let rows: Vec<[u32; 2]> = (start..start + n).map(|p| [p as u32, 0]).collect();
+    gpu.storage_init("token positions and slots", bytemuck::cast_slice(&rows))
+}
+
 fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> {
     let step = StepParams {
         n_tokens: n_tokens as u32,
-        start: 0,
+        out_rows: 0,
         attn_chunks: 1,
         attn_chunk_len: 1,
     };
@@ -244,16 +251,18 @@ pub fn matvec_norm_rope(
     let pb = gpu.uniform_init("rope params", bytemuck::bytes_of(&params))?;
     let step = StepParams {
         n_tokens: 1,
-        start: shape.pos as u32,
+        out_rows: 0,
         attn_chunks: 1,
         attn_chunk_len: 1,
     };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
+    let rows = rows_buffer(gpu, shape.pos, 1)?;
     let rope = RopeBuffers {
         kcache: &kb,
         vcache: &vb,
         cos_sin: &table,
         params: &pb,
+        rows: &rows,
     };
     let input = FusedInput::NormRope {
         x: &xb,
@@ -474,11 +483,12 @@ pub fn attention(
     let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;
     let step = StepParams {
         n_tokens: n as u32,
-        start: start as u32,
+        out_rows: 0,
         attn_chunks: chunks as u32,
         attn_chunk_len: chunk_len as u32,
     };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
+    let rows = rows_buffer(gpu, start, n)?;
     let attn = crate::kernels::bind(
         gpu,
         &kernels.attention,
@@ -491,6 +501,7 @@ pub fn attention(
             (4, &pb),
             (5, &step),
             (6, &part),
+            (7, &rows),
         ],
     );
     let combine = crate::kernels::bind(

@@ -65,6 +65,7 @@ fn greedy_decoding_matches_candle() {
         device: common::device_options(Some(8 << 20)),
         ctx: Some(64),
         max_batch: 4,
+        slots: 1,
     };
     let mut gpu = LlamaModel::load(&path, &opts).unwrap();
     println!("adapter: {}", gpu.adapter_description());
@@ -153,6 +154,7 @@ fn long_prompt_batch_matches_token_by_token() {
         device: common::device_options(None),
         ctx: Some(64),
         max_batch: 64,
+        slots: 1,
     };
     let mut gpu = LlamaModel::load(&path, &opts).unwrap();
     let batched = gpu.forward(&tokens, 0).unwrap();
@@ -315,6 +317,7 @@ fn context_and_weights_must_fit_the_device_memory() {
                 device,
                 ctx,
                 max_batch: 4,
+                slots: 1,
             },
         )
     };
@@ -346,6 +349,7 @@ fn context_and_weights_must_fit_the_device_memory() {
             device: common::device_options(None),
             ctx: Some(64),
             max_batch: 4,
+            slots: 1,
         },
     )
     .unwrap();

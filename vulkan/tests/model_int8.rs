@@ -167,6 +167,7 @@ fn check(path: &Path, label: &str) {
         device: common::device_options(None),
         ctx: Some(64),
         max_batch: 4,
+        slots: 1,
     };
     let mut gpu = LlamaModel::load(path, &opts).unwrap();
     let (mut gpu_agreeing, mut candle_agreeing) = (0, 0);

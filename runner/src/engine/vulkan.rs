@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use xpu_vulkan::{DeviceOptions, LlamaModel, LoadOptions, VulkanError};
 
-use super::Engine;
+use super::{Engine, SeqChunk};
 use crate::model::gguf::GgufFile;
 use crate::model::LoadError;
 
@@ -15,25 +15,27 @@ pub struct VulkanEngine {
 
 impl VulkanEngine {
     /// Loads the opened GGUF file onto the preferred Vulkan adapter (discrete, then
-    /// integrated; CPU adapters only when `device` allows them) with a KV cache
-    /// of `ctx` tokens (`None`: the model's context, capped at 8192 and at what fits the
-    /// device's memory). Problems with the device (no loader, no adapter, weights or context
+    /// integrated; CPU adapters only when `device` allows them) with a KV cache of `slots`
+    /// sequences (0 counts as 1) of `ctx` tokens each (`None`: the model's context, capped at
+    /// 8192 and at what fits the device's memory with every slot). Problems with the device (no loader, no adapter, weights or context
     /// that do not fit its memory, out of memory, lost device) are [`LoadError::Device`], so
     /// that `--device auto` can fall back to the CPU; problems with the model are
     /// [`LoadError::Engine`].
     pub fn load(
         gguf: &GgufFile,
         ctx: Option<usize>,
+        slots: usize,
         device: &DeviceOptions,
     ) -> Result<VulkanEngine, LoadError> {
         let opts = LoadOptions {
             ctx,
+            slots,
             device: device.clone(),
             ..LoadOptions::default()
         };
         match LlamaModel::from_gguf(gguf, &opts) {
             Ok(model) => {
-                tracing::info!(adapter = %model.adapter_description(), ctx = model.context_length(), "vulkan engine ready");
+                tracing::info!(adapter = %model.adapter_description(), ctx = model.context_length(), slots = model.slots(), "vulkan engine ready");
                 Ok(VulkanEngine { model })
             }
             Err(
@@ -66,6 +68,24 @@ impl Engine for VulkanEngine {
 
     fn context_length(&self) -> usize {
         self.model.context_length()
+    }
+
+    fn slots(&self) -> usize {
+        self.model.slots()
+    }
+
+    fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let chunks: Vec<xpu_vulkan::SeqChunk<'_>> = chunks
+            .iter()
+            .map(|c| xpu_vulkan::SeqChunk {
+                slot: c.slot,
+                tokens: c.tokens,
+                start: c.start,
+            })
+            .collect();
+        self.model
+            .forward_batch(&chunks)
+            .context("Vulkan batched forward pass")
     }
 
     fn device_description(&self) -> String {
@@ -107,7 +127,7 @@ mod tests {
         // Without allowing CPU adapters a host with only lavapipe (CI) has no usable
         // adapter: that must be a Device error (so `auto` can fall back) naming the fix.
         // On a host with a real GPU the engine loads instead.
-        match VulkanEngine::load(&test_model(), Some(64), &DeviceOptions::default()) {
+        match VulkanEngine::load(&test_model(), Some(64), 1, &DeviceOptions::default()) {
             Err(LoadError::Device(m)) => {
                 assert!(
                     m.contains("no suitable Vulkan adapter") || m.contains("no Vulkan loader"),
@@ -135,6 +155,7 @@ mod tests {
         match VulkanEngine::load(
             &GgufFile::open(&path).unwrap(),
             Some(64),
+            1,
             &DeviceOptions::default(),
         ) {
             Err(LoadError::Engine { reason, .. }) => {

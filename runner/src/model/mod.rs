@@ -334,6 +334,7 @@ fn load_gguf(
             Box::new(crate::engine::vulkan::VulkanEngine::load(
                 &file,
                 options.ctx,
+                options.slots,
                 &options.engine.vulkan,
             )?)
         }

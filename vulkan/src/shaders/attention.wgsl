@@ -16,14 +16,14 @@ struct Params {
     n_kv: u32,
     hd: u32,
     cache_base: u32,
-    ctx: u32,
+    ctx: u32,        // positions per K/V head in the caches: every slot's
     scale: f32,
     window: u32,      // sliding-window layers: a token attends its last `window` positions; 0: all
     _pad1: u32,
 }
 struct Step {
     n_tokens: u32,
-    start: u32,
+    out_rows: u32,   // rows of the final hidden state the output head reads (one per sequence)
     chunks: u32,      // chunks of positions per (head, token)
     chunk_len: u32,   // positions per chunk (a multiple of the tile, see `tile_groups`)
 }
@@ -39,6 +39,9 @@ struct Step {
 // Per (token, chunk, head) slot: hd output values (not yet divided by the sum), then one
 // vec4 holding (max, sum, 0, 0).
 @group(0) @binding(6) var<storage, read_write> part: array<vec4<f32>>;
+// Per token of the step: its position in its sequence and the first cache position of the
+// sequence's slot (see `Row` in rope.wgsl). Tokens of several sequences share a step.
+@group(0) @binding(7) var<storage, read> rows: array<vec2<u32>>;
 
 const WG: u32 = 64u;
 const NEG: f32 = -1.0e30;
@@ -93,7 +96,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let t = wid.y;
     let c = wid.z;
     let kvh = h / (p.n_head / p.n_kv);
-    let last = step.start + t; // attends positions first..=last
+    let last = rows[t].x; // attends positions first..=last of its own slot
     var first = 0u;
     if (p.window != 0u && last + 1u > p.window) {
         first = last + 1u - p.window;
@@ -103,7 +106,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let tile = 8u * gs;
     // q of token t is the first n_head heads of its [q | k | v] row.
     let qb = (t * (p.n_head + 2u * p.n_kv) + h) * hd4;
-    let cb = (p.cache_base + kvh * p.ctx * p.hd) / 4u;
+    let cb = (p.cache_base + (kvh * p.ctx + rows[t].y) * p.hd) / 4u;
     // Scoring: thread li takes position li % T of the tile and the li / T-th of `parts`
     // slices of the head's vec4s (threads past parts * T idle).
     let parts = WG / tile;

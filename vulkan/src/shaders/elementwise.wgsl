@@ -9,7 +9,7 @@ struct Params {
 }
 struct Step {
     n_tokens: u32,
-    start: u32,
+    out_rows: u32,   // rows of the final hidden state the output head reads (one per sequence)
     _pad0: u32,
     _pad1: u32,
 }

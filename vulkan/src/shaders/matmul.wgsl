@@ -14,7 +14,7 @@ struct Params {
     out_stride: u32,  // floats per token in y
     aux: u32,         // type-specific: word offset of the scales section
     accumulate: u32,  // 1: add into y (fused residual add), 0: overwrite
-    last_only: u32,   // 1: x holds one token (the last one); compute one column
+    logit_rows: u32,  // 1: x holds step.out_rows rows (one per sequence's last token), not n_tokens
     out_offset: u32,  // float offset of this weight's first row within a token of y
     lanes: u32,       // threads per row (8, 16, 32 or 64)
     eps: f32,         // matvec_norm: the RMSNorm epsilon
@@ -23,7 +23,7 @@ struct Params {
 }
 struct Step {
     n_tokens: u32,
-    start: u32,
+    out_rows: u32,   // rows of the final hidden state the output head reads (one per sequence)
     _pad0: u32,
     _pad1: u32,
 }
@@ -67,7 +67,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let row = first_row + lid.x / lanes;
     let lane = lid.x % lanes;
     let valid = row < p.rows;
-    let n = select(step.n_tokens, 1u, p.last_only != 0u);
+    let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
     let t0 = wid.z * TB;
     let tn = min(TB, n - t0);
     var acc: array<f32, 8>;
@@ -169,7 +169,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (first_row >= p.rows) {
         return;
     }
-    let n = select(step.n_tokens, 1u, p.last_only != 0u);
+    let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
     let t0 = wid.z * TILE_TOKENS;
     let kv = p.k / 4u;
     let units = p.k / 32u;
@@ -298,7 +298,7 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 //   matvec_glu        silu(gate) * up, x holding [gate (k values) | up (k values)];
 //   matvec_norm_rope  matvec_norm of the q|k|v matrix followed by RoPE and the K/V store of
 //                     rope.wgsl (interleaved pairs, one token): rotated q goes to y, rotated
-//                     k and v to the caches at position step.start. A workgroup's rows start
+//                     k and v to the caches at the token's position in its slot. A workgroup's rows start
 //                     at an even row (MV_ROWS and the chunk offsets are even, checked on the
 //                     host), so both values of each rotated pair are in the same workgroup;
 //   matvec_norm_glu   matvec_norm of the FFN's gate|up matrix uploaded with its rows
@@ -501,6 +501,8 @@ struct RopeParams {
 @group(0) @binding(9) var<storage, read_write> vcache: array<u32>;  // f16 pairs
 @group(0) @binding(10) var<storage, read> cos_sin: array<vec2<f32>>; // [ctx, hd/2]
 @group(0) @binding(11) var<uniform> rp: RopeParams;
+// The token's (position in its sequence, first cache position of its slot), as rope.wgsl.
+@group(0) @binding(12) var<storage, read> rope_rows: array<vec2<u32>>;
 // The workgroup's row results, so that each thread sees the other value of its pair.
 var<workgroup> mv_pair: array<f32, 16>;
 
@@ -529,7 +531,8 @@ fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     let g = p.row_offset + row;
     let h = g / rp.hd;
     let i = g % rp.hd;
-    let pos = step.start;
+    let pos = rope_rows[0].x;
+    let cpos = rope_rows[0].y + pos;
     let cs = cos_sin[pos * (rp.hd / 2u) + i / 2u];
     let total = matvec_rows_shared(first, l);
     if (l.li >= MV_ROWS || row >= p.rows) {
@@ -551,9 +554,9 @@ fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
         return;
     }
     if (h < rp.n_head + rp.n_kv) {
-        kcache[(rp.cache_base + ((h - rp.n_head) * rp.ctx + pos) * rp.hd + i) / 2u] = pack2x16float(vec2<f32>(r0, r1));
+        kcache[(rp.cache_base + ((h - rp.n_head) * rp.ctx + cpos) * rp.hd + i) / 2u] = pack2x16float(vec2<f32>(r0, r1));
     } else {
-        vcache[(rp.cache_base + ((h - rp.n_head - rp.n_kv) * rp.ctx + pos) * rp.hd + i) / 2u] = pack2x16float(vec2<f32>(total, other));
+        vcache[(rp.cache_base + ((h - rp.n_head - rp.n_kv) * rp.ctx + cpos) * rp.hd + i) / 2u] = pack2x16float(vec2<f32>(total, other));
     }
 }
 

@@ -13,13 +13,13 @@ struct Params {
     hd: u32,
     neox: u32,
     cache_base: u32,  // value offset of this layer in the caches (even)
-    ctx: u32,         // positions per head in the cache
+    ctx: u32,         // positions per head in the cache (every slot's)
     _pad0: u32,
     _pad1: u32,
 }
 struct Step {
     n_tokens: u32,
-    start: u32,
+    out_rows: u32,   // rows of the final hidden state the output head reads (one per sequence)
     _pad0: u32,
     _pad1: u32,
 }
@@ -29,6 +29,10 @@ struct Step {
 @group(0) @binding(3) var<storage, read> cos_sin: array<vec2<f32>>; // [ctx, hd/2]
 @group(0) @binding(4) var<uniform> p: Params;
 @group(0) @binding(5) var<uniform> step: Step;
+// Per token of the step: (its position in its sequence, the first cache position of the
+// sequence's slot). The cos/sin table is indexed by the position; a K/V head's cache rows
+// are the slots' positions one after another.
+@group(0) @binding(6) var<storage, read> rows: array<vec2<u32>>;
 
 // (a0, a1) rotated by the angle whose (cos, sin) is cs.
 fn rotate(a0: f32, a1: f32, cs: vec2<f32>) -> vec2<f32> {
@@ -46,7 +50,8 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let m = i % quarter;
         let h = (i / quarter) % heads;
         let t = i / (quarter * heads);
-        let pos = step.start + t;
+        let pos = rows[t].x;
+        let cpos = rows[t].y + pos;
         let b = (t * heads + h) * p.hd;
         // Pairs 2m and 2m + 1: values (4m, 4m+1) and (4m+2, 4m+3) in normal mode, (2m, 2m+half)
         // and (2m+1, 2m+1+half) in NeoX mode.
@@ -72,7 +77,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         } else if (h < p.n_head + p.n_kv) {
             let rx = rotate(qkv[b + x0], qkv[b + x1], csx);
             let ry = rotate(qkv[b + y0], qkv[b + y1], csy);
-            let c = (p.cache_base + ((h - p.n_head) * p.ctx + pos) * p.hd) / 2u;
+            let c = (p.cache_base + ((h - p.n_head) * p.ctx + cpos) * p.hd) / 2u;
             if (p.neox != 0u) {
                 kcache[c + m] = pack2x16float(vec2<f32>(rx.x, ry.x));
                 kcache[c + m + half / 2u] = pack2x16float(vec2<f32>(rx.y, ry.y));
@@ -81,7 +86,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 kcache[c + 2u * m + 1u] = pack2x16float(ry);
             }
         } else {
-            let c = (p.cache_base + ((h - p.n_head - p.n_kv) * p.ctx + pos) * p.hd) / 2u;
+            let c = (p.cache_base + ((h - p.n_head - p.n_kv) * p.ctx + cpos) * p.hd) / 2u;
             vcache[c + 2u * m] = pack2x16float(vec2<f32>(qkv[b + 4u * m], qkv[b + 4u * m + 1u]));
             vcache[c + 2u * m + 1u] = pack2x16float(vec2<f32>(qkv[b + 4u * m + 2u], qkv[b + 4u * m + 3u]));
         }
