@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{LoadedModel, StreamDecoder};
+use crate::model::{LoadedModel, StreamDecoder, Tokenizer};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
 
@@ -109,6 +109,170 @@ pub enum GenerateError {
     Sampling(String),
 }
 
+/// One sequence's generation state between forward passes: its sampler, stop matcher,
+/// stream decoder, outcome and position. The CLI's [`generate`] and the server's batching
+/// scheduler both drive it, so sampling and stopping exist once.
+///
+/// The caller runs the prompt through the engine, hands the logits of its last token to
+/// [`Sequence::step`], forwards [`Sequence::next_input`] and hands the next logits in, until
+/// a step says the sequence has finished; [`Sequence::finish`] then releases the text
+/// held back.
+pub struct Sequence {
+    sampler: Sampler,
+    stop: StopMatcher,
+    decoder: StreamDecoder,
+    generated: Vec<u32>,
+    outcome: GenerationOutcome,
+    max_new_tokens: usize,
+    top_logprobs: usize,
+    context_length: usize,
+    /// Tokens whose keys and values the engine holds once the next input is forwarded.
+    position: usize,
+}
+
+/// What one step of a sequence produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The generated token and its text (None when the model ended the sequence with an
+    /// end-of-sequence id, which is not part of the answer).
+    pub event: Option<TokenEvent>,
+    /// Set when the sequence ends with this step (a stop, `max_new_tokens`, the end of the
+    /// context); otherwise [`Sequence::next_input`] goes into the next forward pass.
+    pub finished: Option<FinishReason>,
+}
+
+impl Sequence {
+    /// Checks the request against an engine slot of `context_length` tokens.
+    pub fn new(request: &GenerationRequest, context_length: usize) -> Result<Self, GenerateError> {
+        let prompt = &request.prompt_tokens;
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        if prompt.len() >= context_length {
+            return Err(GenerateError::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                context_length,
+            });
+        }
+        let sampler = Sampler::new(request.sampling.clone())
+            .map_err(|e| GenerateError::Sampling(e.to_string()))?;
+        Ok(Sequence {
+            sampler,
+            stop: StopMatcher::new(request.stop.clone()),
+            decoder: StreamDecoder::new(),
+            generated: Vec::new(),
+            outcome: GenerationOutcome {
+                text: String::new(),
+                prompt_tokens: prompt.len(),
+                completion_tokens: 0,
+                finish_reason: FinishReason::Length,
+                prefill_seconds: 0.0,
+                decode_seconds: 0.0,
+            },
+            max_new_tokens: request.max_new_tokens,
+            top_logprobs: request.top_logprobs,
+            context_length,
+            position: prompt.len(),
+        })
+    }
+
+    /// Whether the request asks for no token at all (then no forward pass is needed).
+    pub fn wants_no_tokens(&self) -> bool {
+        self.max_new_tokens == 0
+    }
+
+    /// Samples from the logits of the sequence's last forwarded token and checks the stop
+    /// conditions.
+    pub fn step(
+        &mut self,
+        mut logits: Vec<f32>,
+        tokenizer: &Tokenizer,
+        eos_token_ids: &[u32],
+    ) -> anyhow::Result<Step> {
+        let top = top_logprobs(&logits, self.top_logprobs);
+        let token = self.sampler.sample(&mut logits, &self.generated);
+        if eos_token_ids.contains(&token) {
+            self.outcome.finish_reason = FinishReason::Stop;
+            return Ok(Step {
+                event: None,
+                finished: Some(FinishReason::Stop),
+            });
+        }
+        self.generated.push(token);
+        self.outcome.completion_tokens += 1;
+
+        let delta = self.decoder.push(tokenizer, token)?;
+        let stop = self.stop.push(&delta);
+        self.outcome.text.push_str(&stop.text);
+        let event = TokenEvent {
+            token_id: token,
+            text: stop.text,
+            flush: false,
+            top_logprobs: top,
+        };
+        // The next forward pass would write position `self.position`.
+        let finished = if stop.stopped {
+            Some(FinishReason::Stop)
+        } else if self.outcome.completion_tokens >= self.max_new_tokens
+            || self.position >= self.context_length
+        {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if let Some(reason) = finished {
+            self.outcome.finish_reason = reason;
+        } else {
+            self.position += 1;
+        }
+        Ok(Step {
+            event: Some(event),
+            finished,
+        })
+    }
+
+    /// The token the next forward pass runs for this sequence, and its position.
+    pub fn next_input(&self) -> (u32, usize) {
+        (
+            self.generated.last().copied().unwrap_or_default(),
+            self.position - 1,
+        )
+    }
+
+    /// Ends the sequence early: its caller stops it (a client gone, a shutdown).
+    pub fn cancel(&mut self) {
+        self.outcome.finish_reason = FinishReason::Cancelled;
+    }
+
+    /// Releases the text held back (a possible stop-string start, an unfinished character)
+    /// when the sequence ends for any reason other than a stop string, as a closing
+    /// [`TokenEvent::flush`] event; returns the outcome and that event.
+    pub fn finish(
+        mut self,
+        tokenizer: &Tokenizer,
+    ) -> anyhow::Result<(GenerationOutcome, Option<TokenEvent>)> {
+        let mut flush = None;
+        if self.outcome.finish_reason != FinishReason::Stop || !self.stop.is_stopped() {
+            let mut rest = self.decoder.flush(tokenizer)?;
+            let step = self.stop.push(&rest);
+            rest = step.text;
+            if !step.stopped {
+                rest.push_str(&self.stop.finish());
+            }
+            if !rest.is_empty() {
+                self.outcome.text.push_str(&rest);
+                flush = Some(TokenEvent {
+                    token_id: self.generated.last().copied().unwrap_or_default(),
+                    text: rest,
+                    flush: true,
+                    top_logprobs: Vec::new(),
+                });
+            }
+        }
+        Ok((self.outcome, flush))
+    }
+}
+
 /// Generates a completion of `request.prompt_tokens`, calling `on_token` after
 /// each generated token. The model's KV cache is reset first.
 pub fn generate(
@@ -116,100 +280,40 @@ pub fn generate(
     request: &GenerationRequest,
     mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
 ) -> anyhow::Result<GenerationOutcome> {
-    let prompt = &request.prompt_tokens;
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt.into());
-    }
-    let context_length = model.engine.context_length();
-    if prompt.len() >= context_length {
-        return Err(GenerateError::ContextOverflow {
-            prompt_tokens: prompt.len(),
-            context_length,
-        }
-        .into());
-    }
-    let mut sampler = Sampler::new(request.sampling.clone())
-        .map_err(|e| GenerateError::Sampling(e.to_string()))?;
-    let mut stop = StopMatcher::new(request.stop.clone());
-    let mut decoder = StreamDecoder::new();
-
-    let mut outcome = GenerationOutcome {
-        text: String::new(),
-        prompt_tokens: prompt.len(),
-        completion_tokens: 0,
-        finish_reason: FinishReason::Length,
-        prefill_seconds: 0.0,
-        decode_seconds: 0.0,
-    };
-    if request.max_new_tokens == 0 {
-        return Ok(outcome);
+    let mut sequence = Sequence::new(request, model.engine.context_length())?;
+    if sequence.wants_no_tokens() {
+        return Ok(sequence.finish(&model.tokenizer)?.0);
     }
 
     model.engine.reset()?;
     let prefill_start = Instant::now();
-    let mut logits = model.engine.forward(prompt, 0)?;
-    outcome.prefill_seconds = prefill_start.elapsed().as_secs_f64();
+    let mut logits = model.engine.forward(&request.prompt_tokens, 0)?;
+    let prefill_seconds = prefill_start.elapsed().as_secs_f64();
 
     let decode_start = Instant::now();
-    let mut generated: Vec<u32> = Vec::new();
-    let mut position = prompt.len();
     loop {
-        let top = top_logprobs(&logits, request.top_logprobs);
-        let token = sampler.sample(&mut logits, &generated);
-        if model.eos_token_ids.contains(&token) {
-            outcome.finish_reason = FinishReason::Stop;
-            break;
-        }
-        generated.push(token);
-        outcome.completion_tokens += 1;
-
-        let delta = decoder.push(&model.tokenizer, token)?;
-        let step = stop.push(&delta);
-        outcome.text.push_str(&step.text);
-        let event = TokenEvent {
-            token_id: token,
-            text: step.text,
-            flush: false,
-            top_logprobs: top,
+        let step = sequence.step(logits, &model.tokenizer, &model.eos_token_ids)?;
+        let flow = match &step.event {
+            Some(event) => on_token(event),
+            None => ControlFlow::Continue(()),
         };
-        let flow = on_token(&event);
-        if step.stopped {
-            outcome.finish_reason = FinishReason::Stop;
-            break;
+        match step.finished {
+            Some(FinishReason::Stop) => break,
+            _ if flow.is_break() => {
+                sequence.cancel();
+                break;
+            }
+            Some(_) => break,
+            None => {}
         }
-        if flow.is_break() {
-            outcome.finish_reason = FinishReason::Cancelled;
-            break;
-        }
-        // The next forward step would write position `position`.
-        if outcome.completion_tokens >= request.max_new_tokens || position >= context_length {
-            outcome.finish_reason = FinishReason::Length;
-            break;
-        }
+        let (token, position) = sequence.next_input();
         logits = model.engine.forward(&[token], position)?;
-        position += 1;
     }
-
-    // Text held back (a possible stop-string start, an unfinished character) is
-    // released when generation ends for any reason other than a stop string.
-    if outcome.finish_reason != FinishReason::Stop || !stop.is_stopped() {
-        let mut rest = decoder.flush(&model.tokenizer)?;
-        let step = stop.push(&rest);
-        rest = step.text;
-        if !step.stopped {
-            rest.push_str(&stop.finish());
-        }
-        if !rest.is_empty() {
-            outcome.text.push_str(&rest);
-            let last = generated.last().copied().unwrap_or_default();
-            let _ = on_token(&TokenEvent {
-                token_id: last,
-                text: rest,
-                flush: true,
-                top_logprobs: Vec::new(),
-            });
-        }
+    let (mut outcome, flush) = sequence.finish(&model.tokenizer)?;
+    if let Some(event) = flush {
+        let _ = on_token(&event);
     }
+    outcome.prefill_seconds = prefill_seconds;
     outcome.decode_seconds = decode_start.elapsed().as_secs_f64();
     Ok(outcome)
 }
