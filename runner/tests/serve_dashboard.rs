@@ -142,7 +142,10 @@ fn the_document_describes_machine_engine_model_and_load() {
     assert_eq!(live["history_interval_s"], 2);
     assert_eq!(live["time_to_first_token"]["count"], 0);
     assert_eq!(live["last_generation"], Value::Null);
-    assert_eq!(live["kv_cache"]["capacity_tokens"], 512);
+    // Each slot holds --ctx (512) tokens.
+    let slots = live["kv_cache"]["max_sequences"].as_u64().unwrap();
+    assert!(slots >= 1, "{live}");
+    assert_eq!(live["kv_cache"]["capacity_tokens"], 512 * slots);
     assert_eq!(live["kv_cache"]["sequences"], 0);
     assert_eq!(doc["gpu_telemetry"], Value::Null);
 

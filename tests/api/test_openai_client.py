@@ -1,6 +1,8 @@
 """The official `openai` Python client against the server: chat, streaming,
 completions, models, usage, seed reproducibility and stop strings."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import openai
 import pytest
 
@@ -111,3 +113,30 @@ def test_n_greater_than_one_is_rejected_with_explanation(client, model_id):
         client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=2, n=2)
     assert e.value.body["param"] == "n"
     assert "one choice" in e.value.body["message"]
+
+
+def test_concurrent_requests_give_what_they_give_alone(client, model_id):
+    """Up to --parallel (4) requests generate together; greedy answers do not change."""
+    prompts = ["Name three colours.", "Count to five.", "Say hello in French.", "What is 2+2?"]
+
+    def ask(prompt):
+        r = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0)
+        return r.choices[0].message.content
+
+    alone = [ask(p) for p in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(ask, prompts))
+    assert together == alone
+
+
+def test_a_second_chat_turn_reports_cached_prompt_tokens(client, model_id):
+    first = [{"role": "user", "content": "What is the capital of France?"}]
+    a = client.chat.completions.create(model=model_id, messages=first, max_tokens=6, temperature=0)
+    second = first + [
+        {"role": "assistant", "content": a.choices[0].message.content},
+        {"role": "user", "content": "And of Spain?"},
+    ]
+    b = client.chat.completions.create(model=model_id, messages=second, max_tokens=6, temperature=0)
+    cached = b.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < b.usage.prompt_tokens

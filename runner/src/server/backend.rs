@@ -4,14 +4,14 @@
 //! share (tokenizer and chat template, for prompts) and the part the worker thread owns
 //! (engine). [`EngineLoader`] does all of it for the model pool.
 
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use crate::device::{self, DeviceChoice, DeviceDecision};
-use crate::generate::{generate, FinishReason as CoreFinish, GenerateError, GenerationRequest};
+use crate::engine::Engine;
+use crate::generate::{FinishReason as CoreFinish, GenerationRequest, Sequence};
 use crate::model::{
     ChatMessage, ChatTemplate, LoadOptions, LoadedModel, ModelFacts, Tokenizer, DEFAULT_MAX_CONTEXT,
 };
@@ -23,7 +23,8 @@ use super::metrics::Metrics;
 use super::openai::PlainMessage;
 use super::pool::Loader;
 use super::queue::{
-    Backend, Delta, FinishReason, GenerationTurn, JobSpec, Outcome, SamplingRequest, Scheduler,
+    Backend, FinishReason, GenerationTurn, JobSpec, Outcome, SamplingRequest, Scheduler,
+    SchedulerOptions, SeqStep, SequenceState,
 };
 use super::state::{Prompter, ServedModel};
 
@@ -82,17 +83,29 @@ impl Prompter for ModelPrompter {
     }
 }
 
-/// The worker's side: the loaded model and its generation loop.
+/// The worker's side: the loaded model; its sequences are the core's [`Sequence`].
 pub struct ModelBackend {
     model: LoadedModel,
 }
 
+impl SequenceState for Sequence {
+    fn next_input(&self) -> (u32, usize) {
+        Sequence::next_input(self)
+    }
+
+    fn cancel(&mut self) {
+        Sequence::cancel(self)
+    }
+}
+
 impl Backend for ModelBackend {
-    fn generate(
-        &mut self,
-        job: &JobSpec,
-        on_token: &mut dyn FnMut(Delta<'_>) -> ControlFlow<()>,
-    ) -> anyhow::Result<Outcome> {
+    type Sequence = Sequence;
+
+    fn engine(&mut self) -> &mut dyn Engine {
+        &mut *self.model.engine
+    }
+
+    fn begin(&mut self, job: &JobSpec) -> anyhow::Result<Sequence> {
         let request = GenerationRequest {
             prompt_tokens: job.prompt_tokens.clone(),
             sampling: sampling_params(&job.sampling),
@@ -100,25 +113,36 @@ impl Backend for ModelBackend {
             max_new_tokens: job.max_new_tokens,
             top_logprobs: 0,
         };
-        let outcome = generate(&mut self.model, &request, |event| {
-            on_token(Delta {
-                text: &event.text,
-                new_token: !event.flush,
-            })
+        Ok(Sequence::new(&request, self.model.engine.context_length())?)
+    }
+
+    fn step(&mut self, sequence: &mut Sequence, logits: Vec<f32>) -> anyhow::Result<SeqStep> {
+        let step = sequence.step(logits, &self.model.tokenizer, &self.model.eos_token_ids)?;
+        Ok(SeqStep {
+            text: step.event.map(|e| e.text),
+            finished: step.finished.map(finish_reason),
         })
-        .map_err(|e| match e.downcast_ref::<GenerateError>() {
-            Some(g) => anyhow::anyhow!("{g}"),
-            None => e,
-        })?;
-        Ok(Outcome {
-            prompt_tokens: outcome.prompt_tokens,
-            completion_tokens: outcome.completion_tokens,
-            finish_reason: match outcome.finish_reason {
-                CoreFinish::Stop => FinishReason::Stop,
-                CoreFinish::Length => FinishReason::Length,
-                CoreFinish::Cancelled => FinishReason::Cancelled,
+    }
+
+    fn finish(&mut self, sequence: Sequence) -> anyhow::Result<(Option<String>, Outcome)> {
+        let (outcome, flush) = sequence.finish(&self.model.tokenizer)?;
+        Ok((
+            flush.map(|e| e.text),
+            Outcome {
+                prompt_tokens: outcome.prompt_tokens,
+                cached_tokens: 0,
+                completion_tokens: outcome.completion_tokens,
+                finish_reason: finish_reason(outcome.finish_reason),
             },
-        })
+        ))
+    }
+}
+
+fn finish_reason(reason: CoreFinish) -> FinishReason {
+    match reason {
+        CoreFinish::Stop => FinishReason::Stop,
+        CoreFinish::Length => FinishReason::Length,
+        CoreFinish::Cancelled => FinishReason::Cancelled,
     }
 }
 
@@ -141,9 +165,31 @@ pub struct EngineLoader {
     /// Threads, context and engine settings; the device comes from `decision`.
     pub options: LoadOptions,
     pub max_queue: usize,
+    /// `--prefill-chunk`.
+    pub prefill_chunk: usize,
+    /// `--kv-cache-tokens`: the KV budget split over the slots (`options.slots`).
+    pub kv_cache_tokens: Option<usize>,
     pub max_tokens_default: usize,
     pub metrics: Arc<Metrics>,
     pub turn: GenerationTurn,
+}
+
+impl EngineLoader {
+    /// Sequences requested (`--parallel`).
+    fn requested_slots(&self) -> usize {
+        self.options.slots.max(1)
+    }
+
+    /// Each slot's context: `--ctx`, else the model's own (capped); with
+    /// `--kv-cache-tokens` at most the budget's share per slot.
+    fn slot_context(&self, trained: Option<u64>) -> Option<usize> {
+        let Some(budget) = self.kv_cache_tokens else {
+            return self.options.ctx;
+        };
+        let trained = trained.map_or(DEFAULT_MAX_CONTEXT, |c| c as usize);
+        let ctx = self.options.ctx.unwrap_or(trained.min(DEFAULT_MAX_CONTEXT));
+        Some(ctx.min(budget / self.requested_slots()))
+    }
 }
 
 impl Loader for EngineLoader {
@@ -155,29 +201,59 @@ impl Loader for EngineLoader {
         let trained = facts
             .context_length
             .map_or(DEFAULT_MAX_CONTEXT, |c| c as usize);
-        let context = self.options.ctx.unwrap_or(trained.min(DEFAULT_MAX_CONTEXT));
-        Ok(facts.memory_needed(context))
+        let context = self
+            .slot_context(facts.context_length)
+            .unwrap_or(trained.min(DEFAULT_MAX_CONTEXT));
+        // The KV cache grows with the tokens it holds over all slots.
+        Ok(facts.memory_needed(context * self.requested_slots()))
     }
 
     fn load(&self, id: &str, path: &Path) -> anyhow::Result<ServedModel> {
+        let mut options = self.options.clone();
+        if self.kv_cache_tokens.is_some() {
+            let facts = ModelFacts::read(path)
+                .with_context(|| format!("cannot read {} to size its KV cache", path.display()))?;
+            options.ctx = self.slot_context(facts.context_length);
+        }
         let (loaded, device, fallback_reason) =
-            device::load(path, self.choice, &self.decision, &self.options)?;
+            device::load(path, self.choice, &self.decision, &options)?;
         let description = loaded.engine.device_description();
         let context_length = loaded.engine.context_length();
         let facts = loaded.facts.clone();
         let (prompter, worker) = split(loaded);
-        let scheduler = Scheduler::start_sharing(
+        let scheduler = Scheduler::start_with(
             worker,
-            self.max_queue,
+            SchedulerOptions {
+                max_queue: self.max_queue,
+                prefill_chunk: self.prefill_chunk,
+                turn: self.turn.clone(),
+            },
             self.metrics.clone(),
-            self.turn.clone(),
         )
         .context("cannot start the generation thread")?;
+        let requested = self.requested_slots();
+        if scheduler.slots() < requested {
+            if scheduler.slots() == 1 {
+                tracing::warn!(
+                    "engine {description} cannot batch; requests run one at a time (--parallel {requested} asked for more)"
+                );
+            } else {
+                tracing::warn!(
+                    "engine {description} holds {} sequences, fewer than --parallel {requested}",
+                    scheduler.slots()
+                );
+            }
+        }
+        tracing::info!(
+            "{id}: {} slots of {context_length} tokens",
+            scheduler.slots()
+        );
         self.metrics.set_device(&description, id);
         Ok(ServedModel {
             id: id.to_owned(),
             device: description.clone(),
             context_length,
+            parallel_requested: requested,
             max_tokens_default: self.max_tokens_default,
             created: super::completions::unix_now(),
             prompter,

@@ -145,8 +145,8 @@ fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Re
     })
 }
 
-/// Checks the prompt against the context and caps the new tokens: the request's
-/// `max_tokens`, else `--max-tokens-default`, and never past the context.
+/// Checks the prompt against a slot's context and caps the new tokens: the request's
+/// `max_tokens`, else `--max-tokens-default`, and never past the slot's end.
 fn job_spec(
     prompt_tokens: Vec<u32>,
     params: &ValidatedParams,
@@ -373,7 +373,7 @@ async fn collect(
             }
         }
     };
-    let usage = Usage::new(outcome.prompt_tokens, outcome.completion_tokens);
+    let usage = Usage::of(&outcome);
     let finish_reason = finish_reason_str(outcome.finish_reason);
     let mut response = match context.flavor {
         Flavor::Chat => Json(ChatCompletion {
@@ -514,12 +514,7 @@ impl StreamState {
                     Flavor::Text => self.chunk_json(Some(String::new()), false, Some(finish)),
                 };
                 if self.context.include_usage {
-                    self.pending.push_back(
-                        self.usage_json(Usage::new(
-                            outcome.prompt_tokens,
-                            outcome.completion_tokens,
-                        )),
-                    );
+                    self.pending.push_back(self.usage_json(Usage::of(&outcome)));
                 }
                 self.pending.push_back("[DONE]".into());
                 self.outcome = Some(outcome);
@@ -604,9 +599,8 @@ mod tests {
         assert!(e.message.contains("array of strings"), "{}", e.message);
     }
 
-    use std::ops::ControlFlow;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{mpsc, Mutex};
+    use std::sync::mpsc;
     use std::time::Duration;
 
     use axum::http::StatusCode;
@@ -615,7 +609,8 @@ mod tests {
     use crate::server::metrics::Metrics;
     use crate::server::openai::PlainMessage;
     use crate::server::pool::ModelPool;
-    use crate::server::queue::{Backend, FinishReason, Scheduler};
+    use crate::server::queue::testing::{FakeBackend, FakeEngine};
+    use crate::server::queue::Scheduler;
     use crate::server::shutdown::Lifecycle;
     use crate::server::state::Prompter;
     use crate::server::telemetry::GpuTelemetry;
@@ -638,24 +633,6 @@ mod tests {
         }
     }
 
-    /// Generates nothing, after a go signal per job.
-    struct Gated(Mutex<mpsc::Receiver<()>>);
-
-    impl Backend for Gated {
-        fn generate(
-            &mut self,
-            job: &JobSpec,
-            _: &mut dyn FnMut(crate::server::queue::Delta<'_>) -> ControlFlow<()>,
-        ) -> anyhow::Result<Outcome> {
-            let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(10));
-            Ok(Outcome {
-                prompt_tokens: job.prompt_tokens.len(),
-                completion_tokens: 0,
-                finish_reason: FinishReason::Stop,
-            })
-        }
-    }
-
     fn served(
         prompter: Arc<CountingPrompter>,
         scheduler: Scheduler,
@@ -665,6 +642,7 @@ mod tests {
             id: "m".into(),
             device: "test".into(),
             context_length: 64,
+            parallel_requested: 1,
             max_tokens_default,
             created: 0,
             prompter,
@@ -689,7 +667,8 @@ mod tests {
     async fn a_full_queue_refuses_before_the_prompt_is_built() {
         let (go, gate) = mpsc::channel();
         let metrics = Arc::new(Metrics::new());
-        let scheduler = Scheduler::start(Gated(Mutex::new(gate)), 1, metrics.clone()).unwrap();
+        let backend = FakeBackend::gated(FakeEngine::new(1, 64), gate);
+        let scheduler = Scheduler::start(backend, 1, metrics.clone()).unwrap();
         let prompter = Arc::new(CountingPrompter::default());
         let state = Arc::new(AppState {
             lifecycle: Arc::new(Lifecycle::default()),
@@ -733,8 +712,8 @@ mod tests {
     #[test]
     fn requests_without_max_tokens_get_the_servers_default() {
         let (_go, gate) = mpsc::channel();
-        let scheduler =
-            Scheduler::start(Gated(Mutex::new(gate)), 1, Arc::new(Metrics::new())).unwrap();
+        let backend = FakeBackend::gated(FakeEngine::new(1, 64), gate);
+        let scheduler = Scheduler::start(backend, 1, Arc::new(Metrics::new())).unwrap();
         let model = served(Arc::new(CountingPrompter::default()), scheduler, 16);
         let params = |json| {
             serde_json::from_value::<CommonParams>(json)

@@ -87,14 +87,41 @@ pub struct ServeArgs {
     #[arg(long, env = "XPU_RUNNER_API_KEY_FILE", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 
-    /// Requests allowed to wait while one generates; more get 429 with Retry-After.
+    /// Requests allowed to wait for a free slot (see --parallel); more get 429 with
+    /// Retry-After.
     #[arg(long, env = "XPU_RUNNER_MAX_QUEUE", default_value_t = 16)]
     pub max_queue: usize,
 
-    /// Context size in tokens (prompt plus generated); default: the model's own, capped at
-    /// 8192, and on a GPU at what fits its memory.
+    /// Sequences generated at the same time (continuous batching): the KV cache holds
+    /// this many slots of --ctx tokens each. Engines that cannot batch (candle) run one
+    /// at a time and say so at start and in /health.
+    #[arg(
+        long,
+        env = "XPU_RUNNER_PARALLEL",
+        value_name = "N",
+        default_value_t = 4
+    )]
+    pub parallel: usize,
+
+    /// Context size in tokens (prompt plus generated) of each slot; default: the model's
+    /// own, capped at 8192, and on a GPU at what fits its memory.
     #[arg(long, env = "XPU_RUNNER_CTX", value_name = "TOKENS")]
     pub ctx: Option<usize>,
+
+    /// Total KV-cache budget in tokens, split over the --parallel slots: each then
+    /// holds min(--ctx, TOKENS / N) tokens. Default: each slot holds --ctx tokens.
+    #[arg(long, env = "XPU_RUNNER_KV_CACHE_TOKENS", value_name = "TOKENS")]
+    pub kv_cache_tokens: Option<usize>,
+
+    /// Most prompt tokens one step prefills (over all new requests), between the decode
+    /// steps of running ones: a long prompt delays running streams by one chunk at most.
+    #[arg(
+        long,
+        env = "XPU_RUNNER_PREFILL_CHUNK",
+        value_name = "TOKENS",
+        default_value_t = super::queue::DEFAULT_PREFILL_CHUNK
+    )]
+    pub prefill_chunk: usize,
 
     /// Most tokens generated for a request that sets neither `max_tokens` nor
     /// `max_completion_tokens` (the context still caps it). A request's own limit may
@@ -237,6 +264,14 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// Most sequences `--parallel` accepts: beyond this a KV cache of even small slots takes
+/// more memory than the batch gains.
+pub const MAX_PARALLEL: usize = 256;
+/// The smallest slot `--kv-cache-tokens` may leave: a short chat turn and its answer.
+pub const MIN_SLOT_TOKENS: usize = 16;
+/// Most prompt tokens per step `--prefill-chunk` accepts.
+pub const MAX_PREFILL_CHUNK: usize = 65_536;
+
 impl ServeArgs {
     /// Checks values that clap's types cannot express, with a message that says
     /// what to change.
@@ -251,6 +286,30 @@ impl ServeArgs {
         }
         if let Some(0) = self.ctx {
             anyhow::bail!("--ctx must be at least 1 token");
+        }
+        if !(1..=MAX_PARALLEL).contains(&self.parallel) {
+            anyhow::bail!(
+                "--parallel {} is out of range: give 1 to {MAX_PARALLEL} sequences generated at once",
+                self.parallel
+            );
+        }
+        if let Some(tokens) = self.kv_cache_tokens {
+            if tokens / self.parallel < MIN_SLOT_TOKENS {
+                anyhow::bail!(
+                    "--kv-cache-tokens {tokens} leaves {} tokens per slot for --parallel {}; \
+                     give at least {} ({MIN_SLOT_TOKENS} per slot), or lower --parallel",
+                    tokens / self.parallel,
+                    self.parallel,
+                    MIN_SLOT_TOKENS * self.parallel
+                );
+            }
+        }
+        if !(1..=MAX_PREFILL_CHUNK).contains(&self.prefill_chunk) {
+            anyhow::bail!(
+                "--prefill-chunk {} is out of range: give 1 to {MAX_PREFILL_CHUNK} prompt tokens per step (default {})",
+                self.prefill_chunk,
+                super::queue::DEFAULT_PREFILL_CHUNK
+            );
         }
         if self.max_tokens_default == 0 {
             anyhow::bail!("--max-tokens-default must be at least 1 (tokens generated when a request sets no max_tokens)");
@@ -366,6 +425,63 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--max-tokens-default"));
+    }
+
+    #[test]
+    fn batching_flags_are_read_and_bad_values_named() {
+        let cli = Cli::try_parse_from(["x", "--model", "m"]).unwrap();
+        assert_eq!(
+            (
+                cli.serve.parallel,
+                cli.serve.kv_cache_tokens,
+                cli.serve.prefill_chunk
+            ),
+            (4, None, 512)
+        );
+        let cli = Cli::try_parse_from([
+            "x",
+            "--model",
+            "m",
+            "--parallel",
+            "8",
+            "--kv-cache-tokens",
+            "4096",
+            "--prefill-chunk",
+            "64",
+        ])
+        .unwrap();
+        cli.serve.validate().unwrap();
+        assert_eq!(
+            (
+                cli.serve.parallel,
+                cli.serve.kv_cache_tokens,
+                cli.serve.prefill_chunk
+            ),
+            (8, Some(4096), 64)
+        );
+        for (args, named) in [
+            (&["--parallel", "0"][..], "--parallel 0"),
+            (&["--parallel", "100000"][..], "--parallel 100000"),
+            (&["--prefill-chunk", "0"][..], "--prefill-chunk 0"),
+            (
+                &["--prefill-chunk", "9999999"][..],
+                "--prefill-chunk 9999999",
+            ),
+            (&["--kv-cache-tokens", "0"][..], "--kv-cache-tokens 0"),
+            (
+                &["--kv-cache-tokens", "40", "--parallel", "4"][..],
+                "10 tokens per slot",
+            ),
+        ] {
+            let cli = Cli::try_parse_from([&["x", "--model", "m"][..], args].concat()).unwrap();
+            let error = cli.serve.validate().unwrap_err().to_string();
+            assert!(error.contains(named), "{args:?}: {error}");
+        }
+        let error = Cli::try_parse_from(["x", "--model", "m", "--parallel=-1"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("--parallel"), "{error}");
     }
 
     #[test]

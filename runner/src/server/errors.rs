@@ -79,8 +79,10 @@ impl ApiError {
             StatusCode::BAD_REQUEST,
             "exceed_context_size_error",
             format!(
-                "the prompt has {prompt_tokens} tokens but the context size is {ctx} tokens; \
-                 shorten the prompt or restart the server with a larger --ctx"
+                "the prompt has {prompt_tokens} tokens but a sequence may hold {ctx} tokens \
+                 (its KV-cache slot, with at least one generated token); shorten the prompt, or \
+                 restart the server with a larger --ctx (or --kv-cache-tokens, which is split \
+                 over the --parallel slots)"
             ),
         );
         e.param = Some("messages".into());
@@ -260,7 +262,15 @@ mod tests {
         assert_eq!(json["error"]["type"], "exceed_context_size_error");
         assert_eq!(json["error"]["n_prompt_tokens"], 900);
         assert_eq!(json["error"]["n_ctx"], 512);
-        assert!(json["error"]["message"].as_str().unwrap().contains("900"));
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("900") && message.contains("512"),
+            "{message}"
+        );
+        assert!(
+            message.contains("--ctx") && message.contains("--kv-cache-tokens"),
+            "{message}"
+        );
     }
 
     #[test]

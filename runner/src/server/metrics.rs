@@ -2,6 +2,8 @@
 //! union of what vLLM, llama.cpp and TGI expose, with an `xpu_` prefix. Intel GPU
 //! telemetry is rendered per scrape from the newest reading (see `telemetry`).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
@@ -33,6 +35,11 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub queue_wait: Histogram,
     pub device_info: Family<Labels, Gauge>,
+    pub slots_active: Gauge,
+    pub slots_total: Gauge,
+    pub batch_size: Histogram,
+    pub kv_cache_usage: Gauge<f64, AtomicU64>,
+    pub prompt_tokens_cached: Counter,
     /// The dashboard's figures (token history, first-token times, requests by status).
     pub live: LiveStats,
 }
@@ -118,8 +125,44 @@ impl Metrics {
             "The device and model in use (value 1)",
             device_info.clone(),
         );
+        let slots_active = Gauge::default();
+        registry.register(
+            "xpu_slots_active",
+            "KV-cache slots holding a running sequence",
+            slots_active.clone(),
+        );
+        let slots_total = Gauge::default();
+        registry.register(
+            "xpu_slots_total",
+            "KV-cache slots of the loaded models (sequences that can run at once)",
+            slots_total.clone(),
+        );
+        let batch_size =
+            Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0].into_iter());
+        registry.register(
+            "xpu_batch_size",
+            "Sequences in one forward pass (decoding ones and prompt chunks)",
+            batch_size.clone(),
+        );
+        let kv_cache_usage = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "xpu_kv_cache_usage_ratio",
+            "Share of the KV cache held by running sequences (0 to 1), after the last step",
+            kv_cache_usage.clone(),
+        );
+        let prompt_tokens_cached = Counter::default();
+        registry.register(
+            "xpu_prompt_tokens_cached",
+            "Prompt tokens whose keys and values were reused from a slot (prompt cache)",
+            prompt_tokens_cached.clone(),
+        );
         Metrics {
             registry,
+            slots_active,
+            slots_total,
+            batch_size,
+            kv_cache_usage,
+            prompt_tokens_cached,
             requests,
             prompt_tokens,
             generated_tokens,

@@ -11,7 +11,8 @@
 //! once it knows them, and each loads on its first request (see `pool`).
 //!
 //! Generation runs on a dedicated worker thread per loaded model, fed by a bounded
-//! queue (see `queue`); the workers share one turn, so one generation runs at a time.
+//! queue: it batches up to `--parallel` sequences per step (see `queue`). The workers
+//! share one turn per step, so two models interleave their steps.
 
 pub mod auth;
 pub mod backend;
@@ -289,10 +290,13 @@ async fn load_and_publish(
         options: LoadOptions {
             threads: args.threads,
             ctx: args.ctx,
+            slots: args.parallel,
             engine: args.engine.options(),
             ..LoadOptions::default()
         },
         max_queue: args.max_queue,
+        prefill_chunk: args.prefill_chunk,
+        kv_cache_tokens: args.kv_cache_tokens,
         max_tokens_default: args.max_tokens_default,
         metrics: state.metrics.clone(),
         turn: GenerationTurn::default(),
@@ -313,8 +317,11 @@ async fn load_and_publish(
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let device = served.engine.as_ref().map_or("cpu", |e| e.device);
         format!(
-            "serving {} on {device} ({}, context {}) at http://{local}",
-            served.id, served.device, served.context_length
+            "serving {} on {device} ({}, {} slots of {} tokens) at http://{local}",
+            served.id,
+            served.device,
+            served.scheduler.slots(),
+            served.context_length
         )
     } else {
         format!(

@@ -6,8 +6,8 @@
 //!
 //! Unloading drops the pool's handle only: requests already holding the model
 //! finish, and its worker thread ends (freeing the engine) after them. Each loaded
-//! model has its own worker, but all workers share one turn (see
-//! `queue::GenerationTurn`), so one generation runs at a time in the process.
+//! model has its own worker, but all workers share one turn per step (see
+//! `queue::GenerationTurn`), so one forward pass runs at a time in the process.
 //!
 //! A failed load leaves the model unloaded with the error recorded (shown in
 //! `/health`); every request waiting for it gets the error, and the next request
@@ -434,14 +434,14 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::ops::ControlFlow;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use super::*;
     use crate::server::metrics::Metrics;
     use crate::server::openai::PlainMessage;
-    use crate::server::queue::{Backend, FinishReason, JobSpec, Outcome, Scheduler};
+    use crate::server::queue::testing::{FakeBackend, FakeEngine};
+    use crate::server::queue::Scheduler;
     use crate::server::state::Prompter;
 
     struct NoPrompts;
@@ -455,22 +455,6 @@ mod tests {
         }
         fn vocab_size(&self) -> usize {
             2
-        }
-    }
-
-    struct Idle;
-
-    impl Backend for Idle {
-        fn generate(
-            &mut self,
-            job: &JobSpec,
-            _: &mut dyn FnMut(crate::server::queue::Delta<'_>) -> ControlFlow<()>,
-        ) -> anyhow::Result<Outcome> {
-            Ok(Outcome {
-                prompt_tokens: job.prompt_tokens.len(),
-                completion_tokens: 0,
-                finish_reason: FinishReason::Stop,
-            })
         }
     }
 
@@ -499,10 +483,15 @@ mod tests {
                 id: id.to_owned(),
                 device: "test".into(),
                 context_length: 8,
+                parallel_requested: 1,
                 max_tokens_default: 1,
                 created: 0,
                 prompter: Arc::new(NoPrompts),
-                scheduler: Scheduler::start(Idle, 1, Arc::new(Metrics::new()))?,
+                scheduler: Scheduler::start(
+                    FakeBackend::new(FakeEngine::new(1, 8)),
+                    1,
+                    Arc::new(Metrics::new()),
+                )?,
                 engine: None,
                 facts: Default::default(),
             })

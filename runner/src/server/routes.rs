@@ -158,6 +158,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
                 body["model"] = serde_json::Value::from(id.as_str());
                 body["device"] = serde_json::Value::from(model.device.as_str());
                 body["context_length"] = serde_json::Value::from(model.context_length);
+                body["parallel"] = serde_json::json!({
+                    "requested": model.parallel_requested,
+                    "slots": model.scheduler.slots(),
+                    "batching": model.scheduler.slots() > 1,
+                });
             }
             // Only when there is a reading: hosts without an Intel GPU see no field.
             if let Some(reading) = state.gpu.latest() {

@@ -30,7 +30,11 @@ pub trait Prompter: Send + Sync + 'static {
 pub struct ServedModel {
     pub id: String,
     pub device: String,
+    /// Tokens one sequence may hold (prompt plus generated): a KV-cache slot.
     pub context_length: usize,
+    /// Sequences asked to run at once (`--parallel`); the scheduler's
+    /// [`slots`](Scheduler::slots) says how many the engine runs.
+    pub parallel_requested: usize,
     /// Tokens generated for a request without `max_tokens` (`--max-tokens-default`).
     pub max_tokens_default: usize,
     pub created: u64,

@@ -176,7 +176,7 @@ function renderLive(doc) {
   const kv = live.kv_cache;
   if (kv) {
     setText("kv", kv.tokens + " / " + kv.capacity_tokens);
-    setText("kv-sub", kv.sequences ? "tokens in use" : "idle");
+    setText("kv-sub", kv.sequences ? kv.sequences + " of " + kv.max_sequences + " sequences" : "idle");
   } else {
     setText("kv", "–");
     setText("kv-sub", "model loading");

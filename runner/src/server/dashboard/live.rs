@@ -1,6 +1,6 @@
 //! Live figures for the dashboard that `/metrics` cannot give back as numbers: tokens
 //! per second over the last minutes, the last and mean time to first token, the last
-//! generation's speed, the running sequence's length, and generation requests by status.
+//! generation's speed, the running sequences' lengths, and generation requests by status.
 //!
 //! The token history is kept here, on the server, in one-second buckets: a page opened
 //! after a burst still sees it, every client (and any other tool reading
@@ -38,11 +38,13 @@ struct Inner {
     ttft_last: Option<f64>,
     ttft_sum: f64,
     ttft_count: u64,
-    running: Option<Running>,
+    /// The sequences on the engine now, by id.
+    running: BTreeMap<u64, Running>,
+    next_id: u64,
     last_generation: Option<LastGeneration>,
 }
 
-/// The generation on the engine now.
+/// A generation on the engine now.
 struct Running {
     prompt_tokens: usize,
     generated: usize,
@@ -76,7 +78,7 @@ pub struct TtftFigures {
     pub count: u64,
 }
 
-/// The running sequence's share of the context (the engine holds one sequence).
+/// The running sequences' share of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SequenceFigures {
     pub prompt_tokens: usize,
@@ -93,7 +95,8 @@ pub struct LiveSnapshot {
     pub requests_total: u64,
     pub time_to_first_token: TtftFigures,
     pub last_generation: Option<LastGeneration>,
-    pub running_sequence: Option<SequenceFigures>,
+    /// One entry per running sequence, oldest first.
+    pub running_sequences: Vec<SequenceFigures>,
 }
 
 impl Default for LiveStats {
@@ -120,18 +123,25 @@ impl LiveStats {
         }
     }
 
-    /// A generation starts on the engine.
-    pub fn generation_started(&self, prompt_tokens: usize) {
-        self.lock().running = Some(Running {
-            prompt_tokens,
-            generated: 0,
-            first_token: None,
-            ttft: None,
-        });
+    /// A generation starts on the engine; the id names it in later calls.
+    pub fn generation_started(&self, prompt_tokens: usize) -> u64 {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.running.insert(
+            id,
+            Running {
+                prompt_tokens,
+                generated: 0,
+                first_token: None,
+                ttft: None,
+            },
+        );
+        id
     }
 
-    /// The engine produced a token; `since_arrival` is set for the first one.
-    pub fn token(&self, now: Instant, since_arrival: Option<Duration>) {
+    /// Generation `id` produced a token; `since_arrival` is set for the first one.
+    pub fn token(&self, id: u64, now: Instant, since_arrival: Option<Duration>) {
         let second = now.saturating_duration_since(self.started).as_secs();
         let mut inner = self.lock();
         match inner.buckets.back_mut() {
@@ -151,7 +161,7 @@ impl LiveStats {
             inner.ttft_sum += ttft;
             inner.ttft_count += 1;
         }
-        if let Some(running) = inner.running.as_mut() {
+        if let Some(running) = inner.running.get_mut(&id) {
             running.generated += 1;
             if running.first_token.is_none() {
                 running.first_token = Some(now);
@@ -160,11 +170,11 @@ impl LiveStats {
         }
     }
 
-    /// The generation on the engine ended (finished, cancelled or failed).
-    pub fn generation_finished(&self) {
+    /// Generation `id` ended (finished, cancelled or failed).
+    pub fn generation_finished(&self, id: u64) {
         let now = Instant::now();
         let mut inner = self.lock();
-        if let Some(running) = inner.running.take() {
+        if let Some(running) = inner.running.remove(&id) {
             let tokens_per_second = running.first_token.and_then(|first| {
                 let seconds = now.saturating_duration_since(first).as_secs_f64();
                 if running.generated > 1 && seconds > 0.0 {
@@ -249,10 +259,14 @@ impl LiveStats {
                 count: inner.ttft_count,
             },
             last_generation: inner.last_generation,
-            running_sequence: inner.running.as_ref().map(|r| SequenceFigures {
-                prompt_tokens: r.prompt_tokens,
-                generated_tokens: r.generated,
-            }),
+            running_sequences: inner
+                .running
+                .values()
+                .map(|r| SequenceFigures {
+                    prompt_tokens: r.prompt_tokens,
+                    generated_tokens: r.generated,
+                })
+                .collect(),
         }
     }
 }
@@ -267,10 +281,10 @@ mod tests {
         let t0 = live.started;
         // 10 tokens in second 3, 20 in second 4.
         for i in 0..10 {
-            live.token(t0 + Duration::from_millis(3000 + i * 10), None);
+            live.token(0, t0 + Duration::from_millis(3000 + i * 10), None);
         }
         for i in 0..20 {
-            live.token(t0 + Duration::from_millis(4000 + i * 10), None);
+            live.token(0, t0 + Duration::from_millis(4000 + i * 10), None);
         }
         let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let snap = live.snapshot_at(t0 + Duration::from_millis(6500), wall);
@@ -298,7 +312,7 @@ mod tests {
     fn old_buckets_are_dropped() {
         let live = LiveStats::default();
         for s in 0..(HISTORY_SECONDS * 3) {
-            live.token(live.started + Duration::from_secs(s), None);
+            live.token(0, live.started + Duration::from_secs(s), None);
         }
         assert!(live.lock().buckets.len() as u64 <= HISTORY_SECONDS + POINT_SECONDS + 1);
     }
@@ -306,17 +320,23 @@ mod tests {
     #[test]
     fn a_generation_reports_its_speed_and_first_token_time() {
         let live = LiveStats::default();
-        live.generation_started(7);
+        let other = live.generation_started(3);
+        let id = live.generation_started(7);
         let start = Instant::now();
-        live.token(start, Some(Duration::from_millis(250)));
-        let running = live.snapshot().running_sequence.unwrap();
-        assert_eq!((running.prompt_tokens, running.generated_tokens), (7, 1));
-        live.token(start, None);
-        live.token(start, None);
+        live.token(id, start, Some(Duration::from_millis(250)));
+        let running = live.snapshot().running_sequences;
+        assert_eq!(running.len(), 2);
+        assert_eq!(
+            (running[1].prompt_tokens, running[1].generated_tokens),
+            (7, 1)
+        );
+        live.token(id, start, None);
+        live.token(id, start, None);
         std::thread::sleep(Duration::from_millis(20));
-        live.generation_finished();
+        live.generation_finished(id);
         let snap = live.snapshot();
-        assert_eq!(snap.running_sequence, None);
+        assert_eq!(snap.running_sequences.len(), 1);
+        live.generation_finished(other);
         let last = snap.last_generation.unwrap();
         assert_eq!((last.prompt_tokens, last.completion_tokens), (7, 3));
         assert_eq!(last.time_to_first_token_s, Some(0.25));

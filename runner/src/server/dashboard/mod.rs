@@ -184,14 +184,17 @@ pub fn build_document(state: &AppState) -> Value {
     });
 
     let kv_cache = served.map(|served| {
-        let tokens = live
-            .running_sequence
-            .map_or(0, |s| s.prompt_tokens + s.generated_tokens);
+        let tokens: usize = live
+            .running_sequences
+            .iter()
+            .map(|s| s.prompt_tokens + s.generated_tokens)
+            .sum();
+        let slots = served.scheduler.slots();
         json!({
-            "sequences": usize::from(live.running_sequence.is_some()),
-            "max_sequences": 1,
+            "sequences": live.running_sequences.len(),
+            "max_sequences": slots,
             "tokens": tokens,
-            "capacity_tokens": served.context_length,
+            "capacity_tokens": slots * served.context_length,
         })
     });
 
