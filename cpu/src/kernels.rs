@@ -828,6 +828,16 @@ pub(crate) mod x86 {
         d: [&[f32]; R],
         d_sum: [&[f32]; R],
     ) -> [f32; R] {
+        /// The 32 quantized activations of block `k` of `x`.
+        ///
+        /// # Safety
+        /// The CPU has AVX, and `x` has a block `k`.
+        #[inline(always)]
+        unsafe fn qs(x: &[BlockQ8], k: usize) -> __m256i {
+            _mm256_loadu_si256(x.get_unchecked(k).qs.as_ptr() as *const __m256i)
+        }
+        // No closures here: a closure does not inherit the target features, so the
+        // intrinsics in it would not be inlined.
         let mut acc0 = [_mm256_setzero_ps(); R];
         let mut acc1 = [_mm256_setzero_ps(); R];
         let mut offsets = [_mm_setzero_ps(); R];
@@ -841,20 +851,23 @@ pub(crate) mod x86 {
             let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
             let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
             let dw = _mm_cvtph_ps(vmovq(packed));
-            let qw = [0, 1, 2, 3].map(|k| nibbles(b.add(k * 18 + 2)));
+            let (qw0, qw1) = (nibbles(b.add(2)), nibbles(b.add(20)));
+            let (qw2, qw3) = (nibbles(b.add(38)), nibbles(b.add(56)));
             for r in 0..R {
                 let ds = _mm_mul_ps(dw, _mm_loadu_ps(d[r].as_ptr().add(4 * i)));
-                offsets[r] =
-                    _mm_fmadd_ps(dw, _mm_loadu_ps(d_sum[r].as_ptr().add(4 * i)), offsets[r]);
+                let ds_sum = _mm_loadu_ps(d_sum[r].as_ptr().add(4 * i));
+                offsets[r] = _mm_fmadd_ps(dw, ds_sum, offsets[r]);
                 let ds = _mm256_set_m128(ds, ds);
-                let qx = |k: usize| {
-                    _mm256_loadu_si256(x[r].get_unchecked(4 * i + k).qs.as_ptr() as *const __m256i)
-                };
-                let product = |k: usize| unsigned_mul_sum::<V>(qw[k], qx(k));
-                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x00>(ds), product(0), acc0[r]);
-                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x55>(ds), product(1), acc1[r]);
-                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xAA>(ds), product(2), acc0[r]);
-                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xFF>(ds), product(3), acc1[r]);
+                let xr = x[r];
+                let k = 4 * i;
+                let p0 = unsigned_mul_sum::<V>(qw0, qs(xr, k));
+                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x00>(ds), p0, acc0[r]);
+                let p1 = unsigned_mul_sum::<V>(qw1, qs(xr, k + 1));
+                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x55>(ds), p1, acc1[r]);
+                let p2 = unsigned_mul_sum::<V>(qw2, qs(xr, k + 2));
+                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xAA>(ds), p2, acc0[r]);
+                let p3 = unsigned_mul_sum::<V>(qw3, qs(xr, k + 3));
+                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xFF>(ds), p3, acc1[r]);
             }
         }
         let mut offset = [0f32; R];
@@ -863,17 +876,18 @@ pub(crate) mod x86 {
             let dw = f16(b);
             let qw = nibbles(b.add(2));
             for r in 0..R {
-                let qx = _mm256_loadu_si256(x[r].get_unchecked(k).qs.as_ptr() as *const __m256i);
                 let ds = _mm256_set1_ps(dw * *d[r].get_unchecked(k));
-                acc0[r] = _mm256_fmadd_ps(ds, unsigned_mul_sum::<V>(qw, qx), acc0[r]);
+                acc0[r] = _mm256_fmadd_ps(ds, unsigned_mul_sum::<V>(qw, qs(x[r], k)), acc0[r]);
                 offset[r] = dw.mul_add(*d_sum[r].get_unchecked(k), offset[r]);
             }
         }
-        std::array::from_fn(|r| {
+        let mut out = [0f32; R];
+        for r in 0..R {
             let o = _mm_add_ps(offsets[r], _mm_movehl_ps(offsets[r], offsets[r]));
             let offset = offset[r] + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
-            hsum(_mm256_add_ps(acc0[r], acc1[r])) - 8.0 * offset
-        })
+            out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r])) - 8.0 * offset;
+        }
+        out
     }
 
     /// One Q4_1 weight row · one activation row, in ggml's order.
