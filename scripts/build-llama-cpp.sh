@@ -127,7 +127,8 @@ if [ "$vulkan" = 1 ]; then
         -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" \
         -DVulkan_GLSLC_EXECUTABLE="$glslc" -DVulkan_INCLUDE_DIR="$vk_include" -DVulkan_LIBRARY="$loader" \
-        -DCMAKE_PREFIX_PATH="$spirv" >"$root/configure-vulkan.log" 2>&1 || {
+        -DCMAKE_PREFIX_PATH="$spirv" -DCMAKE_CXX_FLAGS="-isystem $spirv/include" \
+        >"$root/configure-vulkan.log" 2>&1 || {
         cat "$root/configure-vulkan.log" >&2
         exit 1
     }
