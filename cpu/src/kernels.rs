@@ -619,11 +619,30 @@ pub(crate) mod x86 {
         tile: &super::RowTile<'_>,
     ) -> [f32; 8] {
         match format {
-            super::WeightFormat::Q4_0 => dot_tile_for::<0, V>(w, tile),
-            super::WeightFormat::Q4_1 => dot_tile_for::<1, V>(w, tile),
-            super::WeightFormat::Q8_0 => dot_tile_for::<2, V>(w, tile),
-            super::WeightFormat::Q5_0 => dot_tile_for::<3, V>(w, tile),
-            super::WeightFormat::Q5_1 => dot_tile_for::<4, V>(w, tile),
+            super::WeightFormat::Q4_0 => dot_tile_rows::<0, V>(w, tile),
+            super::WeightFormat::Q4_1 => dot_tile_rows::<1, V>(w, tile),
+            super::WeightFormat::Q8_0 => dot_tile_rows::<2, V>(w, tile),
+            super::WeightFormat::Q5_0 => dot_tile_rows::<3, V>(w, tile),
+            super::WeightFormat::Q5_1 => dot_tile_rows::<4, V>(w, tile),
+        }
+    }
+
+    /// [`dot_tile_for`] for the tile's real rows only: a tile of fewer than eight
+    /// (batched decode of a few sequences) costs its rows, not eight.
+    #[inline(always)]
+    unsafe fn dot_tile_rows<const F: u8, const V: bool>(
+        w: &[u8],
+        tile: &super::RowTile<'_>,
+    ) -> [f32; 8] {
+        match tile.rows {
+            1 => dot_tile_for::<F, V, 1>(w, tile),
+            2 => dot_tile_for::<F, V, 2>(w, tile),
+            3 => dot_tile_for::<F, V, 3>(w, tile),
+            4 => dot_tile_for::<F, V, 4>(w, tile),
+            5 => dot_tile_for::<F, V, 5>(w, tile),
+            6 => dot_tile_for::<F, V, 6>(w, tile),
+            7 => dot_tile_for::<F, V, 7>(w, tile),
+            _ => dot_tile_for::<F, V, 8>(w, tile),
         }
     }
 
@@ -713,7 +732,7 @@ pub(crate) mod x86 {
     /// # Safety
     /// As for [`dot_tile`], with `F` naming the format of `w`.
     #[inline(always)]
-    unsafe fn dot_tile_for<const F: u8, const V: bool>(
+    unsafe fn dot_tile_for<const F: u8, const V: bool, const R: usize>(
         w: &[u8],
         tile: &super::RowTile<'_>,
     ) -> [f32; 8] {
@@ -728,7 +747,7 @@ pub(crate) mod x86 {
         let nb = tile.nb;
         let p = w.as_ptr();
         let xp = tile.x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut acc = [_mm256_setzero_ps(); R];
         let mut offset = _mm256_setzero_ps();
         let signed = matches!(
             format,
@@ -778,7 +797,7 @@ pub(crate) mod x86 {
         let mut offsets = [0f32; 8];
         _mm256_storeu_ps(offsets.as_mut_ptr(), offset);
         let mut out = [0f32; 8];
-        for r in 0..8 {
+        for r in 0..R {
             out[r] = match format {
                 super::WeightFormat::Q4_0 => hsum(acc[r]) - 8.0 * offsets[r],
                 _ => hsum(acc[r]) + offsets[r],

@@ -24,7 +24,16 @@ fn start(extra: &[&str]) -> Server {
         .arg(serve_support::model_path())
         // One thread each: several test servers share CI's two cores, and spinning
         // thread teams would starve one another.
-        .args(["--device", "cpu", "--port", "0", "--ctx", "256", "--threads", "1"])
+        .args([
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+            "--ctx",
+            "256",
+            "--threads",
+            "1",
+        ])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
