@@ -137,8 +137,7 @@ impl Metrics {
             "KV-cache slots of the loaded models (sequences that can run at once)",
             slots_total.clone(),
         );
-        let batch_size =
-            Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0].into_iter());
+        let batch_size = Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]);
         registry.register(
             "xpu_batch_size",
             "Sequences in one forward pass (decoding ones and prompt chunks)",
