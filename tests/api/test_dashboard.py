@@ -144,7 +144,9 @@ def test_page_shows_model_device_figures_and_streams_a_chat(browser, make_server
     assert text(browser, "engine-device") == "cpu"
     assert text(browser, "status") == "ready"
     assert text(browser, "requests-total") == "0"
-    assert text(browser, "kv").endswith("/ 512")
+    # The KV cache: --parallel slots of --ctx (512) tokens each.
+    _, _, health = server.request("GET", "/health")
+    assert text(browser, "kv").endswith(f"/ {512 * health['parallel']['slots']}")
     assert "Q4_1" in text(browser, "model") and "llama" in text(browser, "model")
     assert browser.find_elements(By.CSS_SELECTOR, "#chart polyline")
     assert text(browser, "telemetry-na") == "GPU memory, temperature and power: not available on this hardware."
