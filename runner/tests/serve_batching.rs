@@ -2,7 +2,8 @@
 //! results do not depend on batching, cancelled streams free their slots, slots are
 //! reused, a sequence that reaches its slot's end stops with `length`, prompts longer
 //! than a slot are refused before queueing, early requests are not starved, SIGTERM
-//! drains every stream, and the prompt cache reuses a chat's earlier turns.
+//! drains every stream, the prompt cache reuses a chat's earlier turns, and an engine
+//! that cannot batch (candle) says so and serves one request at a time.
 //!
 //! Every comparison is between two runs of the same binary on this machine (texts
 //! depend on the SIMD path, so no text is fixed here).
@@ -323,4 +324,34 @@ fn a_second_chat_turn_reuses_the_first_from_the_prompt_cache() {
     let fresh = chat(cold.port, &second, false);
     assert_eq!(fresh["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     assert_eq!(text(&fresh), text(&reused));
+}
+
+#[test]
+fn an_engine_that_cannot_batch_says_so_and_serves_one_at_a_time() {
+    let server = start(&["--parallel", "4", "--cpu-engine", "candle"]);
+    let parallel = &health(&server)["parallel"];
+    assert_eq!(
+        (
+            &parallel["requested"],
+            &parallel["slots"],
+            &parallel["batching"]
+        ),
+        (&Value::from(4), &Value::from(1), &Value::from(false)),
+        "{parallel}"
+    );
+    assert!(
+        server
+            .log()
+            .contains("cannot batch; requests run one at a time"),
+        "{}",
+        server.log()
+    );
+    for answer in complete_together(server.port, &PROMPTS[..2], 4) {
+        assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    }
+    // One sequence per pass.
+    assert_eq!(
+        metric(server.port, "xpu_batch_size_sum"),
+        metric(server.port, "xpu_batch_size_count")
+    );
 }
