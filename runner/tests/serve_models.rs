@@ -195,12 +195,13 @@ fn two_models_load_on_demand_and_the_least_recent_is_unloaded() {
 fn a_models_directory_and_a_memory_budget_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     link_models(dir.path(), &["one", "two"]);
-    // SmolLM2 Q4_1 with a 512-token context needs about 135 MB: one fits, two do not.
+    // SmolLM2 Q4_1 with one 512-token slot needs about 135 MB: one fits, two do not.
     let server = serve(
         &[],
         &[
             ("XPU_RUNNER_MODELS_DIR", dir.path().to_str().unwrap()),
             ("XPU_RUNNER_MEMORY_BUDGET", "200M"),
+            ("XPU_RUNNER_PARALLEL", "1"),
         ],
     );
     let port = server.port;

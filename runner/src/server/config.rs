@@ -47,8 +47,9 @@ pub struct ServeArgs {
 
     /// Memory that loaded models may take together, in bytes or with a unit (`8G`,
     /// `512M`, `1.5GiB`; K, M, G, T count in 1024s, KB, MB, GB, TB in 1000s). A model's
-    /// share is estimated from its weights plus its KV cache; loading one that would not
-    /// fit first unloads the least recently used (default: no limit).
+    /// share is estimated from its weights plus the KV cache of its --parallel slots;
+    /// loading one that would not fit first unloads the least recently used (default: no
+    /// limit).
     #[arg(
         long,
         env = "XPU_RUNNER_MEMORY_BUDGET",
