@@ -107,7 +107,8 @@ for line in sys.stdin:
     model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
     # The bench files copy SmolLM2's tokenizer; a GGUF holding only the tokenizer keys is
     # ~2 MiB instead of the 94 MiB model.
-    "${PYTHON:-python3}" - "$model" "$pack/reference.gguf" <<'PY'
+    # -P: the repository's gguf/ (a Rust crate) must not pass for the python package.
+    "${PYTHON:-python3}" -P - "$model" "$pack/reference.gguf" <<'PY'
 import sys
 try:
     import gguf
