@@ -10,7 +10,7 @@
 
 mod serve_support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -85,30 +85,13 @@ const PROMPTS: [&str; 4] = [
     "def fibonacci(n):",
 ];
 
-/// Opens a streaming completion; returns the socket once the first event has come.
+/// Opens a streaming completion; see [`serve_support::open_stream`].
 fn open_stream(port: u16, prompt: &str, max_tokens: usize) -> (TcpStream, Vec<u8>) {
     let body = serde_json::json!({
         "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true
     })
     .to_string();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("data: ") {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "stream closed before the first event");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    (stream, seen)
+    serve_support::open_stream(port, "/v1/completions", &body)
 }
 
 /// Reads a stream to its end; its text.

@@ -11,30 +11,12 @@ use std::time::{Duration, Instant};
 
 use serve_support::{request, serve_command, Server};
 
-/// Opens a streaming chat request and returns the socket once the first SSE
-/// event has arrived, with what was read so far.
+/// Opens a streaming chat request; see [`serve_support::open_stream`].
 fn open_stream(port: u16, max_tokens: u32) -> (TcpStream, Vec<u8>) {
     let body = format!(
         r#"{{"messages":[{{"role":"user","content":"Write a long poem about rivers."}}],"max_tokens":{max_tokens},"temperature":0,"stream":true}}"#
     );
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("data: ") {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "stream closed before the first event");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    (stream, seen)
+    serve_support::open_stream(port, "/v1/chat/completions", &body)
 }
 
 #[test]

@@ -10,14 +10,7 @@ use std::path::{Path, PathBuf};
 
 use xpu_vulkan::{LlamaModel, LoadOptions, SeqChunk, VulkanError};
 
-/// The prompts of runner/tests/llama_cpp.rs and scripts/compare-llama.py.
-const PROMPTS: [&str; 5] = [
-    "The capital of France is",
-    "Once upon a time there was a little",
-    "The best way to learn a new language is to",
-    "Water is made of hydrogen and",
-    "My favorite food is",
-];
+use common::PROMPTS;
 const NEW_TOKENS: usize = 32;
 const SLOTS: usize = 4;
 
@@ -181,25 +174,7 @@ fn smollm2_batched_matches_alone() {
 
 /// scripts/make-test-gguf.py's llama3 entry as Q4_K_M, made once in the cache.
 fn k_quant_model() -> PathBuf {
-    let out = std::process::Command::new(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-test-gguf.py"),
-    )
-    .args(["--arch", "llama3", "--types", "Q4_K_M", "--reference"])
-    .arg(common::model_path())
-    .output()
-    .expect("run scripts/make-test-gguf.py");
-    assert!(
-        out.status.success(),
-        "make-test-gguf.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .expect("a path"),
-    )
+    common::test_file("llama3", "Q4_K_M")
 }
 
 #[test]

@@ -6,6 +6,16 @@ use std::path::PathBuf;
 
 use xpu_vulkan::{DeviceOptions, Gpu, KernelTuning, MATVEC_TUNING_ENV};
 
+/// Five chat prompts, tried as a new user would: the prompts of runner/tests/llama_cpp.rs
+/// and scripts/compare-llama.py.
+pub const PROMPTS: [&str; 5] = [
+    "The capital of France is",
+    "Once upon a time there was a little",
+    "The best way to learn a new language is to",
+    "Water is made of hydrogen and",
+    "My favorite food is",
+];
+
 /// Options that accept a CPU adapter, so that the tests run on lavapipe in CI, with the
 /// kernel tuning of `XPU_VULKAN_MATVEC` when set (to test a tuning on a GPU host).
 pub fn device_options(max_binding_bytes: Option<u64>) -> DeviceOptions {

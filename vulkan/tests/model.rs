@@ -16,13 +16,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{LlamaModel, LoadOptions, VulkanError};
 
-const PROMPTS: [&str; 5] = [
-    "The capital of France is",
-    "Once upon a time there was a little",
-    "The best way to learn a new language is to",
-    "Water is made of hydrogen and",
-    "My favorite food is",
-];
+use common::PROMPTS;
 const NEW_TOKENS: usize = 32;
 
 fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {

@@ -210,3 +210,26 @@ pub fn metric(port: u16, name: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Opens a streaming POST of `body` to `path` and returns the socket once the first SSE
+/// event has arrived, with what was read so far.
+pub fn open_stream(port: u16, path: &str, body: &str) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stream closed before the first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (stream, seen)
+}
