@@ -141,9 +141,11 @@ fi
 # The peer from packed sources (--pack --with-llama-source), built once on this host.
 if [ -f "$bin/peer-sources.tar.xz" ] && [ ! -x "$bin/llama-bench-vulkan" ] && [ "$no_llama" = 0 ]; then
     echo "== building llama.cpp's Vulkan backend from the packed sources" >&2
-    mkdir -p "$bin/cache"
-    tar -C "$bin/cache" -xJf "$bin/peer-sources.tar.xz"
-    peer_bin=$(XPU_CACHE=$bin/cache XPU_BUILD_JOBS=${XPU_BUILD_JOBS:-$(nproc)} scripts/build-llama-cpp.sh --vulkan)
+    # An absolute cache path: the build hands it to CMake, which runs in another directory.
+    peer_cache=$(cd "$bin" && pwd)/cache
+    mkdir -p "$peer_cache"
+    tar -C "$peer_cache" -xJf "$bin/peer-sources.tar.xz"
+    peer_bin=$(XPU_CACHE=$peer_cache XPU_BUILD_JOBS=${XPU_BUILD_JOBS:-$(nproc)} scripts/build-llama-cpp.sh --vulkan)
     cp "$peer_bin/llama-bench" "$bin/llama-bench-vulkan"
     cp "$peer_bin/llama-quantize" "$bin/llama-quantize"
 fi
@@ -158,10 +160,11 @@ for shape in ${shapes//,/ }; do
         # run the generator in this interpreter instead of its own virtual environment.
         mapfile -t made < <(python3 - --shape "$shape" "${gen_args[@]}" <<'PY'
 import importlib.util, sys
+sys.path.insert(0, "scripts")  # gguf_common.py beside the generator
 spec = importlib.util.spec_from_file_location("make_bench_gguf", "scripts/make-bench-gguf.py")
 gen = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gen)
-gen.ensure_gguf = lambda: None
+gen.ensure_gguf = lambda *args: None
 sys.argv = ["make-bench-gguf.py", *sys.argv[1:]]
 gen.main()
 PY

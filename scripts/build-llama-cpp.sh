@@ -118,7 +118,7 @@ if [ "$vulkan" = 1 ]; then
     glslc=${vk_tools[0]}
     vk_include=${vk_tools[1]}
     spirv=${vk_tools[2]}
-    loader=$(ldconfig -p | awk '/libvulkan\.so\.1 .*x86-64/ {print $NF; exit}')
+    loader=$(ldconfig -p | awk '/libvulkan\.so\.1 .*x86-64/ && !found {print $NF; found = 1}')  # no early exit: ldconfig would die of SIGPIPE under pipefail
     [ -n "$loader" ] || { echo "build-llama-cpp: no Vulkan loader (libvulkan.so.1) to link; apt-get install -y libvulkan1" >&2; exit 1; }
     # A portable binary for the GPU host: AVX2 but not this CPU's other extensions, no OpenMP,
     # the C++ runtime linked in; it needs only the Vulkan loader there.
