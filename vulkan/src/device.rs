@@ -18,6 +18,11 @@ pub const ALLOW_CPU_ADAPTER_ENV: &str = "XPU_RUNNER_ALLOW_CPU_ADAPTER";
 /// How to pick and configure the device.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceOptions {
+    /// Which adapters the model runs on (`--devices`): several split its layers.
+    pub devices: DeviceSelection,
+    /// Relative layer shares per selected device (`--split 3,1`); `None`: in proportion to
+    /// each device's usable memory.
+    pub split: Option<Vec<u32>>,
     /// Accept CPU adapters (lavapipe): correct but slower than the CPU engine, so only for
     /// tests and debugging.
     pub allow_cpu_adapter: bool,
@@ -34,10 +39,134 @@ pub struct DeviceOptions {
     pub tuning: KernelTuning,
 }
 
+/// Environment variable that the binaries read into [`DeviceOptions::devices`].
+pub const DEVICES_ENV: &str = "XPU_RUNNER_DEVICES";
+/// Environment variable that the binaries read into [`DeviceOptions::split`].
+pub const SPLIT_ENV: &str = "XPU_RUNNER_SPLIT";
+
+/// Which Vulkan adapters a model runs on (`--devices`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DeviceSelection {
+    /// Every discrete GPU; when there is none, the one preferred adapter (integrated, then
+    /// virtual, then a CPU adapter when allowed). An integrated GPU joins only when named.
+    #[default]
+    Auto,
+    /// These adapters, in this order (the first gets the embedding, the last the output
+    /// head). An adapter named twice opens two devices on it.
+    List(Vec<AdapterSelector>),
+}
+
+/// One entry of `--devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdapterSelector {
+    /// The position in the adapter list the engine logs at start (`vulkan adapter found`):
+    /// adapters with a PCI address sorted by it, then the others (CPU adapters) by name.
+    Index(usize),
+    /// A PCI address as `xpu-probe` reports it (`0000:03:00.0`; the domain may be left out).
+    Pci(String),
+}
+
+impl std::fmt::Display for AdapterSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdapterSelector::Index(i) => write!(f, "{i}"),
+            AdapterSelector::Pci(a) => f.write_str(a),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSelection {
+    type Err = String;
+
+    /// `auto`, or a comma-separated list of adapter indices and PCI addresses (`0,1`,
+    /// `0000:03:00.0,0000:04:00.0`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(DeviceSelection::Auto);
+        }
+        let expected = "expected `auto` or a comma-separated list of adapter indices (0, 1, ...) and PCI addresses (0000:03:00.0)";
+        if s.is_empty() {
+            return Err(format!("empty device list; {expected}"));
+        }
+        s.split(',')
+            .map(|entry| {
+                let entry = entry.trim();
+                if let Ok(i) = entry.parse::<usize>() {
+                    return Ok(AdapterSelector::Index(i));
+                }
+                parse_pci_address(entry)
+                    .map(AdapterSelector::Pci)
+                    .ok_or_else(|| {
+                        format!(
+                            "`{entry}` is neither an adapter index nor a PCI address; {expected}"
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(DeviceSelection::List)
+    }
+}
+
+/// A PCI address in the form `xpu-probe` and wgpu write it (`dddd:bb:dd.f`, lower case);
+/// `bb:dd.f` means domain 0.
+fn parse_pci_address(s: &str) -> Option<String> {
+    let s = s.to_ascii_lowercase();
+    let full = if s.matches(':').count() == 1 {
+        format!("0000:{s}")
+    } else {
+        s
+    };
+    let (domain, rest) = full.split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (dev, func) = rest.split_once('.')?;
+    let hex = |x: &str, max_len: usize| {
+        (!x.is_empty() && x.len() <= max_len)
+            .then(|| u32::from_str_radix(x, 16).ok())
+            .flatten()
+    };
+    let function = func
+        .parse::<u8>()
+        .ok()
+        .filter(|f| func.len() == 1 && *f < 8)?;
+    Some(format!(
+        "{:04x}:{:02x}:{:02x}.{function}",
+        hex(domain, 8)?,
+        hex(bus, 2)?,
+        hex(dev, 2)?
+    ))
+}
+
+impl std::str::FromStr for AdapterSelector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse::<DeviceSelection>()? {
+            DeviceSelection::List(mut one) if one.len() == 1 => Ok(one.remove(0)),
+            _ => Err(format!("`{s}` is not one adapter")),
+        }
+    }
+}
+
+/// Parses `--split 3,1`: a positive share per device.
+pub fn parse_split(s: &str) -> Result<Vec<u32>, String> {
+    s.split(',')
+        .map(|x| match x.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "`{}` in --split {s} is not a positive whole number; give one share per device, e.g. --split 3,1",
+                x.trim()
+            )),
+        })
+        .collect()
+}
+
 /// The selected device with its queue and the error state reported by the driver.
 pub struct Gpu {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
+    /// Position of the adapter in the engine's adapter list (see [`AdapterSelector::Index`]).
+    index: usize,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     max_binding: u64,
@@ -48,7 +177,7 @@ pub struct Gpu {
     /// First error wgpu reported outside of an error scope (validation, out of memory).
     errors: Arc<Mutex<Option<wgpu::Error>>>,
     /// Set by the device-lost callback.
-    lost: Arc<Mutex<Option<String>>>,
+    lost: LostFlag,
     /// Bytes of the largest device-local memory heap, when the driver tells.
     memory: Option<u64>,
     tuning: KernelTuning,
@@ -96,6 +225,75 @@ fn device_local_heap(adapter: &wgpu::Adapter) -> Option<u64> {
         .max()
 }
 
+/// The index of the preferred adapter (discrete, integrated, virtual, other, then a CPU
+/// adapter when allowed), after logging every adapter found.
+fn preferred(adapters: &[wgpu::Adapter], allow_cpu: bool) -> Result<usize, VulkanError> {
+    let mut found = Vec::new();
+    let mut best: Option<(u8, usize)> = None;
+    for (i, adapter) in adapters.iter().enumerate() {
+        let info = adapter.get_info();
+        // CPU adapters rank last, and only when allowed.
+        match preference(info.device_type).or(allow_cpu.then_some(4)) {
+            Some(rank) => {
+                found.push(format!("{} [usable]", list_entry(i, &info)));
+                if best.is_none_or(|(b, _)| rank < b) {
+                    best = Some((rank, i));
+                }
+            }
+            None => found.push(format!(
+                "{} [skipped: CPU adapter; set {ALLOW_CPU_ADAPTER_ENV}=1 to allow]",
+                list_entry(i, &info)
+            )),
+        }
+    }
+    for line in &found {
+        tracing::info!(adapter = %line, "vulkan adapter found");
+    }
+    best.map(|(_, i)| i)
+        .ok_or(VulkanError::NoSuitableAdapter { found })
+}
+
+/// The index of the adapter one `--devices` entry names.
+fn resolve(
+    adapters: &[wgpu::Adapter],
+    selector: &AdapterSelector,
+    allow_cpu: bool,
+) -> Result<usize, VulkanError> {
+    let choices = || {
+        adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| list_entry(i, &a.get_info()))
+            .collect::<Vec<_>>()
+    };
+    let index = match selector {
+        AdapterSelector::Index(i) if *i < adapters.len() => *i,
+        AdapterSelector::Pci(address) => adapters
+            .iter()
+            .position(|a| a.get_info().device_pci_bus_id == *address)
+            .ok_or_else(|| VulkanError::NoSuchDevice {
+                asked: selector.to_string(),
+                choices: choices(),
+            })?,
+        AdapterSelector::Index(_) => {
+            return Err(VulkanError::NoSuchDevice {
+                asked: selector.to_string(),
+                choices: choices(),
+            })
+        }
+    };
+    let info = adapters[index].get_info();
+    if info.device_type == wgpu::DeviceType::Cpu && !allow_cpu {
+        return Err(VulkanError::NoSuitableAdapter {
+            found: vec![format!(
+                "{} [named in --devices but a CPU adapter; set {ALLOW_CPU_ADAPTER_ENV}=1 to allow]",
+                list_entry(index, &info)
+            )],
+        });
+    }
+    Ok(index)
+}
+
 fn describe(info: &wgpu::AdapterInfo) -> String {
     format!(
         "{} ({:?}, driver {} {})",
@@ -103,44 +301,97 @@ fn describe(info: &wgpu::AdapterInfo) -> String {
     )
 }
 
+/// Why a device stopped working, set by wgpu's device-lost callback; shared with whoever
+/// reports the engine's health (`/health`), which reads it from another thread.
+#[derive(Debug, Clone, Default)]
+pub struct LostFlag(Arc<Mutex<Option<String>>>);
+
+impl LostFlag {
+    /// `Some(reason)` once the device is lost.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, reason: String) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+    }
+}
+
+/// The Vulkan adapters in the engine's order: those with a PCI address sorted by it, then
+/// the others (CPU adapters) by name. `--devices` indices count in this list.
+fn list_adapters() -> Result<Vec<wgpu::Adapter>, VulkanError> {
+    check_loader()?;
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::VULKAN;
+    let instance = wgpu::Instance::new(desc);
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    adapters.sort_by_cached_key(|a| {
+        let info = a.get_info();
+        (
+            info.device_pci_bus_id.is_empty(),
+            info.device_pci_bus_id.clone(),
+            info.name.clone(),
+        )
+    });
+    Ok(adapters)
+}
+
+/// `index: name (type, driver ...) at pci` of one adapter, for logs and errors.
+fn list_entry(index: usize, info: &wgpu::AdapterInfo) -> String {
+    if info.device_pci_bus_id.is_empty() {
+        format!("{index}: {}", describe(info))
+    } else {
+        format!("{index}: {} at {}", describe(info), info.device_pci_bus_id)
+    }
+}
+
 impl Gpu {
     /// Selects an adapter per the policy above and creates a device with the adapter's full limits.
     pub fn new(opts: &DeviceOptions) -> Result<Gpu, VulkanError> {
-        check_loader()?;
-        let allow_cpu = opts.allow_cpu_adapter;
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = wgpu::Backends::VULKAN;
-        let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+        let adapters = list_adapters()?;
+        let index = preferred(&adapters, opts.allow_cpu_adapter)?;
+        Gpu::on_adapter(&adapters[index], index, opts)
+    }
 
-        let mut found = Vec::new();
-        let mut candidates = Vec::new();
-        for adapter in adapters {
-            let info = adapter.get_info();
-            // CPU adapters rank last, and only when allowed.
-            let rank = preference(info.device_type).or(allow_cpu.then_some(4));
-            match rank {
-                Some(r) => {
-                    found.push(format!("{} [usable]", describe(&info)));
-                    candidates.push((r, adapter));
+    /// Opens one device per adapter that `opts.devices` selects, in its order (an adapter
+    /// named twice gets two devices). Errors name the valid choices.
+    pub fn open_all(opts: &DeviceOptions) -> Result<Vec<Gpu>, VulkanError> {
+        let adapters = list_adapters()?;
+        let indices = match &opts.devices {
+            DeviceSelection::Auto => {
+                let discrete: Vec<usize> = (0..adapters.len())
+                    .filter(|&i| {
+                        adapters[i].get_info().device_type == wgpu::DeviceType::DiscreteGpu
+                    })
+                    .collect();
+                if discrete.is_empty() {
+                    vec![preferred(&adapters, opts.allow_cpu_adapter)?]
+                } else {
+                    discrete
                 }
-                None => found.push(format!(
-                    "{} [skipped: CPU adapter; set {ALLOW_CPU_ADAPTER_ENV}=1 to allow]",
-                    describe(&info)
-                )),
             }
-        }
-        for line in &found {
-            tracing::info!(adapter = %line, "vulkan adapter found");
-        }
-        candidates.sort_by_key(|(r, _)| *r);
-        let Some((_, adapter)) = candidates.into_iter().next() else {
-            return Err(VulkanError::NoSuitableAdapter { found });
+            DeviceSelection::List(list) => list
+                .iter()
+                .map(|sel| resolve(&adapters, sel, opts.allow_cpu_adapter))
+                .collect::<Result<_, _>>()?,
         };
+        indices
+            .into_iter()
+            .map(|i| Gpu::on_adapter(&adapters[i], i, opts))
+            .collect()
+    }
 
+    fn on_adapter(
+        adapter: &wgpu::Adapter,
+        index: usize,
+        opts: &DeviceOptions,
+    ) -> Result<Gpu, VulkanError> {
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let memory = device_local_heap(&adapter);
+        let memory = device_local_heap(adapter);
         let available = adapter.features();
         let subgroups =
             opts.subgroups.unwrap_or(true) && available.contains(wgpu::Features::SUBGROUP);
@@ -179,13 +430,12 @@ impl Gpu {
                 *slot = Some(e);
             }
         }));
-        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost = LostFlag::default();
         let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             // Dropping the device also reports "lost" with reason Destroyed; that is not a failure.
             if reason != wgpu::DeviceLostReason::Destroyed {
-                *lost_sink.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(format!("{reason:?}: {message}"));
+                lost_sink.set(format!("{reason:?}: {message}"));
             }
         });
 
@@ -196,7 +446,7 @@ impl Gpu {
             .max_binding_bytes
             .map_or(device_binding, |cap| cap.min(device_binding));
         tracing::info!(
-            adapter = %describe(&info),
+            adapter = %list_entry(index, &info),
             max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size,
             max_buffer_size = limits.max_buffer_size,
             max_compute_workgroup_storage_size = limits.max_compute_workgroup_storage_size,
@@ -212,6 +462,7 @@ impl Gpu {
         Ok(Gpu {
             device,
             queue,
+            index,
             info,
             limits,
             max_binding,
@@ -232,6 +483,28 @@ impl Gpu {
     /// `name (type, driver ...)` of the selected adapter.
     pub fn description(&self) -> String {
         describe(&self.info)
+    }
+
+    /// The adapter's position in the engine's adapter list (what `--devices` indices count).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The adapter's PCI address (`0000:03:00.0`), when the driver reports one.
+    pub fn pci_address(&self) -> Option<&str> {
+        Some(self.info.device_pci_bus_id.as_str()).filter(|a| !a.is_empty())
+    }
+
+    /// The device-lost state, to read from another thread.
+    pub fn lost_flag(&self) -> LostFlag {
+        self.lost.clone()
+    }
+
+    /// Marks the device lost as the driver's callback would, so that tests can check how a
+    /// lost device fails its work and is reported (a real loss needs a GPU reset).
+    #[doc(hidden)]
+    pub fn simulate_loss(&self, reason: &str) {
+        self.lost.set(reason.to_string());
     }
 
     /// The adapter's identity as the driver reports it.
@@ -267,8 +540,10 @@ impl Gpu {
     /// Turns an error reported by the driver since the last check into a typed error.
     /// `what` says what the engine was doing, for the message.
     pub(crate) fn check(&self, what: &str) -> Result<(), VulkanError> {
-        if let Some(detail) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Err(VulkanError::DeviceLost { detail });
+        if let Some(detail) = self.lost.get() {
+            return Err(VulkanError::DeviceLost {
+                detail: format!("{} ({detail})", list_entry(self.index, &self.info)),
+            });
         }
         let err = self.errors.lock().unwrap_or_else(|p| p.into_inner()).take();
         match err {

@@ -20,6 +20,30 @@ pub enum VulkanError {
     )]
     NoSuitableAdapter { found: Vec<String> },
 
+    /// A `--devices` entry names no adapter of this machine.
+    #[error(
+        "--devices {asked}: no such Vulkan adapter; the adapters are: {}. Name them by index or by PCI address (as xpu-probe reports it), or use --devices auto",
+        if choices.is_empty() { "none".to_string() } else { choices.join("; ") }
+    )]
+    NoSuchDevice { asked: String, choices: Vec<String> },
+
+    /// The model does not fit the selected devices together; per device what its share
+    /// needs and what it has.
+    #[error(
+        "the model does not fit across the {} selected devices: {}; {hint}",
+        devices.len(),
+        devices.iter().map(|d| format!("{} needs {} bytes, {} available", d.0, d.1, d.2)).collect::<Vec<_>>().join("; ")
+    )]
+    DoesNotFitSplit {
+        /// (device, bytes needed, bytes available)
+        devices: Vec<(String, u64, u64)>,
+        hint: String,
+    },
+
+    /// `--split` does not match the devices or the layers.
+    #[error("--split: {0}")]
+    BadSplit(String),
+
     /// The adapter refused to create a logical device.
     #[error("the Vulkan adapter {adapter} refused to create a device: {detail}")]
     RequestDevice { adapter: String, detail: String },

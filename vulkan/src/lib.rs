@@ -17,7 +17,10 @@ pub mod quant;
 mod record;
 pub mod testing;
 
-pub use device::{DeviceOptions, Gpu, ALLOW_CPU_ADAPTER_ENV};
+pub use device::{
+    parse_split, AdapterSelector, DeviceOptions, DeviceSelection, Gpu, LostFlag,
+    ALLOW_CPU_ADAPTER_ENV, DEVICES_ENV, SPLIT_ENV,
+};
 pub use error::VulkanError;
 pub use kernels::{KernelTuning, MATVEC_TUNING_ENV};
 pub use model::{LlamaConfig, LlamaModel, LoadOptions, SeqChunk};

@@ -22,6 +22,11 @@ use crate::quant::{
 use crate::record::{Recorder, Timer};
 use crate::VulkanError;
 
+mod split;
+mod stage;
+
+use stage::Stage;
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -258,38 +263,43 @@ struct LayerOps {
     down: MatmulOp,
 }
 
-/// A llama model whose weights and KV cache live on a Vulkan device.
+/// A llama model whose weights and KV cache live on one Vulkan device, or on several that
+/// each run a contiguous range of its layers (a pipeline split: only the hidden state of a
+/// pass's tokens crosses from one device to the next, through the host).
 pub struct LlamaModel {
-    gpu: Gpu,
-    kernels: Kernels,
+    /// One per device, in layer order.
+    stages: Vec<Stage>,
     cfg: LlamaConfig,
     /// Positions per slot.
     ctx: usize,
     slots: usize,
     max_batch: usize,
-    ids: wgpu::Buffer,
-    /// Per token of a step: (position in its sequence, first cache position of its slot).
-    rows: wgpu::Buffer,
-    /// The tokens whose logits a step computes (each sequence's last), as indices into the step.
-    logit_rows: wgpu::Buffer,
-    step: wgpu::Buffer,
-    logits: wgpu::Buffer,
-    staging: wgpu::Buffer,
-    embed: GetRowsOp,
-    /// Scaling of the embeddings (Gemma).
-    embed_scale: Option<wgpu::BindGroup>,
-    layers: Vec<LayerOps>,
-    final_norm: wgpu::BindGroup,
-    output: MatmulOp,
-    /// The output product for a one-token step: RMSNorm fused, reading the hidden state.
-    output_fused: MatmulOp,
     /// Tokens currently in each slot of the KV cache.
     cached: Vec<usize>,
-    /// The work of a step of this shape, recorded ahead (see `forward_batch`). Its inputs
-    /// (token ids, rows, step uniform) are written when it is submitted.
-    next_step: Option<(PassShape, wgpu::CommandBuffer)>,
-    weight_bytes: u64,
     timing: ForwardTiming,
+}
+
+/// One device's share of a model, for the device map (logs, `/health`, the dashboard).
+#[derive(Debug, Clone)]
+pub struct DevicePart {
+    /// The adapter's position in the engine's adapter list (what `--devices` counts).
+    pub index: usize,
+    /// `name (type, driver ...)`.
+    pub adapter: String,
+    /// The PCI address, when the driver reports one.
+    pub pci_address: Option<String>,
+    /// The layers it runs.
+    pub layers: std::ops::Range<usize>,
+    /// It holds the token embedding (the first device) / the output head (the last).
+    pub embedding: bool,
+    pub output: bool,
+    /// Bytes of weight matrices read per token, and of its KV cache.
+    pub weight_bytes: u64,
+    pub kv_bytes: u64,
+    /// Bytes of the device's largest device-local memory heap, when the driver tells.
+    pub memory_bytes: Option<u64>,
+    /// The device-lost state, readable from any thread.
+    pub lost: crate::LostFlag,
 }
 
 /// One sequence's share of a batched forward pass ([`LlamaModel::forward_batch`]).
@@ -345,6 +355,9 @@ pub struct ForwardTiming {
     pub record_s: f64,
     /// Seconds spent waiting for the GPU and reading the logits back.
     pub wait_s: f64,
+    /// Seconds spent handing hidden states from one device to the next (reading the
+    /// previous device's copy and writing it to the next), zero on one device.
+    pub cross_s: f64,
 }
 
 /// The tensors of a mapped GGUF file, as raw bytes and checked against this engine's needs.
@@ -670,12 +683,27 @@ impl<'a> GgufReader<'a> {
         GpuWeight::upload(gpu, name, ty, 2 * half, k, &all)
     }
 
-    /// Bytes of all tensors, the weights to upload.
-    fn tensor_bytes(&self) -> u64 {
+    /// Bytes of the tensors a device running `layers` uploads: their blocks' tensors, the
+    /// embedding on the first device, the output head and norm (and the embedding again
+    /// when it is tied) on the last, and what belongs to no block on the last.
+    fn part_bytes(&self, layers: &std::ops::Range<usize>, n_layer: usize) -> u64 {
+        let (first, last) = (layers.start == 0, layers.end == n_layer);
+        let tied = !self.has("output.weight");
         self.content
             .tensor_infos
-            .values()
-            .map(|t| {
+            .iter()
+            .filter(|(name, _)| {
+                let block = name
+                    .strip_prefix("blk.")
+                    .and_then(|rest| rest.split('.').next())
+                    .and_then(|l| l.parse::<usize>().ok());
+                match block {
+                    Some(l) => layers.contains(&l),
+                    None if name.as_str() == "token_embd.weight" => first || (last && tied),
+                    None => last,
+                }
+            })
+            .map(|(_, t)| {
                 (t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size()) as u64
             })
             .sum()
@@ -743,7 +771,14 @@ struct MemoryNeeds {
 }
 
 impl MemoryNeeds {
-    fn new(cfg: &LlamaConfig, weights: u64, max_batch: usize, slots: usize) -> MemoryNeeds {
+    /// The needs of a device that holds `weights` bytes and the KV cache of `layers` layers.
+    fn new(
+        cfg: &LlamaConfig,
+        weights: u64,
+        layers: usize,
+        max_batch: usize,
+        slots: usize,
+    ) -> MemoryNeeds {
         let (d, hd, nh, nkv, ff) = (
             cfg.n_embd as u64,
             cfg.head_dim as u64,
@@ -764,7 +799,7 @@ impl MemoryNeeds {
         MemoryNeeds {
             weights,
             activations,
-            kv_per_token: 2 * cfg.n_layer as u64 * kv_layer,
+            kv_per_token: 2 * layers as u64 * kv_layer,
             // Sliding-window layers have their own table.
             rope_per_token: rope_table * (1 + cfg.sliding_window.is_some() as u64),
             kv_layer_per_token: kv_layer,
@@ -927,6 +962,17 @@ fn choose_context(
     Ok(ctx)
 }
 
+/// The bytes of `gpu`'s memory a model may fill: [`MEMORY_SHARE`] of its device-local heap,
+/// at most `limit`; `None` when neither is known.
+fn usable_memory(gpu: &Gpu, limit: Option<u64>) -> Option<u64> {
+    match (gpu.memory_bytes(), limit) {
+        (Some(heap), limit) => {
+            Some(((heap as f64 * MEMORY_SHARE) as u64).min(limit.unwrap_or(u64::MAX)))
+        }
+        (None, limit) => limit,
+    }
+}
+
 fn elementwise_groups(total: usize) -> u32 {
     (total.div_ceil(kernels::WORKGROUP as usize) as u32).clamp(1, kernels::ELEMENTWISE_GROUPS)
 }
@@ -956,550 +1002,58 @@ impl LlamaModel {
         if gguf.has("rope_freqs.weight") {
             cfg.rope_freq_factors = Some(gguf.vector("rope_freqs.weight", cfg.head_dim / 2)?);
         }
-        let gpu = Gpu::new(&opts.device)?;
-        // Check what the weights and the cache need before anything is uploaded.
+        let gpus = Gpu::open_all(&opts.device)?;
+        // Check what the weights and the cache need on each device before anything is
+        // uploaded.
         let slots = opts.slots.max(1);
-        let needs = MemoryNeeds::new(&cfg, gguf.tensor_bytes(), opts.max_batch.max(1), slots);
-        let memory = match (gpu.memory_bytes(), opts.device.memory_limit) {
-            (Some(heap), limit) => {
-                Some(((heap as f64 * MEMORY_SHARE) as u64).min(limit.unwrap_or(u64::MAX)))
-            }
-            (None, limit) => limit,
-        };
-        let ctx = choose_context(opts.ctx, cfg.train_ctx, &needs, memory, gpu.max_binding())?;
+        let memory: Vec<Option<u64>> = gpus
+            .iter()
+            .map(|gpu| usable_memory(gpu, opts.device.memory_limit))
+            .collect();
+        let ranges = split::plan_layers(cfg.n_layer, &memory, opts.device.split.as_deref())?;
+        let needs: Vec<MemoryNeeds> = ranges
+            .iter()
+            .map(|r| {
+                MemoryNeeds::new(
+                    &cfg,
+                    gguf.part_bytes(r, cfg.n_layer),
+                    r.len(),
+                    opts.max_batch.max(1),
+                    slots,
+                )
+            })
+            .collect();
+        let ctx = split::choose_split_context(opts.ctx, cfg.train_ctx, &gpus, &needs, &memory)?;
         let max_batch = opts.max_batch.clamp(1, ctx);
-        let kernels = Kernels::new(&gpu, &types)?;
-        let (d, hd, nh, nkv, ff) = (
-            cfg.n_embd,
-            cfg.head_dim,
-            cfg.n_head,
-            cfg.n_kv_head,
-            cfg.n_ff,
-        );
-
-        let f = 4u64;
-        let b = max_batch as u64;
-        let ids = gpu.storage("token ids", b * 4)?;
-        let rows = gpu.storage("token positions and slots", b * 8)?;
-        let logit_rows = gpu.storage("logit rows", slots as u64 * 4)?;
-        let step = gpu.uniform_init(
-            "step",
-            bytemuck::bytes_of(&StepParams {
-                n_tokens: 0,
-                out_rows: 0,
-                attn_chunks: 1,
-                attn_chunk_len: 1,
-            }),
-        )?;
-        let hidden = gpu.storage("hidden", b * d as u64 * f)?;
-        let normed = gpu.storage("normed", b * d as u64 * f)?;
-        let qkv_width = (nh + 2 * nkv) * hd;
-        let qkv = gpu.storage("q|k|v", b * qkv_width as u64 * f)?;
-        let attn = gpu.storage("attention out", b * (nh * hd) as u64 * f)?;
-        let gate_up = gpu.storage("ffn gate|up", b * 2 * ff as u64 * f)?;
-        let act = gpu.storage("ffn activation", b * ff as u64 * f)?;
-        // Per sequence of a step: its last token's normalised hidden state and logits.
-        let s = slots as u64;
-        let last = gpu.storage("last hidden", s * d as u64 * f)?;
-        let logits = gpu.storage("logits", s * cfg.vocab as u64 * f)?;
-        let staging = gpu.buffer_map_read("logits staging", s * cfg.vocab as u64 * f)?;
-        // Sliding-window layers rotate with their own base (and no frequency factors).
-        let swa_rope_table = match &cfg.sliding_window {
-            Some(swa) => Some(gpu.storage_init(
-                "rope cos/sin (sliding-window layers)",
-                bytemuck::cast_slice(&rope_table(ctx, hd, swa.rope_base, None)),
-            )?),
-            None => None,
-        };
-        let table = rope_table(ctx, hd, cfg.rope_base, cfg.rope_freq_factors.as_deref());
-        let rope_table = gpu.storage_init("rope cos/sin", bytemuck::cast_slice(&table))?;
-        // f16 K and V values: per K/V head, the slots' positions one after another.
-        let cache_positions = slots * ctx;
-        let cache_bytes = (nkv * cache_positions * hd) as u64 * 2;
-
-        let mut weight_bytes = 0u64;
-        let embd = gguf.matrix(&gpu, "token_embd.weight", cfg.vocab, d)?;
-        let embed = GetRowsOp::new(&gpu, &kernels, &embd, &ids, &hidden, &step)?;
-        let elementwise = |label: &str,
-                           pipeline: &wgpu::ComputePipeline,
-                           x: &wgpu::Buffer,
-                           bias: Option<&wgpu::Buffer>,
-                           params: ElementwiseParams|
-         -> Result<wgpu::BindGroup, VulkanError> {
-            let ubuf = gpu.uniform_init(label, bytemuck::bytes_of(&params))?;
-            let mut entries = vec![(0, x), (2, &ubuf), (3, &step)];
-            if let Some(b) = bias {
-                entries.push((1, b));
-            }
-            Ok(kernels::bind(&gpu, pipeline, label, &entries))
-        };
-        let embed_scale = match cfg.embedding_scale {
-            Some(factor) => Some(elementwise(
-                "embedding scale",
-                &kernels.scale,
-                &hidden,
-                None,
-                ElementwiseParams {
-                    width: d as u32,
-                    offset: 0,
-                    stride: d as u32,
-                    factor,
-                },
-            )?),
-            None => None,
-        };
-        // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
-        // output, then a vec4 holding its max and sum), for the largest number of slots any
-        // batch size can need.
-        let part_slots = (1..=max_batch)
-            .map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups()))
-            .max()
-            .unwrap_or(1)
-            * nh;
-        let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
-
-        let norm_op = |name: &str,
-                       weights: &[f32],
-                       x: &wgpu::Buffer,
-                       y: &wgpu::Buffer,
-                       accumulate: bool|
-         -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
-            let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
-            let params = NormParams {
-                n: d as u32,
-                eps: cfg.rms_eps,
-                _pad: 0,
-                accumulate: accumulate as u32,
-            };
-            let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
-            let bg = kernels::bind(
-                &gpu,
-                &kernels.rmsnorm,
-                name,
-                &[(0, x), (1, &wbuf), (2, y), (3, &ubuf)],
-            );
-            Ok((bg, wbuf))
-        };
-        let residual = MatmulMode {
-            accumulate: true,
-            ..MatmulMode::default()
-        };
-
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for l in 0..cfg.n_layer {
-            let p = |s: &str| format!("blk.{l}.{s}");
-            let attn_norm_w = gguf.vector(&p("attn_norm.weight"), d)?;
-            let ffn_norm_w = gguf.vector(&p("ffn_norm.weight"), d)?;
-            // Phi-3 stores q|k|v as one matrix; the others as three, uploaded side by side.
-            let qkv_w = if gguf.has(&p("attn_qkv.weight")) {
-                vec![(gguf.matrix(&gpu, &p("attn_qkv.weight"), qkv_width, d)?, 0)]
-            } else {
-                gguf.side_by_side(
-                    &gpu,
-                    &p("attn_qkv"),
-                    &[
-                        (p("attn_q.weight"), nh * hd),
-                        (p("attn_k.weight"), nkv * hd),
-                        (p("attn_v.weight"), nkv * hd),
-                    ],
-                    d,
-                    false,
-                )?
-            };
-            // Qwen2's biases, as one [q | k | v] vector (a missing part is zero).
-            let qkv_bias = if gguf.has(&p("attn_q.bias")) {
-                let mut bias = Vec::with_capacity(qkv_width);
-                for (part, len) in [
-                    ("attn_q.bias", nh * hd),
-                    ("attn_k.bias", nkv * hd),
-                    ("attn_v.bias", nkv * hd),
-                ] {
-                    if gguf.has(&p(part)) {
-                        bias.extend(gguf.vector(&p(part), len)?);
-                    } else {
-                        bias.resize(bias.len() + len, 0.0);
-                    }
-                }
-                let buf = gpu.storage_init(&p("attn_qkv.bias"), bytemuck::cast_slice(&bias))?;
-                Some(elementwise(
-                    "q|k|v bias",
-                    &kernels.add_bias,
-                    &qkv,
-                    Some(&buf),
-                    ElementwiseParams {
-                        width: qkv_width as u32,
-                        offset: 0,
-                        stride: qkv_width as u32,
-                        factor: 1.0,
-                    },
-                )?)
-            } else {
-                None
-            };
-            // Per-head RMSNorm of q and k (Qwen3, Gemma 3), in place in the q|k|v rows.
-            let qk_norm = if gguf.has(&p("attn_q_norm.weight")) {
-                let mut groups = Vec::with_capacity(2);
-                for (part, offset, heads) in [
-                    ("attn_q_norm.weight", 0, nh),
-                    ("attn_k_norm.weight", nh * hd, nkv),
-                ] {
-                    let w = gguf.vector(&p(part), hd)?;
-                    let wbuf = gpu.storage_init(&p(part), bytemuck::cast_slice(&w))?;
-                    let params = HeadNormParams {
-                        hd: hd as u32,
-                        heads: heads as u32,
-                        offset: offset as u32,
-                        stride: qkv_width as u32,
-                        eps: cfg.rms_eps,
-                        _pad: [0; 3],
-                    };
-                    let ubuf = gpu.uniform_init("head norm params", bytemuck::bytes_of(&params))?;
-                    groups.push(kernels::bind(
-                        &gpu,
-                        &kernels.head_rmsnorm,
-                        part,
-                        &[(0, &qkv), (1, &wbuf), (2, &ubuf)],
-                    ));
-                }
-                let [q, k]: [wgpu::BindGroup; 2] = groups.try_into().expect("two norms");
-                Some([q, k])
-            } else {
-                None
-            };
-            // Gemma's norms of the attention and FFN outputs: the products then write
-            // `normed`, and the norm adds into the hidden state.
-            let post_norms = gguf.has(&p("post_attention_norm.weight"));
-            let (mut post_attn_norm, mut post_ffn_norm) = (None, None);
-            if post_norms {
-                for (name, slot) in [
-                    ("post_attention_norm.weight", &mut post_attn_norm),
-                    ("post_ffw_norm.weight", &mut post_ffn_norm),
-                ] {
-                    let w = gguf.vector(&p(name), d)?;
-                    *slot = Some(norm_op(&p(name), &w, &normed, &hidden, true)?.0);
-                }
-            }
-            let (out_target, out_mode) = if post_norms {
-                (&normed, MatmulMode::default())
-            } else {
-                (&hidden, residual)
-            };
-            let wo = gguf.matrix(&gpu, &p("attn_output.weight"), d, nh * hd)?;
-            // Interleaved rows when gate and up are one matrix: a decode step's gate|up product
-            // then does SiLU·mul itself (`matvec_norm_glu`). Phi-3 stores them as one.
-            let gate_up_w = if gguf.has(&p("ffn_gate.weight")) {
-                gguf.side_by_side(
-                    &gpu,
-                    &p("ffn_gate_up"),
-                    &[(p("ffn_gate.weight"), ff), (p("ffn_up.weight"), ff)],
-                    d,
-                    true,
-                )?
-            } else {
-                vec![(
-                    gguf.interleaved_halves(&gpu, &p("ffn_up.weight"), ff, d)?,
-                    0,
-                )]
-            };
-            // The fused epilogues compute SiLU only; GeGLU runs its own kernel.
-            let glu_fused = !cfg.gelu && gate_up_w.len() == 1 && gate_up_w[0].0.pairs_in_chunks();
-            let wd = gguf.matrix(&gpu, &p("ffn_down.weight"), d, ff)?;
-            for w in qkv_w
-                .iter()
-                .chain(&gate_up_w)
-                .map(|(w, _)| w)
-                .chain([&wo, &wd])
-            {
-                weight_bytes += (w.rows * w.ty.row_bytes(w.k)) as u64;
-            }
-            let (attn_norm, attn_norm_buf) =
-                norm_op(&p("attn_norm"), &attn_norm_w, &hidden, &normed, false)?;
-            let (ffn_norm, ffn_norm_buf) =
-                norm_op(&p("ffn_norm"), &ffn_norm_w, &hidden, &normed, false)?;
-            // The epilogue a decode step's fused product adds after the RMSNorm and the product.
-            enum Epilogue<'b> {
-                None,
-                Rope(RopeBuffers<'b>),
-                Glu(&'b wgpu::Buffer),
-            }
-            let side_by_side_ops = |label: &'static str,
-                                    parts: &[(GpuWeight, u32)],
-                                    y: &wgpu::Buffer,
-                                    stride: usize,
-                                    norm_w: &wgpu::Buffer,
-                                    epilogue: Epilogue<'_>|
-             -> Result<Vec<MatmulOp>, VulkanError> {
-                parts
-                    .iter()
-                    .map(|(w, offset)| {
-                        let mode = MatmulMode {
-                            out_stride: stride as u32,
-                            out_offset: *offset,
-                            ..MatmulMode::default()
-                        };
-                        let (x, weight, eps) = (&hidden, norm_w, cfg.rms_eps);
-                        let fused = match epilogue {
-                            Epilogue::Rope(rope) => FusedInput::NormRope {
-                                x,
-                                weight,
-                                eps,
-                                rope,
-                            },
-                            Epilogue::Glu(act) => FusedInput::NormGlu {
-                                x,
-                                weight,
-                                eps,
-                                act,
-                            },
-                            Epilogue::None => FusedInput::Norm { x, weight, eps },
-                        };
-                        MatmulOp::new(
-                            &gpu,
-                            &kernels,
-                            label,
-                            w,
-                            &normed,
-                            y,
-                            &step,
-                            mode,
-                            Some(fused),
-                        )
-                    })
-                    .collect()
-            };
-            let kcache = gpu.storage(&format!("k cache {l}"), cache_bytes)?;
-            let vcache = gpu.storage(&format!("v cache {l}"), cache_bytes)?;
-            let rope_params = RopeParams {
-                n_head: nh as u32,
-                n_kv: nkv as u32,
-                hd: hd as u32,
-                neox: cfg.rope_neox as u32,
-                cache_base: 0,
-                ctx: cache_positions as u32,
-                _pad: [0; 2],
-            };
-            let rope_u = gpu.uniform_init("rope params", bytemuck::bytes_of(&rope_params))?;
-            let sliding = cfg.sliding_window.as_ref().filter(|swa| swa.layers[l]);
-            let layer_rope_table = match (sliding, &swa_rope_table) {
-                (Some(_), Some(table)) => table,
-                _ => &rope_table,
-            };
-            let mut attn_params = AttnParams::new(nh, nkv, hd, cache_positions);
-            attn_params.window = sliding.map_or(0, |swa| swa.window as u32);
-            let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
-            let interleaved = gate_up_w.len() == 1;
-            let silu_u = gpu.uniform_init(
-                "silu params",
-                bytemuck::bytes_of(&EltParams {
-                    n: ff as u32,
-                    interleaved: interleaved as u32,
-                    gelu: cfg.gelu as u32,
-                    _pad: 0,
-                }),
-            )?;
-            // A decode step rotates q and k and stores k and v in the q|k|v product itself when
-            // it is one matrix with interleaved pairs that never straddle a chunk.
-            // Biases and q/k norms come between the product and RoPE, so not then.
-            let qkv_rope = !cfg.rope_neox
-                && qkv_bias.is_none()
-                && qk_norm.is_none()
-                && qkv_w.len() == 1
-                && qkv_w[0].0.pairs_in_chunks();
-            let rope_buffers = RopeBuffers {
-                kcache: &kcache,
-                vcache: &vcache,
-                cos_sin: layer_rope_table,
-                params: &rope_u,
-                rows: &rows,
-            };
-            layers.push(LayerOps {
-                attn_norm,
-                qkv: side_by_side_ops(
-                    "q|k|v",
-                    &qkv_w,
-                    &qkv,
-                    qkv_width,
-                    &attn_norm_buf,
-                    if qkv_rope {
-                        Epilogue::Rope(rope_buffers)
-                    } else {
-                        Epilogue::None
-                    },
-                )?,
-                qkv_rope,
-                qkv_bias,
-                qk_norm,
-                post_attn_norm,
-                post_ffn_norm,
-                rope: kernels::bind(
-                    &gpu,
-                    &kernels.rope,
-                    "rope",
-                    &[
-                        (0, &qkv),
-                        (1, &kcache),
-                        (2, &vcache),
-                        (3, layer_rope_table),
-                        (4, &rope_u),
-                        (5, &step),
-                        (6, &rows),
-                    ],
-                ),
-                attention: kernels::bind(
-                    &gpu,
-                    &kernels.attention,
-                    "attention",
-                    &[
-                        (0, &qkv),
-                        (1, &kcache),
-                        (2, &vcache),
-                        (3, &attn),
-                        (4, &attn_u),
-                        (5, &step),
-                        (6, &attn_part),
-                        (7, &rows),
-                    ],
-                ),
-                attention_combine: kernels::bind(
-                    &gpu,
-                    &kernels.attention_combine,
-                    "attention combine",
-                    &[(3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
-                ),
-                o: MatmulOp::new(
-                    &gpu,
-                    &kernels,
-                    "attn_output",
-                    &wo,
-                    &attn,
-                    out_target,
-                    &step,
-                    out_mode,
-                    None,
-                )?,
-                ffn_norm,
-                gate_up: side_by_side_ops(
-                    "ffn gate|up",
-                    &gate_up_w,
-                    &gate_up,
-                    2 * ff,
-                    &ffn_norm_buf,
-                    if glu_fused {
-                        Epilogue::Glu(&act)
-                    } else {
-                        Epilogue::None
-                    },
-                )?,
-                glu_fused,
-                silu_mul: kernels::bind(
-                    &gpu,
-                    &kernels.silu_mul,
-                    "silu_mul",
-                    &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)],
-                ),
-                // With gate and up as two matrices ([gate | up] side by side), a decode step's
-                // down product does the SiLU·mul on its input.
-                down: MatmulOp::new(
-                    &gpu,
-                    &kernels,
-                    "ffn_down",
-                    &wd,
-                    &act,
-                    out_target,
-                    &step,
-                    out_mode,
-                    (!interleaved && !cfg.gelu).then_some(FusedInput::Glu { x: &gate_up }),
-                )?,
-            });
+        let mut stages = Vec::with_capacity(gpus.len());
+        for (gpu, range) in gpus.into_iter().zip(ranges) {
+            stages.push(Stage::build(
+                &mut gguf, &cfg, &types, gpu, range, ctx, slots, max_batch,
+            )?);
         }
-        let out_norm_w = gguf.vector("output_norm.weight", d)?;
-        let final_norm_buf = gpu.storage_init("output_norm", bytemuck::cast_slice(&out_norm_w))?;
-        let final_norm_u = gpu.uniform_init(
-            "norm params",
-            bytemuck::bytes_of(&NormParams {
-                n: d as u32,
-                eps: cfg.rms_eps,
-                _pad: 0,
-                accumulate: 0,
-            }),
-        )?;
-        // The final norm of the rows whose logits are wanted, into `last` in their order.
-        let final_norm = kernels::bind(
-            &gpu,
-            &kernels.rmsnorm_rows,
-            "output_norm",
-            &[
-                (0, &hidden),
-                (1, &final_norm_buf),
-                (2, &last),
-                (3, &final_norm_u),
-                (5, &logit_rows),
-            ],
-        );
-        // Models with tied embeddings (SmolLM2) have no output.weight.
-        let out_w = if gguf.has("output.weight") {
-            gguf.matrix(&gpu, "output.weight", cfg.vocab, d)?
-        } else {
-            embd
-        };
-        weight_bytes += (out_w.rows * out_w.ty.row_bytes(out_w.k)) as u64;
-        let head = MatmulMode {
-            logit_rows: true,
-            exact_input: true,
-            ..MatmulMode::default()
-        };
-        let output = MatmulOp::new(
-            &gpu, &kernels, "output", &out_w, &last, &logits, &step, head, None,
-        )?;
-        let fused = FusedInput::Norm {
-            x: &hidden,
-            weight: &final_norm_buf,
-            eps: cfg.rms_eps,
-        };
-        let output_fused = MatmulOp::new(
-            &gpu,
-            &kernels,
-            "output",
-            &out_w,
-            &hidden,
-            &logits,
-            &step,
-            head,
-            Some(fused),
-        )?;
-        gpu.wait("uploading the weights")?;
-        tracing::info!(
-            adapter = %gpu.description(),
-            layers = cfg.n_layer,
-            ctx,
-            slots,
-            weight_bytes,
-            "model loaded on the Vulkan device"
-        );
-        Ok(LlamaModel {
-            gpu,
-            kernels,
+        let model = LlamaModel {
+            stages,
             cfg,
             ctx,
             slots,
             max_batch,
-            ids,
-            rows,
-            logit_rows,
-            step,
-            logits,
-            staging,
-            embed,
-            embed_scale,
-            layers,
-            final_norm,
-            output,
-            output_fused,
             cached: vec![0; slots],
-            weight_bytes,
             timing: ForwardTiming::default(),
-            next_step: None,
-        })
+        };
+        for part in model.device_map() {
+            tracing::info!(
+                device = part.index,
+                adapter = %part.adapter,
+                pci_address = part.pci_address.as_deref().unwrap_or("-"),
+                layers = ?part.layers,
+                embedding = part.embedding,
+                output = part.output,
+                weight_bytes = part.weight_bytes,
+                kv_bytes = part.kv_bytes,
+                "device map"
+            );
+        }
+        Ok(model)
     }
 
     /// Runs `tokens` at positions `start..start + tokens.len()` of the sequence in slot 0 and
@@ -1533,25 +1087,49 @@ impl LlamaModel {
             self.cached[c.slot] = self.cached[c.slot].min(c.start);
         }
         let passes = self.plan_passes(chunks);
+        let cfg = &self.cfg;
+        let hidden_row = cfg.n_embd as u64 * 4;
+        let mut cross = std::time::Duration::ZERO;
         let mut logit_rows = 0;
         for pass in &passes {
             let shape = pass.shape();
-            self.write_step(pass);
-            match self.next_step.take() {
-                Some((recorded, work)) if recorded == shape && logit_rows == 0 => {
-                    self.gpu.queue.submit([work]);
+            // Each device runs its layers on every token of the pass, then hands the hidden
+            // state on to the next (read back, written to the next device's `hidden`).
+            let mut handed: Option<Vec<u8>> = None;
+            for stage in &mut self.stages {
+                stage.write_step(cfg, pass);
+                if let Some(bytes) = handed.take() {
+                    let t = std::time::Instant::now();
+                    stage.gpu.queue.write_buffer(&stage.hidden, 0, &bytes);
+                    cross += t.elapsed();
                 }
-                _ => self.record_pass(shape, logit_rows, true, None, |cb| {
-                    self.gpu.queue.submit([cb]);
-                }),
+                match stage.next_step.take() {
+                    Some((recorded, work)) if recorded == shape && logit_rows == 0 => {
+                        stage.gpu.queue.submit([work]);
+                    }
+                    _ => stage.record_pass(cfg, shape, logit_rows, true, None, |cb| {
+                        stage.gpu.queue.submit([cb]);
+                    }),
+                }
+                stage.gpu.check("running the model")?;
+                if let Some(handoff) = &stage.handoff {
+                    stage.gpu.wait("running the model")?;
+                    let t = std::time::Instant::now();
+                    handed = Some(
+                        stage
+                            .gpu
+                            .map_read(handoff, shape.tokens as u64 * hidden_row)?,
+                    );
+                    cross += t.elapsed();
+                }
             }
             logit_rows += shape.logit_rows;
-            self.gpu.check("running the model")?;
         }
         // While the GPU runs this pass, record the step that most likely comes next (every
         // sequence one token further), so that its recording (about a quarter of a
         // millisecond for a 16-layer model) is off the critical path; it is used only if a
-        // step of that shape comes. (The loop above took any earlier recording.)
+        // step of that shape comes. (The loop above took any earlier recording.) Each
+        // device keeps its own: a split runs the same pass on every device in turn.
         let next = PassShape {
             tokens: chunks.len(),
             len: chunks
@@ -1562,18 +1140,22 @@ impl LlamaModel {
             logit_rows: chunks.len(),
         };
         if next.len <= self.ctx && next.tokens <= self.max_batch {
-            let mut work = None;
-            self.record_pass(next, 0, false, None, |cb| work = Some(cb));
-            self.next_step = work.map(|w| (next, w));
+            for stage in &mut self.stages {
+                let mut work = None;
+                stage.record_pass(cfg, next, 0, false, None, |cb| work = Some(cb));
+                stage.next_step = work.map(|w| (next, w));
+            }
         }
         let recorded = std::time::Instant::now();
-        let vocab = self.cfg.vocab;
-        let bytes = self
+        let vocab = cfg.vocab;
+        let last = self.stages.last().expect("at least one device");
+        let bytes = last
             .gpu
-            .map_read(&self.staging, (logit_rows * vocab * 4) as u64)?;
+            .map_read(&last.staging, (logit_rows * vocab * 4) as u64)?;
         self.timing = ForwardTiming {
             record_s: (recorded - started).as_secs_f64(),
             wait_s: recorded.elapsed().as_secs_f64(),
+            cross_s: cross.as_secs_f64(),
         };
         for c in chunks {
             self.cached[c.slot] = c.start + c.tokens.len();
@@ -1585,35 +1167,45 @@ impl LlamaModel {
     /// Runs one decode step (`token` at position `pos` of slot 0, as
     /// [`forward`](Self::forward) does) with a GPU timestamp after every dispatch, and returns
     /// each dispatch's name and GPU seconds in order, plus the logits. `None` when the device
-    /// has no timestamp queries. For benchmarks: the timestamps add a little GPU time of
-    /// their own.
+    /// has no timestamp queries or the model is split over several devices (whose clocks do
+    /// not compare). For benchmarks: the timestamps add a little GPU time of their own.
     #[allow(clippy::type_complexity)]
     pub fn profile_step(
         &mut self,
         token: u32,
         pos: usize,
     ) -> Result<Option<(Vec<(&'static str, f64)>, Vec<f32>)>, VulkanError> {
-        let Some(mut timer) = Timer::new(&self.gpu, 1024) else {
-            return Ok(None);
-        };
         let chunks = [SeqChunk {
             slot: 0,
             tokens: &[token],
             start: pos,
         }];
         self.check_chunks(&chunks)?;
-        self.cached[0] = self.cached[0].min(pos);
         let passes = self.plan_passes(&chunks);
-        self.write_step(&passes[0]);
-        self.record_pass(passes[0].shape(), 0, true, Some(&mut timer), |cb| {
-            self.gpu.queue.submit([cb]);
-        });
-        self.gpu.check("running the model")?;
-        let bytes = self
+        let [stage] = &mut self.stages[..] else {
+            return Ok(None);
+        };
+        let Some(mut timer) = Timer::new(&stage.gpu, 1024) else {
+            return Ok(None);
+        };
+        self.cached[0] = self.cached[0].min(pos);
+        stage.write_step(&self.cfg, &passes[0]);
+        stage.record_pass(
+            &self.cfg,
+            passes[0].shape(),
+            0,
+            true,
+            Some(&mut timer),
+            |cb| {
+                stage.gpu.queue.submit([cb]);
+            },
+        );
+        stage.gpu.check("running the model")?;
+        let bytes = stage
             .gpu
-            .map_read(&self.staging, self.cfg.vocab as u64 * 4)?;
+            .map_read(&stage.staging, self.cfg.vocab as u64 * 4)?;
         self.cached[0] = pos + 1;
-        let times = timer.read(&self.gpu)?;
+        let times = timer.read(&stage.gpu)?;
         Ok(Some((times, bytemuck::cast_slice(&bytes).to_vec())))
     }
 
@@ -1687,219 +1279,6 @@ impl LlamaModel {
         passes
     }
 
-    /// Writes the inputs of a pass (token ids, rows, logit rows, step uniform): the per-step
-    /// inputs of the recorded work, written before the submission that runs it.
-    fn write_step(&self, pass: &PassInputs) {
-        let c = &self.cfg;
-        let shape = pass.shape();
-        let queue = &self.gpu.queue;
-        queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&pass.ids));
-        queue.write_buffer(&self.rows, 0, bytemuck::cast_slice(&pass.rows));
-        if !pass.logit_rows.is_empty() {
-            queue.write_buffer(&self.logit_rows, 0, bytemuck::cast_slice(&pass.logit_rows));
-        }
-        let (chunks, chunk_len) = attention_split(
-            shape.tokens,
-            shape.len,
-            c.n_head,
-            self.kernels.attention_groups(),
-            attention_tile(c.head_dim),
-        );
-        let step = StepParams {
-            n_tokens: shape.tokens as u32,
-            out_rows: shape.logit_rows as u32,
-            attn_chunks: chunks as u32,
-            attn_chunk_len: chunk_len as u32,
-        };
-        queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
-    }
-
-    /// Records the work of a pass of this shape (whose inputs `write_step` writes) and hands
-    /// each command buffer to `sink` as soon as it is finished. Its logits are copied to the
-    /// staging buffer from row `staging_row` on. `split`: several command buffers, the first
-    /// one small, so that a caller submitting each at once gets the GPU started early;
-    /// otherwise one. A one-token pass uses the decode kernels: matrix-vector products with
-    /// the RMSNorm and the SiLU·mul fused into their input, and attention split over
-    /// positions.
-    fn record_pass(
-        &self,
-        shape: PassShape,
-        staging_row: usize,
-        split: bool,
-        mut timer: Option<&mut Timer>,
-        mut sink: impl FnMut(wgpu::CommandBuffer),
-    ) {
-        let n = shape.tokens;
-        let read_logits = shape.logit_rows > 0;
-        let decode = n == 1;
-        let gpu = &self.gpu;
-        let c = &self.cfg;
-        let (chunks, _) = attention_split(
-            n,
-            shape.len,
-            c.n_head,
-            self.kernels.attention_groups(),
-            attention_tile(c.head_dim),
-        );
-        let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
-        let elt_groups = |width: usize| elementwise_groups(n * width);
-        let silu_groups = elementwise_groups(n * c.n_ff);
-        let n = n as u32;
-        // Layers per command buffer: the GPU starts on the first kernels::FIRST_SUBMIT_LAYERS
-        // while the host records the next ones; each submission costs the GPU a gap.
-        let groups: Vec<&[LayerOps]> = if split {
-            let first_layers = kernels::FIRST_SUBMIT_LAYERS.min(self.layers.len());
-            let (head, rest) = self.layers.split_at(first_layers);
-            std::iter::once(head)
-                .chain(rest.chunks(self.kernels.submit_layers))
-                .collect()
-        } else {
-            vec![&self.layers[..]]
-        };
-        for (g, layers) in groups.iter().enumerate() {
-            let first = g == 0;
-            let last = g + 1 == groups.len();
-            let mut enc = gpu
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("forward"),
-                });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("forward"),
-                    timestamp_writes: None,
-                });
-                let mut rec = Recorder::new(
-                    &mut pass,
-                    timer.as_deref_mut(),
-                    if first { "start" } else { "host gap" },
-                );
-                if first {
-                    self.embed.record(&mut rec, n);
-                    if let Some(bg) = &self.embed_scale {
-                        rec.dispatch(
-                            "embedding scale",
-                            &self.kernels.scale,
-                            bg,
-                            [elt_groups(c.n_embd), 1, 1],
-                        );
-                    }
-                }
-                for layer in layers.iter() {
-                    let fuse_qkv = decode && layer.qkv.iter().all(MatmulOp::has_fused);
-                    if !fuse_qkv {
-                        rec.dispatch(
-                            "rmsnorm",
-                            &self.kernels.rmsnorm,
-                            &layer.attn_norm,
-                            [n, 1, 1],
-                        );
-                    }
-                    for op in &layer.qkv {
-                        op.record(&mut rec, n, fuse_qkv);
-                    }
-                    if let Some(bg) = &layer.qkv_bias {
-                        let width = (c.n_head + 2 * c.n_kv_head) * c.head_dim;
-                        rec.dispatch(
-                            "q|k|v bias",
-                            &self.kernels.add_bias,
-                            bg,
-                            [elt_groups(width), 1, 1],
-                        );
-                    }
-                    if let Some([q_norm, k_norm]) = &layer.qk_norm {
-                        rec.dispatch(
-                            "q norm",
-                            &self.kernels.head_rmsnorm,
-                            q_norm,
-                            [c.n_head as u32, n, 1],
-                        );
-                        rec.dispatch(
-                            "k norm",
-                            &self.kernels.head_rmsnorm,
-                            k_norm,
-                            [c.n_kv_head as u32, n, 1],
-                        );
-                    }
-                    if !(fuse_qkv && layer.qkv_rope) {
-                        rec.dispatch(
-                            "rope + kv store",
-                            &self.kernels.rope,
-                            &layer.rope,
-                            [rope_groups, 1, 1],
-                        );
-                    }
-                    rec.dispatch(
-                        "attention",
-                        &self.kernels.attention,
-                        &layer.attention,
-                        [c.n_head as u32, n, chunks as u32],
-                    );
-                    if chunks > 1 {
-                        rec.dispatch(
-                            "attention combine",
-                            &self.kernels.attention_combine,
-                            &layer.attention_combine,
-                            [c.n_head as u32, n, 1],
-                        );
-                    }
-                    layer.o.record(&mut rec, n, false);
-                    if let Some(bg) = &layer.post_attn_norm {
-                        rec.dispatch("post-attention norm", &self.kernels.rmsnorm, bg, [n, 1, 1]);
-                    }
-                    let fuse_gate_up = decode && layer.gate_up.iter().all(MatmulOp::has_fused);
-                    if !fuse_gate_up {
-                        rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &layer.ffn_norm, [n, 1, 1]);
-                    }
-                    for op in &layer.gate_up {
-                        op.record(&mut rec, n, fuse_gate_up);
-                    }
-                    // A decode step does SiLU·mul in the gate|up product or in the down product's
-                    // input, unless the interleaved gate|up matrix has a chunk splitting a pair.
-                    if !decode || !(layer.glu_fused || layer.down.has_fused()) {
-                        rec.dispatch(
-                            "silu_mul",
-                            &self.kernels.silu_mul,
-                            &layer.silu_mul,
-                            [silu_groups, 1, 1],
-                        );
-                    }
-                    layer
-                        .down
-                        .record(&mut rec, n, decode && layer.down.has_fused());
-                    if let Some(bg) = &layer.post_ffn_norm {
-                        rec.dispatch("post-FFN norm", &self.kernels.rmsnorm, bg, [n, 1, 1]);
-                    }
-                }
-                if last && read_logits {
-                    let rows = shape.logit_rows as u32;
-                    if decode {
-                        self.output_fused.record(&mut rec, 1, true);
-                    } else {
-                        rec.dispatch(
-                            "rmsnorm",
-                            &self.kernels.rmsnorm_rows,
-                            &self.final_norm,
-                            [rows, 1, 1],
-                        );
-                        self.output.record(&mut rec, rows, false);
-                    }
-                }
-            }
-            if last && read_logits {
-                let row_bytes = self.cfg.vocab as u64 * 4;
-                enc.copy_buffer_to_buffer(
-                    &self.logits,
-                    0,
-                    &self.staging,
-                    staging_row as u64 * row_bytes,
-                    shape.logit_rows as u64 * row_bytes,
-                );
-            }
-            sink(enc.finish());
-        }
-    }
-
     /// Forgets the KV cache of every slot; the next forward of each starts at position 0.
     pub fn reset(&mut self) {
         self.cached.fill(0);
@@ -1915,9 +1294,43 @@ impl LlamaModel {
         self.slots
     }
 
-    /// The adapter in use, e.g. `Intel(R) Arc(TM) A770 Graphics (DiscreteGpu, driver ...)`.
+    /// The adapter in use, e.g. `Intel(R) Arc(TM) A770 Graphics (DiscreteGpu, driver ...)`;
+    /// for a split, each device's with its layers.
     pub fn adapter_description(&self) -> String {
-        self.gpu.description()
+        match &self.stages[..] {
+            [one] => one.gpu.description(),
+            stages => stages
+                .iter()
+                .map(|s| {
+                    format!(
+                        "layers {}-{} on {}",
+                        s.layer_range.start,
+                        s.layer_range.end - 1,
+                        s.gpu.description()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" + "),
+        }
+    }
+
+    /// Which device runs what, in layer order.
+    pub fn device_map(&self) -> Vec<DevicePart> {
+        self.stages
+            .iter()
+            .map(|s| DevicePart {
+                index: s.gpu.index(),
+                adapter: s.gpu.description(),
+                pci_address: s.gpu.pci_address().map(str::to_string),
+                layers: s.layer_range.clone(),
+                embedding: s.layer_range.start == 0,
+                output: s.layer_range.end == self.cfg.n_layer,
+                weight_bytes: s.weight_bytes,
+                kv_bytes: s.kv_bytes,
+                memory_bytes: s.gpu.memory_bytes(),
+                lost: s.gpu.lost_flag(),
+            })
+            .collect()
     }
 
     /// The model's hyper-parameters.
@@ -1928,7 +1341,7 @@ impl LlamaModel {
     /// Bytes of weight matrices read per decoded token (all layers plus the output head), the
     /// numerator of the memory-bandwidth bound.
     pub fn weight_bytes_per_token(&self) -> u64 {
-        self.weight_bytes
+        self.stages.iter().map(|s| s.weight_bytes).sum()
     }
 
     /// Host time split of the last successful forward pass.
@@ -1936,9 +1349,14 @@ impl LlamaModel {
         self.timing
     }
 
-    /// The device the model runs on.
+    /// The device the model runs on (the first, for a split).
     pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+        &self.stages[0].gpu
+    }
+
+    /// The devices the model runs on, in layer order.
+    pub fn gpus(&self) -> impl Iterator<Item = &Gpu> {
+        self.stages.iter().map(|s| &s.gpu)
     }
 }
 
