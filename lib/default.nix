@@ -24,10 +24,12 @@ let
     isList
     isString
     length
+    lessThan
     listToAttrs
     match
     readFile
     replaceStrings
+    sort
     stringLength
     substring
     toJSON
@@ -197,6 +199,24 @@ let
     gpus = facts: if isAttrs facts && isList (attrOr facts "gpus" [ ]) then attrOr facts "gpus" [ ] else [ ];
     gpusOf = vendor: facts: filter (g: isAttrs g && attrOr g "vendor" null == vendor) (gpus facts);
     hasGpuOf = vendor: facts: gpusOf vendor facts != [ ];
+
+    # The GPUs the Vulkan engine splits a model over by default (`--devices`): the PCI
+    # addresses of every compute-capable discrete GPU of the package's vendor in the facts
+    # (Intel for exo-intel, NVIDIA for exo-cuda), in address order; null when there is none,
+    # which leaves the runner's `auto`.
+    runnerDevices =
+      acceleration: facts:
+      let
+        vendor =
+          {
+            intel = "intel";
+            cuda = "nvidia";
+          }
+          .${acceleration} or null;
+        usable = g: attrOr g "compute_capable" false == true && attrOr g "integrated" true == false && isString (attrOr g "pci_address" null);
+        addresses = sort lessThan (map (g: g.pci_address) (filter usable (gpusOf vendor facts)));
+      in
+      if vendor == null || addresses == [ ] then null else addresses;
 
     # The only kernel parameters the modules pass on from facts: moving an Intel device to
     # i915 or xe (`i915.force_probe=56a0`, `i915.force_probe=!e20b`, `xe.force_probe=e20b`).
@@ -403,6 +423,7 @@ let
         parallel ? null,
         kvCacheTokens ? null,
         prefillChunk ? null,
+        devices ? null,
       }:
       let
         # Several models: `ID=PATH` each, comma-separated (the runner's `--model` list);
@@ -427,6 +448,8 @@ let
           XPU_RUNNER_PARALLEL = parallel;
           XPU_RUNNER_KV_CACHE_TOKENS = kvCacheTokens;
           XPU_RUNNER_PREFILL_CHUNK = prefillChunk;
+          # `auto`, or adapter indices and PCI addresses, comma-separated.
+          XPU_RUNNER_DEVICES = if isList devices then concatStringsSep "," (map toString devices) else devices;
         };
         set = filter (name: settings.${name} != null) (attrNames settings);
       in

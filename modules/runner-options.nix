@@ -150,6 +150,24 @@ in
       '';
     };
 
+    devices = mkOption {
+      type = types.nullOr (
+        types.either (types.enum [ "auto" ]) (types.nonEmptyListOf (types.either types.ints.unsigned types.str))
+      );
+      default = xpu.runnerDevices (xpu.packageAcceleration cfg.package) (config.hardware.xpu.facts or { });
+      defaultText = "the PCI addresses of every compute-capable discrete GPU of the package's vendor in hardware.xpu.facts (NixOS); null without facts";
+      example = [
+        "0000:03:00.0"
+        "0000:04:00.0"
+      ];
+      description = ''
+        The GPUs the Vulkan engine runs on (`--devices`): `"auto"` (every discrete GPU) or
+        adapter indices and PCI addresses as `xpu-probe` reports them. With several, the
+        model's layers are split across them, in proportion to their memory; an integrated
+        GPU joins only when named. `null` leaves the runner's `auto`.
+      '';
+    };
+
     apiKeyFile = mkOption {
       type = types.nullOr types.str;
       default = null;

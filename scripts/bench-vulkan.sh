@@ -11,7 +11,7 @@
 #   scripts/bench-vulkan.sh [--types q8_0,q4_0] [--shapes llama-1b,llama-8b]
 #                           [--bin DIR] [--models DIR] [--reference GGUF]
 #                           [--prompt N] [--decode N] [--runs N] [--cpu-decode N] [--no-cpu]
-#                           [--llama PATH | --no-llama]
+#                           [--llama PATH | --no-llama] [--devices LIST]... [--split SHARES]
 #   scripts/bench-vulkan.sh --pack DIR [--with-llama | --with-llama-source]
 #
 # --pack builds the release binaries here and copies them, stripped, into DIR together with a
@@ -28,6 +28,12 @@
 # (CMake and a C++ compiler there) before the first benchmark.
 # The peer's prefill is pp<prompt> from an empty cache, its decode tg<decode> after <prompt>
 # tokens (llama-bench -d), as ours: decode after the prompt.
+# --devices LIST (the runner's --devices: adapter indices or PCI addresses, `auto`) runs our
+# engine on those devices; several split the model's layers (--split 3,1 sets the shares), and
+# the figures add the time spent crossing devices per token. Repeat it to compare, e.g.
+# `--devices 0 --devices 0,1`: each list runs in turn on every file, and the summary gives each
+# one's decode and prefill against the first's and whether its greedy tokens are the first's.
+# The peer then runs with --split-mode layer over all GPUs when the last list has several.
 # Lavapipe (CPU) timings say nothing about GPUs: the Vulkan figures only count on a real GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +53,8 @@ with_llama=0
 with_llama_source=0
 llama=
 no_llama=0
+device_lists=()
+split=
 while [ $# -gt 0 ]; do
     case "$1" in
         --types) types=$2; shift 2 ;;
@@ -64,6 +72,8 @@ while [ $# -gt 0 ]; do
         --with-llama-source) with_llama_source=1; shift ;;
         --llama) llama=$2; shift 2 ;;
         --no-llama) no_llama=1; shift ;;
+        --devices) device_lists+=("$2"); shift 2 ;;
+        --split) split=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-vulkan: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -204,15 +214,34 @@ print(test["avg_ts"])'
 
 summary=()
 ratios=()
+[ "${#device_lists[@]}" -gt 0 ] || device_lists=(auto)
+peer_split=()
+last_list=${device_lists[${#device_lists[@]}-1]}
+[[ "$last_list" == *,* ]] && peer_split=(-sm layer)
 for f in "${files[@]}"; do
-    echo "== vulkan: $f" >&2
-    out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" | tee >(cat >&2))
-    ours=$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')
-    summary+=("$ours")
+    first_result=
+    for list in "${device_lists[@]}"; do
+        echo "== vulkan (--devices $list): $f" >&2
+        dev_args=(--devices "$list")
+        [ -n "$split" ] && [[ "$list" == *,* ]] && dev_args+=(--split "$split")
+        out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" "${dev_args[@]}" | tee >(cat >&2))
+        ours=$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')
+        summary+=("$ours")
+        if [ -z "$first_result" ]; then
+            first_result=$ours
+        else
+            ratios+=("$("${PYTHON:-python3}" -c 'import json, sys
+a, b, lists = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
+print("%s: --devices %s / --devices %s: decode %.2f (%.1f / %.1f tok/s), prefill %.2f, crossing %.3f ms per decoded token, greedy tokens %s" % (
+    a["model"].rsplit("/", 1)[-1], lists[1], lists[0], a["decode_tps"] / b["decode_tps"], a["decode_tps"], b["decode_tps"],
+    a["prefill_tps"] / b["prefill_tps"], a["cross_ms_per_decode_token"],
+    "equal" if a["greedy_tokens"] == b["greedy_tokens"] else "DIFFER"))' "$ours" "$first_result" "${device_lists[0]}" "$list")")
+        fi
+    done
     if [ -n "$llama" ]; then
         echo "== llama.cpp vulkan: $f" >&2
         # A failing peer (e.g. a missing library on this host) is reported, not fatal.
-        if pp=$(llama_tps -m "$f" -p "$prompt" -n 0) && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt"); then
+        if pp=$(llama_tps -m "$f" -p "$prompt" -n 0 "${peer_split[@]}") && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt" "${peer_split[@]}"); then
             peer="{\"model\":\"$f\",\"engine\":\"llama.cpp-vulkan\",\"prefill_tps\":$pp,\"decode_tps\":$tg}"
             echo "RESULT $peer" >&2
             summary+=("$peer")

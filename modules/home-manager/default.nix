@@ -105,6 +105,7 @@ in
               parallel
               kvCacheTokens
               prefillChunk
+              devices
               ;
             # The runner reads JSON; facts written in Nix form are handed over as JSON.
             factsFile =

@@ -381,6 +381,7 @@ in
             parallel
             kvCacheTokens
             prefillChunk
+            devices
             ;
           factsFile = runnerFactsFile;
         }

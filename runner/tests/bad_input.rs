@@ -261,6 +261,41 @@ fn vulkan_without_the_feature() {
     assert_one_line_error(&out, &["without the `vulkan` feature"]);
 }
 
+#[cfg(feature = "vulkan")]
+#[test]
+fn bad_vulkan_device_lists() {
+    // An index no adapter has: the error lists the adapters to choose from.
+    let out = generate(
+        &model_str(),
+        &[
+            "--device",
+            "vulkan",
+            "--allow-cpu-adapter",
+            "--devices",
+            "0,9",
+        ],
+    );
+    // (Mesa may print a line of its own first: the last line is ours.)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("--devices 9: no such Vulkan adapter; the adapters are: 0: "),
+        "{stderr}"
+    );
+    let out = generate(&model_str(), &["--device", "vulkan", "--devices", "first"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("neither an adapter index nor a PCI address"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn directory_that_is_not_a_model() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,12 +31,12 @@ def _require_env(name):
 class Server:
     """One `xpu-runner serve` process, listening on a port the OS picked."""
 
-    def __init__(self, *args, env=None, wait_ready=True):
+    def __init__(self, *args, env=None, wait_ready=True, device="cpu"):
         self.log = tempfile.NamedTemporaryFile(prefix="xpu-serve-", suffix=".log", delete=False)
         cmd = [
             _require_env("XPU_RUNNER_BIN"), "serve",
             "--model", _require_env("XPU_TEST_MODEL"),
-            "--port", "0", "--device", "cpu", "--ctx", "512",
+            "--port", "0", "--device", device, "--ctx", "512",
             *args,
         ]
         full_env = dict(os.environ)

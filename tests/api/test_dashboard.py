@@ -180,6 +180,34 @@ def test_page_shows_model_device_figures_and_streams_a_chat(browser, make_server
     screenshot(browser, "dashboard-cpu.png")
 
 
+def test_split_over_two_devices_shows_its_device_map(browser, make_server):
+    """The Vulkan engine with SmolLM2's layers split over two devices of one adapter
+    (lavapipe in CI): the device map in /health, /v1/dashboard and the page."""
+    help_text = subprocess.run([os.environ["XPU_RUNNER_BIN"], "serve", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    if "--devices" not in help_text:
+        pytest.skip("this runner is built without the vulkan feature")
+    server = make_server("--devices", "0,0", "--split", "2,1", "--allow-cpu-adapter", "--no-gpu-telemetry",
+                         device="vulkan")
+    _, _, health = server.request("GET", "/health")
+    devices = health["devices"]
+    assert [d["layers"] for d in devices] == [[0, 20], [20, 30]], devices
+    assert devices[0]["embedding"] and not devices[0]["output"]
+    assert devices[1]["output"] and not devices[1]["embedding"]
+    assert [d["status"] for d in devices] == ["ok", "ok"] and health["status"] == "ok"
+    status, _, body = server.request("POST", "/v1/completions", {"prompt": "The sky is", "max_tokens": 4})
+    assert status == 200, body
+    assert dashboard_doc(server)["devices"] == server.request("GET", "/health")[2]["devices"]
+
+    open_page(browser, server)
+    items = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#device-map li"), "no device map on the page")
+    assert len(items) == 2
+    assert "layers 0–19" in items[0].text and "embedding" in items[0].text, items[0].text
+    assert "layers 20–29" in items[1].text and "output head" in items[1].text, items[1].text
+    assert all(i.get_attribute("data-status") == "ok" for i in items)
+    screenshot(browser, "dashboard-split.png")
+
+
 def test_intel_gpu_engine_appears_with_intel_facts(browser, make_server, facts_dir):
     facts = probe_facts(facts_dir, "arc-a770-igpu")
     server = make_server("--facts", str(facts), "--no-gpu-telemetry")

@@ -438,6 +438,61 @@ in
       XPU_RUNNER_DEVICE = "cpu";
     };
   };
+  # `devices` (the Vulkan engine's --devices): a list goes comma-separated, `auto` as is.
+  testRunnerEnvironmentDevices = {
+    expr = map (devices: (xpu.runnerEnvironment {
+      model = "/m.gguf";
+      host = "localhost";
+      port = 1;
+      device = "vulkan";
+      inherit devices;
+    }).XPU_RUNNER_DEVICES or null) [
+      [
+        "0000:03:00.0"
+        1
+      ]
+      "auto"
+      null
+    ];
+    expected = [
+      "0000:03:00.0,1"
+      "auto"
+      null
+    ];
+  };
+  # The default --devices from the facts: every compute-capable discrete GPU of the
+  # package's vendor, by PCI address; none (the runner's auto) otherwise.
+  testRunnerDevicesFromFacts =
+    let
+      facts = {
+        gpus = [
+          { vendor = "intel"; pci_address = "0000:04:00.0"; integrated = false; compute_capable = true; }
+          { vendor = "intel"; pci_address = "0000:00:02.0"; integrated = true; compute_capable = true; }
+          { vendor = "intel"; pci_address = "0000:03:00.0"; integrated = false; compute_capable = true; }
+          { vendor = "other"; pci_address = "0000:05:00.0"; integrated = false; compute_capable = false; }
+          { vendor = "nvidia"; pci_address = "0000:81:00.0"; integrated = false; compute_capable = true; }
+        ];
+      };
+    in
+    {
+      expr = [
+        (xpu.runnerDevices "intel" facts)
+        (xpu.runnerDevices "cuda" facts)
+        (xpu.runnerDevices "cpu" facts)
+        (xpu.runnerDevices "intel" { gpus = [ (builtins.elemAt facts.gpus 1) ]; })
+        (xpu.runnerDevices "intel" { })
+      ];
+      expected = [
+        [
+          "0000:03:00.0"
+          "0000:04:00.0"
+        ]
+        [ "0000:81:00.0" ]
+        null
+        null
+        null
+      ];
+    };
   # Several models replace `model` and `modelId` with one `ID=PATH` list (sorted by id).
   testRunnerEnvironmentSeveralModels = {
     expr = xpu.runnerEnvironment {

@@ -126,6 +126,8 @@ in
         XPU_RUNNER_HOST = "127.0.0.1";
         XPU_RUNNER_PORT = "52415";
         XPU_RUNNER_DEVICE = "vulkan";
+        # The default --devices: the facts' discrete Intel GPU.
+        XPU_RUNNER_DEVICES = "0000:03:00.0";
         XPU_RUNNER_FACTS = "${fixture "intel-dgpu"}";
         XPU_RUNNER_SHUTDOWN_TIMEOUT = "30";
         XPU_RUNNER_PARALLEL = "4";

@@ -7,7 +7,12 @@
 //! sequence after its own prompt) and puts the aggregate against one sequence decoded alone
 //! in the same run.
 //!
+//! `--devices LIST` (the runner's `--devices`: `auto`, adapter indices, PCI addresses) and
+//! `--split 3,1` choose the devices; with several, the model's layers are split over them
+//! and the summary gives the time spent handing hidden states from one device to the next.
+//!
 //! Usage: bench MODEL.gguf [--cpu] [--prompt N] [--decode N] [--runs N] [--sequences N]
+//!                         [--devices LIST] [--split SHARES]
 //! Prints a human summary and one `RESULT {json}` line for scripts.
 
 use std::path::PathBuf;
@@ -18,8 +23,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{
-    testing, DeviceOptions, KernelTuning, LlamaModel, LoadOptions, SeqChunk, VulkanError,
-    ALLOW_CPU_ADAPTER_ENV, MATVEC_TUNING_ENV,
+    parse_split, testing, DeviceOptions, DeviceSelection, KernelTuning, LlamaModel, LoadOptions,
+    SeqChunk, VulkanError, ALLOW_CPU_ADAPTER_ENV, MATVEC_TUNING_ENV,
 };
 
 struct Args {
@@ -30,6 +35,8 @@ struct Args {
     cpu: bool,
     /// Sequences decoded together (`--sequences`); `None`: the single-sequence benchmark.
     sequences: Option<usize>,
+    devices: DeviceSelection,
+    split: Option<Vec<u32>>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -41,6 +48,8 @@ fn parse() -> Result<Args, String> {
         runs: 3,
         cpu: false,
         sequences: None,
+        devices: DeviceSelection::Auto,
+        split: None,
     };
     let mut model = None;
     while let Some(a) = it.next() {
@@ -55,6 +64,10 @@ fn parse() -> Result<Args, String> {
             "--runs" => args.runs = num("--runs")?,
             "--sequences" => args.sequences = Some(num("--sequences")?),
             "--cpu" => args.cpu = true,
+            "--devices" => {
+                args.devices = it.next().ok_or("--devices needs a list")?.parse()?;
+            }
+            "--split" => args.split = Some(parse_split(&it.next().ok_or("--split needs shares")?)?),
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => model = Some(PathBuf::from(s)),
@@ -150,7 +163,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("bench: {e}");
             }
-            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N]");
+            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N] [--devices LIST] [--split SHARES]");
             return ExitCode::from(2);
         }
     };
@@ -185,7 +198,7 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
     let mut per_step: Vec<Vec<(&'static str, f64)>> = Vec::new();
     for i in 0..STEPS {
         let Some((times, logits)) = model.profile_step(token, pos + i)? else {
-            println!("kernel profile:     the adapter has no timestamp queries inside passes");
+            println!("kernel profile:     none (the adapter has no timestamp queries inside passes, or the model is split)");
             return Ok(());
         };
         token = argmax(&logits);
@@ -223,7 +236,7 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
 
 /// The device options the environment asks for: a CPU adapter (XPU_RUNNER_ALLOW_CPU_ADAPTER)
 /// and the kernel tuning (XPU_VULKAN_MATVEC).
-fn device_options() -> Result<DeviceOptions, VulkanError> {
+fn device_options(args: &Args) -> Result<DeviceOptions, VulkanError> {
     let allow_cpu_adapter = matches!(
         std::env::var(ALLOW_CPU_ADAPTER_ENV)
             .as_deref()
@@ -239,6 +252,8 @@ fn device_options() -> Result<DeviceOptions, VulkanError> {
     Ok(DeviceOptions {
         allow_cpu_adapter,
         tuning,
+        devices: args.devices.clone(),
+        split: args.split.clone(),
         ..DeviceOptions::default()
     })
 }
@@ -252,7 +267,7 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
         &args.model,
         &LoadOptions {
             ctx: Some(ctx),
-            device: device_options()?,
+            device: device_options(args)?,
             slots: n,
             ..LoadOptions::default()
         },
@@ -331,7 +346,7 @@ fn run(args: &Args) -> Result<(), VulkanError> {
         &args.model,
         &LoadOptions {
             ctx: Some(ctx),
-            device: device_options()?,
+            device: device_options(args)?,
             ..LoadOptions::default()
         },
     )?;
@@ -351,6 +366,18 @@ fn run(args: &Args) -> Result<(), VulkanError> {
         }
     );
     println!("load:               {load_s:.1} s");
+    let map = model.device_map();
+    for part in &map {
+        println!(
+            "device {}:           layers {}-{}{}{} ({:.1} MiB of weights)",
+            part.index,
+            part.layers.start,
+            part.layers.end - 1,
+            if part.embedding { ", embedding" } else { "" },
+            if part.output { ", output head" } else { "" },
+            part.weight_bytes as f64 / 1048576.0
+        );
+    }
     let vocab = model.config().vocab as u32;
     // The best of three: on a freshly started machine the first one can run before the
     // clocks have ramped up (seen on the H200: 1.7 TB/s once, 4.0 TB/s otherwise).
@@ -377,18 +404,29 @@ fn run(args: &Args) -> Result<(), VulkanError> {
     let t = Instant::now();
     model.forward(&prompt[..8.min(prompt.len())], 0)?;
     println!("warm-up (8 tokens): {:.2} s", t.elapsed().as_secs_f64());
-    for _ in 0..args.runs {
+    // Seconds spent crossing devices per decoded token and per prompt token (medians).
+    let (mut cross_decode, mut cross_prefill) = (Vec::new(), Vec::new());
+    // The greedy tokens of the first run, to compare a split with one device.
+    let mut greedy = Vec::new();
+    for run in 0..args.runs {
         model.reset();
         let t = Instant::now();
         let mut logits = model.forward(&prompt, 0)?;
         prefill.push(args.prompt as f64 / t.elapsed().as_secs_f64());
+        cross_prefill.push(model.last_timing().cross_s / args.prompt as f64);
         let t = Instant::now();
-        let (mut record_s, mut wait_s) = (0.0, 0.0);
+        let (mut record_s, mut wait_s, mut cross_s) = (0.0, 0.0, 0.0);
         for i in 0..args.decode {
-            logits = model.forward(&[argmax(&logits)], args.prompt + i)?;
+            let next = argmax(&logits);
+            if run == 0 {
+                greedy.push(next);
+            }
+            logits = model.forward(&[next], args.prompt + i)?;
             record_s += model.last_timing().record_s;
             wait_s += model.last_timing().wait_s;
+            cross_s += model.last_timing().cross_s;
         }
+        cross_decode.push(cross_s / args.decode as f64);
         println!(
             "decode step:        {:.2} ms recording + submitting, {:.2} ms waiting for the GPU + logits",
             record_s * 1e3 / args.decode as f64,
@@ -397,6 +435,15 @@ fn run(args: &Args) -> Result<(), VulkanError> {
         decode.push(args.decode as f64 / t.elapsed().as_secs_f64());
     }
     let (prefill, decode) = (median(prefill), median(decode));
+    let (cross_decode, cross_prefill) = (median(cross_decode), median(cross_prefill));
+    if map.len() > 1 {
+        println!(
+            "crossing devices:   {:.3} ms per decoded token, {:.4} ms per prompt token ({} hand-offs a pass)",
+            cross_decode * 1e3,
+            cross_prefill * 1e3,
+            map.len() - 1
+        );
+    }
     let first = argmax(&logits_after(&mut model, &prompt)?);
     profile(&mut model, first, args.prompt)?;
     // Once more after the timed runs: on a freshly started H200 all three copies before them
@@ -427,11 +474,16 @@ fn run(args: &Args) -> Result<(), VulkanError> {
     println!("bandwidth bound:    {bound:.1} tok/s");
     println!("decode / bound:     {:.1} %", 100.0 * decode / bound);
     println!(
-        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"bandwidth_gbs\":{:.1},\"weight_bytes\":{bytes},\"prefill_tps\":{prefill:.2},\"decode_tps\":{decode:.2},\"bound_tps\":{bound:.2},\"decode_pct_of_bound\":{:.1}}}",
+        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"devices\":{},\"layers_per_device\":{:?},\"bandwidth_gbs\":{:.1},\"weight_bytes\":{bytes},\"prefill_tps\":{prefill:.2},\"decode_tps\":{decode:.2},\"bound_tps\":{bound:.2},\"decode_pct_of_bound\":{:.1},\"cross_ms_per_decode_token\":{:.4},\"cross_ms_per_prompt_token\":{:.5},\"greedy_tokens\":{:?}}}",
         args.model.display(),
         model.adapter_description().replace('"', "'"),
+        map.len(),
+        map.iter().map(|p| p.layers.len()).collect::<Vec<_>>(),
         bandwidth / 1e9,
-        100.0 * decode / bound
+        100.0 * decode / bound,
+        cross_decode * 1e3,
+        cross_prefill * 1e3,
+        greedy
     );
     Ok(())
 }

@@ -69,6 +69,74 @@ pub trait Engine: Send {
     /// A short description of the device for logs, `/health` and metrics, such as
     /// `cpu (2 threads, avx2)` or `vulkan: Intel(R) Arc(TM) A770 Graphics`.
     fn device_description(&self) -> String;
+
+    /// The GPUs the engine runs on and each one's share of the model, with their health,
+    /// for `/health` and the dashboard; `None` for engines without a device map.
+    fn device_map(&self) -> Option<DeviceMap> {
+        None
+    }
+}
+
+/// Which device runs which layers of a model (one entry, or several for a split), readable
+/// from any thread while the engine works on its own.
+#[derive(Clone)]
+pub struct DeviceMap(pub Vec<MappedDevice>);
+
+/// One device's share of a model.
+#[derive(Clone)]
+pub struct MappedDevice {
+    /// The adapter's index in the engine's list (what `--devices` counts).
+    pub index: usize,
+    pub adapter: String,
+    pub pci_address: Option<String>,
+    /// The layers it runs, `first..end`.
+    pub layers: std::ops::Range<usize>,
+    /// Holds the token embedding / the output head.
+    pub embedding: bool,
+    pub output: bool,
+    pub weight_bytes: u64,
+    pub kv_bytes: u64,
+    pub memory_bytes: Option<u64>,
+    /// Why the device was lost, once it is.
+    pub lost: std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
+impl DeviceMap {
+    /// The first lost device and why, if any.
+    pub fn lost(&self) -> Option<String> {
+        self.0.iter().find_map(|d| {
+            (d.lost)().map(|why| format!("device {} ({}) was lost: {why}", d.index, d.adapter))
+        })
+    }
+
+    /// The map as `/health` and `/v1/dashboard` show it: one object per device, in layer order.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.0
+            .iter()
+            .map(|d| {
+                let lost = (d.lost)();
+                serde_json::json!({
+                    "index": d.index,
+                    "adapter": d.adapter,
+                    "pci_address": d.pci_address,
+                    "layers": [d.layers.start, d.layers.end],
+                    "embedding": d.embedding,
+                    "output": d.output,
+                    "weight_bytes": d.weight_bytes,
+                    "kv_cache_bytes": d.kv_bytes,
+                    "memory_bytes": d.memory_bytes,
+                    "status": if lost.is_some() { "lost" } else { "ok" },
+                    "error": lost,
+                })
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for DeviceMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_json().to_string())
+    }
 }
 
 pub mod candle;

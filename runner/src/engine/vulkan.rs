@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use xpu_vulkan::{DeviceOptions, LlamaModel, LoadOptions, VulkanError};
 
-use super::{Engine, SeqChunk};
+use super::{DeviceMap, Engine, MappedDevice, SeqChunk};
 use crate::model::gguf::GgufFile;
 use crate::model::LoadError;
 
@@ -42,7 +42,9 @@ impl VulkanEngine {
                 e @ (VulkanError::NoLoader { .. }
                 | VulkanError::NoSuitableAdapter { .. }
                 | VulkanError::RequestDevice { .. }
+                | VulkanError::NoSuchDevice { .. }
                 | VulkanError::DoesNotFit { .. }
+                | VulkanError::DoesNotFitSplit { .. }
                 | VulkanError::OutOfDeviceMemory { .. }
                 | VulkanError::DeviceLost { .. }),
             ) => Err(LoadError::Device(format!("vulkan: {e}"))),
@@ -92,6 +94,25 @@ impl Engine for VulkanEngine {
         format!("vulkan: {}", self.model.adapter_description())
     }
 
+    fn device_map(&self) -> Option<DeviceMap> {
+        let devices = self.model.device_map().into_iter().map(|part| {
+            let lost = part.lost.clone();
+            MappedDevice {
+                index: part.index,
+                adapter: part.adapter,
+                pci_address: part.pci_address,
+                layers: part.layers,
+                embedding: part.embedding,
+                output: part.output,
+                weight_bytes: part.weight_bytes,
+                kv_bytes: part.kv_bytes,
+                memory_bytes: part.memory_bytes,
+                lost: std::sync::Arc::new(move || lost.get()),
+            }
+        });
+        Some(DeviceMap(devices.collect()))
+    }
+
     // The cache is positional: a position is written before it is read.
     fn rewinds(&self) -> bool {
         true
@@ -137,6 +158,51 @@ mod tests {
             Ok(engine) => assert!(engine.device_description().starts_with("vulkan: ")),
             Err(other) => panic!("expected a device error, got: {other}"),
         }
+    }
+
+    #[test]
+    fn a_bad_device_list_names_the_adapters() {
+        let opts = DeviceOptions {
+            allow_cpu_adapter: true,
+            devices: "0,42".parse().unwrap(),
+            ..DeviceOptions::default()
+        };
+        match VulkanEngine::load(&test_model(), Some(64), 1, &opts) {
+            Err(LoadError::Device(m)) => {
+                assert!(
+                    m.contains("--devices 42: no such Vulkan adapter; the adapters are: 0: ")
+                        || m.contains("no Vulkan loader"),
+                    "{m}"
+                )
+            }
+            Err(other) => panic!("expected a device error, got: {other}"),
+            Ok(_) => panic!("adapter 42 was accepted"),
+        }
+    }
+
+    #[test]
+    fn a_split_engine_reports_its_device_map_and_a_lost_device() {
+        let opts = DeviceOptions {
+            allow_cpu_adapter: true,
+            devices: "0,0".parse().unwrap(),
+            split: Some(vec![2, 1]),
+            ..DeviceOptions::default()
+        };
+        let mut engine = VulkanEngine::load(&test_model(), Some(64), 2, &opts).unwrap();
+        let map = engine.device_map().unwrap();
+        let json = map.to_json();
+        assert_eq!(json[0]["layers"], serde_json::json!([0, 20]));
+        assert_eq!(json[1]["layers"], serde_json::json!([20, 30]));
+        assert_eq!(json[0]["embedding"], true);
+        assert_eq!(json[1]["output"], true);
+        assert_eq!(json[1]["status"], "ok");
+        assert!(map.lost().is_none());
+        engine.forward(&[1, 2], 0).unwrap();
+        engine.model.gpus().nth(1).unwrap().simulate_loss("test");
+        let e = engine.forward(&[3], 2).unwrap_err();
+        assert!(format!("{e:#}").contains("device was lost"), "{e:#}");
+        assert_eq!(map.to_json()[1]["status"], "lost");
+        assert!(map.lost().unwrap().contains("device 0"), "{:?}", map.lost());
     }
 
     #[test]

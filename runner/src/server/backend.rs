@@ -218,6 +218,7 @@ impl Loader for EngineLoader {
         let (loaded, device, fallback_reason) =
             device::load(path, self.choice, &self.decision, &options)?;
         let description = loaded.engine.device_description();
+        let device_map = loaded.engine.device_map();
         let context_length = loaded.engine.context_length();
         let facts = loaded.facts.clone();
         let (prompter, worker) = split(loaded);
@@ -266,6 +267,7 @@ impl Loader for EngineLoader {
                 fallback_reason,
             }),
             facts,
+            device_map,
         })
     }
 }

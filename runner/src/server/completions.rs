@@ -649,6 +649,7 @@ mod tests {
             scheduler,
             engine: None,
             facts: Default::default(),
+            device_map: None,
         }
     }
 

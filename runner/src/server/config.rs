@@ -205,6 +205,20 @@ pub struct EngineArgs {
     )]
     pub allow_cpu_adapter: bool,
 
+    /// Vulkan: the GPUs to run on: `auto` (every discrete GPU; the one integrated GPU when
+    /// there is none) or a comma-separated list of adapter indices and PCI addresses as
+    /// xpu-probe reports them (0000:03:00.0). Several split the model's layers; an
+    /// integrated GPU joins only when named. The adapters and their indices are logged at start.
+    #[cfg(feature = "vulkan")]
+    #[arg(long, env = xpu_vulkan::DEVICES_ENV, value_name = "LIST", default_value = "auto")]
+    pub devices: xpu_vulkan::DeviceSelection,
+
+    /// Vulkan: the share of the layers each device of --devices runs, e.g. 3,1; by default
+    /// in proportion to each device's memory.
+    #[cfg(feature = "vulkan")]
+    #[arg(long, env = xpu_vulkan::SPLIT_ENV, value_name = "SHARES", value_parser = parse_split)]
+    pub split: Option<LayerShares>,
+
     /// Vulkan kernel settings for benchmarks, comma-separated, e.g. units=2,tall=2048
     /// (see docs/vulkan.md); the defaults are what the engine is tuned for.
     #[cfg(feature = "vulkan")]
@@ -221,10 +235,21 @@ impl EngineArgs {
             vulkan: xpu_vulkan::DeviceOptions {
                 allow_cpu_adapter: self.allow_cpu_adapter,
                 tuning: self.vulkan_tuning.unwrap_or_default(),
+                devices: self.devices.clone(),
+                split: self.split.clone().map(|s| s.0),
                 ..Default::default()
             },
         }
     }
+}
+
+/// `--split`: a positive share of the layers per device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerShares(pub Vec<u32>);
+
+#[cfg(feature = "vulkan")]
+fn parse_split(value: &str) -> Result<LayerShares, String> {
+    xpu_vulkan::parse_split(value).map(LayerShares)
 }
 
 /// Parses a size such as `8G`, `512MiB`, `1.5GB` or `1000000` into bytes.
@@ -414,6 +439,42 @@ mod tests {
                 .unwrap()
                 .to_string();
             assert!(error.contains("expected units=1|2"), "{error}");
+
+            assert_eq!(vulkan.devices, xpu_vulkan::DeviceSelection::Auto);
+            assert_eq!(vulkan.split, None);
+            let cli = Cli::try_parse_from([
+                "x",
+                "--model",
+                "m",
+                "--devices",
+                "1,0000:03:00.0",
+                "--split",
+                "3,1",
+            ])
+            .unwrap();
+            let vulkan = cli.serve.engine.options().vulkan;
+            assert_eq!(
+                vulkan.devices,
+                xpu_vulkan::DeviceSelection::List(vec![
+                    xpu_vulkan::AdapterSelector::Index(1),
+                    xpu_vulkan::AdapterSelector::Pci("0000:03:00.0".into()),
+                ])
+            );
+            assert_eq!(vulkan.split, Some(vec![3, 1]));
+            for (flag, value, want) in [
+                (
+                    "--devices",
+                    "gpu0",
+                    "neither an adapter index nor a PCI address",
+                ),
+                ("--split", "3,0", "not a positive whole number"),
+            ] {
+                let error = Cli::try_parse_from(["x", "--model", "m", flag, value])
+                    .err()
+                    .unwrap()
+                    .to_string();
+                assert!(error.contains(want), "{error}");
+            }
         }
     }
 

@@ -494,6 +494,7 @@ mod tests {
                 )?,
                 engine: None,
                 facts: Default::default(),
+                device_map: None,
             })
         }
     }

@@ -163,6 +163,21 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
                     "slots": model.scheduler.slots(),
                     "batching": model.scheduler.slots() > 1,
                 });
+                if let Some(map) = &model.device_map {
+                    body["devices"] = map.to_json();
+                }
+            }
+            // A lost GPU fails its model's requests; the server keeps answering the rest.
+            let lost: Vec<String> = loaded
+                .iter()
+                .filter_map(|m| {
+                    let why = m.device_map.as_ref()?.lost()?;
+                    Some(format!("{}: {why}", m.id))
+                })
+                .collect();
+            if !lost.is_empty() {
+                body["status"] = serde_json::Value::from("degraded");
+                body["devices_lost"] = serde_json::Value::from(lost);
             }
             // Only when there is a reading: hosts without an Intel GPU see no field.
             if let Some(reading) = state.gpu.latest() {

@@ -44,6 +44,8 @@ pub struct ServedModel {
     pub engine: Option<EngineInfo>,
     /// What its files say about it (from the loader), for the dashboard.
     pub facts: ModelFacts,
+    /// Which GPU runs which layers, and whether each still works (`/health`, the dashboard).
+    pub device_map: Option<crate::engine::DeviceMap>,
 }
 
 /// Everything the handlers share.

@@ -231,6 +231,7 @@ function renderEngine(doc) {
         ["Requested", "--device " + engine.requested],
         ["Why", engine.reasons.length ? el("ul", { class: "list" }, engine.reasons.map((r) => el("li", {}, r))) : null],
         ["Fallback", engine.fallback_reason ? el("span", { class: "warn-text" }, engine.fallback_reason) : null],
+        ["GPUs", deviceMap(doc.devices)],
       ]
     : [["Device", "the model is loading"]]);
 
@@ -264,6 +265,21 @@ function renderEngine(doc) {
       )
     );
   }
+}
+
+// Which GPU runs which layers (a split names several), and whether each still works.
+function deviceMap(devices) {
+  if (!devices || !devices.length) return null;
+  return el("ul", { class: "list", id: "device-map" }, devices.map((d) => {
+    const parts = ["layers " + d.layers[0] + "–" + (d.layers[1] - 1)];
+    if (d.embedding) parts.push("embedding");
+    if (d.output) parts.push("output head");
+    parts.push(bytes(d.weight_bytes) + " weights", bytes(d.kv_cache_bytes) + " KV cache");
+    return el("li", { "data-status": d.status },
+      el("span", { class: "mono" }, String(d.index) + (d.pci_address ? " (" + d.pci_address + ")" : "")),
+      " " + d.adapter + " · " + parts.join(" · ") + " ",
+      d.status === "ok" ? badge("ok", "good") : badge("lost: " + d.error, "warn"));
+  }));
 }
 
 function renderModel(doc) {

@@ -215,6 +215,7 @@ pub fn build_document(state: &AppState) -> Value {
         "intel_gpu": facts.is_some_and(machine::has_intel_gpu),
         "engines": machine::engine_options(facts, engine.map(|e| e.device)),
         "engine": engine,
+        "devices": served.and_then(|s| s.device_map.as_ref()).map(|m| m.to_json()),
         "model": model,
         "models": state.models.status(),
         "live": {
