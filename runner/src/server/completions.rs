@@ -710,6 +710,72 @@ mod tests {
         go.send(()).unwrap();
     }
 
+    #[tokio::test]
+    async fn health_shows_the_device_map_and_a_lost_device() {
+        use crate::engine::{DeviceMap, MappedDevice};
+        use std::sync::atomic::AtomicBool;
+        let lost = Arc::new(AtomicBool::new(false));
+        let device =
+            |index: usize, layers: std::ops::Range<usize>, lost: Arc<AtomicBool>| MappedDevice {
+                index,
+                adapter: format!("GPU {index}"),
+                pci_address: Some(format!("0000:0{index}:00.0")),
+                embedding: layers.start == 0,
+                output: layers.end == 30,
+                layers,
+                weight_bytes: 1,
+                kv_bytes: 2,
+                memory_bytes: None,
+                lost: Arc::new(move || {
+                    lost.load(Ordering::SeqCst)
+                        .then(|| "DeviceLost: injected".to_string())
+                }),
+            };
+        let backend = FakeBackend::new(FakeEngine::new(1, 64));
+        let scheduler = Scheduler::start(backend, 1, Arc::new(Metrics::new())).unwrap();
+        let mut model = served(Arc::new(CountingPrompter::default()), scheduler, 16);
+        model.device_map = Some(DeviceMap(vec![
+            device(3, 0..20, Arc::new(AtomicBool::new(false))),
+            device(4, 20..30, lost.clone()),
+        ]));
+        let state = Arc::new(AppState {
+            lifecycle: Arc::new(Lifecycle::default()),
+            metrics: Arc::new(Metrics::new()),
+            keys: None,
+            max_body_bytes: 4096,
+            models: ModelPool::preloaded(model),
+            gpu: Arc::new(GpuTelemetry::off()),
+            dashboard: Default::default(),
+        });
+        state.lifecycle.set_ready();
+        let app = super::super::routes::router(state, &[]);
+        let health = || async {
+            let request = axum::http::Request::builder()
+                .uri("/health")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        let before = health().await;
+        assert_eq!(before["status"], "ok");
+        assert_eq!(before["devices"][1]["layers"], serde_json::json!([20, 30]));
+        assert_eq!(before["devices"][1]["pci_address"], "0000:04:00.0");
+        assert_eq!(before["devices"][1]["status"], "ok");
+        lost.store(true, Ordering::SeqCst);
+        let after = health().await;
+        assert_eq!(after["status"], "degraded");
+        assert_eq!(after["devices"][1]["status"], "lost");
+        assert_eq!(after["devices"][1]["error"], "DeviceLost: injected");
+        assert_eq!(after["devices"][0]["status"], "ok");
+        let why = after["devices_lost"][0].as_str().unwrap();
+        assert!(why.contains("device 4 (GPU 4) was lost"), "{why}");
+    }
+
     #[test]
     fn requests_without_max_tokens_get_the_servers_default() {
         let (_go, gate) = mpsc::channel();
