@@ -225,8 +225,15 @@ fn device_local_heap(adapter: &wgpu::Adapter) -> Option<u64> {
         .max()
 }
 
+/// Logs every adapter with the index that `--devices` names it by.
+fn log_adapters(adapters: &[wgpu::Adapter]) {
+    for (i, adapter) in adapters.iter().enumerate() {
+        tracing::info!(adapter = %list_entry(i, &adapter.get_info()), "vulkan adapter found");
+    }
+}
+
 /// The index of the preferred adapter (discrete, integrated, virtual, other, then a CPU
-/// adapter when allowed), after logging every adapter found.
+/// adapter when allowed).
 fn preferred(adapters: &[wgpu::Adapter], allow_cpu: bool) -> Result<usize, VulkanError> {
     let mut found = Vec::new();
     let mut best: Option<(u8, usize)> = None;
@@ -245,9 +252,6 @@ fn preferred(adapters: &[wgpu::Adapter], allow_cpu: bool) -> Result<usize, Vulka
                 list_entry(i, &info)
             )),
         }
-    }
-    for line in &found {
-        tracing::info!(adapter = %line, "vulkan adapter found");
     }
     best.map(|(_, i)| i)
         .ok_or(VulkanError::NoSuitableAdapter { found })
@@ -352,6 +356,7 @@ impl Gpu {
     /// Selects an adapter per the policy above and creates a device with the adapter's full limits.
     pub fn new(opts: &DeviceOptions) -> Result<Gpu, VulkanError> {
         let adapters = list_adapters()?;
+        log_adapters(&adapters);
         let index = preferred(&adapters, opts.allow_cpu_adapter)?;
         Gpu::on_adapter(&adapters[index], index, opts)
     }
@@ -360,6 +365,7 @@ impl Gpu {
     /// named twice gets two devices). Errors name the valid choices.
     pub fn open_all(opts: &DeviceOptions) -> Result<Vec<Gpu>, VulkanError> {
         let adapters = list_adapters()?;
+        log_adapters(&adapters);
         let indices = match &opts.devices {
             DeviceSelection::Auto => {
                 let discrete: Vec<usize> = (0..adapters.len())
