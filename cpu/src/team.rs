@@ -5,22 +5,30 @@
 //! microseconds each (every matrix product, the attention). With rayon, idle
 //! workers go to sleep after a few yields and each step pays for waking them
 //! through the kernel: on SmolLM2 that was about a tenth of the CPU time. The team's
-//! workers spin on an atomic word between steps, as llama.cpp's thread pool does,
-//! and only go to sleep (on a condition variable) after [`SPIN`] without work, so an
-//! idle server does not burn its cores.
+//! workers spin between steps, as llama.cpp's thread pool does, and only go to sleep
+//! (on a condition variable) after [`SPIN`] without work, so an idle server does not
+//! burn its cores.
+//!
+//! Each step splits its items into one contiguous share per thread. A thread claims
+//! the items of its own share one at a time from the front, by a compare-and-swap on
+//! a word on its own cache line, so on an idle machine a claim costs no traffic
+//! between cores; a thread that has finished its share steals what is left of the
+//! others' from the back. The only shared word written during a step is the count of
+//! unfinished items, once per worker.
 //!
 //! A server shares its machine with other programs, so any worker may lose its core
 //! for a scheduler time slice (milliseconds, hundreds of steps). A step therefore
-//! never waits for a worker to *arrive*: items are claimed one at a time from a
-//! shared counter, the caller takes whatever is left, and a step ends when every
-//! item is done, not when every worker has checked in. A worker that arrives late
-//! finds nothing to claim. The counter carries the step's generation, so a late
-//! worker cannot claim an item of a later step either. Only an item that a worker
-//! claimed and then lost its core in the middle of is waited for; items are small
-//! (the products split into several per thread), so that costs a fraction of a
-//! step, not a time slice per step. While the caller waits for such an item, and
-//! while an idle worker spins, they yield their core every so often, so that a
-//! descheduled team mate sharing it gets to run.
+//! never waits for a worker to *arrive*: the caller steals whatever the others have
+//! not begun, and a step ends when every item is done, not when every worker has
+//! checked in. A worker that arrives late finds its share empty. A share's word holds
+//! both ends of what is left of it, so a claim made with a stale view of the word
+//! fails, and one that succeeds takes an item not yet claimed in the open step, even
+//! if the worker last looked at an earlier step. Only an item that a worker claimed
+//! and then lost its core in the middle of is waited for; items are small (the
+//! products split into several per thread), so that costs a fraction of a step, not
+//! a time slice per step. While the caller waits for such an item, and while an idle
+//! worker spins, they yield their core every so often, so that a descheduled team
+//! mate sharing it gets to run.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,6 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
 
 /// How long a worker waits for work before it sleeps.
 const SPIN: Duration = Duration::from_millis(5);
@@ -37,24 +47,79 @@ const SPIN: Duration = Duration::from_millis(5);
 /// machine, far shorter than a scheduler time slice.
 const YIELD_AFTER: Duration = Duration::from_micros(50);
 
-/// The `next` half of [`Shared::claims`] of a finished step: no item to claim.
-const CLOSED: u64 = u32::MAX as u64;
+/// The most items one step can have (a share's ends are 32-bit halves of a word).
+const MAX_ITEMS: usize = u32::MAX as usize;
 
 /// The current job: a function of (item, thread) for items `0..items`.
 type JobFn<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
+/// What is left of one thread's share of the open step: items `next..end`, the low and
+/// high halves of one word, so that a claim checks and moves both ends at once.
+struct Share(AtomicU64);
+
+impl Share {
+    fn pack(next: usize, end: usize) -> u64 {
+        ((end as u64) << 32) | next as u64
+    }
+
+    fn unpack(word: u64) -> (usize, usize) {
+        ((word & u64::from(u32::MAX)) as usize, (word >> 32) as usize)
+    }
+
+    /// Hands out `next..end` (called by `run` only, while no item of this share can
+    /// be claimed: the last step's shares are all empty).
+    fn open(&self, next: usize, end: usize) {
+        self.0.store(Share::pack(next, end), SeqCst);
+    }
+
+    /// Claims the first item left, for the share's owner.
+    fn take_front(&self) -> Option<usize> {
+        self.take(|next, end| (next, Share::pack(next + 1, end)))
+    }
+
+    /// Claims the last item left, for a thread that has finished its own share.
+    fn take_back(&self) -> Option<usize> {
+        self.take(|next, end| (end - 1, Share::pack(next, end - 1)))
+    }
+
+    /// Claims the item `pick` chooses from a non-empty `next..end` by replacing the
+    /// word with the one it returns. The exchange succeeds only if the word has not
+    /// changed since it was read, so the item is one that nobody has claimed in the
+    /// step that is open at that moment; the caller reads the step's job after this.
+    fn take(&self, pick: impl Fn(usize, usize) -> (usize, u64)) -> Option<usize> {
+        let mut word = self.0.load(Relaxed);
+        loop {
+            let (next, end) = Share::unpack(word);
+            if next >= end {
+                return None;
+            }
+            let (item, claimed) = pick(next, end);
+            match self
+                .0
+                .compare_exchange_weak(word, claimed, Acquire, Relaxed)
+            {
+                Ok(_) => return Some(item),
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        let (next, end) = Share::unpack(self.0.load(SeqCst));
+        next >= end
+    }
+}
+
 struct Shared {
-    /// The step's generation (high 32 bits) and its next unclaimed item (low 32
-    /// bits, [`CLOSED`] between steps). Items are claimed by a compare-and-swap of
-    /// the whole word, so a claim made with a stale view of the step fails.
-    claims: AtomicU64,
-    /// The number of items of the open step. Written only while the step is closed.
-    items: AtomicUsize,
-    /// The job of the open step (erased lifetime: `run` waits until every claimed
-    /// item is done before it returns, and only a claimed item reads it).
+    /// One share per thread, each on its own cache line.
+    shares: Box<[CachePadded<Share>]>,
+    /// Items of the open step not counted as done yet: each worker subtracts what it
+    /// did once it finds nothing left to claim; the caller's own items are not
+    /// subtracted (it compares with what it did itself).
+    unfinished: CachePadded<AtomicUsize>,
+    /// The job of the open step (erased lifetime: `run` waits until every item is
+    /// done before it returns, and only a thread that claimed an item reads it).
     job: UnsafeCell<Option<JobFn<'static>>>,
-    /// Items of the open step not done yet.
-    unfinished: AtomicUsize,
     panicked: AtomicBool,
     stop: AtomicBool,
     sleeping: AtomicUsize,
@@ -62,45 +127,39 @@ struct Shared {
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by `run` while the step is closed and every item of
-// the last step is done, so no worker reads it then; a worker reads it only after
+// SAFETY: `job` is written only by `run` while every share is empty and every item of
+// the last step is done, so no thread reads it then; a thread reads it only after
 // claiming an item of the open step, which keeps the step open until that item is done.
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// Claims the next item of the open step, if any is left.
-    fn claim(&self) -> Option<usize> {
-        let mut word = self.claims.load(Acquire);
-        loop {
-            let next = (word & CLOSED) as usize;
-            // `items` is rewritten only after the step of `word` was closed, which
-            // happens before this read if it sees the new value; then the exchange
-            // below fails, as `claims` no longer holds `word`.
-            if next >= self.items.load(Acquire) {
-                return None;
+    /// Claims an item for `thread`: from the front of its own share, else from the
+    /// back of another thread's (the next ones first, so thieves spread out).
+    fn claim(&self, thread: usize) -> Option<usize> {
+        let n = self.shares.len();
+        self.shares[thread]
+            .take_front()
+            .or_else(|| (1..n).find_map(|k| self.shares[(thread + k) % n].take_back()))
+    }
+
+    /// Runs the items that `thread` claims, `first` and then whatever is left in any
+    /// share; returns how many it ran and the first panic among them (each item still
+    /// counts as done).
+    fn work(&self, first: usize, thread: usize) -> (usize, Option<Box<dyn std::any::Any + Send>>) {
+        let mut panic = None;
+        let mut done = 0;
+        let mut item = Some(first);
+        while let Some(i) = item {
+            // SAFETY: the item was claimed from the open step, whose job `run` set
+            // before opening it and clears only after this item is counted as done.
+            let job = unsafe { *self.job.get() }.expect("an open step has a job");
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(i, thread))) {
+                panic.get_or_insert(p);
             }
-            match self
-                .claims
-                .compare_exchange_weak(word, word + 1, Acquire, Acquire)
-            {
-                Ok(_) => return Some(next),
-                Err(now) => word = now,
-            }
+            done += 1;
+            item = self.claim(thread);
         }
-    }
-
-    /// Whether the open step has an item left to claim.
-    fn has_work(&self) -> bool {
-        ((self.claims.load(SeqCst) & CLOSED) as usize) < self.items.load(SeqCst)
-    }
-
-    /// Runs claimed `item` of the open step on `thread`; a panic is recorded, not
-    /// propagated, so the item still counts as done.
-    fn run_item(&self, item: usize, thread: usize) -> std::thread::Result<()> {
-        // SAFETY: the item was claimed from the open step, whose job `run` set before
-        // opening it and clears only after this item is counted as done.
-        let job = unsafe { *self.job.get() }.expect("an open step has a job");
-        catch_unwind(AssertUnwindSafe(|| job(item, thread)))
+        (done, panic)
     }
 }
 
@@ -150,18 +209,20 @@ pub struct Team {
 impl Team {
     /// A team of `threads` (at least 1) threads.
     pub fn new(threads: usize) -> Team {
+        let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            claims: AtomicU64::new(CLOSED),
-            items: AtomicUsize::new(0),
+            shares: (0..threads)
+                .map(|_| CachePadded::new(Share(AtomicU64::new(0))))
+                .collect(),
+            unfinished: CachePadded::new(AtomicUsize::new(0)),
             job: UnsafeCell::new(None),
-            unfinished: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             sleeping: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
-        let workers = (1..threads.max(1))
+        let workers = (1..threads)
             .map(|thread| {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
@@ -210,7 +271,9 @@ impl Team {
     /// panic in a job is re-raised here. A job must not call `run` on the same team
     /// (the team runs one job at a time, so that would wait forever).
     ///
-    /// Which thread runs which item depends on timing; every item runs exactly once.
+    /// Thread `t` starts on the `t`-th of `threads()` equal contiguous runs of items,
+    /// but which thread runs which item depends on timing; every item runs exactly
+    /// once.
     pub fn run(&self, items: usize, job: &(dyn Fn(usize, usize) + Sync)) {
         if items == 0 {
             return;
@@ -221,36 +284,31 @@ impl Team {
             (0..items).for_each(|i| job(i, 0));
             return;
         }
-        assert!((items as u64) < CLOSED, "too many items for one step");
-        // SAFETY: the step is closed and every item of the last one is done, so no
-        // worker reads `job`; this run waits for all of its items before the borrow it
+        assert!(items <= MAX_ITEMS, "too many items for one step");
+        // SAFETY: every share is empty and every item of the last step is done, so no
+        // thread reads `job`; this run waits for all of its items before the borrow it
         // erases ends.
         unsafe { *s.job.get() = Some(std::mem::transmute::<JobFn<'_>, JobFn<'static>>(job)) };
         s.unfinished.store(items, Relaxed);
-        s.items.store(items, Release);
-        // Open the step: the next generation, item 0.
-        let generation = (s.claims.load(Relaxed) >> 32).wrapping_add(1) & CLOSED;
-        s.claims.store(generation << 32, SeqCst);
+        // Open the workers' shares first, so that they start while the caller opens
+        // its own.
+        let threads = s.shares.len();
+        for t in (0..threads).rev() {
+            s.shares[t].open(t * items / threads, (t + 1) * items / threads);
+        }
         if s.sleeping.load(SeqCst) > 0 {
             let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
 
-        let mut panic = None;
-        let mut done = 0;
-        while let Some(item) = s.claim() {
-            if let Err(p) = s.run_item(item, 0) {
-                panic.get_or_insert(p);
-            }
-            done += 1;
-        }
-        s.unfinished.fetch_sub(done, AcqRel);
+        let (done, panic) = match s.claim(0) {
+            Some(first) => s.work(first, 0),
+            None => (0, None),
+        };
         let mut backoff = Backoff::new();
-        while s.unfinished.load(Acquire) != 0 {
+        while s.unfinished.load(Acquire) != done {
             backoff.pause();
         }
-        // Close the step before anything of the next one is written (see `claim`).
-        s.claims.store((generation << 32) | CLOSED, SeqCst);
         // SAFETY: every item is done and none can be claimed any more.
         unsafe { *s.job.get() = None };
         if let Some(panic) = panic {
@@ -277,16 +335,20 @@ impl<T> SendPtr<T> {
 }
 
 fn worker(s: &Shared, thread: usize) {
+    let own = &s.shares[thread];
     let mut backoff = Backoff::new();
     loop {
         if s.stop.load(Acquire) {
             return;
         }
-        if let Some(item) = s.claim() {
-            if s.run_item(item, thread).is_err() {
+        // Only the own share is watched between steps: reading another thread's word
+        // while it claims from it would move that cache line at every claim.
+        if let Some(first) = own.take_front() {
+            let (done, panic) = s.work(first, thread);
+            if panic.is_some() {
                 s.panicked.store(true, Relaxed);
             }
-            s.unfinished.fetch_sub(1, Release);
+            s.unfinished.fetch_sub(done, Release);
             backoff = Backoff::new();
             continue;
         }
@@ -295,9 +357,9 @@ fn worker(s: &Shared, thread: usize) {
         }
         let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
         s.sleeping.fetch_add(1, SeqCst);
-        // `run` opens a step before it reads `sleeping`, and this worker counts
-        // itself before it checks for work: one of the two sees the other.
-        if !s.has_work() && !s.stop.load(SeqCst) {
+        // `run` opens the shares before it reads `sleeping`, and this worker counts
+        // itself before it checks its share: one of the two sees the other.
+        if own.is_empty() && !s.stop.load(SeqCst) {
             drop(s.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
         }
         s.sleeping.fetch_sub(1, SeqCst);
@@ -389,6 +451,32 @@ mod tests {
             done.fetch_add(1, Relaxed);
         });
         assert_eq!(done.load(Relaxed), 10);
+    }
+
+    #[test]
+    fn the_caller_takes_over_the_share_of_a_worker_that_is_held_up() {
+        let team = Team::new(2);
+        // The worker's share is items 8..16. Its items wait until the caller has run
+        // one of them, which it can only do by taking it from the worker's share; the
+        // wait is bounded so that a team that cannot do that fails instead of hanging.
+        let stolen = AtomicBool::new(false);
+        let ran_by = Mutex::new(vec![None; 16]);
+        team.run(16, &|i, t| {
+            if t == 0 && i >= 8 {
+                stolen.store(true, SeqCst);
+            }
+            let since = Instant::now();
+            while t == 1 && !stolen.load(SeqCst) && since.elapsed() < Duration::from_secs(20) {
+                std::thread::yield_now();
+            }
+            ran_by.lock().unwrap()[i] = Some(t);
+        });
+        let ran_by = ran_by.into_inner().unwrap();
+        assert!(ran_by.iter().all(Option::is_some), "{ran_by:?}");
+        assert!(
+            stolen.load(SeqCst),
+            "the caller ran none of the worker's items: {ran_by:?}"
+        );
     }
 
     /// Busy threads that compete with the team for the cores until dropped, as other
