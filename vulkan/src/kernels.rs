@@ -3,9 +3,12 @@
 //! The matrix kernels share one skeleton (`shaders/matmul.wgsl`) and differ only in the
 //! `load_unit` function that dequantizes 32 weights of one type; the module for each type is
 //! the workgroup-reduction functions (`reduce_subgroup.wgsl` when the device has subgroup
-//! operations, else `reduce_shared.wgsl`), the skeleton, and that type's function.
+//! operations, else `reduce_shared.wgsl`), the skeleton, and that type's function. A mixed
+//! decode product (two matrices of different types side by side, one dispatch) appends a
+//! second type's functions, renamed (`mixed_source`).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::quant::WeightType;
 use crate::Gpu;
@@ -130,6 +133,8 @@ const MATMUL: &str = include_str!("shaders/matmul.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
 const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
 const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
+const SINGLE_TYPE: &str = include_str!("shaders/single_type.wgsl");
+const MIXED: &str = include_str!("shaders/mixed.wgsl");
 
 /// How a decode matrix-vector product reads its input (the matvec entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,6 +184,74 @@ fn load_unit_source(ty: WeightType) -> &'static str {
     }
 }
 
+/// The matmul module of one weight type.
+fn single_source(reduce: &str, ty: WeightType) -> String {
+    format!(
+        "{reduce}\n{MATMUL}\n{}\n{SINGLE_TYPE}",
+        load_unit_source(ty)
+    )
+}
+
+/// The module of a mixed decode product: type `a` as in [`single_source`], then type `b`'s
+/// functions renamed for the second buffer (see MV_MIXED in matmul.wgsl): every function it
+/// defines and the helpers it calls get a `_b` suffix, the buffers `w` and `w4` become `wb`
+/// and `w4b`, and `p.aux` becomes `p.aux_b`. Field accesses (`q.w`) are left alone.
+fn mixed_source(reduce: &str, a: WeightType, b: WeightType) -> String {
+    let src = load_unit_source(b).replace("p.aux", "p.aux_b");
+    let mut renamed: HashMap<String, String> = src
+        .split("fn ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+        .map(|name| (name.trim().to_string(), format!("{}_b", name.trim())))
+        .collect();
+    for (from, to) in [
+        ("w", "wb"),
+        ("w4", "w4b"),
+        ("byte_at", "byte_at_b"),
+        ("f16_at", "f16_at_b"),
+    ] {
+        renamed.insert(from.into(), to.into());
+    }
+    let mut out = String::with_capacity(src.len() + 64);
+    let mut ident = String::new();
+    let mut after_dot = false;
+    for c in src.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            ident.push(c);
+            continue;
+        }
+        if !ident.is_empty() {
+            match renamed.get(&ident) {
+                Some(to) if !after_dot => out.push_str(to),
+                _ => out.push_str(&ident),
+            }
+            ident.clear();
+        }
+        after_dot = c == '.';
+        out.push(c);
+    }
+    format!(
+        "{reduce}\n{MATMUL}\n{}\n{MIXED}\n{out}",
+        load_unit_source(a)
+    )
+}
+
+type MixedKey = (WeightType, WeightType, MatvecInput, bool, bool);
+
+/// The pipeline constants of a decode product: groups of 4 rows, units per iteration, int8 x.
+fn matvec_constants(tuning: &KernelTuning, tall: bool, int8: bool) -> [(&'static str, f64); 3] {
+    let groups = if tall {
+        TALL_MATVEC_ROWS_PER_GROUP
+    } else {
+        MATVEC_ROWS
+    } / 4;
+    [
+        ("ROW_GROUPS", groups as f64),
+        ("MV_UNITS", tuning.units as f64),
+        ("MV_DP4A", int8 as u32 as f64),
+    ]
+}
+
 /// Compiled pipelines, built once per device.
 pub(crate) struct Kernels {
     matmul: HashMap<WeightType, wgpu::ComputePipeline>,
@@ -187,6 +260,12 @@ pub(crate) struct Kernels {
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
+    /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
+    /// for: keyed by the two types, input, tall and int8 x.
+    mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
+    /// The reduction functions and settings every module is built with.
+    reduce: &'static str,
+    tuning: KernelTuning,
     /// Whether the Q8_0 and Q4_0 decode products quantize x (unless asked for exact input).
     dp4a: bool,
     attn_groups: usize,
@@ -294,7 +373,7 @@ impl Kernels {
             if matmul.contains_key(&ty) {
                 continue;
             }
-            let source = format!("{reduce}\n{MATMUL}\n{}", load_unit_source(ty));
+            let source = single_source(reduce, ty);
             matmul.insert(
                 ty,
                 pipeline(
@@ -341,11 +420,7 @@ impl Kernels {
                             &[int8]
                         };
                     for &q in variants {
-                        let constants = [
-                            ("ROW_GROUPS", groups as f64),
-                            ("MV_UNITS", tuning.units as f64),
-                            ("MV_DP4A", q as u32 as f64),
-                        ];
+                        let constants = matvec_constants(&tuning, tall, q);
                         matvec.insert(
                             (ty, input, tall, q),
                             pipeline_with(
@@ -377,6 +452,9 @@ impl Kernels {
             matmul_tiled,
             matvec,
             get_rows,
+            mixed: Mutex::new(HashMap::new()),
+            reduce,
+            tuning,
             tall_rows: tuning.tall_rows,
             dp4a: tuning.dp4a,
             attn_groups: tuning.attn_groups,
@@ -451,6 +529,39 @@ impl Kernels {
         exact: bool,
     ) -> &wgpu::ComputePipeline {
         &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
+    }
+
+    /// The decode pipeline of a mixed product: rows below `Params.split` of type `a`, the
+    /// rest of type `b` in a second buffer (bindings 13 and 14; see MV_MIXED in
+    /// matmul.wgsl). x is quantized to int8 when either type's products do (each type's
+    /// `unit_dot` uses the int8 values only where it has an integer path). Compiled on first
+    /// use and kept.
+    pub fn matvec_mixed(
+        &self,
+        gpu: &Gpu,
+        (a, b): (WeightType, WeightType),
+        input: MatvecInput,
+        tall: bool,
+        exact: bool,
+    ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
+        let int8 = self.dp4a && (dp4a_type(a) || dp4a_type(b)) && !exact;
+        let key = (a, b, input, tall, int8);
+        let mut cache = self.mixed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let label = format!("{} {a:?}|{b:?}", input.entry());
+        let pipeline = pipeline_with(
+            gpu,
+            self.tuning.checks,
+            &label,
+            &mixed_source(self.reduce, a, b),
+            input.entry(),
+            &matvec_constants(&self.tuning, tall, int8),
+        );
+        gpu.check("compiling a mixed-type decode kernel")?;
+        cache.insert(key, pipeline.clone());
+        Ok(pipeline)
     }
 
     /// Attention workgroups a step aims for (see KernelTuning).

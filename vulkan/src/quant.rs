@@ -275,7 +275,10 @@ struct MatmulParams {
     out_offset: u32,
     lanes: u32,
     eps: f32,
-    _pad: [u32; 2],
+    /// Mixed decode products: the rows of the first part and `aux` of the second part's
+    /// buffer (see MV_MIXED in matmul.wgsl); 0 otherwise.
+    split: u32,
+    aux_b: u32,
 }
 
 /// Threads per row for rows of `k` weights: the largest power of two not above a quarter of
@@ -312,6 +315,7 @@ pub(crate) struct MatmulMode {
 
 /// The input of a decode step's fused matrix-vector product, which replaces the separate
 /// RMSNorm or SiLU·mul dispatch before the matrix.
+#[derive(Clone, Copy)]
 pub(crate) enum FusedInput<'a> {
     /// RMSNorm(x) * weight with this epsilon; x is the un-normalised hidden state.
     Norm {
@@ -371,19 +375,69 @@ fn with_weight_views<'b>(
     entries
 }
 
-/// One pipeline with the bind group and workgroup count of each chunk.
+/// One pipeline with the bind group and workgroup count of each chunk; `more`: those of
+/// further parts (other weights written side by side, each with its own pipeline).
 struct Dispatches {
     pipeline: wgpu::ComputePipeline,
     chunks: Vec<(wgpu::BindGroup, u32)>,
+    more: Vec<Dispatches>,
 }
 
 impl Dispatches {
+    fn new(pipeline: wgpu::ComputePipeline) -> Dispatches {
+        Dispatches {
+            pipeline,
+            chunks: Vec::new(),
+            more: Vec::new(),
+        }
+    }
+
     fn record(&self, rec: &mut Recorder<'_, '_>, label: &'static str, z: u32) {
         for (bg, workgroups) in &self.chunks {
             let x = (*workgroups).min(kernels::ROWS_PER_Y);
             let y = workgroups.div_ceil(kernels::ROWS_PER_Y);
             rec.dispatch(label, &self.pipeline, bg, [x, y, z]);
         }
+        for d in &self.more {
+            d.record(rec, label, z);
+        }
+    }
+
+    fn dispatch_count(&self) -> usize {
+        self.chunks.len()
+            + self
+                .more
+                .iter()
+                .map(Dispatches::dispatch_count)
+                .sum::<usize>()
+    }
+}
+
+/// Whether two side-by-side weights (`parts`: weight and output offset) can be one mixed
+/// decode dispatch (see [`Kernels::matvec_mixed`]): each in one chunk, the second written
+/// right after the first, the same row length, and the first's rows a whole number of
+/// workgroups of the decode product (so that no workgroup straddles the two types; even, so
+/// RoPE and gate/up pairs stay in one workgroup).
+pub(crate) fn mixed_decode(kernels: &Kernels, parts: &[(&GpuWeight, u32)]) -> bool {
+    let [(a, 0), (b, offset)] = parts else {
+        return false;
+    };
+    let tall = kernels.is_tall(a.rows + b.rows);
+    a.chunks.len() == 1
+        && b.chunks.len() == 1
+        && a.k == b.k
+        && *offset as usize == a.rows
+        && a.rows.is_multiple_of(kernels.matvec_rows(tall) as usize)
+}
+
+/// Whether `parts` can have a decode product with a fused epilogue (RoPE, SiLU·mul), which
+/// needs all rows in one dispatch: one weight whose chunks keep row pairs together, or two
+/// that make one mixed dispatch.
+pub(crate) fn one_decode_dispatch(kernels: &Kernels, parts: &[(GpuWeight, u32)]) -> bool {
+    match parts {
+        [(w, _)] => w.pairs_in_chunks(),
+        [(a, oa), (b, ob)] => mixed_decode(kernels, &[(a, *oa), (b, *ob)]),
+        _ => false,
     }
 }
 
@@ -475,22 +529,12 @@ impl MatmulOp {
             Some(FusedInput::NormRope { rope, .. }) => Some(*rope),
             _ => None,
         };
-        let mut batch = Dispatches {
-            pipeline: batch_pipeline,
-            chunks: Vec::new(),
-        };
-        let mut tiled = kernels.matmul_tiled(weight.ty).map(|pipeline| Dispatches {
-            pipeline: pipeline.clone(),
-            chunks: Vec::new(),
-        });
-        let mut single = Dispatches {
-            pipeline: single_pipeline,
-            chunks: Vec::new(),
-        };
-        let mut fused = fused_pipeline.map(|pipeline| Dispatches {
-            pipeline,
-            chunks: Vec::new(),
-        });
+        let mut batch = Dispatches::new(batch_pipeline);
+        let mut tiled = kernels
+            .matmul_tiled(weight.ty)
+            .map(|pipeline| Dispatches::new(pipeline.clone()));
+        let mut single = Dispatches::new(single_pipeline);
+        let mut fused = fused_pipeline.map(Dispatches::new);
         let lanes = lanes_for(weight.k);
         for c in &weight.chunks {
             let params = MatmulParams {
@@ -508,7 +552,8 @@ impl MatmulOp {
                 out_offset: mode.out_offset,
                 lanes,
                 eps,
-                _pad: [0; 2],
+                split: 0,
+                aux_b: 0,
             };
             let ubuf = gpu.uniform_init("matmul params", bytemuck::bytes_of(&params))?;
             let with_w4 = |entries| with_weight_views(weight.ty, &c.buffer, entries);
@@ -564,6 +609,88 @@ impl MatmulOp {
         })
     }
 
+    /// A product of several weights written side by side into one output row (q | k | v):
+    /// `parts` are each weight and the offset of its first output in a token's row. Prompt
+    /// batches and unfused decode steps run one product per part. The fused decode product
+    /// is one dispatch where the parts allow it (one weight, or two that make a mixed
+    /// product: [`mixed_decode`]), else one per part, which only the RMSNorm and SiLU·mul
+    /// inputs allow (RoPE and SiLU·mul epilogues need all rows in one dispatch: an error).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_parts(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        label: &'static str,
+        parts: &[(&GpuWeight, u32)],
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+        mode: MatmulMode,
+        fused: Option<FusedInput<'_>>,
+    ) -> Result<MatmulOp, VulkanError> {
+        if let [(w, offset)] = parts {
+            let mode = MatmulMode {
+                out_offset: *offset,
+                ..mode
+            };
+            return MatmulOp::new(gpu, kernels, label, w, x, y, step, mode, fused);
+        }
+        let mixed = mixed_decode(kernels, parts);
+        let epilogue = matches!(
+            fused,
+            Some(FusedInput::NormRope { .. } | FusedInput::NormGlu { .. })
+        );
+        if epilogue && !mixed {
+            return Err(VulkanError::InvalidInput(format!(
+                "{label}: RoPE or SiLU·mul fused into the product needs all rows in one dispatch: one weight, or two in one chunk each whose split is a multiple of the decode workgroup's rows"
+            )));
+        }
+        let out_stride = match mode.out_stride {
+            0 => parts.iter().map(|(w, _)| w.rows as u32).sum(),
+            s => s,
+        };
+        let mut op: Option<MatmulOp> = None;
+        for (w, offset) in parts {
+            let part_mode = MatmulMode {
+                out_offset: *offset,
+                out_stride,
+                ..mode
+            };
+            let part_fused = if mixed { None } else { fused };
+            let part = MatmulOp::new(gpu, kernels, label, w, x, y, step, part_mode, part_fused)?;
+            match op.as_mut() {
+                None => op = Some(part),
+                Some(op) => {
+                    op.batch.more.push(part.batch);
+                    if let (Some(t), Some(p)) = (op.tiled.as_mut(), part.tiled) {
+                        t.more.push(p);
+                    }
+                    op.single.more.push(part.single);
+                    if let (Some(f), Some(p)) = (op.fused.as_mut(), part.fused) {
+                        f.more.push(p);
+                    }
+                }
+            }
+        }
+        let mut op = op.ok_or_else(|| {
+            VulkanError::InvalidInput(format!("{label}: a product needs at least one weight"))
+        })?;
+        if let (true, Some(fused)) = (mixed, fused) {
+            let (a, b) = (parts[0].0, parts[1].0);
+            op.fused = Some(mixed_fused(
+                gpu, kernels, label, a, b, y, mode, out_stride, fused,
+            )?);
+        }
+        Ok(op)
+    }
+
+    /// Dispatches one decode step records: the fused ones when `fused`, else the plain ones.
+    pub fn decode_dispatches(&self, fused: bool) -> usize {
+        match (&self.fused, fused) {
+            (Some(f), true) => f.dispatch_count(),
+            _ => self.single.dispatch_count(),
+        }
+    }
+
     /// Whether a decode step can use the fused input (and skip the norm or SiLU before it).
     pub fn has_fused(&self) -> bool {
         self.fused.is_some()
@@ -586,6 +713,83 @@ impl MatmulOp {
             },
         }
     }
+}
+
+/// The one dispatch of a mixed decode product: `a`'s rows, then `b`'s (see
+/// [`Kernels::matvec_mixed`]), with the fused input `fused`; the parts were checked by
+/// [`mixed_decode`].
+#[allow(clippy::too_many_arguments)]
+fn mixed_fused(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    label: &'static str,
+    a: &GpuWeight,
+    b: &GpuWeight,
+    y: &wgpu::Buffer,
+    mode: MatmulMode,
+    out_stride: u32,
+    fused: FusedInput<'_>,
+) -> Result<Dispatches, VulkanError> {
+    let (input, x, norm_w, eps, exact) = match fused {
+        FusedInput::Norm { x, weight, eps } => {
+            (MatvecInput::Norm, x, weight, eps, mode.exact_input)
+        }
+        FusedInput::Glu { x } => (MatvecInput::Glu, x, x, 0.0, false),
+        FusedInput::NormRope { x, weight, eps, .. } => {
+            (MatvecInput::NormRope, x, weight, eps, false)
+        }
+        FusedInput::NormGlu { x, weight, eps, .. } => (MatvecInput::NormGlu, x, weight, eps, false),
+    };
+    let fused_y = match fused {
+        FusedInput::NormGlu { act, .. } => act,
+        _ => y,
+    };
+    if matches!(input, MatvecInput::NormRope | MatvecInput::NormGlu)
+        && (mode.out_offset != 0 || mode.accumulate)
+    {
+        return Err(VulkanError::InvalidInput(format!(
+            "{label}: RoPE or SiLU·mul fused into the product needs output offset 0 and no accumulation"
+        )));
+    }
+    let rows = a.rows + b.rows;
+    let tall = kernels.is_tall(rows);
+    let pipeline = kernels.matvec_mixed(gpu, (a.ty, b.ty), input, tall, exact)?;
+    let (ca, cb) = (&a.chunks[0], &b.chunks[0]);
+    let params = MatmulParams {
+        rows: rows as u32,
+        row_offset: 0,
+        k: a.k as u32,
+        out_stride,
+        aux: ca.aux,
+        accumulate: mode.accumulate as u32,
+        logit_rows: mode.logit_rows as u32,
+        out_offset: mode.out_offset,
+        lanes: lanes_for(a.k),
+        eps,
+        split: a.rows as u32,
+        aux_b: cb.aux,
+    };
+    let ubuf = gpu.uniform_init("matmul params", bytemuck::bytes_of(&params))?;
+    let mut entries = vec![(1, x), (2, fused_y), (3, &ubuf), (6, norm_w)];
+    if let FusedInput::NormRope { rope: r, .. } = fused {
+        entries.extend([
+            (12, r.rows),
+            (8, r.kcache),
+            (9, r.vcache),
+            (10, r.cos_sin),
+            (11, r.params),
+        ]);
+    }
+    // The second part's buffer at bindings 13 and 14, as the first part's at 0 and 7.
+    for (binding, view) in with_weight_views(b.ty, &cb.buffer, Vec::new()) {
+        entries.push((if binding == 0 { 13 } else { 14 }, view));
+    }
+    let entries = with_weight_views(a.ty, &ca.buffer, entries);
+    let bg = kernels::bind(gpu, &pipeline, label, &entries);
+    let mut d = Dispatches::new(pipeline);
+    d.chunks
+        .push((bg, (rows as u32).div_ceil(kernels.matvec_rows(tall))));
+    Ok(d)
 }
 
 /// Embedding lookup `y[t] = W[ids[t]]` with bind groups prepared once.
@@ -617,7 +821,8 @@ impl GetRowsOp {
                 out_offset: 0,
                 lanes: kernels::WORKGROUP,
                 eps: 0.0,
-                _pad: [0; 2],
+                split: 0,
+                aux_b: 0,
             };
             let ubuf = gpu.uniform_init("get_rows params", bytemuck::bytes_of(&params))?;
             let entries = with_weight_views(

@@ -195,6 +195,8 @@ pub struct QkvRope {
     pub q: Vec<f32>,
     pub kcache: Vec<f32>,
     pub vcache: Vec<f32>,
+    /// Dispatches the fused product took.
+    pub dispatches: usize,
 }
 
 /// The decode q|k|v product with RMSNorm, RoPE (interleaved pairs) and the K/V cache store
@@ -207,25 +209,44 @@ pub fn matvec_norm_rope(
     eps: f32,
     shape: &RopeShape,
 ) -> Result<QkvRope, VulkanError> {
+    matvec_norm_rope_parts(gpu, &[weight], x, norm_weight, eps, shape)
+}
+
+/// [`matvec_norm_rope`] on the rows of several weights side by side (as q|k and v of
+/// different types), one fused product over all of them (a mixed product for two types).
+pub fn matvec_norm_rope_parts(
+    gpu: &Gpu,
+    parts: &[&GpuWeight],
+    x: &[f32],
+    norm_weight: &[f32],
+    eps: f32,
+    shape: &RopeShape,
+) -> Result<QkvRope, VulkanError> {
     let (hd, ctx) = (shape.head_dim, shape.ctx);
-    if weight.rows != (shape.n_head + 2 * shape.n_kv) * hd || hd % 2 != 0 || shape.pos >= ctx {
+    let Some(weight) = parts.first() else {
+        return Err(VulkanError::InvalidInput("no weights".into()));
+    };
+    let rows: usize = parts.iter().map(|w| w.rows).sum();
+    if rows != (shape.n_head + 2 * shape.n_kv) * hd || hd % 2 != 0 || shape.pos >= ctx {
         return Err(VulkanError::InvalidInput(format!(
-            "{} rows do not hold {} q and 2 x {} k/v heads of {hd} (even) values, or position {} is outside {ctx}",
-            weight.rows, shape.n_head, shape.n_kv, shape.pos
+            "{rows} rows do not hold {} q and 2 x {} k/v heads of {hd} (even) values, or position {} is outside {ctx}",
+            shape.n_head, shape.n_kv, shape.pos
         )));
     }
-    if x.len() != weight.k || norm_weight.len() != weight.k {
+    if x.len() != weight.k || norm_weight.len() != weight.k || parts.iter().any(|w| w.k != weight.k)
+    {
         return Err(VulkanError::InvalidInput(format!(
-            "x has {} and the norm weight {} values, expected {}",
+            "x has {} and the norm weight {} values, expected {} (the row length of every part)",
             x.len(),
             norm_weight.len(),
             weight.k
         )));
     }
-    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let types: Vec<_> = parts.iter().map(|w| w.ty).collect();
+    let kernels = Kernels::new(gpu, &types)?;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
     let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
-    let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; weight.rows]))?;
+    let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; rows]))?;
     let cache_len = shape.n_kv * ctx * hd;
     let kb = gpu.storage_init(
         "k cache",
@@ -270,11 +291,19 @@ pub fn matvec_norm_rope(
         eps,
         rope,
     };
-    let op = MatmulOp::new(
+    let mut offset = 0;
+    let with_offsets: Vec<(&GpuWeight, u32)> = parts
+        .iter()
+        .map(|w| {
+            offset += w.rows as u32;
+            (*w, offset - w.rows as u32)
+        })
+        .collect();
+    let op = MatmulOp::new_parts(
         gpu,
         &kernels,
         "matvec",
-        weight,
+        &with_offsets,
         &xb,
         &yb,
         &step,
@@ -295,6 +324,7 @@ pub fn matvec_norm_rope(
         q: y,
         kcache,
         vcache,
+        dispatches: op.decode_dispatches(true),
     })
 }
 

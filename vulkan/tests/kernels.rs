@@ -311,24 +311,50 @@ fn check_qkv_rope(
     pos: usize,
     seed: u64,
 ) -> usize {
-    let (rows, k) = qt.shape().dims2().unwrap();
+    let (chunks, dispatches) = check_qkv_rope_parts(gpu, label, &[qt], n_head, n_kv, pos, seed);
+    assert_eq!(dispatches, chunks, "{label}: one dispatch per chunk");
+    chunks
+}
+
+/// As [`check_qkv_rope`] for the rows of several matrices side by side (q|k and v of other
+/// types, as in Q4_K_M files), each part's reference with its own type's decode input.
+/// Returns the chunk count and the dispatches of the fused product.
+fn check_qkv_rope_parts(
+    gpu: &xpu_vulkan::Gpu,
+    label: &str,
+    parts: &[&QTensor],
+    n_head: usize,
+    n_kv: usize,
+    pos: usize,
+    seed: u64,
+) -> (usize, usize) {
+    let k = parts[0].shape().dims2().unwrap().1;
+    let uploaded: Vec<(GpuWeight, Vec<f32>)> = parts
+        .iter()
+        .map(|qt| upload_with_reference(gpu, label, qt))
+        .collect();
+    let rows: usize = uploaded.iter().map(|(w, _)| w.rows()).sum();
     let hd = rows / (n_head + 2 * n_kv);
     let ctx = pos + 3;
-    let (weight, w) = upload_with_reference(gpu, label, qt);
-    let ty = weight.weight_type();
+    let types: Vec<WeightType> = uploaded.iter().map(|(w, _)| w.weight_type()).collect();
+    let ty = types[0];
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let x = random(&mut rng, k);
     let nw = random(&mut rng, k);
     let (eps, base) = (1e-5f32, 10000f32);
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
     let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
-    let normed: Vec<f64> = decode_input(ty, &weighted)
-        .iter()
-        .map(|&v| v / (ms + eps as f64).sqrt())
-        .collect();
-    let y: Vec<f64> = (0..rows)
-        .map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum())
-        .collect();
+    let mut y: Vec<f64> = Vec::with_capacity(rows);
+    for (weight, w) in &uploaded {
+        let normed: Vec<f64> = decode_input(weight.weight_type(), &weighted)
+            .iter()
+            .map(|&v| v / (ms + eps as f64).sqrt())
+            .collect();
+        y.extend(
+            (0..weight.rows())
+                .map(|r| (0..k).map(|i| w[r * k + i] as f64 * normed[i]).sum::<f64>()),
+        );
+    }
     // Row r of the product, rotated with its pair partner as rope.wgsl does (pairs 2j, 2j+1).
     let rotated = |r: usize| -> f64 {
         let j = (r % hd) / 2;
@@ -350,7 +376,8 @@ fn check_qkv_rope(
         pos,
         base,
     };
-    let got = testing::matvec_norm_rope(gpu, &weight, &x, &nw, eps, &shape).unwrap();
+    let weights: Vec<&GpuWeight> = uploaded.iter().map(|(w, _)| w).collect();
+    let got = testing::matvec_norm_rope_parts(gpu, &weights, &x, &nw, eps, &shape).unwrap();
     let want_q: Vec<f64> = (0..n_head * hd).map(rotated).collect();
     let (rel_q, _) = common::compare(&got.q, &want_q);
     let at =
@@ -365,7 +392,9 @@ fn check_qkv_rope(
     let want_v: Vec<f64> = y[(n_head + n_kv) * hd..].to_vec();
     let (rel_k, _) = common::compare(&got_k, &want_k);
     let (rel_v, _) = common::compare(&got_v, &want_v);
-    println!("{label} {ty:?} rmsnorm·matvec·rope: rel q {rel_q:.2e} k {rel_k:.2e} v {rel_v:.2e}");
+    println!(
+        "{label} {types:?} rmsnorm·matvec·rope: rel q {rel_q:.2e} k {rel_k:.2e} v {rel_v:.2e}"
+    );
     for (what, rel, tol) in [
         ("q", rel_q, REL_TOL),
         ("k", rel_k, KV_REL_TOL),
@@ -373,7 +402,7 @@ fn check_qkv_rope(
     ] {
         assert!(
             rel < tol,
-            "{label} {ty:?} rmsnorm·matvec·rope: relative error of {what} {rel}"
+            "{label} {ty:?}.. rmsnorm·matvec·rope: relative error of {what} {rel}"
         );
     }
     for (name, cache) in [("k", &got.kcache), ("v", &got.vcache)] {
@@ -386,7 +415,8 @@ fn check_qkv_rope(
             );
         }
     }
-    weight.chunk_count()
+    let chunks = uploaded.iter().map(|(w, _)| w.chunk_count()).sum();
+    (chunks, got.dispatches)
 }
 
 #[test]
@@ -453,6 +483,98 @@ fn fused_qkv_rope_matches_reference() {
         9,
         705,
     );
+    // Mixed types, one dispatch: q|k of one type and v of another, as the Q4_K_M files
+    // whose attn_v is Q6_K (the v rows after q|k: k rotated, v not), Q5_K_M's, and a pair
+    // whose first type quantizes x to int8 and whose second does not (every type's own
+    // decode input); tall (16 rows per workgroup); without subgroups.
+    for (a, b, n_head, n_kv, hd, pos, gpu, label) in [
+        (
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            4,
+            2,
+            64,
+            7,
+            &gpu,
+            "qkv rope Q4_K|Q6_K",
+        ),
+        (
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+            2,
+            1,
+            128,
+            3,
+            &gpu,
+            "qkv rope Q5_K|Q6_K",
+        ),
+        (
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_1,
+            4,
+            2,
+            64,
+            5,
+            &gpu,
+            "qkv rope Q8_0|Q4_1",
+        ),
+        (
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            96,
+            16,
+            64,
+            2,
+            &gpu,
+            "qkv rope tall Q4_0|Q4_K",
+        ),
+        (
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            4,
+            2,
+            64,
+            1,
+            &plain,
+            "qkv rope Q4_K|Q6_K no subgroups",
+        ),
+    ] {
+        let qk = random_qtensor(a, (n_head + n_kv) * hd, 256, 57);
+        let v = random_qtensor(b, n_kv * hd, 256, 58);
+        let (_, dispatches) = check_qkv_rope_parts(gpu, label, &[&qk, &v], n_head, n_kv, pos, 706);
+        assert_eq!(dispatches, 1, "{label}: one dispatch for both types");
+    }
+    // Parts that cannot be one dispatch (v split into two chunks) refuse the fused RoPE.
+    let small = common::gpu(Some(8192));
+    let qk = random_qtensor(GgmlDType::Q4K, 192, 256, 59);
+    let v = random_qtensor(GgmlDType::Q6K, 64, 256, 60);
+    let upload = |qt: &QTensor| {
+        let (rows, k) = qt.shape().dims2().unwrap();
+        let ty = WeightType::from_ggml(qt.dtype()).unwrap();
+        GpuWeight::upload(&small, "w", ty, rows, k, &qt.data().unwrap()).unwrap()
+    };
+    let (qk, v) = (upload(&qk), upload(&v));
+    assert!(v.chunk_count() > 1);
+    let shape = testing::RopeShape {
+        n_head: 2,
+        n_kv: 1,
+        head_dim: 64,
+        ctx: 4,
+        pos: 1,
+        base: 10000.0,
+    };
+    match testing::matvec_norm_rope_parts(
+        &small,
+        &[&qk, &v],
+        &[0.5; 256],
+        &[1.0; 256],
+        1e-5,
+        &shape,
+    ) {
+        Err(VulkanError::InvalidInput(msg)) => assert!(msg.contains("one dispatch"), "{msg}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a mixed product in several chunks was accepted"),
+    }
     // One row per chunk: a pair would straddle two chunks, so the fused kernel is refused.
     let tiny = common::gpu(Some(100));
     let qt = random_qtensor(GgmlDType::Q8_0, 8, 64, 56);

@@ -18,8 +18,8 @@ struct Params {
     out_offset: u32,  // float offset of this weight's first row within a token of y
     lanes: u32,       // threads per row (8, 16, 32 or 64)
     eps: f32,         // matvec_norm: the RMSNorm epsilon
-    _pad1: u32,
-    _pad2: u32,
+    split: u32,       // mixed decode products: the rows of the first type (see MV_MIXED)
+    aux_b: u32,       // mixed decode products: `aux` of the second type's buffer
 }
 struct Step {
     n_tokens: u32,
@@ -313,6 +313,13 @@ override MV_UNITS: u32 = 1u;
 override MV_ROWS: u32 = 4u * ROW_GROUPS;
 var<private> mv_acc: array<f32, 16>;
 
+// Mixed products (MV_MIXED, a module constant: true only in the modules kernels.rs builds
+// for two weight types): one dispatch over two matrices of different types written side by
+// side, as the q|k|v of a Q4_K_M file whose v is Q6_K. Rows below p.split are the first
+// type's (`unit_dot`, buffer `w`/`w4`), rows from p.split the second's (`unit_dot_b`, its
+// own buffer `wb`/`w4b` and scales offset p.aux_b; mixed.wgsl and the renamed copy of that
+// type's functions). Other modules define unit_dot_b as unit_dot and never take that path.
+
 // Q8_0 and Q4_0 products (a pipeline constant, set for those types only): x is quantized
 // to int8 per unit (scale = largest |x| / 127, round to nearest even) and each 4-weight
 // word is multiplied with integer dot products (dot4I8Packed, one DP4A instruction where
@@ -394,6 +401,12 @@ fn group4(f: u32, last: u32, u: u32, xu: XUnit) -> vec4<f32> {
                      unit_dot(min(f + 2u, last), u, xu), unit_dot(min(f + 3u, last), u, xu));
 }
 
+// group4 for the second part of a mixed product (rows counted from p.split, unit_dot_b).
+fn group4_b(f: u32, last: u32, u: u32, xu: XUnit) -> vec4<f32> {
+    return vec4<f32>(unit_dot_b(min(f, last), u, xu), unit_dot_b(min(f + 1u, last), u, xu),
+                     unit_dot_b(min(f + 2u, last), u, xu), unit_dot_b(min(f + 3u, last), u, xu));
+}
+
 fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
     return dot(xs[0] + xs[1] + xs[2] + xs[3] + xs[4] + xs[5] + xs[6] + xs[7], vec4<f32>(1.0));
 }
@@ -413,33 +426,54 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     var g2 = vec4<f32>(0.0);
     var g3 = vec4<f32>(0.0);
     var sq = 0.0;
-    // Pairs of units while both are in the row (MV_UNITS = 2), then single units.
     var u = l.li;
-    if (MV_UNITS > 1u) {
-        for (; u + WG < units; u += 2u * WG) {
-            let ua = x_unit(mode, u);
-            let ub = x_unit(mode, u + WG);
-            sq += ua.sq + ub.sq;
-            g0 += group4(first, last, u, ua) + group4(first, last, u + WG, ub);
+    if (MV_MIXED && first >= p.split) {
+        // The second part of a mixed product (rows p.split.., its own type and buffer: see
+        // MV_MIXED). Workgroups never straddle the split (the host checks that it is a
+        // multiple of MV_ROWS), so the branch is uniform and each loop keeps its loads
+        // written out; one unit per iteration whatever MV_UNITS.
+        let fb = first - p.split;
+        let lastb = last - p.split;
+        for (; u < units; u += WG) {
+            let xu = x_unit(mode, u);
+            sq += xu.sq;
+            g0 += group4_b(fb, lastb, u, xu);
             if (ROW_GROUPS > 1u) {
-                g1 += group4(first + 4u, last, u, ua) + group4(first + 4u, last, u + WG, ub);
+                g1 += group4_b(fb + 4u, lastb, u, xu);
             }
             if (ROW_GROUPS > 2u) {
-                g2 += group4(first + 8u, last, u, ua) + group4(first + 8u, last, u + WG, ub);
-                g3 += group4(first + 12u, last, u, ua) + group4(first + 12u, last, u + WG, ub);
+                g2 += group4_b(fb + 8u, lastb, u, xu);
+                g3 += group4_b(fb + 12u, lastb, u, xu);
             }
         }
-    }
-    for (; u < units; u += WG) {
-        let xu = x_unit(mode, u);
-        sq += xu.sq;
-        g0 += group4(first, last, u, xu);
-        if (ROW_GROUPS > 1u) {
-            g1 += group4(first + 4u, last, u, xu);
+    } else {
+        // Pairs of units while both are in the row (MV_UNITS = 2), then single units.
+        if (MV_UNITS > 1u) {
+            for (; u + WG < units; u += 2u * WG) {
+                let ua = x_unit(mode, u);
+                let ub = x_unit(mode, u + WG);
+                sq += ua.sq + ub.sq;
+                g0 += group4(first, last, u, ua) + group4(first, last, u + WG, ub);
+                if (ROW_GROUPS > 1u) {
+                    g1 += group4(first + 4u, last, u, ua) + group4(first + 4u, last, u + WG, ub);
+                }
+                if (ROW_GROUPS > 2u) {
+                    g2 += group4(first + 8u, last, u, ua) + group4(first + 8u, last, u + WG, ub);
+                    g3 += group4(first + 12u, last, u, ua) + group4(first + 12u, last, u + WG, ub);
+                }
+            }
         }
-        if (ROW_GROUPS > 2u) {
-            g2 += group4(first + 8u, last, u, xu);
-            g3 += group4(first + 12u, last, u, xu);
+        for (; u < units; u += WG) {
+            let xu = x_unit(mode, u);
+            sq += xu.sq;
+            g0 += group4(first, last, u, xu);
+            if (ROW_GROUPS > 1u) {
+                g1 += group4(first + 4u, last, u, xu);
+            }
+            if (ROW_GROUPS > 2u) {
+                g2 += group4(first + 8u, last, u, xu);
+                g3 += group4(first + 12u, last, u, xu);
+            }
         }
     }
     var scale = 1.0;
