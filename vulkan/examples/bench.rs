@@ -378,6 +378,11 @@ fn run(args: &Args) -> Result<(), VulkanError> {
             part.weight_bytes as f64 / 1048576.0
         );
     }
+    let dispatches = model.decode_dispatches(args.prompt);
+    println!(
+        "decode dispatches:  {dispatches} per step ({} layers)",
+        model.config().n_layer
+    );
     let vocab = model.config().vocab as u32;
     // The best of three: on a freshly started machine the first one can run before the
     // clocks have ramped up (seen on the H200: 1.7 TB/s once, 4.0 TB/s otherwise).
@@ -474,7 +479,7 @@ fn run(args: &Args) -> Result<(), VulkanError> {
     println!("bandwidth bound:    {bound:.1} tok/s");
     println!("decode / bound:     {:.1} %", 100.0 * decode / bound);
     println!(
-        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"devices\":{},\"layers_per_device\":{:?},\"bandwidth_gbs\":{:.1},\"weight_bytes\":{bytes},\"prefill_tps\":{prefill:.2},\"decode_tps\":{decode:.2},\"bound_tps\":{bound:.2},\"decode_pct_of_bound\":{:.1},\"cross_ms_per_decode_token\":{:.4},\"cross_ms_per_prompt_token\":{:.5},\"greedy_tokens\":{:?}}}",
+        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"devices\":{},\"layers_per_device\":{:?},\"bandwidth_gbs\":{:.1},\"weight_bytes\":{bytes},\"prefill_tps\":{prefill:.2},\"decode_tps\":{decode:.2},\"bound_tps\":{bound:.2},\"decode_pct_of_bound\":{:.1},\"cross_ms_per_decode_token\":{:.4},\"cross_ms_per_prompt_token\":{:.5},\"greedy_tokens\":{:?},\"decode_dispatches\":{dispatches}}}",
         args.model.display(),
         model.adapter_description().replace('"', "'"),
         map.len(),

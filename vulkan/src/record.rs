@@ -76,6 +76,7 @@ impl Timer {
 pub(crate) struct Recorder<'a, 'p> {
     pass: &'a mut wgpu::ComputePass<'p>,
     timer: Option<&'a mut Timer>,
+    dispatched: usize,
 }
 
 impl<'a, 'p> Recorder<'a, 'p> {
@@ -89,7 +90,16 @@ impl<'a, 'p> Recorder<'a, 'p> {
         if let Some(t) = timer.as_deref_mut() {
             t.mark(pass, start);
         }
-        Recorder { pass, timer }
+        Recorder {
+            pass,
+            timer,
+            dispatched: 0,
+        }
+    }
+
+    /// Dispatches recorded so far.
+    pub fn dispatched(&self) -> usize {
+        self.dispatched
     }
 
     /// Records one kernel launch named `label`.
@@ -104,6 +114,7 @@ impl<'a, 'p> Recorder<'a, 'p> {
         self.pass.set_bind_group(0, bind_group, &[]);
         self.pass
             .dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.dispatched += 1;
         if let Some(t) = self.timer.as_deref_mut() {
             t.mark(self.pass, label);
         }

@@ -645,14 +645,26 @@ impl<'a> GgufReader<'a> {
             }
             return Ok(vec![(GpuWeight::upload(gpu, label, ty, rows, k, &all)?, 0)]);
         }
-        let mut out = Vec::with_capacity(raws.len());
+        // Runs of one type are uploaded as one matrix (q|k of a Q4_K_M file whose v is Q6_K),
+        // so that the decode product can be one mixed dispatch over two weights.
+        let mut out: Vec<(GpuWeight, u32)> = Vec::with_capacity(raws.len());
         let mut offset = 0;
-        for (name, ty, rows, raw) in raws {
+        let mut i = 0;
+        while i < raws.len() {
+            let ty = raws[i].1;
+            let run = raws[i..].iter().take_while(|r| r.1 == ty).count();
+            let rows: usize = raws[i..i + run].iter().map(|r| r.2).sum();
+            let bytes: Vec<u8> = raws[i..i + run]
+                .iter()
+                .flat_map(|r| r.3.iter().copied())
+                .collect();
+            let name = if run == 1 { raws[i].0.as_str() } else { label };
             out.push((
-                GpuWeight::upload(gpu, name, ty, rows, k, raw)?,
+                GpuWeight::upload(gpu, name, ty, rows, k, &bytes)?,
                 offset as u32,
             ));
             offset += rows;
+            i += run;
         }
         Ok(out)
     }
@@ -1107,9 +1119,11 @@ impl LlamaModel {
                     Some((recorded, work)) if recorded == shape && logit_rows == 0 => {
                         stage.gpu.queue.submit([work]);
                     }
-                    _ => stage.record_pass(cfg, shape, logit_rows, true, None, |cb| {
-                        stage.gpu.queue.submit([cb]);
-                    }),
+                    _ => {
+                        stage.record_pass(cfg, shape, logit_rows, true, None, |cb| {
+                            stage.gpu.queue.submit([cb]);
+                        });
+                    }
                 }
                 stage.gpu.check("running the model")?;
                 if let Some(handoff) = &stage.handoff {
@@ -1207,6 +1221,21 @@ impl LlamaModel {
         self.cached[0] = pos + 1;
         let times = timer.read(&stage.gpu)?;
         Ok(Some((times, bytemuck::cast_slice(&bytes).to_vec())))
+    }
+
+    /// Dispatches (kernel launches) of one decode step of one sequence whose previous
+    /// tokens are `pos` positions, as recorded for the GPU (summed over the devices of a
+    /// split); nothing is run. For benchmarks.
+    pub fn decode_dispatches(&self, pos: usize) -> usize {
+        let shape = PassShape {
+            tokens: 1,
+            len: pos + 1,
+            logit_rows: 1,
+        };
+        self.stages
+            .iter()
+            .map(|stage| stage.record_pass(&self.cfg, shape, 0, false, None, drop))
+            .sum()
     }
 
     /// The errors of `forward_batch` for bad input, before anything is submitted.

@@ -337,43 +337,40 @@ impl Stage {
                                     norm_w: &wgpu::Buffer,
                                     epilogue: Epilogue<'_>|
              -> Result<Vec<MatmulOp>, VulkanError> {
-                parts
-                    .iter()
-                    .map(|(w, offset)| {
-                        let mode = MatmulMode {
-                            out_stride: stride as u32,
-                            out_offset: *offset,
-                            ..MatmulMode::default()
-                        };
-                        let (x, weight, eps) = (&hidden, norm_w, cfg.rms_eps);
-                        let fused = match epilogue {
-                            Epilogue::Rope(rope) => FusedInput::NormRope {
-                                x,
-                                weight,
-                                eps,
-                                rope,
-                            },
-                            Epilogue::Glu(act) => FusedInput::NormGlu {
-                                x,
-                                weight,
-                                eps,
-                                act,
-                            },
-                            Epilogue::None => FusedInput::Norm { x, weight, eps },
-                        };
-                        MatmulOp::new(
-                            &gpu,
-                            &kernels,
-                            label,
-                            w,
-                            &normed,
-                            y,
-                            &step,
-                            mode,
-                            Some(fused),
-                        )
-                    })
-                    .collect()
+                // One op over all parts: the decode product is one (mixed) dispatch where
+                // the parts allow it (see MatmulOp::new_parts).
+                let parts: Vec<(&GpuWeight, u32)> = parts.iter().map(|(w, o)| (w, *o)).collect();
+                let mode = MatmulMode {
+                    out_stride: stride as u32,
+                    ..MatmulMode::default()
+                };
+                let (x, weight, eps) = (&hidden, norm_w, cfg.rms_eps);
+                let fused = match epilogue {
+                    Epilogue::Rope(rope) => FusedInput::NormRope {
+                        x,
+                        weight,
+                        eps,
+                        rope,
+                    },
+                    Epilogue::Glu(act) => FusedInput::NormGlu {
+                        x,
+                        weight,
+                        eps,
+                        act,
+                    },
+                    Epilogue::None => FusedInput::Norm { x, weight, eps },
+                };
+                Ok(vec![MatmulOp::new_parts(
+                    &gpu,
+                    &kernels,
+                    label,
+                    &parts,
+                    &normed,
+                    y,
+                    &step,
+                    mode,
+                    Some(fused),
+                )?])
             };
             let kcache = gpu.storage(&format!("k cache {l}"), cache_bytes)?;
             let vcache = gpu.storage(&format!("v cache {l}"), cache_bytes)?;
@@ -411,8 +408,7 @@ impl Stage {
             let qkv_rope = !cfg.rope_neox
                 && qkv_bias.is_none()
                 && qk_norm.is_none()
-                && qkv_w.len() == 1
-                && qkv_w[0].0.pairs_in_chunks();
+                && crate::quant::one_decode_dispatch(&kernels, &qkv_w);
             let rope_buffers = RopeBuffers {
                 kcache: &kcache,
                 vcache: &vcache,
@@ -673,7 +669,8 @@ impl Stage {
         split: bool,
         mut timer: Option<&mut Timer>,
         mut sink: impl FnMut(wgpu::CommandBuffer),
-    ) {
+    ) -> usize {
+        let mut dispatched = 0;
         let n = shape.tokens;
         let read_logits = shape.logit_rows > 0;
         let decode = n == 1;
@@ -829,6 +826,7 @@ impl Stage {
                         head.output.record(&mut rec, rows, false);
                     }
                 }
+                dispatched += rec.dispatched();
             }
             if let (true, Some(handoff)) = (last, &self.handoff) {
                 let bytes = shape.tokens as u64 * c.n_embd as u64 * 4;
@@ -846,5 +844,6 @@ impl Stage {
             }
             sink(enc.finish());
         }
+        dispatched
     }
 }
