@@ -37,14 +37,17 @@ pub(crate) const TALL_MATVEC_ROWS: usize = 8192;
 /// FIRST_SUBMIT_LAYERS, so that the GPU starts early).
 pub(crate) const SUBMIT_LAYERS: usize = 16;
 pub(crate) const FIRST_SUBMIT_LAYERS: usize = 4;
-/// Whether the Q8_0 and Q4_0 decode products quantize x to int8 and use integer dot
-/// products (`MV_DP4A` in matmul.wgsl).
+/// Whether the Q8_0, Q4_0 and K-quant (Q4_K, Q5_K, Q6_K) decode products quantize x to int8
+/// and use integer dot products (`MV_DP4A` in matmul.wgsl).
 const DP4A: bool = true;
 /// Attention workgroups a step aims for: fewer leave a large GPU idle during attention.
 pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
 
 fn dp4a_type(ty: WeightType) -> bool {
-    matches!(ty, WeightType::Q8_0 | WeightType::Q4_0)
+    matches!(
+        ty,
+        WeightType::Q8_0 | WeightType::Q4_0 | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K
+    )
 }
 
 /// Environment variable that the binaries (the runner, the benchmark example, the tests)

@@ -320,7 +320,7 @@ var<private> mv_acc: array<f32, 16>;
 // own buffer `wb`/`w4b` and scales offset p.aux_b; mixed.wgsl and the renamed copy of that
 // type's functions). Other modules define unit_dot_b as unit_dot and never take that path.
 
-// Q8_0 and Q4_0 products (a pipeline constant, set for those types only): x is quantized
+// Q8_0, Q4_0, Q4_K, Q5_K and Q6_K products (a pipeline constant, set for those types only): x is quantized
 // to int8 per unit (scale = largest |x| / 127, round to nearest even) and each 4-weight
 // word is multiplied with integer dot products (dot4I8Packed, one DP4A instruction where
 // the device has VK_KHR_shader_integer_dot_product) instead of converting every weight to
@@ -337,6 +337,7 @@ struct XUnit {
     q: array<u32, 8>,
     qd: f32,
     qsum: i32,
+    qsum_lo: i32, // of the first 16 values (Q6_K has a scale per 16)
 }
 
 fn x_finish(v: array<vec4<f32>, 8>, sq: f32) -> XUnit {
@@ -360,8 +361,10 @@ fn x_finish(v: array<vec4<f32>, 8>, sq: f32) -> XUnit {
         let q7 = vec4<i32>(round(v[7] * inv));
         o.q = array<u32, 8>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3),
                             pack4xI8(q4), pack4xI8(q5), pack4xI8(q6), pack4xI8(q7));
-        let t = ((q0 + q1) + (q2 + q3)) + ((q4 + q5) + (q6 + q7));
+        let lo = (q0 + q1) + (q2 + q3);
+        let t = lo + ((q4 + q5) + (q6 + q7));
         o.qsum = (t.x + t.y) + (t.z + t.w);
+        o.qsum_lo = (lo.x + lo.y) + (lo.z + lo.w);
     }
     return o;
 }
