@@ -60,8 +60,8 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// (32-weight units each thread takes per loop iteration, `MV_UNITS` in matmul.wgsl),
 /// `tall=N` (the row count from which a matrix counts as tall), `checks=0|1` (1: compile
 /// every kernel with wgpu's runtime checks, to measure what they cost), `submit=N` (layers
-/// per submission after the first one, see `LlamaModel::record_pass`), `dp4a=0|1` (Q8_0
-/// and Q4_0 decode products with int8 activations and integer dot products, `MV_DP4A` in
+/// per submission after the first one, see `LlamaModel::record_pass`), `dp4a=0|1` (Q8_0,
+/// Q4_0 and K-quant decode products with int8 activations and integer dot products, `MV_DP4A` in
 /// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
 /// model.rs) and `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
 /// with the tiled product `matmul_tiled`, or every prompt batch with `matmul`, one row per
@@ -93,6 +93,11 @@ impl KernelTuning {
         attn_groups: ATTENTION_TARGET_GROUPS,
         tiled_prefill: true,
     };
+
+    /// These settings with int8 activations in the decode products on or off (`dp4a`).
+    pub fn with_dp4a(self, dp4a: bool) -> KernelTuning {
+        KernelTuning { dp4a, ..self }
+    }
 
     /// Whether the decode products of `ty` quantize x to int8 per 32 values (see `MV_DP4A`
     /// in matmul.wgsl); for tests, whose reference must do the same.
@@ -269,7 +274,7 @@ pub(crate) struct Kernels {
     /// The reduction functions and settings every module is built with.
     reduce: &'static str,
     tuning: KernelTuning,
-    /// Whether the Q8_0 and Q4_0 decode products quantize x (unless asked for exact input).
+    /// Whether the decode products of the int8 types quantize x (unless asked for exact input).
     dp4a: bool,
     attn_groups: usize,
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
