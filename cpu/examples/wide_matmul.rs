@@ -6,16 +6,17 @@
 //! #                                                        format rows cols m threads reps
 //! ```
 //!
-//! Prints the best and median wall time of `reps` products, the multiply-adds per
-//! second of the best and, with one thread, the CPU time of the calling thread per
-//! product (from `/proc/thread-self/schedstat`), which other processes on a shared
+//! Prints, for the K-quant prompt kernels with AVX-512 allowed and with only the
+//! 256-bit ones (alternated in up to 5 rounds of the `reps` products), the best and
+//! median wall time, the multiply-adds per second of the best and, with one thread,
+//! the CPU time of the calling thread per product (from `/proc/thread-self/schedstat`), which other processes on a shared
 //! machine disturb much less than the wall time. Compare two kernels in the same run
 //! of the machine, never against figures taken at another time.
 
 use std::time::Instant;
 
 use xpu_cpu::floats::FloatFormat;
-use xpu_cpu::kquants::KFormat;
+use xpu_cpu::kquants::{self, KFormat};
 use xpu_cpu::team::Team;
 use xpu_cpu::wide::{self, Activations, WideFormat, WideJob, WideMatrix};
 
@@ -75,34 +76,50 @@ fn main() {
     let team = Team::new(threads);
     let mut acts = Activations::default();
     let mut out = vec![0f32; m * rows];
-    let mut times = Vec::with_capacity(reps);
-    let cpu_before = thread_cpu_ns();
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        let job = WideJob {
-            weight,
-            out: &mut out,
-        };
-        wide::matmul(&team, &x, cols, m, &mut acts, &mut [job]);
-        times.push(t.elapsed().as_secs_f64());
+    // AVX-512 prompt tiles (where the CPU has them) and the 256-bit ones, alternated
+    // in rounds so that both see the same state of a shared machine.
+    let variants = [("avx512 allowed", true), ("256-bit only", false)];
+    let mut times = vec![Vec::with_capacity(reps); variants.len()];
+    let mut cpu_ns = vec![0u64; variants.len()];
+    let rounds = 5.min(reps.max(1));
+    for round in 0..rounds {
+        for (v, &(_, allowed)) in variants.iter().enumerate() {
+            kquants::allow_avx512(allowed);
+            let n = reps.max(1) / rounds + usize::from(round < reps.max(1) % rounds);
+            let cpu_before = thread_cpu_ns();
+            for _ in 0..n {
+                let t = Instant::now();
+                let job = WideJob {
+                    weight,
+                    out: &mut out,
+                };
+                wide::matmul(&team, &x, cols, m, &mut acts, &mut [job]);
+                times[v].push(t.elapsed().as_secs_f64());
+            }
+            if let (Some(a), Some(b)) = (cpu_before, thread_cpu_ns()) {
+                cpu_ns[v] += b - a;
+            }
+        }
     }
-    let cpu_per_product = match (cpu_before, thread_cpu_ns()) {
-        (Some(a), Some(b)) if threads == 1 => {
+    for (v, (name, _)) in variants.iter().enumerate() {
+        let times = &mut times[v];
+        let cpu_per_product = if threads == 1 && cpu_ns[v] > 0 {
             format!(
                 ", {:.3} ms CPU each",
-                (b - a) as f64 / 1e6 / reps.max(1) as f64
+                cpu_ns[v] as f64 / 1e6 / times.len() as f64
             )
-        }
-        _ => String::new(),
-    };
-    times.sort_by(f64::total_cmp);
-    let best = times[0];
-    println!(
-        "{format:?} {rows}x{cols}, m={m}, {threads} thread(s): best {:.3} ms, median {:.3} ms, {:.1} G multiply-adds/s{cpu_per_product}",
-        best * 1e3,
-        times[times.len() / 2] * 1e3,
-        (rows * cols * m) as f64 / best / 1e9
-    );
+        } else {
+            String::new()
+        };
+        times.sort_by(f64::total_cmp);
+        let best = times[0];
+        println!(
+            "{format:?} {rows}x{cols}, m={m}, {threads} thread(s), {name}: best {:.3} ms, median {:.3} ms, {:.1} G multiply-adds/s{cpu_per_product}",
+            best * 1e3,
+            times[times.len() / 2] * 1e3,
+            (rows * cols * m) as f64 / best / 1e9
+        );
+    }
 }
 
 /// Nanoseconds this thread has run on a CPU (Linux), if readable.

@@ -7,6 +7,8 @@
 //! AVX2 kernels follow `ggml_vec_dot_q{4,5,6}_K_q8_K`'s AVX2 code (the portable ones
 //! its generic code), so that each super-block's float steps are the same.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 /// Weights per super-block.
 pub const QK_K: usize = 256;
 
@@ -227,6 +229,33 @@ pub fn dot(format: KFormat, w: &[u8], x: &[BlockQ8K], avx2: bool) -> f32 {
 /// Activation rows that share one pass over a weight row in [`dot_rows`].
 pub const ROW_TILE: usize = 4;
 
+/// Whether [`dot_rows`] may use the 512-bit kernels (see [`allow_avx512`]).
+static AVX512_ALLOWED: AtomicBool = AtomicBool::new(true);
+
+/// Lets [`dot_rows`] use its AVX-512 kernels where the CPU has them (the default), or
+/// keeps it on the 256-bit ones, so that benchmarks can compare both in one process.
+/// The results are the same bits either way.
+pub fn allow_avx512(allowed: bool) {
+    AVX512_ALLOWED.store(allowed, Ordering::Relaxed);
+}
+
+/// Whether the Q4_K/Q6_K prompt tiles run on AVX-512 (F, BW and VNNI; only where
+/// AVX2, FMA and F16C were found too, which their float steps use).
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        AVX512_ALLOWED.load(Ordering::Relaxed)
+            && super::kernels::has_avx2()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// One weight row · [`ROW_TILE`] activation rows: `out[r] = dot(format, w, x[r])`,
 /// bit for bit, but each super-block's scales and quants are unpacked once for all
 /// rows (prefill). `avx2` as for [`dot`].
@@ -240,9 +269,12 @@ pub fn dot_rows(
     debug_assert!(x.iter().all(|x| w.len() == x.len() * format.block_bytes()));
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: as in `dot`; every activation row holds one block per super-block.
+        // SAFETY: as in `dot`; every activation row holds one block per super-block;
+        // `has_avx512` checks AVX-512 F, BW and VNNI.
         return unsafe {
-            if super::kernels::has_vnni() {
+            if format != KFormat::Q5K && has_avx512() {
+                x86::dot_rows_avx512(format, w, x)
+            } else if super::kernels::has_vnni() {
                 x86::dot_rows_vnni(format, w, x)
             } else {
                 x86::dot_rows_avx2(format, w, x)
@@ -743,6 +775,176 @@ mod x86 {
         }
         acc.map(|a| hsum(a))
     }
+
+    /// One weight row · [`super::ROW_TILE`] activation rows on 512-bit registers: two
+    /// sub-blocks per multiply. Each super-block's 16 integer lanes are folded to the 8
+    /// lanes of the 256-bit kernels before the float steps, which are theirs, so the
+    /// results are the same bits as [`dot_rows_avx2`].
+    ///
+    /// # Safety
+    /// As for [`dot_rows_avx2`], and the CPU has AVX-512 F, BW and VNNI; `format` is
+    /// Q4_K or Q6_K.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_rows_avx512(
+        format: super::KFormat,
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        match format {
+            super::KFormat::Q4K => dot_rows_q4k_512(w, x),
+            super::KFormat::Q6K => dot_rows_q6k_512(w, x),
+            super::KFormat::Q5K => unreachable!("Q5_K has no 512-bit kernel"),
+        }
+    }
+
+    /// The 8 lanes of the 256-bit kernels' integer sums: the two halves added.
+    #[inline(always)]
+    unsafe fn fold(v: __m512i) -> __m256i {
+        _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
+    }
+
+    /// `lo` in the low 256 bits, `hi` in the high.
+    #[inline(always)]
+    unsafe fn halves(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+    }
+
+    /// Q4_K against [`super::ROW_TILE`] rows: per 32 bytes of quants, the low nibbles
+    /// (sub-block 2j) in the low half of a register and the high nibbles (2j + 1) in the
+    /// high half, against the 64 activations they multiply, in order.
+    #[inline(always)]
+    unsafe fn dot_rows_q4k_512(
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        const R: usize = super::ROW_TILE;
+        let m4 = _mm512_set1_epi8(0x0F);
+        let nibble_shift = halves(_mm256_setzero_si256(), _mm256_set1_epi16(4));
+        // Picks the 16-bit scale of sub-block 2j (low half) and 2j + 1 (high half).
+        let pick = |k: usize| _mm256_set1_epi16(i16::from_le_bytes([2 * k as u8, 2 * k as u8 + 1]));
+        let picks: [__m512i; 4] = std::array::from_fn(|j| halves(pick(2 * j), pick(2 * j + 1)));
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc_m = [_mm256_setzero_ps(); R / 2];
+        for i in 0..x[0].len() {
+            let b = w.as_ptr().add(i * 144);
+            let (dw, dminw) = (f16(b), f16(b.add(2)));
+            let (scales, mins) = unpack_scales(b);
+            let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales));
+            let xb: [&BlockQ8K; R] = std::array::from_fn(|r| x[r].get_unchecked(i));
+            let mut sumi = [_mm512_setzero_si512(); R];
+            for (j, &pick) in picks.iter().enumerate() {
+                let bytes = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    b.add(16 + 32 * j) as *const __m256i
+                ));
+                let q = _mm512_and_si512(_mm512_srlv_epi16(bytes, nibble_shift), m4);
+                let scale = _mm512_shuffle_epi8(scales, pick);
+                for (sumi, xb) in sumi.iter_mut().zip(xb) {
+                    let q8 = _mm512_loadu_si512(xb.qs.as_ptr().add(64 * j) as *const __m512i);
+                    *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, q8));
+                }
+            }
+            let mins = _mm256_set_m128i(mins, mins);
+            for p in 0..R / 2 {
+                let (x0, x1) = (xb[2 * p], xb[2 * p + 1]);
+                let q8s = _mm256_set_m128i(
+                    _mm_loadu_si128(x1.pair_sums.as_ptr() as *const __m128i),
+                    _mm_loadu_si128(x0.pair_sums.as_ptr() as *const __m128i),
+                );
+                let dmin = _mm256_set_m128(_mm_set1_ps(-x1.d * dminw), _mm_set1_ps(-x0.d * dminw));
+                let prod = _mm256_madd_epi16(mins, q8s);
+                acc_m[p] = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod), acc_m[p]);
+            }
+            for r in 0..R {
+                let d = _mm256_set1_ps(xb[r].d * dw);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(fold(sumi[r])), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| {
+            let m = acc_m[r / 2];
+            let m = if r % 2 == 0 {
+                _mm256_castps256_ps128(m)
+            } else {
+                _mm256_extractf128_ps(m, 1)
+            };
+            hsum(acc[r]) + hsum4(m)
+        })
+    }
+
+    /// Picks Q6_K scale `first + lane / 8` for each 16-bit lane of a 512-bit register
+    /// (a scale covers 16 weights: 8 lanes of pair products).
+    const fn q6k_scale_index(first: i16) -> [i16; 32] {
+        let mut out = [0i16; 32];
+        let mut lane = 0;
+        while lane < 32 {
+            out[lane] = first + lane as i16 / 8;
+            lane += 1;
+        }
+        out
+    }
+
+    const Q6K_SCALE_INDEX: [[i16; 32]; 4] = [
+        q6k_scale_index(0),
+        q6k_scale_index(4),
+        q6k_scale_index(8),
+        q6k_scale_index(12),
+    ];
+
+    /// Q6_K against [`super::ROW_TILE`] rows: per 128 weights, one register of the
+    /// first 64 (low nibbles of the 64 `ql` bytes with high bits 0-1 and 2-3 of `qh`)
+    /// and one of the last 64 (high nibbles, bits 4-5 and 6-7), in element order.
+    #[inline(always)]
+    unsafe fn dot_rows_q6k_512(
+        w: &[u8],
+        x: [&[BlockQ8K]; super::ROW_TILE],
+    ) -> [f32; super::ROW_TILE] {
+        const R: usize = super::ROW_TILE;
+        let (m3, m15) = (_mm512_set1_epi8(3), _mm512_set1_epi8(15));
+        let shift = |lo: i16, hi: i16| halves(_mm256_set1_epi16(lo), _mm256_set1_epi16(hi));
+        let (first_bits, last_bits) = (shift(0, 2), shift(4, 6));
+        let index: [__m512i; 4] = std::array::from_fn(|k| {
+            _mm512_loadu_si512(Q6K_SCALE_INDEX[k].as_ptr() as *const __m512i)
+        });
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..x[0].len() {
+            let b = w.as_ptr().add(i * 210);
+            let dw = f16(b.add(208));
+            let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+            let scales = _mm512_zextsi256_si512(scales16);
+            let mut sumi = [_mm512_setzero_si512(); R];
+            for j in 0..QK_K / 128 {
+                let ql = _mm512_loadu_si512(b.add(64 * j) as *const __m512i);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    b.add(128 + 32 * j) as *const __m256i
+                ));
+                let high = |s: __m512i| {
+                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, s), m3), 4)
+                };
+                let q = [
+                    _mm512_or_si512(_mm512_and_si512(ql, m15), high(first_bits)),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16(ql, 4), m15),
+                        high(last_bits),
+                    ),
+                ];
+                for (h, &q) in q.iter().enumerate() {
+                    let scale = _mm512_permutexvar_epi16(index[2 * j + h], scales);
+                    for (r, sumi) in sumi.iter_mut().enumerate() {
+                        let q8 = x[r].get_unchecked(i).qs.as_ptr().add(128 * j + 64 * h);
+                        let qx = _mm512_loadu_si512(q8 as *const __m512i);
+                        *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, qx));
+                    }
+                }
+            }
+            for r in 0..R {
+                let xb = x[r].get_unchecked(i);
+                let q8sums = _mm256_loadu_si256(xb.bsums.as_ptr() as *const __m256i);
+                let offset = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, scales16), 5);
+                let s = _mm256_sub_epi32(fold(sumi[r]), offset);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb.d * dw), _mm256_cvtepi32_ps(s), acc[r]);
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -800,6 +1002,62 @@ mod tests {
             assert_eq!(bits(plain), bits(vnni), "{format:?} single rows");
             assert_eq!(bits(plain), bits(plain_rows), "{format:?} AVX2 tile");
             assert_eq!(bits(plain), bits(vnni_rows), "{format:?} VNNI tile");
+        }
+    }
+
+    /// The AVX-512 prompt tiles give the AVX2 kernels' bits, on random quants and
+    /// scales (negative Q6_K scales included) and activations of both signs.
+    #[test]
+    fn avx512_tiles_are_bit_identical_to_avx2() {
+        if !has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512 F, BW and VNNI");
+            return;
+        }
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let blocks = 6;
+        for format in [KFormat::Q4K, KFormat::Q6K] {
+            for _ in 0..20 {
+                let mut w: Vec<u8> = (0..blocks * format.block_bytes())
+                    .map(|_| next() as u8)
+                    .collect();
+                for b in w.chunks_exact_mut(format.block_bytes()) {
+                    let mut scale =
+                        || half::f16::from_f32((next() % 1000) as f32 * 1e-5).to_le_bytes();
+                    match format {
+                        KFormat::Q4K | KFormat::Q5K => {
+                            b[0..2].copy_from_slice(&scale());
+                            b[2..4].copy_from_slice(&scale());
+                        }
+                        KFormat::Q6K => b[208..210].copy_from_slice(&scale()),
+                    }
+                }
+                let x: Vec<f32> = (0..ROW_TILE * blocks * QK_K)
+                    .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                    .collect();
+                let mut q = vec![BlockQ8K::default(); ROW_TILE * blocks];
+                quantize_row(&x, &mut q);
+                let rows: [&[BlockQ8K]; ROW_TILE] =
+                    std::array::from_fn(|r| &q[r * blocks..(r + 1) * blocks]);
+                // SAFETY: AVX2, FMA, F16C and AVX-512 F, BW and VNNI were detected;
+                // every row holds one block per super-block of `w`.
+                let (single, tile) = unsafe {
+                    (
+                        rows.map(|x| x86::dot_avx2(format, &w, x)),
+                        x86::dot_rows_avx512(format, &w, rows),
+                    )
+                };
+                assert_eq!(
+                    single.map(f32::to_bits),
+                    tile.map(f32::to_bits),
+                    "{format:?}: {single:?} vs {tile:?}"
+                );
+            }
         }
     }
 }
