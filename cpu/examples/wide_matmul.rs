@@ -79,6 +79,10 @@ fn main() {
     // AVX-512 prompt tiles (where the CPU has them) and the 256-bit ones, alternated
     // in rounds so that both see the same state of a shared machine.
     let variants = [("avx512 allowed", true), ("256-bit only", false)];
+    let variants: Vec<_> = variants
+        .into_iter()
+        .filter(|v| std::env::var("ONLY").map_or(true, |o| o == v.0))
+        .collect();
     let mut times = vec![Vec::with_capacity(reps); variants.len()];
     let mut cpu_ns = vec![0u64; variants.len()];
     let rounds = 5.min(reps.max(1));

@@ -229,6 +229,76 @@ pub fn dot(format: KFormat, w: &[u8], x: &[BlockQ8K], avx2: bool) -> f32 {
 /// Activation rows that share one pass over a weight row in [`dot_rows`].
 pub const ROW_TILE: usize = 4;
 
+/// Activation rows that share one pass over a weight row in [`dot_rows_wide`].
+pub const WIDE_ROW_TILE: usize = 8;
+
+/// One super-block of two activation rows (`2p` and `2p + 1` of a
+/// [`WIDE_ROW_TILE`]), side by side as the AVX-512 kernels' float steps read them:
+/// made once per product by [`pair_blocks`] instead of once per weight row.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub struct PairBlock {
+    /// The first row's scale in lanes 0..8, the second's in 8..16.
+    d: [f32; 16],
+    /// Minus each scale, in 4 lanes each (the Q4_K minimums' factor).
+    neg_d: [f32; 8],
+    /// Each row's [`BlockQ8K::pair_sums`] (Q4_K).
+    pair_sums: [i16; 16],
+    /// Each row's [`BlockQ8K::bsums`] (Q6_K).
+    bsums: [i16; 32],
+}
+
+/// Appends the [`PairBlock`]s of the rows `x` to `out`: super-block by super-block,
+/// pair by pair, as [`dot_rows_wide`] reads them.
+pub fn pair_blocks(x: [&[BlockQ8K]; WIDE_ROW_TILE], out: &mut Vec<PairBlock>) {
+    for i in 0..x[0].len() {
+        for pair in x.chunks_exact(2) {
+            let (a, b) = (&pair[0][i], &pair[1][i]);
+            let mut block = PairBlock::default();
+            block.d[..8].fill(a.d);
+            block.d[8..].fill(b.d);
+            block.neg_d[..4].fill(-a.d);
+            block.neg_d[4..].fill(-b.d);
+            block.pair_sums[..8].copy_from_slice(&a.pair_sums);
+            block.pair_sums[8..].copy_from_slice(&b.pair_sums);
+            block.bsums[..16].copy_from_slice(&a.bsums);
+            block.bsums[16..].copy_from_slice(&b.bsums);
+            out.push(block);
+        }
+    }
+}
+
+/// Whether [`dot_rows_wide`] runs its own kernel for `format` on this CPU (else it
+/// is two [`dot_rows`]).
+pub fn has_wide_tile(format: KFormat) -> bool {
+    format != KFormat::Q5K && has_avx512()
+}
+
+/// One weight row · [`WIDE_ROW_TILE`] activation rows, `pairs` their
+/// [`pair_blocks`]: `out[r] = dot(format, w, x[r])`, bit for bit, on AVX-512 where
+/// [`has_wide_tile`]. `avx2` as for [`dot`].
+#[inline]
+pub fn dot_rows_wide(
+    format: KFormat,
+    w: &[u8],
+    x: [&[BlockQ8K]; WIDE_ROW_TILE],
+    pairs: &[PairBlock],
+    avx2: bool,
+) -> [f32; WIDE_ROW_TILE] {
+    debug_assert!(x.iter().all(|x| w.len() == x.len() * format.block_bytes()));
+    assert_eq!(pairs.len(), x[0].len() * WIDE_ROW_TILE / 2, "pair blocks");
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && has_wide_tile(format) {
+        // SAFETY: `avx2` comes from `has_avx2` and `has_wide_tile` checked AVX-512
+        // F, BW and VNNI and the format; every row holds one block per super-block,
+        // and `pairs` one block per super-block and pair (asserted above).
+        return unsafe { x86::dot_rows8_avx512(format, w, x, pairs) };
+    }
+    let first = dot_rows(format, w, [x[0], x[1], x[2], x[3]], avx2);
+    let second = dot_rows(format, w, [x[4], x[5], x[6], x[7]], avx2);
+    std::array::from_fn(|r| if r < 4 { first[r] } else { second[r - 4] })
+}
+
 /// Whether [`dot_rows`] may use the 512-bit kernels (see [`allow_avx512`]).
 static AVX512_ALLOWED: AtomicBool = AtomicBool::new(true);
 
@@ -699,15 +769,11 @@ mod x86 {
                 acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
             }
         }
-        std::array::from_fn(|r| {
-            let m = acc_m[r / 2];
-            let m = if r % 2 == 0 {
-                _mm256_castps256_ps128(m)
-            } else {
-                _mm256_extractf128_ps(m, 1)
-            };
-            hsum(acc[r]) + hsum4(m)
-        })
+        let mut out = [0f32; R];
+        for (r, out) in out.iter_mut().enumerate() {
+            *out = hsum(acc[r]) + hsum4(half_of_128(acc_m[r / 2], r));
+        }
+        out
     }
 
     /// Q5_K against [`super::ROW_TILE`] rows, per row the float steps of [`dot_q5k`].
@@ -737,7 +803,11 @@ mod x86 {
                 acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
             }
         }
-        std::array::from_fn(|r| hsum(acc[r]) + summs[r])
+        let mut out = [0f32; R];
+        for (r, out) in out.iter_mut().enumerate() {
+            *out = hsum(acc[r]) + summs[r];
+        }
+        out
     }
 
     /// Q6_K against [`super::ROW_TILE`] rows, per row the float steps of [`dot_q6k`].
@@ -773,7 +843,11 @@ mod x86 {
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb.d * dw), _mm256_cvtepi32_ps(s), acc[r]);
             }
         }
-        acc.map(|a| hsum(a))
+        let mut out = [0f32; R];
+        for (out, &acc) in out.iter_mut().zip(&acc) {
+            *out = hsum(acc);
+        }
+        out
     }
 
     /// One weight row · [`super::ROW_TILE`] activation rows on 512-bit registers: two
@@ -803,6 +877,32 @@ mod x86 {
         _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
     }
 
+    /// The low (`r` even) or high 128 bits of `v`.
+    #[inline(always)]
+    unsafe fn half_of_128(v: __m256, r: usize) -> __m128 {
+        if r % 2 == 0 {
+            _mm256_castps256_ps128(v)
+        } else {
+            _mm256_extractf128_ps(v, 1)
+        }
+    }
+
+    /// Shuffle control picking the 16-bit scale of Q4_K sub-block `2j` into every lane
+    /// of the low 256 bits and that of `2j + 1` into the high 256 bits.
+    #[inline(always)]
+    unsafe fn q4k_scale_pick(j: usize) -> __m512i {
+        let pick = |k: u8| i16::from_le_bytes([2 * k, 2 * k + 1]);
+        let k = 2 * j as u8;
+        halves(_mm256_set1_epi16(pick(k)), _mm256_set1_epi16(pick(k + 1)))
+    }
+
+    /// Q6_K's 2-bit high parts at bits `shift` of each `qh` byte (per 16-bit lane),
+    /// moved to bits 4-5.
+    #[inline(always)]
+    unsafe fn q6k_high(qh: __m512i, shift: __m512i, m3: __m512i) -> __m512i {
+        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift), m3), 4)
+    }
+
     /// `lo` in the low 256 bits, `hi` in the high.
     #[inline(always)]
     unsafe fn halves(lo: __m256i, hi: __m256i) -> __m512i {
@@ -821,8 +921,12 @@ mod x86 {
         let m4 = _mm512_set1_epi8(0x0F);
         let nibble_shift = halves(_mm256_setzero_si256(), _mm256_set1_epi16(4));
         // Picks the 16-bit scale of sub-block 2j (low half) and 2j + 1 (high half).
-        let pick = |k: usize| _mm256_set1_epi16(i16::from_le_bytes([2 * k as u8, 2 * k as u8 + 1]));
-        let picks: [__m512i; 4] = std::array::from_fn(|j| halves(pick(2 * j), pick(2 * j + 1)));
+        let picks = [
+            q4k_scale_pick(0),
+            q4k_scale_pick(1),
+            q4k_scale_pick(2),
+            q4k_scale_pick(3),
+        ];
         let mut acc = [_mm256_setzero_ps(); R];
         let mut acc_m = [_mm256_setzero_ps(); R / 2];
         for i in 0..x[0].len() {
@@ -859,15 +963,165 @@ mod x86 {
                 acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(fold(sumi[r])), acc[r]);
             }
         }
-        std::array::from_fn(|r| {
-            let m = acc_m[r / 2];
-            let m = if r % 2 == 0 {
-                _mm256_castps256_ps128(m)
-            } else {
-                _mm256_extractf128_ps(m, 1)
-            };
-            hsum(acc[r]) + hsum4(m)
-        })
+        let mut out = [0f32; R];
+        for (r, out) in out.iter_mut().enumerate() {
+            *out = hsum(acc[r]) + hsum4(half_of_128(acc_m[r / 2], r));
+        }
+        out
+    }
+
+    /// Rows `2p` and `2p + 1` of a wide tile: [`fold`] of each, side by side.
+    #[inline(always)]
+    unsafe fn fold_pair(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0x44>(a, b),
+            _mm512_shuffle_i64x2::<0xEE>(a, b),
+        )
+    }
+
+    /// The low (`r` even) or high 256 bits of a pair's float accumulator.
+    #[inline(always)]
+    unsafe fn half_of(v: __m512, r: usize) -> __m256 {
+        if r % 2 == 0 {
+            _mm512_castps512_ps256(v)
+        } else {
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+        }
+    }
+
+    /// One weight row · [`super::WIDE_ROW_TILE`] activation rows: the integer sums of
+    /// [`dot_rows_avx512`], and per pair of rows the float steps of two rows of the
+    /// 256-bit kernels in one 512-bit register (the same operations lane by lane).
+    ///
+    /// # Safety
+    /// As for [`dot_rows_avx512`]; `pairs` holds one [`super::PairBlock`] per
+    /// super-block and pair of rows.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dot_rows8_avx512(
+        format: super::KFormat,
+        w: &[u8],
+        x: [&[BlockQ8K]; super::WIDE_ROW_TILE],
+        pairs: &[super::PairBlock],
+    ) -> [f32; super::WIDE_ROW_TILE] {
+        match format {
+            super::KFormat::Q4K => dot_rows8_q4k(w, x, pairs),
+            super::KFormat::Q6K => dot_rows8_q6k(w, x, pairs),
+            super::KFormat::Q5K => unreachable!("Q5_K has no 512-bit kernel"),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_rows8_q4k(
+        w: &[u8],
+        x: [&[BlockQ8K]; super::WIDE_ROW_TILE],
+        pairs: &[super::PairBlock],
+    ) -> [f32; super::WIDE_ROW_TILE] {
+        const R: usize = super::WIDE_ROW_TILE;
+        const P: usize = R / 2;
+        let m4 = _mm512_set1_epi8(0x0F);
+        let nibble_shift = halves(_mm256_setzero_si256(), _mm256_set1_epi16(4));
+        let picks = [
+            q4k_scale_pick(0),
+            q4k_scale_pick(1),
+            q4k_scale_pick(2),
+            q4k_scale_pick(3),
+        ];
+        let mut acc = [_mm512_setzero_ps(); P];
+        let mut acc_m = [_mm256_setzero_ps(); P];
+        for i in 0..x[0].len() {
+            let b = w.as_ptr().add(i * 144);
+            let (dw, dminw) = (f16(b), f16(b.add(2)));
+            let (scales, mins) = unpack_scales(b);
+            let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales));
+            let mut sumi = [_mm512_setzero_si512(); R];
+            for (j, &pick) in picks.iter().enumerate() {
+                let bytes = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    b.add(16 + 32 * j) as *const __m256i
+                ));
+                let q = _mm512_and_si512(_mm512_srlv_epi16(bytes, nibble_shift), m4);
+                let scale = _mm512_shuffle_epi8(scales, pick);
+                for (r, sumi) in sumi.iter_mut().enumerate() {
+                    let q8 = x[r].get_unchecked(i).qs.as_ptr().add(64 * j);
+                    let q8 = _mm512_loadu_si512(q8 as *const __m512i);
+                    *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, q8));
+                }
+            }
+            let mins = _mm256_set_m128i(mins, mins);
+            let (dw, dminw) = (_mm512_set1_ps(dw), _mm256_set1_ps(dminw));
+            for p in 0..P {
+                let pb = pairs.get_unchecked(i * P + p);
+                let q8s = _mm256_load_si256(pb.pair_sums.as_ptr() as *const __m256i);
+                let dmin = _mm256_mul_ps(_mm256_load_ps(pb.neg_d.as_ptr()), dminw);
+                let prod = _mm256_madd_epi16(mins, q8s);
+                acc_m[p] = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod), acc_m[p]);
+                let s = fold_pair(sumi[2 * p], sumi[2 * p + 1]);
+                let d = _mm512_mul_ps(_mm512_load_ps(pb.d.as_ptr()), dw);
+                acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[p]);
+            }
+        }
+        let mut out = [0f32; R];
+        for (r, out) in out.iter_mut().enumerate() {
+            *out = hsum(half_of(acc[r / 2], r)) + hsum4(half_of_128(acc_m[r / 2], r));
+        }
+        out
+    }
+
+    #[inline(always)]
+    unsafe fn dot_rows8_q6k(
+        w: &[u8],
+        x: [&[BlockQ8K]; super::WIDE_ROW_TILE],
+        pairs: &[super::PairBlock],
+    ) -> [f32; super::WIDE_ROW_TILE] {
+        const R: usize = super::WIDE_ROW_TILE;
+        const P: usize = R / 2;
+        let (m3, m15) = (_mm512_set1_epi8(3), _mm512_set1_epi8(15));
+        let first_bits = halves(_mm256_set1_epi16(0), _mm256_set1_epi16(2));
+        let last_bits = halves(_mm256_set1_epi16(4), _mm256_set1_epi16(6));
+        let index = &Q6K_SCALE_INDEX;
+        let mut acc = [_mm512_setzero_ps(); P];
+        for i in 0..x[0].len() {
+            let b = w.as_ptr().add(i * 210);
+            let dw = _mm512_set1_ps(f16(b.add(208)));
+            let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+            let scales = _mm512_zextsi256_si512(scales16);
+            let scales_twice = halves(scales16, scales16);
+            let mut sumi = [_mm512_setzero_si512(); R];
+            for j in 0..QK_K / 128 {
+                let ql = _mm512_loadu_si512(b.add(64 * j) as *const __m512i);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    b.add(128 + 32 * j) as *const __m256i
+                ));
+                let q = [
+                    _mm512_or_si512(_mm512_and_si512(ql, m15), q6k_high(qh, first_bits, m3)),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16(ql, 4), m15),
+                        q6k_high(qh, last_bits, m3),
+                    ),
+                ];
+                for (h, &q) in q.iter().enumerate() {
+                    let index = _mm512_loadu_si512(index[2 * j + h].as_ptr() as *const __m512i);
+                    let scale = _mm512_permutexvar_epi16(index, scales);
+                    for (r, sumi) in sumi.iter_mut().enumerate() {
+                        let q8 = x[r].get_unchecked(i).qs.as_ptr().add(128 * j + 64 * h);
+                        let qx = _mm512_loadu_si512(q8 as *const __m512i);
+                        *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, qx));
+                    }
+                }
+            }
+            for p in 0..P {
+                let pb = pairs.get_unchecked(i * P + p);
+                let q8sums = _mm512_load_si512(pb.bsums.as_ptr() as *const __m512i);
+                let offset = _mm512_slli_epi32(_mm512_madd_epi16(q8sums, scales_twice), 5);
+                let s = _mm512_sub_epi32(fold_pair(sumi[2 * p], sumi[2 * p + 1]), offset);
+                let d = _mm512_mul_ps(_mm512_load_ps(pb.d.as_ptr()), dw);
+                acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[p]);
+            }
+        }
+        let mut out = [0f32; R];
+        for (r, out) in out.iter_mut().enumerate() {
+            *out = hsum(half_of(acc[r / 2], r));
+        }
+        out
     }
 
     /// Picks Q6_K scale `first + lane / 8` for each 16-bit lane of a 512-bit register
@@ -882,7 +1136,7 @@ mod x86 {
         out
     }
 
-    const Q6K_SCALE_INDEX: [[i16; 32]; 4] = [
+    static Q6K_SCALE_INDEX: [[i16; 32]; 4] = [
         q6k_scale_index(0),
         q6k_scale_index(4),
         q6k_scale_index(8),
@@ -899,11 +1153,9 @@ mod x86 {
     ) -> [f32; super::ROW_TILE] {
         const R: usize = super::ROW_TILE;
         let (m3, m15) = (_mm512_set1_epi8(3), _mm512_set1_epi8(15));
-        let shift = |lo: i16, hi: i16| halves(_mm256_set1_epi16(lo), _mm256_set1_epi16(hi));
-        let (first_bits, last_bits) = (shift(0, 2), shift(4, 6));
-        let index: [__m512i; 4] = std::array::from_fn(|k| {
-            _mm512_loadu_si512(Q6K_SCALE_INDEX[k].as_ptr() as *const __m512i)
-        });
+        let first_bits = halves(_mm256_set1_epi16(0), _mm256_set1_epi16(2));
+        let last_bits = halves(_mm256_set1_epi16(4), _mm256_set1_epi16(6));
+        let index = &Q6K_SCALE_INDEX;
         let mut acc = [_mm256_setzero_ps(); R];
         for i in 0..x[0].len() {
             let b = w.as_ptr().add(i * 210);
@@ -916,18 +1168,16 @@ mod x86 {
                 let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                     b.add(128 + 32 * j) as *const __m256i
                 ));
-                let high = |s: __m512i| {
-                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, s), m3), 4)
-                };
                 let q = [
-                    _mm512_or_si512(_mm512_and_si512(ql, m15), high(first_bits)),
+                    _mm512_or_si512(_mm512_and_si512(ql, m15), q6k_high(qh, first_bits, m3)),
                     _mm512_or_si512(
                         _mm512_and_si512(_mm512_srli_epi16(ql, 4), m15),
-                        high(last_bits),
+                        q6k_high(qh, last_bits, m3),
                     ),
                 ];
                 for (h, &q) in q.iter().enumerate() {
-                    let scale = _mm512_permutexvar_epi16(index[2 * j + h], scales);
+                    let index = _mm512_loadu_si512(index[2 * j + h].as_ptr() as *const __m512i);
+                    let scale = _mm512_permutexvar_epi16(index, scales);
                     for (r, sumi) in sumi.iter_mut().enumerate() {
                         let q8 = x[r].get_unchecked(i).qs.as_ptr().add(128 * j + 64 * h);
                         let qx = _mm512_loadu_si512(q8 as *const __m512i);
@@ -943,7 +1193,11 @@ mod x86 {
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb.d * dw), _mm256_cvtepi32_ps(s), acc[r]);
             }
         }
-        acc.map(|a| hsum(a))
+        let mut out = [0f32; R];
+        for (out, &acc) in out.iter_mut().zip(&acc) {
+            *out = hsum(acc);
+        }
+        out
     }
 }
 
@@ -1052,6 +1306,59 @@ mod tests {
                         x86::dot_rows_avx512(format, &w, rows),
                     )
                 };
+                assert_eq!(
+                    single.map(f32::to_bits),
+                    tile.map(f32::to_bits),
+                    "{format:?}: {single:?} vs {tile:?}"
+                );
+            }
+        }
+    }
+
+    /// The eight-row AVX-512 tiles give the AVX2 kernels' bits too.
+    #[test]
+    fn wide_tiles_are_bit_identical_to_avx2() {
+        if !has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512 F, BW and VNNI");
+            return;
+        }
+        let mut seed = 13u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let blocks = 5;
+        for format in [KFormat::Q4K, KFormat::Q6K] {
+            for _ in 0..20 {
+                let mut w: Vec<u8> = (0..blocks * format.block_bytes())
+                    .map(|_| next() as u8)
+                    .collect();
+                for b in w.chunks_exact_mut(format.block_bytes()) {
+                    let mut scale =
+                        || half::f16::from_f32((next() % 1000) as f32 * 1e-5).to_le_bytes();
+                    match format {
+                        KFormat::Q4K | KFormat::Q5K => {
+                            b[0..2].copy_from_slice(&scale());
+                            b[2..4].copy_from_slice(&scale());
+                        }
+                        KFormat::Q6K => b[208..210].copy_from_slice(&scale()),
+                    }
+                }
+                let x: Vec<f32> = (0..WIDE_ROW_TILE * blocks * QK_K)
+                    .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                    .collect();
+                let mut q = vec![BlockQ8K::default(); WIDE_ROW_TILE * blocks];
+                quantize_row(&x, &mut q);
+                let rows: [&[BlockQ8K]; WIDE_ROW_TILE] =
+                    std::array::from_fn(|r| &q[r * blocks..(r + 1) * blocks]);
+                let mut pairs = Vec::new();
+                pair_blocks(rows, &mut pairs);
+                // SAFETY: AVX2, FMA and F16C were detected; every row holds one block
+                // per super-block of `w`.
+                let single = rows.map(|x| unsafe { x86::dot_avx2(format, &w, x) });
+                let tile = dot_rows_wide(format, &w, rows, &pairs, true);
                 assert_eq!(
                     single.map(f32::to_bits),
                     tile.map(f32::to_bits),

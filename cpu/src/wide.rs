@@ -104,18 +104,31 @@ pub struct WideJob<'w, 'o> {
 #[derive(Default)]
 pub struct Activations {
     q8k: Vec<BlockQ8K>,
+    /// The [`kquants::pair_blocks`] of each whole [`kquants::WIDE_ROW_TILE`] of rows,
+    /// when the AVX-512 tiles run.
+    pairs: Vec<kquants::PairBlock>,
     f16: Vec<f32>,
     bf16: Vec<f32>,
 }
 
 impl Activations {
     /// Prepares the forms `jobs` need from `x` (`m` rows of `cols`).
-    fn prepare(&mut self, x: &[f32], cols: usize, jobs: &[WideJob<'_, '_>]) {
+    /// `wide_tiles`: whether the K-quant rows run in [`kquants::WIDE_ROW_TILE`]s.
+    fn prepare(&mut self, x: &[f32], cols: usize, jobs: &[WideJob<'_, '_>], wide_tiles: bool) {
         let needs = |f: &dyn Fn(WideFormat) -> bool| jobs.iter().any(|j| f(j.weight.format));
         if needs(&|f| matches!(f, WideFormat::K(_))) {
             debug_assert_eq!(cols % QK_K, 0);
             self.q8k.resize(x.len() / QK_K, BlockQ8K::default());
             kquants::quantize_row(x, &mut self.q8k);
+        }
+        self.pairs.clear();
+        if wide_tiles {
+            let blocks = cols / QK_K;
+            let row = |r: usize| &self.q8k[r * blocks..(r + 1) * blocks];
+            for tile in 0..x.len() / cols / kquants::WIDE_ROW_TILE {
+                let first = tile * kquants::WIDE_ROW_TILE;
+                kquants::pair_blocks(std::array::from_fn(|i| row(first + i)), &mut self.pairs);
+            }
         }
         if needs(&|f| f == WideFormat::Float(FloatFormat::F16)) {
             floats::round_activations(FloatFormat::F16, x, &mut self.f16);
@@ -164,7 +177,10 @@ pub(crate) fn matmul_with(
 ) {
     let avx2 = avx2 && has_avx2();
     assert_eq!(x.len(), m * cols, "matmul input size");
-    acts.prepare(x, cols, jobs);
+    let wide_format = |f: WideFormat| matches!(f, WideFormat::K(k) if kquants::has_wide_tile(k));
+    let wide_tiles =
+        avx2 && m >= kquants::WIDE_ROW_TILE && jobs.iter().any(|j| wide_format(j.weight.format));
+    acts.prepare(x, cols, jobs, wide_tiles);
     let acts = &*acts;
     let threads = team.threads();
     let total_rows: usize = jobs.iter().map(|j| j.weight.rows).sum();
@@ -220,6 +236,18 @@ pub(crate) fn matmul_with(
             let mut first = 0;
             if let WideFormat::K(k) = w.format {
                 let act = |r: usize| &acts.q8k[r * blocks..(r + 1) * blocks];
+                const WIDE: usize = kquants::WIDE_ROW_TILE;
+                while wide_tiles && kquants::has_wide_tile(k) && first + WIDE <= m {
+                    let x = std::array::from_fn(|i| act(first + i));
+                    let pairs = &acts.pairs[first / 2 * blocks..(first + WIDE) / 2 * blocks];
+                    for j in b0..b1 {
+                        let v = kquants::dot_rows_wide(k, w.row(j), x, pairs, avx2);
+                        for (i, v) in v.into_iter().enumerate() {
+                            put(first + i, j, v);
+                        }
+                    }
+                    first += WIDE;
+                }
                 while first + kquants::ROW_TILE <= m {
                     let x = std::array::from_fn(|i| act(first + i));
                     for j in b0..b1 {
