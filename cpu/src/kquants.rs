@@ -880,7 +880,7 @@ mod x86 {
     /// The low (`r` even) or high 128 bits of `v`.
     #[inline(always)]
     unsafe fn half_of_128(v: __m256, r: usize) -> __m128 {
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             _mm256_castps256_ps128(v)
         } else {
             _mm256_extractf128_ps(v, 1)
@@ -982,7 +982,7 @@ mod x86 {
     /// The low (`r` even) or high 256 bits of a pair's float accumulator.
     #[inline(always)]
     unsafe fn half_of(v: __m512, r: usize) -> __m256 {
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             _mm512_castps512_ps256(v)
         } else {
             _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
