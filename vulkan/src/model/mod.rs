@@ -8,6 +8,10 @@
 //! rows of one batch: it writes the token ids, each row's position and slot and a few
 //! counters, records every kernel of every layer, and reads back the logits of each
 //! sequence's last token: only ids, positions and logits cross the bus.
+//!
+//! A model may also be split over several devices (`DeviceOptions::devices`): each runs a
+//! range of layers ([`stage`]), in turn, and the hidden state of the pass's tokens is handed
+//! from one to the next through the host; [`split`] decides which device gets which layers.
 
 use std::path::{Path, PathBuf};
 
