@@ -10,8 +10,8 @@
 //! sequence's last token: only ids, positions and logits cross the bus.
 //!
 //! A model may also be split over several devices (`DeviceOptions::devices`): each runs a
-//! range of layers ([`stage`]), in turn, and the hidden state of the pass's tokens is handed
-//! from one to the next through the host; [`split`] decides which device gets which layers.
+//! range of layers (`stage.rs`), in turn, and the hidden state of the pass's tokens is handed
+//! from one to the next through the host; `split.rs` decides which device gets which layers.
 
 use std::path::{Path, PathBuf};
 
