@@ -5,7 +5,9 @@
 //! (one f32 scale per 256 values, sums of each 16 kept for the Q4_K/Q5_K minimums
 //! and Q6_K's offset of 32), products are exact integer sums per super-block, and the
 //! AVX2 kernels follow `ggml_vec_dot_q{4,5,6}_K_q8_K`'s AVX2 code (the portable ones
-//! its generic code), so that each super-block's float steps are the same.
+//! its generic code), so that each super-block's float steps are the same. The
+//! AVX-512 prompt tiles (Q4_K, Q6_K) fold their integer sums to the AVX2 kernels'
+//! lanes before those float steps, so every path gives a row the same bits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -7,7 +7,7 @@
 //! weights need (Q8_K blocks for K-quants, f16- or bf16-rounded floats), work is split
 //! over weight rows, and with several input rows (prefill) each weight row is used for
 //! all of them while it is in L1, K-quant rows unpacked once per tile of
-//! [`kquants::ROW_TILE`] input rows.
+//! [`kquants::ROW_TILE`] input rows ([`kquants::WIDE_ROW_TILE`] on AVX-512).
 
 use super::floats::{self, FloatFormat};
 use super::kernels::has_avx2;
