@@ -346,6 +346,38 @@ impl BlockScales {
     }
 }
 
+/// [`dot`] of each weight row `j` in `rows` of `w` with one activation row, passed
+/// to `put(j, v)`. A decode row is short (SmolLM2's 576 columns are 18 blocks), so the
+/// kernel is entered, and the CPU features checked, once for all the rows of an item
+/// rather than once per row; every row gets the bits [`dot`] gives it.
+fn dot_rows(
+    w: &QMatrix<'_>,
+    rows: std::ops::Range<usize>,
+    x: &[BlockQ8],
+    d: &[f32],
+    d_sum: &[f32],
+    avx2: bool,
+    put: &mut impl FnMut(usize, f32),
+) {
+    debug_assert!(rows.end <= w.rows);
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: as in `dot`; every row of `w` has `x.len()` blocks (QMatrix::new and
+        // the callers' asserts).
+        unsafe {
+            if has_vnni() {
+                x86::dot_rows_vnni(w, rows, x, d, d_sum, put)
+            } else {
+                x86::dot_rows(w, rows, x, d, d_sum, put)
+            }
+        }
+        return;
+    }
+    for j in rows {
+        put(j, dot(w.format, w.row(j), x, d, d_sum, avx2));
+    }
+}
+
 /// One weight row (raw blocks) · one quantized activation row, whose [`BlockScales`]
 /// are `d` and `d_sum`.
 #[inline]
@@ -703,6 +735,42 @@ pub(crate) mod x86 {
         d_sum: &[f32],
     ) -> f32 {
         dot_with::<true>(format, w, x, d, d_sum)
+    }
+
+    /// [`super::dot_rows`] on the AVX2 kernels.
+    ///
+    /// # Safety
+    /// As for [`dot`], for every row of `w` in `rows`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows(
+        w: &super::QMatrix<'_>,
+        rows: std::ops::Range<usize>,
+        x: &[BlockQ8],
+        d: &[f32],
+        d_sum: &[f32],
+        put: &mut impl FnMut(usize, f32),
+    ) {
+        for j in rows {
+            put(j, dot_with::<false>(w.format, w.row(j), x, d, d_sum));
+        }
+    }
+
+    /// [`dot_rows`] with AVX-VNNI products.
+    ///
+    /// # Safety
+    /// As for [`dot_rows`], and the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn dot_rows_vnni(
+        w: &super::QMatrix<'_>,
+        rows: std::ops::Range<usize>,
+        x: &[BlockQ8],
+        d: &[f32],
+        d_sum: &[f32],
+        put: &mut impl FnMut(usize, f32),
+    ) {
+        for j in rows {
+            put(j, dot_with::<true>(w.format, w.row(j), x, d, d_sum));
+        }
     }
 
     #[inline(always)]
@@ -1172,12 +1240,19 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
                 &scales.d[r * nb..(r + 1) * nb],
                 &scales.d_sum[r * nb..(r + 1) * nb],
             );
-            for j in start..end {
-                let v = dot(w.format, w.row(j), &x[r * nb..(r + 1) * nb], d, d_sum, avx2);
-                // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
-                // and out has m * n elements (asserted above).
-                unsafe { *out.0.add(r * n + j) = v };
-            }
+            dot_rows(
+                w,
+                start..end,
+                &x[r * nb..(r + 1) * nb],
+                d,
+                d_sum,
+                avx2,
+                &mut |j, v| {
+                    // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
+                    // and out has m * n elements (asserted above).
+                    unsafe { *out.0.add(r * n + j) = v };
+                },
+            );
         }
     });
 }
