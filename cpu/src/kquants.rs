@@ -946,7 +946,7 @@ mod x86 {
                 let scale = _mm512_shuffle_epi8(scales, pick);
                 for (sumi, xb) in sumi.iter_mut().zip(xb) {
                     let q8 = _mm512_loadu_si512(xb.qs.as_ptr().add(64 * j) as *const __m512i);
-                    *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, q8));
+                    *sumi = dpwssd(*sumi, scale, _mm512_maddubs_epi16(q, q8));
                 }
             }
             let mins = _mm256_set_m128i(mins, mins);
@@ -970,6 +970,22 @@ mod x86 {
             *out = hsum(acc[r]) + hsum4(half_of_128(acc_m[r / 2], r));
         }
         out
+    }
+
+    /// `acc + madd(a, b)` as one `vpdpwssd`, which the compiler would otherwise split
+    /// into `vpmaddwd` and `vpaddd`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        let mut acc = acc;
+        std::arch::asm!(
+            "vpdpwssd {acc}, {a}, {b}",
+            acc = inout(zmm_reg) acc,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        acc
     }
 
     /// Rows `2p` and `2p + 1` of a wide tile: [`fold`] of each, side by side.
@@ -1045,7 +1061,7 @@ mod x86 {
                 for (r, sumi) in sumi.iter_mut().enumerate() {
                     let q8 = x[r].get_unchecked(i).qs.as_ptr().add(64 * j);
                     let q8 = _mm512_loadu_si512(q8 as *const __m512i);
-                    *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, q8));
+                    *sumi = dpwssd(*sumi, scale, _mm512_maddubs_epi16(q, q8));
                 }
             }
             let mins = _mm256_set_m128i(mins, mins);
@@ -1106,7 +1122,7 @@ mod x86 {
                     for (r, sumi) in sumi.iter_mut().enumerate() {
                         let q8 = x[r].get_unchecked(i).qs.as_ptr().add(128 * j + 64 * h);
                         let qx = _mm512_loadu_si512(q8 as *const __m512i);
-                        *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, qx));
+                        *sumi = dpwssd(*sumi, scale, _mm512_maddubs_epi16(q, qx));
                     }
                 }
             }
@@ -1183,7 +1199,7 @@ mod x86 {
                     for (r, sumi) in sumi.iter_mut().enumerate() {
                         let q8 = x[r].get_unchecked(i).qs.as_ptr().add(128 * j + 64 * h);
                         let qx = _mm512_loadu_si512(q8 as *const __m512i);
-                        *sumi = _mm512_dpwssd_epi32(*sumi, scale, _mm512_maddubs_epi16(q, qx));
+                        *sumi = dpwssd(*sumi, scale, _mm512_maddubs_epi16(q, qx));
                     }
                 }
             }
