@@ -23,6 +23,11 @@ pub(crate) const TILE_TOKENS: u32 = 32;
 /// Prompt batches of at least this many tokens use the tiled product: below it most of a
 /// tile's 32 token columns would be computed for nothing.
 pub(crate) const TILED_MIN_TOKENS: u32 = 16;
+/// Steps of at most this many tokens (a batched decode step of up to this many sequences)
+/// run the matrix-vector kernel once per token: each token's workgroups read the weights
+/// their rows' first token brought into the L2 cache, where the batched and tiled products
+/// would spread a few tokens over far fewer workgroups than the GPU has cores.
+pub(crate) const MATVEC_MAX_TOKENS: u32 = 16;
 /// Workgroups along x before a matmul dispatch wraps to y (`ROWS_PER_Y` in matmul.wgsl).
 pub(crate) const ROWS_PER_Y: u32 = 32768;
 /// Workgroups of the grid-stride elementwise kernels (rope, silu_mul).
@@ -63,9 +68,11 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// per submission after the first one, see `LlamaModel::record_pass`), `dp4a=0|1` (Q8_0,
 /// Q4_0 and K-quant decode products with int8 activations and integer dot products, `MV_DP4A` in
 /// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
-/// model.rs) and `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
+/// model.rs), `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
 /// with the tiled product `matmul_tiled`, or every prompt batch with `matmul`, one row per
-/// workgroup).
+/// workgroup) and `batch=N` (steps of at most N tokens, such as a batched decode step of N
+/// sequences, run the matrix-vector kernel for each token, reading every weight from memory
+/// once; 1: only one-token steps do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -75,6 +82,7 @@ pub struct KernelTuning {
     dp4a: bool,
     attn_groups: usize,
     tiled_prefill: bool,
+    matvec_tokens: u32,
 }
 
 impl Default for KernelTuning {
@@ -92,6 +100,7 @@ impl KernelTuning {
         dp4a: DP4A,
         attn_groups: ATTENTION_TARGET_GROUPS,
         tiled_prefill: true,
+        matvec_tokens: MATVEC_MAX_TOKENS,
     };
 
     /// These settings with int8 activations in the decode products on or off (`dp4a`).
@@ -103,6 +112,12 @@ impl KernelTuning {
     /// in matmul.wgsl); for tests, whose reference must do the same.
     pub fn decode_quantizes_x(&self, ty: WeightType) -> bool {
         self.dp4a && dp4a_type(ty)
+    }
+
+    /// Whether a product of `n_tokens` tokens runs the decode (matrix-vector) kernel, and so
+    /// quantizes x where [`decode_quantizes_x`](Self::decode_quantizes_x) says; for tests.
+    pub fn decode_kernel_for(&self, n_tokens: usize) -> bool {
+        n_tokens <= self.matvec_tokens as usize
     }
 }
 
@@ -116,7 +131,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups> and/or prefill=tiled|rows, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=tiled|rows and/or batch=<tokens>, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -130,6 +145,7 @@ impl std::str::FromStr for KernelTuning {
                 ("attn", Ok(n)) if n > 0 => t.attn_groups = n,
                 ("prefill", _) if value == "tiled" => t.tiled_prefill = true,
                 ("prefill", _) if value == "rows" => t.tiled_prefill = false,
+                ("batch", Ok(n)) if n > 0 => t.matvec_tokens = n as u32,
                 _ => return Err(bad()),
             }
         }
@@ -277,6 +293,8 @@ pub(crate) struct Kernels {
     /// Whether the decode products of the int8 types quantize x (unless asked for exact input).
     dp4a: bool,
     attn_groups: usize,
+    /// Steps of at most this many tokens use the matrix-vector kernel per token.
+    matvec_tokens: u32,
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Matrices of at least this many rows use the tall decode pipelines.
     tall_rows: usize,
@@ -466,6 +484,7 @@ impl Kernels {
             tall_rows: tuning.tall_rows,
             dp4a: tuning.dp4a,
             attn_groups: tuning.attn_groups,
+            matvec_tokens: tuning.matvec_tokens,
             submit_layers: tuning.submit_layers,
             rmsnorm: pipeline(
                 gpu,
@@ -577,6 +596,12 @@ impl Kernels {
         self.attn_groups
     }
 
+    /// The most tokens a step may have to run its products with the matrix-vector kernel
+    /// (see MATVEC_MAX_TOKENS).
+    pub fn matvec_tokens(&self) -> u32 {
+        self.matvec_tokens
+    }
+
     /// Rows per workgroup of the decode pipelines (tall or not).
     pub fn matvec_rows(&self, tall: bool) -> u32 {
         if tall {
@@ -636,6 +661,8 @@ mod tuning_tests {
         );
         assert!(!parse("dp4a=0").unwrap().dp4a);
         assert_eq!(parse("attn=512").unwrap().attn_groups, 512);
+        assert_eq!(parse("batch=1").unwrap().matvec_tokens, 1);
+        assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);
         assert!(!parse("prefill=rows").unwrap().tiled_prefill);
         assert!(
             parse("prefill=rows, prefill = tiled")
@@ -657,6 +684,7 @@ mod tuning_tests {
             "submit=0",
             "dp4a=2",
             "attn=0",
+            "batch=0",
             "prefill=1",
             "prefill=tile",
             "prefill=",

@@ -441,16 +441,19 @@ pub(crate) fn one_decode_dispatch(kernels: &Kernels, parts: &[(GpuWeight, u32)])
     }
 }
 
-/// A matrix product with its bind groups prepared once: `y (+)= x · Wᵀ` per chunk. Several
-/// tokens use the batched kernel (`matmul`), at least TILED_MIN_TOKENS the tiled one
-/// (`matmul_tiled`) where the kernels have it, one token the matrix-vector kernel (`matvec`),
-/// and a decode step may use the fused-input matrix-vector kernel instead (see `fused`).
+/// A matrix product with its bind groups prepared once: `y (+)= x · Wᵀ` per chunk. One token
+/// and steps of a few tokens (up to Kernels::matvec_tokens, e.g. a batched decode step) use
+/// the matrix-vector kernel (`matvec`), more tokens the batched kernel (`matmul`), at least
+/// TILED_MIN_TOKENS the tiled one (`matmul_tiled`) where the kernels have it, and a decode
+/// step may use the fused-input matrix-vector kernel instead (see `fused`).
 pub(crate) struct MatmulOp {
     label: &'static str,
     batch: Dispatches,
     tiled: Option<Dispatches>,
     single: Dispatches,
     fused: Option<Dispatches>,
+    /// Steps of at most this many tokens run `single` once per token (Kernels::matvec_tokens).
+    matvec_tokens: u32,
 }
 
 impl MatmulOp {
@@ -606,6 +609,7 @@ impl MatmulOp {
             tiled,
             single,
             fused,
+            matvec_tokens: kernels.matvec_tokens(),
         })
     }
 
@@ -702,7 +706,8 @@ impl MatmulOp {
     pub fn record(&self, rec: &mut Recorder<'_, '_>, n: u32, fused: bool) {
         match (&self.fused, fused) {
             (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
-            _ if n == 1 => self.single.record(rec, self.label, 1),
+            // A few tokens: the matrix-vector kernel with one z slice per token.
+            _ if n <= self.matvec_tokens => self.single.record(rec, self.label, n),
             _ => match &self.tiled {
                 Some(t) if n >= kernels::TILED_MIN_TOKENS => {
                     t.record(rec, self.label, n.div_ceil(kernels::TILE_TOKENS))

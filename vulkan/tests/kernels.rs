@@ -12,7 +12,7 @@ mod common;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
-use xpu_vulkan::{testing, GpuWeight, VulkanError, WeightType};
+use xpu_vulkan::{testing, GpuWeight, KernelTuning, VulkanError, WeightType};
 
 const REL_TOL: f64 = 1e-5;
 
@@ -36,8 +36,8 @@ fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Ve
 /// The input of a decode product as the kernel uses it: for types whose decode products
 /// quantize x to int8 (`KernelTuning::decode_quantizes_x`), each 32 values become
 /// round(v * 127 / max|v|) times max|v| / 127 (computed in f32 as the kernel does); others as is.
-fn decode_input(ty: WeightType, v: &[f32]) -> Vec<f64> {
-    if !common::tuning().decode_quantizes_x(ty) {
+fn decode_input(tuning: &KernelTuning, ty: WeightType, v: &[f32]) -> Vec<f64> {
+    if !tuning.decode_quantizes_x(ty) {
         return v.iter().map(|&x| x as f64).collect();
     }
     v.chunks(32)
@@ -74,19 +74,31 @@ fn upload_with_reference(
 /// Uploads `qt` (`[rows, k]`) and checks the matmul for several token counts and the row
 /// lookup against candle's dequantization.
 fn check_tensor(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -> usize {
+    check_tensor_with(gpu, &common::tuning(), label, qt, seed)
+}
+
+/// As [`check_tensor`], on a GPU made with `tuning`.
+fn check_tensor_with(
+    gpu: &xpu_vulkan::Gpu,
+    tuning: &KernelTuning,
+    label: &str,
+    qt: &QTensor,
+    seed: u64,
+) -> usize {
     let (rows, k) = qt.shape().dims2().unwrap();
     let (weight, w) = upload_with_reference(gpu, label, qt);
     let ty = weight.weight_type();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // 1: decode; 3: fewer than one token group; 11: more than one group of 8; 17, 40, 100:
+    // 1: decode; 3 and 11: the decode kernel once per token, or (tuning batch=1) the batched
+    // product, with fewer than one token group and more than one group of 8; 17, 40, 100:
     // the tiled product (at least 16 tokens), one partial tile of 32 tokens, one full and one
     // partial, three full and one partial.
     for n_tokens in [1usize, 3, 11, 17, 40, 100] {
         let x = random(&mut rng, n_tokens * k);
         let got = testing::matmul(gpu, &weight, &x, n_tokens).unwrap();
-        // One token: the decode product, whose input may be quantized (see decode_input).
-        let x_ref: Vec<f32> = if n_tokens == 1 {
-            decode_input(ty, &x).iter().map(|&v| v as f32).collect()
+        // A few tokens: the decode product, whose input may be quantized (see decode_input).
+        let x_ref: Vec<f32> = if tuning.decode_kernel_for(n_tokens) {
+            decode_input(tuning, ty, &x).iter().map(|&v| v as f32).collect()
         } else {
             x.clone()
         };
@@ -133,6 +145,22 @@ fn every_type_on_random_blocks_matches_candle() {
         // 512 = two K-quant super-blocks; 37 rows = an odd count, not a multiple of anything.
         let qt = random_qtensor(dtype, 37, 512, i as u64);
         assert_eq!(check_tensor(&gpu, "random", &qt, 100 + i as u64), 1);
+    }
+}
+
+#[test]
+fn batched_product_of_a_few_tokens_on_every_type() {
+    // With batch=1 only one-token steps take the decode kernel: 3 and 11 tokens run the
+    // batched product (`matmul`), as every step of 2..16 tokens does with prefill=rows.
+    let tuning: KernelTuning = "batch=1".parse().unwrap();
+    let gpu = xpu_vulkan::Gpu::new(&xpu_vulkan::DeviceOptions {
+        tuning,
+        ..common::device_options(None)
+    })
+    .unwrap();
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let qt = random_qtensor(dtype, 37, 512, 40 + i as u64);
+        check_tensor_with(&gpu, &tuning, "batched", &qt, 500 + i as u64);
     }
 }
 
@@ -229,7 +257,7 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
     // The kernel multiplies x by the norm weights first and the row sums by 1/rms at the end.
     let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
-    let normed: Vec<f64> = decode_input(ty, &weighted)
+    let normed: Vec<f64> = decode_input(&common::tuning(), ty, &weighted)
         .iter()
         .map(|&v| v / (ms + eps as f64).sqrt())
         .collect();
@@ -248,7 +276,7 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
         let act: Vec<f32> = (0..k)
             .map(|i| gate_up[i] / (1.0 + (-gate_up[i]).exp()) * gate_up[k + i])
             .collect();
-        decode_input(ty, &act)
+        decode_input(&common::tuning(), ty, &act)
     } else {
         (0..k)
             .map(|i| {
@@ -346,7 +374,7 @@ fn check_qkv_rope_parts(
     let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
     let mut y: Vec<f64> = Vec::with_capacity(rows);
     for (weight, w) in &uploaded {
-        let normed: Vec<f64> = decode_input(weight.weight_type(), &weighted)
+        let normed: Vec<f64> = decode_input(&common::tuning(), weight.weight_type(), &weighted)
             .iter()
             .map(|&v| v / (ms + eps as f64).sqrt())
             .collect();
@@ -608,7 +636,7 @@ fn check_norm_glu(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -
     let eps = 1e-5f32;
     let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
     let weighted: Vec<f32> = x.iter().zip(&nw).map(|(&v, &g)| v * g).collect();
-    let normed: Vec<f64> = decode_input(ty, &weighted)
+    let normed: Vec<f64> = decode_input(&common::tuning(), ty, &weighted)
         .iter()
         .map(|&v| v / (ms + eps as f64).sqrt())
         .collect();

@@ -312,6 +312,9 @@ override ROW_GROUPS: u32 = 1u;
 override MV_UNITS: u32 = 1u;
 override MV_ROWS: u32 = 4u * ROW_GROUPS;
 var<private> mv_acc: array<f32, 16>;
+// The token whose x a matrix-vector workgroup reads and whose y it writes: 0 except in a
+// `matvec` step of several tokens.
+var<private> mv_token: u32;
 
 // Mixed products (MV_MIXED, a module constant: true only in the modules kernels.rs builds
 // for two weight types): one dispatch over two matrices of different types written side by
@@ -376,7 +379,8 @@ fn silu4(a: vec4<f32>) -> vec4<f32> {
 
 fn x_unit(mode: u32, u: u32) -> XUnit {
     let b = u * 8u;
-    let r = array<vec4<f32>, 8>(x[b], x[b + 1u], x[b + 2u], x[b + 3u], x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
+    let xb = mv_token * (p.k / 4u) + b;
+    let r = array<vec4<f32>, 8>(x[xb], x[xb + 1u], x[xb + 2u], x[xb + 3u], x[xb + 4u], x[xb + 5u], x[xb + 6u], x[xb + 7u]);
     if (mode == 1u) {
         let sq = ((dot(r[0], r[0]) + dot(r[1], r[1])) + (dot(r[2], r[2]) + dot(r[3], r[3])))
             + ((dot(r[4], r[4]) + dot(r[5], r[5])) + (dot(r[6], r[6]) + dot(r[7], r[7])));
@@ -498,7 +502,7 @@ fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
     let total = matvec_rows(first, l, mode);
     let row = first + l.li;
     if (l.li < MV_ROWS && row < p.rows) {
-        let o = p.out_offset + p.row_offset + row;
+        let o = mv_token * p.out_stride + p.out_offset + p.row_offset + row;
         if (p.accumulate != 0u) {
             y[o] += total;
         } else {
@@ -507,9 +511,17 @@ fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
     }
 }
 
+// `matvec` also serves a step of a few tokens (a batched decode step: one token per
+// sequence), dispatched with z = the number of tokens: every token's product is then the
+// arithmetic of its one-token step. The workgroups are numbered token-fastest, so that the
+// workgroups of one group of rows run at about the same time and all but the first token
+// read the rows' weights from the L2 cache, not from memory.
 @compute @workgroup_size(64)
-fn matvec(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
-    matvec_body(wid, l, 0u);
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, l: Lanes) {
+    let linear = wid.x + groups.x * (wid.y + groups.y * wid.z);
+    mv_token = linear % groups.z;
+    let group = linear / groups.z;
+    matvec_body(vec3<u32>(group % ROWS_PER_Y, group / ROWS_PER_Y, 0u), l, 0u);
 }
 
 @compute @workgroup_size(64)
