@@ -104,8 +104,37 @@ impl FactsSummary {
     }
 }
 
+/// The engines `--device auto` tries, in this order, on an NVIDIA GPU (the probe's variant
+/// `exo-cuda`): the first one this build can run is chosen. The order is the measured one:
+/// the faster engine on the GPU first (scripts/bench-cuda.sh compares them on the same GPU;
+/// docs/cuda.md has the figures). Change it here, and only here, when a measurement says so.
+pub const NVIDIA_ENGINES: [Device; 2] = [Device::Vulkan, Device::Cuda];
+
+/// Whether this program can run an engine on `device`, and if not, why. CUDA may live in
+/// the separate CUDA binary ([`crate::cuda_binary`]).
+pub fn available(device: Device) -> Result<(), String> {
+    match device {
+        Device::Cuda => crate::cuda_binary::available().map_err(|e| e.to_string()),
+        _ if device.compiled_in() => Ok(()),
+        _ => Err(format!(
+            "this binary was built without the `{}` feature",
+            device.name()
+        )),
+    }
+}
+
 /// Decides the device. `facts` is only consulted for `auto`.
 pub fn decide(choice: DeviceChoice, facts: Option<&FactsSummary>) -> DeviceDecision {
+    decide_with(choice, facts, available)
+}
+
+/// [`decide`] with the engines' availability given, so that the rule can be tested for
+/// every build.
+pub fn decide_with(
+    choice: DeviceChoice,
+    facts: Option<&FactsSummary>,
+    available: impl Fn(Device) -> Result<(), String>,
+) -> DeviceDecision {
     let explicit = |device: Device| DeviceDecision {
         device,
         reasons: vec![format!("--device {} was given", device.name())],
@@ -124,37 +153,75 @@ pub fn decide(choice: DeviceChoice, facts: Option<&FactsSummary>) -> DeviceDecis
         .iter()
         .map(|r| format!("probe: {r}"))
         .collect();
-    let wanted = match facts.variant.as_deref() {
-        Some("exo-intel") => Device::Vulkan,
-        Some("exo-cuda") => Device::Cuda,
-        Some("exo-cpu") => Device::Cpu,
+    let variant = facts.variant.as_deref().unwrap_or("none");
+    let wanted: &[Device] = match facts.variant.as_deref() {
+        Some("exo-intel") => &[Device::Vulkan],
+        Some("exo-cuda") => &NVIDIA_ENGINES,
+        Some("exo-cpu") => &[],
         Some(other) => {
             reasons.push(format!(
                 "unknown recommended variant `{other}`, using the CPU"
             ));
-            Device::Cpu
+            &[]
         }
         None => {
             reasons.push("the facts have no recommendation, using the CPU".into());
-            Device::Cpu
+            &[]
         }
     };
-    let device = if wanted.compiled_in() {
-        reasons.push(format!(
-            "recommended variant {} -> device {}",
-            facts.variant.as_deref().unwrap_or("none"),
-            wanted.name()
-        ));
-        wanted
-    } else {
-        reasons.push(format!(
-            "the facts recommend {} but this binary was built without the `{}` feature; using the CPU",
-            wanted.name(),
-            wanted.name()
-        ));
-        Device::Cpu
-    };
-    DeviceDecision { device, reasons }
+    for &device in wanted {
+        match available(device) {
+            Ok(()) => {
+                reasons.push(format!(
+                    "recommended variant {variant} -> device {}",
+                    device.name()
+                ));
+                return DeviceDecision { device, reasons };
+            }
+            Err(why) => reasons.push(format!(
+                "the facts recommend {variant}, but device {} cannot be used: {why}",
+                device.name()
+            )),
+        }
+    }
+    if !wanted.is_empty() {
+        reasons.push("using the CPU".into());
+    }
+    DeviceDecision {
+        device: Device::Cpu,
+        reasons,
+    }
+}
+
+/// In the binary without CUDA: when `choice` comes to CUDA, replaces this process with the
+/// CUDA binary (same arguments) and does not return; otherwise returns to run here. An
+/// explicit `--device cuda` that cannot be honoured is an error naming what is missing;
+/// `auto` reads the facts (`facts_file` or a live probe) and only considers CUDA where
+/// [`NVIDIA_ENGINES`] puts it first among the engines this build can run.
+pub fn hand_over_to_cuda_if_chosen(
+    choice: DeviceChoice,
+    facts_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    if crate::cuda_binary::compiled_in() {
+        return Ok(());
+    }
+    match choice {
+        DeviceChoice::Given(Device::Cuda) => {
+            crate::cuda_binary::available().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
+            Err(crate::cuda_binary::hand_over())
+        }
+        // Only an installed CUDA binary makes the facts worth reading this early.
+        DeviceChoice::Auto
+            if crate::cuda_binary::expected_path().is_some_and(|path| path.is_file()) =>
+        {
+            let (_, facts) = read_facts(facts_file)?;
+            if decide(choice, Some(&facts)).device == Device::Cuda {
+                return Err(crate::cuda_binary::hand_over());
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The facts document and its summary: the file if given (a bad file is an error),
@@ -256,17 +323,57 @@ mod tests {
     }
 
     #[test]
-    fn auto_follows_the_recommendation_when_compiled_in() {
-        let d = decide(DeviceChoice::Auto, Some(&facts("exo-cuda")));
-        let expected = if cfg!(feature = "cuda") {
-            Device::Cuda
-        } else {
-            Device::Cpu
+    fn auto_follows_the_recommendation_when_available() {
+        let only_cpu = |d: Device| match d {
+            Device::Cpu => Ok(()),
+            _ => Err("not built".to_string()),
         };
-        assert_eq!(d.device, expected);
-        assert!(d.reasons.iter().any(|r| r.contains("found a GPU")));
-        let d = decide(DeviceChoice::Auto, Some(&facts("exo-cpu")));
+        let d = decide_with(DeviceChoice::Auto, Some(&facts("exo-intel")), only_cpu);
         assert_eq!(d.device, Device::Cpu);
+        assert!(d.reasons.iter().any(|r| r.contains("found a GPU")));
+        assert!(
+            d.reasons.iter().any(|r| r.contains("not built")),
+            "{:?}",
+            d.reasons
+        );
+        let d = decide_with(DeviceChoice::Auto, Some(&facts("exo-intel")), |_| Ok(()));
+        assert_eq!(d.device, Device::Vulkan);
+        let d = decide_with(DeviceChoice::Auto, Some(&facts("exo-cpu")), |_| Ok(()));
+        assert_eq!(d.device, Device::Cpu);
+    }
+
+    #[test]
+    fn auto_on_nvidia_takes_the_first_available_of_the_measured_order() {
+        let all = |_: Device| Ok(());
+        let d = decide_with(DeviceChoice::Auto, Some(&facts("exo-cuda")), all);
+        assert_eq!(d.device, NVIDIA_ENGINES[0]);
+        let without_first = |d: Device| {
+            if d == NVIDIA_ENGINES[0] {
+                Err("missing".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        let d = decide_with(DeviceChoice::Auto, Some(&facts("exo-cuda")), without_first);
+        assert_eq!(d.device, NVIDIA_ENGINES[1]);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("missing")),
+            "{:?}",
+            d.reasons
+        );
+        let neither = |d: Device| match d {
+            Device::Cpu => Ok(()),
+            _ => Err("missing".to_string()),
+        };
+        let d = decide_with(DeviceChoice::Auto, Some(&facts("exo-cuda")), neither);
+        assert_eq!(d.device, Device::Cpu);
+    }
+
+    #[test]
+    fn the_nvidia_order_holds_both_gpu_engines() {
+        let mut engines = NVIDIA_ENGINES;
+        engines.sort_by_key(|d| d.name());
+        assert_eq!(engines, [Device::Cuda, Device::Vulkan]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod cuda_binary;
 pub mod device;
 pub mod engine;
 pub mod generate;

@@ -19,13 +19,22 @@ fn main() -> ExitCode {
         size_candle_pools(threads);
     }
     init_logging(args.command.default_log_level());
-    match cli::run(args) {
+    match hand_over_to_cuda_if_chosen(&args.command).and_then(|()| cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line: the error and its causes, joined.
             eprintln!("error: {}", format!("{error:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// In the binary without CUDA, a command that comes to the CUDA engine continues as the
+/// CUDA binary next to this one (`xpu_runner::cuda_binary`), before anything else starts.
+fn hand_over_to_cuda_if_chosen(command: &cli::Command) -> anyhow::Result<()> {
+    match command.device_request() {
+        Some((choice, facts)) => xpu_runner::device::hand_over_to_cuda_if_chosen(choice, facts),
+        None => Ok(()),
     }
 }
 

@@ -49,6 +49,17 @@ impl Command {
         .filter(|n| *n > 0)
     }
 
+    /// The `--device` asked for and the facts file it is decided from (`None`: a live
+    /// probe), for commands that load a model.
+    pub fn device_request(&self) -> Option<(DeviceChoice, Option<&std::path::Path>)> {
+        match self {
+            Command::Generate(args) => Some((args.model.device, None)),
+            Command::Bench(args) => Some((args.model.device, None)),
+            Command::Serve(args) => Some((args.device, args.facts.as_deref())),
+            Command::Pull(_) | Command::List(_) | Command::Rm(_) => None,
+        }
+    }
+
     /// The log level when `RUST_LOG` is not set.
     pub fn default_log_level(&self) -> &'static str {
         match self {

@@ -64,7 +64,10 @@ fn cuda_device() -> anyhow::Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_device() -> anyhow::Result<Device> {
-    bail!("this xpu-runner was built without CUDA support; rebuild with `--features cuda` or use --device cpu")
+    bail!(
+        "this xpu-runner was built without CUDA support; run the CUDA binary ({}) or use --device cpu",
+        crate::cuda_binary::FILE_NAME
+    )
 }
 
 /// A model that candle-transformers can run, with its KV cache.
