@@ -13,6 +13,12 @@
 #                                              glslc and Vulkan headers of
 #                                              scripts/build-vulkan-tools.sh (Debian 12's glslc
 #                                              lacks those extensions); needs libvulkan1
+#        scripts/build-llama-cpp.sh --cuda     llama-bench and llama-quantize with the CUDA backend,
+#                                              the NVIDIA benchmark's peer (scripts/bench-cuda.sh),
+#                                              at full strength: native GPU code for
+#                                              CMAKE_CUDA_ARCHITECTURES (env XPU_CUDA_ARCHS, default
+#                                              90a: H100/H200), llama.cpp's own default kernels; needs
+#                                              nvcc (CUDA 12 or 13) and is built on the GPU host
 #        scripts/build-llama-cpp.sh --print-source  fetches the sources only and prints their
 #                                              directory
 #
@@ -21,12 +27,14 @@
 set -euo pipefail
 
 vulkan=0
+cuda=0
 print_source=0
 case "${1:-}" in
     --vulkan) vulkan=1 ;;
+    --cuda) cuda=1 ;;
     --print-source) print_source=1 ;;
     "") ;;
-    *) echo "build-llama-cpp: unknown option $1 (expected --vulkan, --print-source or nothing)" >&2; exit 2 ;;
+    *) echo "build-llama-cpp: unknown option $1 (expected --vulkan, --cuda, --print-source or nothing)" >&2; exit 2 ;;
 esac
 
 version=11434
@@ -37,6 +45,10 @@ build=$root/build
 targets=(llama-server llama-bench llama-cli llama-simple llama-quantize ggml-rpc-server)
 if [ "$vulkan" = 1 ]; then
     build=$root/build-vulkan
+    targets=(llama-bench llama-quantize)
+fi
+if [ "$cuda" = 1 ]; then
+    build=$root/build-cuda
     targets=(llama-bench llama-quantize)
 fi
 bin=$build/bin
@@ -81,7 +93,9 @@ if [ "$print_source" = 0 ] && have_all && [ -f "$build/.complete" ]; then
     exit 0
 fi
 
-tools=(cmake python3 c++ make)
+tools=(cmake python3 c++)
+# The CUDA build uses Ninja where it is installed; the others use make.
+[ "$cuda" = 1 ] && command -v ninja >/dev/null || tools+=(make)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || {
         echo "build-llama-cpp: '$tool' is missing; install it (Debian: apt-get install -y cmake g++ make python3-pip; for --vulkan also libvulkan1)" >&2
@@ -134,6 +148,23 @@ if [ "$vulkan" = 1 ]; then
     }
     # The shader extensions the build found: each missing one is a fast path the peer lacks.
     grep 'by glslc' "$root/configure-vulkan.log" | sed 's/^-- /build-llama-cpp: /' >&2
+elif [ "$cuda" = 1 ]; then
+    command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || {
+        echo "build-llama-cpp: --cuda needs nvcc (the CUDA toolkit) on the PATH or in /usr/local/cuda" >&2
+        exit 1
+    }
+    command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+    # Built where it runs (the GPU host): native CPU code, the GPU's own architecture, Ninja
+    # where it is installed (GPU images often have no make).
+    generator=()
+    command -v ninja >/dev/null && generator=(-G Ninja)
+    cmake -S "$src" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${XPU_CUDA_ARCHS:-90a}" -DLLAMA_CURL=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
+        >"$root/configure-cuda.log" 2>&1 || {
+        cat "$root/configure-cuda.log" >&2
+        exit 1
+    }
 else
     # -march=native turns on AMX wherever the CPU advertises it, but some virtual machines
     # advertise AMX without enabling its tile state: there ggml's AMX kernels die with
