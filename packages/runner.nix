@@ -2,7 +2,10 @@
 #   acceleration = "cpu"   -> exo-cpu:   candle on the CPU;
 #   acceleration = "intel" -> exo-intel: plus the Vulkan (wgpu) engine for Intel GPUs, wrapped so
 #                             it finds vulkan-loader, level-zero and the NixOS driver directory;
-#   acceleration = "cuda"  -> exo-cuda:  candle's CUDA backend (unfree CUDA toolkit).
+#   acceleration = "cuda"  -> exo-cuda:  the Vulkan engine as in exo-intel, plus xpu-runner-cuda, the
+#                             runner built with candle's CUDA backend (unfree CUDA toolkit), which
+#                             xpu-runner hands over to when CUDA is chosen (docs/cuda.md): the
+#                             CUDA libraries are linked at start, so only that binary needs them.
 # `passthru.acceleration` tells the NixOS module which devices the service may open.
 {
   lib,
@@ -56,7 +59,9 @@ rustPlatform.buildRustPackage {
     "--package"
     "xpu-runner"
   ];
-  buildFeatures = lib.optionals intel [ "vulkan" ] ++ lib.optionals cuda [ "cuda" ];
+  # The main binary never links CUDA; on NVIDIA it runs the Vulkan engine, and the CUDA one
+  # through xpu-runner-cuda, built below.
+  buildFeatures = lib.optionals (intel || cuda) [ "vulkan" ];
   # Model tests need the fetched model and run through scripts/test.sh; the NixOS VM test
   # (checks.x86_64-linux.vm-exo-cpu) serves the real default model.
   doCheck = false;
@@ -74,7 +79,7 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs =
     [ pkg-config ]
-    ++ lib.optionals intel [ makeWrapper ]
+    ++ lib.optionals (intel || cuda) [ makeWrapper ]
     ++ lib.optionals cuda [
       # autoAddDriverRunpath must come after autoPatchelfHook, which would drop the
       # /run/opengl-driver/lib entry that libcuda.so is found through.
@@ -110,11 +115,21 @@ rustPlatform.buildRustPackage {
     ])
   ];
 
+  postBuild = lib.optionalString cuda ''
+    cargo build --offline -j "$NIX_BUILD_CORES" --release -p xpu-runner --features cuda,vulkan \
+      --target-dir target-cuda
+  '';
+  postInstall = lib.optionalString cuda ''
+    install -Dm755 "$(find target-cuda -path '*/release/xpu-runner' -type f)" $out/bin/xpu-runner-cuda
+  '';
+
   # wgpu loads libvulkan.so.1 and the probe library loads libze_loader.so.1 at run time. The
   # Vulkan loader reads ICDs from /run/opengl-driver/share/vulkan (Mesa's ANV on NixOS); the
   # Level Zero loader finds libze_intel_gpu.so.1 in /run/opengl-driver/lib. Sysman gives the
   # memory and temperature telemetry shown in /metrics.
-  postFixup = lib.optionalString intel ''
+  # On NVIDIA the driver directory has libcuda.so.1 and the Vulkan ICD; the wrapper's variables
+  # pass on to xpu-runner-cuda, which xpu-runner execs from its own directory.
+  postFixup = lib.optionalString (intel || cuda) ''
     wrapProgram $out/bin/xpu-runner \
       --prefix LD_LIBRARY_PATH : ${
         lib.makeLibraryPath [
@@ -126,8 +141,8 @@ rustPlatform.buildRustPackage {
       --set-default ZES_ENABLE_SYSMAN 1
   '';
 
-  # The CUDA build cannot start without libcuda.so from the NVIDIA driver.
-  doInstallCheck = !cuda;
+  # xpu-runner starts without CUDA (the build machine has no driver); xpu-runner-cuda does not.
+  doInstallCheck = true;
   installCheckPhase = ''
     runHook preInstallCheck
     $out/bin/xpu-runner --help > /dev/null

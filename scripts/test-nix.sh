@@ -293,6 +293,8 @@ packages=$(flake_eval .#packages.x86_64-linux --apply 'ps: builtins.mapAttrs (n:
   hasDescription = (p.meta.description or "") != "";
   features = p.standInArgs.buildFeatures or [ ];
   postFixup = p.standInArgs.postFixup or "";
+  postBuild = p.standInArgs.postBuild or "";
+  postInstall = p.standInArgs.postInstall or "";
   outputHash = p.standInArgs.outputHash or null;
 }) ps')
 apps=$(flake_eval .#apps.x86_64-linux --apply 'as: builtins.mapAttrs (n: a: { inherit (a) type program; }) as')
@@ -304,7 +306,7 @@ errors = []
 def check(cond, msg):
     if not cond:
         errors.append(msg)
-for name, acc, feats in [("exo-cpu", "cpu", []), ("exo-intel", "intel", ["vulkan"]), ("exo-cuda", "cuda", ["cuda"]), ("runner", "cpu", [])]:
+for name, acc, feats in [("exo-cpu", "cpu", []), ("exo-intel", "intel", ["vulkan"]), ("exo-cuda", "cuda", ["vulkan"]), ("runner", "cpu", [])]:
     p = packages[name]
     check(p["acceleration"] == acc, f"{name}: passthru.acceleration is {p['acceleration']!r}, want {acc!r}")
     check(p["mainProgram"] == "xpu-runner", f"{name}: meta.mainProgram is {p['mainProgram']!r}")
@@ -312,6 +314,10 @@ for name, acc, feats in [("exo-cpu", "cpu", []), ("exo-intel", "intel", ["vulkan
 intel = packages["exo-intel"]["postFixup"]
 for needle in ["ZES_ENABLE_SYSMAN 1", "vulkan-loader", "level-zero", "/run/opengl-driver/lib", "LD_LIBRARY_PATH"]:
     check(needle in intel, f"exo-intel: the wrapper does not mention {needle!r}")
+cuda = packages["exo-cuda"]
+check("--features cuda" in cuda["postBuild"], "exo-cuda: xpu-runner-cuda is not built with the cuda feature")
+check("bin/xpu-runner-cuda" in cuda["postInstall"], "exo-cuda: xpu-runner-cuda is not installed next to xpu-runner")
+check("LD_LIBRARY_PATH" in cuda["postFixup"], "exo-cuda: xpu-runner is not wrapped for the Vulkan loader")
 check(packages["probe"]["mainProgram"] == "xpu-probe", "probe: meta.mainProgram")
 check(packages["default-model"]["outputHash"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "default-model: outputHash")
 for name, p in packages.items():
