@@ -94,11 +94,13 @@ PY
     rm -rf "$smol"
     # Only what a llama-bench/llama-quantize build reads.
     llama_src=$(dirname "$(scripts/build-llama-cpp.sh --print-source)")
-    tar -C "$cache" -cJf "$pack/llama-sources.tar.xz" \
-        --exclude='*/src/models' --exclude='*/src/docs' --exclude='*/src/media' \
-        --exclude='*/src/tests' --exclude='*/src/benches' --exclude='*/src/examples' \
-        --exclude='*/src/gguf-py' --exclude='*/src/conversion' \
-        --exclude='*/src/tools/server/public*' --exclude='*/src/tools/server/webui' \
+    # --no-wildcards-match-slash: the tree's own models/ and docs/ go, src/models/ (C++) stays.
+    tar -C "$cache" -cJf "$pack/llama-sources.tar.xz" --no-wildcards-match-slash \
+        --exclude='llama.cpp-b*/src/models' --exclude='llama.cpp-b*/src/docs' \
+        --exclude='llama.cpp-b*/src/media' --exclude='llama.cpp-b*/src/tests' \
+        --exclude='llama.cpp-b*/src/benches' --exclude='llama.cpp-b*/src/examples' \
+        --exclude='llama.cpp-b*/src/gguf-py' --exclude='llama.cpp-b*/src/conversion' \
+        --exclude='llama.cpp-b*/src/tools/server/public*' --exclude='llama.cpp-b*/src/tools/server/webui' \
         "${llama_src#"$cache"/}/src"
     # Python packages the host lacks (the openai client, gguf) and the Vulkan loader.
     mkdir -p "$pack/wheels"

@@ -158,10 +158,19 @@ elif [ "$cuda" = 1 ]; then
     # where it is installed (GPU images often have no make).
     generator=()
     command -v ninja >/dev/null && generator=(-G Ninja)
-    cmake -S "$src" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${XPU_CUDA_ARCHS:-90a}" -DLLAMA_CURL=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
-        >"$root/configure-cuda.log" 2>&1 || {
+    # 90a (Hopper's own instructions) needs a CMake that knows architecture suffixes; where
+    # it does not, the plain architecture number still gives native code.
+    archs=${XPU_CUDA_ARCHS:-90a}
+    configured=0
+    for arch in "$archs" "${archs%a}"; do
+        rm -rf "$build"
+        cmake -S "$src" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+            -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" -DLLAMA_CURL=OFF \
+            -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
+            >"$root/configure-cuda.log" 2>&1 && { configured=1; break; }
+        echo "build-llama-cpp: configuring for CUDA architecture $arch failed" >&2
+    done
+    [ "$configured" = 1 ] || {
         cat "$root/configure-cuda.log" >&2
         exit 1
     }
