@@ -98,7 +98,10 @@ fn check_tensor_with(
         let got = testing::matmul(gpu, &weight, &x, n_tokens).unwrap();
         // A few tokens: the decode product, whose input may be quantized (see decode_input).
         let x_ref: Vec<f32> = if tuning.decode_kernel_for(n_tokens) {
-            decode_input(tuning, ty, &x).iter().map(|&v| v as f32).collect()
+            decode_input(tuning, ty, &x)
+                .iter()
+                .map(|&v| v as f32)
+                .collect()
         } else {
             x.clone()
         };
