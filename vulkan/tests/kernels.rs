@@ -180,16 +180,27 @@ fn tiled_prefill_covers_several_row_tiles() {
 #[test]
 fn outputs_side_by_side_and_accumulated() {
     // 70 rows written at offset 5 of 80 floats per token, over and added to what is there:
-    // the decode, batched and tiled products (1, 3 and 40 tokens) each leave the other
-    // floats of a token exactly as they were. Q4_K: its decode product keeps x in f32.
+    // the decode product (1 and 3 tokens: once per token) and the tiled one (40 tokens) each
+    // leave the other floats of a token exactly as they were. Where the decode product
+    // quantizes x (int8 activations), the reference does the same (decode_input).
     let gpu = common::gpu(None);
+    let tuning = common::tuning();
     let (rows, k, stride, offset) = (70, 256, 80, 5);
     let qt = random_qtensor(GgmlDType::Q4K, rows, k, 80);
     let (weight, w) = upload_with_reference(&gpu, "side by side", &qt);
+    let ty = weight.weight_type();
     let mut rng = rand::rngs::StdRng::seed_from_u64(81);
     for n_tokens in [1usize, 3, 40] {
         let x = random(&mut rng, n_tokens * k);
-        let product = reference(&w, rows, k, &x, n_tokens);
+        let x_ref: Vec<f32> = if tuning.decode_kernel_for(n_tokens) {
+            decode_input(&tuning, ty, &x)
+                .iter()
+                .map(|&v| v as f32)
+                .collect()
+        } else {
+            x.clone()
+        };
+        let product = reference(&w, rows, k, &x_ref, n_tokens);
         let initial = random(&mut rng, n_tokens * stride);
         for accumulate in [false, true] {
             let got = testing::matmul_into(
