@@ -4,6 +4,7 @@
 //! it starts and prints the arguments it was given; without it the real dynamic loader
 //! refuses to start it, as it refuses the real CUDA binary on a machine without the driver.
 
+mod serve_support;
 mod support;
 
 use std::ffi::OsStr;
@@ -21,11 +22,16 @@ struct Install {
 impl Install {
     fn plain() -> Install {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
+        // A hard link where possible: a copy is written through a file descriptor that a
+        // process forked meanwhile by another test inherits, and executing the copy then
+        // fails with "Text file busy".
+        let (from, to) = (
             env!("CARGO_BIN_EXE_xpu-runner"),
             dir.path().join("xpu-runner"),
-        )
-        .unwrap();
+        );
+        if std::fs::hard_link(from, &to).is_err() {
+            std::fs::copy(from, &to).unwrap();
+        }
         Install { dir }
     }
 
@@ -213,4 +219,49 @@ fn auto_elsewhere_never_starts_the_cuda_binary() {
         "{out:?}"
     );
     assert!(!out.status.success());
+}
+
+/// The dashboard's CUDA entry on an NVIDIA machine served by the plain binary on the CPU:
+/// `compiled_in` (whether this install can run the engine) follows whether the CUDA binary
+/// beside it starts, not only whether the plain binary has the feature.
+fn dashboard_cuda_entry(install: &Install) -> serde_json::Value {
+    let facts = install.dir.path().join("facts.json");
+    std::fs::write(
+        &facts,
+        r#"{"schema_version": 1, "gpus": [{"pci_address": "0000:17:00.0", "vendor": "nvidia",
+            "name": "NVIDIA H100", "compute_capable": true}]}"#,
+    )
+    .unwrap();
+    let mut cmd = Command::new(install.dir.path().join("xpu-runner"));
+    cmd.arg("serve")
+        .arg("--model")
+        .arg(serve_support::model_path())
+        .args(["--device", "cpu", "--ctx", "256", "--port", "0", "--facts"])
+        .arg(&facts)
+        .env("LD_LIBRARY_PATH", install.lib_dir())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut server = serve_support::Server::spawn(cmd, None);
+    server.wait_ready();
+    let doc: serde_json::Value = serde_json::from_str(
+        &serve_support::request(server.port, "GET", "/v1/dashboard", None)
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    server.sigterm();
+    let engines = doc["engines"].as_array().unwrap();
+    let cuda = engines.iter().find(|e| e["device"] == "cuda");
+    cuda.unwrap_or_else(|| panic!("no cuda entry: {engines:?}"))
+        .clone()
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn the_dashboard_offers_cuda_when_the_cuda_binary_starts() {
+    let with = dashboard_cuda_entry(&Install::with_cuda_binary());
+    assert_eq!(with["compiled_in"], true, "{with}");
+    let without = dashboard_cuda_entry(&Install::plain());
+    assert_eq!(without["compiled_in"], false, "{without}");
 }

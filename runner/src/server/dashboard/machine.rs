@@ -4,6 +4,8 @@
 //! The facts are read through their JSON contract (as `device` does), so a file from
 //! another probe version still works; a field that is missing simply counts as unknown.
 
+use crate::cuda_binary;
+use crate::engine::Device;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -19,7 +21,9 @@ pub struct EngineOption {
     pub label: &'static str,
     /// The hardware it would run on, from the facts.
     pub hardware: Vec<String>,
-    /// Whether this binary has the engine.
+    /// Whether this install can run the engine: built into this binary, or for CUDA, the
+    /// CUDA binary installed beside it (`cuda_binary::available`). The JSON keeps the name
+    /// `compiled_in` for the clients that read it.
     pub compiled_in: bool,
     /// Whether the served model runs on it.
     pub in_use: bool,
@@ -75,27 +79,21 @@ pub fn engine_options(facts: Option<&Value>, in_use: Option<&str>) -> Vec<Engine
         in_use: in_use == Some("cpu"),
     }];
     let Some(facts) = facts else { return options };
-    for (vendor, device, label, compiled_in) in [
-        (
-            "intel",
-            "vulkan",
-            "Intel GPU (Vulkan)",
-            cfg!(feature = "vulkan"),
-        ),
-        (
-            "nvidia",
-            "cuda",
-            "NVIDIA GPU (CUDA)",
-            cfg!(feature = "cuda"),
-        ),
+    for (vendor, engine, label) in [
+        ("intel", Device::Vulkan, "Intel GPU (Vulkan)"),
+        ("nvidia", Device::Cuda, "NVIDIA GPU (CUDA)"),
     ] {
         let hardware: Vec<String> = gpus_of(facts, vendor).map(gpu_name).collect();
         if !hardware.is_empty() {
+            let device = engine.name();
             options.push(EngineOption {
                 device,
                 label,
                 hardware,
-                compiled_in,
+                compiled_in: match engine {
+                    Device::Cuda => cuda_binary::available().is_ok(),
+                    _ => engine.compiled_in(),
+                },
                 in_use: in_use == Some(device),
             });
         }
