@@ -92,16 +92,7 @@ PY
     mv "$smol/part-b" "$pack/smollm2.part-b"
     sha256sum <"$smol/smollm2.gguf" | cut -d' ' -f1 >"$pack/smollm2.sha256"
     rm -rf "$smol"
-    # Only what a llama-bench/llama-quantize build reads.
-    llama_src=$(dirname "$(scripts/build-llama-cpp.sh --print-source)")
-    # --no-wildcards-match-slash: the tree's own models/ and docs/ go, src/models/ (C++) stays.
-    tar -C "$cache" -cJf "$pack/llama-sources.tar.xz" --no-wildcards-match-slash \
-        --exclude='llama.cpp-b*/src/models' --exclude='llama.cpp-b*/src/docs' \
-        --exclude='llama.cpp-b*/src/media' --exclude='llama.cpp-b*/src/tests' \
-        --exclude='llama.cpp-b*/src/benches' --exclude='llama.cpp-b*/src/examples' \
-        --exclude='llama.cpp-b*/src/gguf-py' --exclude='llama.cpp-b*/src/conversion' \
-        --exclude='llama.cpp-b*/src/tools/server/public*' --exclude='llama.cpp-b*/src/tools/server/webui' \
-        "${llama_src#"$cache"/}/src"
+    scripts/build-llama-cpp.sh --pack-source "$pack/llama-sources.tar.xz"
     # Python packages the host lacks (the openai client, gguf) and the Vulkan loader.
     mkdir -p "$pack/wheels"
     (cd "$pack/wheels" && python3 -m pip download -q --no-deps --only-binary=:all: \

@@ -97,17 +97,7 @@ for line in sys.stdin:
     done
     if [ "$with_llama_source" = 1 ]; then
         mapfile -t vk_tools < <(scripts/build-vulkan-tools.sh)
-        cache=${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}
-        llama_src=$(dirname "$(scripts/build-llama-cpp.sh --print-source)")
-        # Only what a llama-bench/llama-quantize build reads: no models, docs or web UI.
-        tar -C "$cache" -cJf "$pack/peer-sources.tar.xz" --no-wildcards-match-slash \
-            --exclude='llama.cpp-b*/src/models' --exclude='llama.cpp-b*/src/docs' \
-            --exclude='llama.cpp-b*/src/media' --exclude='llama.cpp-b*/src/tests' \
-            --exclude='llama.cpp-b*/src/benches' --exclude='llama.cpp-b*/src/examples' \
-            --exclude='llama.cpp-b*/src/gguf-py' --exclude='llama.cpp-b*/src/conversion' \
-            --exclude='llama.cpp-b*/src/tools/server/public*' --exclude='llama.cpp-b*/src/tools/server/webui' \
-            "${vk_tools[0]#"$cache"/}" "${vk_tools[1]#"$cache"/}" "${vk_tools[2]#"$cache"/}" \
-            "${llama_src#"$cache"/}/src"
+        scripts/build-llama-cpp.sh --pack-source "$pack/peer-sources.tar.xz" "${vk_tools[@]}"
     fi
     if [ "$with_llama" = 1 ]; then
         llama_bin=$(scripts/build-llama-cpp.sh --vulkan)

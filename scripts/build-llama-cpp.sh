@@ -21,6 +21,12 @@
 #                                              nvcc (CUDA 12 or 13) and is built on the GPU host
 #        scripts/build-llama-cpp.sh --print-source  fetches the sources only and prints their
 #                                              directory
+#        scripts/build-llama-cpp.sh --pack-source ARCHIVE [PATH...]  fetches the sources and
+#                                              writes what a llama-bench/llama-quantize build
+#                                              reads (no models, docs, tests or web UI) to the
+#                                              .tar.xz ARCHIVE, with the PATHs (inside the
+#                                              cache), relative to the cache: unpacked into
+#                                              another cache, a GPU host builds from it
 #
 # Cache: ${XPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xpu}/llama.cpp-b11434
 # Env:   XPU_BUILD_JOBS  parallel compile jobs (default 2)
@@ -29,12 +35,19 @@ set -euo pipefail
 vulkan=0
 cuda=0
 print_source=0
+pack_source=
 case "${1:-}" in
     --vulkan) vulkan=1 ;;
     --cuda) cuda=1 ;;
     --print-source) print_source=1 ;;
+    --pack-source)
+        [ -n "${2:-}" ] || { echo "build-llama-cpp: --pack-source needs the archive to write" >&2; exit 2; }
+        pack_source=$(realpath -m "$2")
+        shift 2
+        pack_extra=("$@")
+        ;;
     "") ;;
-    *) echo "build-llama-cpp: unknown option $1 (expected --vulkan, --cuda, --print-source or nothing)" >&2; exit 2 ;;
+    *) echo "build-llama-cpp: unknown option $1 (expected --vulkan, --cuda, --print-source, --pack-source or nothing)" >&2; exit 2 ;;
 esac
 
 version=11434
@@ -88,7 +101,7 @@ have_all() {
     for t in "${targets[@]}"; do [ -x "$bin/$t" ] || return 1; done
 }
 
-if [ "$print_source" = 0 ] && have_all && [ -f "$build/.complete" ]; then
+if [ "$print_source" = 0 ] && [ -z "$pack_source" ] && have_all && [ -f "$build/.complete" ]; then
     echo "$bin"
     exit 0
 fi
@@ -124,6 +137,25 @@ fi
 
 if [ "$print_source" = 1 ]; then
     echo "$src"
+    exit 0
+fi
+
+if [ -n "$pack_source" ]; then
+    members=("${root#"$cache"/}/src")
+    for path in "${pack_extra[@]}"; do
+        case "$path" in
+            "$cache"/*) members+=("${path#"$cache"/}") ;;
+            *) echo "build-llama-cpp: --pack-source: $path is not inside the cache $cache" >&2; exit 2 ;;
+        esac
+    done
+    # --no-wildcards-match-slash: the tree's own models/ and docs/ go, src/models/ (C++) stays.
+    tar -C "$cache" -cJf "$pack_source" --no-wildcards-match-slash \
+        --exclude='llama.cpp-b*/src/models' --exclude='llama.cpp-b*/src/docs' \
+        --exclude='llama.cpp-b*/src/media' --exclude='llama.cpp-b*/src/tests' \
+        --exclude='llama.cpp-b*/src/benches' --exclude='llama.cpp-b*/src/examples' \
+        --exclude='llama.cpp-b*/src/gguf-py' --exclude='llama.cpp-b*/src/conversion' \
+        --exclude='llama.cpp-b*/src/tools/server/public*' --exclude='llama.cpp-b*/src/tools/server/webui' \
+        "${members[@]}"
     exit 0
 fi
 
