@@ -11,16 +11,24 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let dm = k_scale_min(base, s);
     let d = dm.x;
     let m = dm.y;
-    // Each u32 of the result holds the 5-bit quants of four consecutive elements, one a byte.
+    let q = q5k_quants(sb, s);
+    let a = q[0];
+    let b = q[1];
+    return array<vec4<f32>, 8>(q5k_vec(a.x, d, m), q5k_vec(a.y, d, m), q5k_vec(a.z, d, m), q5k_vec(a.w, d, m),
+                               q5k_vec(b.x, d, m), q5k_vec(b.y, d, m), q5k_vec(b.z, d, m), q5k_vec(b.w, d, m));
+}
+
+// The 5-bit quants of sub-block s of super-block sb, four consecutive elements to a word,
+// one a byte (elements 0..15 in the first vec4, 16..31 in the second).
+fn q5k_quants(sb: u32, s: u32) -> array<vec4<u32>, 2> {
     let qv = sb * 11u + 3u + (s / 2u) * 2u;
     let hv = sb * 11u + 1u;
     let shift = vec4<u32>((s & 1u) * 4u);
     let low = vec4<u32>(0x0f0f0f0fu);
     let bit = vec4<u32>(0x01010101u);
-    let a = ((w4[qv] >> shift) & low) | (((w4[hv] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
-    let b = ((w4[qv + 1u] >> shift) & low) | (((w4[hv + 1u] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
-    return array<vec4<f32>, 8>(q5k_vec(a.x, d, m), q5k_vec(a.y, d, m), q5k_vec(a.z, d, m), q5k_vec(a.w, d, m),
-                               q5k_vec(b.x, d, m), q5k_vec(b.y, d, m), q5k_vec(b.z, d, m), q5k_vec(b.w, d, m));
+    return array<vec4<u32>, 2>(
+        ((w4[qv] >> shift) & low) | (((w4[hv] >> vec4<u32>(s)) & bit) << vec4<u32>(4u)),
+        ((w4[qv + 1u] >> shift) & low) | (((w4[hv + 1u] >> vec4<u32>(s)) & bit) << vec4<u32>(4u)));
 }
 
 fn q5k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
@@ -28,20 +36,16 @@ fn q5k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
-// int8 x (MV_DP4A): the 5-bit quants assembled four to a word as in load_unit (bytes
-// 0..31), multiplied with dot4I8Packed; scale and minimum once per unit, as in q4_k.wgsl.
+// int8 x (MV_DP4A): the 5-bit quants four to a word (q5k_quants, bytes 0..31), multiplied
+// with dot4I8Packed; scale and minimum once per unit, as in q4_k.wgsl.
 fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
     if (MV_DP4A) {
         let sb = row * (p.k / 256u) + u / 8u;
         let s = u % 8u;
         let dm = k_scale_min(sb * 44u, s);
-        let qv = sb * 11u + 3u + (s / 2u) * 2u;
-        let hv = sb * 11u + 1u;
-        let shift = vec4<u32>((s & 1u) * 4u);
-        let low = vec4<u32>(0x0f0f0f0fu);
-        let bit = vec4<u32>(0x01010101u);
-        let a = ((w4[qv] >> shift) & low) | (((w4[hv] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
-        let b = ((w4[qv + 1u] >> shift) & low) | (((w4[hv + 1u] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
+        let q = q5k_quants(sb, s);
+        let a = q[0];
+        let b = q[1];
         let dots = ((dot4I8Packed(a.x, xu.q[0]) + dot4I8Packed(a.y, xu.q[1])) + (dot4I8Packed(a.z, xu.q[2]) + dot4I8Packed(a.w, xu.q[3])))
             + ((dot4I8Packed(b.x, xu.q[4]) + dot4I8Packed(b.y, xu.q[5])) + (dot4I8Packed(b.z, xu.q[6]) + dot4I8Packed(b.w, xu.q[7])));
         return xu.qd * (dm.x * f32(dots) - dm.y * f32(xu.qsum));

@@ -10,8 +10,9 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let c = s % 4u;
     let base = sb * 53u;
     let d = unpack2x16float(w[base + 52u]).x;
-    let sc_lo = f32(extractBits(bitcast<i32>(byte_at(base + 48u, 8u * h + 2u * c)), 0u, 8u));
-    let sc_hi = f32(extractBits(bitcast<i32>(byte_at(base + 48u, 8u * h + 2u * c + 1u)), 0u, 8u));
+    let sc = q6k_scales(base, h, c);
+    let sc_lo = sc.x;
+    let sc_hi = sc.y;
     let ql_word = base + 16u * h + 8u * (c & 1u);
     let ql_shift = (c / 2u) * 4u;
     let qh_word = base + 32u + 8u * h;
@@ -29,6 +30,13 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
         out[j] = (d * scale) * q;
     }
     return out;
+}
+
+// The int8 scales of unit (h, c) of the super-block at word `base`: its first 16 elements'
+// and its last 16's.
+fn q6k_scales(base: u32, h: u32, c: u32) -> vec2<f32> {
+    let sc = byte_at(base + 48u, 8u * h + 2u * c) | (byte_at(base + 48u, 8u * h + 2u * c + 1u) << 8u);
+    return vec2<f32>(f32(extractBits(bitcast<i32>(sc), 0u, 8u)), f32(extractBits(bitcast<i32>(sc), 8u, 8u)));
 }
 
 // Four 6-bit quants (0..63, one a byte) from a word of ql (shifted to its nibbles) and one
@@ -50,9 +58,9 @@ fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
         let c = s % 4u;
         let base = sb * 53u;
         let d = unpack2x16float(w[base + 52u]).x;
-        let sc = byte_at(base + 48u, 8u * h + 2u * c) | (byte_at(base + 48u, 8u * h + 2u * c + 1u) << 8u);
-        let sc_lo = f32(extractBits(bitcast<i32>(sc), 0u, 8u));
-        let sc_hi = f32(extractBits(bitcast<i32>(sc), 8u, 8u));
+        let sc = q6k_scales(base, h, c);
+        let sc_lo = sc.x;
+        let sc_hi = sc.y;
         let lw = base + 16u * h + 8u * (c & 1u);
         let ls = (c / 2u) * 4u;
         let hw = base + 32u + 8u * h;
