@@ -10,6 +10,7 @@
 #   scripts/bench-cuda.sh --pack DIR --model-dir DIR2
 #
 # Steps on the host, in order; each prints a line starting with RESULT or CHECK:
+#  0. xpu-probe on the real machine recommends exo-cuda, and `--device auto` names its engine;
 #  1. the plain xpu-runner (built without CUDA) hands `--device cuda` over to xpu-runner-cuda;
 #  2. `generate --device cuda` gives the CPU engine's greedy tokens on SmolLM2 for 5 prompts
 #     (the model is requantized to Q4_0 and split in two, since no single call carries 64 MiB:
@@ -65,7 +66,9 @@ if [ -n "$pack" ]; then
     # Compressed: the CUDA binary is 78 MB stripped, 12 MB in xz.
     strip -o "$pack/xpu-runner" "$target/release/xpu-runner"
     strip -o "$pack/xpu-runner-cuda" "$cuda_bin"
-    xz -f -T0 "$pack/xpu-runner" "$pack/xpu-runner-cuda"
+    cargo build --release -p xpu-probe
+    strip -o "$pack/xpu-probe" "$target/release/xpu-probe"
+    xz -f -T0 "$pack/xpu-runner" "$pack/xpu-runner-cuda" "$pack/xpu-probe"
     python=${PYTHON:-python3}
     [ -x "$cache/venv-gguf/bin/python" ] && python=$cache/venv-gguf/bin/python
     model=${XPU_TEST_MODEL:-$(scripts/fetch-model.sh)}
@@ -119,8 +122,8 @@ over_budget() { [ $((SECONDS - start)) -ge "$budget" ]; }
 # The two binaries side by side, as installed: xpu-runner hands CUDA over to its neighbour.
 exe=$work/bin
 mkdir -p "$exe"
-for b in xpu-runner xpu-runner-cuda; do
-    xz -dc "$bin/$b.xz" >"$exe/$b" && chmod +x "$exe/$b"
+for b in xpu-runner xpu-runner-cuda xpu-probe; do
+    [ -f "$bin/$b.xz" ] && xz -dc "$bin/$b.xz" >"$exe/$b" && chmod +x "$exe/$b"
 done
 
 # --- the host: the driver, CUDA 13's libraries, the Vulkan loader, python packages ---
@@ -187,6 +190,19 @@ wait_gen() { # shape
     return 0
 }
 
+# --- 0. the probe's facts from this machine ---
+if [ -x "$exe/xpu-probe" ]; then
+    "$exe/xpu-probe" --format json >"$work/facts.json" 2>"$work/probe.log"
+    variant=$(python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))["recommendation"]
+print(r["variant"], "|", "; ".join(r["reasons"]))' "$work/facts.json" 2>>"$work/probe.log")
+    case "$variant" in
+        exo-cuda*) check "ok xpu-probe on this host recommends $variant" ;;
+        *) check "FAIL xpu-probe on this host recommends ${variant:-nothing} (see $work/probe.log)" ;;
+    esac
+    "$exe/xpu-probe" --format text 2>&1 | head -n 12
+fi
+
 # --- 1. the handoff ---
 ver=$("$exe/xpu-runner-cuda" --version 2>&1) && check "xpu-runner-cuda starts: $ver" ||
     check "FAIL xpu-runner-cuda does not start: $ver"
@@ -220,6 +236,9 @@ print(",".join(map(str, r["tokens"])))' 2>>"$work/devices.log"
     [ "$same" -ge 4 ] && verdict=ok
     check "$verdict generate --device cuda (through the plain xpu-runner) = cpu greedy tokens on SmolLM2 Q4_0: $same of 5 prompts"
     sort "$work/devices.log" | uniq -c
+    auto=$("$exe/xpu-runner" generate --model "$smol" --prompt "Hello" --max-tokens 4 --temperature 0 \
+        --json --device auto 2>>"$work/generate.log" | python3 -c 'import json, sys; print(json.load(sys.stdin)["device"])')
+    check "info generate --device auto on this host runs on: ${auto:-nothing (see $work/generate.log)}"
     tail -n 3 "$work/generate.log"
 else
     check "SKIPPED SmolLM2: --smollm-part missing or the joined file's sha256 differs (the first call carries it)"
