@@ -104,7 +104,8 @@ PY
         idna==3.21 typing_extensions==4.16.0 h11==0.16.0 certifi==2026.10.19.post1 \
         pydantic==2.14.4 pydantic_core==2.50.5 jiter==0.19.0 annotated_types==0.8.0 \
         typing_inspection==0.4.5 sniffio==1.3.1 distro==1.9.0 gguf==0.19.0)
-    (cd "$pack" && apt-get download -q libvulkan1 >/dev/null)
+    # The Vulkan loader, and the GL dispatch libraries that NVIDIA's Vulkan driver loads.
+    (cd "$pack" && apt-get download -q libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 >/dev/null)
     ls -la "$pack" "$model_dir"
     du -sh "$pack" "$model_dir"
     exit 0
@@ -138,12 +139,11 @@ if [ -n "$cuda_lib" ]; then
     export LD_LIBRARY_PATH=$(dirname "$cuda_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     echo "CUDA libraries: $LD_LIBRARY_PATH"
 fi
-# No grep -q: ldconfig would die of SIGPIPE under pipefail.
-if ! ldconfig -p | grep 'libvulkan.so.1 ' >/dev/null; then
-    for deb in "$bin"/libvulkan1_*.deb; do dpkg -x "$deb" /; done
-    ldconfig
-fi
-[ -n "$(ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null)" ] ||
+# The carried Vulkan loader and GL dispatch libraries (NVIDIA's Vulkan driver needs both).
+for deb in "$bin"/*.deb; do dpkg -x "$deb" /; done
+ldconfig
+# Where no driver manifest is installed system-wide, name the driver's own.
+ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 ||
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$bin"/wheels/*.whl
 site=$work/site
@@ -216,16 +216,22 @@ if [ -f "$smol" ] && [ "$(sha256sum <"$smol" | cut -d' ' -f1)" = "$(cat "$bin/sm
     prompts=("The capital of France is" "def fibonacci(n):" "Once upon a time, in a small village,"
         "The three primary colors are" "To make a cup of tea, first")
     same=0
+    i=0
+    # Each engine's answer with its 8 most likely tokens per step, for scripts/compare-llama.py
+    # --ours-json (llama.cpp's log-probabilities on the same file, computed where it runs).
+    mkdir -p "$work/compare/cuda" "$work/compare/cpu"
     for p in "${prompts[@]}"; do
-        ids() {
+        i=$((i + 1))
+        ids() { # device
             "$exe/xpu-runner" generate --model "$smol" --prompt "$p" --max-tokens 32 --temperature 0 \
-                --json "$@" 2>>"$work/generate.log" | python3 -c 'import json, sys
+                --json --logprobs 8 --device "$1" 2>>"$work/generate.log" | tee "$work/compare/$1/$i.json" |
+                python3 -c 'import json, sys
 r = json.load(sys.stdin)
 print(r["device"], file=sys.stderr)
 print(",".join(map(str, r["tokens"])))' 2>>"$work/devices.log"
         }
-        cuda=$(ids --device cuda)
-        cpu=$(ids --device cpu)
+        cuda=$(ids cuda)
+        cpu=$(ids cpu)
         if [ -n "$cuda" ] && [ "$cuda" = "$cpu" ]; then
             same=$((same + 1))
         else
@@ -304,19 +310,35 @@ peer_ready() {
     [ -x "$peer_bin/llama-bench" ] || return 1
     cp "$peer_bin/llama-bench" "$peer_bin/llama-quantize" "$work/" && return 0
 }
-bench_file() { # file
-    local f=$1 name cu vk pp tg
+# Each file's figures by name; the peer's may come later than ours (the peer builds meanwhile).
+declare -A fig_cuda fig_vulkan fig_pp fig_tg
+benched=()
+bench_file() { # file: ours on both engines, then the peer if it is built
+    local f=$1 name
     name=$(basename "$f")
-    cu=$(ours "$f" cuda)
-    vk=$(ours "$f" vulkan)
-    echo "RESULT $name ours-cuda $cu"
-    echo "RESULT $name ours-vulkan $vk"
-    if peer_ready && pp=$(llama_tps -m "$f" -p "$prompt" -n 0) && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt"); then
+    fig_cuda[$name]=$(ours "$f" cuda)
+    fig_vulkan[$name]=$(ours "$f" vulkan)
+    echo "RESULT $name ours-cuda ${fig_cuda[$name]}"
+    echo "RESULT $name ours-vulkan ${fig_vulkan[$name]}"
+    benched+=("$f")
+    peer_ready && bench_peer "$f"
+    return 0
+}
+bench_peer() { # file
+    local f=$1 name pp tg
+    name=$(basename "$f")
+    if pp=$(llama_tps -m "$f" -p "$prompt" -n 0) && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt"); then
         echo "RESULT $name llama.cpp-cuda {\"prefill_tps\": $pp, \"decode_tps\": $tg}"
+        fig_pp[$name]=$pp
+        fig_tg[$name]=$tg
     else
-        pp=; tg=
-        echo "RESULT $name llama.cpp-cuda none (peer not built or failed; see $peer_log)"
+        echo "RESULT $name llama.cpp-cuda failed (see $work/bench.log)"
     fi
+}
+summarise() { # file
+    local name cu vk pp tg
+    name=$(basename "$1")
+    cu=${fig_cuda[$name]:-} vk=${fig_vulkan[$name]:-} pp=${fig_pp[$name]:-} tg=${fig_tg[$name]:-}
     summary+=("$(python3 - "$name" "$cu" "$vk" "$pp" "$tg" <<'PY'
 import json, sys
 name, cu, vk, pp, tg = sys.argv[1:]
@@ -367,7 +389,14 @@ if [ -n "$quant_types" ]; then
         summary+=("$(tail -n 5 "$peer_log")")
     fi
 fi
+# The files that ran before the peer was built get its figures now.
+for f in "${benched[@]}"; do
+    [ -n "${fig_tg[$(basename "$f")]:-}" ] && continue
+    while ! peer_ready && kill -0 "$peer_pid" 2>/dev/null && ! over_budget; do sleep 5; done
+    peer_ready && ! over_budget && bench_peer "$f"
+done
 kill "$peer_pid" 2>/dev/null
+for f in "${benched[@]}"; do summarise "$f"; done
 
 echo
 echo "== summary ($((SECONDS - start)) s)"
