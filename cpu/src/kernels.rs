@@ -977,6 +977,100 @@ pub(crate) mod x86 {
         out
     }
 
+    /// Two consecutive Q4_0 blocks' nibbles (`b` is the first block) in one 512-bit
+    /// register, in the order of a [`super::Q4Pair`]: the first block's elements 0..16,
+    /// the second's 0..16, the first's 16..32, the second's 16..32.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and AVX2, and `b` is valid for reading two blocks.
+    #[inline(always)]
+    unsafe fn nibble_pair(b: *const u8) -> __m512i {
+        let lows = _mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(b.add(2) as *const __m128i)),
+            _mm_loadu_si128(b.add(20) as *const __m128i),
+        );
+        let both =
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lows), _mm256_srli_epi16::<4>(lows));
+        _mm512_and_si512(both, _mm512_set1_epi8(0x0F))
+    }
+
+    /// [`dot_q4_0_rows`] on 512-bit registers: each instruction takes two blocks, so
+    /// a block costs about half the instructions. Every lane does the operations of
+    /// [`dot_q4_0_rows`]' two accumulators in the same order (block `4i` and `4i + 2`
+    /// into the lanes of its `acc0`, `4i + 1` and `4i + 3` into those of its `acc1`),
+    /// and the lanes are put back in that layout before the same final sums, so each
+    /// row's result is the same bits as on the 256-bit kernel, alone or batched.
+    /// `pairs[r]` are row `r`'s blocks as [`super::Q4Pair`]s (two per four blocks).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA, F16C and AVX-512 F, BW and VNNI; as for
+    /// [`dot_q4_0_rows`], and `pairs[r]` holds `x[r].len() / 4 * 2` pairs.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn q4_0_rows_avx512<const R: usize>(
+        w: &[u8],
+        pairs: [&[super::Q4Pair]; R],
+        x: [&[BlockQ8]; R],
+        d: [&[f32]; R],
+        d_sum: [&[f32]; R],
+    ) -> [f32; R] {
+        #[inline(always)]
+        unsafe fn qs(x: &[BlockQ8], k: usize) -> __m256i {
+            _mm256_loadu_si256(x.get_unchecked(k).qs.as_ptr() as *const __m256i)
+        }
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let p = w.as_ptr();
+        let nb = x[0].len();
+        let quads = nb / 4;
+        // The four block scales of a quad, spread over the lanes of the blocks they
+        // scale (see `nibble_pair`).
+        let first = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+        let second = _mm512_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3, 2, 2, 2, 2, 3, 3, 3, 3);
+        for i in 0..quads {
+            let b = p.add(4 * i * 18);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
+            let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
+            let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
+            let dw = _mm_cvtph_ps(vmovq(packed));
+            let (qw01, qw23) = (nibble_pair(b), nibble_pair(b.add(36)));
+            for r in 0..R {
+                let ds = _mm_mul_ps(dw, _mm_loadu_ps(d[r].as_ptr().add(4 * i)));
+                let ds_sum = _mm_loadu_ps(d_sum[r].as_ptr().add(4 * i));
+                offsets[r] = _mm_fmadd_ps(dw, ds_sum, offsets[r]);
+                let ds = _mm512_castps128_ps512(ds);
+                let xq = pairs[r].as_ptr().add(2 * i);
+                let x01 = _mm512_loadu_si512((*xq).0.as_ptr() as *const __m512i);
+                let x23 = _mm512_loadu_si512((*xq.add(1)).0.as_ptr() as *const __m512i);
+                let zero = _mm512_setzero_si512();
+                let p01 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, qw01, x01));
+                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(first, ds), p01, acc[r]);
+                let p23 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, qw23, x23));
+                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(second, ds), p23, acc[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            // 128-bit lanes 0 and 2 are `acc0`'s halves, 1 and 3 `acc1`'s.
+            let mut acc0 =
+                _mm512_castps512_ps256(_mm512_shuffle_f32x4::<0b00_00_10_00>(acc[r], acc[r]));
+            let acc1 =
+                _mm512_castps512_ps256(_mm512_shuffle_f32x4::<0b00_00_11_01>(acc[r], acc[r]));
+            let mut offset = 0f32;
+            for k in 4 * quads..nb {
+                let b = p.add(k * 18);
+                let dw = f16(b);
+                let ds = _mm256_set1_ps(dw * *d[r].get_unchecked(k));
+                let product = unsigned_mul_sum::<false>(nibbles(b.add(2)), qs(x[r], k));
+                acc0 = _mm256_fmadd_ps(ds, product, acc0);
+                offset = dw.mul_add(*d_sum[r].get_unchecked(k), offset);
+            }
+            let o = _mm_add_ps(offsets[r], _mm_movehl_ps(offsets[r], offsets[r]));
+            let offset = offset + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
+            out[r] = hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * offset;
+        }
+        out
+    }
+
     /// One Q4_1 weight row · one activation row, in ggml's order.
     ///
     /// # Safety
@@ -1095,22 +1189,64 @@ pub(crate) mod x86 {
 /// keeps two accumulators per row, so more rows would not fit the 16 vector registers).
 const Q4_0_ROWS: usize = 4;
 
-/// One Q4_0 weight row `w` against activation rows `r0..r0 + R` (`row(r)` gives a row's
-/// blocks and block scales); `dst(r, value)` takes each row's result.
+/// [`Q4_0_ROWS`] for the AVX-512 kernel ([`x86::q4_0_rows_avx512`]: one accumulator
+/// per row, 32 registers).
+const Q4_0_WIDE_ROWS: usize = 8;
+
+/// The quantized activations of two consecutive blocks laid out for one 512-bit
+/// product with a pair of Q4_0 weight blocks: the first block's elements 0..16, the
+/// second's 0..16, the first's 16..32, the second's 16..32 (the order in which the
+/// two blocks' nibbles unpack).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Q4Pair([i8; 2 * QK]);
+
+/// Each row's blocks as [`Q4Pair`]s: for every four blocks of a row (a whole quad, as
+/// the Q4_0 kernels take them), two pairs; a row's last `nb % 4` blocks have none.
+fn q4_pairs(x: &[BlockQ8], nb: usize) -> Vec<Q4Pair> {
+    let quads = nb / 4;
+    let mut out = Vec::with_capacity(x.len() / nb.max(1) * quads * 2);
+    for row in x.chunks_exact(nb) {
+        for pair in row[..quads * 4].chunks_exact(2) {
+            let mut p = [0i8; 2 * QK];
+            p[..16].copy_from_slice(&pair[0].qs[..16]);
+            p[16..32].copy_from_slice(&pair[1].qs[..16]);
+            p[32..48].copy_from_slice(&pair[0].qs[16..]);
+            p[48..].copy_from_slice(&pair[1].qs[16..]);
+            out.push(Q4Pair(p));
+        }
+    }
+    out
+}
+
+/// One activation row of a Q4_0 product: its blocks, their [`BlockScales`] and, for
+/// the AVX-512 kernel, its [`Q4Pair`]s.
 #[cfg(target_arch = "x86_64")]
+type Q4Row<'a> = (&'a [BlockQ8], &'a [f32], &'a [f32], &'a [Q4Pair]);
+
+/// One Q4_0 weight row `w` against activation rows `r0..r0 + R` (`row(r)` gives a
+/// row); `dst(r, value)` takes each row's result. `avx512`: on the 512-bit kernel
+/// (the rows need their pairs), else on the AVX2 one (with AVX-VNNI if `vnni`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn q4_0_group<'a, const R: usize>(
     w: &[u8],
     r0: usize,
-    row: &dyn Fn(usize) -> (&'a [BlockQ8], &'a [f32], &'a [f32]),
+    row: &dyn Fn(usize) -> Q4Row<'a>,
+    avx512: bool,
     vnni: bool,
     dst: &mut dyn FnMut(usize, f32),
 ) {
     let rows: [_; R] = std::array::from_fn(|i| row(r0 + i));
     let (x, d, d_sum) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
-    // SAFETY: only called when has_avx2() (and has_vnni() for `vnni`) found the
-    // features; every row has as many blocks as the weight row (asserted by `matmul`).
+    // SAFETY: only called when has_avx2() (and has_vnni() for `vnni`,
+    // kquants::has_avx512() for `avx512`) found the features; every row has as many
+    // blocks as the weight row (asserted by `matmul`) and, for `avx512`, its pairs
+    // (built by `q4_pairs`).
     let v = unsafe {
-        if vnni {
+        if avx512 {
+            x86::q4_0_rows_avx512::<R>(w, rows.map(|r| r.3), x, d, d_sum)
+        } else if vnni {
             x86::q4_0_rows_vnni::<R>(w, x, d, d_sum)
         } else {
             x86::q4_0_rows::<R>(w, x, d, d_sum)
@@ -1118,6 +1254,47 @@ fn q4_0_group<'a, const R: usize>(
     };
     for (i, v) in v.into_iter().enumerate() {
         dst(r0 + i, v);
+    }
+}
+
+/// Weight row `w` against all `m` activation rows, in groups that share one
+/// unpacking of each weight block: of [`Q4_0_WIDE_ROWS`] on AVX-512, of
+/// [`Q4_0_ROWS`] else. The weight row is read from memory once and stays in L1 for
+/// the later groups.
+#[cfg(target_arch = "x86_64")]
+fn q4_0_all_rows<'a>(
+    w: &[u8],
+    m: usize,
+    row: &dyn Fn(usize) -> Q4Row<'a>,
+    avx512: bool,
+    vnni: bool,
+    dst: &mut dyn FnMut(usize, f32),
+) {
+    let mut r0 = 0;
+    if avx512 {
+        while r0 < m {
+            match m - r0 {
+                1 => q4_0_group::<1>(w, r0, row, true, vnni, dst),
+                2 => q4_0_group::<2>(w, r0, row, true, vnni, dst),
+                3 => q4_0_group::<3>(w, r0, row, true, vnni, dst),
+                4 => q4_0_group::<4>(w, r0, row, true, vnni, dst),
+                5 => q4_0_group::<5>(w, r0, row, true, vnni, dst),
+                6 => q4_0_group::<6>(w, r0, row, true, vnni, dst),
+                7 => q4_0_group::<7>(w, r0, row, true, vnni, dst),
+                _ => q4_0_group::<Q4_0_WIDE_ROWS>(w, r0, row, true, vnni, dst),
+            }
+            r0 += Q4_0_WIDE_ROWS;
+        }
+        return;
+    }
+    while r0 < m {
+        match m - r0 {
+            1 => q4_0_group::<1>(w, r0, row, false, vnni, dst),
+            2 => q4_0_group::<2>(w, r0, row, false, vnni, dst),
+            3 => q4_0_group::<3>(w, r0, row, false, vnni, dst),
+            _ => q4_0_group::<Q4_0_ROWS>(w, r0, row, false, vnni, dst),
+        }
+        r0 += Q4_0_ROWS;
     }
 }
 
@@ -1140,6 +1317,12 @@ unsafe impl Sync for OutPtr {}
 /// Runs all `jobs` (which share the same input activations `x`, `m` rows) in one
 /// parallel pass over `team`.
 pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_>]) {
+    matmul_with(team, x, m, jobs, crate::kquants::has_avx512());
+}
+
+/// [`matmul`], on the AVX-512 Q4_0 kernel only if `avx512` (and the CPU has it), so
+/// that tests cover the 256-bit kernels on any CPU.
+fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_>], avx512: bool) {
     let avx2 = has_avx2();
     let vnni = has_vnni();
     // Work items: (job, first weight row, end weight row).
@@ -1182,11 +1365,16 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
     } else {
         BlockScales::new(x)
     };
+    let avx512 = avx512 && avx2_tiles && q4_0 > 0 && crate::kquants::has_avx512();
+    let pairs = if avx512 { q4_pairs(x, nb) } else { Vec::new() };
+    let pairs_per_row = nb / 4 * 2;
     team.run(items.len(), &|item, _| {
         let (ji, start, end) = items[item];
         let w = &jobs[ji].weight;
         let n = w.rows;
         let out = outs[ji];
+        // Each weight row is used for all m activation rows while it is in L1: the
+        // item's rows are read from memory once, whatever m.
         #[cfg(target_arch = "x86_64")]
         if avx2_tiles && w.format == WeightFormat::Q4_0 {
             let row = |r: usize| {
@@ -1194,29 +1382,26 @@ pub fn matmul(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '_
                     &x[r * nb..(r + 1) * nb],
                     &scales.d[r * nb..(r + 1) * nb],
                     &scales.d_sum[r * nb..(r + 1) * nb],
+                    if avx512 {
+                        &pairs[r * pairs_per_row..(r + 1) * pairs_per_row]
+                    } else {
+                        &[][..]
+                    },
                 )
             };
-            for r0 in (0..m).step_by(Q4_0_ROWS) {
-                let group = |j: usize, dst: &mut dyn FnMut(usize, f32)| match m - r0 {
-                    1 => q4_0_group::<1>(w.row(j), r0, &row, vnni, dst),
-                    2 => q4_0_group::<2>(w.row(j), r0, &row, vnni, dst),
-                    3 => q4_0_group::<3>(w.row(j), r0, &row, vnni, dst),
-                    _ => q4_0_group::<Q4_0_ROWS>(w.row(j), r0, &row, vnni, dst),
-                };
-                for j in start..end {
-                    group(j, &mut |r, v| {
-                        // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
-                        // and out has m * n elements (asserted above).
-                        unsafe { *out.0.add(r * n + j) = v };
-                    });
-                }
+            for j in start..end {
+                q4_0_all_rows(w.row(j), m, &row, avx512, vnni, &mut |r, v| {
+                    // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
+                    // and out has m * n elements (asserted above).
+                    unsafe { *out.0.add(r * n + j) = v };
+                });
             }
             return;
         }
         if avx2_tiles {
             #[cfg(target_arch = "x86_64")]
-            for (t, tile) in tiles.iter().enumerate() {
-                for j in start..end {
+            for j in start..end {
+                for (t, tile) in tiles.iter().enumerate() {
                     // SAFETY: AVX2 was detected; the tile holds ROW_TILE rows of nb
                     // blocks and the weight row nb blocks (QMatrix::new, asserts above).
                     let v = unsafe {
@@ -1408,6 +1593,76 @@ mod tests {
         }
     }
 
+    /// The AVX-512 Q4_0 kernel gives every row the bits of the 256-bit kernel alone
+    /// (`x86::dot`, which decode of a single sequence runs), for every group size and
+    /// with blocks left over after the last whole quad (18 blocks: two; 3: all).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_q4_0_rows_are_bit_identical_to_avx2() {
+        if !crate::kquants::has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        fn check<const R: usize>(w: &[u8], xq: &[BlockQ8], nb: usize) {
+            let scales = BlockScales::new(xq);
+            let pairs = q4_pairs(xq, nb);
+            let per_row = nb / 4 * 2;
+            let rows = |r: usize| r * nb..(r + 1) * nb;
+            // SAFETY: has_avx512() found AVX2, FMA, F16C and AVX-512 F, BW and VNNI;
+            // the weight row and every activation row hold nb blocks, and the pairs
+            // were built from those rows.
+            let wide = unsafe {
+                x86::q4_0_rows_avx512::<R>(
+                    w,
+                    std::array::from_fn(|r| &pairs[r * per_row..(r + 1) * per_row]),
+                    std::array::from_fn(|r| &xq[rows(r)]),
+                    std::array::from_fn(|r| &scales.d[rows(r)]),
+                    std::array::from_fn(|r| &scales.d_sum[rows(r)]),
+                )
+            };
+            for (r, wide) in wide.into_iter().enumerate() {
+                // SAFETY: as above.
+                let alone = unsafe {
+                    x86::dot(
+                        WeightFormat::Q4_0,
+                        w,
+                        &xq[rows(r)],
+                        &scales.d[rows(r)],
+                        &scales.d_sum[rows(r)],
+                    )
+                };
+                assert_eq!(
+                    wide.to_bits(),
+                    alone.to_bits(),
+                    "R={R} row {r} of {nb} blocks"
+                );
+                let scalar = dot_scalar(WeightFormat::Q4_0, w, &xq[rows(r)]);
+                assert!(
+                    (wide - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()),
+                    "R={R} row {r}: {wide} vs scalar {scalar}"
+                );
+            }
+        }
+        let mut seed = 101;
+        for nb in [64, 18, 3] {
+            let cols = nb * QK;
+            let w = random_matrix(WeightFormat::Q4_0, 1, cols, &mut seed);
+            let x: Vec<f32> = (0..8 * cols)
+                .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut xq = Vec::new();
+            quantize_rows(&x, cols, &mut xq);
+            check::<1>(&w, &xq, nb);
+            check::<2>(&w, &xq, nb);
+            check::<3>(&w, &xq, nb);
+            check::<4>(&w, &xq, nb);
+            check::<5>(&w, &xq, nb);
+            check::<6>(&w, &xq, nb);
+            check::<7>(&w, &xq, nb);
+            check::<8>(&w, &xq, nb);
+        }
+    }
+
     #[test]
     fn a_rows_result_does_not_depend_on_the_other_rows() {
         // A sequence's logits must not depend on which other sequences share its pass
@@ -1427,22 +1682,27 @@ mod tests {
             let x: Vec<f32> = (0..64 * cols)
                 .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
-            let product = |x: &[f32]| {
-                let m = x.len() / cols;
-                let mut xq = Vec::new();
-                quantize_rows(x, cols, &mut xq);
-                let mut out = vec![0f32; m * rows];
-                let job = MatmulJob {
-                    weight: w,
-                    out: &mut out,
+            for avx512 in [false, true] {
+                let product = |x: &[f32]| {
+                    let m = x.len() / cols;
+                    let mut xq = Vec::new();
+                    quantize_rows(x, cols, &mut xq);
+                    let mut out = vec![0f32; m * rows];
+                    let job = MatmulJob {
+                        weight: w,
+                        out: &mut out,
+                    };
+                    matmul_with(&Team::new(2), &xq, m, &mut [job], avx512);
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };
-                matmul(&Team::new(2), &xq, m, &mut [job]);
-                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            };
-            let alone: Vec<u32> = x.chunks(cols).flat_map(product).collect();
-            for m in [2, 3, 5, 7, 8, 13, 64] {
-                let together: Vec<u32> = x.chunks(m * cols).flat_map(product).collect();
-                assert_eq!(together, alone, "{format:?}, {m} rows at a time");
+                let alone: Vec<u32> = x.chunks(cols).flat_map(product).collect();
+                for m in [2, 3, 5, 7, 8, 9, 13, 16, 64] {
+                    let together: Vec<u32> = x.chunks(m * cols).flat_map(product).collect();
+                    assert_eq!(
+                        together, alone,
+                        "{format:?}, {m} rows at a time, AVX-512 allowed: {avx512}"
+                    );
+                }
             }
         }
     }
