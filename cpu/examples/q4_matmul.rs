@@ -14,9 +14,9 @@
 //! up and down, plus the output layer): its time per step and the tokens per second
 //! that gives at `m` sequences. The sizes are alternated in rounds so that each sees
 //! the same state of a shared machine; compare figures of one run only. With one
-//! thread the times are the CPU time of the calling thread (from
-//! `/proc/thread-self/schedstat`), which other processes on a shared machine disturb
-//! much less than the wall time.
+//! thread the times are the CPU time of the calling thread (which runs the whole
+//! product then), which other processes on a shared machine disturb much less than
+//! the wall time.
 
 use std::time::Instant;
 
@@ -138,13 +138,13 @@ fn main() {
     }
 }
 
-/// Seconds this thread has run on a CPU (Linux), if readable.
+/// Seconds this thread has run on a CPU, if the clock can be read.
 fn thread_cpu_s() -> Option<f64> {
-    let ns: u64 = std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(ns as f64 / 1e9)
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+    ok.then(|| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
 }

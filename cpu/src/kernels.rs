@@ -905,6 +905,13 @@ pub(crate) mod x86 {
     /// does not depend on `R` or on the other rows (a sequence's logits must not
     /// depend on what shares its pass). `dot_q4_0` is this kernel with `R = 1`.
     ///
+    /// A block's integer sum takes four lanes, not eight: lane `l` adds the products
+    /// of elements `4l..4l + 4` and `16 + 4l..16 + 4l + 4`, so one register holds two
+    /// blocks and their float steps (conversion, scale FMA) cost half as much. Blocks
+    /// `4i` and `4i + 1` go into `acc_a`, `4i + 2` and `4i + 3` into `acc_b`; the
+    /// AVX-512 kernel ([`q4_0_rows_avx512`]) does the same lanes' operations four
+    /// blocks to a register.
+    ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `w` holds `x[r].len()` Q4_0 blocks and `d[r]`
     /// and `d_sum[r]` one value per block of `x[r]`, for every row `r`.
@@ -915,22 +922,41 @@ pub(crate) mod x86 {
         d: [&[f32]; R],
         d_sum: [&[f32]; R],
     ) -> [f32; R] {
-        /// The 32 quantized activations of block `k` of `x`.
+        /// The halves `h` (0: elements 0..16, 1: 16..32) of the quantized
+        /// activations of blocks `k` and `k + 1` of `x`, side by side.
         ///
         /// # Safety
-        /// The CPU has AVX, and `x` has a block `k`.
+        /// The CPU has AVX2, and `x` has blocks `k` and `k + 1`.
         #[inline(always)]
-        unsafe fn qs(x: &[BlockQ8], k: usize) -> __m256i {
-            _mm256_loadu_si256(x.get_unchecked(k).qs.as_ptr() as *const __m256i)
+        unsafe fn halves(x: &[BlockQ8], k: usize, h: usize) -> __m256i {
+            let at = |k: usize| x.get_unchecked(k).qs.as_ptr().add(16 * h) as *const __m128i;
+            _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(at(k))),
+                _mm_loadu_si128(at(k + 1)),
+            )
+        }
+        /// The nibbles of blocks `k` and `k + 1` from `b`, side by side, unmasked.
+        ///
+        /// # Safety
+        /// The CPU has AVX2, and `b` holds blocks `k` and `k + 1`.
+        #[inline(always)]
+        unsafe fn raw(b: *const u8, k: usize) -> __m256i {
+            _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(b.add(k * 18 + 2) as *const __m128i)),
+                _mm_loadu_si128(b.add(k * 18 + 20) as *const __m128i),
+            )
         }
         // No closures here: a closure does not inherit the target features, so the
         // intrinsics in it would not be inlined.
-        let mut acc0 = [_mm256_setzero_ps(); R];
-        let mut acc1 = [_mm256_setzero_ps(); R];
+        let mut acc_a = [_mm256_setzero_ps(); R];
+        let mut acc_b = [_mm256_setzero_ps(); R];
         let mut offsets = [_mm_setzero_ps(); R];
         let p = w.as_ptr();
         let nb = x[0].len();
         let quads = nb / 4;
+        let low = _mm256_set1_epi8(0x0F);
+        let first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        let second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
         for i in 0..quads {
             let b = p.add(4 * i * 18);
             // Prefetching never faults, also past the end of the mapping.
@@ -938,135 +964,166 @@ pub(crate) mod x86 {
             let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
             let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
             let dw = _mm_cvtph_ps(vmovq(packed));
-            let (qw0, qw1) = (nibbles(b.add(2)), nibbles(b.add(20)));
-            let (qw2, qw3) = (nibbles(b.add(38)), nibbles(b.add(56)));
+            let (raw_a, raw_b) = (raw(b, 0), raw(b, 2));
+            let (lo_a, hi_a) = (
+                _mm256_and_si256(raw_a, low),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(raw_a), low),
+            );
+            let (lo_b, hi_b) = (
+                _mm256_and_si256(raw_b, low),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(raw_b), low),
+            );
             for r in 0..R {
                 let ds = _mm_mul_ps(dw, _mm_loadu_ps(d[r].as_ptr().add(4 * i)));
                 let ds_sum = _mm_loadu_ps(d_sum[r].as_ptr().add(4 * i));
                 offsets[r] = _mm_fmadd_ps(dw, ds_sum, offsets[r]);
-                let ds = _mm256_set_m128(ds, ds);
-                let xr = x[r];
-                let k = 4 * i;
-                let p0 = unsigned_mul_sum::<V>(qw0, qs(xr, k));
-                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x00>(ds), p0, acc0[r]);
-                let p1 = unsigned_mul_sum::<V>(qw1, qs(xr, k + 1));
-                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0x55>(ds), p1, acc1[r]);
-                let p2 = unsigned_mul_sum::<V>(qw2, qs(xr, k + 2));
-                acc0[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xAA>(ds), p2, acc0[r]);
-                let p3 = unsigned_mul_sum::<V>(qw3, qs(xr, k + 3));
-                acc1[r] = _mm256_fmadd_ps(_mm256_permute_ps::<0xFF>(ds), p3, acc1[r]);
-            }
-        }
-        let mut offset = [0f32; R];
-        for k in 4 * quads..nb {
-            let b = p.add(k * 18);
-            let dw = f16(b);
-            let qw = nibbles(b.add(2));
-            for r in 0..R {
-                let ds = _mm256_set1_ps(dw * *d[r].get_unchecked(k));
-                acc0[r] = _mm256_fmadd_ps(ds, unsigned_mul_sum::<V>(qw, qs(x[r], k)), acc0[r]);
-                offset[r] = dw.mul_add(*d_sum[r].get_unchecked(k), offset[r]);
+                let ds = _mm256_castps128_ps256(ds);
+                let (xr, k) = (x[r], 4 * i);
+                let pa = block_pair_sums::<V>(lo_a, halves(xr, k, 0), hi_a, halves(xr, k, 1));
+                acc_a[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(ds, first), pa, acc_a[r]);
+                let pb =
+                    block_pair_sums::<V>(lo_b, halves(xr, k + 2, 0), hi_b, halves(xr, k + 2, 1));
+                acc_b[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(ds, second), pb, acc_b[r]);
             }
         }
         let mut out = [0f32; R];
         for r in 0..R {
-            let o = _mm_add_ps(offsets[r], _mm_movehl_ps(offsets[r], offsets[r]));
-            let offset = offset[r] + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
-            out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r])) - 8.0 * offset;
+            out[r] = q4_0_finish::<V>(w, x[r], d[r], d_sum[r], acc_a[r], acc_b[r], offsets[r]);
         }
         out
     }
 
-    /// Two consecutive Q4_0 blocks' nibbles (`b` is the first block) in one 512-bit
-    /// register, in the order of a [`super::Q4Pair`]: the first block's elements 0..16,
-    /// the second's 0..16, the first's 16..32, the second's 16..32.
+    /// The integer sums of two Q4_0 blocks as 8 f32 lanes, four per block: `lo`/`hi`
+    /// are the blocks' nibbles of elements 0..16 / 16..32 (block one in the lower
+    /// 128 bits), `x_lo`/`x_hi` the activations in the same order. Lane `l` of a
+    /// block is the sum of its elements `4l..4l + 4` and `16 + 4l..16 + 4l + 4`: with
+    /// `V` two AVX-VNNI `vpdpbusd`, else two `maddubs` added as 16-bit sums (at most
+    /// 4 * 15 * 128, no saturation) and widened with `madd`; the same integers.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and AVX2, and `b` is valid for reading two blocks.
+    /// The CPU has AVX2, and AVX-VNNI if `V`.
     #[inline(always)]
-    unsafe fn nibble_pair(b: *const u8) -> __m512i {
-        let lows = _mm256_inserti128_si256::<1>(
-            _mm256_castsi128_si256(_mm_loadu_si128(b.add(2) as *const __m128i)),
-            _mm_loadu_si128(b.add(20) as *const __m128i),
+    unsafe fn block_pair_sums<const V: bool>(
+        lo: __m256i,
+        x_lo: __m256i,
+        hi: __m256i,
+        x_hi: __m256i,
+    ) -> __m256 {
+        if V {
+            let s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, x_lo);
+            return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(s, hi, x_hi));
+        }
+        let s = _mm256_add_epi16(
+            _mm256_maddubs_epi16(lo, x_lo),
+            _mm256_maddubs_epi16(hi, x_hi),
         );
-        let both =
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lows), _mm256_srli_epi16::<4>(lows));
-        _mm512_and_si512(both, _mm512_set1_epi8(0x0F))
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1)))
     }
 
-    /// [`dot_q4_0_rows`] on 512-bit registers: each instruction takes two blocks, so
-    /// a block costs about half the instructions. Every lane does the operations of
-    /// [`dot_q4_0_rows`]' two accumulators in the same order (block `4i` and `4i + 2`
-    /// into the lanes of its `acc0`, `4i + 1` and `4i + 3` into those of its `acc1`),
-    /// and the lanes are put back in that layout before the same final sums, so each
-    /// row's result is the same bits as on the 256-bit kernel, alone or batched.
-    /// `pairs[r]` are row `r`'s blocks as [`super::Q4Pair`]s (two per four blocks).
+    /// The end of a Q4_0 row product, shared by the 256- and 512-bit kernels: the
+    /// blocks after the last whole quad (one at a time, into `acc_a`), then the
+    /// accumulators' and offsets' sums.
+    ///
+    /// # Safety
+    /// As for [`dot_q4_0_rows`], for the one row `x`.
+    #[inline(always)]
+    unsafe fn q4_0_finish<const V: bool>(
+        w: &[u8],
+        x: &[BlockQ8],
+        d: &[f32],
+        d_sum: &[f32],
+        mut acc_a: __m256,
+        acc_b: __m256,
+        offsets: __m128,
+    ) -> f32 {
+        let p = w.as_ptr();
+        let mut offset = 0f32;
+        for k in x.len() / 4 * 4..x.len() {
+            let b = p.add(k * 18);
+            let dw = f16(b);
+            let ds = _mm256_set1_ps(dw * *d.get_unchecked(k));
+            let qx = _mm256_loadu_si256(x.get_unchecked(k).qs.as_ptr() as *const __m256i);
+            acc_a = _mm256_fmadd_ps(ds, unsigned_mul_sum::<V>(nibbles(b.add(2)), qx), acc_a);
+            offset = dw.mul_add(*d_sum.get_unchecked(k), offset);
+        }
+        let o = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
+        let offset = offset + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
+        hsum(_mm256_add_ps(acc_a, acc_b)) - 8.0 * offset
+    }
+
+    /// Four consecutive Q4_0 blocks' nibbles (`b` is the first block) in two 512-bit
+    /// registers: elements 0..16 of each block, and elements 16..32, block after
+    /// block (the order of a [`super::Q4Quad`]).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW, and `b` is valid for reading four blocks.
+    #[inline(always)]
+    unsafe fn nibble_quad(b: *const u8) -> (__m512i, __m512i) {
+        let at = |k: usize| _mm_loadu_si128(b.add(k * 18 + 2) as *const __m128i);
+        let raw = _mm512_inserti32x4::<3>(
+            _mm512_inserti32x4::<2>(
+                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(at(0)), at(1)),
+                at(2),
+            ),
+            at(3),
+        );
+        let low = _mm512_set1_epi8(0x0F);
+        (
+            _mm512_and_si512(raw, low),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low),
+        )
+    }
+
+    /// [`dot_q4_0_rows`] on 512-bit registers, four blocks to a register: lanes 0..8
+    /// do `acc_a`'s operations and lanes 8..16 `acc_b`'s, in the same order and with
+    /// the same end ([`q4_0_finish`]), so each row's result is the same bits as on the
+    /// 256-bit kernel, alone or batched. `quads[r]` are row `r`'s activations as
+    /// [`super::Q4Quad`]s.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA, F16C and AVX-512 F, BW and VNNI; as for
-    /// [`dot_q4_0_rows`], and `pairs[r]` holds `x[r].len() / 4 * 2` pairs.
+    /// [`dot_q4_0_rows`], and `quads[r]` holds `x[r].len() / 4` quads.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub unsafe fn q4_0_rows_avx512<const R: usize>(
         w: &[u8],
-        pairs: [&[super::Q4Pair]; R],
+        quads: [&[super::Q4Quad]; R],
         x: [&[BlockQ8]; R],
         d: [&[f32]; R],
         d_sum: [&[f32]; R],
     ) -> [f32; R] {
-        #[inline(always)]
-        unsafe fn qs(x: &[BlockQ8], k: usize) -> __m256i {
-            _mm256_loadu_si256(x.get_unchecked(k).qs.as_ptr() as *const __m256i)
-        }
         let mut acc = [_mm512_setzero_ps(); R];
         let mut offsets = [_mm_setzero_ps(); R];
         let p = w.as_ptr();
         let nb = x[0].len();
-        let quads = nb / 4;
-        // The four block scales of a quad, spread over the lanes of the blocks they
-        // scale (see `nibble_pair`).
-        let first = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
-        let second = _mm512_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3, 2, 2, 2, 2, 3, 3, 3, 3);
-        for i in 0..quads {
+        // The four block scales of a quad, each over its block's four lanes.
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        for i in 0..nb / 4 {
             let b = p.add(4 * i * 18);
             _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
             let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
             let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
             let dw = _mm_cvtph_ps(vmovq(packed));
-            let (qw01, qw23) = (nibble_pair(b), nibble_pair(b.add(36)));
+            let (lo, hi) = nibble_quad(b);
             for r in 0..R {
                 let ds = _mm_mul_ps(dw, _mm_loadu_ps(d[r].as_ptr().add(4 * i)));
                 let ds_sum = _mm_loadu_ps(d_sum[r].as_ptr().add(4 * i));
                 offsets[r] = _mm_fmadd_ps(dw, ds_sum, offsets[r]);
-                let ds = _mm512_castps128_ps512(ds);
-                let xq = pairs[r].as_ptr().add(2 * i);
-                let x01 = _mm512_loadu_si512((*xq).0.as_ptr() as *const __m512i);
-                let x23 = _mm512_loadu_si512((*xq.add(1)).0.as_ptr() as *const __m512i);
-                let zero = _mm512_setzero_si512();
-                let p01 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, qw01, x01));
-                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(first, ds), p01, acc[r]);
-                let p23 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, qw23, x23));
-                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(second, ds), p23, acc[r]);
+                let q = quads[r].as_ptr().add(i);
+                let x_lo = _mm512_loadu_si512((*q).0.as_ptr() as *const __m512i);
+                let x_hi = _mm512_loadu_si512((*q).0.as_ptr().add(64) as *const __m512i);
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x_lo);
+                let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(sums, hi, x_hi));
+                let ds = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ds));
+                acc[r] = _mm512_fmadd_ps(ds, sums, acc[r]);
             }
         }
         let mut out = [0f32; R];
         for r in 0..R {
-            // 128-bit lanes 0 and 2 are `acc0`'s halves, 1 and 3 `acc1`'s.
-            let mut acc0 =
-                _mm512_castps512_ps256(_mm512_shuffle_f32x4::<0b00_00_10_00>(acc[r], acc[r]));
-            let acc1 =
-                _mm512_castps512_ps256(_mm512_shuffle_f32x4::<0b00_00_11_01>(acc[r], acc[r]));
-            let mut offset = 0f32;
-            for k in 4 * quads..nb {
-                let b = p.add(k * 18);
-                let dw = f16(b);
-                let ds = _mm256_set1_ps(dw * *d[r].get_unchecked(k));
-                let product = unsigned_mul_sum::<false>(nibbles(b.add(2)), qs(x[r], k));
-                acc0 = _mm256_fmadd_ps(ds, product, acc0);
-                offset = dw.mul_add(*d_sum[r].get_unchecked(k), offset);
-            }
-            let o = _mm_add_ps(offsets[r], _mm_movehl_ps(offsets[r], offsets[r]));
-            let offset = offset + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
-            out[r] = hsum(_mm256_add_ps(acc0, acc1)) - 8.0 * offset;
+            let (acc_a, acc_b) = (
+                _mm512_castps512_ps256(acc[r]),
+                _mm512_extractf32x8_ps::<1>(acc[r]),
+            );
+            out[r] = q4_0_finish::<false>(w, x[r], d[r], d_sum[r], acc_a, acc_b, offsets[r]);
         }
         out
     }
@@ -1193,40 +1250,38 @@ const Q4_0_ROWS: usize = 4;
 /// per row, 32 registers).
 const Q4_0_WIDE_ROWS: usize = 8;
 
-/// The quantized activations of two consecutive blocks laid out for one 512-bit
-/// product with a pair of Q4_0 weight blocks: the first block's elements 0..16, the
-/// second's 0..16, the first's 16..32, the second's 16..32 (the order in which the
-/// two blocks' nibbles unpack).
+/// The quantized activations of four consecutive blocks laid out for the AVX-512
+/// Q4_0 kernel: elements 0..16 of each block, block after block, then elements
+/// 16..32 (the order in which four blocks' nibbles unpack).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(crate) struct Q4Pair([i8; 2 * QK]);
+pub(crate) struct Q4Quad([i8; 4 * QK]);
 
-/// Each row's blocks as [`Q4Pair`]s: for every four blocks of a row (a whole quad, as
-/// the Q4_0 kernels take them), two pairs; a row's last `nb % 4` blocks have none.
-fn q4_pairs(x: &[BlockQ8], nb: usize) -> Vec<Q4Pair> {
-    let quads = nb / 4;
-    let mut out = Vec::with_capacity(x.len() / nb.max(1) * quads * 2);
+/// Each row's blocks as [`Q4Quad`]s, one per four blocks; a row's last `nb % 4`
+/// blocks have none.
+fn q4_quads(x: &[BlockQ8], nb: usize) -> Vec<Q4Quad> {
+    let mut out = Vec::with_capacity(x.len() / 4);
     for row in x.chunks_exact(nb) {
-        for pair in row[..quads * 4].chunks_exact(2) {
-            let mut p = [0i8; 2 * QK];
-            p[..16].copy_from_slice(&pair[0].qs[..16]);
-            p[16..32].copy_from_slice(&pair[1].qs[..16]);
-            p[32..48].copy_from_slice(&pair[0].qs[16..]);
-            p[48..].copy_from_slice(&pair[1].qs[16..]);
-            out.push(Q4Pair(p));
+        for quad in row.chunks_exact(4) {
+            let mut q = [0i8; 4 * QK];
+            for (k, block) in quad.iter().enumerate() {
+                q[16 * k..16 * k + 16].copy_from_slice(&block.qs[..16]);
+                q[64 + 16 * k..64 + 16 * k + 16].copy_from_slice(&block.qs[16..]);
+            }
+            out.push(Q4Quad(q));
         }
     }
     out
 }
 
 /// One activation row of a Q4_0 product: its blocks, their [`BlockScales`] and, for
-/// the AVX-512 kernel, its [`Q4Pair`]s.
+/// the AVX-512 kernel, its [`Q4Quad`]s.
 #[cfg(target_arch = "x86_64")]
-type Q4Row<'a> = (&'a [BlockQ8], &'a [f32], &'a [f32], &'a [Q4Pair]);
+type Q4Row<'a> = (&'a [BlockQ8], &'a [f32], &'a [f32], &'a [Q4Quad]);
 
 /// One Q4_0 weight row `w` against activation rows `r0..r0 + R` (`row(r)` gives a
 /// row); `dst(r, value)` takes each row's result. `avx512`: on the 512-bit kernel
-/// (the rows need their pairs), else on the AVX2 one (with AVX-VNNI if `vnni`).
+/// (the rows need their quads), else on the AVX2 one (with AVX-VNNI if `vnni`).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn q4_0_group<'a, const R: usize>(
@@ -1241,8 +1296,8 @@ fn q4_0_group<'a, const R: usize>(
     let (x, d, d_sum) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
     // SAFETY: only called when has_avx2() (and has_vnni() for `vnni`,
     // kquants::has_avx512() for `avx512`) found the features; every row has as many
-    // blocks as the weight row (asserted by `matmul`) and, for `avx512`, its pairs
-    // (built by `q4_pairs`).
+    // blocks as the weight row (asserted by `matmul`) and, for `avx512`, its quads
+    // (built by `q4_quads`).
     let v = unsafe {
         if avx512 {
             x86::q4_0_rows_avx512::<R>(w, rows.map(|r| r.3), x, d, d_sum)
@@ -1366,8 +1421,8 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
         BlockScales::new(x)
     };
     let avx512 = avx512 && avx2_tiles && q4_0 > 0 && crate::kquants::has_avx512();
-    let pairs = if avx512 { q4_pairs(x, nb) } else { Vec::new() };
-    let pairs_per_row = nb / 4 * 2;
+    let quads = if avx512 { q4_quads(x, nb) } else { Vec::new() };
+    let quads_per_row = nb / 4;
     team.run(items.len(), &|item, _| {
         let (ji, start, end) = items[item];
         let w = &jobs[ji].weight;
@@ -1383,7 +1438,7 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
                     &scales.d[r * nb..(r + 1) * nb],
                     &scales.d_sum[r * nb..(r + 1) * nb],
                     if avx512 {
-                        &pairs[r * pairs_per_row..(r + 1) * pairs_per_row]
+                        &quads[r * quads_per_row..(r + 1) * quads_per_row]
                     } else {
                         &[][..]
                     },
@@ -1605,16 +1660,16 @@ mod tests {
         }
         fn check<const R: usize>(w: &[u8], xq: &[BlockQ8], nb: usize) {
             let scales = BlockScales::new(xq);
-            let pairs = q4_pairs(xq, nb);
-            let per_row = nb / 4 * 2;
+            let quads = q4_quads(xq, nb);
+            let per_row = nb / 4;
             let rows = |r: usize| r * nb..(r + 1) * nb;
             // SAFETY: has_avx512() found AVX2, FMA, F16C and AVX-512 F, BW and VNNI;
-            // the weight row and every activation row hold nb blocks, and the pairs
+            // the weight row and every activation row hold nb blocks, and the quads
             // were built from those rows.
             let wide = unsafe {
                 x86::q4_0_rows_avx512::<R>(
                     w,
-                    std::array::from_fn(|r| &pairs[r * per_row..(r + 1) * per_row]),
+                    std::array::from_fn(|r| &quads[r * per_row..(r + 1) * per_row]),
                     std::array::from_fn(|r| &xq[rows(r)]),
                     std::array::from_fn(|r| &scales.d[rows(r)]),
                     std::array::from_fn(|r| &scales.d_sum[rows(r)]),
