@@ -24,10 +24,13 @@ Usage: scripts/compare-llama.py [--model GGUF] [--llama-model GGUF] [--device cp
                                 [--runner BIN] [--llama-bin DIR] [--tokens 16] [--threads 2]
                                 [--min-agree 4] [--logprobs 8] [--logit-steps 4]
                                 [--tolerance 0.25] [--chat TEXT]... [--raw TEXT]...
+                                [--ours-json DIR]
 Defaults: the model from scripts/fetch-model.sh, target/release/xpu-runner, and the
 llama.cpp build from scripts/build-llama-cpp.sh (or XPU_LLAMA_CPP_BIN). --device vulkan on a
 host without a GPU needs XPU_RUNNER_ALLOW_CPU_ADAPTER=1 (lavapipe). --llama-model runs
 llama.cpp on another file than ours (the negative test: a copy whose rope_freqs are ones).
+--ours-json DIR compares answers made elsewhere (DIR/1.json, ... in prompt order, as
+scripts/bench-cuda.sh keeps them for the CUDA engine on a GPU host) with llama.cpp here.
 """
 
 import argparse
@@ -86,7 +89,15 @@ def wait_healthy(port, proc, timeout=120):
     raise SystemExit("llama-server did not become healthy")
 
 
-def ours(args, model, kind, text):
+def ours(args, model, kind, text, index):
+    if args.ours_json:
+        # Answers made elsewhere (e.g. on a GPU host by scripts/bench-cuda.sh): INDEX.json.
+        path = os.path.join(args.ours_json, f"{index}.json")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--ours-json: cannot read {path}: {e}")
     flag = "--chat" if kind == "chat" else "--prompt"
     out = run([args.runner, "generate", "--model", model, flag, text, "--temperature", "0",
                "--max-tokens", str(args.tokens), "--threads", str(args.threads), "--device", args.device,
@@ -135,6 +146,9 @@ def main():
     ap.add_argument("--model")
     ap.add_argument("--llama-model", help="the file llama.cpp runs (default: --model)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "vulkan"])
+    ap.add_argument("--ours-json", metavar="DIR",
+                    help="read our answers from DIR/1.json, DIR/2.json, ... (generate --json --logprobs K, "
+                         "one per prompt in order) instead of running xpu-runner")
     ap.add_argument("--runner", default=os.path.join(ROOT, "target/release/xpu-runner"))
     ap.add_argument("--llama-bin", default=os.environ.get("XPU_LLAMA_CPP_BIN"))
     ap.add_argument("--tokens", type=int, default=16)
@@ -152,7 +166,7 @@ def main():
     model = args.model or run([os.path.join(ROOT, "scripts/fetch-model.sh")])
     llama_model = args.llama_model or model
     llama_bin = args.llama_bin or run([os.path.join(ROOT, "scripts/build-llama-cpp.sh")])
-    if not os.access(args.runner, os.X_OK):
+    if not args.ours_json and not os.access(args.runner, os.X_OK):
         raise SystemExit(f"{args.runner} is missing; run: cargo build --release -p xpu-runner --features vulkan")
     prompts = [("chat", t) for t in args.chat] + [("raw", t) for t in args.raw] or PROMPTS
     min_agree = min(args.min_agree, len(prompts))
@@ -170,10 +184,10 @@ def main():
     try:
         wait_healthy(port, server)
         print(f"model: {os.path.basename(model)}" + (f" (llama.cpp: {os.path.basename(llama_model)})" if llama_model != model else "")
-              + f"; device {args.device}; first {args.tokens} greedy tokens, same prompt ids; "
+              + f"; device {'from ' + args.ours_json if args.ours_json else args.device}; first {args.tokens} greedy tokens, same prompt ids; "
               f"log-probabilities of llama.cpp's top {args.logprobs} over the first {args.logit_steps} steps, tolerance {args.tolerance}")
         for i, (kind, text) in enumerate(prompts, 1):
-            mine = ours(args, model, kind, text)
+            mine = ours(args, model, kind, text, i)
             prompt_ids = mine["prompt_tokens"]
             ref, ref_steps = completion(port, prompt_ids, args.tokens, args.logprobs)
             a, b = mine["tokens"][: args.tokens], ref[: args.tokens]
