@@ -16,6 +16,23 @@ use xpu_vulkan::{testing, GpuWeight, KernelTuning, VulkanError, WeightType};
 
 const REL_TOL: f64 = 1e-5;
 
+/// The tolerance of a product whose x the kernel quantizes to int8. The GPU computes each
+/// block's 127 / max|x| with its own division (Vulkan allows a few ulp; NVIDIA's differs from
+/// the CPU's), so a value that lies within an ulp of a rounding boundary can land one int8
+/// step away from the reference's: on NVIDIA, 11 tokens of 4096 values gave 8e-5. A kernel
+/// that did not quantize at all is 4e-3 away (and any wrong weight far more), so this bound
+/// still tells the paths apart.
+const INT8_REL_TOL: f64 = 5e-4;
+
+/// The tolerance for a decode product of `ty` on `tuning` (`decode`: the decode kernel runs).
+fn decode_tolerance(tuning: &KernelTuning, ty: WeightType, decode: bool) -> f64 {
+    if decode && tuning.decode_quantizes_x(ty) {
+        INT8_REL_TOL
+    } else {
+        REL_TOL
+    }
+}
+
 fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -109,10 +126,8 @@ fn check_tensor_with(
         println!(
             "{label} {ty:?} [{rows}x{k}] tokens={n_tokens}: rel {rel:.2e} max_abs {max_abs:.2e}"
         );
-        assert!(
-            rel < REL_TOL,
-            "{label}: relative error {rel} above {REL_TOL}"
-        );
+        let tol = decode_tolerance(tuning, ty, tuning.decode_kernel_for(n_tokens));
+        assert!(rel < tol, "{label}: relative error {rel} above {tol}");
     }
     let ids: Vec<u32> = vec![0, (rows - 1) as u32, (rows / 2) as u32];
     let got = testing::get_rows(gpu, &weight, &ids).unwrap();
@@ -280,7 +295,7 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let (rel, _) = common::compare(&got, &product(&normed));
     println!("{label} {ty:?} rmsnorm·matvec: rel {rel:.2e}");
     assert!(
-        rel < REL_TOL,
+        rel < decode_tolerance(&common::tuning(), ty, true),
         "{label} {ty:?} rmsnorm·matvec: relative error {rel}"
     );
 
@@ -303,7 +318,7 @@ fn check_fused(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) {
     let (rel, _) = common::compare(&got, &product(&act));
     println!("{label} {ty:?} silu·mul·matvec: rel {rel:.2e}");
     assert!(
-        rel < REL_TOL,
+        rel < decode_tolerance(&common::tuning(), ty, true),
         "{label} {ty:?} silu·mul·matvec: relative error {rel}"
     );
 }
@@ -438,7 +453,14 @@ fn check_qkv_rope_parts(
         "{label} {types:?} rmsnorm·matvec·rope: rel q {rel_q:.2e} k {rel_k:.2e} v {rel_v:.2e}"
     );
     for (what, rel, tol) in [
-        ("q", rel_q, REL_TOL),
+        (
+            "q",
+            rel_q,
+            types
+                .iter()
+                .map(|&t| decode_tolerance(&common::tuning(), t, true))
+                .fold(REL_TOL, f64::max),
+        ),
         ("k", rel_k, KV_REL_TOL),
         ("v", rel_v, KV_REL_TOL),
     ] {
@@ -664,7 +686,7 @@ fn check_norm_glu(gpu: &xpu_vulkan::Gpu, label: &str, qt: &QTensor, seed: u64) -
     let (rel, _) = common::compare(&got, &want);
     println!("{label} {ty:?} rmsnorm·matvec·silu·mul: rel {rel:.2e}");
     assert!(
-        rel < REL_TOL,
+        rel < decode_tolerance(&common::tuning(), ty, true),
         "{label} {ty:?} rmsnorm·matvec·silu·mul: relative error {rel}"
     );
     weight.chunk_count()
