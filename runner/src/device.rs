@@ -125,7 +125,32 @@ pub fn available(device: Device) -> Result<(), String> {
 
 /// Decides the device. `facts` is only consulted for `auto`.
 pub fn decide(choice: DeviceChoice, facts: Option<&FactsSummary>) -> DeviceDecision {
-    decide_with(choice, facts, available)
+    let nvidia = facts.is_some_and(|f| f.variant.as_deref() == Some("exo-cuda"));
+    decide_with(choice, facts, |device| {
+        available(device)?;
+        // On NVIDIA the alternative to Vulkan is CUDA, so a Vulkan engine without a GPU
+        // adapter (the driver's Vulkan part missing or not loadable) must be seen before the
+        // choice: at load time the only fallback left is the CPU. Elsewhere the fallback is
+        // the CPU either way, and `load` gives it with the reason.
+        if nvidia && device == Device::Vulkan {
+            vulkan_gpu_adapter()?;
+        }
+        Ok(())
+    })
+}
+
+/// The Vulkan GPU adapter this build would run on, or why there is none.
+fn vulkan_gpu_adapter() -> Result<(), String> {
+    #[cfg(feature = "vulkan")]
+    {
+        xpu_vulkan::gpu_adapter()
+            .map(|_| ())
+            .map_err(|e| format!("no Vulkan GPU adapter: {e}"))
+    }
+    #[cfg(not(feature = "vulkan"))]
+    {
+        Ok(())
+    }
 }
 
 /// [`decide`] with the engines' availability given, so that the rule can be tested for
@@ -340,6 +365,23 @@ mod tests {
         assert_eq!(d.device, Device::Vulkan);
         let d = decide_with(DeviceChoice::Auto, Some(&facts("exo-cpu")), |_| Ok(()));
         assert_eq!(d.device, Device::Cpu);
+    }
+
+    /// On NVIDIA a Vulkan engine with no GPU adapter (here: only lavapipe, a CPU adapter,
+    /// which is never taken on NVIDIA even where tests allow it) is passed over at the
+    /// choice, so that CUDA, or the CPU where CUDA is missing, comes next with the reason.
+    #[cfg(feature = "vulkan")]
+    #[test]
+    fn auto_on_nvidia_passes_over_vulkan_without_a_gpu_adapter() {
+        let d = decide(DeviceChoice::Auto, Some(&facts("exo-cuda")));
+        assert_ne!(d.device, Device::Vulkan, "{:?}", d.reasons);
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r.contains("device vulkan cannot be used: no Vulkan GPU adapter")),
+            "{:?}",
+            d.reasons
+        );
     }
 
     #[test]

@@ -326,6 +326,15 @@ impl LostFlag {
 
 /// The Vulkan adapters in the engine's order: those with a PCI address sorted by it, then
 /// the others (CPU adapters) by name. `--devices` indices count in this list.
+/// The GPU adapter (not a CPU one such as lavapipe) the engine would take, described; the
+/// error says why there is none (no loader, no driver for the GPU, only CPU adapters). Cheap
+/// enough to ask before choosing an engine: it enumerates adapters and opens none.
+pub fn gpu_adapter() -> Result<String, VulkanError> {
+    let adapters = list_adapters()?;
+    let i = preferred(&adapters, false)?;
+    Ok(describe(&adapters[i].get_info()))
+}
+
 fn list_adapters() -> Result<Vec<wgpu::Adapter>, VulkanError> {
     check_loader()?;
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();

@@ -18,7 +18,7 @@ mod record;
 pub mod testing;
 
 pub use device::{
-    parse_split, AdapterSelector, DeviceOptions, DeviceSelection, Gpu, LostFlag,
+    gpu_adapter, parse_split, AdapterSelector, DeviceOptions, DeviceSelection, Gpu, LostFlag,
     ALLOW_CPU_ADAPTER_ENV, DEVICES_ENV, SPLIT_ENV,
 };
 pub use error::VulkanError;
