@@ -5,8 +5,11 @@
 //! Q8_0 and Q4_0 put all quants first and all f16 scales after them (no padding, so the bytes
 //! read per token equal the GGUF bytes); within a row, Q8_0 puts the first 16 quant bytes of
 //! every block before the last 16 of every block, so that the threads of a decode product,
-//! which take consecutive blocks, read consecutive 16-byte words with each load. Q6_K pads each
-//! 210-byte block to 212. F32, F16, BF16, Q4_1, Q4_K and Q5_K are uploaded exactly as stored.
+//! which take consecutive blocks, read consecutive 16-byte words with each load. Q4_K and Q6_K
+//! are split into sections the same way (see [`q4k_layout`] and [`q6k_layout`]): the quants of
+//! every 32-weight unit in one 16-byte word (Q6_K's high bits in two more words), units in
+//! row order, then the super-blocks' scales. F32, F16, BF16, Q4_1 and Q5_K are uploaded
+//! exactly as stored.
 
 use candle_core::quantized::GgmlDType;
 
@@ -84,12 +87,21 @@ impl WeightType {
         k / self.block_elems() * self.block_bytes()
     }
 
-    /// Bytes of one row on the GPU (Q6_K blocks are padded; scales of Q8_0/Q4_0 are moved).
+    /// Bytes of one row on the GPU: those of the file (the layouts only move bytes).
     fn gpu_row_bytes(self, k: usize) -> usize {
-        match self {
-            WeightType::Q6K => k / 256 * 212,
-            _ => self.row_bytes(k),
-        }
+        self.row_bytes(k)
+    }
+
+    /// Whether the kernels read this type's buffer as single words (binding 0 of matmul.wgsl).
+    fn word_view(self) -> bool {
+        !matches!(
+            self,
+            WeightType::F32
+                | WeightType::F16
+                | WeightType::BF16
+                | WeightType::Q4K
+                | WeightType::Q5K
+        )
     }
 
     /// Whether the kernels also read this type's buffer as vec4 words (binding 7 of
@@ -104,6 +116,7 @@ impl WeightType {
                 | WeightType::Q4_0
                 | WeightType::Q4K
                 | WeightType::Q5K
+                | WeightType::Q6K
         )
     }
 
@@ -148,16 +161,86 @@ pub(crate) fn to_gpu_layout(ty: WeightType, raw: &[u8], row_bytes: usize) -> (Ve
             debug_assert_eq!(out.len(), blocks * (qb + 2));
             (out, aux)
         }
-        WeightType::Q6K => {
-            let mut out = Vec::with_capacity(raw.len() / 210 * 212);
-            for b in raw.chunks_exact(210) {
-                out.extend_from_slice(b);
-                out.extend_from_slice(&[0, 0]);
-            }
-            (out, 0)
-        }
+        WeightType::Q4K => q4k_layout(raw),
+        WeightType::Q6K => q6k_layout(raw),
         _ => (raw.to_vec(), 0),
     }
+}
+
+/// The 32 quants of sub-block `s` (0..7) of a Q4_K or Q6_K block as one 16-byte word: byte
+/// `i` holds element `i` in its low nibble and element `16 + i` in its high nibble, so that
+/// masking a 4-byte word gives four consecutive elements, one a byte, ready for an integer
+/// dot product. `nibble(l)`: the low 4 bits of element `l` of the sub-block.
+fn unit_nibbles(nibble: impl Fn(usize) -> u8) -> [u8; 16] {
+    std::array::from_fn(|i| nibble(i) | (nibble(16 + i) << 4))
+}
+
+/// Q4_K for the GPU (matmul.wgsl and q4_k.wgsl read it): every 32-weight unit's quants as one
+/// 16-byte word ([`unit_nibbles`]), all units of all rows in order, then every block's 16-byte
+/// head (f16 d, f16 dmin, the 12 bytes of packed scales and minimums) from the returned word
+/// offset on. A decode thread then reads its unit with one 16-byte load, and the threads of
+/// a subgroup, which take consecutive units, read consecutive memory; in the file the two
+/// sub-blocks of a byte share it, so each thread read 32 bytes to use half of each.
+fn q4k_layout(raw: &[u8]) -> (Vec<u8>, u32) {
+    let mut out = Vec::with_capacity(raw.len());
+    for b in raw.chunks_exact(144) {
+        let qs = &b[16..];
+        for s in 0..8 {
+            let shift = 4 * (s & 1);
+            let q = &qs[32 * (s / 2)..32 * (s / 2) + 32];
+            out.extend_from_slice(&unit_nibbles(|l| (q[l] >> shift) & 0xf));
+        }
+    }
+    let aux = (out.len() / 4) as u32;
+    for b in raw.chunks_exact(144) {
+        out.extend_from_slice(&b[..16]);
+    }
+    (out, aux)
+}
+
+/// Q6_K for the GPU (q6_k.wgsl), in four sections, each in unit or block order over all rows:
+/// the units' low 4 bits as one 16-byte word each ([`unit_nibbles`]); their high 2 bits as
+/// two words per unit, every unit's first word and then every unit's second word (word `h`,
+/// byte `i`, bits `2j..2j + 1`: element `16h + 4j + i`); every block's 16 int8 scales; every
+/// block's f16 d. The returned word offset is that of the high bits (the section of
+/// low bits has as many words as 4 per unit). In the file a unit's 6-bit values are spread
+/// over 16 separate words of a 210-byte block that is not even word aligned.
+fn q6k_layout(raw: &[u8]) -> (Vec<u8>, u32) {
+    let blocks = raw.len() / 210;
+    let mut out = Vec::with_capacity(blocks * 212);
+    // Element l of sub-block s = 4h + c: ql byte 64h + 32(c & 1) + l (low nibble for c < 2),
+    // qh byte 32h + l, bits 2c..2c + 1 (as ggml's dequantize_row_q6_K).
+    let quant = |b: &[u8], s: usize, l: usize| -> u8 {
+        let (h, c) = (s / 4, s % 4);
+        let lo = (b[64 * h + 32 * (c & 1) + l] >> (4 * (c / 2))) & 0xf;
+        let hi = (b[128 + 32 * h + l] >> (2 * c)) & 3;
+        lo | (hi << 4)
+    };
+    for b in raw.chunks_exact(210) {
+        for s in 0..8 {
+            out.extend_from_slice(&unit_nibbles(|l| quant(b, s, l) & 0xf));
+        }
+    }
+    let aux = (out.len() / 4) as u32;
+    for half in 0..2 {
+        for b in raw.chunks_exact(210) {
+            for s in 0..8 {
+                let word: [u8; 4] = std::array::from_fn(|i| {
+                    (0..4).fold(0, |acc, j| {
+                        acc | ((quant(b, s, 16 * half + 4 * j + i) >> 4) << (2 * j))
+                    })
+                });
+                out.extend_from_slice(&word);
+            }
+        }
+    }
+    for b in raw.chunks_exact(210) {
+        out.extend_from_slice(&b[192..208]);
+    }
+    for b in raw.chunks_exact(210) {
+        out.extend_from_slice(&b[208..210]);
+    }
+    (out, aux)
 }
 
 /// One contiguous range of rows in its own buffer (one storage binding).
@@ -366,7 +449,7 @@ fn with_weight_views<'b>(
     chunk: &'b wgpu::Buffer,
     mut entries: Vec<(u32, &'b wgpu::Buffer)>,
 ) -> Vec<(u32, &'b wgpu::Buffer)> {
-    if !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16) {
+    if ty.word_view() {
         entries.push((0, chunk));
     }
     if ty.vec4_view() {

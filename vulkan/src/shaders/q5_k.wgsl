@@ -1,14 +1,13 @@
-// Q5_K, GGUF layout as is (176-byte super-blocks of 256 weights, 16-byte aligned): word 0 =
-// f16 d | f16 dmin << 16, words 1-3 = 12 bytes of packed 6-bit scales and mins (as Q4_K),
-// words 4-11 = 32 qh bytes, words 12-43 = 128 quant bytes. Unit u is 32-weight sub-block
-// s = u % 8 of super-block u / 8: element l takes the low (even s) or high (odd s) nibble of
-// quant byte 32*(s/2) + l and, as its fifth bit, bit s of qh byte l;
-// value = d*sc[s]*q - dmin*m[s].
+// Q5_K, GGUF layout as is (176-byte super-blocks of 256 weights, 16-byte aligned): words 0-3
+// = the head that k_scales.wgsl decodes (f16 d, f16 dmin, 12 bytes of packed 6-bit scales
+// and mins), read as one vec4, words 4-11 = 32 qh bytes, words 12-43 = 128 quant bytes. Unit
+// u is 32-weight sub-block s = u % 8 of super-block u / 8: element l takes the low (even s)
+// or high (odd s) nibble of quant byte 32*(s/2) + l and, as its fifth bit, bit s of qh byte
+// l; value = d*sc[s]*q - dmin*m[s].
 fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     let sb = row * (p.k / 256u) + u / 8u;
     let s = u % 8u;
-    let base = sb * 44u;
-    let dm = k_scale_min(base, s);
+    let dm = k_scale_min(w4[sb * 11u], s);
     let d = dm.x;
     let m = dm.y;
     let q = q5k_quants(sb, s);
@@ -42,7 +41,7 @@ fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
     if (MV_DP4A) {
         let sb = row * (p.k / 256u) + u / 8u;
         let s = u % 8u;
-        let dm = k_scale_min(sb * 44u, s);
+        let dm = k_scale_min(w4[sb * 11u], s);
         let q = q5k_quants(sb, s);
         let a = q[0];
         let b = q[1];
