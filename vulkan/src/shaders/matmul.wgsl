@@ -36,7 +36,7 @@ struct Step {
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
 @group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
 // The same weight buffer as `w`, read 16 bytes at a time by the types whose 32-weight units
-// are 16-byte aligned (F32, F16, Q8_0, Q4_0, Q4_K).
+// are 16-byte aligned (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
 @group(0) @binding(7) var<storage, read> w4: array<vec4<u32>>;
 
 const WG: u32 = 64u;
