@@ -365,6 +365,7 @@ fn run(args: &Args) -> Result<(), VulkanError> {
             "no"
         }
     );
+    println!("matrix cores:       {}", model.gpu().cooperative_matrices());
     println!("load:               {load_s:.1} s");
     let map = model.device_map();
     for part in &map {

@@ -181,6 +181,9 @@ pub struct Gpu {
     /// Bytes of the largest device-local memory heap, when the driver tells.
     memory: Option<u64>,
     tuning: KernelTuning,
+    /// The cooperative-matrix configurations the driver lists, described (see
+    /// [`Gpu::cooperative_matrices`]).
+    cooperative_matrices: String,
 }
 
 /// Checks that the Vulkan loader library can be opened, so that "no loader" and "no adapter"
@@ -326,6 +329,33 @@ impl LostFlag {
 
 /// The Vulkan adapters in the engine's order: those with a PCI address sorted by it, then
 /// the others (CPU adapters) by name. `--devices` indices count in this list.
+/// `cooperative_matrices`' text: the configurations (wgpu lists the subgroup-scope ones of
+/// 8 and 16 rows and columns) and whether wgpu offers the feature (it also needs the device
+/// scope of the Vulkan memory model).
+fn describe_cooperative_matrices(
+    offered: bool,
+    configurations: &[wgpu::CooperativeMatrixProperties],
+) -> String {
+    if configurations.is_empty() {
+        return "none listed".into();
+    }
+    let list: Vec<String> = configurations
+        .iter()
+        .map(|c| {
+            format!(
+                "{}x{}x{} {:?}->{:?}",
+                c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
+            )
+        })
+        .collect();
+    let offer = if offered {
+        "offered by wgpu"
+    } else {
+        "not offered by wgpu: the driver lacks the Vulkan memory model's device scope"
+    };
+    format!("{} ({offer})", list.join(", "))
+}
+
 /// The GPU adapter (not a CPU one such as lavapipe) the engine would take, described; the
 /// error says why there is none (no loader, no driver for the GPU, only CPU adapters). Cheap
 /// enough to ask before choosing an engine: it enumerates adapters and opens none.
@@ -414,6 +444,10 @@ impl Gpu {
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         let timestamps = available.contains(timestamp_features);
+        let cooperative_matrices = describe_cooperative_matrices(
+            available.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            &adapter.cooperative_matrix_properties(),
+        );
         let mut features = wgpu::Features::empty();
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
@@ -487,7 +521,16 @@ impl Gpu {
             lost,
             memory,
             tuning: opts.tuning,
+            cooperative_matrices,
         })
+    }
+
+    /// The cooperative-matrix (matrix core) configurations the driver lists through wgpu, as
+    /// `MxNxK A/B type -> C type`, and whether wgpu offers them to shaders. Not used by the
+    /// kernels yet; printed by the benchmark so that a GPU run tells what a prompt product on
+    /// matrix cores could use there.
+    pub fn cooperative_matrices(&self) -> &str {
+        &self.cooperative_matrices
     }
 
     /// The kernel settings every pipeline on this device is compiled with.
@@ -774,5 +817,37 @@ impl Gpu {
         };
         staging.unmap();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod cooperative_matrix_tests {
+    use super::describe_cooperative_matrices;
+    use wgpu::{CooperativeMatrixProperties, CooperativeScalarType};
+
+    #[test]
+    fn configurations_and_the_offer_are_described() {
+        assert_eq!(describe_cooperative_matrices(false, &[]), "none listed");
+        let f16 = CooperativeMatrixProperties {
+            m_size: 16,
+            n_size: 16,
+            k_size: 16,
+            ab_type: CooperativeScalarType::F16,
+            cr_type: CooperativeScalarType::F32,
+            saturating_accumulation: false,
+        };
+        let f32 = CooperativeMatrixProperties {
+            m_size: 8,
+            n_size: 8,
+            k_size: 8,
+            ab_type: CooperativeScalarType::F32,
+            cr_type: CooperativeScalarType::F32,
+            ..f16
+        };
+        assert_eq!(
+            describe_cooperative_matrices(true, &[f16, f32]),
+            "16x16x16 F16->F32, 8x8x8 F32->F32 (offered by wgpu)"
+        );
+        assert!(describe_cooperative_matrices(false, &[f16]).contains("not offered"));
     }
 }
