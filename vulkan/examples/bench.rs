@@ -23,8 +23,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{
-    parse_split, testing, DeviceOptions, DeviceSelection, KernelTuning, LlamaModel, LoadOptions,
-    SeqChunk, VulkanError, ALLOW_CPU_ADAPTER_ENV, MATVEC_TUNING_ENV,
+    parse_split, testing, DeviceOptions, DeviceSelection, ForwardTiming, KernelTuning, LlamaModel,
+    LoadOptions, SeqChunk, VulkanError, ALLOW_CPU_ADAPTER_ENV, MATVEC_TUNING_ENV,
 };
 
 struct Args {
@@ -285,8 +285,9 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
     let t = Instant::now();
     model.forward(&prompts[0][..8.min(args.prompt)], 0)?;
     println!("warm-up (8 tokens): {:.2} s", t.elapsed().as_secs_f64());
-    // Decodes `count` sequences from their prompts; returns the aggregate decode tok/s.
-    let decode = |model: &mut LlamaModel, count: usize| -> Result<f64, VulkanError> {
+    // Decodes `count` sequences from their prompts; returns the aggregate decode tok/s and
+    // where a step's time went.
+    let decode = |model: &mut LlamaModel, count: usize| -> Result<(f64, StepSplit), VulkanError> {
         model.reset();
         let mut next = Vec::with_capacity(count);
         for (slot, prompt) in prompts[..count].iter().enumerate() {
@@ -297,8 +298,10 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
             };
             next.push(argmax(&model.forward_batch(&[chunk])?[0]));
         }
+        let mut split = StepSplit::default();
         let t = Instant::now();
         for i in 0..args.decode {
+            let step_started = Instant::now();
             let ids = next.clone();
             let chunks: Vec<SeqChunk<'_>> = ids
                 .iter()
@@ -310,15 +313,34 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
                 })
                 .collect();
             let logits = model.forward_batch(&chunks)?;
+            let picking = Instant::now();
             next = logits.iter().map(|l| argmax(l)).collect();
+            split.add(
+                &model.last_timing(),
+                picking.elapsed().as_secs_f64(),
+                step_started.elapsed().as_secs_f64(),
+            );
         }
-        Ok((count * args.decode) as f64 / t.elapsed().as_secs_f64())
+        let tps = (count * args.decode) as f64 / t.elapsed().as_secs_f64();
+        Ok((tps, split.per_step(args.decode)))
     };
     let (mut one, mut all) = (Vec::new(), Vec::new());
+    let (mut split_one, mut split_all) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
-        one.push(decode(&mut model, 1)?);
-        all.push(decode(&mut model, n)?);
+        let (tps, split) = decode(&mut model, 1)?;
+        one.push(tps);
+        split_one.push(split);
+        let (tps, split) = decode(&mut model, n)?;
+        all.push(tps);
+        split_all.push(split);
     }
+    // The split of the run with the median decode rate.
+    let median_split = |tps: &[f64], splits: Vec<StepSplit>| {
+        let mut order: Vec<usize> = (0..tps.len()).collect();
+        order.sort_by(|&a, &b| tps[a].total_cmp(&tps[b]));
+        splits[order[order.len() / 2]]
+    };
+    let (split_one, split_all) = (median_split(&one, split_one), median_split(&all, split_all));
     let (one, all) = (median(one), median(all));
     println!("model:              {}", args.model.display());
     println!(
@@ -330,13 +352,88 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
         all / n as f64,
         all / one
     );
+    for (label, split) in [
+        ("1 sequence", split_one),
+        (&format!("{n} together"), split_all),
+    ] {
+        println!(
+            "step, {label:11} {:.3} ms: GPU (submit to fence) {:.3} ms, host {:.3} ms (inputs {:.3}, logits read-back {:.3}, picking tokens {:.3}, other {:.3}); {} dispatches",
+            split.step_s * 1e3,
+            split.gpu_s * 1e3,
+            split.host_s() * 1e3,
+            split.inputs_s * 1e3,
+            split.readback_s * 1e3,
+            split.pick_s * 1e3,
+            split.other_s() * 1e3,
+            split.dispatches
+        );
+    }
     println!(
-        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"sequences\":{n},\"decode_tps_one\":{one:.2},\"decode_tps_all\":{all:.2},\"ratio\":{:.2}}}",
+        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"sequences\":{n},\"decode_tps_one\":{one:.2},\"decode_tps_all\":{all:.2},\"ratio\":{:.2},\"step_ms_one\":{:.3},\"gpu_ms_one\":{:.3},\"dispatches_one\":{},\"step_ms_all\":{:.3},\"gpu_ms_all\":{:.3},\"host_ms_all\":{:.3},\"dispatches_all\":{}}}",
         args.model.display(),
         model.adapter_description().replace('"', "'"),
-        all / one
+        all / one,
+        split_one.step_s * 1e3,
+        split_one.gpu_s * 1e3,
+        split_one.dispatches,
+        split_all.step_s * 1e3,
+        split_all.gpu_s * 1e3,
+        split_all.host_s() * 1e3,
+        split_all.dispatches
     );
     Ok(())
+}
+
+/// Where the time of a decode step of `--sequences` went (seconds; sums, then per step):
+/// wall clocks around the steps and the engine's `ForwardTiming`, no GPU timestamps.
+#[derive(Debug, Clone, Copy, Default)]
+struct StepSplit {
+    /// The whole step: building the chunks, `forward_batch`, picking the next tokens.
+    step_s: f64,
+    /// First submission to the fence (`ForwardTiming::gpu_s`; the engine records the next
+    /// step meanwhile, so this would include that recording where it outlasted the GPU).
+    gpu_s: f64,
+    /// Writing the inputs before the first submission.
+    inputs_s: f64,
+    /// Fence to logits on the host.
+    readback_s: f64,
+    /// The argmax over every sequence's logits.
+    pick_s: f64,
+    /// Dispatches of one step (the last one's).
+    dispatches: usize,
+}
+
+impl StepSplit {
+    fn add(&mut self, t: &ForwardTiming, pick_s: f64, step_s: f64) {
+        self.step_s += step_s;
+        self.gpu_s += t.gpu_s;
+        self.inputs_s += t.inputs_s;
+        self.readback_s += t.readback_s;
+        self.pick_s += pick_s;
+        self.dispatches = t.dispatches;
+    }
+
+    fn per_step(self, steps: usize) -> StepSplit {
+        let s = steps as f64;
+        StepSplit {
+            step_s: self.step_s / s,
+            gpu_s: self.gpu_s / s,
+            inputs_s: self.inputs_s / s,
+            readback_s: self.readback_s / s,
+            pick_s: self.pick_s / s,
+            dispatches: self.dispatches,
+        }
+    }
+
+    /// Everything but the GPU's time.
+    fn host_s(&self) -> f64 {
+        self.step_s - self.gpu_s
+    }
+
+    /// Host time outside the parts named: building the chunks and checking them.
+    fn other_s(&self) -> f64 {
+        self.host_s() - self.inputs_s - self.readback_s - self.pick_s
+    }
 }
 
 fn run(args: &Args) -> Result<(), VulkanError> {

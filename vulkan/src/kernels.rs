@@ -24,10 +24,14 @@ pub(crate) const TILE_TOKENS: u32 = 32;
 /// tile's 32 token columns would be computed for nothing.
 pub(crate) const TILED_MIN_TOKENS: u32 = 16;
 /// Steps of at most this many tokens (a batched decode step of up to this many sequences)
-/// run the matrix-vector kernel once per token: each token's workgroups read the weights
-/// their rows' first token brought into the L2 cache, where the batched and tiled products
-/// would spread a few tokens over far fewer workgroups than the GPU has cores.
+/// run matrix-vector kernels: the multi-token one (`matvec_multi`), whose workgroups read
+/// their rows once for up to MULTI_COLS tokens, where the batched and tiled products would
+/// spread a few tokens over far fewer workgroups than the GPU has cores.
 pub(crate) const MATVEC_MAX_TOKENS: u32 = 16;
+/// Tokens one `matvec_multi` workgroup multiplies with its rows (`MV_COLS`, at most 8: see
+/// matvec_multi.wgsl) and the rows it takes (4 or 8).
+const MULTI_COLS: u32 = 8;
+const MULTI_ROWS: u32 = 8;
 /// Workgroups along x before a matmul dispatch wraps to y (`ROWS_PER_Y` in matmul.wgsl).
 pub(crate) const ROWS_PER_Y: u32 = 32768;
 /// Workgroups of the grid-stride elementwise kernels (rope, silu_mul).
@@ -70,9 +74,11 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
 /// model.rs), `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
 /// with the tiled product `matmul_tiled`, or every prompt batch with `matmul`, one row per
-/// workgroup) and `batch=N` (steps of at most N tokens, such as a batched decode step of N
-/// sequences, run the matrix-vector kernel for each token, reading every weight from memory
-/// once; 1: only one-token steps do).
+/// workgroup), `batch=N` (steps of at most N tokens, such as a batched decode step of N
+/// sequences, run matrix-vector kernels; 1: only one-token steps do), `multi=0|1` (1: those
+/// steps run the multi-token kernel `matvec_multi`, which reads each weight once per
+/// `cols` tokens; 0: the one-token kernel once per token, z slices), `cols=1..8` (tokens
+/// per `matvec_multi` workgroup) and `mrows=4|8` (rows per `matvec_multi` workgroup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -83,6 +89,9 @@ pub struct KernelTuning {
     attn_groups: usize,
     tiled_prefill: bool,
     matvec_tokens: u32,
+    multi: bool,
+    multi_cols: u32,
+    multi_rows: u32,
 }
 
 impl Default for KernelTuning {
@@ -101,6 +110,9 @@ impl KernelTuning {
         attn_groups: ATTENTION_TARGET_GROUPS,
         tiled_prefill: true,
         matvec_tokens: MATVEC_MAX_TOKENS,
+        multi: true,
+        multi_cols: MULTI_COLS,
+        multi_rows: MULTI_ROWS,
     };
 
     /// These settings with int8 activations in the decode products on or off (`dp4a`).
@@ -131,7 +143,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=tiled|rows and/or batch=<tokens>, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=tiled|rows, batch=<tokens>, multi=0|1, cols=1..8 and/or mrows=4|8, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -146,6 +158,9 @@ impl std::str::FromStr for KernelTuning {
                 ("prefill", _) if value == "tiled" => t.tiled_prefill = true,
                 ("prefill", _) if value == "rows" => t.tiled_prefill = false,
                 ("batch", Ok(n)) if n > 0 => t.matvec_tokens = n as u32,
+                ("multi", Ok(n @ (0 | 1))) => t.multi = n == 1,
+                ("cols", Ok(n @ 1..=8)) => t.multi_cols = n as u32,
+                ("mrows", Ok(n @ (4 | 8))) => t.multi_rows = n as u32,
                 _ => return Err(bad()),
             }
         }
@@ -159,6 +174,7 @@ const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
 const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const SINGLE_TYPE: &str = include_str!("shaders/single_type.wgsl");
 const MIXED: &str = include_str!("shaders/mixed.wgsl");
+const MATVEC_MULTI: &str = include_str!("shaders/matvec_multi.wgsl");
 
 /// How a decode matrix-vector product reads its input (the matvec entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -211,7 +227,7 @@ fn load_unit_source(ty: WeightType) -> &'static str {
 /// The matmul module of one weight type.
 fn single_source(reduce: &str, ty: WeightType) -> String {
     format!(
-        "{reduce}\n{MATMUL}\n{}\n{SINGLE_TYPE}",
+        "{reduce}\n{MATMUL}\n{MATVEC_MULTI}\n{}\n{SINGLE_TYPE}",
         load_unit_source(ty)
     )
 }
@@ -284,6 +300,9 @@ pub(crate) struct Kernels {
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
+    /// Multi-token pipelines (`matvec_multi`), keyed by type and int8 x; empty with
+    /// `multi=0`.
+    matvec_multi: HashMap<(WeightType, bool), wgpu::ComputePipeline>,
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
     /// for: keyed by the two types, input, tall and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
@@ -388,6 +407,7 @@ impl Kernels {
         let mut matmul = HashMap::new();
         let mut matmul_tiled = HashMap::new();
         let mut matvec = HashMap::new();
+        let mut matvec_multi = HashMap::new();
         let mut get_rows = HashMap::new();
         let tuning = *gpu.tuning();
         let reduce = if gpu.subgroups() {
@@ -461,6 +481,28 @@ impl Kernels {
                     }
                 }
             }
+            let int8 = tuning.dp4a && dp4a_type(ty);
+            if tuning.multi {
+                // As the plain one-token product: also without int8 x for the output head.
+                for q in if int8 { vec![true, false] } else { vec![false] } {
+                    let constants = [
+                        ("ROW_GROUPS", (tuning.multi_rows / 4) as f64),
+                        ("MV_COLS", tuning.multi_cols as f64),
+                        ("MV_DP4A", q as u32 as f64),
+                    ];
+                    matvec_multi.insert(
+                        (ty, q),
+                        pipeline_with(
+                            gpu,
+                            tuning.checks,
+                            &format!("matvec_multi {ty:?}"),
+                            &source,
+                            "matvec_multi",
+                            &constants,
+                        ),
+                    );
+                }
+            }
             get_rows.insert(
                 ty,
                 pipeline(
@@ -477,6 +519,7 @@ impl Kernels {
             matmul,
             matmul_tiled,
             matvec,
+            matvec_multi,
             get_rows,
             mixed: Mutex::new(HashMap::new()),
             reduce,
@@ -556,6 +599,19 @@ impl Kernels {
         exact: bool,
     ) -> &wgpu::ComputePipeline {
         &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
+    }
+
+    /// The multi-token matrix-vector pipeline (`matvec_multi`) with its rows and tokens per
+    /// workgroup, or `None` with `multi=0`; `exact` as for [`matvec`](Self::matvec).
+    pub fn matvec_multi(
+        &self,
+        ty: WeightType,
+        exact: bool,
+    ) -> Option<(&wgpu::ComputePipeline, u32, u32)> {
+        let int8 = self.dp4a && dp4a_type(ty) && !exact;
+        self.matvec_multi
+            .get(&(ty, int8))
+            .map(|p| (p, self.tuning.multi_rows, self.tuning.multi_cols))
     }
 
     /// The decode pipeline of a mixed product: rows below `Params.split` of type `a`, the
@@ -662,6 +718,10 @@ mod tuning_tests {
         assert!(!parse("dp4a=0").unwrap().dp4a);
         assert_eq!(parse("attn=512").unwrap().attn_groups, 512);
         assert_eq!(parse("batch=1").unwrap().matvec_tokens, 1);
+        let t = parse("multi=0,cols=4,mrows=4").unwrap();
+        assert_eq!((t.multi, t.multi_cols, t.multi_rows), (false, 4, 4));
+        let t = parse("").unwrap();
+        assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 8));
         assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);
         assert!(!parse("prefill=rows").unwrap().tiled_prefill);
         assert!(
@@ -685,6 +745,10 @@ mod tuning_tests {
             "dp4a=2",
             "attn=0",
             "batch=0",
+            "multi=2",
+            "cols=0",
+            "cols=9",
+            "mrows=16",
             "prefill=1",
             "prefill=tile",
             "prefill=",

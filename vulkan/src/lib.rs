@@ -23,5 +23,5 @@ pub use device::{
 };
 pub use error::VulkanError;
 pub use kernels::{KernelTuning, MATVEC_TUNING_ENV};
-pub use model::{LlamaConfig, LlamaModel, LoadOptions, SeqChunk};
+pub use model::{ForwardTiming, LlamaConfig, LlamaModel, LoadOptions, SeqChunk};
 pub use quant::{GpuWeight, WeightType};

@@ -525,15 +525,20 @@ pub(crate) fn one_decode_dispatch(kernels: &Kernels, parts: &[(GpuWeight, u32)])
 }
 
 /// A matrix product with its bind groups prepared once: `y (+)= x · Wᵀ` per chunk. One token
-/// and steps of a few tokens (up to Kernels::matvec_tokens, e.g. a batched decode step) use
-/// the matrix-vector kernel (`matvec`), more tokens the batched kernel (`matmul`), at least
-/// TILED_MIN_TOKENS the tiled one (`matmul_tiled`) where the kernels have it, and a decode
-/// step may use the fused-input matrix-vector kernel instead (see `fused`).
+/// uses the matrix-vector kernel (`matvec`), steps of a few tokens (up to
+/// Kernels::matvec_tokens, e.g. a batched decode step) the multi-token one (`matvec_multi`,
+/// each weight read once per workgroup of tokens), more tokens the batched kernel
+/// (`matmul`), at least TILED_MIN_TOKENS the tiled one (`matmul_tiled`) where the kernels
+/// have it, and a decode step may use the fused-input matrix-vector kernel instead (see
+/// `fused`).
 pub(crate) struct MatmulOp {
     label: &'static str,
     batch: Dispatches,
     tiled: Option<Dispatches>,
     single: Dispatches,
+    /// `matvec_multi` and its tokens per workgroup; `None` with `multi=0` (then `single`
+    /// runs once per token).
+    multi: Option<(Dispatches, u32)>,
     fused: Option<Dispatches>,
     /// Steps of at most this many tokens run `single` once per token (Kernels::matvec_tokens).
     matvec_tokens: u32,
@@ -620,6 +625,8 @@ impl MatmulOp {
             .matmul_tiled(weight.ty)
             .map(|pipeline| Dispatches::new(pipeline.clone()));
         let mut single = Dispatches::new(single_pipeline);
+        let multi_kernel = kernels.matvec_multi(weight.ty, mode.exact_input);
+        let mut multi = multi_kernel.map(|(p, _, cols)| (Dispatches::new(p.clone()), cols));
         let mut fused = fused_pipeline.map(Dispatches::new);
         let lanes = lanes_for(weight.k);
         for c in &weight.chunks {
@@ -671,6 +678,15 @@ impl MatmulOp {
                 &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]),
             );
             single.chunks.push((bg, mv_groups));
+            if let (Some((m, _)), Some((_, rows, _))) = (multi.as_mut(), multi_kernel) {
+                let bg = kernels::bind(
+                    gpu,
+                    &m.pipeline,
+                    label,
+                    &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step), (6, x)]),
+                );
+                m.chunks.push((bg, c.rows.div_ceil(rows)));
+            }
             if let Some(f) = fused.as_mut() {
                 let mut entries = vec![(1, fused_x), (2, fused_y), (3, &ubuf), (6, norm_w)];
                 if let Some(r) = rope {
@@ -691,6 +707,7 @@ impl MatmulOp {
             batch,
             tiled,
             single,
+            multi,
             fused,
             matvec_tokens: kernels.matvec_tokens(),
         })
@@ -752,6 +769,9 @@ impl MatmulOp {
                         t.more.push(p);
                     }
                     op.single.more.push(part.single);
+                    if let (Some((m, _)), Some((p, _))) = (op.multi.as_mut(), part.multi) {
+                        m.more.push(p);
+                    }
                     if let (Some(f), Some(p)) = (op.fused.as_mut(), part.fused) {
                         f.more.push(p);
                     }
@@ -789,8 +809,12 @@ impl MatmulOp {
     pub fn record(&self, rec: &mut Recorder<'_, '_>, n: u32, fused: bool) {
         match (&self.fused, fused) {
             (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
-            // A few tokens: the matrix-vector kernel with one z slice per token.
-            _ if n <= self.matvec_tokens => self.single.record(rec, self.label, n),
+            // A few tokens: the multi-token kernel with one z slice per `cols` tokens (or, with
+            // `multi=0`, the one-token kernel with one z slice per token).
+            _ if n <= self.matvec_tokens => match &self.multi {
+                Some((m, cols)) if n > 1 => m.record(rec, self.label, n.div_ceil(*cols)),
+                _ => self.single.record(rec, self.label, n),
+            },
             _ => match &self.tiled {
                 Some(t) if n >= kernels::TILED_MIN_TOKENS => {
                     t.record(rec, self.label, n.div_ceil(kernels::TILE_TOKENS))

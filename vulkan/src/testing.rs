@@ -111,6 +111,46 @@ pub fn matmul_into(
     })
 }
 
+/// [`matmul`] for each input of `xs` (each `[n, k]` for its own token count n), with the
+/// kernels compiled once.
+pub fn matmul_each(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    xs: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>, VulkanError> {
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    xs.iter()
+        .map(|x| {
+            if x.is_empty() || !x.len().is_multiple_of(weight.k) {
+                return Err(VulkanError::InvalidInput(format!(
+                    "x has {} values, not a whole number of rows of {}",
+                    x.len(),
+                    weight.k
+                )));
+            }
+            let n = x.len() / weight.k;
+            let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+            let yb =
+                gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; n * weight.rows]))?;
+            let step = step_buffer(gpu, n)?;
+            let op = MatmulOp::new(
+                gpu,
+                &kernels,
+                "matmul",
+                weight,
+                &xb,
+                &yb,
+                &step,
+                MatmulMode::default(),
+                None,
+            )?;
+            run(gpu, &yb, n * weight.rows, |rec| {
+                op.record(rec, n as u32, false)
+            })
+        })
+        .collect()
+}
+
 /// The input transformation a decode step fuses into a matrix-vector product.
 pub enum Fused<'a> {
     /// `x * norm_weight / sqrt(mean(x²) + eps)` (RMSNorm).

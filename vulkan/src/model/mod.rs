@@ -362,6 +362,15 @@ pub struct ForwardTiming {
     /// Seconds spent handing hidden states from one device to the next (reading the
     /// previous device's copy and writing it to the next), zero on one device.
     pub cross_s: f64,
+    /// Seconds from the first submission to the host seeing the GPU done (the fence): the
+    /// GPU's time on the pass, plus the gaps the host leaves it between submissions.
+    pub gpu_s: f64,
+    /// Seconds before the first submission: planning the passes and writing their inputs.
+    pub inputs_s: f64,
+    /// Seconds from the fence to the logits as vectors: mapping and copying them out.
+    pub readback_s: f64,
+    /// Dispatches (kernel launches) of the pass or passes, summed over the devices.
+    pub dispatches: usize,
 }
 
 /// The tensors of a mapped GGUF file, as raw bytes and checked against this engine's needs.
@@ -1107,6 +1116,8 @@ impl LlamaModel {
         let hidden_row = cfg.n_embd as u64 * 4;
         let mut cross = std::time::Duration::ZERO;
         let mut logit_rows = 0;
+        let mut first_submit: Option<std::time::Instant> = None;
+        let mut dispatches = 0;
         for pass in &passes {
             let shape = pass.shape();
             // Each device runs its layers on every token of the pass, then hands the hidden
@@ -1119,12 +1130,14 @@ impl LlamaModel {
                     stage.gpu.queue.write_buffer(&stage.hidden, 0, &bytes);
                     cross += t.elapsed();
                 }
+                first_submit.get_or_insert_with(std::time::Instant::now);
                 match stage.next_step.take() {
-                    Some((recorded, work)) if recorded == shape && logit_rows == 0 => {
+                    Some((recorded, work, count)) if recorded == shape && logit_rows == 0 => {
                         stage.gpu.queue.submit([work]);
+                        dispatches += count;
                     }
                     _ => {
-                        stage.record_pass(cfg, shape, logit_rows, true, None, |cb| {
+                        dispatches += stage.record_pass(cfg, shape, logit_rows, true, None, |cb| {
                             stage.gpu.queue.submit([cb]);
                         });
                     }
@@ -1160,26 +1173,34 @@ impl LlamaModel {
         if next.len <= self.ctx && next.tokens <= self.max_batch {
             for stage in &mut self.stages {
                 let mut work = None;
-                stage.record_pass(cfg, next, 0, false, None, |cb| work = Some(cb));
-                stage.next_step = work.map(|w| (next, w));
+                let count = stage.record_pass(cfg, next, 0, false, None, |cb| work = Some(cb));
+                stage.next_step = work.map(|w| (next, w, count));
             }
         }
         let recorded = std::time::Instant::now();
         let vocab = cfg.vocab;
         let last = self.stages.last().expect("at least one device");
+        last.gpu.wait("running the model")?;
+        let done = std::time::Instant::now();
         let bytes = last
             .gpu
             .map_read(&last.staging, (logit_rows * vocab * 4) as u64)?;
-        self.timing = ForwardTiming {
-            record_s: (recorded - started).as_secs_f64(),
-            wait_s: recorded.elapsed().as_secs_f64(),
-            cross_s: cross.as_secs_f64(),
-        };
+        let first_submit = first_submit.unwrap_or(started);
         for c in chunks {
             self.cached[c.slot] = c.start + c.tokens.len();
         }
         let logits: &[f32] = bytemuck::cast_slice(&bytes);
-        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        let logits = logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect();
+        self.timing = ForwardTiming {
+            record_s: (recorded - started).as_secs_f64(),
+            wait_s: recorded.elapsed().as_secs_f64(),
+            cross_s: cross.as_secs_f64(),
+            gpu_s: (done - first_submit).as_secs_f64(),
+            inputs_s: (first_submit - started).as_secs_f64(),
+            readback_s: done.elapsed().as_secs_f64(),
+            dispatches,
+        };
+        Ok(logits)
     }
 
     /// Runs one decode step (`token` at position `pos` of slot 0, as

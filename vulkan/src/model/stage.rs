@@ -41,8 +41,9 @@ pub(super) struct Stage {
     /// device continues from.
     pub(super) handoff: Option<wgpu::Buffer>,
     /// The work of a step of this shape, recorded ahead (see `forward_batch`). Its inputs
-    /// (token ids, rows, step uniform, handed-on hidden state) are written when it is submitted.
-    pub(super) next_step: Option<(PassShape, wgpu::CommandBuffer)>,
+    /// (token ids, rows, step uniform, handed-on hidden state) are written when it is
+    /// submitted. With its dispatch count.
+    pub(super) next_step: Option<(PassShape, wgpu::CommandBuffer, usize)>,
     /// Bytes of weight matrices read per decoded token on this device.
     pub(super) weight_bytes: u64,
     /// Bytes of this device's KV cache.

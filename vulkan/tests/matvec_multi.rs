@@ -1,0 +1,141 @@
+//! The multi-token matrix-vector kernel (`matvec_multi`, the products of a batched decode
+//! step of 2..=16 tokens) against an f64 reference from candle's dequantized weights, for
+//! every weight type, with and without int8 activations, and against the one-token kernel
+//! run once per token (`multi=0`), whose arithmetic it repeats per token.
+//!
+//! Token counts 1, 2, 3, 8, 11 and 16: one token (the one-token kernel), fewer than one
+//! workgroup's 8 tokens, exactly 8, and across the 8-token boundary (a full and a partial
+//! z slice, two full ones). The rows are 4096 values long (128 units: every thread of a
+//! 64-thread workgroup takes two) and 13 of them (a partial workgroup of 8 rows).
+
+mod common;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use xpu_vulkan::{testing, Gpu, GpuWeight, KernelTuning, WeightType};
+
+const REL_TOL: f64 = 1e-5;
+/// The multi-token and the one-token kernel sum each product in the same order; what a
+/// driver compiles differently for the two (contracted multiply-adds) stays far below this.
+const SAME_TOL: f64 = 1e-6;
+const TOKEN_COUNTS: [usize; 6] = [1, 2, 3, 8, 11, 16];
+const ROWS: usize = 13;
+const K: usize = 4096;
+
+const ALL_TYPES: [GgmlDType; 9] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn gpu_with(spec: &str) -> (Gpu, KernelTuning) {
+    let tuning: KernelTuning = spec.parse().unwrap();
+    let gpu = Gpu::new(&xpu_vulkan::DeviceOptions {
+        tuning,
+        ..common::device_options(None)
+    })
+    .unwrap();
+    (gpu, tuning)
+}
+
+/// x as the decode kernels use it: each 32 values quantized to int8 where the tuning's
+/// products of `ty` do (round(v * 127 / max|v|) * max|v| / 127, in f32 as the kernel), else as is.
+fn decode_input(tuning: &KernelTuning, ty: WeightType, v: &[f32]) -> Vec<f64> {
+    if !tuning.decode_quantizes_x(ty) {
+        return v.iter().map(|&x| x as f64).collect();
+    }
+    v.chunks(32)
+        .flat_map(|c| {
+            let amax = c.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let scale = amax / 127.0;
+            c.iter()
+                .map(move |&x| (x * inv).round_ties_even() as f64 * scale as f64)
+        })
+        .collect()
+}
+
+/// `y[t, r] = Σ_k W[r, k] x[t, k]` in f64.
+fn reference(w: &[f32], x: &[f64], n_tokens: usize) -> Vec<f64> {
+    let mut y = vec![0.0; n_tokens * ROWS];
+    for t in 0..n_tokens {
+        for r in 0..ROWS {
+            y[t * ROWS + r] = (0..K).map(|i| w[r * K + i] as f64 * x[t * K + i]).sum();
+        }
+    }
+    y
+}
+
+/// Checks every type and token count on a GPU made with `spec`, against the reference and
+/// against the one-token kernel run once per token on a GPU made with `spec,multi=0`.
+fn check(spec: &str) {
+    let (gpu, tuning) = gpu_with(spec);
+    let (per_token, _) = gpu_with(&format!("{spec},multi=0"));
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(70 + i as u64);
+        let t = Tensor::from_vec(random(&mut rng, ROWS * K), (ROWS, K), &Device::Cpu).unwrap();
+        let qt = QTensor::quantize(&t, dtype).unwrap();
+        let ty = WeightType::from_ggml(dtype).unwrap();
+        let data = qt.data().unwrap();
+        let weight = GpuWeight::upload(&gpu, "multi", ty, ROWS, K, &data).unwrap();
+        let weight_one = GpuWeight::upload(&per_token, "one", ty, ROWS, K, &data).unwrap();
+        let w: Vec<f32> = qt
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let xs: Vec<Vec<f32>> = TOKEN_COUNTS
+            .iter()
+            .map(|&n| random(&mut rng, n * K))
+            .collect();
+        let multi = testing::matmul_each(&gpu, &weight, &xs).unwrap();
+        let per_token = testing::matmul_each(&per_token, &weight_one, &xs).unwrap();
+        for (((n, x), got), one) in TOKEN_COUNTS.into_iter().zip(&xs).zip(multi).zip(per_token) {
+            assert!(tuning.decode_kernel_for(n));
+            let want = reference(&w, &decode_input(&tuning, ty, x), n);
+            let (rel, max_abs) = common::compare(&got, &want);
+            let one: Vec<f64> = one.iter().map(|&v| v as f64).collect();
+            let (same, _) = common::compare(&got, &one);
+            println!(
+                "{spec:10} {ty:?} [{ROWS}x{K}] tokens={n}: rel {rel:.2e} max_abs {max_abs:.2e}, from the one-token kernel {same:.1e}"
+            );
+            assert!(
+                rel < REL_TOL,
+                "{spec} {ty:?} tokens={n}: relative error {rel} above {REL_TOL}"
+            );
+            assert!(
+                same < SAME_TOL,
+                "{spec} {ty:?} tokens={n}: {same} away from the one-token kernel's products"
+            );
+        }
+    }
+}
+
+#[test]
+fn multi_token_products_match_reference_with_int8_activations() {
+    check("dp4a=1");
+}
+
+#[test]
+fn multi_token_products_match_reference_in_f32() {
+    check("dp4a=0");
+}
+
+#[test]
+fn multi_token_products_with_fewer_rows_and_tokens_per_workgroup() {
+    // 4 rows and 3 tokens per workgroup: 11 and 16 tokens take 4 and 6 z slices.
+    check("mrows=4,cols=3");
+}
