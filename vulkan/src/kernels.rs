@@ -3,7 +3,9 @@
 //! The matrix kernels share one skeleton (`shaders/matmul.wgsl`) and differ only in the
 //! `load_unit` function that dequantizes 32 weights of one type; the module for each type is
 //! the workgroup-reduction functions (`reduce_subgroup.wgsl` when the device has subgroup
-//! operations, else `reduce_shared.wgsl`), the skeleton, and that type's function. A mixed
+//! operations, else `reduce_shared.wgsl`), the skeleton, the multi-token matrix-vector entry
+//! point (`matvec_multi.wgsl`, built on the skeleton's one-token functions), and that type's
+//! function. A mixed
 //! decode product (two matrices of different types side by side, one dispatch) appends a
 //! second type's functions, renamed (`mixed_source`).
 
