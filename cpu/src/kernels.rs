@@ -874,7 +874,7 @@ pub(crate) mod x86 {
         out
     }
 
-    /// Q4_0 multiplies the nibbles unsigned (0..15, one `maddubs`, no sign moves) and
+    /// Q4_0 multiplies the nibbles unsigned (0..15, no sign moves) and
     /// subtracts the offset of 8 as `8 * d * Σ qx` per block. The loop is bound by
     /// the per-block scale (f16 conversion and multiply), not by memory, so it takes
     /// four blocks at a time: their four f16 weight scales are packed into one
