@@ -173,11 +173,21 @@ fn auto_on_nvidia_follows_the_engine_order() {
     ];
     let out = install.run(&args, Some(&install.lib_dir()));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    // The first of the NVIDIA engines that this build has runs; `xpu_runner::device`
-    // puts Vulkan first. A build without Vulkan goes on to CUDA.
+    // The first of the NVIDIA engines that this build can run here takes it;
+    // `xpu_runner::device` puts Vulkan first. Vulkan needs a Vulkan GPU adapter (lavapipe, a
+    // CPU adapter, does not count), so a build without Vulkan, or a host without such an
+    // adapter (CI), goes on to CUDA.
+    #[cfg(feature = "vulkan")]
+    let vulkan_gpu = xpu_vulkan::gpu_adapter().is_ok();
+    #[cfg(not(feature = "vulkan"))]
+    let vulkan_gpu = false;
     let first = xpu_runner::device::NVIDIA_ENGINES
         .into_iter()
-        .find(|d| *d == xpu_runner::engine::Device::Cuda || d.compiled_in())
+        .find(|d| match d {
+            xpu_runner::engine::Device::Cuda => true,
+            xpu_runner::engine::Device::Vulkan => vulkan_gpu,
+            other => other.compiled_in(),
+        })
         .unwrap();
     if first == xpu_runner::engine::Device::Cuda {
         assert!(
