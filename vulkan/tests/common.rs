@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use xpu_vulkan::{DeviceOptions, Gpu, KernelTuning, MATVEC_TUNING_ENV};
+use candle_core::quantized::GgmlDType;
+use xpu_vulkan::{DeviceOptions, Gpu, KernelTuning, WeightType, MATVEC_TUNING_ENV};
 
 /// Five chat prompts, tried as a new user would: the prompts of runner/tests/llama_cpp.rs
 /// and scripts/compare-llama.py.
@@ -146,3 +147,61 @@ pub fn test_file(arch: &str, ty: &str) -> PathBuf {
             .expect("a path"),
     )
 }
+
+/// The relative L2 error every product must stay under against its f64 reference: the GPU
+/// dequantizes as candle does, so only the f32 summation order differs.
+pub const REL_TOL: f64 = 1e-5;
+
+/// The tolerance of a product whose x the kernel quantizes to int8. The GPU computes each
+/// block's 127 / max|x| with its own division (Vulkan allows a few ulp; NVIDIA's differs from
+/// the CPU's), so a value that lies within an ulp of a rounding boundary can land one int8
+/// step away from the reference's: on NVIDIA, 11 tokens of 4096 values gave 8e-5. A kernel
+/// that did not quantize at all is 4e-3 away (and any wrong weight far more), so this bound
+/// still tells the paths apart.
+pub const INT8_REL_TOL: f64 = 5e-4;
+
+/// The tolerance for a decode product of `ty` on `tuning` (`decode`: the decode kernel runs).
+pub fn decode_tolerance(tuning: &KernelTuning, ty: WeightType, decode: bool) -> f64 {
+    if decode && tuning.decode_quantizes_x(ty) {
+        INT8_REL_TOL
+    } else {
+        REL_TOL
+    }
+}
+
+/// The input of a decode product as the kernel uses it: for types whose decode products
+/// quantize x to int8 (`KernelTuning::decode_quantizes_x`), each 32 values become
+/// round(v * 127 / max|v|) times max|v| / 127 (computed in f32 as the kernel does); others as is.
+pub fn decode_input(tuning: &KernelTuning, ty: WeightType, v: &[f32]) -> Vec<f64> {
+    if !tuning.decode_quantizes_x(ty) {
+        return v.iter().map(|&x| x as f64).collect();
+    }
+    v.chunks(32)
+        .flat_map(|c| {
+            let amax = c.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let scale = amax / 127.0;
+            c.iter()
+                .map(move |&x| (x * inv).round_ties_even() as f64 * scale as f64)
+        })
+        .collect()
+}
+
+/// `n` values uniform in [-1, 1).
+pub fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
+    use rand::Rng;
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Every weight type the kernels take.
+pub const ALL_TYPES: [GgmlDType; 9] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];

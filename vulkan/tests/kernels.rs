@@ -9,33 +9,12 @@
 
 mod common;
 
+use common::{decode_input, decode_tolerance, random, ALL_TYPES, REL_TOL};
+
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use xpu_vulkan::{testing, GpuWeight, KernelTuning, VulkanError, WeightType};
-
-const REL_TOL: f64 = 1e-5;
-
-/// The tolerance of a product whose x the kernel quantizes to int8. The GPU computes each
-/// block's 127 / max|x| with its own division (Vulkan allows a few ulp; NVIDIA's differs from
-/// the CPU's), so a value that lies within an ulp of a rounding boundary can land one int8
-/// step away from the reference's: on NVIDIA, 11 tokens of 4096 values gave 8e-5. A kernel
-/// that did not quantize at all is 4e-3 away (and any wrong weight far more), so this bound
-/// still tells the paths apart.
-const INT8_REL_TOL: f64 = 5e-4;
-
-/// The tolerance for a decode product of `ty` on `tuning` (`decode`: the decode kernel runs).
-fn decode_tolerance(tuning: &KernelTuning, ty: WeightType, decode: bool) -> f64 {
-    if decode && tuning.decode_quantizes_x(ty) {
-        INT8_REL_TOL
-    } else {
-        REL_TOL
-    }
-}
-
-fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
 
 /// Reference `y[t, r] = Σ_k W[r, k] x[t, k]` in f64 from candle's dequantized weights.
 fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Vec<f64> {
@@ -48,24 +27,6 @@ fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Ve
         }
     }
     y
-}
-
-/// The input of a decode product as the kernel uses it: for types whose decode products
-/// quantize x to int8 (`KernelTuning::decode_quantizes_x`), each 32 values become
-/// round(v * 127 / max|v|) times max|v| / 127 (computed in f32 as the kernel does); others as is.
-fn decode_input(tuning: &KernelTuning, ty: WeightType, v: &[f32]) -> Vec<f64> {
-    if !tuning.decode_quantizes_x(ty) {
-        return v.iter().map(|&x| x as f64).collect();
-    }
-    v.chunks(32)
-        .flat_map(|c| {
-            let amax = c.iter().fold(0f32, |m, &x| m.max(x.abs()));
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let scale = amax / 127.0;
-            c.iter()
-                .map(move |&x| (x * inv).round_ties_even() as f64 * scale as f64)
-        })
-        .collect()
 }
 
 /// Uploads `qt` (`[rows, k]`) to the GPU in its own type and dequantizes it on the CPU with
@@ -143,18 +104,6 @@ fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor
     let t = Tensor::from_vec(random(&mut rng, rows * k), (rows, k), &Device::Cpu).unwrap();
     QTensor::quantize(&t, dtype).unwrap()
 }
-
-const ALL_TYPES: [GgmlDType; 9] = [
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
 
 #[test]
 fn every_type_on_random_blocks_matches_candle() {

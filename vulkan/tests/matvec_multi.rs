@@ -10,34 +10,19 @@
 
 mod common;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use common::{decode_input, decode_tolerance, random, ALL_TYPES};
+
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use xpu_vulkan::{testing, Gpu, GpuWeight, KernelTuning, WeightType};
 
-const REL_TOL: f64 = 1e-5;
 /// The multi-token and the one-token kernel sum each product in the same order; what a
 /// driver compiles differently for the two (contracted multiply-adds) stays far below this.
 const SAME_TOL: f64 = 1e-6;
 const TOKEN_COUNTS: [usize; 6] = [1, 2, 3, 8, 11, 16];
 const ROWS: usize = 13;
 const K: usize = 4096;
-
-const ALL_TYPES: [GgmlDType; 9] = [
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
-
-fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
 
 fn gpu_with(spec: &str) -> (Gpu, KernelTuning) {
     let tuning: KernelTuning = spec.parse().unwrap();
@@ -47,23 +32,6 @@ fn gpu_with(spec: &str) -> (Gpu, KernelTuning) {
     })
     .unwrap();
     (gpu, tuning)
-}
-
-/// x as the decode kernels use it: each 32 values quantized to int8 where the tuning's
-/// products of `ty` do (round(v * 127 / max|v|) * max|v| / 127, in f32 as the kernel), else as is.
-fn decode_input(tuning: &KernelTuning, ty: WeightType, v: &[f32]) -> Vec<f64> {
-    if !tuning.decode_quantizes_x(ty) {
-        return v.iter().map(|&x| x as f64).collect();
-    }
-    v.chunks(32)
-        .flat_map(|c| {
-            let amax = c.iter().fold(0f32, |m, &x| m.max(x.abs()));
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            let scale = amax / 127.0;
-            c.iter()
-                .map(move |&x| (x * inv).round_ties_even() as f64 * scale as f64)
-        })
-        .collect()
 }
 
 /// `y[t, r] = Σ_k W[r, k] x[t, k]` in f64.
@@ -112,9 +80,10 @@ fn check(spec: &str) {
             println!(
                 "{spec:10} {ty:?} [{ROWS}x{K}] tokens={n}: rel {rel:.2e} max_abs {max_abs:.2e}, from the one-token kernel {same:.1e}"
             );
+            let tol = decode_tolerance(&tuning, ty, true);
             assert!(
-                rel < REL_TOL,
-                "{spec} {ty:?} tokens={n}: relative error {rel} above {REL_TOL}"
+                rel < tol,
+                "{spec} {ty:?} tokens={n}: relative error {rel} above {tol}"
             );
             assert!(
                 same < SAME_TOL,
