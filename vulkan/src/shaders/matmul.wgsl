@@ -494,21 +494,25 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     return reduce_rows(l) * scale;
 }
 
-fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
-    let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
-    if (first >= p.rows) {
-        return;
-    }
-    let total = matvec_rows(first, l, mode);
+// Thread li (< MV_ROWS) writes (or, with p.accumulate, adds) its row first + li of token t.
+fn store_row(t: u32, first: u32, total: f32, l: Lanes) {
     let row = first + l.li;
     if (l.li < MV_ROWS && row < p.rows) {
-        let o = mv_token * p.out_stride + p.out_offset + p.row_offset + row;
+        let o = t * p.out_stride + p.out_offset + p.row_offset + row;
         if (p.accumulate != 0u) {
             y[o] += total;
         } else {
             y[o] = total;
         }
     }
+}
+
+fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
+    let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
+    if (first >= p.rows) {
+        return;
+    }
+    store_row(mv_token, first, matvec_rows(first, l, mode), l);
 }
 
 // `matvec` also serves a step of a few tokens (a batched decode step: one token per

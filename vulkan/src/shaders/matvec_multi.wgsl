@@ -33,16 +33,7 @@ fn multi_token_unit(t: u32, first: u32, last: u32, u: u32) -> array<vec4<f32>, 2
 fn multi_token_store(t: u32, first: u32, lo: vec4<f32>, hi: vec4<f32>, l: Lanes) {
     mv_acc[0] = lo.x; mv_acc[1] = lo.y; mv_acc[2] = lo.z; mv_acc[3] = lo.w;
     mv_acc[4] = hi.x; mv_acc[5] = hi.y; mv_acc[6] = hi.z; mv_acc[7] = hi.w;
-    let total = reduce_rows(l);
-    let row = first + l.li;
-    if (l.li < MV_ROWS && row < p.rows) {
-        let o = t * p.out_stride + p.out_offset + p.row_offset + row;
-        if (p.accumulate != 0u) {
-            y[o] += total;
-        } else {
-            y[o] = total;
-        }
-    }
+    store_row(t, first, reduce_rows(l), l);
     // The next token's reduction reuses the workgroup memory this one read.
     workgroupBarrier();
 }
