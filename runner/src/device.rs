@@ -139,13 +139,20 @@ pub fn decide(choice: DeviceChoice, facts: Option<&FactsSummary>) -> DeviceDecis
     })
 }
 
-/// The Vulkan GPU adapter this build would run on, or why there is none.
+/// The Vulkan GPU adapter this build would run on, or why there is none. Asked once per
+/// process: the choice is made more than once at start-up (the CUDA hand-over, then the
+/// command), and enumerating adapters starts every Vulkan driver.
 fn vulkan_gpu_adapter() -> Result<(), String> {
     #[cfg(feature = "vulkan")]
     {
-        xpu_vulkan::gpu_adapter()
-            .map(|_| ())
-            .map_err(|e| format!("no Vulkan GPU adapter: {e}"))
+        static FOUND: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        FOUND
+            .get_or_init(|| {
+                xpu_vulkan::gpu_adapter()
+                    .map(|_| ())
+                    .map_err(|e| format!("no Vulkan GPU adapter: {e}"))
+            })
+            .clone()
     }
     #[cfg(not(feature = "vulkan"))]
     {
