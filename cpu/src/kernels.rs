@@ -12,7 +12,9 @@
 //! [`matmul`] computes `out[r][j] = dot(weight row j, activation row r)` for several
 //! weight matrices in one parallel pass, so that Q/K/V (or gate/up) cost one fork/join
 //! instead of three. Work is split over weight rows; with several activation rows
-//! (prefill) each weight row is used for a tile of activation rows while it is in L1.
+//! (prefill) each weight row is used for a group of activation rows while it is in
+//! L1, and a band of weight rows for a tile of activation rows while both are in L2
+//! (a prompt's activations outgrow L2 long before its weights are read once).
 
 use rayon::prelude::*;
 
@@ -1312,20 +1314,20 @@ fn q4_0_group<'a, const R: usize>(
     }
 }
 
-/// Weight row `w` against all `m` activation rows, in groups that share one
+/// Weight row `w` against activation rows `rows`, in groups that share one
 /// unpacking of each weight block: of [`Q4_0_WIDE_ROWS`] on AVX-512, of
 /// [`Q4_0_ROWS`] else. The weight row is read from memory once and stays in L1 for
 /// the later groups.
 #[cfg(target_arch = "x86_64")]
 fn q4_0_all_rows<'a>(
     w: &[u8],
-    m: usize,
+    rows: std::ops::Range<usize>,
     row: &dyn Fn(usize) -> Q4Row<'a>,
     avx512: bool,
     vnni: bool,
     dst: &mut dyn FnMut(usize, f32),
 ) {
-    let mut r0 = 0;
+    let (mut r0, m) = (rows.start, rows.end);
     if avx512 {
         while r0 < m {
             match m - r0 {
@@ -1350,6 +1352,92 @@ fn q4_0_all_rows<'a>(
             _ => q4_0_group::<Q4_0_ROWS>(w, r0, row, false, vnni, dst),
         }
         r0 += Q4_0_ROWS;
+    }
+}
+
+/// Bytes of weight rows that a prompt product sweeps for each tile of activation
+/// rows ([`ACT_TILE_BYTES`]): the band stays in L2 while every tile passes over it.
+const BAND_BYTES: usize = 192 * 1024;
+
+/// Bytes of prepared activations (blocks, scales and AVX-512 quads) in one tile of
+/// activation rows of a prompt product: with the weight band, well inside a core's L2
+/// (2 MiB here, 1 MiB on many CPUs), so that each weight row's pass over the tile reads
+/// it from L2 rather than from L3 or memory. A prompt of 512 rows at 8192 columns holds
+/// about 25 MiB of activations.
+const ACT_TILE_BYTES: usize = 384 * 1024;
+
+/// The prepared bytes of one activation row of `nb` blocks: the blocks, their two
+/// scales and their share of the quads.
+fn q8_row_bytes(nb: usize) -> usize {
+    nb * (std::mem::size_of::<BlockQ8>() + 8 + QK)
+}
+
+/// The activation row ranges of a prompt product of `m` rows of `row_bytes` (as
+/// prepared for the kernels) each: tiles of about [`ACT_TILE_BYTES`], whole multiples
+/// of `group` rows (the kernels' register tile) so that only the last tile has a
+/// partial group.
+pub(crate) fn act_tiles(
+    m: usize,
+    row_bytes: usize,
+    group: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let rows = (ACT_TILE_BYTES / row_bytes.max(1)).max(group) / group * group;
+    (0..m).step_by(rows).map(move |r0| r0..(r0 + rows).min(m))
+}
+
+/// The bands of weight rows of `start..end` (rows of `row_bytes`) for
+/// [`BAND_BYTES`].
+pub(crate) fn weight_bands(
+    start: usize,
+    end: usize,
+    row_bytes: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let band = (BAND_BYTES / row_bytes.max(1)).max(1);
+    (start..end)
+        .step_by(band)
+        .map(move |b0| b0..(b0 + band).min(end))
+}
+
+/// The results of one tile of activation rows against one band of weight rows,
+/// gathered before they go to the output row by row. Written straight into the
+/// output, a column of cells is a column of a wide matrix: rows a multiple of 32 KiB
+/// apart (gate/up's 8192 floats) fall into the same few cache sets, and a tile of
+/// them evicts itself from L1 and L2.
+#[derive(Default)]
+pub(crate) struct TileCells {
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    cells: Vec<f32>,
+}
+
+impl TileCells {
+    /// Begins the tile of `rows` x `cols`.
+    pub(crate) fn start(&mut self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        self.cells.clear();
+        self.cells.resize(rows.len() * cols.len(), 0.0);
+        (self.rows, self.cols) = (rows, cols);
+    }
+
+    #[inline(always)]
+    pub(crate) fn put(&mut self, r: usize, j: usize, v: f32) {
+        let at = (r - self.rows.start) * self.cols.len() + (j - self.cols.start);
+        self.cells[at] = v;
+    }
+
+    /// Copies the tile into `out` (rows of `n` floats).
+    ///
+    /// # Safety
+    /// `out` is valid for writing the tile's cells (rows `self.rows`, columns
+    /// `self.cols`, all below `n`), and nothing else accesses them meanwhile.
+    pub(crate) unsafe fn copy_to(&self, out: *mut f32, n: usize) {
+        let width = self.cols.len();
+        for (i, r) in self.rows.clone().enumerate() {
+            std::ptr::copy_nonoverlapping(
+                self.cells.as_ptr().add(i * width),
+                out.add(r * n + self.cols.start),
+                width,
+            );
+        }
     }
 }
 
@@ -1428,8 +1516,9 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
         let w = &jobs[ji].weight;
         let n = w.rows;
         let out = outs[ji];
-        // Each weight row is used for all m activation rows while it is in L1: the
-        // item's rows are read from memory once, whatever m.
+        // Each weight row is used for a whole tile of activation rows while it is in
+        // L1, and its band of rows stays in L2 for the later tiles: the item's rows
+        // are read from memory once, and the activations from L2, whatever m.
         #[cfg(target_arch = "x86_64")]
         if avx2_tiles && w.format == WeightFormat::Q4_0 {
             let row = |r: usize| {
@@ -1444,33 +1533,52 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
                     },
                 )
             };
-            for j in start..end {
-                q4_0_all_rows(w.row(j), m, &row, avx512, vnni, &mut |r, v| {
-                    // SAFETY: cell (r, j) belongs to this item only; r < m and j < n,
-                    // and out has m * n elements (asserted above).
-                    unsafe { *out.0.add(r * n + j) = v };
-                });
+            // A band of weight rows is swept once per tile of activation rows, both
+            // in L2; every cell is the same call on the same data whatever the order.
+            let group = if avx512 { Q4_0_WIDE_ROWS } else { Q4_0_ROWS };
+            let mut cells = TileCells::default();
+            for band in weight_bands(start, end, w.row_bytes()) {
+                for rows in act_tiles(m, q8_row_bytes(nb), group) {
+                    cells.start(rows.clone(), band.clone());
+                    for j in band.clone() {
+                        q4_0_all_rows(w.row(j), rows.clone(), &row, avx512, vnni, &mut |r, v| {
+                            cells.put(r, j, v)
+                        });
+                    }
+                    // SAFETY: the cells are those of rows < m and columns of this
+                    // item's band, which no other item writes; out has m * n elements
+                    // (asserted above).
+                    unsafe { cells.copy_to(out.0, n) };
+                }
             }
             return;
         }
         if avx2_tiles {
             #[cfg(target_arch = "x86_64")]
-            for j in start..end {
-                for (t, tile) in tiles.iter().enumerate() {
-                    // SAFETY: AVX2 was detected; the tile holds ROW_TILE rows of nb
-                    // blocks and the weight row nb blocks (QMatrix::new, asserts above).
-                    let v = unsafe {
-                        if vnni {
-                            x86::dot_tile_vnni(w.format, w.row(j), tile)
-                        } else {
-                            x86::dot_tile(w.format, w.row(j), tile)
+            let mut cells = TileCells::default();
+            for band in weight_bands(start, end, w.row_bytes()) {
+                for tiles_range in act_tiles(tiles.len(), q8_row_bytes(nb) * ROW_TILE, 1) {
+                    let rows = tiles_range.start * ROW_TILE..(tiles_range.end * ROW_TILE).min(m);
+                    cells.start(rows, band.clone());
+                    for j in band.clone() {
+                        for t in tiles_range.clone() {
+                            let tile = &tiles[t];
+                            // SAFETY: AVX2 was detected; the tile holds ROW_TILE rows of nb
+                            // blocks and the weight row nb blocks (QMatrix::new, asserts above).
+                            let v = unsafe {
+                                if vnni {
+                                    x86::dot_tile_vnni(w.format, w.row(j), tile)
+                                } else {
+                                    x86::dot_tile(w.format, w.row(j), tile)
+                                }
+                            };
+                            for (i, v) in v.into_iter().take(tile.rows).enumerate() {
+                                cells.put(t * ROW_TILE + i, j, v);
+                            }
                         }
-                    };
-                    for (i, v) in v.into_iter().take(tile.rows).enumerate() {
-                        // SAFETY: cell (t * ROW_TILE + i, j) belongs to this item only;
-                        // it is inside out, which has m * n elements (asserted above).
-                        unsafe { *out.0.add((t * ROW_TILE + i) * n + j) = v };
                     }
+                    // SAFETY: as in the Q4_0 branch above.
+                    unsafe { cells.copy_to(out.0, n) };
                 }
             }
             return;
@@ -1723,18 +1831,22 @@ mod tests {
         // A sequence's logits must not depend on which other sequences share its pass
         // nor on how its prompt was split: every row of a product gets the bits it gets
         // alone (m = 1, the decode kernels), whatever m and the rows around it.
+        // With 8192 columns the 100-row products span several tiles of activation
+        // rows.
         let mut seed = 31;
-        let (rows, cols) = (21, 576);
-        for format in [
+        for (format, (rows, cols, total)) in [
             WeightFormat::Q4_0,
             WeightFormat::Q4_1,
             WeightFormat::Q8_0,
             WeightFormat::Q5_0,
             WeightFormat::Q5_1,
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|f| [(21, 576, 64), (9, 8192, 100)].map(|shape| (f, shape)))
+        {
             let data = random_matrix(format, rows, cols, &mut seed);
             let w = QMatrix::new(format, rows, cols, &data).unwrap();
-            let x: Vec<f32> = (0..64 * cols)
+            let x: Vec<f32> = (0..total * cols)
                 .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
             for avx512 in [false, true] {
@@ -1751,11 +1863,12 @@ mod tests {
                     out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };
                 let alone: Vec<u32> = x.chunks(cols).flat_map(product).collect();
-                for m in [2, 3, 5, 7, 8, 9, 13, 16, 64] {
+                for m in [2, 3, 5, 7, 8, 9, 13, 16, 64, total] {
                     let together: Vec<u32> = x.chunks(m * cols).flat_map(product).collect();
                     assert_eq!(
                         together, alone,
-                        "{format:?}, {m} rows at a time, AVX-512 allowed: {avx512}"
+                        "{format:?}, {cols} columns, {m} rows at a time, AVX-512 allowed: \
+                         {avx512}"
                     );
                 }
             }

@@ -5,12 +5,13 @@
 //! [`matmul`] runs several such products that share one input in one parallel pass,
 //! as `kernels::matmul` does: the input rows are prepared once per form that the
 //! weights need (Q8_K blocks for K-quants, f16- or bf16-rounded floats), work is split
-//! over weight rows, and with several input rows (prefill) each weight row is used for
-//! all of them while it is in L1, K-quant rows unpacked once per tile of
-//! [`kquants::ROW_TILE`] input rows ([`kquants::WIDE_ROW_TILE`] on AVX-512).
+//! over weight rows, and with several input rows (prefill) a band of weight rows is
+//! swept once per tile of input rows (both held in L2, as in `kernels::matmul`), each
+//! K-quant row unpacked once per group of [`kquants::ROW_TILE`] input rows
+//! ([`kquants::WIDE_ROW_TILE`] on AVX-512).
 
 use super::floats::{self, FloatFormat};
-use super::kernels::has_avx2;
+use super::kernels::{act_tiles, has_avx2, weight_bands, TileCells};
 use super::kquants::{self, BlockQ8K, KFormat, QK_K};
 use super::team::Team;
 
@@ -147,10 +148,6 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as for `Send`: no two workers touch the same cell.
 unsafe impl Sync for OutPtr {}
 
-/// Bytes of weight rows that prefill sweeps for each tile of activation rows: well
-/// inside a core's L2, with room left for the activations.
-const BAND_BYTES: usize = 256 * 1024;
-
 /// Runs all `jobs`, which share the input `x` (`m` rows of `cols` floats), in one
 /// parallel pass over `team`.
 pub fn matmul(
@@ -206,12 +203,6 @@ pub(crate) fn matmul_with(
         let w = &jobs[ji].weight;
         let n = w.rows;
         let out = outs[ji];
-        // Every write below is of a cell (r, j) with j in start..end and r < m.
-        let put = |r: usize, j: usize, v: f32| {
-            // SAFETY: cell (r, j) belongs to this item only (j is in its start..end);
-            // r < m and j < n, and out has m * n elements (asserted above).
-            unsafe { *out.0.add(r * n + j) = v }
-        };
         let one_row = |r: usize, j: usize| match w.format {
             WideFormat::K(k) => {
                 kquants::dot(k, w.row(j), &acts.q8k[r * blocks..(r + 1) * blocks], avx2)
@@ -226,45 +217,56 @@ pub(crate) fn matmul_with(
             }
         };
         // Prefill: a band of weight rows small enough to stay in L2 is swept once per
-        // tile of activation rows, which stays in L1 meanwhile; each tile shares one
-        // unpacking of a weight row. Every cell is the same call on the same data as
-        // in decode order, so the order of the loops does not change any result.
-        let band = (BAND_BYTES / w.format.row_bytes(cols)).max(1);
-        let mut b0 = start;
-        while b0 < end {
-            let b1 = (b0 + band).min(end);
-            let mut first = 0;
-            if let WideFormat::K(k) = w.format {
-                let act = |r: usize| &acts.q8k[r * blocks..(r + 1) * blocks];
-                const WIDE: usize = kquants::WIDE_ROW_TILE;
-                while wide_tiles && kquants::has_wide_tile(k) && first + WIDE <= m {
-                    let x = std::array::from_fn(|i| act(first + i));
-                    let pairs = &acts.pairs[first / 2 * blocks..(first + WIDE) / 2 * blocks];
-                    for j in b0..b1 {
-                        let v = kquants::dot_rows_wide(k, w.row(j), x, pairs, avx2);
-                        for (i, v) in v.into_iter().enumerate() {
-                            put(first + i, j, v);
+        // tile of activation rows, which stays in L2 too; each group of rows in the
+        // tile shares one unpacking of a weight row. Every cell is the same call on
+        // the same data as in decode order, and every row goes to the kernel it gets
+        // when the rows are not tiled (the tiles are whole multiples of both groups),
+        // so the order of the loops does not change any result.
+        let row_bytes = match w.format {
+            WideFormat::K(_) => blocks * (std::mem::size_of::<BlockQ8K>() + QK_K / 2),
+            WideFormat::Float(_) => cols * 4,
+        };
+        const WIDE: usize = kquants::WIDE_ROW_TILE;
+        let group = WIDE.max(kquants::ROW_TILE);
+        let mut cells = TileCells::default();
+        for band in weight_bands(start, end, w.format.row_bytes(cols)) {
+            for rows in act_tiles(m, row_bytes, group) {
+                cells.start(rows.clone(), band.clone());
+                let mut first = rows.start;
+                if let WideFormat::K(k) = w.format {
+                    let act = |r: usize| &acts.q8k[r * blocks..(r + 1) * blocks];
+                    while wide_tiles && kquants::has_wide_tile(k) && first + WIDE <= rows.end {
+                        let x = std::array::from_fn(|i| act(first + i));
+                        let pairs = &acts.pairs[first / 2 * blocks..(first + WIDE) / 2 * blocks];
+                        for j in band.clone() {
+                            let v = kquants::dot_rows_wide(k, w.row(j), x, pairs, avx2);
+                            for (i, v) in v.into_iter().enumerate() {
+                                cells.put(first + i, j, v);
+                            }
                         }
+                        first += WIDE;
                     }
-                    first += WIDE;
-                }
-                while first + kquants::ROW_TILE <= m {
-                    let x = std::array::from_fn(|i| act(first + i));
-                    for j in b0..b1 {
-                        let v = kquants::dot_rows(k, w.row(j), x, avx2);
-                        for (i, v) in v.into_iter().enumerate() {
-                            put(first + i, j, v);
+                    while first + kquants::ROW_TILE <= rows.end {
+                        let x = std::array::from_fn(|i| act(first + i));
+                        for j in band.clone() {
+                            let v = kquants::dot_rows(k, w.row(j), x, avx2);
+                            for (i, v) in v.into_iter().enumerate() {
+                                cells.put(first + i, j, v);
+                            }
                         }
+                        first += kquants::ROW_TILE;
                     }
-                    first += kquants::ROW_TILE;
                 }
-            }
-            for r in first..m {
-                for j in b0..b1 {
-                    put(r, j, one_row(r, j));
+                for r in first..rows.end {
+                    for j in band.clone() {
+                        cells.put(r, j, one_row(r, j));
+                    }
                 }
+                // SAFETY: the cells are those of rows < m and columns of this item's
+                // band, which no other item writes; out has m * n elements (asserted
+                // above).
+                unsafe { cells.copy_to(out.0, n) };
             }
-            b0 = b1;
         }
     });
 }
@@ -449,37 +451,49 @@ mod tests {
 
     /// Every row's product is the same bits whatever `m` (rows in the product) and
     /// whatever the other rows are, so a sequence's logits depend neither on the
-    /// sequences that share its pass nor on how its prompt was chunked.
+    /// sequences that share its pass nor on how its prompt was chunked. The 8192
+    /// columns make the 80-row product span several tiles of activation rows.
     #[test]
     fn rows_get_the_same_bits_whatever_m() {
         let mut seed = 23;
         let team = Team::new(2);
-        let (rows, cols) = (21, 768);
-        for (format, _) in FORMATS {
-            let data = random_matrix(format, rows, cols, &mut seed);
-            let w = WideMatrix::new(format, rows, cols, &data).unwrap();
-            let x: Vec<f32> = (0..64 * cols).map(|_| uniform(&mut seed)).collect();
-            for avx2 in [false, has_avx2()] {
-                // Rows `first..first + m` of x as one product.
-                let product = |first: usize, m: usize| {
-                    let mut out = vec![0f32; m * rows];
-                    let job = WideJob {
-                        weight: w,
-                        out: &mut out,
+        for (rows, cols, total) in [(21, 768, 64), (9, 8192, 80)] {
+            for (format, _) in FORMATS {
+                let data = random_matrix(format, rows, cols, &mut seed);
+                let w = WideMatrix::new(format, rows, cols, &data).unwrap();
+                let x: Vec<f32> = (0..total * cols).map(|_| uniform(&mut seed)).collect();
+                for avx2 in [false, has_avx2()] {
+                    // Rows `first..first + m` of x as one product.
+                    let product = |first: usize, m: usize| {
+                        let mut out = vec![0f32; m * rows];
+                        let job = WideJob {
+                            weight: w,
+                            out: &mut out,
+                        };
+                        let x = &x[first * cols..(first + m) * cols];
+                        let mut acts = Activations::default();
+                        matmul_with(&team, x, cols, m, &mut acts, &mut [job], avx2);
+                        out.into_iter().map(f32::to_bits).collect::<Vec<_>>()
                     };
-                    let x = &x[first * cols..(first + m) * cols];
-                    let mut acts = Activations::default();
-                    matmul_with(&team, x, cols, m, &mut acts, &mut [job], avx2);
-                    out.into_iter().map(f32::to_bits).collect::<Vec<_>>()
-                };
-                let all = product(0, 64);
-                for (first, m) in [(0, 1), (5, 1), (63, 1), (0, 7), (3, 7), (57, 7)] {
-                    assert_eq!(
-                        product(first, m),
-                        all[first * rows..(first + m) * rows],
-                        "{format:?} avx2={avx2}: rows {first}..{} alone vs in the 64-row product",
-                        first + m
-                    );
+                    let all = product(0, total);
+                    let last = total - 1;
+                    for (first, m) in [
+                        (0, 1),
+                        (5, 1),
+                        (last, 1),
+                        (0, 7),
+                        (3, 7),
+                        (total - 7, 7),
+                        (20, 30),
+                    ] {
+                        assert_eq!(
+                            product(first, m),
+                            all[first * rows..(first + m) * rows],
+                            "{format:?} {cols} columns avx2={avx2}: rows {first}..{} alone vs \
+                             in the {total}-row product",
+                            first + m
+                        );
+                    }
                 }
             }
         }
