@@ -1076,56 +1076,91 @@ pub(crate) mod x86 {
         )
     }
 
-    /// [`dot_q4_0_rows`] on 512-bit registers, four blocks to a register: lanes 0..8
-    /// do `acc_a`'s operations and lanes 8..16 `acc_b`'s, in the same order and with
-    /// the same end ([`q4_0_finish`]), so each row's result is the same bits as on the
-    /// 256-bit kernel, alone or batched. `quads[r]` are row `r`'s activations as
-    /// [`super::Q4Quad`]s.
+    /// [`dot_q4_0_rows`] on 512-bit registers for `W` weight rows (1 or 2) at once,
+    /// four blocks to a register: lanes 0..8 do `acc_a`'s operations and lanes 8..16
+    /// `acc_b`'s, in the same order and with the same end ([`q4_0_finish`]), so each
+    /// row's result is the same bits as on the 256-bit kernel, alone or batched. Two
+    /// weight rows share each load of the activations, which come from L2 in a
+    /// prompt's product and bound it. `quads[r]` are row `r`'s activations as
+    /// [`super::Q4Quad`]s, whose scales are already spread over their blocks' lanes
+    /// (the weight scales are spread once for all rows); `d_sum4` are the
+    /// [`super::Q4Acts::d_sum4`] of rows `0..4` and `4..8` (the second empty when
+    /// `R <= 4`): one FMA adds four rows' offsets, each row's in its own 128-bit lane,
+    /// as [`dot_q4_0_rows`] adds them in a 128-bit register.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA, F16C and AVX-512 F, BW and VNNI; as for
-    /// [`dot_q4_0_rows`], and `quads[r]` holds `x[r].len() / 4` quads.
+    /// [`dot_q4_0_rows`], and `quads[r]` holds `x[r].len() / 4` quads and each
+    /// `d_sum4` as many groups of offsets (the second one only if `R > 4`).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn q4_0_rows_avx512<const R: usize>(
-        w: &[u8],
+    pub unsafe fn q4_0_rows_avx512<const W: usize, const R: usize>(
+        w: [&[u8]; W],
         quads: [&[super::Q4Quad]; R],
+        d_sum4: [&[[f32; 16]]; 2],
         x: [&[BlockQ8]; R],
         d: [&[f32]; R],
         d_sum: [&[f32]; R],
-    ) -> [f32; R] {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut offsets = [_mm_setzero_ps(); R];
-        let p = w.as_ptr();
+    ) -> [[f32; R]; W] {
+        let mut acc = [[_mm512_setzero_ps(); R]; W];
+        let mut offsets = [[_mm512_setzero_ps(); 2]; W];
         let nb = x[0].len();
         // The four block scales of a quad, each over its block's four lanes.
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         for i in 0..nb / 4 {
-            let b = p.add(4 * i * 18);
-            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
-            let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
-            let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
-            let dw = _mm_cvtph_ps(vmovq(packed));
-            let (lo, hi) = nibble_quad(b);
+            let mut dw_spread = [_mm512_setzero_ps(); W];
+            let mut lo = [_mm512_setzero_si512(); W];
+            let mut hi = [_mm512_setzero_si512(); W];
+            for k in 0..W {
+                let b = w[k].as_ptr().add(4 * i * 18);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(super::PREFETCH_AHEAD) as *const i8);
+                let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
+                let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
+                let dw = _mm_cvtph_ps(vmovq(packed));
+                dw_spread[k] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(dw));
+                let dw4 = _mm512_broadcast_f32x4(dw);
+                offsets[k][0] = _mm512_fmadd_ps(
+                    dw4,
+                    _mm512_loadu_ps(d_sum4[0].as_ptr().add(i) as *const f32),
+                    offsets[k][0],
+                );
+                if R > 4 {
+                    offsets[k][1] = _mm512_fmadd_ps(
+                        dw4,
+                        _mm512_loadu_ps(d_sum4[1].as_ptr().add(i) as *const f32),
+                        offsets[k][1],
+                    );
+                }
+                (lo[k], hi[k]) = nibble_quad(b);
+            }
             for r in 0..R {
-                let ds = _mm_mul_ps(dw, _mm_loadu_ps(d[r].as_ptr().add(4 * i)));
-                let ds_sum = _mm_loadu_ps(d_sum[r].as_ptr().add(4 * i));
-                offsets[r] = _mm_fmadd_ps(dw, ds_sum, offsets[r]);
                 let q = quads[r].as_ptr().add(i);
-                let x_lo = _mm512_loadu_si512((*q).0.as_ptr() as *const __m512i);
-                let x_hi = _mm512_loadu_si512((*q).0.as_ptr().add(64) as *const __m512i);
-                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x_lo);
-                let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(sums, hi, x_hi));
-                let ds = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ds));
-                acc[r] = _mm512_fmadd_ps(ds, sums, acc[r]);
+                let x_lo = _mm512_load_si512((*q).qs.as_ptr() as *const __m512i);
+                let x_hi = _mm512_load_si512((*q).qs.as_ptr().add(64) as *const __m512i);
+                let dx = _mm512_load_ps((*q).d.as_ptr());
+                for k in 0..W {
+                    let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[k], x_lo);
+                    let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(sums, hi[k], x_hi));
+                    let ds = _mm512_mul_ps(dw_spread[k], dx);
+                    acc[k][r] = _mm512_fmadd_ps(ds, sums, acc[k][r]);
+                }
             }
         }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            let (acc_a, acc_b) = (
-                _mm512_castps512_ps256(acc[r]),
-                _mm512_extractf32x8_ps::<1>(acc[r]),
-            );
-            out[r] = q4_0_finish::<false>(w, x[r], d[r], d_sum[r], acc_a, acc_b, offsets[r]);
+        let mut out = [[0f32; R]; W];
+        for k in 0..W {
+            for r in 0..R {
+                let (acc_a, acc_b) = (
+                    _mm512_castps512_ps256(acc[k][r]),
+                    _mm512_extractf32x8_ps::<1>(acc[k][r]),
+                );
+                let group = offsets[k][r / 4];
+                let offset = match r % 4 {
+                    0 => _mm512_castps512_ps128(group),
+                    1 => _mm512_extractf32x4_ps::<1>(group),
+                    2 => _mm512_extractf32x4_ps::<2>(group),
+                    _ => _mm512_extractf32x4_ps::<3>(group),
+                };
+                out[k][r] = q4_0_finish::<false>(w[k], x[r], d[r], d_sum[r], acc_a, acc_b, offset);
+            }
         }
         out
     }
@@ -1254,91 +1289,148 @@ const Q4_0_WIDE_ROWS: usize = 8;
 
 /// The quantized activations of four consecutive blocks laid out for the AVX-512
 /// Q4_0 kernel: elements 0..16 of each block, block after block, then elements
-/// 16..32 (the order in which four blocks' nibbles unpack).
+/// 16..32 (the order in which four blocks' nibbles unpack), and each block's scale
+/// `d` over the four lanes that hold its sums, so that the kernel multiplies it by the
+/// weight scales with one instruction and no shuffle.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(crate) struct Q4Quad([i8; 4 * QK]);
-
-/// Each row's blocks as [`Q4Quad`]s, one per four blocks; a row's last `nb % 4`
-/// blocks have none.
-fn q4_quads(x: &[BlockQ8], nb: usize) -> Vec<Q4Quad> {
-    let mut out = Vec::with_capacity(x.len() / 4);
-    for row in x.chunks_exact(nb) {
-        for quad in row.chunks_exact(4) {
-            let mut q = [0i8; 4 * QK];
-            for (k, block) in quad.iter().enumerate() {
-                q[16 * k..16 * k + 16].copy_from_slice(&block.qs[..16]);
-                q[64 + 16 * k..64 + 16 * k + 16].copy_from_slice(&block.qs[16..]);
-            }
-            out.push(Q4Quad(q));
-        }
-    }
-    out
+pub(crate) struct Q4Quad {
+    qs: [i8; 4 * QK],
+    d: [f32; 16],
 }
 
-/// One activation row of a Q4_0 product: its blocks, their [`BlockScales`] and, for
-/// the AVX-512 kernel, its [`Q4Quad`]s.
-#[cfg(target_arch = "x86_64")]
-type Q4Row<'a> = (&'a [BlockQ8], &'a [f32], &'a [f32], &'a [Q4Quad]);
+/// The activations of a Q4_0 product as the AVX-512 kernel reads them.
+pub(crate) struct Q4Acts {
+    /// Each row's blocks as [`Q4Quad`]s, one per four blocks (a row's last `nb % 4`
+    /// blocks have none), row after row.
+    quads: Vec<Q4Quad>,
+    /// Per group of four rows (`4g..4g + 4`, zero past the last row) and per quad:
+    /// the four rows' `d * sum` of the quad's four blocks, row after row, so that one
+    /// 512-bit FMA adds four rows' Q4_0 offsets.
+    d_sum4: Vec<[f32; 16]>,
+    per_row: usize,
+}
 
-/// One Q4_0 weight row `w` against activation rows `r0..r0 + R` (`row(r)` gives a
-/// row); `dst(r, value)` takes each row's result. `avx512`: on the 512-bit kernel
-/// (the rows need their quads), else on the AVX2 one (with AVX-VNNI if `vnni`).
+impl Q4Acts {
+    /// Lays out `x` (rows of `nb` blocks) and its `d_sum` ([`BlockScales`]).
+    fn new(x: &[BlockQ8], d_sum: &[f32], nb: usize) -> Self {
+        let per_row = nb / 4;
+        let m = x.len().checked_div(nb).unwrap_or(0);
+        let mut quads = Vec::with_capacity(m * per_row);
+        for row in x.chunks_exact(nb) {
+            for quad in row.chunks_exact(4) {
+                let mut q = Q4Quad {
+                    qs: [0; 4 * QK],
+                    d: [0.0; 16],
+                };
+                for (k, block) in quad.iter().enumerate() {
+                    q.qs[16 * k..16 * k + 16].copy_from_slice(&block.qs[..16]);
+                    q.qs[64 + 16 * k..64 + 16 * k + 16].copy_from_slice(&block.qs[16..]);
+                    q.d[4 * k..4 * k + 4].fill(block.d);
+                }
+                quads.push(q);
+            }
+        }
+        let groups = m.div_ceil(4);
+        let mut d_sum4 = vec![[0f32; 16]; groups * per_row];
+        for (g, group) in d_sum4.chunks_exact_mut(per_row.max(1)).enumerate() {
+            for (i, lanes) in group.iter_mut().enumerate().take(per_row) {
+                for q in 0..4 {
+                    let r = 4 * g + q;
+                    if r < m {
+                        let at = r * nb + 4 * i;
+                        lanes[4 * q..4 * q + 4].copy_from_slice(&d_sum[at..at + 4]);
+                    }
+                }
+            }
+        }
+        Q4Acts {
+            quads,
+            d_sum4,
+            per_row,
+        }
+    }
+
+    /// Row `r`'s quads.
+    fn quads(&self, r: usize) -> &[Q4Quad] {
+        &self.quads[r * self.per_row..(r + 1) * self.per_row]
+    }
+
+    /// The [`Q4Acts::d_sum4`] of the group of rows `4g..4g + 4`.
+    fn d_sum4(&self, g: usize) -> &[[f32; 16]] {
+        &self.d_sum4[g * self.per_row..(g + 1) * self.per_row]
+    }
+}
+
+/// One activation row of a Q4_0 product: its blocks and their [`BlockScales`].
+#[cfg(target_arch = "x86_64")]
+type Q4Row<'a> = (&'a [BlockQ8], &'a [f32], &'a [f32]);
+
+/// `W` Q4_0 weight rows `w` against activation rows `r0..r0 + R` (`row(r)` gives a
+/// row); `dst(k, r, value)` takes each cell's result (`k`: which weight row). With
+/// `wide` (the rows' [`Q4Acts`]; `r0` a multiple of four) on the 512-bit kernel, else
+/// on the AVX2 one (with AVX-VNNI if `vnni`), one weight row at a time.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn q4_0_group<'a, const R: usize>(
-    w: &[u8],
+fn q4_0_group<'a, const W: usize, const R: usize>(
+    w: [&[u8]; W],
     r0: usize,
     row: &dyn Fn(usize) -> Q4Row<'a>,
-    avx512: bool,
+    wide: Option<&Q4Acts>,
     vnni: bool,
-    dst: &mut dyn FnMut(usize, f32),
+    dst: &mut dyn FnMut(usize, usize, f32),
 ) {
     let rows: [_; R] = std::array::from_fn(|i| row(r0 + i));
     let (x, d, d_sum) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
     // SAFETY: only called when has_avx2() (and has_vnni() for `vnni`,
-    // kquants::has_avx512() for `avx512`) found the features; every row has as many
-    // blocks as the weight row (asserted by `matmul`) and, for `avx512`, its quads
-    // (built by `q4_quads`).
-    let v = unsafe {
-        if avx512 {
-            x86::q4_0_rows_avx512::<R>(w, rows.map(|r| r.3), x, d, d_sum)
+    // kquants::has_avx512() for `wide`) found the features; every row has as many
+    // blocks as the weight rows (asserted by `matmul`) and, for `wide`, its quads and
+    // its group's offsets (built by `Q4Acts::new` from the same rows).
+    let v: [[f32; R]; W] = unsafe {
+        if let Some(acts) = wide {
+            debug_assert_eq!(r0 % 4, 0);
+            let g = r0 / 4;
+            let d_sum4 = [acts.d_sum4(g), if R > 4 { acts.d_sum4(g + 1) } else { &[] }];
+            let quads = std::array::from_fn(|i| acts.quads(r0 + i));
+            x86::q4_0_rows_avx512::<W, R>(w, quads, d_sum4, x, d, d_sum)
         } else if vnni {
-            x86::q4_0_rows_vnni::<R>(w, x, d, d_sum)
+            w.map(|w| x86::q4_0_rows_vnni::<R>(w, x, d, d_sum))
         } else {
-            x86::q4_0_rows::<R>(w, x, d, d_sum)
+            w.map(|w| x86::q4_0_rows::<R>(w, x, d, d_sum))
         }
     };
-    for (i, v) in v.into_iter().enumerate() {
-        dst(r0 + i, v);
+    for (k, v) in v.into_iter().enumerate() {
+        for (i, v) in v.into_iter().enumerate() {
+            dst(k, r0 + i, v);
+        }
     }
 }
 
-/// Weight row `w` against activation rows `rows`, in groups that share one
+/// `W` weight rows `w` against activation rows `rows`, in groups that share one
 /// unpacking of each weight block: of [`Q4_0_WIDE_ROWS`] on AVX-512, of
-/// [`Q4_0_ROWS`] else. The weight row is read from memory once and stays in L1 for
+/// [`Q4_0_ROWS`] else. The weight rows are read from memory once and stay in L1 for
 /// the later groups.
 #[cfg(target_arch = "x86_64")]
-fn q4_0_all_rows<'a>(
-    w: &[u8],
+fn q4_0_all_rows<'a, const W: usize>(
+    w: [&[u8]; W],
     rows: std::ops::Range<usize>,
     row: &dyn Fn(usize) -> Q4Row<'a>,
-    avx512: bool,
+    wide: Option<&Q4Acts>,
     vnni: bool,
-    dst: &mut dyn FnMut(usize, f32),
+    dst: &mut dyn FnMut(usize, usize, f32),
 ) {
     let (mut r0, m) = (rows.start, rows.end);
-    if avx512 {
+    if wide.is_some() {
         while r0 < m {
             match m - r0 {
-                1 => q4_0_group::<1>(w, r0, row, true, vnni, dst),
-                2 => q4_0_group::<2>(w, r0, row, true, vnni, dst),
-                3 => q4_0_group::<3>(w, r0, row, true, vnni, dst),
-                4 => q4_0_group::<4>(w, r0, row, true, vnni, dst),
-                5 => q4_0_group::<5>(w, r0, row, true, vnni, dst),
-                6 => q4_0_group::<6>(w, r0, row, true, vnni, dst),
-                7 => q4_0_group::<7>(w, r0, row, true, vnni, dst),
-                _ => q4_0_group::<Q4_0_WIDE_ROWS>(w, r0, row, true, vnni, dst),
+                1 => q4_0_group::<W, 1>(w, r0, row, wide, vnni, dst),
+                2 => q4_0_group::<W, 2>(w, r0, row, wide, vnni, dst),
+                3 => q4_0_group::<W, 3>(w, r0, row, wide, vnni, dst),
+                4 => q4_0_group::<W, 4>(w, r0, row, wide, vnni, dst),
+                5 => q4_0_group::<W, 5>(w, r0, row, wide, vnni, dst),
+                6 => q4_0_group::<W, 6>(w, r0, row, wide, vnni, dst),
+                7 => q4_0_group::<W, 7>(w, r0, row, wide, vnni, dst),
+                _ => q4_0_group::<W, Q4_0_WIDE_ROWS>(w, r0, row, wide, vnni, dst),
             }
             r0 += Q4_0_WIDE_ROWS;
         }
@@ -1346,10 +1438,10 @@ fn q4_0_all_rows<'a>(
     }
     while r0 < m {
         match m - r0 {
-            1 => q4_0_group::<1>(w, r0, row, false, vnni, dst),
-            2 => q4_0_group::<2>(w, r0, row, false, vnni, dst),
-            3 => q4_0_group::<3>(w, r0, row, false, vnni, dst),
-            _ => q4_0_group::<Q4_0_ROWS>(w, r0, row, false, vnni, dst),
+            1 => q4_0_group::<W, 1>(w, r0, row, None, vnni, dst),
+            2 => q4_0_group::<W, 2>(w, r0, row, None, vnni, dst),
+            3 => q4_0_group::<W, 3>(w, r0, row, None, vnni, dst),
+            _ => q4_0_group::<W, Q4_0_ROWS>(w, r0, row, None, vnni, dst),
         }
         r0 += Q4_0_ROWS;
     }
@@ -1367,9 +1459,9 @@ const BAND_BYTES: usize = 192 * 1024;
 const ACT_TILE_BYTES: usize = 384 * 1024;
 
 /// The prepared bytes of one activation row of `nb` blocks: the blocks, their two
-/// scales and their share of the quads.
+/// scales and their share of the [`Q4Acts`].
 fn q8_row_bytes(nb: usize) -> usize {
-    nb * (std::mem::size_of::<BlockQ8>() + 8 + QK)
+    nb * (std::mem::size_of::<BlockQ8>() + 8 + std::mem::size_of::<Q4Quad>() / 4 + 4)
 }
 
 /// The activation row ranges of a prompt product of `m` rows of `row_bytes` (as
@@ -1509,8 +1601,7 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
         BlockScales::new(x)
     };
     let avx512 = avx512 && avx2_tiles && q4_0 > 0 && crate::kquants::has_avx512();
-    let quads = if avx512 { q4_quads(x, nb) } else { Vec::new() };
-    let quads_per_row = nb / 4;
+    let wide = avx512.then(|| Q4Acts::new(x, &scales.d_sum, nb));
     team.run(items.len(), &|item, _| {
         let (ji, start, end) = items[item];
         let w = &jobs[ji].weight;
@@ -1526,11 +1617,6 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
                     &x[r * nb..(r + 1) * nb],
                     &scales.d[r * nb..(r + 1) * nb],
                     &scales.d_sum[r * nb..(r + 1) * nb],
-                    if avx512 {
-                        &quads[r * quads_per_row..(r + 1) * quads_per_row]
-                    } else {
-                        &[][..]
-                    },
                 )
             };
             // A band of weight rows is swept once per tile of activation rows, both
@@ -1540,10 +1626,17 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
             for band in weight_bands(start, end, w.row_bytes()) {
                 for rows in act_tiles(m, q8_row_bytes(nb), group) {
                     cells.start(rows.clone(), band.clone());
-                    for j in band.clone() {
-                        q4_0_all_rows(w.row(j), rows.clone(), &row, avx512, vnni, &mut |r, v| {
-                            cells.put(r, j, v)
-                        });
+                    // On AVX-512 two weight rows share each load of the activations.
+                    let mut j = band.start;
+                    while wide.is_some() && j + 2 <= band.end {
+                        let pair = [w.row(j), w.row(j + 1)];
+                        let put = &mut |k, r, v| cells.put(r, j + k, v);
+                        q4_0_all_rows(pair, rows.clone(), &row, wide.as_ref(), vnni, put);
+                        j += 2;
+                    }
+                    for j in j..band.end {
+                        let put = &mut |_, r, v| cells.put(r, j, v);
+                        q4_0_all_rows([w.row(j)], rows.clone(), &row, wide.as_ref(), vnni, put);
                     }
                     // SAFETY: the cells are those of rows < m and columns of this
                     // item's band, which no other item writes; out has m * n elements
@@ -1756,9 +1849,10 @@ mod tests {
         }
     }
 
-    /// The AVX-512 Q4_0 kernel gives every row the bits of the 256-bit kernel alone
-    /// (`x86::dot`, which decode of a single sequence runs), for every group size and
-    /// with blocks left over after the last whole quad (18 blocks: two; 3: all).
+    /// The AVX-512 Q4_0 kernel gives every cell the bits of the 256-bit kernel alone
+    /// (`x86::dot`, which decode of a single sequence runs), for one and two weight
+    /// rows at a time, for every group size and with blocks left over after the last
+    /// whole quad (18 blocks: two; 3: all).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_q4_0_rows_are_bit_identical_to_avx2() {
@@ -1766,63 +1860,73 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
         }
-        fn check<const R: usize>(w: &[u8], xq: &[BlockQ8], nb: usize) {
+        /// `W` weight rows (`w`, rows of `nb` blocks) against the first `R` rows of
+        /// `xq` at once.
+        fn check<const W: usize, const R: usize>(w: &[u8], xq: &[BlockQ8], nb: usize) {
             let scales = BlockScales::new(xq);
-            let quads = q4_quads(xq, nb);
-            let per_row = nb / 4;
+            let acts = Q4Acts::new(xq, &scales.d_sum, nb);
             let rows = |r: usize| r * nb..(r + 1) * nb;
+            let weight = |k: usize| &w[k * nb * 18..(k + 1) * nb * 18];
             // SAFETY: has_avx512() found AVX2, FMA, F16C and AVX-512 F, BW and VNNI;
-            // the weight row and every activation row hold nb blocks, and the quads
-            // were built from those rows.
+            // every weight row and every activation row hold nb blocks, and the quads
+            // and offsets were built from those rows.
             let wide = unsafe {
-                x86::q4_0_rows_avx512::<R>(
-                    w,
-                    std::array::from_fn(|r| &quads[r * per_row..(r + 1) * per_row]),
+                x86::q4_0_rows_avx512::<W, R>(
+                    std::array::from_fn(weight),
+                    std::array::from_fn(|r| acts.quads(r)),
+                    [acts.d_sum4(0), if R > 4 { acts.d_sum4(1) } else { &[] }],
                     std::array::from_fn(|r| &xq[rows(r)]),
                     std::array::from_fn(|r| &scales.d[rows(r)]),
                     std::array::from_fn(|r| &scales.d_sum[rows(r)]),
                 )
             };
-            for (r, wide) in wide.into_iter().enumerate() {
-                // SAFETY: as above.
-                let alone = unsafe {
-                    x86::dot(
-                        WeightFormat::Q4_0,
-                        w,
-                        &xq[rows(r)],
-                        &scales.d[rows(r)],
-                        &scales.d_sum[rows(r)],
-                    )
-                };
-                assert_eq!(
-                    wide.to_bits(),
-                    alone.to_bits(),
-                    "R={R} row {r} of {nb} blocks"
-                );
-                let scalar = dot_scalar(WeightFormat::Q4_0, w, &xq[rows(r)]);
-                assert!(
-                    (wide - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()),
-                    "R={R} row {r}: {wide} vs scalar {scalar}"
-                );
+            for (k, wide) in wide.into_iter().enumerate() {
+                for (r, wide) in wide.into_iter().enumerate() {
+                    // SAFETY: as above.
+                    let alone = unsafe {
+                        x86::dot(
+                            WeightFormat::Q4_0,
+                            weight(k),
+                            &xq[rows(r)],
+                            &scales.d[rows(r)],
+                            &scales.d_sum[rows(r)],
+                        )
+                    };
+                    assert_eq!(
+                        wide.to_bits(),
+                        alone.to_bits(),
+                        "W={W} R={R} weight row {k}, row {r} of {nb} blocks"
+                    );
+                    let scalar = dot_scalar(WeightFormat::Q4_0, weight(k), &xq[rows(r)]);
+                    assert!(
+                        (wide - scalar).abs() <= 1e-4 * (1.0 + scalar.abs()),
+                        "W={W} R={R} weight row {k}, row {r}: {wide} vs scalar {scalar}"
+                    );
+                }
             }
         }
         let mut seed = 101;
         for nb in [64, 18, 3] {
             let cols = nb * QK;
-            let w = random_matrix(WeightFormat::Q4_0, 1, cols, &mut seed);
+            let w = random_matrix(WeightFormat::Q4_0, 2, cols, &mut seed);
             let x: Vec<f32> = (0..8 * cols)
                 .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
             let mut xq = Vec::new();
             quantize_rows(&x, cols, &mut xq);
-            check::<1>(&w, &xq, nb);
-            check::<2>(&w, &xq, nb);
-            check::<3>(&w, &xq, nb);
-            check::<4>(&w, &xq, nb);
-            check::<5>(&w, &xq, nb);
-            check::<6>(&w, &xq, nb);
-            check::<7>(&w, &xq, nb);
-            check::<8>(&w, &xq, nb);
+            check::<1, 1>(&w, &xq, nb);
+            check::<1, 2>(&w, &xq, nb);
+            check::<1, 3>(&w, &xq, nb);
+            check::<1, 4>(&w, &xq, nb);
+            check::<1, 5>(&w, &xq, nb);
+            check::<1, 6>(&w, &xq, nb);
+            check::<1, 7>(&w, &xq, nb);
+            check::<1, 8>(&w, &xq, nb);
+            check::<2, 1>(&w, &xq, nb);
+            check::<2, 3>(&w, &xq, nb);
+            check::<2, 4>(&w, &xq, nb);
+            check::<2, 5>(&w, &xq, nb);
+            check::<2, 8>(&w, &xq, nb);
         }
     }
 
