@@ -1,6 +1,8 @@
 //! Times the CPU engine's block-quantized matrix product (`kernels::matmul`) with a few
-//! activation rows, as batched decode runs it (one row per sequence), on the shapes of
-//! a 1B Llama (hidden 2048, FFN 8192, a 49152-token vocabulary) with random weights:
+//! activation rows, as batched decode runs it (one row per sequence), or with the
+//! hundreds of a prompt step (e.g. `1,16,128,480`: 16 clients' prompts at once), on
+//! the shapes of a 1B Llama (hidden 2048, FFN 8192, a 49152-token vocabulary) with
+//! random weights:
 //!
 //! ```sh
 //! cargo run --release -p xpu-cpu --example q4_matmul -- [q4_0|q4_1|q8_0] [threads] [reps] [rows,...]
@@ -9,10 +11,11 @@
 //!
 //! For each number of activation rows `m`, with the AVX-512 kernels allowed (where the
 //! CPU has them) and with only the 256-bit ones, it prints every shape's best time over
-//! `reps` products and the multiply-adds per second (`m` x rows x cols / time), and the sum
-//! of the shapes as one 1B decode step would run them (16 layers of Q, K, V, O, gate,
-//! up and down, plus the output layer): its time per step and the tokens per second
-//! that gives at `m` sequences. The sizes are alternated in rounds so that each sees
+//! `reps` products (each with its activation quantization) and the multiply-adds per
+//! second (`m` x rows x cols / time), and the sum of the shapes as one 1B decode step
+//! would run them (16 layers of Q, K, V, O, gate, up and down, plus the output layer):
+//! its time per step and the tokens per second that gives at `m` sequences (a prompt
+//! step runs the output layer for each sequence's last row only). The sizes are alternated in rounds so that each sees
 //! the same state of a shared machine; compare figures of one run only. With one
 //! thread the times are the CPU time of the calling thread (which runs the whole
 //! product then), which other processes on a shared machine disturb much less than

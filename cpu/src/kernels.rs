@@ -1150,7 +1150,10 @@ pub(crate) mod x86 {
             for r in 0..R {
                 let (acc_a, acc_b) = (
                     _mm512_castps512_ps256(acc[k][r]),
-                    _mm512_extractf32x8_ps::<1>(acc[k][r]),
+                    // The upper half, moved as doubles: `_mm512_extractf32x8_ps` needs
+                    // AVX-512 DQ, which this function does not enable, so it would not
+                    // be inlined.
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[k][r]))),
                 );
                 let group = offsets[k][r / 4];
                 let offset = match r % 4 {
@@ -1447,6 +1450,11 @@ fn q4_0_all_rows<'a, const W: usize>(
     }
 }
 
+/// The number of activation rows from which the AVX-512 Q4_0 product runs two
+/// weight rows at a time (measured on the 1B shapes: slower at 2 and 4 rows, faster
+/// at 8 and more).
+const PAIRED_ROWS_FROM: usize = 8;
+
 /// Bytes of weight rows that a prompt product sweeps for each tile of activation
 /// rows ([`ACT_TILE_BYTES`]): the band stays in L2 while every tile passes over it.
 const BAND_BYTES: usize = 192 * 1024;
@@ -1626,9 +1634,13 @@ fn matmul_with(team: &Team, x: &[BlockQ8], m: usize, jobs: &mut [MatmulJob<'_, '
             for band in weight_bands(start, end, w.row_bytes()) {
                 for rows in act_tiles(m, q8_row_bytes(nb), group) {
                     cells.start(rows.clone(), band.clone());
-                    // On AVX-512 two weight rows share each load of the activations.
+                    // On AVX-512 two weight rows share each load of the activations
+                    // once there are enough rows for the product to be bound by those
+                    // loads; with fewer (batched decode) it is bound by reading the
+                    // weights, which one row at a time streams faster.
+                    let pairs = wide.is_some() && m >= PAIRED_ROWS_FROM;
                     let mut j = band.start;
-                    while wide.is_some() && j + 2 <= band.end {
+                    while pairs && j + 2 <= band.end {
                         let pair = [w.row(j), w.row(j + 1)];
                         let put = &mut |k, r, v| cells.put(r, j + k, v);
                         q4_0_all_rows(pair, rows.clone(), &row, wide.as_ref(), vnni, put);
