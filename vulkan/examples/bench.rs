@@ -87,10 +87,18 @@ fn synthetic_prompt(n: usize, vocab: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Index of the largest logit (ties: the lowest index), as the runner's greedy sampler
+/// picks it, so that the time a batched step spends picking tokens is the server's.
 fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold(0, |b, (j, &x)| if x > v[b] { j } else { b }) as u32
+    let mut best = 0usize;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &x) in v.iter().enumerate() {
+        if x > best_value {
+            best = i;
+            best_value = x;
+        }
+    }
+    best as u32
 }
 
 /// Candle's quantized llama on the CPU (quantized matmuls), same prompt and decode lengths.
@@ -190,13 +198,15 @@ fn logits_after(
     model.forward(prompt, 0)
 }
 
+/// Decode steps the kernel profiles run (medians over them).
+const PROFILE_STEPS: usize = 9;
+
 /// GPU time of each kernel in a decode step after the prompt, from timestamps written
 /// between dispatches: medians over several steps, summed per kernel name.
 fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vulkan::VulkanError> {
-    const STEPS: usize = 9;
     let mut token = first;
     let mut per_step: Vec<Vec<(&'static str, f64)>> = Vec::new();
-    for i in 0..STEPS {
+    for i in 0..PROFILE_STEPS {
         let Some((times, logits)) = model.profile_step(token, pos + i)? else {
             println!("kernel profile:     none (the adapter has no timestamp queries inside passes, or the model is split)");
             return Ok(());
@@ -204,6 +214,48 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
         token = argmax(&logits);
         per_step.push(times);
     }
+    print_profile(&format!("decode step at position {pos}"), &per_step);
+    Ok(())
+}
+
+/// As [`profile`] for a batched decode step of every sequence of `slots` (slot i continues
+/// from `next[i]` at position `pos`, after its prompt).
+fn profile_batch(
+    model: &mut LlamaModel,
+    mut next: Vec<u32>,
+    pos: usize,
+) -> Result<(), xpu_vulkan::VulkanError> {
+    let mut per_step: Vec<Vec<(&'static str, f64)>> = Vec::new();
+    for i in 0..PROFILE_STEPS {
+        let ids = next.clone();
+        let chunks: Vec<SeqChunk<'_>> = ids
+            .iter()
+            .enumerate()
+            .map(|(slot, id)| SeqChunk {
+                slot,
+                tokens: std::slice::from_ref(id),
+                start: pos + i,
+            })
+            .collect();
+        let Some((times, logits)) = model.profile_batch(&chunks)? else {
+            println!("kernel profile:     none (the adapter has no timestamp queries inside passes, or the model is split)");
+            return Ok(());
+        };
+        next = logits.iter().map(|l| argmax(l)).collect();
+        per_step.push(times);
+    }
+    print_profile(
+        &format!(
+            "batched decode step of {} sequences at position {pos}",
+            next.len()
+        ),
+        &per_step,
+    );
+    Ok(())
+}
+
+/// Prints the median GPU time per kernel name over the profiled steps.
+fn print_profile(what: &str, per_step: &[Vec<(&'static str, f64)>]) {
     // Sum per name within a step, then the median step for each name.
     let mut names: Vec<&'static str> = Vec::new();
     for (name, _) in &per_step[0] {
@@ -211,7 +263,10 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
             names.push(name);
         }
     }
-    println!("kernel profile:     decode step at position {pos}, GPU timestamps after each dispatch (median of {STEPS} steps)");
+    println!(
+        "kernel profile:     {what}, GPU timestamps after each dispatch (median of {} steps)",
+        per_step.len()
+    );
     println!(
         "  {:<22} {:>6} {:>10} {:>10}",
         "kernel", "count", "us/step", "us each"
@@ -231,7 +286,6 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
         );
     }
     println!("  {:<22} {:>6} {total:>10.1}", "total", per_step[0].len());
-    Ok(())
 }
 
 /// The device options the environment asks for: a CPU adapter (XPU_RUNNER_ALLOW_CPU_ADAPTER)
@@ -261,7 +315,7 @@ fn device_options(args: &Args) -> Result<DeviceOptions, VulkanError> {
 /// Decode tok/s of `n` sequences together (aggregate) and of one alone, each after a prompt
 /// of `args.prompt` tokens, medians of `args.runs`.
 fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
-    let ctx = args.prompt + args.decode + 1;
+    let ctx = args.prompt + args.decode.max(PROFILE_STEPS) + 1;
     let t = Instant::now();
     let mut model = LlamaModel::load(
         &args.model,
@@ -368,6 +422,19 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
             split.dispatches
         );
     }
+    // Where the GPU time of a step goes, kernel by kernel: one sequence, then the N.
+    let mut first = Vec::with_capacity(n);
+    model.reset();
+    for (slot, prompt) in prompts.iter().enumerate() {
+        let chunk = SeqChunk {
+            slot,
+            tokens: prompt,
+            start: 0,
+        };
+        first.push(argmax(&model.forward_batch(&[chunk])?[0]));
+    }
+    profile_batch(&mut model, first.clone(), args.prompt)?;
+    profile(&mut model, first[0], args.prompt)?;
     println!(
         "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"sequences\":{n},\"decode_tps_one\":{one:.2},\"decode_tps_all\":{all:.2},\"ratio\":{:.2},\"step_ms_one\":{:.3},\"gpu_ms_one\":{:.3},\"dispatches_one\":{},\"step_ms_all\":{:.3},\"gpu_ms_all\":{:.3},\"host_ms_all\":{:.3},\"dispatches_all\":{}}}",
         args.model.display(),

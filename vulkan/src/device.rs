@@ -788,6 +788,39 @@ impl Gpu {
         staging: &wgpu::Buffer,
         size: u64,
     ) -> Result<Vec<u8>, VulkanError> {
+        self.map_read_with(staging, size, <[u8]>::to_vec)
+    }
+
+    /// Reads `rows` rows of `len` floats from the start of `staging` (as
+    /// [`map_read`](Self::map_read)) straight into one vector per row: a batched step's
+    /// logits are copied once, not through an intermediate byte vector.
+    pub(crate) fn map_read_rows(
+        &self,
+        staging: &wgpu::Buffer,
+        rows: usize,
+        len: usize,
+    ) -> Result<Vec<Vec<f32>>, VulkanError> {
+        let row_bytes = len * 4;
+        self.map_read_with(staging, (rows * row_bytes) as u64, |bytes| {
+            bytes
+                .chunks_exact(row_bytes)
+                .map(|row| {
+                    let mut v = vec![0f32; len];
+                    bytemuck::cast_slice_mut::<f32, u8>(&mut v).copy_from_slice(row);
+                    v
+                })
+                .collect()
+        })
+    }
+
+    /// Maps the first `size` bytes of `staging` for reading, waits for the GPU, and returns
+    /// what `read` makes of them.
+    fn map_read_with<T>(
+        &self,
+        staging: &wgpu::Buffer,
+        size: u64,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, VulkanError> {
         let slice = staging.slice(..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -813,7 +846,7 @@ impl Gpu {
                 .map_err(|e| VulkanError::Internal {
                     detail: format!("mapping results: {e}"),
                 })?;
-            view.to_vec()
+            read(&view)
         };
         staging.unmap();
         Ok(out)

@@ -1203,15 +1203,11 @@ impl LlamaModel {
         let last = self.stages.last().expect("at least one device");
         last.gpu.wait("running the model")?;
         let done = std::time::Instant::now();
-        let bytes = last
-            .gpu
-            .map_read(&last.staging, (logit_rows * vocab * 4) as u64)?;
+        let logits = last.gpu.map_read_rows(&last.staging, logit_rows, vocab)?;
         let first_submit = first_submit.unwrap_or(started);
         for c in chunks {
             self.cached[c.slot] = c.start + c.tokens.len();
         }
-        let logits: &[f32] = bytemuck::cast_slice(&bytes);
-        let logits = logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect();
         self.timing = ForwardTiming {
             record_s: (recorded - started).as_secs_f64(),
             wait_s: recorded.elapsed().as_secs_f64(),
@@ -1240,33 +1236,50 @@ impl LlamaModel {
             tokens: &[token],
             start: pos,
         }];
-        self.check_chunks(&chunks)?;
-        let passes = self.plan_passes(&chunks);
+        Ok(self
+            .profile_batch(&chunks)?
+            .map(|(times, mut logits)| (times, logits.remove(0))))
+    }
+
+    /// As [`profile_step`](Self::profile_step) for a step of several sequences (a batched
+    /// decode step, as [`forward_batch`](Self::forward_batch) runs it): the dispatches'
+    /// names and GPU seconds, and each chunk's logits. The chunks must fit one pass
+    /// (`max_batch` tokens in all).
+    #[allow(clippy::type_complexity)]
+    pub fn profile_batch(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+    ) -> Result<Option<(Vec<(&'static str, f64)>, Vec<Vec<f32>>)>, VulkanError> {
+        self.check_chunks(chunks)?;
+        let passes = self.plan_passes(chunks);
+        let [pass] = &passes[..] else {
+            return Err(VulkanError::InvalidInput(format!(
+                "a profiled step runs at most {} tokens (one pass)",
+                self.max_batch
+            )));
+        };
         let [stage] = &mut self.stages[..] else {
             return Ok(None);
         };
         let Some(mut timer) = Timer::new(&stage.gpu, 1024) else {
             return Ok(None);
         };
-        self.cached[0] = self.cached[0].min(pos);
-        stage.write_step(&self.cfg, &passes[0]);
-        stage.record_pass(
-            &self.cfg,
-            passes[0].shape(),
-            0,
-            true,
-            Some(&mut timer),
-            |cb| {
-                stage.gpu.queue.submit([cb]);
-            },
-        );
+        for c in chunks {
+            self.cached[c.slot] = self.cached[c.slot].min(c.start);
+        }
+        stage.write_step(&self.cfg, pass);
+        stage.record_pass(&self.cfg, pass.shape(), 0, true, Some(&mut timer), |cb| {
+            stage.gpu.queue.submit([cb]);
+        });
         stage.gpu.check("running the model")?;
-        let bytes = stage
+        let logits = stage
             .gpu
-            .map_read(&stage.staging, self.cfg.vocab as u64 * 4)?;
-        self.cached[0] = pos + 1;
+            .map_read_rows(&stage.staging, chunks.len(), self.cfg.vocab)?;
+        for c in chunks {
+            self.cached[c.slot] = c.start + c.tokens.len();
+        }
         let times = timer.read(&stage.gpu)?;
-        Ok(Some((times, bytemuck::cast_slice(&bytes).to_vec())))
+        Ok(Some((times, logits)))
     }
 
     /// Dispatches (kernel launches) of one decode step of one sequence whose previous
