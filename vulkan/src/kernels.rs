@@ -33,7 +33,10 @@ pub(crate) const MATVEC_MAX_TOKENS: u32 = 16;
 /// Tokens one `matvec_multi` workgroup multiplies with its rows (`MV_COLS`, at most 8: see
 /// matvec_multi.wgsl) and the rows it takes (4 or 8).
 const MULTI_COLS: u32 = 8;
-const MULTI_ROWS: u32 = 8;
+/// 4 rows: each thread holds its unit of every row in registers across the tokens (about 10
+/// registers a row for the int8 types) next to 4 accumulators per row and token; 8 rows
+/// would take about 165 registers a thread and halve the workgroups a core holds.
+const MULTI_ROWS: u32 = 4;
 /// Workgroups along x before a matmul dispatch wraps to y (`ROWS_PER_Y` in matmul.wgsl).
 pub(crate) const ROWS_PER_Y: u32 = 32768;
 /// Workgroups of the grid-stride elementwise kernels (rope, silu_mul).
@@ -81,7 +84,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// sequences, run matrix-vector kernels; 1: only one-token steps do), `multi=0|1` (1: those
 /// steps run the multi-token kernel `matvec_multi`, which reads each weight once per
 /// `cols` tokens; 0: the one-token kernel once per token, z slices), `cols=1..8` (tokens
-/// per `matvec_multi` workgroup) and `mrows=4|8` (rows per `matvec_multi` workgroup).
+/// per `matvec_multi` workgroup), `mrows=4|8` (rows per `matvec_multi` workgroup) and
+/// `xq=0|1` (1: where `matvec_multi` takes int8 x, the step's x is quantized once by its own
+/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -95,6 +100,7 @@ pub struct KernelTuning {
     multi: bool,
     multi_cols: u32,
     multi_rows: u32,
+    quantize_once: bool,
 }
 
 impl Default for KernelTuning {
@@ -116,6 +122,7 @@ impl KernelTuning {
         multi: true,
         multi_cols: MULTI_COLS,
         multi_rows: MULTI_ROWS,
+        quantize_once: true,
     };
 
     /// These settings with int8 activations in the decode products on or off (`dp4a`).
@@ -146,7 +153,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=tiled|rows, batch=<tokens>, multi=0|1, cols=1..8 and/or mrows=4|8, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=tiled|rows, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8 and/or xq=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -164,6 +171,7 @@ impl std::str::FromStr for KernelTuning {
                 ("multi", Ok(n @ (0 | 1))) => t.multi = n == 1,
                 ("cols", Ok(n @ 1..=8)) => t.multi_cols = n as u32,
                 ("mrows", Ok(n @ (4 | 8))) => t.multi_rows = n as u32,
+                ("xq", Ok(n @ (0 | 1))) => t.quantize_once = n == 1,
                 _ => return Err(bad()),
             }
         }
@@ -306,6 +314,9 @@ pub(crate) struct Kernels {
     /// Multi-token pipelines (`matvec_multi`), keyed by type and int8 x; empty with
     /// `multi=0`.
     matvec_multi: HashMap<(WeightType, bool), wgpu::ComputePipeline>,
+    /// `quantize_x` per type, for the multi-token pipelines with int8 x that read it
+    /// (`MV_XQ`); empty with `multi=0` or `xq=0`.
+    quantize_x: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
     /// for: keyed by the two types, input, tall and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
@@ -411,6 +422,7 @@ impl Kernels {
         let mut matmul_tiled = HashMap::new();
         let mut matvec = HashMap::new();
         let mut matvec_multi = HashMap::new();
+        let mut quantize_x = HashMap::new();
         let mut get_rows = HashMap::new();
         let tuning = *gpu.tuning();
         let reduce = if gpu.subgroups() {
@@ -492,6 +504,7 @@ impl Kernels {
                         ("ROW_GROUPS", (tuning.multi_rows / 4) as f64),
                         ("MV_COLS", tuning.multi_cols as f64),
                         ("MV_DP4A", q as u32 as f64),
+                        ("MV_XQ", (q && tuning.quantize_once) as u32 as f64),
                     ];
                     matvec_multi.insert(
                         (ty, q),
@@ -502,6 +515,19 @@ impl Kernels {
                             &source,
                             "matvec_multi",
                             &constants,
+                        ),
+                    );
+                }
+                if int8 && tuning.quantize_once {
+                    quantize_x.insert(
+                        ty,
+                        pipeline_with(
+                            gpu,
+                            tuning.checks,
+                            &format!("quantize_x {ty:?}"),
+                            &source,
+                            "quantize_x",
+                            &[("MV_DP4A", 1.0)],
                         ),
                     );
                 }
@@ -523,6 +549,7 @@ impl Kernels {
             matmul_tiled,
             matvec,
             matvec_multi,
+            quantize_x,
             get_rows,
             mixed: Mutex::new(HashMap::new()),
             reduce,
@@ -615,6 +642,16 @@ impl Kernels {
         self.matvec_multi
             .get(&(ty, int8))
             .map(|p| (p, self.tuning.multi_rows, self.tuning.multi_cols))
+    }
+
+    /// The pipeline that quantizes a step's x once for the multi-token pipeline of `ty`
+    /// (`quantize_x`, dispatched before it), or `None` where that pipeline reads f32 x or
+    /// quantizes in every workgroup (`xq=0`).
+    pub fn multi_quantize(&self, ty: WeightType, exact: bool) -> Option<&wgpu::ComputePipeline> {
+        if exact {
+            return None;
+        }
+        self.quantize_x.get(&ty)
     }
 
     /// The decode pipeline of a mixed product: rows below `Params.split` of type `a`, the
@@ -723,8 +760,10 @@ mod tuning_tests {
         assert_eq!(parse("batch=1").unwrap().matvec_tokens, 1);
         let t = parse("multi=0,cols=4,mrows=4").unwrap();
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (false, 4, 4));
+        assert!(parse("").unwrap().quantize_once);
+        assert!(!parse("xq=0").unwrap().quantize_once);
         let t = parse("").unwrap();
-        assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 8));
+        assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 4));
         assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);
         assert!(!parse("prefill=rows").unwrap().tiled_prefill);
         assert!(
@@ -752,6 +791,7 @@ mod tuning_tests {
             "cols=0",
             "cols=9",
             "mrows=16",
+            "xq=2",
             "prefill=1",
             "prefill=tile",
             "prefill=",

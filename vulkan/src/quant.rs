@@ -539,6 +539,13 @@ pub(crate) struct MatmulOp {
     /// `matvec_multi` and its tokens per workgroup; `None` with `multi=0` (then `single`
     /// runs once per token).
     multi: Option<(Dispatches, u32)>,
+    /// Where `multi` reads x quantized ahead (`MV_XQ` in matvec_multi.wgsl): the
+    /// `quantize_x` pipeline, its bind group and workgroups per token, dispatched once per
+    /// step before the products of every part (which share `xq`).
+    quantize: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    /// The buffer `quantize_x` writes and `multi` reads (bound even where the pipeline does
+    /// not read it); shared by the parts of a side-by-side product.
+    xq: Option<wgpu::Buffer>,
     fused: Option<Dispatches>,
     /// Steps of at most this many tokens run `single` once per token (Kernels::matvec_tokens).
     matvec_tokens: u32,
@@ -556,6 +563,25 @@ impl MatmulOp {
         step: &wgpu::Buffer,
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
+    ) -> Result<MatmulOp, VulkanError> {
+        MatmulOp::with_xq(gpu, kernels, label, weight, x, y, step, mode, fused, None)
+    }
+
+    /// As [`new`](Self::new); `shared_xq`: the quantized-x buffer of the first part of a
+    /// side-by-side product (whose `quantize_x` dispatch fills it for every part), else one
+    /// is made.
+    #[allow(clippy::too_many_arguments)]
+    fn with_xq(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        label: &'static str,
+        weight: &GpuWeight,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+        mode: MatmulMode,
+        fused: Option<FusedInput<'_>>,
+        shared_xq: Option<&wgpu::Buffer>,
     ) -> Result<MatmulOp, VulkanError> {
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let tall = kernels.is_tall(weight.rows);
@@ -627,6 +653,18 @@ impl MatmulOp {
         let mut single = Dispatches::new(single_pipeline);
         let multi_kernel = kernels.matvec_multi(weight.ty, mode.exact_input);
         let mut multi = multi_kernel.map(|(p, _, cols)| (Dispatches::new(p.clone()), cols));
+        // Three vec4 words per unit and token of a multi-token step (see `xq` in
+        // matvec_multi.wgsl).
+        let units = (weight.k / 32) as u32;
+        let xq = match (&multi, shared_xq) {
+            (None, _) => None,
+            (Some(_), Some(b)) => Some(b.clone()),
+            (Some(_), None) => Some(gpu.storage(
+                "quantized x",
+                units as u64 * kernels.matvec_tokens() as u64 * 48,
+            )?),
+        };
+        let mut quantize = None;
         let mut fused = fused_pipeline.map(Dispatches::new);
         let lanes = lanes_for(weight.k);
         for c in &weight.chunks {
@@ -678,14 +716,36 @@ impl MatmulOp {
                 &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]),
             );
             single.chunks.push((bg, mv_groups));
-            if let (Some((m, _)), Some((_, rows, _))) = (multi.as_mut(), multi_kernel) {
+            if let (Some((m, _)), Some((_, rows, _)), Some(xq)) =
+                (multi.as_mut(), multi_kernel, xq.as_ref())
+            {
                 let bg = kernels::bind(
                     gpu,
                     &m.pipeline,
                     label,
-                    &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step), (6, x)]),
+                    &with_w4(vec![
+                        (1, x),
+                        (2, y),
+                        (3, &ubuf),
+                        (4, step),
+                        (6, x),
+                        (15, xq),
+                    ]),
                 );
                 m.chunks.push((bg, c.rows.div_ceil(rows)));
+                // One quantization for all chunks (it reads only k and the token count).
+                if let (None, Some(qp)) = (
+                    &quantize,
+                    kernels.multi_quantize(weight.ty, mode.exact_input),
+                ) {
+                    let bg = kernels::bind(
+                        gpu,
+                        qp,
+                        "quantize x",
+                        &[(1, x), (3, &ubuf), (4, step), (6, x), (15, xq)],
+                    );
+                    quantize = Some((qp.clone(), bg, units.div_ceil(kernels::WORKGROUP)));
+                }
             }
             if let Some(f) = fused.as_mut() {
                 let mut entries = vec![(1, fused_x), (2, fused_y), (3, &ubuf), (6, norm_w)];
@@ -708,6 +768,8 @@ impl MatmulOp {
             tiled,
             single,
             multi,
+            quantize,
+            xq,
             fused,
             matvec_tokens: kernels.matvec_tokens(),
         })
@@ -760,7 +822,11 @@ impl MatmulOp {
                 ..mode
             };
             let part_fused = if mixed { None } else { fused };
-            let part = MatmulOp::new(gpu, kernels, label, w, x, y, step, part_mode, part_fused)?;
+            // Every part reads the x that the first part's `quantize_x` quantizes.
+            let shared_xq = op.as_ref().and_then(|op| op.xq.as_ref());
+            let part = MatmulOp::with_xq(
+                gpu, kernels, label, w, x, y, step, part_mode, part_fused, shared_xq,
+            )?;
             match op.as_mut() {
                 None => op = Some(part),
                 Some(op) => {
@@ -771,6 +837,10 @@ impl MatmulOp {
                     op.single.more.push(part.single);
                     if let (Some((m, _)), Some((p, _))) = (op.multi.as_mut(), part.multi) {
                         m.more.push(p);
+                    }
+                    // One quantization of the shared x, whichever part's types need it.
+                    if op.quantize.is_none() {
+                        op.quantize = part.quantize;
                     }
                     if let (Some(f), Some(p)) = (op.fused.as_mut(), part.fused) {
                         f.more.push(p);
@@ -812,7 +882,12 @@ impl MatmulOp {
             // A few tokens: the multi-token kernel with one z slice per `cols` tokens (or, with
             // `multi=0`, the one-token kernel with one z slice per token).
             _ if n <= self.matvec_tokens => match &self.multi {
-                Some((m, cols)) if n > 1 => m.record(rec, self.label, n.div_ceil(*cols)),
+                Some((m, cols)) if n > 1 => {
+                    if let Some((pipeline, bg, groups)) = &self.quantize {
+                        rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
+                    }
+                    m.record(rec, self.label, n.div_ceil(*cols))
+                }
                 _ => self.single.record(rec, self.label, n),
             },
             _ => match &self.tiled {

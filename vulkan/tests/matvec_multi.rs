@@ -1,12 +1,13 @@
 //! The multi-token matrix-vector kernel (`matvec_multi`, the products of a batched decode
 //! step of 2..=16 tokens) against an f64 reference from candle's dequantized weights, for
-//! every weight type, with and without int8 activations, and against the one-token kernel
-//! run once per token (`multi=0`), whose arithmetic it repeats per token.
+//! every weight type, with and without int8 activations (quantized once per step by
+//! `quantize_x`, or in every workgroup with `xq=0`), and against the one-token kernel run
+//! once per token (`multi=0`), whose arithmetic it repeats per token.
 //!
 //! Token counts 1, 2, 3, 8, 11 and 16: one token (the one-token kernel), fewer than one
 //! workgroup's 8 tokens, exactly 8, and across the 8-token boundary (a full and a partial
 //! z slice, two full ones). The rows are 4096 values long (128 units: every thread of a
-//! 64-thread workgroup takes two) and 13 of them (a partial workgroup of 8 rows).
+//! 64-thread workgroup takes two) and 13 of them (a partial workgroup of 4 or 8 rows).
 
 mod common;
 
@@ -104,7 +105,13 @@ fn multi_token_products_match_reference_in_f32() {
 }
 
 #[test]
-fn multi_token_products_with_fewer_rows_and_tokens_per_workgroup() {
-    // 4 rows and 3 tokens per workgroup: 11 and 16 tokens take 4 and 6 z slices.
-    check("mrows=4,cols=3");
+fn multi_token_products_quantizing_x_in_every_workgroup() {
+    // Without the `quantize_x` dispatch: each workgroup quantizes the x it reads.
+    check("dp4a=1,xq=0");
+}
+
+#[test]
+fn multi_token_products_with_other_rows_and_tokens_per_workgroup() {
+    // 8 rows and 3 tokens per workgroup: 11 and 16 tokens take 4 and 6 z slices.
+    check("mrows=8,cols=3");
 }

@@ -15,3 +15,19 @@ fn k_scale_min(h: vec4<u32>, s: u32) -> vec2<f32> {
     let mn = select((b2 >> 4u) | ((b1 >> 6u) << 4u), b1 & 63u, low);
     return vec2<f32>(dm.x * f32(sc), dm.y * f32(mn));
 }
+
+// The unit's 32 weights from its quants (bytes 0..31, four to a word) and (scale, minimum):
+// the K-quant types with a minimum (Q4_K, Q5_K) share it.
+fn k_values(wu: WUnit) -> array<vec4<f32>, 8> {
+    let a = wu.q[0];
+    let b = wu.q[1];
+    let d = wu.s.x;
+    let m = wu.s.y;
+    return array<vec4<f32>, 8>(k_vec(a.x, d, m), k_vec(a.y, d, m), k_vec(a.z, d, m), k_vec(a.w, d, m),
+                               k_vec(b.x, d, m), k_vec(b.y, d, m), k_vec(b.z, d, m), k_vec(b.w, d, m));
+}
+
+// Four elements, one a byte.
+fn k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
+    return d * vec4<f32>(unpack4xU8(q)) - m;
+}

@@ -343,6 +343,17 @@ struct XUnit {
     qsum_lo: i32, // of the first 16 values (Q6_K has a scale per 16)
 }
 
+// One 32-weight unit of one row as the type's `w_unit` loads it (and decodes where that is
+// cheap), for its `w_dot` to multiply with the x of one token: the quants four to a word in
+// q (the int8 types: bytes as dot4I8Packed takes them, elements 0..15 in q[0] and 16..31 in
+// q[1]; the float types their raw words) and up to four scales in s. `unit_dot` is
+// `w_dot(w_unit(..))`; the multi-token kernel calls `w_unit` once per unit and row and
+// `w_dot` once per token, so the arithmetic per token is the one-token kernel's.
+struct WUnit {
+    q: array<vec4<u32>, 8>,
+    s: vec4<f32>,
+}
+
 fn x_finish(v: array<vec4<f32>, 8>, sq: f32) -> XUnit {
     var o: XUnit;
     o.v = v;

@@ -1,31 +1,80 @@
 // ---- Steps of a few tokens (a batched decode step, one token per sequence) ----
 // `matvec_multi`: one workgroup computes MV_ROWS rows (4 or 8: ROW_GROUPS 1 or 2) for up to
-// MV_COLS tokens (at most 8), so that each weight unit is read once per workgroup and
-// multiplied with every token's x: per unit, token after token, `x_unit` brings that
-// token's 32 values (int8-quantized where MV_DP4A, as the one-token kernel does) and
-// `group4` multiplies them with the rows. The weight loads of one unit are the same for
-// every token (same address, no store in between): the first token's loads dominate the
-// others, so the compiler keeps the loaded words instead of loading them again (and a
-// repeated load would be a hit in the L1 cache, not a read from memory). A token's products
-// are the arithmetic of its one-token `matvec` step, so results do not depend on the batch.
+// MV_COLS tokens (at most 8). Each thread loads and decodes its unit of every row once
+// (`w_unit`, the quants in registers) and then multiplies them with every token's x of that
+// unit (`w_dot`), as llama.cpp's mul_mat_vec shaders do with NUM_COLS: the weights are read
+// and decoded once per workgroup, not once per token. Where the products take int8 x
+// (MV_DP4A), the step's x is quantized once by `quantize_x` before the product (MV_XQ), as
+// llama.cpp quantizes its activations to Q8_1 once per product, not in every workgroup; the
+// values are those of `x_unit`, so a token's products are the arithmetic of its one-token
+// `matvec` step (`unit_dot` is `w_dot(w_unit(..))`, summed in the same order): results do
+// not depend on the batch.
 // Why at most 8 tokens: the accumulators are 4 floats per token and group of four rows (64
-// registers at 8 rows x 8 tokens) on top of the loaded weights and one token's x; more would
-// lower the number of workgroups a core holds, which hides the memory latency. llama.cpp's
-// mul_mat_vec shaders stop at the same NUM_COLS (mul_mat_vec_max_cols = 8). More tokens run
-// as z slices of MV_COLS tokens, numbered slice-fastest, so that the slices of one group of
-// rows run at about the same time and all but the first read the rows from the L2 cache.
+// registers at 8 rows x 8 tokens) on top of the loaded weights (about 10 registers per row
+// for the int8 types) and one token's x; more would lower the number of workgroups a core
+// holds, which hides the memory latency. llama.cpp's mul_mat_vec shaders stop at the same
+// NUM_COLS (mul_mat_vec_max_cols = 8). More tokens run as z slices of MV_COLS tokens,
+// numbered slice-fastest, so that the slices of one group of rows run at about the same time
+// and all but the first read the rows from the L2 cache.
 
 override MV_COLS: u32 = 8u;
 
-// Token t's products with one unit: rows first..first+3 and (ROW_GROUPS 2) first+4..first+7.
-fn multi_token_unit(t: u32, first: u32, last: u32, u: u32) -> array<vec4<f32>, 2> {
+// Unit u of four consecutive rows as `w_unit` loads it (rows past `last` read row `last`).
+fn w_rows4(f: u32, last: u32, u: u32) -> array<WUnit, 4> {
+    return array<WUnit, 4>(w_unit(min(f, last), u), w_unit(min(f + 1u, last), u),
+                           w_unit(min(f + 2u, last), u), w_unit(min(f + 3u, last), u));
+}
+
+// The four rows' products with one token's unit of x.
+fn dot_rows4(ws: array<WUnit, 4>, xu: XUnit) -> vec4<f32> {
+    return vec4<f32>(w_dot(ws[0], xu), w_dot(ws[1], xu), w_dot(ws[2], xu), w_dot(ws[3], xu));
+}
+
+// Whether `matvec_multi` reads x quantized to int8 ahead by `quantize_x` (a pipeline
+// constant: with MV_DP4A, where the host dispatches `quantize_x` before the product) instead
+// of quantizing every token's unit in every workgroup.
+override MV_XQ: bool = false;
+// Per token and unit of the step's x, three vec4 words: the int8 values (four per word) and
+// (qd, qsum, qsum_lo) as `x_finish` computes them.
+@group(0) @binding(15) var<storage, read_write> xq: array<vec4<u32>>;
+
+// Quantizes the step's x once (one thread per token and unit: y = token, x = units / WG),
+// for every workgroup of the products that follow.
+@compute @workgroup_size(64)
+fn quantize_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let units = p.k / 32u;
+    let u = wid.x * WG + li;
+    let t = wid.y;
+    let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
+    if (u >= units || t >= n) {
+        return;
+    }
     mv_token = t;
     let xu = x_unit(0u, u);
-    var r = array<vec4<f32>, 2>(group4(first, last, u, xu), vec4<f32>(0.0));
-    if (ROW_GROUPS > 1u) {
-        r[1] = group4(first + 4u, last, u, xu);
+    let o = (t * units + u) * 3u;
+    xq[o] = vec4<u32>(xu.q[0], xu.q[1], xu.q[2], xu.q[3]);
+    xq[o + 1u] = vec4<u32>(xu.q[4], xu.q[5], xu.q[6], xu.q[7]);
+    xq[o + 2u] = vec4<u32>(bitcast<u32>(xu.qd), bitcast<u32>(xu.qsum), bitcast<u32>(xu.qsum_lo), 0u);
+}
+
+// Token t's unit u of x, as the one-token kernel transforms it (mode 0: plain): from
+// `quantize_x`'s buffer (MV_XQ: only the int8 fields, all that `w_dot` reads with MV_DP4A),
+// else computed here.
+fn multi_x(t: u32, u: u32) -> XUnit {
+    if (MV_XQ) {
+        let o = (t * (p.k / 32u) + u) * 3u;
+        let a = xq[o];
+        let b = xq[o + 1u];
+        let m = xq[o + 2u];
+        var xu: XUnit;
+        xu.q = array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+        xu.qd = bitcast<f32>(m.x);
+        xu.qsum = bitcast<i32>(m.y);
+        xu.qsum_lo = bitcast<i32>(m.z);
+        return xu;
     }
-    return r;
+    mv_token = t;
+    return x_unit(0u, u);
 }
 
 // Reduces token t's sums over the workgroup and writes its rows. Call from uniform control
@@ -59,36 +108,49 @@ fn matvec_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
     var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0); var b2 = vec4<f32>(0.0); var b3 = vec4<f32>(0.0);
     var b4 = vec4<f32>(0.0); var b5 = vec4<f32>(0.0); var b6 = vec4<f32>(0.0); var b7 = vec4<f32>(0.0);
+    let two = ROW_GROUPS > 1u;
     for (var u = l.li; u < units; u += WG) {
-        let r0 = multi_token_unit(t0, first, last, u);
-        a0 += r0[0]; b0 += r0[1];
+        // The rows' weights, loaded once for all tokens (the second group only feeds the
+        // products under `two`, so with one group of rows its loads are dead code).
+        let wa = w_rows4(first, last, u);
+        let wb = w_rows4(first + 4u, last, u);
+        var xu = multi_x(t0, u);
+        a0 += dot_rows4(wa, xu);
+        if (two) { b0 += dot_rows4(wb, xu); }
         if (tn > 1u) {
-            let r = multi_token_unit(t0 + 1u, first, last, u);
-            a1 += r[0]; b1 += r[1];
+            xu = multi_x(t0 + 1u, u);
+            a1 += dot_rows4(wa, xu);
+            if (two) { b1 += dot_rows4(wb, xu); }
         }
         if (tn > 2u) {
-            let r = multi_token_unit(t0 + 2u, first, last, u);
-            a2 += r[0]; b2 += r[1];
+            xu = multi_x(t0 + 2u, u);
+            a2 += dot_rows4(wa, xu);
+            if (two) { b2 += dot_rows4(wb, xu); }
         }
         if (tn > 3u) {
-            let r = multi_token_unit(t0 + 3u, first, last, u);
-            a3 += r[0]; b3 += r[1];
+            xu = multi_x(t0 + 3u, u);
+            a3 += dot_rows4(wa, xu);
+            if (two) { b3 += dot_rows4(wb, xu); }
         }
         if (tn > 4u) {
-            let r = multi_token_unit(t0 + 4u, first, last, u);
-            a4 += r[0]; b4 += r[1];
+            xu = multi_x(t0 + 4u, u);
+            a4 += dot_rows4(wa, xu);
+            if (two) { b4 += dot_rows4(wb, xu); }
         }
         if (tn > 5u) {
-            let r = multi_token_unit(t0 + 5u, first, last, u);
-            a5 += r[0]; b5 += r[1];
+            xu = multi_x(t0 + 5u, u);
+            a5 += dot_rows4(wa, xu);
+            if (two) { b5 += dot_rows4(wb, xu); }
         }
         if (tn > 6u) {
-            let r = multi_token_unit(t0 + 6u, first, last, u);
-            a6 += r[0]; b6 += r[1];
+            xu = multi_x(t0 + 6u, u);
+            a6 += dot_rows4(wa, xu);
+            if (two) { b6 += dot_rows4(wb, xu); }
         }
         if (tn > 7u) {
-            let r = multi_token_unit(t0 + 7u, first, last, u);
-            a7 += r[0]; b7 += r[1];
+            xu = multi_x(t0 + 7u, u);
+            a7 += dot_rows4(wa, xu);
+            if (two) { b7 += dot_rows4(wb, xu); }
         }
     }
     multi_token_store(t0, first, a0, b0, l);

@@ -4,19 +4,31 @@ fn q4_1_vec(q: u32, dm: vec2<f32>) -> vec4<f32> {
     return dm.x * vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu)) + dm.y;
 }
 
+// One unit as `w_dot` takes it: the four raw quant words in q[0], s.xy = (d, m).
+fn w_unit(row: u32, u: u32) -> WUnit {
+    let base = (row * (p.k / 32u) + u) * 5u;
+    var o: WUnit;
+    o.q[0] = vec4<u32>(w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u]);
+    o.s = vec4<f32>(unpack2x16float(w[base]), 0.0, 0.0);
+    return o;
+}
+
+fn q4_1_values(wu: WUnit) -> array<vec4<f32>, 8> {
+    let q = wu.q[0];
+    let dm = wu.s.xy;
+    return array<vec4<f32>, 8>(q4_1_vec(q.x, dm), q4_1_vec(q.y, dm), q4_1_vec(q.z, dm), q4_1_vec(q.w, dm),
+                               q4_1_vec(q.x >> 4u, dm), q4_1_vec(q.y >> 4u, dm), q4_1_vec(q.z >> 4u, dm), q4_1_vec(q.w >> 4u, dm));
+}
+
 fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
-    let blk = row * (p.k / 32u) + u;
-    let base = blk * 5u;
-    let dm = unpack2x16float(w[base]);
-    let q0 = w[base + 1u];
-    let q1 = w[base + 2u];
-    let q2 = w[base + 3u];
-    let q3 = w[base + 4u];
-    return array<vec4<f32>, 8>(q4_1_vec(q0, dm), q4_1_vec(q1, dm), q4_1_vec(q2, dm), q4_1_vec(q3, dm),
-                               q4_1_vec(q0 >> 4u, dm), q4_1_vec(q1 >> 4u, dm), q4_1_vec(q2 >> 4u, dm), q4_1_vec(q3 >> 4u, dm));
+    return q4_1_values(w_unit(row, u));
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
+fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
+    return dot8(q4_1_values(wu), xu.v);
+}
+
 fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
-    return dot8(load_unit(row, u), xu.v);
+    return w_dot(w_unit(row, u), xu);
 }

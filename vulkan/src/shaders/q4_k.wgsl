@@ -14,35 +14,36 @@ fn q4k_head(row: u32, u: u32) -> vec4<u32> {
     return w4[p.aux / 4u + row * (p.k / 256u) + u / 8u];
 }
 
-fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
-    let dm = k_scale_min(q4k_head(row, u), u % 8u);
-    let d = dm.x;
-    let m = dm.y;
+// One unit as `w_dot` takes it: the nibbles masked in place, four bytes 0..15 per word
+// (elements 0..15 in q[0], 16..31 in q[1]); s.xy = (d*sc, dmin*m) of its sub-block.
+fn w_unit(row: u32, u: u32) -> WUnit {
     let q = q4k_unit(row, u);
-    let a = q & vec4<u32>(0x0f0f0f0fu);
-    let b = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-    return array<vec4<f32>, 8>(q4k_vec(a.x, d, m), q4k_vec(a.y, d, m), q4k_vec(a.z, d, m), q4k_vec(a.w, d, m),
-                               q4k_vec(b.x, d, m), q4k_vec(b.y, d, m), q4k_vec(b.z, d, m), q4k_vec(b.w, d, m));
+    var o: WUnit;
+    o.q[0] = q & vec4<u32>(0x0f0f0f0fu);
+    o.q[1] = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+    o.s = vec4<f32>(k_scale_min(q4k_head(row, u), u % 8u), 0.0, 0.0);
+    return o;
 }
 
-// Four elements, one a byte (0..15).
-fn q4k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
-    return d * vec4<f32>(unpack4xU8(q)) - m;
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+    return k_values(w_unit(row, u));
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
 // int8 x (MV_DP4A): the masked nibbles are four bytes 0..15 per word, multiplied with
 // dot4I8Packed; the sub-block's scale and minimum apply once per unit:
-// sum (d q - m) x = qd (d sum(q q_x) - m sum(q_x)).
-fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+// sum (d q - m) x = qd (d sum(q q_x) - m sum(q_x)). Q5_K's is the same on 5-bit quants.
+fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     if (MV_DP4A) {
-        let dm = k_scale_min(q4k_head(row, u), u % 8u);
-        let q = q4k_unit(row, u);
-        let a = q & vec4<u32>(0x0f0f0f0fu);
-        let b = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+        let a = wu.q[0];
+        let b = wu.q[1];
         let dots = ((dot4I8Packed(a.x, xu.q[0]) + dot4I8Packed(a.y, xu.q[1])) + (dot4I8Packed(a.z, xu.q[2]) + dot4I8Packed(a.w, xu.q[3])))
             + ((dot4I8Packed(b.x, xu.q[4]) + dot4I8Packed(b.y, xu.q[5])) + (dot4I8Packed(b.z, xu.q[6]) + dot4I8Packed(b.w, xu.q[7])));
-        return xu.qd * (dm.x * f32(dots) - dm.y * f32(xu.qsum));
+        return xu.qd * (wu.s.x * f32(dots) - wu.s.y * f32(xu.qsum));
     }
-    return dot8(load_unit(row, u), xu.v);
+    return dot8(k_values(wu), xu.v);
+}
+
+fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+    return w_dot(w_unit(row, u), xu);
 }

@@ -4,17 +4,22 @@
 // u is 32-weight sub-block s = u % 8 of super-block u / 8: element l takes the low (even s)
 // or high (odd s) nibble of quant byte 32*(s/2) + l and, as its fifth bit, bit s of qh byte
 // l; value = d*sc[s]*q - dmin*m[s].
-fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+
+// One unit as `w_dot` takes it: the 5-bit quants, four bytes 0..31 per word (q5k_quants);
+// s.xy = (d*sc, dmin*m) of its sub-block.
+fn w_unit(row: u32, u: u32) -> WUnit {
     let sb = row * (p.k / 256u) + u / 8u;
     let s = u % 8u;
-    let dm = k_scale_min(w4[sb * 11u], s);
-    let d = dm.x;
-    let m = dm.y;
     let q = q5k_quants(sb, s);
-    let a = q[0];
-    let b = q[1];
-    return array<vec4<f32>, 8>(q5k_vec(a.x, d, m), q5k_vec(a.y, d, m), q5k_vec(a.z, d, m), q5k_vec(a.w, d, m),
-                               q5k_vec(b.x, d, m), q5k_vec(b.y, d, m), q5k_vec(b.z, d, m), q5k_vec(b.w, d, m));
+    var o: WUnit;
+    o.q[0] = q[0];
+    o.q[1] = q[1];
+    o.s = vec4<f32>(k_scale_min(w4[sb * 11u], s), 0.0, 0.0);
+    return o;
+}
+
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+    return k_values(w_unit(row, u));
 }
 
 // The 5-bit quants of sub-block s of super-block sb, four consecutive elements to a word,
@@ -30,24 +35,20 @@ fn q5k_quants(sb: u32, s: u32) -> array<vec4<u32>, 2> {
         ((w4[qv + 1u] >> shift) & low) | (((w4[hv + 1u] >> vec4<u32>(s)) & bit) << vec4<u32>(4u)));
 }
 
-fn q5k_vec(q: u32, d: f32, m: f32) -> vec4<f32> {
-    return d * vec4<f32>(f32(q & 0xffu), f32((q >> 8u) & 0xffu), f32((q >> 16u) & 0xffu), f32(q >> 24u)) - m;
-}
-
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
-// int8 x (MV_DP4A): the 5-bit quants four to a word (q5k_quants, bytes 0..31), multiplied
-// with dot4I8Packed; scale and minimum once per unit, as in q4_k.wgsl.
-fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+// int8 x (MV_DP4A): the 5-bit quants multiplied with dot4I8Packed; scale and minimum once
+// per unit, as in q4_k.wgsl.
+fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     if (MV_DP4A) {
-        let sb = row * (p.k / 256u) + u / 8u;
-        let s = u % 8u;
-        let dm = k_scale_min(w4[sb * 11u], s);
-        let q = q5k_quants(sb, s);
-        let a = q[0];
-        let b = q[1];
+        let a = wu.q[0];
+        let b = wu.q[1];
         let dots = ((dot4I8Packed(a.x, xu.q[0]) + dot4I8Packed(a.y, xu.q[1])) + (dot4I8Packed(a.z, xu.q[2]) + dot4I8Packed(a.w, xu.q[3])))
             + ((dot4I8Packed(b.x, xu.q[4]) + dot4I8Packed(b.y, xu.q[5])) + (dot4I8Packed(b.z, xu.q[6]) + dot4I8Packed(b.w, xu.q[7])));
-        return xu.qd * (dm.x * f32(dots) - dm.y * f32(xu.qsum));
+        return xu.qd * (wu.s.x * f32(dots) - wu.s.y * f32(xu.qsum));
     }
-    return dot8(load_unit(row, u), xu.v);
+    return dot8(k_values(wu), xu.v);
+}
+
+fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+    return w_dot(w_unit(row, u), xu);
 }

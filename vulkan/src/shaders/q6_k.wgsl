@@ -43,30 +43,51 @@ fn q6k_quants(q: Q6Unit) -> array<u32, 8> {
                          q6_bytes(hi.x, q.hi1), q6_bytes(hi.y, q.hi1 >> 2u), q6_bytes(hi.z, q.hi1 >> 4u), q6_bytes(hi.w, q.hi1 >> 6u));
 }
 
-fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+// One unit as `w_dot` takes it: the quants as bytes 0..63 (elements 0..15 in q[0], 16..31
+// in q[1]); s.xy = d * the scales of its first and last 16 elements.
+fn w_unit(row: u32, u: u32) -> WUnit {
     let q = q6k_quants(q6k_unit(row, u));
-    let sc = q6k_scales(row, u);
+    var o: WUnit;
+    o.q[0] = vec4<u32>(q[0], q[1], q[2], q[3]);
+    o.q[1] = vec4<u32>(q[4], q[5], q[6], q[7]);
+    o.s = vec4<f32>(q6k_scales(row, u), 0.0, 0.0);
+    return o;
+}
+
+fn q6k_values(wu: WUnit) -> array<vec4<f32>, 8> {
+    let a = wu.q[0];
+    let b = wu.q[1];
+    let sc = wu.s.xy;
     let m = vec4<f32>(32.0);
     return array<vec4<f32>, 8>(
-        sc.x * (vec4<f32>(unpack4xU8(q[0])) - m), sc.x * (vec4<f32>(unpack4xU8(q[1])) - m),
-        sc.x * (vec4<f32>(unpack4xU8(q[2])) - m), sc.x * (vec4<f32>(unpack4xU8(q[3])) - m),
-        sc.y * (vec4<f32>(unpack4xU8(q[4])) - m), sc.y * (vec4<f32>(unpack4xU8(q[5])) - m),
-        sc.y * (vec4<f32>(unpack4xU8(q[6])) - m), sc.y * (vec4<f32>(unpack4xU8(q[7])) - m));
+        sc.x * (vec4<f32>(unpack4xU8(a.x)) - m), sc.x * (vec4<f32>(unpack4xU8(a.y)) - m),
+        sc.x * (vec4<f32>(unpack4xU8(a.z)) - m), sc.x * (vec4<f32>(unpack4xU8(a.w)) - m),
+        sc.y * (vec4<f32>(unpack4xU8(b.x)) - m), sc.y * (vec4<f32>(unpack4xU8(b.y)) - m),
+        sc.y * (vec4<f32>(unpack4xU8(b.z)) - m), sc.y * (vec4<f32>(unpack4xU8(b.w)) - m));
+}
+
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+    return q6k_values(w_unit(row, u));
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
 // int8 x (MV_DP4A): the quants as bytes 0..63 multiplied with dot4I8Packed, the offset 32
 // as 32 * sum(q_x) and the scale once per 16 values:
 // sum d sc (q - 32) x = qd (d sc_lo (dots_lo - 32 qsum_lo) + d sc_hi (dots_hi - 32 qsum_hi)).
-fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     if (MV_DP4A) {
-        let q = q6k_quants(q6k_unit(row, u));
-        let sc = q6k_scales(row, u);
-        let lo = (dot4I8Packed(q[0], xu.q[0]) + dot4I8Packed(q[1], xu.q[1]))
-            + (dot4I8Packed(q[2], xu.q[2]) + dot4I8Packed(q[3], xu.q[3]));
-        let hi = (dot4I8Packed(q[4], xu.q[4]) + dot4I8Packed(q[5], xu.q[5]))
-            + (dot4I8Packed(q[6], xu.q[6]) + dot4I8Packed(q[7], xu.q[7]));
+        let a = wu.q[0];
+        let b = wu.q[1];
+        let sc = wu.s.xy;
+        let lo = (dot4I8Packed(a.x, xu.q[0]) + dot4I8Packed(a.y, xu.q[1]))
+            + (dot4I8Packed(a.z, xu.q[2]) + dot4I8Packed(a.w, xu.q[3]));
+        let hi = (dot4I8Packed(b.x, xu.q[4]) + dot4I8Packed(b.y, xu.q[5]))
+            + (dot4I8Packed(b.z, xu.q[6]) + dot4I8Packed(b.w, xu.q[7]));
         return xu.qd * (sc.x * f32(lo - 32 * xu.qsum_lo) + sc.y * f32(hi - 32 * (xu.qsum - xu.qsum_lo)));
     }
-    return dot8(load_unit(row, u), xu.v);
+    return dot8(q6k_values(wu), xu.v);
+}
+
+fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+    return w_dot(w_unit(row, u), xu);
 }

@@ -14,12 +14,22 @@ fn q8_vec(q: u32, d: f32) -> vec4<f32> {
                          f32(extractBits(s, 16u, 8u)), f32(extractBits(s, 24u, 8u)));
 }
 
-fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+// One unit as `w_dot` takes it: the quants (elements 0..15 in q[0], 16..31 in q[1]), s.x = d.
+fn w_unit(row: u32, u: u32) -> WUnit {
     let blk = row * (p.k / 32u) + u;
-    let d = f16_at(p.aux, blk);
     let ab = q8_halves(row, blk);
-    let a = ab[0];
-    let b = ab[1];
+    var o: WUnit;
+    o.q[0] = ab[0];
+    o.q[1] = ab[1];
+    o.s = vec4<f32>(f16_at(p.aux, blk), 0.0, 0.0, 0.0);
+    return o;
+}
+
+fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let wu = w_unit(row, u);
+    let a = wu.q[0];
+    let b = wu.q[1];
+    let d = wu.s.x;
     return array<vec4<f32>, 8>(q8_vec(a.x, d), q8_vec(a.y, d), q8_vec(a.z, d), q8_vec(a.w, d),
                                q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
 }
@@ -33,12 +43,10 @@ fn q8_raw(q: u32) -> vec4<f32> {
                      f32(extractBits(s, 16u, 8u)), f32(extractBits(s, 24u, 8u)));
 }
 
-fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
-    let blk = row * (p.k / 32u) + u;
-    let d = f16_at(p.aux, blk);
-    let ab = q8_halves(row, blk);
-    let a = ab[0];
-    let b = ab[1];
+fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
+    let a = wu.q[0];
+    let b = wu.q[1];
+    let d = wu.s.x;
     if (MV_DP4A) {
         // Integer dot products with x as int8 (see MV_DP4A in matmul.wgsl): at most
         // 32 * 128 * 127 in magnitude, no overflow.
@@ -49,4 +57,8 @@ fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
     let xs = xu.v;
     return d * (dot(q8_raw(a.x), xs[0]) + dot(q8_raw(a.y), xs[1]) + dot(q8_raw(a.z), xs[2]) + dot(q8_raw(a.w), xs[3])
         + dot(q8_raw(b.x), xs[4]) + dot(q8_raw(b.y), xs[5]) + dot(q8_raw(b.z), xs[6]) + dot(q8_raw(b.w), xs[7]));
+}
+
+fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
+    return w_dot(w_unit(row, u), xu);
 }
