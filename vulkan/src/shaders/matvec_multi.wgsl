@@ -77,13 +77,24 @@ fn multi_x(t: u32, u: u32) -> XUnit {
     return x_unit(0u, u);
 }
 
-// Reduces token t's sums over the workgroup and writes its rows. Call from uniform control
-// flow (barriers), once per token in use.
-fn multi_token_store(t: u32, first: u32, lo: vec4<f32>, hi: vec4<f32>, l: Lanes) {
-    mv_acc[0] = lo.x; mv_acc[1] = lo.y; mv_acc[2] = lo.z; mv_acc[3] = lo.w;
-    mv_acc[4] = hi.x; mv_acc[5] = hi.y; mv_acc[6] = hi.z; mv_acc[7] = hi.w;
-    store_row(t, first, reduce_rows(l), l);
-    // The next token's reduction reuses the workgroup memory this one read.
+// Sets mv_acc[4i..4i+3] (call with constant i).
+fn put4(i: u32, v: vec4<f32>) {
+    mv_acc[4u * i] = v.x; mv_acc[4u * i + 1u] = v.y; mv_acc[4u * i + 2u] = v.z; mv_acc[4u * i + 3u] = v.w;
+}
+
+// Reduces the sums in mv_acc over the workgroup, token t + i's row r at i * MV_ROWS + r
+// (16 values: 4 tokens of 4 rows, or 2 of 8), and writes the rows of the tokens before
+// `end`: one reduction for several tokens, each value summed as `reduce_rows` sums a row.
+// Call from uniform control flow (barriers).
+fn multi_store(t: u32, end: u32, first: u32, l: Lanes) {
+    let total = reduce_values(l, 16u);
+    let i = l.li / MV_ROWS;
+    var lr = l;
+    lr.li = l.li % MV_ROWS;
+    if (l.li < 16u && t + i < end) {
+        store_row(t + i, first, total, lr);
+    }
+    // The next reduction reuses the workgroup memory this one read.
     workgroupBarrier();
 }
 
@@ -153,12 +164,28 @@ fn matvec_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             if (two) { b7 += dot_rows4(wb, xu); }
         }
     }
-    multi_token_store(t0, first, a0, b0, l);
-    if (tn > 1u) { multi_token_store(t0 + 1u, first, a1, b1, l); }
-    if (tn > 2u) { multi_token_store(t0 + 2u, first, a2, b2, l); }
-    if (tn > 3u) { multi_token_store(t0 + 3u, first, a3, b3, l); }
-    if (tn > 4u) { multi_token_store(t0 + 4u, first, a4, b4, l); }
-    if (tn > 5u) { multi_token_store(t0 + 5u, first, a5, b5, l); }
-    if (tn > 6u) { multi_token_store(t0 + 6u, first, a6, b6, l); }
-    if (tn > 7u) { multi_token_store(t0 + 7u, first, a7, b7, l); }
+    let end = t0 + tn;
+    if (two) {
+        put4(0u, a0); put4(1u, b0); put4(2u, a1); put4(3u, b1);
+        multi_store(t0, end, first, l);
+        if (tn > 2u) {
+            put4(0u, a2); put4(1u, b2); put4(2u, a3); put4(3u, b3);
+            multi_store(t0 + 2u, end, first, l);
+        }
+        if (tn > 4u) {
+            put4(0u, a4); put4(1u, b4); put4(2u, a5); put4(3u, b5);
+            multi_store(t0 + 4u, end, first, l);
+        }
+        if (tn > 6u) {
+            put4(0u, a6); put4(1u, b6); put4(2u, a7); put4(3u, b7);
+            multi_store(t0 + 6u, end, first, l);
+        }
+    } else {
+        put4(0u, a0); put4(1u, a1); put4(2u, a2); put4(3u, a3);
+        multi_store(t0, end, first, l);
+        if (tn > 4u) {
+            put4(0u, a4); put4(1u, a5); put4(2u, a6); put4(3u, a7);
+            multi_store(t0 + 4u, end, first, l);
+        }
+    }
 }

@@ -10,20 +10,26 @@ var<workgroup> mv_part: array<f32, 1024>; // MV_ROWS (at most 16) * WG
 // Sums mv_acc[r] over the workgroup for each of the MV_ROWS rows; thread r (< MV_ROWS)
 // gets row r's total, the others an unspecified value. Call from uniform control flow.
 fn reduce_rows(l: Lanes) -> f32 {
-    for (var r = 0u; r < MV_ROWS; r++) {
+    return reduce_values(l, MV_ROWS);
+}
+
+// reduce_rows for the first `count` (at most 16) values of mv_acc, each summed as
+// reduce_rows sums a row (the multi-token kernel reduces several tokens' rows at once).
+fn reduce_values(l: Lanes, count: u32) -> f32 {
+    for (var r = 0u; r < count; r++) {
         mv_part[r * 64u + l.li] = mv_acc[r];
     }
     workgroupBarrier();
     for (var s = 32u; s > 0u; s >>= 1u) {
         if (l.li < s) {
-            for (var r = 0u; r < MV_ROWS; r++) {
+            for (var r = 0u; r < count; r++) {
                 mv_part[r * 64u + l.li] += mv_part[r * 64u + l.li + s];
             }
         }
         workgroupBarrier();
     }
     var total = 0.0;
-    if (l.li < MV_ROWS) {
+    if (l.li < count) {
         total = mv_part[l.li * 64u];
     }
     return total;

@@ -16,7 +16,13 @@ var<workgroup> mv_part: array<f32, 1024>;
 // Sums mv_acc[r] over the workgroup for each of the MV_ROWS rows; thread r (< MV_ROWS)
 // gets row r's total, the others an unspecified value. Call from uniform control flow.
 fn reduce_rows(l: Lanes) -> f32 {
-    for (var r = 0u; r < MV_ROWS; r++) {
+    return reduce_values(l, MV_ROWS);
+}
+
+// reduce_rows for the first `count` (at most 16) values of mv_acc, each summed as
+// reduce_rows sums a row (the multi-token kernel reduces several tokens' rows at once).
+fn reduce_values(l: Lanes, count: u32) -> f32 {
+    for (var r = 0u; r < count; r++) {
         let s = subgroupAdd(mv_acc[r]);
         if (l.sid == 0u) {
             mv_part[r * 64u + l.sg] = s;
@@ -24,7 +30,7 @@ fn reduce_rows(l: Lanes) -> f32 {
     }
     workgroupBarrier();
     var total = 0.0;
-    if (l.li < MV_ROWS) {
+    if (l.li < count) {
         for (var j = 0u; j < l.nsg; j++) {
             total += mv_part[l.li * 64u + j];
         }
