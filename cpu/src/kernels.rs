@@ -1082,21 +1082,23 @@ pub(crate) mod x86 {
     /// row's result is the same bits as on the 256-bit kernel, alone or batched. Two
     /// weight rows share each load of the activations, which come from L2 in a
     /// prompt's product and bound it. `quads[r]` are row `r`'s activations as
-    /// [`super::Q4Quad`]s, whose scales are already spread over their blocks' lanes
-    /// (the weight scales are spread once for all rows); `d_sum4` are the
+    /// [`super::Q4Quad`]s and `d16[r]` its block scales spread over their blocks'
+    /// lanes ([`super::Q4Acts::d16`], read when `W` is 2: the weight scales are then
+    /// spread once for all rows, and no shuffle is left per row); `d_sum4` are the
     /// [`super::Q4Acts::d_sum4`] of rows `0..4` and `4..8` (the second empty when
     /// `R <= 4`): one FMA adds four rows' offsets, each row's in its own 128-bit lane,
     /// as [`dot_q4_0_rows`] adds them in a 128-bit register.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA, F16C and AVX-512 F, BW and VNNI; as for
-    /// [`dot_q4_0_rows`], and `quads[r]` holds `x[r].len() / 4` quads and each
-    /// `d_sum4` as many groups of offsets (the second one only if `R > 4`).
+    /// [`dot_q4_0_rows`], and `quads[r]` and `d16[r]` hold `x[r].len() / 4` quads
+    /// and each `d_sum4` as many groups of offsets (the second one only if `R > 4`).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub unsafe fn q4_0_rows_avx512<const W: usize, const R: usize>(
         w: [&[u8]; W],
         quads: [&[super::Q4Quad]; R],
-        d_sum4: [&[[f32; 16]]; 2],
+        d16: [&[super::Lanes16]; R],
+        d_sum4: [&[super::Lanes16]; 2],
         x: [&[BlockQ8]; R],
         d: [&[f32]; R],
         d_sum: [&[f32]; R],
@@ -1107,6 +1109,7 @@ pub(crate) mod x86 {
         // The four block scales of a quad, each over its block's four lanes.
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         for i in 0..nb / 4 {
+            let mut dw_x = [_mm_setzero_ps(); W];
             let mut dw_spread = [_mm512_setzero_ps(); W];
             let mut lo = [_mm512_setzero_si512(); W];
             let mut hi = [_mm512_setzero_si512(); W];
@@ -1116,7 +1119,10 @@ pub(crate) mod x86 {
                 let scale = |k: usize| std::ptr::read_unaligned(b.add(k * 18) as *const u16) as u64;
                 let packed = scale(0) | scale(1) << 16 | scale(2) << 32 | scale(3) << 48;
                 let dw = _mm_cvtph_ps(vmovq(packed));
-                dw_spread[k] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(dw));
+                dw_x[k] = dw;
+                if W > 1 {
+                    dw_spread[k] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(dw));
+                }
                 let dw4 = _mm512_broadcast_f32x4(dw);
                 offsets[k][0] = _mm512_fmadd_ps(
                     dw4,
@@ -1136,11 +1142,23 @@ pub(crate) mod x86 {
                 let q = quads[r].as_ptr().add(i);
                 let x_lo = _mm512_load_si512((*q).qs.as_ptr() as *const __m512i);
                 let x_hi = _mm512_load_si512((*q).qs.as_ptr().add(64) as *const __m512i);
-                let dx = _mm512_load_ps((*q).d.as_ptr());
+                let dx = if W > 1 {
+                    _mm512_loadu_ps(d16[r].as_ptr().add(i) as *const f32)
+                } else {
+                    _mm512_setzero_ps()
+                };
                 for k in 0..W {
                     let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[k], x_lo);
                     let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(sums, hi[k], x_hi));
-                    let ds = _mm512_mul_ps(dw_spread[k], dx);
+                    // The same products either way: with one weight row, the row's
+                    // four scales from `d` and a shuffle, which keeps the bytes read
+                    // per row small (batched decode's rows stay in L1).
+                    let ds = if W > 1 {
+                        _mm512_mul_ps(dw_spread[k], dx)
+                    } else {
+                        let ds = _mm_mul_ps(dw_x[k], _mm_loadu_ps(d[r].as_ptr().add(4 * i)));
+                        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ds))
+                    };
                     acc[k][r] = _mm512_fmadd_ps(ds, sums, acc[k][r]);
                 }
             }
@@ -1292,25 +1310,32 @@ const Q4_0_WIDE_ROWS: usize = 8;
 
 /// The quantized activations of four consecutive blocks laid out for the AVX-512
 /// Q4_0 kernel: elements 0..16 of each block, block after block, then elements
-/// 16..32 (the order in which four blocks' nibbles unpack), and each block's scale
-/// `d` over the four lanes that hold its sums, so that the kernel multiplies it by the
-/// weight scales with one instruction and no shuffle.
+/// 16..32 (the order in which four blocks' nibbles unpack).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct Q4Quad {
     qs: [i8; 4 * QK],
-    d: [f32; 16],
 }
+
+/// Sixteen floats on a cache line of their own, so that the AVX-512 kernel reads them
+/// with one load that never spans two lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Lanes16([f32; 16]);
 
 /// The activations of a Q4_0 product as the AVX-512 kernel reads them.
 pub(crate) struct Q4Acts {
     /// Each row's blocks as [`Q4Quad`]s, one per four blocks (a row's last `nb % 4`
     /// blocks have none), row after row.
     quads: Vec<Q4Quad>,
+    /// For each quad, its four blocks' scales `d`, each over the four lanes that hold
+    /// the block's sums, so that the kernel multiplies them by the weight scales with
+    /// one instruction and no shuffle.
+    d16: Vec<Lanes16>,
     /// Per group of four rows (`4g..4g + 4`, zero past the last row) and per quad:
     /// the four rows' `d * sum` of the quad's four blocks, row after row, so that one
     /// 512-bit FMA adds four rows' Q4_0 offsets.
-    d_sum4: Vec<[f32; 16]>,
+    d_sum4: Vec<Lanes16>,
     per_row: usize,
 }
 
@@ -1320,35 +1345,36 @@ impl Q4Acts {
         let per_row = nb / 4;
         let m = x.len().checked_div(nb).unwrap_or(0);
         let mut quads = Vec::with_capacity(m * per_row);
+        let mut d16 = Vec::with_capacity(m * per_row);
         for row in x.chunks_exact(nb) {
             for quad in row.chunks_exact(4) {
-                let mut q = Q4Quad {
-                    qs: [0; 4 * QK],
-                    d: [0.0; 16],
-                };
+                let mut q = Q4Quad { qs: [0; 4 * QK] };
+                let mut d = [0f32; 16];
                 for (k, block) in quad.iter().enumerate() {
                     q.qs[16 * k..16 * k + 16].copy_from_slice(&block.qs[..16]);
                     q.qs[64 + 16 * k..64 + 16 * k + 16].copy_from_slice(&block.qs[16..]);
-                    q.d[4 * k..4 * k + 4].fill(block.d);
+                    d[4 * k..4 * k + 4].fill(block.d);
                 }
                 quads.push(q);
+                d16.push(Lanes16(d));
             }
         }
         let groups = m.div_ceil(4);
-        let mut d_sum4 = vec![[0f32; 16]; groups * per_row];
+        let mut d_sum4 = vec![Lanes16([0f32; 16]); groups * per_row];
         for (g, group) in d_sum4.chunks_exact_mut(per_row.max(1)).enumerate() {
             for (i, lanes) in group.iter_mut().enumerate().take(per_row) {
                 for q in 0..4 {
                     let r = 4 * g + q;
                     if r < m {
                         let at = r * nb + 4 * i;
-                        lanes[4 * q..4 * q + 4].copy_from_slice(&d_sum[at..at + 4]);
+                        lanes.0[4 * q..4 * q + 4].copy_from_slice(&d_sum[at..at + 4]);
                     }
                 }
             }
         }
         Q4Acts {
             quads,
+            d16,
             d_sum4,
             per_row,
         }
@@ -1359,8 +1385,13 @@ impl Q4Acts {
         &self.quads[r * self.per_row..(r + 1) * self.per_row]
     }
 
+    /// Row `r`'s [`Q4Acts::d16`].
+    fn d16(&self, r: usize) -> &[Lanes16] {
+        &self.d16[r * self.per_row..(r + 1) * self.per_row]
+    }
+
     /// The [`Q4Acts::d_sum4`] of the group of rows `4g..4g + 4`.
-    fn d_sum4(&self, g: usize) -> &[[f32; 16]] {
+    fn d_sum4(&self, g: usize) -> &[Lanes16] {
         &self.d_sum4[g * self.per_row..(g + 1) * self.per_row]
     }
 }
@@ -1395,7 +1426,8 @@ fn q4_0_group<'a, const W: usize, const R: usize>(
             let g = r0 / 4;
             let d_sum4 = [acts.d_sum4(g), if R > 4 { acts.d_sum4(g + 1) } else { &[] }];
             let quads = std::array::from_fn(|i| acts.quads(r0 + i));
-            x86::q4_0_rows_avx512::<W, R>(w, quads, d_sum4, x, d, d_sum)
+            let d16 = std::array::from_fn(|i| acts.d16(r0 + i));
+            x86::q4_0_rows_avx512::<W, R>(w, quads, d16, d_sum4, x, d, d_sum)
         } else if vnni {
             w.map(|w| x86::q4_0_rows_vnni::<R>(w, x, d, d_sum))
         } else {
@@ -1469,7 +1501,7 @@ const ACT_TILE_BYTES: usize = 384 * 1024;
 /// The prepared bytes of one activation row of `nb` blocks: the blocks, their two
 /// scales and their share of the [`Q4Acts`].
 fn q8_row_bytes(nb: usize) -> usize {
-    nb * (std::mem::size_of::<BlockQ8>() + 8 + std::mem::size_of::<Q4Quad>() / 4 + 4)
+    nb * (std::mem::size_of::<BlockQ8>() + 8 + std::mem::size_of::<Q4Quad>() / 4 + 16 + 4)
 }
 
 /// The activation row ranges of a prompt product of `m` rows of `row_bytes` (as
@@ -1886,6 +1918,7 @@ mod tests {
                 x86::q4_0_rows_avx512::<W, R>(
                     std::array::from_fn(weight),
                     std::array::from_fn(|r| acts.quads(r)),
+                    std::array::from_fn(|r| acts.d16(r)),
                     [acts.d_sum4(0), if R > 4 { acts.d_sum4(1) } else { &[] }],
                     std::array::from_fn(|r| &xq[rows(r)]),
                     std::array::from_fn(|r| &scales.d[rows(r)]),
