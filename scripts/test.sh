@@ -10,6 +10,10 @@ export XPU_TEST_MODEL
 # need it read its binaries' directory from XPU_LLAMA_CPP_BIN.
 XPU_LLAMA_CPP_BIN=${XPU_LLAMA_CPP_BIN:-$(scripts/build-llama-cpp.sh)}
 export XPU_LLAMA_CPP_BIN
+# A spirv-val that knows cooperative matrices checks the SPIR-V of the matrix-core prompt
+# kernel (vulkan/tests/coop_spirv.rs); CI must not skip it.
+XPU_SPIRV_VAL=${XPU_SPIRV_VAL:-$(scripts/spirv-val.sh)}
+export XPU_SPIRV_VAL XPU_REQUIRE_SPIRV_VAL=1
 
 # Formatting is checked first: it is the cheapest failure to report.
 cargo fmt --all -- --check

@@ -530,6 +530,7 @@ fn run(args: &Args) -> Result<(), VulkanError> {
         }
     );
     println!("matrix cores:       {}", model.gpu().cooperative_matrices());
+    println!("prefill product:    {}", model.gpu().prefill_product());
     println!("load:               {load_s:.1} s");
     let map = model.device_map();
     for part in &map {

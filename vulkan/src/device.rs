@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::kernels::KernelTuning;
+use crate::kernels::{KernelTuning, Prefill};
 use crate::VulkanError;
 
 pub use wgpu::{AdapterInfo, DeviceType};
@@ -184,6 +184,10 @@ pub struct Gpu {
     /// The cooperative-matrix configurations the driver lists, described (see
     /// [`Gpu::cooperative_matrices`]).
     cooperative_matrices: String,
+    /// The subgroup size `matmul_coop` is built for, where prompt batches use it.
+    coop_subgroup: Option<u32>,
+    /// Which prompt-batch product runs and why, for [`Gpu::prefill_product`].
+    prefill_product: String,
 }
 
 /// Checks that the Vulkan loader library can be opened, so that "no loader" and "no adapter"
@@ -356,6 +360,61 @@ fn describe_cooperative_matrices(
     format!("{} ({offer})", list.join(", "))
 }
 
+/// Subgroup sizes `matmul_coop` is built for: its workgroup is four subgroups, and it needs
+/// to know their size when the pipeline is made (see matmul_coop.wgsl).
+const COOP_SUBGROUP_SIZES: [u32; 3] = [8, 16, 32];
+
+/// Whether the prompt product on cooperative matrices (`matmul_coop`) can run on this
+/// adapter: `Ok(subgroup size)`, else why not. It needs a 16x16x16 configuration with f16
+/// A and B and f32 C (the only 16-row one WGSL's `coop_mat16x16` can name), wgpu's
+/// cooperative-matrix feature, f16 in shaders (the operands are staged as f16), subgroup
+/// operations (`subgroup_id`) and one fixed subgroup size among COOP_SUBGROUP_SIZES.
+fn cooperative_prefill(
+    available: wgpu::Features,
+    configurations: &[wgpu::CooperativeMatrixProperties],
+    subgroups: bool,
+    (subgroup_min, subgroup_max): (u32, u32),
+) -> Result<u32, String> {
+    use wgpu::CooperativeScalarType as S;
+    let matching = configurations.iter().any(|c| {
+        (c.m_size, c.n_size, c.k_size) == (16, 16, 16) && c.ab_type == S::F16 && c.cr_type == S::F32
+    });
+    if !matching {
+        return Err(format!(
+            "the driver lists no 16x16x16 F16->F32 cooperative-matrix configuration ({})",
+            describe_cooperative_matrices(
+                available.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+                configurations
+            )
+        ));
+    }
+    if !available.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        return Err("wgpu does not offer cooperative matrices on this adapter (the driver lacks the Vulkan memory model's device scope)".into());
+    }
+    coop_kernel_needs(available, subgroups, (subgroup_min, subgroup_max))
+}
+
+/// What `matmul_coop` needs besides the matrices (also its emulation, `prefill=coop-emulated`):
+/// `Ok(subgroup size)`, else why not.
+fn coop_kernel_needs(
+    available: wgpu::Features,
+    subgroups: bool,
+    (subgroup_min, subgroup_max): (u32, u32),
+) -> Result<u32, String> {
+    if !available.contains(wgpu::Features::SHADER_F16) {
+        return Err("the adapter has no f16 shader arithmetic (wgpu SHADER_F16)".into());
+    }
+    if !subgroups {
+        return Err("subgroup operations are missing or turned off".into());
+    }
+    if subgroup_min != subgroup_max || !COOP_SUBGROUP_SIZES.contains(&subgroup_min) {
+        return Err(format!(
+            "the subgroup size is {subgroup_min}..{subgroup_max}, not one fixed size of 8, 16 or 32"
+        ));
+    }
+    Ok(subgroup_min)
+}
+
 /// The GPU adapter (not a CPU one such as lavapipe) the engine would take, described; the
 /// error says why there is none (no loader, no driver for the GPU, only CPU adapters). Cheap
 /// enough to ask before choosing an engine: it enumerates adapters and opens none.
@@ -448,6 +507,46 @@ impl Gpu {
             available.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             &adapter.cooperative_matrix_properties(),
         );
+        let sizes = (info.subgroup_min_size, info.subgroup_max_size);
+        let coop = cooperative_prefill(
+            available,
+            &adapter.cooperative_matrix_properties(),
+            subgroups,
+            sizes,
+        );
+        let emulated = opts.tuning.prefill() == Prefill::CoopEmulated;
+        let (coop_subgroup, prefill_product) = match (opts.tuning.prefill(), coop) {
+            (Prefill::CoopEmulated, _) => match coop_kernel_needs(available, subgroups, sizes) {
+                Ok(size) => (
+                    Some(size),
+                    format!("coop-emulated (matmul_coop with its matrix operations in plain code, subgroups of {size}; prefill=coop-emulated)"),
+                ),
+                Err(why) => {
+                    return Err(VulkanError::TuningUnsupported {
+                        setting: "prefill=coop-emulated".into(),
+                        adapter: list_entry(index, &info),
+                        detail: why,
+                    })
+                }
+            },
+            (Prefill::Auto | Prefill::Coop, Ok(size)) => (
+                Some(size),
+                format!("coop (matmul_coop: 16x16x16 F16->F32 cooperative matrices, subgroups of {size})"),
+            ),
+            (Prefill::Coop, Err(why)) => {
+                return Err(VulkanError::TuningUnsupported {
+                    setting: "prefill=coop".into(),
+                    adapter: list_entry(index, &info),
+                    detail: why,
+                })
+            }
+            (Prefill::Auto, Err(why)) => (
+                None,
+                format!("tiled (matmul_tiled, f32 FMA tiles; cooperative matrices not used: {why})"),
+            ),
+            (Prefill::Tiled, _) => (None, "tiled (matmul_tiled, f32 FMA tiles; prefill=tiled)".into()),
+            (Prefill::Rows, _) => (None, "rows (matmul, one row per workgroup; prefill=rows)".into()),
+        };
         let mut features = wgpu::Features::empty();
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
@@ -455,11 +554,26 @@ impl Gpu {
         if timestamps {
             features |= timestamp_features;
         }
+        // Cooperative matrices are requested only where matmul_coop runs, so that devices
+        // without them (or with prefill=tiled) open exactly as before.
+        if coop_subgroup.is_some() {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        let experimental_features = if coop_subgroup.is_some() && !emulated {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: wgpu asks callers of experimental features to accept that its
+            // implementation may have bugs. The one requested is used only by matmul_coop,
+            // whose matrix shapes and types are a configuration the driver lists (checked in
+            // `cooperative_prefill`) and whose SPIR-V passes spirv-val (tests/coop_spirv.rs).
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let device_desc = wgpu::DeviceDescriptor {
             label: Some("xpu-vulkan"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
@@ -506,6 +620,7 @@ impl Gpu {
             subgroup_size_max = info.subgroup_max_size,
             timestamps,
             device_local_memory = ?memory,
+            prefill = %prefill_product,
             "vulkan device selected"
         );
         Ok(Gpu {
@@ -522,15 +637,34 @@ impl Gpu {
             memory,
             tuning: opts.tuning,
             cooperative_matrices,
+            coop_subgroup,
+            prefill_product,
         })
     }
 
     /// The cooperative-matrix (matrix core) configurations the driver lists through wgpu, as
-    /// `MxNxK A/B type -> C type`, and whether wgpu offers them to shaders. Not used by the
-    /// kernels yet; printed by the benchmark so that a GPU run tells what a prompt product on
-    /// matrix cores could use there.
+    /// `MxNxK A/B type -> C type`, and whether wgpu offers them to shaders; printed by the
+    /// benchmark next to [`prefill_product`](Self::prefill_product).
     pub fn cooperative_matrices(&self) -> &str {
         &self.cooperative_matrices
+    }
+
+    /// Which product prompt batches of many tokens run on this device (`coop`, `tiled` or
+    /// `rows`, see `prefill=` in [`KernelTuning`]) and, for `tiled` by default, why not
+    /// `coop`.
+    pub fn prefill_product(&self) -> &str {
+        &self.prefill_product
+    }
+
+    /// Whether prompt batches run the cooperative-matrix product `matmul_coop` (or its
+    /// emulation, `prefill=coop-emulated`: the same numerics).
+    pub fn uses_cooperative_prefill(&self) -> bool {
+        self.coop_subgroup.is_some()
+    }
+
+    /// The subgroup size `matmul_coop` is built for, where it runs.
+    pub(crate) fn coop_subgroup(&self) -> Option<u32> {
+        self.coop_subgroup
     }
 
     /// The kernel settings every pipeline on this device is compiled with.

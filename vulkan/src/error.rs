@@ -87,6 +87,17 @@ pub enum VulkanError {
     #[error("tensor {name}: {detail}")]
     Tensor { name: String, detail: String },
 
+    /// A kernel setting (`--vulkan-tuning`, XPU_VULKAN_MATVEC) asks for something the adapter
+    /// cannot run.
+    #[error(
+        "the kernel setting {setting} cannot run on the Vulkan adapter {adapter}: {detail}. Leave it unset (the engine picks what the adapter offers) or choose another value"
+    )]
+    TuningUnsupported {
+        setting: String,
+        adapter: String,
+        detail: String,
+    },
+
     /// The caller passed tokens that do not fit the model or the context.
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -65,6 +65,26 @@ fn dp4a_type(ty: WeightType) -> bool {
     )
 }
 
+/// The product of prompt batches of at least TILED_MIN_TOKENS tokens (`prefill=` in
+/// [`KernelTuning`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefill {
+    /// `Coop` where the device offers a matching cooperative-matrix configuration (see
+    /// `Gpu::cooperative_prefill`), else `Tiled`: the default.
+    Auto,
+    /// `matmul_coop` (matrix cores, f16 operands, f32 sums); opening a device without a
+    /// matching configuration fails.
+    Coop,
+    /// `matmul_tiled` (f32 FMA tiles in workgroup memory).
+    Tiled,
+    /// `matmul` for every prompt batch, one row per workgroup.
+    Rows,
+    /// `matmul_coop` with its cooperative-matrix operations done by plain code in each
+    /// thread (coop_emulated.wgsl), with the same f16 operands and f32 sums: slow, for testing
+    /// the kernel and the engine's numerics with it on adapters without cooperative matrices.
+    CoopEmulated,
+}
+
 /// Environment variable that the binaries (the runner, the benchmark example, the tests)
 /// read into [`KernelTuning`]; the library itself never reads it.
 pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
@@ -78,9 +98,11 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// per submission after the first one, see `LlamaModel::record_pass`), `dp4a=0|1` (Q8_0,
 /// Q4_0 and K-quant decode products with int8 activations and integer dot products, `MV_DP4A` in
 /// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
-/// model.rs), `prefill=tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
-/// with the tiled product `matmul_tiled`, or every prompt batch with `matmul`, one row per
-/// workgroup), `batch=N` (steps of at most N tokens, such as a batched decode step of N
+/// model.rs), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
+/// with the cooperative-matrix product `matmul_coop`, which the device must offer (see
+/// [`Prefill`]), with the tiled product `matmul_tiled`, or every prompt batch with `matmul`,
+/// one row per workgroup; unset: `coop` where the device offers it, else `tiled`;
+/// `coop-emulated`: `matmul_coop` without matrix cores, for tests), `batch=N` (steps of at most N tokens, such as a batched decode step of N
 /// sequences, run matrix-vector kernels; 1: only one-token steps do), `multi=0|1` (1: those
 /// steps run the multi-token kernel `matvec_multi`, which reads each weight once per
 /// `cols` tokens; 0: the one-token kernel once per token, z slices), `cols=1..8` (tokens
@@ -95,7 +117,7 @@ pub struct KernelTuning {
     submit_layers: usize,
     dp4a: bool,
     attn_groups: usize,
-    tiled_prefill: bool,
+    prefill: Prefill,
     matvec_tokens: u32,
     multi: bool,
     multi_cols: u32,
@@ -117,7 +139,7 @@ impl KernelTuning {
         submit_layers: SUBMIT_LAYERS,
         dp4a: DP4A,
         attn_groups: ATTENTION_TARGET_GROUPS,
-        tiled_prefill: true,
+        prefill: Prefill::Auto,
         matvec_tokens: MATVEC_MAX_TOKENS,
         multi: true,
         multi_cols: MULTI_COLS,
@@ -134,6 +156,20 @@ impl KernelTuning {
     /// in matmul.wgsl); for tests, whose reference must do the same.
     pub fn decode_quantizes_x(&self, ty: WeightType) -> bool {
         self.dp4a && dp4a_type(ty)
+    }
+
+    /// The prompt-batch product asked for (`prefill=`).
+    pub fn prefill(&self) -> Prefill {
+        self.prefill
+    }
+
+    /// Whether a product of `n_tokens` tokens runs the prompt product of many tokens
+    /// (`matmul_coop` or `matmul_tiled`, see `prefill=`); for tests, whose tolerance depends
+    /// on it where that product has f16 operands (`Gpu::uses_cooperative_prefill`).
+    pub fn tiled_kernel_for(&self, n_tokens: usize) -> bool {
+        !self.decode_kernel_for(n_tokens)
+            && n_tokens >= TILED_MIN_TOKENS as usize
+            && self.prefill != Prefill::Rows
     }
 
     /// Whether a product of `n_tokens` tokens runs the decode (matrix-vector) kernel, and so
@@ -153,7 +189,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=tiled|rows, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8 and/or xq=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8 and/or xq=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -165,8 +201,10 @@ impl std::str::FromStr for KernelTuning {
                 ("submit", Ok(n)) if n > 0 => t.submit_layers = n,
                 ("dp4a", Ok(n @ (0 | 1))) => t.dp4a = n == 1,
                 ("attn", Ok(n)) if n > 0 => t.attn_groups = n,
-                ("prefill", _) if value == "tiled" => t.tiled_prefill = true,
-                ("prefill", _) if value == "rows" => t.tiled_prefill = false,
+                ("prefill", _) if value == "coop" => t.prefill = Prefill::Coop,
+                ("prefill", _) if value == "tiled" => t.prefill = Prefill::Tiled,
+                ("prefill", _) if value == "rows" => t.prefill = Prefill::Rows,
+                ("prefill", _) if value == "coop-emulated" => t.prefill = Prefill::CoopEmulated,
                 ("batch", Ok(n)) if n > 0 => t.matvec_tokens = n as u32,
                 ("multi", Ok(n @ (0 | 1))) => t.multi = n == 1,
                 ("cols", Ok(n @ 1..=8)) => t.multi_cols = n as u32,
@@ -186,6 +224,12 @@ const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const SINGLE_TYPE: &str = include_str!("shaders/single_type.wgsl");
 const MIXED: &str = include_str!("shaders/mixed.wgsl");
 const MATVEC_MULTI: &str = include_str!("shaders/matvec_multi.wgsl");
+const MATMUL_COOP: &str = include_str!("shaders/matmul_coop.wgsl");
+const COOP_EMULATED: &str = include_str!("shaders/coop_emulated.wgsl");
+/// Rows and tokens of one `matmul_coop` workgroup (`COOP_ROWS`, `COOP_TOKENS` in
+/// matmul_coop.wgsl).
+const COOP_ROWS: u32 = 64;
+const COOP_TOKENS: u32 = 64;
 
 /// How a decode matrix-vector product reads its input (the matvec entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -242,6 +286,50 @@ fn single_source(reduce: &str, ty: WeightType) -> String {
         load_unit_source(ty)
     )
 }
+
+/// The module of the cooperative-matrix prompt product (`matmul_coop`) of one type: the
+/// type's matmul module with matmul_coop.wgsl appended, behind the directives it needs.
+pub(crate) fn coop_source(reduce: &str, ty: WeightType) -> String {
+    format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n{}\n{MATMUL_COOP}",
+        single_source(reduce, ty)
+    )
+}
+
+/// The module of `matmul_coop` for one type with its cooperative-matrix operations replaced
+/// by the plain functions of coop_emulated.wgsl (`prefill=coop-emulated`): each accumulator
+/// becomes a struct of the values its thread owns, each load the offset it would read from.
+pub(crate) fn coop_emulated_source(reduce: &str, ty: WeightType) -> String {
+    let mut src = MATMUL_COOP.to_string();
+    // (WGSL of matmul_coop.wgsl, replacement, how often it occurs there.)
+    for (from, to, count) in [
+        ("coopLoadT<coop_mat16x16<f16, A>>(&coop_w[", "emu_load((", 2),
+        ("coopLoad<coop_mat16x16<f16, B>>(&coop_x[", "emu_load((", 2),
+        ("], COOP_STRIDE)", "))", 4),
+        ("coopMultiplyAdd(", "emu_mul_add(lane, ", 4),
+        (
+            "coopStore(c, &coop_out[base], 16u);",
+            "emu_store(c, base, lane);",
+            1,
+        ),
+        ("coop_mat16x16<f32, C>", "EmuAcc", 5),
+    ] {
+        let found = src.matches(from).count();
+        assert_eq!(
+            found, count,
+            "matmul_coop.wgsl changed: {from:?} occurs {found} times, the emulation expects {count}"
+        );
+        src = src.replace(from, to);
+    }
+    format!(
+        "enable f16;\n{}\n{src}\n{COOP_EMULATED}",
+        single_source(reduce, ty)
+    )
+}
+
+/// The subgroup reduction functions the modules of a device with subgroups are built with
+/// (`matmul_coop` needs subgroups).
+pub(crate) const REDUCE_WITH_SUBGROUPS: &str = REDUCE_SUBGROUP;
 
 /// The module of a mixed decode product: type `a` as in [`single_source`], then type `b`'s
 /// functions renamed for the second buffer (see MV_MIXED in matmul.wgsl): every function it
@@ -303,11 +391,21 @@ fn matvec_constants(tuning: &KernelTuning, tall: bool, int8: bool) -> [(&'static
     ]
 }
 
+/// A prompt-batch pipeline (`matmul_tiled` or `matmul_coop`) with the rows and tokens one
+/// of its workgroups computes.
+pub(crate) struct TiledPipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub rows: u32,
+    pub tokens: u32,
+}
+
 /// Compiled pipelines, built once per device.
 pub(crate) struct Kernels {
     matmul: HashMap<WeightType, wgpu::ComputePipeline>,
-    /// Empty with `prefill=rows` (see KernelTuning).
-    matmul_tiled: HashMap<WeightType, wgpu::ComputePipeline>,
+    /// The product of prompt batches of at least TILED_MIN_TOKENS tokens: `matmul_coop` where
+    /// the device runs it (`Gpu::uses_cooperative_prefill`), else `matmul_tiled`; empty with
+    /// `prefill=rows` (see KernelTuning).
+    matmul_tiled: HashMap<WeightType, TiledPipeline>,
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
@@ -445,16 +543,41 @@ impl Kernels {
                     "matmul",
                 ),
             );
-            if tuning.tiled_prefill {
+            if let Some(size) = gpu.coop_subgroup() {
+                let coop = if tuning.prefill == Prefill::CoopEmulated {
+                    coop_emulated_source(reduce, ty)
+                } else {
+                    coop_source(reduce, ty)
+                };
                 matmul_tiled.insert(
                     ty,
-                    pipeline(
-                        gpu,
-                        tuning.checks,
-                        &format!("matmul_tiled {ty:?}"),
-                        &source,
-                        "matmul_tiled",
-                    ),
+                    TiledPipeline {
+                        pipeline: pipeline_with(
+                            gpu,
+                            tuning.checks,
+                            &format!("matmul_coop {ty:?}"),
+                            &coop,
+                            "matmul_coop",
+                            &[("COOP_SG", size as f64)],
+                        ),
+                        rows: COOP_ROWS,
+                        tokens: COOP_TOKENS,
+                    },
+                );
+            } else if tuning.prefill != Prefill::Rows {
+                matmul_tiled.insert(
+                    ty,
+                    TiledPipeline {
+                        pipeline: pipeline(
+                            gpu,
+                            tuning.checks,
+                            &format!("matmul_tiled {ty:?}"),
+                            &source,
+                            "matmul_tiled",
+                        ),
+                        rows: TILE_ROWS,
+                        tokens: TILE_TOKENS,
+                    },
                 );
             }
             for input in [
@@ -613,9 +736,9 @@ impl Kernels {
         &self.matmul[&ty]
     }
 
-    /// The tiled prompt-batch pipeline, or `None` where prompt batches use `matmul` only
-    /// (`prefill=rows`).
-    pub fn matmul_tiled(&self, ty: WeightType) -> Option<&wgpu::ComputePipeline> {
+    /// The prompt-batch pipeline of many tokens (`matmul_coop` or `matmul_tiled`), or `None`
+    /// where prompt batches use `matmul` only (`prefill=rows`).
+    pub fn matmul_tiled(&self, ty: WeightType) -> Option<&TiledPipeline> {
         self.matmul_tiled.get(&ty)
     }
 
@@ -765,16 +888,20 @@ mod tuning_tests {
         let t = parse("").unwrap();
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 4));
         assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);
-        assert!(!parse("prefill=rows").unwrap().tiled_prefill);
-        assert!(
-            parse("prefill=rows, prefill = tiled")
-                .unwrap()
-                .tiled_prefill
+        assert_eq!(parse("prefill=rows").unwrap().prefill, Prefill::Rows);
+        assert_eq!(parse("prefill=coop").unwrap().prefill, Prefill::Coop);
+        assert_eq!(
+            parse("prefill=coop-emulated").unwrap().prefill,
+            Prefill::CoopEmulated
+        );
+        assert_eq!(
+            parse("prefill=rows, prefill = tiled").unwrap().prefill,
+            Prefill::Tiled
         );
         let t = parse("").unwrap();
         assert_eq!(
-            (t.units, t.tall_rows, t.checks, t.tiled_prefill),
-            (1, TALL_MATVEC_ROWS, false, true)
+            (t.units, t.tall_rows, t.checks, t.prefill),
+            (1, TALL_MATVEC_ROWS, false, Prefill::Auto)
         );
         for bad in [
             "units=3",
@@ -794,6 +921,7 @@ mod tuning_tests {
             "xq=2",
             "prefill=1",
             "prefill=tile",
+            "prefill=auto",
             "prefill=",
         ] {
             let err = parse(bad).unwrap_err();

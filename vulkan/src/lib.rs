@@ -22,6 +22,6 @@ pub use device::{
     ALLOW_CPU_ADAPTER_ENV, DEVICES_ENV, SPLIT_ENV,
 };
 pub use error::VulkanError;
-pub use kernels::{KernelTuning, MATVEC_TUNING_ENV};
+pub use kernels::{KernelTuning, Prefill, MATVEC_TUNING_ENV};
 pub use model::{ForwardTiming, LlamaConfig, LlamaModel, LoadOptions, SeqChunk};
 pub use quant::{GpuWeight, WeightType};

@@ -528,13 +528,15 @@ pub(crate) fn one_decode_dispatch(kernels: &Kernels, parts: &[(GpuWeight, u32)])
 /// uses the matrix-vector kernel (`matvec`), steps of a few tokens (up to
 /// Kernels::matvec_tokens, e.g. a batched decode step) the multi-token one (`matvec_multi`,
 /// each weight read once per workgroup of tokens), more tokens the batched kernel
-/// (`matmul`), at least TILED_MIN_TOKENS the tiled one (`matmul_tiled`) where the kernels
-/// have it, and a decode step may use the fused-input matrix-vector kernel instead (see
+/// (`matmul`), at least TILED_MIN_TOKENS the tiled one (`matmul_coop` on cooperative
+/// matrices where the device runs it, else `matmul_tiled`) where the kernels have it, and a decode step may use the fused-input matrix-vector kernel instead (see
 /// `fused`).
 pub(crate) struct MatmulOp {
     label: &'static str,
     batch: Dispatches,
-    tiled: Option<Dispatches>,
+    /// The prompt product of many tokens (`matmul_coop` or `matmul_tiled`) and its tokens
+    /// per workgroup.
+    tiled: Option<(Dispatches, u32)>,
     single: Dispatches,
     /// `matvec_multi` and its tokens per workgroup; `None` with `multi=0` (then `single`
     /// runs once per token).
@@ -647,9 +649,8 @@ impl MatmulOp {
             _ => None,
         };
         let mut batch = Dispatches::new(batch_pipeline);
-        let mut tiled = kernels
-            .matmul_tiled(weight.ty)
-            .map(|pipeline| Dispatches::new(pipeline.clone()));
+        let tiled_kernel = kernels.matmul_tiled(weight.ty);
+        let mut tiled = tiled_kernel.map(|t| (Dispatches::new(t.pipeline.clone()), t.tokens));
         let mut single = Dispatches::new(single_pipeline);
         let multi_kernel = kernels.matvec_multi(weight.ty, mode.exact_input);
         let mut multi = multi_kernel.map(|(p, _, cols)| (Dispatches::new(p.clone()), cols));
@@ -698,14 +699,14 @@ impl MatmulOp {
             batch
                 .chunks
                 .push((bg, c.rows.div_ceil(kernels::WORKGROUP / lanes)));
-            if let Some(t) = tiled.as_mut() {
+            if let (Some((t, _)), Some(kernel)) = (tiled.as_mut(), tiled_kernel) {
                 let bg = kernels::bind(
                     gpu,
                     &t.pipeline,
                     label,
                     &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]),
                 );
-                t.chunks.push((bg, c.rows.div_ceil(kernels::TILE_ROWS)));
+                t.chunks.push((bg, c.rows.div_ceil(kernel.rows)));
             }
             let mv_groups = c.rows.div_ceil(mv_rows);
             // Binding 6 (the norm weights) is only read by matvec_norm; the others bind x there.
@@ -831,7 +832,8 @@ impl MatmulOp {
                 None => op = Some(part),
                 Some(op) => {
                     op.batch.more.push(part.batch);
-                    if let (Some(t), Some(p)) = (op.tiled.as_mut(), part.tiled) {
+                    // Every type of a device has the same prompt kernel, so the same tile.
+                    if let (Some((t, _)), Some((p, _))) = (op.tiled.as_mut(), part.tiled) {
                         t.more.push(p);
                     }
                     op.single.more.push(part.single);
@@ -891,8 +893,8 @@ impl MatmulOp {
                 _ => self.single.record(rec, self.label, n),
             },
             _ => match &self.tiled {
-                Some(t) if n >= kernels::TILED_MIN_TOKENS => {
-                    t.record(rec, self.label, n.div_ceil(kernels::TILE_TOKENS))
+                Some((t, tokens)) if n >= kernels::TILED_MIN_TOKENS => {
+                    t.record(rec, self.label, n.div_ceil(*tokens))
                 }
                 _ => self
                     .batch

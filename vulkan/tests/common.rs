@@ -169,6 +169,25 @@ pub fn decode_tolerance(tuning: &KernelTuning, ty: WeightType, decode: bool) -> 
     }
 }
 
+/// The tolerance of a prompt product on cooperative matrices (`matmul_coop`), against the
+/// exact product: its weights and x are rounded to f16 (11 significant bits), which puts it
+/// about 2.6e-4 off on random data (tests/coop.rs); a wrong weight or token is near 1.
+pub const COOP_REL_TOL: f64 = 3e-3;
+
+/// The tolerance of a product of `n_tokens` tokens of `ty` on `gpu`: the decode kernels'
+/// ([`decode_tolerance`]), COOP_REL_TOL where the prompt product runs on cooperative
+/// matrices, else REL_TOL.
+pub fn product_tolerance(gpu: &Gpu, ty: WeightType, n_tokens: usize) -> f64 {
+    let tuning = gpu.tuning();
+    if tuning.decode_kernel_for(n_tokens) {
+        decode_tolerance(tuning, ty, true)
+    } else if tuning.tiled_kernel_for(n_tokens) && gpu.uses_cooperative_prefill() {
+        COOP_REL_TOL
+    } else {
+        REL_TOL
+    }
+}
+
 /// The input of a decode product as the kernel uses it: for types whose decode products
 /// quantize x to int8 (`KernelTuning::decode_quantizes_x`), each 32 values become
 /// round(v * 127 / max|v|) times max|v| / 127 (computed in f32 as the kernel does); others as is.

@@ -87,7 +87,7 @@ fn check_tensor_with(
         println!(
             "{label} {ty:?} [{rows}x{k}] tokens={n_tokens}: rel {rel:.2e} max_abs {max_abs:.2e}"
         );
-        let tol = decode_tolerance(tuning, ty, tuning.decode_kernel_for(n_tokens));
+        let tol = common::product_tolerance(gpu, ty, n_tokens);
         assert!(rel < tol, "{label}: relative error {rel} above {tol}");
     }
     let ids: Vec<u32> = vec![0, (rows - 1) as u32, (rows / 2) as u32];
@@ -192,8 +192,15 @@ fn outputs_side_by_side_and_accumulated() {
             }
             let (rel, _) = common::compare(&got_rows, &want_rows);
             println!("side by side tokens={n_tokens} accumulate={accumulate}: rel {rel:.2e}");
+            // The reference quantizes x as the decode product does, so only the prompt
+            // product on cooperative matrices (f16 operands) needs a looser bound.
+            let tol = if tuning.tiled_kernel_for(n_tokens) && gpu.uses_cooperative_prefill() {
+                common::COOP_REL_TOL
+            } else {
+                REL_TOL
+            };
             assert!(
-                rel < REL_TOL,
+                rel < tol,
                 "tokens={n_tokens} accumulate={accumulate}: relative error {rel}"
             );
         }

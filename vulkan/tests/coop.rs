@@ -1,0 +1,271 @@
+//! The prompt product on cooperative matrices (`matmul_coop`) against the CPU, on random
+//! blocks of every weight type (made by candle's quantizers), odd row counts, chunked
+//! bindings and outputs side by side or accumulated, at prompt sizes of 16, 33 and 512 tokens.
+//!
+//! It runs only where the adapter offers a 16x16x16 F16->F32 cooperative-matrix
+//! configuration (NVIDIA's driver; Mesa 25's lavapipe); elsewhere (Debian 12's lavapipe) each
+//! test prints that it did not run and why, and passes. On a GPU host run it as
+//! `target/release/deps/coop-* --nocapture`.
+//!
+//! Tolerance: the kernel rounds the dequantized weights and x to f16 and sums their products
+//! in f32. The reference does the same rounding (in f64 from candle's dequantized weights), so
+//! what is left is the f32 summation order and the conversion's rounding mode: we require a
+//! relative L2 error below COOP_REL_TOL against it. Against the exact product the error is
+//! about 4e-4 (f16 has 11 bits); any misplaced weight or token gives errors near 1.
+
+mod common;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use common::{random, ALL_TYPES};
+use half::f16;
+use rand::SeedableRng;
+use xpu_vulkan::{testing, DeviceOptions, Gpu, GpuWeight, KernelTuning, VulkanError, WeightType};
+
+/// The bound against the f16-rounded reference (see the module comment).
+const COOP_REL_TOL: f64 = 1e-4;
+/// The bound against the exact product: what f16 operands cost.
+const COOP_EXACT_REL_TOL: f64 = 3e-3;
+
+/// `prefill=coop` (the device must run matmul_coop) with `batch=1`, so that 16 tokens take
+/// the prompt product too (by default steps of up to 16 tokens run the decode kernels).
+fn coop_tuning() -> KernelTuning {
+    "prefill=coop,batch=1".parse().unwrap()
+}
+
+/// The device with matmul_coop on cooperative matrices; where the adapter has none, after
+/// printing that and why, the device with its emulation (`prefill=coop-emulated`: the same
+/// staging, layouts and numerics, the matrix operations in plain code), or `None` where
+/// even that cannot run (no f16 or no fixed subgroup size).
+fn coop_gpu(max_binding_bytes: Option<u64>) -> Option<Gpu> {
+    let open = |tuning: &str| {
+        Gpu::new(&DeviceOptions {
+            tuning: tuning.parse().unwrap(),
+            ..common::device_options(max_binding_bytes)
+        })
+    };
+    let gpu = match open("prefill=coop,batch=1") {
+        Ok(gpu) => gpu,
+        Err(e @ VulkanError::TuningUnsupported { .. }) => {
+            println!("matmul_coop on cooperative matrices NOT RUN on this adapter: {e}");
+            match open("prefill=coop-emulated,batch=1") {
+                Ok(gpu) => gpu,
+                Err(e @ VulkanError::TuningUnsupported { .. }) => {
+                    println!("its emulation NOT RUN either: {e}");
+                    return None;
+                }
+                Err(e) => panic!("opening the device: {e}"),
+            }
+        }
+        Err(e) => panic!("opening the device: {e}"),
+    };
+    assert!(gpu.uses_cooperative_prefill());
+    println!("{}: prefill {}", gpu.description(), gpu.prefill_product());
+    Some(gpu)
+}
+
+fn round_f16(v: f32) -> f64 {
+    f16::from_f32(v).to_f64()
+}
+
+/// `y[t, r] = Σ_k W[r, k] x[t, k]` in f64, with W and x rounded to f16 first when `f16_operands`.
+fn reference(
+    w: &[f32],
+    rows: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    f16_operands: bool,
+) -> Vec<f64> {
+    let op = |v: f32| if f16_operands { round_f16(v) } else { v as f64 };
+    let w: Vec<f64> = w.iter().map(|&v| op(v)).collect();
+    let x: Vec<f64> = x.iter().map(|&v| op(v)).collect();
+    let mut y = vec![0.0; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            y[t * rows + r] = (0..k).map(|i| w[r * k + i] * x[t * k + i]).sum();
+        }
+    }
+    y
+}
+
+fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let t = Tensor::from_vec(random(&mut rng, rows * k), (rows, k), &Device::Cpu).unwrap();
+    QTensor::quantize(&t, dtype).unwrap()
+}
+
+/// Uploads `qt` and returns it with candle's dequantization.
+fn upload(gpu: &Gpu, qt: &QTensor) -> (GpuWeight, Vec<f32>) {
+    let (rows, k) = qt.shape().dims2().unwrap();
+    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
+    let weight = GpuWeight::upload(gpu, "coop", ty, rows, k, &qt.data().unwrap()).unwrap();
+    let w = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (weight, w)
+}
+
+/// Checks `got` against both references; returns the errors.
+fn check(label: &str, got: &[f32], w: &[f32], rows: usize, k: usize, x: &[f32], n: usize) {
+    let (rel, max_abs) = common::compare(got, &reference(w, rows, k, x, n, true));
+    let (exact, _) = common::compare(got, &reference(w, rows, k, x, n, false));
+    println!("{label} [{rows}x{k}] tokens={n}: rel {rel:.2e} (f16 operands), {exact:.2e} (exact), max_abs {max_abs:.2e}");
+    assert!(
+        rel < COOP_REL_TOL,
+        "{label} tokens={n}: relative error {rel} against the f16-rounded reference"
+    );
+    assert!(
+        exact < COOP_EXACT_REL_TOL,
+        "{label} tokens={n}: relative error {exact} against the exact product"
+    );
+}
+
+#[test]
+fn coop_product_matches_the_cpu_for_every_type() {
+    let Some(gpu) = coop_gpu(None) else { return };
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        // 37 rows: an odd count, less than one tile of 64; 512 = two K-quant super-blocks.
+        let qt = random_qtensor(dtype, 37, 512, 300 + i as u64);
+        let (weight, w) = upload(&gpu, &qt);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(400 + i as u64);
+        // 16: the smallest prompt product, a quarter of a token tile; 33: one partial tile;
+        // 512: eight full tiles, as a pp512 prompt batch.
+        let xs: Vec<Vec<f32>> = [16usize, 33, 512]
+            .iter()
+            .map(|&n| random(&mut rng, n * 512))
+            .collect();
+        let t = std::time::Instant::now();
+        let got = testing::matmul_each(&gpu, &weight, &xs).unwrap();
+        println!("{dtype:?}: {:.1} s", t.elapsed().as_secs_f64());
+        for (x, got) in xs.iter().zip(&got) {
+            check(&format!("{dtype:?}"), got, &w, 37, 512, x, x.len() / 512);
+        }
+    }
+}
+
+#[test]
+fn coop_product_covers_several_row_tiles_and_chunks() {
+    // 150 rows: two full tiles of 64 rows and a partial one. With a 20000-byte binding cap
+    // the matrix is split into chunks whose rows start past 0 (p.row_offset).
+    for cap in [None, Some(20000)] {
+        let Some(gpu) = coop_gpu(cap) else { return };
+        for (i, dtype) in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let qt = random_qtensor(dtype, 150, 256, 500 + i as u64);
+            let (weight, w) = upload(&gpu, &qt);
+            if cap.is_some() {
+                assert!(
+                    weight.chunk_count() > 1,
+                    "{dtype:?}: expected several chunks"
+                );
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(600 + i as u64);
+            let xs: Vec<Vec<f32>> = [33usize, 100]
+                .iter()
+                .map(|&n| random(&mut rng, n * 256))
+                .collect();
+            let got = testing::matmul_each(&gpu, &weight, &xs).unwrap();
+            for (x, got) in xs.iter().zip(&got) {
+                let label = format!("{dtype:?} chunks={}", weight.chunk_count());
+                check(&label, got, &w, 150, 256, x, x.len() / 256);
+            }
+        }
+    }
+}
+
+#[test]
+fn coop_outputs_side_by_side_and_accumulated() {
+    // 70 rows written at offset 5 of 80 floats per token, over and added to what is there;
+    // the other floats of each token stay exactly as they were.
+    let Some(gpu) = coop_gpu(None) else { return };
+    let (rows, k, stride, offset) = (70, 256, 80, 5);
+    let qt = random_qtensor(GgmlDType::Q4K, rows, k, 700);
+    let (weight, w) = upload(&gpu, &qt);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(701);
+    for n in [16usize, 70] {
+        let x = random(&mut rng, n * k);
+        let product = reference(&w, rows, k, &x, n, true);
+        let initial = random(&mut rng, n * stride);
+        for accumulate in [false, true] {
+            let got =
+                testing::matmul_into(&gpu, &weight, &x, n, &initial, stride, offset, accumulate)
+                    .unwrap();
+            let mut got_rows = Vec::new();
+            let mut want_rows = Vec::new();
+            for t in 0..n {
+                for i in 0..stride {
+                    let (g, before) = (got[t * stride + i], initial[t * stride + i]);
+                    if (offset..offset + rows).contains(&i) {
+                        got_rows.push(g);
+                        let add = if accumulate { before as f64 } else { 0.0 };
+                        want_rows.push(product[t * rows + i - offset] + add);
+                    } else {
+                        assert_eq!(g, before, "tokens={n} accumulate={accumulate}: token {t} float {i} outside the rows was changed");
+                    }
+                }
+            }
+            let (rel, _) = common::compare(&got_rows, &want_rows);
+            println!("side by side tokens={n} accumulate={accumulate}: rel {rel:.2e}");
+            assert!(
+                rel < COOP_REL_TOL,
+                "tokens={n} accumulate={accumulate}: relative error {rel}"
+            );
+        }
+    }
+}
+
+#[test]
+fn prefill_coop_is_refused_clearly_where_it_cannot_run() {
+    // Where the adapter runs matmul_coop, the default picks it; elsewhere the default is the
+    // tiled product and `prefill=coop` is an error that names the setting and the reason.
+    let default = Gpu::new(&DeviceOptions {
+        tuning: KernelTuning::default(),
+        ..common::device_options(None)
+    })
+    .unwrap();
+    let asked = Gpu::new(&DeviceOptions {
+        tuning: coop_tuning(),
+        ..common::device_options(None)
+    });
+    println!("default prefill: {}", default.prefill_product());
+    match asked {
+        Ok(gpu) => {
+            assert!(gpu.uses_cooperative_prefill() && default.uses_cooperative_prefill());
+            assert!(default.prefill_product().starts_with("coop"));
+        }
+        Err(e) => {
+            let text = e.to_string();
+            println!("prefill=coop: {text}");
+            assert!(matches!(e, VulkanError::TuningUnsupported { .. }), "{text}");
+            assert!(
+                text.contains("prefill=coop") && text.contains("Leave it unset"),
+                "{text}"
+            );
+            assert!(!default.uses_cooperative_prefill());
+            assert!(
+                default.prefill_product().starts_with("tiled"),
+                "{}",
+                default.prefill_product()
+            );
+        }
+    }
+    let tiled = Gpu::new(&DeviceOptions {
+        tuning: "prefill=tiled".parse().unwrap(),
+        ..common::device_options(None)
+    })
+    .unwrap();
+    assert!(!tiled.uses_cooperative_prefill());
+    assert!(tiled.prefill_product().starts_with("tiled"));
+}

