@@ -128,10 +128,13 @@ fn count_op(words: &[u32], op: u32) -> usize {
         .count()
 }
 
+/// (memory layout, stride) of one cooperative load or store.
+type Layout = (u32, u32);
+
 /// (memory layout, stride) of every cooperative load, then of every store, as the
 /// constants they name: these are the layouts coop_emulated.wgsl reads with, which the
 /// lavapipe tests check the kernel's staging against.
-fn layouts(words: &[u32]) -> (Vec<(u32, u32)>, Vec<(u32, u32)>) {
+fn layouts(words: &[u32]) -> (Vec<Layout>, Vec<Layout>) {
     let insts = instructions(words);
     // OpConstant: result type, result id, value (32-bit constants only).
     let constants: std::collections::HashMap<u32, u32> = insts
