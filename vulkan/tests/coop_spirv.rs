@@ -158,32 +158,44 @@ fn layouts(words: &[u32]) -> (Vec<Layout>, Vec<Layout>) {
     (loads, stores)
 }
 
-/// The module without the ArrayStride decorations naga puts on the array types of
-/// workgroup, private and function variables. Vulkan allows explicit layout only in buffers
-/// (VUID-StandaloneSpirv-None-10684, checked by spirv-val since 2025); naga 30 decorates every
-/// array (wgpu issue 7696), for every kernel of the engine alike, and drivers ignore it there.
-/// Removing just those decorations lets spirv-val check everything else.
-fn without_workgroup_array_strides(words: &[u32]) -> Vec<u32> {
+/// The module without the explicit-layout decorations naga puts on the types of workgroup,
+/// private and function variables (ArrayStride on arrays, Offset on struct members). Vulkan
+/// allows explicit layout only in buffers (VUID-StandaloneSpirv-None-10684, checked by
+/// spirv-val since 2025); naga 30 decorates every array and struct (wgpu issue 7696), for
+/// every kernel of the engine alike, and drivers ignore it there. Types that a buffer also
+/// uses keep theirs. Removing just those decorations lets spirv-val check everything else.
+fn without_unlaid_layouts(words: &[u32]) -> Vec<u32> {
     const OP_TYPE_POINTER: u32 = 32;
     const OP_DECORATE: u32 = 71;
+    const OP_MEMBER_DECORATE: u32 = 72;
     const ARRAY_STRIDE: u32 = 6;
+    const OFFSET: u32 = 35;
+    const UNIFORM: u32 = 2;
     const WORKGROUP: u32 = 4;
     const PRIVATE: u32 = 6;
     const FUNCTION: u32 = 7;
+    const PUSH_CONSTANT: u32 = 9;
+    const STORAGE_BUFFER: u32 = 12;
     let insts = instructions(words);
     // OpTypePointer: result id, storage class, pointee type.
-    let unlaid: std::collections::HashSet<u32> = insts
-        .iter()
-        .filter(|i| {
-            i[0] & 0xffff == OP_TYPE_POINTER && [WORKGROUP, PRIVATE, FUNCTION].contains(&i[2])
-        })
-        .map(|i| i[3])
+    let pointees = |classes: &[u32]| -> std::collections::HashSet<u32> {
+        insts
+            .iter()
+            .filter(|i| i[0] & 0xffff == OP_TYPE_POINTER && classes.contains(&i[2]))
+            .map(|i| i[3])
+            .collect()
+    };
+    let laid = pointees(&[UNIFORM, PUSH_CONSTANT, STORAGE_BUFFER]);
+    let unlaid: std::collections::HashSet<u32> = pointees(&[WORKGROUP, PRIVATE, FUNCTION])
+        .difference(&laid)
+        .copied()
         .collect();
     let mut out = words[..5].to_vec();
     for inst in insts {
-        let stride_on_unlaid =
-            inst[0] & 0xffff == OP_DECORATE && inst[2] == ARRAY_STRIDE && unlaid.contains(&inst[1]);
-        if !stride_on_unlaid {
+        let op = inst[0] & 0xffff;
+        let strip = (op == OP_DECORATE && inst[2] == ARRAY_STRIDE && unlaid.contains(&inst[1]))
+            || (op == OP_MEMBER_DECORATE && inst[3] == OFFSET && unlaid.contains(&inst[1]));
+        if !strip {
             out.extend_from_slice(inst);
         }
     }
@@ -263,7 +275,7 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
             assert_eq!(stores, [(COLUMN_MAJOR, 16)], "{ty:?}: cooperative stores");
             let Ok(val) = &validator else { continue };
             let file = dir.join(format!("matmul_coop_{ty:?}_{subgroup}.spv"));
-            let checked = without_workgroup_array_strides(&words);
+            let checked = without_unlaid_layouts(&words);
             std::fs::write(&file, bytemuck_words(&checked)).unwrap();
             let out = Command::new(val)
                 .args(["--target-env", "vulkan1.3"])
