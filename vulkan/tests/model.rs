@@ -162,7 +162,15 @@ fn long_prompt_batch_matches_token_by_token() {
         "{} tokens in one batch against one at a time: logits max abs {abs:.2e} rel {rel:.2e}",
         tokens.len()
     );
-    assert!(rel < 1e-3, "logits differ by {abs} ({rel} of the largest)");
+    // Where the prompt product runs on cooperative matrices its weights and x are f16
+    // (11 bits): on lavapipe's emulation of it (`prefill=coop-emulated`, the same numerics)
+    // the logits were 1.06e-3 of the largest apart, against 2.1e-4 with f32 tiles.
+    let tol = if gpu.gpu().uses_cooperative_prefill() {
+        5e-3
+    } else {
+        1e-3
+    };
+    assert!(rel < tol, "logits differ by {abs} ({rel} of the largest)");
 }
 
 /// Attention split into chunks and merged by `combine`, against one chunk per (head
