@@ -17,7 +17,7 @@
 # --pack builds the release binaries here and copies them, stripped, into DIR together with a
 # tokenizer-only reference GGUF, so that a machine without Rust or the test model (a GPU
 # benchmark host) can run:  scripts/bench-vulkan.sh --bin DIR --reference DIR/reference.gguf
-# When DIR holds the kernel tests (kernel-tests, also packed), they run first on that host's
+# When DIR holds the kernel tests (kernel-tests, attention-tests, coop-tests, also packed), they run first on that host's
 # GPU (all but the one that needs the SmolLM2 file). --with-llama also builds llama.cpp's
 # llama-bench with the Vulkan backend (scripts/build-llama-cpp.sh --vulkan, half an hour on two
 # cores the first time) and packs it as DIR/llama-bench-vulkan, the default --llama, with the
@@ -85,8 +85,9 @@ if [ -n "$pack" ]; then
     cargo build --release -p xpu-vulkan --example bench
     mkdir -p "$pack"
     strip -o "$pack/bench" "$target/release/examples/bench"
-    # The kernel tests (matrix kernels, attention) run first on the GPU host.
-    for suite in kernels attention; do
+    # The kernel tests (matrix kernels, attention, the prompt product on cooperative
+    # matrices) run first on the GPU host.
+    for suite in kernels attention coop; do
         tests=$(cargo test --release -p xpu-vulkan --test "$suite" --no-run --message-format=json \
             | "${PYTHON:-python3}" -c 'import json, sys
 for line in sys.stdin:
@@ -177,7 +178,7 @@ done
 [ "${#files[@]}" -gt 0 ] || { echo "bench-vulkan: no benchmark files were made" >&2; exit 1; }
 
 # The packed kernel tests, all but the one that needs the SmolLM2 file.
-for suite in kernel attention; do
+for suite in kernel attention coop; do
     if [ -x "$bin/$suite-tests" ]; then
         echo "== $suite tests on this host's adapter" >&2
         "$bin/$suite-tests" --skip real_smollm2 --test-threads 1 >&2
