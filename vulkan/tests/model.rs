@@ -173,56 +173,6 @@ fn long_prompt_batch_matches_token_by_token() {
     assert!(rel < tol, "logits differ by {abs} ({rel} of the largest)");
 }
 
-/// Attention split into chunks and merged by `combine`, against one chunk per (head
-/// group, token) (`attn=1`): a prompt of more than a round of positions (128 at SmolLM2's
-/// head dimension 64) in batches of 64 tokens, then one decoded token, whose positions the
-/// default split cuts into 2 chunks. The logits must agree to float rounding.
-#[test]
-fn split_attention_matches_one_chunk() {
-    let path = common::model_path();
-    let mut file = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let vocab = common::vocab(&content);
-    let mut tokens = Vec::new();
-    while tokens.len() < 140 {
-        tokens.extend(common::tokenize(&vocab, &PROMPTS.join(" ")));
-    }
-    tokens.truncate(140);
-    let run = |tuning: xpu_vulkan::KernelTuning| {
-        let opts = LoadOptions {
-            device: xpu_vulkan::DeviceOptions {
-                tuning,
-                ..common::device_options(None)
-            },
-            ctx: Some(160),
-            max_batch: 64,
-            slots: 1,
-        };
-        let mut gpu = LlamaModel::load(&path, &opts).unwrap();
-        let prompt = gpu.forward(&tokens[..139], 0).unwrap();
-        let decoded = gpu.forward(&tokens[139..], 139).unwrap();
-        (prompt, decoded, gpu.decode_dispatches(139))
-    };
-    let split = run(common::tuning());
-    let one_chunk = run("attn=1".parse().unwrap());
-    println!(
-        "decode dispatches: {} split, {} in one chunk",
-        split.2, one_chunk.2
-    );
-    assert!(split.2 > one_chunk.2, "the default split has no combine");
-    for (what, a, b) in [
-        ("prompt", &split.0, &one_chunk.0),
-        ("decoded token", &split.1, &one_chunk.1),
-    ] {
-        let (abs, rel) = diff(a, b);
-        println!("{what}: split against one chunk: logits max abs {abs:.2e} rel {rel:.2e}");
-        assert!(
-            rel < 1e-3,
-            "{what}: logits differ by {abs} ({rel} of the largest)"
-        );
-    }
-}
-
 #[test]
 fn bad_model_files_give_clear_errors() {
     let opts = LoadOptions {
