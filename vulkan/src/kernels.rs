@@ -54,9 +54,8 @@ pub(crate) const FIRST_SUBMIT_LAYERS: usize = 4;
 /// Whether the Q8_0, Q4_0 and K-quant (Q4_K, Q5_K, Q6_K) decode products quantize x to int8
 /// and use integer dot products (`MV_DP4A` in matmul.wgsl).
 const DP4A: bool = true;
-/// Attention workgroups (of 256 threads, each for the query heads of one K/V head) a step
-/// aims for: fewer leave a large GPU idle during attention.
-pub(crate) const ATTENTION_TARGET_GROUPS: usize = 256;
+/// Attention workgroups a step aims for: fewer leave a large GPU idle during attention.
+pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
 
 fn dp4a_type(ty: WeightType) -> bool {
     matches!(

@@ -500,8 +500,8 @@ pub struct AttentionShape {
 }
 
 /// Causal attention (`attention`, then `combine` when there are several chunks) of
-/// `n_tokens` query tokens at positions `start..start + n_tokens` of one sequence over the
-/// caches, with the positions split into chunks of `chunk_len` as a decode step splits them.
+/// `n_tokens` query tokens at positions `start..start + n_tokens` over the caches, with the
+/// positions split into chunks of `chunk_len` as a decode step splits them.
 /// `q`: `[n_tokens, n_head * head_dim]`; caches: `[n_kv, ctx, head_dim]` in f16 (as the
 /// model keeps them); returns
 /// `[n_tokens, n_head * head_dim]`, poisoned with NaN first.
@@ -514,38 +514,20 @@ pub fn attention(
     start: usize,
     chunk_len: usize,
 ) -> Result<Vec<f32>, VulkanError> {
-    let n = q.len() / (shape.n_head * shape.head_dim).max(1);
-    let rows: Vec<(usize, usize)> = (start..start + n.max(1)).map(|p| (p, 0)).collect();
-    attention_rows(gpu, shape, q, kcache, vcache, &rows, chunk_len)
-}
-
-/// As [`attention`], for tokens of several sequences in one step: token `t` is at position
-/// `rows[t].0` of the sequence whose slot begins at cache position `rows[t].1`, and attends
-/// that slot's positions `0..=rows[t].0`. The split is that of the longest sequence.
-pub fn attention_rows(
-    gpu: &Gpu,
-    shape: &AttentionShape,
-    q: &[f32],
-    kcache: &[half::f16],
-    vcache: &[half::f16],
-    rows: &[(usize, usize)],
-    chunk_len: usize,
-) -> Result<Vec<f32>, VulkanError> {
     let (nh, nkv, hd, ctx) = (shape.n_head, shape.n_kv, shape.head_dim, shape.ctx);
     let row = nh * hd;
-    let n = rows.len();
-    let len = rows.iter().map(|&(pos, _)| pos + 1).max().unwrap_or(0);
-    let chunks = len.div_ceil(chunk_len.max(1));
+    let n = q.len() / row.max(1);
+    let chunks = (start + n).div_ceil(chunk_len.max(1));
     if hd % 4 != 0
         || hd > 256
         || nkv == 0
         || nh % nkv != 0
         || n == 0
         || q.len() != n * row
-        || rows.iter().any(|&(pos, slot)| slot + pos >= ctx)
+        || start + n > ctx
     {
         return Err(VulkanError::InvalidInput(format!(
-            "q has {} values for {n} tokens of {nh} heads of {hd} (a multiple of 4 up to 256) with {nkv} K/V heads, at positions (position, slot start) {rows:?} of {ctx}",
+            "q has {} values for {nh} heads of {hd} (a multiple of 4 up to 256) with {nkv} K/V heads, at positions {start}.. of {ctx}",
             q.len()
         )));
     }
@@ -583,12 +565,7 @@ pub fn attention_rows(
         attn_chunk_len: chunk_len as u32,
     };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
-    let rows: Vec<[u32; 2]> = rows
-        .iter()
-        .map(|&(pos, slot)| [pos as u32, slot as u32])
-        .collect();
-    let rows = gpu.storage_init("token positions and slots", bytemuck::cast_slice(&rows))?;
-    let groups = crate::model::attention_workgroups(nh, nkv) as u32;
+    let rows = rows_buffer(gpu, start, n)?;
     let attn = crate::kernels::bind(
         gpu,
         &kernels.attention,
@@ -615,7 +592,7 @@ pub fn attention_rows(
             "attention",
             &kernels.attention,
             &attn,
-            [groups, n as u32, chunks as u32],
+            [nh as u32, n as u32, chunks as u32],
         );
         if chunks > 1 {
             rec.dispatch(

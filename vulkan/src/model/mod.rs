@@ -119,56 +119,36 @@ pub(crate) struct StepParams {
 
 /// Most chunks per (head, token): each costs a partial result to write and to combine.
 pub(crate) const ATTENTION_MAX_CHUNKS: usize = 32;
-/// Slices of 64 threads in an attention workgroup (`SLICES` in attention.wgsl): each walks
-/// one tile of a round of positions, and they are merged inside the workgroup.
-const ATTENTION_SLICES: usize = 4;
-/// Query heads an attention workgroup takes at most (`MAXG` in attention.wgsl).
-const ATTENTION_MAX_GROUP: usize = 4;
-
-/// Positions of one round of the attention kernel, one tile (`tile_groups` in
-/// attention.wgsl) per slice: chunks are a multiple of it, so that no workgroup loads a
-/// round of which it uses a few positions.
-fn attention_round(head_dim: usize) -> usize {
-    ATTENTION_SLICES * 8 * (64 / (head_dim / 4)).min(4)
-}
-
-/// Query heads per attention workgroup: the query heads of one K/V head (grouped-query
-/// attention), so that each K and V row is loaded once for all of them, at most
-/// ATTENTION_MAX_GROUP (a K/V head with more query heads gets several workgroups).
-pub(crate) fn attention_group(n_head: usize, n_kv: usize) -> usize {
-    (n_head / n_kv).clamp(1, ATTENTION_MAX_GROUP)
-}
-
-/// Attention workgroups per (token, chunk): the groups of query heads of every K/V head.
-pub(crate) fn attention_workgroups(n_head: usize, n_kv: usize) -> usize {
-    n_kv * (n_head / n_kv).div_ceil(attention_group(n_head, n_kv))
+/// Positions of one tile of the attention kernel (`tile_groups` in attention.wgsl): chunks
+/// are a multiple of it, so that no workgroup loads a tile of which it uses a few positions.
+fn attention_tile(head_dim: usize) -> usize {
+    8 * (64 / (head_dim / 4)).min(4)
 }
 
 /// How attention splits the positions of a step of `n` tokens whose longest sequence holds
 /// `len` positions (flash-decoding): `(chunks, positions per chunk)`, the same for every
-/// token (a token's chunks past its own position are empty). `groups`: attention
-/// workgroups per (token, chunk) (`attention_workgroups`); `target`: the workgroups a step
-/// aims for (`Kernels::attention_groups`); `round`: `attention_round`. Prompt batches
-/// already have many workgroups and get one chunk; a decoded token gets up to
-/// ATTENTION_MAX_CHUNKS, and one chunk when its positions fit one round (no combine).
+/// token (a token's chunks past its own position are empty). Prompt batches already have a
+/// workgroup per (head, token) and get one chunk; a decoded token gets up to
+/// ATTENTION_MAX_CHUNKS. `target`: the workgroups a step aims for
+/// (`Kernels::attention_groups`).
 fn attention_split(
     n: usize,
     len: usize,
-    groups: usize,
+    n_head: usize,
     target: usize,
-    round: usize,
+    tile: usize,
 ) -> (usize, usize) {
     let chunk_len = len
-        .div_ceil(attention_chunks_wanted(n, groups, target))
-        .div_ceil(round)
-        * round;
+        .div_ceil(attention_chunks_wanted(n, n_head, target))
+        .div_ceil(tile)
+        * tile;
     (len.div_ceil(chunk_len), chunk_len)
 }
 
 /// Chunks a step of `n` tokens aims for, an upper bound of what `attention_split` gives at
 /// any length (the size of the partial-results buffer depends on it).
-fn attention_chunks_wanted(n: usize, groups: usize, target: usize) -> usize {
-    target.div_ceil(n * groups).clamp(1, ATTENTION_MAX_CHUNKS)
+fn attention_chunks_wanted(n: usize, n_head: usize, target: usize) -> usize {
+    target.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
 }
 
 #[repr(C)]
@@ -228,8 +208,7 @@ pub(crate) struct AttnParams {
     pub scale: f32,
     /// Sliding-window layers: positions attended per token; 0: all.
     pub window: u32,
-    /// Query heads per workgroup (`attention_group`).
-    pub group: u32,
+    pub _pad: u32,
 }
 
 impl AttnParams {
@@ -244,7 +223,7 @@ impl AttnParams {
             ctx: ctx as u32,
             scale: 1.0 / (head_dim as f32).sqrt(),
             window: 0,
-            group: attention_group(n_head, n_kv) as u32,
+            _pad: 0,
         }
     }
 }
@@ -1454,58 +1433,37 @@ mod tests {
 
     #[test]
     fn attention_split_covers_every_position_within_the_wanted_chunks() {
-        for (groups, target, head_dim) in [
-            (3, 256, 64),
-            (8, 256, 64),
-            (8, 64, 128),
+        for (n_head, target, head_dim) in [
+            (9, 1024, 64),
+            (32, 1024, 64),
+            (32, 256, 128),
             (32, 4096, 80),
-            (2, 256, 256),
+            (8, 1024, 256),
         ] {
-            let round = attention_round(head_dim);
+            let tile = attention_tile(head_dim);
             for n in [1, 2, 4, 8, 64, 256] {
-                for len in n..3000 {
-                    let (chunks, chunk_len) = attention_split(n, len, groups, target, round);
+                for len in n..700 {
+                    let (chunks, chunk_len) = attention_split(n, len, n_head, target, tile);
                     assert!(
                         chunks * chunk_len >= len && (chunks - 1) * chunk_len < len,
                         "n {n} len {len}"
                     );
                     assert!(
-                        chunks <= attention_chunks_wanted(n, groups, target),
+                        chunks <= attention_chunks_wanted(n, n_head, target),
                         "n {n} len {len}: {chunks} chunks"
                     );
-                    assert_eq!(chunk_len % round, 0);
-                    // Positions that fit one round take one chunk (no combine).
-                    assert!(len > round || chunks == 1, "n {n} len {len}");
+                    assert_eq!(chunk_len % tile, 0);
                 }
             }
         }
     }
 
     #[test]
-    fn attention_rounds_give_every_thread_eight_positions() {
-        // 4 slices of 64 threads: G groups of hd / 4 threads, a tile of 8 * G positions each.
+    fn attention_tiles_give_every_thread_eight_positions() {
+        // 64 threads: G groups of hd / 4 threads, a tile of 8 * G positions.
         assert_eq!(
-            [32, 64, 80, 128, 256].map(attention_round),
-            [128, 128, 96, 64, 32]
+            [32, 64, 80, 128, 256].map(attention_tile),
+            [32, 32, 24, 16, 8]
         );
-    }
-
-    #[test]
-    fn attention_groups_take_the_query_heads_of_one_kv_head() {
-        // (query heads, K/V heads) -> (heads per workgroup, workgroups per token and chunk)
-        for ((nh, nkv), want) in [
-            ((32, 8), (4, 8)),
-            ((32, 4), (4, 8)),
-            ((14, 2), (4, 4)),
-            ((9, 3), (3, 3)),
-            ((32, 32), (1, 32)),
-            ((4, 1), (4, 1)),
-        ] {
-            assert_eq!(
-                (attention_group(nh, nkv), attention_workgroups(nh, nkv)),
-                want,
-                "{nh}/{nkv}"
-            );
-        }
     }
 }

@@ -161,13 +161,7 @@ impl Stage {
         // output, then a vec4 holding its max and sum), for the largest number of slots any
         // batch size can need.
         let part_slots = (1..=max_batch)
-            .map(|n| {
-                n * attention_chunks_wanted(
-                    n,
-                    attention_workgroups(nh, nkv),
-                    kernels.attention_groups(),
-                )
-            })
+            .map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups()))
             .max()
             .unwrap_or(1)
             * nh;
@@ -647,9 +641,9 @@ impl Stage {
         let (chunks, chunk_len) = attention_split(
             shape.tokens,
             shape.len,
-            attention_workgroups(c.n_head, c.n_kv_head),
+            c.n_head,
             self.kernels.attention_groups(),
-            attention_round(c.head_dim),
+            attention_tile(c.head_dim),
         );
         let step = StepParams {
             n_tokens: shape.tokens as u32,
@@ -685,11 +679,10 @@ impl Stage {
         let (chunks, _) = attention_split(
             n,
             shape.len,
-            attention_workgroups(c.n_head, c.n_kv_head),
+            c.n_head,
             self.kernels.attention_groups(),
-            attention_round(c.head_dim),
+            attention_tile(c.head_dim),
         );
-        let attention_groups = attention_workgroups(c.n_head, c.n_kv_head) as u32;
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let elt_groups = |width: usize| elementwise_groups(n * width);
         let silu_groups = elementwise_groups(n * c.n_ff);
@@ -782,7 +775,7 @@ impl Stage {
                         "attention",
                         &self.kernels.attention,
                         &layer.attention,
-                        [attention_groups, n, chunks as u32],
+                        [c.n_head as u32, n, chunks as u32],
                     );
                     if chunks > 1 {
                         rec.dispatch(
