@@ -218,6 +218,18 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
     Ok(())
 }
 
+/// A decode step of every slot: slot i feeds `ids[i]` at position `pos`.
+fn one_token_per_slot(ids: &[u32], pos: usize) -> Vec<SeqChunk<'_>> {
+    ids.iter()
+        .enumerate()
+        .map(|(slot, id)| SeqChunk {
+            slot,
+            tokens: std::slice::from_ref(id),
+            start: pos,
+        })
+        .collect()
+}
+
 /// As [`profile`] for a batched decode step of every sequence of `slots` (slot i continues
 /// from `next[i]` at position `pos`, after its prompt).
 fn profile_batch(
@@ -228,15 +240,7 @@ fn profile_batch(
     let mut per_step: Vec<Vec<(&'static str, f64)>> = Vec::new();
     for i in 0..PROFILE_STEPS {
         let ids = next.clone();
-        let chunks: Vec<SeqChunk<'_>> = ids
-            .iter()
-            .enumerate()
-            .map(|(slot, id)| SeqChunk {
-                slot,
-                tokens: std::slice::from_ref(id),
-                start: pos + i,
-            })
-            .collect();
+        let chunks = one_token_per_slot(&ids, pos + i);
         let Some((times, logits)) = model.profile_batch(&chunks)? else {
             println!("kernel profile:     none (the adapter has no timestamp queries inside passes, or the model is split)");
             return Ok(());
@@ -357,15 +361,7 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
         for i in 0..args.decode {
             let step_started = Instant::now();
             let ids = next.clone();
-            let chunks: Vec<SeqChunk<'_>> = ids
-                .iter()
-                .enumerate()
-                .map(|(slot, id)| SeqChunk {
-                    slot,
-                    tokens: std::slice::from_ref(id),
-                    start: args.prompt + i,
-                })
-                .collect();
+            let chunks = one_token_per_slot(&ids, args.prompt + i);
             let logits = model.forward_batch(&chunks)?;
             let picking = Instant::now();
             next = logits.iter().map(|l| argmax(l)).collect();
