@@ -218,6 +218,34 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
     Ok(())
 }
 
+/// GPU time of each kernel in the prompt's pass (from an empty cache), as [`profile`] does
+/// for decode steps: where prefill time goes. A prompt longer than one pass is not profiled.
+fn profile_prefill(model: &mut LlamaModel, prompt: &[u32]) -> Result<(), xpu_vulkan::VulkanError> {
+    let mut per_pass: Vec<Vec<(&'static str, f64)>> = Vec::new();
+    for _ in 0..3 {
+        model.reset();
+        let chunk = SeqChunk {
+            slot: 0,
+            tokens: prompt,
+            start: 0,
+        };
+        match model.profile_batch(&[chunk]) {
+            Ok(Some((times, _))) => per_pass.push(times),
+            Ok(None) => return Ok(()),
+            Err(VulkanError::InvalidInput(why)) => {
+                println!("kernel profile:     prompt pass not profiled ({why})");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    print_profile(
+        &format!("prompt pass of {} tokens", prompt.len()),
+        &per_pass,
+    );
+    Ok(())
+}
+
 /// A decode step of every slot: slot i feeds `ids[i]` at position `pos`.
 fn one_token_per_slot(ids: &[u32], pos: usize) -> Vec<SeqChunk<'_>> {
     ids.iter()
@@ -611,6 +639,7 @@ fn run(args: &Args) -> Result<(), VulkanError> {
             map.len() - 1
         );
     }
+    profile_prefill(&mut model, &prompt)?;
     let first = argmax(&logits_after(&mut model, &prompt)?);
     profile(&mut model, first, args.prompt)?;
     // Once more after the timed runs: on a freshly started H200 all three copies before them
