@@ -107,7 +107,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `cols` tokens; 0: the one-token kernel once per token, z slices), `cols=1..8` (tokens
 /// per `matvec_multi` workgroup), `mrows=4|8` (rows per `matvec_multi` workgroup) and
 /// `xq=0|1` (1: where `matvec_multi` takes int8 x, the step's x is quantized once by its own
-/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads).
+/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads) and `fuseq=0|1` (1:
+/// where every product after an RMSNorm reads that int8 x, the norm writes it itself,
+/// `norm_quantize_x`, one dispatch instead of `rmsnorm` and `quantize_x`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -122,6 +124,7 @@ pub struct KernelTuning {
     multi_cols: u32,
     multi_rows: u32,
     quantize_once: bool,
+    fused_quantize: bool,
 }
 
 impl Default for KernelTuning {
@@ -144,6 +147,7 @@ impl KernelTuning {
         multi_cols: MULTI_COLS,
         multi_rows: MULTI_ROWS,
         quantize_once: true,
+        fused_quantize: true,
     };
 
     /// These settings with int8 activations in the decode products on or off (`dp4a`).
@@ -188,7 +192,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8 and/or xq=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1 and/or fuseq=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -209,6 +213,7 @@ impl std::str::FromStr for KernelTuning {
                 ("cols", Ok(n @ 1..=8)) => t.multi_cols = n as u32,
                 ("mrows", Ok(n @ (4 | 8))) => t.multi_rows = n as u32,
                 ("xq", Ok(n @ (0 | 1))) => t.quantize_once = n == 1,
+                ("fuseq", Ok(n @ (0 | 1))) => t.fused_quantize = n == 1,
                 _ => return Err(bad()),
             }
         }
@@ -414,6 +419,9 @@ pub(crate) struct Kernels {
     /// `quantize_x` per type, for the multi-token pipelines with int8 x that read it
     /// (`MV_XQ`); empty with `multi=0` or `xq=0`.
     quantize_x: HashMap<WeightType, wgpu::ComputePipeline>,
+    /// `norm_quantize_x` per type (RMSNorm and `quantize_x` in one dispatch); as
+    /// `quantize_x`, and empty with `fuseq=0`.
+    norm_quantize_x: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
     /// for: keyed by the two types, input, tall and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
@@ -520,6 +528,7 @@ impl Kernels {
         let mut matvec = HashMap::new();
         let mut matvec_multi = HashMap::new();
         let mut quantize_x = HashMap::new();
+        let mut norm_quantize_x = HashMap::new();
         let mut get_rows = HashMap::new();
         let tuning = *gpu.tuning();
         let reduce = if gpu.subgroups() {
@@ -652,6 +661,19 @@ impl Kernels {
                             &[("MV_DP4A", 1.0)],
                         ),
                     );
+                    if tuning.fused_quantize {
+                        norm_quantize_x.insert(
+                            ty,
+                            pipeline_with(
+                                gpu,
+                                tuning.checks,
+                                &format!("norm_quantize_x {ty:?}"),
+                                &source,
+                                "norm_quantize_x",
+                                &[("MV_DP4A", 1.0)],
+                            ),
+                        );
+                    }
                 }
             }
             get_rows.insert(
@@ -672,6 +694,7 @@ impl Kernels {
             matvec,
             matvec_multi,
             quantize_x,
+            norm_quantize_x,
             get_rows,
             mixed: Mutex::new(HashMap::new()),
             reduce,
@@ -774,6 +797,21 @@ impl Kernels {
             return None;
         }
         self.quantize_x.get(&ty)
+    }
+
+    /// The pipeline that normalizes a step's x (RMSNorm) and quantizes it in one dispatch for
+    /// the multi-token pipeline of `ty` (`norm_quantize_x`, replacing `rmsnorm` and
+    /// [`multi_quantize`](Self::multi_quantize)), or `None` where there is no such
+    /// quantization or `fuseq=0`.
+    pub fn multi_norm_quantize(
+        &self,
+        ty: WeightType,
+        exact: bool,
+    ) -> Option<&wgpu::ComputePipeline> {
+        if exact {
+            return None;
+        }
+        self.norm_quantize_x.get(&ty)
     }
 
     /// The decode pipeline of a mixed product: rows below `Params.split` of type `a`, the
@@ -884,6 +922,8 @@ mod tuning_tests {
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (false, 4, 4));
         assert!(parse("").unwrap().quantize_once);
         assert!(!parse("xq=0").unwrap().quantize_once);
+        assert!(parse("").unwrap().fused_quantize);
+        assert!(!parse("fuseq=0").unwrap().fused_quantize);
         let t = parse("").unwrap();
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 4));
         assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);
@@ -918,6 +958,7 @@ mod tuning_tests {
             "cols=9",
             "mrows=16",
             "xq=2",
+            "fuseq=2",
             "prefill=1",
             "prefill=tile",
             "prefill=auto",

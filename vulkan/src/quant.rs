@@ -548,6 +548,10 @@ pub(crate) struct MatmulOp {
     /// The buffer `quantize_x` writes and `multi` reads (bound even where the pipeline does
     /// not read it); shared by the parts of a side-by-side product.
     xq: Option<wgpu::Buffer>,
+    /// Where every part reads `xq` and the fused input can be computed with its quantization:
+    /// the dispatch a multi-token step with the fused input runs instead of the separate
+    /// transformation before the op and `quantize`.
+    fused_quantize: Option<FusedQuantize>,
     fused: Option<Dispatches>,
     /// Steps of at most this many tokens run `single` once per token (Kernels::matvec_tokens).
     matvec_tokens: u32,
@@ -566,7 +570,9 @@ impl MatmulOp {
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
     ) -> Result<MatmulOp, VulkanError> {
-        MatmulOp::with_xq(gpu, kernels, label, weight, x, y, step, mode, fused, None)
+        let mut op = MatmulOp::with_xq(gpu, kernels, label, weight, x, y, step, mode, fused, None)?;
+        op.fused_quantize = norm_quantize(gpu, kernels, &op, &[weight], step, mode, fused)?;
+        Ok(op)
     }
 
     /// As [`new`](Self::new); `shared_xq`: the quantized-x buffer of the first part of a
@@ -771,6 +777,7 @@ impl MatmulOp {
             multi,
             quantize,
             xq,
+            fused_quantize: None,
             fused,
             matvec_tokens: kernels.matvec_tokens(),
         })
@@ -859,6 +866,8 @@ impl MatmulOp {
                 gpu, kernels, label, a, b, y, mode, out_stride, fused,
             )?);
         }
+        let weights: Vec<&GpuWeight> = parts.iter().map(|(w, _)| *w).collect();
+        op.fused_quantize = norm_quantize(gpu, kernels, &op, &weights, step, mode, fused)?;
         Ok(op)
     }
 
@@ -875,9 +884,31 @@ impl MatmulOp {
         self.fused.is_some()
     }
 
+    /// The int8 x buffer the multi-token products read (`xq`), where they read one; for tests.
+    pub(crate) fn quantized_x(&self) -> Option<&wgpu::Buffer> {
+        match (&self.quantize, &self.fused_quantize) {
+            (None, None) => None,
+            _ => self.xq.as_ref(),
+        }
+    }
+
+    /// Whether a step of `n` tokens can use the fused input given at creation (and skip the
+    /// norm or SiLU before it): one token where the op has a fused one-token product; a
+    /// multi-token step (2..=Kernels::matvec_tokens tokens) where the transformation is
+    /// one dispatch with the quantization of x (`norm_quantize_x`).
+    pub fn fuses_input(&self, n: u32) -> bool {
+        match n {
+            1 => self.has_fused(),
+            _ if n <= self.matvec_tokens => {
+                self.multi.is_some() && self.fused_quantize.is_some()
+            }
+            _ => false,
+        }
+    }
+
     /// Records the dispatches for `n` input rows (the step's tokens, or its logit rows for an
-    /// op made with `MatmulMode::logit_rows`); `fused`: a one-token step whose input is the
-    /// fused one given at creation (the op must have one).
+    /// op made with `MatmulMode::logit_rows`); `fused`: the step's input is the fused one
+    /// given at creation, where [`fuses_input`](Self::fuses_input) says the op can take it.
     pub fn record(&self, rec: &mut Recorder<'_, '_>, n: u32, fused: bool) {
         match (&self.fused, fused) {
             (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
@@ -885,8 +916,14 @@ impl MatmulOp {
             // `multi=0`, the one-token kernel with one z slice per token).
             _ if n <= self.matvec_tokens => match &self.multi {
                 Some((m, cols)) if n > 1 => {
-                    if let Some((pipeline, bg, groups)) = &self.quantize {
-                        rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
+                    match (&self.fused_quantize, &self.quantize) {
+                        (Some(f), _) if fused => {
+                            rec.dispatch(f.label, &f.pipeline, &f.bind_group, [f.groups, n, 1]);
+                        }
+                        (_, Some((pipeline, bg, groups))) => {
+                            rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
+                        }
+                        _ => {}
                     }
                     m.record(rec, self.label, n.div_ceil(*cols))
                 }
@@ -902,6 +939,73 @@ impl MatmulOp {
             },
         }
     }
+}
+
+/// A multi-token step's input transformation fused with the quantization of its x: one
+/// dispatch of `groups` workgroups per token (y = token) that writes the `xq` the products read.
+struct FusedQuantize {
+    label: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: u32,
+}
+
+/// The `norm_quantize_x` dispatch of `op` (the product of `weights` side by side, made with
+/// `fused`), or `None`: it needs a fused input that is an RMSNorm, and every weight's
+/// multi-token product reading the int8 x that `op`'s `quantize_x` writes (see
+/// [`Kernels::multi_norm_quantize`]); otherwise a multi-token step keeps the RMSNorm and the
+/// quantization (if any) as two dispatches.
+fn norm_quantize(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    op: &MatmulOp,
+    weights: &[&GpuWeight],
+    step: &wgpu::Buffer,
+    mode: MatmulMode,
+    fused: Option<FusedInput<'_>>,
+) -> Result<Option<FusedQuantize>, VulkanError> {
+    let (x, norm_w, eps) = match fused {
+        Some(
+            FusedInput::Norm { x, weight, eps }
+            | FusedInput::NormRope { x, weight, eps, .. }
+            | FusedInput::NormGlu { x, weight, eps, .. },
+        ) => (x, weight, eps),
+        Some(FusedInput::Glu { .. }) | None => return Ok(None),
+    };
+    let all_read_xq = weights
+        .iter()
+        .all(|w| kernels.multi_quantize(w.ty, mode.exact_input).is_some());
+    let (Some(first), Some(xq), true, true) = (
+        weights.first(),
+        op.xq.as_ref(),
+        op.multi.is_some(),
+        all_read_xq,
+    ) else {
+        return Ok(None);
+    };
+    let Some(pipeline) = kernels.multi_norm_quantize(first.ty, mode.exact_input) else {
+        return Ok(None);
+    };
+    let params = MatmulParams {
+        k: first.k as u32,
+        eps,
+        ..bytemuck::Zeroable::zeroed()
+    };
+    let ubuf = gpu.uniform_init("norm_quantize_x params", bytemuck::bytes_of(&params))?;
+    let label = "rmsnorm + quantize x";
+    let bind_group = kernels::bind(
+        gpu,
+        pipeline,
+        label,
+        &[(1, x), (3, &ubuf), (4, step), (6, norm_w), (15, xq)],
+    );
+    // One workgroup per token.
+    Ok(Some(FusedQuantize {
+        label,
+        pipeline: pipeline.clone(),
+        bind_group,
+        groups: 1,
+    }))
 }
 
 /// The one dispatch of a mixed decode product: `a`'s rows, then `b`'s (see

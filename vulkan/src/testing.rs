@@ -426,6 +426,109 @@ pub fn matvec_norm_glu(
     run(gpu, &act, weight.rows / 2, |rec| op.record(rec, 1, true))
 }
 
+/// What [`norm_matmul`] computed.
+pub struct NormProduct {
+    /// `y[t, r]`: `n_tokens` rows of `weight.rows` values.
+    pub y: Vec<f32>,
+    /// The int8 x the multi-token products read, where they read one (`xq` in
+    /// matvec_multi.wgsl: per token and 32-value unit, eight words of four int8 values, then
+    /// the scale's f32 bits, the sum and the first 16 values' sum as i32, and a zero word).
+    pub xq: Option<Vec<u32>>,
+    /// Dispatches of the step, the RMSNorm's included.
+    pub dispatches: usize,
+}
+
+/// The product after an RMSNorm as a step of n tokens runs it (the q|k|v and gate|up
+/// products), for each input of `xs` (each `[n, k]` for its own n): `y[t, r] = Σ_k W[r, k] ·
+/// x[t, k] · norm_weight[k] / rms(x[t])`, with the kernels compiled once. `fused`: the norm
+/// fused into the product's input (one token: `matvec_norm`; a multi-token step whose
+/// products read int8 x: `norm_quantize_x`, the norm and the quantization of x in one
+/// dispatch); otherwise, and where the op has no such fusion, `rmsnorm` writes the normalized
+/// rows first and the product (with `quantize_x` where it reads int8 x) reads them. The
+/// output is poisoned with NaN first.
+pub fn norm_matmul_each(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    xs: &[Vec<f32>],
+    norm_weight: &[f32],
+    eps: f32,
+    fused: bool,
+) -> Result<Vec<NormProduct>, VulkanError> {
+    let k = weight.k;
+    if norm_weight.len() != k {
+        return Err(VulkanError::InvalidInput(format!(
+            "the norm weight has {} values, expected {k}",
+            norm_weight.len()
+        )));
+    }
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
+    let params = crate::model::NormParams {
+        n: k as u32,
+        eps,
+        _pad: 0,
+        accumulate: 0,
+    };
+    let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
+    xs.iter()
+        .map(|x| {
+            if x.is_empty() || !x.len().is_multiple_of(k) {
+                return Err(VulkanError::InvalidInput(format!(
+                    "x has {} values, not a whole number of rows of {k}",
+                    x.len()
+                )));
+            }
+            let n_tokens = x.len() / k;
+            let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+            let normed =
+                gpu.storage_init("normed", bytemuck::cast_slice(&vec![f32::NAN; x.len()]))?;
+            let out_len = n_tokens * weight.rows;
+            let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; out_len]))?;
+            let step = step_buffer(gpu, n_tokens)?;
+            let norm = crate::kernels::bind(
+                gpu,
+                &kernels.rmsnorm,
+                "rmsnorm",
+                &[(0, &xb), (1, &nwb), (2, &normed), (3, &ubuf)],
+            );
+            let input = FusedInput::Norm {
+                x: &xb,
+                weight: &nwb,
+                eps,
+            };
+            let op = MatmulOp::new(
+                gpu,
+                &kernels,
+                "matmul",
+                weight,
+                &normed,
+                &yb,
+                &step,
+                MatmulMode::default(),
+                Some(input),
+            )?;
+            let n = n_tokens as u32;
+            let fuse = fused && op.fuses_input(n);
+            let mut dispatches = 0;
+            let y = run(gpu, &yb, out_len, |rec| {
+                if !fuse {
+                    rec.dispatch("rmsnorm", &kernels.rmsnorm, &norm, [n, 1, 1]);
+                }
+                op.record(rec, n, fuse);
+                dispatches = rec.dispatched();
+            })?;
+            let xq = match op.quantized_x() {
+                Some(b) if n > 1 && n <= kernels.matvec_tokens() => {
+                    let bytes = gpu.read_back(b, (n_tokens * k / 32 * 48) as u64)?;
+                    Some(bytemuck::cast_slice(&bytes).to_vec())
+                }
+                _ => None,
+            };
+            Ok(NormProduct { y, xq, dispatches })
+        })
+        .collect()
+}
+
 /// `y[t] = W[ids[t]]` (dequantized rows), output poisoned with NaN first.
 pub fn get_rows(gpu: &Gpu, weight: &GpuWeight, ids: &[u32]) -> Result<Vec<f32>, VulkanError> {
     let kernels = Kernels::new(gpu, &[weight.ty])?;

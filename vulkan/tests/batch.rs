@@ -212,6 +212,101 @@ fn k_quant_batched_matches_alone_with_int8_activations() {
     assert!(same >= 4, "only {same} of 5 prompts");
 }
 
+/// SmolLM2 requantized to Q4_0, whose multi-token products read int8 x: batched steps
+/// match each sequence alone, and a batched decode step of 4 sequences with each RMSNorm
+/// before the q|k|v and gate|up products fused into the quantization of x (`fuseq=1`, the
+/// default: `norm_quantize_x`) takes two dispatches fewer per layer than with `rmsnorm` and
+/// `quantize_x` apart (`fuseq=0`), with the same greedy tokens and logits (the fused kernel
+/// writes the same int8 x: tests/matvec_multi.rs).
+#[test]
+fn smollm2_int8_batched_steps_fuse_each_norm_into_the_quantization() {
+    let path = common::requantized(candle_core::quantized::GgmlDType::Q4_0);
+    let result = std::panic::catch_unwind(|| {
+        let same = compare_alone_and_batched_with(&path, 16, true);
+        assert!(same >= 4, "only {same} of 5 prompts");
+        let fused = decode_steps(&path, "fuseq=1");
+        let apart = decode_steps(&path, "fuseq=0");
+        println!(
+            "a batched step of {SLOTS} sequences: {} dispatches with the norms fused, {} without",
+            fused.dispatches, apart.dispatches
+        );
+        assert_eq!(
+            apart.dispatches - fused.dispatches,
+            2 * fused.n_layer,
+            "one dispatch fewer for each of the two norms of every layer"
+        );
+        assert_eq!(fused.tokens, apart.tokens);
+        for (a, b) in fused.logits.iter().zip(&apart.logits) {
+            let top = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-5 * top, "logits differ by {diff} (largest {top})");
+        }
+    });
+    let _ = std::fs::remove_file(&path);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// What [`decode_steps`] saw: the greedy tokens and logits of every sequence at every step,
+/// and the dispatches of the last step.
+struct Steps {
+    tokens: Vec<Vec<u32>>,
+    logits: Vec<Vec<f32>>,
+    dispatches: usize,
+    n_layer: usize,
+}
+
+/// The first [`SLOTS`] prompts prefilled together, then 8 batched decode steps of one token
+/// per sequence, on a model loaded with the kernel settings `spec` (int8 x).
+fn decode_steps(path: &Path, spec: &str) -> Steps {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let vocab = common::vocab(&content);
+    let prompts: Vec<Vec<u32>> = PROMPTS[..SLOTS]
+        .iter()
+        .map(|p| common::tokenize(&vocab, p))
+        .collect();
+    let mut device = common::device_options(None);
+    device.tuning = spec.parse().unwrap();
+    let opts = LoadOptions {
+        device,
+        ctx: Some(96),
+        max_batch: 16,
+        slots: SLOTS,
+    };
+    let mut model = LlamaModel::load(path, &opts).unwrap();
+    let mut fed: Vec<Vec<u32>> = prompts.clone();
+    let mut starts = vec![0; SLOTS];
+    let mut out = Steps {
+        tokens: Vec::new(),
+        logits: Vec::new(),
+        dispatches: 0,
+        n_layer: model.config().n_layer,
+    };
+    for _ in 0..9 {
+        let chunks: Vec<SeqChunk<'_>> = fed
+            .iter()
+            .enumerate()
+            .map(|(slot, tokens)| SeqChunk {
+                slot,
+                tokens,
+                start: starts[slot],
+            })
+            .collect();
+        let logits = model.forward_batch(&chunks).unwrap();
+        out.dispatches = model.last_timing().dispatches;
+        let next: Vec<u32> = logits.iter().map(|l| common::argmax(l)).collect();
+        for (slot, tokens) in fed.iter_mut().enumerate() {
+            starts[slot] += tokens.len();
+            *tokens = vec![next[slot]];
+        }
+        out.tokens.push(next);
+        out.logits.extend(logits);
+    }
+    out
+}
+
 #[test]
 fn bad_batches_are_errors() {
     let mut model = load(&common::model_path(), 16);

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::Device;
 use xpu_vulkan::{DeviceOptions, Gpu, KernelTuning, WeightType, MATVEC_TUNING_ENV};
 
 /// Five chat prompts, tried as a new user would: the prompts of runner/tests/llama_cpp.rs
@@ -224,3 +225,38 @@ pub const ALL_TYPES: [GgmlDType; 9] = [
     GgmlDType::Q5K,
     GgmlDType::Q6K,
 ];
+
+/// The test model with every Q4_1 tensor requantized to `dtype`, written next to the
+/// other temporary files; the caller removes it.
+pub fn requantized(dtype: GgmlDType) -> PathBuf {
+    let src = model_path();
+    let mut file = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+        let t = if t.dtype() == GgmlDType::Q4_1 {
+            QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
+        } else {
+            t
+        };
+        tensors.push((name.clone(), t));
+    }
+    let out = std::env::temp_dir().join(format!(
+        "xpu-vulkan-smollm2-{dtype:?}-{}.gguf",
+        std::process::id()
+    ));
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(
+        &mut std::fs::File::create(&out).unwrap(),
+        &metadata,
+        &tensor_refs,
+    )
+    .unwrap();
+    out
+}

@@ -15,9 +15,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{LlamaModel, LoadOptions};
@@ -28,41 +28,6 @@ const PROMPTS: [&str; 3] = [
     "Water is made of hydrogen and",
 ];
 const NEW_TOKENS: usize = 12;
-
-/// The test model with every Q4_1 tensor requantized to `dtype`, written next to the
-/// other temporary files; the caller removes it.
-fn requantized(dtype: GgmlDType) -> PathBuf {
-    let src = common::model_path();
-    let mut file = std::fs::File::open(&src).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    for name in content.tensor_infos.keys() {
-        let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
-        let t = if t.dtype() == GgmlDType::Q4_1 {
-            QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), dtype).unwrap()
-        } else {
-            t
-        };
-        tensors.push((name.clone(), t));
-    }
-    let out = std::env::temp_dir().join(format!(
-        "xpu-vulkan-smollm2-{dtype:?}-{}.gguf",
-        std::process::id()
-    ));
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    gguf_file::write(
-        &mut std::fs::File::create(&out).unwrap(),
-        &metadata,
-        &tensor_refs,
-    )
-    .unwrap();
-    out
-}
 
 /// ‖a − b‖ / ‖b‖.
 fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
@@ -220,7 +185,7 @@ fn check(path: &Path, label: &str, against_gpu_f32: bool) {
 #[test]
 fn int8_decode_path_is_as_accurate_as_candles_int8() {
     for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
-        let path = requantized(dtype);
+        let path = common::requantized(dtype);
         let result = std::panic::catch_unwind(|| check(&path, &format!("{dtype:?}"), false));
         let _ = std::fs::remove_file(&path);
         if let Err(panic) = result {

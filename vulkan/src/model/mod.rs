@@ -151,13 +151,14 @@ fn attention_chunks_wanted(n: usize, n_head: usize, target: usize) -> usize {
     target.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
 }
 
+/// rmsnorm.wgsl's parameters.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct NormParams {
-    n: u32,
-    eps: f32,
-    _pad: u32,
-    accumulate: u32,
+pub(crate) struct NormParams {
+    pub n: u32,
+    pub eps: f32,
+    pub _pad: u32,
+    pub accumulate: u32,
 }
 
 /// head_norm.wgsl's parameters.

@@ -728,7 +728,10 @@ impl Stage {
                     }
                 }
                 for layer in layers.iter() {
-                    let fuse_qkv = decode && layer.qkv.iter().all(MatmulOp::has_fused);
+                    // One token: the norm fused into the product's input; a few tokens: into
+                    // the quantization of x the products read (`norm_quantize_x`), where
+                    // they read int8 x.
+                    let fuse_qkv = layer.qkv.iter().all(|op| op.fuses_input(n));
                     if !fuse_qkv {
                         rec.dispatch(
                             "rmsnorm",
@@ -763,7 +766,7 @@ impl Stage {
                             [c.n_kv_head as u32, n, 1],
                         );
                     }
-                    if !(fuse_qkv && layer.qkv_rope) {
+                    if !(decode && fuse_qkv && layer.qkv_rope) {
                         rec.dispatch(
                             "rope + kv store",
                             &self.kernels.rope,
@@ -789,7 +792,7 @@ impl Stage {
                     if let Some(bg) = &layer.post_attn_norm {
                         rec.dispatch("post-attention norm", &self.kernels.rmsnorm, bg, [n, 1, 1]);
                     }
-                    let fuse_gate_up = decode && layer.gate_up.iter().all(MatmulOp::has_fused);
+                    let fuse_gate_up = layer.gate_up.iter().all(|op| op.fuses_input(n));
                     if !fuse_gate_up {
                         rec.dispatch("rmsnorm", &self.kernels.rmsnorm, &layer.ffn_norm, [n, 1, 1]);
                     }

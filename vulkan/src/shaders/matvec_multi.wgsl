@@ -50,8 +50,53 @@ fn quantize_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         return;
     }
     mv_token = t;
-    let xu = x_unit(0u, u);
-    let o = (t * units + u) * 3u;
+    store_xq(t, u, x_unit(0u, u));
+}
+
+// RMSNorm and `quantize_x` in one dispatch (the RMSNorm before the q|k|v and gate|up
+// products of a multi-token step, when every product after it reads the int8 x): one
+// workgroup per token (y = token) normalizes its row of x times norm_w and writes every unit
+// of it quantized, as `quantize_x` writes it. No f32 row is written: the products read only
+// xq. The norm repeats rmsnorm.wgsl's arithmetic (each thread sums the squares of elements
+// li, li + WG, ..., the same halving reduction, the same scale, x * scale * w), so the
+// quantized values are those of rmsnorm then quantize_x, bit for bit (tests/kernels.rs).
+@compute @workgroup_size(64)
+fn norm_quantize_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wid.y;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let row = t * p.k;
+    var s = 0.0;
+    for (var i = li; i < p.k; i += WG) {
+        let v = x[(row + i) / 4u][(row + i) % 4u];
+        s += v * v;
+    }
+    red[li] = s;
+    workgroupBarrier();
+    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+        if (li < k) {
+            red[li] += red[li + k];
+        }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(red[0] / f32(p.k) + p.eps);
+    let units = p.k / 32u;
+    for (var u = li; u < units; u += WG) {
+        let b = u * 8u;
+        let xb = row / 4u + b;
+        let v = array<vec4<f32>, 8>(
+            x[xb] * scale * norm_w[b], x[xb + 1u] * scale * norm_w[b + 1u],
+            x[xb + 2u] * scale * norm_w[b + 2u], x[xb + 3u] * scale * norm_w[b + 3u],
+            x[xb + 4u] * scale * norm_w[b + 4u], x[xb + 5u] * scale * norm_w[b + 5u],
+            x[xb + 6u] * scale * norm_w[b + 6u], x[xb + 7u] * scale * norm_w[b + 7u]);
+        store_xq(t, u, x_finish(v, 0.0));
+    }
+}
+
+// Writes token t's unit u of the quantized x (three vec4 words, see `xq`).
+fn store_xq(t: u32, u: u32, xu: XUnit) {
+    let o = (t * (p.k / 32u) + u) * 3u;
     xq[o] = vec4<u32>(xu.q[0], xu.q[1], xu.q[2], xu.q[3]);
     xq[o + 1u] = vec4<u32>(xu.q[4], xu.q[5], xu.q[6], xu.q[7]);
     xq[o + 2u] = vec4<u32>(bitcast<u32>(xu.qd), bitcast<u32>(xu.qsum), bitcast<u32>(xu.qsum_lo), 0u);
