@@ -108,8 +108,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// per `matvec_multi` workgroup), `mrows=4|8` (rows per `matvec_multi` workgroup) and
 /// `xq=0|1` (1: where `matvec_multi` takes int8 x, the step's x is quantized once by its own
 /// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads) and `fuseq=0|1` (1:
-/// where every product after an RMSNorm reads that int8 x, the norm writes it itself,
-/// `norm_quantize_x`, one dispatch instead of `rmsnorm` and `quantize_x`).
+/// where the products after an RMSNorm or SiLU·mul read that int8 x, a multi-token step
+/// computes the norm or SiLU·mul and the quantization in one dispatch, `norm_quantize_x` or
+/// `glu_quantize_x`, instead of two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -422,6 +423,9 @@ pub(crate) struct Kernels {
     /// `norm_quantize_x` per type (RMSNorm and `quantize_x` in one dispatch); as
     /// `quantize_x`, and empty with `fuseq=0`.
     norm_quantize_x: HashMap<WeightType, wgpu::ComputePipeline>,
+    /// `glu_quantize_x` (SiLU·mul and `quantize_x` in one dispatch) per type and whether the
+    /// gate|up rows are interleaved (`GLU_INTERLEAVED`); as `norm_quantize_x`.
+    glu_quantize_x: HashMap<(WeightType, bool), wgpu::ComputePipeline>,
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
     /// for: keyed by the two types, input, tall and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
@@ -529,6 +533,7 @@ impl Kernels {
         let mut matvec_multi = HashMap::new();
         let mut quantize_x = HashMap::new();
         let mut norm_quantize_x = HashMap::new();
+        let mut glu_quantize_x = HashMap::new();
         let mut get_rows = HashMap::new();
         let tuning = *gpu.tuning();
         let reduce = if gpu.subgroups() {
@@ -673,6 +678,22 @@ impl Kernels {
                                 &[("MV_DP4A", 1.0)],
                             ),
                         );
+                        for interleaved in [false, true] {
+                            glu_quantize_x.insert(
+                                (ty, interleaved),
+                                pipeline_with(
+                                    gpu,
+                                    tuning.checks,
+                                    &format!("glu_quantize_x {ty:?}"),
+                                    &source,
+                                    "glu_quantize_x",
+                                    &[
+                                        ("MV_DP4A", 1.0),
+                                        ("GLU_INTERLEAVED", interleaved as u32 as f64),
+                                    ],
+                                ),
+                            );
+                        }
                     }
                 }
             }
@@ -695,6 +716,7 @@ impl Kernels {
             matvec_multi,
             quantize_x,
             norm_quantize_x,
+            glu_quantize_x,
             get_rows,
             mixed: Mutex::new(HashMap::new()),
             reduce,
@@ -812,6 +834,19 @@ impl Kernels {
             return None;
         }
         self.norm_quantize_x.get(&ty)
+    }
+
+    /// The pipeline that computes SiLU·mul of a step's gate|up rows (`interleaved` or as
+    /// [gate | up]) and quantizes the result in one dispatch for the multi-token pipeline of
+    /// `ty` (`glu_quantize_x`, replacing `silu_mul` and
+    /// [`multi_quantize`](Self::multi_quantize)), or `None` as for
+    /// [`multi_norm_quantize`](Self::multi_norm_quantize).
+    pub fn multi_glu_quantize(
+        &self,
+        ty: WeightType,
+        interleaved: bool,
+    ) -> Option<&wgpu::ComputePipeline> {
+        self.glu_quantize_x.get(&(ty, interleaved))
     }
 
     /// The decode pipeline of a mixed product: rows below `Params.split` of type `a`, the

@@ -406,8 +406,15 @@ pub(crate) enum FusedInput<'a> {
         weight: &'a wgpu::Buffer,
         eps: f32,
     },
-    /// silu(gate) * up; x holds [gate | up] of the token (2 k values).
-    Glu { x: &'a wgpu::Buffer },
+    /// silu(gate) * up; x holds the token's gate and up values (2 k values): [gate | up], or
+    /// with `interleaved` gate j and up j side by side (the output of a gate|up matrix
+    /// uploaded interleaved). One token: `matvec_glu`, only for [gate | up] (with interleaved
+    /// rows the gate|up product does SiLU·mul itself, `FusedInput::NormGlu`); a multi-token
+    /// step: `glu_quantize_x`, where the product reads int8 x.
+    Glu {
+        x: &'a wgpu::Buffer,
+        interleaved: bool,
+    },
     /// RMSNorm as `Norm`, then RoPE with interleaved pairs and the K/V store of the token
     /// (the q|k|v product; the rope kernel's work, see `matvec_norm_rope` in matmul.wgsl).
     /// Only for a matrix whose chunks start at even rows ([`GpuWeight::pairs_in_chunks`]),
@@ -571,7 +578,7 @@ impl MatmulOp {
         fused: Option<FusedInput<'_>>,
     ) -> Result<MatmulOp, VulkanError> {
         let mut op = MatmulOp::with_xq(gpu, kernels, label, weight, x, y, step, mode, fused, None)?;
-        op.fused_quantize = norm_quantize(gpu, kernels, &op, &[weight], step, mode, fused)?;
+        op.fused_quantize = fused_quantize(gpu, kernels, &op, &[weight], step, mode, fused)?;
         Ok(op)
     }
 
@@ -609,7 +616,10 @@ impl MatmulOp {
                 *nw,
                 *eps,
             ),
-            Some(FusedInput::Glu { x }) => (
+            Some(FusedInput::Glu {
+                x,
+                interleaved: false,
+            }) => (
                 Some(
                     kernels
                         .matvec(weight.ty, MatvecInput::Glu, tall, false)
@@ -619,6 +629,10 @@ impl MatmulOp {
                 *x,
                 0.0,
             ),
+            // No one-token product reads interleaved gate|up rows.
+            Some(FusedInput::Glu {
+                interleaved: true, ..
+            }) => (None, x, x, 0.0),
             Some(
                 FusedInput::NormRope {
                     x, weight: nw, eps, ..
@@ -867,7 +881,7 @@ impl MatmulOp {
             )?);
         }
         let weights: Vec<&GpuWeight> = parts.iter().map(|(w, _)| *w).collect();
-        op.fused_quantize = norm_quantize(gpu, kernels, &op, &weights, step, mode, fused)?;
+        op.fused_quantize = fused_quantize(gpu, kernels, &op, &weights, step, mode, fused)?;
         Ok(op)
     }
 
@@ -895,13 +909,11 @@ impl MatmulOp {
     /// Whether a step of `n` tokens can use the fused input given at creation (and skip the
     /// norm or SiLU before it): one token where the op has a fused one-token product; a
     /// multi-token step (2..=Kernels::matvec_tokens tokens) where the transformation is
-    /// one dispatch with the quantization of x (`norm_quantize_x`).
+    /// one dispatch with the quantization of x (`norm_quantize_x`, `glu_quantize_x`).
     pub fn fuses_input(&self, n: u32) -> bool {
         match n {
             1 => self.has_fused(),
-            _ if n <= self.matvec_tokens => {
-                self.multi.is_some() && self.fused_quantize.is_some()
-            }
+            _ if n <= self.matvec_tokens => self.multi.is_some() && self.fused_quantize.is_some(),
             _ => false,
         }
     }
@@ -950,12 +962,13 @@ struct FusedQuantize {
     groups: u32,
 }
 
-/// The `norm_quantize_x` dispatch of `op` (the product of `weights` side by side, made with
-/// `fused`), or `None`: it needs a fused input that is an RMSNorm, and every weight's
-/// multi-token product reading the int8 x that `op`'s `quantize_x` writes (see
-/// [`Kernels::multi_norm_quantize`]); otherwise a multi-token step keeps the RMSNorm and the
-/// quantization (if any) as two dispatches.
-fn norm_quantize(
+/// The dispatch of `op` (the product of `weights` side by side, made with `fused`) that
+/// computes its fused input and quantizes it in a multi-token step: `norm_quantize_x` for an
+/// RMSNorm, `glu_quantize_x` for SiLU·mul. `None` where there is no fused input, where not
+/// every weight's multi-token product reads the int8 x that `op`'s `quantize_x` writes (see
+/// [`Kernels::multi_norm_quantize`]), or with `fuseq=0`: a multi-token step then keeps the
+/// transformation and the quantization (if any) as two dispatches.
+fn fused_quantize(
     gpu: &Gpu,
     kernels: &Kernels,
     op: &MatmulOp,
@@ -964,47 +977,59 @@ fn norm_quantize(
     mode: MatmulMode,
     fused: Option<FusedInput<'_>>,
 ) -> Result<Option<FusedQuantize>, VulkanError> {
-    let (x, norm_w, eps) = match fused {
-        Some(
-            FusedInput::Norm { x, weight, eps }
-            | FusedInput::NormRope { x, weight, eps, .. }
-            | FusedInput::NormGlu { x, weight, eps, .. },
-        ) => (x, weight, eps),
-        Some(FusedInput::Glu { .. }) | None => return Ok(None),
-    };
     let all_read_xq = weights
         .iter()
         .all(|w| kernels.multi_quantize(w.ty, mode.exact_input).is_some());
-    let (Some(first), Some(xq), true, true) = (
+    let (Some(first), Some(xq), Some(fused), true, true) = (
         weights.first(),
         op.xq.as_ref(),
+        fused,
         op.multi.is_some(),
         all_read_xq,
     ) else {
         return Ok(None);
     };
-    let Some(pipeline) = kernels.multi_norm_quantize(first.ty, mode.exact_input) else {
+    let units = (first.k / 32) as u32;
+    // (label, pipeline, x, norm weight and epsilon, workgroups per token)
+    let (label, pipeline, x, norm, groups) = match fused {
+        FusedInput::Norm { x, weight, eps }
+        | FusedInput::NormRope { x, weight, eps, .. }
+        | FusedInput::NormGlu { x, weight, eps, .. } => (
+            "rmsnorm + quantize x",
+            kernels.multi_norm_quantize(first.ty, mode.exact_input),
+            x,
+            Some((weight, eps)),
+            // One workgroup normalizes a token.
+            1,
+        ),
+        FusedInput::Glu { x, interleaved } => (
+            "silu_mul + quantize x",
+            kernels.multi_glu_quantize(first.ty, interleaved),
+            x,
+            None,
+            // One thread per unit.
+            units.div_ceil(kernels::WORKGROUP),
+        ),
+    };
+    let Some(pipeline) = pipeline else {
         return Ok(None);
     };
     let params = MatmulParams {
         k: first.k as u32,
-        eps,
+        eps: norm.map_or(0.0, |(_, eps)| eps),
         ..bytemuck::Zeroable::zeroed()
     };
-    let ubuf = gpu.uniform_init("norm_quantize_x params", bytemuck::bytes_of(&params))?;
-    let label = "rmsnorm + quantize x";
-    let bind_group = kernels::bind(
-        gpu,
-        pipeline,
-        label,
-        &[(1, x), (3, &ubuf), (4, step), (6, norm_w), (15, xq)],
-    );
-    // One workgroup per token.
+    let ubuf = gpu.uniform_init("fused quantize_x params", bytemuck::bytes_of(&params))?;
+    let mut entries = vec![(1, x), (3, &ubuf), (4, step), (15, xq)];
+    if let Some((weight, _)) = norm {
+        entries.push((6, weight));
+    }
+    let bind_group = kernels::bind(gpu, pipeline, label, &entries);
     Ok(Some(FusedQuantize {
         label,
         pipeline: pipeline.clone(),
         bind_group,
-        groups: 1,
+        groups,
     }))
 }
 
@@ -1027,7 +1052,17 @@ fn mixed_fused(
         FusedInput::Norm { x, weight, eps } => {
             (MatvecInput::Norm, x, weight, eps, mode.exact_input)
         }
-        FusedInput::Glu { x } => (MatvecInput::Glu, x, x, 0.0, false),
+        FusedInput::Glu {
+            x,
+            interleaved: false,
+        } => (MatvecInput::Glu, x, x, 0.0, false),
+        FusedInput::Glu {
+            interleaved: true, ..
+        } => {
+            return Err(VulkanError::InvalidInput(format!(
+                "{label}: no one-token product reads interleaved gate|up rows"
+            )))
+        }
         FusedInput::NormRope { x, weight, eps, .. } => {
             (MatvecInput::NormRope, x, weight, eps, false)
         }

@@ -205,7 +205,10 @@ pub fn matvec_fused(
                 eps,
             }
         }
-        Fused::Glu => FusedInput::Glu { x: &xb },
+        Fused::Glu => FusedInput::Glu {
+            x: &xb,
+            interleaved: false,
+        },
     };
     let op = MatmulOp::new(
         gpu,
@@ -426,15 +429,15 @@ pub fn matvec_norm_glu(
     run(gpu, &act, weight.rows / 2, |rec| op.record(rec, 1, true))
 }
 
-/// What [`norm_matmul`] computed.
-pub struct NormProduct {
+/// What [`norm_matmul_each`] and [`glu_matmul_each`] computed.
+pub struct StepProduct {
     /// `y[t, r]`: `n_tokens` rows of `weight.rows` values.
     pub y: Vec<f32>,
     /// The int8 x the multi-token products read, where they read one (`xq` in
     /// matvec_multi.wgsl: per token and 32-value unit, eight words of four int8 values, then
     /// the scale's f32 bits, the sum and the first 16 values' sum as i32, and a zero word).
     pub xq: Option<Vec<u32>>,
-    /// Dispatches of the step, the RMSNorm's included.
+    /// Dispatches of the step, the RMSNorm's or SiLU·mul's included.
     pub dispatches: usize,
 }
 
@@ -453,7 +456,7 @@ pub fn norm_matmul_each(
     norm_weight: &[f32],
     eps: f32,
     fused: bool,
-) -> Result<Vec<NormProduct>, VulkanError> {
+) -> Result<Vec<StepProduct>, VulkanError> {
     let k = weight.k;
     if norm_weight.len() != k {
         return Err(VulkanError::InvalidInput(format!(
@@ -517,16 +520,107 @@ pub fn norm_matmul_each(
                 op.record(rec, n, fuse);
                 dispatches = rec.dispatched();
             })?;
-            let xq = match op.quantized_x() {
-                Some(b) if n > 1 && n <= kernels.matvec_tokens() => {
-                    let bytes = gpu.read_back(b, (n_tokens * k / 32 * 48) as u64)?;
-                    Some(bytemuck::cast_slice(&bytes).to_vec())
-                }
-                _ => None,
-            };
-            Ok(NormProduct { y, xq, dispatches })
+            let xq = read_xq(gpu, &kernels, &op, n_tokens, k)?;
+            Ok(StepProduct { y, xq, dispatches })
         })
         .collect()
+}
+
+/// The down product after SiLU·mul as a step of n tokens runs it, for each input of `xs`
+/// (each token's gate and up values, `[n, 2k]` for its own n: [gate | up], or gate j and up
+/// j side by side where `interleaved`): `y[t, r] = Σ_j W[r, j] · silu(gate[t, j]) · up[t, j]`,
+/// with the kernels compiled once. `fused`: SiLU·mul fused into the quantization of a
+/// multi-token step's int8 x (`glu_quantize_x`), or for one token of [gate | up] into the
+/// product's input (`matvec_glu`); otherwise, and where the op has no such fusion,
+/// `silu_mul` writes the activation first and the product (with `quantize_x` where it reads
+/// int8 x) reads it. The output is poisoned with NaN first.
+pub fn glu_matmul_each(
+    gpu: &Gpu,
+    weight: &GpuWeight,
+    xs: &[Vec<f32>],
+    interleaved: bool,
+    fused: bool,
+) -> Result<Vec<StepProduct>, VulkanError> {
+    let k = weight.k;
+    let kernels = Kernels::new(gpu, &[weight.ty])?;
+    let params = crate::model::EltParams {
+        n: k as u32,
+        interleaved: interleaved as u32,
+        gelu: 0,
+        _pad: 0,
+    };
+    let ubuf = gpu.uniform_init("silu params", bytemuck::bytes_of(&params))?;
+    xs.iter()
+        .map(|x| {
+            if x.is_empty() || !x.len().is_multiple_of(2 * k) {
+                return Err(VulkanError::InvalidInput(format!(
+                    "x has {} values, not a whole number of gate|up rows of 2 x {k}",
+                    x.len()
+                )));
+            }
+            let n_tokens = x.len() / (2 * k);
+            let gate_up = gpu.storage_init("gate|up", bytemuck::cast_slice(x))?;
+            let act =
+                gpu.storage_init("act", bytemuck::cast_slice(&vec![f32::NAN; n_tokens * k]))?;
+            let out_len = n_tokens * weight.rows;
+            let yb = gpu.storage_init("y", bytemuck::cast_slice(&vec![f32::NAN; out_len]))?;
+            let step = step_buffer(gpu, n_tokens)?;
+            let silu = crate::kernels::bind(
+                gpu,
+                &kernels.silu_mul,
+                "silu_mul",
+                &[(0, &gate_up), (1, &act), (2, &ubuf), (3, &step)],
+            );
+            let input = FusedInput::Glu {
+                x: &gate_up,
+                interleaved,
+            };
+            let op = MatmulOp::new(
+                gpu,
+                &kernels,
+                "matmul",
+                weight,
+                &act,
+                &yb,
+                &step,
+                MatmulMode::default(),
+                Some(input),
+            )?;
+            let n = n_tokens as u32;
+            let fuse = fused && op.fuses_input(n);
+            let groups = (n_tokens * k)
+                .div_ceil(crate::kernels::WORKGROUP as usize)
+                .min(crate::kernels::ELEMENTWISE_GROUPS as usize) as u32;
+            let mut dispatches = 0;
+            let y = run(gpu, &yb, out_len, |rec| {
+                if !fuse {
+                    rec.dispatch("silu_mul", &kernels.silu_mul, &silu, [groups, 1, 1]);
+                }
+                op.record(rec, n, fuse);
+                dispatches = rec.dispatched();
+            })?;
+            let xq = read_xq(gpu, &kernels, &op, n_tokens, k)?;
+            Ok(StepProduct { y, xq, dispatches })
+        })
+        .collect()
+}
+
+/// The int8 x `op`'s multi-token products read in a step of `n_tokens` rows of `k`, where
+/// they read one.
+fn read_xq(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    op: &MatmulOp,
+    n_tokens: usize,
+    k: usize,
+) -> Result<Option<Vec<u32>>, VulkanError> {
+    Ok(match op.quantized_x() {
+        Some(b) if n_tokens > 1 && n_tokens <= kernels.matvec_tokens() as usize => {
+            let bytes = gpu.read_back(b, (n_tokens * k / 32 * 48) as u64)?;
+            Some(bytemuck::cast_slice(&bytes).to_vec())
+        }
+        _ => None,
+    })
 }
 
 /// `y[t] = W[ids[t]]` (dequantized rows), output poisoned with NaN first.

@@ -13,7 +13,7 @@ mod common;
 
 use common::{decode_input, decode_tolerance, random, ALL_TYPES};
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use xpu_vulkan::{testing, Gpu, GpuWeight, KernelTuning, WeightType};
@@ -124,79 +124,187 @@ fn rms_normed(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     x.iter().zip(w).map(|(&v, &g)| v * scale * g).collect()
 }
 
-/// A multi-token step's RMSNorm fused into the quantization of x (`norm_quantize_x`, one
-/// dispatch instead of `rmsnorm` then `quantize_x`): for the types whose products read int8
-/// x, the same int8 x bit for bit (it repeats rmsnorm.wgsl's sums in the same order) and so
-/// the same products, with one dispatch less; for the others the unfused path, unchanged.
-/// Rows of 2304 values: 72 units, more than the 64 threads of the workgroup that normalizes a
-/// token, and whole K-quant blocks.
+/// silu(gate) * up of one token's gate|up row (`interleaved`: gate j and up j side by side,
+/// else [gate | up]), in f32 as silu_mul.wgsl computes it.
+fn silu_mul(row: &[f32], interleaved: bool) -> Vec<f32> {
+    let k = row.len() / 2;
+    (0..k)
+        .map(|j| {
+            let (g, u) = if interleaved {
+                (row[2 * j], row[2 * j + 1])
+            } else {
+                (row[j], row[k + j])
+            };
+            g / (1.0 + (-g).exp()) * u
+        })
+        .collect()
+}
+
 /// The token counts of multi-token steps (one token runs the one-token fused kernel).
 const STEP_TOKENS: [usize; 5] = [2, 3, 8, 11, 16];
+/// Rows of the fused-input tests: 2304 values (72 units, more than the 64 threads of the
+/// workgroup that normalizes a token; whole K-quant blocks), 13 of them.
+const FUSED_K: usize = 2304;
+const FUSED_ROWS: usize = 13;
 
+/// A weight of `dtype` for the fused-input tests, uploaded, and its dequantized values.
+fn fused_weight(
+    gpu: &Gpu,
+    dtype: GgmlDType,
+    rng: &mut rand::rngs::StdRng,
+) -> (GpuWeight, Vec<f32>) {
+    let (rows, k) = (FUSED_ROWS, FUSED_K);
+    let t = Tensor::from_vec(random(rng, rows * k), (rows, k), &Device::Cpu).unwrap();
+    let qt = QTensor::quantize(&t, dtype).unwrap();
+    let ty = WeightType::from_ggml(dtype).unwrap();
+    let weight = GpuWeight::upload(gpu, "fused", ty, rows, k, &qt.data().unwrap()).unwrap();
+    let w = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (weight, w)
+}
+
+/// Checks a step with its input transformation fused into the quantization of x (`fused`)
+/// against the same step with the transformation as its own dispatch (`apart`), for each
+/// of STEP_TOKENS: for the types whose products read int8 x, the same int8 x bit for bit and
+/// one dispatch less; for the others both the unfused path; the same products either way,
+/// and within the decode tolerance of the reference product of `inputs` (each step's
+/// transformed x in f32, as the GPU computes it).
+fn check_fused_step(
+    label: &str,
+    tuning: &KernelTuning,
+    weight: (&GpuWeight, &[f32]),
+    inputs: &[Vec<f32>],
+    fused: &[testing::StepProduct],
+    apart: &[testing::StepProduct],
+) {
+    let (weight, w) = weight;
+    let ty = weight.weight_type();
+    let int8 = tuning.decode_quantizes_x(ty);
+    for (((n, x), f), a) in STEP_TOKENS.into_iter().zip(inputs).zip(fused).zip(apart) {
+        let want = reference_k(w, &decode_input(tuning, ty, x), n, FUSED_ROWS, FUSED_K);
+        let (rel, _) = common::compare(&f.y, &want);
+        println!(
+            "{label} {ty:?} tokens={n}: rel {rel:.2e}, {} dispatches fused, {} apart",
+            f.dispatches, a.dispatches
+        );
+        let tol = decode_tolerance(tuning, ty, true);
+        assert!(
+            rel < tol,
+            "{label} {ty:?} tokens={n}: relative error {rel} above {tol}"
+        );
+        if int8 {
+            let (fq, aq) = (f.xq.as_ref().unwrap(), a.xq.as_ref().unwrap());
+            assert_eq!(fq.len(), n * FUSED_K / 32 * 12);
+            let differ = fq.iter().zip(aq).filter(|(p, q)| p != q).count();
+            assert_eq!(
+                differ, 0,
+                "{label} {ty:?} tokens={n}: {differ} words of xq differ"
+            );
+            assert_eq!(
+                (f.dispatches, a.dispatches),
+                (2, 3),
+                "{label} {ty:?} tokens={n}: the fused quantization + matvec_multi against the transformation + quantize_x + matvec_multi"
+            );
+        } else {
+            // f32 x: the transformation, then the product, either way.
+            assert!(
+                f.xq.is_none() && a.xq.is_none(),
+                "{label} {ty:?}: no int8 x"
+            );
+            assert_eq!(
+                (f.dispatches, a.dispatches),
+                (2, 2),
+                "{label} {ty:?} tokens={n}"
+            );
+        }
+        let same =
+            f.y.iter()
+                .zip(&a.y)
+                .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{label} {ty:?} tokens={n}: products differ");
+    }
+}
+
+/// A multi-token step's RMSNorm fused into the quantization of x (`norm_quantize_x`, one
+/// dispatch instead of `rmsnorm` then `quantize_x`, before the q|k|v and gate|up products):
+/// it repeats rmsnorm.wgsl's sums in the same order, so the int8 x is the same bit for bit.
 #[test]
 fn rmsnorm_fused_into_quantize_x_matches_rmsnorm_then_quantize_x() {
-    const K: usize = 2304;
-    const ROWS: usize = 13;
     let (gpu, tuning) = gpu_with("");
     let eps = 1e-5;
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(90 + i as u64);
-        let t = Tensor::from_vec(random(&mut rng, ROWS * K), (ROWS, K), &Device::Cpu).unwrap();
-        let qt = QTensor::quantize(&t, dtype).unwrap();
-        let ty = WeightType::from_ggml(dtype).unwrap();
-        let weight = GpuWeight::upload(&gpu, "normed", ty, ROWS, K, &qt.data().unwrap()).unwrap();
-        let w: Vec<f32> = qt
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (weight, w) = fused_weight(&gpu, dtype, &mut rng);
         // Norm weights around 1 and hidden states of a few sizes, as a model's.
-        let norm_w: Vec<f32> = random(&mut rng, K).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let norm_w: Vec<f32> = random(&mut rng, FUSED_K)
+            .iter()
+            .map(|v| 1.0 + 0.5 * v)
+            .collect();
         let xs: Vec<Vec<f32>> = STEP_TOKENS
             .iter()
             .map(|&n| {
-                random(&mut rng, n * K)
+                random(&mut rng, n * FUSED_K)
                     .iter()
                     .enumerate()
-                    .map(|(j, v)| v * (1 + j / K) as f32)
+                    .map(|(j, v)| v * (1 + j / FUSED_K) as f32)
                     .collect()
             })
             .collect();
         let fused = testing::norm_matmul_each(&gpu, &weight, &xs, &norm_w, eps, true).unwrap();
         let apart = testing::norm_matmul_each(&gpu, &weight, &xs, &norm_w, eps, false).unwrap();
-        let int8 = tuning.decode_quantizes_x(ty);
-        for ((n, x), (f, a)) in STEP_TOKENS.into_iter().zip(&xs).zip(fused.iter().zip(&apart)) {
-            let normed: Vec<f32> = x
-                .chunks(K)
-                .flat_map(|row| rms_normed(row, &norm_w, eps))
+        let normed: Vec<Vec<f32>> = xs
+            .iter()
+            .map(|x| {
+                x.chunks(FUSED_K)
+                    .flat_map(|row| rms_normed(row, &norm_w, eps))
+                    .collect()
+            })
+            .collect();
+        check_fused_step("rmsnorm", &tuning, (&weight, &w), &normed, &fused, &apart);
+    }
+}
+
+/// A multi-token step's SiLU·mul fused into the quantization of the down product's x
+/// (`glu_quantize_x`, one dispatch instead of `silu_mul` then `quantize_x`), for gate|up rows
+/// as [gate | up] and interleaved: the same values as silu_mul.wgsl's, so the same int8 x.
+#[test]
+fn silu_mul_fused_into_quantize_x_matches_silu_mul_then_quantize_x() {
+    let (gpu, tuning) = gpu_with("");
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(110 + i as u64);
+        let (weight, w) = fused_weight(&gpu, dtype, &mut rng);
+        // Gate and up values of a few sizes.
+        let xs: Vec<Vec<f32>> = STEP_TOKENS
+            .iter()
+            .map(|&n| {
+                random(&mut rng, n * 2 * FUSED_K)
+                    .iter()
+                    .map(|v| 4.0 * v)
+                    .collect()
+            })
+            .collect();
+        for interleaved in [false, true] {
+            let fused = testing::glu_matmul_each(&gpu, &weight, &xs, interleaved, true).unwrap();
+            let apart = testing::glu_matmul_each(&gpu, &weight, &xs, interleaved, false).unwrap();
+            let act: Vec<Vec<f32>> = xs
+                .iter()
+                .map(|x| {
+                    x.chunks(2 * FUSED_K)
+                        .flat_map(|row| silu_mul(row, interleaved))
+                        .collect()
+                })
                 .collect();
-            let want = reference_k(&w, &decode_input(&tuning, ty, &normed), n, ROWS, K);
-            let (rel, _) = common::compare(&f.y, &want);
-            println!(
-                "{ty:?} tokens={n}: rel {rel:.2e}, {} dispatches fused, {} apart",
-                f.dispatches, a.dispatches
-            );
-            let tol = decode_tolerance(&tuning, ty, true);
-            assert!(rel < tol, "{ty:?} tokens={n}: relative error {rel} above {tol}");
-            if int8 {
-                let (fq, aq) = (f.xq.as_ref().unwrap(), a.xq.as_ref().unwrap());
-                assert_eq!(fq.len(), n * K / 32 * 12);
-                let differ = fq.iter().zip(aq).filter(|(p, q)| p != q).count();
-                assert_eq!(differ, 0, "{ty:?} tokens={n}: {differ} words of xq differ");
-                assert_eq!(
-                    (f.dispatches, a.dispatches),
-                    (2, 3),
-                    "{ty:?} tokens={n}: norm_quantize_x + matvec_multi against rmsnorm + quantize_x + matvec_multi"
-                );
+            let label = if interleaved {
+                "silu_mul (interleaved)"
             } else {
-                // f32 x: rmsnorm, then the product, either way.
-                assert!(f.xq.is_none() && a.xq.is_none(), "{ty:?}: no int8 x");
-                assert_eq!((f.dispatches, a.dispatches), (2, 2), "{ty:?} tokens={n}");
-            }
-            let same = f.y.iter().zip(&a.y).all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(same, "{ty:?} tokens={n}: products differ");
+                "silu_mul"
+            };
+            check_fused_step(label, &tuning, (&weight, &w), &act, &fused, &apart);
         }
     }
 }

@@ -229,15 +229,16 @@ impl AttnParams {
     }
 }
 
+/// silu_mul.wgsl's parameters.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct EltParams {
-    n: u32,
+pub(crate) struct EltParams {
+    pub n: u32,
     /// silu_mul: the [gate | up] rows are interleaved (see `matvec_norm_glu`).
-    interleaved: u32,
+    pub interleaved: u32,
     /// GELU instead of SiLU (GeGLU).
-    gelu: u32,
-    _pad: u32,
+    pub gelu: u32,
+    pub _pad: u32,
 }
 
 struct LayerOps {

@@ -503,7 +503,8 @@ impl Stage {
                     &[(0, &gate_up), (1, &act), (2, &silu_u), (3, &step)],
                 ),
                 // With gate and up as two matrices ([gate | up] side by side), a decode step's
-                // down product does the SiLU·mul on its input.
+                // down product does the SiLU·mul on its input; a multi-token step's does it
+                // in the quantization of its int8 x, whatever the layout (GeGLU: never).
                 down: MatmulOp::new(
                     &gpu,
                     &kernels,
@@ -513,7 +514,10 @@ impl Stage {
                     out_target,
                     &step,
                     out_mode,
-                    (!interleaved && !cfg.gelu).then_some(FusedInput::Glu { x: &gate_up }),
+                    (!cfg.gelu).then_some(FusedInput::Glu {
+                        x: &gate_up,
+                        interleaved,
+                    }),
                 )?,
             });
         }
@@ -800,8 +804,10 @@ impl Stage {
                         op.record(&mut rec, n, fuse_gate_up);
                     }
                     // A decode step does SiLU·mul in the gate|up product or in the down product's
-                    // input, unless the interleaved gate|up matrix has a chunk splitting a pair.
-                    if !decode || !(layer.glu_fused || layer.down.has_fused()) {
+                    // input, unless the interleaved gate|up matrix has a chunk splitting a pair;
+                    // a multi-token step in the quantization of the down product's int8 x.
+                    let fuse_down = layer.down.fuses_input(n);
+                    if !(fuse_down || (decode && layer.glu_fused)) {
                         rec.dispatch(
                             "silu_mul",
                             &self.kernels.silu_mul,
@@ -809,9 +815,7 @@ impl Stage {
                             [silu_groups, 1, 1],
                         );
                     }
-                    layer
-                        .down
-                        .record(&mut rec, n, decode && layer.down.has_fused());
+                    layer.down.record(&mut rec, n, fuse_down);
                     if let Some(bg) = &layer.post_ffn_norm {
                         rec.dispatch("post-FFN norm", &self.kernels.rmsnorm, bg, [n, 1, 1]);
                     }

@@ -94,6 +94,46 @@ fn norm_quantize_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
+// Whether `glu_quantize_x` reads each token's gate|up row interleaved (gate j at 2j, up j at
+// 2j + 1: the gate|up matrix uploaded with its rows interleaved) rather than as [gate | up].
+override GLU_INTERLEAVED: bool = false;
+
+// SiLU·mul and `quantize_x` in one dispatch (the down product's input in a multi-token step,
+// where it reads int8 x): x holds each token's gate|up row (2 p.k values); one thread per
+// token and unit (y = token, x = units / WG) computes silu(gate) * up as silu_mul.wgsl does
+// (a / (1 + exp(-a)) * up, so the same values) and writes the unit quantized, as
+// `quantize_x` writes it. No f32 activation is written: the product reads only xq.
+@compute @workgroup_size(64)
+fn glu_quantize_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let units = p.k / 32u;
+    let u = wid.x * WG + li;
+    let t = wid.y;
+    if (u >= units || t >= step.n_tokens) {
+        return;
+    }
+    let v = array<vec4<f32>, 8>(glu4(t, u, 0u), glu4(t, u, 1u), glu4(t, u, 2u), glu4(t, u, 3u),
+                                glu4(t, u, 4u), glu4(t, u, 5u), glu4(t, u, 6u), glu4(t, u, 7u));
+    store_xq(t, u, x_finish(v, 0.0));
+}
+
+// silu(gate) * up of values 4i..4i + 3 of token t's unit u (for `glu_quantize_x`).
+fn glu4(t: u32, u: u32, i: u32) -> vec4<f32> {
+    // The token's gate|up row starts at vec4 word t * 2 p.k / 4.
+    let row = t * (p.k / 2u);
+    var gate: vec4<f32>;
+    var up: vec4<f32>;
+    if (GLU_INTERLEAVED) {
+        let a = x[row + u * 16u + 2u * i];
+        let b = x[row + u * 16u + 2u * i + 1u];
+        gate = vec4<f32>(a.x, a.z, b.x, b.z);
+        up = vec4<f32>(a.y, a.w, b.y, b.w);
+    } else {
+        gate = x[row + u * 8u + i];
+        up = x[row + p.k / 4u + u * 8u + i];
+    }
+    return gate / (1.0 + exp(-gate)) * up;
+}
+
 // Writes token t's unit u of the quantized x (three vec4 words, see `xq`).
 fn store_xq(t: u32, u: u32, xu: XUnit) {
     let o = (t * (p.k / 32u) + u) * 3u;
