@@ -39,8 +39,12 @@ need() {
 }
 mkdir -p "$root"
 
+# Ninja where it is installed (GPU hosts may have it without make), else make.
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
 if [ ! -x "$glslc" ]; then
-    need cmake c++ make
+    [ "${#generator[@]}" -gt 0 ] || need make
+    need cmake c++
     if [ ! -f "$root/src/CMakeLists.txt" ]; then
         need cargo
         work=$(mktemp -d "$root/.fetch.XXXXXX")
@@ -65,7 +69,7 @@ TOML
         mv "$work/vendor/shaderc-sys-$shaderc_sys/build" "$root/src"
     fi
     # Only glslc is built: no tests, examples or other tools.
-    cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release \
+    cmake -S "$root/src" -B "$root/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
         -DSHADERC_SKIP_TESTS=ON -DSHADERC_SKIP_EXAMPLES=ON -DSHADERC_SKIP_COPYRIGHT_CHECK=ON \
         -DSHADERC_ENABLE_WERROR_COMPILE=OFF -DSPIRV_SKIP_TESTS=ON -DSPIRV_SKIP_EXECUTABLES=ON \
         -DSPIRV_WERROR=OFF -DENABLE_GLSLANG_BINARIES=OFF -DGLSLANG_TESTS=OFF -DBUILD_SHARED_LIBS=OFF \
@@ -94,7 +98,7 @@ fi
 
 if [ ! -d "$spirv/share" ]; then
     need cmake
-    cmake -S "$root/src/spirv-headers" -B "$root/spirv-headers-build" -DCMAKE_INSTALL_PREFIX="$spirv" \
+    cmake -S "$root/src/spirv-headers" -B "$root/spirv-headers-build" "${generator[@]}" -DCMAKE_INSTALL_PREFIX="$spirv" \
         -DSPIRV_HEADERS_ENABLE_TESTS=OFF >&2
     cmake --install "$root/spirv-headers-build" >&2
 fi

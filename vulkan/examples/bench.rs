@@ -11,7 +11,7 @@
 //! `--split 3,1` choose the devices; with several, the model's layers are split over them
 //! and the summary gives the time spent handing hidden states from one device to the next.
 //!
-//! Usage: bench MODEL.gguf [--cpu] [--prompt N] [--decode N] [--runs N] [--sequences N]
+//! Usage: bench MODEL.gguf [--cpu] [--prompt N] [--decode N] [--runs N] [--sequences N] [--max-batch N]
 //!                         [--devices LIST] [--split SHARES]
 //! Prints a human summary and one `RESULT {json}` line for scripts.
 
@@ -37,6 +37,8 @@ struct Args {
     sequences: Option<usize>,
     devices: DeviceSelection,
     split: Option<Vec<u32>>,
+    /// Most tokens one GPU pass processes (`--max-batch`; the prompt runs in such passes).
+    max_batch: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -50,6 +52,7 @@ fn parse() -> Result<Args, String> {
         sequences: None,
         devices: DeviceSelection::Auto,
         split: None,
+        max_batch: LoadOptions::default().max_batch,
     };
     let mut model = None;
     while let Some(a) = it.next() {
@@ -63,6 +66,7 @@ fn parse() -> Result<Args, String> {
             "--decode" => args.decode = num("--decode")?,
             "--runs" => args.runs = num("--runs")?,
             "--sequences" => args.sequences = Some(num("--sequences")?),
+            "--max-batch" => args.max_batch = num("--max-batch")?,
             "--cpu" => args.cpu = true,
             "--devices" => {
                 args.devices = it.next().ok_or("--devices needs a list")?.parse()?;
@@ -74,8 +78,15 @@ fn parse() -> Result<Args, String> {
         }
     }
     args.model = model.ok_or("missing MODEL.gguf")?;
-    if args.prompt == 0 || args.decode == 0 || args.runs == 0 || args.sequences == Some(0) {
-        return Err("--prompt, --decode, --runs and --sequences must be at least 1".into());
+    if args.prompt == 0
+        || args.decode == 0
+        || args.runs == 0
+        || args.sequences == Some(0)
+        || args.max_batch == 0
+    {
+        return Err(
+            "--prompt, --decode, --runs, --sequences and --max-batch must be at least 1".into(),
+        );
     }
     Ok(args)
 }
@@ -171,7 +182,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("bench: {e}");
             }
-            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N] [--devices LIST] [--split SHARES]");
+            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N] [--max-batch N (256)] [--devices LIST] [--split SHARES]");
             return ExitCode::from(2);
         }
     };
@@ -218,9 +229,14 @@ fn profile(model: &mut LlamaModel, first: u32, pos: usize) -> Result<(), xpu_vul
     Ok(())
 }
 
-/// GPU time of each kernel in the prompt's pass (from an empty cache), as [`profile`] does
-/// for decode steps: where prefill time goes. A prompt longer than one pass is not profiled.
-fn profile_prefill(model: &mut LlamaModel, prompt: &[u32]) -> Result<(), xpu_vulkan::VulkanError> {
+/// GPU time of each kernel in the prompt's first pass (from an empty cache; at most
+/// `max_batch` tokens), as [`profile`] does for decode steps: where prefill time goes.
+fn profile_prefill(
+    model: &mut LlamaModel,
+    prompt: &[u32],
+    max_batch: usize,
+) -> Result<(), xpu_vulkan::VulkanError> {
+    let prompt = &prompt[..prompt.len().min(max_batch)];
     let mut per_pass: Vec<Vec<(&'static str, f64)>> = Vec::new();
     for _ in 0..3 {
         model.reset();
@@ -355,6 +371,7 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
             ctx: Some(ctx),
             device: device_options(args)?,
             slots: n,
+            max_batch: args.max_batch,
             ..LoadOptions::default()
         },
     )?;
@@ -535,6 +552,7 @@ fn run(args: &Args) -> Result<(), VulkanError> {
         &LoadOptions {
             ctx: Some(ctx),
             device: device_options(args)?,
+            max_batch: args.max_batch,
             ..LoadOptions::default()
         },
     )?;
@@ -639,7 +657,7 @@ fn run(args: &Args) -> Result<(), VulkanError> {
             map.len() - 1
         );
     }
-    profile_prefill(&mut model, &prompt)?;
+    profile_prefill(&mut model, &prompt, args.max_batch)?;
     let first = argmax(&logits_after(&mut model, &prompt)?);
     profile(&mut model, first, args.prompt)?;
     // Once more after the timed runs: on a freshly started H200 all three copies before them

@@ -151,6 +151,12 @@ impl KernelTuning {
         fused_quantize: true,
     };
 
+    /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
+    /// attention splits into, and so the size of the partial-results buffer.
+    pub(crate) fn attention_groups(&self) -> usize {
+        self.attn_groups
+    }
+
     /// These settings with int8 activations in the decode products on or off (`dp4a`).
     pub fn with_dp4a(self, dp4a: bool) -> KernelTuning {
         KernelTuning { dp4a, ..self }

@@ -118,7 +118,9 @@ pub(crate) struct StepParams {
 }
 
 /// Most chunks per (head, token): each costs a partial result to write and to combine.
-pub(crate) const ATTENTION_MAX_CHUNKS: usize = 32;
+/// Long contexts need many: a chunk's workgroup walks its positions one tile after another,
+/// so at 4096 positions 32 chunks meant 8 dependent tiles per workgroup.
+pub(crate) const ATTENTION_MAX_CHUNKS: usize = 128;
 /// Positions of one tile of the attention kernel (`tile_groups` in attention.wgsl): chunks
 /// are a multiple of it, so that no workgroup loads a tile of which it uses a few positions.
 fn attention_tile(head_dim: usize) -> usize {
@@ -149,6 +151,16 @@ fn attention_split(
 /// any length (the size of the partial-results buffer depends on it).
 fn attention_chunks_wanted(n: usize, n_head: usize, target: usize) -> usize {
     target.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
+}
+
+/// (token, chunk, head) slots of partial attention results that a pass of up to `max_batch`
+/// tokens can need: the size of the partial-results buffer.
+pub(crate) fn attention_partial_slots(max_batch: usize, n_head: usize, target: usize) -> usize {
+    (1..=max_batch.max(1))
+        .map(|n| n * attention_chunks_wanted(n, n_head, target))
+        .max()
+        .unwrap_or(1)
+        * n_head
 }
 
 /// rmsnorm.wgsl's parameters.
@@ -805,6 +817,7 @@ impl MemoryNeeds {
         layers: usize,
         max_batch: usize,
         slots: usize,
+        attention_target: usize,
     ) -> MemoryNeeds {
         let (d, hd, nh, nkv, ff) = (
             cfg.n_embd as u64,
@@ -816,10 +829,11 @@ impl MemoryNeeds {
         let (b, s) = (max_batch as u64, slots as u64);
         // hidden, normed, q|k|v, attention out, gate|up, activation (f32) per batch token;
         // per slot the last hidden state, the logits and their staging copy; the attention
-        // partials (bounded by 32 chunks).
+        // partials.
+        let partial_slots = attention_partial_slots(max_batch, cfg.n_head, attention_target);
         let activations = b * (2 * d + (nh + 2 * nkv) * hd + nh * hd + 3 * ff) * 4
             + s * (d + 2 * cfg.vocab as u64) * 4
-            + b * ATTENTION_MAX_CHUNKS as u64 * nh * (hd + 4) * 4;
+            + partial_slots as u64 * (hd + 4) * 4;
         // K and V in f16 for every layer, and the f32 cos/sin of every pair.
         let kv_layer = nkv * hd * 2;
         let rope_table = hd * 4;
@@ -1047,6 +1061,7 @@ impl LlamaModel {
                     r.len(),
                     opts.max_batch.max(1),
                     slots,
+                    opts.device.tuning.attention_groups(),
                 )
             })
             .collect();

@@ -160,11 +160,7 @@ impl Stage {
         // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
         // output, then a vec4 holding its max and sum), for the largest number of slots any
         // batch size can need.
-        let part_slots = (1..=max_batch)
-            .map(|n| n * attention_chunks_wanted(n, nh, kernels.attention_groups()))
-            .max()
-            .unwrap_or(1)
-            * nh;
+        let part_slots = attention_partial_slots(max_batch, nh, kernels.attention_groups());
         let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
 
         let norm_op = |name: &str,

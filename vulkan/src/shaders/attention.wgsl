@@ -219,8 +219,7 @@ fn merge_groups(li: u32, hd4: u32, gs: u32) -> Merged {
 // Merges the chunks of one (head, token): out = sum_c acc_c e^(m_c - M) / sum_c l_c e^(m_c - M),
 // M the largest chunk max. One workgroup per (head, token). As in `attention`, the G groups
 // of threads share the output vec4s and take every G-th chunk, eight chunks' loads at a
-// time, so that step.chunks <= 8 * G (the host's limit, ATTENTION_MAX_CHUNKS) is one round
-// of loads.
+// time: up to 8 * G chunks are one round of loads (the host allows ATTENTION_MAX_CHUNKS).
 @compute @workgroup_size(64)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wid.x;
