@@ -519,7 +519,7 @@ impl Gpu {
             (Prefill::CoopEmulated, _) => match coop_kernel_needs(available, subgroups, sizes) {
                 Ok(size) => (
                     Some(size),
-                    format!("coop-emulated (matmul_coop with its matrix operations in plain code, subgroups of {size}; prefill=coop-emulated)"),
+                    format!("coop-emulated (matmul_coop with its matrix operations in plain code, subgroups of {size}, {}; prefill=coop-emulated)", opts.tuning.coop_shape().setting()),
                 ),
                 Err(why) => {
                     return Err(VulkanError::TuningUnsupported {
@@ -531,7 +531,7 @@ impl Gpu {
             },
             (Prefill::Auto | Prefill::Coop, Ok(size)) => (
                 Some(size),
-                format!("coop (matmul_coop: 16x16x16 F16->F32 cooperative matrices, subgroups of {size})"),
+                format!("coop (matmul_coop: 16x16x16 F16->F32 cooperative matrices, subgroups of {size}, {})", opts.tuning.coop_shape().setting()),
             ),
             (Prefill::Coop, Err(why)) => {
                 return Err(VulkanError::TuningUnsupported {
@@ -547,6 +547,25 @@ impl Gpu {
             (Prefill::Tiled, _) => (None, "tiled (matmul_tiled, f32 FMA tiles; prefill=tiled)".into()),
             (Prefill::Rows, _) => (None, "rows (matmul, one row per workgroup; prefill=rows)".into()),
         };
+        // Tiles larger than the default need more workgroup memory than WebGPU's default
+        // 16 KiB; the device is opened with the adapter's own limit (`required_limits`).
+        let shape = opts.tuning.coop_shape();
+        if coop_subgroup.is_some()
+            && shape.workgroup_bytes() > limits.max_compute_workgroup_storage_size as u64
+        {
+            return Err(VulkanError::TuningUnsupported {
+                setting: shape.setting(),
+                adapter: list_entry(index, &info),
+                detail: format!(
+                    "matmul_coop with tiles of {} rows x {} tokens and {} units of k per stage needs {} bytes of workgroup memory and the adapter allows {}; ask for a smaller cooptile or coopk",
+                    shape.rows,
+                    shape.tokens,
+                    shape.units,
+                    shape.workgroup_bytes(),
+                    limits.max_compute_workgroup_storage_size
+                ),
+            });
+        }
         let mut features = wgpu::Features::empty();
         if subgroups {
             features |= wgpu::Features::SUBGROUP;

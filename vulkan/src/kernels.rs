@@ -107,10 +107,13 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `cols` tokens; 0: the one-token kernel once per token, z slices), `cols=1..8` (tokens
 /// per `matvec_multi` workgroup), `mrows=4|8` (rows per `matvec_multi` workgroup) and
 /// `xq=0|1` (1: where `matvec_multi` takes int8 x, the step's x is quantized once by its own
-/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads) and `fuseq=0|1` (1:
+/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads), `fuseq=0|1` (1:
 /// where the products after an RMSNorm or SiLU·mul read that int8 x, a multi-token step
 /// computes the norm or SiLU·mul and the quantization in one dispatch, `norm_quantize_x` or
-/// `glu_quantize_x`, instead of two).
+/// `glu_quantize_x`, instead of two), `coopk=1|2|4` (32-weight units of k that
+/// `matmul_coop` stages per pair of barriers) and `cooptile=64|128|<rows>x<tokens>` (rows 64
+/// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
+/// rows by 64 tokens); see [`CoopShape`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -126,6 +129,49 @@ pub struct KernelTuning {
     multi_rows: u32,
     quantize_once: bool,
     fused_quantize: bool,
+    coop: CoopShape,
+}
+
+/// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`; see matmul_coop.wgsl):
+/// `rows` x `tokens` of the output, k staged `units` 32-weight units at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CoopShape {
+    pub rows: u32,
+    pub tokens: u32,
+    pub units: u32,
+}
+
+impl CoopShape {
+    /// 64 x 64, one unit per stage: 14 KiB of workgroup memory, within WebGPU's default.
+    pub const DEFAULT: CoopShape = CoopShape {
+        rows: 64,
+        tokens: 64,
+        units: 1,
+    };
+
+    /// Bytes of workgroup memory the kernel declares: the f16 tiles of weights and x, rows
+    /// of 32 units + 8 halves, and one f32 16x16 matrix per subgroup (see matmul_coop.wgsl).
+    pub fn workgroup_bytes(&self) -> u64 {
+        let stride = 32 * self.units as u64 + 8;
+        2 * (self.rows + self.tokens) as u64 * stride + 4 * 4 * 256
+    }
+
+    /// The tuning keys that ask for this shape.
+    pub fn setting(&self) -> String {
+        format!(
+            "cooptile={}x{},coopk={}",
+            self.rows, self.tokens, self.units
+        )
+    }
+
+    /// `(rows, tokens)` of a `cooptile=` value: `R` (R x 64) or `RxT`.
+    fn parse_tile(value: &str) -> Option<(u32, u32)> {
+        let (rows, tokens) = match value.split_once('x') {
+            Some((r, t)) => (r.trim().parse().ok()?, t.trim().parse().ok()?),
+            None => (value.parse().ok()?, 64),
+        };
+        (matches!(rows, 64 | 128) && matches!(tokens, 32 | 64 | 128)).then_some((rows, tokens))
+    }
 }
 
 impl Default for KernelTuning {
@@ -149,6 +195,7 @@ impl KernelTuning {
         multi_rows: MULTI_ROWS,
         quantize_once: true,
         fused_quantize: true,
+        coop: CoopShape::DEFAULT,
     };
 
     /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
@@ -171,6 +218,11 @@ impl KernelTuning {
     /// The prompt-batch product asked for (`prefill=`).
     pub fn prefill(&self) -> Prefill {
         self.prefill
+    }
+
+    /// The tile of `matmul_coop` (`cooptile=`, `coopk=`).
+    pub(crate) fn coop_shape(&self) -> CoopShape {
+        self.coop
     }
 
     /// Whether a product of `n_tokens` tokens runs the prompt product of many tokens
@@ -199,7 +251,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1 and/or fuseq=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, coopk=1|2|4 and/or cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -221,6 +273,10 @@ impl std::str::FromStr for KernelTuning {
                 ("mrows", Ok(n @ (4 | 8))) => t.multi_rows = n as u32,
                 ("xq", Ok(n @ (0 | 1))) => t.quantize_once = n == 1,
                 ("fuseq", Ok(n @ (0 | 1))) => t.fused_quantize = n == 1,
+                ("coopk", Ok(n @ (1 | 2 | 4))) => t.coop.units = n as u32,
+                ("cooptile", _) => {
+                    (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?
+                }
                 _ => return Err(bad()),
             }
         }
@@ -237,10 +293,6 @@ const MIXED: &str = include_str!("shaders/mixed.wgsl");
 const MATVEC_MULTI: &str = include_str!("shaders/matvec_multi.wgsl");
 const MATMUL_COOP: &str = include_str!("shaders/matmul_coop.wgsl");
 const COOP_EMULATED: &str = include_str!("shaders/coop_emulated.wgsl");
-/// Rows and tokens of one `matmul_coop` workgroup (`COOP_ROWS`, `COOP_TOKENS` in
-/// matmul_coop.wgsl).
-const COOP_ROWS: u32 = 64;
-const COOP_TOKENS: u32 = 64;
 
 /// How a decode matrix-vector product reads its input (the matvec entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -298,32 +350,95 @@ fn single_source(reduce: &str, ty: WeightType) -> String {
     )
 }
 
-/// The module of the cooperative-matrix prompt product (`matmul_coop`) of one type: the
-/// type's matmul module with matmul_coop.wgsl appended, behind the directives it needs.
-pub(crate) fn coop_source(reduce: &str, ty: WeightType) -> String {
+/// matmul_coop.wgsl for one tile shape: its constants in front, and the lines it leaves to
+/// the host written out for each accumulator (`c<i>_<j>` of row block i, token block j).
+fn coop_kernel(shape: CoopShape) -> String {
+    let row_blocks = shape.rows / 32;
+    let token_blocks = shape.tokens / 32;
+    let blocks = || (0..row_blocks).flat_map(move |i| (0..token_blocks).map(move |j| (i, j)));
+    let accumulators: Vec<String> = blocks()
+        .map(|(i, j)| format!("var c{i}_{j} = coop_mat16x16<f32, C>();"))
+        .collect();
+    let mut products: Vec<String> = (0..row_blocks)
+        .map(|i| {
+            format!(
+                "let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&coop_w[a_base + {}u * COOP_STRIDE + kk], COOP_STRIDE);",
+                16 * i
+            )
+        })
+        .collect();
+    products.extend((0..token_blocks).map(|j| {
+        format!(
+            "let b{j} = coopLoad<coop_mat16x16<f16, B>>(&coop_x[b_base + {}u * COOP_STRIDE + kk], COOP_STRIDE);",
+            16 * j
+        )
+    }));
+    products.extend(
+        blocks().map(|(i, j)| format!("c{i}_{j} = coopMultiplyAdd(a{i}, b{j}, c{i}_{j});")),
+    );
+    let writes: Vec<String> = blocks()
+        .map(|(i, j)| {
+            format!(
+                "coop_write(c{i}_{j}, sg, lane, row0 + {}u, tok0 + {}u, n);",
+                16 * i,
+                16 * j
+            )
+        })
+        .collect();
+    let mut src = format!(
+        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\n{MATMUL_COOP}",
+        shape.rows, shape.tokens, shape.units
+    );
+    for (marker, lines, indent) in [
+        ("$ACCUMULATORS", accumulators, "    "),
+        ("$PRODUCTS", products, "            "),
+        ("$WRITES", writes, "    "),
+    ] {
+        assert_eq!(src.matches(marker).count(), 1, "matmul_coop.wgsl: {marker}");
+        src = src.replace(marker, &lines.join(&format!("\n{indent}")));
+    }
+    src
+}
+
+/// The module of the cooperative-matrix prompt product (`matmul_coop`) of one type and tile
+/// shape: the type's matmul module with the kernel appended, behind the directives it needs.
+pub(crate) fn coop_source(reduce: &str, ty: WeightType, shape: CoopShape) -> String {
     format!(
-        "enable f16;\nenable wgpu_cooperative_matrix;\n{}\n{MATMUL_COOP}",
-        single_source(reduce, ty)
+        "enable f16;\nenable wgpu_cooperative_matrix;\n{}\n{}",
+        single_source(reduce, ty),
+        coop_kernel(shape)
     )
 }
 
-/// The module of `matmul_coop` for one type with its cooperative-matrix operations replaced
-/// by the plain functions of coop_emulated.wgsl (`prefill=coop-emulated`): each accumulator
-/// becomes a struct of the values its thread owns, each load the offset it would read from.
-pub(crate) fn coop_emulated_source(reduce: &str, ty: WeightType) -> String {
-    let mut src = MATMUL_COOP.to_string();
-    // (WGSL of matmul_coop.wgsl, replacement, how often it occurs there.)
+/// The module of `matmul_coop` for one type and shape with its cooperative-matrix operations
+/// replaced by the plain functions of coop_emulated.wgsl (`prefill=coop-emulated`): each
+/// accumulator becomes a struct of the values its thread owns, each load the offset it would
+/// read from.
+pub(crate) fn coop_emulated_source(reduce: &str, ty: WeightType, shape: CoopShape) -> String {
+    let mut src = coop_kernel(shape);
+    let (row_blocks, token_blocks) = ((shape.rows / 32) as usize, (shape.tokens / 32) as usize);
+    let accumulators = row_blocks * token_blocks;
+    // (WGSL of the kernel, replacement, how often it occurs there.)
     for (from, to, count) in [
-        ("coopLoadT<coop_mat16x16<f16, A>>(&coop_w[", "emu_load((", 2),
-        ("coopLoad<coop_mat16x16<f16, B>>(&coop_x[", "emu_load((", 2),
-        ("], COOP_STRIDE)", "))", 4),
-        ("coopMultiplyAdd(", "emu_mul_add(lane, ", 4),
+        (
+            "coopLoadT<coop_mat16x16<f16, A>>(&coop_w[",
+            "emu_load((",
+            row_blocks,
+        ),
+        (
+            "coopLoad<coop_mat16x16<f16, B>>(&coop_x[",
+            "emu_load((",
+            token_blocks,
+        ),
+        ("], COOP_STRIDE)", "))", row_blocks + token_blocks),
+        ("coopMultiplyAdd(", "emu_mul_add(lane, ", accumulators),
         (
             "coopStore(c, &coop_out[base], 16u);",
             "emu_store(c, base, lane);",
             1,
         ),
-        ("coop_mat16x16<f32, C>", "EmuAcc", 5),
+        // The accumulators and coop_write's parameter.
+        ("coop_mat16x16<f32, C>", "EmuAcc", accumulators + 1),
     ] {
         let found = src.matches(from).count();
         assert_eq!(
@@ -563,10 +678,11 @@ impl Kernels {
                 ),
             );
             if let Some(size) = gpu.coop_subgroup() {
+                let shape = tuning.coop;
                 let coop = if tuning.prefill == Prefill::CoopEmulated {
-                    coop_emulated_source(reduce, ty)
+                    coop_emulated_source(reduce, ty, shape)
                 } else {
-                    coop_source(reduce, ty)
+                    coop_source(reduce, ty, shape)
                 };
                 matmul_tiled.insert(
                     ty,
@@ -579,8 +695,8 @@ impl Kernels {
                             "matmul_coop",
                             &[("COOP_SG", size as f64)],
                         ),
-                        rows: COOP_ROWS,
-                        tokens: COOP_TOKENS,
+                        rows: shape.rows,
+                        tokens: shape.tokens,
                     },
                 );
             } else if tuning.prefill != Prefill::Rows {
@@ -948,6 +1064,61 @@ mod tuning_tests {
     }
 
     #[test]
+    fn coop_shapes_are_read() {
+        assert_eq!(parse("").unwrap().coop_shape(), CoopShape::DEFAULT);
+        let shape = |spec| {
+            let s = parse(spec).unwrap().coop_shape();
+            (s.rows, s.tokens, s.units)
+        };
+        assert_eq!(shape("coopk=2"), (64, 64, 2));
+        assert_eq!(shape("coopk=4,cooptile=64"), (64, 64, 4));
+        assert_eq!(shape("coopk=2,cooptile=128"), (128, 64, 2));
+        assert_eq!(shape("cooptile=128x128"), (128, 128, 1));
+        assert_eq!(shape("cooptile = 64x32, coopk=1"), (64, 32, 1));
+        let err = parse("coopk=3").unwrap_err();
+        assert!(
+            err.contains("coopk=1|2|4") && err.contains("cooptile=64|128"),
+            "{err}"
+        );
+        // The default fits WebGPU's default 16 KiB (as matmul_coop.wgsl says: 14 KiB).
+        assert_eq!(CoopShape::DEFAULT.workgroup_bytes(), 14 * 1024);
+        assert_eq!(
+            parse("coopk=2,cooptile=128x128")
+                .unwrap()
+                .coop_shape()
+                .setting(),
+            "cooptile=128x128,coopk=2"
+        );
+    }
+
+    #[test]
+    fn coop_sources_are_written_out_for_every_shape() {
+        // Every shape's kernel has its host-written lines filled in, and its emulation finds
+        // each operation it replaces as often as the shape has accumulators and operands
+        // (coop_emulated_source asserts the counts).
+        for rows in [64, 128] {
+            for tokens in [32, 64, 128] {
+                for units in [1, 2, 4] {
+                    let shape = CoopShape {
+                        rows,
+                        tokens,
+                        units,
+                    };
+                    let real = coop_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
+                    let emulated = coop_emulated_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
+                    for src in [&real, &emulated] {
+                        assert!(!src.contains('$'), "{shape:?}");
+                    }
+                    let accumulators = (rows / 32 * tokens / 32) as usize;
+                    assert_eq!(real.matches("coopMultiplyAdd(").count(), accumulators);
+                    assert_eq!(emulated.matches("emu_mul_add(lane, ").count(), accumulators);
+                    assert!(!emulated.contains("coop_mat16x16"), "{shape:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn tuning_values_are_read_and_bad_ones_named() {
         let t = parse(" units=2 , tall=2048").unwrap();
         assert_eq!((t.units, t.tall_rows, t.checks), (2, 2048, false));
@@ -1004,6 +1175,17 @@ mod tuning_tests {
             "prefill=tile",
             "prefill=auto",
             "prefill=",
+            "coopk=0",
+            "coopk=3",
+            "coopk=8",
+            "cooptile=32",
+            "cooptile=96",
+            "cooptile=256",
+            "cooptile=128x16",
+            "cooptile=128x256",
+            "cooptile=64x",
+            "cooptile=x64",
+            "cooptile=",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(

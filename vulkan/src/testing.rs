@@ -49,10 +49,15 @@ fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> 
 }
 
 /// The WGSL module of the cooperative-matrix prompt product (`matmul_coop`) of weight type
-/// `ty`, as a device with subgroups builds it (before its `COOP_SG` override is set), so that
-/// a test can translate it for Vulkan on a machine without cooperative matrices.
-pub fn coop_module_source(ty: crate::WeightType) -> String {
-    crate::kernels::coop_source(crate::kernels::REDUCE_WITH_SUBGROUPS, ty)
+/// `ty` with the tile `tuning` asks for (`cooptile=`, `coopk=`), as a device with subgroups
+/// builds it (before its `COOP_SG` override is set), so that a test can translate it for
+/// Vulkan on a machine without cooperative matrices.
+pub fn coop_module_source(ty: crate::WeightType, tuning: &crate::KernelTuning) -> String {
+    crate::kernels::coop_source(
+        crate::kernels::REDUCE_WITH_SUBGROUPS,
+        ty,
+        tuning.coop_shape(),
+    )
 }
 
 /// `y[t, r] = sum_k W[r, k] * x[t, k]` for `n_tokens` rows of `x` (`[n_tokens, k]`, row-major).

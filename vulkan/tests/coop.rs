@@ -1,6 +1,7 @@
 //! The prompt product on cooperative matrices (`matmul_coop`) against the CPU, on random
 //! blocks of every weight type (made by candle's quantizers), odd row counts, chunked
-//! bindings and outputs side by side or accumulated, at prompt sizes of 16, 33 and 512 tokens.
+//! bindings and outputs side by side or accumulated, at prompt sizes of 16, 33 and 512 tokens;
+//! and every tile shape of the tuning keys `cooptile` and `coopk` on ragged rows, tokens and k.
 //!
 //! It runs only where the adapter offers a 16x16x16 F16->F32 cooperative-matrix
 //! configuration (NVIDIA's driver; Mesa 25's lavapipe); elsewhere (Debian 12's lavapipe) each
@@ -38,20 +39,33 @@ fn coop_tuning() -> KernelTuning {
 /// staging, layouts and numerics, the matrix operations in plain code), or `None` where
 /// even that cannot run (no f16 or no fixed subgroup size).
 fn coop_gpu(max_binding_bytes: Option<u64>) -> Option<Gpu> {
+    coop_gpu_shaped(max_binding_bytes, "")
+}
+
+/// As [`coop_gpu`] with the tile `shape` (`cooptile=`, `coopk=` keys; empty: the default).
+/// Also `None` where the adapter's workgroup memory is too small for the shape (lavapipe's
+/// 32 KiB for the largest ones), after printing that.
+fn coop_gpu_shaped(max_binding_bytes: Option<u64>, shape: &str) -> Option<Gpu> {
     let open = |tuning: &str| {
         Gpu::new(&DeviceOptions {
-            tuning: tuning.parse().unwrap(),
+            tuning: format!("{tuning},{shape}").parse().unwrap(),
             ..common::device_options(max_binding_bytes)
         })
     };
     let gpu = match open("prefill=coop,batch=1") {
         Ok(gpu) => gpu,
+        Err(e @ VulkanError::TuningUnsupported { .. })
+            if e.to_string().contains("workgroup memory") =>
+        {
+            println!("matmul_coop {shape:?} NOT RUN on this adapter: {e}");
+            return None;
+        }
         Err(e @ VulkanError::TuningUnsupported { .. }) => {
             println!("matmul_coop on cooperative matrices NOT RUN on this adapter: {e}");
             match open("prefill=coop-emulated,batch=1") {
                 Ok(gpu) => gpu,
                 Err(e @ VulkanError::TuningUnsupported { .. }) => {
-                    println!("its emulation NOT RUN either: {e}");
+                    println!("its emulation {shape:?} NOT RUN either: {e}");
                     return None;
                 }
                 Err(e) => panic!("opening the device: {e}"),
@@ -146,6 +160,77 @@ fn coop_product_matches_the_cpu_for_every_type() {
             check(&format!("{dtype:?}"), got, &w, 37, 512, x, x.len() / 512);
         }
     }
+}
+
+/// Tile shapes a GPU run compares (`cooptile=`, `coopk=`), besides the default that the
+/// other tests run: each stages k one, two or four units at a time, and has 2 x 2, 4 x 2,
+/// 2 x 1, 2 x 4 or 4 x 4 accumulators per subgroup.
+const SHAPES: [&str; 8] = [
+    "coopk=2",
+    "coopk=4",
+    "cooptile=64x32,coopk=4",
+    "cooptile=128",
+    "cooptile=128,coopk=2",
+    "cooptile=128x128",
+    "cooptile=128x128,coopk=2",
+    "cooptile=64x128",
+];
+
+#[test]
+fn every_tile_shape_matches_the_cpu_for_every_type() {
+    // Ragged in every direction: 150 rows (two and a bit tiles of 64, one and a bit of 128),
+    // 16 and 150 tokens (less than one tile; several and a bit of 32, 64 and 128), and for the
+    // types with 32-weight blocks k = 160, five units, which is not a whole number of stages
+    // of two or four units (the K-quants' k is a multiple of their 256-weight super-blocks).
+    let mut ran = 0;
+    for shape in SHAPES {
+        let Some(gpu) = coop_gpu_shaped(None, shape) else {
+            continue;
+        };
+        assert!(
+            gpu.prefill_product().contains(&shape_setting(shape)),
+            "{shape}: {}",
+            gpu.prefill_product()
+        );
+        for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+            let k = if dtype.block_size() == 256 { 256 } else { 160 };
+            let qt = random_qtensor(dtype, 150, k, 800 + i as u64);
+            let (weight, w) = upload(&gpu, &qt);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(900 + i as u64);
+            let xs: Vec<Vec<f32>> = [16usize, 150]
+                .iter()
+                .map(|&n| random(&mut rng, n * k))
+                .collect();
+            let got = testing::matmul_each(&gpu, &weight, &xs).unwrap();
+            for (x, got) in xs.iter().zip(&got) {
+                check(
+                    &format!("{shape} {dtype:?}"),
+                    got,
+                    &w,
+                    150,
+                    k,
+                    x,
+                    x.len() / k,
+                );
+            }
+        }
+        ran += 1;
+    }
+    println!("{ran} of {} tile shapes ran", SHAPES.len());
+}
+
+/// `cooptile=RxT,coopk=U` as the device describes the shape that `shape` asks for.
+fn shape_setting(shape: &str) -> String {
+    let (mut tile, mut units) = ("64x64".to_string(), "1");
+    for item in shape.split(',') {
+        match item.split_once('=') {
+            Some(("cooptile", t)) if t.contains('x') => tile = t.to_string(),
+            Some(("cooptile", r)) => tile = format!("{r}x64"),
+            Some(("coopk", u)) => units = u,
+            _ => panic!("{shape}: {item}"),
+        }
+    }
+    format!("cooptile={tile},coopk={units}")
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use naga::back::spv;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use xpu_vulkan::{testing, WeightType};
+use xpu_vulkan::{testing, KernelTuning, WeightType};
 
 /// Every weight type: all get the cooperative-matrix product where it runs.
 const TYPES: [WeightType; 9] = [
@@ -27,6 +27,20 @@ const TYPES: [WeightType; 9] = [
     WeightType::Q4K,
     WeightType::Q5K,
     WeightType::Q6K,
+];
+
+/// Tile shapes (`cooptile=`, `coopk=`) as (tuning, rows, tokens, units of k per stage): the
+/// default and every variant the tuning keys offer that a GPU run compares.
+const SHAPES: [(&str, u32, u32, u32); 9] = [
+    ("", 64, 64, 1),
+    ("coopk=2", 64, 64, 2),
+    ("coopk=4", 64, 64, 4),
+    ("cooptile=64x32,coopk=4", 64, 32, 4),
+    ("cooptile=128", 128, 64, 1),
+    ("cooptile=128,coopk=2", 128, 64, 2),
+    ("cooptile=128x128", 128, 128, 1),
+    ("cooptile=128x128,coopk=2", 128, 128, 2),
+    ("cooptile=64x128", 64, 128, 1),
 ];
 
 /// SPIR-V opcodes of SPV_KHR_cooperative_matrix and the memory layouts of its loads/stores.
@@ -64,9 +78,11 @@ fn capabilities() -> naga::FastHashSet<spv::Capability> {
     .collect()
 }
 
-/// `matmul_coop` of `ty` for subgroups of `subgroup` threads, as SPIR-V words.
-fn translate(ty: WeightType, subgroup: u32) -> Vec<u32> {
-    let source = testing::coop_module_source(ty);
+/// `matmul_coop` of `ty` with the tile `tuning` asks for, for subgroups of `subgroup`
+/// threads, as SPIR-V words.
+fn translate(ty: WeightType, tuning: &str, subgroup: u32) -> Vec<u32> {
+    let tuning: KernelTuning = tuning.parse().unwrap();
+    let source = testing::coop_module_source(ty, &tuning);
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{ty:?}: {}", e.emit_to_string(&source)));
     let info = Validator::new(ValidationFlags::all(), Capabilities::all())
@@ -249,49 +265,50 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
     }
     let dir = std::env::temp_dir().join(format!("xpu-coop-spirv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for ty in TYPES {
-        for subgroup in [8, 16, 32] {
-            let words = translate(ty, subgroup);
-            // Two 16-deep slices of a 32-weight unit times 2 x 2 accumulators per subgroup.
-            assert_eq!(
-                count_op(&words, OP_COOP_MUL_ADD),
-                4,
-                "{ty:?}: the product is not made of cooperative-matrix multiply-adds"
-            );
-            // Two A (weights, row-major) and two B (x, column-major) per slice, rows of 40
-            // halves; the accumulator stored column-major with 16 floats per column.
-            let (mut loads, stores) = layouts(&words);
-            loads.sort();
-            assert_eq!(
-                loads,
-                [
-                    (ROW_MAJOR, 40),
-                    (ROW_MAJOR, 40),
-                    (COLUMN_MAJOR, 40),
-                    (COLUMN_MAJOR, 40)
-                ],
-                "{ty:?}: cooperative loads"
-            );
-            assert_eq!(stores, [(COLUMN_MAJOR, 16)], "{ty:?}: cooperative stores");
-            let Ok(val) = &validator else { continue };
-            let file = dir.join(format!("matmul_coop_{ty:?}_{subgroup}.spv"));
-            let checked = without_unlaid_layouts(&words);
-            std::fs::write(&file, bytemuck_words(&checked)).unwrap();
-            let out = Command::new(val)
-                .args(["--target-env", "vulkan1.3"])
-                .arg(&file)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "spirv-val rejects matmul_coop {ty:?} (subgroups of {subgroup}): {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            println!(
-                "matmul_coop {ty:?}, subgroups of {subgroup}: {} words, spirv-val accepts it",
-                words.len()
-            );
+    for (tuning, rows, tokens, units) in SHAPES {
+        let (row_blocks, token_blocks) = (rows as usize / 32, tokens as usize / 32);
+        // A staged row: the stage's 32-weight units and 8 halves of padding.
+        let stride = 32 * units + 8;
+        for ty in TYPES {
+            for subgroup in [8, 16, 32] {
+                let label = format!("matmul_coop {ty:?} {tuning:?} (subgroups of {subgroup})");
+                let words = translate(ty, tuning, subgroup);
+                // Each subgroup owns a quarter of the tile: rows / 32 x tokens / 32
+                // accumulators, one multiply-add each per 16-deep slice of k (the slices are
+                // a loop).
+                assert_eq!(
+                    count_op(&words, OP_COOP_MUL_ADD),
+                    row_blocks * token_blocks,
+                    "{label}: the product is not made of cooperative-matrix multiply-adds"
+                );
+                // One A (weights, row-major) per row block and one B (x, column-major) per
+                // token block, rows of `stride` halves; the accumulator stored column-major
+                // with 16 floats per column.
+                let (mut loads, stores) = layouts(&words);
+                loads.sort();
+                let mut want = vec![(ROW_MAJOR, stride); row_blocks];
+                want.extend(vec![(COLUMN_MAJOR, stride); token_blocks]);
+                assert_eq!(loads, want, "{label}: cooperative loads");
+                assert_eq!(stores, [(COLUMN_MAJOR, 16)], "{label}: cooperative stores");
+                let Ok(val) = &validator else { continue };
+                let file = dir.join(format!(
+                    "matmul_coop_{ty:?}_{rows}x{tokens}x{units}_{subgroup}.spv"
+                ));
+                let checked = without_unlaid_layouts(&words);
+                std::fs::write(&file, bytemuck_words(&checked)).unwrap();
+                let out = Command::new(val)
+                    .args(["--target-env", "vulkan1.3"])
+                    .arg(&file)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "spirv-val rejects {label}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                println!("{label}: {} words, spirv-val accepts it", words.len());
+            }
         }
     }
     std::fs::remove_dir_all(&dir).ok();

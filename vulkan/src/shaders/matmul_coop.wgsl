@@ -5,29 +5,44 @@
 // `enable f16; enable wgpu_cooperative_matrix;`; kernels.rs builds it only where the device
 // lists that configuration (see `cooperative_prefill` in device.rs).
 //
-// A workgroup computes a tile of COOP_ROWS = 64 rows by COOP_TOKENS = 64 tokens with four
-// subgroups of COOP_SG threads; subgroup s owns the quarter of 32 rows (s % 2) by 32 tokens
-// (s / 2), that is 2 x 2 accumulator matrices. k is walked one 32-weight unit at a time: the
-// workgroup dequantizes the tile's 64 rows of the unit (`load_unit`, once per tile as in
-// `matmul_tiled`) and the 64 tokens' 32 x values into workgroup memory as f16, then each
-// subgroup multiplies two 16-deep slices of them into its four accumulators. At the end each
-// accumulator goes through workgroup memory to the threads, which write the rows and tokens
-// inside the chunk and the batch as `tiled_store` does (plain or added, at out_offset).
+// The tile's shape comes from the host (kernels.rs `CoopShape`, tuning keys `cooptile` and
+// `coopk`), which puts these constants in front of this file:
+//   COOP_ROWS (64 or 128) rows by COOP_TOKENS (32, 64 or 128) tokens per workgroup;
+//   COOP_UNITS (1, 2 or 4) 32-weight units of k staged per pair of barriers.
+// The host also writes the three lines marked with a dollar sign below, one statement per
+// accumulator or operand (WGSL has no arrays of cooperative matrices that stay in registers;
+// see `coop_source` in kernels.rs).
 //
-// Workgroup memory is 14 KiB (within WebGPU's default 16 KiB): the f16 tiles and one f32
-// 16x16 matrix per subgroup. Cooperative loads need their pointer and stride aligned to 16
-// bytes, so a staged row is COOP_STRIDE = 40 halves (the unit's 32 and 8 of padding, which
-// also moves consecutive rows to different banks).
+// A workgroup is four subgroups of COOP_SG threads; subgroup s owns the quarter of
+// COOP_ROWS / 2 rows (s % 2) by COOP_TOKENS / 2 tokens (s / 2), that is
+// COOP_ROWS / 32 x COOP_TOKENS / 32 accumulator matrices. k is walked one stage of
+// COOP_UNITS units at a time: the workgroup dequantizes the tile's rows of the stage
+// (`load_unit`, once per tile as in `matmul_tiled`) and the tokens' x values of the stage into
+// workgroup memory as f16, then each subgroup multiplies the stage's 16-deep slices of them
+// into its accumulators. Units past k (the last stage of a k that is not a multiple of
+// COOP_UNITS units) are staged as zeros. At the end each accumulator goes through workgroup
+// memory to the threads, which write the rows and tokens inside the chunk and the batch as
+// `tiled_store` does (plain or added, at out_offset).
+//
+// Workgroup memory: the f16 tiles (2 (COOP_ROWS + COOP_TOKENS) COOP_STRIDE bytes) and one f32
+// 16x16 matrix per subgroup (4 KiB): 14 KiB for the default 64 x 64 tile of one unit, within
+// WebGPU's default 16 KiB; the device checks larger shapes against the adapter's limit
+// (device.rs). Cooperative loads need their pointer and stride aligned to 16 bytes, so a
+// staged row is COOP_STRIDE = 32 COOP_UNITS + 8 halves (the stage and 8 of padding, which
+// also puts the 8 rows that one 16-byte-per-row matrix load reads at a time into different
+// banks).
 
 // The subgroup size the pipeline is built for (8, 16 or 32; fixed on the adapter, checked by
 // the host): the workgroup is exactly four subgroups.
 override COOP_SG: u32 = 32u;
-const COOP_ROWS: u32 = 64u;
-const COOP_TOKENS: u32 = 64u;
-const COOP_STRIDE: u32 = 40u;
-var<workgroup> coop_w: array<f16, 2560>;   // COOP_ROWS * COOP_STRIDE: row r's unit at r * COOP_STRIDE
-var<workgroup> coop_x: array<f16, 2560>;   // COOP_TOKENS * COOP_STRIDE: token t's unit at t * COOP_STRIDE
-var<workgroup> coop_out: array<f32, 1024>; // one 16x16 matrix per subgroup, column-major
+const COOP_DEPTH: u32 = 32u * COOP_UNITS;
+const COOP_STRIDE: u32 = COOP_DEPTH + 8u;
+// Row r's stage at r * COOP_STRIDE.
+var<workgroup> coop_w: array<f16, COOP_ROWS * COOP_STRIDE>;
+// Token t's stage at t * COOP_STRIDE.
+var<workgroup> coop_x: array<f16, COOP_TOKENS * COOP_STRIDE>;
+// One 16x16 matrix per subgroup, column-major.
+var<workgroup> coop_out: array<f32, 1024>;
 
 // Writes the accumulator of rows `row0..row0 + 16` and tokens `tok0..tok0 + 16` (global row
 // and token indices of this chunk and batch) to y. Call from uniform control flow: every
@@ -54,6 +69,50 @@ fn coop_write(c: coop_mat16x16<f32, C>, sg: u32, lane: u32, row0: u32, tok0: u32
     workgroupBarrier();
 }
 
+// Stages units `s COOP_UNITS ..` of the tile's rows and tokens into coop_w and coop_x as f16.
+fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
+    let units = p.k / 32u;
+    let kv = p.k / 4u;
+    let threads = 4u * COOP_SG;
+    // Consecutive threads take consecutive units of a row (adjacent in memory). Rows past the
+    // chunk recompute the last one; neither they nor tokens past the batch are written out.
+    for (var i = li; i < COOP_ROWS * COOP_UNITS; i += threads) {
+        let r = i / COOP_UNITS;
+        let j = i % COOP_UNITS;
+        let u = s * COOP_UNITS + j;
+        let o = r * COOP_STRIDE + 32u * j;
+        if (u < units) {
+            let wv = load_unit(min(first_row + r, p.rows - 1u), u);
+            for (var q = 0u; q < 8u; q++) {
+                let h = vec4<f16>(wv[q]);
+                coop_w[o + 4u * q] = h.x;
+                coop_w[o + 4u * q + 1u] = h.y;
+                coop_w[o + 4u * q + 2u] = h.z;
+                coop_w[o + 4u * q + 3u] = h.w;
+            }
+        } else {
+            for (var q = 0u; q < 32u; q++) {
+                coop_w[o + q] = 0.0h;
+            }
+        }
+    }
+    // Eight threads read one token's 128 bytes of a unit; tokens past the batch reread the
+    // last one (x holds only n tokens).
+    for (var i = li; i < COOP_TOKENS * COOP_UNITS * 8u; i += threads) {
+        let t = i / (COOP_UNITS * 8u);
+        let v = i % (COOP_UNITS * 8u);
+        var h = vec4<f16>();
+        if (s * COOP_UNITS + v / 8u < units) {
+            h = vec4<f16>(x[min(t0 + t, n - 1u) * kv + s * COOP_UNITS * 8u + v]);
+        }
+        let o = t * COOP_STRIDE + 4u * v;
+        coop_x[o] = h.x;
+        coop_x[o + 1u] = h.y;
+        coop_x[o + 2u] = h.z;
+        coop_x[o + 3u] = h.w;
+    }
+}
+
 @compute @workgroup_size(4u * COOP_SG)
 fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
                @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
@@ -63,62 +122,28 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
     let t0 = wid.z * COOP_TOKENS;
-    let kv = p.k / 4u;
-    let units = p.k / 32u;
-    let threads = 4u * COOP_SG;
-    // This subgroup's quarter of the tile: its two 16-row blocks of coop_w, two 16-token
-    // blocks of coop_x.
-    let a_base = (sg % 2u) * 32u * COOP_STRIDE;
-    let b_base = (sg / 2u) * 32u * COOP_STRIDE;
-    var c00 = coop_mat16x16<f32, C>();
-    var c01 = coop_mat16x16<f32, C>();
-    var c10 = coop_mat16x16<f32, C>();
-    var c11 = coop_mat16x16<f32, C>();
-    for (var u = 0u; u < units; u++) {
-        // Every subgroup is done with the previous unit's tiles before they are overwritten.
+    let stages = (p.k / 32u + COOP_UNITS - 1u) / COOP_UNITS;
+    // This subgroup's quarter of the tile: its blocks of 16 rows in coop_w from a_base, of 16
+    // tokens in coop_x from b_base.
+    let a_base = (sg % 2u) * (COOP_ROWS / 2u) * COOP_STRIDE;
+    let b_base = (sg / 2u) * (COOP_TOKENS / 2u) * COOP_STRIDE;
+    // Host-written: accumulator c<i>_<j> (zero) for row block i and token block j.
+    $ACCUMULATORS
+    for (var s = 0u; s < stages; s++) {
+        // Every subgroup is done with the previous stage's tiles before they are overwritten.
         workgroupBarrier();
-        // Rows past the chunk recompute the last one, tokens past the batch reread the last
-        // one (x holds only n tokens); neither is written out.
-        for (var r = li; r < COOP_ROWS; r += threads) {
-            let wv = load_unit(min(first_row + r, p.rows - 1u), u);
-            let o = r * COOP_STRIDE;
-            for (var j = 0u; j < 8u; j++) {
-                let h = vec4<f16>(wv[j]);
-                coop_w[o + 4u * j] = h.x;
-                coop_w[o + 4u * j + 1u] = h.y;
-                coop_w[o + 4u * j + 2u] = h.z;
-                coop_w[o + 4u * j + 3u] = h.w;
-            }
-        }
-        // Eight threads read one token's 128 bytes of the unit.
-        for (var i = li; i < COOP_TOKENS * 8u; i += threads) {
-            let t = i / 8u;
-            let j = i % 8u;
-            let h = vec4<f16>(x[min(t0 + t, n - 1u) * kv + u * 8u + j]);
-            let o = t * COOP_STRIDE + 4u * j;
-            coop_x[o] = h.x;
-            coop_x[o + 1u] = h.y;
-            coop_x[o + 2u] = h.z;
-            coop_x[o + 3u] = h.w;
-        }
+        coop_stage(li, s, first_row, t0, n);
         workgroupBarrier();
-        for (var kk = 0u; kk < 32u; kk += 16u) {
+        for (var kk = 0u; kk < COOP_DEPTH; kk += 16u) {
             // A (16 rows x 16 k): row-major in coop_w. B (16 k x 16 tokens): token t's k
             // values are consecutive, so column-major in coop_x.
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&coop_w[a_base + kk], COOP_STRIDE);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&coop_w[a_base + 16u * COOP_STRIDE + kk], COOP_STRIDE);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&coop_x[b_base + kk], COOP_STRIDE);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&coop_x[b_base + 16u * COOP_STRIDE + kk], COOP_STRIDE);
-            c00 = coopMultiplyAdd(a0, b0, c00);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            c10 = coopMultiplyAdd(a1, b0, c10);
-            c11 = coopMultiplyAdd(a1, b1, c11);
+            // Host-written: a<i> loaded for each row block, b<j> for each token block, then
+            // c<i>_<j> += a<i> b<j> for each accumulator.
+            $PRODUCTS
         }
     }
-    let row0 = first_row + (sg % 2u) * 32u;
-    let tok0 = t0 + (sg / 2u) * 32u;
-    coop_write(c00, sg, lane, row0, tok0, n);
-    coop_write(c01, sg, lane, row0, tok0 + 16u, n);
-    coop_write(c10, sg, lane, row0 + 16u, tok0, n);
-    coop_write(c11, sg, lane, row0 + 16u, tok0 + 16u, n);
+    let row0 = first_row + (sg % 2u) * (COOP_ROWS / 2u);
+    let tok0 = t0 + (sg / 2u) * (COOP_TOKENS / 2u);
+    // Host-written: coop_write of each accumulator at rows row0 + 16 i, tokens tok0 + 16 j.
+    $WRITES
 }
