@@ -3,16 +3,18 @@
 //! bound (tok/s) = copy-kernel bandwidth ÷ weight bytes read per token.
 //! `--cpu` runs candle's quantized llama on the CPU on the same file instead, for the record.
 //!
-//! `--sequences N` decodes N sequences together instead (one `forward_batch` per step, each
-//! sequence after its own prompt) and puts the aggregate against one sequence decoded alone
-//! in the same run.
+//! `--sequences N` decodes N sequences together instead (one `forward_batch_read` per step,
+//! each sequence after its own prompt) and puts the aggregate against one sequence decoded
+//! alone in the same run. Its greedy tokens are picked on the GPU (`Readback::Greedy`, as the
+//! server does for greedy requests); `--host-pick` reads every row of logits back and picks
+//! on the host instead, for comparison.
 //!
 //! `--devices LIST` (the runner's `--devices`: `auto`, adapter indices, PCI addresses) and
 //! `--split 3,1` choose the devices; with several, the model's layers are split over them
 //! and the summary gives the time spent handing hidden states from one device to the next.
 //!
 //! Usage: bench MODEL.gguf [--cpu] [--prompt N] [--decode N] [--runs N] [--sequences N] [--max-batch N]
-//!                         [--devices LIST] [--split SHARES]
+//!                         [--host-pick] [--devices LIST] [--split SHARES]
 //! Prints a human summary and one `RESULT {json}` line for scripts.
 
 use std::path::PathBuf;
@@ -23,8 +25,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use xpu_vulkan::{
-    parse_split, testing, DeviceOptions, DeviceSelection, ForwardTiming, KernelTuning, LlamaModel,
-    LoadOptions, SeqChunk, VulkanError, ALLOW_CPU_ADAPTER_ENV, MATVEC_TUNING_ENV,
+    parse_split, testing, ChunkOutput, DeviceOptions, DeviceSelection, ForwardTiming, KernelTuning,
+    LlamaModel, LoadOptions, Readback, SeqChunk, VulkanError, ALLOW_CPU_ADAPTER_ENV,
+    MATVEC_TUNING_ENV,
 };
 
 struct Args {
@@ -35,6 +38,9 @@ struct Args {
     cpu: bool,
     /// Sequences decoded together (`--sequences`); `None`: the single-sequence benchmark.
     sequences: Option<usize>,
+    /// `--sequences`: read every row of logits back and pick the tokens on the host
+    /// (`--host-pick`) instead of picking them on the GPU.
+    host_pick: bool,
     devices: DeviceSelection,
     split: Option<Vec<u32>>,
     /// Most tokens one GPU pass processes (`--max-batch`; the prompt runs in such passes).
@@ -50,6 +56,7 @@ fn parse() -> Result<Args, String> {
         runs: 3,
         cpu: false,
         sequences: None,
+        host_pick: false,
         devices: DeviceSelection::Auto,
         split: None,
         max_batch: LoadOptions::default().max_batch,
@@ -68,6 +75,7 @@ fn parse() -> Result<Args, String> {
             "--sequences" => args.sequences = Some(num("--sequences")?),
             "--max-batch" => args.max_batch = num("--max-batch")?,
             "--cpu" => args.cpu = true,
+            "--host-pick" => args.host_pick = true,
             "--devices" => {
                 args.devices = it.next().ok_or("--devices needs a list")?.parse()?;
             }
@@ -182,7 +190,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("bench: {e}");
             }
-            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N] [--max-batch N (256)] [--devices LIST] [--split SHARES]");
+            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N] [--max-batch N (256)] [--host-pick] [--devices LIST] [--split SHARES]");
             return ExitCode::from(2);
         }
     };
@@ -245,7 +253,7 @@ fn profile_prefill(
             tokens: prompt,
             start: 0,
         };
-        match model.profile_batch(&[chunk]) {
+        match model.profile_batch(&[chunk], &[Readback::Logits]) {
             Ok(Some((times, _))) => per_pass.push(times),
             Ok(None) => return Ok(()),
             Err(VulkanError::InvalidInput(why)) => {
@@ -274,22 +282,35 @@ fn one_token_per_slot(ids: &[u32], pos: usize) -> Vec<SeqChunk<'_>> {
         .collect()
 }
 
+/// The next token of each chunk: the GPU's pick, or the host's argmax of the row.
+fn next_tokens(outputs: Vec<ChunkOutput>) -> Vec<u32> {
+    outputs
+        .into_iter()
+        .map(|o| match o {
+            ChunkOutput::Token(t) => t,
+            ChunkOutput::Logits(row) => argmax(&row),
+        })
+        .collect()
+}
+
 /// As [`profile`] for a batched decode step of every sequence of `slots` (slot i continues
-/// from `next[i]` at position `pos`, after its prompt).
+/// from `next[i]` at position `pos`, after its prompt), reading back what `want` asks for.
 fn profile_batch(
     model: &mut LlamaModel,
     mut next: Vec<u32>,
     pos: usize,
+    want: Readback,
 ) -> Result<(), xpu_vulkan::VulkanError> {
     let mut per_step: Vec<Vec<(&'static str, f64)>> = Vec::new();
     for i in 0..PROFILE_STEPS {
         let ids = next.clone();
         let chunks = one_token_per_slot(&ids, pos + i);
-        let Some((times, logits)) = model.profile_batch(&chunks)? else {
+        let wants = vec![want; chunks.len()];
+        let Some((times, outputs)) = model.profile_batch(&chunks, &wants)? else {
             println!("kernel profile:     none (the adapter has no timestamp queries inside passes, or the model is split)");
             return Ok(());
         };
-        next = logits.iter().map(|l| argmax(l)).collect();
+        next = next_tokens(outputs);
         per_step.push(times);
     }
     print_profile(
@@ -388,6 +409,19 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
     let t = Instant::now();
     model.forward(&prompts[0][..8.min(args.prompt)], 0)?;
     println!("warm-up (8 tokens): {:.2} s", t.elapsed().as_secs_f64());
+    let want = if args.host_pick {
+        Readback::Logits
+    } else {
+        Readback::Greedy
+    };
+    println!(
+        "tokens picked:      {}",
+        if args.host_pick {
+            "on the host, from every row of logits read back (--host-pick)"
+        } else {
+            "on the GPU (argmax per row; only the token ids are read back)"
+        }
+    );
     // Decodes `count` sequences from their prompts; returns the aggregate decode tok/s and
     // where a step's time went.
     let decode = |model: &mut LlamaModel, count: usize| -> Result<(f64, StepSplit), VulkanError> {
@@ -399,7 +433,7 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
                 tokens: prompt,
                 start: 0,
             };
-            next.push(argmax(&model.forward_batch(&[chunk])?[0]));
+            next.extend(next_tokens(model.forward_batch_read(&[chunk], &[want])?));
         }
         let mut split = StepSplit::default();
         let t = Instant::now();
@@ -407,9 +441,9 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
             let step_started = Instant::now();
             let ids = next.clone();
             let chunks = one_token_per_slot(&ids, args.prompt + i);
-            let logits = model.forward_batch(&chunks)?;
+            let outputs = model.forward_batch_read(&chunks, &vec![want; count])?;
             let picking = Instant::now();
-            next = logits.iter().map(|l| argmax(l)).collect();
+            next = next_tokens(outputs);
             split.add(
                 &model.last_timing(),
                 picking.elapsed().as_secs_f64(),
@@ -452,7 +486,7 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
         (&format!("{n} together"), split_all),
     ] {
         println!(
-            "step, {label:11} {:.3} ms: GPU (submit to fence) {:.3} ms, host {:.3} ms (inputs {:.3}, logits read-back {:.3}, picking tokens {:.3}, other {:.3}); {} dispatches",
+            "step, {label:11} {:.3} ms: GPU (submit to fence) {:.3} ms, host {:.3} ms (inputs {:.3}, read-back {:.3}, picking tokens on the host {:.3}, other {:.3}); {} dispatches",
             split.step_s * 1e3,
             split.gpu_s * 1e3,
             split.host_s() * 1e3,
@@ -472,14 +506,15 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
             tokens: prompt,
             start: 0,
         };
-        first.push(argmax(&model.forward_batch(&[chunk])?[0]));
+        first.extend(next_tokens(model.forward_batch_read(&[chunk], &[want])?));
     }
-    profile_batch(&mut model, first.clone(), args.prompt)?;
+    profile_batch(&mut model, first.clone(), args.prompt, want)?;
     profile(&mut model, first[0], args.prompt)?;
     println!(
-        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"sequences\":{n},\"decode_tps_one\":{one:.2},\"decode_tps_all\":{all:.2},\"ratio\":{:.2},\"step_ms_one\":{:.3},\"gpu_ms_one\":{:.3},\"dispatches_one\":{},\"step_ms_all\":{:.3},\"gpu_ms_all\":{:.3},\"host_ms_all\":{:.3},\"dispatches_all\":{}}}",
+        "RESULT {{\"model\":\"{}\",\"adapter\":\"{}\",\"sequences\":{n},\"pick\":\"{}\",\"decode_tps_one\":{one:.2},\"decode_tps_all\":{all:.2},\"ratio\":{:.2},\"step_ms_one\":{:.3},\"gpu_ms_one\":{:.3},\"dispatches_one\":{},\"step_ms_all\":{:.3},\"gpu_ms_all\":{:.3},\"host_ms_all\":{:.3},\"dispatches_all\":{}}}",
         args.model.display(),
         model.adapter_description().replace('"', "'"),
+        if args.host_pick { "host" } else { "gpu" },
         all / one,
         split_one.step_s * 1e3,
         split_one.gpu_s * 1e3,
@@ -496,16 +531,17 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
 /// wall clocks around the steps and the engine's `ForwardTiming`, no GPU timestamps.
 #[derive(Debug, Clone, Copy, Default)]
 struct StepSplit {
-    /// The whole step: building the chunks, `forward_batch`, picking the next tokens.
+    /// The whole step: building the chunks, `forward_batch_read`, picking the next tokens.
     step_s: f64,
     /// First submission to the fence (`ForwardTiming::gpu_s`; the engine records the next
     /// step meanwhile, so this would include that recording where it outlasted the GPU).
     gpu_s: f64,
     /// Writing the inputs before the first submission.
     inputs_s: f64,
-    /// Fence to logits on the host.
+    /// Fence to the results on the host (rows of logits or token ids).
     readback_s: f64,
-    /// The argmax over every sequence's logits.
+    /// The argmax over every sequence's logits on the host (`--host-pick`; otherwise only
+    /// taking the GPU's picks).
     pick_s: f64,
     /// Dispatches of one step (the last one's).
     dispatches: usize,

@@ -575,6 +575,8 @@ pub(crate) struct Kernels {
     /// Bias add and scaling (elementwise.wgsl).
     pub add_bias: wgpu::ComputePipeline,
     pub scale: wgpu::ComputePipeline,
+    /// The greedy token of each logit row (argmax.wgsl).
+    pub argmax_rows: wgpu::ComputePipeline,
 }
 
 fn pipeline(
@@ -605,6 +607,8 @@ fn pipeline(
 ///   norm by the step's tokens); head counts and sizes come from the model's checked
 ///   configuration; attention chunks are at most ATTENTION_MAX_CHUNKS and
 ///   the partials buffer is sized for the largest split;
+/// - the greedy pick: one workgroup per logit row of the step, rows the logits and picks
+///   buffers were sized for (one per slot);
 /// - the test entry points (`testing`) check their inputs' lengths the same way;
 /// - workgroup and private arrays are indexed by thread ids and constants within their sizes;
 /// - every loop has a bound fixed by those sizes, so none is infinite.
@@ -893,6 +897,13 @@ impl Kernels {
             ),
             add_bias: pipeline(gpu, tuning.checks, "add bias", ELEMENTWISE, "add_bias"),
             scale: pipeline(gpu, tuning.checks, "scale", ELEMENTWISE, "scale"),
+            argmax_rows: pipeline(
+                gpu,
+                tuning.checks,
+                "argmax rows",
+                include_str!("shaders/argmax.wgsl"),
+                "argmax_rows",
+            ),
         };
         gpu.check("compiling the compute kernels")?;
         Ok(kernels)

@@ -23,5 +23,7 @@ pub use device::{
 };
 pub use error::VulkanError;
 pub use kernels::{KernelTuning, Prefill, MATVEC_TUNING_ENV};
-pub use model::{ForwardTiming, LlamaConfig, LlamaModel, LoadOptions, SeqChunk};
+pub use model::{
+    ChunkOutput, ForwardTiming, LlamaConfig, LlamaModel, LoadOptions, Readback, SeqChunk,
+};
 pub use quant::{GpuWeight, WeightType};

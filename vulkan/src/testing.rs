@@ -639,6 +639,36 @@ pub fn get_rows(gpu: &Gpu, weight: &GpuWeight, ids: &[u32]) -> Result<Vec<f32>, 
     run(gpu, &yb, out_len, |rec| op.record(rec, ids.len() as u32))
 }
 
+/// The greedy token of each row of `logits` (`rows` rows of `logits.len() / rows` values),
+/// picked by the GPU kernel a forward pass uses (`argmax_rows`, one dispatch). The output
+/// starts as `u32::MAX`, so a row the kernel skips shows up as that.
+pub fn argmax_rows(gpu: &Gpu, logits: &[f32], rows: usize) -> Result<Vec<u32>, VulkanError> {
+    if rows == 0 || logits.is_empty() || !logits.len().is_multiple_of(rows) {
+        return Err(VulkanError::InvalidInput(format!(
+            "{} logits are not {rows} rows of at least one value",
+            logits.len()
+        )));
+    }
+    let kernels = Kernels::new(gpu, &[])?;
+    let lb = gpu.storage_init("logits", bytemuck::cast_slice(logits))?;
+    let pb = gpu.storage_init("picks", bytemuck::cast_slice(&vec![u32::MAX; rows]))?;
+    let params = crate::model::ArgmaxParams {
+        n: (logits.len() / rows) as u32,
+        _pad: [0; 3],
+    };
+    let ub = gpu.uniform_init("argmax params", bytemuck::bytes_of(&params))?;
+    let bg = crate::kernels::bind(
+        gpu,
+        &kernels.argmax_rows,
+        "argmax",
+        &[(0, &lb), (1, &pb), (2, &ub)],
+    );
+    let bits = run(gpu, &pb, rows, |rec| {
+        rec.dispatch("argmax", &kernels.argmax_rows, &bg, [rows as u32, 1, 1])
+    })?;
+    Ok(bits.into_iter().map(f32::to_bits).collect())
+}
+
 /// Measures device-memory bandwidth with a copy kernel: copies a buffer of `bytes` (capped at
 /// the binding limit) `iterations` times in one submission and returns bytes read plus
 /// written per second. Used by the benchmark to put decode speed against the memory bound.

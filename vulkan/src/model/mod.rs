@@ -241,6 +241,15 @@ impl AttnParams {
     }
 }
 
+/// argmax.wgsl's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ArgmaxParams {
+    /// Values per row.
+    pub n: u32,
+    pub _pad: [u32; 3],
+}
+
 /// silu_mul.wgsl's parameters.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -328,6 +337,24 @@ pub struct SeqChunk<'a> {
     /// Tokens at positions `start..start + tokens.len()` of that sequence (at least one).
     pub tokens: &'a [u32],
     pub start: usize,
+}
+
+/// What a forward pass reads back for one chunk (its last token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readback {
+    /// The whole row of logits, for sampling on the host.
+    Logits,
+    /// Only the greedy token, picked on the GPU: the index of the largest logit, the lowest
+    /// of equals, never a NaN, 0 when no logit is above -inf (as the runner's host
+    /// `argmax`). Four bytes cross the bus instead of the row.
+    Greedy,
+}
+
+/// What a forward pass returned for one chunk, as its [`Readback`] asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkOutput {
+    Logits(Vec<f32>),
+    Token(u32),
 }
 
 /// What the recorded commands of one GPU pass depend on: its token count, the positions of
@@ -828,11 +855,11 @@ impl MemoryNeeds {
         );
         let (b, s) = (max_batch as u64, slots as u64);
         // hidden, normed, q|k|v, attention out, gate|up, activation (f32) per batch token;
-        // per slot the last hidden state, the logits and their staging copy; the attention
-        // partials.
+        // per slot the last hidden state, the logits and their staging copy, and the greedy
+        // token and its staging copy; the attention partials.
         let partial_slots = attention_partial_slots(max_batch, cfg.n_head, attention_target);
         let activations = b * (2 * d + (nh + 2 * nkv) * hd + nh * hd + 3 * ff) * 4
-            + s * (d + 2 * cfg.vocab as u64) * 4
+            + s * (d + 2 * cfg.vocab as u64 + 2) * 4
             + partial_slots as u64 * (hd + 4) * 4;
         // K and V in f16 for every layer, and the f32 cos/sin of every pair.
         let kv_layer = nkv * hd * 2;
@@ -1014,6 +1041,73 @@ fn usable_memory(gpu: &Gpu, limit: Option<u64>) -> Option<u64> {
     }
 }
 
+/// The error for a `wants` that does not give one [`Readback`] per chunk.
+fn check_wants(chunks: &[SeqChunk<'_>], wants: &[Readback]) -> Result<(), VulkanError> {
+    if wants.len() != chunks.len() {
+        return Err(VulkanError::InvalidInput(format!(
+            "{} read-back choices for {} chunks; give one per chunk",
+            wants.len(),
+            chunks.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The rows of `wants` read in full, as runs of `(row, staging row, rows)` whose staging
+/// rows follow on from `staging_row` (the rows read in full are packed, in order).
+fn full_row_runs(wants: &[Readback], mut staging_row: usize) -> Vec<(usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (row, want) in wants.iter().enumerate() {
+        if *want != Readback::Logits {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(run) if run.0 + run.2 == row => run.2 += 1,
+            _ => runs.push((row, staging_row, 1)),
+        }
+        staging_row += 1;
+    }
+    runs
+}
+
+/// Reads what `wants` asks for of each chunk once the GPU is done: the rows of logits packed
+/// in the staging buffer, and the greedy tokens (one per chunk).
+fn read_outputs(
+    stage: &Stage,
+    vocab: usize,
+    wants: &[Readback],
+) -> Result<Vec<ChunkOutput>, VulkanError> {
+    let full = wants.iter().filter(|w| **w == Readback::Logits).count();
+    let mut rows = match full {
+        0 => Vec::new(),
+        n => stage.gpu.map_read_rows(&stage.staging, n, vocab)?,
+    }
+    .into_iter();
+    let picks: Vec<u32> = if full == wants.len() {
+        Vec::new()
+    } else {
+        stage
+            .gpu
+            .map_read(&stage.picks_staging, wants.len() as u64 * 4)?
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    wants
+        .iter()
+        .enumerate()
+        .map(|(i, want)| match want {
+            Readback::Logits => rows.next().map(ChunkOutput::Logits),
+            Readback::Greedy => picks.get(i).copied().map(ChunkOutput::Token),
+        })
+        .map(|out| {
+            out.ok_or_else(|| VulkanError::Internal {
+                detail: "fewer results read back than chunks".into(),
+            })
+        })
+        .collect()
+}
+
 fn elementwise_groups(total: usize) -> u32 {
     (total.div_ceil(kernels::WORKGROUP as usize) as u32).clamp(1, kernels::ELEMENTWISE_GROUPS)
 }
@@ -1122,7 +1216,30 @@ impl LlamaModel {
     /// kernels: a pass of one token uses the matrix-vector kernels, a pass of several the
     /// batched or tiled products, which sum in another order (see docs/vulkan.md).
     pub fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, VulkanError> {
+        let wants = vec![Readback::Logits; chunks.len()];
+        self.forward_batch_read(chunks, &wants)?
+            .into_iter()
+            .map(|out| match out {
+                ChunkOutput::Logits(row) => Ok(row),
+                ChunkOutput::Token(_) => Err(VulkanError::Internal {
+                    detail: "a chunk that asked for logits got a token".into(),
+                }),
+            })
+            .collect()
+    }
+
+    /// As [`forward_batch`](Self::forward_batch), reading back per chunk what `wants` (one
+    /// per chunk) asks for: its row of logits, or only its greedy token, picked on the GPU
+    /// (every pass picks the token of each of its rows; only the rows asked for in full are
+    /// copied for the host). A batch of greedy sequences so reads a few bytes per sequence
+    /// instead of the vocabulary's logits, and the host has nothing left to pick.
+    pub fn forward_batch_read(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        wants: &[Readback],
+    ) -> Result<Vec<ChunkOutput>, VulkanError> {
         self.check_chunks(chunks)?;
+        check_wants(chunks, wants)?;
         let started = std::time::Instant::now();
         // If a pass fails, only the positions before each chunk's start are known intact.
         for c in chunks {
@@ -1133,30 +1250,43 @@ impl LlamaModel {
         let hidden_row = cfg.n_embd as u64 * 4;
         let mut cross = std::time::Duration::ZERO;
         let mut logit_rows = 0;
+        let mut full_rows = 0;
         let mut first_submit: Option<std::time::Instant> = None;
         let mut dispatches = 0;
         for pass in &passes {
             let shape = pass.shape();
+            // The rows of this pass read in full: runs of (row in the pass, staging row, rows).
+            let copy_runs =
+                full_row_runs(&wants[logit_rows..logit_rows + shape.logit_rows], full_rows);
+            let last = self.stages.len() - 1;
             // Each device runs its layers on every token of the pass, then hands the hidden
             // state on to the next (read back, written to the next device's `hidden`).
             let mut handed: Option<Vec<u8>> = None;
-            for stage in &mut self.stages {
+            for (index, stage) in self.stages.iter_mut().enumerate() {
                 stage.write_step(cfg, pass);
                 if let Some(bytes) = handed.take() {
                     let t = std::time::Instant::now();
                     stage.gpu.queue.write_buffer(&stage.hidden, 0, &bytes);
                     cross += t.elapsed();
                 }
+                let copy = if index == last {
+                    stage.logits_copy(cfg.vocab, &copy_runs)
+                } else {
+                    None
+                };
                 first_submit.get_or_insert_with(std::time::Instant::now);
                 match stage.next_step.take() {
                     Some((recorded, work, count)) if recorded == shape && logit_rows == 0 => {
-                        stage.gpu.queue.submit([work]);
+                        stage.gpu.queue.submit(std::iter::once(work).chain(copy));
                         dispatches += count;
                     }
                     _ => {
                         dispatches += stage.record_pass(cfg, shape, logit_rows, true, None, |cb| {
                             stage.gpu.queue.submit([cb]);
                         });
+                        if let Some(copy) = copy {
+                            stage.gpu.queue.submit([copy]);
+                        }
                     }
                 }
                 stage.gpu.check("running the model")?;
@@ -1172,6 +1302,7 @@ impl LlamaModel {
                 }
             }
             logit_rows += shape.logit_rows;
+            full_rows += copy_runs.iter().map(|r| r.2).sum::<usize>();
         }
         // While the GPU runs this pass, record the step that most likely comes next (every
         // sequence one token further), so that its recording (about a quarter of a
@@ -1195,11 +1326,10 @@ impl LlamaModel {
             }
         }
         let recorded = std::time::Instant::now();
-        let vocab = cfg.vocab;
         let last = self.stages.last().expect("at least one device");
         last.gpu.wait("running the model")?;
         let done = std::time::Instant::now();
-        let logits = last.gpu.map_read_rows(&last.staging, logit_rows, vocab)?;
+        let outputs = read_outputs(last, cfg.vocab, wants)?;
         let first_submit = first_submit.unwrap_or(started);
         for c in chunks {
             self.cached[c.slot] = c.start + c.tokens.len();
@@ -1213,7 +1343,7 @@ impl LlamaModel {
             readback_s: done.elapsed().as_secs_f64(),
             dispatches,
         };
-        Ok(logits)
+        Ok(outputs)
     }
 
     /// Runs one decode step (`token` at position `pos` of slot 0, as
@@ -1232,21 +1362,29 @@ impl LlamaModel {
             tokens: &[token],
             start: pos,
         }];
-        Ok(self
-            .profile_batch(&chunks)?
-            .map(|(times, mut logits)| (times, logits.remove(0))))
+        let Some((times, mut outputs)) = self.profile_batch(&chunks, &[Readback::Logits])? else {
+            return Ok(None);
+        };
+        match outputs.remove(0) {
+            ChunkOutput::Logits(row) => Ok(Some((times, row))),
+            ChunkOutput::Token(_) => Err(VulkanError::Internal {
+                detail: "a chunk that asked for logits got a token".into(),
+            }),
+        }
     }
 
     /// As [`profile_step`](Self::profile_step) for a step of several sequences (a batched
-    /// decode step, as [`forward_batch`](Self::forward_batch) runs it): the dispatches'
-    /// names and GPU seconds, and each chunk's logits. The chunks must fit one pass
-    /// (`max_batch` tokens in all).
+    /// decode step, as [`forward_batch_read`](Self::forward_batch_read) runs it): the
+    /// dispatches' names and GPU seconds, and what `wants` asks for of each chunk. The
+    /// chunks must fit one pass (`max_batch` tokens in all).
     #[allow(clippy::type_complexity)]
     pub fn profile_batch(
         &mut self,
         chunks: &[SeqChunk<'_>],
-    ) -> Result<Option<(Vec<(&'static str, f64)>, Vec<Vec<f32>>)>, VulkanError> {
+        wants: &[Readback],
+    ) -> Result<Option<(Vec<(&'static str, f64)>, Vec<ChunkOutput>)>, VulkanError> {
         self.check_chunks(chunks)?;
+        check_wants(chunks, wants)?;
         let passes = self.plan_passes(chunks);
         let [pass] = &passes[..] else {
             return Err(VulkanError::InvalidInput(format!(
@@ -1267,15 +1405,16 @@ impl LlamaModel {
         stage.record_pass(&self.cfg, pass.shape(), 0, true, Some(&mut timer), |cb| {
             stage.gpu.queue.submit([cb]);
         });
+        if let Some(copy) = stage.logits_copy(self.cfg.vocab, &full_row_runs(wants, 0)) {
+            stage.gpu.queue.submit([copy]);
+        }
         stage.gpu.check("running the model")?;
-        let logits = stage
-            .gpu
-            .map_read_rows(&stage.staging, chunks.len(), self.cfg.vocab)?;
+        let outputs = read_outputs(stage, self.cfg.vocab, wants)?;
         for c in chunks {
             self.cached[c.slot] = c.start + c.tokens.len();
         }
         let times = timer.read(&stage.gpu)?;
-        Ok(Some((times, logits)))
+        Ok(Some((times, outputs)))
     }
 
     /// Dispatches (kernel launches) of one decode step of one sequence whose previous

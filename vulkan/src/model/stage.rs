@@ -12,6 +12,8 @@ pub(super) struct Head {
     output: MatmulOp,
     /// The output product for a one-token step: RMSNorm fused, reading the hidden state.
     output_fused: MatmulOp,
+    /// The greedy token of each logit row, into `picks`.
+    argmax: wgpu::BindGroup,
 }
 
 pub(super) struct Stage {
@@ -29,7 +31,12 @@ pub(super) struct Stage {
     /// the previous device's handoff on the others.
     pub(super) hidden: wgpu::Buffer,
     logits: wgpu::Buffer,
+    /// The rows of logits a caller reads in full, in chunk order (see `logits_copy`).
     pub(super) staging: wgpu::Buffer,
+    /// The greedy token of each logit row of a pass (last device only: written by the
+    /// head's argmax), and their host-readable copy, one per chunk of the call.
+    picks: wgpu::Buffer,
+    pub(super) picks_staging: wgpu::Buffer,
     /// First device only.
     embed: Option<GetRowsOp>,
     /// Scaling of the embeddings (Gemma).
@@ -102,6 +109,8 @@ impl Stage {
         let last_hidden = gpu.storage("last hidden", s * d as u64 * f)?;
         let logits = gpu.storage("logits", s * cfg.vocab as u64 * f)?;
         let staging = gpu.buffer_map_read("logits staging", s * cfg.vocab as u64 * f)?;
+        let picks = gpu.storage("greedy tokens", s * 4)?;
+        let picks_staging = gpu.buffer_map_read("greedy tokens staging", s * 4)?;
         // Sliding-window layers rotate with their own base (and no frequency factors).
         let swa_rope_table = match &cfg.sliding_window {
             Some(swa) => Some(gpu.storage_init(
@@ -581,10 +590,24 @@ impl Stage {
                 head_mode,
                 Some(fused),
             )?;
+            let argmax_u = gpu.uniform_init(
+                "argmax params",
+                bytemuck::bytes_of(&ArgmaxParams {
+                    n: cfg.vocab as u32,
+                    _pad: [0; 3],
+                }),
+            )?;
+            let argmax = kernels::bind(
+                &gpu,
+                &kernels.argmax_rows,
+                "argmax",
+                &[(0, &logits), (1, &picks), (2, &argmax_u)],
+            );
             Some(Head {
                 final_norm,
                 output,
                 output_fused,
+                argmax,
             })
         } else {
             None
@@ -618,6 +641,8 @@ impl Stage {
             hidden,
             logits,
             staging,
+            picks,
+            picks_staging,
             embed,
             embed_scale,
             layers,
@@ -655,8 +680,11 @@ impl Stage {
     }
 
     /// Records the work of a pass of this shape (whose inputs `write_step` writes) and hands
-    /// each command buffer to `sink` as soon as it is finished. Its logits are copied to the
-    /// staging buffer from row `staging_row` on. `split`: several command buffers, the first
+    /// each command buffer to `sink` as soon as it is finished. On the last device it ends
+    /// with the greedy token of each logit row, copied to `picks_staging` from row
+    /// `first_row` on; the rows of logits wanted in full are copied by `logits_copy`, which
+    /// depends on what the caller asks for and so is not part of the recorded pass (a pass
+    /// recorded ahead serves callers of either kind). `split`: several command buffers, the first
     /// one small, so that a caller submitting each at once gets the GPU started early;
     /// otherwise one. A one-token pass uses the decode kernels: matrix-vector products with
     /// the RMSNorm and the SiLU·mul fused into their input, and attention split over
@@ -666,7 +694,7 @@ impl Stage {
         &self,
         c: &LlamaConfig,
         shape: PassShape,
-        staging_row: usize,
+        first_row: usize,
         split: bool,
         mut timer: Option<&mut Timer>,
         mut sink: impl FnMut(wgpu::CommandBuffer),
@@ -829,6 +857,12 @@ impl Stage {
                         );
                         head.output.record(&mut rec, rows, false);
                     }
+                    rec.dispatch(
+                        "argmax",
+                        &self.kernels.argmax_rows,
+                        &head.argmax,
+                        [rows, 1, 1],
+                    );
                 }
                 dispatched += rec.dispatched();
             }
@@ -837,17 +871,48 @@ impl Stage {
                 enc.copy_buffer_to_buffer(&self.hidden, 0, handoff, 0, bytes);
             }
             if last && read_logits && self.head.is_some() {
-                let row_bytes = c.vocab as u64 * 4;
                 enc.copy_buffer_to_buffer(
-                    &self.logits,
+                    &self.picks,
                     0,
-                    &self.staging,
-                    staging_row as u64 * row_bytes,
-                    shape.logit_rows as u64 * row_bytes,
+                    &self.picks_staging,
+                    first_row as u64 * 4,
+                    shape.logit_rows as u64 * 4,
                 );
             }
             sink(enc.finish());
         }
         dispatched
+    }
+}
+
+impl Stage {
+    /// The copy of whole rows of the last pass's logits to `staging`, as `(first row of the
+    /// pass, first row of the staging buffer, rows)` runs, to submit after the pass and
+    /// before the next one overwrites them; `None` when there is nothing to copy.
+    pub(super) fn logits_copy(
+        &self,
+        vocab: usize,
+        runs: &[(usize, usize, usize)],
+    ) -> Option<wgpu::CommandBuffer> {
+        if runs.is_empty() {
+            return None;
+        }
+        let row_bytes = vocab as u64 * 4;
+        let mut enc = self
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("logits read-back"),
+            });
+        for &(from, to, rows) in runs {
+            enc.copy_buffer_to_buffer(
+                &self.logits,
+                from as u64 * row_bytes,
+                &self.staging,
+                to as u64 * row_bytes,
+                rows as u64 * row_bytes,
+            );
+        }
+        Some(enc.finish())
     }
 }
