@@ -181,6 +181,14 @@ impl Sequence {
         self.max_new_tokens == 0
     }
 
+    /// Whether the next token is the greedy token of the logits alone (temperature 0, no
+    /// penalties, no log-probabilities to report): then the engine may pick it
+    /// ([`Readback::Greedy`](crate::engine::Readback::Greedy)) and the caller hand it to
+    /// [`step_token`](Self::step_token) instead of the logits to [`step`](Self::step).
+    pub fn picks_greedily(&self) -> bool {
+        self.sampler.params().is_plain_greedy() && self.top_logprobs == 0
+    }
+
     /// Samples from the logits of the sequence's last forwarded token and checks the stop
     /// conditions.
     pub fn step(
@@ -191,6 +199,33 @@ impl Sequence {
     ) -> anyhow::Result<Step> {
         let top = top_logprobs(&logits, self.top_logprobs);
         let token = self.sampler.sample(&mut logits, &self.generated);
+        self.accept(token, top, tokenizer, eos_token_ids)
+    }
+
+    /// As [`step`](Self::step), with the token the engine picked greedily from the logits
+    /// (only for a sequence that [`picks_greedily`](Self::picks_greedily)).
+    pub fn step_token(
+        &mut self,
+        token: u32,
+        tokenizer: &Tokenizer,
+        eos_token_ids: &[u32],
+    ) -> anyhow::Result<Step> {
+        anyhow::ensure!(
+            self.picks_greedily(),
+            "a token picked by the engine was handed to a sequence that samples from its logits"
+        );
+        self.accept(token, Vec::new(), tokenizer, eos_token_ids)
+    }
+
+    /// Takes `token` as the next one (with the log-probabilities reported for its step) and
+    /// checks the stop conditions.
+    fn accept(
+        &mut self,
+        token: u32,
+        top: Vec<(u32, f32)>,
+        tokenizer: &Tokenizer,
+        eos_token_ids: &[u32],
+    ) -> anyhow::Result<Step> {
         if eos_token_ids.contains(&token) {
             self.outcome.finish_reason = FinishReason::Stop;
             return Ok(Step {

@@ -157,6 +157,12 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// Whether the pick is the greedy token of the logits as they come: temperature 0 and
+    /// no penalty to apply first (the filters do not matter at temperature 0).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0 && !self.has_penalties()
+    }
+
     fn has_penalties(&self) -> bool {
         self.repetition_penalty != 1.0
             || self.presence_penalty != 0.0
@@ -375,8 +381,10 @@ fn sort_for_cut(
     candidates.sort_unstable_by(by_prob_desc);
 }
 
-/// Index of the largest logit; NaN never wins, ties go to the lowest index.
-fn argmax(logits: &[f32]) -> u32 {
+/// The greedy pick: the id of the largest logit, the lowest of equals; NaN never wins and
+/// 0 comes back when nothing is above -inf. (The Vulkan engine's `argmax.wgsl` follows the
+/// same rule on the GPU.)
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
     let mut best_value = f32::NEG_INFINITY;
     for (i, &l) in logits.iter().enumerate() {

@@ -3,7 +3,9 @@
 //! reused, a sequence that reaches its slot's end stops with `length`, prompts longer
 //! than a slot are refused before queueing, early requests are not starved, SIGTERM
 //! drains every stream, the prompt cache reuses a chat's earlier turns, and an engine
-//! that cannot batch (candle) says so and serves one request at a time.
+//! that cannot batch (candle) says so and serves one request at a time. In builds with the
+//! `vulkan` feature, greedy requests on the Vulkan engine (lavapipe), whose tokens are picked
+//! on the GPU, give the tokens `generate` picks on the host from the full logits.
 //!
 //! Every comparison is between two runs of the same binary on this machine (texts
 //! depend on the SIMD path, so no text is fixed here).
@@ -337,4 +339,58 @@ fn an_engine_that_cannot_batch_says_so_and_serves_one_at_a_time() {
         metric(server.port, "xpu_batch_size_sum"),
         metric(server.port, "xpu_batch_size_count")
     );
+}
+
+/// A greedy request reads back only its token, which the Vulkan engine picks on the GPU
+/// (`Readback::Greedy`); `generate` reads the full logits of the same passes and picks on
+/// the host. Requests one at a time, so that each pass is the one `generate` runs.
+#[test]
+fn greedy_tokens_picked_on_the_gpu_are_the_host_picks() {
+    if !cfg!(feature = "vulkan") {
+        eprintln!("this build has no `vulkan` feature: nothing to compare");
+        return;
+    }
+    let mut cmd = std::process::Command::new(serve_support::binary());
+    cmd.arg("serve")
+        .arg("--model")
+        .arg(serve_support::model_path())
+        .args([
+            "--device",
+            "vulkan",
+            "--port",
+            "0",
+            "--ctx",
+            "256",
+            "--parallel",
+            "2",
+        ])
+        .env("XPU_RUNNER_ALLOW_CPU_ADAPTER", "1")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut server = Server::spawn(cmd, None);
+    server.wait_ready();
+    for prompt in &PROMPTS[..2] {
+        let served = text(&complete(server.port, prompt, 16)).to_owned();
+        let out = std::process::Command::new(serve_support::binary())
+            .arg("generate")
+            .arg("--model")
+            .arg(serve_support::model_path())
+            .args(["--device", "vulkan", "--ctx", "256", "--prompt", prompt])
+            .args(["--temperature", "0", "--max-tokens", "16", "--json"])
+            .env("XPU_RUNNER_ALLOW_CPU_ADAPTER", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "generate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            served,
+            report["text"].as_str().unwrap(),
+            "{prompt:?}: the server's GPU-picked text against generate's host-picked one"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! An engine owns the weights of one model on one device plus a KV cache of one or more
 //! sequences (slots). The generation loop (tokenizing, sampling, stopping) is shared by all
 //! engines and never touches a device directly; the server's scheduler batches the steps
-//! of several sequences into one [`Engine::forward_batch`] call. Implementations: `cpu` (our own, crate
+//! of several sequences into one [`Engine::forward_batch_read`] call, which reads back each
+//! sequence's logits or, for a greedy one, only its token. Implementations: `cpu` (our own, crate
 //! `xpu-cpu`, for GGUF `llama` on the CPU), `candle` (every other model on the CPU, and
 //! CUDA behind the `cuda` feature) and `vulkan` (crate `xpu-vulkan`, behind the `vulkan`
 //! feature).
@@ -16,6 +17,24 @@ pub struct SeqChunk<'a> {
     /// Tokens at positions `start..start + tokens.len()` of that sequence (at least one).
     pub tokens: &'a [u32],
     pub start: usize,
+}
+
+/// What a forward pass hands back for one chunk (its last token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readback {
+    /// The whole row of logits, for the sampler.
+    Logits,
+    /// Only the greedy token: the largest logit's id, the lowest of equals, never a NaN, 0
+    /// when no logit is above -inf (the rule of [`crate::sampling`]'s greedy pick). An
+    /// engine on a GPU picks it there and reads back a few bytes instead of the row.
+    Greedy,
+}
+
+/// One chunk's result of [`Engine::forward_batch_read`], as its [`Readback`] asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkOutput {
+    Logits(Vec<f32>),
+    Token(u32),
 }
 
 /// What every compute backend offers the generation loop.
@@ -64,6 +83,33 @@ pub trait Engine: Send {
                 self.forward(c.tokens, c.start)
             })
             .collect()
+    }
+
+    /// As [`forward_batch`](Self::forward_batch), returning per chunk what `wants` (one per
+    /// chunk) asks for: its logits, or only its greedy token.
+    ///
+    /// The default runs `forward_batch` and picks the greedy tokens on the host; an engine
+    /// that can pick them on its device overrides it.
+    fn forward_batch_read(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        wants: &[Readback],
+    ) -> anyhow::Result<Vec<ChunkOutput>> {
+        anyhow::ensure!(
+            wants.len() == chunks.len(),
+            "{} read-back choices for {} chunks; give one per chunk",
+            wants.len(),
+            chunks.len()
+        );
+        let rows = self.forward_batch(chunks)?;
+        Ok(rows
+            .into_iter()
+            .zip(wants)
+            .map(|(row, want)| match want {
+                Readback::Logits => ChunkOutput::Logits(row),
+                Readback::Greedy => ChunkOutput::Token(crate::sampling::argmax(&row)),
+            })
+            .collect())
     }
 
     /// A short description of the device for logs, `/health` and metrics, such as

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use xpu_vulkan::{DeviceOptions, LlamaModel, LoadOptions, VulkanError};
 
-use super::{DeviceMap, Engine, MappedDevice, SeqChunk};
+use super::{ChunkOutput, DeviceMap, Engine, MappedDevice, Readback, SeqChunk};
 use crate::model::gguf::GgufFile;
 use crate::model::LoadError;
 
@@ -88,6 +88,40 @@ impl Engine for VulkanEngine {
         self.model
             .forward_batch(&chunks)
             .context("Vulkan batched forward pass")
+    }
+
+    // Greedy tokens are picked on the GPU: only they cross the bus, not their rows.
+    fn forward_batch_read(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        wants: &[Readback],
+    ) -> anyhow::Result<Vec<ChunkOutput>> {
+        let chunks: Vec<xpu_vulkan::SeqChunk<'_>> = chunks
+            .iter()
+            .map(|c| xpu_vulkan::SeqChunk {
+                slot: c.slot,
+                tokens: c.tokens,
+                start: c.start,
+            })
+            .collect();
+        let wants: Vec<xpu_vulkan::Readback> = wants
+            .iter()
+            .map(|w| match w {
+                Readback::Logits => xpu_vulkan::Readback::Logits,
+                Readback::Greedy => xpu_vulkan::Readback::Greedy,
+            })
+            .collect();
+        let outputs = self
+            .model
+            .forward_batch_read(&chunks, &wants)
+            .context("Vulkan batched forward pass")?;
+        Ok(outputs
+            .into_iter()
+            .map(|o| match o {
+                xpu_vulkan::ChunkOutput::Logits(row) => ChunkOutput::Logits(row),
+                xpu_vulkan::ChunkOutput::Token(t) => ChunkOutput::Token(t),
+            })
+            .collect())
     }
 
     fn device_description(&self) -> String {

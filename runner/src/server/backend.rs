@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::device::{self, DeviceChoice, DeviceDecision};
-use crate::engine::Engine;
+use crate::engine::{ChunkOutput, Engine};
 use crate::generate::{FinishReason as CoreFinish, GenerationRequest, Sequence};
 use crate::model::{
     ChatMessage, ChatTemplate, LoadOptions, LoadedModel, ModelFacts, Tokenizer, DEFAULT_MAX_CONTEXT,
@@ -96,6 +96,10 @@ impl SequenceState for Sequence {
     fn cancel(&mut self) {
         Sequence::cancel(self)
     }
+
+    fn picks_greedily(&self) -> bool {
+        Sequence::picks_greedily(self)
+    }
 }
 
 impl Backend for ModelBackend {
@@ -116,8 +120,12 @@ impl Backend for ModelBackend {
         Ok(Sequence::new(&request, self.model.engine.context_length())?)
     }
 
-    fn step(&mut self, sequence: &mut Sequence, logits: Vec<f32>) -> anyhow::Result<SeqStep> {
-        let step = sequence.step(logits, &self.model.tokenizer, &self.model.eos_token_ids)?;
+    fn step(&mut self, sequence: &mut Sequence, output: ChunkOutput) -> anyhow::Result<SeqStep> {
+        let (tokenizer, eos) = (&self.model.tokenizer, &self.model.eos_token_ids);
+        let step = match output {
+            ChunkOutput::Logits(logits) => sequence.step(logits, tokenizer, eos)?,
+            ChunkOutput::Token(token) => sequence.step_token(token, tokenizer, eos)?,
+        };
         Ok(SeqStep {
             text: step.event.map(|e| e.text),
             finished: step.finished.map(finish_reason),

@@ -2,10 +2,13 @@
 //! owns its engine and runs continuous batching. Up to `engine.slots()` sequences
 //! generate at once; a queued job joins between two steps when a slot is free, in
 //! arrival order (so no request starves); each step runs one
-//! [`Engine::forward_batch`](crate::engine::Engine::forward_batch) over one token per
-//! decoding sequence plus the next prompt chunks of admitted sequences, at most
+//! [`Engine::forward_batch_read`](crate::engine::Engine::forward_batch_read) over one token
+//! per decoding sequence plus the next prompt chunks of admitted sequences, at most
 //! `--prefill-chunk` prompt tokens in all (so a long prompt stalls the running streams
-//! for one chunk at most). A finished or cancelled sequence frees its slot at once.
+//! for one chunk at most). A finished or cancelled sequence frees its slot at once. A
+//! greedy sequence (temperature 0, no penalties) and a prompt chunk whose logits nobody
+//! samples ask the engine for the greedy token only (picked on the GPU by the Vulkan
+//! engine); the others for their logits.
 //!
 //! Up to `--max-queue` requests wait for a slot; further ones are refused at once
 //! (429 with a Retry-After estimated from recent request times) instead of piling up in
@@ -32,7 +35,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::errors::ApiError;
 use super::metrics::Metrics;
-use crate::engine::{Engine, SeqChunk};
+use crate::engine::{ChunkOutput, Engine, Readback, SeqChunk};
 
 /// Sampling fields of a request; `None` means the core's default.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -99,6 +102,11 @@ pub trait SequenceState: Send {
     fn next_input(&self) -> (u32, usize);
     /// Ends it early (client gone, shutdown).
     fn cancel(&mut self);
+    /// Whether its next token is the greedy pick of the logits alone, so that the engine
+    /// may pick it ([`Readback::Greedy`]) and hand back the token instead of the logits.
+    fn picks_greedily(&self) -> bool {
+        false
+    }
 }
 
 /// What the worker thread needs from a loaded model: its engine and the per-sequence
@@ -108,8 +116,13 @@ pub trait Backend: Send + 'static {
     fn engine(&mut self) -> &mut dyn Engine;
     /// Starts a sequence for `job` (checks its sampling parameters).
     fn begin(&mut self, job: &JobSpec) -> anyhow::Result<Self::Sequence>;
-    /// Samples from the logits of the sequence's last forwarded token.
-    fn step(&mut self, sequence: &mut Self::Sequence, logits: Vec<f32>) -> anyhow::Result<SeqStep>;
+    /// Samples from the logits of the sequence's last forwarded token, or takes the token
+    /// the engine picked (for a sequence that [`picks_greedily`](SequenceState::picks_greedily)).
+    fn step(
+        &mut self,
+        sequence: &mut Self::Sequence,
+        output: ChunkOutput,
+    ) -> anyhow::Result<SeqStep>;
     /// Ends the sequence: the text held back to the end (no new token) and its finish
     /// reason and token count.
     fn finish(&mut self, sequence: Self::Sequence) -> anyhow::Result<(Option<String>, Outcome)>;
@@ -614,22 +627,38 @@ impl<B: Backend> Worker<B> {
                 start: *start,
             })
             .collect();
+        // Logits only where they are sampled: a prompt chunk before the prompt's end needs
+        // none (its greedy token, four bytes, is read and dropped), a greedy sequence only
+        // the token.
+        let wants: Vec<Readback> = inputs
+            .iter()
+            .map(|(index, tokens, _)| {
+                let active = &self.active[*index];
+                let samples = active.decoding()
+                    || active.prefilled + tokens.len() == active.job.spec.prompt_tokens.len();
+                if samples && !active.sequence.picks_greedily() {
+                    Readback::Logits
+                } else {
+                    Readback::Greedy
+                }
+            })
+            .collect();
         self.metrics.batch_size.observe(chunks.len() as f64);
         let result = {
             let _turn = self.options.turn.take();
             let engine = self.backend.engine();
             // A panic in the engine must not take the worker (and the service) down.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                engine.forward_batch(&chunks)
+                engine.forward_batch_read(&chunks, &wants)
             }))
         };
-        let logits = match result {
-            Ok(Ok(logits)) if logits.len() == chunks.len() => logits,
+        let outputs = match result {
+            Ok(Ok(outputs)) if outputs.len() == chunks.len() => outputs,
             failed => {
                 let message = match failed {
-                    Ok(Ok(logits)) => format!(
+                    Ok(Ok(outputs)) => format!(
                         "the engine returned {} results for {} sequences",
-                        logits.len(),
+                        outputs.len(),
                         chunks.len()
                     ),
                     Ok(Err(e)) => format!("generation failed: {e:#}"),
@@ -651,7 +680,7 @@ impl<B: Backend> Worker<B> {
 
         // Sample in reverse so that a sequence leaving does not move the ones before.
         let mut ended = Vec::new();
-        for ((index, tokens, start), logits) in inputs.into_iter().zip(logits).rev() {
+        for ((index, tokens, start), output) in inputs.into_iter().zip(outputs).rev() {
             let slot = &mut self.slots[self.active[index].slot];
             slot.tokens.truncate(start);
             slot.tokens.extend_from_slice(&tokens);
@@ -663,7 +692,7 @@ impl<B: Backend> Worker<B> {
                     continue;
                 }
             }
-            match self.backend.step(&mut active.sequence, logits) {
+            match self.backend.step(&mut active.sequence, output) {
                 Ok(step) => {
                     if let Some(text) = step.text {
                         self.token(index, text);
@@ -795,6 +824,8 @@ pub mod testing {
         pub rewinds: bool,
         /// Every forward pass, in order.
         pub passes: Arc<Mutex<Vec<Vec<SeenChunk>>>>,
+        /// What each pass asked to read back of its chunks, in order.
+        pub wants: Arc<Mutex<Vec<Vec<Readback>>>>,
         /// Waits this long per pass (so that tests can catch sequences mid-run).
         pub delay: Duration,
         /// Passes after which the next one fails (None: never).
@@ -810,6 +841,7 @@ pub mod testing {
                 context_length,
                 rewinds: true,
                 passes: Default::default(),
+                wants: Default::default(),
                 delay: Duration::from_millis(1),
                 fail_after: None,
                 order: None,
@@ -875,13 +907,33 @@ pub mod testing {
             Ok(out)
         }
 
+        // The "greedy token" of a chunk is its one logit, as a number.
+        fn forward_batch_read(
+            &mut self,
+            chunks: &[SeqChunk<'_>],
+            wants: &[Readback],
+        ) -> anyhow::Result<Vec<ChunkOutput>> {
+            self.wants.lock().unwrap().push(wants.to_vec());
+            let rows = self.forward_batch(chunks)?;
+            Ok(rows
+                .into_iter()
+                .zip(wants)
+                .map(|(row, want)| match want {
+                    Readback::Logits => ChunkOutput::Logits(row),
+                    Readback::Greedy => ChunkOutput::Token(row[0] as u32),
+                })
+                .collect())
+        }
+
         fn device_description(&self) -> String {
             "fake".into()
         }
     }
 
-    /// Emits the logits' number as each token's text, then feeds token 7.
+    /// Emits the logits' number as each token's text, then feeds token 7; a job with
+    /// temperature 0 takes the number as a greedy token instead (the same text).
     pub struct FakeSequence {
+        greedy: bool,
         position: usize,
         prompt_tokens: usize,
         generated: usize,
@@ -896,6 +948,9 @@ pub mod testing {
         }
         fn cancel(&mut self) {
             self.finish = FinishReason::Cancelled;
+        }
+        fn picks_greedily(&self) -> bool {
+            self.greedy
         }
     }
 
@@ -937,6 +992,7 @@ pub mod testing {
             }
             self.started.lock().unwrap().push(job.prompt_tokens.clone());
             Ok(FakeSequence {
+                greedy: job.sampling.temperature == Some(0.0),
                 position: job.prompt_tokens.len(),
                 prompt_tokens: job.prompt_tokens.len(),
                 generated: 0,
@@ -946,7 +1002,15 @@ pub mod testing {
             })
         }
 
-        fn step(&mut self, seq: &mut FakeSequence, logits: Vec<f32>) -> anyhow::Result<SeqStep> {
+        fn step(&mut self, seq: &mut FakeSequence, output: ChunkOutput) -> anyhow::Result<SeqStep> {
+            let text = match output {
+                ChunkOutput::Logits(logits) if !seq.greedy => format!("{} ", logits[0]),
+                ChunkOutput::Token(token) if seq.greedy => format!("{token} "),
+                other => anyhow::bail!(
+                    "the engine answered {other:?} to a greedy={} sequence",
+                    seq.greedy
+                ),
+            };
             seq.generated += 1;
             let finished = (seq.generated >= seq.max_new_tokens
                 || seq.position >= seq.context_length)
@@ -955,7 +1019,7 @@ pub mod testing {
                 seq.position += 1;
             }
             Ok(SeqStep {
-                text: Some(format!("{} ", logits[0])),
+                text: Some(text),
                 finished,
             })
         }
@@ -1140,6 +1204,41 @@ mod tests {
             let (alone, _) = run_all(FakeEngine::new(1, 64), 512, vec![job]).await;
             assert_eq!(alone[0].0, together.0);
             assert_eq!(together.1.completion_tokens, 6);
+        }
+    }
+
+    #[tokio::test]
+    async fn greedy_sequences_and_unsampled_prompt_chunks_read_only_the_token() {
+        let greedy = JobSpec {
+            sampling: SamplingRequest {
+                temperature: Some(0.0),
+                ..Default::default()
+            },
+            ..prompt_spec((100..120).collect(), 5)
+        };
+        let sampled = prompt_spec((100..120).collect(), 5);
+        let engine = FakeEngine::new(2, 64);
+        let wants = engine.wants.clone();
+        // Prompts of 20 tokens in chunks of 8: two chunks before each prompt's end.
+        let (results, passes) = run_all(engine, 8, vec![greedy, sampled]).await;
+        assert_eq!(
+            results[0].0, results[1].0,
+            "the greedy token changed the text"
+        );
+        let wants = wants.lock().unwrap().clone();
+        assert_eq!(wants.len(), passes.len());
+        for (pass, wants) in passes.iter().zip(&wants) {
+            for ((slot, tokens, start), want) in pass.iter().zip(wants) {
+                // The first job runs in the first slot it finds free (slot 0), the second in
+                // slot 1; a chunk is sampled when it ends its prompt or decodes.
+                let sampled = start + tokens.len() >= 20;
+                let expected = if sampled && *slot == 1 {
+                    Readback::Logits
+                } else {
+                    Readback::Greedy
+                };
+                assert_eq!(*want, expected, "slot {slot} at {start}: {pass:?}");
+            }
         }
     }
 
