@@ -393,7 +393,6 @@ fn run_sequences(args: &Args, n: usize) -> Result<(), VulkanError> {
             device: device_options(args)?,
             slots: n,
             max_batch: args.max_batch,
-            ..LoadOptions::default()
         },
     )?;
     println!("adapter:            {}", model.adapter_description());
