@@ -802,25 +802,14 @@ impl Gpu {
         label: &str,
         data: &[u8],
     ) -> Result<wgpu::Buffer, VulkanError> {
-        let padded = (data.len() as u64).div_ceil(16) * 16;
-        let buf = self.buffer_mapped(
+        self.buffer_init(
             label,
-            padded.max(4),
+            4,
             wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
-        )?;
-        {
-            let mut view =
-                buf.slice(..)
-                    .get_mapped_range_mut()
-                    .map_err(|e| VulkanError::Internal {
-                        detail: format!("mapping {label}: {e}"),
-                    })?;
-            view.slice(..data.len()).copy_from_slice(data);
-        }
-        buf.unmap();
-        Ok(buf)
+            data,
+        )
     }
 
     /// Creates a uniform buffer holding `data`.
@@ -829,23 +818,12 @@ impl Gpu {
         label: &str,
         data: &[u8],
     ) -> Result<wgpu::Buffer, VulkanError> {
-        let size = (data.len() as u64).div_ceil(16) * 16;
-        let buf = self.buffer_mapped(
+        self.buffer_init(
             label,
-            size.max(16),
+            16,
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        )?;
-        {
-            let mut view =
-                buf.slice(..)
-                    .get_mapped_range_mut()
-                    .map_err(|e| VulkanError::Internal {
-                        detail: format!("mapping {label}: {e}"),
-                    })?;
-            view.slice(..data.len()).copy_from_slice(data);
-        }
-        buf.unmap();
-        Ok(buf)
+            data,
+        )
     }
 
     /// Creates a host-readable buffer that results are copied into.
@@ -883,13 +861,28 @@ impl Gpu {
         self.alloc(label, size, usage, false)
     }
 
-    fn buffer_mapped(
+    /// Creates a buffer that starts with `data`, written through a mapping at creation; its
+    /// size is `data`'s padded to a multiple of 16 bytes, and at least `min_size`.
+    fn buffer_init(
         &self,
         label: &str,
-        size: u64,
+        min_size: u64,
         usage: wgpu::BufferUsages,
+        data: &[u8],
     ) -> Result<wgpu::Buffer, VulkanError> {
-        self.alloc(label, size, usage, true)
+        let size = (data.len() as u64).div_ceil(16) * 16;
+        let buf = self.alloc(label, size.max(min_size), usage, true)?;
+        {
+            let mut view =
+                buf.slice(..)
+                    .get_mapped_range_mut()
+                    .map_err(|e| VulkanError::Internal {
+                        detail: format!("mapping {label}: {e}"),
+                    })?;
+            view.slice(..data.len()).copy_from_slice(data);
+        }
+        buf.unmap();
+        Ok(buf)
     }
 
     fn alloc(
