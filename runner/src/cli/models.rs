@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use xpu_runner::hub::{Fetcher, Freshness, ModelRef};
+use xpu_runner::server::pool::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
@@ -54,7 +55,7 @@ pub fn list(_: ListArgs) -> anyhow::Result<()> {
         println!(
             "{:<width$}  {:>10}  {}",
             model.name,
-            human_size(model.size),
+            human_bytes(model.size),
             model.reference.as_deref().unwrap_or(&model.name)
         );
     }
@@ -81,19 +82,4 @@ pub fn rm(args: RmArgs) -> anyhow::Result<()> {
     cache.remove(&path)?;
     println!("removed {}", path.display());
     Ok(())
-}
-
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
