@@ -324,8 +324,15 @@ impl MatvecInput {
 fn load_unit_source(ty: WeightType) -> &'static str {
     match ty {
         WeightType::F32 => include_str!("shaders/f32.wgsl"),
-        WeightType::F16 => include_str!("shaders/f16.wgsl"),
-        WeightType::BF16 => include_str!("shaders/bf16.wgsl"),
+        // F16 and BF16 share their unit functions (half_words.wgsl) and differ in `half_vec`.
+        WeightType::F16 => concat!(
+            include_str!("shaders/f16.wgsl"),
+            include_str!("shaders/half_words.wgsl")
+        ),
+        WeightType::BF16 => concat!(
+            include_str!("shaders/bf16.wgsl"),
+            include_str!("shaders/half_words.wgsl")
+        ),
         WeightType::Q4_0 => include_str!("shaders/q4_0.wgsl"),
         WeightType::Q4_1 => include_str!("shaders/q4_1.wgsl"),
         WeightType::Q8_0 => include_str!("shaders/q8_0.wgsl"),
