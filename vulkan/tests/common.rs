@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::Device;
-use xpu_vulkan::{DeviceOptions, Gpu, KernelTuning, WeightType, MATVEC_TUNING_ENV};
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use xpu_vulkan::{DeviceOptions, Gpu, GpuWeight, KernelTuning, WeightType, MATVEC_TUNING_ENV};
 
 /// Five chat prompts, tried as a new user would: the prompts of runner/tests/llama_cpp.rs
 /// and scripts/compare-llama.py.
@@ -211,6 +212,32 @@ pub fn decode_input(tuning: &KernelTuning, ty: WeightType, v: &[f32]) -> Vec<f64
 pub fn random(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
     use rand::Rng;
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// A `[rows, k]` tensor of values uniform in [-1, 1) (drawn from `seed`), quantized to `dtype`
+/// by candle's own quantizers.
+pub fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let t = Tensor::from_vec(random(&mut rng, rows * k), (rows, k), &Device::Cpu).unwrap();
+    QTensor::quantize(&t, dtype).unwrap()
+}
+
+/// candle's dequantization of `qt`, row after row: the weights the references multiply with.
+pub fn dequantized(qt: &QTensor) -> Vec<f32> {
+    qt.dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Uploads `qt` (`[rows, k]`) to `gpu` in its own type, with its [`dequantized`] weights.
+pub fn upload_with_reference(gpu: &Gpu, label: &str, qt: &QTensor) -> (GpuWeight, Vec<f32>) {
+    let (rows, k) = qt.shape().dims2().unwrap();
+    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
+    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
+    (weight, dequantized(qt))
 }
 
 /// Every weight type the kernels take.

@@ -16,12 +16,11 @@
 
 mod common;
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
-use common::{random, ALL_TYPES};
+use candle_core::quantized::GgmlDType;
+use common::{random, random_qtensor, upload_with_reference, ALL_TYPES};
 use half::f16;
 use rand::SeedableRng;
-use xpu_vulkan::{testing, DeviceOptions, Gpu, GpuWeight, KernelTuning, VulkanError, WeightType};
+use xpu_vulkan::{testing, DeviceOptions, Gpu, KernelTuning, VulkanError};
 
 /// The bound against the f16-rounded reference (see the module comment).
 const COOP_REL_TOL: f64 = 1e-4;
@@ -103,27 +102,6 @@ fn reference(
     y
 }
 
-fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let t = Tensor::from_vec(random(&mut rng, rows * k), (rows, k), &Device::Cpu).unwrap();
-    QTensor::quantize(&t, dtype).unwrap()
-}
-
-/// Uploads `qt` and returns it with candle's dequantization.
-fn upload(gpu: &Gpu, qt: &QTensor) -> (GpuWeight, Vec<f32>) {
-    let (rows, k) = qt.shape().dims2().unwrap();
-    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
-    let weight = GpuWeight::upload(gpu, "coop", ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    (weight, w)
-}
-
 /// Checks `got` against both references; returns the errors.
 fn check(label: &str, got: &[f32], w: &[f32], rows: usize, k: usize, x: &[f32], n: usize) {
     let (rel, max_abs) = common::compare(got, &reference(w, rows, k, x, n, true));
@@ -145,7 +123,7 @@ fn coop_product_matches_the_cpu_for_every_type() {
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
         // 37 rows: an odd count, less than one tile of 64; 512 = two K-quant super-blocks.
         let qt = random_qtensor(dtype, 37, 512, 300 + i as u64);
-        let (weight, w) = upload(&gpu, &qt);
+        let (weight, w) = upload_with_reference(&gpu, "coop", &qt);
         let mut rng = rand::rngs::StdRng::seed_from_u64(400 + i as u64);
         // 16: the smallest prompt product, a quarter of a token tile; 33: one partial tile;
         // 512: eight full tiles, as a pp512 prompt batch.
@@ -204,7 +182,7 @@ fn every_tile_shape_matches_the_cpu_for_every_type() {
         for (i, dtype) in types.into_iter().enumerate() {
             let k = if dtype.block_size() == 256 { 256 } else { 160 };
             let qt = random_qtensor(dtype, 150, k, 800 + i as u64);
-            let (weight, w) = upload(&gpu, &qt);
+            let (weight, w) = upload_with_reference(&gpu, "coop", &qt);
             let mut rng = rand::rngs::StdRng::seed_from_u64(900 + i as u64);
             let xs: Vec<Vec<f32>> = [16usize, 150]
                 .iter()
@@ -258,7 +236,7 @@ fn coop_product_covers_several_row_tiles_and_chunks() {
         .enumerate()
         {
             let qt = random_qtensor(dtype, 150, 256, 500 + i as u64);
-            let (weight, w) = upload(&gpu, &qt);
+            let (weight, w) = upload_with_reference(&gpu, "coop", &qt);
             if cap.is_some() {
                 assert!(
                     weight.chunk_count() > 1,
@@ -286,7 +264,7 @@ fn coop_outputs_side_by_side_and_accumulated() {
     let Some(gpu) = coop_gpu(None) else { return };
     let (rows, k, stride, offset) = (70, 256, 80, 5);
     let qt = random_qtensor(GgmlDType::Q4K, rows, k, 700);
-    let (weight, w) = upload(&gpu, &qt);
+    let (weight, w) = upload_with_reference(&gpu, "coop", &qt);
     let mut rng = rand::rngs::StdRng::seed_from_u64(701);
     for n in [16usize, 70] {
         let x = random(&mut rng, n * k);

@@ -9,10 +9,13 @@
 
 mod common;
 
-use common::{decode_input, decode_tolerance, random, ALL_TYPES, REL_TOL};
+use common::{
+    decode_input, decode_tolerance, random, random_qtensor, upload_with_reference, ALL_TYPES,
+    REL_TOL,
+};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use xpu_vulkan::{testing, GpuWeight, KernelTuning, VulkanError, WeightType};
 
@@ -27,26 +30,6 @@ fn reference(w: &[f32], rows: usize, k: usize, x: &[f32], n_tokens: usize) -> Ve
         }
     }
     y
-}
-
-/// Uploads `qt` (`[rows, k]`) to the GPU in its own type and dequantizes it on the CPU with
-/// candle, the reference every check multiplies with.
-fn upload_with_reference(
-    gpu: &xpu_vulkan::Gpu,
-    label: &str,
-    qt: &QTensor,
-) -> (GpuWeight, Vec<f32>) {
-    let (rows, k) = qt.shape().dims2().unwrap();
-    let ty = WeightType::from_ggml(qt.dtype()).unwrap();
-    let weight = GpuWeight::upload(gpu, label, ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    (weight, w)
 }
 
 /// Uploads `qt` (`[rows, k]`) and checks the matmul for several token counts and the row
@@ -97,12 +80,6 @@ fn check_tensor_with(
         assert_eq!(&got[t * k..(t + 1) * k], want, "{label}: row {id} differs");
     }
     weight.chunk_count()
-}
-
-fn random_qtensor(dtype: GgmlDType, rows: usize, k: usize, seed: u64) -> QTensor {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let t = Tensor::from_vec(random(&mut rng, rows * k), (rows, k), &Device::Cpu).unwrap();
-    QTensor::quantize(&t, dtype).unwrap()
 }
 
 #[test]

@@ -11,12 +11,13 @@
 
 mod common;
 
-use common::{decode_input, decode_tolerance, random, ALL_TYPES};
+use common::{
+    decode_input, decode_tolerance, random, random_qtensor, upload_with_reference, ALL_TYPES,
+};
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::quantized::GgmlDType;
 use rand::SeedableRng;
-use xpu_vulkan::{testing, Gpu, GpuWeight, KernelTuning, WeightType};
+use xpu_vulkan::{testing, Gpu, GpuWeight, KernelTuning};
 
 /// The multi-token and the one-token kernel sum each product in the same order; what a
 /// driver compiles differently for the two (contracted multiply-adds) stays far below this.
@@ -52,20 +53,11 @@ fn check(spec: &str) {
     let (gpu, tuning) = gpu_with(spec);
     let (per_token, _) = gpu_with(&format!("{spec},multi=0"));
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(70 + i as u64);
-        let t = Tensor::from_vec(random(&mut rng, ROWS * K), (ROWS, K), &Device::Cpu).unwrap();
-        let qt = QTensor::quantize(&t, dtype).unwrap();
-        let ty = WeightType::from_ggml(dtype).unwrap();
-        let data = qt.data().unwrap();
-        let weight = GpuWeight::upload(&gpu, "multi", ty, ROWS, K, &data).unwrap();
-        let weight_one = GpuWeight::upload(&per_token, "one", ty, ROWS, K, &data).unwrap();
-        let w: Vec<f32> = qt
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let qt = random_qtensor(dtype, ROWS, K, 70 + i as u64);
+        let (weight, w) = upload_with_reference(&gpu, "multi", &qt);
+        let (weight_one, _) = upload_with_reference(&per_token, "one", &qt);
+        let ty = weight.weight_type();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(170 + i as u64);
         let xs: Vec<Vec<f32>> = TOKEN_COUNTS
             .iter()
             .map(|&n| random(&mut rng, n * K))
@@ -147,25 +139,14 @@ const STEP_TOKENS: [usize; 5] = [2, 3, 8, 11, 16];
 const FUSED_K: usize = 2304;
 const FUSED_ROWS: usize = 13;
 
-/// A weight of `dtype` for the fused-input tests, uploaded, and its dequantized values.
-fn fused_weight(
-    gpu: &Gpu,
-    dtype: GgmlDType,
-    rng: &mut rand::rngs::StdRng,
-) -> (GpuWeight, Vec<f32>) {
-    let (rows, k) = (FUSED_ROWS, FUSED_K);
-    let t = Tensor::from_vec(random(rng, rows * k), (rows, k), &Device::Cpu).unwrap();
-    let qt = QTensor::quantize(&t, dtype).unwrap();
-    let ty = WeightType::from_ggml(dtype).unwrap();
-    let weight = GpuWeight::upload(gpu, "fused", ty, rows, k, &qt.data().unwrap()).unwrap();
-    let w = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    (weight, w)
+/// A weight of `dtype` for the fused-input tests (random values from `seed`), uploaded, and
+/// its dequantized values.
+fn fused_weight(gpu: &Gpu, dtype: GgmlDType, seed: u64) -> (GpuWeight, Vec<f32>) {
+    upload_with_reference(
+        gpu,
+        "fused",
+        &random_qtensor(dtype, FUSED_ROWS, FUSED_K, seed),
+    )
 }
 
 /// Checks a step with its input transformation fused into the quantization of x (`fused`)
@@ -238,8 +219,8 @@ fn rmsnorm_fused_into_quantize_x_matches_rmsnorm_then_quantize_x() {
     let (gpu, tuning) = gpu_with("");
     let eps = 1e-5;
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(90 + i as u64);
-        let (weight, w) = fused_weight(&gpu, dtype, &mut rng);
+        let (weight, w) = fused_weight(&gpu, dtype, 90 + i as u64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(190 + i as u64);
         // Norm weights around 1 and hidden states of a few sizes, as a model's.
         let norm_w: Vec<f32> = random(&mut rng, FUSED_K)
             .iter()
@@ -276,8 +257,8 @@ fn rmsnorm_fused_into_quantize_x_matches_rmsnorm_then_quantize_x() {
 fn silu_mul_fused_into_quantize_x_matches_silu_mul_then_quantize_x() {
     let (gpu, tuning) = gpu_with("");
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(110 + i as u64);
-        let (weight, w) = fused_weight(&gpu, dtype, &mut rng);
+        let (weight, w) = fused_weight(&gpu, dtype, 110 + i as u64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(210 + i as u64);
         // Gate and up values of a few sizes.
         let xs: Vec<Vec<f32>> = STEP_TOKENS
             .iter()
