@@ -190,7 +190,7 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("bench: {e}");
             }
-            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N] [--max-batch N (256)] [--host-pick] [--devices LIST] [--split SHARES]");
+            eprintln!("usage: bench MODEL.gguf [--cpu] [--prompt N (512)] [--decode N (128)] [--runs N (3)] [--sequences N] [--max-batch N (512)] [--host-pick] [--devices LIST] [--split SHARES]");
             return ExitCode::from(2);
         }
     };

@@ -38,8 +38,13 @@ fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
 
 /// candle's model of `path`, with f32 (`dequantize_all`) or 8-bit activations. candle reads
 /// `CANDLE_DEQUANTIZE_ALL` once per thread, when the thread builds its first matrix, so each
-/// model is built on a thread of its own.
+/// model is built on a thread of its own, and one at a time: the variable is process-wide,
+/// and a test building the other kind at the same moment would change what this one reads.
 fn candle_model(path: &Path, dequantize_all: bool) -> ModelWeights {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     std::thread::scope(|s| {
         s.spawn(|| {
             if dequantize_all {

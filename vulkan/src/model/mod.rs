@@ -50,7 +50,7 @@ impl Default for LoadOptions {
         LoadOptions {
             device: DeviceOptions::default(),
             ctx: None,
-            max_batch: 256,
+            max_batch: 512,
             slots: 1,
         }
     }
