@@ -110,7 +110,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads), `fuseq=0|1` (1:
 /// where the products after an RMSNorm or SiLU·mul read that int8 x, a multi-token step
 /// computes the norm or SiLU·mul and the quantization in one dispatch, `norm_quantize_x` or
-/// `glu_quantize_x`, instead of two), `coopk=1|2|4` (32-weight units of k that
+/// `glu_quantize_x`, instead of two), `headq=0|1` (1: the output head of a step with
+/// several logit rows, such as a batched decode step, reads int8 x where its weight type has
+/// int8 products, as the other products of such a step do; a one-token step's head keeps f32
+/// x; 0: every head reads f32 x), `coopk=1|2|4` (32-weight units of k that
 /// `matmul_coop` stages per pair of barriers) and `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
 /// rows by 64 tokens); see [`CoopShape`].
@@ -129,6 +132,7 @@ pub struct KernelTuning {
     multi_rows: u32,
     quantize_once: bool,
     fused_quantize: bool,
+    head_int8: bool,
     coop: CoopShape,
 }
 
@@ -195,6 +199,7 @@ impl KernelTuning {
         multi_rows: MULTI_ROWS,
         quantize_once: true,
         fused_quantize: true,
+        head_int8: true,
         coop: CoopShape::DEFAULT,
     };
 
@@ -251,7 +256,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, coopk=1|2|4 and/or cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4 and/or cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -273,6 +278,7 @@ impl std::str::FromStr for KernelTuning {
                 ("mrows", Ok(n @ (4 | 8))) => t.multi_rows = n as u32,
                 ("xq", Ok(n @ (0 | 1))) => t.quantize_once = n == 1,
                 ("fuseq", Ok(n @ (0 | 1))) => t.fused_quantize = n == 1,
+                ("headq", Ok(n @ (0 | 1))) => t.head_int8 = n == 1,
                 ("coopk", Ok(n @ (1 | 2 | 4))) => t.coop.units = n as u32,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?
@@ -938,6 +944,15 @@ impl Kernels {
         &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
     }
 
+    /// Whether the output head of a step with several logit rows reads int8 x (`headq=`):
+    /// asked for, and `ty` has a multi-token product with int8 x.
+    pub fn head_int8(&self, ty: WeightType) -> bool {
+        self.tuning.head_int8
+            && self.dp4a
+            && dp4a_type(ty)
+            && self.matvec_multi.contains_key(&(ty, true))
+    }
+
     /// The multi-token matrix-vector pipeline (`matvec_multi`) with its rows and tokens per
     /// workgroup, or `None` with `multi=0`; `exact` as for [`matvec`](Self::matvec).
     pub fn matvec_multi(
@@ -1154,6 +1169,8 @@ mod tuning_tests {
         assert!(!parse("xq=0").unwrap().quantize_once);
         assert!(parse("").unwrap().fused_quantize);
         assert!(!parse("fuseq=0").unwrap().fused_quantize);
+        assert!(parse("").unwrap().head_int8);
+        assert!(!parse("headq=0").unwrap().head_int8);
         let t = parse("").unwrap();
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 4));
         assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);
@@ -1189,6 +1206,7 @@ mod tuning_tests {
             "mrows=16",
             "xq=2",
             "fuseq=2",
+            "headq=2",
             "prefill=1",
             "prefill=tile",
             "prefill=auto",

@@ -10,6 +10,11 @@ use super::*;
 pub(super) struct Head {
     final_norm: wgpu::BindGroup,
     output: MatmulOp,
+    /// The output product of a step with several logit rows (a batched decode step) with
+    /// int8 x (`headq=1`, where the weight type has int8 products): a step's head is its
+    /// largest single product, and f32 x made it the most expensive kernel of a batched step.
+    /// `None` where it would be `output`.
+    output_int8: Option<MatmulOp>,
     /// The output product for a one-token step: RMSNorm fused, reading the hidden state.
     output_fused: MatmulOp,
     /// The greedy token of each logit row, into `picks`.
@@ -574,6 +579,24 @@ impl Stage {
                 head_mode,
                 None,
             )?;
+            let output_int8 = if kernels.head_int8(out_w.ty) {
+                Some(MatmulOp::new(
+                    &gpu,
+                    &kernels,
+                    "output",
+                    &out_w,
+                    &last_hidden,
+                    &logits,
+                    &step,
+                    MatmulMode {
+                        exact_input: false,
+                        ..head_mode
+                    },
+                    None,
+                )?)
+            } else {
+                None
+            };
             let fused = FusedInput::Norm {
                 x: &hidden,
                 weight: &final_norm_buf,
@@ -606,6 +629,7 @@ impl Stage {
             Some(Head {
                 final_norm,
                 output,
+                output_int8,
                 output_fused,
                 argmax,
             })
@@ -855,7 +879,10 @@ impl Stage {
                             &head.final_norm,
                             [rows, 1, 1],
                         );
-                        head.output.record(&mut rec, rows, false);
+                        match &head.output_int8 {
+                            Some(int8) if rows > 1 => int8.record(&mut rec, rows, false),
+                            _ => head.output.record(&mut rec, rows, false),
+                        }
                     }
                     rec.dispatch(
                         "argmax",
