@@ -77,14 +77,7 @@ impl Engine for VulkanEngine {
     }
 
     fn forward_batch(&mut self, chunks: &[SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let chunks: Vec<xpu_vulkan::SeqChunk<'_>> = chunks
-            .iter()
-            .map(|c| xpu_vulkan::SeqChunk {
-                slot: c.slot,
-                tokens: c.tokens,
-                start: c.start,
-            })
-            .collect();
+        let chunks = vulkan_chunks(chunks);
         self.model
             .forward_batch(&chunks)
             .context("Vulkan batched forward pass")
@@ -96,14 +89,7 @@ impl Engine for VulkanEngine {
         chunks: &[SeqChunk<'_>],
         wants: &[Readback],
     ) -> anyhow::Result<Vec<ChunkOutput>> {
-        let chunks: Vec<xpu_vulkan::SeqChunk<'_>> = chunks
-            .iter()
-            .map(|c| xpu_vulkan::SeqChunk {
-                slot: c.slot,
-                tokens: c.tokens,
-                start: c.start,
-            })
-            .collect();
+        let chunks = vulkan_chunks(chunks);
         let wants: Vec<xpu_vulkan::Readback> = wants
             .iter()
             .map(|w| match w {
@@ -151,6 +137,19 @@ impl Engine for VulkanEngine {
     fn rewinds(&self) -> bool {
         true
     }
+}
+
+/// The engine's chunks as the Vulkan crate spells them (the runner's engine trait does not
+/// depend on that optional crate).
+fn vulkan_chunks<'a>(chunks: &[SeqChunk<'a>]) -> Vec<xpu_vulkan::SeqChunk<'a>> {
+    chunks
+        .iter()
+        .map(|c| xpu_vulkan::SeqChunk {
+            slot: c.slot,
+            tokens: c.tokens,
+            start: c.start,
+        })
+        .collect()
 }
 
 #[cfg(test)]
