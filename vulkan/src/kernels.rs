@@ -114,9 +114,12 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// several logit rows, such as a batched decode step, reads int8 x where its weight type has
 /// int8 products, as the other products of such a step do; a one-token step's head keeps f32
 /// x; 0: every head reads f32 x), `coopk=1|2|4` (32-weight units of k that
-/// `matmul_coop` stages per pair of barriers) and `cooptile=64|128|<rows>x<tokens>` (rows 64
+/// `matmul_coop` stages per pair of barriers), `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
-/// rows by 64 tokens); see [`CoopShape`].
+/// rows by 64 tokens; see [`CoopShape`]) and `pattn=0|1` (1, the default: steps of prompt
+/// size, as the prompt products count them, run attention with query tiles,
+/// `attention_tiled` in attention_tiled.wgsl; 0: with the decode kernel `attention`, one
+/// workgroup per head and token; see [`KernelTuning::tiled_attention_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -134,6 +137,7 @@ pub struct KernelTuning {
     fused_quantize: bool,
     head_int8: bool,
     coop: CoopShape,
+    prompt_attention: bool,
 }
 
 /// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`; see matmul_coop.wgsl):
@@ -201,6 +205,7 @@ impl KernelTuning {
         fused_quantize: true,
         head_int8: true,
         coop: CoopShape::DEFAULT,
+        prompt_attention: true,
     };
 
     /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
@@ -239,6 +244,15 @@ impl KernelTuning {
             && self.prefill != Prefill::Rows
     }
 
+    /// Whether a step of `n_tokens` tokens runs attention with query tiles
+    /// (`attention_tiled`, `pattn=1`): steps of prompt size, as the prompt products count
+    /// them; decode and batched-decode steps keep `attention`.
+    pub fn tiled_attention_for(&self, n_tokens: usize) -> bool {
+        self.prompt_attention
+            && !self.decode_kernel_for(n_tokens)
+            && n_tokens >= TILED_MIN_TOKENS as usize
+    }
+
     /// Whether a product of `n_tokens` tokens runs the decode (matrix-vector) kernel, and so
     /// quantizes x where [`decode_quantizes_x`](Self::decode_quantizes_x) says; for tests.
     pub fn decode_kernel_for(&self, n_tokens: usize) -> bool {
@@ -256,7 +270,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4 and/or cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128) and/or pattn=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -280,6 +294,7 @@ impl std::str::FromStr for KernelTuning {
                 ("fuseq", Ok(n @ (0 | 1))) => t.fused_quantize = n == 1,
                 ("headq", Ok(n @ (0 | 1))) => t.head_int8 = n == 1,
                 ("coopk", Ok(n @ (1 | 2 | 4))) => t.coop.units = n as u32,
+                ("pattn", Ok(n @ (0 | 1))) => t.prompt_attention = n == 1,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?
                 }
@@ -582,6 +597,8 @@ pub(crate) struct Kernels {
     pub rope: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
     pub attention_combine: wgpu::ComputePipeline,
+    /// Attention of prompt steps with query tiles (attention_tiled.wgsl).
+    pub attention_tiled: wgpu::ComputePipeline,
     pub silu_mul: wgpu::ComputePipeline,
     /// Per-head RMSNorm of q and k (head_norm.wgsl).
     pub head_rmsnorm: wgpu::ComputePipeline,
@@ -894,6 +911,13 @@ impl Kernels {
                 attention,
                 "combine",
             ),
+            attention_tiled: pipeline(
+                gpu,
+                tuning.checks,
+                "attention tiled",
+                include_str!("shaders/attention_tiled.wgsl"),
+                "attention_tiled",
+            ),
             silu_mul: pipeline(
                 gpu,
                 tuning.checks,
@@ -1037,6 +1061,12 @@ impl Kernels {
         Ok(pipeline)
     }
 
+    /// Whether a step of `n_tokens` tokens runs `attention_tiled` (see
+    /// [`KernelTuning::tiled_attention_for`]).
+    pub fn tiled_attention_for(&self, n_tokens: usize) -> bool {
+        self.tuning.tiled_attention_for(n_tokens)
+    }
+
     /// Attention workgroups a step aims for (see KernelTuning).
     pub fn attention_groups(&self) -> usize {
         self.attn_groups
@@ -1094,6 +1124,20 @@ mod tuning_tests {
 
     fn parse(spec: &str) -> Result<KernelTuning, String> {
         spec.parse()
+    }
+
+    #[test]
+    fn prompt_attention_is_read_and_follows_the_prompt_products() {
+        let on = KernelTuning::default();
+        assert!(on.tiled_attention_for(17) && on.tiled_attention_for(512));
+        // Decode and batched-decode steps keep the decode kernel.
+        assert!(!on.tiled_attention_for(1) && !on.tiled_attention_for(16));
+        assert!(parse("batch=1").unwrap().tiled_attention_for(16));
+        assert!(!parse("batch=1").unwrap().tiled_attention_for(15));
+        assert!(!parse("pattn=0").unwrap().tiled_attention_for(512));
+        assert!(parse("pattn=1").unwrap().tiled_attention_for(512));
+        let err = parse("pattn=2").unwrap_err();
+        assert!(err.contains("pattn=0|1"), "{err}");
     }
 
     #[test]

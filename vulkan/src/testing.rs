@@ -836,3 +836,100 @@ pub fn attention(
         }
     })
 }
+
+/// The attention kernel [`attention_rows`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// `attention`, the decode kernel, with every token's positions in one chunk.
+    Decode,
+    /// `attention_tiled`, the prompt kernel with query tiles.
+    Tiled,
+}
+
+/// Causal attention of the tokens of one step as the model runs it: token `t` is at position
+/// `rows[t][0]` of its sequence, whose slot starts at cache position `rows[t][1]`, and
+/// attends the positions of its own slot up to its own (its last `window` of them, 0: all).
+/// `q`: `[rows.len(), n_head * head_dim]`; caches: `[n_kv, ctx, head_dim]` in f16, `ctx`
+/// covering every slot; returns `[rows.len(), n_head * head_dim]`, poisoned with NaN first.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    q: &[f32],
+    kcache: &[half::f16],
+    vcache: &[half::f16],
+    rows: &[[u32; 2]],
+    window: usize,
+    kernel: AttentionKernel,
+) -> Result<Vec<f32>, VulkanError> {
+    let (nh, nkv, hd, ctx) = (shape.n_head, shape.n_kv, shape.head_dim, shape.ctx);
+    let row = nh * hd;
+    let n = rows.len();
+    if hd % 4 != 0 || hd > 256 || nkv == 0 || nh % nkv != 0 || n == 0 || q.len() != n * row {
+        return Err(VulkanError::InvalidInput(format!(
+            "q has {} values for {n} tokens of {nh} heads of {hd} (a multiple of 4 up to 256) with {nkv} K/V heads",
+            q.len()
+        )));
+    }
+    if let Some([pos, slot]) = rows.iter().find(|[p, s]| (p + s) as usize >= ctx) {
+        return Err(VulkanError::InvalidInput(format!(
+            "a token at position {pos} of the slot at {slot} is past the {ctx} cache positions"
+        )));
+    }
+    if kcache.len() != nkv * ctx * hd || vcache.len() != kcache.len() {
+        return Err(VulkanError::InvalidInput(format!(
+            "caches of {} and {} values, expected {}",
+            kcache.len(),
+            vcache.len(),
+            nkv * ctx * hd
+        )));
+    }
+    let kernels = Kernels::new(gpu, &[])?;
+    let qkv_row = (nh + 2 * nkv) * hd;
+    let mut qkv = vec![f32::NAN; n * qkv_row];
+    for t in 0..n {
+        qkv[t * qkv_row..t * qkv_row + row].copy_from_slice(&q[t * row..(t + 1) * row]);
+    }
+    let qb = gpu.storage_init("q|k|v", bytemuck::cast_slice(&qkv))?;
+    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(kcache))?;
+    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(vcache))?;
+    let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n * row]))?;
+    let mut params = crate::model::AttnParams::new(nh, nkv, hd, ctx);
+    params.window = window as u32;
+    let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;
+    // One chunk of every position for the decode kernel (the tiled one reads no chunks).
+    let step = StepParams {
+        n_tokens: n as u32,
+        out_rows: 0,
+        attn_chunks: 1,
+        attn_chunk_len: ctx as u32,
+    };
+    let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
+    let rb = gpu.storage_init("token positions and slots", bytemuck::cast_slice(rows))?;
+    let mut buffers = vec![
+        (0, &qb),
+        (1, &kb),
+        (2, &vb),
+        (3, &out),
+        (4, &pb),
+        (5, &step),
+    ];
+    let part;
+    let (pipeline, groups) = match kernel {
+        AttentionKernel::Decode => {
+            part = gpu.storage("partials", (n * nh * (hd + 4) * 4) as u64)?;
+            buffers.push((6, &part));
+            (&kernels.attention, [nh as u32, n as u32, 1])
+        }
+        AttentionKernel::Tiled => {
+            let query_rows = n * (nh / nkv);
+            let groups = query_rows.div_ceil(crate::model::attention_tiled_rows(hd));
+            (&kernels.attention_tiled, [groups as u32, nkv as u32, 1])
+        }
+    };
+    buffers.push((7, &rb));
+    let bg = crate::kernels::bind(gpu, pipeline, "attention", &buffers);
+    run(gpu, &out, n * row, |rec| {
+        rec.dispatch("attention", pipeline, &bg, groups)
+    })
+}

@@ -12,7 +12,7 @@ mod common;
 
 use half::f16;
 use rand::{Rng, SeedableRng};
-use xpu_vulkan::testing::{self, AttentionShape};
+use xpu_vulkan::testing::{self, AttentionKernel, AttentionShape};
 
 const REL_TOL: f64 = 1e-5;
 
@@ -150,4 +150,156 @@ fn attention_rejects_bad_shapes() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("a multiple of 4"), "{err}");
+}
+
+/// Attention as a step runs it: token t at position rows[t][0] of the slot starting at cache
+/// position rows[t][1], attending the positions of its slot up to its own (its last `window`
+/// of them; 0: all), in f64 from the same f16 cache values.
+fn reference_rows(
+    s: &AttentionShape,
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    rows: &[[u32; 2]],
+    window: usize,
+) -> Vec<f64> {
+    let (nh, hd, ctx) = (s.n_head, s.head_dim, s.ctx);
+    let mut out = vec![0.0; q.len()];
+    for (t, &[last, slot]) in rows.iter().enumerate() {
+        let (last, slot) = (last as usize, slot as usize);
+        let first = if window > 0 && last + 1 > window {
+            last + 1 - window
+        } else {
+            0
+        };
+        for h in 0..nh {
+            let kvh = h / (nh / s.n_kv);
+            let qv = &q[(t * nh + h) * hd..][..hd];
+            let row = |cache: &[f16], pos: usize| -> Vec<f64> {
+                cache[(kvh * ctx + slot + pos) * hd..][..hd]
+                    .iter()
+                    .map(|&x| x.to_f64())
+                    .collect()
+            };
+            let scores: Vec<f64> = (first..=last)
+                .map(|pos| {
+                    let kr = row(k, pos);
+                    kr.iter().zip(qv).map(|(a, &b)| a * b as f64).sum::<f64>() / (hd as f64).sqrt()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let sum: f64 = w.iter().sum();
+            for (pos, wt) in (first..=last).zip(&w) {
+                for (o, x) in out[(t * nh + h) * hd..][..hd].iter_mut().zip(row(v, pos)) {
+                    *o += wt / sum * x;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Tokens at positions `start..start + n` of the slot starting at cache position `slot`.
+fn run_of(start: u32, n: u32, slot: u32) -> Vec<[u32; 2]> {
+    (start..start + n).map(|p| [p, slot]).collect()
+}
+
+/// The prompt kernel with query tiles (`attention_tiled`) and the decode kernel
+/// (`attention`) on the same steps, against the f64 reference: grouped-query heads 32/8
+/// (head dimension 128, the 8B shape: 16 rows a workgroup) and 9/3 (64, SmolLM2's heads:
+/// 32 rows, which do not hold whole tokens), the other head dimensions' thread layouts
+/// (32, 80 with dims past the head, 256 with 8-position tiles), prompts whose rows are not
+/// a multiple of a workgroup's, a second prompt chunk (nonzero start), steps mixing
+/// sequences of different slots (two prompt chunks and a decode token, so that workgroups
+/// straddle a slot boundary), and sliding windows. Tolerance as above (f32 against f64 up
+/// to summation order and `exp`): relative L2 error below 1e-5.
+#[test]
+fn tiled_attention_matches_reference() {
+    let gpu = common::gpu(None);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    // Slots of 160 positions in a cache of 3 slots.
+    let slot = 160u32;
+    let mixed: Vec<[u32; 2]> = [
+        run_of(40, 21, 0),
+        run_of(0, 27, slot),
+        run_of(90, 1, 2 * slot),
+    ]
+    .concat();
+    // (query heads, K/V heads, head dimension, what, the step's tokens, window)
+    let cases = [
+        (32, 8, 128, "prompt of 77", &run_of(0, 77, 0), 0),
+        (9, 3, 64, "prompt of 45", &run_of(0, 45, 0), 0),
+        (32, 8, 128, "second chunk at 100", &run_of(100, 37, 0), 0),
+        (9, 3, 64, "second chunk at 61", &run_of(61, 40, slot), 0),
+        (32, 8, 128, "two prompts and a decode token", &mixed, 0),
+        (9, 3, 64, "two prompts and a decode token", &mixed, 0),
+        (9, 3, 64, "window of 24", &run_of(10, 60, 0), 24),
+        (32, 8, 128, "window of 20, mixed", &mixed, 20),
+        (8, 2, 32, "prompt of 33", &run_of(5, 33, 0), 0),
+        (8, 2, 80, "prompt of 30", &run_of(0, 30, slot), 0),
+        (8, 2, 256, "window of 9", &run_of(20, 19, 0), 9),
+        (4, 4, 128, "no grouping", &run_of(3, 18, 0), 0),
+    ];
+    let mut worst: f64 = 0.0;
+    for (n_head, n_kv, head_dim, what, rows, window) in cases {
+        let shape = AttentionShape {
+            n_head,
+            n_kv,
+            head_dim,
+            ctx: 3 * slot as usize,
+        };
+        let cache = n_kv * shape.ctx * head_dim;
+        let k: Vec<f16> = (0..cache)
+            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let v: Vec<f16> = (0..cache)
+            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let q: Vec<f32> = (0..rows.len() * n_head * head_dim)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let want = reference_rows(&shape, &q, &k, &v, rows, window);
+        for kernel in [AttentionKernel::Tiled, AttentionKernel::Decode] {
+            let got =
+                testing::attention_rows(&gpu, &shape, &q, &k, &v, rows, window, kernel).unwrap();
+            let (rel, max_abs) = common::compare(&got, &want);
+            let case = format!("{kernel:?} {n_head}/{n_kv} hd {head_dim} {what}");
+            println!("{case}: rel {rel:.2e} max abs {max_abs:.2e}");
+            assert!(rel < REL_TOL, "{case}: rel {rel:.2e}");
+            worst = worst.max(rel);
+        }
+    }
+    println!("worst relative L2 error {worst:.2e}");
+}
+
+#[test]
+fn tiled_attention_rejects_bad_steps() {
+    let gpu = common::gpu(None);
+    let shape = AttentionShape {
+        n_head: 4,
+        n_kv: 2,
+        head_dim: 64,
+        ctx: 64,
+    };
+    let cache = vec![f16::ZERO; 2 * 64 * 64];
+    let q = vec![0.0f32; 2 * 4 * 64];
+    for (rows, want) in [
+        (vec![[0, 0], [1, 0], [2, 0]], "q has"),
+        (vec![[60, 0], [10, 54]], "past the 64 cache positions"),
+    ] {
+        let err = testing::attention_rows(
+            &gpu,
+            &shape,
+            &q,
+            &cache,
+            &cache,
+            &rows,
+            0,
+            AttentionKernel::Tiled,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(want), "{rows:?}: {err}");
+    }
 }

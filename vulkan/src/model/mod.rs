@@ -128,6 +128,20 @@ fn attention_tile(head_dim: usize) -> usize {
     8 * (64 / (head_dim / 4)).min(4)
 }
 
+/// Query rows (token, query head) of one `attention_tiled` workgroup: 64 / threads per row
+/// (`threads_per_row` in attention_tiled.wgsl, the fewest threads, a power of two, whose 8
+/// output vec4s each cover the head).
+pub(crate) fn attention_tiled_rows(head_dim: usize) -> usize {
+    let vec4s = head_dim / 4;
+    let threads = match vec4s {
+        0..=8 => 1,
+        9..=16 => 2,
+        17..=32 => 4,
+        _ => 8,
+    };
+    64 / threads
+}
+
 /// How attention splits the positions of a step of `n` tokens whose longest sequence holds
 /// `len` positions (flash-decoding): `(chunks, positions per chunk)`, the same for every
 /// token (a token's chunks past its own position are empty). Prompt batches already have a
@@ -281,6 +295,8 @@ struct LayerOps {
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     attention_combine: wgpu::BindGroup,
+    /// Attention of prompt steps with query tiles (see `KernelTuning::tiled_attention_for`).
+    attention_tiled: wgpu::BindGroup,
     o: MatmulOp,
     ffn_norm: wgpu::BindGroup,
     gate_up: Vec<MatmulOp>,
@@ -1613,6 +1629,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn tiled_attention_rows_give_every_thread_at_most_eight_vec4s() {
+        // 64 threads, a power of two per row, each holding 8 of the head's vec4s at most.
+        for head_dim in (4..=256).step_by(4) {
+            let rows = attention_tiled_rows(head_dim);
+            let threads = 64 / rows;
+            assert!(
+                threads.is_power_of_two() && threads * 8 >= head_dim / 4,
+                "{head_dim}"
+            );
+            assert!(
+                threads == 1 || (threads / 2) * 8 < head_dim / 4,
+                "{head_dim}"
+            );
+        }
+        assert_eq!(
+            [32, 64, 128, 256].map(attention_tiled_rows),
+            [64, 32, 16, 8]
+        );
     }
 
     #[test]

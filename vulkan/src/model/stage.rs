@@ -481,6 +481,20 @@ impl Stage {
                     "attention combine",
                     &[(3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
                 ),
+                attention_tiled: kernels::bind(
+                    &gpu,
+                    &kernels.attention_tiled,
+                    "attention tiled",
+                    &[
+                        (0, &qkv),
+                        (1, &kcache),
+                        (2, &vcache),
+                        (3, &attn),
+                        (4, &attn_u),
+                        (5, &step),
+                        (7, &rows),
+                    ],
+                ),
                 o: MatmulOp::new(
                     &gpu,
                     &kernels,
@@ -735,6 +749,10 @@ impl Stage {
             self.kernels.attention_groups(),
             attention_tile(c.head_dim),
         );
+        // Prompt-size steps: one workgroup per (rows of query tiles, K/V head), one chunk.
+        let tiled_attention = self.kernels.tiled_attention_for(n);
+        let query_rows = n * (c.n_head / c.n_kv_head);
+        let tiled_attention_groups = query_rows.div_ceil(attention_tiled_rows(c.head_dim)) as u32;
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let elt_groups = |width: usize| elementwise_groups(n * width);
         let silu_groups = elementwise_groups(n * c.n_ff);
@@ -826,13 +844,22 @@ impl Stage {
                             [rope_groups, 1, 1],
                         );
                     }
-                    rec.dispatch(
-                        "attention",
-                        &self.kernels.attention,
-                        &layer.attention,
-                        [c.n_head as u32, n, chunks as u32],
-                    );
-                    if chunks > 1 {
+                    if tiled_attention {
+                        rec.dispatch(
+                            "attention tiled",
+                            &self.kernels.attention_tiled,
+                            &layer.attention_tiled,
+                            [tiled_attention_groups, c.n_kv_head as u32, 1],
+                        );
+                    } else {
+                        rec.dispatch(
+                            "attention",
+                            &self.kernels.attention,
+                            &layer.attention,
+                            [c.n_head as u32, n, chunks as u32],
+                        );
+                    }
+                    if chunks > 1 && !tiled_attention {
                         rec.dispatch(
                             "attention combine",
                             &self.kernels.attention_combine,
