@@ -636,7 +636,9 @@ fn pipeline(
 ///   were sized for (`LlamaModel::check_chunks`, which also bounds the rows of the final
 ///   norm by the step's tokens); head counts and sizes come from the model's checked
 ///   configuration; attention chunks are at most ATTENTION_MAX_CHUNKS and
-///   the partials buffer is sized for the largest split;
+///   the partials buffer is sized for the largest split; `attention_tiled`'s query tiles
+///   name rows of the step's tokens, one tile per workgroup of its grid, and the tile
+///   buffer is sized for the grid of a pass of max_batch tokens in max_batch runs;
 /// - the greedy pick: one workgroup per logit row of the step, rows the logits and picks
 ///   buffers were sized for (one per slot);
 /// - the test entry points (`testing`) check their inputs' lengths the same way;

@@ -906,28 +906,25 @@ pub fn attention_rows(
     };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
     let rb = gpu.storage_init("token positions and slots", bytemuck::cast_slice(rows))?;
-    let mut buffers = vec![
-        (0, &qb),
-        (1, &kb),
-        (2, &vb),
-        (3, &out),
-        (4, &pb),
-        (5, &step),
-    ];
-    let part;
+    let mut buffers = vec![(0, &qb), (1, &kb), (2, &vb), (3, &out), (4, &pb), (7, &rb)];
+    let (part, tiles);
     let (pipeline, groups) = match kernel {
         AttentionKernel::Decode => {
             part = gpu.storage("partials", (n * nh * (hd + 4) * 4) as u64)?;
-            buffers.push((6, &part));
+            buffers.extend([(5, &step), (6, &part)]);
             (&kernels.attention, [nh as u32, n as u32, 1])
         }
         AttentionKernel::Tiled => {
-            let query_rows = n * (nh / nkv);
-            let groups = query_rows.div_ceil(crate::model::attention_tiled_rows(hd));
-            (&kernels.attention_tiled, [groups as u32, nkv as u32, 1])
+            // The query tiles as a step writes them (split at slot boundaries).
+            let table = crate::model::attention_query_tiles(rows, nh / nkv, hd);
+            tiles = gpu.storage_init("query tiles", bytemuck::cast_slice(&table))?;
+            buffers.push((8, &tiles));
+            (
+                &kernels.attention_tiled,
+                [table.len() as u32, nkv as u32, 1],
+            )
         }
     };
-    buffers.push((7, &rb));
     let bg = crate::kernels::bind(gpu, pipeline, "attention", &buffers);
     run(gpu, &out, n * row, |rec| {
         rec.dispatch("attention", pipeline, &bg, groups)

@@ -142,6 +142,49 @@ pub(crate) fn attention_tiled_rows(head_dim: usize) -> usize {
     64 / threads
 }
 
+/// Workgroups (along x) of an `attention_tiled` step of `tokens` tokens in `runs` runs of
+/// consecutive tokens of one slot, `group` query heads per K/V head: an upper bound of the
+/// tiles [`attention_query_tiles`] makes (each run's rows rounded up to whole tiles), so that
+/// a pass can be recorded from its shape alone.
+pub(crate) fn attention_tiled_groups(
+    tokens: usize,
+    runs: usize,
+    group: usize,
+    head_dim: usize,
+) -> usize {
+    (tokens * group).div_ceil(attention_tiled_rows(head_dim)) + runs
+}
+
+/// The query tiles of an `attention_tiled` step: per workgroup, its rows `[first, end)` of
+/// the step's rows (token t's query heads of one K/V head are rows t * group..(t + 1) *
+/// group), at most `attention_tiled_rows` of them and all of one run of consecutive tokens
+/// of one slot (`rows[t][1]`), so that every workgroup reads one slot's K/V; padded with
+/// empty tiles to `attention_tiled_groups`.
+pub(crate) fn attention_query_tiles(
+    rows: &[[u32; 2]],
+    group: usize,
+    head_dim: usize,
+) -> Vec<[u32; 2]> {
+    let per_tile = attention_tiled_rows(head_dim);
+    let mut tiles = Vec::new();
+    let mut start = 0;
+    for run in rows.chunk_by(|a, b| a[1] == b[1]) {
+        let (first, end) = (start * group, (start + run.len()) * group);
+        tiles.extend(
+            (first..end)
+                .step_by(per_tile)
+                .map(|r| [r as u32, (r + per_tile).min(end) as u32]),
+        );
+        start += run.len();
+    }
+    let runs = rows.chunk_by(|a, b| a[1] == b[1]).count();
+    tiles.resize(
+        attention_tiled_groups(rows.len(), runs, group, head_dim),
+        [0, 0],
+    );
+    tiles
+}
+
 /// How attention splits the positions of a step of `n` tokens whose longest sequence holds
 /// `len` positions (flash-decoding): `(chunks, positions per chunk)`, the same for every
 /// token (a token's chunks past its own position are empty). Prompt batches already have a
@@ -382,6 +425,8 @@ struct PassShape {
     tokens: usize,
     len: usize,
     logit_rows: usize,
+    /// Runs of consecutive tokens of one slot (the query tiles of `attention_tiled`).
+    runs: usize,
 }
 
 /// The inputs of one GPU pass: at most `max_batch` tokens of one or more sequences.
@@ -405,6 +450,7 @@ impl PassInputs {
                 .max()
                 .unwrap_or(0),
             logit_rows: self.logit_rows.len(),
+            runs: self.rows.chunk_by(|a, b| a[1] == b[1]).count(),
         }
     }
 }
@@ -1334,6 +1380,7 @@ impl LlamaModel {
                 .max()
                 .unwrap_or(0),
             logit_rows: chunks.len(),
+            runs: chunks.len(),
         };
         if next.len <= self.ctx && next.tokens <= self.max_batch {
             for stage in &mut self.stages {
@@ -1442,6 +1489,7 @@ impl LlamaModel {
             tokens: 1,
             len: pos + 1,
             logit_rows: 1,
+            runs: 1,
         };
         self.stages
             .iter()
@@ -1628,6 +1676,34 @@ mod tests {
                     assert_eq!(chunk_len % tile, 0);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn query_tiles_cover_every_row_once_within_one_slot() {
+        // Two prompt chunks and three decode tokens (slots at 0, 100, 200, 300, 400).
+        let mut rows: Vec<[u32; 2]> = (7..30).map(|p| [p, 0]).collect();
+        rows.extend((0..9).map(|p| [p, 100]));
+        rows.extend([[50, 200], [60, 300], [70, 400]]);
+        for (group, head_dim) in [(4, 128), (3, 64), (1, 128), (8, 256), (32, 128)] {
+            let tiles = attention_query_tiles(&rows, group, head_dim);
+            assert_eq!(
+                tiles.len(),
+                attention_tiled_groups(rows.len(), 5, group, head_dim)
+            );
+            let mut next = 0;
+            for &[first, end] in tiles.iter().filter(|t| t[0] < t[1]) {
+                assert_eq!(first, next, "group {group} hd {head_dim}: {tiles:?}");
+                assert!((end - first) as usize <= attention_tiled_rows(head_dim));
+                let slot = |r: u32| rows[r as usize / group][1];
+                assert_eq!(
+                    slot(first),
+                    slot(end - 1),
+                    "group {group} hd {head_dim}: {tiles:?}"
+                );
+                next = end;
+            }
+            assert_eq!(next as usize, rows.len() * group);
         }
     }
 

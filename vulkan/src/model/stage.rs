@@ -32,6 +32,8 @@ pub(super) struct Stage {
     /// The tokens whose logits a step computes (each sequence's last), as indices into the step.
     logit_rows: wgpu::Buffer,
     step: wgpu::Buffer,
+    /// The query tiles of a step that runs `attention_tiled` (see `attention_query_tiles`).
+    attn_tiles: wgpu::Buffer,
     /// The residual stream of a pass's tokens: the embedding's output on the first device,
     /// the previous device's handoff on the others.
     pub(super) hidden: wgpu::Buffer,
@@ -176,6 +178,10 @@ impl Stage {
         // batch size can need.
         let part_slots = attention_partial_slots(max_batch, nh, kernels.attention_groups());
         let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
+        // The query tiles of `attention_tiled` (two u32 each), for a pass of max_batch tokens
+        // of up to max_batch sequences.
+        let tile_count = attention_tiled_groups(max_batch, max_batch, nh / nkv, hd);
+        let attn_tiles = gpu.storage("attention query tiles", tile_count as u64 * 8)?;
 
         let norm_op = |name: &str,
                        weights: &[f32],
@@ -491,8 +497,8 @@ impl Stage {
                         (2, &vcache),
                         (3, &attn),
                         (4, &attn_u),
-                        (5, &step),
                         (7, &rows),
+                        (8, &attn_tiles),
                     ],
                 ),
                 o: MatmulOp::new(
@@ -676,6 +682,7 @@ impl Stage {
             rows,
             logit_rows,
             step,
+            attn_tiles,
             hidden,
             logits,
             staging,
@@ -691,7 +698,8 @@ impl Stage {
         })
     }
 
-    /// Writes the inputs of a pass (token ids, rows, logit rows, step uniform): the per-step
+    /// Writes the inputs of a pass (token ids, rows, logit rows, step uniform, query tiles of
+    /// `attention_tiled`): the per-step
     /// inputs of the recorded work, written before the submission that runs it.
     pub(super) fn write_step(&self, c: &LlamaConfig, pass: &PassInputs) {
         let shape = pass.shape();
@@ -715,6 +723,10 @@ impl Stage {
             attn_chunk_len: chunk_len as u32,
         };
         queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        if self.kernels.tiled_attention_for(shape.tokens) {
+            let tiles = attention_query_tiles(&pass.rows, c.n_head / c.n_kv_head, c.head_dim);
+            queue.write_buffer(&self.attn_tiles, 0, bytemuck::cast_slice(&tiles));
+        }
     }
 
     /// Records the work of a pass of this shape (whose inputs `write_step` writes) and hands
@@ -751,8 +763,9 @@ impl Stage {
         );
         // Prompt-size steps: one workgroup per (rows of query tiles, K/V head), one chunk.
         let tiled_attention = self.kernels.tiled_attention_for(n);
-        let query_rows = n * (c.n_head / c.n_kv_head);
-        let tiled_attention_groups = query_rows.div_ceil(attention_tiled_rows(c.head_dim)) as u32;
+        let group = c.n_head / c.n_kv_head;
+        let tiled_attention_groups =
+            attention_tiled_groups(n, shape.runs, group, c.head_dim) as u32;
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let elt_groups = |width: usize| elementwise_groups(n * width);
         let silu_groups = elementwise_groups(n * c.n_ff);

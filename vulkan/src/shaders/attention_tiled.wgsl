@@ -3,10 +3,11 @@
 //
 // attention.wgsl is built for decode: one workgroup per (query head, token), so in a prompt
 // step every query token re-reads its K/V rows on its own, and so does every query head that
-// shares a K/V head. Here one workgroup takes `rows` consecutive query rows of one K/V head,
-// a row being one (token, query head of that K/V head) pair, numbered token-major (row
-// t * group + g is head kvh * group + g of token t). The rows share every K/V tile, staged in
-// workgroup memory: a tile's K/V rows are read once per workgroup, not once per (token, head).
+// shares a K/V head. Here one workgroup takes up to 64 / tpr (below) consecutive query rows of
+// one K/V head, a row being one (token, query head of that K/V head) pair, numbered
+// token-major (row t * group + g is head kvh * group + g of token t): the rows `tiles[x]`
+// names, for workgroup (x, K/V head). The rows share every K/V tile, staged in workgroup
+// memory: a tile's K/V rows are read once per workgroup, not once per (token, head).
 //
 // Threads: `tpr` = threads per row, each holding DIMS of the row's output vec4s (and the
 // same vec4s of its q) in registers, dims lane, lane + tpr, ...: tpr = 1, 2, 4, 8 for head
@@ -16,13 +17,13 @@
 // sum, output) as in flash attention.
 //
 // A step may hold tokens of several sequences (chunked prefill of several prompts, or a
-// prompt chunk beside decode tokens), each reading its own slot of the caches. A workgroup's
-// tokens are therefore walked as runs of consecutive tokens of one slot ("segments"), each
-// with its own walk over the positions its tokens attend: all the tokens of a prompt chunk
-// share one run (the common case, one walk), and a workgroup straddling a sequence boundary
-// takes one walk per sequence, with the rows of the other runs masked. Doing this in the
-// kernel rather than splitting tiles on the host keeps the dispatch one regular grid, whose
-// size depends only on the token count.
+// prompt chunk beside decode tokens), each reading its own slot of the caches. The host
+// splits the rows into tiles at sequence boundaries (`attention_query_tiles` in
+// model/mod.rs), so that a workgroup's tokens share one slot and it walks their positions
+// once. (Walking each sequence of a mixed tile in turn in the kernel would serialize the
+// decode tokens beside a prompt chunk: up to 64 / tpr / group of them, each over its whole
+// context, in one workgroup, where the decode kernel gives each its own workgroups.) A tile
+// of a decode token has `group` rows; the tiles past the step's are empty and return.
 //
 // Every row attends at least its own position, so its sum of weights is positive. Scores of
 // masked positions are NEG and weigh 0 (explicitly: a row that has seen no position yet has
@@ -38,12 +39,6 @@ struct Params {
     window: u32,      // sliding-window layers: a token attends its last `window` positions; 0: all
     _pad1: u32,
 }
-struct Step {
-    n_tokens: u32,
-    out_rows: u32,
-    chunks: u32,
-    chunk_len: u32,
-}
 // Head dimensions are multiples of 4 up to 256 (checked at load).
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 // The caches hold f16 values, four to a vec2<u32> (pack2x16float).
@@ -51,10 +46,12 @@ struct Step {
 @group(0) @binding(2) var<storage, read> vcache: array<vec2<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> p: Params;
-@group(0) @binding(5) var<uniform> step: Step;
 // Per token of the step: its position in its sequence and the first cache position of the
 // sequence's slot (see `Row` in rope.wgsl).
 @group(0) @binding(7) var<storage, read> rows: array<vec2<u32>>;
+// Per workgroup x: its rows first..end (exclusive), of tokens of one slot; first == end:
+// none.
+@group(0) @binding(8) var<storage, read> tiles: array<vec2<u32>>;
 
 const WG: u32 = 64u;
 const NEG: f32 = -1.0e30;
@@ -94,18 +91,20 @@ fn first_position(t: u32) -> u32 {
 @compute @workgroup_size(64)
 fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let kvh = wid.y;
+    let tile = tiles[wid.x];
+    if (tile.x >= tile.y) {
+        return;
+    }
     let group = p.n_head / p.n_kv;
     let hd4 = p.hd / 4u;
     let tpr = threads_per_row(hd4);
-    let row_count = WG / tpr;
     let bk = min(MAX_POS, TILE_WORDS / hd4);
     let lane = li % tpr;
     let row0 = li - lane; // the first thread of this thread's row
     // This thread's row, and its token and query head.
-    let total_rows = step.n_tokens * group;
-    let r = wid.x * row_count + li / tpr;
-    let row_active = r < total_rows;
-    let rr = min(r, total_rows - 1u);
+    let r = tile.x + li / tpr;
+    let row_active = r < tile.y;
+    let rr = min(r, tile.y - 1u);
     let t = rr / group;
     let h = kvh * group + rr % group;
     let last = rows[t].x;
@@ -124,81 +123,68 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
     var m = NEG;
     var l = 0.0;
-    // The workgroup's tokens, walked as runs of one slot.
-    let t_lo = wid.x * row_count / group;
-    let t_hi = min((wid.x * row_count + row_count - 1u) / group, step.n_tokens - 1u);
-    var seg = t_lo;
-    loop {
-        if (seg > t_hi) {
-            break;
+    // The workgroup's tokens (of one slot) and the positions they attend together.
+    let t_lo = tile.x / group;
+    let t_hi = (tile.y - 1u) / group;
+    let slot = rows[t_lo].y;
+    var lo = first_position(t_lo);
+    var hi = rows[t_lo].x;
+    for (var u = t_lo + 1u; u <= t_hi; u++) {
+        lo = min(lo, first_position(u));
+        hi = max(hi, rows[u].x);
+    }
+    let cb = (p.cache_base + (kvh * p.ctx + slot) * p.hd) / 4u;
+    for (var base = lo; base <= hi; base += bk) {
+        // The previous tile's readers are done before it is overwritten.
+        workgroupBarrier();
+        // Positions past `hi` repeat row `hi` (written, so finite), weighed 0.
+        for (var e = li; e < bk * hd4; e += WG) {
+            let at = cb + min(base + e / hd4, hi) * hd4 + e % hd4;
+            kt[e] = kcache[at];
+            vt[e] = vcache[at];
         }
-        let slot = rows[seg].y;
-        var seg_end = seg;
-        var lo = first_position(seg);
-        var hi = rows[seg].x;
-        loop {
-            if (seg_end + 1u > t_hi || rows[seg_end + 1u].y != slot) {
-                break;
+        workgroupBarrier();
+        for (var j = 0u; j < MAX_POS; j++) {
+            if (j < bk) {
+                var d = 0.0;
+                for (var i = 0u; i < DIMS; i++) {
+                    d += dot(qv[i], unpack4(kt[j * hd4 + dk[i]]));
+                }
+                partial[j * WG + li] = d;
             }
-            seg_end += 1u;
-            lo = min(lo, first_position(seg_end));
-            hi = max(hi, rows[seg_end].x);
         }
-        let in_seg = row_active && t >= seg && t <= seg_end;
-        let cb = (p.cache_base + (kvh * p.ctx + slot) * p.hd) / 4u;
-        for (var base = lo; base <= hi; base += bk) {
-            // The previous tile's readers are done before it is overwritten.
-            workgroupBarrier();
-            // Positions past `hi` repeat row `hi` (written, so finite), weighed 0.
-            for (var e = li; e < bk * hd4; e += WG) {
-                let at = cb + min(base + e / hd4, hi) * hd4 + e % hd4;
-                kt[e] = kcache[at];
-                vt[e] = vcache[at];
-            }
-            workgroupBarrier();
-            for (var j = 0u; j < MAX_POS; j++) {
-                if (j < bk) {
-                    var d = 0.0;
-                    for (var i = 0u; i < DIMS; i++) {
-                        d += dot(qv[i], unpack4(kt[j * hd4 + dk[i]]));
-                    }
-                    partial[j * WG + li] = d;
+        workgroupBarrier();
+        // The row's scores (NEG where masked) and their max.
+        var s: array<f32, MAX_POS>;
+        var tm = NEG;
+        for (var j = 0u; j < MAX_POS; j++) {
+            var sum = 0.0;
+            if (j < bk) {
+                for (var k = 0u; k < tpr; k++) {
+                    sum += partial[j * WG + row0 + k];
                 }
             }
-            workgroupBarrier();
-            // The row's scores (NEG where masked) and their max.
-            var s: array<f32, MAX_POS>;
-            var tm = NEG;
-            for (var j = 0u; j < MAX_POS; j++) {
-                var sum = 0.0;
-                if (j < bk) {
-                    for (var k = 0u; k < tpr; k++) {
-                        sum += partial[j * WG + row0 + k];
-                    }
-                }
-                let pos = base + j;
-                let valid = in_seg && j < bk && pos >= first && pos <= last;
-                s[j] = select(NEG, sum * p.scale, valid);
-                tm = max(tm, s[j]);
-            }
-            let new_m = max(m, tm);
-            let corr = exp(m - new_m);
-            m = new_m;
-            l *= corr;
-            for (var i = 0u; i < DIMS; i++) {
-                o[i] *= corr;
-            }
-            for (var j = 0u; j < MAX_POS; j++) {
-                if (j < bk) {
-                    let w = select(0.0, exp(s[j] - m), s[j] != NEG);
-                    l += w;
-                    for (var i = 0u; i < DIMS; i++) {
-                        o[i] += w * unpack4(vt[j * hd4 + dk[i]]);
-                    }
+            let pos = base + j;
+            let valid = row_active && j < bk && pos >= first && pos <= last;
+            s[j] = select(NEG, sum * p.scale, valid);
+            tm = max(tm, s[j]);
+        }
+        let new_m = max(m, tm);
+        let corr = exp(m - new_m);
+        m = new_m;
+        l *= corr;
+        for (var i = 0u; i < DIMS; i++) {
+            o[i] *= corr;
+        }
+        for (var j = 0u; j < MAX_POS; j++) {
+            if (j < bk) {
+                let w = select(0.0, exp(s[j] - m), s[j] != NEG);
+                l += w;
+                for (var i = 0u; i < DIMS; i++) {
+                    o[i] += w * unpack4(vt[j * hd4 + dk[i]]);
                 }
             }
         }
-        seg = seg_end + 1u;
     }
     if (!row_active) {
         return;
