@@ -117,7 +117,8 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `matmul_coop` stages per pair of barriers), `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
 /// rows by 64 tokens; see [`CoopShape`]) and `pattn=0|1` (1, the default: steps of prompt
-/// size, as the prompt products count them, run attention with query tiles,
+/// size, as the prompt products count them, but for steps of one token per sequence, run
+/// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 0: with the decode kernel `attention`, one
 /// workgroup per head and token; see [`KernelTuning::tiled_attention_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,13 +245,17 @@ impl KernelTuning {
             && self.prefill != Prefill::Rows
     }
 
-    /// Whether a step of `n_tokens` tokens runs attention with query tiles
-    /// (`attention_tiled`, `pattn=1`): steps of prompt size, as the prompt products count
-    /// them; decode and batched-decode steps keep `attention`.
-    pub fn tiled_attention_for(&self, n_tokens: usize) -> bool {
+    /// Whether a step of `n_tokens` tokens of `sequences` sequences runs attention with query
+    /// tiles (`attention_tiled`, `pattn=1`): steps of prompt size, as the prompt products
+    /// count them, in which some sequence has several tokens. Decode and batched-decode steps
+    /// (one token per sequence, however many sequences) keep `attention`: their query tiles
+    /// would hold one token each, and the decode kernel spreads each token's heads (and
+    /// positions, for few tokens) over more workgroups.
+    pub fn tiled_attention_for(&self, n_tokens: usize, sequences: usize) -> bool {
         self.prompt_attention
             && !self.decode_kernel_for(n_tokens)
             && n_tokens >= TILED_MIN_TOKENS as usize
+            && sequences < n_tokens
     }
 
     /// Whether a product of `n_tokens` tokens runs the decode (matrix-vector) kernel, and so
@@ -1065,8 +1070,8 @@ impl Kernels {
 
     /// Whether a step of `n_tokens` tokens runs `attention_tiled` (see
     /// [`KernelTuning::tiled_attention_for`]).
-    pub fn tiled_attention_for(&self, n_tokens: usize) -> bool {
-        self.tuning.tiled_attention_for(n_tokens)
+    pub fn tiled_attention_for(&self, n_tokens: usize, sequences: usize) -> bool {
+        self.tuning.tiled_attention_for(n_tokens, sequences)
     }
 
     /// Attention workgroups a step aims for (see KernelTuning).
@@ -1131,13 +1136,16 @@ mod tuning_tests {
     #[test]
     fn prompt_attention_is_read_and_follows_the_prompt_products() {
         let on = KernelTuning::default();
-        assert!(on.tiled_attention_for(17) && on.tiled_attention_for(512));
-        // Decode and batched-decode steps keep the decode kernel.
-        assert!(!on.tiled_attention_for(1) && !on.tiled_attention_for(16));
-        assert!(parse("batch=1").unwrap().tiled_attention_for(16));
-        assert!(!parse("batch=1").unwrap().tiled_attention_for(15));
-        assert!(!parse("pattn=0").unwrap().tiled_attention_for(512));
-        assert!(parse("pattn=1").unwrap().tiled_attention_for(512));
+        assert!(on.tiled_attention_for(17, 1) && on.tiled_attention_for(512, 1));
+        // A prompt chunk beside decode tokens.
+        assert!(on.tiled_attention_for(40, 9));
+        // Decode and batched-decode steps, of any size, keep the decode kernel.
+        assert!(!on.tiled_attention_for(1, 1) && !on.tiled_attention_for(16, 1));
+        assert!(!on.tiled_attention_for(64, 64));
+        assert!(parse("batch=1").unwrap().tiled_attention_for(16, 1));
+        assert!(!parse("batch=1").unwrap().tiled_attention_for(15, 1));
+        assert!(!parse("pattn=0").unwrap().tiled_attention_for(512, 1));
+        assert!(parse("pattn=1").unwrap().tiled_attention_for(512, 1));
         let err = parse("pattn=2").unwrap_err();
         assert!(err.contains("pattn=0|1"), "{err}");
     }

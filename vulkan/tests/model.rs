@@ -206,11 +206,11 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
     let (mut tiled, mut plain) = (load("pattn=1,headq=0"), load("pattn=0,headq=0"));
     let tuning = tiled.gpu().tuning();
     assert!(
-        tuning.tiled_attention_for(cut)
-            && tuning.tiled_attention_for(first.len() - cut + second.len()),
+        tuning.tiled_attention_for(cut, 1)
+            && tuning.tiled_attention_for(first.len() - cut + second.len(), 2),
         "the prompt steps must run the tiled attention kernel"
     );
-    assert!(!plain.gpu().tuning().tiled_attention_for(cut));
+    assert!(!plain.gpu().tuning().tiled_attention_for(cut, 1));
     let argmax = |row: &[f32]| {
         row.iter()
             .enumerate()

@@ -723,7 +723,7 @@ impl Stage {
             attn_chunk_len: chunk_len as u32,
         };
         queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
-        if self.kernels.tiled_attention_for(shape.tokens) {
+        if self.kernels.tiled_attention_for(shape.tokens, shape.runs) {
             let tiles = attention_query_tiles(&pass.rows, c.n_head / c.n_kv_head, c.head_dim);
             queue.write_buffer(&self.attn_tiles, 0, bytemuck::cast_slice(&tiles));
         }
@@ -762,7 +762,7 @@ impl Stage {
             attention_tile(c.head_dim),
         );
         // Prompt-size steps: one workgroup per (rows of query tiles, K/V head), one chunk.
-        let tiled_attention = self.kernels.tiled_attention_for(n);
+        let tiled_attention = self.kernels.tiled_attention_for(n, shape.runs);
         let group = c.n_head / c.n_kv_head;
         let tiled_attention_groups =
             attention_tiled_groups(n, shape.runs, group, c.head_dim) as u32;
