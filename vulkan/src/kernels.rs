@@ -114,7 +114,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// several logit rows, such as a batched decode step, reads int8 x where its weight type has
 /// int8 products, as the other products of such a step do; a one-token step's head keeps f32
 /// x; 0: every head reads f32 x), `coopk=1|2|4` (32-weight units of k that
-/// `matmul_coop` stages per pair of barriers), `cooptile=64|128|<rows>x<tokens>` (rows 64
+/// `matmul_coop` stages per pair of barriers), `coopvec=2|4` (halves per element of its
+/// staged tiles: each thread stores four values as two vec2 or one vec4), `coopx16=0|1` (1:
+/// each product first converts its x to f16 once, `coop_x_f16`, and the tiles stage that
+/// copy; 0: every tile converts the f32 x it stages) and `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
 /// rows by 64 tokens; see [`CoopShape`]) and `pattn=0|1` (1, the default: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
@@ -141,13 +144,16 @@ pub struct KernelTuning {
     prompt_attention: bool,
 }
 
-/// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`; see matmul_coop.wgsl):
-/// `rows` x `tokens` of the output, k staged `units` 32-weight units at a time.
+/// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`;
+/// see matmul_coop.wgsl): `rows` x `tokens` of the output, k staged `units` 32-weight units
+/// at a time into tiles of `vec`-half vectors, x staged from its f16 copy where `x16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CoopShape {
     pub rows: u32,
     pub tokens: u32,
     pub units: u32,
+    pub vec: u32,
+    pub x16: bool,
 }
 
 impl CoopShape {
@@ -156,6 +162,8 @@ impl CoopShape {
         rows: 64,
         tokens: 64,
         units: 1,
+        vec: 4,
+        x16: true,
     };
 
     /// Bytes of workgroup memory the kernel declares: the f16 tiles of weights and x, rows
@@ -168,8 +176,8 @@ impl CoopShape {
     /// The tuning keys that ask for this shape.
     pub fn setting(&self) -> String {
         format!(
-            "cooptile={}x{},coopk={}",
-            self.rows, self.tokens, self.units
+            "cooptile={}x{},coopk={},coopvec={},coopx16={}",
+            self.rows, self.tokens, self.units, self.vec, self.x16 as u32
         )
     }
 
@@ -275,7 +283,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128) and/or pattn=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128) and/or pattn=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -300,6 +308,8 @@ impl std::str::FromStr for KernelTuning {
                 ("headq", Ok(n @ (0 | 1))) => t.head_int8 = n == 1,
                 ("coopk", Ok(n @ (1 | 2 | 4))) => t.coop.units = n as u32,
                 ("pattn", Ok(n @ (0 | 1))) => t.prompt_attention = n == 1,
+                ("coopvec", Ok(n @ (2 | 4))) => t.coop.vec = n as u32,
+                ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?
                 }
@@ -395,14 +405,14 @@ fn coop_kernel(shape: CoopShape) -> String {
     let mut products: Vec<String> = (0..row_blocks)
         .map(|i| {
             format!(
-                "let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&coop_w[a_base + {}u * COOP_STRIDE + kk], COOP_STRIDE);",
+                "let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&coop_w[a_base + {}u * COOP_SV + kk / COOP_VEC], COOP_SV);",
                 16 * i
             )
         })
         .collect();
     products.extend((0..token_blocks).map(|j| {
         format!(
-            "let b{j} = coopLoad<coop_mat16x16<f16, B>>(&coop_x[b_base + {}u * COOP_STRIDE + kk], COOP_STRIDE);",
+            "let b{j} = coopLoad<coop_mat16x16<f16, B>>(&coop_x[b_base + {}u * COOP_SV + kk / COOP_VEC], COOP_SV);",
             16 * j
         )
     }));
@@ -418,9 +428,25 @@ fn coop_kernel(shape: CoopShape) -> String {
             )
         })
         .collect();
+    // Four halves stored into the staged tiles: one vec4 or two vec2 (see matmul_coop.wgsl).
+    let put = |tile: &str| {
+        match shape.vec {
+        4 => format!("fn put_{tile}(o: u32, h: vec4<f16>) {{\n    coop_{tile}[o] = h;\n}}\n"),
+        _ => format!(
+            "fn put_{tile}(o: u32, h: vec4<f16>) {{\n    coop_{tile}[o] = h.xy;\n    coop_{tile}[o + 1u] = h.zw;\n}}\n"
+        ),
+    }
+    };
     let mut src = format!(
-        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\n{MATMUL_COOP}",
-        shape.rows, shape.tokens, shape.units
+        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{MATMUL_COOP}",
+        shape.rows,
+        shape.tokens,
+        shape.units,
+        shape.vec,
+        shape.x16,
+        shape.vec,
+        put("w"),
+        put("x")
     );
     for (marker, lines, indent) in [
         ("$ACCUMULATORS", accumulators, "    "),
@@ -463,7 +489,7 @@ pub(crate) fn coop_emulated_source(reduce: &str, ty: WeightType, shape: CoopShap
             "emu_load((",
             token_blocks,
         ),
-        ("], COOP_STRIDE)", "))", row_blocks + token_blocks),
+        ("], COOP_SV)", "))", row_blocks + token_blocks),
         ("coopMultiplyAdd(", "emu_mul_add(lane, ", accumulators),
         (
             "coopStore(c, &coop_out[base], 16u);",
@@ -556,6 +582,11 @@ pub(crate) struct TiledPipeline {
     pub pipeline: wgpu::ComputePipeline,
     pub rows: u32,
     pub tokens: u32,
+    /// `matmul_coop`'s f16 copy of x: the conversion's pipeline (`coop_x_f16`) where the tiles
+    /// stage it (`coopx16=1`), and whether the product binds the copy at all (every
+    /// `matmul_coop` does: its module declares it).
+    pub x_f16: Option<wgpu::ComputePipeline>,
+    pub binds_x16: bool,
 }
 
 /// Compiled pipelines, built once per device.
@@ -697,6 +728,7 @@ impl Kernels {
         let mut norm_quantize_x = HashMap::new();
         let mut glu_quantize_x = HashMap::new();
         let mut get_rows = HashMap::new();
+        let mut coop_x_f16: Option<wgpu::ComputePipeline> = None;
         let tuning = *gpu.tuning();
         let reduce = if gpu.subgroups() {
             REDUCE_SUBGROUP
@@ -725,6 +757,14 @@ impl Kernels {
                 } else {
                     coop_source(reduce, ty, shape)
                 };
+                // The conversion does not depend on the type: one pipeline for all.
+                let x_f16 = shape.x16.then(|| {
+                    coop_x_f16
+                        .get_or_insert_with(|| {
+                            pipeline(gpu, tuning.checks, "coop_x_f16", &coop, "coop_x_f16")
+                        })
+                        .clone()
+                });
                 matmul_tiled.insert(
                     ty,
                     TiledPipeline {
@@ -738,6 +778,8 @@ impl Kernels {
                         ),
                         rows: shape.rows,
                         tokens: shape.tokens,
+                        x_f16,
+                        binds_x16: true,
                     },
                 );
             } else if tuning.prefill != Prefill::Rows {
@@ -753,6 +795,8 @@ impl Kernels {
                         ),
                         rows: TILE_ROWS,
                         tokens: TILE_TOKENS,
+                        x_f16: None,
+                        binds_x16: false,
                     },
                 );
             }
@@ -1155,16 +1199,22 @@ mod tuning_tests {
         assert_eq!(parse("").unwrap().coop_shape(), CoopShape::DEFAULT);
         let shape = |spec| {
             let s = parse(spec).unwrap().coop_shape();
-            (s.rows, s.tokens, s.units)
+            (s.rows, s.tokens, s.units, s.vec, s.x16)
         };
-        assert_eq!(shape("coopk=2"), (64, 64, 2));
-        assert_eq!(shape("coopk=4,cooptile=64"), (64, 64, 4));
-        assert_eq!(shape("coopk=2,cooptile=128"), (128, 64, 2));
-        assert_eq!(shape("cooptile=128x128"), (128, 128, 1));
-        assert_eq!(shape("cooptile = 64x32, coopk=1"), (64, 32, 1));
+        assert_eq!(shape("coopk=2"), (64, 64, 2, 4, true));
+        assert_eq!(shape("coopk=4,cooptile=64"), (64, 64, 4, 4, true));
+        assert_eq!(shape("coopk=2,cooptile=128"), (128, 64, 2, 4, true));
+        assert_eq!(
+            shape("cooptile=128x128,coopvec=2,coopx16=0"),
+            (128, 128, 1, 2, false)
+        );
+        assert_eq!(shape("cooptile = 64x32, coopk=1"), (64, 32, 1, 4, true));
         let err = parse("coopk=3").unwrap_err();
         assert!(
-            err.contains("coopk=1|2|4") && err.contains("cooptile=64|128"),
+            err.contains("coopk=1|2|4")
+                && err.contains("coopvec=2|4")
+                && err.contains("coopx16=0|1")
+                && err.contains("cooptile=64|128"),
             "{err}"
         );
         // The default fits WebGPU's default 16 KiB (as matmul_coop.wgsl says: 14 KiB).
@@ -1174,7 +1224,7 @@ mod tuning_tests {
                 .unwrap()
                 .coop_shape()
                 .setting(),
-            "cooptile=128x128,coopk=2"
+            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1"
         );
     }
 
@@ -1185,11 +1235,13 @@ mod tuning_tests {
         // (coop_emulated_source asserts the counts).
         for rows in [64, 128] {
             for tokens in [32, 64, 128] {
-                for units in [1, 2, 4] {
+                for (units, vec, x16) in [(1, 4, true), (2, 2, false), (4, 4, true), (1, 2, true)] {
                     let shape = CoopShape {
                         rows,
                         tokens,
                         units,
+                        vec,
+                        x16,
                     };
                     let real = coop_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
                     let emulated = coop_emulated_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
@@ -1268,6 +1320,9 @@ mod tuning_tests {
             "coopk=0",
             "coopk=3",
             "coopk=8",
+            "coopvec=1",
+            "coopvec=8",
+            "coopx16=2",
             "cooptile=32",
             "cooptile=96",
             "cooptile=256",

@@ -555,6 +555,12 @@ pub(crate) struct MatmulOp {
     /// The buffer `quantize_x` writes and `multi` reads (bound even where the pipeline does
     /// not read it); shared by the parts of a side-by-side product.
     xq: Option<wgpu::Buffer>,
+    /// Where the prompt product is `matmul_coop`: the f16 copy of x it binds (`x16` in
+    /// matmul_coop.wgsl), shared by the parts of a side-by-side product, and, where its tiles
+    /// stage that copy (`coopx16=1`), the conversion dispatched once before the parts
+    /// (`coop_x_f16`: pipeline, bind group, workgroups per token).
+    x16: Option<wgpu::Buffer>,
+    x16_convert: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
     /// Where every part reads `xq` and the fused input can be computed with its quantization:
     /// the dispatch a multi-token step with the fused input runs instead of the separate
     /// transformation before the op and `quantize`.
@@ -577,16 +583,17 @@ impl MatmulOp {
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
     ) -> Result<MatmulOp, VulkanError> {
-        let mut op = MatmulOp::with_xq(gpu, kernels, label, weight, x, y, step, mode, fused, None)?;
+        let mut op =
+            MatmulOp::with_first(gpu, kernels, label, weight, x, y, step, mode, fused, None)?;
         op.fused_quantize = fused_quantize(gpu, kernels, &op, &[weight], step, mode, fused)?;
         Ok(op)
     }
 
-    /// As [`new`](Self::new); `shared_xq`: the quantized-x buffer of the first part of a
-    /// side-by-side product (whose `quantize_x` dispatch fills it for every part), else one
-    /// is made.
+    /// As [`new`](Self::new); `first`: the first part of a side-by-side product, whose
+    /// quantized x (filled by its `quantize_x` dispatch) and f16 x (filled by its `coop_x_f16`
+    /// dispatch) every later part reads, else they are made.
     #[allow(clippy::too_many_arguments)]
-    fn with_xq(
+    fn with_first(
         gpu: &Gpu,
         kernels: &Kernels,
         label: &'static str,
@@ -596,8 +603,9 @@ impl MatmulOp {
         step: &wgpu::Buffer,
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
-        shared_xq: Option<&wgpu::Buffer>,
+        first: Option<&MatmulOp>,
     ) -> Result<MatmulOp, VulkanError> {
+        let shared_xq = first.and_then(|op| op.xq.as_ref());
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let tall = kernels.is_tall(weight.rows);
         let mv_rows = kernels.matvec_rows(tall);
@@ -671,6 +679,13 @@ impl MatmulOp {
         let mut batch = Dispatches::new(batch_pipeline);
         let tiled_kernel = kernels.matmul_tiled(weight.ty);
         let mut tiled = tiled_kernel.map(|t| (Dispatches::new(t.pipeline.clone()), t.tokens));
+        // Half the bytes of x: its values in f16.
+        let x16 = match (tiled_kernel, first.and_then(|op| op.x16.as_ref())) {
+            (Some(t), Some(b)) if t.binds_x16 => Some(b.clone()),
+            (Some(t), None) if t.binds_x16 => Some(gpu.storage("x in f16", x.size() / 2)?),
+            _ => None,
+        };
+        let mut x16_convert = None;
         let mut single = Dispatches::new(single_pipeline);
         let multi_kernel = kernels.matvec_multi(weight.ty, mode.exact_input);
         let mut multi = multi_kernel.map(|(p, _, cols)| (Dispatches::new(p.clone()), cols));
@@ -720,13 +735,26 @@ impl MatmulOp {
                 .chunks
                 .push((bg, c.rows.div_ceil(kernels::WORKGROUP / lanes)));
             if let (Some((t, _)), Some(kernel)) = (tiled.as_mut(), tiled_kernel) {
-                let bg = kernels::bind(
-                    gpu,
-                    &t.pipeline,
-                    label,
-                    &with_w4(vec![(1, x), (2, y), (3, &ubuf), (4, step)]),
-                );
+                let mut entries = vec![(1, x), (2, y), (3, &ubuf), (4, step)];
+                if let Some(x16) = &x16 {
+                    entries.push((16, x16));
+                }
+                let bg = kernels::bind(gpu, &t.pipeline, label, &with_w4(entries));
                 t.chunks.push((bg, c.rows.div_ceil(kernel.rows)));
+                // One conversion for all chunks and parts (it reads only k and the token
+                // count), by the first part.
+                if let (None, None, Some(conv), Some(x16)) =
+                    (&x16_convert, first, &kernel.x_f16, &x16)
+                {
+                    let bg = kernels::bind(
+                        gpu,
+                        conv,
+                        "x to f16",
+                        &[(1, x), (3, &ubuf), (4, step), (16, x16)],
+                    );
+                    let groups = (weight.k as u32 / 8).div_ceil(kernels::WORKGROUP);
+                    x16_convert = Some((conv.clone(), bg, groups));
+                }
             }
             let mv_groups = c.rows.div_ceil(mv_rows);
             // Binding 6 (the norm weights) is only read by matvec_norm; the others bind x there.
@@ -791,6 +819,8 @@ impl MatmulOp {
             multi,
             quantize,
             xq,
+            x16,
+            x16_convert,
             fused_quantize: None,
             fused,
             matvec_tokens: kernels.matvec_tokens(),
@@ -844,10 +874,19 @@ impl MatmulOp {
                 ..mode
             };
             let part_fused = if mixed { None } else { fused };
-            // Every part reads the x that the first part's `quantize_x` quantizes.
-            let shared_xq = op.as_ref().and_then(|op| op.xq.as_ref());
-            let part = MatmulOp::with_xq(
-                gpu, kernels, label, w, x, y, step, part_mode, part_fused, shared_xq,
+            // Every part reads the x that the first part's `quantize_x` quantizes and
+            // `coop_x_f16` converts.
+            let part = MatmulOp::with_first(
+                gpu,
+                kernels,
+                label,
+                w,
+                x,
+                y,
+                step,
+                part_mode,
+                part_fused,
+                op.as_ref(),
             )?;
             match op.as_mut() {
                 None => op = Some(part),
@@ -943,6 +982,9 @@ impl MatmulOp {
             },
             _ => match &self.tiled {
                 Some((t, tokens)) if n >= kernels::TILED_MIN_TOKENS => {
+                    if let Some((pipeline, bg, groups)) = &self.x16_convert {
+                        rec.dispatch("x to f16", pipeline, bg, [*groups, n, 1]);
+                    }
                     t.record(rec, self.label, n.div_ceil(*tokens))
                 }
                 _ => self

@@ -140,14 +140,18 @@ fn coop_product_matches_the_cpu_for_every_type() {
     }
 }
 
-/// Tile shapes a GPU run compares (`cooptile=`, `coopk=`), besides the default that the
-/// other tests run: each stages k one, two or four units at a time, and has 2 x 2, 4 x 2,
-/// 2 x 1, 2 x 4 or 4 x 4 accumulators per subgroup. On cooperative matrices every shape runs
+/// Tile shapes a GPU run compares (`cooptile=`, `coopk=`, `coopvec=`), besides the default
+/// that the other tests run: each stages k one, two or four units at a time into tiles of
+/// vec4 or vec2 halves, x from its f16 copy or from f32, and has 2 x 2, 4 x 2, 2 x 1, 2 x 4 or 4 x 4 accumulators per
+/// subgroup. On cooperative matrices every shape runs
 /// with every type; the emulation (lavapipe, which takes minutes to compile one type's
 /// kernels) runs each with the one type given here: the types of 32-weight blocks where
 /// the shape stages several units (k = 160 leaves a partial last stage), and the staging
 /// does not depend on the type otherwise (each type's `load_unit` is the default shape's).
-const SHAPES: [(&str, GgmlDType); 8] = [
+const SHAPES: [(&str, GgmlDType); 11] = [
+    ("coopvec=2", GgmlDType::Q4K),
+    ("coopx16=0,coopk=2", GgmlDType::Q8_0),
+    ("coopk=2,coopvec=2", GgmlDType::Q4_0),
     ("coopk=2", GgmlDType::Q4_0),
     ("coopk=4", GgmlDType::Q8_0),
     ("cooptile=64x32,coopk=4", GgmlDType::Q8_0),
@@ -206,18 +210,20 @@ fn every_tile_shape_matches_the_cpu_for_every_type() {
     println!("{ran} of {} tile shapes ran", SHAPES.len());
 }
 
-/// `cooptile=RxT,coopk=U` as the device describes the shape that `shape` asks for.
+/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X` as the device describes the shape that `shape` asks for.
 fn shape_setting(shape: &str) -> String {
-    let (mut tile, mut units) = ("64x64".to_string(), "1");
+    let (mut tile, mut units, mut vec, mut x16) = ("64x64".to_string(), "1", "4", "1");
     for item in shape.split(',') {
         match item.split_once('=') {
             Some(("cooptile", t)) if t.contains('x') => tile = t.to_string(),
             Some(("cooptile", r)) => tile = format!("{r}x64"),
             Some(("coopk", u)) => units = u,
+            Some(("coopvec", v)) => vec = v,
+            Some(("coopx16", v)) => x16 = v,
             _ => panic!("{shape}: {item}"),
         }
     }
-    format!("cooptile={tile},coopk={units}")
+    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16}")
 }
 
 #[test]

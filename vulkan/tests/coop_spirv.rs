@@ -29,18 +29,22 @@ const TYPES: [WeightType; 9] = [
     WeightType::Q6K,
 ];
 
-/// Tile shapes (`cooptile=`, `coopk=`) as (tuning, rows, tokens, units of k per stage): the
-/// default and every variant the tuning keys offer that a GPU run compares.
-const SHAPES: [(&str, u32, u32, u32); 9] = [
-    ("", 64, 64, 1),
-    ("coopk=2", 64, 64, 2),
-    ("coopk=4", 64, 64, 4),
-    ("cooptile=64x32,coopk=4", 64, 32, 4),
-    ("cooptile=128", 128, 64, 1),
-    ("cooptile=128,coopk=2", 128, 64, 2),
-    ("cooptile=128x128", 128, 128, 1),
-    ("cooptile=128x128,coopk=2", 128, 128, 2),
-    ("cooptile=64x128", 64, 128, 1),
+/// Tile shapes (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`) as (tuning, rows, tokens, units of k per
+/// stage, halves per vector of the staged tiles): the default and every variant the tuning
+/// keys offer that a GPU run compares.
+const SHAPES: [(&str, u32, u32, u32, u32); 12] = [
+    ("", 64, 64, 1, 4),
+    ("coopx16=0", 64, 64, 1, 4),
+    ("coopvec=2", 64, 64, 1, 2),
+    ("coopk=2", 64, 64, 2, 4),
+    ("coopk=4", 64, 64, 4, 4),
+    ("cooptile=64x32,coopk=4", 64, 32, 4, 4),
+    ("cooptile=128", 128, 64, 1, 4),
+    ("cooptile=128,coopk=2", 128, 64, 2, 4),
+    ("cooptile=128,coopk=2,coopvec=2", 128, 64, 2, 2),
+    ("cooptile=128x128", 128, 128, 1, 4),
+    ("cooptile=128x128,coopk=2", 128, 128, 2, 4),
+    ("cooptile=64x128", 64, 128, 1, 4),
 ];
 
 /// SPIR-V opcodes of SPV_KHR_cooperative_matrix and the memory layouts of its loads/stores.
@@ -265,10 +269,11 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
     }
     let dir = std::env::temp_dir().join(format!("xpu-coop-spirv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (tuning, rows, tokens, units) in SHAPES {
+    for (tuning, rows, tokens, units, vec) in SHAPES {
         let (row_blocks, token_blocks) = (rows as usize / 32, tokens as usize / 32);
-        // A staged row: the stage's 32-weight units and 8 halves of padding.
-        let stride = 32 * units + 8;
+        // A staged row: the stage's 32-weight units and 8 halves of padding, counted in the
+        // tiles' vectors of `vec` halves.
+        let stride = (32 * units + 8) / vec;
         for ty in TYPES {
             for subgroup in [8, 16, 32] {
                 let label = format!("matmul_coop {ty:?} {tuning:?} (subgroups of {subgroup})");
@@ -282,7 +287,7 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
                     "{label}: the product is not made of cooperative-matrix multiply-adds"
                 );
                 // One A (weights, row-major) per row block and one B (x, column-major) per
-                // token block, rows of `stride` halves; the accumulator stored column-major
+                // token block, rows of `stride` vectors; the accumulator stored column-major
                 // with 16 floats per column.
                 let (mut loads, stores) = layouts(&words);
                 loads.sort();

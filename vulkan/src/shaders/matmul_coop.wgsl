@@ -5,10 +5,16 @@
 // `enable f16; enable wgpu_cooperative_matrix;`; kernels.rs builds it only where the device
 // lists that configuration (see `cooperative_prefill` in device.rs).
 //
-// The tile's shape comes from the host (kernels.rs `CoopShape`, tuning keys `cooptile` and
-// `coopk`), which puts these constants in front of this file:
+// The tile's shape comes from the host (kernels.rs `CoopShape`, tuning keys `cooptile`,
+// `coopk` and `coopvec`), which puts these constants in front of this file:
 //   COOP_ROWS (64 or 128) rows by COOP_TOKENS (32, 64 or 128) tokens per workgroup;
-//   COOP_UNITS (1, 2 or 4) 32-weight units of k staged per pair of barriers.
+//   COOP_UNITS (1, 2 or 4) 32-weight units of k staged per pair of barriers;
+//   COOP_VEC (2 or 4) halves per element of the staged tiles, with `CoopVec` that vector type
+//   and `put_w`/`put_x`, which store four halves into the tiles;
+//   COOP_X16: whether the tokens' x is staged from `x16`, the step's x converted to f16 once
+//   per product by `coop_x_f16` (tuning key `coopx16`), instead of from the f32 x. Every row
+//   tile reads the whole x of its tokens, so x is read (rows / COOP_ROWS) times per product:
+//   for most products more bytes than the weights; in f16 half as many.
 // The host also writes the three lines marked with a dollar sign below, one statement per
 // accumulator or operand (WGSL has no arrays of cooperative matrices that stay in registers;
 // see `coop_source` in kernels.rs).
@@ -31,18 +37,54 @@
 // staged row is COOP_STRIDE = 32 COOP_UNITS + 8 halves (the stage and 8 of padding, which
 // also puts the 8 rows that one 16-byte-per-row matrix load reads at a time into different
 // banks).
+//
+// The tiles are arrays of COOP_VEC-half vectors (`CoopVec`, vec2<f16> or vec4<f16>, from the
+// host: tuning key `coopvec`), not of halves: a thread stages four values with one or two
+// stores instead of four, and the matrix loads take a pointer to a vector and a stride in
+// vectors (as llama.cpp's mul_mm.comp loads its f16vec2 tiles). Offsets into them are counted
+// in vectors: COOP_SV vectors per staged row.
 
 // The subgroup size the pipeline is built for (8, 16 or 32; fixed on the adapter, checked by
 // the host): the workgroup is exactly four subgroups.
 override COOP_SG: u32 = 32u;
 const COOP_DEPTH: u32 = 32u * COOP_UNITS;
 const COOP_STRIDE: u32 = COOP_DEPTH + 8u;
-// Row r's stage at r * COOP_STRIDE.
-var<workgroup> coop_w: array<f16, COOP_ROWS * COOP_STRIDE>;
-// Token t's stage at t * COOP_STRIDE.
-var<workgroup> coop_x: array<f16, COOP_TOKENS * COOP_STRIDE>;
+const COOP_SV: u32 = COOP_STRIDE / COOP_VEC;
+// Row r's stage at r * COOP_SV.
+var<workgroup> coop_w: array<CoopVec, COOP_ROWS * COOP_SV>;
+// Token t's stage at t * COOP_SV.
+var<workgroup> coop_x: array<CoopVec, COOP_TOKENS * COOP_SV>;
 // One 16x16 matrix per subgroup, column-major.
 var<workgroup> coop_out: array<f32, 1024>;
+// The step's x in f16, eight values per word: token t's value i in half i % 8 of word
+// t * p.k / 8 + i / 8 (written by `coop_x_f16`, read by the staging where COOP_X16).
+@group(0) @binding(16) var<storage, read_write> x16: array<vec4<u32>>;
+
+// Converts the step's x to f16 (`x16`) for the products that follow: one thread per 8 values
+// (x = words / 64 workgroups, y = token). The values are rounded by the staging's own
+// conversion, vec4<f16>(x), and then packed exactly (naga has no bitcast between vectors of
+// different sizes, so the packing goes through f32, which holds every f16 value).
+@compute @workgroup_size(64)
+fn coop_x_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let words = p.k / 8u;
+    let t = gid.y;
+    let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
+    if (gid.x >= words || t >= n) {
+        return;
+    }
+    let i = t * (p.k / 4u) + 2u * gid.x;
+    x16[t * words + gid.x] = vec4<u32>(pack_f16(x[i]), pack_f16(x[i + 1u]));
+}
+
+fn pack_f16(v: vec4<f32>) -> vec2<u32> {
+    let r = vec4<f32>(vec4<f16>(v));
+    return vec2<u32>(pack2x16float(r.xy), pack2x16float(r.zw));
+}
+
+// Four halves of x16 as f16 (exact: see `pack_f16`).
+fn unpack_f16(w: vec2<u32>) -> vec4<f16> {
+    return vec4<f16>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)));
+}
 
 // Writes the accumulator of rows `row0..row0 + 16` and tokens `tok0..tok0 + 16` (global row
 // and token indices of this chunk and batch) to y. Call from uniform control flow: every
@@ -69,7 +111,8 @@ fn coop_write(c: coop_mat16x16<f32, C>, sg: u32, lane: u32, row0: u32, tok0: u32
     workgroupBarrier();
 }
 
-// Stages units `s COOP_UNITS ..` of the tile's rows and tokens into coop_w and coop_x as f16.
+// Stages units `s COOP_UNITS ..` of the tile's rows and tokens into coop_w and coop_x as f16
+// (put_w and put_x store four values at a vector offset; the host writes them for COOP_VEC).
 fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
     let units = p.k / 32u;
     let kv = p.k / 4u;
@@ -80,24 +123,35 @@ fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
         let r = i / COOP_UNITS;
         let j = i % COOP_UNITS;
         let u = s * COOP_UNITS + j;
-        let o = r * COOP_STRIDE + 32u * j;
+        let o = r * COOP_SV + 32u / COOP_VEC * j;
         if (u < units) {
             let wv = load_unit(min(first_row + r, p.rows - 1u), u);
             for (var q = 0u; q < 8u; q++) {
-                let h = vec4<f16>(wv[q]);
-                coop_w[o + 4u * q] = h.x;
-                coop_w[o + 4u * q + 1u] = h.y;
-                coop_w[o + 4u * q + 2u] = h.z;
-                coop_w[o + 4u * q + 3u] = h.w;
+                put_w(o + 4u / COOP_VEC * q, vec4<f16>(wv[q]));
             }
         } else {
-            for (var q = 0u; q < 32u; q++) {
-                coop_w[o + q] = 0.0h;
+            for (var q = 0u; q < 8u; q++) {
+                put_w(o + 4u / COOP_VEC * q, vec4<f16>());
             }
         }
     }
-    // Eight threads read one token's 128 bytes of a unit; tokens past the batch reread the
-    // last one (x holds only n tokens).
+    // Tokens past the batch reread the last one (x holds only n tokens).
+    if (COOP_X16) {
+        // Four threads read one token's 64 bytes of a unit, eight halves each.
+        for (var i = li; i < COOP_TOKENS * COOP_UNITS * 4u; i += threads) {
+            let t = i / (COOP_UNITS * 4u);
+            let v = i % (COOP_UNITS * 4u);
+            var h = vec4<u32>();
+            if (s * COOP_UNITS + v / 4u < units) {
+                h = x16[min(t0 + t, n - 1u) * (p.k / 8u) + s * COOP_UNITS * 4u + v];
+            }
+            let o = t * COOP_SV + 8u / COOP_VEC * v;
+            put_x(o, unpack_f16(h.xy));
+            put_x(o + 4u / COOP_VEC, unpack_f16(h.zw));
+        }
+        return;
+    }
+    // Eight threads read one token's 128 bytes of a unit.
     for (var i = li; i < COOP_TOKENS * COOP_UNITS * 8u; i += threads) {
         let t = i / (COOP_UNITS * 8u);
         let v = i % (COOP_UNITS * 8u);
@@ -105,28 +159,30 @@ fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
         if (s * COOP_UNITS + v / 8u < units) {
             h = vec4<f16>(x[min(t0 + t, n - 1u) * kv + s * COOP_UNITS * 8u + v]);
         }
-        let o = t * COOP_STRIDE + 4u * v;
-        coop_x[o] = h.x;
-        coop_x[o + 1u] = h.y;
-        coop_x[o + 2u] = h.z;
-        coop_x[o + 3u] = h.w;
+        put_x(t * COOP_SV + 4u / COOP_VEC * v, h);
     }
 }
 
 @compute @workgroup_size(4u * COOP_SG)
-fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
+fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+               @builtin(local_invocation_index) li: u32,
                @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
-    let first_row = (wid.x + wid.y * ROWS_PER_Y) * COOP_ROWS;
+    // The host dispatches (row tiles, wrapped into y past ROWS_PER_Y) x (token tiles in z);
+    // the workgroups are renumbered token-tile-fastest, so that the token tiles of one row
+    // tile run at about the same time and all but the first read its weights from the L2
+    // cache: numbered row-fastest, every token tile read the whole matrix from memory again.
+    let linear = wid.x + groups.x * (wid.y + groups.y * wid.z);
+    let first_row = (linear / groups.z) * COOP_ROWS;
     if (first_row >= p.rows) {
         return;
     }
     let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
-    let t0 = wid.z * COOP_TOKENS;
+    let t0 = (linear % groups.z) * COOP_TOKENS;
     let stages = (p.k / 32u + COOP_UNITS - 1u) / COOP_UNITS;
     // This subgroup's quarter of the tile: its blocks of 16 rows in coop_w from a_base, of 16
     // tokens in coop_x from b_base.
-    let a_base = (sg % 2u) * (COOP_ROWS / 2u) * COOP_STRIDE;
-    let b_base = (sg / 2u) * (COOP_TOKENS / 2u) * COOP_STRIDE;
+    let a_base = (sg % 2u) * (COOP_ROWS / 2u) * COOP_SV;
+    let b_base = (sg / 2u) * (COOP_TOKENS / 2u) * COOP_SV;
     // Host-written: accumulator c<i>_<j> (zero) for row block i and token block j.
     $ACCUMULATORS
     for (var s = 0u; s < stages; s++) {
