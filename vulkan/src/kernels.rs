@@ -56,6 +56,10 @@ pub(crate) const FIRST_SUBMIT_LAYERS: usize = 4;
 const DP4A: bool = true;
 /// Attention workgroups a step aims for: fewer leave a large GPU idle during attention.
 pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
+/// The most query heads per K/V head that `attention_grouped` takes in one workgroup (its
+/// running outputs, one vec4 per head and thread, are kept in registers); models with
+/// larger groups run `attention`.
+pub(crate) const MAX_ATTENTION_GROUP: usize = 8;
 
 fn dp4a_type(ty: WeightType) -> bool {
     matches!(
@@ -123,7 +127,12 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 0: with the decode kernel `attention`, one
-/// workgroup per head and token; see [`KernelTuning::tiled_attention_for`]).
+/// workgroup per head and token; see [`KernelTuning::tiled_attention_for`]) and `gqa=0|1`
+/// (1, the default: decode and batched-decode steps run `attention_grouped` in
+/// attention_grouped.wgsl, one workgroup per K/V head, token and chunk, which loads each K/V
+/// row once for all the query heads that share it (at most MAX_ATTENTION_GROUP of them); 0:
+/// `attention`, one workgroup per query head, token and chunk; see
+/// [`KernelTuning::grouped_attention_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -142,6 +151,7 @@ pub struct KernelTuning {
     head_int8: bool,
     coop: CoopShape,
     prompt_attention: bool,
+    grouped_attention: bool,
 }
 
 /// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`;
@@ -215,6 +225,7 @@ impl KernelTuning {
         head_int8: true,
         coop: CoopShape::DEFAULT,
         prompt_attention: true,
+        grouped_attention: true,
     };
 
     /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
@@ -266,6 +277,24 @@ impl KernelTuning {
             && sequences < n_tokens
     }
 
+    /// Whether the decode attention (steps that do not run `attention_tiled`) of a model with
+    /// `n_head` query heads over `n_kv` K/V heads runs `attention_grouped` (`gqa=1`), one
+    /// workgroup per K/V head; else `attention`, one per query head.
+    pub fn grouped_attention_for(&self, n_head: usize, n_kv: usize) -> bool {
+        self.grouped_attention
+            && n_kv > 0
+            && n_head.is_multiple_of(n_kv)
+            && n_head / n_kv <= MAX_ATTENTION_GROUP
+    }
+
+    /// These settings with the grouped decode attention on or off (`gqa`).
+    pub fn with_grouped_attention(self, grouped_attention: bool) -> KernelTuning {
+        KernelTuning {
+            grouped_attention,
+            ..self
+        }
+    }
+
     /// Whether a product of `n_tokens` tokens runs the decode (matrix-vector) kernel, and so
     /// quantizes x where [`decode_quantizes_x`](Self::decode_quantizes_x) says; for tests.
     pub fn decode_kernel_for(&self, n_tokens: usize) -> bool {
@@ -283,7 +312,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128) and/or pattn=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1 and/or gqa=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -310,6 +339,7 @@ impl std::str::FromStr for KernelTuning {
                 ("pattn", Ok(n @ (0 | 1))) => t.prompt_attention = n == 1,
                 ("coopvec", Ok(n @ (2 | 4))) => t.coop.vec = n as u32,
                 ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
+                ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?
                 }
@@ -614,6 +644,9 @@ pub(crate) struct Kernels {
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
     /// for: keyed by the two types, input, tall and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
+    /// `attention_grouped` per group size (query heads per K/V head), compiled when first
+    /// asked for (see [`Kernels::attention_grouped`]).
+    attention_grouped: Mutex<HashMap<usize, wgpu::ComputePipeline>>,
     /// The reduction functions and settings every module is built with.
     reduce: &'static str,
     tuning: KernelTuning,
@@ -926,6 +959,7 @@ impl Kernels {
             glu_quantize_x,
             get_rows,
             mixed: Mutex::new(HashMap::new()),
+            attention_grouped: Mutex::new(HashMap::new()),
             reduce,
             tuning,
             tall_rows: tuning.tall_rows,
@@ -1118,6 +1152,49 @@ impl Kernels {
         self.tuning.tiled_attention_for(n_tokens, sequences)
     }
 
+    /// Whether decode attention runs `attention_grouped` for this head layout (see
+    /// [`KernelTuning::grouped_attention_for`]).
+    pub fn grouped_attention_for(&self, n_head: usize, n_kv: usize) -> bool {
+        self.tuning.grouped_attention_for(n_head, n_kv)
+    }
+
+    /// `attention_grouped` for `group` query heads per K/V head (1..=MAX_ATTENTION_GROUP):
+    /// attention.wgsl with attention_grouped.wgsl appended and the group size prepended as
+    /// the constant `GROUP`. Compiled on first use and kept.
+    pub fn attention_grouped(
+        &self,
+        gpu: &Gpu,
+        group: usize,
+    ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
+        if !(1..=MAX_ATTENTION_GROUP).contains(&group) {
+            return Err(crate::VulkanError::InvalidInput(format!(
+                "grouped attention takes 1 to {MAX_ATTENTION_GROUP} query heads per K/V head, not {group}; run it with gqa=0"
+            )));
+        }
+        let mut cache = self
+            .attention_grouped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&group) {
+            return Ok(p.clone());
+        }
+        let source = format!(
+            "const GROUP: u32 = {group}u;\n{}\n{}",
+            include_str!("shaders/attention.wgsl"),
+            include_str!("shaders/attention_grouped.wgsl")
+        );
+        let pipeline = pipeline(
+            gpu,
+            self.tuning.checks,
+            &format!("attention grouped {group}"),
+            &source,
+            "attention_grouped",
+        );
+        gpu.check("compiling the grouped attention kernel")?;
+        cache.insert(group, pipeline.clone());
+        Ok(pipeline)
+    }
+
     /// Attention workgroups a step aims for (see KernelTuning).
     pub fn attention_groups(&self) -> usize {
         self.attn_groups
@@ -1192,6 +1269,23 @@ mod tuning_tests {
         assert!(parse("pattn=1").unwrap().tiled_attention_for(512, 1));
         let err = parse("pattn=2").unwrap_err();
         assert!(err.contains("pattn=0|1"), "{err}");
+    }
+
+    #[test]
+    fn grouped_attention_is_read_and_takes_groups_up_to_the_most() {
+        let on = KernelTuning::default();
+        // Llama-3 8B (32/8), SmolLM2 (9/3), no grouping, the largest group.
+        assert!(on.grouped_attention_for(32, 8) && on.grouped_attention_for(9, 3));
+        assert!(on.grouped_attention_for(4, 4) && on.grouped_attention_for(64, 8));
+        // Groups past MAX_ATTENTION_GROUP keep `attention`.
+        assert!(!on.grouped_attention_for(32, 2));
+        assert!(!parse("gqa=0").unwrap().grouped_attention_for(32, 8));
+        assert!(parse("gqa=1").unwrap().grouped_attention_for(32, 8));
+        assert!(!on
+            .with_grouped_attention(false)
+            .grouped_attention_for(32, 8));
+        let err = parse("gqa=2").unwrap_err();
+        assert!(err.contains("gqa=0|1"), "{err}");
     }
 
     #[test]

@@ -844,6 +844,10 @@ pub enum AttentionKernel {
     Decode,
     /// `attention_tiled`, the prompt kernel with query tiles.
     Tiled,
+    /// `attention_grouped`, the decode kernel with the query heads of a K/V head in one
+    /// workgroup, with every token's positions in chunks of `chunk_len` (merged by
+    /// `combine` when there are several).
+    Grouped { chunk_len: usize },
 }
 
 /// Causal attention of the tokens of one step as the model runs it: token `t` is at position
@@ -884,6 +888,20 @@ pub fn attention_rows(
             nkv * ctx * hd
         )));
     }
+    // Chunks of positions of the decode kernels (the tiled one reads none): the longest
+    // sequence's positions, of which shorter sequences leave the last chunks empty.
+    let chunk_len = match kernel {
+        AttentionKernel::Grouped { chunk_len } => chunk_len,
+        _ => ctx,
+    };
+    let longest = rows.iter().map(|r| r[0] as usize + 1).max().unwrap_or(1);
+    let chunks = longest.div_ceil(chunk_len.max(1));
+    if chunk_len == 0 || chunks > crate::model::ATTENTION_MAX_CHUNKS {
+        return Err(VulkanError::InvalidInput(format!(
+            "{chunks} chunks of {chunk_len} positions (at most {})",
+            crate::model::ATTENTION_MAX_CHUNKS
+        )));
+    }
     let kernels = Kernels::new(gpu, &[])?;
     let qkv_row = (nh + 2 * nkv) * hd;
     let mut qkv = vec![f32::NAN; n * qkv_row];
@@ -897,22 +915,26 @@ pub fn attention_rows(
     let mut params = crate::model::AttnParams::new(nh, nkv, hd, ctx);
     params.window = window as u32;
     let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;
-    // One chunk of every position for the decode kernel (the tiled one reads no chunks).
     let step = StepParams {
         n_tokens: n as u32,
         out_rows: 0,
-        attn_chunks: 1,
-        attn_chunk_len: ctx as u32,
+        attn_chunks: chunks as u32,
+        attn_chunk_len: chunk_len as u32,
     };
     let step = gpu.uniform_init("step", bytemuck::bytes_of(&step))?;
     let rb = gpu.storage_init("token positions and slots", bytemuck::cast_slice(rows))?;
     let mut buffers = vec![(0, &qb), (1, &kb), (2, &vb), (3, &out), (4, &pb), (7, &rb)];
-    let (part, tiles);
+    let part = gpu.storage("partials", (n * chunks * nh * (hd + 4) * 4) as u64)?;
+    let (grouped, tiles);
     let (pipeline, groups) = match kernel {
         AttentionKernel::Decode => {
-            part = gpu.storage("partials", (n * nh * (hd + 4) * 4) as u64)?;
             buffers.extend([(5, &step), (6, &part)]);
             (&kernels.attention, [nh as u32, n as u32, 1])
+        }
+        AttentionKernel::Grouped { .. } => {
+            buffers.extend([(5, &step), (6, &part)]);
+            grouped = kernels.attention_grouped(gpu, nh / nkv)?;
+            (&grouped, [nkv as u32, n as u32, chunks as u32])
         }
         AttentionKernel::Tiled => {
             // The query tiles as a step writes them (split at slot boundaries).
@@ -926,7 +948,21 @@ pub fn attention_rows(
         }
     };
     let bg = crate::kernels::bind(gpu, pipeline, "attention", &buffers);
+    let combine = crate::kernels::bind(
+        gpu,
+        &kernels.attention_combine,
+        "attention combine",
+        &[(3, &out), (4, &pb), (5, &step), (6, &part)],
+    );
     run(gpu, &out, n * row, |rec| {
-        rec.dispatch("attention", pipeline, &bg, groups)
+        rec.dispatch("attention", pipeline, &bg, groups);
+        if chunks > 1 {
+            rec.dispatch(
+                "attention combine",
+                &kernels.attention_combine,
+                &combine,
+                [nh as u32, n as u32, 1],
+            );
+        }
     })
 }

@@ -2,7 +2,9 @@
 //! grouped-query attention computed in f64, for the head dimensions whose tiles differ
 //! (32 and 64: 32 positions a tile; 80: 24, with idle threads; 128: 16; 256: 8), decode steps
 //! split into chunks (one, several, the most the host allows, chunks shorter than a tile,
-//! chunks past the last position) and prompt batches.
+//! chunks past the last position) and prompt batches; the prompt kernel with query tiles
+//! (`attention_tiled`) and the decode kernel with the heads of a K/V head together
+//! (`attention_grouped`) on steps as the model runs them.
 //!
 //! The caches are f16, as the model keeps them; the reference reads the same f16 values
 //! (widened exactly), so the tolerance stays that of f32 arithmetic: relative L2 error below
@@ -302,4 +304,215 @@ fn tiled_attention_rejects_bad_steps() {
         .to_string();
         assert!(err.contains(want), "{rows:?}: {err}");
     }
+}
+
+/// The decode kernel with the query heads of a K/V head in one workgroup
+/// (`attention_grouped`) against the f64 reference: grouped-query heads 32/8 (head dimension
+/// 128, the 8B shape: 4 heads a workgroup) and 9/3 (64, SmolLM2's: 3), no grouping (4/4),
+/// the largest group (16/2: 8), the other head dimensions' thread layouts (32; 80 with idle
+/// threads and K slices longer than 8 vec4s; 256 with 8-position tiles); depths that are not
+/// multiples of a tile, one chunk, several chunks (of a tile, of several, shorter than a tile,
+/// and up to the 32 the host allows), a first token, a sliding window (with whole chunks and
+/// tiles before it), a batched decode step of three sequences at different positions of
+/// their slots (whose shorter sequences leave chunks empty), and a few tokens of one
+/// sequence. Tolerance as above: relative L2 error below 1e-5.
+#[test]
+fn grouped_attention_matches_reference() {
+    let gpu = common::gpu(None);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    // Slots of 700 positions in a cache of 3 slots.
+    let slot = 700u32;
+    let batched: Vec<[u32; 2]> = vec![[40, 0], [300, slot], [650, 2 * slot]];
+    // (query heads, K/V heads, head dimension, what, the step's tokens, window, chunk length)
+    let cases = [
+        (
+            32,
+            8,
+            128,
+            "decode at 599, one chunk",
+            run_of(599, 1, 0),
+            0,
+            700,
+        ),
+        (
+            32,
+            8,
+            128,
+            "decode at 599, chunks of 32",
+            run_of(599, 1, 0),
+            0,
+            32,
+        ),
+        (
+            32,
+            8,
+            128,
+            "decode at 510, 32 chunks of 16",
+            run_of(510, 1, slot),
+            0,
+            16,
+        ),
+        (
+            32,
+            8,
+            128,
+            "first token, chunks of 16",
+            run_of(0, 1, 0),
+            0,
+            16,
+        ),
+        (
+            32,
+            8,
+            128,
+            "batched step of 3, chunks of 64",
+            batched.clone(),
+            0,
+            64,
+        ),
+        (
+            32,
+            8,
+            128,
+            "window of 100, chunks of 48",
+            run_of(433, 1, 0),
+            100,
+            48,
+        ),
+        (
+            9,
+            3,
+            64,
+            "decode at 554, chunks of 32",
+            run_of(554, 1, slot),
+            0,
+            32,
+        ),
+        (
+            9,
+            3,
+            64,
+            "decode at 99, chunks of 21",
+            run_of(99, 1, 0),
+            0,
+            21,
+        ),
+        (
+            9,
+            3,
+            64,
+            "batched step of 3, window of 50",
+            batched.clone(),
+            50,
+            32,
+        ),
+        (
+            9,
+            3,
+            64,
+            "5 tokens at 37, one chunk",
+            run_of(37, 5, 0),
+            0,
+            700,
+        ),
+        (
+            9,
+            3,
+            64,
+            "5 tokens at 37, chunks of 8",
+            run_of(37, 5, 0),
+            0,
+            8,
+        ),
+        (
+            4,
+            4,
+            128,
+            "no grouping, decode at 200",
+            run_of(200, 1, 0),
+            0,
+            48,
+        ),
+        (
+            4,
+            4,
+            128,
+            "no grouping, batched step of 3",
+            batched.clone(),
+            0,
+            96,
+        ),
+        (
+            16,
+            2,
+            64,
+            "group of 8, decode at 333",
+            run_of(333, 1, slot),
+            0,
+            64,
+        ),
+        (8, 2, 32, "hd 32, decode at 140", run_of(140, 1, 0), 0, 32),
+        (8, 2, 80, "hd 80, decode at 250", run_of(250, 1, 0), 0, 24),
+        (8, 2, 256, "hd 256, window of 9", run_of(60, 1, 0), 9, 8),
+    ];
+    let mut worst: f64 = 0.0;
+    for (n_head, n_kv, head_dim, what, rows, window, chunk_len) in cases {
+        let shape = AttentionShape {
+            n_head,
+            n_kv,
+            head_dim,
+            ctx: 3 * slot as usize,
+        };
+        let cache = n_kv * shape.ctx * head_dim;
+        let k: Vec<f16> = (0..cache)
+            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let v: Vec<f16> = (0..cache)
+            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let q: Vec<f32> = (0..rows.len() * n_head * head_dim)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let want = reference_rows(&shape, &q, &k, &v, &rows, window);
+        let kernel = AttentionKernel::Grouped { chunk_len };
+        let got = testing::attention_rows(&gpu, &shape, &q, &k, &v, &rows, window, kernel).unwrap();
+        let (rel, max_abs) = common::compare(&got, &want);
+        let case = format!("{n_head}/{n_kv} hd {head_dim} {what}");
+        println!("{case}: rel {rel:.2e} max abs {max_abs:.2e}");
+        assert!(rel < REL_TOL, "{case}: rel {rel:.2e}");
+        worst = worst.max(rel);
+    }
+    println!("worst relative L2 error {worst:.2e}");
+}
+
+#[test]
+fn grouped_attention_rejects_groups_past_the_most_and_too_many_chunks() {
+    let gpu = common::gpu(None);
+    let cache = vec![f16::ZERO; 64 * 64];
+    let shape = AttentionShape {
+        n_head: 16,
+        n_kv: 1,
+        head_dim: 64,
+        ctx: 64,
+    };
+    let q = vec![0.0f32; 16 * 64];
+    let grouped = |chunk_len| AttentionKernel::Grouped { chunk_len };
+    let err = testing::attention_rows(&gpu, &shape, &q, &cache, &cache, &[[10, 0]], 0, grouped(8))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gqa=0"), "{err}");
+    let shape = AttentionShape { n_head: 8, ..shape };
+    let err = testing::attention_rows(
+        &gpu,
+        &shape,
+        &q[..8 * 64],
+        &cache,
+        &cache,
+        &[[63, 0]],
+        0,
+        grouped(1),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("64 chunks"), "{err}");
 }

@@ -190,16 +190,18 @@ pub(crate) fn attention_query_tiles(
 /// token (a token's chunks past its own position are empty). Prompt batches already have a
 /// workgroup per (head, token) and get one chunk; a decoded token gets up to
 /// ATTENTION_MAX_CHUNKS. `target`: the workgroups a step aims for
-/// (`Kernels::attention_groups`).
+/// (`Kernels::attention_groups`); `heads`: workgroups per (token, chunk): the query heads
+/// for `attention`, the K/V heads for `attention_grouped` (so that it gets up to
+/// n_head / n_kv times the chunks; see `Stage::attention_heads`).
 fn attention_split(
     n: usize,
     len: usize,
-    n_head: usize,
+    heads: usize,
     target: usize,
     tile: usize,
 ) -> (usize, usize) {
     let chunk_len = len
-        .div_ceil(attention_chunks_wanted(n, n_head, target))
+        .div_ceil(attention_chunks_wanted(n, heads, target))
         .div_ceil(tile)
         * tile;
     (len.div_ceil(chunk_len), chunk_len)
@@ -207,15 +209,22 @@ fn attention_split(
 
 /// Chunks a step of `n` tokens aims for, an upper bound of what `attention_split` gives at
 /// any length (the size of the partial-results buffer depends on it).
-fn attention_chunks_wanted(n: usize, n_head: usize, target: usize) -> usize {
-    target.div_ceil(n * n_head).clamp(1, ATTENTION_MAX_CHUNKS)
+fn attention_chunks_wanted(n: usize, heads: usize, target: usize) -> usize {
+    target.div_ceil(n * heads).clamp(1, ATTENTION_MAX_CHUNKS)
 }
 
-/// (token, chunk, head) slots of partial attention results that a pass of up to `max_batch`
-/// tokens can need: the size of the partial-results buffer.
-pub(crate) fn attention_partial_slots(max_batch: usize, n_head: usize, target: usize) -> usize {
+/// (token, chunk, query head) slots of partial attention results that a pass of up to
+/// `max_batch` tokens can need: the size of the partial-results buffer. Counted with the
+/// chunks of `attention_grouped` (workgroups per K/V head), which are at least those of
+/// `attention`, so that the buffer serves either kernel.
+pub(crate) fn attention_partial_slots(
+    max_batch: usize,
+    n_head: usize,
+    n_kv: usize,
+    target: usize,
+) -> usize {
     (1..=max_batch.max(1))
-        .map(|n| n * attention_chunks_wanted(n, n_head, target))
+        .map(|n| n * attention_chunks_wanted(n, n_kv.max(1), target))
         .max()
         .unwrap_or(1)
         * n_head
@@ -338,6 +347,9 @@ struct LayerOps {
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     attention_combine: wgpu::BindGroup,
+    /// Decode attention with the query heads of a K/V head in one workgroup (`gqa=1`, see
+    /// `Stage::grouped_attention`).
+    attention_grouped: Option<wgpu::BindGroup>,
     /// Attention of prompt steps with query tiles (see `KernelTuning::tiled_attention_for`).
     attention_tiled: wgpu::BindGroup,
     o: MatmulOp,
@@ -920,7 +932,8 @@ impl MemoryNeeds {
         // hidden, normed, q|k|v, attention out, gate|up, activation (f32) per batch token;
         // per slot the last hidden state, the logits and their staging copy, and the greedy
         // token and its staging copy; the attention partials.
-        let partial_slots = attention_partial_slots(max_batch, cfg.n_head, attention_target);
+        let partial_slots =
+            attention_partial_slots(max_batch, cfg.n_head, cfg.n_kv_head, attention_target);
         let activations = b * (2 * d + (nh + 2 * nkv) * hd + nh * hd + 3 * ff) * 4
             + s * (d + 2 * cfg.vocab as u64 + 2) * 4
             + partial_slots as u64 * (hd + 4) * 4;
@@ -1704,6 +1717,31 @@ mod tests {
                 next = end;
             }
             assert_eq!(next as usize, rows.len() * group);
+        }
+    }
+
+    #[test]
+    fn attention_partials_hold_the_chunks_of_either_decode_kernel() {
+        // (query heads, K/V heads, workgroups aimed for, largest batch)
+        for (n_head, n_kv, target, max_batch) in [
+            (32, 8, 1024, 1),
+            (32, 8, 1024, 64),
+            (9, 3, 1024, 16),
+            (4, 4, 256, 8),
+            (16, 2, 4096, 3),
+        ] {
+            let slots = attention_partial_slots(max_batch, n_head, n_kv, target);
+            for n in 1..=max_batch {
+                // `attention` splits per query head, `attention_grouped` per K/V head; the
+                // partials are per (token, chunk, query head) with either.
+                for heads in [n_head, n_kv] {
+                    let (chunks, _) = attention_split(n, 4096, heads, target, 16);
+                    assert!(
+                        n * chunks * n_head <= slots,
+                        "{n_head}/{n_kv} n {n}: {chunks} chunks"
+                    );
+                }
+            }
         }
     }
 

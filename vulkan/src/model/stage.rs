@@ -49,6 +49,10 @@ pub(super) struct Stage {
     /// Scaling of the embeddings (Gemma).
     embed_scale: Option<wgpu::BindGroup>,
     layers: Vec<LayerOps>,
+    /// The decode attention with the query heads of a K/V head in one workgroup, for this
+    /// model's group size (`gqa=1`, see `KernelTuning::grouped_attention_for`); `None`:
+    /// decode steps run `attention`.
+    attention_grouped: Option<wgpu::ComputePipeline>,
     /// Last device only.
     head: Option<Head>,
     /// Every device but the last: the host-readable copy of the hidden state that the next
@@ -176,7 +180,12 @@ impl Stage {
         // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
         // output, then a vec4 holding its max and sum), for the largest number of slots any
         // batch size can need.
-        let part_slots = attention_partial_slots(max_batch, nh, kernels.attention_groups());
+        let part_slots = attention_partial_slots(max_batch, nh, nkv, kernels.attention_groups());
+        let attention_grouped = if kernels.grouped_attention_for(nh, nkv) {
+            Some(kernels.attention_grouped(&gpu, nh / nkv)?)
+        } else {
+            None
+        };
         let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
         // The query tiles of `attention_tiled` (two u32 each), for a pass of max_batch tokens
         // of up to max_batch sequences.
@@ -487,6 +496,23 @@ impl Stage {
                     "attention combine",
                     &[(3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
                 ),
+                attention_grouped: attention_grouped.as_ref().map(|pipeline| {
+                    kernels::bind(
+                        &gpu,
+                        pipeline,
+                        "attention grouped",
+                        &[
+                            (0, &qkv),
+                            (1, &kcache),
+                            (2, &vcache),
+                            (3, &attn),
+                            (4, &attn_u),
+                            (5, &step),
+                            (6, &attn_part),
+                            (7, &rows),
+                        ],
+                    )
+                }),
                 attention_tiled: kernels::bind(
                     &gpu,
                     &kernels.attention_tiled,
@@ -691,11 +717,22 @@ impl Stage {
             embed,
             embed_scale,
             layers,
+            attention_grouped,
             head,
             handoff,
             next_step: None,
             weight_bytes,
         })
+    }
+
+    /// Workgroups of decode attention per (token, chunk): one per K/V head with
+    /// `attention_grouped`, one per query head with `attention` (see `attention_split`).
+    fn attention_heads(&self, c: &LlamaConfig) -> usize {
+        if self.attention_grouped.is_some() {
+            c.n_kv_head
+        } else {
+            c.n_head
+        }
     }
 
     /// Writes the inputs of a pass (token ids, rows, logit rows, step uniform, query tiles of
@@ -712,7 +749,7 @@ impl Stage {
         let (chunks, chunk_len) = attention_split(
             shape.tokens,
             shape.len,
-            c.n_head,
+            self.attention_heads(c),
             self.kernels.attention_groups(),
             attention_tile(c.head_dim),
         );
@@ -757,7 +794,7 @@ impl Stage {
         let (chunks, _) = attention_split(
             n,
             shape.len,
-            c.n_head,
+            self.attention_heads(c),
             self.kernels.attention_groups(),
             attention_tile(c.head_dim),
         );
@@ -863,6 +900,15 @@ impl Stage {
                             &self.kernels.attention_tiled,
                             &layer.attention_tiled,
                             [tiled_attention_groups, c.n_kv_head as u32, 1],
+                        );
+                    } else if let (Some(pipeline), Some(bg)) =
+                        (&self.attention_grouped, &layer.attention_grouped)
+                    {
+                        rec.dispatch(
+                            "attention grouped",
+                            pipeline,
+                            bg,
+                            [c.n_kv_head as u32, n, chunks as u32],
                         );
                     } else {
                         rec.dispatch(
