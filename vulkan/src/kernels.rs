@@ -101,7 +101,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// per submission after the first one, see `LlamaModel::record_pass`), `dp4a=0|1` (Q8_0,
 /// Q4_0 and K-quant decode products with int8 activations and integer dot products, `MV_DP4A` in
 /// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
-/// model.rs), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
+/// model.rs), `chunks=1..128` (the most chunks of positions per query head and token of
+/// decode attention, ATTENTION_MAX_CHUNKS by default; more chunks are shorter but cost
+/// `combine` more partial results), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
 /// with the cooperative-matrix product `matmul_coop`, which the device must offer (see
 /// [`Prefill`]), with the tiled product `matmul_tiled`, or every prompt batch with `matmul`,
 /// one row per workgroup; unset: `coop` where the device offers it, else `tiled`;
@@ -141,6 +143,7 @@ pub struct KernelTuning {
     submit_layers: usize,
     dp4a: bool,
     attn_groups: usize,
+    attn_max_chunks: usize,
     prefill: Prefill,
     matvec_tokens: u32,
     multi: bool,
@@ -215,6 +218,7 @@ impl KernelTuning {
         submit_layers: SUBMIT_LAYERS,
         dp4a: DP4A,
         attn_groups: ATTENTION_TARGET_GROUPS,
+        attn_max_chunks: crate::model::ATTENTION_MAX_CHUNKS,
         prefill: Prefill::Auto,
         matvec_tokens: MATVEC_MAX_TOKENS,
         multi: true,
@@ -232,6 +236,11 @@ impl KernelTuning {
     /// attention splits into, and so the size of the partial-results buffer.
     pub(crate) fn attention_groups(&self) -> usize {
         self.attn_groups
+    }
+
+    /// The most chunks of positions per (head, token) of decode attention (`chunks=`).
+    pub(crate) fn attention_max_chunks(&self) -> usize {
+        self.attn_max_chunks
     }
 
     /// These settings with int8 activations in the decode products on or off (`dp4a`).
@@ -312,7 +321,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1 and/or gqa=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1 and/or gqa=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -324,6 +333,9 @@ impl std::str::FromStr for KernelTuning {
                 ("submit", Ok(n)) if n > 0 => t.submit_layers = n,
                 ("dp4a", Ok(n @ (0 | 1))) => t.dp4a = n == 1,
                 ("attn", Ok(n)) if n > 0 => t.attn_groups = n,
+                ("chunks", Ok(n @ 1..=crate::model::ATTENTION_CHUNKS_LIMIT)) => {
+                    t.attn_max_chunks = n
+                }
                 ("prefill", _) if value == "coop" => t.prefill = Prefill::Coop,
                 ("prefill", _) if value == "tiled" => t.prefill = Prefill::Tiled,
                 ("prefill", _) if value == "rows" => t.prefill = Prefill::Rows,
@@ -1200,6 +1212,11 @@ impl Kernels {
         self.attn_groups
     }
 
+    /// The most chunks of positions per (head, token) of decode attention (`chunks=`).
+    pub fn attention_max_chunks(&self) -> usize {
+        self.tuning.attn_max_chunks
+    }
+
     /// The most tokens a step may have to run its products with the matrix-vector kernel
     /// (see MATVEC_MAX_TOKENS).
     pub fn matvec_tokens(&self) -> u32 {
@@ -1362,6 +1379,9 @@ mod tuning_tests {
         );
         assert!(!parse("dp4a=0").unwrap().dp4a);
         assert_eq!(parse("attn=512").unwrap().attn_groups, 512);
+        assert_eq!(parse("").unwrap().attention_max_chunks(), 32);
+        assert_eq!(parse("chunks=128").unwrap().attention_max_chunks(), 128);
+        assert!(parse("chunks=129").is_err() && parse("chunks=0").is_err());
         assert_eq!(parse("batch=1").unwrap().matvec_tokens, 1);
         let t = parse("multi=0,cols=4,mrows=4").unwrap();
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (false, 4, 4));

@@ -766,14 +766,14 @@ pub fn attention(
     if kcache.len() != nkv * ctx * hd
         || vcache.len() != kcache.len()
         || chunk_len == 0
-        || chunks > crate::model::ATTENTION_MAX_CHUNKS
+        || chunks > crate::model::ATTENTION_CHUNKS_LIMIT
     {
         return Err(VulkanError::InvalidInput(format!(
             "caches of {} and {} values (expected {}), {chunks} chunks of {chunk_len} (at most {})",
             kcache.len(),
             vcache.len(),
             nkv * ctx * hd,
-            crate::model::ATTENTION_MAX_CHUNKS
+            crate::model::ATTENTION_CHUNKS_LIMIT
         )));
     }
     let kernels = Kernels::new(gpu, &[])?;
@@ -896,10 +896,10 @@ pub fn attention_rows(
     };
     let longest = rows.iter().map(|r| r[0] as usize + 1).max().unwrap_or(1);
     let chunks = longest.div_ceil(chunk_len.max(1));
-    if chunk_len == 0 || chunks > crate::model::ATTENTION_MAX_CHUNKS {
+    if chunk_len == 0 || chunks > crate::model::ATTENTION_CHUNKS_LIMIT {
         return Err(VulkanError::InvalidInput(format!(
             "{chunks} chunks of {chunk_len} positions (at most {})",
-            crate::model::ATTENTION_MAX_CHUNKS
+            crate::model::ATTENTION_CHUNKS_LIMIT
         )));
     }
     let kernels = Kernels::new(gpu, &[])?;

@@ -123,7 +123,6 @@ fn attention_rejects_bad_shapes() {
     for (q, start, chunk_len, what) in [
         (&q[..100], 0, 32, "q length"),
         (&q[..], 64, 32, "position past the context"),
-        (&q[..], 63, 1, "more chunks than the host allows"),
         (&q[..], 0, 0, "empty chunks"),
     ] {
         let err = testing::attention(&gpu, &shape, q, &cache, &cache, start, chunk_len)
@@ -134,6 +133,13 @@ fn attention_rejects_bad_shapes() {
             "{what}: {err}"
         );
     }
+    // More chunks than `chunks=` may ask for (129 of one position).
+    let long = AttentionShape { ctx: 200, ..shape };
+    let long_cache = vec![f16::ZERO; 2 * 200 * 64];
+    let err = testing::attention(&gpu, &long, &q, &long_cache, &long_cache, 128, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("129 chunks"), "{err}");
     // A head dimension that is not a multiple of 4.
     let odd = AttentionShape {
         head_dim: 66,
@@ -312,7 +318,7 @@ fn tiled_attention_rejects_bad_steps() {
 /// the largest group (16/2: 8), the other head dimensions' thread layouts (32; 80 with idle
 /// threads and K slices longer than 8 vec4s; 256 with 8-position tiles); depths that are not
 /// multiples of a tile, one chunk, several chunks (of a tile, of several, shorter than a tile,
-/// and up to the 32 the host allows), a first token, a sliding window (with whole chunks and
+/// 32 chunks, and 82 as `chunks=` allows), a first token, a sliding window (with whole chunks and
 /// tiles before it), a batched decode step of three sequences at different positions of
 /// their slots (whose shorter sequences leave chunks empty), and a few tokens of one
 /// sequence. Tolerance as above: relative L2 error below 1e-5.
@@ -351,6 +357,15 @@ fn grouped_attention_matches_reference() {
             run_of(510, 1, slot),
             0,
             16,
+        ),
+        (
+            32,
+            8,
+            128,
+            "decode at 650, 82 chunks of 8 (chunks=128)",
+            run_of(650, 1, 0),
+            0,
+            8,
         ),
         (
             32,
@@ -488,12 +503,12 @@ fn grouped_attention_matches_reference() {
 #[test]
 fn grouped_attention_rejects_groups_past_the_most_and_too_many_chunks() {
     let gpu = common::gpu(None);
-    let cache = vec![f16::ZERO; 64 * 64];
+    let cache = vec![f16::ZERO; 200 * 64];
     let shape = AttentionShape {
         n_head: 16,
         n_kv: 1,
         head_dim: 64,
-        ctx: 64,
+        ctx: 200,
     };
     let q = vec![0.0f32; 16 * 64];
     let grouped = |chunk_len| AttentionKernel::Grouped { chunk_len };
@@ -508,11 +523,11 @@ fn grouped_attention_rejects_groups_past_the_most_and_too_many_chunks() {
         &q[..8 * 64],
         &cache,
         &cache,
-        &[[63, 0]],
+        &[[150, 0]],
         0,
         grouped(1),
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("64 chunks"), "{err}");
+    assert!(err.contains("151 chunks"), "{err}");
 }

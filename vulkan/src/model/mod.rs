@@ -117,11 +117,13 @@ pub(crate) struct StepParams {
     pub attn_chunk_len: u32,
 }
 
-/// Most chunks per (head, token): each costs a partial result to write and to combine.
-/// (Up to 128 were measured on an H100 at 4096 positions of the 8B file with `attn=4096`:
-/// 4 times the chunks, no faster: 191.6 tok/s against 193.4, the combine growing by as much
-/// as the attention gained.)
+/// Most chunks per (head, token) by default (`chunks=`): each costs a partial result to
+/// write and to combine. (Up to 128 were measured on an H100 at 4096 positions of the 8B
+/// file with `attn=4096` and `attention`: 4 times the chunks, no faster: 191.6 tok/s against
+/// 193.4, the combine growing by as much as the attention gained.)
 pub(crate) const ATTENTION_MAX_CHUNKS: usize = 32;
+/// The most chunks per (head, token) `chunks=` may ask for.
+pub(crate) const ATTENTION_CHUNKS_LIMIT: usize = 128;
 /// Positions of one tile of the attention kernel (`tile_groups` in attention.wgsl): chunks
 /// are a multiple of it, so that no workgroup loads a tile of which it uses a few positions.
 fn attention_tile(head_dim: usize) -> usize {
@@ -189,7 +191,7 @@ pub(crate) fn attention_query_tiles(
 /// `len` positions (flash-decoding): `(chunks, positions per chunk)`, the same for every
 /// token (a token's chunks past its own position are empty). Prompt batches already have a
 /// workgroup per (head, token) and get one chunk; a decoded token gets up to
-/// ATTENTION_MAX_CHUNKS. `target`: the workgroups a step aims for
+/// `max_chunks` (`Kernels::attention_max_chunks`). `target`: the workgroups a step aims for
 /// (`Kernels::attention_groups`); `heads`: workgroups per (token, chunk): the query heads
 /// for `attention`, the K/V heads for `attention_grouped` (so that it gets up to
 /// n_head / n_kv times the chunks; see `Stage::attention_heads`).
@@ -198,10 +200,11 @@ fn attention_split(
     len: usize,
     heads: usize,
     target: usize,
+    max_chunks: usize,
     tile: usize,
 ) -> (usize, usize) {
     let chunk_len = len
-        .div_ceil(attention_chunks_wanted(n, heads, target))
+        .div_ceil(attention_chunks_wanted(n, heads, target, max_chunks))
         .div_ceil(tile)
         * tile;
     (len.div_ceil(chunk_len), chunk_len)
@@ -209,8 +212,8 @@ fn attention_split(
 
 /// Chunks a step of `n` tokens aims for, an upper bound of what `attention_split` gives at
 /// any length (the size of the partial-results buffer depends on it).
-fn attention_chunks_wanted(n: usize, heads: usize, target: usize) -> usize {
-    target.div_ceil(n * heads).clamp(1, ATTENTION_MAX_CHUNKS)
+fn attention_chunks_wanted(n: usize, heads: usize, target: usize, max_chunks: usize) -> usize {
+    target.div_ceil(n * heads).clamp(1, max_chunks.max(1))
 }
 
 /// (token, chunk, query head) slots of partial attention results that a pass of up to
@@ -222,9 +225,10 @@ pub(crate) fn attention_partial_slots(
     n_head: usize,
     n_kv: usize,
     target: usize,
+    max_chunks: usize,
 ) -> usize {
     (1..=max_batch.max(1))
-        .map(|n| n * attention_chunks_wanted(n, n_kv.max(1), target))
+        .map(|n| n * attention_chunks_wanted(n, n_kv.max(1), target, max_chunks))
         .max()
         .unwrap_or(1)
         * n_head
@@ -919,7 +923,7 @@ impl MemoryNeeds {
         layers: usize,
         max_batch: usize,
         slots: usize,
-        attention_target: usize,
+        (attention_target, attention_max_chunks): (usize, usize),
     ) -> MemoryNeeds {
         let (d, hd, nh, nkv, ff) = (
             cfg.n_embd as u64,
@@ -932,8 +936,13 @@ impl MemoryNeeds {
         // hidden, normed, q|k|v, attention out, gate|up, activation (f32) per batch token;
         // per slot the last hidden state, the logits and their staging copy, and the greedy
         // token and its staging copy; the attention partials.
-        let partial_slots =
-            attention_partial_slots(max_batch, cfg.n_head, cfg.n_kv_head, attention_target);
+        let partial_slots = attention_partial_slots(
+            max_batch,
+            cfg.n_head,
+            cfg.n_kv_head,
+            attention_target,
+            attention_max_chunks,
+        );
         let activations = b * (2 * d + (nh + 2 * nkv) * hd + nh * hd + 3 * ff) * 4
             + s * (d + 2 * cfg.vocab as u64 + 2) * 4
             + partial_slots as u64 * (hd + 4) * 4;
@@ -1231,7 +1240,10 @@ impl LlamaModel {
                     r.len(),
                     opts.max_batch.max(1),
                     slots,
-                    opts.device.tuning.attention_groups(),
+                    (
+                        opts.device.tuning.attention_groups(),
+                        opts.device.tuning.attention_max_chunks(),
+                    ),
                 )
             })
             .collect();
@@ -1677,13 +1689,13 @@ mod tests {
             let tile = attention_tile(head_dim);
             for n in [1, 2, 4, 8, 64, 256] {
                 for len in n..700 {
-                    let (chunks, chunk_len) = attention_split(n, len, n_head, target, tile);
+                    let (chunks, chunk_len) = attention_split(n, len, n_head, target, 32, tile);
                     assert!(
                         chunks * chunk_len >= len && (chunks - 1) * chunk_len < len,
                         "n {n} len {len}"
                     );
                     assert!(
-                        chunks <= attention_chunks_wanted(n, n_head, target),
+                        chunks <= attention_chunks_wanted(n, n_head, target, 32),
                         "n {n} len {len}: {chunks} chunks"
                     );
                     assert_eq!(chunk_len % tile, 0);
@@ -1722,20 +1734,21 @@ mod tests {
 
     #[test]
     fn attention_partials_hold_the_chunks_of_either_decode_kernel() {
-        // (query heads, K/V heads, workgroups aimed for, largest batch)
-        for (n_head, n_kv, target, max_batch) in [
-            (32, 8, 1024, 1),
-            (32, 8, 1024, 64),
-            (9, 3, 1024, 16),
-            (4, 4, 256, 8),
-            (16, 2, 4096, 3),
+        // (query heads, K/V heads, workgroups aimed for, largest batch, most chunks)
+        for (n_head, n_kv, target, max_batch, max_chunks) in [
+            (32, 8, 1024, 1, 32),
+            (32, 8, 1024, 64, 32),
+            (32, 8, 4096, 4, 128),
+            (9, 3, 1024, 16, 32),
+            (4, 4, 256, 8, 32),
+            (16, 2, 4096, 3, 64),
         ] {
-            let slots = attention_partial_slots(max_batch, n_head, n_kv, target);
+            let slots = attention_partial_slots(max_batch, n_head, n_kv, target, max_chunks);
             for n in 1..=max_batch {
                 // `attention` splits per query head, `attention_grouped` per K/V head; the
                 // partials are per (token, chunk, query head) with either.
                 for heads in [n_head, n_kv] {
-                    let (chunks, _) = attention_split(n, 4096, heads, target, 16);
+                    let (chunks, _) = attention_split(n, 4096, heads, target, max_chunks, 16);
                     assert!(
                         n * chunks * n_head <= slots,
                         "{n_head}/{n_kv} n {n}: {chunks} chunks"

@@ -180,7 +180,13 @@ impl Stage {
         // Partial results of split attention: hd + 4 floats per (token, chunk, head) slot (the
         // output, then a vec4 holding its max and sum), for the largest number of slots any
         // batch size can need.
-        let part_slots = attention_partial_slots(max_batch, nh, nkv, kernels.attention_groups());
+        let part_slots = attention_partial_slots(
+            max_batch,
+            nh,
+            nkv,
+            kernels.attention_groups(),
+            kernels.attention_max_chunks(),
+        );
         let attention_grouped = if kernels.grouped_attention_for(nh, nkv) {
             Some(kernels.attention_grouped(&gpu, nh / nkv)?)
         } else {
@@ -751,6 +757,7 @@ impl Stage {
             shape.len,
             self.attention_heads(c),
             self.kernels.attention_groups(),
+            self.kernels.attention_max_chunks(),
             attention_tile(c.head_dim),
         );
         let step = StepParams {
@@ -796,6 +803,7 @@ impl Stage {
             shape.len,
             self.attention_heads(c),
             self.kernels.attention_groups(),
+            self.kernels.attention_max_chunks(),
             attention_tile(c.head_dim),
         );
         // Prompt-size steps: one workgroup per (rows of query tiles, K/V head), one chunk.

@@ -24,6 +24,10 @@ var<workgroup> g_weights: array<f32, 32u * GROUP>;
 var<workgroup> g_max: array<f32, 2u * GROUP>;
 // Each head's factor for its sums so far, exp(old max - new max), of the current tile.
 var<workgroup> g_corr: array<f32, GROUP>;
+// Per (head of the group, thread): the thread's output and sum, merged over the thread
+// groups at the end.
+var<workgroup> g_red: array<vec4<f32>, 64u * GROUP>;
+var<workgroup> g_redl: array<f32, 64u * GROUP>;
 
 // Four values of K at vec4 indices kb + i + j for j < 8; entries at or past `hi` are zero
 // (their indices clamped to hi - 1), so a dot with them counts nothing.
@@ -170,27 +174,33 @@ fn attention_grouped(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             acc[r] = acc[r] * corr + (((w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3)) + ((w4 * v4 + w5 * v5) + (w6 * v6 + w7 * v7)));
         }
     }
-    // Per head: merge the thread groups (which saw the same running max) and write the
-    // head's output, or its chunk's partial result as `attention` does.
-    workgroupBarrier();
+    // Merge the thread groups of every head at once (they saw the same running max, so
+    // their outputs and sums add) and write each head's output, or its chunk's partial
+    // result as `attention` does.
     for (var r = 0u; r < GROUP; r++) {
-        red[li] = select(vec4<f32>(0.0), acc[r], v_active);
-        redl[li] = select(0.0, l[r], v_active);
-        workgroupBarrier();
-        if (li < hd4) {
-            let h = h0 + r;
-            let merged = merge_groups(li, hd4, gs);
-            if (step.chunks == 1u) {
-                out[(t * p.n_head + h) * hd4 + li] = merged.total / merged.sum;
-            } else {
-                // An empty chunk writes max NEG and sum 0 (see `attention`).
-                let sb = ((t * step.chunks + c) * p.n_head + h) * (hd4 + 1u);
-                part[sb + li] = merged.total;
-                if (li == 0u) {
-                    part[sb + hd4] = vec4<f32>(g_max[cur * GROUP + r], merged.sum, 0.0, 0.0);
-                }
+        g_red[r * WG + li] = select(vec4<f32>(0.0), acc[r], v_active);
+        g_redl[r * WG + li] = select(0.0, l[r], v_active);
+    }
+    workgroupBarrier();
+    for (var o = li; o < GROUP * hd4; o += WG) {
+        let r = o / hd4;
+        let i = o % hd4;
+        var total = g_red[r * WG + i];
+        var sum = g_redl[r * WG + i];
+        for (var j = 1u; j < gs; j++) {
+            total += g_red[r * WG + j * hd4 + i];
+            sum += g_redl[r * WG + j * hd4 + i];
+        }
+        let h = h0 + r;
+        if (step.chunks == 1u) {
+            out[(t * p.n_head + h) * hd4 + i] = total / sum;
+        } else {
+            // An empty chunk writes max NEG and sum 0 (see `attention`).
+            let sb = ((t * step.chunks + c) * p.n_head + h) * (hd4 + 1u);
+            part[sb + i] = total;
+            if (i == 0u) {
+                part[sb + hd4] = vec4<f32>(g_max[cur * GROUP + r], sum, 0.0, 0.0);
             }
         }
-        workgroupBarrier();
     }
 }
