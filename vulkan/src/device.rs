@@ -515,11 +515,14 @@ impl Gpu {
             sizes,
         );
         let emulated = opts.tuning.prefill() == Prefill::CoopEmulated;
-        let (coop_subgroup, prefill_product) = match (opts.tuning.prefill(), coop) {
+        let tuning = opts
+            .tuning
+            .with_coop_tile_for(limits.max_compute_workgroup_storage_size as u64);
+        let (coop_subgroup, prefill_product) = match (tuning.prefill(), coop) {
             (Prefill::CoopEmulated, _) => match coop_kernel_needs(available, subgroups, sizes) {
                 Ok(size) => (
                     Some(size),
-                    format!("coop-emulated (matmul_coop with its matrix operations in plain code, subgroups of {size}, {}; prefill=coop-emulated)", opts.tuning.coop_shape().setting()),
+                    format!("coop-emulated (matmul_coop with its matrix operations in plain code, subgroups of {size}, {}; prefill=coop-emulated)", tuning.coop_shape().setting()),
                 ),
                 Err(why) => {
                     return Err(VulkanError::TuningUnsupported {
@@ -531,7 +534,7 @@ impl Gpu {
             },
             (Prefill::Auto | Prefill::Coop, Ok(size)) => (
                 Some(size),
-                format!("coop (matmul_coop: 16x16x16 F16->F32 cooperative matrices, subgroups of {size}, {})", opts.tuning.coop_shape().setting()),
+                format!("coop (matmul_coop: 16x16x16 F16->F32 cooperative matrices, subgroups of {size}, {})", tuning.coop_shape().setting()),
             ),
             (Prefill::Coop, Err(why)) => {
                 return Err(VulkanError::TuningUnsupported {
@@ -549,7 +552,7 @@ impl Gpu {
         };
         // Tiles larger than the default need more workgroup memory than WebGPU's default
         // 16 KiB; the device is opened with the adapter's own limit (`required_limits`).
-        let shape = opts.tuning.coop_shape();
+        let shape = tuning.coop_shape();
         if coop_subgroup.is_some()
             && shape.workgroup_bytes() > limits.max_compute_workgroup_storage_size as u64
         {
@@ -654,7 +657,7 @@ impl Gpu {
             errors,
             lost,
             memory,
-            tuning: opts.tuning,
+            tuning,
             cooperative_matrices,
             coop_subgroup,
             prefill_product,

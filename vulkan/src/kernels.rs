@@ -153,6 +153,9 @@ pub struct KernelTuning {
     fused_quantize: bool,
     head_int8: bool,
     coop: CoopShape,
+    /// Whether `cooptile=` was given: if not, the device picks the tile's rows for its
+    /// workgroup memory (see [`KernelTuning::with_coop_tile_for`]).
+    coop_tile_given: bool,
     prompt_attention: bool,
     grouped_attention: bool,
 }
@@ -178,6 +181,11 @@ impl CoopShape {
         vec: 4,
         x16: true,
     };
+
+    /// Rows of the tile where `cooptile=` is not given and the adapter's workgroup memory
+    /// holds them: every row tile reads the whole x of its tokens, so taller tiles read x
+    /// fewer times.
+    pub const AUTO_ROWS: u32 = 128;
 
     /// Bytes of workgroup memory the kernel declares: the f16 tiles of weights and x, rows
     /// of 32 units + 8 halves, and one f32 16x16 matrix per subgroup (see matmul_coop.wgsl).
@@ -228,6 +236,7 @@ impl KernelTuning {
         fused_quantize: true,
         head_int8: true,
         coop: CoopShape::DEFAULT,
+        coop_tile_given: false,
         prompt_attention: true,
         grouped_attention: true,
     };
@@ -262,6 +271,24 @@ impl KernelTuning {
     /// The tile of `matmul_coop` (`cooptile=`, `coopk=`).
     pub(crate) fn coop_shape(&self) -> CoopShape {
         self.coop
+    }
+
+    /// These settings with the `matmul_coop` tile a device with `workgroup_limit` bytes of
+    /// workgroup memory runs: without `cooptile=`, tiles of CoopShape::AUTO_ROWS rows where
+    /// they fit (fewer re-reads of x, see matmul_coop.wgsl), else the default 64 rows, which
+    /// fits WebGPU's default 16 KiB.
+    pub(crate) fn with_coop_tile_for(self, workgroup_limit: u64) -> KernelTuning {
+        let large = CoopShape {
+            rows: CoopShape::AUTO_ROWS,
+            ..self.coop
+        };
+        if self.coop_tile_given || large.workgroup_bytes() > workgroup_limit {
+            return self;
+        }
+        KernelTuning {
+            coop: large,
+            ..self
+        }
     }
 
     /// Whether a product of `n_tokens` tokens runs the prompt product of many tokens
@@ -353,7 +380,8 @@ impl std::str::FromStr for KernelTuning {
                 ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("cooptile", _) => {
-                    (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?
+                    (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?;
+                    t.coop_tile_given = true
                 }
                 _ => return Err(bad()),
             }
@@ -1337,6 +1365,26 @@ mod tuning_tests {
                 .setting(),
             "cooptile=128x128,coopk=2,coopvec=4,coopx16=1"
         );
+    }
+
+    #[test]
+    fn the_coop_tile_is_taller_where_workgroup_memory_allows() {
+        let rows = |spec: &str, limit| {
+            parse(spec)
+                .unwrap()
+                .with_coop_tile_for(limit)
+                .coop_shape()
+                .rows
+        };
+        // 128 x 64 of one unit needs 19 KiB: over WebGPU's default 16 KiB, within 32 or 48.
+        assert_eq!(rows("", 16 * 1024), 64);
+        assert_eq!(rows("", 32 * 1024), CoopShape::AUTO_ROWS);
+        assert_eq!(rows("", 48 * 1024), CoopShape::AUTO_ROWS);
+        // Four units per stage at 128 rows need 55 KiB: the default rows stay.
+        assert_eq!(rows("coopk=4", 48 * 1024), 64);
+        // A tile asked for is kept.
+        assert_eq!(rows("cooptile=64", 48 * 1024), 64);
+        assert_eq!(rows("cooptile=64x128", 48 * 1024), 64);
     }
 
     #[test]

@@ -149,11 +149,11 @@ fn coop_product_matches_the_cpu_for_every_type() {
 /// the shape stages several units (k = 160 leaves a partial last stage), and the staging
 /// does not depend on the type otherwise (each type's `load_unit` is the default shape's).
 const SHAPES: [(&str, GgmlDType); 11] = [
-    ("coopvec=2", GgmlDType::Q4K),
-    ("coopx16=0,coopk=2", GgmlDType::Q8_0),
-    ("coopk=2,coopvec=2", GgmlDType::Q4_0),
-    ("coopk=2", GgmlDType::Q4_0),
-    ("coopk=4", GgmlDType::Q8_0),
+    ("cooptile=64,coopvec=2", GgmlDType::Q4K),
+    ("cooptile=64,coopx16=0,coopk=2", GgmlDType::Q8_0),
+    ("cooptile=64,coopk=2,coopvec=2", GgmlDType::Q4_0),
+    ("cooptile=64,coopk=2", GgmlDType::Q4_0),
+    ("cooptile=64,coopk=4", GgmlDType::Q8_0),
     ("cooptile=64x32,coopk=4", GgmlDType::Q8_0),
     ("cooptile=128", GgmlDType::Q4K),
     ("cooptile=128,coopk=2", GgmlDType::Q4_1),
