@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::quant::WeightType;
-use crate::Gpu;
+use crate::{Gpu, VulkanError};
 
 /// Threads per workgroup of every kernel (a multiple of every common subgroup size: 8, 16, 32, 64).
 pub(crate) const WORKGROUP: u32 = 64;
@@ -688,6 +688,8 @@ pub(crate) struct Kernels {
     /// `attention_grouped` per group size (query heads per K/V head), compiled when first
     /// asked for (see [`Kernels::attention_grouped`]).
     attention_grouped: Mutex<HashMap<usize, wgpu::ComputePipeline>>,
+    /// The f16 copy of x that every `matmul_coop` product binds (see [`Kernels::x16_scratch`]).
+    x16_scratch: Mutex<Option<wgpu::Buffer>>,
     /// The reduction functions and settings every module is built with.
     reduce: &'static str,
     tuning: KernelTuning,
@@ -792,6 +794,24 @@ fn pipeline_with(
 }
 
 impl Kernels {
+    /// The buffer for the f16 copy of x (`x16` in matmul_coop.wgsl) of a product whose x is
+    /// `bytes` / 2 bytes of f32: one buffer for all the products made with these kernels,
+    /// which run one after another (each writes it with `coop_x_f16`, then reads it, and the
+    /// dispatches that share it are ordered), instead of one per product (for an 8B model,
+    /// 128 products and 0.8 GiB). A request larger than the buffer replaces it for the
+    /// products made after; those made before keep the smaller one, which holds their x.
+    pub(crate) fn x16_scratch(&self, gpu: &Gpu, bytes: u64) -> Result<wgpu::Buffer, VulkanError> {
+        let mut scratch = self.x16_scratch.lock().unwrap_or_else(|p| p.into_inner());
+        match scratch.as_ref() {
+            Some(b) if b.size() >= bytes => Ok(b.clone()),
+            _ => {
+                let b = gpu.storage("x in f16", bytes)?;
+                *scratch = Some(b.clone());
+                Ok(b)
+            }
+        }
+    }
+
     /// Compiles every kernel; `types` are the weight types the model needs.
     pub fn new(gpu: &Gpu, types: &[WeightType]) -> Result<Kernels, crate::VulkanError> {
         let mut matmul = HashMap::new();
@@ -1001,6 +1021,7 @@ impl Kernels {
             get_rows,
             mixed: Mutex::new(HashMap::new()),
             attention_grouped: Mutex::new(HashMap::new()),
+            x16_scratch: Mutex::new(None),
             reduce,
             tuning,
             tall_rows: tuning.tall_rows,

@@ -682,7 +682,7 @@ impl MatmulOp {
         // Half the bytes of x: its values in f16.
         let x16 = match (tiled_kernel, first.and_then(|op| op.x16.as_ref())) {
             (Some(t), Some(b)) if t.binds_x16 => Some(b.clone()),
-            (Some(t), None) if t.binds_x16 => Some(gpu.storage("x in f16", x.size() / 2)?),
+            (Some(t), None) if t.binds_x16 => Some(kernels.x16_scratch(gpu, x.size() / 2)?),
             _ => None,
         };
         let mut x16_convert = None;

@@ -173,6 +173,43 @@ fn long_prompt_batch_matches_token_by_token() {
     assert!(rel < tol, "logits differ by {abs} ({rel} of the largest)");
 }
 
+/// A prompt pass whose products all run the cooperative-matrix kernel (its emulation here,
+/// `prefill=coop-emulated`, the same numerics): they share one f16 copy of x
+/// (`Kernels::x16_scratch`), which `coop_x_f16` rewrites before each product, though their x
+/// differ in length (576 values a token for q|k|v, attention output and gate|up, 1536 for
+/// down). The logits of the five prompts as one batch must match those of the f32 tiled
+/// product within the rounding of f16 operands (1.06e-3 of the largest measured before the
+/// copy was shared; a product reading another's x would be off by far more).
+#[test]
+fn prompt_pass_on_cooperative_products_matches_the_f32_tiles() {
+    let path = common::model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let tokens = common::tokenize(&common::vocab(&content), &PROMPTS.join(" "));
+    let logits = |spec: &str| -> Result<Vec<f32>, VulkanError> {
+        let mut device = common::device_options(None);
+        device.tuning = spec.parse().unwrap();
+        let opts = LoadOptions {
+            device,
+            ctx: Some(64),
+            max_batch: 64,
+            slots: 1,
+        };
+        LlamaModel::load(&path, &opts)?.forward(&tokens, 0)
+    };
+    let coop = match logits("prefill=coop-emulated") {
+        Err(VulkanError::TuningUnsupported { detail, .. }) => {
+            println!("skipped: this adapter cannot run matmul_coop's emulation ({detail})");
+            return;
+        }
+        other => other.unwrap(),
+    };
+    let tiled = logits("prefill=tiled").unwrap();
+    let (abs, rel) = diff(&coop, &tiled);
+    println!("cooperative (emulated) against f32 tiles: logits max abs {abs:.2e} rel {rel:.2e}");
+    assert!(rel < 5e-3, "logits differ by {abs} ({rel} of the largest)");
+}
+
 /// The prompt attention kernel with query tiles (`attention_tiled`, `pattn=1`) against the
 /// decode kernel (`pattn=0`) on the real model: a first prompt chunk, then one step holding
 /// the rest of that prompt beside the whole prompt of a second sequence in another slot
