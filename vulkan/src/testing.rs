@@ -731,6 +731,31 @@ pub struct AttentionShape {
     pub ctx: usize,
 }
 
+/// The buffers an attention kernel reads and writes for `n` tokens: q inside the
+/// [q | k | v] rows of the q|k|v product (where the kernels read it; k and v there are NaN),
+/// the caches, and the output (NaN, so rows a kernel misses show).
+fn attention_buffers(
+    gpu: &Gpu,
+    q: &[f32],
+    kcache: &[half::f16],
+    vcache: &[half::f16],
+    (nh, nkv, hd): (usize, usize, usize),
+    n: usize,
+) -> Result<[wgpu::Buffer; 4], VulkanError> {
+    let row = nh * hd;
+    let qkv_row = (nh + 2 * nkv) * hd;
+    let mut qkv = vec![f32::NAN; n * qkv_row];
+    for t in 0..n {
+        qkv[t * qkv_row..t * qkv_row + row].copy_from_slice(&q[t * row..(t + 1) * row]);
+    }
+    Ok([
+        gpu.storage_init("q|k|v", bytemuck::cast_slice(&qkv))?,
+        gpu.storage_init("k cache", bytemuck::cast_slice(kcache))?,
+        gpu.storage_init("v cache", bytemuck::cast_slice(vcache))?,
+        gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n * row]))?,
+    ])
+}
+
 /// Causal attention (`attention`, then `combine` when there are several chunks) of
 /// `n_tokens` query tokens at positions `start..start + n_tokens` over the caches, with the
 /// positions split into chunks of `chunk_len` as a decode step splits them.
@@ -777,16 +802,7 @@ pub fn attention(
         )));
     }
     let kernels = Kernels::new(gpu, &[])?;
-    // The kernel reads q from the [q | k | v] rows of the q|k|v product.
-    let qkv_row = (nh + 2 * nkv) * hd;
-    let mut qkv = vec![f32::NAN; n * qkv_row];
-    for t in 0..n {
-        qkv[t * qkv_row..t * qkv_row + row].copy_from_slice(&q[t * row..(t + 1) * row]);
-    }
-    let qb = gpu.storage_init("q|k|v", bytemuck::cast_slice(&qkv))?;
-    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(kcache))?;
-    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(vcache))?;
-    let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n * row]))?;
+    let [qb, kb, vb, out] = attention_buffers(gpu, q, kcache, vcache, (nh, nkv, hd), n)?;
     let part = gpu.storage("partials", (n * chunks * nh * (hd + 4) * 4) as u64)?;
     let params = crate::model::AttnParams::new(nh, nkv, hd, ctx);
     let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;
@@ -903,15 +919,7 @@ pub fn attention_rows(
         )));
     }
     let kernels = Kernels::new(gpu, &[])?;
-    let qkv_row = (nh + 2 * nkv) * hd;
-    let mut qkv = vec![f32::NAN; n * qkv_row];
-    for t in 0..n {
-        qkv[t * qkv_row..t * qkv_row + row].copy_from_slice(&q[t * row..(t + 1) * row]);
-    }
-    let qb = gpu.storage_init("q|k|v", bytemuck::cast_slice(&qkv))?;
-    let kb = gpu.storage_init("k cache", bytemuck::cast_slice(kcache))?;
-    let vb = gpu.storage_init("v cache", bytemuck::cast_slice(vcache))?;
-    let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; n * row]))?;
+    let [qb, kb, vb, out] = attention_buffers(gpu, q, kcache, vcache, (nh, nkv, hd), n)?;
     let mut params = crate::model::AttnParams::new(nh, nkv, hd, ctx);
     params.window = window as u32;
     let pb = gpu.uniform_init("attention params", bytemuck::bytes_of(&params))?;

@@ -43,6 +43,27 @@ fn candle_logits(model: &mut ModelWeights, tokens: &[u32], start: usize) -> Vec<
         .unwrap()
 }
 
+/// The model loaded with `spec` added to the tuning of the environment
+/// (`XPU_VULKAN_MATVEC`), for tests that compare two settings of one kernel.
+fn load_tuned(
+    path: &std::path::Path,
+    spec: &str,
+    ctx: usize,
+    max_batch: usize,
+    slots: usize,
+) -> LlamaModel {
+    let env = std::env::var(xpu_vulkan::MATVEC_TUNING_ENV).unwrap_or_default();
+    let mut device = common::device_options(None);
+    device.tuning = format!("{env},{spec}").parse().unwrap();
+    let opts = LoadOptions {
+        device,
+        ctx: Some(ctx),
+        max_batch,
+        slots,
+    };
+    LlamaModel::load(path, &opts).unwrap()
+}
+
 #[test]
 fn greedy_decoding_matches_candle() {
     let path = common::model_path();
@@ -228,18 +249,7 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
     let first = common::tokenize(&vocab, &PROMPTS.join(" "));
     let second = common::tokenize(&vocab, &PROMPTS[1..].join(" "));
     let cut = 20;
-    let load = |spec: &str| {
-        let env = std::env::var(xpu_vulkan::MATVEC_TUNING_ENV).unwrap_or_default();
-        let mut device = common::device_options(None);
-        device.tuning = format!("{env},{spec}").parse().unwrap();
-        let opts = LoadOptions {
-            device,
-            ctx: Some(128),
-            max_batch: 128,
-            slots: 2,
-        };
-        LlamaModel::load(&path, &opts).unwrap()
-    };
+    let load = |spec: &str| load_tuned(&path, spec, 128, 128, 2);
     let (mut tiled, mut plain) = (load("pattn=1,headq=0"), load("pattn=0,headq=0"));
     let tuning = tiled.gpu().tuning();
     assert!(
@@ -308,18 +318,7 @@ fn decode_attention_with_grouped_heads_matches_the_plain_kernel() {
     let vocab = common::vocab(&content);
     let first = common::tokenize(&vocab, &PROMPTS.join(" "));
     let second = common::tokenize(&vocab, PROMPTS[2]);
-    let load = |spec: &str| {
-        let env = std::env::var(xpu_vulkan::MATVEC_TUNING_ENV).unwrap_or_default();
-        let mut device = common::device_options(None);
-        device.tuning = format!("{env},{spec}").parse().unwrap();
-        let opts = LoadOptions {
-            device,
-            ctx: Some(160),
-            max_batch: 64,
-            slots: 2,
-        };
-        LlamaModel::load(&path, &opts).unwrap()
-    };
+    let load = |spec: &str| load_tuned(&path, spec, 160, 64, 2);
     let (mut grouped, mut plain) = (load("gqa=1,headq=0"), load("gqa=0,headq=0"));
     assert!(grouped.gpu().tuning().grouped_attention_for(9, 3));
     assert!(!plain.gpu().tuning().grouped_attention_for(9, 3));

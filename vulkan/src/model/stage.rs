@@ -424,6 +424,18 @@ impl Stage {
             let mut attn_params = AttnParams::new(nh, nkv, hd, cache_positions);
             attn_params.window = sliding.map_or(0, |swa| swa.window as u32);
             let attn_u = gpu.uniform_init("attention params", bytemuck::bytes_of(&attn_params))?;
+            // The decode attention kernels (per query head, or grouped by K/V head) bind the
+            // same buffers.
+            let attention_entries = [
+                (0, &qkv),
+                (1, &kcache),
+                (2, &vcache),
+                (3, &attn),
+                (4, &attn_u),
+                (5, &step),
+                (6, &attn_part),
+                (7, &rows),
+            ];
             let interleaved = gate_up_w.len() == 1;
             let silu_u = gpu.uniform_init(
                 "silu params",
@@ -481,21 +493,7 @@ impl Stage {
                         (6, &rows),
                     ],
                 ),
-                attention: kernels::bind(
-                    &gpu,
-                    &kernels.attention,
-                    "attention",
-                    &[
-                        (0, &qkv),
-                        (1, &kcache),
-                        (2, &vcache),
-                        (3, &attn),
-                        (4, &attn_u),
-                        (5, &step),
-                        (6, &attn_part),
-                        (7, &rows),
-                    ],
-                ),
+                attention: kernels::bind(&gpu, &kernels.attention, "attention", &attention_entries),
                 attention_combine: kernels::bind(
                     &gpu,
                     &kernels.attention_combine,
@@ -503,21 +501,7 @@ impl Stage {
                     &[(3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
                 ),
                 attention_grouped: attention_grouped.as_ref().map(|pipeline| {
-                    kernels::bind(
-                        &gpu,
-                        pipeline,
-                        "attention grouped",
-                        &[
-                            (0, &qkv),
-                            (1, &kcache),
-                            (2, &vcache),
-                            (3, &attn),
-                            (4, &attn_u),
-                            (5, &step),
-                            (6, &attn_part),
-                            (7, &rows),
-                        ],
-                    )
+                    kernels::bind(&gpu, pipeline, "attention grouped", &attention_entries)
                 }),
                 attention_tiled: kernels::bind(
                     &gpu,
