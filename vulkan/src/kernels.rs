@@ -125,7 +125,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// each product first converts its x to f16 once, `coop_x_f16`, and the tiles stage that
 /// copy; 0: every tile converts the f32 x it stages) and `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
-/// rows by 64 tokens; see [`CoopShape`]) and `pattn=0|1` (1, the default: steps of prompt
+/// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
+/// workgroup: two across the rows, the others across the tokens; 8 needs tiles of at least
+/// 64 tokens), `cooptall=N` (products of fewer than N rows run 64-row tiles where the tile is
+/// taller; 0, the default: every product runs the tile) and `pattn=0|1` (1, the default: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 0: with the decode kernel `attention`, one
@@ -157,6 +160,9 @@ pub struct KernelTuning {
     /// Whether `cooptile=` was given: if not, the device picks the tile's rows for its
     /// workgroup memory (see [`KernelTuning::with_coop_tile_for`]).
     coop_tile_given: bool,
+    /// Products of fewer rows than this run 64-row tiles where the tile is taller
+    /// (`cooptall=`; 0: every product runs the tile).
+    coop_tall_rows: u32,
     prompt_attention: bool,
     grouped_attention: bool,
 }
@@ -171,6 +177,9 @@ pub(crate) struct CoopShape {
     pub units: u32,
     pub vec: u32,
     pub x16: bool,
+    /// Subgroups per workgroup (`coopsg=4|8`): two across the rows, the rest across the
+    /// tokens.
+    pub subgroups: u32,
 }
 
 impl CoopShape {
@@ -181,6 +190,7 @@ impl CoopShape {
         units: 1,
         vec: 4,
         x16: true,
+        subgroups: 4,
     };
 
     /// Rows of the tile where `cooptile=` is not given and the adapter's workgroup memory
@@ -192,15 +202,27 @@ impl CoopShape {
     /// of 32 units + 8 halves, and one f32 16x16 matrix per subgroup (see matmul_coop.wgsl).
     pub fn workgroup_bytes(&self) -> u64 {
         let stride = 32 * self.units as u64 + 8;
-        2 * (self.rows + self.tokens) as u64 * stride + 4 * 4 * 256
+        2 * (self.rows + self.tokens) as u64 * stride + 4 * 256 * self.subgroups as u64
     }
 
     /// The tuning keys that ask for this shape.
     pub fn setting(&self) -> String {
         format!(
-            "cooptile={}x{},coopk={},coopvec={},coopx16={}",
-            self.rows, self.tokens, self.units, self.vec, self.x16 as u32
+            "cooptile={}x{},coopk={},coopvec={},coopx16={},coopsg={}",
+            self.rows, self.tokens, self.units, self.vec, self.x16 as u32, self.subgroups
         )
+    }
+
+    /// Tokens of the tile each subgroup multiplies: the tile's tokens over the subgroups
+    /// across them (see matmul_coop.wgsl).
+    fn subgroup_tokens(&self) -> u32 {
+        self.tokens / (self.subgroups / 2)
+    }
+
+    /// This shape with `rows` rows per tile (the tile of the products too short for tall
+    /// tiles, see `cooptall=`).
+    pub fn with_rows(self, rows: u32) -> CoopShape {
+        CoopShape { rows, ..self }
     }
 
     /// `(rows, tokens)` of a `cooptile=` value: `R` (R x 64) or `RxT`.
@@ -238,6 +260,7 @@ impl KernelTuning {
         head_int8: true,
         coop: CoopShape::DEFAULT,
         coop_tile_given: false,
+        coop_tall_rows: 0,
         prompt_attention: true,
         grouped_attention: false,
     };
@@ -272,6 +295,18 @@ impl KernelTuning {
     /// The tile of `matmul_coop` (`cooptile=`, `coopk=`).
     pub(crate) fn coop_shape(&self) -> CoopShape {
         self.coop
+    }
+
+    /// The tile of the `matmul_coop` products with fewer than `cooptall=` rows, where it
+    /// differs from [`coop_shape`](Self::coop_shape): 64 rows. A product of few rows in tall
+    /// tiles has few workgroups, too few to fill a large GPU.
+    pub(crate) fn coop_short_shape(&self) -> Option<CoopShape> {
+        (self.coop_tall_rows > 0 && self.coop.rows > 64).then(|| self.coop.with_rows(64))
+    }
+
+    /// Rows from which a product runs the tall tile (`cooptall=`).
+    pub(crate) fn coop_tall_rows(&self) -> u32 {
+        self.coop_tall_rows
     }
 
     /// These settings with the `matmul_coop` tile a device with `workgroup_limit` bytes of
@@ -349,7 +384,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1 and/or gqa=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1 and/or gqa=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -379,6 +414,8 @@ impl std::str::FromStr for KernelTuning {
                 ("pattn", Ok(n @ (0 | 1))) => t.prompt_attention = n == 1,
                 ("coopvec", Ok(n @ (2 | 4))) => t.coop.vec = n as u32,
                 ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
+                ("coopsg", Ok(n @ (4 | 8))) => t.coop.subgroups = n as u32,
+                ("cooptall", Ok(n)) => t.coop_tall_rows = n as u32,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?;
@@ -386,6 +423,16 @@ impl std::str::FromStr for KernelTuning {
                 }
                 _ => return Err(bad()),
             }
+        }
+        // Each subgroup multiplies at least one 16-token block.
+        if t.coop.subgroup_tokens() < 16 {
+            return Err(format!(
+                "coopsg={} needs tiles of at least {} tokens, and cooptile gives {}: ask for cooptile=<rows>x{} or coopsg=4",
+                t.coop.subgroups,
+                8 * t.coop.subgroups,
+                t.coop.tokens,
+                8 * t.coop.subgroups
+            ));
         }
         Ok(t)
     }
@@ -468,7 +515,7 @@ fn single_source(reduce: &str, ty: WeightType) -> String {
 /// the host written out for each accumulator (`c<i>_<j>` of row block i, token block j).
 fn coop_kernel(shape: CoopShape) -> String {
     let row_blocks = shape.rows / 32;
-    let token_blocks = shape.tokens / 32;
+    let token_blocks = shape.subgroup_tokens() / 16;
     let blocks = || (0..row_blocks).flat_map(move |i| (0..token_blocks).map(move |j| (i, j)));
     let accumulators: Vec<String> = blocks()
         .map(|(i, j)| format!("var c{i}_{j} = coop_mat16x16<f32, C>();"))
@@ -509,9 +556,10 @@ fn coop_kernel(shape: CoopShape) -> String {
     }
     };
     let mut src = format!(
-        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{MATMUL_COOP}",
+        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_SGS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{MATMUL_COOP}",
         shape.rows,
         shape.tokens,
+        shape.subgroups,
         shape.units,
         shape.vec,
         shape.x16,
@@ -546,7 +594,10 @@ pub(crate) fn coop_source(reduce: &str, ty: WeightType, shape: CoopShape) -> Str
 /// read from.
 pub(crate) fn coop_emulated_source(reduce: &str, ty: WeightType, shape: CoopShape) -> String {
     let mut src = coop_kernel(shape);
-    let (row_blocks, token_blocks) = ((shape.rows / 32) as usize, (shape.tokens / 32) as usize);
+    let (row_blocks, token_blocks) = (
+        (shape.rows / 32) as usize,
+        (shape.subgroup_tokens() / 16) as usize,
+    );
     let accumulators = row_blocks * token_blocks;
     // (WGSL of the kernel, replacement, how often it occurs there.)
     for (from, to, count) in [
@@ -667,6 +718,9 @@ pub(crate) struct Kernels {
     /// the device runs it (`Gpu::uses_cooperative_prefill`), else `matmul_tiled`; empty with
     /// `prefill=rows` (see KernelTuning).
     matmul_tiled: HashMap<WeightType, TiledPipeline>,
+    /// `matmul_coop` in 64-row tiles for the products of fewer than `cooptall=` rows, where
+    /// that tile differs from `matmul_tiled`'s (see [`KernelTuning::coop_short_shape`]).
+    matmul_tiled_short: HashMap<WeightType, TiledPipeline>,
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
@@ -816,6 +870,7 @@ impl Kernels {
     pub fn new(gpu: &Gpu, types: &[WeightType]) -> Result<Kernels, crate::VulkanError> {
         let mut matmul = HashMap::new();
         let mut matmul_tiled = HashMap::new();
+        let mut matmul_tiled_short = HashMap::new();
         let mut matvec = HashMap::new();
         let mut matvec_multi = HashMap::new();
         let mut quantize_x = HashMap::new();
@@ -845,27 +900,25 @@ impl Kernels {
                 ),
             );
             if let Some(size) = gpu.coop_subgroup() {
-                let shape = tuning.coop;
-                let coop = if tuning.prefill == Prefill::CoopEmulated {
-                    coop_emulated_source(reduce, ty, shape)
-                } else {
-                    coop_source(reduce, ty, shape)
-                };
-                // The conversion does not depend on the type: one pipeline for all.
-                let x_f16 = shape.x16.then(|| {
-                    coop_x_f16
-                        .get_or_insert_with(|| {
-                            pipeline(gpu, tuning.checks, "coop_x_f16", &coop, "coop_x_f16")
-                        })
-                        .clone()
-                });
-                matmul_tiled.insert(
-                    ty,
+                let mut coop_pipeline = |shape: CoopShape| {
+                    let coop = if tuning.prefill == Prefill::CoopEmulated {
+                        coop_emulated_source(reduce, ty, shape)
+                    } else {
+                        coop_source(reduce, ty, shape)
+                    };
+                    // The conversion does not depend on the type or tile: one pipeline for all.
+                    let x_f16 = shape.x16.then(|| {
+                        coop_x_f16
+                            .get_or_insert_with(|| {
+                                pipeline(gpu, tuning.checks, "coop_x_f16", &coop, "coop_x_f16")
+                            })
+                            .clone()
+                    });
                     TiledPipeline {
                         pipeline: pipeline_with(
                             gpu,
                             tuning.checks,
-                            &format!("matmul_coop {ty:?}"),
+                            &format!("matmul_coop {ty:?} {}x{}", shape.rows, shape.tokens),
                             &coop,
                             "matmul_coop",
                             &[("COOP_SG", size as f64)],
@@ -874,8 +927,12 @@ impl Kernels {
                         tokens: shape.tokens,
                         x_f16,
                         binds_x16: true,
-                    },
-                );
+                    }
+                };
+                matmul_tiled.insert(ty, coop_pipeline(tuning.coop));
+                if let Some(shape) = tuning.coop_short_shape() {
+                    matmul_tiled_short.insert(ty, coop_pipeline(shape));
+                }
             } else if tuning.prefill != Prefill::Rows {
                 matmul_tiled.insert(
                     ty,
@@ -1013,6 +1070,7 @@ impl Kernels {
         let kernels = Kernels {
             matmul,
             matmul_tiled,
+            matmul_tiled_short,
             matvec,
             matvec_multi,
             quantize_x,
@@ -1099,8 +1157,13 @@ impl Kernels {
 
     /// The prompt-batch pipeline of many tokens (`matmul_coop` or `matmul_tiled`), or `None`
     /// where prompt batches use `matmul` only (`prefill=rows`).
-    pub fn matmul_tiled(&self, ty: WeightType) -> Option<&TiledPipeline> {
-        self.matmul_tiled.get(&ty)
+    /// `rows`: the product's rows (all its chunks), which pick the tile (`cooptall=`).
+    pub fn matmul_tiled(&self, ty: WeightType, rows: usize) -> Option<&TiledPipeline> {
+        let short = (rows as u64) < self.tuning.coop_tall_rows() as u64;
+        short
+            .then(|| self.matmul_tiled_short.get(&ty))
+            .flatten()
+            .or_else(|| self.matmul_tiled.get(&ty))
     }
 
     /// A decode pipeline; `exact`: x stays f32 even for the types whose products quantize it
@@ -1386,8 +1449,43 @@ mod tuning_tests {
                 .unwrap()
                 .coop_shape()
                 .setting(),
-            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1"
+            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1,coopsg=4"
         );
+        // Eight subgroups: two across the rows, four across the tokens, 16 tokens each at
+        // least; one f32 16x16 matrix each.
+        let eight = parse("cooptile=128x128,coopsg=8").unwrap().coop_shape();
+        assert_eq!((eight.subgroups, eight.subgroup_tokens()), (8, 32));
+        assert_eq!(eight.workgroup_bytes(), 2 * 256 * 40 + 8 * 1024);
+        assert_eq!(
+            parse("coopsg=8").unwrap().coop_shape().subgroup_tokens(),
+            16
+        );
+        let err = parse("coopsg=8,cooptile=128x32").unwrap_err();
+        assert!(
+            err.contains("coopsg=8 needs tiles of at least 64 tokens")
+                && err.contains("cooptile=<rows>x64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn short_products_take_64_row_tiles_only_where_asked_and_the_tile_is_taller() {
+        let short = |spec: &str| {
+            parse(spec)
+                .unwrap()
+                .with_coop_tile_for(48 * 1024)
+                .coop_short_shape()
+                .map(|s| (s.rows, s.tokens, s.subgroups))
+        };
+        assert_eq!(short(""), None);
+        assert_eq!(short("cooptall=8192"), Some((64, 64, 4)));
+        assert_eq!(
+            short("cooptall=8192,cooptile=128x128,coopsg=8"),
+            Some((64, 128, 8))
+        );
+        // 64-row tiles already: nothing to choose.
+        assert_eq!(short("cooptall=8192,cooptile=64"), None);
+        assert_eq!(parse("cooptall=8192").unwrap().coop_tall_rows(), 8192);
     }
 
     #[test]
@@ -1417,20 +1515,30 @@ mod tuning_tests {
         // (coop_emulated_source asserts the counts).
         for rows in [64, 128] {
             for tokens in [32, 64, 128] {
-                for (units, vec, x16) in [(1, 4, true), (2, 2, false), (4, 4, true), (1, 2, true)] {
+                for (units, vec, x16, subgroups) in [
+                    (1, 4, true, 4),
+                    (2, 2, false, 4),
+                    (4, 4, true, 4),
+                    (1, 2, true, 4),
+                    (1, 4, true, 8),
+                ] {
                     let shape = CoopShape {
                         rows,
                         tokens,
                         units,
                         vec,
                         x16,
+                        subgroups,
                     };
+                    if shape.subgroup_tokens() < 16 {
+                        continue;
+                    }
                     let real = coop_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
                     let emulated = coop_emulated_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
                     for src in [&real, &emulated] {
                         assert!(!src.contains('$'), "{shape:?}");
                     }
-                    let accumulators = (rows / 32 * tokens / 32) as usize;
+                    let accumulators = (rows / 32 * shape.subgroup_tokens() / 16) as usize;
                     assert_eq!(real.matches("coopMultiplyAdd(").count(), accumulators);
                     assert_eq!(emulated.matches("emu_mul_add(lane, ").count(), accumulators);
                     assert!(!emulated.contains("coop_mat16x16"), "{shape:?}");
@@ -1516,6 +1624,9 @@ mod tuning_tests {
             "cooptile=64x",
             "cooptile=x64",
             "cooptile=",
+            "coopsg=2",
+            "coopsg=16",
+            "cooptall=x",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(

@@ -142,13 +142,13 @@ fn coop_product_matches_the_cpu_for_every_type() {
 
 /// Tile shapes a GPU run compares (`cooptile=`, `coopk=`, `coopvec=`), besides the default
 /// that the other tests run: each stages k one, two or four units at a time into tiles of
-/// vec4 or vec2 halves, x from its f16 copy or from f32, and has 2 x 2, 4 x 2, 2 x 1, 2 x 4 or 4 x 4 accumulators per
+/// vec4 or vec2 halves, x from its f16 copy or from f32, and has 2 x 2, 4 x 2, 2 x 1, 2 x 4, 4 x 4 or (eight subgroups) 4 x 2 and 2 x 1 accumulators per
 /// subgroup. On cooperative matrices every shape runs
 /// with every type; the emulation (lavapipe, which takes minutes to compile one type's
 /// kernels) runs each with the one type given here: the types of 32-weight blocks where
 /// the shape stages several units (k = 160 leaves a partial last stage), and the staging
 /// does not depend on the type otherwise (each type's `load_unit` is the default shape's).
-const SHAPES: [(&str, GgmlDType); 11] = [
+const SHAPES: [(&str, GgmlDType); 14] = [
     ("cooptile=64,coopvec=2", GgmlDType::Q4K),
     ("cooptile=64,coopx16=0,coopk=2", GgmlDType::Q8_0),
     ("cooptile=64,coopk=2,coopvec=2", GgmlDType::Q4_0),
@@ -160,6 +160,10 @@ const SHAPES: [(&str, GgmlDType); 11] = [
     ("cooptile=128x128", GgmlDType::Q6K),
     ("cooptile=128x128,coopk=2", GgmlDType::F16),
     ("cooptile=64x128", GgmlDType::F16),
+    ("cooptile=128x128,coopsg=8", GgmlDType::Q4K),
+    ("cooptile=64,coopsg=8,coopk=2", GgmlDType::Q4_0),
+    // 150 rows are fewer than 200: the 64-row tile of the short products.
+    ("cooptile=128,cooptall=200", GgmlDType::Q8_0),
 ];
 
 #[test]
@@ -210,9 +214,10 @@ fn every_tile_shape_matches_the_cpu_for_every_type() {
     println!("{ran} of {} tile shapes ran", SHAPES.len());
 }
 
-/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X` as the device describes the shape that `shape` asks for.
+/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S` as the device describes the shape that `shape` asks for.
 fn shape_setting(shape: &str) -> String {
-    let (mut tile, mut units, mut vec, mut x16) = ("64x64".to_string(), "1", "4", "1");
+    let (mut tile, mut units, mut vec, mut x16, mut sgs) =
+        ("64x64".to_string(), "1", "4", "1", "4");
     for item in shape.split(',') {
         match item.split_once('=') {
             Some(("cooptile", t)) if t.contains('x') => tile = t.to_string(),
@@ -220,10 +225,12 @@ fn shape_setting(shape: &str) -> String {
             Some(("coopk", u)) => units = u,
             Some(("coopvec", v)) => vec = v,
             Some(("coopx16", v)) => x16 = v,
+            Some(("coopsg", v)) => sgs = v,
+            Some(("cooptall", _)) => {}
             _ => panic!("{shape}: {item}"),
         }
     }
-    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16}")
+    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16},coopsg={sgs}")
 }
 
 #[test]

@@ -29,22 +29,25 @@ const TYPES: [WeightType; 9] = [
     WeightType::Q6K,
 ];
 
-/// Tile shapes (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`) as (tuning, rows, tokens, units of k per
-/// stage, halves per vector of the staged tiles): the default and every variant the tuning
+/// Tile shapes (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`, `coopsg=`) as (tuning, rows, tokens, units of k per
+/// stage, halves per vector of the staged tiles, subgroups per workgroup): the default and every variant the tuning
 /// keys offer that a GPU run compares.
-const SHAPES: [(&str, u32, u32, u32, u32); 12] = [
-    ("", 64, 64, 1, 4),
-    ("coopx16=0", 64, 64, 1, 4),
-    ("coopvec=2", 64, 64, 1, 2),
-    ("coopk=2", 64, 64, 2, 4),
-    ("coopk=4", 64, 64, 4, 4),
-    ("cooptile=64x32,coopk=4", 64, 32, 4, 4),
-    ("cooptile=128", 128, 64, 1, 4),
-    ("cooptile=128,coopk=2", 128, 64, 2, 4),
-    ("cooptile=128,coopk=2,coopvec=2", 128, 64, 2, 2),
-    ("cooptile=128x128", 128, 128, 1, 4),
-    ("cooptile=128x128,coopk=2", 128, 128, 2, 4),
-    ("cooptile=64x128", 64, 128, 1, 4),
+const SHAPES: [(&str, u32, u32, u32, u32, u32); 15] = [
+    ("", 64, 64, 1, 4, 4),
+    ("coopx16=0", 64, 64, 1, 4, 4),
+    ("coopvec=2", 64, 64, 1, 2, 4),
+    ("coopk=2", 64, 64, 2, 4, 4),
+    ("coopk=4", 64, 64, 4, 4, 4),
+    ("cooptile=64x32,coopk=4", 64, 32, 4, 4, 4),
+    ("cooptile=128", 128, 64, 1, 4, 4),
+    ("cooptile=128,coopk=2", 128, 64, 2, 4, 4),
+    ("cooptile=128,coopk=2,coopvec=2", 128, 64, 2, 2, 4),
+    ("cooptile=128x128", 128, 128, 1, 4, 4),
+    ("cooptile=128x128,coopk=2", 128, 128, 2, 4, 4),
+    ("cooptile=64x128", 64, 128, 1, 4, 4),
+    ("cooptile=128x128,coopsg=8", 128, 128, 1, 4, 8),
+    ("cooptile=128x128,coopsg=8,coopk=2", 128, 128, 2, 4, 8),
+    ("cooptile=128,coopsg=8", 128, 64, 1, 4, 8),
 ];
 
 /// SPIR-V opcodes of SPV_KHR_cooperative_matrix and the memory layouts of its loads/stores.
@@ -269,8 +272,12 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
     }
     let dir = std::env::temp_dir().join(format!("xpu-coop-spirv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (tuning, rows, tokens, units, vec) in SHAPES {
-        let (row_blocks, token_blocks) = (rows as usize / 32, tokens as usize / 32);
+    for (tuning, rows, tokens, units, vec, subgroups) in SHAPES {
+        // Two subgroups across the rows, the others across the tokens.
+        let (row_blocks, token_blocks) = (
+            rows as usize / 32,
+            tokens as usize / (subgroups as usize / 2) / 16,
+        );
         // A staged row: the stage's 32-weight units and 8 halves of padding, counted in the
         // tiles' vectors of `vec` halves.
         let stride = (32 * units + 8) / vec;
@@ -278,8 +285,8 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
             for subgroup in [8, 16, 32] {
                 let label = format!("matmul_coop {ty:?} {tuning:?} (subgroups of {subgroup})");
                 let words = translate(ty, tuning, subgroup);
-                // Each subgroup owns a quarter of the tile: rows / 32 x tokens / 32
-                // accumulators, one multiply-add each per 16-deep slice of k (the slices are
+                // Each subgroup owns half the rows and 2 / subgroups of the tokens:
+                // rows / 32 x tokens / (subgroups / 2) / 16 accumulators, one multiply-add each per 16-deep slice of k (the slices are
                 // a loop).
                 assert_eq!(
                     count_op(&words, OP_COOP_MUL_ADD),
@@ -297,7 +304,7 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
                 assert_eq!(stores, [(COLUMN_MAJOR, 16)], "{label}: cooperative stores");
                 let Ok(val) = &validator else { continue };
                 let file = dir.join(format!(
-                    "matmul_coop_{ty:?}_{rows}x{tokens}x{units}_{subgroup}.spv"
+                    "matmul_coop_{ty:?}_{rows}x{tokens}x{units}x{subgroups}_{subgroup}.spv"
                 ));
                 let checked = without_unlaid_layouts(&words);
                 std::fs::write(&file, bytemuck_words(&checked)).unwrap();

@@ -19,9 +19,12 @@
 // accumulator or operand (WGSL has no arrays of cooperative matrices that stay in registers;
 // see `coop_source` in kernels.rs).
 //
-// A workgroup is four subgroups of COOP_SG threads; subgroup s owns the quarter of
-// COOP_ROWS / 2 rows (s % 2) by COOP_TOKENS / 2 tokens (s / 2), that is
-// COOP_ROWS / 32 x COOP_TOKENS / 32 accumulator matrices. k is walked one stage of
+// A workgroup is COOP_SGS (4 or 8, tuning key `coopsg`) subgroups of COOP_SG threads,
+// two across the rows and COOP_SGS / 2 across the tokens: subgroup s owns COOP_ROWS / 2 rows
+// (half s % 2) by COOP_SG_TOKENS = COOP_TOKENS / (COOP_SGS / 2) tokens (block s / 2), that is
+// COOP_ROWS / 32 x COOP_SG_TOKENS / 16 accumulator matrices. With eight subgroups a tile of
+// twice the tokens keeps each subgroup's accumulators, and its weights are dequantized once
+// for twice the tokens (the staging's dequantization costs about as much as the products). k is walked one stage of
 // COOP_UNITS units at a time: the workgroup dequantizes the tile's rows of the stage
 // (`load_unit`, once per tile as in `matmul_tiled`) and the tokens' x values of the stage into
 // workgroup memory as f16, then each subgroup multiplies the stage's 16-deep slices of them
@@ -31,7 +34,7 @@
 // `tiled_store` does (plain or added, at out_offset).
 //
 // Workgroup memory: the f16 tiles (2 (COOP_ROWS + COOP_TOKENS) COOP_STRIDE bytes) and one f32
-// 16x16 matrix per subgroup (4 KiB): 14 KiB for the default 64 x 64 tile of one unit, within
+// 16x16 matrix per subgroup (1 KiB each): 14 KiB for the default 64 x 64 tile of one unit, within
 // WebGPU's default 16 KiB; the device checks larger shapes against the adapter's limit
 // (device.rs). Cooperative loads need their pointer and stride aligned to 16 bytes, so a
 // staged row is COOP_STRIDE = 32 COOP_UNITS + 8 halves (the stage and 8 of padding, which
@@ -45,17 +48,18 @@
 // in vectors: COOP_SV vectors per staged row.
 
 // The subgroup size the pipeline is built for (8, 16 or 32; fixed on the adapter, checked by
-// the host): the workgroup is exactly four subgroups.
+// the host): the workgroup is exactly COOP_SGS subgroups.
 override COOP_SG: u32 = 32u;
 const COOP_DEPTH: u32 = 32u * COOP_UNITS;
 const COOP_STRIDE: u32 = COOP_DEPTH + 8u;
 const COOP_SV: u32 = COOP_STRIDE / COOP_VEC;
+const COOP_SG_TOKENS: u32 = COOP_TOKENS / (COOP_SGS / 2u);
 // Row r's stage at r * COOP_SV.
 var<workgroup> coop_w: array<CoopVec, COOP_ROWS * COOP_SV>;
 // Token t's stage at t * COOP_SV.
 var<workgroup> coop_x: array<CoopVec, COOP_TOKENS * COOP_SV>;
 // One 16x16 matrix per subgroup, column-major.
-var<workgroup> coop_out: array<f32, 1024>;
+var<workgroup> coop_out: array<f32, 256u * COOP_SGS>;
 // The step's x in f16, eight values per word: token t's value i in half i % 8 of word
 // t * p.k / 8 + i / 8 (written by `coop_x_f16`, read by the staging where COOP_X16).
 @group(0) @binding(16) var<storage, read_write> x16: array<vec4<u32>>;
@@ -116,7 +120,7 @@ fn coop_write(c: coop_mat16x16<f32, C>, sg: u32, lane: u32, row0: u32, tok0: u32
 fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
     let units = p.k / 32u;
     let kv = p.k / 4u;
-    let threads = 4u * COOP_SG;
+    let threads = COOP_SGS * COOP_SG;
     // Consecutive threads take consecutive units of a row (adjacent in memory). Rows past the
     // chunk recompute the last one; neither they nor tokens past the batch are written out.
     for (var i = li; i < COOP_ROWS * COOP_UNITS; i += threads) {
@@ -163,7 +167,7 @@ fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
     }
 }
 
-@compute @workgroup_size(4u * COOP_SG)
+@compute @workgroup_size(COOP_SGS * COOP_SG)
 fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                @builtin(local_invocation_index) li: u32,
                @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
@@ -179,10 +183,10 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) g
     let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
     let t0 = (linear % groups.z) * COOP_TOKENS;
     let stages = (p.k / 32u + COOP_UNITS - 1u) / COOP_UNITS;
-    // This subgroup's quarter of the tile: its blocks of 16 rows in coop_w from a_base, of 16
+    // This subgroup's part of the tile: its blocks of 16 rows in coop_w from a_base, of 16
     // tokens in coop_x from b_base.
     let a_base = (sg % 2u) * (COOP_ROWS / 2u) * COOP_SV;
-    let b_base = (sg / 2u) * (COOP_TOKENS / 2u) * COOP_SV;
+    let b_base = (sg / 2u) * COOP_SG_TOKENS * COOP_SV;
     // Host-written: accumulator c<i>_<j> (zero) for row block i and token block j.
     $ACCUMULATORS
     for (var s = 0u; s < stages; s++) {
@@ -199,7 +203,7 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) g
         }
     }
     let row0 = first_row + (sg % 2u) * (COOP_ROWS / 2u);
-    let tok0 = t0 + (sg / 2u) * (COOP_TOKENS / 2u);
+    let tok0 = t0 + (sg / 2u) * COOP_SG_TOKENS;
     // Host-written: coop_write of each accumulator at rows row0 + 16 i, tokens tok0 + 16 j.
     $WRITES
 }
