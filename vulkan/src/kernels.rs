@@ -138,7 +138,11 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// heads that share it (at most MAX_ATTENTION_GROUP of them); 0, the default: `attention`,
 /// one workgroup per query head, token and chunk, which an H100 ran 2 % faster at depth 512
 /// of an 8B file (1 % slower at 4096); see
-/// [`KernelTuning::grouped_attention_for`]).
+/// [`KernelTuning::grouped_attention_for`]) and `dattn=0|1` (1: those steps run
+/// `attention_vec` in attention_vec.wgsl instead, whose threads each own one vec4 of the
+/// head for K as for V, so that a subgroup's loads read consecutive bytes of one K row,
+/// and which loads the next tile's K/V ahead; one workgroup per query head (`gqa=0`) or
+/// per K/V head (`gqa=1`); 0, the default: `attention` or `attention_grouped`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -165,6 +169,7 @@ pub struct KernelTuning {
     coop_tall_rows: u32,
     prompt_attention: bool,
     grouped_attention: bool,
+    vec_attention: bool,
 }
 
 /// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`;
@@ -263,6 +268,7 @@ impl KernelTuning {
         coop_tall_rows: 0,
         prompt_attention: true,
         grouped_attention: false,
+        vec_attention: false,
     };
 
     /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
@@ -359,6 +365,21 @@ impl KernelTuning {
             && n_head / n_kv <= MAX_ATTENTION_GROUP
     }
 
+    /// Whether decode attention runs `attention_vec` (`dattn=1`): with the grid of
+    /// `attention_grouped` where [`grouped_attention_for`](Self::grouped_attention_for)
+    /// says, else with that of `attention`.
+    pub fn vec_attention(&self) -> bool {
+        self.vec_attention
+    }
+
+    /// These settings with `attention_vec` on or off (`dattn`).
+    pub fn with_vec_attention(self, vec_attention: bool) -> KernelTuning {
+        KernelTuning {
+            vec_attention,
+            ..self
+        }
+    }
+
     /// These settings with the grouped decode attention on or off (`gqa`).
     pub fn with_grouped_attention(self, grouped_attention: bool) -> KernelTuning {
         KernelTuning {
@@ -384,7 +405,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1 and/or gqa=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1 and/or dattn=0|1, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -417,6 +438,7 @@ impl std::str::FromStr for KernelTuning {
                 ("coopsg", Ok(n @ (4 | 8))) => t.coop.subgroups = n as u32,
                 ("cooptall", Ok(n)) => t.coop_tall_rows = n as u32,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
+                ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?;
                     t.coop_tile_given = true
@@ -739,9 +761,9 @@ pub(crate) struct Kernels {
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
     /// for: keyed by the two types, input, tall and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
-    /// `attention_grouped` per group size (query heads per K/V head), compiled when first
-    /// asked for (see [`Kernels::attention_grouped`]).
-    attention_grouped: Mutex<HashMap<usize, wgpu::ComputePipeline>>,
+    /// `attention_grouped` and `attention_vec` per group size (query heads per workgroup),
+    /// compiled when first asked for (see [`Kernels::attention_grouped`]).
+    attention_grouped: Mutex<HashMap<(&'static str, usize), wgpu::ComputePipeline>>,
     /// The f16 copy of x that every `matmul_coop` product binds (see [`Kernels::x16_scratch`]).
     x16_scratch: Mutex<Option<wgpu::Buffer>>,
     /// The reduction functions and settings every module is built with.
@@ -1283,12 +1305,41 @@ impl Kernels {
         self.tuning.grouped_attention_for(n_head, n_kv)
     }
 
+    /// Whether decode attention runs `attention_vec` (see [`KernelTuning::vec_attention`]).
+    pub fn vec_attention(&self) -> bool {
+        self.tuning.vec_attention()
+    }
+
     /// `attention_grouped` for `group` query heads per K/V head (1..=MAX_ATTENTION_GROUP):
     /// attention.wgsl with attention_grouped.wgsl appended and the group size prepended as
     /// the constant `GROUP`. Compiled on first use and kept.
     pub fn attention_grouped(
         &self,
         gpu: &Gpu,
+        group: usize,
+    ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
+        self.grouped_decode_attention(gpu, "attention_grouped", group)
+    }
+
+    /// `attention_vec` (the decode attention with coalesced K loads, `dattn=1`) for `group`
+    /// query heads per workgroup (1..=MAX_ATTENTION_GROUP; 1: a workgroup per query head
+    /// as `attention`, the heads per K/V head: as `attention_grouped`): attention.wgsl with
+    /// attention_vec.wgsl appended and the group size prepended as the constant `GROUP`.
+    /// Compiled on first use and kept.
+    pub fn attention_vec(
+        &self,
+        gpu: &Gpu,
+        group: usize,
+    ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
+        self.grouped_decode_attention(gpu, "attention_vec", group)
+    }
+
+    /// The decode attention kernel `entry` (`attention_grouped` or `attention_vec`, each in
+    /// the file of its name appended to attention.wgsl) for `group` query heads a workgroup.
+    fn grouped_decode_attention(
+        &self,
+        gpu: &Gpu,
+        entry: &'static str,
         group: usize,
     ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
         if !(1..=MAX_ATTENTION_GROUP).contains(&group) {
@@ -1300,23 +1351,27 @@ impl Kernels {
             .attention_grouped
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(&group) {
+        if let Some(p) = cache.get(&(entry, group)) {
             return Ok(p.clone());
         }
-        let source = format!(
-            "const GROUP: u32 = {group}u;\n{}\n{}",
-            include_str!("shaders/attention.wgsl"),
+        let file = if entry == "attention_vec" {
+            include_str!("shaders/attention_vec.wgsl")
+        } else {
             include_str!("shaders/attention_grouped.wgsl")
+        };
+        let source = format!(
+            "const GROUP: u32 = {group}u;\n{}\n{file}",
+            include_str!("shaders/attention.wgsl"),
         );
         let pipeline = pipeline(
             gpu,
             self.tuning.checks,
-            &format!("attention grouped {group}"),
+            &format!("{entry} {group}"),
             &source,
-            "attention_grouped",
+            entry,
         );
-        gpu.check("compiling the grouped attention kernel")?;
-        cache.insert(group, pipeline.clone());
+        gpu.check("compiling a grouped decode attention kernel")?;
+        cache.insert((entry, group), pipeline.clone());
         Ok(pipeline)
     }
 

@@ -864,6 +864,10 @@ pub enum AttentionKernel {
     /// workgroup, with every token's positions in chunks of `chunk_len` (merged by
     /// `combine` when there are several).
     Grouped { chunk_len: usize },
+    /// `attention_vec`, the decode kernel with coalesced K loads (`dattn=1`), with
+    /// `group` query heads a workgroup (1, or the query heads per K/V head as with
+    /// `gqa=1`) and every token's positions in chunks of `chunk_len`.
+    Vec { chunk_len: usize, group: usize },
 }
 
 /// Causal attention of the tokens of one step as the model runs it: token `t` is at position
@@ -907,7 +911,9 @@ pub fn attention_rows(
     // Chunks of positions of the decode kernels (the tiled one reads none): the longest
     // sequence's positions, of which shorter sequences leave the last chunks empty.
     let chunk_len = match kernel {
-        AttentionKernel::Grouped { chunk_len } => chunk_len,
+        AttentionKernel::Grouped { chunk_len } | AttentionKernel::Vec { chunk_len, .. } => {
+            chunk_len
+        }
         _ => ctx,
     };
     let longest = rows.iter().map(|r| r[0] as usize + 1).max().unwrap_or(1);
@@ -943,6 +949,17 @@ pub fn attention_rows(
             buffers.extend([(5, &step), (6, &part)]);
             grouped = kernels.attention_grouped(gpu, nh / nkv)?;
             (&grouped, [nkv as u32, n as u32, chunks as u32])
+        }
+        AttentionKernel::Vec { group, .. } => {
+            buffers.extend([(5, &step), (6, &part)]);
+            if group == 0 || (nh / nkv) % group != 0 {
+                return Err(VulkanError::InvalidInput(format!(
+                    "attention_vec takes a group of query heads that divides the {} per K/V head, not {group}",
+                    nh / nkv
+                )));
+            }
+            grouped = kernels.attention_vec(gpu, group)?;
+            (&grouped, [(nh / group) as u32, n as u32, chunks as u32])
         }
         AttentionKernel::Tiled => {
             // The query tiles as a step writes them (split at slot boundaries).

@@ -4,7 +4,8 @@
 //! split into chunks (one, several, the most the host allows, chunks shorter than a tile,
 //! chunks past the last position) and prompt batches; the prompt kernel with query tiles
 //! (`attention_tiled`) and the decode kernel with the heads of a K/V head together
-//! (`attention_grouped`) on steps as the model runs them.
+//! (`attention_grouped`) and the decode kernel with coalesced K loads (`attention_vec`) on
+//! steps as the model runs them, the latter also at depths up to 4100 of the 8B shape.
 //!
 //! The caches are f16, as the model keeps them; the reference reads the same f16 values
 //! (widened exactly), so the tolerance stays that of f32 arithmetic: relative L2 error below
@@ -313,13 +314,15 @@ fn tiled_attention_rejects_bad_steps() {
 }
 
 /// The decode kernel with the query heads of a K/V head in one workgroup
-/// (`attention_grouped`) against the f64 reference: grouped-query heads 32/8 (head dimension
+/// (`attention_grouped`), and the one with coalesced K loads (`attention_vec`, `dattn=1`)
+/// with a workgroup per query head and per K/V head, against the f64 reference: grouped-query heads 32/8 (head dimension
 /// 128, the 8B shape: 4 heads a workgroup) and 9/3 (64, SmolLM2's: 3), no grouping (4/4),
 /// the largest group (16/2: 8), the other head dimensions' thread layouts (32; 80 with idle
 /// threads and K slices longer than 8 vec4s; 256 with 8-position tiles); depths that are not
 /// multiples of a tile, one chunk, several chunks (of a tile, of several, shorter than a tile,
 /// 32 chunks, and 82 as `chunks=` allows), a first token, a sliding window (with whole chunks and
-/// tiles before it), a batched decode step of three sequences at different positions of
+/// tiles before it; one starting at a tile's last position, so that some threads of
+/// `attention_vec` see only masked positions in that tile), a batched decode step of three sequences at different positions of
 /// their slots (whose shorter sequences leave chunks empty), and a few tokens of one
 /// sequence. Tolerance as above: relative L2 error below 1e-5.
 #[test]
@@ -392,6 +395,15 @@ fn grouped_attention_matches_reference() {
             "window of 100, chunks of 48",
             run_of(433, 1, 0),
             100,
+            48,
+        ),
+        (
+            32,
+            8,
+            128,
+            "window of 2 from the last position of a tile, chunks of 48",
+            run_of(400, 1, 0),
+            2,
             48,
         ),
         (
@@ -489,13 +501,93 @@ fn grouped_attention_matches_reference() {
             .map(|_| rng.random_range(-3.0f32..3.0))
             .collect();
         let want = reference_rows(&shape, &q, &k, &v, &rows, window);
-        let kernel = AttentionKernel::Grouped { chunk_len };
-        let got = testing::attention_rows(&gpu, &shape, &q, &k, &v, &rows, window, kernel).unwrap();
-        let (rel, max_abs) = common::compare(&got, &want);
-        let case = format!("{n_head}/{n_kv} hd {head_dim} {what}");
-        println!("{case}: rel {rel:.2e} max abs {max_abs:.2e}");
-        assert!(rel < REL_TOL, "{case}: rel {rel:.2e}");
-        worst = worst.max(rel);
+        // `attention_grouped`, and `attention_vec` (`dattn=1`) with a workgroup per query
+        // head (`gqa=0`) and per K/V head (`gqa=1`).
+        for kernel in [
+            AttentionKernel::Grouped { chunk_len },
+            AttentionKernel::Vec {
+                chunk_len,
+                group: 1,
+            },
+            AttentionKernel::Vec {
+                chunk_len,
+                group: n_head / n_kv,
+            },
+        ] {
+            let got =
+                testing::attention_rows(&gpu, &shape, &q, &k, &v, &rows, window, kernel).unwrap();
+            let (rel, max_abs) = common::compare(&got, &want);
+            let case = format!("{kernel:?} {n_head}/{n_kv} hd {head_dim} {what}");
+            println!("{case}: rel {rel:.2e} max abs {max_abs:.2e}");
+            assert!(rel < REL_TOL, "{case}: rel {rel:.2e}");
+            worst = worst.max(rel);
+        }
+    }
+    println!("worst relative L2 error {worst:.2e}");
+}
+
+/// `attention_vec` (`dattn=1`) and the default `attention` on the 8B shape (32 query heads
+/// over 8 K/V heads, head dimension 128) at the depths of issue 19, split as a decode step
+/// splits them (`attention_split`: 1024 workgroups aimed for, at most 32 chunks, chunks a
+/// multiple of the 16-position tile): a first token (one chunk), 17 positions (two chunks of
+/// 16, the second of one position), 500 (32 chunks of 16), 4100 (29 of 144, the last one
+/// short); with a workgroup per query head and per K/V head (whose chunks are those of
+/// 256 workgroups aimed for per query head: 4 times fewer heads, the same cap). Against
+/// the f64 reference, relative L2 error below 1e-5.
+#[test]
+fn vec_attention_matches_reference_at_depth() {
+    let gpu = common::gpu(None);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    let shape = AttentionShape {
+        n_head: 32,
+        n_kv: 8,
+        head_dim: 128,
+        ctx: 4100,
+    };
+    let cache = shape.n_kv * shape.ctx * shape.head_dim;
+    let k: Vec<f16> = (0..cache)
+        .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+        .collect();
+    let v: Vec<f16> = (0..cache)
+        .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+        .collect();
+    // `attention_split` for one token: len / min(32, 1024 / heads) rounded up to the tile.
+    let chunk_len =
+        |len: usize, heads: usize| len.div_ceil((1024 / heads).min(32)).div_ceil(16) * 16;
+    let mut worst: f64 = 0.0;
+    for len in [1usize, 17, 500, 4100] {
+        let rows = [[len as u32 - 1, 0]];
+        let q: Vec<f32> = (0..shape.n_head * shape.head_dim)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let want = reference_rows(&shape, &q, &k, &v, &rows, 0);
+        let per_head = chunk_len(len, 32);
+        let per_kv_head = chunk_len(len, 8);
+        for kernel in [
+            AttentionKernel::Vec {
+                chunk_len: per_head,
+                group: 1,
+            },
+            AttentionKernel::Vec {
+                chunk_len: per_kv_head,
+                group: 4,
+            },
+            AttentionKernel::Grouped {
+                chunk_len: per_kv_head,
+            },
+        ] {
+            let got = testing::attention_rows(&gpu, &shape, &q, &k, &v, &rows, 0, kernel).unwrap();
+            let (rel, max_abs) = common::compare(&got, &want);
+            let case = format!("{kernel:?} depth {len}");
+            println!("{case}: rel {rel:.2e} max abs {max_abs:.2e}");
+            assert!(rel < REL_TOL, "{case}: rel {rel:.2e}");
+            worst = worst.max(rel);
+        }
+        // The default kernel with the same split, through `attention` and `combine`.
+        let got = testing::attention(&gpu, &shape, &q, &k, &v, len - 1, per_head).unwrap();
+        let (rel, _) = common::compare(&got, &want);
+        println!("attention depth {len}: rel {rel:.2e}");
+        assert!(rel < REL_TOL, "attention depth {len}: rel {rel:.2e}");
     }
     println!("worst relative L2 error {worst:.2e}");
 }

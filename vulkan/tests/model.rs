@@ -14,7 +14,7 @@ mod common;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use xpu_vulkan::{LlamaModel, LoadOptions, SeqChunk, VulkanError};
+use xpu_vulkan::{KernelTuning, LlamaModel, LoadOptions, SeqChunk, VulkanError};
 
 use common::PROMPTS;
 const NEW_TOKENS: usize = 32;
@@ -312,6 +312,24 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
 /// above.
 #[test]
 fn decode_attention_with_grouped_heads_matches_the_plain_kernel() {
+    let grouped = decode_attention_matches_the_plain_kernel("gqa=1,headq=0");
+    assert!(grouped.grouped_attention_for(9, 3) && !grouped.vec_attention());
+}
+
+/// The decode attention with coalesced K loads (`attention_vec`, `dattn=1`), with a
+/// workgroup per query head (`gqa=0`) and per K/V head (`gqa=1`), against `attention` on the
+/// same steps and with the same tolerance as the grouped kernel above.
+#[test]
+fn decode_attention_with_coalesced_loads_matches_the_plain_kernel() {
+    let per_head = decode_attention_matches_the_plain_kernel("dattn=1,headq=0");
+    assert!(per_head.vec_attention() && !per_head.grouped_attention_for(9, 3));
+    let per_kv_head = decode_attention_matches_the_plain_kernel("dattn=1,gqa=1,headq=0");
+    assert!(per_kv_head.vec_attention() && per_kv_head.grouped_attention_for(9, 3));
+}
+
+/// Greedy decoding and batched decode steps of SmolLM2 with the tuning `spec` against
+/// `gqa=0,headq=0` (`attention`), as described above; returns the tuning `spec` loaded.
+fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
     let path = common::model_path();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
@@ -319,9 +337,9 @@ fn decode_attention_with_grouped_heads_matches_the_plain_kernel() {
     let first = common::tokenize(&vocab, &PROMPTS.join(" "));
     let second = common::tokenize(&vocab, PROMPTS[2]);
     let load = |spec: &str| load_tuned(&path, spec, 160, 64, 2);
-    let (mut grouped, mut plain) = (load("gqa=1,headq=0"), load("gqa=0,headq=0"));
-    assert!(grouped.gpu().tuning().grouped_attention_for(9, 3));
+    let (mut grouped, mut plain) = (load(spec), load("gqa=0,headq=0"));
     assert!(!plain.gpu().tuning().grouped_attention_for(9, 3));
+    assert!(!plain.gpu().tuning().vec_attention());
     let argmax = |row: &[f32]| {
         row.iter()
             .enumerate()
@@ -381,7 +399,8 @@ fn decode_attention_with_grouped_heads_matches_the_plain_kernel() {
         tokens = [argmax(&a[0]), argmax(&a[1])];
         starts = [starts[0] + 1, starts[1] + 1];
     }
-    println!("logits at most {worst:.2e} of the largest apart");
+    println!("{spec}: logits at most {worst:.2e} of the largest apart");
+    *grouped.gpu().tuning()
 }
 
 #[test]

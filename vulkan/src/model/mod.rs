@@ -351,9 +351,9 @@ struct LayerOps {
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     attention_combine: wgpu::BindGroup,
-    /// Decode attention with the query heads of a K/V head in one workgroup (`gqa=1`, see
-    /// `Stage::grouped_attention`).
-    attention_grouped: Option<wgpu::BindGroup>,
+    /// The decode attention kernel when it is not `attention` (`gqa=1` and/or `dattn=1`,
+    /// see `Stage::decode_attention`).
+    decode_attention: Option<wgpu::BindGroup>,
     /// Attention of prompt steps with query tiles (see `KernelTuning::tiled_attention_for`).
     attention_tiled: wgpu::BindGroup,
     o: MatmulOp,

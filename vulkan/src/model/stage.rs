@@ -21,6 +21,46 @@ pub(super) struct Head {
     argmax: wgpu::BindGroup,
 }
 
+/// A decode attention kernel other than `attention`: `attention_grouped` (`gqa=1`) or
+/// `attention_vec` (`dattn=1`, a workgroup per query head or, with `gqa=1`, per K/V head).
+struct DecodeAttention {
+    pipeline: wgpu::ComputePipeline,
+    /// Its name in profiles.
+    label: &'static str,
+    /// One workgroup per K/V head (else per query head) for each (token, chunk).
+    per_kv_head: bool,
+}
+
+impl DecodeAttention {
+    /// The kernel the tuning asks for a model of `nh` query heads over `nkv` K/V heads, if
+    /// not `attention`.
+    fn choose(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        nh: usize,
+        nkv: usize,
+    ) -> Result<Option<DecodeAttention>, VulkanError> {
+        let grouped = kernels.grouped_attention_for(nh, nkv);
+        let (pipeline, label) = match (kernels.vec_attention(), grouped) {
+            (true, true) => (
+                kernels.attention_vec(gpu, nh / nkv)?,
+                "attention vec grouped",
+            ),
+            (true, false) => (kernels.attention_vec(gpu, 1)?, "attention vec"),
+            (false, true) => (
+                kernels.attention_grouped(gpu, nh / nkv)?,
+                "attention grouped",
+            ),
+            (false, false) => return Ok(None),
+        };
+        Ok(Some(DecodeAttention {
+            pipeline,
+            label,
+            per_kv_head: grouped,
+        }))
+    }
+}
+
 pub(super) struct Stage {
     pub(super) gpu: Gpu,
     kernels: Kernels,
@@ -49,10 +89,10 @@ pub(super) struct Stage {
     /// Scaling of the embeddings (Gemma).
     embed_scale: Option<wgpu::BindGroup>,
     layers: Vec<LayerOps>,
-    /// The decode attention with the query heads of a K/V head in one workgroup, for this
-    /// model's group size (`gqa=1`, see `KernelTuning::grouped_attention_for`); `None`:
-    /// decode steps run `attention`.
-    attention_grouped: Option<wgpu::ComputePipeline>,
+    /// The decode attention kernel when it is not `attention`: with the query heads of a K/V
+    /// head in one workgroup (`gqa=1`, see `KernelTuning::grouped_attention_for`) and/or
+    /// with coalesced K loads (`dattn=1`); `None`: decode steps run `attention`.
+    decode_attention: Option<DecodeAttention>,
     /// Last device only.
     head: Option<Head>,
     /// Every device but the last: the host-readable copy of the hidden state that the next
@@ -187,11 +227,7 @@ impl Stage {
             kernels.attention_groups(),
             kernels.attention_max_chunks(),
         );
-        let attention_grouped = if kernels.grouped_attention_for(nh, nkv) {
-            Some(kernels.attention_grouped(&gpu, nh / nkv)?)
-        } else {
-            None
-        };
+        let decode_attention = DecodeAttention::choose(&gpu, &kernels, nh, nkv)?;
         let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
         // The query tiles of `attention_tiled` (two u32 each), for a pass of max_batch tokens
         // of up to max_batch sequences.
@@ -500,9 +536,9 @@ impl Stage {
                     "attention combine",
                     &[(3, &attn), (4, &attn_u), (5, &step), (6, &attn_part)],
                 ),
-                attention_grouped: attention_grouped.as_ref().map(|pipeline| {
-                    kernels::bind(&gpu, pipeline, "attention grouped", &attention_entries)
-                }),
+                decode_attention: decode_attention
+                    .as_ref()
+                    .map(|a| kernels::bind(&gpu, &a.pipeline, a.label, &attention_entries)),
                 attention_tiled: kernels::bind(
                     &gpu,
                     &kernels.attention_tiled,
@@ -707,7 +743,7 @@ impl Stage {
             embed,
             embed_scale,
             layers,
-            attention_grouped,
+            decode_attention,
             head,
             handoff,
             next_step: None,
@@ -716,9 +752,14 @@ impl Stage {
     }
 
     /// Workgroups of decode attention per (token, chunk): one per K/V head with
-    /// `attention_grouped`, one per query head with `attention` (see `attention_split`).
+    /// `attention_grouped` (and `attention_vec` with `gqa=1`), one per query head with
+    /// `attention` (see `attention_split`).
     fn attention_heads(&self, c: &LlamaConfig) -> usize {
-        if self.attention_grouped.is_some() {
+        if self
+            .decode_attention
+            .as_ref()
+            .is_some_and(|a| a.per_kv_head)
+        {
             c.n_kv_head
         } else {
             c.n_head
@@ -893,15 +934,11 @@ impl Stage {
                             &layer.attention_tiled,
                             [tiled_attention_groups, c.n_kv_head as u32, 1],
                         );
-                    } else if let (Some(pipeline), Some(bg)) =
-                        (&self.attention_grouped, &layer.attention_grouped)
+                    } else if let (Some(a), Some(bg)) =
+                        (&self.decode_attention, &layer.decode_attention)
                     {
-                        rec.dispatch(
-                            "attention grouped",
-                            pipeline,
-                            bg,
-                            [c.n_kv_head as u32, n, chunks as u32],
-                        );
+                        let blocks = if a.per_kv_head { c.n_kv_head } else { c.n_head };
+                        rec.dispatch(a.label, &a.pipeline, bg, [blocks as u32, n, chunks as u32]);
                     } else {
                         rec.dispatch(
                             "attention",
