@@ -1475,6 +1475,19 @@ mod tuning_tests {
     }
 
     #[test]
+    fn vec_attention_is_read_and_off_by_default() {
+        assert!(!KernelTuning::default().vec_attention());
+        let on = parse("dattn=1").unwrap();
+        assert!(on.vec_attention() && !on.grouped_attention_for(32, 8));
+        let both = parse("dattn=1,gqa=1").unwrap();
+        assert!(both.vec_attention() && both.grouped_attention_for(32, 8));
+        assert!(!parse("dattn=0").unwrap().vec_attention());
+        assert!(!on.with_vec_attention(false).vec_attention());
+        let err = parse("dattn=2").unwrap_err();
+        assert!(err.contains("dattn=0|1"), "{err}");
+    }
+
+    #[test]
     fn coop_shapes_are_read() {
         assert_eq!(parse("").unwrap().coop_shape(), CoopShape::DEFAULT);
         let shape = |spec| {
