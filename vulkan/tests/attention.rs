@@ -318,7 +318,8 @@ fn tiled_attention_rejects_bad_steps() {
 /// with a workgroup per query head and per K/V head, against the f64 reference: grouped-query heads 32/8 (head dimension
 /// 128, the 8B shape: 4 heads a workgroup) and 9/3 (64, SmolLM2's: 3), no grouping (4/4),
 /// the largest group (16/2: 8), the other head dimensions' thread layouts (32; 80 with idle
-/// threads and K slices longer than 8 vec4s; 256 with 8-position tiles); depths that are not
+/// threads and K slices longer than 8 vec4s; 256 with 8-position tiles; 20, whose 5 vec4s
+/// leave `attention_vec` a sum past its groups of four); depths that are not
 /// multiples of a tile, one chunk, several chunks (of a tile, of several, shorter than a tile,
 /// 32 chunks, and 82 as `chunks=` allows), a first token, a sliding window (with whole chunks and
 /// tiles before it; one starting at a tile's last position, so that some threads of
@@ -480,6 +481,7 @@ fn grouped_attention_matches_reference() {
         ),
         (8, 2, 32, "hd 32, decode at 140", run_of(140, 1, 0), 0, 32),
         (8, 2, 80, "hd 80, decode at 250", run_of(250, 1, 0), 0, 24),
+        (8, 2, 20, "hd 20, decode at 90", run_of(90, 1, 0), 0, 32),
         (8, 2, 256, "hd 256, window of 9", run_of(60, 1, 0), 9, 8),
     ];
     let mut worst: f64 = 0.0;

@@ -111,8 +111,14 @@ fn attention_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let r = e / tile;
             let pos = e % tile;
             let pb = (r * 8u + pos / gs) * VEC_ROW + (pos % gs) * hd4;
-            var s = 0.0;
-            for (var i = 0u; i < hd4; i++) {
+            // Four sums at a time, so that the adds do not wait on each other.
+            var s4 = vec4<f32>(0.0);
+            var i = 0u;
+            for (; i + 4u <= hd4; i += 4u) {
+                s4 += vec4<f32>(v_part[pb + i], v_part[pb + i + 1u], v_part[pb + i + 2u], v_part[pb + i + 3u]);
+            }
+            var s = (s4.x + s4.y) + (s4.z + s4.w);
+            for (; i < hd4; i++) {
                 s += v_part[pb + i];
             }
             v_score[e] = select(NEG, s * p.scale, base + pos <= end && base + pos >= first);
