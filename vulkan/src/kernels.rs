@@ -60,6 +60,8 @@ pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
 /// running outputs, one vec4 per head and thread, are kept in registers); models with
 /// larger groups run `attention`.
 pub(crate) const MAX_ATTENTION_GROUP: usize = 8;
+/// Threads per `attention_vec` workgroup that `dwg=` may ask for.
+pub(crate) const VEC_ATTENTION_THREADS: [usize; 3] = [64, 128, 256];
 
 fn dp4a_type(ty: WeightType) -> bool {
     matches!(
@@ -142,7 +144,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `attention_vec` in attention_vec.wgsl instead, whose threads each own one vec4 of the
 /// head for K as for V, so that a subgroup's loads read consecutive bytes of one K row,
 /// and which loads the next tile's K/V ahead; one workgroup per query head (`gqa=0`) or
-/// per K/V head (`gqa=1`); 0, the default: `attention` or `attention_grouped`).
+/// per K/V head (`gqa=1`); 0, the default: `attention` or `attention_grouped`) and
+/// `dwg=64|128|256` (threads per `attention_vec` workgroup, default 64: more take more
+/// positions per tile, tiles of up to half as many positions as threads; at most 512 /
+/// (query heads a workgroup) for its workgroup memory, see `attention_vec_threads`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -170,6 +175,7 @@ pub struct KernelTuning {
     prompt_attention: bool,
     grouped_attention: bool,
     vec_attention: bool,
+    vec_threads: usize,
 }
 
 /// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`;
@@ -269,6 +275,7 @@ impl KernelTuning {
         prompt_attention: true,
         grouped_attention: false,
         vec_attention: false,
+        vec_threads: 64,
     };
 
     /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
@@ -372,6 +379,12 @@ impl KernelTuning {
         self.vec_attention
     }
 
+    /// Threads per `attention_vec` workgroup asked for (`dwg=`; see
+    /// [`attention_vec_threads`](crate::model::attention_vec_threads) for what a model gets).
+    pub fn vec_attention_threads(&self) -> usize {
+        self.vec_threads
+    }
+
     /// These settings with `attention_vec` on or off (`dattn`).
     pub fn with_vec_attention(self, vec_attention: bool) -> KernelTuning {
         KernelTuning {
@@ -405,7 +418,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1 and/or dattn=0|1, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -439,6 +452,7 @@ impl std::str::FromStr for KernelTuning {
                 ("cooptall", Ok(n)) => t.coop_tall_rows = n as u32,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
+                ("dwg", Ok(n @ (64 | 128 | 256))) => t.vec_threads = n,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?;
                     t.coop_tile_given = true
@@ -761,9 +775,10 @@ pub(crate) struct Kernels {
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
     /// for: keyed by the two types, input, tall and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
-    /// `attention_grouped` and `attention_vec` per group size (query heads per workgroup),
+    /// `attention_grouped` and `attention_vec` per group size (query heads per workgroup)
+    /// and threads per workgroup,
     /// compiled when first asked for (see [`Kernels::attention_grouped`]).
-    attention_grouped: Mutex<HashMap<(&'static str, usize), wgpu::ComputePipeline>>,
+    attention_grouped: Mutex<HashMap<(&'static str, usize, usize), wgpu::ComputePipeline>>,
     /// The f16 copy of x that every `matmul_coop` product binds (see [`Kernels::x16_scratch`]).
     x16_scratch: Mutex<Option<wgpu::Buffer>>,
     /// The reduction functions and settings every module is built with.
@@ -1310,6 +1325,11 @@ impl Kernels {
         self.tuning.vec_attention()
     }
 
+    /// Threads per `attention_vec` workgroup asked for (`dwg=`).
+    pub fn vec_attention_threads(&self) -> usize {
+        self.tuning.vec_attention_threads()
+    }
+
     /// `attention_grouped` for `group` query heads per K/V head (1..=MAX_ATTENTION_GROUP):
     /// attention.wgsl with attention_grouped.wgsl appended and the group size prepended as
     /// the constant `GROUP`. Compiled on first use and kept.
@@ -1318,20 +1338,27 @@ impl Kernels {
         gpu: &Gpu,
         group: usize,
     ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
-        self.grouped_decode_attention(gpu, "attention_grouped", group)
+        self.grouped_decode_attention(gpu, "attention_grouped", group, 64)
     }
 
     /// `attention_vec` (the decode attention with coalesced K loads, `dattn=1`) for `group`
     /// query heads per workgroup (1..=MAX_ATTENTION_GROUP; 1: a workgroup per query head
-    /// as `attention`, the heads per K/V head: as `attention_grouped`): attention.wgsl with
-    /// attention_vec.wgsl appended and the group size prepended as the constant `GROUP`.
-    /// Compiled on first use and kept.
+    /// as `attention`, the heads per K/V head: as `attention_grouped`) and `threads` per
+    /// workgroup (see [`attention_vec_threads`](crate::model::attention_vec_threads)):
+    /// attention.wgsl with attention_vec.wgsl appended and both prepended as the constants
+    /// `GROUP` and `VEC_WG`. Compiled on first use and kept.
     pub fn attention_vec(
         &self,
         gpu: &Gpu,
         group: usize,
+        threads: usize,
     ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
-        self.grouped_decode_attention(gpu, "attention_vec", group)
+        if !VEC_ATTENTION_THREADS.contains(&threads) {
+            return Err(crate::VulkanError::InvalidInput(format!(
+                "attention_vec takes 64, 128 or 256 threads a workgroup, not {threads}"
+            )));
+        }
+        self.grouped_decode_attention(gpu, "attention_vec", group, threads)
     }
 
     /// The decode attention kernel `entry` (`attention_grouped` or `attention_vec`, each in
@@ -1341,6 +1368,7 @@ impl Kernels {
         gpu: &Gpu,
         entry: &'static str,
         group: usize,
+        threads: usize,
     ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
         if !(1..=MAX_ATTENTION_GROUP).contains(&group) {
             return Err(crate::VulkanError::InvalidInput(format!(
@@ -1351,7 +1379,7 @@ impl Kernels {
             .attention_grouped
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(&(entry, group)) {
+        if let Some(p) = cache.get(&(entry, group, threads)) {
             return Ok(p.clone());
         }
         let file = if entry == "attention_vec" {
@@ -1360,18 +1388,18 @@ impl Kernels {
             include_str!("shaders/attention_grouped.wgsl")
         };
         let source = format!(
-            "const GROUP: u32 = {group}u;\n{}\n{file}",
+            "const GROUP: u32 = {group}u;\nconst VEC_WG: u32 = {threads}u;\n{}\n{file}",
             include_str!("shaders/attention.wgsl"),
         );
         let pipeline = pipeline(
             gpu,
             self.tuning.checks,
-            &format!("{entry} {group}"),
+            &format!("{entry} {group}x{threads}"),
             &source,
             entry,
         );
         gpu.check("compiling a grouped decode attention kernel")?;
-        cache.insert((entry, group), pipeline.clone());
+        cache.insert((entry, group, threads), pipeline.clone());
         Ok(pipeline)
     }
 
@@ -1483,6 +1511,10 @@ mod tuning_tests {
         assert!(both.vec_attention() && both.grouped_attention_for(32, 8));
         assert!(!parse("dattn=0").unwrap().vec_attention());
         assert!(!on.with_vec_attention(false).vec_attention());
+        assert_eq!(on.vec_attention_threads(), 64);
+        assert_eq!(parse("dwg=256").unwrap().vec_attention_threads(), 256);
+        let err = parse("dwg=32").unwrap_err();
+        assert!(err.contains("dwg=64|128|256"), "{err}");
         let err = parse("dattn=2").unwrap_err();
         assert!(err.contains("dattn=0|1"), "{err}");
     }

@@ -866,8 +866,13 @@ pub enum AttentionKernel {
     Grouped { chunk_len: usize },
     /// `attention_vec`, the decode kernel with coalesced K loads (`dattn=1`), with
     /// `group` query heads a workgroup (1, or the query heads per K/V head as with
-    /// `gqa=1`) and every token's positions in chunks of `chunk_len`.
-    Vec { chunk_len: usize, group: usize },
+    /// `gqa=1`), `threads` a workgroup (64, 128 or 256, `dwg=`) and every token's positions
+    /// in chunks of `chunk_len`.
+    Vec {
+        chunk_len: usize,
+        group: usize,
+        threads: usize,
+    },
 }
 
 /// Causal attention of the tokens of one step as the model runs it: token `t` is at position
@@ -950,7 +955,7 @@ pub fn attention_rows(
             grouped = kernels.attention_grouped(gpu, nh / nkv)?;
             (&grouped, [nkv as u32, n as u32, chunks as u32])
         }
-        AttentionKernel::Vec { group, .. } => {
+        AttentionKernel::Vec { group, threads, .. } => {
             buffers.extend([(5, &step), (6, &part)]);
             if group == 0 || (nh / nkv) % group != 0 {
                 return Err(VulkanError::InvalidInput(format!(
@@ -958,7 +963,7 @@ pub fn attention_rows(
                     nh / nkv
                 )));
             }
-            grouped = kernels.attention_vec(gpu, group)?;
+            grouped = kernels.attention_vec(gpu, group, threads)?;
             (&grouped, [(nh / group) as u32, n as u32, chunks as u32])
         }
         AttentionKernel::Tiled => {

@@ -504,17 +504,27 @@ fn grouped_attention_matches_reference() {
             .collect();
         let want = reference_rows(&shape, &q, &k, &v, &rows, window);
         // `attention_grouped`, and `attention_vec` (`dattn=1`) with a workgroup per query
-        // head (`gqa=0`) and per K/V head (`gqa=1`).
+        // head (`gqa=0`) and per K/V head (`gqa=1`), of 64 threads and of the most `dwg=256`
+        // gives (256, or fewer so that threads x heads <= 512: tiles of other lengths than
+        // the chunks').
+        let group = n_head / n_kv;
+        let vec = |group: usize, threads: usize| AttentionKernel::Vec {
+            chunk_len,
+            group,
+            threads,
+        };
         for kernel in [
             AttentionKernel::Grouped { chunk_len },
-            AttentionKernel::Vec {
-                chunk_len,
-                group: 1,
-            },
-            AttentionKernel::Vec {
-                chunk_len,
-                group: n_head / n_kv,
-            },
+            vec(1, 64),
+            vec(group, 64),
+            vec(1, 256),
+            vec(
+                group,
+                [256, 128, 64]
+                    .into_iter()
+                    .find(|t| t * group <= 512)
+                    .unwrap(),
+            ),
         ] {
             let got =
                 testing::attention_rows(&gpu, &shape, &q, &k, &v, &rows, window, kernel).unwrap();
@@ -565,14 +575,30 @@ fn vec_attention_matches_reference_at_depth() {
         let want = reference_rows(&shape, &q, &k, &v, &rows, 0);
         let per_head = chunk_len(len, 32);
         let per_kv_head = chunk_len(len, 8);
+        // With 256 threads a workgroup per query head, tiles of 64 positions; with 128 (the
+        // most for 4 heads a workgroup), of 32; chunks rounded up to those tiles as the host
+        // rounds them.
+        let wide = |len: usize, tile: usize| len.div_ceil(32).div_ceil(tile) * tile;
         for kernel in [
             AttentionKernel::Vec {
                 chunk_len: per_head,
                 group: 1,
+                threads: 64,
             },
             AttentionKernel::Vec {
                 chunk_len: per_kv_head,
                 group: 4,
+                threads: 64,
+            },
+            AttentionKernel::Vec {
+                chunk_len: wide(len, 64),
+                group: 1,
+                threads: 256,
+            },
+            AttentionKernel::Vec {
+                chunk_len: wide(len, 32),
+                group: 4,
+                threads: 128,
             },
             AttentionKernel::Grouped {
                 chunk_len: per_kv_head,

@@ -317,14 +317,18 @@ fn decode_attention_with_grouped_heads_matches_the_plain_kernel() {
 }
 
 /// The decode attention with coalesced K loads (`attention_vec`, `dattn=1`), with a
-/// workgroup per query head (`gqa=0`) and per K/V head (`gqa=1`), against `attention` on the
-/// same steps and with the same tolerance as the grouped kernel above.
+/// workgroup per query head (`gqa=0`; 64 threads, and 256 with `dwg=256`: tiles of 128
+/// positions for SmolLM2's head dimension 64) and per K/V head (`gqa=1`, `dwg=256`: 128
+/// threads for 3 heads a workgroup), against `attention` on the same steps and with the same
+/// tolerance as the grouped kernel above.
 #[test]
 fn decode_attention_with_coalesced_loads_matches_the_plain_kernel() {
     let per_head = decode_attention_matches_the_plain_kernel("dattn=1,headq=0");
     assert!(per_head.vec_attention() && !per_head.grouped_attention_for(9, 3));
-    let per_kv_head = decode_attention_matches_the_plain_kernel("dattn=1,gqa=1,headq=0");
+    let per_kv_head = decode_attention_matches_the_plain_kernel("dattn=1,gqa=1,dwg=256,headq=0");
     assert!(per_kv_head.vec_attention() && per_kv_head.grouped_attention_for(9, 3));
+    let wide = decode_attention_matches_the_plain_kernel("dattn=1,dwg=256,headq=0");
+    assert_eq!(wide.vec_attention_threads(), 256);
 }
 
 /// Greedy decoding and batched decode steps of SmolLM2 with the tuning `spec` against

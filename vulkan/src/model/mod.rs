@@ -130,6 +130,25 @@ fn attention_tile(head_dim: usize) -> usize {
     8 * (64 / (head_dim / 4)).min(4)
 }
 
+/// Threads of an `attention_vec` workgroup of `group` query heads when `requested` (`dwg=`)
+/// are asked for: the most of 64, 128 and 256 up to `requested` with at most 512 threads
+/// times heads (64 with more than 8 heads), so that its workgroup memory (about 34 bytes
+/// per thread and head) stays within 32 KiB.
+pub(crate) fn attention_vec_threads(requested: usize, group: usize) -> usize {
+    crate::kernels::VEC_ATTENTION_THREADS
+        .into_iter()
+        .rev()
+        .find(|&t| t <= requested && t * group <= 512)
+        .unwrap_or(64)
+}
+
+/// Positions of one tile of `attention_vec` with `threads` threads (`vec_groups` in
+/// attention_vec.wgsl): 8 per thread group, min(threads / (hd / 4), threads / 16) groups;
+/// with 64 threads, those of `attention` ([`attention_tile`]).
+pub(crate) fn attention_vec_tile(head_dim: usize, threads: usize) -> usize {
+    8 * (threads / (head_dim / 4)).min(threads / 16)
+}
+
 /// Query rows (token, query head) of one `attention_tiled` workgroup: 64 / threads per row
 /// (`threads_per_row` in attention_tiled.wgsl, the fewest threads, a power of two, whose 8
 /// output vec4s each cover the head).
@@ -1730,6 +1749,33 @@ mod tests {
             }
             assert_eq!(next as usize, rows.len() * group);
         }
+    }
+
+    #[test]
+    fn attention_vec_threads_fit_its_workgroup_memory() {
+        // (asked for, heads a workgroup, threads)
+        for (asked, group, threads) in [
+            (64, 1, 64),
+            (256, 1, 256),
+            (128, 1, 128),
+            (256, 2, 256),
+            (256, 3, 128),
+            (256, 4, 128),
+            (256, 8, 64),
+            (128, 8, 64),
+        ] {
+            assert_eq!(
+                attention_vec_threads(asked, group),
+                threads,
+                "{asked} {group}"
+            );
+        }
+        // hd 128: 64 positions a tile with 256 threads, those of `attention` with 64.
+        assert_eq!(attention_vec_tile(128, 256), 64);
+        assert_eq!(attention_vec_tile(128, 64), attention_tile(128));
+        assert_eq!(attention_vec_tile(64, 64), attention_tile(64));
+        assert_eq!(attention_vec_tile(256, 64), attention_tile(256));
+        assert_eq!(attention_vec_tile(32, 256), 128);
     }
 
     #[test]

@@ -29,6 +29,8 @@ struct DecodeAttention {
     label: &'static str,
     /// One workgroup per K/V head (else per query head) for each (token, chunk).
     per_kv_head: bool,
+    /// Positions of its tile, of which chunks are a multiple.
+    tile: usize,
 }
 
 impl DecodeAttention {
@@ -39,17 +41,28 @@ impl DecodeAttention {
         kernels: &Kernels,
         nh: usize,
         nkv: usize,
+        hd: usize,
     ) -> Result<Option<DecodeAttention>, VulkanError> {
         let grouped = kernels.grouped_attention_for(nh, nkv);
-        let (pipeline, label) = match (kernels.vec_attention(), grouped) {
-            (true, true) => (
-                kernels.attention_vec(gpu, nh / nkv)?,
-                "attention vec grouped",
-            ),
-            (true, false) => (kernels.attention_vec(gpu, 1)?, "attention vec"),
+        let group = if grouped { nh / nkv } else { 1 };
+        let (pipeline, label, tile) = match (kernels.vec_attention(), grouped) {
+            (true, _) => {
+                let threads = attention_vec_threads(kernels.vec_attention_threads(), group);
+                let label = if grouped {
+                    "attention vec grouped"
+                } else {
+                    "attention vec"
+                };
+                (
+                    kernels.attention_vec(gpu, group, threads)?,
+                    label,
+                    attention_vec_tile(hd, threads),
+                )
+            }
             (false, true) => (
-                kernels.attention_grouped(gpu, nh / nkv)?,
+                kernels.attention_grouped(gpu, group)?,
                 "attention grouped",
+                attention_tile(hd),
             ),
             (false, false) => return Ok(None),
         };
@@ -57,6 +70,7 @@ impl DecodeAttention {
             pipeline,
             label,
             per_kv_head: grouped,
+            tile,
         }))
     }
 }
@@ -227,7 +241,7 @@ impl Stage {
             kernels.attention_groups(),
             kernels.attention_max_chunks(),
         );
-        let decode_attention = DecodeAttention::choose(&gpu, &kernels, nh, nkv)?;
+        let decode_attention = DecodeAttention::choose(&gpu, &kernels, nh, nkv, hd)?;
         let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
         // The query tiles of `attention_tiled` (two u32 each), for a pass of max_batch tokens
         // of up to max_batch sequences.
@@ -766,6 +780,13 @@ impl Stage {
         }
     }
 
+    /// Positions of a tile of the decode attention kernel, of which chunks are a multiple.
+    fn attention_tile(&self, c: &LlamaConfig) -> usize {
+        self.decode_attention
+            .as_ref()
+            .map_or(attention_tile(c.head_dim), |a| a.tile)
+    }
+
     /// Writes the inputs of a pass (token ids, rows, logit rows, step uniform, query tiles of
     /// `attention_tiled`): the per-step
     /// inputs of the recorded work, written before the submission that runs it.
@@ -783,7 +804,7 @@ impl Stage {
             self.attention_heads(c),
             self.kernels.attention_groups(),
             self.kernels.attention_max_chunks(),
-            attention_tile(c.head_dim),
+            self.attention_tile(c),
         );
         let step = StepParams {
             n_tokens: shape.tokens as u32,
@@ -829,7 +850,7 @@ impl Stage {
             self.attention_heads(c),
             self.kernels.attention_groups(),
             self.kernels.attention_max_chunks(),
-            attention_tile(c.head_dim),
+            self.attention_tile(c),
         );
         // Prompt-size steps: one workgroup per (rows of query tiles, K/V head), one chunk.
         let tiled_attention = self.kernels.tiled_attention_for(n, shape.runs);

@@ -4,7 +4,11 @@
 // `attention_grouped` (a workgroup per K/V head, each K/V row loaded once for its heads).
 // Appended to attention.wgsl, whose Params, Step, bindings, tiles (`tile_groups`), chunks,
 // masking and partial-result layout it shares, so `combine` merges its chunks unchanged.
-// The host prepends `const GROUP: u32 = <heads per workgroup>;`.
+// The host prepends `const GROUP: u32 = <heads per workgroup>;` and `const VEC_WG: u32 =
+// <threads per workgroup>;` (64, 128 or 256; `dwg=`): with more threads a workgroup takes
+// more positions per tile (G = min(VEC_WG / (hd / 4), VEC_WG / 16) thread groups, tiles of
+// 8 G positions: with 64 threads those of `attention`), so that a few workgroups per K/V
+// head (`gqa=1`) still keep a large GPU's SMs busy.
 // Why: `attention` and `attention_grouped` score a tile with each thread reading a slice
 // of one position's K row, so one load instruction of a subgroup touches as many K rows
 // (cache lines) as it has threads; on an H100 at depth 4096 that made the loads of K, not
@@ -21,17 +25,23 @@
 // Per (head of the block, position j of the thread's 8, thread): partial dots, rows padded
 // to 65 so that the threads summing one position each read another bank. Reused at the end
 // for the merge (6 values per (head, thread): output vec4, sum, max).
-const VEC_ROW: u32 = 65u;
-var<workgroup> v_part: array<f32, 8u * 65u * GROUP>;
+const VEC_ROW: u32 = VEC_WG + 1u;
+var<workgroup> v_part: array<f32, 8u * (VEC_WG + 1u) * GROUP>;
 // Per (head of the block, position of the tile): the scores (NEG where masked).
-var<workgroup> v_score: array<f32, 32u * GROUP>;
+var<workgroup> v_score: array<f32, VEC_WG / 2u * GROUP>;
 
 // Four f16 values of a cache row, as vec4<f32>.
 fn unpack4(w: vec2<u32>) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
 }
 
-@compute @workgroup_size(64)
+// Thread groups per tile (each weighs 8 of its positions): tiles of at most VEC_WG / 2
+// positions, which v_score holds.
+fn vec_groups() -> u32 {
+    return min(VEC_WG / (p.hd / 4u), VEC_WG / 16u);
+}
+
+@compute @workgroup_size(VEC_WG)
 fn attention_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h0 = wid.x * GROUP; // the block's first query head
     let t = wid.y;
@@ -43,7 +53,7 @@ fn attention_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         first = last + 1u - p.window;
     }
     let hd4 = p.hd / 4u;
-    let gs = tile_groups();
+    let gs = vec_groups();
     let tile = 8u * gs;
     let cb = (p.cache_base + (kvh * p.ctx + rows[t].y) * p.hd) / 4u;
     // Thread li owns vec4 d4 of every head of the block for the positions g, g + G, ... of
@@ -107,7 +117,7 @@ fn attention_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier();
         // Score of (head r, position pos of the tile): the sum of the hd / 4 partial dots
         // of thread group pos % G, slot pos / G; NEG where masked or past `end`.
-        for (var e = li; e < GROUP * tile; e += WG) {
+        for (var e = li; e < GROUP * tile; e += VEC_WG) {
             let r = e / tile;
             let pos = e % tile;
             let pb = (r * 8u + pos / gs) * VEC_ROW + (pos % gs) * hd4;
@@ -157,31 +167,31 @@ fn attention_vec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     // rescaled to their largest max (idle threads: max NEG, sum 0, output 0). Every thread
     // passed the loop's last barrier, so v_part is free.
     for (var r = 0u; r < GROUP; r++) {
-        let mb = r * 6u * WG + li;
+        let mb = r * 6u * VEC_WG + li;
         let a = select(vec4<f32>(0.0), acc[r], in_group);
         v_part[mb] = a.x;
-        v_part[mb + WG] = a.y;
-        v_part[mb + 2u * WG] = a.z;
-        v_part[mb + 3u * WG] = a.w;
-        v_part[mb + 4u * WG] = select(0.0, l[r], in_group);
-        v_part[mb + 5u * WG] = select(NEG, m[r], in_group);
+        v_part[mb + VEC_WG] = a.y;
+        v_part[mb + 2u * VEC_WG] = a.z;
+        v_part[mb + 3u * VEC_WG] = a.w;
+        v_part[mb + 4u * VEC_WG] = select(0.0, l[r], in_group);
+        v_part[mb + 5u * VEC_WG] = select(NEG, m[r], in_group);
     }
     workgroupBarrier();
-    for (var o = li; o < GROUP * hd4; o += WG) {
+    for (var o = li; o < GROUP * hd4; o += VEC_WG) {
         let r = o / hd4;
         let i = o % hd4;
-        let rb = r * 6u * WG + i;
+        let rb = r * 6u * VEC_WG + i;
         var mx = NEG;
         for (var j = 0u; j < gs; j++) {
-            mx = max(mx, v_part[rb + 5u * WG + j * hd4]);
+            mx = max(mx, v_part[rb + 5u * VEC_WG + j * hd4]);
         }
         var total = vec4<f32>(0.0);
         var sum = 0.0;
         for (var j = 0u; j < gs; j++) {
             let b = rb + j * hd4;
-            let f = exp(v_part[b + 5u * WG] - mx);
-            total += f * vec4<f32>(v_part[b], v_part[b + WG], v_part[b + 2u * WG], v_part[b + 3u * WG]);
-            sum += f * v_part[b + 4u * WG];
+            let f = exp(v_part[b + 5u * VEC_WG] - mx);
+            total += f * vec4<f32>(v_part[b], v_part[b + VEC_WG], v_part[b + 2u * VEC_WG], v_part[b + 3u * VEC_WG]);
+            sum += f * v_part[b + 4u * VEC_WG];
         }
         let h = h0 + r;
         if (step.chunks == 1u) {
