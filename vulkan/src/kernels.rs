@@ -129,7 +129,8 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
 /// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
 /// workgroup: two across the rows, the others across the tokens; 8 needs tiles of at least
-/// 64 tokens), `cooptall=N` (products of fewer than N rows run 64-row tiles where the tile is
+/// 64 tokens), `coopbuf=1|2` (buffers of its staged tiles: with 2, the next stage is
+/// staged while the current one is multiplied, one barrier per stage), `cooptall=N` (products of fewer than N rows run 64-row tiles where the tile is
 /// taller; 0, the default: every product runs the tile) and `pattn=0|1` (1, the default: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
@@ -191,6 +192,9 @@ pub(crate) struct CoopShape {
     /// Subgroups per workgroup (`coopsg=4|8`): two across the rows, the rest across the
     /// tokens.
     pub subgroups: u32,
+    /// Buffers of the staged tiles (`coopbuf=1|2`): with two, one stage is staged while the
+    /// previous one is multiplied (see matmul_coop.wgsl).
+    pub buffers: u32,
 }
 
 impl CoopShape {
@@ -202,6 +206,7 @@ impl CoopShape {
         vec: 4,
         x16: true,
         subgroups: 4,
+        buffers: 1,
     };
 
     /// Rows of the tile where `cooptile=` is not given and the adapter's workgroup memory
@@ -213,14 +218,21 @@ impl CoopShape {
     /// of 32 units + 8 halves, and one f32 16x16 matrix per subgroup (see matmul_coop.wgsl).
     pub fn workgroup_bytes(&self) -> u64 {
         let stride = 32 * self.units as u64 + 8;
-        2 * (self.rows + self.tokens) as u64 * stride + 4 * 256 * self.subgroups as u64
+        2 * (self.rows + self.tokens) as u64 * stride * self.buffers as u64
+            + 4 * 256 * self.subgroups as u64
     }
 
     /// The tuning keys that ask for this shape.
     pub fn setting(&self) -> String {
         format!(
-            "cooptile={}x{},coopk={},coopvec={},coopx16={},coopsg={}",
-            self.rows, self.tokens, self.units, self.vec, self.x16 as u32, self.subgroups
+            "cooptile={}x{},coopk={},coopvec={},coopx16={},coopsg={},coopbuf={}",
+            self.rows,
+            self.tokens,
+            self.units,
+            self.vec,
+            self.x16 as u32,
+            self.subgroups,
+            self.buffers
         )
     }
 
@@ -418,7 +430,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -449,6 +461,7 @@ impl std::str::FromStr for KernelTuning {
                 ("coopvec", Ok(n @ (2 | 4))) => t.coop.vec = n as u32,
                 ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
                 ("coopsg", Ok(n @ (4 | 8))) => t.coop.subgroups = n as u32,
+                ("coopbuf", Ok(n @ (1 | 2))) => t.coop.buffers = n as u32,
                 ("cooptall", Ok(n)) => t.coop_tall_rows = n as u32,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
@@ -592,10 +605,11 @@ fn coop_kernel(shape: CoopShape) -> String {
     }
     };
     let mut src = format!(
-        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_SGS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{MATMUL_COOP}",
+        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_SGS: u32 = {}u;\nconst COOP_BUFS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{MATMUL_COOP}",
         shape.rows,
         shape.tokens,
         shape.subgroups,
+        shape.buffers,
         shape.units,
         shape.vec,
         shape.x16,
@@ -1549,8 +1563,11 @@ mod tuning_tests {
                 .unwrap()
                 .coop_shape()
                 .setting(),
-            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1,coopsg=4"
+            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1,coopsg=4,coopbuf=1"
         );
+        // Two buffers: twice the tiles.
+        let two = parse("cooptile=128,coopbuf=2").unwrap().coop_shape();
+        assert_eq!(two.workgroup_bytes(), 2 * 2 * 192 * 40 + 4 * 1024);
         // Eight subgroups: two across the rows, four across the tokens, 16 tokens each at
         // least; one f32 16x16 matrix each.
         let eight = parse("cooptile=128x128,coopsg=8").unwrap().coop_shape();
@@ -1615,12 +1632,13 @@ mod tuning_tests {
         // (coop_emulated_source asserts the counts).
         for rows in [64, 128] {
             for tokens in [32, 64, 128] {
-                for (units, vec, x16, subgroups) in [
-                    (1, 4, true, 4),
-                    (2, 2, false, 4),
-                    (4, 4, true, 4),
-                    (1, 2, true, 4),
-                    (1, 4, true, 8),
+                for (units, vec, x16, subgroups, buffers) in [
+                    (1, 4, true, 4, 1),
+                    (2, 2, false, 4, 1),
+                    (4, 4, true, 4, 2),
+                    (1, 2, true, 4, 1),
+                    (1, 4, true, 8, 1),
+                    (2, 4, true, 8, 2),
                 ] {
                     let shape = CoopShape {
                         rows,
@@ -1629,6 +1647,7 @@ mod tuning_tests {
                         vec,
                         x16,
                         subgroups,
+                        buffers,
                     };
                     if shape.subgroup_tokens() < 16 {
                         continue;
@@ -1726,6 +1745,8 @@ mod tuning_tests {
             "cooptile=",
             "coopsg=2",
             "coopsg=16",
+            "coopbuf=0",
+            "coopbuf=3",
             "cooptall=x",
         ] {
             let err = parse(bad).unwrap_err();

@@ -148,7 +148,7 @@ fn coop_product_matches_the_cpu_for_every_type() {
 /// kernels) runs each with the one type given here: the types of 32-weight blocks where
 /// the shape stages several units (k = 160 leaves a partial last stage), and the staging
 /// does not depend on the type otherwise (each type's `load_unit` is the default shape's).
-const SHAPES: [(&str, GgmlDType); 14] = [
+const SHAPES: [(&str, GgmlDType); 17] = [
     ("cooptile=64,coopvec=2", GgmlDType::Q4K),
     ("cooptile=64,coopx16=0,coopk=2", GgmlDType::Q8_0),
     ("cooptile=64,coopk=2,coopvec=2", GgmlDType::Q4_0),
@@ -162,6 +162,9 @@ const SHAPES: [(&str, GgmlDType); 14] = [
     ("cooptile=64x128", GgmlDType::F16),
     ("cooptile=128x128,coopsg=8", GgmlDType::Q4K),
     ("cooptile=64,coopsg=8,coopk=2", GgmlDType::Q4_0),
+    ("cooptile=64,coopbuf=2", GgmlDType::Q4K),
+    ("cooptile=64x32,coopbuf=2,coopk=2", GgmlDType::Q8_0),
+    ("cooptile=64,coopbuf=2,coopsg=8", GgmlDType::Q4_0),
     // 150 rows are fewer than 200: the 64-row tile of the short products.
     ("cooptile=128,cooptall=200", GgmlDType::Q8_0),
 ];
@@ -214,10 +217,10 @@ fn every_tile_shape_matches_the_cpu_for_every_type() {
     println!("{ran} of {} tile shapes ran", SHAPES.len());
 }
 
-/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S` as the device describes the shape that `shape` asks for.
+/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S,coopbuf=B` as the device describes the shape that `shape` asks for.
 fn shape_setting(shape: &str) -> String {
-    let (mut tile, mut units, mut vec, mut x16, mut sgs) =
-        ("64x64".to_string(), "1", "4", "1", "4");
+    let (mut tile, mut units, mut vec, mut x16, mut sgs, mut bufs) =
+        ("64x64".to_string(), "1", "4", "1", "4", "1");
     for item in shape.split(',') {
         match item.split_once('=') {
             Some(("cooptile", t)) if t.contains('x') => tile = t.to_string(),
@@ -226,11 +229,12 @@ fn shape_setting(shape: &str) -> String {
             Some(("coopvec", v)) => vec = v,
             Some(("coopx16", v)) => x16 = v,
             Some(("coopsg", v)) => sgs = v,
+            Some(("coopbuf", v)) => bufs = v,
             Some(("cooptall", _)) => {}
             _ => panic!("{shape}: {item}"),
         }
     }
-    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16},coopsg={sgs}")
+    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16},coopsg={sgs},coopbuf={bufs}")
 }
 
 #[test]

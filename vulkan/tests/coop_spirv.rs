@@ -32,7 +32,7 @@ const TYPES: [WeightType; 9] = [
 /// Tile shapes (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`, `coopsg=`) as (tuning, rows, tokens, units of k per
 /// stage, halves per vector of the staged tiles, subgroups per workgroup): the default and every variant the tuning
 /// keys offer that a GPU run compares.
-const SHAPES: [(&str, u32, u32, u32, u32, u32); 15] = [
+const SHAPES: [(&str, u32, u32, u32, u32, u32); 17] = [
     ("", 64, 64, 1, 4, 4),
     ("coopx16=0", 64, 64, 1, 4, 4),
     ("coopvec=2", 64, 64, 1, 2, 4),
@@ -48,6 +48,8 @@ const SHAPES: [(&str, u32, u32, u32, u32, u32); 15] = [
     ("cooptile=128x128,coopsg=8", 128, 128, 1, 4, 8),
     ("cooptile=128x128,coopsg=8,coopk=2", 128, 128, 2, 4, 8),
     ("cooptile=128,coopsg=8", 128, 64, 1, 4, 8),
+    ("cooptile=128,coopbuf=2", 128, 64, 1, 4, 4),
+    ("cooptile=128x128,coopsg=8,coopbuf=2", 128, 128, 1, 4, 8),
 ];
 
 /// SPIR-V opcodes of SPV_KHR_cooperative_matrix and the memory layouts of its loads/stores.
@@ -304,7 +306,8 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
                 assert_eq!(stores, [(COLUMN_MAJOR, 16)], "{label}: cooperative stores");
                 let Ok(val) = &validator else { continue };
                 let file = dir.join(format!(
-                    "matmul_coop_{ty:?}_{rows}x{tokens}x{units}x{subgroups}_{subgroup}.spv"
+                    "matmul_coop_{ty:?}_{rows}x{tokens}x{units}x{subgroups}_{}_{subgroup}.spv",
+                    tuning.contains("coopbuf=2") as u32 + 1
                 ));
                 let checked = without_unlaid_layouts(&words);
                 std::fs::write(&file, bytemuck_words(&checked)).unwrap();

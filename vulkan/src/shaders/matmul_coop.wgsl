@@ -33,7 +33,8 @@
 // memory to the threads, which write the rows and tokens inside the chunk and the batch as
 // `tiled_store` does (plain or added, at out_offset).
 //
-// Workgroup memory: the f16 tiles (2 (COOP_ROWS + COOP_TOKENS) COOP_STRIDE bytes) and one f32
+// Workgroup memory: the f16 tiles (2 (COOP_ROWS + COOP_TOKENS) COOP_STRIDE bytes, twice that
+// with two buffers) and one f32
 // 16x16 matrix per subgroup (1 KiB each): 14 KiB for the default 64 x 64 tile of one unit, within
 // WebGPU's default 16 KiB; the device checks larger shapes against the adapter's limit
 // (device.rs). Cooperative loads need their pointer and stride aligned to 16 bytes, so a
@@ -54,10 +55,10 @@ const COOP_DEPTH: u32 = 32u * COOP_UNITS;
 const COOP_STRIDE: u32 = COOP_DEPTH + 8u;
 const COOP_SV: u32 = COOP_STRIDE / COOP_VEC;
 const COOP_SG_TOKENS: u32 = COOP_TOKENS / (COOP_SGS / 2u);
-// Row r's stage at r * COOP_SV.
-var<workgroup> coop_w: array<CoopVec, COOP_ROWS * COOP_SV>;
-// Token t's stage at t * COOP_SV.
-var<workgroup> coop_x: array<CoopVec, COOP_TOKENS * COOP_SV>;
+// Row r's stage at r * COOP_SV, in buffer b (of COOP_BUFS) from b * COOP_ROWS * COOP_SV.
+var<workgroup> coop_w: array<CoopVec, COOP_BUFS * COOP_ROWS * COOP_SV>;
+// Token t's stage at t * COOP_SV, in buffer b from b * COOP_TOKENS * COOP_SV.
+var<workgroup> coop_x: array<CoopVec, COOP_BUFS * COOP_TOKENS * COOP_SV>;
 // One 16x16 matrix per subgroup, column-major.
 var<workgroup> coop_out: array<f32, 256u * COOP_SGS>;
 // The step's x in f16, eight values per word: token t's value i in half i % 8 of word
@@ -115,9 +116,12 @@ fn coop_write(c: coop_mat16x16<f32, C>, sg: u32, lane: u32, row0: u32, tok0: u32
     workgroupBarrier();
 }
 
-// Stages units `s COOP_UNITS ..` of the tile's rows and tokens into coop_w and coop_x as f16
-// (put_w and put_x store four values at a vector offset; the host writes them for COOP_VEC).
-fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
+// Stages units `s COOP_UNITS ..` of the tile's rows and tokens into buffer `buf` of coop_w
+// and coop_x as f16 (put_w and put_x store four values at a vector offset; the host writes
+// them for COOP_VEC).
+fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32, buf: u32) {
+    let w_buf = buf * COOP_ROWS * COOP_SV;
+    let x_buf = buf * COOP_TOKENS * COOP_SV;
     let units = p.k / 32u;
     let kv = p.k / 4u;
     let threads = COOP_SGS * COOP_SG;
@@ -127,7 +131,7 @@ fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
         let r = i / COOP_UNITS;
         let j = i % COOP_UNITS;
         let u = s * COOP_UNITS + j;
-        let o = r * COOP_SV + 32u / COOP_VEC * j;
+        let o = w_buf + r * COOP_SV + 32u / COOP_VEC * j;
         if (u < units) {
             let wv = load_unit(min(first_row + r, p.rows - 1u), u);
             for (var q = 0u; q < 8u; q++) {
@@ -149,7 +153,7 @@ fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
             if (s * COOP_UNITS + v / 4u < units) {
                 h = x16[min(t0 + t, n - 1u) * (p.k / 8u) + s * COOP_UNITS * 4u + v];
             }
-            let o = t * COOP_SV + 8u / COOP_VEC * v;
+            let o = x_buf + t * COOP_SV + 8u / COOP_VEC * v;
             put_x(o, unpack_f16(h.xy));
             put_x(o + 4u / COOP_VEC, unpack_f16(h.zw));
         }
@@ -163,7 +167,7 @@ fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32) {
         if (s * COOP_UNITS + v / 8u < units) {
             h = vec4<f16>(x[min(t0 + t, n - 1u) * kv + s * COOP_UNITS * 8u + v]);
         }
-        put_x(t * COOP_SV + 4u / COOP_VEC * v, h);
+        put_x(x_buf + t * COOP_SV + 4u / COOP_VEC * v, h);
     }
 }
 
@@ -183,23 +187,45 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) g
     let n = select(step.n_tokens, step.out_rows, p.logit_rows != 0u);
     let t0 = (linear % groups.z) * COOP_TOKENS;
     let stages = (p.k / 32u + COOP_UNITS - 1u) / COOP_UNITS;
-    // This subgroup's part of the tile: its blocks of 16 rows in coop_w from a_base, of 16
-    // tokens in coop_x from b_base.
-    let a_base = (sg % 2u) * (COOP_ROWS / 2u) * COOP_SV;
-    let b_base = (sg / 2u) * COOP_SG_TOKENS * COOP_SV;
+    // This subgroup's part of the tile: its blocks of 16 rows in coop_w from a_first, of 16
+    // tokens in coop_x from b_first (in the first buffer).
+    let a_first = (sg % 2u) * (COOP_ROWS / 2u) * COOP_SV;
+    let b_first = (sg / 2u) * COOP_SG_TOKENS * COOP_SV;
     // Host-written: accumulator c<i>_<j> (zero) for row block i and token block j.
     $ACCUMULATORS
+    // Two buffers (COOP_BUFS = 2, tuning key `coopbuf`): stage s + 1 is staged into one while
+    // the products of stage s read the other, with one barrier per stage, so that the
+    // subgroups that have their loads go on to their products while the others still wait
+    // for theirs. One buffer: every stage is staged, then multiplied, between two barriers.
+    if (COOP_BUFS > 1u) {
+        coop_stage(li, 0u, first_row, t0, n, 0u);
+        workgroupBarrier();
+    }
     for (var s = 0u; s < stages; s++) {
-        // Every subgroup is done with the previous stage's tiles before they are overwritten.
-        workgroupBarrier();
-        coop_stage(li, s, first_row, t0, n);
-        workgroupBarrier();
+        let buf = s % COOP_BUFS;
+        if (COOP_BUFS == 1u) {
+            // Every subgroup is done with the previous stage's tiles before they are
+            // overwritten.
+            workgroupBarrier();
+            coop_stage(li, s, first_row, t0, n, 0u);
+            workgroupBarrier();
+        } else if (s + 1u < stages) {
+            // The other buffer was last read by the products of stage s - 1, before the
+            // barrier that ended it.
+            coop_stage(li, s + 1u, first_row, t0, n, 1u - buf);
+        }
+        let a_base = a_first + buf * COOP_ROWS * COOP_SV;
+        let b_base = b_first + buf * COOP_TOKENS * COOP_SV;
         for (var kk = 0u; kk < COOP_DEPTH; kk += 16u) {
             // A (16 rows x 16 k): row-major in coop_w. B (16 k x 16 tokens): token t's k
             // values are consecutive, so column-major in coop_x.
             // Host-written: a<i> loaded for each row block, b<j> for each token block, then
             // c<i>_<j> += a<i> b<j> for each accumulator.
             $PRODUCTS
+        }
+        if (COOP_BUFS > 1u) {
+            // Stage s + 1 is staged, and every subgroup is done with stage s's buffer.
+            workgroupBarrier();
         }
     }
     let row0 = first_row + (sg % 2u) * (COOP_ROWS / 2u);
