@@ -130,8 +130,7 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
 /// workgroup: two across the rows, the others across the tokens; 8 needs tiles of at least
 /// 64 tokens), `coopbuf=1|2` (buffers of its staged tiles: with 2, the next stage is
-/// staged while the current one is multiplied, one barrier per stage), `cooptall=N` (products of fewer than N rows run 64-row tiles where the tile is
-/// taller; 0, the default: every product runs the tile) and `pattn=0|1` (1, the default: steps of prompt
+/// staged while the current one is multiplied, one barrier per stage) and `pattn=0|1` (1, the default: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 0: with the decode kernel `attention`, one
@@ -145,7 +144,8 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `attention_vec` in attention_vec.wgsl instead, whose threads each own one vec4 of the
 /// head for K as for V, so that a subgroup's loads read consecutive bytes of one K row,
 /// and which loads the next tile's K/V ahead; one workgroup per query head (`gqa=0`) or
-/// per K/V head (`gqa=1`); 0, the default: `attention` or `attention_grouped`) and
+/// per K/V head (`gqa=1`); the default: on an H100 it decoded an 8B file 3 % faster at
+/// depth 512 and 8 % faster at 4096 than `attention`; 0: `attention` or `attention_grouped`) and
 /// `dwg=64|128|256` (threads per `attention_vec` workgroup, default 64: more take more
 /// positions per tile, tiles of up to half as many positions as threads; at most 512 /
 /// (query heads a workgroup) for its workgroup memory, see `attention_vec_threads`).
@@ -167,12 +167,9 @@ pub struct KernelTuning {
     fused_quantize: bool,
     head_int8: bool,
     coop: CoopShape,
-    /// Whether `cooptile=` was given: if not, the device picks the tile's rows for its
-    /// workgroup memory (see [`KernelTuning::with_coop_tile_for`]).
+    /// Whether `cooptile=`, `coopsg=` or `coopbuf=` was given: if not, the device picks the
+    /// tile for its workgroup memory (see [`KernelTuning::with_coop_tile_for`]).
     coop_tile_given: bool,
-    /// Products of fewer rows than this run 64-row tiles where the tile is taller
-    /// (`cooptall=`; 0: every product runs the tile).
-    coop_tall_rows: u32,
     prompt_attention: bool,
     grouped_attention: bool,
     vec_attention: bool,
@@ -209,10 +206,13 @@ impl CoopShape {
         buffers: 1,
     };
 
-    /// Rows of the tile where `cooptile=` is not given and the adapter's workgroup memory
-    /// holds them: every row tile reads the whole x of its tokens, so taller tiles read x
-    /// fewer times.
-    pub const AUTO_ROWS: u32 = 128;
+    /// The tiles a device runs where none of `cooptile=`, `coopsg=` and `coopbuf=` is
+    /// given, best first, as (rows, tokens, subgroups, buffers): the first that the adapter's
+    /// workgroup memory holds, else [`DEFAULT`](Self::DEFAULT). On an H100 (8B Q4_K_M,
+    /// pp512) 128 x 128 with eight subgroups and two buffers (48 KiB) ran 4935 tok/s,
+    /// 128 x 64 with four subgroups and one buffer (19 KiB) 4455, 64 x 64 3559: taller tiles
+    /// read x fewer times, wider ones dequantize each weight for more tokens.
+    pub const AUTO: [(u32, u32, u32, u32); 2] = [(128, 128, 8, 2), (128, 64, 4, 1)];
 
     /// Bytes of workgroup memory the kernel declares: the f16 tiles of weights and x, rows
     /// of 32 units + 8 halves, and one f32 16x16 matrix per subgroup (see matmul_coop.wgsl).
@@ -240,12 +240,6 @@ impl CoopShape {
     /// across them (see matmul_coop.wgsl).
     fn subgroup_tokens(&self) -> u32 {
         self.tokens / (self.subgroups / 2)
-    }
-
-    /// This shape with `rows` rows per tile (the tile of the products too short for tall
-    /// tiles, see `cooptall=`).
-    pub fn with_rows(self, rows: u32) -> CoopShape {
-        CoopShape { rows, ..self }
     }
 
     /// `(rows, tokens)` of a `cooptile=` value: `R` (R x 64) or `RxT`.
@@ -283,10 +277,9 @@ impl KernelTuning {
         head_int8: true,
         coop: CoopShape::DEFAULT,
         coop_tile_given: false,
-        coop_tall_rows: 0,
         prompt_attention: true,
         grouped_attention: false,
-        vec_attention: false,
+        vec_attention: true,
         vec_threads: 64,
     };
 
@@ -322,32 +315,26 @@ impl KernelTuning {
         self.coop
     }
 
-    /// The tile of the `matmul_coop` products with fewer than `cooptall=` rows, where it
-    /// differs from [`coop_shape`](Self::coop_shape): 64 rows. A product of few rows in tall
-    /// tiles has few workgroups, too few to fill a large GPU.
-    pub(crate) fn coop_short_shape(&self) -> Option<CoopShape> {
-        (self.coop_tall_rows > 0 && self.coop.rows > 64).then(|| self.coop.with_rows(64))
-    }
-
-    /// Rows from which a product runs the tall tile (`cooptall=`).
-    pub(crate) fn coop_tall_rows(&self) -> u32 {
-        self.coop_tall_rows
-    }
-
     /// These settings with the `matmul_coop` tile a device with `workgroup_limit` bytes of
-    /// workgroup memory runs: without `cooptile=`, tiles of CoopShape::AUTO_ROWS rows where
-    /// they fit (fewer re-reads of x, see matmul_coop.wgsl), else the default 64 rows, which
-    /// fits WebGPU's default 16 KiB.
+    /// workgroup memory runs: without `cooptile=`, `coopsg=` or `coopbuf=`, the first of
+    /// CoopShape::AUTO that fits (with the other keys' values), else the default 64 x 64,
+    /// which fits WebGPU's default 16 KiB.
     pub(crate) fn with_coop_tile_for(self, workgroup_limit: u64) -> KernelTuning {
-        let large = CoopShape {
-            rows: CoopShape::AUTO_ROWS,
-            ..self.coop
-        };
-        if self.coop_tile_given || large.workgroup_bytes() > workgroup_limit {
+        if self.coop_tile_given {
             return self;
         }
+        let fitting = CoopShape::AUTO
+            .iter()
+            .map(|&(rows, tokens, subgroups, buffers)| CoopShape {
+                rows,
+                tokens,
+                subgroups,
+                buffers,
+                ..self.coop
+            })
+            .find(|shape| shape.workgroup_bytes() <= workgroup_limit);
         KernelTuning {
-            coop: large,
+            coop: fitting.unwrap_or(self.coop),
             ..self
         }
     }
@@ -430,7 +417,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptall=<rows>, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -460,9 +447,14 @@ impl std::str::FromStr for KernelTuning {
                 ("pattn", Ok(n @ (0 | 1))) => t.prompt_attention = n == 1,
                 ("coopvec", Ok(n @ (2 | 4))) => t.coop.vec = n as u32,
                 ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
-                ("coopsg", Ok(n @ (4 | 8))) => t.coop.subgroups = n as u32,
-                ("coopbuf", Ok(n @ (1 | 2))) => t.coop.buffers = n as u32,
-                ("cooptall", Ok(n)) => t.coop_tall_rows = n as u32,
+                ("coopsg", Ok(n @ (4 | 8))) => {
+                    t.coop.subgroups = n as u32;
+                    t.coop_tile_given = true
+                }
+                ("coopbuf", Ok(n @ (1 | 2))) => {
+                    t.coop.buffers = n as u32;
+                    t.coop_tile_given = true
+                }
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
                 ("dwg", Ok(n @ (64 | 128 | 256))) => t.vec_threads = n,
@@ -768,9 +760,6 @@ pub(crate) struct Kernels {
     /// the device runs it (`Gpu::uses_cooperative_prefill`), else `matmul_tiled`; empty with
     /// `prefill=rows` (see KernelTuning).
     matmul_tiled: HashMap<WeightType, TiledPipeline>,
-    /// `matmul_coop` in 64-row tiles for the products of fewer than `cooptall=` rows, where
-    /// that tile differs from `matmul_tiled`'s (see [`KernelTuning::coop_short_shape`]).
-    matmul_tiled_short: HashMap<WeightType, TiledPipeline>,
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
@@ -921,7 +910,6 @@ impl Kernels {
     pub fn new(gpu: &Gpu, types: &[WeightType]) -> Result<Kernels, crate::VulkanError> {
         let mut matmul = HashMap::new();
         let mut matmul_tiled = HashMap::new();
-        let mut matmul_tiled_short = HashMap::new();
         let mut matvec = HashMap::new();
         let mut matvec_multi = HashMap::new();
         let mut quantize_x = HashMap::new();
@@ -981,9 +969,6 @@ impl Kernels {
                     }
                 };
                 matmul_tiled.insert(ty, coop_pipeline(tuning.coop));
-                if let Some(shape) = tuning.coop_short_shape() {
-                    matmul_tiled_short.insert(ty, coop_pipeline(shape));
-                }
             } else if tuning.prefill != Prefill::Rows {
                 matmul_tiled.insert(
                     ty,
@@ -1121,7 +1106,6 @@ impl Kernels {
         let kernels = Kernels {
             matmul,
             matmul_tiled,
-            matmul_tiled_short,
             matvec,
             matvec_multi,
             quantize_x,
@@ -1208,13 +1192,8 @@ impl Kernels {
 
     /// The prompt-batch pipeline of many tokens (`matmul_coop` or `matmul_tiled`), or `None`
     /// where prompt batches use `matmul` only (`prefill=rows`).
-    /// `rows`: the product's rows (all its chunks), which pick the tile (`cooptall=`).
-    pub fn matmul_tiled(&self, ty: WeightType, rows: usize) -> Option<&TiledPipeline> {
-        let short = (rows as u64) < self.tuning.coop_tall_rows() as u64;
-        short
-            .then(|| self.matmul_tiled_short.get(&ty))
-            .flatten()
-            .or_else(|| self.matmul_tiled.get(&ty))
+    pub fn matmul_tiled(&self, ty: WeightType) -> Option<&TiledPipeline> {
+        self.matmul_tiled.get(&ty)
     }
 
     /// A decode pipeline; `exact`: x stays f32 even for the types whose products quantize it
@@ -1517,8 +1496,8 @@ mod tuning_tests {
     }
 
     #[test]
-    fn vec_attention_is_read_and_off_by_default() {
-        assert!(!KernelTuning::default().vec_attention());
+    fn vec_attention_is_read_and_on_by_default() {
+        assert!(KernelTuning::default().vec_attention());
         let on = parse("dattn=1").unwrap();
         assert!(on.vec_attention() && !on.grouped_attention_for(32, 8));
         let both = parse("dattn=1,gqa=1").unwrap();
@@ -1586,43 +1565,26 @@ mod tuning_tests {
     }
 
     #[test]
-    fn short_products_take_64_row_tiles_only_where_asked_and_the_tile_is_taller() {
-        let short = |spec: &str| {
-            parse(spec)
-                .unwrap()
-                .with_coop_tile_for(48 * 1024)
-                .coop_short_shape()
-                .map(|s| (s.rows, s.tokens, s.subgroups))
-        };
-        assert_eq!(short(""), None);
-        assert_eq!(short("cooptall=8192"), Some((64, 64, 4)));
-        assert_eq!(
-            short("cooptall=8192,cooptile=128x128,coopsg=8"),
-            Some((64, 128, 8))
-        );
-        // 64-row tiles already: nothing to choose.
-        assert_eq!(short("cooptall=8192,cooptile=64"), None);
-        assert_eq!(parse("cooptall=8192").unwrap().coop_tall_rows(), 8192);
-    }
-
-    #[test]
     fn the_coop_tile_is_taller_where_workgroup_memory_allows() {
-        let rows = |spec: &str, limit| {
-            parse(spec)
-                .unwrap()
-                .with_coop_tile_for(limit)
-                .coop_shape()
-                .rows
+        let tile = |spec: &str, limit| {
+            let s = parse(spec).unwrap().with_coop_tile_for(limit).coop_shape();
+            (s.rows, s.tokens, s.subgroups, s.buffers)
         };
-        // 128 x 64 of one unit needs 19 KiB: over WebGPU's default 16 KiB, within 32 or 48.
-        assert_eq!(rows("", 16 * 1024), 64);
-        assert_eq!(rows("", 32 * 1024), CoopShape::AUTO_ROWS);
-        assert_eq!(rows("", 48 * 1024), CoopShape::AUTO_ROWS);
-        // Four units per stage at 128 rows need 55 KiB: the default rows stay.
-        assert_eq!(rows("coopk=4", 48 * 1024), 64);
-        // A tile asked for is kept.
-        assert_eq!(rows("cooptile=64", 48 * 1024), 64);
-        assert_eq!(rows("cooptile=64x128", 48 * 1024), 64);
+        // 128 x 128 with eight subgroups and two buffers needs 48 KiB (an H100's limit);
+        // 128 x 64 of one buffer 19 KiB: over WebGPU's default 16 KiB, within 32.
+        assert_eq!(tile("", 48 * 1024), (128, 128, 8, 2));
+        assert_eq!(tile("", 64 * 1024), (128, 128, 8, 2));
+        assert_eq!(tile("", 32 * 1024), (128, 64, 4, 1));
+        assert_eq!(tile("", 16 * 1024), (64, 64, 4, 1));
+        // Two units per stage: 80 KiB for the widest, 31 KiB for 128 x 64.
+        assert_eq!(tile("coopk=2", 48 * 1024), (128, 64, 4, 1));
+        // Four units per stage at 128 rows need 55 KiB: the default tile stays.
+        assert_eq!(tile("coopk=4", 48 * 1024), (64, 64, 4, 1));
+        // A tile, subgroup count or buffer count asked for is kept.
+        assert_eq!(tile("cooptile=64", 48 * 1024), (64, 64, 4, 1));
+        assert_eq!(tile("cooptile=64x128", 48 * 1024), (64, 128, 4, 1));
+        assert_eq!(tile("coopsg=8", 48 * 1024), (64, 64, 8, 1));
+        assert_eq!(tile("coopbuf=2", 48 * 1024), (64, 64, 4, 2));
     }
 
     #[test]
@@ -1747,7 +1709,6 @@ mod tuning_tests {
             "coopsg=16",
             "coopbuf=0",
             "coopbuf=3",
-            "cooptall=x",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(

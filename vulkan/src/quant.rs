@@ -677,7 +677,7 @@ impl MatmulOp {
             _ => None,
         };
         let mut batch = Dispatches::new(batch_pipeline);
-        let tiled_kernel = kernels.matmul_tiled(weight.ty, weight.rows);
+        let tiled_kernel = kernels.matmul_tiled(weight.ty);
         let mut tiled = tiled_kernel.map(|t| (Dispatches::new(t.pipeline.clone()), t.tokens));
         // Half the bytes of x: its values in f16.
         let x16 = match (tiled_kernel, first.and_then(|op| op.x16.as_ref())) {

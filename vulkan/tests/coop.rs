@@ -148,7 +148,7 @@ fn coop_product_matches_the_cpu_for_every_type() {
 /// kernels) runs each with the one type given here: the types of 32-weight blocks where
 /// the shape stages several units (k = 160 leaves a partial last stage), and the staging
 /// does not depend on the type otherwise (each type's `load_unit` is the default shape's).
-const SHAPES: [(&str, GgmlDType); 17] = [
+const SHAPES: [(&str, GgmlDType); 16] = [
     ("cooptile=64,coopvec=2", GgmlDType::Q4K),
     ("cooptile=64,coopx16=0,coopk=2", GgmlDType::Q8_0),
     ("cooptile=64,coopk=2,coopvec=2", GgmlDType::Q4_0),
@@ -165,8 +165,6 @@ const SHAPES: [(&str, GgmlDType); 17] = [
     ("cooptile=64,coopbuf=2", GgmlDType::Q4K),
     ("cooptile=64x32,coopbuf=2,coopk=2", GgmlDType::Q8_0),
     ("cooptile=64,coopbuf=2,coopsg=8", GgmlDType::Q4_0),
-    // 150 rows are fewer than 200: the 64-row tile of the short products.
-    ("cooptile=128,cooptall=200", GgmlDType::Q8_0),
 ];
 
 #[test]
@@ -230,7 +228,6 @@ fn shape_setting(shape: &str) -> String {
             Some(("coopx16", v)) => x16 = v,
             Some(("coopsg", v)) => sgs = v,
             Some(("coopbuf", v)) => bufs = v,
-            Some(("cooptall", _)) => {}
             _ => panic!("{shape}: {item}"),
         }
     }

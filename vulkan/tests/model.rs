@@ -312,7 +312,7 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
 /// above.
 #[test]
 fn decode_attention_with_grouped_heads_matches_the_plain_kernel() {
-    let grouped = decode_attention_matches_the_plain_kernel("gqa=1,headq=0");
+    let grouped = decode_attention_matches_the_plain_kernel("gqa=1,dattn=0,headq=0");
     assert!(grouped.grouped_attention_for(9, 3) && !grouped.vec_attention());
 }
 
@@ -332,7 +332,7 @@ fn decode_attention_with_coalesced_loads_matches_the_plain_kernel() {
 }
 
 /// Greedy decoding and batched decode steps of SmolLM2 with the tuning `spec` against
-/// `gqa=0,headq=0` (`attention`), as described above; returns the tuning `spec` loaded.
+/// `gqa=0,dattn=0,headq=0` (`attention`), as described above; returns the tuning `spec` loaded.
 fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
     let path = common::model_path();
     let mut file = std::fs::File::open(&path).unwrap();
@@ -341,7 +341,7 @@ fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
     let first = common::tokenize(&vocab, &PROMPTS.join(" "));
     let second = common::tokenize(&vocab, PROMPTS[2]);
     let load = |spec: &str| load_tuned(&path, spec, 160, 64, 2);
-    let (mut grouped, mut plain) = (load(spec), load("gqa=0,headq=0"));
+    let (mut grouped, mut plain) = (load(spec), load("gqa=0,dattn=0,headq=0"));
     assert!(!plain.gpu().tuning().grouped_attention_for(9, 3));
     assert!(!plain.gpu().tuning().vec_attention());
     let argmax = |row: &[f32]| {
