@@ -130,11 +130,16 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
 /// workgroup: two across the rows, the others across the tokens; 8 needs tiles of at least
 /// 64 tokens), `coopbuf=1|2` (buffers of its staged tiles: with 2, the next stage is
-/// staged while the current one is multiplied, one barrier per stage) and `pattn=0|1` (1, the default: steps of prompt
+/// staged while the current one is multiplied, one barrier per stage) and `pattn=0|1|2` (1, the default: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
-/// `attention_tiled` in attention_tiled.wgsl; 0: with the decode kernel `attention`, one
-/// workgroup per head and token; see [`KernelTuning::tiled_attention_for`]) and `gqa=0|1`
+/// `attention_tiled` in attention_tiled.wgsl; 2: those steps run `attention_coop`
+/// (attention_coop.wgsl), the same query tiles with S = Q K^T and O = P V on cooperative
+/// matrices, where the prompt products run on them (`prefill` unset or `coop`; with
+/// `prefill=coop-emulated`, its emulation), the head dimension is a multiple of 16 up to 256
+/// and its workgroup memory fits the adapter's, else `attention_tiled`; 0: with the decode
+/// kernel `attention`, one workgroup per head and token; see
+/// [`KernelTuning::tiled_attention_for`]) and `gqa=0|1`
 /// (1: decode and batched-decode steps run `attention_grouped` in attention_grouped.wgsl, one
 /// workgroup per K/V head, token and chunk, which loads each K/V row once for all the query
 /// heads that share it (at most MAX_ATTENTION_GROUP of them); 0, the default: `attention`,
@@ -170,7 +175,8 @@ pub struct KernelTuning {
     /// Whether `cooptile=`, `coopsg=` or `coopbuf=` was given: if not, the device picks the
     /// tile for its workgroup memory (see [`KernelTuning::with_coop_tile_for`]).
     coop_tile_given: bool,
-    prompt_attention: bool,
+    /// `pattn=`: 0 (decode kernel), 1 (`attention_tiled`) or 2 (`attention_coop`).
+    prompt_attention: u8,
     grouped_attention: bool,
     vec_attention: bool,
     vec_threads: usize,
@@ -277,7 +283,7 @@ impl KernelTuning {
         head_int8: true,
         coop: CoopShape::DEFAULT,
         coop_tile_given: false,
-        prompt_attention: true,
+        prompt_attention: 1,
         grouped_attention: false,
         vec_attention: true,
         vec_threads: 64,
@@ -355,10 +361,17 @@ impl KernelTuning {
     /// would hold one token each, and the decode kernel spreads each token's heads (and
     /// positions, for few tokens) over more workgroups.
     pub fn tiled_attention_for(&self, n_tokens: usize, sequences: usize) -> bool {
-        self.prompt_attention
+        self.prompt_attention != 0
             && !self.decode_kernel_for(n_tokens)
             && n_tokens >= TILED_MIN_TOKENS as usize
             && sequences < n_tokens
+    }
+
+    /// Whether the steps that run attention with query tiles ask for `attention_coop`
+    /// (`pattn=2`); the device and model may still run `attention_tiled` instead (see
+    /// [`Kernels::attention_coop`]).
+    pub fn coop_attention(&self) -> bool {
+        self.prompt_attention == 2
     }
 
     /// Whether the decode attention (steps that do not run `attention_tiled`) of a model with
@@ -417,7 +430,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -444,7 +457,7 @@ impl std::str::FromStr for KernelTuning {
                 ("fuseq", Ok(n @ (0 | 1))) => t.fused_quantize = n == 1,
                 ("headq", Ok(n @ (0 | 1))) => t.head_int8 = n == 1,
                 ("coopk", Ok(n @ (1 | 2 | 4))) => t.coop.units = n as u32,
-                ("pattn", Ok(n @ (0 | 1))) => t.prompt_attention = n == 1,
+                ("pattn", Ok(n @ (0..=2))) => t.prompt_attention = n as u8,
                 ("coopvec", Ok(n @ (2 | 4))) => t.coop.vec = n as u32,
                 ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
                 ("coopsg", Ok(n @ (4 | 8))) => {
@@ -1307,6 +1320,48 @@ impl Kernels {
         self.tuning.tiled_attention_for(n_tokens, sequences)
     }
 
+    /// `attention_coop` for head dimension `head_dim`, where the steps that run attention
+    /// with query tiles take it: `pattn=2`, a device whose prompt products run on
+    /// cooperative matrices (or their emulation, `prefill=coop-emulated`, which then builds this
+    /// kernel's emulation too) and a head
+    /// dimension it runs in the adapter's workgroup memory (`attention_coop::unsupported`);
+    /// else `None` (they run `attention_tiled`), logged with the reason where `pattn=2` asked.
+    pub fn attention_coop(
+        &self,
+        gpu: &Gpu,
+        head_dim: usize,
+    ) -> Result<Option<wgpu::ComputePipeline>, crate::VulkanError> {
+        if !self.tuning.coop_attention() {
+            return Ok(None);
+        }
+        let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
+        let why = match gpu.coop_subgroup() {
+            None => Some(format!(
+                "the prompt products do not run on cooperative matrices ({})",
+                gpu.prefill_product()
+            )),
+            Some(_) => crate::attention_coop::unsupported(head_dim, limit),
+        };
+        if let Some(why) = why {
+            tracing::info!(
+                "pattn=2: prompt attention runs attention_tiled: attention_coop cannot run: {why}"
+            );
+            return Ok(None);
+        }
+        let subgroup = gpu.coop_subgroup().unwrap_or(32);
+        let emulated = self.tuning.prefill == Prefill::CoopEmulated;
+        let pipeline = pipeline_with(
+            gpu,
+            self.tuning.checks,
+            "attention coop",
+            &crate::attention_coop::source(head_dim, emulated),
+            "attention_coop",
+            &[("COOP_SG", subgroup as f64)],
+        );
+        gpu.check("compiling the prompt attention on cooperative matrices")?;
+        Ok(Some(pipeline))
+    }
+
     /// Whether decode attention runs `attention_grouped` for this head layout (see
     /// [`KernelTuning::grouped_attention_for`]).
     pub fn grouped_attention_for(&self, n_head: usize, n_kv: usize) -> bool {
@@ -1473,8 +1528,12 @@ mod tuning_tests {
         assert!(!parse("batch=1").unwrap().tiled_attention_for(15, 1));
         assert!(!parse("pattn=0").unwrap().tiled_attention_for(512, 1));
         assert!(parse("pattn=1").unwrap().tiled_attention_for(512, 1));
-        let err = parse("pattn=2").unwrap_err();
-        assert!(err.contains("pattn=0|1"), "{err}");
+        assert!(!parse("pattn=1").unwrap().coop_attention());
+        let coop = parse("pattn=2").unwrap();
+        assert!(coop.coop_attention() && coop.tiled_attention_for(512, 1));
+        assert!(!coop.tiled_attention_for(1, 1));
+        let err = parse("pattn=3").unwrap_err();
+        assert!(err.contains("pattn=0|1|2"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`model`]: the llama forward pass with the KV cache on the GPU;
 //! - [`testing`]: single-kernel entry points for the tests against candle.
 
+mod attention_coop;
 pub mod device;
 mod error;
 mod kernels;

@@ -60,6 +60,14 @@ pub fn coop_module_source(ty: crate::WeightType, tuning: &crate::KernelTuning) -
     )
 }
 
+/// The WGSL module of the prompt attention on cooperative matrices (`attention_coop`) for
+/// head dimension `head_dim` (a multiple of 16), with the matrix operations on the matrix
+/// cores or `emulated` (before its `COOP_SG` override is set), so that a test can translate
+/// it for Vulkan on a machine without cooperative matrices.
+pub fn attention_coop_module_source(head_dim: usize, emulated: bool) -> String {
+    crate::attention_coop::source(head_dim, emulated)
+}
+
 /// `y[t, r] = sum_k W[r, k] * x[t, k]` for `n_tokens` rows of `x` (`[n_tokens, k]`, row-major).
 /// The output buffer is filled with NaN first, so rows the kernel skips show up as NaN.
 pub fn matmul(
@@ -860,6 +868,10 @@ pub enum AttentionKernel {
     Decode,
     /// `attention_tiled`, the prompt kernel with query tiles.
     Tiled,
+    /// `attention_coop`, the prompt kernel with query tiles on cooperative matrices: the
+    /// device must be opened with `pattn=2` and run the prompt products on cooperative
+    /// matrices or their emulation (`prefill=coop-emulated`, which this kernel follows).
+    Coop,
     /// `attention_grouped`, the decode kernel with the query heads of a K/V head in one
     /// workgroup, with every token's positions in chunks of `chunk_len` (merged by
     /// `combine` when there are several).
@@ -944,7 +956,7 @@ pub fn attention_rows(
     let rb = gpu.storage_init("token positions and slots", bytemuck::cast_slice(rows))?;
     let mut buffers = vec![(0, &qb), (1, &kb), (2, &vb), (3, &out), (4, &pb), (7, &rb)];
     let part = gpu.storage("partials", (n * chunks * nh * (hd + 4) * 4) as u64)?;
-    let (grouped, tiles);
+    let (grouped, coop, tiles);
     let (pipeline, groups) = match kernel {
         AttentionKernel::Decode => {
             buffers.extend([(5, &step), (6, &part)]);
@@ -968,13 +980,27 @@ pub fn attention_rows(
         }
         AttentionKernel::Tiled => {
             // The query tiles as a step writes them (split at slot boundaries).
-            let table = crate::model::attention_query_tiles(rows, nh / nkv, hd);
+            let per_tile = crate::model::attention_tiled_rows(hd);
+            let table = crate::model::attention_query_tiles(rows, nh / nkv, per_tile);
             tiles = gpu.storage_init("query tiles", bytemuck::cast_slice(&table))?;
             buffers.push((8, &tiles));
             (
                 &kernels.attention_tiled,
                 [table.len() as u32, nkv as u32, 1],
             )
+        }
+        AttentionKernel::Coop => {
+            coop = kernels.attention_coop(gpu, hd)?.ok_or_else(|| {
+                VulkanError::InvalidInput(format!(
+                    "attention_coop does not run here (head dimension {hd}, prefill {}): open the device with pattn=2 and prefill=coop or coop-emulated, with a head dimension that is a multiple of 16",
+                    gpu.prefill_product()
+                ))
+            })?;
+            let per_tile = crate::attention_coop::ATTENTION_COOP_ROWS;
+            let table = crate::model::attention_query_tiles(rows, nh / nkv, per_tile);
+            tiles = gpu.storage_init("query tiles", bytemuck::cast_slice(&table))?;
+            buffers.push((8, &tiles));
+            (&coop, [table.len() as u32, nkv as u32, 1])
         }
     };
     let bg = crate::kernels::bind(gpu, pipeline, "attention", &buffers);

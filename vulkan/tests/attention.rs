@@ -16,8 +16,11 @@ mod common;
 use half::f16;
 use rand::{Rng, SeedableRng};
 use xpu_vulkan::testing::{self, AttentionKernel, AttentionShape};
+use xpu_vulkan::{DeviceOptions, Gpu, VulkanError};
 
 const REL_TOL: f64 = 1e-5;
+/// `attention_coop`'s f16 operands: see [`coop_attention_matches_reference`].
+const COOP_REL_TOL: f64 = 2e-3;
 
 /// out[t, h] = softmax(q[t, h] · K[0..=start + t] / sqrt(hd)) · V, K/V of head h / (nh / nkv).
 fn reference(s: &AttentionShape, q: &[f32], k: &[f16], v: &[f16], start: usize) -> Vec<f64> {
@@ -280,6 +283,149 @@ fn tiled_attention_matches_reference() {
         }
     }
     println!("worst relative L2 error {worst:.2e}");
+}
+
+/// The device for `attention_coop` (`pattn=2`): with the prompt products on cooperative
+/// matrices, else, after printing why, with their emulation (`prefill=coop-emulated`, which
+/// the attention kernel follows: the same f16 operands and f32 sums in plain code), or `None`
+/// where even that cannot run (no f16 or no fixed subgroup size).
+fn coop_attention_gpu() -> Option<Gpu> {
+    let open = |tuning: &str| {
+        Gpu::new(&DeviceOptions {
+            tuning: tuning.parse().unwrap(),
+            ..common::device_options(None)
+        })
+    };
+    let gpu = match open("pattn=2,prefill=coop") {
+        Ok(gpu) => gpu,
+        Err(e @ VulkanError::TuningUnsupported { .. }) => {
+            println!("attention_coop on cooperative matrices NOT RUN on this adapter: {e}");
+            match open("pattn=2,prefill=coop-emulated") {
+                Ok(gpu) => gpu,
+                Err(e @ VulkanError::TuningUnsupported { .. }) => {
+                    println!("its emulation NOT RUN either: {e}");
+                    return None;
+                }
+                Err(e) => panic!("opening the device: {e}"),
+            }
+        }
+        Err(e) => panic!("opening the device: {e}"),
+    };
+    println!("{}: prefill {}", gpu.description(), gpu.prefill_product());
+    Some(gpu)
+}
+
+/// The prompt kernel on cooperative matrices (`attention_coop`, `pattn=2`) against the f64
+/// reference, on steps as the model runs them: grouped-query heads 32/8 at head dimension 128
+/// (the 8B shape: 16 tokens a workgroup), 9/3 at 64 (SmolLM2's: 64 rows do not hold whole
+/// tokens), no grouping (4/4), 16 dims (one matrix of Q); prompts whose rows are not a multiple
+/// of a workgroup's 64 nor their positions of a 32-position tile, a second prompt chunk, a
+/// step with two prompt chunks in different slots beside a decode token, and sliding windows.
+/// Kept small: on lavapipe the matrix operations are emulated one thread at a time.
+///
+/// Tolerance: Q and P are rounded to f16 (11 bits) before their products (K and V are f16
+/// already), which the reference does not do: relative L2 error below 2e-3 (measured on
+/// lavapipe's emulation: about 3e-4).
+#[test]
+fn coop_attention_matches_reference() {
+    let Some(gpu) = coop_attention_gpu() else {
+        return;
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let slot = 96u32;
+    let mixed: Vec<[u32; 2]> = [
+        run_of(20, 21, 0),
+        run_of(0, 27, slot),
+        run_of(70, 1, 2 * slot),
+    ]
+    .concat();
+    // (query heads, K/V heads, head dimension, what, the step's tokens, window)
+    let cases = [
+        (9, 3, 64, "prompt of 45", &run_of(0, 45, 0), 0),
+        (9, 3, 64, "second chunk at 61", &run_of(61, 30, slot), 0),
+        (9, 3, 64, "two prompts and a decode token", &mixed, 0),
+        (9, 3, 64, "window of 24", &run_of(10, 50, 0), 24),
+        (6, 2, 64, "window of 20, mixed", &mixed, 20),
+        (4, 4, 64, "no grouping", &run_of(3, 18, 0), 0),
+        (2, 1, 16, "prompt of 70", &run_of(0, 70, 0), 0),
+        // Last: lavapipe takes minutes to compile the emulation at head dimension 128.
+        (
+            32,
+            8,
+            128,
+            "second chunk at 40 of 19",
+            &run_of(40, 19, 0),
+            0,
+        ),
+    ];
+    let mut worst: f64 = 0.0;
+    for (n_head, n_kv, head_dim, what, rows, window) in cases {
+        let shape = AttentionShape {
+            n_head,
+            n_kv,
+            head_dim,
+            ctx: 3 * slot as usize,
+        };
+        let cache = n_kv * shape.ctx * head_dim;
+        let k: Vec<f16> = (0..cache)
+            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let v: Vec<f16> = (0..cache)
+            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let q: Vec<f32> = (0..rows.len() * n_head * head_dim)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let want = reference_rows(&shape, &q, &k, &v, rows, window);
+        let got = testing::attention_rows(
+            &gpu,
+            &shape,
+            &q,
+            &k,
+            &v,
+            rows,
+            window,
+            AttentionKernel::Coop,
+        )
+        .unwrap();
+        let (rel, max_abs) = common::compare(&got, &want);
+        let case = format!("coop {n_head}/{n_kv} hd {head_dim} {what}");
+        println!("{case}: rel {rel:.2e} max abs {max_abs:.2e}");
+        assert!(rel < COOP_REL_TOL, "{case}: rel {rel:.2e}");
+        worst = worst.max(rel);
+    }
+    println!("worst relative L2 error {worst:.2e}");
+}
+
+/// Where `attention_coop` cannot run, the test entry point says so: a head dimension that is
+/// not a multiple of 16 (the model then runs `attention_tiled`).
+#[test]
+fn coop_attention_names_what_it_cannot_run() {
+    let Some(gpu) = coop_attention_gpu() else {
+        return;
+    };
+    let shape = AttentionShape {
+        n_head: 2,
+        n_kv: 1,
+        head_dim: 40,
+        ctx: 64,
+    };
+    let cache = vec![f16::ZERO; 64 * 40];
+    let q = vec![0.0f32; 20 * 2 * 40];
+    let rows = run_of(0, 20, 0);
+    let err = testing::attention_rows(
+        &gpu,
+        &shape,
+        &q,
+        &cache,
+        &cache,
+        &rows,
+        0,
+        AttentionKernel::Coop,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("multiple of 16"), "{err}");
 }
 
 #[test]

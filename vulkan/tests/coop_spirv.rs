@@ -329,6 +329,112 @@ fn coop_product_translates_to_valid_spirv_for_every_type() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The prompt attention on cooperative matrices (`attention_coop`, `pattn=2`) for head
+/// dimensions 64 (SmolLM2), 128 (the 8B file) and 256, for every subgroup size: it must parse,
+/// validate and become SPIR-V whose multiply-adds are cooperative (per 16 dims: Q K^T for two
+/// blocks of 16 positions, written once per pass, and P V for two), whose loads have the
+/// layouts and strides the emulation that lavapipe tests reads with (Q, P and V row-major, K
+/// column-major; rows of hd + 8 halves, P rows of 40, in vectors of 4 halves) and whose
+/// stores are S column-major and O row-major (16 floats), which spirv-val accepts.
+#[test]
+fn coop_attention_translates_to_valid_spirv() {
+    let validator = spirv_val();
+    if let Err(why) = &validator {
+        if std::env::var("XPU_REQUIRE_SPIRV_VAL").is_ok_and(|v| v == "1") {
+            panic!("XPU_REQUIRE_SPIRV_VAL=1 but {why}");
+        }
+        println!("NOT VALIDATED with spirv-val: {why}; set XPU_SPIRV_VAL to a newer spirv-val");
+    }
+    let dir = std::env::temp_dir().join(format!("xpu-attn-spirv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for head_dim in [64u32, 128, 256] {
+        let blocks = head_dim as usize / 16;
+        let source = testing::attention_coop_module_source(head_dim as usize, false);
+        for subgroup in [8, 16, 32] {
+            let label = format!("attention_coop hd {head_dim} (subgroups of {subgroup})");
+            let words = translate_entry(&source, "attention_coop", subgroup, &label);
+            assert_eq!(
+                count_op(&words, OP_COOP_MUL_ADD),
+                6 * blocks,
+                "{label}: multiply-adds"
+            );
+            let (mut loads, mut stores) = layouts(&words);
+            loads.sort();
+            stores.sort();
+            let kv = (head_dim + 8) / 4;
+            // Q (blocks), V (2 blocks) and P (2) row-major; K (2 per pass and block).
+            let mut want = vec![(ROW_MAJOR, kv); 3 * blocks];
+            want.extend([(ROW_MAJOR, 10); 2]);
+            want.extend(vec![(COLUMN_MAJOR, kv); 4 * blocks]);
+            want.sort();
+            assert_eq!(loads, want, "{label}: cooperative loads");
+            let mut want_stores = vec![(ROW_MAJOR, 16); blocks];
+            want_stores.extend([(COLUMN_MAJOR, 16); 4]);
+            want_stores.sort();
+            assert_eq!(stores, want_stores, "{label}: cooperative stores");
+            let Ok(val) = &validator else { continue };
+            let file = dir.join(format!("attention_coop_{head_dim}_{subgroup}.spv"));
+            std::fs::write(&file, bytemuck_words(&without_unlaid_layouts(&words))).unwrap();
+            let out = Command::new(val)
+                .args(["--target-env", "vulkan1.3"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "spirv-val rejects {label}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            println!("{label}: {} words, spirv-val accepts it", words.len());
+        }
+    }
+    // The emulation (lavapipe's tests) is plain WGSL that naga also takes.
+    let source = testing::attention_coop_module_source(128, true);
+    let words = translate_entry(&source, "attention_coop", 8, "attention_coop emulated");
+    assert_eq!(count_op(&words, OP_COOP_MUL_ADD), 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `entry` of the WGSL module `source`, for subgroups of `subgroup` threads, as SPIR-V words,
+/// as [`translate`] builds matmul_coop.
+fn translate_entry(source: &str, entry: &str, subgroup: u32, label: &str) -> Vec<u32> {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(source)));
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(source)));
+    let mut constants = naga::back::PipelineConstants::default();
+    constants.insert("COOP_SG".to_string(), subgroup as f64);
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &constants,
+    )
+    .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let options = spv::Options {
+        lang_version: (1, 6),
+        capabilities: Some(capabilities()),
+        bounds_check_policies: naga::proc::BoundsCheckPolicies {
+            index: naga::proc::BoundsCheckPolicy::Unchecked,
+            buffer: naga::proc::BoundsCheckPolicy::Unchecked,
+            image_load: naga::proc::BoundsCheckPolicy::Unchecked,
+            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+        },
+        force_loop_bounding: false,
+        ..spv::Options::default()
+    };
+    let pipeline = spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: entry.into(),
+    };
+    spv::write_vec(&module, &info, &options, Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"))
+}
+
 fn bytemuck_words(words: &[u32]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }

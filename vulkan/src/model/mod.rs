@@ -13,6 +13,7 @@
 //! range of layers (`stage.rs`), in turn, and the hidden state of the pass's tokens is handed
 //! from one to the next through the host; `split.rs` decides which device gets which layers.
 
+use crate::attention_coop::ATTENTION_COOP_ROWS;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
@@ -163,30 +164,30 @@ pub(crate) fn attention_tiled_rows(head_dim: usize) -> usize {
     64 / threads
 }
 
-/// Workgroups (along x) of an `attention_tiled` step of `tokens` tokens in `runs` runs of
-/// consecutive tokens of one slot, `group` query heads per K/V head: an upper bound of the
-/// tiles [`attention_query_tiles`] makes (each run's rows rounded up to whole tiles), so that
-/// a pass can be recorded from its shape alone.
+/// Workgroups (along x) of an `attention_tiled` or `attention_coop` step of `tokens` tokens
+/// in `runs` runs of consecutive tokens of one slot, `group` query heads per K/V head, with
+/// query tiles of up to `per_tile` rows (`attention_tiled_rows`, or ATTENTION_COOP_ROWS): an
+/// upper bound of the tiles [`attention_query_tiles`] makes (each run's rows rounded up to
+/// whole tiles), so that a pass can be recorded from its shape alone.
 pub(crate) fn attention_tiled_groups(
     tokens: usize,
     runs: usize,
     group: usize,
-    head_dim: usize,
+    per_tile: usize,
 ) -> usize {
-    (tokens * group).div_ceil(attention_tiled_rows(head_dim)) + runs
+    (tokens * group).div_ceil(per_tile) + runs
 }
 
-/// The query tiles of an `attention_tiled` step: per workgroup, its rows `[first, end)` of
-/// the step's rows (token t's query heads of one K/V head are rows t * group..(t + 1) *
-/// group), at most `attention_tiled_rows` of them and all of one run of consecutive tokens
-/// of one slot (`rows[t][1]`), so that every workgroup reads one slot's K/V; padded with
-/// empty tiles to `attention_tiled_groups`.
+/// The query tiles of an `attention_tiled` or `attention_coop` step: per workgroup, its rows
+/// `[first, end)` of the step's rows (token t's query heads of one K/V head are rows
+/// t * group..(t + 1) * group), at most `per_tile` of them (the kernel's rows per workgroup)
+/// and all of one run of consecutive tokens of one slot (`rows[t][1]`), so that every
+/// workgroup reads one slot's K/V; padded with empty tiles to `attention_tiled_groups`.
 pub(crate) fn attention_query_tiles(
     rows: &[[u32; 2]],
     group: usize,
-    head_dim: usize,
+    per_tile: usize,
 ) -> Vec<[u32; 2]> {
-    let per_tile = attention_tiled_rows(head_dim);
     let mut tiles = Vec::new();
     let mut start = 0;
     for run in rows.chunk_by(|a, b| a[1] == b[1]) {
@@ -200,7 +201,7 @@ pub(crate) fn attention_query_tiles(
     }
     let runs = rows.chunk_by(|a, b| a[1] == b[1]).count();
     tiles.resize(
-        attention_tiled_groups(rows.len(), runs, group, head_dim),
+        attention_tiled_groups(rows.len(), runs, group, per_tile),
         [0, 0],
     );
     tiles
@@ -375,6 +376,8 @@ struct LayerOps {
     decode_attention: Option<wgpu::BindGroup>,
     /// Attention of prompt steps with query tiles (see `KernelTuning::tiled_attention_for`).
     attention_tiled: wgpu::BindGroup,
+    /// The same on cooperative matrices (`pattn=2`, see `Stage::attention_coop`).
+    attention_coop: Option<wgpu::BindGroup>,
     o: MatmulOp,
     ffn_norm: wgpu::BindGroup,
     gate_up: Vec<MatmulOp>,
@@ -1729,21 +1732,32 @@ mod tests {
         let mut rows: Vec<[u32; 2]> = (7..30).map(|p| [p, 0]).collect();
         rows.extend((0..9).map(|p| [p, 100]));
         rows.extend([[50, 200], [60, 300], [70, 400]]);
-        for (group, head_dim) in [(4, 128), (3, 64), (1, 128), (8, 256), (32, 128)] {
-            let tiles = attention_query_tiles(&rows, group, head_dim);
+        // (group, rows per tile): attention_tiled's at head dimensions 128, 64, 128, 256 and
+        // 128, and attention_coop's.
+        let coop = crate::attention_coop::ATTENTION_COOP_ROWS;
+        for (group, per_tile) in [
+            (4, 16),
+            (3, 32),
+            (1, 16),
+            (8, 8),
+            (32, 16),
+            (4, coop),
+            (3, coop),
+        ] {
+            let tiles = attention_query_tiles(&rows, group, per_tile);
             assert_eq!(
                 tiles.len(),
-                attention_tiled_groups(rows.len(), 5, group, head_dim)
+                attention_tiled_groups(rows.len(), 5, group, per_tile)
             );
             let mut next = 0;
             for &[first, end] in tiles.iter().filter(|t| t[0] < t[1]) {
-                assert_eq!(first, next, "group {group} hd {head_dim}: {tiles:?}");
-                assert!((end - first) as usize <= attention_tiled_rows(head_dim));
+                assert_eq!(first, next, "group {group} per tile {per_tile}: {tiles:?}");
+                assert!((end - first) as usize <= per_tile);
                 let slot = |r: u32| rows[r as usize / group][1];
                 assert_eq!(
                     slot(first),
                     slot(end - 1),
-                    "group {group} hd {head_dim}: {tiles:?}"
+                    "group {group} per tile {per_tile}: {tiles:?}"
                 );
                 next = end;
             }

@@ -107,6 +107,13 @@ pub(super) struct Stage {
     /// head in one workgroup (`gqa=1`, see `KernelTuning::grouped_attention_for`) and/or
     /// with coalesced K loads (`dattn=1`); `None`: decode steps run `attention`.
     decode_attention: Option<DecodeAttention>,
+    /// Prompt attention on cooperative matrices, where `pattn=2` asks for it and the device
+    /// and model run it (see `Kernels::attention_coop`); `None`: steps of prompt size run
+    /// `attention_tiled`.
+    attention_coop: Option<wgpu::ComputePipeline>,
+    /// Query rows per workgroup of the prompt attention kernel that runs (`attention_coop`
+    /// or `attention_tiled`): the rows of each query tile (see `attention_query_tiles`).
+    attn_tile_rows: usize,
     /// Last device only.
     head: Option<Head>,
     /// Every device but the last: the host-readable copy of the hidden state that the next
@@ -243,9 +250,15 @@ impl Stage {
         );
         let decode_attention = DecodeAttention::choose(&gpu, &kernels, nh, nkv, hd)?;
         let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
-        // The query tiles of `attention_tiled` (two u32 each), for a pass of max_batch tokens
-        // of up to max_batch sequences.
-        let tile_count = attention_tiled_groups(max_batch, max_batch, nh / nkv, hd);
+        let attention_coop = kernels.attention_coop(&gpu, hd)?;
+        let attn_tile_rows = if attention_coop.is_some() {
+            ATTENTION_COOP_ROWS
+        } else {
+            attention_tiled_rows(hd)
+        };
+        // The query tiles of `attention_tiled` or `attention_coop` (two u32 each), for a pass
+        // of max_batch tokens of up to max_batch sequences.
+        let tile_count = attention_tiled_groups(max_batch, max_batch, nh / nkv, attn_tile_rows);
         let attn_tiles = gpu.storage("attention query tiles", tile_count as u64 * 8)?;
 
         let norm_op = |name: &str,
@@ -486,6 +499,16 @@ impl Stage {
                 (6, &attn_part),
                 (7, &rows),
             ];
+            // Both prompt attention kernels (plain or cooperative) bind the same buffers.
+            let tiled_attention_entries = [
+                (0, &qkv),
+                (1, &kcache),
+                (2, &vcache),
+                (3, &attn),
+                (4, &attn_u),
+                (7, &rows),
+                (8, &attn_tiles),
+            ];
             let interleaved = gate_up_w.len() == 1;
             let silu_u = gpu.uniform_init(
                 "silu params",
@@ -557,16 +580,11 @@ impl Stage {
                     &gpu,
                     &kernels.attention_tiled,
                     "attention tiled",
-                    &[
-                        (0, &qkv),
-                        (1, &kcache),
-                        (2, &vcache),
-                        (3, &attn),
-                        (4, &attn_u),
-                        (7, &rows),
-                        (8, &attn_tiles),
-                    ],
+                    &tiled_attention_entries,
                 ),
+                attention_coop: attention_coop.as_ref().map(|pipeline| {
+                    kernels::bind(&gpu, pipeline, "attention coop", &tiled_attention_entries)
+                }),
                 o: MatmulOp::new(
                     &gpu,
                     &kernels,
@@ -758,6 +776,8 @@ impl Stage {
             embed_scale,
             layers,
             decode_attention,
+            attention_coop,
+            attn_tile_rows,
             head,
             handoff,
             next_step: None,
@@ -814,7 +834,8 @@ impl Stage {
         };
         queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         if self.kernels.tiled_attention_for(shape.tokens, shape.runs) {
-            let tiles = attention_query_tiles(&pass.rows, c.n_head / c.n_kv_head, c.head_dim);
+            let tiles =
+                attention_query_tiles(&pass.rows, c.n_head / c.n_kv_head, self.attn_tile_rows);
             queue.write_buffer(&self.attn_tiles, 0, bytemuck::cast_slice(&tiles));
         }
     }
@@ -856,7 +877,7 @@ impl Stage {
         let tiled_attention = self.kernels.tiled_attention_for(n, shape.runs);
         let group = c.n_head / c.n_kv_head;
         let tiled_attention_groups =
-            attention_tiled_groups(n, shape.runs, group, c.head_dim) as u32;
+            attention_tiled_groups(n, shape.runs, group, self.attn_tile_rows) as u32;
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let elt_groups = |width: usize| elementwise_groups(n * width);
         let silu_groups = elementwise_groups(n * c.n_ff);
@@ -948,7 +969,16 @@ impl Stage {
                             [rope_groups, 1, 1],
                         );
                     }
-                    if tiled_attention {
+                    if let (true, Some(pipeline), Some(bg)) =
+                        (tiled_attention, &self.attention_coop, &layer.attention_coop)
+                    {
+                        rec.dispatch(
+                            "attention coop",
+                            pipeline,
+                            bg,
+                            [tiled_attention_groups, c.n_kv_head as u32, 1],
+                        );
+                    } else if tiled_attention {
                         rec.dispatch(
                             "attention tiled",
                             &self.kernels.attention_tiled,
