@@ -69,8 +69,10 @@ pub(crate) fn source(head_dim: usize, emulated: bool) -> String {
 /// attention_coop.wgsl. On cooperative matrices, one statement per matrix (`q<d>`, `o<d>`:
 /// WGSL has no arrays of them that stay in registers). Emulated, the same offsets in loops
 /// over the blocks, with the accumulators in an array, bounded by the head dimension of the
-/// parameters (`p.hd`, equal to HD) so that the compiler does not unroll them: unrolled,
-/// the plain code of every matrix operation took lavapipe's compiler minutes and gigabytes. Layouts: Q and P (A) and V
+/// parameters (`p.hd`, equal to HD) so that the compiler does not unroll them (nor the
+/// loops of the emulated operations, see `opaque` in attention_coop_emulated.wgsl):
+/// unrolled, the plain code of every matrix operation took lavapipe's compiler many minutes
+/// and gigabytes. Layouts: Q and P (A) and V
 /// (B, position k and dim j at position k's row) row-major, K (B, dim k and position j at
 /// position j's row) column-major; S stored column-major, O row-major.
 fn matrix_lines(blocks: usize, emulated: bool) -> [(&'static str, String); 5] {

@@ -301,6 +301,96 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
     }
 }
 
+/// The prompt attention on cooperative matrices (`attention_coop`, `pattn=2`; lavapipe runs
+/// its emulation with the prompt products', `prefill=coop-emulated`) against the one with
+/// f32 query tiles (`pattn=1`) on the real model, every other kernel the same: a first prompt
+/// chunk, then one step of the rest of that prompt beside a second prompt in another slot,
+/// then greedy decoding from the first. Its Q and P are f16 (11 bits): logits must agree
+/// within 5e-3 of the largest (as the cooperative products against the f32 tiles) and the
+/// greedy tokens must be the same (measured on lavapipe's emulation: at most 1.6e-3, in the
+/// step of two sequences). The head reads f32 x (`headq=0`), as in the test above.
+#[test]
+fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
+    let path = common::model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let vocab = common::vocab(&content);
+    let first = common::tokenize(&vocab, &PROMPTS.join(" "));
+    let second = common::tokenize(&vocab, &PROMPTS[1..].join(" "));
+    let cut = 20;
+    let load = |spec: &str| -> Result<LlamaModel, VulkanError> {
+        let mut device = common::device_options(None);
+        device.tuning = spec.parse().unwrap();
+        let opts = LoadOptions {
+            device,
+            ctx: Some(128),
+            max_batch: 128,
+            slots: 2,
+        };
+        LlamaModel::load(&path, &opts)
+    };
+    let products = match load("prefill=coop,pattn=2,headq=0") {
+        Ok(_) => "prefill=coop",
+        Err(VulkanError::TuningUnsupported { detail, .. }) => {
+            println!("the adapter has no cooperative matrices ({detail}): emulated");
+            "prefill=coop-emulated"
+        }
+        Err(e) => panic!("loading: {e}"),
+    };
+    let (mut coop, mut tiled) = match (
+        load(&format!("{products},pattn=2,headq=0")),
+        load(&format!("{products},pattn=1,headq=0")),
+    ) {
+        (Err(VulkanError::TuningUnsupported { detail, .. }), _) => {
+            println!("skipped: this adapter cannot run the emulation either ({detail})");
+            return;
+        }
+        (a, b) => (a.unwrap(), b.unwrap()),
+    };
+    assert!(coop.runs_coop_attention() && !tiled.runs_coop_attention());
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            .0 as u32
+    };
+    let check = |what: &str, a: &[f32], b: &[f32]| {
+        let (abs, rel) = diff(a, b);
+        println!("{what}: logits max abs {abs:.2e} rel {rel:.2e}");
+        assert!(
+            rel < 5e-3,
+            "{what}: logits differ by {abs} ({rel} of the largest)"
+        );
+        assert_eq!(argmax(a), argmax(b), "{what}: greedy tokens differ");
+    };
+    let a = coop.forward(&first[..cut], 0).unwrap();
+    let b = tiled.forward(&first[..cut], 0).unwrap();
+    check("first chunk", &a, &b);
+    let chunks = [
+        SeqChunk {
+            slot: 0,
+            tokens: &first[cut..],
+            start: cut,
+        },
+        SeqChunk {
+            slot: 1,
+            tokens: &second,
+            start: 0,
+        },
+    ];
+    let a = coop.forward_batch(&chunks).unwrap();
+    let b = tiled.forward_batch(&chunks).unwrap();
+    check("rest of the first prompt", &a[0], &b[0]);
+    check("second prompt beside it", &a[1], &b[1]);
+    let mut token = argmax(&a[0]);
+    for pos in first.len()..first.len() + 4 {
+        let a = coop.forward(&[token], pos).unwrap();
+        let b = tiled.forward(&[token], pos).unwrap();
+        check(&format!("decoded token at {pos}"), &a, &b);
+        token = argmax(&a);
+    }
+}
+
 /// The decode attention with the query heads of a K/V head in one workgroup
 /// (`attention_grouped`, `gqa=1`: SmolLM2's 9 query heads over 3 K/V heads, 3 a workgroup)
 /// against `attention` (`gqa=0`) on the real model: greedy decoding of 40 tokens after a

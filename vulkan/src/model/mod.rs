@@ -1684,6 +1684,12 @@ impl LlamaModel {
         self.timing
     }
 
+    /// Whether steps of prompt size run the prompt attention on cooperative matrices
+    /// (`attention_coop`, `pattn=2` where the device and model run it) on every device.
+    pub fn runs_coop_attention(&self) -> bool {
+        self.stages.iter().all(|s| s.runs_coop_attention())
+    }
+
     /// The device the model runs on (the first, for a split).
     pub fn gpu(&self) -> &Gpu {
         &self.stages[0].gpu

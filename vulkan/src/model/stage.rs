@@ -785,6 +785,11 @@ impl Stage {
         })
     }
 
+    /// Whether steps of prompt size run `attention_coop` (else `attention_tiled`).
+    pub(super) fn runs_coop_attention(&self) -> bool {
+        self.attention_coop.is_some()
+    }
+
     /// Workgroups of decode attention per (token, chunk): one per K/V head with
     /// `attention_grouped` (and `attention_vec` with `gqa=1`), one per query head with
     /// `attention` (see `attention_split`).

@@ -7,6 +7,14 @@
 // them; layouts as SPIR-V defines them (row-major: element (r, c) at half c of vector
 // offset + r stride; column-major: half r of offset + c stride).
 
+// n, as a value the compiler cannot see (p.hd is at least 16, so p.hd * 64 >= 1024 exceeds
+// every n here): loops bounded by it are not unrolled. Unrolled, the plain code of the
+// matrix operations took lavapipe's compiler many minutes (splitting the kernel at its
+// barriers into coroutines) and gigabytes.
+fn opaque(n: u32) -> u32 {
+    return min(n, p.hd * 64u);
+}
+
 struct EmuAcc {
     v: array<f32, 32>, // 256 / COOP_SG values, at most 32 (subgroups of 8)
 }
@@ -29,12 +37,12 @@ fn emu_q(tile: vec2<u32>, kvh: u32, sg: u32, d: u32, i: u32, k: u32) -> f32 {
 // c + Q_d K: Q as `q<d>`, K the column-major B matrix of `kv` at `k_offset` (stride KSV).
 fn emu_mul_qk(lane: u32, tile: vec2<u32>, kvh: u32, sg: u32, d: u32, k_offset: u32, c: EmuAcc) -> EmuAcc {
     var out = c;
-    for (var m = 0u; m < 256u / COOP_SG; m++) {
+    for (var m = 0u; m < opaque(256u / COOP_SG); m++) {
         let e = lane + COOP_SG * m;
         let i = e % 16u;
         let j = e / 16u;
         var acc = out.v[m];
-        for (var k = 0u; k < 16u; k++) {
+        for (var k = 0u; k < opaque(16u); k++) {
             acc += emu_q(tile, kvh, sg, d, i, k) * f32(kv[k_offset + j * KSV + k / 4u][k % 4u]);
         }
         out.v[m] = acc;
@@ -46,12 +54,12 @@ fn emu_mul_qk(lane: u32, tile: vec2<u32>, kvh: u32, sg: u32, d: u32, k_offset: u
 // matrix of `kv` at `v_offset` (stride KSV).
 fn emu_mul_pv(lane: u32, p_offset: u32, v_offset: u32, c: EmuAcc) -> EmuAcc {
     var out = c;
-    for (var m = 0u; m < 256u / COOP_SG; m++) {
+    for (var m = 0u; m < opaque(256u / COOP_SG); m++) {
         let e = lane + COOP_SG * m;
         let i = e % 16u;
         let j = e / 16u;
         var acc = out.v[m];
-        for (var k = 0u; k < 16u; k++) {
+        for (var k = 0u; k < opaque(16u); k++) {
             let a = f32(pt[p_offset + i * PSV + k / 4u][k % 4u]);
             acc += a * f32(kv[v_offset + k * KSV + j / 4u][j % 4u]);
         }
@@ -63,7 +71,7 @@ fn emu_mul_pv(lane: u32, p_offset: u32, v_offset: u32, c: EmuAcc) -> EmuAcc {
 // Stores the accumulator into `st` from `base` with a stride of 16 floats, row-major
 // (element (i, j) at base + 16 i + j) or column-major (base + 16 j + i).
 fn emu_store(lane: u32, row_major: bool, c: EmuAcc, base: u32) {
-    for (var m = 0u; m < 256u / COOP_SG; m++) {
+    for (var m = 0u; m < opaque(256u / COOP_SG); m++) {
         let e = lane + COOP_SG * m;
         let i = e % 16u;
         let j = e / 16u;
