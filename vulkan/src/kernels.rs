@@ -130,10 +130,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
 /// workgroup: two across the rows, the others across the tokens; 8 needs tiles of at least
 /// 64 tokens), `coopbuf=1|2` (buffers of its staged tiles: with 2, the next stage is
-/// staged while the current one is multiplied, one barrier per stage) and `pattn=0|1|2` (1, the default: steps of prompt
+/// staged while the current one is multiplied, one barrier per stage) and `pattn=0|1|2` (1: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
-/// `attention_tiled` in attention_tiled.wgsl; 2: those steps run `attention_coop`
+/// `attention_tiled` in attention_tiled.wgsl; 2, the default: those steps run `attention_coop`
 /// (attention_coop.wgsl), the same query tiles with S = Q K^T and O = P V on cooperative
 /// matrices, where the prompt products run on them (`prefill` unset or `coop`; with
 /// `prefill=coop-emulated`, its emulation), the head dimension is a multiple of 16 up to 256
@@ -283,7 +283,7 @@ impl KernelTuning {
         head_int8: true,
         coop: CoopShape::DEFAULT,
         coop_tile_given: false,
-        prompt_attention: 1,
+        prompt_attention: 2,
         grouped_attention: false,
         vec_attention: true,
         vec_threads: 64,
@@ -1344,7 +1344,7 @@ impl Kernels {
         };
         if let Some(why) = why {
             tracing::info!(
-                "pattn=2: prompt attention runs attention_tiled: attention_coop cannot run: {why}"
+                "prompt attention runs attention_tiled, not attention_coop (pattn=2): {why}"
             );
             return Ok(None);
         }
@@ -1519,6 +1519,7 @@ mod tuning_tests {
     fn prompt_attention_is_read_and_follows_the_prompt_products() {
         let on = KernelTuning::default();
         assert!(on.tiled_attention_for(17, 1) && on.tiled_attention_for(512, 1));
+        assert!(on.coop_attention());
         // A prompt chunk beside decode tokens.
         assert!(on.tiled_attention_for(40, 9));
         // Decode and batched-decode steps, of any size, keep the decode kernel.
