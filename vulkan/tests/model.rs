@@ -52,6 +52,17 @@ fn load_tuned(
     max_batch: usize,
     slots: usize,
 ) -> LlamaModel {
+    try_load_tuned(path, spec, ctx, max_batch, slots).unwrap()
+}
+
+/// As [`load_tuned`], returning the error (a tuning the adapter cannot run).
+fn try_load_tuned(
+    path: &std::path::Path,
+    spec: &str,
+    ctx: usize,
+    max_batch: usize,
+    slots: usize,
+) -> Result<LlamaModel, VulkanError> {
     let env = std::env::var(xpu_vulkan::MATVEC_TUNING_ENV).unwrap_or_default();
     let mut device = common::device_options(None);
     device.tuning = format!("{env},{spec}").parse().unwrap();
@@ -61,7 +72,7 @@ fn load_tuned(
         max_batch,
         slots,
     };
-    LlamaModel::load(path, &opts).unwrap()
+    LlamaModel::load(path, &opts)
 }
 
 #[test]
@@ -259,47 +270,7 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
         "the prompt steps must run the tiled attention kernel"
     );
     assert!(!plain.gpu().tuning().tiled_attention_for(cut, 1));
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-            .0 as u32
-    };
-    let check = |what: &str, a: &[f32], b: &[f32]| {
-        let (abs, rel) = diff(a, b);
-        println!("{what}: logits max abs {abs:.2e} rel {rel:.2e}");
-        assert!(
-            rel < 1e-3,
-            "{what}: logits differ by {abs} ({rel} of the largest)"
-        );
-        assert_eq!(argmax(a), argmax(b), "{what}: greedy tokens differ");
-    };
-    let a = tiled.forward(&first[..cut], 0).unwrap();
-    let b = plain.forward(&first[..cut], 0).unwrap();
-    check("first chunk", &a, &b);
-    let chunks = [
-        SeqChunk {
-            slot: 0,
-            tokens: &first[cut..],
-            start: cut,
-        },
-        SeqChunk {
-            slot: 1,
-            tokens: &second,
-            start: 0,
-        },
-    ];
-    let a = tiled.forward_batch(&chunks).unwrap();
-    let b = plain.forward_batch(&chunks).unwrap();
-    check("rest of the first prompt", &a[0], &b[0]);
-    check("second prompt beside it", &a[1], &b[1]);
-    let mut token = argmax(&a[0]);
-    for pos in first.len()..first.len() + 8 {
-        let a = tiled.forward(&[token], pos).unwrap();
-        let b = plain.forward(&[token], pos).unwrap();
-        check(&format!("decoded token at {pos}"), &a, &b);
-        token = argmax(&a);
-    }
+    compare_prompt_steps(&mut tiled, &mut plain, &first, &second, cut, 8, 1e-3);
 }
 
 /// The prompt attention on cooperative matrices (`attention_coop`, `pattn=2`; lavapipe runs
@@ -319,17 +290,7 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
     let first = common::tokenize(&vocab, &PROMPTS.join(" "));
     let second = common::tokenize(&vocab, &PROMPTS[1..].join(" "));
     let cut = 20;
-    let load = |spec: &str| -> Result<LlamaModel, VulkanError> {
-        let mut device = common::device_options(None);
-        device.tuning = spec.parse().unwrap();
-        let opts = LoadOptions {
-            device,
-            ctx: Some(128),
-            max_batch: 128,
-            slots: 2,
-        };
-        LlamaModel::load(&path, &opts)
-    };
+    let load = |spec: &str| try_load_tuned(&path, spec, 128, 128, 2);
     let products = match load("prefill=coop,pattn=2,headq=0") {
         Ok(_) => "prefill=coop",
         Err(VulkanError::TuningUnsupported { detail, .. }) => {
@@ -349,24 +310,38 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
         (a, b) => (a.unwrap(), b.unwrap()),
     };
     assert!(coop.runs_coop_attention() && !tiled.runs_coop_attention());
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-            .0 as u32
-    };
-    let check = |what: &str, a: &[f32], b: &[f32]| {
-        let (abs, rel) = diff(a, b);
+    compare_prompt_steps(&mut coop, &mut tiled, &first, &second, cut, 4, 5e-3);
+}
+
+/// The steps both prompt-attention tests above run on `a` and `b`: the first `cut` tokens of
+/// `first` in slot 0, then one step holding the rest of `first` beside the whole of `second`
+/// in slot 1, then `decode` greedy tokens of the first sequence. At every step the logits
+/// must agree within `tolerance` of the largest and the greedy tokens must be the same.
+fn compare_prompt_steps(
+    a: &mut LlamaModel,
+    b: &mut LlamaModel,
+    first: &[u32],
+    second: &[u32],
+    cut: usize,
+    decode: usize,
+    tolerance: f32,
+) {
+    let check = |what: &str, x: &[f32], y: &[f32]| {
+        let (abs, rel) = diff(x, y);
         println!("{what}: logits max abs {abs:.2e} rel {rel:.2e}");
         assert!(
-            rel < 5e-3,
+            rel < tolerance,
             "{what}: logits differ by {abs} ({rel} of the largest)"
         );
-        assert_eq!(argmax(a), argmax(b), "{what}: greedy tokens differ");
+        assert_eq!(
+            common::argmax(x),
+            common::argmax(y),
+            "{what}: greedy tokens differ"
+        );
     };
-    let a = coop.forward(&first[..cut], 0).unwrap();
-    let b = tiled.forward(&first[..cut], 0).unwrap();
-    check("first chunk", &a, &b);
+    let x = a.forward(&first[..cut], 0).unwrap();
+    let y = b.forward(&first[..cut], 0).unwrap();
+    check("first chunk", &x, &y);
     let chunks = [
         SeqChunk {
             slot: 0,
@@ -375,20 +350,20 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
         },
         SeqChunk {
             slot: 1,
-            tokens: &second,
+            tokens: second,
             start: 0,
         },
     ];
-    let a = coop.forward_batch(&chunks).unwrap();
-    let b = tiled.forward_batch(&chunks).unwrap();
-    check("rest of the first prompt", &a[0], &b[0]);
-    check("second prompt beside it", &a[1], &b[1]);
-    let mut token = argmax(&a[0]);
-    for pos in first.len()..first.len() + 4 {
-        let a = coop.forward(&[token], pos).unwrap();
-        let b = tiled.forward(&[token], pos).unwrap();
-        check(&format!("decoded token at {pos}"), &a, &b);
-        token = argmax(&a);
+    let x = a.forward_batch(&chunks).unwrap();
+    let y = b.forward_batch(&chunks).unwrap();
+    check("rest of the first prompt", &x[0], &y[0]);
+    check("second prompt beside it", &x[1], &y[1]);
+    let mut token = common::argmax(&x[0]);
+    for pos in first.len()..first.len() + decode {
+        let x = a.forward(&[token], pos).unwrap();
+        let y = b.forward(&[token], pos).unwrap();
+        check(&format!("decoded token at {pos}"), &x, &y);
+        token = common::argmax(&x);
     }
 }
 
@@ -435,12 +410,6 @@ fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
     let (mut grouped, mut plain) = (load(spec), load("gqa=0,dattn=0,headq=0"));
     assert!(!plain.gpu().tuning().grouped_attention_for(9, 3));
     assert!(!plain.gpu().tuning().vec_attention());
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-            .0 as u32
-    };
     let mut worst: f32 = 0.0;
     let mut check = |what: &str, a: &[f32], b: &[f32]| {
         let (abs, rel) = diff(a, b);
@@ -449,18 +418,22 @@ fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
             rel < 1e-3,
             "{what}: logits differ by {abs} ({rel} of the largest)"
         );
-        assert_eq!(argmax(a), argmax(b), "{what}: greedy tokens differ");
+        assert_eq!(
+            common::argmax(a),
+            common::argmax(b),
+            "{what}: greedy tokens differ"
+        );
     };
     let a = grouped.forward(&first, 0).unwrap();
     let b = plain.forward(&first, 0).unwrap();
     check("prompt", &a, &b);
-    let mut token = argmax(&a);
+    let mut token = common::argmax(&a);
     let mut decoded = Vec::new();
     for pos in first.len()..first.len() + 40 {
         let a = grouped.forward(&[token], pos).unwrap();
         let b = plain.forward(&[token], pos).unwrap();
         check(&format!("decoded token at {pos}"), &a, &b);
-        token = argmax(&a);
+        token = common::argmax(&a);
         decoded.push(token);
     }
     println!("greedy decode: {decoded:?}");
@@ -475,7 +448,7 @@ fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
     let a = grouped.forward_batch(&[chunk(1, &second, 0)]).unwrap();
     let b = plain.forward_batch(&[chunk(1, &second, 0)]).unwrap();
     check("second prompt", &a[0], &b[0]);
-    let mut tokens = [token, argmax(&a[0])];
+    let mut tokens = [token, common::argmax(&a[0])];
     let mut starts = [first.len() + 40, second.len()];
     for _ in 0..8 {
         let step = [
@@ -491,7 +464,7 @@ fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
                 &b[s],
             );
         }
-        tokens = [argmax(&a[0]), argmax(&a[1])];
+        tokens = [common::argmax(&a[0]), common::argmax(&a[1])];
         starts = [starts[0] + 1, starts[1] + 1];
     }
     println!("{spec}: logits at most {worst:.2e} of the largest apart");
