@@ -22,6 +22,24 @@ const REL_TOL: f64 = 1e-5;
 /// `attention_coop`'s f16 operands: see [`coop_attention_matches_reference`].
 const COOP_REL_TOL: f64 = 2e-3;
 
+/// Random K and V caches for `shape`, f16 values in [-1, 1): with q in [-3, 3) (`random_q`)
+/// the scores spread over a few units, so that the softmax is neither flat nor one-hot.
+fn random_caches(rng: &mut impl Rng, shape: &AttentionShape) -> (Vec<f16>, Vec<f16>) {
+    let cache = shape.n_kv * shape.ctx * shape.head_dim;
+    let mut values = || -> Vec<f16> {
+        (0..cache)
+            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect()
+    };
+    let k = values();
+    (k, values())
+}
+
+/// `n` random q values in [-3, 3).
+fn random_q(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect()
+}
+
 /// out[t, h] = softmax(q[t, h] · K[0..=start + t] / sqrt(hd)) · V, K/V of head h / (nh / nkv).
 fn reference(s: &AttentionShape, q: &[f32], k: &[f16], v: &[f16], start: usize) -> Vec<f64> {
     let (nh, hd, ctx) = (s.n_head, s.head_dim, s.ctx);
@@ -72,14 +90,7 @@ fn attention_matches_reference() {
             head_dim,
             ctx: 700,
         };
-        let cache = shape.n_kv * shape.ctx * head_dim;
-        // Scores spread over a few units, so that the softmax is neither flat nor one-hot.
-        let k: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
-        let v: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
+        let (k, v) = random_caches(&mut rng, &shape);
         // (tokens, start, chunk length): a first token; decode steps in one chunk, in chunks of
         // a tile, in 32 chunks, in chunks shorter than a tile and with the last chunks empty;
         // prompt batches in one chunk and split.
@@ -99,9 +110,7 @@ fn attention_matches_reference() {
             if chunks > 32 {
                 continue;
             }
-            let q: Vec<f32> = (0..n * shape.n_head * head_dim)
-                .map(|_| rng.random_range(-3.0f32..3.0))
-                .collect();
+            let q = random_q(&mut rng, n * shape.n_head * head_dim);
             let got = testing::attention(&gpu, &shape, &q, &k, &v, start, chunk_len).unwrap();
             let want = reference(&shape, &q, &k, &v, start);
             let (rel, max_abs) = common::compare(&got, &want);
@@ -261,16 +270,8 @@ fn tiled_attention_matches_reference() {
             head_dim,
             ctx: 3 * slot as usize,
         };
-        let cache = n_kv * shape.ctx * head_dim;
-        let k: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
-        let v: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
-        let q: Vec<f32> = (0..rows.len() * n_head * head_dim)
-            .map(|_| rng.random_range(-3.0f32..3.0))
-            .collect();
+        let (k, v) = random_caches(&mut rng, &shape);
+        let q = random_q(&mut rng, rows.len() * n_head * head_dim);
         let want = reference_rows(&shape, &q, &k, &v, rows, window);
         for kernel in [AttentionKernel::Tiled, AttentionKernel::Decode] {
             let got =
@@ -366,16 +367,8 @@ fn coop_attention_matches_reference() {
             head_dim,
             ctx: 3 * slot as usize,
         };
-        let cache = n_kv * shape.ctx * head_dim;
-        let k: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
-        let v: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
-        let q: Vec<f32> = (0..rows.len() * n_head * head_dim)
-            .map(|_| rng.random_range(-3.0f32..3.0))
-            .collect();
+        let (k, v) = random_caches(&mut rng, &shape);
+        let q = random_q(&mut rng, rows.len() * n_head * head_dim);
         let want = reference_rows(&shape, &q, &k, &v, rows, window);
         let got = testing::attention_rows(
             &gpu,
@@ -638,16 +631,8 @@ fn grouped_attention_matches_reference() {
             head_dim,
             ctx: 3 * slot as usize,
         };
-        let cache = n_kv * shape.ctx * head_dim;
-        let k: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
-        let v: Vec<f16> = (0..cache)
-            .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-            .collect();
-        let q: Vec<f32> = (0..rows.len() * n_head * head_dim)
-            .map(|_| rng.random_range(-3.0f32..3.0))
-            .collect();
+        let (k, v) = random_caches(&mut rng, &shape);
+        let q = random_q(&mut rng, rows.len() * n_head * head_dim);
         let want = reference_rows(&shape, &q, &k, &v, &rows, window);
         // `attention_grouped`, and `attention_vec` (`dattn=1`) with a workgroup per query
         // head (`gqa=0`) and per K/V head (`gqa=1`), of 64 threads and of the most `dwg=256`
@@ -702,22 +687,14 @@ fn vec_attention_matches_reference_at_depth() {
         head_dim: 128,
         ctx: 4100,
     };
-    let cache = shape.n_kv * shape.ctx * shape.head_dim;
-    let k: Vec<f16> = (0..cache)
-        .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-        .collect();
-    let v: Vec<f16> = (0..cache)
-        .map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)))
-        .collect();
+    let (k, v) = random_caches(&mut rng, &shape);
     // `attention_split` for one token: len / min(32, 1024 / heads) rounded up to the tile.
     let chunk_len =
         |len: usize, heads: usize| len.div_ceil((1024 / heads).min(32)).div_ceil(16) * 16;
     let mut worst: f64 = 0.0;
     for len in [1usize, 17, 500, 4100] {
         let rows = [[len as u32 - 1, 0]];
-        let q: Vec<f32> = (0..shape.n_head * shape.head_dim)
-            .map(|_| rng.random_range(-3.0f32..3.0))
-            .collect();
+        let q = random_q(&mut rng, shape.n_head * shape.head_dim);
         let want = reference_rows(&shape, &q, &k, &v, &rows, 0);
         let per_head = chunk_len(len, 32);
         let per_kv_head = chunk_len(len, 8);
