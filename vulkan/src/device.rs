@@ -518,11 +518,12 @@ impl Gpu {
         let tuning = opts
             .tuning
             .with_coop_tile_for(limits.max_compute_workgroup_storage_size as u64);
+        let coop_setting = tuning.coop_setting(limits.max_compute_workgroup_storage_size as u64);
         let (coop_subgroup, prefill_product) = match (tuning.prefill(), coop) {
             (Prefill::CoopEmulated, _) => match coop_kernel_needs(available, subgroups, sizes) {
                 Ok(size) => (
                     Some(size),
-                    format!("coop-emulated (matmul_coop with its matrix operations in plain code, subgroups of {size}, {}; prefill=coop-emulated)", tuning.coop_shape().setting()),
+                    format!("coop-emulated (matmul_coop with its matrix operations in plain code, subgroups of {size}, {coop_setting}; prefill=coop-emulated)"),
                 ),
                 Err(why) => {
                     return Err(VulkanError::TuningUnsupported {
@@ -534,7 +535,7 @@ impl Gpu {
             },
             (Prefill::Auto | Prefill::Coop, Ok(size)) => (
                 Some(size),
-                format!("coop (matmul_coop: 16x16x16 F16->F32 cooperative matrices, subgroups of {size}, {})", tuning.coop_shape().setting()),
+                format!("coop (matmul_coop: 16x16x16 F16->F32 cooperative matrices, subgroups of {size}, {coop_setting})"),
             ),
             (Prefill::Coop, Err(why)) => {
                 return Err(VulkanError::TuningUnsupported {

@@ -130,7 +130,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
 /// workgroup: two across the rows, the others across the tokens; 8 needs tiles of at least
 /// 64 tokens), `coopbuf=1|2` (buffers of its staged tiles: with 2, the next stage is
-/// staged while the current one is multiplied, one barrier per stage) and `pattn=0|1|2` (1: steps of prompt
+/// staged while the current one is multiplied, one barrier per stage), `coopmin=N` (a prompt
+/// product whose grid with that tile would have fewer than N workgroups runs the next smaller
+/// tile that fits, down to 64 x 64; 0: always the one tile; see
+/// [`KernelTuning::coop_ladder`]) and `pattn=0|1|2` (1: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 2, the default: those steps run `attention_coop`
@@ -175,6 +178,9 @@ pub struct KernelTuning {
     /// Whether `cooptile=`, `coopsg=` or `coopbuf=` was given: if not, the device picks the
     /// tile for its workgroup memory (see [`KernelTuning::with_coop_tile_for`]).
     coop_tile_given: bool,
+    /// `coopmin=`: a prompt product whose grid with the tile above would have fewer
+    /// workgroups than this runs a smaller tile (see [`KernelTuning::coop_ladder`]); 0: never.
+    coop_min_groups: u32,
     /// `pattn=`: 0 (decode kernel), 1 (`attention_tiled`) or 2 (`attention_coop`).
     prompt_attention: u8,
     grouped_attention: bool,
@@ -283,6 +289,7 @@ impl KernelTuning {
         head_int8: true,
         coop: CoopShape::DEFAULT,
         coop_tile_given: false,
+        coop_min_groups: 0,
         prompt_attention: 2,
         grouped_attention: false,
         vec_attention: true,
@@ -343,6 +350,66 @@ impl KernelTuning {
             coop: fitting.unwrap_or(self.coop),
             ..self
         }
+    }
+
+    /// The `matmul_coop` tiles a device compiles, largest first: the tile above, then, with
+    /// `coopmin=` set, each smaller one of CoopShape::AUTO and the default 64 x 64 (with the
+    /// other keys' stage, vectors and x) that the adapter's workgroup memory holds. A prompt
+    /// product runs the first whose grid has at least `coopmin` workgroups, else the last
+    /// (`TiledShapes::pick` in quant.rs): a product of few rows (the attention output of a 1B model: 2048 rows)
+    /// gets 16 workgroups of 128 x 128 per 128 tokens, too few to fill a GPU of 100 or more
+    /// cores, and four times as many of 64 x 64.
+    pub(crate) fn coop_ladder(&self, workgroup_limit: u64) -> Vec<CoopShape> {
+        let mut ladder = vec![self.coop];
+        if self.coop_min_groups == 0 {
+            return ladder;
+        }
+        let default = &CoopShape::DEFAULT;
+        let smaller = CoopShape::AUTO.iter().copied().chain([(
+            default.rows,
+            default.tokens,
+            default.subgroups,
+            default.buffers,
+        )]);
+        for (rows, tokens, subgroups, buffers) in smaller {
+            let shape = CoopShape {
+                rows,
+                tokens,
+                subgroups,
+                buffers,
+                ..self.coop
+            };
+            let last = ladder[ladder.len() - 1];
+            if rows * tokens < last.rows * last.tokens && shape.workgroup_bytes() <= workgroup_limit
+            {
+                ladder.push(shape);
+            }
+        }
+        ladder
+    }
+
+    /// The tile keys as the device describes its prompt product, with the smaller tiles of
+    /// `coopmin=` where there are any (`...,coopmin=256 (then 128x64, 64x64)`).
+    pub(crate) fn coop_setting(&self, workgroup_limit: u64) -> String {
+        let ladder = self.coop_ladder(workgroup_limit);
+        let mut setting = self.coop.setting();
+        if ladder.len() > 1 {
+            let smaller: Vec<String> = ladder[1..]
+                .iter()
+                .map(|s| format!("{}x{}", s.rows, s.tokens))
+                .collect();
+            setting += &format!(
+                ",coopmin={} (then {})",
+                self.coop_min_groups,
+                smaller.join(", ")
+            );
+        }
+        setting
+    }
+
+    /// `coopmin=` (see [`coop_ladder`](Self::coop_ladder)).
+    pub(crate) fn coop_min_groups(&self) -> u32 {
+        self.coop_min_groups
     }
 
     /// Whether a product of `n_tokens` tokens runs the prompt product of many tokens
@@ -430,7 +497,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -468,6 +535,7 @@ impl std::str::FromStr for KernelTuning {
                     t.coop.buffers = n as u32;
                     t.coop_tile_given = true
                 }
+                ("coopmin", Ok(n)) => t.coop_min_groups = n as u32,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
                 ("dwg", Ok(n @ (64 | 128 | 256))) => t.vec_threads = n,
@@ -771,8 +839,9 @@ pub(crate) struct Kernels {
     matmul: HashMap<WeightType, wgpu::ComputePipeline>,
     /// The product of prompt batches of at least TILED_MIN_TOKENS tokens: `matmul_coop` where
     /// the device runs it (`Gpu::uses_cooperative_prefill`), else `matmul_tiled`; empty with
-    /// `prefill=rows` (see KernelTuning).
-    matmul_tiled: HashMap<WeightType, TiledPipeline>,
+    /// `prefill=rows` (see KernelTuning). Per type, one pipeline per tile of
+    /// `KernelTuning::coop_ladder`, largest first (one for `matmul_tiled`).
+    matmul_tiled: HashMap<WeightType, Vec<TiledPipeline>>,
     /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
     /// whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
@@ -808,6 +877,9 @@ pub(crate) struct Kernels {
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Matrices of at least this many rows use the tall decode pipelines.
     tall_rows: usize,
+    /// `coopmin=`: the fewest workgroups a prompt product's tile may give before the next
+    /// smaller tile of `matmul_tiled` is used.
+    coop_min_groups: u32,
     /// Layers per submission after the first (see KernelTuning).
     pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
@@ -952,7 +1024,7 @@ impl Kernels {
                 ),
             );
             if let Some(size) = gpu.coop_subgroup() {
-                let mut coop_pipeline = |shape: CoopShape| {
+                let coop_pipeline = |shape: CoopShape| {
                     let coop = if tuning.prefill == Prefill::CoopEmulated {
                         coop_emulated_source(reduce, ty, shape)
                     } else {
@@ -981,11 +1053,13 @@ impl Kernels {
                         binds_x16: true,
                     }
                 };
-                matmul_tiled.insert(ty, coop_pipeline(tuning.coop));
+                let workgroup_limit = gpu.device.limits().max_compute_workgroup_storage_size;
+                let ladder = tuning.coop_ladder(workgroup_limit as u64);
+                matmul_tiled.insert(ty, ladder.into_iter().map(coop_pipeline).collect());
             } else if tuning.prefill != Prefill::Rows {
                 matmul_tiled.insert(
                     ty,
-                    TiledPipeline {
+                    vec![TiledPipeline {
                         pipeline: pipeline(
                             gpu,
                             tuning.checks,
@@ -997,7 +1071,7 @@ impl Kernels {
                         tokens: TILE_TOKENS,
                         x_f16: None,
                         binds_x16: false,
-                    },
+                    }],
                 );
             }
             for input in [
@@ -1131,6 +1205,7 @@ impl Kernels {
             reduce,
             tuning,
             tall_rows: tuning.tall_rows,
+            coop_min_groups: tuning.coop_min_groups(),
             dp4a: tuning.dp4a,
             attn_groups: tuning.attn_groups,
             matvec_tokens: tuning.matvec_tokens,
@@ -1203,10 +1278,11 @@ impl Kernels {
         &self.matmul[&ty]
     }
 
-    /// The prompt-batch pipeline of many tokens (`matmul_coop` or `matmul_tiled`), or `None`
-    /// where prompt batches use `matmul` only (`prefill=rows`).
-    pub fn matmul_tiled(&self, ty: WeightType) -> Option<&TiledPipeline> {
-        self.matmul_tiled.get(&ty)
+    /// The prompt-batch pipelines of many tokens (`matmul_coop` in each tile of the ladder,
+    /// largest first, or `matmul_tiled`); empty where prompt batches use `matmul` only
+    /// (`prefill=rows`).
+    pub fn matmul_tiled(&self, ty: WeightType) -> &[TiledPipeline] {
+        self.matmul_tiled.get(&ty).map_or(&[], Vec::as_slice)
     }
 
     /// A decode pipeline; `exact`: x stays f32 even for the types whose products quantize it
@@ -1467,6 +1543,11 @@ impl Kernels {
         self.matvec_tokens
     }
 
+    /// `coopmin=`: see `KernelTuning::coop_ladder`.
+    pub fn coop_min_groups(&self) -> u32 {
+        self.coop_min_groups
+    }
+
     /// Rows per workgroup of the decode pipelines (tall or not).
     pub fn matvec_rows(&self, tall: bool) -> u32 {
         if tall {
@@ -1645,6 +1726,44 @@ mod tuning_tests {
         assert_eq!(tile("cooptile=64x128", 48 * 1024), (64, 128, 4, 1));
         assert_eq!(tile("coopsg=8", 48 * 1024), (64, 64, 8, 1));
         assert_eq!(tile("coopbuf=2", 48 * 1024), (64, 64, 4, 2));
+    }
+
+    #[test]
+    fn coopmin_adds_the_smaller_tiles_that_fit() {
+        let ladder = |spec: &str, limit| {
+            parse(spec)
+                .unwrap()
+                .with_coop_tile_for(limit)
+                .coop_ladder(limit)
+                .iter()
+                .map(|s| (s.rows, s.tokens, s.subgroups, s.buffers, s.units))
+                .collect::<Vec<_>>()
+        };
+        // Without coopmin: the one tile.
+        assert_eq!(ladder("", 48 * 1024), [(128, 128, 8, 2, 1)]);
+        assert_eq!(
+            ladder("coopmin=256", 48 * 1024),
+            [(128, 128, 8, 2, 1), (128, 64, 4, 1, 1), (64, 64, 4, 1, 1)]
+        );
+        // lavapipe's 32 KiB: 128 x 64 first.
+        assert_eq!(
+            ladder("coopmin=256", 32 * 1024),
+            [(128, 64, 4, 1, 1), (64, 64, 4, 1, 1)]
+        );
+        // A tile asked for heads the ladder, with its stage; smaller ones that do not fit
+        // are left out (128 x 64 with two units a stage: 31 KiB).
+        assert_eq!(
+            ladder("cooptile=128x128,coopsg=8,coopk=2,coopmin=1", 48 * 1024),
+            [(128, 128, 8, 1, 2), (128, 64, 4, 1, 2), (64, 64, 4, 1, 2)]
+        );
+        assert_eq!(
+            ladder("cooptile=128x64,coopk=2,coopmin=1", 24 * 1024),
+            [(128, 64, 4, 1, 2), (64, 64, 4, 1, 2)]
+        );
+        assert_eq!(
+            ladder("cooptile=64,coopmin=1", 48 * 1024),
+            [(64, 64, 4, 1, 1)]
+        );
     }
 
     #[test]

@@ -503,6 +503,41 @@ impl Dispatches {
     }
 }
 
+/// One part's prompt product (`matmul_coop` or `matmul_tiled`) in each tile the device
+/// compiled, largest first (`KernelTuning::coop_ladder`), with the tokens of each tile.
+struct TiledShapes {
+    shapes: Vec<(Dispatches, u32)>,
+    /// `coopmin=`: the fewest workgroups a tile may give before the next one is used.
+    min_groups: u32,
+}
+
+impl TiledShapes {
+    /// The tile a step of `n` tokens runs: the largest whose grid has at least `min_groups`
+    /// workgroups, else the smallest (the most workgroups). Larger tiles do more products
+    /// per staged byte, but a grid of fewer workgroups than the GPU has cores leaves cores
+    /// idle for the whole product.
+    fn pick(&self, n: u32) -> Option<(&Dispatches, u32)> {
+        let groups: Vec<u32> = self
+            .shapes
+            .iter()
+            .map(|(d, tokens)| {
+                d.chunks.iter().map(|(_, rows)| rows).sum::<u32>() * n.div_ceil(*tokens)
+            })
+            .collect();
+        let (d, tokens) = self.shapes.get(tile_index(&groups, self.min_groups))?;
+        Some((d, *tokens))
+    }
+}
+
+/// The index of the first tile (largest first) whose grid of `groups[i]` workgroups has at
+/// least `min_groups`, else of the last; 0 where there is none.
+fn tile_index(groups: &[u32], min_groups: u32) -> usize {
+    groups
+        .iter()
+        .position(|&g| g >= min_groups)
+        .unwrap_or(groups.len().saturating_sub(1))
+}
+
 /// Whether two side-by-side weights (`parts`: weight and output offset) can be one mixed
 /// decode dispatch (see [`Kernels::matvec_mixed`]): each in one chunk, the second written
 /// right after the first, the same row length, and the first's rows a whole number of
@@ -541,9 +576,9 @@ pub(crate) fn one_decode_dispatch(kernels: &Kernels, parts: &[(GpuWeight, u32)])
 pub(crate) struct MatmulOp {
     label: &'static str,
     batch: Dispatches,
-    /// The prompt product of many tokens (`matmul_coop` or `matmul_tiled`) and its tokens
-    /// per workgroup.
-    tiled: Option<(Dispatches, u32)>,
+    /// The prompt product of many tokens (`matmul_coop` or `matmul_tiled`) of each part, in
+    /// every tile the device compiled.
+    tiled: Vec<TiledShapes>,
     single: Dispatches,
     /// `matvec_multi` and its tokens per workgroup; `None` with `multi=0` (then `single`
     /// runs once per token).
@@ -677,10 +712,16 @@ impl MatmulOp {
             _ => None,
         };
         let mut batch = Dispatches::new(batch_pipeline);
-        let tiled_kernel = kernels.matmul_tiled(weight.ty);
-        let mut tiled = tiled_kernel.map(|t| (Dispatches::new(t.pipeline.clone()), t.tokens));
-        // Half the bytes of x: its values in f16.
-        let x16 = match (tiled_kernel, first.and_then(|op| op.x16.as_ref())) {
+        let tiled_kernels = kernels.matmul_tiled(weight.ty);
+        let mut tiled = TiledShapes {
+            shapes: tiled_kernels
+                .iter()
+                .map(|t| (Dispatches::new(t.pipeline.clone()), t.tokens))
+                .collect(),
+            min_groups: kernels.coop_min_groups(),
+        };
+        // Half the bytes of x: its values in f16 (every tile of a device binds it or none).
+        let x16 = match (tiled_kernels.first(), first.and_then(|op| op.x16.as_ref())) {
             (Some(t), Some(b)) if t.binds_x16 => Some(b.clone()),
             (Some(t), None) if t.binds_x16 => Some(kernels.x16_scratch(gpu, x.size() / 2)?),
             _ => None,
@@ -734,13 +775,15 @@ impl MatmulOp {
             batch
                 .chunks
                 .push((bg, c.rows.div_ceil(kernels::WORKGROUP / lanes)));
-            if let (Some((t, _)), Some(kernel)) = (tiled.as_mut(), tiled_kernel) {
+            for ((t, _), kernel) in tiled.shapes.iter_mut().zip(tiled_kernels) {
                 let mut entries = vec![(1, x), (2, y), (3, &ubuf), (4, step)];
                 if let Some(x16) = &x16 {
                     entries.push((16, x16));
                 }
                 let bg = kernels::bind(gpu, &t.pipeline, label, &with_w4(entries));
                 t.chunks.push((bg, c.rows.div_ceil(kernel.rows)));
+            }
+            if let Some(kernel) = tiled_kernels.first() {
                 // One conversion for all chunks and parts (it reads only k and the token
                 // count), by the first part.
                 if let (None, None, Some(conv), Some(x16)) =
@@ -814,7 +857,11 @@ impl MatmulOp {
         Ok(MatmulOp {
             label,
             batch,
-            tiled,
+            tiled: if tiled.shapes.is_empty() {
+                Vec::new()
+            } else {
+                vec![tiled]
+            },
             single,
             multi,
             quantize,
@@ -892,10 +939,9 @@ impl MatmulOp {
                 None => op = Some(part),
                 Some(op) => {
                     op.batch.more.push(part.batch);
-                    // Every type of a device has the same prompt kernel, so the same tile.
-                    if let (Some((t, _)), Some((p, _))) = (op.tiled.as_mut(), part.tiled) {
-                        t.more.push(p);
-                    }
+                    // Each part picks its own tile: a small part (v beside q|k) may need a
+                    // smaller one to fill the GPU.
+                    op.tiled.extend(part.tiled);
                     op.single.more.push(part.single);
                     if let (Some((m, _)), Some((p, _))) = (op.multi.as_mut(), part.multi) {
                         m.more.push(p);
@@ -980,12 +1026,14 @@ impl MatmulOp {
                 }
                 _ => self.single.record(rec, self.label, n),
             },
-            _ => match &self.tiled {
-                Some((t, tokens)) if n >= kernels::TILED_MIN_TOKENS => {
+            _ => match self.tiled.is_empty() {
+                false if n >= kernels::TILED_MIN_TOKENS => {
                     if let Some((pipeline, bg, groups)) = &self.x16_convert {
                         rec.dispatch("x to f16", pipeline, bg, [*groups, n, 1]);
                     }
-                    t.record(rec, self.label, n.div_ceil(*tokens))
+                    for (t, tokens) in self.tiled.iter().filter_map(|part| part.pick(n)) {
+                        t.record(rec, self.label, n.div_ceil(tokens));
+                    }
                 }
                 _ => self
                     .batch
@@ -1209,5 +1257,23 @@ impl GetRowsOp {
         for bg in &self.groups {
             rec.dispatch("embedding", &self.pipeline, bg, [n_tokens, 1, 1]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tile_index;
+
+    #[test]
+    fn a_prompt_product_takes_the_largest_tile_with_enough_workgroups() {
+        // 8B attention output at 512 tokens: 128 workgroups of 128 x 128, 256 of 128 x 64,
+        // 512 of 64 x 64.
+        assert_eq!(tile_index(&[128, 256, 512], 256), 1);
+        assert_eq!(tile_index(&[128, 256, 512], 100), 0);
+        assert_eq!(tile_index(&[128, 256, 512], 0), 0);
+        // None has enough: the most workgroups, the last.
+        assert_eq!(tile_index(&[16, 32, 64], 256), 2);
+        assert_eq!(tile_index(&[16], 256), 0);
+        assert_eq!(tile_index(&[], 256), 0);
     }
 }

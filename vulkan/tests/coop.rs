@@ -215,6 +215,50 @@ fn every_tile_shape_matches_the_cpu_for_every_type() {
     println!("{ran} of {} tile shapes ran", SHAPES.len());
 }
 
+#[test]
+fn products_of_few_workgroups_take_smaller_tiles_and_match_the_cpu() {
+    // `coopmin=` compiles 128 x 64 and 64 x 64 and picks per product and step: 150 rows by
+    // 16 tokens gives 2 workgroups of 128 x 64 and 3 of 64 x 64, by 150 tokens 6 and 9.
+    // coopmin=1 keeps 128 x 64 for both, 7 takes 64 x 64 for 16 tokens only, 9 for both,
+    // 100000 none has enough: the last, 64 x 64. (Which tile a grid picks is
+    // quant.rs' unit test; here every pick must give the product.)
+    let mut ran = 0;
+    for min in [1, 7, 9, 100000] {
+        let shape = format!("cooptile=128x64,coopmin={min}");
+        let Some(gpu) = coop_gpu_shaped(None, &shape) else {
+            continue;
+        };
+        let dtypes = if gpu.prefill_product().starts_with("coop-emulated") {
+            vec![GgmlDType::Q4K]
+        } else {
+            vec![GgmlDType::Q4K, GgmlDType::Q8_0, GgmlDType::Q6K]
+        };
+        for (i, dtype) in dtypes.into_iter().enumerate() {
+            let qt = random_qtensor(dtype, 150, 256, 1000 + i as u64);
+            let (weight, w) = upload_with_reference(&gpu, "coop", &qt);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1100 + i as u64);
+            let xs: Vec<Vec<f32>> = [16usize, 150]
+                .iter()
+                .map(|&n| random(&mut rng, n * 256))
+                .collect();
+            let got = testing::matmul_each(&gpu, &weight, &xs).unwrap();
+            for (x, got) in xs.iter().zip(&got) {
+                check(
+                    &format!("{shape} {dtype:?}"),
+                    got,
+                    &w,
+                    150,
+                    256,
+                    x,
+                    x.len() / 256,
+                );
+            }
+        }
+        ran += 1;
+    }
+    println!("{ran} of 4 coopmin settings ran");
+}
+
 /// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S,coopbuf=B` as the device describes the shape that `shape` asks for.
 fn shape_setting(shape: &str) -> String {
     let (mut tile, mut units, mut vec, mut x16, mut sgs, mut bufs) =
