@@ -105,7 +105,8 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// matmul.wgsl), `attn=N` (attention workgroups a step aims for, see `attention_split` in
 /// model.rs), `chunks=1..128` (the most chunks of positions per query head and token of
 /// decode attention, ATTENTION_MAX_CHUNKS by default; more chunks are shorter but cost
-/// `combine` more partial results), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
+/// `combine` more partial results), `chunklen=N` (at least N positions per chunk: short
+/// sequences get fewer chunks, one and no `combine` below 2N; 0: no minimum), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
 /// with the cooperative-matrix product `matmul_coop`, which the device must offer (see
 /// [`Prefill`]), with the tiled product `matmul_tiled`, or every prompt batch with `matmul`,
 /// one row per workgroup; unset: `coop` where the device offers it, else `tiled`;
@@ -166,6 +167,8 @@ pub struct KernelTuning {
     dp4a: bool,
     attn_groups: usize,
     attn_max_chunks: usize,
+    /// `chunklen=`: the fewest positions per chunk of decode attention (0: no minimum).
+    attn_min_chunk_len: usize,
     prefill: Prefill,
     matvec_tokens: u32,
     multi: bool,
@@ -279,6 +282,7 @@ impl KernelTuning {
         dp4a: DP4A,
         attn_groups: ATTENTION_TARGET_GROUPS,
         attn_max_chunks: crate::model::ATTENTION_MAX_CHUNKS,
+        attn_min_chunk_len: 0,
         prefill: Prefill::Auto,
         matvec_tokens: MATVEC_MAX_TOKENS,
         multi: true,
@@ -305,6 +309,14 @@ impl KernelTuning {
     /// The most chunks of positions per (head, token) of decode attention (`chunks=`).
     pub(crate) fn attention_max_chunks(&self) -> usize {
         self.attn_max_chunks
+    }
+
+    /// See [`Kernels::attention_max_chunks_for`].
+    pub fn attention_max_chunks_for(&self, len: usize) -> usize {
+        match self.attn_min_chunk_len {
+            0 => self.attn_max_chunks,
+            min_len => (len / min_len).clamp(1, self.attn_max_chunks),
+        }
     }
 
     /// These settings with int8 activations in the decode products on or off (`dp4a`).
@@ -497,7 +509,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -512,6 +524,7 @@ impl std::str::FromStr for KernelTuning {
                 ("chunks", Ok(n @ 1..=crate::model::ATTENTION_CHUNKS_LIMIT)) => {
                     t.attn_max_chunks = n
                 }
+                ("chunklen", Ok(n)) => t.attn_min_chunk_len = n,
                 ("prefill", _) if value == "coop" => t.prefill = Prefill::Coop,
                 ("prefill", _) if value == "tiled" => t.prefill = Prefill::Tiled,
                 ("prefill", _) if value == "rows" => t.prefill = Prefill::Rows,
@@ -1537,6 +1550,14 @@ impl Kernels {
         self.tuning.attn_max_chunks
     }
 
+    /// The most chunks for a step whose longest sequence holds `len` positions: with
+    /// `chunklen=N`, at least N positions a chunk (one chunk, and no combine dispatch, below
+    /// 2N), else `chunks=`. A split saves attention time only where the chunks are long
+    /// enough to pay for the combine's dispatch.
+    pub fn attention_max_chunks_for(&self, len: usize) -> usize {
+        self.tuning.attention_max_chunks_for(len)
+    }
+
     /// The most tokens a step may have to run its products with the matrix-vector kernel
     /// (see MATVEC_MAX_TOKENS).
     pub fn matvec_tokens(&self) -> u32 {
@@ -1726,6 +1747,20 @@ mod tuning_tests {
         assert_eq!(tile("cooptile=64x128", 48 * 1024), (64, 128, 4, 1));
         assert_eq!(tile("coopsg=8", 48 * 1024), (64, 64, 8, 1));
         assert_eq!(tile("coopbuf=2", 48 * 1024), (64, 64, 4, 2));
+    }
+
+    #[test]
+    fn chunklen_keeps_short_sequences_in_few_chunks() {
+        let chunks = |spec: &str, len| parse(spec).unwrap().attention_max_chunks_for(len);
+        assert_eq!(chunks("", 100), 32);
+        assert_eq!(chunks("chunks=8", 100), 8);
+        assert_eq!(chunks("chunklen=256", 100), 1);
+        assert_eq!(chunks("chunklen=256", 511), 1);
+        assert_eq!(chunks("chunklen=256", 512), 2);
+        assert_eq!(chunks("chunklen=256", 4096), 16);
+        assert_eq!(chunks("chunklen=64", 4096), 32);
+        assert_eq!(chunks("chunklen=64,chunks=64", 4096), 64);
+        assert!(parse("chunklen=x").is_err());
     }
 
     #[test]

@@ -397,6 +397,16 @@ fn decode_attention_with_coalesced_loads_matches_the_plain_kernel() {
     assert_eq!(wide.vec_attention_threads(), 256);
 }
 
+/// Decode attention with at least 64 positions a chunk (`chunklen=64`): the prompt's steps
+/// take one chunk and no combine up to 127 positions, then two and more, against the plain
+/// kernel with its 32 chunks (the same tolerance as above).
+#[test]
+fn decode_attention_in_long_chunks_matches_the_plain_kernel() {
+    let long = decode_attention_matches_the_plain_kernel("dattn=1,chunklen=64,headq=0");
+    assert_eq!(long.attention_max_chunks_for(127), 1);
+    assert_eq!(long.attention_max_chunks_for(128), 2);
+}
+
 /// Greedy decoding and batched decode steps of SmolLM2 with the tuning `spec` against
 /// `gqa=0,dattn=0,headq=0` (`attention`), as described above; returns the tuning `spec` loaded.
 fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {

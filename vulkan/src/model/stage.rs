@@ -828,7 +828,7 @@ impl Stage {
             shape.len,
             self.attention_heads(c),
             self.kernels.attention_groups(),
-            self.kernels.attention_max_chunks(),
+            self.kernels.attention_max_chunks_for(shape.len),
             self.attention_tile(c),
         );
         let step = StepParams {
@@ -875,7 +875,7 @@ impl Stage {
             shape.len,
             self.attention_heads(c),
             self.kernels.attention_groups(),
-            self.kernels.attention_max_chunks(),
+            self.kernels.attention_max_chunks_for(shape.len),
             self.attention_tile(c),
         );
         // Prompt-size steps: one workgroup per (rows of query tiles, K/V head), one chunk.
