@@ -39,8 +39,12 @@ const MULTI_COLS: u32 = 8;
 const MULTI_ROWS: u32 = 4;
 /// Workgroups along x before a matmul dispatch wraps to y (`ROWS_PER_Y` in matmul.wgsl).
 pub(crate) const ROWS_PER_Y: u32 = 32768;
-/// Workgroups of the grid-stride elementwise kernels (rope, silu_mul).
+/// The most workgroups of the grid-stride elementwise kernels (rope, silu_mul; `ewg=`):
+/// more threads than that walk several elements each.
 pub(crate) const ELEMENTWISE_GROUPS: u32 = 1024;
+/// The most workgroups a dispatch may have along x (Vulkan's minimum of
+/// maxComputeWorkGroupCount, which wgpu's default limits keep).
+const MAX_GROUPS_X: usize = 65535;
 /// Rows one matrix-vector (decode) workgroup computes (`MV_ROWS` in matmul.wgsl): 4, or 16
 /// for matrices of at least TALL_MATVEC_ROWS rows, where the x reads of small workgroups
 /// would cost more than the weights (see matmul.wgsl).
@@ -106,7 +110,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// model.rs), `chunks=1..128` (the most chunks of positions per query head and token of
 /// decode attention, ATTENTION_MAX_CHUNKS by default; more chunks are shorter but cost
 /// `combine` more partial results), `chunklen=N` (at least N positions per chunk: short
-/// sequences get fewer chunks, one and no `combine` below 2N; 0: no minimum), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
+/// sequences get fewer chunks, one and no `combine` below 2N; 0: no minimum), `ewg=N` (the
+/// most workgroups of the grid-stride elementwise kernels, RoPE and SiLU·mul, default
+/// ELEMENTWISE_GROUPS; up to 65535), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
 /// with the cooperative-matrix product `matmul_coop`, which the device must offer (see
 /// [`Prefill`]), with the tiled product `matmul_tiled`, or every prompt batch with `matmul`,
 /// one row per workgroup; unset: `coop` where the device offers it, else `tiled`;
@@ -169,6 +175,8 @@ pub struct KernelTuning {
     attn_max_chunks: usize,
     /// `chunklen=`: the fewest positions per chunk of decode attention (0: no minimum).
     attn_min_chunk_len: usize,
+    /// `ewg=`: the most workgroups of the elementwise kernels.
+    elementwise_groups: u32,
     prefill: Prefill,
     matvec_tokens: u32,
     multi: bool,
@@ -283,6 +291,7 @@ impl KernelTuning {
         attn_groups: ATTENTION_TARGET_GROUPS,
         attn_max_chunks: crate::model::ATTENTION_MAX_CHUNKS,
         attn_min_chunk_len: 0,
+        elementwise_groups: ELEMENTWISE_GROUPS,
         prefill: Prefill::Auto,
         matvec_tokens: MATVEC_MAX_TOKENS,
         multi: true,
@@ -309,6 +318,12 @@ impl KernelTuning {
     /// The most chunks of positions per (head, token) of decode attention (`chunks=`).
     pub(crate) fn attention_max_chunks(&self) -> usize {
         self.attn_max_chunks
+    }
+
+    /// Workgroups of an elementwise kernel over `total` elements, one per 64 of them up to
+    /// `ewg=`, at least one.
+    pub fn elementwise_groups(&self, total: usize) -> u32 {
+        (total.div_ceil(WORKGROUP as usize) as u32).clamp(1, self.elementwise_groups)
     }
 
     /// See [`Kernels::attention_max_chunks_for`].
@@ -509,7 +524,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, ewg=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -525,6 +540,7 @@ impl std::str::FromStr for KernelTuning {
                     t.attn_max_chunks = n
                 }
                 ("chunklen", Ok(n)) => t.attn_min_chunk_len = n,
+                ("ewg", Ok(n @ 1..=MAX_GROUPS_X)) => t.elementwise_groups = n as u32,
                 ("prefill", _) if value == "coop" => t.prefill = Prefill::Coop,
                 ("prefill", _) if value == "tiled" => t.prefill = Prefill::Tiled,
                 ("prefill", _) if value == "rows" => t.prefill = Prefill::Rows,
@@ -1761,6 +1777,14 @@ mod tuning_tests {
         assert_eq!(chunks("chunklen=64", 4096), 32);
         assert_eq!(chunks("chunklen=64,chunks=64", 4096), 64);
         assert!(parse("chunklen=x").is_err());
+        // ewg: 1 to the 65535 workgroups a dispatch may have along x.
+        assert_eq!(
+            parse("ewg=65535").unwrap().elementwise_groups(1 << 30),
+            65535
+        );
+        assert_eq!(parse("").unwrap().elementwise_groups(1 << 30), 1024);
+        assert_eq!(parse("").unwrap().elementwise_groups(100), 2);
+        assert!(parse("ewg=0").is_err() && parse("ewg=65536").is_err());
     }
 
     #[test]

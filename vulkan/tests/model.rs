@@ -313,6 +313,34 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
     compare_prompt_steps(&mut coop, &mut tiled, &first, &second, cut, 4, 5e-3);
 }
 
+/// The grid-stride elementwise kernels (RoPE with the K/V store, SiLU·mul) with 4 workgroups
+/// (`ewg=4`: every thread walks hundreds of elements) and with one thread per element
+/// (`ewg=65535`) do the same arithmetic per element: the same logits bit for bit, through
+/// prompt steps of two sequences and decoding.
+#[test]
+fn elementwise_kernels_give_the_same_values_with_any_grid() {
+    let path = common::model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let vocab = common::vocab(&content);
+    let first = common::tokenize(&vocab, &PROMPTS.join(" "));
+    let second = common::tokenize(&vocab, &PROMPTS[1..].join(" "));
+    let load = |spec: &str| load_tuned(&path, spec, 128, 128, 2);
+    let (mut few, mut many) = (load("ewg=4"), load("ewg=65535"));
+    assert_eq!(few.gpu().tuning().elementwise_groups(1 << 20), 4);
+    assert_eq!(many.gpu().tuning().elementwise_groups(1 << 20), 16384);
+    // Any difference is at least 1e-7 of the largest logit: only equal logits pass.
+    compare_prompt_steps(
+        &mut few,
+        &mut many,
+        &first,
+        &second,
+        20,
+        4,
+        f32::MIN_POSITIVE,
+    );
+}
+
 /// The steps both prompt-attention tests above run on `a` and `b`: the first `cut` tokens of
 /// `first` in slot 0, then one step holding the rest of `first` beside the whole of `second`
 /// in slot 1, then `decode` greedy tokens of the first sequence. At every step the logits

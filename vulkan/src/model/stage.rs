@@ -883,6 +883,7 @@ impl Stage {
         let group = c.n_head / c.n_kv_head;
         let tiled_attention_groups =
             attention_tiled_groups(n, shape.runs, group, self.attn_tile_rows) as u32;
+        let elementwise_groups = |total| self.gpu.tuning().elementwise_groups(total);
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let elt_groups = |width: usize| elementwise_groups(n * width);
         let silu_groups = elementwise_groups(n * c.n_ff);
