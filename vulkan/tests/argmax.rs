@@ -91,6 +91,37 @@ fn ties_go_to_the_lowest_index_and_nan_or_minus_infinity_never_win() {
         }),
     ];
     check_rows(&rows, "crafted rows of 1000");
+    // Rows long enough that each thread takes eight values per step (eight times the
+    // workgroup's 256 threads, then a remainder): ties within one thread's step (5, 261),
+    // across its steps (2053 = 5 + 8 x 256) and in its remainder (4101), in other threads'
+    // (4999); NaN and -inf around the largest value in a step; the largest in the remainder.
+    let n = 5000;
+    let row = |f: &dyn Fn(usize) -> f32| (0..n).map(f).collect::<Vec<f32>>();
+    check_rows(
+        &[
+            row(&|i| {
+                if [5, 261, 2053, 4101, 4999].contains(&i) {
+                    3.0
+                } else {
+                    (i % 5) as f32 * 0.1
+                }
+            }),
+            row(&|i| {
+                if [4999, 4101, 2053].contains(&i) {
+                    3.0
+                } else {
+                    1.0
+                }
+            }),
+            row(&|i| match i {
+                1795 => 8.0,
+                _ if i % 2 == 0 => f32::NAN,
+                _ => f32::NEG_INFINITY,
+            }),
+            row(&|i| if i == 4360 { 2.0 } else { -(i as f32) }),
+        ],
+        "crafted rows of 5000",
+    );
     // Rows shorter than the workgroup: most threads have nothing to look at.
     check_rows(
         &[

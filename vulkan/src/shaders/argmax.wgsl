@@ -31,18 +31,43 @@ fn beats(v: f32, i: u32, bv: f32, bi: u32) -> bool {
     return i != NONE && (bi == NONE || v > bv || (v == bv && i < bi));
 }
 
+// A thread's scan: value v at index i replaces the best so far (bv, bi) if it is a candidate
+// and larger (so of equals, the first seen stays).
+fn consider(bv: ptr<function, f32>, bi: ptr<function, u32>, v: f32, i: u32) {
+    if (candidate(v) && (*bi == NONE || v > *bv)) {
+        *bv = v;
+        *bi = i;
+    }
+}
+
 @compute @workgroup_size(256)
 fn argmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let base = wid.x * p.n;
     // Each thread scans its strided share in increasing order, keeping the first of equals.
+    // Eight of its values are loaded before any is compared, so that eight loads are in
+    // flight at a time: one value per iteration waited for every load in turn (the driver
+    // compilers seen do not unroll WGSL loops), 28 us for a row of 128256 on an H100, a
+    // fiftieth of a 1B model's decode step. The comparisons keep the order.
     var bv = 0.0;
     var bi = NONE;
-    for (var i = li; i < p.n; i += WG) {
-        let v = logits[base + i];
-        if (candidate(v) && (bi == NONE || v > bv)) {
-            bv = v;
-            bi = i;
-        }
+    var i = li;
+    for (; i + 7u * WG < p.n; i += 8u * WG) {
+        let v = array<f32, 8>(logits[base + i], logits[base + i + WG], logits[base + i + 2u * WG],
+                              logits[base + i + 3u * WG], logits[base + i + 4u * WG],
+                              logits[base + i + 5u * WG], logits[base + i + 6u * WG],
+                              logits[base + i + 7u * WG]);
+        // Written out, so that v stays in registers (an array indexed in a loop may not).
+        consider(&bv, &bi, v[0], i);
+        consider(&bv, &bi, v[1], i + WG);
+        consider(&bv, &bi, v[2], i + 2u * WG);
+        consider(&bv, &bi, v[3], i + 3u * WG);
+        consider(&bv, &bi, v[4], i + 4u * WG);
+        consider(&bv, &bi, v[5], i + 5u * WG);
+        consider(&bv, &bi, v[6], i + 6u * WG);
+        consider(&bv, &bi, v[7], i + 7u * WG);
+    }
+    for (; i < p.n; i += WG) {
+        consider(&bv, &bi, logits[base + i], i);
     }
     best_v[li] = bv;
     best_i[li] = bi;
