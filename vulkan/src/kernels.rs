@@ -51,6 +51,13 @@ const MAX_GROUPS_X: usize = 65535;
 pub(crate) const MATVEC_ROWS: u32 = 4;
 pub(crate) const TALL_MATVEC_ROWS_PER_GROUP: u32 = 16;
 pub(crate) const TALL_MATVEC_ROWS: usize = 8192;
+/// Threads of a decode workgroup (`MV_WG` in matmul.wgsl): the 4-row workgroups always have
+/// WORKGROUP; the tall ones have what `mvwg=` asks for (see [`MatvecThreads`]), by default
+/// WORKGROUP too.
+pub(crate) const MATVEC_THREADS: [u32; 3] = [64, 128, 256];
+/// The most subgroups a decode workgroup may have: reduce_subgroup.wgsl keeps one value per
+/// subgroup and row in 16 rows x 64 floats of workgroup memory.
+const MATVEC_MAX_SUBGROUPS: u32 = 64;
 /// Layers per submission after the first one of a forward pass (the first has
 /// FIRST_SUBMIT_LAYERS, so that the GPU starts early).
 pub(crate) const SUBMIT_LAYERS: usize = 16;
@@ -66,6 +73,46 @@ pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
 pub(crate) const MAX_ATTENTION_GROUP: usize = 8;
 /// Threads per `attention_vec` workgroup that `dwg=` may ask for.
 pub(crate) const VEC_ATTENTION_THREADS: [usize; 3] = [64, 128, 256];
+
+/// Threads of the tall decode workgroups (`mvwg=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MatvecThreads {
+    /// One of MATVEC_THREADS for every tall matrix.
+    Fixed(u32),
+    /// By row length (see [`MatvecThreads::for_k`]).
+    Auto,
+}
+
+impl MatvecThreads {
+    /// Threads of a tall decode workgroup whose rows have `k` weights. `Auto`: the most of
+    /// MATVEC_THREADS that still gives every thread at least one 32-weight unit, e.g. 128
+    /// for k = 4096 (128 units) and 256 from k = 8192; 64 below k = 4096.
+    pub(crate) fn for_k(self, k: usize) -> u32 {
+        match self {
+            MatvecThreads::Fixed(n) => n,
+            MatvecThreads::Auto => MATVEC_THREADS
+                .into_iter()
+                .filter(|&n| n as usize * 32 <= k)
+                .max()
+                .unwrap_or(WORKGROUP),
+        }
+    }
+
+    /// The thread counts the tall pipelines are compiled for.
+    fn all(self) -> Vec<u32> {
+        match self {
+            MatvecThreads::Fixed(n) => vec![n],
+            MatvecThreads::Auto => MATVEC_THREADS.to_vec(),
+        }
+    }
+}
+
+/// The workgroup of a decode product: rows (`MV_ROWS`) and threads (`MV_WG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct MatvecGroup {
+    pub rows: u32,
+    pub threads: u32,
+}
 
 fn dp4a_type(ty: WeightType) -> bool {
     matches!(
@@ -164,6 +211,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `dwg=64|128|256` (threads per `attention_vec` workgroup, default 64: more take more
 /// positions per tile, tiles of up to half as many positions as threads; at most 512 /
 /// (query heads a workgroup) for its workgroup memory, see `attention_vec_threads`).
+/// `mvwg=64|128|256|auto`: threads of the tall decode workgroups (16 rows, `MV_WG` in
+/// matmul.wgsl; the 4-row ones keep 64), default 64: more threads read and quantize x once
+/// per 16 rows with as many warps as four 4-row workgroups, each taking fewer units of k;
+/// `auto` picks by row length (see `MatvecThreads::for_k`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -197,6 +248,8 @@ pub struct KernelTuning {
     grouped_attention: bool,
     vec_attention: bool,
     vec_threads: usize,
+    /// `mvwg=`: threads of the tall decode workgroups.
+    tall_threads: MatvecThreads,
 }
 
 /// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`;
@@ -307,6 +360,7 @@ impl KernelTuning {
         grouped_attention: false,
         vec_attention: true,
         vec_threads: 64,
+        tall_threads: MatvecThreads::Fixed(WORKGROUP),
     };
 
     /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
@@ -524,7 +578,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, ewg=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1 and/or dwg=64|128|256, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, ewg=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -568,6 +622,10 @@ impl std::str::FromStr for KernelTuning {
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
                 ("dwg", Ok(n @ (64 | 128 | 256))) => t.vec_threads = n,
+                ("mvwg", Ok(n @ (64 | 128 | 256))) => {
+                    t.tall_threads = MatvecThreads::Fixed(n as u32)
+                }
+                ("mvwg", _) if value == "auto" => t.tall_threads = MatvecThreads::Auto,
                 ("cooptile", _) => {
                     (t.coop.rows, t.coop.tokens) = CoopShape::parse_tile(value).ok_or_else(bad)?;
                     t.coop_tile_given = true
@@ -834,20 +892,50 @@ fn mixed_source(reduce: &str, a: WeightType, b: WeightType) -> String {
     )
 }
 
-type MixedKey = (WeightType, WeightType, MatvecInput, bool, bool);
+type MixedKey = (WeightType, WeightType, MatvecInput, MatvecGroup, bool);
 
-/// The pipeline constants of a decode product: groups of 4 rows, units per iteration, int8 x.
-fn matvec_constants(tuning: &KernelTuning, tall: bool, int8: bool) -> [(&'static str, f64); 3] {
-    let groups = if tall {
-        TALL_MATVEC_ROWS_PER_GROUP
-    } else {
-        MATVEC_ROWS
-    } / 4;
+/// The pipeline constants of a decode product: groups of 4 rows, units per iteration, int8
+/// x, threads.
+fn matvec_constants(
+    tuning: &KernelTuning,
+    group: MatvecGroup,
+    int8: bool,
+) -> [(&'static str, f64); 4] {
     [
-        ("ROW_GROUPS", groups as f64),
+        ("ROW_GROUPS", (group.rows / 4) as f64),
         ("MV_UNITS", tuning.units as f64),
         ("MV_DP4A", int8 as u32 as f64),
+        ("MV_WG", group.threads as f64),
     ]
+}
+
+/// The decode workgroups `tuning` compiles pipelines for: 4 rows of 64 threads, and 16 rows
+/// with each thread count of `mvwg=`. With subgroups, a workgroup may have at most
+/// MATVEC_MAX_SUBGROUPS of them (see reduce_subgroup.wgsl): an adapter whose subgroups can
+/// be smaller than threads / MATVEC_MAX_SUBGROUPS cannot run the larger workgroups.
+fn matvec_groups(gpu: &Gpu, tuning: &KernelTuning) -> Result<Vec<MatvecGroup>, VulkanError> {
+    let smallest_subgroup = gpu.adapter_info().subgroup_min_size.max(1);
+    let mut groups = vec![MatvecGroup {
+        rows: MATVEC_ROWS,
+        threads: WORKGROUP,
+    }];
+    for threads in tuning.tall_threads.all() {
+        if gpu.subgroups() && threads > smallest_subgroup * MATVEC_MAX_SUBGROUPS {
+            return Err(VulkanError::TuningUnsupported {
+                setting: format!("mvwg={threads}"),
+                adapter: gpu.adapter_info().name.clone(),
+                detail: format!(
+                    "decode workgroups of {threads} threads can have more than {MATVEC_MAX_SUBGROUPS} subgroups with the adapter's subgroups of {smallest_subgroup} threads; ask for mvwg={}",
+                    smallest_subgroup * MATVEC_MAX_SUBGROUPS
+                ),
+            });
+        }
+        groups.push(MatvecGroup {
+            rows: TALL_MATVEC_ROWS_PER_GROUP,
+            threads,
+        });
+    }
+    Ok(groups)
 }
 
 /// A prompt-batch pipeline (`matmul_tiled` or `matmul_coop`) with the rows and tokens one
@@ -871,9 +959,9 @@ pub(crate) struct Kernels {
     /// `prefill=rows` (see KernelTuning). Per type, one pipeline per tile of
     /// `KernelTuning::coop_ladder`, largest first (one for `matmul_tiled`).
     matmul_tiled: HashMap<WeightType, Vec<TiledPipeline>>,
-    /// Keyed by type, input, whether the workgroup takes 16 rows (tall matrices) and
-    /// whether x is quantized to int8 (`MV_DP4A`).
-    matvec: HashMap<(WeightType, MatvecInput, bool, bool), wgpu::ComputePipeline>,
+    /// Keyed by type, input, workgroup (4 rows of 64 threads, or for tall matrices 16 rows
+    /// of the threads `mvwg=` asks for) and whether x is quantized to int8 (`MV_DP4A`).
+    matvec: HashMap<(WeightType, MatvecInput, MatvecGroup, bool), wgpu::ComputePipeline>,
     /// Multi-token pipelines (`matvec_multi`), keyed by type and int8 x; empty with
     /// `multi=0`.
     matvec_multi: HashMap<(WeightType, bool), wgpu::ComputePipeline>,
@@ -887,7 +975,7 @@ pub(crate) struct Kernels {
     /// gate|up rows are interleaved (`GLU_INTERLEAVED`); as `norm_quantize_x`.
     glu_quantize_x: HashMap<(WeightType, bool), wgpu::ComputePipeline>,
     /// Mixed decode pipelines (see [`Kernels::matvec_mixed`]), compiled when first asked
-    /// for: keyed by the two types, input, tall and int8 x.
+    /// for: keyed by the two types, input, workgroup and int8 x.
     mixed: Mutex<HashMap<MixedKey, wgpu::ComputePipeline>>,
     /// `attention_grouped` and `attention_vec` per group size (query heads per workgroup)
     /// and threads per workgroup,
@@ -909,6 +997,8 @@ pub(crate) struct Kernels {
     /// `coopmin=`: the fewest workgroups a prompt product's tile may give before the next
     /// smaller tile of `matmul_tiled` is used.
     coop_min_groups: u32,
+    /// Threads of the tall decode workgroups (`mvwg=`).
+    tall_threads: MatvecThreads,
     /// Layers per submission after the first (see KernelTuning).
     pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
@@ -1037,6 +1127,7 @@ impl Kernels {
         } else {
             REDUCE_SHARED
         };
+        let matvec_groups = matvec_groups(gpu, &tuning)?;
         for &ty in types {
             if matmul.contains_key(&ty) {
                 continue;
@@ -1110,13 +1201,13 @@ impl Kernels {
                 MatvecInput::NormRope,
                 MatvecInput::NormGlu,
             ] {
-                for tall in [false, true] {
-                    let groups = if tall {
-                        TALL_MATVEC_ROWS_PER_GROUP
-                    } else {
-                        MATVEC_ROWS
-                    } / 4;
-                    let label = format!("{} {ty:?} x{}", input.entry(), 4 * groups);
+                for &group in &matvec_groups {
+                    let label = format!(
+                        "{} {ty:?} x{} ({} threads)",
+                        input.entry(),
+                        group.rows,
+                        group.threads
+                    );
                     let int8 = tuning.dp4a && dp4a_type(ty);
                     // The output head keeps x in f32 (`MatmulMode::exact_input`): plain and
                     // RMSNorm inputs also get pipelines without int8 x.
@@ -1127,9 +1218,9 @@ impl Kernels {
                             &[int8]
                         };
                     for &q in variants {
-                        let constants = matvec_constants(&tuning, tall, q);
+                        let constants = matvec_constants(&tuning, group, q);
                         matvec.insert(
-                            (ty, input, tall, q),
+                            (ty, input, group, q),
                             pipeline_with(
                                 gpu,
                                 tuning.checks,
@@ -1235,6 +1326,7 @@ impl Kernels {
             tuning,
             tall_rows: tuning.tall_rows,
             coop_min_groups: tuning.coop_min_groups(),
+            tall_threads: tuning.tall_threads,
             dp4a: tuning.dp4a,
             attn_groups: tuning.attn_groups,
             matvec_tokens: tuning.matvec_tokens,
@@ -1314,16 +1406,17 @@ impl Kernels {
         self.matmul_tiled.get(&ty).map_or(&[], Vec::as_slice)
     }
 
-    /// A decode pipeline; `exact`: x stays f32 even for the types whose products quantize it
-    /// (only the plain and RMSNorm inputs have such pipelines).
+    /// A decode pipeline for the workgroup [`matvec_group`](Self::matvec_group) gives;
+    /// `exact`: x stays f32 even for the types whose products quantize it (only the plain
+    /// and RMSNorm inputs have such pipelines).
     pub fn matvec(
         &self,
         ty: WeightType,
         input: MatvecInput,
-        tall: bool,
+        group: MatvecGroup,
         exact: bool,
     ) -> &wgpu::ComputePipeline {
-        &self.matvec[&(ty, input, tall, self.dp4a && dp4a_type(ty) && !exact)]
+        &self.matvec[&(ty, input, group, self.dp4a && dp4a_type(ty) && !exact)]
     }
 
     /// Whether the output head of a step with several logit rows reads int8 x (`headq=`):
@@ -1396,11 +1489,11 @@ impl Kernels {
         gpu: &Gpu,
         (a, b): (WeightType, WeightType),
         input: MatvecInput,
-        tall: bool,
+        group: MatvecGroup,
         exact: bool,
     ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
         let int8 = self.dp4a && (dp4a_type(a) || dp4a_type(b)) && !exact;
-        let key = (a, b, input, tall, int8);
+        let key = (a, b, input, group, int8);
         let mut cache = self.mixed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
@@ -1412,7 +1505,7 @@ impl Kernels {
             &label,
             &mixed_source(self.reduce, a, b),
             input.entry(),
-            &matvec_constants(&self.tuning, tall, int8),
+            &matvec_constants(&self.tuning, group, int8),
         );
         gpu.check("compiling a mixed-type decode kernel")?;
         cache.insert(key, pipeline.clone());
@@ -1585,18 +1678,21 @@ impl Kernels {
         self.coop_min_groups
     }
 
-    /// Rows per workgroup of the decode pipelines (tall or not).
-    pub fn matvec_rows(&self, tall: bool) -> u32 {
-        if tall {
-            TALL_MATVEC_ROWS_PER_GROUP
+    /// The decode workgroup of a matrix of `rows` rows of `k` weights: tall matrices (at
+    /// least `tall=` rows) 16 rows with the threads of `mvwg=`, the others 4 rows of 64
+    /// threads.
+    pub fn matvec_group(&self, rows: usize, k: usize) -> MatvecGroup {
+        if rows >= self.tall_rows {
+            MatvecGroup {
+                rows: TALL_MATVEC_ROWS_PER_GROUP,
+                threads: self.tall_threads.for_k(k),
+            }
         } else {
-            MATVEC_ROWS
+            MatvecGroup {
+                rows: MATVEC_ROWS,
+                threads: WORKGROUP,
+            }
         }
-    }
-
-    /// Whether a matrix of `rows` rows uses the tall (16 rows per workgroup) decode pipelines.
-    pub fn is_tall(&self, rows: usize) -> bool {
-        rows >= self.tall_rows
     }
 
     pub fn get_rows(&self, ty: WeightType) -> &wgpu::ComputePipeline {
@@ -1947,6 +2043,11 @@ mod tuning_tests {
             "coopsg=16",
             "coopbuf=0",
             "coopbuf=3",
+            "mvwg=96",
+            "mvwg=32",
+            "mvwg=512",
+            "mvwg=",
+            "mvwg=fast",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(
@@ -1954,5 +2055,38 @@ mod tuning_tests {
                 "{bad}: {err}"
             );
         }
+        let err = parse("mvwg=96").unwrap_err();
+        assert!(
+            err.contains("\"mvwg=96\"") && err.contains("mvwg=64|128|256|auto"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn decode_workgroup_threads_are_read_and_follow_the_rows() {
+        assert_eq!(
+            parse("").unwrap().tall_threads,
+            MatvecThreads::Fixed(WORKGROUP)
+        );
+        for n in MATVEC_THREADS {
+            let t = parse(&format!("mvwg={n}")).unwrap();
+            assert_eq!(t.tall_threads, MatvecThreads::Fixed(n));
+            assert_eq!(t.tall_threads.for_k(576), n);
+        }
+        // auto: every thread has at least one unit of k, up to 256 threads.
+        let auto = parse("mvwg=auto").unwrap().tall_threads;
+        assert_eq!(auto, MatvecThreads::Auto);
+        for (k, threads) in [
+            (576, 64),
+            (2048, 64),
+            (4095, 64),
+            (4096, 128),
+            (6144, 128),
+            (8192, 256),
+            (14336, 256),
+        ] {
+            assert_eq!(auto.for_k(k), threads, "k = {k}");
+        }
+        assert_eq!(auto.all(), MATVEC_THREADS.to_vec());
     }
 }

@@ -547,12 +547,12 @@ pub(crate) fn mixed_decode(kernels: &Kernels, parts: &[(&GpuWeight, u32)]) -> bo
     let [(a, 0), (b, offset)] = parts else {
         return false;
     };
-    let tall = kernels.is_tall(a.rows + b.rows);
+    let group = kernels.matvec_group(a.rows + b.rows, a.k);
     a.chunks.len() == 1
         && b.chunks.len() == 1
         && a.k == b.k
         && *offset as usize == a.rows
-        && a.rows.is_multiple_of(kernels.matvec_rows(tall) as usize)
+        && a.rows.is_multiple_of(group.rows as usize)
 }
 
 /// Whether `parts` can have a decode product with a fused epilogue (RoPE, SiLU·mul), which
@@ -642,17 +642,17 @@ impl MatmulOp {
     ) -> Result<MatmulOp, VulkanError> {
         let shared_xq = first.and_then(|op| op.xq.as_ref());
         let batch_pipeline = kernels.matmul(weight.ty).clone();
-        let tall = kernels.is_tall(weight.rows);
-        let mv_rows = kernels.matvec_rows(tall);
+        let group = kernels.matvec_group(weight.rows, weight.k);
+        let mv_rows = group.rows;
         let single_pipeline = kernels
-            .matvec(weight.ty, MatvecInput::Plain, tall, mode.exact_input)
+            .matvec(weight.ty, MatvecInput::Plain, group, mode.exact_input)
             .clone();
         let (fused_pipeline, fused_x, norm_w, eps) = match &fused {
             None => (None, x, x, 0.0),
             Some(FusedInput::Norm { x, weight: nw, eps }) => (
                 Some(
                     kernels
-                        .matvec(weight.ty, MatvecInput::Norm, tall, mode.exact_input)
+                        .matvec(weight.ty, MatvecInput::Norm, group, mode.exact_input)
                         .clone(),
                 ),
                 *x,
@@ -665,7 +665,7 @@ impl MatmulOp {
             }) => (
                 Some(
                     kernels
-                        .matvec(weight.ty, MatvecInput::Glu, tall, false)
+                        .matvec(weight.ty, MatvecInput::Glu, group, false)
                         .clone(),
                 ),
                 *x,
@@ -695,7 +695,7 @@ impl MatmulOp {
                     MatvecInput::NormGlu
                 };
                 (
-                    Some(kernels.matvec(weight.ty, input, tall, false).clone()),
+                    Some(kernels.matvec(weight.ty, input, group, false).clone()),
                     *x,
                     *nw,
                     *eps,
@@ -1170,8 +1170,8 @@ fn mixed_fused(
         )));
     }
     let rows = a.rows + b.rows;
-    let tall = kernels.is_tall(rows);
-    let pipeline = kernels.matvec_mixed(gpu, (a.ty, b.ty), input, tall, exact)?;
+    let group = kernels.matvec_group(rows, a.k);
+    let pipeline = kernels.matvec_mixed(gpu, (a.ty, b.ty), input, group, exact)?;
     let (ca, cb) = (&a.chunks[0], &b.chunks[0]);
     let params = MatmulParams {
         rows: rows as u32,
@@ -1205,8 +1205,7 @@ fn mixed_fused(
     let entries = with_weight_views(a.ty, &ca.buffer, entries);
     let bg = kernels::bind(gpu, &pipeline, label, &entries);
     let mut d = Dispatches::new(pipeline);
-    d.chunks
-        .push((bg, (rows as u32).div_ceil(kernels.matvec_rows(tall))));
+    d.chunks.push((bg, (rows as u32).div_ceil(group.rows)));
     Ok(d)
 }
 

@@ -711,6 +711,86 @@ fn fused_gate_up_glu_matches_reference() {
     }
 }
 
+/// A device whose decode products make every matrix of at least 16 rows tall (16 rows per
+/// workgroup) with `threads` threads per tall workgroup (`mvwg=`), `extra` keys added, on
+/// top of the tuning of the environment (as the reference helpers read it).
+fn wide_decode_gpu(threads: u32, extra: &str, subgroups: bool) -> xpu_vulkan::Gpu {
+    let env = std::env::var(xpu_vulkan::MATVEC_TUNING_ENV).unwrap_or_default();
+    xpu_vulkan::Gpu::new(&xpu_vulkan::DeviceOptions {
+        tuning: format!("{env},tall=16,mvwg={threads},{extra}")
+            .parse()
+            .unwrap(),
+        subgroups: Some(subgroups),
+        ..common::device_options(None)
+    })
+    .unwrap()
+}
+
+/// The tall decode workgroups with 128 and 256 threads (`mvwg=`, `MV_WG` in matmul.wgsl):
+/// x read once per 16 rows by more threads, each taking fewer units of k. Every entry point
+/// (RMSNorm, SiLU·mul, RMSNorm with RoPE and the K/V store, RMSNorm with SiLU·mul of
+/// interleaved gate|up rows, a mixed Q4_K|Q6_K q|k|v) against its f64 reference with the
+/// tolerances of the 64-thread kernels, and the plain one-token products of Q4_0, Q8_0 and
+/// Q4_K against the 64-thread ones on the same device (only the order of the sums differs).
+/// k = 8448 is 264 units: more than 256 threads and not a multiple of 32 x threads, so some
+/// threads take two units and others one; k = 512 (16 units) leaves most threads without
+/// one. Rows (37, 30, 38) are not multiples of 16. The last device also takes two units per
+/// iteration (`units=2`) and has no subgroups (the workgroup-memory reductions fold the
+/// threads past 64 first).
+#[test]
+fn wide_decode_workgroups_match_reference_and_64_threads() {
+    let narrow = wide_decode_gpu(64, "", true);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1900);
+    // Each type's matrix, x and the 64-thread product of one token.
+    let long: Vec<(QTensor, Vec<f32>, Vec<f64>)> =
+        [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K]
+            .into_iter()
+            .enumerate()
+            .map(|(i, dtype)| {
+                let qt = random_qtensor(dtype, 37, 8448, 1900 + i as u64);
+                let x = random(&mut rng, 8448);
+                let (weight, _) = upload_with_reference(&narrow, "64 threads", &qt);
+                let y = testing::matmul(&narrow, &weight, &x, 1).unwrap();
+                (qt, x, y.iter().map(|&v| v as f64).collect())
+            })
+            .collect();
+    for (threads, extra, subgroups) in [(128, "", true), (256, "", true), (256, "units=2", false)] {
+        let gpu = wide_decode_gpu(threads, extra, subgroups);
+        let label = format!("mvwg={threads} {extra} subgroups={subgroups}");
+        for (i, (qt, x, want)) in long.iter().enumerate() {
+            check_fused(&gpu, &label, qt, 1910 + i as u64);
+            let (weight, _) = upload_with_reference(&gpu, &label, qt);
+            let (rel, _) = common::compare(&testing::matmul(&gpu, &weight, x, 1).unwrap(), want);
+            let ty = weight.weight_type();
+            println!("{label} {ty:?} [37x8448] against 64 threads: rel {rel:.2e}");
+            assert!(rel < REL_TOL, "{label} {ty:?}: {rel} from 64 threads");
+        }
+        let short = random_qtensor(GgmlDType::Q4_0, 37, 512, 1915);
+        check_fused(&gpu, &format!("{label} short rows"), &short, 1916);
+        check_norm_glu(
+            &gpu,
+            &label,
+            &random_qtensor(GgmlDType::Q8_0, 38, 8448, 1920),
+            1921,
+        );
+        // 3 q heads and 1 k/v head of 6 dims: 30 rows.
+        check_qkv_rope(
+            &gpu,
+            &label,
+            &random_qtensor(GgmlDType::Q4_0, 30, 8448, 1924),
+            3,
+            1,
+            4,
+            1925,
+        );
+        // Q4_K q|k (384 rows: 24 workgroups of 16) and Q6_K v, one dispatch.
+        let qk = random_qtensor(GgmlDType::Q4K, 384, 8448, 1926);
+        let v = random_qtensor(GgmlDType::Q6K, 128, 8448, 1927);
+        let (_, dispatches) = check_qkv_rope_parts(&gpu, &label, &[&qk, &v], 4, 2, 6, 1928);
+        assert_eq!(dispatches, 1, "{label}: one dispatch for both types");
+    }
+}
+
 #[test]
 fn chunked_bindings_match_candle() {
     // A 4100-byte binding cap splits every matrix of 37 x 512 weights into several chunks.

@@ -280,14 +280,18 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 }
 
 // ---- Decode: the matrix-vector product of one token (x and y hold token 0 only) ----
-// A workgroup computes MV_ROWS = 4 * ROW_GROUPS consecutive rows. Every thread walks the
-// rows' 32-weight units with a stride of WG: it loads the unit's 32 x values once and uses
-// them for every row (four rows' loads in flight at a time), and the per-thread sums are
-// reduced with `reduce_rows` (subgroup operations where the adapter has them). Every
-// workgroup reads all of x (and for matvec_norm the norm weights), so tall matrices use
-// ROW_GROUPS = 4: x traffic from L2 per weight byte drops fourfold (measured on the H200:
-// with 4 rows per workgroup the FFN and output products took the same time for Q4_0 as for
-// Q8_0, bound by x reads). The entry points differ only in how x is read and where the
+// A workgroup of MV_WG threads computes MV_ROWS = 4 * ROW_GROUPS consecutive rows. Every
+// thread walks the rows' 32-weight units with a stride of MV_WG: it loads the unit's 32 x
+// values once and uses them for every row (four rows' loads in flight at a time), and the
+// per-thread sums are reduced with `reduce_rows` (subgroup operations where the adapter has
+// them). Every workgroup reads all of x (and for matvec_norm the norm weights) and, with
+// MV_DP4A, quantizes it, so tall matrices use ROW_GROUPS = 4: x traffic from L2 per weight
+// byte drops fourfold (measured on the H200: with 4 rows per workgroup the FFN and output
+// products took the same time for Q4_0 as for Q8_0, bound by x reads). With 64 threads a
+// workgroup of 16 rows has a quarter of the warps of four 4-row workgroups and each thread
+// walks its units for 16 rows one after another; MV_WG = 128 or 256 (`mvwg=`, tall
+// pipelines only) gives the 16 rows as many threads as those four workgroups had, each
+// thread taking fewer units of k. The entry points differ only in how x is read and where the
 // result goes, so that the decode step needs no separate RMSNorm, SiLU or RoPE dispatch:
 //   matvec            x as is;
 //   matvec_norm       RMSNorm(x) * norm_w: the products use x * norm_w and the row sums are
@@ -310,6 +314,10 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 override ROW_GROUPS: u32 = 1u;
 // 32-weight units of a row each thread takes per loop iteration, 1 or 2 (a pipeline constant).
 override MV_UNITS: u32 = 1u;
+// Threads of a decode workgroup (the matvec* entry points): 64, 128 or 256, a multiple of 64
+// (a pipeline constant; the reductions of reduce_*.wgsl sum over MV_WG threads). The other
+// entry points, matvec_multi's included, keep WG = 64 and leave MV_WG at its default.
+override MV_WG: u32 = 64u;
 override MV_ROWS: u32 = 4u * ROW_GROUPS;
 var<private> mv_acc: array<f32, 16>;
 // The token whose x a matrix-vector workgroup reads and whose y it writes: 0 except in a
@@ -452,7 +460,7 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
         // written out; one unit per iteration whatever MV_UNITS.
         let fb = first - p.split;
         let lastb = last - p.split;
-        for (; u < units; u += WG) {
+        for (; u < units; u += MV_WG) {
             let xu = x_unit(mode, u);
             sq += xu.sq;
             g0 += group4_b(fb, lastb, u, xu);
@@ -467,21 +475,21 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     } else {
         // Pairs of units while both are in the row (MV_UNITS = 2), then single units.
         if (MV_UNITS > 1u) {
-            for (; u + WG < units; u += 2u * WG) {
+            for (; u + MV_WG < units; u += 2u * MV_WG) {
                 let ua = x_unit(mode, u);
-                let ub = x_unit(mode, u + WG);
+                let ub = x_unit(mode, u + MV_WG);
                 sq += ua.sq + ub.sq;
-                g0 += group4(first, last, u, ua) + group4(first, last, u + WG, ub);
+                g0 += group4(first, last, u, ua) + group4(first, last, u + MV_WG, ub);
                 if (ROW_GROUPS > 1u) {
-                    g1 += group4(first + 4u, last, u, ua) + group4(first + 4u, last, u + WG, ub);
+                    g1 += group4(first + 4u, last, u, ua) + group4(first + 4u, last, u + MV_WG, ub);
                 }
                 if (ROW_GROUPS > 2u) {
-                    g2 += group4(first + 8u, last, u, ua) + group4(first + 8u, last, u + WG, ub);
-                    g3 += group4(first + 12u, last, u, ua) + group4(first + 12u, last, u + WG, ub);
+                    g2 += group4(first + 8u, last, u, ua) + group4(first + 8u, last, u + MV_WG, ub);
+                    g3 += group4(first + 12u, last, u, ua) + group4(first + 12u, last, u + MV_WG, ub);
                 }
             }
         }
-        for (; u < units; u += WG) {
+        for (; u < units; u += MV_WG) {
             let xu = x_unit(mode, u);
             sq += xu.sq;
             g0 += group4(first, last, u, xu);
@@ -531,7 +539,7 @@ fn matvec_body(wid: vec3<u32>, l: Lanes, mode: u32) {
 // arithmetic of its one-token step. The workgroups are numbered token-fastest, so that the
 // workgroups of one group of rows run at about the same time and all but the first token
 // read the rows' weights from the L2 cache, not from memory.
-@compute @workgroup_size(64)
+@compute @workgroup_size(MV_WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, l: Lanes) {
     let linear = wid.x + groups.x * (wid.y + groups.y * wid.z);
     mv_token = linear % groups.z;
@@ -539,12 +547,12 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups
     matvec_body(vec3<u32>(group % ROWS_PER_Y, group / ROWS_PER_Y, 0u), l, 0u);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(MV_WG)
 fn matvec_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     matvec_body(wid, l, 1u);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(MV_WG)
 fn matvec_glu(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     matvec_body(wid, l, 2u);
 }
@@ -582,7 +590,7 @@ fn matvec_rows_shared(first: u32, l: Lanes) -> f32 {
     return total;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(MV_WG)
 fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
     if (first >= p.rows) {
@@ -624,7 +632,7 @@ fn matvec_norm_rope(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(MV_WG)
 fn matvec_norm_glu(@builtin(workgroup_id) wid: vec3<u32>, l: Lanes) {
     let first = (wid.x + wid.y * ROWS_PER_Y) * MV_ROWS;
     if (first >= p.rows) {

@@ -10,7 +10,9 @@ struct Lanes {
     @builtin(num_subgroups) nsg: u32,
 }
 
-// Room for MV_ROWS (at most 16) rows of one value per subgroup (at most WG subgroups).
+// Room for MV_ROWS (at most 16) rows of one value per subgroup: at most 64 subgroups, which
+// the host checks for the decode workgroups of MV_WG threads (MV_WG / the adapter's smallest
+// subgroup size, see `Kernels::new`).
 var<workgroup> mv_part: array<f32, 1024>;
 
 // Sums mv_acc[r] over the workgroup for each of the MV_ROWS rows; thread r (< MV_ROWS)
