@@ -509,6 +509,49 @@ fn decode_attention_matches_the_plain_kernel(spec: &str) -> KernelTuning {
     *grouped.gpu().tuning()
 }
 
+/// The decode products with 256 threads per tall workgroup (`mvwg=256`) against 64 threads,
+/// both with `tall=64` so that every SmolLM2 product is tall (16 rows per workgroup): the
+/// q|k|v product with RoPE and the K/V store (960 rows), gate|up with SiLU·mul (3072), down
+/// and attn_output with the residual add (576) and the output head (49152). Only the order
+/// of the sums may differ, so greedy decoding must give the same tokens, logits within the
+/// tolerance of the decode-attention comparisons above. (SmolLM2's rows have at most 48
+/// units, so the threads past 64 only add zeros: on lavapipe the logits were identical. The
+/// sums over more units than 64 threads are checked in tests/kernels.rs,
+/// `wide_decode_workgroups_match_reference_and_64_threads`; this test checks the dispatch,
+/// bindings and epilogues of the wide workgroups in a real decode step.)
+#[test]
+fn decode_products_with_wide_workgroups_match_64_threads() {
+    let path = common::model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let vocab = common::vocab(&content);
+    let prompt = common::tokenize(&vocab, PROMPTS[1]);
+    let mut wide = load_tuned(&path, "tall=64,mvwg=256", 64, 16, 1);
+    let mut narrow = load_tuned(&path, "tall=64,mvwg=64", 64, 16, 1);
+    let a = wide.forward(&prompt, 0).unwrap();
+    let b = narrow.forward(&prompt, 0).unwrap();
+    let mut token = common::argmax(&b);
+    let mut worst: f32 = 0.0;
+    for pos in prompt.len()..prompt.len() + 24 {
+        let a = wide.forward(&[token], pos).unwrap();
+        let b = narrow.forward(&[token], pos).unwrap();
+        let (abs, rel) = diff(&a, &b);
+        worst = worst.max(rel);
+        assert!(
+            rel < 1e-3,
+            "decoded token at {pos}: logits differ by {abs} ({rel} of the largest)"
+        );
+        assert_eq!(
+            common::argmax(&a),
+            common::argmax(&b),
+            "decoded token at {pos}: greedy tokens differ"
+        );
+        token = common::argmax(&b);
+    }
+    assert_eq!(common::argmax(&a), common::argmax(&b));
+    println!("mvwg=256: logits at most {worst:.2e} of the largest from mvwg=64");
+}
+
 #[test]
 fn bad_model_files_give_clear_errors() {
     let opts = LoadOptions {
