@@ -25,6 +25,21 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return unit_values(w_unit(row, u));
 }
 
+// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
+// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
+// flight while the thread does other work) and `raw_values` decodes them later, with the
+// same values as `load_unit`.
+// Words: the unit's 16 words in raw[0..3].
+fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
+    return w_unit(row, u).q;
+}
+
+fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
+    var wu: WUnit;
+    wu.q = raw;
+    return unit_values(wu);
+}
+
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
 fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     return dot8(unit_values(wu), xu.v);

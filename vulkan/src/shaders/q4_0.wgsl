@@ -26,6 +26,28 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
                                q4_0_vec(b.x, d), q4_0_vec(b.y, d), q4_0_vec(b.z, d), q4_0_vec(b.w, d));
 }
 
+// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
+// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
+// flight while the thread does other work) and `raw_values` decodes them later, with the
+// same values as `load_unit`.
+// Words: the 16 quant bytes in raw[0], the word holding the f16 scale in raw[1].x.
+fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
+    let blk = row * (p.k / 32u) + u;
+    var raw: array<vec4<u32>, 8>;
+    raw[0] = w4[blk];
+    raw[1].x = w[p.aux + (blk >> 1u)];
+    return raw;
+}
+
+fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let blk = row * (p.k / 32u) + u;
+    let a = raw[0] & vec4<u32>(0x0f0f0f0fu);
+    let b = (raw[0] >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+    let d = unpack2x16float(raw[1].x)[blk & 1u];
+    return array<vec4<f32>, 8>(q4_0_vec(a.x, d), q4_0_vec(a.y, d), q4_0_vec(a.z, d), q4_0_vec(a.w, d),
+                               q4_0_vec(b.x, d), q4_0_vec(b.y, d), q4_0_vec(b.z, d), q4_0_vec(b.w, d));
+}
+
 // The decode product's dot product of one unit with x: d * (sum q * x - 8 * sum x), so the
 // offset and the scale cost one instruction per unit instead of two per weight (see q8_0.wgsl).
 fn q4_raw(q: u32) -> vec4<f32> {

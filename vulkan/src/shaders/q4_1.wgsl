@@ -24,6 +24,26 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return q4_1_values(w_unit(row, u));
 }
 
+// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
+// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
+// flight while the thread does other work) and `raw_values` decodes them later, with the
+// same values as `load_unit`.
+// Words: the four quant words in raw[0], the (d, m) word in raw[1].x.
+fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
+    let base = (row * (p.k / 32u) + u) * 5u;
+    var raw: array<vec4<u32>, 8>;
+    raw[0] = vec4<u32>(w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u]);
+    raw[1].x = w[base];
+    return raw;
+}
+
+fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
+    var wu: WUnit;
+    wu.q[0] = raw[0];
+    wu.s = vec4<f32>(unpack2x16float(raw[1].x), 0.0, 0.0);
+    return q4_1_values(wu);
+}
+
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
 fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     return dot8(q4_1_values(wu), xu.v);

@@ -29,6 +29,27 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return k_values(w_unit(row, u));
 }
 
+// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
+// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
+// flight while the thread does other work) and `raw_values` decodes them later, with the
+// same values as `load_unit`.
+// Words: the unit's quant bytes in raw[0], its super-block's head in raw[1].
+fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
+    var raw: array<vec4<u32>, 8>;
+    raw[0] = q4k_unit(row, u);
+    raw[1] = q4k_head(row, u);
+    return raw;
+}
+
+fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let q = raw[0];
+    var wu: WUnit;
+    wu.q[0] = q & vec4<u32>(0x0f0f0f0fu);
+    wu.q[1] = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+    wu.s = vec4<f32>(k_scale_min(raw[1], u % 8u), 0.0, 0.0);
+    return k_values(wu);
+}
+
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
 // int8 x (MV_DP4A): the masked nibbles are four bytes 0..15 per word, multiplied with
 // dot4I8Packed; the sub-block's scale and minimum apply once per unit:

@@ -22,6 +22,38 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return k_values(w_unit(row, u));
 }
 
+// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
+// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
+// flight while the thread does other work) and `raw_values` decodes them later, with the
+// same values as `load_unit`.
+// Words: the super-block's head in raw[0], the two vec4 of quant bytes that hold the unit's
+// nibbles in raw[1..2], the two of qh bytes in raw[3..4].
+fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
+    let sb = row * (p.k / 256u) + u / 8u;
+    let qv = sb * 11u + 3u + ((u % 8u) / 2u) * 2u;
+    let hv = sb * 11u + 1u;
+    var raw: array<vec4<u32>, 8>;
+    raw[0] = w4[sb * 11u];
+    raw[1] = w4[qv];
+    raw[2] = w4[qv + 1u];
+    raw[3] = w4[hv];
+    raw[4] = w4[hv + 1u];
+    return raw;
+}
+
+// As q5k_quants and w_unit, from the words.
+fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let s = u % 8u;
+    let shift = vec4<u32>((s & 1u) * 4u);
+    let low = vec4<u32>(0x0f0f0f0fu);
+    let bit = vec4<u32>(0x01010101u);
+    var wu: WUnit;
+    wu.q[0] = ((raw[1] >> shift) & low) | (((raw[3] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
+    wu.q[1] = ((raw[2] >> shift) & low) | (((raw[4] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
+    wu.s = vec4<f32>(k_scale_min(raw[0], s), 0.0, 0.0);
+    return k_values(wu);
+}
+
 // The 5-bit quants of sub-block s of super-block sb, four consecutive elements to a word,
 // one a byte (elements 0..15 in the first vec4, 16..31 in the second).
 fn q5k_quants(sb: u32, s: u32) -> array<vec4<u32>, 2> {

@@ -70,6 +70,36 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return q6k_values(w_unit(row, u));
 }
 
+// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
+// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
+// flight while the thread does other work) and `raw_values` decodes them later, with the
+// same values as `load_unit`.
+// Words: the low bits in raw[0], the high bits of elements 0..15 and 16..31 in raw[1].xy,
+// the word of the super-block's f16 d in raw[1].z, the vec4 of its int8 scales in raw[2].
+fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
+    let q = q6k_unit(row, u);
+    let ut = p.aux / 4u;
+    let sb = row * (p.k / 256u) + u / 8u;
+    var raw: array<vec4<u32>, 8>;
+    raw[0] = q.lo;
+    raw[1] = vec4<u32>(q.hi0, q.hi1, w[p.aux + 2u * ut + 4u * (ut / 8u) + sb / 2u], 0u);
+    raw[2] = w4[(p.aux + 2u * ut) / 4u + sb];
+    return raw;
+}
+
+// As w_unit and q6k_scales, from the words.
+fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let sb = row * (p.k / 256u) + u / 8u;
+    let q = q6k_quants(Q6Unit(raw[0], raw[1].x, raw[1].y));
+    let sc = raw[2][(u % 8u) / 2u] >> ((u & 1u) * 16u);
+    let d = unpack2x16float(raw[1].z)[sb & 1u];
+    var wu: WUnit;
+    wu.q[0] = vec4<u32>(q[0], q[1], q[2], q[3]);
+    wu.q[1] = vec4<u32>(q[4], q[5], q[6], q[7]);
+    wu.s = vec4<f32>(d * vec2<f32>(f32(extractBits(bitcast<i32>(sc), 0u, 8u)), f32(extractBits(bitcast<i32>(sc), 8u, 8u))), 0.0, 0.0);
+    return q6k_values(wu);
+}
+
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
 // int8 x (MV_DP4A): the quants as bytes 0..63 multiplied with dot4I8Packed, the offset 32
 // as 32 * sum(q_x) and the scale once per 16 values:

@@ -34,6 +34,30 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
                                q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
 }
 
+// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
+// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
+// flight while the thread does other work) and `raw_values` decodes them later, with the
+// same values as `load_unit`.
+// Words: the two vec4 of quants in raw[0..1], the word holding the f16 scale in raw[2].x.
+fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
+    let blk = row * (p.k / 32u) + u;
+    let ab = q8_halves(row, blk);
+    var raw: array<vec4<u32>, 8>;
+    raw[0] = ab[0];
+    raw[1] = ab[1];
+    raw[2].x = w[p.aux + (blk >> 1u)];
+    return raw;
+}
+
+fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
+    let blk = row * (p.k / 32u) + u;
+    let a = raw[0];
+    let b = raw[1];
+    let d = unpack2x16float(raw[2].x)[blk & 1u];
+    return array<vec4<f32>, 8>(q8_vec(a.x, d), q8_vec(a.y, d), q8_vec(a.z, d), q8_vec(a.w, d),
+                               q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
+}
+
 // The decode product's dot product of one unit with x (xsum: the sum of the unit's x, used
 // by types with an offset). The scale multiplies the unit's sum once instead of every
 // weight: the decode products are bound by these ALU instructions, not by memory.
