@@ -187,7 +187,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// staged while the current one is multiplied, one barrier per stage), `coopmin=N` (a prompt
 /// product whose grid with that tile would have fewer than N workgroups runs the next smaller
 /// tile that fits, down to 64 x 64; 0: always the one tile; see
-/// [`KernelTuning::coop_ladder`]) and `pattn=0|1|2` (1: steps of prompt
+/// [`KernelTuning::coop_ladder`]), `coopfetch=0|1` (1: the loads of the next stage go to
+/// registers before the current stage's products and are decoded into the staged tiles
+/// after them, so that they are in flight during the products; 0, the default: each stage is
+/// loaded and decoded before the products) and `pattn=0|1|2` (1: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 2, the default: those steps run `attention_coop`
@@ -252,9 +255,10 @@ pub struct KernelTuning {
     tall_threads: MatvecThreads,
 }
 
-/// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`;
-/// see matmul_coop.wgsl): `rows` x `tokens` of the output, k staged `units` 32-weight units
-/// at a time into tiles of `vec`-half vectors, x staged from its f16 copy where `x16`.
+/// The tile of one `matmul_coop` workgroup (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`,
+/// `coopfetch=`; see matmul_coop.wgsl): `rows` x `tokens` of the output, k staged `units`
+/// 32-weight units at a time into tiles of `vec`-half vectors, x staged from its f16 copy
+/// where `x16`, the next stage prefetched into registers where `fetch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CoopShape {
     pub rows: u32,
@@ -268,6 +272,9 @@ pub(crate) struct CoopShape {
     /// Buffers of the staged tiles (`coopbuf=1|2`): with two, one stage is staged while the
     /// previous one is multiplied (see matmul_coop.wgsl).
     pub buffers: u32,
+    /// Whether the next stage's loads go to registers before the current stage's products
+    /// (`coopfetch=0|1`, see matmul_coop.wgsl).
+    pub fetch: bool,
 }
 
 impl CoopShape {
@@ -280,6 +287,7 @@ impl CoopShape {
         x16: true,
         subgroups: 4,
         buffers: 1,
+        fetch: false,
     };
 
     /// The tiles a device runs where none of `cooptile=`, `coopsg=` and `coopbuf=` is
@@ -301,14 +309,15 @@ impl CoopShape {
     /// The tuning keys that ask for this shape.
     pub fn setting(&self) -> String {
         format!(
-            "cooptile={}x{},coopk={},coopvec={},coopx16={},coopsg={},coopbuf={}",
+            "cooptile={}x{},coopk={},coopvec={},coopx16={},coopsg={},coopbuf={},coopfetch={}",
             self.rows,
             self.tokens,
             self.units,
             self.vec,
             self.x16 as u32,
             self.subgroups,
-            self.buffers
+            self.buffers,
+            self.fetch as u32
         )
     }
 
@@ -578,7 +587,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, ewg=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, ewg=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -619,6 +628,7 @@ impl std::str::FromStr for KernelTuning {
                     t.coop_tile_given = true
                 }
                 ("coopmin", Ok(n)) => t.coop_min_groups = n as u32,
+                ("coopfetch", Ok(n @ (0 | 1))) => t.coop.fetch = n == 1,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
                 ("dwg", Ok(n @ (64 | 128 | 256))) => t.vec_threads = n,
@@ -720,9 +730,10 @@ fn single_source(reduce: &str, ty: WeightType) -> String {
     )
 }
 
-/// matmul_coop.wgsl for one tile shape: its constants in front, and the lines it leaves to
-/// the host written out for each accumulator (`c<i>_<j>` of row block i, token block j).
-fn coop_kernel(shape: CoopShape) -> String {
+/// matmul_coop.wgsl for one tile shape and subgroup size: its constants in front, the lines
+/// it leaves to the host written out for each accumulator (`c<i>_<j>` of row block i, token
+/// block j), and the prefetch's registers and their loads and stores (see [`coop_prefetch`]).
+fn coop_kernel(shape: CoopShape, subgroup: u32) -> String {
     let row_blocks = shape.rows / 32;
     let token_blocks = shape.subgroup_tokens() / 16;
     let blocks = || (0..row_blocks).flat_map(move |i| (0..token_blocks).map(move |j| (i, j)));
@@ -765,7 +776,7 @@ fn coop_kernel(shape: CoopShape) -> String {
     }
     };
     let mut src = format!(
-        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_SGS: u32 = {}u;\nconst COOP_BUFS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{MATMUL_COOP}",
+        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_SGS: u32 = {}u;\nconst COOP_BUFS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{}{MATMUL_COOP}",
         shape.rows,
         shape.tokens,
         shape.subgroups,
@@ -775,7 +786,8 @@ fn coop_kernel(shape: CoopShape) -> String {
         shape.x16,
         shape.vec,
         put("w"),
-        put("x")
+        put("x"),
+        coop_prefetch(shape, subgroup)
     );
     for (marker, lines, indent) in [
         ("$ACCUMULATORS", accumulators, "    "),
@@ -788,13 +800,66 @@ fn coop_kernel(shape: CoopShape) -> String {
     src
 }
 
+/// The prefetch of matmul_coop.wgsl (`coopfetch=1`) for one tile shape and subgroup size:
+/// `COOP_FETCH`, `COOP_X_PER_UNIT`, the registers of one stage per thread (`CoopFetched`:
+/// ceil(items / threads) weight units `w<f>` and x words `x<f>`, item li + f * threads) and
+/// `coop_fetch`/`coop_put`, one statement per register. Written out rather than looped over
+/// an array, which the drivers seen so far would keep in memory (see matmul_coop.wgsl). The
+/// kernel's loop runs them only with `fetch`; without it they are emitted but unused.
+fn coop_prefetch(shape: CoopShape, subgroup: u32) -> String {
+    let threads = shape.subgroups * subgroup;
+    let x_per_unit = if shape.x16 { 4 } else { 8 };
+    let w_regs = (shape.rows * shape.units).div_ceil(threads);
+    let x_regs = (shape.tokens * shape.units * x_per_unit).div_ceil(threads);
+    let item = |f: u32| {
+        if f == 0 {
+            "li".to_string()
+        } else {
+            format!("li + {f}u * threads")
+        }
+    };
+    let mut fields = Vec::new();
+    let mut fetches = Vec::new();
+    let mut puts = Vec::new();
+    for f in 0..w_regs {
+        fields.push(format!("    w{f}: array<vec4<u32>, 8>,\n"));
+        fetches.push(format!(
+            "    r.w{f} = coop_fetch_w({}, s, first_row);\n",
+            item(f)
+        ));
+        puts.push(format!(
+            "    coop_put_w(r.w{f}, {}, s, first_row, buf);\n",
+            item(f)
+        ));
+    }
+    for f in 0..x_regs {
+        fields.push(format!("    x{f}: vec4<u32>,\n"));
+        fetches.push(format!(
+            "    r.x{f} = coop_fetch_x({}, s, t0, n);\n",
+            item(f)
+        ));
+        puts.push(format!("    coop_put_x(r.x{f}, {}, buf);\n", item(f)));
+    }
+    format!(
+        "const COOP_FETCH: bool = {};\nconst COOP_X_PER_UNIT: u32 = {x_per_unit}u;\n\
+         struct CoopFetched {{\n{}}}\n\
+         fn coop_fetch(li: u32, s: u32, first_row: u32, t0: u32, n: u32) -> CoopFetched {{\n    let threads = COOP_SGS * COOP_SG;\n    var r: CoopFetched;\n{}    return r;\n}}\n\
+         fn coop_put(r: CoopFetched, li: u32, s: u32, first_row: u32, buf: u32) {{\n    let threads = COOP_SGS * COOP_SG;\n{}}}\n",
+        shape.fetch,
+        fields.concat(),
+        fetches.concat(),
+        puts.concat()
+    )
+}
+
 /// The module of the cooperative-matrix prompt product (`matmul_coop`) of one type and tile
-/// shape: the type's matmul module with the kernel appended, behind the directives it needs.
-pub(crate) fn coop_source(reduce: &str, ty: WeightType, shape: CoopShape) -> String {
+/// shape for subgroups of `subgroup` threads: the type's matmul module with the kernel
+/// appended, behind the directives it needs.
+pub(crate) fn coop_source(reduce: &str, ty: WeightType, shape: CoopShape, subgroup: u32) -> String {
     format!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n{}\n{}",
         single_source(reduce, ty),
-        coop_kernel(shape)
+        coop_kernel(shape, subgroup)
     )
 }
 
@@ -802,8 +867,13 @@ pub(crate) fn coop_source(reduce: &str, ty: WeightType, shape: CoopShape) -> Str
 /// replaced by the plain functions of coop_emulated.wgsl (`prefill=coop-emulated`): each
 /// accumulator becomes a struct of the values its thread owns, each load the offset it would
 /// read from.
-pub(crate) fn coop_emulated_source(reduce: &str, ty: WeightType, shape: CoopShape) -> String {
-    let mut src = coop_kernel(shape);
+pub(crate) fn coop_emulated_source(
+    reduce: &str,
+    ty: WeightType,
+    shape: CoopShape,
+    subgroup: u32,
+) -> String {
+    let mut src = coop_kernel(shape, subgroup);
     let (row_blocks, token_blocks) = (
         (shape.rows / 32) as usize,
         (shape.subgroup_tokens() / 16) as usize,
@@ -1146,9 +1216,9 @@ impl Kernels {
             if let Some(size) = gpu.coop_subgroup() {
                 let coop_pipeline = |shape: CoopShape| {
                     let coop = if tuning.prefill == Prefill::CoopEmulated {
-                        coop_emulated_source(reduce, ty, shape)
+                        coop_emulated_source(reduce, ty, shape, size)
                     } else {
-                        coop_source(reduce, ty, shape)
+                        coop_source(reduce, ty, shape, size)
                     };
                     // The conversion does not depend on the type or tile: one pipeline for all.
                     let x_f16 = shape.x16.then(|| {
@@ -1816,8 +1886,15 @@ mod tuning_tests {
                 .unwrap()
                 .coop_shape()
                 .setting(),
-            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1,coopsg=4,coopbuf=1"
+            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1,coopsg=4,coopbuf=1,coopfetch=0"
         );
+        // The register prefetch is off by default, on with coopfetch=1, and keeps the tile
+        // the device picks (it is no tile key).
+        assert!(!parse("").unwrap().coop_shape().fetch);
+        let fetch = parse("coopfetch=1").unwrap();
+        assert!(fetch.coop_shape().fetch && fetch.with_coop_tile_for(48 * 1024).coop_shape().fetch);
+        assert_eq!(fetch.with_coop_tile_for(48 * 1024).coop_shape().rows, 128);
+        assert!(parse("coopfetch=0").unwrap().coop_shape() == CoopShape::DEFAULT);
         // Two buffers: twice the tiles.
         let two = parse("cooptile=128,coopbuf=2").unwrap().coop_shape();
         assert_eq!(two.workgroup_bytes(), 2 * 2 * 192 * 40 + 4 * 1024);
@@ -1928,13 +2005,14 @@ mod tuning_tests {
         // (coop_emulated_source asserts the counts).
         for rows in [64, 128] {
             for tokens in [32, 64, 128] {
-                for (units, vec, x16, subgroups, buffers) in [
-                    (1, 4, true, 4, 1),
-                    (2, 2, false, 4, 1),
-                    (4, 4, true, 4, 2),
-                    (1, 2, true, 4, 1),
-                    (1, 4, true, 8, 1),
-                    (2, 4, true, 8, 2),
+                for (units, vec, x16, subgroups, buffers, fetch, subgroup) in [
+                    (1, 4, true, 4, 1, false, 32),
+                    (2, 2, false, 4, 1, true, 8),
+                    (4, 4, true, 4, 2, false, 16),
+                    (1, 2, true, 4, 1, true, 32),
+                    (1, 4, true, 8, 1, false, 32),
+                    (2, 4, true, 8, 2, true, 32),
+                    (1, 4, false, 8, 2, true, 16),
                 ] {
                     let shape = CoopShape {
                         rows,
@@ -1944,15 +2022,30 @@ mod tuning_tests {
                         x16,
                         subgroups,
                         buffers,
+                        fetch,
                     };
                     if shape.subgroup_tokens() < 16 {
                         continue;
                     }
-                    let real = coop_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
-                    let emulated = coop_emulated_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape);
+                    let real = coop_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape, subgroup);
+                    let emulated =
+                        coop_emulated_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape, subgroup);
                     for src in [&real, &emulated] {
                         assert!(!src.contains('$'), "{shape:?}");
                     }
+                    // The prefetch's registers cover every staging item of a stage: ceil
+                    // (items / threads) per thread, each loaded and stored once.
+                    let threads = subgroups * subgroup;
+                    let x_items = tokens * units * if x16 { 4 } else { 8 };
+                    for (load, store, items) in [
+                        ("= coop_fetch_w(", "coop_put_w(r.", rows * units),
+                        ("= coop_fetch_x(", "coop_put_x(r.", x_items),
+                    ] {
+                        let regs = items.div_ceil(threads) as usize;
+                        assert_eq!(real.matches(load).count(), regs, "{shape:?} {load}");
+                        assert_eq!(real.matches(store).count(), regs, "{shape:?} {store}");
+                    }
+                    assert!(real.contains(&format!("const COOP_FETCH: bool = {fetch};")));
                     let accumulators = (rows / 32 * shape.subgroup_tokens() / 16) as usize;
                     assert_eq!(real.matches("coopMultiplyAdd(").count(), accumulators);
                     assert_eq!(emulated.matches("emu_mul_add(lane, ").count(), accumulators);
@@ -2048,6 +2141,7 @@ mod tuning_tests {
             "mvwg=512",
             "mvwg=",
             "mvwg=fast",
+            "coopfetch=2",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(

@@ -50,13 +50,18 @@ fn step_buffer(gpu: &Gpu, n_tokens: usize) -> Result<wgpu::Buffer, VulkanError> 
 
 /// The WGSL module of the cooperative-matrix prompt product (`matmul_coop`) of weight type
 /// `ty` with the tile `tuning` asks for (`cooptile=`, `coopk=`), as a device with subgroups
-/// builds it (before its `COOP_SG` override is set), so that a test can translate it for
-/// Vulkan on a machine without cooperative matrices.
-pub fn coop_module_source(ty: crate::WeightType, tuning: &crate::KernelTuning) -> String {
+/// of `subgroup` threads builds it (before its `COOP_SG` override is set to that size), so
+/// that a test can translate it for Vulkan on a machine without cooperative matrices.
+pub fn coop_module_source(
+    ty: crate::WeightType,
+    tuning: &crate::KernelTuning,
+    subgroup: u32,
+) -> String {
     crate::kernels::coop_source(
         crate::kernels::REDUCE_WITH_SUBGROUPS,
         ty,
         tuning.coop_shape(),
+        subgroup,
     )
 }
 

@@ -259,10 +259,84 @@ fn products_of_few_workgroups_take_smaller_tiles_and_match_the_cpu() {
     println!("{ran} of 4 coopmin settings ran");
 }
 
-/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S,coopbuf=B` as the device describes the shape that `shape` asks for.
+/// The register prefetch (`coopfetch=1`) against the staging it replaces (`coopfetch=0`): the
+/// same f16 values staged in the same places, so the same products bit for bit. Shapes as
+/// (tile keys, the types the emulation runs; on cooperative matrices every type runs): every
+/// type with two buffers on a tile lavapipe's 32 KiB of workgroup memory holds; the default
+/// GPU tile (128 x 128, eight subgroups, two buffers: with 256 threads of 32, half the
+/// threads have no weight unit to load), which lavapipe cannot run; 128 x 64 with four
+/// subgroups and one buffer (the prefetch between the two barriers of a stage); x staged from
+/// f32 (`coopx16=0`) with vec2 tiles. Ragged as in `every_tile_shape_matches_the_cpu_for_every_type`:
+/// 150 rows, 16 and 150 tokens, and k = 160 (five units, a partial last stage of two) for the
+/// types of 32-weight blocks.
+const FETCH_SHAPES: [(&str, &[GgmlDType]); 5] = [
+    ("cooptile=64,coopbuf=2,coopk=2", &ALL_TYPES),
+    ("cooptile=128x128,coopsg=8,coopbuf=2", &[GgmlDType::Q4K]),
+    (
+        "cooptile=128x128,coopsg=8,coopbuf=2,coopk=2",
+        &[GgmlDType::Q8_0],
+    ),
+    ("cooptile=128,coopbuf=1", &[GgmlDType::Q4K, GgmlDType::Q6K]),
+    ("coopx16=0,coopvec=2,coopk=2", &[GgmlDType::Q4_1]),
+];
+
+#[test]
+fn register_prefetch_equals_the_staging_bit_for_bit() {
+    let mut ran = 0;
+    for (shape, emulation_types) in FETCH_SHAPES {
+        let gpus: Vec<Gpu> = ["coopfetch=0", "coopfetch=1"]
+            .iter()
+            .filter_map(|fetch| coop_gpu_shaped(None, &format!("{shape},{fetch}")))
+            .collect();
+        let [plain, fetching] = &gpus[..] else {
+            continue;
+        };
+        assert!(fetching.prefill_product().contains("coopfetch=1"));
+        let types = if fetching.prefill_product().starts_with("coop-emulated") {
+            emulation_types.to_vec()
+        } else {
+            ALL_TYPES.to_vec()
+        };
+        for (i, dtype) in types.into_iter().enumerate() {
+            let k = if dtype.block_size() == 256 { 256 } else { 160 };
+            let qt = random_qtensor(dtype, 150, k, 1000 + i as u64);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1100 + i as u64);
+            let xs: Vec<Vec<f32>> = [16usize, 150]
+                .iter()
+                .map(|&n| random(&mut rng, n * k))
+                .collect();
+            let run = |gpu: &Gpu| {
+                let (weight, w) = upload_with_reference(gpu, "coop", &qt);
+                (testing::matmul_each(gpu, &weight, &xs).unwrap(), w)
+            };
+            let (want, w) = run(plain);
+            let (got, _) = run(fetching);
+            for ((x, got), want) in xs.iter().zip(&got).zip(&want) {
+                let n = x.len() / k;
+                let label = format!("{shape},coopfetch=1 {dtype:?}");
+                check(&label, got, &w, 150, k, x, n);
+                let differ = got
+                    .iter()
+                    .zip(want)
+                    .filter(|(g, w)| g.to_bits() != w.to_bits())
+                    .count();
+                assert_eq!(
+                    differ,
+                    0,
+                    "{label} tokens={n}: {differ} of {} outputs differ from coopfetch=0",
+                    got.len()
+                );
+            }
+        }
+        ran += 1;
+    }
+    println!("{ran} of {} prefetch shapes ran", FETCH_SHAPES.len());
+}
+
+/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S,coopbuf=B,coopfetch=F` as the device describes the shape that `shape` asks for.
 fn shape_setting(shape: &str) -> String {
-    let (mut tile, mut units, mut vec, mut x16, mut sgs, mut bufs) =
-        ("64x64".to_string(), "1", "4", "1", "4", "1");
+    let (mut tile, mut units, mut vec, mut x16, mut sgs, mut bufs, mut fetch) =
+        ("64x64".to_string(), "1", "4", "1", "4", "1", "0");
     for item in shape.split(',') {
         match item.split_once('=') {
             Some(("cooptile", t)) if t.contains('x') => tile = t.to_string(),
@@ -272,10 +346,11 @@ fn shape_setting(shape: &str) -> String {
             Some(("coopx16", v)) => x16 = v,
             Some(("coopsg", v)) => sgs = v,
             Some(("coopbuf", v)) => bufs = v,
+            Some(("coopfetch", v)) => fetch = v,
             _ => panic!("{shape}: {item}"),
         }
     }
-    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16},coopsg={sgs},coopbuf={bufs}")
+    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16},coopsg={sgs},coopbuf={bufs},coopfetch={fetch}")
 }
 
 #[test]

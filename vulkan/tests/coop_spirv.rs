@@ -32,7 +32,7 @@ const TYPES: [WeightType; 9] = [
 /// Tile shapes (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`, `coopsg=`) as (tuning, rows, tokens, units of k per
 /// stage, halves per vector of the staged tiles, subgroups per workgroup): the default and every variant the tuning
 /// keys offer that a GPU run compares.
-const SHAPES: [(&str, u32, u32, u32, u32, u32); 17] = [
+const SHAPES: [(&str, u32, u32, u32, u32, u32); 21] = [
     ("", 64, 64, 1, 4, 4),
     ("coopx16=0", 64, 64, 1, 4, 4),
     ("coopvec=2", 64, 64, 1, 2, 4),
@@ -50,6 +50,24 @@ const SHAPES: [(&str, u32, u32, u32, u32, u32); 17] = [
     ("cooptile=128,coopsg=8", 128, 64, 1, 4, 8),
     ("cooptile=128,coopbuf=2", 128, 64, 1, 4, 4),
     ("cooptile=128x128,coopsg=8,coopbuf=2", 128, 128, 1, 4, 8),
+    (
+        "cooptile=128x128,coopsg=8,coopbuf=2,coopfetch=1",
+        128,
+        128,
+        1,
+        4,
+        8,
+    ),
+    (
+        "cooptile=128x128,coopsg=8,coopbuf=2,coopk=2,coopfetch=1",
+        128,
+        128,
+        2,
+        4,
+        8,
+    ),
+    ("cooptile=128,coopfetch=1", 128, 64, 1, 4, 4),
+    ("coopx16=0,coopvec=2,coopfetch=1", 64, 64, 1, 2, 4),
 ];
 
 /// SPIR-V opcodes of SPV_KHR_cooperative_matrix and the memory layouts of its loads/stores.
@@ -91,7 +109,7 @@ fn capabilities() -> naga::FastHashSet<spv::Capability> {
 /// threads, as SPIR-V words.
 fn translate(ty: WeightType, tuning: &str, subgroup: u32) -> Vec<u32> {
     let tuning: KernelTuning = tuning.parse().unwrap();
-    let source = testing::coop_module_source(ty, &tuning);
+    let source = testing::coop_module_source(ty, &tuning, subgroup);
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{ty:?}: {}", e.emit_to_string(&source)));
     let info = Validator::new(ValidationFlags::all(), Capabilities::all())

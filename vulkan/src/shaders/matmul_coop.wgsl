@@ -47,6 +47,20 @@
 // stores instead of four, and the matrix loads take a pointer to a vector and a stride in
 // vectors (as llama.cpp's mul_mm.comp loads its f16vec2 tiles). Offsets into them are counted
 // in vectors: COOP_SV vectors per staged row.
+//
+// Register prefetch (COOP_FETCH, tuning key `coopfetch`): without it, a thread staging stage
+// s + 1 loads its weight unit and x words, waits for them, decodes and stores them, and only
+// then runs the products of stage s, so every stage waits for one global-memory latency that
+// only other workgroups' warps hide. With it, the stage loop issues the loads of stage s + 1
+// into registers (`coop_fetch`: raw words, the weight type's `unit_raw`, no arithmetic on
+// them), runs the products of stage s while they are in flight, and then decodes them to f16
+// into workgroup memory (`coop_put`: `raw_values`, the same values as `load_unit`). The host
+// writes `CoopFetched` (the registers of one stage: COOP_FETCH_W weight units and
+// COOP_FETCH_X x words per thread, ceil(items / threads) each for the subgroup size the
+// pipeline is built for) and `coop_fetch`/`coop_put`, one statement per register, as it
+// writes the products (WGSL's loops over arrays become loops that the drivers seen so far do
+// not unroll, and an array indexed in a loop leaves registers); threads past the end of the
+// items load and store nothing.
 
 // The subgroup size the pipeline is built for (8, 16 or 32; fixed on the adapter, checked by
 // the host): the workgroup is exactly COOP_SGS subgroups.
@@ -171,6 +185,71 @@ fn coop_stage(li: u32, s: u32, first_row: u32, t0: u32, n: u32, buf: u32) {
     }
 }
 
+// The raw words of weight staging item `i` (row i / COOP_UNITS, unit i % COOP_UNITS of stage
+// `s`, as `coop_stage` numbers them) for `coop_put_w`: zeros past the items and past k.
+fn coop_fetch_w(i: u32, s: u32, first_row: u32) -> array<vec4<u32>, 8> {
+    var raw: array<vec4<u32>, 8>;
+    let u = s * COOP_UNITS + i % COOP_UNITS;
+    if (i < COOP_ROWS * COOP_UNITS && u < p.k / 32u) {
+        raw = unit_raw(min(first_row + i / COOP_UNITS, p.rows - 1u), u);
+    }
+    return raw;
+}
+
+// Decodes the words of weight item `i` of stage `s` to f16 into buffer `buf` of coop_w, as
+// `coop_stage` stores `load_unit`'s values (zeros past k).
+fn coop_put_w(raw: array<vec4<u32>, 8>, i: u32, s: u32, first_row: u32, buf: u32) {
+    if (i >= COOP_ROWS * COOP_UNITS) {
+        return;
+    }
+    let j = i % COOP_UNITS;
+    let u = s * COOP_UNITS + j;
+    let o = buf * COOP_ROWS * COOP_SV + (i / COOP_UNITS) * COOP_SV + 32u / COOP_VEC * j;
+    if (u < p.k / 32u) {
+        let wv = raw_values(raw, min(first_row + i / COOP_UNITS, p.rows - 1u), u);
+        for (var q = 0u; q < 8u; q++) {
+            put_w(o + 4u / COOP_VEC * q, vec4<f16>(wv[q]));
+        }
+    } else {
+        for (var q = 0u; q < 8u; q++) {
+            put_w(o + 4u / COOP_VEC * q, vec4<f16>());
+        }
+    }
+}
+
+// The x items of a stage as `coop_stage` numbers them: COOP_X_PER_UNIT (from the host) per
+// token and unit, with COOP_X16 four (a vec4 of x16 words, eight halves), else eight (a vec4
+// of f32, kept as its bits so that both fit one register type).
+// The raw words of x item `i` of stage `s` (zeros past the items and past k; tokens past the
+// batch reread the last one).
+fn coop_fetch_x(i: u32, s: u32, t0: u32, n: u32) -> vec4<u32> {
+    let t = i / (COOP_UNITS * COOP_X_PER_UNIT);
+    let v = i % (COOP_UNITS * COOP_X_PER_UNIT);
+    if (i >= COOP_TOKENS * COOP_UNITS * COOP_X_PER_UNIT || s * COOP_UNITS + v / COOP_X_PER_UNIT >= p.k / 32u) {
+        return vec4<u32>();
+    }
+    if (COOP_X16) {
+        return x16[min(t0 + t, n - 1u) * (p.k / 8u) + s * COOP_UNITS * 4u + v];
+    }
+    return bitcast<vec4<u32>>(x[min(t0 + t, n - 1u) * (p.k / 4u) + s * COOP_UNITS * 8u + v]);
+}
+
+// Stores x item `i` into buffer `buf` of coop_x as f16, as `coop_stage` does.
+fn coop_put_x(h: vec4<u32>, i: u32, buf: u32) {
+    if (i >= COOP_TOKENS * COOP_UNITS * COOP_X_PER_UNIT) {
+        return;
+    }
+    let t = i / (COOP_UNITS * COOP_X_PER_UNIT);
+    let v = i % (COOP_UNITS * COOP_X_PER_UNIT);
+    let o = buf * COOP_TOKENS * COOP_SV + t * COOP_SV;
+    if (COOP_X16) {
+        put_x(o + 8u / COOP_VEC * v, unpack_f16(h.xy));
+        put_x(o + 8u / COOP_VEC * v + 4u / COOP_VEC, unpack_f16(h.zw));
+    } else {
+        put_x(o + 4u / COOP_VEC * v, vec4<f16>(bitcast<vec4<f32>>(h)));
+    }
+}
+
 @compute @workgroup_size(COOP_SGS * COOP_SG)
 fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                @builtin(local_invocation_index) li: u32,
@@ -197,7 +276,17 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) g
     // the products of stage s read the other, with one barrier per stage, so that the
     // subgroups that have their loads go on to their products while the others still wait
     // for theirs. One buffer: every stage is staged, then multiplied, between two barriers.
-    if (COOP_BUFS > 1u) {
+    // With the prefetch (COOP_FETCH), the loads of stage s + 1 go to registers before the
+    // products of stage s and are stored after them (two buffers) or after the barrier that
+    // ends them (one buffer).
+    var fetched: CoopFetched;
+    if (COOP_FETCH) {
+        fetched = coop_fetch(li, 0u, first_row, t0, n);
+        if (COOP_BUFS > 1u) {
+            coop_put(fetched, li, 0u, first_row, 0u);
+            workgroupBarrier();
+        }
+    } else if (COOP_BUFS > 1u) {
         coop_stage(li, 0u, first_row, t0, n, 0u);
         workgroupBarrier();
     }
@@ -207,12 +296,23 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) g
             // Every subgroup is done with the previous stage's tiles before they are
             // overwritten.
             workgroupBarrier();
-            coop_stage(li, s, first_row, t0, n, 0u);
+            if (COOP_FETCH) {
+                coop_put(fetched, li, s, first_row, 0u);
+            } else {
+                coop_stage(li, s, first_row, t0, n, 0u);
+            }
             workgroupBarrier();
+            if (COOP_FETCH && s + 1u < stages) {
+                fetched = coop_fetch(li, s + 1u, first_row, t0, n);
+            }
         } else if (s + 1u < stages) {
             // The other buffer was last read by the products of stage s - 1, before the
             // barrier that ended it.
-            coop_stage(li, s + 1u, first_row, t0, n, 1u - buf);
+            if (COOP_FETCH) {
+                fetched = coop_fetch(li, s + 1u, first_row, t0, n);
+            } else {
+                coop_stage(li, s + 1u, first_row, t0, n, 1u - buf);
+            }
         }
         let a_base = a_first + buf * COOP_ROWS * COOP_SV;
         let b_base = b_first + buf * COOP_TOKENS * COOP_SV;
@@ -224,6 +324,9 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) g
             $PRODUCTS
         }
         if (COOP_BUFS > 1u) {
+            if (COOP_FETCH && s + 1u < stages) {
+                coop_put(fetched, li, s + 1u, first_row, 1u - buf);
+            }
             // Stage s + 1 is staged, and every subgroup is done with stage s's buffer.
             workgroupBarrier();
         }
