@@ -262,22 +262,26 @@ fn products_of_few_workgroups_take_smaller_tiles_and_match_the_cpu() {
 /// The register prefetch (`coopfetch=1`) against the staging it replaces (`coopfetch=0`): the
 /// same f16 values staged in the same places, so the same products bit for bit. Shapes as
 /// (tile keys, the types the emulation runs; on cooperative matrices every type runs): every
-/// type with two buffers on a tile lavapipe's 32 KiB of workgroup memory holds; the default
-/// GPU tile (128 x 128, eight subgroups, two buffers: with 256 threads of 32, half the
-/// threads have no weight unit to load), which lavapipe cannot run; 128 x 64 with four
-/// subgroups and one buffer (the prefetch between the two barriers of a stage); x staged from
-/// f32 (`coopx16=0`) with vec2 tiles. Ragged as in `every_tile_shape_matches_the_cpu_for_every_type`:
-/// 150 rows, 16 and 150 tokens, and k = 160 (five units, a partial last stage of two) for the
-/// types of 32-weight blocks.
+/// type with two buffers and two units a stage on a tile that lavapipe's 32 KiB of workgroup
+/// memory holds (64 x 32); the default GPU tile (128 x 128, eight subgroups, two buffers:
+/// with 256 threads of 32, half the threads have no weight unit to load) and the same with
+/// two units a stage, which lavapipe cannot run; 128 x 64 with four subgroups and one buffer
+/// (the prefetch between the two barriers of a stage); x staged from f32 (`coopx16=0`) with
+/// vec2 tiles. Ragged as in `every_tile_shape_matches_the_cpu_for_every_type`: 150 rows, 16
+/// and 150 tokens, and k = 160 (five units, a partial last stage of two) for the types of
+/// 32-weight blocks.
 const FETCH_SHAPES: [(&str, &[GgmlDType]); 5] = [
-    ("cooptile=64,coopbuf=2,coopk=2", &ALL_TYPES),
+    ("cooptile=64x32,coopbuf=2,coopk=2", &ALL_TYPES),
     ("cooptile=128x128,coopsg=8,coopbuf=2", &[GgmlDType::Q4K]),
     (
         "cooptile=128x128,coopsg=8,coopbuf=2,coopk=2",
         &[GgmlDType::Q8_0],
     ),
     ("cooptile=128,coopbuf=1", &[GgmlDType::Q4K, GgmlDType::Q6K]),
-    ("coopx16=0,coopvec=2,coopk=2", &[GgmlDType::Q4_1]),
+    (
+        "cooptile=64x32,coopx16=0,coopvec=2,coopk=2",
+        &[GgmlDType::Q4_1],
+    ),
 ];
 
 #[test]
