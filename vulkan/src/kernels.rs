@@ -39,22 +39,39 @@ const MULTI_COLS: u32 = 8;
 const MULTI_ROWS: u32 = 4;
 /// Workgroups along x before a matmul dispatch wraps to y (`ROWS_PER_Y` in matmul.wgsl).
 pub(crate) const ROWS_PER_Y: u32 = 32768;
-/// The most workgroups of the grid-stride elementwise kernels (rope, silu_mul; `ewg=`):
-/// more threads than that walk several elements each.
+/// The most workgroups of the grid-stride elementwise kernels but SiLU·mul (rope): more
+/// threads than that walk several elements each.
 pub(crate) const ELEMENTWISE_GROUPS: u32 = 1024;
 /// The most workgroups a dispatch may have along x (Vulkan's minimum of
 /// maxComputeWorkGroupCount, which wgpu's default limits keep).
 const MAX_GROUPS_X: usize = 65535;
+/// The most workgroups of SiLU·mul (`silug=`): one thread per element up to 4M elements. On
+/// an H100 (8B, 512-token prompt, 7.3M elements a layer) it took 50.9 us with 65535
+/// workgroups and 80.9 with 1024; RoPE, with few elements per thread, was slower with more
+/// (25.1 against 19.3 us) and keeps ELEMENTWISE_GROUPS.
+const SILU_GROUPS: u32 = MAX_GROUPS_X as u32;
+/// `coopmin=` by default: about two workgroups per core of a 132-core GPU. On an H100 the
+/// 1B Q4_0 file's 512-token prompt ran 30585 tok/s with 264 (the 2048-row products on
+/// 128 x 64 or 64 x 64 tiles), 28574-28763 with one tile; the 8B Q4_K_M file's 6693 with
+/// 256 and the register prefetch against 6513 with the prefetch alone.
+const COOP_MIN_GROUPS: u32 = 256;
 /// Rows one matrix-vector (decode) workgroup computes (`MV_ROWS` in matmul.wgsl): 4, or 16
 /// for matrices of at least TALL_MATVEC_ROWS rows, where the x reads of small workgroups
-/// would cost more than the weights (see matmul.wgsl).
+/// would cost more than the weights (see matmul.wgsl). 4096: on an H100 the 8B Q4_0 file
+/// decoded at 262.5 tok/s with every matrix of 4096 rows or more tall (128 threads a
+/// workgroup), 236-239 with 8192 (only gate|up and the output head); the 1B file (2048
+/// rows but for gate|up) is unchanged.
 pub(crate) const MATVEC_ROWS: u32 = 4;
 pub(crate) const TALL_MATVEC_ROWS_PER_GROUP: u32 = 16;
-pub(crate) const TALL_MATVEC_ROWS: usize = 8192;
+pub(crate) const TALL_MATVEC_ROWS: usize = 4096;
 /// Threads of a decode workgroup (`MV_WG` in matmul.wgsl): the 4-row workgroups always have
 /// WORKGROUP; the tall ones have what `mvwg=` asks for (see [`MatvecThreads`]), by default
-/// WORKGROUP too.
+/// `auto`.
 pub(crate) const MATVEC_THREADS: [u32; 3] = [64, 128, 256];
+/// The most threads `mvwg=auto` gives a tall decode workgroup: on an H100 (8B Q4_0) 256
+/// threads for the products of 14336-wide rows (ffn_down) were no faster than 128 (260.8
+/// against 262.5 tok/s), and on the Q4_K_M file's ffn_down slower (39.0 against 34.7 us).
+const MATVEC_AUTO_MAX_THREADS: u32 = 128;
 /// The most subgroups a decode workgroup may have: reduce_subgroup.wgsl keeps one value per
 /// subgroup and row in 16 rows x 64 floats of workgroup memory.
 const MATVEC_MAX_SUBGROUPS: u32 = 64;
@@ -85,24 +102,29 @@ pub(crate) enum MatvecThreads {
 
 impl MatvecThreads {
     /// Threads of a tall decode workgroup whose rows have `k` weights. `Auto`: the most of
-    /// MATVEC_THREADS that still gives every thread at least one 32-weight unit, e.g. 128
-    /// for k = 4096 (128 units) and 256 from k = 8192; 64 below k = 4096.
+    /// MATVEC_THREADS up to MATVEC_AUTO_MAX_THREADS that still gives every thread at least
+    /// one 32-weight unit: 128 from k = 4096 (128 units), 64 below.
     pub(crate) fn for_k(self, k: usize) -> u32 {
         match self {
             MatvecThreads::Fixed(n) => n,
-            MatvecThreads::Auto => MATVEC_THREADS
-                .into_iter()
+            MatvecThreads::Auto => Self::auto_counts()
                 .filter(|&n| n as usize * 32 <= k)
                 .max()
                 .unwrap_or(WORKGROUP),
         }
     }
 
+    fn auto_counts() -> impl Iterator<Item = u32> {
+        MATVEC_THREADS
+            .into_iter()
+            .filter(|&n| n <= MATVEC_AUTO_MAX_THREADS)
+    }
+
     /// The thread counts the tall pipelines are compiled for.
     fn all(self) -> Vec<u32> {
         match self {
             MatvecThreads::Fixed(n) => vec![n],
-            MatvecThreads::Auto => MATVEC_THREADS.to_vec(),
+            MatvecThreads::Auto => Self::auto_counts().collect(),
         }
     }
 }
@@ -157,9 +179,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// model.rs), `chunks=1..128` (the most chunks of positions per query head and token of
 /// decode attention, ATTENTION_MAX_CHUNKS by default; more chunks are shorter but cost
 /// `combine` more partial results), `chunklen=N` (at least N positions per chunk: short
-/// sequences get fewer chunks, one and no `combine` below 2N; 0: no minimum), `ewg=N` (the
-/// most workgroups of the grid-stride elementwise kernels, RoPE and SiLU·mul, default
-/// ELEMENTWISE_GROUPS; up to 65535), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
+/// sequences get fewer chunks, one and no `combine` below 2N; 0: no minimum), `silug=N` (the
+/// most workgroups of the grid-stride SiLU·mul kernel of prompt batches, up to 65535, by
+/// default all of them: more elements than 64 per workgroup are walked by each thread in turn), `prefill=coop|tiled|rows` (prompt batches of at least TILED_MIN_TOKENS tokens
 /// with the cooperative-matrix product `matmul_coop`, which the device must offer (see
 /// [`Prefill`]), with the tiled product `matmul_tiled`, or every prompt batch with `matmul`,
 /// one row per workgroup; unset: `coop` where the device offers it, else `tiled`;
@@ -229,8 +251,8 @@ pub struct KernelTuning {
     attn_max_chunks: usize,
     /// `chunklen=`: the fewest positions per chunk of decode attention (0: no minimum).
     attn_min_chunk_len: usize,
-    /// `ewg=`: the most workgroups of the elementwise kernels.
-    elementwise_groups: u32,
+    /// `silug=`: the most workgroups of SiLU·mul.
+    silu_groups: u32,
     prefill: Prefill,
     matvec_tokens: u32,
     multi: bool,
@@ -287,7 +309,7 @@ impl CoopShape {
         x16: true,
         subgroups: 4,
         buffers: 1,
-        fetch: false,
+        fetch: true,
     };
 
     /// The tiles a device runs where none of `cooptile=`, `coopsg=` and `coopbuf=` is
@@ -353,7 +375,7 @@ impl KernelTuning {
         attn_groups: ATTENTION_TARGET_GROUPS,
         attn_max_chunks: crate::model::ATTENTION_MAX_CHUNKS,
         attn_min_chunk_len: 0,
-        elementwise_groups: ELEMENTWISE_GROUPS,
+        silu_groups: SILU_GROUPS,
         prefill: Prefill::Auto,
         matvec_tokens: MATVEC_MAX_TOKENS,
         multi: true,
@@ -364,12 +386,12 @@ impl KernelTuning {
         head_int8: true,
         coop: CoopShape::DEFAULT,
         coop_tile_given: false,
-        coop_min_groups: 0,
+        coop_min_groups: COOP_MIN_GROUPS,
         prompt_attention: 2,
         grouped_attention: false,
         vec_attention: true,
         vec_threads: 64,
-        tall_threads: MatvecThreads::Fixed(WORKGROUP),
+        tall_threads: MatvecThreads::Auto,
     };
 
     /// Attention workgroups a step aims for (`attn=`): sets how many chunks of positions
@@ -383,10 +405,10 @@ impl KernelTuning {
         self.attn_max_chunks
     }
 
-    /// Workgroups of an elementwise kernel over `total` elements, one per 64 of them up to
-    /// `ewg=`, at least one.
-    pub fn elementwise_groups(&self, total: usize) -> u32 {
-        (total.div_ceil(WORKGROUP as usize) as u32).clamp(1, self.elementwise_groups)
+    /// Workgroups of SiLU·mul over `total` elements: one per 64 of them up to `silug=`, at
+    /// least one.
+    pub fn silu_groups(&self, total: usize) -> u32 {
+        (total.div_ceil(WORKGROUP as usize) as u32).clamp(1, self.silu_groups)
     }
 
     /// See [`Kernels::attention_max_chunks_for`].
@@ -587,7 +609,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, ewg=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -603,7 +625,7 @@ impl std::str::FromStr for KernelTuning {
                     t.attn_max_chunks = n
                 }
                 ("chunklen", Ok(n)) => t.attn_min_chunk_len = n,
-                ("ewg", Ok(n @ 1..=MAX_GROUPS_X)) => t.elementwise_groups = n as u32,
+                ("silug", Ok(n @ 1..=MAX_GROUPS_X)) => t.silu_groups = n as u32,
                 ("prefill", _) if value == "coop" => t.prefill = Prefill::Coop,
                 ("prefill", _) if value == "tiled" => t.prefill = Prefill::Tiled,
                 ("prefill", _) if value == "rows" => t.prefill = Prefill::Rows,
@@ -1886,15 +1908,18 @@ mod tuning_tests {
                 .unwrap()
                 .coop_shape()
                 .setting(),
-            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1,coopsg=4,coopbuf=1,coopfetch=0"
+            "cooptile=128x128,coopk=2,coopvec=4,coopx16=1,coopsg=4,coopbuf=1,coopfetch=1"
         );
-        // The register prefetch is off by default, on with coopfetch=1, and keeps the tile
+        // The register prefetch is on by default, off with coopfetch=0, and keeps the tile
         // the device picks (it is no tile key).
-        assert!(!parse("").unwrap().coop_shape().fetch);
-        let fetch = parse("coopfetch=1").unwrap();
-        assert!(fetch.coop_shape().fetch && fetch.with_coop_tile_for(48 * 1024).coop_shape().fetch);
-        assert_eq!(fetch.with_coop_tile_for(48 * 1024).coop_shape().rows, 128);
-        assert!(parse("coopfetch=0").unwrap().coop_shape() == CoopShape::DEFAULT);
+        assert!(parse("").unwrap().coop_shape().fetch);
+        let no_fetch = parse("coopfetch=0").unwrap();
+        assert!(!no_fetch.with_coop_tile_for(48 * 1024).coop_shape().fetch);
+        assert_eq!(
+            no_fetch.with_coop_tile_for(48 * 1024).coop_shape().rows,
+            128
+        );
+        assert!(parse("coopfetch=1").unwrap().coop_shape() == CoopShape::DEFAULT);
         // Two buffers: twice the tiles.
         let two = parse("cooptile=128,coopbuf=2").unwrap().coop_shape();
         assert_eq!(two.workgroup_bytes(), 2 * 2 * 192 * 40 + 4 * 1024);
@@ -1950,14 +1975,11 @@ mod tuning_tests {
         assert_eq!(chunks("chunklen=64", 4096), 32);
         assert_eq!(chunks("chunklen=64,chunks=64", 4096), 64);
         assert!(parse("chunklen=x").is_err());
-        // ewg: 1 to the 65535 workgroups a dispatch may have along x.
-        assert_eq!(
-            parse("ewg=65535").unwrap().elementwise_groups(1 << 30),
-            65535
-        );
-        assert_eq!(parse("").unwrap().elementwise_groups(1 << 30), 1024);
-        assert_eq!(parse("").unwrap().elementwise_groups(100), 2);
-        assert!(parse("ewg=0").is_err() && parse("ewg=65536").is_err());
+        // silug: 1 to the 65535 workgroups a dispatch may have along x, all by default.
+        assert_eq!(parse("silug=1024").unwrap().silu_groups(1 << 30), 1024);
+        assert_eq!(parse("").unwrap().silu_groups(1 << 30), 65535);
+        assert_eq!(parse("").unwrap().silu_groups(100), 2);
+        assert!(parse("silug=0").is_err() && parse("silug=65536").is_err());
     }
 
     #[test]
@@ -1971,10 +1993,10 @@ mod tuning_tests {
                 .map(|s| (s.rows, s.tokens, s.subgroups, s.buffers, s.units))
                 .collect::<Vec<_>>()
         };
-        // Without coopmin: the one tile.
-        assert_eq!(ladder("", 48 * 1024), [(128, 128, 8, 2, 1)]);
+        // With coopmin=0: the one tile; by default (256) the smaller ones too.
+        assert_eq!(ladder("coopmin=0", 48 * 1024), [(128, 128, 8, 2, 1)]);
         assert_eq!(
-            ladder("coopmin=256", 48 * 1024),
+            ladder("", 48 * 1024),
             [(128, 128, 8, 2, 1), (128, 64, 4, 1, 1), (64, 64, 4, 1, 1)]
         );
         // lavapipe's 32 KiB: 128 x 64 first.
@@ -2158,16 +2180,13 @@ mod tuning_tests {
 
     #[test]
     fn decode_workgroup_threads_are_read_and_follow_the_rows() {
-        assert_eq!(
-            parse("").unwrap().tall_threads,
-            MatvecThreads::Fixed(WORKGROUP)
-        );
+        assert_eq!(parse("").unwrap().tall_threads, MatvecThreads::Auto);
         for n in MATVEC_THREADS {
             let t = parse(&format!("mvwg={n}")).unwrap();
             assert_eq!(t.tall_threads, MatvecThreads::Fixed(n));
             assert_eq!(t.tall_threads.for_k(576), n);
         }
-        // auto: every thread has at least one unit of k, up to 256 threads.
+        // auto: every thread has at least one unit of k, up to 128 threads.
         let auto = parse("mvwg=auto").unwrap().tall_threads;
         assert_eq!(auto, MatvecThreads::Auto);
         for (k, threads) in [
@@ -2176,11 +2195,11 @@ mod tuning_tests {
             (4095, 64),
             (4096, 128),
             (6144, 128),
-            (8192, 256),
-            (14336, 256),
+            (8192, 128),
+            (14336, 128),
         ] {
             assert_eq!(auto.for_k(k), threads, "k = {k}");
         }
-        assert_eq!(auto.all(), MATVEC_THREADS.to_vec());
+        assert_eq!(auto.all(), vec![64, 128]);
     }
 }

@@ -606,7 +606,7 @@ pub fn glu_matmul_each(
             )?;
             let n = n_tokens as u32;
             let fuse = fused && op.fuses_input(n);
-            let groups = gpu.tuning().elementwise_groups(n_tokens * k);
+            let groups = gpu.tuning().silu_groups(n_tokens * k);
             let mut dispatches = 0;
             let y = run(gpu, &yb, out_len, |rec| {
                 if !fuse {

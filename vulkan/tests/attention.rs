@@ -301,7 +301,9 @@ fn coop_attention_gpu() -> Option<Gpu> {
         Ok(gpu) => gpu,
         Err(e @ VulkanError::TuningUnsupported { .. }) => {
             println!("attention_coop on cooperative matrices NOT RUN on this adapter: {e}");
-            match open("pattn=2,prefill=coop-emulated") {
+            // No products run here: without their register prefetch, whose emulation
+            // lavapipe compiles slowly.
+            match open("pattn=2,prefill=coop-emulated,coopfetch=0") {
                 Ok(gpu) => gpu,
                 Err(e @ VulkanError::TuningUnsupported { .. }) => {
                     println!("its emulation NOT RUN either: {e}");

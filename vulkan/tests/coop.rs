@@ -43,11 +43,23 @@ fn coop_gpu(max_binding_bytes: Option<u64>) -> Option<Gpu> {
 
 /// As [`coop_gpu`] with the tile `shape` (`cooptile=`, `coopk=` keys; empty: the default).
 /// Also `None` where the adapter's workgroup memory is too small for the shape (lavapipe's
-/// 32 KiB for the largest ones), after printing that.
+/// 32 KiB for the largest ones), after printing that. Unless `shape` sets `coopmin=`, every
+/// product runs the shape's tile (`coopmin=0`): the test products have too few rows and
+/// tokens for the default's grid, which would run the smallest tile instead. Unless it sets
+/// `coopfetch=`, the tiles are staged without the register prefetch (`coopfetch=0`), whose
+/// emulation lavapipe compiles many times slower:
+/// `register_prefetch_equals_the_staging_bit_for_bit` compares the two.
 fn coop_gpu_shaped(max_binding_bytes: Option<u64>, shape: &str) -> Option<Gpu> {
+    let mut defaults = String::new();
+    if !shape.contains("coopmin=") {
+        defaults += ",coopmin=0";
+    }
+    if !shape.contains("coopfetch=") {
+        defaults += ",coopfetch=0";
+    }
     let open = |tuning: &str| {
         Gpu::new(&DeviceOptions {
-            tuning: format!("{tuning},{shape}").parse().unwrap(),
+            tuning: format!("{tuning},{shape}{defaults}").parse().unwrap(),
             ..common::device_options(max_binding_bytes)
         })
     };

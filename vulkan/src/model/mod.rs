@@ -1215,6 +1215,10 @@ fn read_outputs(
         .collect()
 }
 
+fn elementwise_groups(total: usize) -> u32 {
+    (total.div_ceil(kernels::WORKGROUP as usize) as u32).clamp(1, kernels::ELEMENTWISE_GROUPS)
+}
+
 impl LlamaModel {
     /// Loads a llama-architecture GGUF file onto the selected Vulkan device.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<LlamaModel, VulkanError> {

@@ -883,10 +883,9 @@ impl Stage {
         let group = c.n_head / c.n_kv_head;
         let tiled_attention_groups =
             attention_tiled_groups(n, shape.runs, group, self.attn_tile_rows) as u32;
-        let elementwise_groups = |total| self.gpu.tuning().elementwise_groups(total);
         let rope_groups = elementwise_groups(n * (c.n_head + 2 * c.n_kv_head) * c.head_dim / 2);
         let elt_groups = |width: usize| elementwise_groups(n * width);
-        let silu_groups = elementwise_groups(n * c.n_ff);
+        let silu_groups = self.gpu.tuning().silu_groups(n * c.n_ff);
         let n = n as u32;
         // Layers per command buffer: the GPU starts on the first kernels::FIRST_SUBMIT_LAYERS
         // while the host records the next ones; each submission costs the GPU a gap.
