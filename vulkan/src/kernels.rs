@@ -208,11 +208,11 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// 64 tokens), `coopbuf=1|2` (buffers of its staged tiles: with 2, the next stage is
 /// staged while the current one is multiplied, one barrier per stage), `coopmin=N` (a prompt
 /// product whose grid with that tile would have fewer than N workgroups runs the next smaller
-/// tile that fits, down to 64 x 64; 0: always the one tile; see
-/// [`KernelTuning::coop_ladder`]), `coopfetch=0|1` (1: the loads of the next stage go to
-/// registers before the current stage's products and are decoded into the staged tiles
-/// after them, so that they are in flight during the products; 0, the default: each stage is
-/// loaded and decoded before the products) and `pattn=0|1|2` (1: steps of prompt
+/// tile that fits, down to 64 x 64; default COOP_MIN_GROUPS; 0: always the one tile; see
+/// [`KernelTuning::coop_ladder`]), `coopfetch=0|1` (1, the default: the loads of the next
+/// stage go to registers before the current stage's products and are decoded into the
+/// staged tiles after them, so that they are in flight during the products; 0: each stage
+/// is loaded and decoded before the products) and `pattn=0|1|2` (1: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 2, the default: those steps run `attention_coop`
@@ -237,9 +237,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// positions per tile, tiles of up to half as many positions as threads; at most 512 /
 /// (query heads a workgroup) for its workgroup memory, see `attention_vec_threads`).
 /// `mvwg=64|128|256|auto`: threads of the tall decode workgroups (16 rows, `MV_WG` in
-/// matmul.wgsl; the 4-row ones keep 64), default 64: more threads read and quantize x once
-/// per 16 rows with as many warps as four 4-row workgroups, each taking fewer units of k;
-/// `auto` picks by row length (see `MatvecThreads::for_k`).
+/// matmul.wgsl; the 4-row ones keep 64): more threads read and quantize x once per 16 rows
+/// with as many warps as four 4-row workgroups, each taking fewer units of k; `auto`, the
+/// default, picks by row length (see `MatvecThreads::for_k`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
@@ -491,8 +491,9 @@ impl KernelTuning {
                 buffers,
                 ..self.coop
             };
-            let last = ladder[ladder.len() - 1];
-            if rows * tokens < last.rows * last.tokens && shape.workgroup_bytes() <= workgroup_limit
+            let smallest = ladder[ladder.len() - 1];
+            if rows * tokens < smallest.rows * smallest.tokens
+                && shape.workgroup_bytes() <= workgroup_limit
             {
                 ladder.push(shape);
             }
@@ -649,7 +650,7 @@ impl std::str::FromStr for KernelTuning {
                     t.coop.buffers = n as u32;
                     t.coop_tile_given = true
                 }
-                ("coopmin", Ok(n)) => t.coop_min_groups = n as u32,
+                ("coopmin", Ok(n)) => t.coop_min_groups = u32::try_from(n).map_err(|_| bad())?,
                 ("coopfetch", Ok(n @ (0 | 1))) => t.coop.fetch = n == 1,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
@@ -1086,11 +1087,6 @@ pub(crate) struct Kernels {
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
     /// Matrices of at least this many rows use the tall decode pipelines.
     tall_rows: usize,
-    /// `coopmin=`: the fewest workgroups a prompt product's tile may give before the next
-    /// smaller tile of `matmul_tiled` is used.
-    coop_min_groups: u32,
-    /// Threads of the tall decode workgroups (`mvwg=`).
-    tall_threads: MatvecThreads,
     /// Layers per submission after the first (see KernelTuning).
     pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
@@ -1417,8 +1413,6 @@ impl Kernels {
             reduce,
             tuning,
             tall_rows: tuning.tall_rows,
-            coop_min_groups: tuning.coop_min_groups(),
-            tall_threads: tuning.tall_threads,
             dp4a: tuning.dp4a,
             attn_groups: tuning.attn_groups,
             matvec_tokens: tuning.matvec_tokens,
@@ -1767,7 +1761,7 @@ impl Kernels {
 
     /// `coopmin=`: see `KernelTuning::coop_ladder`.
     pub fn coop_min_groups(&self) -> u32 {
-        self.coop_min_groups
+        self.tuning.coop_min_groups()
     }
 
     /// The decode workgroup of a matrix of `rows` rows of `k` weights: tall matrices (at
@@ -1777,7 +1771,7 @@ impl Kernels {
         if rows >= self.tall_rows {
             MatvecGroup {
                 rows: TALL_MATVEC_ROWS_PER_GROUP,
-                threads: self.tall_threads.for_k(k),
+                threads: self.tuning.tall_threads.for_k(k),
             }
         } else {
             MatvecGroup {
@@ -1993,6 +1987,8 @@ mod tuning_tests {
                 .map(|s| (s.rows, s.tokens, s.subgroups, s.buffers, s.units))
                 .collect::<Vec<_>>()
         };
+        // A value that is not a workgroup count is refused at load.
+        assert!(parse("coopmin=4294967296").is_err() && parse("coopmin=many").is_err());
         // With coopmin=0: the one tile; by default (256) the smaller ones too.
         assert_eq!(ladder("coopmin=0", 48 * 1024), [(128, 128, 8, 2, 1)]);
         assert_eq!(

@@ -517,25 +517,22 @@ impl TiledShapes {
     /// per staged byte, but a grid of fewer workgroups than the GPU has cores leaves cores
     /// idle for the whole product.
     fn pick(&self, n: u32) -> Option<(&Dispatches, u32)> {
-        let groups: Vec<u32> = self
-            .shapes
-            .iter()
-            .map(|(d, tokens)| {
-                d.chunks.iter().map(|(_, rows)| rows).sum::<u32>() * n.div_ceil(*tokens)
-            })
-            .collect();
-        let (d, tokens) = self.shapes.get(tile_index(&groups, self.min_groups))?;
+        let groups = self.shapes.iter().map(|(d, tokens)| {
+            d.chunks.iter().map(|(_, rows)| rows).sum::<u32>() * n.div_ceil(*tokens)
+        });
+        let (d, tokens) = self.shapes.get(tile_index(groups, self.min_groups))?;
         Some((d, *tokens))
     }
 }
 
 /// The index of the first tile (largest first) whose grid of `groups[i]` workgroups has at
 /// least `min_groups`, else of the last; 0 where there is none.
-fn tile_index(groups: &[u32], min_groups: u32) -> usize {
+fn tile_index(groups: impl ExactSizeIterator<Item = u32>, min_groups: u32) -> usize {
+    let last = groups.len().saturating_sub(1);
     groups
-        .iter()
-        .position(|&g| g >= min_groups)
-        .unwrap_or(groups.len().saturating_sub(1))
+        .enumerate()
+        .find(|&(_, g)| g >= min_groups)
+        .map_or(last, |(i, _)| i)
 }
 
 /// Whether two side-by-side weights (`parts`: weight and output offset) can be one mixed
@@ -1267,12 +1264,12 @@ mod tests {
     fn a_prompt_product_takes_the_largest_tile_with_enough_workgroups() {
         // 8B attention output at 512 tokens: 128 workgroups of 128 x 128, 256 of 128 x 64,
         // 512 of 64 x 64.
-        assert_eq!(tile_index(&[128, 256, 512], 256), 1);
-        assert_eq!(tile_index(&[128, 256, 512], 100), 0);
-        assert_eq!(tile_index(&[128, 256, 512], 0), 0);
+        assert_eq!(tile_index([128, 256, 512].into_iter(), 256), 1);
+        assert_eq!(tile_index([128, 256, 512].into_iter(), 100), 0);
+        assert_eq!(tile_index([128, 256, 512].into_iter(), 0), 0);
         // None has enough: the most workgroups, the last.
-        assert_eq!(tile_index(&[16, 32, 64], 256), 2);
-        assert_eq!(tile_index(&[16], 256), 0);
-        assert_eq!(tile_index(&[], 256), 0);
+        assert_eq!(tile_index([16, 32, 64].into_iter(), 256), 2);
+        assert_eq!(tile_index([16].into_iter(), 256), 0);
+        assert_eq!(tile_index([0u32; 0].into_iter(), 256), 0);
     }
 }
