@@ -16,10 +16,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return unit_values(w_unit(row, u));
 }
 
-// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
-// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
-// flight while the thread does other work) and `raw_values` decodes them later, with the
-// same values as `load_unit`.
+// `unit_raw` and `raw_values`: load_unit split into its loads and their decoding, for the
+// prompt product's register prefetch (see matmul_coop.wgsl, `coopfetch`).
 // Words: the unit's 32 floats.
 fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
     return w_unit(row, u).q;

@@ -9,16 +9,23 @@ fn q4_0_vec(q: u32, d: f32) -> vec4<f32> {
 // (16..31) in q[1], masked in place (bytes 0..15); s.x = d.
 fn w_unit(row: u32, u: u32) -> WUnit {
     let blk = row * (p.k / 32u) + u;
-    let q = w4[blk];
+    return q4_0_unit(w4[blk], f16_at(p.aux, blk));
+}
+
+// w_unit from the block's 16 quant bytes `q` and its scale `d`.
+fn q4_0_unit(q: vec4<u32>, d: f32) -> WUnit {
     var o: WUnit;
     o.q[0] = q & vec4<u32>(0x0f0f0f0fu);
     o.q[1] = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-    o.s = vec4<f32>(f16_at(p.aux, blk), 0.0, 0.0, 0.0);
+    o.s = vec4<f32>(d, 0.0, 0.0, 0.0);
     return o;
 }
 
 fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
-    let wu = w_unit(row, u);
+    return q4_0_values(w_unit(row, u));
+}
+
+fn q4_0_values(wu: WUnit) -> array<vec4<f32>, 8> {
     let a = wu.q[0];
     let b = wu.q[1];
     let d = wu.s.x;
@@ -26,10 +33,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
                                q4_0_vec(b.x, d), q4_0_vec(b.y, d), q4_0_vec(b.z, d), q4_0_vec(b.w, d));
 }
 
-// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
-// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
-// flight while the thread does other work) and `raw_values` decodes them later, with the
-// same values as `load_unit`.
+// `unit_raw` and `raw_values`: load_unit split into its loads and their decoding, for the
+// prompt product's register prefetch (see matmul_coop.wgsl, `coopfetch`).
 // Words: the 16 quant bytes in raw[0], the word holding the f16 scale in raw[1].x.
 fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
     let blk = row * (p.k / 32u) + u;
@@ -41,11 +46,7 @@ fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
 
 fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
     let blk = row * (p.k / 32u) + u;
-    let a = raw[0] & vec4<u32>(0x0f0f0f0fu);
-    let b = (raw[0] >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-    let d = unpack2x16float(raw[1].x)[blk & 1u];
-    return array<vec4<f32>, 8>(q4_0_vec(a.x, d), q4_0_vec(a.y, d), q4_0_vec(a.z, d), q4_0_vec(a.w, d),
-                               q4_0_vec(b.x, d), q4_0_vec(b.y, d), q4_0_vec(b.z, d), q4_0_vec(b.w, d));
+    return q4_0_values(q4_0_unit(raw[0], unpack2x16float(raw[1].x)[blk & 1u]));
 }
 
 // The decode product's dot product of one unit with x: d * (sum q * x - 8 * sum x), so the

@@ -7,9 +7,14 @@ fn q4_1_vec(q: u32, dm: vec2<f32>) -> vec4<f32> {
 // One unit as `w_dot` takes it: the four raw quant words in q[0], s.xy = (d, m).
 fn w_unit(row: u32, u: u32) -> WUnit {
     let base = (row * (p.k / 32u) + u) * 5u;
+    return q4_1_unit(vec4<u32>(w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u]), w[base]);
+}
+
+// w_unit from the block's four quant words `q` and its (d, m) word.
+fn q4_1_unit(q: vec4<u32>, dm: u32) -> WUnit {
     var o: WUnit;
-    o.q[0] = vec4<u32>(w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u]);
-    o.s = vec4<f32>(unpack2x16float(w[base]), 0.0, 0.0);
+    o.q[0] = q;
+    o.s = vec4<f32>(unpack2x16float(dm), 0.0, 0.0);
     return o;
 }
 
@@ -24,10 +29,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return q4_1_values(w_unit(row, u));
 }
 
-// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
-// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
-// flight while the thread does other work) and `raw_values` decodes them later, with the
-// same values as `load_unit`.
+// `unit_raw` and `raw_values`: load_unit split into its loads and their decoding, for the
+// prompt product's register prefetch (see matmul_coop.wgsl, `coopfetch`).
 // Words: the four quant words in raw[0], the (d, m) word in raw[1].x.
 fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
     let base = (row * (p.k / 32u) + u) * 5u;
@@ -38,10 +41,7 @@ fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
 }
 
 fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
-    var wu: WUnit;
-    wu.q[0] = raw[0];
-    wu.s = vec4<f32>(unpack2x16float(raw[1].x), 0.0, 0.0);
-    return q4_1_values(wu);
+    return q4_1_values(q4_1_unit(raw[0], raw[1].x));
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).

@@ -17,11 +17,15 @@ fn q4k_head(row: u32, u: u32) -> vec4<u32> {
 // One unit as `w_dot` takes it: the nibbles masked in place, four bytes 0..15 per word
 // (elements 0..15 in q[0], 16..31 in q[1]); s.xy = (d*sc, dmin*m) of its sub-block.
 fn w_unit(row: u32, u: u32) -> WUnit {
-    let q = q4k_unit(row, u);
+    return q4k_decode(q4k_unit(row, u), q4k_head(row, u), u);
+}
+
+// w_unit from unit u's quant word `q` and its super-block's `head`.
+fn q4k_decode(q: vec4<u32>, head: vec4<u32>, u: u32) -> WUnit {
     var o: WUnit;
     o.q[0] = q & vec4<u32>(0x0f0f0f0fu);
     o.q[1] = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-    o.s = vec4<f32>(k_scale_min(q4k_head(row, u), u % 8u), 0.0, 0.0);
+    o.s = vec4<f32>(k_scale_min(head, u % 8u), 0.0, 0.0);
     return o;
 }
 
@@ -29,10 +33,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return k_values(w_unit(row, u));
 }
 
-// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
-// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
-// flight while the thread does other work) and `raw_values` decodes them later, with the
-// same values as `load_unit`.
+// `unit_raw` and `raw_values`: load_unit split into its loads and their decoding, for the
+// prompt product's register prefetch (see matmul_coop.wgsl, `coopfetch`).
 // Words: the unit's quant bytes in raw[0], its super-block's head in raw[1].
 fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
     var raw: array<vec4<u32>, 8>;
@@ -42,12 +44,7 @@ fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
 }
 
 fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
-    let q = raw[0];
-    var wu: WUnit;
-    wu.q[0] = q & vec4<u32>(0x0f0f0f0fu);
-    wu.q[1] = (q >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
-    wu.s = vec4<f32>(k_scale_min(raw[1], u % 8u), 0.0, 0.0);
-    return k_values(wu);
+    return k_values(q4k_decode(raw[0], raw[1], u));
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With

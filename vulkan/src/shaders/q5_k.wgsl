@@ -10,11 +10,15 @@
 fn w_unit(row: u32, u: u32) -> WUnit {
     let sb = row * (p.k / 256u) + u / 8u;
     let s = u % 8u;
-    let q = q5k_quants(sb, s);
+    return q5k_decode(q5k_quants(sb, s), w4[sb * 11u], s);
+}
+
+// w_unit from sub-block s's 5-bit quants `q` and its super-block's `head`.
+fn q5k_decode(q: array<vec4<u32>, 2>, head: vec4<u32>, s: u32) -> WUnit {
     var o: WUnit;
     o.q[0] = q[0];
     o.q[1] = q[1];
-    o.s = vec4<f32>(k_scale_min(w4[sb * 11u], s), 0.0, 0.0);
+    o.s = vec4<f32>(k_scale_min(head, s), 0.0, 0.0);
     return o;
 }
 
@@ -22,10 +26,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return k_values(w_unit(row, u));
 }
 
-// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
-// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
-// flight while the thread does other work) and `raw_values` decodes them later, with the
-// same values as `load_unit`.
+// `unit_raw` and `raw_values`: load_unit split into its loads and their decoding, for the
+// prompt product's register prefetch (see matmul_coop.wgsl, `coopfetch`).
 // Words: the super-block's head in raw[0], the two vec4 of quant bytes that hold the unit's
 // nibbles in raw[1..2], the two of qh bytes in raw[3..4].
 fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
@@ -41,17 +43,10 @@ fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
     return raw;
 }
 
-// As q5k_quants and w_unit, from the words.
 fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
     let s = u % 8u;
-    let shift = vec4<u32>((s & 1u) * 4u);
-    let low = vec4<u32>(0x0f0f0f0fu);
-    let bit = vec4<u32>(0x01010101u);
-    var wu: WUnit;
-    wu.q[0] = ((raw[1] >> shift) & low) | (((raw[3] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
-    wu.q[1] = ((raw[2] >> shift) & low) | (((raw[4] >> vec4<u32>(s)) & bit) << vec4<u32>(4u));
-    wu.s = vec4<f32>(k_scale_min(raw[0], s), 0.0, 0.0);
-    return k_values(wu);
+    let q = q5k_bits(array<vec4<u32>, 2>(raw[1], raw[2]), array<vec4<u32>, 2>(raw[3], raw[4]), s);
+    return k_values(q5k_decode(q, raw[0], s));
 }
 
 // The 5-bit quants of sub-block s of super-block sb, four consecutive elements to a word,
@@ -59,12 +54,18 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
 fn q5k_quants(sb: u32, s: u32) -> array<vec4<u32>, 2> {
     let qv = sb * 11u + 3u + (s / 2u) * 2u;
     let hv = sb * 11u + 1u;
+    return q5k_bits(array<vec4<u32>, 2>(w4[qv], w4[qv + 1u]), array<vec4<u32>, 2>(w4[hv], w4[hv + 1u]), s);
+}
+
+// q5k_quants from the two vec4 of quant bytes `q` that hold sub-block s's nibbles and the
+// two of qh bytes `h`.
+fn q5k_bits(q: array<vec4<u32>, 2>, h: array<vec4<u32>, 2>, s: u32) -> array<vec4<u32>, 2> {
     let shift = vec4<u32>((s & 1u) * 4u);
     let low = vec4<u32>(0x0f0f0f0fu);
     let bit = vec4<u32>(0x01010101u);
     return array<vec4<u32>, 2>(
-        ((w4[qv] >> shift) & low) | (((w4[hv] >> vec4<u32>(s)) & bit) << vec4<u32>(4u)),
-        ((w4[qv + 1u] >> shift) & low) | (((w4[hv + 1u] >> vec4<u32>(s)) & bit) << vec4<u32>(4u)));
+        ((q[0] >> shift) & low) | (((h[0] >> vec4<u32>(s)) & bit) << vec4<u32>(4u)),
+        ((q[1] >> shift) & low) | (((h[1] >> vec4<u32>(s)) & bit) << vec4<u32>(4u)));
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With

@@ -25,8 +25,13 @@ fn q6k_unit(row: u32, u: u32) -> Q6Unit {
 fn q6k_scales(row: u32, u: u32) -> vec2<f32> {
     let ut = p.aux / 4u;
     let sb = row * (p.k / 256u) + u / 8u;
-    let sc = w4[(p.aux + 2u * ut) / 4u + sb][(u % 8u) / 2u] >> ((u & 1u) * 16u);
-    let d = unpack2x16float(w[p.aux + 2u * ut + 4u * (ut / 8u) + sb / 2u])[sb & 1u];
+    return q6k_scale_pair(w4[(p.aux + 2u * ut) / 4u + sb], w[p.aux + 2u * ut + 4u * (ut / 8u) + sb / 2u], sb, u);
+}
+
+// q6k_scales from the super-block's vec4 of int8 scales and the word holding its f16 d.
+fn q6k_scale_pair(scales: vec4<u32>, d_word: u32, sb: u32, u: u32) -> vec2<f32> {
+    let sc = scales[(u % 8u) / 2u] >> ((u & 1u) * 16u);
+    let d = unpack2x16float(d_word)[sb & 1u];
     return d * vec2<f32>(f32(extractBits(bitcast<i32>(sc), 0u, 8u)), f32(extractBits(bitcast<i32>(sc), 8u, 8u)));
 }
 
@@ -46,11 +51,16 @@ fn q6k_quants(q: Q6Unit) -> array<u32, 8> {
 // One unit as `w_dot` takes it: the quants as bytes 0..63 (elements 0..15 in q[0], 16..31
 // in q[1]); s.xy = d * the scales of its first and last 16 elements.
 fn w_unit(row: u32, u: u32) -> WUnit {
-    let q = q6k_quants(q6k_unit(row, u));
+    return q6k_decode(q6k_unit(row, u), q6k_scales(row, u));
+}
+
+// w_unit from the unit's quant words and its two scales (times d).
+fn q6k_decode(unit: Q6Unit, scales: vec2<f32>) -> WUnit {
+    let q = q6k_quants(unit);
     var o: WUnit;
     o.q[0] = vec4<u32>(q[0], q[1], q[2], q[3]);
     o.q[1] = vec4<u32>(q[4], q[5], q[6], q[7]);
-    o.s = vec4<f32>(q6k_scales(row, u), 0.0, 0.0);
+    o.s = vec4<f32>(scales, 0.0, 0.0);
     return o;
 }
 
@@ -70,10 +80,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
     return q6k_values(w_unit(row, u));
 }
 
-// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
-// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
-// flight while the thread does other work) and `raw_values` decodes them later, with the
-// same values as `load_unit`.
+// `unit_raw` and `raw_values`: load_unit split into its loads and their decoding, for the
+// prompt product's register prefetch (see matmul_coop.wgsl, `coopfetch`).
 // Words: the low bits in raw[0], the high bits of elements 0..15 and 16..31 in raw[1].xy,
 // the word of the super-block's f16 d in raw[1].z, the vec4 of its int8 scales in raw[2].
 fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
@@ -87,17 +95,10 @@ fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
     return raw;
 }
 
-// As w_unit and q6k_scales, from the words.
 fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
     let sb = row * (p.k / 256u) + u / 8u;
-    let q = q6k_quants(Q6Unit(raw[0], raw[1].x, raw[1].y));
-    let sc = raw[2][(u % 8u) / 2u] >> ((u & 1u) * 16u);
-    let d = unpack2x16float(raw[1].z)[sb & 1u];
-    var wu: WUnit;
-    wu.q[0] = vec4<u32>(q[0], q[1], q[2], q[3]);
-    wu.q[1] = vec4<u32>(q[4], q[5], q[6], q[7]);
-    wu.s = vec4<f32>(d * vec2<f32>(f32(extractBits(bitcast<i32>(sc), 0u, 8u)), f32(extractBits(bitcast<i32>(sc), 8u, 8u))), 0.0, 0.0);
-    return q6k_values(wu);
+    let scales = q6k_scale_pair(raw[2], raw[1].z, sb, u);
+    return q6k_values(q6k_decode(Q6Unit(raw[0], raw[1].x, raw[1].y), scales));
 }
 
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With

@@ -17,16 +17,23 @@ fn q8_vec(q: u32, d: f32) -> vec4<f32> {
 // One unit as `w_dot` takes it: the quants (elements 0..15 in q[0], 16..31 in q[1]), s.x = d.
 fn w_unit(row: u32, u: u32) -> WUnit {
     let blk = row * (p.k / 32u) + u;
-    let ab = q8_halves(row, blk);
+    return q8_unit(q8_halves(row, blk), f16_at(p.aux, blk));
+}
+
+// w_unit from the block's two vec4 of quants and its scale `d`.
+fn q8_unit(ab: array<vec4<u32>, 2>, d: f32) -> WUnit {
     var o: WUnit;
     o.q[0] = ab[0];
     o.q[1] = ab[1];
-    o.s = vec4<f32>(f16_at(p.aux, blk), 0.0, 0.0, 0.0);
+    o.s = vec4<f32>(d, 0.0, 0.0, 0.0);
     return o;
 }
 
 fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
-    let wu = w_unit(row, u);
+    return q8_values(w_unit(row, u));
+}
+
+fn q8_values(wu: WUnit) -> array<vec4<f32>, 8> {
     let a = wu.q[0];
     let b = wu.q[1];
     let d = wu.s.x;
@@ -34,10 +41,8 @@ fn load_unit(row: u32, u: u32) -> array<vec4<f32>, 8> {
                                q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
 }
 
-// The prompt product's prefetch (matmul_coop.wgsl, `coopfetch=1`) splits `load_unit` in two:
-// `unit_raw` only loads the unit's words (no arithmetic on them, so that the loads stay in
-// flight while the thread does other work) and `raw_values` decodes them later, with the
-// same values as `load_unit`.
+// `unit_raw` and `raw_values`: load_unit split into its loads and their decoding, for the
+// prompt product's register prefetch (see matmul_coop.wgsl, `coopfetch`).
 // Words: the two vec4 of quants in raw[0..1], the word holding the f16 scale in raw[2].x.
 fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
     let blk = row * (p.k / 32u) + u;
@@ -51,11 +56,8 @@ fn unit_raw(row: u32, u: u32) -> array<vec4<u32>, 8> {
 
 fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8> {
     let blk = row * (p.k / 32u) + u;
-    let a = raw[0];
-    let b = raw[1];
     let d = unpack2x16float(raw[2].x)[blk & 1u];
-    return array<vec4<f32>, 8>(q8_vec(a.x, d), q8_vec(a.y, d), q8_vec(a.z, d), q8_vec(a.w, d),
-                               q8_vec(b.x, d), q8_vec(b.y, d), q8_vec(b.z, d), q8_vec(b.w, d));
+    return q8_values(q8_unit(array<vec4<u32>, 2>(raw[0], raw[1]), d));
 }
 
 // The decode product's dot product of one unit with x (xsum: the sum of the unit's x, used
