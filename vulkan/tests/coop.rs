@@ -179,6 +179,30 @@ const SHAPES: [(&str, GgmlDType); 16] = [
     ("cooptile=64,coopbuf=2,coopsg=8", GgmlDType::Q4_0),
 ];
 
+/// The product of 150 random rows of `dtype` and length `k` with 16 and with 150 random
+/// tokens on `gpu` against the CPU (`check`); `seeds`: of the weights and of x.
+fn check_150_rows(gpu: &Gpu, shape: &str, dtype: GgmlDType, k: usize, seeds: (u64, u64)) {
+    let qt = random_qtensor(dtype, 150, k, seeds.0);
+    let (weight, w) = upload_with_reference(gpu, "coop", &qt);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seeds.1);
+    let xs: Vec<Vec<f32>> = [16usize, 150]
+        .iter()
+        .map(|&n| random(&mut rng, n * k))
+        .collect();
+    let got = testing::matmul_each(gpu, &weight, &xs).unwrap();
+    for (x, got) in xs.iter().zip(&got) {
+        check(
+            &format!("{shape} {dtype:?}"),
+            got,
+            &w,
+            150,
+            k,
+            x,
+            x.len() / k,
+        );
+    }
+}
+
 #[test]
 fn every_tile_shape_matches_the_cpu_for_every_type() {
     // Ragged in every direction: 150 rows (two and a bit tiles of 64, one and a bit of 128),
@@ -202,25 +226,7 @@ fn every_tile_shape_matches_the_cpu_for_every_type() {
         );
         for (i, dtype) in types.into_iter().enumerate() {
             let k = if dtype.block_size() == 256 { 256 } else { 160 };
-            let qt = random_qtensor(dtype, 150, k, 800 + i as u64);
-            let (weight, w) = upload_with_reference(&gpu, "coop", &qt);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(900 + i as u64);
-            let xs: Vec<Vec<f32>> = [16usize, 150]
-                .iter()
-                .map(|&n| random(&mut rng, n * k))
-                .collect();
-            let got = testing::matmul_each(&gpu, &weight, &xs).unwrap();
-            for (x, got) in xs.iter().zip(&got) {
-                check(
-                    &format!("{shape} {dtype:?}"),
-                    got,
-                    &w,
-                    150,
-                    k,
-                    x,
-                    x.len() / k,
-                );
-            }
+            check_150_rows(&gpu, shape, dtype, k, (800 + i as u64, 900 + i as u64));
         }
         ran += 1;
     }
@@ -246,25 +252,7 @@ fn products_of_few_workgroups_take_smaller_tiles_and_match_the_cpu() {
             vec![GgmlDType::Q4K, GgmlDType::Q8_0, GgmlDType::Q6K]
         };
         for (i, dtype) in dtypes.into_iter().enumerate() {
-            let qt = random_qtensor(dtype, 150, 256, 1000 + i as u64);
-            let (weight, w) = upload_with_reference(&gpu, "coop", &qt);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(1100 + i as u64);
-            let xs: Vec<Vec<f32>> = [16usize, 150]
-                .iter()
-                .map(|&n| random(&mut rng, n * 256))
-                .collect();
-            let got = testing::matmul_each(&gpu, &weight, &xs).unwrap();
-            for (x, got) in xs.iter().zip(&got) {
-                check(
-                    &format!("{shape} {dtype:?}"),
-                    got,
-                    &w,
-                    150,
-                    256,
-                    x,
-                    x.len() / 256,
-                );
-            }
+            check_150_rows(&gpu, &shape, dtype, 256, (1000 + i as u64, 1100 + i as u64));
         }
         ran += 1;
     }

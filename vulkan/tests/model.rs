@@ -257,11 +257,7 @@ fn prompt_pass_on_cooperative_products_matches_the_f32_tiles() {
 #[test]
 fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
     let path = common::model_path();
-    let mut file = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let vocab = common::vocab(&content);
-    let first = common::tokenize(&vocab, &PROMPTS.join(" "));
-    let second = common::tokenize(&vocab, &PROMPTS[1..].join(" "));
+    let (first, second) = two_prompts(&path);
     let cut = 20;
     let load = |spec: &str| load_tuned(&path, spec, 128, 128, 2);
     let (mut tiled, mut plain) = (load("pattn=1,headq=0"), load("pattn=0,headq=0"));
@@ -286,11 +282,7 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
 #[test]
 fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
     let path = common::model_path();
-    let mut file = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let vocab = common::vocab(&content);
-    let first = common::tokenize(&vocab, &PROMPTS.join(" "));
-    let second = common::tokenize(&vocab, &PROMPTS[1..].join(" "));
+    let (first, second) = two_prompts(&path);
     let cut = 20;
     let load = |spec: &str| try_load_tuned(&path, spec, 128, 128, 2);
     let products = match load("prefill=coop,pattn=2,headq=0") {
@@ -322,11 +314,7 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
 #[test]
 fn silu_mul_gives_the_same_values_with_any_grid() {
     let path = common::model_path();
-    let mut file = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let vocab = common::vocab(&content);
-    let first = common::tokenize(&vocab, &PROMPTS.join(" "));
-    let second = common::tokenize(&vocab, &PROMPTS[1..].join(" "));
+    let (first, second) = two_prompts(&path);
     let load = |spec: &str| load_tuned(&path, spec, 128, 128, 2);
     let (mut few, mut many) = (load("silug=4"), load("silug=65535"));
     assert_eq!(few.gpu().tuning().silu_groups(1 << 20), 4);
@@ -341,6 +329,18 @@ fn silu_mul_gives_the_same_values_with_any_grid() {
         4,
         f32::MIN_POSITIVE,
     );
+}
+
+/// The two prompts `compare_prompt_steps` runs, tokenized for the model at `path`: all of
+/// PROMPTS, and PROMPTS after the first.
+fn two_prompts(path: &std::path::Path) -> (Vec<u32>, Vec<u32>) {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let vocab = common::vocab(&content);
+    (
+        common::tokenize(&vocab, &PROMPTS.join(" ")),
+        common::tokenize(&vocab, &PROMPTS[1..].join(" ")),
+    )
 }
 
 /// The steps both prompt-attention tests above run on `a` and `b`: the first `cut` tokens of
