@@ -191,7 +191,11 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `cols` tokens; 0: the one-token kernel once per token, z slices), `cols=1..8` (tokens
 /// per `matvec_multi` workgroup), `mrows=4|8` (rows per `matvec_multi` workgroup) and
 /// `xq=0|1` (1: where `matvec_multi` takes int8 x, the step's x is quantized once by its own
-/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads), `fuseq=0|1` (1:
+/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads), `xq1=0|1` (1: the
+/// same for the one-token products with plain input of the int8 types, attn_output and
+/// ffn_down of a decode step: `quantize_x` before the `matvec` that reads its int8 x, in the
+/// 4-row and the tall workgroups alike; 0, the default: every `matvec` workgroup quantizes
+/// the f32 x it reads), `fuseq=0|1` (1:
 /// where the products after an RMSNorm or SiLU·mul read that int8 x, a multi-token step
 /// computes the norm or SiLU·mul and the quantization in one dispatch, `norm_quantize_x` or
 /// `glu_quantize_x`, instead of two), `headq=0|1` (1: the output head of a step with
@@ -262,6 +266,8 @@ pub struct KernelTuning {
     multi_cols: u32,
     multi_rows: u32,
     quantize_once: bool,
+    /// `xq1=`: one-token plain products of the int8 types read x quantized ahead.
+    quantize_decode: bool,
     fused_quantize: bool,
     head_int8: bool,
     coop: CoopShape,
@@ -403,6 +409,7 @@ impl KernelTuning {
         multi_cols: MULTI_COLS,
         multi_rows: MULTI_ROWS,
         quantize_once: true,
+        quantize_decode: false,
         fused_quantize: true,
         head_int8: true,
         coop: CoopShape::DEFAULT,
@@ -631,7 +638,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, coophalf=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, xq1=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, coophalf=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -657,6 +664,7 @@ impl std::str::FromStr for KernelTuning {
                 ("cols", Ok(n @ 1..=8)) => t.multi_cols = n as u32,
                 ("mrows", Ok(n @ (4 | 8))) => t.multi_rows = n as u32,
                 ("xq", Ok(n @ (0 | 1))) => t.quantize_once = n == 1,
+                ("xq1", Ok(n @ (0 | 1))) => t.quantize_decode = n == 1,
                 ("fuseq", Ok(n @ (0 | 1))) => t.fused_quantize = n == 1,
                 ("headq", Ok(n @ (0 | 1))) => t.head_int8 = n == 1,
                 ("coopk", Ok(n @ (1 | 2 | 4))) => t.coop.units = n as u32,
@@ -709,6 +717,8 @@ const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const SINGLE_TYPE: &str = include_str!("shaders/single_type.wgsl");
 const MIXED: &str = include_str!("shaders/mixed.wgsl");
 const MATVEC_MULTI: &str = include_str!("shaders/matvec_multi.wgsl");
+const MATVEC_X_EACH: &str = include_str!("shaders/matvec_x_each.wgsl");
+const MATVEC_X_AHEAD: &str = include_str!("shaders/matvec_x_ahead.wgsl");
 const MATMUL_COOP: &str = include_str!("shaders/matmul_coop.wgsl");
 const COOP_EMULATED: &str = include_str!("shaders/coop_emulated.wgsl");
 
@@ -769,6 +779,18 @@ fn load_unit_source(ty: WeightType) -> &'static str {
 
 /// The matmul module of one weight type.
 fn single_source(reduce: &str, ty: WeightType) -> String {
+    format!("{}\n{MATVEC_X_EACH}", type_source(reduce, ty))
+}
+
+/// The module of one weight type's plain decode product that reads x quantized ahead by
+/// `quantize_x` (`xq1=1`, see matvec_x_ahead.wgsl): a separate module because its `mv_x`
+/// binds `xq`, which the other decode products of [`single_source`] must not.
+fn x_ahead_source(reduce: &str, ty: WeightType) -> String {
+    format!("{}\n{MATVEC_X_AHEAD}", type_source(reduce, ty))
+}
+
+/// matmul.wgsl and matvec_multi.wgsl for one weight type, without `mv_x`.
+fn type_source(reduce: &str, ty: WeightType) -> String {
     format!(
         "{reduce}\n{MATMUL}\n{MATVEC_MULTI}\n{}\n{SINGLE_TYPE}",
         load_unit_source(ty)
@@ -1008,7 +1030,7 @@ fn mixed_source(reduce: &str, a: WeightType, b: WeightType) -> String {
         out.push(c);
     }
     format!(
-        "{reduce}\n{MATMUL}\n{}\n{MIXED}\n{out}",
+        "{reduce}\n{MATMUL}\n{}\n{MIXED}\n{out}\n{MATVEC_X_EACH}",
         load_unit_source(a)
     )
 }
@@ -1083,11 +1105,15 @@ pub(crate) struct Kernels {
     /// Keyed by type, input, workgroup (4 rows of 64 threads, or for tall matrices 16 rows
     /// of the threads `mvwg=` asks for) and whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, MatvecGroup, bool), wgpu::ComputePipeline>,
+    /// The plain decode pipelines of the int8 types that read x quantized ahead by
+    /// `quantize_x` (`xq1=1`, module [`x_ahead_source`]), keyed by type and workgroup; empty
+    /// with `xq1=0`.
+    matvec_x_ahead: HashMap<(WeightType, MatvecGroup), wgpu::ComputePipeline>,
     /// Multi-token pipelines (`matvec_multi`), keyed by type and int8 x; empty with
     /// `multi=0`.
     matvec_multi: HashMap<(WeightType, bool), wgpu::ComputePipeline>,
     /// `quantize_x` per type, for the multi-token pipelines with int8 x that read it
-    /// (`MV_XQ`); empty with `multi=0` or `xq=0`.
+    /// (`MV_XQ`; not with `multi=0` or `xq=0`) and for `matvec_x_ahead` (`xq1=1`).
     quantize_x: HashMap<WeightType, wgpu::ComputePipeline>,
     /// `norm_quantize_x` per type (RMSNorm and `quantize_x` in one dispatch); as
     /// `quantize_x`, and empty with `fuseq=0`.
@@ -1231,6 +1257,7 @@ impl Kernels {
         let mut matmul = HashMap::new();
         let mut matmul_tiled = HashMap::new();
         let mut matvec = HashMap::new();
+        let mut matvec_x_ahead = HashMap::new();
         let mut matvec_multi = HashMap::new();
         let mut quantize_x = HashMap::new();
         let mut norm_quantize_x = HashMap::new();
@@ -1350,6 +1377,39 @@ impl Kernels {
                 }
             }
             let int8 = tuning.dp4a && dp4a_type(ty);
+            if int8 && tuning.quantize_decode {
+                let source = x_ahead_source(reduce, ty);
+                for &group in &matvec_groups {
+                    let label = format!(
+                        "matvec {ty:?} x{} ({} threads), x quantized ahead",
+                        group.rows, group.threads
+                    );
+                    matvec_x_ahead.insert(
+                        (ty, group),
+                        pipeline_with(
+                            gpu,
+                            tuning.checks,
+                            &label,
+                            &source,
+                            "matvec",
+                            &matvec_constants(&tuning, group, true),
+                        ),
+                    );
+                }
+            }
+            if int8 && ((tuning.multi && tuning.quantize_once) || tuning.quantize_decode) {
+                quantize_x.insert(
+                    ty,
+                    pipeline_with(
+                        gpu,
+                        tuning.checks,
+                        &format!("quantize_x {ty:?}"),
+                        &source,
+                        "quantize_x",
+                        &[("MV_DP4A", 1.0)],
+                    ),
+                );
+            }
             if tuning.multi {
                 // As the plain one-token product: also without int8 x for the output head.
                 for q in if int8 { vec![true, false] } else { vec![false] } {
@@ -1371,46 +1431,33 @@ impl Kernels {
                         ),
                     );
                 }
-                if int8 && tuning.quantize_once {
-                    quantize_x.insert(
+                if int8 && tuning.quantize_once && tuning.fused_quantize {
+                    norm_quantize_x.insert(
                         ty,
                         pipeline_with(
                             gpu,
                             tuning.checks,
-                            &format!("quantize_x {ty:?}"),
+                            &format!("norm_quantize_x {ty:?}"),
                             &source,
-                            "quantize_x",
+                            "norm_quantize_x",
                             &[("MV_DP4A", 1.0)],
                         ),
                     );
-                    if tuning.fused_quantize {
-                        norm_quantize_x.insert(
-                            ty,
+                    for interleaved in [false, true] {
+                        glu_quantize_x.insert(
+                            (ty, interleaved),
                             pipeline_with(
                                 gpu,
                                 tuning.checks,
-                                &format!("norm_quantize_x {ty:?}"),
+                                &format!("glu_quantize_x {ty:?}"),
                                 &source,
-                                "norm_quantize_x",
-                                &[("MV_DP4A", 1.0)],
+                                "glu_quantize_x",
+                                &[
+                                    ("MV_DP4A", 1.0),
+                                    ("GLU_INTERLEAVED", interleaved as u32 as f64),
+                                ],
                             ),
                         );
-                        for interleaved in [false, true] {
-                            glu_quantize_x.insert(
-                                (ty, interleaved),
-                                pipeline_with(
-                                    gpu,
-                                    tuning.checks,
-                                    &format!("glu_quantize_x {ty:?}"),
-                                    &source,
-                                    "glu_quantize_x",
-                                    &[
-                                        ("MV_DP4A", 1.0),
-                                        ("GLU_INTERLEAVED", interleaved as u32 as f64),
-                                    ],
-                                ),
-                            );
-                        }
                     }
                 }
             }
@@ -1430,6 +1477,7 @@ impl Kernels {
             matmul,
             matmul_tiled,
             matvec,
+            matvec_x_ahead,
             matvec_multi,
             quantize_x,
             norm_quantize_x,
@@ -1559,10 +1607,29 @@ impl Kernels {
     /// (`quantize_x`, dispatched before it), or `None` where that pipeline reads f32 x or
     /// quantizes in every workgroup (`xq=0`).
     pub fn multi_quantize(&self, ty: WeightType, exact: bool) -> Option<&wgpu::ComputePipeline> {
-        if exact {
+        if exact || !self.tuning.quantize_once {
             return None;
         }
         self.quantize_x.get(&ty)
+    }
+
+    /// The plain decode pipeline of `ty` for `group` that reads x quantized ahead, with the
+    /// `quantize_x` pipeline to dispatch before it (`xq1=1`), or `None` where the plain
+    /// decode product quantizes x in every workgroup or keeps it f32 (`exact`, a type
+    /// without int8 products, `dp4a=0`, `xq1=0`).
+    pub fn matvec_x_ahead(
+        &self,
+        ty: WeightType,
+        group: MatvecGroup,
+        exact: bool,
+    ) -> Option<(&wgpu::ComputePipeline, &wgpu::ComputePipeline)> {
+        if exact {
+            return None;
+        }
+        Some((
+            self.matvec_x_ahead.get(&(ty, group))?,
+            self.quantize_x.get(&ty)?,
+        ))
     }
 
     /// The pipeline that normalizes a step's x (RMSNorm) and quantizes it in one dispatch for
@@ -2157,6 +2224,9 @@ mod tuning_tests {
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (false, 4, 4));
         assert!(parse("").unwrap().quantize_once);
         assert!(!parse("xq=0").unwrap().quantize_once);
+        assert!(!parse("").unwrap().quantize_decode);
+        assert!(parse("xq1=1").unwrap().quantize_decode);
+        assert!(!parse("xq1=0").unwrap().quantize_decode);
         assert!(parse("").unwrap().fused_quantize);
         assert!(!parse("fuseq=0").unwrap().fused_quantize);
         assert!(parse("").unwrap().head_int8);
@@ -2195,6 +2265,8 @@ mod tuning_tests {
             "cols=9",
             "mrows=16",
             "xq=2",
+            "xq1=2",
+            "xq1=",
             "fuseq=2",
             "headq=2",
             "prefill=1",

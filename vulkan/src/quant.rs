@@ -580,10 +580,14 @@ pub(crate) struct MatmulOp {
     /// `matvec_multi` and its tokens per workgroup; `None` with `multi=0` (then `single`
     /// runs once per token).
     multi: Option<(Dispatches, u32)>,
-    /// Where `multi` reads x quantized ahead (`MV_XQ` in matvec_multi.wgsl): the
-    /// `quantize_x` pipeline, its bind group and workgroups per token, dispatched once per
-    /// step before the products of every part (which share `xq`).
+    /// Where `multi` or `single` reads x quantized ahead (`MV_XQ` in matvec_multi.wgsl,
+    /// matvec_x_ahead.wgsl): the `quantize_x` pipeline, its bind group and workgroups per
+    /// token, dispatched once per step before the products of every part (which share `xq`).
     quantize: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    /// Which products read `xq`, so need `quantize` before them: `multi` (`xq=1`) and
+    /// `single` (`xq1=1`; any part of a side-by-side product).
+    multi_reads_xq: bool,
+    single_reads_xq: bool,
     /// The buffer `quantize_x` writes and `multi` reads (bound even where the pipeline does
     /// not read it); shared by the parts of a side-by-side product.
     xq: Option<wgpu::Buffer>,
@@ -641,9 +645,13 @@ impl MatmulOp {
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let group = kernels.matvec_group(weight.rows, weight.k);
         let mv_rows = group.rows;
-        let single_pipeline = kernels
-            .matvec(weight.ty, MatvecInput::Plain, group, mode.exact_input)
-            .clone();
+        let x_ahead = kernels.matvec_x_ahead(weight.ty, group, mode.exact_input);
+        let single_pipeline = match x_ahead {
+            Some((p, _)) => p.clone(),
+            None => kernels
+                .matvec(weight.ty, MatvecInput::Plain, group, mode.exact_input)
+                .clone(),
+        };
         let (fused_pipeline, fused_x, norm_w, eps) = match &fused {
             None => (None, x, x, 0.0),
             Some(FusedInput::Norm { x, weight: nw, eps }) => (
@@ -727,13 +735,19 @@ impl MatmulOp {
         let mut single = Dispatches::new(single_pipeline);
         let multi_kernel = kernels.matvec_multi(weight.ty, mode.exact_input);
         let mut multi = multi_kernel.map(|(p, _, cols)| (Dispatches::new(p.clone()), cols));
-        // Three vec4 words per unit and token of a multi-token step (see `xq` in
-        // matvec_multi.wgsl).
+        let multi_quantize = multi
+            .as_ref()
+            .and(kernels.multi_quantize(weight.ty, mode.exact_input));
+        // The `quantize_x` pipeline of whichever products read x quantized ahead (the same
+        // pipeline for both).
+        let quantize_pipeline = multi_quantize.or(x_ahead.map(|(_, q)| q));
+        // Three vec4 words per unit and token of a step of up to matvec_tokens tokens (see
+        // `xq` in matvec_multi.wgsl).
         let units = (weight.k / 32) as u32;
-        let xq = match (&multi, shared_xq) {
-            (None, _) => None,
-            (Some(_), Some(b)) => Some(b.clone()),
-            (Some(_), None) => Some(gpu.storage(
+        let xq = match (multi.is_some() || x_ahead.is_some(), shared_xq) {
+            (false, _) => None,
+            (true, Some(b)) => Some(b.clone()),
+            (true, None) => Some(gpu.storage(
                 "quantized x",
                 units as u64 * kernels.matvec_tokens() as u64 * 48,
             )?),
@@ -798,13 +812,22 @@ impl MatmulOp {
             }
             let mv_groups = c.rows.div_ceil(mv_rows);
             // Binding 6 (the norm weights) is only read by matvec_norm; the others bind x there.
-            let bg = kernels::bind(
-                gpu,
-                &single.pipeline,
-                label,
-                &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]),
-            );
+            let mut entries = vec![(1, x), (2, y), (3, &ubuf), (6, x)];
+            if let (Some(_), Some(xq)) = (x_ahead, xq.as_ref()) {
+                entries.push((15, xq));
+            }
+            let bg = kernels::bind(gpu, &single.pipeline, label, &with_w4(entries));
             single.chunks.push((bg, mv_groups));
+            // One quantization for all chunks (it reads only k and the token count).
+            if let (None, Some(qp), Some(xq)) = (&quantize, quantize_pipeline, xq.as_ref()) {
+                let bg = kernels::bind(
+                    gpu,
+                    qp,
+                    "quantize x",
+                    &[(1, x), (3, &ubuf), (4, step), (6, x), (15, xq)],
+                );
+                quantize = Some((qp.clone(), bg, units.div_ceil(kernels::WORKGROUP)));
+            }
             if let (Some((m, _)), Some((_, rows, _)), Some(xq)) =
                 (multi.as_mut(), multi_kernel, xq.as_ref())
             {
@@ -822,19 +845,6 @@ impl MatmulOp {
                     ]),
                 );
                 m.chunks.push((bg, c.rows.div_ceil(rows)));
-                // One quantization for all chunks (it reads only k and the token count).
-                if let (None, Some(qp)) = (
-                    &quantize,
-                    kernels.multi_quantize(weight.ty, mode.exact_input),
-                ) {
-                    let bg = kernels::bind(
-                        gpu,
-                        qp,
-                        "quantize x",
-                        &[(1, x), (3, &ubuf), (4, step), (6, x), (15, xq)],
-                    );
-                    quantize = Some((qp.clone(), bg, units.div_ceil(kernels::WORKGROUP)));
-                }
             }
             if let Some(f) = fused.as_mut() {
                 let mut entries = vec![(1, fused_x), (2, fused_y), (3, &ubuf), (6, norm_w)];
@@ -862,6 +872,8 @@ impl MatmulOp {
             single,
             multi,
             quantize,
+            multi_reads_xq: multi_quantize.is_some(),
+            single_reads_xq: x_ahead.is_some(),
             xq,
             x16,
             x16_convert,
@@ -947,6 +959,8 @@ impl MatmulOp {
                     if op.quantize.is_none() {
                         op.quantize = part.quantize;
                     }
+                    op.multi_reads_xq |= part.multi_reads_xq;
+                    op.single_reads_xq |= part.single_reads_xq;
                     if let (Some(f), Some(p)) = (op.fused.as_mut(), part.fused) {
                         f.more.push(p);
                     }
@@ -967,11 +981,12 @@ impl MatmulOp {
         Ok(op)
     }
 
-    /// Dispatches one decode step records: the fused ones when `fused`, else the plain ones.
+    /// Dispatches one decode step records: the fused ones when `fused`, else the plain ones
+    /// (with the quantization of x before them where they read it, `xq1=1`).
     pub fn decode_dispatches(&self, fused: bool) -> usize {
         match (&self.fused, fused) {
             (Some(f), true) => f.dispatch_count(),
-            _ => self.single.dispatch_count(),
+            _ => self.single.dispatch_count() + self.single_reads_xq as usize,
         }
     }
 
@@ -1014,14 +1029,21 @@ impl MatmulOp {
                         (Some(f), _) if fused => {
                             rec.dispatch(f.label, &f.pipeline, &f.bind_group, [f.groups, n, 1]);
                         }
-                        (_, Some((pipeline, bg, groups))) => {
+                        (_, Some((pipeline, bg, groups))) if self.multi_reads_xq => {
                             rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
                         }
                         _ => {}
                     }
                     m.record(rec, self.label, n.div_ceil(*cols))
                 }
-                _ => self.single.record(rec, self.label, n),
+                _ => {
+                    if let (true, Some((pipeline, bg, groups))) =
+                        (self.single_reads_xq, &self.quantize)
+                    {
+                        rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
+                    }
+                    self.single.record(rec, self.label, n)
+                }
             },
             _ => match self.tiled.is_empty() {
                 false if n >= kernels::TILED_MIN_TOKENS => {

@@ -4,6 +4,9 @@
 //! `quantize_x`, or in every workgroup with `xq=0`), and against the one-token kernel run
 //! once per token (`multi=0`), whose arithmetic it repeats per token.
 //!
+//! The one-token kernel with x quantized once per product (`xq1=1`) against the same kernel
+//! quantizing x in every workgroup (`xq1=0`), bit for bit.
+//!
 //! Token counts 1, 2, 3, 8, 11 and 16: one token (the one-token kernel), fewer than one
 //! workgroup's 8 tokens, exactly 8, and across the 8-token boundary (a full and a partial
 //! z slice, two full ones). The rows are 4096 values long (128 units: every thread of a
@@ -106,6 +109,69 @@ fn multi_token_products_quantizing_x_in_every_workgroup() {
 fn multi_token_products_with_other_rows_and_tokens_per_workgroup() {
     // 8 rows and 3 tokens per workgroup: 11 and 16 tokens take 4 and 6 z slices.
     check("mrows=8,cols=3");
+}
+
+/// Checks the one-token products with x quantized once by `quantize_x` (`xq1=1`) against
+/// those that quantize it in every workgroup (`xq1=0`) on GPUs made with `spec`, for every
+/// type and token count: the same int8 values and sums in the same order, so the same
+/// products bit for bit (for the types without int8 products both run the same kernel), and
+/// within the decode tolerance of the reference. One token runs `matvec`; with `multi=0`
+/// every token count does (one z slice per token, each reading its token's int8 x).
+fn check_quantized_ahead(spec: &str) {
+    let (ahead, tuning) = gpu_with(&format!("{spec},xq1=1"));
+    let (each, _) = gpu_with(&format!("{spec},xq1=0"));
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let qt = random_qtensor(dtype, ROWS, K, 230 + i as u64);
+        let (weight, w) = upload_with_reference(&ahead, "ahead", &qt);
+        let (weight_each, _) = upload_with_reference(&each, "each", &qt);
+        let ty = weight.weight_type();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(330 + i as u64);
+        let xs: Vec<Vec<f32>> = TOKEN_COUNTS
+            .iter()
+            .map(|&n| random(&mut rng, n * K))
+            .collect();
+        let got = testing::matmul_each(&ahead, &weight, &xs).unwrap();
+        let want_each = testing::matmul_each(&each, &weight_each, &xs).unwrap();
+        for (((n, x), got), each) in TOKEN_COUNTS.into_iter().zip(&xs).zip(got).zip(want_each) {
+            let want = reference(&w, &decode_input(&tuning, ty, x), n);
+            let (rel, _) = common::compare(&got, &want);
+            let differ = got
+                .iter()
+                .zip(&each)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            println!("{spec:24} xq1=1 {ty:?} tokens={n}: rel {rel:.2e}, {differ} products differ from xq1=0");
+            let tol = decode_tolerance(&tuning, ty, true);
+            assert!(
+                rel < tol,
+                "{spec} xq1=1 {ty:?} tokens={n}: relative error {rel} above {tol}"
+            );
+            assert_eq!(
+                differ, 0,
+                "{spec} {ty:?} tokens={n}: {differ} products of xq1=1 differ from xq1=0's"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_token_products_with_x_quantized_ahead_equal_those_quantizing_in_every_workgroup() {
+    // 4-row workgroups, and two units per thread and iteration.
+    check_quantized_ahead("dp4a=1");
+    check_quantized_ahead("dp4a=1,units=2");
+}
+
+#[test]
+fn tall_one_token_products_with_x_quantized_ahead_equal_those_quantizing_in_every_workgroup() {
+    // 16-row workgroups (13 rows count as tall with tall=8) of 64 and 256 threads.
+    check_quantized_ahead("dp4a=1,tall=8,mvwg=64");
+    check_quantized_ahead("dp4a=1,tall=8,mvwg=256");
+}
+
+#[test]
+fn per_token_products_with_x_quantized_ahead_equal_those_quantizing_in_every_workgroup() {
+    // multi=0: steps of several tokens run `matvec` once per token on one quantize_x of all.
+    check_quantized_ahead("dp4a=1,multi=0");
 }
 
 /// The RMSNorm of token row `x` times `w` in f32, as rmsnorm.wgsl computes it (the values
