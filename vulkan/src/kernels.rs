@@ -56,14 +56,18 @@ const SILU_GROUPS: u32 = MAX_GROUPS_X as u32;
 /// 256 and the register prefetch against 6513 with the prefetch alone.
 const COOP_MIN_GROUPS: u32 = 256;
 /// Rows one matrix-vector (decode) workgroup computes (`MV_ROWS` in matmul.wgsl): 4, or 16
-/// for matrices of at least TALL_MATVEC_ROWS rows, where the x reads of small workgroups
-/// would cost more than the weights (see matmul.wgsl). 4096: on an H100 the 8B Q4_0 file
-/// decoded at 262.5 tok/s with every matrix of 4096 rows or more tall (128 threads a
-/// workgroup), 236-239 with 8192 (only gate|up and the output head); the 1B file (2048
-/// rows but for gate|up) is unchanged.
+/// for tall matrices, where the x reads of small workgroups would cost more than the weights
+/// (see matmul.wgsl): by default those of at least TALL_MATVEC_ROWS rows, or
+/// TALL_MATVEC_ROWS_K_QUANT where a part is a K-quant (`tall=` sets one count for all).
+/// On an H100 the 8B Q4_0 file decoded at 262.5 tok/s with every matrix of 4096 rows or
+/// more tall (128 threads a workgroup), 236-239 with 8192 (only gate|up and the output head);
+/// the 8B Q4_K_M file at 196.0-198.9 with 4096 (its ffn_down 52.5 us a layer against 34.7
+/// with 4-row workgroups) and 223.5 with 6144 (attn_output and ffn_down of 4096 rows in
+/// 4-row workgroups). The 1B files (2048 rows but for gate|up) are unchanged.
 pub(crate) const MATVEC_ROWS: u32 = 4;
 pub(crate) const TALL_MATVEC_ROWS_PER_GROUP: u32 = 16;
 pub(crate) const TALL_MATVEC_ROWS: usize = 4096;
+pub(crate) const TALL_MATVEC_ROWS_K_QUANT: usize = 6144;
 /// Threads of a decode workgroup (`MV_WG` in matmul.wgsl): the 4-row workgroups always have
 /// WORKGROUP; the tall ones have what `mvwg=` asks for (see [`MatvecThreads`]), by default
 /// `auto`.
@@ -250,7 +254,9 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelTuning {
     units: u32,
-    tall_rows: usize,
+    /// `tall=`: one row count for every type; None, the default, by type (see
+    /// [`Kernels::matvec_group`]).
+    tall_rows: Option<usize>,
     checks: bool,
     submit_layers: usize,
     dp4a: bool,
@@ -395,7 +401,7 @@ impl Default for KernelTuning {
 impl KernelTuning {
     const DEFAULT: KernelTuning = KernelTuning {
         units: 1,
-        tall_rows: TALL_MATVEC_ROWS,
+        tall_rows: None,
         checks: false,
         submit_layers: SUBMIT_LAYERS,
         dp4a: DP4A,
@@ -548,6 +554,22 @@ impl KernelTuning {
         setting
     }
 
+    /// The fewest rows from which a decode product of the weight types `types` runs tall
+    /// workgroups: `tall=` where given, else TALL_MATVEC_ROWS_K_QUANT where a part is a
+    /// K-quant and TALL_MATVEC_ROWS for the rest.
+    pub(crate) fn tall_rows_for(&self, types: &[WeightType]) -> usize {
+        self.tall_rows.unwrap_or_else(|| {
+            let k_quant = types
+                .iter()
+                .any(|ty| matches!(ty, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K));
+            if k_quant {
+                TALL_MATVEC_ROWS_K_QUANT
+            } else {
+                TALL_MATVEC_ROWS
+            }
+        })
+    }
+
     /// `coopmin=` (see [`coop_ladder`](Self::coop_ladder)).
     pub(crate) fn coop_min_groups(&self) -> u32 {
         self.coop_min_groups
@@ -645,7 +667,7 @@ impl std::str::FromStr for KernelTuning {
             let value = value.trim();
             match (key.trim(), value.parse::<usize>()) {
                 ("units", Ok(n @ (1 | 2))) => t.units = n as u32,
-                ("tall", Ok(n)) if n > 0 => t.tall_rows = n,
+                ("tall", Ok(n)) if n > 0 => t.tall_rows = Some(n),
                 ("checks", Ok(n @ (0 | 1))) => t.checks = n == 1,
                 ("submit", Ok(n)) if n > 0 => t.submit_layers = n,
                 ("dp4a", Ok(n @ (0 | 1))) => t.dp4a = n == 1,
@@ -1139,8 +1161,6 @@ pub(crate) struct Kernels {
     /// Steps of at most this many tokens use the matrix-vector kernel per token.
     matvec_tokens: u32,
     get_rows: HashMap<WeightType, wgpu::ComputePipeline>,
-    /// Matrices of at least this many rows use the tall decode pipelines.
-    tall_rows: usize,
     /// Layers per submission after the first (see KernelTuning).
     pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
@@ -1488,7 +1508,6 @@ impl Kernels {
             x16_scratch: Mutex::new(None),
             reduce,
             tuning,
-            tall_rows: tuning.tall_rows,
             dp4a: tuning.dp4a,
             attn_groups: tuning.attn_groups,
             matvec_tokens: tuning.matvec_tokens,
@@ -1859,11 +1878,12 @@ impl Kernels {
         self.tuning.coop_min_groups()
     }
 
-    /// The decode workgroup of a matrix of `rows` rows of `k` weights: tall matrices (at
-    /// least `tall=` rows) 16 rows with the threads of `mvwg=`, the others 4 rows of 64
-    /// threads.
-    pub fn matvec_group(&self, rows: usize, k: usize) -> MatvecGroup {
-        if rows >= self.tall_rows {
+    /// The decode workgroup of a matrix of `rows` rows of `k` weights of the types `types`
+    /// (the parts of a mixed product): tall matrices (at least `tall=` rows; unset, at least
+    /// TALL_MATVEC_ROWS, or TALL_MATVEC_ROWS_K_QUANT where a part is a K-quant) 16 rows with
+    /// the threads of `mvwg=`, the others 4 rows of 64 threads.
+    pub fn matvec_group(&self, rows: usize, k: usize, types: &[WeightType]) -> MatvecGroup {
+        if rows >= self.tuning.tall_rows_for(types) {
             MatvecGroup {
                 rows: TALL_MATVEC_ROWS_PER_GROUP,
                 threads: self.tuning.tall_threads.for_k(k),
@@ -2206,13 +2226,38 @@ mod tuning_tests {
     }
 
     #[test]
+    fn tall_rows_depend_on_the_types_unless_given() {
+        use WeightType::*;
+        let default = parse("").unwrap();
+        for ty in [Q4_0, Q8_0, Q4_1, F16, F32, BF16] {
+            assert_eq!(default.tall_rows_for(&[ty]), TALL_MATVEC_ROWS, "{ty:?}");
+        }
+        for ty in [Q4K, Q5K, Q6K] {
+            assert_eq!(
+                default.tall_rows_for(&[ty]),
+                TALL_MATVEC_ROWS_K_QUANT,
+                "{ty:?}"
+            );
+        }
+        // A mixed product with a K-quant part takes the K-quant count.
+        assert_eq!(
+            default.tall_rows_for(&[Q8_0, Q6K]),
+            TALL_MATVEC_ROWS_K_QUANT
+        );
+        let given = parse("tall=2048").unwrap();
+        for ty in [Q4_0, Q4K, Q6K] {
+            assert_eq!(given.tall_rows_for(&[ty]), 2048);
+        }
+    }
+
+    #[test]
     fn tuning_values_are_read_and_bad_ones_named() {
         let t = parse(" units=2 , tall=2048").unwrap();
-        assert_eq!((t.units, t.tall_rows, t.checks), (2, 2048, false));
+        assert_eq!((t.units, t.tall_rows, t.checks), (2, Some(2048), false));
         let t = parse("checks=1,submit=16,dp4a=1").unwrap();
         assert_eq!(
             (t.units, t.tall_rows, t.checks, t.submit_layers, t.dp4a),
-            (1, TALL_MATVEC_ROWS, true, 16, true)
+            (1, None, true, 16, true)
         );
         assert!(!parse("dp4a=0").unwrap().dp4a);
         assert_eq!(parse("attn=512").unwrap().attn_groups, 512);
@@ -2247,7 +2292,7 @@ mod tuning_tests {
         let t = parse("").unwrap();
         assert_eq!(
             (t.units, t.tall_rows, t.checks, t.prefill),
-            (1, TALL_MATVEC_ROWS, false, Prefill::Auto)
+            (1, None, false, Prefill::Auto)
         );
         for bad in [
             "units=3",

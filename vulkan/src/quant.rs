@@ -544,7 +544,7 @@ pub(crate) fn mixed_decode(kernels: &Kernels, parts: &[(&GpuWeight, u32)]) -> bo
     let [(a, 0), (b, offset)] = parts else {
         return false;
     };
-    let group = kernels.matvec_group(a.rows + b.rows, a.k);
+    let group = kernels.matvec_group(a.rows + b.rows, a.k, &[a.ty, b.ty]);
     a.chunks.len() == 1
         && b.chunks.len() == 1
         && a.k == b.k
@@ -643,7 +643,7 @@ impl MatmulOp {
     ) -> Result<MatmulOp, VulkanError> {
         let shared_xq = first.and_then(|op| op.xq.as_ref());
         let batch_pipeline = kernels.matmul(weight.ty).clone();
-        let group = kernels.matvec_group(weight.rows, weight.k);
+        let group = kernels.matvec_group(weight.rows, weight.k, &[weight.ty]);
         let mv_rows = group.rows;
         let x_ahead = kernels.matvec_x_ahead(weight.ty, group, mode.exact_input);
         let single_pipeline = match x_ahead {
@@ -1189,7 +1189,7 @@ fn mixed_fused(
         )));
     }
     let rows = a.rows + b.rows;
-    let group = kernels.matvec_group(rows, a.k);
+    let group = kernels.matvec_group(rows, a.k, &[a.ty, b.ty]);
     let pipeline = kernels.matvec_mixed(gpu, (a.ty, b.ty), input, group, exact)?;
     let (ca, cb) = (&a.chunks[0], &b.chunks[0]);
     let params = MatmulParams {
