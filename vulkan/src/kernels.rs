@@ -220,10 +220,7 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// [`KernelTuning::coop_ladder`]), `coopfetch=0|1` (1, the default: the loads of the next
 /// stage go to registers before the current stage's products and are decoded into the
 /// staged tiles after them, so that they are in flight during the products; 0: each stage
-/// is loaded and decoded before the products), `coophalf=0|1` (1: where a stage has no more
-/// weight units than the workgroup has threads, the prefetch decodes each unit as two halves
-/// of 16 values by two threads, so that every thread decodes instead of half of them; 0, the
-/// default: one thread per unit; see [`CoopShape::half_units`]) and `pattn=0|1|2` (1: steps of prompt
+/// is loaded and decoded before the products) and `pattn=0|1|2` (1: steps of prompt
 /// size, as the prompt products count them, but for steps of one token per sequence, run
 /// attention with query tiles,
 /// `attention_tiled` in attention_tiled.wgsl; 2, the default: those steps run `attention_coop`
@@ -312,10 +309,6 @@ pub(crate) struct CoopShape {
     /// Whether the next stage's loads go to registers before the current stage's products
     /// (`coopfetch=0|1`, see matmul_coop.wgsl).
     pub fetch: bool,
-    /// Whether the prefetch decodes each weight unit as two halves of 16 values by two
-    /// threads where the stage has no more units than the workgroup has threads
-    /// (`coophalf=0|1`, see [`CoopShape::half_units`] and matmul_coop.wgsl).
-    pub half: bool,
 }
 
 impl CoopShape {
@@ -329,7 +322,6 @@ impl CoopShape {
         subgroups: 4,
         buffers: 1,
         fetch: true,
-        half: false,
     };
 
     /// The tiles a device runs where none of `cooptile=`, `coopsg=` and `coopbuf=` is
@@ -348,11 +340,10 @@ impl CoopShape {
             + 4 * 256 * self.subgroups as u64
     }
 
-    /// The tuning keys that ask for this shape (`coophalf=1` only where set, so that the
-    /// other shapes read as before the key existed).
+    /// The tuning keys that ask for this shape.
     pub fn setting(&self) -> String {
         format!(
-            "cooptile={}x{},coopk={},coopvec={},coopx16={},coopsg={},coopbuf={},coopfetch={}{}",
+            "cooptile={}x{},coopk={},coopvec={},coopx16={},coopsg={},coopbuf={},coopfetch={}",
             self.rows,
             self.tokens,
             self.units,
@@ -360,20 +351,8 @@ impl CoopShape {
             self.x16 as u32,
             self.subgroups,
             self.buffers,
-            self.fetch as u32,
-            if self.half { ",coophalf=1" } else { "" }
+            self.fetch as u32
         )
-    }
-
-    /// Whether the register prefetch of this shape, built for `threads` threads a
-    /// workgroup, decodes its weight units in halves: with `coophalf=1` where a stage has no
-    /// more units (rows x units) than threads. With fewer, every thread decodes one half
-    /// instead of half the threads a whole unit and the others none (the default tile on
-    /// an H100: 128 units, 256 threads); with as many, each thread decodes both halves of
-    /// one unit, the same work as a whole one. With more, halves would not take work off any
-    /// thread, so the units stay whole.
-    fn half_units(&self, threads: u32) -> bool {
-        self.half && self.rows * self.units <= threads
     }
 
     /// Tokens of the tile each subgroup multiplies: the tile's tokens over the subgroups
@@ -660,7 +639,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, xq1=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, coophalf=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, xq1=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -703,7 +682,6 @@ impl std::str::FromStr for KernelTuning {
                 }
                 ("coopmin", Ok(n)) => t.coop_min_groups = u32::try_from(n).map_err(|_| bad())?,
                 ("coopfetch", Ok(n @ (0 | 1))) => t.coop.fetch = n == 1,
-                ("coophalf", Ok(n @ (0 | 1))) => t.coop.half = n == 1,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
                 ("dwg", Ok(n @ (64 | 128 | 256))) => t.vec_threads = n,
@@ -891,20 +869,14 @@ fn coop_kernel(shape: CoopShape, subgroup: u32) -> String {
 
 /// The prefetch of matmul_coop.wgsl (`coopfetch=1`) for one tile shape and subgroup size:
 /// `COOP_FETCH`, `COOP_X_PER_UNIT`, the registers of one stage per thread (`CoopFetched`:
-/// ceil(items / threads) weight units, or with halves (`coophalf=1`, see
-/// [`CoopShape::half_units`]) half units, `w<f>` and x words `x<f>`, item li + f * threads)
-/// and `coop_fetch`/`coop_put`, one statement per register. Written out rather than looped over
+/// ceil(items / threads) weight units `w<f>` and x words `x<f>`, item li + f * threads) and
+/// `coop_fetch`/`coop_put`, one statement per register. Written out rather than looped over
 /// an array, which the drivers seen so far would keep in memory (see matmul_coop.wgsl). The
 /// kernel's loop runs them only with `fetch`; without it they are emitted but unused.
 fn coop_prefetch(shape: CoopShape, subgroup: u32) -> String {
     let threads = shape.subgroups * subgroup;
     let x_per_unit = if shape.x16 { 4 } else { 8 };
-    // Weight items: the stage's units, or with halves two per unit (`coop_fetch_w_half`).
-    let (w_items, half) = match shape.half_units(threads) {
-        true => (2 * shape.rows * shape.units, "_half"),
-        false => (shape.rows * shape.units, ""),
-    };
-    let w_regs = w_items.div_ceil(threads);
+    let w_regs = (shape.rows * shape.units).div_ceil(threads);
     let x_regs = (shape.tokens * shape.units * x_per_unit).div_ceil(threads);
     let item = |f: u32| {
         if f == 0 {
@@ -919,11 +891,11 @@ fn coop_prefetch(shape: CoopShape, subgroup: u32) -> String {
     for f in 0..w_regs {
         fields.push(format!("    w{f}: array<vec4<u32>, 8>,\n"));
         fetches.push(format!(
-            "    r.w{f} = coop_fetch_w{half}({}, s, first_row);\n",
+            "    r.w{f} = coop_fetch_w({}, s, first_row);\n",
             item(f)
         ));
         puts.push(format!(
-            "    coop_put_w{half}(r.w{f}, {}, s, first_row, buf);\n",
+            "    coop_put_w(r.w{f}, {}, s, first_row, buf);\n",
             item(f)
         ));
     }
@@ -2029,18 +2001,6 @@ mod tuning_tests {
             128
         );
         assert!(parse("coopfetch=1").unwrap().coop_shape() == CoopShape::DEFAULT);
-        // Half units: off by default, kept with the tile the device picks, named in the
-        // setting only where on; in halves where a stage has no more units than threads.
-        assert!(!parse("").unwrap().coop_shape().half);
-        let half = parse("coophalf=1").unwrap().with_coop_tile_for(48 * 1024);
-        assert_eq!(
-            half.coop_shape().setting(),
-            "cooptile=128x128,coopk=1,coopvec=4,coopx16=1,coopsg=8,coopbuf=2,coopfetch=1,coophalf=1"
-        );
-        assert!(half.coop_shape().half_units(256) && half.coop_shape().half_units(128));
-        assert!(!half.coop_shape().half_units(64));
-        assert!(!parse("coophalf=0").unwrap().coop_shape().half_units(256));
-        assert!(parse("coophalf=2").unwrap_err().contains("coophalf=0|1"));
         // Two buffers: twice the tiles.
         let two = parse("cooptile=128,coopbuf=2").unwrap().coop_shape();
         assert_eq!(two.workgroup_bytes(), 2 * 2 * 192 * 40 + 4 * 1024);
@@ -2159,67 +2119,42 @@ mod tuning_tests {
                     (2, 4, true, 8, 2, true, 32),
                     (1, 4, false, 8, 2, true, 16),
                 ] {
-                    for half in [false, true] {
-                        let shape = CoopShape {
-                            rows,
-                            tokens,
-                            units,
-                            vec,
-                            x16,
-                            subgroups,
-                            buffers,
-                            fetch,
-                            half,
-                        };
-                        if shape.subgroup_tokens() < 16 {
-                            continue;
-                        }
-                        let real = coop_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape, subgroup);
-                        let emulated = coop_emulated_source(
-                            REDUCE_SUBGROUP,
-                            WeightType::Q4_0,
-                            shape,
-                            subgroup,
-                        );
-                        for src in [&real, &emulated] {
-                            assert!(!src.contains('$'), "{shape:?}");
-                        }
-                        // The prefetch's registers cover every staging item of a stage: ceil
-                        // (items / threads) per thread, each loaded and stored once; in halves
-                        // (two items a unit) where the stage has no more units than threads.
-                        let threads = subgroups * subgroup;
-                        let x_items = tokens * units * if x16 { 4 } else { 8 };
-                        let halves = half && rows * units <= threads;
-                        let (w_load, w_store, w_items) = match halves {
-                            true => (
-                                "= coop_fetch_w_half(",
-                                "coop_put_w_half(r.",
-                                2 * rows * units,
-                            ),
-                            false => ("= coop_fetch_w(", "coop_put_w(r.", rows * units),
-                        };
-                        let (other_load, other_store) = match halves {
-                            true => ("= coop_fetch_w(", "coop_put_w(r."),
-                            false => ("= coop_fetch_w_half(", "coop_put_w_half(r."),
-                        };
-                        assert!(
-                            !real.contains(other_load) && !real.contains(other_store),
-                            "{shape:?}"
-                        );
-                        for (load, store, items) in [
-                            (w_load, w_store, w_items),
-                            ("= coop_fetch_x(", "coop_put_x(r.", x_items),
-                        ] {
-                            let regs = items.div_ceil(threads) as usize;
-                            assert_eq!(real.matches(load).count(), regs, "{shape:?} {load}");
-                            assert_eq!(real.matches(store).count(), regs, "{shape:?} {store}");
-                        }
-                        assert!(real.contains(&format!("const COOP_FETCH: bool = {fetch};")));
-                        let accumulators = (rows / 32 * shape.subgroup_tokens() / 16) as usize;
-                        assert_eq!(real.matches("coopMultiplyAdd(").count(), accumulators);
-                        assert_eq!(emulated.matches("emu_mul_add(lane, ").count(), accumulators);
-                        assert!(!emulated.contains("coop_mat16x16"), "{shape:?}");
+                    let shape = CoopShape {
+                        rows,
+                        tokens,
+                        units,
+                        vec,
+                        x16,
+                        subgroups,
+                        buffers,
+                        fetch,
+                    };
+                    if shape.subgroup_tokens() < 16 {
+                        continue;
                     }
+                    let real = coop_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape, subgroup);
+                    let emulated =
+                        coop_emulated_source(REDUCE_SUBGROUP, WeightType::Q4_0, shape, subgroup);
+                    for src in [&real, &emulated] {
+                        assert!(!src.contains('$'), "{shape:?}");
+                    }
+                    // The prefetch's registers cover every staging item of a stage: ceil
+                    // (items / threads) per thread, each loaded and stored once.
+                    let threads = subgroups * subgroup;
+                    let x_items = tokens * units * if x16 { 4 } else { 8 };
+                    for (load, store, items) in [
+                        ("= coop_fetch_w(", "coop_put_w(r.", rows * units),
+                        ("= coop_fetch_x(", "coop_put_x(r.", x_items),
+                    ] {
+                        let regs = items.div_ceil(threads) as usize;
+                        assert_eq!(real.matches(load).count(), regs, "{shape:?} {load}");
+                        assert_eq!(real.matches(store).count(), regs, "{shape:?} {store}");
+                    }
+                    assert!(real.contains(&format!("const COOP_FETCH: bool = {fetch};")));
+                    let accumulators = (rows / 32 * shape.subgroup_tokens() / 16) as usize;
+                    assert_eq!(real.matches("coopMultiplyAdd(").count(), accumulators);
+                    assert_eq!(emulated.matches("emu_mul_add(lane, ").count(), accumulators);
+                    assert!(!emulated.contains("coop_mat16x16"), "{shape:?}");
                 }
             }
         }

@@ -286,120 +286,61 @@ const FETCH_SHAPES: [(&str, &[GgmlDType]); 5] = [
 
 #[test]
 fn register_prefetch_equals_the_staging_bit_for_bit() {
-    let ran = FETCH_SHAPES
-        .iter()
-        .filter(|(shape, types)| {
-            same_products_bit_for_bit(shape, ["coopfetch=0", "coopfetch=1"], types)
-        })
-        .count();
+    let mut ran = 0;
+    for (shape, emulation_types) in FETCH_SHAPES {
+        let gpus: Vec<Gpu> = ["coopfetch=0", "coopfetch=1"]
+            .iter()
+            .filter_map(|fetch| coop_gpu_shaped(None, &format!("{shape},{fetch}")))
+            .collect();
+        let [plain, fetching] = &gpus[..] else {
+            continue;
+        };
+        assert!(fetching.prefill_product().contains("coopfetch=1"));
+        let types = if fetching.prefill_product().starts_with("coop-emulated") {
+            emulation_types.to_vec()
+        } else {
+            ALL_TYPES.to_vec()
+        };
+        for (i, dtype) in types.into_iter().enumerate() {
+            let k = if dtype.block_size() == 256 { 256 } else { 160 };
+            let qt = random_qtensor(dtype, 150, k, 1000 + i as u64);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1100 + i as u64);
+            let xs: Vec<Vec<f32>> = [16usize, 150]
+                .iter()
+                .map(|&n| random(&mut rng, n * k))
+                .collect();
+            let run = |gpu: &Gpu| {
+                let (weight, w) = upload_with_reference(gpu, "coop", &qt);
+                (testing::matmul_each(gpu, &weight, &xs).unwrap(), w)
+            };
+            let (want, w) = run(plain);
+            let (got, _) = run(fetching);
+            for ((x, got), want) in xs.iter().zip(&got).zip(&want) {
+                let n = x.len() / k;
+                let label = format!("{shape},coopfetch=1 {dtype:?}");
+                check(&label, got, &w, 150, k, x, n);
+                let differ = got
+                    .iter()
+                    .zip(want)
+                    .filter(|(g, w)| g.to_bits() != w.to_bits())
+                    .count();
+                assert_eq!(
+                    differ,
+                    0,
+                    "{label} tokens={n}: {differ} of {} outputs differ from coopfetch=0",
+                    got.len()
+                );
+            }
+        }
+        ran += 1;
+    }
     println!("{ran} of {} prefetch shapes ran", FETCH_SHAPES.len());
 }
 
-/// Half units (`coophalf=1`: the prefetch decodes each weight unit as two halves by two
-/// threads where a stage has no more units than threads) against whole ones (`coophalf=0`):
-/// the same f16 values in the same places, so the same products bit for bit. Shapes as in
-/// FETCH_SHAPES, all with the prefetch: the default GPU tile (128 x 128, eight subgroups,
-/// two buffers: 128 units, 256 threads of 32, one half each), which lavapipe cannot run;
-/// 64 x 64 with eight subgroups and two buffers, which lavapipe runs with every type (64
-/// units, 64 threads of 8: each thread decodes both halves of one unit; on a GPU with
-/// subgroups of 32, half the threads take one half each and the others none); two units a
-/// stage with k = 160 (a partial last stage, its units past k zeros) on 64 x 64 (128 units,
-/// 256 threads on a GPU; lavapipe's workgroup memory is too small); 128 x 64 with four
-/// subgroups and one buffer (as many units as threads of 32, the prefetch between the two
-/// barriers of a stage); x from f32 with vec2 tiles.
-const HALF_SHAPES: [(&str, &[GgmlDType]); 5] = [
-    ("cooptile=128x128,coopsg=8,coopbuf=2", &ALL_TYPES),
-    ("cooptile=64,coopsg=8,coopbuf=2", &ALL_TYPES),
-    ("cooptile=64,coopsg=8,coopbuf=2,coopk=2", &[GgmlDType::Q8_0]),
-    ("cooptile=128,coopbuf=1", &[GgmlDType::Q4K, GgmlDType::Q6K]),
-    (
-        "cooptile=64,coopsg=8,coopx16=0,coopvec=2",
-        &[GgmlDType::Q4_1],
-    ),
-];
-
-#[test]
-fn half_units_equal_whole_units_bit_for_bit() {
-    let ran = HALF_SHAPES
-        .iter()
-        .filter(|(shape, types)| {
-            same_products_bit_for_bit(
-                &format!("{shape},coopfetch=1"),
-                ["coophalf=0", "coophalf=1"],
-                types,
-            )
-        })
-        .count();
-    println!("{ran} of {} half-unit shapes ran", HALF_SHAPES.len());
-}
-
-/// Runs the tile `shape` with each of the two `settings` (the second one the variant under
-/// test, which the device must name in its setting) on 150 random rows of each type (on
-/// cooperative matrices every type, in the emulation `emulation_types`), 16 and 150 tokens
-/// and k = 160 (five units) for the types of 32-weight blocks, 256 for the K-quants: the
-/// variant must match the CPU (`check`) and give the first setting's outputs bit for bit.
-/// Returns whether the adapter ran both.
-fn same_products_bit_for_bit(
-    shape: &str,
-    settings: [&str; 2],
-    emulation_types: &[GgmlDType],
-) -> bool {
-    let gpus: Vec<Gpu> = settings
-        .iter()
-        .filter_map(|setting| coop_gpu_shaped(None, &format!("{shape},{setting}")))
-        .collect();
-    let [first, second] = &gpus[..] else {
-        return false;
-    };
-    assert!(
-        second.prefill_product().contains(settings[1]),
-        "{}",
-        second.prefill_product()
-    );
-    let types = if second.prefill_product().starts_with("coop-emulated") {
-        emulation_types.to_vec()
-    } else {
-        ALL_TYPES.to_vec()
-    };
-    for (i, dtype) in types.into_iter().enumerate() {
-        let k = if dtype.block_size() == 256 { 256 } else { 160 };
-        let qt = random_qtensor(dtype, 150, k, 1000 + i as u64);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1100 + i as u64);
-        let xs: Vec<Vec<f32>> = [16usize, 150]
-            .iter()
-            .map(|&n| random(&mut rng, n * k))
-            .collect();
-        let run = |gpu: &Gpu| {
-            let (weight, w) = upload_with_reference(gpu, "coop", &qt);
-            (testing::matmul_each(gpu, &weight, &xs).unwrap(), w)
-        };
-        let (want, w) = run(first);
-        let (got, _) = run(second);
-        for ((x, got), want) in xs.iter().zip(&got).zip(&want) {
-            let n = x.len() / k;
-            let label = format!("{shape},{} {dtype:?}", settings[1]);
-            check(&label, got, &w, 150, k, x, n);
-            let differ = got
-                .iter()
-                .zip(want)
-                .filter(|(g, w)| g.to_bits() != w.to_bits())
-                .count();
-            assert_eq!(
-                differ,
-                0,
-                "{label} tokens={n}: {differ} of {} outputs differ from {}",
-                got.len(),
-                settings[0]
-            );
-        }
-    }
-    true
-}
-
-/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S,coopbuf=B,coopfetch=F[,coophalf=1]` as the device describes the shape that `shape` asks for.
+/// `cooptile=RxT,coopk=U,coopvec=V,coopx16=X,coopsg=S,coopbuf=B,coopfetch=F` as the device describes the shape that `shape` asks for.
 fn shape_setting(shape: &str) -> String {
-    let (mut tile, mut units, mut vec, mut x16, mut sgs, mut bufs, mut fetch, mut half) =
-        ("64x64".to_string(), "1", "4", "1", "4", "1", "0", "");
+    let (mut tile, mut units, mut vec, mut x16, mut sgs, mut bufs, mut fetch) =
+        ("64x64".to_string(), "1", "4", "1", "4", "1", "0");
     for item in shape.split(',') {
         match item.split_once('=') {
             Some(("cooptile", t)) if t.contains('x') => tile = t.to_string(),
@@ -410,12 +351,10 @@ fn shape_setting(shape: &str) -> String {
             Some(("coopsg", v)) => sgs = v,
             Some(("coopbuf", v)) => bufs = v,
             Some(("coopfetch", v)) => fetch = v,
-            Some(("coophalf", "1")) => half = ",coophalf=1",
-            Some(("coophalf", "0")) => {}
             _ => panic!("{shape}: {item}"),
         }
     }
-    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16},coopsg={sgs},coopbuf={bufs},coopfetch={fetch}{half}")
+    format!("cooptile={tile},coopk={units},coopvec={vec},coopx16={x16},coopsg={sgs},coopbuf={bufs},coopfetch={fetch}")
 }
 
 #[test]

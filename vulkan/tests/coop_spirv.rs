@@ -32,7 +32,7 @@ const TYPES: [WeightType; 9] = [
 /// Tile shapes (`cooptile=`, `coopk=`, `coopvec=`, `coopx16=`, `coopsg=`) as (tuning, rows, tokens, units of k per
 /// stage, halves per vector of the staged tiles, subgroups per workgroup): the default and every variant the tuning
 /// keys offer that a GPU run compares.
-const SHAPES: [(&str, u32, u32, u32, u32, u32); 23] = [
+const SHAPES: [(&str, u32, u32, u32, u32, u32); 21] = [
     ("", 64, 64, 1, 4, 4),
     ("coopx16=0", 64, 64, 1, 4, 4),
     ("coopvec=2", 64, 64, 1, 2, 4),
@@ -68,24 +68,6 @@ const SHAPES: [(&str, u32, u32, u32, u32, u32); 23] = [
     ),
     ("cooptile=128,coopfetch=1", 128, 64, 1, 4, 4),
     ("coopx16=0,coopvec=2,coopfetch=1", 64, 64, 1, 2, 4),
-    // Half units (`coophalf=1`): fewer units than threads (subgroups of 32 and 16), as many
-    // (8), and with two units a stage.
-    (
-        "cooptile=128x128,coopsg=8,coopbuf=2,coopfetch=1,coophalf=1",
-        128,
-        128,
-        1,
-        4,
-        8,
-    ),
-    (
-        "cooptile=64,coopsg=8,coopk=2,coopfetch=1,coophalf=1",
-        64,
-        64,
-        2,
-        4,
-        8,
-    ),
 ];
 
 /// SPIR-V opcodes of SPV_KHR_cooperative_matrix and the memory layouts of its loads/stores.

@@ -27,24 +27,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return unit_values(WUnit(raw, vec4<f32>(0.0)));
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Words: the half's 16
-// floats in raw[0..3].
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    let b = (row * p.k + u * 32u) / 4u + 4u * h;
-    var raw: array<vec4<u32>, 8>;
-    raw[0] = w4[b];
-    raw[1] = w4[b + 1u];
-    raw[2] = w4[b + 2u];
-    raw[3] = w4[b + 3u];
-    return raw;
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    return array<vec4<f32>, 4>(bitcast<vec4<f32>>(raw[0]), bitcast<vec4<f32>>(raw[1]), bitcast<vec4<f32>>(raw[2]),
-                               bitcast<vec4<f32>>(raw[3]));
-}
-
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
 fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     return dot8(unit_values(wu), xu.v);

@@ -38,23 +38,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return unit_values(wu);
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Words: the half's 8
-// words in raw[0..1].
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    let b = (row * p.k + u * 32u) / 8u + 2u * h;
-    var raw: array<vec4<u32>, 8>;
-    raw[0] = w4[b];
-    raw[1] = w4[b + 1u];
-    return raw;
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    let m0 = raw[0];
-    let m1 = raw[1];
-    return array<vec4<f32>, 4>(half_vec(m0.x, m0.y), half_vec(m0.z, m0.w), half_vec(m1.x, m1.y), half_vec(m1.z, m1.w));
-}
-
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
 fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     return dot8(unit_values(wu), xu.v);

@@ -60,9 +60,7 @@
 // pipeline is built for) and `coop_fetch`/`coop_put`, one statement per register, as it
 // writes the products (WGSL's loops over arrays become loops that the drivers seen so far do
 // not unroll, and an array indexed in a loop leaves registers); threads past the end of the
-// items load and store nothing. With `coophalf=1` the weight registers may hold half units
-// (see `coop_fetch_w_half`); the staging without the prefetch (`coopfetch=0`) keeps one thread
-// per unit.
+// items load and store nothing.
 
 // The subgroup size the pipeline is built for (8, 16 or 32; fixed on the adapter, checked by
 // the host): the workgroup is exactly COOP_SGS subgroups.
@@ -214,50 +212,6 @@ fn coop_put_w(raw: array<vec4<u32>, 8>, i: u32, s: u32, first_row: u32, buf: u32
         }
     } else {
         for (var q = 0u; q < 8u; q++) {
-            put_w(o + 4u / COOP_VEC * q, vec4<f16>());
-        }
-    }
-}
-
-// Half items (tuning key `coophalf`, where the host's `CoopShape::half_units` says so): the
-// prefetch splits each weight item of `coop_fetch_w` into its two halves of 16 values, item
-// `i` being half i / (COOP_ROWS COOP_UNITS) of weight item i % (COOP_ROWS COOP_UNITS). A stage
-// of 128 units in a workgroup of 256 threads gives every thread one half instead of half
-// the threads a whole unit, and the decode after the products, which every stage waits for,
-// takes half as long. The halves of a unit are a workgroup-size stride apart (rather than in
-// adjacent threads) so that each subgroup still loads consecutive units and decodes one half
-// throughout; with as many units as threads, each thread takes both halves of one unit.
-// The weight type's `unit_raw_half` loads what half h needs (all of the unit's words for the
-// types whose quant bytes hold one value of each half) and `raw_values_half` decodes it to the
-// same values as `raw_values` gives for elements 16 h .. 16 h + 15.
-fn coop_fetch_w_half(i: u32, s: u32, first_row: u32) -> array<vec4<u32>, 8> {
-    var raw: array<vec4<u32>, 8>;
-    let item = i % (COOP_ROWS * COOP_UNITS);
-    let u = s * COOP_UNITS + item % COOP_UNITS;
-    if (i < 2u * COOP_ROWS * COOP_UNITS && u < p.k / 32u) {
-        raw = unit_raw_half(min(first_row + item / COOP_UNITS, p.rows - 1u), u, i / (COOP_ROWS * COOP_UNITS));
-    }
-    return raw;
-}
-
-// Decodes half item `i` of stage `s` to f16 into buffer `buf` of coop_w, where `coop_put_w`
-// puts that half of the unit's values (zeros past k).
-fn coop_put_w_half(raw: array<vec4<u32>, 8>, i: u32, s: u32, first_row: u32, buf: u32) {
-    if (i >= 2u * COOP_ROWS * COOP_UNITS) {
-        return;
-    }
-    let item = i % (COOP_ROWS * COOP_UNITS);
-    let h = i / (COOP_ROWS * COOP_UNITS);
-    let j = item % COOP_UNITS;
-    let u = s * COOP_UNITS + j;
-    let o = buf * COOP_ROWS * COOP_SV + (item / COOP_UNITS) * COOP_SV + 32u / COOP_VEC * j + 16u / COOP_VEC * h;
-    if (u < p.k / 32u) {
-        let wv = raw_values_half(raw, min(first_row + item / COOP_UNITS, p.rows - 1u), u, h);
-        for (var q = 0u; q < 4u; q++) {
-            put_w(o + 4u / COOP_VEC * q, vec4<f16>(wv[q]));
-        }
-    } else {
-        for (var q = 0u; q < 4u; q++) {
             put_w(o + 4u / COOP_VEC * q, vec4<f16>());
         }
     }

@@ -49,20 +49,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return q4_0_values(q4_0_unit(raw[0], unpack2x16float(raw[1].x)[blk & 1u]));
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Every quant byte holds one
-// value of each half (its low and high nibble), so a half loads the whole unit's words.
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    return unit_raw(row, u);
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    let blk = row * (p.k / 32u) + u;
-    let d = unpack2x16float(raw[1].x)[blk & 1u];
-    let q = (raw[0] >> vec4<u32>(4u * h)) & vec4<u32>(0x0f0f0f0fu);
-    return array<vec4<f32>, 4>(q4_0_vec(q.x, d), q4_0_vec(q.y, d), q4_0_vec(q.z, d), q4_0_vec(q.w, d));
-}
-
 // The decode product's dot product of one unit with x: d * (sum q * x - 8 * sum x), so the
 // offset and the scale cost one instruction per unit instead of two per weight (see q8_0.wgsl).
 fn q4_raw(q: u32) -> vec4<f32> {

@@ -44,19 +44,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return q4_1_values(q4_1_unit(raw[0], raw[1].x));
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Every quant byte holds one
-// value of each half (its low and high nibble), so a half loads the whole unit's words.
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    return unit_raw(row, u);
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    let q = raw[0] >> vec4<u32>(4u * h);
-    let dm = unpack2x16float(raw[1].x);
-    return array<vec4<f32>, 4>(q4_1_vec(q.x, dm), q4_1_vec(q.y, dm), q4_1_vec(q.z, dm), q4_1_vec(q.w, dm));
-}
-
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl).
 fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     return dot8(q4_1_values(wu), xu.v);

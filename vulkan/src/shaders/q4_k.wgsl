@@ -47,19 +47,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return k_values(q4k_decode(raw[0], raw[1], u));
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Every quant byte holds one
-// value of each half (its low and high nibble), so a half loads the whole unit's words.
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    return unit_raw(row, u);
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    let q = (raw[0] >> vec4<u32>(4u * h)) & vec4<u32>(0x0f0f0f0fu);
-    let dm = k_scale_min(raw[1], u % 8u);
-    return array<vec4<f32>, 4>(k_vec(q.x, dm.x, dm.y), k_vec(q.y, dm.x, dm.y), k_vec(q.z, dm.x, dm.y), k_vec(q.w, dm.x, dm.y));
-}
-
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
 // int8 x (MV_DP4A): the masked nibbles are four bytes 0..15 per word, multiplied with
 // dot4I8Packed; the sub-block's scale and minimum apply once per unit:

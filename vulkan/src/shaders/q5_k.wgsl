@@ -49,27 +49,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return k_values(q5k_decode(q, raw[0], s));
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Words: the super-block's
-// head in raw[0], the vec4 of quant bytes that holds the half's nibbles in raw[1], its qh
-// bytes in raw[2].
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    let sb = row * (p.k / 256u) + u / 8u;
-    var raw: array<vec4<u32>, 8>;
-    raw[0] = w4[sb * 11u];
-    raw[1] = w4[sb * 11u + 3u + ((u % 8u) / 2u) * 2u + h];
-    raw[2] = w4[sb * 11u + 1u + h];
-    return raw;
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    let s = u % 8u;
-    let q = ((raw[1] >> vec4<u32>((s & 1u) * 4u)) & vec4<u32>(0x0f0f0f0fu))
-        | (((raw[2] >> vec4<u32>(s)) & vec4<u32>(0x01010101u)) << vec4<u32>(4u));
-    let dm = k_scale_min(raw[0], s);
-    return array<vec4<f32>, 4>(k_vec(q.x, dm.x, dm.y), k_vec(q.y, dm.x, dm.y), k_vec(q.z, dm.x, dm.y), k_vec(q.w, dm.x, dm.y));
-}
-
 // The 5-bit quants of sub-block s of super-block sb, four consecutive elements to a word,
 // one a byte (elements 0..15 in the first vec4, 16..31 in the second).
 fn q5k_quants(sb: u32, s: u32) -> array<vec4<u32>, 2> {

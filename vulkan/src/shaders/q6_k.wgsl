@@ -101,32 +101,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return q6k_values(q6k_decode(Q6Unit(raw[0], raw[1].x, raw[1].y), scales));
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Words: the low bits in
-// raw[0] (half h: nibble h of each byte), the high bits of the half in raw[1].x, the word of
-// the super-block's f16 d in raw[1].z, its int8 scales in raw[2], as unit_raw puts them.
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    let g = row * (p.k / 32u) + u;
-    let ut = p.aux / 4u;
-    let sb = row * (p.k / 256u) + u / 8u;
-    var raw: array<vec4<u32>, 8>;
-    raw[0] = w4[g];
-    raw[1] = vec4<u32>(w[p.aux + h * ut + g], 0u, w[p.aux + 2u * ut + 4u * (ut / 8u) + sb / 2u], 0u);
-    raw[2] = w4[(p.aux + 2u * ut) / 4u + sb];
-    return raw;
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    let sb = row * (p.k / 256u) + u / 8u;
-    let sc = q6k_scale_pair(raw[2], raw[1].z, sb, u)[h];
-    let lo = raw[0] >> vec4<u32>(4u * h);
-    let hi = raw[1].x;
-    let m = vec4<f32>(32.0);
-    return array<vec4<f32>, 4>(
-        sc * (vec4<f32>(unpack4xU8(q6_bytes(lo.x, hi))) - m), sc * (vec4<f32>(unpack4xU8(q6_bytes(lo.y, hi >> 2u))) - m),
-        sc * (vec4<f32>(unpack4xU8(q6_bytes(lo.z, hi >> 4u))) - m), sc * (vec4<f32>(unpack4xU8(q6_bytes(lo.w, hi >> 6u))) - m));
-}
-
 // The decode product's dot product of one unit with x (see unit_dot in q8_0.wgsl). With
 // int8 x (MV_DP4A): the quants as bytes 0..63 multiplied with dot4I8Packed, the offset 32
 // as 32 * sum(q_x) and the scale once per 16 values:

@@ -60,24 +60,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
     return q8_values(q8_unit(array<vec4<u32>, 2>(raw[0], raw[1]), d));
 }
 
-// `unit_raw_half` and `raw_values_half`: half h (elements 16 h .. 16 h + 15) of raw_values,
-// for the prefetch's half units (see matmul_coop.wgsl, `coophalf`). Words: the half's vec4
-// of quants in raw[0], the word holding the f16 scale in raw[1].x.
-fn unit_raw_half(row: u32, u: u32, h: u32) -> array<vec4<u32>, 8> {
-    let blk = row * (p.k / 32u) + u;
-    var raw: array<vec4<u32>, 8>;
-    raw[0] = w4[blk + row * (p.k / 32u) + h * (p.k / 32u)];
-    raw[1].x = w[p.aux + (blk >> 1u)];
-    return raw;
-}
-
-fn raw_values_half(raw: array<vec4<u32>, 8>, row: u32, u: u32, h: u32) -> array<vec4<f32>, 4> {
-    let blk = row * (p.k / 32u) + u;
-    let d = unpack2x16float(raw[1].x)[blk & 1u];
-    let q = raw[0];
-    return array<vec4<f32>, 4>(q8_vec(q.x, d), q8_vec(q.y, d), q8_vec(q.z, d), q8_vec(q.w, d));
-}
-
 // The decode product's dot product of one unit with x (xsum: the sum of the unit's x, used
 // by types with an offset). The scale multiplies the unit's sum once instead of every
 // weight: the decode products are bound by these ALU instructions, not by memory.
