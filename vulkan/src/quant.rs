@@ -601,6 +601,9 @@ pub(crate) struct MatmulOp {
     /// the dispatch a multi-token step with the fused input runs instead of the separate
     /// transformation before the op and `quantize`.
     fused_quantize: Option<FusedQuantize>,
+    /// Where the fused one-token product reads x normalized and quantized ahead (`xq1=2`):
+    /// the `norm_quantize_x` dispatch before it (pipeline, bind group, workgroups per token).
+    fused_before: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
     fused: Option<Dispatches>,
     /// Steps of at most this many tokens run `single` once per token (Kernels::matvec_tokens).
     matvec_tokens: u32,
@@ -619,15 +622,18 @@ impl MatmulOp {
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
     ) -> Result<MatmulOp, VulkanError> {
-        let mut op =
-            MatmulOp::with_first(gpu, kernels, label, weight, x, y, step, mode, fused, None)?;
+        let mut op = MatmulOp::with_first(
+            gpu, kernels, label, weight, x, y, step, mode, fused, None, true,
+        )?;
         op.fused_quantize = fused_quantize(gpu, kernels, &op, &[weight], step, mode, fused)?;
         Ok(op)
     }
 
     /// As [`new`](Self::new); `first`: the first part of a side-by-side product, whose
     /// quantized x (filled by its `quantize_x` dispatch) and f16 x (filled by its `coop_x_f16`
-    /// dispatch) every later part reads, else they are made.
+    /// dispatch) every later part reads, else they are made. `alone`: the weight is the whole
+    /// product, so its fused one-token product may read x normalized and quantized ahead
+    /// (`xq1=2`; the parts of a side-by-side product keep quantizing in every workgroup).
     #[allow(clippy::too_many_arguments)]
     fn with_first(
         gpu: &Gpu,
@@ -640,12 +646,14 @@ impl MatmulOp {
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
         first: Option<&MatmulOp>,
+        alone: bool,
     ) -> Result<MatmulOp, VulkanError> {
         let shared_xq = first.and_then(|op| op.xq.as_ref());
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let group = kernels.matvec_group(weight.rows, weight.k, &[weight.ty]);
         let mv_rows = group.rows;
-        let x_ahead = kernels.matvec_x_ahead(weight.ty, group, mode.exact_input);
+        let x_ahead =
+            kernels.matvec_x_ahead(weight.ty, MatvecInput::Plain, group, mode.exact_input);
         let single_pipeline = match x_ahead {
             Some((p, _)) => p.clone(),
             None => kernels
@@ -707,6 +715,24 @@ impl MatmulOp {
                 )
             }
         };
+        // `xq1=2`: the RMSNorm inputs' products reading x normalized and quantized ahead by
+        // `norm_quantize_x` (the pipeline's input is the one chosen above).
+        let fused_ahead = match &fused {
+            Some(FusedInput::Norm { .. }) if alone => {
+                kernels.matvec_x_ahead(weight.ty, MatvecInput::Norm, group, mode.exact_input)
+            }
+            Some(FusedInput::NormRope { .. }) if alone => {
+                kernels.matvec_x_ahead(weight.ty, MatvecInput::NormRope, group, false)
+            }
+            Some(FusedInput::NormGlu { .. }) if alone => {
+                kernels.matvec_x_ahead(weight.ty, MatvecInput::NormGlu, group, false)
+            }
+            _ => None,
+        };
+        let fused_pipeline = match fused_ahead {
+            Some((p, _)) => Some(p.clone()),
+            None => fused_pipeline,
+        };
         // The fused SiLU·mul writes the activation, not the product's output.
         let fused_y = match &fused {
             Some(FusedInput::NormGlu { act, .. }) => *act,
@@ -744,7 +770,8 @@ impl MatmulOp {
         // Three vec4 words per unit and token of a step of up to matvec_tokens tokens (see
         // `xq` in matvec_multi.wgsl).
         let units = (weight.k / 32) as u32;
-        let xq = match (multi.is_some() || x_ahead.is_some(), shared_xq) {
+        let reads_xq = multi.is_some() || x_ahead.is_some() || fused_ahead.is_some();
+        let xq = match (reads_xq, shared_xq) {
             (false, _) => None,
             (true, Some(b)) => Some(b.clone()),
             (true, None) => Some(gpu.storage(
@@ -753,6 +780,7 @@ impl MatmulOp {
             )?),
         };
         let mut quantize = None;
+        let mut fused_before = None;
         let mut fused = fused_pipeline.map(Dispatches::new);
         let lanes = lanes_for(weight.k);
         for c in &weight.chunks {
@@ -857,6 +885,20 @@ impl MatmulOp {
                         (11, r.params),
                     ]);
                 }
+                if let (Some((_, nq)), Some(xq)) = (fused_ahead, xq.as_ref()) {
+                    entries.push((15, xq));
+                    // One normalization and quantization for all chunks (it reads only k,
+                    // the epsilon and the token count), one workgroup per token.
+                    if fused_before.is_none() {
+                        let bg = kernels::bind(
+                            gpu,
+                            nq,
+                            "rmsnorm + quantize x",
+                            &[(1, fused_x), (3, &ubuf), (4, step), (6, norm_w), (15, xq)],
+                        );
+                        fused_before = Some((nq.clone(), bg, 1));
+                    }
+                }
                 let bg = kernels::bind(gpu, &f.pipeline, label, &with_w4(entries));
                 f.chunks.push((bg, mv_groups));
             }
@@ -878,6 +920,7 @@ impl MatmulOp {
             x16,
             x16_convert,
             fused_quantize: None,
+            fused_before,
             fused,
             matvec_tokens: kernels.matvec_tokens(),
         })
@@ -943,6 +986,7 @@ impl MatmulOp {
                 part_mode,
                 part_fused,
                 op.as_ref(),
+                false,
             )?;
             match op.as_mut() {
                 None => op = Some(part),
@@ -982,10 +1026,10 @@ impl MatmulOp {
     }
 
     /// Dispatches one decode step records: the fused ones when `fused`, else the plain ones
-    /// (with the quantization of x before them where they read it, `xq1=1`).
+    /// (with the quantization of x before them where they read it, `xq1=1|2`).
     pub fn decode_dispatches(&self, fused: bool) -> usize {
         match (&self.fused, fused) {
-            (Some(f), true) => f.dispatch_count(),
+            (Some(f), true) => f.dispatch_count() + self.fused_before.is_some() as usize,
             _ => self.single.dispatch_count() + self.single_reads_xq as usize,
         }
     }
@@ -1020,7 +1064,12 @@ impl MatmulOp {
     /// given at creation, where [`fuses_input`](Self::fuses_input) says the op can take it.
     pub fn record(&self, rec: &mut Recorder<'_, '_>, n: u32, fused: bool) {
         match (&self.fused, fused) {
-            (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
+            (Some(f), true) if n == 1 => {
+                if let Some((pipeline, bg, groups)) = &self.fused_before {
+                    rec.dispatch("rmsnorm + quantize x", pipeline, bg, [*groups, 1, 1]);
+                }
+                f.record(rec, self.label, 1)
+            }
             // A few tokens: the multi-token kernel with one z slice per `cols` tokens (or, with
             // `multi=0`, the one-token kernel with one z slice per token).
             _ if n <= self.matvec_tokens => match &self.multi {

@@ -356,6 +356,138 @@ fn silu_mul_fused_into_quantize_x_matches_silu_mul_then_quantize_x() {
     }
 }
 
+/// A one-token product after an RMSNorm with x normalized and quantized ahead (`xq1=2`:
+/// `norm_quantize_x`, then `matvec_norm` reading its int8 x) is the multi-token step's
+/// arithmetic (`norm_quantize_x`, then `matvec_multi`): for the types whose products read
+/// int8 x, a step of one token and a step of two copies of that token give the same products
+/// bit for bit, with the norm's dispatch before the product; within the decode tolerance of
+/// the reference of the normalized, then quantized, x; and as close to the products that
+/// quantize x * norm weight in every workgroup and scale the sums (`xq1=0`) as that
+/// tolerance. The other types keep one dispatch.
+#[test]
+fn one_token_rmsnorm_products_with_x_normalized_ahead_equal_a_multi_token_step() {
+    let (gpu, tuning) = gpu_with("xq1=2");
+    let (each, _) = gpu_with("xq1=0");
+    let eps = 1e-5;
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let (weight, w) = fused_weight(&gpu, dtype, 250 + i as u64);
+        let (weight_each, _) = fused_weight(&each, dtype, 250 + i as u64);
+        let ty = weight.weight_type();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(350 + i as u64);
+        let norm_w: Vec<f32> = random(&mut rng, FUSED_K)
+            .iter()
+            .map(|v| 1.0 + 0.5 * v)
+            .collect();
+        let x: Vec<f32> = random(&mut rng, FUSED_K).iter().map(|v| 3.0 * v).collect();
+        let xs = vec![x.clone(), [x.clone(), x.clone()].concat()];
+        let got = testing::norm_matmul_each(&gpu, &weight, &xs, &norm_w, eps, true).unwrap();
+        let old =
+            testing::norm_matmul_each(&each, &weight_each, &xs[..1], &norm_w, eps, true).unwrap();
+        let (one, two) = (&got[0], &got[1]);
+        let want = reference_k(
+            &w,
+            &decode_input(&tuning, ty, &rms_normed(&x, &norm_w, eps)),
+            1,
+            FUSED_ROWS,
+            FUSED_K,
+        );
+        let (rel, _) = common::compare(&one.y, &want);
+        let from_old: Vec<f64> = old[0].y.iter().map(|&v| v as f64).collect();
+        let (rel_old, _) = common::compare(&one.y, &from_old);
+        let differ = one
+            .y
+            .iter()
+            .zip(&two.y[..FUSED_ROWS])
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        println!(
+            "xq1=2 {ty:?}: rel {rel:.2e}, {rel_old:.2e} from xq1=0, {differ} products differ from the 2-token step's, {} dispatches",
+            one.dispatches
+        );
+        let tol = decode_tolerance(&tuning, ty, true);
+        assert!(rel < tol, "{ty:?}: relative error {rel} above {tol}");
+        assert!(rel_old < tol, "{ty:?}: {rel_old} away from xq1=0");
+        if tuning.decode_quantizes_x(ty) {
+            assert_eq!(
+                differ, 0,
+                "{ty:?}: {differ} products differ from the 2-token step's"
+            );
+            assert_eq!(one.dispatches, 2, "{ty:?}: norm_quantize_x + matvec_norm");
+        } else {
+            assert_eq!(one.dispatches, 1, "{ty:?}: matvec_norm alone");
+        }
+    }
+}
+
+/// ‖a − b‖ / ‖b‖ over the entries both hold (the caches' unwritten entries are NaN in both,
+/// checked), in f64.
+fn rel_diff(label: &str, a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "{label}: lengths");
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        assert_eq!(x.is_nan(), y.is_nan(), "{label}: written entries differ");
+        if !x.is_nan() {
+            diff += (x as f64 - y as f64).powi(2);
+            norm += (y as f64).powi(2);
+        }
+    }
+    (diff / norm).sqrt()
+}
+
+/// The q|k|v product with RoPE and the K/V store (`matvec_norm_rope`) and the gate|up product
+/// with SiLU·mul (`matvec_norm_glu`) of one token with x normalized and quantized ahead
+/// (`xq1=2`, one `norm_quantize_x` dispatch before the product where the type reads int8 x)
+/// against the same products quantizing x * norm weight in every workgroup (`xq1=0`): q, the
+/// caches and the activation within the decode tolerance (they differ only in where the
+/// norm's scale is applied around the int8 rounding).
+#[test]
+fn rope_and_silu_products_with_x_normalized_ahead_match_those_quantizing_in_every_workgroup() {
+    let (ahead, tuning) = gpu_with("xq1=2");
+    let (each, _) = gpu_with("xq1=0");
+    let shape = testing::RopeShape {
+        n_head: 4,
+        n_kv: 2,
+        head_dim: 64,
+        ctx: 8,
+        pos: 3,
+        base: 10000.0,
+    };
+    let (rows, k, eps) = (512, 512, 1e-5);
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let qt = random_qtensor(dtype, rows, k, 270 + i as u64);
+        let (weight, _) = upload_with_reference(&ahead, "qkv", &qt);
+        let (weight_each, _) = upload_with_reference(&each, "qkv", &qt);
+        let ty = weight.weight_type();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(370 + i as u64);
+        let norm_w: Vec<f32> = random(&mut rng, k).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let x: Vec<f32> = random(&mut rng, k).iter().map(|v| 3.0 * v).collect();
+        let a = testing::matvec_norm_rope(&ahead, &weight, &x, &norm_w, eps, &shape).unwrap();
+        let b = testing::matvec_norm_rope(&each, &weight_each, &x, &norm_w, eps, &shape).unwrap();
+        let glu_a = testing::matvec_norm_glu(&ahead, &weight, &x, &norm_w, eps).unwrap();
+        let glu_b = testing::matvec_norm_glu(&each, &weight_each, &x, &norm_w, eps).unwrap();
+        let tol = decode_tolerance(&tuning, ty, true);
+        for (what, got, want) in [
+            ("q", &a.q, &b.q),
+            ("k cache", &a.kcache, &b.kcache),
+            ("v cache", &a.vcache, &b.vcache),
+            ("silu(gate) * up", &glu_a, &glu_b),
+        ] {
+            let rel = rel_diff(&format!("{ty:?} {what}"), got, want);
+            println!("xq1=2 {ty:?} {what}: {rel:.2e} from xq1=0");
+            assert!(
+                rel < tol,
+                "{ty:?} {what}: {rel} away from xq1=0 (tolerance {tol})"
+            );
+        }
+        let expected = if tuning.decode_quantizes_x(ty) { 2 } else { 1 };
+        assert_eq!(
+            (a.dispatches, b.dispatches),
+            (expected, 1),
+            "{ty:?}: norm_quantize_x + matvec_norm_rope where the type reads int8 x"
+        );
+    }
+}
+
 /// `y[t, r] = Σ_k W[r, k] x[t, k]` in f64 for `rows` rows of `k`.
 fn reference_k(w: &[f32], x: &[f64], n_tokens: usize, rows: usize, k: usize) -> Vec<f64> {
     let mut y = vec![0.0; n_tokens * rows];

@@ -439,9 +439,11 @@ fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
 }
 
 // Thread r (< MV_ROWS) returns row first + r of the product; the others an unspecified value.
-// Each unit of x comes from `mv_x`, which kernels.rs appends to the module: `x_unit` in every
-// workgroup (matvec_x_each.wgsl), or for the plain input the int8 x that a `quantize_x`
-// dispatch wrote once for the whole product (matvec_x_ahead.wgsl, `xq1=1`).
+// Each unit of x comes from `mv_x`, and the RMSNorm's 1 / rms(x) from `mv_norm_scale`, which
+// kernels.rs appends to the module: `x_unit` in every workgroup and the norm from the squares
+// it summed (matvec_x_each.wgsl), or the int8 x that a `quantize_x` (plain input, `xq1=1`)
+// or `norm_quantize_x` (RMSNorm input, `xq1=2`) dispatch wrote once for the whole product,
+// already normalized (matvec_x_ahead.wgsl).
 // Call from uniform control flow.
 fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     // Rows past the end recompute the last row (no branch around the loads) and are not
@@ -508,7 +510,7 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     }
     var scale = 1.0;
     if (mode == 1u) {
-        scale = 1.0 / sqrt(reduce_all(sq, l) / f32(p.k) + p.eps);
+        scale = mv_norm_scale(sq, l);
     }
     mv_acc[0] = g0.x; mv_acc[1] = g0.y; mv_acc[2] = g0.z; mv_acc[3] = g0.w;
     mv_acc[4] = g1.x; mv_acc[5] = g1.y; mv_acc[6] = g1.z; mv_acc[7] = g1.w;
