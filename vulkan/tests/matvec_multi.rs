@@ -366,8 +366,22 @@ fn silu_mul_fused_into_quantize_x_matches_silu_mul_then_quantize_x() {
 /// tolerance. The other types keep one dispatch.
 #[test]
 fn one_token_rmsnorm_products_with_x_normalized_ahead_equal_a_multi_token_step() {
-    let (gpu, tuning) = gpu_with("xq1=2");
-    let (each, _) = gpu_with("xq1=0");
+    check_normalized_ahead("");
+}
+
+#[test]
+fn tall_one_token_rmsnorm_products_with_x_normalized_ahead_equal_a_multi_token_step() {
+    // 16-row workgroups (13 rows count as tall with tall=8) of 64 threads, which walk k as
+    // matvec_multi's 64 do; with 128 or 256 (mvwg=) each thread sums other units, so the
+    // products are the multi-token step's only within the decode tolerance.
+    check_normalized_ahead("tall=8,mvwg=64");
+}
+
+/// See [`one_token_rmsnorm_products_with_x_normalized_ahead_equal_a_multi_token_step`]; on
+/// GPUs made with `spec`.
+fn check_normalized_ahead(spec: &str) {
+    let (gpu, tuning) = gpu_with(&format!("{spec},xq1=2"));
+    let (each, _) = gpu_with(&format!("{spec},xq1=0"));
     let eps = 1e-5;
     for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
         let (weight, w) = fused_weight(&gpu, dtype, 250 + i as u64);
@@ -401,7 +415,7 @@ fn one_token_rmsnorm_products_with_x_normalized_ahead_equal_a_multi_token_step()
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
         println!(
-            "xq1=2 {ty:?}: rel {rel:.2e}, {rel_old:.2e} from xq1=0, {differ} products differ from the 2-token step's, {} dispatches",
+            "{spec} xq1=2 {ty:?}: rel {rel:.2e}, {rel_old:.2e} from xq1=0, {differ} products differ from the 2-token step's, {} dispatches",
             one.dispatches
         );
         let tol = decode_tolerance(&tuning, ty, true);
