@@ -360,7 +360,8 @@ fn silu_mul_fused_into_quantize_x_matches_silu_mul_then_quantize_x() {
 /// `norm_quantize_x`, then `matvec_norm` reading its int8 x) is the multi-token step's
 /// arithmetic (`norm_quantize_x`, then `matvec_multi`): for the types whose products read
 /// int8 x, a step of one token and a step of two copies of that token give the same products
-/// bit for bit, with the norm's dispatch before the product; within the decode tolerance of
+/// (within SAME_TOL, as the one-token and multi-token kernels everywhere: on lavapipe bit for
+/// bit, as printed), with the norm's dispatch before the product; within the decode tolerance of
 /// the reference of the normalized, then quantized, x; and as close to the products that
 /// quantize x * norm weight in every workgroup and scale the sums (`xq1=0`) as that
 /// tolerance. The other types keep one dispatch.
@@ -408,6 +409,8 @@ fn check_normalized_ahead(spec: &str) {
         let (rel, _) = common::compare(&one.y, &want);
         let from_old: Vec<f64> = old[0].y.iter().map(|&v| v as f64).collect();
         let (rel_old, _) = common::compare(&one.y, &from_old);
+        let two_first: Vec<f64> = two.y[..FUSED_ROWS].iter().map(|&v| v as f64).collect();
+        let (same, _) = common::compare(&one.y, &two_first);
         let differ = one
             .y
             .iter()
@@ -422,9 +425,9 @@ fn check_normalized_ahead(spec: &str) {
         assert!(rel < tol, "{ty:?}: relative error {rel} above {tol}");
         assert!(rel_old < tol, "{ty:?}: {rel_old} away from xq1=0");
         if tuning.decode_quantizes_x(ty) {
-            assert_eq!(
-                differ, 0,
-                "{ty:?}: {differ} products differ from the 2-token step's"
+            assert!(
+                same < SAME_TOL,
+                "{ty:?}: {same} away from the 2-token step's products ({differ} differ)"
             );
             assert_eq!(one.dispatches, 2, "{ty:?}: norm_quantize_x + matvec_norm");
         } else {
