@@ -195,14 +195,7 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `cols` tokens; 0: the one-token kernel once per token, z slices), `cols=1..8` (tokens
 /// per `matvec_multi` workgroup), `mrows=4|8` (rows per `matvec_multi` workgroup) and
 /// `xq=0|1` (1: where `matvec_multi` takes int8 x, the step's x is quantized once by its own
-/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads), `xq1=0|1` (1: the
-/// same for the one-token products with plain input of the int8 types, attn_output and
-/// ffn_down of a decode step: `quantize_x` before the `matvec` that reads its int8 x, in the
-/// 4-row and the tall workgroups alike; 2: also those with RMSNorm input, q|k|v and gate|up
-/// where one weight (not a mixed-type or side-by-side product): `norm_quantize_x` before
-/// `matvec_norm_rope`/`matvec_norm_glu`/`matvec_norm` reading its int8 x, as in a multi-token
-/// step; 0, the default: every `matvec` workgroup quantizes the f32 x it reads),
-/// `fuseq=0|1` (1:
+/// dispatch, `quantize_x`; 0: every workgroup quantizes the x it reads), `fuseq=0|1` (1:
 /// where the products after an RMSNorm or SiLU·mul read that int8 x, a multi-token step
 /// computes the norm or SiLU·mul and the quantization in one dispatch, `norm_quantize_x` or
 /// `glu_quantize_x`, instead of two), `headq=0|1` (1: the output head of a step with
@@ -272,9 +265,6 @@ pub struct KernelTuning {
     multi_cols: u32,
     multi_rows: u32,
     quantize_once: bool,
-    /// `xq1=`: one-token products of the int8 types that read x quantized ahead: 0 none,
-    /// 1 those with plain input, 2 also those with RMSNorm input.
-    quantize_decode: u8,
     fused_quantize: bool,
     head_int8: bool,
     coop: CoopShape,
@@ -398,7 +388,6 @@ impl KernelTuning {
         multi_cols: MULTI_COLS,
         multi_rows: MULTI_ROWS,
         quantize_once: true,
-        quantize_decode: 0,
         fused_quantize: true,
         head_int8: true,
         coop: CoopShape::DEFAULT,
@@ -643,7 +632,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, xq1=0|1|2, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -669,7 +658,6 @@ impl std::str::FromStr for KernelTuning {
                 ("cols", Ok(n @ 1..=8)) => t.multi_cols = n as u32,
                 ("mrows", Ok(n @ (4 | 8))) => t.multi_rows = n as u32,
                 ("xq", Ok(n @ (0 | 1))) => t.quantize_once = n == 1,
-                ("xq1", Ok(n @ 0..=2)) => t.quantize_decode = n as u8,
                 ("fuseq", Ok(n @ (0 | 1))) => t.fused_quantize = n == 1,
                 ("headq", Ok(n @ (0 | 1))) => t.head_int8 = n == 1,
                 ("coopk", Ok(n @ (1 | 2 | 4))) => t.coop.units = n as u32,
@@ -721,8 +709,6 @@ const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const SINGLE_TYPE: &str = include_str!("shaders/single_type.wgsl");
 const MIXED: &str = include_str!("shaders/mixed.wgsl");
 const MATVEC_MULTI: &str = include_str!("shaders/matvec_multi.wgsl");
-const MATVEC_X_EACH: &str = include_str!("shaders/matvec_x_each.wgsl");
-const MATVEC_X_AHEAD: &str = include_str!("shaders/matvec_x_ahead.wgsl");
 const MATMUL_COOP: &str = include_str!("shaders/matmul_coop.wgsl");
 const COOP_EMULATED: &str = include_str!("shaders/coop_emulated.wgsl");
 
@@ -783,19 +769,6 @@ fn load_unit_source(ty: WeightType) -> &'static str {
 
 /// The matmul module of one weight type.
 fn single_source(reduce: &str, ty: WeightType) -> String {
-    format!("{}\n{MATVEC_X_EACH}", type_source(reduce, ty))
-}
-
-/// The module of one weight type's decode products that read x quantized ahead by
-/// `quantize_x` or `norm_quantize_x` (`xq1=1|2`, see matvec_x_ahead.wgsl): a separate
-/// module because its `mv_x` binds `xq`, which the other decode products of
-/// [`single_source`] must not.
-fn x_ahead_source(reduce: &str, ty: WeightType) -> String {
-    format!("{}\n{MATVEC_X_AHEAD}", type_source(reduce, ty))
-}
-
-/// matmul.wgsl and matvec_multi.wgsl for one weight type, without `mv_x`.
-fn type_source(reduce: &str, ty: WeightType) -> String {
     format!(
         "{reduce}\n{MATMUL}\n{MATVEC_MULTI}\n{}\n{SINGLE_TYPE}",
         load_unit_source(ty)
@@ -1029,7 +1002,7 @@ fn mixed_source(reduce: &str, a: WeightType, b: WeightType) -> String {
         out.push(c);
     }
     format!(
-        "{reduce}\n{MATMUL}\n{}\n{MIXED}\n{out}\n{MATVEC_X_EACH}",
+        "{reduce}\n{MATMUL}\n{}\n{MIXED}\n{out}",
         load_unit_source(a)
     )
 }
@@ -1104,19 +1077,14 @@ pub(crate) struct Kernels {
     /// Keyed by type, input, workgroup (4 rows of 64 threads, or for tall matrices 16 rows
     /// of the threads `mvwg=` asks for) and whether x is quantized to int8 (`MV_DP4A`).
     matvec: HashMap<(WeightType, MatvecInput, MatvecGroup, bool), wgpu::ComputePipeline>,
-    /// The decode pipelines of the int8 types that read x quantized ahead by `quantize_x`
-    /// (plain input, `xq1=1`) or `norm_quantize_x` (RMSNorm inputs, `xq1=2`), module
-    /// [`x_ahead_source`], keyed by type, input and workgroup; empty with `xq1=0`.
-    matvec_x_ahead: HashMap<(WeightType, MatvecInput, MatvecGroup), wgpu::ComputePipeline>,
     /// Multi-token pipelines (`matvec_multi`), keyed by type and int8 x; empty with
     /// `multi=0`.
     matvec_multi: HashMap<(WeightType, bool), wgpu::ComputePipeline>,
     /// `quantize_x` per type, for the multi-token pipelines with int8 x that read it
-    /// (`MV_XQ`; not with `multi=0` or `xq=0`) and for `matvec_x_ahead` (`xq1=1|2`).
+    /// (`MV_XQ`); empty with `multi=0` or `xq=0`.
     quantize_x: HashMap<WeightType, wgpu::ComputePipeline>,
-    /// `norm_quantize_x` per type (RMSNorm and `quantize_x` in one dispatch), for the
-    /// multi-token pipelines with int8 x (not with `fuseq=0` either) and for the RMSNorm
-    /// inputs of `matvec_x_ahead` (`xq1=2`).
+    /// `norm_quantize_x` per type (RMSNorm and `quantize_x` in one dispatch); as
+    /// `quantize_x`, and empty with `fuseq=0`.
     norm_quantize_x: HashMap<WeightType, wgpu::ComputePipeline>,
     /// `glu_quantize_x` (SiLU·mul and `quantize_x` in one dispatch) per type and whether the
     /// gate|up rows are interleaved (`GLU_INTERLEAVED`); as `norm_quantize_x`.
@@ -1255,7 +1223,6 @@ impl Kernels {
         let mut matmul = HashMap::new();
         let mut matmul_tiled = HashMap::new();
         let mut matvec = HashMap::new();
-        let mut matvec_x_ahead = HashMap::new();
         let mut matvec_multi = HashMap::new();
         let mut quantize_x = HashMap::new();
         let mut norm_quantize_x = HashMap::new();
@@ -1375,68 +1342,6 @@ impl Kernels {
                 }
             }
             let int8 = tuning.dp4a && dp4a_type(ty);
-            if int8 && tuning.quantize_decode > 0 {
-                let source = x_ahead_source(reduce, ty);
-                let inputs: &[MatvecInput] = if tuning.quantize_decode > 1 {
-                    &[
-                        MatvecInput::Plain,
-                        MatvecInput::Norm,
-                        MatvecInput::NormRope,
-                        MatvecInput::NormGlu,
-                    ]
-                } else {
-                    &[MatvecInput::Plain]
-                };
-                for &input in inputs {
-                    for &group in &matvec_groups {
-                        let label = format!(
-                            "{} {ty:?} x{} ({} threads), x quantized ahead",
-                            input.entry(),
-                            group.rows,
-                            group.threads
-                        );
-                        matvec_x_ahead.insert(
-                            (ty, input, group),
-                            pipeline_with(
-                                gpu,
-                                tuning.checks,
-                                &label,
-                                &source,
-                                input.entry(),
-                                &matvec_constants(&tuning, group, true),
-                            ),
-                        );
-                    }
-                }
-            }
-            if int8 && tuning.quantize_decode > 1
-                || int8 && tuning.multi && tuning.quantize_once && tuning.fused_quantize
-            {
-                norm_quantize_x.insert(
-                    ty,
-                    pipeline_with(
-                        gpu,
-                        tuning.checks,
-                        &format!("norm_quantize_x {ty:?}"),
-                        &source,
-                        "norm_quantize_x",
-                        &[("MV_DP4A", 1.0)],
-                    ),
-                );
-            }
-            if int8 && ((tuning.multi && tuning.quantize_once) || tuning.quantize_decode > 0) {
-                quantize_x.insert(
-                    ty,
-                    pipeline_with(
-                        gpu,
-                        tuning.checks,
-                        &format!("quantize_x {ty:?}"),
-                        &source,
-                        "quantize_x",
-                        &[("MV_DP4A", 1.0)],
-                    ),
-                );
-            }
             if tuning.multi {
                 // As the plain one-token product: also without int8 x for the output head.
                 for q in if int8 { vec![true, false] } else { vec![false] } {
@@ -1458,22 +1363,46 @@ impl Kernels {
                         ),
                     );
                 }
-                if int8 && tuning.quantize_once && tuning.fused_quantize {
-                    for interleaved in [false, true] {
-                        glu_quantize_x.insert(
-                            (ty, interleaved),
+                if int8 && tuning.quantize_once {
+                    quantize_x.insert(
+                        ty,
+                        pipeline_with(
+                            gpu,
+                            tuning.checks,
+                            &format!("quantize_x {ty:?}"),
+                            &source,
+                            "quantize_x",
+                            &[("MV_DP4A", 1.0)],
+                        ),
+                    );
+                    if tuning.fused_quantize {
+                        norm_quantize_x.insert(
+                            ty,
                             pipeline_with(
                                 gpu,
                                 tuning.checks,
-                                &format!("glu_quantize_x {ty:?}"),
+                                &format!("norm_quantize_x {ty:?}"),
                                 &source,
-                                "glu_quantize_x",
-                                &[
-                                    ("MV_DP4A", 1.0),
-                                    ("GLU_INTERLEAVED", interleaved as u32 as f64),
-                                ],
+                                "norm_quantize_x",
+                                &[("MV_DP4A", 1.0)],
                             ),
                         );
+                        for interleaved in [false, true] {
+                            glu_quantize_x.insert(
+                                (ty, interleaved),
+                                pipeline_with(
+                                    gpu,
+                                    tuning.checks,
+                                    &format!("glu_quantize_x {ty:?}"),
+                                    &source,
+                                    "glu_quantize_x",
+                                    &[
+                                        ("MV_DP4A", 1.0),
+                                        ("GLU_INTERLEAVED", interleaved as u32 as f64),
+                                    ],
+                                ),
+                            );
+                        }
                     }
                 }
             }
@@ -1493,7 +1422,6 @@ impl Kernels {
             matmul,
             matmul_tiled,
             matvec,
-            matvec_x_ahead,
             matvec_multi,
             quantize_x,
             norm_quantize_x,
@@ -1622,38 +1550,10 @@ impl Kernels {
     /// (`quantize_x`, dispatched before it), or `None` where that pipeline reads f32 x or
     /// quantizes in every workgroup (`xq=0`).
     pub fn multi_quantize(&self, ty: WeightType, exact: bool) -> Option<&wgpu::ComputePipeline> {
-        if exact || !self.tuning.quantize_once {
-            return None;
-        }
-        self.quantize_x.get(&ty)
-    }
-
-    /// The decode pipeline of `ty` for `input` and `group` that reads x quantized ahead,
-    /// with the pipeline to dispatch before it that writes that x: `quantize_x` for the plain
-    /// input (`xq1=1`), `norm_quantize_x` for the RMSNorm inputs (`xq1=2`); or `None` where
-    /// the decode product quantizes x in every workgroup or keeps it f32 (`exact`, a type
-    /// without int8 products, `dp4a=0`, `xq1=0`, the SiLU·mul input).
-    pub fn matvec_x_ahead(
-        &self,
-        ty: WeightType,
-        input: MatvecInput,
-        group: MatvecGroup,
-        exact: bool,
-    ) -> Option<(&wgpu::ComputePipeline, &wgpu::ComputePipeline)> {
         if exact {
             return None;
         }
-        let before = match input {
-            MatvecInput::Plain => &self.quantize_x,
-            MatvecInput::Norm | MatvecInput::NormRope | MatvecInput::NormGlu => {
-                &self.norm_quantize_x
-            }
-            MatvecInput::Glu => return None,
-        };
-        Some((
-            self.matvec_x_ahead.get(&(ty, input, group))?,
-            before.get(&ty)?,
-        ))
+        self.quantize_x.get(&ty)
     }
 
     /// The pipeline that normalizes a step's x (RMSNorm) and quantizes it in one dispatch for
@@ -1665,9 +1565,7 @@ impl Kernels {
         ty: WeightType,
         exact: bool,
     ) -> Option<&wgpu::ComputePipeline> {
-        // Also compiled for `xq1=2` without these.
-        let t = &self.tuning;
-        if exact || !(t.multi && t.quantize_once && t.fused_quantize) {
+        if exact {
             return None;
         }
         self.norm_quantize_x.get(&ty)
@@ -2239,9 +2137,6 @@ mod tuning_tests {
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (false, 4, 4));
         assert!(parse("").unwrap().quantize_once);
         assert!(!parse("xq=0").unwrap().quantize_once);
-        assert_eq!(parse("").unwrap().quantize_decode, 0);
-        assert_eq!(parse("xq1=1").unwrap().quantize_decode, 1);
-        assert_eq!(parse("xq1=2").unwrap().quantize_decode, 2);
         assert!(parse("").unwrap().fused_quantize);
         assert!(!parse("fuseq=0").unwrap().fused_quantize);
         assert!(parse("").unwrap().head_int8);
@@ -2280,8 +2175,6 @@ mod tuning_tests {
             "cols=9",
             "mrows=16",
             "xq=2",
-            "xq1=3",
-            "xq1=",
             "fuseq=2",
             "headq=2",
             "prefill=1",

@@ -580,14 +580,10 @@ pub(crate) struct MatmulOp {
     /// `matvec_multi` and its tokens per workgroup; `None` with `multi=0` (then `single`
     /// runs once per token).
     multi: Option<(Dispatches, u32)>,
-    /// Where `multi` or `single` reads x quantized ahead (`MV_XQ` in matvec_multi.wgsl,
-    /// matvec_x_ahead.wgsl): the `quantize_x` pipeline, its bind group and workgroups per
-    /// token, dispatched once per step before the products of every part (which share `xq`).
+    /// Where `multi` reads x quantized ahead (`MV_XQ` in matvec_multi.wgsl): the
+    /// `quantize_x` pipeline, its bind group and workgroups per token, dispatched once per
+    /// step before the products of every part (which share `xq`).
     quantize: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
-    /// Which products read `xq`, so need `quantize` before them: `multi` (`xq=1`) and
-    /// `single` (`xq1=1`; any part of a side-by-side product).
-    multi_reads_xq: bool,
-    single_reads_xq: bool,
     /// The buffer `quantize_x` writes and `multi` reads (bound even where the pipeline does
     /// not read it); shared by the parts of a side-by-side product.
     xq: Option<wgpu::Buffer>,
@@ -601,9 +597,6 @@ pub(crate) struct MatmulOp {
     /// the dispatch a multi-token step with the fused input runs instead of the separate
     /// transformation before the op and `quantize`.
     fused_quantize: Option<FusedQuantize>,
-    /// Where the fused one-token product reads x normalized and quantized ahead (`xq1=2`):
-    /// the `norm_quantize_x` dispatch before it (pipeline, bind group, workgroups per token).
-    fused_before: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
     fused: Option<Dispatches>,
     /// Steps of at most this many tokens run `single` once per token (Kernels::matvec_tokens).
     matvec_tokens: u32,
@@ -622,18 +615,15 @@ impl MatmulOp {
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
     ) -> Result<MatmulOp, VulkanError> {
-        let mut op = MatmulOp::with_first(
-            gpu, kernels, label, weight, x, y, step, mode, fused, None, true,
-        )?;
+        let mut op =
+            MatmulOp::with_first(gpu, kernels, label, weight, x, y, step, mode, fused, None)?;
         op.fused_quantize = fused_quantize(gpu, kernels, &op, &[weight], step, mode, fused)?;
         Ok(op)
     }
 
     /// As [`new`](Self::new); `first`: the first part of a side-by-side product, whose
     /// quantized x (filled by its `quantize_x` dispatch) and f16 x (filled by its `coop_x_f16`
-    /// dispatch) every later part reads, else they are made. `alone`: the weight is the whole
-    /// product, so its fused one-token product may read x normalized and quantized ahead
-    /// (`xq1=2`; the parts of a side-by-side product keep quantizing in every workgroup).
+    /// dispatch) every later part reads, else they are made.
     #[allow(clippy::too_many_arguments)]
     fn with_first(
         gpu: &Gpu,
@@ -646,20 +636,14 @@ impl MatmulOp {
         mode: MatmulMode,
         fused: Option<FusedInput<'_>>,
         first: Option<&MatmulOp>,
-        alone: bool,
     ) -> Result<MatmulOp, VulkanError> {
         let shared_xq = first.and_then(|op| op.xq.as_ref());
         let batch_pipeline = kernels.matmul(weight.ty).clone();
         let group = kernels.matvec_group(weight.rows, weight.k, &[weight.ty]);
         let mv_rows = group.rows;
-        let x_ahead =
-            kernels.matvec_x_ahead(weight.ty, MatvecInput::Plain, group, mode.exact_input);
-        let single_pipeline = match x_ahead {
-            Some((p, _)) => p.clone(),
-            None => kernels
-                .matvec(weight.ty, MatvecInput::Plain, group, mode.exact_input)
-                .clone(),
-        };
+        let single_pipeline = kernels
+            .matvec(weight.ty, MatvecInput::Plain, group, mode.exact_input)
+            .clone();
         let (fused_pipeline, fused_x, norm_w, eps) = match &fused {
             None => (None, x, x, 0.0),
             Some(FusedInput::Norm { x, weight: nw, eps }) => (
@@ -715,24 +699,6 @@ impl MatmulOp {
                 )
             }
         };
-        // `xq1=2`: the RMSNorm inputs' products reading x normalized and quantized ahead by
-        // `norm_quantize_x` (the pipeline's input is the one chosen above).
-        let fused_ahead = match &fused {
-            Some(FusedInput::Norm { .. }) if alone => {
-                kernels.matvec_x_ahead(weight.ty, MatvecInput::Norm, group, mode.exact_input)
-            }
-            Some(FusedInput::NormRope { .. }) if alone => {
-                kernels.matvec_x_ahead(weight.ty, MatvecInput::NormRope, group, false)
-            }
-            Some(FusedInput::NormGlu { .. }) if alone => {
-                kernels.matvec_x_ahead(weight.ty, MatvecInput::NormGlu, group, false)
-            }
-            _ => None,
-        };
-        let fused_pipeline = match fused_ahead {
-            Some((p, _)) => Some(p.clone()),
-            None => fused_pipeline,
-        };
         // The fused SiLU·mul writes the activation, not the product's output.
         let fused_y = match &fused {
             Some(FusedInput::NormGlu { act, .. }) => *act,
@@ -761,26 +727,18 @@ impl MatmulOp {
         let mut single = Dispatches::new(single_pipeline);
         let multi_kernel = kernels.matvec_multi(weight.ty, mode.exact_input);
         let mut multi = multi_kernel.map(|(p, _, cols)| (Dispatches::new(p.clone()), cols));
-        let multi_quantize = multi
-            .as_ref()
-            .and(kernels.multi_quantize(weight.ty, mode.exact_input));
-        // The `quantize_x` pipeline of whichever products read x quantized ahead (the same
-        // pipeline for both).
-        let quantize_pipeline = multi_quantize.or(x_ahead.map(|(_, q)| q));
-        // Three vec4 words per unit and token of a step of up to matvec_tokens tokens (see
-        // `xq` in matvec_multi.wgsl).
+        // Three vec4 words per unit and token of a multi-token step (see `xq` in
+        // matvec_multi.wgsl).
         let units = (weight.k / 32) as u32;
-        let reads_xq = multi.is_some() || x_ahead.is_some() || fused_ahead.is_some();
-        let xq = match (reads_xq, shared_xq) {
-            (false, _) => None,
-            (true, Some(b)) => Some(b.clone()),
-            (true, None) => Some(gpu.storage(
+        let xq = match (&multi, shared_xq) {
+            (None, _) => None,
+            (Some(_), Some(b)) => Some(b.clone()),
+            (Some(_), None) => Some(gpu.storage(
                 "quantized x",
                 units as u64 * kernels.matvec_tokens() as u64 * 48,
             )?),
         };
         let mut quantize = None;
-        let mut fused_before = None;
         let mut fused = fused_pipeline.map(Dispatches::new);
         let lanes = lanes_for(weight.k);
         for c in &weight.chunks {
@@ -840,22 +798,13 @@ impl MatmulOp {
             }
             let mv_groups = c.rows.div_ceil(mv_rows);
             // Binding 6 (the norm weights) is only read by matvec_norm; the others bind x there.
-            let mut entries = vec![(1, x), (2, y), (3, &ubuf), (6, x)];
-            if let (Some(_), Some(xq)) = (x_ahead, xq.as_ref()) {
-                entries.push((15, xq));
-            }
-            let bg = kernels::bind(gpu, &single.pipeline, label, &with_w4(entries));
+            let bg = kernels::bind(
+                gpu,
+                &single.pipeline,
+                label,
+                &with_w4(vec![(1, x), (2, y), (3, &ubuf), (6, x)]),
+            );
             single.chunks.push((bg, mv_groups));
-            // One quantization for all chunks (it reads only k and the token count).
-            if let (None, Some(qp), Some(xq)) = (&quantize, quantize_pipeline, xq.as_ref()) {
-                let bg = kernels::bind(
-                    gpu,
-                    qp,
-                    "quantize x",
-                    &[(1, x), (3, &ubuf), (4, step), (6, x), (15, xq)],
-                );
-                quantize = Some((qp.clone(), bg, units.div_ceil(kernels::WORKGROUP)));
-            }
             if let (Some((m, _)), Some((_, rows, _)), Some(xq)) =
                 (multi.as_mut(), multi_kernel, xq.as_ref())
             {
@@ -873,6 +822,19 @@ impl MatmulOp {
                     ]),
                 );
                 m.chunks.push((bg, c.rows.div_ceil(rows)));
+                // One quantization for all chunks (it reads only k and the token count).
+                if let (None, Some(qp)) = (
+                    &quantize,
+                    kernels.multi_quantize(weight.ty, mode.exact_input),
+                ) {
+                    let bg = kernels::bind(
+                        gpu,
+                        qp,
+                        "quantize x",
+                        &[(1, x), (3, &ubuf), (4, step), (6, x), (15, xq)],
+                    );
+                    quantize = Some((qp.clone(), bg, units.div_ceil(kernels::WORKGROUP)));
+                }
             }
             if let Some(f) = fused.as_mut() {
                 let mut entries = vec![(1, fused_x), (2, fused_y), (3, &ubuf), (6, norm_w)];
@@ -884,20 +846,6 @@ impl MatmulOp {
                         (10, r.cos_sin),
                         (11, r.params),
                     ]);
-                }
-                if let (Some((_, nq)), Some(xq)) = (fused_ahead, xq.as_ref()) {
-                    entries.push((15, xq));
-                    // One normalization and quantization for all chunks (it reads only k,
-                    // the epsilon and the token count), one workgroup per token.
-                    if fused_before.is_none() {
-                        let bg = kernels::bind(
-                            gpu,
-                            nq,
-                            "rmsnorm + quantize x",
-                            &[(1, fused_x), (3, &ubuf), (4, step), (6, norm_w), (15, xq)],
-                        );
-                        fused_before = Some((nq.clone(), bg, 1));
-                    }
                 }
                 let bg = kernels::bind(gpu, &f.pipeline, label, &with_w4(entries));
                 f.chunks.push((bg, mv_groups));
@@ -914,13 +862,10 @@ impl MatmulOp {
             single,
             multi,
             quantize,
-            multi_reads_xq: multi_quantize.is_some(),
-            single_reads_xq: x_ahead.is_some(),
             xq,
             x16,
             x16_convert,
             fused_quantize: None,
-            fused_before,
             fused,
             matvec_tokens: kernels.matvec_tokens(),
         })
@@ -986,7 +931,6 @@ impl MatmulOp {
                 part_mode,
                 part_fused,
                 op.as_ref(),
-                false,
             )?;
             match op.as_mut() {
                 None => op = Some(part),
@@ -1003,8 +947,6 @@ impl MatmulOp {
                     if op.quantize.is_none() {
                         op.quantize = part.quantize;
                     }
-                    op.multi_reads_xq |= part.multi_reads_xq;
-                    op.single_reads_xq |= part.single_reads_xq;
                     if let (Some(f), Some(p)) = (op.fused.as_mut(), part.fused) {
                         f.more.push(p);
                     }
@@ -1025,12 +967,11 @@ impl MatmulOp {
         Ok(op)
     }
 
-    /// Dispatches one decode step records: the fused ones when `fused`, else the plain ones
-    /// (with the quantization of x before them where they read it, `xq1=1|2`).
+    /// Dispatches one decode step records: the fused ones when `fused`, else the plain ones.
     pub fn decode_dispatches(&self, fused: bool) -> usize {
         match (&self.fused, fused) {
-            (Some(f), true) => f.dispatch_count() + self.fused_before.is_some() as usize,
-            _ => self.single.dispatch_count() + self.single_reads_xq as usize,
+            (Some(f), true) => f.dispatch_count(),
+            _ => self.single.dispatch_count(),
         }
     }
 
@@ -1064,12 +1005,7 @@ impl MatmulOp {
     /// given at creation, where [`fuses_input`](Self::fuses_input) says the op can take it.
     pub fn record(&self, rec: &mut Recorder<'_, '_>, n: u32, fused: bool) {
         match (&self.fused, fused) {
-            (Some(f), true) if n == 1 => {
-                if let Some((pipeline, bg, groups)) = &self.fused_before {
-                    rec.dispatch("rmsnorm + quantize x", pipeline, bg, [*groups, 1, 1]);
-                }
-                f.record(rec, self.label, 1)
-            }
+            (Some(f), true) if n == 1 => f.record(rec, self.label, 1),
             // A few tokens: the multi-token kernel with one z slice per `cols` tokens (or, with
             // `multi=0`, the one-token kernel with one z slice per token).
             _ if n <= self.matvec_tokens => match &self.multi {
@@ -1078,21 +1014,14 @@ impl MatmulOp {
                         (Some(f), _) if fused => {
                             rec.dispatch(f.label, &f.pipeline, &f.bind_group, [f.groups, n, 1]);
                         }
-                        (_, Some((pipeline, bg, groups))) if self.multi_reads_xq => {
+                        (_, Some((pipeline, bg, groups))) => {
                             rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
                         }
                         _ => {}
                     }
                     m.record(rec, self.label, n.div_ceil(*cols))
                 }
-                _ => {
-                    if let (true, Some((pipeline, bg, groups))) =
-                        (self.single_reads_xq, &self.quantize)
-                    {
-                        rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
-                    }
-                    self.single.record(rec, self.label, n)
-                }
+                _ => self.single.record(rec, self.label, n),
             },
             _ => match self.tiled.is_empty() {
                 false if n >= kernels::TILED_MIN_TOKENS => {

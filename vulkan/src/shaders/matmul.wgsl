@@ -285,8 +285,7 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 // values once and uses them for every row (four rows' loads in flight at a time), and the
 // per-thread sums are reduced with `reduce_rows` (subgroup operations where the adapter has
 // them). Every workgroup reads all of x (and for matvec_norm the norm weights) and, with
-// MV_DP4A, quantizes it (unless a `quantize_x` dispatch did once for the product, `mv_x`
-// below), so tall matrices use ROW_GROUPS = 4: x traffic from L2 per weight
+// MV_DP4A, quantizes it, so tall matrices use ROW_GROUPS = 4: x traffic from L2 per weight
 // byte drops fourfold (measured on the H200: with 4 rows per workgroup the FFN and output
 // products took the same time for Q4_0 as for Q8_0, bound by x reads). With 64 threads a
 // workgroup of 16 rows has a quarter of the warps of four 4-row workgroups and each thread
@@ -439,11 +438,6 @@ fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
 }
 
 // Thread r (< MV_ROWS) returns row first + r of the product; the others an unspecified value.
-// Each unit of x comes from `mv_x`, and the RMSNorm's 1 / rms(x) from `mv_norm_scale`, which
-// kernels.rs appends to the module: `x_unit` in every workgroup and the norm from the squares
-// it summed (matvec_x_each.wgsl), or the int8 x that a `quantize_x` (plain input, `xq1=1`)
-// or `norm_quantize_x` (RMSNorm input, `xq1=2`) dispatch wrote once for the whole product,
-// already normalized (matvec_x_ahead.wgsl).
 // Call from uniform control flow.
 fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     // Rows past the end recompute the last row (no branch around the loads) and are not
@@ -467,7 +461,7 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
         let fb = first - p.split;
         let lastb = last - p.split;
         for (; u < units; u += MV_WG) {
-            let xu = mv_x(mode, u);
+            let xu = x_unit(mode, u);
             sq += xu.sq;
             g0 += group4_b(fb, lastb, u, xu);
             if (ROW_GROUPS > 1u) {
@@ -482,8 +476,8 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
         // Pairs of units while both are in the row (MV_UNITS = 2), then single units.
         if (MV_UNITS > 1u) {
             for (; u + MV_WG < units; u += 2u * MV_WG) {
-                let ua = mv_x(mode, u);
-                let ub = mv_x(mode, u + MV_WG);
+                let ua = x_unit(mode, u);
+                let ub = x_unit(mode, u + MV_WG);
                 sq += ua.sq + ub.sq;
                 g0 += group4(first, last, u, ua) + group4(first, last, u + MV_WG, ub);
                 if (ROW_GROUPS > 1u) {
@@ -496,7 +490,7 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
             }
         }
         for (; u < units; u += MV_WG) {
-            let xu = mv_x(mode, u);
+            let xu = x_unit(mode, u);
             sq += xu.sq;
             g0 += group4(first, last, u, xu);
             if (ROW_GROUPS > 1u) {
@@ -510,7 +504,7 @@ fn matvec_rows(first: u32, l: Lanes, mode: u32) -> f32 {
     }
     var scale = 1.0;
     if (mode == 1u) {
-        scale = mv_norm_scale(sq, l);
+        scale = 1.0 / sqrt(reduce_all(sq, l) / f32(p.k) + p.eps);
     }
     mv_acc[0] = g0.x; mv_acc[1] = g0.y; mv_acc[2] = g0.z; mv_acc[3] = g0.w;
     mv_acc[4] = g1.x; mv_acc[5] = g1.y; mv_acc[6] = g1.z; mv_acc[7] = g1.w;

@@ -142,26 +142,21 @@ fn store_xq(t: u32, u: u32, xu: XUnit) {
     xq[o + 2u] = vec4<u32>(bitcast<u32>(xu.qd), bitcast<u32>(xu.qsum), bitcast<u32>(xu.qsum_lo), 0u);
 }
 
-// Token t's unit u of x as `store_xq` wrote it: only the int8 fields, all that `w_dot`
-// reads with MV_DP4A (the others zero).
-fn xq_unit(t: u32, u: u32) -> XUnit {
-    let o = (t * (p.k / 32u) + u) * 3u;
-    let a = xq[o];
-    let b = xq[o + 1u];
-    let m = xq[o + 2u];
-    var xu: XUnit;
-    xu.q = array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
-    xu.qd = bitcast<f32>(m.x);
-    xu.qsum = bitcast<i32>(m.y);
-    xu.qsum_lo = bitcast<i32>(m.z);
-    return xu;
-}
-
 // Token t's unit u of x, as the one-token kernel transforms it (mode 0: plain): from
-// `quantize_x`'s buffer (MV_XQ), else computed here.
+// `quantize_x`'s buffer (MV_XQ: only the int8 fields, all that `w_dot` reads with MV_DP4A),
+// else computed here.
 fn multi_x(t: u32, u: u32) -> XUnit {
     if (MV_XQ) {
-        return xq_unit(t, u);
+        let o = (t * (p.k / 32u) + u) * 3u;
+        let a = xq[o];
+        let b = xq[o + 1u];
+        let m = xq[o + 2u];
+        var xu: XUnit;
+        xu.q = array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+        xu.qd = bitcast<f32>(m.x);
+        xu.qsum = bitcast<i32>(m.y);
+        xu.qsum_lo = bitcast<i32>(m.z);
+        return xu;
     }
     mv_token = t;
     return x_unit(0u, u);
