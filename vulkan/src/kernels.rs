@@ -530,16 +530,12 @@ impl KernelTuning {
     /// workgroups: `tall=` where given, else TALL_MATVEC_ROWS_K_QUANT where a part is a
     /// K-quant and TALL_MATVEC_ROWS for the rest.
     pub(crate) fn tall_rows_for(&self, types: &[WeightType]) -> usize {
-        self.tall_rows.unwrap_or_else(|| {
-            let k_quant = types
-                .iter()
-                .any(|ty| matches!(ty, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K));
-            if k_quant {
+        self.tall_rows
+            .unwrap_or(if types.iter().any(|ty| ty.is_k_quant()) {
                 TALL_MATVEC_ROWS_K_QUANT
             } else {
                 TALL_MATVEC_ROWS
-            }
-        })
+            })
     }
 
     /// `coopmin=` (see [`coop_ladder`](Self::coop_ladder)).

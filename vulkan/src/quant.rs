@@ -68,6 +68,11 @@ impl WeightType {
         }
     }
 
+    /// Whether this is a K-quant (super-blocks of 256 weights with sub-block scales).
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K)
+    }
+
     /// Bytes per GGUF block.
     pub fn block_bytes(self) -> usize {
         match self {
@@ -525,8 +530,8 @@ impl TiledShapes {
     }
 }
 
-/// The index of the first tile (largest first) whose grid of `groups[i]` workgroups has at
-/// least `min_groups`, else of the last; 0 where there is none.
+/// The index of the first tile (largest first) whose grid (the workgroup counts `groups`, one
+/// per tile) has at least `min_groups` workgroups, else of the last; 0 where there is none.
 fn tile_index(groups: impl ExactSizeIterator<Item = u32>, min_groups: u32) -> usize {
     let last = groups.len().saturating_sub(1);
     groups
