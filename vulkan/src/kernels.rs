@@ -93,7 +93,7 @@ pub(crate) const ATTENTION_TARGET_GROUPS: usize = 1024;
 /// larger groups run `attention`.
 pub(crate) const MAX_ATTENTION_GROUP: usize = 8;
 /// Threads per `attention_vec` workgroup that `dwg=` may ask for.
-pub(crate) const VEC_ATTENTION_THREADS: [usize; 3] = [64, 128, 256];
+pub(crate) const VEC_ATTENTION_THREADS: [usize; 5] = [64, 128, 256, 512, 1024];
 
 /// Threads of the tall decode workgroups (`mvwg=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,9 +237,10 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// and which loads the next tile's K/V ahead; one workgroup per query head (`gqa=0`) or
 /// per K/V head (`gqa=1`); the default: on an H100 it decoded an 8B file 3 % faster at
 /// depth 512 and 8 % faster at 4096 than `attention`; 0: `attention` or `attention_grouped`) and
-/// `dwg=64|128|256` (threads per `attention_vec` workgroup, default 64: more take more
-/// positions per tile, tiles of up to half as many positions as threads; at most 512 /
-/// (query heads a workgroup) for its workgroup memory, see `attention_vec_threads`).
+/// `dwg=64|128|256|512|1024` (threads per `attention_vec` workgroup, default 64: more take
+/// more positions per tile, tiles of up to half as many positions as threads; at most what
+/// the adapter's workgroup size and memory allow for the heads of a workgroup, see
+/// `attention_vec_threads`).
 /// `mvwg=64|128|256|auto`: threads of the tall decode workgroups (16 rows, `MV_WG` in
 /// matmul.wgsl; the 4-row ones keep 64): more threads read and quantize x once per 16 rows
 /// with as many warps as four 4-row workgroups, each taking fewer units of k; `auto`, the
@@ -628,7 +629,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256|512|1024 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -672,7 +673,7 @@ impl std::str::FromStr for KernelTuning {
                 ("coopfetch", Ok(n @ (0 | 1))) => t.coop.fetch = n == 1,
                 ("gqa", Ok(n @ (0 | 1))) => t.grouped_attention = n == 1,
                 ("dattn", Ok(n @ (0 | 1))) => t.vec_attention = n == 1,
-                ("dwg", Ok(n @ (64 | 128 | 256))) => t.vec_threads = n,
+                ("dwg", Ok(n @ (64 | 128 | 256 | 512 | 1024))) => t.vec_threads = n,
                 ("mvwg", Ok(n @ (64 | 128 | 256))) => {
                     t.tall_threads = MatvecThreads::Fixed(n as u32)
                 }
@@ -1702,7 +1703,7 @@ impl Kernels {
     ) -> Result<wgpu::ComputePipeline, crate::VulkanError> {
         if !VEC_ATTENTION_THREADS.contains(&threads) {
             return Err(crate::VulkanError::InvalidInput(format!(
-                "attention_vec takes 64, 128 or 256 threads a workgroup, not {threads}"
+                "attention_vec takes 64, 128, 256, 512 or 1024 threads a workgroup, not {threads}"
             )));
         }
         self.grouped_decode_attention(gpu, "attention_vec", group, threads)

@@ -651,6 +651,7 @@ fn grouped_attention_matches_reference() {
             vec(1, 64),
             vec(group, 64),
             vec(1, 256),
+            vec(1, 512),
             vec(
                 group,
                 [256, 128, 64]
@@ -727,6 +728,13 @@ fn vec_attention_matches_reference_at_depth() {
             },
             AttentionKernel::Grouped {
                 chunk_len: per_kv_head,
+            },
+            // 512 threads (`dwg=512`, tiles of 128 positions) with the whole sequence in
+            // one chunk (`chunklen=` at least the length): no `combine`.
+            AttentionKernel::Vec {
+                chunk_len: len.div_ceil(128) * 128,
+                group: 1,
+                threads: 512,
             },
         ] {
             let got = testing::attention_rows(&gpu, &shape, &q, &k, &v, &rows, 0, kernel).unwrap();

@@ -132,15 +132,27 @@ fn attention_tile(head_dim: usize) -> usize {
 }
 
 /// Threads of an `attention_vec` workgroup of `group` query heads when `requested` (`dwg=`)
-/// are asked for: the most of 64, 128 and 256 up to `requested` with at most 512 threads
-/// times heads (64 with more than 8 heads), so that its workgroup memory (about 34 bytes
-/// per thread and head) stays within 32 KiB.
-pub(crate) fn attention_vec_threads(requested: usize, group: usize) -> usize {
+/// are asked for: the most of [`VEC_ATTENTION_THREADS`](crate::kernels::VEC_ATTENTION_THREADS)
+/// up to `requested` that the adapter runs in one workgroup (`max_threads`) and whose
+/// workgroup memory ([`attention_vec_bytes`]) fits `max_bytes`; 64 if none does.
+pub(crate) fn attention_vec_threads(
+    requested: usize,
+    group: usize,
+    max_threads: usize,
+    max_bytes: usize,
+) -> usize {
     crate::kernels::VEC_ATTENTION_THREADS
         .into_iter()
         .rev()
-        .find(|&t| t <= requested && t * group <= 512)
+        .find(|&t| t <= requested && t <= max_threads && attention_vec_bytes(t, group) <= max_bytes)
         .unwrap_or(64)
+}
+
+/// Bytes of workgroup memory `attention_vec` declares with `threads` threads and `group`
+/// heads (attention_vec.wgsl): the partial dots, 8 rows of threads + 1 floats per head, and
+/// the scores of a tile, threads / 2 floats per head.
+pub(crate) fn attention_vec_bytes(threads: usize, group: usize) -> usize {
+    4 * group * (8 * (threads + 1) + threads / 2)
 }
 
 /// Positions of one tile of `attention_vec` with `threads` threads (`vec_groups` in
@@ -1773,23 +1785,36 @@ mod tests {
 
     #[test]
     fn attention_vec_threads_fit_its_workgroup_memory() {
-        // (asked for, heads a workgroup, threads)
-        for (asked, group, threads) in [
-            (64, 1, 64),
-            (256, 1, 256),
-            (128, 1, 128),
-            (256, 2, 256),
-            (256, 3, 128),
-            (256, 4, 128),
-            (256, 8, 64),
-            (128, 8, 64),
+        // (asked for, heads a workgroup, threads) with 1024 threads and 32 KiB a workgroup
+        // (lavapipe's limits) and with 48 KiB (an NVIDIA adapter's).
+        for (asked, group, small, large) in [
+            (64, 1, 64, 64),
+            (256, 1, 256, 256),
+            (128, 1, 128, 128),
+            (256, 2, 256, 256),
+            (256, 3, 256, 256),
+            (256, 4, 128, 256),
+            (256, 8, 64, 128),
+            (128, 8, 64, 128),
+            (512, 1, 512, 512),
+            (1024, 1, 512, 1024),
+            (1024, 2, 256, 512),
         ] {
             assert_eq!(
-                attention_vec_threads(asked, group),
-                threads,
-                "{asked} {group}"
+                attention_vec_threads(asked, group, 1024, 32 << 10),
+                small,
+                "{asked} {group}, 32 KiB"
+            );
+            assert_eq!(
+                attention_vec_threads(asked, group, 1024, 48 << 10),
+                large,
+                "{asked} {group}, 48 KiB"
             );
         }
+        // An adapter of at most 256 threads a workgroup gets no more.
+        assert_eq!(attention_vec_threads(1024, 1, 256, 48 << 10), 256);
+        // The memory rule is the shader's: 1024 threads and one head need 34848 bytes.
+        assert_eq!(attention_vec_bytes(1024, 1), 34848);
         // hd 128: 64 positions a tile with 256 threads, those of `attention` with 64.
         assert_eq!(attention_vec_tile(128, 256), 64);
         assert_eq!(attention_vec_tile(128, 64), attention_tile(128));

@@ -47,7 +47,13 @@ impl DecodeAttention {
         let group = if grouped { nh / nkv } else { 1 };
         let (pipeline, label, tile) = match (kernels.vec_attention(), grouped) {
             (true, _) => {
-                let threads = attention_vec_threads(kernels.vec_attention_threads(), group);
+                let limits = gpu.limits();
+                let threads = attention_vec_threads(
+                    kernels.vec_attention_threads(),
+                    group,
+                    limits.max_compute_invocations_per_workgroup as usize,
+                    limits.max_compute_workgroup_storage_size as usize,
+                );
                 let label = if grouped {
                     "attention vec grouped"
                 } else {

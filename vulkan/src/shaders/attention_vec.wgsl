@@ -5,7 +5,7 @@
 // Appended to attention.wgsl, whose Params, Step, bindings, tiles (`tile_groups`), chunks,
 // masking and partial-result layout it shares, so `combine` merges its chunks unchanged.
 // The host prepends `const GROUP: u32 = <heads per workgroup>;` and `const VEC_WG: u32 =
-// <threads per workgroup>;` (64, 128 or 256; `dwg=`): with more threads a workgroup takes
+// <threads per workgroup>;` (64 up to 1024; `dwg=`): with more threads a workgroup takes
 // more positions per tile (G = min(VEC_WG / (hd / 4), VEC_WG / 16) thread groups, tiles of
 // 8 G positions: with 64 threads those of `attention`), so that a few workgroups per K/V
 // head (`gqa=1`) still keep a large GPU's SMs busy.
