@@ -205,7 +205,11 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// `matmul_coop` stages per pair of barriers), `coopvec=2|4` (halves per element of its
 /// staged tiles: each thread stores four values as two vec2 or one vec4), `coopx16=0|1` (1:
 /// each product first converts its x to f16 once, `coop_x_f16`, and the tiles stage that
-/// copy; 0: every tile converts the f32 x it stages) and `cooptile=64|128|<rows>x<tokens>` (rows 64
+/// copy; 0: every tile converts the f32 x it stages), `x16fuse=0|1` (1: with `coopx16=1`, the
+/// RMSNorm before the q|k|v and gate|up products and the SiLU·mul before the down product of
+/// a prompt step write that f16 copy themselves, `x16_out.wgsl`, instead of their f32 output,
+/// and those products run without `coop_x_f16`; 0, the default: every product converts its
+/// x) and `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
 /// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
 /// workgroup: two across the rows, the others across the tokens; 8 needs tiles of at least
@@ -269,6 +273,9 @@ pub struct KernelTuning {
     fused_quantize: bool,
     head_int8: bool,
     coop: CoopShape,
+    /// `x16fuse=`: the kernels before prompt products write their f16 x (see
+    /// [`Kernels::x16_producer`]).
+    x16_fuse: bool,
     /// Whether `cooptile=`, `coopsg=` or `coopbuf=` was given: if not, the device picks the
     /// tile for its workgroup memory (see [`KernelTuning::with_coop_tile_for`]).
     coop_tile_given: bool,
@@ -392,6 +399,7 @@ impl KernelTuning {
         fused_quantize: true,
         head_int8: true,
         coop: CoopShape::DEFAULT,
+        x16_fuse: false,
         coop_tile_given: false,
         coop_min_groups: COOP_MIN_GROUPS,
         prompt_attention: 2,
@@ -629,7 +637,7 @@ impl std::str::FromStr for KernelTuning {
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
                 format!(
-                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256|512|1024 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
+                    "cannot read the kernel setting {item:?}; expected units=1|2, tall=<rows>, checks=0|1, submit=<layers>, dp4a=0|1, attn=<workgroups>, chunks=1..128, chunklen=<positions>, silug=1..65535, prefill=coop|tiled|rows|coop-emulated, batch=<tokens>, multi=0|1, cols=1..8, mrows=4|8, xq=0|1, fuseq=0|1, headq=0|1, coopk=1|2|4, coopvec=2|4, coopx16=0|1, x16fuse=0|1, coopsg=4|8, coopbuf=1|2, coopfetch=0|1, cooptile=64|128|<rows>x<tokens> (rows 64|128, tokens 32|64|128), coopmin=<workgroups>, pattn=0|1|2, gqa=0|1, dattn=0|1, dwg=64|128|256|512|1024 and/or mvwg=64|128|256|auto, e.g. units=1,tall=2048"
                 )
             };
             let (key, value) = item.split_once('=').ok_or_else(bad)?;
@@ -661,6 +669,7 @@ impl std::str::FromStr for KernelTuning {
                 ("pattn", Ok(n @ (0..=2))) => t.prompt_attention = n as u8,
                 ("coopvec", Ok(n @ (2 | 4))) => t.coop.vec = n as u32,
                 ("coopx16", Ok(n @ (0 | 1))) => t.coop.x16 = n == 1,
+                ("x16fuse", Ok(n @ (0 | 1))) => t.x16_fuse = n == 1,
                 ("coopsg", Ok(n @ (4 | 8))) => {
                     t.coop.subgroups = n as u32;
                     t.coop_tile_given = true
@@ -708,6 +717,9 @@ const MIXED: &str = include_str!("shaders/mixed.wgsl");
 const MATVEC_MULTI: &str = include_str!("shaders/matvec_multi.wgsl");
 const MATMUL_COOP: &str = include_str!("shaders/matmul_coop.wgsl");
 const COOP_EMULATED: &str = include_str!("shaders/coop_emulated.wgsl");
+const RMSNORM: &str = include_str!("shaders/rmsnorm.wgsl");
+const SILU_MUL: &str = include_str!("shaders/silu_mul.wgsl");
+const X16_OUT: &str = include_str!("shaders/x16_out.wgsl");
 
 /// How a decode matrix-vector product reads its input (the matvec entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1107,6 +1119,10 @@ pub(crate) struct Kernels {
     /// Layers per submission after the first (see KernelTuning).
     pub submit_layers: usize,
     pub rmsnorm: wgpu::ComputePipeline,
+    /// `rmsnorm` and `silu_mul` writing a prompt product's f16 x (`x16_out` in
+    /// x16_out.wgsl), where `x16fuse=1` and the prompt products stage an f16 copy of x.
+    rmsnorm_x16: Option<wgpu::ComputePipeline>,
+    silu_mul_x16: Option<wgpu::ComputePipeline>,
     /// The final RMSNorm of the rows whose logits are wanted (one per sequence).
     pub rmsnorm_rows: wgpu::ComputePipeline,
     pub rope: wgpu::ComputePipeline,
@@ -1415,6 +1431,16 @@ impl Kernels {
             );
         }
         let attention = include_str!("shaders/attention.wgsl");
+        // The producers of an f16 x need f16 arithmetic, which every device that runs
+        // `coop_x_f16` has.
+        let x16_producer = |label: &str, module: &str| {
+            (tuning.x16_fuse && coop_x_f16.is_some()).then(|| {
+                let source = format!("enable f16;\n{module}\n{X16_OUT}");
+                pipeline(gpu, tuning.checks, label, &source, "x16_out")
+            })
+        };
+        let rmsnorm_x16 = x16_producer("rmsnorm to f16 x", RMSNORM);
+        let silu_mul_x16 = x16_producer("silu_mul to f16 x", SILU_MUL);
         let kernels = Kernels {
             matmul,
             matmul_tiled,
@@ -1433,20 +1459,10 @@ impl Kernels {
             attn_groups: tuning.attn_groups,
             matvec_tokens: tuning.matvec_tokens,
             submit_layers: tuning.submit_layers,
-            rmsnorm: pipeline(
-                gpu,
-                tuning.checks,
-                "rmsnorm",
-                include_str!("shaders/rmsnorm.wgsl"),
-                "rmsnorm",
-            ),
-            rmsnorm_rows: pipeline(
-                gpu,
-                tuning.checks,
-                "rmsnorm rows",
-                include_str!("shaders/rmsnorm.wgsl"),
-                "rmsnorm_rows",
-            ),
+            rmsnorm: pipeline(gpu, tuning.checks, "rmsnorm", RMSNORM, "rmsnorm"),
+            rmsnorm_x16,
+            silu_mul_x16,
+            rmsnorm_rows: pipeline(gpu, tuning.checks, "rmsnorm rows", RMSNORM, "rmsnorm_rows"),
             rope: pipeline(
                 gpu,
                 tuning.checks,
@@ -1469,13 +1485,7 @@ impl Kernels {
                 include_str!("shaders/attention_tiled.wgsl"),
                 "attention_tiled",
             ),
-            silu_mul: pipeline(
-                gpu,
-                tuning.checks,
-                "silu_mul",
-                include_str!("shaders/silu_mul.wgsl"),
-                "silu_mul",
-            ),
+            silu_mul: pipeline(gpu, tuning.checks, "silu_mul", SILU_MUL, "silu_mul"),
             head_rmsnorm: pipeline(
                 gpu,
                 tuning.checks,
@@ -1795,6 +1805,17 @@ impl Kernels {
                 rows: MATVEC_ROWS,
                 threads: WORKGROUP,
             }
+        }
+    }
+
+    /// The pipeline that computes a prompt product's x and writes it as the product's f16
+    /// copy (`x16_out`): from the RMSNorm before it where `norm`, else from SiLU·mul.
+    /// `None` unless `x16fuse=1` and the prompt products stage that copy (`coopx16=1`).
+    pub fn x16_producer(&self, norm: bool) -> Option<&wgpu::ComputePipeline> {
+        if norm {
+            self.rmsnorm_x16.as_ref()
+        } else {
+            self.silu_mul_x16.as_ref()
         }
     }
 
@@ -2138,6 +2159,8 @@ mod tuning_tests {
         assert!(!parse("fuseq=0").unwrap().fused_quantize);
         assert!(parse("").unwrap().head_int8);
         assert!(!parse("headq=0").unwrap().head_int8);
+        assert!(!parse("").unwrap().x16_fuse);
+        assert!(parse("x16fuse=1").unwrap().x16_fuse);
         let t = parse("").unwrap();
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 4));
         assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);
@@ -2184,6 +2207,7 @@ mod tuning_tests {
             "coopvec=1",
             "coopvec=8",
             "coopx16=2",
+            "x16fuse=2",
             "cooptile=32",
             "cooptile=96",
             "cooptile=256",

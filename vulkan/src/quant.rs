@@ -598,6 +598,11 @@ pub(crate) struct MatmulOp {
     /// (`coop_x_f16`: pipeline, bind group, workgroups per token).
     x16: Option<wgpu::Buffer>,
     x16_convert: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    /// Where the op converts x to f16 and was made with a fused input, with `x16fuse=1`: the
+    /// dispatch that computes that input (RMSNorm or SiLU·mul) straight into `x16`, which a
+    /// prompt step with the fused input runs instead of the separate transformation before
+    /// the op and `x16_convert` (see [`x16_fused`]).
+    x16_fused: Option<FusedQuantize>,
     /// Where every part reads `xq` and the fused input can be computed with its quantization:
     /// the dispatch a multi-token step with the fused input runs instead of the separate
     /// transformation before the op and `quantize`.
@@ -623,6 +628,7 @@ impl MatmulOp {
         let mut op =
             MatmulOp::with_first(gpu, kernels, label, weight, x, y, step, mode, fused, None)?;
         op.fused_quantize = fused_quantize(gpu, kernels, &op, &[weight], step, mode, fused)?;
+        op.x16_fused = x16_fused(gpu, kernels, &op, weight.k, fused)?;
         Ok(op)
     }
 
@@ -870,6 +876,7 @@ impl MatmulOp {
             xq,
             x16,
             x16_convert,
+            x16_fused: None,
             fused_quantize: None,
             fused,
             matvec_tokens: kernels.matvec_tokens(),
@@ -969,6 +976,7 @@ impl MatmulOp {
         }
         let weights: Vec<&GpuWeight> = parts.iter().map(|(w, _)| *w).collect();
         op.fused_quantize = fused_quantize(gpu, kernels, &op, &weights, step, mode, fused)?;
+        op.x16_fused = x16_fused(gpu, kernels, &op, parts[0].0.k, fused)?;
         Ok(op)
     }
 
@@ -996,12 +1004,16 @@ impl MatmulOp {
     /// Whether a step of `n` tokens can use the fused input given at creation (and skip the
     /// norm or SiLU before it): one token where the op has a fused one-token product; a
     /// multi-token step (2..=Kernels::matvec_tokens tokens) where the transformation is
-    /// one dispatch with the quantization of x (`norm_quantize_x`, `glu_quantize_x`).
+    /// one dispatch with the quantization of x (`norm_quantize_x`, `glu_quantize_x`); a
+    /// prompt step (the tiled products) where the transformation writes the f16 x that the
+    /// products stage (`x16fuse=1`, see [`x16_fused`]).
     pub fn fuses_input(&self, n: u32) -> bool {
         match n {
             1 => self.has_fused(),
             _ if n <= self.matvec_tokens => self.multi.is_some() && self.fused_quantize.is_some(),
-            _ => false,
+            _ => {
+                n >= kernels::TILED_MIN_TOKENS && !self.tiled.is_empty() && self.x16_fused.is_some()
+            }
         }
     }
 
@@ -1030,8 +1042,14 @@ impl MatmulOp {
             },
             _ => match self.tiled.is_empty() {
                 false if n >= kernels::TILED_MIN_TOKENS => {
-                    if let Some((pipeline, bg, groups)) = &self.x16_convert {
-                        rec.dispatch("x to f16", pipeline, bg, [*groups, n, 1]);
+                    match (&self.x16_fused, &self.x16_convert) {
+                        (Some(f), _) if fused => {
+                            rec.dispatch(f.label, &f.pipeline, &f.bind_group, [f.groups, n, 1]);
+                        }
+                        (_, Some((pipeline, bg, groups))) => {
+                            rec.dispatch("x to f16", pipeline, bg, [*groups, n, 1]);
+                        }
+                        _ => {}
                     }
                     for (t, tokens) in self.tiled.iter().filter_map(|part| part.pick(n)) {
                         t.record(rec, self.label, n.div_ceil(tokens));
@@ -1045,8 +1063,9 @@ impl MatmulOp {
     }
 }
 
-/// A multi-token step's input transformation fused with the quantization of its x: one
-/// dispatch of `groups` workgroups per token (y = token) that writes the `xq` the products read.
+/// A step's input transformation fused with the preparation of its x: one dispatch of
+/// `groups` workgroups per token (y = token) that writes the x the products read (`xq` of a
+/// multi-token step, `x16` of a prompt step).
 struct FusedQuantize {
     label: &'static str,
     pipeline: wgpu::ComputePipeline,
@@ -1117,6 +1136,66 @@ fn fused_quantize(
         entries.push((6, weight));
     }
     let bind_group = kernels::bind(gpu, pipeline, label, &entries);
+    Ok(Some(FusedQuantize {
+        label,
+        pipeline: pipeline.clone(),
+        bind_group,
+        groups,
+    }))
+}
+
+/// The dispatch of `op` (a product of rows of `k` weights, made with `fused`) that computes
+/// its fused input straight into the f16 copy of x that its prompt products stage
+/// (`x16_out` in x16_out.wgsl: the RMSNorm, or SiLU·mul of [gate | up] or interleaved
+/// rows), replacing the transformation before the op and its `coop_x_f16`. `None` where
+/// there is no fused input, where the op does not convert x to f16 (its tiles stage f32 x,
+/// or it is not the first part of a side-by-side product) or without `x16fuse=1`.
+fn x16_fused(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    op: &MatmulOp,
+    k: usize,
+    fused: Option<FusedInput<'_>>,
+) -> Result<Option<FusedQuantize>, VulkanError> {
+    let (Some(fused), Some(x16), Some(_)) = (fused, op.x16.as_ref(), op.x16_convert.as_ref())
+    else {
+        return Ok(None);
+    };
+    let norm = !matches!(fused, FusedInput::Glu { .. });
+    let Some(pipeline) = kernels.x16_producer(norm) else {
+        return Ok(None);
+    };
+    let (label, bind_group, groups) = match fused {
+        FusedInput::Norm { x, weight, eps }
+        | FusedInput::NormRope { x, weight, eps, .. }
+        | FusedInput::NormGlu { x, weight, eps, .. } => {
+            let params = crate::model::NormParams {
+                n: k as u32,
+                eps,
+                _pad: 0,
+                accumulate: 0,
+            };
+            let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
+            let entries = [(0, x), (1, weight), (3, &ubuf), (16, x16)];
+            let label = "rmsnorm to f16 x";
+            // One workgroup normalizes a token (its scale is a reduction over the row).
+            (label, kernels::bind(gpu, pipeline, label, &entries), 1)
+        }
+        FusedInput::Glu { x, interleaved } => {
+            let params = crate::model::EltParams {
+                n: k as u32,
+                interleaved: interleaved as u32,
+                gelu: 0,
+                _pad: 0,
+            };
+            let ubuf = gpu.uniform_init("silu params", bytemuck::bytes_of(&params))?;
+            let entries = [(0, x), (2, &ubuf), (16, x16)];
+            let label = "silu_mul to f16 x";
+            // One thread per 8 values, as `coop_x_f16`.
+            let groups = (k as u32 / 8).div_ceil(kernels::WORKGROUP);
+            (label, kernels::bind(gpu, pipeline, label, &entries), groups)
+        }
+    };
     Ok(Some(FusedQuantize {
         label,
         pipeline: pipeline.clone(),

@@ -212,13 +212,19 @@ fn long_prompt_batch_matches_token_by_token() {
 /// down). The logits of the five prompts as one batch must match those of the f32 tiled
 /// product within the rounding of f16 operands (1.06e-3 of the largest measured before the
 /// copy was shared; a product reading another's x would be off by far more).
+///
+/// With `x16fuse=1` the RMSNorms before q|k|v and gate|up and the SiLU·mul before down write
+/// that f16 copy themselves (x16_out.wgsl) and those products skip `coop_x_f16`: the same
+/// halves, so the same logits bit for bit, with three dispatches fewer per layer (a norm or
+/// SiLU·mul and a conversion become one dispatch).
 #[test]
 fn prompt_pass_on_cooperative_products_matches_the_f32_tiles() {
     let path = common::model_path();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let tokens = common::tokenize(&common::vocab(&content), &PROMPTS.join(" "));
-    let logits = |spec: &str| -> Result<Vec<f32>, VulkanError> {
+    // The logits and the dispatches of the pass.
+    let logits = |spec: &str| -> Result<(Vec<f32>, usize), VulkanError> {
         let mut device = common::device_options(None);
         device.tuning = spec.parse().unwrap();
         let opts = LoadOptions {
@@ -227,22 +233,35 @@ fn prompt_pass_on_cooperative_products_matches_the_f32_tiles() {
             max_batch: 64,
             slots: 1,
         };
-        LlamaModel::load(&path, &opts)?.forward(&tokens, 0)
+        let mut model = LlamaModel::load(&path, &opts)?;
+        let logits = model.forward(&tokens, 0)?;
+        Ok((logits, model.last_timing().dispatches))
     };
     // Attention stays the f32 kernel on both sides (`pattn=1`): only the products differ.
     // The staging without the register prefetch, whose emulation lavapipe compiles far
     // faster (coop.rs shows the prefetch gives the same values bit for bit).
-    let coop = match logits("prefill=coop-emulated,pattn=1,coopfetch=0") {
+    let coop_spec = "prefill=coop-emulated,pattn=1,coopfetch=0";
+    let (coop, converted) = match logits(coop_spec) {
         Err(VulkanError::TuningUnsupported { detail, .. }) => {
             println!("skipped: this adapter cannot run matmul_coop's emulation ({detail})");
             return;
         }
         other => other.unwrap(),
     };
-    let tiled = logits("prefill=tiled,pattn=1").unwrap();
+    let (tiled, _) = logits("prefill=tiled,pattn=1").unwrap();
     let (abs, rel) = diff(&coop, &tiled);
     println!("cooperative (emulated) against f32 tiles: logits max abs {abs:.2e} rel {rel:.2e}");
     assert!(rel < 5e-3, "logits differ by {abs} ({rel} of the largest)");
+
+    let (fused, fused_dispatches) = logits(&format!("{coop_spec},x16fuse=1")).unwrap();
+    let layers = content.metadata["llama.block_count"].to_u32().unwrap() as usize;
+    println!(
+        "prompt pass of {} tokens: {converted} dispatches with coop_x_f16, {fused_dispatches} with x16fuse=1",
+        tokens.len()
+    );
+    assert_eq!(converted, fused_dispatches + 3 * layers);
+    let differing = fused.iter().zip(&coop).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "x16fuse=1 changed {differing} logits");
 }
 
 /// The prompt attention kernel with query tiles (`attention_tiled`, `pattn=1`) against the

@@ -27,13 +27,14 @@ fn rmsnorm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     norm_row(sel[wid.x], wid.x, lid.x);
 }
 
-// Normalises x row t into y row out_t; li: the thread within the workgroup.
-// Both loops take eight of a thread's elements per iteration, loaded before any is used, so
+// 1 / sqrt(mean(x[t]^2) + eps) of x row t; li: the thread within the workgroup. Call from
+// uniform control flow (workgroup barriers).
+// The loop takes eight of a thread's elements per iteration, loaded before any is used, so
 // that eight loads are in flight at a time: a loop of one element waited for every load in
 // turn (the driver compilers seen do not unroll WGSL loops), 35 us per 4096-wide token row
 // on an H100. The squares are still added one at a time in element order, so the sum is
 // the one-element loop's bit for bit (norm_quantize_x in matvec_multi.wgsl repeats it).
-fn norm_row(t: u32, out_t: u32, li: u32) {
+fn row_scale(t: u32, li: u32) -> f32 {
     let xb = t * p.n;
     var s = 0.0;
     var i = li;
@@ -62,7 +63,14 @@ fn norm_row(t: u32, out_t: u32, li: u32) {
         }
         workgroupBarrier();
     }
-    let scale = 1.0 / sqrt(red[0] / f32(p.n) + p.eps);
+    return 1.0 / sqrt(red[0] / f32(p.n) + p.eps);
+}
+
+// Normalises x row t into y row out_t; li: the thread within the workgroup. The write loop
+// loads eight elements per iteration as `row_scale` does.
+fn norm_row(t: u32, out_t: u32, li: u32) {
+    let scale = row_scale(t, li);
+    let xb = t * p.n;
     let yb = out_t * p.n;
     var j = li;
     if (p.accumulate == 0u) {
@@ -91,4 +99,14 @@ fn norm_row(t: u32, out_t: u32, li: u32) {
             y[yb + j] = v;
         }
     }
+}
+
+// For x16_out.wgsl (a prompt product's f16 x written by the norm): the row's scale, and
+// element i of the normalised row t, computed as `norm_row` computes it.
+fn x16_row(t: u32, li: u32) -> f32 {
+    return row_scale(t, li);
+}
+
+fn x16_value(t: u32, i: u32, scale: f32) -> f32 {
+    return x[t * p.n + i] * scale * weight[i];
 }

@@ -24,22 +24,34 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let total = step.n_tokens * p.n;
     let stride = nwg.x * 64u;
     for (var i = gid.x; i < total; i += stride) {
-        let t = i / p.n;
-        let j = i % p.n;
-        var gi = t * 2u * p.n + j;
-        var ui = gi + p.n;
-        if (p.interleaved != 0u) {
-            gi = t * 2u * p.n + 2u * j;
-            ui = gi + 1u;
-        }
-        let a = gu[gi];
-        if (p.gelu != 0u) {
-            // 0.5 a (1 + tanh(sqrt(2/pi) a (1 + 0.044715 a^2))); the argument is clamped where
-            // tanh is already +-1 in f32, so that no driver's tanh overflows.
-            let z = clamp(0.7978845608 * a * (1.0 + 0.044715 * a * a), -10.0, 10.0);
-            act[i] = 0.5 * a * (1.0 + tanh(z)) * gu[ui];
-        } else {
-            act[i] = a / (1.0 + exp(-a)) * gu[ui];
-        }
+        act[i] = glu(i / p.n, i % p.n);
     }
+}
+
+// Element j of token t's activation.
+fn glu(t: u32, j: u32) -> f32 {
+    var gi = t * 2u * p.n + j;
+    var ui = gi + p.n;
+    if (p.interleaved != 0u) {
+        gi = t * 2u * p.n + 2u * j;
+        ui = gi + 1u;
+    }
+    let a = gu[gi];
+    if (p.gelu != 0u) {
+        // 0.5 a (1 + tanh(sqrt(2/pi) a (1 + 0.044715 a^2))); the argument is clamped where
+        // tanh is already +-1 in f32, so that no driver's tanh overflows.
+        let z = clamp(0.7978845608 * a * (1.0 + 0.044715 * a * a), -10.0, 10.0);
+        return 0.5 * a * (1.0 + tanh(z)) * gu[ui];
+    }
+    return a / (1.0 + exp(-a)) * gu[ui];
+}
+
+// For x16_out.wgsl (a prompt product's f16 x written by SiLU·mul): no per-row value, and
+// element i of token t's activation as `silu_mul` computes it.
+fn x16_row(t: u32, li: u32) -> f32 {
+    return 0.0;
+}
+
+fn x16_value(t: u32, i: u32, row: f32) -> f32 {
+    return glu(t, i);
 }
