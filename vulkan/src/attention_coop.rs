@@ -5,6 +5,7 @@
 
 const KERNEL: &str = include_str!("shaders/attention_coop.wgsl");
 const EMULATED: &str = include_str!("shaders/attention_coop_emulated.wgsl");
+const X16: &str = include_str!("shaders/attention_coop_x16.wgsl");
 
 /// Query rows (token, query head) of one `attention_coop` workgroup: 16 per subgroup, four
 /// subgroups (`ROWS` in attention_coop.wgsl).
@@ -48,6 +49,24 @@ pub(crate) fn unsupported(head_dim: usize, workgroup_limit: u64) -> Option<Strin
 /// attention_coop_emulated.wgsl.
 pub(crate) fn source(head_dim: usize, emulated: bool) -> String {
     let mut src = KERNEL.to_string();
+    write_lines(&mut src, head_dim, emulated);
+    module(&src, head_dim, emulated)
+}
+
+/// As [`source`], with the output written as the attention output product's f16 x
+/// (attention_coop_x16.wgsl: `write_block_x16` instead of `write_block`; `x16fuse=1`).
+pub(crate) fn source_x16(head_dim: usize, emulated: bool) -> String {
+    let mut src = KERNEL.to_string();
+    write_lines(&mut src, head_dim, emulated);
+    // The calls (the definition reads `write_block(sg: u32`), which `$WRITES` wrote.
+    let call = "write_block(sg,";
+    assert!(src.contains(call), "attention_coop.wgsl: {call}");
+    let src = src.replace(call, "write_block_x16(sg,");
+    module(&format!("{src}\n{X16}"), head_dim, emulated)
+}
+
+/// Writes the host's lines into `src` (attention_coop.wgsl) for head dimension `head_dim`.
+fn write_lines(src: &mut String, head_dim: usize, emulated: bool) {
     for (marker, text) in matrix_lines(head_dim / 16, emulated) {
         let count = if marker == "$SCORES" { 2 } else { 1 };
         assert_eq!(
@@ -55,8 +74,13 @@ pub(crate) fn source(head_dim: usize, emulated: bool) -> String {
             count,
             "attention_coop.wgsl: {marker}"
         );
-        src = src.replace(marker, &text);
+        *src = src.replace(marker, &text);
     }
+}
+
+/// The module of the kernel source `src` with its head dimension and enables in front and,
+/// `emulated`, the plain matrix operations after it.
+fn module(src: &str, head_dim: usize, emulated: bool) -> String {
     let head = format!("const HD: u32 = {head_dim}u;\n");
     if emulated {
         format!("enable f16;\n{head}{src}\n{EMULATED}")
@@ -189,5 +213,24 @@ mod tests {
         let src = source(64, false);
         assert!(src.contains("let q3 =") && !src.contains("let q4 ="));
         assert!(src.contains("var o3 =") && !src.contains("var o4 ="));
+    }
+
+    /// The module that writes the output as f16 x (`x16fuse=1`) calls only
+    /// `write_block_x16` and is valid WGSL for naga, on matrix cores as emulated (lavapipe's
+    /// tests run only the emulation).
+    #[test]
+    fn the_f16_x_variant_is_valid_and_writes_only_x16() {
+        use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags};
+        for emulated in [false, true] {
+            let src = source_x16(64, emulated);
+            assert!(src.contains("write_block_x16(sg,") && !src.contains("write_block(sg,"));
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("emulated {emulated}: {}", e.emit_to_string(&src)));
+            naga::valid::Validator::new(ValidationFlags::all(), Capabilities::all())
+                .subgroup_stages(ShaderStages::COMPUTE)
+                .subgroup_operations(SubgroupOperationSet::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("emulated {emulated}: {}", e.emit_to_string(&src)));
+        }
     }
 }

@@ -208,6 +208,7 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// copy; 0: every tile converts the f32 x it stages), `x16fuse=0|1` (1: with `coopx16=1`, the
 /// RMSNorm before the q|k|v and gate|up products and the SiLU·mul before the down product of
 /// a prompt step write that f16 copy themselves, `x16_out.wgsl`, instead of their f32 output,
+/// as does `attention_coop` before the attention output product (attention_coop_x16.wgsl),
 /// and those products run without `coop_x_f16`; 0, the default: every product converts its
 /// x) and `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
@@ -1641,6 +1642,30 @@ impl Kernels {
         gpu: &Gpu,
         head_dim: usize,
     ) -> Result<Option<wgpu::ComputePipeline>, crate::VulkanError> {
+        self.attention_coop_variant(gpu, head_dim, false)
+    }
+
+    /// `attention_coop` writing its output as the attention output product's f16 x
+    /// (attention_coop_x16.wgsl), where `attention_coop` runs and `x16fuse=1` (with the f16
+    /// copy of x staged by the prompt products, `coopx16=1`); else `None`.
+    pub fn attention_coop_x16(
+        &self,
+        gpu: &Gpu,
+        head_dim: usize,
+    ) -> Result<Option<wgpu::ComputePipeline>, crate::VulkanError> {
+        if self.rmsnorm_x16.is_none() {
+            return Ok(None);
+        }
+        self.attention_coop_variant(gpu, head_dim, true)
+    }
+
+    /// [`attention_coop`](Self::attention_coop), with its output in f16 x where `x16`.
+    fn attention_coop_variant(
+        &self,
+        gpu: &Gpu,
+        head_dim: usize,
+        x16: bool,
+    ) -> Result<Option<wgpu::ComputePipeline>, crate::VulkanError> {
         if !self.tuning.coop_attention() {
             return Ok(None);
         }
@@ -1653,18 +1678,32 @@ impl Kernels {
             Some(_) => crate::attention_coop::unsupported(head_dim, limit),
         };
         if let Some(why) = why {
-            tracing::info!(
-                "prompt attention runs attention_tiled, not attention_coop (pattn=2): {why}"
-            );
+            // Logged once, for the plain kernel.
+            if !x16 {
+                tracing::info!(
+                    "prompt attention runs attention_tiled, not attention_coop (pattn=2): {why}"
+                );
+            }
             return Ok(None);
         }
         let subgroup = gpu.coop_subgroup().unwrap_or(32);
         let emulated = self.tuning.prefill == Prefill::CoopEmulated;
+        let (label, source) = if x16 {
+            (
+                "attention coop to f16 x",
+                crate::attention_coop::source_x16(head_dim, emulated),
+            )
+        } else {
+            (
+                "attention coop",
+                crate::attention_coop::source(head_dim, emulated),
+            )
+        };
         let pipeline = pipeline_with(
             gpu,
             self.tuning.checks,
-            "attention coop",
-            &crate::attention_coop::source(head_dim, emulated),
+            label,
+            &source,
             "attention_coop",
             &[("COOP_SG", subgroup as f64)],
         );

@@ -1017,6 +1017,34 @@ impl MatmulOp {
         }
     }
 
+    /// The f16 copy of x that the prompt products stage, where the op converts x into it
+    /// (`coop_x_f16`): for a kernel before the op to write instead in the steps where
+    /// [`converts_x16`](Self::converts_x16) (then recorded with
+    /// [`record_x16_written`](Self::record_x16_written)).
+    pub fn x16_input(&self) -> Option<&wgpu::Buffer> {
+        self.x16_convert.as_ref().and(self.x16.as_ref())
+    }
+
+    /// Whether a step of `n` tokens runs the prompt products after converting x to f16, as
+    /// [`record`](Self::record) chooses.
+    pub fn converts_x16(&self, n: u32) -> bool {
+        n > self.matvec_tokens
+            && n >= kernels::TILED_MIN_TOKENS
+            && !self.tiled.is_empty()
+            && self.x16_convert.is_some()
+    }
+
+    /// As [`record`](Self::record) without fused input, for a step of `n` tokens where
+    /// [`converts_x16`](Self::converts_x16) and whose f16 x
+    /// ([`x16_input`](Self::x16_input)) the kernel before the op has written: the products
+    /// without the conversion.
+    pub fn record_x16_written(&self, rec: &mut Recorder<'_, '_>, n: u32) {
+        debug_assert!(self.converts_x16(n));
+        for (t, tokens) in self.tiled.iter().filter_map(|part| part.pick(n)) {
+            t.record(rec, self.label, n.div_ceil(tokens));
+        }
+    }
+
     /// Records the dispatches for `n` input rows (the step's tokens, or its logit rows for an
     /// op made with `MatmulMode::logit_rows`); `fused`: the step's input is the fused one
     /// given at creation, where [`fuses_input`](Self::fuses_input) says the op can take it.

@@ -212,19 +212,13 @@ fn long_prompt_batch_matches_token_by_token() {
 /// down). The logits of the five prompts as one batch must match those of the f32 tiled
 /// product within the rounding of f16 operands (1.06e-3 of the largest measured before the
 /// copy was shared; a product reading another's x would be off by far more).
-///
-/// With `x16fuse=1` the RMSNorms before q|k|v and gate|up and the SiLU·mul before down write
-/// that f16 copy themselves (x16_out.wgsl) and those products skip `coop_x_f16`: the same
-/// halves, so the same logits bit for bit, with three dispatches fewer per layer (a norm or
-/// SiLU·mul and a conversion become one dispatch).
 #[test]
 fn prompt_pass_on_cooperative_products_matches_the_f32_tiles() {
     let path = common::model_path();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let tokens = common::tokenize(&common::vocab(&content), &PROMPTS.join(" "));
-    // The logits and the dispatches of the pass.
-    let logits = |spec: &str| -> Result<(Vec<f32>, usize), VulkanError> {
+    let logits = |spec: &str| -> Result<Vec<f32>, VulkanError> {
         let mut device = common::device_options(None);
         device.tuning = spec.parse().unwrap();
         let opts = LoadOptions {
@@ -233,35 +227,22 @@ fn prompt_pass_on_cooperative_products_matches_the_f32_tiles() {
             max_batch: 64,
             slots: 1,
         };
-        let mut model = LlamaModel::load(&path, &opts)?;
-        let logits = model.forward(&tokens, 0)?;
-        Ok((logits, model.last_timing().dispatches))
+        LlamaModel::load(&path, &opts)?.forward(&tokens, 0)
     };
     // Attention stays the f32 kernel on both sides (`pattn=1`): only the products differ.
     // The staging without the register prefetch, whose emulation lavapipe compiles far
     // faster (coop.rs shows the prefetch gives the same values bit for bit).
-    let coop_spec = "prefill=coop-emulated,pattn=1,coopfetch=0";
-    let (coop, converted) = match logits(coop_spec) {
+    let coop = match logits("prefill=coop-emulated,pattn=1,coopfetch=0") {
         Err(VulkanError::TuningUnsupported { detail, .. }) => {
             println!("skipped: this adapter cannot run matmul_coop's emulation ({detail})");
             return;
         }
         other => other.unwrap(),
     };
-    let (tiled, _) = logits("prefill=tiled,pattn=1").unwrap();
+    let tiled = logits("prefill=tiled,pattn=1").unwrap();
     let (abs, rel) = diff(&coop, &tiled);
     println!("cooperative (emulated) against f32 tiles: logits max abs {abs:.2e} rel {rel:.2e}");
     assert!(rel < 5e-3, "logits differ by {abs} ({rel} of the largest)");
-
-    let (fused, fused_dispatches) = logits(&format!("{coop_spec},x16fuse=1")).unwrap();
-    let layers = content.metadata["llama.block_count"].to_u32().unwrap() as usize;
-    println!(
-        "prompt pass of {} tokens: {converted} dispatches with coop_x_f16, {fused_dispatches} with x16fuse=1",
-        tokens.len()
-    );
-    assert_eq!(converted, fused_dispatches + 3 * layers);
-    let differing = fused.iter().zip(&coop).filter(|(a, b)| a != b).count();
-    assert_eq!(differing, 0, "x16fuse=1 changed {differing} logits");
 }
 
 /// The prompt attention kernel with query tiles (`attention_tiled`, `pattn=1`) against the
@@ -298,6 +279,11 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
 /// within 5e-3 of the largest (as the cooperative products against the f32 tiles) and the
 /// greedy tokens must be the same (measured on lavapipe's emulation: at most 1.6e-3, in the
 /// step of two sequences). The head reads f32 x (`headq=0`), as in the test above.
+///
+/// With `x16fuse=1` this attention writes its output as the attention output product's f16
+/// x (attention_coop_x16.wgsl), as the RMSNorms and SiLU·mul write theirs: the same logits
+/// bit for bit through the same steps, with four dispatches fewer per layer in a prompt
+/// step (its conversion and those of the three products after a norm or SiLU·mul).
 #[test]
 fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
     let path = common::model_path();
@@ -325,6 +311,32 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
     };
     assert!(coop.runs_coop_attention() && !tiled.runs_coop_attention());
     compare_prompt_steps(&mut coop, &mut tiled, &first, &second, cut, 4, 5e-3);
+
+    // One prompt step of both prompts from position 0, in slots 0 and 1 (query tiles of
+    // both sequences).
+    let mut fused = load(&format!("{products},pattn=2,headq=0,x16fuse=1")).unwrap();
+    let chunks = [
+        SeqChunk {
+            slot: 0,
+            tokens: &first,
+            start: 0,
+        },
+        SeqChunk {
+            slot: 1,
+            tokens: &second,
+            start: 0,
+        },
+    ];
+    let plain_logits = coop.forward_batch(&chunks).unwrap();
+    let converted = coop.last_timing().dispatches;
+    let fused_logits = fused.forward_batch(&chunks).unwrap();
+    let written = fused.last_timing().dispatches;
+    println!(
+        "prompt step of {} tokens: {converted} dispatches, {written} with x16fuse=1",
+        first.len() + second.len()
+    );
+    assert_eq!(converted, written + 4 * coop.config().n_layer);
+    assert!(plain_logits == fused_logits, "x16fuse=1 changed the logits");
 }
 
 /// SiLU·mul with 4 workgroups (`silug=4`: every thread walks hundreds of elements) and with

@@ -390,6 +390,8 @@ struct LayerOps {
     attention_tiled: wgpu::BindGroup,
     /// The same on cooperative matrices (`pattn=2`, see `Stage::attention_coop`).
     attention_coop: Option<wgpu::BindGroup>,
+    /// The same writing the f16 x of `o` (`x16fuse=1`, see `Stage::attention_coop_x16`).
+    attention_coop_x16: Option<wgpu::BindGroup>,
     o: MatmulOp,
     ffn_norm: wgpu::BindGroup,
     gate_up: Vec<MatmulOp>,

@@ -117,6 +117,10 @@ pub(super) struct Stage {
     /// and model run it (see `Kernels::attention_coop`); `None`: steps of prompt size run
     /// `attention_tiled`.
     attention_coop: Option<wgpu::ComputePipeline>,
+    /// `attention_coop` writing its output as the attention output product's f16 x, where
+    /// `x16fuse=1` asks for it (see `Kernels::attention_coop_x16`): a prompt step then runs
+    /// that product without its conversion.
+    attention_coop_x16: Option<wgpu::ComputePipeline>,
     /// Query rows per workgroup of the prompt attention kernel that runs (`attention_coop`
     /// or `attention_tiled`): the rows of each query tile (see `attention_query_tiles`).
     attn_tile_rows: usize,
@@ -257,6 +261,7 @@ impl Stage {
         let decode_attention = DecodeAttention::choose(&gpu, &kernels, nh, nkv, hd)?;
         let attn_part = gpu.storage("attention partials", (part_slots * (hd + 4)) as u64 * f)?;
         let attention_coop = kernels.attention_coop(&gpu, hd)?;
+        let attention_coop_x16 = kernels.attention_coop_x16(&gpu, hd)?;
         let attn_tile_rows = if attention_coop.is_some() {
             ATTENTION_COOP_ROWS
         } else {
@@ -515,6 +520,17 @@ impl Stage {
                 (7, &rows),
                 (8, &attn_tiles),
             ];
+            let o = MatmulOp::new(
+                &gpu,
+                &kernels,
+                "attn_output",
+                &wo,
+                &attn,
+                out_target,
+                &step,
+                out_mode,
+                None,
+            )?;
             let interleaved = gate_up_w.len() == 1;
             let silu_u = gpu.uniform_init(
                 "silu params",
@@ -591,17 +607,25 @@ impl Stage {
                 attention_coop: attention_coop.as_ref().map(|pipeline| {
                     kernels::bind(&gpu, pipeline, "attention coop", &tiled_attention_entries)
                 }),
-                o: MatmulOp::new(
-                    &gpu,
-                    &kernels,
-                    "attn_output",
-                    &wo,
-                    &attn,
-                    out_target,
-                    &step,
-                    out_mode,
-                    None,
-                )?,
+                attention_coop_x16: match (&attention_coop_x16, o.x16_input()) {
+                    (Some(pipeline), Some(x16)) => {
+                        // Its output goes to x16 instead of `attn` (binding 3).
+                        let mut entries: Vec<_> = tiled_attention_entries
+                            .iter()
+                            .copied()
+                            .filter(|(binding, _)| *binding != 3)
+                            .collect();
+                        entries.push((16, x16));
+                        Some(kernels::bind(
+                            &gpu,
+                            pipeline,
+                            "attention coop to f16 x",
+                            &entries,
+                        ))
+                    }
+                    _ => None,
+                },
+                o,
                 ffn_norm,
                 gate_up: side_by_side_ops(
                     "ffn gate|up",
@@ -783,6 +807,7 @@ impl Stage {
             layers,
             decode_attention,
             attention_coop,
+            attention_coop_x16,
             attn_tile_rows,
             head,
             handoff,
@@ -980,7 +1005,24 @@ impl Stage {
                             [rope_groups, 1, 1],
                         );
                     }
-                    if let (true, Some(pipeline), Some(bg)) =
+                    // With `x16fuse=1`, the prompt attention on cooperative matrices writes
+                    // the f16 x of the attention output product, which then skips its
+                    // conversion.
+                    let mut o_x16_written = false;
+                    if let (true, Some(pipeline), Some(bg), true) = (
+                        tiled_attention,
+                        &self.attention_coop_x16,
+                        &layer.attention_coop_x16,
+                        layer.o.converts_x16(n),
+                    ) {
+                        rec.dispatch(
+                            "attention coop to f16 x",
+                            pipeline,
+                            bg,
+                            [tiled_attention_groups, c.n_kv_head as u32, 1],
+                        );
+                        o_x16_written = true;
+                    } else if let (true, Some(pipeline), Some(bg)) =
                         (tiled_attention, &self.attention_coop, &layer.attention_coop)
                     {
                         rec.dispatch(
@@ -1017,7 +1059,11 @@ impl Stage {
                             [c.n_head as u32, n, 1],
                         );
                     }
-                    layer.o.record(&mut rec, n, false);
+                    if o_x16_written {
+                        layer.o.record_x16_written(&mut rec, n);
+                    } else {
+                        layer.o.record(&mut rec, n, false);
+                    }
                     if let Some(bg) = &layer.post_attn_norm {
                         rec.dispatch("post-attention norm", &self.kernels.rmsnorm, bg, [n, 1, 1]);
                     }
