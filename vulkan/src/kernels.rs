@@ -1653,7 +1653,8 @@ impl Kernels {
         gpu: &Gpu,
         head_dim: usize,
     ) -> Result<Option<wgpu::ComputePipeline>, crate::VulkanError> {
-        if self.rmsnorm_x16.is_none() {
+        // The f16 x producers exist exactly where `x16fuse=1` and the products stage f16 x.
+        if self.x16_producer(true).is_none() {
             return Ok(None);
         }
         self.attention_coop_variant(gpu, head_dim, true)

@@ -1040,6 +1040,11 @@ impl MatmulOp {
     /// without the conversion.
     pub fn record_x16_written(&self, rec: &mut Recorder<'_, '_>, n: u32) {
         debug_assert!(self.converts_x16(n));
+        self.record_tiled(rec, n);
+    }
+
+    /// The prompt products of a step of `n` tokens, whose x is prepared.
+    fn record_tiled(&self, rec: &mut Recorder<'_, '_>, n: u32) {
         for (t, tokens) in self.tiled.iter().filter_map(|part| part.pick(n)) {
             t.record(rec, self.label, n.div_ceil(tokens));
         }
@@ -1055,39 +1060,40 @@ impl MatmulOp {
             // `multi=0`, the one-token kernel with one z slice per token).
             _ if n <= self.matvec_tokens => match &self.multi {
                 Some((m, cols)) if n > 1 => {
-                    match (&self.fused_quantize, &self.quantize) {
-                        (Some(f), _) if fused => {
-                            rec.dispatch(f.label, &f.pipeline, &f.bind_group, [f.groups, n, 1]);
-                        }
-                        (_, Some((pipeline, bg, groups))) => {
-                            rec.dispatch("quantize x", pipeline, bg, [*groups, n, 1]);
-                        }
-                        _ => {}
-                    }
+                    let fused_quantize = self.fused_quantize.as_ref().filter(|_| fused);
+                    record_prepare(rec, n, fused_quantize, &self.quantize, "quantize x");
                     m.record(rec, self.label, n.div_ceil(*cols))
                 }
                 _ => self.single.record(rec, self.label, n),
             },
             _ => match self.tiled.is_empty() {
                 false if n >= kernels::TILED_MIN_TOKENS => {
-                    match (&self.x16_fused, &self.x16_convert) {
-                        (Some(f), _) if fused => {
-                            rec.dispatch(f.label, &f.pipeline, &f.bind_group, [f.groups, n, 1]);
-                        }
-                        (_, Some((pipeline, bg, groups))) => {
-                            rec.dispatch("x to f16", pipeline, bg, [*groups, n, 1]);
-                        }
-                        _ => {}
-                    }
-                    for (t, tokens) in self.tiled.iter().filter_map(|part| part.pick(n)) {
-                        t.record(rec, self.label, n.div_ceil(tokens));
-                    }
+                    let x16_fused = self.x16_fused.as_ref().filter(|_| fused);
+                    record_prepare(rec, n, x16_fused, &self.x16_convert, "x to f16");
+                    self.record_tiled(rec, n);
                 }
                 _ => self
                     .batch
                     .record(rec, self.label, n.div_ceil(kernels::TOKENS_PER_GROUP)),
             },
         }
+    }
+}
+
+/// The dispatch that prepares the x of a step of `n` tokens before its products: `fused`
+/// (the input transformation and the preparation in one) where given, else the op's own
+/// preparation `plain` (`label`: quantization or f16 conversion of the given x), if any.
+fn record_prepare(
+    rec: &mut Recorder<'_, '_>,
+    n: u32,
+    fused: Option<&FusedQuantize>,
+    plain: &Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
+    label: &'static str,
+) {
+    match (fused, plain) {
+        (Some(f), _) => rec.dispatch(f.label, &f.pipeline, &f.bind_group, [f.groups, n, 1]),
+        (None, Some((pipeline, bg, groups))) => rec.dispatch(label, pipeline, bg, [*groups, n, 1]),
+        (None, None) => {}
     }
 }
 
@@ -1197,12 +1203,7 @@ fn x16_fused(
         FusedInput::Norm { x, weight, eps }
         | FusedInput::NormRope { x, weight, eps, .. }
         | FusedInput::NormGlu { x, weight, eps, .. } => {
-            let params = crate::model::NormParams {
-                n: k as u32,
-                eps,
-                _pad: 0,
-                accumulate: 0,
-            };
+            let params = crate::model::NormParams::new(k, eps, false);
             let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
             let entries = [(0, x), (1, weight), (3, &ubuf), (16, x16)];
             let label = "rmsnorm to f16 x";

@@ -484,12 +484,7 @@ pub fn norm_matmul_each(
     }
     let kernels = Kernels::new(gpu, &[weight.ty])?;
     let nwb = gpu.storage_init("norm weight", bytemuck::cast_slice(norm_weight))?;
-    let params = crate::model::NormParams {
-        n: k as u32,
-        eps,
-        _pad: 0,
-        accumulate: 0,
-    };
+    let params = crate::model::NormParams::new(k, eps, false);
     let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
     xs.iter()
         .map(|x| {

@@ -276,6 +276,19 @@ pub(crate) struct NormParams {
     pub accumulate: u32,
 }
 
+impl NormParams {
+    /// The parameters of a norm over rows of `n` values; `accumulate`: the result is added
+    /// to the output instead of written.
+    pub(crate) fn new(n: usize, eps: f32, accumulate: bool) -> NormParams {
+        NormParams {
+            n: n as u32,
+            eps,
+            _pad: 0,
+            accumulate: accumulate as u32,
+        }
+    }
+}
+
 /// head_norm.wgsl's parameters.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

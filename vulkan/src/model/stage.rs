@@ -54,6 +54,12 @@ impl DecodeAttention {
                     limits.max_compute_invocations_per_workgroup as usize,
                     limits.max_compute_workgroup_storage_size as usize,
                 );
+                if threads < kernels.vec_attention_threads() {
+                    tracing::info!(
+                        "dwg={}: attention_vec runs {threads} threads a workgroup of {group} heads, the most this adapter's workgroup size and memory allow",
+                        kernels.vec_attention_threads()
+                    );
+                }
                 let label = if grouped {
                     "attention vec grouped"
                 } else {
@@ -279,12 +285,7 @@ impl Stage {
                        accumulate: bool|
          -> Result<(wgpu::BindGroup, wgpu::Buffer), VulkanError> {
             let wbuf = gpu.storage_init(name, bytemuck::cast_slice(weights))?;
-            let params = NormParams {
-                n: d as u32,
-                eps: cfg.rms_eps,
-                _pad: 0,
-                accumulate: accumulate as u32,
-            };
+            let params = NormParams::new(d, cfg.rms_eps, accumulate);
             let ubuf = gpu.uniform_init("norm params", bytemuck::bytes_of(&params))?;
             let bg = kernels::bind(
                 &gpu,
@@ -671,12 +672,7 @@ impl Stage {
                 gpu.storage_init("output_norm", bytemuck::cast_slice(&out_norm_w))?;
             let final_norm_u = gpu.uniform_init(
                 "norm params",
-                bytemuck::bytes_of(&NormParams {
-                    n: d as u32,
-                    eps: cfg.rms_eps,
-                    _pad: 0,
-                    accumulate: 0,
-                }),
+                bytemuck::bytes_of(&NormParams::new(d, cfg.rms_eps, false)),
             )?;
             // The final norm of the rows whose logits are wanted, into `last` in their order.
             let final_norm = kernels::bind(
