@@ -10,7 +10,8 @@
 # Usage:
 #   scripts/bench-vulkan.sh [--types q8_0,q4_0] [--shapes llama-1b,llama-8b]
 #                           [--bin DIR] [--models DIR] [--reference GGUF]
-#                           [--prompt N] [--decode N] [--runs N] [--cpu-decode N] [--no-cpu]
+#                           [--prompt N] [--decode N] [--runs N] [--rounds N] [--no-warmup]
+#                           [--cpu-decode N] [--no-cpu]
 #                           [--llama PATH | --no-llama] [--devices LIST]... [--split SHARES]
 #   scripts/bench-vulkan.sh --pack DIR [--with-llama | --with-llama-source]
 #
@@ -28,6 +29,12 @@
 # (CMake and a C++ compiler there) before the first benchmark.
 # The peer's prefill is pp<prompt> from an empty cache, its decode tg<decode> after <prompt>
 # tokens (llama-bench -d), as ours: decode after the prompt.
+# A GPU that has just woken up measures a fraction of its speed (a peer's first prefill read
+# 5800 tok/s, and 15100 75 s later), so the run starts with one short run of each engine on the
+# first file, not counted (--no-warmup skips it); then, per file, ours and the peer take turns
+# for --rounds N rounds (default 2), each round's figures the medians of --runs N runs, and
+# each engine's figure is its best round. The GPU's clocks are printed before every
+# measurement where the driver shows them (nvidia-smi; Intel's i915/xe frequency in sysfs).
 # --devices LIST (the runner's --devices: adapter indices or PCI addresses, `auto`) runs our
 # engine on those devices; several split the model's layers (--split 3,1 sets the shares), and
 # the figures add the time spent crossing devices per token. Repeat it to compare, e.g.
@@ -46,6 +53,8 @@ reference=
 prompt=512
 decode=128
 runs=3
+rounds=2
+warmup=1
 cpu_decode=16
 cpu=1
 pack=
@@ -65,6 +74,8 @@ while [ $# -gt 0 ]; do
         --prompt) prompt=$2; shift 2 ;;
         --decode) decode=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --no-warmup) warmup=0; shift ;;
         --cpu-decode) cpu_decode=$2; shift 2 ;;
         --no-cpu) cpu=0; shift ;;
         --pack) pack=$2; shift 2 ;;
@@ -77,6 +88,13 @@ while [ $# -gt 0 ]; do
         -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-vulkan: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
+done
+
+for count in "$prompt" "$decode" "$runs" "$rounds"; do
+    [[ "$count" =~ ^[1-9][0-9]*$ ]] || {
+        echo "bench-vulkan: --prompt, --decode, --runs and --rounds take a positive number, not '$count'" >&2
+        exit 2
+    }
 done
 
 target=${CARGO_TARGET_DIR:-target}
@@ -203,20 +221,86 @@ print("llama-bench on %s: %.1f tok/s" % (test["gpu_info"], test["avg_ts"]), file
 print(test["avg_ts"])'
 }
 
+# The GPU's clocks and temperature before a measurement, where the driver shows them: a GPU
+# that has just woken up runs its first measurement at a fraction of its clocks.
+gpu_clocks() {
+    if command -v nvidia-smi >/dev/null; then
+        echo "clocks: $(nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader 2>/dev/null | head -1)" >&2
+    else
+        local freq
+        for freq in /sys/class/drm/card*/gt_cur_freq_mhz /sys/class/drm/card*/device/tile*/gt*/freq0/cur_freq; do
+            [ -r "$freq" ] && echo "clocks: $freq = $(cat "$freq") MHz" >&2
+        done
+    fi
+    return 0
+}
+
+# The best of several rounds' RESULT lines of one engine: the highest prefill and the highest
+# decode (each round's are already medians of --runs), the rest from the first round.
+best_of() {
+    "${PYTHON:-python3}" -c 'import json, sys
+rounds = [json.loads(r) for r in sys.argv[1:] if r]
+if not rounds:
+    sys.exit(1)
+best = dict(rounds[0])
+for key in ("prefill_tps", "decode_tps"):
+    best[key] = max(r[key] for r in rounds)
+if best.get("bound_tps"):
+    best["decode_pct_of_bound"] = round(100 * best["decode_tps"] / best["bound_tps"], 1)
+best["rounds"] = len(rounds)
+print(json.dumps(best, separators=(",", ":")))' "$@"
+}
+
 summary=()
 ratios=()
 [ "${#device_lists[@]}" -gt 0 ] || device_lists=(auto)
 peer_split=()
 last_list=${device_lists[${#device_lists[@]}-1]}
 [[ "$last_list" == *,* ]] && peer_split=(-sm layer)
+
+# Warm-up: one short run of each engine on the first file, not counted.
+if [ "$warmup" = 1 ]; then
+    echo "== warm-up (not counted): ${files[0]}" >&2
+    gpu_clocks
+    "$bin/bench" "${files[0]}" --prompt "$prompt" --decode 16 --runs 1 --devices "${device_lists[0]}" >/dev/null ||
+        echo "bench-vulkan: the warm-up run failed" >&2
+    if [ -n "$llama" ]; then
+        "$llama" -m "${files[0]}" -p "$prompt" -n 0 -ngl 99 -r 1 "${peer_split[@]}" >/dev/null 2>&1 ||
+            echo "bench-vulkan: the peer's warm-up run failed" >&2
+    fi
+    gpu_clocks
+fi
+
 for f in "${files[@]}"; do
     first_result=
     for list in "${device_lists[@]}"; do
         echo "== vulkan (--devices $list): $f" >&2
         dev_args=(--devices "$list")
         [ -n "$split" ] && [[ "$list" == *,* ]] && dev_args+=(--split "$split")
-        out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" "${dev_args[@]}" | tee >(cat >&2))
-        ours=$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')
+        # Ours and the peer take turns, round after round, so that neither gets all the
+        # measurements of a cold or a hot GPU; each keeps its best round.
+        round_results=()
+        peer_pp=()
+        peer_tg=()
+        for round in $(seq "$rounds"); do
+            echo "-- round $round of $rounds: vulkan (--devices $list)" >&2
+            gpu_clocks
+            out=$("$bin/bench" "$f" --prompt "$prompt" --decode "$decode" --runs "$runs" "${dev_args[@]}" | tee >(cat >&2))
+            round_results+=("$(echo "$out" | grep '^RESULT ' | sed 's/^RESULT //')")
+            # The peer runs after the last device list's rounds only.
+            if [ -n "$llama" ] && [ "$list" = "$last_list" ]; then
+                echo "-- round $round of $rounds: llama.cpp vulkan" >&2
+                gpu_clocks
+                # A failing peer (e.g. a missing library on this host) is reported, not fatal.
+                if pp=$(llama_tps -m "$f" -p "$prompt" -n 0 "${peer_split[@]}") && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt" "${peer_split[@]}"); then
+                    peer_pp+=("$pp")
+                    peer_tg+=("$tg")
+                else
+                    echo "bench-vulkan: llama-bench failed on $f in round $round" >&2
+                fi
+            fi
+        done
+        ours=$(best_of "${round_results[@]}")
         summary+=("$ours")
         if [ -z "$first_result" ]; then
             first_result=$ours
@@ -230,10 +314,11 @@ print("%s: --devices %s / --devices %s: decode %.2f (%.1f / %.1f tok/s), prefill
         fi
     done
     if [ -n "$llama" ]; then
-        echo "== llama.cpp vulkan: $f" >&2
-        # A failing peer (e.g. a missing library on this host) is reported, not fatal.
-        if pp=$(llama_tps -m "$f" -p "$prompt" -n 0 "${peer_split[@]}") && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt" "${peer_split[@]}"); then
-            peer="{\"model\":\"$f\",\"engine\":\"llama.cpp-vulkan\",\"prefill_tps\":$pp,\"decode_tps\":$tg}"
+        if [ "${#peer_pp[@]}" -gt 0 ]; then
+            peer=$("${PYTHON:-python3}" -c 'import json, sys
+pp, tg = [list(map(float, a.split())) for a in sys.argv[2:4]]
+print(json.dumps({"model": sys.argv[1], "engine": "llama.cpp-vulkan", "prefill_tps": max(pp),
+                  "decode_tps": max(tg), "rounds": len(pp)}, separators=(",", ":")))' "$f" "${peer_pp[*]}" "${peer_tg[*]}")
             echo "RESULT $peer" >&2
             summary+=("$peer")
             ratios+=("$("${PYTHON:-python3}" -c 'import json, sys
