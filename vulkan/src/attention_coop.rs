@@ -3,6 +3,8 @@
 //! cores or, for `prefill=coop-emulated`, in plain code (attention_coop_emulated.wgsl), and
 //! whether a device and model can run it (else steps of prompt size run `attention_tiled`).
 
+use crate::kernels::F16_PACK;
+
 const KERNEL: &str = include_str!("shaders/attention_coop.wgsl");
 const EMULATED: &str = include_str!("shaders/attention_coop_emulated.wgsl");
 const X16: &str = include_str!("shaders/attention_coop_x16.wgsl");
@@ -62,7 +64,7 @@ pub(crate) fn source_x16(head_dim: usize, emulated: bool) -> String {
     let call = "write_block(sg,";
     assert!(src.contains(call), "attention_coop.wgsl: {call}");
     let src = src.replace(call, "write_block_x16(sg,");
-    module(&format!("{src}\n{X16}"), head_dim, emulated)
+    module(&format!("{src}\n{X16}\n{F16_PACK}"), head_dim, emulated)
 }
 
 /// Writes the host's lines into `src` (attention_coop.wgsl) for head dimension `head_dim`.

@@ -57,17 +57,17 @@ const SILU_GROUPS: u32 = MAX_GROUPS_X as u32;
 const COOP_MIN_GROUPS: u32 = 256;
 /// Rows one matrix-vector (decode) workgroup computes (`MV_ROWS` in matmul.wgsl): 4, or 16
 /// for tall matrices, where the x reads of small workgroups would cost more than the weights
-/// (see matmul.wgsl): by default those of at least TALL_MATVEC_ROWS rows, or
-/// TALL_MATVEC_ROWS_K_QUANT where a part is a K-quant (`tall=` sets one count for all).
-/// On an H100 the 8B Q4_0 file decoded at 262.5 tok/s with every matrix of 4096 rows or
-/// more tall (128 threads a workgroup), 236-239 with 8192 (only gate|up and the output head);
-/// the 8B Q4_K_M file at 196.0-198.9 with 4096 (its ffn_down 52.5 us a layer against 34.7
-/// with 4-row workgroups) and 223.5 with 6144 (attn_output and ffn_down of 4096 rows in
-/// 4-row workgroups). The 1B files (2048 rows but for gate|up) are unchanged.
+/// (see matmul.wgsl): by default those of at least TALL_MATVEC_ROWS rows (`tall=` sets
+/// another count). On an H100 with the 8B files, 6144 (q|k|v and gate|up tall, attn_output
+/// and ffn_down of 4096 rows in 4-row workgroups) against 4096 (every matrix tall): Q4_K_M
+/// 223.5 against 196.0-198.9 tok/s (its ffn_down 52.5 us a layer tall against 34.7),
+/// Q4_0 262.2 and 261.8 against 253.1 and 255.4, Q8_0 199.3 and 202.0 against 189.0 and 186.0;
+/// 8192 (only gate|up and the output head tall) was slower on all three (Q4_0 236-239,
+/// Q8_0 188.8 and 188.1). The 1B files (3072 rows and fewer but for gate|up and the output
+/// head) run the same workgroups with 4096 and 6144.
 pub(crate) const MATVEC_ROWS: u32 = 4;
 pub(crate) const TALL_MATVEC_ROWS_PER_GROUP: u32 = 16;
-pub(crate) const TALL_MATVEC_ROWS: usize = 4096;
-pub(crate) const TALL_MATVEC_ROWS_K_QUANT: usize = 6144;
+pub(crate) const TALL_MATVEC_ROWS: usize = 6144;
 /// Threads of a decode workgroup (`MV_WG` in matmul.wgsl): the 4-row workgroups always have
 /// WORKGROUP; the tall ones have what `mvwg=` asks for (see [`MatvecThreads`]), by default
 /// `auto`.
@@ -209,7 +209,7 @@ pub const MATVEC_TUNING_ENV: &str = "XPU_VULKAN_MATVEC";
 /// RMSNorm before the q|k|v and gate|up products and the SiLU·mul before the down product of
 /// a prompt step write that f16 copy themselves, `x16_out.wgsl`, instead of their f32 output,
 /// as does `attention_coop` before the attention output product (attention_coop_x16.wgsl),
-/// and those products run without `coop_x_f16`; 0, the default: every product converts its
+/// and those products run without `coop_x_f16`, the default; 0: every product converts its
 /// x) and `cooptile=64|128|<rows>x<tokens>` (rows 64
 /// or 128 by tokens 32, 64 or 128 per `matmul_coop` workgroup; a lone number is that many
 /// rows by 64 tokens; see [`CoopShape`]), `coopsg=4|8` (subgroups per `matmul_coop`
@@ -400,7 +400,7 @@ impl KernelTuning {
         fused_quantize: true,
         head_int8: true,
         coop: CoopShape::DEFAULT,
-        x16_fuse: false,
+        x16_fuse: true,
         coop_tile_given: false,
         coop_min_groups: COOP_MIN_GROUPS,
         prompt_attention: 2,
@@ -536,16 +536,10 @@ impl KernelTuning {
         setting
     }
 
-    /// The fewest rows from which a decode product of the weight types `types` runs tall
-    /// workgroups: `tall=` where given, else TALL_MATVEC_ROWS_K_QUANT where a part is a
-    /// K-quant and TALL_MATVEC_ROWS for the rest.
-    pub(crate) fn tall_rows_for(&self, types: &[WeightType]) -> usize {
-        self.tall_rows
-            .unwrap_or(if types.iter().any(|ty| ty.is_k_quant()) {
-                TALL_MATVEC_ROWS_K_QUANT
-            } else {
-                TALL_MATVEC_ROWS
-            })
+    /// The fewest rows from which a decode product runs tall workgroups: `tall=` where given,
+    /// else TALL_MATVEC_ROWS.
+    pub(crate) fn tall_rows(&self) -> usize {
+        self.tall_rows.unwrap_or(TALL_MATVEC_ROWS)
     }
 
     /// `coopmin=` (see [`coop_ladder`](Self::coop_ladder)).
@@ -721,6 +715,8 @@ const COOP_EMULATED: &str = include_str!("shaders/coop_emulated.wgsl");
 const RMSNORM: &str = include_str!("shaders/rmsnorm.wgsl");
 const SILU_MUL: &str = include_str!("shaders/silu_mul.wgsl");
 const X16_OUT: &str = include_str!("shaders/x16_out.wgsl");
+/// `pack_f16`, the one rounding of every module that writes `matmul_coop`'s f16 x.
+pub(crate) const F16_PACK: &str = include_str!("shaders/f16_pack.wgsl");
 
 /// How a decode matrix-vector product reads its input (the matvec entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -831,7 +827,7 @@ fn coop_kernel(shape: CoopShape, subgroup: u32) -> String {
     }
     };
     let mut src = format!(
-        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_SGS: u32 = {}u;\nconst COOP_BUFS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{}{MATMUL_COOP}",
+        "const COOP_ROWS: u32 = {}u;\nconst COOP_TOKENS: u32 = {}u;\nconst COOP_SGS: u32 = {}u;\nconst COOP_BUFS: u32 = {}u;\nconst COOP_UNITS: u32 = {}u;\nconst COOP_VEC: u32 = {}u;\nconst COOP_X16: bool = {};\nalias CoopVec = vec{}<f16>;\n{}{}{}{MATMUL_COOP}\n{F16_PACK}",
         shape.rows,
         shape.tokens,
         shape.subgroups,
@@ -1436,7 +1432,7 @@ impl Kernels {
         // `coop_x_f16` has.
         let x16_producer = |label: &str, module: &str| {
             (tuning.x16_fuse && coop_x_f16.is_some()).then(|| {
-                let source = format!("enable f16;\n{module}\n{X16_OUT}");
+                let source = format!("enable f16;\n{module}\n{X16_OUT}\n{F16_PACK}");
                 pipeline(gpu, tuning.checks, label, &source, "x16_out")
             })
         };
@@ -1830,12 +1826,11 @@ impl Kernels {
         self.tuning.coop_min_groups()
     }
 
-    /// The decode workgroup of a matrix of `rows` rows of `k` weights of the types `types`
-    /// (the parts of a mixed product): tall matrices (at least `tall=` rows; unset, at least
-    /// TALL_MATVEC_ROWS, or TALL_MATVEC_ROWS_K_QUANT where a part is a K-quant) 16 rows with
-    /// the threads of `mvwg=`, the others 4 rows of 64 threads.
-    pub fn matvec_group(&self, rows: usize, k: usize, types: &[WeightType]) -> MatvecGroup {
-        if rows >= self.tuning.tall_rows_for(types) {
+    /// The decode workgroup of a matrix of `rows` rows of `k` weights: tall matrices (at
+    /// least `tall=` rows; unset, at least TALL_MATVEC_ROWS) 16 rows with the threads of
+    /// `mvwg=`, the others 4 rows of 64 threads.
+    pub fn matvec_group(&self, rows: usize, k: usize) -> MatvecGroup {
+        if rows >= self.tuning.tall_rows() {
             MatvecGroup {
                 rows: TALL_MATVEC_ROWS_PER_GROUP,
                 threads: self.tuning.tall_threads.for_k(k),
@@ -2152,28 +2147,9 @@ mod tuning_tests {
     }
 
     #[test]
-    fn tall_rows_depend_on_the_types_unless_given() {
-        use WeightType::*;
-        let default = parse("").unwrap();
-        for ty in [Q4_0, Q8_0, Q4_1, F16, F32, BF16] {
-            assert_eq!(default.tall_rows_for(&[ty]), TALL_MATVEC_ROWS, "{ty:?}");
-        }
-        for ty in [Q4K, Q5K, Q6K] {
-            assert_eq!(
-                default.tall_rows_for(&[ty]),
-                TALL_MATVEC_ROWS_K_QUANT,
-                "{ty:?}"
-            );
-        }
-        // A mixed product with a K-quant part takes the K-quant count.
-        assert_eq!(
-            default.tall_rows_for(&[Q8_0, Q6K]),
-            TALL_MATVEC_ROWS_K_QUANT
-        );
-        let given = parse("tall=2048").unwrap();
-        for ty in [Q4_0, Q4K, Q6K] {
-            assert_eq!(given.tall_rows_for(&[ty]), 2048);
-        }
+    fn tall_rows_are_one_count_unless_given() {
+        assert_eq!(parse("").unwrap().tall_rows(), TALL_MATVEC_ROWS);
+        assert_eq!(parse("tall=2048").unwrap().tall_rows(), 2048);
     }
 
     #[test]
@@ -2199,8 +2175,8 @@ mod tuning_tests {
         assert!(!parse("fuseq=0").unwrap().fused_quantize);
         assert!(parse("").unwrap().head_int8);
         assert!(!parse("headq=0").unwrap().head_int8);
-        assert!(!parse("").unwrap().x16_fuse);
-        assert!(parse("x16fuse=1").unwrap().x16_fuse);
+        assert!(parse("").unwrap().x16_fuse);
+        assert!(!parse("x16fuse=0").unwrap().x16_fuse);
         let t = parse("").unwrap();
         assert_eq!((t.multi, t.multi_cols, t.multi_rows), (true, 8, 4));
         assert_eq!(parse("").unwrap().matvec_tokens, MATVEC_MAX_TOKENS);

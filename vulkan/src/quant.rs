@@ -68,11 +68,6 @@ impl WeightType {
         }
     }
 
-    /// Whether this is a K-quant (super-blocks of 256 weights with sub-block scales).
-    pub fn is_k_quant(self) -> bool {
-        matches!(self, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K)
-    }
-
     /// Bytes per GGUF block.
     pub fn block_bytes(self) -> usize {
         match self {
@@ -549,7 +544,7 @@ pub(crate) fn mixed_decode(kernels: &Kernels, parts: &[(&GpuWeight, u32)]) -> bo
     let [(a, 0), (b, offset)] = parts else {
         return false;
     };
-    let group = kernels.matvec_group(a.rows + b.rows, a.k, &[a.ty, b.ty]);
+    let group = kernels.matvec_group(a.rows + b.rows, a.k);
     a.chunks.len() == 1
         && b.chunks.len() == 1
         && a.k == b.k
@@ -650,7 +645,7 @@ impl MatmulOp {
     ) -> Result<MatmulOp, VulkanError> {
         let shared_xq = first.and_then(|op| op.xq.as_ref());
         let batch_pipeline = kernels.matmul(weight.ty).clone();
-        let group = kernels.matvec_group(weight.rows, weight.k, &[weight.ty]);
+        let group = kernels.matvec_group(weight.rows, weight.k);
         let mv_rows = group.rows;
         let single_pipeline = kernels
             .matvec(weight.ty, MatvecInput::Plain, group, mode.exact_input)
@@ -1280,7 +1275,7 @@ fn mixed_fused(
         )));
     }
     let rows = a.rows + b.rows;
-    let group = kernels.matvec_group(rows, a.k, &[a.ty, b.ty]);
+    let group = kernels.matvec_group(rows, a.k);
     let pipeline = kernels.matvec_mixed(gpu, (a.ty, b.ty), input, group, exact)?;
     let (ca, cb) = (&a.chunks[0], &b.chunks[0]);
     let params = MatmulParams {

@@ -280,10 +280,11 @@ fn prompt_attention_with_query_tiles_matches_the_decode_kernel() {
 /// greedy tokens must be the same (measured on lavapipe's emulation: at most 1.6e-3, in the
 /// step of two sequences). The head reads f32 x (`headq=0`), as in the test above.
 ///
-/// With `x16fuse=1` this attention writes its output as the attention output product's f16
-/// x (attention_coop_x16.wgsl), as the RMSNorms and SiLU·mul write theirs: the same logits
-/// bit for bit through the same steps, with four dispatches fewer per layer in a prompt
-/// step (its conversion and those of the three products after a norm or SiLU·mul).
+/// With `x16fuse=1`, the default, this attention writes its output as the attention output
+/// product's f16 x (attention_coop_x16.wgsl), as the RMSNorms and SiLU·mul write theirs:
+/// against `x16fuse=0` the same logits bit for bit through the same steps, with four
+/// dispatches fewer per layer in a prompt step (its conversion and those of the three
+/// products after a norm or SiLU·mul).
 #[test]
 fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
     let path = common::model_path();
@@ -314,7 +315,7 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
 
     // One prompt step of both prompts from position 0, in slots 0 and 1 (query tiles of
     // both sequences).
-    let mut fused = load(&format!("{products},pattn=2,headq=0,x16fuse=1")).unwrap();
+    let mut converting = load(&format!("{products},pattn=2,headq=0,x16fuse=0")).unwrap();
     let chunks = [
         SeqChunk {
             slot: 0,
@@ -327,12 +328,12 @@ fn prompt_attention_on_cooperative_matrices_matches_the_f32_tiles() {
             start: 0,
         },
     ];
-    let plain_logits = coop.forward_batch(&chunks).unwrap();
-    let converted = coop.last_timing().dispatches;
-    let fused_logits = fused.forward_batch(&chunks).unwrap();
-    let written = fused.last_timing().dispatches;
+    let plain_logits = converting.forward_batch(&chunks).unwrap();
+    let converted = converting.last_timing().dispatches;
+    let fused_logits = coop.forward_batch(&chunks).unwrap();
+    let written = coop.last_timing().dispatches;
     println!(
-        "prompt step of {} tokens: {converted} dispatches, {written} with x16fuse=1",
+        "prompt step of {} tokens: {converted} dispatches with x16fuse=0, {written} with x16fuse=1",
         first.len() + second.len()
     );
     assert_eq!(converted, written + 4 * coop.config().n_layer);

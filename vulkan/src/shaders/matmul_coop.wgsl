@@ -80,9 +80,7 @@ var<workgroup> coop_out: array<f32, 256u * COOP_SGS>;
 @group(0) @binding(16) var<storage, read_write> x16: array<vec4<u32>>;
 
 // Converts the step's x to f16 (`x16`) for the products that follow: one thread per 8 values
-// (x = words / 64 workgroups, y = token). The values are rounded by the staging's own
-// conversion, vec4<f16>(x), and then packed exactly (naga has no bitcast between vectors of
-// different sizes, so the packing goes through f32, which holds every f16 value).
+// (x = words / 64 workgroups, y = token), rounded and packed by `pack_f16` (f16_pack.wgsl).
 @compute @workgroup_size(64)
 fn coop_x_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
     let words = p.k / 8u;
@@ -93,11 +91,6 @@ fn coop_x_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let i = t * (p.k / 4u) + 2u * gid.x;
     x16[t * words + gid.x] = vec4<u32>(pack_f16(x[i]), pack_f16(x[i + 1u]));
-}
-
-fn pack_f16(v: vec4<f32>) -> vec2<u32> {
-    let r = vec4<f32>(vec4<f16>(v));
-    return vec2<u32>(pack2x16float(r.xy), pack2x16float(r.zw));
 }
 
 // Four halves of x16 as f16 (exact: see `pack_f16`).

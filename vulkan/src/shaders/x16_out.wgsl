@@ -1,8 +1,8 @@
 // A prompt product's x written straight to the f16 copy that `matmul_coop` stages (`x16` in
 // matmul_coop.wgsl), by the kernel that computes x, so that the product runs without its
 // `coop_x_f16` dispatch (tuning key `x16fuse`). Appended by kernels.rs, behind
-// `enable f16;`, to the module of the kernel that computes x: rmsnorm.wgsl or silu_mul.wgsl,
-// which define
+// `enable f16;` and followed by f16_pack.wgsl (`pack_f16`, the rounding `coop_x_f16` uses),
+// to the module of the kernel that computes x: rmsnorm.wgsl or silu_mul.wgsl, which define
 //   x16_row(t, li) -> f32: a value for the whole of token t's row (the norm's scale), from
 //     uniform control flow (it may use workgroup barriers);
 //   x16_value(t, i, row) -> f32: element i of token t's x, computed as that module's own
@@ -26,13 +26,6 @@ fn x16_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
                            x16_value(t, i + 2u, row), x16_value(t, i + 3u, row));
         let hi = vec4<f32>(x16_value(t, i + 4u, row), x16_value(t, i + 5u, row),
                            x16_value(t, i + 6u, row), x16_value(t, i + 7u, row));
-        x16[t * words + w] = vec4<u32>(x16_pack(lo), x16_pack(hi));
+        x16[t * words + w] = vec4<u32>(pack_f16(lo), pack_f16(hi));
     }
-}
-
-// Rounds as `pack_f16` in matmul_coop.wgsl does (the staging's conversion, vec4<f16>(v)),
-// then packs exactly.
-fn x16_pack(v: vec4<f32>) -> vec2<u32> {
-    let r = vec4<f32>(vec4<f16>(v));
-    return vec2<u32>(pack2x16float(r.xy), pack2x16float(r.zw));
 }
