@@ -5,16 +5,35 @@
 mod common;
 
 use std::process::Command;
+use std::sync::OnceLock;
 
+/// `nix-instantiate`, checked once for all the tests here. The check evaluates an expression,
+/// so that Nix creates its state directories (/nix/var/nix) before the tests run it in
+/// parallel: on a fresh machine two first evaluations at once race to create them, and one
+/// fails ("creating symlink from '/nix/var/nix/gcroots/profiles' ...: File exists").
 fn nix_instantiate() -> &'static str {
-    let found = Command::new("nix-instantiate").arg("--version").output();
-    match found {
-        Ok(output) if output.status.success() => "nix-instantiate",
-        _ => panic!(
-            "nix-instantiate was not found on PATH; it is needed to check the Nix output. \
-             Install Nix (Debian: apt-get install nix-bin, listed in scripts/apt-packages.txt)."
-        ),
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        match Command::new("nix-instantiate")
+            .args(["--eval", "--expr", "1"])
+            .output()
+        {
+            Ok(output) if output.status.success() => Ok(()),
+            Ok(output) => Err(format!(
+                "nix-instantiate --eval --expr 1 failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )),
+            Err(_) => Err(
+                "nix-instantiate was not found on PATH; it is needed to check the Nix output. \
+                 Install Nix (Debian: apt-get install nix-bin, listed in scripts/apt-packages.txt)."
+                    .to_string(),
+            ),
+        }
+    });
+    if let Err(problem) = ready {
+        panic!("{problem}");
     }
+    "nix-instantiate"
 }
 
 #[test]
