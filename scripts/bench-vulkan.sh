@@ -235,8 +235,9 @@ gpu_clocks() {
     return 0
 }
 
-# The best of several rounds' RESULT lines of one engine: the highest prefill and the highest
-# decode (each round's are already medians of --runs), the rest from the first round.
+# The best of several rounds' RESULT lines of one engine (ours, or the peer's made from its
+# llama-bench figures): the highest prefill and the highest decode (each round's are already
+# medians or averages of --runs), the rest from the first round.
 best_of() {
     "${PYTHON:-python3}" -c 'import json, sys
 rounds = [json.loads(r) for r in sys.argv[1:] if r]
@@ -280,8 +281,7 @@ for f in "${files[@]}"; do
         # Ours and the peer take turns, round after round, so that neither gets all the
         # measurements of a cold or a hot GPU; each keeps its best round.
         round_results=()
-        peer_pp=()
-        peer_tg=()
+        peer_rounds=()
         for round in $(seq "$rounds"); do
             echo "-- round $round of $rounds: vulkan (--devices $list)" >&2
             gpu_clocks
@@ -293,8 +293,7 @@ for f in "${files[@]}"; do
                 gpu_clocks
                 # A failing peer (e.g. a missing library on this host) is reported, not fatal.
                 if pp=$(llama_tps -m "$f" -p "$prompt" -n 0 "${peer_split[@]}") && tg=$(llama_tps -m "$f" -p 0 -n "$decode" -d "$prompt" "${peer_split[@]}"); then
-                    peer_pp+=("$pp")
-                    peer_tg+=("$tg")
+                    peer_rounds+=("{\"model\":\"$f\",\"engine\":\"llama.cpp-vulkan\",\"prefill_tps\":$pp,\"decode_tps\":$tg}")
                 else
                     echo "bench-vulkan: llama-bench failed on $f in round $round" >&2
                 fi
@@ -314,11 +313,8 @@ print("%s: --devices %s / --devices %s: decode %.2f (%.1f / %.1f tok/s), prefill
         fi
     done
     if [ -n "$llama" ]; then
-        if [ "${#peer_pp[@]}" -gt 0 ]; then
-            peer=$("${PYTHON:-python3}" -c 'import json, sys
-pp, tg = [list(map(float, a.split())) for a in sys.argv[2:4]]
-print(json.dumps({"model": sys.argv[1], "engine": "llama.cpp-vulkan", "prefill_tps": max(pp),
-                  "decode_tps": max(tg), "rounds": len(pp)}, separators=(",", ":")))' "$f" "${peer_pp[*]}" "${peer_tg[*]}")
+        if [ "${#peer_rounds[@]}" -gt 0 ]; then
+            peer=$(best_of "${peer_rounds[@]}")
             echo "RESULT $peer" >&2
             summary+=("$peer")
             ratios+=("$("${PYTHON:-python3}" -c 'import json, sys

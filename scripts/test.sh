@@ -25,12 +25,13 @@ cargo clippy --workspace --all-targets --release --locked --features xpu-runner/
 # Model tests need optimised candle kernels, so the whole suite runs in release mode.
 cargo test --workspace --release --locked --features xpu-runner/vulkan
 
-# Suites outside cargo: Nix evaluation, the HTTP API with real clients, and the llama.cpp RPC
-# cluster of services.xpu-cluster (scripts/test-cluster.sh, on the llama.cpp build above). The API
+# Suites outside cargo: the helper scripts' option errors (scripts/test-scripts.sh), Nix
+# evaluation, the HTTP API with real clients, and the llama.cpp RPC cluster of
+# services.xpu-cluster (scripts/test-cluster.sh, on the llama.cpp build above). The API
 # suite reuses the runner binary cargo just built (same features), instead of building
 # another one with different feature unification.
 export XPU_RUNNER_BIN=${XPU_RUNNER_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/xpu-runner}
-for suite in scripts/test-nix.sh scripts/test-api.sh scripts/test-cluster.sh; do
+for suite in scripts/test-scripts.sh scripts/test-nix.sh scripts/test-api.sh scripts/test-cluster.sh; do
     if [ -x "$suite" ]; then
         echo "== $suite" >&2
         "$suite"
