@@ -345,6 +345,7 @@ struct XUnit {
     v: array<vec4<f32>, 8>,
     sq: f32,
     sum: f32,
+    sum_lo: f32, // of the first 16 values (Q6_K's f32 path: a scale per 16)
     q: array<u32, 8>,
     qd: f32,
     qsum: i32,
@@ -366,7 +367,8 @@ fn x_finish(v: array<vec4<f32>, 8>, sq: f32) -> XUnit {
     var o: XUnit;
     o.v = v;
     o.sq = sq;
-    o.sum = sum8(v);
+    o.sum_lo = dot((v[0] + v[1]) + (v[2] + v[3]), vec4<f32>(1.0));
+    o.sum = o.sum_lo + dot((v[4] + v[5]) + (v[6] + v[7]), vec4<f32>(1.0));
     if (MV_DP4A) {
         let m = max(max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3]))),
                     max(max(abs(v[4]), abs(v[5])), max(abs(v[6]), abs(v[7]))));
@@ -433,8 +435,11 @@ fn group4_b(f: u32, last: u32, u: u32, xu: XUnit) -> vec4<f32> {
                      unit_dot_b(min(f + 2u, last), u, xu), unit_dot_b(min(f + 3u, last), u, xu));
 }
 
-fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
-    return dot(xs[0] + xs[1] + xs[2] + xs[3] + xs[4] + xs[5] + xs[6] + xs[7], vec4<f32>(1.0));
+// The dot product of 16 unsigned bytes (four to a word, element i in byte i) with 16 values
+// of x: the f32 unit products of the K-quants, which apply the scale once per sum.
+fn bytes_dot16(q: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {
+    return (dot(vec4<f32>(unpack4xU8(q.x)), x0) + dot(vec4<f32>(unpack4xU8(q.y)), x1))
+        + (dot(vec4<f32>(unpack4xU8(q.z)), x2) + dot(vec4<f32>(unpack4xU8(q.w)), x3));
 }
 
 // Thread r (< MV_ROWS) returns row first + r of the product; the others an unspecified value.

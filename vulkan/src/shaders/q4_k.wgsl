@@ -59,7 +59,7 @@ fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
             + ((dot4I8Packed(b.x, xu.q[4]) + dot4I8Packed(b.y, xu.q[5])) + (dot4I8Packed(b.z, xu.q[6]) + dot4I8Packed(b.w, xu.q[7])));
         return xu.qd * (wu.s.x * f32(dots) - wu.s.y * f32(xu.qsum));
     }
-    return dot8(k_values(wu), xu.v);
+    return k_dot(wu, xu);
 }
 
 fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {

@@ -116,7 +116,13 @@ fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
             + (dot4I8Packed(b.z, xu.q[6]) + dot4I8Packed(b.w, xu.q[7]));
         return xu.qd * (sc.x * f32(lo - 32 * xu.qsum_lo) + sc.y * f32(hi - 32 * (xu.qsum - xu.qsum_lo)));
     }
-    return dot8(q6k_values(wu), xu.v);
+    // f32 x: the same sums with the offset 32 once per 16 values,
+    // sum sc (q - 32) x = sc (sum(q x) - 32 sum(x)).
+    let xs = xu.v;
+    let lo = bytes_dot16(wu.q[0], xs[0], xs[1], xs[2], xs[3]);
+    let hi = bytes_dot16(wu.q[1], xs[4], xs[5], xs[6], xs[7]);
+    let sc = wu.s.xy;
+    return sc.x * (lo - 32.0 * xu.sum_lo) + sc.y * (hi - 32.0 * (xu.sum - xu.sum_lo));
 }
 
 fn unit_dot(row: u32, u: u32, xu: XUnit) -> f32 {
