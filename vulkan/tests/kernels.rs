@@ -92,6 +92,31 @@ fn every_type_on_random_blocks_matches_candle() {
     }
 }
 
+/// The decode product with f32 x (`dp4a=0`; by default the output head's), which multiplies
+/// the unit's quants with x before it applies the scales (Q4_0, Q8_0, the K-quants' `k_dot`
+/// and Q6_K's sums per 16 values): one token against candle for every type.
+#[test]
+fn f32_decode_products_on_every_type_match_candle() {
+    let tuning: KernelTuning = "dp4a=0".parse().unwrap();
+    let gpu = xpu_vulkan::Gpu::new(&xpu_vulkan::DeviceOptions {
+        tuning,
+        ..common::device_options(None)
+    })
+    .unwrap();
+    for (i, dtype) in ALL_TYPES.into_iter().enumerate() {
+        let qt = random_qtensor(dtype, 37, 512, 60 + i as u64);
+        let (weight, w) = upload_with_reference(&gpu, "f32 decode", &qt);
+        let x = random(&mut rand::rngs::StdRng::seed_from_u64(160 + i as u64), 512);
+        let got = testing::matmul(&gpu, &weight, &x, 1).unwrap();
+        let (rel, max_abs) = common::compare(&got, &reference(&w, 37, 512, &x, 1));
+        println!("f32 decode {dtype:?}: rel {rel:.2e} max_abs {max_abs:.2e}");
+        assert!(
+            rel < REL_TOL,
+            "{dtype:?}: relative error {rel} above {REL_TOL}"
+        );
+    }
+}
+
 #[test]
 fn batched_product_of_a_few_tokens_on_every_type() {
     // With batch=1 only one-token steps take the decode kernel: 3 and 11 tokens run the

@@ -436,7 +436,7 @@ fn group4_b(f: u32, last: u32, u: u32, xu: XUnit) -> vec4<f32> {
 }
 
 // The dot product of 16 unsigned bytes (four to a word, element i in byte i) with 16 values
-// of x: the f32 unit products of the K-quants, which apply the scale once per sum.
+// of x: the f32 unit products of Q4_0 and the K-quants, which apply the scale once per sum.
 fn bytes_dot16(q: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {
     return (dot(vec4<f32>(unpack4xU8(q.x)), x0) + dot(vec4<f32>(unpack4xU8(q.y)), x1))
         + (dot(vec4<f32>(unpack4xU8(q.z)), x2) + dot(vec4<f32>(unpack4xU8(q.w)), x3));

@@ -51,10 +51,6 @@ fn raw_values(raw: array<vec4<u32>, 8>, row: u32, u: u32) -> array<vec4<f32>, 8>
 
 // The decode product's dot product of one unit with x: d * (sum q * x - 8 * sum x), so the
 // offset and the scale cost one instruction per unit instead of two per weight (see q8_0.wgsl).
-fn q4_raw(q: u32) -> vec4<f32> {
-    return vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu));
-}
-
 fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     let a = wu.q[0];
     let b = wu.q[1];
@@ -68,9 +64,8 @@ fn w_dot(wu: WUnit, xu: XUnit) -> f32 {
     }
     let xs = xu.v;
     let xsum = xu.sum;
-    let s = dot(q4_raw(a.x), xs[0]) + dot(q4_raw(a.y), xs[1]) + dot(q4_raw(a.z), xs[2]) + dot(q4_raw(a.w), xs[3])
-        + dot(q4_raw(b.x), xs[4]) + dot(q4_raw(b.y), xs[5]) + dot(q4_raw(b.z), xs[6])
-        + dot(q4_raw(b.w), xs[7]);
+    // The masked nibbles are bytes 0..15.
+    let s = bytes_dot16(a, xs[0], xs[1], xs[2], xs[3]) + bytes_dot16(b, xs[4], xs[5], xs[6], xs[7]);
     return d * (s - 8.0 * xsum);
 }
 
